@@ -1,0 +1,259 @@
+//! The command line: `recipe validate | schema | presets | env`.
+//!
+//! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
+//! I/O errors (a path that cannot be read, a directory with no recipes).
+
+use crate::config::schema;
+use crate::recipe::{self, diagnostic, presets};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "recipe",
+    version,
+    about = "Declarative YAML recipes for LLM fine-tuning"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Override a recipe value: --set key.path=value (YAML-typed; repeatable; highest precedence).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check recipe files and directories (recursively, *.yaml / *.yml) and report every problem.
+    Validate {
+        /// Recipe files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Print the recipe JSON Schema (draft 2020-12).
+    Schema,
+    /// List the built-in presets and their values.
+    Presets {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Report the libtorch build and the devices it sees.
+    #[cfg(feature = "exec")]
+    Env,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+const EXIT_INVALID: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Validate {
+            paths,
+            format,
+            deny_warnings,
+        } => validate(&paths, &cli.set, format, deny_warnings),
+        Command::Schema => {
+            print!("{}", schema::schema_text());
+            ExitCode::SUCCESS
+        }
+        Command::Presets { format } => list_presets(format),
+        #[cfg(feature = "exec")]
+        Command::Env => {
+            let report = crate::exec::device_report();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serializes")
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Expands directories into their recipe files (sorted, recursive).
+fn collect_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let before = files.len();
+            walk(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
+            if files.len() == before {
+                return Err(format!(
+                    "{}: no recipe files (*.yaml, *.yml) in this directory",
+                    path.display()
+                ));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if entry.file_name() != ".git" {
+                walk(&path, files)?;
+            }
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn validate(
+    paths: &[PathBuf],
+    overrides: &[String],
+    format: Format,
+    deny_warnings: bool,
+) -> ExitCode {
+    let files = match collect_recipes(paths) {
+        Ok(files) => files,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let styled = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut out = std::io::stdout().lock();
+    let (mut errors, mut warnings, mut invalid, mut io_failed) = (0usize, 0usize, 0usize, false);
+    let mut json = Vec::new();
+    for file in &files {
+        let loaded = recipe::load(file, overrides);
+        let file_errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+        let file_warnings = loaded.diagnostics.len() - file_errors;
+        errors += file_errors;
+        warnings += file_warnings;
+        io_failed |= loaded.io_failed();
+        if file_errors > 0 || (deny_warnings && file_warnings > 0) {
+            invalid += 1;
+        }
+        match format {
+            Format::Text => {
+                let _ = write!(
+                    out,
+                    "{}",
+                    diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled)
+                );
+            }
+            Format::Json => json.extend(
+                loaded
+                    .diagnostics
+                    .iter()
+                    .map(|d| diagnostic::to_json(d, &loaded.sources)),
+            ),
+        }
+    }
+    match format {
+        Format::Text => {
+            let _ = writeln!(
+                out,
+                "{} file{} checked: {} invalid, {errors} error{}, {warnings} warning{}",
+                files.len(),
+                plural(files.len()),
+                invalid,
+                plural(errors),
+                plural(warnings)
+            );
+        }
+        Format::Json => {
+            let report = serde_json::json!({
+                "files": files.len(),
+                "invalid": invalid,
+                "errors": errors,
+                "warnings": warnings,
+                "diagnostics": json,
+            });
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serializes")
+            );
+        }
+    }
+    if io_failed {
+        ExitCode::from(EXIT_USAGE)
+    } else if invalid > 0 {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn list_presets(format: Format) -> ExitCode {
+    match format {
+        Format::Text => {
+            for p in presets::PRESETS {
+                println!("{}: {}", p.name, p.summary);
+                for line in p
+                    .yaml
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                {
+                    println!("    {line}");
+                }
+                println!();
+            }
+        }
+        Format::Json => {
+            let list: Vec<serde_json::Value> = presets::PRESETS
+                .iter()
+                .map(|p| {
+                    let mut sources = recipe::source::Sources::default();
+                    let id = sources.add(
+                        recipe::source::SourceKind::Preset(p.name.into()),
+                        p.yaml.into(),
+                    );
+                    let values = recipe::yaml::parse(p.yaml, id, 0)
+                        .ok()
+                        .flatten()
+                        .map_or(serde_json::Value::Null, |n| n.to_json());
+                    serde_json::json!({"name": p.name, "summary": p.summary, "values": values})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("serializes")
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

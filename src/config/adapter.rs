@@ -1,0 +1,96 @@
+//! The parameter-efficient method (LoRA / QLoRA) or full fine-tuning.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// LoRA settings. With no `adapter`, every parameter is trained (full fine-tuning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AdapterConfig {
+    /// `lora` (dense base) or `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`).
+    /// Absent: full fine-tuning.
+    #[serde(default)]
+    pub adapter: Option<AdapterKind>,
+    /// LoRA rank r: the inner dimension of the low-rank update (8–64; higher for harder tasks).
+    #[serde(default = "default_lora_r")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub lora_r: u32,
+    /// LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA).
+    /// Defaults to 2 × lora_r.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub lora_alpha: Option<u32>,
+    /// Dropout on the LoRA input, in [0, 1).
+    #[serde(default)]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
+    pub lora_dropout: f64,
+    /// Module names to adapt (e.g. `q_proj`, `v_proj`), matched against the architecture.
+    #[serde(default)]
+    pub lora_target_modules: Option<ModuleList>,
+    /// Adapt every linear layer of the decoder (all attention and MLP projections).
+    #[serde(default)]
+    pub lora_target_linear: bool,
+    /// Modules trained in full alongside the adapter and saved with it (e.g. `embed_tokens`, `lm_head`).
+    #[serde(default)]
+    pub lora_modules_to_save: Vec<String>,
+    /// Set when the base stores weights as (fan_in, fan_out), as GPT-2's Conv1D does. Llama-family
+    /// models do not.
+    #[serde(default)]
+    pub lora_fan_in_fan_out: bool,
+    /// Weight-decomposed LoRA (DoRA).
+    #[serde(default)]
+    pub peft_use_dora: bool,
+    /// Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.
+    #[serde(default)]
+    pub peft_use_rslora: bool,
+    /// A trained adapter folder (peft format) to start from.
+    #[serde(default)]
+    pub lora_model_dir: Option<String>,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        AdapterConfig {
+            adapter: None,
+            lora_r: default_lora_r(),
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_target_modules: None,
+            lora_target_linear: false,
+            lora_modules_to_save: Vec::new(),
+            lora_fan_in_fan_out: false,
+            peft_use_dora: false,
+            peft_use_rslora: false,
+            lora_model_dir: None,
+        }
+    }
+}
+
+fn default_lora_r() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    /// Low-rank adapters on a dense (or 8-bit) base.
+    Lora,
+    /// LoRA on a 4-bit (NF4) quantized base.
+    Qlora,
+}
+
+/// One module name or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ModuleList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ModuleList {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            ModuleList::One(s) => vec![s.as_str()],
+            ModuleList::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Chat templates and the tokenizer's special tokens.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The chat template and token additions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatTemplateConfig {
+    /// The chat template for `chat_template` datasets: a built-in name (templates/), `tokenizer_default`
+    /// (the model's tokenizer_config.json), or `jinja` with `chat_template_jinja`.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplateName>,
+    /// The template text (or a path to a .jinja file, relative to the recipe) for `chat_template: jinja`.
+    #[serde(default)]
+    pub chat_template_jinja: Option<String>,
+    /// Set the tokenizer's special tokens (e.g. a pad token the base model lacks).
+    #[serde(default)]
+    pub special_tokens: SpecialTokens,
+    /// New tokens to add to the vocabulary; embeddings are resized and trained.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+/// Built-in templates (files in templates/) and the two indirect forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatTemplateName {
+    Alpaca,
+    Chatml,
+    DeepseekV2,
+    Gemma,
+    Llama2,
+    Llama3,
+    MistralV1,
+    MistralV2v3,
+    MistralV3Tekken,
+    #[serde(rename = "phi_3")]
+    Phi3,
+    #[serde(rename = "phi_35")]
+    Phi35,
+    #[serde(rename = "qwen_25")]
+    Qwen25,
+    Zephyr,
+    /// The `chat_template` of the model's tokenizer_config.json.
+    TokenizerDefault,
+    /// The template given in `chat_template_jinja`.
+    Jinja,
+}
+
+/// Special tokens to set on the tokenizer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialTokens {
+    #[serde(default)]
+    pub bos_token: Option<String>,
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    #[serde(default)]
+    pub pad_token: Option<String>,
+    #[serde(default)]
+    pub unk_token: Option<String>,
+}

@@ -1,0 +1,446 @@
+//! Where training text comes from and how each dataset's rows become prompts and labels.
+//!
+//! A dataset entry is a union discriminated by `type`: a format name (`alpaca`, `chat_template`,
+//! ...) or, for Axolotl's user-defined prompt format, a mapping of field names and format strings.
+//! The schema expresses the union as one `if type == X then <X's schema>` per format, so a
+//! validator reports the errors of the format the recipe chose, not of every alternative.
+
+use super::chat_template::ChatTemplateName;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// Dataset mixing, splitting and sequence layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DataConfig {
+    /// The training datasets, mixed into one.
+    #[serde(default)]
+    pub datasets: Vec<DatasetConfig>,
+    /// Held-out evaluation datasets, never trained on (exclusive with `val_set_size`).
+    #[serde(default)]
+    pub test_datasets: Vec<DatasetConfig>,
+    /// Folder where tokenized datasets are cached (`recipe preprocess` writes it).
+    #[serde(default)]
+    pub dataset_prepared_path: Option<String>,
+    /// Fraction of the training rows split off for validation, in [0, 1).
+    #[serde(default)]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
+    pub val_set_size: f64,
+    /// Shuffle the mixed datasets with the recipe's seed.
+    #[serde(default = "default_true")]
+    pub shuffle_merged_datasets: bool,
+    /// Longest sequence in tokens; longer samples are truncated (or split, for pretraining text).
+    #[serde(default = "default_sequence_len")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub sequence_len: u32,
+    /// Pack several samples into each `sequence_len` row, with attention kept within each sample.
+    #[serde(default)]
+    pub sample_packing: bool,
+    /// Pack evaluation samples too. Defaults to `sample_packing`.
+    #[serde(default)]
+    pub eval_sample_packing: Option<bool>,
+    /// Pad every batch to `sequence_len` (steady memory use) instead of the longest sample.
+    #[serde(default)]
+    pub pad_to_sequence_len: bool,
+    /// Compute the loss on prompt tokens too. Off: prompts get label -100.
+    #[serde(default)]
+    pub train_on_inputs: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            datasets: Vec::new(),
+            test_datasets: Vec::new(),
+            dataset_prepared_path: None,
+            val_set_size: 0.0,
+            shuffle_merged_datasets: true,
+            sequence_len: default_sequence_len(),
+            sample_packing: false,
+            eval_sample_packing: None,
+            pad_to_sequence_len: false,
+            train_on_inputs: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_sequence_len() -> u32 {
+    2048
+}
+
+/// Where a dataset's rows are read from (every format has these keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DatasetSource {
+    /// A local file or folder (relative to the recipe file) or a Hugging Face hub dataset id.
+    pub path: String,
+    /// The split to read.
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// The dataset configuration name (hub datasets with several configurations).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Files to read inside `path` (a name, a glob, or a list of them).
+    #[serde(default)]
+    pub data_files: Option<FileList>,
+    /// The file format when it cannot be told from the extension.
+    #[serde(default)]
+    pub ds_type: Option<FileFormat>,
+    /// Hub revision (branch, tag or commit) to read.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Must be false or absent: loading a dataset never runs code.
+    #[serde(default)]
+    #[schemars(extend("const" = false))]
+    pub trust_remote_code: bool,
+}
+
+fn default_split() -> String {
+    "train".into()
+}
+
+/// One file name / glob or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FileList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// A JSON array of objects, or JSON Lines.
+    Json,
+    /// JSON Lines.
+    Jsonl,
+    Parquet,
+    /// Plain text (one sample per file for `completion`, split into chunks).
+    Text,
+    Csv,
+}
+
+/// `type: alpaca` / `alpaca_chat`: instruction, input, output (and optional system) fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AlpacaDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+}
+
+/// `type: completion` / `pretrain`: raw text, all of it trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TextDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// The field holding the text.
+    #[serde(default = "default_text_field")]
+    pub field: String,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+/// `type: input_output`: a `segments` list of `{text, label}`; only `label: true` text is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct InputOutputDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+}
+
+/// `type: chat_template`: conversations rendered with a chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ChatDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// The template for this dataset; defaults to the recipe's `chat_template`.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplateName>,
+    /// The template text (or a path to a .jinja file) when `chat_template: jinja`.
+    #[serde(default)]
+    pub chat_template_jinja: Option<String>,
+    /// The field holding the list of messages.
+    #[serde(default = "default_messages_field")]
+    pub field_messages: String,
+    /// The field holding tool definitions passed to the template.
+    #[serde(default)]
+    pub field_tools: Option<String>,
+    /// How message fields map to the template's: `{role: from, content: value}` reads
+    /// ShareGPT-shaped rows.
+    #[serde(default)]
+    pub message_property_mappings: Option<Map<String, Value>>,
+    /// Per-message boolean field that overrides `roles_to_train` for that turn.
+    #[serde(default)]
+    pub message_field_training: Option<String>,
+    /// Roles whose turns carry labels (every such turn, not just the last).
+    #[serde(default = "default_roles_to_train")]
+    pub roles_to_train: Vec<String>,
+    /// Which end-of-turn tokens are trained.
+    #[serde(default)]
+    pub train_on_eos: TrainOnEos,
+    /// Role aliases: `{assistant: [gpt, model], user: [human]}`.
+    #[serde(default)]
+    pub roles: Option<Map<String, Value>>,
+    /// Drop system turns from the rows before rendering.
+    #[serde(default)]
+    pub drop_system_message: bool,
+}
+
+fn default_messages_field() -> String {
+    "messages".into()
+}
+
+fn default_roles_to_train() -> Vec<String> {
+    vec!["assistant".into()]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOnEos {
+    /// Every end-of-turn token of the conversation.
+    All,
+    /// The end-of-turn token of each trained turn.
+    #[default]
+    Turn,
+    /// Only the conversation's last end-of-turn token.
+    Last,
+    /// None.
+    None,
+}
+
+/// Axolotl's user-defined prompt format: `type:` is this mapping instead of a name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct UserDefinedFormat {
+    /// A fixed system prompt.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// How the system prompt is written; `{system}` is replaced.
+    #[serde(default)]
+    pub system_format: Option<String>,
+    /// The field holding a per-row system prompt.
+    #[serde(default)]
+    pub field_system: Option<String>,
+    /// The field holding the instruction.
+    #[serde(default)]
+    pub field_instruction: Option<String>,
+    /// The field holding the optional input.
+    #[serde(default)]
+    pub field_input: Option<String>,
+    /// The field holding the response (the trained part).
+    #[serde(default)]
+    pub field_output: Option<String>,
+    /// The prompt when the row has an input; `{instruction}` and `{input}` are replaced.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// The prompt when the row has no input; `{instruction}` is replaced.
+    #[serde(default)]
+    pub no_input_format: Option<String>,
+}
+
+/// `type: {field_instruction: ..., format: ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct UserDefinedDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    #[serde(rename = "type")]
+    pub format: UserDefinedFormat,
+}
+
+/// One dataset of `datasets` / `test_datasets`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DatasetConfig {
+    Alpaca(AlpacaDataset),
+    AlpacaChat(AlpacaDataset),
+    Completion(TextDataset),
+    Pretrain(TextDataset),
+    ChatTemplate(ChatDataset),
+    InputOutput(InputOutputDataset),
+    #[serde(untagged)]
+    UserDefined(UserDefinedDataset),
+}
+
+/// The named formats, in schema order, with their help text.
+pub const DATASET_TYPES: &[(&str, &str)] = &[
+    (
+        "alpaca",
+        "instruction / input / output rows in the Alpaca prompt",
+    ),
+    (
+        "alpaca_chat",
+        "instruction / input / output rows in the alpaca_chat prompt",
+    ),
+    ("completion", "raw text, all of it trained on"),
+    ("pretrain", "raw text split into sequence_len chunks"),
+    (
+        "chat_template",
+        "conversations rendered with a chat template",
+    ),
+    ("input_output", "segments with a per-segment `label`"),
+];
+
+impl DatasetConfig {
+    pub fn source(&self) -> &DatasetSource {
+        match self {
+            DatasetConfig::Alpaca(d) | DatasetConfig::AlpacaChat(d) => &d.source,
+            DatasetConfig::Completion(d) | DatasetConfig::Pretrain(d) => &d.source,
+            DatasetConfig::ChatTemplate(d) => &d.source,
+            DatasetConfig::InputOutput(d) => &d.source,
+            DatasetConfig::UserDefined(d) => &d.source,
+        }
+    }
+
+    /// The `type` as written (`user_defined` for the mapping form).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            DatasetConfig::Alpaca(_) => "alpaca",
+            DatasetConfig::AlpacaChat(_) => "alpaca_chat",
+            DatasetConfig::Completion(_) => "completion",
+            DatasetConfig::Pretrain(_) => "pretrain",
+            DatasetConfig::ChatTemplate(_) => "chat_template",
+            DatasetConfig::InputOutput(_) => "input_output",
+            DatasetConfig::UserDefined(_) => "user_defined",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = Map::<String, Value>::deserialize(deserializer)?;
+        let kind = map
+            .get("type")
+            .cloned()
+            .ok_or_else(|| D::Error::missing_field("type"))?;
+        let parse = |map: Map<String, Value>| -> Result<Value, D::Error> { Ok(Value::Object(map)) };
+        let name = match kind {
+            Value::String(name) => name,
+            Value::Object(_) => {
+                return serde_json::from_value(parse(map)?)
+                    .map(DatasetConfig::UserDefined)
+                    .map_err(D::Error::custom);
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "`type` must be a name or a mapping, found {other}"
+                )));
+            }
+        };
+        map.remove("type");
+        let value = parse(map)?;
+        let e = D::Error::custom;
+        Ok(match name.as_str() {
+            "alpaca" => DatasetConfig::Alpaca(serde_json::from_value(value).map_err(e)?),
+            "alpaca_chat" => DatasetConfig::AlpacaChat(serde_json::from_value(value).map_err(e)?),
+            "completion" => DatasetConfig::Completion(serde_json::from_value(value).map_err(e)?),
+            "pretrain" => DatasetConfig::Pretrain(serde_json::from_value(value).map_err(e)?),
+            "chat_template" => {
+                DatasetConfig::ChatTemplate(serde_json::from_value(value).map_err(e)?)
+            }
+            "input_output" => DatasetConfig::InputOutput(serde_json::from_value(value).map_err(e)?),
+            other => {
+                return Err(D::Error::unknown_variant(
+                    other,
+                    &["alpaca", "chat_template", "..."],
+                ));
+            }
+        })
+    }
+}
+
+impl JsonSchema for DatasetConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Dataset".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut branches: Vec<(Value, &str, Schema, &str)> = Vec::new();
+        let named = |name: &'static str| -> Value { json_schema!({"const": name}).to_value() };
+        let alpaca = AlpacaDataset::json_schema(generator);
+        let text = TextDataset::json_schema(generator);
+        branches.push((named("alpaca"), "AlpacaDataset", alpaca.clone(), "alpaca"));
+        branches.push((
+            named("alpaca_chat"),
+            "AlpacaChatDataset",
+            alpaca,
+            "alpaca_chat",
+        ));
+        branches.push((
+            named("completion"),
+            "CompletionDataset",
+            text.clone(),
+            "completion",
+        ));
+        branches.push((named("pretrain"), "PretrainDataset", text, "pretrain"));
+        branches.push((
+            named("chat_template"),
+            "ChatTemplateDataset",
+            ChatDataset::json_schema(generator),
+            "chat_template",
+        ));
+        branches.push((
+            named("input_output"),
+            "InputOutputDataset",
+            InputOutputDataset::json_schema(generator),
+            "input_output",
+        ));
+        let user_defined_type = generator.subschema_for::<UserDefinedFormat>();
+        let mut all_of = Vec::new();
+        let mut names = Vec::new();
+        for (condition, def_name, mut schema, tag) in branches {
+            let (_, help) = DATASET_TYPES
+                .iter()
+                .find(|(n, _)| *n == tag)
+                .expect("listed type");
+            if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+                props.insert(
+                    "type".into(),
+                    serde_json::json!({"const": tag, "description": help}),
+                );
+            }
+            if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+                required.push(Value::String("type".into()));
+            }
+            schema.insert("title".into(), Value::String(format!("type: {tag}")));
+            generator
+                .definitions_mut()
+                .insert(def_name.into(), schema.to_value());
+            all_of.push(serde_json::json!({
+                "if": {"properties": {"type": condition}, "required": ["type"]},
+                "then": {"$ref": format!("#/$defs/{def_name}")},
+            }));
+            names.push(tag);
+        }
+        let user_defined = UserDefinedDataset::json_schema(generator);
+        generator
+            .definitions_mut()
+            .insert("UserDefinedDataset".into(), user_defined.to_value());
+        all_of.push(serde_json::json!({
+            "if": {"properties": {"type": {"type": "object"}}, "required": ["type"]},
+            "then": {"$ref": "#/$defs/UserDefinedDataset"},
+        }));
+        json_schema!({
+            "description": "One dataset: where its rows are and, through `type`, how they become prompts and labels.",
+            "type": "object",
+            "required": ["path", "type"],
+            "properties": {
+                "path": {"type": "string", "description": "A local file or folder (relative to the recipe file) or a Hugging Face hub dataset id."},
+                "type": {
+                    "description": "The row format: a format name, or a mapping for Axolotl's user-defined prompt format.",
+                    "anyOf": [{"enum": names}, user_defined_type],
+                },
+            },
+            "allOf": all_of,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! Multi-GPU layout: DDP options and sharded (FSDP-style) training.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Data-parallel and sharded training. World size comes from the launcher (torchrun/SLURM
+/// variables or `recipe run --nproc-per-node`), not from the recipe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DistributedConfig {
+    /// Sharded training options (Axolotl / accelerate names). Empty: DDP when world size > 1.
+    #[serde(default)]
+    pub fsdp: Vec<FsdpOption>,
+    /// Details of sharded training.
+    #[serde(default)]
+    pub fsdp_config: FsdpConfig,
+    /// Seconds a collective may wait before the run fails.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub ddp_timeout: Option<u64>,
+    /// Gradient all-reduce bucket size in MiB (25 when absent).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 65536))]
+    pub ddp_bucket_cap_mb: Option<u32>,
+    /// Broadcast buffers from rank 0 at each step (Llama-family models have none to sync).
+    #[serde(default)]
+    pub ddp_broadcast_buffers: Option<bool>,
+    /// Tolerate parameters that get no gradient in a step.
+    #[serde(default)]
+    pub ddp_find_unused_parameters: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsdpOption {
+    /// Shard parameters, gradients and optimizer states (ZeRO-3).
+    FullShard,
+    /// Shard gradients and optimizer states (ZeRO-2).
+    ShardGradOp,
+    /// Full sharding within a node, replication across nodes.
+    HybridShard,
+    /// Keep sharded parameters on the CPU.
+    Offload,
+    /// Wrap each decoder layer as one shard unit.
+    AutoWrap,
+}
+
+/// FSDP details, with accelerate's `fsdp_` prefixed names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FsdpConfig {
+    /// FSDP generation (1 or 2); informational.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2))]
+    pub fsdp_version: Option<u32>,
+    /// Keep parameters on the CPU between uses.
+    #[serde(default)]
+    pub fsdp_offload_params: Option<bool>,
+    /// Broadcast rank 0's weights at start instead of loading on every rank.
+    #[serde(default)]
+    pub fsdp_sync_module_states: Option<bool>,
+    /// Load weights on rank 0 only, then shard.
+    #[serde(default)]
+    pub fsdp_cpu_ram_efficient_loading: Option<bool>,
+    /// Keep original parameter objects (needed to mix frozen and trained parameters).
+    #[serde(default)]
+    pub fsdp_use_orig_params: Option<bool>,
+    /// Throttle all-gathers to bound memory.
+    #[serde(default)]
+    pub fsdp_limit_all_gathers: Option<bool>,
+    /// How shard units are chosen.
+    #[serde(default)]
+    pub fsdp_auto_wrap_policy: Option<AutoWrapPolicy>,
+    /// The decoder layer class wrapped as a unit (`LlamaDecoderLayer`, `MistralDecoderLayer`,
+    /// `Qwen2DecoderLayer`).
+    #[serde(default)]
+    pub fsdp_transformer_layer_cls_to_wrap: Option<String>,
+    /// How checkpoints are written: one full state dict or one shard per rank.
+    #[serde(default)]
+    pub fsdp_state_dict_type: Option<StateDictType>,
+    /// The sharding strategy, when not given in `fsdp`.
+    #[serde(default)]
+    pub fsdp_sharding_strategy: Option<ShardingStrategy>,
+    /// Free gathered parameters after the forward pass (FSDP2).
+    #[serde(default)]
+    pub fsdp_reshard_after_forward: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AutoWrapPolicy {
+    TransformerBasedWrap,
+    SizeBasedWrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StateDictType {
+    FullStateDict,
+    ShardedStateDict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShardingStrategy {
+    FullShard,
+    ShardGradOp,
+    HybridShard,
+    NoShard,
+}

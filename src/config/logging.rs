@@ -1,0 +1,87 @@
+//! Outputs, logging, evaluation, checkpoints and resume.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// What the run writes and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoggingConfig {
+    /// Where adapters, checkpoints and logs go (relative to the working directory).
+    #[serde(default = "default_output_dir")]
+    pub output_dir: String,
+    /// Log loss and learning rate every this many optimizer steps (the only host syncs).
+    #[serde(default = "default_logging_steps")]
+    #[schemars(range(min = 1))]
+    pub logging_steps: u64,
+    /// Evaluate every this many steps (an integer) or this fraction of all steps (below 1).
+    #[serde(default)]
+    pub eval_steps: Option<Interval>,
+    /// Evaluate this many times per epoch (exclusive with `eval_steps`).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub evals_per_epoch: Option<u32>,
+    /// Save a checkpoint every this many steps (an integer) or this fraction of all steps.
+    #[serde(default)]
+    pub save_steps: Option<Interval>,
+    /// Save this many checkpoints per epoch (exclusive with `save_steps`).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub saves_per_epoch: Option<u32>,
+    /// Keep at most this many checkpoints, deleting the oldest.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub save_total_limit: Option<u32>,
+    /// Stop when validation loss has not improved for this many evaluations.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub early_stopping_patience: Option<u32>,
+    /// Resume from a checkpoint folder, or `true` for the latest in `output_dir`.
+    #[serde(default)]
+    pub resume_from_checkpoint: Option<ResumeFrom>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+    }
+}
+
+fn default_output_dir() -> String {
+    "./outputs".into()
+}
+
+fn default_logging_steps() -> u64 {
+    1
+}
+
+/// A step count (integer ≥ 1) or a fraction of all steps (0 < x < 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Interval {
+    Steps(u64),
+    Fraction(f64),
+}
+
+impl JsonSchema for Interval {
+    fn schema_name() -> Cow<'static, str> {
+        "Interval".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A step count (integer, at least 1) or a fraction of all steps (between 0 and 1).",
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+            ]
+        })
+    }
+}
+
+/// `true` (latest checkpoint in output_dir) or a checkpoint folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ResumeFrom {
+    Latest(bool),
+    Path(String),
+}

@@ -1,0 +1,53 @@
+//! Which model to fine-tune and how to load it.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The base model and its tokenizer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelConfig {
+    /// The model to fine-tune: a local folder in Hugging Face layout (config.json + safetensors),
+    /// relative to the recipe file, or a Hugging Face hub id such as `meta-llama/Llama-2-13b-hf`.
+    /// Required (here or in an extended recipe or preset).
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// Where to read config.json from when it differs from `base_model` (local folder or hub id).
+    #[serde(default)]
+    pub base_model_config: Option<String>,
+    /// The hub revision (branch, tag or commit) of `base_model`; pin a commit for reproducible runs.
+    #[serde(default)]
+    pub revision_of_model: Option<String>,
+    /// Where to read the tokenizer from when it differs from `base_model`.
+    #[serde(default)]
+    pub tokenizer_config: Option<String>,
+    /// The transformers model class. Informational: recipe reads the architecture from config.json.
+    #[serde(default)]
+    pub model_type: Option<ModelClass>,
+    /// The transformers tokenizer class. Informational: recipe reads tokenizer.json.
+    #[serde(default)]
+    pub tokenizer_type: Option<TokenizerClass>,
+    /// Must be false or absent: a recipe never runs code shipped with a model repository.
+    #[serde(default)]
+    #[schemars(extend("const" = false))]
+    pub trust_remote_code: bool,
+}
+
+/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ModelClass {
+    AutoModelForCausalLM,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+}
+
+/// Tokenizer classes whose tokenizer.json recipe reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TokenizerClass {
+    AutoTokenizer,
+    LlamaTokenizer,
+    LlamaTokenizerFast,
+    PreTrainedTokenizerFast,
+    Qwen2Tokenizer,
+    Qwen2TokenizerFast,
+}

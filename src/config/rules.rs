@@ -1,0 +1,588 @@
+//! Cross-field rules: every check that involves more than one key, or the file system, in one
+//! place. Each rule has a stable id and points at every key it involves. Errors follow Axolotl's
+//! own validators; warnings encode the hyperparameter table the presets are built from (see
+//! recipe/presets.rs) and never fail validation unless `--deny-warnings` is given.
+
+use super::Config;
+use super::adapter::AdapterKind;
+use super::chat_template::ChatTemplateName;
+use super::datasets::DatasetConfig;
+use super::training::Switch;
+use crate::recipe::check::Locator;
+use crate::recipe::diagnostic::Diagnostic;
+use crate::recipe::source::Span;
+use std::path::{Path, PathBuf};
+
+/// Runs every rule on a schema-valid config.
+pub fn check(config: &Config, at: &Locator) -> Vec<Diagnostic> {
+    let mut out = Rules {
+        at,
+        out: Vec::new(),
+    };
+    out.required(config);
+    out.quantization(config);
+    out.adapter_keys(config);
+    out.exclusive_pairs(config);
+    out.evaluation(config);
+    out.chat_template(config);
+    out.distributed(config);
+    out.locations(config);
+    out.hyperparameter_table(config);
+    out.out
+}
+
+struct Rules<'a> {
+    at: &'a Locator<'a>,
+    out: Vec<Diagnostic>,
+}
+
+impl Rules<'_> {
+    /// The start of the recipe, for problems about keys that are absent.
+    fn top(&self) -> Span {
+        let s = self.at.tree.span;
+        Span { end: s.start, ..s }
+    }
+
+    fn key_span(&self, path: &str) -> Option<Span> {
+        self.at.entry(path).map(|e| e.key_span.to(e.value.span))
+    }
+
+    /// An error at the first of `keys` that is written, with the others as related labels.
+    fn involving(&self, d: Diagnostic, keys: &[&str]) -> Diagnostic {
+        let mut d = d;
+        let mut written = keys
+            .iter()
+            .filter_map(|k| self.key_span(k).map(|s| (*k, s)));
+        match written.next() {
+            Some((k, span)) => {
+                d = d.at(span, format!("`{k}` set here")).key(k.to_string());
+                for (k, span) in written {
+                    d = d.also(span, format!("`{k}` set here"));
+                }
+            }
+            None => d = d.at(self.top(), "in this recipe").key(keys[0].to_string()),
+        }
+        d
+    }
+
+    fn error(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
+        let d = self
+            .involving(Diagnostic::error(rule, message), keys)
+            .help(help.to_string());
+        self.out.push(d);
+    }
+
+    fn warn(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
+        let d = self
+            .involving(Diagnostic::warning(rule, message), keys)
+            .help(help.to_string());
+        self.out.push(d);
+    }
+
+    fn required(&mut self, c: &Config) {
+        if c.model.base_model.is_none() {
+            self.error(
+                "required",
+                "missing required key `base_model`".into(),
+                &["base_model"],
+                "name the model to fine-tune: a local folder or a hub id such as meta-llama/Llama-2-7b-hf",
+            );
+        }
+        if c.training.learning_rate.is_none() {
+            self.error(
+                "required",
+                "missing required key `learning_rate`".into(),
+                &["learning_rate"],
+                "set learning_rate (LoRA: 1e-4 to 5e-4) or use a preset: `preset: lora`",
+            );
+        }
+        if c.data.datasets.is_empty() {
+            self.error(
+                "required",
+                "missing required key `datasets`: a recipe trains on at least one dataset".into(),
+                &["datasets"],
+                "add e.g. `datasets: [{path: data/train.jsonl, type: alpaca}]`",
+            );
+        }
+        if c.training.num_epochs.is_none() && c.training.max_steps.is_none() {
+            self.error(
+                "epochs-or-steps",
+                "set `num_epochs` or `max_steps`: the run needs to know when to stop".into(),
+                &["num_epochs", "max_steps"],
+                "3–10 epochs with early stopping is the usual range",
+            );
+        }
+    }
+
+    fn quantization(&mut self, c: &Config) {
+        let q = &c.quantization;
+        if q.load_in_4bit && q.load_in_8bit {
+            self.error(
+                "quantization-exclusive",
+                "`load_in_4bit` and `load_in_8bit` exclude each other".into(),
+                &["load_in_4bit", "load_in_8bit"],
+                "keep one: 4-bit for QLoRA, 8-bit for LoRA on an int8 base",
+            );
+        }
+        if c.adapter.adapter == Some(AdapterKind::Qlora) && !q.load_in_4bit {
+            self.error(
+                "qlora-needs-4bit",
+                "`adapter: qlora` needs `load_in_4bit: true`".into(),
+                &["adapter", "load_in_4bit"],
+                "set load_in_4bit: true, or use adapter: lora for a dense base",
+            );
+        }
+        if c.adapter.adapter == Some(AdapterKind::Lora) && q.load_in_4bit {
+            self.error(
+                "4bit-needs-qlora",
+                "`load_in_4bit: true` with `adapter: lora`: LoRA on a 4-bit base is `adapter: qlora`".into(),
+                &["load_in_4bit", "adapter"],
+                "write adapter: qlora",
+            );
+        }
+        if c.adapter.adapter.is_none() && (q.load_in_4bit || q.load_in_8bit) {
+            let key = if q.load_in_4bit {
+                "load_in_4bit"
+            } else {
+                "load_in_8bit"
+            };
+            self.error(
+                "quantized-needs-adapter",
+                format!(
+                    "`{key}: true` without an adapter: quantized weights cannot be trained in full"
+                ),
+                &[key, "adapter"],
+                "add adapter: qlora (4-bit) or adapter: lora (8-bit)",
+            );
+        }
+        let bnb_keys = [
+            "bnb_4bit_quant_type",
+            "bnb_4bit_use_double_quant",
+            "bnb_4bit_compute_dtype",
+        ];
+        if !q.load_in_4bit {
+            for key in bnb_keys.iter().filter(|k| self.at.entry(k).is_some()) {
+                self.error(
+                    "bnb-4bit-without-4bit",
+                    format!("`{key}` only applies with `load_in_4bit: true`"),
+                    &[key, "load_in_4bit"],
+                    "remove it, or set load_in_4bit: true",
+                );
+            }
+        }
+    }
+
+    fn adapter_keys(&mut self, c: &Config) {
+        if c.adapter.adapter.is_some() {
+            return;
+        }
+        let lora_keys = [
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target_modules",
+            "lora_target_linear",
+            "lora_modules_to_save",
+            "lora_fan_in_fan_out",
+            "peft_use_dora",
+            "peft_use_rslora",
+            "lora_model_dir",
+        ];
+        for key in lora_keys {
+            let Some(entry) = self.at.entry(key) else {
+                continue;
+            };
+            // `false` switches are harmless without an adapter.
+            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
+                continue;
+            }
+            self.error(
+                "lora-without-adapter",
+                format!("`{key}` is set but there is no `adapter`: without one, every parameter is trained"),
+                &[key, "adapter"],
+                "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
+            );
+        }
+    }
+
+    fn exclusive_pairs(&mut self, c: &Config) {
+        let t = &c.training;
+        if t.warmup_steps.is_some() && t.warmup_ratio.is_some() {
+            self.error(
+                "warmup-exclusive",
+                "`warmup_steps` and `warmup_ratio` exclude each other".into(),
+                &["warmup_steps", "warmup_ratio"],
+                "keep one",
+            );
+        }
+        if t.fp16 == Switch::On && t.bf16 == Switch::On {
+            self.error(
+                "precision-exclusive",
+                "`fp16: true` and `bf16: true` exclude each other".into(),
+                &["fp16", "bf16"],
+                "bf16 where the GPU supports it (Ampere and newer), fp16 otherwise",
+            );
+        }
+        if t.num_epochs.is_some() && t.max_steps.is_some() {
+            self.warn(
+                "steps-override-epochs",
+                "`max_steps` is set, so `num_epochs` is ignored".into(),
+                &["max_steps", "num_epochs"],
+                "remove one to say which limit you mean",
+            );
+        }
+        let l = &c.logging;
+        if l.eval_steps.is_some() && l.evals_per_epoch.is_some() {
+            self.error(
+                "eval-schedule-exclusive",
+                "`eval_steps` and `evals_per_epoch` exclude each other".into(),
+                &["eval_steps", "evals_per_epoch"],
+                "keep one",
+            );
+        }
+        if l.save_steps.is_some() && l.saves_per_epoch.is_some() {
+            self.error(
+                "save-schedule-exclusive",
+                "`save_steps` and `saves_per_epoch` exclude each other".into(),
+                &["save_steps", "saves_per_epoch"],
+                "keep one",
+            );
+        }
+    }
+
+    fn evaluation(&mut self, c: &Config) {
+        let has_eval = c.data.val_set_size > 0.0 || !c.data.test_datasets.is_empty();
+        if c.data.val_set_size > 0.0 && !c.data.test_datasets.is_empty() {
+            self.error(
+                "validation-exclusive",
+                "`val_set_size` and `test_datasets` exclude each other".into(),
+                &["val_set_size", "test_datasets"],
+                "split validation rows off the training data, or name held-out datasets, not both",
+            );
+        }
+        if c.logging.early_stopping_patience.is_some() && !has_eval {
+            self.error(
+                "early-stopping-needs-eval",
+                "`early_stopping_patience` needs a validation set to watch".into(),
+                &["early_stopping_patience", "val_set_size", "test_datasets"],
+                "set val_set_size (e.g. 0.05) or test_datasets",
+            );
+        }
+        if (c.logging.eval_steps.is_some() || c.logging.evals_per_epoch.is_some()) && !has_eval {
+            self.warn(
+                "eval-without-data",
+                "evaluation is scheduled but there is no validation set, so it will not run".into(),
+                &["eval_steps", "evals_per_epoch", "val_set_size"],
+                "set val_set_size or test_datasets",
+            );
+        }
+    }
+
+    fn chat_template(&mut self, c: &Config) {
+        let root = c.chat.chat_template;
+        if root == Some(ChatTemplateName::Jinja) && c.chat.chat_template_jinja.is_none() {
+            self.error(
+                "jinja-needs-template",
+                "`chat_template: jinja` needs `chat_template_jinja` (the template text or a .jinja file)".into(),
+                &["chat_template", "chat_template_jinja"],
+                "add chat_template_jinja, or name a built-in template",
+            );
+        }
+        if c.chat.chat_template_jinja.is_some()
+            && root.is_some_and(|t| t != ChatTemplateName::Jinja)
+        {
+            self.error(
+                "jinja-template-ignored",
+                "`chat_template_jinja` is set but `chat_template` names another template".into(),
+                &["chat_template_jinja", "chat_template"],
+                "set chat_template: jinja, or remove chat_template_jinja",
+            );
+        }
+        for (list, datasets) in [
+            ("datasets", &c.data.datasets),
+            ("test_datasets", &c.data.test_datasets),
+        ] {
+            for (i, d) in datasets.iter().enumerate() {
+                let DatasetConfig::ChatTemplate(chat) = d else {
+                    continue;
+                };
+                let key = format!("{list}.{i}.chat_template");
+                if let (Some(mine), Some(top)) = (chat.chat_template, root) {
+                    if mine != top {
+                        self.warn(
+                            "chat-template-mismatch",
+                            format!("{list}[{i}] uses a different chat template than the recipe's `chat_template`"),
+                            &[&key, "chat_template"],
+                            "the model learns one format per dataset; make them agree unless this is intended",
+                        );
+                    }
+                }
+                if chat.chat_template == Some(ChatTemplateName::Jinja)
+                    && chat.chat_template_jinja.is_none()
+                {
+                    self.error(
+                        "jinja-needs-template",
+                        format!(
+                            "{list}[{i}] has `chat_template: jinja` but no `chat_template_jinja`"
+                        ),
+                        &[&key],
+                        "add chat_template_jinja to the dataset",
+                    );
+                }
+            }
+        }
+    }
+
+    fn distributed(&mut self, c: &Config) {
+        if c.distributed.fsdp.is_empty() && self.at.entry("fsdp_config").is_some() {
+            self.error(
+                "fsdp-config-without-fsdp",
+                "`fsdp_config` is set but `fsdp` is empty, so sharding is off".into(),
+                &["fsdp_config", "fsdp"],
+                "add e.g. `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
+            );
+        }
+    }
+
+    /// Local files a recipe names must exist; hub ids must look like hub ids.
+    fn locations(&mut self, c: &Config) {
+        if let Some(model) = &c.model.base_model {
+            self.location("base_model", model, LocationKind::Model);
+        }
+        for key in ["base_model_config", "tokenizer_config"] {
+            if let Some(Some(v)) = [&c.model.base_model_config, &c.model.tokenizer_config]
+                .into_iter()
+                .nth(if key == "base_model_config" { 0 } else { 1 })
+            {
+                self.location(key, v, LocationKind::Model);
+            }
+        }
+        if let Some(dir) = &c.adapter.lora_model_dir {
+            self.location("lora_model_dir", dir, LocationKind::LocalOnly);
+        }
+        for (list, datasets) in [
+            ("datasets", &c.data.datasets),
+            ("test_datasets", &c.data.test_datasets),
+        ] {
+            for (i, d) in datasets.iter().enumerate() {
+                self.location(
+                    &format!("{list}.{i}.path"),
+                    &d.source().path,
+                    LocationKind::Dataset,
+                );
+            }
+        }
+    }
+
+    fn location(&mut self, key: &str, value: &str, kind: LocationKind) {
+        let Some(span) = self.at.value_span(key) else {
+            return;
+        };
+        let base = self.at.base_dir(span).unwrap_or_default();
+        match resolve_location(value, &base) {
+            Location::Local(path) if !path.exists() => {
+                let d = Diagnostic::error(
+                    "path-not-found",
+                    format!("`{key}`: {} does not exist", path.display()),
+                )
+                .at(span, "no such file or folder")
+                .key(display_key(key))
+                .help("local paths are relative to the recipe file that names them");
+                self.out.push(d);
+            }
+            Location::Hub(_) if kind == LocationKind::LocalOnly => {
+                let resolved = base.join(value);
+                let d = Diagnostic::error(
+                    "path-not-found",
+                    format!("`{key}`: {} does not exist", resolved.display()),
+                )
+                .at(span, "no such folder")
+                .key(display_key(key))
+                .help("local paths are relative to the recipe file that names them");
+                self.out.push(d);
+            }
+            Location::Invalid => {
+                let what = match kind {
+                    LocationKind::Dataset => "dataset",
+                    _ => "model",
+                };
+                let d = Diagnostic::error(
+                    "bad-location",
+                    format!("`{key}`: `{value}` is neither an existing local path nor a Hugging Face {what} id"),
+                )
+                .at(span, "not found locally, and not of the form owner/name")
+                .key(display_key(key))
+                .help("local paths are relative to the recipe file; hub ids look like meta-llama/Llama-2-7b-hf");
+                self.out.push(d);
+            }
+            _ => {}
+        }
+    }
+
+    fn hyperparameter_table(&mut self, c: &Config) {
+        let a = &c.adapter;
+        let t = &c.training;
+        if a.adapter.is_some() {
+            let r = a.lora_r;
+            if !(8..=64).contains(&r) {
+                self.warn(
+                    "table-lora-rank",
+                    format!("lora_r {r} is outside the recommended 8–64"),
+                    &["lora_r"],
+                    "rank 8–64; higher for harder tasks (presets: lora uses 16, qlora-13b-24gb 32)",
+                );
+            }
+            if let Some(alpha) = a.lora_alpha {
+                if alpha != 2 * r {
+                    self.warn(
+                        "table-lora-alpha",
+                        format!("lora_alpha {alpha} is not 2 × lora_r ({})", 2 * r),
+                        &["lora_alpha", "lora_r"],
+                        "lora_alpha = 2 × r keeps the update's scale steady across ranks",
+                    );
+                }
+            }
+        }
+        if let Some(lr) = t.learning_rate {
+            let (low, high, what) = if a.adapter.is_some() {
+                (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
+            } else {
+                (
+                    1e-5,
+                    5e-5,
+                    "full fine-tuning: 1e-5 to 5e-5, about 10× below LoRA",
+                )
+            };
+            if lr < low * 0.999_999 || lr > high * 1.000_001 {
+                self.warn(
+                    "table-learning-rate",
+                    format!("learning_rate {lr:e} is outside the recommended range ({what})"),
+                    &["learning_rate"],
+                    "the presets use 2e-4 for LoRA/QLoRA and 2e-5 for full fine-tuning",
+                );
+            }
+        }
+        if c.training.micro_batch_size > 16 {
+            self.warn(
+                "table-micro-batch",
+                format!(
+                    "micro_batch_size {} is above the recommended 4–16",
+                    c.training.micro_batch_size
+                ),
+                &["micro_batch_size"],
+                "raise gradient_accumulation_steps instead for a larger effective batch",
+            );
+        }
+        if let (Some(epochs), None) = (t.num_epochs, t.max_steps) {
+            if !(3.0..=10.0).contains(&epochs) {
+                self.warn(
+                    "table-epochs",
+                    format!("num_epochs {epochs} is outside the recommended 3–10"),
+                    &["num_epochs"],
+                    "3–10 epochs, with early_stopping_patience to stop when validation loss stalls",
+                );
+            }
+        }
+        let seq = c.data.sequence_len;
+        if !(512..=2048).contains(&seq) {
+            self.warn(
+                "table-sequence-len",
+                format!("sequence_len {seq} is outside the recommended 512–2048"),
+                &["sequence_len"],
+                "longer sequences cost memory quadratically in attention and linearly elsewhere",
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocationKind {
+    Model,
+    Dataset,
+    LocalOnly,
+}
+
+/// `datasets.0.path` -> `datasets[0].path`.
+fn display_key(path: &str) -> String {
+    let mut out = String::new();
+    for s in path.split('.') {
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
+}
+
+/// Where a model or dataset named in a recipe lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local file or folder (resolved against the recipe's folder).
+    Local(PathBuf),
+    /// A Hugging Face hub id (`owner/name` or `name`).
+    Hub(String),
+    /// Neither.
+    Invalid,
+}
+
+/// Local when written as a path (`./x`, `../x`, `/x`, `~/x`) or when it exists relative to
+/// `base`; otherwise a hub id if it has the form of one.
+pub fn resolve_location(value: &str, base: &Path) -> Location {
+    let path_like = value.starts_with("./")
+        || value.starts_with("../")
+        || value.starts_with('/')
+        || value.starts_with("~/");
+    let resolved = if let Some(home_relative) = value.strip_prefix("~/") {
+        std::env::var_os("HOME").map_or_else(
+            || PathBuf::from(value),
+            |h| PathBuf::from(h).join(home_relative),
+        )
+    } else {
+        base.join(value)
+    };
+    if path_like || resolved.exists() {
+        return Location::Local(resolved);
+    }
+    let valid_part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with(['-', '.'])
+            && !p.contains("--")
+            && !p.contains("..")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let parts: Vec<&str> = value.split('/').collect();
+    if (1..=2).contains(&parts.len()) && parts.iter().all(|p| valid_part(p)) && value.len() <= 96 {
+        Location::Hub(value.to_string())
+    } else {
+        Location::Invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_tell_paths_from_hub_ids() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            resolve_location("meta-llama/Llama-2-13b-hf", base),
+            Location::Hub("meta-llama/Llama-2-13b-hf".into())
+        );
+        assert_eq!(
+            resolve_location("src", base),
+            Location::Local(base.join("src"))
+        );
+        assert_eq!(
+            resolve_location("./nope", base),
+            Location::Local(base.join("./nope"))
+        );
+        assert_eq!(resolve_location("a/b/c", base), Location::Invalid);
+        assert_eq!(resolve_location("has space/x", base), Location::Invalid);
+    }
+}

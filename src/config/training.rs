@@ -1,0 +1,234 @@
+//! Batch, schedule, optimizer, precision and the training objective.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// How training proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrainingConfig {
+    /// Sequences per device per forward/backward pass (4–16, by memory).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub micro_batch_size: u32,
+    /// Micro batches accumulated before each optimizer step.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub gradient_accumulation_steps: u32,
+    /// Sequences per evaluation batch. Defaults to `micro_batch_size`.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 65536))]
+    pub eval_batch_size: Option<u32>,
+    /// Passes over the training data (3–10 with early stopping). Fractions are allowed.
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 10000.0))]
+    pub num_epochs: Option<f64>,
+    /// Stop after this many optimizer steps (overrides `num_epochs`).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_steps: Option<u64>,
+    /// Peak learning rate (LoRA: 1e-4 to 5e-4; full fine-tuning about 10× lower).
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 1.0))]
+    pub learning_rate: Option<f64>,
+    /// The learning-rate schedule after warmup.
+    #[serde(default)]
+    pub lr_scheduler: LrScheduler,
+    /// Linear warmup length in optimizer steps (exclusive with `warmup_ratio`).
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    /// Linear warmup as a fraction of all steps, in [0, 1] (exclusive with `warmup_steps`).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub warmup_ratio: Option<f64>,
+    /// Cosine decays to this fraction of the peak learning rate instead of 0.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub cosine_min_lr_ratio: Option<f64>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Decoupled weight decay (AdamW).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub weight_decay: f64,
+    /// AdamW beta1.
+    #[serde(default = "default_beta1")]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
+    pub adam_beta1: f64,
+    /// AdamW beta2.
+    #[serde(default = "default_beta2")]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
+    pub adam_beta2: f64,
+    /// AdamW epsilon.
+    #[serde(default = "default_epsilon")]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 1.0))]
+    pub adam_epsilon: f64,
+    /// Clip the global gradient norm to this value (0 turns clipping off).
+    #[serde(default = "default_max_grad_norm")]
+    #[schemars(range(min = 0.0))]
+    pub max_grad_norm: f64,
+    /// bfloat16 autocast on CUDA: true, false, or auto (on where the GPU supports it).
+    #[serde(default = "Switch::auto")]
+    pub bf16: Switch,
+    /// float16 autocast with loss scaling on CUDA.
+    #[serde(default = "Switch::off")]
+    pub fp16: Switch,
+    /// Allow TF32 matmuls on Ampere and newer GPUs.
+    #[serde(default = "Switch::off")]
+    pub tf32: Switch,
+    /// Recompute each decoder layer's activations in the backward pass: less memory, about 30% more
+    /// compute.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// Use fused (flash) attention; recipe runs it through scaled_dot_product_attention.
+    #[serde(default)]
+    pub flash_attention: bool,
+    /// The attention implementation.
+    #[serde(default)]
+    pub attn_implementation: Option<AttnImplementation>,
+    /// Seed for initialisation, dropout, shuffling and splitting.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Preference training instead of supervised fine-tuning.
+    #[serde(default)]
+    pub rl: Option<RlMethod>,
+    /// DPO's beta: how far the policy may move from the reference model.
+    #[serde(default = "default_dpo_beta")]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
+    pub dpo_beta: f64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_epsilon() -> f64 {
+    1e-8
+}
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_dpo_beta() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    /// Cosine decay to `cosine_min_lr_ratio` × peak (0 by default).
+    #[default]
+    Cosine,
+    /// Linear decay to 0.
+    Linear,
+    /// Constant after warmup.
+    Constant,
+    /// Constant after warmup (Hugging Face's name).
+    ConstantWithWarmup,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// AdamW with 32-bit states (libtorch's).
+    #[default]
+    AdamwTorch,
+    /// AdamW with 32-bit states, fused kernel on CUDA.
+    AdamwTorchFused,
+    /// AdamW with blockwise 8-bit states.
+    #[serde(rename = "adamw_8bit")]
+    Adamw8bit,
+    /// Same as `adamw_8bit` (bitsandbytes' name).
+    #[serde(rename = "adamw_bnb_8bit")]
+    AdamwBnb8bit,
+    /// Same as `adamw_8bit`: recipe needs no paging.
+    #[serde(rename = "paged_adamw_8bit")]
+    PagedAdamw8bit,
+    /// Same as `adamw_torch`: recipe needs no paging.
+    #[serde(rename = "paged_adamw_32bit")]
+    PagedAdamw32bit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttnImplementation {
+    Eager,
+    Sdpa,
+    FlashAttention2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RlMethod {
+    /// Direct preference optimisation.
+    Dpo,
+    /// Identity preference optimisation.
+    Ipo,
+    /// Odds-ratio preference optimisation (no reference model).
+    Orpo,
+    /// Simple preference optimisation.
+    Simpo,
+}
+
+/// `true`, `false` or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+    Auto,
+}
+
+impl Switch {
+    pub fn auto() -> Switch {
+        Switch::Auto
+    }
+    pub fn off() -> Switch {
+        Switch::Off
+    }
+}
+
+impl Serialize for Switch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::On => s.serialize_bool(true),
+            Switch::Off => s.serialize_bool(false),
+            Switch::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(true) => Ok(Switch::On),
+            serde_json::Value::Bool(false) => Ok(Switch::Off),
+            serde_json::Value::String(s) if s == "auto" => Ok(Switch::Auto),
+            other => Err(serde::de::Error::custom(format!(
+                "expected true, false or \"auto\", found {other}"
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for Switch {
+    fn schema_name() -> Cow<'static, str> {
+        "Switch".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"description": "true, false or auto", "enum": [true, false, "auto"]})
+    }
+}

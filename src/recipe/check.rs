@@ -1,0 +1,803 @@
+//! From the layered tree to a typed Config: Axolotl's keys, the JSON Schema, typed decoding and
+//! the cross-field rules, every problem reported at its key with expected / found / did-you-mean.
+//!
+//! Order matters: Axolotl keys that recipe recognises but does not implement are settled first
+//! (accepted quietly when inert, rejected by name otherwise), nulls are removed (an empty key means
+//! "unset"), then the schema reports everything else in one pass, and only a schema-valid tree is
+//! decoded and checked by the cross-field rules.
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+use super::source::{Sources, Span};
+use super::yaml::{Entry, Node, Value};
+use crate::config::axolotl_keys::{self, AxolotlKeyKind, Inert};
+use crate::config::{Config, rules, schema};
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use serde_json::Value as Json;
+use std::sync::OnceLock;
+
+pub struct Checked {
+    pub tree: Node,
+    pub config: Option<Config>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub ignored_keys: Vec<String>,
+}
+
+pub fn check(mut tree: Node, sources: &Sources) -> Checked {
+    let mut diagnostics = Vec::new();
+    let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
+    let nulls = strip_nulls(&mut tree);
+    let json = tree.to_json();
+    for error in validator().iter_errors(&json) {
+        diagnostics.extend(map_schema_error(&error, &tree, &nulls));
+    }
+    let config = if diagnostics.iter().any(Diagnostic::is_error) {
+        None
+    } else {
+        decode(&json, &tree, &mut diagnostics)
+    };
+    if let Some(config) = &config {
+        let locator = Locator {
+            tree: &tree,
+            sources,
+        };
+        diagnostics.extend(rules::check(config, &locator));
+    }
+    Checked {
+        tree,
+        config,
+        diagnostics,
+        ignored_keys,
+    }
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        jsonschema::draft202012::new(schema::schema()).expect("the generated schema compiles")
+    })
+}
+
+/// Finds the key and value written at a dotted path, for rules and the plan's provenance.
+pub struct Locator<'a> {
+    pub tree: &'a Node,
+    pub sources: &'a Sources,
+}
+
+impl<'a> Locator<'a> {
+    /// The entry at `path` (`lora_r`, `datasets.0.path`).
+    pub fn entry(&self, path: &str) -> Option<&'a Entry> {
+        let mut node = self.tree;
+        let mut found = None;
+        for segment in path.split('.') {
+            match &node.value {
+                Value::Map(entries) => {
+                    let entry = entries.iter().find(|e| e.key == segment)?;
+                    found = Some(entry);
+                    node = &entry.value;
+                }
+                Value::Seq(items) => {
+                    node = items.get(segment.parse::<usize>().ok()?)?;
+                }
+                _ => return None,
+            }
+        }
+        found
+    }
+
+    /// The span of the value at `path`, if the recipe (or a preset) wrote it.
+    pub fn value_span(&self, path: &str) -> Option<Span> {
+        self.entry(path).map(|e| e.value.span)
+    }
+
+    /// Where the value at `path` came from: `file:line:col`, `preset NAME`, `--set ...` or `default`.
+    pub fn origin(&self, path: &str) -> String {
+        match self.entry(path) {
+            Some(e) => self.sources.origin(e.value.span),
+            None => "default".to_string(),
+        }
+    }
+
+    /// The directory a relative path written at `span` is relative to (its recipe file's folder).
+    pub fn base_dir(&self, span: Span) -> Option<std::path::PathBuf> {
+        let source = self.sources.get(span.source);
+        Some(
+            source
+                .path()?
+                .parent()
+                .unwrap_or(std::path::Path::new(""))
+                .to_path_buf(),
+        )
+    }
+}
+
+/// Top-level keys of Axolotl's that recipe does not implement: quiet when inert, errors otherwise.
+fn settle_axolotl_keys(tree: &mut Node, diagnostics: &mut Vec<Diagnostic>) -> Vec<String> {
+    let known = schema::top_level_keys();
+    let mut ignored = Vec::new();
+    let Some(entries) = tree.as_map_mut() else {
+        return ignored;
+    };
+    entries.retain(|entry| {
+        if known.contains(&entry.key.as_str()) {
+            return true;
+        }
+        let Some(key) = axolotl_keys::lookup(&entry.key) else {
+            return true;
+        };
+        if is_inert(&entry.value, key.inert) {
+            ignored.push(entry.key.clone());
+            return false;
+        }
+        let message = match key.kind {
+            AxolotlKeyKind::Unsupported => format!(
+                "`{}` is an Axolotl option that recipe does not support",
+                entry.key
+            ),
+            AxolotlKeyKind::Integration => {
+                format!(
+                    "`{}` is an Axolotl integration that recipe does not support",
+                    entry.key
+                )
+            }
+        };
+        let accepted = match key.inert {
+            Inert::Any => "any value".to_string(),
+            Inert::Null => "an empty value".to_string(),
+            Inert::NullOrFalse => "an empty value or `false`".to_string(),
+            Inert::NullOr(v) => format!("an empty value or `{v}` (Axolotl's default)"),
+        };
+        let mut d = Diagnostic::error("unsupported-axolotl-key", message)
+            .at(entry.key_span, "not supported by recipe")
+            .key(entry.key.clone())
+            .expected(format!("{accepted}, which has no effect"))
+            .found(describe_node(&entry.value));
+        let mut help = format!("remove `{}` from the recipe", entry.key);
+        if let Some(alt) = key.alternative {
+            help = format!("{alt}; or {help}");
+        }
+        d = d.help(help);
+        diagnostics.push(d);
+        false
+    });
+    ignored
+}
+
+fn is_inert(node: &Node, inert: Inert) -> bool {
+    let empty = match &node.value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Seq(items) => items.is_empty(),
+        Value::Map(entries) => entries.is_empty(),
+        _ => false,
+    };
+    match inert {
+        Inert::Any => true,
+        Inert::Null => empty,
+        Inert::NullOrFalse => empty || node.value == Value::Bool(false),
+        Inert::NullOr(default) => {
+            empty
+                || match (
+                    &node.value,
+                    super::yaml::parse(default, node.span.source, 0),
+                ) {
+                    (
+                        Value::Int(a),
+                        Ok(Some(Node {
+                            value: Value::Int(b),
+                            ..
+                        })),
+                    ) => *a == b,
+                    (
+                        Value::Int(a),
+                        Ok(Some(Node {
+                            value: Value::Float(b),
+                            ..
+                        })),
+                    ) => *a as f64 == b,
+                    (
+                        Value::Float(a),
+                        Ok(Some(Node {
+                            value: Value::Int(b),
+                            ..
+                        })),
+                    ) => *a == b as f64,
+                    (a, Ok(Some(b))) => *a == b.value,
+                    _ => false,
+                }
+        }
+    }
+}
+
+/// Where nulls were removed: an empty key means "unset". List items stay (a null item is an error).
+type NullKeys = Vec<(String, Span)>;
+
+fn strip_nulls(tree: &mut Node) -> NullKeys {
+    let mut removed = Vec::new();
+    strip(tree, "", &mut removed);
+    removed
+}
+
+fn strip(node: &mut Node, pointer: &str, removed: &mut NullKeys) {
+    match &mut node.value {
+        Value::Map(entries) => {
+            entries.retain(|e| {
+                if e.value.is_null() {
+                    removed.push((format!("{pointer}/{}", escape_pointer(&e.key)), e.key_span));
+                    false
+                } else {
+                    true
+                }
+            });
+            for e in entries.iter_mut() {
+                let child = format!("{pointer}/{}", escape_pointer(&e.key));
+                strip(&mut e.value, &child, removed);
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                strip(item, &format!("{pointer}/{i}"), removed);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn pointer_segments(pointer: &str) -> Vec<String> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+/// `datasets[0].type` from `/datasets/0/type`.
+fn key_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
+}
+
+/// The entry (when the last segment is a key) and node at a JSON pointer.
+fn locate<'a>(tree: &'a Node, segments: &[String]) -> (Option<&'a Entry>, &'a Node) {
+    let mut node = tree;
+    let mut entry = None;
+    for s in segments {
+        match &node.value {
+            Value::Map(entries) => match entries.iter().find(|e| e.key == *s) {
+                Some(e) => {
+                    entry = Some(e);
+                    node = &e.value;
+                }
+                None => return (None, node),
+            },
+            Value::Seq(items) => match s.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Some(item) => {
+                    entry = None;
+                    node = item;
+                }
+                None => return (None, node),
+            },
+            _ => return (None, node),
+        }
+    }
+    (entry, node)
+}
+
+/// A value as "found" text: `string "abc"`, `integer 3`, `a mapping`.
+fn describe_node(node: &Node) -> String {
+    match &node.value {
+        Value::Null => "an empty value".into(),
+        Value::Bool(b) => format!("`{b}` (a boolean)"),
+        Value::Int(i) => format!("`{i}` (an integer)"),
+        Value::Float(f) => format!("`{f:?}` (a number)"),
+        Value::String(s) => format!("`{s}` (a string)"),
+        Value::Seq(items) => format!("a list of {} items", items.len()),
+        Value::Map(entries) => format!("a mapping with {} keys", entries.len()),
+    }
+}
+
+fn json_type_word(t: &str) -> &str {
+    match t {
+        "object" => "a mapping",
+        "array" => "a list",
+        "string" => "a string",
+        "integer" => "an integer",
+        "number" => "a number",
+        "boolean" => "a boolean (true or false)",
+        "null" => "empty",
+        other => other,
+    }
+}
+
+/// Short text for what a schema accepts.
+fn describe_schema(s: &Json, root: &Json) -> String {
+    if let Some(Json::String(r)) = s.get("$ref") {
+        if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            return describe_schema(target, root);
+        }
+    }
+    if let Some(desc) = s.get("description").and_then(Json::as_str) {
+        if s.get("anyOf").is_some() || s.get("oneOf").is_some() {
+            return desc.trim_end_matches('.').to_string();
+        }
+    }
+    if let Some(Json::Array(values)) = s.get("enum") {
+        return format!("one of {}", list_values(values));
+    }
+    if let Some(c) = s.get("const") {
+        return format!("`{}`", plain(c));
+    }
+    if let Some(Json::Array(branches)) = s.get("anyOf") {
+        let parts: Vec<String> = branches
+            .iter()
+            .filter(|b| b.get("type") != Some(&Json::String("null".into())))
+            .map(|b| describe_schema(b, root))
+            .collect();
+        return parts.join(", or ");
+    }
+    match s.get("type") {
+        Some(Json::String(t)) => json_type_word(t).to_string(),
+        Some(Json::Array(ts)) => ts
+            .iter()
+            .filter_map(Json::as_str)
+            .filter(|t| *t != "null")
+            .map(json_type_word)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "a different value".to_string(),
+    }
+}
+
+fn plain(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn list_values(values: &[Json]) -> String {
+    values
+        .iter()
+        .filter(|v| !v.is_null())
+        .map(|v| format!("`{}`", plain(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Values of Axolotl's closed sets that recipe does not implement, by key.
+const AXOLOTL_VALUES: &[(&str, &str, &[&str])] = &[
+    (
+        "optimizer",
+        "optimizer",
+        &[
+            "adafactor",
+            "adamw_hf",
+            "adamw_anyprecision",
+            "adamw_apex_fused",
+            "adamw_torch_4bit",
+            "adamw_torch_npu_fused",
+            "adagrad",
+            "ademamix",
+            "ademamix_8bit",
+            "adopt_adamw",
+            "ao_adamw_4bit",
+            "ao_adamw_8bit",
+            "ao_adamw_fp8",
+            "came_pytorch",
+            "dion",
+            "galore_adafactor",
+            "galore_adamw",
+            "galore_adamw_8bit",
+            "grokadamw",
+            "lion_32bit",
+            "lion_8bit",
+            "lomo",
+            "adalomo",
+            "muon",
+            "optimi_adamw",
+            "paged_ademamix_8bit",
+            "paged_ademamix_32bit",
+            "paged_lion_32bit",
+            "paged_lion_8bit",
+            "rmsprop",
+            "rmsprop_bnb",
+            "schedule_free_adamw",
+            "schedule_free_sgd",
+            "sgd",
+        ],
+    ),
+    (
+        "lr_scheduler",
+        "learning-rate scheduler",
+        &[
+            "one_cycle",
+            "rex",
+            "log_sweep",
+            "cosine_with_restarts",
+            "polynomial",
+            "inverse_sqrt",
+            "reduce_lr_on_plateau",
+            "cosine_with_min_lr",
+            "warmup_stable_decay",
+            "jagged",
+        ],
+    ),
+    (
+        "rl",
+        "preference-training method",
+        &["kto", "grpo", "gdpo", "ebft"],
+    ),
+    (
+        "adapter",
+        "adapter",
+        &[
+            "llama-adapter",
+            "ia3",
+            "loha",
+            "lokr",
+            "vera",
+            "oft",
+            "boft",
+            "lora-ga",
+        ],
+    ),
+    (
+        "chat_template",
+        "chat template",
+        &[
+            "cohere",
+            "command_a",
+            "command_a_tool_use",
+            "command_a_rag",
+            "exaone",
+            "falcon_h1",
+            "gemma3",
+            "gemma3n",
+            "jamba",
+            "llama3_2_vision",
+            "llama4",
+            "llava",
+            "metharme",
+            "mistral_v7_tekken",
+            "pixtral",
+            "qwen2_vl",
+            "qwen3",
+            "aya",
+        ],
+    ),
+    (
+        "type",
+        "dataset type",
+        &[
+            "sharegpt",
+            "oasst",
+            "pygmalion",
+            "gpteacher",
+            "reflection",
+            "metharme",
+            "orcamini",
+            "context_qa",
+            "explainchoice",
+            "concisechoice",
+            "summarizetldr",
+            "jeopardy",
+            "stepwise_supervised",
+            "bradley_terry.chat_template",
+            "chatml.intel",
+            "chatml.argilla",
+            "chatml.prompt_pairs",
+            "llama3.intel",
+            "llama3.argilla",
+            "llama3.prompt_pairs",
+            "alpaca_w_system.load_open_orca",
+        ],
+    ),
+];
+
+fn axolotl_value_hint(key: &str, value: &str) -> Option<String> {
+    AXOLOTL_VALUES.iter().find_map(|(k, what, values)| {
+        (*k == key && values.contains(&value))
+            .then(|| format!("`{value}` is an Axolotl {what} that recipe does not support"))
+    })
+}
+
+fn map_schema_error(
+    error: &jsonschema::ValidationError<'_>,
+    tree: &Node,
+    nulls: &NullKeys,
+) -> Vec<Diagnostic> {
+    let root = schema::schema();
+    let instance_pointer = error.instance_path().as_str().to_string();
+    let segments = pointer_segments(&instance_pointer);
+    let path = key_path(&segments);
+    let (entry, node) = locate(tree, &segments);
+    let at = entry.map_or(node.span, |e| e.value.span);
+    let last_key = segments
+        .iter()
+        .rev()
+        .find(|s| s.parse::<usize>().is_err())
+        .cloned()
+        .unwrap_or_default();
+    let schema_pointer = error.schema_path().as_str().to_string();
+    let keyword_parent = |p: &str| -> Json {
+        let parent = p.rsplit_once('/').map_or("", |(a, _)| a);
+        root.pointer(parent).cloned().unwrap_or(Json::Null)
+    };
+    let property_schema = || -> Json { keyword_parent(&schema_pointer) };
+
+    let base = |rule: &'static str, message: String| -> Diagnostic {
+        let d = Diagnostic::error(rule, message);
+        let d = if path.is_empty() {
+            d
+        } else {
+            d.key(path.clone())
+        };
+        d
+    };
+
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let parent = property_schema();
+            let candidates: Vec<String> = parent
+                .get("properties")
+                .and_then(Json::as_object)
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            unexpected
+                .iter()
+                .map(|key| {
+                    let span = node.get(key).map_or(node.span, |e| e.key_span);
+                    let full = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    let suggestion = did_you_mean(key, candidates.iter().map(String::as_str));
+                    let where_ = if path.is_empty() {
+                        "at the top level".to_string()
+                    } else {
+                        format!("in `{path}`")
+                    };
+                    let mut d =
+                        Diagnostic::error("unknown-key", format!("unknown key `{key}` {where_}"))
+                            .at(span, "unknown key")
+                            .key(full)
+                            .suggest(suggestion.clone());
+                    if suggestion.is_none() {
+                        d = d.help(format!(
+                            "keys allowed here: {}",
+                            candidates
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                    d
+                })
+                .collect()
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = plain(property);
+            let full = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            let null_pointer = format!("{instance_pointer}/{}", escape_pointer(&name));
+            let d = match nulls.iter().find(|(p, _)| *p == null_pointer) {
+                Some((_, span)) => {
+                    Diagnostic::error("required", format!("`{full}` is empty, but it is required"))
+                        .at(*span, "needs a value")
+                }
+                None => {
+                    let span = entry.map_or(node.span, |e| e.key_span);
+                    let span = Span {
+                        end: span.start.max(span.end.min(span.start + 1)),
+                        ..span
+                    };
+                    Diagnostic::error("required", format!("missing required key `{name}`"))
+                        .at(span, format!("`{name}` is missing here"))
+                }
+            };
+            vec![d.key(full)]
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => json_type_word(&t.to_string()).to_string(),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| t.to_string())
+                    .filter(|t| t != "null")
+                    .map(|t| json_type_word(&t).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            let mut d = base("type", format!("`{path}` must be {expected}"))
+                .at(at, format!("expected {expected}"))
+                .expected(expected.clone())
+                .found(describe_node(node));
+            if let Value::String(s) = &node.value {
+                if expected.starts_with("a boolean")
+                    && matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n")
+                {
+                    d = d.help("YAML 1.2 reads yes/no/on/off as text: write true or false");
+                } else if s.parse::<f64>().is_ok()
+                    && (expected.contains("number") || expected.contains("integer"))
+                {
+                    d = d.help("remove the quotes: a quoted number is text");
+                }
+            }
+            vec![d]
+        }
+        ValidationErrorKind::Enum { options } => {
+            let values = options.as_array().cloned().unwrap_or_default();
+            vec![enum_diagnostic(base, &path, &last_key, at, node, &values)]
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            let mut d = base(
+                "value",
+                format!("`{path}` must be `{}`", plain(expected_value)),
+            )
+            .at(at, format!("expected `{}`", plain(expected_value)))
+            .expected(format!("`{}`", plain(expected_value)))
+            .found(describe_node(node));
+            if let Some(desc) = property_schema().get("description").and_then(Json::as_str) {
+                d = d.help(desc.to_string());
+            }
+            vec![d]
+        }
+        ValidationErrorKind::Minimum { limit }
+        | ValidationErrorKind::Maximum { limit }
+        | ValidationErrorKind::ExclusiveMinimum { limit }
+        | ValidationErrorKind::ExclusiveMaximum { limit } => {
+            let relation = match error.kind() {
+                ValidationErrorKind::Minimum { .. } => "at least",
+                ValidationErrorKind::Maximum { .. } => "at most",
+                ValidationErrorKind::ExclusiveMinimum { .. } => "greater than",
+                _ => "less than",
+            };
+            let range = describe_range(&property_schema());
+            vec![
+                base("range", format!("`{path}` must be {relation} {limit}"))
+                    .at(at, format!("out of range: {range}"))
+                    .expected(range)
+                    .found(describe_node(node)),
+            ]
+        }
+        ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
+            let anyof_schema = property_schema();
+            // A closed set of names among the alternatives (dataset `type`, presets): treat as an enum.
+            if let Value::String(_) = node.value {
+                if let Some(Json::Array(branches)) = anyof_schema.get("anyOf") {
+                    if let Some(Json::Array(values)) = branches.iter().find_map(|b| b.get("enum")) {
+                        return vec![enum_diagnostic(base, &path, &last_key, at, node, values)];
+                    }
+                }
+            }
+            let expected = describe_schema(&anyof_schema, root);
+            vec![
+                base("type", format!("`{path}` must be {expected}"))
+                    .at(at, "not an accepted value")
+                    .expected(expected)
+                    .found(describe_node(node)),
+            ]
+        }
+        _ => vec![
+            base("schema", format!("`{path}`: {error}"))
+                .at(at, "here")
+                .found(describe_node(node)),
+        ],
+    }
+}
+
+fn enum_diagnostic(
+    base: impl Fn(&'static str, String) -> Diagnostic,
+    path: &str,
+    last_key: &str,
+    at: Span,
+    node: &Node,
+    values: &[Json],
+) -> Diagnostic {
+    let expected = format!("one of {}", list_values(values));
+    let (message, suggestion) = match &node.value {
+        Value::String(s) => {
+            let names: Vec<String> = values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let message = axolotl_value_hint(last_key, s)
+                .unwrap_or_else(|| format!("`{s}` is not a valid value for `{path}`"));
+            let suggestion = match last_key {
+                "preset" => super::suggest_preset(s),
+                _ => did_you_mean(s, names.iter().map(String::as_str)),
+            };
+            (message, suggestion)
+        }
+        _ => (format!("`{path}` must be {expected}"), None),
+    };
+    base("value", message)
+        .at(at, "not one of the accepted values")
+        .expected(expected)
+        .found(describe_node(node))
+        .suggest(suggestion)
+}
+
+fn describe_range(s: &Json) -> String {
+    let num = |k: &str| s.get(k).map(|v| v.to_string());
+    let low = num("minimum")
+        .map(|v| format!("≥ {v}"))
+        .or(num("exclusiveMinimum").map(|v| format!("> {v}")));
+    let high = num("maximum")
+        .map(|v| format!("≤ {v}"))
+        .or(num("exclusiveMaximum").map(|v| format!("< {v}")));
+    match (low, high) {
+        (Some(l), Some(h)) => format!("a value {l} and {h}"),
+        (Some(l), None) => format!("a value {l}"),
+        (None, Some(h)) => format!("a value {h}"),
+        (None, None) => "a different value".into(),
+    }
+}
+
+/// Typed decoding of a schema-valid tree. A failure here means the schema accepted a value the
+/// types refuse (e.g. `lora_r: 8.0`); it is still reported at its key.
+fn decode(json: &Json, tree: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Config> {
+    match serde_path_to_error::deserialize::<_, Config>(json) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            let path = e.path().to_string();
+            let segments: Vec<String> = path
+                .split('.')
+                .filter(|s| !s.is_empty() && *s != "?")
+                .flat_map(|s| {
+                    // serde_path_to_error writes list indices as `key[0]`.
+                    let mut parts = Vec::new();
+                    let mut rest = s;
+                    while let Some(open) = rest.find('[') {
+                        if open > 0 {
+                            parts.push(rest[..open].to_string());
+                        }
+                        let close = rest[open..].find(']').map_or(rest.len(), |c| open + c);
+                        parts.push(rest[open + 1..close].to_string());
+                        rest = &rest[(close + 1).min(rest.len())..];
+                    }
+                    if !rest.is_empty() {
+                        parts.push(rest.to_string());
+                    }
+                    parts
+                })
+                .collect();
+            let (entry, node) = locate(tree, &segments);
+            let at = entry.map_or(node.span, |e| e.value.span);
+            let mut message = e.inner().to_string();
+            if let Value::Float(f) = node.value {
+                if f.fract() == 0.0 {
+                    message = format!(
+                        "`{}` must be a whole number written without a decimal point",
+                        key_path(&segments)
+                    );
+                }
+            }
+            diagnostics.push(
+                Diagnostic::error("type", message)
+                    .at(at, "here")
+                    .key(key_path(&segments))
+                    .found(describe_node(node)),
+            );
+            None
+        }
+    }
+}
