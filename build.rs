@@ -13,10 +13,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_EXEC").is_none() {
         return;
     }
-    let lib_dir = match (
-        std::env::var_os("LIBTORCH_LIB"),
-        std::env::var_os("LIBTORCH"),
-    ) {
+    let lib_dir = match (std::env::var_os("LIBTORCH_LIB"), std::env::var_os("LIBTORCH")) {
         (Some(lib), _) => PathBuf::from(lib).join("lib"),
         (None, Some(root)) => PathBuf::from(root).join("lib"),
         (None, None) => {

@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "recipe",
-    version,
-    about = "Declarative YAML recipes for LLM fine-tuning"
-)]
+#[command(name = "recipe", version, about = "Declarative YAML recipes for LLM fine-tuning")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,19 +60,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
     match cli.command {
-        Command::Validate {
-            paths,
-            format,
-            deny_warnings,
-        } => validate(&paths, &cli.set, format, deny_warnings),
+        Command::Validate { paths, format, deny_warnings } => validate(&paths, &cli.set, format, deny_warnings),
         Command::Schema => {
             print!("{}", schema::schema_text());
             ExitCode::SUCCESS
@@ -85,10 +73,7 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "exec")]
         Command::Env => {
             let report = crate::exec::device_report();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
             ExitCode::SUCCESS
         }
     }
@@ -103,10 +88,7 @@ fn collect_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
             let before = files.len();
             walk(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
             if files.len() == before {
-                return Err(format!(
-                    "{}: no recipe files (*.yaml, *.yml) in this directory",
-                    path.display()
-                ));
+                return Err(format!("{}: no recipe files (*.yaml, *.yml) in this directory", path.display()));
             }
         } else {
             files.push(path.clone());
@@ -125,22 +107,14 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
             if entry.file_name() != ".git" {
                 walk(&path, files)?;
             }
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             files.push(path);
         }
     }
     Ok(())
 }
 
-fn validate(
-    paths: &[PathBuf],
-    overrides: &[String],
-    format: Format,
-    deny_warnings: bool,
-) -> ExitCode {
+fn validate(paths: &[PathBuf], overrides: &[String], format: Format, deny_warnings: bool) -> ExitCode {
     let files = match collect_recipes(paths) {
         Ok(files) => files,
         Err(message) => {
@@ -164,18 +138,9 @@ fn validate(
         }
         match format {
             Format::Text => {
-                let _ = write!(
-                    out,
-                    "{}",
-                    diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled)
-                );
+                let _ = write!(out, "{}", diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled));
             }
-            Format::Json => json.extend(
-                loaded
-                    .diagnostics
-                    .iter()
-                    .map(|d| diagnostic::to_json(d, &loaded.sources)),
-            ),
+            Format::Json => json.extend(loaded.diagnostics.iter().map(|d| diagnostic::to_json(d, &loaded.sources))),
         }
     }
     match format {
@@ -198,11 +163,7 @@ fn validate(
                 "warnings": warnings,
                 "diagnostics": json,
             });
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&report).expect("serializes")
-            );
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("serializes"));
         }
     }
     if io_failed {
@@ -223,11 +184,7 @@ fn list_presets(format: Format) -> ExitCode {
         Format::Text => {
             for p in presets::PRESETS {
                 println!("{}: {}", p.name, p.summary);
-                for line in p
-                    .yaml
-                    .lines()
-                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                {
+                for line in p.yaml.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
                     println!("    {line}");
                 }
                 println!();
@@ -238,10 +195,7 @@ fn list_presets(format: Format) -> ExitCode {
                 .iter()
                 .map(|p| {
                     let mut sources = recipe::source::Sources::default();
-                    let id = sources.add(
-                        recipe::source::SourceKind::Preset(p.name.into()),
-                        p.yaml.into(),
-                    );
+                    let id = sources.add(recipe::source::SourceKind::Preset(p.name.into()), p.yaml.into());
                     let values = recipe::yaml::parse(p.yaml, id, 0)
                         .ok()
                         .flatten()
@@ -249,10 +203,7 @@ fn list_presets(format: Format) -> ExitCode {
                     serde_json::json!({"name": p.name, "summary": p.summary, "values": values})
                 })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&list).expect("serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
         }
     }
     ExitCode::SUCCESS

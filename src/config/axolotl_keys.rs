@@ -426,10 +426,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
 
 /// Finds `name` in [`AXOLOTL_KEYS`] (exact, case-sensitive match).
 pub fn lookup(name: &str) -> Option<&'static AxolotlKey> {
-    AXOLOTL_KEYS
-        .binary_search_by(|key| key.name.cmp(name))
-        .ok()
-        .map(|index| &AXOLOTL_KEYS[index])
+    AXOLOTL_KEYS.binary_search_by(|key| key.name.cmp(name)).ok().map(|index| &AXOLOTL_KEYS[index])
 }
 
 #[cfg(test)]
@@ -532,10 +529,7 @@ mod tests {
     #[test]
     fn table_excludes_native_keys() {
         for name in SUPPORTED_BY_RECIPE {
-            assert!(
-                lookup(name).is_none(),
-                "`{name}` is supported by recipe and must not be in AXOLOTL_KEYS"
-            );
+            assert!(lookup(name).is_none(), "`{name}` is supported by recipe and must not be in AXOLOTL_KEYS");
             assert!(
                 AXOLOTL_KEYS.iter().all(|key| key.name != *name),
                 "`{name}` is supported by recipe and must not be in AXOLOTL_KEYS"
@@ -548,10 +542,7 @@ mod tests {
         for key in AXOLOTL_KEYS {
             assert!(
                 !key.name.is_empty()
-                    && key
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    && key.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "bad key name `{}`",
                 key.name
             );
@@ -580,39 +571,21 @@ mod tests {
         let deepspeed = lookup("deepspeed").unwrap();
         assert_eq!(deepspeed.kind, AxolotlKeyKind::Unsupported);
         assert_eq!(deepspeed.inert, Inert::Null);
-        assert_eq!(
-            deepspeed.alternative,
-            Some("use `fsdp` / `fsdp_config` instead")
-        );
+        assert_eq!(deepspeed.alternative, Some("use `fsdp` / `fsdp_config` instead"));
 
         let wandb = lookup("wandb_project").unwrap();
         assert_eq!(wandb.kind, AxolotlKeyKind::Integration);
         assert_eq!(wandb.inert, Inert::Null);
 
         assert_eq!(lookup("strict").unwrap().inert, Inert::NullOrFalse);
-        assert_eq!(
-            lookup("hf_use_auth_token").unwrap().inert,
-            Inert::NullOrFalse
-        );
+        assert_eq!(lookup("hf_use_auth_token").unwrap().inert, Inert::NullOrFalse);
         assert_eq!(lookup("local_rank").unwrap().inert, Inert::Null);
-        assert_eq!(
-            lookup("loss_watchdog_patience").unwrap().inert,
-            Inert::NullOr("3")
-        );
-        assert!(
-            lookup("max_packed_sequence_len")
-                .unwrap()
-                .alternative
-                .is_some()
-        );
+        assert_eq!(lookup("loss_watchdog_patience").unwrap().inert, Inert::NullOr("3"));
+        assert!(lookup("max_packed_sequence_len").unwrap().alternative.is_some());
     }
 
     #[test]
     fn table_is_reasonably_complete() {
-        assert!(
-            AXOLOTL_KEYS.len() >= 150,
-            "only {} keys",
-            AXOLOTL_KEYS.len()
-        );
+        assert!(AXOLOTL_KEYS.len() >= 150, "only {} keys", AXOLOTL_KEYS.len());
     }
 }

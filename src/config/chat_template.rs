@@ -51,12 +51,16 @@ pub enum ChatTemplateName {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecialTokens {
+    /// The beginning-of-sequence token.
     #[serde(default)]
     pub bos_token: Option<String>,
+    /// The end-of-sequence token (also ends each chat turn for most templates).
     #[serde(default)]
     pub eos_token: Option<String>,
+    /// The padding token; Llama models ship without one.
     #[serde(default)]
     pub pad_token: Option<String>,
+    /// The unknown token.
     #[serde(default)]
     pub unk_token: Option<String>,
 }

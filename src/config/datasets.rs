@@ -252,6 +252,7 @@ pub struct UserDefinedFormat {
 pub struct UserDefinedDataset {
     #[serde(flatten)]
     pub source: DatasetSource,
+    /// The prompt format: field names and format strings.
     #[serde(rename = "type")]
     pub format: UserDefinedFormat,
 }
@@ -272,20 +273,11 @@ pub enum DatasetConfig {
 
 /// The named formats, in schema order, with their help text.
 pub const DATASET_TYPES: &[(&str, &str)] = &[
-    (
-        "alpaca",
-        "instruction / input / output rows in the Alpaca prompt",
-    ),
-    (
-        "alpaca_chat",
-        "instruction / input / output rows in the alpaca_chat prompt",
-    ),
+    ("alpaca", "instruction / input / output rows in the Alpaca prompt"),
+    ("alpaca_chat", "instruction / input / output rows in the alpaca_chat prompt"),
     ("completion", "raw text, all of it trained on"),
     ("pretrain", "raw text split into sequence_len chunks"),
-    (
-        "chat_template",
-        "conversations rendered with a chat template",
-    ),
+    ("chat_template", "conversations rendered with a chat template"),
     ("input_output", "segments with a per-segment `label`"),
 ];
 
@@ -318,22 +310,15 @@ impl<'de> Deserialize<'de> for DatasetConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut map = Map::<String, Value>::deserialize(deserializer)?;
-        let kind = map
-            .get("type")
-            .cloned()
-            .ok_or_else(|| D::Error::missing_field("type"))?;
+        let kind = map.get("type").cloned().ok_or_else(|| D::Error::missing_field("type"))?;
         let parse = |map: Map<String, Value>| -> Result<Value, D::Error> { Ok(Value::Object(map)) };
         let name = match kind {
             Value::String(name) => name,
             Value::Object(_) => {
-                return serde_json::from_value(parse(map)?)
-                    .map(DatasetConfig::UserDefined)
-                    .map_err(D::Error::custom);
+                return serde_json::from_value(parse(map)?).map(DatasetConfig::UserDefined).map_err(D::Error::custom);
             }
             other => {
-                return Err(D::Error::custom(format!(
-                    "`type` must be a name or a mapping, found {other}"
-                )));
+                return Err(D::Error::custom(format!("`type` must be a name or a mapping, found {other}")));
             }
         };
         map.remove("type");
@@ -344,15 +329,10 @@ impl<'de> Deserialize<'de> for DatasetConfig {
             "alpaca_chat" => DatasetConfig::AlpacaChat(serde_json::from_value(value).map_err(e)?),
             "completion" => DatasetConfig::Completion(serde_json::from_value(value).map_err(e)?),
             "pretrain" => DatasetConfig::Pretrain(serde_json::from_value(value).map_err(e)?),
-            "chat_template" => {
-                DatasetConfig::ChatTemplate(serde_json::from_value(value).map_err(e)?)
-            }
+            "chat_template" => DatasetConfig::ChatTemplate(serde_json::from_value(value).map_err(e)?),
             "input_output" => DatasetConfig::InputOutput(serde_json::from_value(value).map_err(e)?),
             other => {
-                return Err(D::Error::unknown_variant(
-                    other,
-                    &["alpaca", "chat_template", "..."],
-                ));
+                return Err(D::Error::unknown_variant(other, &["alpaca", "chat_template", "..."]));
             }
         })
     }
@@ -369,18 +349,8 @@ impl JsonSchema for DatasetConfig {
         let alpaca = AlpacaDataset::json_schema(generator);
         let text = TextDataset::json_schema(generator);
         branches.push((named("alpaca"), "AlpacaDataset", alpaca.clone(), "alpaca"));
-        branches.push((
-            named("alpaca_chat"),
-            "AlpacaChatDataset",
-            alpaca,
-            "alpaca_chat",
-        ));
-        branches.push((
-            named("completion"),
-            "CompletionDataset",
-            text.clone(),
-            "completion",
-        ));
+        branches.push((named("alpaca_chat"), "AlpacaChatDataset", alpaca, "alpaca_chat"));
+        branches.push((named("completion"), "CompletionDataset", text.clone(), "completion"));
         branches.push((named("pretrain"), "PretrainDataset", text, "pretrain"));
         branches.push((
             named("chat_template"),
@@ -398,23 +368,15 @@ impl JsonSchema for DatasetConfig {
         let mut all_of = Vec::new();
         let mut names = Vec::new();
         for (condition, def_name, mut schema, tag) in branches {
-            let (_, help) = DATASET_TYPES
-                .iter()
-                .find(|(n, _)| *n == tag)
-                .expect("listed type");
+            let (_, help) = DATASET_TYPES.iter().find(|(n, _)| *n == tag).expect("listed type");
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-                props.insert(
-                    "type".into(),
-                    serde_json::json!({"const": tag, "description": help}),
-                );
+                props.insert("type".into(), serde_json::json!({"const": tag, "description": help}));
             }
             if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
                 required.push(Value::String("type".into()));
             }
             schema.insert("title".into(), Value::String(format!("type: {tag}")));
-            generator
-                .definitions_mut()
-                .insert(def_name.into(), schema.to_value());
+            generator.definitions_mut().insert(def_name.into(), schema.to_value());
             all_of.push(serde_json::json!({
                 "if": {"properties": {"type": condition}, "required": ["type"]},
                 "then": {"$ref": format!("#/$defs/{def_name}")},
@@ -422,9 +384,7 @@ impl JsonSchema for DatasetConfig {
             names.push(tag);
         }
         let user_defined = UserDefinedDataset::json_schema(generator);
-        generator
-            .definitions_mut()
-            .insert("UserDefinedDataset".into(), user_defined.to_value());
+        generator.definitions_mut().insert("UserDefinedDataset".into(), user_defined.to_value());
         all_of.push(serde_json::json!({
             "if": {"properties": {"type": {"type": "object"}}, "required": ["type"]},
             "then": {"$ref": "#/$defs/UserDefinedDataset"},

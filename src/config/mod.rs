@@ -86,14 +86,11 @@ impl JsonSchema for PresetNames {
         "PresetNames".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let names: Vec<&str> = crate::recipe::presets::PRESETS
-            .iter()
-            .map(|p| p.name)
-            .collect();
+        let names: Vec<&str> = crate::recipe::presets::PRESETS.iter().map(|p| p.name).collect();
         schemars::json_schema!({
             "anyOf": [
-                {"enum": names},
-                {"type": "array", "items": {"enum": names}}
+                {"type": "string", "enum": names},
+                {"type": "array", "items": {"type": "string", "enum": names}}
             ]
         })
     }

@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Runs every rule on a schema-valid config.
 pub fn check(config: &Config, at: &Locator) -> Vec<Diagnostic> {
-    let mut out = Rules {
-        at,
-        out: Vec::new(),
-    };
+    let mut out = Rules { at, out: Vec::new() };
     out.required(config);
     out.quantization(config);
     out.adapter_keys(config);
@@ -50,9 +47,7 @@ impl Rules<'_> {
     /// An error at the first of `keys` that is written, with the others as related labels.
     fn involving(&self, d: Diagnostic, keys: &[&str]) -> Diagnostic {
         let mut d = d;
-        let mut written = keys
-            .iter()
-            .filter_map(|k| self.key_span(k).map(|s| (*k, s)));
+        let mut written = keys.iter().filter_map(|k| self.key_span(k).map(|s| (*k, s)));
         match written.next() {
             Some((k, span)) => {
                 d = d.at(span, format!("`{k}` set here")).key(k.to_string());
@@ -66,16 +61,12 @@ impl Rules<'_> {
     }
 
     fn error(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
-        let d = self
-            .involving(Diagnostic::error(rule, message), keys)
-            .help(help.to_string());
+        let d = self.involving(Diagnostic::error(rule, message), keys).help(help.to_string());
         self.out.push(d);
     }
 
     fn warn(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
-        let d = self
-            .involving(Diagnostic::warning(rule, message), keys)
-            .help(help.to_string());
+        let d = self.involving(Diagnostic::warning(rule, message), keys).help(help.to_string());
         self.out.push(d);
     }
 
@@ -141,25 +132,15 @@ impl Rules<'_> {
             );
         }
         if c.adapter.adapter.is_none() && (q.load_in_4bit || q.load_in_8bit) {
-            let key = if q.load_in_4bit {
-                "load_in_4bit"
-            } else {
-                "load_in_8bit"
-            };
+            let key = if q.load_in_4bit { "load_in_4bit" } else { "load_in_8bit" };
             self.error(
                 "quantized-needs-adapter",
-                format!(
-                    "`{key}: true` without an adapter: quantized weights cannot be trained in full"
-                ),
+                format!("`{key}: true` without an adapter: quantized weights cannot be trained in full"),
                 &[key, "adapter"],
                 "add adapter: qlora (4-bit) or adapter: lora (8-bit)",
             );
         }
-        let bnb_keys = [
-            "bnb_4bit_quant_type",
-            "bnb_4bit_use_double_quant",
-            "bnb_4bit_compute_dtype",
-        ];
+        let bnb_keys = ["bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"];
         if !q.load_in_4bit {
             for key in bnb_keys.iter().filter(|k| self.at.entry(k).is_some()) {
                 self.error(
@@ -288,9 +269,7 @@ impl Rules<'_> {
                 "add chat_template_jinja, or name a built-in template",
             );
         }
-        if c.chat.chat_template_jinja.is_some()
-            && root.is_some_and(|t| t != ChatTemplateName::Jinja)
-        {
+        if c.chat.chat_template_jinja.is_some() && root.is_some_and(|t| t != ChatTemplateName::Jinja) {
             self.error(
                 "jinja-template-ignored",
                 "`chat_template_jinja` is set but `chat_template` names another template".into(),
@@ -298,10 +277,7 @@ impl Rules<'_> {
                 "set chat_template: jinja, or remove chat_template_jinja",
             );
         }
-        for (list, datasets) in [
-            ("datasets", &c.data.datasets),
-            ("test_datasets", &c.data.test_datasets),
-        ] {
+        for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
             for (i, d) in datasets.iter().enumerate() {
                 let DatasetConfig::ChatTemplate(chat) = d else {
                     continue;
@@ -317,14 +293,10 @@ impl Rules<'_> {
                         );
                     }
                 }
-                if chat.chat_template == Some(ChatTemplateName::Jinja)
-                    && chat.chat_template_jinja.is_none()
-                {
+                if chat.chat_template == Some(ChatTemplateName::Jinja) && chat.chat_template_jinja.is_none() {
                     self.error(
                         "jinja-needs-template",
-                        format!(
-                            "{list}[{i}] has `chat_template: jinja` but no `chat_template_jinja`"
-                        ),
+                        format!("{list}[{i}] has `chat_template: jinja` but no `chat_template_jinja`"),
                         &[&key],
                         "add chat_template_jinja to the dataset",
                     );
@@ -360,16 +332,9 @@ impl Rules<'_> {
         if let Some(dir) = &c.adapter.lora_model_dir {
             self.location("lora_model_dir", dir, LocationKind::LocalOnly);
         }
-        for (list, datasets) in [
-            ("datasets", &c.data.datasets),
-            ("test_datasets", &c.data.test_datasets),
-        ] {
+        for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
             for (i, d) in datasets.iter().enumerate() {
-                self.location(
-                    &format!("{list}.{i}.path"),
-                    &d.source().path,
-                    LocationKind::Dataset,
-                );
+                self.location(&format!("{list}.{i}.path"), &d.source().path, LocationKind::Dataset);
             }
         }
     }
@@ -379,26 +344,22 @@ impl Rules<'_> {
             return;
         };
         let base = self.at.base_dir(span).unwrap_or_default();
+        let shown = display_key(key);
+        let key = shown.as_str();
         match resolve_location(value, &base) {
             Location::Local(path) if !path.exists() => {
-                let d = Diagnostic::error(
-                    "path-not-found",
-                    format!("`{key}`: {} does not exist", path.display()),
-                )
-                .at(span, "no such file or folder")
-                .key(display_key(key))
-                .help("local paths are relative to the recipe file that names them");
+                let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", path.display()))
+                    .at(span, "no such file or folder")
+                    .key(display_key(key))
+                    .help("local paths are relative to the recipe file that names them");
                 self.out.push(d);
             }
             Location::Hub(_) if kind == LocationKind::LocalOnly => {
-                let resolved = base.join(value);
-                let d = Diagnostic::error(
-                    "path-not-found",
-                    format!("`{key}`: {} does not exist", resolved.display()),
-                )
-                .at(span, "no such folder")
-                .key(display_key(key))
-                .help("local paths are relative to the recipe file that names them");
+                let resolved = normalize(&base.join(value));
+                let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", resolved.display()))
+                    .at(span, "no such folder")
+                    .key(display_key(key))
+                    .help("local paths are relative to the recipe file that names them");
                 self.out.push(d);
             }
             Location::Invalid => {
@@ -447,11 +408,7 @@ impl Rules<'_> {
             let (low, high, what) = if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {
-                (
-                    1e-5,
-                    5e-5,
-                    "full fine-tuning: 1e-5 to 5e-5, about 10× below LoRA",
-                )
+                (1e-5, 5e-5, "full fine-tuning: 1e-5 to 5e-5, about 10× below LoRA")
             };
             if lr < low * 0.999_999 || lr > high * 1.000_001 {
                 self.warn(
@@ -465,10 +422,7 @@ impl Rules<'_> {
         if c.training.micro_batch_size > 16 {
             self.warn(
                 "table-micro-batch",
-                format!(
-                    "micro_batch_size {} is above the recommended 4–16",
-                    c.training.micro_batch_size
-                ),
+                format!("micro_batch_size {} is above the recommended 4–16", c.training.micro_batch_size),
                 &["micro_batch_size"],
                 "raise gradient_accumulation_steps instead for a larger effective batch",
             );
@@ -532,17 +486,12 @@ pub enum Location {
 /// Local when written as a path (`./x`, `../x`, `/x`, `~/x`) or when it exists relative to
 /// `base`; otherwise a hub id if it has the form of one.
 pub fn resolve_location(value: &str, base: &Path) -> Location {
-    let path_like = value.starts_with("./")
-        || value.starts_with("../")
-        || value.starts_with('/')
-        || value.starts_with("~/");
+    let path_like =
+        value.starts_with("./") || value.starts_with("../") || value.starts_with('/') || value.starts_with("~/");
     let resolved = if let Some(home_relative) = value.strip_prefix("~/") {
-        std::env::var_os("HOME").map_or_else(
-            || PathBuf::from(value),
-            |h| PathBuf::from(h).join(home_relative),
-        )
+        std::env::var_os("HOME").map_or_else(|| PathBuf::from(value), |h| PathBuf::from(h).join(home_relative))
     } else {
-        base.join(value)
+        normalize(&base.join(value))
     };
     if path_like || resolved.exists() {
         return Location::Local(resolved);
@@ -552,8 +501,7 @@ pub fn resolve_location(value: &str, base: &Path) -> Location {
             && !p.starts_with(['-', '.'])
             && !p.contains("--")
             && !p.contains("..")
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     let parts: Vec<&str> = value.split('/').collect();
     if (1..=2).contains(&parts.len()) && parts.iter().all(|p| valid_part(p)) && value.len() <= 96 {
@@ -561,6 +509,22 @@ pub fn resolve_location(value: &str, base: &Path) -> Location {
     } else {
         Location::Invalid
     }
+}
+
+/// Removes `.` and folds `..` lexically (the path may not exist, so no canonicalize).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
 }
 
 #[cfg(test)]
@@ -574,14 +538,8 @@ mod tests {
             resolve_location("meta-llama/Llama-2-13b-hf", base),
             Location::Hub("meta-llama/Llama-2-13b-hf".into())
         );
-        assert_eq!(
-            resolve_location("src", base),
-            Location::Local(base.join("src"))
-        );
-        assert_eq!(
-            resolve_location("./nope", base),
-            Location::Local(base.join("./nope"))
-        );
+        assert_eq!(resolve_location("src", base), Location::Local(base.join("src")));
+        assert_eq!(resolve_location("./nope", base), Location::Local(base.join("./nope")));
         assert_eq!(resolve_location("a/b/c", base), Location::Invalid);
         assert_eq!(resolve_location("has space/x", base), Location::Invalid);
     }

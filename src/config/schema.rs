@@ -19,10 +19,7 @@ pub fn schema() -> &'static Value {
         let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
         let mut value = generator.into_root_schema_for::<Config>().to_value();
         let obj = value.as_object_mut().expect("root schema is an object");
-        obj.insert(
-            "$id".into(),
-            Value::String("https://recipe.dev/schema/recipe.schema.json".into()),
-        );
+        obj.insert("$id".into(), Value::String("https://recipe.dev/schema/recipe.schema.json".into()));
         closed_sets_as_enums(&mut value);
         allow_null_everywhere(&mut value);
         value
@@ -42,30 +39,22 @@ pub fn schema_text() -> String {
 fn closed_sets_as_enums(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            let consts = map
-                .get("oneOf")
-                .and_then(Value::as_array)
-                .and_then(|branches| {
-                    branches
-                        .iter()
-                        .map(|b| {
-                            let b = b.as_object()?;
-                            let only_docs = b
-                                .keys()
-                                .all(|k| matches!(k.as_str(), "const" | "description" | "type"));
-                            only_docs
-                                .then(|| (b.get("const").cloned(), b.get("description").cloned()))
-                        })
-                        .map(|pair| pair.and_then(|(c, d)| Some((c?, d))))
-                        .collect::<Option<Vec<_>>>()
-                });
+            let consts = map.get("oneOf").and_then(Value::as_array).and_then(|branches| {
+                branches
+                    .iter()
+                    .map(|b| {
+                        let b = b.as_object()?;
+                        let only_docs = b.keys().all(|k| matches!(k.as_str(), "const" | "description" | "type"));
+                        only_docs.then(|| (b.get("const").cloned(), b.get("description").cloned()))
+                    })
+                    .map(|pair| pair.and_then(|(c, d)| Some((c?, d))))
+                    .collect::<Option<Vec<_>>>()
+            });
             if let Some(consts) = consts {
                 map.remove("oneOf");
                 let names: Vec<Value> = consts.iter().map(|(c, _)| c.clone()).collect();
-                let docs: Vec<Value> = consts
-                    .iter()
-                    .map(|(_, d)| d.clone().unwrap_or(Value::String(String::new())))
-                    .collect();
+                let docs: Vec<Value> =
+                    consts.iter().map(|(_, d)| d.clone().unwrap_or(Value::String(String::new()))).collect();
                 if consts.iter().any(|(_, d)| d.is_some()) {
                     let lines: Vec<String> = consts
                         .iter()
@@ -105,11 +94,7 @@ fn allow_null_everywhere(value: &mut Value) {
             let required: Vec<String> = map
                 .get("required")
                 .and_then(Value::as_array)
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
+                .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
             if let Some(Value::Object(props)) = map.get_mut("properties") {
                 for (name, prop) in props.iter_mut() {
@@ -151,24 +136,17 @@ fn make_nullable(prop: &mut Value) {
         return;
     }
     if let Some(Value::Array(branches)) = map.get_mut("anyOf") {
-        if !branches
-            .iter()
-            .any(|b| b.get("type") == Some(&Value::String("null".into())))
-        {
+        if !branches.iter().any(|b| b.get("type") == Some(&Value::String("null".into()))) {
             branches.push(serde_json::json!({"type": "null"}));
         }
         return;
     }
     // A bare $ref (or anything else): wrap it.
     let inner: Map<String, Value> = std::mem::take(map);
-    let (docs, rest): (Map<String, Value>, Map<String, Value>) = inner
-        .into_iter()
-        .partition(|(k, _)| matches!(k.as_str(), "description" | "default" | "title"));
+    let (docs, rest): (Map<String, Value>, Map<String, Value>) =
+        inner.into_iter().partition(|(k, _)| matches!(k.as_str(), "description" | "default" | "title"));
     map.extend(docs);
-    map.insert(
-        "anyOf".into(),
-        serde_json::json!([Value::Object(rest), {"type": "null"}]),
-    );
+    map.insert("anyOf".into(), serde_json::json!([Value::Object(rest), {"type": "null"}]));
 }
 
 fn add_null_type(t: &mut Value) {
@@ -184,13 +162,8 @@ fn add_null_type(t: &mut Value) {
 /// The names of the top-level keys the schema defines.
 pub fn top_level_keys() -> Vec<&'static str> {
     static KEYS: OnceLock<Vec<String>> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        schema()["properties"]
-            .as_object()
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default()
-    })
-    .iter()
-    .map(String::as_str)
-    .collect()
+    KEYS.get_or_init(|| schema()["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default())
+        .iter()
+        .map(String::as_str)
+        .collect()
 }

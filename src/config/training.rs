@@ -217,9 +217,7 @@ impl<'de> Deserialize<'de> for Switch {
             serde_json::Value::Bool(true) => Ok(Switch::On),
             serde_json::Value::Bool(false) => Ok(Switch::Off),
             serde_json::Value::String(s) if s == "auto" => Ok(Switch::Auto),
-            other => Err(serde::de::Error::custom(format!(
-                "expected true, false or \"auto\", found {other}"
-            ))),
+            other => Err(serde::de::Error::custom(format!("expected true, false or \"auto\", found {other}"))),
         }
     }
 }

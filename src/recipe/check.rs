@@ -28,33 +28,25 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
     for error in validator().iter_errors(&json) {
-        diagnostics.extend(map_schema_error(&error, &tree, &nulls));
+        for d in map_schema_error(&error, &tree, &nulls) {
+            // A key can fail the same way under two schema paths (a union and its branch).
+            if !diagnostics.contains(&d) {
+                diagnostics.push(d);
+            }
+        }
     }
-    let config = if diagnostics.iter().any(Diagnostic::is_error) {
-        None
-    } else {
-        decode(&json, &tree, &mut diagnostics)
-    };
+    let config =
+        if diagnostics.iter().any(Diagnostic::is_error) { None } else { decode(&json, &tree, &mut diagnostics) };
     if let Some(config) = &config {
-        let locator = Locator {
-            tree: &tree,
-            sources,
-        };
+        let locator = Locator { tree: &tree, sources };
         diagnostics.extend(rules::check(config, &locator));
     }
-    Checked {
-        tree,
-        config,
-        diagnostics,
-        ignored_keys,
-    }
+    Checked { tree, config, diagnostics, ignored_keys }
 }
 
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        jsonschema::draft202012::new(schema::schema()).expect("the generated schema compiles")
-    })
+    VALIDATOR.get_or_init(|| jsonschema::draft202012::new(schema::schema()).expect("the generated schema compiles"))
 }
 
 /// Finds the key and value written at a dotted path, for rules and the plan's provenance.
@@ -100,13 +92,7 @@ impl<'a> Locator<'a> {
     /// The directory a relative path written at `span` is relative to (its recipe file's folder).
     pub fn base_dir(&self, span: Span) -> Option<std::path::PathBuf> {
         let source = self.sources.get(span.source);
-        Some(
-            source
-                .path()?
-                .parent()
-                .unwrap_or(std::path::Path::new(""))
-                .to_path_buf(),
-        )
+        Some(source.path()?.parent().unwrap_or(std::path::Path::new("")).to_path_buf())
     }
 }
 
@@ -129,15 +115,9 @@ fn settle_axolotl_keys(tree: &mut Node, diagnostics: &mut Vec<Diagnostic>) -> Ve
             return false;
         }
         let message = match key.kind {
-            AxolotlKeyKind::Unsupported => format!(
-                "`{}` is an Axolotl option that recipe does not support",
-                entry.key
-            ),
+            AxolotlKeyKind::Unsupported => format!("`{}` is an Axolotl option that recipe does not support", entry.key),
             AxolotlKeyKind::Integration => {
-                format!(
-                    "`{}` is an Axolotl integration that recipe does not support",
-                    entry.key
-                )
+                format!("`{}` is an Axolotl integration that recipe does not support", entry.key)
             }
         };
         let accepted = match key.inert {
@@ -176,31 +156,10 @@ fn is_inert(node: &Node, inert: Inert) -> bool {
         Inert::NullOrFalse => empty || node.value == Value::Bool(false),
         Inert::NullOr(default) => {
             empty
-                || match (
-                    &node.value,
-                    super::yaml::parse(default, node.span.source, 0),
-                ) {
-                    (
-                        Value::Int(a),
-                        Ok(Some(Node {
-                            value: Value::Int(b),
-                            ..
-                        })),
-                    ) => *a == b,
-                    (
-                        Value::Int(a),
-                        Ok(Some(Node {
-                            value: Value::Float(b),
-                            ..
-                        })),
-                    ) => *a as f64 == b,
-                    (
-                        Value::Float(a),
-                        Ok(Some(Node {
-                            value: Value::Int(b),
-                            ..
-                        })),
-                    ) => *a == b as f64,
+                || match (&node.value, super::yaml::parse(default, node.span.source, 0)) {
+                    (Value::Int(a), Ok(Some(Node { value: Value::Int(b), .. }))) => *a == b,
+                    (Value::Int(a), Ok(Some(Node { value: Value::Float(b), .. }))) => *a as f64 == b,
+                    (Value::Float(a), Ok(Some(Node { value: Value::Int(b), .. }))) => *a == b as f64,
                     (a, Ok(Some(b))) => *a == b.value,
                     _ => false,
                 }
@@ -247,11 +206,7 @@ fn escape_pointer(key: &str) -> String {
 }
 
 fn pointer_segments(pointer: &str) -> Vec<String> {
-    pointer
-        .split('/')
-        .skip(1)
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect()
+    pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
 }
 
 /// `datasets[0].type` from `/datasets/0/type`.
@@ -369,12 +324,7 @@ fn plain(v: &Json) -> String {
 }
 
 fn list_values(values: &[Json]) -> String {
-    values
-        .iter()
-        .filter(|v| !v.is_null())
-        .map(|v| format!("`{}`", plain(v)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    values.iter().filter(|v| !v.is_null()).map(|v| format!("`{}`", plain(v))).collect::<Vec<_>>().join(", ")
 }
 
 /// Values of Axolotl's closed sets that recipe does not implement, by key.
@@ -435,25 +385,8 @@ const AXOLOTL_VALUES: &[(&str, &str, &[&str])] = &[
             "jagged",
         ],
     ),
-    (
-        "rl",
-        "preference-training method",
-        &["kto", "grpo", "gdpo", "ebft"],
-    ),
-    (
-        "adapter",
-        "adapter",
-        &[
-            "llama-adapter",
-            "ia3",
-            "loha",
-            "lokr",
-            "vera",
-            "oft",
-            "boft",
-            "lora-ga",
-        ],
-    ),
+    ("rl", "preference-training method", &["kto", "grpo", "gdpo", "ebft"]),
+    ("adapter", "adapter", &["llama-adapter", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
     (
         "chat_template",
         "chat template",
@@ -514,23 +447,14 @@ fn axolotl_value_hint(key: &str, value: &str) -> Option<String> {
     })
 }
 
-fn map_schema_error(
-    error: &jsonschema::ValidationError<'_>,
-    tree: &Node,
-    nulls: &NullKeys,
-) -> Vec<Diagnostic> {
+fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls: &NullKeys) -> Vec<Diagnostic> {
     let root = schema::schema();
     let instance_pointer = error.instance_path().as_str().to_string();
     let segments = pointer_segments(&instance_pointer);
     let path = key_path(&segments);
     let (entry, node) = locate(tree, &segments);
     let at = entry.map_or(node.span, |e| e.value.span);
-    let last_key = segments
-        .iter()
-        .rev()
-        .find(|s| s.parse::<usize>().is_err())
-        .cloned()
-        .unwrap_or_default();
+    let last_key = segments.iter().rev().find(|s| s.parse::<usize>().is_err()).cloned().unwrap_or_default();
     let schema_pointer = error.schema_path().as_str().to_string();
     let keyword_parent = |p: &str| -> Json {
         let parent = p.rsplit_once('/').map_or("", |(a, _)| a);
@@ -540,11 +464,7 @@ fn map_schema_error(
 
     let base = |rule: &'static str, message: String| -> Diagnostic {
         let d = Diagnostic::error(rule, message);
-        let d = if path.is_empty() {
-            d
-        } else {
-            d.key(path.clone())
-        };
+        let d = if path.is_empty() { d } else { d.key(path.clone()) };
         d
     };
 
@@ -560,30 +480,17 @@ fn map_schema_error(
                 .iter()
                 .map(|key| {
                     let span = node.get(key).map_or(node.span, |e| e.key_span);
-                    let full = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
+                    let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                     let suggestion = did_you_mean(key, candidates.iter().map(String::as_str));
-                    let where_ = if path.is_empty() {
-                        "at the top level".to_string()
-                    } else {
-                        format!("in `{path}`")
-                    };
-                    let mut d =
-                        Diagnostic::error("unknown-key", format!("unknown key `{key}` {where_}"))
-                            .at(span, "unknown key")
-                            .key(full)
-                            .suggest(suggestion.clone());
+                    let where_ = if path.is_empty() { "at the top level".to_string() } else { format!("in `{path}`") };
+                    let mut d = Diagnostic::error("unknown-key", format!("unknown key `{key}` {where_}"))
+                        .at(span, "unknown key")
+                        .key(full)
+                        .suggest(suggestion.clone());
                     if suggestion.is_none() {
                         d = d.help(format!(
                             "keys allowed here: {}",
-                            candidates
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
                         ));
                     }
                     d
@@ -592,23 +499,14 @@ fn map_schema_error(
         }
         ValidationErrorKind::Required { property } => {
             let name = plain(property);
-            let full = if path.is_empty() {
-                name.clone()
-            } else {
-                format!("{path}.{name}")
-            };
+            let full = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
             let null_pointer = format!("{instance_pointer}/{}", escape_pointer(&name));
             let d = match nulls.iter().find(|(p, _)| *p == null_pointer) {
-                Some((_, span)) => {
-                    Diagnostic::error("required", format!("`{full}` is empty, but it is required"))
-                        .at(*span, "needs a value")
-                }
+                Some((_, span)) => Diagnostic::error("required", format!("`{full}` is empty, but it is required"))
+                    .at(*span, "needs a value"),
                 None => {
                     let span = entry.map_or(node.span, |e| e.key_span);
-                    let span = Span {
-                        end: span.start.max(span.end.min(span.start + 1)),
-                        ..span
-                    };
+                    let span = Span { end: span.start.max(span.end.min(span.start + 1)), ..span };
                     Diagnostic::error("required", format!("missing required key `{name}`"))
                         .at(span, format!("`{name}` is missing here"))
                 }
@@ -631,13 +529,9 @@ fn map_schema_error(
                 .expected(expected.clone())
                 .found(describe_node(node));
             if let Value::String(s) = &node.value {
-                if expected.starts_with("a boolean")
-                    && matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n")
-                {
+                if expected.starts_with("a boolean") && matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") {
                     d = d.help("YAML 1.2 reads yes/no/on/off as text: write true or false");
-                } else if s.parse::<f64>().is_ok()
-                    && (expected.contains("number") || expected.contains("integer"))
-                {
+                } else if s.parse::<f64>().is_ok() && (expected.contains("number") || expected.contains("integer")) {
                     d = d.help("remove the quotes: a quoted number is text");
                 }
             }
@@ -645,16 +539,19 @@ fn map_schema_error(
         }
         ValidationErrorKind::Enum { options } => {
             let values = options.as_array().cloned().unwrap_or_default();
-            vec![enum_diagnostic(base, &path, &last_key, at, node, &values)]
+            let mut d = enum_diagnostic(base, &path, &last_key, at, node, &values);
+            if values.iter().filter(|v| !v.is_null()).count() == 1 {
+                if let Some(desc) = property_schema().get("description").and_then(Json::as_str) {
+                    d = d.help(desc.to_string());
+                }
+            }
+            vec![d]
         }
         ValidationErrorKind::Constant { expected_value } => {
-            let mut d = base(
-                "value",
-                format!("`{path}` must be `{}`", plain(expected_value)),
-            )
-            .at(at, format!("expected `{}`", plain(expected_value)))
-            .expected(format!("`{}`", plain(expected_value)))
-            .found(describe_node(node));
+            let mut d = base("value", format!("`{path}` must be `{}`", plain(expected_value)))
+                .at(at, format!("expected `{}`", plain(expected_value)))
+                .expected(format!("`{}`", plain(expected_value)))
+                .found(describe_node(node));
             if let Some(desc) = property_schema().get("description").and_then(Json::as_str) {
                 d = d.help(desc.to_string());
             }
@@ -678,8 +575,21 @@ fn map_schema_error(
                     .found(describe_node(node)),
             ]
         }
-        ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             let anyof_schema = property_schema();
+            // Branches whose complaint is only "wrong type here" are not what the user meant.
+            let plausible: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+                .iter()
+                .filter(|errors| {
+                    !errors.iter().any(|e| {
+                        e.instance_path().as_str() == instance_pointer
+                            && matches!(e.kind(), ValidationErrorKind::Type { .. })
+                    })
+                })
+                .collect();
+            if let [only] = plausible.as_slice() {
+                return only.iter().flat_map(|e| map_schema_error(e, tree, nulls)).collect();
+            }
             // A closed set of names among the alternatives (dataset `type`, presets): treat as an enum.
             if let Value::String(_) = node.value {
                 if let Some(Json::Array(branches)) = anyof_schema.get("anyOf") {
@@ -696,11 +606,7 @@ fn map_schema_error(
                     .found(describe_node(node)),
             ]
         }
-        _ => vec![
-            base("schema", format!("`{path}`: {error}"))
-                .at(at, "here")
-                .found(describe_node(node)),
-        ],
+        _ => vec![base("schema", format!("`{path}`: {error}")).at(at, "here").found(describe_node(node))],
     }
 }
 
@@ -715,19 +621,19 @@ fn enum_diagnostic(
     let expected = format!("one of {}", list_values(values));
     let (message, suggestion) = match &node.value {
         Value::String(s) => {
-            let names: Vec<String> = values
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            let message = axolotl_value_hint(last_key, s)
-                .unwrap_or_else(|| format!("`{s}` is not a valid value for `{path}`"));
+            let names: Vec<String> = values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let message =
+                axolotl_value_hint(last_key, s).unwrap_or_else(|| format!("`{s}` is not a valid value for `{path}`"));
             let suggestion = match last_key {
                 "preset" => super::suggest_preset(s),
                 _ => did_you_mean(s, names.iter().map(String::as_str)),
             };
             (message, suggestion)
         }
-        _ => (format!("`{path}` must be {expected}"), None),
+        _ => match values.iter().filter(|v| !v.is_null()).collect::<Vec<_>>().as_slice() {
+            [single] => (format!("`{path}` must be `{}`", plain(single)), None),
+            _ => (format!("`{path}` must be {expected}"), None),
+        },
     };
     base("value", message)
         .at(at, "not one of the accepted values")
@@ -738,12 +644,8 @@ fn enum_diagnostic(
 
 fn describe_range(s: &Json) -> String {
     let num = |k: &str| s.get(k).map(|v| v.to_string());
-    let low = num("minimum")
-        .map(|v| format!("≥ {v}"))
-        .or(num("exclusiveMinimum").map(|v| format!("> {v}")));
-    let high = num("maximum")
-        .map(|v| format!("≤ {v}"))
-        .or(num("exclusiveMaximum").map(|v| format!("< {v}")));
+    let low = num("minimum").map(|v| format!("≥ {v}")).or(num("exclusiveMinimum").map(|v| format!("> {v}")));
+    let high = num("maximum").map(|v| format!("≤ {v}")).or(num("exclusiveMaximum").map(|v| format!("< {v}")));
     match (low, high) {
         (Some(l), Some(h)) => format!("a value {l} and {h}"),
         (Some(l), None) => format!("a value {l}"),
@@ -785,17 +687,12 @@ fn decode(json: &Json, tree: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option
             let mut message = e.inner().to_string();
             if let Value::Float(f) = node.value {
                 if f.fract() == 0.0 {
-                    message = format!(
-                        "`{}` must be a whole number written without a decimal point",
-                        key_path(&segments)
-                    );
+                    message =
+                        format!("`{}` must be a whole number written without a decimal point", key_path(&segments));
                 }
             }
             diagnostics.push(
-                Diagnostic::error("type", message)
-                    .at(at, "here")
-                    .key(key_path(&segments))
-                    .found(describe_node(node)),
+                Diagnostic::error("type", message).at(at, "here").key(key_path(&segments)).found(describe_node(node)),
             );
             None
         }

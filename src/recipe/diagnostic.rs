@@ -59,25 +59,16 @@ impl Diagnostic {
     }
 
     pub fn warning(rule: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(rule, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(rule, message) }
     }
 
     pub fn at(mut self, span: Span, note: impl Into<String>) -> Self {
-        self.primary = Some(Label {
-            span,
-            note: note.into(),
-        });
+        self.primary = Some(Label { span, note: note.into() });
         self
     }
 
     pub fn also(mut self, span: Span, note: impl Into<String>) -> Self {
-        self.related.push(Label {
-            span,
-            note: note.into(),
-        });
+        self.related.push(Label { span, note: note.into() });
         self
     }
 
@@ -117,17 +108,12 @@ impl Diagnostic {
 
     /// Sort key: file order, then position.
     pub fn position(&self) -> (usize, usize) {
-        self.primary
-            .as_ref()
-            .map_or((usize::MAX, 0), |l| (l.span.source.0, l.span.start))
+        self.primary.as_ref().map_or((usize::MAX, 0), |l| (l.span.source.0, l.span.start))
     }
 }
 
 /// `did you mean` from a set of candidates, by Jaro-Winkler similarity.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -138,11 +124,7 @@ pub fn did_you_mean<'a>(
 
 /// Renders diagnostics for a terminal (`styled`) or plain text.
 pub fn render_text(diagnostics: &[Diagnostic], sources: &Sources, styled: bool) -> String {
-    let renderer = if styled {
-        Renderer::styled()
-    } else {
-        Renderer::plain()
-    };
+    let renderer = if styled { Renderer::styled() } else { Renderer::plain() };
     let mut out = String::new();
     for d in diagnostics {
         let severity = match d.severity {
@@ -154,10 +136,7 @@ pub fn render_text(diagnostics: &[Diagnostic], sources: &Sources, styled: bool) 
             (None, Some(file)) => format!("{}: ", file.display()),
             (None, None) => String::new(),
         };
-        out.push_str(&format!(
-            "{location}{severity}[{}]: {}\n",
-            d.rule, d.message
-        ));
+        out.push_str(&format!("{location}{severity}[{}]: {}\n", d.rule, d.message));
         let level = match d.severity {
             Severity::Error => Level::ERROR,
             Severity::Warning => Level::WARNING,
@@ -166,20 +145,14 @@ pub fn render_text(diagnostics: &[Diagnostic], sources: &Sources, styled: bool) 
             let mut groups = Vec::new();
             let source = sources.get(primary.span.source);
             let name = source.name();
-            let mut snippet = Snippet::source(source.text.as_str())
-                .path(name.as_str())
-                .annotation(
-                    AnnotationKind::Primary
-                        .span(primary.span.start..primary.span.end)
-                        .label(primary.note.as_str()),
-                );
+            let mut snippet = Snippet::source(source.text.as_str()).path(name.as_str()).annotation(
+                AnnotationKind::Primary.span(primary.span.start..primary.span.end).label(primary.note.as_str()),
+            );
             let mut elsewhere = Vec::new();
             for label in &d.related {
                 if label.span.source == primary.span.source {
                     snippet = snippet.annotation(
-                        AnnotationKind::Context
-                            .span(label.span.start..label.span.end)
-                            .label(label.note.as_str()),
+                        AnnotationKind::Context.span(label.span.start..label.span.end).label(label.note.as_str()),
                     );
                 } else {
                     elsewhere.push(label);
@@ -188,15 +161,9 @@ pub fn render_text(diagnostics: &[Diagnostic], sources: &Sources, styled: bool) 
             let mut group = Group::with_level(level.clone()).element(snippet);
             for label in elsewhere {
                 let other = sources.get(label.span.source);
-                group = group.element(
-                    Snippet::source(other.text.as_str())
-                        .path(other.name())
-                        .annotation(
-                            AnnotationKind::Context
-                                .span(label.span.start..label.span.end)
-                                .label(label.note.as_str()),
-                        ),
-                );
+                group = group.element(Snippet::source(other.text.as_str()).path(other.name()).annotation(
+                    AnnotationKind::Context.span(label.span.start..label.span.end).label(label.note.as_str()),
+                ));
             }
             groups.push(group);
             out.push_str(&renderer.render(&groups));
@@ -210,12 +177,7 @@ pub fn render_text(diagnostics: &[Diagnostic], sources: &Sources, styled: bool) 
         note("key", &d.key_path);
         note("expected", &d.expected);
         note("found", &d.found);
-        note(
-            "help",
-            &d.suggestion
-                .as_ref()
-                .map(|s| format!("did you mean `{s}`?")),
-        );
+        note("help", &d.suggestion.as_ref().map(|s| format!("did you mean `{s}`?")));
         note("help", &d.help);
         out.push('\n');
     }
@@ -253,11 +215,7 @@ pub fn to_json(d: &Diagnostic, sources: &Sources) -> JsonDiagnostic {
     let (file, start, end) = match &d.primary {
         Some(label) => {
             let source = sources.get(label.span.source);
-            (
-                Some(source.name()),
-                Some(source.line_col(label.span.start)),
-                Some(source.line_col(label.span.end)),
-            )
+            (Some(source.name()), Some(source.line_col(label.span.start)), Some(source.line_col(label.span.end)))
         }
         None => (d.file.as_ref().map(|f| f.display().to_string()), None, None),
     };
@@ -281,12 +239,7 @@ pub fn to_json(d: &Diagnostic, sources: &Sources) -> JsonDiagnostic {
             .map(|l| {
                 let source = sources.get(l.span.source);
                 let lc = source.line_col(l.span.start);
-                JsonLabel {
-                    file: source.name(),
-                    line: lc.line,
-                    column: lc.column,
-                    note: l.note.clone(),
-                }
+                JsonLabel { file: source.name(), line: lc.line, column: lc.column, note: l.note.clone() }
             })
             .collect(),
     }
@@ -300,10 +253,7 @@ mod tests {
     fn suggestions_find_near_names_only() {
         let keys = ["lora_r", "lora_alpha", "sample_packing", "sequence_len"];
         assert_eq!(did_you_mean("lora_rr", keys).as_deref(), Some("lora_r"));
-        assert_eq!(
-            did_you_mean("sample_pakcing", keys).as_deref(),
-            Some("sample_packing")
-        );
+        assert_eq!(did_you_mean("sample_pakcing", keys).as_deref(), Some("sample_packing"));
         assert_eq!(did_you_mean("zzz", keys), None);
     }
 }

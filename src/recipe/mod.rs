@@ -50,10 +50,7 @@ pub const IO_RULE: &str = "io";
 
 /// Loads, layers and checks one recipe file.
 pub fn load(path: &Path, overrides: &[String]) -> Loaded {
-    let mut loader = Loader {
-        sources: Sources::default(),
-        diagnostics: Vec::new(),
-    };
+    let mut loader = Loader { sources: Sources::default(), diagnostics: Vec::new() };
     let layered = loader.layered(path, overrides);
     let mut loaded = Loaded {
         path: path.to_path_buf(),
@@ -70,9 +67,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Loaded {
         loaded.config = checked.config;
         loaded.ignored_keys = checked.ignored_keys;
     }
-    loaded
-        .diagnostics
-        .sort_by_key(|d| (d.position(), d.severity));
+    loaded.diagnostics.sort_by_key(|d| (d.position(), d.severity));
     loaded
 }
 
@@ -125,10 +120,7 @@ impl Loader {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "extends-cycle",
-                        format!(
-                            "`extends` cycle: {} is already being loaded",
-                            target.display()
-                        ),
+                        format!("`extends` cycle: {} is already being loaded", target.display()),
                     )
                     .at(span, "extends a recipe that extends this one")
                     .key("extends"),
@@ -138,12 +130,9 @@ impl Loader {
         }
         if chain.len() > MAX_EXTENDS_DEPTH {
             self.diagnostics.push(
-                Diagnostic::error(
-                    "extends-depth",
-                    format!("`extends` chain longer than {MAX_EXTENDS_DEPTH} files"),
-                )
-                .at(span, "one extension too many")
-                .key("extends"),
+                Diagnostic::error("extends-depth", format!("`extends` chain longer than {MAX_EXTENDS_DEPTH} files"))
+                    .at(span, "one extension too many")
+                    .key("extends"),
             );
             return Some(root);
         }
@@ -166,27 +155,17 @@ impl Loader {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
-                self.diagnostics.push(fail(
-                    format!("cannot read {}: {e}", path.display()),
-                    IO_RULE,
-                ));
+                self.diagnostics.push(fail(format!("cannot read {}: {e}", path.display()), IO_RULE));
                 return None;
             }
         };
         if meta.is_dir() {
-            self.diagnostics.push(fail(
-                format!("{} is a directory, not a recipe file", path.display()),
-                IO_RULE,
-            ));
+            self.diagnostics.push(fail(format!("{} is a directory, not a recipe file", path.display()), IO_RULE));
             return None;
         }
         if meta.len() > MAX_FILE_BYTES {
             self.diagnostics.push(fail(
-                format!(
-                    "{} is {} bytes; a recipe may be at most {MAX_FILE_BYTES} bytes",
-                    path.display(),
-                    meta.len()
-                ),
+                format!("{} is {} bytes; a recipe may be at most {MAX_FILE_BYTES} bytes", path.display(), meta.len()),
                 "file-too-large",
             ));
             return None;
@@ -194,10 +173,7 @@ impl Loader {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.diagnostics.push(fail(
-                    format!("cannot read {}: {e}", path.display()),
-                    IO_RULE,
-                ));
+                self.diagnostics.push(fail(format!("cannot read {}: {e}", path.display()), IO_RULE));
                 return None;
             }
         };
@@ -208,10 +184,7 @@ impl Loader {
                 let before = &e.as_bytes()[..at];
                 let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
                 self.diagnostics.push(fail(
-                    format!(
-                        "{} is not UTF-8 text (invalid byte at line {line}, byte offset {at})",
-                        path.display()
-                    ),
+                    format!("{} is not UTF-8 text (invalid byte at line {line}, byte offset {at})", path.display()),
                     "not-utf8",
                 ));
                 return None;
@@ -226,17 +199,18 @@ impl Loader {
         let text = self.sources.get(id).text.clone();
         match yaml::parse(&text, id, 0) {
             Err(e) => {
-                self.diagnostics
-                    .push(Diagnostic::error(e.rule, e.message).at(e.span, "here"));
+                let mut d = Diagnostic::error(e.rule, e.message).at(e.span, "here");
+                if let Some(first) = e.related {
+                    d = d.also(first, "first defined here");
+                }
+                self.diagnostics.push(d);
                 None
             }
             Ok(None) => {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "empty-recipe",
-                        format!(
-                            "the file is empty; {what} is a mapping of keys such as `base_model:`"
-                        ),
+                        format!("the file is empty; {what} is a mapping of keys such as `base_model:`"),
                     )
                     .at(Span::new(id, 0, 0), "empty"),
                 );
@@ -245,8 +219,11 @@ impl Loader {
             Ok(Some(node)) if node.as_map().is_some() => Some(node),
             Ok(Some(node)) if node.is_null() => {
                 self.diagnostics.push(
-                    Diagnostic::error("empty-recipe", format!("the file holds no keys; {what} is a mapping of keys such as `base_model:`"))
-                        .at(Span::new(id, 0, 0), "empty"),
+                    Diagnostic::error(
+                        "empty-recipe",
+                        format!("the file holds no keys; {what} is a mapping of keys such as `base_model:`"),
+                    )
+                    .at(Span::new(id, 0, 0), "empty"),
                 );
                 None
             }
@@ -254,10 +231,7 @@ impl Loader {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "not-a-mapping",
-                        format!(
-                            "{what} is a mapping of keys, but this document is a {}",
-                            node.kind_name()
-                        ),
+                        format!("{what} is a mapping of keys, but this document is a {}", node.kind_name()),
                     )
                     .at(node.span, "expected `key: value` lines")
                     .expected("mapping")
@@ -275,10 +249,9 @@ impl Loader {
         };
         let named: Vec<(String, Span)> = match &entry.value.value {
             Value::String(s) => vec![(s.clone(), entry.value.span)],
-            Value::Seq(items) => items
-                .iter()
-                .filter_map(|item| item.as_str().map(|s| (s.to_owned(), item.span)))
-                .collect(),
+            Value::Seq(items) => {
+                items.iter().filter_map(|item| item.as_str().map(|s| (s.to_owned(), item.span))).collect()
+            }
             _ => Vec::new(), // wrong types are reported by the schema
         };
         let mut layers = Vec::new();
@@ -287,9 +260,7 @@ impl Loader {
                 // The schema's enum reports unknown names with the list; nothing to layer.
                 continue;
             };
-            let id = self
-                .sources
-                .add(SourceKind::Preset(name.clone()), preset.yaml.to_owned());
+            let id = self.sources.add(SourceKind::Preset(name.clone()), preset.yaml.to_owned());
             let _ = span;
             if let Some(node) = self.parse_root(id, "a preset") {
                 layers.push(node);
@@ -303,11 +274,8 @@ impl Loader {
         let id = self.sources.add(SourceKind::Override, arg.to_owned());
         let Some(eq) = arg.find('=') else {
             self.diagnostics.push(
-                Diagnostic::error(
-                    "set-syntax",
-                    format!("`--set {arg}` has no `=`; write --set key.path=value"),
-                )
-                .at(Span::new(id, 0, arg.len()), "expected key.path=value"),
+                Diagnostic::error("set-syntax", format!("`--set {arg}` has no `=`; write --set key.path=value"))
+                    .at(Span::new(id, 0, arg.len()), "expected key.path=value"),
             );
             return;
         };
@@ -316,8 +284,7 @@ impl Loader {
             Ok(Some(node)) => node,
             Ok(None) => Node::new(Value::Null, Span::new(id, eq + 1, arg.len())),
             Err(e) => {
-                self.diagnostics
-                    .push(Diagnostic::error(e.rule, e.message).at(e.span, "in this value"));
+                self.diagnostics.push(Diagnostic::error(e.rule, e.message).at(e.span, "in this value"));
                 return;
             }
         };
@@ -327,9 +294,7 @@ impl Loader {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "set-syntax",
-                        format!(
-                            "`{path_text}` is not a key path; write e.g. lora_r or datasets.0.path"
-                        ),
+                        format!("`{path_text}` is not a key path; write e.g. lora_r or datasets.0.path"),
                     )
                     .at(Span::new(id, 0, eq), "bad key path"),
                 );
@@ -346,8 +311,11 @@ impl Loader {
                     let len = items.len();
                     if index >= len {
                         self.diagnostics.push(
-                            Diagnostic::error("set-index", format!("`{shown}`: the list has {len} entries, so index {index} does not exist"))
-                                .at(key_span, "index out of range"),
+                            Diagnostic::error(
+                                "set-index",
+                                format!("`{shown}`: the list has {len} entries, so index {index} does not exist"),
+                            )
+                            .at(key_span, "index out of range"),
                         );
                         return;
                     }
@@ -383,14 +351,8 @@ impl Loader {
                 (other, _) => {
                     let kind = other.kind_name();
                     self.diagnostics.push(
-                        Diagnostic::error(
-                            "set-path",
-                            format!("`{shown}`: cannot set a key inside a {kind}"),
-                        )
-                        .at(
-                            key_span,
-                            "this path goes through a value that is not a mapping or list",
-                        ),
+                        Diagnostic::error("set-path", format!("`{shown}`: cannot set a key inside a {kind}"))
+                            .at(key_span, "this path goes through a value that is not a mapping or list"),
                     );
                     return;
                 }
@@ -403,10 +365,7 @@ impl Loader {
 fn parse_key_path(text: &str) -> Option<Vec<String>> {
     let normalized = text.replace('[', ".").replace(']', "");
     let segments: Vec<String> = normalized.split('.').map(str::to_owned).collect();
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
-    {
+    if segments.iter().any(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
         return None;
     }
     Some(segments)
@@ -443,10 +402,7 @@ pub fn merge(lower: Node, upper: Node) -> Node {
             for entry in over {
                 match base.iter().position(|e| e.key == entry.key) {
                     Some(pos) => {
-                        let old = std::mem::replace(
-                            &mut base[pos].value,
-                            Node::new(Value::Null, entry.key_span),
-                        );
+                        let old = std::mem::replace(&mut base[pos].value, Node::new(Value::Null, entry.key_span));
                         base[pos].value = merge(old, entry.value);
                         base[pos].key_span = entry.key_span;
                     }
@@ -470,10 +426,7 @@ mod tests {
 
     #[test]
     fn key_paths_accept_dots_and_brackets() {
-        assert_eq!(
-            parse_key_path("datasets[0].path").unwrap(),
-            ["datasets", "0", "path"]
-        );
+        assert_eq!(parse_key_path("datasets[0].path").unwrap(), ["datasets", "0", "path"]);
         assert_eq!(parse_key_path("lora_r").unwrap(), ["lora_r"]);
         assert!(parse_key_path("a..b").is_none());
     }

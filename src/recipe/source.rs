@@ -24,10 +24,7 @@ impl Span {
 
     /// From the start of `self` to the end of `other` (same source).
     pub fn to(self, other: Span) -> Span {
-        Span {
-            end: other.end.max(self.start),
-            ..self
-        }
+        Span { end: other.end.max(self.start), ..self }
     }
 }
 
@@ -79,10 +76,7 @@ impl Source {
         let line = self.line_starts.partition_point(|&s| s <= byte) - 1;
         let start = self.line_starts[line];
         let column = self.text[start..byte].chars().count() + 1;
-        LineCol {
-            line: line + 1,
-            column,
-        }
+        LineCol { line: line + 1, column }
     }
 }
 
@@ -96,11 +90,7 @@ impl Sources {
     pub fn add(&mut self, kind: SourceKind, text: String) -> SourceId {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        self.sources.push(Source {
-            kind,
-            text,
-            line_starts,
-        });
+        self.sources.push(Source { kind, text, line_starts });
         SourceId(self.sources.len() - 1)
     }
 

@@ -46,6 +46,8 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct YamlError {
     pub span: Span,
+    /// A second place the problem involves (the first definition of a duplicate key).
+    pub related: Option<Span>,
     pub message: String,
     pub rule: &'static str,
 }
@@ -109,12 +111,7 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::String(s) => J::String(s.clone()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(
-                entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.value.to_json()))
-                    .collect(),
-            ),
+            Value::Map(entries) => J::Object(entries.iter().map(|e| (e.key.clone(), e.value.to_json())).collect()),
         }
     }
 }
@@ -136,14 +133,8 @@ impl Value {
 /// Parses one YAML document. `offset` shifts every span (used for `--set key=value`, where the value
 /// starts after the `=`).
 pub fn parse(text: &str, source: SourceId, offset: usize) -> Result<Option<Node>, YamlError> {
-    let mut builder = Builder {
-        text,
-        source,
-        offset,
-        char_to_byte: CharToByte::new(text),
-        anchors: HashMap::new(),
-        nodes: 0,
-    };
+    let mut builder =
+        Builder { text, source, offset, char_to_byte: CharToByte::new(text), anchors: HashMap::new(), nodes: 0 };
     builder.document()
 }
 
@@ -157,10 +148,7 @@ struct CharToByte {
 impl CharToByte {
     fn new(text: &str) -> Self {
         let offsets = (!text.is_ascii()).then(|| text.char_indices().map(|(b, _)| b).collect());
-        CharToByte {
-            offsets,
-            len: text.len(),
-        }
+        CharToByte { offsets, len: text.len() }
     }
 
     fn byte(&self, char_index: usize) -> usize {
@@ -198,11 +186,13 @@ impl<'a> Builder<'a> {
         match events.next_event() {
             Some(Ok(pair)) => Ok(pair),
             Some(Err(e)) => Err(YamlError {
+                related: None,
                 span: self.point(e.marker().index()),
                 message: format!("YAML syntax error: {}", e.info()),
                 rule: "yaml-syntax",
             }),
             None => Err(YamlError {
+                related: None,
                 span: self.point(self.text.chars().count()),
                 message: "YAML syntax error: unexpected end of input".into(),
                 rule: "yaml-syntax",
@@ -221,10 +211,9 @@ impl<'a> Builder<'a> {
                 Event::DocumentStart(_) => {
                     if root.is_some() {
                         return Err(YamlError {
+                            related: None,
                             span: self.span(&span),
-                            message:
-                                "a recipe is a single YAML document; found a second `---` document"
-                                    .into(),
+                            message: "a recipe is a single YAML document; found a second `---` document".into(),
                             rule: "yaml-multiple-documents",
                         });
                     }
@@ -246,6 +235,7 @@ impl<'a> Builder<'a> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
             return Err(YamlError {
+                related: None,
                 span,
                 message: format!(
                     "the document expands to more than {MAX_NODES} values (alias expansion?); \
@@ -267,6 +257,7 @@ impl<'a> Builder<'a> {
         let span = self.span(&yspan);
         if depth > MAX_DEPTH {
             return Err(YamlError {
+                related: None,
                 span,
                 message: format!("nesting deeper than {MAX_DEPTH} levels"),
                 rule: "yaml-too-deep",
@@ -275,6 +266,7 @@ impl<'a> Builder<'a> {
         match event {
             Event::Alias(id) => {
                 let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                    related: None,
                     span,
                     message: "alias to an unknown anchor".into(),
                     rule: "yaml-syntax",
@@ -327,6 +319,7 @@ impl<'a> Builder<'a> {
                         Value::Float(f) => f.to_string(),
                         Value::Null => {
                             return Err(YamlError {
+                                related: None,
                                 span: key_node.span,
                                 message: "empty mapping key".into(),
                                 rule: "yaml-key",
@@ -334,15 +327,16 @@ impl<'a> Builder<'a> {
                         }
                         Value::Seq(_) | Value::Map(_) => {
                             return Err(YamlError {
+                                related: None,
                                 span: key_node.span,
-                                message: "mapping keys must be plain names, not lists or mappings"
-                                    .into(),
+                                message: "mapping keys must be plain names, not lists or mappings".into(),
                                 rule: "yaml-key",
                             });
                         }
                     };
                     if key == "<<" {
                         return Err(YamlError {
+                            related: None,
                             span: key_node.span,
                             message: "YAML merge keys (`<<`) are not supported; use `extends:` to \
                                       build on another recipe"
@@ -353,21 +347,14 @@ impl<'a> Builder<'a> {
                     let (ev, sp) = self.next(events)?;
                     let value = self.node(events, ev, sp, depth + 1)?;
                     if let Some(first) = entries.iter().find(|e| e.key == key) {
-                        let first_line = first.key_span;
                         return Err(YamlError {
+                            related: Some(first.key_span),
                             span: key_node.span,
-                            message: format!(
-                                "duplicate key `{key}` (first defined at byte {}); YAML keys must be unique",
-                                first_line.start
-                            ),
+                            message: format!("duplicate key `{key}`: YAML keys must be unique"),
                             rule: "yaml-duplicate-key",
                         });
                     }
-                    entries.push(Entry {
-                        key,
-                        key_span: key_node.span,
-                        value,
-                    });
+                    entries.push(Entry { key, key_span: key_node.span, value });
                 };
                 let span = span.to(end);
                 let node = Node::new(Value::Map(entries), span);
@@ -377,6 +364,7 @@ impl<'a> Builder<'a> {
                 Ok(node)
             }
             other => Err(YamlError {
+                related: None,
                 span,
                 message: format!("YAML syntax error: unexpected {other:?}"),
                 rule: "yaml-syntax",
@@ -385,11 +373,7 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn check_collection_tag(
-    tag: Option<&saphyr_parser::Tag>,
-    expected: &str,
-    span: Span,
-) -> Result<(), YamlError> {
+fn check_collection_tag(tag: Option<&saphyr_parser::Tag>, expected: &str, span: Span) -> Result<(), YamlError> {
     match tag {
         None => Ok(()),
         Some(t) if t.is_yaml_core_schema() && t.suffix == expected => Ok(()),
@@ -399,6 +383,7 @@ fn check_collection_tag(
 
 fn unsupported_tag(tag: &saphyr_parser::Tag, span: Span) -> YamlError {
     YamlError {
+        related: None,
         span,
         message: format!(
             "YAML tag `{}{}` is not allowed: a recipe holds plain data only (YAML 1.2 core tags \
@@ -420,6 +405,7 @@ fn resolve_scalar(
             return Err(unsupported_tag(tag, span));
         }
         let bad = || YamlError {
+            related: None,
             span,
             message: format!("`{text}` is not a valid `!!{}`", tag.suffix),
             rule: "yaml-tag",
@@ -427,12 +413,8 @@ fn resolve_scalar(
         return match tag.suffix.as_str() {
             "str" => Ok(Value::String(text.to_owned())),
             "null" => Ok(Value::Null),
-            "bool" => resolve_plain(text)
-                .filter(|v| matches!(v, Value::Bool(_)))
-                .ok_or_else(bad),
-            "int" => resolve_plain(text)
-                .filter(|v| matches!(v, Value::Int(_)))
-                .ok_or_else(bad),
+            "bool" => resolve_plain(text).filter(|v| matches!(v, Value::Bool(_))).ok_or_else(bad),
+            "int" => resolve_plain(text).filter(|v| matches!(v, Value::Int(_))).ok_or_else(bad),
             "float" => match resolve_plain(text) {
                 Some(Value::Float(f)) => Ok(Value::Float(f)),
                 Some(Value::Int(i)) => Ok(Value::Float(i as f64)),
@@ -528,9 +510,7 @@ mod tests {
 
     #[test]
     fn scalars_follow_the_core_schema() {
-        let root = p("a: 2e-4\nb: yes\nc: 0x10\nd:\ne: '1'\nf: 3\ng: -1.5\nh: .5\n")
-            .unwrap()
-            .unwrap();
+        let root = p("a: 2e-4\nb: yes\nc: 0x10\nd:\ne: '1'\nf: 3\ng: -1.5\nh: .5\n").unwrap().unwrap();
         let v = |k: &str| root.get(k).unwrap().value.value.clone();
         assert_eq!(v("a"), Value::Float(2e-4));
         assert_eq!(v("b"), Value::String("yes".into()));
@@ -565,14 +545,8 @@ mod tests {
     #[test]
     fn duplicate_keys_and_python_tags_are_errors() {
         assert_eq!(p("a: 1\na: 2\n").unwrap_err().rule, "yaml-duplicate-key");
-        assert_eq!(
-            p("a: !!python/object:os.system x\n").unwrap_err().rule,
-            "yaml-tag"
-        );
-        assert_eq!(
-            p("a: 1\n---\nb: 2\n").unwrap_err().rule,
-            "yaml-multiple-documents"
-        );
+        assert_eq!(p("a: !!python/object:os.system x\n").unwrap_err().rule, "yaml-tag");
+        assert_eq!(p("a: 1\n---\nb: 2\n").unwrap_err().rule, "yaml-multiple-documents");
     }
 
     #[test]
