@@ -1,6 +1,6 @@
 //! Link-time set-up for the libtorch executor (feature `exec`).
 //!
-//! torch-sys links libtorch but leaves two things to the binary: an rpath to the libtorch folder, so
+//! torch-sys links libtorch but leaves two things to the binaries (and test binaries): an rpath to the libtorch folder, so
 //! `recipe` runs without LD_LIBRARY_PATH, and `libtorch_cuda` kept with `--no-as-needed`, because
 //! nothing references its symbols directly and the linker would otherwise drop it, leaving CUDA
 //! invisible to tch on a GPU machine.
@@ -24,11 +24,11 @@ fn main() {
             return;
         }
     };
-    println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib_dir.display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg-bins=-L{}", lib_dir.display());
-        println!("cargo:rustc-link-arg-bins=-ltorch_cuda");
-        println!("cargo:rustc-link-arg-bins=-Wl,--as-needed");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-L{}", lib_dir.display());
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
 }

@@ -132,7 +132,7 @@ fn validate(paths: &[PathBuf], overrides: &[String], format: Format, deny_warnin
         let file_warnings = loaded.diagnostics.len() - file_errors;
         errors += file_errors;
         warnings += file_warnings;
-        io_failed |= loaded.io_failed();
+        io_failed |= loaded.usage_failed();
         if file_errors > 0 || (deny_warnings && file_warnings > 0) {
             invalid += 1;
         }

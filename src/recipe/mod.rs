@@ -40,13 +40,14 @@ impl Loaded {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
 
-    /// True when a file could not be read at all (exit code 2 rather than 1).
-    pub fn io_failed(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.rule == IO_RULE)
+    /// True when a file could not be read or an override is malformed (exit code 2 rather than 1).
+    pub fn usage_failed(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.rule == IO_RULE || d.rule == SET_SYNTAX_RULE)
     }
 }
 
 pub const IO_RULE: &str = "io";
+pub const SET_SYNTAX_RULE: &str = "set-syntax";
 
 /// Loads, layers and checks one recipe file.
 pub fn load(path: &Path, overrides: &[String]) -> Loaded {
@@ -274,7 +275,7 @@ impl Loader {
         let id = self.sources.add(SourceKind::Override, arg.to_owned());
         let Some(eq) = arg.find('=') else {
             self.diagnostics.push(
-                Diagnostic::error("set-syntax", format!("`--set {arg}` has no `=`; write --set key.path=value"))
+                Diagnostic::error(SET_SYNTAX_RULE, format!("`--set {arg}` has no `=`; write --set key.path=value"))
                     .at(Span::new(id, 0, arg.len()), "expected key.path=value"),
             );
             return;

@@ -1,0 +1,112 @@
+//! End-to-end tests of the `recipe` binary: exit codes, output formats, overrides, layering.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn recipe() -> Command {
+    let mut cmd = Command::cargo_bin("recipe").unwrap();
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+#[test]
+fn valid_recipes_exit_0_and_directories_are_walked_recursively() {
+    recipe()
+        .args(["validate", "recipes"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("checked: 0 invalid, 0 errors"))
+        .stdout(predicate::str::is_match(r"^(7|[89]|\d\d+) files checked").unwrap());
+}
+
+#[test]
+fn invalid_recipes_exit_1_with_file_line_col() {
+    recipe()
+        .args(["validate", "tests/fixtures/invalid/typo.yaml", "recipes/llama2-7b-lora.yaml"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("tests/fixtures/invalid/typo.yaml:12:1: error[unknown-key]"))
+        .stdout(predicate::str::contains("did you mean `lora_r`?"))
+        .stdout(predicate::str::contains("2 files checked: 1 invalid"));
+}
+
+#[test]
+fn unreadable_paths_and_empty_directories_exit_2() {
+    recipe().args(["validate", "no/such/recipe.yaml"]).assert().code(2);
+    let dir = tempfile::tempdir().unwrap();
+    recipe().args(["validate"]).arg(dir.path()).assert().code(2).stderr(predicate::str::contains("no recipe files"));
+    recipe().args(["validate"]).assert().code(2);
+    recipe().args(["frobnicate"]).assert().code(2);
+}
+
+#[test]
+fn json_format_has_the_machine_fields() {
+    let out = recipe()
+        .args(["validate", "--format", "json", "tests/fixtures/invalid/typo.yaml"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let first = &report["diagnostics"][0];
+    assert_eq!(first["file"], "tests/fixtures/invalid/typo.yaml");
+    assert_eq!(first["line"], 12);
+    assert_eq!(first["column"], 1);
+    assert_eq!(first["key_path"], "lora_rr");
+    assert_eq!(first["rule"], "unknown-key");
+    assert_eq!(first["suggestion"], "lora_r");
+    assert_eq!(report["errors"], 2);
+}
+
+#[test]
+fn set_overrides_are_yaml_typed_and_checked() {
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml", "--set", "lora_r=32", "--set", "lora_alpha=64"])
+        .assert()
+        .success();
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml", "--set", "lora_r=\"32\""])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("`lora_r` must be an integer"));
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml", "--set", "datasets.0.type=chat_template"])
+        .assert()
+        .success();
+    recipe().args(["validate", "recipes/llama2-7b-lora.yaml", "--set", "lora_r"]).assert().code(2);
+}
+
+#[test]
+fn warnings_fail_only_with_deny_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.yaml");
+    std::fs::write(
+        &path,
+        "base_model: meta-llama/Llama-2-7b-hf\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
+         datasets: [{path: a/b, type: alpaca}]\nnum_epochs: 3\nlearning_rate: 2.0e-4\nsequence_len: 1024\n",
+    )
+    .unwrap();
+    recipe().arg("validate").arg(&path).assert().success().stdout(predicate::str::contains("warning[table-lora-rank]"));
+    recipe().arg("validate").arg("--deny-warnings").arg(&path).assert().code(1);
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let committed = std::fs::read_to_string("schema/recipe.schema.json").unwrap();
+    recipe().arg("schema").assert().success().stdout(committed);
+}
+
+#[test]
+fn presets_are_listed_with_their_values() {
+    recipe()
+        .arg("presets")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("qlora-13b-24gb:"))
+        .stdout(predicate::str::contains("load_in_4bit: true"));
+    let out = recipe().args(["presets", "--format", "json"]).assert().success().get_output().stdout.clone();
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(list[0]["name"], "lora");
+    assert_eq!(list[0]["values"]["lora_alpha"], 32);
+}
