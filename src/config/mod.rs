@@ -31,7 +31,7 @@ pub use training::TrainingConfig;
 /// The recipe format version this build reads.
 pub const RECIPE_VERSION: u32 = 1;
 
-/// A fine-tuning recipe (Axolotl key names). See https://github.com/ for the project README.
+/// A fine-tuning recipe, in Axolotl's key names. An empty key means "unset".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "recipe", deny_unknown_fields)]
 pub struct Config {

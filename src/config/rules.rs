@@ -321,12 +321,25 @@ impl Rules<'_> {
         if let Some(model) = &c.model.base_model {
             self.location("base_model", model, LocationKind::Model);
         }
-        for key in ["base_model_config", "tokenizer_config"] {
-            if let Some(Some(v)) = [&c.model.base_model_config, &c.model.tokenizer_config]
-                .into_iter()
-                .nth(if key == "base_model_config" { 0 } else { 1 })
-            {
+        for (key, value) in
+            [("base_model_config", &c.model.base_model_config), ("tokenizer_config", &c.model.tokenizer_config)]
+        {
+            if let Some(v) = value {
                 self.location(key, v, LocationKind::Model);
+            }
+        }
+        // A template given as a file (rather than inline text) must exist.
+        let jinja_files = std::iter::once(("chat_template_jinja".to_string(), &c.chat.chat_template_jinja)).chain(
+            c.data.datasets.iter().enumerate().filter_map(|(i, d)| match d {
+                DatasetConfig::ChatTemplate(chat) => {
+                    Some((format!("datasets.{i}.chat_template_jinja"), &chat.chat_template_jinja))
+                }
+                _ => None,
+            }),
+        );
+        for (key, value) in jinja_files {
+            if let Some(v) = value.as_deref().filter(|v| v.ends_with(".jinja") && !v.contains('\n')) {
+                self.location(&key, v, LocationKind::LocalOnly);
             }
         }
         if let Some(dir) = &c.adapter.lora_model_dir {
@@ -357,7 +370,7 @@ impl Rules<'_> {
             Location::Hub(_) if kind == LocationKind::LocalOnly => {
                 let resolved = normalize(&base.join(value));
                 let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", resolved.display()))
-                    .at(span, "no such folder")
+                    .at(span, "no such file or folder")
                     .key(display_key(key))
                     .help("local paths are relative to the recipe file that names them");
                 self.out.push(d);

@@ -248,21 +248,18 @@ impl Loader {
         let Some(entry) = user.get("preset") else {
             return Vec::new();
         };
-        let named: Vec<(String, Span)> = match &entry.value.value {
-            Value::String(s) => vec![(s.clone(), entry.value.span)],
-            Value::Seq(items) => {
-                items.iter().filter_map(|item| item.as_str().map(|s| (s.to_owned(), item.span))).collect()
-            }
+        let named: Vec<String> = match &entry.value.value {
+            Value::String(s) => vec![s.clone()],
+            Value::Seq(items) => items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(), // wrong types are reported by the schema
         };
         let mut layers = Vec::new();
-        for (name, span) in named {
+        for name in named {
             let Some(preset) = presets::find(&name) else {
                 // The schema's enum reports unknown names with the list; nothing to layer.
                 continue;
             };
             let id = self.sources.add(SourceKind::Preset(name.clone()), preset.yaml.to_owned());
-            let _ = span;
             if let Some(node) = self.parse_root(id, "a preset") {
                 layers.push(node);
             }
