@@ -1,4 +1,4 @@
-//! The command line: `recipe validate | schema | presets | env`.
+//! The command line: `recipe validate | plan | schema | presets | env`.
 //!
 //! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
 //! I/O errors (a path that cannot be read, a directory with no recipes).
@@ -34,6 +34,19 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Compile a recipe into its execution plan (no weights are downloaded).
+    Plan {
+        recipe: PathBuf,
+        /// Processes (GPUs) per node; default: WORLD_SIZE / SLURM_NTASKS from the environment, else 1.
+        #[arg(long)]
+        nproc_per_node: Option<u64>,
+        /// Nodes.
+        #[arg(long, default_value_t = 1)]
+        nnodes: u64,
+        /// Emit the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the recipe JSON Schema (draft 2020-12).
     Schema,
     /// List the built-in presets and their values.
@@ -65,6 +78,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Validate { paths, format, deny_warnings } => validate(&paths, &cli.set, format, deny_warnings),
+        Command::Plan { recipe, nproc_per_node, nnodes, json } => plan(&recipe, &cli.set, nproc_per_node, nnodes, json),
         Command::Schema => {
             print!("{}", schema::schema_text());
             ExitCode::SUCCESS
@@ -172,6 +186,46 @@ fn validate(paths: &[PathBuf], overrides: &[String], format: Format, deny_warnin
         ExitCode::from(EXIT_INVALID)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// World size from the flags, else from torchrun / SLURM variables, else 1.
+fn world_size(nproc_per_node: Option<u64>, nnodes: u64) -> u64 {
+    let from_env = ["WORLD_SIZE", "SLURM_NTASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse::<u64>().ok()))
+        .filter(|n| *n > 0);
+    match nproc_per_node {
+        Some(n) => n.max(1) * nnodes.max(1),
+        None => from_env.unwrap_or(nnodes.max(1)),
+    }
+}
+
+fn plan(path: &Path, overrides: &[String], nproc_per_node: Option<u64>, nnodes: u64, json: bool) -> ExitCode {
+    let loaded = recipe::load(path, overrides);
+    let styled = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if !loaded.diagnostics.is_empty() {
+        eprint!("{}", diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled));
+    }
+    if loaded.usage_failed() {
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if loaded.has_errors() {
+        return ExitCode::from(EXIT_INVALID);
+    }
+    match crate::plan::compile(&loaded, world_size(nproc_per_node, nnodes)) {
+        Ok(plan) if json => {
+            println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
+            ExitCode::SUCCESS
+        }
+        Ok(plan) => {
+            print!("{}", crate::plan::render_text(&plan));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{}: error[plan]: {message}", path.display());
+            ExitCode::from(EXIT_INVALID)
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod plan;
 pub mod recipe;
 
 #[cfg(feature = "exec")]

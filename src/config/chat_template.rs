@@ -64,3 +64,46 @@ pub struct SpecialTokens {
     #[serde(default)]
     pub unk_token: Option<String>,
 }
+
+impl ChatTemplateName {
+    /// The name as written in a recipe.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatTemplateName::Alpaca => "alpaca",
+            ChatTemplateName::Chatml => "chatml",
+            ChatTemplateName::DeepseekV2 => "deepseek_v2",
+            ChatTemplateName::Gemma => "gemma",
+            ChatTemplateName::Llama2 => "llama2",
+            ChatTemplateName::Llama3 => "llama3",
+            ChatTemplateName::MistralV1 => "mistral_v1",
+            ChatTemplateName::MistralV2v3 => "mistral_v2v3",
+            ChatTemplateName::MistralV3Tekken => "mistral_v3_tekken",
+            ChatTemplateName::Phi3 => "phi_3",
+            ChatTemplateName::Phi35 => "phi_35",
+            ChatTemplateName::Qwen25 => "qwen_25",
+            ChatTemplateName::Zephyr => "zephyr",
+            ChatTemplateName::TokenizerDefault => "tokenizer_default",
+            ChatTemplateName::Jinja => "jinja",
+        }
+    }
+
+    /// The text of a built-in template (templates/NAME.jinja); None for `tokenizer_default` and `jinja`.
+    pub fn builtin_text(self) -> Option<&'static str> {
+        match self {
+            ChatTemplateName::Alpaca => Some(include_str!("../../templates/alpaca.jinja")),
+            ChatTemplateName::Chatml => Some(include_str!("../../templates/chatml.jinja")),
+            ChatTemplateName::DeepseekV2 => Some(include_str!("../../templates/deepseek_v2.jinja")),
+            ChatTemplateName::Gemma => Some(include_str!("../../templates/gemma.jinja")),
+            ChatTemplateName::Llama2 => Some(include_str!("../../templates/llama2.jinja")),
+            ChatTemplateName::Llama3 => Some(include_str!("../../templates/llama3.jinja")),
+            ChatTemplateName::MistralV1 => Some(include_str!("../../templates/mistral_v1.jinja")),
+            ChatTemplateName::MistralV2v3 => Some(include_str!("../../templates/mistral_v2v3.jinja")),
+            ChatTemplateName::MistralV3Tekken => Some(include_str!("../../templates/mistral_v3_tekken.jinja")),
+            ChatTemplateName::Phi3 => Some(include_str!("../../templates/phi_3.jinja")),
+            ChatTemplateName::Phi35 => Some(include_str!("../../templates/phi_35.jinja")),
+            ChatTemplateName::Qwen25 => Some(include_str!("../../templates/qwen_25.jinja")),
+            ChatTemplateName::Zephyr => Some(include_str!("../../templates/zephyr.jinja")),
+            ChatTemplateName::TokenizerDefault | ChatTemplateName::Jinja => None,
+        }
+    }
+}

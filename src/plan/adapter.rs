@@ -1,0 +1,147 @@
+//! LoRA targets resolved against the architecture, and the exact trainable count, as peft's
+//! `get_nb_trainable_parameters()` reports it for the same model and LoraConfig.
+
+use super::arch::Architecture;
+use crate::config::Config;
+use crate::config::adapter::AdapterKind;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterPlan {
+    /// `lora`, `qlora` or `full`.
+    pub method: String,
+    /// Short module names adapted (`q_proj`, ...), in the architecture's order.
+    pub target_modules: Vec<String>,
+    /// How many module instances carry an adapter (targets × layers).
+    pub adapted_modules: u64,
+    pub r: u64,
+    pub alpha: u64,
+    /// alpha / r, or alpha / sqrt(r) with rsLoRA.
+    pub scaling: f64,
+    pub rslora: bool,
+    pub dora: bool,
+    pub dropout: f64,
+    pub modules_to_save: Vec<String>,
+    pub trainable_parameters: u64,
+    /// Parameters of the model with its adapter (peft's "all params").
+    pub total_parameters: u64,
+    pub trainable_percent: f64,
+}
+
+/// peft's default targets for the Llama family when a recipe names none.
+const DEFAULT_TARGETS: &[&str] = &["q_proj", "v_proj"];
+
+pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
+    let base_total = arch.parameter_counts().total;
+    let a = &c.adapter;
+    let Some(kind) = a.adapter else {
+        return Ok(AdapterPlan {
+            method: "full".into(),
+            target_modules: Vec::new(),
+            adapted_modules: 0,
+            r: 0,
+            alpha: 0,
+            scaling: 0.0,
+            rslora: false,
+            dora: false,
+            dropout: 0.0,
+            modules_to_save: Vec::new(),
+            trainable_parameters: base_total,
+            total_parameters: base_total,
+            trainable_percent: 100.0,
+        });
+    };
+    let linears = arch.layer_linears();
+    let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
+    let requested: Vec<String> = match (&a.lora_target_modules, a.lora_target_linear) {
+        (_, true) => short.iter().map(|s| s.to_string()).collect(),
+        (Some(list), false) => list.names().iter().map(|s| s.to_string()).collect(),
+        (None, false) => DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut extra_targets: Vec<String> = Vec::new();
+    if a.lora_target_linear {
+        if let Some(list) = &a.lora_target_modules {
+            extra_targets = list.names().iter().map(|s| s.to_string()).collect();
+        }
+    }
+    let r = u64::from(a.lora_r);
+    let mut targets: Vec<String> = Vec::new();
+    let mut trainable = 0u64;
+    let mut adapted = 0u64;
+    for name in requested.iter().chain(extra_targets.iter()) {
+        let matched =
+            linears.iter().find(|l| l.name == name || l.short_name() == name || l.name.ends_with(&format!(".{name}")));
+        match (matched, name.as_str()) {
+            (Some(l), _) => {
+                if targets.iter().any(|t| t == l.short_name()) {
+                    continue;
+                }
+                targets.push(l.short_name().to_string());
+                let per = r * (l.in_features + l.out_features) + if a.peft_use_dora { l.out_features } else { 0 };
+                trainable += per * arch.num_layers;
+                adapted += arch.num_layers;
+            }
+            (None, "lm_head") => {
+                if !targets.iter().any(|t| t == "lm_head") {
+                    let l = arch.lm_head();
+                    targets.push("lm_head".into());
+                    trainable +=
+                        r * (l.in_features + l.out_features) + if a.peft_use_dora { l.out_features } else { 0 };
+                    adapted += 1;
+                }
+            }
+            (None, "embed_tokens") => {
+                if !targets.iter().any(|t| t == "embed_tokens") {
+                    targets.push("embed_tokens".into());
+                    trainable += r * (arch.vocab_size + arch.hidden_size);
+                    adapted += 1;
+                }
+            }
+            (None, other) => {
+                return Err(format!(
+                    "`lora_target_modules`: `{other}` is not a module of {}; its linear layers are {}, plus lm_head and embed_tokens",
+                    arch.class,
+                    short.join(", ")
+                ));
+            }
+        }
+    }
+    // modules_to_save: a trained full copy of each module; the original stays, frozen.
+    let mut saved_params = 0u64;
+    for m in &a.lora_modules_to_save {
+        let params = match m.as_str() {
+            "lm_head" => arch.vocab_size * arch.hidden_size,
+            "embed_tokens" => arch.vocab_size * arch.hidden_size,
+            "norm" => arch.hidden_size,
+            other => {
+                return Err(format!(
+                    "`lora_modules_to_save`: `{other}` is not a module recipe can train in full; use lm_head, embed_tokens or norm"
+                ));
+            }
+        };
+        saved_params += params;
+    }
+    trainable += saved_params;
+    let total = base_total + trainable;
+    let alpha = a.lora_alpha.map_or(2 * r, u64::from);
+    let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };
+    Ok(AdapterPlan {
+        method: match kind {
+            AdapterKind::Lora => "lora",
+            AdapterKind::Qlora => "qlora",
+        }
+        .into(),
+        target_modules: targets,
+        adapted_modules: adapted,
+        r,
+        alpha,
+        scaling,
+        rslora: a.peft_use_rslora,
+        dora: a.peft_use_dora,
+        dropout: a.lora_dropout,
+        modules_to_save: a.lora_modules_to_save.clone(),
+        trainable_parameters: trainable,
+        total_parameters: total,
+        trainable_percent: 100.0 * trainable as f64 / total as f64,
+    })
+}

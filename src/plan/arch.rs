@@ -1,0 +1,240 @@
+//! Architectures the executor can run (the Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2/2.5),
+//! read from a Hugging Face config.json, with exact parameter counts and the linear modules LoRA
+//! can target. Module names are Hugging Face's, so they match peft's `target_modules`.
+
+use serde::{Deserialize, Serialize};
+
+/// The families `recipe run` supports, by config.json `model_type`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// Llama 3.1-style rope scaling (`rope_type: llama3`) or linear/dynamic scaling by a factor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    pub factor: f64,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<u64>,
+}
+
+/// Every dimension the plan and the executor need.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Architecture {
+    pub family: Family,
+    /// `architectures[0]` of config.json (e.g. `LlamaForCausalLM`).
+    pub class: String,
+    pub num_layers: u64,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_attention_heads: u64,
+    pub num_key_value_heads: u64,
+    pub head_dim: u64,
+    pub vocab_size: u64,
+    pub max_position_embeddings: u64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on o_proj (Llama with `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// config.json `torch_dtype`: the dtype the weights are stored in.
+    pub dtype: String,
+}
+
+/// The config.json fields we read (unknown fields are ignored: config.json has many).
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+    hidden_size: u64,
+    intermediate_size: u64,
+    num_hidden_layers: u64,
+    num_attention_heads: u64,
+    #[serde(default)]
+    num_key_value_heads: Option<u64>,
+    #[serde(default)]
+    head_dim: Option<u64>,
+    vocab_size: u64,
+    #[serde(default = "default_context")]
+    max_position_embeddings: u64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    #[serde(default)]
+    rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default, alias = "dtype")]
+    torch_dtype: Option<String>,
+}
+
+fn default_context() -> u64 {
+    2048
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+impl Architecture {
+    /// Reads a config.json text. Errors name the field or the unsupported architecture.
+    pub fn from_config_json(text: &str) -> Result<Architecture, String> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("config.json: {e}"))?;
+        let model_type = raw.model_type.clone().unwrap_or_default();
+        let family = match model_type.as_str() {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            other => {
+                return Err(format!(
+                    "model_type `{other}` ({}) is not an architecture recipe can run; supported: {}",
+                    raw.architectures.first().map_or("no architectures listed", String::as_str),
+                    SUPPORTED_MODEL_TYPES.join(", ")
+                ));
+            }
+        };
+        if raw.num_attention_heads == 0 || raw.hidden_size == 0 || raw.num_hidden_layers == 0 {
+            return Err("config.json: hidden_size, num_attention_heads and num_hidden_layers must be positive".into());
+        }
+        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        if num_key_value_heads == 0 || raw.num_attention_heads % num_key_value_heads != 0 {
+            return Err(format!(
+                "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_key_value_heads})",
+                raw.num_attention_heads
+            ));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        let qwen = family == Family::Qwen2;
+        Ok(Architecture {
+            family,
+            class: raw.architectures.first().cloned().unwrap_or_else(|| format!("{model_type}ForCausalLM")),
+            num_layers: raw.num_hidden_layers,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            max_position_embeddings: raw.max_position_embeddings,
+            rope_theta: raw.rope_theta,
+            rope_scaling: raw.rope_scaling,
+            rms_norm_eps: raw.rms_norm_eps,
+            // transformers' PretrainedConfig default is tied; Llama/Mistral configs say false.
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(!matches!(family, Family::Llama | Family::Mistral)),
+            qkv_bias: qwen || raw.attention_bias,
+            o_bias: !qwen && raw.attention_bias,
+            mlp_bias: raw.mlp_bias,
+            dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
+        })
+    }
+
+    /// The linear layers of one decoder layer, with Hugging Face names.
+    pub fn layer_linears(&self) -> Vec<Linear> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        vec![
+            Linear { name: "self_attn.q_proj", in_features: h, out_features: q, bias: self.qkv_bias },
+            Linear { name: "self_attn.k_proj", in_features: h, out_features: kv, bias: self.qkv_bias },
+            Linear { name: "self_attn.v_proj", in_features: h, out_features: kv, bias: self.qkv_bias },
+            Linear { name: "self_attn.o_proj", in_features: q, out_features: h, bias: self.o_bias },
+            Linear { name: "mlp.gate_proj", in_features: h, out_features: i, bias: self.mlp_bias },
+            Linear { name: "mlp.up_proj", in_features: h, out_features: i, bias: self.mlp_bias },
+            Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: self.mlp_bias },
+        ]
+    }
+
+    /// The output head as a linear layer (its weight is embed_tokens' when tied).
+    pub fn lm_head(&self) -> Linear {
+        Linear { name: "lm_head", in_features: self.hidden_size, out_features: self.vocab_size, bias: false }
+    }
+
+    /// Exact parameter counts, as `sum(p.numel() for p in model.parameters())` in transformers.
+    pub fn parameter_counts(&self) -> ParameterCounts {
+        let embed_tokens = self.vocab_size * self.hidden_size;
+        let linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
+        let norms = 2 * self.hidden_size;
+        let per_layer = linears + norms;
+        let lm_head = if self.tie_word_embeddings { 0 } else { self.lm_head().parameters() };
+        let final_norm = self.hidden_size;
+        ParameterCounts {
+            total: embed_tokens + self.num_layers * per_layer + final_norm + lm_head,
+            embed_tokens,
+            per_layer,
+            layer_linears: linears,
+            final_norm,
+            lm_head,
+        }
+    }
+}
+
+/// One linear layer: `weight` is (out_features, in_features), as in torch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Linear {
+    pub name: &'static str,
+    pub in_features: u64,
+    pub out_features: u64,
+    pub bias: bool,
+}
+
+impl Linear {
+    pub fn parameters(&self) -> u64 {
+        self.in_features * self.out_features + if self.bias { self.out_features } else { 0 }
+    }
+
+    /// The short name peft matches (`q_proj`).
+    pub fn short_name(&self) -> &'static str {
+        self.name.rsplit('.').next().unwrap_or(self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParameterCounts {
+    pub total: u64,
+    pub embed_tokens: u64,
+    /// One decoder layer: its linear layers and two RMSNorms.
+    pub per_layer: u64,
+    /// The linear layers of one decoder layer.
+    pub layer_linears: u64,
+    pub final_norm: u64,
+    /// 0 when tied to embed_tokens.
+    pub lm_head: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_architectures_are_named() {
+        let err = Architecture::from_config_json(
+            r#"{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "hidden_size": 8, "intermediate_size": 8,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 10}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("gpt2") && err.contains("GPT2LMHeadModel") && err.contains("llama, mistral, qwen2"));
+    }
+}

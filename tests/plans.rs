@@ -1,0 +1,42 @@
+//! Snapshot tests of the compiled plan (text and JSON) for every recipe in recipes/ (recursively),
+//! and the plan's counts against the published figures.
+
+mod common;
+
+fn compile(path: &std::path::Path, overrides: &[String]) -> Result<recipe::plan::Plan, String> {
+    let loaded = recipe::recipe::load(path, overrides);
+    assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
+    recipe::plan::compile(&loaded, 1)
+}
+
+#[test]
+fn every_recipe_compiles_and_its_plan_is_snapshotted() {
+    // Offline and with no Hugging Face cache: hub models come from the built-in table.
+    // SAFETY: set before any thread of this test binary reads it; no other test here reads it.
+    unsafe { std::env::set_var("HF_HUB_CACHE", "/nonexistent-recipe-test-cache") };
+    for path in common::recipe_files("recipes") {
+        let plan = compile(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = common::snapshot_name(&path, "recipes/");
+        insta::assert_snapshot!(format!("{name}__plan_text"), recipe::plan::render_text(&plan));
+        insta::assert_json_snapshot!(format!("{name}__plan_json"), plan);
+    }
+}
+
+#[test]
+fn llama2_13b_qlora_counts_match_peft() {
+    // The figures peft's print_trainable_parameters() reports for Llama-2-13B, r=32, all linear.
+    let plan = compile(std::path::Path::new("recipes/llama2-13b-qlora.yaml"), &[]).unwrap();
+    assert_eq!(plan.model.parameters.total, 13_015_864_320);
+    assert_eq!(plan.adapter.trainable_parameters, 125_173_760);
+}
+
+#[test]
+fn unknown_target_modules_are_errors_that_list_the_real_ones() {
+    let err = compile(
+        std::path::Path::new("recipes/llama2-7b-lora.yaml"),
+        &["lora_target_modules=[q_proj, query_key_value]".to_string()],
+    )
+    .unwrap_err();
+    assert!(err.contains("`query_key_value` is not a module of LlamaForCausalLM"), "{err}");
+    assert!(err.contains("gate_proj"), "{err}");
+}
