@@ -471,18 +471,7 @@ enum LocationKind {
 
 /// `datasets.0.path` -> `datasets[0].path`.
 fn display_key(path: &str) -> String {
-    let mut out = String::new();
-    for s in path.split('.') {
-        if s.parse::<usize>().is_ok() {
-            out.push_str(&format!("[{s}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(s);
-        }
-    }
-    out
+    crate::recipe::diagnostic::key_path(path.split('.'))
 }
 
 /// Where a model or dataset named in a recipe lives.

@@ -6,7 +6,7 @@
 //! "unset"), then the schema reports everything else in one pass, and only a schema-valid tree is
 //! decoded and checked by the cross-field rules.
 
-use super::diagnostic::{Diagnostic, did_you_mean};
+use super::diagnostic::{Diagnostic, did_you_mean, key_path};
 use super::source::{Sources, Span};
 use super::yaml::{Entry, Node, Value};
 use crate::config::axolotl_keys::{self, AxolotlKeyKind, Inert};
@@ -207,22 +207,6 @@ fn escape_pointer(key: &str) -> String {
 
 fn pointer_segments(pointer: &str) -> Vec<String> {
     pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
-}
-
-/// `datasets[0].type` from `/datasets/0/type`.
-fn key_path(segments: &[String]) -> String {
-    let mut out = String::new();
-    for s in segments {
-        if s.parse::<usize>().is_ok() {
-            out.push_str(&format!("[{s}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(s);
-        }
-    }
-    out
 }
 
 /// The entry (when the last segment is a key) and node at a JSON pointer.

@@ -112,6 +112,23 @@ impl Diagnostic {
     }
 }
 
+/// A key path for people: `["datasets", "0", "type"]` -> `datasets[0].type`.
+pub fn key_path<S: AsRef<str>>(segments: impl IntoIterator<Item = S>) -> String {
+    let mut out = String::new();
+    for s in segments {
+        let s = s.as_ref();
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
+}
+
 /// `did you mean` from a set of candidates, by Jaro-Winkler similarity.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     candidates
