@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Developer-only: reference parameter counts from transformers and peft, written as
+goldens for the Rust planner's tests.
+
+What it does
+  1. For every src/plan/models/*.json (a Hugging Face config.json; the file name is the
+     hub id with "/" replaced by "--") and for the bundled models/stories260k/config.json,
+     loads the config with AutoConfig and builds AutoModelForCausalLM.from_config on the
+     meta device (no weights are allocated or downloaded). It records
+       total        = sum(p.numel() for p in model.parameters())   (tied weights once)
+       embed_tokens = numel of the input embedding weight
+       lm_head      = numel of the output head weight, 0 when it is tied to embed_tokens
+       per_layer    = numel of one decoder layer (every layer is checked to be the same)
+       num_layers   = number of decoder layers
+     and writes them to tests/golden/param_counts.json, keyed by hub id ("stories260k"
+     for the bundled model).
+  2. Wraps fresh meta-device models with peft's get_peft_model(model, LoraConfig(...))
+     for a fixed list of cases (task_type CAUSAL_LM, lora_dropout 0.05, bias "none",
+     lora_alpha = 2 * r) and records what model.get_nb_trainable_parameters() reports
+     as (trainable, all), plus the base model's total before peft. Written to
+     tests/golden/peft_trainable.json (a list of cases; each carries peft_version).
+
+  Both files are pretty-printed with sorted keys and end with a newline. Nothing is
+  typed by hand: rerun this script after changing a model file.
+
+How to run (from the repository root; versions pinned in scripts/reference/requirements.txt,
+installed with `pip install --target DIR --no-deps ...` so torch is not fetched again):
+
+  PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \\
+      python3 scripts/reference/param_counts.py
+
+Options: --check compares with the files on disk instead of writing them (exit 1 on a
+difference).
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import peft  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MODELS_DIR = os.path.join(ROOT, "src", "plan", "models")
+STORIES = os.path.join(ROOT, "models", "stories260k", "config.json")
+GOLDEN_DIR = os.path.join(ROOT, "tests", "golden")
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# (model key, r, target_modules, modules_to_save)
+PEFT_CASES = [
+    ("meta-llama/Llama-2-13b-hf", 32, ALL_LINEAR, None),
+    ("meta-llama/Meta-Llama-3-8B", 16, ["q_proj", "v_proj"], None),
+    ("mistralai/Mistral-7B-v0.1", 64, ALL_LINEAR, ["lm_head"]),
+    ("stories260k", 8, ALL_LINEAR, None),
+    ("Qwen/Qwen2.5-0.5B", 16, ALL_LINEAR, ["embed_tokens", "lm_head"]),
+]
+
+
+def config_sources():
+    """(key, path) for every model file, sorted by key."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.json"))):
+        hub_id = os.path.basename(path)[: -len(".json")].replace("--", "/")
+        out.append((hub_id, path))
+    out.append(("stories260k", STORIES))
+    return out
+
+
+def load_config(path):
+    """AutoConfig.from_pretrained on a directory holding only this config.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, os.path.join(tmp, "config.json"))
+        return AutoConfig.from_pretrained(tmp)
+
+
+def build_meta(path):
+    cfg = load_config(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return model
+
+
+def total_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def decoder_layers(model):
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    return base.layers
+
+
+def count_model(path):
+    model = build_meta(path)
+    total = total_params(model)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is emb
+    layers = decoder_layers(model)
+    per = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+    if len(set(per)) != 1:
+        raise SystemExit(f"{path}: decoder layers differ in size: {sorted(set(per))}")
+    return {
+        "total": total,
+        "embed_tokens": emb.numel(),
+        "lm_head": 0 if (tied or out is None) else out.weight.numel(),
+        "per_layer": per[0],
+        "num_layers": len(per),
+        "transformers_version": transformers.__version__,
+    }
+
+
+def peft_case(path, key, r, targets, modules_to_save):
+    model = build_meta(path)
+    base_total = total_params(model)
+    cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.05,
+        bias="none",
+        target_modules=list(targets),
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+    )
+    with torch.device("meta"):
+        pm = get_peft_model(model, cfg)
+    trainable, all_params = pm.get_nb_trainable_parameters()
+    return {
+        "model": key,
+        "r": r,
+        "lora_alpha": 2 * r,
+        "lora_dropout": 0.05,
+        "bias": "none",
+        "target_modules": list(targets),
+        "modules_to_save": list(modules_to_save) if modules_to_save else None,
+        "trainable": int(trainable),
+        "all": int(all_params),
+        "base_total": base_total,
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
+
+
+def dump(obj):
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with tests/golden instead of writing")
+    args = ap.parse_args()
+
+    sources = dict(config_sources())
+    counts = {}
+    for key, path in config_sources():
+        counts[key] = count_model(path)
+        c = counts[key]
+        print(f"{key:32s} total={c['total']:>15,d}  embed={c['embed_tokens']:>13,d}  "
+              f"lm_head={c['lm_head']:>13,d}  per_layer={c['per_layer']:>12,d} x {c['num_layers']}")
+
+    cases = []
+    for key, r, targets, mts in PEFT_CASES:
+        case = peft_case(sources[key], key, r, targets, mts)
+        cases.append(case)
+        print(f"peft {key:28s} r={r:<3d} trainable={case['trainable']:>15,d}  all={case['all']:>15,d}  "
+              f"base_total={case['base_total']:>15,d}  modules_to_save={mts}")
+
+    outputs = {
+        os.path.join(GOLDEN_DIR, "param_counts.json"): dump(counts),
+        os.path.join(GOLDEN_DIR, "peft_trainable.json"): dump(cases),
+    }
+    print(f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}")
+    if args.check:
+        bad = 0
+        for path, text in outputs.items():
+            try:
+                with open(path) as f:
+                    same = f.read() == text
+            except FileNotFoundError:
+                same = False
+            if not same:
+                print(f"differs: {os.path.relpath(path, ROOT)}", file=sys.stderr)
+                bad = 1
+        sys.exit(bad)
+    os.makedirs(GOLDEN_DIR, exist_ok=True)
+    for path, text in outputs.items():
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {os.path.relpath(path, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
