@@ -3,7 +3,17 @@
 
 mod common;
 
+/// Plans must not depend on the machine's Hugging Face cache: point it nowhere, once, before any
+/// test of this binary compiles (hub models then come from the built-in table, as offline).
+fn without_hf_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: runs once, while every other test of this binary waits on the Once before reading
+    // the environment.
+    ONCE.call_once(|| unsafe { std::env::set_var("HF_HUB_CACHE", "/nonexistent-recipe-test-cache") });
+}
+
 fn compile(path: &std::path::Path, overrides: &[String]) -> Result<recipe::plan::Plan, String> {
+    without_hf_cache();
     let loaded = recipe::recipe::load(path, overrides);
     assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
     recipe::plan::compile(&loaded, 1)
@@ -11,9 +21,6 @@ fn compile(path: &std::path::Path, overrides: &[String]) -> Result<recipe::plan:
 
 #[test]
 fn every_recipe_compiles_and_its_plan_is_snapshotted() {
-    // Offline and with no Hugging Face cache: hub models come from the built-in table.
-    // SAFETY: set before any thread of this test binary reads it; no other test here reads it.
-    unsafe { std::env::set_var("HF_HUB_CACHE", "/nonexistent-recipe-test-cache") };
     for path in common::recipe_files("recipes") {
         let plan = compile(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = common::snapshot_name(&path, "recipes/");
