@@ -107,3 +107,20 @@ impl ChatTemplateName {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_name_round_trips_and_has_its_template_file() {
+        let names = crate::config::schema::schema()["$defs"]["ChatTemplateName"]["enum"].as_array().unwrap().clone();
+        assert!(names.len() >= 12);
+        for name in names.iter().filter_map(|n| n.as_str()) {
+            let parsed: ChatTemplateName = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(parsed.as_str(), name);
+            let indirect = matches!(parsed, ChatTemplateName::TokenizerDefault | ChatTemplateName::Jinja);
+            assert_eq!(parsed.builtin_text().is_some(), !indirect, "{name}");
+        }
+    }
+}

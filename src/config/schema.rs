@@ -39,16 +39,21 @@ pub fn schema_text() -> String {
 fn closed_sets_as_enums(value: &mut Value) {
     match value {
         Value::Object(map) => {
+            // Each branch is a documented `const` or an undocumented `enum` group.
             let consts = map.get("oneOf").and_then(Value::as_array).and_then(|branches| {
-                branches
-                    .iter()
-                    .map(|b| {
-                        let b = b.as_object()?;
-                        let only_docs = b.keys().all(|k| matches!(k.as_str(), "const" | "description" | "type"));
-                        only_docs.then(|| (b.get("const").cloned(), b.get("description").cloned()))
-                    })
-                    .map(|pair| pair.and_then(|(c, d)| Some((c?, d))))
-                    .collect::<Option<Vec<_>>>()
+                let mut all = Vec::new();
+                for b in branches {
+                    let b = b.as_object()?;
+                    if !b.keys().all(|k| matches!(k.as_str(), "const" | "enum" | "description" | "type")) {
+                        return None;
+                    }
+                    match (b.get("const"), b.get("enum").and_then(Value::as_array)) {
+                        (Some(c), None) => all.push((c.clone(), b.get("description").cloned())),
+                        (None, Some(values)) => all.extend(values.iter().map(|v| (v.clone(), None))),
+                        _ => return None,
+                    }
+                }
+                Some(all)
             });
             if let Some(consts) = consts {
                 map.remove("oneOf");
