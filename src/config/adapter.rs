@@ -49,19 +49,7 @@ pub struct AdapterConfig {
 
 impl Default for AdapterConfig {
     fn default() -> Self {
-        AdapterConfig {
-            adapter: None,
-            lora_r: default_lora_r(),
-            lora_alpha: None,
-            lora_dropout: 0.0,
-            lora_target_modules: None,
-            lora_target_linear: false,
-            lora_modules_to_save: Vec::new(),
-            lora_fan_in_fan_out: false,
-            peft_use_dora: false,
-            peft_use_rslora: false,
-            lora_model_dir: None,
-        }
+        super::defaults()
     }
 }
 

@@ -429,6 +429,125 @@ pub fn lookup(name: &str) -> Option<&'static AxolotlKey> {
     AXOLOTL_KEYS.binary_search_by(|key| key.name.cmp(name)).ok().map(|index| &AXOLOTL_KEYS[index])
 }
 
+/// Values of Axolotl's closed sets that recipe does not implement: (key, what the key names, values).
+const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
+    (
+        "optimizer",
+        "optimizer",
+        &[
+            "adafactor",
+            "adamw_hf",
+            "adamw_anyprecision",
+            "adamw_apex_fused",
+            "adamw_torch_4bit",
+            "adamw_torch_npu_fused",
+            "adagrad",
+            "ademamix",
+            "ademamix_8bit",
+            "adopt_adamw",
+            "ao_adamw_4bit",
+            "ao_adamw_8bit",
+            "ao_adamw_fp8",
+            "came_pytorch",
+            "dion",
+            "galore_adafactor",
+            "galore_adamw",
+            "galore_adamw_8bit",
+            "grokadamw",
+            "lion_32bit",
+            "lion_8bit",
+            "lomo",
+            "adalomo",
+            "muon",
+            "optimi_adamw",
+            "paged_ademamix_8bit",
+            "paged_ademamix_32bit",
+            "paged_lion_32bit",
+            "paged_lion_8bit",
+            "rmsprop",
+            "rmsprop_bnb",
+            "schedule_free_adamw",
+            "schedule_free_sgd",
+            "sgd",
+        ],
+    ),
+    (
+        "lr_scheduler",
+        "learning-rate scheduler",
+        &[
+            "one_cycle",
+            "rex",
+            "log_sweep",
+            "cosine_with_restarts",
+            "polynomial",
+            "inverse_sqrt",
+            "reduce_lr_on_plateau",
+            "cosine_with_min_lr",
+            "warmup_stable_decay",
+            "jagged",
+        ],
+    ),
+    ("rl", "preference-training method", &["kto", "grpo", "gdpo", "ebft"]),
+    ("adapter", "adapter", &["llama-adapter", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
+    (
+        "chat_template",
+        "chat template",
+        &[
+            "cohere",
+            "command_a",
+            "command_a_tool_use",
+            "command_a_rag",
+            "exaone",
+            "falcon_h1",
+            "gemma3",
+            "gemma3n",
+            "jamba",
+            "llama3_2_vision",
+            "llama4",
+            "llava",
+            "metharme",
+            "mistral_v7_tekken",
+            "pixtral",
+            "qwen2_vl",
+            "qwen3",
+            "aya",
+        ],
+    ),
+    (
+        "type",
+        "dataset type",
+        &[
+            "sharegpt",
+            "oasst",
+            "pygmalion",
+            "gpteacher",
+            "reflection",
+            "metharme",
+            "orcamini",
+            "context_qa",
+            "explainchoice",
+            "concisechoice",
+            "summarizetldr",
+            "jeopardy",
+            "stepwise_supervised",
+            "bradley_terry.chat_template",
+            "chatml.intel",
+            "chatml.argilla",
+            "chatml.prompt_pairs",
+            "llama3.intel",
+            "llama3.argilla",
+            "llama3.prompt_pairs",
+            "alpaca_w_system.load_open_orca",
+        ],
+    ),
+];
+
+/// For a value of one of Axolotl's closed sets that recipe lacks (`optimizer: lion_8bit`), what
+/// the key names (`optimizer`), so the error can say so by name.
+pub fn unsupported_value(key: &str, value: &str) -> Option<&'static str> {
+    UNSUPPORTED_VALUES.iter().find_map(|(k, what, values)| (*k == key && values.contains(&value)).then_some(*what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

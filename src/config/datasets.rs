@@ -50,18 +50,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig {
-            datasets: Vec::new(),
-            test_datasets: Vec::new(),
-            dataset_prepared_path: None,
-            val_set_size: 0.0,
-            shuffle_merged_datasets: true,
-            sequence_len: default_sequence_len(),
-            sample_packing: false,
-            eval_sample_packing: None,
-            pad_to_sequence_len: false,
-            train_on_inputs: false,
-        }
+        super::defaults()
     }
 }
 
@@ -271,14 +260,14 @@ pub enum DatasetConfig {
     UserDefined(UserDefinedDataset),
 }
 
-/// The named formats, in schema order, with their help text.
-pub const DATASET_TYPES: &[(&str, &str)] = &[
-    ("alpaca", "instruction / input / output rows in the Alpaca prompt"),
-    ("alpaca_chat", "instruction / input / output rows in the alpaca_chat prompt"),
-    ("completion", "raw text, all of it trained on"),
-    ("pretrain", "raw text split into sequence_len chunks"),
-    ("chat_template", "conversations rendered with a chat template"),
-    ("input_output", "segments with a per-segment `label`"),
+/// The named formats, in schema order: (`type`, schema definition name, what it means).
+const DATASET_TYPES: &[(&str, &str, &str)] = &[
+    ("alpaca", "AlpacaDataset", "instruction / input / output rows in the Alpaca prompt"),
+    ("alpaca_chat", "AlpacaChatDataset", "instruction / input / output rows in the alpaca_chat prompt"),
+    ("completion", "CompletionDataset", "raw text, all of it trained on"),
+    ("pretrain", "PretrainDataset", "raw text split into sequence_len chunks"),
+    ("chat_template", "ChatTemplateDataset", "conversations rendered with a chat template"),
+    ("input_output", "InputOutputDataset", "segments with a per-segment `label`"),
 ];
 
 impl DatasetConfig {
@@ -309,31 +298,25 @@ impl DatasetConfig {
 impl<'de> Deserialize<'de> for DatasetConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
+        fn parse<T: serde::de::DeserializeOwned, E: Error>(map: Map<String, Value>) -> Result<T, E> {
+            serde_json::from_value(Value::Object(map)).map_err(E::custom)
+        }
         let mut map = Map::<String, Value>::deserialize(deserializer)?;
-        let kind = map.get("type").cloned().ok_or_else(|| D::Error::missing_field("type"))?;
-        let parse = |map: Map<String, Value>| -> Result<Value, D::Error> { Ok(Value::Object(map)) };
-        let name = match kind {
-            Value::String(name) => name,
-            Value::Object(_) => {
-                return serde_json::from_value(parse(map)?).map(DatasetConfig::UserDefined).map_err(D::Error::custom);
-            }
-            other => {
-                return Err(D::Error::custom(format!("`type` must be a name or a mapping, found {other}")));
-            }
+        let name = match map.get("type") {
+            None => return Err(D::Error::missing_field("type")),
+            Some(Value::Object(_)) => return parse(map).map(DatasetConfig::UserDefined),
+            Some(Value::String(name)) => name.clone(),
+            Some(other) => return Err(D::Error::custom(format!("`type` must be a name or a mapping, found {other}"))),
         };
         map.remove("type");
-        let value = parse(map)?;
-        let e = D::Error::custom;
         Ok(match name.as_str() {
-            "alpaca" => DatasetConfig::Alpaca(serde_json::from_value(value).map_err(e)?),
-            "alpaca_chat" => DatasetConfig::AlpacaChat(serde_json::from_value(value).map_err(e)?),
-            "completion" => DatasetConfig::Completion(serde_json::from_value(value).map_err(e)?),
-            "pretrain" => DatasetConfig::Pretrain(serde_json::from_value(value).map_err(e)?),
-            "chat_template" => DatasetConfig::ChatTemplate(serde_json::from_value(value).map_err(e)?),
-            "input_output" => DatasetConfig::InputOutput(serde_json::from_value(value).map_err(e)?),
-            other => {
-                return Err(D::Error::unknown_variant(other, &["alpaca", "chat_template", "..."]));
-            }
+            "alpaca" => DatasetConfig::Alpaca(parse(map)?),
+            "alpaca_chat" => DatasetConfig::AlpacaChat(parse(map)?),
+            "completion" => DatasetConfig::Completion(parse(map)?),
+            "pretrain" => DatasetConfig::Pretrain(parse(map)?),
+            "chat_template" => DatasetConfig::ChatTemplate(parse(map)?),
+            "input_output" => DatasetConfig::InputOutput(parse(map)?),
+            other => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
         })
     }
 }
@@ -344,31 +327,15 @@ impl JsonSchema for DatasetConfig {
     }
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let mut branches: Vec<(Value, &str, Schema, &str)> = Vec::new();
-        let named = |name: &'static str| -> Value { json_schema!({"const": name}).to_value() };
-        let alpaca = AlpacaDataset::json_schema(generator);
-        let text = TextDataset::json_schema(generator);
-        branches.push((named("alpaca"), "AlpacaDataset", alpaca.clone(), "alpaca"));
-        branches.push((named("alpaca_chat"), "AlpacaChatDataset", alpaca, "alpaca_chat"));
-        branches.push((named("completion"), "CompletionDataset", text.clone(), "completion"));
-        branches.push((named("pretrain"), "PretrainDataset", text, "pretrain"));
-        branches.push((
-            named("chat_template"),
-            "ChatTemplateDataset",
-            ChatDataset::json_schema(generator),
-            "chat_template",
-        ));
-        branches.push((
-            named("input_output"),
-            "InputOutputDataset",
-            InputOutputDataset::json_schema(generator),
-            "input_output",
-        ));
         let user_defined_type = generator.subschema_for::<UserDefinedFormat>();
         let mut all_of = Vec::new();
-        let mut names = Vec::new();
-        for (condition, def_name, mut schema, tag) in branches {
-            let (_, help) = DATASET_TYPES.iter().find(|(n, _)| *n == tag).expect("listed type");
+        for &(tag, def_name, help) in DATASET_TYPES {
+            let mut schema = match tag {
+                "alpaca" | "alpaca_chat" => AlpacaDataset::json_schema(generator),
+                "completion" | "pretrain" => TextDataset::json_schema(generator),
+                "chat_template" => ChatDataset::json_schema(generator),
+                _ => InputOutputDataset::json_schema(generator),
+            };
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
                 props.insert("type".into(), serde_json::json!({"const": tag, "description": help}));
             }
@@ -378,11 +345,11 @@ impl JsonSchema for DatasetConfig {
             schema.insert("title".into(), Value::String(format!("type: {tag}")));
             generator.definitions_mut().insert(def_name.into(), schema.to_value());
             all_of.push(serde_json::json!({
-                "if": {"properties": {"type": condition}, "required": ["type"]},
+                "if": {"properties": {"type": {"const": tag}}, "required": ["type"]},
                 "then": {"$ref": format!("#/$defs/{def_name}")},
             }));
-            names.push(tag);
         }
+        let names: Vec<&str> = DATASET_TYPES.iter().map(|(tag, _, _)| *tag).collect();
         let user_defined = UserDefinedDataset::json_schema(generator);
         generator.definitions_mut().insert("UserDefinedDataset".into(), user_defined.to_value());
         all_of.push(serde_json::json!({

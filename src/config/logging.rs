@@ -43,7 +43,7 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+        super::defaults()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod axolotl_keys;
 pub mod chat_template;
 pub mod datasets;
 pub mod distributed;
+pub mod location;
 pub mod logging;
 pub mod model;
 pub mod quantization;
@@ -62,6 +63,12 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(flatten)]
     pub distributed: DistributedConfig,
+}
+
+/// A section with every key absent: its serde defaults, so `Default` and a recipe that leaves a
+/// section out can never disagree.
+fn defaults<T: serde::de::DeserializeOwned>() -> T {
+    serde_json::from_value(serde_json::json!({})).expect("every field of a config section has a default")
 }
 
 /// One preset name or a list of them.

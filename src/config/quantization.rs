@@ -26,13 +26,7 @@ pub struct QuantizationConfig {
 
 impl Default for QuantizationConfig {
     fn default() -> Self {
-        QuantizationConfig {
-            load_in_8bit: false,
-            load_in_4bit: false,
-            bnb_4bit_quant_type: QuantType4Bit::default(),
-            bnb_4bit_use_double_quant: true,
-            bnb_4bit_compute_dtype: ComputeDtype::default(),
-        }
+        super::defaults()
     }
 }
 

@@ -7,11 +7,11 @@ use super::Config;
 use super::adapter::AdapterKind;
 use super::chat_template::ChatTemplateName;
 use super::datasets::DatasetConfig;
+use super::location::{Location, normalize, resolve_location};
 use super::training::Switch;
 use crate::recipe::check::Locator;
 use crate::recipe::diagnostic::Diagnostic;
 use crate::recipe::source::Span;
-use std::path::{Path, PathBuf};
 
 /// Runs every rule on a schema-valid config.
 pub fn check(config: &Config, at: &Locator) -> Vec<Diagnostic> {
@@ -61,12 +61,15 @@ impl Rules<'_> {
     }
 
     fn error(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
-        let d = self.involving(Diagnostic::error(rule, message), keys).help(help.to_string());
-        self.out.push(d);
+        self.report(Diagnostic::error(rule, message), keys, help);
     }
 
     fn warn(&mut self, rule: &'static str, message: String, keys: &[&str], help: &str) {
-        let d = self.involving(Diagnostic::warning(rule, message), keys).help(help.to_string());
+        self.report(Diagnostic::warning(rule, message), keys, help);
+    }
+
+    fn report(&mut self, d: Diagnostic, keys: &[&str], help: &str) {
+        let d = self.involving(d, keys).help(help.to_string());
         self.out.push(d);
     }
 
@@ -157,18 +160,13 @@ impl Rules<'_> {
         if c.adapter.adapter.is_some() {
             return;
         }
-        let lora_keys = [
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "lora_target_modules",
-            "lora_target_linear",
-            "lora_modules_to_save",
-            "lora_fan_in_fan_out",
-            "peft_use_dora",
-            "peft_use_rslora",
-            "lora_model_dir",
-        ];
+        // Every key of the adapter section but `adapter` itself.
+        let schema = schemars::schema_for!(super::AdapterConfig);
+        let lora_keys: Vec<&str> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|props| props.keys().map(String::as_str).filter(|k| *k != "adapter").collect())
+            .unwrap_or_default();
         for key in lora_keys {
             let Some(entry) = self.at.entry(key) else {
                 continue;
@@ -283,15 +281,15 @@ impl Rules<'_> {
                     continue;
                 };
                 let key = format!("{list}.{i}.chat_template");
-                if let (Some(mine), Some(top)) = (chat.chat_template, root) {
-                    if mine != top {
-                        self.warn(
-                            "chat-template-mismatch",
-                            format!("{list}[{i}] uses a different chat template than the recipe's `chat_template`"),
-                            &[&key, "chat_template"],
-                            "the model learns one format per dataset; make them agree unless this is intended",
-                        );
-                    }
+                if let (Some(mine), Some(top)) = (chat.chat_template, root)
+                    && mine != top
+                {
+                    self.warn(
+                        "chat-template-mismatch",
+                        format!("{list}[{i}] uses a different chat template than the recipe's `chat_template`"),
+                        &[&key, "chat_template"],
+                        "the model learns one format per dataset; make them agree unless this is intended",
+                    );
                 }
                 if chat.chat_template == Some(ChatTemplateName::Jinja) && chat.chat_template_jinja.is_none() {
                     self.error(
@@ -356,40 +354,32 @@ impl Rules<'_> {
         let Some(span) = self.at.value_span(key) else {
             return;
         };
-        let base = self.at.base_dir(span).unwrap_or_default();
-        let shown = display_key(key);
-        let key = shown.as_str();
-        match resolve_location(value, &base) {
-            Location::Local(path) if !path.exists() => {
-                let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", path.display()))
-                    .at(span, "no such file or folder")
-                    .key(display_key(key))
-                    .help("local paths are relative to the recipe file that names them");
-                self.out.push(d);
-            }
-            Location::Hub(_) if kind == LocationKind::LocalOnly => {
-                let resolved = normalize(&base.join(value));
-                let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", resolved.display()))
-                    .at(span, "no such file or folder")
-                    .key(display_key(key))
-                    .help("local paths are relative to the recipe file that names them");
-                self.out.push(d);
-            }
+        let base = self.at.base_dir(key);
+        let key = display_key(key);
+        let missing = match resolve_location(value, &base) {
+            Location::Local(path) => (!path.exists()).then_some(path),
+            // Only a local path is meant here, so a name that is not one is a missing path.
+            Location::Hub(_) if kind == LocationKind::LocalOnly => Some(normalize(&base.join(value))),
+            Location::Hub(_) => None,
             Location::Invalid => {
-                let what = match kind {
-                    LocationKind::Dataset => "dataset",
-                    _ => "model",
-                };
+                let what = if kind == LocationKind::Dataset { "dataset" } else { "model" };
                 let d = Diagnostic::error(
                     "bad-location",
                     format!("`{key}`: `{value}` is neither an existing local path nor a Hugging Face {what} id"),
                 )
                 .at(span, "not found locally, and not of the form owner/name")
-                .key(display_key(key))
+                .key(key)
                 .help("local paths are relative to the recipe file; hub ids look like meta-llama/Llama-2-7b-hf");
                 self.out.push(d);
+                return;
             }
-            _ => {}
+        };
+        if let Some(path) = missing {
+            let d = Diagnostic::error("path-not-found", format!("`{key}`: {} does not exist", path.display()))
+                .at(span, "no such file or folder")
+                .key(key)
+                .help("local paths are relative to the recipe file that names them");
+            self.out.push(d);
         }
     }
 
@@ -406,15 +396,15 @@ impl Rules<'_> {
                     "rank 8–64; higher for harder tasks (presets: lora uses 16, qlora-13b-24gb 32)",
                 );
             }
-            if let Some(alpha) = a.lora_alpha {
-                if alpha != 2 * r {
-                    self.warn(
-                        "table-lora-alpha",
-                        format!("lora_alpha {alpha} is not 2 × lora_r ({})", 2 * r),
-                        &["lora_alpha", "lora_r"],
-                        "lora_alpha = 2 × r keeps the update's scale steady across ranks",
-                    );
-                }
+            if let Some(alpha) = a.lora_alpha
+                && alpha != 2 * r
+            {
+                self.warn(
+                    "table-lora-alpha",
+                    format!("lora_alpha {alpha} is not 2 × lora_r ({})", 2 * r),
+                    &["lora_alpha", "lora_r"],
+                    "lora_alpha = 2 × r keeps the update's scale steady across ranks",
+                );
             }
         }
         if let Some(lr) = t.learning_rate {
@@ -440,15 +430,15 @@ impl Rules<'_> {
                 "raise gradient_accumulation_steps instead for a larger effective batch",
             );
         }
-        if let (Some(epochs), None) = (t.num_epochs, t.max_steps) {
-            if !(3.0..=10.0).contains(&epochs) {
-                self.warn(
-                    "table-epochs",
-                    format!("num_epochs {epochs} is outside the recommended 3–10"),
-                    &["num_epochs"],
-                    "3–10 epochs, with early_stopping_patience to stop when validation loss stalls",
-                );
-            }
+        if let (Some(epochs), None) = (t.num_epochs, t.max_steps)
+            && !(3.0..=10.0).contains(&epochs)
+        {
+            self.warn(
+                "table-epochs",
+                format!("num_epochs {epochs} is outside the recommended 3–10"),
+                &["num_epochs"],
+                "3–10 epochs, with early_stopping_patience to stop when validation loss stalls",
+            );
         }
         let seq = c.data.sequence_len;
         if !(512..=2048).contains(&seq) {
@@ -472,77 +462,4 @@ enum LocationKind {
 /// `datasets.0.path` -> `datasets[0].path`.
 fn display_key(path: &str) -> String {
     crate::recipe::diagnostic::key_path(path.split('.'))
-}
-
-/// Where a model or dataset named in a recipe lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A local file or folder (resolved against the recipe's folder).
-    Local(PathBuf),
-    /// A Hugging Face hub id (`owner/name` or `name`).
-    Hub(String),
-    /// Neither.
-    Invalid,
-}
-
-/// Local when written as a path (`./x`, `../x`, `/x`, `~/x`) or when it exists relative to
-/// `base`; otherwise a hub id if it has the form of one.
-pub fn resolve_location(value: &str, base: &Path) -> Location {
-    let path_like =
-        value.starts_with("./") || value.starts_with("../") || value.starts_with('/') || value.starts_with("~/");
-    let resolved = if let Some(home_relative) = value.strip_prefix("~/") {
-        std::env::var_os("HOME").map_or_else(|| PathBuf::from(value), |h| PathBuf::from(h).join(home_relative))
-    } else {
-        normalize(&base.join(value))
-    };
-    if path_like || resolved.exists() {
-        return Location::Local(resolved);
-    }
-    let valid_part = |p: &str| {
-        !p.is_empty()
-            && !p.starts_with(['-', '.'])
-            && !p.contains("--")
-            && !p.contains("..")
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    let parts: Vec<&str> = value.split('/').collect();
-    if (1..=2).contains(&parts.len()) && parts.iter().all(|p| valid_part(p)) && value.len() <= 96 {
-        Location::Hub(value.to_string())
-    } else {
-        Location::Invalid
-    }
-}
-
-/// Removes `.` and folds `..` lexically (the path may not exist, so no canonicalize).
-fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_tell_paths_from_hub_ids() {
-        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
-        assert_eq!(
-            resolve_location("meta-llama/Llama-2-13b-hf", base),
-            Location::Hub("meta-llama/Llama-2-13b-hf".into())
-        );
-        assert_eq!(resolve_location("src", base), Location::Local(base.join("src")));
-        assert_eq!(resolve_location("./nope", base), Location::Local(base.join("./nope")));
-        assert_eq!(resolve_location("a/b/c", base), Location::Invalid);
-        assert_eq!(resolve_location("has space/x", base), Location::Invalid);
-    }
 }

@@ -101,7 +101,7 @@ pub struct TrainingConfig {
 
 impl Default for TrainingConfig {
     fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+        super::defaults()
     }
 }
 

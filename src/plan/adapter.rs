@@ -53,25 +53,21 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     };
     let linears = arch.layer_linears();
     let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
-    let requested: Vec<String> = match (&a.lora_target_modules, a.lora_target_linear) {
-        (_, true) => short.iter().map(|s| s.to_string()).collect(),
-        (Some(list), false) => list.names().iter().map(|s| s.to_string()).collect(),
-        (None, false) => DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
-    };
-    let mut extra_targets: Vec<String> = Vec::new();
-    if a.lora_target_linear {
-        if let Some(list) = &a.lora_target_modules {
-            extra_targets = list.names().iter().map(|s| s.to_string()).collect();
-        }
+    // lora_target_linear adds every linear layer to whatever lora_target_modules names; with
+    // neither, peft's defaults apply.
+    let mut requested: Vec<&str> = if a.lora_target_linear { short.clone() } else { Vec::new() };
+    match &a.lora_target_modules {
+        Some(list) => requested.extend(list.names()),
+        None if !a.lora_target_linear => requested.extend(DEFAULT_TARGETS),
+        None => {}
     }
     let r = u64::from(a.lora_r);
     let mut targets: Vec<String> = Vec::new();
     let mut trainable = 0u64;
     let mut adapted = 0u64;
-    for name in requested.iter().chain(extra_targets.iter()) {
-        let matched =
-            linears.iter().find(|l| l.name == name || l.short_name() == name || l.name.ends_with(&format!(".{name}")));
-        match (matched, name.as_str()) {
+    for &name in &requested {
+        let matched = linears.iter().find(|l| l.name == name || l.short_name() == name);
+        match (matched, name) {
             (Some(l), _) => {
                 if targets.iter().any(|t| t == l.short_name()) {
                     continue;

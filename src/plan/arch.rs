@@ -120,7 +120,7 @@ impl Architecture {
             return Err("config.json: hidden_size, num_attention_heads and num_hidden_layers must be positive".into());
         }
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_key_value_heads == 0 || raw.num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(format!(
                 "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_key_value_heads})",
                 raw.num_attention_heads

@@ -11,10 +11,9 @@ pub mod arch;
 pub mod model;
 
 use crate::config::Config;
-use crate::config::adapter::AdapterKind;
 use crate::config::chat_template::ChatTemplateName;
 use crate::config::datasets::DatasetConfig;
-use crate::config::rules::{Location, resolve_location};
+use crate::config::location::{Location, resolve_location};
 use crate::recipe::Loaded;
 use crate::recipe::check::Locator;
 use serde::Serialize;
@@ -35,7 +34,7 @@ pub struct Plan {
     pub ignored_axolotl_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct QuantizationPlan {
     /// `none`, `int8` or `nf4` / `fp4`.
     pub scheme: String,
@@ -113,9 +112,16 @@ pub fn compile(loaded: &Loaded, world_size: u64) -> Result<Plan, String> {
 
 fn quantization(c: &Config, arch: &arch::Architecture) -> QuantizationPlan {
     let q = &c.quantization;
+    if !q.load_in_4bit && !q.load_in_8bit {
+        return QuantizationPlan { scheme: "none".into(), ..QuantizationPlan::default() };
+    }
     let linears = arch.layer_linears();
     let params: u64 = arch.num_layers * linears.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
-    let modules = linears.iter().map(|l| l.name.to_string()).collect();
+    let quantized = QuantizationPlan {
+        quantized_modules: linears.iter().map(|l| l.name.to_string()).collect(),
+        quantized_parameters: params,
+        ..QuantizationPlan::default()
+    };
     if q.load_in_4bit {
         // NF4: 4 bits per weight; absmax per 64 weights, itself 8-bit per 256 blocks with an fp32
         // scale (double quant), else fp32 per block.
@@ -126,32 +132,13 @@ fn quantization(c: &Config, arch: &arch::Architecture) -> QuantizationPlan {
             block_size: Some(64),
             double_quant: q.bnb_4bit_use_double_quant,
             compute_dtype: Some(format!("{:?}", q.bnb_4bit_compute_dtype).to_lowercase()),
-            quantized_modules: modules,
-            quantized_parameters: params,
             quantized_bytes: params.div_ceil(2) + constants,
-        }
-    } else if q.load_in_8bit {
-        // Row-wise absmax int8: one byte per weight plus an fp32 scale per output row.
-        let rows: u64 = arch.num_layers * linears.iter().map(|l| l.out_features).sum::<u64>();
-        QuantizationPlan {
-            scheme: "int8".into(),
-            block_size: None,
-            double_quant: false,
-            compute_dtype: None,
-            quantized_modules: modules,
-            quantized_parameters: params,
-            quantized_bytes: params + 4 * rows,
+            ..quantized
         }
     } else {
-        QuantizationPlan {
-            scheme: "none".into(),
-            block_size: None,
-            double_quant: false,
-            compute_dtype: None,
-            quantized_modules: Vec::new(),
-            quantized_parameters: 0,
-            quantized_bytes: 0,
-        }
+        // Row-wise absmax int8: one byte per weight plus an fp32 scale per output row.
+        let rows: u64 = arch.num_layers * linears.iter().map(|l| l.out_features).sum::<u64>();
+        QuantizationPlan { scheme: "int8".into(), quantized_bytes: params + 4 * rows, ..quantized }
     }
 }
 
@@ -162,14 +149,12 @@ fn chat_template(c: &Config, at: &Locator, model: &model::ModelPlan) -> Option<T
     let (source, sha256) = match name {
         ChatTemplateName::Jinja => {
             let text = c.chat.chat_template_jinja.clone().unwrap_or_default();
-            let span = at.value_span("chat_template_jinja");
-            match (text.ends_with(".jinja"), span.and_then(|s| at.base_dir(s))) {
-                (true, Some(dir)) => {
-                    let path = dir.join(&text);
-                    let content = std::fs::read_to_string(&path).ok();
-                    (format!("file {}", path.display()), content.as_deref().and_then(hash))
-                }
-                _ => ("inline chat_template_jinja".to_string(), hash(&text)),
+            if text.ends_with(".jinja") {
+                let path = at.base_dir("chat_template_jinja").join(&text);
+                let content = std::fs::read_to_string(&path).ok();
+                (format!("file {}", path.display()), content.as_deref().and_then(hash))
+            } else {
+                ("inline chat_template_jinja".to_string(), hash(&text))
             }
         }
         ChatTemplateName::TokenizerDefault => match &model.local_dir {
@@ -198,8 +183,7 @@ fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
         .enumerate()
         .map(|(i, d)| {
             let src = d.source();
-            let base = at.value_span(&format!("datasets.{i}.path")).and_then(|s| at.base_dir(s)).unwrap_or_default();
-            let source = match resolve_location(&src.path, &base) {
+            let source = match resolve_location(&src.path, &at.base_dir(&format!("datasets.{i}.path"))) {
                 Location::Local(path) => format!("local {}", path.display()),
                 Location::Hub(id) => format!("hub {id}@{}", src.revision.as_deref().unwrap_or("main")),
                 Location::Invalid => format!("invalid {}", src.path),
@@ -385,19 +369,10 @@ pub fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
     }
     out
-}
-
-/// Whether the recipe trains an adapter (for callers that only need the method).
-pub fn method(c: &Config) -> &'static str {
-    match c.adapter.adapter {
-        Some(AdapterKind::Lora) => "lora",
-        Some(AdapterKind::Qlora) => "qlora",
-        None => "full",
-    }
 }

@@ -4,7 +4,7 @@
 
 use super::arch::{Architecture, ParameterCounts};
 use crate::config::Config;
-use crate::config::rules::{Location, resolve_location};
+use crate::config::location::{Location, resolve_location};
 use crate::recipe::check::Locator;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
     let name = c.model.base_model.clone().ok_or("`base_model` is not set")?;
     let config_name = c.model.base_model_config.clone().unwrap_or_else(|| name.clone());
     let key = if c.model.base_model_config.is_some() { "base_model_config" } else { "base_model" };
-    let base = at.value_span(key).and_then(|s| at.base_dir(s)).unwrap_or_default();
+    let base = at.base_dir(key);
     let revision = c.model.revision_of_model.clone();
     let (source_kind, config_source, local_dir, text) = match resolve_location(&config_name, &base) {
         Location::Local(dir) => {

@@ -58,22 +58,7 @@ pub struct Locator<'a> {
 impl<'a> Locator<'a> {
     /// The entry at `path` (`lora_r`, `datasets.0.path`).
     pub fn entry(&self, path: &str) -> Option<&'a Entry> {
-        let mut node = self.tree;
-        let mut found = None;
-        for segment in path.split('.') {
-            match &node.value {
-                Value::Map(entries) => {
-                    let entry = entries.iter().find(|e| e.key == segment)?;
-                    found = Some(entry);
-                    node = &entry.value;
-                }
-                Value::Seq(items) => {
-                    node = items.get(segment.parse::<usize>().ok()?)?;
-                }
-                _ => return None,
-            }
-        }
-        found
+        locate(self.tree, path.split('.')).0
     }
 
     /// The span of the value at `path`, if the recipe (or a preset) wrote it.
@@ -89,10 +74,15 @@ impl<'a> Locator<'a> {
         }
     }
 
-    /// The directory a relative path written at `span` is relative to (its recipe file's folder).
-    pub fn base_dir(&self, span: Span) -> Option<std::path::PathBuf> {
-        let source = self.sources.get(span.source);
-        Some(source.path()?.parent().unwrap_or(std::path::Path::new("")).to_path_buf())
+    /// The folder a relative path written as the value of `path` is relative to: the folder of the
+    /// recipe file that wrote it (none for presets and `--set`, which are relative to the working
+    /// directory).
+    pub fn base_dir(&self, path: &str) -> std::path::PathBuf {
+        self.value_span(path)
+            .and_then(|span| self.sources.get(span.source).path())
+            .and_then(std::path::Path::parent)
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
     }
 }
 
@@ -209,13 +199,15 @@ fn pointer_segments(pointer: &str) -> Vec<String> {
     pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
 }
 
-/// The entry (when the last segment is a key) and node at a JSON pointer.
-fn locate<'a>(tree: &'a Node, segments: &[String]) -> (Option<&'a Entry>, &'a Node) {
+/// The entry (when the last segment is a key) and node at a path of keys and list indices. A path
+/// that leaves the tree stops at the last node reached, with no entry.
+fn locate<S: AsRef<str>>(tree: &Node, segments: impl IntoIterator<Item = S>) -> (Option<&Entry>, &Node) {
     let mut node = tree;
     let mut entry = None;
     for s in segments {
+        let s = s.as_ref();
         match &node.value {
-            Value::Map(entries) => match entries.iter().find(|e| e.key == *s) {
+            Value::Map(entries) => match entries.iter().find(|e| e.key == s) {
                 Some(e) => {
                     entry = Some(e);
                     node = &e.value;
@@ -263,15 +255,15 @@ fn json_type_word(t: &str) -> &str {
 
 /// Short text for what a schema accepts.
 fn describe_schema(s: &Json, root: &Json) -> String {
-    if let Some(Json::String(r)) = s.get("$ref") {
-        if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
-            return describe_schema(target, root);
-        }
+    if let Some(Json::String(r)) = s.get("$ref")
+        && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
+    {
+        return describe_schema(target, root);
     }
-    if let Some(desc) = s.get("description").and_then(Json::as_str) {
-        if s.get("anyOf").is_some() || s.get("oneOf").is_some() {
-            return desc.trim_end_matches('.').to_string();
-        }
+    if let Some(desc) = s.get("description").and_then(Json::as_str)
+        && (s.get("anyOf").is_some() || s.get("oneOf").is_some())
+    {
+        return desc.trim_end_matches('.').to_string();
     }
     if let Some(Json::Array(values)) = s.get("enum") {
         return format!("one of {}", list_values(values));
@@ -311,126 +303,6 @@ fn list_values(values: &[Json]) -> String {
     values.iter().filter(|v| !v.is_null()).map(|v| format!("`{}`", plain(v))).collect::<Vec<_>>().join(", ")
 }
 
-/// Values of Axolotl's closed sets that recipe does not implement, by key.
-const AXOLOTL_VALUES: &[(&str, &str, &[&str])] = &[
-    (
-        "optimizer",
-        "optimizer",
-        &[
-            "adafactor",
-            "adamw_hf",
-            "adamw_anyprecision",
-            "adamw_apex_fused",
-            "adamw_torch_4bit",
-            "adamw_torch_npu_fused",
-            "adagrad",
-            "ademamix",
-            "ademamix_8bit",
-            "adopt_adamw",
-            "ao_adamw_4bit",
-            "ao_adamw_8bit",
-            "ao_adamw_fp8",
-            "came_pytorch",
-            "dion",
-            "galore_adafactor",
-            "galore_adamw",
-            "galore_adamw_8bit",
-            "grokadamw",
-            "lion_32bit",
-            "lion_8bit",
-            "lomo",
-            "adalomo",
-            "muon",
-            "optimi_adamw",
-            "paged_ademamix_8bit",
-            "paged_ademamix_32bit",
-            "paged_lion_32bit",
-            "paged_lion_8bit",
-            "rmsprop",
-            "rmsprop_bnb",
-            "schedule_free_adamw",
-            "schedule_free_sgd",
-            "sgd",
-        ],
-    ),
-    (
-        "lr_scheduler",
-        "learning-rate scheduler",
-        &[
-            "one_cycle",
-            "rex",
-            "log_sweep",
-            "cosine_with_restarts",
-            "polynomial",
-            "inverse_sqrt",
-            "reduce_lr_on_plateau",
-            "cosine_with_min_lr",
-            "warmup_stable_decay",
-            "jagged",
-        ],
-    ),
-    ("rl", "preference-training method", &["kto", "grpo", "gdpo", "ebft"]),
-    ("adapter", "adapter", &["llama-adapter", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
-    (
-        "chat_template",
-        "chat template",
-        &[
-            "cohere",
-            "command_a",
-            "command_a_tool_use",
-            "command_a_rag",
-            "exaone",
-            "falcon_h1",
-            "gemma3",
-            "gemma3n",
-            "jamba",
-            "llama3_2_vision",
-            "llama4",
-            "llava",
-            "metharme",
-            "mistral_v7_tekken",
-            "pixtral",
-            "qwen2_vl",
-            "qwen3",
-            "aya",
-        ],
-    ),
-    (
-        "type",
-        "dataset type",
-        &[
-            "sharegpt",
-            "oasst",
-            "pygmalion",
-            "gpteacher",
-            "reflection",
-            "metharme",
-            "orcamini",
-            "context_qa",
-            "explainchoice",
-            "concisechoice",
-            "summarizetldr",
-            "jeopardy",
-            "stepwise_supervised",
-            "bradley_terry.chat_template",
-            "chatml.intel",
-            "chatml.argilla",
-            "chatml.prompt_pairs",
-            "llama3.intel",
-            "llama3.argilla",
-            "llama3.prompt_pairs",
-            "alpaca_w_system.load_open_orca",
-        ],
-    ),
-];
-
-fn axolotl_value_hint(key: &str, value: &str) -> Option<String> {
-    AXOLOTL_VALUES.iter().find_map(|(k, what, values)| {
-        (*k == key && values.contains(&value))
-            .then(|| format!("`{value}` is an Axolotl {what} that recipe does not support"))
-    })
-}
-
 fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls: &NullKeys) -> Vec<Diagnostic> {
     let root = schema::schema();
     let instance_pointer = error.instance_path().as_str().to_string();
@@ -440,16 +312,14 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
     let at = entry.map_or(node.span, |e| e.value.span);
     let last_key = segments.iter().rev().find(|s| s.parse::<usize>().is_err()).cloned().unwrap_or_default();
     let schema_pointer = error.schema_path().as_str().to_string();
-    let keyword_parent = |p: &str| -> Json {
-        let parent = p.rsplit_once('/').map_or("", |(a, _)| a);
+    // The schema object holding the failed keyword (its `properties`, `description`, bounds).
+    let property_schema = || -> Json {
+        let parent = schema_pointer.rsplit_once('/').map_or("", |(a, _)| a);
         root.pointer(parent).cloned().unwrap_or(Json::Null)
     };
-    let property_schema = || -> Json { keyword_parent(&schema_pointer) };
-
     let base = |rule: &'static str, message: String| -> Diagnostic {
         let d = Diagnostic::error(rule, message);
-        let d = if path.is_empty() { d } else { d.key(path.clone()) };
-        d
+        if path.is_empty() { d } else { d.key(path.clone()) }
     };
 
     match error.kind() {
@@ -524,10 +394,10 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
         ValidationErrorKind::Enum { options } => {
             let values = options.as_array().cloned().unwrap_or_default();
             let mut d = enum_diagnostic(base, &path, &last_key, at, node, &values);
-            if values.iter().filter(|v| !v.is_null()).count() == 1 {
-                if let Some(desc) = property_schema().get("description").and_then(Json::as_str) {
-                    d = d.help(desc.to_string());
-                }
+            if values.iter().filter(|v| !v.is_null()).count() == 1
+                && let Some(desc) = property_schema().get("description").and_then(Json::as_str)
+            {
+                d = d.help(desc.to_string());
             }
             vec![d]
         }
@@ -575,12 +445,11 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                 return only.iter().flat_map(|e| map_schema_error(e, tree, nulls)).collect();
             }
             // A closed set of names among the alternatives (dataset `type`, presets): treat as an enum.
-            if let Value::String(_) = node.value {
-                if let Some(Json::Array(branches)) = anyof_schema.get("anyOf") {
-                    if let Some(Json::Array(values)) = branches.iter().find_map(|b| b.get("enum")) {
-                        return vec![enum_diagnostic(base, &path, &last_key, at, node, values)];
-                    }
-                }
+            if let Value::String(_) = node.value
+                && let Some(Json::Array(branches)) = anyof_schema.get("anyOf")
+                && let Some(Json::Array(values)) = branches.iter().find_map(|b| b.get("enum"))
+            {
+                return vec![enum_diagnostic(base, &path, &last_key, at, node, values)];
             }
             let expected = describe_schema(&anyof_schema, root);
             vec![
@@ -606,12 +475,11 @@ fn enum_diagnostic(
     let (message, suggestion) = match &node.value {
         Value::String(s) => {
             let names: Vec<String> = values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-            let message =
-                axolotl_value_hint(last_key, s).unwrap_or_else(|| format!("`{s}` is not a valid value for `{path}`"));
-            let suggestion = match last_key {
-                "preset" => super::suggest_preset(s),
-                _ => did_you_mean(s, names.iter().map(String::as_str)),
+            let message = match axolotl_keys::unsupported_value(last_key, s) {
+                Some(what) => format!("`{s}` is an Axolotl {what} that recipe does not support"),
+                None => format!("`{s}` is not a valid value for `{path}`"),
             };
+            let suggestion = did_you_mean(s, names.iter().map(String::as_str));
             (message, suggestion)
         }
         _ => match values.iter().filter(|v| !v.is_null()).collect::<Vec<_>>().as_slice() {
@@ -644,36 +512,23 @@ fn decode(json: &Json, tree: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option
     match serde_path_to_error::deserialize::<_, Config>(json) {
         Ok(config) => Some(config),
         Err(e) => {
-            let path = e.path().to_string();
-            let segments: Vec<String> = path
-                .split('.')
-                .filter(|s| !s.is_empty() && *s != "?")
-                .flat_map(|s| {
-                    // serde_path_to_error writes list indices as `key[0]`.
-                    let mut parts = Vec::new();
-                    let mut rest = s;
-                    while let Some(open) = rest.find('[') {
-                        if open > 0 {
-                            parts.push(rest[..open].to_string());
-                        }
-                        let close = rest[open..].find(']').map_or(rest.len(), |c| open + c);
-                        parts.push(rest[open + 1..close].to_string());
-                        rest = &rest[(close + 1).min(rest.len())..];
-                    }
-                    if !rest.is_empty() {
-                        parts.push(rest.to_string());
-                    }
-                    parts
+            use serde_path_to_error::Segment;
+            let segments: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|segment| match segment {
+                    Segment::Seq { index } => Some(index.to_string()),
+                    Segment::Map { key } => Some(key.clone()),
+                    Segment::Enum { .. } | Segment::Unknown => None,
                 })
                 .collect();
             let (entry, node) = locate(tree, &segments);
             let at = entry.map_or(node.span, |e| e.value.span);
             let mut message = e.inner().to_string();
-            if let Value::Float(f) = node.value {
-                if f.fract() == 0.0 {
-                    message =
-                        format!("`{}` must be a whole number written without a decimal point", key_path(&segments));
-                }
+            if let Value::Float(f) = node.value
+                && f.fract() == 0.0
+            {
+                message = format!("`{}` must be a whole number written without a decimal point", key_path(&segments));
             }
             diagnostics.push(
                 Diagnostic::error("type", message).at(at, "here").key(key_path(&segments)).found(describe_node(node)),

@@ -12,7 +12,7 @@ pub mod source;
 pub mod yaml;
 
 use crate::config::Config;
-use diagnostic::{Diagnostic, did_you_mean};
+use diagnostic::Diagnostic;
 use source::{SourceId, SourceKind, Sources, Span};
 use std::path::{Path, PathBuf};
 use yaml::{Entry, Node, Value};
@@ -84,17 +84,8 @@ impl Loader {
         for arg in overrides {
             self.apply_override(&mut user, arg);
         }
-        let mut layered = None;
-        for preset in self.presets(&user) {
-            layered = Some(match layered {
-                None => preset,
-                Some(lower) => merge_layers(lower, preset),
-            });
-        }
-        Some(match layered {
-            None => user,
-            Some(lower) => merge_layers(lower, user),
-        })
+        let presets = self.presets(&user);
+        presets.into_iter().chain(std::iter::once(user)).reduce(merge_layers)
     }
 
     /// Reads a recipe file and, beneath it, the chain of files it extends.
@@ -116,18 +107,18 @@ impl Loader {
         let target = path.parent().unwrap_or(Path::new("")).join(relative);
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         chain.push(canonical);
-        if let Ok(target_canonical) = std::fs::canonicalize(&target) {
-            if chain.contains(&target_canonical) {
-                self.diagnostics.push(
-                    Diagnostic::error(
-                        "extends-cycle",
-                        format!("`extends` cycle: {} is already being loaded", target.display()),
-                    )
-                    .at(span, "extends a recipe that extends this one")
-                    .key("extends"),
-                );
-                return Some(root);
-            }
+        if let Ok(target_canonical) = std::fs::canonicalize(&target)
+            && chain.contains(&target_canonical)
+        {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    "extends-cycle",
+                    format!("`extends` cycle: {} is already being loaded", target.display()),
+                )
+                .at(span, "extends a recipe that extends this one")
+                .key("extends"),
+            );
+            return Some(root);
         }
         if chain.len() > MAX_EXTENDS_DEPTH {
             self.diagnostics.push(
@@ -291,7 +282,7 @@ impl Loader {
             None => {
                 self.diagnostics.push(
                     Diagnostic::error(
-                        "set-syntax",
+                        SET_SYNTAX_RULE,
                         format!("`{path_text}` is not a key path; write e.g. lora_r or datasets.0.path"),
                     )
                     .at(Span::new(id, 0, eq), "bad key path"),
@@ -411,11 +402,6 @@ pub fn merge(lower: Node, upper: Node) -> Node {
         }
         (_, value) => Node::new(value, upper.span),
     }
-}
-
-/// The suggestion for a mistyped preset name (used by the schema error mapping).
-pub fn suggest_preset(name: &str) -> Option<String> {
-    did_you_mean(name, presets::PRESETS.iter().map(|p| p.name))
 }
 
 #[cfg(test)]

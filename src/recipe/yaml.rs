@@ -52,6 +52,12 @@ pub struct YamlError {
     pub rule: &'static str,
 }
 
+impl YamlError {
+    fn new(rule: &'static str, span: Span, message: impl Into<String>) -> YamlError {
+        YamlError { span, related: None, message: message.into(), rule }
+    }
+}
+
 impl Node {
     pub fn new(value: Value, span: Span) -> Node {
         Node { value, span }
@@ -185,18 +191,16 @@ impl<'a> Builder<'a> {
     fn next(&self, events: &mut Events<'a>) -> Result<(Event<'a>, YamlSpan), YamlError> {
         match events.next_event() {
             Some(Ok(pair)) => Ok(pair),
-            Some(Err(e)) => Err(YamlError {
-                related: None,
-                span: self.point(e.marker().index()),
-                message: format!("YAML syntax error: {}", e.info()),
-                rule: "yaml-syntax",
-            }),
-            None => Err(YamlError {
-                related: None,
-                span: self.point(self.text.chars().count()),
-                message: "YAML syntax error: unexpected end of input".into(),
-                rule: "yaml-syntax",
-            }),
+            Some(Err(e)) => Err(YamlError::new(
+                "yaml-syntax",
+                self.point(e.marker().index()),
+                format!("YAML syntax error: {}", e.info()),
+            )),
+            None => Err(YamlError::new(
+                "yaml-syntax",
+                self.point(self.text.chars().count()),
+                "YAML syntax error: unexpected end of input",
+            )),
         }
     }
 
@@ -210,12 +214,11 @@ impl<'a> Builder<'a> {
                 Event::StreamEnd => return Ok(root),
                 Event::DocumentStart(_) => {
                     if root.is_some() {
-                        return Err(YamlError {
-                            related: None,
-                            span: self.span(&span),
-                            message: "a recipe is a single YAML document; found a second `---` document".into(),
-                            rule: "yaml-multiple-documents",
-                        });
+                        return Err(YamlError::new(
+                            "yaml-multiple-documents",
+                            self.span(&span),
+                            "a recipe is a single YAML document; found a second `---` document",
+                        ));
                     }
                     let (first, first_span) = self.next(&mut events)?;
                     if matches!(first, Event::DocumentEnd) {
@@ -234,17 +237,24 @@ impl<'a> Builder<'a> {
     fn count(&mut self, n: usize, span: Span) -> Result<(), YamlError> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
-            return Err(YamlError {
-                related: None,
+            return Err(YamlError::new(
+                "yaml-too-large",
                 span,
-                message: format!(
+                format!(
                     "the document expands to more than {MAX_NODES} values (alias expansion?); \
                      a recipe is far smaller: is this a \"billion laughs\" document?"
                 ),
-                rule: "yaml-too-large",
-            });
+            ));
         }
         Ok(())
+    }
+
+    /// Remembers a node under its anchor (0: none) for later aliases.
+    fn anchored(&mut self, anchor: usize, node: Node) -> Node {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        node
     }
 
     fn node(
@@ -256,21 +266,15 @@ impl<'a> Builder<'a> {
     ) -> Result<Node, YamlError> {
         let span = self.span(&yspan);
         if depth > MAX_DEPTH {
-            return Err(YamlError {
-                related: None,
-                span,
-                message: format!("nesting deeper than {MAX_DEPTH} levels"),
-                rule: "yaml-too-deep",
-            });
+            return Err(YamlError::new("yaml-too-deep", span, format!("nesting deeper than {MAX_DEPTH} levels")));
         }
         match event {
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    related: None,
-                    span,
-                    message: "alias to an unknown anchor".into(),
-                    rule: "yaml-syntax",
-                })?;
+                let node = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| YamlError::new("yaml-syntax", span, "alias to an unknown anchor"))?;
                 self.count(node.size(), span)?;
                 // The alias stands where it is written, so point there, not at the anchor.
                 Ok(Node { span, ..node })
@@ -278,11 +282,7 @@ impl<'a> Builder<'a> {
             Event::Scalar(text, style, anchor, tag) => {
                 self.count(1, span)?;
                 let value = resolve_scalar(&text, style, tag.as_deref(), span)?;
-                let node = Node::new(value, span);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
-                }
-                Ok(node)
+                Ok(self.anchored(anchor, Node::new(value, span)))
             }
             Event::SequenceStart(anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "seq", span)?;
@@ -295,12 +295,7 @@ impl<'a> Builder<'a> {
                     }
                     items.push(self.node(events, ev, sp, depth + 1)?);
                 };
-                let span = span.to(end);
-                let node = Node::new(Value::Seq(items), span);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
-                }
-                Ok(node)
+                Ok(self.anchored(anchor, Node::new(Value::Seq(items), span.to(end))))
             }
             Event::MappingStart(anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "map", span)?;
@@ -318,31 +313,23 @@ impl<'a> Builder<'a> {
                         Value::Bool(b) => b.to_string(),
                         Value::Float(f) => f.to_string(),
                         Value::Null => {
-                            return Err(YamlError {
-                                related: None,
-                                span: key_node.span,
-                                message: "empty mapping key".into(),
-                                rule: "yaml-key",
-                            });
+                            return Err(YamlError::new("yaml-key", key_node.span, "empty mapping key"));
                         }
                         Value::Seq(_) | Value::Map(_) => {
-                            return Err(YamlError {
-                                related: None,
-                                span: key_node.span,
-                                message: "mapping keys must be plain names, not lists or mappings".into(),
-                                rule: "yaml-key",
-                            });
+                            return Err(YamlError::new(
+                                "yaml-key",
+                                key_node.span,
+                                "mapping keys must be plain names, not lists or mappings",
+                            ));
                         }
                     };
                     if key == "<<" {
-                        return Err(YamlError {
-                            related: None,
-                            span: key_node.span,
-                            message: "YAML merge keys (`<<`) are not supported; use `extends:` to \
-                                      build on another recipe"
-                                .into(),
-                            rule: "yaml-merge-key",
-                        });
+                        return Err(YamlError::new(
+                            "yaml-merge-key",
+                            key_node.span,
+                            "YAML merge keys (`<<`) are not supported; use `extends:` to \
+                                      build on another recipe",
+                        ));
                     }
                     let (ev, sp) = self.next(events)?;
                     let value = self.node(events, ev, sp, depth + 1)?;
@@ -356,19 +343,9 @@ impl<'a> Builder<'a> {
                     }
                     entries.push(Entry { key, key_span: key_node.span, value });
                 };
-                let span = span.to(end);
-                let node = Node::new(Value::Map(entries), span);
-                if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
-                }
-                Ok(node)
+                Ok(self.anchored(anchor, Node::new(Value::Map(entries), span.to(end))))
             }
-            other => Err(YamlError {
-                related: None,
-                span,
-                message: format!("YAML syntax error: unexpected {other:?}"),
-                rule: "yaml-syntax",
-            }),
+            other => Err(YamlError::new("yaml-syntax", span, format!("YAML syntax error: unexpected {other:?}"))),
         }
     }
 }
@@ -382,16 +359,15 @@ fn check_collection_tag(tag: Option<&saphyr_parser::Tag>, expected: &str, span: 
 }
 
 fn unsupported_tag(tag: &saphyr_parser::Tag, span: Span) -> YamlError {
-    YamlError {
-        related: None,
+    YamlError::new(
+        "yaml-tag",
         span,
-        message: format!(
+        format!(
             "YAML tag `{}{}` is not allowed: a recipe holds plain data only (YAML 1.2 core tags \
              `!!str`, `!!int`, `!!float`, `!!bool`, `!!null`)",
             tag.handle, tag.suffix
         ),
-        rule: "yaml-tag",
-    }
+    )
 }
 
 fn resolve_scalar(
@@ -404,12 +380,7 @@ fn resolve_scalar(
         if !tag.is_yaml_core_schema() {
             return Err(unsupported_tag(tag, span));
         }
-        let bad = || YamlError {
-            related: None,
-            span,
-            message: format!("`{text}` is not a valid `!!{}`", tag.suffix),
-            rule: "yaml-tag",
-        };
+        let bad = || YamlError::new("yaml-tag", span, format!("`{text}` is not a valid `!!{}`", tag.suffix));
         return match tag.suffix.as_str() {
             "str" => Ok(Value::String(text.to_owned())),
             "null" => Ok(Value::Null),
