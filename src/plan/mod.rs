@@ -349,7 +349,7 @@ pub fn render_text(plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "schedule   {} steps, warmup {}",
+        "schedule   total steps {}, warmup steps {}",
         b.total_steps.map_or("known after preprocess".to_string(), |s| s.to_string()),
         b.warmup_steps.map_or("known after preprocess".to_string(), |s| s.to_string())
     );
