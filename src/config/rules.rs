@@ -13,9 +13,10 @@ use crate::recipe::check::Locator;
 use crate::recipe::diagnostic::Diagnostic;
 use crate::recipe::source::Span;
 
-/// Runs every rule on a schema-valid config.
-pub fn check(config: &Config, at: &Locator) -> Vec<Diagnostic> {
-    let mut out = Rules { at, out: Vec::new() };
+/// Runs every rule on a config. `refused` names top-level keys whose value failed the schema (the
+/// config holds their defaults instead): rules that involve them say nothing.
+pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnostic> {
+    let mut out = Rules { at, refused, out: Vec::new() };
     out.required(config);
     out.quantization(config);
     out.adapter_keys(config);
@@ -30,6 +31,7 @@ pub fn check(config: &Config, at: &Locator) -> Vec<Diagnostic> {
 
 struct Rules<'a> {
     at: &'a Locator<'a>,
+    refused: &'a [String],
     out: Vec<Diagnostic>,
 }
 
@@ -69,6 +71,10 @@ impl Rules<'_> {
     }
 
     fn report(&mut self, d: Diagnostic, keys: &[&str], help: &str) {
+        let top_level = |k: &&str| k.split('.').next().unwrap_or(k).to_string();
+        if keys.iter().map(top_level).any(|k| self.refused.contains(&k)) {
+            return;
+        }
         let d = self.involving(d, keys).help(help.to_string());
         self.out.push(d);
     }

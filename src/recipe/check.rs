@@ -27,7 +27,15 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
+    // Top-level keys whose value the schema refused.
+    let mut refused: Vec<String> = Vec::new();
     for error in validator().iter_errors(&json) {
+        let pointer = pointer_segments(error.instance_path().as_str());
+        match (pointer.first(), error.kind()) {
+            (Some(key), _) => refused.push(key.clone()),
+            (None, ValidationErrorKind::AdditionalProperties { unexpected }) => refused.extend(unexpected.clone()),
+            (None, _) => {}
+        }
         for d in map_schema_error(&error, &tree, &nulls) {
             // A key can fail the same way under two schema paths (a union and its branch).
             if !diagnostics.contains(&d) {
@@ -35,13 +43,24 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
             }
         }
     }
-    let config =
-        if diagnostics.iter().any(Diagnostic::is_error) { None } else { decode(&json, &tree, &mut diagnostics) };
-    if let Some(config) = &config {
-        let locator = Locator { tree: &tree, sources };
-        diagnostics.extend(rules::check(config, &locator));
+    if refused.is_empty() {
+        let config = decode(&json, &tree, &mut diagnostics);
+        if let Some(config) = &config {
+            diagnostics.extend(rules::check(config, &Locator { tree: &tree, sources }, &[]));
+        }
+        return Checked { tree, config, diagnostics, ignored_keys };
     }
-    Checked { tree, config, diagnostics, ignored_keys }
+    // Report every problem at once: the cross-field rules still run on the keys the schema
+    // accepted (the refused ones fall back to defaults, and rules involving them stay quiet). The
+    // recipe stays invalid, so no config is returned.
+    let mut accepted = tree.clone();
+    if let Some(entries) = accepted.as_map_mut() {
+        entries.retain(|e| !refused.contains(&e.key));
+    }
+    if let Ok(config) = serde_json::from_value::<Config>(accepted.to_json()) {
+        diagnostics.extend(rules::check(&config, &Locator { tree: &accepted, sources }, &refused));
+    }
+    Checked { tree, config: None, diagnostics, ignored_keys }
 }
 
 fn validator() -> &'static jsonschema::Validator {
