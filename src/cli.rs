@@ -43,6 +43,9 @@ enum Command {
         /// Nodes.
         #[arg(long, default_value_t = 1)]
         nnodes: u64,
+        /// GPU memory to check the estimate against: 24GiB, 80GB, ...
+        #[arg(long, value_parser = crate::plan::memory::parse_size)]
+        gpu_memory: Option<u64>,
         /// Emit the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -78,7 +81,14 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Validate { paths, format, deny_warnings } => validate(&paths, &cli.set, format, deny_warnings),
-        Command::Plan { recipe, nproc_per_node, nnodes, json } => plan(&recipe, &cli.set, nproc_per_node, nnodes, json),
+        Command::Plan { recipe, nproc_per_node, nnodes, gpu_memory, json } => {
+            let options = crate::plan::PlanOptions {
+                world_size: world_size(nproc_per_node, nnodes),
+                nodes: nnodes.max(1),
+                gpu_memory,
+            };
+            plan(&recipe, &cli.set, options, json)
+        }
         Command::Schema => {
             print!("{}", schema::schema_text());
             ExitCode::SUCCESS
@@ -201,7 +211,7 @@ fn world_size(nproc_per_node: Option<u64>, nnodes: u64) -> u64 {
     }
 }
 
-fn plan(path: &Path, overrides: &[String], nproc_per_node: Option<u64>, nnodes: u64, json: bool) -> ExitCode {
+fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, json: bool) -> ExitCode {
     let loaded = recipe::load(path, overrides);
     let styled = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     if !loaded.diagnostics.is_empty() {
@@ -213,7 +223,7 @@ fn plan(path: &Path, overrides: &[String], nproc_per_node: Option<u64>, nnodes: 
     if loaded.has_errors() {
         return ExitCode::from(EXIT_INVALID);
     }
-    match crate::plan::compile(&loaded, world_size(nproc_per_node, nnodes)) {
+    match crate::plan::compile(&loaded, options) {
         Ok(plan) if json => {
             println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
             ExitCode::SUCCESS

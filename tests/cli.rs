@@ -16,7 +16,7 @@ fn valid_recipes_exit_0_and_directories_are_walked_recursively() {
         .assert()
         .success()
         .stdout(predicate::str::contains("checked: 0 invalid, 0 errors"))
-        .stdout(predicate::str::is_match(r"^(7|[89]|\d\d+) files checked").unwrap());
+        .stdout(predicate::str::is_match(r"(?m)^(7|[89]|\d\d+) files checked").unwrap());
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn compile(path: &std::path::Path, overrides: &[String]) -> Result<recipe::plan:
     without_hf_cache();
     let loaded = recipe::recipe::load(path, overrides);
     assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
-    recipe::plan::compile(&loaded, 1)
+    recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default())
 }
 
 #[test]

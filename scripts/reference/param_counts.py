@@ -64,6 +64,8 @@ PEFT_CASES = [
     ("mistralai/Mistral-7B-v0.1", 64, ALL_LINEAR, ["lm_head"]),
     ("stories260k", 8, ALL_LINEAR, None),
     ("Qwen/Qwen2.5-0.5B", 16, ALL_LINEAR, ["embed_tokens", "lm_head"]),
+    # The QLoRA paper's 65B setting: r=64 on every linear layer.
+    ("huggyllama/llama-65b", 64, ALL_LINEAR, None),
 ]
 
 

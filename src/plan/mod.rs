@@ -8,78 +8,33 @@
 
 pub mod adapter;
 pub mod arch;
+pub mod data;
+pub mod memory;
 pub mod model;
+pub mod quantize;
+pub mod schedule;
+pub mod shard;
 
 use crate::config::Config;
-use crate::config::chat_template::ChatTemplateName;
-use crate::config::datasets::DatasetConfig;
-use crate::config::location::{Location, resolve_location};
 use crate::recipe::Loaded;
 use crate::recipe::check::Locator;
 use serde::Serialize;
-use sha2::Digest;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub recipe: String,
     pub model: model::ModelPlan,
-    pub quantization: QuantizationPlan,
+    pub quantization: quantize::QuantizationPlan,
     pub adapter: adapter::AdapterPlan,
-    pub chat_template: Option<TemplatePlan>,
-    pub datasets: Vec<DatasetPlan>,
-    pub batch: BatchPlan,
+    pub chat_template: Option<data::TemplatePlan>,
+    pub datasets: Vec<data::DatasetPlan>,
+    pub batch: schedule::BatchPlan,
+    pub layout: shard::Layout,
+    pub memory: memory::MemoryEstimate,
     /// Every recipe value with where it came from (default, preset, file:line:col, --set).
     pub settings: Vec<Setting>,
     /// Axolotl keys accepted because their value has no effect.
     pub ignored_axolotl_keys: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QuantizationPlan {
-    /// `none`, `int8` or `nf4` / `fp4`.
-    pub scheme: String,
-    pub block_size: Option<u64>,
-    pub double_quant: bool,
-    pub compute_dtype: Option<String>,
-    /// Which weights are quantized (every decoder linear layer; embeddings, norms and lm_head stay).
-    pub quantized_modules: Vec<String>,
-    pub quantized_parameters: u64,
-    /// Bytes of the quantized weights, constants included.
-    pub quantized_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplatePlan {
-    pub name: String,
-    /// Where the text comes from: `templates/NAME.jinja`, a file, inline, or the tokenizer.
-    pub source: String,
-    /// sha256 of the template text, when it is known before the tokenizer is loaded.
-    pub sha256: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DatasetPlan {
-    pub r#type: String,
-    /// `local PATH` or `hub ID@REVISION`.
-    pub source: String,
-    pub split: String,
-    /// Which tokens carry labels.
-    pub masking: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchPlan {
-    pub micro_batch_size: u64,
-    pub gradient_accumulation_steps: u64,
-    pub world_size: u64,
-    pub global_batch_sequences: u64,
-    /// Upper bound: every sequence filled to sequence_len (packing gets close).
-    pub global_batch_tokens: u64,
-    pub sequence_len: u64,
-    pub sample_packing: bool,
-    /// Optimizer steps when `max_steps` is set; otherwise known after preprocessing.
-    pub total_steps: Option<u64>,
-    pub warmup_steps: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,150 +44,46 @@ pub struct Setting {
     pub origin: String,
 }
 
+/// How many GPUs, and the GPU size to check the memory estimate against.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    pub world_size: u64,
+    pub nodes: u64,
+    pub gpu_memory: Option<u64>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { world_size: 1, nodes: 1, gpu_memory: None }
+    }
+}
+
 /// Compiles a loaded, valid recipe. Errors are messages naming the key or file at fault.
-pub fn compile(loaded: &Loaded, world_size: u64) -> Result<Plan, String> {
+pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let config = loaded.config.as_ref().ok_or("the recipe is invalid")?;
     let tree = loaded.tree.as_ref().ok_or("the recipe is invalid")?;
     let at = Locator { tree, sources: &loaded.sources };
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
     let adapter = adapter::plan(config, arch)?;
+    let quantization = quantize::plan(config, arch);
+    let memory = memory::estimate(config, arch, options.world_size, options.nodes, options.gpu_memory)?;
+    let frozen_per_element = memory::frozen_bytes_per_element(config, arch, &quantization, &adapter);
+    let layout = shard::layout(config, arch, &adapter, options.world_size, options.nodes, frozen_per_element);
+    let datasets = data::datasets(config, &at);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
-        quantization: quantization(config, arch),
-        chat_template: chat_template(config, &at, &model),
-        datasets: datasets(config, &at),
-        batch: batch(config, world_size),
+        chat_template: data::chat_template(config, &at, &model),
+        batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
+        datasets,
         settings: settings(config, &at),
         ignored_axolotl_keys: loaded.ignored_keys.clone(),
+        quantization,
         adapter,
+        layout,
+        memory,
         model,
     })
-}
-
-fn quantization(c: &Config, arch: &arch::Architecture) -> QuantizationPlan {
-    let q = &c.quantization;
-    if !q.load_in_4bit && !q.load_in_8bit {
-        return QuantizationPlan { scheme: "none".into(), ..QuantizationPlan::default() };
-    }
-    let linears = arch.layer_linears();
-    let params: u64 = arch.num_layers * linears.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
-    let quantized = QuantizationPlan {
-        quantized_modules: linears.iter().map(|l| l.name.to_string()).collect(),
-        quantized_parameters: params,
-        ..QuantizationPlan::default()
-    };
-    if q.load_in_4bit {
-        // NF4: 4 bits per weight; absmax per 64 weights, itself 8-bit per 256 blocks with an fp32
-        // scale (double quant), else fp32 per block.
-        let blocks = params.div_ceil(64);
-        let constants = if q.bnb_4bit_use_double_quant { blocks + 4 * blocks.div_ceil(256) + 4 } else { 4 * blocks };
-        QuantizationPlan {
-            scheme: format!("{:?}", q.bnb_4bit_quant_type).to_lowercase(),
-            block_size: Some(64),
-            double_quant: q.bnb_4bit_use_double_quant,
-            compute_dtype: Some(format!("{:?}", q.bnb_4bit_compute_dtype).to_lowercase()),
-            quantized_bytes: params.div_ceil(2) + constants,
-            ..quantized
-        }
-    } else {
-        // Row-wise absmax int8: one byte per weight plus an fp32 scale per output row.
-        let rows: u64 = arch.num_layers * linears.iter().map(|l| l.out_features).sum::<u64>();
-        QuantizationPlan { scheme: "int8".into(), quantized_bytes: params + 4 * rows, ..quantized }
-    }
-}
-
-fn chat_template(c: &Config, at: &Locator, model: &model::ModelPlan) -> Option<TemplatePlan> {
-    let uses_chat = c.data.datasets.iter().any(|d| matches!(d, DatasetConfig::ChatTemplate(_)));
-    let name = c.chat.chat_template.or(uses_chat.then_some(ChatTemplateName::TokenizerDefault))?;
-    let hash = |text: &str| Some(sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect());
-    let (source, sha256) = match name {
-        ChatTemplateName::Jinja => {
-            let text = c.chat.chat_template_jinja.clone().unwrap_or_default();
-            if text.ends_with(".jinja") {
-                let path = at.base_dir("chat_template_jinja").join(&text);
-                let content = std::fs::read_to_string(&path).ok();
-                (format!("file {}", path.display()), content.as_deref().and_then(hash))
-            } else {
-                ("inline chat_template_jinja".to_string(), hash(&text))
-            }
-        }
-        ChatTemplateName::TokenizerDefault => match &model.local_dir {
-            Some(dir) => {
-                let path = std::path::Path::new(dir).join("tokenizer_config.json");
-                let text = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned));
-                match text {
-                    Some(t) => (format!("{} (chat_template)", path.display()), hash(&t)),
-                    None => (format!("{}: has no chat_template", path.display()), None),
-                }
-            }
-            None => ("the model's tokenizer_config.json (known once downloaded)".to_string(), None),
-        },
-        builtin => (format!("templates/{}.jinja", builtin.as_str()), builtin.builtin_text().and_then(hash)),
-    };
-    Some(TemplatePlan { name: name.as_str().to_string(), source, sha256 })
-}
-
-fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
-    c.data
-        .datasets
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let src = d.source();
-            let source = match resolve_location(&src.path, &at.base_dir(&format!("datasets.{i}.path"))) {
-                Location::Local(path) => format!("local {}", path.display()),
-                Location::Hub(id) => format!("hub {id}@{}", src.revision.as_deref().unwrap_or("main")),
-                Location::Invalid => format!("invalid {}", src.path),
-            };
-            let prompt = if c.data.train_on_inputs {
-                "prompt and response trained"
-            } else {
-                "prompt masked (-100), response trained"
-            };
-            let masking = match d {
-                DatasetConfig::Completion(_) | DatasetConfig::Pretrain(_) => "every token trained".to_string(),
-                DatasetConfig::InputOutput(_) => "segments with label: true trained, others masked".to_string(),
-                DatasetConfig::ChatTemplate(chat) => format!(
-                    "turns of {} trained (every such turn), end-of-turn tokens: {:?}{}",
-                    chat.roles_to_train.join(", "),
-                    chat.train_on_eos,
-                    if chat.drop_system_message { ", system turns dropped" } else { "" }
-                )
-                .to_lowercase(),
-                _ => prompt.to_string(),
-            };
-            DatasetPlan { r#type: d.type_name().to_string(), source, split: src.split.clone(), masking }
-        })
-        .collect()
-}
-
-fn batch(c: &Config, world_size: u64) -> BatchPlan {
-    let t = &c.training;
-    let micro = u64::from(t.micro_batch_size);
-    let accum = u64::from(t.gradient_accumulation_steps);
-    let sequences = micro * accum * world_size;
-    let total_steps = t.max_steps;
-    let warmup_steps = match (t.warmup_steps, t.warmup_ratio, total_steps) {
-        (Some(w), _, _) => Some(w),
-        (None, Some(r), Some(total)) => Some((r * total as f64).ceil() as u64),
-        (None, None, _) => Some(0),
-        _ => None,
-    };
-    BatchPlan {
-        micro_batch_size: micro,
-        gradient_accumulation_steps: accum,
-        world_size,
-        global_batch_sequences: sequences,
-        global_batch_tokens: sequences * u64::from(c.data.sequence_len),
-        sequence_len: u64::from(c.data.sequence_len),
-        sample_packing: c.data.sample_packing,
-        total_steps,
-        warmup_steps,
-    }
 }
 
 fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
@@ -333,7 +184,8 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     for d in &plan.datasets {
-        let _ = writeln!(o, "dataset    {} {} split {}: {}", d.r#type, d.source, d.split, d.masking);
+        let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
+        let _ = writeln!(o, "dataset    {} {} split {}{rows}: {}", d.r#type, d.source, d.split, d.masking);
     }
     let b = &plan.batch;
     let _ = writeln!(
@@ -347,12 +199,79 @@ pub fn render_text(plan: &Plan) -> String {
         b.sequence_len,
         b.sample_packing
     );
+    let known = |v: Option<u64>| v.map_or("known after preprocess".to_string(), |s| s.to_string());
     let _ = writeln!(
         o,
-        "schedule   total steps {}, warmup steps {}",
-        b.total_steps.map_or("known after preprocess".to_string(), |s| s.to_string()),
-        b.warmup_steps.map_or("known after preprocess".to_string(), |s| s.to_string())
+        "schedule   training sequences: {}; steps per epoch: {}; total steps: {}; warmup steps: {}",
+        known(b.train_sequences),
+        known(b.steps_per_epoch),
+        known(b.total_steps),
+        known(b.warmup_steps)
     );
+    let points: Vec<String> = b.lr_points.iter().map(|p| format!("step {}: {:.3e}", p.step, p.learning_rate)).collect();
+    let _ = writeln!(
+        o,
+        "           {} learning rate, peak {:e}{}",
+        serde_json::to_value(b.lr_scheduler).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        b.peak_learning_rate,
+        if points.is_empty() { String::new() } else { format!("; {}", points.join(", ")) }
+    );
+    let l = &plan.layout;
+    let _ = writeln!(
+        o,
+        "layout     {} across {} rank(s) on {} node(s){}",
+        serde_json::to_value(l.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        l.world_size,
+        l.nodes,
+        if l.shard_group_size > 1 { format!(", shard groups of {}", l.shard_group_size) } else { String::new() }
+    );
+    if let Some(r) = l.ranks.first() {
+        let _ = writeln!(
+            o,
+            "           per rank: {} parameters, {} gradient and optimizer elements ({} units: {} decoder layers + root)",
+            group(r.parameters),
+            group(r.gradients),
+            l.units.len(),
+            l.units.len() - 1
+        );
+    }
+    let c = &l.per_step;
+    if l.world_size > 1 {
+        let _ = writeln!(
+            o,
+            "           per optimizer step and rank: all-reduce {}, all-gather {}, reduce-scatter {}",
+            bytes(c.all_reduce),
+            bytes(c.all_gather),
+            bytes(c.reduce_scatter)
+        );
+    }
+    let m = &plan.memory;
+    let _ = writeln!(o, "memory     per GPU, compute dtype {}:", m.compute_dtype);
+    for item in &m.items {
+        let _ = writeln!(o, "             {:>10}  {:<27} {}", bytes(item.bytes), item.name, item.formula);
+    }
+    let _ = writeln!(
+        o,
+        "             {:>10}  total (activations: {} with gradient checkpointing, {} without)",
+        bytes(m.total_bytes),
+        bytes(m.activations_with_checkpointing),
+        bytes(m.activations_without_checkpointing)
+    );
+    match (m.gpu_memory, m.fits, m.margin_bytes) {
+        (Some(limit), Some(true), Some(margin)) => {
+            let _ = writeln!(o, "           fits in {} ({} to spare)", bytes(limit), bytes(margin as u64));
+        }
+        (Some(limit), Some(false), Some(margin)) => {
+            let _ = writeln!(o, "           does not fit in {}: {} short", bytes(limit), bytes(margin.unsigned_abs()));
+            for s in &m.suggestions {
+                let verdict = if s.fits { "fits" } else { "still too large" };
+                let _ = writeln!(o, "             try {}: {} ({verdict})", s.change, bytes(s.total_bytes));
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "           (give --gpu-memory 24GiB to check whether it fits)");
+        }
+    }
     let _ = writeln!(o, "\nsettings (value  <- origin)");
     let width = plan.settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
     for s in &plan.settings {
@@ -362,6 +281,18 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(o, "\nignored (Axolotl keys with no effect): {}", plan.ignored_axolotl_keys.join(", "));
     }
     o
+}
+
+/// Bytes for people: 1.50 GiB, 12.3 MiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.2} {}", UNITS[unit]) }
 }
 
 /// 13015864320 -> 13,015,864,320.

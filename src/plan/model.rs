@@ -29,6 +29,7 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("meta-llama/Llama-2-7b-hf", include_str!("models/meta-llama--Llama-2-7b-hf.json")),
     ("meta-llama/Llama-2-13b-hf", include_str!("models/meta-llama--Llama-2-13b-hf.json")),
     ("meta-llama/Llama-2-70b-hf", include_str!("models/meta-llama--Llama-2-70b-hf.json")),
+    ("huggyllama/llama-65b", include_str!("models/huggyllama--llama-65b.json")),
     ("meta-llama/Meta-Llama-3-8B", include_str!("models/meta-llama--Meta-Llama-3-8B.json")),
     ("meta-llama/Meta-Llama-3-70B", include_str!("models/meta-llama--Meta-Llama-3-70B.json")),
     ("meta-llama/Llama-3.1-8B", include_str!("models/meta-llama--Llama-3.1-8B.json")),

@@ -1,0 +1,344 @@
+//! The per-GPU memory estimate, before anything is downloaded. Formulas (bytes, per rank):
+//!
+//! - compute dtype c: 2 bytes with bf16 (true or auto, assumed available on the GPU) or fp16,
+//!   else 4. Trainable weights (adapters, modules_to_save, or every weight when fine-tuning in
+//!   full) are kept in fp32, as peft keeps adapters: 4 bytes each.
+//! - base weights: frozen weights in c bytes; quantized linear layers at their quantized size
+//!   (plan/quantize.rs). Full fine-tuning has no frozen base: its weights are the trainable ones.
+//! - trainable weights 4·T, gradients 4·T, optimizer states 8·T for 32-bit AdamW, or
+//!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256).
+//! - autocast copies (full fine-tuning in 16 bits): c·T, the 16-bit weights autocast keeps during
+//!   the forward pass.
+//! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs, residual)
+//!   + 3q (queries, rotated queries, attention output) + 3kv (keys, values, rotated keys) + 4i
+//!   (gate, up, SiLU(gate), product) + r per adapted module; attention itself through
+//!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
+//!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
+//! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient.
+//! - dequantization buffer (quantized bases): the largest linear weight in c bytes, twice (the
+//!   forward and the recomputation in backward).
+//! - gathered units (parameters sharded): the largest unit in c bytes, twice (current + prefetch).
+//! - allowance: 1 GiB for the CUDA context, cuBLAS workspace and kernels, plus 5% of the rest for
+//!   the caching allocator's fragmentation.
+//!
+//! Sharded strategies divide what they shard by the shard group size (plan/shard.rs).
+
+use super::adapter;
+use super::arch::Architecture;
+use super::shard::{self, Strategy, TRAINABLE_BYTES};
+use super::{group as grouped, quantize};
+use crate::config::Config;
+use crate::config::distributed::FsdpOption;
+use crate::config::training::{Optimizer, Switch};
+use serde::Serialize;
+
+pub const GIB: u64 = 1 << 30;
+/// CUDA context, cuBLAS workspace and loaded kernels.
+pub const CONTEXT_BYTES: u64 = GIB;
+/// Allocator fragmentation, as a fraction of everything else.
+pub const FRAGMENTATION: f64 = 0.05;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryEstimate {
+    pub compute_dtype: String,
+    pub items: Vec<MemoryItem>,
+    pub activations_with_checkpointing: u64,
+    pub activations_without_checkpointing: u64,
+    pub total_bytes: u64,
+    /// The GPU size checked against (`--gpu-memory`).
+    pub gpu_memory: Option<u64>,
+    pub fits: Option<bool>,
+    /// gpu_memory − total: negative when it does not fit.
+    pub margin_bytes: Option<i64>,
+    /// When it does not fit: recipe changes and the total each would give.
+    pub suggestions: Vec<Suggestion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryItem {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub formula: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    pub change: String,
+    pub total_bytes: u64,
+    pub fits: bool,
+}
+
+/// The estimate for one rank, checked against `gpu_memory` when given.
+pub fn estimate(
+    c: &Config,
+    arch: &Architecture,
+    world_size: u64,
+    nodes: u64,
+    gpu_memory: Option<u64>,
+) -> Result<MemoryEstimate, String> {
+    let mut estimate = breakdown(c, arch, world_size, nodes)?;
+    if let Some(limit) = gpu_memory {
+        estimate.gpu_memory = Some(limit);
+        estimate.fits = Some(estimate.total_bytes <= limit);
+        estimate.margin_bytes = Some(limit as i64 - estimate.total_bytes as i64);
+        if estimate.total_bytes > limit {
+            estimate.suggestions = suggestions(c, arch, world_size, nodes, limit);
+        }
+    }
+    Ok(estimate)
+}
+
+fn compute_dtype(c: &Config) -> (&'static str, u64) {
+    match (c.training.fp16, c.training.bf16) {
+        (Switch::On, _) => ("float16", 2),
+        (_, Switch::On | Switch::Auto) => ("bfloat16", 2),
+        _ => ("float32", 4),
+    }
+}
+
+/// Bytes of the frozen base: quantized linear layers at their size, the rest in the compute dtype.
+fn frozen_bytes(
+    c: &Config,
+    arch: &Architecture,
+    quant: &quantize::QuantizationPlan,
+    adapter: &adapter::AdapterPlan,
+) -> u64 {
+    if adapter.method == "full" {
+        return 0;
+    }
+    let total = arch.parameter_counts().total;
+    quant.quantized_bytes + (total - quant.quantized_parameters) * compute_dtype(c).1
+}
+
+/// Average bytes per frozen element (what a gather of the frozen base moves per element).
+pub fn frozen_bytes_per_element(
+    c: &Config,
+    arch: &Architecture,
+    quant: &quantize::QuantizationPlan,
+    adapter: &adapter::AdapterPlan,
+) -> f64 {
+    match frozen_bytes(c, arch, quant, adapter) {
+        0 => compute_dtype(c).1 as f64,
+        bytes => bytes as f64 / arch.parameter_counts().total as f64,
+    }
+}
+
+fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Result<MemoryEstimate, String> {
+    let (dtype, cb) = compute_dtype(c);
+    let adapter = adapter::plan(c, arch)?;
+    let quant = quantize::plan(c, arch);
+    let counts = arch.parameter_counts();
+    let full = adapter.method == "full";
+    let trainable = adapter.trainable_parameters;
+    let frozen_bytes = frozen_bytes(c, arch, &quant, &adapter);
+    let frozen_per_element = frozen_bytes_per_element(c, arch, &quant, &adapter);
+    let layout = shard::layout(c, arch, &adapter, world_size, nodes, frozen_per_element);
+    let group = layout.shard_group_size;
+    let strategy = layout.strategy;
+    let shard_params = |bytes: u64| if strategy.shards_parameters() { bytes.div_ceil(group) } else { bytes };
+    let shard_state =
+        |bytes: u64| if strategy.shards_gradients_and_optimizer() { bytes.div_ceil(group) } else { bytes };
+    let sharded_note = |applies: bool| if applies && group > 1 { format!(" / {group} ranks") } else { String::new() };
+
+    let mut items = Vec::new();
+    let mut push = |name: &'static str, bytes: u64, formula: String| items.push(MemoryItem { name, bytes, formula });
+    if !full {
+        let formula = if quant.quantized_parameters > 0 {
+            format!(
+                "{} {} bytes + {} other parameters × {cb} bytes",
+                quant.scheme,
+                grouped(quant.quantized_bytes),
+                grouped(counts.total - quant.quantized_parameters)
+            )
+        } else {
+            format!("{} parameters × {cb} bytes ({dtype})", grouped(counts.total))
+        };
+        push("base weights", shard_params(frozen_bytes), formula + &sharded_note(strategy.shards_parameters()));
+    }
+    let what = if full { "weights (fp32)" } else { "adapter weights (fp32)" };
+    push(
+        what,
+        shard_params(trainable * TRAINABLE_BYTES),
+        format!("{} × 4 bytes{}", grouped(trainable), sharded_note(strategy.shards_parameters())),
+    );
+    push(
+        "gradients (fp32)",
+        shard_state(trainable * TRAINABLE_BYTES),
+        format!("{} × 4 bytes{}", grouped(trainable), sharded_note(strategy.shards_gradients_and_optimizer())),
+    );
+    let (optimizer_bytes, optimizer_formula) = match c.training.optimizer {
+        Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => (
+            2 * trainable + 8 * trainable.div_ceil(256),
+            format!("8-bit AdamW: {} × 2 bytes + absmax", grouped(trainable)),
+        ),
+        _ => (8 * trainable, format!("AdamW: {} × 8 bytes", grouped(trainable))),
+    };
+    push(
+        "optimizer states",
+        shard_state(optimizer_bytes),
+        optimizer_formula + &sharded_note(strategy.shards_gradients_and_optimizer()),
+    );
+    if full && cb < 4 && !strategy.shards_parameters() {
+        push("autocast copies", trainable * cb, format!("{} × {cb} bytes", grouped(trainable)));
+    }
+
+    let tokens = u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
+    let (h, i) = (arch.hidden_size, arch.intermediate_size);
+    let q = arch.num_attention_heads * arch.head_dim;
+    let kv = arch.num_key_value_heads * arch.head_dim;
+    let lora_per_layer = adapter.r
+        * arch.layer_linears().iter().filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name())).count()
+            as u64;
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + 4 * i + lora_per_layer;
+    let layers = arch.num_layers;
+    let without = layers * tokens * per_token_layer * cb;
+    let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
+    let checkpointing = c.training.gradient_checkpointing;
+    push(
+        "activations",
+        if checkpointing { with } else { without },
+        if checkpointing {
+            format!(
+                "gradient checkpointing: {layers} layers × {tokens} tokens × {h} + one layer × {tokens} × {per_token_layer}, × {cb} bytes"
+            )
+        } else {
+            format!("{layers} layers × {tokens} tokens × {per_token_layer} elements × {cb} bytes")
+        },
+    );
+    push(
+        "logits and loss",
+        tokens * arch.vocab_size * (cb + 8),
+        format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
+    );
+    if quant.quantized_parameters > 0 {
+        let largest = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).max().unwrap_or(0);
+        push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", grouped(largest)));
+    }
+    if strategy.shards_parameters() {
+        // Gathered as stored: quantized weights stay quantized.
+        let largest = layout.units.iter().map(|u| u.parameters).max().unwrap_or(0);
+        let per_element = if full { cb as f64 } else { frozen_per_element };
+        push(
+            "gathered units",
+            (2.0 * largest as f64 * per_element) as u64,
+            format!("2 × {} parameters × {per_element:.3} bytes", grouped(largest)),
+        );
+    }
+    let subtotal: u64 = items.iter().map(|i| i.bytes).sum();
+    let fragmentation = (subtotal as f64 * FRAGMENTATION) as u64;
+    items.push(MemoryItem {
+        name: "CUDA context and allocator",
+        bytes: CONTEXT_BYTES + fragmentation,
+        formula: format!("1 GiB context + {:.0}% fragmentation", FRAGMENTATION * 100.0),
+    });
+    let total_bytes = items.iter().map(|i| i.bytes).sum();
+    Ok(MemoryEstimate {
+        compute_dtype: dtype.to_string(),
+        items,
+        activations_with_checkpointing: with,
+        activations_without_checkpointing: without,
+        total_bytes,
+        gpu_memory: None,
+        fits: None,
+        margin_bytes: None,
+        suggestions: Vec::new(),
+    })
+}
+
+/// Recipe changes that lower the estimate, each with the total it gives.
+fn suggestions(c: &Config, arch: &Architecture, world_size: u64, nodes: u64, limit: u64) -> Vec<Suggestion> {
+    let total = |c: &Config, world: u64| breakdown(c, arch, world, nodes).map(|e| e.total_bytes).ok();
+    let mut out = Vec::new();
+    let mut add = |change: String, bytes: Option<u64>| {
+        if let Some(total_bytes) = bytes {
+            out.push(Suggestion { change, total_bytes, fits: total_bytes <= limit });
+        }
+    };
+    let mut cumulative = c.clone();
+    if !c.training.gradient_checkpointing {
+        cumulative.training.gradient_checkpointing = true;
+        add("gradient_checkpointing: true".into(), total(&cumulative, world_size));
+    }
+    if c.training.micro_batch_size > 1 {
+        let mut smaller = cumulative.clone();
+        smaller.training.micro_batch_size = 1;
+        smaller.training.gradient_accumulation_steps *= c.training.micro_batch_size;
+        add(
+            format!(
+                "micro_batch_size: 1, gradient_accumulation_steps: {} (same global batch){}",
+                smaller.training.gradient_accumulation_steps,
+                if c.training.gradient_checkpointing { "" } else { ", with gradient checkpointing" }
+            ),
+            total(&smaller, world_size),
+        );
+    }
+    let eight_bit = [Optimizer::Adamw8bit, Optimizer::AdamwBnb8bit, Optimizer::PagedAdamw8bit];
+    if c.adapter.adapter.is_some() && !eight_bit.contains(&c.training.optimizer) {
+        let mut states = cumulative.clone();
+        states.training.optimizer = Optimizer::Adamw8bit;
+        add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
+    }
+    if !c.quantization.load_in_4bit {
+        let mut qlora = cumulative.clone();
+        qlora.quantization.load_in_8bit = false;
+        qlora.quantization.load_in_4bit = true;
+        qlora.adapter.adapter = Some(crate::config::adapter::AdapterKind::Qlora);
+        if c.adapter.adapter.is_none() {
+            qlora.adapter.lora_target_linear = true;
+            qlora.adapter.lora_r = 16;
+        }
+        qlora.training.optimizer = Optimizer::PagedAdamw8bit;
+        add(
+            "adapter: qlora, load_in_4bit: true, optimizer: paged_adamw_8bit (with gradient checkpointing)".into(),
+            total(&qlora, world_size),
+        );
+    }
+    let mut sharded = cumulative.clone();
+    if sharded.distributed.fsdp.is_empty() {
+        sharded.distributed.fsdp = vec![FsdpOption::FullShard, FsdpOption::AutoWrap];
+    }
+    let fits_with = [2u64, 4, 8, 16, 32, 64]
+        .into_iter()
+        .filter(|&n| n > world_size)
+        .find_map(|n| total(&sharded, n).filter(|&t| t <= limit).map(|t| (n, t)));
+    if let Some((n, bytes)) = fits_with {
+        let how =
+            if shard::strategy(&sharded, n) == Strategy::Ddp { "" } else { " with fsdp: [full_shard, auto_wrap]" };
+        add(format!("{n} GPUs{how} (with gradient checkpointing)"), Some(bytes));
+    }
+    out
+}
+
+/// Parses `24GiB`, `24GB`, `80G`, `24576MiB` or a byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 24GiB or 80GB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => GIB as f64,
+        "tib" => GIB as f64 * 1024.0,
+        other => return Err(format!("`{text}`: unknown unit `{other}`; use GiB, GB, MiB or MB")),
+    };
+    Ok((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(parse_size("24GiB").unwrap(), 24 * GIB);
+        assert_eq!(parse_size("80GB").unwrap(), 80_000_000_000);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The multi-GPU layout: strategy, which shard of the parameters, gradients and optimizer states
+//! each rank holds, and the bytes moved by collectives per optimizer step.
+//!
+//! Strategies (the recipe's `fsdp` list picks them, as in Axolotl / accelerate):
+//! - `single`: one process.
+//! - `ddp`: every rank holds everything; gradients are all-reduced once per optimizer step.
+//! - `shard_grad_op` (ZeRO-2): gradients and optimizer states sharded; parameters replicated.
+//! - `full_shard` (ZeRO-3): parameters too; each unit is gathered for its forward and backward.
+//! - `hybrid_shard`: full sharding within a node, replication across nodes.
+//!
+//! Shard units follow FSDP's auto wrap of decoder layers: one unit per decoder layer and a root
+//! unit (embeddings, final norm, lm_head). Each unit's parameters are flattened and padded to a
+//! multiple of the shard group size; the rank at index k of its group holds elements
+//! [k × shard, (k + 1) × shard) of every unit.
+//!
+//! Bytes are the payload of each collective per rank (what a ring moves is about 2(n-1)/n times
+//! that for all-reduce, (n-1)/n for gather and scatter).
+
+use super::adapter::AdapterPlan;
+use super::arch::Architecture;
+use crate::config::Config;
+use crate::config::distributed::FsdpOption;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Single,
+    Ddp,
+    ShardGradOp,
+    FullShard,
+    HybridShard,
+}
+
+impl Strategy {
+    pub fn shards_gradients_and_optimizer(self) -> bool {
+        matches!(self, Strategy::ShardGradOp | Strategy::FullShard | Strategy::HybridShard)
+    }
+
+    pub fn shards_parameters(self) -> bool {
+        matches!(self, Strategy::FullShard | Strategy::HybridShard)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    pub world_size: u64,
+    pub nodes: u64,
+    pub processes_per_node: u64,
+    pub strategy: Strategy,
+    /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
+    pub shard_group_size: u64,
+    pub units: Vec<Unit>,
+    pub ranks: Vec<RankShard>,
+    pub per_step: Collectives,
+}
+
+/// One shard unit: a decoder layer, or the root (embeddings, final norm, lm_head).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unit {
+    pub name: String,
+    pub parameters: u64,
+    pub trainable: u64,
+    /// Elements each rank holds of this unit's flat parameter (padded), when parameters are sharded.
+    pub shard_elements: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RankShard {
+    pub rank: u64,
+    pub node: u64,
+    pub local_rank: u64,
+    /// Index within the shard group: this rank holds elements [index × shard, (index + 1) × shard)
+    /// of every unit's flat parameter.
+    pub shard_index: u64,
+    /// Parameter elements resident on this rank (all of them unless parameters are sharded).
+    pub parameters: u64,
+    /// Trainable elements whose gradient and optimizer state live on this rank.
+    pub gradients: u64,
+    pub optimizer_elements: u64,
+}
+
+/// Payload bytes per rank per optimizer step.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Collectives {
+    pub all_reduce: u64,
+    pub all_gather: u64,
+    pub reduce_scatter: u64,
+}
+
+/// Bytes of a gradient and of a trainable parameter: recipe keeps trainable weights in fp32.
+pub const TRAINABLE_BYTES: u64 = 4;
+
+pub fn strategy(c: &Config, world_size: u64) -> Strategy {
+    let fsdp = &c.distributed.fsdp;
+    if world_size <= 1 {
+        Strategy::Single
+    } else if fsdp.contains(&FsdpOption::HybridShard) {
+        Strategy::HybridShard
+    } else if fsdp.contains(&FsdpOption::FullShard) {
+        Strategy::FullShard
+    } else if fsdp.contains(&FsdpOption::ShardGradOp) {
+        Strategy::ShardGradOp
+    } else {
+        Strategy::Ddp
+    }
+}
+
+/// `compute_bytes`: bytes per element of the frozen weights as gathered (the compute dtype, or
+/// the quantized size per element for quantized bases).
+pub fn layout(
+    c: &Config,
+    arch: &Architecture,
+    adapter: &AdapterPlan,
+    world_size: u64,
+    nodes: u64,
+    frozen_bytes_per_element: f64,
+) -> Layout {
+    let world_size = world_size.max(1);
+    let nodes = nodes.clamp(1, world_size);
+    let per_node = world_size.div_ceil(nodes);
+    let strategy = strategy(c, world_size);
+    let group = match strategy {
+        Strategy::Single | Strategy::Ddp => 1,
+        Strategy::HybridShard => per_node,
+        Strategy::ShardGradOp | Strategy::FullShard => world_size,
+    };
+    let units = units(arch, adapter, group);
+    let total_params: u64 = units.iter().map(|u| u.parameters).sum();
+    let trainable: u64 = units.iter().map(|u| u.trainable).sum();
+    let sharded = |n: u64| n.div_ceil(group);
+    let ranks = (0..world_size)
+        .map(|rank| {
+            let params =
+                if strategy.shards_parameters() { units.iter().map(|u| u.shard_elements).sum() } else { total_params };
+            let state = if strategy.shards_gradients_and_optimizer() {
+                units.iter().map(|u| sharded(u.trainable)).sum()
+            } else {
+                trainable
+            };
+            RankShard {
+                rank,
+                node: rank / per_node,
+                local_rank: rank % per_node,
+                shard_index: rank % group,
+                parameters: params,
+                gradients: state,
+                optimizer_elements: state,
+            }
+        })
+        .collect();
+    let accumulation = u64::from(c.training.gradient_accumulation_steps);
+    let grad_bytes = trainable * TRAINABLE_BYTES;
+    let frozen = total_params - trainable;
+    let gathered = (frozen as f64 * frozen_bytes_per_element) as u64 + trainable * TRAINABLE_BYTES;
+    let per_step = match strategy {
+        Strategy::Single => Collectives::default(),
+        Strategy::Ddp => Collectives { all_reduce: grad_bytes, ..Collectives::default() },
+        Strategy::ShardGradOp => Collectives {
+            reduce_scatter: grad_bytes,
+            // The updated trainable shards are gathered back into every replica.
+            all_gather: trainable * TRAINABLE_BYTES,
+            ..Collectives::default()
+        },
+        Strategy::FullShard | Strategy::HybridShard => Collectives {
+            // Each micro batch gathers every unit for its forward and again for its backward,
+            // and reduce-scatters its gradients.
+            all_gather: accumulation * 2 * gathered,
+            reduce_scatter: accumulation * grad_bytes,
+            // Hybrid: the gradient shards are all-reduced across nodes.
+            all_reduce: if strategy == Strategy::HybridShard && nodes > 1 {
+                sharded(trainable) * TRAINABLE_BYTES
+            } else {
+                0
+            },
+        },
+    };
+    Layout {
+        world_size,
+        nodes,
+        processes_per_node: per_node,
+        strategy,
+        shard_group_size: group,
+        units,
+        ranks,
+        per_step,
+    }
+}
+
+fn units(arch: &Architecture, adapter: &AdapterPlan, group: u64) -> Vec<Unit> {
+    let counts = arch.parameter_counts();
+    let full = adapter.method == "full";
+    // Adapter parameters per decoder layer (targets inside layers) and in the root (lm_head /
+    // embed_tokens adapters and modules_to_save copies).
+    let layer_linears = arch.layer_linears();
+    let per_layer_adapter: u64 = layer_linears
+        .iter()
+        .filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name()))
+        .map(|l| adapter.r * (l.in_features + l.out_features) + if adapter.dora { l.out_features } else { 0 })
+        .sum();
+    let root_adapter = adapter.trainable_parameters.saturating_sub(per_layer_adapter * arch.num_layers);
+    let unit = |name: String, parameters: u64, trainable: u64| Unit {
+        name,
+        parameters,
+        trainable,
+        shard_elements: parameters.div_ceil(group),
+    };
+    let mut units: Vec<Unit> = (0..arch.num_layers)
+        .map(|i| {
+            let base = counts.per_layer;
+            if full {
+                unit(format!("layers.{i}"), base, base)
+            } else {
+                unit(format!("layers.{i}"), base + per_layer_adapter, per_layer_adapter)
+            }
+        })
+        .collect();
+    let root = counts.embed_tokens + counts.final_norm + counts.lm_head;
+    units.push(if full {
+        unit("root".into(), root, root)
+    } else {
+        unit("root".into(), root + root_adapter, root_adapter)
+    });
+    units
+}
