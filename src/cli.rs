@@ -40,9 +40,9 @@ enum Command {
         /// Processes (GPUs) per node; default: WORLD_SIZE / SLURM_NTASKS from the environment, else 1.
         #[arg(long)]
         nproc_per_node: Option<u64>,
-        /// Nodes.
-        #[arg(long, default_value_t = 1)]
-        nnodes: u64,
+        /// Nodes; default: SLURM_NNODES, or WORLD_SIZE / LOCAL_WORLD_SIZE, else 1.
+        #[arg(long)]
+        nnodes: Option<u64>,
         /// GPU memory to check the estimate against: 24GiB, 80GB, ...
         #[arg(long, value_parser = crate::plan::memory::parse_size)]
         gpu_memory: Option<u64>,
@@ -82,11 +82,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { paths, format, deny_warnings } => validate(&paths, &cli.set, format, deny_warnings),
         Command::Plan { recipe, nproc_per_node, nnodes, gpu_memory, json } => {
-            let options = crate::plan::PlanOptions {
-                world_size: world_size(nproc_per_node, nnodes),
-                nodes: nnodes.max(1),
-                gpu_memory,
-            };
+            let (world_size, nodes) = world(nproc_per_node, nnodes);
+            let options = crate::plan::PlanOptions { world_size, nodes, gpu_memory };
             plan(&recipe, &cli.set, options, json)
         }
         Command::Schema => {
@@ -199,16 +196,24 @@ fn validate(paths: &[PathBuf], overrides: &[String], format: Format, deny_warnin
     }
 }
 
-/// World size from the flags, else from torchrun / SLURM variables, else 1.
-fn world_size(nproc_per_node: Option<u64>, nnodes: u64) -> u64 {
-    let from_env = ["WORLD_SIZE", "SLURM_NTASKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse::<u64>().ok()))
-        .filter(|n| *n > 0);
-    match nproc_per_node {
-        Some(n) => n.max(1) * nnodes.max(1),
-        None => from_env.unwrap_or(nnodes.max(1)),
+/// An unsigned integer environment variable, when set and positive.
+fn env_count(names: &[&str]) -> Option<u64> {
+    names.iter().find_map(|v| std::env::var(v).ok().and_then(|s| s.parse::<u64>().ok())).filter(|n| *n > 0)
+}
+
+/// (world size, nodes) from the flags, else from torchrun (WORLD_SIZE, LOCAL_WORLD_SIZE) or SLURM
+/// (SLURM_NTASKS, SLURM_NNODES) variables, else one process.
+fn world(nproc_per_node: Option<u64>, nnodes: Option<u64>) -> (u64, u64) {
+    if let Some(per_node) = nproc_per_node {
+        let nodes = nnodes.unwrap_or(1).max(1);
+        return (per_node.max(1) * nodes, nodes);
     }
+    let world = env_count(&["WORLD_SIZE", "SLURM_NTASKS"]).unwrap_or(nnodes.unwrap_or(1).max(1));
+    let nodes = nnodes
+        .or_else(|| env_count(&["SLURM_NNODES"]))
+        .or_else(|| env_count(&["LOCAL_WORLD_SIZE"]).map(|local| world.div_ceil(local)))
+        .unwrap_or(1);
+    (world, nodes.clamp(1, world))
 }
 
 fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, json: bool) -> ExitCode {

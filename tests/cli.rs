@@ -110,3 +110,23 @@ fn presets_are_listed_with_their_values() {
     assert_eq!(list[0]["name"], "lora");
     assert_eq!(list[0]["values"]["lora_alpha"], 32);
 }
+
+#[test]
+fn plan_takes_the_world_from_torchrun_variables_and_checks_gpu_memory() {
+    let out = recipe()
+        .args(["plan", "--json", "recipes/llama2-7b-lora.yaml", "--gpu-memory", "24GiB"])
+        .env("WORLD_SIZE", "16")
+        .env("LOCAL_WORLD_SIZE", "8")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let plan: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(plan["layout"]["world_size"], 16);
+    assert_eq!(plan["layout"]["nodes"], 2);
+    assert_eq!(plan["layout"]["strategy"], "ddp");
+    assert_eq!(plan["memory"]["gpu_memory"], 24u64 << 30);
+    assert!(plan["memory"]["fits"].is_boolean());
+    recipe().args(["plan", "recipes/llama2-7b-lora.yaml", "--gpu-memory", "lots"]).assert().code(2);
+}

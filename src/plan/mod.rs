@@ -133,15 +133,17 @@ pub fn render_text(plan: &Plan) -> String {
     } else {
         let _ = writeln!(
             o,
-            "quantize   {} {} (block {}, double quant {}, compute {}): {} weights in {} bytes",
+            "quantize   {} (block {}, double quant {}, compute {}): {} weights in {} bytes",
             q.scheme,
-            q.quantized_modules.join(" "),
             q.block_size.map_or("-".into(), |b| b.to_string()),
             q.double_quant,
             q.compute_dtype.as_deref().unwrap_or("-"),
             group(q.quantized_parameters),
             group(q.quantized_bytes)
         );
+        let per_module: Vec<String> =
+            q.quantized_modules.iter().map(|m| format!("{} {}", m.name, bytes(m.bytes))).collect();
+        let _ = writeln!(o, "           per layer: {}", per_module.join(", "));
     }
     let ad = &plan.adapter;
     match ad.method.as_str() {

@@ -1,9 +1,20 @@
-//! Which base weights are stored quantized, and their bytes: NF4/FP4 in blocks of 64 with
-//! (optionally double-quantized) absmax constants, or row-wise absmax int8.
+//! Which base weights are stored quantized, and their bytes, per module and in all: NF4/FP4 in
+//! blocks of 64 with (optionally double-quantized) absmax constants, as bitsandbytes'
+//! `quantize_4bit` stores them, or row-wise absmax int8.
+//!
+//! 4-bit bytes of one weight of n elements, b = ⌈n/64⌉ blocks: ⌈n/2⌉ packed bytes + the 16-entry
+//! fp32 code (64 bytes) + absmax: 4·b bytes plain, or with double quantization b uint8 + an fp32
+//! absmax per 256 blocks + an fp32 offset + the 256-entry fp32 nested code (1,024 bytes).
+//! int8: n bytes + an fp32 scale per output row.
 
-use super::arch::Architecture;
+use super::arch::{Architecture, Linear};
 use crate::config::Config;
 use serde::Serialize;
+
+/// Elements per 4-bit quantization block.
+pub const BLOCK_SIZE: u64 = 64;
+/// Blocks per block of the double-quantized absmax.
+pub const NESTED_BLOCK_SIZE: u64 = 256;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QuantizationPlan {
@@ -12,11 +23,20 @@ pub struct QuantizationPlan {
     pub block_size: Option<u64>,
     pub double_quant: bool,
     pub compute_dtype: Option<String>,
-    /// Which weights are quantized (every decoder linear layer; embeddings, norms and lm_head stay).
-    pub quantized_modules: Vec<String>,
+    /// The quantized weights of one decoder layer (embeddings, norms and lm_head stay unquantized),
+    /// each present once per layer.
+    pub quantized_modules: Vec<QuantizedModule>,
     pub quantized_parameters: u64,
-    /// Bytes of the quantized weights, constants included.
+    /// Bytes of all quantized weights, constants included.
     pub quantized_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizedModule {
+    pub name: String,
+    pub parameters: u64,
+    /// Bytes of this module's quantized weight in one layer.
+    pub bytes: u64,
 }
 
 pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
@@ -24,29 +44,65 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
     if !q.load_in_4bit && !q.load_in_8bit {
         return QuantizationPlan { scheme: "none".into(), ..QuantizationPlan::default() };
     }
-    let linears = arch.layer_linears();
-    let params: u64 = arch.num_layers * linears.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
-    let quantized = QuantizationPlan {
-        quantized_modules: linears.iter().map(|l| l.name.to_string()).collect(),
-        quantized_parameters: params,
-        ..QuantizationPlan::default()
-    };
-    if q.load_in_4bit {
-        // NF4: 4 bits per weight; absmax per 64 weights, itself 8-bit per 256 blocks with an fp32
-        // scale (double quant), else fp32 per block.
-        let blocks = params.div_ceil(64);
-        let constants = if q.bnb_4bit_use_double_quant { blocks + 4 * blocks.div_ceil(256) + 4 } else { 4 * blocks };
-        QuantizationPlan {
-            scheme: format!("{:?}", q.bnb_4bit_quant_type).to_lowercase(),
-            block_size: Some(64),
-            double_quant: q.bnb_4bit_use_double_quant,
-            compute_dtype: Some(format!("{:?}", q.bnb_4bit_compute_dtype).to_lowercase()),
-            quantized_bytes: params.div_ceil(2) + constants,
-            ..quantized
+    let bytes = |l: &Linear| {
+        let n = l.in_features * l.out_features;
+        if q.load_in_4bit {
+            let blocks = n.div_ceil(BLOCK_SIZE);
+            let absmax = if q.bnb_4bit_use_double_quant {
+                blocks + 4 * blocks.div_ceil(NESTED_BLOCK_SIZE) + 4 + 256 * 4
+            } else {
+                4 * blocks
+            };
+            n.div_ceil(2) + 16 * 4 + absmax
+        } else {
+            n + 4 * l.out_features
         }
+    };
+    let modules: Vec<QuantizedModule> = arch
+        .layer_linears()
+        .iter()
+        .map(|l| QuantizedModule {
+            name: l.name.to_string(),
+            parameters: l.in_features * l.out_features,
+            bytes: bytes(l),
+        })
+        .collect();
+    let per_layer = |f: fn(&QuantizedModule) -> u64| arch.num_layers * modules.iter().map(f).sum::<u64>();
+    let (scheme, block_size, compute_dtype) = if q.load_in_4bit {
+        (
+            format!("{:?}", q.bnb_4bit_quant_type).to_lowercase(),
+            Some(BLOCK_SIZE),
+            Some(format!("{:?}", q.bnb_4bit_compute_dtype).to_lowercase()),
+        )
     } else {
-        // Row-wise absmax int8: one byte per weight plus an fp32 scale per output row.
-        let rows: u64 = arch.num_layers * linears.iter().map(|l| l.out_features).sum::<u64>();
-        QuantizationPlan { scheme: "int8".into(), quantized_bytes: params + 4 * rows, ..quantized }
+        ("int8".to_string(), None, None)
+    };
+    QuantizationPlan {
+        scheme,
+        block_size,
+        double_quant: q.load_in_4bit && q.bnb_4bit_use_double_quant,
+        compute_dtype,
+        quantized_parameters: per_layer(|m| m.parameters),
+        quantized_bytes: per_layer(|m| m.bytes),
+        quantized_modules: modules,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nf4_with_double_quant_is_about_4_127_bits_per_weight() {
+        let arch = super::super::model::builtin_architecture("meta-llama/Llama-2-13b-hf").unwrap();
+        let mut c = Config::default();
+        c.quantization.load_in_4bit = true;
+        let q = plan(&c, &arch);
+        let bits = q.quantized_bytes as f64 * 8.0 / q.quantized_parameters as f64;
+        assert!((bits - 4.127).abs() < 0.001, "{bits}");
+        c.quantization.bnb_4bit_use_double_quant = false;
+        let plain = plan(&c, &arch);
+        let bits = plain.quantized_bytes as f64 * 8.0 / plain.quantized_parameters as f64;
+        assert!((bits - 4.5).abs() < 0.001, "{bits}");
     }
 }
