@@ -43,7 +43,8 @@ enum Command {
         /// Nodes; default: SLURM_NNODES, or WORLD_SIZE / LOCAL_WORLD_SIZE, else 1.
         #[arg(long)]
         nnodes: Option<u64>,
-        /// GPU memory to check the estimate against: 24GiB, 80GB, ...
+        /// GPU memory to check the estimate against: 24GiB, 80GB, ...; default: the smallest visible
+        /// GPU (nvidia-smi), else no check.
         #[arg(long, value_parser = crate::plan::memory::parse_size)]
         gpu_memory: Option<u64>,
         /// Emit the plan as JSON.
@@ -83,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Validate { paths, format, deny_warnings } => validate(&paths, &cli.set, format, deny_warnings),
         Command::Plan { recipe, nproc_per_node, nnodes, gpu_memory, json } => {
             let (world_size, nodes) = world(nproc_per_node, nnodes);
+            let gpu_memory = gpu_memory.or_else(visible_gpu_memory);
             let options = crate::plan::PlanOptions { world_size, nodes, gpu_memory };
             plan(&recipe, &cli.set, options, json)
         }
@@ -194,6 +196,30 @@ fn validate(paths: &[PathBuf], overrides: &[String], format: Format, deny_warnin
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The smallest memory of the GPUs this process may use (CUDA_VISIBLE_DEVICES honoured), from
+/// `nvidia-smi`; None where there is none.
+fn visible_gpu_memory() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=index,memory.total", "--format=csv,noheader,nounits"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (index, mib) = line.split_once(',')?;
+            let index = index.trim();
+            let shown = visible.as_ref().is_none_or(|v| v.iter().any(|d| d == index));
+            shown.then(|| mib.trim().parse::<u64>().ok()).flatten()
+        })
+        .min()
+        .map(|mib| mib << 20)
 }
 
 /// An unsigned integer environment variable, when set and positive.

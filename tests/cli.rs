@@ -130,3 +130,25 @@ fn plan_takes_the_world_from_torchrun_variables_and_checks_gpu_memory() {
     assert!(plan["memory"]["fits"].is_boolean());
     recipe().args(["plan", "recipes/llama2-7b-lora.yaml", "--gpu-memory", "lots"]).assert().code(2);
 }
+
+#[test]
+fn plan_checks_against_the_visible_gpu_when_no_size_is_given() {
+    // A stand-in nvidia-smi reporting two GPUs; CUDA_VISIBLE_DEVICES picks the second.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("nvidia-smi");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '0, 81559\\n1, 24564\\n'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let out = recipe()
+        .args(["plan", "--json", "recipes/llama2-13b-qlora.yaml"])
+        .env("PATH", path)
+        .env("CUDA_VISIBLE_DEVICES", "1")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let plan: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(plan["memory"]["gpu_memory"], 24564u64 << 20);
+    assert_eq!(plan["memory"]["fits"], true);
+}
