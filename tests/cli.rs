@@ -3,6 +3,11 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+/// Runs the command, expects success, and parses its stdout as JSON.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&cmd.assert().success().get_output().stdout).unwrap()
+}
+
 fn recipe() -> Command {
     let mut cmd = Command::cargo_bin("recipe").unwrap();
     cmd.env("NO_COLOR", "1");
@@ -105,24 +110,19 @@ fn presets_are_listed_with_their_values() {
         .success()
         .stdout(predicate::str::contains("qlora-13b-24gb:"))
         .stdout(predicate::str::contains("load_in_4bit: true"));
-    let out = recipe().args(["presets", "--format", "json"]).assert().success().get_output().stdout.clone();
-    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let list = json_of(recipe().args(["presets", "--format", "json"]));
     assert_eq!(list[0]["name"], "lora");
     assert_eq!(list[0]["values"]["lora_alpha"], 32);
 }
 
 #[test]
 fn plan_takes_the_world_from_torchrun_variables_and_checks_gpu_memory() {
-    let out = recipe()
-        .args(["plan", "--json", "recipes/llama2-7b-lora.yaml", "--gpu-memory", "24GiB"])
-        .env("WORLD_SIZE", "16")
-        .env("LOCAL_WORLD_SIZE", "8")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let plan: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let plan = json_of(
+        recipe()
+            .args(["plan", "--json", "recipes/llama2-7b-lora.yaml", "--gpu-memory", "24GiB"])
+            .env("WORLD_SIZE", "16")
+            .env("LOCAL_WORLD_SIZE", "8"),
+    );
     assert_eq!(plan["layout"]["world_size"], 16);
     assert_eq!(plan["layout"]["nodes"], 2);
     assert_eq!(plan["layout"]["strategy"], "ddp");
@@ -139,16 +139,12 @@ fn plan_checks_against_the_visible_gpu_when_no_size_is_given() {
     std::fs::write(&fake, "#!/bin/sh\nprintf '0, 81559\\n1, 24564\\n'\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
-    let out = recipe()
-        .args(["plan", "--json", "recipes/llama2-13b-qlora.yaml"])
-        .env("PATH", path)
-        .env("CUDA_VISIBLE_DEVICES", "1")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let plan: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let plan = json_of(
+        recipe()
+            .args(["plan", "--json", "recipes/llama2-13b-qlora.yaml"])
+            .env("PATH", path)
+            .env("CUDA_VISIBLE_DEVICES", "1"),
+    );
     assert_eq!(plan["memory"]["gpu_memory"], 24564u64 << 20);
     assert_eq!(plan["memory"]["fits"], true);
 }

@@ -26,7 +26,7 @@
 use super::adapter;
 use super::arch::Architecture;
 use super::shard::{self, Strategy, TRAINABLE_BYTES};
-use super::{group as grouped, quantize};
+use super::{group, quantize};
 use crate::config::Config;
 use crate::config::distributed::FsdpOption;
 use crate::config::training::{Optimizer, Switch};
@@ -88,38 +88,11 @@ pub fn estimate(
     Ok(estimate)
 }
 
-fn compute_dtype(c: &Config) -> (&'static str, u64) {
+pub fn compute_dtype(c: &Config) -> (&'static str, u64) {
     match (c.training.fp16, c.training.bf16) {
         (Switch::On, _) => ("float16", 2),
         (_, Switch::On | Switch::Auto) => ("bfloat16", 2),
         _ => ("float32", 4),
-    }
-}
-
-/// Bytes of the frozen base: quantized linear layers at their size, the rest in the compute dtype.
-fn frozen_bytes(
-    c: &Config,
-    arch: &Architecture,
-    quant: &quantize::QuantizationPlan,
-    adapter: &adapter::AdapterPlan,
-) -> u64 {
-    if adapter.method == "full" {
-        return 0;
-    }
-    let total = arch.parameter_counts().total;
-    quant.quantized_bytes + (total - quant.quantized_parameters) * compute_dtype(c).1
-}
-
-/// Average bytes per frozen element (what a gather of the frozen base moves per element).
-pub fn frozen_bytes_per_element(
-    c: &Config,
-    arch: &Architecture,
-    quant: &quantize::QuantizationPlan,
-    adapter: &adapter::AdapterPlan,
-) -> f64 {
-    match frozen_bytes(c, arch, quant, adapter) {
-        0 => compute_dtype(c).1 as f64,
-        bytes => bytes as f64 / arch.parameter_counts().total as f64,
     }
 }
 
@@ -130,15 +103,16 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
     let counts = arch.parameter_counts();
     let full = adapter.method == "full";
     let trainable = adapter.trainable_parameters;
-    let frozen_bytes = frozen_bytes(c, arch, &quant, &adapter);
-    let frozen_per_element = frozen_bytes_per_element(c, arch, &quant, &adapter);
-    let layout = shard::layout(c, arch, &adapter, world_size, nodes, frozen_per_element);
-    let group = layout.shard_group_size;
+    let frozen_bytes = quantize::frozen_bytes(arch, &quant, &adapter, cb);
+    let frozen_per_element = quantize::frozen_bytes_per_element(arch, &quant, &adapter, cb);
+    let layout = shard::layout(c, arch, &adapter, &quant, world_size, nodes);
+    let shard_group = layout.shard_group_size;
     let strategy = layout.strategy;
-    let shard_params = |bytes: u64| if strategy.shards_parameters() { bytes.div_ceil(group) } else { bytes };
+    let shard_params = |bytes: u64| if strategy.shards_parameters() { bytes.div_ceil(shard_group) } else { bytes };
     let shard_state =
-        |bytes: u64| if strategy.shards_gradients_and_optimizer() { bytes.div_ceil(group) } else { bytes };
-    let sharded_note = |applies: bool| if applies && group > 1 { format!(" / {group} ranks") } else { String::new() };
+        |bytes: u64| if strategy.shards_gradients_and_optimizer() { bytes.div_ceil(shard_group) } else { bytes };
+    let sharded_note =
+        |applies: bool| if applies && shard_group > 1 { format!(" / {shard_group} ranks") } else { String::new() };
 
     let mut items = Vec::new();
     let mut push = |name: &'static str, bytes: u64, formula: String| items.push(MemoryItem { name, bytes, formula });
@@ -147,11 +121,11 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
             format!(
                 "{} {} bytes + {} other parameters × {cb} bytes",
                 quant.scheme,
-                grouped(quant.quantized_bytes),
-                grouped(counts.total - quant.quantized_parameters)
+                group(quant.quantized_bytes),
+                group(counts.total - quant.quantized_parameters)
             )
         } else {
-            format!("{} parameters × {cb} bytes ({dtype})", grouped(counts.total))
+            format!("{} parameters × {cb} bytes ({dtype})", group(counts.total))
         };
         push("base weights", shard_params(frozen_bytes), formula + &sharded_note(strategy.shards_parameters()));
     }
@@ -159,19 +133,19 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
     push(
         what,
         shard_params(trainable * TRAINABLE_BYTES),
-        format!("{} × 4 bytes{}", grouped(trainable), sharded_note(strategy.shards_parameters())),
+        format!("{} × 4 bytes{}", group(trainable), sharded_note(strategy.shards_parameters())),
     );
     push(
         "gradients (fp32)",
         shard_state(trainable * TRAINABLE_BYTES),
-        format!("{} × 4 bytes{}", grouped(trainable), sharded_note(strategy.shards_gradients_and_optimizer())),
+        format!("{} × 4 bytes{}", group(trainable), sharded_note(strategy.shards_gradients_and_optimizer())),
     );
     let (optimizer_bytes, optimizer_formula) = match c.training.optimizer {
         Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => (
             2 * trainable + 8 * trainable.div_ceil(256),
-            format!("8-bit AdamW: {} × 2 bytes + absmax", grouped(trainable)),
+            format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)),
         ),
-        _ => (8 * trainable, format!("AdamW: {} × 8 bytes", grouped(trainable))),
+        _ => (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable))),
     };
     push(
         "optimizer states",
@@ -179,7 +153,7 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
         optimizer_formula + &sharded_note(strategy.shards_gradients_and_optimizer()),
     );
     if full && cb < 4 && !strategy.shards_parameters() {
-        push("autocast copies", trainable * cb, format!("{} × {cb} bytes", grouped(trainable)));
+        push("autocast copies", trainable * cb, format!("{} × {cb} bytes", group(trainable)));
     }
 
     let tokens = u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
@@ -212,7 +186,7 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
     );
     if quant.quantized_parameters > 0 {
         let largest = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).max().unwrap_or(0);
-        push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", grouped(largest)));
+        push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", group(largest)));
     }
     if strategy.shards_parameters() {
         // Gathered as stored: quantized weights stay quantized.
@@ -221,7 +195,7 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
         push(
             "gathered units",
             (2.0 * largest as f64 * per_element) as u64,
-            format!("2 × {} parameters × {per_element:.3} bytes", grouped(largest)),
+            format!("2 × {} parameters × {per_element:.3} bytes", group(largest)),
         );
     }
     let subtotal: u64 = items.iter().map(|i| i.bytes).sum();

@@ -68,8 +68,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let adapter = adapter::plan(config, arch)?;
     let quantization = quantize::plan(config, arch);
     let memory = memory::estimate(config, arch, options.world_size, options.nodes, options.gpu_memory)?;
-    let frozen_per_element = memory::frozen_bytes_per_element(config, arch, &quantization, &adapter);
-    let layout = shard::layout(config, arch, &adapter, options.world_size, options.nodes, frozen_per_element);
+    let layout = shard::layout(config, arch, &adapter, &quantization, options.world_size, options.nodes);
     let datasets = data::datasets(config, &at);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),

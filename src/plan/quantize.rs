@@ -7,6 +7,7 @@
 //! absmax per 256 blocks + an fp32 offset + the 256-entry fp32 nested code (1,024 bytes).
 //! int8: n bytes + an fp32 scale per output row.
 
+use super::adapter::AdapterPlan;
 use super::arch::{Architecture, Linear};
 use crate::config::Config;
 use serde::Serialize;
@@ -85,6 +86,28 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
         quantized_parameters: per_layer(|m| m.parameters),
         quantized_bytes: per_layer(|m| m.bytes),
         quantized_modules: modules,
+    }
+}
+
+/// Bytes of the frozen base: quantized linear layers at their size, the rest in the compute dtype.
+pub fn frozen_bytes(arch: &Architecture, quant: &QuantizationPlan, adapter: &AdapterPlan, compute_bytes: u64) -> u64 {
+    if adapter.method == "full" {
+        return 0;
+    }
+    let total = arch.parameter_counts().total;
+    quant.quantized_bytes + (total - quant.quantized_parameters) * compute_bytes
+}
+
+/// Average bytes per frozen element (what a gather of the frozen base moves per element).
+pub fn frozen_bytes_per_element(
+    arch: &Architecture,
+    quant: &QuantizationPlan,
+    adapter: &AdapterPlan,
+    compute_bytes: u64,
+) -> f64 {
+    match frozen_bytes(arch, quant, adapter, compute_bytes) {
+        0 => compute_bytes as f64,
+        bytes => bytes as f64 / arch.parameter_counts().total as f64,
     }
 }
 

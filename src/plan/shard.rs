@@ -18,6 +18,7 @@
 
 use super::adapter::AdapterPlan;
 use super::arch::Architecture;
+use super::quantize::{self, QuantizationPlan};
 use crate::config::Config;
 use crate::config::distributed::FsdpOption;
 use serde::Serialize;
@@ -106,16 +107,17 @@ pub fn strategy(c: &Config, world_size: u64) -> Strategy {
     }
 }
 
-/// `compute_bytes`: bytes per element of the frozen weights as gathered (the compute dtype, or
-/// the quantized size per element for quantized bases).
 pub fn layout(
     c: &Config,
     arch: &Architecture,
     adapter: &AdapterPlan,
+    quant: &QuantizationPlan,
     world_size: u64,
     nodes: u64,
-    frozen_bytes_per_element: f64,
 ) -> Layout {
+    // Frozen weights are gathered as stored: quantized layers stay quantized.
+    let frozen_bytes_per_element =
+        quantize::frozen_bytes_per_element(arch, quant, adapter, super::memory::compute_dtype(c).1);
     let world_size = world_size.max(1);
     let nodes = nodes.clamp(1, world_size);
     let per_node = world_size.div_ceil(nodes);
