@@ -9,9 +9,9 @@
 //!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256).
 //! - autocast copies (full fine-tuning in 16 bits): c·T, the 16-bit weights autocast keeps during
 //!   the forward pass.
-//! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs, residual)
-//!   + 3q (queries, rotated queries, attention output) + 3kv (keys, values, rotated keys) + 4i
-//!   (gate, up, SiLU(gate), product) + r per adapted module; attention itself through
+//! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
+//!   residual), plus 3q (queries, rotated queries, attention output), plus 3kv (keys, values,
+//!   rotated keys), plus 4i (gate, up, SiLU(gate), product), plus r per adapted module; attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient.
