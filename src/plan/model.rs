@@ -1,6 +1,7 @@
-//! Where the base model's config.json comes from: a local folder, the Hugging Face cache
-//! (HF_HOME / HF_HUB_CACHE honoured, nothing downloaded), or the built-in table of well-known base
-//! models (models/*.json, used offline, and the plan says so).
+//! Where the base model's config.json comes from, in this order: a local folder; the Hugging Face
+//! cache (HF_HUB_CACHE / HF_HOME honoured); the built-in table of well-known base models
+//! (models/*.json: no network for them, and the plan says so); else the hub through hf-hub,
+//! config.json alone, at the pinned revision (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE honoured).
 
 use super::arch::{Architecture, ParameterCounts};
 use crate::config::Config;
@@ -65,19 +66,30 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
                 std::fs::read_to_string(&file).map_err(|e| format!("`{key}`: cannot read {}: {e}", file.display()))?;
             ("local", format!("local folder {}", dir.display()), Some(dir.display().to_string()), text)
         }
-        Location::Hub(id) => match cached_config(&id, revision.as_deref()) {
-            Some((file, text)) => ("hub", format!("Hugging Face cache {}", file.display()), None, text),
-            None => match builtin(&id) {
-                Some(text) => (
-                    "builtin",
-                    format!("built-in table (offline: {id} is not in the Hugging Face cache)"),
-                    None,
-                    text.to_string(),
-                ),
-                None => {
+        // The cache first, then the built-in table (no network for the models it knows), then the hub.
+        Location::Hub(id) => match (cached_config(&id, revision.as_deref()), builtin(&id)) {
+            (Some((file, text)), _) => ("hub", format!("Hugging Face cache {}", file.display()), None, text),
+            (None, Some(text)) => (
+                "builtin",
+                format!("built-in table (offline: {id} is not in the Hugging Face cache; nothing downloaded)"),
+                None,
+                text.to_string(),
+            ),
+            (None, None) if offline() => {
+                return Err(format!(
+                    "`{key}`: {id} is not in the Hugging Face cache nor in the built-in table of {} models, and \
+                     HF_HUB_OFFLINE is set; download its config.json first or use a local folder",
+                    BUILTIN_MODELS.len()
+                ));
+            }
+            (None, None) => match download_config(&id, revision.as_deref()) {
+                Ok((file, text)) => {
+                    ("hub", format!("Hugging Face hub, config.json cached at {}", file.display()), None, text)
+                }
+                Err(e) => {
                     return Err(format!(
-                        "`{key}`: {id} is not in the Hugging Face cache and not in the built-in table of {} models; \
-                         download it first (huggingface-cli download {id} config.json) or use a local folder",
+                        "`{key}`: {id} is not in the Hugging Face cache nor in the built-in table of {} models, \
+                         and fetching its config.json failed: {e}",
                         BUILTIN_MODELS.len()
                     ));
                 }
@@ -98,22 +110,48 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
     })
 }
 
-/// config.json of `id` from the Hugging Face cache layout (`models--org--name/snapshots/REV/`).
-fn cached_config(id: &str, revision: Option<&str>) -> Option<(PathBuf, String)> {
-    let hub = match (std::env::var_os("HF_HUB_CACHE"), std::env::var_os("HF_HOME"), std::env::var_os("HOME")) {
+/// The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+fn hub_cache() -> Option<hf_hub::Cache> {
+    let dir = match (std::env::var_os("HF_HUB_CACHE"), std::env::var_os("HF_HOME"), std::env::var_os("HOME")) {
         (Some(cache), _, _) => PathBuf::from(cache),
         (None, Some(home), _) => PathBuf::from(home).join("hub"),
         (None, None, Some(home)) => PathBuf::from(home).join(".cache/huggingface/hub"),
         _ => return None,
     };
-    let repo = hub.join(format!("models--{}", id.replace('/', "--")));
-    let commit = match revision {
-        Some(rev) if rev.len() == 40 => rev.to_string(),
-        rev => std::fs::read_to_string(repo.join("refs").join(rev.unwrap_or("main"))).ok()?.trim().to_string(),
-    };
-    let file = repo.join("snapshots").join(commit).join("config.json");
+    Some(hf_hub::Cache::new(dir))
+}
+
+fn hub_repo(id: &str, revision: Option<&str>) -> hf_hub::Repo {
+    hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.unwrap_or("main").to_string())
+}
+
+/// config.json of `id` at `revision` from the Hugging Face cache, when present.
+fn cached_config(id: &str, revision: Option<&str>) -> Option<(PathBuf, String)> {
+    let file = hub_cache()?.repo(hub_repo(id, revision)).get("config.json")?;
     let text = std::fs::read_to_string(&file).ok()?;
     Some((file, text))
+}
+
+/// True when HF_HUB_OFFLINE says not to touch the network.
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// Downloads config.json alone into the Hugging Face cache (HF_ENDPOINT and HF_TOKEN honoured).
+fn download_config(id: &str, revision: Option<&str>) -> Result<(PathBuf, String), String> {
+    let cache = hub_cache().ok_or("no Hugging Face cache folder (set HF_HOME)")?;
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
+    let file = api.repo(hub_repo(id, revision)).get("config.json").map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((file, text))
 }
 
 /// For tests and tools: the architecture of a built-in model.
