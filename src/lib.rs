@@ -11,3 +11,5 @@ pub mod recipe;
 
 #[cfg(feature = "exec")]
 pub mod exec;
+#[cfg(feature = "exec")]
+pub mod model;

@@ -45,6 +45,9 @@ pub struct Architecture {
     pub max_position_embeddings: u64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// Attention window (Mistral; Qwen2 with use_sliding_window); the executor refuses sequences
+    /// longer than it rather than silently attending further.
+    pub sliding_window: Option<u64>,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v (Qwen2 always; Llama with `attention_bias`).
@@ -87,6 +90,23 @@ struct RawConfig {
     mlp_bias: bool,
     #[serde(default, alias = "dtype")]
     torch_dtype: Option<String>,
+    /// transformers 5 writes rope_theta and the scaling together here.
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    sliding_window: Option<u64>,
+    /// Qwen2 applies its sliding_window only with this set.
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    #[serde(flatten)]
+    scaling: Option<RopeScaling>,
 }
 
 fn default_context() -> u64 {
@@ -128,6 +148,17 @@ impl Architecture {
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
         let qwen = family == Family::Qwen2;
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(format!("config.json: hidden_act `{act}` is not supported (the Llama family uses silu)"));
+        }
+        let (rope_theta, rope_scaling) = match raw.rope_parameters {
+            Some(p) => (p.rope_theta.unwrap_or(raw.rope_theta), p.scaling.filter(|s| s.rope_type != "default")),
+            None => (raw.rope_theta, raw.rope_scaling.filter(|s| s.rope_type != "default")),
+        };
+        let sliding_window = match family {
+            Family::Qwen2 if raw.use_sliding_window != Some(true) => None,
+            _ => raw.sliding_window,
+        };
         Ok(Architecture {
             family,
             class: raw.architectures.first().cloned().unwrap_or_else(|| format!("{model_type}ForCausalLM")),
@@ -139,8 +170,9 @@ impl Architecture {
             head_dim,
             vocab_size: raw.vocab_size,
             max_position_embeddings: raw.max_position_embeddings,
-            rope_theta: raw.rope_theta,
-            rope_scaling: raw.rope_scaling,
+            rope_theta,
+            rope_scaling,
+            sliding_window,
             rms_norm_eps: raw.rms_norm_eps,
             // transformers' PretrainedConfig default is tied; Llama/Mistral configs say false.
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(!matches!(family, Family::Llama | Family::Mistral)),

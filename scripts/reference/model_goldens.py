@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""Developer-only: reference forward passes and LoRA gradients from transformers and peft,
+written as goldens for the Rust model and LoRA code.
+
+Everything runs on the CPU in float32 with torch.use_deterministic_algorithms(True), one
+thread, attn_implementation="eager" and use_cache=False. Random numbers come from
+torch.Generator objects with fixed seeds, so two runs write byte-identical files (checked
+with --check). Nothing is typed by hand: rerun this script after changing a case.
+
+1. Model forward goldens: tests/golden/model/<case>/
+
+   case               config (all fp32, hidden_act silu)
+   stories260k        the bundled models/stories260k (read in place, not copied): Llama,
+                      hidden 64, 5 layers, 8 heads, 4 kv heads, vocab 512, tied
+   llama_gqa_untied   LlamaConfig hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, untied, max_position_embeddings 64, rms_norm_eps 1e-6,
+                      rope_theta 10000
+   llama3_rope        LlamaConfig hidden 32, intermediate 64, 2 layers, 4 heads, 1 kv head,
+                      vocab 128, tied, max_position_embeddings 128, rope_theta 500000,
+                      rope_scaling {rope_type llama3, factor 8, low_freq_factor 1,
+                      high_freq_factor 4, original_max_position_embeddings 16}; T = 40 so
+                      positions run past 16. Checked here: the logits differ from the same
+                      weights with plain (unscaled) RoPE.
+   mistral            MistralConfig hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      head_dim 16 (explicit, != hidden/heads = 8, so q_proj is [64, 32] and
+                      o_proj [32, 64]), vocab 128, untied, sliding_window null,
+                      max_position_embeddings 64
+   qwen2              Qwen2Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, tied, use_sliding_window false, max_position_embeddings 64
+                      (q/k/v carry biases: Qwen2 always has them, o_proj has none)
+
+   The random cases are built from their config under torch.manual_seed(0); then every
+   parameter (model.named_parameters(), so a tied lm_head is drawn once, through
+   embed_tokens) is redrawn from a generator seeded with 1000 + case index, in
+   named_parameters order: RMSNorm weights 1 + 0.1 * randn, every other weight and bias
+   0.02 * randn. They are saved with model.save_pretrained(dir, safe_serialization=True)
+   (config.json + model.safetensors; generation_config.json is deleted), and the goldens
+   below come from the model read back from that folder. transformers 5 writes RoPE
+   settings as "rope_parameters": {"rope_type": ..., "rope_theta": ..., plus the scaling
+   fields}, with no top-level rope_theta or rope_scaling (models/stories260k/config.json
+   still has the older top-level "rope_theta"), and always writes head_dim (8 for the
+   Llama cases, derived as hidden/heads). Tied models have no lm_head.weight in the file.
+
+   expected.safetensors in every case folder:
+     input_ids  int64 [2, T]        T = 24 (40 for llama3_rope), uniform over the vocab
+                                    from a generator seeded with 2000 + case index
+                                    (1999 for stories260k, which also has
+                                    input_ids[0, 0] = 1, BOS)
+     logits     fp32  [2, T, vocab] model(input_ids).logits
+     loss       fp32  [] (0-dim)    model(input_ids, labels=input_ids).loss, i.e. mean
+                                    cross entropy over the B*(T-1) shifted tokens
+   llama_gqa_untied also holds one packed row (two samples of 10 and 14 tokens):
+     packed_input_ids     int64 [1, 24]
+     packed_position_ids  int64 [1, 24]       0..9 then 0..13
+     packed_logits        fp32  [1, 24, 128]  model(packed_input_ids,
+                                    position_ids=packed_position_ids,
+                                    attention_mask=M).logits, where M is a 4-D float
+                                    additive mask [1, 1, 24, 24]: 0 where key <= query
+                                    within the same sample, torch.finfo(float32).min
+                                    elsewhere (block-diagonal causal). transformers 5
+                                    passes a 4-D mask through unchanged to eager attention.
+                                    Checked here against running the two samples separately
+                                    (max abs diff < 1e-5) and against transformers' own
+                                    packed-sequence detection from position_ids alone.
+   stories260k also gets expected_greedy_ids_from_bos_64.txt, copied from
+   ../shared/assets/models/stories260k/ (llama2.c run.c's greedy output from BOS); this
+   script checks that transformers' greedy generate() from [[1]] (64 new tokens) gives the
+   same ids, and stops with an error if not.
+
+2. LoRA gradient goldens: tests/golden/lora/<case>/ (peft get_peft_model, LoraConfig
+   task_type CAUSAL_LM, bias "none", lora_dropout 0.0, init_lora_weights=False)
+
+   stories260k_all_linear         base models/stories260k, r 4, lora_alpha 8, target
+                                  q/k/v/o/gate/up/down_proj
+   llama_untied_rslora_save_head  base tests/golden/model/llama_gqa_untied, r 4,
+                                  lora_alpha 16, use_rslora (scale 16/sqrt(4) = 8),
+                                  target q_proj, v_proj, modules_to_save ["lm_head"]
+
+   The base is loaded with from_pretrained from its path relative to the repository root
+   (so adapter_config.json's base_model_name_or_path is that relative path). After
+   get_peft_model every lora_A / lora_B weight (named_parameters order) is redrawn as
+   0.1 * randn from a generator seeded with 3000 + case index; a modules_to_save copy gets
+   0.01 * randn added so it differs from the base. target_modules is stored as a sorted
+   list so adapter_config.json does not depend on Python's set order. model.save_pretrained
+   writes adapter_config.json + adapter_model.safetensors as peft writes them (peft's
+   README.md model card is deleted). Then with input_ids [2, 16] (generator seed
+   4000 + case index) and labels = input_ids with labels[:, :5] = -100,
+   loss = model(input_ids=..., labels=...).loss (mean over the 2 * 11 shifted tokens
+   that are not -100) is back-propagated, and expected.safetensors holds
+     input_ids int64 [2, 16], labels int64 [2, 16], loss fp32 [] (0-dim),
+     logits fp32 [2, 16, vocab], and grad.<key> fp32 for every key of
+     adapter_model.safetensors (every trainable parameter; e.g.
+     grad.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight,
+     grad.base_model.model.lm_head.weight).
+   case.json records the base model path and the LoRA settings.
+
+How to run (from anywhere; versions pinned in scripts/reference/requirements.txt):
+
+  PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \\
+      python3 -S scripts/reference/model_goldens.py
+
+Options: --check builds everything in a temporary folder and compares it byte for byte
+with the files on disk instead of writing them (exit 1 on a difference).
+"""
+import os
+import sys
+
+# peft writes set-valued config fields with list(set); pin the string hash seed so any
+# such field has a stable order (target_modules is sorted explicitly below as well).
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.environ["PYTHONHASHSEED"] = "0"
+    flags = ["-S"] if sys.flags.no_site else []
+    os.execv(sys.executable, [sys.executable] + flags + sys.argv)
+
+import argparse  # noqa: E402
+import filecmp  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import peft  # noqa: E402
+import safetensors  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+# peft 0.21 calls transformers' deprecated is_gradient_checkpointing; nothing to act on.
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+STORIES = "models/stories260k"  # relative to ROOT
+GREEDY_SRC = os.path.join(ROOT, "..", "shared", "assets", "models", "stories260k",
+                          "expected_greedy_ids_from_bos_64.txt")
+GOLDEN = "tests/golden"  # relative to ROOT
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              vocab_size=128, rms_norm_eps=1e-6, hidden_act="silu")
+
+# (case, model class, config factory, T); index in this list picks the seeds.
+RANDOM_CASES = [
+    ("llama_gqa_untied", LlamaForCausalLM, lambda: LlamaConfig(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
+    ("llama3_rope", LlamaForCausalLM, lambda: LlamaConfig(
+        **COMMON, num_key_value_heads=1, tie_word_embeddings=True,
+        max_position_embeddings=128, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), 40),
+    ("mistral", MistralForCausalLM, lambda: MistralConfig(
+        **COMMON, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+        sliding_window=None, max_position_embeddings=64, rope_theta=10000.0), 24),
+    ("qwen2", Qwen2ForCausalLM, lambda: Qwen2Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
+]
+T_DEFAULT = 24
+PACK_LENS = (10, 14)
+
+# (case, base path relative to ROOT, LoraConfig kwargs)
+LORA_CASES = [
+    ("stories260k_all_linear", STORIES,
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
+    ("llama_untied_rslora_save_head", GOLDEN + "/model/llama_gqa_untied",
+     dict(r=4, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "v_proj"],
+          modules_to_save=["lm_head"])),
+]
+LORA_T = 16
+LORA_MASKED = 5
+
+
+def gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def meta():
+    # One key only: safetensors writes the metadata map in hash order, so several keys
+    # would make the header (and the file) differ from run to run.
+    return {"generator": f"scripts/reference/model_goldens.py (transformers {transformers.__version__}, "
+                         f"peft {peft.__version__}, torch {torch.__version__}, "
+                         f"safetensors {safetensors.__version__})"}
+
+
+def save_tensors(tensors, path):
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path, metadata=meta())
+
+
+def write_json(obj, path):
+    with open(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def load_model(rel):
+    m = AutoModelForCausalLM.from_pretrained(rel, dtype=torch.float32, attn_implementation="eager")
+    return m.eval()
+
+
+def forward_case(model, input_ids):
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        plain = model(input_ids=input_ids, use_cache=False).logits
+    assert torch.equal(plain, out.logits), "logits with and without labels differ"
+    assert out.loss.dim() == 0
+    return out.logits.float(), out.loss.float()
+
+
+def reinit(model, seed):
+    """Redraw every parameter: RMSNorm weights 1 + 0.1 randn, all else 0.02 randn."""
+    g = gen(seed)
+    norm_params = set()
+    for mod in model.modules():
+        if type(mod).__name__.endswith("RMSNorm"):
+            norm_params.add(id(mod.weight))
+    seen = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if id(p) in norm_params:
+                assert name.endswith("norm.weight"), name
+                p.copy_(1.0 + 0.1 * r)
+            else:
+                p.copy_(0.02 * r)
+            seen += 1
+    return seen
+
+
+def block_causal_mask(lens, dtype=torch.float32):
+    t = sum(lens)
+    allowed = torch.zeros(t, t, dtype=torch.bool)
+    start = 0
+    for n in lens:
+        allowed[start:start + n, start:start + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        start += n
+    mask = torch.zeros(t, t, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def packed_golden(model, seed):
+    t = sum(PACK_LENS)
+    ids = torch.randint(0, model.config.vocab_size, (1, t), generator=gen(seed))
+    pos = torch.cat([torch.arange(n) for n in PACK_LENS])[None].to(torch.int64)
+    mask = block_causal_mask(PACK_LENS)
+    with torch.no_grad():
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits
+        # Cross-checks: the samples run one by one, and transformers' own packed detection.
+        parts, start = [], 0
+        for n in PACK_LENS:
+            parts.append(model(input_ids=ids[:, start:start + n], use_cache=False).logits)
+            start += n
+        separate = torch.cat(parts, dim=1)
+        auto = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        unmasked = model(input_ids=ids, use_cache=False).logits
+    d_sep = (logits - separate).abs().max().item()
+    d_auto = (logits - auto).abs().max().item()
+    d_unm = (logits[:, PACK_LENS[0]:] - unmasked[:, PACK_LENS[0]:]).abs().max().item()
+    assert d_sep < 1e-5, f"packed vs separate: {d_sep}"
+    assert d_auto < 1e-5, f"packed vs position_ids-only: {d_auto}"
+    assert d_unm > 1e-3, f"packing makes no difference to sample 2: {d_unm}"
+    print(f"  packed: max|packed - separate| = {d_sep:.2e}, max|packed - auto| = {d_auto:.2e}, "
+          f"max|packed - unpacked| (sample 2) = {d_unm:.2e}")
+    return {"packed_input_ids": ids, "packed_position_ids": pos, "packed_logits": logits.float()}
+
+
+def rope_sensitivity(model, input_ids, logits):
+    """llama3_rope: the same weights with plain RoPE must give different logits."""
+    cfg = type(model.config).from_dict(model.config.to_dict())
+    cfg.rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_parameters["rope_theta"]}
+    plain = type(model)(cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other = plain(input_ids=input_ids, use_cache=False).logits
+    d = (other - logits).abs().max().item()
+    assert d > 1e-3, f"llama3 scaling makes no difference: {d}"
+    print(f"  max|llama3 - plain rope| logits = {d:.2e}")
+
+
+def model_goldens(out):
+    # stories260k: the bundled model, read in place.
+    case_dir = os.path.join(out, GOLDEN, "model", "stories260k")
+    os.makedirs(case_dir)
+    model = load_model(os.path.join(ROOT, STORIES))
+    ids = torch.randint(0, model.config.vocab_size, (2, T_DEFAULT), generator=gen(1999))
+    ids[0, 0] = 1
+    logits, loss = forward_case(model, ids)
+    save_tensors({"input_ids": ids, "logits": logits, "loss": loss},
+                 os.path.join(case_dir, "expected.safetensors"))
+    print(f"stories260k: loss {loss.item():.6f}")
+
+    with open(GREEDY_SRC) as f:
+        want = [int(x) for x in f.read().split()]
+    assert len(want) == 64, len(want)
+    with torch.no_grad():
+        got = model.generate(torch.tensor([[1]]), do_sample=False, max_new_tokens=64,
+                             min_new_tokens=64, use_cache=True)[0, 1:].tolist()
+    if got != want:
+        raise SystemExit(f"stories260k greedy decoding differs from run.c:\n got  {got}\n want {want}")
+    print("stories260k: transformers greedy from BOS matches run.c (64 tokens)")
+    shutil.copyfile(GREEDY_SRC, os.path.join(case_dir, "expected_greedy_ids_from_bos_64.txt"))
+
+    for index, (case, cls, make_cfg, t) in enumerate(RANDOM_CASES):
+        case_dir = os.path.join(out, GOLDEN, "model", case)
+        torch.manual_seed(0)
+        cfg = make_cfg()
+        cfg._attn_implementation = "eager"
+        model = cls(cfg).eval()
+        n = reinit(model, 1000 + index)
+        model.save_pretrained(case_dir, safe_serialization=True)
+        gc = os.path.join(case_dir, "generation_config.json")
+        if os.path.exists(gc):
+            os.remove(gc)
+        # The goldens come from the model as saved and reloaded (what the Rust side reads).
+        model = load_model(case_dir)
+        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=gen(2000 + index))
+        logits, loss = forward_case(model, ids)
+        tensors = {"input_ids": ids, "logits": logits, "loss": loss}
+        print(f"{case}: {n} parameter tensors redrawn, loss {loss.item():.6f}")
+        if case == "llama_gqa_untied":
+            tensors.update(packed_golden(model, 2100 + index))
+        if case == "llama3_rope":
+            rope_sensitivity(model, ids, logits)
+        save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
+
+
+def lora_goldens(out):
+    for index, (case, base_rel, kw) in enumerate(LORA_CASES):
+        case_dir = os.path.join(out, GOLDEN, "lora", case)
+        # Runs with the staged tree as the working directory (see main), so the relative
+        # base path resolves there and peft records it as given.
+        torch.manual_seed(0)
+        base = load_model(base_rel)
+        cfg = LoraConfig(task_type="CAUSAL_LM", bias="none", lora_dropout=0.0,
+                         init_lora_weights=False, **kw)
+        model = get_peft_model(base, cfg)
+        pcfg = model.peft_config["default"]
+        pcfg.target_modules = sorted(pcfg.target_modules)
+        g = gen(3000 + index)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_A." in name or ".lora_B." in name:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            for name, p in model.named_parameters():
+                if ".modules_to_save." in name:
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+        model.eval()
+        model.save_pretrained(case_dir, safe_serialization=True)
+        readme = os.path.join(case_dir, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+        saved = load_file(os.path.join(case_dir, "adapter_model.safetensors"))
+
+        # Map each saved adapter key to its trainable parameter by value and name.
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        key_of = {}
+        for key, t in saved.items():
+            cands = [n for n, p in trainable.items()
+                     if n.replace(".default", "").replace(".modules_to_save", "") == key
+                     and torch.equal(p.detach(), t)]
+            assert len(cands) == 1, f"{case}: {key} matches {cands}"
+            key_of[cands[0]] = key
+        missing = sorted(set(trainable) - set(key_of))
+        assert not missing, f"{case}: trainable parameters not in adapter file: {missing}"
+
+        ids = torch.randint(0, model.config.vocab_size, (2, LORA_T), generator=gen(4000 + index))
+        labels = ids.clone()
+        labels[:, :LORA_MASKED] = -100
+        model.zero_grad(set_to_none=True)
+        res = model(input_ids=ids, labels=labels, use_cache=False)
+        res.loss.backward()
+        assert res.loss.dim() == 0
+        tensors = {"input_ids": ids, "labels": labels, "loss": res.loss.detach().float(),
+                   "logits": res.logits.detach().float()}
+        for name, key in key_of.items():
+            grad = trainable[name].grad
+            assert grad is not None, f"{case}: no gradient for {name}"
+            assert grad.abs().max().item() > 0, f"{case}: zero gradient for {name}"
+            tensors["grad." + key] = grad
+        assert all(("grad." + k) in tensors for k in saved), f"{case}: adapter key without grad"
+        save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
+        write_json({"base_model": base_rel, "lora": {k: (sorted(v) if isinstance(v, list) else v)
+                                                     for k, v in kw.items()},
+                    "lora_dropout": 0.0, "bias": "none", "init_lora_weights": False,
+                    "task_type": "CAUSAL_LM", "lora_weights_std": 0.1,
+                    "modules_to_save_perturbation_std": 0.01 if kw.get("modules_to_save") else None,
+                    "seq_len": LORA_T, "labels_masked_prefix": LORA_MASKED,
+                    "transformers_version": transformers.__version__,
+                    "peft_version": peft.__version__},
+                   os.path.join(case_dir, "case.json"))
+        print(f"{case}: loss {res.loss.item():.6f}, {len(saved)} adapter tensors, "
+              f"{len(key_of)} gradients")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with tests/golden instead of writing")
+    args = ap.parse_args()
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+
+    with tempfile.TemporaryDirectory() as stage:
+        # The staged tree mirrors ROOT (models/ is a link to ROOT/models), so relative
+        # base paths resolve the same way; llama_gqa_untied is read back from the stage.
+        os.symlink(os.path.join(ROOT, "models"), os.path.join(stage, "models"))
+        model_goldens(stage)
+        cwd = os.getcwd()
+        os.chdir(stage)
+        try:
+            lora_goldens(stage)
+        finally:
+            os.chdir(cwd)
+
+        files = []
+        for dirpath, _, names in os.walk(os.path.join(stage, GOLDEN)):
+            for n in names:
+                files.append(os.path.relpath(os.path.join(dirpath, n), stage))
+        files.sort()
+        print(f"transformers {transformers.__version__}, peft {peft.__version__}, "
+              f"torch {torch.__version__}, safetensors {safetensors.__version__}")
+        total = 0
+        bad = 0
+        for rel in files:
+            src = os.path.join(stage, rel)
+            dst = os.path.join(ROOT, rel)
+            size = os.path.getsize(src)
+            total += size
+            if args.check:
+                if not (os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False)):
+                    print(f"differs: {rel}", file=sys.stderr)
+                    bad = 1
+            else:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copyfile(src, dst)
+                print(f"wrote {rel:70s} {size:>8,d} bytes")
+        print(f"{len(files)} files, {total:,d} bytes")
+        if args.check:
+            sys.exit(bad)
+
+
+if __name__ == "__main__":
+    main()

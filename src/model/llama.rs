@@ -1,0 +1,426 @@
+//! The Llama family (Llama 1/2/3/3.x, Mistral, Qwen2/2.5) as one causal language model. The
+//! module tree follows the checkpoint's tensor names (`model.layers.N.self_attn.q_proj.weight`), so
+//! loading is a walk and every error names a Hugging Face tensor. Attention goes through
+//! `scaled_dot_product_attention` (grouped-query heads included); packed rows carry segment ids
+//! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
+//! time during the backward pass.
+
+use super::linear::{Linear, Lora};
+use super::rope::{self, Rope};
+use super::weights::Checkpoint;
+use crate::plan::arch::Architecture;
+use tch::{Device, Kind, Tensor};
+
+/// How the weights are trained.
+#[derive(Debug, Clone)]
+pub enum Trainable {
+    /// Nothing (inference, merge).
+    Nothing,
+    /// Every parameter.
+    Everything,
+    /// LoRA pairs on the named linears; `modules_to_save` get trainable full copies.
+    Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, modules_to_save: Vec<String> },
+}
+
+pub struct LoadOptions {
+    pub device: Device,
+    /// Kind of the frozen base weights (trainable ones are always fp32 masters).
+    pub base_kind: Kind,
+    pub trainable: Trainable,
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct DecoderLayer {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// A named tensor of the model (Hugging Face name).
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+pub struct CausalLm {
+    pub arch: Architecture,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    /// The output head; for tied models it holds the embedding tensor itself (same storage),
+    /// unless `lm_head` is in modules_to_save, which gives it its own trainable copy.
+    pub lm_head: Linear,
+    /// Set when embed_tokens is in modules_to_save: the trained copy used for lookups.
+    pub embed_tokens_trained: Option<Tensor>,
+    pub trainable: Trainable,
+    rope: Rope,
+    pub device: Device,
+}
+
+/// Inputs of one forward pass, all [B, T] int64 on the model's device.
+pub struct Inputs<'a> {
+    pub input_ids: &'a Tensor,
+    pub position_ids: &'a Tensor,
+    /// Packed rows: which sample each token belongs to; attention stays within a sample.
+    pub segment_ids: Option<&'a Tensor>,
+}
+
+impl CausalLm {
+    pub fn load(arch: &Architecture, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<CausalLm, String> {
+        let full = matches!(opts.trainable, Trainable::Everything);
+        let (kind, device) = (if full { Kind::Float } else { opts.base_kind }, opts.device);
+        let get = |name: &str, shape: &[i64]| -> Result<Tensor, String> {
+            let t = ckpt.load(name, shape, kind, device)?;
+            Ok(if full { t.set_requires_grad(true) } else { t })
+        };
+        let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
+        let hd = arch.head_dim as i64;
+        let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
+        let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Lora> {
+            let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
+            let short = module.rsplit('.').next().unwrap_or(module);
+            if !targets.iter().any(|t| t == short || t == module) {
+                return None;
+            }
+            // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a = Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
+            let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
+            Some(Lora { a, b, scaling: *scaling, dropout: *dropout })
+        };
+        let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
+            let weight = get(&format!("{name}.weight"), &[fan_out, fan_in])?;
+            let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
+            let lora = lora_for(&name, fan_in, fan_out);
+            Ok(Linear { name, weight, bias, lora })
+        };
+        let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(arch.num_layers as usize);
+        for l in 0..arch.num_layers {
+            let p = format!("model.layers.{l}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            layers.push(DecoderLayer {
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                self_attn: Attention {
+                    q_proj: linear(format!("{attn}.q_proj"), h, nh * hd, arch.qkv_bias)?,
+                    k_proj: linear(format!("{attn}.k_proj"), h, nkv * hd, arch.qkv_bias)?,
+                    v_proj: linear(format!("{attn}.v_proj"), h, nkv * hd, arch.qkv_bias)?,
+                    o_proj: linear(format!("{attn}.o_proj"), nh * hd, h, arch.o_bias)?,
+                },
+                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp: Mlp {
+                    gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
+                    up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
+                    down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
+                },
+            });
+        }
+        let norm = get("model.norm.weight", &[h])?;
+        // transformers ties the head to the embedding even when the file also holds lm_head.weight.
+        let head_weight =
+            if arch.tie_word_embeddings { embed_tokens.shallow_clone() } else { get("lm_head.weight", &[v, h])? };
+        let mut lm_head = Linear { name: "lm_head".into(), weight: head_weight, bias: None, lora: None };
+        let mut embed_tokens_trained = None;
+        if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
+            for m in modules_to_save {
+                match m.as_str() {
+                    "lm_head" => {
+                        lm_head.weight = lm_head.weight.to_kind(Kind::Float).detach().copy().set_requires_grad(true)
+                    }
+                    "embed_tokens" => {
+                        embed_tokens_trained =
+                            Some(embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
+                    }
+                    other => return Err(format!("modules_to_save: `{other}` is not embed_tokens or lm_head")),
+                }
+            }
+        }
+        let unused = ckpt.unused();
+        let unexpected: Vec<&String> =
+            unused.iter().filter(|n| !(n.ends_with("rotary_emb.inv_freq") || *n == "lm_head.weight")).collect();
+        if !unexpected.is_empty() {
+            return Err(format!(
+                "the checkpoint has tensors a {:?} model of this shape does not use: {}",
+                arch.family,
+                unexpected.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(CausalLm {
+            arch: arch.clone(),
+            rope: Rope::new(arch, device)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            embed_tokens_trained,
+            trainable: opts.trainable.clone(),
+            device,
+        })
+    }
+
+    /// Token embeddings [B, T, H].
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let table = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
+        Tensor::embedding(table, input_ids, -1, false, false)
+    }
+
+    /// The attention mask for these inputs: `None` means plain causal.
+    pub fn attention_mask(inputs: &Inputs) -> Option<Tensor> {
+        let seg = inputs.segment_ids?;
+        let t = seg.size()[1];
+        let same = seg.unsqueeze(2).eq_tensor(&seg.unsqueeze(1));
+        let causal = Tensor::ones([t, t], (Kind::Bool, seg.device())).tril(0);
+        Some(same.logical_and(&causal).unsqueeze(1))
+    }
+
+    pub fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let a = &self.arch;
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (nh, nkv, hd) = (a.num_attention_heads as i64, a.num_key_value_heads as i64, a.head_dim as i64);
+        let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps);
+        let at = &layer.self_attn;
+        let q = at.q_proj.forward(&h, train).view([b, t, nh, hd]).transpose(1, 2);
+        let k = at.k_proj.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+        let v = at.v_proj.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+        let (cos, sin) = cos_sin;
+        let q = rope::apply(&q, cos, sin);
+        let k = rope::apply(&k, cos, sin);
+        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None::<f64>, nh != nkv);
+        let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+        let x = x + at.o_proj.forward(&attn, train);
+        let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps);
+        let m = &layer.mlp;
+        let act = m.gate_proj.forward(&h, train).silu() * m.up_proj.forward(&h, train);
+        x + m.down_proj.forward(&act, train)
+    }
+
+    /// Final hidden states [B, T, H] after the last norm.
+    pub fn hidden_states(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let cos_sin = self.rope.cos_sin(inputs.position_ids);
+        let mask = Self::attention_mask(inputs);
+        let mut x = self.embed(inputs.input_ids);
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
+        }
+        rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
+    }
+
+    /// Logits [B, T, V] in fp32.
+    pub fn logits(&self, inputs: &Inputs) -> Tensor {
+        let h = self.hidden_states(inputs, false);
+        self.lm_head.forward(&h, false).to_kind(Kind::Float)
+    }
+
+    /// Summed next-token cross-entropy over labels != -100 (labels aligned with input_ids, shifted
+    /// here as transformers does) and the count of predicted tokens.
+    pub fn loss_sum(&self, hidden: &Tensor, labels: &Tensor) -> Tensor {
+        let logits = self.lm_head.forward(hidden, true).to_kind(Kind::Float);
+        let t = logits.size()[1];
+        let v = logits.size()[2];
+        let shifted = logits.narrow(1, 0, t - 1).reshape([-1, v]);
+        let targets = labels.narrow(1, 1, t - 1).reshape([-1]);
+        shifted.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, -100, 0.0)
+    }
+
+    /// Forward and backward of one micro-batch; gradients accumulate into the trainable tensors.
+    /// The loss is divided by `denominator` (the label count of the whole accumulated batch) so
+    /// accumulation gives the exact mean. With `checkpointing`, only each decoder layer's input
+    /// is kept during the forward pass and each layer is recomputed during the backward pass.
+    /// Returns the undivided summed loss (detached).
+    pub fn forward_backward(
+        &self,
+        inputs: &Inputs,
+        labels: &Tensor,
+        denominator: f64,
+        checkpointing: bool,
+        layer_seed: &dyn Fn(usize),
+    ) -> Tensor {
+        let cos_sin = self.rope.cos_sin(inputs.position_ids);
+        let mask = Self::attention_mask(inputs);
+        let embedded = self.embed(inputs.input_ids);
+        if !checkpointing {
+            let mut x = embedded;
+            for (i, layer) in self.layers.iter().enumerate() {
+                layer_seed(i);
+                x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+            }
+            let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+            let loss = self.loss_sum(&h, labels);
+            (&loss / denominator).backward();
+            return loss.detach();
+        }
+        // Forward without a graph, keeping each layer's input.
+        let mut saved = Vec::with_capacity(self.layers.len() + 1);
+        let mut x = embedded.detach();
+        tch::no_grad(|| {
+            for (i, layer) in self.layers.iter().enumerate() {
+                saved.push(x.shallow_clone());
+                layer_seed(i);
+                x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+            }
+        });
+        let top = x.detach().set_requires_grad(true);
+        let h = rms_norm(&top, &self.norm, self.arch.rms_norm_eps);
+        let loss = self.loss_sum(&h, labels);
+        (&loss / denominator).backward();
+        let mut grad = top.grad();
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let input = saved[i].detach().set_requires_grad(true);
+            layer_seed(i);
+            let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
+            // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
+            (out * &grad).sum(Kind::Float).backward();
+            grad = input.grad();
+            drop(input);
+            saved.pop();
+        }
+        if embedded.requires_grad() {
+            (embedded * &grad).sum(Kind::Float).backward();
+        }
+        loss.detach()
+    }
+
+    /// The parameters an optimizer updates, by the name they are saved under: peft's names
+    /// (`base_model.model.…lora_A.weight`) for adapters, Hugging Face's for full fine-tuning.
+    pub fn trainable_params(&self) -> Vec<Param> {
+        let mut out = Vec::new();
+        match &self.trainable {
+            Trainable::Nothing => {}
+            Trainable::Everything => out = self.base_params(),
+            Trainable::Lora { .. } => {
+                for lin in self.linears() {
+                    if let Some(l) = &lin.lora {
+                        let p = peft_prefix(&lin.name);
+                        out.push(Param { name: format!("{p}.lora_A.weight"), tensor: l.a.shallow_clone() });
+                        out.push(Param { name: format!("{p}.lora_B.weight"), tensor: l.b.shallow_clone() });
+                    }
+                }
+                if let Some(e) = &self.embed_tokens_trained {
+                    out.push(Param { name: modules_to_save_name("model.embed_tokens"), tensor: e.shallow_clone() });
+                }
+                if self.lm_head.weight.requires_grad() {
+                    out.push(Param {
+                        name: modules_to_save_name("lm_head"),
+                        tensor: self.lm_head.weight.shallow_clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every base tensor under its Hugging Face name (the tied head once, as transformers saves).
+    pub fn base_params(&self) -> Vec<Param> {
+        let mut out =
+            vec![Param { name: "model.embed_tokens.weight".into(), tensor: self.embed_tokens.shallow_clone() }];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push(Param {
+                name: format!("{p}.input_layernorm.weight"),
+                tensor: layer.input_layernorm.shallow_clone(),
+            });
+            out.push(Param {
+                name: format!("{p}.post_attention_layernorm.weight"),
+                tensor: layer.post_attention_layernorm.shallow_clone(),
+            });
+            for lin in layer_linears(layer) {
+                out.push(Param { name: format!("{}.weight", lin.name), tensor: lin.weight.shallow_clone() });
+                if let Some(b) = &lin.bias {
+                    out.push(Param { name: format!("{}.bias", lin.name), tensor: b.shallow_clone() });
+                }
+            }
+        }
+        out.push(Param { name: "model.norm.weight".into(), tensor: self.norm.shallow_clone() });
+        if !self.arch.tie_word_embeddings {
+            out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.shallow_clone() });
+        }
+        out
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.layers.iter().flat_map(layer_linears).collect()
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                let (a, m) = (&mut l.self_attn, &mut l.mlp);
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
+            })
+            .collect()
+    }
+
+    /// The weights of the merged model (LoRA folded in, saved copies replacing the originals),
+    /// under Hugging Face names.
+    pub fn merged_params(&self) -> Vec<Param> {
+        let mut out = Vec::new();
+        let merged: std::collections::HashMap<String, Tensor> =
+            self.linears().into_iter().map(|l| (format!("{}.weight", l.name), l.merged_weight())).collect();
+        for p in self.base_params() {
+            let tensor = match p.name.as_str() {
+                "model.embed_tokens.weight" => self.embed_tokens_trained.as_ref().unwrap_or(&p.tensor).detach(),
+                name => merged.get(name).map(|t| t.shallow_clone()).unwrap_or_else(|| p.tensor.detach()),
+            };
+            out.push(Param { name: p.name, tensor });
+        }
+        if self.arch.tie_word_embeddings && self.lm_head.weight.requires_grad() {
+            // A trained head on a tied model can no longer share the embedding: save it.
+            out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.detach() });
+        }
+        out
+    }
+}
+
+fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
+    let (a, m) = (&l.self_attn, &l.mlp);
+    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+}
+
+/// peft's saved-name prefix for a base module.
+pub fn peft_prefix(module: &str) -> String {
+    format!("base_model.model.{module}")
+}
+
+/// peft's saved name for a modules_to_save copy of `module`.
+pub fn modules_to_save_name(module: &str) -> String {
+    format!("base_model.model.{module}.weight")
+}
+
+/// transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = xf * (variance + eps).rsqrt();
+    weight.to_kind(kind) * normed.to_kind(kind)
+}

@@ -1,0 +1,8 @@
+//! The model side of the executor (tch): safetensors weights, the Llama-family network with its
+//! LoRA-capable linear layers, rotary embeddings, and sampling.
+
+pub mod generate;
+pub mod linear;
+pub mod llama;
+pub mod rope;
+pub mod weights;

@@ -1,0 +1,213 @@
+//! Safetensors in and out: a Hugging Face checkpoint (one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`) opened by memory map and read tensor by tensor, and atomic
+//! writes of named tensors (temporary file, then rename). Pickle checkpoints are refused: a
+//! recipe never runs code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// An opened checkpoint: every tensor name mapped to the file and byte range that hold it.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    tensors: BTreeMap<String, TensorEntry>,
+    taken: std::cell::RefCell<BTreeSet<String>>,
+}
+
+struct TensorEntry {
+    file: usize,
+    dtype: safetensors::Dtype,
+    shape: Vec<i64>,
+    start: usize,
+    end: usize,
+}
+
+impl Checkpoint {
+    /// Opens the safetensors weights of a model folder.
+    pub fn open(dir: &Path) -> Result<Checkpoint, String> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", index.display()))?;
+            let map = value
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| format!("{}: no `weight_map` object", index.display()))?;
+            let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            return Err(missing_weights_message(dir));
+        };
+        Self::open_files(dir, &files)
+    }
+
+    /// Opens explicit safetensors files (e.g. an adapter or a checkpoint).
+    pub fn open_files(dir: &Path, paths: &[PathBuf]) -> Result<Checkpoint, String> {
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // SAFETY: the file is opened read-only; a concurrent writer is outside our contract.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", path.display()))?;
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| format!("{}: not a safetensors file: {e}", path.display()))?;
+            let base = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (start, end) = info.data_offsets;
+                let shape = info.shape.iter().map(|&d| d as i64).collect();
+                tensors.insert(
+                    name,
+                    TensorEntry { file: i, dtype: info.dtype, shape, start: base + start, end: base + end },
+                );
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), files, tensors, taken: Default::default() })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[i64]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
+    /// Reads one tensor, checking its shape, converted to `kind` on `device`.
+    pub fn load(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor, String> {
+        let entry = self.tensors.get(name).ok_or_else(|| {
+            format!("{}: tensor `{name}` (shape {shape:?}) is missing from the checkpoint", self.dir.display())
+        })?;
+        if entry.shape != shape {
+            return Err(format!(
+                "{}: tensor `{name}` has shape {:?} in the checkpoint, the model expects {shape:?}",
+                self.dir.display(),
+                entry.shape
+            ));
+        }
+        self.taken.borrow_mut().insert(name.to_string());
+        let (path, mmap) = &self.files[entry.file];
+        let source_kind = kind_of(entry.dtype).ok_or_else(|| {
+            format!("{}: tensor `{name}` has dtype {:?}, which recipe cannot read", path.display(), entry.dtype)
+        })?;
+        let bytes = &mmap[entry.start..entry.end];
+        let tensor = Tensor::f_from_data_size(bytes, &entry.shape, source_kind)
+            .map_err(|e| format!("{}: tensor `{name}`: {e}", path.display()))?;
+        Ok(tensor.to_device(device).to_kind(kind))
+    }
+
+    /// Checkpoint tensors no `load` asked for (a sign of a wrong architecture).
+    pub fn unused(&self) -> Vec<String> {
+        let taken = self.taken.borrow();
+        self.tensors.keys().filter(|k| !taken.contains(*k)).cloned().collect()
+    }
+}
+
+fn missing_weights_message(dir: &Path) -> String {
+    let pickles: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth") || n.ends_with(".ckpt"))
+        .collect();
+    if pickles.is_empty() {
+        format!("{}: no model.safetensors or model.safetensors.index.json", dir.display())
+    } else {
+        format!(
+            "{}: has only pickle weights ({}); recipe loads safetensors only, because unpickling runs code. \
+             Convert once with transformers: `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, \
+             safe_serialization=True)`",
+            dir.display(),
+            pickles.join(", ")
+        )
+    }
+}
+
+fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
+    use safetensors::Dtype as D;
+    Some(match dtype {
+        D::F32 => Kind::Float,
+        D::F16 => Kind::Half,
+        D::BF16 => Kind::BFloat16,
+        D::F64 => Kind::Double,
+        D::I64 => Kind::Int64,
+        D::I32 => Kind::Int,
+        D::I16 => Kind::Int16,
+        D::I8 => Kind::Int8,
+        D::U8 => Kind::Uint8,
+        D::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Result<safetensors::Dtype, String> {
+    use safetensors::Dtype as D;
+    Ok(match kind {
+        Kind::Float => D::F32,
+        Kind::Half => D::F16,
+        Kind::BFloat16 => D::BF16,
+        Kind::Double => D::F64,
+        Kind::Int64 => D::I64,
+        Kind::Int => D::I32,
+        Kind::Int16 => D::I16,
+        Kind::Int8 => D::I8,
+        Kind::Uint8 => D::U8,
+        Kind::Bool => D::BOOL,
+        other => return Err(format!("cannot write tensors of kind {other:?}")),
+    })
+}
+
+/// Writes named tensors to `path` with `{"format": "pt"}` metadata (what transformers and peft
+/// expect), through a temporary file renamed into place, so a crash or a full disk never leaves a
+/// truncated file under the final name.
+pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(Device::Cpu).contiguous();
+        let dtype = dtype_of(t.kind())?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, t.numel()).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        owned.push((name.clone(), dtype, shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, dtype, shape, data)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| format!("tensor `{n}`: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes bytes through `NAME.tmp` + fsync + rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: cannot write: {e}", path.display())
+    })
+}
