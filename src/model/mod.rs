@@ -1,6 +1,7 @@
 //! The model side of the executor (tch): safetensors weights, the Llama-family network with its
 //! LoRA-capable linear layers, rotary embeddings, and sampling.
 
+pub mod adapter;
 pub mod generate;
 pub mod linear;
 pub mod llama;

@@ -1,0 +1,101 @@
+//! peft's on-disk adapter format: `adapter_config.json` (read and written) and the trainable
+//! tensors under peft's names in `adapter_model.safetensors`, so `PeftModel.from_pretrained` loads
+//! what `recipe run` writes and `recipe generate`/`merge` load what peft writes.
+
+use super::llama::{CausalLm, Trainable};
+use super::weights::Checkpoint;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The LoRA settings an adapter_config.json describes.
+pub struct AdapterConfig {
+    pub base_model: String,
+    pub trainable: Trainable,
+}
+
+/// Reads peft's adapter_config.json (LoRA only).
+pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if let Some(t) = field("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
+        return Err(format!("{}: peft_type `{t}` is not supported (LORA only)", path.display()));
+    }
+    if field("use_dora").and_then(Value::as_bool) == Some(true) {
+        return Err(format!("{}: DoRA adapters are not supported yet", path.display()));
+    }
+    let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
+    let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
+    let rslora = field("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    let strings = |k: &str| -> Vec<String> {
+        match field(k) {
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        }
+    };
+    let targets = strings("target_modules");
+    if targets.is_empty() {
+        return Err(format!("{}: `target_modules` must list module names", path.display()));
+    }
+    Ok(AdapterConfig {
+        base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
+        trainable: Trainable::Lora {
+            targets,
+            r,
+            scaling: lora_scaling(alpha, r, rslora),
+            dropout: field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+            modules_to_save: strings("modules_to_save"),
+        },
+    })
+}
+
+/// peft's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.
+pub fn lora_scaling(alpha: f64, r: i64, rslora: bool) -> f64 {
+    if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+}
+
+/// peft's adapter_config.json for a LoRA adapter.
+pub fn write_config(dir: &Path, base_model: &str, plan: &crate::plan::adapter::AdapterPlan) -> Result<(), String> {
+    let config = json!({
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "lora_alpha": plan.alpha,
+        "lora_dropout": plan.dropout,
+        "modules_to_save": if plan.modules_to_save.is_empty() { Value::Null } else { json!(plan.modules_to_save) },
+        "peft_type": "LORA",
+        "r": plan.r,
+        "target_modules": plan.target_modules,
+        "task_type": "CAUSAL_LM",
+        "use_dora": plan.dora,
+        "use_rslora": plan.rslora,
+        "revision": null,
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
+
+/// Copies every trainable tensor of `model` from `ckpt` (by the name it is saved under).
+pub fn load_trainable(model: &CausalLm, ckpt: &Checkpoint) -> Result<(), String> {
+    let _guard = tch::no_grad_guard();
+    for p in model.trainable_params() {
+        let t = ckpt.load(&p.name, &p.tensor.size(), p.tensor.kind(), p.tensor.device())?;
+        let mut target = p.tensor.shallow_clone();
+        target.copy_(&t);
+    }
+    let extra: Vec<String> = {
+        let wanted: std::collections::HashSet<String> = model.trainable_params().into_iter().map(|p| p.name).collect();
+        ckpt.names().filter(|n| !wanted.contains(*n)).map(str::to_owned).collect()
+    };
+    if !extra.is_empty() {
+        return Err(format!(
+            "the adapter has tensors this model and adapter config do not use: {}",
+            extra.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
