@@ -30,6 +30,12 @@ pub struct DatasetPlan {
     pub masking: String,
     /// Rows, when the source is a local JSON / JSON Lines file (counted without tokenizing).
     pub rows: Option<u64>,
+    /// The dataset entry as the recipe gives it (its values are in `settings`).
+    #[serde(skip)]
+    pub entry: DatasetConfig,
+    /// The file or folder, for local sources.
+    #[serde(skip)]
+    pub local_path: Option<std::path::PathBuf>,
 }
 
 pub fn chat_template(c: &Config, at: &Locator, model: &ModelPlan) -> Option<TemplatePlan> {
@@ -73,10 +79,13 @@ pub fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
         .enumerate()
         .map(|(i, d)| {
             let src = d.source();
-            let (source, rows) = match resolve_location(&src.path, &at.base_dir(&format!("datasets.{i}.path"))) {
-                Location::Local(path) => (format!("local {}", path.display()), count_rows(&path, src.ds_type)),
-                Location::Hub(id) => (format!("hub {id}@{}", src.revision.as_deref().unwrap_or("main")), None),
-                Location::Invalid => (format!("invalid {}", src.path), None),
+            let location = resolve_location(&src.path, &at.base_dir(&format!("datasets.{i}.path")));
+            let (source, rows, local_path) = match location {
+                Location::Local(path) => {
+                    (format!("local {}", path.display()), count_rows(&path, src.ds_type), Some(path))
+                }
+                Location::Hub(id) => (format!("hub {id}@{}", src.revision.as_deref().unwrap_or("main")), None, None),
+                Location::Invalid => (format!("invalid {}", src.path), None, None),
             };
             let prompt = if c.data.train_on_inputs {
                 "prompt and response trained"
@@ -95,7 +104,15 @@ pub fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
                 .to_lowercase(),
                 _ => prompt.to_string(),
             };
-            DatasetPlan { r#type: d.type_name().to_string(), source, split: src.split.clone(), masking, rows }
+            DatasetPlan {
+                r#type: d.type_name().to_string(),
+                source,
+                split: src.split.clone(),
+                masking,
+                rows,
+                entry: d.clone(),
+                local_path,
+            }
         })
         .collect()
 }

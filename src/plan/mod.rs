@@ -14,6 +14,7 @@ pub mod model;
 pub mod quantize;
 pub mod schedule;
 pub mod shard;
+pub mod training;
 
 use crate::config::Config;
 use crate::recipe::Loaded;
@@ -31,6 +32,7 @@ pub struct Plan {
     pub batch: schedule::BatchPlan,
     pub layout: shard::Layout,
     pub memory: memory::MemoryEstimate,
+    pub training: training::TrainingPlan,
     /// Every recipe value with where it came from (default, preset, file:line:col, --set).
     pub settings: Vec<Setting>,
     /// Axolotl keys accepted because their value has no effect.
@@ -81,6 +83,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         adapter,
         layout,
         memory,
+        training: training::plan(config),
         model,
     })
 }
@@ -216,6 +219,35 @@ pub fn render_text(plan: &Plan) -> String {
         serde_json::to_value(b.lr_scheduler).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         b.peak_learning_rate,
         if points.is_empty() { String::new() } else { format!("; {}", points.join(", ")) }
+    );
+    let t = &plan.training;
+    let _ = writeln!(
+        o,
+        "optimizer  {}: {}; betas ({}, {}), eps {:e}, weight decay {}; clip grad norm {}",
+        t.optimizer.name,
+        t.optimizer.implementation,
+        t.optimizer.beta1,
+        t.optimizer.beta2,
+        t.optimizer.epsilon,
+        t.optimizer.weight_decay,
+        if t.max_grad_norm > 0.0 { t.max_grad_norm.to_string() } else { "off".into() }
+    );
+    let every = |e: Option<training::Every>| match e {
+        None => "never".to_string(),
+        Some(training::Every::Steps(n)) => format!("every {n} steps"),
+        Some(training::Every::FractionOfTotal(f)) => format!("every {f} of the steps"),
+        Some(training::Every::PerEpoch(k)) => format!("{k} times per epoch"),
+    };
+    let _ = writeln!(
+        o,
+        "run        seed {}; gradient checkpointing {}; log every {} steps; evaluate {}; save {}{}; outputs in {}",
+        t.seed,
+        t.gradient_checkpointing,
+        t.logging_steps,
+        every(t.eval),
+        every(t.save),
+        t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})")),
+        t.output_dir
     );
     let l = &plan.layout;
     let _ = writeln!(

@@ -86,21 +86,26 @@ pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
 
 /// The learning rate used for optimizer step `step` (0-based), as transformers' schedules.
 pub fn learning_rate(c: &Config, peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
+    let floor = c.training.cosine_min_lr_ratio.unwrap_or(0.0);
+    learning_rate_at(c.training.lr_scheduler, peak, floor, step, warmup, total)
+}
+
+/// transformers' schedules (`get_scheduler`), with Axolotl's cosine floor `min_ratio`.
+pub fn learning_rate_at(scheduler: LrScheduler, peak: f64, min_ratio: f64, step: u64, warmup: u64, total: u64) -> f64 {
     // transformers' `constant` schedule has no warmup; `constant_with_warmup` has.
-    if c.training.lr_scheduler == LrScheduler::Constant {
+    if scheduler == LrScheduler::Constant {
         return peak;
     }
     if step < warmup {
         return peak * step as f64 / warmup.max(1) as f64;
     }
     let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
-    match c.training.lr_scheduler {
+    match scheduler {
         LrScheduler::Constant | LrScheduler::ConstantWithWarmup => peak,
         LrScheduler::Linear => peak * (1.0 - progress).max(0.0),
         LrScheduler::Cosine => {
-            let floor = c.training.cosine_min_lr_ratio.unwrap_or(0.0);
             let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
-            peak * (floor + (1.0 - floor) * cosine)
+            peak * (min_ratio + (1.0 - min_ratio) * cosine)
         }
     }
 }

@@ -1,0 +1,120 @@
+//! The training section of the plan: optimizer, precision policy, determinism, evaluation,
+//! checkpointing and outputs, each resolved from the recipe so the executor defaults nothing.
+
+use crate::config::Config;
+use crate::config::logging::{Interval, ResumeFrom};
+use crate::config::training::{Optimizer, Switch};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingPlan {
+    pub optimizer: OptimizerPlan,
+    /// Gradient clipping by global L2 norm (0 = off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// `bf16` on CUDA where supported, else `fp16`/`fp32` as the recipe says; fp32 on CPU.
+    pub precision: PrecisionPlan,
+    pub gradient_checkpointing: bool,
+    pub output_dir: String,
+    pub logging_steps: u64,
+    /// Evaluate every N optimizer steps (resolved from eval_steps or evals_per_epoch at run time
+    /// when it depends on the epoch length).
+    pub eval: Option<Every>,
+    pub save: Option<Every>,
+    pub save_total_limit: Option<u32>,
+    pub early_stopping_patience: Option<u32>,
+    pub resume_from_checkpoint: Option<ResumeFrom>,
+    pub num_epochs: Option<f64>,
+    pub max_steps: Option<u64>,
+    pub val_set_size: f64,
+    pub train_on_inputs: bool,
+    pub cosine_min_lr_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OptimizerPlan {
+    /// The recipe's name for it.
+    pub name: String,
+    /// What runs.
+    pub implementation: String,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecisionPlan {
+    pub bf16: Switch,
+    pub fp16: Switch,
+    pub tf32: Switch,
+}
+
+/// A schedule for evaluation or saving.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Every {
+    Steps(u64),
+    /// A fraction of the total steps (eval_steps: 0.25).
+    FractionOfTotal(f64),
+    PerEpoch(u32),
+}
+
+impl Every {
+    /// The step interval, once the total and per-epoch step counts are known.
+    pub fn interval(self, total_steps: u64, steps_per_epoch: u64) -> u64 {
+        match self {
+            Every::Steps(n) => n.max(1),
+            Every::FractionOfTotal(f) => ((f * total_steps as f64).ceil() as u64).max(1),
+            Every::PerEpoch(k) => (steps_per_epoch / u64::from(k.max(1))).max(1),
+        }
+    }
+}
+
+fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
+    match (steps, per_epoch) {
+        (Some(Interval::Steps(n)), _) => Some(Every::Steps(n)),
+        (Some(Interval::Fraction(f)), _) => Some(Every::FractionOfTotal(f)),
+        (None, Some(k)) => Some(Every::PerEpoch(k)),
+        (None, None) => None,
+    }
+}
+
+pub fn plan(c: &Config) -> TrainingPlan {
+    let t = &c.training;
+    let l = &c.logging;
+    let implementation = match t.optimizer {
+        Optimizer::AdamwTorch | Optimizer::PagedAdamw32bit => "AdamW, 32-bit states (recipe's, as torch.optim.AdamW)",
+        Optimizer::AdamwTorchFused => "AdamW, 32-bit states (recipe's; same update as the fused kernel)",
+        Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => {
+            "AdamW, blockwise 8-bit states (not built yet: the quantization issue)"
+        }
+    };
+    let name = serde_json::to_value(t.optimizer).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    TrainingPlan {
+        optimizer: OptimizerPlan {
+            name,
+            implementation: implementation.into(),
+            beta1: t.adam_beta1,
+            beta2: t.adam_beta2,
+            epsilon: t.adam_epsilon,
+            weight_decay: t.weight_decay,
+        },
+        max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
+        precision: PrecisionPlan { bf16: t.bf16, fp16: t.fp16, tf32: t.tf32 },
+        gradient_checkpointing: t.gradient_checkpointing,
+        output_dir: l.output_dir.clone(),
+        logging_steps: l.logging_steps.max(1),
+        eval: if c.data.val_set_size > 0.0 { every(l.eval_steps, l.evals_per_epoch) } else { None },
+        save: every(l.save_steps, l.saves_per_epoch),
+        save_total_limit: l.save_total_limit,
+        early_stopping_patience: l.early_stopping_patience,
+        resume_from_checkpoint: l.resume_from_checkpoint.clone(),
+        num_epochs: t.num_epochs,
+        max_steps: t.max_steps,
+        val_set_size: c.data.val_set_size,
+        train_on_inputs: c.data.train_on_inputs,
+        cosine_min_lr_ratio: t.cosine_min_lr_ratio.unwrap_or(0.0),
+    }
+}
