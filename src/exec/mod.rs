@@ -1,5 +1,21 @@
-//! The executor: the only code that links libtorch (through tch). Today it reports the libtorch
-//! build and the devices it sees (`recipe env`); training lands here with the executor issue.
+//! The executor: the only code that links libtorch (through tch). It runs a compiled Plan: picks
+//! the device and precision, loads the model and data, trains (`train`), writes checkpoints and
+//! outputs (`checkpoint`), and serves `recipe generate` and `recipe merge` on the results.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optimizer;
+pub mod train;
+
+use crate::config::training::Switch;
+use crate::data::{self, Tokenizer, packing};
+use crate::model::adapter;
+use crate::model::generate::{Sampling, generate};
+use crate::model::llama::{CausalLm, LoadOptions, Trainable};
+use crate::model::weights::Checkpoint;
+use crate::plan::Plan;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
 
 /// What this build's libtorch sees.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -17,4 +33,328 @@ pub fn device_report() -> DeviceReport {
         cudnn_available: tch::Cuda::cudnn_is_available(),
         cpu_threads: tch::get_num_threads(),
     }
+}
+
+/// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
+pub fn parse_device(text: &str) -> Result<Device, String> {
+    match text {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        t if t.starts_with("cuda") && tch::Cuda::is_available() => {
+            let n: usize =
+                t.trim_start_matches("cuda:").parse().map_err(|_| format!("device `{t}`: expected cuda:N"))?;
+            Ok(Device::Cuda(n))
+        }
+        t if t.starts_with("cuda") => Err(format!("device `{t}`: this libtorch sees no CUDA device")),
+        t => Err(format!("device `{t}`: expected auto, cpu, cuda or cuda:N")),
+    }
+}
+
+pub struct RunOptions {
+    pub device: Device,
+    /// Show the progress bar (on a terminal).
+    pub progress: bool,
+    /// Stop after this many optimizer steps, saving a checkpoint as Ctrl-C does (tests).
+    pub stop_after: Option<u64>,
+    /// Sample this many tokens at the end (0: none).
+    pub sample_tokens: usize,
+}
+
+pub struct RunReport {
+    pub output_dir: PathBuf,
+    pub device: String,
+    pub compute: String,
+    pub steps_done: u64,
+    pub total_steps: u64,
+    pub data: Vec<String>,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    pub packing_efficiency: f64,
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+    pub tokens_per_second: f64,
+    pub sample: Option<(String, String)>,
+    pub stopped_early: Option<String>,
+    pub interrupted: bool,
+    pub resumed_from: Option<PathBuf>,
+    pub outputs: Vec<PathBuf>,
+}
+
+/// The compute kind for this device and the recipe's precision switches.
+fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
+    let p = &plan.training.precision;
+    if device == Device::Cpu {
+        return Ok(Kind::Float);
+    }
+    if p.fp16 == Switch::On {
+        return Err("fp16 training needs loss scaling, which the executor does not have yet; use bf16: true".into());
+    }
+    Ok(if p.bf16 == Switch::Off { Kind::Float } else { Kind::BFloat16 })
+}
+
+fn trainable(plan: &Plan) -> Trainable {
+    let a = &plan.adapter;
+    if a.method == "full" {
+        Trainable::Everything
+    } else {
+        Trainable::Lora {
+            targets: a.target_modules.clone(),
+            r: a.r as i64,
+            scaling: a.scaling,
+            dropout: a.dropout,
+            modules_to_save: a.modules_to_save.clone(),
+        }
+    }
+}
+
+/// Trains as the plan says. Errors are messages for the user.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
+    if plan.quantization.scheme != "none" {
+        return Err(format!(
+            "quantized bases ({}) are not built into the executor yet (the quantization issue); \
+             run without load_in_4bit / load_in_8bit",
+            plan.quantization.scheme
+        ));
+    }
+    let t = &plan.training;
+    let device = opts.device;
+    let kind = compute_kind(plan, device)?;
+    let base_dir = crate::plan::model::model_folder(&plan.model)?;
+    let tok = Tokenizer::load(&base_dir)?;
+    let prepared = data::prepare(plan, &tok)?;
+    let seq_len = plan.batch.sequence_len as usize;
+    let rows = |samples: &[data::Sample]| {
+        if plan.batch.sample_packing { packing::pack(samples, seq_len) } else { packing::unpacked(samples, seq_len) }
+    };
+    let (train_rows, validation_rows) = (rows(&prepared.train), rows(&prepared.validation));
+    let packing_efficiency = packing::efficiency(&train_rows, seq_len);
+    let steps = train::steps(plan, train_rows.len());
+
+    tch::manual_seed(t.seed as i64);
+    let trainable = trainable(plan);
+    let base_kind = if matches!(trainable, Trainable::Lora { .. }) { kind } else { Kind::Float };
+    let ckpt = Checkpoint::open(&base_dir)?;
+    let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable })?;
+    drop(ckpt);
+    model.compute_kind = kind;
+    if let Some(window) = plan.model.architecture.sliding_window
+        && (window as usize) < seq_len
+    {
+        return Err(format!(
+            "sequence_len {seq_len} is longer than the model's sliding window ({window}); sliding-window attention \
+             is not built yet, so set sequence_len to at most {window}"
+        ));
+    }
+
+    let output_dir = PathBuf::from(&t.output_dir);
+    std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
+    let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
+    let train_tokens: usize = train_rows.iter().map(packing::Row::len).sum();
+    let mut state = checkpoint::TrainerState {
+        global_step: 0,
+        total_steps: steps.total,
+        best_eval_loss: None,
+        evals_without_improvement: 0,
+        seed: t.seed,
+        train_rows: train_rows.len(),
+        train_tokens,
+    };
+    let resumed_from = train::resume_dir(plan, &output_dir)?;
+    if let Some(dir) = &resumed_from {
+        let saved = checkpoint::read_state(dir)?;
+        if (saved.train_rows, saved.train_tokens, saved.seed) != (state.train_rows, state.train_tokens, state.seed) {
+            return Err(format!(
+                "{}: made on other data or seed ({} rows / {} tokens / seed {}; now {} / {} / {}); resume needs the same",
+                dir.display(),
+                saved.train_rows,
+                saved.train_tokens,
+                saved.seed,
+                state.train_rows,
+                state.train_tokens,
+                state.seed
+            ));
+        }
+        let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
+        adapter::load_trainable(&model, &weights)?;
+        optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
+        state = saved;
+        tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+    }
+    let mut log = metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?;
+
+    let progress = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(steps.total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:32} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(state.global_step);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let looper = train::Loop {
+        plan,
+        model: &model,
+        base_dir: &base_dir,
+        output_dir: &output_dir,
+        train: &train_rows,
+        validation: &validation_rows,
+        pad_id: tok.pad(),
+        progress: &progress,
+        stop_after: opts.stop_after,
+    };
+    let eval_loss_before = if state.global_step == 0 { looper.evaluate() } else { None };
+    if let Some(l) = eval_loss_before {
+        log.write(&serde_json::json!({"step": 0, "eval_loss": l, "eval_perplexity": l.exp()}))?;
+    }
+    let outcome = catch_torch_errors(plan, || looper.run(&mut optimizer, state.clone(), &mut log))?;
+    progress.finish_and_clear();
+
+    let mut outputs = vec![log.path().to_path_buf()];
+    if !outcome.interrupted {
+        checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
+        outputs.push(checkpoint::weights_file(&output_dir));
+    }
+    let records = metrics::read(log.path());
+    let svg = metrics::loss_curve_svg(&records, &format!("{} — {}", plan.recipe, plan.model.name));
+    let curve = output_dir.join("loss_curve.svg");
+    crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
+    outputs.push(curve);
+
+    let sample = if opts.sample_tokens > 0 && !outcome.interrupted {
+        prepared.validation.first().or(prepared.train.first()).map(|s| {
+            let prompt: Vec<i64> = s.input_ids.iter().take(16).copied().collect();
+            let seed = t.seed;
+            let ids = generate(
+                &model,
+                &prompt,
+                tok.eos(),
+                Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed },
+            );
+            (tok.decode(&prompt), tok.decode(&ids))
+        })
+    } else {
+        None
+    };
+    Ok(RunReport {
+        output_dir,
+        device: format!("{device:?}"),
+        compute: format!("{kind:?}"),
+        steps_done: outcome.steps_done,
+        total_steps: steps.total,
+        data: prepared.report,
+        train_rows: train_rows.len(),
+        validation_rows: validation_rows.len(),
+        packing_efficiency,
+        eval_loss_before,
+        eval_loss_after: outcome.last_eval_loss,
+        tokens_per_second: outcome.tokens_per_second,
+        sample,
+        stopped_early: outcome.stopped_early,
+        interrupted: outcome.interrupted,
+        resumed_from,
+        outputs,
+    })
+}
+
+/// tch's tensor operations panic on libtorch errors; turn those into messages, and CUDA
+/// out-of-memory into one with the plan's estimate and what would help.
+fn catch_torch_errors<T>(plan: &Plan, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            let first = text.lines().next().unwrap_or_default().to_string();
+            if text.contains("out of memory") {
+                let m = &plan.memory;
+                let hints = if m.suggestions.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " Changes that would help: {}.",
+                        m.suggestions
+                            .iter()
+                            .map(|s| format!("{} ({})", s.change, crate::plan::bytes(s.total_bytes)))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                };
+                Err(format!(
+                    "CUDA ran out of memory ({first}). The plan estimated {} per GPU.{hints}",
+                    crate::plan::bytes(m.total_bytes)
+                ))
+            } else {
+                Err(format!("libtorch failed: {first}"))
+            }
+        }
+    }
+}
+
+/// Installs Ctrl-C / SIGTERM handlers: the first asks the loop to save and stop, a second one
+/// ends the process at once.
+pub fn install_stop_handler() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        train::STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: restoring the default disposition is async-signal-safe.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic and calls signal(2).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// A trained model ready for sampling or merging: the base with the adapter of an output folder
+/// (or the full model folder itself).
+pub struct Loaded {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub base_dir: PathBuf,
+}
+
+/// Loads `dir` (an output folder or checkpoint: a peft adapter, or a Hugging Face model folder);
+/// `base_dir` is where the base model of an adapter lives.
+pub fn load_trained(dir: &Path, base_dir: Option<&Path>, device: Device) -> Result<Loaded, String> {
+    let read_arch = |d: &Path| crate::plan::model::local_architecture(d).map_err(|e| format!("{}: {e}", d.display()));
+    let opts = |trainable| LoadOptions { device, base_kind: Kind::Float, trainable };
+    if dir.join("adapter_config.json").is_file() {
+        let cfg = adapter::read_config(dir)?;
+        let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
+        let arch = read_arch(&base)?;
+        let model = CausalLm::load(&arch, &Checkpoint::open(&base)?, &opts(cfg.trainable))?;
+        let weights = Checkpoint::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
+        adapter::load_trainable(&model, &weights)?;
+        let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
+        Ok(Loaded { model, tokenizer: Tokenizer::load(&tok_dir)?, base_dir: base })
+    } else {
+        let arch = read_arch(dir)?;
+        let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts(Trainable::Nothing))?;
+        Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf() })
+    }
+}
+
+/// Folds a LoRA adapter into its base and writes a Hugging Face model folder.
+pub fn merge(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let params = loaded.model.merged_params();
+    let untie = params.iter().any(|p| p.name == "lm_head.weight") && loaded.model.arch.tie_word_embeddings;
+    let tensors: Vec<(String, tch::Tensor)> = params.into_iter().map(|p| (p.name, p.tensor)).collect();
+    let file = out.join("model.safetensors");
+    crate::model::weights::save(&file, &tensors)?;
+    checkpoint::write_model_config(out, &loaded.base_dir, untie)?;
+    checkpoint::copy_side_files(&loaded.base_dir, out)?;
+    Ok(vec![file, out.join("config.json")])
 }

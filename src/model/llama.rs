@@ -68,6 +68,9 @@ pub struct CausalLm {
     pub trainable: Trainable,
     rope: Rope,
     pub device: Device,
+    /// Kind of the matmuls and attention: fp32, or bf16 for mixed precision. As under torch
+    /// autocast, the residual stream, norms and loss stay fp32 and trainable masters are fp32.
+    pub compute_kind: Kind,
 }
 
 /// Inputs of one forward pass, all [B, T] int64 on the model's device.
@@ -169,6 +172,7 @@ impl CausalLm {
             embed_tokens_trained,
             trainable: opts.trainable.clone(),
             device,
+            compute_kind: Kind::Float,
         })
     }
 
@@ -198,7 +202,8 @@ impl CausalLm {
         let a = &self.arch;
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (a.num_attention_heads as i64, a.num_key_value_heads as i64, a.head_dim as i64);
-        let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps);
+        let ck = self.compute_kind;
+        let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps).to_kind(ck);
         let at = &layer.self_attn;
         let q = at.q_proj.forward(&h, train).view([b, t, nh, hd]).transpose(1, 2);
         let k = at.k_proj.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
@@ -209,7 +214,7 @@ impl CausalLm {
         let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None::<f64>, nh != nkv);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train);
-        let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps);
+        let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
         let m = &layer.mlp;
         let act = m.gate_proj.forward(&h, train).silu() * m.up_proj.forward(&h, train);
         x + m.down_proj.forward(&act, train)
@@ -229,13 +234,13 @@ impl CausalLm {
     /// Logits [B, T, V] in fp32.
     pub fn logits(&self, inputs: &Inputs) -> Tensor {
         let h = self.hidden_states(inputs, false);
-        self.lm_head.forward(&h, false).to_kind(Kind::Float)
+        self.lm_head.forward(&h.to_kind(self.compute_kind), false).to_kind(Kind::Float)
     }
 
     /// Summed next-token cross-entropy over labels != -100 (labels aligned with input_ids, shifted
     /// here as transformers does) and the count of predicted tokens.
     pub fn loss_sum(&self, hidden: &Tensor, labels: &Tensor) -> Tensor {
-        let logits = self.lm_head.forward(hidden, true).to_kind(Kind::Float);
+        let logits = self.lm_head.forward(&hidden.to_kind(self.compute_kind), true).to_kind(Kind::Float);
         let t = logits.size()[1];
         let v = logits.size()[2];
         let shifted = logits.narrow(1, 0, t - 1).reshape([-1, v]);

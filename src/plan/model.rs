@@ -138,8 +138,7 @@ fn offline() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-/// Downloads config.json alone into the Hugging Face cache (HF_ENDPOINT and HF_TOKEN honoured).
-fn download_config(id: &str, revision: Option<&str>) -> Result<(PathBuf, String), String> {
+fn hub_api() -> Result<hf_hub::api::sync::Api, String> {
     let cache = hub_cache().ok_or("no Hugging Face cache folder (set HF_HOME)")?;
     let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
@@ -148,10 +147,67 @@ fn download_config(id: &str, revision: Option<&str>) -> Result<(PathBuf, String)
     if let Ok(token) = std::env::var("HF_TOKEN") {
         builder = builder.with_token(Some(token));
     }
-    let api = builder.build().map_err(|e| e.to_string())?;
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Downloads config.json alone into the Hugging Face cache (HF_ENDPOINT and HF_TOKEN honoured).
+fn download_config(id: &str, revision: Option<&str>) -> Result<(PathBuf, String), String> {
+    let api = hub_api()?;
     let file = api.repo(hub_repo(id, revision)).get("config.json").map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((file, text))
+}
+
+/// The folder holding a model's files for the executor: the local folder, or the Hugging Face
+/// cache snapshot after fetching config.json, the tokenizer files and the safetensors weights
+/// (sharded through the index) at the pinned revision. Honours HF_HUB_OFFLINE (cache only).
+pub fn model_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
+    if let Some(dir) = &plan.local_dir {
+        return Ok(PathBuf::from(dir));
+    }
+    let id = &plan.name;
+    let repo = hub_repo(id, plan.revision.as_deref());
+    let fetch = |name: &str, required: bool| -> Result<Option<PathBuf>, String> {
+        if let Some(p) = hub_cache().and_then(|c| c.repo(repo.clone()).get(name)) {
+            return Ok(Some(p));
+        }
+        if offline() {
+            return if required {
+                Err(format!("{id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"))
+            } else {
+                Ok(None)
+            };
+        }
+        match hub_api()?.repo(repo.clone()).get(name) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if required => Err(format!("{id}: cannot fetch {name}: {e}")),
+            Err(_) => Ok(None),
+        }
+    };
+    let config = fetch("config.json", true)?.ok_or("config.json")?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        fetch(name, false)?;
+    }
+    match fetch("model.safetensors.index.json", false)? {
+        Some(index) => {
+            let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+            let shards: std::collections::BTreeSet<&str> = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, f)| f.as_str())
+                .collect();
+            for shard in shards {
+                fetch(shard, true)?;
+            }
+        }
+        None => {
+            fetch("model.safetensors", true)?;
+        }
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// For tests and tools: the architecture of a built-in model.

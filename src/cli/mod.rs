@@ -1,7 +1,11 @@
-//! The command line: `recipe validate | plan | schema | presets | env`.
+//! The command line: `recipe validate | plan | schema | presets`, and with the executor
+//! `env | run | generate | merge` (in `run`).
 //!
 //! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
 //! I/O errors (a path that cannot be read, a directory with no recipes).
+
+#[cfg(feature = "exec")]
+mod run;
 
 use crate::config::schema;
 use crate::recipe::{self, diagnostic, presets};
@@ -61,6 +65,47 @@ enum Command {
     /// Report the libtorch build and the devices it sees.
     #[cfg(feature = "exec")]
     Env,
+    /// Train as the recipe says: validate, plan, load, train, evaluate, save.
+    #[cfg(feature = "exec")]
+    Run {
+        recipe: PathBuf,
+        /// auto (CUDA when present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Stop after N optimizer steps, saving a checkpoint as Ctrl-C does.
+        #[arg(long)]
+        stop_after: Option<u64>,
+    },
+    /// Sample from a trained model: a recipe (its output_dir) or an output/checkpoint folder.
+    #[cfg(feature = "exec")]
+    Generate {
+        target: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Fold a LoRA adapter into its base and write a Hugging Face model folder.
+    #[cfg(feature = "exec")]
+    Merge {
+        /// A recipe (its output_dir) or an adapter folder.
+        target: PathBuf,
+        /// Where to write the merged model (default: OUTPUT_DIR/merged).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,7 +144,41 @@ pub fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
             ExitCode::SUCCESS
         }
+        #[cfg(feature = "exec")]
+        Command::Run { recipe, device, no_progress, stop_after } => {
+            run::train(&recipe, &cli.set, &device, !no_progress, stop_after)
+        }
+        #[cfg(feature = "exec")]
+        Command::Generate { target, prompt, max_new_tokens, temperature, top_p, seed, device } => {
+            let sampling = crate::model::generate::Sampling { temperature, top_p, max_new_tokens, seed };
+            run::generate(&target, &cli.set, &prompt, sampling, &device)
+        }
+        #[cfg(feature = "exec")]
+        Command::Merge { target, output } => run::merge(&target, &cli.set, output.as_deref()),
     }
+}
+
+/// Loads and compiles a recipe, printing its diagnostics; the exit code on failure.
+fn compile_recipe(
+    path: &Path,
+    overrides: &[String],
+    options: crate::plan::PlanOptions,
+) -> Result<crate::plan::Plan, ExitCode> {
+    let loaded = recipe::load(path, overrides);
+    let styled = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if !loaded.diagnostics.is_empty() {
+        eprint!("{}", diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled));
+    }
+    if loaded.usage_failed() {
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    if loaded.has_errors() {
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    crate::plan::compile(&loaded, options).map_err(|message| {
+        eprintln!("{}: error[plan]: {message}", path.display());
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
 /// Expands directories into their recipe files (sorted, recursive).
@@ -243,18 +322,7 @@ fn world(nproc_per_node: Option<u64>, nnodes: Option<u64>) -> (u64, u64) {
 }
 
 fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, json: bool) -> ExitCode {
-    let loaded = recipe::load(path, overrides);
-    let styled = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    if !loaded.diagnostics.is_empty() {
-        eprint!("{}", diagnostic::render_text(&loaded.diagnostics, &loaded.sources, styled));
-    }
-    if loaded.usage_failed() {
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if loaded.has_errors() {
-        return ExitCode::from(EXIT_INVALID);
-    }
-    match crate::plan::compile(&loaded, options) {
+    match compile_recipe(path, overrides, options) {
         Ok(plan) if json => {
             println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
             ExitCode::SUCCESS
@@ -263,10 +331,7 @@ fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, js
             print!("{}", crate::plan::render_text(&plan));
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("{}: error[plan]: {message}", path.display());
-            ExitCode::from(EXIT_INVALID)
-        }
+        Err(code) => code,
     }
 }
 

@@ -1,0 +1,188 @@
+//! `recipe run`, `recipe generate`, `recipe merge`: the executor's commands and what they print.
+
+use super::{EXIT_INVALID, EXIT_USAGE, compile_recipe};
+use crate::exec::{self, RunOptions};
+use crate::model::generate::{Sampling, generate as sample};
+use crate::plan::{Plan, PlanOptions};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RECIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn device(text: &str) -> Result<tch::Device, ExitCode> {
+    exec::parse_device(text).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+pub fn train(
+    recipe: &Path,
+    overrides: &[String],
+    device_name: &str,
+    progress: bool,
+    stop_after: Option<u64>,
+) -> ExitCode {
+    init_logging();
+    let plan = match compile_recipe(recipe, overrides, PlanOptions::default()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let device = match device(device_name) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    exec::install_stop_handler();
+    let m = &plan.model;
+    eprintln!(
+        "recipe run {}: {} ({} parameters, {} trainable by {}), {} steps planned",
+        recipe.display(),
+        m.name,
+        crate::plan::group(m.parameters.total),
+        crate::plan::group(plan.adapter.trainable_parameters),
+        plan.adapter.method,
+        plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
+    );
+    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48 };
+    match exec::run(&plan, &opts) {
+        Ok(r) => {
+            report(&plan, &r);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{}: error[run]: {message}", recipe.display());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn report(plan: &Plan, r: &exec::RunReport) {
+    println!("device     {} (compute {})", r.device, r.compute);
+    for line in &r.data {
+        println!("data       {line}");
+    }
+    println!(
+        "rows       {} training, {} validation (sequence_len {}, packing {}, efficiency {:.1}%)",
+        r.train_rows,
+        r.validation_rows,
+        plan.batch.sequence_len,
+        plan.batch.sample_packing,
+        100.0 * r.packing_efficiency
+    );
+    if let Some(dir) = &r.resumed_from {
+        println!("resumed    from {}", dir.display());
+    }
+    println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
+    let fmt = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4} (perplexity {:.2})", l.exp()));
+    println!("val loss   before {}  after {}", fmt(r.eval_loss_before), fmt(r.eval_loss_after));
+    if let Some(reason) = &r.stopped_early {
+        println!("stopped    early: {reason}");
+    }
+    if r.interrupted {
+        println!(
+            "stopped    at step {} after saving a checkpoint; run again with --set resume_from_checkpoint=true to go on",
+            r.steps_done
+        );
+    }
+    if let Some((prompt, text)) = &r.sample {
+        println!("sample     {prompt:?} → {text:?}");
+    }
+    println!("outputs    {}", r.output_dir.display());
+    for p in &r.outputs {
+        println!("           {}", p.display());
+    }
+}
+
+/// A recipe (YAML) gives its output_dir and base model; a folder is an output or checkpoint.
+fn resolve_target(target: &Path, overrides: &[String]) -> Result<(PathBuf, Option<PathBuf>, Option<Plan>), ExitCode> {
+    let is_recipe = matches!(target.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    if !is_recipe {
+        return Ok((target.to_path_buf(), None, None));
+    }
+    let plan = compile_recipe(target, overrides, PlanOptions::default())?;
+    let base = crate::plan::model::model_folder(&plan.model).map_err(|e| {
+        eprintln!("{}: error: {e}", target.display());
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    Ok((PathBuf::from(&plan.training.output_dir), Some(base), Some(plan)))
+}
+
+pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sampling, device_name: &str) -> ExitCode {
+    let (dir, base, plan) = match resolve_target(target, overrides) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    if let Some(t) = plan.as_ref().and_then(|p| p.chat_template.as_ref()) {
+        eprintln!(
+            "{}: error: the recipe uses chat template `{}`; rendering chat templates arrives with the data \
+             pipeline, so pass an output folder and a raw prompt for now",
+            target.display(),
+            t.name
+        );
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let device = match device(device_name) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let loaded = match exec::load_trained(&dir, base.as_deref(), device) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{}: error: {e}", dir.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let tok = &loaded.tokenizer;
+    let mut ids: Vec<i64> = tok.bos().into_iter().collect();
+    match tok.encode(prompt) {
+        Ok(p) => ids.extend(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    }
+    let out = sample(&loaded.model, &ids, tok.eos(), sampling);
+    println!("{prompt}{}", tok.decode(&out));
+    ExitCode::SUCCESS
+}
+
+pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> ExitCode {
+    let (dir, base, _) = match resolve_target(target, overrides) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    if !dir.join("adapter_config.json").is_file() {
+        eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let loaded = match exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{}: error: {e}", dir.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let out = output.map(Path::to_path_buf).unwrap_or_else(|| dir.join("merged"));
+    match exec::merge(&loaded, &out) {
+        Ok(files) => {
+            println!("merged {} into {}", dir.display(), out.display());
+            for f in files {
+                println!("       {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Samples into rows, rows into batches. With `sample_packing`, samples are packed into
+//! sequence_len rows by first-fit-decreasing; each keeps its own position ids (restarting at 0)
+//! and a segment id, from which the model builds a block-diagonal causal mask, and the label of each
+//! sample's first token is -100, so no sample learns from its neighbour. Without packing, a row is
+//! one sample. Batches are padded on the right with labels -100.
+
+use super::{IGNORE, Sample};
+
+/// One row of a batch, before padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub input_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub position_ids: Vec<i64>,
+    /// 1, 2, ... per packed sample.
+    pub segment_ids: Vec<i64>,
+}
+
+impl Row {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Tokens whose next-token prediction carries a loss.
+    pub fn trained_tokens(&self) -> usize {
+        self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
+    }
+}
+
+/// Packs samples into rows of at most `capacity` tokens (first-fit-decreasing). Samples longer
+/// than `capacity` must have been split or truncated before.
+pub fn pack(samples: &[Sample], capacity: usize) -> Vec<Row> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(samples[i].input_ids.len()), i));
+    let mut bins: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        let len = samples[i].input_ids.len().min(capacity);
+        match bins.iter_mut().find(|(used, _)| used + len <= capacity) {
+            Some((used, members)) => {
+                *used += len;
+                members.push(i);
+            }
+            None => bins.push((len, vec![i])),
+        }
+    }
+    bins.into_iter().map(|(_, members)| join(members.iter().map(|&i| &samples[i]), capacity)).collect()
+}
+
+/// One row per sample.
+pub fn unpacked(samples: &[Sample], capacity: usize) -> Vec<Row> {
+    samples.iter().map(|s| join(std::iter::once(s), capacity)).collect()
+}
+
+fn join<'a>(samples: impl Iterator<Item = &'a Sample>, capacity: usize) -> Row {
+    let mut row = Row { input_ids: Vec::new(), labels: Vec::new(), position_ids: Vec::new(), segment_ids: Vec::new() };
+    for (seg, s) in samples.enumerate() {
+        let n = s.input_ids.len().min(capacity - row.len());
+        let start = row.len();
+        row.input_ids.extend(&s.input_ids[..n]);
+        row.labels.extend(&s.labels[..n]);
+        row.labels[start] = IGNORE;
+        row.position_ids.extend(0..n as i64);
+        row.segment_ids.extend(std::iter::repeat_n(seg as i64 + 1, n));
+    }
+    row
+}
+
+/// Real tokens / slots of the rows once padded to `capacity`.
+pub fn efficiency(rows: &[Row], capacity: usize) -> f64 {
+    let real: usize = rows.iter().map(Row::len).sum();
+    real as f64 / (rows.len() * capacity).max(1) as f64
+}
+
+/// A padded batch on the host, row-major [rows, len].
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    pub rows: usize,
+    pub len: usize,
+    pub input_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub position_ids: Vec<i64>,
+    /// Present when some row holds more than one sample.
+    pub segment_ids: Option<Vec<i64>>,
+    pub trained_tokens: usize,
+    pub real_tokens: usize,
+}
+
+/// Pads rows to the longest of them (or to `pad_to`) with `pad_id`, labels -100, segment 0.
+pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
+    let len = pad_to.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(1)).max(1);
+    let packed = rows.iter().any(|r| r.segment_ids.last().is_some_and(|&s| s > 1));
+    let mut b = HostBatch {
+        rows: rows.len(),
+        len,
+        input_ids: Vec::with_capacity(rows.len() * len),
+        labels: Vec::with_capacity(rows.len() * len),
+        position_ids: Vec::with_capacity(rows.len() * len),
+        segment_ids: packed.then(|| Vec::with_capacity(rows.len() * len)),
+        trained_tokens: rows.iter().map(|r| r.trained_tokens()).sum(),
+        real_tokens: rows.iter().map(|r| r.len()).sum(),
+    };
+    for r in rows {
+        let pad = len - r.len();
+        b.input_ids.extend(&r.input_ids);
+        b.input_ids.extend(std::iter::repeat_n(pad_id, pad));
+        b.labels.extend(&r.labels);
+        b.labels.extend(std::iter::repeat_n(IGNORE, pad));
+        b.position_ids.extend(&r.position_ids);
+        b.position_ids.extend(0..pad as i64);
+        if let Some(seg) = &mut b.segment_ids {
+            seg.extend(&r.segment_ids);
+            seg.extend(std::iter::repeat_n(0, pad));
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, first: i64) -> Sample {
+        let ids: Vec<i64> = (0..n as i64).map(|i| first + i).collect();
+        Sample { input_ids: ids.clone(), labels: ids }
+    }
+
+    #[test]
+    fn first_fit_decreasing_fills_rows_and_isolates_samples() {
+        let samples = vec![sample(6, 100), sample(3, 200), sample(4, 300), sample(2, 400)];
+        let rows = pack(&samples, 8);
+        assert_eq!(rows.len(), 2);
+        // 6 + 2 in the first row, 4 + 3 in the second.
+        assert_eq!(rows[0].input_ids, vec![100, 101, 102, 103, 104, 105, 400, 401]);
+        assert_eq!(rows[0].position_ids, vec![0, 1, 2, 3, 4, 5, 0, 1]);
+        assert_eq!(rows[0].segment_ids, vec![1, 1, 1, 1, 1, 1, 2, 2]);
+        assert_eq!(rows[0].labels[6], IGNORE);
+        assert_eq!(rows[1].len(), 7);
+        assert!((efficiency(&rows, 8) - 15.0 / 16.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn collate_pads_right_with_ignored_labels() {
+        let rows = unpacked(&[sample(3, 10), sample(1, 20)], 8);
+        let b = collate(&[&rows[0], &rows[1]], 0, None);
+        assert_eq!((b.rows, b.len), (2, 3));
+        assert_eq!(b.input_ids, vec![10, 11, 12, 20, 0, 0]);
+        assert_eq!(b.labels, vec![IGNORE, 11, 12, IGNORE, IGNORE, IGNORE]);
+        assert!(b.segment_ids.is_none());
+        assert_eq!(b.trained_tokens, 2);
+    }
+}

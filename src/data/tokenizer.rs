@@ -1,0 +1,65 @@
+//! The model's tokenizer: `tokenizer.json` through the `tokenizers` crate, with the special tokens
+//! and `add_bos_token` / `add_eos_token` of `tokenizer_config.json`. Encoding never adds special
+//! tokens by itself; the formats add BOS/EOS explicitly, so every sample shows what it holds.
+
+use std::path::Path;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<i64>,
+    eos: Option<i64>,
+    pad: i64,
+    add_bos: bool,
+}
+
+impl Tokenizer {
+    pub fn load(dir: &Path) -> Result<Tokenizer, String> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", config_path.display()))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A special token is a string, or {"content": ...} in older tokenizer_config.json files.
+        let token = |k: &str| -> Option<i64> {
+            let v = config.get(k)?;
+            let text = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            inner.token_to_id(text).map(i64::from)
+        };
+        let bos = token("bos_token");
+        let eos = token("eos_token");
+        let pad = token("pad_token").or(eos).unwrap_or(0);
+        // transformers' default for Llama tokenizers is to add BOS.
+        let add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos.is_some());
+        Ok(Tokenizer { inner, bos, eos, pad, add_bos })
+    }
+
+    /// Token ids of `text`, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, String> {
+        let enc = self.inner.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner.decode(&ids, true).unwrap_or_default()
+    }
+
+    /// BOS when the tokenizer adds one.
+    pub fn bos(&self) -> Option<i64> {
+        self.bos.filter(|_| self.add_bos)
+    }
+
+    pub fn eos(&self) -> Option<i64> {
+        self.eos
+    }
+
+    pub fn pad(&self) -> i64 {
+        self.pad
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

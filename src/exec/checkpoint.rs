@@ -1,0 +1,162 @@
+//! Checkpoints and final outputs. A checkpoint folder `checkpoint-STEP` holds the trainable
+//! weights in the format the ecosystem loads (peft adapter, or a Hugging Face model folder), the
+//! optimizer state and `trainer_state.json` (step, early-stopping state, data fingerprint). It is
+//! written under a temporary name and renamed, so a crash or a full disk never leaves a half
+//! checkpoint that resume would pick up; older ones beyond save_total_limit are removed after.
+
+use crate::model::adapter;
+use crate::model::llama::{CausalLm, Trainable};
+use crate::model::weights;
+use crate::plan::Plan;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub global_step: u64,
+    pub total_steps: u64,
+    pub best_eval_loss: Option<f64>,
+    pub evals_without_improvement: u32,
+    pub seed: u64,
+    /// Training rows and their token count: resume refuses a checkpoint made on other data.
+    pub train_rows: usize,
+    pub train_tokens: usize,
+}
+
+/// Tokenizer and generation files copied next to saved weights.
+const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+];
+
+/// Writes the model's weights as peft or transformers would: adapter_model.safetensors +
+/// adapter_config.json for LoRA, model.safetensors + config.json for full fine-tuning; plus the
+/// tokenizer files.
+pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path) -> Result<(), String> {
+    match &model.trainable {
+        Trainable::Lora { .. } => {
+            let tensors: Vec<(String, Tensor)> =
+                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter)?;
+        }
+        Trainable::Everything | Trainable::Nothing => {
+            let tensors: Vec<(String, Tensor)> =
+                model.base_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            weights::save(&dir.join("model.safetensors"), &tensors)?;
+            write_model_config(dir, base_dir, false)?;
+        }
+    }
+    copy_side_files(base_dir, dir)
+}
+
+/// Copies config.json from the base, recording fp32 weights (and untying the head when the merged
+/// model has its own).
+pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool) -> Result<(), String> {
+    let src = base_dir.join("config.json");
+    let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("torch_dtype");
+        o.insert("dtype".into(), "float32".into());
+        o.remove("quantization_config");
+        if untie {
+            o.insert("tie_word_embeddings".into(), false.into());
+        }
+    }
+    let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())? + "\n";
+    weights::write_atomic(&dir.join("config.json"), text.as_bytes())
+}
+
+pub fn copy_side_files(from: &Path, to: &Path) -> Result<(), String> {
+    for name in SIDE_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(|e| format!("{}: {e}", to.join(name).display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What adapter_config.json names as the base: the hub id, or the local folder.
+fn base_name(plan: &Plan, base_dir: &Path) -> String {
+    if plan.model.source_kind == "local" {
+        std::fs::canonicalize(base_dir).unwrap_or(base_dir.to_path_buf()).display().to_string()
+    } else {
+        plan.model.name.clone()
+    }
+}
+
+/// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`.
+pub fn save(
+    output_dir: &Path,
+    model: &CausalLm,
+    optimizer_state: &[(String, Tensor)],
+    state: &TrainerState,
+    plan: &Plan,
+    base_dir: &Path,
+    keep: Option<u32>,
+) -> Result<PathBuf, String> {
+    let name = format!("checkpoint-{}", state.global_step);
+    let final_dir = output_dir.join(&name);
+    let tmp = output_dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        write_weights(&tmp, model, plan, base_dir)?;
+        weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
+        let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
+        weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir).map_err(|e| format!("{}: {e}", final_dir.display()))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let kept = latest(output_dir).map_or("none".into(), |p| p.display().to_string());
+        return Err(format!("saving {name} failed ({e}); the last complete checkpoint is kept: {kept}"));
+    }
+    if let Some(keep) = keep {
+        let mut all = list(output_dir);
+        while all.len() > keep.max(1) as usize {
+            let (_, oldest) = all.remove(0);
+            let _ = std::fs::remove_dir_all(oldest);
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Complete checkpoints in `output_dir`, oldest first.
+pub fn list(output_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(output_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join("trainer_state.json").is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub fn latest(output_dir: &Path) -> Option<PathBuf> {
+    list(output_dir).pop().map(|(_, p)| p)
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainerState, String> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The trainable-weights file of a checkpoint or output folder.
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let adapter = dir.join("adapter_model.safetensors");
+    if adapter.is_file() { adapter } else { dir.join("model.safetensors") }
+}

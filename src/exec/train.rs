@@ -1,0 +1,333 @@
+//! The training loop: micro-batches with gradient accumulation (the loss divided by the label
+//! count of the whole accumulated batch, so accumulation equals one big batch), clipping, AdamW
+//! with the plan's schedule, evaluation and early stopping, checkpoints and exact resume.
+//!
+//! No host-device sync per step: per-step loss and gradient norm stay on the device and are read
+//! in one go at logging steps (and before a checkpoint, so a non-finite loss is never saved).
+//! Randomness is a pure function of (seed, step, micro-batch, layer) and the data order of (seed,
+//! epoch), so a resumed run repeats the uninterrupted one exactly.
+
+use super::checkpoint::{self, TrainerState};
+use super::metrics::MetricsLog;
+use super::optimizer::AdamW;
+use crate::data::packing::{HostBatch, Row, collate};
+use crate::model::llama::{CausalLm, Inputs, Trainable};
+use crate::plan::Plan;
+use crate::plan::schedule::learning_rate_at;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Set by Ctrl-C / SIGTERM: the loop saves a checkpoint and stops cleanly.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+pub struct Loop<'a> {
+    pub plan: &'a Plan,
+    pub model: &'a CausalLm,
+    pub base_dir: &'a Path,
+    pub output_dir: &'a Path,
+    pub train: &'a [Row],
+    pub validation: &'a [Row],
+    pub pad_id: i64,
+    pub progress: &'a indicatif::ProgressBar,
+    /// Stop (as if killed) after this many optimizer steps; for tests of resume.
+    pub stop_after: Option<u64>,
+}
+
+/// Step counts the loop follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Steps {
+    pub per_epoch: u64,
+    pub total: u64,
+    pub warmup: u64,
+}
+
+pub fn steps(plan: &Plan, train_rows: usize) -> Steps {
+    let b = &plan.batch;
+    let per_step = (b.micro_batch_size * b.gradient_accumulation_steps) as usize;
+    let per_epoch = train_rows.div_ceil(per_step).max(1) as u64;
+    let t = &plan.training;
+    let total = t.max_steps.unwrap_or_else(|| ((t.num_epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as u64).max(1));
+    let warmup = b
+        .warmup_steps
+        .filter(|_| t.warmup_ratio.is_none())
+        .unwrap_or_else(|| t.warmup_ratio.map_or(0, |r| (r * total as f64).ceil() as u64));
+    Steps { per_epoch, total, warmup }
+}
+
+pub struct Outcome {
+    pub steps_done: u64,
+    pub stopped_early: Option<String>,
+    pub interrupted: bool,
+    pub last_eval_loss: Option<f64>,
+    pub tokens_per_second: f64,
+}
+
+/// A step's values still on the device.
+struct Pending {
+    step: u64,
+    loss: Tensor,
+    grad_norm: Tensor,
+    lr: f64,
+    tokens: usize,
+}
+
+impl Loop<'_> {
+    /// Rows of optimizer step `step` (0-based), one slice per micro-batch.
+    fn micro_batches(&self, step: u64, s: Steps, order: &mut (u64, Vec<usize>)) -> Vec<Vec<&Row>> {
+        let b = &self.plan.batch;
+        let (mbs, accum) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize);
+        let epoch = step / s.per_epoch;
+        if order.0 != epoch || order.1.is_empty() {
+            let mut idx: Vec<usize> = (0..self.train.len()).collect();
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(self.plan.training.seed ^ epoch.wrapping_mul(0x9E37_79B9));
+            idx.shuffle(&mut rng);
+            *order = (epoch, idx);
+        }
+        let start = ((step % s.per_epoch) as usize) * mbs * accum;
+        (0..accum)
+            .map(|j| {
+                let lo = (start + j * mbs).min(order.1.len());
+                let hi = (start + (j + 1) * mbs).min(order.1.len());
+                order.1[lo..hi].iter().map(|&i| &self.train[i]).collect::<Vec<_>>()
+            })
+            .filter(|m| !m.is_empty())
+            .collect()
+    }
+
+    fn tensors(&self, b: &HostBatch) -> (Tensor, Tensor, Tensor, Option<Tensor>) {
+        let dev = self.model.device;
+        let shape = [b.rows as i64, b.len as i64];
+        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(dev);
+        (t(&b.input_ids), t(&b.labels), t(&b.position_ids), b.segment_ids.as_deref().map(t))
+    }
+
+    fn pad_to(&self) -> Option<usize> {
+        self.plan.batch.sample_packing.then_some(self.plan.batch.sequence_len as usize)
+    }
+
+    /// Mean next-token loss over the validation rows.
+    pub fn evaluate(&self) -> Option<f64> {
+        if self.validation.is_empty() {
+            return None;
+        }
+        let _guard = tch::no_grad_guard();
+        let mbs = self.plan.batch.micro_batch_size as usize;
+        let mut total = Tensor::zeros([], (Kind::Float, self.model.device));
+        let mut count = 0usize;
+        for chunk in self.validation.chunks(mbs) {
+            let rows: Vec<&Row> = chunk.iter().collect();
+            let b = collate(&rows, self.pad_id, self.pad_to());
+            let (ids, labels, pos, seg) = self.tensors(&b);
+            let inputs = Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref() };
+            let h = self.model.hidden_states(&inputs, false);
+            total += self.model.loss_sum(&h, &labels);
+            count += b.trained_tokens;
+        }
+        Some(total.double_value(&[]) / count.max(1) as f64)
+    }
+
+    pub fn run(&self, optimizer: &mut AdamW, mut state: TrainerState, log: &mut MetricsLog) -> Result<Outcome, String> {
+        let plan = self.plan;
+        let t = &plan.training;
+        let s = Steps { total: state.total_steps, ..steps(plan, self.train.len()) };
+        let dropout = matches!(&self.model.trainable, Trainable::Lora { dropout, .. } if *dropout > 0.0);
+        let eval_every = t.eval.map(|e| e.interval(s.total, s.per_epoch));
+        let save_every = t.save.map(|e| e.interval(s.total, s.per_epoch));
+        let mut order = (u64::MAX, Vec::new());
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut window = (Instant::now(), 0usize);
+        let mut throughput = (0.0f64, 0usize);
+        let mut outcome = Outcome {
+            steps_done: state.global_step,
+            stopped_early: None,
+            interrupted: false,
+            last_eval_loss: None,
+            tokens_per_second: 0.0,
+        };
+        let seed = t.seed;
+        for step in state.global_step..s.total {
+            let lr = learning_rate_at(
+                plan.batch.lr_scheduler,
+                plan.batch.peak_learning_rate,
+                t.cosine_min_lr_ratio,
+                step,
+                s.warmup,
+                s.total,
+            );
+            let micro = self.micro_batches(step, s, &mut order);
+            let batches: Vec<HostBatch> = micro.iter().map(|rows| collate(rows, self.pad_id, self.pad_to())).collect();
+            let denominator = batches.iter().map(|b| b.trained_tokens).sum::<usize>();
+            if denominator == 0 {
+                return Err(format!(
+                    "step {}: the batch has no trained token (every label is -100); check the dataset's masking",
+                    step + 1
+                ));
+            }
+            let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
+            for (m, b) in batches.iter().enumerate() {
+                let (ids, labels, pos, seg) = self.tensors(b);
+                let inputs = Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref() };
+                let reseed = |layer: usize| {
+                    if dropout {
+                        tch::manual_seed(mix(seed, step, m as u64, layer as u64));
+                    }
+                };
+                loss += self.model.forward_backward(
+                    &inputs,
+                    &labels,
+                    denominator as f64,
+                    t.gradient_checkpointing,
+                    &reseed,
+                );
+            }
+            let grad_norm = optimizer.clip_grad_norm(t.max_grad_norm);
+            optimizer.step(lr);
+            optimizer.zero_grad();
+            let tokens = batches.iter().map(|b| b.real_tokens).sum::<usize>();
+            pending.push(Pending { step: step + 1, loss: loss / denominator as f64, grad_norm, lr, tokens });
+            state.global_step = step + 1;
+            outcome.steps_done = step + 1;
+            self.progress.inc(1);
+
+            let last = step + 1 == s.total;
+            let stop = STOP_REQUESTED.load(Ordering::Relaxed) || self.stop_after == Some(step + 1);
+            let save_now = save_every.is_some_and(|n| (step + 1) % n == 0) || (stop && save_every.is_some());
+            let eval_now = eval_every.is_some_and(|n| (step + 1) % n == 0) || (last && eval_every.is_some());
+            if (step + 1) % t.logging_steps == 0 || last || save_now || eval_now || stop {
+                let (n, secs) =
+                    (window.1 + pending.iter().map(|p| p.tokens).sum::<usize>(), window.0.elapsed().as_secs_f64());
+                let tps = n as f64 / secs.max(1e-9);
+                throughput = (throughput.0 + secs, throughput.1 + n);
+                self.flush(&mut pending, tps, log)?;
+                window = (Instant::now(), 0);
+            }
+            if eval_now {
+                let eval_loss = self.evaluate().unwrap_or(f64::NAN);
+                outcome.last_eval_loss = Some(eval_loss);
+                log.write(&json!({"step": step + 1, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp()}))?;
+                tracing::info!(
+                    step = step + 1,
+                    eval_loss = format!("{eval_loss:.4}"),
+                    perplexity = format!("{:.3}", eval_loss.exp()),
+                    "evaluation"
+                );
+                if state.best_eval_loss.is_none_or(|b| eval_loss < b) {
+                    state.best_eval_loss = Some(eval_loss);
+                    state.evals_without_improvement = 0;
+                } else {
+                    state.evals_without_improvement += 1;
+                }
+                if let Some(p) = t.early_stopping_patience
+                    && state.evals_without_improvement >= p
+                {
+                    outcome.stopped_early = Some(format!(
+                        "validation loss has not improved for {p} evaluations (best {:.4})",
+                        state.best_eval_loss.unwrap_or(f64::NAN)
+                    ));
+                }
+            }
+            if save_now {
+                let dir = checkpoint::save(
+                    self.output_dir,
+                    self.model,
+                    &optimizer.state(),
+                    &state,
+                    plan,
+                    self.base_dir,
+                    t.save_total_limit,
+                )?;
+                tracing::info!(step = step + 1, "saved {}", dir.display());
+            }
+            if stop {
+                outcome.interrupted = true;
+                break;
+            }
+            if outcome.stopped_early.is_some() {
+                break;
+            }
+        }
+        outcome.tokens_per_second = throughput.1 as f64 / throughput.0.max(1e-9);
+        Ok(outcome)
+    }
+
+    /// Reads the pending per-step values (one sync), stops on a non-finite loss, and logs.
+    fn flush(&self, pending: &mut Vec<Pending>, tokens_per_second: f64, log: &mut MetricsLog) -> Result<(), String> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let losses = Tensor::stack(&pending.iter().map(|p| p.loss.to_kind(Kind::Float)).collect::<Vec<_>>(), 0);
+        let norms =
+            Tensor::stack(&pending.iter().map(|p| p.grad_norm.to_device(self.model.device)).collect::<Vec<_>>(), 0);
+        let both = Tensor::stack(&[losses, norms], 0).to_device(Device::Cpu);
+        let values: Vec<f64> =
+            Vec::<f64>::try_from(both.to_kind(Kind::Double).flatten(0, -1)).map_err(|e| e.to_string())?;
+        let n = pending.len();
+        for (i, p) in pending.iter().enumerate() {
+            let (loss, grad_norm) = (values[i], values[n + i]);
+            if !loss.is_finite() {
+                let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
+                    format!("the last good checkpoint is {}", p.display())
+                });
+                return Err(format!(
+                    "the training loss became {loss} at step {}; stopped ({kept}). Lower learning_rate, set \
+                     max_grad_norm, or check the data",
+                    p.step
+                ));
+            }
+            log.write(&json!({
+                "step": p.step,
+                "loss": loss,
+                "lr": p.lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": tokens_per_second,
+            }))?;
+            if p.step % self.plan.training.logging_steps == 0 {
+                tracing::info!(
+                    step = p.step,
+                    loss = format!("{loss:.4}"),
+                    lr = format!("{:.3e}", p.lr),
+                    grad_norm = format!("{grad_norm:.3}"),
+                    tokens_per_s = format!("{tokens_per_second:.0}"),
+                    "train"
+                );
+            }
+            self.progress.set_message(format!("loss {loss:.4} lr {:.2e} {tokens_per_second:.0} tok/s", p.lr));
+        }
+        pending.clear();
+        Ok(())
+    }
+}
+
+/// A seed for (run seed, step, micro-batch, layer): splitmix64 of the combination.
+pub fn mix(seed: u64, step: u64, micro: u64, layer: u64) -> i64 {
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ micro.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ layer.wrapping_mul(0x94D0_49BB_1331_11EB);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// The checkpoint to resume from, if the recipe asks for one.
+pub fn resume_dir(plan: &Plan, output_dir: &Path) -> Result<Option<PathBuf>, String> {
+    use crate::config::logging::ResumeFrom;
+    match &plan.training.resume_from_checkpoint {
+        None | Some(ResumeFrom::Latest(false)) => Ok(None),
+        Some(ResumeFrom::Latest(true)) => Ok(checkpoint::latest(output_dir)),
+        Some(ResumeFrom::Path(p)) => {
+            let path = PathBuf::from(p);
+            if path.join("trainer_state.json").is_file() {
+                Ok(Some(path))
+            } else {
+                Err(format!("resume_from_checkpoint: {p} is not a checkpoint folder (no trainer_state.json)"))
+            }
+        }
+    }
+}
