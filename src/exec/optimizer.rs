@@ -98,6 +98,12 @@ impl AdamW {
         }
     }
 
+    /// True when every parameter is finite (one host sync).
+    pub fn params_finite(&self) -> bool {
+        let _guard = tch::no_grad_guard();
+        self.params.iter().all(|s| s.param.isfinite().all().int64_value(&[]) != 0)
+    }
+
     pub fn zero_grad(&mut self) {
         for s in &mut self.params {
             let mut g = s.param.grad();

@@ -233,6 +233,16 @@ impl Loop<'_> {
                 }
             }
             if save_now {
+                if !optimizer.params_finite() {
+                    let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
+                        format!("the last good checkpoint is {}", p.display())
+                    });
+                    return Err(format!(
+                        "the weights became non-finite at step {}; not saving them ({kept}). Lower learning_rate or \
+                         weight_decay, or set max_grad_norm",
+                        step + 1
+                    ));
+                }
                 let dir = checkpoint::save(
                     self.output_dir,
                     self.model,

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Developer-only: proves that the folders recipe writes load in the Python ecosystem
+(transformers, peft) and give the same logits recipe computed.
+
+What it reads (left by `cargo test --test outputs`, tests/outputs.rs), by default
+${CARGO_TARGET_DIR:-target}/tmp/outputs-check (a relative CARGO_TARGET_DIR is taken from
+the current directory, as cargo does; "target" from the repository root), or the folder
+given as the first argument:
+
+  DIR/lora/    a peft LoRA adapter: adapter_config.json (base_model_name_or_path is the
+               path of a local Hugging Face model folder, e.g. models/stories260k; a
+               relative one is tried from the current directory, then from the repository
+               root), adapter_model.safetensors, tokenizer files, recipe_logits.safetensors
+               (recipe's logits for base + adapter)
+  DIR/full/    a Hugging Face model folder after full fine-tuning: config.json,
+               model.safetensors, tokenizer files, recipe_logits.safetensors
+  DIR/merged/  a Hugging Face model folder written by `recipe merge` (adapter folded into
+               the base), tokenizer files, recipe_logits.safetensors holding recipe's logits
+               for base + adapter computed BEFORE merging
+
+  every recipe_logits.safetensors holds
+    input_ids  int64 [B, T]
+    logits     fp32  [B, T, V]
+
+Any of the three may be absent (skipped with a note); if none is there the script exits 2.
+
+What it checks, per case, on the CPU in float32, one thread, attn_implementation="eager",
+use_cache=False, torch.manual_seed(0), under torch.no_grad():
+  lora    base = AutoModelForCausalLM.from_pretrained(base_model_name_or_path),
+          model = PeftModel.from_pretrained(base, DIR/lora); the set of keys in
+          adapter_model.safetensors must equal the keys of get_peft_model_state_dict(model)
+          (no missing and no unexpected adapter tensors), every loaded tensor must equal
+          the file's exactly (the file's tensor cast to the loaded dtype, which peft may
+          upcast), and peft must raise no missing-keys warning.
+  full,   model = AutoModelForCausalLM.from_pretrained(DIR/case, output_loading_info=True);
+  merged  no missing, unexpected or mismatched keys.
+  all     AutoTokenizer.from_pretrained(DIR/case) must load (proves the folder carries its
+          tokenizer; len(tokenizer) is reported), logits = model(input_ids).logits must
+          have recipe's shape, and max |logits - recipe logits| must be < 1e-4 (NaN fails).
+
+Prints a table and writes a JSON report (pretty, sorted keys, trailing newline) to
+tests/golden/outputs_check.json (relative to the repository root), or to --report PATH:
+per case the max abs diff, shapes, the individual checks and a pass flag, per skipped case
+a note, and the transformers / peft / torch / safetensors versions. Nothing else is
+written. Exit status: 0 all present cases pass, 1 one fails, 2 no artifacts.
+
+How to run (from anywhere; versions pinned in scripts/reference/requirements.txt):
+
+  cargo test --test outputs
+  PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \\
+      python3 -S scripts/reference/check_outputs.py [DIR] [--report PATH]
+"""
+import os
+import sys
+
+sys.dont_write_bytecode = True  # write nothing but the report
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import peft  # noqa: E402
+import safetensors  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from peft import PeftModel, get_peft_model_state_dict  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+# peft 0.21 calls transformers' deprecated is_gradient_checkpointing; nothing to act on.
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
+CASES = ("lora", "full", "merged")
+TOL = 1e-4
+LOGITS_FILE = "recipe_logits.safetensors"
+
+
+def default_dir():
+    target = os.environ.get("CARGO_TARGET_DIR")
+    target = os.path.abspath(target) if target else os.path.join(ROOT, "target")
+    return os.path.join(target, "tmp", "outputs-check")
+
+
+def load_recipe_logits(case_dir):
+    t = load_file(os.path.join(case_dir, LOGITS_FILE))
+    for k in ("input_ids", "logits"):
+        if k not in t:
+            raise CheckError(f"{LOGITS_FILE} has no '{k}' (keys: {sorted(t)})")
+    ids, logits = t["input_ids"], t["logits"]
+    if ids.dtype != torch.int64 or ids.dim() != 2:
+        raise CheckError(f"input_ids must be int64 [B, T], got {ids.dtype} {list(ids.shape)}")
+    if logits.dtype != torch.float32 or logits.dim() != 3 or list(logits.shape[:2]) != list(ids.shape):
+        raise CheckError(f"logits must be float32 [B, T, V] matching input_ids {list(ids.shape)}, "
+                         f"got {logits.dtype} {list(logits.shape)}")
+    return ids, logits
+
+
+class CheckError(Exception):
+    pass
+
+
+def load_model(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                output_loading_info=True)
+
+
+def resolve_base(name):
+    if os.path.isabs(name):
+        return name
+    for start in (os.getcwd(), ROOT):
+        p = os.path.join(start, name)
+        if os.path.isdir(p):
+            return os.path.abspath(p)
+    raise CheckError(f"base_model_name_or_path {name!r} is not a folder here or under {ROOT}")
+
+
+def tokenizer_info(case_dir, rec):
+    tok = AutoTokenizer.from_pretrained(case_dir)
+    rec["tokenizer_class"] = type(tok).__name__
+    rec["tokenizer_len"] = len(tok)
+
+
+def check_lora(case_dir, rec):
+    with open(os.path.join(case_dir, "adapter_config.json")) as f:
+        acfg = json.load(f)
+    base_name = acfg.get("base_model_name_or_path")
+    if not base_name:
+        raise CheckError("adapter_config.json has no base_model_name_or_path")
+    rec["base_model"] = os.path.basename(os.path.normpath(base_name))
+    rec["base_model_path_is_absolute"] = os.path.isabs(base_name)
+    base, info = load_model(resolve_base(base_name))
+    base_issues = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
+                                                                  "mismatched_keys")}
+    if base_issues:
+        raise CheckError(f"base model loading: {base_issues}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base, case_dir)
+    peft_warnings = [str(w.message) for w in caught
+                     if "missing" in str(w.message).lower() or "unexpected" in str(w.message).lower()]
+    model.eval()
+
+    saved = load_file(os.path.join(case_dir, "adapter_model.safetensors"))
+    with warnings.catch_warnings():
+        # peft looks for the base config.json under the path as written (to see whether the
+        # vocabulary changed); a relative path it cannot find only draws this note.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        loaded = get_peft_model_state_dict(model)
+    missing = sorted(set(loaded) - set(saved))  # the model has them, the file does not
+    unexpected = sorted(set(saved) - set(loaded))  # the file has them, peft did not load them
+    differ = sorted(k for k in set(saved) & set(loaded)
+                    if loaded[k].shape != saved[k].shape
+                    or not torch.equal(loaded[k].detach().cpu(), saved[k].to(loaded[k].dtype)))
+    rec["adapter_tensors"] = len(saved)
+    rec["adapter_file_dtypes"] = sorted({str(t.dtype).replace("torch.", "") for t in saved.values()})
+    rec["adapter_missing_keys"] = missing
+    rec["adapter_unexpected_keys"] = unexpected
+    rec["adapter_values_differ"] = differ
+    rec["peft_warnings"] = peft_warnings
+    rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "modules_to_save")}
+    rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
+                                     if isinstance(acfg.get("target_modules"), list)
+                                     else acfg.get("target_modules"))
+    ok = not (missing or unexpected or differ or peft_warnings)
+    if not saved:
+        ok = False
+        rec["note"] = "adapter_model.safetensors is empty"
+    return model, ok
+
+
+def check_model(case_dir, rec):
+    model, info = load_model(case_dir)
+    model.eval()
+    for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        rec[k] = sorted(str(x) for x in info.get(k, []))
+    rec["model_type"] = model.config.model_type
+    rec["vocab_size"] = model.config.vocab_size
+    with open(os.path.join(case_dir, "config.json")) as f:
+        rec["config_tie_word_embeddings"] = json.load(f).get("tie_word_embeddings")
+    ok = not (rec["missing_keys"] or rec["unexpected_keys"] or rec["mismatched_keys"])
+    return model, ok
+
+
+def run_case(name, case_dir):
+    rec = {}
+    try:
+        ids, want = load_recipe_logits(case_dir)
+        rec["input_ids_shape"] = list(ids.shape)
+        rec["recipe_logits_shape"] = list(want.shape)
+        torch.manual_seed(0)
+        if name == "lora":
+            model, load_ok = check_lora(case_dir, rec)
+        else:
+            model, load_ok = check_model(case_dir, rec)
+        rec["load_ok"] = bool(load_ok)
+        try:
+            tokenizer_info(case_dir, rec)
+            rec["tokenizer_ok"] = True
+        except Exception as e:  # noqa: BLE001 (reported, and the logits are still compared)
+            rec["tokenizer_error"] = f"{type(e).__name__}: {e}"
+            rec["tokenizer_ok"] = False
+        with torch.no_grad():
+            got = model(input_ids=ids, use_cache=False).logits.float()
+        rec["logits_shape"] = list(got.shape)
+        if got.shape != want.shape:
+            raise CheckError(f"logits shape {list(got.shape)} != recipe's {list(want.shape)}")
+        diff = (got - want).abs().max().item()
+        # JSON has no NaN or Infinity: a non-finite difference is written as a string.
+        rec["max_abs_diff"] = diff if math.isfinite(diff) else str(diff)
+        rec["logits_ok"] = bool(math.isfinite(diff) and diff < TOL)
+        rec["pass"] = rec["logits_ok"] and rec["load_ok"] and rec["tokenizer_ok"]
+    except Exception as e:  # noqa: BLE001 (every failure is reported per case)
+        rec["error"] = f"{type(e).__name__}: {e}"
+        rec["pass"] = False
+        rec.setdefault("max_abs_diff", None)
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", nargs="?", default=None,
+                    help="artifacts folder (default ${CARGO_TARGET_DIR:-target}/tmp/outputs-check)")
+    ap.add_argument("--report", default=os.path.join(ROOT, REPORT),
+                    help=f"where to write the JSON report (default {REPORT} in the repository)")
+    args = ap.parse_args()
+    art = os.path.abspath(args.dir) if args.dir else default_dir()
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+
+    present = [c for c in CASES if os.path.isfile(os.path.join(art, c, LOGITS_FILE))]
+    if not present:
+        print(f"no artifacts under {art} (looked for {{{','.join(CASES)}}}/{LOGITS_FILE}); "
+              f"run `cargo test --test outputs` first", file=sys.stderr)
+        sys.exit(2)
+
+    cases, skipped = {}, {}
+    for c in CASES:
+        case_dir = os.path.join(art, c)
+        if c not in present:
+            why = "folder absent" if not os.path.isdir(case_dir) else f"no {LOGITS_FILE}"
+            skipped[c] = why
+            print(f"note: skipping {c}: {why} ({case_dir})")
+            continue
+        cases[c] = run_case(c, case_dir)
+
+    print(f"\n{'case':8s} {'max abs diff':>14s}  {'loads':5s}  {'tokenizer':9s}  result")
+    for c, rec in cases.items():
+        d = rec.get("max_abs_diff")
+        ds = "-" if d is None else (f"{d:.3e}" if isinstance(d, float) else d)
+        loads = "-" if "load_ok" not in rec else ("ok" if rec["load_ok"] else "BAD")
+        toks = "-" if "tokenizer_ok" not in rec else ("ok" if rec["tokenizer_ok"] else "BAD")
+        print(f"{c:8s} {ds:>14s}  {loads:5s}  {toks:9s}  {'pass' if rec['pass'] else 'FAIL'}")
+    for c, rec in cases.items():
+        for k in ("error", "tokenizer_error"):
+            if rec.get(k):
+                print(f"  {c}: {k}: {rec[k][:500]}")
+        for k in ("adapter_missing_keys", "adapter_unexpected_keys", "adapter_values_differ",
+                  "peft_warnings", "missing_keys", "unexpected_keys", "mismatched_keys"):
+            if rec.get(k):
+                print(f"  {c}: {k}: {rec[k]}")
+        if "tokenizer_len" in rec:
+            print(f"  {c}: tokenizer {rec['tokenizer_class']}, {rec['tokenizer_len']} tokens; "
+                  f"logits {rec['logits_shape']}")
+    versions = {"transformers": transformers.__version__, "peft": peft.__version__,
+                "torch": torch.__version__, "safetensors": safetensors.__version__}
+    print(f"tolerance {TOL:g}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+    all_pass = all(rec["pass"] for rec in cases.values())
+    report = {"cases": cases, "skipped": skipped, "tolerance": TOL, "versions": versions,
+              "pass": all_pass}
+    os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+    with open(args.report, "w") as f:
+        f.write(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    print(f"wrote {args.report}")
+    sys.exit(0 if all_pass else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+//! Outputs the ecosystem loads. Short LoRA and full fine-tunes of stories260k with the real
+//! binary, then: the adapter folder reloaded by recipe gives the logits the run ended with; `recipe
+//! merge` writes a Hugging Face folder whose logits equal base + adapter (1e-4); the full fine-tune
+//! folder reloads. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
+//! for scripts/reference/check_outputs.py, which loads them with peft and transformers.
+#![cfg(feature = "exec")]
+
+use assert_cmd::cargo::CommandCargoExt;
+use recipe::exec::load_trained;
+use recipe::model::llama::Inputs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn check_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("outputs-check")
+}
+
+fn train(dir: &Path, method: &str) -> PathBuf {
+    let adapter =
+        if method == "lora" { "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n" } else { "" };
+    let text = format!(
+        "base_model: {}\n{adapter}datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
+         val_set_size: 0\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 6\n\
+         learning_rate: 3.0e-3\nlogging_steps: 6\nseed: 3\noutput_dir: {}\n",
+        root().join("models/stories260k").display(),
+        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        dir.display()
+    );
+    let recipe_path = dir.with_extension("yaml");
+    std::fs::write(&recipe_path, text).unwrap();
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .env("OMP_NUM_THREADS", "1")
+        .env("RECIPE_LOG", "warn")
+        .arg("run")
+        .arg(&recipe_path)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    recipe_path
+}
+
+fn input_ids() -> Tensor {
+    // Two rows from the tokenizer's range, fixed.
+    let ids: Vec<i64> = (0..64).map(|i| (i * 37 + 11) % 500 + 3).collect();
+    Tensor::from_slice(&ids).view([2, 32])
+}
+
+fn logits_of(dir: &Path) -> Tensor {
+    let loaded = load_trained(dir, None, Device::Cpu).unwrap();
+    let ids = input_ids();
+    let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
+    tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
+}
+
+fn save_logits(dir: &Path, logits: &Tensor) {
+    Tensor::write_safetensors(
+        &[("input_ids", input_ids()), ("logits", logits.shallow_clone())],
+        dir.join("recipe_logits.safetensors"),
+    )
+    .unwrap();
+}
+
+fn fresh(case: &str) -> PathBuf {
+    let dir = check_dir().join(case);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn lora_output_reloads_and_merges_exactly() {
+    let lora = fresh("lora");
+    let recipe_path = train(&lora, "lora");
+    let adapted = logits_of(&lora);
+    let base = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &base).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "training should have changed the adapter's logits ({moved:e})");
+    save_logits(&lora, &adapted);
+
+    let merged = fresh("merged");
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .args(["--output"])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(merged.join(f).is_file(), "merged folder lacks {f}");
+    }
+    let merged_logits = logits_of(&merged);
+    let diff = (&merged_logits - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged logits differ from base + adapter by {diff:e}");
+    save_logits(&merged, &adapted);
+}
+
+#[test]
+fn full_fine_tune_output_is_a_model_folder() {
+    let full = fresh("full");
+    train(&full, "full");
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(full.join(f).is_file(), "full output lacks {f}");
+    }
+    let logits = logits_of(&full);
+    let base = logits_of(&root().join("models/stories260k"));
+    assert!((&logits - &base).abs().max().double_value(&[]) > 1e-3, "full fine-tuning should change the model");
+    save_logits(&full, &logits);
+}
