@@ -165,9 +165,41 @@ fn clean_stop_saves_a_checkpoint_to_resume_from() {
     assert!(stdout.contains("steps      8 of 8"), "{stdout}");
 }
 
+#[test]
+fn ctrl_c_saves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 400\nsave_steps: 1000\n");
+    let child = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("out/metrics.jsonl");
+    let start = std::time::Instant::now();
+    // Wait for the first logged steps, then press Ctrl-C once.
+    while std::fs::read_to_string(&metrics).map_or(true, |t| !t.contains("\"loss\"")) {
+        assert!(start.elapsed().as_secs() < 120, "no step was logged");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("stopped    at step") && stdout.contains("resume_from_checkpoint"), "{stdout}");
+    let step: u64 =
+        stdout.split("stopped    at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(step < 400);
+    assert!(dir.path().join(format!("out/checkpoint-{step}/trainer_state.json")).is_file());
+}
+
 /// Peak resident memory of a child process (ru_maxrss of wait4), in KiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below
 fn peak_rss_kib(mut cmd: Command) -> i64 {
-    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: plain wait4 on our own child; rusage is a plain C struct.

@@ -107,15 +107,32 @@ output_dir: {output_dir}
 # ---------------------------------------------------------------- child processes
 
 
+def busy_cpu_seconds():
+    """CPU seconds spent busy by the whole machine so far (all cores, from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(argv, stdout_path, stderr_path, env=None):
-    """Runs argv to completion; returns (exit code, wall seconds, peak RSS in bytes)."""
+    """Runs argv to completion. Returns wall seconds, the child's peak RSS (bytes) and CPU
+    seconds, and `other_load`: the average number of cores other processes kept busy meanwhile
+    (the machine's busy time from /proc/stat minus the child's; a benchmark wants ~0)."""
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        start = time.perf_counter()
+        busy0, start = busy_cpu_seconds(), time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_maxrss * 1024  # Linux: kilobytes
+        wall, busy1 = time.perf_counter() - start, busy_cpu_seconds()
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "exit_code": os.waitstatus_to_exitcode(status),
+        "wall_seconds": wall,
+        "max_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
+        "cpu_seconds": cpu,
+        "other_load": max(0.0, busy1 - busy0 - cpu) / wall,
+    }
 
 
 def tail(path, n=30):
@@ -288,9 +305,9 @@ def run_recipe(recipe_bin, name, model_dir, steps, work):
         )
     stdout, stderr = os.path.join(work, f"recipe-{name}.out"), os.path.join(work, f"recipe-{name}.err")
     argv = [recipe_bin, "run", recipe_path, "--device", "cpu", "--no-progress"]
-    code, wall, rss = run_child(argv, stdout, stderr)
-    if code != 0:
-        raise SystemExit(f"recipe run failed on {name} (exit {code}):\n{tail(stdout)}{tail(stderr)}")
+    proc = run_child(argv, stdout, stderr)
+    if proc["exit_code"] != 0:
+        raise SystemExit(f"recipe run failed on {name} (exit {proc['exit_code']}):\n{tail(stdout)}{tail(stderr)}")
     with open(stdout) as f:
         m = STEPS_LINE.search(f.read())
     if not m:
@@ -304,8 +321,7 @@ def run_recipe(recipe_bin, name, model_dir, steps, work):
     return {
         "steps": int(m.group(1)),
         "tokens_per_second": float(m.group(3)),
-        "wall_seconds": wall,
-        "max_rss_bytes": rss,
+        **proc,
         "losses": [r["loss"] for r in train],
         "grad_norms": [r["grad_norm"] for r in train],
     }
@@ -318,13 +334,12 @@ def run_reference(name, model_dir, steps, work):
         json.dump({"model_dir": model_dir, "steps": steps, "result": result}, f)
     stdout, stderr = os.path.join(work, f"reference-{name}.out"), os.path.join(work, f"reference-{name}.err")
     argv = [sys.executable, "-S", os.path.abspath(__file__), "--reference-worker", spec]
-    code, wall, rss = run_child(argv, stdout, stderr, env=os.environ.copy())
-    if code != 0:
-        raise SystemExit(f"reference failed on {name} (exit {code}):\n{tail(stdout)}{tail(stderr)}")
+    proc = run_child(argv, stdout, stderr, env=os.environ.copy())
+    if proc["exit_code"] != 0:
+        raise SystemExit(f"reference failed on {name} (exit {proc['exit_code']}):\n{tail(stdout)}{tail(stderr)}")
     with open(result) as f:
         r = json.load(f)
-    r["wall_seconds"] = wall
-    r["max_rss_bytes"] = rss
+    r.update(proc)
     return r
 
 
@@ -350,6 +365,7 @@ def table(rows):
         "ratio",
         "loss first r/ref",
         "loss last r/ref",
+        "other load r/ref",
     ]
     body = []
     for r in rows:
@@ -369,6 +385,7 @@ def table(rows):
                 f"{r['max_rss_ratio']:.2f}",
                 f"{a['losses'][0]:.3f} / {b['losses'][0]:.3f}",
                 f"{a['losses'][-1]:.3f} / {b['losses'][-1]:.3f}",
+                f"{a['other_load']:.2f} / {b['other_load']:.2f}",
             ]
         )
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
@@ -444,8 +461,12 @@ def main():
         print(table(rows))
         print(
             "tokens/s: training steps only (first step included on both sides); wall: whole process; "
-            "RSS: peak resident set; ratio: recipe / reference"
+            "RSS: peak resident set; ratio: recipe / reference;\nother load: cores other processes kept "
+            "busy during the run (should be ~0)"
         )
+        busy = [r["model"] for r in rows if max(r["recipe"]["other_load"], r["reference"]["other_load"]) > 0.2]
+        if busy:
+            print(f"WARNING: other processes used the CPU during {', '.join(busy)}: those timings are not clean")
         print(f"total benchmark time {total:.1f} s (cpu threads: torch default, {os.cpu_count()} logical CPUs)")
         summary = {
             "settings": {

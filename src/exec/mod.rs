@@ -117,6 +117,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
             plan.quantization.scheme
         ));
     }
+    if plan.adapter.dora {
+        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
+    }
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;

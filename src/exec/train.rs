@@ -117,7 +117,7 @@ impl Loop<'_> {
             return None;
         }
         let _guard = tch::no_grad_guard();
-        let mbs = self.plan.batch.micro_batch_size as usize;
+        let mbs = self.plan.training.eval_batch_size as usize;
         let mut total = Tensor::zeros([], (Kind::Float, self.model.device));
         let mut count = 0usize;
         for chunk in self.validation.chunks(mbs) {
@@ -197,7 +197,7 @@ impl Loop<'_> {
 
             let last = step + 1 == s.total;
             let stop = STOP_REQUESTED.load(Ordering::Relaxed) || self.stop_after == Some(step + 1);
-            let save_now = save_every.is_some_and(|n| (step + 1) % n == 0) || (stop && save_every.is_some());
+            let save_now = save_every.is_some_and(|n| (step + 1) % n == 0) || stop;
             let eval_now = eval_every.is_some_and(|n| (step + 1) % n == 0) || (last && eval_every.is_some());
             if (step + 1) % t.logging_steps == 0 || last || save_now || eval_now || stop {
                 let (n, secs) =

@@ -17,6 +17,8 @@ pub struct TrainingPlan {
     pub gradient_checkpointing: bool,
     pub output_dir: String,
     pub logging_steps: u64,
+    /// Rows per evaluation batch (eval_batch_size, else micro_batch_size).
+    pub eval_batch_size: u64,
     /// Evaluate every N optimizer steps (resolved from eval_steps or evals_per_epoch at run time
     /// when it depends on the epoch length).
     pub eval: Option<Every>,
@@ -108,6 +110,7 @@ pub fn plan(c: &Config) -> TrainingPlan {
         gradient_checkpointing: t.gradient_checkpointing,
         output_dir: l.output_dir.clone(),
         logging_steps: l.logging_steps.max(1),
+        eval_batch_size: u64::from(t.eval_batch_size.unwrap_or(t.micro_batch_size).max(1)),
         eval: if c.data.val_set_size > 0.0 { every(l.eval_steps, l.evals_per_epoch) } else { None },
         save: every(l.save_steps, l.saves_per_epoch),
         save_total_limit: l.save_total_limit,
