@@ -90,3 +90,100 @@ fn config_json_is_fetched_once_then_read_from_the_cache() {
     std::fs::remove_dir_all(&cache).unwrap();
     plan(true).assert().code(1).stderr(predicates::str::contains("HF_HUB_OFFLINE is set"));
 }
+
+/// Serves every file of `dir` at /acme/tiny-llama/resolve/main/NAME (Range honoured, as hf-hub
+/// downloads), 404 elsewhere, until the test process ends. Returns the endpoint and a request log.
+fn stand_in_model_hub(dir: std::path::PathBuf) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = value.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap_or(usize::MAX)));
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            requests.lock().unwrap().push(path.clone());
+            let body = path
+                .strip_prefix("/acme/tiny-llama/resolve/main/")
+                .filter(|name| !name.contains('/') && !name.contains(".."))
+                .and_then(|name| std::fs::read(dir.join(name)).ok());
+            let Some(body) = body else {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let (a, b) = range.unwrap_or((0, body.len() - 1));
+            let part = &body[a..=b.min(body.len() - 1)];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\n\
+                 ETag: \"etag-{}\"\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
+                part.len(),
+                a + part.len() - 1,
+                body.len(),
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(part);
+        }
+    });
+    (endpoint, log)
+}
+
+#[cfg(feature = "exec")]
+#[test]
+fn run_fetches_a_hub_model_once_then_trains_offline_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let recipe = dir.path().join("r.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "base_model: acme/tiny-llama\nadapter: lora\nlora_target_linear: true\ndatasets:\n  - path: {}\n    \
+             type: completion\n    ds_type: text\nval_set_size: 0\nsequence_len: 64\nmicro_batch_size: 2\nmax_steps: 2\n\
+             learning_rate: 1.0e-3\noutput_dir: {}\n",
+            root.join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let (endpoint, requests) = stand_in_model_hub(root.join("models/stories260k"));
+    let run = |offline: bool| {
+        let mut cmd = Command::cargo_bin("recipe").unwrap();
+        cmd.args(["run", "--device", "cpu"]).arg(&recipe).env("HF_HUB_CACHE", &cache).env("HF_ENDPOINT", &endpoint);
+        cmd.env("OMP_NUM_THREADS", "1").env("RECIPE_LOG", "warn");
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        cmd
+    };
+    run(false).assert().success();
+    let fetched = requests.lock().unwrap().clone();
+    assert!(fetched.iter().any(|p| p.ends_with("/model.safetensors")), "{fetched:?}");
+    let snapshot = cache.join(format!("models--acme--tiny-llama/snapshots/{COMMIT}"));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(snapshot.join(f).exists(), "{f} not cached");
+    }
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["base_model_name_or_path"], "acme/tiny-llama");
+
+    let before = requests.lock().unwrap().len();
+    run(true).assert().success();
+    assert_eq!(requests.lock().unwrap().len(), before, "an offline run must not touch the hub");
+}
