@@ -5,7 +5,8 @@
 # first/last losses of both, and writes a JSON summary (--out, default /tmp/bench-train.json).
 # About 5 minutes on a 2-core machine. Details: scripts/reference/bench_train.py.
 #
-#   scripts/bench-train.sh [--out FILE] [--steps-small N] [--steps-large N] [--models a,b] [--keep DIR]
+#   scripts/bench-train.sh [--out FILE] [--steps-small N] [--steps-large N] [--models a,b]
+#                          [--keep DIR] [--quiet-timeout S]
 #
 # RECIPE_BIN=/path/to/recipe skips the build and benchmarks that binary instead.
 # The reference stack (scripts/reference/requirements.txt) is expected under

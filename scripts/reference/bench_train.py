@@ -35,10 +35,16 @@ Measured:
   peak RSS    ru_maxrss of each child process from os.wait4 (the reference also reports
               getrusage(RUSAGE_SELF) itself; they agree).
   losses      first and last training loss (recipe: metrics.jsonl).
+  other load  cores that other processes kept busy during each run (/proc/stat busy time
+              minus the child's CPU time, over the wall time). On a 2-core machine a single
+              busy neighbour slows a 2-thread OpenMP job several-fold, so before each run
+              the orchestrator waits (up to --quiet-timeout seconds) for the machine to go
+              quiet, and the table flags runs that were not.
 
 Usage (see scripts/bench-train.sh):
   python3 -S scripts/reference/bench_train.py --recipe-bin PATH [--out /tmp/bench-train.json]
       [--steps-small 30] [--steps-large 10] [--models stories260k,llama-23m] [--keep DIR]
+      [--quiet-timeout 180]
 Worker mode (internal): --reference-worker SPEC.json
 """
 import argparse
@@ -116,10 +122,35 @@ def busy_cpu_seconds():
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
+QUIET = {"timeout": 180.0, "threshold": 0.25}
+
+
+def wait_for_quiet():
+    """Waits (up to QUIET["timeout"] seconds) until other processes keep less than
+    QUIET["threshold"] cores busy over a 2-second window: on a 2-core machine one busy
+    neighbour slows a 2-thread OpenMP job several-fold. Returns the seconds waited."""
+    start = time.perf_counter()
+    announced = False
+    while True:
+        b0 = busy_cpu_seconds()
+        time.sleep(2.0)
+        load = (busy_cpu_seconds() - b0) / 2.0
+        waited = time.perf_counter() - start
+        if load < QUIET["threshold"] or waited >= QUIET["timeout"]:
+            if announced:
+                state = "quiet" if load < QUIET["threshold"] else f"still {load:.2f} cores busy, going on"
+                print(f"   ({state} after {waited:.0f} s)", file=sys.stderr, flush=True)
+            return waited
+        if not announced:
+            print(f"   waiting for the CPU to go quiet ({load:.2f} cores busy)", file=sys.stderr, flush=True)
+            announced = True
+
+
 def run_child(argv, stdout_path, stderr_path, env=None):
     """Runs argv to completion. Returns wall seconds, the child's peak RSS (bytes) and CPU
     seconds, and `other_load`: the average number of cores other processes kept busy meanwhile
     (the machine's busy time from /proc/stat minus the child's; a benchmark wants ~0)."""
+    waited = wait_for_quiet()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         busy0, start = busy_cpu_seconds(), time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
@@ -132,6 +163,7 @@ def run_child(argv, stdout_path, stderr_path, env=None):
         "max_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
         "cpu_seconds": cpu,
         "other_load": max(0.0, busy1 - busy0 - cpu) / wall,
+        "waited_for_quiet_seconds": waited,
     }
 
 
@@ -400,6 +432,12 @@ def main():
     ap.add_argument("--steps-small", type=int, default=30, help="optimizer steps on stories260k")
     ap.add_argument("--steps-large", type=int, default=10, help="optimizer steps on the random 23.5M Llama")
     ap.add_argument("--models", default="stories260k,llama-23m")
+    ap.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=QUIET["timeout"],
+        help="before each run, wait at most this many seconds for other processes to leave the CPU (0: never wait)",
+    )
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temp folder, removed)")
     ap.add_argument("--reference-worker", help=argparse.SUPPRESS)
     ap.add_argument("--make-model", help=argparse.SUPPRESS)
@@ -413,6 +451,7 @@ def main():
     if not args.recipe_bin or not os.access(args.recipe_bin, os.X_OK):
         raise SystemExit(f"--recipe-bin {args.recipe_bin!r} is not an executable")
 
+    QUIET["timeout"] = args.quiet_timeout
     t_start = time.perf_counter()
     work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-train-")
     os.makedirs(work, exist_ok=True)
@@ -467,7 +506,11 @@ def main():
         busy = [r["model"] for r in rows if max(r["recipe"]["other_load"], r["reference"]["other_load"]) > 0.2]
         if busy:
             print(f"WARNING: other processes used the CPU during {', '.join(busy)}: those timings are not clean")
-        print(f"total benchmark time {total:.1f} s (cpu threads: torch default, {os.cpu_count()} logical CPUs)")
+        waited = sum(r[side]["waited_for_quiet_seconds"] for r in rows for side in ("recipe", "reference"))
+        print(
+            f"total benchmark time {total:.1f} s, of which {waited:.0f} s waiting for a quiet CPU "
+            f"(threads: torch / libtorch default; {os.cpu_count()} logical CPUs)"
+        )
         summary = {
             "settings": {
                 "sequence_len": SEQ_LEN,
