@@ -46,6 +46,36 @@ pub struct DataConfig {
     /// Compute the loss on prompt tokens too. Off: prompts get label -100.
     #[serde(default)]
     pub train_on_inputs: bool,
+    /// What happens to a sample longer than `sequence_len`: `drop` it, `truncate` it, or stop
+    /// with an error (`raise`). Pretraining text is split into chunks instead.
+    #[serde(default)]
+    pub excess_length_strategy: ExcessLength,
+    /// Drop rows whose text repeats another row's exactly (Axolotl's key).
+    #[serde(default)]
+    pub dataset_exact_deduplication: bool,
+    /// Drop rows equal to another after normalising text (case, whitespace, punctuation).
+    #[serde(default)]
+    pub dataset_normalized_deduplication: bool,
+    /// Replace e-mail addresses, phone numbers, IP addresses and API-key-like strings with
+    /// placeholders before tokenizing.
+    #[serde(default)]
+    pub redact_pii: bool,
+    /// Skip malformed rows (counted in the report) instead of stopping at the first one.
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+}
+
+/// `excess_length_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExcessLength {
+    /// Drop the sample (counted in the report).
+    #[default]
+    Drop,
+    /// Keep its first sequence_len tokens.
+    Truncate,
+    /// Stop with an error naming the row.
+    Raise,
 }
 
 impl Default for DataConfig {
@@ -82,6 +112,12 @@ pub struct DatasetSource {
     /// Hub revision (branch, tag or commit) to read.
     #[serde(default)]
     pub revision: Option<String>,
+    /// Mixing weight: this dataset's share of the mixed training set, relative to the other
+    /// datasets' weights (rows are sampled with the recipe's seed, repeating when the share is larger
+    /// than the dataset). Absent: every row once.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub weight: Option<f64>,
     /// Must be false or absent: loading a dataset never runs code.
     #[serde(default)]
     #[schemars(extend("const" = false))]
