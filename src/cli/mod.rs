@@ -4,6 +4,7 @@
 //! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
 //! I/O errors (a path that cannot be read, a directory with no recipes).
 
+mod data;
 #[cfg(feature = "exec")]
 mod run;
 
@@ -62,6 +63,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Show samples as the model will see them: trained and masked text, token counts, packing.
+    Preview {
+        recipe: PathBuf,
+        /// How many samples (and packed rows) to show.
+        #[arg(short = 'n', long, default_value_t = 3)]
+        n: usize,
+        /// Emit JSON (token ids, labels, text runs, packing layout).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokenize, mask and pack the datasets into dataset_prepared_path, for `recipe run` to reuse.
+    Preprocess { recipe: PathBuf },
     /// Report the libtorch build and the devices it sees.
     #[cfg(feature = "exec")]
     Env,
@@ -138,6 +151,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Presets { format } => list_presets(format),
+        Command::Preview { recipe, n, json } => data::preview(&recipe, &cli.set, n, json),
+        Command::Preprocess { recipe } => data::preprocess(&recipe, &cli.set),
         #[cfg(feature = "exec")]
         Command::Env => {
             let report = crate::exec::device_report();

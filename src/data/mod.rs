@@ -1,20 +1,31 @@
-//! The data pipeline's seam with the executor: a plan's datasets in, tokenized samples with their
-//! labels out (split into training and validation), then packed or padded into rows by
-//! `packing`. Labels are aligned with `input_ids` (transformers' convention: the model shifts);
-//! -100 marks tokens that carry no loss.
+//! The data pipeline: a plan's datasets in, tokenized samples with their labels out. Stages, in
+//! order, each counting what it changed for the report:
 //!
-//! Built so far: local plain-text files, JSON arrays and JSON Lines; `completion` / `pretrain`
-//! (text, long texts split into sequence_len chunks) and `alpaca` / `alpaca_chat`. The other
-//! formats, chat templates, hub datasets and hygiene are the data-pipeline issue; they plug in here
-//! and are refused by name until then.
+//! 1. read rows (`read_rows`; every row keeps its file and line/row for errors),
+//! 2. format them (`formats`; a malformed row is an error naming file, row and field, or is
+//!    skipped and counted with `skip_bad_rows`),
+//! 3. hygiene (`hygiene`): PII redaction, exact / normalised deduplication,
+//! 4. tokenize with labels, in parallel (`formats::tokenize`, `chat` for conversations),
+//! 5. over-length samples dropped / truncated / refused; samples with no trained token dropped,
+//! 6. mix the datasets (weights), shuffle with the seed, split off validation; test datasets go
+//!    through the same stages and any training sample equal to a test sample is removed.
+//!
+//! Labels are aligned with `input_ids` (transformers' convention: the model shifts); -100 marks
+//! tokens that carry no loss. `packing` turns samples into rows.
 
+pub mod cache;
+pub mod formats;
+pub mod hygiene;
 pub mod packing;
 pub mod tokenizer;
 
-use crate::config::datasets::{DatasetConfig, FileFormat};
+use crate::config::datasets::{DatasetConfig, ExcessLength, FileFormat};
 use crate::plan::Plan;
+use crate::plan::data::{DataOptions, DatasetPlan};
+use formats::Formatted;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use std::path::Path;
 pub use tokenizer::Tokenizer;
 
@@ -22,166 +33,252 @@ pub use tokenizer::Tokenizer;
 pub const IGNORE: i64 = -100;
 
 /// One tokenized sample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Sample {
     pub input_ids: Vec<i64>,
     pub labels: Vec<i64>,
 }
 
 impl Sample {
+    /// Tokens whose next-token prediction carries a loss (the first token never does).
     pub fn trained_tokens(&self) -> usize {
         self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
     }
 }
 
-/// Training and validation samples, and what preparing them did.
+/// Training, validation and test samples, and what preparing them did.
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     pub train: Vec<Sample>,
     pub validation: Vec<Sample>,
+    pub test: Vec<Sample>,
     pub report: Vec<String>,
 }
 
-/// Reads, formats and tokenizes every dataset of the plan, then splits off validation
-/// (shuffled with the recipe's seed).
-pub fn prepare(plan: &Plan, tok: &Tokenizer) -> Result<Prepared, String> {
-    let seq_len = plan.batch.sequence_len as usize;
-    let mut samples = Vec::new();
-    let mut report = Vec::new();
-    for (i, d) in plan.datasets.iter().enumerate() {
-        let path = d.local_path.as_deref().ok_or_else(|| {
-            format!("datasets[{i}]: {} — hub datasets are not readable by the executor yet", d.source)
-        })?;
-        let before = samples.len();
-        let mut truncated = 0;
-        read_dataset(&d.entry, path, tok, seq_len, plan.training.train_on_inputs, &mut samples, &mut truncated)
-            .map_err(|e| format!("datasets[{i}] ({}): {e}", path.display()))?;
-        report.push(format!(
-            "datasets[{i}] {} ({}): {} samples{}",
-            d.r#type,
-            path.display(),
-            samples.len() - before,
-            if truncated > 0 { format!(", {truncated} truncated to sequence_len {seq_len}") } else { String::new() }
-        ));
+/// Counts of one dataset's journey through the stages.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    rows: usize,
+    bad_rows: usize,
+    redactions: usize,
+    duplicates: usize,
+    samples: usize,
+    dropped_long: usize,
+    truncated: usize,
+    dropped_untrained: usize,
+}
+
+/// The prepared data: from the cache in `dataset_prepared_path` when its key matches, else
+/// prepared now (and cached when a path is set). Returns where it came from.
+pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<(Prepared, String), String> {
+    let Some(root) = &plan.data.prepared_path else {
+        return Ok((prepare(plan, tok)?, "prepared now".into()));
+    };
+    let key = cache::key(plan, tokenizer_dir, None)?;
+    let dir = cache::folder(Path::new(root), &key);
+    if dir.join("report.json").is_file() {
+        return Ok((cache::load(&dir)?, format!("reused from {}", dir.display())));
     }
-    let empty = samples.iter().filter(|s| s.trained_tokens() == 0).count();
-    samples.retain(|s| s.trained_tokens() > 0);
-    if empty > 0 {
-        report.push(format!("dropped {empty} samples with no trained tokens"));
+    let prepared = prepare(plan, tok)?;
+    cache::save(&dir, &prepared)?;
+    Ok((prepared, format!("prepared now, cached in {}", dir.display())))
+}
+
+/// Prepares every dataset of the plan.
+pub fn prepare(plan: &Plan, tok: &Tokenizer) -> Result<Prepared, String> {
+    let opts = &plan.data;
+    let mut report = Vec::new();
+    let mut per_dataset = Vec::new();
+    for (i, d) in plan.datasets.iter().enumerate() {
+        let (samples, counts) = dataset_samples(d, opts, tok).map_err(|e| format!("datasets[{i}]: {e}"))?;
+        report.push(describe("datasets", i, d, &counts));
+        per_dataset.push((samples, d.entry.source().weight));
+    }
+    let mut test = Vec::new();
+    for (i, d) in plan.test_datasets.iter().enumerate() {
+        let (samples, counts) = dataset_samples(d, opts, tok).map_err(|e| format!("test_datasets[{i}]: {e}"))?;
+        report.push(describe("test_datasets", i, d, &counts));
+        test.extend(samples);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut samples = mix(per_dataset, &mut rng, &mut report);
+    if !test.is_empty() {
+        let held: std::collections::HashSet<&Vec<i64>> = test.iter().map(|s| &s.input_ids).collect();
+        let before = samples.len();
+        samples.retain(|s| !held.contains(&s.input_ids));
+        if samples.len() < before {
+            report
+                .push(format!("removed {} training samples that also appear in test_datasets", before - samples.len()));
+        }
     }
     if samples.is_empty() {
-        return Err("the datasets give no sample with a trained token".into());
+        return Err(format!("the datasets give no sample with a trained token ({})", report.join("; ")));
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.training.seed);
-    samples.shuffle(&mut rng);
-    let val = plan.training.val_set_size;
-    let n_val = if val <= 0.0 {
-        0
-    } else if val < 1.0 {
-        (samples.len() as f64 * val).ceil() as usize
-    } else {
-        val as usize
-    };
+    if opts.shuffle {
+        samples.shuffle(&mut rng);
+    }
+    let val = opts.val_set_size;
+    let n_val = if val <= 0.0 { 0 } else { (samples.len() as f64 * val).ceil() as usize };
     if n_val >= samples.len() {
         return Err(format!("val_set_size {val} leaves no training sample out of {}", samples.len()));
     }
     let validation = samples.split_off(samples.len() - n_val);
-    Ok(Prepared { train: samples, validation, report })
+    Ok(Prepared { train: samples, validation, test, report })
 }
 
-fn read_dataset(
-    entry: &DatasetConfig,
-    path: &Path,
-    tok: &Tokenizer,
-    seq_len: usize,
-    train_on_inputs: bool,
-    out: &mut Vec<Sample>,
-    truncated: &mut usize,
-) -> Result<(), String> {
-    let format = entry.source().ds_type.or_else(|| guess_format(path)).unwrap_or(FileFormat::Json);
-    match entry {
-        DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => {
-            let texts: Vec<String> = match format {
-                FileFormat::Text => vec![std::fs::read_to_string(path).map_err(|e| e.to_string())?],
-                _ => read_rows(path, format)?
-                    .into_iter()
-                    .map(|(at, row)| field_text(&row, &t.field).map_err(|e| format!("{at}: {e}")))
-                    .collect::<Result<_, _>>()?,
-            };
-            for text in texts.iter().filter(|t| !t.trim().is_empty()) {
-                let mut ids = tok.bos().into_iter().collect::<Vec<_>>();
-                ids.extend(tok.encode(text)?);
-                ids.extend(tok.eos());
-                // Long texts become consecutive sequence_len chunks, every token trained.
-                for chunk in ids.chunks(seq_len) {
-                    out.push(Sample { input_ids: chunk.to_vec(), labels: chunk.to_vec() });
-                }
-            }
+fn describe(key: &str, i: usize, d: &DatasetPlan, c: &Counts) -> String {
+    let mut parts = vec![format!("{} rows", c.rows)];
+    let mut note = |n: usize, what: &str| {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
         }
-        DatasetConfig::Alpaca(_) | DatasetConfig::AlpacaChat(_) => {
-            let chat = matches!(entry, DatasetConfig::AlpacaChat(_));
-            for (at, row) in read_rows(path, format)? {
-                let get = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                let instruction = row
-                    .get("instruction")
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| format!("{at}: field `instruction` is missing or not a string"))?;
-                let output = row
-                    .get("output")
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| format!("{at}: field `output` is missing or not a string"))?;
-                let prompt = alpaca_prompt(instruction, &get("input"), &get("system"), chat);
-                // As Axolotl: tokenize prompt + response together, mask as many tokens as the
-                // prompt alone gives (a SentencePiece tokenizer would add a word boundary to a
-                // separately tokenized response).
-                let mut input_ids: Vec<i64> = tok.bos().into_iter().collect();
-                let prompt_len = input_ids.len() + tok.encode(&prompt)?.len();
-                input_ids.extend(tok.encode(&format!("{prompt}{output}"))?);
-                input_ids.extend(tok.eos());
-                let mut labels = input_ids.clone();
-                if !train_on_inputs {
-                    labels[..prompt_len].fill(IGNORE);
-                }
-                if input_ids.len() > seq_len {
-                    input_ids.truncate(seq_len);
-                    labels.truncate(seq_len);
-                    *truncated += 1;
-                }
-                out.push(Sample { input_ids, labels });
-            }
-        }
-        other => {
-            return Err(format!(
-                "dataset type `{}` is not supported by the executor yet (built: completion, pretrain, alpaca, alpaca_chat)",
-                other.type_name()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Axolotl's alpaca prompts (`alpaca`, and `alpaca_chat`'s USER/ASSISTANT form).
-pub fn alpaca_prompt(instruction: &str, input: &str, system: &str, chat: bool) -> String {
-    if chat {
-        let user = if input.is_empty() { instruction.to_string() } else { format!("{instruction}\n{input}") };
-        return format!(
-            "{}USER: {user}\nASSISTANT:",
-            if system.is_empty() { String::new() } else { format!("{system}\n") }
-        );
-    }
-    let preamble = if !system.is_empty() {
-        system.to_string()
-    } else if input.is_empty() {
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-            .to_string()
-    } else {
-        "Below is an instruction that describes a task, paired with an input that provides further context. \
-         Write a response that appropriately completes the request."
-            .to_string()
     };
-    if input.is_empty() {
-        format!("{preamble}\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-    } else {
-        format!("{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    note(c.bad_rows, "malformed rows skipped");
+    note(c.redactions, "PII strings redacted");
+    note(c.duplicates, "duplicates dropped");
+    note(c.dropped_long, "over-length samples dropped");
+    note(c.truncated, "over-length samples truncated");
+    note(c.dropped_untrained, "samples without trained tokens dropped");
+    format!("{key}[{i}] {} ({}): {} -> {} samples", d.r#type, d.source, parts.join(", "), c.samples)
+}
+
+/// Mixes datasets: all rows once, or, where weights are given, each dataset's share of the total
+/// (whole copies, then a seeded subset of the remainder).
+fn mix(
+    per_dataset: Vec<(Vec<Sample>, Option<f64>)>,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    report: &mut Vec<String>,
+) -> Vec<Sample> {
+    if per_dataset.iter().all(|(_, w)| w.is_none()) {
+        return per_dataset.into_iter().flat_map(|(s, _)| s).collect();
+    }
+    let total: usize = per_dataset.iter().map(|(s, _)| s.len()).sum();
+    let weight_sum: f64 = per_dataset.iter().map(|(_, w)| w.unwrap_or(1.0)).sum::<f64>().max(f64::MIN_POSITIVE);
+    let mut out = Vec::new();
+    for (i, (samples, w)) in per_dataset.into_iter().enumerate() {
+        if samples.is_empty() {
+            continue;
+        }
+        let target = (total as f64 * w.unwrap_or(1.0) / weight_sum).round() as usize;
+        for _ in 0..target / samples.len() {
+            out.extend(samples.iter().cloned());
+        }
+        let mut rest: Vec<&Sample> = samples.iter().collect();
+        rest.shuffle(rng);
+        out.extend(rest.into_iter().take(target % samples.len()).cloned());
+        report.push(format!("mixing: datasets[{i}] gives {target} of {total} samples ({} available)", samples.len()));
+    }
+    out
+}
+
+/// One dataset through stages 1 to 5.
+fn dataset_samples(d: &DatasetPlan, opts: &DataOptions, tok: &Tokenizer) -> Result<(Vec<Sample>, Counts), String> {
+    let path = d
+        .local_path
+        .as_deref()
+        .ok_or_else(|| format!("{}: hub datasets are not readable by the executor yet", d.source))?;
+    let rows = read_rows(&d.entry, path)?;
+    let mut c = Counts { rows: rows.len(), ..Counts::default() };
+    let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(rows.len());
+    for (origin, row) in rows {
+        match formats::format_row(&d.entry, &row) {
+            Ok(f) => formatted.push((origin, f)),
+            Err(e) if opts.skip_bad_rows => {
+                c.bad_rows += 1;
+                tracing::debug!("skipped {origin}: {e}");
+            }
+            Err(e) => return Err(format!("{origin}: {e} (set skip_bad_rows: true to skip such rows)")),
+        }
+    }
+    if opts.redact_pii {
+        for (_, f) in &mut formatted {
+            for text in f.texts_mut() {
+                c.redactions += hygiene::redact(text);
+            }
+        }
+    }
+    if opts.exact_deduplication || opts.normalized_deduplication {
+        let keys: Vec<String> = formatted.iter().map(|(_, f)| f.key()).collect();
+        let keep = hygiene::dedup(&keys, opts.normalized_deduplication);
+        c.duplicates = formatted.len() - keep.len();
+        let mut keep = keep.into_iter().peekable();
+        formatted =
+            formatted.into_iter().enumerate().filter(|(i, _)| keep.next_if_eq(i).is_some()).map(|(_, f)| f).collect();
+    }
+    let seq_len = opts.sequence_len as usize;
+    let tokenized: Vec<(String, Vec<Sample>)> = formatted
+        .par_iter()
+        .map(|(origin, f)| {
+            formats::tokenize(f, tok, seq_len, opts.train_on_inputs)
+                .map(|s| (origin.clone(), s))
+                .map_err(|e| format!("{origin}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let splits_text = matches!(d.entry, DatasetConfig::Completion(_) | DatasetConfig::Pretrain(_));
+    let mut samples = Vec::new();
+    for (origin, group) in tokenized {
+        for mut s in group {
+            if s.input_ids.len() > seq_len && !splits_text {
+                match opts.excess_length_strategy {
+                    ExcessLength::Drop => {
+                        c.dropped_long += 1;
+                        continue;
+                    }
+                    ExcessLength::Truncate => {
+                        s.input_ids.truncate(seq_len);
+                        s.labels.truncate(seq_len);
+                        c.truncated += 1;
+                    }
+                    ExcessLength::Raise => {
+                        return Err(format!(
+                            "{origin}: {} tokens, longer than sequence_len {seq_len} (excess_length_strategy: raise)",
+                            s.input_ids.len()
+                        ));
+                    }
+                }
+            }
+            if s.trained_tokens() == 0 {
+                c.dropped_untrained += 1;
+                continue;
+            }
+            samples.push(s);
+        }
+    }
+    c.samples = samples.len();
+    Ok((samples, c))
+}
+
+/// Rows of a local dataset file, each with where it is (`FILE:line N` / `FILE row N`).
+fn read_rows(entry: &DatasetConfig, path: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let format = entry.source().ds_type.or_else(|| guess_format(path)).unwrap_or(FileFormat::Json);
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let lines = || -> Result<Vec<(String, serde_json::Value)>, String> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| {
+                serde_json::from_str(l)
+                    .map(|v| (format!("{shown}:{}", n + 1), v))
+                    .map_err(|e| format!("{shown}:{}: not valid JSON: {e}", n + 1))
+            })
+            .collect()
+    };
+    match format {
+        FileFormat::Text => {
+            let field = match entry {
+                DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.clone(),
+                _ => "text".to_string(),
+            };
+            Ok(vec![(shown.to_string(), serde_json::json!({ field: text }))])
+        }
+        FileFormat::Json if text.trim_start().starts_with('[') => {
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| format!("{shown}: not a valid JSON array: {e}"))?;
+            Ok(rows.into_iter().enumerate().map(|(i, v)| (format!("{shown} row {i}"), v)).collect())
+        }
+        FileFormat::Json | FileFormat::Jsonl => lines(),
+        other => Err(format!("{shown}: {other:?} files are not readable by the executor yet")),
     }
 }
 
@@ -193,37 +290,5 @@ fn guess_format(path: &Path) -> Option<FileFormat> {
         "parquet" => Some(FileFormat::Parquet),
         "csv" => Some(FileFormat::Csv),
         _ => None,
-    }
-}
-
-fn field_text(row: &serde_json::Value, field: &str) -> Result<String, String> {
-    row.get(field)
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("field `{field}` is missing or not a string"))
-}
-
-/// Rows of a JSON array or JSON Lines file, each with where it is (`row N` / `line N`).
-fn read_rows(path: &Path, format: FileFormat) -> Result<Vec<(String, serde_json::Value)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let lines = || -> Result<Vec<(String, serde_json::Value)>, String> {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| {
-                serde_json::from_str(l)
-                    .map(|v| (format!("line {}", n + 1), v))
-                    .map_err(|e| format!("line {}: not valid JSON: {e}", n + 1))
-            })
-            .collect()
-    };
-    match format {
-        FileFormat::Json if text.trim_start().starts_with('[') => {
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| format!("not a valid JSON array: {e}"))?;
-            Ok(rows.into_iter().enumerate().map(|(i, v)| (format!("row {i}"), v)).collect())
-        }
-        FileFormat::Json | FileFormat::Jsonl => lines(),
-        other => Err(format!("{other:?} files are not readable by the executor yet (the data-pipeline issue)")),
     }
 }

@@ -46,6 +46,12 @@ impl Tokenizer {
         self.inner.decode(&ids, true).unwrap_or_default()
     }
 
+    /// The text of `ids` with special tokens shown (for previews).
+    pub fn decode_with_special(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner.decode(&ids, false).unwrap_or_default()
+    }
+
     /// BOS when the tokenizer adds one.
     pub fn bos(&self) -> Option<i64> {
         self.bos.filter(|_| self.add_bos)

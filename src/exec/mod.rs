@@ -125,12 +125,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let kind = compute_kind(plan, device)?;
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let tok = Tokenizer::load(&base_dir)?;
-    let prepared = data::prepare(plan, &tok)?;
+    let (mut prepared, data_source) = data::load_or_prepare(plan, &tok, &base_dir)?;
+    prepared.report.insert(0, format!("samples {data_source}"));
     let seq_len = plan.batch.sequence_len as usize;
-    let rows = |samples: &[data::Sample]| {
-        if plan.batch.sample_packing { packing::pack(samples, seq_len) } else { packing::unpacked(samples, seq_len) }
+    let rows = |samples: &[data::Sample], packed: bool| {
+        if packed { packing::pack(samples, seq_len) } else { packing::unpacked(samples, seq_len) }
     };
-    let (train_rows, validation_rows) = (rows(&prepared.train), rows(&prepared.validation));
+    let train_rows = rows(&prepared.train, plan.data.sample_packing);
+    let validation_rows = rows(&prepared.validation, plan.data.eval_sample_packing);
     let packing_efficiency = packing::efficiency(&train_rows, seq_len);
     let steps = train::steps(plan, train_rows.len());
 

@@ -72,14 +72,63 @@ pub fn chat_template(c: &Config, at: &Locator, model: &ModelPlan) -> Option<Temp
     Some(TemplatePlan { name: name.as_str().to_string(), source, sha256 })
 }
 
+/// How samples are made from the datasets' rows: the data section of the recipe, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataOptions {
+    pub sequence_len: u64,
+    pub sample_packing: bool,
+    pub eval_sample_packing: bool,
+    pub pad_to_sequence_len: bool,
+    pub train_on_inputs: bool,
+    pub val_set_size: f64,
+    pub shuffle: bool,
+    pub excess_length_strategy: crate::config::datasets::ExcessLength,
+    pub exact_deduplication: bool,
+    pub normalized_deduplication: bool,
+    pub redact_pii: bool,
+    pub skip_bad_rows: bool,
+    /// Where `recipe preprocess` caches tokenized data (relative to the working directory).
+    pub prepared_path: Option<String>,
+    pub seed: u64,
+}
+
+pub fn options(c: &Config) -> DataOptions {
+    let d = &c.data;
+    DataOptions {
+        sequence_len: u64::from(d.sequence_len),
+        sample_packing: d.sample_packing,
+        eval_sample_packing: d.eval_sample_packing.unwrap_or(d.sample_packing),
+        pad_to_sequence_len: d.pad_to_sequence_len,
+        train_on_inputs: d.train_on_inputs,
+        val_set_size: d.val_set_size,
+        shuffle: d.shuffle_merged_datasets,
+        excess_length_strategy: d.excess_length_strategy,
+        exact_deduplication: d.dataset_exact_deduplication,
+        normalized_deduplication: d.dataset_normalized_deduplication,
+        redact_pii: d.redact_pii,
+        skip_bad_rows: d.skip_bad_rows,
+        prepared_path: d.dataset_prepared_path.clone(),
+        seed: c.training.seed,
+    }
+}
+
+/// The training datasets.
 pub fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
-    c.data
-        .datasets
+    plan_datasets(c, &c.data.datasets, "datasets", at)
+}
+
+/// The held-out test datasets (never trained on).
+pub fn test_datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.test_datasets, "test_datasets", at)
+}
+
+fn plan_datasets(c: &Config, entries: &[DatasetConfig], key: &str, at: &Locator) -> Vec<DatasetPlan> {
+    entries
         .iter()
         .enumerate()
         .map(|(i, d)| {
             let src = d.source();
-            let location = resolve_location(&src.path, &at.base_dir(&format!("datasets.{i}.path")));
+            let location = resolve_location(&src.path, &at.base_dir(&format!("{key}.{i}.path")));
             let (source, rows, local_path) = match location {
                 Location::Local(path) => {
                     (format!("local {}", path.display()), count_rows(&path, src.ds_type), Some(path))

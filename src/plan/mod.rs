@@ -29,6 +29,8 @@ pub struct Plan {
     pub adapter: adapter::AdapterPlan,
     pub chat_template: Option<data::TemplatePlan>,
     pub datasets: Vec<data::DatasetPlan>,
+    pub test_datasets: Vec<data::DatasetPlan>,
+    pub data: data::DataOptions,
     pub batch: schedule::BatchPlan,
     pub layout: shard::Layout,
     pub memory: memory::MemoryEstimate,
@@ -77,6 +79,8 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         chat_template: data::chat_template(config, &at, &model),
         batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
         datasets,
+        test_datasets: data::test_datasets(config, &at),
+        data: data::options(config),
         settings: settings(config, &at),
         ignored_axolotl_keys: loaded.ignored_keys.clone(),
         quantization,
@@ -187,10 +191,28 @@ pub fn render_text(plan: &Plan) -> String {
             t.sha256.as_deref().unwrap_or("(not yet known)")
         );
     }
-    for d in &plan.datasets {
-        let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
-        let _ = writeln!(o, "dataset    {} {} split {}{rows}: {}", d.r#type, d.source, d.split, d.masking);
+    for (label, list) in [("dataset   ", &plan.datasets), ("test set  ", &plan.test_datasets)] {
+        for d in list {
+            let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
+            let weight = d.entry.source().weight.map_or(String::new(), |w| format!(", weight {w}"));
+            let _ = writeln!(o, "{label} {} {} split {}{rows}{weight}: {}", d.r#type, d.source, d.split, d.masking);
+        }
     }
+    let dopt = &plan.data;
+    let mut hygiene = vec![format!("over-length samples: {:?}", dopt.excess_length_strategy).to_lowercase()];
+    if dopt.exact_deduplication {
+        hygiene.push("exact dedup".into());
+    }
+    if dopt.normalized_deduplication {
+        hygiene.push("normalised dedup".into());
+    }
+    if dopt.redact_pii {
+        hygiene.push("PII redacted".into());
+    }
+    if dopt.skip_bad_rows {
+        hygiene.push("bad rows skipped".into());
+    }
+    let _ = writeln!(o, "hygiene    {}", hygiene.join(", "));
     let b = &plan.batch;
     let _ = writeln!(
         o,

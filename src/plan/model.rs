@@ -162,6 +162,15 @@ fn download_config(id: &str, revision: Option<&str>) -> Result<(PathBuf, String)
 /// cache snapshot after fetching config.json, the tokenizer files and the safetensors weights
 /// (sharded through the index) at the pinned revision. Honours HF_HUB_OFFLINE (cache only).
 pub fn model_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
+    fetch_folder(plan, true)
+}
+
+/// Like `model_folder` without the weights: config.json and the tokenizer files only.
+pub fn tokenizer_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
+    fetch_folder(plan, false)
+}
+
+fn fetch_folder(plan: &ModelPlan, weights: bool) -> Result<PathBuf, String> {
     if let Some(dir) = &plan.local_dir {
         return Ok(PathBuf::from(dir));
     }
@@ -187,6 +196,9 @@ pub fn model_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
     let config = fetch("config.json", true)?.ok_or("config.json")?;
     for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
         fetch(name, false)?;
+    }
+    if !weights {
+        return Ok(config.parent().map(Path::to_path_buf).unwrap_or_default());
     }
     match fetch("model.safetensors.index.json", false)? {
         Some(index) => {

@@ -30,8 +30,6 @@ pub struct TrainingPlan {
     pub max_steps: Option<u64>,
     /// Warmup as a share of the total steps, when warmup_steps is not given.
     pub warmup_ratio: Option<f64>,
-    pub val_set_size: f64,
-    pub train_on_inputs: bool,
     pub cosine_min_lr_ratio: f64,
 }
 
@@ -119,8 +117,6 @@ pub fn plan(c: &Config) -> TrainingPlan {
         num_epochs: t.num_epochs,
         max_steps: t.max_steps,
         warmup_ratio: if t.warmup_steps.is_some() { None } else { t.warmup_ratio },
-        val_set_size: c.data.val_set_size,
-        train_on_inputs: c.data.train_on_inputs,
         cosine_min_lr_ratio: t.cosine_min_lr_ratio.unwrap_or(0.0),
     }
 }

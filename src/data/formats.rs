@@ -1,0 +1,344 @@
+//! Dataset formats: one row (a JSON object) into what the tokenizer sees, with which parts carry
+//! labels. Each format follows Axolotl's prompt strategy of the same name:
+//!
+//! - `alpaca` / `alpaca_chat` / user-defined: a prompt (masked unless `train_on_inputs`) and a
+//!   response (trained); tokenized together, the prompt's own token count masked; BOS and EOS added.
+//! - `completion` / `pretrain`: raw text, every token trained; BOS/EOS added; long texts become
+//!   consecutive `sequence_len` chunks.
+//! - `input_output`: `segments` of `{text, label}`, each tokenized on its own without special tokens
+//!   (put BOS/EOS in the text where wanted), trained where `label: true` (or `train_on_inputs`).
+//! - `chat_template`: a message list, rendered and masked by `chat`.
+//!
+//! Preference rows (prompt / chosen / rejected) are parsed here too, for preference training.
+
+use super::{IGNORE, Sample, Tokenizer};
+use crate::config::datasets::{DatasetConfig, UserDefinedFormat};
+use serde_json::Value;
+
+/// A row in the shape the tokenizer needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Formatted {
+    PromptResponse { prompt: String, response: String },
+    Text(String),
+    Segments(Vec<(String, bool)>),
+    Chat(Value),
+}
+
+impl Formatted {
+    /// Every text of the row, in order (for deduplication and redaction).
+    pub fn texts_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            Formatted::PromptResponse { prompt, response } => vec![prompt, response],
+            Formatted::Text(t) => vec![t],
+            Formatted::Segments(s) => s.iter_mut().map(|(t, _)| t).collect(),
+            Formatted::Chat(_) => Vec::new(),
+        }
+    }
+
+    /// The row's content as one string, for deduplication.
+    pub fn key(&self) -> String {
+        match self {
+            Formatted::PromptResponse { prompt, response } => format!("{prompt}\u{1f}{response}"),
+            Formatted::Text(t) => t.clone(),
+            Formatted::Segments(s) => s.iter().map(|(t, l)| format!("{l}\u{1f}{t}")).collect::<Vec<_>>().join("\u{1e}"),
+            Formatted::Chat(v) => v.to_string(),
+        }
+    }
+}
+
+fn string_field<'a>(row: &'a Value, field: &str) -> Result<&'a str, String> {
+    match row.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
+        Some(other) => Err(format!("field `{field}` must be a string, found {}", kind(other))),
+    }
+}
+
+fn optional_field<'a>(row: &'a Value, field: &str) -> Result<&'a str, String> {
+    match row.get(field) {
+        None | Some(Value::Null) => Ok(""),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("field `{field}` must be a string, found {}", kind(other))),
+    }
+}
+
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// One row of `entry`'s format. Errors name the field.
+pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, String> {
+    if !row.is_object() {
+        return Err(format!("a row must be a mapping, found {}", kind(row)));
+    }
+    match entry {
+        DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => {
+            Ok(Formatted::Text(string_field(row, &t.field)?.to_string()))
+        }
+        DatasetConfig::Alpaca(_) | DatasetConfig::AlpacaChat(_) => {
+            let chat = matches!(entry, DatasetConfig::AlpacaChat(_));
+            let prompt = alpaca_prompt(
+                string_field(row, "instruction")?,
+                optional_field(row, "input")?,
+                optional_field(row, "system")?,
+                chat,
+            );
+            Ok(Formatted::PromptResponse { prompt, response: string_field(row, "output")?.to_string() })
+        }
+        DatasetConfig::UserDefined(u) => user_defined(&u.format, row),
+        DatasetConfig::InputOutput(_) => {
+            let segments = match row.get("segments") {
+                Some(Value::Array(s)) => s,
+                None | Some(Value::Null) => return Err("field `segments` is missing".into()),
+                Some(other) => return Err(format!("field `segments` must be a list, found {}", kind(other))),
+            };
+            segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let text = string_field(s, "text").map_err(|e| format!("segments[{i}]: {e}"))?;
+                    let label = match s.get("label") {
+                        Some(Value::Bool(b)) => *b,
+                        None | Some(Value::Null) => return Err(format!("segments[{i}]: field `label` is missing")),
+                        Some(other) => {
+                            return Err(format!(
+                                "segments[{i}]: field `label` must be true or false, found {}",
+                                kind(other)
+                            ));
+                        }
+                    };
+                    Ok((text.to_string(), label))
+                })
+                .collect::<Result<_, _>>()
+                .map(Formatted::Segments)
+        }
+        DatasetConfig::ChatTemplate(c) => match row.get(&c.field_messages) {
+            Some(messages @ Value::Array(_)) => Ok(Formatted::Chat(messages.clone())),
+            None | Some(Value::Null) => Err(format!("field `{}` is missing", c.field_messages)),
+            Some(other) => {
+                Err(format!("field `{}` must be a list of messages, found {}", c.field_messages, kind(other)))
+            }
+        },
+    }
+}
+
+/// Axolotl's alpaca prompts (`alpaca`, and `alpaca_chat`'s USER/ASSISTANT form).
+pub fn alpaca_prompt(instruction: &str, input: &str, system: &str, chat: bool) -> String {
+    if chat {
+        let user = if input.is_empty() { instruction.to_string() } else { format!("{instruction}\n{input}") };
+        return format!(
+            "{}USER: {user}\nASSISTANT:",
+            if system.is_empty() { String::new() } else { format!("{system}\n") }
+        );
+    }
+    let preamble = if !system.is_empty() {
+        system.to_string()
+    } else if input.is_empty() {
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+            .to_string()
+    } else {
+        "Below is an instruction that describes a task, paired with an input that provides further context. \
+         Write a response that appropriately completes the request."
+            .to_string()
+    };
+    if input.is_empty() {
+        format!("{preamble}\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+    } else {
+        format!("{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    }
+}
+
+/// Axolotl's user-defined format: `{instruction}`, `{input}` and `{system}` placeholders.
+fn user_defined(f: &UserDefinedFormat, row: &Value) -> Result<Formatted, String> {
+    let field = |name: &Option<String>, default: &str| name.clone().unwrap_or_else(|| default.to_string());
+    let instruction = string_field(row, &field(&f.field_instruction, "instruction"))?;
+    let input = optional_field(row, &field(&f.field_input, "input"))?;
+    let output = string_field(row, &field(&f.field_output, "output"))?;
+    let system = match &f.field_system {
+        Some(name) => optional_field(row, name)?.to_string(),
+        None => f.system_prompt.clone().unwrap_or_default(),
+    };
+    let system = if system.is_empty() {
+        String::new()
+    } else {
+        f.system_format.as_deref().unwrap_or("{system}").replace("{system}", &system)
+    };
+    let body = if input.is_empty() {
+        f.no_input_format
+            .as_deref()
+            .or(f.format.as_deref())
+            .unwrap_or("{instruction}")
+            .replace("{instruction}", instruction)
+    } else {
+        f.format
+            .as_deref()
+            .unwrap_or("{instruction} {input}")
+            .replace("{instruction}", instruction)
+            .replace("{input}", input)
+    };
+    Ok(Formatted::PromptResponse { prompt: format!("{system}{body}"), response: output.to_string() })
+}
+
+/// Tokenizes a non-chat row into samples (several for long pretraining text).
+pub fn tokenize(f: &Formatted, tok: &Tokenizer, seq_len: usize, train_on_inputs: bool) -> Result<Vec<Sample>, String> {
+    Ok(match f {
+        Formatted::Text(text) => {
+            let mut ids: Vec<i64> = tok.bos().into_iter().collect();
+            ids.extend(tok.encode(text)?);
+            ids.extend(tok.eos());
+            ids.chunks(seq_len.max(1)).map(|c| Sample { input_ids: c.to_vec(), labels: c.to_vec() }).collect()
+        }
+        Formatted::PromptResponse { prompt, response } => {
+            // As Axolotl: prompt + response tokenized together, as many tokens masked as the prompt
+            // alone gives (a SentencePiece tokenizer would add a word boundary to a separately
+            // tokenized response).
+            let mut input_ids: Vec<i64> = tok.bos().into_iter().collect();
+            let prompt_len = input_ids.len() + tok.encode(prompt)?.len();
+            input_ids.extend(tok.encode(&format!("{prompt}{response}"))?);
+            input_ids.extend(tok.eos());
+            let mut labels = input_ids.clone();
+            if !train_on_inputs {
+                let masked = prompt_len.min(labels.len());
+                labels[..masked].fill(IGNORE);
+            }
+            vec![Sample { input_ids, labels }]
+        }
+        Formatted::Segments(segments) => {
+            let (mut input_ids, mut labels) = (Vec::new(), Vec::new());
+            for (text, trained) in segments {
+                let ids = tok.encode(text)?;
+                if *trained || train_on_inputs {
+                    labels.extend(&ids);
+                } else {
+                    labels.extend(std::iter::repeat_n(IGNORE, ids.len()));
+                }
+                input_ids.extend(ids);
+            }
+            vec![Sample { input_ids, labels }]
+        }
+        Formatted::Chat(_) => return Err("chat rows are tokenized by the chat module".into()),
+    })
+}
+
+/// A preference pair: the prompt and the chosen / rejected answers, each plain text or messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preference {
+    pub prompt: Value,
+    pub chosen: Value,
+    pub rejected: Value,
+}
+
+/// Reads a preference row: `prompt` / `chosen` / `rejected` as strings or message lists, or the
+/// ShareGPT shape (`conversations` + `chosen` / `rejected` messages). Errors name the field.
+pub fn parse_preference(row: &Value) -> Result<Preference, String> {
+    let prompt = match (row.get("prompt"), row.get("conversations")) {
+        (Some(p @ Value::String(_)), _) => p.clone(),
+        (Some(p @ Value::Array(_)), _) => messages(p, "prompt")?,
+        (Some(other), _) => {
+            return Err(format!("field `prompt` must be a string or a message list, found {}", kind(other)));
+        }
+        (None, Some(c @ Value::Array(_))) => messages(c, "conversations")?,
+        (None, Some(other)) => {
+            return Err(format!("field `conversations` must be a message list, found {}", kind(other)));
+        }
+        (None, None) => return Err("a preference row needs `prompt` (or `conversations`)".into()),
+    };
+    let answer = |field: &str| -> Result<Value, String> {
+        match row.get(field) {
+            Some(v @ Value::String(_)) => Ok(v.clone()),
+            Some(v @ Value::Array(_)) => messages(v, field),
+            Some(v @ Value::Object(_)) => messages(&Value::Array(vec![v.clone()]), field),
+            None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
+            Some(other) => {
+                Err(format!("field `{field}` must be a string, a message or a message list, found {}", kind(other)))
+            }
+        }
+    };
+    let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
+    if chosen == rejected {
+        return Err("`chosen` and `rejected` are the same".into());
+    }
+    Ok(Preference { prompt, chosen, rejected })
+}
+
+/// Normalises a message list to `{role, content}` (ShareGPT's from/value accepted).
+fn messages(list: &Value, field: &str) -> Result<Value, String> {
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        return Err(format!("field `{field}` is an empty list"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let get = |a: &str, b: &str| m.get(a).or_else(|| m.get(b)).and_then(Value::as_str);
+            let role = get("role", "from").ok_or_else(|| format!("{field}[{i}]: no `role` (or `from`) string"))?;
+            let content =
+                get("content", "value").ok_or_else(|| format!("{field}[{i}]: no `content` (or `value`) string"))?;
+            let role = match role {
+                "human" => "user",
+                "gpt" => "assistant",
+                r => r,
+            };
+            Ok(serde_json::json!({"role": role, "content": content}))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(Value::Array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn input_output_needs_boolean_labels() {
+        let entry: DatasetConfig = serde_json::from_value(json!({"path": "x.jsonl", "type": "input_output"})).unwrap();
+        let ok =
+            format_row(&entry, &json!({"segments": [{"text": "Q: ", "label": false}, {"text": "A", "label": true}]}));
+        assert_eq!(ok.unwrap(), Formatted::Segments(vec![("Q: ".into(), false), ("A".into(), true)]));
+        let bad = format_row(&entry, &json!({"segments": [{"text": "Q", "label": "yes"}]})).unwrap_err();
+        assert_eq!(bad, "segments[0]: field `label` must be true or false, found a string");
+    }
+
+    #[test]
+    fn user_defined_fills_its_format() {
+        let entry: DatasetConfig = serde_json::from_value(json!({"path": "x.jsonl", "type": {
+            "field_instruction": "q", "field_output": "a", "format": "[INST] {instruction} {input} [/INST]",
+            "no_input_format": "[INST] {instruction} [/INST]", "system_prompt": "Be brief.", "system_format": "<<{system}>> "
+        }}))
+        .unwrap();
+        let f = format_row(&entry, &json!({"q": "Hi", "a": "Hello"})).unwrap();
+        assert_eq!(
+            f,
+            Formatted::PromptResponse { prompt: "<<Be brief.>> [INST] Hi [/INST]".into(), response: "Hello".into() }
+        );
+        assert_eq!(format_row(&entry, &json!({"q": "Hi"})).unwrap_err(), "field `a` is missing");
+    }
+
+    #[test]
+    fn preference_rows_in_both_shapes() {
+        let flat = parse_preference(&json!({"prompt": "2+2?", "chosen": "4", "rejected": "5"})).unwrap();
+        assert_eq!(flat.chosen, json!("4"));
+        let sharegpt = parse_preference(&json!({
+            "conversations": [{"from": "human", "value": "2+2?"}],
+            "chosen": {"from": "gpt", "value": "4"},
+            "rejected": {"from": "gpt", "value": "5"}
+        }))
+        .unwrap();
+        assert_eq!(sharegpt.prompt, json!([{"role": "user", "content": "2+2?"}]));
+        assert_eq!(sharegpt.rejected, json!([{"role": "assistant", "content": "5"}]));
+        assert_eq!(
+            parse_preference(&json!({"prompt": "x", "chosen": "a"})).unwrap_err(),
+            "field `rejected` is missing"
+        );
+        assert!(parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "a"})).is_err());
+    }
+}
