@@ -1,0 +1,126 @@
+//! The data pipeline through the CLI (no libtorch needed): `recipe preview` shows trained and
+//! masked text and the packing layout (snapshots); malformed rows are named by file, line and
+//! field, or skipped and counted; hygiene (dedup, PII) and mixing report what they did; test sets
+//! never leak into training; `recipe preprocess` caches and `recipe run` reuses the cache.
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    root().join("tests/fixtures/pipeline").join(name).display().to_string()
+}
+
+fn write_recipe(dir: &Path, datasets: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "base_model: {}\nadapter: lora\nlora_target_linear: true\ndatasets:\n{datasets}sequence_len: 256\n\
+         sample_packing: true\nmicro_batch_size: 2\nmax_steps: 2\nlearning_rate: 1.0e-4\nseed: 5\n\
+         output_dir: {}\n{extra}",
+        root().join("models/stories260k").display(),
+        dir.join("out").display()
+    );
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn recipe() -> Command {
+    let mut cmd = Command::cargo_bin("recipe").unwrap();
+    cmd.env("NO_COLOR", "1").env("OMP_NUM_THREADS", "1").env("RECIPE_LOG", "warn");
+    cmd
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Paths of this machine replaced, for snapshots.
+fn portable(text: &str, dir: &Path) -> String {
+    text.replace(&root().display().to_string(), "<repo>").replace(&dir.display().to_string(), "<tmp>")
+}
+
+#[test]
+fn preview_shows_masks_hygiene_and_packing() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!(
+        "  - path: {}\n    type: alpaca\n  - path: {}\n    type: input_output\n",
+        fixture("instructions.jsonl"),
+        fixture("segments.jsonl")
+    );
+    let path = write_recipe(
+        dir.path(),
+        &datasets,
+        "dataset_exact_deduplication: true\ndataset_normalized_deduplication: true\nredact_pii: true\nshuffle_merged_datasets: false\n",
+    );
+    let text = stdout_of(recipe().args(["preview", "-n", "8"]).arg(&path));
+    insta::assert_snapshot!("preview_text", portable(&text, dir.path()));
+    assert!(text.contains("2 duplicates dropped") && text.contains("1 PII strings redacted"), "{text}");
+    assert!(text.contains("[EMAIL]") && !text.contains("ada@example.org"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(recipe().args(["preview", "--json", "-n", "2"]).arg(&path))).unwrap();
+    let first = &json["samples"][0];
+    assert_eq!(first["input_ids"].as_array().unwrap().len(), first["labels"].as_array().unwrap().len());
+    assert!(first["runs"].as_array().unwrap().iter().any(|r| r["trained"] == true));
+    assert!(json["packing"]["efficiency"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_malformed_row_is_named_or_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!("  - path: {}\n    type: alpaca\n", fixture("broken.jsonl"));
+    let path = write_recipe(dir.path(), &datasets, "");
+    let out = recipe().args(["preview"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.jsonl:3: field `output` is missing"), "{stderr}");
+    assert!(stderr.contains("skip_bad_rows"), "{stderr}");
+
+    let text = stdout_of(recipe().args(["preview", "--set", "skip_bad_rows=true"]).arg(&path));
+    assert!(text.contains("4 rows, 1 malformed rows skipped -> 3 samples"), "{text}");
+}
+
+#[test]
+fn weights_mix_and_test_sets_never_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!(
+        "  - path: {}\n    type: alpaca\n    weight: 3\n  - path: {}\n    type: input_output\n    weight: 1\n",
+        fixture("instructions.jsonl"),
+        fixture("segments.jsonl")
+    );
+    let extra = format!("test_datasets:\n  - path: {}\n    type: input_output\n", fixture("segments.jsonl"));
+    let path = write_recipe(dir.path(), &datasets, &extra);
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(recipe().args(["preview", "--json"]).arg(&path))).unwrap();
+    let report: Vec<String> =
+        json["report"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    // 6 + 2 samples, weights 3:1: 6 from the first, 2 from the second, then both of those are test rows.
+    assert!(report.iter().any(|l| l == "mixing: datasets[0] gives 6 of 8 samples (6 available)"), "{report:?}");
+    assert!(report.iter().any(|l| l == "removed 2 training samples that also appear in test_datasets"), "{report:?}");
+    assert_eq!(json["train_samples"], 6);
+    assert_eq!(json["test_samples"], 2);
+}
+
+#[cfg(feature = "exec")]
+#[test]
+fn preprocess_caches_and_run_reuses_until_something_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!("  - path: {}\n    type: alpaca\n", fixture("instructions.jsonl"));
+    let extra = format!("dataset_prepared_path: {}\n", dir.path().join("prepared").display());
+    let path = write_recipe(dir.path(), &datasets, &extra);
+    let text = stdout_of(recipe().args(["preprocess"]).arg(&path));
+    assert!(text.contains("cached   "), "{text}");
+    let folders: Vec<_> = std::fs::read_dir(dir.path().join("prepared")).unwrap().flatten().collect();
+    assert_eq!(folders.len(), 1);
+    let run = stdout_of(recipe().args(["run", "--device", "cpu"]).arg(&path));
+    assert!(run.contains("samples reused from"), "{run}");
+    // Another option, another key: prepared again.
+    let run = stdout_of(recipe().args(["run", "--device", "cpu", "--set", "train_on_inputs=true"]).arg(&path));
+    assert!(run.contains("samples prepared now, cached in"), "{run}");
+    assert_eq!(std::fs::read_dir(dir.path().join("prepared")).unwrap().count(), 2);
+}
