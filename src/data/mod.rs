@@ -1,7 +1,8 @@
 //! The data pipeline: a plan's datasets in, tokenized samples with their labels out. Stages, in
 //! order, each counting what it changed for the report:
 //!
-//! 1. read rows (`read_rows`; every row keeps its file and line/row for errors),
+//! 1. read rows (`sources`: local files, folders, globs, hub snapshots; every row keeps its file
+//!    and line/row for errors),
 //! 2. format them (`formats`; a malformed row is an error naming file, row and field, or is
 //!    skipped and counted with `skip_bad_rows`),
 //! 3. hygiene (`hygiene`): PII redaction, exact / normalised deduplication,
@@ -17,9 +18,10 @@ pub mod cache;
 pub mod formats;
 pub mod hygiene;
 pub mod packing;
+pub mod sources;
 pub mod tokenizer;
 
-use crate::config::datasets::{DatasetConfig, ExcessLength, FileFormat};
+use crate::config::datasets::{DatasetConfig, ExcessLength};
 use crate::plan::Plan;
 use crate::plan::data::{DataOptions, DatasetPlan};
 use formats::Formatted;
@@ -173,15 +175,22 @@ fn mix(
 
 /// One dataset through stages 1 to 5.
 fn dataset_samples(d: &DatasetPlan, opts: &DataOptions, tok: &Tokenizer) -> Result<(Vec<Sample>, Counts), String> {
-    let path = d
-        .local_path
-        .as_deref()
-        .ok_or_else(|| format!("{}: hub datasets are not readable by the executor yet", d.source))?;
-    let rows = read_rows(&d.entry, path)?;
-    let mut c = Counts { rows: rows.len(), ..Counts::default() };
-    let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(rows.len());
-    for (origin, row) in rows {
-        match formats::format_row(&d.entry, &row) {
+    let field = match &d.entry {
+        DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.as_str(),
+        _ => "text",
+    };
+    let read = sources::read_rows(d.entry.source(), d.local_path.as_deref(), field, &sources::Hub::from_env())?;
+    let mut c = Counts { rows: read.rows.len() + read.bad.len(), ..Counts::default() };
+    if let Some(first) = read.bad.first() {
+        if !opts.skip_bad_rows {
+            return Err(format!("{first} (set skip_bad_rows: true to skip such rows)"));
+        }
+        c.bad_rows += read.bad.len();
+    }
+    let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(read.rows.len());
+    for row in read.rows {
+        let origin = row.origin.to_string();
+        match formats::format_row(&d.entry, &row.value) {
             Ok(f) => formatted.push((origin, f)),
             Err(e) if opts.skip_bad_rows => {
                 c.bad_rows += 1;
@@ -246,49 +255,4 @@ fn dataset_samples(d: &DatasetPlan, opts: &DataOptions, tok: &Tokenizer) -> Resu
     }
     c.samples = samples.len();
     Ok((samples, c))
-}
-
-/// Rows of a local dataset file, each with where it is (`FILE:line N` / `FILE row N`).
-fn read_rows(entry: &DatasetConfig, path: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
-    let format = entry.source().ds_type.or_else(|| guess_format(path)).unwrap_or(FileFormat::Json);
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
-    let lines = || -> Result<Vec<(String, serde_json::Value)>, String> {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| {
-                serde_json::from_str(l)
-                    .map(|v| (format!("{shown}:{}", n + 1), v))
-                    .map_err(|e| format!("{shown}:{}: not valid JSON: {e}", n + 1))
-            })
-            .collect()
-    };
-    match format {
-        FileFormat::Text => {
-            let field = match entry {
-                DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.clone(),
-                _ => "text".to_string(),
-            };
-            Ok(vec![(shown.to_string(), serde_json::json!({ field: text }))])
-        }
-        FileFormat::Json if text.trim_start().starts_with('[') => {
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| format!("{shown}: not a valid JSON array: {e}"))?;
-            Ok(rows.into_iter().enumerate().map(|(i, v)| (format!("{shown} row {i}"), v)).collect())
-        }
-        FileFormat::Json | FileFormat::Jsonl => lines(),
-        other => Err(format!("{shown}: {other:?} files are not readable by the executor yet")),
-    }
-}
-
-fn guess_format(path: &Path) -> Option<FileFormat> {
-    match path.extension()?.to_str()? {
-        "json" => Some(FileFormat::Json),
-        "jsonl" => Some(FileFormat::Jsonl),
-        "txt" | "text" | "md" => Some(FileFormat::Text),
-        "parquet" => Some(FileFormat::Parquet),
-        "csv" => Some(FileFormat::Csv),
-        _ => None,
-    }
 }

@@ -35,6 +35,40 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos, pad, add_bos })
     }
 
+    /// Sets special tokens and adds new tokens (the recipe's `special_tokens` and `tokens`);
+    /// returns how many entries the vocabulary gained.
+    pub fn add(
+        &mut self,
+        special: &crate::config::chat_template::SpecialTokens,
+        tokens: &[String],
+    ) -> Result<usize, String> {
+        use tokenizers::AddedToken;
+        let before = self.inner.get_vocab_size(true);
+        let named = [&special.bos_token, &special.eos_token, &special.pad_token, &special.unk_token];
+        let specials: Vec<AddedToken> =
+            named.iter().filter_map(|t| t.as_ref()).map(|t| AddedToken::from(t.clone(), true)).collect();
+        self.inner.add_special_tokens(specials).map_err(|e| format!("special_tokens: {e}"))?;
+        let plain: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(t.clone(), false)).collect();
+        self.inner.add_tokens(plain).map_err(|e| format!("tokens: {e}"))?;
+        let id = |t: &Option<String>| t.as_ref().and_then(|t| self.inner.token_to_id(t)).map(i64::from);
+        if let Some(b) = id(&special.bos_token) {
+            self.bos = Some(b);
+        }
+        if let Some(e) = id(&special.eos_token) {
+            self.eos = Some(e);
+        }
+        if let Some(p) = id(&special.pad_token) {
+            self.pad = p;
+        }
+        Ok(self.inner.get_vocab_size(true) - before)
+    }
+
+    /// Writes tokenizer.json (with any added tokens).
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), String> {
+        let path = dir.join("tokenizer.json");
+        self.inner.save(&path, false).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Token ids of `text`, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, String> {
         let enc = self.inner.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;

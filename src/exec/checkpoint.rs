@@ -48,15 +48,15 @@ pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path)
             let tensors: Vec<(String, Tensor)> =
                 model.base_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
             weights::save(&dir.join("model.safetensors"), &tensors)?;
-            write_model_config(dir, base_dir, false)?;
+            write_model_config(dir, base_dir, false, model.arch.vocab_size)?;
         }
     }
     copy_side_files(base_dir, dir)
 }
 
-/// Copies config.json from the base, recording fp32 weights (and untying the head when the merged
-/// model has its own).
-pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool) -> Result<(), String> {
+/// Copies config.json from the base, recording fp32 weights, the vocabulary size (tokens may have
+/// been added) and an untied head when the merged model has its own.
+pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool, vocab_size: u64) -> Result<(), String> {
     let src = base_dir.join("config.json");
     let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
@@ -64,6 +64,7 @@ pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool) -> Result<()
         o.remove("torch_dtype");
         o.insert("dtype".into(), "float32".into());
         o.remove("quantization_config");
+        o.insert("vocab_size".into(), vocab_size.into());
         if untie {
             o.insert("tie_word_embeddings".into(), false.into());
         }

@@ -124,7 +124,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
-    let tok = Tokenizer::load(&base_dir)?;
+    let mut tok = Tokenizer::load(&base_dir)?;
+    let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
     let (mut prepared, data_source) = data::load_or_prepare(plan, &tok, &base_dir)?;
     prepared.report.insert(0, format!("samples {data_source}"));
     let seq_len = plan.batch.sequence_len as usize;
@@ -143,6 +144,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable })?;
     drop(ckpt);
     model.compute_kind = kind;
+    if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
+        model.resize_vocab(tok.vocab_size() as i64);
+        tracing::info!("added {added} tokens; vocabulary now {}", tok.vocab_size());
+    }
     if let Some(window) = plan.model.architecture.sliding_window
         && (window as usize) < seq_len
     {
@@ -220,6 +225,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let mut outputs = vec![log.path().to_path_buf()];
     if !outcome.interrupted {
         checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
+        if added > 0 {
+            // The base's tokenizer lacks the added tokens: save ours (load the base with
+            // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
+            tok.save(&output_dir)?;
+        }
         outputs.push(checkpoint::weights_file(&output_dir));
     }
     let records = metrics::read(log.path());
@@ -359,7 +369,7 @@ pub fn merge(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>, String> {
     let tensors: Vec<(String, tch::Tensor)> = params.into_iter().map(|p| (p.name, p.tensor)).collect();
     let file = out.join("model.safetensors");
     crate::model::weights::save(&file, &tensors)?;
-    checkpoint::write_model_config(out, &loaded.base_dir, untie)?;
+    checkpoint::write_model_config(out, &loaded.base_dir, untie, loaded.model.arch.vocab_size)?;
     checkpoint::copy_side_files(&loaded.base_dir, out)?;
     Ok(vec![file, out.join("config.json")])
 }

@@ -176,6 +176,28 @@ impl CausalLm {
         })
     }
 
+    /// Grows the vocabulary to `n` entries (new tokens added to the tokenizer): new embedding and
+    /// head rows start at the mean of the existing ones, as transformers' resize does without
+    /// its random spread. Trainable copies grow too; a tied head keeps sharing the embedding.
+    pub fn resize_vocab(&mut self, n: i64) {
+        let old = self.arch.vocab_size as i64;
+        if n <= old {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let grow = |t: &Tensor| -> Tensor {
+            let mean = t.to_kind(Kind::Float).mean_dim(0, true, Kind::Float).to_kind(t.kind());
+            let extra = mean.expand([n - old, t.size()[1]], false);
+            let out = Tensor::cat(&[t.detach(), extra], 0);
+            if t.requires_grad() { out.set_requires_grad(true) } else { out }
+        };
+        let shared_head = self.lm_head.weight.data_ptr() == self.embed_tokens.data_ptr();
+        self.embed_tokens = grow(&self.embed_tokens);
+        self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
+        self.lm_head.weight = if shared_head { self.embed_tokens.shallow_clone() } else { grow(&self.lm_head.weight) };
+        self.arch.vocab_size = n as u64;
+    }
+
     /// Token embeddings [B, T, H].
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let table = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);

@@ -102,9 +102,18 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             }
         }
     }
-    // modules_to_save: a trained full copy of each module; the original stays, frozen.
+    // modules_to_save: a trained full copy of each module; the original stays, frozen. New tokens
+    // need trained embeddings and head rows, so `tokens` adds both.
+    let mut modules_to_save = a.lora_modules_to_save.clone();
+    if !c.chat.tokens.is_empty() {
+        for m in ["embed_tokens", "lm_head"] {
+            if !modules_to_save.iter().any(|x| x == m) {
+                modules_to_save.push(m.to_string());
+            }
+        }
+    }
     let mut saved_params = 0u64;
-    for m in &a.lora_modules_to_save {
+    for m in &modules_to_save {
         let params = match m.as_str() {
             "lm_head" => arch.vocab_size * arch.hidden_size,
             "embed_tokens" => arch.vocab_size * arch.hidden_size,
@@ -135,7 +144,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         rslora: a.peft_use_rslora,
         dora: a.peft_use_dora,
         dropout: a.lora_dropout,
-        modules_to_save: a.lora_modules_to_save.clone(),
+        modules_to_save,
         trainable_parameters: trainable,
         total_parameters: total,
         trainable_percent: 100.0 * trainable as f64 / total as f64,

@@ -90,6 +90,10 @@ pub struct DataOptions {
     /// Where `recipe preprocess` caches tokenized data (relative to the working directory).
     pub prepared_path: Option<String>,
     pub seed: u64,
+    /// Special tokens set on the tokenizer (added when new).
+    pub special_tokens: crate::config::chat_template::SpecialTokens,
+    /// Tokens added to the vocabulary; the model's embeddings grow to match.
+    pub added_tokens: Vec<String>,
 }
 
 pub fn options(c: &Config) -> DataOptions {
@@ -109,6 +113,8 @@ pub fn options(c: &Config) -> DataOptions {
         skip_bad_rows: d.skip_bad_rows,
         prepared_path: d.dataset_prepared_path.clone(),
         seed: c.training.seed,
+        special_tokens: c.chat.special_tokens.clone(),
+        added_tokens: c.chat.tokens.clone(),
     }
 }
 
