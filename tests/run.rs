@@ -273,3 +273,20 @@ fn gradient_checkpointing_lowers_peak_memory() {
         "gradient checkpointing should cut peak memory: {plain} KiB without, {checkpointed} KiB with"
     );
 }
+
+#[test]
+fn added_tokens_grow_the_vocabulary_and_train_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\ntokens: [\"<|scene|>\"]\nspecial_tokens:\n  pad_token: \"<pad>\"\n");
+    run_ok(&path, &[]);
+    let out = dir.path().join("out");
+    let adapter = recipe::model::weights::Checkpoint::open_files(&out, &[out.join("adapter_model.safetensors")]).unwrap();
+    // 512 + <pad> + <|scene|>, both the embedding copy and the head copy.
+    assert_eq!(adapter.shape("base_model.model.model.embed_tokens.weight"), Some(&[514i64, 64][..]));
+    assert_eq!(adapter.shape("base_model.model.lm_head.weight"), Some(&[514i64, 64][..]));
+    let tokenizer = std::fs::read_to_string(out.join("tokenizer.json")).unwrap();
+    assert!(tokenizer.contains("<|scene|>") && tokenizer.contains("<pad>"));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let saved: Vec<&str> = config["modules_to_save"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(saved, ["embed_tokens", "lm_head"]);
+}
