@@ -42,13 +42,16 @@ fn check(case: &str, checkpointing: bool) {
     assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
 
     let params = model.trainable_params();
+    let mut worst = 0f64;
     assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count(), "{case}: trainable set");
     for p in params {
         let expected = &g[&format!("grad.{}", p.name)];
         let got = p.tensor.grad();
         let rel = (&got - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
+        worst = worst.max(rel);
         assert!(rel < 1e-4, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
     }
+    eprintln!("{case} (checkpointing {checkpointing}): worst relative gradient difference {worst:e}, logits {d:e}");
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn check_case(case: &str, model_dir: &Path) {
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
     let logits = tch::no_grad(|| model.logits(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }));
     let diff = max_abs_diff(&logits, &g["logits"]);
+    eprintln!("{case}: max |logits - transformers| = {diff:e}");
     assert!(diff < 1e-4, "{case}: logits differ from transformers by {diff:e}");
     let loss = tch::no_grad(|| {
         let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, false);
