@@ -103,7 +103,15 @@ impl Loop<'_> {
     fn tensors(&self, b: &HostBatch) -> (Tensor, Tensor, Tensor, Option<Tensor>) {
         let dev = self.model.device;
         let shape = [b.rows as i64, b.len as i64];
-        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(dev);
+        // On CUDA, copy from pinned memory without blocking: a plain copy from pageable memory
+        // would wait for the previous step's kernels, a host-device sync every step.
+        let t = |v: &[i64]| {
+            let host = Tensor::from_slice(v).view(shape);
+            match dev {
+                Device::Cpu => host,
+                _ => host.pin_memory(dev).to_device_(dev, Kind::Int64, true, false),
+            }
+        };
         (t(&b.input_ids), t(&b.labels), t(&b.position_ids), b.segment_ids.as_deref().map(t))
     }
 
