@@ -124,3 +124,25 @@ fn preprocess_caches_and_run_reuses_until_something_changes() {
     assert!(run.contains("samples prepared now, cached in"), "{run}");
     assert_eq!(std::fs::read_dir(dir.path().join("prepared")).unwrap().count(), 2);
 }
+
+#[test]
+fn chat_datasets_train_every_assistant_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!(
+        "  - path: {}\n    type: chat_template\n  - path: {}\n    type: chat_template\n    field_messages: conversations\n    \
+         message_property_mappings:\n      role: from\n      content: value\n",
+        fixture("chat.jsonl"),
+        fixture("sharegpt.jsonl")
+    );
+    let base = "chat_template: chatml\nshuffle_merged_datasets: false\n";
+    let path = write_recipe(dir.path(), &datasets, base);
+    let text = stdout_of(recipe().args(["preview", "-n", "1"]).arg(&path));
+    assert!(text.contains("template `chatml` never prints the EOS token `</s>`"), "{text}");
+    // The template's turn end as EOS: a new special token, trained after every assistant turn.
+    let path = write_recipe(dir.path(), &datasets, &format!("{base}special_tokens:\n  eos_token: \"<|im_end|>\"\n"));
+    let text = stdout_of(recipe().args(["preview", "-n", "3"]).arg(&path));
+    insta::assert_snapshot!("preview_chat", portable(&text, dir.path()));
+    // Both assistant turns of the first conversation are trained, not only the last.
+    assert!(text.contains("]]Green.<|im_end|>") && text.contains("]]Blue.<|im_end|>"), "{text}");
+    assert!(text.contains("]]Apple.<|im_end|>") && text.contains("]]Pear.<|im_end|>"), "{text}");
+}

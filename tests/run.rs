@@ -277,16 +277,45 @@ fn gradient_checkpointing_lowers_peak_memory() {
 #[test]
 fn added_tokens_grow_the_vocabulary_and_train_their_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_recipe(dir.path(), "max_steps: 2\ntokens: [\"<|scene|>\"]\nspecial_tokens:\n  pad_token: \"<pad>\"\n");
+    let path =
+        write_recipe(dir.path(), "max_steps: 2\ntokens: [\"<|scene|>\"]\nspecial_tokens:\n  pad_token: \"<pad>\"\n");
     run_ok(&path, &[]);
     let out = dir.path().join("out");
-    let adapter = recipe::model::weights::Checkpoint::open_files(&out, &[out.join("adapter_model.safetensors")]).unwrap();
+    let adapter =
+        recipe::model::weights::Checkpoint::open_files(&out, &[out.join("adapter_model.safetensors")]).unwrap();
     // 512 + <pad> + <|scene|>, both the embedding copy and the head copy.
     assert_eq!(adapter.shape("base_model.model.model.embed_tokens.weight"), Some(&[514i64, 64][..]));
     assert_eq!(adapter.shape("base_model.model.lm_head.weight"), Some(&[514i64, 64][..]));
     let tokenizer = std::fs::read_to_string(out.join("tokenizer.json")).unwrap();
     assert!(tokenizer.contains("<|scene|>") && tokenizer.contains("<pad>"));
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
     let saved: Vec<&str> = config["modules_to_save"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(saved, ["embed_tokens", "lm_head"]);
+}
+
+#[test]
+fn a_chat_recipe_trains_and_generates_through_its_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "base_model: {}\nadapter: lora\nlora_target_linear: true\nchat_template: chatml\nspecial_tokens:\n  eos_token: \"<|im_end|>\"\n\
+         datasets:\n  - path: {}\n    type: chat_template\nsequence_len: 256\nmicro_batch_size: 2\nmax_steps: 2\n\
+         learning_rate: 1.0e-3\noutput_dir: {}\n",
+        root().join("models/stories260k").display(),
+        root().join("tests/fixtures/pipeline/chat.jsonl").display(),
+        dir.path().join("out").display()
+    );
+    let path = dir.path().join("chat.yaml");
+    std::fs::write(&path, text).unwrap();
+    run_ok(&path, &[]);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(config["eos_token"], "<|im_end|>");
+    let out = recipe()
+        .arg("generate")
+        .arg(&path)
+        .args(["--prompt", "Colour of grass?", "--max-new-tokens", "6", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -15,7 +15,8 @@ fn load(recipe: &Path, overrides: &[String]) -> Result<(Plan, Tokenizer, std::pa
         ExitCode::from(EXIT_INVALID)
     };
     let dir = crate::plan::model::tokenizer_folder(&plan.model).map_err(fail)?;
-    let tok = Tokenizer::load(&dir).map_err(fail)?;
+    let mut tok = Tokenizer::load(&dir).map_err(fail)?;
+    tok.add(&plan.data.special_tokens, &plan.data.added_tokens).map_err(fail)?;
     Ok((plan, tok, dir))
 }
 
@@ -40,11 +41,11 @@ pub fn runs(tok: &Tokenizer, s: &Sample) -> Vec<(String, bool)> {
 }
 
 pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> ExitCode {
-    let (plan, tok, _) = match load(recipe, overrides) {
+    let (plan, tok, dir) = match load(recipe, overrides) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let prepared = match data::prepare(&plan, &tok) {
+    let prepared = match data::prepare(&plan, &tok, &dir) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{}: error[data]: {e}", recipe.display());
@@ -162,10 +163,10 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
         return ExitCode::from(EXIT_INVALID);
     };
     let result = (|| {
-        let key = cache::key(&plan, &dir, None)?;
+        let key = cache::key(&plan, &dir)?;
         let folder = cache::folder(Path::new(&root), &key);
         let start = std::time::Instant::now();
-        let prepared = data::prepare(&plan, &tok)?;
+        let prepared = data::prepare(&plan, &tok, &dir)?;
         let secs = start.elapsed().as_secs_f64();
         cache::save(&folder, &prepared)?;
         Ok::<_, String>((folder, prepared, secs))

@@ -121,20 +121,11 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
         Ok(t) => t,
         Err(code) => return code,
     };
-    if let Some(t) = plan.as_ref().and_then(|p| p.chat_template.as_ref()) {
-        eprintln!(
-            "{}: error: the recipe uses chat template `{}`; rendering chat templates arrives with the data \
-             pipeline, so pass an output folder and a raw prompt for now",
-            target.display(),
-            t.name
-        );
-        return ExitCode::from(EXIT_INVALID);
-    }
     let device = match device(device_name) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let loaded = match exec::load_trained(&dir, base.as_deref(), device) {
+    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device)) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
@@ -142,17 +133,61 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
         }
     };
     let tok = &loaded.tokenizer;
-    let mut ids: Vec<i64> = tok.bos().into_iter().collect();
-    match tok.encode(prompt) {
-        Ok(p) => ids.extend(p),
+    let template = plan.as_ref().and_then(|p| p.chat_template.as_ref());
+    let ids = match template {
+        // A chat recipe: the prompt as a user turn, rendered with the generation prompt.
+        Some(t) => chat_prompt(t, &loaded.base_dir, &dir, prompt, tok),
+        None => tok.encode(prompt).map(|p| tok.bos().into_iter().chain(p).collect::<Vec<i64>>()),
+    };
+    let ids = match ids {
+        Ok(ids) => ids,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{}: error: {e}", target.display());
             return ExitCode::from(EXIT_INVALID);
         }
+    };
+    let out = match exec::catch_torch_errors(None, || Ok(sample(&loaded.model, &ids, tok.eos(), sampling))) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("{}: error: {e}", target.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    if template.is_some() {
+        println!("{}", tok.decode(&out));
+    } else {
+        println!("{prompt}{}", tok.decode(&out));
     }
-    let out = sample(&loaded.model, &ids, tok.eos(), sampling);
-    println!("{prompt}{}", tok.decode(&out));
     ExitCode::SUCCESS
+}
+
+fn chat_prompt(
+    t: &crate::plan::data::TemplatePlan,
+    base_dir: &Path,
+    output_dir: &Path,
+    prompt: &str,
+    tok: &crate::data::Tokenizer,
+) -> Result<Vec<i64>, String> {
+    use crate::data::template::{ChatTemplate, FixedDate, SpecialTokenStrings};
+    let text = match &t.text {
+        Some(text) => text.clone(),
+        None => {
+            crate::data::template::resolve(
+                crate::config::chat_template::ChatTemplateName::TokenizerDefault,
+                None,
+                base_dir,
+                base_dir,
+            )?
+            .0
+        }
+    };
+    let template = ChatTemplate::new(&text, &t.name).map_err(String::from)?.with_fixed_date(FixedDate::today());
+    // The output folder's tokenizer files carry any special tokens the run set.
+    let tokenizer_dir = if output_dir.join("tokenizer_config.json").is_file() { output_dir } else { base_dir };
+    let special = SpecialTokenStrings::from_model_dir(tokenizer_dir)?;
+    let messages = [serde_json::json!({"role": "user", "content": prompt})];
+    let rendered = template.render(&messages, None, true, &special).map_err(String::from)?;
+    tok.encode(&rendered)
 }
 
 pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> ExitCode {
@@ -164,7 +199,7 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
         return ExitCode::from(EXIT_INVALID);
     }
-    let loaded = match exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu) {
+    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu)) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
@@ -172,7 +207,7 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         }
     };
     let out = output.map(Path::to_path_buf).unwrap_or_else(|| dir.join("merged"));
-    match exec::merge(&loaded, &out) {
+    match exec::catch_torch_errors(None, || exec::merge(&loaded, &out)) {
         Ok(files) => {
             println!("merged {} into {}", dir.display(), out.display());
             for f in files {

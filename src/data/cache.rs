@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const PIPELINE_VERSION: &str = "recipe-data-1";
 
 /// The cache key for this plan's data with the tokenizer in `tokenizer_dir`.
-pub fn key(plan: &Plan, tokenizer_dir: &Path, template_text: Option<&str>) -> Result<String, String> {
+pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
     let mut h = Sha256::new();
     h.update(PIPELINE_VERSION);
     h.update(serde_json::to_string(&plan.data).map_err(|e| e.to_string())?);
@@ -34,8 +34,19 @@ pub fn key(plan: &Plan, tokenizer_dir: &Path, template_text: Option<&str>) -> Re
             h.update(&bytes);
         }
     }
-    if let Some(t) = template_text {
-        h.update(t);
+    // Chat templates: the recipe's and each dataset's (a tokenizer_default one is in the
+    // tokenizer files above).
+    let templates = plan
+        .chat_template
+        .iter()
+        .chain(plan.datasets.iter().chain(&plan.test_datasets).filter_map(|d| d.chat_template.as_ref()));
+    for t in templates {
+        h.update(t.text.as_deref().unwrap_or(&t.name));
+    }
+    for name in ["chat_template.jinja"] {
+        if let Ok(bytes) = std::fs::read(tokenizer_dir.join(name)) {
+            h.update(&bytes);
+        }
     }
     Ok(h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
 }

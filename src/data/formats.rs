@@ -18,9 +18,13 @@ use serde_json::Value;
 /// A row in the shape the tokenizer needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Formatted {
-    PromptResponse { prompt: String, response: String },
+    PromptResponse {
+        prompt: String,
+        response: String,
+    },
     Text(String),
     Segments(Vec<(String, bool)>),
+    /// The whole row: the chat module reads messages, tools and per-message fields from it.
     Chat(Value),
 }
 
@@ -120,7 +124,7 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
                 .map(Formatted::Segments)
         }
         DatasetConfig::ChatTemplate(c) => match row.get(&c.field_messages) {
-            Some(messages @ Value::Array(_)) => Ok(Formatted::Chat(messages.clone())),
+            Some(Value::Array(_)) => Ok(Formatted::Chat(row.clone())),
             None | Some(Value::Null) => Err(format!("field `{}` is missing", c.field_messages)),
             Some(other) => {
                 Err(format!("field `{}` must be a list of messages, found {}", c.field_messages, kind(other)))

@@ -15,15 +15,18 @@
 //! tokens that carry no loss. `packing` turns samples into rows.
 
 pub mod cache;
+pub mod chat;
 pub mod formats;
 pub mod hygiene;
 pub mod packing;
 pub mod sources;
+pub mod template;
 pub mod tokenizer;
 
+use crate::config::chat_template::ChatTemplateName;
 use crate::config::datasets::{DatasetConfig, ExcessLength};
 use crate::plan::Plan;
-use crate::plan::data::{DataOptions, DatasetPlan};
+use crate::plan::data::DatasetPlan;
 use formats::Formatted;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -68,37 +71,41 @@ struct Counts {
     dropped_long: usize,
     truncated: usize,
     dropped_untrained: usize,
+    notes: Vec<String>,
 }
 
 /// The prepared data: from the cache in `dataset_prepared_path` when its key matches, else
 /// prepared now (and cached when a path is set). Returns where it came from.
 pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<(Prepared, String), String> {
     let Some(root) = &plan.data.prepared_path else {
-        return Ok((prepare(plan, tok)?, "prepared now".into()));
+        return Ok((prepare(plan, tok, tokenizer_dir)?, "prepared now".into()));
     };
-    let key = cache::key(plan, tokenizer_dir, None)?;
+    let key = cache::key(plan, tokenizer_dir)?;
     let dir = cache::folder(Path::new(root), &key);
     if dir.join("report.json").is_file() {
         return Ok((cache::load(&dir)?, format!("reused from {}", dir.display())));
     }
-    let prepared = prepare(plan, tok)?;
+    let prepared = prepare(plan, tok, tokenizer_dir)?;
     cache::save(&dir, &prepared)?;
     Ok((prepared, format!("prepared now, cached in {}", dir.display())))
 }
 
-/// Prepares every dataset of the plan.
-pub fn prepare(plan: &Plan, tok: &Tokenizer) -> Result<Prepared, String> {
+/// Prepares every dataset of the plan (`tokenizer_dir` holds the tokenizer files, for a
+/// `tokenizer_default` chat template and the special-token strings templates print).
+pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Prepared, String> {
     let opts = &plan.data;
     let mut report = Vec::new();
     let mut per_dataset = Vec::new();
     for (i, d) in plan.datasets.iter().enumerate() {
-        let (samples, counts) = dataset_samples(d, opts, tok).map_err(|e| format!("datasets[{i}]: {e}"))?;
+        let (samples, counts) =
+            dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("datasets[{i}]: {e}"))?;
         report.push(describe("datasets", i, d, &counts));
         per_dataset.push((samples, d.entry.source().weight));
     }
     let mut test = Vec::new();
     for (i, d) in plan.test_datasets.iter().enumerate() {
-        let (samples, counts) = dataset_samples(d, opts, tok).map_err(|e| format!("test_datasets[{i}]: {e}"))?;
+        let (samples, counts) =
+            dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("test_datasets[{i}]: {e}"))?;
         report.push(describe("test_datasets", i, d, &counts));
         test.extend(samples);
     }
@@ -141,7 +148,11 @@ fn describe(key: &str, i: usize, d: &DatasetPlan, c: &Counts) -> String {
     note(c.dropped_long, "over-length samples dropped");
     note(c.truncated, "over-length samples truncated");
     note(c.dropped_untrained, "samples without trained tokens dropped");
-    format!("{key}[{i}] {} ({}): {} -> {} samples", d.r#type, d.source, parts.join(", "), c.samples)
+    let mut line = format!("{key}[{i}] {} ({}): {} -> {} samples", d.r#type, d.source, parts.join(", "), c.samples);
+    for n in &c.notes {
+        line.push_str(&format!("; warning: {n}"));
+    }
+    line
 }
 
 /// Mixes datasets: all rows once, or, where weights are given, each dataset's share of the total
@@ -173,14 +184,108 @@ fn mix(
     out
 }
 
+/// A chat dataset's template (its own, else the recipe's, else the tokenizer's), options and the
+/// special-token strings the template prints.
+pub struct ChatSetup {
+    pub template: template::ChatTemplate,
+    pub options: chat::ChatOptions,
+    pub special: template::SpecialTokenStrings,
+}
+
+pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<Option<ChatSetup>, String> {
+    let DatasetConfig::ChatTemplate(c) = &d.entry else { return Ok(None) };
+    let planned = d.chat_template.as_ref().or(plan.chat_template.as_ref());
+    let (text, name) = match planned.and_then(|t| t.text.clone().map(|text| (text, t.name.clone()))) {
+        Some(found) => found,
+        // Known only now (a hub model's tokenizer_config.json), or no template named at all.
+        None => {
+            let name = c.chat_template.or(plan_template_name(plan)).unwrap_or(ChatTemplateName::TokenizerDefault);
+            let (text, _) = template::resolve(name, None, tokenizer_dir, tokenizer_dir)?;
+            (text, name.as_str().to_string())
+        }
+    };
+    let template =
+        template::ChatTemplate::new(&text, &name).map_err(String::from)?.with_fixed_date(template::FixedDate::today());
+    let mut special = template::SpecialTokenStrings::from_model_dir(tokenizer_dir)?;
+    let s = &plan.data.special_tokens;
+    for (slot, value) in [
+        (&mut special.bos_token, &s.bos_token),
+        (&mut special.eos_token, &s.eos_token),
+        (&mut special.pad_token, &s.pad_token),
+        (&mut special.unk_token, &s.unk_token),
+    ] {
+        if value.is_some() {
+            slot.clone_from(value);
+        }
+    }
+    let mut options = chat::ChatOptions { field_messages: c.field_messages.clone(), ..chat::ChatOptions::default() };
+    if let Some(m) = &c.message_property_mappings {
+        let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        options.role_field = get("role").unwrap_or(options.role_field);
+        options.content_field = get("content").unwrap_or(options.content_field);
+    }
+    if let Some(roles) = &c.roles {
+        for (role, aliases) in roles {
+            let aliases: Vec<String> = match aliases {
+                serde_json::Value::String(a) => vec![a.clone()],
+                serde_json::Value::Array(list) => list.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+                _ => return Err(format!("roles.{role}: expected a name or a list of names")),
+            };
+            options.roles.retain(|(r, _)| r != role);
+            options.roles.push((role.clone(), aliases));
+        }
+    }
+    options.roles_to_train = c.roles_to_train.clone();
+    options.train_on_eos = match c.train_on_eos {
+        crate::config::datasets::TrainOnEos::All => chat::TrainOnEos::All,
+        crate::config::datasets::TrainOnEos::Turn => chat::TrainOnEos::Turn,
+        crate::config::datasets::TrainOnEos::Last => chat::TrainOnEos::Last,
+        crate::config::datasets::TrainOnEos::None => chat::TrainOnEos::None,
+    };
+    options.drop_system_message = c.drop_system_message;
+    options.message_field_training = c.message_field_training.clone();
+    options.field_tools = c.field_tools.clone();
+    Ok(Some(ChatSetup { template, options, special }))
+}
+
+fn plan_template_name(plan: &Plan) -> Option<ChatTemplateName> {
+    let name = plan.chat_template.as_ref()?.name.clone();
+    serde_json::from_value(serde_json::Value::String(name)).ok()
+}
+
 /// One dataset through stages 1 to 5.
-fn dataset_samples(d: &DatasetPlan, opts: &DataOptions, tok: &Tokenizer) -> Result<(Vec<Sample>, Counts), String> {
+fn dataset_samples(
+    d: &DatasetPlan,
+    plan: &Plan,
+    tok: &Tokenizer,
+    tokenizer_dir: &Path,
+) -> Result<(Vec<Sample>, Counts), String> {
+    let opts = &plan.data;
+    let chat = chat_setup(d, plan, tokenizer_dir)?;
+    let mut notes = Vec::new();
+    if let Some(c) = &chat
+        && c.options.train_on_eos != chat::TrainOnEos::None
+        && let Some(eos) = &c.special.eos_token
+    {
+        // A template that never prints the EOS token leaves the model nothing that ends a turn.
+        let probe = [
+            serde_json::json!({"role": "user", "content": "a"}),
+            serde_json::json!({"role": "assistant", "content": "b"}),
+        ];
+        if c.template.render(&probe, None, false, &c.special).is_ok_and(|t| !t.contains(eos.as_str())) {
+            notes.push(format!(
+                "template `{}` never prints the EOS token `{eos}`, so no end-of-turn token is trained; set \
+                 special_tokens.eos_token to the template's turn end",
+                c.template.name()
+            ));
+        }
+    }
     let field = match &d.entry {
         DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.as_str(),
         _ => "text",
     };
     let read = sources::read_rows(d.entry.source(), d.local_path.as_deref(), field, &sources::Hub::from_env())?;
-    let mut c = Counts { rows: read.rows.len() + read.bad.len(), ..Counts::default() };
+    let mut c = Counts { rows: read.rows.len() + read.bad.len(), notes, ..Counts::default() };
     if let Some(first) = read.bad.first() {
         if !opts.skip_bad_rows {
             return Err(format!("{first} (set skip_bad_rows: true to skip such rows)"));
@@ -218,9 +323,13 @@ fn dataset_samples(d: &DatasetPlan, opts: &DataOptions, tok: &Tokenizer) -> Resu
     let tokenized: Vec<(String, Vec<Sample>)> = formatted
         .par_iter()
         .map(|(origin, f)| {
-            formats::tokenize(f, tok, seq_len, opts.train_on_inputs)
-                .map(|s| (origin.clone(), s))
-                .map_err(|e| format!("{origin}: {e}"))
+            let samples = match (f, &chat) {
+                (Formatted::Chat(row), Some(c)) => {
+                    chat::tokenize_row(row, &c.options, &c.template, &c.special, tok).map(|s| vec![s])
+                }
+                _ => formats::tokenize(f, tok, seq_len, opts.train_on_inputs),
+            };
+            samples.map(|s| (origin.clone(), s)).map_err(|e| format!("{origin}: {e}"))
         })
         .collect::<Result<_, _>>()?;
     let splits_text = matches!(d.entry, DatasetConfig::Completion(_) | DatasetConfig::Pretrain(_));

@@ -10,6 +10,8 @@ pub struct Tokenizer {
     eos: Option<i64>,
     pad: i64,
     add_bos: bool,
+    /// tokenizer_config.json as read, with the special tokens the recipe set.
+    config: serde_json::Value,
 }
 
 impl Tokenizer {
@@ -32,7 +34,7 @@ impl Tokenizer {
         let pad = token("pad_token").or(eos).unwrap_or(0);
         // transformers' default for Llama tokenizers is to add BOS.
         let add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos.is_some());
-        Ok(Tokenizer { inner, bos, eos, pad, add_bos })
+        Ok(Tokenizer { inner, bos, eos, pad, add_bos, config })
     }
 
     /// Sets special tokens and adds new tokens (the recipe's `special_tokens` and `tokens`);
@@ -60,13 +62,30 @@ impl Tokenizer {
         if let Some(p) = id(&special.pad_token) {
             self.pad = p;
         }
+        if !self.config.is_object() {
+            self.config = serde_json::json!({});
+        }
+        for (key, value) in [
+            ("bos_token", &special.bos_token),
+            ("eos_token", &special.eos_token),
+            ("pad_token", &special.pad_token),
+            ("unk_token", &special.unk_token),
+        ] {
+            if let (Some(v), Some(o)) = (value, self.config.as_object_mut()) {
+                o.insert(key.into(), v.clone().into());
+            }
+        }
         Ok(self.inner.get_vocab_size(true) - before)
     }
 
-    /// Writes tokenizer.json (with any added tokens).
+    /// Writes tokenizer.json (with any added tokens) and tokenizer_config.json (with the special
+    /// tokens set).
     pub fn save(&self, dir: &std::path::Path) -> Result<(), String> {
         let path = dir.join("tokenizer.json");
-        self.inner.save(&path, false).map_err(|e| format!("{}: {e}", path.display()))
+        self.inner.save(&path, false).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&self.config).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))
     }
 
     /// Token ids of `text`, without special tokens.
@@ -101,5 +120,32 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+/// The chat module tokenizes rendered conversations with byte offsets through this.
+impl crate::data::chat::ChatEncoder for Tokenizer {
+    fn encode_offsets(&self, text: &str, specials_as_text: bool) -> Result<crate::data::chat::Encoded, String> {
+        let enc = if specials_as_text {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t.encode(text, false)
+        } else {
+            self.inner.encode(text, false)
+        }
+        .map_err(|e| format!("cannot tokenize: {e}"))?;
+        Ok((enc.get_ids().iter().map(|&i| i64::from(i)).collect(), enc.get_offsets().to_vec()))
+    }
+
+    fn token_id(&self, t: &str) -> Option<i64> {
+        self.inner.token_to_id(t).map(i64::from)
+    }
+
+    fn bos_id(&self) -> Option<i64> {
+        self.bos()
+    }
+
+    fn eos_id(&self) -> Option<i64> {
+        self.eos()
     }
 }

@@ -219,13 +219,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     if let Some(l) = eval_loss_before {
         log.write(&serde_json::json!({"step": 0, "eval_loss": l, "eval_perplexity": l.exp()}))?;
     }
-    let outcome = catch_torch_errors(plan, || looper.run(&mut optimizer, state.clone(), &mut log))?;
+    let outcome = catch_torch_errors(Some(plan), || looper.run(&mut optimizer, state.clone(), &mut log))?;
     progress.finish_and_clear();
 
     let mut outputs = vec![log.path().to_path_buf()];
     if !outcome.interrupted {
         checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
-        if added > 0 {
+        let s = &plan.data.special_tokens;
+        let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
+        if added > 0 || set_special {
             // The base's tokenizer lacks the added tokens: save ours (load the base with
             // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
             tok.save(&output_dir)?;
@@ -276,7 +278,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
 
 /// tch's tensor operations panic on libtorch errors; turn those into messages, and CUDA
 /// out-of-memory into one with the plan's estimate and what would help.
-fn catch_torch_errors<T>(plan: &Plan, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+pub fn catch_torch_errors<T>(plan: Option<&Plan>, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -290,7 +292,7 @@ fn catch_torch_errors<T>(plan: &Plan, f: impl FnOnce() -> Result<T, String>) -> 
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown error".into());
             let first = text.lines().next().unwrap_or_default().to_string();
-            if text.contains("out of memory") {
+            if let (true, Some(plan)) = (text.contains("out of memory"), plan) {
                 let m = &plan.memory;
                 let hints = if m.suggestions.is_empty() {
                     String::new()
@@ -349,11 +351,15 @@ pub fn load_trained(dir: &Path, base_dir: Option<&Path>, device: Device) -> Resu
         let cfg = adapter::read_config(dir)?;
         let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
         let arch = read_arch(&base)?;
-        let model = CausalLm::load(&arch, &Checkpoint::open(&base)?, &opts(cfg.trainable))?;
+        let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
+        let tokenizer = Tokenizer::load(&tok_dir)?;
+        let mut model = CausalLm::load(&arch, &Checkpoint::open(&base)?, &opts(cfg.trainable))?;
+        // Tokens added by the run: the base grows to the tokenizer's size before the adapter's
+        // embedding and head copies are loaded.
+        model.resize_vocab(tokenizer.vocab_size() as i64);
         let weights = Checkpoint::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
         adapter::load_trainable(&model, &weights)?;
-        let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
-        Ok(Loaded { model, tokenizer: Tokenizer::load(&tok_dir)?, base_dir: base })
+        Ok(Loaded { model, tokenizer, base_dir: base })
     } else {
         let arch = read_arch(dir)?;
         let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts(Trainable::Nothing))?;

@@ -18,6 +18,9 @@ pub struct TemplatePlan {
     pub source: String,
     /// sha256 of the template text, when it is known before the tokenizer is loaded.
     pub sha256: Option<String>,
+    /// The template text (None until a hub model's tokenizer_config.json is downloaded).
+    #[serde(skip)]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,40 +39,34 @@ pub struct DatasetPlan {
     /// The file or folder, for local sources.
     #[serde(skip)]
     pub local_path: Option<std::path::PathBuf>,
+    /// A chat dataset's own template, when it names one (else the recipe's applies).
+    pub chat_template: Option<TemplatePlan>,
 }
 
 pub fn chat_template(c: &Config, at: &Locator, model: &ModelPlan) -> Option<TemplatePlan> {
     let uses_chat = c.data.datasets.iter().any(|d| matches!(d, DatasetConfig::ChatTemplate(_)));
     let name = c.chat.chat_template.or(uses_chat.then_some(ChatTemplateName::TokenizerDefault))?;
-    let hash = |text: &str| Some(sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect());
-    let (source, sha256) = match name {
-        ChatTemplateName::Jinja => {
-            let text = c.chat.chat_template_jinja.clone().unwrap_or_default();
-            if text.ends_with(".jinja") {
-                let path = at.base_dir("chat_template_jinja").join(&text);
-                let content = std::fs::read_to_string(&path).ok();
-                (format!("file {}", path.display()), content.as_deref().and_then(hash))
-            } else {
-                ("inline chat_template_jinja".to_string(), hash(&text))
-            }
-        }
-        ChatTemplateName::TokenizerDefault => match &model.local_dir {
-            Some(dir) => {
-                let path = std::path::Path::new(dir).join("tokenizer_config.json");
-                let text = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned));
-                match text {
-                    Some(t) => (format!("{} (chat_template)", path.display()), hash(&t)),
-                    None => (format!("{}: has no chat_template", path.display()), None),
-                }
-            }
-            None => ("the model's tokenizer_config.json (known once downloaded)".to_string(), None),
-        },
-        builtin => (format!("templates/{}.jinja", builtin.as_str()), builtin.builtin_text().and_then(hash)),
+    Some(template_plan(name, c.chat.chat_template_jinja.as_deref(), &at.base_dir("chat_template_jinja"), model))
+}
+
+/// A template's text and where it comes from, when known before the model is downloaded.
+fn template_plan(name: ChatTemplateName, jinja: Option<&str>, base_dir: &Path, model: &ModelPlan) -> TemplatePlan {
+    let named = |source: String, text: Option<String>| TemplatePlan {
+        name: name.as_str().to_string(),
+        source,
+        sha256: text
+            .as_deref()
+            .map(|t| sha2::Sha256::digest(t.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()),
+        text,
     };
-    Some(TemplatePlan { name: name.as_str().to_string(), source, sha256 })
+    if name == ChatTemplateName::TokenizerDefault && model.local_dir.is_none() {
+        return named("the model's tokenizer_config.json (known once downloaded)".into(), None);
+    }
+    let model_dir = model.local_dir.as_deref().map(Path::new).unwrap_or(Path::new(""));
+    match crate::data::template::resolve(name, jinja, base_dir, model_dir) {
+        Ok((text, source)) => named(source, Some(text)),
+        Err(e) => named(e, None),
+    }
 }
 
 /// How samples are made from the datasets' rows: the data section of the recipe, resolved.
@@ -119,16 +116,22 @@ pub fn options(c: &Config) -> DataOptions {
 }
 
 /// The training datasets.
-pub fn datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
-    plan_datasets(c, &c.data.datasets, "datasets", at)
+pub fn datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.datasets, "datasets", at, model)
 }
 
 /// The held-out test datasets (never trained on).
-pub fn test_datasets(c: &Config, at: &Locator) -> Vec<DatasetPlan> {
-    plan_datasets(c, &c.data.test_datasets, "test_datasets", at)
+pub fn test_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.test_datasets, "test_datasets", at, model)
 }
 
-fn plan_datasets(c: &Config, entries: &[DatasetConfig], key: &str, at: &Locator) -> Vec<DatasetPlan> {
+fn plan_datasets(
+    c: &Config,
+    entries: &[DatasetConfig],
+    key: &str,
+    at: &Locator,
+    model: &ModelPlan,
+) -> Vec<DatasetPlan> {
     entries
         .iter()
         .enumerate()
@@ -167,6 +170,13 @@ fn plan_datasets(c: &Config, entries: &[DatasetConfig], key: &str, at: &Locator)
                 rows,
                 entry: d.clone(),
                 local_path,
+                chat_template: match d {
+                    DatasetConfig::ChatTemplate(chat) => chat.chat_template.map(|name| {
+                        let base = at.base_dir(&format!("{key}.{i}.chat_template_jinja"));
+                        template_plan(name, chat.chat_template_jinja.as_deref(), &base, model)
+                    }),
+                    _ => None,
+                },
             }
         })
         .collect()

@@ -73,13 +73,13 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let quantization = quantize::plan(config, arch);
     let memory = memory::estimate(config, arch, options.world_size, options.nodes, options.gpu_memory)?;
     let layout = shard::layout(config, arch, &adapter, &quantization, options.world_size, options.nodes);
-    let datasets = data::datasets(config, &at);
+    let datasets = data::datasets(config, &at, &model);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
         batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
         datasets,
-        test_datasets: data::test_datasets(config, &at),
+        test_datasets: data::test_datasets(config, &at, &model),
         data: data::options(config),
         settings: settings(config, &at),
         ignored_axolotl_keys: loaded.ignored_keys.clone(),
