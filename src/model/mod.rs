@@ -5,5 +5,6 @@ pub mod adapter;
 pub mod generate;
 pub mod linear;
 pub mod llama;
+pub mod nf4;
 pub mod rope;
 pub mod weights;
