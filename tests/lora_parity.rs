@@ -20,7 +20,8 @@ fn check(case: &str, checkpointing: bool) {
     let cfg = adapter::read_config(&dir).unwrap();
     let base = root().join(&cfg.base_model);
     let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: cfg.trainable.clone() };
+    let opts =
+        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: cfg.trainable.clone(), quantize: None };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
     let adapter_file = dir.join("adapter_model.safetensors");
     adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[adapter_file]).unwrap()).unwrap();

@@ -53,7 +53,7 @@ fn input_ids() -> Tensor {
 }
 
 fn logits_of(dir: &Path) -> Tensor {
-    let loaded = load_trained(dir, None, Device::Cpu).unwrap();
+    let loaded = load_trained(dir, None, Device::Cpu, None).unwrap();
     let ids = input_ids();
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
     tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))

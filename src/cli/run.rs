@@ -125,7 +125,14 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
         Ok(d) => d,
         Err(code) => return code,
     };
-    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device)) {
+    let quantize = match plan.as_ref().map(exec::quantize_spec).transpose() {
+        Ok(q) => q.flatten(),
+        Err(e) => {
+            eprintln!("{}: error: {e}", target.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
@@ -191,15 +198,24 @@ fn chat_prompt(
 }
 
 pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> ExitCode {
-    let (dir, base, _) = match resolve_target(target, overrides) {
+    let (dir, base, plan) = match resolve_target(target, overrides) {
         Ok(t) => t,
         Err(code) => return code,
+    };
+    let quantize = match plan.as_ref().map(exec::quantize_spec).transpose() {
+        Ok(q) => q.flatten(),
+        Err(e) => {
+            eprintln!("{}: error: {e}", target.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
     };
     if !dir.join("adapter_config.json").is_file() {
         eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
         return ExitCode::from(EXIT_INVALID);
     }
-    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu)) {
+    let loaded = match exec::catch_torch_errors(None, || {
+        exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu, quantize)
+    }) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());

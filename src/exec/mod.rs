@@ -108,15 +108,28 @@ fn trainable(plan: &Plan) -> Trainable {
     }
 }
 
+/// The base's quantization from the plan: NF4/FP4 (QLoRA); 8-bit is not built yet.
+pub fn quantize_spec(plan: &Plan) -> Result<Option<crate::model::llama::Quantize>, String> {
+    use crate::model::nf4::QuantType;
+    let q = &plan.quantization;
+    let quant_type = match q.scheme.as_str() {
+        "none" => return Ok(None),
+        "nf4" => QuantType::Nf4,
+        "fp4" => QuantType::Fp4,
+        other => {
+            return Err(format!("{other} quantization is not built into the executor yet; use load_in_4bit (QLoRA)"));
+        }
+    };
+    Ok(Some(crate::model::llama::Quantize {
+        quant_type,
+        double_quant: q.double_quant,
+        blocksize: q.block_size.unwrap_or(64) as i64,
+    }))
+}
+
 /// Trains as the plan says. Errors are messages for the user.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
-    if plan.quantization.scheme != "none" {
-        return Err(format!(
-            "quantized bases ({}) are not built into the executor yet (the quantization issue); \
-             run without load_in_4bit / load_in_8bit",
-            plan.quantization.scheme
-        ));
-    }
+    let quantize = quantize_spec(plan)?;
     if plan.adapter.dora {
         return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
     }
@@ -141,7 +154,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let trainable = trainable(plan);
     let base_kind = if matches!(trainable, Trainable::Lora { .. }) { kind } else { Kind::Float };
     let ckpt = Checkpoint::open(&base_dir)?;
-    let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable })?;
+    let mut model =
+        CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable, quantize })?;
     drop(ckpt);
     model.compute_kind = kind;
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
@@ -344,9 +358,15 @@ pub struct Loaded {
 
 /// Loads `dir` (an output folder or checkpoint: a peft adapter, or a Hugging Face model folder);
 /// `base_dir` is where the base model of an adapter lives.
-pub fn load_trained(dir: &Path, base_dir: Option<&Path>, device: Device) -> Result<Loaded, String> {
+/// `quantize`: the base's quantization during training (QLoRA), so the adapter meets the same base.
+pub fn load_trained(
+    dir: &Path,
+    base_dir: Option<&Path>,
+    device: Device,
+    quantize: Option<crate::model::llama::Quantize>,
+) -> Result<Loaded, String> {
     let read_arch = |d: &Path| crate::plan::model::local_architecture(d).map_err(|e| format!("{}: {e}", d.display()));
-    let opts = |trainable| LoadOptions { device, base_kind: Kind::Float, trainable };
+    let opts = |trainable| LoadOptions { device, base_kind: Kind::Float, trainable, quantize };
     if dir.join("adapter_config.json").is_file() {
         let cfg = adapter::read_config(dir)?;
         let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
@@ -362,7 +382,8 @@ pub fn load_trained(dir: &Path, base_dir: Option<&Path>, device: Device) -> Resu
         Ok(Loaded { model, tokenizer, base_dir: base })
     } else {
         let arch = read_arch(dir)?;
-        let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts(Trainable::Nothing))?;
+        let opts = LoadOptions { device, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None };
+        let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts)?;
         Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf() })
     }
 }

@@ -1,13 +1,18 @@
 //! The one linear layer type: a base weight (frozen under an adapter, trainable in full
 //! fine-tuning) with an optional bias and an optional LoRA pair on top. The layer owns its base
-//! weight, as in torchtune; a quantized base (the QLoRA issue) is another variant of `base`.
+//! weight, as in torchtune; the base is dense or NF4/FP4-quantized (QLoRA is LoRA over a quantized
+//! base, not a second model). A quantized base is dequantized to the compute dtype for each matmul.
 
-use tch::Tensor;
+use super::nf4::{self, Quantized4};
+use tch::{Kind, Tensor};
 
 pub struct Linear {
     /// Hugging Face module path, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
+    /// The dense base weight; an empty tensor when the base is quantized.
     pub weight: Tensor,
+    /// The quantized base weight, when the model was loaded with load_in_4bit.
+    pub quantized: Option<Quantized4>,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
 }
@@ -23,9 +28,17 @@ pub struct Lora {
 }
 
 impl Linear {
+    /// The base weight in `kind` (dequantized for a quantized base).
+    pub fn base_weight(&self, kind: Kind) -> Tensor {
+        match &self.quantized {
+            Some(q) => nf4::dequantize(q, kind),
+            None => self.weight.to_kind(kind),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let kind = x.kind();
-        let weight = self.weight.to_kind(kind);
+        let weight = self.base_weight(kind);
         let y = x.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
         match &self.lora {
             None => y,
@@ -39,12 +52,15 @@ impl Linear {
     }
 
     /// W + scaling · B A, the weight with the adapter folded in.
+    /// A quantized base comes out dequantized, in its original dtype.
     pub fn merged_weight(&self) -> Tensor {
+        let kind = self.quantized.as_ref().map_or_else(|| self.weight.kind(), |q| q.dtype);
+        let base = self.base_weight(Kind::Float);
         match &self.lora {
-            None => self.weight.detach(),
+            None => base.to_kind(kind).detach(),
             Some(l) => {
-                let delta = l.b.to_kind(tch::Kind::Float).matmul(&l.a.to_kind(tch::Kind::Float)) * l.scaling;
-                (self.weight.to_kind(tch::Kind::Float) + delta).to_kind(self.weight.kind()).detach()
+                let delta = l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scaling;
+                (base + delta).to_kind(kind).detach()
             }
         }
     }

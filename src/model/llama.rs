@@ -27,6 +27,17 @@ pub struct LoadOptions {
     /// Kind of the frozen base weights (trainable ones are always fp32 masters).
     pub base_kind: Kind,
     pub trainable: Trainable,
+    /// Quantize the decoder layers' linear weights while loading (QLoRA's base); embeddings,
+    /// norms and the head stay dense, as bitsandbytes leaves them.
+    pub quantize: Option<Quantize>,
+}
+
+/// 4-bit quantization of the base, as `load_in_4bit` with `bnb_4bit_*` asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Quantize {
+    pub quant_type: super::nf4::QuantType,
+    pub double_quant: bool,
+    pub blocksize: i64,
 }
 
 pub struct Attention {
@@ -84,6 +95,9 @@ pub struct Inputs<'a> {
 impl CausalLm {
     pub fn load(arch: &Architecture, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<CausalLm, String> {
         let full = matches!(opts.trainable, Trainable::Everything);
+        if full && opts.quantize.is_some() {
+            return Err("a quantized base cannot be fully fine-tuned; train an adapter on it (QLoRA)".into());
+        }
         let (kind, device) = (if full { Kind::Float } else { opts.base_kind }, opts.device);
         let get = |name: &str, shape: &[i64]| -> Result<Tensor, String> {
             let t = ckpt.load(name, shape, kind, device)?;
@@ -105,10 +119,17 @@ impl CausalLm {
             Some(Lora { a, b, scaling: *scaling, dropout: *dropout })
         };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
-            let weight = get(&format!("{name}.weight"), &[fan_out, fan_in])?;
+            let dense = get(&format!("{name}.weight"), &[fan_out, fan_in])?;
+            // Quantized one weight at a time: the dense copy is dropped before the next loads.
+            let (weight, quantized) = match opts.quantize {
+                Some(q) => {
+                    (Tensor::new(), Some(super::nf4::quantize(&dense, q.blocksize, q.quant_type, q.double_quant)))
+                }
+                None => (dense, None),
+            };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
             let lora = lora_for(&name, fan_in, fan_out);
-            Ok(Linear { name, weight, bias, lora })
+            Ok(Linear { name, weight, quantized, bias, lora })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -136,7 +157,8 @@ impl CausalLm {
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
         let head_weight =
             if arch.tie_word_embeddings { embed_tokens.shallow_clone() } else { get("lm_head.weight", &[v, h])? };
-        let mut lm_head = Linear { name: "lm_head".into(), weight: head_weight, bias: None, lora: None };
+        let mut lm_head =
+            Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, lora: None };
         let mut embed_tokens_trained = None;
         if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
             for m in modules_to_save {
@@ -372,7 +394,11 @@ impl CausalLm {
                 tensor: layer.post_attention_layernorm.shallow_clone(),
             });
             for lin in layer_linears(layer) {
-                out.push(Param { name: format!("{}.weight", lin.name), tensor: lin.weight.shallow_clone() });
+                let weight = match &lin.quantized {
+                    Some(q) => super::nf4::dequantize(q, q.dtype),
+                    None => lin.weight.shallow_clone(),
+                };
+                out.push(Param { name: format!("{}.weight", lin.name), tensor: weight });
                 if let Some(b) = &lin.bias {
                     out.push(Param { name: format!("{}.bias", lin.name), tensor: b.shallow_clone() });
                 }
