@@ -73,7 +73,7 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
                 })
             })
             .collect();
-        let layout: Vec<_> = rows.iter().take(n).map(|r| segment_lengths(r)).collect();
+        let layout: Vec<_> = rows.iter().take(n).map(segment_lengths).collect();
         let out = json!({
             "report": prepared.report,
             "train_samples": prepared.train.len(),
