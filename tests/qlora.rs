@@ -92,3 +92,40 @@ fn qlora_trains_and_merges_into_the_dequantized_base() {
     eprintln!("merged vs quantized base + adapter: max |logits| difference {diff:e}");
     assert!(diff < 1e-4, "merged logits differ by {diff:e}");
 }
+
+#[test]
+fn eight_bit_adamw_follows_32_bit_adamw_with_a_quarter_of_the_state() {
+    // Full fine-tuning, so the large tensors (embeddings, MLP weights) get 8-bit states.
+    let run = |optimizer: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0\n\
+             sequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 24\nlearning_rate: 1.0e-3\n\
+             warmup_steps: 2\nlogging_steps: 24\nseed: 2\noptimizer: {optimizer}\noutput_dir: {}\n",
+            root().join("models/stories260k").display(),
+            root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+            dir.path().join("out").display()
+        );
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("out/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+            .collect();
+        let state = stdout.lines().find(|l| l.starts_with("optimizer  ")).unwrap_or_default().to_string();
+        (losses, state)
+    };
+    let (full, full_state) = run("adamw_torch");
+    let (eight, eight_state) = run("adamw_8bit");
+    eprintln!("32-bit: {full_state}\n 8-bit: {eight_state}");
+    eprintln!("losses 32-bit {:?}\nlosses  8-bit {:?}", &full[full.len() - 3..], &eight[eight.len() - 3..]);
+    let tail = |l: &[f64]| l[l.len() - 4..].iter().sum::<f64>() / 4.0;
+    let (a, b) = (tail(&full), tail(&eight));
+    assert!((a - b).abs() / a < 0.03, "mean of the last 4 losses: 32-bit {a}, 8-bit {b}");
+    let bytes = |s: &str| s.split(": ").nth(1).unwrap_or_default().to_string();
+    assert_ne!(bytes(&full_state), bytes(&eight_state));
+}

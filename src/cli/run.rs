@@ -82,6 +82,11 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("resumed    from {}", dir.display());
     }
     println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
+    println!(
+        "optimizer  {}: {} of state",
+        plan.training.optimizer.name,
+        crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
+    );
     let fmt = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4} (perplexity {:.2})", l.exp()));
     println!("val loss   before {}  after {}", fmt(r.eval_loss_before), fmt(r.eval_loss_after));
     if let Some(reason) = &r.stopped_early {

@@ -79,6 +79,8 @@ pub struct RunReport {
     pub interrupted: bool,
     pub resumed_from: Option<PathBuf>,
     pub outputs: Vec<PathBuf>,
+    /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
+    pub optimizer_state_bytes: i64,
 }
 
 /// The compute kind for this device and the recipe's precision switches.
@@ -287,6 +289,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         interrupted: outcome.interrupted,
         resumed_from,
         outputs,
+        optimizer_state_bytes: optimizer.state_bytes(),
     })
 }
 

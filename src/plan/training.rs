@@ -86,10 +86,12 @@ pub fn plan(c: &Config) -> TrainingPlan {
     let t = &c.training;
     let l = &c.logging;
     let implementation = match t.optimizer {
-        Optimizer::AdamwTorch | Optimizer::PagedAdamw32bit => "AdamW, 32-bit states (recipe's, as torch.optim.AdamW)",
+        Optimizer::AdamwTorch => "AdamW, 32-bit states (recipe's, as torch.optim.AdamW)",
+        Optimizer::PagedAdamw32bit => "AdamW, 32-bit states (as adamw_torch: recipe needs no paging)",
         Optimizer::AdamwTorchFused => "AdamW, 32-bit states (recipe's; same update as the fused kernel)",
         Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => {
-            "AdamW, blockwise 8-bit states (not built yet: the quantization issue)"
+            "AdamW, blockwise 8-bit states (bitsandbytes' dynamic map, blocks of 256; tensors under 4,096 \
+             elements keep 32-bit states; paged_* needs no paging here)"
         }
     };
     let name = serde_json::to_value(t.optimizer).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
