@@ -129,3 +129,32 @@ fn eight_bit_adamw_follows_32_bit_adamw_with_a_quarter_of_the_state() {
     let bytes = |s: &str| s.split(": ").nth(1).unwrap_or_default().to_string();
     assert_ne!(bytes(&full_state), bytes(&eight_state));
 }
+
+#[test]
+fn recipe_quantize_writes_a_folder_that_loads_without_quantizing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = qlora_recipe(dir.path(), "max_steps: 1\n");
+    let out = dir.path().join("quantized");
+    let status = recipe().arg("quantize").arg(&path).arg("--output").arg(&out).status().unwrap();
+    assert!(status.success());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert!(ckpt.contains("model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4"));
+    assert!(ckpt.contains("model.layers.0.mlp.up_proj.weight.nested_absmax"));
+
+    let arch = recipe::plan::model::local_architecture(&out).unwrap();
+    let load = |dir: &Path, quantize| {
+        let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize };
+        CausalLm::load(&arch, &Checkpoint::open(dir).unwrap(), &opts).unwrap()
+    };
+    let prequantized = load(&out, None);
+    let at_load = load(&root().join("models/stories260k"), Some(NF4_DQ));
+    assert!(prequantized.linears().iter().all(|l| l.quantized.is_some()));
+    let ids = Tensor::from_slice(&(0..32).map(|i| (i * 13 + 7) % 500 + 3).collect::<Vec<i64>>()).view([1, 32]);
+    let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
+    assert!(a.equal(&b), "a pre-quantized base must equal quantizing at load");
+}

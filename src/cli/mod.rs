@@ -110,6 +110,15 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Quantize the recipe's base (load_in_4bit) once and write it in transformers' bitsandbytes
+    /// format; set it as base_model to skip quantizing at every run.
+    #[cfg(feature = "exec")]
+    Quantize {
+        recipe: PathBuf,
+        /// Where to write it (default: OUTPUT_DIR/quantized-base).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Fold a LoRA adapter into its base and write a Hugging Face model folder.
     #[cfg(feature = "exec")]
     Merge {
@@ -170,6 +179,8 @@ pub fn main() -> ExitCode {
         }
         #[cfg(feature = "exec")]
         Command::Merge { target, output } => run::merge(&target, &cli.set, output.as_deref()),
+        #[cfg(feature = "exec")]
+        Command::Quantize { recipe, output } => run::quantize(&recipe, &cli.set, output.as_deref()),
     }
 }
 

@@ -242,3 +242,26 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         }
     }
 }
+
+pub fn quantize(recipe: &Path, overrides: &[String], output: Option<&Path>) -> ExitCode {
+    let plan = match compile_recipe(recipe, overrides, PlanOptions::default()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let out = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(&plan.training.output_dir).join("quantized-base"));
+    match exec::catch_torch_errors(None, || exec::quantize_model(&plan, &out)) {
+        Ok(files) => {
+            println!("quantized {} ({}) into {}", plan.model.name, plan.quantization.scheme, out.display());
+            for f in files {
+                println!("          {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: error: {e}", recipe.display());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}

@@ -403,3 +403,45 @@ pub fn merge(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>, String> {
     checkpoint::copy_side_files(&loaded.base_dir, out)?;
     Ok(vec![file, out.join("config.json")])
 }
+
+/// `recipe quantize`: the base quantized as the plan says, written as a Hugging Face folder in
+/// transformers' bitsandbytes serialization (quantized decoder linears; embeddings, norms and
+/// head dense), so later runs load it without quantizing again.
+pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
+    let spec = quantize_spec(plan)?.ok_or("the recipe does not quantize its base (set load_in_4bit: true)")?;
+    let base_dir = crate::plan::model::model_folder(&plan.model)?;
+    let ckpt = Checkpoint::open(&base_dir)?;
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: Some(spec),
+    };
+    let model = CausalLm::load(&plan.model.architecture, &ckpt, &opts)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut tensors: Vec<(String, tch::Tensor)> = Vec::new();
+    for p in model.base_params() {
+        let linear = model.linears().into_iter().find(|l| format!("{}.weight", l.name) == p.name);
+        match linear.and_then(|l| l.quantized.as_ref()) {
+            Some(q) => tensors.extend(crate::model::bnb::to_tensors(&p.name, q)),
+            None => tensors.push((p.name, p.tensor)),
+        }
+    }
+    let file = out.join("model.safetensors");
+    crate::model::weights::save(&file, &tensors)?;
+    checkpoint::write_model_config(out, &base_dir, false, model.arch.vocab_size)?;
+    let config_path = out.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let compute = plan.quantization.compute_dtype.clone().unwrap_or_else(|| "float32".into());
+    if let Some(o) = config.as_object_mut() {
+        o.insert(
+            "quantization_config".into(),
+            crate::model::bnb::quantization_config(spec.quant_type, spec.double_quant, &compute),
+        );
+    }
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    crate::model::weights::write_atomic(&config_path, text.as_bytes())?;
+    checkpoint::copy_side_files(&base_dir, out)?;
+    Ok(vec![file, config_path])
+}

@@ -119,13 +119,24 @@ impl CausalLm {
             Some(Lora { a, b, scaling: *scaling, dropout: *dropout })
         };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
-            let dense = get(&format!("{name}.weight"), &[fan_out, fan_in])?;
-            // Quantized one weight at a time: the dense copy is dropped before the next loads.
-            let (weight, quantized) = match opts.quantize {
-                Some(q) => {
-                    (Tensor::new(), Some(super::nf4::quantize(&dense, q.blocksize, q.quant_type, q.double_quant)))
+            let weight_name = format!("{name}.weight");
+            let (weight, quantized) = match super::bnb::read(ckpt, &weight_name, &[fan_out, fan_in], device)? {
+                // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
+                Some(_) if full => {
+                    return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
                 }
-                None => (dense, None),
+                Some(q) => (Tensor::new(), Some(q)),
+                None => {
+                    let dense = get(&weight_name, &[fan_out, fan_in])?;
+                    // Quantized one weight at a time: the dense copy is dropped before the next loads.
+                    match opts.quantize {
+                        Some(q) => (
+                            Tensor::new(),
+                            Some(super::nf4::quantize(&dense, q.blocksize, q.quant_type, q.double_quant)),
+                        ),
+                        None => (dense, None),
+                    }
+                }
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
             let lora = lora_for(&name, fan_in, fan_out);
