@@ -158,3 +158,52 @@ fn recipe_quantize_writes_a_folder_that_loads_without_quantizing_again() {
     let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
     assert!(a.equal(&b), "a pre-quantized base must equal quantizing at load");
 }
+
+/// QLoRA parity with transformers + peft + bitsandbytes 0.50.2 on CPU (goldens from
+/// scripts/reference/qlora_goldens.py): the same NF4 state for every decoder linear, and the same
+/// loss, logits and LoRA gradients for the same adapter and batch.
+#[test]
+fn qlora_matches_peft_over_bitsandbytes() {
+    let dir = root().join("tests/golden/qlora/stories260k_nf4_dq");
+    let cfg = recipe::model::adapter::read_config(&dir).unwrap();
+    let base = root().join("models/stories260k");
+    let arch = recipe::plan::model::local_architecture(&base).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: cfg.trainable.clone(),
+        quantize: Some(NF4_DQ),
+    };
+    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let quantized: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("quantized.safetensors")).unwrap().into_iter().collect();
+    for lin in model.linears() {
+        let q = lin.quantized.as_ref().unwrap();
+        let name = format!("{}.weight", lin.name);
+        assert!(q.packed.equal(&quantized[&format!("{name}.packed")]), "{name}: packed codes differ from bitsandbytes");
+        assert!(q.absmax.equal(&quantized[&format!("{name}.absmax")]), "{name}: absmax codes differ from bitsandbytes");
+    }
+    recipe::model::adapter::load_trainable(
+        &model,
+        &Checkpoint::open_files(&dir, &[dir.join("adapter_model.safetensors")]).unwrap(),
+    )
+    .unwrap();
+    let g: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let (ids, labels) = (&g["input_ids"], &g["labels"]);
+    let positions = Tensor::arange(16, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 16], false);
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let logits = tch::no_grad(|| model.logits(&inputs));
+    let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
+    let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let loss = model.forward_backward(&inputs, labels, counted, true, &|_| {}) / counted;
+    let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
+    let mut worst = 0f64;
+    for p in model.trainable_params() {
+        let expected = &g[&format!("grad.{}", p.name)];
+        let rel = (&p.tensor.grad() - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
+        worst = worst.max(rel);
+    }
+    eprintln!("QLoRA vs peft + bitsandbytes: logits {d:e}, loss {dl:e}, worst relative gradient {worst:e}");
+    assert!(d < 1e-4 && dl < 1e-5 && worst < 1e-4);
+}
