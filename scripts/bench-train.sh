@@ -6,7 +6,7 @@
 # About 5 minutes on a 2-core machine. Details: scripts/reference/bench_train.py.
 #
 #   scripts/bench-train.sh [--out FILE] [--steps-small N] [--steps-large N] [--models a,b]
-#                          [--keep DIR] [--quiet-timeout S]
+#                          [--keep DIR] [--quiet-timeout S] [--retries N]
 #
 # RECIPE_BIN=/path/to/recipe skips the build and benchmarks that binary instead.
 # The reference stack (scripts/reference/requirements.txt) is expected under

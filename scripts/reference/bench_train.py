@@ -39,12 +39,13 @@ Measured:
               minus the child's CPU time, over the wall time). On a 2-core machine a single
               busy neighbour slows a 2-thread OpenMP job several-fold, so before each run
               the orchestrator waits (up to --quiet-timeout seconds) for the machine to go
-              quiet, and the table flags runs that were not.
+              quiet, measures a run again (up to --retries times) when the load came during
+              it, keeps the least disturbed attempt, and flags runs that stayed disturbed.
 
 Usage (see scripts/bench-train.sh):
   python3 -S scripts/reference/bench_train.py --recipe-bin PATH [--out /tmp/bench-train.json]
       [--steps-small 30] [--steps-large 10] [--models stories260k,llama-23m] [--keep DIR]
-      [--quiet-timeout 180]
+      [--quiet-timeout 120] [--retries 1]
 Worker mode (internal): --reference-worker SPEC.json
 """
 import argparse
@@ -122,7 +123,7 @@ def busy_cpu_seconds():
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
-QUIET = {"timeout": 180.0, "threshold": 0.25}
+QUIET = {"timeout": 120.0, "threshold": 0.25, "retries": 1}
 
 
 def wait_for_quiet():
@@ -275,10 +276,12 @@ def reference_worker(spec_path):
             real += len(c)
         batches.append((ids, labels, real))
     setup_seconds = time.perf_counter() - started
+    rss_before_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    losses, norms, tokens = [], [], 0
+    losses, norms, step_seconds, tokens = [], [], [], 0
     t0 = time.perf_counter()
     for ids, labels, real in batches:
+        t_step = time.perf_counter()
         # transformers shifts the labels and takes the mean over labels != -100: recipe's loss.
         out = model(input_ids=ids, labels=labels)
         out.loss.backward()
@@ -288,6 +291,7 @@ def reference_worker(spec_path):
         optimizer.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
         norms.append(float(norm))
+        step_seconds.append(time.perf_counter() - t_step)
         tokens += real
     train_seconds = time.perf_counter() - t0
 
@@ -300,9 +304,11 @@ def reference_worker(spec_path):
         "setup_seconds": setup_seconds,
         "losses": losses,
         "grad_norms": norms,
+        "step_seconds": step_seconds,
         "trainable_parameters": trainable,
         "threads": torch.get_num_threads(),
         "attn_implementation": model.config._attn_implementation,
+        "max_rss_before_training_bytes": rss_before_training,
         "self_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "torch": torch.__version__,
     }
@@ -318,6 +324,7 @@ STEPS_LINE = re.compile(r"^steps\s+(\d+) of (\d+) \(([\d.]+) tokens/s\)", re.M)
 
 def run_recipe(recipe_bin, name, model_dir, steps, work):
     out_dir = os.path.join(work, f"recipe-out-{name}")
+    shutil.rmtree(out_dir, ignore_errors=True)
     recipe_path = os.path.join(work, f"{name}.yaml")
     with open(recipe_path, "w") as f:
         f.write(
@@ -373,6 +380,26 @@ def run_reference(name, model_dir, steps, work):
         r = json.load(f)
     r.update(proc)
     return r
+
+
+def measured(label, run):
+    """run() once, and again (up to QUIET["retries"] more times) while other processes kept
+    the CPU busy during it; keeps the attempt with the least other load."""
+    best, spent = None, 0.0
+    for attempt in range(1 + QUIET["retries"]):
+        r = run()
+        spent += r["waited_for_quiet_seconds"] + r["wall_seconds"]
+        note = f" (other load {r['other_load']:.2f} cores)" if r["other_load"] > QUIET["threshold"] else ""
+        print(f"   {r['tokens_per_second']:.0f} tokens/s, {r['wall_seconds']:.1f} s{note}", file=sys.stderr, flush=True)
+        if best is None or r["other_load"] < best["other_load"]:
+            best = r
+        if r["other_load"] <= QUIET["threshold"]:
+            break
+        if attempt < QUIET["retries"]:
+            print(f"   {label}: measuring again", file=sys.stderr, flush=True)
+    best["attempts"] = attempt + 1
+    best["seconds_spent_all_attempts"] = spent  # waits included
+    return best
 
 
 # ---------------------------------------------------------------- report
@@ -438,6 +465,12 @@ def main():
         default=QUIET["timeout"],
         help="before each run, wait at most this many seconds for other processes to leave the CPU (0: never wait)",
     )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=QUIET["retries"],
+        help="measure a run again up to this many times when other processes used the CPU during it",
+    )
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temp folder, removed)")
     ap.add_argument("--reference-worker", help=argparse.SUPPRESS)
     ap.add_argument("--make-model", help=argparse.SUPPRESS)
@@ -452,6 +485,7 @@ def main():
         raise SystemExit(f"--recipe-bin {args.recipe_bin!r} is not an executable")
 
     QUIET["timeout"] = args.quiet_timeout
+    QUIET["retries"] = max(0, args.retries)
     t_start = time.perf_counter()
     work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="bench-train-")
     os.makedirs(work, exist_ok=True)
@@ -480,11 +514,9 @@ def main():
         rows = []
         for name, folder, steps, params in models:
             print(f"== {name}: recipe run, {steps} steps", file=sys.stderr, flush=True)
-            a = run_recipe(args.recipe_bin, name, folder, steps, work)
-            print(f"   {a['tokens_per_second']:.0f} tokens/s, {a['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+            a = measured(f"{name} recipe", lambda: run_recipe(args.recipe_bin, name, folder, steps, work))
             print(f"== {name}: reference (transformers + peft), {steps} steps", file=sys.stderr, flush=True)
-            b = run_reference(name, folder, steps, work)
-            print(f"   {b['tokens_per_second']:.0f} tokens/s, {b['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+            b = measured(f"{name} reference", lambda: run_reference(name, folder, steps, work))
             rows.append(
                 {
                     "model": name,
@@ -506,10 +538,13 @@ def main():
         busy = [r["model"] for r in rows if max(r["recipe"]["other_load"], r["reference"]["other_load"]) > 0.2]
         if busy:
             print(f"WARNING: other processes used the CPU during {', '.join(busy)}: those timings are not clean")
-        waited = sum(r[side]["waited_for_quiet_seconds"] for r in rows for side in ("recipe", "reference"))
+        sides = [r[side] for r in rows for side in ("recipe", "reference")]
+        repeated = sum(s["seconds_spent_all_attempts"] - s["wall_seconds"] for s in sides)
+        attempts = sum(s["attempts"] for s in sides)
         print(
-            f"total benchmark time {total:.1f} s, of which {waited:.0f} s waiting for a quiet CPU "
-            f"(threads: torch / libtorch default; {os.cpu_count()} logical CPUs)"
+            f"total benchmark time {total:.1f} s, of which {repeated:.0f} s waiting for a quiet CPU or repeating "
+            f"disturbed runs ({attempts} runs for {len(sides)} measurements; threads: torch / libtorch default; "
+            f"{os.cpu_count()} logical CPUs)"
         )
         summary = {
             "settings": {
