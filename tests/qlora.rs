@@ -6,7 +6,8 @@
 
 use assert_cmd::cargo::CommandCargoExt;
 use recipe::exec::load_trained;
-use recipe::model::llama::{CausalLm, Inputs, LoadOptions, Quantize, Trainable};
+use recipe::model::linear::QuantizedWeight;
+use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
 use recipe::model::nf4::QuantType;
 use recipe::model::weights::Checkpoint;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-const NF4_DQ: Quantize = Quantize { quant_type: QuantType::Nf4, double_quant: true, blocksize: 64 };
+const NF4_DQ: Quantize = Quantize::FourBit(FourBit { quant_type: QuantType::Nf4, double_quant: true, blocksize: 64 });
 
 fn qlora_recipe(dir: &Path, extra: &str) -> PathBuf {
     let text = format!(
@@ -178,7 +179,7 @@ fn qlora_matches_peft_over_bitsandbytes() {
     let quantized: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("quantized.safetensors")).unwrap().into_iter().collect();
     for lin in model.linears() {
-        let q = lin.quantized.as_ref().unwrap();
+        let Some(QuantizedWeight::Four(q)) = lin.quantized.as_ref() else { panic!("{} is not 4-bit", lin.name) };
         let name = format!("{}.weight", lin.name);
         assert!(q.packed.equal(&quantized[&format!("{name}.packed")]), "{name}: packed codes differ from bitsandbytes");
         assert!(q.absmax.equal(&quantized[&format!("{name}.absmax")]), "{name}: absmax codes differ from bitsandbytes");
@@ -206,4 +207,44 @@ fn qlora_matches_peft_over_bitsandbytes() {
     }
     eprintln!("QLoRA vs peft + bitsandbytes: logits {d:e}, loss {dl:e}, worst relative gradient {worst:e}");
     assert!(d < 1e-4 && dl < 1e-5 && worst < 1e-4);
+}
+
+#[test]
+fn lora_over_an_int8_base_trains_and_its_quantized_folder_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "base_model: {}\nadapter: lora\nload_in_8bit: true\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n\
+         datasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0.1\nsequence_len: 128\n\
+         micro_batch_size: 4\nmax_steps: 16\neval_steps: 16\nlearning_rate: 2.0e-3\nwarmup_steps: 2\nseed: 11\noutput_dir: {}\n",
+        root().join("models/stories260k").display(),
+        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        dir.path().join("out").display()
+    );
+    let path = dir.path().join("int8.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let evals: Vec<f64> = std::fs::read_to_string(dir.path().join("out/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("eval_loss")?.as_f64())
+        .collect();
+    eprintln!("int8-base LoRA validation loss: {evals:?}");
+    assert!(evals.len() == 2 && evals[1] < evals[0] - 0.3, "{evals:?}");
+
+    let folder = dir.path().join("int8-base");
+    assert!(recipe().arg("quantize").arg(&path).arg("--output").arg(&folder).status().unwrap().success());
+    let arch = recipe::plan::model::local_architecture(&folder).unwrap();
+    let load = |dir: &Path, quantize| {
+        let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize };
+        CausalLm::load(&arch, &Checkpoint::open(dir).unwrap(), &opts).unwrap()
+    };
+    let prequantized = load(&folder, None);
+    let at_load = load(&root().join("models/stories260k"), Some(Quantize::Int8));
+    assert!(prequantized.linears().iter().all(|l| matches!(l.quantized, Some(QuantizedWeight::Eight(_)))));
+    let ids = Tensor::from_slice(&(0..32).map(|i| (i * 13 + 7) % 500 + 3).collect::<Vec<i64>>()).view([1, 32]);
+    let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
+    assert!(a.equal(&b));
 }

@@ -110,23 +110,23 @@ fn trainable(plan: &Plan) -> Trainable {
     }
 }
 
-/// The base's quantization from the plan: NF4/FP4 (QLoRA); 8-bit is not built yet.
+/// The base's quantization from the plan: NF4/FP4 (QLoRA) or LLM.int8.
 pub fn quantize_spec(plan: &Plan) -> Result<Option<crate::model::llama::Quantize>, String> {
+    use crate::model::llama::{FourBit, Quantize};
     use crate::model::nf4::QuantType;
     let q = &plan.quantization;
     let quant_type = match q.scheme.as_str() {
         "none" => return Ok(None),
+        "int8" => return Ok(Some(Quantize::Int8)),
         "nf4" => QuantType::Nf4,
         "fp4" => QuantType::Fp4,
-        other => {
-            return Err(format!("{other} quantization is not built into the executor yet; use load_in_4bit (QLoRA)"));
-        }
+        other => return Err(format!("{other} quantization is not supported by the executor")),
     };
-    Ok(Some(crate::model::llama::Quantize {
+    Ok(Some(Quantize::FourBit(FourBit {
         quant_type,
         double_quant: q.double_quant,
         blocksize: q.block_size.unwrap_or(64) as i64,
-    }))
+    })))
 }
 
 /// Trains as the plan says. Errors are messages for the user.
@@ -423,7 +423,7 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     for p in model.base_params() {
         let linear = model.linears().into_iter().find(|l| format!("{}.weight", l.name) == p.name);
         match linear.and_then(|l| l.quantized.as_ref()) {
-            Some(q) => tensors.extend(crate::model::bnb::to_tensors(&p.name, q)),
+            Some(q) => tensors.extend(q.to_tensors(&p.name)),
             None => tensors.push((p.name, p.tensor)),
         }
     }
@@ -434,11 +434,14 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
     let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let compute = plan.quantization.compute_dtype.clone().unwrap_or_else(|| "float32".into());
+    let quantization_config = match spec {
+        crate::model::llama::Quantize::FourBit(f) => {
+            crate::model::bnb::quantization_config(f.quant_type, f.double_quant, &compute)
+        }
+        crate::model::llama::Quantize::Int8 => crate::model::int8::quantization_config(6.0),
+    };
     if let Some(o) = config.as_object_mut() {
-        o.insert(
-            "quantization_config".into(),
-            crate::model::bnb::quantization_config(spec.quant_type, spec.double_quant, &compute),
-        );
+        o.insert("quantization_config".into(), quantization_config);
     }
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
     crate::model::weights::write_atomic(&config_path, text.as_bytes())?;

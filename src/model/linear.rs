@@ -1,18 +1,69 @@
 //! The one linear layer type: a base weight (frozen under an adapter, trainable in full
 //! fine-tuning) with an optional bias and an optional LoRA pair on top. The layer owns its base
-//! weight, as in torchtune; the base is dense or NF4/FP4-quantized (QLoRA is LoRA over a quantized
-//! base, not a second model). A quantized base is dequantized to the compute dtype for each matmul.
+//! weight, as in torchtune; the base is dense, NF4/FP4-quantized or LLM.int8-quantized (QLoRA is
+//! LoRA over a quantized base, not a second model). A quantized base is dequantized to the compute
+//! dtype for each matmul, as bitsandbytes' CPU path does.
 
+use super::int8::{self, Int8};
 use super::nf4::{self, Quantized4};
 use tch::{Kind, Tensor};
+
+/// A quantized base weight.
+pub enum QuantizedWeight {
+    /// NF4 / FP4 (load_in_4bit).
+    Four(Quantized4),
+    /// Row-wise int8 (load_in_8bit).
+    Eight(Int8),
+}
+
+impl QuantizedWeight {
+    /// The weight for a matmul in `kind`.
+    pub fn matmul_weight(&self, kind: Kind) -> Tensor {
+        match self {
+            QuantizedWeight::Four(q) => nf4::dequantize(q, kind),
+            QuantizedWeight::Eight(q) => int8::matmul_weight(q, kind),
+        }
+    }
+
+    /// The dequantized weight for merging and saving (transformers' / peft's formula).
+    pub fn dequantize(&self, kind: Kind) -> Tensor {
+        match self {
+            QuantizedWeight::Four(q) => nf4::dequantize(q, kind),
+            QuantizedWeight::Eight(q) => int8::dequantize(q, kind),
+        }
+    }
+
+    /// The dtype the weight had before quantizing.
+    pub fn dtype(&self) -> Kind {
+        match self {
+            QuantizedWeight::Four(q) => q.dtype,
+            QuantizedWeight::Eight(q) => q.dtype,
+        }
+    }
+
+    pub fn storage_bytes(&self) -> i64 {
+        match self {
+            QuantizedWeight::Four(q) => q.storage_bytes(),
+            QuantizedWeight::Eight(q) => q.storage_bytes(),
+        }
+    }
+
+    /// The tensors transformers' bitsandbytes serialization stores for weight `name`.
+    pub fn to_tensors(&self, name: &str) -> Vec<(String, Tensor)> {
+        match self {
+            QuantizedWeight::Four(q) => super::bnb::to_tensors(name, q),
+            QuantizedWeight::Eight(q) => int8::to_tensors(name, q),
+        }
+    }
+}
 
 pub struct Linear {
     /// Hugging Face module path, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
     /// The dense base weight; an empty tensor when the base is quantized.
     pub weight: Tensor,
-    /// The quantized base weight, when the model was loaded with load_in_4bit.
-    pub quantized: Option<Quantized4>,
+    /// The quantized base weight (load_in_4bit / load_in_8bit, or a pre-quantized checkpoint).
+    pub quantized: Option<QuantizedWeight>,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
 }
@@ -31,7 +82,7 @@ impl Linear {
     /// The base weight in `kind` (dequantized for a quantized base).
     pub fn base_weight(&self, kind: Kind) -> Tensor {
         match &self.quantized {
-            Some(q) => nf4::dequantize(q, kind),
+            Some(q) => q.matmul_weight(kind),
             None => self.weight.to_kind(kind),
         }
     }
@@ -54,8 +105,11 @@ impl Linear {
     /// W + scaling · B A, the weight with the adapter folded in.
     /// A quantized base comes out dequantized, in its original dtype.
     pub fn merged_weight(&self) -> Tensor {
-        let kind = self.quantized.as_ref().map_or_else(|| self.weight.kind(), |q| q.dtype);
-        let base = self.base_weight(Kind::Float);
+        let kind = self.quantized.as_ref().map_or_else(|| self.weight.kind(), QuantizedWeight::dtype);
+        let base = match &self.quantized {
+            Some(q) => q.dequantize(Kind::Float),
+            None => self.weight.to_kind(Kind::Float),
+        };
         match &self.lora {
             None => base.to_kind(kind).detach(),
             Some(l) => {

@@ -5,7 +5,7 @@
 //! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
 //! time during the backward pass.
 
-use super::linear::{Linear, Lora};
+use super::linear::{Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
 use super::weights::Checkpoint;
 use crate::plan::arch::Architecture;
@@ -32,9 +32,16 @@ pub struct LoadOptions {
     pub quantize: Option<Quantize>,
 }
 
-/// 4-bit quantization of the base, as `load_in_4bit` with `bnb_4bit_*` asks.
+/// Quantization of the base, as `load_in_4bit` (with `bnb_4bit_*`) or `load_in_8bit` asks.
 #[derive(Debug, Clone, Copy)]
-pub struct Quantize {
+pub enum Quantize {
+    FourBit(FourBit),
+    /// LLM.int8's row-wise int8 (the weight goes through fp16 first, as bitsandbytes does).
+    Int8,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FourBit {
     pub quant_type: super::nf4::QuantType,
     pub double_quant: bool,
     pub blocksize: i64,
@@ -120,20 +127,34 @@ impl CausalLm {
         };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
             let weight_name = format!("{name}.weight");
-            let (weight, quantized) = match super::bnb::read(ckpt, &weight_name, &[fan_out, fan_in], device)? {
-                // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
+            let shape = [fan_out, fan_in];
+            // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
+            let stored = match super::bnb::read(ckpt, &weight_name, &shape, device)? {
+                Some(q) => Some(QuantizedWeight::Four(q)),
+                None => {
+                    super::int8::read(ckpt, &weight_name, &shape, opts.base_kind, device)?.map(QuantizedWeight::Eight)
+                }
+            };
+            let (weight, quantized) = match stored {
                 Some(_) if full => {
                     return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
                 }
                 Some(q) => (Tensor::new(), Some(q)),
                 None => {
-                    let dense = get(&weight_name, &[fan_out, fan_in])?;
+                    let dense = get(&weight_name, &shape)?;
                     // Quantized one weight at a time: the dense copy is dropped before the next loads.
-                    match opts.quantize {
-                        Some(q) => (
-                            Tensor::new(),
-                            Some(super::nf4::quantize(&dense, q.blocksize, q.quant_type, q.double_quant)),
-                        ),
+                    let quantized = match opts.quantize {
+                        Some(Quantize::FourBit(q)) => Some(QuantizedWeight::Four(super::nf4::quantize(
+                            &dense,
+                            q.blocksize,
+                            q.quant_type,
+                            q.double_quant,
+                        ))),
+                        Some(Quantize::Int8) => Some(QuantizedWeight::Eight(super::int8::quantize(&dense))),
+                        None => None,
+                    };
+                    match quantized {
+                        Some(q) => (Tensor::new(), Some(q)),
                         None => (dense, None),
                     }
                 }
@@ -406,7 +427,7 @@ impl CausalLm {
             });
             for lin in layer_linears(layer) {
                 let weight = match &lin.quantized {
-                    Some(q) => super::nf4::dequantize(q, q.dtype),
+                    Some(q) => q.dequantize(q.dtype()),
                     None => lin.weight.shallow_clone(),
                 };
                 out.push(Param { name: format!("{}.weight", lin.name), tensor: weight });

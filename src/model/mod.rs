@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod bnb;
 pub mod generate;
+pub mod int8;
 pub mod linear;
 pub mod llama;
 pub mod nf4;
