@@ -115,3 +115,40 @@ fn full_fine_tune_output_is_a_model_folder() {
     assert!((&logits - &base).abs().max().double_value(&[]) > 1e-3, "full fine-tuning should change the model");
     save_logits(&full, &logits);
 }
+
+#[test]
+fn quantized_folders_for_the_python_check() {
+    for (case, keys) in [
+        // fp32 compute, as recipe computes on the CPU (the default, bf16, is for CUDA).
+        (
+            "quantized4",
+            "adapter: qlora\nload_in_4bit: true\nbnb_4bit_use_double_quant: true\nbnb_4bit_compute_dtype: float32\n",
+        ),
+        ("quantized8", "adapter: lora\nload_in_8bit: true\n"),
+    ] {
+        let dir = fresh(case);
+        let recipe_path = dir.with_extension("yaml");
+        let text = format!(
+            "base_model: {}\n{keys}datasets:\n  - path: {}\n    type: completion\n    ds_type: text\nmax_steps: 1\n\
+             learning_rate: 1.0e-4\noutput_dir: {}\n",
+            root().join("models/stories260k").display(),
+            root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+            dir.with_extension("out").display()
+        );
+        std::fs::write(&recipe_path, text).unwrap();
+        let out = Command::cargo_bin("recipe")
+            .unwrap()
+            .arg("quantize")
+            .arg(&recipe_path)
+            .arg("--output")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logits = logits_of(&dir);
+        let base = logits_of(&root().join("models/stories260k"));
+        let moved = (&logits - &base).abs().max().double_value(&[]);
+        assert!(moved > 1e-4, "{case}: quantization should change the logits ({moved:e})");
+        save_logits(&dir, &logits);
+    }
+}

@@ -14,6 +14,8 @@ given as the first argument:
                (recipe's logits for base + adapter)
   DIR/full/    a Hugging Face model folder after full fine-tuning: config.json,
                model.safetensors, tokenizer files, recipe_logits.safetensors
+  DIR/quantized4/, DIR/quantized8/  `recipe quantize` folders (NF4 + double quant; LLM.int8) with
+               recipe's logits for the quantized base; transformers loads them through bitsandbytes.
   DIR/merged/  a Hugging Face model folder written by `recipe merge` (adapter folded into
                the base), tokenizer files, recipe_logits.safetensors holding recipe's logits
                for base + adapter computed BEFORE merging
@@ -78,7 +80,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
-CASES = ("lora", "full", "merged")
+CASES = ("lora", "full", "merged", "quantized4", "quantized8")
 TOL = 1e-4
 LOGITS_FILE = "recipe_logits.safetensors"
 
@@ -108,8 +110,17 @@ class CheckError(Exception):
 
 
 def load_model(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
-                                                output_loading_info=True)
+    # `recipe quantize` folders (quantized4: NF4 + double quant, quantized8: LLM.int8) carry a
+    # quantization_config: transformers loads them through bitsandbytes, on the CPU here.
+    extra = {"device_map": "cpu"} if os.path.basename(path).startswith("quantized") else {}
+    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                       output_loading_info=True, **extra)
+    for m in model.modules():
+        # bitsandbytes may pick a bf16 packed CPU kernel for eval-mode 4-bit layers on CPUs with
+        # AVX512-BF16; keep the fp32 path so results do not depend on the machine.
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+    return model, info
 
 
 def resolve_base(name):
@@ -207,6 +218,11 @@ def run_case(name, case_dir):
         except Exception as e:  # noqa: BLE001 (reported, and the logits are still compared)
             rec["tokenizer_error"] = f"{type(e).__name__}: {e}"
             rec["tokenizer_ok"] = False
+        if name == "quantized8":
+            # LLM.int8's eval forward also quantizes the activations (threshold 6); recipe trains
+            # with bitsandbytes' CPU training path (dequantized weight, fp activations), which
+            # bitsandbytes takes in train mode. Llama has no dropout here, so only that path changes.
+            model.train()
         with torch.no_grad():
             got = model(input_ids=ids, use_cache=False).logits.float()
         rec["logits_shape"] = list(got.shape)
