@@ -107,6 +107,18 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     }
 }
 
+/// The base's quantization in training, from the recipe when one was given (so an adapter trained
+/// over a quantized base meets the same base).
+fn quantization(plan: Option<&Plan>, target: &Path) -> Result<Option<crate::model::llama::Quantize>, ExitCode> {
+    match plan.map(exec::quantize_spec).transpose() {
+        Ok(q) => Ok(q.flatten()),
+        Err(e) => {
+            eprintln!("{}: error: {e}", target.display());
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
 /// A recipe (YAML) gives its output_dir and base model; a folder is an output or checkpoint.
 fn resolve_target(target: &Path, overrides: &[String]) -> Result<(PathBuf, Option<PathBuf>, Option<Plan>), ExitCode> {
     let is_recipe = matches!(target.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
@@ -130,12 +142,9 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
         Ok(d) => d,
         Err(code) => return code,
     };
-    let quantize = match plan.as_ref().map(exec::quantize_spec).transpose() {
-        Ok(q) => q.flatten(),
-        Err(e) => {
-            eprintln!("{}: error: {e}", target.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
+    let quantize = match quantization(plan.as_ref(), target) {
+        Ok(q) => q,
+        Err(code) => return code,
     };
     let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
         Ok(l) => l,
@@ -207,12 +216,9 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         Ok(t) => t,
         Err(code) => return code,
     };
-    let quantize = match plan.as_ref().map(exec::quantize_spec).transpose() {
-        Ok(q) => q.flatten(),
-        Err(e) => {
-            eprintln!("{}: error: {e}", target.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
+    let quantize = match quantization(plan.as_ref(), target) {
+        Ok(q) => q,
+        Err(code) => return code,
     };
     if !dir.join("adapter_config.json").is_file() {
         eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
