@@ -87,6 +87,13 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         plan.training.optimizer.name,
         crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
     );
+    if let Some((measured, planned)) = r.cpu_peak_bytes {
+        println!(
+            "memory     peak {} above the process before loading (CPU, resident); the plan estimated {} without the CUDA allowance",
+            crate::plan::bytes(measured),
+            crate::plan::bytes(planned)
+        );
+    }
     let fmt = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4} (perplexity {:.2})", l.exp()));
     println!("val loss   before {}  after {}", fmt(r.eval_loss_before), fmt(r.eval_loss_after));
     if let Some(reason) = &r.stopped_early {

@@ -81,6 +81,19 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
     /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
     pub optimizer_state_bytes: i64,
+    /// On CPU: peak resident memory above the process's size before loading (weights, data,
+    /// activations, optimizer), next to the plan's estimate without its CUDA allowance.
+    pub cpu_peak_bytes: Option<(u64, u64)>,
+}
+
+/// VmRSS and VmHWM (peak since the last reset) of this process, in bytes (Linux).
+fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// The compute kind for this device and the recipe's precision switches.
@@ -144,6 +157,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
+    // Peak memory from here on: reset the kernel's high-water mark (Linux: clear_refs 5).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let resident_before = resident_memory().map(|(rss, _)| rss);
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
@@ -296,6 +312,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         resumed_from,
         outputs,
         optimizer_state_bytes: optimizer.state_bytes(),
+        cpu_peak_bytes: match (device, resident_before, resident_memory()) {
+            (Device::Cpu, Some(before), Some((_, peak))) => {
+                let cuda =
+                    plan.memory.items.iter().filter(|i| i.name.starts_with("CUDA")).map(|i| i.bytes).sum::<u64>();
+                Some((peak.saturating_sub(before), plan.memory.total_bytes.saturating_sub(cuda)))
+            }
+            _ => None,
+        },
     })
 }
 
