@@ -69,7 +69,7 @@ fn run_trains_and_writes_peft_outputs() {
     let path = write_recipe(dir.path(), "max_steps: 16\neval_steps: 8\n");
     let stdout = run_ok(&path, &[]);
     assert!(stdout.contains("steps      16 of 16"), "{stdout}");
-    assert!(stdout.contains("memory     peak ") && stdout.contains("the plan estimated"), "{stdout}");
+    assert!(stdout.contains("memory     training peak ") && stdout.contains("the plan estimated"), "{stdout}");
     let records = metrics(dir.path());
     let losses = step_losses(&records);
     assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=16).collect::<Vec<_>>());

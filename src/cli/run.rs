@@ -89,7 +89,7 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     );
     if let Some((measured, planned)) = r.cpu_peak_bytes {
         println!(
-            "memory     peak {} above the process before loading (CPU, resident); the plan estimated {} without the CUDA allowance",
+            "memory     training peak {} above the process before loading (CPU, resident); the plan estimated {} without the CUDA allowance",
             crate::plan::bytes(measured),
             crate::plan::bytes(planned)
         );

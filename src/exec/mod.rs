@@ -81,8 +81,9 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
     /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
     pub optimizer_state_bytes: i64,
-    /// On CPU: peak resident memory above the process's size before loading (weights, data,
-    /// activations, optimizer), next to the plan's estimate without its CUDA allowance.
+    /// On CPU: peak resident memory while training, above the process's size before loading
+    /// (weights, data, activations, optimizer; the memory-mapped checkpoint read while loading is
+    /// not counted), next to the plan's estimate without its CUDA allowance.
     pub cpu_peak_bytes: Option<(u64, u64)>,
 }
 
@@ -157,8 +158,6 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
-    // Peak memory from here on: reset the kernel's high-water mark (Linux: clear_refs 5).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let resident_before = resident_memory().map(|(rss, _)| rss);
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let mut tok = Tokenizer::load(&base_dir)?;
@@ -181,6 +180,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let mut model =
         CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable, quantize })?;
     drop(ckpt);
+    // Peak memory from here on (the memory-mapped checkpoint is gone): reset the kernel's
+    // high-water mark (Linux: clear_refs 5).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     model.compute_kind = kind;
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
         model.resize_vocab(tok.vocab_size() as i64);
