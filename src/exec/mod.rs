@@ -106,6 +106,16 @@ fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
     if p.fp16 == Switch::On {
         return Err("fp16 training needs loss scaling, which the executor does not have yet; use bf16: true".into());
     }
+    // A 4-bit base computes in bnb_4bit_compute_dtype, as bitsandbytes does.
+    match plan.quantization.compute_dtype.as_deref() {
+        Some("float32") => return Ok(Kind::Float),
+        Some("float16") => {
+            return Err("bnb_4bit_compute_dtype: float16 needs loss scaling, which the executor does not have yet; \
+                        use bfloat16"
+                .into());
+        }
+        _ => {}
+    }
     Ok(if p.bf16 == Switch::Off { Kind::Float } else { Kind::BFloat16 })
 }
 
