@@ -107,3 +107,25 @@ fn shape_mismatch_names_the_tensor_and_both_shapes() {
     let err = ckpt.load("model.norm.weight", &[65], Kind::Float, Device::Cpu).err().unwrap();
     assert!(err.contains("`model.norm.weight`") && err.contains("[64]") && err.contains("[65]"), "{err}");
 }
+
+#[test]
+fn cached_decoding_equals_rerunning_the_sequence() {
+    for dir in [root().join("models/stories260k"), root().join("tests/golden/model/llama_gqa_untied")] {
+        let model = load(&dir);
+        let ids: Vec<i64> = (0..20).map(|i| (i * 37 + 5) % 120 + 3).collect();
+        let full = tch::no_grad(|| {
+            let input = Tensor::from_slice(&ids).unsqueeze(0);
+            let positions = Tensor::arange(20, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+            model.logits(&Inputs { input_ids: &input, position_ids: &positions, segment_ids: None })
+        });
+        let mut cache = recipe::model::llama::KvCache::new(&model);
+        let prefill = tch::no_grad(|| model.logits_cached(&Tensor::from_slice(&ids[..12]).unsqueeze(0), 0, &mut cache));
+        let mut diff = (&prefill - full.narrow(1, 0, 12)).abs().max().double_value(&[]);
+        for (i, &id) in ids.iter().enumerate().skip(12) {
+            let step =
+                tch::no_grad(|| model.logits_cached(&Tensor::from_slice(&[id]).unsqueeze(0), i as i64, &mut cache));
+            diff = diff.max((&step - full.narrow(1, i as i64, 1)).abs().max().double_value(&[]));
+        }
+        assert!(diff < 1e-5, "{}: cached decoding differs by {diff:e}", dir.display());
+    }
+}

@@ -1,8 +1,7 @@
-//! Sampling from a causal LM: greedy, or temperature with nucleus (top-p) filtering, seeded.
-//! Each step reruns the whole sequence (no key/value cache): simple and exact, and fast enough
-//! for the short samples `recipe run` and `recipe generate` print.
+//! Sampling from a causal LM: greedy, or temperature with nucleus (top-p) filtering, seeded. The
+//! prompt is run once and each new token then attends to the cached keys and values.
 
-use super::llama::{CausalLm, Inputs};
+use super::llama::{CausalLm, KvCache};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -19,24 +18,24 @@ pub fn generate(model: &CausalLm, prompt: &[i64], eos: Option<i64>, s: Sampling)
     let _guard = tch::no_grad_guard();
     tch::manual_seed(s.seed as i64);
     let context = model.arch.max_position_embeddings as usize;
-    let mut ids = prompt.to_vec();
     let mut out = Vec::new();
+    if prompt.is_empty() || prompt.len() >= context {
+        return out;
+    }
+    let mut cache = KvCache::new(model);
+    let mut fed = Tensor::from_slice(prompt).unsqueeze(0).to_device(model.device);
+    let mut position = 0i64;
     for _ in 0..s.max_new_tokens {
-        if ids.len() >= context {
-            break;
-        }
-        let window = &ids[ids.len().saturating_sub(context)..];
-        let input = Tensor::from_slice(window).unsqueeze(0).to_device(model.device);
-        let positions = Tensor::arange(window.len() as i64, (Kind::Int64, model.device)).unsqueeze(0);
-        let logits = model.logits(&Inputs { input_ids: &input, position_ids: &positions, segment_ids: None });
-        let last = logits.select(1, window.len() as i64 - 1).squeeze_dim(0);
+        let logits = model.logits_cached(&fed, position, &mut cache);
+        position += fed.size()[1];
+        let last = logits.select(1, logits.size()[1] - 1).squeeze_dim(0);
         let next = if s.temperature <= 0.0 { last.argmax(-1, false) } else { sample(&last, s.temperature, s.top_p) };
         let next = next.int64_value(&[]);
-        ids.push(next);
         out.push(next);
-        if Some(next) == eos {
+        if Some(next) == eos || prompt.len() + out.len() >= context {
             break;
         }
+        fed = Tensor::from_slice(&[next]).unsqueeze(0).to_device(model.device);
     }
     out
 }

@@ -67,6 +67,23 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
+/// Keys and values of the tokens decoded so far, per layer.
+#[derive(Default)]
+pub struct LayerCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(model: &CausalLm) -> KvCache {
+        KvCache { layers: model.layers.iter().map(|_| LayerCache::default()).collect() }
+    }
+}
+
 /// A named tensor of the model (Hugging Face name).
 pub struct Param {
     pub name: String,
@@ -275,6 +292,20 @@ impl CausalLm {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
+        self.layer_forward_cached(layer, x, cos_sin, mask, train, None)
+    }
+
+    /// One decoder layer; with `cache`, this layer's keys and values of earlier tokens are
+    /// prepended (and the new ones appended), so decoding feeds one token at a time.
+    pub fn layer_forward_cached(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        train: bool,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
         let a = &self.arch;
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (a.num_attention_heads as i64, a.num_key_value_heads as i64, a.head_dim as i64);
@@ -287,7 +318,20 @@ impl CausalLm {
         let (cos, sin) = cos_sin;
         let q = rope::apply(&q, cos, sin);
         let k = rope::apply(&k, cos, sin);
-        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None::<f64>, nh != nkv);
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(c) => {
+                let k = c.keys.as_ref().map_or(k.shallow_clone(), |past| Tensor::cat(&[past, &k], 2));
+                let v = c.values.as_ref().map_or(v.shallow_clone(), |past| Tensor::cat(&[past, &v], 2));
+                c.keys = Some(k.shallow_clone());
+                c.values = Some(v.shallow_clone());
+                (k, v)
+            }
+        };
+        // Causal when queries and keys are the same tokens; a decoding step's query sees every
+        // cached key.
+        let causal = mask.is_none() && k.size()[2] == t;
+        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None::<f64>, nh != nkv);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train);
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
@@ -305,6 +349,21 @@ impl CausalLm {
             x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
         }
         rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
+    }
+
+    /// Logits [1, T, V] of new tokens `input_ids` [1, T] at positions `start..start+T`, reading
+    /// and extending `cache` (start with `KvCache::new`). Feed the prompt first, then one token at
+    /// a time.
+    pub fn logits_cached(&self, input_ids: &Tensor, start: i64, cache: &mut KvCache) -> Tensor {
+        let t = input_ids.size()[1];
+        let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mut x = self.embed(input_ids);
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
+        }
+        let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+        self.lm_head.forward(&h.to_kind(self.compute_kind), false).to_kind(Kind::Float)
     }
 
     /// Logits [B, T, V] in fp32.
