@@ -335,3 +335,26 @@ fn lora_on_the_head_is_refused_by_name_not_ignored() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("LoRA on `lm_head` is not built") && stderr.contains("lora_modules_to_save"), "{stderr}");
 }
+
+#[test]
+fn epochs_schedule_evaluations_and_keep_the_newest_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10% of the chunks for validation; micro batch 4 and no accumulation: steps per epoch follow the rows.
+    let path = write_recipe(dir.path(), "num_epochs: 2\nevals_per_epoch: 2\nsaves_per_epoch: 1\nsave_total_limit: 1\n");
+    let stdout = run_ok(&path, &["--set", "micro_batch_size=32"]);
+    let records = metrics(dir.path());
+    let steps = step_losses(&records).len() as u64;
+    let per_epoch = steps / 2;
+    assert!(steps >= 4 && steps % 2 == 0, "{stdout}");
+    // Evaluations: before training, then every per_epoch / 2 steps (the last step included).
+    let evals = records.iter().filter(|r| r.get("eval_loss").is_some()).count() as u64;
+    assert_eq!(evals, 1 + steps / (per_epoch / 2), "{records:?}");
+    // One checkpoint kept: the newest (saved at the end of epoch 2).
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(kept, vec![format!("checkpoint-{steps}")]);
+}
