@@ -21,8 +21,11 @@ fn check_dir() -> PathBuf {
 }
 
 fn train(dir: &Path, method: &str) -> PathBuf {
-    let adapter =
-        if method == "lora" { "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n" } else { "" };
+    let adapter = match method {
+        "lora" => "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n",
+        "lora_head" => "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [q_proj, v_proj, lm_head]\n",
+        _ => "",
+    };
     let text = format!(
         "base_model: {}\n{adapter}datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
          val_set_size: 0\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 6\n\
@@ -151,4 +154,31 @@ fn quantized_folders_for_the_python_check() {
         assert!(moved > 1e-4, "{case}: quantization should change the logits ({moved:e})");
         save_logits(&dir, &logits);
     }
+}
+
+#[test]
+fn lora_on_the_tied_head_reloads_and_merges_untied() {
+    let dir = fresh("lora_head");
+    let recipe_path = train(&dir, "lora_head");
+    let weights =
+        recipe::model::weights::Checkpoint::open_files(&dir, &[dir.join("adapter_model.safetensors")]).unwrap();
+    assert!(weights.contains("base_model.model.lm_head.lora_A.weight"));
+    let adapted = logits_of(&dir);
+    save_logits(&dir, &adapted);
+    let merged = dir.with_extension("merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .arg("--output")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["tie_word_embeddings"], false, "a head with its own update is saved untied");
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged logits differ by {diff:e}");
 }

@@ -327,13 +327,16 @@ fn a_chat_recipe_trains_and_generates_through_its_template() {
 }
 
 #[test]
-fn lora_on_the_head_is_refused_by_name_not_ignored() {
+fn lora_on_the_embedding_is_refused_by_name_not_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_recipe(dir.path(), "max_steps: 1\nlora_target_modules: [q_proj, lm_head]\n");
+    let path = write_recipe(dir.path(), "max_steps: 1\nlora_target_modules: [q_proj, embed_tokens]\n");
     let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("LoRA on `lm_head` is not built") && stderr.contains("lora_modules_to_save"), "{stderr}");
+    assert!(
+        stderr.contains("LoRA on `embed_tokens` is not built") && stderr.contains("lora_modules_to_save"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ given as the first argument:
                (recipe's logits for base + adapter)
   DIR/full/    a Hugging Face model folder after full fine-tuning: config.json,
                model.safetensors, tokenizer files, recipe_logits.safetensors
+  DIR/lora_head/ like lora/, with LoRA on lm_head too (the tied head of stories260k).
   DIR/quantized4/, DIR/quantized8/  `recipe quantize` folders (NF4 + double quant; LLM.int8) with
                recipe's logits for the quantized base; transformers loads them through bitsandbytes.
   DIR/merged/  a Hugging Face model folder written by `recipe merge` (adapter folded into
@@ -80,7 +81,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
-CASES = ("lora", "full", "merged", "quantized4", "quantized8")
+CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8")
 TOL = 1e-4
 LOGITS_FILE = "recipe_logits.safetensors"
 
@@ -207,7 +208,7 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name == "lora":
+        if name.startswith("lora"):
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)

@@ -39,8 +39,9 @@ const SIDE_FILES: &[&str] = &[
 pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path) -> Result<(), String> {
     match &model.trainable {
         Trainable::Lora { .. } => {
-            let tensors: Vec<(String, Tensor)> =
+            let mut tensors: Vec<(String, Tensor)> =
                 model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            tensors.extend(adapter::extra_tensors(model));
             weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
             adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter)?;
         }

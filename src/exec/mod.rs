@@ -159,11 +159,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     if plan.adapter.dora {
         return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
     }
-    if let Some(m) = plan.adapter.target_modules.iter().find(|m| matches!(m.as_str(), "lm_head" | "embed_tokens")) {
-        return Err(format!(
-            "LoRA on `{m}` is not built into the executor yet; train it in full with lora_modules_to_save: [{m}], \
-             or target the decoder's linear layers"
-        ));
+    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
+        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
+                    lora_modules_to_save: [embed_tokens], or target linear layers"
+            .into());
     }
     let t = &plan.training;
     let device = opts.device;

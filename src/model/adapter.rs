@@ -6,6 +6,7 @@ use super::llama::{CausalLm, Trainable};
 use super::weights::Checkpoint;
 use serde_json::{Value, json};
 use std::path::Path;
+use tch::Kind;
 
 /// The LoRA settings an adapter_config.json describes.
 pub struct AdapterConfig {
@@ -79,6 +80,17 @@ pub fn write_config(dir: &Path, base_model: &str, plan: &crate::plan::adapter::A
     super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }
 
+/// peft's extra tensors for an adapter: with LoRA on the head, the head's base weight
+/// (`save_embedding_layers`), so the adapter carries the head it was trained against.
+pub fn extra_tensors(model: &CausalLm) -> Vec<(String, tch::Tensor)> {
+    match &model.lm_head.lora {
+        Some(_) => {
+            vec![(format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head")), model.lm_head.weight.detach())]
+        }
+        None => Vec::new(),
+    }
+}
+
 /// Copies every trainable tensor of `model` from `ckpt` (by the name it is saved under).
 pub fn load_trainable(model: &CausalLm, ckpt: &Checkpoint) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
@@ -87,9 +99,20 @@ pub fn load_trainable(model: &CausalLm, ckpt: &Checkpoint) -> Result<(), String>
         let mut target = p.tensor.shallow_clone();
         target.copy_(&t);
     }
+    // peft saves the base weight of a LoRA-targeted head with the adapter (its embedding layers):
+    // check it matches the base this adapter is applied to.
+    let head_base = format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head"));
+    if ckpt.contains(&head_base) {
+        let w = &model.lm_head.weight;
+        let saved = ckpt.load(&head_base, &w.size(), Kind::Float, w.device())?;
+        let diff = (saved - w.to_kind(Kind::Float)).abs().max().double_value(&[]);
+        if diff > 1e-6 {
+            return Err(format!("`{head_base}` differs from the base model's head by {diff:e}: another base?"));
+        }
+    }
     let extra: Vec<String> = {
         let wanted: std::collections::HashSet<String> = model.trainable_params().into_iter().map(|p| p.name).collect();
-        ckpt.names().filter(|n| !wanted.contains(*n)).map(str::to_owned).collect()
+        ckpt.names().filter(|n| !wanted.contains(*n) && **n != *head_base).map(str::to_owned).collect()
     };
     if !extra.is_empty() {
         return Err(format!(

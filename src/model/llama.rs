@@ -223,6 +223,15 @@ impl CausalLm {
                 }
             }
         }
+        // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
+        if let Trainable::Lora { targets, modules_to_save, .. } = &opts.trainable
+            && targets.iter().any(|t| t == "lm_head")
+        {
+            if modules_to_save.iter().any(|m| m == "lm_head") {
+                return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
+            }
+            lm_head.lora = lora_for("lm_head", h, v);
+        }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =
             unused.iter().filter(|n| !(n.ends_with("rotary_emb.inv_freq") || *n == "lm_head.weight")).collect();
@@ -456,6 +465,11 @@ impl CausalLm {
                         out.push(Param { name: format!("{p}.lora_B.weight"), tensor: l.b.shallow_clone() });
                     }
                 }
+                if let Some(l) = &self.lm_head.lora {
+                    let p = peft_prefix("lm_head");
+                    out.push(Param { name: format!("{p}.lora_A.weight"), tensor: l.a.shallow_clone() });
+                    out.push(Param { name: format!("{p}.lora_B.weight"), tensor: l.b.shallow_clone() });
+                }
                 if let Some(e) = &self.embed_tokens_trained {
                     out.push(Param { name: modules_to_save_name("model.embed_tokens"), tensor: e.shallow_clone() });
                 }
@@ -528,8 +542,11 @@ impl CausalLm {
     /// under Hugging Face names.
     pub fn merged_params(&self) -> Vec<Param> {
         let mut out = Vec::new();
-        let merged: std::collections::HashMap<String, Tensor> =
+        let mut merged: std::collections::HashMap<String, Tensor> =
             self.linears().into_iter().map(|l| (format!("{}.weight", l.name), l.merged_weight())).collect();
+        if self.lm_head.lora.is_some() {
+            merged.insert("lm_head.weight".into(), self.lm_head.merged_weight());
+        }
         for p in self.base_params() {
             let tensor = match p.name.as_str() {
                 "model.embed_tokens.weight" => self.embed_tokens_trained.as_ref().unwrap_or(&p.tensor).detach(),
@@ -537,9 +554,9 @@ impl CausalLm {
             };
             out.push(Param { name: p.name, tensor });
         }
-        if self.arch.tie_word_embeddings && self.lm_head.weight.requires_grad() {
+        if self.arch.tie_word_embeddings && (self.lm_head.weight.requires_grad() || self.lm_head.lora.is_some()) {
             // A trained head on a tied model can no longer share the embedding: save it.
-            out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.detach() });
+            out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.merged_weight() });
         }
         out
     }
