@@ -348,7 +348,7 @@ fn epochs_schedule_evaluations_and_keep_the_newest_checkpoints() {
     let records = metrics(dir.path());
     let steps = step_losses(&records).len() as u64;
     let per_epoch = steps / 2;
-    assert!(steps >= 4 && steps % 2 == 0, "{stdout}");
+    assert!(steps >= 4 && steps.is_multiple_of(2), "{stdout}");
     // Evaluations: before training, then every per_epoch / 2 steps (the last step included).
     let evals = records.iter().filter(|r| r.get("eval_loss").is_some()).count() as u64;
     assert_eq!(evals, 1 + steps / (per_epoch / 2), "{records:?}");
