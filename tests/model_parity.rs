@@ -129,3 +129,26 @@ fn cached_decoding_equals_rerunning_the_sequence() {
         assert!(diff < 1e-5, "{}: cached decoding differs by {diff:e}", dir.display());
     }
 }
+
+#[test]
+fn sharded_checkpoints_load_through_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/stories260k");
+    let tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (name, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        recipe::model::weights::save(&dir.path().join(name), part).unwrap();
+        for (t, _) in part {
+            map.insert(t.clone(), name.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let (a, b) = (load(&src), load(dir.path()));
+    let ids = Tensor::from_slice(&[1i64, 403, 407, 261, 378]).unsqueeze(0);
+    let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    assert!(tch::no_grad(|| a.logits(&inputs).equal(&b.logits(&inputs))));
+}

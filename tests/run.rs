@@ -361,3 +361,50 @@ fn epochs_schedule_evaluations_and_keep_the_newest_checkpoints() {
         .collect();
     assert_eq!(kept, vec![format!("checkpoint-{steps}")]);
 }
+
+#[test]
+fn accumulation_equals_one_big_batch() {
+    // 2 rows × 2 accumulation steps and 4 rows × 1 see the same rows per optimizer step.
+    let losses = |micro: &str, accum: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_recipe(dir.path(), "max_steps: 6\n");
+        run_ok(
+            &path,
+            &["--set", &format!("micro_batch_size={micro}"), "--set", &format!("gradient_accumulation_steps={accum}")],
+        );
+        step_losses(&metrics(dir.path()))
+    };
+    let (split, whole) = (losses("2", "2"), losses("4", "1"));
+    assert_eq!(split.len(), 6);
+    for ((step, a), (_, b)) in split.iter().zip(&whole) {
+        assert!((a - b).abs() < 1e-5, "step {step}: {a} accumulated vs {b} in one batch");
+    }
+}
+
+#[test]
+fn early_stopping_ends_a_run_whose_validation_loss_stops_improving() {
+    let dir = tempfile::tempdir().unwrap();
+    // A learning rate far too high: the validation loss gets worse and patience 1 stops the run.
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 200\neval_steps: 2\nearly_stopping_patience: 1\nlearning_rate: 0.5\nmax_grad_norm: 0\n",
+    );
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("stopped    early: validation loss has not improved for 1 evaluations"), "{stdout}");
+    assert!(step_losses(&metrics(dir.path())).len() < 200);
+}
+
+#[test]
+fn a_failed_save_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 8\nsave_steps: 4\n");
+    // Something in the way of checkpoint-8's temporary folder: the save fails as on a full disk.
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/.checkpoint-8.partial"), b"in the way").unwrap();
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("saving checkpoint-8 failed") && stderr.contains("checkpoint-4"), "{stderr}");
+    assert!(dir.path().join("out/checkpoint-4/adapter_model.safetensors").is_file());
+    assert!(!dir.path().join("out/checkpoint-8").exists());
+}
