@@ -122,6 +122,20 @@ impl Hub {
             .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         Hub { cache, offline, endpoint: var("HF_ENDPOINT"), token: var("HF_TOKEN") }
     }
+
+    /// The hf-hub client for this cache, endpoint and token.
+    pub fn api(&self) -> Result<hf_hub::api::sync::Api, String> {
+        let cache = self.cache.as_ref().ok_or("no Hugging Face cache folder (set HF_HOME)")?;
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone())).with_progress(false);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        if let Some(token) = &self.token {
+            builder = builder.with_token(Some(token.clone()));
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
 }
 
 /// Every row of a dataset source, strict: the first malformed row is an error. `local_path` is the
@@ -413,16 +427,7 @@ fn hub_files(source: &DatasetSource, hub: &Hub) -> Result<Vec<PathBuf>, String> 
             cache.map_or("none: set HF_HOME".to_string(), |c| c.display().to_string())
         ));
     }
-    let cache = cache.ok_or_else(|| format!("{what}: no Hugging Face cache folder (set HF_HOME)"))?;
-    let mut builder =
-        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf())).with_progress(false);
-    if let Some(endpoint) = &hub.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    if let Some(token) = &hub.token {
-        builder = builder.with_token(Some(token.clone()));
-    }
-    let api = builder.build().map_err(|e| format!("{what}: {e}"))?;
+    let api = hub.api().map_err(|e| format!("{what}: {e}"))?;
     let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Dataset, revision.to_string());
     let info = api.repo(repo.clone()).info().map_err(|e| format!("{what}: cannot list its files: {e}"))?;
     let mut listing: Vec<String> = info

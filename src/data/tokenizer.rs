@@ -12,6 +12,8 @@ pub struct Tokenizer {
     add_bos: bool,
     /// tokenizer_config.json as read, with the special tokens the recipe set.
     config: serde_json::Value,
+    /// The same tokenizer reading special-token text as plain text (made on first use).
+    plain: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 impl Tokenizer {
@@ -34,7 +36,7 @@ impl Tokenizer {
         let pad = token("pad_token").or(eos).unwrap_or(0);
         // transformers' default for Llama tokenizers is to add BOS.
         let add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos.is_some());
-        Ok(Tokenizer { inner, bos, eos, pad, add_bos, config })
+        Ok(Tokenizer { inner, bos, eos, pad, add_bos, config, plain: Default::default() })
     }
 
     /// Sets special tokens and adds new tokens (the recipe's `special_tokens` and `tokens`);
@@ -44,6 +46,7 @@ impl Tokenizer {
         special: &crate::config::chat_template::SpecialTokens,
         tokens: &[String],
     ) -> Result<usize, String> {
+        self.plain = Default::default(); // rebuilt from the extended vocabulary on next use
         use tokenizers::AddedToken;
         let before = self.inner.get_vocab_size(true);
         let named = [&special.bos_token, &special.eos_token, &special.pad_token, &special.unk_token];
@@ -126,14 +129,16 @@ impl Tokenizer {
 /// The chat module tokenizes rendered conversations with byte offsets through this.
 impl crate::data::chat::ChatEncoder for Tokenizer {
     fn encode_offsets(&self, text: &str, specials_as_text: bool) -> Result<crate::data::chat::Encoded, String> {
-        let enc = if specials_as_text {
-            let mut t = self.inner.clone();
-            t.set_encode_special_tokens(true);
-            t.encode(text, false)
+        let tok = if specials_as_text {
+            self.plain.get_or_init(|| {
+                let mut t = self.inner.clone();
+                t.set_encode_special_tokens(true);
+                t
+            })
         } else {
-            self.inner.encode(text, false)
-        }
-        .map_err(|e| format!("cannot tokenize: {e}"))?;
+            &self.inner
+        };
+        let enc = tok.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
         Ok((enc.get_ids().iter().map(|&i| i64::from(i)).collect(), enc.get_offsets().to_vec()))
     }
 

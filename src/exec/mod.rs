@@ -263,6 +263,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         pad_id: tok.pad(),
         progress: &progress,
         stop_after: opts.stop_after,
+        steps,
     };
     let eval_loss_before = if state.global_step == 0 { looper.evaluate() } else { None };
     if let Some(l) = eval_loss_before {

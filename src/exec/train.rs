@@ -36,6 +36,7 @@ pub struct Loop<'a> {
     pub progress: &'a indicatif::ProgressBar,
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
+    pub steps: Steps,
 }
 
 /// Step counts the loop follows.
@@ -143,7 +144,7 @@ impl Loop<'_> {
     pub fn run(&self, optimizer: &mut AdamW, mut state: TrainerState, log: &mut MetricsLog) -> Result<Outcome, String> {
         let plan = self.plan;
         let t = &plan.training;
-        let s = Steps { total: state.total_steps, ..steps(plan, self.train.len()) };
+        let s = Steps { total: state.total_steps, ..self.steps };
         let dropout = matches!(&self.model.trainable, Trainable::Lora { dropout, .. } if *dropout > 0.0);
         let eval_every = t.eval.map(|e| e.interval(s.total, s.per_epoch));
         let save_every = t.save.map(|e| e.interval(s.total, s.per_epoch));

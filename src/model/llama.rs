@@ -520,24 +520,6 @@ impl CausalLm {
         self.layers.iter().flat_map(layer_linears).collect()
     }
 
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| {
-                let (a, m) = (&mut l.self_attn, &mut l.mlp);
-                [
-                    &mut a.q_proj,
-                    &mut a.k_proj,
-                    &mut a.v_proj,
-                    &mut a.o_proj,
-                    &mut m.gate_proj,
-                    &mut m.up_proj,
-                    &mut m.down_proj,
-                ]
-            })
-            .collect()
-    }
-
     /// The weights of the merged model (LoRA folded in, saved copies replacing the originals),
     /// under Hugging Face names.
     pub fn merged_params(&self) -> Vec<Param> {

@@ -185,30 +185,13 @@ fn plan_datasets(
 /// Rows of a local JSON array or JSON Lines file; None for anything that needs tokenizing or a
 /// reader recipe does not have in the planner (text, Parquet, CSV, folders).
 fn count_rows(path: &Path, format: Option<FileFormat>) -> Option<u64> {
-    if !path.is_file() {
+    let format = format.or_else(|| crate::data::sources::format_of(path))?;
+    if !path.is_file() || !matches!(format, FileFormat::Json | FileFormat::Jsonl) {
         return None;
     }
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
-    let format = format.or(match extension {
-        "json" => Some(FileFormat::Json),
-        "jsonl" => Some(FileFormat::Jsonl),
-        _ => None,
-    })?;
-    let text = std::fs::read_to_string(path).ok()?;
-    // Counted only when every line is a JSON value: a broken file is the data pipeline's to report.
-    let json_lines = || {
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines.iter().all(|l| serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok()).then_some(lines.len() as u64)
-    };
-    match format {
-        // Axolotl's json reader takes a JSON array or JSON Lines.
-        FileFormat::Json => match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Array(rows)) => Some(rows.len() as u64),
-            _ => json_lines(),
-        },
-        FileFormat::Jsonl => json_lines(),
-        _ => None,
-    }
+    // Counted only when every row reads: a broken file is the data pipeline's to report.
+    let rows = crate::data::sources::read_file(path, Some(format), "text").ok()?;
+    rows.bad.is_empty().then_some(rows.rows.len() as u64)
 }
 
 /// Training sequences before the validation split, when known before tokenizing: every dataset's

@@ -6,6 +6,7 @@
 use super::arch::{Architecture, ParameterCounts};
 use crate::config::Config;
 use crate::config::location::{Location, resolve_location};
+use crate::data::sources::Hub;
 use crate::recipe::check::Locator;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -112,13 +113,7 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
 
 /// The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
 fn hub_cache() -> Option<hf_hub::Cache> {
-    let dir = match (std::env::var_os("HF_HUB_CACHE"), std::env::var_os("HF_HOME"), std::env::var_os("HOME")) {
-        (Some(cache), _, _) => PathBuf::from(cache),
-        (None, Some(home), _) => PathBuf::from(home).join("hub"),
-        (None, None, Some(home)) => PathBuf::from(home).join(".cache/huggingface/hub"),
-        _ => return None,
-    };
-    Some(hf_hub::Cache::new(dir))
+    Hub::from_env().cache.map(hf_hub::Cache::new)
 }
 
 fn hub_repo(id: &str, revision: Option<&str>) -> hf_hub::Repo {
@@ -134,20 +129,11 @@ fn cached_config(id: &str, revision: Option<&str>) -> Option<(PathBuf, String)> 
 
 /// True when HF_HUB_OFFLINE says not to touch the network.
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    Hub::from_env().offline
 }
 
 fn hub_api() -> Result<hf_hub::api::sync::Api, String> {
-    let cache = hub_cache().ok_or("no Hugging Face cache folder (set HF_HOME)")?;
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    builder.build().map_err(|e| e.to_string())
+    Hub::from_env().api()
 }
 
 /// Downloads config.json alone into the Hugging Face cache (HF_ENDPOINT and HF_TOKEN honoured).
