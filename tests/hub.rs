@@ -3,10 +3,9 @@
 //! weights and tokenizer once, then trains offline from the cache.
 
 use assert_cmd::Command;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+mod common;
+use common::HUB_COMMIT as COMMIT;
 
 #[test]
 fn config_json_is_fetched_once_then_read_from_the_cache() {
@@ -49,57 +48,13 @@ fn config_json_is_fetched_once_then_read_from_the_cache() {
     plan(true).assert().code(1).stderr(predicates::str::contains("HF_HUB_OFFLINE is set"));
 }
 
-/// Serves every file of `dir` at /acme/tiny-llama/resolve/main/NAME (Range honoured, as hf-hub
-/// downloads), 404 elsewhere, until the test process ends. Returns the endpoint and a request log.
+/// Serves every file of `dir` at /acme/tiny-llama/resolve/main/NAME.
 fn stand_in_model_hub(dir: std::path::PathBuf) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let requests = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut range = None;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    let (a, b) = value.trim().split_once('-').unwrap();
-                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap_or(usize::MAX)));
-                }
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
-            requests.lock().unwrap().push(path.clone());
-            let body = path
-                .strip_prefix("/acme/tiny-llama/resolve/main/")
-                .filter(|name| !name.contains('/') && !name.contains(".."))
-                .and_then(|name| std::fs::read(dir.join(name)).ok());
-            let Some(body) = body else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                continue;
-            };
-            let (a, b) = range.unwrap_or((0, body.len() - 1));
-            let part = &body[a..=b.min(body.len() - 1)];
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\n\
-                 ETag: \"etag-{}\"\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
-                part.len(),
-                a + part.len() - 1,
-                body.len(),
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(part);
-        }
-    });
-    (endpoint, log)
+    common::stand_in_hub(move |path| {
+        let name =
+            path.strip_prefix("/acme/tiny-llama/resolve/main/").filter(|n| !n.contains('/') && !n.contains(".."))?;
+        std::fs::read(dir.join(name)).ok().map(common::HubReply::File)
+    })
 }
 
 #[cfg(feature = "exec")]

@@ -5,11 +5,10 @@
 use recipe::config::datasets::{DatasetSource, FileFormat, FileList};
 use recipe::data::sources::{self, Hub, RawRow};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+mod common;
+use common::HUB_COMMIT as COMMIT;
 const OTHER_COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
 fn fixtures() -> PathBuf {
@@ -254,70 +253,18 @@ fn hub_offline_misses_are_clear_errors() {
     assert!(err.contains("neither a local file or folder nor a hub dataset id"), "{err}");
 }
 
-/// A stand-in hub serving acme/remote: the repo info (siblings) and every file of `files` with the
-/// headers hf-hub reads (ETag, X-Repo-Commit, Content-Range), Range honoured. Returns the
-/// endpoint and a request log.
+/// A stand-in hub serving acme/remote: the repo info (siblings) and every file of `files`.
 fn stand_in_dataset_hub(
     files: Vec<(&'static str, Vec<u8>)>,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let requests = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut range = None;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    let (a, b) = value.trim().split_once('-').unwrap();
-                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap_or(usize::MAX)));
-                }
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
-            requests.lock().unwrap().push(path.clone());
-            if path == "/api/datasets/acme/remote/revision/main" {
-                let siblings: Vec<_> = files.iter().map(|(name, _)| json!({"rfilename": name})).collect();
-                let body = json!({"siblings": siblings, "sha": COMMIT}).to_string();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(body.as_bytes());
-                continue;
-            }
-            let found = path
-                .strip_prefix("/datasets/acme/remote/resolve/main/")
-                .and_then(|name| files.iter().position(|(n, _)| *n == name));
-            let Some(index) = found else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                continue;
-            };
-            let body = &files[index].1;
-            let (a, b) = range.unwrap_or((0, body.len() - 1));
-            let part = &body[a..=b.min(body.len() - 1)];
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\n\
-                 ETag: \"etag-{index}\"\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
-                part.len(),
-                a + part.len() - 1,
-                body.len(),
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(part);
+    common::stand_in_hub(move |path| {
+        if path == "/api/datasets/acme/remote/revision/main" {
+            let siblings: Vec<_> = files.iter().map(|(name, _)| json!({"rfilename": name})).collect();
+            return Some(common::HubReply::Json(json!({"siblings": siblings, "sha": COMMIT}).to_string()));
         }
-    });
-    (endpoint, log)
+        let name = path.strip_prefix("/datasets/acme/remote/resolve/main/")?;
+        files.iter().find(|(n, _)| *n == name).map(|(_, body)| common::HubReply::File(body.clone()))
+    })
 }
 
 #[test]

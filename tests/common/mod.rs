@@ -32,3 +32,80 @@ pub fn snapshot_name(path: &Path, strip: &str) -> String {
     let rel = path.strip_prefix(strip).unwrap_or(path);
     rel.with_extension("").to_string_lossy().replace(['/', '\\'], "__")
 }
+
+/// The commit the stand-in hubs report.
+pub const HUB_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// What a stand-in hub answers for a path.
+pub enum HubReply {
+    /// A repo file: served with the headers hf-hub reads (ETag, X-Repo-Commit, Content-Range),
+    /// Range honoured.
+    File(Vec<u8>),
+    /// An API answer.
+    Json(String),
+}
+
+/// A stand-in Hugging Face hub on localhost (for HF_ENDPOINT): `route` answers each request path
+/// (None: 404). Serves until the test process ends. Returns the endpoint and a request log.
+pub fn stand_in_hub(
+    route: impl Fn(&str) -> Option<HubReply> + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = value.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap_or(usize::MAX)));
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            requests.lock().unwrap().push(path.clone());
+            match route(&path) {
+                None => {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+                Some(HubReply::Json(body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(body.as_bytes());
+                }
+                Some(HubReply::File(body)) => {
+                    let (a, b) = range.unwrap_or((0, body.len() - 1));
+                    let part = &body[a..=b.min(body.len() - 1)];
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\n\
+                         ETag: \"etag-{}-{}\"\r\nX-Repo-Commit: {HUB_COMMIT}\r\nConnection: close\r\n\r\n",
+                        part.len(),
+                        a + part.len() - 1,
+                        body.len(),
+                        path.len(),
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(part);
+                }
+            }
+        }
+    });
+    (endpoint, log)
+}
