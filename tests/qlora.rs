@@ -4,6 +4,8 @@
 //! the quantized base + adapter (1e-4, fp32).
 #![cfg(feature = "exec")]
 
+mod common;
+
 use assert_cmd::cargo::CommandCargoExt;
 use recipe::exec::load_trained;
 use recipe::model::linear::QuantizedWeight;
@@ -247,4 +249,52 @@ fn lora_over_an_int8_base_trains_and_its_quantized_folder_reloads() {
     let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
     let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
     assert!(a.equal(&b));
+}
+
+#[test]
+fn qlora_peak_memory_on_cpu_agrees_with_the_plan() {
+    // A random model big enough for weights, activations and logits to dominate the allocator's
+    // bookkeeping: 8 layers, hidden 512, untied head.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::random_llama(
+        &model,
+        &serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512,
+            "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
+            "vocab_size": 512, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": false,
+            "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"
+        }),
+    );
+    let recipe_path = dir.path().join("memory.yaml");
+    let text = format!(
+        "base_model: {}\nadapter: qlora\nload_in_4bit: true\nbnb_4bit_use_double_quant: true\nlora_r: 16\n\
+         lora_alpha: 32\nlora_target_linear: true\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
+         val_set_size: 0\nsequence_len: 512\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 2\n\
+         learning_rate: 1.0e-4\noutput_dir: {}\n",
+        model.display(),
+        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        dir.path().join("out").display()
+    );
+    std::fs::write(&recipe_path, text).unwrap();
+    for checkpointing in ["true", "false"] {
+        let out = recipe()
+            .arg("run")
+            .arg(&recipe_path)
+            .args(["--device", "cpu", "--no-progress", "--set", &format!("gradient_checkpointing={checkpointing}")])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let line = stdout.lines().find(|l| l.starts_with("memory     training peak")).expect("memory line");
+        eprintln!("gradient_checkpointing {checkpointing}: {line}");
+        let mib = |after: &str| -> f64 {
+            line.split(after).nth(1).unwrap().split(" MiB").next().unwrap().trim().parse().unwrap()
+        };
+        let (measured, planned) = (mib("training peak"), mib("CPU estimate"));
+        assert!(
+            (planned / measured - 1.0).abs() < 0.10,
+            "gradient_checkpointing {checkpointing}: plan {planned} MiB vs measured {measured} MiB"
+        );
+    }
 }

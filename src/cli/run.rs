@@ -89,9 +89,10 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     );
     if let Some((measured, planned)) = r.cpu_peak_bytes {
         println!(
-            "memory     training peak {} above the process before loading (CPU, resident); the plan estimated {} without the CUDA allowance",
+            "memory     training peak {} in use (CPU, by the allocator, above its use before loading); the plan's CPU estimate {} ({:+.1}%)",
             crate::plan::bytes(measured),
-            crate::plan::bytes(planned)
+            crate::plan::bytes(planned),
+            (planned as f64 / measured.max(1) as f64 - 1.0) * 100.0
         );
     }
     let fmt = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4} (perplexity {:.2})", l.exp()));

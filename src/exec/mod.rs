@@ -3,6 +3,7 @@
 //! outputs (`checkpoint`), and serves `recipe generate` and `recipe merge` on the results.
 
 pub mod checkpoint;
+pub mod host_memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod train;
@@ -81,20 +82,10 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
     /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
     pub optimizer_state_bytes: i64,
-    /// On CPU: peak resident memory while training, above the process's size before loading
-    /// (weights, data, activations, optimizer; the memory-mapped checkpoint read while loading is
-    /// not counted), next to the plan's estimate without its CUDA allowance.
+    /// On CPU: the training peak by the allocator's accounting above its use before the model
+    /// was loaded (weights, adapters, gradients, optimizer, activations, logits), next to the
+    /// plan's CPU estimate of the same.
     pub cpu_peak_bytes: Option<(u64, u64)>,
-}
-
-/// VmRSS and VmHWM (peak since the last reset) of this process, in bytes (Linux).
-fn resident_memory() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// The compute kind for this device and the recipe's precision switches.
@@ -167,7 +158,6 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
-    let resident_before = resident_memory().map(|(rss, _)| rss);
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
@@ -183,16 +173,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let steps = train::steps(plan, train_rows.len());
 
     tch::manual_seed(t.seed as i64);
+    let in_use_before_model = host_memory::in_use();
     let trainable = trainable(plan);
     let base_kind = if matches!(trainable, Trainable::Lora { .. }) { kind } else { Kind::Float };
     let ckpt = Checkpoint::open(&base_dir)?;
     let mut model =
         CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable, quantize })?;
     drop(ckpt);
-    // Peak memory from here on (the memory-mapped checkpoint is gone): reset the kernel's
-    // high-water mark (Linux: clear_refs 5).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
     model.compute_kind = kind;
+    if device == Device::Cpu {
+        host_memory::reset();
+        model.memory_probe = Some(host_memory::sample);
+    }
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
         model.resize_vocab(tok.vocab_size() as i64);
         tracing::info!("added {added} tokens; vocabulary now {}", tok.vocab_size());
@@ -324,11 +316,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         resumed_from,
         outputs,
         optimizer_state_bytes: optimizer.state_bytes(),
-        cpu_peak_bytes: match (device, resident_before, resident_memory()) {
-            (Device::Cpu, Some(before), Some((_, peak))) => {
-                let cuda =
-                    plan.memory.items.iter().filter(|i| i.name.starts_with("CUDA")).map(|i| i.bytes).sum::<u64>();
-                Some((peak.saturating_sub(before), plan.memory.total_bytes.saturating_sub(cuda)))
+        cpu_peak_bytes: match (device, in_use_before_model) {
+            (Device::Cpu, Some(before)) => {
+                Some((host_memory::peak().saturating_sub(before), plan.memory.cpu_total_bytes))
             }
             _ => None,
         },

@@ -197,6 +197,9 @@ impl Loop<'_> {
             }
             let grad_norm = optimizer.clip_grad_norm(t.max_grad_norm);
             optimizer.step(lr);
+            if let Some(probe) = self.model.memory_probe {
+                probe();
+            }
             optimizer.zero_grad();
             let tokens = batches.iter().map(|b| b.real_tokens).sum::<usize>();
             pending.push(Pending { step: step + 1, loss: loss / denominator as f64, grad_norm, lr, tokens });

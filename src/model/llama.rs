@@ -106,6 +106,9 @@ pub struct CausalLm {
     /// Kind of the matmuls and attention: fp32, or bf16 for mixed precision. As under torch
     /// autocast, the residual stream, norms and loss stay fp32 and trainable masters are fp32.
     pub compute_kind: Kind,
+    /// Called where a training step's memory peaks (after forwards and backwards), so a CPU run
+    /// can measure its peak (exec/host_memory.rs).
+    pub memory_probe: Option<fn()>,
 }
 
 /// Inputs of one forward pass, all [B, T] int64 on the model's device.
@@ -253,6 +256,7 @@ impl CausalLm {
             trainable: opts.trainable.clone(),
             device,
             compute_kind: Kind::Float,
+            memory_probe: None,
         })
     }
 
@@ -405,6 +409,11 @@ impl CausalLm {
         checkpointing: bool,
         layer_seed: &dyn Fn(usize),
     ) -> Tensor {
+        let probe = || {
+            if let Some(probe) = self.memory_probe {
+                probe()
+            }
+        };
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
         let embedded = self.embed(inputs.input_ids);
@@ -416,7 +425,9 @@ impl CausalLm {
             }
             let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
             let loss = self.loss_sum(&h, labels);
+            probe();
             (&loss / denominator).backward();
+            probe();
             return loss.detach();
         }
         // Forward without a graph, keeping each layer's input.
@@ -432,14 +443,18 @@ impl CausalLm {
         let top = x.detach().set_requires_grad(true);
         let h = rms_norm(&top, &self.norm, self.arch.rms_norm_eps);
         let loss = self.loss_sum(&h, labels);
+        probe();
         (&loss / denominator).backward();
+        probe();
         let mut grad = top.grad();
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let input = saved[i].detach().set_requires_grad(true);
             layer_seed(i);
             let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
+            probe();
             // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
             (out * &grad).sum(Kind::Float).backward();
+            probe();
             grad = input.grad();
             drop(input);
             saved.pop();

@@ -21,6 +21,9 @@
 //! - allowance: 1 GiB for the CUDA context, cuBLAS workspace and kernels, plus 5% of the rest for
 //!   the caching allocator's fragmentation.
 //!
+//! The same formulas with c = 4 and no CUDA context give the CPU figure (`cpu_total_bytes`), which
+//! `recipe run` on CPU prints beside the peak the allocator measured.
+//!
 //! Sharded strategies divide what they shard by the shard group size (plan/shard.rs).
 
 use super::adapter;
@@ -45,6 +48,9 @@ pub struct MemoryEstimate {
     pub activations_with_checkpointing: u64,
     pub activations_without_checkpointing: u64,
     pub total_bytes: u64,
+    /// The same recipe run on CPU: everything in fp32, no CUDA context (what `recipe run
+    /// --device cpu` compares its measured peak with).
+    pub cpu_total_bytes: u64,
     /// The GPU size checked against (`--gpu-memory`).
     pub gpu_memory: Option<u64>,
     pub fits: Option<bool>,
@@ -76,7 +82,8 @@ pub fn estimate(
     nodes: u64,
     gpu_memory: Option<u64>,
 ) -> Result<MemoryEstimate, String> {
-    let mut estimate = breakdown(c, arch, world_size, nodes)?;
+    let mut estimate = breakdown(c, arch, world_size, nodes, Target::Gpu)?;
+    estimate.cpu_total_bytes = breakdown(c, arch, world_size, nodes, Target::Cpu)?.total_bytes;
     if let Some(limit) = gpu_memory {
         estimate.gpu_memory = Some(limit);
         estimate.fits = Some(estimate.total_bytes <= limit);
@@ -88,6 +95,14 @@ pub fn estimate(
     Ok(estimate)
 }
 
+/// Where the estimate is for: a GPU (the recipe's precision, a CUDA context) or the CPU
+/// (fp32 compute, as the executor runs there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Gpu,
+    Cpu,
+}
+
 pub fn compute_dtype(c: &Config) -> (&'static str, u64) {
     match (c.training.fp16, c.training.bf16) {
         (Switch::On, _) => ("float16", 2),
@@ -96,8 +111,14 @@ pub fn compute_dtype(c: &Config) -> (&'static str, u64) {
     }
 }
 
-fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Result<MemoryEstimate, String> {
-    let (dtype, cb) = compute_dtype(c);
+fn breakdown(
+    c: &Config,
+    arch: &Architecture,
+    world_size: u64,
+    nodes: u64,
+    target: Target,
+) -> Result<MemoryEstimate, String> {
+    let (dtype, cb) = if target == Target::Cpu { ("float32", 4) } else { compute_dtype(c) };
     let adapter = adapter::plan(c, arch)?;
     let quant = quantize::plan(c, arch);
     let counts = arch.parameter_counts();
@@ -200,10 +221,17 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
     }
     let subtotal: u64 = items.iter().map(|i| i.bytes).sum();
     let fragmentation = (subtotal as f64 * FRAGMENTATION) as u64;
-    items.push(MemoryItem {
-        name: "CUDA context and allocator",
-        bytes: CONTEXT_BYTES + fragmentation,
-        formula: format!("1 GiB context + {:.0}% fragmentation", FRAGMENTATION * 100.0),
+    items.push(match target {
+        Target::Gpu => MemoryItem {
+            name: "CUDA context and allocator",
+            bytes: CONTEXT_BYTES + fragmentation,
+            formula: format!("1 GiB context + {:.0}% fragmentation", FRAGMENTATION * 100.0),
+        },
+        Target::Cpu => MemoryItem {
+            name: "allocator",
+            bytes: fragmentation,
+            formula: format!("{:.0}% fragmentation", FRAGMENTATION * 100.0),
+        },
     });
     let total_bytes = items.iter().map(|i| i.bytes).sum();
     Ok(MemoryEstimate {
@@ -212,6 +240,7 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
         activations_with_checkpointing: with,
         activations_without_checkpointing: without,
         total_bytes,
+        cpu_total_bytes: 0,
         gpu_memory: None,
         fits: None,
         margin_bytes: None,
@@ -221,7 +250,7 @@ fn breakdown(c: &Config, arch: &Architecture, world_size: u64, nodes: u64) -> Re
 
 /// Recipe changes that lower the estimate, each with the total it gives.
 fn suggestions(c: &Config, arch: &Architecture, world_size: u64, nodes: u64, limit: u64) -> Vec<Suggestion> {
-    let total = |c: &Config, world: u64| breakdown(c, arch, world, nodes).map(|e| e.total_bytes).ok();
+    let total = |c: &Config, world: u64| breakdown(c, arch, world, nodes, Target::Gpu).map(|e| e.total_bytes).ok();
     let mut out = Vec::new();
     let mut add = |change: String, bytes: Option<u64>| {
         if let Some(total_bytes) = bytes {

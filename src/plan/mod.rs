@@ -312,6 +312,8 @@ pub fn render_text(plan: &Plan) -> String {
         bytes(m.activations_with_checkpointing),
         bytes(m.activations_without_checkpointing)
     );
+    let _ =
+        writeln!(o, "             {:>10}  on CPU instead (fp32 compute, no CUDA context)", bytes(m.cpu_total_bytes));
     match (m.gpu_memory, m.fits, m.margin_bytes) {
         (Some(limit), Some(true), Some(margin)) => {
             let _ = writeln!(o, "           fits in {} ({} to spare)", bytes(limit), bytes(margin as u64));

@@ -109,3 +109,41 @@ pub fn stand_in_hub(
     });
     (endpoint, log)
 }
+
+/// A random-initialised Llama folder at `dir` (config.json from `config`, which must use the
+/// stories260k vocabulary of 512; its tokenizer files; model.safetensors with N(0, 0.02) weights
+/// and unit norms), seeded for repeatability.
+#[cfg(feature = "exec")]
+pub fn random_llama(dir: &Path, config: &serde_json::Value) {
+    use tch::{Device, Kind, Tensor};
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260k");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(assets.join(f), dir.join(f)).unwrap();
+    }
+    let arch = recipe::plan::model::local_architecture(dir).unwrap();
+    tch::manual_seed(0);
+    let param = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02;
+    let ones = |n: i64| Tensor::ones([n], (Kind::Float, Device::Cpu));
+    let h = arch.hidden_size as i64;
+    let mut tensors = vec![
+        ("model.embed_tokens.weight".to_string(), param(&[arch.vocab_size as i64, h])),
+        ("model.norm.weight".to_string(), ones(h)),
+    ];
+    if !arch.tie_word_embeddings {
+        tensors.push(("lm_head.weight".to_string(), param(&[arch.vocab_size as i64, h])));
+    }
+    for l in 0..arch.num_layers {
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push((format!("model.layers.{l}.{n}.weight"), ones(h)));
+        }
+        for lin in arch.layer_linears() {
+            tensors.push((
+                format!("model.layers.{l}.{}.weight", lin.name),
+                param(&[lin.out_features as i64, lin.in_features as i64]),
+            ));
+        }
+    }
+    recipe::model::weights::save(&dir.join("model.safetensors"), &tensors).unwrap();
+}
