@@ -146,3 +146,65 @@ fn chat_datasets_train_every_assistant_turn() {
     assert!(text.contains("]]Green.<|im_end|>") && text.contains("]]Blue.<|im_end|>"), "{text}");
     assert!(text.contains("]]Apple.<|im_end|>") && text.contains("]]Pear.<|im_end|>"), "{text}");
 }
+
+#[test]
+fn preference_pairs_are_checked_rendered_and_refused_by_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!("  - path: {}\n    type: chat_template.default\n", fixture("preference.jsonl"));
+    let path = write_recipe(dir.path(), &datasets, "rl: dpo\nchat_template: chatml\nval_set_size: 0\n");
+    // A malformed pair is named by file, line and field.
+    let out = recipe().args(["preview"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("preference.jsonl:3: field `rejected` is missing"), "{stderr}");
+
+    let set = ["--set", "skip_bad_rows=true", "--set", "redact_pii=true", "--set", "dataset_exact_deduplication=true"];
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(recipe().args(["preview", "--json", "-n", "9"]).args(set).arg(&path))).unwrap();
+    let report = json["report"][0].as_str().unwrap();
+    assert!(
+        report.ends_with("5 rows, 1 malformed rows skipped, 1 PII strings redacted, 1 duplicates dropped -> 3 pairs"),
+        "{report}"
+    );
+    let pairs = json["pairs"].as_array().unwrap();
+    let first = pairs.iter().find(|p| p["origin"].as_str().unwrap().ends_with("preference.jsonl:1")).unwrap();
+    // The prompt ends with the generation prompt; each answer is what the full conversation adds.
+    assert_eq!(
+        first["prompt"],
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(first["chosen"], "4<|im_end|>\n");
+    assert_eq!(first["rejected"], "Five, I think.<|im_end|>\n");
+    let eos = 2;
+    for p in pairs {
+        assert_eq!(p["chosen_ids"].as_array().unwrap().last().unwrap(), eos, "answers end with EOS");
+        assert!(!p["prompt"].as_str().unwrap().contains("ann@example.com"));
+    }
+
+    let text = stdout_of(recipe().args(["preprocess"]).args(set).arg(&path));
+    assert!(text.contains("checked  3 training, 0 validation, 0 test preference pairs"), "{text}");
+    let out = recipe().args(["run"]).args(set).arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rl: dpo (preference training) is not built into the executor yet"), "{stderr}");
+}
+
+#[test]
+fn plan_measures_local_data_hygiene_and_packing() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = format!("  - path: {}\n    type: alpaca\n", fixture("instructions.jsonl"));
+    let path = write_recipe(dir.path(), &datasets, "dataset_exact_deduplication: true\nredact_pii: true\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(recipe().args(["plan", "--json"]).arg(&path))).unwrap();
+    let m = &json["measured_data"];
+    let preview: serde_json::Value =
+        serde_json::from_str(&stdout_of(recipe().args(["preview", "--json"]).arg(&path))).unwrap();
+    // The plan's figures are the data pipeline's own.
+    assert_eq!(m["report"], preview["report"]);
+    assert_eq!(m["train_samples"], preview["train_samples"]);
+    assert_eq!(m["packing_efficiency"], preview["packing"]["efficiency"]);
+    assert_eq!(m["train_rows"], preview["packing"]["rows"]);
+    assert!(m["report"][0].as_str().unwrap().contains("duplicates dropped"), "{m}");
+    let text = stdout_of(recipe().args(["plan"]).arg(&path));
+    assert!(text.contains("packing efficiency"), "{text}");
+}

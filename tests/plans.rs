@@ -1,4 +1,5 @@
-//! Snapshot tests of the compiled plan (text and JSON) for every recipe in recipes/ (recursively),
+//! Snapshot tests of the compiled plan (text and JSON, with the measured data statistics where the
+//! data is local) for every recipe in recipes/ (recursively),
 //! and the plan's counts against the published figures.
 
 mod common;
@@ -22,7 +23,9 @@ fn compile(path: &std::path::Path, overrides: &[String]) -> Result<recipe::plan:
 #[test]
 fn every_recipe_compiles_and_its_plan_is_snapshotted() {
     for path in common::recipe_files("recipes") {
-        let plan = compile(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut plan = compile(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // As `recipe plan` does: data statistics where the data and tokenizer are local.
+        plan.measured_data = recipe::data::measure(&plan).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = common::snapshot_name(&path, "recipes/");
         insta::assert_snapshot!(format!("{name}__plan_text"), recipe::plan::render_text(&plan));
         insta::assert_json_snapshot!(format!("{name}__plan_json"), plan);

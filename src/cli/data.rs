@@ -1,7 +1,7 @@
 //! `recipe preview` and `recipe preprocess`: the data pipeline's commands (no libtorch needed).
 
 use super::{EXIT_INVALID, compile_recipe};
-use crate::data::{self, IGNORE, Sample, Tokenizer, cache, packing};
+use crate::data::{self, IGNORE, Sample, Tokenizer, cache, packing, preference};
 use crate::plan::{Plan, PlanOptions};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -45,6 +45,9 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
         Ok(x) => x,
         Err(code) => return code,
     };
+    if plan.training.preference.is_some() {
+        return preview_pairs(recipe, &plan, &tok, &dir, n, as_json);
+    }
     let prepared = match data::prepare(&plan, &tok, &dir) {
         Ok(p) => p,
         Err(e) => {
@@ -139,6 +142,56 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
     ExitCode::SUCCESS
 }
 
+/// `recipe preview` of an `rl:` recipe: preference pairs as the model will see them.
+fn preview_pairs(recipe: &Path, plan: &Plan, tok: &Tokenizer, dir: &Path, n: usize, as_json: bool) -> ExitCode {
+    let prepared = match preference::prepare(plan, tok, dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: error[data]: {e}", recipe.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let shown: Vec<&preference::Pair> = prepared.train.iter().take(n).collect();
+    let longest = prepared.train.iter().map(preference::Pair::len).max().unwrap_or(0);
+    if as_json {
+        let out = json!({
+            "report": prepared.report,
+            "train_pairs": prepared.train.len(),
+            "validation_pairs": prepared.validation.len(),
+            "test_pairs": prepared.test.len(),
+            "longest_pair_tokens": longest,
+            "pairs": shown,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+        return ExitCode::SUCCESS;
+    }
+    for line in &prepared.report {
+        println!("data     {line}");
+    }
+    println!(
+        "pairs    {} training, {} validation, {} test; longest pair {longest} of {} tokens (prompt + longer answer)",
+        prepared.train.len(),
+        prepared.validation.len(),
+        prepared.test.len(),
+        plan.data.sequence_len
+    );
+    for (i, p) in shown.iter().enumerate() {
+        println!(
+            "\n── pair {} of {} ({}): prompt {} tokens, chosen {}, rejected {}",
+            i + 1,
+            prepared.train.len(),
+            p.origin,
+            p.prompt_ids.len(),
+            p.chosen_ids.len(),
+            p.rejected_ids.len()
+        );
+        for (label, ids) in [("prompt", &p.prompt_ids), ("chosen", &p.chosen_ids), ("rejected", &p.rejected_ids)] {
+            println!("{label:<9}{}", tok.decode_with_special(ids));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn segment_lengths(r: &packing::Row) -> Vec<usize> {
     let mut lens: Vec<usize> = Vec::new();
     let mut last = None;
@@ -158,6 +211,29 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
+    if let Some(p) = &plan.training.preference {
+        // Every pair is checked; nothing is cached, since nothing reads prepared pairs yet.
+        return match preference::prepare(&plan, &tok, &dir) {
+            Ok(prepared) => {
+                for line in &prepared.report {
+                    println!("data     {line}");
+                }
+                println!(
+                    "checked  {} training, {} validation, {} test preference pairs; not cached: rl: {} is not built \
+                     into the executor yet",
+                    prepared.train.len(),
+                    prepared.validation.len(),
+                    prepared.test.len(),
+                    p.method
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: error[data]: {e}", recipe.display());
+                ExitCode::from(EXIT_INVALID)
+            }
+        };
+    }
     let Some(root) = plan.data.prepared_path.clone() else {
         eprintln!("{}: error[data]: set dataset_prepared_path to say where the prepared data goes", recipe.display());
         return ExitCode::from(EXIT_INVALID);

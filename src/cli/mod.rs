@@ -348,7 +348,17 @@ fn world(nproc_per_node: Option<u64>, nnodes: Option<u64>) -> (u64, u64) {
 }
 
 fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, json: bool) -> ExitCode {
-    match compile_recipe(path, overrides, options) {
+    let compiled = compile_recipe(path, overrides, options).and_then(|mut plan| match crate::data::measure(&plan) {
+        Ok(measured) => {
+            plan.measured_data = measured;
+            Ok(plan)
+        }
+        Err(e) => {
+            eprintln!("{}: error[data]: {e}", path.display());
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    });
+    match compiled {
         Ok(plan) if json => {
             println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
             ExitCode::SUCCESS

@@ -241,6 +241,43 @@ pub enum TrainOnEos {
     None,
 }
 
+/// `type: chat_template.default` (Axolotl's name), for preference training (`rl:`): each row is
+/// a prompt (a message list or a string) with a chosen and a rejected answer (a message, a message
+/// list or a string), rendered with the chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PreferenceDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// The template for this dataset; defaults to the recipe's `chat_template`.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplateName>,
+    /// The template text (or a path to a .jinja file) when `chat_template: jinja`.
+    #[serde(default)]
+    pub chat_template_jinja: Option<String>,
+    /// The field holding the prompt: a message list (or a string).
+    #[serde(default = "default_messages_field")]
+    pub field_messages: String,
+    /// The field holding the preferred answer.
+    #[serde(default = "default_chosen_field")]
+    pub field_chosen: String,
+    /// The field holding the dispreferred answer.
+    #[serde(default = "default_rejected_field")]
+    pub field_rejected: String,
+    /// How message fields map to the template's: `{role: from, content: value}` reads
+    /// ShareGPT-shaped rows.
+    #[serde(default)]
+    pub message_property_mappings: Option<Map<String, Value>>,
+}
+
+fn default_chosen_field() -> String {
+    "chosen".into()
+}
+
+fn default_rejected_field() -> String {
+    "rejected".into()
+}
+
 /// Axolotl's user-defined prompt format: `type:` is this mapping instead of a name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -292,6 +329,8 @@ pub enum DatasetConfig {
     Pretrain(TextDataset),
     ChatTemplate(ChatDataset),
     InputOutput(InputOutputDataset),
+    #[serde(rename = "chat_template.default")]
+    Preference(PreferenceDataset),
     #[serde(untagged)]
     UserDefined(UserDefinedDataset),
 }
@@ -304,6 +343,11 @@ const DATASET_TYPES: &[(&str, &str, &str)] = &[
     ("pretrain", "PretrainDataset", "raw text split into sequence_len chunks"),
     ("chat_template", "ChatTemplateDataset", "conversations rendered with a chat template"),
     ("input_output", "InputOutputDataset", "segments with a per-segment `label`"),
+    (
+        "chat_template.default",
+        "PreferenceDataset",
+        "preference pairs for `rl:`: a prompt, a chosen and a rejected answer",
+    ),
 ];
 
 impl DatasetConfig {
@@ -313,7 +357,18 @@ impl DatasetConfig {
             DatasetConfig::Completion(d) | DatasetConfig::Pretrain(d) => &d.source,
             DatasetConfig::ChatTemplate(d) => &d.source,
             DatasetConfig::InputOutput(d) => &d.source,
+            DatasetConfig::Preference(d) => &d.source,
             DatasetConfig::UserDefined(d) => &d.source,
+        }
+    }
+
+    /// For formats rendered with a chat template (`chat_template`, `chat_template.default`): the
+    /// dataset's own template name and jinja text or file, if any (else the recipe's applies).
+    pub fn template_choice(&self) -> Option<(Option<ChatTemplateName>, Option<&str>)> {
+        match self {
+            DatasetConfig::ChatTemplate(d) => Some((d.chat_template, d.chat_template_jinja.as_deref())),
+            DatasetConfig::Preference(d) => Some((d.chat_template, d.chat_template_jinja.as_deref())),
+            _ => None,
         }
     }
 
@@ -326,6 +381,7 @@ impl DatasetConfig {
             DatasetConfig::Pretrain(_) => "pretrain",
             DatasetConfig::ChatTemplate(_) => "chat_template",
             DatasetConfig::InputOutput(_) => "input_output",
+            DatasetConfig::Preference(_) => "chat_template.default",
             DatasetConfig::UserDefined(_) => "user_defined",
         }
     }
@@ -352,6 +408,7 @@ impl<'de> Deserialize<'de> for DatasetConfig {
             "pretrain" => DatasetConfig::Pretrain(parse(map)?),
             "chat_template" => DatasetConfig::ChatTemplate(parse(map)?),
             "input_output" => DatasetConfig::InputOutput(parse(map)?),
+            "chat_template.default" => DatasetConfig::Preference(parse(map)?),
             other => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
         })
     }
@@ -370,6 +427,7 @@ impl JsonSchema for DatasetConfig {
                 "alpaca" | "alpaca_chat" => AlpacaDataset::json_schema(generator),
                 "completion" | "pretrain" => TextDataset::json_schema(generator),
                 "chat_template" => ChatDataset::json_schema(generator),
+                "chat_template.default" => PreferenceDataset::json_schema(generator),
                 _ => InputOutputDataset::json_schema(generator),
             };
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {

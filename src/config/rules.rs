@@ -23,6 +23,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.exclusive_pairs(config);
     out.evaluation(config);
     out.chat_template(config);
+    out.preference(config);
     out.distributed(config);
     out.locations(config);
     out.hyperparameter_table(config);
@@ -283,11 +284,11 @@ impl Rules<'_> {
         }
         for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
             for (i, d) in datasets.iter().enumerate() {
-                let DatasetConfig::ChatTemplate(chat) = d else {
+                let Some((own, jinja)) = d.template_choice() else {
                     continue;
                 };
                 let key = format!("{list}.{i}.chat_template");
-                if let (Some(mine), Some(top)) = (chat.chat_template, root)
+                if let (Some(mine), Some(top)) = (own, root)
                     && mine != top
                 {
                     self.warn(
@@ -297,13 +298,42 @@ impl Rules<'_> {
                         "the model learns one format per dataset; make them agree unless this is intended",
                     );
                 }
-                if chat.chat_template == Some(ChatTemplateName::Jinja) && chat.chat_template_jinja.is_none() {
+                if own == Some(ChatTemplateName::Jinja) && jinja.is_none() {
                     self.error(
                         "jinja-needs-template",
                         format!("{list}[{i}] has `chat_template: jinja` but no `chat_template_jinja`"),
                         &[&key],
                         "add chat_template_jinja to the dataset",
                     );
+                }
+            }
+        }
+    }
+
+    /// Preference training (`rl:`) reads preference pairs, and only it does.
+    fn preference(&mut self, c: &Config) {
+        for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
+            for (i, d) in datasets.iter().enumerate() {
+                let pairs = matches!(d, DatasetConfig::Preference(_));
+                let key = format!("{list}.{i}.type");
+                match (c.training.rl, pairs) {
+                    (Some(rl), false) => self.error(
+                        "preference-needs-pairs",
+                        format!(
+                            "`rl: {}` trains on preference pairs, but {list}[{i}] has type `{}`",
+                            serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                            d.type_name()
+                        ),
+                        &[&key, "rl"],
+                        "use type: chat_template.default (prompt, chosen and rejected per row), or remove rl",
+                    ),
+                    (None, true) => self.error(
+                        "pairs-need-preference",
+                        format!("{list}[{i}] holds preference pairs (type `chat_template.default`), which only preference training reads"),
+                        &[&key],
+                        "set rl: dpo (or ipo, orpo, simpo), or use type: chat_template for conversations",
+                    ),
+                    _ => {}
                 }
             }
         }
@@ -333,16 +363,12 @@ impl Rules<'_> {
             }
         }
         // A template given as a file (rather than inline text) must exist.
-        let jinja_files = std::iter::once(("chat_template_jinja".to_string(), &c.chat.chat_template_jinja)).chain(
-            c.data.datasets.iter().enumerate().filter_map(|(i, d)| match d {
-                DatasetConfig::ChatTemplate(chat) => {
-                    Some((format!("datasets.{i}.chat_template_jinja"), &chat.chat_template_jinja))
-                }
-                _ => None,
-            }),
-        );
+        let jinja_files = std::iter::once(("chat_template_jinja".to_string(), c.chat.chat_template_jinja.as_deref()))
+            .chain(c.data.datasets.iter().enumerate().filter_map(|(i, d)| {
+                d.template_choice().map(|(_, jinja)| (format!("datasets.{i}.chat_template_jinja"), jinja))
+            }));
         for (key, value) in jinja_files {
-            if let Some(v) = value.as_deref().filter(|v| v.ends_with(".jinja") && !v.contains('\n')) {
+            if let Some(v) = value.filter(|v| v.ends_with(".jinja") && !v.contains('\n')) {
                 self.location(&key, v, LocationKind::LocalOnly);
             }
         }

@@ -8,11 +8,11 @@
 //! - `input_output`: `segments` of `{text, label}`, each tokenized on its own without special tokens
 //!   (put BOS/EOS in the text where wanted), trained where `label: true` (or `train_on_inputs`).
 //! - `chat_template`: a message list, rendered and masked by `chat`.
-//!
-//! Preference rows (prompt / chosen / rejected) are parsed here too, for preference training.
+//! - `chat_template.default` (preference training): a prompt and a chosen and a rejected answer,
+//!   each a string or messages, normalised to `{role, content}` here; `preference` renders them.
 
 use super::{IGNORE, Sample, Tokenizer};
-use crate::config::datasets::{DatasetConfig, UserDefinedFormat};
+use crate::config::datasets::{DatasetConfig, PreferenceDataset, UserDefinedFormat};
 use serde_json::Value;
 
 /// A row in the shape the tokenizer needs.
@@ -26,6 +26,7 @@ pub enum Formatted {
     Segments(Vec<(String, bool)>),
     /// The whole row: the chat module reads messages, tools and per-message fields from it.
     Chat(Value),
+    Preference(Preference),
 }
 
 impl Formatted {
@@ -35,7 +36,11 @@ impl Formatted {
             Formatted::PromptResponse { prompt, response } => vec![prompt, response],
             Formatted::Text(t) => vec![t],
             Formatted::Segments(s) => s.iter_mut().map(|(t, _)| t).collect(),
-            Formatted::Chat(_) => Vec::new(),
+            Formatted::Chat(row) => string_leaves(row),
+            Formatted::Preference(p) => {
+                let Preference { prompt, chosen, rejected } = p;
+                [prompt, chosen, rejected].into_iter().flat_map(string_leaves).collect()
+            }
         }
     }
 
@@ -46,7 +51,18 @@ impl Formatted {
             Formatted::Text(t) => t.clone(),
             Formatted::Segments(s) => s.iter().map(|(t, l)| format!("{l}\u{1f}{t}")).collect::<Vec<_>>().join("\u{1e}"),
             Formatted::Chat(v) => v.to_string(),
+            Formatted::Preference(p) => format!("{}\u{1f}{}\u{1f}{}", p.prompt, p.chosen, p.rejected),
         }
+    }
+}
+
+/// Every string in a JSON value (message contents, and names and roles, which redaction leaves be).
+fn string_leaves(value: &mut Value) -> Vec<&mut String> {
+    match value {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items.iter_mut().flat_map(string_leaves).collect(),
+        Value::Object(map) => map.values_mut().flat_map(string_leaves).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -130,6 +146,7 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
                 Err(format!("field `{}` must be a list of messages, found {}", c.field_messages, kind(other)))
             }
         },
+        DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
     }
 }
 
@@ -228,6 +245,7 @@ pub fn tokenize(f: &Formatted, tok: &Tokenizer, seq_len: usize, train_on_inputs:
             vec![Sample { input_ids, labels }]
         }
         Formatted::Chat(_) => return Err("chat rows are tokenized by the chat module".into()),
+        Formatted::Preference(_) => return Err("preference pairs are tokenized by the preference module".into()),
     })
 }
 
@@ -239,41 +257,50 @@ pub struct Preference {
     pub rejected: Value,
 }
 
-/// Reads a preference row: `prompt` / `chosen` / `rejected` as strings or message lists, or the
-/// ShareGPT shape (`conversations` + `chosen` / `rejected` messages). Errors name the field.
-pub fn parse_preference(row: &Value) -> Result<Preference, String> {
-    let prompt = match (row.get("prompt"), row.get("conversations")) {
-        (Some(p @ Value::String(_)), _) => p.clone(),
-        (Some(p @ Value::Array(_)), _) => messages(p, "prompt")?,
-        (Some(other), _) => {
-            return Err(format!("field `prompt` must be a string or a message list, found {}", kind(other)));
+/// Reads a preference row: the prompt (`field_messages`: a message list or a string) and the
+/// chosen / rejected answers (a string, a message or a message list). Messages are read through
+/// `message_property_mappings` (ShareGPT's from/value also accepted) and normalised to
+/// `{role, content}`. Errors name the field.
+pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference, String> {
+    let mapped = |key: &str| {
+        d.message_property_mappings.as_ref().and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or(key).to_string()
+    };
+    let (role, content) = (mapped("role"), mapped("content"));
+    let field = d.field_messages.as_str();
+    let prompt = match row.get(field) {
+        Some(p @ Value::String(_)) => p.clone(),
+        Some(p @ Value::Array(_)) => messages(p, field, &role, &content)?,
+        None | Some(Value::Null) => return Err(format!("field `{field}` (the prompt) is missing")),
+        Some(other) => {
+            return Err(format!("field `{field}` must be a string or a message list, found {}", kind(other)));
         }
-        (None, Some(c @ Value::Array(_))) => messages(c, "conversations")?,
-        (None, Some(other)) => {
-            return Err(format!("field `conversations` must be a message list, found {}", kind(other)));
-        }
-        (None, None) => return Err("a preference row needs `prompt` (or `conversations`)".into()),
     };
     let answer = |field: &str| -> Result<Value, String> {
         match row.get(field) {
             Some(v @ Value::String(_)) => Ok(v.clone()),
-            Some(v @ Value::Array(_)) => messages(v, field),
-            Some(v @ Value::Object(_)) => messages(&Value::Array(vec![v.clone()]), field),
+            Some(v @ Value::Array(_)) => messages(v, field, &role, &content),
+            Some(v @ Value::Object(_)) => messages(&Value::Array(vec![v.clone()]), field, &role, &content),
             None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
             Some(other) => {
                 Err(format!("field `{field}` must be a string, a message or a message list, found {}", kind(other)))
             }
         }
     };
-    let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
+    let (chosen, rejected) = (answer(&d.field_chosen)?, answer(&d.field_rejected)?);
+    if prompt.is_string() != chosen.is_string() || chosen.is_string() != rejected.is_string() {
+        return Err(format!(
+            "`{field}`, `{}` and `{}` must all be strings or all be messages",
+            d.field_chosen, d.field_rejected
+        ));
+    }
     if chosen == rejected {
-        return Err("`chosen` and `rejected` are the same".into());
+        return Err(format!("`{}` and `{}` are the same", d.field_chosen, d.field_rejected));
     }
     Ok(Preference { prompt, chosen, rejected })
 }
 
-/// Normalises a message list to `{role, content}` (ShareGPT's from/value accepted).
-fn messages(list: &Value, field: &str) -> Result<Value, String> {
+/// Normalises a message list to `{role, content}` (ShareGPT's from/value and human/gpt accepted).
+fn messages(list: &Value, field: &str, role_key: &str, content_key: &str) -> Result<Value, String> {
     let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
     if items.is_empty() {
         return Err(format!("field `{field}` is an empty list"));
@@ -283,9 +310,10 @@ fn messages(list: &Value, field: &str) -> Result<Value, String> {
         .enumerate()
         .map(|(i, m)| {
             let get = |a: &str, b: &str| m.get(a).or_else(|| m.get(b)).and_then(Value::as_str);
-            let role = get("role", "from").ok_or_else(|| format!("{field}[{i}]: no `role` (or `from`) string"))?;
-            let content =
-                get("content", "value").ok_or_else(|| format!("{field}[{i}]: no `content` (or `value`) string"))?;
+            let role =
+                get(role_key, "from").ok_or_else(|| format!("{field}[{i}]: no `{role_key}` (or `from`) string"))?;
+            let content = get(content_key, "value")
+                .ok_or_else(|| format!("{field}[{i}]: no `{content_key}` (or `value`) string"))?;
             let role = match role {
                 "human" => "user",
                 "gpt" => "assistant",
@@ -329,20 +357,57 @@ mod tests {
 
     #[test]
     fn preference_rows_in_both_shapes() {
-        let flat = parse_preference(&json!({"prompt": "2+2?", "chosen": "4", "rejected": "5"})).unwrap();
-        assert_eq!(flat.chosen, json!("4"));
-        let sharegpt = parse_preference(&json!({
-            "conversations": [{"from": "human", "value": "2+2?"}],
-            "chosen": {"from": "gpt", "value": "4"},
-            "rejected": {"from": "gpt", "value": "5"}
-        }))
+        let entry = |extra: Value| -> PreferenceDataset {
+            let mut d = json!({"path": "x.jsonl"});
+            d.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(d).unwrap()
+        };
+        let flat = entry(json!({"field_messages": "prompt"}));
+        let pair = parse_preference(&json!({"prompt": "2+2?", "chosen": "4", "rejected": "5"}), &flat).unwrap();
+        assert_eq!(pair.chosen, json!("4"));
+        let sharegpt = entry(json!({"field_messages": "conversations"}));
+        let pair = parse_preference(
+            &json!({
+                "conversations": [{"from": "human", "value": "2+2?"}],
+                "chosen": {"from": "gpt", "value": "4"},
+                "rejected": {"from": "gpt", "value": "5"}
+            }),
+            &sharegpt,
+        )
         .unwrap();
-        assert_eq!(sharegpt.prompt, json!([{"role": "user", "content": "2+2?"}]));
-        assert_eq!(sharegpt.rejected, json!([{"role": "assistant", "content": "5"}]));
+        assert_eq!(pair.prompt, json!([{"role": "user", "content": "2+2?"}]));
+        assert_eq!(pair.rejected, json!([{"role": "assistant", "content": "5"}]));
+        let mapped = entry(json!({"message_property_mappings": {"role": "speaker", "content": "text"}}));
+        let pair = parse_preference(
+            &json!({"messages": [{"speaker": "user", "text": "hi"}], "chosen": [{"speaker": "assistant", "text": "hello"}],
+                    "rejected": [{"speaker": "assistant", "text": "go away"}]}),
+            &mapped,
+        )
+        .unwrap();
+        assert_eq!(pair.chosen, json!([{"role": "assistant", "content": "hello"}]));
         assert_eq!(
-            parse_preference(&json!({"prompt": "x", "chosen": "a"})).unwrap_err(),
+            parse_preference(&json!({"prompt": "x", "chosen": "a"}), &flat).unwrap_err(),
             "field `rejected` is missing"
         );
-        assert!(parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "a"})).is_err());
+        assert_eq!(
+            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "a"}), &flat).unwrap_err(),
+            "`chosen` and `rejected` are the same"
+        );
+        assert_eq!(
+            parse_preference(
+                &json!({"messages": [{"role": "user", "content": "x"}], "chosen": "a", "rejected": "b"}),
+                &mapped
+            )
+            .unwrap_err(),
+            "messages[0]: no `speaker` (or `from`) string"
+        );
+        assert_eq!(
+            parse_preference(
+                &json!({"prompt": "x", "chosen": {"role": "assistant", "content": "a"}, "rejected": "b"}),
+                &flat
+            )
+            .unwrap_err(),
+            "`prompt`, `chosen` and `rejected` must all be strings or all be messages"
+        );
     }
 }

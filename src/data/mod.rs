@@ -11,6 +11,8 @@
 //! 6. mix the datasets (weights), shuffle with the seed, split off validation; test datasets go
 //!    through the same stages and any training sample equal to a test sample is removed.
 //!
+//! Preference pairs (`rl:` recipes) take stages 1 to 3 and 6 too (`preference`).
+//!
 //! Labels are aligned with `input_ids` (transformers' convention: the model shifts); -100 marks
 //! tokens that carry no loss. `packing` turns samples into rows.
 
@@ -19,6 +21,7 @@ pub mod chat;
 pub mod formats;
 pub mod hygiene;
 pub mod packing;
+pub mod preference;
 pub mod sources;
 pub mod template;
 pub mod tokenizer;
@@ -90,6 +93,45 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
     Ok((prepared, format!("prepared now, cached in {}", dir.display())))
 }
 
+/// The data statistics a plan shows, when every dataset and the tokenizer are local files (a
+/// plan downloads nothing; None otherwise, and for preference recipes). Reads a matching
+/// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
+pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
+    let all_local = plan.datasets.iter().chain(&plan.test_datasets).all(|d| d.local_path.is_some());
+    let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && plan.training.preference.is_none()) else {
+        return Ok(None);
+    };
+    let dir = Path::new(dir);
+    let mut tok = Tokenizer::load(dir)?;
+    tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
+    let cached = match &plan.data.prepared_path {
+        Some(root) => {
+            Some(cache::folder(Path::new(root), &cache::key(plan, dir)?)).filter(|f| f.join("report.json").is_file())
+        }
+        None => None,
+    };
+    let (prepared, source) = match cached {
+        Some(folder) => (cache::load(&folder)?, format!("read from {}", folder.display())),
+        None => (prepare(plan, &tok, dir)?, "prepared now, not cached".to_string()),
+    };
+    let seq_len = plan.batch.sequence_len as usize;
+    let rows = if plan.data.sample_packing {
+        packing::pack(&prepared.train, seq_len)
+    } else {
+        packing::unpacked(&prepared.train, seq_len)
+    };
+    Ok(Some(crate::plan::data::MeasuredData {
+        source,
+        report: prepared.report,
+        train_samples: prepared.train.len(),
+        validation_samples: prepared.validation.len(),
+        test_samples: prepared.test.len(),
+        train_rows: rows.len(),
+        packing_efficiency: packing::efficiency(&rows, seq_len),
+        steps: crate::plan::schedule::steps(plan, rows.len()),
+    }))
+}
+
 /// Prepares every dataset of the plan (`tokenizer_dir` holds the tokenizer files, for a
 /// `tokenizer_default` chat template and the special-token strings templates print).
 pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Prepared, String> {
@@ -157,11 +199,11 @@ fn describe(key: &str, i: usize, d: &DatasetPlan, c: &Counts) -> String {
 
 /// Mixes datasets: all rows once, or, where weights are given, each dataset's share of the total
 /// (whole copies, then a seeded subset of the remainder).
-fn mix(
-    per_dataset: Vec<(Vec<Sample>, Option<f64>)>,
+fn mix<T: Clone>(
+    per_dataset: Vec<(Vec<T>, Option<f64>)>,
     rng: &mut rand_chacha::ChaCha8Rng,
     report: &mut Vec<String>,
-) -> Vec<Sample> {
+) -> Vec<T> {
     if per_dataset.iter().all(|(_, w)| w.is_none()) {
         return per_dataset.into_iter().flat_map(|(s, _)| s).collect();
     }
@@ -176,7 +218,7 @@ fn mix(
         for _ in 0..target / samples.len() {
             out.extend(samples.iter().cloned());
         }
-        let mut rest: Vec<&Sample> = samples.iter().collect();
+        let mut rest: Vec<&T> = samples.iter().collect();
         rest.shuffle(rng);
         out.extend(rest.into_iter().take(target % samples.len()).cloned());
         report.push(format!("mixing: datasets[{i}] gives {target} of {total} samples ({} available)", samples.len()));
@@ -194,30 +236,7 @@ pub struct ChatSetup {
 
 pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<Option<ChatSetup>, String> {
     let DatasetConfig::ChatTemplate(c) = &d.entry else { return Ok(None) };
-    let planned = d.chat_template.as_ref().or(plan.chat_template.as_ref());
-    let (text, name) = match planned.and_then(|t| t.text.clone().map(|text| (text, t.name.clone()))) {
-        Some(found) => found,
-        // Known only now (a hub model's tokenizer_config.json), or no template named at all.
-        None => {
-            let name = c.chat_template.or(plan_template_name(plan)).unwrap_or(ChatTemplateName::TokenizerDefault);
-            let (text, _) = template::resolve(name, None, tokenizer_dir, tokenizer_dir)?;
-            (text, name.as_str().to_string())
-        }
-    };
-    let template =
-        template::ChatTemplate::new(&text, &name).map_err(String::from)?.with_fixed_date(template::FixedDate::today());
-    let mut special = template::SpecialTokenStrings::from_model_dir(tokenizer_dir)?;
-    let s = &plan.data.special_tokens;
-    for (slot, value) in [
-        (&mut special.bos_token, &s.bos_token),
-        (&mut special.eos_token, &s.eos_token),
-        (&mut special.pad_token, &s.pad_token),
-        (&mut special.unk_token, &s.unk_token),
-    ] {
-        if value.is_some() {
-            slot.clone_from(value);
-        }
-    }
+    let (template, special) = dataset_template(d, c.chat_template, plan, tokenizer_dir)?;
     let mut options = chat::ChatOptions { field_messages: c.field_messages.clone(), ..chat::ChatOptions::default() };
     if let Some(m) = &c.message_property_mappings {
         let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
@@ -248,44 +267,56 @@ pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<
     Ok(Some(ChatSetup { template, options, special }))
 }
 
+/// The template a dataset renders with (its own, else the recipe's, else the tokenizer's) and the
+/// special-token strings it prints (the tokenizer's, overridden by the recipe's special_tokens).
+pub fn dataset_template(
+    d: &DatasetPlan,
+    own: Option<ChatTemplateName>,
+    plan: &Plan,
+    tokenizer_dir: &Path,
+) -> Result<(template::ChatTemplate, template::SpecialTokenStrings), String> {
+    let planned = d.chat_template.as_ref().or(plan.chat_template.as_ref());
+    let (text, name) = match planned.and_then(|t| t.text.clone().map(|text| (text, t.name.clone()))) {
+        Some(found) => found,
+        // Known only now (a hub model's tokenizer_config.json), or no template named at all.
+        None => {
+            let name = own.or(plan_template_name(plan)).unwrap_or(ChatTemplateName::TokenizerDefault);
+            let (text, _) = template::resolve(name, None, tokenizer_dir, tokenizer_dir)?;
+            (text, name.as_str().to_string())
+        }
+    };
+    let template =
+        template::ChatTemplate::new(&text, &name).map_err(String::from)?.with_fixed_date(template::FixedDate::today());
+    let mut special = template::SpecialTokenStrings::from_model_dir(tokenizer_dir)?;
+    let s = &plan.data.special_tokens;
+    for (slot, value) in [
+        (&mut special.bos_token, &s.bos_token),
+        (&mut special.eos_token, &s.eos_token),
+        (&mut special.pad_token, &s.pad_token),
+        (&mut special.unk_token, &s.unk_token),
+    ] {
+        if value.is_some() {
+            slot.clone_from(value);
+        }
+    }
+    Ok((template, special))
+}
+
 fn plan_template_name(plan: &Plan) -> Option<ChatTemplateName> {
     let name = plan.chat_template.as_ref()?.name.clone();
     serde_json::from_value(serde_json::Value::String(name)).ok()
 }
 
-/// One dataset through stages 1 to 5.
-fn dataset_samples(
-    d: &DatasetPlan,
-    plan: &Plan,
-    tok: &Tokenizer,
-    tokenizer_dir: &Path,
-) -> Result<(Vec<Sample>, Counts), String> {
+/// Stages 1 to 3 of one dataset: rows read, formatted (bad rows refused or skipped) and cleaned,
+/// each with its origin (file and line/row).
+fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(String, Formatted)>, String> {
     let opts = &plan.data;
-    let chat = chat_setup(d, plan, tokenizer_dir)?;
-    let mut notes = Vec::new();
-    if let Some(c) = &chat
-        && c.options.train_on_eos != chat::TrainOnEos::None
-        && let Some(eos) = &c.special.eos_token
-    {
-        // A template that never prints the EOS token leaves the model nothing that ends a turn.
-        let probe = [
-            serde_json::json!({"role": "user", "content": "a"}),
-            serde_json::json!({"role": "assistant", "content": "b"}),
-        ];
-        if c.template.render(&probe, None, false, &c.special).is_ok_and(|t| !t.contains(eos.as_str())) {
-            notes.push(format!(
-                "template `{}` never prints the EOS token `{eos}`, so no end-of-turn token is trained; set \
-                 special_tokens.eos_token to the template's turn end",
-                c.template.name()
-            ));
-        }
-    }
     let field = match &d.entry {
         DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.as_str(),
         _ => "text",
     };
     let read = sources::read_rows(d.entry.source(), d.local_path.as_deref(), field, &sources::Hub::from_env())?;
-    let mut c = Counts { rows: read.rows.len() + read.bad.len(), notes, ..Counts::default() };
+    c.rows = read.rows.len() + read.bad.len();
     if let Some(first) = read.bad.first() {
         if !opts.skip_bad_rows {
             return Err(format!("{first} (set skip_bad_rows: true to skip such rows)"));
@@ -319,6 +350,38 @@ fn dataset_samples(
         formatted =
             formatted.into_iter().enumerate().filter(|(i, _)| keep.next_if_eq(i).is_some()).map(|(_, f)| f).collect();
     }
+    Ok(formatted)
+}
+
+/// One dataset through stages 1 to 5.
+fn dataset_samples(
+    d: &DatasetPlan,
+    plan: &Plan,
+    tok: &Tokenizer,
+    tokenizer_dir: &Path,
+) -> Result<(Vec<Sample>, Counts), String> {
+    let opts = &plan.data;
+    let chat = chat_setup(d, plan, tokenizer_dir)?;
+    let mut notes = Vec::new();
+    if let Some(c) = &chat
+        && c.options.train_on_eos != chat::TrainOnEos::None
+        && let Some(eos) = &c.special.eos_token
+    {
+        // A template that never prints the EOS token leaves the model nothing that ends a turn.
+        let probe = [
+            serde_json::json!({"role": "user", "content": "a"}),
+            serde_json::json!({"role": "assistant", "content": "b"}),
+        ];
+        if c.template.render(&probe, None, false, &c.special).is_ok_and(|t| !t.contains(eos.as_str())) {
+            notes.push(format!(
+                "template `{}` never prints the EOS token `{eos}`, so no end-of-turn token is trained; set \
+                 special_tokens.eos_token to the template's turn end",
+                c.template.name()
+            ));
+        }
+    }
+    let mut c = Counts { notes, ..Counts::default() };
+    let formatted = formatted_rows(d, plan, &mut c)?;
     let seq_len = opts.sequence_len as usize;
     let tokenized: Vec<(String, Vec<Sample>)> = formatted
         .par_iter()

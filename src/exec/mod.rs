@@ -150,6 +150,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     if plan.adapter.dora {
         return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
     }
+    if let Some(p) = &plan.training.preference {
+        return Err(format!(
+            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
+             preprocess` check the preference pairs",
+            p.method
+        ));
+    }
     if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
         return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
                     lora_modules_to_save: [embed_tokens], or target linear layers"
@@ -170,7 +177,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let train_rows = rows(&prepared.train, plan.data.sample_packing);
     let validation_rows = rows(&prepared.validation, plan.data.eval_sample_packing);
     let packing_efficiency = packing::efficiency(&train_rows, seq_len);
-    let steps = train::steps(plan, train_rows.len());
+    let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     tch::manual_seed(t.seed as i64);
     let in_use_before_model = host_memory::in_use();

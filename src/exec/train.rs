@@ -13,7 +13,7 @@ use super::optimizer::AdamW;
 use crate::data::packing::{HostBatch, Row, collate};
 use crate::model::llama::{CausalLm, Inputs, Trainable};
 use crate::plan::Plan;
-use crate::plan::schedule::learning_rate_at;
+use crate::plan::schedule::{Steps, learning_rate_at};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -37,27 +37,6 @@ pub struct Loop<'a> {
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
     pub steps: Steps,
-}
-
-/// Step counts the loop follows.
-#[derive(Debug, Clone, Copy)]
-pub struct Steps {
-    pub per_epoch: u64,
-    pub total: u64,
-    pub warmup: u64,
-}
-
-pub fn steps(plan: &Plan, train_rows: usize) -> Steps {
-    let b = &plan.batch;
-    let per_step = (b.micro_batch_size * b.gradient_accumulation_steps) as usize;
-    let per_epoch = train_rows.div_ceil(per_step).max(1) as u64;
-    let t = &plan.training;
-    let total = t.max_steps.unwrap_or_else(|| ((t.num_epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as u64).max(1));
-    let warmup = b
-        .warmup_steps
-        .filter(|_| t.warmup_ratio.is_none())
-        .unwrap_or_else(|| t.warmup_ratio.map_or(0, |r| (r * total as f64).ceil() as u64));
-    Steps { per_epoch, total, warmup }
 }
 
 pub struct Outcome {

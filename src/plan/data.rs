@@ -43,8 +43,28 @@ pub struct DatasetPlan {
     pub chat_template: Option<TemplatePlan>,
 }
 
+/// What the data pipeline gives for this recipe, measured at plan time when the data and the
+/// tokenizer are local (a plan downloads nothing): hygiene counts per dataset, samples, packing
+/// and the step counts they give.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeasuredData {
+    /// `prepared now` or where the cached preparation was read from.
+    pub source: String,
+    /// One line per dataset (rows, malformed, redacted, duplicates, over-length, samples) and
+    /// mixing / test-leak notes.
+    pub report: Vec<String>,
+    pub train_samples: usize,
+    pub validation_samples: usize,
+    pub test_samples: usize,
+    /// Training rows of sequence_len after packing (one per sample without packing).
+    pub train_rows: usize,
+    /// Real tokens / slots of the training rows.
+    pub packing_efficiency: f64,
+    pub steps: super::schedule::Steps,
+}
+
 pub fn chat_template(c: &Config, at: &Locator, model: &ModelPlan) -> Option<TemplatePlan> {
-    let uses_chat = c.data.datasets.iter().any(|d| matches!(d, DatasetConfig::ChatTemplate(_)));
+    let uses_chat = c.data.datasets.iter().any(|d| d.template_choice().is_some());
     let name = c.chat.chat_template.or(uses_chat.then_some(ChatTemplateName::TokenizerDefault))?;
     Some(template_plan(name, c.chat.chat_template_jinja.as_deref(), &at.base_dir("chat_template_jinja"), model))
 }
@@ -160,6 +180,9 @@ fn plan_datasets(
                     if chat.drop_system_message { ", system turns dropped" } else { "" }
                 )
                 .to_lowercase(),
+                DatasetConfig::Preference(_) => {
+                    "preference pairs: the chosen and the rejected answer scored, the prompt masked".to_string()
+                }
                 _ => prompt.to_string(),
             };
             DatasetPlan {
@@ -170,13 +193,12 @@ fn plan_datasets(
                 rows,
                 entry: d.clone(),
                 local_path,
-                chat_template: match d {
-                    DatasetConfig::ChatTemplate(chat) => chat.chat_template.map(|name| {
+                chat_template: d.template_choice().and_then(|(own, jinja)| {
+                    own.map(|name| {
                         let base = at.base_dir(&format!("{key}.{i}.chat_template_jinja"));
-                        template_plan(name, chat.chat_template_jinja.as_deref(), &base, model)
-                    }),
-                    _ => None,
-                },
+                        template_plan(name, jinja, &base, model)
+                    })
+                }),
             }
         })
         .collect()

@@ -35,6 +35,9 @@ pub struct Plan {
     pub layout: shard::Layout,
     pub memory: memory::MemoryEstimate,
     pub training: training::TrainingPlan,
+    /// Set by `recipe plan` when the data and tokenizer are local (`crate::data::measure`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_data: Option<data::MeasuredData>,
     /// Every recipe value with where it came from (default, preset, file:line:col, --set).
     pub settings: Vec<Setting>,
     /// Axolotl keys accepted because their value has no effect.
@@ -88,6 +91,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         layout,
         memory,
         training: training::plan(config),
+        measured_data: None,
         model,
     })
 }
@@ -242,7 +246,35 @@ pub fn render_text(plan: &Plan) -> String {
         b.peak_learning_rate,
         if points.is_empty() { String::new() } else { format!("; {}", points.join(", ")) }
     );
+    if let Some(m) = &plan.measured_data {
+        let _ = writeln!(
+            o,
+            "measured   {} training, {} validation, {} test samples ({}); {} rows of {}, packing efficiency {:.1}% \
+             (real tokens / slots); {} steps per epoch, {} total, {} warmup",
+            m.train_samples,
+            m.validation_samples,
+            m.test_samples,
+            m.source,
+            m.train_rows,
+            b.sequence_len,
+            100.0 * m.packing_efficiency,
+            m.steps.per_epoch,
+            m.steps.total,
+            m.steps.warmup
+        );
+        for line in &m.report {
+            let _ = writeln!(o, "           {line}");
+        }
+    }
     let t = &plan.training;
+    if let Some(p) = &t.preference {
+        let _ = writeln!(
+            o,
+            "objective  {} preference training, beta {}: not built into the executor yet (`recipe run` refuses it; \
+             `recipe preview` and `recipe preprocess` check the pairs)",
+            p.method, p.beta
+        );
+    }
     let _ = writeln!(
         o,
         "optimizer  {}: {}; betas ({}, {}), eps {:e}, weight decay {}; clip grad norm {}",

@@ -35,6 +35,28 @@ pub struct LrPoint {
     pub learning_rate: f64,
 }
 
+/// Step counts of a run, once its training rows (after packing) are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Steps {
+    pub per_epoch: u64,
+    pub total: u64,
+    pub warmup: u64,
+}
+
+/// Steps for `train_rows` rows: rows per step is the global batch; `max_steps`, else epochs ×
+/// steps per epoch; warmup from warmup_steps, else warmup_ratio of the total.
+pub fn steps(plan: &super::Plan, train_rows: usize) -> Steps {
+    let b = &plan.batch;
+    let per_epoch = (train_rows as u64).div_ceil(b.global_batch_sequences.max(1)).max(1);
+    let t = &plan.training;
+    let total = t.max_steps.unwrap_or_else(|| ((t.num_epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as u64).max(1));
+    let warmup = b
+        .warmup_steps
+        .filter(|_| t.warmup_ratio.is_none())
+        .unwrap_or_else(|| t.warmup_ratio.map_or(0, |r| (r * total as f64).ceil() as u64));
+    Steps { per_epoch, total, warmup }
+}
+
 /// `rows`: training rows of all datasets when each is known and one row is one sequence.
 pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
     let t = &c.training;

@@ -8,6 +8,9 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainingPlan {
+    /// Preference training (`rl:`) instead of supervised fine-tuning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferencePlan>,
     pub optimizer: OptimizerPlan,
     /// Gradient clipping by global L2 norm (0 = off).
     pub max_grad_norm: f64,
@@ -31,6 +34,14 @@ pub struct TrainingPlan {
     /// Warmup as a share of the total steps, when warmup_steps is not given.
     pub warmup_ratio: Option<f64>,
     pub cosine_min_lr_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreferencePlan {
+    /// dpo, ipo, orpo or simpo.
+    pub method: String,
+    /// dpo_beta.
+    pub beta: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +107,10 @@ pub fn plan(c: &Config) -> TrainingPlan {
     };
     let name = serde_json::to_value(t.optimizer).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     TrainingPlan {
+        preference: t.rl.map(|rl| PreferencePlan {
+            method: serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            beta: t.dpo_beta,
+        }),
         optimizer: OptimizerPlan {
             name,
             implementation: implementation.into(),
