@@ -6,8 +6,8 @@
 //! - `conversation.tokenized.json`: its legacy `sharegpt` strategy with FastChat's `vicuna_v1.1`.
 //!
 //! Both are reproduced with a chat template (tests/golden/masking/*.jinja) and `ChatOptions`.
-//! The Llama-2 tokenizer (Llama 2 Community License) is not in the repository: those two tests read
-//! it from ../shared/assets/tokenizers/llama2 and skip, saying so, where it is absent.
+//! They use the Llama-2 tokenizer kept for tests in tests/fixtures/llama2-tokenizer (Llama 2
+//! Community License, see the NOTICE there).
 //!
 //! The other tests use the bundled stories260k tokenizer.
 
@@ -26,22 +26,15 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 /// Axolotl's test tokenizer set-up: Llama-2 with bos `<s>`, eos `</s>`, unk `<unk>`, BOS added.
-fn llama2_tokenizer() -> Option<ChatTokenizer> {
-    let path = root().join("../shared/assets/tokenizers/llama2/tokenizer.json");
-    if !path.is_file() {
-        eprintln!(
-            "SKIPPED: {} is absent (the Llama-2 tokenizer is not redistributed with the project)",
-            path.display()
-        );
-        return None;
-    }
+fn llama2_tokenizer() -> ChatTokenizer {
+    let path = root().join("tests/fixtures/llama2-tokenizer/tokenizer.json");
     let special = SpecialTokenStrings {
         bos_token: Some("<s>".into()),
         eos_token: Some("</s>".into()),
         unk_token: Some("<unk>".into()),
         ..Default::default()
     };
-    Some(ChatTokenizer::from_file(&path, special, true).unwrap())
+    ChatTokenizer::from_file(&path, special, true).unwrap()
 }
 
 fn masking_template(file: &str) -> ChatTemplate {
@@ -88,7 +81,7 @@ fn llama2chat_options() -> ChatOptions {
 
 #[test]
 fn axolotl_llama2_chat_golden() {
-    let Some(tok) = llama2_tokenizer() else { return };
+    let tok = llama2_tokenizer();
     let row = read_json(&root().join("tests/golden/masking/conversation.json"));
     let golden = read_json(&root().join("tests/golden/masking/conversation.tokenized_llama2chat.json"));
     let template = masking_template("llama2_chat.jinja");
@@ -106,7 +99,7 @@ fn axolotl_llama2_chat_golden() {
 
 #[test]
 fn axolotl_sharegpt_vicuna_golden() {
-    let Some(tok) = llama2_tokenizer() else { return };
+    let tok = llama2_tokenizer();
     let row = read_json(&root().join("tests/golden/masking/conversation.json"));
     let golden = read_json(&root().join("tests/golden/masking/conversation.tokenized.json"));
     let template = masking_template("vicuna_v1.1.jinja");
