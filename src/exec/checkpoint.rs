@@ -22,6 +22,9 @@ pub struct TrainerState {
     /// Training rows and their token count: resume refuses a checkpoint made on other data.
     pub train_rows: usize,
     pub train_tokens: usize,
+    /// fp16 runs: the loss scaler's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<super::loss_scale::LossScaler>,
 }
 
 /// Tokenizer and generation files copied next to saved weights.

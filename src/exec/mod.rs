@@ -3,7 +3,9 @@
 //! outputs (`checkpoint`), and serves `recipe generate` and `recipe merge` on the results.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod host_memory;
+pub mod loss_scale;
 pub mod metrics;
 pub mod optimizer;
 pub mod train;
@@ -88,26 +90,40 @@ pub struct RunReport {
     pub cpu_peak_bytes: Option<(u64, u64)>,
 }
 
-/// The compute kind for this device and the recipe's precision switches.
+/// The compute kind for this device and the recipe's precision switches: fp32 on CPU; on CUDA
+/// bf16 where the GPU has it (compute capability 8.0 or newer), fp16 (with loss scaling) where
+/// the recipe asks for it or `bf16: auto` finds no bf16, as Axolotl resolves `auto`.
 fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
     let p = &plan.training.precision;
-    if device == Device::Cpu {
+    let Device::Cuda(ordinal) = device else {
         return Ok(Kind::Float);
-    }
-    if p.fp16 == Switch::On {
-        return Err("fp16 training needs loss scaling, which the executor does not have yet; use bf16: true".into());
-    }
+    };
+    let capability = cuda::compute_capability(ordinal);
+    let has_bf16 = capability.is_none_or(|(major, _)| major >= 8);
+    let no_bf16 = || {
+        let (major, minor) = capability.unwrap_or_default();
+        format!("this GPU (compute capability {major}.{minor}) has no bf16")
+    };
     // A 4-bit base computes in bnb_4bit_compute_dtype, as bitsandbytes does.
     match plan.quantization.compute_dtype.as_deref() {
         Some("float32") => return Ok(Kind::Float),
-        Some("float16") => {
-            return Err("bnb_4bit_compute_dtype: float16 needs loss scaling, which the executor does not have yet; \
-                        use bfloat16"
-                .into());
+        Some("float16") => return Ok(Kind::Half),
+        Some("bfloat16") if !has_bf16 => {
+            return Err(format!("{}: set bnb_4bit_compute_dtype: float16", no_bf16()));
         }
         _ => {}
     }
-    Ok(if p.bf16 == Switch::Off { Kind::Float } else { Kind::BFloat16 })
+    Ok(match (p.fp16, p.bf16) {
+        (Switch::On, _) => Kind::Half,
+        (_, Switch::On) if !has_bf16 => return Err(format!("{}: use fp16: true or bf16: auto", no_bf16())),
+        (_, Switch::On) => Kind::BFloat16,
+        (_, Switch::Auto) if has_bf16 => Kind::BFloat16,
+        (_, Switch::Auto) => {
+            tracing::warn!("bf16: auto: {}; training in fp16 with dynamic loss scaling", no_bf16());
+            Kind::Half
+        }
+        (_, Switch::Off) => Kind::Float,
+    })
 }
 
 fn trainable(plan: &Plan) -> Trainable {
@@ -165,6 +181,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
+    if device.is_cuda() && t.precision.tf32 != Switch::Auto {
+        cuda::set_tf32_matmuls(t.precision.tf32 == Switch::On)?;
+    }
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
@@ -217,6 +236,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         seed: t.seed,
         train_rows: train_rows.len(),
         train_tokens,
+        loss_scaler: (kind == Kind::Half).then(loss_scale::LossScaler::default),
     };
     let resumed_from = train::resume_dir(plan, &output_dir)?;
     if let Some(dir) = &resumed_from {

@@ -54,6 +54,8 @@ struct Pending {
     grad_norm: Tensor,
     lr: f64,
     tokens: usize,
+    /// fp16: the scale this step's loss was multiplied by (its grad_norm is NaN when skipped).
+    loss_scale: Option<f64>,
 }
 
 impl Loop<'_> {
@@ -157,6 +159,8 @@ impl Loop<'_> {
                     step + 1
                 ));
             }
+            // fp16: the loss is scaled up for the backward pass (exec/loss_scale.rs).
+            let scale = state.loss_scaler.map_or(1.0, |s| s.scale);
             let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
             for (m, b) in batches.iter().enumerate() {
                 let (ids, labels, pos, seg) = self.tensors(b);
@@ -169,19 +173,40 @@ impl Loop<'_> {
                 loss += self.model.forward_backward(
                     &inputs,
                     &labels,
-                    denominator as f64,
+                    denominator as f64 / scale,
                     t.gradient_checkpointing,
                     &reseed,
                 );
             }
-            let grad_norm = optimizer.clip_grad_norm(t.max_grad_norm);
-            optimizer.step(lr);
+            let finite = match &mut state.loss_scaler {
+                Some(scaler) => {
+                    let finite = scaler.unscale(&optimizer.grads());
+                    scaler.update(finite);
+                    finite
+                }
+                None => true,
+            };
+            let grad_norm = if finite {
+                let norm = optimizer.clip_grad_norm(t.max_grad_norm);
+                optimizer.step(lr);
+                norm
+            } else {
+                tracing::debug!(step = step + 1, "fp16 gradients overflowed; step skipped, loss scale halved");
+                Tensor::from(f32::NAN)
+            };
             if let Some(probe) = self.model.memory_probe {
                 probe();
             }
             optimizer.zero_grad();
             let tokens = batches.iter().map(|b| b.real_tokens).sum::<usize>();
-            pending.push(Pending { step: step + 1, loss: loss / denominator as f64, grad_norm, lr, tokens });
+            pending.push(Pending {
+                step: step + 1,
+                loss: loss / denominator as f64,
+                grad_norm,
+                lr,
+                tokens,
+                loss_scale: state.loss_scaler.map(|_| scale),
+            });
             state.global_step = step + 1;
             outcome.steps_done = step + 1;
             self.progress.inc(1);
@@ -281,13 +306,18 @@ impl Loop<'_> {
                     p.step
                 ));
             }
-            log.write(&json!({
+            let mut record = json!({
                 "step": p.step,
                 "loss": loss,
                 "lr": p.lr,
                 "grad_norm": grad_norm,
                 "tokens_per_second": tokens_per_second,
-            }))?;
+            });
+            if let Some(scale) = p.loss_scale {
+                record["loss_scale"] = json!(scale);
+                record["skipped"] = json!(!grad_norm.is_finite());
+            }
+            log.write(&record)?;
             if p.step % self.plan.training.logging_steps == 0 {
                 tracing::info!(
                     step = p.step,
