@@ -2,7 +2,8 @@
 //! loss drops), writes peft outputs, metrics and the loss curve; the same recipe and seed give the
 //! same losses; a run killed with SIGKILL after a checkpoint and resumed repeats the uninterrupted
 //! run's per-step losses; a diverging run stops at the step where the loss broke; generate samples
-//! from the output folder; gradient checkpointing lowers peak memory.
+//! from the output folder; gradient checkpointing lowers peak memory; a terminal shows the progress
+//! bar (loss, lr, tokens/s, ETA) with log lines printed above it.
 #![cfg(feature = "exec")]
 
 mod common;
@@ -385,4 +386,29 @@ fn a_failed_save_keeps_the_previous_checkpoint() {
     assert!(stderr.contains("saving checkpoint-8 failed") && stderr.contains("checkpoint-4"), "{stderr}");
     assert!(dir.path().join("out/checkpoint-4/adapter_model.safetensors").is_file());
     assert!(!dir.path().join("out/checkpoint-8").exists());
+}
+
+#[test]
+fn a_terminal_shows_a_progress_bar_with_loss_lr_throughput_and_eta() {
+    // `script` (util-linux) runs the binary on a pseudo-terminal, so the bar draws as for a user.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 24\n");
+    let binary = assert_cmd::cargo::cargo_bin("recipe");
+    let command = format!(
+        "NO_COLOR=1 OMP_NUM_THREADS=1 RECIPE_LOG=info '{}' run '{}' --device cpu",
+        binary.display(),
+        path.display()
+    );
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let frames: Vec<&str> = text.split(['\r', '\n']).filter(|l| l.contains("/24 steps")).collect();
+    let full = frames
+        .iter()
+        .find(|f| f.contains("loss ") && f.contains(" lr ") && f.contains(" tok/s") && f.contains(" < "))
+        .unwrap_or_else(|| panic!("no frame with loss, lr, tokens/s and ETA among {frames:?}"));
+    eprintln!("a progress frame: {}", full.trim());
+    // Log lines print above the bar (the bar's line cleared first), not into it.
+    assert!(text.contains("\u{1b}[2K INFO train step=4"), "{text}");
+    assert!(text.contains("val loss   before ") && !text.contains("after -"), "{text}");
 }

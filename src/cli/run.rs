@@ -7,12 +7,25 @@ use crate::plan::{Plan, PlanOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// stderr for log lines, printed around the progress bar rather than through it.
+struct AroundProgress;
+
+impl std::io::Write for AroundProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        exec::around_progress(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECIPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| AroundProgress)
         .with_target(false)
         .without_time()
         .try_init();

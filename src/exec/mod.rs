@@ -90,6 +90,19 @@ pub struct RunReport {
     pub cpu_peak_bytes: Option<(u64, u64)>,
 }
 
+/// The training progress bar while one is drawn, so log lines can print around it.
+static ACTIVE_PROGRESS: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Runs `print` with the progress bar (if one is drawn) lifted off the terminal, so a log line
+/// lands above the bar instead of through it.
+pub fn around_progress<R>(print: impl FnOnce() -> R) -> R {
+    let bar = ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match bar {
+        Some(bar) => bar.suspend(print),
+        None => print(),
+    }
+}
+
 /// The compute kind for this device and the recipe's precision switches: fp32 on CPU; on CUDA
 /// bf16 where the GPU has it (compute capability 8.0 or newer), fp16 (with loss scaling) where
 /// the recipe asks for it or `bf16: auto` finds no bf16, as Axolotl resolves `auto`.
@@ -272,6 +285,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    *ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
     let looper = train::Loop {
         plan,
         model: &model,
@@ -288,8 +302,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     if let Some(l) = eval_loss_before {
         log.write(&serde_json::json!({"step": 0, "eval_loss": l, "eval_perplexity": l.exp()}))?;
     }
-    let outcome = catch_torch_errors(Some(plan), || looper.run(&mut optimizer, state.clone(), &mut log))?;
+    let outcome = catch_torch_errors(Some(plan), || looper.run(&mut optimizer, state.clone(), &mut log));
     progress.finish_and_clear();
+    ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut outcome = outcome?;
+    // No evaluation schedule: the validation split is still scored once at the end, so the report
+    // has a before and an after.
+    if outcome.last_eval_loss.is_none()
+        && !outcome.interrupted
+        && let Some(l) = catch_torch_errors(Some(plan), || Ok(looper.evaluate()))?
+    {
+        log.write(&serde_json::json!({"step": outcome.steps_done, "eval_loss": l, "eval_perplexity": l.exp()}))?;
+        outcome.last_eval_loss = Some(l);
+    }
 
     let mut outputs = vec![log.path().to_path_buf()];
     if !outcome.interrupted {

@@ -328,7 +328,10 @@ impl Loop<'_> {
                     "train"
                 );
             }
-            self.progress.set_message(format!("loss {loss:.4} lr {:.2e} {tokens_per_second:.0} tok/s", p.lr));
+        }
+        if let Some(last) = pending.last() {
+            let loss = values[n - 1];
+            self.progress.set_message(format!("loss {loss:.4} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
         }
         pending.clear();
         Ok(())
