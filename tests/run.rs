@@ -412,3 +412,34 @@ fn a_terminal_shows_a_progress_bar_with_loss_lr_throughput_and_eta() {
     assert!(text.contains("\u{1b}[2K INFO train step=4"), "{text}");
     assert!(text.contains("val loss   before ") && !text.contains("after -"), "{text}");
 }
+
+#[test]
+fn random_weights_train_a_shape_that_has_only_a_config() {
+    // What the GPU check does for a Llama-2-13B shape: config.json and a tokenizer, no weights.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("shape-only");
+    std::fs::create_dir_all(&model).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("models/stories260k/config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 3.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(root().join("models/stories260k").join(f), model.join(f)).unwrap();
+    }
+    let path = write_recipe(dir.path(), &format!("max_steps: 2\nbase_model: {}\n", model.display()));
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        &format!("base_model: {}\n", root().join("models/stories260k").display()),
+        "",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("model.safetensors"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = run_ok(&path, &["--no-progress", "--random-weights"]);
+    assert!(stdout.contains("steps      2 of 2"), "{stdout}");
+}

@@ -91,6 +91,10 @@ enum Command {
         /// Stop after N optimizer steps, saving a checkpoint as Ctrl-C does.
         #[arg(long)]
         stop_after: Option<u64>,
+        /// Random-initialised base weights instead of the model's files (benchmarks and memory
+        /// checks of shapes nobody downloads: only config.json and the tokenizer are read).
+        #[arg(long)]
+        random_weights: bool,
     },
     /// Sample from a trained model: a recipe (its output_dir) or an output/checkpoint folder.
     #[cfg(feature = "exec")]
@@ -169,8 +173,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         #[cfg(feature = "exec")]
-        Command::Run { recipe, device, no_progress, stop_after } => {
-            run::train(&recipe, &cli.set, &device, !no_progress, stop_after)
+        Command::Run { recipe, device, no_progress, stop_after, random_weights } => {
+            run::train(&recipe, &cli.set, &device, !no_progress, stop_after, random_weights)
         }
         #[cfg(feature = "exec")]
         Command::Generate { target, prompt, max_new_tokens, temperature, top_p, seed, device } => {

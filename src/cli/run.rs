@@ -44,6 +44,7 @@ pub fn train(
     device_name: &str,
     progress: bool,
     stop_after: Option<u64>,
+    random_weights: bool,
 ) -> ExitCode {
     init_logging();
     let plan = match compile_recipe(recipe, overrides, PlanOptions::default()) {
@@ -65,7 +66,7 @@ pub fn train(
         plan.adapter.method,
         plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
     );
-    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48 };
+    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights };
     match exec::run(&plan, &opts) {
         Ok(r) => {
             report(&plan, &r);
@@ -103,6 +104,15 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     if let Some((measured, planned)) = r.cpu_peak_bytes {
         println!(
             "memory     training peak {} in use (CPU, by the allocator, above its use before loading); the plan's CPU estimate {} ({:+.1}%)",
+            crate::plan::bytes(measured),
+            crate::plan::bytes(planned),
+            (planned as f64 / measured.max(1) as f64 - 1.0) * 100.0
+        );
+    }
+    if let Some((measured, planned)) = r.gpu_peak_bytes {
+        println!(
+            "memory     training peak {} on the GPU (in use on the device: context and allocator pool included); the \
+             plan's estimate {} ({:+.1}%)",
             crate::plan::bytes(measured),
             crate::plan::bytes(planned),
             (planned as f64 / measured.max(1) as f64 - 1.0) * 100.0

@@ -2,6 +2,7 @@
 //! - a device's compute capability, read through the CUDA driver API (libcuda, loaded at run
 //!   time, so nothing links against it and CPU machines never load it); bf16 needs 8.0 or newer,
 //!   as `torch.cuda.is_bf16_supported()` says;
+//! - the device memory in use (driver API), sampled where a training step peaks;
 //! - `tf32`: libtorch's global switch for TF32 in cuBLAS fp32 matmuls
 //!   (`torch.backends.cuda.matmul.allow_tf32`), set through libtorch's exported `at::Context`.
 
@@ -11,39 +12,82 @@ use std::ffi::{CStr, c_int, c_void};
 const CAPABILITY_MAJOR: c_int = 75;
 const CAPABILITY_MINOR: c_int = 76;
 
+/// The driver API functions used here, from libcuda.so.1 (None on machines without a driver).
+struct Driver {
+    device_get: unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> c_int,
+    device_get_attribute: unsafe extern "C" fn(value: *mut c_int, attribute: c_int, device: c_int) -> c_int,
+    mem_get_info: unsafe extern "C" fn(free: *mut usize, total: *mut usize) -> c_int,
+}
+
+fn driver() -> Option<&'static Driver> {
+    static DRIVER: std::sync::OnceLock<Option<Driver>> = std::sync::OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols are the driver API's
+            // documented C functions with these signatures, and cuInit runs before any other.
+            unsafe {
+                let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                if lib.is_null() {
+                    return None;
+                }
+                let symbol = |name: &CStr| -> Option<*mut c_void> {
+                    let f = libc::dlsym(lib, name.as_ptr());
+                    (!f.is_null()).then_some(f)
+                };
+                type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
+                let init: CuInit = std::mem::transmute(symbol(c"cuInit")?);
+                if init(0) != 0 {
+                    return None;
+                }
+                Some(Driver {
+                    device_get: std::mem::transmute(symbol(c"cuDeviceGet")?),
+                    device_get_attribute: std::mem::transmute(symbol(c"cuDeviceGetAttribute")?),
+                    mem_get_info: std::mem::transmute(symbol(c"cuMemGetInfo_v2")?),
+                })
+            }
+        })
+        .as_ref()
+}
+
 /// (major, minor) of CUDA device `ordinal`; None where the driver cannot be asked.
 pub fn compute_capability(ordinal: usize) -> Option<(i32, i32)> {
-    type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
-    type CuDeviceGet = unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> c_int;
-    type CuDeviceGetAttribute = unsafe extern "C" fn(value: *mut c_int, attribute: c_int, device: c_int) -> c_int;
-    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols are the driver API's documented
-    // C functions with these signatures; every result code is checked before values are used.
+    let d = driver()?;
+    let mut device = 0;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters; result codes checked.
     unsafe {
-        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if lib.is_null() {
-            return None;
-        }
-        let symbol = |name: &CStr| -> Option<*mut c_void> {
-            let f = libc::dlsym(lib, name.as_ptr());
-            (!f.is_null()).then_some(f)
-        };
-        let init: CuInit = std::mem::transmute(symbol(c"cuInit")?);
-        let device_get: CuDeviceGet = std::mem::transmute(symbol(c"cuDeviceGet")?);
-        let attribute: CuDeviceGetAttribute = std::mem::transmute(symbol(c"cuDeviceGetAttribute")?);
-        if init(0) != 0 {
-            return None;
-        }
-        let mut device = 0;
-        if device_get(&mut device, c_int::try_from(ordinal).ok()?) != 0 {
-            return None;
-        }
-        let (mut major, mut minor) = (0, 0);
-        if attribute(&mut major, CAPABILITY_MAJOR, device) != 0 || attribute(&mut minor, CAPABILITY_MINOR, device) != 0
+        if (d.device_get)(&mut device, c_int::try_from(ordinal).ok()?) != 0
+            || (d.device_get_attribute)(&mut major, CAPABILITY_MAJOR, device) != 0
+            || (d.device_get_attribute)(&mut minor, CAPABILITY_MINOR, device) != 0
         {
             return None;
         }
-        Some((major, minor))
     }
+    Some((major, minor))
+}
+
+/// Bytes in use on the current CUDA device (total − free, as nvidia-smi counts: the CUDA
+/// context, libraries' workspaces and everything the caching allocator holds). Needs the
+/// device's context current on this thread, which libtorch makes once it has used the device.
+pub fn device_memory_used() -> Option<u64> {
+    let d = driver()?;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: plain out-parameters; result code checked.
+    (unsafe { (d.mem_get_info)(&mut free, &mut total) } == 0).then(|| (total - free) as u64)
+}
+
+static DEVICE_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records the device's use if it is the highest seen (a model memory probe on CUDA).
+pub fn sample_device_memory() {
+    if let Some(used) = device_memory_used() {
+        DEVICE_PEAK.fetch_max(used, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The highest `sample_device_memory` saw.
+pub fn device_memory_peak() -> u64 {
+    DEVICE_PEAK.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `at::globalContext()` and a member of it, looked up in the loaded libtorch by their mangled

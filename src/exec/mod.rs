@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Sample this many tokens at the end (0: none).
     pub sample_tokens: usize,
+    /// Random-initialised base weights (`Checkpoint::random`): config.json and tokenizer only.
+    pub random_weights: bool,
 }
 
 pub struct RunReport {
@@ -88,6 +90,9 @@ pub struct RunReport {
     /// was loaded (weights, adapters, gradients, optimizer, activations, logits), next to the
     /// plan's CPU estimate of the same.
     pub cpu_peak_bytes: Option<(u64, u64)>,
+    /// On CUDA: the device memory in use at its highest sample (context and allocator pool
+    /// included, as nvidia-smi counts), next to the plan's GPU estimate.
+    pub gpu_peak_bytes: Option<(u64, u64)>,
 }
 
 /// The training progress bar while one is drawn, so log lines can print around it.
@@ -197,7 +202,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     if device.is_cuda() && t.precision.tf32 != Switch::Auto {
         cuda::set_tf32_matmuls(t.precision.tf32 == Switch::On)?;
     }
-    let base_dir = crate::plan::model::model_folder(&plan.model)?;
+    let base_dir = if opts.random_weights {
+        crate::plan::model::tokenizer_folder(&plan.model)?
+    } else {
+        crate::plan::model::model_folder(&plan.model)?
+    };
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
     let (mut prepared, data_source) = data::load_or_prepare(plan, &tok, &base_dir)?;
@@ -215,14 +224,17 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let in_use_before_model = host_memory::in_use();
     let trainable = trainable(plan);
     let base_kind = if matches!(trainable, Trainable::Lora { .. }) { kind } else { Kind::Float };
-    let ckpt = Checkpoint::open(&base_dir)?;
+    let ckpt = if opts.random_weights { Checkpoint::random(&base_dir) } else { Checkpoint::open(&base_dir)? };
     let mut model =
         CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable, quantize })?;
     drop(ckpt);
     model.compute_kind = kind;
-    if device == Device::Cpu {
-        host_memory::reset();
-        model.memory_probe = Some(host_memory::sample);
+    match device {
+        Device::Cpu => {
+            host_memory::reset();
+            model.memory_probe = Some(host_memory::sample);
+        }
+        _ => model.memory_probe = Some(cuda::sample_device_memory),
     }
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
         model.resize_vocab(tok.vocab_size() as i64);
@@ -374,6 +386,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
             }
             _ => None,
         },
+        gpu_peak_bytes: (device.is_cuda() && cuda::device_memory_peak() > 0)
+            .then(|| (cuda::device_memory_peak(), plan.memory.total_bytes)),
     })
 }
 

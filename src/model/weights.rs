@@ -9,6 +9,8 @@ use tch::{Device, Kind, Tensor};
 
 /// An opened checkpoint: every tensor name mapped to the file and byte range that hold it.
 pub struct Checkpoint {
+    /// Set for `Checkpoint::random`: no files; every tensor asked for is generated.
+    random: bool,
     dir: PathBuf,
     files: Vec<(PathBuf, memmap2::Mmap)>,
     tensors: BTreeMap<String, TensorEntry>,
@@ -67,7 +69,21 @@ impl Checkpoint {
             }
             files.push((path.clone(), mmap));
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), files, tensors, taken: Default::default() })
+        Ok(Checkpoint { random: false, dir: dir.to_path_buf(), files, tensors, taken: Default::default() })
+    }
+
+    /// Random initialisation instead of a file, for benchmarks and device checks of model shapes
+    /// nobody downloads (a Llama-2-13B shape from its config.json alone): each tensor is made when
+    /// loaded, on the target device, so a quantized base is generated and quantized one weight at
+    /// a time. Norm weights are ones, biases zeros, the rest N(0, 0.02), from torch's seed.
+    pub fn random(dir: &Path) -> Checkpoint {
+        Checkpoint {
+            random: true,
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+            taken: Default::default(),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -84,6 +100,17 @@ impl Checkpoint {
 
     /// Reads one tensor, checking its shape, converted to `kind` on `device`.
     pub fn load(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor, String> {
+        if self.random {
+            let options = (Kind::Float, device);
+            let t = if name.ends_with("norm.weight") {
+                Tensor::ones(shape, options)
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape, options)
+            } else {
+                Tensor::randn(shape, options) * 0.02
+            };
+            return Ok(t.to_kind(kind));
+        }
         let entry = self.tensors.get(name).ok_or_else(|| {
             format!("{}: tensor `{name}` (shape {shape:?}) is missing from the checkpoint", self.dir.display())
         })?;
