@@ -14,10 +14,15 @@ const CAPABILITY_MINOR: c_int = 76;
 
 /// The driver API functions used here, from libcuda.so.1 (None on machines without a driver).
 struct Driver {
-    device_get: unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> c_int,
-    device_get_attribute: unsafe extern "C" fn(value: *mut c_int, attribute: c_int, device: c_int) -> c_int,
-    mem_get_info: unsafe extern "C" fn(free: *mut usize, total: *mut usize) -> c_int,
+    device_get: CuDeviceGet,
+    device_get_attribute: CuDeviceGetAttribute,
+    mem_get_info: CuMemGetInfo,
 }
+
+type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
+type CuDeviceGet = unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> c_int;
+type CuDeviceGetAttribute = unsafe extern "C" fn(value: *mut c_int, attribute: c_int, device: c_int) -> c_int;
+type CuMemGetInfo = unsafe extern "C" fn(free: *mut usize, total: *mut usize) -> c_int;
 
 fn driver() -> Option<&'static Driver> {
     static DRIVER: std::sync::OnceLock<Option<Driver>> = std::sync::OnceLock::new();
@@ -34,15 +39,16 @@ fn driver() -> Option<&'static Driver> {
                     let f = libc::dlsym(lib, name.as_ptr());
                     (!f.is_null()).then_some(f)
                 };
-                type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
-                let init: CuInit = std::mem::transmute(symbol(c"cuInit")?);
+                let init = std::mem::transmute::<*mut c_void, CuInit>(symbol(c"cuInit")?);
                 if init(0) != 0 {
                     return None;
                 }
                 Some(Driver {
-                    device_get: std::mem::transmute(symbol(c"cuDeviceGet")?),
-                    device_get_attribute: std::mem::transmute(symbol(c"cuDeviceGetAttribute")?),
-                    mem_get_info: std::mem::transmute(symbol(c"cuMemGetInfo_v2")?),
+                    device_get: std::mem::transmute::<*mut c_void, CuDeviceGet>(symbol(c"cuDeviceGet")?),
+                    device_get_attribute: std::mem::transmute::<*mut c_void, CuDeviceGetAttribute>(symbol(
+                        c"cuDeviceGetAttribute",
+                    )?),
+                    mem_get_info: std::mem::transmute::<*mut c_void, CuMemGetInfo>(symbol(c"cuMemGetInfo_v2")?),
                 })
             }
         })
@@ -102,7 +108,7 @@ fn context_member(name: &CStr) -> Option<(*mut c_void, *mut c_void)> {
         if global.is_null() || member.is_null() {
             return None;
         }
-        let global: GlobalContext = std::mem::transmute(global);
+        let global = std::mem::transmute::<*mut c_void, GlobalContext>(global);
         Some((global(), member))
     }
 }
