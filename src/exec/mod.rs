@@ -282,6 +282,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         adapter::load_trainable(&model, &weights)?;
         optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
         state = saved;
+        // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
+        state.loss_scaler =
+            if kind == Kind::Half { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
         tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
     }
     let mut log = metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?;
