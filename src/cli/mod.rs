@@ -352,15 +352,15 @@ fn world(nproc_per_node: Option<u64>, nnodes: Option<u64>) -> (u64, u64) {
 }
 
 fn plan(path: &Path, overrides: &[String], options: crate::plan::PlanOptions, json: bool) -> ExitCode {
-    let compiled = compile_recipe(path, overrides, options).and_then(|mut plan| match crate::data::measure(&plan) {
-        Ok(measured) => {
-            plan.measured_data = measured;
-            Ok(plan)
+    let compiled = compile_recipe(path, overrides, options).map(|mut plan| {
+        match crate::data::measure(&plan) {
+            Ok(measured) => plan.measured_data = measured,
+            // The plan stands without its data figures; preview / preprocess / run report the error too.
+            Err(e) => {
+                eprintln!("{}: warning[data]: {e} (the plan's measured data figures are left out)", path.display())
+            }
         }
-        Err(e) => {
-            eprintln!("{}: error[data]: {e}", path.display());
-            Err(ExitCode::from(EXIT_INVALID))
-        }
+        plan
     });
     match compiled {
         Ok(plan) if json => {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the pipeline's output for the same inputs changes.
-const PIPELINE_VERSION: &str = "recipe-data-1";
+const PIPELINE_VERSION: &str = "recipe-data-2";
 
 /// The cache key for this plan's data with the tokenizer in `tokenizer_dir`.
 pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {

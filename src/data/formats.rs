@@ -30,16 +30,23 @@ pub enum Formatted {
 }
 
 impl Formatted {
-    /// Every text of the row, in order (for deduplication and redaction).
-    pub fn texts_mut(&mut self) -> Vec<&mut String> {
+    /// Every text of the row, in order (for redaction): for chat rows, the message contents
+    /// (`content_key`, or ShareGPT's `value`), not roles, names or ids.
+    pub fn texts_mut(&mut self, content_key: &str) -> Vec<&mut String> {
         match self {
             Formatted::PromptResponse { prompt, response } => vec![prompt, response],
             Formatted::Text(t) => vec![t],
             Formatted::Segments(s) => s.iter_mut().map(|(t, _)| t).collect(),
-            Formatted::Chat(row) => string_leaves(row),
+            Formatted::Chat(row) => message_texts(row, &[content_key, "value"]),
             Formatted::Preference(p) => {
                 let Preference { prompt, chosen, rejected } = p;
-                [prompt, chosen, rejected].into_iter().flat_map(string_leaves).collect()
+                [prompt, chosen, rejected]
+                    .into_iter()
+                    .flat_map(|v| match v {
+                        Value::String(s) => vec![s],
+                        other => message_texts(other, &["content"]),
+                    })
+                    .collect()
             }
         }
     }
@@ -56,12 +63,21 @@ impl Formatted {
     }
 }
 
-/// Every string in a JSON value (message contents, and names and roles, which redaction leaves be).
-fn string_leaves(value: &mut Value) -> Vec<&mut String> {
+/// The strings held under one of `keys` anywhere in a JSON value (message contents in a row).
+fn message_texts<'a>(value: &'a mut Value, keys: &[&str]) -> Vec<&'a mut String> {
     match value {
-        Value::String(s) => vec![s],
-        Value::Array(items) => items.iter_mut().flat_map(string_leaves).collect(),
-        Value::Object(map) => map.values_mut().flat_map(string_leaves).collect(),
+        Value::Array(items) => items.iter_mut().flat_map(|v| message_texts(v, keys)).collect(),
+        Value::Object(map) => map
+            .iter_mut()
+            .flat_map(|(k, v)| {
+                if keys.contains(&k.as_str())
+                    && let Value::String(s) = v
+                {
+                    return vec![s];
+                }
+                message_texts(v, keys)
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -353,6 +369,16 @@ mod tests {
             Formatted::PromptResponse { prompt: "<<Be brief.>> [INST] Hi [/INST]".into(), response: "Hello".into() }
         );
         assert_eq!(format_row(&entry, &json!({"q": "Hi"})).unwrap_err(), "field `a` is missing");
+    }
+
+    #[test]
+    fn redaction_reaches_message_contents_only() {
+        let mut row = Formatted::Chat(json!({"id": "a1b2c3", "messages": [
+            {"role": "user", "content": "mail ann@example.com", "tool_call_id": "call_9"},
+            {"from": "gpt", "value": "ok"}
+        ]}));
+        let texts: Vec<String> = row.texts_mut("content").into_iter().map(|t| t.clone()).collect();
+        assert_eq!(texts, ["mail ann@example.com", "ok"]);
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
 }
 
 /// The data statistics a plan shows, when every dataset and the tokenizer are local files (a
-/// plan downloads nothing; None otherwise, and for preference recipes). Reads a matching
+/// plan downloads nothing; None otherwise, and for preference recipes). `recipe plan` shows an
+/// error here as a warning and plans on. Reads a matching
 /// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
 pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
     let all_local = plan.datasets.iter().chain(&plan.test_datasets).all(|d| d.local_path.is_some());
@@ -102,6 +103,9 @@ pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, S
         return Ok(None);
     };
     let dir = Path::new(dir);
+    if !dir.join("tokenizer.json").is_file() {
+        return Ok(None);
+    }
     let mut tok = Tokenizer::load(dir)?;
     tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
     let cached = match &plan.data.prepared_path {
@@ -336,8 +340,17 @@ fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(S
         }
     }
     if opts.redact_pii {
+        let content_key = match &d.entry {
+            DatasetConfig::ChatTemplate(c) => c
+                .message_property_mappings
+                .as_ref()
+                .and_then(|m| m.get("content"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("content"),
+            _ => "content",
+        };
         for (_, f) in &mut formatted {
-            for text in f.texts_mut() {
+            for text in f.texts_mut(content_key) {
                 c.redactions += hygiene::redact(text);
             }
         }

@@ -5,7 +5,8 @@
 //! - message rows: the prompt rendered with the generation prompt; each answer is the text the
 //!   full conversation (prompt + answer) adds after that prompt, so the template's turn markers are
 //!   where a model will see them;
-//! - string rows: prompt and answers as written, the prompt after BOS when the tokenizer adds one;
+//! - string rows: prompt and answers as written, the prompt after BOS when the tokenizer adds one
+//!   (as recipe's supervised formats do; TRL adds no BOS for decoder-only models);
 //! - each answer ends with EOS; a pair longer than `sequence_len` (prompt + the longer answer) is
 //!   dropped, truncated (answers cut, the prompt kept) or refused, per `excess_length_strategy`.
 //!
@@ -111,9 +112,9 @@ fn dataset_pairs(
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
     let template =
         if needs_template { Some(dataset_template(d, entry.chat_template, plan, tokenizer_dir)?) } else { None };
-    let rendered: Vec<Pair> = formatted
+    let rendered: Vec<Result<Pair, String>> = formatted
         .par_iter()
-        .map(|(origin, f)| {
+        .map(|(origin, f)| -> Result<Pair, String> {
             let Formatted::Preference(p) = f else { unreachable!("preference datasets format to pairs") };
             let (prompt, chosen, rejected) = match &template {
                 Some((template, special)) if p.prompt.is_array() => {
@@ -137,10 +138,21 @@ fn dataset_pairs(
             let (chosen_ids, rejected_ids) = (answer(&chosen)?, answer(&rejected)?);
             Ok(Pair { origin: origin.clone(), prompt, chosen, rejected, prompt_ids, chosen_ids, rejected_ids })
         })
-        .collect::<Result<_, String>>()?;
+        .zip(formatted.par_iter())
+        .map(|(pair, (origin, _))| pair.map_err(|e| format!("{origin}: {e}")))
+        .collect();
     let seq_len = plan.data.sequence_len as usize;
     let mut pairs = Vec::with_capacity(rendered.len());
-    for mut pair in rendered {
+    for pair in rendered {
+        let mut pair = match pair {
+            Ok(pair) => pair,
+            Err(e) if plan.data.skip_bad_rows => {
+                c.bad_rows += 1;
+                tracing::debug!("skipped {e}");
+                continue;
+            }
+            Err(e) => return Err(format!("{e} (set skip_bad_rows: true to skip such rows)")),
+        };
         if pair.len() > seq_len {
             match plan.data.excess_length_strategy {
                 ExcessLength::Drop => {

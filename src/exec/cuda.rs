@@ -73,7 +73,8 @@ pub fn compute_capability(ordinal: usize) -> Option<(i32, i32)> {
 }
 
 /// Bytes in use on the current CUDA device (total − free, as nvidia-smi counts: the CUDA
-/// context, libraries' workspaces and everything the caching allocator holds). Needs the
+/// context, libraries' workspaces and everything the caching allocator holds; on a shared GPU,
+/// other processes' memory too). Needs the
 /// device's context current on this thread, which libtorch makes once it has used the device.
 pub fn device_memory_used() -> Option<u64> {
     let d = driver()?;
@@ -91,6 +92,11 @@ pub fn sample_device_memory() {
     }
 }
 
+/// Starts a new peak (each run measures its own).
+pub fn reset_device_memory_peak() {
+    DEVICE_PEAK.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The highest `sample_device_memory` saw.
 pub fn device_memory_peak() -> u64 {
     DEVICE_PEAK.load(std::sync::atomic::Ordering::Relaxed)
@@ -99,7 +105,7 @@ pub fn device_memory_peak() -> u64 {
 /// `at::globalContext()` and a member of it, looked up in the loaded libtorch by their mangled
 /// names (the Itanium C++ ABI: a non-virtual member takes `this` first).
 fn context_member(name: &CStr) -> Option<(*mut c_void, *mut c_void)> {
-    type GlobalContext = unsafe extern "C" fn() -> *mut c_void;
+    type GlobalContext = unsafe extern "C-unwind" fn() -> *mut c_void;
     // SAFETY: dlsym over the process's global scope, where libtorch_cpu is loaded as a dependency
     // of this binary; `at::globalContext()` takes nothing and returns the context's address.
     unsafe {
@@ -115,7 +121,8 @@ fn context_member(name: &CStr) -> Option<(*mut c_void, *mut c_void)> {
 
 /// Allows (or forbids) TF32 in cuBLAS fp32 matmuls, process-wide.
 pub fn set_tf32_matmuls(allow: bool) -> Result<(), String> {
-    type Setter = unsafe extern "C" fn(this: *mut c_void, allow: bool);
+    // C-unwind: a C++ exception from libtorch must not cross a plain "C" boundary.
+    type Setter = unsafe extern "C-unwind" fn(this: *mut c_void, allow: bool);
     let (context, setter) = context_member(c"_ZN2at7Context18setAllowTF32CuBLASEb")
         .ok_or("tf32: libtorch's at::Context::setAllowTF32CuBLAS is not exported by this libtorch")?;
     // SAFETY: `void at::Context::setAllowTF32CuBLAS(bool)` called on the global context.
@@ -125,7 +132,7 @@ pub fn set_tf32_matmuls(allow: bool) -> Result<(), String> {
 
 /// Whether TF32 is allowed in cuBLAS fp32 matmuls.
 pub fn tf32_matmuls() -> Option<bool> {
-    type Getter = unsafe extern "C" fn(this: *mut c_void) -> bool;
+    type Getter = unsafe extern "C-unwind" fn(this: *mut c_void) -> bool;
     let (context, getter) = context_member(c"_ZNK2at7Context15allowTF32CuBLASEv")?;
     // SAFETY: `bool at::Context::allowTF32CuBLAS() const` called on the global context.
     Some(unsafe { std::mem::transmute::<*mut c_void, Getter>(getter)(context) })

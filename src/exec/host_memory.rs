@@ -10,11 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static PEAK: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes the allocator has handed out and not yet got back; None where it cannot say.
+/// `mallinfo2` is looked up at run time (glibc 2.33+), so the binary still loads on older glibc,
+/// where this says None.
 pub fn in_use() -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct (glibc ≥ 2.33).
-        let info = unsafe { libc::mallinfo2() };
+        type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+        static MALLINFO2: std::sync::OnceLock<Option<Mallinfo2>> = std::sync::OnceLock::new();
+        let f = (*MALLINFO2.get_or_init(|| {
+            // SAFETY: dlsym over the process's global scope; glibc's mallinfo2 has this signature.
+            let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+            (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(symbol) })
+        }))?;
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+        let info = unsafe { f() };
         Some((info.uordblks + info.hblkhd) as u64)
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

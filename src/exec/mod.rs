@@ -122,26 +122,40 @@ fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
         let (major, minor) = capability.unwrap_or_default();
         format!("this GPU (compute capability {major}.{minor}) has no bf16")
     };
-    // A 4-bit base computes in bnb_4bit_compute_dtype, as bitsandbytes does.
-    match plan.quantization.compute_dtype.as_deref() {
-        Some("float32") => return Ok(Kind::Float),
-        Some("float16") => return Ok(Kind::Half),
-        Some("bfloat16") if !has_bf16 => {
-            return Err(format!("{}: set bnb_4bit_compute_dtype: float16", no_bf16()));
+    // A 4-bit base computes in bnb_4bit_compute_dtype when the recipe names one; unset, it follows
+    // the training precision, as Axolotl passes torch_dtype to bitsandbytes.
+    if explicitly_set(plan, "bnb_4bit_compute_dtype") {
+        match plan.quantization.compute_dtype.as_deref() {
+            Some("float32") => return Ok(Kind::Float),
+            Some("float16") => return Ok(Kind::Half),
+            Some("bfloat16") if !has_bf16 => {
+                return Err(format!("{}: set bnb_4bit_compute_dtype: float16", no_bf16()));
+            }
+            Some("bfloat16") => return Ok(Kind::BFloat16),
+            _ => {}
         }
-        _ => {}
     }
     Ok(match (p.fp16, p.bf16) {
         (Switch::On, _) => Kind::Half,
         (_, Switch::On) if !has_bf16 => return Err(format!("{}: use fp16: true or bf16: auto", no_bf16())),
         (_, Switch::On) => Kind::BFloat16,
         (_, Switch::Auto) if has_bf16 => Kind::BFloat16,
+        // `fp16: false` written in the recipe: no fp16 fallback, fp32 instead.
+        (_, Switch::Auto) if explicitly_set(plan, "fp16") => {
+            tracing::warn!("bf16: auto: {}, and the recipe says fp16: false; training in fp32", no_bf16());
+            Kind::Float
+        }
         (_, Switch::Auto) => {
             tracing::warn!("bf16: auto: {}; training in fp16 with dynamic loss scaling", no_bf16());
             Kind::Half
         }
         (_, Switch::Off) => Kind::Float,
     })
+}
+
+/// Whether the recipe (or a preset or --set) gives `key`, rather than leaving its default.
+fn explicitly_set(plan: &Plan, key: &str) -> bool {
+    plan.settings.iter().any(|s| s.key == key && s.origin != "default")
 }
 
 fn trainable(plan: &Plan) -> Trainable {
@@ -199,7 +213,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let t = &plan.training;
     let device = opts.device;
     let kind = compute_kind(plan, device)?;
-    if device.is_cuda() && t.precision.tf32 != Switch::Auto {
+    // Only a tf32 the recipe gives is applied; otherwise libtorch's default stands.
+    if device.is_cuda() && t.precision.tf32 != Switch::Auto && explicitly_set(plan, "tf32") {
         cuda::set_tf32_matmuls(t.precision.tf32 == Switch::On)?;
     }
     let base_dir = if opts.random_weights {
@@ -234,7 +249,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
             host_memory::reset();
             model.memory_probe = Some(host_memory::sample);
         }
-        _ => model.memory_probe = Some(cuda::sample_device_memory),
+        _ => {
+            cuda::reset_device_memory_peak();
+            model.memory_probe = Some(cuda::sample_device_memory);
+        }
     }
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {
         model.resize_vocab(tok.vocab_size() as i64);

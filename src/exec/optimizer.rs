@@ -129,13 +129,13 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients (a device scalar), then scales them to at most `max_norm`
-    /// (0 = no clipping), as `clip_grad_norm_`.
     /// The gradients of the optimized tensors (undefined where a tensor got none).
     pub fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|s| s.param.grad()).collect()
     }
 
+    /// Global L2 norm of the gradients (a device scalar), then scales them to at most `max_norm`
+    /// (0 = no clipping), as `clip_grad_norm_`.
     pub fn clip_grad_norm(&self, max_norm: f64) -> Tensor {
         let _guard = tch::no_grad_guard();
         let norms: Vec<Tensor> = self
