@@ -3,8 +3,10 @@
 //! field, or skipped and counted; hygiene (dedup, PII) and mixing report what they did; test sets
 //! never leak into training; `recipe preprocess` caches and `recipe run` reuses the cache.
 
-use assert_cmd::Command;
+mod common;
+
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,9 +30,7 @@ fn write_recipe(dir: &Path, datasets: &str, extra: &str) -> PathBuf {
 }
 
 fn recipe() -> Command {
-    let mut cmd = Command::cargo_bin("recipe").unwrap();
-    cmd.env("NO_COLOR", "1").env("OMP_NUM_THREADS", "1").env("RECIPE_LOG", "warn");
-    cmd
+    common::recipe_command()
 }
 
 fn stdout_of(cmd: &mut Command) -> String {

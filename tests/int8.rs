@@ -5,6 +5,8 @@
 //! the round-trip error and the storage cost.
 #![cfg(feature = "exec")]
 
+mod common;
+
 use recipe::model::int8::{self, Int8};
 use recipe::model::weights::{self, Checkpoint};
 use std::collections::HashMap;
@@ -49,31 +51,9 @@ fn golden(case: &str) -> HashMap<String, Tensor> {
     g
 }
 
-/// The raw bytes of a tensor (dtype and shape compared separately).
-fn bytes(t: &Tensor) -> Vec<u8> {
-    Vec::<u8>::try_from(t.to_device(Device::Cpu).contiguous().reshape([-1]).view_dtype(Kind::Uint8)).unwrap()
-}
-
-/// Asserts two tensors are identical: dtype, shape and every bit (so -0.0 != 0.0).
+/// Asserts two tensors are bit-identical to bitsandbytes' (tests/common).
 fn assert_identical(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.kind(), theirs.kind(), "{what}: dtype");
-    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
-    let (a, b) = (bytes(ours), bytes(theirs));
-    if a != b {
-        let elt = ours.kind().elt_size_in_bytes();
-        let differing: Vec<usize> =
-            (0..a.len() / elt).filter(|&i| a[i * elt..(i + 1) * elt] != b[i * elt..(i + 1) * elt]).collect();
-        let first = differing[0] as i64;
-        let flat =
-            |t: &Tensor| t.to_device(Device::Cpu).reshape([-1]).get(first).to_kind(Kind::Double).double_value(&[]);
-        panic!(
-            "{what}: {} of {} elements differ from bitsandbytes; first at flat index {first}: ours {:e}, bitsandbytes {:e}",
-            differing.len(),
-            a.len() / elt,
-            flat(ours),
-            flat(theirs),
-        );
-    }
+    common::assert_identical(what, ours, theirs, "bitsandbytes");
 }
 
 fn kind_of(name: &str) -> Kind {

@@ -15,22 +15,28 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn check(case: &str, checkpointing: bool) {
+/// A golden case: the model with peft's adapter loaded (base in `base_kind`), the goldens, and
+/// the batch's position ids.
+fn load_case(case: &str, base_kind: Kind) -> (CausalLm, std::collections::HashMap<String, Tensor>, Tensor) {
     let dir = root().join("tests/golden/lora").join(case);
     let cfg = adapter::read_config(&dir).unwrap();
     let base = root().join(&cfg.base_model);
     let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let opts =
-        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: cfg.trainable.clone(), quantize: None };
+    let opts = LoadOptions { device: Device::Cpu, base_kind, trainable: cfg.trainable.clone(), quantize: None };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
     let adapter_file = dir.join("adapter_model.safetensors");
     adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[adapter_file]).unwrap()).unwrap();
-
     let g: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
-    let (ids, labels) = (&g["input_ids"], &g["labels"]);
-    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let (b, t) = (g["input_ids"].size()[0], g["input_ids"].size()[1]);
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    (model, g, positions)
+}
+
+fn check(case: &str, checkpointing: bool) {
+    let (model, g, positions) = load_case(case, Kind::Float);
+    let (ids, labels) = (&g["input_ids"], &g["labels"]);
+    let t = ids.size()[1];
     let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
 
     let logits = tch::no_grad(|| model.logits(&inputs));
@@ -77,21 +83,10 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
     // in fp32, the loss scaled by 65536 for the backward pass and the gradients unscaled after it
     // (exec/loss_scale.rs). The gradients must agree with peft's fp32 ones to fp16 precision (measured:
     // 3.0e-2 of the largest gradient, with the base rounded to fp16 and three overflowing steps skipped).
-    let dir = root().join("tests/golden/lora/stories260k_all_linear");
-    let cfg = adapter::read_config(&dir).unwrap();
-    let base = root().join(&cfg.base_model);
-    let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let opts =
-        LoadOptions { device: Device::Cpu, base_kind: Kind::Half, trainable: cfg.trainable.clone(), quantize: None };
-    let mut model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let (mut model, g, positions) = load_case("stories260k_all_linear", Kind::Half);
     model.compute_kind = Kind::Half;
-    adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[dir.join("adapter_model.safetensors")]).unwrap())
-        .unwrap();
-    let g: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
-    let (b, t) = (ids.size()[0], ids.size()[1]);
-    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    let t = ids.size()[1];
     let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     // As the loop does: a step whose scaled gradients overflow is skipped and the scale halved.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
 use recipe::exec::load_trained;
 use recipe::model::linear::QuantizedWeight;
 use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
@@ -38,9 +37,7 @@ fn qlora_recipe(dir: &Path, extra: &str) -> PathBuf {
 }
 
 fn recipe() -> Command {
-    let mut cmd = Command::cargo_bin("recipe").unwrap();
-    cmd.env("NO_COLOR", "1").env("OMP_NUM_THREADS", "1").env("RECIPE_LOG", "warn");
-    cmd
+    common::recipe_command()
 }
 
 #[test]

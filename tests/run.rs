@@ -8,7 +8,6 @@
 
 mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,11 +35,7 @@ fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
 }
 
 fn recipe() -> Command {
-    let mut cmd = Command::cargo_bin("recipe").unwrap();
-    // One libtorch thread per run: tests run side by side on few cores, and OpenMP workers that
-    // spin-wait on an oversubscribed machine slow everything down many times over.
-    cmd.env("NO_COLOR", "1").env("RECIPE_LOG", "warn").env("OMP_NUM_THREADS", "1");
-    cmd
+    common::recipe_command()
 }
 
 fn run_ok(recipe_path: &Path, args: &[&str]) -> String {

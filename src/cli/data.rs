@@ -8,12 +8,15 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// A data error of `recipe`, printed; the exit code for it.
+fn data_error(recipe: &Path, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{}: error[data]: {e}", recipe.display());
+    ExitCode::from(EXIT_INVALID)
+}
+
 fn load(recipe: &Path, overrides: &[String]) -> Result<(Plan, Tokenizer, std::path::PathBuf), ExitCode> {
     let plan = compile_recipe(recipe, overrides, PlanOptions::default())?;
-    let fail = |e: String| {
-        eprintln!("{}: error[data]: {e}", recipe.display());
-        ExitCode::from(EXIT_INVALID)
-    };
+    let fail = |e: String| data_error(recipe, e);
     let dir = crate::plan::model::tokenizer_folder(&plan.model).map_err(fail)?;
     let mut tok = Tokenizer::load(&dir).map_err(fail)?;
     tok.add(&plan.data.special_tokens, &plan.data.added_tokens).map_err(fail)?;
@@ -50,10 +53,7 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
     }
     let prepared = match data::prepare(&plan, &tok, &dir) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{}: error[data]: {e}", recipe.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
+        Err(e) => return data_error(recipe, e),
     };
     let seq_len = plan.data.sequence_len as usize;
     let rows = if plan.data.sample_packing {
@@ -146,10 +146,7 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
 fn preview_pairs(recipe: &Path, plan: &Plan, tok: &Tokenizer, dir: &Path, n: usize, as_json: bool) -> ExitCode {
     let prepared = match preference::prepare(plan, tok, dir) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{}: error[data]: {e}", recipe.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
+        Err(e) => return data_error(recipe, e),
     };
     let shown: Vec<&preference::Pair> = prepared.train.iter().take(n).collect();
     let longest = prepared.train.iter().map(preference::Pair::len).max().unwrap_or(0);
@@ -228,15 +225,11 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{}: error[data]: {e}", recipe.display());
-                ExitCode::from(EXIT_INVALID)
-            }
+            Err(e) => data_error(recipe, e),
         };
     }
     let Some(root) = plan.data.prepared_path.clone() else {
-        eprintln!("{}: error[data]: set dataset_prepared_path to say where the prepared data goes", recipe.display());
-        return ExitCode::from(EXIT_INVALID);
+        return data_error(recipe, "set dataset_prepared_path to say where the prepared data goes");
     };
     let result = (|| {
         let key = cache::key(&plan, &dir)?;
@@ -263,9 +256,6 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
             println!("cached   {}", folder.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{}: error[data]: {e}", recipe.display());
-            ExitCode::from(EXIT_INVALID)
-        }
+        Err(e) => data_error(recipe, e),
     }
 }

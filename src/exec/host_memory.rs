@@ -2,7 +2,8 @@
 //! handed out, from its heaps and as separate mappings; libtorch's CPU tensors come from there).
 //! Unlike the resident set, it does not count freed memory the allocator keeps, library code or
 //! memory-mapped files. The training step samples it where memory peaks (after each forward,
-//! after each layer's recomputation, after each backward, after the optimizer step), and the
+//! after each layer's recomputation, after each backward, after the optimizer step) in the steps
+//! that can set a new peak (exec/train.rs: a walk of the allocator costs milliseconds), and the
 //! CPU run compares the highest sample with the plan's CPU estimate.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -247,11 +247,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     match device {
         Device::Cpu => {
             host_memory::reset();
-            model.memory_probe = Some(host_memory::sample);
+            model.memory_probe.set(Some(host_memory::sample));
         }
         _ => {
             cuda::reset_device_memory_peak();
-            model.memory_probe = Some(cuda::sample_device_memory);
+            model.memory_probe.set(Some(cuda::sample_device_memory));
         }
     }
     if tok.vocab_size() as u64 > plan.model.architecture.vocab_size {

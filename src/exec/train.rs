@@ -141,7 +141,13 @@ impl Loop<'_> {
             tokens_per_second: 0.0,
         };
         let seed = t.seed;
-        for step in state.global_step..s.total {
+        // Memory is sampled (a costly allocator walk on CPU) only in steps that can set a new
+        // peak: the first two (optimizer state appears in the first) and any batch larger than
+        // all before it; the other steps repeat a known footprint.
+        let probe = self.model.memory_probe.get();
+        let mut largest_batch = 0usize;
+        let first_step = state.global_step;
+        for step in first_step..s.total {
             let lr = learning_rate_at(
                 plan.batch.lr_scheduler,
                 plan.batch.peak_learning_rate,
@@ -153,6 +159,10 @@ impl Loop<'_> {
             let micro = self.micro_batches(step, s, &mut order);
             let batches: Vec<HostBatch> = micro.iter().map(|rows| collate(rows, self.pad_id, self.pad_to())).collect();
             let denominator = batches.iter().map(|b| b.trained_tokens).sum::<usize>();
+            let batch_size = batches.iter().map(|b| b.input_ids.len()).max().unwrap_or(0);
+            let new_footprint = step < first_step + 2 || batch_size > largest_batch;
+            largest_batch = largest_batch.max(batch_size);
+            self.model.memory_probe.set(probe.filter(|_| new_footprint));
             if denominator == 0 {
                 return Err(format!(
                     "step {}: the batch has no trained token (every label is -100); check the dataset's masking",
@@ -194,7 +204,7 @@ impl Loop<'_> {
                 tracing::debug!(step = step + 1, "fp16 gradients overflowed; step skipped, loss scale halved");
                 Tensor::from(f32::NAN)
             };
-            if let Some(probe) = self.model.memory_probe {
+            if let Some(probe) = self.model.memory_probe.get() {
                 probe();
             }
             optimizer.zero_grad();

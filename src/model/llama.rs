@@ -106,9 +106,9 @@ pub struct CausalLm {
     /// Kind of the matmuls and attention: fp32, or bf16 for mixed precision. As under torch
     /// autocast, the residual stream, norms and loss stay fp32 and trainable masters are fp32.
     pub compute_kind: Kind,
-    /// Called where a training step's memory peaks (after forwards and backwards), so a CPU run
-    /// can measure its peak (exec/host_memory.rs).
-    pub memory_probe: Option<fn()>,
+    /// Called where a training step's memory peaks (after forwards and backwards), so a run can
+    /// measure its peak (exec/host_memory.rs, exec/cuda.rs); the loop switches it per step.
+    pub memory_probe: std::cell::Cell<Option<fn()>>,
 }
 
 /// Inputs of one forward pass, all [B, T] int64 on the model's device.
@@ -256,7 +256,7 @@ impl CausalLm {
             trainable: opts.trainable.clone(),
             device,
             compute_kind: Kind::Float,
-            memory_probe: None,
+            memory_probe: std::cell::Cell::new(None),
         })
     }
 
@@ -410,7 +410,7 @@ impl CausalLm {
         layer_seed: &dyn Fn(usize),
     ) -> Tensor {
         let probe = || {
-            if let Some(probe) = self.memory_probe {
+            if let Some(probe) = self.memory_probe.get() {
                 probe()
             }
         };

@@ -3,6 +3,44 @@
 
 use std::path::{Path, PathBuf};
 
+/// The `recipe` binary for end-to-end tests: plain output, warnings only, one libtorch thread
+/// (tests run side by side on few cores, and OpenMP workers that spin-wait on an oversubscribed
+/// machine slow everything down many times over).
+pub fn recipe_command() -> std::process::Command {
+    use assert_cmd::cargo::CommandCargoExt;
+    let mut cmd = std::process::Command::cargo_bin("recipe").unwrap();
+    cmd.env("NO_COLOR", "1").env("RECIPE_LOG", "warn").env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+/// Asserts two tensors are identical: dtype, shape and every bit (so -0.0 != 0.0); `reference`
+/// names where `theirs` comes from.
+#[cfg(feature = "exec")]
+pub fn assert_identical(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, reference: &str) {
+    use tch::{Device, Kind, Tensor};
+    let bytes = |t: &Tensor| -> Vec<u8> {
+        Vec::<u8>::try_from(t.to_device(Device::Cpu).contiguous().reshape([-1]).view_dtype(Kind::Uint8)).unwrap()
+    };
+    assert_eq!(ours.kind(), theirs.kind(), "{what}: dtype");
+    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
+    let (a, b) = (bytes(ours), bytes(theirs));
+    if a != b {
+        let elt = ours.kind().elt_size_in_bytes();
+        let differing: Vec<usize> =
+            (0..a.len() / elt).filter(|&i| a[i * elt..(i + 1) * elt] != b[i * elt..(i + 1) * elt]).collect();
+        let first = differing[0] as i64;
+        let flat =
+            |t: &Tensor| t.to_device(Device::Cpu).reshape([-1]).get(first).to_kind(Kind::Double).double_value(&[]);
+        panic!(
+            "{what}: {} of {} elements differ from {reference}; first at flat index {first}: ours {:e}, {reference} {:e}",
+            differing.len(),
+            a.len() / elt,
+            flat(ours),
+            flat(theirs),
+        );
+    }
+}
+
 /// Every *.yaml / *.yml under `dir`, recursively, sorted, as paths relative to the package root.
 pub fn recipe_files(dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
