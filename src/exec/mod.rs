@@ -2,8 +2,10 @@
 //! the device and precision, loads the model and data, trains (`train`), writes checkpoints and
 //! outputs (`checkpoint`), and serves `recipe generate` and `recipe merge` on the results.
 
+pub mod c10d;
 pub mod checkpoint;
 pub mod cuda;
+pub mod distributed;
 pub mod host_memory;
 pub mod loss_scale;
 pub mod metrics;

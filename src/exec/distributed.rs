@@ -1,0 +1,185 @@
+//! Data parallelism for the training loop: a communicator that is a no-op for one process and a
+//! c10d process group (exec/c10d.rs) for several. The loop calls the same methods either way, so
+//! there is one loop for every world size.
+//!
+//! DDP semantics: every rank holds the model; trainable weights are broadcast from rank 0 at start;
+//! each rank's loss is already divided by the label count of the whole global batch, so summing
+//! the ranks' gradients (flat buckets of `ddp_bucket_cap_mb`) gives the gradient of the global
+//! mean, and every rank then takes the same optimizer step.
+
+use super::c10d::{Backend, ProcessGroup, ReduceOp, Rendezvous};
+use crate::launch::ProcessEnv;
+use tch::{Device, Kind, Tensor};
+
+pub struct Communicator {
+    group: Option<ProcessGroup>,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+/// Axolotl's `ddp_timeout` default (seconds), as torch's default process-group timeout.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+/// DDP's default bucket size.
+pub const DEFAULT_BUCKET_MB: u32 = 25;
+
+impl Communicator {
+    pub fn single() -> Communicator {
+        Communicator { group: None, rank: 0, world_size: 1 }
+    }
+
+    /// Joins the other ranks of `env` (Gloo on CPU, NCCL on CUDA); one process needs no group.
+    pub fn join(env: &ProcessEnv, device: Device, timeout: std::time::Duration) -> Result<Communicator, String> {
+        if !env.is_distributed() {
+            return Ok(Communicator::single());
+        }
+        let backend = if device.is_cuda() { Backend::Nccl } else { Backend::Gloo };
+        let rendezvous = Rendezvous {
+            backend,
+            master_addr: env.master_addr.clone(),
+            master_port: env.master_port,
+            rank: env.rank,
+            world_size: env.world_size,
+            store_server: env.rank == 0 && !env.agent_store,
+            prefix: format!("recipe/attempt_{}/", env.restart),
+            timeout,
+            gloo_interface: std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()),
+        };
+        let group = ProcessGroup::join(&rendezvous).map_err(|e| {
+            format!(
+                "rank {} of {}: {e} (waited up to {} s, ddp_timeout; are all {} ranks started?)",
+                env.rank,
+                env.world_size,
+                timeout.as_secs(),
+                env.world_size
+            )
+        })?;
+        Ok(Communicator { rank: env.rank, world_size: env.world_size, group: Some(group) })
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    pub fn is_distributed(&self) -> bool {
+        self.group.is_some()
+    }
+
+    pub fn backend(&self) -> Option<Backend> {
+        self.group.as_ref().map(|g| g.backend)
+    }
+
+    fn failed(&self, e: String) -> String {
+        format!("rank {}: {e}; another rank failed or left the run", self.rank)
+    }
+
+    /// In-place sum over the ranks (nothing for one process).
+    pub fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), String> {
+        match &self.group {
+            None => Ok(()),
+            Some(g) => g.all_reduce(tensor, ReduceOp::Sum).map_err(|e| self.failed(e)),
+        }
+    }
+
+    /// In-place max over the ranks.
+    pub fn all_reduce_max(&self, tensor: &mut Tensor) -> Result<(), String> {
+        match &self.group {
+            None => Ok(()),
+            Some(g) => g.all_reduce(tensor, ReduceOp::Max).map_err(|e| self.failed(e)),
+        }
+    }
+
+    pub fn barrier(&self) -> Result<(), String> {
+        match &self.group {
+            None => Ok(()),
+            Some(g) => g.barrier().map_err(|e| self.failed(e)),
+        }
+    }
+
+    /// Each rank's `value`, in rank order.
+    pub fn all_gather_u64(&self, value: u64, device: Device) -> Result<Vec<u64>, String> {
+        let Some(g) = &self.group else { return Ok(vec![value]) };
+        let t = Tensor::from_slice(&[value as i64]).to_device(device);
+        let all = g.all_gather(&t).map_err(|e| self.failed(e))?;
+        let values = Vec::<i64>::try_from(all.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        Ok(values.into_iter().map(|v| v as u64).collect())
+    }
+
+    /// Every rank's tensors become rank 0's (trainable weights at start), in place.
+    pub fn broadcast_from_main(&self, tensors: &[Tensor]) -> Result<(), String> {
+        let Some(g) = &self.group else { return Ok(()) };
+        let _guard = tch::no_grad_guard();
+        for bucket in buckets(tensors, 256 << 20) {
+            let mut flat = flatten(&bucket);
+            g.broadcast(&mut flat, 0).map_err(|e| self.failed(e))?;
+            unflatten_into(&flat, &bucket);
+        }
+        Ok(())
+    }
+
+    /// Sums the gradients of `params` over the ranks, in flat buckets of `bucket_bytes`; returns
+    /// the payload bytes all-reduced (0 for one process).
+    pub fn all_reduce_gradients(&self, params: &[Tensor], bucket_bytes: usize) -> Result<u64, String> {
+        let Some(g) = &self.group else { return Ok(0) };
+        // A parameter without a gradient this step (DDP's unused parameters) gets a zero one, so
+        // every rank sums the same buckets and takes the same step.
+        for p in params {
+            if !p.grad().defined() {
+                (p.sum(Kind::Float) * 0.0).backward();
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let mut bytes = 0u64;
+        for bucket in buckets(&grads, bucket_bytes) {
+            let mut flat = flatten(&bucket);
+            bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
+            g.all_reduce(&mut flat, ReduceOp::Sum).map_err(|e| self.failed(e))?;
+            unflatten_into(&flat, &bucket);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Consecutive groups of tensors of one kind and device, each at most `cap` bytes (a tensor
+/// larger than the cap is a bucket of its own).
+fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<Tensor>> {
+    let mut out: Vec<Vec<Tensor>> = Vec::new();
+    let mut size = 0usize;
+    for t in tensors {
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        let fits = out.last().is_some_and(|b| {
+            let first = &b[0];
+            first.kind() == t.kind() && first.device() == t.device() && size + bytes <= cap
+        });
+        if fits {
+            size += bytes;
+            if let Some(last) = out.last_mut() {
+                last.push(t.shallow_clone());
+            }
+        } else {
+            size = bytes;
+            out.push(vec![t.shallow_clone()]);
+        }
+    }
+    out
+}
+
+fn flatten(tensors: &[Tensor]) -> Tensor {
+    let parts: Vec<Tensor> = tensors.iter().map(|t| t.detach().reshape([-1])).collect();
+    Tensor::cat(&parts, 0)
+}
+
+fn unflatten_into(flat: &Tensor, tensors: &[Tensor]) {
+    let mut offset = 0i64;
+    for t in tensors {
+        let n = t.numel() as i64;
+        let mut target = t.detach();
+        target.copy_(&flat.narrow(0, offset, n).view_as(t));
+        offset += n;
+    }
+}
+
+/// A stable 64-bit digest (FNV-1a) of bytes, for comparing the ranks' plans and data.
+pub fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
