@@ -68,6 +68,11 @@ impl ProcessEnv {
         self.world_size > 1
     }
 
+    /// Whether this process joins a process group (any launched run, even of one rank).
+    pub fn joins_group(&self) -> bool {
+        self.launcher != Launcher::Single
+    }
+
     /// Reads the launcher's variables; a variable that is set but malformed or inconsistent is an
     /// error naming it.
     pub fn from_env() -> Result<ProcessEnv, String> {
@@ -96,7 +101,19 @@ impl ProcessEnv {
                 return Err(format!("RANK={rank} is not below WORLD_SIZE={world_size}"));
             }
             if world_size == 1 {
-                return Ok(ProcessEnv { launcher, ..ProcessEnv::single() });
+                // One rank under a launcher still forms a process group when it says where (a
+                // one-GPU NCCL run exercises the same path as many); otherwise it runs alone.
+                let (Some(addr), Some(p)) = (var("MASTER_ADDR"), var("MASTER_PORT")) else {
+                    return Ok(ProcessEnv::single());
+                };
+                return Ok(ProcessEnv {
+                    launcher,
+                    master_addr: addr,
+                    master_port: port(&p, "MASTER_PORT")?,
+                    agent_store: var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+                    restart: number("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64,
+                    ..ProcessEnv::single()
+                });
             }
             let missing: Vec<&str> =
                 ["RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"].into_iter().filter(|n| var(n).is_none()).collect();

@@ -4,6 +4,7 @@
 //! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save.
 #![cfg(feature = "exec")]
 
+use recipe::exec::objective::{self, DeviceBatch, Supervised};
 use recipe::model::adapter;
 use recipe::model::llama::{CausalLm, Inputs, LoadOptions};
 use recipe::model::weights::Checkpoint;
@@ -44,7 +45,7 @@ fn check(case: &str, checkpointing: bool) {
     assert!(d < 1e-4, "{case}: logits differ by {d:e}");
 
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
-    let loss = model.forward_backward(&inputs, labels, counted, checkpointing, &|_| {}) / counted;
+    let loss = objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, checkpointing, &|_| {}) / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
 
@@ -100,7 +101,7 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
                 let _ = grad.zero_();
             }
         }
-        let loss = model.forward_backward(&inputs, labels, counted / scaler.scale, false, &|_| {}) / counted;
+        let loss = objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted / scaler.scale, false, &|_| {}) / counted;
         let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
         let finite = scaler.unscale(&grads);
         scaler.update(finite);

@@ -45,7 +45,7 @@ fn check_case(case: &str, model_dir: &Path) {
     assert!(diff < 1e-4, "{case}: logits differ from transformers by {diff:e}");
     let loss = tch::no_grad(|| {
         let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, false);
-        model.loss_sum(&h, ids) / (b * (t - 1)) as f64
+        recipe::exec::objective::next_token_loss_sum(&model.head(&h, false), ids) / (b * (t - 1)) as f64
     });
     let d = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     assert!(d < 1e-5, "{case}: loss differs by {d:e}");

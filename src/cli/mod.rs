@@ -95,6 +95,8 @@ enum Command {
         /// checks of shapes nobody downloads: only config.json and the tokenizer are read).
         #[arg(long)]
         random_weights: bool,
+        #[command(flatten)]
+        launch: run::LaunchArgs,
     },
     /// Sample from a trained model: a recipe (its output_dir) or an output/checkpoint folder.
     #[cfg(feature = "exec")]
@@ -173,7 +175,10 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         #[cfg(feature = "exec")]
-        Command::Run { recipe, device, no_progress, stop_after, random_weights } => {
+        Command::Run { recipe, device, no_progress, stop_after, random_weights, launch } => {
+            if launch.nproc_per_node.is_some() {
+                return run::spawn_ranks(&launch);
+            }
             run::train(&recipe, &cli.set, &device, !no_progress, stop_after, random_weights)
         }
         #[cfg(feature = "exec")]

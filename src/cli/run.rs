@@ -20,9 +20,78 @@ impl std::io::Write for AroundProgress {
     }
 }
 
-fn init_logging() {
+/// `recipe run --nproc-per-node N`: this command spawns the node's ranks (torchrun's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    /// Spawn N ranks on this node (one per GPU; CPU ranks share the cores) and wait for them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub nproc_per_node: Option<u32>,
+    /// Nodes taking part (run the same command on each, with its --node-rank).
+    #[arg(long, default_value_t = 1, requires = "nproc_per_node", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nnodes: u32,
+    /// This node's index among the nodes.
+    #[arg(long, default_value_t = 0, requires = "nproc_per_node")]
+    pub node_rank: u32,
+    /// Address of node 0, where rank 0 hosts the rendezvous store.
+    #[arg(long, default_value = "127.0.0.1", requires = "nproc_per_node")]
+    pub master_addr: String,
+    /// Port of the rendezvous store; default: a free port (single node).
+    #[arg(long, requires = "nproc_per_node")]
+    pub master_port: Option<u16>,
+}
+
+/// The launcher flags and their values, removed from the command line the ranks get.
+const LAUNCH_FLAGS: &[&str] = &["--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port"];
+
+/// Spawns this node's ranks as `recipe run` with the same arguments minus the launcher's.
+pub fn spawn_ranks(launch: &LaunchArgs) -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip_value = false;
+    for arg in std::env::args_os().skip(1) {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        if let Some(flag) = LAUNCH_FLAGS.iter().find(|f| text == **f || text.starts_with(&format!("{f}="))) {
+            skip_value = text == *flag;
+            continue;
+        }
+        args.push(arg);
+    }
+    if launch.node_rank >= launch.nnodes {
+        eprintln!("error: --node-rank {} is not below --nnodes {}", launch.node_rank, launch.nnodes);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find this program to spawn the ranks: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let opts = crate::launch::SpawnOptions {
+        nproc_per_node: launch.nproc_per_node.unwrap_or(1) as usize,
+        nnodes: launch.nnodes as usize,
+        node_rank: launch.node_rank as usize,
+        master_addr: launch.master_addr.clone(),
+        master_port: launch.master_port,
+    };
+    match crate::launch::spawn(&program, &args, &opts, std::time::Duration::from_secs(10)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init_logging(rank: usize) {
+    // Ranks other than the main process print warnings and errors only (RECIPE_LOG overrides).
+    let default = if rank == 0 { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| AroundProgress)
@@ -38,6 +107,27 @@ fn device(text: &str) -> Result<tch::Device, ExitCode> {
     })
 }
 
+/// The device of this rank: `auto` / `cuda` mean `cuda:LOCAL_RANK` when launched as several ranks.
+fn rank_device(text: &str, process: &crate::launch::ProcessEnv) -> Result<tch::Device, String> {
+    let device = exec::parse_device(text)?;
+    match device {
+        tch::Device::Cuda(_) if matches!(text, "auto" | "cuda") => {
+            let n = process.local_rank;
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                return Err(format!("local rank {n} needs cuda:{n}, but this machine shows {count} CUDA device(s)"));
+            }
+            Ok(tch::Device::Cuda(n))
+        }
+        tch::Device::Cuda(n) if process.local_world_size > 1 && n != process.local_rank => Err(format!(
+            "--device {text} on local rank {}: each rank of a multi-process run uses cuda:LOCAL_RANK; use --device \
+             auto",
+            process.local_rank
+        )),
+        d => Ok(d),
+    }
+}
+
 pub fn train(
     recipe: &Path,
     overrides: &[String],
@@ -46,18 +136,33 @@ pub fn train(
     stop_after: Option<u64>,
     random_weights: bool,
 ) -> ExitCode {
-    init_logging();
-    let plan = match compile_recipe(recipe, overrides, PlanOptions::default()) {
+    let process = match crate::launch::ProcessEnv::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(process.rank);
+    // Errors of ranks other than the main process say whose they are.
+    let who = if process.joins_group() { format!("[rank {}] ", process.rank) } else { String::new() };
+    let options = PlanOptions { world_size: process.world_size as u64, nodes: process.nodes as u64, gpu_memory: None };
+    let plan = match compile_recipe(recipe, overrides, options) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let device = match device(device_name) {
+    let device = match rank_device(device_name, &process) {
         Ok(d) => d,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("{who}error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     exec::install_stop_handler();
+    let is_main = process.is_main();
     let m = &plan.model;
-    eprintln!(
+    if is_main {
+        eprintln!(
         "recipe run {}: {} ({} parameters, {} trainable by {}), {} steps planned",
         recipe.display(),
         m.name,
@@ -65,15 +170,18 @@ pub fn train(
         crate::plan::group(plan.adapter.trainable_parameters),
         plan.adapter.method,
         plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
-    );
-    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights };
+        );
+    }
+    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights, process };
     match exec::run(&plan, &opts) {
         Ok(r) => {
-            report(&plan, &r);
+            if is_main {
+                report(&plan, &r);
+            }
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("{}: error[run]: {message}", recipe.display());
+            eprintln!("{who}{}: error[run]: {message}", recipe.display());
             ExitCode::from(EXIT_INVALID)
         }
     }
@@ -81,6 +189,16 @@ pub fn train(
 
 fn report(plan: &Plan, r: &exec::RunReport) {
     println!("device     {} (compute {})", r.device, r.compute);
+    if let Some(backend) = r.backend {
+        let l = &plan.layout;
+        println!(
+            "layout     {:?} across {} rank(s) ({backend}); all-reduced {} of gradients per step (plan: {})",
+            l.strategy,
+            r.world_size,
+            crate::plan::bytes(r.all_reduced_bytes_per_step),
+            crate::plan::bytes(l.per_step.all_reduce)
+        );
+    }
     for line in &r.data {
         println!("data       {line}");
     }

@@ -29,7 +29,7 @@ impl Communicator {
 
     /// Joins the other ranks of `env` (Gloo on CPU, NCCL on CUDA); one process needs no group.
     pub fn join(env: &ProcessEnv, device: Device, timeout: std::time::Duration) -> Result<Communicator, String> {
-        if !env.is_distributed() {
+        if !env.joins_group() {
             return Ok(Communicator::single());
         }
         let backend = if device.is_cuda() { Backend::Nccl } else { Backend::Gloo };
@@ -117,18 +117,31 @@ impl Communicator {
     }
 
     /// Sums the gradients of `params` over the ranks, in flat buckets of `bucket_bytes`; returns
-    /// the payload bytes all-reduced (0 for one process).
-    pub fn all_reduce_gradients(&self, params: &[Tensor], bucket_bytes: usize) -> Result<u64, String> {
+    /// the payload bytes all-reduced (0 for one process). A parameter without a gradient this step
+    /// is an error naming it, unless `find_unused` (DDP's find_unused_parameters): then it takes
+    /// part with a zero gradient, so every rank sums the same buckets and steps alike.
+    pub fn all_reduce_gradients(
+        &self,
+        params: &[(String, Tensor)],
+        bucket_bytes: usize,
+        find_unused: bool,
+    ) -> Result<u64, String> {
         let Some(g) = &self.group else { return Ok(0) };
-        // A parameter without a gradient this step (DDP's unused parameters) gets a zero one, so
-        // every rank sums the same buckets and takes the same step.
-        for p in params {
+        for (name, p) in params {
             if !p.grad().defined() {
+                if !find_unused {
+                    return Err(format!(
+                        "rank {}: `{name}` got no gradient in this step; set ddp_find_unused_parameters: true if \
+                         that is expected",
+                        self.rank
+                    ));
+                }
                 (p.sum(Kind::Float) * 0.0).backward();
             }
         }
+        let params: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
         let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
         let mut bytes = 0u64;
         for bucket in buckets(&grads, bucket_bytes) {
             let mut flat = flatten(&bucket);

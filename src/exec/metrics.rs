@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// None on ranks other than the main process: they record nothing.
+    file: Option<std::fs::File>,
 }
 
 impl MetricsLog {
@@ -28,11 +29,19 @@ impl MetricsLog {
         for line in kept {
             writeln!(file, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog { path, file: Some(file) })
+    }
+
+    /// A log that writes nothing (ranks other than the main process).
+    pub fn discard(output_dir: &Path) -> MetricsLog {
+        MetricsLog { path: output_dir.join("metrics.jsonl"), file: None }
     }
 
     pub fn write(&mut self, record: &Value) -> Result<(), String> {
-        writeln!(self.file, "{record}").map_err(|e| format!("{}: {e}", self.path.display()))
+        match &mut self.file {
+            Some(file) => writeln!(file, "{record}").map_err(|e| format!("{}: {e}", self.path.display())),
+            None => Ok(()),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -9,7 +9,9 @@ pub mod distributed;
 pub mod host_memory;
 pub mod loss_scale;
 pub mod metrics;
+pub mod objective;
 pub mod optimizer;
+pub mod runtime;
 pub mod train;
 
 use crate::config::training::Switch;
@@ -19,6 +21,7 @@ use crate::model::generate::{Sampling, generate};
 use crate::model::llama::{CausalLm, LoadOptions, Trainable};
 use crate::model::weights::Checkpoint;
 use crate::plan::Plan;
+use runtime::Runtime;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -66,12 +69,20 @@ pub struct RunOptions {
     pub sample_tokens: usize,
     /// Random-initialised base weights (`Checkpoint::random`): config.json and tokenizer only.
     pub random_weights: bool,
+    /// This process's rank among the run's processes (launch.rs).
+    pub process: crate::launch::ProcessEnv,
 }
 
 pub struct RunReport {
     pub output_dir: PathBuf,
     pub device: String,
     pub compute: String,
+    pub rank: usize,
+    pub world_size: usize,
+    /// The c10d backend when the run formed a process group.
+    pub backend: Option<&'static str>,
+    /// Gradient bytes all-reduced per optimizer step (the plan's layout has its estimate).
+    pub all_reduced_bytes_per_step: u64,
     pub steps_done: u64,
     pub total_steps: u64,
     pub data: Vec<String>,
@@ -194,31 +205,30 @@ pub fn quantize_spec(plan: &Plan) -> Result<Option<crate::model::llama::Quantize
     })))
 }
 
-/// Trains as the plan says. Errors are messages for the user.
-pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
+/// Applies the recipe's tf32 switch to libtorch's cuBLAS (only a tf32 the recipe gives; otherwise
+/// libtorch's default stands).
+pub fn apply_tf32(plan: &Plan, device: Device) -> Result<(), String> {
+    let tf32 = plan.training.precision.tf32;
+    if device.is_cuda() && tf32 != Switch::Auto && explicitly_set(plan, "tf32") {
+        cuda::set_tf32_matmuls(tf32 == Switch::On)?;
+    }
+    Ok(())
+}
+
+/// What every rank loads before training: tokenizer, data, rows, the model.
+struct SetUp {
+    base_dir: PathBuf,
+    tok: Tokenizer,
+    added: usize,
+    prepared: data::Prepared,
+    train_rows: Vec<packing::Row>,
+    validation_rows: Vec<packing::Row>,
+    model: CausalLm,
+    in_use_before_model: Option<u64>,
+}
+
+fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String> {
     let quantize = quantize_spec(plan)?;
-    if plan.adapter.dora {
-        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
-    }
-    if let Some(p) = &plan.training.preference {
-        return Err(format!(
-            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
-             preprocess` check the preference pairs",
-            p.method
-        ));
-    }
-    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
-        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
-                    lora_modules_to_save: [embed_tokens], or target linear layers"
-            .into());
-    }
-    let t = &plan.training;
-    let device = opts.device;
-    let kind = compute_kind(plan, device)?;
-    // Only a tf32 the recipe gives is applied; otherwise libtorch's default stands.
-    if device.is_cuda() && t.precision.tf32 != Switch::Auto && explicitly_set(plan, "tf32") {
-        cuda::set_tf32_matmuls(t.precision.tf32 == Switch::On)?;
-    }
     let base_dir = if opts.random_weights {
         crate::plan::model::tokenizer_folder(&plan.model)?
     } else {
@@ -234,18 +244,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     };
     let train_rows = rows(&prepared.train, plan.data.sample_packing);
     let validation_rows = rows(&prepared.validation, plan.data.eval_sample_packing);
-    let packing_efficiency = packing::efficiency(&train_rows, seq_len);
-    let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
-    tch::manual_seed(t.seed as i64);
+    tch::manual_seed(plan.training.seed as i64);
     let in_use_before_model = host_memory::in_use();
     let trainable = trainable(plan);
-    let base_kind = if matches!(trainable, Trainable::Lora { .. }) { kind } else { Kind::Float };
+    let device = rt.device;
     let ckpt = if opts.random_weights { Checkpoint::random(&base_dir) } else { Checkpoint::open(&base_dir)? };
-    let mut model =
-        CausalLm::load(&plan.model.architecture, &ckpt, &LoadOptions { device, base_kind, trainable, quantize })?;
+    let options = LoadOptions { device, base_kind: rt.precision.base, trainable, quantize };
+    let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &options)?;
     drop(ckpt);
-    model.compute_kind = kind;
+    model.compute_kind = rt.precision.compute;
     match device {
         Device::Cpu => {
             host_memory::reset();
@@ -268,10 +276,84 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
              is not built yet, so set sequence_len to at most {window}"
         ));
     }
+    Ok(SetUp { base_dir, tok, added, prepared, train_rows, validation_rows, model, in_use_before_model })
+}
+
+/// A digest of what must be equal on every rank: the resolved plan and the training rows.
+fn run_digest(plan: &Plan, rows: &[packing::Row]) -> u64 {
+    let plan_json = serde_json::to_vec(plan).unwrap_or_default();
+    let mut words: Vec<u8> = Vec::with_capacity(rows.iter().map(|r| r.len() * 16).sum());
+    for r in rows {
+        for (i, l) in r.input_ids.iter().zip(&r.labels) {
+            words.extend_from_slice(&i.to_le_bytes());
+            words.extend_from_slice(&l.to_le_bytes());
+        }
+        words.extend_from_slice(&(r.len() as u64).to_le_bytes());
+    }
+    distributed::digest(&plan_json) ^ distributed::digest(&words).rotate_left(1)
+}
+
+/// Every rank reports its set-up (a digest of its plan and data, or that it failed) and learns
+/// the others': a rank that failed tells the rest instead of leaving them waiting in a collective,
+/// and ranks that resolved a different plan or data refuse to train together.
+fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> Result<SetUp, String> {
+    if !rt.comm.is_distributed() {
+        return set_up;
+    }
+    const FAILED: u64 = 0;
+    let mine = match &set_up {
+        Ok(s) => run_digest(plan, &s.train_rows).max(1),
+        Err(_) => FAILED,
+    };
+    let all = rt.comm.all_gather_u64(mine, rt.device)?;
+    let set_up = set_up?;
+    let failed: Vec<String> = all.iter().enumerate().filter(|(_, d)| **d == FAILED).map(|(r, _)| r.to_string()).collect();
+    if !failed.is_empty() {
+        return Err(format!("rank {} failed during set-up (see its error); stopping", failed.join(", ")));
+    }
+    let differ: Vec<String> = all.iter().enumerate().filter(|(_, d)| **d != all[0]).map(|(r, _)| r.to_string()).collect();
+    if !differ.is_empty() {
+        return Err(format!(
+            "rank {} resolved a different plan or training data than rank 0 (other recipe, --set, files or \
+             environment); every rank must run the same",
+            differ.join(", ")
+        ));
+    }
+    Ok(set_up)
+}
+
+/// Trains as the plan says. Errors are messages for the user.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
+    if plan.adapter.dora {
+        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
+    }
+    if let Some(p) = &plan.training.preference {
+        return Err(format!(
+            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
+             preprocess` check the preference pairs",
+            p.method
+        ));
+    }
+    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
+        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
+                    lora_modules_to_save: [embed_tokens], or target linear layers"
+            .into());
+    }
+    let t = &plan.training;
+    let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
+    let (device, kind) = (rt.device, rt.precision.compute);
+    let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, &rt));
+    let SetUp { base_dir, tok, added, prepared, train_rows, validation_rows, model, in_use_before_model } =
+        agree_on_set_up(&rt, plan, set_up)?;
+    let packing_efficiency = packing::efficiency(&train_rows, plan.batch.sequence_len as usize);
+    let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     let output_dir = PathBuf::from(&t.output_dir);
-    std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
-    let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
+    if rt.is_main() {
+        std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
+    }
+    let mut optimizer =
+        catch_torch_errors(Some(plan), || Ok(optimizer::AdamW::new(model.trainable_params(), &t.optimizer)))?;
     let train_tokens: usize = train_rows.iter().map(packing::Row::len).sum();
     let mut state = checkpoint::TrainerState {
         global_step: 0,
@@ -281,7 +363,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         seed: t.seed,
         train_rows: train_rows.len(),
         train_tokens,
-        loss_scaler: (kind == Kind::Half).then(loss_scale::LossScaler::default),
+        loss_scaler: rt.precision.loss_scaling.then(loss_scale::LossScaler::default),
     };
     let resumed_from = train::resume_dir(plan, &output_dir)?;
     if let Some(dir) = &resumed_from {
@@ -304,12 +386,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         state = saved;
         // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
         state.loss_scaler =
-            if kind == Kind::Half { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
+            if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
         tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
     }
-    let mut log = metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?;
+    // Every rank starts from rank 0's trainable weights (its LoRA initialisation).
+    let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+    catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+    let mut log = if rt.is_main() {
+        metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?
+    } else {
+        metrics::MetricsLog::discard(&output_dir)
+    };
 
-    let progress = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let progress = if opts.progress && rt.is_main() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(steps.total);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:32} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
@@ -321,8 +410,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         indicatif::ProgressBar::hidden()
     };
     *ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+    let supervised = objective::Supervised;
     let looper = train::Loop {
         plan,
+        runtime: &rt,
+        objective: &supervised,
         model: &model,
         base_dir: &base_dir,
         output_dir: &output_dir,
@@ -333,61 +425,64 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         stop_after: opts.stop_after,
         steps,
     };
-    let eval_loss_before = if state.global_step == 0 { looper.evaluate() } else { None };
-    if let Some(l) = eval_loss_before {
-        log.write(&serde_json::json!({"step": 0, "eval_loss": l, "eval_perplexity": l.exp()}))?;
-    }
+    let eval_loss_before = if state.global_step == 0 {
+        catch_torch_errors(Some(plan), || looper.evaluate_and_log(0, &mut log))?
+    } else {
+        None
+    };
     let outcome = catch_torch_errors(Some(plan), || looper.run(&mut optimizer, state.clone(), &mut log));
     progress.finish_and_clear();
     ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut outcome = outcome?;
     // No evaluation schedule: the validation split is still scored once at the end, so the report
     // has a before and an after.
-    if outcome.last_eval_loss.is_none()
-        && !outcome.interrupted
-        && let Some(l) = catch_torch_errors(Some(plan), || Ok(looper.evaluate()))?
-    {
-        log.write(&serde_json::json!({"step": outcome.steps_done, "eval_loss": l, "eval_perplexity": l.exp()}))?;
-        outcome.last_eval_loss = Some(l);
+    if outcome.last_eval_loss.is_none() && !outcome.interrupted {
+        outcome.last_eval_loss = catch_torch_errors(Some(plan), || looper.evaluate_and_log(outcome.steps_done, &mut log))?;
     }
 
     let mut outputs = vec![log.path().to_path_buf()];
-    if !outcome.interrupted {
-        checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
-        let s = &plan.data.special_tokens;
-        let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
-        if added > 0 || set_special {
-            // The base's tokenizer lacks the added tokens: save ours (load the base with
-            // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
-            tok.save(&output_dir)?;
-        }
-        outputs.push(checkpoint::weights_file(&output_dir));
+    let mut sample = None;
+    if rt.is_main() {
+        catch_torch_errors(Some(plan), || {
+            if !outcome.interrupted {
+                checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
+                let s = &plan.data.special_tokens;
+                let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
+                if added > 0 || set_special {
+                    // The base's tokenizer lacks the added tokens: save ours (load the base with
+                    // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
+                    tok.save(&output_dir)?;
+                }
+                outputs.push(checkpoint::weights_file(&output_dir));
+            }
+            let records = metrics::read(log.path());
+            let svg = metrics::loss_curve_svg(&records, &format!("{} — {}", plan.recipe, plan.model.name));
+            let curve = output_dir.join("loss_curve.svg");
+            crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
+            outputs.push(curve);
+            if opts.sample_tokens > 0 && !outcome.interrupted {
+                sample = prepared.validation.first().or(prepared.train.first()).map(|s| {
+                    let prompt: Vec<i64> = s.input_ids.iter().take(16).copied().collect();
+                    let ids = generate(
+                        &model,
+                        &prompt,
+                        tok.eos(),
+                        Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed: t.seed },
+                    );
+                    (tok.decode(&prompt), tok.decode(&ids))
+                });
+            }
+            Ok(())
+        })?;
     }
-    let records = metrics::read(log.path());
-    let svg = metrics::loss_curve_svg(&records, &format!("{} — {}", plan.recipe, plan.model.name));
-    let curve = output_dir.join("loss_curve.svg");
-    crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
-    outputs.push(curve);
-
-    let sample = if opts.sample_tokens > 0 && !outcome.interrupted {
-        prepared.validation.first().or(prepared.train.first()).map(|s| {
-            let prompt: Vec<i64> = s.input_ids.iter().take(16).copied().collect();
-            let seed = t.seed;
-            let ids = generate(
-                &model,
-                &prompt,
-                tok.eos(),
-                Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed },
-            );
-            (tok.decode(&prompt), tok.decode(&ids))
-        })
-    } else {
-        None
-    };
     Ok(RunReport {
         output_dir,
         device: format!("{device:?}"),
         compute: format!("{kind:?}"),
+        rank: rt.comm.rank,
+        world_size: rt.comm.world_size,
+        backend: rt.comm.backend().map(|b| b.name()),
+        all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
         steps_done: outcome.steps_done,
         total_steps: steps.total,
         data: prepared.report,

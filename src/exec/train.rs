@@ -1,17 +1,28 @@
-//! The training loop: micro-batches with gradient accumulation (the loss divided by the label
-//! count of the whole accumulated batch, so accumulation equals one big batch), clipping, AdamW
-//! with the plan's schedule, evaluation and early stopping, checkpoints and exact resume.
+//! The training loop: micro-batches with gradient accumulation (the loss divided by the units of
+//! the whole global batch, so accumulation equals one big batch), clipping, AdamW with the plan's
+//! schedule, evaluation and early stopping, checkpoints and exact resume. The objective
+//! (exec/objective.rs) turns batches into losses; the loop does not know which one it runs.
 //!
 //! No host-device sync per step: per-step loss and gradient norm stay on the device and are read
 //! in one go at logging steps (and before a checkpoint, so a non-finite loss is never saved).
 //! Randomness is a pure function of (seed, step, micro-batch, layer) and the data order of (seed,
 //! epoch), so a resumed run repeats the uninterrupted one exactly.
+//!
+//! One loop for every world size (exec/distributed.rs): each optimizer step consumes one global
+//! batch of micro × accumulation × world sequences; rank r takes micro-batches r, r + world, ... of
+//! the same shuffled order, so N ranks × micro b make the same batches (and dropout masks) as one
+//! rank × b × accumulation N. Every rank counts the units of the whole global batch from the host
+//! data (no communication), gradients are summed over the ranks in buckets, and every rank takes
+//! the same step. Per-step values are reduced at logging steps only; a stop request (Ctrl-C) is
+//! agreed on there too, so ranks never part ways. Only the main process writes.
 
 use super::checkpoint::{self, TrainerState};
 use super::metrics::MetricsLog;
+use super::objective::{self, DeviceBatch, Objective};
 use super::optimizer::AdamW;
+use super::runtime::Runtime;
 use crate::data::packing::{HostBatch, Row, collate};
-use crate::model::llama::{CausalLm, Inputs, Trainable};
+use crate::model::llama::{CausalLm, Trainable};
 use crate::plan::Plan;
 use crate::plan::schedule::{Steps, learning_rate_at};
 use rand::SeedableRng;
@@ -27,6 +38,8 @@ pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 pub struct Loop<'a> {
     pub plan: &'a Plan,
+    pub runtime: &'a Runtime,
+    pub objective: &'a dyn Objective,
     pub model: &'a CausalLm,
     pub base_dir: &'a Path,
     pub output_dir: &'a Path,
@@ -45,24 +58,31 @@ pub struct Outcome {
     pub interrupted: bool,
     pub last_eval_loss: Option<f64>,
     pub tokens_per_second: f64,
+    /// Gradient bytes all-reduced per optimizer step (0 for one process).
+    pub all_reduced_bytes_per_step: u64,
 }
 
 /// A step's values still on the device.
 struct Pending {
     step: u64,
+    /// This rank's share of the global mean loss (the shares sum to it).
     loss: Tensor,
     grad_norm: Tensor,
     lr: f64,
+    /// Tokens of the whole global batch.
     tokens: usize,
     /// fp16: the scale this step's loss was multiplied by (its grad_norm is NaN when skipped).
     loss_scale: Option<f64>,
 }
 
 impl Loop<'_> {
-    /// Rows of optimizer step `step` (0-based), one slice per micro-batch.
-    fn micro_batches(&self, step: u64, s: Steps, order: &mut (u64, Vec<usize>)) -> Vec<Vec<&Row>> {
+    /// Rows of optimizer step `step` (0-based) for the whole global batch, one slice per
+    /// micro-batch: `accumulation × world` of them; this rank's are those at index
+    /// `a × world + rank`. Empty slices (the end of an epoch) are dropped by the caller.
+    fn global_micro_batches(&self, step: u64, s: Steps, order: &mut (u64, Vec<usize>)) -> Vec<Vec<&Row>> {
         let b = &self.plan.batch;
-        let (mbs, accum) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize);
+        let world = self.runtime.comm.world_size;
+        let (mbs, count) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize * world);
         let epoch = step / s.per_epoch;
         if order.0 != epoch || order.1.is_empty() {
             let mut idx: Vec<usize> = (0..self.train.len()).collect();
@@ -71,64 +91,66 @@ impl Loop<'_> {
             idx.shuffle(&mut rng);
             *order = (epoch, idx);
         }
-        let start = ((step % s.per_epoch) as usize) * mbs * accum;
-        (0..accum)
+        let start = ((step % s.per_epoch) as usize) * mbs * count;
+        (0..count)
             .map(|j| {
                 let lo = (start + j * mbs).min(order.1.len());
                 let hi = (start + (j + 1) * mbs).min(order.1.len());
                 order.1[lo..hi].iter().map(|&i| &self.train[i]).collect::<Vec<_>>()
             })
-            .filter(|m| !m.is_empty())
             .collect()
-    }
-
-    fn tensors(&self, b: &HostBatch) -> (Tensor, Tensor, Tensor, Option<Tensor>) {
-        let dev = self.model.device;
-        let shape = [b.rows as i64, b.len as i64];
-        // On CUDA, copy from pinned memory without blocking: a plain copy from pageable memory
-        // would wait for the previous step's kernels, a host-device sync every step.
-        let t = |v: &[i64]| {
-            let host = Tensor::from_slice(v).view(shape);
-            match dev {
-                Device::Cpu => host,
-                _ => host.pin_memory(dev).to_device_(dev, Kind::Int64, true, false),
-            }
-        };
-        (t(&b.input_ids), t(&b.labels), t(&b.position_ids), b.segment_ids.as_deref().map(t))
     }
 
     fn pad_to(&self) -> Option<usize> {
         self.plan.batch.sample_packing.then_some(self.plan.batch.sequence_len as usize)
     }
 
-    /// Mean next-token loss over the validation rows.
-    pub fn evaluate(&self) -> Option<f64> {
+    /// The objective's evaluation metrics over the validation rows (each rank scores every
+    /// world-th chunk; the sums are reduced), the loss first. None without validation rows.
+    pub fn evaluate(&self) -> Result<Option<Vec<(&'static str, f64)>>, String> {
         if self.validation.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let _guard = tch::no_grad_guard();
+        let comm = &self.runtime.comm;
+        let device = self.model.device;
         let mbs = self.plan.training.eval_batch_size as usize;
-        let mut total = Tensor::zeros([], (Kind::Float, self.model.device));
-        let mut count = 0usize;
-        for chunk in self.validation.chunks(mbs) {
+        let mut total = Tensor::zeros([], (Kind::Double, device));
+        let mut units = 0usize;
+        for chunk in self.validation.chunks(mbs).skip(comm.rank).step_by(comm.world_size) {
             let rows: Vec<&Row> = chunk.iter().collect();
             let b = collate(&rows, self.pad_id, self.pad_to());
-            let (ids, labels, pos, seg) = self.tensors(&b);
-            let inputs = Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref() };
-            let h = self.model.hidden_states(&inputs, false);
-            total += self.model.loss_sum(&h, &labels);
-            count += b.trained_tokens;
+            let batch = DeviceBatch::upload(&b, device);
+            total += objective::loss_sum_no_grad(self.model, self.objective, &batch).to_kind(Kind::Double);
+            units += self.objective.units(&b);
         }
-        Some(total.double_value(&[]) / count.max(1) as f64)
+        let mut sums = Tensor::stack(&[total, Tensor::from(units as f64).to_device(device)], 0);
+        comm.all_reduce_sum(&mut sums)?;
+        let sums = Vec::<f64>::try_from(sums.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        Ok(Some(self.objective.eval_metrics(sums[0], sums[1])))
+    }
+
+    /// Evaluates and records the metrics at `step`; returns the evaluation loss.
+    pub fn evaluate_and_log(&self, step: u64, log: &mut MetricsLog) -> Result<Option<f64>, String> {
+        let Some(metrics) = self.evaluate()? else { return Ok(None) };
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), json!(step));
+        for (name, value) in &metrics {
+            record.insert((*name).into(), json!(value));
+        }
+        log.write(&serde_json::Value::Object(record))?;
+        Ok(metrics.first().map(|m| m.1))
     }
 
     pub fn run(&self, optimizer: &mut AdamW, mut state: TrainerState, log: &mut MetricsLog) -> Result<Outcome, String> {
         let plan = self.plan;
         let t = &plan.training;
+        let comm = &self.runtime.comm;
         let s = Steps { total: state.total_steps, ..self.steps };
         let dropout = matches!(&self.model.trainable, Trainable::Lora { dropout, .. } if *dropout > 0.0);
         let eval_every = t.eval.map(|e| e.interval(s.total, s.per_epoch));
         let save_every = t.save.map(|e| e.interval(s.total, s.per_epoch));
+        let bucket_bytes = plan.layout.ddp.bucket_cap_mb as usize * 1024 * 1024;
+        let params: Vec<(String, Tensor)> = optimizer.named_params();
         let mut order = (u64::MAX, Vec::new());
         let mut pending: Vec<Pending> = Vec::new();
         let mut window = (Instant::now(), 0usize);
@@ -139,6 +161,7 @@ impl Loop<'_> {
             interrupted: false,
             last_eval_loss: None,
             tokens_per_second: 0.0,
+            all_reduced_bytes_per_step: 0,
         };
         let seed = t.seed;
         // Memory is sampled (a costly allocator walk on CPU) only in steps that can set a new
@@ -156,10 +179,22 @@ impl Loop<'_> {
                 s.warmup,
                 s.total,
             );
-            let micro = self.micro_batches(step, s, &mut order);
-            let batches: Vec<HostBatch> = micro.iter().map(|rows| collate(rows, self.pad_id, self.pad_to())).collect();
-            let denominator = batches.iter().map(|b| b.trained_tokens).sum::<usize>();
-            let batch_size = batches.iter().map(|b| b.input_ids.len()).max().unwrap_or(0);
+            // The whole global batch on the host: its unit count is the loss's denominator.
+            let global: Vec<HostBatch> = self
+                .global_micro_batches(step, s, &mut order)
+                .iter()
+                .map(|rows| collate(rows, self.pad_id, self.pad_to()))
+                .collect();
+            let denominator = global.iter().filter(|b| b.rows > 0).map(|b| self.objective.units(b)).sum::<usize>();
+            let tokens = global.iter().filter(|b| b.rows > 0).map(|b| b.real_tokens).sum::<usize>();
+            let mine: Vec<(usize, &HostBatch)> = global
+                .iter()
+                .enumerate()
+                .skip(comm.rank)
+                .step_by(comm.world_size)
+                .filter(|(_, b)| b.rows > 0)
+                .collect();
+            let batch_size = mine.iter().map(|(_, b)| b.input_ids.len()).max().unwrap_or(0);
             let new_footprint = step < first_step + 2 || batch_size > largest_batch;
             largest_batch = largest_batch.max(batch_size);
             self.model.memory_probe.set(probe.filter(|_| new_footprint));
@@ -172,22 +207,24 @@ impl Loop<'_> {
             // fp16: the loss is scaled up for the backward pass (exec/loss_scale.rs).
             let scale = state.loss_scaler.map_or(1.0, |s| s.scale);
             let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
-            for (m, b) in batches.iter().enumerate() {
-                let (ids, labels, pos, seg) = self.tensors(b);
-                let inputs = Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref() };
+            for (m, b) in &mine {
+                let batch = DeviceBatch::upload(b, self.model.device);
+                let m = *m as u64;
                 let reseed = |layer: usize| {
                     if dropout {
-                        tch::manual_seed(mix(seed, step, m as u64, layer as u64));
+                        tch::manual_seed(mix(seed, step, m, layer as u64));
                     }
                 };
-                loss += self.model.forward_backward(
-                    &inputs,
-                    &labels,
+                loss += objective::forward_backward(
+                    self.model,
+                    self.objective,
+                    &batch,
                     denominator as f64 / scale,
                     t.gradient_checkpointing,
                     &reseed,
                 );
             }
+            outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(&params, bucket_bytes, plan.layout.ddp.find_unused_parameters || mine.is_empty())?;
             let finite = match &mut state.loss_scaler {
                 Some(scaler) => {
                     let finite = scaler.unscale(&optimizer.grads());
@@ -204,11 +241,8 @@ impl Loop<'_> {
                 tracing::debug!(step = step + 1, "fp16 gradients overflowed; step skipped, loss scale halved");
                 Tensor::from(f32::NAN)
             };
-            if let Some(probe) = self.model.memory_probe.get() {
-                probe();
-            }
+            self.model.probe_memory();
             optimizer.zero_grad();
-            let tokens = batches.iter().map(|b| b.real_tokens).sum::<usize>();
             pending.push(Pending {
                 step: step + 1,
                 loss: loss / denominator as f64,
@@ -222,21 +256,25 @@ impl Loop<'_> {
             self.progress.inc(1);
 
             let last = step + 1 == s.total;
-            let stop = STOP_REQUESTED.load(Ordering::Relaxed) || self.stop_after == Some(step + 1);
-            let save_now = save_every.is_some_and(|n| (step + 1) % n == 0) || stop;
+            // One process stops on Ctrl-C at once; several agree on it at the next logging step.
+            let stop_local = STOP_REQUESTED.load(Ordering::Relaxed);
+            let stop_after = self.stop_after == Some(step + 1);
+            let save_due = save_every.is_some_and(|n| (step + 1) % n == 0);
             let eval_now = eval_every.is_some_and(|n| (step + 1) % n == 0) || (last && eval_every.is_some());
-            if (step + 1) % t.logging_steps == 0 || last || save_now || eval_now || stop {
+            let logging = (step + 1) % t.logging_steps == 0 || last;
+            let mut stop = stop_after || (stop_local && !comm.is_distributed());
+            if logging || save_due || eval_now || stop {
                 let (n, secs) =
                     (window.1 + pending.iter().map(|p| p.tokens).sum::<usize>(), window.0.elapsed().as_secs_f64());
                 let tps = n as f64 / secs.max(1e-9);
                 throughput = (throughput.0 + secs, throughput.1 + n);
-                self.flush(&mut pending, tps, log)?;
+                stop |= self.flush(&mut pending, tps, log, stop_local)?;
                 window = (Instant::now(), 0);
             }
+            let save_now = save_due || stop;
             if eval_now {
-                let eval_loss = self.evaluate().unwrap_or(f64::NAN);
+                let eval_loss = self.evaluate_and_log(step + 1, log)?.unwrap_or(f64::NAN);
                 outcome.last_eval_loss = Some(eval_loss);
-                log.write(&json!({"step": step + 1, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp()}))?;
                 tracing::info!(
                     step = step + 1,
                     eval_loss = format!("{eval_loss:.4}"),
@@ -269,16 +307,20 @@ impl Loop<'_> {
                         step + 1
                     ));
                 }
-                let dir = checkpoint::save(
-                    self.output_dir,
-                    self.model,
-                    &optimizer.state(),
-                    &state,
-                    plan,
-                    self.base_dir,
-                    t.save_total_limit,
-                )?;
-                tracing::info!(step = step + 1, "saved {}", dir.display());
+                if comm.is_main() {
+                    let dir = checkpoint::save(
+                        self.output_dir,
+                        self.model,
+                        &optimizer.state(),
+                        &state,
+                        plan,
+                        self.base_dir,
+                        t.save_total_limit,
+                    )?;
+                    tracing::info!(step = step + 1, "saved {}", dir.display());
+                }
+                // No rank runs ahead of a checkpoint it may have to resume from.
+                comm.barrier()?;
             }
             if stop {
                 outcome.interrupted = true;
@@ -292,20 +334,29 @@ impl Loop<'_> {
         Ok(outcome)
     }
 
-    /// Reads the pending per-step values (one sync), stops on a non-finite loss, and logs.
-    fn flush(&self, pending: &mut Vec<Pending>, tokens_per_second: f64, log: &mut MetricsLog) -> Result<(), String> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let losses = Tensor::stack(&pending.iter().map(|p| p.loss.to_kind(Kind::Float)).collect::<Vec<_>>(), 0);
-        let norms =
-            Tensor::stack(&pending.iter().map(|p| p.grad_norm.to_device(self.model.device)).collect::<Vec<_>>(), 0);
-        let both = Tensor::stack(&[losses, norms], 0).to_device(Device::Cpu);
-        let values: Vec<f64> =
-            Vec::<f64>::try_from(both.to_kind(Kind::Double).flatten(0, -1)).map_err(|e| e.to_string())?;
+    /// Reads the pending per-step values (one sync; over several ranks one all-reduce, which also
+    /// carries this rank's stop request), stops on a non-finite loss, and logs. Returns whether
+    /// any rank asked to stop.
+    fn flush(
+        &self,
+        pending: &mut Vec<Pending>,
+        tokens_per_second: f64,
+        log: &mut MetricsLog,
+        stop_requested: bool,
+    ) -> Result<bool, String> {
+        let device = self.model.device;
+        let mut shares: Vec<Tensor> = pending.iter().map(|p| p.loss.to_kind(Kind::Float)).collect();
+        shares.push(Tensor::from(if stop_requested { 1.0f32 } else { 0.0 }).to_device(device));
+        let mut summed = Tensor::stack(&shares, 0);
+        self.runtime.comm.all_reduce_sum(&mut summed)?;
         let n = pending.len();
+        let norms: Vec<Tensor> = pending.iter().map(|p| p.grad_norm.to_device(device).to_kind(Kind::Float)).collect();
+        let norms = if norms.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { Tensor::stack(&norms, 0) };
+        let both = Tensor::cat(&[summed, norms], 0).to_device(Device::Cpu);
+        let values: Vec<f64> = Vec::<f64>::try_from(both.to_kind(Kind::Double)).map_err(|e| e.to_string())?;
+        let stop = values[n] > 0.0;
         for (i, p) in pending.iter().enumerate() {
-            let (loss, grad_norm) = (values[i], values[n + i]);
+            let (loss, grad_norm) = (values[i], values[n + 1 + i]);
             if !loss.is_finite() {
                 let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
                     format!("the last good checkpoint is {}", p.display())
@@ -344,7 +395,7 @@ impl Loop<'_> {
             self.progress.set_message(format!("loss {loss:.4} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
         }
         pending.clear();
-        Ok(())
+        Ok(stop)
     }
 }
 

@@ -87,18 +87,20 @@ impl Linear {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `adapters`: false computes the base layer alone (the model-wide switch,
+    /// `CausalLm::without_adapters`, as peft's `disable_adapter`).
+    pub fn forward(&self, x: &Tensor, train: bool, adapters: bool) -> Tensor {
         let kind = x.kind();
         let weight = self.base_weight(kind);
         let y = x.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
         match &self.lora {
-            None => y,
-            Some(lora) => {
+            Some(lora) if adapters => {
                 let x = if train && lora.dropout > 0.0 { x.dropout(lora.dropout, true) } else { x.shallow_clone() };
                 let a = lora.a.to_kind(kind);
                 let b = lora.b.to_kind(kind);
                 y + x.linear::<Tensor>(&a, None).linear::<Tensor>(&b, None) * lora.scaling
             }
+            _ => y,
         }
     }
 

@@ -109,6 +109,31 @@ pub struct CausalLm {
     /// Called where a training step's memory peaks (after forwards and backwards), so a run can
     /// measure its peak (exec/host_memory.rs, exec/cuda.rs); the loop switches it per step.
     pub memory_probe: std::cell::Cell<Option<fn()>>,
+    /// The model-wide adapter switch: off, every layer computes its base alone and the
+    /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
+    /// weights serve as the frozen reference model of preference training.
+    adapters_enabled: std::cell::Cell<bool>,
+    /// The original head while `lm_head` is in modules_to_save (its trained copy is
+    /// `lm_head.weight`); for a tied head, the embedding itself.
+    head_original: Option<Tensor>,
+}
+
+/// What a training forward pass leaves for the backward pass.
+pub struct TrainForward {
+    /// Final hidden states [B, T, H] after the last norm, fp32, with a graph back to the
+    /// trainable tensors (through the layers, or only to the top of the stack when checkpointed).
+    pub hidden: Tensor,
+    checkpointed: Option<Checkpointed>,
+}
+
+/// Gradient checkpointing's state: each layer's input, the detached top of the stack whose
+/// gradient starts the recomputed backward pass, and the embedding output.
+struct Checkpointed {
+    saved: Vec<Tensor>,
+    top: Tensor,
+    embedded: Tensor,
+    cos_sin: (Tensor, Tensor),
+    mask: Option<Tensor>,
 }
 
 /// Inputs of one forward pass, all [B, T] int64 on the model's device.
@@ -212,11 +237,14 @@ impl CausalLm {
         let mut lm_head =
             Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, lora: None };
         let mut embed_tokens_trained = None;
+        let mut head_original = None;
         if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
             for m in modules_to_save {
                 match m.as_str() {
                     "lm_head" => {
-                        lm_head.weight = lm_head.weight.to_kind(Kind::Float).detach().copy().set_requires_grad(true)
+                        let original = lm_head.weight.shallow_clone();
+                        lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
+                        head_original = Some(original);
                     }
                     "embed_tokens" => {
                         embed_tokens_trained =
@@ -257,7 +285,33 @@ impl CausalLm {
             device,
             compute_kind: Kind::Float,
             memory_probe: std::cell::Cell::new(None),
+            adapters_enabled: std::cell::Cell::new(true),
+            head_original,
         })
+    }
+
+    /// Whether adapters (and modules_to_save copies) take part in forward passes now.
+    pub fn adapters_on(&self) -> bool {
+        self.adapters_enabled.get()
+    }
+
+    /// Runs `f` with every adapter switched off: the base model, from the same weights.
+    pub fn without_adapters<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a>(&'a std::cell::Cell<bool>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _restore = Restore(&self.adapters_enabled, self.adapters_enabled.replace(false));
+        f()
+    }
+
+    /// Samples memory where a step may peak (see `memory_probe`).
+    pub fn probe_memory(&self) {
+        if let Some(probe) = self.memory_probe.get() {
+            probe()
+        }
     }
 
     /// Grows the vocabulary to `n` entries (new tokens added to the tokenizer): new embedding and
@@ -276,15 +330,20 @@ impl CausalLm {
             if t.requires_grad() { out.set_requires_grad(true) } else { out }
         };
         let shared_head = self.lm_head.weight.data_ptr() == self.embed_tokens.data_ptr();
+        let old_embedding_ptr = self.embed_tokens.data_ptr();
         self.embed_tokens = grow(&self.embed_tokens);
         self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
         self.lm_head.weight = if shared_head { self.embed_tokens.shallow_clone() } else { grow(&self.lm_head.weight) };
+        self.head_original = self.head_original.as_ref().map(|o| {
+            if o.data_ptr() == old_embedding_ptr { self.embed_tokens.shallow_clone() } else { grow(o) }
+        });
         self.arch.vocab_size = n as u64;
     }
 
     /// Token embeddings [B, T, H].
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
-        let table = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
+        let trained = self.embed_tokens_trained.as_ref().filter(|_| self.adapters_on());
+        let table = trained.unwrap_or(&self.embed_tokens);
         Tensor::embedding(table, input_ids, -1, false, false)
     }
 
@@ -325,9 +384,10 @@ impl CausalLm {
         let ck = self.compute_kind;
         let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps).to_kind(ck);
         let at = &layer.self_attn;
-        let q = at.q_proj.forward(&h, train).view([b, t, nh, hd]).transpose(1, 2);
-        let k = at.k_proj.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
-        let v = at.v_proj.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+        let on = self.adapters_on();
+        let q = at.q_proj.forward(&h, train, on).view([b, t, nh, hd]).transpose(1, 2);
+        let k = at.k_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
+        let v = at.v_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
         let (cos, sin) = cos_sin;
         let q = rope::apply(&q, cos, sin);
         let k = rope::apply(&k, cos, sin);
@@ -346,11 +406,11 @@ impl CausalLm {
         let causal = mask.is_none() && k.size()[2] == t;
         let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None::<f64>, nh != nkv);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let x = x + at.o_proj.forward(&attn, train);
+        let x = x + at.o_proj.forward(&attn, train, on);
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
         let m = &layer.mlp;
-        let act = m.gate_proj.forward(&h, train).silu() * m.up_proj.forward(&h, train);
-        x + m.down_proj.forward(&act, train)
+        let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
+        x + m.down_proj.forward(&act, train, on)
     }
 
     /// Final hidden states [B, T, H] after the last norm.
@@ -376,44 +436,31 @@ impl CausalLm {
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
         }
         let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
-        self.lm_head.forward(&h.to_kind(self.compute_kind), false).to_kind(Kind::Float)
+        self.head(&h, false)
     }
 
     /// Logits [B, T, V] in fp32.
     pub fn logits(&self, inputs: &Inputs) -> Tensor {
         let h = self.hidden_states(inputs, false);
-        self.lm_head.forward(&h.to_kind(self.compute_kind), false).to_kind(Kind::Float)
+        self.head(&h, false)
     }
 
-    /// Summed next-token cross-entropy over labels != -100 (labels aligned with input_ids, shifted
-    /// here as transformers does) and the count of predicted tokens.
-    pub fn loss_sum(&self, hidden: &Tensor, labels: &Tensor) -> Tensor {
-        let logits = self.lm_head.forward(&hidden.to_kind(self.compute_kind), true).to_kind(Kind::Float);
-        let t = logits.size()[1];
-        let v = logits.size()[2];
-        let shifted = logits.narrow(1, 0, t - 1).reshape([-1, v]);
-        let targets = labels.narrow(1, 1, t - 1).reshape([-1]);
-        shifted.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, -100, 0.0)
-    }
-
-    /// Forward and backward of one micro-batch; gradients accumulate into the trainable tensors.
-    /// The loss is divided by `denominator` (the label count of the whole accumulated batch) so
-    /// accumulation gives the exact mean. With `checkpointing`, only each decoder layer's input
-    /// is kept during the forward pass and each layer is recomputed during the backward pass.
-    /// Returns the undivided summed loss (detached).
-    pub fn forward_backward(
-        &self,
-        inputs: &Inputs,
-        labels: &Tensor,
-        denominator: f64,
-        checkpointing: bool,
-        layer_seed: &dyn Fn(usize),
-    ) -> Tensor {
-        let probe = || {
-            if let Some(probe) = self.memory_probe.get() {
-                probe()
-            }
+    /// The output head over final hidden states: logits [.., V] in fp32 (matmul in the compute
+    /// kind). With adapters off, the original head.
+    pub fn head(&self, hidden: &Tensor, train: bool) -> Tensor {
+        let h = hidden.to_kind(self.compute_kind);
+        let logits = match &self.head_original {
+            Some(original) if !self.adapters_on() => h.linear::<Tensor>(&original.to_kind(self.compute_kind), None),
+            _ => self.lm_head.forward(&h, train, self.adapters_on()),
         };
+        logits.to_kind(Kind::Float)
+    }
+
+    /// The training forward pass: final hidden states with a graph for the backward pass. With
+    /// `checkpointing`, only each decoder layer's input is kept; `finish_backward` recomputes one
+    /// layer at a time. `layer_seed(i)` runs before layer i (and again before its recomputation),
+    /// so dropout masks repeat.
+    pub fn forward_train(&self, inputs: &Inputs, checkpointing: bool, layer_seed: &dyn Fn(usize)) -> TrainForward {
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
         let embedded = self.embed(inputs.input_ids);
@@ -423,12 +470,8 @@ impl CausalLm {
                 layer_seed(i);
                 x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
             }
-            let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
-            let loss = self.loss_sum(&h, labels);
-            probe();
-            (&loss / denominator).backward();
-            probe();
-            return loss.detach();
+            let hidden = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+            return TrainForward { hidden, checkpointed: None };
         }
         // Forward without a graph, keeping each layer's input.
         let mut saved = Vec::with_capacity(self.layers.len() + 1);
@@ -441,20 +484,24 @@ impl CausalLm {
             }
         });
         let top = x.detach().set_requires_grad(true);
-        let h = rms_norm(&top, &self.norm, self.arch.rms_norm_eps);
-        let loss = self.loss_sum(&h, labels);
-        probe();
-        (&loss / denominator).backward();
-        probe();
+        let hidden = rms_norm(&top, &self.norm, self.arch.rms_norm_eps);
+        TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask }) }
+    }
+
+    /// After the objective's `backward()` from `forward.hidden`: with gradient checkpointing, the
+    /// backward pass through the decoder layers, recomputing each (nothing to do otherwise).
+    pub fn finish_backward(&self, forward: TrainForward, layer_seed: &dyn Fn(usize)) {
+        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else { return };
+        drop(forward.hidden);
         let mut grad = top.grad();
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let input = saved[i].detach().set_requires_grad(true);
             layer_seed(i);
             let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
-            probe();
+            self.probe_memory();
             // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
             (out * &grad).sum(Kind::Float).backward();
-            probe();
+            self.probe_memory();
             grad = input.grad();
             drop(input);
             saved.pop();
@@ -462,7 +509,6 @@ impl CausalLm {
         if embedded.requires_grad() {
             (embedded * &grad).sum(Kind::Float).backward();
         }
-        loss.detach()
     }
 
     /// The parameters an optimizer updates, by the name they are saved under: peft's names

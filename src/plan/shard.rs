@@ -54,6 +54,21 @@ pub struct Layout {
     pub units: Vec<Unit>,
     pub ranks: Vec<RankShard>,
     pub per_step: Collectives,
+    /// How data-parallel ranks talk (Axolotl's `ddp_*` keys, resolved).
+    pub ddp: DdpOptions,
+}
+
+/// Data-parallel communication, resolved from Axolotl's `ddp_*` keys.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DdpOptions {
+    /// Gradients are all-reduced in flat buckets of this many MiB (`ddp_bucket_cap_mb`, 25).
+    pub bucket_cap_mb: u32,
+    /// Seconds the rendezvous and each collective may wait for the other ranks (`ddp_timeout`,
+    /// 1800 as torch's default).
+    pub timeout_secs: u64,
+    /// A trainable parameter without a gradient in a step is summed as zero instead of being an
+    /// error (`ddp_find_unused_parameters`).
+    pub find_unused_parameters: bool,
 }
 
 /// One shard unit: a decoder layer, or the root (embeddings, final norm, lm_head).
@@ -177,7 +192,14 @@ pub fn layout(
             },
         },
     };
+    let d = &c.distributed;
+    let ddp = DdpOptions {
+        bucket_cap_mb: d.ddp_bucket_cap_mb.unwrap_or(25),
+        timeout_secs: d.ddp_timeout.unwrap_or(1800),
+        find_unused_parameters: d.ddp_find_unused_parameters.unwrap_or(false),
+    };
     Layout {
+        ddp,
         world_size,
         nodes,
         processes_per_node: per_node,
