@@ -146,15 +146,30 @@ pub fn train(
     init_logging(process.rank);
     // Errors of ranks other than the main process say whose they are.
     let who = if process.joins_group() { format!("[rank {}] ", process.rank) } else { String::new() };
+    // A rank that fails before it joins still tells the others (at once, not after ddp_timeout).
+    let announce = |process: &crate::launch::ProcessEnv| {
+        if process.joins_group() {
+            let guess = rank_device(device_name, process).unwrap_or(tch::Device::Cpu);
+            let timeout = std::time::Duration::from_secs(exec::distributed::DEFAULT_TIMEOUT_SECS);
+            exec::distributed::announce_failed_set_up(process, guess, timeout);
+        }
+    };
     let options = PlanOptions { world_size: process.world_size as u64, nodes: process.nodes as u64, gpu_memory: None };
     let plan = match compile_recipe(recipe, overrides, options) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(code) => {
+            if process.joins_group() {
+                eprintln!("{who}error: the recipe did not compile on this rank");
+            }
+            announce(&process);
+            return code;
+        }
     };
     let device = match rank_device(device_name, &process) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{who}error: {e}");
+            announce(&process);
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -73,10 +73,11 @@ c10d::ReduceOp reduce_op(int op) {
 extern "C" {
 
 // Joins (rank 0 with `store_server`: hosts) the TCPStore at host:port, then builds the backend:
+// Every rank waits at the store for all `world_size` unless `wait_workers` is 0.
 // backend 0 = Gloo (CPU tensors), 1 = NCCL (CUDA tensors). `prefix` namespaces the store's keys
 // (torchrun's agent store is shared between restarts). `gloo_interface`: a network interface for
 // Gloo (GLOO_SOCKET_IFNAME), else `gloo_hostname` (the address to bind), else the default device.
-RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, int world_size, int store_server,
+RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, int world_size, int store_server, int wait_workers,
                              const char* prefix, long long timeout_ms, const char* gloo_interface,
                              const char* gloo_hostname, char** err) {
   RecipeGroup* out = nullptr;
@@ -85,8 +86,10 @@ RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, 
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
     opts.isServer = store_server != 0;
-    opts.numWorkers = store_server != 0 ? std::optional<std::size_t>(world_size) : std::nullopt;
-    opts.waitWorkers = store_server != 0;
+    // As torch.distributed's rendezvous: every rank counts itself in and waits for the others
+    // (a launcher's agent store is already up, and its count may hold earlier attempts).
+    opts.numWorkers = world_size;
+    opts.waitWorkers = wait_workers != 0;
     opts.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);

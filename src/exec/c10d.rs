@@ -27,6 +27,7 @@ unsafe extern "C-unwind" {
         rank: c_int,
         world_size: c_int,
         store_server: c_int,
+        wait_workers: c_int,
         prefix: *const c_char,
         timeout_ms: c_longlong,
         gloo_interface: *const c_char,
@@ -87,6 +88,9 @@ pub struct Rendezvous {
     pub world_size: usize,
     /// This process hosts the TCPStore (rank 0, unless a launcher's agent hosts it).
     pub store_server: bool,
+    /// Count in at the store and wait until every rank has (not with a launcher's agent store,
+    /// which outlives restarts).
+    pub wait_workers: bool,
     /// Key namespace in the store (torchrun's agent store outlives restarts).
     pub prefix: String,
     /// Bounds the rendezvous and every collective.
@@ -152,6 +156,7 @@ impl ProcessGroup {
                 r.rank as c_int,
                 r.world_size as c_int,
                 c_int::from(r.store_server),
+                c_int::from(r.wait_workers),
                 prefix.as_ptr(),
                 r.timeout.as_millis().min(i64::MAX as u128) as c_longlong,
                 interface.as_ptr(),

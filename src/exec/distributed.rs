@@ -40,6 +40,7 @@ impl Communicator {
             rank: env.rank,
             world_size: env.world_size,
             store_server: env.rank == 0 && !env.agent_store,
+            wait_workers: !env.agent_store,
             prefix: format!("recipe/attempt_{}/", env.restart),
             timeout,
             gloo_interface: std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()),
@@ -150,6 +151,19 @@ impl Communicator {
             unflatten_into(&flat, &bucket);
         }
         Ok(bytes)
+    }
+}
+
+/// What a rank sends in the set-up handshake when its set-up failed (other ranks send a digest of
+/// their plan and data, never 0).
+pub const SET_UP_FAILED: u64 = 0;
+
+/// For a rank that failed before it could join (a recipe or device error): joins, tells the
+/// others in the set-up handshake, and leaves, so they stop at once instead of waiting out the
+/// timeout. Best effort: a join that fails changes nothing.
+pub fn announce_failed_set_up(env: &ProcessEnv, device: Device, timeout: std::time::Duration) {
+    if let Ok(comm) = Communicator::join(env, device, timeout) {
+        let _ = comm.all_gather_u64(SET_UP_FAILED, device);
     }
 }
 

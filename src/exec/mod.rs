@@ -300,7 +300,7 @@ fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> 
     if !rt.comm.is_distributed() {
         return set_up;
     }
-    const FAILED: u64 = 0;
+    const FAILED: u64 = distributed::SET_UP_FAILED;
     let mine = match &set_up {
         Ok(s) => run_digest(plan, &s.train_rows).max(1),
         Err(_) => FAILED,

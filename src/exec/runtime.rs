@@ -30,8 +30,17 @@ impl Runtime {
     /// Picks the precision for `device`, sets libtorch's switches (tf32, CPU threads per rank),
     /// and joins the other ranks (Gloo on CPU, NCCL on CUDA) when there are any.
     pub fn new(plan: &Plan, device: Device, process: ProcessEnv) -> Result<Runtime, String> {
-        let compute = super::compute_kind(plan, device)?;
-        super::apply_tf32(plan, device)?;
+        let timeout = std::time::Duration::from_secs(plan.layout.ddp.timeout_secs);
+        let comm = Communicator::join(&process, device, timeout)?;
+        let policy = super::compute_kind(plan, device).and_then(|k| super::apply_tf32(plan, device).map(|_| k));
+        let compute = match policy {
+            Ok(k) => k,
+            Err(e) => {
+                // The others learn of it in the set-up handshake instead of waiting for this rank.
+                let _ = comm.all_gather_u64(super::distributed::SET_UP_FAILED, device);
+                return Err(e);
+            }
+        };
         let full = plan.adapter.method == "full";
         let precision = Precision { compute, base: if full { Kind::Float } else { compute }, loss_scaling: compute == Kind::Half };
         if process.is_distributed() && device == Device::Cpu {
@@ -39,8 +48,6 @@ impl Runtime {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             tch::set_num_threads((cores / process.local_world_size.max(1)).max(1) as i32);
         }
-        let timeout = std::time::Duration::from_secs(plan.layout.ddp.timeout_secs);
-        let comm = Communicator::join(&process, device, timeout)?;
         Ok(Runtime { device, precision, process, comm })
     }
 

@@ -1,0 +1,402 @@
+//! Multi-process training on two CPU ranks (Gloo over loopback) with the real binary and the
+//! bundled stories260k: the c10d interface's collectives; 2 ranks × micro 4 equal 1 rank × micro 4
+//! × accumulation 2 (LoRA with dropout, full fine-tuning, QLoRA); launched by
+//! `--nproc-per-node`, torchrun and SLURM variables alike; a rank killed mid-run stops the others
+//! and the run resumes exactly; a rank failing at set-up ends the run with its error, no hang.
+#![cfg(feature = "exec")]
+
+mod common;
+
+use recipe::exec::c10d::{Backend, ProcessGroup, ReduceOp, Rendezvous};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A small recipe on stories260k in `dir`: `method` is lora, full or qlora.
+fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
+    let adapter = match method {
+        "lora" => "adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0.1\nlora_target_linear: true\n\
+                   learning_rate: 2.0e-3\n",
+        "qlora" => "adapter: qlora\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
+                    lora_r: 4\nlora_alpha: 8\nlora_target_linear: true\nlearning_rate: 2.0e-3\n",
+        "full" => "learning_rate: 2.0e-4\n",
+        other => panic!("{other}"),
+    };
+    let text = format!(
+        "base_model: {model}\n{adapter}\
+         datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
+         val_set_size: 0.1\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\n\
+         lr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 1\nseed: 7\nddp_timeout: 60\n\
+         output_dir: {out}\n{extra}",
+        model = root().join("models/stories260k").display(),
+        data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn recipe() -> Command {
+    common::recipe_command()
+}
+
+fn recipe_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_recipe"))
+}
+
+fn check_ok(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+fn assert_same_losses(a: &[(u64, f64)], b: &[(u64, f64)], relative: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for ((step, x), (_, y)) in a.iter().zip(b) {
+        let d = (x - y).abs() / x.abs().max(1e-12);
+        assert!(d <= relative, "{what}: step {step}: {x} vs {y} (relative {d:e})");
+    }
+}
+
+/// The trained weights of an output folder, by name.
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let file = ["adapter_model.safetensors", "model.safetensors"]
+        .iter()
+        .map(|f| dir.join("out").join(f))
+        .find(|p| p.is_file())
+        .unwrap();
+    let mut all = Tensor::read_safetensors(file).unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+fn assert_same_weights(a: &Path, b: &Path, tolerance: f64) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let scale = x.abs().max().double_value(&[]).max(1e-6);
+        let d = (x - y).abs().max().double_value(&[]) / scale;
+        assert!(d <= tolerance, "{name}: differs by {d:e} of its largest value");
+    }
+}
+
+#[test]
+fn c10d_collectives_give_the_right_results_on_two_ranks() {
+    let port = recipe::launch::free_port().unwrap();
+    let ranks: Vec<_> = (0..2usize)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let group = ProcessGroup::join(&Rendezvous {
+                    backend: Backend::Gloo,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                    rank,
+                    world_size: 2,
+                    store_server: rank == 0,
+                    wait_workers: true,
+                    prefix: "test/".into(),
+                    timeout: Duration::from_secs(60),
+                    gloo_interface: None,
+                })
+                .unwrap();
+                let r = rank as f64;
+                let mut sum = Tensor::from_slice(&[1.0 + r, 10.0 * (r + 1.0)]);
+                group.all_reduce(&mut sum, ReduceOp::Sum).unwrap();
+                let mut max = Tensor::from_slice(&[r, -r]);
+                group.all_reduce(&mut max, ReduceOp::Max).unwrap();
+                let gathered = group.all_gather(&Tensor::from_slice(&[r, r + 0.5])).unwrap();
+                let scattered = group.reduce_scatter(&Tensor::from_slice(&[1.0, 2.0, 3.0 + r, 4.0])).unwrap();
+                let mut broadcast = Tensor::from_slice(&[r + 7.0]);
+                group.broadcast(&mut broadcast, 1).unwrap();
+                group.barrier().unwrap();
+                // Integer tensors too (the ranks' plan digests travel as int64).
+                let ints = group.all_gather(&Tensor::from_slice(&[rank as i64 * 1_000_000_007])).unwrap();
+                let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
+                (v(&sum), v(&max), v(&gathered), v(&scattered), v(&broadcast), Vec::<i64>::try_from(&ints).unwrap())
+            })
+        })
+        .collect();
+    let results: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+    for (rank, (sum, max, gathered, scattered, broadcast, ints)) in results.into_iter().enumerate() {
+        assert_eq!(sum, vec![3.0, 30.0]);
+        assert_eq!(max, vec![1.0, 0.0]);
+        assert_eq!(gathered, vec![0.0, 0.5, 1.0, 1.5]);
+        // [1, 2, 3, 4] + [1, 2, 4, 4] = [2, 4, 7, 8]: rank 0 holds [2, 4], rank 1 [7, 8].
+        assert_eq!(scattered, if rank == 0 { vec![2.0, 4.0] } else { vec![7.0, 8.0] });
+        assert_eq!(broadcast, vec![8.0]);
+        assert_eq!(ints, vec![0, 1_000_000_007]);
+    }
+}
+
+#[test]
+fn a_peer_that_never_comes_is_an_error_within_the_timeout() {
+    let port = recipe::launch::free_port().unwrap();
+    let start = Instant::now();
+    let err = ProcessGroup::join(&Rendezvous {
+        backend: Backend::Gloo,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank: 0,
+        world_size: 2,
+        store_server: true,
+        wait_workers: true,
+        prefix: "test/".into(),
+        timeout: Duration::from_secs(2),
+        gloo_interface: None,
+    })
+    .err()
+    .expect("no peer: the rendezvous must fail");
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    assert!(err.contains("joining the gloo process group"), "{err}");
+}
+
+#[test]
+fn nccl_without_a_gpu_is_an_error_not_a_crash() {
+    if tch::Cuda::is_available() {
+        eprintln!("skipped: this machine has a GPU (the check is for CPU machines)");
+        return;
+    }
+    let port = recipe::launch::free_port().unwrap();
+    let err = ProcessGroup::join(&Rendezvous {
+        backend: Backend::Nccl,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank: 0,
+        world_size: 1,
+        store_server: true,
+        wait_workers: true,
+        prefix: "test/".into(),
+        timeout: Duration::from_secs(20),
+        gloo_interface: None,
+    })
+    .err()
+    .expect("NCCL cannot start without a GPU");
+    eprintln!("{err}");
+    assert!(err.contains("joining the nccl process group"), "{err}");
+    assert!(err.contains("GPU") || err.contains("NCCL"), "{err}");
+}
+
+/// One rank × micro 4 × accumulation 2, and two ranks × micro 4 through `--nproc-per-node`.
+fn one_and_two_ranks(method: &str, extra: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let one = tempfile::tempdir().unwrap();
+    let path = write_recipe(one.path(), method, extra);
+    check_ok(
+        recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
+            .output()
+            .unwrap(),
+    );
+    let two = tempfile::tempdir().unwrap();
+    let path = write_recipe(two.path(), method, extra);
+    let stdout =
+        check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    assert!(stdout.contains("layout     Ddp across 2 rank(s) (gloo)"), "{stdout}");
+    (one, two)
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_accumulation_lora() {
+    let (one, two) = one_and_two_ranks("lora", "max_steps: 6\neval_steps: 3\n");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "lora");
+    assert_same_weights(one.path(), two.path(), 1e-5);
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_accumulation_full_and_qlora() {
+    for method in ["full", "qlora"] {
+        let (one, two) = one_and_two_ranks(method, "max_steps: 4\n");
+        assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, method);
+        assert_same_weights(one.path(), two.path(), 1e-5);
+    }
+}
+
+/// The environment torchrun gives its workers: the torch install the scripts made, if any.
+fn torchrun() -> Option<Command> {
+    let cache = std::env::var("RECIPE_CACHE").ok()?;
+    let site = Path::new(&cache).join("torch-2.11.0");
+    site.join("torch/distributed/run.py").is_file().then(|| {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", &site).env("NO_COLOR", "1").env("RECIPE_LOG", "warn").env("OMP_NUM_THREADS", "1");
+        cmd.args(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python"]);
+        cmd
+    })
+}
+
+#[test]
+fn torchrun_and_slurm_launches_give_the_same_losses() {
+    let extra = "max_steps: 4\n";
+    let reference = tempfile::tempdir().unwrap();
+    let path = write_recipe(reference.path(), "lora", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let want = step_losses(reference.path());
+
+    // SLURM: two tasks of one step, the master from the node list and MASTER_PORT.
+    let slurm = tempfile::tempdir().unwrap();
+    let path = write_recipe(slurm.path(), "lora", extra);
+    let port = recipe::launch::free_port().unwrap().to_string();
+    let tasks: Vec<_> = (0..2)
+        .map(|rank| {
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--no-progress"])
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_LOCALID", rank.to_string())
+                .env("SLURM_NNODES", "1")
+                .env("SLURM_STEP_ID", "0")
+                .env("SLURM_JOB_ID", "4242")
+                .env("SLURM_JOB_NODELIST", "localhost")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for t in tasks {
+        check_ok(t.wait_with_output().unwrap());
+    }
+    assert_same_losses(&want, &step_losses(slurm.path()), 1e-6, "SLURM");
+
+    let Some(mut torchrun) = torchrun() else {
+        eprintln!("skipped torchrun: no torch install in RECIPE_CACHE (scripts/env.sh makes one)");
+        return;
+    };
+    let launched = tempfile::tempdir().unwrap();
+    let path = write_recipe(launched.path(), "lora", extra);
+    let out = torchrun.arg(recipe_binary()).arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]).output();
+    check_ok(out.unwrap());
+    assert_same_losses(&want, &step_losses(launched.path()), 1e-6, "torchrun");
+}
+
+/// The ranks `recipe run --nproc-per-node` spawned: the children of `pid` (Linux /proc).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
+    let extra = "max_steps: 12\nsave_steps: 2\n";
+    let reference = tempfile::tempdir().unwrap();
+    let path = write_recipe(reference.path(), "lora", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let want = step_losses(reference.path());
+    assert_eq!(want.len(), 12);
+
+    let b = tempfile::tempdir().unwrap();
+    let path = write_recipe(b.path(), "lora", extra);
+    let launcher = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = b.path().join("out/checkpoint-2/trainer_state.json");
+    let start = Instant::now();
+    while !first.is_file() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Rank 1 is the second child spawned (ranks are spawned in order).
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    unsafe {
+        libc::kill(ranks[1] as i32, libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    assert!(killed.elapsed() < Duration::from_secs(60), "the other rank did not stop within ddp_timeout");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rank 1 was killed by signal 9 (SIGKILL)"), "{stderr}");
+    let done = step_losses(b.path()).len();
+    assert!(done < 12, "the run was not interrupted ({done} steps)");
+
+    let stdout = check_ok(
+        recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--nproc-per-node", "2", "--set", "resume_from_checkpoint=true"])
+            .output()
+            .unwrap(),
+    );
+    assert!(stdout.contains("resumed    from"), "{stdout}");
+    assert_same_losses(&want, &step_losses(b.path()), 1e-6, "resumed");
+}
+
+#[test]
+fn a_rank_failing_at_set_up_ends_the_run_with_its_error() {
+    // Rank 1 sees another dataset path (a missing file on that node): no hang, a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", "max_steps: 4\n");
+    let port = recipe::launch::free_port().unwrap().to_string();
+    let start = Instant::now();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut cmd = recipe();
+            cmd.arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]);
+            if rank == 1 {
+                cmd.args(["--set", &format!("datasets.0.path={}", dir.path().join("missing.txt").display())]);
+            }
+            cmd.env("WORLD_SIZE", "2")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert!(start.elapsed() < Duration::from_secs(50), "took {:?}", start.elapsed());
+    let stderr = |i: usize| String::from_utf8_lossy(&outs[i].stderr).into_owned();
+    assert!(!outs[0].status.success() && !outs[1].status.success());
+    assert!(stderr(1).contains("[rank 1]") && stderr(1).contains("missing.txt"), "{}", stderr(1));
+    assert!(stderr(0).contains("rank 1 failed during set-up"), "{}", stderr(0));
+}
+
+#[test]
+fn launcher_variables_without_a_master_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", "max_steps: 2\n");
+    let out = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu"])
+        .env("WORLD_SIZE", "4")
+        .env("RANK", "1")
+        .env("LOCAL_RANK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WORLD_SIZE=4 but MASTER_ADDR, MASTER_PORT are not set"), "{stderr}");
+    assert!(!dir.path().join("out").exists(), "nothing is written");
+}
