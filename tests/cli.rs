@@ -97,6 +97,28 @@ fn warnings_fail_only_with_deny_warnings() {
 }
 
 #[test]
+fn sharded_training_validates_with_a_warning_and_the_plan_says_run_refuses_it() {
+    let set = ["--set", "fsdp=[full_shard, auto_wrap]"];
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml"])
+        .args(set)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning[sharding-not-built]"));
+    recipe()
+        .args(["plan", "recipes/llama2-7b-lora.yaml"])
+        .args(set)
+        .env("WORLD_SIZE", "8")
+        .env("LOCAL_WORLD_SIZE", "8")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("layout     full_shard across 8 rank(s)"))
+        .stdout(predicate::str::contains(
+            "fsdp: [full_shard, auto_wrap] is laid out here, but recipe run does not do sharded training yet",
+        ));
+}
+
+#[test]
 fn schema_command_prints_the_committed_schema() {
     let committed = std::fs::read_to_string("schema/recipe.schema.json").unwrap();
     recipe().arg("schema").assert().success().stdout(committed);

@@ -152,6 +152,10 @@ fn preference_pairs_are_checked_rendered_and_refused_by_run() {
     let dir = tempfile::tempdir().unwrap();
     let datasets = format!("  - path: {}\n    type: chat_template.default\n", fixture("preference.jsonl"));
     let path = write_recipe(dir.path(), &datasets, "rl: dpo\nchat_template: chatml\nval_set_size: 0\n");
+    // Valid, with a warning at `rl` that `recipe run` refuses it.
+    let out = recipe().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warning[preference-not-built]"));
     // A malformed pair is named by file, line and field.
     let out = recipe().args(["preview"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

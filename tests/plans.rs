@@ -50,3 +50,24 @@ fn unknown_target_modules_are_errors_that_list_the_real_ones() {
     assert!(err.contains("`query_key_value` is not a module of LlamaForCausalLM"), "{err}");
     assert!(err.contains("gate_proj"), "{err}");
 }
+
+#[test]
+fn a_sequence_longer_than_the_sliding_window_is_an_error_at_sequence_len() {
+    // Mistral-7B attends within a 4,096-token window; sliding-window attention is not built.
+    let mistral = std::path::Path::new("recipes/mistral-7b-qlora.yaml");
+    let err = compile(mistral, &["sequence_len=8192".to_string()]).unwrap_err();
+    assert!(
+        err.starts_with("`sequence_len` (--set sequence_len=8192): 8192 is longer than the sliding window"),
+        "{err}"
+    );
+    assert!(err.contains("(4096)") && err.contains("at most 4096"), "{err}");
+    // Written in a file: the error names its line and column.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.yaml");
+    let text = std::fs::read_to_string(mistral).unwrap().replace("sequence_len: 2048", "sequence_len: 8192");
+    std::fs::write(&path, text).unwrap();
+    let err = compile(&path, &[]).unwrap_err();
+    assert!(err.starts_with(&format!("`sequence_len` ({}:20:15): 8192", path.display())), "{err}");
+    // Within the window it plans.
+    compile(mistral, &["sequence_len=4096".to_string()]).unwrap();
+}

@@ -307,10 +307,30 @@ fn lora_on_the_embedding_is_refused_by_name_not_ignored() {
     let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Reported by validation, at the list item, before anything is loaded.
+    assert!(stderr.contains(&format!("{}:20:31: error[lora-embed-tokens-not-built]", path.display())), "{stderr}");
     assert!(
         stderr.contains("LoRA on `embed_tokens` is not built") && stderr.contains("lora_modules_to_save"),
         "{stderr}"
     );
+}
+
+#[test]
+fn sharded_training_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 1\nfsdp: [full_shard, auto_wrap]\n");
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning[sharding-not-built]"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error[run]: fsdp: [full_shard, auto_wrap] (sharded training) is not built into recipe run yet; remove it \
+             to train data-parallel"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists(), "refused before writing anything");
 }
 
 #[test]

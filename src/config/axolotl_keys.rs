@@ -84,7 +84,9 @@ pub struct AxolotlKey {
     pub name: &'static str,
     pub kind: AxolotlKeyKind,
     pub inert: Inert,
-    /// The nearest option recipe does support, as a short hint, e.g. Some("use `fsdp` / `fsdp_config` instead") for deepspeed.
+    /// The nearest option recipe does support, as a short hint, e.g. Some("use `gradient_checkpointing` instead")
+    /// for activation_offloading. None where recipe runs nothing like it (deepspeed: sharded training, `fsdp`
+    /// included, is not built into `recipe run` yet, so there is nothing to point to).
     pub alternative: Option<&'static str>,
 }
 
@@ -137,8 +139,8 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "dataset_shard_num", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "ddp", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "debug", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "deepcompile", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("use `fsdp` / `fsdp_config` instead") },
-    AxolotlKey { name: "deepspeed", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `fsdp` / `fsdp_config` instead") },
+    AxolotlKey { name: "deepcompile", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "deepspeed", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "default_system_message", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `chat_template_jinja` instead") },
     AxolotlKey { name: "device", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "device_map", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
@@ -688,7 +690,8 @@ mod tests {
         let deepspeed = lookup("deepspeed").unwrap();
         assert_eq!(deepspeed.kind, AxolotlKeyKind::Unsupported);
         assert_eq!(deepspeed.inert, Inert::Null);
-        assert_eq!(deepspeed.alternative, Some("use `fsdp` / `fsdp_config` instead"));
+        // Not `fsdp`: sharded training is not built into `recipe run` either.
+        assert_eq!(deepspeed.alternative, None);
 
         let wandb = lookup("wandb_project").unwrap();
         assert_eq!(wandb.kind, AxolotlKeyKind::Integration);

@@ -44,6 +44,19 @@ pub enum FsdpOption {
     AutoWrap,
 }
 
+impl FsdpOption {
+    /// The recipe's name for it, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsdpOption::FullShard => "full_shard",
+            FsdpOption::ShardGradOp => "shard_grad_op",
+            FsdpOption::HybridShard => "hybrid_shard",
+            FsdpOption::Offload => "offload",
+            FsdpOption::AutoWrap => "auto_wrap",
+        }
+    }
+}
+
 /// FSDP details, with accelerate's `fsdp_` prefixed names.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -106,4 +119,17 @@ pub enum ShardingStrategy {
     ShardGradOp,
     HybridShard,
     NoShard,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsdp_option_names_are_their_serialized_names() {
+        use FsdpOption::*;
+        for o in [FullShard, ShardGradOp, HybridShard, Offload, AutoWrap] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str(), "{o:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! recipe/presets.rs) and never fail validation unless `--deny-warnings` is given.
 
 use super::Config;
-use super::adapter::AdapterKind;
+use super::adapter::{AdapterKind, ModuleList};
 use super::chat_template::ChatTemplateName;
 use super::datasets::DatasetConfig;
 use super::location::{Location, normalize, resolve_location};
@@ -25,6 +25,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.chat_template(config);
     out.preference(config);
     out.distributed(config);
+    out.not_built(config);
     out.locations(config);
     out.hyperparameter_table(config);
     out.out
@@ -43,8 +44,9 @@ impl Rules<'_> {
         Span { end: s.start, ..s }
     }
 
+    /// The key and value at `path`, or the item when `path` ends in a list index.
     fn key_span(&self, path: &str) -> Option<Span> {
-        self.at.entry(path).map(|e| e.key_span.to(e.value.span))
+        self.at.entry(path).map(|e| e.key_span.to(e.value.span)).or_else(|| self.at.item_span(path))
     }
 
     /// An error at the first of `keys` that is written, with the others as related labels.
@@ -346,6 +348,62 @@ impl Rules<'_> {
                 "`fsdp_config` is set but `fsdp` is empty, so sharding is off".into(),
                 &["fsdp_config", "fsdp"],
                 "add e.g. `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
+            );
+        }
+    }
+
+    /// What `recipe run` does not build yet, reported here at the key instead of by `recipe run`
+    /// after loading the model. Errors where the recipe has no other use; warnings where `recipe
+    /// plan`, `preview` and `preprocess` still serve it.
+    fn not_built(&mut self, c: &Config) {
+        let a = &c.adapter;
+        if a.adapter.is_some() && a.peft_use_dora {
+            self.error(
+                "dora-not-built",
+                "`peft_use_dora: true`: DoRA is not built into `recipe run` yet".into(),
+                &["peft_use_dora"],
+                "remove peft_use_dora to train plain LoRA",
+            );
+        }
+        if a.adapter.is_some()
+            && let Some(list) = &a.lora_target_modules
+        {
+            for (i, name) in list.names().into_iter().enumerate().filter(|(_, n)| *n == "embed_tokens") {
+                let key = match list {
+                    ModuleList::One(_) => "lora_target_modules".to_string(),
+                    ModuleList::Many(_) => format!("lora_target_modules.{i}"),
+                };
+                self.error(
+                    "lora-embed-tokens-not-built",
+                    format!("LoRA on `{name}` is not built into `recipe run` yet"),
+                    &[&key],
+                    "train it in full with lora_modules_to_save: [embed_tokens], or target linear layers only",
+                );
+            }
+        }
+        if let Some(rl) = c.training.rl {
+            let method = serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            self.warn(
+                "preference-not-built",
+                format!(
+                    "`rl: {method}`: preference training is not built into `recipe run` yet, so it refuses this recipe"
+                ),
+                &["rl"],
+                "`recipe preview` and `recipe preprocess` check the preference pairs; to train now, remove rl and use \
+                 conversation data (type: chat_template)",
+            );
+        }
+        if !c.distributed.fsdp.is_empty() {
+            let list: Vec<&str> = c.distributed.fsdp.iter().map(|o| o.as_str()).collect();
+            self.warn(
+                "sharding-not-built",
+                format!(
+                    "`fsdp: [{}]`: sharded training is not built into `recipe run` yet, so it refuses this recipe \
+                     (`recipe plan` still lays it out)",
+                    list.join(", ")
+                ),
+                &["fsdp", "fsdp_config"],
+                "remove fsdp (and fsdp_config) to train data-parallel (DDP) across GPUs",
             );
         }
     }

@@ -163,6 +163,31 @@ pub enum Optimizer {
     PagedAdamw32bit,
 }
 
+impl Optimizer {
+    /// The recipe's name for it, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Optimizer::AdamwTorch => "adamw_torch",
+            Optimizer::AdamwTorchFused => "adamw_torch_fused",
+            Optimizer::Adamw8bit => "adamw_8bit",
+            Optimizer::AdamwBnb8bit => "adamw_bnb_8bit",
+            Optimizer::PagedAdamw8bit => "paged_adamw_8bit",
+            Optimizer::PagedAdamw32bit => "paged_adamw_32bit",
+        }
+    }
+
+    /// Whether it keeps blockwise 8-bit AdamW states (the others keep 32-bit ones).
+    pub fn eight_bit_states(self) -> bool {
+        matches!(self, Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit)
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttnImplementation {
@@ -228,5 +253,18 @@ impl JsonSchema for Switch {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({"description": "true, false or auto", "enum": [true, false, "auto"]})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optimizer_names_are_their_serialized_names() {
+        use Optimizer::*;
+        for o in [AdamwTorch, AdamwTorchFused, Adamw8bit, AdamwBnb8bit, PagedAdamw8bit, PagedAdamw32bit] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str(), "{o:?}");
+        }
     }
 }

@@ -14,13 +14,15 @@ pub mod optimizer;
 pub mod runtime;
 pub mod train;
 
-use crate::config::training::Switch;
 use crate::data::{self, Tokenizer, packing};
 use crate::model::adapter;
 use crate::model::generate::{Sampling, generate};
 use crate::model::llama::{CausalLm, LoadOptions, Trainable};
 use crate::model::weights::Checkpoint;
 use crate::plan::Plan;
+use crate::plan::adapter::AdapterMethod;
+use crate::plan::precision::Precision;
+use crate::plan::quantize::QuantScheme;
 use runtime::Runtime;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -121,9 +123,10 @@ pub fn around_progress<R>(print: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The compute kind for this device and the recipe's precision switches: fp32 on CPU; on CUDA
-/// bf16 where the GPU has it (compute capability 8.0 or newer), fp16 (with loss scaling) where
-/// the recipe asks for it or `bf16: auto` finds no bf16, as Axolotl resolves `auto`.
+/// The compute kind for this device from the plan's resolved precision (plan/precision.rs):
+/// fp32 on CPU; on CUDA the plan's dtype where the GPU has bf16 (compute capability 8.0 or
+/// newer); without it, `bf16: auto` falls back to fp16 (with loss scaling), or fp32 when the
+/// recipe wrote `fp16: false`, as Axolotl resolves `auto`.
 fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
     let p = &plan.training.precision;
     let Device::Cuda(ordinal) = device else {
@@ -135,45 +138,29 @@ fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
         let (major, minor) = capability.unwrap_or_default();
         format!("this GPU (compute capability {major}.{minor}) has no bf16")
     };
-    // A 4-bit base computes in bnb_4bit_compute_dtype when the recipe names one; unset, it follows
-    // the training precision, as Axolotl passes torch_dtype to bitsandbytes.
-    if explicitly_set(plan, "bnb_4bit_compute_dtype") {
-        match plan.quantization.compute_dtype.as_deref() {
-            Some("float32") => return Ok(Kind::Float),
-            Some("float16") => return Ok(Kind::Half),
-            Some("bfloat16") if !has_bf16 => {
-                return Err(format!("{}: set bnb_4bit_compute_dtype: float16", no_bf16()));
-            }
-            Some("bfloat16") => return Ok(Kind::BFloat16),
-            _ => {}
+    Ok(match p.compute {
+        Precision::Fp32 => Kind::Float,
+        Precision::Fp16 => Kind::Half,
+        Precision::Bf16 if has_bf16 => Kind::BFloat16,
+        // A 4-bit base's explicit bnb_4bit_compute_dtype has no fallback.
+        Precision::Bf16 if p.four_bit_compute.is_some() => {
+            return Err(format!("{}: set bnb_4bit_compute_dtype: float16", no_bf16()));
         }
-    }
-    Ok(match (p.fp16, p.bf16) {
-        (Switch::On, _) => Kind::Half,
-        (_, Switch::On) if !has_bf16 => return Err(format!("{}: use fp16: true or bf16: auto", no_bf16())),
-        (_, Switch::On) => Kind::BFloat16,
-        (_, Switch::Auto) if has_bf16 => Kind::BFloat16,
-        // `fp16: false` written in the recipe: no fp16 fallback, fp32 instead.
-        (_, Switch::Auto) if explicitly_set(plan, "fp16") => {
+        Precision::Bf16 if !p.bf16_auto => return Err(format!("{}: use fp16: true or bf16: auto", no_bf16())),
+        Precision::Bf16 if p.fp16_forbidden => {
             tracing::warn!("bf16: auto: {}, and the recipe says fp16: false; training in fp32", no_bf16());
             Kind::Float
         }
-        (_, Switch::Auto) => {
+        Precision::Bf16 => {
             tracing::warn!("bf16: auto: {}; training in fp16 with dynamic loss scaling", no_bf16());
             Kind::Half
         }
-        (_, Switch::Off) => Kind::Float,
     })
-}
-
-/// Whether the recipe (or a preset or --set) gives `key`, rather than leaving its default.
-fn explicitly_set(plan: &Plan, key: &str) -> bool {
-    plan.settings.iter().any(|s| s.key == key && s.origin != "default")
 }
 
 fn trainable(plan: &Plan) -> Trainable {
     let a = &plan.adapter;
-    if a.method == "full" {
+    if a.method == AdapterMethod::Full {
         Trainable::Everything
     } else {
         Trainable::Lora {
@@ -191,12 +178,11 @@ pub fn quantize_spec(plan: &Plan) -> Result<Option<crate::model::llama::Quantize
     use crate::model::llama::{FourBit, Quantize};
     use crate::model::nf4::QuantType;
     let q = &plan.quantization;
-    let quant_type = match q.scheme.as_str() {
-        "none" => return Ok(None),
-        "int8" => return Ok(Some(Quantize::Int8)),
-        "nf4" => QuantType::Nf4,
-        "fp4" => QuantType::Fp4,
-        other => return Err(format!("{other} quantization is not supported by the executor")),
+    let quant_type = match q.scheme {
+        QuantScheme::None => return Ok(None),
+        QuantScheme::Int8 => return Ok(Some(Quantize::Int8)),
+        QuantScheme::Nf4 => QuantType::Nf4,
+        QuantScheme::Fp4 => QuantType::Fp4,
     };
     Ok(Some(Quantize::FourBit(FourBit {
         quant_type,
@@ -208,9 +194,10 @@ pub fn quantize_spec(plan: &Plan) -> Result<Option<crate::model::llama::Quantize
 /// Applies the recipe's tf32 switch to libtorch's cuBLAS (only a tf32 the recipe gives; otherwise
 /// libtorch's default stands).
 pub fn apply_tf32(plan: &Plan, device: Device) -> Result<(), String> {
-    let tf32 = plan.training.precision.tf32;
-    if device.is_cuda() && tf32 != Switch::Auto && explicitly_set(plan, "tf32") {
-        cuda::set_tf32_matmuls(tf32 == Switch::On)?;
+    if device.is_cuda()
+        && let Some(on) = plan.training.precision.tf32
+    {
+        cuda::set_tf32_matmuls(on)?;
     }
     Ok(())
 }
@@ -338,6 +325,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
                     lora_modules_to_save: [embed_tokens], or target linear layers"
             .into());
+    }
+    if !plan.layout.fsdp.is_empty() {
+        let list: Vec<&str> = plan.layout.fsdp.iter().map(|o| o.as_str()).collect();
+        return Err(format!(
+            "fsdp: [{}] (sharded training) is not built into recipe run yet; remove it to train data-parallel",
+            list.join(", ")
+        ));
     }
     let t = &plan.training;
     let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
@@ -649,10 +643,10 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     let config_path = out.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
     let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let compute = plan.quantization.compute_dtype.clone().unwrap_or_else(|| "float32".into());
+    let compute = plan.quantization.compute_dtype.map_or("float32", Precision::as_str);
     let quantization_config = match spec {
         crate::model::llama::Quantize::FourBit(f) => {
-            crate::model::bnb::quantization_config(f.quant_type, f.double_quant, &compute)
+            crate::model::bnb::quantization_config(f.quant_type, f.double_quant, compute)
         }
         crate::model::llama::Quantize::Int8 => crate::model::int8::quantization_config(6.0),
     };

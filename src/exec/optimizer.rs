@@ -108,7 +108,7 @@ impl AdamW {
     /// Weight decay applies to every parameter but biases and norm weights, as transformers'
     /// Trainer groups them.
     pub fn new(params: Vec<Param>, plan: &OptimizerPlan) -> AdamW {
-        let eight_bit = matches!(plan.name.as_str(), "adamw_8bit" | "adamw_bnb_8bit" | "paged_adamw_8bit");
+        let eight_bit = plan.name.eight_bit_states();
         let params = params
             .into_iter()
             .map(|p| Slot {

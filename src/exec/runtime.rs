@@ -41,7 +41,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let full = plan.adapter.method == "full";
+        let full = plan.adapter.method == crate::plan::adapter::AdapterMethod::Full;
         let precision = Precision { compute, base: if full { Kind::Float } else { compute }, loss_scaling: compute == Kind::Half };
         if process.is_distributed() && device == Device::Cpu {
             // Ranks on one machine share its cores.

@@ -9,7 +9,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterPlan {
     /// `lora`, `qlora` or `full`.
-    pub method: String,
+    pub method: AdapterMethod,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
     /// How many module instances carry an adapter (targets × layers).
@@ -28,6 +28,33 @@ pub struct AdapterPlan {
     pub trainable_percent: f64,
 }
 
+/// What is trained: every weight, or LoRA adapters on a dense or 4-bit base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterMethod {
+    /// Full fine-tuning: no adapter.
+    Full,
+    Lora,
+    /// LoRA on a 4-bit (NF4/FP4) base.
+    Qlora,
+}
+
+impl AdapterMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterMethod::Full => "full",
+            AdapterMethod::Lora => "lora",
+            AdapterMethod::Qlora => "qlora",
+        }
+    }
+}
+
+impl std::fmt::Display for AdapterMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// peft's default targets for the Llama family when a recipe names none.
 const DEFAULT_TARGETS: &[&str] = &["q_proj", "v_proj"];
 
@@ -36,7 +63,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let a = &c.adapter;
     let Some(kind) = a.adapter else {
         return Ok(AdapterPlan {
-            method: "full".into(),
+            method: AdapterMethod::Full,
             target_modules: Vec::new(),
             adapted_modules: 0,
             r: 0,
@@ -132,10 +159,9 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };
     Ok(AdapterPlan {
         method: match kind {
-            AdapterKind::Lora => "lora",
-            AdapterKind::Qlora => "qlora",
-        }
-        .into(),
+            AdapterKind::Lora => AdapterMethod::Lora,
+            AdapterKind::Qlora => AdapterMethod::Qlora,
+        },
         target_modules: targets,
         adapted_modules: adapted,
         r,
@@ -149,4 +175,16 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         total_parameters: total,
         trainable_percent: 100.0 * trainable as f64 / total as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_are_the_serialized_names() {
+        for m in [AdapterMethod::Full, AdapterMethod::Lora, AdapterMethod::Qlora] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+        }
+    }
 }

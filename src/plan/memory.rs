@@ -1,7 +1,7 @@
 //! The per-GPU memory estimate, before anything is downloaded. Formulas (bytes, per rank):
 //!
-//! - compute dtype c: 2 bytes with bf16 (true or auto, assumed available on the GPU) or fp16,
-//!   else 4. Trainable weights (adapters, modules_to_save, or every weight when fine-tuning in
+//! - compute dtype c: the plan's resolved precision on a GPU with bf16 (plan/precision.rs): 2
+//!   bytes for bfloat16 or float16, 4 for float32. Trainable weights (adapters, modules_to_save, or every weight when fine-tuning in
 //!   full) are kept in fp32, as peft keeps adapters: 4 bytes each.
 //! - base weights: frozen weights in c bytes; quantized linear layers at their quantized size
 //!   (plan/quantize.rs). Full fine-tuning has no frozen base: its weights are the trainable ones.
@@ -26,13 +26,14 @@
 //!
 //! Sharded strategies divide what they shard by the shard group size (plan/shard.rs).
 
-use super::adapter;
+use super::adapter::{self, AdapterMethod};
 use super::arch::Architecture;
+use super::precision::Precision;
 use super::shard::{self, Strategy, TRAINABLE_BYTES};
 use super::{group, quantize};
 use crate::config::Config;
 use crate::config::distributed::FsdpOption;
-use crate::config::training::{Optimizer, Switch};
+use crate::config::training::Optimizer;
 use serde::Serialize;
 
 pub const GIB: u64 = 1 << 30;
@@ -43,7 +44,8 @@ pub const FRAGMENTATION: f64 = 0.05;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryEstimate {
-    pub compute_dtype: String,
+    /// The resolved compute dtype on a GPU with bf16 (`training.precision.compute`).
+    pub compute_dtype: Precision,
     pub items: Vec<MemoryItem>,
     pub activations_with_checkpointing: u64,
     pub activations_without_checkpointing: u64,
@@ -74,22 +76,24 @@ pub struct Suggestion {
     pub fits: bool,
 }
 
-/// The estimate for one rank, checked against `gpu_memory` when given.
+/// The estimate for one rank computing in `compute` (the plan's resolved precision), checked
+/// against `gpu_memory` when given.
 pub fn estimate(
     c: &Config,
     arch: &Architecture,
+    compute: Precision,
     world_size: u64,
     nodes: u64,
     gpu_memory: Option<u64>,
 ) -> Result<MemoryEstimate, String> {
-    let mut estimate = breakdown(c, arch, world_size, nodes, Target::Gpu)?;
+    let mut estimate = breakdown(c, arch, world_size, nodes, Target::Gpu(compute))?;
     estimate.cpu_total_bytes = breakdown(c, arch, world_size, nodes, Target::Cpu)?.total_bytes;
     if let Some(limit) = gpu_memory {
         estimate.gpu_memory = Some(limit);
         estimate.fits = Some(estimate.total_bytes <= limit);
         estimate.margin_bytes = Some(limit as i64 - estimate.total_bytes as i64);
         if estimate.total_bytes > limit {
-            estimate.suggestions = suggestions(c, arch, world_size, nodes, limit);
+            estimate.suggestions = suggestions(c, arch, compute, world_size, nodes, limit);
         }
     }
     Ok(estimate)
@@ -99,16 +103,8 @@ pub fn estimate(
 /// (fp32 compute, as the executor runs there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    Gpu,
+    Gpu(Precision),
     Cpu,
-}
-
-pub fn compute_dtype(c: &Config) -> (&'static str, u64) {
-    match (c.training.fp16, c.training.bf16) {
-        (Switch::On, _) => ("float16", 2),
-        (_, Switch::On | Switch::Auto) => ("bfloat16", 2),
-        _ => ("float32", 4),
-    }
 }
 
 fn breakdown(
@@ -118,15 +114,19 @@ fn breakdown(
     nodes: u64,
     target: Target,
 ) -> Result<MemoryEstimate, String> {
-    let (dtype, cb) = if target == Target::Cpu { ("float32", 4) } else { compute_dtype(c) };
+    let dtype = match target {
+        Target::Gpu(compute) => compute,
+        Target::Cpu => Precision::Fp32,
+    };
+    let cb = dtype.bytes();
     let adapter = adapter::plan(c, arch)?;
     let quant = quantize::plan(c, arch);
     let counts = arch.parameter_counts();
-    let full = adapter.method == "full";
+    let full = adapter.method == AdapterMethod::Full;
     let trainable = adapter.trainable_parameters;
     let frozen_bytes = quantize::frozen_bytes(arch, &quant, &adapter, cb);
     let frozen_per_element = quantize::frozen_bytes_per_element(arch, &quant, &adapter, cb);
-    let layout = shard::layout(c, arch, &adapter, &quant, world_size, nodes);
+    let layout = shard::layout(c, arch, &adapter, &quant, dtype, world_size, nodes);
     let shard_group = layout.shard_group_size;
     let strategy = layout.strategy;
     let shard_params = |bytes: u64| if strategy.shards_parameters() { bytes.div_ceil(shard_group) } else { bytes };
@@ -161,12 +161,10 @@ fn breakdown(
         shard_state(trainable * TRAINABLE_BYTES),
         format!("{} × 4 bytes{}", group(trainable), sharded_note(strategy.shards_gradients_and_optimizer())),
     );
-    let (optimizer_bytes, optimizer_formula) = match c.training.optimizer {
-        Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => (
-            2 * trainable + 8 * trainable.div_ceil(256),
-            format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)),
-        ),
-        _ => (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable))),
+    let (optimizer_bytes, optimizer_formula) = if c.training.optimizer.eight_bit_states() {
+        (2 * trainable + 8 * trainable.div_ceil(256), format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)))
+    } else {
+        (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable)))
     };
     push(
         "optimizer states",
@@ -222,7 +220,7 @@ fn breakdown(
     let subtotal: u64 = items.iter().map(|i| i.bytes).sum();
     let fragmentation = (subtotal as f64 * FRAGMENTATION) as u64;
     items.push(match target {
-        Target::Gpu => MemoryItem {
+        Target::Gpu(_) => MemoryItem {
             name: "CUDA context and allocator",
             bytes: CONTEXT_BYTES + fragmentation,
             formula: format!("1 GiB context + {:.0}% fragmentation", FRAGMENTATION * 100.0),
@@ -235,7 +233,7 @@ fn breakdown(
     });
     let total_bytes = items.iter().map(|i| i.bytes).sum();
     Ok(MemoryEstimate {
-        compute_dtype: dtype.to_string(),
+        compute_dtype: dtype,
         items,
         activations_with_checkpointing: with,
         activations_without_checkpointing: without,
@@ -249,8 +247,16 @@ fn breakdown(
 }
 
 /// Recipe changes that lower the estimate, each with the total it gives.
-fn suggestions(c: &Config, arch: &Architecture, world_size: u64, nodes: u64, limit: u64) -> Vec<Suggestion> {
-    let total = |c: &Config, world: u64| breakdown(c, arch, world, nodes, Target::Gpu).map(|e| e.total_bytes).ok();
+fn suggestions(
+    c: &Config,
+    arch: &Architecture,
+    compute: Precision,
+    world_size: u64,
+    nodes: u64,
+    limit: u64,
+) -> Vec<Suggestion> {
+    let total =
+        |c: &Config, world: u64| breakdown(c, arch, world, nodes, Target::Gpu(compute)).map(|e| e.total_bytes).ok();
     let mut out = Vec::new();
     let mut add = |change: String, bytes: Option<u64>| {
         if let Some(total_bytes) = bytes {
@@ -275,8 +281,7 @@ fn suggestions(c: &Config, arch: &Architecture, world_size: u64, nodes: u64, lim
             total(&smaller, world_size),
         );
     }
-    let eight_bit = [Optimizer::Adamw8bit, Optimizer::AdamwBnb8bit, Optimizer::PagedAdamw8bit];
-    if c.adapter.adapter.is_some() && !eight_bit.contains(&c.training.optimizer) {
+    if c.adapter.adapter.is_some() && !c.training.optimizer.eight_bit_states() {
         let mut states = cumulative.clone();
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
@@ -307,7 +312,8 @@ fn suggestions(c: &Config, arch: &Architecture, world_size: u64, nodes: u64, lim
     if let Some((n, bytes)) = fits_with {
         let how =
             if shard::strategy(&sharded, n) == Strategy::Ddp { "" } else { " with fsdp: [full_shard, auto_wrap]" };
-        add(format!("{n} GPUs{how} (with gradient checkpointing)"), Some(bytes));
+        let not_built = if how.is_empty() { "" } else { "; sharded training is not built into recipe run yet" };
+        add(format!("{n} GPUs{how} (with gradient checkpointing{not_built})"), Some(bytes));
     }
     out
 }

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod data;
 pub mod memory;
 pub mod model;
+pub mod precision;
 pub mod quantize;
 pub mod schedule;
 pub mod shard;
@@ -72,10 +73,14 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let at = Locator { tree, sources: &loaded.sources };
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
+    within_sliding_window(config, arch, &at)?;
     let adapter = adapter::plan(config, arch)?;
     let quantization = quantize::plan(config, arch);
-    let memory = memory::estimate(config, arch, options.world_size, options.nodes, options.gpu_memory)?;
-    let layout = shard::layout(config, arch, &adapter, &quantization, options.world_size, options.nodes);
+    let precision = precision::resolve(config, &|key| at.entry(key).is_some());
+    let memory =
+        memory::estimate(config, arch, precision.compute, options.world_size, options.nodes, options.gpu_memory)?;
+    let layout =
+        shard::layout(config, arch, &adapter, &quantization, precision.compute, options.world_size, options.nodes);
     let datasets = data::datasets(config, &at, &model);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
@@ -90,10 +95,25 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         adapter,
         layout,
         memory,
-        training: training::plan(config),
+        training: training::plan(config, precision),
         measured_data: None,
         model,
     })
+}
+
+/// Sliding-window attention is not built: a sequence longer than the model's window would attend
+/// further back than the model was trained to. Known only once the model's config is read.
+fn within_sliding_window(c: &Config, arch: &arch::Architecture, at: &Locator) -> Result<(), String> {
+    let seq = u64::from(c.data.sequence_len);
+    match arch.sliding_window {
+        Some(window) if window < seq => Err(format!(
+            "`sequence_len` ({}): {seq} is longer than the sliding window of {} ({window}); sliding-window \
+             attention is not built yet, so set sequence_len to at most {window}",
+            at.origin("sequence_len"),
+            c.model.base_model.as_deref().unwrap_or("the model")
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
@@ -138,7 +158,7 @@ pub fn render_text(plan: &Plan) -> String {
     );
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));
     let q = &plan.quantization;
-    if q.scheme == "none" {
+    if q.scheme == quantize::QuantScheme::None {
         let _ = writeln!(o, "quantize   none");
     } else {
         let _ = writeln!(
@@ -147,7 +167,7 @@ pub fn render_text(plan: &Plan) -> String {
             q.scheme,
             q.block_size.map_or("-".into(), |b| b.to_string()),
             q.double_quant,
-            q.compute_dtype.as_deref().unwrap_or("-"),
+            q.compute_dtype.map_or("-", precision::Precision::as_str),
             group(q.quantized_parameters),
             group(q.quantized_bytes)
         );
@@ -156,11 +176,11 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(o, "           per layer: {}", per_module.join(", "));
     }
     let ad = &plan.adapter;
-    match ad.method.as_str() {
-        "full" => {
+    match ad.method {
+        adapter::AdapterMethod::Full => {
             let _ = writeln!(o, "adapter    none: full fine-tuning of {} parameters", group(ad.trainable_parameters));
         }
-        _ => {
+        adapter::AdapterMethod::Lora | adapter::AdapterMethod::Qlora => {
             let _ = writeln!(
                 o,
                 "adapter    {} r={} alpha={} scaling={:.4}{}{} dropout={} on {} ({} modules)",
@@ -286,6 +306,7 @@ pub fn render_text(plan: &Plan) -> String {
         t.optimizer.weight_decay,
         if t.max_grad_norm > 0.0 { t.max_grad_norm.to_string() } else { "off".into() }
     );
+    let _ = writeln!(o, "precision  {}", t.precision.describe());
     let every = |e: Option<training::Every>| match e {
         None => "never".to_string(),
         Some(training::Every::Steps(n)) => format!("every {n} steps"),
@@ -312,6 +333,14 @@ pub fn render_text(plan: &Plan) -> String {
         l.nodes,
         if l.shard_group_size > 1 { format!(", shard groups of {}", l.shard_group_size) } else { String::new() }
     );
+    if !l.fsdp.is_empty() {
+        let list: Vec<&str> = l.fsdp.iter().map(|o| o.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "           fsdp: [{}] is laid out here, but recipe run does not do sharded training yet and refuses it",
+            list.join(", ")
+        );
+    }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(
             o,

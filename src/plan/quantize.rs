@@ -7,9 +7,11 @@
 //! absmax per 256 blocks + an fp32 offset + the 256-entry fp32 nested code (1,024 bytes).
 //! int8: n bytes + an fp32 scale per output row.
 
-use super::adapter::AdapterPlan;
+use super::adapter::{AdapterMethod, AdapterPlan};
 use super::arch::{Architecture, Linear};
+use super::precision::Precision;
 use crate::config::Config;
+use crate::config::quantization::QuantType4Bit;
 use serde::Serialize;
 
 /// Elements per 4-bit quantization block.
@@ -20,16 +22,50 @@ pub const NESTED_BLOCK_SIZE: u64 = 256;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QuantizationPlan {
     /// `none`, `int8` or `nf4` / `fp4`.
-    pub scheme: String,
+    pub scheme: QuantScheme,
     pub block_size: Option<u64>,
     pub double_quant: bool,
-    pub compute_dtype: Option<String>,
+    /// bnb_4bit_compute_dtype (4-bit bases), as written or its default; what computes is the
+    /// training plan's resolved precision.
+    pub compute_dtype: Option<Precision>,
     /// The quantized weights of one decoder layer (embeddings, norms and lm_head stay unquantized),
     /// each present once per layer.
     pub quantized_modules: Vec<QuantizedModule>,
     pub quantized_parameters: u64,
     /// Bytes of all quantized weights, constants included.
     pub quantized_bytes: u64,
+}
+
+/// How the base's linear weights are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantScheme {
+    /// Dense, in the compute dtype.
+    #[default]
+    None,
+    /// 4-bit NormalFloat (QLoRA).
+    Nf4,
+    /// 4-bit floating point.
+    Fp4,
+    /// Row-wise absmax int8 (LLM.int8).
+    Int8,
+}
+
+impl QuantScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuantScheme::None => "none",
+            QuantScheme::Nf4 => "nf4",
+            QuantScheme::Fp4 => "fp4",
+            QuantScheme::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for QuantScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +79,7 @@ pub struct QuantizedModule {
 pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
     let q = &c.quantization;
     if !q.load_in_4bit && !q.load_in_8bit {
-        return QuantizationPlan { scheme: "none".into(), ..QuantizationPlan::default() };
+        return QuantizationPlan { scheme: QuantScheme::None, ..QuantizationPlan::default() };
     }
     let bytes = |l: &Linear| {
         let n = l.in_features * l.out_features;
@@ -70,13 +106,13 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
         .collect();
     let per_layer = |f: fn(&QuantizedModule) -> u64| arch.num_layers * modules.iter().map(f).sum::<u64>();
     let (scheme, block_size, compute_dtype) = if q.load_in_4bit {
-        (
-            format!("{:?}", q.bnb_4bit_quant_type).to_lowercase(),
-            Some(BLOCK_SIZE),
-            Some(format!("{:?}", q.bnb_4bit_compute_dtype).to_lowercase()),
-        )
+        let scheme = match q.bnb_4bit_quant_type {
+            QuantType4Bit::Nf4 => QuantScheme::Nf4,
+            QuantType4Bit::Fp4 => QuantScheme::Fp4,
+        };
+        (scheme, Some(BLOCK_SIZE), Some(Precision::from(q.bnb_4bit_compute_dtype)))
     } else {
-        ("int8".to_string(), None, None)
+        (QuantScheme::Int8, None, None)
     };
     QuantizationPlan {
         scheme,
@@ -91,7 +127,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
 
 /// Bytes of the frozen base: quantized linear layers at their size, the rest in the compute dtype.
 pub fn frozen_bytes(arch: &Architecture, quant: &QuantizationPlan, adapter: &AdapterPlan, compute_bytes: u64) -> u64 {
-    if adapter.method == "full" {
+    if adapter.method == AdapterMethod::Full {
         return 0;
     }
     let total = arch.parameter_counts().total;
@@ -114,6 +150,13 @@ pub fn frozen_bytes_per_element(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheme_names_are_the_serialized_names() {
+        for s in [QuantScheme::None, QuantScheme::Nf4, QuantScheme::Fp4, QuantScheme::Int8] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 
     #[test]
     fn nf4_with_double_quant_is_about_4_127_bits_per_weight() {

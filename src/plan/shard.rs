@@ -16,8 +16,9 @@
 //! Bytes are the payload of each collective per rank (what a ring moves is about 2(n-1)/n times
 //! that for all-reduce, (n-1)/n for gather and scatter).
 
-use super::adapter::AdapterPlan;
+use super::adapter::{AdapterMethod, AdapterPlan};
 use super::arch::Architecture;
+use super::precision::Precision;
 use super::quantize::{self, QuantizationPlan};
 use crate::config::Config;
 use crate::config::distributed::FsdpOption;
@@ -49,6 +50,9 @@ pub struct Layout {
     pub nodes: u64,
     pub processes_per_node: u64,
     pub strategy: Strategy,
+    /// The recipe's `fsdp` list. `recipe run` does not do sharded training yet and refuses a
+    /// recipe that asks for it; the layout above is what it would be.
+    pub fsdp: Vec<FsdpOption>,
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
     pub units: Vec<Unit>,
@@ -127,12 +131,12 @@ pub fn layout(
     arch: &Architecture,
     adapter: &AdapterPlan,
     quant: &QuantizationPlan,
+    compute: Precision,
     world_size: u64,
     nodes: u64,
 ) -> Layout {
     // Frozen weights are gathered as stored: quantized layers stay quantized.
-    let frozen_bytes_per_element =
-        quantize::frozen_bytes_per_element(arch, quant, adapter, super::memory::compute_dtype(c).1);
+    let frozen_bytes_per_element = quantize::frozen_bytes_per_element(arch, quant, adapter, compute.bytes());
     let world_size = world_size.max(1);
     let nodes = nodes.clamp(1, world_size);
     let per_node = world_size.div_ceil(nodes);
@@ -204,6 +208,7 @@ pub fn layout(
         nodes,
         processes_per_node: per_node,
         strategy,
+        fsdp: c.distributed.fsdp.clone(),
         shard_group_size: group,
         units,
         ranks,
@@ -213,7 +218,7 @@ pub fn layout(
 
 fn units(arch: &Architecture, adapter: &AdapterPlan, group: u64) -> Vec<Unit> {
     let counts = arch.parameter_counts();
-    let full = adapter.method == "full";
+    let full = adapter.method == AdapterMethod::Full;
     // Adapter parameters per decoder layer (targets inside layers) and in the root (lm_head /
     // embed_tokens adapters and modules_to_save copies).
     let layer_linears = arch.layer_linears();

@@ -1,9 +1,10 @@
 //! The training section of the plan: optimizer, precision policy, determinism, evaluation,
 //! checkpointing and outputs, each resolved from the recipe so the executor defaults nothing.
 
+use super::precision::PrecisionPlan;
 use crate::config::Config;
 use crate::config::logging::{Interval, ResumeFrom};
-use crate::config::training::{Optimizer, Switch};
+use crate::config::training::Optimizer;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -15,7 +16,8 @@ pub struct TrainingPlan {
     /// Gradient clipping by global L2 norm (0 = off).
     pub max_grad_norm: f64,
     pub seed: u64,
-    /// `bf16` on CUDA where supported, else `fp16`/`fp32` as the recipe says; fp32 on CPU.
+    /// The compute dtype, resolved once (plan/precision.rs): what the memory estimate assumes and
+    /// the executor computes in.
     pub precision: PrecisionPlan,
     pub gradient_checkpointing: bool,
     pub output_dir: String,
@@ -47,20 +49,13 @@ pub struct PreferencePlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct OptimizerPlan {
     /// The recipe's name for it.
-    pub name: String,
+    pub name: Optimizer,
     /// What runs.
     pub implementation: String,
     pub beta1: f64,
     pub beta2: f64,
     pub epsilon: f64,
     pub weight_decay: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PrecisionPlan {
-    pub bf16: Switch,
-    pub fp16: Switch,
-    pub tf32: Switch,
 }
 
 /// A schedule for evaluation or saving.
@@ -93,7 +88,7 @@ fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
     }
 }
 
-pub fn plan(c: &Config) -> TrainingPlan {
+pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
     let t = &c.training;
     let l = &c.logging;
     let implementation = match t.optimizer {
@@ -105,14 +100,13 @@ pub fn plan(c: &Config) -> TrainingPlan {
              elements keep 32-bit states; paged_* needs no paging here)"
         }
     };
-    let name = serde_json::to_value(t.optimizer).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     TrainingPlan {
         preference: t.rl.map(|rl| PreferencePlan {
             method: serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
             beta: t.dpo_beta,
         }),
         optimizer: OptimizerPlan {
-            name,
+            name: t.optimizer,
             implementation: implementation.into(),
             beta1: t.adam_beta1,
             beta2: t.adam_beta2,
@@ -121,7 +115,7 @@ pub fn plan(c: &Config) -> TrainingPlan {
         },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
-        precision: PrecisionPlan { bf16: t.bf16, fp16: t.fp16, tf32: t.tf32 },
+        precision,
         gradient_checkpointing: t.gradient_checkpointing,
         output_dir: l.output_dir.clone(),
         logging_steps: l.logging_steps.max(1),

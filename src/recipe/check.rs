@@ -85,6 +85,16 @@ impl<'a> Locator<'a> {
         self.entry(path).map(|e| e.value.span)
     }
 
+    /// The span of the list item at `path` (`lora_target_modules.2`), if the recipe wrote it.
+    pub fn item_span(&self, path: &str) -> Option<Span> {
+        let (list, index) = path.rsplit_once('.')?;
+        let index: usize = index.parse().ok()?;
+        match &self.entry(list)?.value.value {
+            Value::Seq(items) => items.get(index).map(|item| item.span),
+            _ => None,
+        }
+    }
+
     /// Where the value at `path` came from: `file:line:col`, `preset NAME`, `--set ...` or `default`.
     pub fn origin(&self, path: &str) -> String {
         match self.entry(path) {
