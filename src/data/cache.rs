@@ -77,11 +77,13 @@ pub fn folder(prepared_path: &Path, key: &str) -> PathBuf {
 }
 
 /// Writes the samples (flat int32 tokens and labels with offsets, per split, in safetensors) and
-/// the report; the folder appears complete or not at all (written aside, then renamed).
+/// the report; the folder appears complete or not at all (written aside, then renamed). Ranks of
+/// one run may write the same folder at once: each writes aside under its own name, and a folder
+/// another rank completed first is kept (its content is the same).
 pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
     let parent = dir.parent().ok_or("the cache folder has no parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let tmp = dir.with_extension("partial");
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     for (name, samples) in [("train", &prepared.train), ("validation", &prepared.validation), ("test", &prepared.test)]
@@ -101,7 +103,13 @@ pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
     let report = serde_json::to_string_pretty(&prepared.report).map_err(|e| e.to_string())? + "\n";
     std::fs::write(tmp.join("report.json"), report).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| format!("{}: {e}", dir.display()))
+    match std::fs::rename(&tmp, dir) {
+        Err(_) if dir.join("report.json").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        other => other.map_err(|e| format!("{}: {e}", dir.display())),
+    }
 }
 
 fn view(dtype: safetensors::Dtype, len: usize, data: &[u8]) -> Result<safetensors::tensor::TensorView<'_>, String> {

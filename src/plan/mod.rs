@@ -360,6 +360,13 @@ pub fn render_text(plan: &Plan) -> String {
             bytes(c.all_gather),
             bytes(c.reduce_scatter)
         );
+        let _ = writeln!(
+            o,
+            "           c10d: Gloo on CPU, NCCL on CUDA; gradient buckets of {} MiB, timeout {} s{}",
+            l.ddp.bucket_cap_mb,
+            l.ddp.timeout_secs,
+            if l.ddp.find_unused_parameters { ", unused parameters summed as zero" } else { "" }
+        );
     }
     let m = &plan.memory;
     let _ = writeln!(o, "memory     per GPU, compute dtype {}:", m.compute_dtype);
