@@ -88,11 +88,8 @@ impl ProcessEnv {
             }
         };
         if let Some(world_size) = number("WORLD_SIZE")? {
-            let launcher = if var(LAUNCHER_VAR).as_deref() == Some("recipe") {
-                Launcher::Recipe
-            } else {
-                Launcher::Torchrun
-            };
+            let launcher =
+                if var(LAUNCHER_VAR).as_deref() == Some("recipe") { Launcher::Recipe } else { Launcher::Torchrun };
             if world_size == 0 {
                 return Err("WORLD_SIZE=0: expected at least 1".into());
             }
@@ -235,7 +232,9 @@ fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}{}", if sig == libc::SIGKILL { " (SIGKILL)" } else { "" }),
+        (None, Some(sig)) => {
+            format!("was killed by signal {sig}{}", if sig == libc::SIGKILL { " (SIGKILL)" } else { "" })
+        }
         _ => "ended".into(),
     }
 }
@@ -244,7 +243,12 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// returns the exit code: 0 when every rank succeeded; else the first failed rank's code, after
 /// the others were stopped (SIGTERM, then SIGKILL after `grace`). Ctrl-C / SIGTERM reaching this
 /// process are forwarded once to every rank, which saves a checkpoint and stops.
-pub fn spawn(program: &std::path::Path, args: &[OsString], opts: &SpawnOptions, grace: Duration) -> Result<i32, String> {
+pub fn spawn(
+    program: &std::path::Path,
+    args: &[OsString],
+    opts: &SpawnOptions,
+    grace: Duration,
+) -> Result<i32, String> {
     use std::os::unix::process::CommandExt;
     let n = opts.nproc_per_node.max(1);
     let world = n * opts.nnodes.max(1);

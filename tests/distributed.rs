@@ -21,10 +21,14 @@ fn root() -> PathBuf {
 /// A small recipe on stories260k in `dir`: `method` is lora, full or qlora.
 fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
     let adapter = match method {
-        "lora" => "adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0.1\nlora_target_linear: true\n\
-                   learning_rate: 2.0e-3\n",
-        "qlora" => "adapter: qlora\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
-                    lora_r: 4\nlora_alpha: 8\nlora_target_linear: true\nlearning_rate: 2.0e-3\n",
+        "lora" => {
+            "adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0.1\nlora_target_linear: true\n\
+                   learning_rate: 2.0e-3\n"
+        }
+        "qlora" => {
+            "adapter: qlora\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
+                    lora_r: 4\nlora_alpha: 8\nlora_target_linear: true\nlearning_rate: 2.0e-3\n"
+        }
         "full" => "learning_rate: 2.0e-4\n",
         other => panic!("{other}"),
     };
@@ -399,4 +403,69 @@ fn launcher_variables_without_a_master_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("WORLD_SIZE=4 but MASTER_ADDR, MASTER_PORT are not set"), "{stderr}");
     assert!(!dir.path().join("out").exists(), "nothing is written");
+}
+
+#[test]
+fn ranks_that_resolved_different_plans_refuse_to_train_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", "max_steps: 4\n");
+    let port = recipe::launch::free_port().unwrap().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut cmd = recipe();
+            cmd.arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]);
+            if rank == 1 {
+                cmd.args(["--set", "learning_rate=1.0e-3"]);
+            }
+            cmd.env("WORLD_SIZE", "2")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for (rank, out) in outs.iter().enumerate() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "rank {rank} trained");
+        assert!(stderr.contains("rank 1 resolved a different plan or training data than rank 0"), "{stderr}");
+    }
+    assert!(!dir.path().join("out/metrics.jsonl").exists(), "nothing was trained");
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_at_the_same_step_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", "max_steps: 400\nsave_steps: 2\n");
+    let launcher = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = dir.path().join("out/checkpoint-2/trainer_state.json");
+    let start = Instant::now();
+    while !first.is_file() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unsafe {
+        libc::kill(launcher.id() as i32, libc::SIGINT);
+    }
+    let out = launcher.wait_with_output().unwrap();
+    let stdout = check_ok(out);
+    let stopped: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped    at step ")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(stopped < 400, "{stdout}");
+    let saved = dir.path().join(format!("out/checkpoint-{stopped}/trainer_state.json"));
+    assert!(saved.is_file(), "no checkpoint at the step it stopped ({stopped})");
+    assert_eq!(step_losses(dir.path()).len() as u64, stopped);
 }

@@ -45,7 +45,14 @@ fn check(case: &str, checkpointing: bool) {
     assert!(d < 1e-4, "{case}: logits differ by {d:e}");
 
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
-    let loss = objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, checkpointing, &|_| {}) / counted;
+    let loss = objective::forward_backward(
+        &model,
+        &Supervised,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        checkpointing,
+        &|_| {},
+    ) / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
 
@@ -101,7 +108,14 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
                 let _ = grad.zero_();
             }
         }
-        let loss = objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted / scaler.scale, false, &|_| {}) / counted;
+        let loss = objective::forward_backward(
+            &model,
+            &Supervised,
+            &DeviceBatch::new(&inputs, labels),
+            counted / scaler.scale,
+            false,
+            &|_| {},
+        ) / counted;
         let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
         let finite = scaler.unscale(&grads);
         scaler.update(finite);

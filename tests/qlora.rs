@@ -6,8 +6,8 @@
 
 mod common;
 
-use recipe::exec::objective::{self, DeviceBatch, Supervised};
 use recipe::exec::load_trained;
+use recipe::exec::objective::{self, DeviceBatch, Supervised};
 use recipe::model::linear::QuantizedWeight;
 use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
 use recipe::model::nf4::QuantType;
@@ -197,7 +197,9 @@ fn qlora_matches_peft_over_bitsandbytes() {
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
     let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
-    let loss = objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {}) / counted;
+    let loss =
+        objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {})
+            / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     let mut worst = 0f64;
     for p in model.trainable_params() {

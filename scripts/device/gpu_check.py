@@ -20,7 +20,12 @@ recipe's peak is the device's memory in use at its highest sample (context, cuBL
 and the caching allocator's pool included, as nvidia-smi counts); the reference's is
 torch.cuda.max_memory_reserved() plus the context (measured once as device use minus reserved).
 
---tiny runs the same plumbing on CPU with toy shapes (to check the script off the device).
+3. nccl-1: the llama-1b run again as `recipe run --nproc-per-node 1`: one rank in a c10d process
+   group, NCCL on the GPU (one GPU cannot host two NCCL ranks), gradients all-reduced every step:
+   its backend (from the layout line), tokens/s and peak memory beside the single-process run.
+
+--tiny runs the same plumbing on CPU with toy shapes (to check the script off the device); there
+the process group is Gloo.
 """
 import argparse
 import json
@@ -58,12 +63,12 @@ def model_folder(work, name, shape):
     return folder
 
 
-def run_recipe(args, recipe_text, work, name):
+def run_recipe(args, recipe_text, work, name, extra=()):
     path = os.path.join(work, name + ".yaml")
     with open(path, "w") as f:
         f.write(recipe_text)
     device = "cpu" if args.tiny else "cuda"
-    cmd = [args.recipe_bin, "run", path, "--device", device, "--no-progress", "--random-weights"]
+    cmd = [args.recipe_bin, "run", path, "--device", device, "--no-progress", "--random-weights", *extra]
     start = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, RECIPE_LOG="warn", NO_COLOR="1"))
     wall = time.perf_counter() - start
@@ -71,6 +76,9 @@ def run_recipe(args, recipe_text, work, name):
     if p.returncode != 0:
         return dict(error=f"exit {p.returncode}", stderr=p.stderr[-2000:])
     out = dict(wall_s=round(wall, 1))
+    m = re.search(r"layout\s+\S+ across (\d+) rank\(s\) \((\w+)\); all-reduced ([\d.]+ \w+)", p.stdout)
+    if m:
+        out.update(world_size=int(m.group(1)), backend=m.group(2), all_reduced_per_step=m.group(3))
     m = re.search(r"steps\s+(\d+) of (\d+) \((\d+) tokens/s\)", p.stdout)
     if m:
         out.update(steps=int(m.group(1)), tokens_per_s=int(m.group(3)))
@@ -139,7 +147,7 @@ def main():
     ap.add_argument("--recipe-bin", required=True)
     ap.add_argument("--out", default="/tmp/gpu-check")
     ap.add_argument("--tiny", action="store_true", help="toy shapes on CPU, to check the script")
-    ap.add_argument("--only", default="llama-1b,llama2-13b")
+    ap.add_argument("--only", default="llama-1b,nccl-1,llama2-13b")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = os.path.join(args.out, "work")
@@ -156,6 +164,15 @@ def main():
         theirs = reference(args, folder, seq, micro, steps, 16)
         ratio = ours.get("tokens_per_s", 0) / max(theirs["tokens_per_s"], 1)
         results["llama-1b"] = dict(recipe=ours, reference=theirs, tokens_per_s_ratio=round(ratio, 3))
+        if "nccl-1" in args.only:
+            group = run_recipe(args, text.replace("/out-1b", "/out-1b-nccl"), work, "llama-1b-nccl",
+                               extra=("--nproc-per-node", "1"))
+            single = ours.get("tokens_per_s", 0)
+            results["nccl-1"] = dict(
+                recipe=group,
+                tokens_per_s_vs_single_process=round(group.get("tokens_per_s", 0) / max(single, 1), 3),
+                peak_bytes_vs_single_process=round(group.get("peak_bytes", 0) / max(ours.get("peak_bytes", 0), 1), 3),
+            )
     if "llama2-13b" in args.only:
         folder = model_folder(work, "llama2-13b", TINY if args.tiny else SHAPES["llama2-13b"])
         seq, steps = (256, 2) if args.tiny else (2048, 6)

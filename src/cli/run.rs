@@ -178,13 +178,13 @@ pub fn train(
     let m = &plan.model;
     if is_main {
         eprintln!(
-        "recipe run {}: {} ({} parameters, {} trainable by {}), {} steps planned",
-        recipe.display(),
-        m.name,
-        crate::plan::group(m.parameters.total),
-        crate::plan::group(plan.adapter.trainable_parameters),
-        plan.adapter.method,
-        plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
+            "recipe run {}: {} ({} parameters, {} trainable by {}), {} steps planned",
+            recipe.display(),
+            m.name,
+            crate::plan::group(m.parameters.total),
+            crate::plan::group(plan.adapter.trainable_parameters),
+            plan.adapter.method,
+            plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
         );
     }
     let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights, process };

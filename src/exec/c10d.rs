@@ -165,7 +165,11 @@ impl ProcessGroup {
             )
         };
         if raw.is_null() {
-            check(0, err, &format!("joining the {} process group at {}:{}", r.backend.name(), r.master_addr, r.master_port))?;
+            check(
+                0,
+                err,
+                &format!("joining the {} process group at {}:{}", r.backend.name(), r.master_addr, r.master_port),
+            )?;
         }
         Ok(ProcessGroup { raw, rank: r.rank, world_size: r.world_size, backend: r.backend })
     }
@@ -198,7 +202,9 @@ impl ProcessGroup {
         let mut output = Tensor::empty([n * self.world_size as i64], (input.kind(), input.device()));
         let mut err = std::ptr::null_mut();
         // SAFETY: as above.
-        let ok = unsafe { recipe_c10d_all_gather(self.raw, output.as_mut_ptr().cast(), input.as_mut_ptr().cast(), &mut err) };
+        let ok = unsafe {
+            recipe_c10d_all_gather(self.raw, output.as_mut_ptr().cast(), input.as_mut_ptr().cast(), &mut err)
+        };
         check(ok, err, "all_gather")?;
         Ok(output)
     }
@@ -215,7 +221,9 @@ impl ProcessGroup {
         let mut output = Tensor::empty([n / world], (input.kind(), input.device()));
         let mut err = std::ptr::null_mut();
         // SAFETY: as above.
-        let ok = unsafe { recipe_c10d_reduce_scatter(self.raw, output.as_mut_ptr().cast(), input.as_mut_ptr().cast(), &mut err) };
+        let ok = unsafe {
+            recipe_c10d_reduce_scatter(self.raw, output.as_mut_ptr().cast(), input.as_mut_ptr().cast(), &mut err)
+        };
         check(ok, err, "reduce_scatter")?;
         Ok(output)
     }

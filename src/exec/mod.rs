@@ -294,11 +294,13 @@ fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> 
     };
     let all = rt.comm.all_gather_u64(mine, rt.device)?;
     let set_up = set_up?;
-    let failed: Vec<String> = all.iter().enumerate().filter(|(_, d)| **d == FAILED).map(|(r, _)| r.to_string()).collect();
+    let failed: Vec<String> =
+        all.iter().enumerate().filter(|(_, d)| **d == FAILED).map(|(r, _)| r.to_string()).collect();
     if !failed.is_empty() {
         return Err(format!("rank {} failed during set-up (see its error); stopping", failed.join(", ")));
     }
-    let differ: Vec<String> = all.iter().enumerate().filter(|(_, d)| **d != all[0]).map(|(r, _)| r.to_string()).collect();
+    let differ: Vec<String> =
+        all.iter().enumerate().filter(|(_, d)| **d != all[0]).map(|(r, _)| r.to_string()).collect();
     if !differ.is_empty() {
         return Err(format!(
             "rank {} resolved a different plan or training data than rank 0 (other recipe, --set, files or \
@@ -431,7 +433,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     // No evaluation schedule: the validation split is still scored once at the end, so the report
     // has a before and an after.
     if outcome.last_eval_loss.is_none() && !outcome.interrupted {
-        outcome.last_eval_loss = catch_torch_errors(Some(plan), || looper.evaluate_and_log(outcome.steps_done, &mut log))?;
+        outcome.last_eval_loss =
+            catch_torch_errors(Some(plan), || looper.evaluate_and_log(outcome.steps_done, &mut log))?;
     }
 
     let mut outputs = vec![log.path().to_path_buf()];

@@ -42,7 +42,8 @@ impl Runtime {
             }
         };
         let full = plan.adapter.method == crate::plan::adapter::AdapterMethod::Full;
-        let precision = Precision { compute, base: if full { Kind::Float } else { compute }, loss_scaling: compute == Kind::Half };
+        let precision =
+            Precision { compute, base: if full { Kind::Float } else { compute }, loss_scaling: compute == Kind::Half };
         if process.is_distributed() && device == Device::Cpu {
             // Ranks on one machine share its cores.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -224,7 +224,11 @@ impl Loop<'_> {
                     &reseed,
                 );
             }
-            outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(&params, bucket_bytes, plan.layout.ddp.find_unused_parameters || mine.is_empty())?;
+            outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(
+                &params,
+                bucket_bytes,
+                plan.layout.ddp.find_unused_parameters || mine.is_empty(),
+            )?;
             let finite = match &mut state.loss_scaler {
                 Some(scaler) => {
                     let finite = scaler.unscale(&optimizer.grads());

@@ -334,9 +334,10 @@ impl CausalLm {
         self.embed_tokens = grow(&self.embed_tokens);
         self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
         self.lm_head.weight = if shared_head { self.embed_tokens.shallow_clone() } else { grow(&self.lm_head.weight) };
-        self.head_original = self.head_original.as_ref().map(|o| {
-            if o.data_ptr() == old_embedding_ptr { self.embed_tokens.shallow_clone() } else { grow(o) }
-        });
+        self.head_original = self
+            .head_original
+            .as_ref()
+            .map(|o| if o.data_ptr() == old_embedding_ptr { self.embed_tokens.shallow_clone() } else { grow(o) });
         self.arch.vocab_size = n as u64;
     }
 
