@@ -142,3 +142,34 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
     );
     assert!(worst < 5e-2, "fp16 gradients differ from fp32 by {worst:e} (relative)");
 }
+
+#[test]
+fn adapters_switched_off_give_the_base_model() {
+    // peft's disable_adapter: LoRA pairs and modules_to_save copies (here a saved head) give way
+    // to the base, from the same weights; switched back on, the adapted model returns.
+    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head"] {
+        let (model, g, positions) = load_case(case, Kind::Float);
+        let dir = root().join("tests/golden/lora").join(case);
+        let cfg = adapter::read_config(&dir).unwrap();
+        let base_dir = root().join(&cfg.base_model);
+        let arch =
+            Architecture::from_config_json(&std::fs::read_to_string(base_dir.join("config.json")).unwrap()).unwrap();
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: recipe::model::llama::Trainable::Nothing,
+            quantize: None,
+        };
+        let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
+        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+        let adapted = tch::no_grad(|| model.logits(&inputs));
+        let off = tch::no_grad(|| model.without_adapters(|| model.logits(&inputs)));
+        let plain = tch::no_grad(|| base.logits(&inputs));
+        let d = (&off - &plain).abs().max().double_value(&[]);
+        assert!(d == 0.0, "{case}: adapters off differ from the base model by {d:e}");
+        let moved = (&adapted - &plain).abs().max().double_value(&[]);
+        assert!(moved > 1e-3, "{case}: the adapter changes nothing ({moved:e}); the check would be void");
+        let again = tch::no_grad(|| model.logits(&inputs));
+        assert!(again.equal(&adapted), "{case}: switching back on must restore the adapted model");
+    }
+}

@@ -105,7 +105,10 @@ def reference_worker(spec_path):
                        "tokens_per_second": tokens / train_seconds, "losses": losses, "world_size": world,
                        "threads_per_rank": torch.get_num_threads(),
                        "rank0_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}, f)
-    dist.destroy_process_group()
+    # Both ranks leave together; destroy_process_group was seen to leave one rank waiting here.
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def run_recipe(recipe_bin, name, model_dir, steps, ranks, work):

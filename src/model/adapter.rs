@@ -83,7 +83,7 @@ pub fn write_config(dir: &Path, base_model: &str, plan: &crate::plan::adapter::A
 /// peft's extra tensors for an adapter: with LoRA on the head, the head's base weight
 /// (`save_embedding_layers`), so the adapter carries the head it was trained against.
 pub fn extra_tensors(model: &CausalLm) -> Vec<(String, tch::Tensor)> {
-    match &model.lm_head.lora {
+    match &model.lm_head.adapter {
         Some(_) => {
             vec![(format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head")), model.lm_head.weight.detach())]
         }

@@ -1,5 +1,6 @@
 //! The one linear layer type: a base weight (frozen under an adapter, trainable in full
-//! fine-tuning) with an optional bias and an optional LoRA pair on top. The layer owns its base
+//! fine-tuning) with an optional bias and an optional adapter on top (LoRA today; DoRA, IA3 and
+//! other methods are further `Adapter` variants, not further layer types). The layer owns its base
 //! weight, as in torchtune; the base is dense, NF4/FP4-quantized or LLM.int8-quantized (QLoRA is
 //! LoRA over a quantized base, not a second model). A quantized base is dequantized to the compute
 //! dtype for each matmul, as bitsandbytes' CPU path does.
@@ -65,7 +66,41 @@ pub struct Linear {
     /// The quantized base weight (load_in_4bit / load_in_8bit, or a pre-quantized checkpoint).
     pub quantized: Option<QuantizedWeight>,
     pub bias: Option<Tensor>,
-    pub lora: Option<Lora>,
+    pub adapter: Option<Adapter>,
+}
+
+/// A trainable adapter on a frozen linear layer.
+pub enum Adapter {
+    Lora(Lora),
+}
+
+impl Adapter {
+    /// The layer's output with the adapter applied, from the input `x` and the base output `y`.
+    fn forward(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
+        match self {
+            Adapter::Lora(lora) => {
+                let kind = x.kind();
+                let x = if train && lora.dropout > 0.0 { x.dropout(lora.dropout, true) } else { x.shallow_clone() };
+                let a = lora.a.to_kind(kind);
+                let b = lora.b.to_kind(kind);
+                y + x.linear::<Tensor>(&a, None).linear::<Tensor>(&b, None) * lora.scaling
+            }
+        }
+    }
+
+    /// The fp32 base weight with the adapter folded in.
+    fn merge(&self, base: Tensor) -> Tensor {
+        match self {
+            Adapter::Lora(l) => base + l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scaling,
+        }
+    }
+
+    /// The trainable tensors under peft's suffixes (`lora_A.weight`, ...).
+    pub fn tensors(&self) -> Vec<(&'static str, Tensor)> {
+        match self {
+            Adapter::Lora(l) => vec![("lora_A.weight", l.a.shallow_clone()), ("lora_B.weight", l.b.shallow_clone())],
+        }
+    }
 }
 
 /// `y = x Wᵀ + b + scaling · B(A(dropout(x)))`, peft's LoRA.
@@ -93,13 +128,8 @@ impl Linear {
         let kind = x.kind();
         let weight = self.base_weight(kind);
         let y = x.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
-        match &self.lora {
-            Some(lora) if adapters => {
-                let x = if train && lora.dropout > 0.0 { x.dropout(lora.dropout, true) } else { x.shallow_clone() };
-                let a = lora.a.to_kind(kind);
-                let b = lora.b.to_kind(kind);
-                y + x.linear::<Tensor>(&a, None).linear::<Tensor>(&b, None) * lora.scaling
-            }
+        match &self.adapter {
+            Some(adapter) if adapters => adapter.forward(x, y, train),
             _ => y,
         }
     }
@@ -112,12 +142,9 @@ impl Linear {
             Some(q) => q.dequantize(Kind::Float),
             None => self.weight.to_kind(Kind::Float),
         };
-        match &self.lora {
+        match &self.adapter {
             None => base.to_kind(kind).detach(),
-            Some(l) => {
-                let delta = l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scaling;
-                (base + delta).to_kind(kind).detach()
-            }
+            Some(adapter) => adapter.merge(base).to_kind(kind).detach(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
 //! time during the backward pass.
 
-use super::linear::{Linear, Lora, QuantizedWeight};
+use super::linear::{Adapter, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
 use super::weights::Checkpoint;
 use crate::plan::arch::Architecture;
@@ -158,7 +158,7 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
-        let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Lora> {
+        let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Adapter> {
             let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
             let short = module.rsplit('.').next().unwrap_or(module);
             if !targets.iter().any(|t| t == short || t == module) {
@@ -168,7 +168,7 @@ impl CausalLm {
             let bound = 1.0 / (fan_in as f64).sqrt();
             let a = Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
             let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
-            Some(Lora { a, b, scaling: *scaling, dropout: *dropout })
+            Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
         };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
             let weight_name = format!("{name}.weight");
@@ -205,8 +205,8 @@ impl CausalLm {
                 }
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            let lora = lora_for(&name, fan_in, fan_out);
-            Ok(Linear { name, weight, quantized, bias, lora })
+            let adapter = lora_for(&name, fan_in, fan_out);
+            Ok(Linear { name, weight, quantized, bias, adapter })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -235,7 +235,7 @@ impl CausalLm {
         let head_weight =
             if arch.tie_word_embeddings { embed_tokens.shallow_clone() } else { get("lm_head.weight", &[v, h])? };
         let mut lm_head =
-            Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, lora: None };
+            Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
         let mut embed_tokens_trained = None;
         let mut head_original = None;
         if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
@@ -261,7 +261,7 @@ impl CausalLm {
             if modules_to_save.iter().any(|m| m == "lm_head") {
                 return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
             }
-            lm_head.lora = lora_for("lm_head", h, v);
+            lm_head.adapter = lora_for("lm_head", h, v);
         }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =
@@ -520,17 +520,13 @@ impl CausalLm {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
             Trainable::Lora { .. } => {
-                for lin in self.linears() {
-                    if let Some(l) = &lin.lora {
+                for lin in self.linears().into_iter().chain([&self.lm_head]) {
+                    if let Some(adapter) = &lin.adapter {
                         let p = peft_prefix(&lin.name);
-                        out.push(Param { name: format!("{p}.lora_A.weight"), tensor: l.a.shallow_clone() });
-                        out.push(Param { name: format!("{p}.lora_B.weight"), tensor: l.b.shallow_clone() });
+                        for (suffix, tensor) in adapter.tensors() {
+                            out.push(Param { name: format!("{p}.{suffix}"), tensor });
+                        }
                     }
-                }
-                if let Some(l) = &self.lm_head.lora {
-                    let p = peft_prefix("lm_head");
-                    out.push(Param { name: format!("{p}.lora_A.weight"), tensor: l.a.shallow_clone() });
-                    out.push(Param { name: format!("{p}.lora_B.weight"), tensor: l.b.shallow_clone() });
                 }
                 if let Some(e) = &self.embed_tokens_trained {
                     out.push(Param { name: modules_to_save_name("model.embed_tokens"), tensor: e.shallow_clone() });
@@ -588,7 +584,7 @@ impl CausalLm {
         let mut out = Vec::new();
         let mut merged: std::collections::HashMap<String, Tensor> =
             self.linears().into_iter().map(|l| (format!("{}.weight", l.name), l.merged_weight())).collect();
-        if self.lm_head.lora.is_some() {
+        if self.lm_head.adapter.is_some() {
             merged.insert("lm_head.weight".into(), self.lm_head.merged_weight());
         }
         for p in self.base_params() {
@@ -598,7 +594,7 @@ impl CausalLm {
             };
             out.push(Param { name: p.name, tensor });
         }
-        if self.arch.tie_word_embeddings && (self.lm_head.weight.requires_grad() || self.lm_head.lora.is_some()) {
+        if self.arch.tie_word_embeddings && (self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some()) {
             // A trained head on a tied model can no longer share the embedding: save it.
             out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.merged_weight() });
         }
