@@ -86,5 +86,6 @@ fn build_c10d_shim(root: &std::path::Path, lib_dir: &std::path::Path, has_cuda: 
     println!("cargo:rustc-link-lib=dylib=c10");
     if has_cuda {
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
 }

@@ -117,6 +117,7 @@ fn c10d_collectives_give_the_right_results_on_two_ranks() {
                     prefix: "test/".into(),
                     timeout: Duration::from_secs(60),
                     gloo_interface: None,
+                    cuda_device: 0,
                 })
                 .unwrap();
                 let r = rank as f64;
@@ -163,6 +164,7 @@ fn a_peer_that_never_comes_is_an_error_within_the_timeout() {
         prefix: "test/".into(),
         timeout: Duration::from_secs(2),
         gloo_interface: None,
+        cuda_device: 0,
     })
     .err()
     .expect("no peer: the rendezvous must fail");
@@ -188,6 +190,7 @@ fn nccl_without_a_gpu_is_an_error_not_a_crash() {
         prefix: "test/".into(),
         timeout: Duration::from_secs(20),
         gloo_interface: None,
+        cuda_device: 0,
     })
     .err()
     .expect("NCCL cannot start without a GPU");
@@ -301,6 +304,49 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `recipe run --nproc-per-node 2` in the background, once its checkpoint-2 exists.
+fn launch_until_first_checkpoint(dir: &Path, path: &Path) -> std::process::Child {
+    let launcher = recipe()
+        .arg("run")
+        .arg(path)
+        .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = dir.join("out/checkpoint-2/trainer_state.json");
+    let start = Instant::now();
+    while !first.is_file() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    launcher
+}
+
+/// Two ranks started by hand with torchrun's variables; rank 1 gets `rank1_args` too.
+fn two_ranks_by_hand(path: &Path, rank1_args: &[&str]) -> Vec<std::process::Output> {
+    let port = recipe::launch::free_port().unwrap().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut cmd = recipe();
+            cmd.arg("run").arg(path).args(["--device", "cpu", "--no-progress"]);
+            if rank == 1 {
+                cmd.args(rank1_args);
+            }
+            cmd.env("WORLD_SIZE", "2")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
 #[test]
 fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
     let extra = "max_steps: 12\nsave_steps: 2\n";
@@ -312,20 +358,7 @@ fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
 
     let b = tempfile::tempdir().unwrap();
     let path = write_recipe(b.path(), "lora", extra);
-    let launcher = recipe()
-        .arg("run")
-        .arg(&path)
-        .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let first = b.path().join("out/checkpoint-2/trainer_state.json");
-    let start = Instant::now();
-    while !first.is_file() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let launcher = launch_until_first_checkpoint(b.path(), &path);
     // Rank 1 is the second child spawned (ranks are spawned in order).
     let ranks = children(launcher.id());
     assert_eq!(ranks.len(), 2, "{ranks:?}");
@@ -358,27 +391,9 @@ fn a_rank_failing_at_set_up_ends_the_run_with_its_error() {
     // Rank 1 sees another dataset path (a missing file on that node): no hang, a clear error.
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "lora", "max_steps: 4\n");
-    let port = recipe::launch::free_port().unwrap().to_string();
     let start = Instant::now();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut cmd = recipe();
-            cmd.arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]);
-            if rank == 1 {
-                cmd.args(["--set", &format!("datasets.0.path={}", dir.path().join("missing.txt").display())]);
-            }
-            cmd.env("WORLD_SIZE", "2")
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let missing = format!("datasets.0.path={}", dir.path().join("missing.txt").display());
+    let outs = two_ranks_by_hand(&path, &["--set", &missing]);
     assert!(start.elapsed() < Duration::from_secs(50), "took {:?}", start.elapsed());
     let stderr = |i: usize| String::from_utf8_lossy(&outs[i].stderr).into_owned();
     assert!(!outs[0].status.success() && !outs[1].status.success());
@@ -409,26 +424,7 @@ fn launcher_variables_without_a_master_are_refused() {
 fn ranks_that_resolved_different_plans_refuse_to_train_together() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "lora", "max_steps: 4\n");
-    let port = recipe::launch::free_port().unwrap().to_string();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut cmd = recipe();
-            cmd.arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]);
-            if rank == 1 {
-                cmd.args(["--set", "learning_rate=1.0e-3"]);
-            }
-            cmd.env("WORLD_SIZE", "2")
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outs = two_ranks_by_hand(&path, &["--set", "learning_rate=1.0e-3"]);
     for (rank, out) in outs.iter().enumerate() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "rank {rank} trained");
@@ -441,20 +437,7 @@ fn ranks_that_resolved_different_plans_refuse_to_train_together() {
 fn ctrl_c_stops_every_rank_at_the_same_step_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "lora", "max_steps: 400\nsave_steps: 2\n");
-    let launcher = recipe()
-        .arg("run")
-        .arg(&path)
-        .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let first = dir.path().join("out/checkpoint-2/trainer_state.json");
-    let start = Instant::now();
-    while !first.is_file() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let launcher = launch_until_first_checkpoint(dir.path(), &path);
     unsafe {
         libc::kill(launcher.id() as i32, libc::SIGINT);
     }

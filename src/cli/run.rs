@@ -107,19 +107,24 @@ fn device(text: &str) -> Result<tch::Device, ExitCode> {
     })
 }
 
-/// The device of this rank: `auto` / `cuda` mean `cuda:LOCAL_RANK` when launched as several ranks.
+/// The device of this rank: `auto` / `cuda` mean `cuda:LOCAL_RANK` when launched as several ranks
+/// on a machine that shows them all its GPUs, and `cuda:0` where each rank sees one GPU of its own
+/// (SLURM's `--gpus-per-task`, or CUDA_VISIBLE_DEVICES set per rank).
 fn rank_device(text: &str, process: &crate::launch::ProcessEnv) -> Result<tch::Device, String> {
     let device = exec::parse_device(text)?;
+    let count = tch::Cuda::device_count().max(0) as usize;
     match device {
         tch::Device::Cuda(_) if matches!(text, "auto" | "cuda") => {
-            let n = process.local_rank;
-            let count = tch::Cuda::device_count() as usize;
+            let n = if count == 1 { 0 } else { process.local_rank };
             if n >= count {
-                return Err(format!("local rank {n} needs cuda:{n}, but this machine shows {count} CUDA device(s)"));
+                return Err(format!(
+                    "local rank {n} needs cuda:{n}, but this machine shows {count} CUDA devices: start at most \
+                     {count} ranks per node"
+                ));
             }
             Ok(tch::Device::Cuda(n))
         }
-        tch::Device::Cuda(n) if process.local_world_size > 1 && n != process.local_rank => Err(format!(
+        tch::Device::Cuda(n) if process.local_world_size > 1 && count > 1 && n != process.local_rank => Err(format!(
             "--device {text} on local rank {}: each rank of a multi-process run uses cuda:LOCAL_RANK; use --device \
              auto",
             process.local_rank
@@ -146,12 +151,13 @@ pub fn train(
     init_logging(process.rank);
     // Errors of ranks other than the main process say whose they are.
     let who = if process.joins_group() { format!("[rank {}] ", process.rank) } else { String::new() };
-    // A rank that fails before it joins still tells the others (at once, not after ddp_timeout).
+    // A rank that fails before it joins still tells the others (at once, not after ddp_timeout),
+    // when it knows its device: the others use that backend. Without one it just exits, and the
+    // launcher stops the rest.
     let announce = |process: &crate::launch::ProcessEnv| {
-        if process.joins_group() {
-            let guess = rank_device(device_name, process).unwrap_or(tch::Device::Cpu);
+        if let (true, Ok(device)) = (process.joins_group(), rank_device(device_name, process)) {
             let timeout = std::time::Duration::from_secs(exec::distributed::DEFAULT_TIMEOUT_SECS);
-            exec::distributed::announce_failed_set_up(process, guess, timeout);
+            exec::distributed::announce_failed_set_up(process, device, timeout);
         }
     };
     let options = PlanOptions { world_size: process.world_size as u64, nodes: process.nodes as u64, gpu_memory: None };
@@ -169,7 +175,6 @@ pub fn train(
         Ok(d) => d,
         Err(e) => {
             eprintln!("{who}error: {e}");
-            announce(&process);
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -83,7 +83,11 @@ pub fn folder(prepared_path: &Path, key: &str) -> PathBuf {
 pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
     let parent = dir.parent().ok_or("the cache folder has no parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+    if dir.join("report.json").is_file() {
+        return Ok(()); // another rank of this run wrote it first
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let tmp = dir.with_extension(format!("partial-{}-{}", host.trim(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     for (name, samples) in [("train", &prepared.train), ("validation", &prepared.validation), ("test", &prepared.test)]
@@ -102,7 +106,9 @@ pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
     }
     let report = serde_json::to_string_pretty(&prepared.report).map_err(|e| e.to_string())? + "\n";
     std::fs::write(tmp.join("report.json"), report).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let _ = std::fs::remove_dir_all(dir);
+    if dir.exists() && !dir.join("report.json").is_file() {
+        let _ = std::fs::remove_dir_all(dir); // an incomplete folder of an older format
+    }
     match std::fs::rename(&tmp, dir) {
         Err(_) if dir.join("report.json").is_file() => {
             let _ = std::fs::remove_dir_all(&tmp);

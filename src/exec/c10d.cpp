@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef RECIPE_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -25,6 +26,9 @@ struct RecipeGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  // NCCL: work->wait() makes the current stream wait (no host sync); a wait with a timeout would
+  // poll on the host. Its timeout is the process group's own (the options' timeout).
+  bool device_side;
 };
 
 namespace {
@@ -54,7 +58,11 @@ bool guarded(char** err, F&& body) {
 }
 
 void finish(RecipeGroup* g, const c10::intrusive_ptr<c10d::Work>& work) {
-  work->wait(g->timeout);
+  if (g->device_side) {
+    work->wait();
+  } else {
+    work->wait(g->timeout);
+  }
 }
 
 c10d::ReduceOp reduce_op(int op) {
@@ -77,9 +85,10 @@ extern "C" {
 // backend 0 = Gloo (CPU tensors), 1 = NCCL (CUDA tensors). `prefix` namespaces the store's keys
 // (torchrun's agent store is shared between restarts). `gloo_interface`: a network interface for
 // Gloo (GLOO_SOCKET_IFNAME), else `gloo_hostname` (the address to bind), else the default device.
+// `cuda_device`: NCCL's GPU (made the current device).
 RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, int world_size, int store_server, int wait_workers,
                              const char* prefix, long long timeout_ms, const char* gloo_interface,
-                             const char* gloo_hostname, char** err) {
+                             const char* gloo_hostname, int cuda_device, char** err) {
   RecipeGroup* out = nullptr;
   guarded(err, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -106,6 +115,10 @@ RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, 
       made = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
     } else {
 #ifdef RECIPE_WITH_NCCL
+      // This rank's GPU is the current device, so NCCL's communicator and barriers use it.
+      if (c10::cuda::device_count() > 0) {
+        c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
+      }
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
       made = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world_size, options);
@@ -113,12 +126,18 @@ RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, 
       throw std::runtime_error("this build of recipe has no NCCL (built without the CUDA headers)");
 #endif
     }
-    out = new RecipeGroup{store, made, timeout};
+    out = new RecipeGroup{store, made, timeout, backend != 0};
   });
   return out;
 }
 
-void recipe_c10d_free(RecipeGroup* g) { delete g; }
+void recipe_c10d_free(RecipeGroup* g) {
+  try {
+    delete g;
+  } catch (...) {
+    // Leaving a broken group at exit: nothing more to do.
+  }
+}
 
 void recipe_c10d_free_message(char* message) { std::free(message); }
 

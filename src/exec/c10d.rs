@@ -32,6 +32,7 @@ unsafe extern "C-unwind" {
         timeout_ms: c_longlong,
         gloo_interface: *const c_char,
         gloo_hostname: *const c_char,
+        cuda_device: c_int,
         err: *mut *mut c_char,
     ) -> *mut RawGroup;
     fn recipe_c10d_free(group: *mut RawGroup);
@@ -97,6 +98,8 @@ pub struct Rendezvous {
     pub timeout: std::time::Duration,
     /// Gloo: bind to this network interface (GLOO_SOCKET_IFNAME).
     pub gloo_interface: Option<String>,
+    /// NCCL: this rank's GPU.
+    pub cuda_device: usize,
 }
 
 /// One process group; dropped, it leaves the group.
@@ -161,6 +164,7 @@ impl ProcessGroup {
                 r.timeout.as_millis().min(i64::MAX as u128) as c_longlong,
                 interface.as_ptr(),
                 hostname.as_ptr(),
+                r.cuda_device as c_int,
                 &mut err,
             )
         };

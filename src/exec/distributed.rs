@@ -44,6 +44,10 @@ impl Communicator {
             prefix: format!("recipe/attempt_{}/", env.restart),
             timeout,
             gloo_interface: std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()),
+            cuda_device: match device {
+                Device::Cuda(n) => n,
+                _ => 0,
+            },
         };
         let group = ProcessGroup::join(&rendezvous).map_err(|e| {
             format!(
@@ -103,6 +107,23 @@ impl Communicator {
         let all = g.all_gather(&t).map_err(|e| self.failed(e))?;
         let values = Vec::<i64>::try_from(all.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
         Ok(values.into_iter().map(|v| v as u64).collect())
+    }
+
+    /// Every rank learns whether every rank's `result` is Ok; an error on another rank becomes an
+    /// error here naming it, so no rank goes on into collectives the failed one never reaches.
+    pub fn agree<T>(&self, result: Result<T, String>, what: &str, device: Device) -> Result<T, String> {
+        if self.group.is_none() {
+            return result;
+        }
+        let all = self.all_gather_u64(u64::from(result.is_ok()), device)?;
+        let result = result?;
+        let failed: Vec<String> =
+            all.iter().enumerate().filter(|(_, ok)| **ok == 0).map(|(r, _)| r.to_string()).collect();
+        if failed.is_empty() {
+            Ok(result)
+        } else {
+            Err(format!("rank {} failed {what} (see its error); stopping", failed.join(", ")))
+        }
     }
 
     /// Every rank's tensors become rank 0's (trainable weights at start), in place.

@@ -268,7 +268,14 @@ fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String>
 
 /// A digest of what must be equal on every rank: the resolved plan and the training rows.
 fn run_digest(plan: &Plan, rows: &[packing::Row]) -> u64 {
-    let plan_json = serde_json::to_vec(plan).unwrap_or_default();
+    // Where each rank found the model's config (hub, cache, folder) may differ; what it says may not.
+    let mut value = serde_json::to_value(plan).unwrap_or_default();
+    if let Some(model) = value.get_mut("model").and_then(|m| m.as_object_mut()) {
+        for provenance in ["config_source", "source_kind", "local_dir"] {
+            model.remove(provenance);
+        }
+    }
+    let plan_json = serde_json::to_vec(&value).unwrap_or_default();
     let mut words: Vec<u8> = Vec::with_capacity(rows.iter().map(|r| r.len() * 16).sum());
     for r in rows {
         for (i, l) in r.input_ids.iter().zip(&r.labels) {
@@ -345,54 +352,70 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     let output_dir = PathBuf::from(&t.output_dir);
-    if rt.is_main() {
-        std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
-    }
-    let mut optimizer =
-        catch_torch_errors(Some(plan), || Ok(optimizer::AdamW::new(model.trainable_params(), &t.optimizer)))?;
-    let train_tokens: usize = train_rows.iter().map(packing::Row::len).sum();
-    let mut state = checkpoint::TrainerState {
-        global_step: 0,
-        total_steps: steps.total,
-        best_eval_loss: None,
-        evals_without_improvement: 0,
-        seed: t.seed,
-        train_rows: train_rows.len(),
-        train_tokens,
-        loss_scaler: rt.precision.loss_scaling.then(loss_scale::LossScaler::default),
-    };
-    let resumed_from = train::resume_dir(plan, &output_dir)?;
-    if let Some(dir) = &resumed_from {
-        let saved = checkpoint::read_state(dir)?;
-        if (saved.train_rows, saved.train_tokens, saved.seed) != (state.train_rows, state.train_tokens, state.seed) {
-            return Err(format!(
-                "{}: made on other data or seed ({} rows / {} tokens / seed {}; now {} / {} / {}); resume needs the same",
-                dir.display(),
-                saved.train_rows,
-                saved.train_tokens,
-                saved.seed,
-                state.train_rows,
-                state.train_tokens,
-                state.seed
-            ));
+    // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
+    // loop's collectives start, and so is the step every rank resumes from.
+    let started = catch_torch_errors(Some(plan), || {
+        if rt.is_main() {
+            std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
         }
-        let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
-        adapter::load_trainable(&model, &weights)?;
-        optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
-        state = saved;
-        // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
-        state.loss_scaler =
-            if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
-        tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+        let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
+        let train_tokens: usize = train_rows.iter().map(packing::Row::len).sum();
+        let mut state = checkpoint::TrainerState {
+            global_step: 0,
+            total_steps: steps.total,
+            best_eval_loss: None,
+            evals_without_improvement: 0,
+            seed: t.seed,
+            train_rows: train_rows.len(),
+            train_tokens,
+            loss_scaler: rt.precision.loss_scaling.then(loss_scale::LossScaler::default),
+        };
+        let resumed_from = train::resume_dir(plan, &output_dir)?;
+        if let Some(dir) = &resumed_from {
+            let saved = checkpoint::read_state(dir)?;
+            if (saved.train_rows, saved.train_tokens, saved.seed) != (state.train_rows, state.train_tokens, state.seed)
+            {
+                return Err(format!(
+                    "{}: made on other data or seed ({} rows / {} tokens / seed {}; now {} / {} / {}); resume needs \
+                     the same",
+                    dir.display(),
+                    saved.train_rows,
+                    saved.train_tokens,
+                    saved.seed,
+                    state.train_rows,
+                    state.train_tokens,
+                    state.seed
+                ));
+            }
+            let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
+            adapter::load_trainable(&model, &weights)?;
+            optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
+            state = saved;
+            // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
+            state.loss_scaler =
+                if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
+            tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+        }
+        let log = if rt.is_main() {
+            metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?
+        } else {
+            metrics::MetricsLog::discard(&output_dir)
+        };
+        Ok((optimizer, state, resumed_from, log))
+    });
+    let (mut optimizer, state, resumed_from, mut log) =
+        rt.comm.agree(started, "preparing the output folder or resuming", device)?;
+    let resume_steps = rt.comm.all_gather_u64(state.global_step, device)?;
+    if let Some(rank) = resume_steps.iter().position(|s| *s != resume_steps[0]) {
+        return Err(format!(
+            "rank {rank} resumes from step {}, rank 0 from step {}: every rank must see the same checkpoints (is \
+             output_dir on a file system all nodes share?)",
+            resume_steps[rank], resume_steps[0]
+        ));
     }
     // Every rank starts from rank 0's trainable weights (its LoRA initialisation).
     let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
     catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
-    let mut log = if rt.is_main() {
-        metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?
-    } else {
-        metrics::MetricsLog::discard(&output_dir)
-    };
 
     let progress = if opts.progress && rt.is_main() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(steps.total);

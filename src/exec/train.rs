@@ -114,19 +114,20 @@ impl Loop<'_> {
         let comm = &self.runtime.comm;
         let device = self.model.device;
         let mbs = self.plan.training.eval_batch_size as usize;
-        let mut total = Tensor::zeros([], (Kind::Double, device));
+        let mut total = Tensor::zeros([], (Kind::Float, device));
         let mut units = 0usize;
-        for chunk in self.validation.chunks(mbs).skip(comm.rank).step_by(comm.world_size) {
+        for (i, chunk) in self.validation.chunks(mbs).enumerate() {
             let rows: Vec<&Row> = chunk.iter().collect();
             let b = collate(&rows, self.pad_id, self.pad_to());
-            let batch = DeviceBatch::upload(&b, device);
-            total += objective::loss_sum_no_grad(self.model, self.objective, &batch).to_kind(Kind::Double);
+            // Every rank counts every chunk's units (host data); each scores its share.
             units += self.objective.units(&b);
+            if i % comm.world_size == comm.rank {
+                let batch = DeviceBatch::upload(&b, device);
+                total += objective::loss_sum_no_grad(self.model, self.objective, &batch);
+            }
         }
-        let mut sums = Tensor::stack(&[total, Tensor::from(units as f64).to_device(device)], 0);
-        comm.all_reduce_sum(&mut sums)?;
-        let sums = Vec::<f64>::try_from(sums.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
-        Ok(Some(self.objective.eval_metrics(sums[0], sums[1])))
+        comm.all_reduce_sum(&mut total)?;
+        Ok(Some(self.objective.eval_metrics(total.double_value(&[]), units as f64)))
     }
 
     /// Evaluates and records the metrics at `step`; returns the evaluation loss.
@@ -311,8 +312,8 @@ impl Loop<'_> {
                         step + 1
                     ));
                 }
-                if comm.is_main() {
-                    let dir = checkpoint::save(
+                let saved = if comm.is_main() {
+                    checkpoint::save(
                         self.output_dir,
                         self.model,
                         &optimizer.state(),
@@ -320,11 +321,14 @@ impl Loop<'_> {
                         plan,
                         self.base_dir,
                         t.save_total_limit,
-                    )?;
-                    tracing::info!(step = step + 1, "saved {}", dir.display());
-                }
-                // No rank runs ahead of a checkpoint it may have to resume from.
-                comm.barrier()?;
+                    )
+                    .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))
+                } else {
+                    Ok(())
+                };
+                // No rank runs ahead of a checkpoint it may have to resume from, nor on after a
+                // failed save (a full disk on rank 0 stops every rank).
+                comm.agree(saved, &format!("to save checkpoint-{}", step + 1), self.model.device)?;
             }
             if stop {
                 outcome.interrupted = true;
