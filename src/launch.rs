@@ -278,10 +278,15 @@ pub fn spawn(
             // Own process group: a terminal's Ctrl-C reaches this launcher only, which forwards it
             // once (a second SIGINT would end a rank before it saves).
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; a rank must not outlive its launcher.
+        // SAFETY: prctl, getppid and raise are async-signal-safe; a rank must not outlive its
+        // launcher (and one whose launcher died before the prctl ends at once).
+        let launcher = std::process::id();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() as u32 != launcher {
+                    libc::raise(libc::SIGTERM);
+                }
                 Ok(())
             });
         }

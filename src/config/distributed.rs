@@ -13,18 +13,20 @@ pub struct DistributedConfig {
     /// Details of sharded training.
     #[serde(default)]
     pub fsdp_config: FsdpConfig,
-    /// Seconds a collective may wait before the run fails.
+    /// Seconds the rendezvous and each collective may wait for the other ranks before the run
+    /// fails (1800 when absent, as torch's default); at most a week.
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 604800))]
     pub ddp_timeout: Option<u64>,
-    /// Gradient all-reduce bucket size in MiB (25 when absent).
+    /// Gradients are all-reduced in flat buckets of this many MiB (25 when absent, as DDP).
     #[serde(default)]
     #[schemars(range(min = 1, max = 65536))]
     pub ddp_bucket_cap_mb: Option<u32>,
     /// Broadcast buffers from rank 0 at each step (Llama-family models have none to sync).
     #[serde(default)]
     pub ddp_broadcast_buffers: Option<bool>,
-    /// Tolerate parameters that get no gradient in a step.
+    /// Tolerate trainable parameters that get no gradient in a step (summed as zero); false: such a
+    /// parameter is an error naming it, as DDP's default.
     #[serde(default)]
     pub ddp_find_unused_parameters: Option<bool>,
 }

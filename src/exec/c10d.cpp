@@ -133,6 +133,10 @@ RecipeGroup* recipe_c10d_new(int backend, const char* host, int port, int rank, 
 
 void recipe_c10d_free(RecipeGroup* g) {
   try {
+    // NCCL's communicators are torn down explicitly (as destroy_process_group does).
+    if (g != nullptr && g->device_side) {
+      g->backend->shutdown();
+    }
     delete g;
   } catch (...) {
     // Leaving a broken group at exit: nothing more to do.

@@ -214,7 +214,36 @@ struct SetUp {
     in_use_before_model: Option<u64>,
 }
 
+/// What the executor does not build yet, refused by name (validate and plan report these first,
+/// at the recipe's keys; this is the last line of defence).
+fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
+    if plan.adapter.dora {
+        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
+    }
+    if let Some(p) = &plan.training.preference {
+        return Err(format!(
+            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
+             preprocess` check the preference pairs",
+            p.method
+        ));
+    }
+    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
+        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
+                    lora_modules_to_save: [embed_tokens], or target linear layers"
+            .into());
+    }
+    if !plan.layout.fsdp.is_empty() {
+        let list: Vec<&str> = plan.layout.fsdp.iter().map(|o| o.as_str()).collect();
+        return Err(format!(
+            "fsdp: [{}] (sharded training) is not built into recipe run yet; remove it to train data-parallel",
+            list.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String> {
+    refuse_unbuilt(plan)?;
     let quantize = quantize_spec(plan)?;
     let base_dir = if opts.random_weights {
         crate::plan::model::tokenizer_folder(&plan.model)?
@@ -320,28 +349,6 @@ fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> 
 
 /// Trains as the plan says. Errors are messages for the user.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
-    if plan.adapter.dora {
-        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
-    }
-    if let Some(p) = &plan.training.preference {
-        return Err(format!(
-            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
-             preprocess` check the preference pairs",
-            p.method
-        ));
-    }
-    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
-        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
-                    lora_modules_to_save: [embed_tokens], or target linear layers"
-            .into());
-    }
-    if !plan.layout.fsdp.is_empty() {
-        let list: Vec<&str> = plan.layout.fsdp.iter().map(|o| o.as_str()).collect();
-        return Err(format!(
-            "fsdp: [{}] (sharded training) is not built into recipe run yet; remove it to train data-parallel",
-            list.join(", ")
-        ));
-    }
     let t = &plan.training;
     let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
     let (device, kind) = (rt.device, rt.precision.compute);

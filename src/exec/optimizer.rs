@@ -129,12 +129,12 @@ impl AdamW {
         }
     }
 
-    /// The gradients of the optimized tensors (undefined where a tensor got none).
     /// The parameters it updates, by their saved names.
     pub fn named_params(&self) -> Vec<(String, Tensor)> {
         self.params.iter().map(|s| (s.name.clone(), s.param.shallow_clone())).collect()
     }
 
+    /// The gradients of the optimized tensors (undefined where a tensor got none).
     pub fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|s| s.param.grad()).collect()
     }
