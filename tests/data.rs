@@ -148,14 +148,15 @@ fn chat_datasets_train_every_assistant_turn() {
 }
 
 #[test]
-fn preference_pairs_are_checked_rendered_and_refused_by_run() {
+fn preference_pairs_are_checked_and_rendered_as_trl_does() {
     let dir = tempfile::tempdir().unwrap();
     let datasets = format!("  - path: {}\n    type: chat_template.default\n", fixture("preference.jsonl"));
     let path = write_recipe(dir.path(), &datasets, "rl: dpo\nchat_template: chatml\nval_set_size: 0\n");
-    // Valid, with a warning at `rl` that `recipe run` refuses it.
+    // Pairs are not packed.
+    let text = std::fs::read_to_string(&path).unwrap().replace("sample_packing: true", "sample_packing: false");
+    std::fs::write(&path, text).unwrap();
     let out = recipe().arg("validate").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("warning[preference-not-built]"));
     // A malformed pair is named by file, line and field.
     let out = recipe().args(["preview"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -187,10 +188,6 @@ fn preference_pairs_are_checked_rendered_and_refused_by_run() {
 
     let text = stdout_of(recipe().args(["preprocess"]).args(set).arg(&path));
     assert!(text.contains("checked  3 training, 0 validation, 0 test preference pairs"), "{text}");
-    let out = recipe().args(["run"]).args(set).arg(&path).args(["--device", "cpu"]).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("rl: dpo (preference training) is not built into the executor yet"), "{stderr}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save.
 #![cfg(feature = "exec")]
 
+mod common;
+
 use recipe::exec::objective::{self, DeviceBatch, Supervised};
 use recipe::model::adapter;
 use recipe::model::llama::{CausalLm, Inputs, LoadOptions};
@@ -20,13 +22,7 @@ fn root() -> PathBuf {
 /// the batch's position ids.
 fn load_case(case: &str, base_kind: Kind) -> (CausalLm, std::collections::HashMap<String, Tensor>, Tensor) {
     let dir = root().join("tests/golden/lora").join(case);
-    let cfg = adapter::read_config(&dir).unwrap();
-    let base = root().join(&cfg.base_model);
-    let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, base_kind, trainable: cfg.trainable.clone(), quantize: None };
-    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
-    let adapter_file = dir.join("adapter_model.safetensors");
-    adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[adapter_file]).unwrap()).unwrap();
+    let model = common::load_peft_folder(&dir, base_kind);
     let g: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let (b, t) = (g["input_ids"].size()[0], g["input_ids"].size()[1]);
@@ -52,7 +48,9 @@ fn check(case: &str, checkpointing: bool) {
         counted,
         checkpointing,
         &|_| {},
-    ) / counted;
+    )
+    .loss
+        / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
 
@@ -115,7 +113,9 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
             counted / scaler.scale,
             false,
             &|_| {},
-        ) / counted;
+        )
+        .loss
+            / counted;
         let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
         let finite = scaler.unscale(&grads);
         scaler.update(finite);

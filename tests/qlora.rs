@@ -199,6 +199,7 @@ fn qlora_matches_peft_over_bitsandbytes() {
     let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     let loss =
         objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {})
+            .loss
             / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     let mut worst = 0f64;

@@ -209,15 +209,15 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(p) = &plan.training.preference {
-        // Every pair is checked; nothing is cached, since nothing reads prepared pairs yet.
+        // Every pair is checked; pairs are not cached (recipe run prepares them itself).
         return match preference::prepare(&plan, &tok, &dir) {
             Ok(prepared) => {
                 for line in &prepared.report {
                     println!("data     {line}");
                 }
                 println!(
-                    "checked  {} training, {} validation, {} test preference pairs; not cached: rl: {} is not built \
-                     into the executor yet",
+                    "checked  {} training, {} validation, {} test preference pairs for rl: {} (pairs are not cached: \
+                     recipe run prepares them)",
                     prepared.train.len(),
                     prepared.validation.len(),
                     prepared.test.len(),

@@ -223,12 +223,22 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("data       {line}");
     }
     println!(
-        "rows       {} training, {} validation (sequence_len {}, packing {}, efficiency {:.1}%)",
-        r.train_rows,
-        r.validation_rows,
-        plan.batch.sequence_len,
-        plan.batch.sample_packing,
-        100.0 * r.packing_efficiency
+        "{}",
+        if plan.training.preference.is_some() {
+            format!(
+                "pairs      {} training, {} validation (sequence_len {}, not packed)",
+                r.train_rows, r.validation_rows, plan.batch.sequence_len
+            )
+        } else {
+            format!(
+                "rows       {} training, {} validation (sequence_len {}, packing {}, efficiency {:.1}%)",
+                r.train_rows,
+                r.validation_rows,
+                plan.batch.sequence_len,
+                plan.batch.sample_packing,
+                100.0 * r.packing_efficiency
+            )
+        }
     );
     if let Some(dir) = &r.resumed_from {
         println!("resumed    from {}", dir.display());
@@ -256,7 +266,13 @@ fn report(plan: &Plan, r: &exec::RunReport) {
             (planned as f64 / measured.max(1) as f64 - 1.0) * 100.0
         );
     }
-    let fmt = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4} (perplexity {:.2})", l.exp()));
+    // Perplexity belongs to language modelling; a preference loss is shown alone.
+    let preference = plan.training.preference.is_some();
+    let fmt = |l: Option<f64>| match l {
+        None => "-".to_string(),
+        Some(l) if preference => format!("{l:.4}"),
+        Some(l) => format!("{l:.4} (perplexity {:.2})", l.exp()),
+    };
     println!("val loss   before {}  after {}", fmt(r.eval_loss_before), fmt(r.eval_loss_after));
     if let Some(reason) = &r.stopped_early {
         println!("stopped    early: {reason}");

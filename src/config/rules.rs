@@ -382,16 +382,33 @@ impl Rules<'_> {
             }
         }
         if let Some(rl) = c.training.rl {
-            let method = serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            self.warn(
-                "preference-not-built",
-                format!(
-                    "`rl: {method}`: preference training is not built into `recipe run` yet, so it refuses this recipe"
-                ),
-                &["rl"],
-                "`recipe preview` and `recipe preprocess` check the preference pairs; to train now, remove rl and use \
-                 conversation data (type: chat_template)",
-            );
+            use super::training::RlMethod;
+            if matches!(rl, RlMethod::Orpo | RlMethod::Simpo) {
+                self.warn(
+                    "preference-not-built",
+                    format!("`rl: {rl}` is not built into `recipe run` yet, so it refuses this recipe"),
+                    &["rl"],
+                    "rl: dpo and rl: ipo train; `recipe preview` and `recipe preprocess` check the pairs",
+                );
+            } else if c.adapter.adapter.is_none() {
+                self.warn(
+                    "preference-not-built",
+                    format!(
+                        "`rl: {rl}` with a full fine-tune needs a frozen reference copy of the model, which is not \
+                         built yet, so `recipe run` refuses this recipe"
+                    ),
+                    &["rl", "adapter"],
+                    "train an adapter (adapter: lora or qlora): its reference is the base with the adapter switched off",
+                );
+            }
+            if c.data.sample_packing {
+                self.error(
+                    "preference-packing",
+                    format!("`rl: {rl}` trains on pairs, which are not packed"),
+                    &["sample_packing", "rl"],
+                    "set sample_packing: false",
+                );
+            }
         }
         if !c.distributed.fsdp.is_empty() {
             let list: Vec<&str> = c.distributed.fsdp.iter().map(|o| o.as_str()).collect();

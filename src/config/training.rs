@@ -209,6 +209,23 @@ pub enum RlMethod {
     Simpo,
 }
 
+impl RlMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RlMethod::Dpo => "dpo",
+            RlMethod::Ipo => "ipo",
+            RlMethod::Orpo => "orpo",
+            RlMethod::Simpo => "simpo",
+        }
+    }
+}
+
+impl std::fmt::Display for RlMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `true`, `false` or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Switch {

@@ -1,4 +1,5 @@
-//! Samples into rows, rows into batches. With `sample_packing`, samples are packed into
+//! Samples into rows, rows into batches, and what the training loop samples (`Example`: a row, or a
+//! preference pair's two rows). With `sample_packing`, samples are packed into
 //! sequence_len rows by first-fit-decreasing; each keeps its own position ids (restarting at 0)
 //! and a segment id, from which the model builds a block-diagonal causal mask, and the label of each
 //! sample's first token is -100, so no sample learns from its neighbour. Without packing, a row is
@@ -73,6 +74,72 @@ fn join<'a>(samples: impl Iterator<Item = &'a Sample>, capacity: usize) -> Row {
 pub fn efficiency(rows: &[Row], capacity: usize) -> f64 {
     let real: usize = rows.iter().map(Row::len).sum();
     real as f64 / (rows.len() * capacity).max(1) as f64
+}
+
+/// What the training loop draws, shuffles and batches: a row of supervised samples, or a
+/// preference pair (its chosen and rejected sequences).
+pub trait Example: Sync {
+    /// Tokens it puts through the model.
+    fn tokens(&self) -> usize;
+    /// A padded batch of `items` (pairs: every chosen sequence first, then every rejected one).
+    fn collate(items: &[&Self], pad_id: i64, pad_to: Option<usize>) -> HostBatch
+    where
+        Self: Sized;
+    /// Appends its token and label ids, for the ranks' comparison of their data.
+    fn digest_into(&self, out: &mut Vec<u8>);
+}
+
+impl Example for Row {
+    fn tokens(&self) -> usize {
+        self.len()
+    }
+
+    fn collate(items: &[&Self], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
+        collate(items, pad_id, pad_to)
+    }
+
+    fn digest_into(&self, out: &mut Vec<u8>) {
+        for (i, l) in self.input_ids.iter().zip(&self.labels) {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.len() as u64).to_le_bytes());
+    }
+}
+
+/// A preference pair as two rows: prompt + chosen and prompt + rejected, labels only on the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairRows {
+    pub chosen: Row,
+    pub rejected: Row,
+}
+
+impl PairRows {
+    pub fn new(prompt: &[i64], chosen: &[i64], rejected: &[i64]) -> PairRows {
+        let row = |answer: &[i64]| {
+            let input_ids: Vec<i64> = prompt.iter().chain(answer).copied().collect();
+            let labels = std::iter::repeat_n(IGNORE, prompt.len()).chain(answer.iter().copied()).collect();
+            let n = input_ids.len();
+            Row { input_ids, labels, position_ids: (0..n as i64).collect(), segment_ids: vec![1; n] }
+        };
+        PairRows { chosen: row(chosen), rejected: row(rejected) }
+    }
+}
+
+impl Example for PairRows {
+    fn tokens(&self) -> usize {
+        self.chosen.len() + self.rejected.len()
+    }
+
+    fn collate(items: &[&Self], pad_id: i64, _pad_to: Option<usize>) -> HostBatch {
+        let rows: Vec<&Row> = items.iter().map(|p| &p.chosen).chain(items.iter().map(|p| &p.rejected)).collect();
+        collate(&rows, pad_id, None)
+    }
+
+    fn digest_into(&self, out: &mut Vec<u8>) {
+        self.chosen.digest_into(out);
+        self.rejected.digest_into(out);
+    }
 }
 
 /// A padded batch on the host, row-major [rows, len].

@@ -202,16 +202,63 @@ pub fn apply_tf32(plan: &Plan, device: Device) -> Result<(), String> {
     Ok(())
 }
 
-/// What every rank loads before training: tokenizer, data, rows, the model.
-struct SetUp {
+/// What every rank loads before training: tokenizer, data, the model.
+struct SetUp<E> {
     base_dir: PathBuf,
     tok: Tokenizer,
     added: usize,
-    prepared: data::Prepared,
-    train_rows: Vec<packing::Row>,
-    validation_rows: Vec<packing::Row>,
+    data: TrainingData<E>,
     model: CausalLm,
     in_use_before_model: Option<u64>,
+}
+
+/// The examples the loop trains and evaluates on, and what preparing them reported.
+struct TrainingData<E> {
+    train: Vec<E>,
+    validation: Vec<E>,
+    report: Vec<String>,
+    /// Tokens of the training examples over their padded capacity (packing's efficiency).
+    efficiency: f64,
+    /// The start of a validation (else training) example, for the sample at the end.
+    sample_prompt: Option<Vec<i64>>,
+}
+
+/// Supervised samples as rows (packed when the recipe says so).
+fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::Row>, String> {
+    let (mut prepared, data_source) = data::load_or_prepare(plan, tok, base_dir)?;
+    prepared.report.insert(0, format!("samples {data_source}"));
+    let seq_len = plan.batch.sequence_len as usize;
+    let rows = |samples: &[data::Sample], packed: bool| {
+        if packed { packing::pack(samples, seq_len) } else { packing::unpacked(samples, seq_len) }
+    };
+    let train = rows(&prepared.train, plan.data.sample_packing);
+    let sample_prompt =
+        prepared.validation.first().or(prepared.train.first()).map(|s| s.input_ids.iter().take(16).copied().collect());
+    Ok(TrainingData {
+        efficiency: packing::efficiency(&train, seq_len),
+        validation: rows(&prepared.validation, plan.data.eval_sample_packing),
+        train,
+        report: prepared.report,
+        sample_prompt,
+    })
+}
+
+/// Preference pairs, each as its chosen and rejected rows.
+fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::PairRows>, String> {
+    let prepared = data::preference::prepare(plan, tok, base_dir)?;
+    let rows = |pairs: &[data::preference::Pair]| -> Vec<packing::PairRows> {
+        pairs.iter().map(|p| packing::PairRows::new(&p.prompt_ids, &p.chosen_ids, &p.rejected_ids)).collect()
+    };
+    let train = rows(&prepared.train);
+    let seq_len = plan.batch.sequence_len as usize;
+    let tokens: usize = train.iter().map(packing::Example::tokens).sum();
+    Ok(TrainingData {
+        efficiency: tokens as f64 / (train.len() * 2 * seq_len).max(1) as f64,
+        validation: rows(&prepared.validation),
+        sample_prompt: prepared.validation.first().or(prepared.train.first()).map(|p| p.prompt_ids.clone()),
+        train,
+        report: prepared.report,
+    })
 }
 
 /// What the executor does not build yet, refused by name (validate and plan report these first,
@@ -221,11 +268,24 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
         return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
     }
     if let Some(p) = &plan.training.preference {
-        return Err(format!(
-            "rl: {} (preference training) is not built into the executor yet; `recipe preview` and `recipe \
-             preprocess` check the preference pairs",
-            p.method
-        ));
+        use crate::config::training::RlMethod;
+        if matches!(p.method, RlMethod::Orpo | RlMethod::Simpo) {
+            let name = serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned));
+            return Err(format!(
+                "rl: {} is not built into the executor yet; rl: dpo and rl: ipo train",
+                name.unwrap_or_default()
+            ));
+        }
+        if plan.adapter.method == AdapterMethod::Full {
+            return Err("rl: with a full fine-tune needs a frozen reference copy, which is not built yet; train an \
+                        adapter (adapter: lora or qlora): its reference is the base with the adapter switched off"
+                .into());
+        }
+        if plan.data.sample_packing {
+            return Err(
+                "sample_packing with rl: is not supported (pairs are not packed); set sample_packing: false".into()
+            );
+        }
     }
     if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
         return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
@@ -242,7 +302,9 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String> {
+type DataLoader<E> = fn(&Plan, &Tokenizer, &Path) -> Result<TrainingData<E>, String>;
+
+fn set_up<E>(plan: &Plan, opts: &RunOptions, rt: &Runtime, load: DataLoader<E>) -> Result<SetUp<E>, String> {
     refuse_unbuilt(plan)?;
     let quantize = quantize_spec(plan)?;
     let base_dir = if opts.random_weights {
@@ -252,14 +314,8 @@ fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String>
     };
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
-    let (mut prepared, data_source) = data::load_or_prepare(plan, &tok, &base_dir)?;
-    prepared.report.insert(0, format!("samples {data_source}"));
+    let data = load(plan, &tok, &base_dir)?;
     let seq_len = plan.batch.sequence_len as usize;
-    let rows = |samples: &[data::Sample], packed: bool| {
-        if packed { packing::pack(samples, seq_len) } else { packing::unpacked(samples, seq_len) }
-    };
-    let train_rows = rows(&prepared.train, plan.data.sample_packing);
-    let validation_rows = rows(&prepared.validation, plan.data.eval_sample_packing);
 
     tch::manual_seed(plan.training.seed as i64);
     let in_use_before_model = host_memory::in_use();
@@ -292,11 +348,11 @@ fn set_up(plan: &Plan, opts: &RunOptions, rt: &Runtime) -> Result<SetUp, String>
              is not built yet, so set sequence_len to at most {window}"
         ));
     }
-    Ok(SetUp { base_dir, tok, added, prepared, train_rows, validation_rows, model, in_use_before_model })
+    Ok(SetUp { base_dir, tok, added, data, model, in_use_before_model })
 }
 
 /// A digest of what must be equal on every rank: the resolved plan and the training rows.
-fn run_digest(plan: &Plan, rows: &[packing::Row]) -> u64 {
+fn run_digest<E: packing::Example>(plan: &Plan, examples: &[E]) -> u64 {
     // Where each rank found the model's config (hub, cache, folder) may differ; what it says may not.
     let mut value = serde_json::to_value(plan).unwrap_or_default();
     if let Some(model) = value.get_mut("model").and_then(|m| m.as_object_mut()) {
@@ -305,13 +361,9 @@ fn run_digest(plan: &Plan, rows: &[packing::Row]) -> u64 {
         }
     }
     let plan_json = serde_json::to_vec(&value).unwrap_or_default();
-    let mut words: Vec<u8> = Vec::with_capacity(rows.iter().map(|r| r.len() * 16).sum());
-    for r in rows {
-        for (i, l) in r.input_ids.iter().zip(&r.labels) {
-            words.extend_from_slice(&i.to_le_bytes());
-            words.extend_from_slice(&l.to_le_bytes());
-        }
-        words.extend_from_slice(&(r.len() as u64).to_le_bytes());
+    let mut words: Vec<u8> = Vec::with_capacity(examples.iter().map(|e| e.tokens() * 16 + 8).sum());
+    for e in examples {
+        e.digest_into(&mut words);
     }
     distributed::digest(&plan_json) ^ distributed::digest(&words).rotate_left(1)
 }
@@ -319,13 +371,17 @@ fn run_digest(plan: &Plan, rows: &[packing::Row]) -> u64 {
 /// Every rank reports its set-up (a digest of its plan and data, or that it failed) and learns
 /// the others': a rank that failed tells the rest instead of leaving them waiting in a collective,
 /// and ranks that resolved a different plan or data refuse to train together.
-fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> Result<SetUp, String> {
+fn agree_on_set_up<E: packing::Example>(
+    rt: &Runtime,
+    plan: &Plan,
+    set_up: Result<SetUp<E>, String>,
+) -> Result<SetUp<E>, String> {
     if !rt.comm.is_distributed() {
         return set_up;
     }
     const FAILED: u64 = distributed::SET_UP_FAILED;
     let mine = match &set_up {
-        Ok(s) => run_digest(plan, &s.train_rows).max(1),
+        Ok(s) => run_digest(plan, &s.data.train).max(1),
         Err(_) => FAILED,
     };
     let all = rt.comm.all_gather_u64(mine, rt.device)?;
@@ -349,13 +405,34 @@ fn agree_on_set_up(rt: &Runtime, plan: &Plan, set_up: Result<SetUp, String>) -> 
 
 /// Trains as the plan says. Errors are messages for the user.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
-    let t = &plan.training;
     let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
+    match &plan.training.preference {
+        None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data),
+        Some(p) => {
+            use crate::config::training::RlMethod;
+            let loss = match p.method {
+                RlMethod::Ipo => objective::PreferenceLoss::Ipo,
+                _ => objective::PreferenceLoss::Dpo,
+            };
+            train_on(plan, opts, &rt, &objective::Preference { loss, beta: p.beta }, preference_data)
+        }
+    }
+}
+
+/// Set-up, training, evaluation and outputs for one objective and its kind of example.
+fn train_on<E: packing::Example>(
+    plan: &Plan,
+    opts: &RunOptions,
+    rt: &Runtime,
+    objective: &dyn objective::Objective,
+    load: DataLoader<E>,
+) -> Result<RunReport, String> {
+    let t = &plan.training;
     let (device, kind) = (rt.device, rt.precision.compute);
-    let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, &rt));
-    let SetUp { base_dir, tok, added, prepared, train_rows, validation_rows, model, in_use_before_model } =
-        agree_on_set_up(&rt, plan, set_up)?;
-    let packing_efficiency = packing::efficiency(&train_rows, plan.batch.sequence_len as usize);
+    let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load));
+    let SetUp { base_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
+    let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt } = data;
+    let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     let output_dir = PathBuf::from(&t.output_dir);
@@ -366,7 +443,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
             std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
         }
         let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
-        let train_tokens: usize = train_rows.iter().map(packing::Row::len).sum();
+        let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
         let mut state = checkpoint::TrainerState {
             global_step: 0,
             total_steps: steps.total,
@@ -436,11 +513,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         indicatif::ProgressBar::hidden()
     };
     *ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-    let supervised = objective::Supervised;
     let looper = train::Loop {
         plan,
-        runtime: &rt,
-        objective: &supervised,
+        runtime: rt,
+        objective,
         model: &model,
         base_dir: &base_dir,
         output_dir: &output_dir,
@@ -488,15 +564,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
             crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
             outputs.push(curve);
             if opts.sample_tokens > 0 && !outcome.interrupted {
-                sample = prepared.validation.first().or(prepared.train.first()).map(|s| {
-                    let prompt: Vec<i64> = s.input_ids.iter().take(16).copied().collect();
+                sample = sample_prompt.as_ref().map(|prompt| {
                     let ids = generate(
                         &model,
-                        &prompt,
+                        prompt,
                         tok.eos(),
                         Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed: t.seed },
                     );
-                    (tok.decode(&prompt), tok.decode(&ids))
+                    (tok.decode(prompt), tok.decode(&ids))
                 });
             }
             Ok(())
@@ -512,7 +587,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
         steps_done: outcome.steps_done,
         total_steps: steps.total,
-        data: prepared.report,
+        data: report,
         train_rows: train_rows.len(),
         validation_rows: validation_rows.len(),
         packing_efficiency,

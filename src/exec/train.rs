@@ -18,10 +18,10 @@
 
 use super::checkpoint::{self, TrainerState};
 use super::metrics::MetricsLog;
-use super::objective::{self, DeviceBatch, Objective};
+use super::objective::{self, DeviceBatch, LossSums, Objective};
 use super::optimizer::AdamW;
 use super::runtime::Runtime;
-use crate::data::packing::{HostBatch, Row, collate};
+use crate::data::packing::{Example, HostBatch};
 use crate::model::llama::{CausalLm, Trainable};
 use crate::plan::Plan;
 use crate::plan::schedule::{Steps, learning_rate_at};
@@ -36,15 +36,15 @@ use tch::{Device, Kind, Tensor};
 /// Set by Ctrl-C / SIGTERM: the loop saves a checkpoint and stops cleanly.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-pub struct Loop<'a> {
+pub struct Loop<'a, E: Example> {
     pub plan: &'a Plan,
     pub runtime: &'a Runtime,
     pub objective: &'a dyn Objective,
     pub model: &'a CausalLm,
     pub base_dir: &'a Path,
     pub output_dir: &'a Path,
-    pub train: &'a [Row],
-    pub validation: &'a [Row],
+    pub train: &'a [E],
+    pub validation: &'a [E],
     pub pad_id: i64,
     pub progress: &'a indicatif::ProgressBar,
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
@@ -71,15 +71,19 @@ struct Pending {
     lr: f64,
     /// Tokens of the whole global batch.
     tokens: usize,
+    /// Units of the whole global batch (the loss's denominator).
+    units: usize,
+    /// This rank's share of the objective's metric sums.
+    metrics: Option<Tensor>,
     /// fp16: the scale this step's loss was multiplied by (its grad_norm is NaN when skipped).
     loss_scale: Option<f64>,
 }
 
-impl Loop<'_> {
+impl<E: Example> Loop<'_, E> {
     /// Rows of optimizer step `step` (0-based) for the whole global batch, one slice per
     /// micro-batch: `accumulation × world` of them; this rank's are those at index
     /// `a × world + rank`. Empty slices (the end of an epoch) are dropped by the caller.
-    fn global_micro_batches(&self, step: u64, s: Steps, order: &mut (u64, Vec<usize>)) -> Vec<Vec<&Row>> {
+    fn global_micro_batches(&self, step: u64, s: Steps, order: &mut (u64, Vec<usize>)) -> Vec<Vec<&E>> {
         let b = &self.plan.batch;
         let world = self.runtime.comm.world_size;
         let (mbs, count) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize * world);
@@ -107,36 +111,42 @@ impl Loop<'_> {
 
     /// The objective's evaluation metrics over the validation rows (each rank scores every
     /// world-th chunk; the sums are reduced), the loss first. None without validation rows.
-    pub fn evaluate(&self) -> Result<Option<Vec<(&'static str, f64)>>, String> {
+    pub fn evaluate(&self) -> Result<Option<Vec<(String, f64)>>, String> {
         if self.validation.is_empty() {
             return Ok(None);
         }
         let comm = &self.runtime.comm;
         let device = self.model.device;
         let mbs = self.plan.training.eval_batch_size as usize;
-        let mut total = Tensor::zeros([], (Kind::Float, device));
+        let k = self.objective.metric_sums() as i64;
+        let mut total = Tensor::zeros([1 + k], (Kind::Float, device));
         let mut units = 0usize;
         for (i, chunk) in self.validation.chunks(mbs).enumerate() {
-            let rows: Vec<&Row> = chunk.iter().collect();
-            let b = collate(&rows, self.pad_id, self.pad_to());
+            let items: Vec<&E> = chunk.iter().collect();
+            let b = E::collate(&items, self.pad_id, self.pad_to());
             // Every rank counts every chunk's units (host data); each scores its share.
             units += self.objective.units(&b);
             if i % comm.world_size == comm.rank {
                 let batch = DeviceBatch::upload(&b, device);
-                total += objective::loss_sum_no_grad(self.model, self.objective, &batch);
+                total += sums_vector(objective::loss_sum_no_grad(self.model, self.objective, &batch));
             }
         }
         comm.all_reduce_sum(&mut total)?;
-        Ok(Some(self.objective.eval_metrics(total.double_value(&[]), units as f64)))
+        let sums =
+            Vec::<f64>::try_from(total.to_device(Device::Cpu).to_kind(Kind::Double)).map_err(|e| e.to_string())?;
+        Ok(Some(self.objective.eval_metrics(sums[0], units as f64, &sums[1..])))
     }
 
-    /// Evaluates and records the metrics at `step`; returns the evaluation loss.
+    /// Evaluates, records the metrics at `step` and logs them; returns the evaluation loss.
     pub fn evaluate_and_log(&self, step: u64, log: &mut MetricsLog) -> Result<Option<f64>, String> {
         let Some(metrics) = self.evaluate()? else { return Ok(None) };
+        let shown: Vec<String> =
+            metrics.iter().map(|(k, v)| format!("{}={v:.4}", k.trim_start_matches("eval_"))).collect();
+        tracing::info!(step, metrics = shown.join(" "), "evaluation");
         let mut record = serde_json::Map::new();
         record.insert("step".into(), json!(step));
         for (name, value) in &metrics {
-            record.insert((*name).into(), json!(value));
+            record.insert(name.clone(), json!(value));
         }
         log.write(&serde_json::Value::Object(record))?;
         Ok(metrics.first().map(|m| m.1))
@@ -184,7 +194,7 @@ impl Loop<'_> {
             let global: Vec<HostBatch> = self
                 .global_micro_batches(step, s, &mut order)
                 .iter()
-                .map(|rows| collate(rows, self.pad_id, self.pad_to()))
+                .map(|items| E::collate(items, self.pad_id, self.pad_to()))
                 .collect();
             let denominator = global.iter().filter(|b| b.rows > 0).map(|b| self.objective.units(b)).sum::<usize>();
             let tokens = global.iter().filter(|b| b.rows > 0).map(|b| b.real_tokens).sum::<usize>();
@@ -208,6 +218,7 @@ impl Loop<'_> {
             // fp16: the loss is scaled up for the backward pass (exec/loss_scale.rs).
             let scale = state.loss_scaler.map_or(1.0, |s| s.scale);
             let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
+            let mut metric_sums: Option<Tensor> = None;
             for (m, b) in &mine {
                 let batch = DeviceBatch::upload(b, self.model.device);
                 let m = *m as u64;
@@ -216,7 +227,7 @@ impl Loop<'_> {
                         tch::manual_seed(mix(seed, step, m, layer as u64));
                     }
                 };
-                loss += objective::forward_backward(
+                let sums = objective::forward_backward(
                     self.model,
                     self.objective,
                     &batch,
@@ -224,6 +235,10 @@ impl Loop<'_> {
                     t.gradient_checkpointing,
                     &reseed,
                 );
+                loss += sums.loss;
+                if let Some(m) = sums.metrics {
+                    metric_sums = Some(metric_sums.map_or_else(|| m.shallow_clone(), |acc| acc + &m));
+                }
             }
             outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(
                 &params,
@@ -254,6 +269,8 @@ impl Loop<'_> {
                 grad_norm,
                 lr,
                 tokens,
+                units: denominator,
+                metrics: metric_sums,
                 loss_scale: state.loss_scaler.map(|_| scale),
             });
             state.global_step = step + 1;
@@ -280,12 +297,6 @@ impl Loop<'_> {
             if eval_now {
                 let eval_loss = self.evaluate_and_log(step + 1, log)?.unwrap_or(f64::NAN);
                 outcome.last_eval_loss = Some(eval_loss);
-                tracing::info!(
-                    step = step + 1,
-                    eval_loss = format!("{eval_loss:.4}"),
-                    perplexity = format!("{:.3}", eval_loss.exp()),
-                    "evaluation"
-                );
                 if state.best_eval_loss.is_none_or(|b| eval_loss < b) {
                     state.best_eval_loss = Some(eval_loss);
                     state.evals_without_improvement = 0;
@@ -353,18 +364,26 @@ impl Loop<'_> {
         stop_requested: bool,
     ) -> Result<bool, String> {
         let device = self.model.device;
-        let mut shares: Vec<Tensor> = pending.iter().map(|p| p.loss.to_kind(Kind::Float)).collect();
-        shares.push(Tensor::from(if stop_requested { 1.0f32 } else { 0.0 }).to_device(device));
-        let mut summed = Tensor::stack(&shares, 0);
+        let k = self.objective.metric_sums() as i64;
+        let mut shares: Vec<Tensor> = pending.iter().map(|p| p.loss.to_kind(Kind::Float).reshape([1])).collect();
+        shares.push(Tensor::from_slice(&[if stop_requested { 1.0f32 } else { 0.0 }]).to_device(device));
+        // A rank without a micro-batch in a step has no metric sums: zeros.
+        shares.extend(pending.iter().filter(|_| k > 0).map(|p| match &p.metrics {
+            Some(m) => m.to_kind(Kind::Float),
+            None => Tensor::zeros([k], (Kind::Float, device)),
+        }));
+        let mut summed = Tensor::cat(&shares, 0);
         self.runtime.comm.all_reduce_sum(&mut summed)?;
         let n = pending.len();
         let norms: Vec<Tensor> = pending.iter().map(|p| p.grad_norm.to_device(device).to_kind(Kind::Float)).collect();
         let norms = if norms.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { Tensor::stack(&norms, 0) };
-        let both = Tensor::cat(&[summed, norms], 0).to_device(Device::Cpu);
+        let both = Tensor::cat(&[summed, norms.reshape([-1])], 0).to_device(Device::Cpu);
         let values: Vec<f64> = Vec::<f64>::try_from(both.to_kind(Kind::Double)).map_err(|e| e.to_string())?;
+        let metric_at = |i: usize| &values[n + 1 + i * k as usize..n + 1 + (i + 1) * k as usize];
+        let norms_at = n + 1 + n * k as usize;
         let stop = values[n] > 0.0;
         for (i, p) in pending.iter().enumerate() {
-            let (loss, grad_norm) = (values[i], values[n + 1 + i]);
+            let (loss, grad_norm) = (values[i], values[norms_at + i]);
             if !loss.is_finite() {
                 let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
                     format!("the last good checkpoint is {}", p.display())
@@ -382,6 +401,9 @@ impl Loop<'_> {
                 "grad_norm": grad_norm,
                 "tokens_per_second": tokens_per_second,
             });
+            for (name, value) in self.objective.metrics(metric_at(i), p.units as f64) {
+                record[name] = json!(value);
+            }
             if let Some(scale) = p.loss_scale {
                 record["loss_scale"] = json!(scale);
                 record["skipped"] = json!(!grad_norm.is_finite());
@@ -404,6 +426,15 @@ impl Loop<'_> {
         }
         pending.clear();
         Ok(stop)
+    }
+}
+
+/// A batch's loss and metric sums as one vector [loss, metrics...].
+fn sums_vector(sums: LossSums) -> Tensor {
+    let loss = sums.loss.to_kind(Kind::Float).reshape([1]);
+    match sums.metrics {
+        Some(m) => Tensor::cat(&[loss, m.to_kind(Kind::Float)], 0),
+        None => loss,
     }
 }
 

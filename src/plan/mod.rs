@@ -288,12 +288,21 @@ pub fn render_text(plan: &Plan) -> String {
     }
     let t = &plan.training;
     if let Some(p) = &t.preference {
-        let _ = writeln!(
-            o,
-            "objective  {} preference training, beta {}: not built into the executor yet (`recipe run` refuses it; \
-             `recipe preview` and `recipe preprocess` check the pairs)",
-            p.method, p.beta
-        );
+        use crate::config::training::RlMethod;
+        let status = match (p.method, plan.adapter.method) {
+            (RlMethod::Orpo | RlMethod::Simpo, _) => "not built into recipe run yet (it refuses it)".to_string(),
+            (_, adapter::AdapterMethod::Full) => {
+                "reference: a frozen copy of the model, not built yet (recipe run refuses a full fine-tune with rl:)"
+                    .to_string()
+            }
+            (RlMethod::Dpo, _) => "loss -log σ(β Δ) as TRL's sigmoid DPO; reference: the base with the adapter \
+                                   switched off (no second copy)"
+                .to_string(),
+            (RlMethod::Ipo, _) => "loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); reference: the base with \
+                                   the adapter switched off (no second copy)"
+                .to_string(),
+        };
+        let _ = writeln!(o, "objective  {} preference training, beta {}: {status}", p.method, p.beta);
     }
     let _ = writeln!(
         o,

@@ -41,7 +41,7 @@ pub struct TrainingPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct PreferencePlan {
     /// dpo, ipo, orpo or simpo.
-    pub method: String,
+    pub method: crate::config::training::RlMethod,
     /// dpo_beta.
     pub beta: f64,
 }
@@ -101,10 +101,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
         }
     };
     TrainingPlan {
-        preference: t.rl.map(|rl| PreferencePlan {
-            method: serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-            beta: t.dpo_beta,
-        }),
+        preference: t.rl.map(|rl| PreferencePlan { method: rl, beta: t.dpo_beta }),
         optimizer: OptimizerPlan {
             name: t.optimizer,
             implementation: implementation.into(),

@@ -41,6 +41,25 @@ pub fn assert_identical(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, re
     }
 }
 
+/// The base model of the peft adapter folder `dir` (relative paths from the package root) with
+/// that adapter loaded, on the CPU, the base in `base_kind`.
+#[cfg(feature = "exec")]
+pub fn load_peft_folder(dir: &Path, base_kind: tch::Kind) -> recipe::model::llama::CausalLm {
+    use recipe::model::adapter;
+    use recipe::model::llama::{CausalLm, LoadOptions};
+    use recipe::model::weights::Checkpoint;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cfg = adapter::read_config(dir).unwrap();
+    let base = root.join(&cfg.base_model);
+    let config = std::fs::read_to_string(base.join("config.json")).unwrap();
+    let arch = recipe::plan::arch::Architecture::from_config_json(&config).unwrap();
+    let opts = LoadOptions { device: tch::Device::Cpu, base_kind, trainable: cfg.trainable.clone(), quantize: None };
+    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let adapter_file = dir.join("adapter_model.safetensors");
+    adapter::load_trainable(&model, &Checkpoint::open_files(dir, &[adapter_file]).unwrap()).unwrap();
+    model
+}
+
 /// Every *.yaml / *.yml under `dir`, recursively, sorted, as paths relative to the package root.
 pub fn recipe_files(dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
