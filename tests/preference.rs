@@ -185,3 +185,38 @@ fn packing_and_unbuilt_methods_are_reported_by_validate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rl: orpo is not built into the executor yet"));
 }
+
+#[test]
+fn pairs_that_teach_nothing_are_refused_or_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            "{\"prompt\": \"Speak.\\n\", \"chosen\": \"I will speak.\", \"rejected\": \"speak. will I\"}\n",
+            "{\"prompt\": \"Speak.\\n\", \"chosen\": \"Same.\", \"rejected\": \"Same.\"}\n",
+            "{\"prompt\": \"Speak.\\n\", \"chosen\": \" \", \"rejected\": \"No.\"}\n",
+        ),
+    )
+    .unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+        &data.display().to_string(),
+    );
+    std::fs::write(&path, text.replace("val_set_size: 0.1", "val_set_size: 0")).unwrap();
+    let out = common::recipe_command().arg("preview").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pairs.jsonl:2: `chosen` and `rejected` are the same"), "{stderr}");
+    let out = common::recipe_command()
+        .args(["preview", "--json"])
+        .arg(&path)
+        .args(["--set", "skip_bad_rows=true"])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json["report"][0].as_str().unwrap();
+    assert!(report.ends_with("3 rows, 2 malformed rows skipped -> 1 pairs"), "{report}");
+}

@@ -8,11 +8,13 @@
 //! - string rows: prompt and answers as written, the prompt after BOS when the tokenizer adds one
 //!   (as recipe's supervised formats do; TRL adds no BOS for decoder-only models);
 //! - each answer ends with EOS; a pair longer than `sequence_len` (prompt + the longer answer) is
-//!   dropped, truncated (answers cut, the prompt kept) or refused, per `excess_length_strategy`.
+//!   dropped, truncated (answers cut, the prompt kept) or refused, per `excess_length_strategy`;
+//! - a pair with an empty answer, or the same chosen and rejected answer, is a bad row (refused with
+//!   its place, or skipped and counted under `skip_bad_rows`).
 //!
 //! Datasets mix (weights), shuffle and split like supervised samples; test pairs are removed from
-//! training. Preference training itself is not in the executor yet: `recipe preview` and
-//! `recipe preprocess` check and show the pairs, and `recipe run` refuses `rl:` by name.
+//! training. `recipe preview` and `recipe preprocess` check and show the pairs; `recipe run` trains on
+//! them (exec/objective.rs, `Preference`).
 
 use super::{Counts, DatasetPlan, Formatted, Tokenizer, dataset_template, formatted_rows, mix, template};
 use crate::config::datasets::{DatasetConfig, ExcessLength};
@@ -127,6 +129,14 @@ fn dataset_pairs(
                 }
                 _ => (text(&p.prompt), text(&p.chosen), text(&p.rejected)),
             };
+            // A pair must be able to teach something: two answers, and different ones.
+            if chosen.trim().is_empty() || rejected.trim().is_empty() {
+                let which = if chosen.trim().is_empty() { "chosen" } else { "rejected" };
+                return Err(format!("the {which} answer is empty"));
+            }
+            if chosen == rejected {
+                return Err("the chosen and the rejected answer are the same".into());
+            }
             let mut prompt_ids: Vec<i64> =
                 if p.prompt.is_string() { tok.bos().into_iter().collect() } else { Vec::new() };
             prompt_ids.extend(tok.encode(&prompt)?);
