@@ -515,17 +515,24 @@ impl Rules<'_> {
             }
         }
         if let Some(lr) = t.learning_rate {
-            let (low, high, what) = if a.adapter.is_some() {
+            let (low, high, what) = if c.training.rl.is_some() {
+                (5e-7, 5e-5, "preference training: 5e-7 to 5e-5, far below supervised fine-tuning")
+            } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {
                 (1e-5, 5e-5, "full fine-tuning: 1e-5 to 5e-5, about 10× below LoRA")
             };
             if lr < low * 0.999_999 || lr > high * 1.000_001 {
+                let help = if c.training.rl.is_some() {
+                    "DPO recipes for 7B+ models use about 5e-7 (full) to 5e-6 (LoRA); tiny models need more"
+                } else {
+                    "the presets use 2e-4 for LoRA/QLoRA and 2e-5 for full fine-tuning"
+                };
                 self.warn(
                     "table-learning-rate",
                     format!("learning_rate {lr:e} is outside the recommended range ({what})"),
                     &["learning_rate"],
-                    "the presets use 2e-4 for LoRA/QLoRA and 2e-5 for full fine-tuning",
+                    help,
                 );
             }
         }
@@ -537,12 +544,14 @@ impl Rules<'_> {
                 "raise gradient_accumulation_steps instead for a larger effective batch",
             );
         }
+        // Preference training runs 1–3 epochs (DPO overfits pairs quickly); supervised 3–10.
+        let (fewest, most) = if c.training.rl.is_some() { (1.0, 3.0) } else { (3.0, 10.0) };
         if let (Some(epochs), None) = (t.num_epochs, t.max_steps)
-            && !(3.0..=10.0).contains(&epochs)
+            && !(fewest..=most).contains(&epochs)
         {
             self.warn(
                 "table-epochs",
-                format!("num_epochs {epochs} is outside the recommended 3–10"),
+                format!("num_epochs {epochs} is outside the recommended {fewest}–{most}"),
                 &["num_epochs"],
                 "3–10 epochs, with early_stopping_patience to stop when validation loss stalls",
             );

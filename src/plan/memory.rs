@@ -15,6 +15,8 @@
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient.
+//! - preference training (`rl:`): b counts both sequences of each pair (2 × micro batch), and the
+//!   reference pass (adapters off, no gradients) adds one layer's activations and its logits.
 //! - dequantization buffer (quantized bases): the largest linear weight in c bytes, twice (the
 //!   forward and the recomputation in backward).
 //! - gathered units (parameters sharded): the largest unit in c bytes, twice (current + prefetch).
@@ -175,7 +177,9 @@ fn breakdown(
         push("autocast copies", trainable * cb, format!("{} × {cb} bytes", group(trainable)));
     }
 
-    let tokens = u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
+    // Preference training puts each pair's chosen and rejected sequences through the model.
+    let sequences_per_example = if c.training.rl.is_some() { 2 } else { 1 };
+    let tokens = sequences_per_example * u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
     let kv = arch.num_key_value_heads * arch.head_dim;
@@ -203,6 +207,18 @@ fn breakdown(
         tokens * arch.vocab_size * (cb + 8),
         format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
     );
+    if c.training.rl.is_some() {
+        // The reference pass (adapters off, no graph) while the policy's graph is alive: one layer's
+        // activations at a time and its logits with their fp32 log-softmax.
+        push(
+            "reference forward",
+            tokens * per_token_layer * cb + tokens * arch.vocab_size * (cb + 4),
+            format!(
+                "{tokens} tokens × ({per_token_layer} one-layer elements × {cb} + {} vocab × ({cb} + 4)) bytes, no gradients",
+                arch.vocab_size
+            ),
+        );
+    }
     if quant.quantized_parameters > 0 {
         let largest = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).max().unwrap_or(0);
         push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", group(largest)));
