@@ -220,3 +220,41 @@ fn pairs_that_teach_nothing_are_refused_or_skipped_and_counted() {
     let report = json["report"][0].as_str().unwrap();
     assert!(report.ends_with("3 rows, 2 malformed rows skipped -> 1 pairs"), "{report}");
 }
+
+#[test]
+fn precomputed_references_repeat_the_per_step_reference_pass() {
+    let losses = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = run_ok(&write_recipe(dir.path(), &format!("max_steps: 6\neval_steps: 3\n{extra}")), &[]);
+        assert!(stdout.contains("steps      6 of 6"), "{stdout}");
+        records(dir.path())
+            .iter()
+            .filter_map(|r| r.get("loss").or(r.get("eval_loss")).and_then(Value::as_f64))
+            .collect::<Vec<f64>>()
+    };
+    let (each_step, once) = (losses(""), losses("precompute_ref_log_probs: true\n"));
+    assert_eq!(each_step.len(), once.len());
+    for (i, (a, b)) in each_step.iter().zip(&once).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "record {i}: {a} with a reference pass, {b} precomputed");
+    }
+}
+
+#[test]
+fn a_full_fine_tune_trains_dpo_against_precomputed_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 8\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n", "");
+    std::fs::write(&path, text.replace("learning_rate: 5.0e-4", "learning_rate: 5.0e-5")).unwrap();
+    // Without precomputed references a full fine-tune has no reference model: refused by name.
+    let out = common::recipe_command().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set precompute_ref_log_probs: true"));
+    let stdout = run_ok(&path, &["--set", "precompute_ref_log_probs=true"]);
+    assert!(stdout.contains("steps      8 of 8"), "{stdout}");
+    let train: Vec<Value> = records(dir.path()).into_iter().filter(|r| r.get("loss").is_some()).collect();
+    let first = train[0]["loss"].as_f64().unwrap();
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-6, "step 1 loss {first}");
+    assert!(train.last().unwrap()["rewards/margins"].as_f64().unwrap() > 0.0);
+    assert!(dir.path().join("out/model.safetensors").is_file());
+}

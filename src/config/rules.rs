@@ -390,7 +390,7 @@ impl Rules<'_> {
                     &["rl"],
                     "rl: dpo and rl: ipo train; `recipe preview` and `recipe preprocess` check the pairs",
                 );
-            } else if c.adapter.adapter.is_none() {
+            } else if c.adapter.adapter.is_none() && !c.training.precompute_ref_log_probs {
                 self.warn(
                     "preference-not-built",
                     format!(
@@ -398,7 +398,8 @@ impl Rules<'_> {
                          built yet, so `recipe run` refuses this recipe"
                     ),
                     &["rl", "adapter"],
-                    "train an adapter (adapter: lora or qlora): its reference is the base with the adapter switched off",
+                    "set precompute_ref_log_probs: true (the reference log-probabilities computed once, before \
+                     training), or train an adapter: its reference is the base with the adapter switched off",
                 );
             }
             if c.data.sample_packing {

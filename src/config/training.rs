@@ -97,6 +97,11 @@ pub struct TrainingConfig {
     #[serde(default = "default_dpo_beta")]
     #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
     pub dpo_beta: f64,
+    /// Compute the reference model's log-probabilities of every pair once, before training, instead
+    /// of a reference pass per step (TRL's name). Needed by a full fine-tune with `rl:` (the
+    /// reference is the model before training); with an adapter it saves the per-step pass.
+    #[serde(default)]
+    pub precompute_ref_log_probs: bool,
 }
 
 impl Default for TrainingConfig {

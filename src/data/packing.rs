@@ -112,6 +112,9 @@ impl Example for Row {
 pub struct PairRows {
     pub chosen: Row,
     pub rejected: Row,
+    /// The reference model's summed log-probabilities of the chosen and the rejected answer, when
+    /// computed once before training (`precompute_ref_log_probs`).
+    pub reference_logps: Option<[f32; 2]>,
 }
 
 impl PairRows {
@@ -122,7 +125,7 @@ impl PairRows {
             let n = input_ids.len();
             Row { input_ids, labels, position_ids: (0..n as i64).collect(), segment_ids: vec![1; n] }
         };
-        PairRows { chosen: row(chosen), rejected: row(rejected) }
+        PairRows { chosen: row(chosen), rejected: row(rejected), reference_logps: None }
     }
 }
 
@@ -133,7 +136,10 @@ impl Example for PairRows {
 
     fn collate(items: &[&Self], pad_id: i64, _pad_to: Option<usize>) -> HostBatch {
         let rows: Vec<&Row> = items.iter().map(|p| &p.chosen).chain(items.iter().map(|p| &p.rejected)).collect();
-        collate(&rows, pad_id, None)
+        let mut batch = collate(&rows, pad_id, None);
+        let refs: Option<Vec<[f32; 2]>> = items.iter().map(|p| p.reference_logps).collect();
+        batch.reference_logps = refs.map(|r| r.iter().map(|x| x[0]).chain(r.iter().map(|x| x[1])).collect());
+        batch
     }
 
     fn digest_into(&self, out: &mut Vec<u8>) {
@@ -154,6 +160,9 @@ pub struct HostBatch {
     pub segment_ids: Option<Vec<i64>>,
     pub trained_tokens: usize,
     pub real_tokens: usize,
+    /// Preference pairs with precomputed reference log-probabilities: one per row (every chosen
+    /// row's, then every rejected row's).
+    pub reference_logps: Option<Vec<f32>>,
 }
 
 /// Pads rows to the longest of them (or to `pad_to`) with `pad_id`, labels -100, segment 0.
@@ -169,6 +178,7 @@ pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
         segment_ids: packed.then(|| Vec::with_capacity(rows.len() * len)),
         trained_tokens: rows.iter().map(|r| r.trained_tokens()).sum(),
         real_tokens: rows.iter().map(|r| r.len()).sum(),
+        reference_logps: None,
     };
     for r in rows {
         let pad = len - r.len();

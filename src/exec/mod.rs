@@ -276,9 +276,12 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
                 name.unwrap_or_default()
             ));
         }
-        if plan.adapter.method == AdapterMethod::Full {
-            return Err("rl: with a full fine-tune needs a frozen reference copy, which is not built yet; train an \
-                        adapter (adapter: lora or qlora): its reference is the base with the adapter switched off"
+        if plan.adapter.method == AdapterMethod::Full
+            && p.reference != crate::plan::training::ReferenceStrategy::Precomputed
+        {
+            return Err("rl: with a full fine-tune needs a frozen reference copy, which is not built yet; set \
+                        precompute_ref_log_probs: true, or train an adapter (adapter: lora or qlora): its reference \
+                        is the base with the adapter switched off"
                 .into());
         }
         if plan.data.sample_packing {
@@ -304,7 +307,50 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
 
 type DataLoader<E> = fn(&Plan, &Tokenizer, &Path) -> Result<TrainingData<E>, String>;
 
-fn set_up<E>(plan: &Plan, opts: &RunOptions, rt: &Runtime, load: DataLoader<E>) -> Result<SetUp<E>, String> {
+/// What an objective computes from the loaded model before training (before any resume).
+type BeforeTraining<E> = fn(&Plan, &CausalLm, &mut TrainingData<E>, i64) -> Result<(), String>;
+
+fn nothing_before_training<E>(_: &Plan, _: &CausalLm, _: &mut TrainingData<E>, _: i64) -> Result<(), String> {
+    Ok(())
+}
+
+/// `precompute_ref_log_probs`: the reference log-probabilities of every pair, from the model as
+/// loaded (the base under a fresh adapter; the model before training when fine-tuned in full).
+fn precompute_references(
+    plan: &Plan,
+    model: &CausalLm,
+    data: &mut TrainingData<packing::PairRows>,
+    pad_id: i64,
+) -> Result<(), String> {
+    use crate::plan::training::ReferenceStrategy;
+    if plan.training.preference.as_ref().is_none_or(|p| p.reference != ReferenceStrategy::Precomputed) {
+        return Ok(());
+    }
+    let chunk = plan.training.eval_batch_size.max(1) as usize;
+    for pairs in [&mut data.train, &mut data.validation] {
+        for group in pairs.chunks_mut(chunk) {
+            let items: Vec<&packing::PairRows> = group.iter().collect();
+            let host = <packing::PairRows as packing::Example>::collate(&items, pad_id, None);
+            let batch = objective::DeviceBatch::upload(&host, model.device);
+            let logps = objective::reference_logps(model, &batch).to_device(Device::Cpu).to_kind(Kind::Float);
+            let values = Vec::<f32>::try_from(logps).map_err(|e| e.to_string())?;
+            let n = group.len();
+            for (i, pair) in group.iter_mut().enumerate() {
+                pair.reference_logps = Some([values[i], values[n + i]]);
+            }
+        }
+    }
+    tracing::info!("reference log-probabilities computed for {} pairs", data.train.len() + data.validation.len());
+    Ok(())
+}
+
+fn set_up<E>(
+    plan: &Plan,
+    opts: &RunOptions,
+    rt: &Runtime,
+    load: DataLoader<E>,
+    before_training: BeforeTraining<E>,
+) -> Result<SetUp<E>, String> {
     refuse_unbuilt(plan)?;
     let quantize = quantize_spec(plan)?;
     let base_dir = if opts.random_weights {
@@ -314,7 +360,7 @@ fn set_up<E>(plan: &Plan, opts: &RunOptions, rt: &Runtime, load: DataLoader<E>) 
     };
     let mut tok = Tokenizer::load(&base_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
-    let data = load(plan, &tok, &base_dir)?;
+    let mut data = load(plan, &tok, &base_dir)?;
     let seq_len = plan.batch.sequence_len as usize;
 
     tch::manual_seed(plan.training.seed as i64);
@@ -348,6 +394,7 @@ fn set_up<E>(plan: &Plan, opts: &RunOptions, rt: &Runtime, load: DataLoader<E>) 
              is not built yet, so set sequence_len to at most {window}"
         ));
     }
+    before_training(plan, &model, &mut data, tok.pad())?;
     Ok(SetUp { base_dir, tok, added, data, model, in_use_before_model })
 }
 
@@ -407,14 +454,15 @@ fn agree_on_set_up<E: packing::Example>(
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
     match &plan.training.preference {
-        None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data),
+        None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data, nothing_before_training),
         Some(p) => {
             use crate::config::training::RlMethod;
             let loss = match p.method {
                 RlMethod::Ipo => objective::PreferenceLoss::Ipo,
                 _ => objective::PreferenceLoss::Dpo,
             };
-            train_on(plan, opts, &rt, &objective::Preference { loss, beta: p.beta }, preference_data)
+            let preference = objective::Preference { loss, beta: p.beta };
+            train_on(plan, opts, &rt, &preference, preference_data, precompute_references)
         }
     }
 }
@@ -426,10 +474,11 @@ fn train_on<E: packing::Example>(
     rt: &Runtime,
     objective: &dyn objective::Objective,
     load: DataLoader<E>,
+    before_training: BeforeTraining<E>,
 ) -> Result<RunReport, String> {
     let t = &plan.training;
     let (device, kind) = (rt.device, rt.precision.compute);
-    let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load));
+    let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load, before_training));
     let SetUp { base_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
     let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt } = data;
     let packing_efficiency = efficiency;

@@ -17,6 +17,8 @@ pub struct DeviceBatch {
     pub labels: Tensor,
     pub position_ids: Tensor,
     pub segment_ids: Option<Tensor>,
+    /// Precomputed reference log-probabilities per row (preference pairs).
+    pub reference_logps: Option<Tensor>,
 }
 
 impl DeviceBatch {
@@ -37,6 +39,7 @@ impl DeviceBatch {
             labels: t(&b.labels),
             position_ids: t(&b.position_ids),
             segment_ids: b.segment_ids.as_deref().map(t),
+            reference_logps: b.reference_logps.as_deref().map(|r| Tensor::from_slice(r).to_device(device)),
         }
     }
 
@@ -47,6 +50,7 @@ impl DeviceBatch {
             labels: labels.shallow_clone(),
             position_ids: inputs.position_ids.shallow_clone(),
             segment_ids: inputs.segment_ids.map(Tensor::shallow_clone),
+            reference_logps: None,
         }
     }
 
@@ -121,7 +125,8 @@ pub enum PreferenceLoss {
 }
 
 /// Preference training on pairs against a reference model: the policy with its adapters switched
-/// off (LoRA/QLoRA; no second copy). Sequence log-probabilities are summed over answer tokens.
+/// off (LoRA/QLoRA; no second copy), or log-probabilities computed once before training
+/// (`reference_logps`). Sequence log-probabilities are summed over answer tokens.
 /// A batch holds every pair's chosen sequence, then every rejected one (`PairRows::collate`).
 pub struct Preference {
     pub loss: PreferenceLoss,
@@ -144,6 +149,17 @@ fn sequence_logps(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) 
     (logps, maskf.sum_dim_intlist(1, false, Kind::Float), logit_sums)
 }
 
+/// The reference model's summed answer log-probabilities of every row: the same weights with the
+/// adapters switched off, without gradients.
+pub fn reference_logps(model: &CausalLm, batch: &DeviceBatch) -> Tensor {
+    tch::no_grad(|| {
+        model.without_adapters(|| {
+            let h = model.hidden_states(&batch.inputs(), false);
+            sequence_logps(&model.head(&h, false), &batch.labels).0
+        })
+    })
+}
+
 impl Objective for Preference {
     fn units(&self, batch: &HostBatch) -> usize {
         batch.rows / 2
@@ -155,12 +171,10 @@ impl Objective for Preference {
 
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
         let (logps, lengths, logit_sums) = sequence_logps(&model.head(hidden, train), &batch.labels);
-        let (ref_logps, _, _) = tch::no_grad(|| {
-            model.without_adapters(|| {
-                let h = model.hidden_states(&batch.inputs(), false);
-                sequence_logps(&model.head(&h, false), &batch.labels)
-            })
-        });
+        let ref_logps = match &batch.reference_logps {
+            Some(r) => r.shallow_clone(),
+            None => reference_logps(model, batch),
+        };
         let n = logps.size()[0] / 2;
         let half = |t: &Tensor| (t.narrow(0, 0, n), t.narrow(0, n, n));
         let (chosen, rejected) = half(&logps);

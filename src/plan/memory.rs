@@ -207,7 +207,7 @@ fn breakdown(
         tokens * arch.vocab_size * (cb + 8),
         format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
     );
-    if c.training.rl.is_some() {
+    if c.training.rl.is_some() && !c.training.precompute_ref_log_probs {
         // The reference pass (adapters off, no graph) while the policy's graph is alive: one layer's
         // activations at a time and its logits with their fp32 log-softmax.
         push(

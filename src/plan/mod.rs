@@ -289,18 +289,21 @@ pub fn render_text(plan: &Plan) -> String {
     let t = &plan.training;
     if let Some(p) = &t.preference {
         use crate::config::training::RlMethod;
-        let status = match (p.method, plan.adapter.method) {
-            (RlMethod::Orpo | RlMethod::Simpo, _) => "not built into recipe run yet (it refuses it)".to_string(),
-            (_, adapter::AdapterMethod::Full) => {
-                "reference: a frozen copy of the model, not built yet (recipe run refuses a full fine-tune with rl:)"
-                    .to_string()
+        use training::ReferenceStrategy;
+        let reference = match (p.reference, plan.adapter.method) {
+            (ReferenceStrategy::Precomputed, _) => {
+                "reference: log-probabilities of the model before training, computed once for every pair"
             }
-            (RlMethod::Dpo, _) => "loss -log σ(β Δ) as TRL's sigmoid DPO; reference: the base with the adapter \
-                                   switched off (no second copy)"
-                .to_string(),
-            (RlMethod::Ipo, _) => "loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); reference: the base with \
-                                   the adapter switched off (no second copy)"
-                .to_string(),
+            (_, adapter::AdapterMethod::Full) => {
+                "reference: a frozen copy of the model, not built yet (recipe run refuses it; set \
+                 precompute_ref_log_probs: true)"
+            }
+            _ => "reference: the base with the adapter switched off (no second copy)",
+        };
+        let status = match p.method {
+            RlMethod::Orpo | RlMethod::Simpo => "not built into recipe run yet (it refuses it)".to_string(),
+            RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO; {reference}"),
+            RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); {reference}"),
         };
         let _ = writeln!(o, "objective  {} preference training, beta {}: {status}", p.method, p.beta);
     }

@@ -44,6 +44,18 @@ pub struct PreferencePlan {
     pub method: crate::config::training::RlMethod,
     /// dpo_beta.
     pub beta: f64,
+    /// Where the reference model's log-probabilities come from.
+    pub reference: ReferenceStrategy,
+}
+
+/// The reference model of preference training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceStrategy {
+    /// A pass per step through the same weights with the adapter switched off.
+    AdaptersOff,
+    /// Computed once for every pair before training (`precompute_ref_log_probs`).
+    Precomputed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +113,15 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
         }
     };
     TrainingPlan {
-        preference: t.rl.map(|rl| PreferencePlan { method: rl, beta: t.dpo_beta }),
+        preference: t.rl.map(|rl| PreferencePlan {
+            method: rl,
+            beta: t.dpo_beta,
+            reference: if t.precompute_ref_log_probs {
+                ReferenceStrategy::Precomputed
+            } else {
+                ReferenceStrategy::AdaptersOff
+            },
+        }),
         optimizer: OptimizerPlan {
             name: t.optimizer,
             implementation: implementation.into(),
