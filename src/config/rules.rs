@@ -383,14 +383,10 @@ impl Rules<'_> {
         }
         if let Some(rl) = c.training.rl {
             use super::training::RlMethod;
-            if matches!(rl, RlMethod::Orpo | RlMethod::Simpo) {
-                self.warn(
-                    "preference-not-built",
-                    format!("`rl: {rl}` is not built into `recipe run` yet, so it refuses this recipe"),
-                    &["rl"],
-                    "rl: dpo and rl: ipo train; `recipe preview` and `recipe preprocess` check the pairs",
-                );
-            } else if c.adapter.adapter.is_none() && !c.training.precompute_ref_log_probs {
+            if matches!(rl, RlMethod::Dpo | RlMethod::Ipo)
+                && c.adapter.adapter.is_none()
+                && !c.training.precompute_ref_log_probs
+            {
                 self.warn(
                     "preference-not-built",
                     format!(

@@ -102,6 +102,21 @@ pub struct TrainingConfig {
     /// reference is the model before training); with an adapter it saves the per-step pass.
     #[serde(default)]
     pub precompute_ref_log_probs: bool,
+    /// ORPO's weight of the odds-ratio term against the chosen answers' language-modelling loss
+    /// (TRL's ORPO `beta`; 0.1 when absent).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub orpo_alpha: Option<f64>,
+    /// SimPO's target reward margin γ (TRL's CPO `simpo_gamma`; 0.5 when absent). SimPO's β is
+    /// `dpo_beta`.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub simpo_gamma: Option<f64>,
+    /// SimPO's weight of the chosen answers' language-modelling loss (TRL's CPO `cpo_alpha`; 1.0 when
+    /// absent, 0 for pure SimPO).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub cpo_alpha: Option<f64>,
 }
 
 impl Default for TrainingConfig {

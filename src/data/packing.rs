@@ -160,6 +160,8 @@ pub struct HostBatch {
     pub segment_ids: Option<Vec<i64>>,
     pub trained_tokens: usize,
     pub real_tokens: usize,
+    /// Each row's length before padding.
+    pub row_lengths: Vec<usize>,
     /// Preference pairs with precomputed reference log-probabilities: one per row (every chosen
     /// row's, then every rejected row's).
     pub reference_logps: Option<Vec<f32>>,
@@ -178,6 +180,7 @@ pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
         segment_ids: packed.then(|| Vec::with_capacity(rows.len() * len)),
         trained_tokens: rows.iter().map(|r| r.trained_tokens()).sum(),
         real_tokens: rows.iter().map(|r| r.len()).sum(),
+        row_lengths: rows.iter().map(|r| r.len()).collect(),
         reference_logps: None,
     };
     for r in rows {

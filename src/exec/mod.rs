@@ -269,14 +269,8 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     }
     if let Some(p) = &plan.training.preference {
         use crate::config::training::RlMethod;
-        if matches!(p.method, RlMethod::Orpo | RlMethod::Simpo) {
-            let name = serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned));
-            return Err(format!(
-                "rl: {} is not built into the executor yet; rl: dpo and rl: ipo train",
-                name.unwrap_or_default()
-            ));
-        }
         if plan.adapter.method == AdapterMethod::Full
+            && matches!(p.method, RlMethod::Dpo | RlMethod::Ipo)
             && p.reference != crate::plan::training::ReferenceStrategy::Precomputed
         {
             return Err("rl: with a full fine-tune needs a frozen reference copy, which is not built yet; set \
@@ -322,8 +316,13 @@ fn precompute_references(
     data: &mut TrainingData<packing::PairRows>,
     pad_id: i64,
 ) -> Result<(), String> {
+    use crate::config::training::RlMethod;
     use crate::plan::training::ReferenceStrategy;
-    if plan.training.preference.as_ref().is_none_or(|p| p.reference != ReferenceStrategy::Precomputed) {
+    // SimPO and ORPO have no reference model.
+    let wanted = plan.training.preference.as_ref().is_some_and(|p| {
+        p.reference == ReferenceStrategy::Precomputed && matches!(p.method, RlMethod::Dpo | RlMethod::Ipo)
+    });
+    if !wanted {
         return Ok(());
     }
     let chunk = plan.training.eval_batch_size.max(1) as usize;
@@ -457,11 +456,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data, nothing_before_training),
         Some(p) => {
             use crate::config::training::RlMethod;
-            let loss = match p.method {
-                RlMethod::Ipo => objective::PreferenceLoss::Ipo,
-                _ => objective::PreferenceLoss::Dpo,
+            use objective::PreferenceLoss;
+            let (loss, beta) = match p.method {
+                RlMethod::Dpo => (PreferenceLoss::Dpo, p.beta),
+                RlMethod::Ipo => (PreferenceLoss::Ipo, p.beta),
+                RlMethod::Simpo => (PreferenceLoss::Simpo { gamma: p.simpo_gamma, cpo_alpha: p.cpo_alpha }, p.beta),
+                RlMethod::Orpo => (PreferenceLoss::Orpo, p.orpo_alpha),
             };
-            let preference = objective::Preference { loss, beta: p.beta };
+            let preference = objective::Preference { loss, beta };
             train_on(plan, opts, &rt, &preference, preference_data, precompute_references)
         }
     }

@@ -19,6 +19,8 @@ pub struct DeviceBatch {
     pub segment_ids: Option<Tensor>,
     /// Precomputed reference log-probabilities per row (preference pairs).
     pub reference_logps: Option<Tensor>,
+    /// Each row's length before padding [B] (None: every position is real).
+    pub lengths: Option<Tensor>,
 }
 
 impl DeviceBatch {
@@ -40,6 +42,9 @@ impl DeviceBatch {
             position_ids: t(&b.position_ids),
             segment_ids: b.segment_ids.as_deref().map(t),
             reference_logps: b.reference_logps.as_deref().map(|r| Tensor::from_slice(r).to_device(device)),
+            lengths: Some(
+                Tensor::from_slice(&b.row_lengths.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device),
+            ),
         }
     }
 
@@ -51,6 +56,7 @@ impl DeviceBatch {
             position_ids: inputs.position_ids.shallow_clone(),
             segment_ids: inputs.segment_ids.map(Tensor::shallow_clone),
             reference_logps: None,
+            lengths: None,
         }
     }
 
@@ -115,38 +121,73 @@ impl Objective for Supervised {
     }
 }
 
-/// The preference losses recipe trains, as TRL 1.16's DPOTrainer defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The preference losses recipe trains, as TRL 1.16 defines them: DPO and IPO (its DPOTrainer,
+/// against a reference model), SimPO (its CPO trainer, `loss_type="simpo"`) and ORPO (its ORPO
+/// trainer), both without a reference model.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PreferenceLoss {
     /// `-log σ(β Δ)`, Δ = (chosen − ref chosen) − (rejected − ref rejected) log-probabilities.
     Dpo,
     /// `(Δ̄ − 1/(2β))²`, Δ̄ the same difference with each side averaged over its answer tokens.
     Ipo,
+    /// `-log σ(β (c̄ − r̄) − γ) + cpo_alpha · NLL(chosen answers)`, c̄ / r̄ the answers' mean
+    /// token log-probabilities.
+    Simpo { gamma: f64, cpo_alpha: f64 },
+    /// `NLL(chosen prompt + answer) − β · log σ(log odds(c̄) − log odds(r̄))`.
+    Orpo,
 }
 
-/// Preference training on pairs against a reference model: the policy with its adapters switched
-/// off (LoRA/QLoRA; no second copy), or log-probabilities computed once before training
-/// (`reference_logps`). Sequence log-probabilities are summed over answer tokens.
-/// A batch holds every pair's chosen sequence, then every rejected one (`PairRows::collate`).
+impl PreferenceLoss {
+    fn needs_reference(self) -> bool {
+        matches!(self, PreferenceLoss::Dpo | PreferenceLoss::Ipo)
+    }
+}
+
+/// Preference training on pairs. DPO and IPO compare with a reference model: the policy with its
+/// adapters switched off (LoRA/QLoRA; no second copy), or log-probabilities computed once before
+/// training (`reference_logps`). Sequence log-probabilities are summed over answer tokens (averaged
+/// for IPO, SimPO and ORPO). A batch holds every pair's chosen sequence, then every rejected one
+/// (`PairRows::collate`).
 pub struct Preference {
     pub loss: PreferenceLoss,
+    /// β of DPO, IPO and SimPO; ORPO's odds-ratio weight (`orpo_alpha`).
     pub beta: f64,
 }
 
-/// Per sequence: summed log-probabilities of the labelled tokens, their count, and the summed
-/// vocabulary-mean logit over them (TRL's `logits/*` metric), from logits [N, T, V].
-fn sequence_logps(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) {
+/// Per-token log-probabilities of the next tokens [N, T-1] under logits [N, T, V], with the
+/// label mask (labels != -100) and, when `lengths` are given, the mask of real next tokens.
+struct TokenLogps {
+    answer: Tensor,
+    answer_mask: Tensor,
+    real: Option<(Tensor, Tensor)>,
+}
+
+fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> TokenLogps {
     let t = logits.size()[1];
-    let shifted = logits.narrow(1, 0, t - 1);
-    let targets = labels.narrow(1, 1, t - 1);
-    let mask = targets.ne(-100);
-    let safe = targets.where_scalarother(&mask, 0);
-    let token_logps = shifted.log_softmax(-1, Kind::Float).gather(2, &safe.unsqueeze(-1), false).squeeze_dim(-1);
-    let maskf = mask.to_kind(Kind::Float);
-    let logps = (token_logps * &maskf).sum_dim_intlist(1, false, Kind::Float);
-    let mean_logits = shifted.detach().mean_dim(-1, false, Kind::Float);
-    let logit_sums = (mean_logits * &maskf).sum_dim_intlist(1, false, Kind::Float);
-    (logps, maskf.sum_dim_intlist(1, false, Kind::Float), logit_sums)
+    let log_probs = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
+    let gather = |ids: &Tensor, mask: &Tensor| {
+        let safe = ids.where_scalarother(mask, 0);
+        log_probs.gather(2, &safe.unsqueeze(-1), false).squeeze_dim(-1)
+    };
+    let targets = batch.labels.narrow(1, 1, t - 1);
+    let answer_mask = targets.ne(-100);
+    let answer = gather(&targets, &answer_mask);
+    let real = full_sequence.then(|| {
+        let next = batch.input_ids.narrow(1, 1, t - 1);
+        let positions = Tensor::arange_start(1, t, (Kind::Int64, logits.device())).unsqueeze(0);
+        let mask = match &batch.lengths {
+            Some(lengths) => positions.lt_tensor(&lengths.unsqueeze(1)),
+            None => positions.ones_like().to_kind(Kind::Bool).expand_as(&next),
+        };
+        (gather(&next, &mask), mask.to_kind(Kind::Float))
+    });
+    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real }
+}
+
+/// Summed answer log-probabilities per row.
+fn sequence_logps(logits: &Tensor, batch: &DeviceBatch) -> Tensor {
+    let t = token_logps(logits, batch, false);
+    (t.answer * t.answer_mask).sum_dim_intlist(1, false, Kind::Float)
 }
 
 /// The reference model's summed answer log-probabilities of every row: the same weights with the
@@ -155,10 +196,21 @@ pub fn reference_logps(model: &CausalLm, batch: &DeviceBatch) -> Tensor {
     tch::no_grad(|| {
         model.without_adapters(|| {
             let h = model.hidden_states(&batch.inputs(), false);
-            sequence_logps(&model.head(&h, false), &batch.labels).0
+            sequence_logps(&model.head(&h, false), batch)
         })
     })
 }
+
+/// log(1 − exp(x)) for x < 0, as TRL's ORPO computes it.
+fn log1mexp(x: &Tensor) -> Tensor {
+    let t = -std::f64::consts::LN_2;
+    let small = (-x.exp()).log1p();
+    let large = (-x.expm1()).log();
+    small.where_self(&x.lt(t), &large)
+}
+
+/// Metric sums of a preference batch, in this order (`Preference::metrics` reads them).
+const PREFERENCE_SUMS: usize = 13;
 
 impl Objective for Preference {
     fn units(&self, batch: &HostBatch) -> usize {
@@ -166,46 +218,118 @@ impl Objective for Preference {
     }
 
     fn metric_sums(&self) -> usize {
-        10
+        PREFERENCE_SUMS
     }
 
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
-        let (logps, lengths, logit_sums) = sequence_logps(&model.head(hidden, train), &batch.labels);
-        let ref_logps = match &batch.reference_logps {
-            Some(r) => r.shallow_clone(),
-            None => reference_logps(model, batch),
-        };
-        let n = logps.size()[0] / 2;
+        let logits = model.head(hidden, train);
+        let orpo = self.loss == PreferenceLoss::Orpo;
+        let tokens = token_logps(&logits, batch, orpo);
+        let sums = (&tokens.answer * &tokens.answer_mask).sum_dim_intlist(1, false, Kind::Float);
+        let lengths = tokens.answer_mask.sum_dim_intlist(1, false, Kind::Float);
+        let n = sums.size()[0] / 2;
         let half = |t: &Tensor| (t.narrow(0, 0, n), t.narrow(0, n, n));
-        let (chosen, rejected) = half(&logps);
-        let (ref_chosen, ref_rejected) = half(&ref_logps);
-        let chosen_ratio = &chosen - ref_chosen;
-        let rejected_ratio = &rejected - ref_rejected;
-        let per_pair = match self.loss {
-            PreferenceLoss::Dpo => -((&chosen_ratio - &rejected_ratio) * self.beta).log_sigmoid(),
-            PreferenceLoss::Ipo => {
-                let (chosen_len, rejected_len) = half(&lengths);
-                let delta = &chosen_ratio / chosen_len.clamp_min(1.0) - &rejected_ratio / rejected_len.clamp_min(1.0);
-                (delta - 1.0 / (2.0 * self.beta)).square()
+        let (chosen_len, rejected_len) = half(&lengths);
+        let pairs = n as f64;
+        let sum = |t: &Tensor| t.sum(Kind::Float);
+        // The chosen answers' (SimPO) or whole chosen sequences' (ORPO) mean token NLL over the batch,
+        // as TRL's CrossEntropyLoss, counted once per pair so the global mean over pairs keeps it.
+        let chosen_nll = |values: &Tensor, mask: &Tensor| {
+            let (v, m) = (values.narrow(0, 0, n), mask.narrow(0, 0, n));
+            -sum(&(v * &m)) / sum(&m).clamp_min(1.0)
+        };
+        let zero = || Tensor::zeros([], (Kind::Float, logits.device()));
+        let (per_pair, chosen_scores, rejected_scores, nll, odds) = match self.loss {
+            PreferenceLoss::Dpo | PreferenceLoss::Ipo => {
+                let reference = match &batch.reference_logps {
+                    Some(r) => r.shallow_clone(),
+                    None => reference_logps(model, batch),
+                };
+                let (chosen, rejected) = half(&sums);
+                let (ref_chosen, ref_rejected) = half(&reference);
+                let chosen_ratio = &chosen - ref_chosen;
+                let rejected_ratio = &rejected - ref_rejected;
+                let per_pair = if self.loss == PreferenceLoss::Dpo {
+                    -((&chosen_ratio - &rejected_ratio) * self.beta).log_sigmoid()
+                } else {
+                    let delta =
+                        &chosen_ratio / chosen_len.clamp_min(1.0) - &rejected_ratio / rejected_len.clamp_min(1.0);
+                    (delta - 1.0 / (2.0 * self.beta)).square()
+                };
+                (per_pair, chosen_ratio, rejected_ratio, zero(), None)
+            }
+            PreferenceLoss::Simpo { gamma, cpo_alpha } => {
+                let means = &sums / &lengths;
+                let (chosen, rejected) = half(&means);
+                let per_pair = -((&chosen - &rejected) * self.beta - gamma).log_sigmoid();
+                let nll = if cpo_alpha == 0.0 { zero() } else { chosen_nll(&tokens.answer, &tokens.answer_mask) };
+                let per_pair = per_pair + &nll * cpo_alpha;
+                (per_pair, chosen, rejected, nll, None)
+            }
+            PreferenceLoss::Orpo => {
+                let means = &sums / &lengths;
+                let (chosen, rejected) = half(&means);
+                let log_odds = (&chosen - &rejected) - (log1mexp(&chosen) - log1mexp(&rejected));
+                let ratio = log_odds.log_sigmoid();
+                let (real, real_mask) = tokens.real.as_ref().expect("ORPO reads whole sequences");
+                let nll = chosen_nll(real, real_mask);
+                let per_pair = &nll - &ratio * self.beta;
+                (per_pair, chosen, rejected, nll, Some((ratio, log_odds)))
             }
         };
-        let chosen_rewards = chosen_ratio.detach() * self.beta;
-        let rejected_rewards = rejected_ratio.detach() * self.beta;
-        let (chosen_tokens, rejected_tokens) = half(&lengths);
+        let chosen_rewards = chosen_scores.detach() * self.beta;
+        let rejected_rewards = rejected_scores.detach() * self.beta;
+        // logits/*: DPO averages the vocabulary-mean logit over answer tokens, as TRL's DPOTrainer;
+        // SimPO and ORPO over every real position of the rows (TRL's CPO and ORPO trainers also
+        // average over padding, whose logits depend on how a model attends from padding: not kept).
+        let mean_logits = logits.detach().mean_dim(-1, false, Kind::Float);
+        let t = mean_logits.size()[1];
+        let real_positions = |width: i64| -> Tensor {
+            let positions = Tensor::arange(width, (Kind::Int64, logits.device())).unsqueeze(0);
+            match &batch.lengths {
+                Some(lengths) => positions.lt_tensor(&lengths.unsqueeze(1)).to_kind(Kind::Float),
+                None => positions.ones_like().to_kind(Kind::Float).expand([mean_logits.size()[0], width], false),
+            }
+        };
+        let (logit_sums, logit_counts) = match self.loss {
+            PreferenceLoss::Dpo | PreferenceLoss::Ipo => {
+                let shifted = mean_logits.narrow(1, 0, t - 1) * &tokens.answer_mask;
+                (shifted.sum_dim_intlist(1, false, Kind::Float), lengths.shallow_clone())
+            }
+            PreferenceLoss::Simpo { .. } | PreferenceLoss::Orpo => {
+                // ORPO's trainer leaves out the last position, as its logits predict nothing.
+                let width = if self.loss == PreferenceLoss::Orpo { t - 1 } else { t };
+                let mask = real_positions(width);
+                let values = mean_logits.narrow(1, 0, width) * &mask;
+                (values.sum_dim_intlist(1, false, Kind::Float), mask.sum_dim_intlist(1, false, Kind::Float))
+            }
+        };
         let (chosen_logits, rejected_logits) = half(&logit_sums);
-        let sum = |t: &Tensor| t.sum(Kind::Float);
+        let (chosen_counts, rejected_counts) = half(&logit_counts);
+        let (chosen_logps, rejected_logps) = if self.loss.needs_reference() {
+            half(&sums)
+        } else {
+            (chosen_scores.shallow_clone(), rejected_scores.shallow_clone())
+        };
+        let (odds_ratio, odds_chosen) = match &odds {
+            Some((ratio, log_odds)) => (sum(&ratio.detach()), sum(&log_odds.detach())),
+            None => (zero(), zero()),
+        };
         let metrics = Tensor::stack(
             &[
                 sum(&chosen_rewards),
                 sum(&rejected_rewards),
                 sum(&chosen_rewards.gt_tensor(&rejected_rewards).to_kind(Kind::Float)),
                 sum(&(&chosen_rewards - &rejected_rewards)),
-                sum(&chosen.detach()),
-                sum(&rejected.detach()),
+                sum(&chosen_logps.detach()),
+                sum(&rejected_logps.detach()),
                 sum(&chosen_logits),
-                sum(&chosen_tokens),
+                sum(&chosen_counts),
                 sum(&rejected_logits),
-                sum(&rejected_tokens),
+                sum(&rejected_counts),
+                nll.detach() * pairs,
+                odds_ratio,
+                odds_chosen,
             ],
             0,
         );
@@ -214,7 +338,7 @@ impl Objective for Preference {
 
     fn metrics(&self, s: &[f64], pairs: f64) -> Vec<(&'static str, f64)> {
         let per_pair = |v: f64| v / pairs.max(1.0);
-        vec![
+        let mut out = vec![
             ("rewards/chosen", per_pair(s[0])),
             ("rewards/rejected", per_pair(s[1])),
             ("rewards/accuracies", per_pair(s[2])),
@@ -223,7 +347,17 @@ impl Objective for Preference {
             ("logps/rejected", per_pair(s[5])),
             ("logits/chosen", s[6] / s[7].max(1.0)),
             ("logits/rejected", s[8] / s[9].max(1.0)),
-        ]
+        ];
+        match self.loss {
+            PreferenceLoss::Simpo { .. } => out.push(("nll_loss", per_pair(s[10]))),
+            PreferenceLoss::Orpo => out.extend([
+                ("nll_loss", per_pair(s[10])),
+                ("log_odds_ratio", per_pair(s[11])),
+                ("log_odds_chosen", per_pair(s[12])),
+            ]),
+            _ => {}
+        }
+        out
     }
 }
 

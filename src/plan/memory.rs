@@ -207,7 +207,10 @@ fn breakdown(
         tokens * arch.vocab_size * (cb + 8),
         format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
     );
-    if c.training.rl.is_some() && !c.training.precompute_ref_log_probs {
+    use crate::config::training::RlMethod;
+    let reference_pass =
+        matches!(c.training.rl, Some(RlMethod::Dpo | RlMethod::Ipo)) && !c.training.precompute_ref_log_probs;
+    if reference_pass {
         // The reference pass (adapters off, no graph) while the policy's graph is alive: one layer's
         // activations at a time and its logits with their fp32 log-softmax.
         push(

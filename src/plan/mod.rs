@@ -301,11 +301,21 @@ pub fn render_text(plan: &Plan) -> String {
             _ => "reference: the base with the adapter switched off (no second copy)",
         };
         let status = match p.method {
-            RlMethod::Orpo | RlMethod::Simpo => "not built into recipe run yet (it refuses it)".to_string(),
             RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO; {reference}"),
             RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); {reference}"),
+            RlMethod::Simpo => format!(
+                "loss -log σ(β (c̄ - r̄) - γ) + cpo_alpha · NLL as TRL's CPO trainer (simpo), γ {}, cpo_alpha {}; no \
+                 reference model",
+                p.simpo_gamma, p.cpo_alpha
+            ),
+            RlMethod::Orpo => format!(
+                "loss NLL(chosen) - α · log σ(log odds ratio) as TRL's ORPO trainer, α (orpo_alpha) {}; no reference \
+                 model",
+                p.orpo_alpha
+            ),
         };
-        let _ = writeln!(o, "objective  {} preference training, beta {}: {status}", p.method, p.beta);
+        let beta = if p.method == RlMethod::Orpo { String::new() } else { format!(", beta {}", p.beta) };
+        let _ = writeln!(o, "objective  {} preference training{beta}: {status}", p.method);
     }
     let _ = writeln!(
         o,

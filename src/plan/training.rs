@@ -44,8 +44,14 @@ pub struct PreferencePlan {
     pub method: crate::config::training::RlMethod,
     /// dpo_beta.
     pub beta: f64,
-    /// Where the reference model's log-probabilities come from.
+    /// Where the reference model's log-probabilities come from (DPO, IPO).
     pub reference: ReferenceStrategy,
+    /// ORPO's odds-ratio weight (`orpo_alpha`).
+    pub orpo_alpha: f64,
+    /// SimPO's margin (`simpo_gamma`).
+    pub simpo_gamma: f64,
+    /// SimPO's language-modelling weight (`cpo_alpha`).
+    pub cpo_alpha: f64,
 }
 
 /// The reference model of preference training.
@@ -121,6 +127,9 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
             } else {
                 ReferenceStrategy::AdaptersOff
             },
+            orpo_alpha: t.orpo_alpha.unwrap_or(0.1),
+            simpo_gamma: t.simpo_gamma.unwrap_or(0.5),
+            cpo_alpha: t.cpo_alpha.unwrap_or(1.0),
         }),
         optimizer: OptimizerPlan {
             name: t.optimizer,
