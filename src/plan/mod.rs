@@ -313,6 +313,12 @@ pub fn render_text(plan: &Plan) -> String {
                  model",
                 p.orpo_alpha
             ),
+            RlMethod::Kto => format!(
+                "each pair unpaired into a desirable and an undesirable answer; loss 1 - σ(β (log ratio - KL)) for \
+                 desirable, 1 - σ(β (KL - log ratio)) for undesirable answers (weights {} / {}), KL estimated per \
+                 micro-batch from prompts with mismatched answers, as TRL's KTOTrainer; {reference}",
+                p.kto_desirable_weight, p.kto_undesirable_weight
+            ),
         };
         let beta = if p.method == RlMethod::Orpo { String::new() } else { format!(", beta {}", p.beta) };
         let _ = writeln!(o, "objective  {} preference training{beta}: {status}", p.method);
