@@ -31,6 +31,10 @@ fn ids(g: &HashMap<String, Tensor>, key: &str) -> Vec<Vec<i64>> {
 }
 
 fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing: bool) {
+    check_weighted_against_trl(name, loss, beta, checkpointing, false);
+}
+
+fn check_weighted_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing: bool, use_weighting: bool) {
     let g: HashMap<String, Tensor> =
         Tensor::read_safetensors(root().join(format!("tests/golden/preference/{name}.safetensors")))
             .unwrap()
@@ -43,7 +47,7 @@ fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing:
     let items: Vec<&PairRows> = pairs.iter().collect();
     let host = PairRows::collate(&items, 0, None);
     let batch = DeviceBatch::upload(&host, Device::Cpu);
-    let objective = Preference { loss, beta };
+    let objective = Preference { loss, beta, use_weighting };
     let n = objective.units(&host) as f64;
     assert_eq!(n, 4.0);
     let sums = objective::forward_backward(&model, &objective, &batch, n, checkpointing, &|_| {});
@@ -77,6 +81,11 @@ fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing:
 #[test]
 fn dpo_loss_metrics_and_gradients_match_trl() {
     check_against_trl("dpo", PreferenceLoss::Dpo, 0.1, false);
+}
+
+#[test]
+fn dpo_with_wpo_weighting_matches_trl() {
+    check_weighted_against_trl("dpo_wpo", PreferenceLoss::Dpo, 0.1, false, true);
 }
 
 #[test]

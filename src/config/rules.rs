@@ -363,6 +363,14 @@ impl Rules<'_> {
             ("kto_desirable_weight", t.kto_desirable_weight.is_some(), RlMethod::Kto),
             ("kto_undesirable_weight", t.kto_undesirable_weight.is_some(), RlMethod::Kto),
         ];
+        if t.dpo_use_weighting && !matches!(t.rl, Some(RlMethod::Dpo | RlMethod::Ipo)) {
+            self.error(
+                "rl-key-without-method",
+                "`dpo_use_weighting` weighs the losses of `rl: dpo` and `rl: ipo` only".into(),
+                &["dpo_use_weighting", "rl"],
+                "remove dpo_use_weighting, or set rl: dpo",
+            );
+        }
         for (key, set, method) in method_keys {
             if set && t.rl != Some(method) {
                 let now = match t.rl {

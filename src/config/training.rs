@@ -117,6 +117,10 @@ pub struct TrainingConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub cpo_alpha: Option<f64>,
+    /// DPO / IPO: weigh each pair's loss by how likely the policy finds both answers, as WPO does
+    /// (TRL's `use_weighting`).
+    #[serde(default)]
+    pub dpo_use_weighting: bool,
     /// KTO's weight of the desirable answers' losses (TRL's `desirable_weight`; 1.0 when absent).
     #[serde(default)]
     #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]

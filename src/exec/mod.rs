@@ -504,7 +504,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
                     return train_on(plan, opts, &rt, &kto, kto_data, nothing_before_training);
                 }
             };
-            let preference = objective::Preference { loss, beta };
+            let preference = objective::Preference { loss, beta, use_weighting: p.use_weighting };
             train_on(plan, opts, &rt, &preference, preference_data, precompute_references)
         }
     }

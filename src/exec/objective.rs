@@ -165,6 +165,10 @@ pub struct Preference {
     pub loss: PreferenceLoss,
     /// β of DPO, IPO and SimPO; ORPO's odds-ratio weight (`orpo_alpha`).
     pub beta: f64,
+    /// DPO / IPO: weigh each pair's loss as WPO does (`dpo_use_weighting`, TRL's `use_weighting`): by
+    /// w(chosen) · w(rejected), w = exp(mean over answer tokens of log p(token) − log Σ_v p(v)²),
+    /// without gradients.
+    pub use_weighting: bool,
 }
 
 /// Per-token log-probabilities of the next tokens [N, T-1] under logits [N, T, V], with the
@@ -173,11 +177,14 @@ struct TokenLogps {
     answer: Tensor,
     answer_mask: Tensor,
     real: Option<(Tensor, Tensor)>,
+    /// log Σ_v p(v)² at each position (WPO's weights), when asked for.
+    log_sum_sq: Option<Tensor>,
 }
 
-fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> TokenLogps {
+fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool, sum_sq: bool) -> TokenLogps {
     let t = logits.size()[1];
     let log_probs = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
+    let log_sum_sq = sum_sq.then(|| (log_probs.detach() * 2.0).logsumexp(-1, false));
     let gather = |ids: &Tensor, mask: &Tensor| {
         let safe = ids.where_scalarother(mask, 0);
         log_probs.gather(2, &safe.unsqueeze(-1), false).squeeze_dim(-1)
@@ -194,12 +201,12 @@ fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> Tok
         };
         (gather(&next, &mask), mask.to_kind(Kind::Float))
     });
-    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real }
+    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real, log_sum_sq }
 }
 
 /// Summed answer log-probabilities per row.
 fn sequence_logps(logits: &Tensor, batch: &DeviceBatch) -> Tensor {
-    let t = token_logps(logits, batch, false);
+    let t = token_logps(logits, batch, false, false);
     (t.answer * t.answer_mask).sum_dim_intlist(1, false, Kind::Float)
 }
 
@@ -237,7 +244,7 @@ impl Objective for Preference {
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
         let logits = model.head(hidden, train);
         let orpo = self.loss == PreferenceLoss::Orpo;
-        let tokens = token_logps(&logits, batch, orpo);
+        let tokens = token_logps(&logits, batch, orpo, self.use_weighting);
         let sums = (&tokens.answer * &tokens.answer_mask).sum_dim_intlist(1, false, Kind::Float);
         let lengths = tokens.answer_mask.sum_dim_intlist(1, false, Kind::Float);
         let n = sums.size()[0] / 2;
@@ -268,6 +275,15 @@ impl Objective for Preference {
                     let delta =
                         &chosen_ratio / chosen_len.clamp_min(1.0) - &rejected_ratio / rejected_len.clamp_min(1.0);
                     (delta - 1.0 / (2.0 * self.beta)).square()
+                };
+                let per_pair = match &tokens.log_sum_sq {
+                    Some(log_sum_sq) => {
+                        let aligned = (tokens.answer.detach() - log_sum_sq) * &tokens.answer_mask;
+                        let weights = (aligned.sum_dim_intlist(1, false, Kind::Float) / lengths.clamp_min(1.0)).exp();
+                        let (chosen_w, rejected_w) = half(&weights);
+                        per_pair * chosen_w * rejected_w
+                    }
+                    None => per_pair,
                 };
                 (per_pair, chosen_ratio, rejected_ratio, zero(), None)
             }

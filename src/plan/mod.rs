@@ -300,9 +300,10 @@ pub fn render_text(plan: &Plan) -> String {
             }
             _ => "reference: the base with the adapter switched off (no second copy)",
         };
+        let weighting = if p.use_weighting { ", each pair weighted as WPO (dpo_use_weighting)" } else { "" };
         let status = match p.method {
-            RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO; {reference}"),
-            RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); {reference}"),
+            RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO{weighting}; {reference}"),
+            RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages){weighting}; {reference}"),
             RlMethod::Simpo => format!(
                 "loss -log σ(β (c̄ - r̄) - γ) + cpo_alpha · NLL as TRL's CPO trainer (simpo), γ {}, cpo_alpha {}; no \
                  reference model",
