@@ -315,6 +315,33 @@ fn kto_on_two_ranks_repeats_one_rank_with_accumulation() {
 }
 
 #[test]
+fn kto_trains_on_unpaired_rows_of_axolotls_kto_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = root().join("tests/fixtures/kto/rows.jsonl");
+    let path = kto_recipe(dir.path(), "max_steps: 3\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+            &rows.display().to_string(),
+        )
+        .replace("type: chat_template.default\n    field_messages: prompt", "type: chatml.ultra")
+        .replace("val_set_size: 0.1", "val_set_size: 0")
+        .replace("micro_batch_size: 4", "micro_batch_size: 3");
+    std::fs::write(&path, &text).unwrap();
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      3 of 3"), "{stdout}");
+    let first = records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
+    // Two desirable rows and one undesirable, the policy still the reference: each loss 1 − σ(0).
+    assert!((first["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{first}");
+    assert!(first["rewards/chosen"].is_f64() && first["rewards/rejected"].is_f64(), "{first}");
+    // The same rows are an error under another method, at the dataset's type.
+    std::fs::write(&path, text.replace("rl: kto", "rl: dpo")).unwrap();
+    let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error[kto-type-needs-kto]"));
+}
+
+#[test]
 fn keys_of_another_preference_method_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, rule) in [

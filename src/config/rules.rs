@@ -344,6 +344,17 @@ impl Rules<'_> {
                         "set rl: dpo (or ipo, orpo, simpo) or reward_model: true, or use type: chat_template for \
                          conversations",
                     );
+                } else if matches!(d, DatasetConfig::Kto(_)) && t.rl != Some(super::training::RlMethod::Kto) {
+                    self.error(
+                        "kto-type-needs-kto",
+                        format!(
+                            "{list}[{i}] has type `{}`, one of Axolotl's KTO formats (one answer and a label per \
+                             row), which only `rl: kto` reads",
+                            d.type_name()
+                        ),
+                        &[&key, if t.rl.is_some() { "rl" } else { "reward_model" }],
+                        "set rl: kto, or use type: chat_template.default (pairs) for other methods",
+                    );
                 } else if t.rl.is_some() && matches!(d, DatasetConfig::BradleyTerry(_)) {
                     self.error(
                         "bradley-terry-needs-reward-model",

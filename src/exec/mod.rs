@@ -261,19 +261,22 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
     })
 }
 
-/// KTO's rows: every pair unpaired into its prompt with the chosen answer (desirable) and with the
-/// rejected one (undesirable), as TRL's KTOTrainer unpairs a paired dataset.
+/// KTO's rows: unpaired rows as they are, and every pair unpaired into its prompt with the chosen
+/// answer (desirable) and with the rejected one (undesirable), as TRL's KTOTrainer unpairs a paired
+/// dataset.
 fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::KtoRow>, String> {
     let prepared = data::preference::prepare(plan, tok, base_dir)?;
     let rows = |pairs: &[data::preference::Pair]| -> Vec<packing::KtoRow> {
+        let row = |p: &data::preference::Pair, answer: &Vec<i64>, desirable| packing::KtoRow {
+            prompt: p.prompt_ids.clone(),
+            answer: answer.clone(),
+            desirable,
+        };
         pairs
             .iter()
-            .flat_map(|p| {
-                [(&p.chosen_ids, true), (&p.rejected_ids, false)].map(|(answer, desirable)| packing::KtoRow {
-                    prompt: p.prompt_ids.clone(),
-                    answer: answer.clone(),
-                    desirable,
-                })
+            .flat_map(|p| match p.desirable {
+                Some(desirable) => vec![row(p, &p.chosen_ids, desirable)],
+                None => vec![row(p, &p.chosen_ids, true), row(p, &p.rejected_ids, false)],
             })
             .collect()
     };
