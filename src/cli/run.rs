@@ -96,6 +96,8 @@ fn init_logging(rank: usize) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| AroundProgress)
+        // Colour codes only on a terminal, and never under NO_COLOR.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .without_time()
         .try_init();

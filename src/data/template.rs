@@ -183,6 +183,8 @@ impl ChatTemplate {
     /// line.
     pub fn new(source: &str, name: &str) -> Result<ChatTemplate, TemplateError> {
         let mut env = Environment::new();
+        // A template is data from a recipe or a model folder: its rendering is bounded.
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
@@ -324,7 +326,20 @@ fn raised_message(e: &Error) -> Option<String> {
     None
 }
 
+/// Template instructions one render may run: chat templates take thousands per conversation; a
+/// template looping without bound stops here instead of running for minutes.
+pub const RENDER_FUEL: u64 = 20_000_000;
+
+/// The widest `tojson` indent a template may ask for (json.dumps takes any).
+const MAX_TOJSON_INDENT: i64 = 64;
+
 fn describe(e: &Error) -> String {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return format!(
+            "rendering stopped after {RENDER_FUEL} template instructions (recipe's limit): the template loops \
+             far more than a chat template needs"
+        );
+    }
     let mut s = match e.detail() {
         Some(d) => format!("{}: {d}", e.kind()),
         None => e.kind().to_string(),
@@ -566,6 +581,12 @@ fn tojson_filter(value: Value, args: Rest<Value>) -> Result<Value, Error> {
             let n = v.as_i64().ok_or_else(|| {
                 Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
             })?;
+            if n > MAX_TOJSON_INDENT {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent {n} is over recipe's limit of {MAX_TOJSON_INDENT}"),
+                ));
+            }
             Some(" ".repeat(n.max(0) as usize))
         }
     };
@@ -986,6 +1007,19 @@ mod tests {
         let e = t.render(&[], None, false, &Default::default()).unwrap_err();
         assert_eq!(e.raised(), Some("no system role"));
         assert_eq!(e.to_string(), "chat template `strict`: no system role");
+    }
+
+    #[test]
+    fn unbounded_templates_stop_at_the_limit_with_a_named_error() {
+        let looping = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(looping, "loops").unwrap();
+        let started = std::time::Instant::now();
+        let e = t.render(&[], None, false, &Default::default()).unwrap_err();
+        assert!(e.to_string().starts_with("chat template `loops`: rendering stopped after"), "{e}");
+        assert!(started.elapsed().as_secs() < 60, "the limit must stop it long before minutes pass");
+        let wide = ChatTemplate::new("{{ messages | tojson(indent=100000000) }}", "wide").unwrap();
+        let e = wide.render(&[], None, false, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("indent 100000000 is over recipe's limit"), "{e}");
     }
 
     #[test]

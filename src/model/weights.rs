@@ -41,6 +41,12 @@ impl Checkpoint {
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| format!("{}: no `weight_map` object", index.display()))?;
             let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            // Shard names are relative paths inside the model folder, never `..` or absolute.
+            if let Some(bad) = names.iter().find(|n| {
+                Path::new(n).components().any(|c| !matches!(c, std::path::Component::Normal(_))) || n.is_empty()
+            }) {
+                return Err(format!("{}: shard `{bad}` is not a file inside the model folder", index.display()));
+            }
             names.into_iter().map(|n| dir.join(n)).collect()
         } else {
             return Err(missing_weights_message(dir));
@@ -237,4 +243,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("{}: cannot write: {e}", path.display())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_shards_must_stay_inside_the_model_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for shard in ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"] {
+            let index = serde_json::json!({"weight_map": {"model.embed_tokens.weight": shard}});
+            std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+            let e = Checkpoint::open(dir.path()).err().expect("refused");
+            assert!(e.contains(&format!("shard `{shard}` is not a file inside the model folder")), "{e}");
+        }
+    }
 }
