@@ -16,4 +16,5 @@ echo "== recipe plan $recipe_file"
 echo "== recipe env"
 "$bin" env
 echo "== recipe run $recipe_file"
-"$bin" run "$recipe_file"
+# The demo replaces its previous outputs (a recipe's output_dir holding another run is refused otherwise).
+"$bin" run "$recipe_file" --set overwrite_output_dir=true

@@ -20,7 +20,7 @@ fn write_recipe(dir: &Path, datasets: &str, extra: &str) -> PathBuf {
     let text = format!(
         "base_model: {}\nadapter: lora\nlora_target_linear: true\ndatasets:\n{datasets}sequence_len: 256\n\
          sample_packing: true\nmicro_batch_size: 2\nmax_steps: 2\nlearning_rate: 1.0e-4\nseed: 5\n\
-         output_dir: {}\n{extra}",
+         output_dir: {}\noverwrite_output_dir: true\n{extra}",
         root().join("models/stories260k").display(),
         dir.join("out").display()
     );

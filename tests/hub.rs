@@ -69,7 +69,7 @@ fn run_fetches_a_hub_model_once_then_trains_offline_from_the_cache() {
         format!(
             "base_model: acme/tiny-llama\nadapter: lora\nlora_target_linear: true\ndatasets:\n  - path: {}\n    \
              type: completion\n    ds_type: text\nval_set_size: 0\nsequence_len: 64\nmicro_batch_size: 2\nmax_steps: 2\n\
-             learning_rate: 1.0e-3\noutput_dir: {}\n",
+             learning_rate: 1.0e-3\noutput_dir: {}\noverwrite_output_dir: true\n",
             root.join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
             dir.path().join("out").display()
         ),

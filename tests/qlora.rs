@@ -286,7 +286,7 @@ fn qlora_peak_memory_on_cpu_agrees_with_the_plan() {
         "base_model: {}\nadapter: qlora\nload_in_4bit: true\nbnb_4bit_use_double_quant: true\nlora_r: 16\n\
          lora_alpha: 32\nlora_target_linear: true\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
          val_set_size: 0\nsequence_len: 512\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 2\n\
-         learning_rate: 1.0e-4\noutput_dir: {}\n",
+         learning_rate: 1.0e-4\noutput_dir: {}\noverwrite_output_dir: true\n",
         model.display(),
         root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
         dir.path().join("out").display()

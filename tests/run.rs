@@ -458,3 +458,61 @@ fn random_weights_train_a_shape_that_has_only_a_config() {
     let stdout = run_ok(&path, &["--no-progress", "--random-weights"]);
     assert!(stdout.contains("steps      2 of 2"), "{stdout}");
 }
+
+#[test]
+fn an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\nsave_steps: 1\n");
+    run_ok(&path, &[]);
+    let out = dir.path().join("out");
+    assert!(out.join("checkpoint-2").is_dir());
+    // A second run (another learning rate) into the same folder: refused, nothing touched.
+    let before = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let second =
+        recipe().arg("run").arg(&path).args(["--device", "cpu", "--set", "learning_rate=1.0e-3"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("holds another run's outputs") && stderr.contains("overwrite_output_dir: true"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), before);
+    // Told to overwrite: the old run's checkpoints go first, so only this run's remain.
+    run_ok(&path, &["--set", "learning_rate=1.0e-3", "--set", "max_steps=1", "--set", "overwrite_output_dir=true"]);
+    let checkpoints: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints, ["checkpoint-1"]);
+    assert_eq!(step_losses(&metrics(dir.path())).len(), 1, "metrics.jsonl holds this run's steps only");
+}
+
+#[test]
+fn an_output_dir_inside_the_base_model_or_a_dataset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 1\n");
+    for target in [root().join("models/stories260k"), root().join("data/shakespeare/out")] {
+        let out = recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--set", &format!("output_dir={}", target.display())])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("or inside it: the run would write over its files"), "{stderr}");
+        assert!(!target.join("adapter_model.safetensors").exists());
+    }
+    assert!(!root().join("data/shakespeare/out").exists());
+}
+
+#[test]
+fn resuming_with_nothing_to_resume_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 1\nresume_from_checkpoint: true\n");
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no checkpoint: training starts fresh"), "{stderr}");
+}

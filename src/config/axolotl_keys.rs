@@ -611,6 +611,7 @@ mod tests {
         "save_total_limit",
         "early_stopping_patience",
         "resume_from_checkpoint",
+        "overwrite_output_dir",
         "seed",
         "rl",
         "dpo_beta",

@@ -39,6 +39,10 @@ pub struct LoggingConfig {
     /// Resume from a checkpoint folder, or `true` for the latest in `output_dir`.
     #[serde(default)]
     pub resume_from_checkpoint: Option<ResumeFrom>,
+    /// Replace another run's outputs in `output_dir` (its weights, metrics and checkpoints are
+    /// removed first); without it, such a folder is refused unless resuming (transformers' name).
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
 }
 
 impl Default for LoggingConfig {

@@ -22,6 +22,10 @@ pub struct TrainerState {
     /// Training rows and their token count: resume refuses a checkpoint made on other data.
     pub train_rows: usize,
     pub train_tokens: usize,
+    /// A digest of every training row's token and label ids (hex): resume refuses other data even
+    /// of the same size. Absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<String>,
     /// fp16 runs: the loss scaler's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<super::loss_scale::LossScaler>,
@@ -57,6 +61,91 @@ pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path,
         }
     }
     copy_side_files(base_dir, dir)
+}
+
+/// What a finished or interrupted run leaves in its output folder.
+const RUN_OUTPUTS: &[&str] =
+    &["metrics.jsonl", "adapter_model.safetensors", "model.safetensors", "loss_curve.svg", "adapter_config.json"];
+
+/// `path` made absolute with symlinks resolved, for a folder that may not exist yet (its nearest
+/// existing ancestor is resolved).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+    let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    out
+}
+
+/// Checks `output_dir` before a run writes anything (main process): never the base model's folder or
+/// a dataset's (or inside them); another run's outputs there are refused unless this run resumes
+/// them or `overwrite_output_dir` asks to replace them, in which case they are removed first, so
+/// pruning and resume only ever see this run's checkpoints.
+pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resuming: bool) -> Result<(), String> {
+    let out = resolved(output_dir);
+    let mut protected = vec![("the base model's folder", resolved(base_dir))];
+    for d in plan.datasets.iter().chain(&plan.test_datasets) {
+        if let Some(p) = &d.local_path {
+            let p = resolved(Path::new(p));
+            let folder = if p.is_dir() { p } else { p.parent().map(Path::to_path_buf).unwrap_or(p) };
+            protected.push(("a dataset's folder", folder));
+        }
+    }
+    for (what, folder) in protected {
+        if out.starts_with(&folder) {
+            return Err(format!(
+                "output_dir {} is {what} ({}) or inside it: the run would write over its files; choose another \
+                 output_dir",
+                output_dir.display(),
+                folder.display()
+            ));
+        }
+    }
+    if resuming {
+        return Ok(());
+    }
+    let mut found: Vec<String> =
+        RUN_OUTPUTS.iter().filter(|f| output_dir.join(f).exists()).map(|f| f.to_string()).collect();
+    let checkpoints = list(output_dir);
+    if !checkpoints.is_empty() {
+        found.push(format!("{} checkpoint folder(s)", checkpoints.len()));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !plan.training.overwrite_output_dir {
+        return Err(format!(
+            "output_dir {} holds another run's outputs ({}); set resume_from_checkpoint: true to continue that run, \
+             overwrite_output_dir: true to replace its outputs, or choose another output_dir",
+            output_dir.display(),
+            found.join(", ")
+        ));
+    }
+    tracing::warn!(
+        "overwrite_output_dir: removing the previous run's outputs in {} ({})",
+        output_dir.display(),
+        found.join(", ")
+    );
+    for f in RUN_OUTPUTS {
+        let path = output_dir.join(f);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    for (_, dir) in checkpoints {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Copies config.json from the base, recording fp32 weights, the vocabulary size (tokens may have

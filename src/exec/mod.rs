@@ -534,11 +534,26 @@ fn train_on<E: packing::Example>(
     // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
+        let resumed_from = train::resume_dir(plan, &output_dir)?;
         if rt.is_main() {
+            checkpoint::prepare_output_dir(plan, &output_dir, &base_dir, resumed_from.is_some())?;
             std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
+            if resumed_from.is_none()
+                && matches!(t.resume_from_checkpoint, Some(crate::config::logging::ResumeFrom::Latest(true)))
+            {
+                tracing::warn!(
+                    "resume_from_checkpoint: true, but {} holds no checkpoint: training starts fresh",
+                    output_dir.display()
+                );
+            }
         }
         let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
         let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
+        let mut words = Vec::with_capacity(train_tokens * 16);
+        for row in &train_rows {
+            packing::Example::digest_into(row, &mut words);
+        }
+        let data_digest = format!("{:016x}", distributed::digest(&words));
         let mut state = checkpoint::TrainerState {
             global_step: 0,
             total_steps: steps.total,
@@ -547,9 +562,9 @@ fn train_on<E: packing::Example>(
             seed: t.seed,
             train_rows: train_rows.len(),
             train_tokens,
+            data_digest: Some(data_digest),
             loss_scaler: rt.precision.loss_scaling.then(loss_scale::LossScaler::default),
         };
-        let resumed_from = train::resume_dir(plan, &output_dir)?;
         if let Some(dir) = &resumed_from {
             let saved = checkpoint::read_state(dir)?;
             if (saved.train_rows, saved.train_tokens, saved.seed) != (state.train_rows, state.train_tokens, state.seed)
@@ -566,10 +581,19 @@ fn train_on<E: packing::Example>(
                     state.seed
                 ));
             }
+            if let (Some(saved_digest), Some(now)) = (&saved.data_digest, &state.data_digest)
+                && saved_digest != now
+            {
+                return Err(format!(
+                    "{}: made on other training data (the same number of rows and tokens, other token ids: digest \
+                     {saved_digest}, now {now}); resume needs the same data",
+                    dir.display()
+                ));
+            }
             let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
             adapter::load_trainable(&model, &weights)?;
             optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
-            state = saved;
+            state = checkpoint::TrainerState { data_digest: state.data_digest.take(), ..saved };
             // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
             state.loss_scaler =
                 if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };

@@ -34,6 +34,8 @@ pub struct TrainingPlan {
     pub save_total_limit: Option<u32>,
     pub early_stopping_patience: Option<u32>,
     pub resume_from_checkpoint: Option<ResumeFrom>,
+    /// `overwrite_output_dir`: another run's outputs in output_dir are removed, not refused.
+    pub overwrite_output_dir: bool,
     pub num_epochs: Option<f64>,
     pub max_steps: Option<u64>,
     /// Warmup as a share of the total steps, when warmup_steps is not given.
@@ -177,6 +179,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
         save_total_limit: l.save_total_limit,
         early_stopping_patience: l.early_stopping_patience,
         resume_from_checkpoint: l.resume_from_checkpoint.clone(),
+        overwrite_output_dir: l.overwrite_output_dir,
         num_epochs: t.num_epochs,
         max_steps: t.max_steps,
         warmup_ratio: if t.warmup_steps.is_some() { None } else { t.warmup_ratio },
