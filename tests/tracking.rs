@@ -280,6 +280,17 @@ fn wandb_offline_run_reads_back_with_wandbs_reader() {
     assert_eq!(summary["summary"]["train/loss"].as_f64(), expected["train/loss"].last().map(|p| p.1));
 }
 
+/// Two data-parallel ranks: only rank 0 writes tracking output.
+#[cfg(feature = "exec")]
+#[test]
+fn only_the_main_process_tracks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 4\nuse_tensorboard: true\nwandb_project: p\nwandb_mode: offline\n");
+    assert_success(&run(&path, &["--nproc-per-node", "2"]));
+    let count = |sub: &str| std::fs::read_dir(dir.path().join("out").join(sub)).unwrap().count();
+    assert_eq!((count("runs"), count("wandb")), (1, 1));
+}
+
 /// A `mlflow server` on localhost with a SQLite store and a temporary artifact root; stopped when
 /// dropped.
 #[cfg(feature = "exec")]
@@ -461,6 +472,13 @@ fn mlflow_server_gets_the_run_and_a_stopped_server_changes_nothing() {
     assert_eq!(killed["info"]["status"], "KILLED");
     let id = killed["info"]["run_id"].as_str().unwrap();
     assert_eq!(server.history(id, "train/loss"), series(&metrics(&b.path().join("out")))["train/loss"]);
+
+    // An error stops the run: FAILED.
+    let f = tempfile::tempdir().unwrap();
+    let path = write_recipe(f.path(), &format!("max_steps: 80\n{}", tracking("failed")));
+    let out = run(&path, &["--set", "learning_rate=1.0", "--set", "max_grad_norm=0", "--set", "weight_decay=10"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.run_named("recipe-tests", "failed")["info"]["status"], "FAILED");
 
     // The server stops mid-run: the run ends as it would have, and says what was lost.
     let c = tempfile::tempdir().unwrap();
