@@ -1,7 +1,8 @@
 //! Experiment tracking, read back by each tool's own code: TensorBoard's event reader
 //! (`event_accumulator`) gives the same scalar series as metrics.jsonl and the resolved recipe as
 //! text; W&B's own reader of `.wandb` files (`wandb leet inspect --json`, wandb-core, no network)
-//! gives the run, its config, every history row and the summary; a real `mlflow server` (SQLite
+//! gives the run, its config, every history row and the summary, and `wandb sync --dry-run` takes
+//! the folder as an offline run to upload; a real `mlflow server` (SQLite
 //! store, temporary artifact root, started here on localhost) holds the run with the recipe's
 //! params, every logged loss at its step, status FINISHED and the output files as artifacts; a
 //! run stopped by Ctrl-C reads KILLED; stopping the server mid-run leaves the training result
@@ -272,6 +273,10 @@ fn wandb_offline_run_reads_back_with_wandbs_reader() {
     assert_eq!(last["update"]["train/loss"].as_f64(), expected["train/loss"].last().map(|p| p.1));
     assert_eq!(last["update"]["eval/loss"].as_f64(), expected["eval/loss"].last().map(|p| p.1));
     assert_eq!(of("exit")[0].get("exit_code").and_then(Value::as_i64).unwrap_or(0), 0);
+    // `wandb sync` takes the folder for an offline run to upload (dry run: no network).
+    let sync = python(&wandb).args(["-m", "wandb", "sync", "--dry-run"]).arg(folder).output().unwrap();
+    let said = String::from_utf8_lossy(&sync.stderr).into_owned() + &String::from_utf8_lossy(&sync.stdout);
+    assert!(sync.status.success() && said.contains("Would sync 1 run(s)") && said.contains("run-run-7.wandb"), "{said}");
     // The same as one summary object.
     let read = python(&wandb).args(["-m", "wandb", "leet", "inspect", "--summary", "--json"]).arg(&file).output().unwrap();
     assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
