@@ -55,7 +55,11 @@ fn python(prefix: &Path) -> Command {
 }
 
 fn metrics(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// metrics.jsonl as series in the trackers' names: name -> [(step, value)].
@@ -89,7 +93,11 @@ fn located(diagnostics: &[Value]) -> Vec<(String, String, u64)> {
         .iter()
         .filter(|d| !d["rule"].as_str().unwrap().starts_with("table-"))
         .map(|d| {
-            (d["rule"].as_str().unwrap().into(), d["key_path"].as_str().unwrap_or("").into(), d["line"].as_u64().unwrap())
+            (
+                d["rule"].as_str().unwrap().into(),
+                d["key_path"].as_str().unwrap_or("").into(),
+                d["line"].as_u64().unwrap(),
+            )
         })
         .collect()
 }
@@ -134,7 +142,10 @@ fn bad_tracking_keys_are_errors_at_the_key() {
     let mut orphans: Vec<&str> =
         found.iter().filter(|(r, ..)| r == "tracker-key-without-switch").map(|(_, k, _)| k.as_str()).collect();
     orphans.sort();
-    assert_eq!(orphans, ["logging_dir", "mlflow_experiment_name", "mlflow_run_name", "use_wandb", "wandb_entity", "wandb_name"]);
+    assert_eq!(
+        orphans,
+        ["logging_dir", "mlflow_experiment_name", "mlflow_run_name", "use_wandb", "wandb_entity", "wandb_name"]
+    );
     let path = write_recipe(dir.path(), "max_steps: 2\nwandb_project: p\nwandb_mode: online\nwandb_log_model: end\n");
     let found = located(&validate_json(&path, &[]));
     let at = |key: &str| line_of(&path, key);
@@ -142,10 +153,14 @@ fn bad_tracking_keys_are_errors_at_the_key() {
     assert!(found.contains(&("wandb-log-model-not-built".into(), "wandb_log_model".into(), at("wandb_log_model"))));
 
     // Axolotl's spellings of "off" and an unset mode (a warning: offline) validate.
-    let path = write_recipe(dir.path(), "max_steps: 2\nwandb_project: p\nwandb_log_model: \"false\"\nwandb_watch:\nuse_mlflow: false\n");
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 2\nwandb_project: p\nwandb_log_model: \"false\"\nwandb_watch:\nuse_mlflow: false\n",
+    );
     let found = located(&validate_json(&path, &[]));
     assert_eq!(found, [("wandb-offline".into(), "wandb_project".into(), line_of(&path, "wandb_project"))]);
-    let path = write_recipe(dir.path(), "max_steps: 2\nwandb_project: p\nwandb_mode: disabled\nwandb_log_model: false\n");
+    let path =
+        write_recipe(dir.path(), "max_steps: 2\nwandb_project: p\nwandb_mode: disabled\nwandb_log_model: false\n");
     assert_eq!(located(&validate_json(&path, &[])), []);
 }
 
@@ -161,7 +176,10 @@ fn plan_shows_where_the_run_will_be_tracked() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     let out_dir = dir.path().join("out");
-    assert!(text.contains(&format!("tracking   TensorBoard event files in {}", out_dir.join("runs").display())), "{text}");
+    assert!(
+        text.contains(&format!("tracking   TensorBoard event files in {}", out_dir.join("runs").display())),
+        "{text}"
+    );
     assert!(text.contains("MLflow at http://127.0.0.1:5000: experiment `exp`, run `out`"), "{text}");
     assert!(text.contains(&format!("W&B offline run folder in {}", out_dir.join("wandb").display())), "{text}");
     let out = common::recipe_command().arg("plan").arg(&path).arg("--json").output().unwrap();
@@ -205,8 +223,12 @@ fn tensorboard_reads_back_every_metric() {
     tags.sort();
     assert_eq!(tags, expected.keys().collect::<Vec<_>>());
     for (name, points) in &expected {
-        let theirs: Vec<(u64, f64)> =
-            scalars[name].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect();
+        let theirs: Vec<(u64, f64)> = scalars[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
         // TensorBoard's scalars are float32: the same values rounded once.
         let ours: Vec<(u64, f64)> = points.iter().map(|&(s, v)| (s, f64::from(v as f32))).collect();
         assert_eq!(theirs, ours, "{name}");
@@ -247,12 +269,10 @@ fn wandb_offline_run_reads_back_with_wandbs_reader() {
         String::from_utf8_lossy(&read.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let of = |kind: &str| records.iter().filter(|r| r["type"] == kind).map(|r| r[kind].clone()).collect::<Vec<_>>();
     let run = &of("run")[0];
-    assert_eq!((&run["run_id"], &run["project"], &run["entity"], &run["display_name"]), (
-        &Value::from("run-7"),
-        &Value::from("proj"),
-        &Value::from("team"),
-        &Value::from("first")
-    ));
+    assert_eq!(
+        (&run["run_id"], &run["project"], &run["entity"], &run["display_name"]),
+        (&Value::from("run-7"), &Value::from("proj"), &Value::from("team"), &Value::from("first"))
+    );
     let config = &run["config"]["update"];
     assert_eq!(config["learning_rate"], 0.002);
     assert_eq!(config["datasets"][0]["type"], "completion");
@@ -276,12 +296,19 @@ fn wandb_offline_run_reads_back_with_wandbs_reader() {
     // `wandb sync` takes the folder for an offline run to upload (dry run: no network).
     let sync = python(&wandb).args(["-m", "wandb", "sync", "--dry-run"]).arg(folder).output().unwrap();
     let said = String::from_utf8_lossy(&sync.stderr).into_owned() + &String::from_utf8_lossy(&sync.stdout);
-    assert!(sync.status.success() && said.contains("Would sync 1 run(s)") && said.contains("run-run-7.wandb"), "{said}");
+    assert!(
+        sync.status.success() && said.contains("Would sync 1 run(s)") && said.contains("run-run-7.wandb"),
+        "{said}"
+    );
     // The same as one summary object.
-    let read = python(&wandb).args(["-m", "wandb", "leet", "inspect", "--summary", "--json"]).arg(&file).output().unwrap();
+    let read =
+        python(&wandb).args(["-m", "wandb", "leet", "inspect", "--summary", "--json"]).arg(&file).output().unwrap();
     assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
     let summary: Value = serde_json::from_slice(&read.stdout).unwrap();
-    assert_eq!((&summary["state"], &summary["exit_code"], &summary["step"]), (&Value::from("finished"), &Value::from(0), &Value::from(12)));
+    assert_eq!(
+        (&summary["state"], &summary["exit_code"], &summary["step"]),
+        (&Value::from("finished"), &Value::from(0), &Value::from(12))
+    );
     assert_eq!(summary["summary"]["train/loss"].as_f64(), expected["train/loss"].last().map(|p| p.1));
 }
 
@@ -422,7 +449,10 @@ fn mlflow_server_gets_the_run_and_a_stopped_server_changes_nothing() {
     let info = &finished["info"];
     let run_id = info["run_id"].as_str().unwrap();
     assert_eq!(info["status"], "FINISHED");
-    assert!(stdout.contains(&format!("tracked    MLflow {}/#/experiments/", server.uri)) && stdout.contains(run_id), "{stdout}");
+    assert!(
+        stdout.contains(&format!("tracked    MLflow {}/#/experiments/", server.uri)) && stdout.contains(run_id),
+        "{stdout}"
+    );
     let params: std::collections::BTreeMap<String, String> = finished["data"]["params"]
         .as_array()
         .unwrap()
@@ -435,7 +465,10 @@ fn mlflow_server_gets_the_run_and_a_stopped_server_changes_nothing() {
     assert_eq!(params["mlflow_run_name"], "finished");
     let tags: Vec<String> =
         finished["data"]["tags"].as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap().to_string()).collect();
-    assert!(tags.iter().any(|t| t == "recipe.model") && tags.iter().any(|t| t == "recipe.trainable_parameters"), "{tags:?}");
+    assert!(
+        tags.iter().any(|t| t == "recipe.model") && tags.iter().any(|t| t == "recipe.trainable_parameters"),
+        "{tags:?}"
+    );
     let expected = series(&metrics(&a.path().join("out")));
     assert_eq!(expected["train/loss"].len(), 40);
     for (name, points) in &expected {
@@ -447,7 +480,11 @@ fn mlflow_server_gets_the_run_and_a_stopped_server_changes_nothing() {
         assert!(files.contains(&file), "{file} not in {files:?}");
     }
     let uploaded = std::fs::read(
-        dir.path().join("artifacts").join(info["experiment_id"].as_str().unwrap()).join(run_id).join("artifacts/metrics.jsonl"),
+        dir.path()
+            .join("artifacts")
+            .join(info["experiment_id"].as_str().unwrap())
+            .join(run_id)
+            .join("artifacts/metrics.jsonl"),
     )
     .unwrap();
     assert_eq!(uploaded, std::fs::read(a.path().join("out/metrics.jsonl")).unwrap());

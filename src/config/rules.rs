@@ -391,20 +391,20 @@ impl Rules<'_> {
                 &format!("{help}, or remove {key}"),
             );
         }
-        if let (Some(uri), Some(span)) = (&t.mlflow_tracking_uri, self.at.value_span("mlflow_tracking_uri")) {
-            if let Err(problem) = crate::plan::tracking::check_tracking_uri(uri) {
-                let d = Diagnostic::error("bad-tracking-uri", format!("`mlflow_tracking_uri`: {problem}"))
-                    .at(span, "not an http(s) URL of an MLflow server")
-                    .key("mlflow_tracking_uri".to_string())
-                    .expected("http://host[:port][/prefix] or https://...".to_string())
-                    .found(uri.clone())
-                    .help(
-                        "recipe logs through MLflow's REST API; start a server with `mlflow server --port 5000` \
-                         and write http://127.0.0.1:5000"
-                            .to_string(),
-                    );
-                self.out.push(d);
-            }
+        if let (Some(uri), Some(span)) = (&t.mlflow_tracking_uri, self.at.value_span("mlflow_tracking_uri"))
+            && let Err(problem) = crate::plan::tracking::check_tracking_uri(uri)
+        {
+            let d = Diagnostic::error("bad-tracking-uri", format!("`mlflow_tracking_uri`: {problem}"))
+                .at(span, "not an http(s) URL of an MLflow server")
+                .key("mlflow_tracking_uri".to_string())
+                .expected("http://host[:port][/prefix] or https://...".to_string())
+                .found(uri.clone())
+                .help(
+                    "recipe logs through MLflow's REST API; start a server with `mlflow server --port 5000` \
+                     and write http://127.0.0.1:5000"
+                        .to_string(),
+                );
+            self.out.push(d);
         }
         if t.wandb() {
             match t.wandb_mode {

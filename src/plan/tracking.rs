@@ -95,9 +95,9 @@ pub fn plan(c: &Config) -> TrackingPlan {
     };
     let under_output = |name: &str| Path::new(output_dir).join(name).display().to_string();
     TrackingPlan {
-        tensorboard: t.tensorboard().then(|| TensorBoardPlan {
-            dir: t.logging_dir.clone().unwrap_or_else(|| under_output("runs")),
-        }),
+        tensorboard: t
+            .tensorboard()
+            .then(|| TensorBoardPlan { dir: t.logging_dir.clone().unwrap_or_else(|| under_output("runs")) }),
         mlflow: t.mlflow().then(|| MlflowPlan {
             tracking_uri: t.mlflow_tracking_uri.as_deref().unwrap_or_default().trim_end_matches('/').to_string(),
             experiment: t.mlflow_experiment_name.clone().unwrap_or_else(|| "Default".into()),
@@ -117,7 +117,8 @@ pub fn plan(c: &Config) -> TrackingPlan {
 
 /// An MLflow tracking URI recipe can log to: an http(s) URL with a host and nothing after the path.
 pub fn check_tracking_uri(uri: &str) -> Result<(), String> {
-    let store = |scheme: &str| matches!(scheme, "file" | "databricks" | "databricks-uc" | "sqlite" | "postgresql" | "mysql");
+    let store =
+        |scheme: &str| matches!(scheme, "file" | "databricks" | "databricks-uc" | "sqlite" | "postgresql" | "mysql");
     let parsed = url::Url::parse(uri);
     match &parsed {
         Ok(url) if store(url.scheme()) => {

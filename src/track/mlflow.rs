@@ -263,7 +263,8 @@ impl Tracker for Mlflow {
     }
 
     fn finish(&mut self, status: Status, output_dir: &Path) -> Result<(), String> {
-        let artifacts = if self.log_artifacts && status == Status::Finished { files_of(output_dir) } else { Vec::new() };
+        let artifacts =
+            if self.log_artifacts && status == Status::Finished { files_of(output_dir) } else { Vec::new() };
         let (done, result) = mpsc::channel();
         self.sender
             .send(Message::Finish { status, artifacts, done })
@@ -320,7 +321,8 @@ impl Worker {
                 next_send = Instant::now() + SEND_EVERY;
             } else {
                 // 1 s, 2 s, 4 s, ... at most 60 s between attempts; the points stay buffered.
-                let backoff = Duration::from_secs(1u64 << self.failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+                let backoff =
+                    Duration::from_secs(1u64 << self.failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
                 next_send = Instant::now() + backoff;
                 if self.failures == REPORT_AFTER {
                     tracing::warn!(

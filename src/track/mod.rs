@@ -178,6 +178,9 @@ pub trait Tracker: Send {
     fn finish(&mut self, status: Status, output_dir: &Path) -> Result<(), String>;
 }
 
+/// A tracker, or why it could not start.
+type Started = Result<Box<dyn Tracker>, String>;
+
 /// The run's trackers. Dropped without [`Trackers::finish`] (an error ended the run): FAILED.
 pub struct Trackers {
     active: Vec<Box<dyn Tracker>>,
@@ -199,7 +202,7 @@ impl Trackers {
         }
         let info = RunInfo::from_plan(plan, resumed_at);
         let mut active: Vec<Box<dyn Tracker>> = Vec::new();
-        let mut attempts: Vec<(&str, Result<Box<dyn Tracker>, String>)> = Vec::new();
+        let mut attempts: Vec<(&str, Started)> = Vec::new();
         if let Some(tb) = &t.tensorboard {
             attempts.push(("TensorBoard", tensorboard::TensorBoard::start(tb, &info).map(|x| Box::new(x) as _)));
         }

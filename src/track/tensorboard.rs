@@ -171,9 +171,14 @@ impl Tracker for TensorBoard {
         let value = point
             .metrics
             .iter()
-            .map(|(tag, v)| SummaryValue { tag: tag.clone(), metadata: None, value: Some(ValueKind::SimpleValue(*v as f32)) })
+            .map(|(tag, v)| SummaryValue {
+                tag: tag.clone(),
+                metadata: None,
+                value: Some(ValueKind::SimpleValue(*v as f32)),
+            })
             .collect();
-        let event = Event { wall_time: point.wall_time, step: point.step as i64, what: Some(What::Summary(Summary { value })) };
+        let event =
+            Event { wall_time: point.wall_time, step: point.step as i64, what: Some(What::Summary(Summary { value })) };
         self.write(&event)
     }
 
@@ -189,6 +194,7 @@ mod tests {
     /// The masked CRC against TFRecord's definition: `((crc >> 15) | (crc << 17)) + 0xa282ead8`,
     /// with CRC-32C's check value (of "123456789") from its specification (RFC 3720, B.4).
     #[test]
+    #[allow(clippy::manual_rotate)] // TFRecord's definition, as written there
     fn masked_crc_is_tfrecords() {
         let crc = crc32c::crc32c(b"123456789");
         assert_eq!(crc, 0xe306_9283);
