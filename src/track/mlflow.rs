@@ -419,6 +419,87 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// A stand-in server on localhost: answers 503 to the first `failures` requests, then 200 `{}`;
+    /// returns what it was sent, (path, JSON body) per request.
+    fn flaky_server(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let (status, text) = if n < failures {
+                    ("503 Service Unavailable", r#"{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}"#)
+                } else {
+                    log.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    ("200 OK", "{}")
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                stream.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        (uri, seen)
+    }
+
+    /// Sends that fail are retried with the points kept: every metric arrives once, in order, and
+    /// the run ends with its status.
+    #[test]
+    fn failed_sends_keep_the_points_and_retry() {
+        let (uri, seen) = flaky_server(2);
+        let worker = Worker {
+            client: Client::new(&uri),
+            run_id: "r1".into(),
+            artifact_uri: String::new(),
+            buffer: Vec::new(),
+            failures: 0,
+            last_error: None,
+        };
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::spawn(move || worker.run(receiver));
+        let point = |step: u64| json!({"key": "train/loss", "value": step as f64, "timestamp": 0, "step": step});
+        sender.send(Message::Metrics(vec![point(1), point(2)])).unwrap();
+        // The first send (after SEND_EVERY) fails; more points come while the worker backs off.
+        std::thread::sleep(SEND_EVERY + Duration::from_millis(300));
+        sender.send(Message::Metrics(vec![point(3)])).unwrap();
+        let (done, result) = mpsc::channel();
+        sender.send(Message::Finish { status: Status::Killed, artifacts: Vec::new(), done }).unwrap();
+        assert_eq!(result.recv().unwrap(), Ok(()));
+        thread.join().unwrap();
+        let seen = seen.lock().unwrap();
+        let steps: Vec<u64> = seen
+            .iter()
+            .filter(|(path, _)| path.ends_with("/runs/log-batch"))
+            .flat_map(|(_, body)| body["metrics"].as_array().cloned().unwrap_or_default())
+            .map(|m| m["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [1, 2, 3]);
+        let (path, end) = seen.last().unwrap();
+        assert!(path.ends_with("/api/2.0/mlflow/runs/update"), "{path}");
+        assert_eq!((&end["run_id"], &end["status"]), (&json!("r1"), &json!("KILLED")));
+    }
 
     #[test]
     fn clip_keeps_characters_whole() {
