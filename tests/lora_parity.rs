@@ -159,6 +159,7 @@ fn adapters_switched_off_give_the_base_model() {
             base_kind: Kind::Float,
             trainable: recipe::model::llama::Trainable::Nothing,
             quantize: None,
+            score_head: false,
         };
         let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
         let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };

@@ -18,8 +18,13 @@ fn root() -> PathBuf {
 fn load(dir: &Path) -> CausalLm {
     let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let ckpt = Checkpoint::open(dir).unwrap();
-    let opts =
-        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
     CausalLm::load(&arch, &ckpt, &opts).unwrap()
 }
 

@@ -53,8 +53,13 @@ fn per_sample_losses(model: &CausalLm, rows: &[&recipe::data::packing::Row]) -> 
 fn packed_rows_give_each_sample_its_own_loss() {
     let dir = root().join("models/stories260k");
     let arch = recipe::plan::model::local_architecture(&dir).unwrap();
-    let opts =
-        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
     let model = CausalLm::load(&arch, &Checkpoint::open(&dir).unwrap(), &opts).unwrap();
     let tok = Tokenizer::load(&dir).unwrap();
     let text = std::fs::read_to_string(root().join("data/shakespeare/tinyshakespeare-excerpt.txt")).unwrap();

@@ -54,6 +54,7 @@ fn quantized_weight_bytes_match_the_plan() {
         base_kind: Kind::Float,
         trainable: Trainable::Nothing,
         quantize: Some(NF4_DQ),
+        score_head: false,
     };
     let model = CausalLm::load(&arch, &Checkpoint::open(&model_dir).unwrap(), &opts).unwrap();
     let resident: i64 = model.linears().iter().map(|l| l.quantized.as_ref().unwrap().storage_bytes()).sum();
@@ -147,7 +148,13 @@ fn recipe_quantize_writes_a_folder_that_loads_without_quantizing_again() {
 
     let arch = recipe::plan::model::local_architecture(&out).unwrap();
     let load = |dir: &Path, quantize| {
-        let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize };
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: Trainable::Nothing,
+            quantize,
+            score_head: false,
+        };
         CausalLm::load(&arch, &Checkpoint::open(dir).unwrap(), &opts).unwrap()
     };
     let prequantized = load(&out, None);
@@ -174,6 +181,7 @@ fn qlora_matches_peft_over_bitsandbytes() {
         base_kind: Kind::Float,
         trainable: cfg.trainable.clone(),
         quantize: Some(NF4_DQ),
+        score_head: false,
     };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
     let quantized: std::collections::HashMap<String, Tensor> =
@@ -239,7 +247,13 @@ fn lora_over_an_int8_base_trains_and_its_quantized_folder_reloads() {
     assert!(recipe().arg("quantize").arg(&path).arg("--output").arg(&folder).status().unwrap().success());
     let arch = recipe::plan::model::local_architecture(&folder).unwrap();
     let load = |dir: &Path, quantize| {
-        let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize };
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: Trainable::Nothing,
+            quantize,
+            score_head: false,
+        };
         CausalLm::load(&arch, &Checkpoint::open(dir).unwrap(), &opts).unwrap()
     };
     let prequantized = load(&folder, None);

@@ -48,7 +48,7 @@ pub fn preview(recipe: &Path, overrides: &[String], n: usize, as_json: bool) -> 
         Ok(x) => x,
         Err(code) => return code,
     };
-    if plan.training.preference.is_some() {
+    if plan.training.reads_pairs() {
         return preview_pairs(recipe, &plan, &tok, &dir, n, as_json);
     }
     let prepared = match data::prepare(&plan, &tok, &dir) {
@@ -208,7 +208,11 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if let Some(p) = &plan.training.preference {
+    if plan.training.reads_pairs() {
+        let training = match &plan.training.preference {
+            Some(p) => format!("rl: {}", p.method),
+            None => "a reward model".to_string(),
+        };
         // Every pair is checked; pairs are not cached (recipe run prepares them itself).
         return match preference::prepare(&plan, &tok, &dir) {
             Ok(prepared) => {
@@ -216,12 +220,11 @@ pub fn preprocess(recipe: &Path, overrides: &[String]) -> ExitCode {
                     println!("data     {line}");
                 }
                 println!(
-                    "checked  {} training, {} validation, {} test preference pairs for rl: {} (pairs are not cached: \
+                    "checked  {} training, {} validation, {} test preference pairs for {training} (pairs are not cached: \
                      recipe run prepares them)",
                     prepared.train.len(),
                     prepared.validation.len(),
                     prepared.test.len(),
-                    p.method
                 );
                 ExitCode::SUCCESS
             }

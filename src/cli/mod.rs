@@ -120,6 +120,26 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Score texts with a trained reward model: a recipe (its output_dir) or an output/checkpoint
+    /// folder. Each `--text` is scored as written (with the tokenizer's BOS); with `--prompt` and
+    /// `--response`, the exchange is rendered by the recipe's chat template first.
+    #[cfg(feature = "exec")]
+    Score {
+        target: PathBuf,
+        /// A text to score (repeat for several).
+        #[arg(long, required_unless_present = "prompt")]
+        text: Vec<String>,
+        /// A user turn, scored with its `--response` through the recipe's chat template.
+        #[arg(long, requires = "response", conflicts_with = "text")]
+        prompt: Option<String>,
+        /// The assistant's answer to `--prompt`.
+        #[arg(long, requires = "prompt")]
+        response: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Quantize the recipe's base (load_in_4bit) once and write it in transformers' bitsandbytes
     /// format; set it as base_model to skip quantizing at every run.
     #[cfg(feature = "exec")]
@@ -190,6 +210,14 @@ pub fn main() -> ExitCode {
         Command::Generate { target, prompt, max_new_tokens, temperature, top_p, seed, device } => {
             let sampling = crate::model::generate::Sampling { temperature, top_p, max_new_tokens, seed };
             run::generate(&target, &cli.set, &prompt, sampling, &device)
+        }
+        #[cfg(feature = "exec")]
+        Command::Score { target, text, prompt, response, json, device } => {
+            let input = match (prompt, response) {
+                (Some(prompt), Some(response)) => run::ScoreInput::Exchange { prompt, response },
+                _ => run::ScoreInput::Texts(text),
+            };
+            run::score(&target, &cli.set, &input, json, &device)
         }
         #[cfg(feature = "exec")]
         Command::Merge { target, output } => run::merge(&target, &cli.set, output.as_deref()),

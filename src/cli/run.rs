@@ -1,4 +1,5 @@
-//! `recipe run`, `recipe generate`, `recipe merge`: the executor's commands and what they print.
+//! `recipe run`, `recipe generate`, `recipe score`, `recipe merge`: the executor's commands and
+//! what they print.
 
 use super::{EXIT_INVALID, EXIT_USAGE, compile_recipe};
 use crate::exec::{self, RunOptions};
@@ -226,7 +227,7 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     }
     println!(
         "{}",
-        if plan.training.preference.is_some() {
+        if plan.training.reads_pairs() {
             format!(
                 "pairs      {} training, {} validation (sequence_len {}, not packed)",
                 r.train_rows, r.validation_rows, plan.batch.sequence_len
@@ -269,7 +270,7 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         );
     }
     // Perplexity belongs to language modelling; a preference loss is shown alone.
-    let preference = plan.training.preference.is_some();
+    let preference = plan.training.preference.is_some() || plan.training.reward.is_some();
     let fmt = |l: Option<f64>| match l {
         None => "-".to_string(),
         Some(l) if preference => format!("{l:.4}"),
@@ -343,11 +344,21 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    if loaded.model.score.is_some() {
+        eprintln!(
+            "{}: error: this is a reward model (a score head, no language-model head); score texts with `recipe score`",
+            dir.display()
+        );
+        return ExitCode::from(EXIT_INVALID);
+    }
     let tok = &loaded.tokenizer;
     let template = plan.as_ref().and_then(|p| p.chat_template.as_ref());
     let ids = match template {
         // A chat recipe: the prompt as a user turn, rendered with the generation prompt.
-        Some(t) => chat_prompt(t, &loaded.base_dir, &dir, prompt, tok),
+        Some(t) => {
+            let messages = [serde_json::json!({"role": "user", "content": prompt})];
+            render_chat(t, &loaded.base_dir, &dir, &messages, true, tok)
+        }
         None => tok.encode(prompt).map(|p| tok.bos().into_iter().chain(p).collect::<Vec<i64>>()),
     };
     let ids = match ids {
@@ -372,11 +383,14 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
     ExitCode::SUCCESS
 }
 
-fn chat_prompt(
+/// Token ids of `messages` rendered by the recipe's chat template (with the assistant's generation
+/// prompt when `generation_prompt`).
+fn render_chat(
     t: &crate::plan::data::TemplatePlan,
     base_dir: &Path,
     output_dir: &Path,
-    prompt: &str,
+    messages: &[serde_json::Value],
+    generation_prompt: bool,
     tok: &crate::data::Tokenizer,
 ) -> Result<Vec<i64>, String> {
     use crate::data::template::{ChatTemplate, FixedDate, SpecialTokenStrings};
@@ -396,9 +410,85 @@ fn chat_prompt(
     // The output folder's tokenizer files carry any special tokens the run set.
     let tokenizer_dir = if output_dir.join("tokenizer_config.json").is_file() { output_dir } else { base_dir };
     let special = SpecialTokenStrings::from_model_dir(tokenizer_dir)?;
-    let messages = [serde_json::json!({"role": "user", "content": prompt})];
-    let rendered = template.render(&messages, None, true, &special).map_err(String::from)?;
+    let rendered = template.render(messages, None, generation_prompt, &special).map_err(String::from)?;
     tok.encode(&rendered)
+}
+
+/// What `recipe score` scores.
+pub enum ScoreInput {
+    /// Texts as written, each with the tokenizer's BOS.
+    Texts(Vec<String>),
+    /// A user turn and the assistant's answer, through the recipe's chat template.
+    Exchange { prompt: String, response: String },
+}
+
+pub fn score(target: &Path, overrides: &[String], input: &ScoreInput, json: bool, device_name: &str) -> ExitCode {
+    let (dir, base, plan) = match resolve_target(target, overrides) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let device = match device(device_name) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let quantize = match quantization(plan.as_ref(), target) {
+        Ok(q) => q,
+        Err(code) => return code,
+    };
+    let fail = |e: String| {
+        eprintln!("{}: error: {e}", target.display());
+        ExitCode::from(EXIT_INVALID)
+    };
+    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if loaded.model.score.is_none() {
+        return fail(format!(
+            "{} holds a language model, not a reward model (train one with `reward_model: true`)",
+            dir.display()
+        ));
+    }
+    let tok = &loaded.tokenizer;
+    let (labels, sequences): (Vec<String>, Result<Vec<Vec<i64>>, String>) = match input {
+        ScoreInput::Texts(texts) => (
+            texts.clone(),
+            texts.iter().map(|t| tok.encode(t).map(|ids| tok.bos().into_iter().chain(ids).collect())).collect(),
+        ),
+        ScoreInput::Exchange { prompt, response } => {
+            let Some(template) = plan.as_ref().and_then(|p| p.chat_template.as_ref()) else {
+                return fail(
+                    "--prompt/--response need a recipe with a chat_template; score plain text with --text".into(),
+                );
+            };
+            let messages = [
+                serde_json::json!({"role": "user", "content": prompt}),
+                serde_json::json!({"role": "assistant", "content": response}),
+            ];
+            (
+                vec![response.clone()],
+                render_chat(template, &loaded.base_dir, &dir, &messages, false, tok).map(|ids| vec![ids]),
+            )
+        }
+    };
+    let sequences = match sequences {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let scores = match exec::catch_torch_errors(None, || exec::score_sequences(&loaded, &sequences)) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if json {
+        let rows: Vec<serde_json::Value> =
+            labels.iter().zip(&scores).map(|(t, s)| serde_json::json!({"text": t, "score": s})).collect();
+        println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
+    } else {
+        for (t, s) in labels.iter().zip(&scores) {
+            println!("{s:>12.6}  {t:?}");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> ExitCode {

@@ -270,6 +270,22 @@ pub struct PreferenceDataset {
     pub message_property_mappings: Option<Map<String, Value>>,
 }
 
+/// `type: bradley_terry.chat_template` (Axolotl's reward-model format): single-turn rows with an
+/// optional `system`, the user's `input`, and the `chosen` and `rejected` assistant answers (strings),
+/// each rendered with the chat template as a whole conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BradleyTerryDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// The template for this dataset; defaults to the recipe's `chat_template`.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplateName>,
+    /// The template text (or a path to a .jinja file) when `chat_template: jinja`.
+    #[serde(default)]
+    pub chat_template_jinja: Option<String>,
+}
+
 fn default_chosen_field() -> String {
     "chosen".into()
 }
@@ -331,6 +347,8 @@ pub enum DatasetConfig {
     InputOutput(InputOutputDataset),
     #[serde(rename = "chat_template.default")]
     Preference(PreferenceDataset),
+    #[serde(rename = "bradley_terry.chat_template")]
+    BradleyTerry(BradleyTerryDataset),
     #[serde(untagged)]
     UserDefined(UserDefinedDataset),
 }
@@ -346,7 +364,12 @@ const DATASET_TYPES: &[(&str, &str, &str)] = &[
     (
         "chat_template.default",
         "PreferenceDataset",
-        "preference pairs for `rl:`: a prompt, a chosen and a rejected answer",
+        "preference pairs for `rl:` and reward models: a prompt, a chosen and a rejected answer",
+    ),
+    (
+        "bradley_terry.chat_template",
+        "BradleyTerryDataset",
+        "reward-model pairs: system (optional), input, chosen and rejected strings",
     ),
 ];
 
@@ -358,6 +381,7 @@ impl DatasetConfig {
             DatasetConfig::ChatTemplate(d) => &d.source,
             DatasetConfig::InputOutput(d) => &d.source,
             DatasetConfig::Preference(d) => &d.source,
+            DatasetConfig::BradleyTerry(d) => &d.source,
             DatasetConfig::UserDefined(d) => &d.source,
         }
     }
@@ -368,8 +392,14 @@ impl DatasetConfig {
         match self {
             DatasetConfig::ChatTemplate(d) => Some((d.chat_template, d.chat_template_jinja.as_deref())),
             DatasetConfig::Preference(d) => Some((d.chat_template, d.chat_template_jinja.as_deref())),
+            DatasetConfig::BradleyTerry(d) => Some((d.chat_template, d.chat_template_jinja.as_deref())),
             _ => None,
         }
+    }
+
+    /// Whether the rows are preference pairs (for `rl:` and reward models).
+    pub fn holds_pairs(&self) -> bool {
+        matches!(self, DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_))
     }
 
     /// The `type` as written (`user_defined` for the mapping form).
@@ -382,6 +412,7 @@ impl DatasetConfig {
             DatasetConfig::ChatTemplate(_) => "chat_template",
             DatasetConfig::InputOutput(_) => "input_output",
             DatasetConfig::Preference(_) => "chat_template.default",
+            DatasetConfig::BradleyTerry(_) => "bradley_terry.chat_template",
             DatasetConfig::UserDefined(_) => "user_defined",
         }
     }
@@ -409,6 +440,7 @@ impl<'de> Deserialize<'de> for DatasetConfig {
             "chat_template" => DatasetConfig::ChatTemplate(parse(map)?),
             "input_output" => DatasetConfig::InputOutput(parse(map)?),
             "chat_template.default" => DatasetConfig::Preference(parse(map)?),
+            "bradley_terry.chat_template" => DatasetConfig::BradleyTerry(parse(map)?),
             other => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
         })
     }
@@ -428,6 +460,7 @@ impl JsonSchema for DatasetConfig {
                 "completion" | "pretrain" => TextDataset::json_schema(generator),
                 "chat_template" => ChatDataset::json_schema(generator),
                 "chat_template.default" => PreferenceDataset::json_schema(generator),
+                "bradley_terry.chat_template" => BradleyTerryDataset::json_schema(generator),
                 _ => InputOutputDataset::json_schema(generator),
             };
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {

@@ -20,9 +20,13 @@ pub struct ModelConfig {
     /// Where to read the tokenizer from when it differs from `base_model`.
     #[serde(default)]
     pub tokenizer_config: Option<String>,
-    /// The transformers model class. Informational: recipe reads the architecture from config.json.
+    /// The transformers model class: a causal language model, or a sequence classifier for a
+    /// reward model (`reward_model: true`). The architecture itself is read from config.json.
     #[serde(default)]
     pub model_type: Option<ModelClass>,
+    /// Outputs of a sequence-classification head: 1 for a reward model (its only value).
+    #[serde(default)]
+    pub num_labels: Option<u32>,
     /// The transformers tokenizer class. Informational: recipe reads tokenizer.json.
     #[serde(default)]
     pub tokenizer_type: Option<TokenizerClass>,
@@ -39,6 +43,24 @@ pub enum ModelClass {
     LlamaForCausalLM,
     MistralForCausalLM,
     Qwen2ForCausalLM,
+    /// A reward model (`reward_model: true`): the model with a score head on its last token.
+    AutoModelForSequenceClassification,
+    LlamaForSequenceClassification,
+    MistralForSequenceClassification,
+    Qwen2ForSequenceClassification,
+}
+
+impl ModelClass {
+    /// A sequence classifier (the class of a reward model).
+    pub fn is_sequence_classifier(self) -> bool {
+        matches!(
+            self,
+            ModelClass::AutoModelForSequenceClassification
+                | ModelClass::LlamaForSequenceClassification
+                | ModelClass::MistralForSequenceClassification
+                | ModelClass::Qwen2ForSequenceClassification
+        )
+    }
 }
 
 /// Tokenizer classes whose tokenizer.json recipe reads.

@@ -313,32 +313,102 @@ impl Rules<'_> {
         }
     }
 
-    /// Preference training (`rl:`) reads preference pairs, and only it does.
+    /// Preference training (`rl:`) and reward models read preference pairs, and only they do; a
+    /// reward model is a sequence classifier with one output.
     fn preference(&mut self, c: &Config) {
+        let t = &c.training;
+        let reads_pairs = t.rl.is_some() || t.reward_model;
+        let what = match t.rl {
+            Some(rl) => format!("`rl: {rl}`"),
+            None => "`reward_model: true`".to_string(),
+        };
         for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
             for (i, d) in datasets.iter().enumerate() {
-                let pairs = matches!(d, DatasetConfig::Preference(_));
                 let key = format!("{list}.{i}.type");
-                match (c.training.rl, pairs) {
-                    (Some(rl), false) => self.error(
+                if reads_pairs && !d.holds_pairs() {
+                    self.error(
                         "preference-needs-pairs",
+                        format!("{what} trains on preference pairs, but {list}[{i}] has type `{}`", d.type_name()),
+                        &[&key, if t.rl.is_some() { "rl" } else { "reward_model" }],
+                        "use type: chat_template.default (prompt, chosen and rejected per row) or, for a reward \
+                         model, bradley_terry.chat_template",
+                    );
+                } else if !reads_pairs && d.holds_pairs() {
+                    self.error(
+                        "pairs-need-preference",
                         format!(
-                            "`rl: {}` trains on preference pairs, but {list}[{i}] has type `{}`",
-                            serde_json::to_value(rl).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                            "{list}[{i}] holds preference pairs (type `{}`), which only preference training and \
+                             reward models read",
                             d.type_name()
                         ),
-                        &[&key, "rl"],
-                        "use type: chat_template.default (prompt, chosen and rejected per row), or remove rl",
-                    ),
-                    (None, true) => self.error(
-                        "pairs-need-preference",
-                        format!("{list}[{i}] holds preference pairs (type `chat_template.default`), which only preference training reads"),
                         &[&key],
-                        "set rl: dpo (or ipo, orpo, simpo), or use type: chat_template for conversations",
-                    ),
-                    _ => {}
+                        "set rl: dpo (or ipo, orpo, simpo) or reward_model: true, or use type: chat_template for \
+                         conversations",
+                    );
+                } else if t.rl.is_some() && matches!(d, DatasetConfig::BradleyTerry(_)) {
+                    self.error(
+                        "bradley-terry-needs-reward-model",
+                        format!("{list}[{i}] has type `bradley_terry.chat_template`, Axolotl's reward-model format"),
+                        &[&key, "rl"],
+                        "use type: chat_template.default for rl:, or set reward_model: true instead of rl:",
+                    );
                 }
             }
+        }
+        if t.reward_model && t.rl.is_some() {
+            self.error(
+                "reward-model-with-rl",
+                format!("`reward_model: true` and {what} are two different trainings"),
+                &["reward_model", "rl"],
+                "train the reward model first (reward_model: true), then the policy in another recipe (rl:)",
+            );
+        }
+        if t.reward_model && c.data.sample_packing {
+            self.error(
+                "preference-packing",
+                "`reward_model: true` trains on pairs, which are not packed".into(),
+                &["sample_packing", "reward_model"],
+                "set sample_packing: false",
+            );
+        }
+        if !t.reward_model && t.center_rewards_coefficient.is_some() {
+            self.error(
+                "reward-key-without-reward-model",
+                "`center_rewards_coefficient` applies to reward models only".into(),
+                &["center_rewards_coefficient"],
+                "set reward_model: true, or remove center_rewards_coefficient",
+            );
+        }
+        let classifier = c.model.model_type.is_some_and(|m| m.is_sequence_classifier());
+        match (t.reward_model, c.model.model_type) {
+            (false, Some(m)) if classifier => self.error(
+                "sequence-classifier-without-reward-model",
+                format!("`model_type: {m:?}` is a sequence classifier, which recipe trains as a reward model"),
+                &["model_type"],
+                "set reward_model: true, or use model_type: AutoModelForCausalLM",
+            ),
+            (true, Some(m)) if !classifier => self.error(
+                "reward-model-class",
+                format!("a reward model is a sequence classifier, not `{m:?}`"),
+                &["model_type", "reward_model"],
+                "use model_type: AutoModelForSequenceClassification, or leave model_type out",
+            ),
+            _ => {}
+        }
+        match c.model.num_labels {
+            Some(n) if !t.reward_model => self.error(
+                "num-labels-without-reward-model",
+                format!("`num_labels: {n}` sizes a sequence-classification head, which only reward models have"),
+                &["num_labels"],
+                "set reward_model: true, or remove num_labels",
+            ),
+            Some(n) if n != 1 => self.error(
+                "reward-model-num-labels",
+                format!("`num_labels: {n}`: a reward model has one output, the reward"),
+                &["num_labels"],
+                "set num_labels: 1 (or leave it out)",
+            ),
+            _ => {}
         }
     }
 

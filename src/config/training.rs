@@ -117,6 +117,16 @@ pub struct TrainingConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub cpo_alpha: Option<f64>,
+    /// Train a Bradley–Terry reward model on preference pairs (Axolotl's key): a score head on the
+    /// last token replaces the language-model head, loss -log σ(r_chosen − r_rejected) as TRL's
+    /// RewardTrainer. Reads `type: bradley_terry.chat_template` or `chat_template.default` pairs.
+    #[serde(default)]
+    pub reward_model: bool,
+    /// Reward models: weight of the penalty on (r_chosen + r_rejected)², which keeps rewards centred
+    /// on zero (TRL's `center_rewards_coefficient`; none when absent).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub center_rewards_coefficient: Option<f64>,
 }
 
 impl Default for TrainingConfig {

@@ -163,6 +163,7 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
             }
         },
         DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
+        DatasetConfig::BradleyTerry(_) => parse_bradley_terry(row).map(Formatted::Preference),
     }
 }
 
@@ -313,6 +314,35 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
         return Err(format!("`{}` and `{}` are the same", d.field_chosen, d.field_rejected));
     }
     Ok(Preference { prompt, chosen, rejected })
+}
+
+/// Reads a row of Axolotl's `bradley_terry.chat_template`: an optional `system`, the user's
+/// `input`, and the `chosen` and `rejected` answers (strings), as a pair whose prompt is the system
+/// and user messages and whose answers are assistant messages.
+pub fn parse_bradley_terry(row: &Value) -> Result<Preference, String> {
+    let string = |field: &str, required: bool| -> Result<Option<String>, String> {
+        match row.get(field) {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            None | Some(Value::Null) if !required => Ok(None),
+            None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
+            Some(other) => Err(format!("field `{field}` must be a string, found {}", kind(other))),
+        }
+    };
+    let mut prompt = Vec::new();
+    if let Some(system) = string("system", false)?.filter(|s| !s.is_empty()) {
+        prompt.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    let input = string("input", true)?.unwrap_or_default();
+    prompt.push(serde_json::json!({"role": "user", "content": input}));
+    let answer = |field: &str| -> Result<Value, String> {
+        let text = string(field, true)?.unwrap_or_default();
+        Ok(serde_json::json!([{"role": "assistant", "content": text}]))
+    };
+    let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
+    if chosen == rejected {
+        return Err("`chosen` and `rejected` are the same".into());
+    }
+    Ok(Preference { prompt: Value::Array(prompt), chosen, rejected })
 }
 
 /// Normalises a message list to `{role, content}` (ShareGPT's from/value and human/gpt accepted).

@@ -99,7 +99,7 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
 /// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
 pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
     let all_local = plan.datasets.iter().chain(&plan.test_datasets).all(|d| d.local_path.is_some());
-    let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && plan.training.preference.is_none()) else {
+    let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && !plan.training.reads_pairs()) else {
         return Ok(None);
     };
     let dir = Path::new(dir);

@@ -165,6 +165,8 @@ pub struct HostBatch {
     /// Preference pairs with precomputed reference log-probabilities: one per row (every chosen
     /// row's, then every rejected row's).
     pub reference_logps: Option<Vec<f32>>,
+    /// The id rows are padded with.
+    pub pad_id: i64,
 }
 
 /// Pads rows to the longest of them (or to `pad_to`) with `pad_id`, labels -100, segment 0.
@@ -182,6 +184,7 @@ pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
         real_tokens: rows.iter().map(|r| r.len()).sum(),
         row_lengths: rows.iter().map(|r| r.len()).collect(),
         reference_logps: None,
+        pad_id,
     };
     for r in rows {
         let pad = len - r.len();

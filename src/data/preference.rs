@@ -106,19 +106,39 @@ fn dataset_pairs(
     tok: &Tokenizer,
     tokenizer_dir: &Path,
 ) -> Result<(Vec<Pair>, Counts), String> {
-    let DatasetConfig::Preference(entry) = &d.entry else {
-        return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
+    let own_template = match &d.entry {
+        DatasetConfig::Preference(entry) => entry.chat_template,
+        DatasetConfig::BradleyTerry(entry) => entry.chat_template,
+        _ => {
+            return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
+        }
     };
+    // TRL's RewardTrainer renders conversations as they are and appends EOS to plain text only;
+    // its DPO-style trainers end every answer with EOS.
+    let reward = plan.training.reward.is_some();
     let mut c = Counts::default();
     let formatted = formatted_rows(d, plan, &mut c)?;
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
-    let template =
-        if needs_template { Some(dataset_template(d, entry.chat_template, plan, tokenizer_dir)?) } else { None };
+    let template = if needs_template { Some(dataset_template(d, own_template, plan, tokenizer_dir)?) } else { None };
     let rendered: Vec<Result<Pair, String>> = formatted
         .par_iter()
         .map(|(origin, f)| -> Result<Pair, String> {
             let Formatted::Preference(p) = f else { unreachable!("preference datasets format to pairs") };
             let (prompt, chosen, rejected) = match &template {
+                // A reward model's sequences are whole conversations, rendered as such.
+                Some((template, special)) if p.prompt.is_array() && reward => {
+                    let full = |answer: &Value| {
+                        let content = answer_text(answer);
+                        render_conversation(template, special, &p.prompt, answer).map(|text| (text, content))
+                    };
+                    let ((chosen, chosen_content), (rejected, rejected_content)) =
+                        (full(&p.chosen)?, full(&p.rejected)?);
+                    if chosen_content.trim().is_empty() || rejected_content.trim().is_empty() {
+                        let which = if chosen_content.trim().is_empty() { "chosen" } else { "rejected" };
+                        return Err(format!("the {which} answer is empty"));
+                    }
+                    (String::new(), chosen, rejected)
+                }
                 Some((template, special)) if p.prompt.is_array() => {
                     let prompt = render(template, special, &p.prompt, None)?;
                     (
@@ -139,10 +159,17 @@ fn dataset_pairs(
             }
             let mut prompt_ids: Vec<i64> =
                 if p.prompt.is_string() { tok.bos().into_iter().collect() } else { Vec::new() };
-            prompt_ids.extend(tok.encode(&prompt)?);
+            // A reward model reads whole sequences: like TRL's RewardTrainer, each is tokenized in
+            // one piece (prompt and answer together), so no token boundary is forced between them.
+            let eos_after = !reward || p.prompt.is_string();
+            if !reward {
+                prompt_ids.extend(tok.encode(&prompt)?);
+            }
             let answer = |t: &str| -> Result<Vec<i64>, String> {
-                let mut ids = tok.encode(t)?;
-                ids.extend(tok.eos());
+                let mut ids = if reward { tok.encode(&format!("{prompt}{t}"))? } else { tok.encode(t)? };
+                if eos_after {
+                    ids.extend(tok.eos());
+                }
                 Ok(ids)
             };
             let (chosen_ids, rejected_ids) = (answer(&chosen)?, answer(&rejected)?);
@@ -199,6 +226,30 @@ fn text(v: &Value) -> String {
     v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
 }
 
+/// An answer's words: the string, or the contents of its messages.
+fn answer_text(answer: &Value) -> String {
+    match answer {
+        Value::Array(list) => list.iter().map(|m| text(m.get("content").unwrap_or(&Value::Null))).collect(),
+        other => text(other),
+    }
+}
+
+/// The prompt's messages followed by the answer, rendered whole (no generation prompt).
+fn render_conversation(
+    template: &template::ChatTemplate,
+    special: &template::SpecialTokenStrings,
+    prompt: &Value,
+    answer: &Value,
+) -> Result<String, String> {
+    let mut messages: Vec<Value> = prompt.as_array().cloned().unwrap_or_default();
+    match answer {
+        Value::Array(list) => messages.extend(list.iter().cloned()),
+        Value::String(s) => messages.push(serde_json::json!({"role": "assistant", "content": s})),
+        other => messages.push(other.clone()),
+    }
+    template.render(&messages, None, false, special).map_err(String::from)
+}
+
 /// The prompt with the generation prompt, or, given an answer and that rendered prompt, the text
 /// the whole conversation adds after the prompt.
 fn render(
@@ -207,16 +258,11 @@ fn render(
     prompt: &Value,
     answer: Option<(&Value, &str)>,
 ) -> Result<String, String> {
-    let mut messages: Vec<Value> = prompt.as_array().cloned().unwrap_or_default();
+    let messages: Vec<Value> = prompt.as_array().cloned().unwrap_or_default();
     let Some((answer, rendered_prompt)) = answer else {
         return template.render(&messages, None, true, special).map_err(String::from);
     };
-    match answer {
-        Value::Array(list) => messages.extend(list.iter().cloned()),
-        Value::String(s) => messages.push(serde_json::json!({"role": "assistant", "content": s})),
-        other => messages.push(other.clone()),
-    }
-    let full = template.render(&messages, None, false, special).map_err(String::from)?;
+    let full = render_conversation(template, special, prompt, answer)?;
     full.strip_prefix(rendered_prompt).map(str::to_owned).ok_or_else(|| {
         format!(
             "template `{}` renders the prompt differently once an answer follows, so the answer cannot be \

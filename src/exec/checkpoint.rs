@@ -38,29 +38,38 @@ const SIDE_FILES: &[&str] = &[
 
 /// Writes the model's weights as peft or transformers would: adapter_model.safetensors +
 /// adapter_config.json for LoRA, model.safetensors + config.json for full fine-tuning; plus the
-/// tokenizer files.
-pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path) -> Result<(), String> {
+/// tokenizer files. `pad_id` is the padding token a reward model's config records (transformers
+/// finds each sequence's last token by it).
+pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path, pad_id: i64) -> Result<(), String> {
     match &model.trainable {
         Trainable::Lora { .. } => {
             let mut tensors: Vec<(String, Tensor)> =
                 model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
             tensors.extend(adapter::extra_tensors(model));
             weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
-            adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter)?;
+            adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter, model.score.is_some())?;
         }
         Trainable::Everything | Trainable::Nothing => {
             let tensors: Vec<(String, Tensor)> =
                 model.base_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
             weights::save(&dir.join("model.safetensors"), &tensors)?;
-            write_model_config(dir, base_dir, false, model.arch.vocab_size)?;
+            write_model_config(dir, base_dir, model, false, Some(pad_id))?;
         }
     }
     copy_side_files(base_dir, dir)
 }
 
 /// Copies config.json from the base, recording fp32 weights, the vocabulary size (tokens may have
-/// been added) and an untied head when the merged model has its own.
-pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool, vocab_size: u64) -> Result<(), String> {
+/// been added) and an untied head when the merged model has its own. A reward model becomes
+/// transformers' `…ForSequenceClassification` with one label and the padding token it pools by.
+pub fn write_model_config(
+    dir: &Path,
+    base_dir: &Path,
+    model: &CausalLm,
+    untie: bool,
+    pad_id: Option<i64>,
+) -> Result<(), String> {
+    let vocab_size = model.arch.vocab_size;
     let src = base_dir.join("config.json");
     let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
@@ -71,6 +80,17 @@ pub fn write_model_config(dir: &Path, base_dir: &Path, untie: bool, vocab_size: 
         o.insert("vocab_size".into(), vocab_size.into());
         if untie {
             o.insert("tie_word_embeddings".into(), false.into());
+        }
+        if model.score.is_some() {
+            let class = &model.arch.class;
+            let family = class.strip_suffix("ForCausalLM").or_else(|| class.strip_suffix("ForSequenceClassification"));
+            let family = family.ok_or_else(|| format!("{}: a reward model of class `{class}`", src.display()))?;
+            o.insert("architectures".into(), serde_json::json!([format!("{family}ForSequenceClassification")]));
+            o.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+            o.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+            if let Some(pad) = pad_id {
+                o.insert("pad_token_id".into(), pad.into());
+            }
         }
     }
     let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())? + "\n";
@@ -104,6 +124,7 @@ pub fn save(
     state: &TrainerState,
     plan: &Plan,
     base_dir: &Path,
+    pad_id: i64,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
     let name = format!("checkpoint-{}", state.global_step);
@@ -112,7 +133,7 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        write_weights(&tmp, model, plan, base_dir)?;
+        write_weights(&tmp, model, plan, base_dir, pad_id)?;
         weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
         weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;

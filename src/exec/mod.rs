@@ -25,7 +25,7 @@ use crate::plan::precision::Precision;
 use crate::plan::quantize::QuantScheme;
 use runtime::Runtime;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// What this build's libtorch sees.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -371,7 +371,8 @@ fn set_up<E>(
     let trainable = trainable(plan);
     let device = rt.device;
     let ckpt = if opts.random_weights { Checkpoint::random(&base_dir) } else { Checkpoint::open(&base_dir)? };
-    let options = LoadOptions { device, base_kind: rt.precision.base, trainable, quantize };
+    let score_head = plan.training.reward.is_some();
+    let options = LoadOptions { device, base_kind: rt.precision.base, trainable, quantize, score_head };
     let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &options)?;
     drop(ckpt);
     model.compute_kind = rt.precision.compute;
@@ -456,6 +457,10 @@ fn agree_on_set_up<E: packing::Example>(
 /// Trains as the plan says. Errors are messages for the user.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     let rt = Runtime::new(plan, opts.device, opts.process.clone())?;
+    if let Some(reward) = &plan.training.reward {
+        let objective = objective::Reward { center_rewards_coefficient: reward.center_rewards_coefficient };
+        return train_on(plan, opts, &rt, &objective, preference_data, nothing_before_training);
+    }
     match &plan.training.preference {
         None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data, nothing_before_training),
         Some(p) => {
@@ -605,7 +610,7 @@ fn train_on<E: packing::Example>(
     if rt.is_main() {
         catch_torch_errors(Some(plan), || {
             if !outcome.interrupted {
-                checkpoint::write_weights(&output_dir, &model, plan, &base_dir)?;
+                checkpoint::write_weights(&output_dir, &model, plan, &base_dir, tok.pad())?;
                 let s = &plan.data.special_tokens;
                 let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
                 if added > 0 || set_special {
@@ -620,7 +625,8 @@ fn train_on<E: packing::Example>(
             let curve = output_dir.join("loss_curve.svg");
             crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
             outputs.push(curve);
-            if opts.sample_tokens > 0 && !outcome.interrupted {
+            // A reward model scores text; it does not continue it.
+            if opts.sample_tokens > 0 && !outcome.interrupted && model.score.is_none() {
                 sample = sample_prompt.as_ref().map(|prompt| {
                     let ids = generate(
                         &model,
@@ -747,14 +753,15 @@ pub fn load_trained(
     quantize: Option<crate::model::llama::Quantize>,
 ) -> Result<Loaded, String> {
     let read_arch = |d: &Path| crate::plan::model::local_architecture(d).map_err(|e| format!("{}: {e}", d.display()));
-    let opts = |trainable| LoadOptions { device, base_kind: Kind::Float, trainable, quantize };
+    let opts = |trainable, score_head| LoadOptions { device, base_kind: Kind::Float, trainable, quantize, score_head };
     if dir.join("adapter_config.json").is_file() {
         let cfg = adapter::read_config(dir)?;
         let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
         let arch = read_arch(&base)?;
         let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
         let tokenizer = Tokenizer::load(&tok_dir)?;
-        let mut model = CausalLm::load(&arch, &Checkpoint::open(&base)?, &opts(cfg.trainable))?;
+        let mut model =
+            CausalLm::load(&arch, &Checkpoint::open(&base)?, &opts(cfg.trainable, cfg.sequence_classification))?;
         // Tokens added by the run: the base grows to the tokenizer's size before the adapter's
         // embedding and head copies are loaded.
         model.resize_vocab(tokenizer.vocab_size() as i64);
@@ -763,10 +770,33 @@ pub fn load_trained(
         Ok(Loaded { model, tokenizer, base_dir: base })
     } else {
         let arch = read_arch(dir)?;
-        let opts = LoadOptions { device, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None };
+        let score_head = arch.class.ends_with("ForSequenceClassification");
+        let opts =
+            LoadOptions { device, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None, score_head };
         let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts)?;
         Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf() })
     }
+}
+
+/// A reward model's score of each token sequence (one forward pass each, no padding), read at
+/// the sequence's last token that is not the padding token, as transformers does.
+pub fn score_sequences(loaded: &Loaded, sequences: &[Vec<i64>]) -> Result<Vec<f64>, String> {
+    let model = &loaded.model;
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::with_capacity(sequences.len());
+    for ids in sequences {
+        if ids.is_empty() {
+            return Err("nothing to score: the text has no tokens".into());
+        }
+        let input_ids = Tensor::from_slice(ids).unsqueeze(0).to_device(model.device);
+        let positions = Tensor::arange(ids.len() as i64, (Kind::Int64, model.device)).unsqueeze(0);
+        let inputs = crate::model::llama::Inputs { input_ids: &input_ids, position_ids: &positions, segment_ids: None };
+        let mut batch = objective::DeviceBatch::new(&inputs, &input_ids);
+        batch.pad_id = Some(loaded.tokenizer.pad());
+        let hidden = model.hidden_states(&inputs, false);
+        out.push(objective::sequence_scores(model, &hidden, &batch).double_value(&[0]));
+    }
+    Ok(out)
 }
 
 /// Folds a LoRA adapter into its base and writes a Hugging Face model folder.
@@ -777,7 +807,7 @@ pub fn merge(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>, String> {
     let tensors: Vec<(String, tch::Tensor)> = params.into_iter().map(|p| (p.name, p.tensor)).collect();
     let file = out.join("model.safetensors");
     crate::model::weights::save(&file, &tensors)?;
-    checkpoint::write_model_config(out, &loaded.base_dir, untie, loaded.model.arch.vocab_size)?;
+    checkpoint::write_model_config(out, &loaded.base_dir, &loaded.model, untie, Some(loaded.tokenizer.pad()))?;
     checkpoint::copy_side_files(&loaded.base_dir, out)?;
     Ok(vec![file, out.join("config.json")])
 }
@@ -794,6 +824,7 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
         base_kind: Kind::Float,
         trainable: Trainable::Nothing,
         quantize: Some(spec),
+        score_head: false,
     };
     let model = CausalLm::load(&plan.model.architecture, &ckpt, &opts)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -807,7 +838,7 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let file = out.join("model.safetensors");
     crate::model::weights::save(&file, &tensors)?;
-    checkpoint::write_model_config(out, &base_dir, false, model.arch.vocab_size)?;
+    checkpoint::write_model_config(out, &base_dir, &model, false, None)?;
     let config_path = out.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
     let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;

@@ -21,6 +21,9 @@ pub struct DeviceBatch {
     pub reference_logps: Option<Tensor>,
     /// Each row's length before padding [B] (None: every position is real).
     pub lengths: Option<Tensor>,
+    /// The padding token (None: rows are not padded). A reward model reads each row's score at
+    /// its last token that is not this one, as transformers' `…ForSequenceClassification` does.
+    pub pad_id: Option<i64>,
 }
 
 impl DeviceBatch {
@@ -45,6 +48,7 @@ impl DeviceBatch {
             lengths: Some(
                 Tensor::from_slice(&b.row_lengths.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device),
             ),
+            pad_id: Some(b.pad_id),
         }
     }
 
@@ -57,6 +61,7 @@ impl DeviceBatch {
             segment_ids: inputs.segment_ids.map(Tensor::shallow_clone),
             reference_logps: None,
             lengths: None,
+            pad_id: None,
         }
     }
 
@@ -358,6 +363,66 @@ impl Objective for Preference {
             _ => {}
         }
         out
+    }
+}
+
+/// A Bradley-Terry reward model, as TRL 1.16's RewardTrainer trains one: each sequence's score is
+/// the `score` head at its last non-padding token, and a pair's loss is `-log σ(r_chosen −
+/// r_rejected)`, plus `center_rewards_coefficient · (r_chosen + r_rejected)²` when set (which keeps
+/// rewards centred on zero). Batches hold every pair's chosen sequence, then every rejected one.
+pub struct Reward {
+    pub center_rewards_coefficient: Option<f64>,
+}
+
+/// Each row's score at its last token that is not padding (transformers' rule: the rightmost
+/// position whose id differs from the pad id; the last position when rows are not padded).
+pub fn sequence_scores(model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch) -> Tensor {
+    let scores = model.score(hidden);
+    let t = scores.size()[1];
+    let last = match batch.pad_id {
+        Some(pad) => {
+            let positions = Tensor::arange(t, (Kind::Int64, scores.device())).unsqueeze(0);
+            (positions * batch.input_ids.ne(pad).to_kind(Kind::Int64)).argmax(-1, false)
+        }
+        None => Tensor::full([scores.size()[0]], t - 1, (Kind::Int64, scores.device())),
+    };
+    scores.gather(1, &last.unsqueeze(1), false).squeeze_dim(1)
+}
+
+impl Objective for Reward {
+    fn units(&self, batch: &HostBatch) -> usize {
+        batch.rows / 2
+    }
+
+    fn metric_sums(&self) -> usize {
+        3
+    }
+
+    fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, _train: bool) -> LossSums {
+        let rewards = sequence_scores(model, hidden, batch);
+        let n = rewards.size()[0] / 2;
+        let (chosen, rejected) = (rewards.narrow(0, 0, n), rewards.narrow(0, n, n));
+        let mut per_pair = -(&chosen - &rejected).log_sigmoid();
+        if let Some(c) = self.center_rewards_coefficient {
+            per_pair = per_pair + (&chosen + &rejected).square() * c;
+        }
+        let (chosen, rejected) = (chosen.detach(), rejected.detach());
+        let metrics = Tensor::stack(
+            &[
+                chosen.gt_tensor(&rejected).to_kind(Kind::Float).sum(Kind::Float),
+                (&chosen - &rejected).sum(Kind::Float),
+                rewards.detach().sum(Kind::Float),
+            ],
+            0,
+        );
+        LossSums { loss: per_pair.sum(Kind::Float), metrics: Some(metrics) }
+    }
+
+    /// TRL's names: `accuracy` (chosen scored above rejected), `margin` (mean r_chosen − r_rejected),
+    /// `mean_reward` (over both sequences of every pair).
+    fn metrics(&self, s: &[f64], pairs: f64) -> Vec<(&'static str, f64)> {
+        let pairs = pairs.max(1.0);
+        vec![("accuracy", s[0] / pairs), ("margin", s[1] / pairs), ("mean_reward", s[2] / (2.0 * pairs))]
     }
 }
 

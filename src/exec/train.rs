@@ -331,6 +331,7 @@ impl<E: Example> Loop<'_, E> {
                         &state,
                         plan,
                         self.base_dir,
+                        self.pad_id,
                         t.save_total_limit,
                     )
                     .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))

@@ -12,6 +12,8 @@ use tch::Kind;
 pub struct AdapterConfig {
     pub base_model: String,
     pub trainable: Trainable,
+    /// peft's SEQ_CLS task: the adapter belongs to a reward model (a `score` head).
+    pub sequence_classification: bool,
 }
 
 /// Reads peft's adapter_config.json (LoRA only).
@@ -40,14 +42,27 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     if targets.is_empty() {
         return Err(format!("{}: `target_modules` must list module names", path.display()));
     }
+    let sequence_classification = match field("task_type").and_then(Value::as_str) {
+        None | Some("CAUSAL_LM") => false,
+        Some("SEQ_CLS") => true,
+        Some(other) => {
+            return Err(format!("{}: task_type `{other}` is not supported (CAUSAL_LM or SEQ_CLS)", path.display()));
+        }
+    };
+    let mut modules_to_save = strings("modules_to_save");
+    if sequence_classification && !modules_to_save.iter().any(|m| m == "score") {
+        // peft saves a SEQ_CLS model's head whether or not the config lists it.
+        modules_to_save.push("score".into());
+    }
     Ok(AdapterConfig {
+        sequence_classification,
         base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
         trainable: Trainable::Lora {
             targets,
             r,
             scaling: lora_scaling(alpha, r, rslora),
             dropout: field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
-            modules_to_save: strings("modules_to_save"),
+            modules_to_save,
         },
     })
 }
@@ -57,8 +72,18 @@ pub fn lora_scaling(alpha: f64, r: i64, rslora: bool) -> f64 {
     if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
 }
 
-/// peft's adapter_config.json for a LoRA adapter.
-pub fn write_config(dir: &Path, base_model: &str, plan: &crate::plan::adapter::AdapterPlan) -> Result<(), String> {
+/// peft's adapter_config.json for a LoRA adapter; a reward model's is peft's SEQ_CLS task, whose
+/// `score` head is saved in full (peft adds it to modules_to_save).
+pub fn write_config(
+    dir: &Path,
+    base_model: &str,
+    plan: &crate::plan::adapter::AdapterPlan,
+    reward_model: bool,
+) -> Result<(), String> {
+    let mut modules_to_save = plan.modules_to_save.clone();
+    if reward_model && !modules_to_save.iter().any(|m| m == "score") {
+        modules_to_save.push("score".into());
+    }
     let config = json!({
         "base_model_name_or_path": base_model,
         "bias": "none",
@@ -67,11 +92,11 @@ pub fn write_config(dir: &Path, base_model: &str, plan: &crate::plan::adapter::A
         "init_lora_weights": true,
         "lora_alpha": plan.alpha,
         "lora_dropout": plan.dropout,
-        "modules_to_save": if plan.modules_to_save.is_empty() { Value::Null } else { json!(plan.modules_to_save) },
+        "modules_to_save": if modules_to_save.is_empty() { Value::Null } else { json!(modules_to_save) },
         "peft_type": "LORA",
         "r": plan.r,
         "target_modules": plan.target_modules,
-        "task_type": "CAUSAL_LM",
+        "task_type": if reward_model { "SEQ_CLS" } else { "CAUSAL_LM" },
         "use_dora": plan.dora,
         "use_rslora": plan.rslora,
         "revision": null,

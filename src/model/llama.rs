@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// Quantize the decoder layers' linear weights while loading (QLoRA's base); embeddings,
     /// norms and the head stay dense, as bitsandbytes leaves them.
     pub quantize: Option<Quantize>,
+    /// A sequence-classification head (`score`, one output) in place of the language-model head:
+    /// a reward model. Loaded when the checkpoint has `score.weight`, else initialised as
+    /// transformers does (normal, std `initializer_range`).
+    pub score_head: bool,
 }
 
 /// Quantization of the base, as `load_in_4bit` (with `bnb_4bit_*`) or `load_in_8bit` asks.
@@ -116,6 +120,10 @@ pub struct CausalLm {
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
     head_original: Option<Tensor>,
+    /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
+    /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
+    /// The language-model head is then not loaded (a tied one still shares the embedding).
+    pub score: Option<Tensor>,
 }
 
 /// What a training forward pass leaves for the backward pass.
@@ -232,8 +240,14 @@ impl CausalLm {
         }
         let norm = get("model.norm.weight", &[h])?;
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
-        let head_weight =
-            if arch.tie_word_embeddings { embed_tokens.shallow_clone() } else { get("lm_head.weight", &[v, h])? };
+        let head_weight = if arch.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else if opts.score_head {
+            Tensor::new()
+        } else {
+            get("lm_head.weight", &[v, h])?
+        };
+        let score = if opts.score_head { Some(load_score(ckpt, arch, opts)?) } else { None };
         let mut lm_head =
             Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
         let mut embed_tokens_trained = None;
@@ -241,6 +255,12 @@ impl CausalLm {
         if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
             for m in modules_to_save {
                 match m.as_str() {
+                    // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
+                    // (peft also lists `classifier`, other architectures' name for it.)
+                    "score" | "classifier" if opts.score_head => {}
+                    "lm_head" if opts.score_head => {
+                        return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
+                    }
                     "lm_head" => {
                         let original = lm_head.weight.shallow_clone();
                         lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
@@ -250,7 +270,10 @@ impl CausalLm {
                         embed_tokens_trained =
                             Some(embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
                     }
-                    other => return Err(format!("modules_to_save: `{other}` is not embed_tokens or lm_head")),
+                    other => {
+                        let heads = if opts.score_head { "score" } else { "lm_head" };
+                        return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
+                    }
                 }
             }
         }
@@ -258,6 +281,9 @@ impl CausalLm {
         if let Trainable::Lora { targets, modules_to_save, .. } = &opts.trainable
             && targets.iter().any(|t| t == "lm_head")
         {
+            if opts.score_head {
+                return Err("target_modules: a reward model has no lm_head to adapt".into());
+            }
             if modules_to_save.iter().any(|m| m == "lm_head") {
                 return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
             }
@@ -287,6 +313,7 @@ impl CausalLm {
             memory_probe: std::cell::Cell::new(None),
             adapters_enabled: std::cell::Cell::new(true),
             head_original,
+            score,
         })
     }
 
@@ -333,7 +360,13 @@ impl CausalLm {
         let old_embedding_ptr = self.embed_tokens.data_ptr();
         self.embed_tokens = grow(&self.embed_tokens);
         self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
-        self.lm_head.weight = if shared_head { self.embed_tokens.shallow_clone() } else { grow(&self.lm_head.weight) };
+        self.lm_head.weight = if shared_head {
+            self.embed_tokens.shallow_clone()
+        } else if self.score.is_some() {
+            Tensor::new()
+        } else {
+            grow(&self.lm_head.weight)
+        };
         self.head_original = self
             .head_original
             .as_ref()
@@ -457,6 +490,16 @@ impl CausalLm {
         logits.to_kind(Kind::Float)
     }
 
+    /// A reward model's scores: one per position, [B, T] fp32, from final hidden states.
+    pub fn score(&self, hidden: &Tensor) -> Tensor {
+        let w = self.score.as_ref().expect("score() on a model loaded without a score head");
+        hidden
+            .to_kind(self.compute_kind)
+            .linear::<Tensor>(&w.to_kind(self.compute_kind), None)
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float)
+    }
+
     /// The training forward pass: final hidden states with a graph for the backward pass. With
     /// `checkpointing`, only each decoder layer's input is kept; `finish_backward` recomputes one
     /// layer at a time. `layer_seed(i)` runs before layer i (and again before its recomputation),
@@ -537,6 +580,9 @@ impl CausalLm {
                         tensor: self.lm_head.weight.shallow_clone(),
                     });
                 }
+                if let Some(score) = &self.score {
+                    out.push(Param { name: modules_to_save_name("score"), tensor: score.shallow_clone() });
+                }
             }
         }
         out
@@ -568,7 +614,9 @@ impl CausalLm {
             }
         }
         out.push(Param { name: "model.norm.weight".into(), tensor: self.norm.shallow_clone() });
-        if !self.arch.tie_word_embeddings {
+        if let Some(score) = &self.score {
+            out.push(Param { name: "score.weight".into(), tensor: score.shallow_clone() });
+        } else if !self.arch.tie_word_embeddings {
             out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.shallow_clone() });
         }
         out
@@ -594,12 +642,31 @@ impl CausalLm {
             };
             out.push(Param { name: p.name, tensor });
         }
-        if self.arch.tie_word_embeddings && (self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some()) {
+        if self.score.is_none()
+            && self.arch.tie_word_embeddings
+            && (self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some())
+        {
             // A trained head on a tied model can no longer share the embedding: save it.
             out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.merged_weight() });
         }
         out
     }
+}
+
+/// The reward head: `score.weight` [1, H] from the checkpoint when it has one (a trained reward
+/// model), else drawn as transformers initialises a new `nn.Linear` head: normal(0, initializer_range).
+fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Result<Tensor, String> {
+    let shape = [1, arch.hidden_size as i64];
+    let trains = !matches!(opts.trainable, Trainable::Nothing);
+    let kind = if trains { Kind::Float } else { opts.base_kind };
+    let score = if ckpt.contains("score.weight") {
+        ckpt.load("score.weight", &shape, kind, opts.device)?
+    } else if trains {
+        Tensor::empty(shape, (Kind::Float, opts.device)).normal_(0.0, arch.initializer_range)
+    } else {
+        return Err("the checkpoint has no `score.weight`: it is not a reward model".into());
+    };
+    Ok(if trains { score.set_requires_grad(true) } else { score })
 }
 
 fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {

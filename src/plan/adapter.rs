@@ -59,7 +59,12 @@ impl std::fmt::Display for AdapterMethod {
 const DEFAULT_TARGETS: &[&str] = &["q_proj", "v_proj"];
 
 pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
-    let base_total = arch.parameter_counts().total;
+    // A reward model (transformers' `…ForSequenceClassification`) has a one-output `score` head in
+    // place of the language-model head; peft's SEQ_CLS task trains it in full beside the adapter.
+    let score_head = if c.training.reward_model { arch.hidden_size } else { 0 };
+    let lm_head =
+        if c.training.reward_model && !arch.tie_word_embeddings { arch.vocab_size * arch.hidden_size } else { 0 };
+    let base_total = arch.parameter_counts().total - lm_head + score_head;
     let a = &c.adapter;
     let Some(kind) = a.adapter else {
         return Ok(AdapterPlan {
@@ -153,7 +158,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         };
         saved_params += params;
     }
-    trainable += saved_params;
+    trainable += saved_params + score_head;
     let total = base_total + trainable;
     let alpha = a.lora_alpha.map_or(2 * r, u64::from);
     let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };

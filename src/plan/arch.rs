@@ -57,6 +57,8 @@ pub struct Architecture {
     pub mlp_bias: bool,
     /// config.json `torch_dtype`: the dtype the weights are stored in.
     pub dtype: String,
+    /// Standard deviation transformers initialises new weights with (a reward model's `score`).
+    pub initializer_range: f64,
 }
 
 /// The config.json fields we read (unknown fields are ignored: config.json has many).
@@ -90,6 +92,8 @@ struct RawConfig {
     mlp_bias: bool,
     #[serde(default, alias = "dtype")]
     torch_dtype: Option<String>,
+    #[serde(default = "default_initializer_range")]
+    initializer_range: f64,
     /// transformers 5 writes rope_theta and the scaling together here.
     #[serde(default)]
     rope_parameters: Option<RopeParameters>,
@@ -115,6 +119,11 @@ fn default_context() -> u64 {
 fn default_theta() -> f64 {
     10000.0
 }
+/// transformers' `PretrainedConfig` default (Llama, Mistral and Qwen2 configs all say 0.02).
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -180,6 +189,7 @@ impl Architecture {
             o_bias: !qwen && raw.attention_bias,
             mlp_bias: raw.mlp_bias,
             dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
+            initializer_range: raw.initializer_range,
         })
     }
 

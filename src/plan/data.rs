@@ -180,7 +180,10 @@ fn plan_datasets(
                     if chat.drop_system_message { ", system turns dropped" } else { "" }
                 )
                 .to_lowercase(),
-                DatasetConfig::Preference(_) => {
+                DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) if c.training.reward_model => {
+                    "preference pairs: each whole sequence (prompt + answer) scored at its last token".to_string()
+                }
+                DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) => {
                     "preference pairs: the chosen and the rejected answer scored, the prompt masked".to_string()
                 }
                 _ => prompt.to_string(),

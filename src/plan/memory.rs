@@ -17,6 +17,8 @@
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient.
 //! - preference training (`rl:`): b counts both sequences of each pair (2 × micro batch), and the
 //!   reference pass (adapters off, no gradients) adds one layer's activations and its logits.
+//! - reward models: b counts both sequences of each pair; the score head's one value per token
+//!   replaces the logits (b·s·(c + 4 + 4)).
 //! - dequantization buffer (quantized bases): the largest linear weight in c bytes, twice (the
 //!   forward and the recomputation in backward).
 //! - gathered units (parameters sharded): the largest unit in c bytes, twice (current + prefetch).
@@ -178,7 +180,7 @@ fn breakdown(
     }
 
     // Preference training puts each pair's chosen and rejected sequences through the model.
-    let sequences_per_example = if c.training.rl.is_some() { 2 } else { 1 };
+    let sequences_per_example = if c.training.rl.is_some() || c.training.reward_model { 2 } else { 1 };
     let tokens = sequences_per_example * u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
@@ -202,11 +204,16 @@ fn breakdown(
             format!("{layers} layers × {tokens} tokens × {per_token_layer} elements × {cb} bytes")
         },
     );
-    push(
-        "logits and loss",
-        tokens * arch.vocab_size * (cb + 8),
-        format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
-    );
+    if c.training.reward_model {
+        // The score head gives one value per token; no vocabulary-wide logits.
+        push("scores and loss", tokens * (cb + 8), format!("{tokens} tokens × 1 score × ({cb} + 4 + 4) bytes"));
+    } else {
+        push(
+            "logits and loss",
+            tokens * arch.vocab_size * (cb + 8),
+            format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
+        );
+    }
     use crate::config::training::RlMethod;
     let reference_pass =
         matches!(c.training.rl, Some(RlMethod::Dpo | RlMethod::Ipo)) && !c.training.precompute_ref_log_probs;

@@ -322,6 +322,17 @@ pub fn render_text(plan: &Plan) -> String {
         let beta = if p.method == RlMethod::Orpo { String::new() } else { format!(", beta {}", p.beta) };
         let _ = writeln!(o, "objective  {} preference training{beta}: {status}", p.method);
     }
+    if let Some(r) = &t.reward {
+        let center = match r.center_rewards_coefficient {
+            Some(c) => format!(" + {c} · (r_chosen + r_rejected)²"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "objective  reward model: a score head (hidden → 1) on each sequence's last non-padding token replaces \
+             the language-model head; loss -log σ(r_chosen - r_rejected){center} as TRL's RewardTrainer"
+        );
+    }
     let _ = writeln!(
         o,
         "optimizer  {}: {}; betas ({}, {}), eps {:e}, weight decay {}; clip grad norm {}",

@@ -12,6 +12,9 @@ pub struct TrainingPlan {
     /// Preference training (`rl:`) instead of supervised fine-tuning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferencePlan>,
+    /// A Bradley–Terry reward model (`reward_model: true`) instead of a language model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardPlan>,
     pub optimizer: OptimizerPlan,
     /// Gradient clipping by global L2 norm (0 = off).
     pub max_grad_norm: f64,
@@ -52,6 +55,20 @@ pub struct PreferencePlan {
     pub simpo_gamma: f64,
     /// SimPO's language-modelling weight (`cpo_alpha`).
     pub cpo_alpha: f64,
+}
+
+impl TrainingPlan {
+    /// Whether the run trains on preference pairs (`rl:` or a reward model).
+    pub fn reads_pairs(&self) -> bool {
+        self.preference.is_some() || self.reward.is_some()
+    }
+}
+
+/// Reward-model training: a score head on the last non-padding token, trained on pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardPlan {
+    /// Weight of the (r_chosen + r_rejected)² penalty (`center_rewards_coefficient`), if any.
+    pub center_rewards_coefficient: Option<f64>,
 }
 
 /// The reference model of preference training.
@@ -131,6 +148,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
             simpo_gamma: t.simpo_gamma.unwrap_or(0.5),
             cpo_alpha: t.cpo_alpha.unwrap_or(1.0),
         }),
+        reward: t.reward_model.then(|| RewardPlan { center_rewards_coefficient: t.center_rewards_coefficient }),
         optimizer: OptimizerPlan {
             name: t.optimizer,
             implementation: implementation.into(),

@@ -53,7 +53,13 @@ pub fn load_peft_folder(dir: &Path, base_kind: tch::Kind) -> recipe::model::llam
     let base = root.join(&cfg.base_model);
     let config = std::fs::read_to_string(base.join("config.json")).unwrap();
     let arch = recipe::plan::arch::Architecture::from_config_json(&config).unwrap();
-    let opts = LoadOptions { device: tch::Device::Cpu, base_kind, trainable: cfg.trainable.clone(), quantize: None };
+    let opts = LoadOptions {
+        device: tch::Device::Cpu,
+        base_kind,
+        trainable: cfg.trainable.clone(),
+        quantize: None,
+        score_head: cfg.sequence_classification,
+    };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
     let adapter_file = dir.join("adapter_model.safetensors");
     adapter::load_trainable(&model, &Checkpoint::open_files(dir, &[adapter_file]).unwrap()).unwrap();
