@@ -63,17 +63,7 @@ impl Client {
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("recipe/", env!("CARGO_PKG_VERSION")))
             .build();
-        let auth = match std::env::var("MLFLOW_TRACKING_TOKEN") {
-            Ok(token) if !token.is_empty() => Some(format!("Bearer {token}")),
-            _ => match (std::env::var("MLFLOW_TRACKING_USERNAME"), std::env::var("MLFLOW_TRACKING_PASSWORD")) {
-                (Ok(user), Ok(password)) if !user.is_empty() => {
-                    use base64::Engine;
-                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                    Some(format!("Basic {pair}"))
-                }
-                _ => None,
-            },
-        };
+        let auth = authorization(|name| std::env::var(name).ok());
         Client { agent, base: base.trim_end_matches('/').to_string(), auth }
     }
 
@@ -144,6 +134,19 @@ impl Client {
         let request = self.request("PUT", &path).set("Content-Type", "application/octet-stream");
         Self::answer(request.send(reader)).map(|_| ())
     }
+}
+
+/// The Authorization header MLflow's environment variables ask for: `MLFLOW_TRACKING_TOKEN` as a
+/// bearer token, else `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD` as basic auth.
+fn authorization(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(token) = set("MLFLOW_TRACKING_TOKEN") {
+        return Some(format!("Bearer {token}"));
+    }
+    let user = set("MLFLOW_TRACKING_USERNAME")?;
+    let password = var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default();
+    use base64::Engine;
+    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
@@ -422,8 +425,9 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
 
     /// A stand-in server on localhost: answers 503 to the first `failures` requests, then 200 `{}`;
-    /// returns what it was sent, (path, JSON body) per request.
-    fn flaky_server(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    /// returns what it was sent, (path, JSON body, Authorization header) per request.
+    #[allow(clippy::type_complexity)]
+    fn flaky_server(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, Value, String)>>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let uri = format!("http://{}", listener.local_addr().unwrap());
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -435,7 +439,7 @@ mod tests {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
                 let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
-                let mut length = 0;
+                let (mut length, mut auth) = (0, String::new());
                 loop {
                     let mut header = String::new();
                     reader.read_line(&mut header).unwrap();
@@ -445,13 +449,16 @@ mod tests {
                     if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
                         length = v.trim().parse().unwrap();
                     }
+                    if header.to_ascii_lowercase().starts_with("authorization:") {
+                        auth = header["authorization:".len()..].trim().to_string();
+                    }
                 }
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).unwrap();
                 let (status, text) = if n < failures {
                     ("503 Service Unavailable", r#"{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}"#)
                 } else {
-                    log.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    log.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap_or(Value::Null), auth));
                     ("200 OK", "{}")
                 };
                 let reply = format!(
@@ -465,12 +472,12 @@ mod tests {
     }
 
     /// Sends that fail are retried with the points kept: every metric arrives once, in order, and
-    /// the run ends with its status.
+    /// the run ends with its status; every request carries the credentials.
     #[test]
     fn failed_sends_keep_the_points_and_retry() {
         let (uri, seen) = flaky_server(2);
         let worker = Worker {
-            client: Client::new(&uri),
+            client: Client { auth: Some("Bearer t0k".into()), ..Client::new(&uri) },
             run_id: "r1".into(),
             artifact_uri: String::new(),
             buffer: Vec::new(),
@@ -491,14 +498,28 @@ mod tests {
         let seen = seen.lock().unwrap();
         let steps: Vec<u64> = seen
             .iter()
-            .filter(|(path, _)| path.ends_with("/runs/log-batch"))
-            .flat_map(|(_, body)| body["metrics"].as_array().cloned().unwrap_or_default())
+            .filter(|(path, ..)| path.ends_with("/runs/log-batch"))
+            .flat_map(|(_, body, _)| body["metrics"].as_array().cloned().unwrap_or_default())
             .map(|m| m["step"].as_u64().unwrap())
             .collect();
         assert_eq!(steps, [1, 2, 3]);
-        let (path, end) = seen.last().unwrap();
+        assert!(seen.iter().all(|(.., auth)| auth == "Bearer t0k"), "{seen:?}");
+        let (path, end, _) = seen.last().unwrap();
         assert!(path.ends_with("/api/2.0/mlflow/runs/update"), "{path}");
         assert_eq!((&end["run_id"], &end["status"]), (&json!("r1"), &json!("KILLED")));
+    }
+
+    /// RFC 7617's example credentials and their header; a token wins over them.
+    #[test]
+    fn credentials_from_mlflows_variables() {
+        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+        let basic = [("MLFLOW_TRACKING_USERNAME", "Aladdin"), ("MLFLOW_TRACKING_PASSWORD", "open sesame")];
+        assert_eq!(authorization(env(&basic)).as_deref(), Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="));
+        let both = [("MLFLOW_TRACKING_TOKEN", "t0k"), basic[0], basic[1]];
+        assert_eq!(authorization(env(&both)).as_deref(), Some("Bearer t0k"));
+        assert_eq!(authorization(env(&[("MLFLOW_TRACKING_TOKEN", "")])), None);
     }
 
     #[test]
