@@ -6,7 +6,8 @@
 //! store, temporary artifact root, started here on localhost) holds the run with the recipe's
 //! params, every logged loss at its step, status FINISHED and the output files as artifacts; a
 //! run stopped by Ctrl-C reads KILLED; stopping the server mid-run leaves the training result
-//! unchanged; an unreachable server is a warning (an error with --deny-warnings). The tools are
+//! unchanged; an unreachable server is a warning (an error with --deny-warnings). A run stopped
+//! and resumed continues the same W&B run and TensorBoard folder; two ranks track once. The tools are
 //! pinned and installed into the cache by scripts/tracking-tools.sh. Bad tracking keys are errors
 //! at the key.
 
@@ -310,6 +311,65 @@ fn wandb_offline_run_reads_back_with_wandbs_reader() {
         (&Value::from("finished"), &Value::from(0), &Value::from(12))
     );
     assert_eq!(summary["summary"]["train/loss"].as_f64(), expected["train/loss"].last().map(|p| p.1));
+}
+
+/// The records of a `.wandb` file as W&B's own reader gives them.
+#[cfg(feature = "exec")]
+fn wandb_records(prefix: &Path, file: &Path) -> Vec<Value> {
+    let read = python(prefix).args(["-m", "wandb", "leet", "inspect", "--json"]).arg(file).output().unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    String::from_utf8_lossy(&read.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A run stopped after a checkpoint and resumed: W&B continues the same run (a second folder of its
+/// id marked resume, exit 255 then 0), TensorBoard's folder holds both parts, and together they
+/// give metrics.jsonl's series.
+#[cfg(feature = "exec")]
+#[test]
+fn a_resumed_run_continues_in_wandb_and_tensorboard() {
+    let (Some(tb), Some(wandb)) = (tool("tensorboard"), tool("wandb")) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 8\nsave_steps: 4\nuse_tensorboard: true\nwandb_project: p\nwandb_mode: offline\n",
+    );
+    assert_success(&run(&path, &["--stop-after", "4"]));
+    assert_success(&run(&path, &["--set", "resume_from_checkpoint=true"]));
+    let mut folders: Vec<PathBuf> =
+        std::fs::read_dir(dir.path().join("out/wandb")).unwrap().map(|e| e.unwrap().path()).collect();
+    folders.sort();
+    assert_eq!(folders.len(), 2, "{folders:?}");
+    let id = |f: &Path| f.file_name().unwrap().to_string_lossy()["offline-run-YYYYMMDD_HHMMSS-".len()..].to_string();
+    assert_eq!(id(&folders[0]), id(&folders[1]));
+    let expected = series(&metrics(&dir.path().join("out")));
+    let mut losses = Vec::new();
+    for (folder, (resume, exit_code, steps)) in folders.iter().zip([(false, 255, 1..=4), (true, 0, 5..=8)]) {
+        let records = wandb_records(&wandb, &folder.join(format!("run-{}.wandb", id(folder))));
+        let of = |kind: &str| records.iter().filter(|r| r["type"] == kind).map(|r| r[kind].clone()).collect::<Vec<_>>();
+        assert_eq!(of("run")[0].get("resume").and_then(Value::as_bool).unwrap_or(false), resume);
+        assert_eq!(of("exit")[0].get("exit_code").and_then(Value::as_i64).unwrap_or(0), exit_code);
+        let part: Vec<(u64, f64)> = of("history")
+            .iter()
+            .filter_map(|h| Some((h["step"]["num"].as_u64().unwrap_or(0), h["item"].get("train/loss")?.as_f64()?)))
+            .collect();
+        assert_eq!(part.iter().map(|p| p.0).collect::<Vec<_>>(), steps.collect::<Vec<_>>());
+        losses.extend(part);
+    }
+    assert_eq!(losses, expected["train/loss"]);
+    assert_eq!(std::fs::read_dir(dir.path().join("out/runs")).unwrap().count(), 2);
+    let read = python(&tb)
+        .arg(root().join("tests/tracking/read_tensorboard.py"))
+        .arg(dir.path().join("out/runs"))
+        .output()
+        .unwrap();
+    let got: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let theirs: Vec<(u64, f64)> = got["scalars"]["train/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(theirs, expected["train/loss"].iter().map(|&(s, v)| (s, f64::from(v as f32))).collect::<Vec<_>>());
 }
 
 /// Two data-parallel ranks: only rank 0 writes tracking output.

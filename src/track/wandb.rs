@@ -10,6 +10,9 @@
 //! row per step (metrics of the same step merged, as `wandb.log` commits them, with `_step`,
 //! `_runtime`, `_timestamp`), the summary (last value of every metric), and the exit (code 0 when
 //! finished, 1 on failure, 255 when stopped by Ctrl-C). Every record is flushed when written.
+//! A run resumed from a checkpoint is another folder of the same run id (the recipe's, else the
+//! newest folder's) marked `resume`, as `wandb.init(id=..., resume="allow")` writes it offline;
+//! `wandb sync` appends it to the run.
 
 use super::{Point, RunInfo, Status, Tracker};
 use crate::plan::tracking::WandbPlan;
@@ -75,10 +78,11 @@ pub struct RunRecord {
     pub display_name: String,
     #[prost(string, tag = "13")]
     pub host: String,
-    #[prost(int64, tag = "14")]
-    pub starting_step: i64,
     #[prost(message, optional, tag = "17")]
     pub start_time: Option<Timestamp>,
+    /// Continue the run of this id (`wandb.init(resume="allow")`): `wandb sync` appends to it.
+    #[prost(bool, tag = "24")]
+    pub resume: bool,
 }
 
 /// google.protobuf.Timestamp.
@@ -222,6 +226,19 @@ fn random_id() -> String {
         .collect()
 }
 
+/// The run id of the newest `offline-run-YYYYMMDD_HHMMSS-<id>` folder in `dir`.
+fn latest_run_id(dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("offline-run-"))
+        .collect();
+    names.sort();
+    let last = names.pop()?;
+    let id = last.get("offline-run-YYYYMMDD_HHMMSS-".len()..)?;
+    (!id.is_empty()).then(|| id.to_string())
+}
+
 pub struct Wandb {
     dir: PathBuf,
     path: PathBuf,
@@ -238,9 +255,18 @@ pub struct Wandb {
 
 impl Wandb {
     pub fn start(plan: &WandbPlan, info: &RunInfo) -> Result<Wandb, String> {
-        let run_id = plan.run_id.clone().unwrap_or_else(random_id);
+        // A resumed run continues the latest run of the folder unless the recipe names one.
+        let previous = || info.resumed_at.and_then(|_| latest_run_id(Path::new(&plan.dir)));
+        let run_id = plan.run_id.clone().or_else(previous).unwrap_or_else(random_id);
         let started = super::now();
-        let dir = Path::new(&plan.dir).join(format!("offline-run-{}-{run_id}", super::timestamp_name(started)));
+        // A second attempt of the same id within the same second takes the next second's name.
+        let dir = (0..60)
+            .map(|s| {
+                Path::new(&plan.dir)
+                    .join(format!("offline-run-{}-{run_id}", super::timestamp_name(started + f64::from(s))))
+            })
+            .find(|d| !d.exists())
+            .ok_or_else(|| format!("{}: no free run folder name for run {run_id}", plan.dir))?;
         for sub in ["files", "logs"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
         }
@@ -277,11 +303,11 @@ impl Wandb {
             config: Some(ConfigRecord { update: config }),
             display_name: plan.display_name.clone(),
             host: super::hostname(),
-            starting_step: info.resumed_at.map_or(0, |s| s as i64 + 1),
             start_time: Some(Timestamp {
                 seconds: started.floor() as i64,
                 nanos: ((started - started.floor()) * 1e9) as i32,
             }),
+            resume: info.resumed_at.is_some(),
         }))?;
         Ok(w)
     }
