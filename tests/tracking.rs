@@ -2,14 +2,14 @@
 //! (`event_accumulator`) gives the same scalar series as metrics.jsonl and the resolved recipe as
 //! text; W&B's own reader of `.wandb` files (`wandb leet inspect --json`, wandb-core, no network)
 //! gives the run, its config, every history row and the summary, and `wandb sync --dry-run` takes
-//! the folder as an offline run to upload; a real `mlflow server` (SQLite
-//! store, temporary artifact root, started here on localhost) holds the run with the recipe's
-//! params, every logged loss at its step, status FINISHED and the output files as artifacts; a
-//! run stopped by Ctrl-C reads KILLED; stopping the server mid-run leaves the training result
-//! unchanged; an unreachable server is a warning (an error with --deny-warnings). A run stopped
-//! and resumed continues the same W&B run and TensorBoard folder; two ranks track once. The tools are
-//! pinned and installed into the cache by scripts/tracking-tools.sh. Bad tracking keys are errors
-//! at the key.
+//! the folder as an offline run to upload; a real `mlflow server` (SQLite store, temporary
+//! artifact root, started here on localhost) holds the run with the recipe's params, every logged
+//! loss at its step, status FINISHED and the output files as artifacts; a run stopped by Ctrl-C
+//! reads KILLED, one stopped and resumed goes on in the same MLflow run, one an error stops reads
+//! FAILED; stopping the server mid-run leaves the training result unchanged; an unreachable server
+//! is a warning (an error with --deny-warnings). A run stopped and resumed continues the same W&B
+//! run and TensorBoard folder; two ranks track once. The tools are pinned and installed into the
+//! cache by scripts/tracking-tools.sh. Bad tracking keys are errors at the key.
 
 mod common;
 
@@ -574,6 +574,19 @@ fn mlflow_server_gets_the_run_and_a_stopped_server_changes_nothing() {
     assert_eq!(killed["info"]["status"], "KILLED");
     let id = killed["info"]["run_id"].as_str().unwrap();
     assert_eq!(server.history(id, "train/loss"), series(&metrics(&b.path().join("out")))["train/loss"]);
+
+    // Stopped after a checkpoint and resumed: the same MLflow run goes on and finishes.
+    let r = tempfile::tempdir().unwrap();
+    let path = write_recipe(r.path(), &format!("max_steps: 8\nsave_steps: 4\n{}", tracking("resumed")));
+    assert_success(&run(&path, &["--stop-after", "4"]));
+    assert_eq!(server.run_named("recipe-tests", "resumed")["info"]["status"], "KILLED");
+    assert_success(&run(&path, &["--set", "resume_from_checkpoint=true"]));
+    let resumed = server.run_named("recipe-tests", "resumed");
+    assert_eq!(resumed["info"]["status"], "FINISHED");
+    let id = resumed["info"]["run_id"].as_str().unwrap();
+    let expected = series(&metrics(&r.path().join("out")));
+    assert_eq!(expected["train/loss"].iter().map(|p| p.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(server.history(id, "train/loss"), expected["train/loss"]);
 
     // An error stops the run: FAILED.
     let f = tempfile::tempdir().unwrap();

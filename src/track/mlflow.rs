@@ -3,7 +3,10 @@
 //! the resolved recipe goes in as params (flattened: `datasets.0.path`); metrics go in batches
 //! (`runs/log-batch`, at most 1,000 per request) with their steps and timestamps; at the end the
 //! output folder's files are uploaded through the server's artifact proxy when
-//! `hf_mlflow_log_artifacts` is set, and the run ends FINISHED, FAILED or KILLED.
+//! `hf_mlflow_log_artifacts` is set, and the run ends FINISHED, FAILED or KILLED. A run resumed
+//! from a checkpoint continues its MLflow run (the newest unfinished run of the same name whose
+//! `recipe.output_dir` tag is this output folder): RUNNING again, params it lacks added, metrics
+//! appended.
 //!
 //! The start is synchronous, so an unreachable server is known before training (a warning, or an
 //! error with `--deny-warnings`). After that a worker thread owns the connection: the training loop
@@ -124,6 +127,32 @@ impl Client {
         }
     }
 
+    /// The newest run of `name` whose `recipe.output_dir` tag is `output_dir` and that did not finish
+    /// (KILLED, FAILED, or RUNNING when the process died), with its params.
+    fn unfinished_run(&self, experiment_id: &str, name: &str, output_dir: &str) -> Result<Option<Value>, CallError> {
+        // MLflow's filter language quotes with '...': a value that holds a quote is not searched for.
+        if [name, output_dir].iter().any(|v| v.contains(['\'', '\\'])) {
+            return Ok(None);
+        }
+        let quote = |v: &str| format!("'{v}'");
+        let filter =
+            format!("attributes.run_name = {} and tags.`recipe.output_dir` = {}", quote(name), quote(output_dir));
+        let found = self.post(
+            "runs/search",
+            &json!({
+                "experiment_ids": [experiment_id],
+                "filter": filter,
+                "order_by": ["attributes.start_time DESC"],
+                "max_results": 1,
+            }),
+        )?;
+        Ok(found["runs"]
+            .as_array()
+            .and_then(|runs| runs.first())
+            .filter(|run| run["info"]["status"].as_str() != Some("FINISHED"))
+            .cloned())
+    }
+
     /// Uploads one file through the server's artifact proxy (`mlflow server`'s default
     /// `--serve-artifacts`), to `artifact_path/name`.
     fn upload(&self, artifact_path: &str, file: &Path) -> Result<(), CallError> {
@@ -172,6 +201,33 @@ fn metric_value(v: f64) -> Value {
     }
 }
 
+/// The body of `runs/create`: the run's name, start, and the plan's summary as tags.
+fn run_request(experiment_id: &str, plan: &MlflowPlan, info: &RunInfo, output_dir: &str) -> Value {
+    let mut tags: Vec<Value> = vec![
+        json!({"key": "mlflow.source.name", "value": info.recipe}),
+        json!({"key": "mlflow.source.type", "value": "LOCAL"}),
+        json!({"key": "recipe.output_dir", "value": clip(output_dir, MAX_TAG_VALUE)}),
+    ];
+    if let Ok(user) = std::env::var("USER") {
+        tags.push(json!({"key": "mlflow.user", "value": user}));
+    }
+    let mut note = String::from("Trained by `recipe run`.\n\n");
+    for (k, v) in &info.summary {
+        tags.push(json!({"key": format!("recipe.{k}"), "value": clip(v, MAX_TAG_VALUE)}));
+        note += &format!("- {k}: {v}\n");
+    }
+    if let Some(step) = info.resumed_at {
+        tags.push(json!({"key": "recipe.resumed_from_step", "value": step.to_string()}));
+    }
+    tags.push(json!({"key": "mlflow.note.content", "value": clip(&note, MAX_TAG_VALUE)}));
+    json!({
+        "experiment_id": experiment_id,
+        "run_name": plan.run_name,
+        "start_time": (super::now() * 1000.0) as i64,
+        "tags": tags,
+    })
+}
+
 enum Message {
     Metrics(Vec<Value>),
     Finish { status: Status, artifacts: Vec<PathBuf>, done: mpsc::Sender<Result<(), String>> },
@@ -192,43 +248,50 @@ impl Mlflow {
             other => format!("the MLflow server at {} refused to {what}: {other}", plan.tracking_uri),
         };
         let experiment_id = client.experiment_id(&plan.experiment).map_err(|e| fail("find the experiment", e))?;
-        let mut tags: Vec<Value> = vec![
-            json!({"key": "mlflow.source.name", "value": info.recipe}),
-            json!({"key": "mlflow.source.type", "value": "LOCAL"}),
-        ];
-        if let Ok(user) = std::env::var("USER") {
-            tags.push(json!({"key": "mlflow.user", "value": user}));
-        }
-        let mut note = String::from("Trained by `recipe run`.\n\n");
-        for (k, v) in &info.summary {
-            tags.push(json!({"key": format!("recipe.{k}"), "value": clip(v, MAX_TAG_VALUE)}));
-            note += &format!("- {k}: {v}\n");
-        }
-        if let Some(step) = info.resumed_at {
-            tags.push(json!({"key": "recipe.resumed_from_step", "value": step.to_string()}));
-        }
-        tags.push(json!({"key": "mlflow.note.content", "value": clip(&note, MAX_TAG_VALUE)}));
-        let run = client
-            .post(
-                "runs/create",
-                &json!({
-                    "experiment_id": experiment_id,
-                    "run_name": plan.run_name,
-                    "start_time": (super::now() * 1000.0) as i64,
-                    "tags": tags,
-                }),
-            )
-            .map_err(|e| fail("create a run", e))?;
-        let run_info = &run["run"]["info"];
-        let run_id = run_info["run_id"].as_str().unwrap_or_default().to_string();
+        let output_dir = std::fs::canonicalize(&info.output_dir).unwrap_or_else(|_| info.output_dir.clone());
+        let output_dir = output_dir.display().to_string();
+        // A resumed run continues its MLflow run: the newest run of this name and output folder that did not
+        // finish.
+        let unfinished = match info.resumed_at {
+            Some(_) => client
+                .unfinished_run(&experiment_id, &plan.run_name, &output_dir)
+                .map_err(|e| fail("search runs", e))?,
+            None => None,
+        };
+        let (run_id, artifact_uri, logged) = match unfinished {
+            Some(run) => {
+                let run_id = run["info"]["run_id"].as_str().unwrap_or_default().to_string();
+                let tags =
+                    [json!({"key": "recipe.resumed_from_step", "value": info.resumed_at.unwrap_or(0).to_string()})];
+                client
+                    .post("runs/update", &json!({"run_id": run_id, "status": "RUNNING"}))
+                    .and_then(|_| client.post("runs/log-batch", &json!({"run_id": run_id, "tags": tags})))
+                    .map_err(|e| fail("continue the run", e))?;
+                // Params cannot change: only keys the run lacks are added.
+                let logged: Vec<String> = run["data"]["params"]
+                    .as_array()
+                    .map(|ps| ps.iter().filter_map(|p| p["key"].as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                (run_id, run["info"]["artifact_uri"].as_str().unwrap_or_default().to_string(), logged)
+            }
+            None => {
+                let run = client
+                    .post("runs/create", &run_request(&experiment_id, plan, info, &output_dir))
+                    .map_err(|e| fail("create a run", e))?;
+                let run_info = &run["run"]["info"];
+                let run_id = run_info["run_id"].as_str().unwrap_or_default().to_string();
+                (run_id, run_info["artifact_uri"].as_str().unwrap_or_default().to_string(), Vec::new())
+            }
+        };
         if run_id.is_empty() {
-            return Err(format!("the MLflow server at {} answered runs/create without a run id", plan.tracking_uri));
+            return Err(format!("the MLflow server at {} answered without a run id", plan.tracking_uri));
         }
-        let artifact_uri = run_info["artifact_uri"].as_str().unwrap_or_default().to_string();
         let params: Vec<Value> = info
             .flat_settings()
             .into_iter()
-            .map(|(k, v)| json!({"key": clip(&k, 250), "value": clip(&v, MAX_PARAM_VALUE)}))
+            .map(|(k, v)| (clip(&k, 250), v))
+            .filter(|(k, _)| !logged.contains(k))
+            .map(|(k, v)| json!({"key": k, "value": clip(&v, MAX_PARAM_VALUE)}))
             .collect();
         for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
             client
