@@ -182,3 +182,38 @@ fn lora_on_the_tied_head_reloads_and_merges_untied() {
     let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "merged logits differ by {diff:e}");
 }
+
+#[test]
+fn reward_model_folders_for_the_python_check() {
+    for (case, adapter) in
+        [("reward_lora", "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n"), ("reward_full", "")]
+    {
+        let dir = fresh(case);
+        let recipe_path = dir.with_extension("yaml");
+        let text = format!(
+            "base_model: {}\n{adapter}reward_model: true\ndatasets:\n  - path: {}\n    type: chat_template.default\n    \
+             field_messages: prompt\nsequence_len: 256\nmicro_batch_size: 8\nmax_steps: 4\nlearning_rate: 1.0e-3\n\
+             seed: 3\noutput_dir: {}\n",
+            root().join("models/stories260k").display(),
+            root().join("data/preference/shakespeare-continuations.jsonl").display(),
+            dir.display()
+        );
+        std::fs::write(&recipe_path, text).unwrap();
+        let out = Command::cargo_bin("recipe")
+            .unwrap()
+            .env("OMP_NUM_THREADS", "1")
+            .env("RECIPE_LOG", "warn")
+            .arg("run")
+            .arg(&recipe_path)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Each row's reward, as transformers' …ForSequenceClassification reads it: [B, 1].
+        let loaded = load_trained(&dir, None, Device::Cpu, None).unwrap();
+        let ids = input_ids();
+        let rows: Vec<Vec<i64>> = (0..2).map(|r| Vec::<i64>::try_from(ids.get(r)).unwrap()).collect();
+        let scores = recipe::exec::score_sequences(&loaded, &rows).unwrap();
+        save_logits(&dir, &Tensor::from_slice(&scores).to_kind(Kind::Float).view([2, 1]));
+    }
+}

@@ -31,6 +31,10 @@ fn ids(g: &HashMap<String, Tensor>, key: &str) -> Vec<Vec<i64>> {
 }
 
 fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing: bool) {
+    check_weighted_against_trl(name, loss, beta, checkpointing, false);
+}
+
+fn check_weighted_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing: bool, use_weighting: bool) {
     let g: HashMap<String, Tensor> =
         Tensor::read_safetensors(root().join(format!("tests/golden/preference/{name}.safetensors")))
             .unwrap()
@@ -43,7 +47,7 @@ fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing:
     let items: Vec<&PairRows> = pairs.iter().collect();
     let host = PairRows::collate(&items, 0, None);
     let batch = DeviceBatch::upload(&host, Device::Cpu);
-    let objective = Preference { loss, beta };
+    let objective = Preference { loss, beta, use_weighting };
     let n = objective.units(&host) as f64;
     assert_eq!(n, 4.0);
     let sums = objective::forward_backward(&model, &objective, &batch, n, checkpointing, &|_| {});
@@ -80,6 +84,11 @@ fn dpo_loss_metrics_and_gradients_match_trl() {
 }
 
 #[test]
+fn dpo_with_wpo_weighting_matches_trl() {
+    check_weighted_against_trl("dpo_wpo", PreferenceLoss::Dpo, 0.1, false, true);
+}
+
+#[test]
 fn ipo_loss_metrics_and_gradients_match_trl() {
     check_against_trl("ipo", PreferenceLoss::Ipo, 0.1, false);
 }
@@ -97,6 +106,55 @@ fn simpo_loss_metrics_and_gradients_match_trl() {
 #[test]
 fn orpo_loss_metrics_and_gradients_match_trl() {
     check_against_trl("orpo", PreferenceLoss::Orpo, 0.1, false);
+}
+
+#[test]
+fn kto_loss_metrics_and_gradients_match_trl() {
+    use recipe::data::packing::KtoRow;
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(root().join("tests/golden/preference/kto.safetensors")).unwrap().into_iter().collect();
+    let model = common::load_peft_folder(&root().join("tests/golden/lora/stories260k_all_linear"), Kind::Float);
+    // The policy TRL scored: the golden adapter moved towards the rows' answers (see the script).
+    tch::no_grad(|| {
+        for p in model.trainable_params() {
+            p.tensor.shallow_clone().copy_(&g[&format!("lora.{}", p.name)]);
+        }
+    });
+    let (prompts, answers) = (ids(&g, "prompt"), ids(&g, "answer"));
+    let desirable = Vec::<i64>::try_from(&g["desirable"]).unwrap();
+    let rows: Vec<KtoRow> = (0..prompts.len())
+        .map(|i| KtoRow { prompt: prompts[i].clone(), answer: answers[i].clone(), desirable: desirable[i] == 1 })
+        .collect();
+    let items: Vec<&KtoRow> = rows.iter().collect();
+    let host = KtoRow::collate(&items, 0, None);
+    let batch = DeviceBatch::upload(&host, Device::Cpu);
+    let objective = objective::Kto { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.5 };
+    let n = objective.units(&host) as f64;
+    assert_eq!(n, 4.0);
+    let sums = objective::forward_backward(&model, &objective, &batch, n, false, &|_| {});
+    let ours = sums.loss.double_value(&[]) / n;
+    let theirs = g["loss"].double_value(&[0]);
+    assert!((ours - theirs).abs() <= 1e-4 * theirs.abs().max(1.0), "kto: loss {ours} vs TRL {theirs}");
+    let values = Vec::<f64>::try_from(sums.metrics.unwrap().to_kind(Kind::Double)).unwrap();
+    let metrics = objective.metrics(&values, n);
+    let trl_metrics = g.keys().filter(|k| k.starts_with("metric.")).count();
+    assert_eq!(metrics.len(), trl_metrics, "every metric TRL logs: {metrics:?}");
+    for (metric, value) in metrics {
+        let golden = g[&format!("metric.{}", metric.replace('/', "."))].double_value(&[0]);
+        assert!((value - golden).abs() <= 1e-4 * golden.abs().max(1.0), "kto: {metric} {value} vs TRL {golden}");
+    }
+    assert!(g["metric.kl"].double_value(&[0]) > 1.0, "the golden exercises the KL estimate, not only its clamp");
+    let mut worst = 0.0f64;
+    let params = model.trainable_params();
+    for p in &params {
+        let golden = &g[&format!("grad.{}", p.name)];
+        let scale = golden.abs().max().double_value(&[]).max(1e-12);
+        let d = (&p.tensor.grad() - golden).abs().max().double_value(&[]) / scale;
+        assert!(d <= 1e-4, "kto: gradient of {} differs from TRL's by {d:e} of its largest", p.name);
+        worst = worst.max(d);
+    }
+    assert_eq!(params.len(), 70, "every LoRA tensor's gradient is compared");
+    eprintln!("kto: loss {ours} vs TRL {theirs} ({:e}); worst gradient {worst:e} relative", (ours - theirs).abs());
 }
 
 /// A DPO recipe on stories260k and the bundled preference pairs, in `dir`.
@@ -181,6 +239,127 @@ fn dpo_on_two_ranks_repeats_one_rank_with_accumulation() {
         assert!((la - lb).abs() <= 1e-5 * la.abs(), "step {}: loss {la} vs {lb}", i + 1);
         assert!((ma - mb).abs() <= 1e-5 * ma.abs().max(1e-3), "step {}: margin {ma} vs {mb}", i + 1);
     }
+}
+
+/// The DPO recipe switched to KTO.
+fn kto_recipe(dir: &Path, extra: &str) -> PathBuf {
+    let path = write_recipe(dir, extra);
+    let text = std::fs::read_to_string(&path).unwrap().replace("rl: dpo", "rl: kto");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn kto_trains_from_one_half_and_logs_trl_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = kto_recipe(
+        dir.path(),
+        "max_steps: 12
+eval_steps: 6
+",
+    );
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      12 of 12"), "{stdout}");
+    let all = records(dir.path());
+    let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
+    // The policy starts as the reference: every reward and the KL estimate are 0, each loss 1 − σ(0).
+    let first = train[0]["loss"].as_f64().unwrap();
+    assert!((first - 0.5).abs() < 1e-6, "step 1 loss {first}");
+    assert_eq!(train[0]["kl"].as_f64(), Some(0.0));
+    assert!(train.iter().all(|r| r["kl"].is_f64() && r["entropy"].is_f64()));
+    // A side with no rows in a step's micro-batches is left out of that step, as TRL does.
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"] {
+        assert!(train.iter().filter(|r| r[key].is_f64()).count() >= train.len() / 2, "{key} missing");
+    }
+    let eval: Vec<&Value> = all.iter().filter(|r| r.get("eval_loss").is_some()).collect();
+    let (before, after) = (eval[0], eval.last().unwrap());
+    assert!(after["eval_loss"].as_f64() < before["eval_loss"].as_f64(), "{before} -> {after}");
+    let margin = |r: &Value| r["eval_rewards/margins"].as_f64().unwrap();
+    assert!(margin(after) > margin(before), "desirable answers gain on undesirable ones: {before} -> {after}");
+    assert!(dir.path().join("out/adapter_model.safetensors").is_file());
+}
+
+#[test]
+fn kto_on_two_ranks_repeats_one_rank_with_accumulation() {
+    let one = tempfile::tempdir().unwrap();
+    run_ok(
+        &kto_recipe(
+            one.path(),
+            "max_steps: 4
+",
+        ),
+        &["--set", "gradient_accumulation_steps=2"],
+    );
+    let two = tempfile::tempdir().unwrap();
+    run_ok(
+        &kto_recipe(
+            two.path(),
+            "max_steps: 4
+",
+        ),
+        &["--nproc-per-node", "2"],
+    );
+    let values = |d: &Path| -> Vec<(f64, f64)> {
+        records(d)
+            .iter()
+            .filter(|r| r.get("loss").is_some())
+            .map(|r| (r["loss"].as_f64().unwrap(), r["kl"].as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (values(one.path()), values(two.path()));
+    assert_eq!(a.len(), 4);
+    for (i, ((la, ka), (lb, kb))) in a.iter().zip(&b).enumerate() {
+        assert!((la - lb).abs() <= 1e-5 * la.abs(), "step {}: loss {la} vs {lb}", i + 1);
+        assert!((ka - kb).abs() <= 1e-5 * ka.abs().max(1e-3), "step {}: kl {ka} vs {kb}", i + 1);
+    }
+}
+
+#[test]
+fn kto_trains_on_unpaired_rows_of_axolotls_kto_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = root().join("tests/fixtures/kto/rows.jsonl");
+    let path = kto_recipe(dir.path(), "max_steps: 3\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+            &rows.display().to_string(),
+        )
+        .replace("type: chat_template.default\n    field_messages: prompt", "type: chatml.ultra")
+        .replace("val_set_size: 0.1", "val_set_size: 0")
+        .replace("micro_batch_size: 4", "micro_batch_size: 3");
+    std::fs::write(&path, &text).unwrap();
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      3 of 3"), "{stdout}");
+    let first = records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
+    // Two desirable rows and one undesirable, the policy still the reference: each loss 1 − σ(0).
+    assert!((first["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{first}");
+    assert!(first["rewards/chosen"].is_f64() && first["rewards/rejected"].is_f64(), "{first}");
+    // The same rows are an error under another method, at the dataset's type.
+    std::fs::write(&path, text.replace("rl: kto", "rl: dpo")).unwrap();
+    let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error[kto-type-needs-kto]"));
+}
+
+#[test]
+fn keys_of_another_preference_method_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, rule) in [
+        ("orpo_alpha: 0.2\n", "error[rl-key-without-method]"),
+        ("kto_desirable_weight: 1.2\n", "error[rl-key-without-method]"),
+        ("precompute_ref_log_probs: true\n", "error[kto-precompute]"),
+    ] {
+        let path = if rule.contains("kto-") { kto_recipe(dir.path(), extra) } else { write_recipe(dir.path(), extra) };
+        let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{extra}: {stdout}");
+        assert!(stdout.contains(rule), "{extra}: expected {rule} in\n{stdout}");
+    }
+    let path = kto_recipe(dir.path(), "");
+    let text = std::fs::read_to_string(&path).unwrap().replace("adapter: lora\n", "");
+    std::fs::write(&path, text).unwrap();
+    let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error[kto-needs-adapter]"));
 }
 
 #[test]

@@ -21,6 +21,12 @@ given as the first argument:
                the base), tokenizer files, recipe_logits.safetensors holding recipe's logits
                for base + adapter computed BEFORE merging
 
+  DIR/reward_lora/, DIR/reward_full/  reward models (`reward_model: true`): a peft SEQ_CLS adapter with
+               its `score` head in modules_to_save, and a LlamaForSequenceClassification folder; their
+               recipe_logits.safetensors hold recipe's reward per row as `logits` float32 [B, 1]
+               (loaded as AutoModelForSequenceClassification; the adapter's base with num_labels 1 and
+               the tokenizer's pad token, EOS when it has none)
+
   every recipe_logits.safetensors holds
     input_ids  int64 [B, T]
     logits     fp32  [B, T, V]
@@ -72,7 +78,7 @@ import transformers  # noqa: E402
 import peft  # noqa: E402
 import safetensors  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 from peft import PeftModel, get_peft_model_state_dict  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
@@ -81,7 +87,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
-CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8")
+CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full")
 TOL = 1e-4
 LOGITS_FILE = "recipe_logits.safetensors"
 
@@ -100,6 +106,11 @@ def load_recipe_logits(case_dir):
     ids, logits = t["input_ids"], t["logits"]
     if ids.dtype != torch.int64 or ids.dim() != 2:
         raise CheckError(f"input_ids must be int64 [B, T], got {ids.dtype} {list(ids.shape)}")
+    if os.path.basename(case_dir).startswith("reward"):
+        # A reward model's scores, one per row: [B, 1] as transformers' …ForSequenceClassification gives.
+        if logits.dtype != torch.float32 or list(logits.shape) != [ids.shape[0], 1]:
+            raise CheckError(f"rewards must be float32 [B, 1], got {logits.dtype} {list(logits.shape)}")
+        return ids, logits
     if logits.dtype != torch.float32 or logits.dim() != 3 or list(logits.shape[:2]) != list(ids.shape):
         raise CheckError(f"logits must be float32 [B, T, V] matching input_ids {list(ids.shape)}, "
                          f"got {logits.dtype} {list(logits.shape)}")
@@ -110,7 +121,16 @@ class CheckError(Exception):
     pass
 
 
-def load_model(path):
+def load_model(path, reward=False, pad_token_id=None):
+    if reward:
+        # A reward model: a LlamaForSequenceClassification folder (full), or the base grown a score
+        # head for a SEQ_CLS adapter, pooling at the last token that is not the pad token.
+        extra = {"num_labels": 1} if pad_token_id is not None else {}
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **extra)
+        if pad_token_id is not None:
+            model.config.pad_token_id = pad_token_id
+        return model, info
     # `recipe quantize` folders (quantized4: NF4 + double quant, quantized8: LLM.int8) carry a
     # quantization_config: transformers loads them through bitsandbytes, on the CPU here.
     extra = {"device_map": "cpu"} if os.path.basename(path).startswith("quantized") else {}
@@ -148,9 +168,18 @@ def check_lora(case_dir, rec):
         raise CheckError("adapter_config.json has no base_model_name_or_path")
     rec["base_model"] = os.path.basename(os.path.normpath(base_name))
     rec["base_model_path_is_absolute"] = os.path.isabs(base_name)
-    base, info = load_model(resolve_base(base_name))
-    base_issues = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
-                                                                  "mismatched_keys")}
+    reward = acfg.get("task_type") == "SEQ_CLS"
+    rec["task_type"] = acfg.get("task_type")
+    pad = None
+    if reward:
+        tok = AutoTokenizer.from_pretrained(case_dir if os.path.isfile(os.path.join(case_dir, "tokenizer.json"))
+                                            else resolve_base(base_name))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    base, info = load_model(resolve_base(base_name), reward=reward, pad_token_id=pad)
+    # The base has no score head: transformers draws one, which the adapter's saved copy replaces.
+    base_issues = {k: [x for x in v if not (reward and str(x).startswith("score."))] for k, v in info.items()
+                   if k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    base_issues = {k: v for k, v in base_issues.items() if v}
     if base_issues:
         raise CheckError(f"base model loading: {base_issues}")
     with warnings.catch_warnings(record=True) as caught:
@@ -189,7 +218,7 @@ def check_lora(case_dir, rec):
 
 
 def check_model(case_dir, rec):
-    model, info = load_model(case_dir)
+    model, info = load_model(case_dir, reward=os.path.basename(case_dir).startswith("reward"))
     model.eval()
     for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         rec[k] = sorted(str(x) for x in info.get(k, []))
@@ -208,7 +237,7 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name.startswith("lora"):
+        if name.startswith("lora") or name == "reward_lora":
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Goldens for preference training (tests/preference.rs): TRL 1.16 computes the loss, its metrics and
 every LoRA gradient on a fixed batch, for each loss recipe builds: its DPOTrainer (`sigmoid` = rl: dpo,
-`ipo`), its experimental CPOTrainer with loss_type="simpo" (rl: simpo, cpo_alpha 1.0, simpo_gamma 0.5,
+`ipo`; and `sigmoid` with `use_weighting`, WPO's weights = dpo_use_weighting, as dpo_wpo), its experimental CPOTrainer with loss_type="simpo" (rl: simpo, cpo_alpha 1.0, simpo_gamma 0.5,
 beta 2.0) and its experimental ORPOTrainer (rl: orpo, beta = orpo_alpha 0.1).
 
 Model: models/stories260k with a new LoRA adapter (peft_config r 4, alpha 8, every linear: TRL's
@@ -35,7 +35,7 @@ ADAPTER = os.path.join(ROOT, "tests/golden/lora/stories260k_all_linear")
 PAIRS = os.path.join(ROOT, "data/preference/shakespeare-continuations.jsonl")
 OUT = os.path.join(ROOT, "tests/golden/preference")
 BETA = 0.1
-LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo"}
+LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo", "sigmoid+wpo": "dpo_wpo"}
 SIMPO_BETA = 2.0
 
 
@@ -98,8 +98,9 @@ def main():
                         if "lora_" in pname:
                             p.copy_(trained[pname.replace(".default.", ".")])
 
-            if trl_loss in ("sigmoid", "ipo"):
-                args = DPOConfig(beta=BETA, loss_type=[trl_loss], dataset_num_proc=None, max_length=None, **common)
+            if trl_loss in ("sigmoid", "ipo", "sigmoid+wpo"):
+                args = DPOConfig(beta=BETA, loss_type=[trl_loss.split("+")[0]], use_weighting=trl_loss.endswith("+wpo"),
+                                 dataset_num_proc=None, max_length=None, **common)
                 trainer = DPOTrainer(model=base, args=args, train_dataset=text, processing_class=tokenizer,
                                      peft_config=lora)
                 assert "ref" not in trainer.model.peft_config, "the reference must be the base (adapters disabled)"

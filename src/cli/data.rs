@@ -173,6 +173,22 @@ fn preview_pairs(recipe: &Path, plan: &Plan, tok: &Tokenizer, dir: &Path, n: usi
         plan.data.sequence_len
     );
     for (i, p) in shown.iter().enumerate() {
+        if let Some(desirable) = p.desirable {
+            // KTO's unpaired row: one answer and its label.
+            println!(
+                "\n── row {} of {} ({}): prompt {} tokens, answer {} ({})",
+                i + 1,
+                prepared.train.len(),
+                p.origin,
+                p.prompt_ids.len(),
+                p.chosen_ids.len(),
+                if desirable { "desirable" } else { "undesirable" }
+            );
+            for (label, ids) in [("prompt", &p.prompt_ids), ("answer", &p.chosen_ids)] {
+                println!("{label:<9}{}", tok.decode_with_special(ids));
+            }
+            continue;
+        }
         println!(
             "\n── pair {} of {} ({}): prompt {} tokens, chosen {}, rejected {}",
             i + 1,

@@ -286,6 +286,71 @@ pub struct BradleyTerryDataset {
     pub chat_template_jinja: Option<String>,
 }
 
+/// Axolotl's KTO formats (`rl: kto`): unpaired rows, each a prompt with one answer and a boolean
+/// `label` (desirable or not), its prompt and answer written out in ChatML or Llama-3 turns by a
+/// fixed text template per `type` (as Axolotl's `prompt_strategies/kto` do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct KtoDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// Which of Axolotl's KTO types (set from `type`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub format: KtoFormat,
+}
+
+/// The turn markup of a KTO type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KtoTurns {
+    #[default]
+    Chatml,
+    Llama3,
+}
+
+/// Which fields a KTO type reads: `argilla` (instruction), `argilla_chat` (a two-message
+/// `completion`: the user's and the assistant's), `intel` (question), `prompt_pairs` and `ultra`
+/// (prompt); all but argilla_chat with an optional `system` and the answer in `completion`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KtoFields {
+    #[default]
+    Argilla,
+    ArgillaChat,
+    Intel,
+    PromptPairs,
+    Ultra,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KtoFormat {
+    pub turns: KtoTurns,
+    pub fields: KtoFields,
+}
+
+/// Axolotl's KTO type names, in schema order.
+const KTO_TYPES: &[(&str, KtoTurns, KtoFields)] = &[
+    ("chatml.argilla", KtoTurns::Chatml, KtoFields::Argilla),
+    ("chatml.argilla_chat", KtoTurns::Chatml, KtoFields::ArgillaChat),
+    ("chatml.intel", KtoTurns::Chatml, KtoFields::Intel),
+    ("chatml.prompt_pairs", KtoTurns::Chatml, KtoFields::PromptPairs),
+    ("chatml.ultra", KtoTurns::Chatml, KtoFields::Ultra),
+    ("llama3.argilla", KtoTurns::Llama3, KtoFields::Argilla),
+    ("llama3.argilla_chat", KtoTurns::Llama3, KtoFields::ArgillaChat),
+    ("llama3.intel", KtoTurns::Llama3, KtoFields::Intel),
+    ("llama3.prompt_pairs", KtoTurns::Llama3, KtoFields::PromptPairs),
+    ("llama3.ultra", KtoTurns::Llama3, KtoFields::Ultra),
+];
+
+impl KtoFormat {
+    pub fn from_type(name: &str) -> Option<KtoFormat> {
+        KTO_TYPES.iter().find(|(n, _, _)| *n == name).map(|&(_, turns, fields)| KtoFormat { turns, fields })
+    }
+
+    pub fn type_name(self) -> &'static str {
+        KTO_TYPES.iter().find(|(_, t, f)| (*t, *f) == (self.turns, self.fields)).map_or("kto", |(n, _, _)| n)
+    }
+}
+
 fn default_chosen_field() -> String {
     "chosen".into()
 }
@@ -336,8 +401,7 @@ pub struct UserDefinedDataset {
 }
 
 /// One dataset of `datasets` / `test_datasets`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DatasetConfig {
     Alpaca(AlpacaDataset),
     AlpacaChat(AlpacaDataset),
@@ -345,11 +409,13 @@ pub enum DatasetConfig {
     Pretrain(TextDataset),
     ChatTemplate(ChatDataset),
     InputOutput(InputOutputDataset),
-    #[serde(rename = "chat_template.default")]
+    /// `chat_template.default`.
     Preference(PreferenceDataset),
-    #[serde(rename = "bradley_terry.chat_template")]
+    /// `bradley_terry.chat_template`.
     BradleyTerry(BradleyTerryDataset),
-    #[serde(untagged)]
+    /// One of Axolotl's KTO types (`chatml.ultra`, `llama3.argilla`, ...).
+    Kto(KtoDataset),
+    /// A mapping `type:` (Axolotl's user-defined format).
     UserDefined(UserDefinedDataset),
 }
 
@@ -371,6 +437,32 @@ const DATASET_TYPES: &[(&str, &str, &str)] = &[
         "BradleyTerryDataset",
         "reward-model pairs: system (optional), input, chosen and rejected strings",
     ),
+    ("chatml.argilla", "KtoChatmlArgilla", "KTO rows in ChatML: system (optional), instruction, completion, label"),
+    (
+        "chatml.argilla_chat",
+        "KtoChatmlArgillaChat",
+        "KTO rows in ChatML: completion (user and assistant messages), label",
+    ),
+    ("chatml.intel", "KtoChatmlIntel", "KTO rows in ChatML: system (optional), question, completion, label"),
+    ("chatml.prompt_pairs", "KtoChatmlPromptPairs", "KTO rows in ChatML: system (optional), prompt, completion, label"),
+    ("chatml.ultra", "KtoChatmlUltra", "KTO rows in ChatML: system (optional), prompt, completion, label"),
+    (
+        "llama3.argilla",
+        "KtoLlama3Argilla",
+        "KTO rows in Llama-3 turns: system (optional), instruction, completion, label",
+    ),
+    (
+        "llama3.argilla_chat",
+        "KtoLlama3ArgillaChat",
+        "KTO rows in Llama-3 turns: completion (user and assistant messages), label",
+    ),
+    ("llama3.intel", "KtoLlama3Intel", "KTO rows in Llama-3 turns: system (optional), question, completion, label"),
+    (
+        "llama3.prompt_pairs",
+        "KtoLlama3PromptPairs",
+        "KTO rows in Llama-3 turns: system (optional), prompt, completion, label",
+    ),
+    ("llama3.ultra", "KtoLlama3Ultra", "KTO rows in Llama-3 turns: system (optional), prompt, completion, label"),
 ];
 
 impl DatasetConfig {
@@ -382,6 +474,7 @@ impl DatasetConfig {
             DatasetConfig::InputOutput(d) => &d.source,
             DatasetConfig::Preference(d) => &d.source,
             DatasetConfig::BradleyTerry(d) => &d.source,
+            DatasetConfig::Kto(d) => &d.source,
             DatasetConfig::UserDefined(d) => &d.source,
         }
     }
@@ -397,9 +490,9 @@ impl DatasetConfig {
         }
     }
 
-    /// Whether the rows are preference pairs (for `rl:` and reward models).
+    /// Whether the rows are preference data (pairs for `rl:` and reward models; KTO's unpaired rows).
     pub fn holds_pairs(&self) -> bool {
-        matches!(self, DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_))
+        matches!(self, DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) | DatasetConfig::Kto(_))
     }
 
     /// The `type` as written (`user_defined` for the mapping form).
@@ -413,8 +506,33 @@ impl DatasetConfig {
             DatasetConfig::InputOutput(_) => "input_output",
             DatasetConfig::Preference(_) => "chat_template.default",
             DatasetConfig::BradleyTerry(_) => "bradley_terry.chat_template",
+            DatasetConfig::Kto(d) => d.format.type_name(),
             DatasetConfig::UserDefined(_) => "user_defined",
         }
+    }
+}
+
+/// `type` first, then the format's own keys (a user-defined format's `type` is its mapping).
+impl Serialize for DatasetConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let fields = match self {
+            DatasetConfig::Alpaca(d) | DatasetConfig::AlpacaChat(d) => serde_json::to_value(d),
+            DatasetConfig::Completion(d) | DatasetConfig::Pretrain(d) => serde_json::to_value(d),
+            DatasetConfig::ChatTemplate(d) => serde_json::to_value(d),
+            DatasetConfig::InputOutput(d) => serde_json::to_value(d),
+            DatasetConfig::Preference(d) => serde_json::to_value(d),
+            DatasetConfig::BradleyTerry(d) => serde_json::to_value(d),
+            DatasetConfig::Kto(d) => serde_json::to_value(d),
+            DatasetConfig::UserDefined(d) => return d.serialize(serializer),
+        }
+        .map_err(S::Error::custom)?;
+        let mut map = Map::new();
+        map.insert("type".into(), Value::String(self.type_name().into()));
+        if let Value::Object(fields) = fields {
+            map.extend(fields);
+        }
+        map.serialize(serializer)
     }
 }
 
@@ -441,7 +559,10 @@ impl<'de> Deserialize<'de> for DatasetConfig {
             "input_output" => DatasetConfig::InputOutput(parse(map)?),
             "chat_template.default" => DatasetConfig::Preference(parse(map)?),
             "bradley_terry.chat_template" => DatasetConfig::BradleyTerry(parse(map)?),
-            other => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
+            other => match KtoFormat::from_type(other) {
+                Some(format) => DatasetConfig::Kto(KtoDataset { format, ..parse(map)? }),
+                None => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
+            },
         })
     }
 }
@@ -461,6 +582,7 @@ impl JsonSchema for DatasetConfig {
                 "chat_template" => ChatDataset::json_schema(generator),
                 "chat_template.default" => PreferenceDataset::json_schema(generator),
                 "bradley_terry.chat_template" => BradleyTerryDataset::json_schema(generator),
+                kto if KtoFormat::from_type(kto).is_some() => KtoDataset::json_schema(generator),
                 _ => InputOutputDataset::json_schema(generator),
             };
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {

@@ -345,6 +345,17 @@ impl Rules<'_> {
                         "set rl: dpo (or ipo, orpo, simpo) or reward_model: true, or use type: chat_template for \
                          conversations",
                     );
+                } else if matches!(d, DatasetConfig::Kto(_)) && t.rl != Some(super::training::RlMethod::Kto) {
+                    self.error(
+                        "kto-type-needs-kto",
+                        format!(
+                            "{list}[{i}] has type `{}`, one of Axolotl's KTO formats (one answer and a label per \
+                             row), which only `rl: kto` reads",
+                            d.type_name()
+                        ),
+                        &[&key, if t.rl.is_some() { "rl" } else { "reward_model" }],
+                        "set rl: kto, or use type: chat_template.default (pairs) for other methods",
+                    );
                 } else if t.rl.is_some() && matches!(d, DatasetConfig::BradleyTerry(_)) {
                     self.error(
                         "bradley-terry-needs-reward-model",
@@ -353,6 +364,37 @@ impl Rules<'_> {
                         "use type: chat_template.default for rl:, or set reward_model: true instead of rl:",
                     );
                 }
+            }
+        }
+        // Keys of one preference method are an error under another, never silently unused.
+        use super::training::RlMethod;
+        let method_keys: [(&str, bool, RlMethod); 5] = [
+            ("orpo_alpha", t.orpo_alpha.is_some(), RlMethod::Orpo),
+            ("simpo_gamma", t.simpo_gamma.is_some(), RlMethod::Simpo),
+            ("cpo_alpha", t.cpo_alpha.is_some(), RlMethod::Simpo),
+            ("kto_desirable_weight", t.kto_desirable_weight.is_some(), RlMethod::Kto),
+            ("kto_undesirable_weight", t.kto_undesirable_weight.is_some(), RlMethod::Kto),
+        ];
+        if t.dpo_use_weighting && !matches!(t.rl, Some(RlMethod::Dpo | RlMethod::Ipo)) {
+            self.error(
+                "rl-key-without-method",
+                "`dpo_use_weighting` weighs the losses of `rl: dpo` and `rl: ipo` only".into(),
+                &["dpo_use_weighting", "rl"],
+                "remove dpo_use_weighting, or set rl: dpo",
+            );
+        }
+        for (key, set, method) in method_keys {
+            if set && t.rl != Some(method) {
+                let now = match t.rl {
+                    Some(rl) => format!("this recipe trains `rl: {rl}`"),
+                    None => "this recipe sets no `rl:`".to_string(),
+                };
+                self.error(
+                    "rl-key-without-method",
+                    format!("`{key}` applies to `rl: {method}` only; {now}"),
+                    &[key, "rl"],
+                    &format!("remove {key}, or set rl: {method}"),
+                );
             }
         }
         if t.reward_model && t.rl.is_some() {
@@ -554,6 +596,39 @@ impl Rules<'_> {
                     "set precompute_ref_log_probs: true (the reference log-probabilities computed once, before \
                      training), or train an adapter: its reference is the base with the adapter switched off",
                 );
+            }
+            if rl == RlMethod::Kto {
+                if c.adapter.adapter.is_none() {
+                    self.error(
+                        "kto-needs-adapter",
+                        "`rl: kto` compares with a reference model, which recipe builds as the base with the \
+                         adapter switched off; a full fine-tune has none"
+                            .into(),
+                        &["rl", "adapter"],
+                        "train an adapter (adapter: lora or qlora)",
+                    );
+                }
+                if c.training.precompute_ref_log_probs {
+                    self.error(
+                        "kto-precompute",
+                        "`precompute_ref_log_probs` with `rl: kto`: KTO's KL estimate pairs prompts with answers \
+                         drawn from the same shuffled micro-batch, so its reference values cannot be computed before \
+                         training"
+                            .into(),
+                        &["precompute_ref_log_probs", "rl"],
+                        "remove precompute_ref_log_probs: the reference pass runs per step",
+                    );
+                }
+                if c.training.micro_batch_size < 2 {
+                    self.error(
+                        "kto-micro-batch",
+                        "`rl: kto` estimates its KL term from the other answers of a micro-batch, so it needs at least \
+                         two rows per micro-batch"
+                            .into(),
+                        &["micro_batch_size", "rl"],
+                        "set micro_batch_size: 2 or more",
+                    );
+                }
             }
             if c.data.sample_packing {
                 self.error(

@@ -117,6 +117,18 @@ pub struct TrainingConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub cpo_alpha: Option<f64>,
+    /// DPO / IPO: weigh each pair's loss by how likely the policy finds both answers, as WPO does
+    /// (TRL's `use_weighting`).
+    #[serde(default)]
+    pub dpo_use_weighting: bool,
+    /// KTO's weight of the desirable answers' losses (TRL's `desirable_weight`; 1.0 when absent).
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
+    pub kto_desirable_weight: Option<f64>,
+    /// KTO's weight of the undesirable answers' losses (TRL's `undesirable_weight`; 1.0 when absent).
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
+    pub kto_undesirable_weight: Option<f64>,
     /// Train a Bradley–Terry reward model on preference pairs (Axolotl's key): a score head on the
     /// last token replaces the language-model head, loss -log σ(r_chosen − r_rejected) as TRL's
     /// RewardTrainer. Reads `type: bradley_terry.chat_template` or `chat_template.default` pairs.
@@ -237,6 +249,9 @@ pub enum RlMethod {
     Orpo,
     /// Simple preference optimisation.
     Simpo,
+    /// Kahneman-Tversky optimisation: each answer judged desirable or not on its own, against a
+    /// reference model and a batch-level KL estimate (TRL's KTOTrainer).
+    Kto,
 }
 
 impl RlMethod {
@@ -246,6 +261,7 @@ impl RlMethod {
             RlMethod::Ipo => "ipo",
             RlMethod::Orpo => "orpo",
             RlMethod::Simpo => "simpo",
+            RlMethod::Kto => "kto",
         }
     }
 }

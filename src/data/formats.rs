@@ -12,7 +12,7 @@
 //!   each a string or messages, normalised to `{role, content}` here; `preference` renders them.
 
 use super::{IGNORE, Sample, Tokenizer};
-use crate::config::datasets::{DatasetConfig, PreferenceDataset, UserDefinedFormat};
+use crate::config::datasets::{DatasetConfig, KtoFields, KtoFormat, KtoTurns, PreferenceDataset, UserDefinedFormat};
 use serde_json::Value;
 
 /// A row in the shape the tokenizer needs.
@@ -39,7 +39,7 @@ impl Formatted {
             Formatted::Segments(s) => s.iter_mut().map(|(t, _)| t).collect(),
             Formatted::Chat(row) => message_texts(row, &[content_key, "value"]),
             Formatted::Preference(p) => {
-                let Preference { prompt, chosen, rejected } = p;
+                let Preference { prompt, chosen, rejected, .. } = p;
                 [prompt, chosen, rejected]
                     .into_iter()
                     .flat_map(|v| match v {
@@ -58,7 +58,9 @@ impl Formatted {
             Formatted::Text(t) => t.clone(),
             Formatted::Segments(s) => s.iter().map(|(t, l)| format!("{l}\u{1f}{t}")).collect::<Vec<_>>().join("\u{1e}"),
             Formatted::Chat(v) => v.to_string(),
-            Formatted::Preference(p) => format!("{}\u{1f}{}\u{1f}{}", p.prompt, p.chosen, p.rejected),
+            Formatted::Preference(p) => {
+                format!("{}\u{1f}{}\u{1f}{}\u{1f}{:?}", p.prompt, p.chosen, p.rejected, p.desirable)
+            }
         }
     }
 }
@@ -164,6 +166,7 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
         },
         DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
         DatasetConfig::BradleyTerry(_) => parse_bradley_terry(row).map(Formatted::Preference),
+        DatasetConfig::Kto(k) => parse_kto(row, k.format).map(Formatted::Preference),
     }
 }
 
@@ -266,12 +269,16 @@ pub fn tokenize(f: &Formatted, tok: &Tokenizer, seq_len: usize, train_on_inputs:
     })
 }
 
-/// A preference pair: the prompt and the chosen / rejected answers, each plain text or messages.
+/// A preference pair: the prompt and the chosen / rejected answers, each plain text or messages;
+/// or, for KTO's unpaired rows, the prompt with one answer (`chosen`, `rejected` null) and whether
+/// it is desirable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preference {
     pub prompt: Value,
     pub chosen: Value,
     pub rejected: Value,
+    /// KTO's label of an unpaired row (None for pairs).
+    pub desirable: Option<bool>,
 }
 
 /// Reads a preference row: the prompt (`field_messages`: a message list or a string) and the
@@ -313,7 +320,7 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
     if chosen == rejected {
         return Err(format!("`{}` and `{}` are the same", d.field_chosen, d.field_rejected));
     }
-    Ok(Preference { prompt, chosen, rejected })
+    Ok(Preference { prompt, chosen, rejected, desirable: None })
 }
 
 /// Reads a row of Axolotl's `bradley_terry.chat_template`: an optional `system`, the user's
@@ -342,7 +349,71 @@ pub fn parse_bradley_terry(row: &Value) -> Result<Preference, String> {
     if chosen == rejected {
         return Err("`chosen` and `rejected` are the same".into());
     }
-    Ok(Preference { prompt: Value::Array(prompt), chosen, rejected })
+    Ok(Preference { prompt: Value::Array(prompt), chosen, rejected, desirable: None })
+}
+
+/// Reads a row of one of Axolotl's KTO types: the prompt and the answer written out in the type's
+/// turns (the prompt ending with the assistant's header, the answer with the end of its turn), as
+/// Axolotl's `prompt_strategies/kto` build them, and the boolean `label`.
+pub fn parse_kto(row: &Value, format: KtoFormat) -> Result<Preference, String> {
+    let string = |v: Option<&Value>, field: &str| -> Result<String, String> {
+        match v {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
+            Some(other) => Err(format!("field `{field}` must be a string, found {}", kind(other))),
+        }
+    };
+    let (system, user, answer) = match format.fields {
+        KtoFields::ArgillaChat => {
+            let turns = match row.get("completion") {
+                Some(Value::Array(t)) if t.len() >= 2 => t,
+                _ => return Err("field `completion` must list the user's and the assistant's messages".into()),
+            };
+            let content = |i: usize| string(turns[i].get("content"), &format!("completion[{i}].content"));
+            (None, content(0)?, content(1)?)
+        }
+        fields => {
+            let user_field = match fields {
+                KtoFields::Argilla => "instruction",
+                KtoFields::Intel => "question",
+                _ => "prompt",
+            };
+            let system = match row.get("system") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                None | Some(Value::Null) | Some(Value::String(_)) => None,
+                Some(other) => return Err(format!("field `system` must be a string, found {}", kind(other))),
+            };
+            (system, string(row.get(user_field), user_field)?, string(row.get("completion"), "completion")?)
+        }
+    };
+    let desirable = match row.get("label") {
+        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => return Err("field `label` is missing".into()),
+        Some(other) => return Err(format!("field `label` must be true or false, found {}", kind(other))),
+    };
+    let (prompt, answer) = match format.turns {
+        KtoTurns::Chatml => {
+            let system = system.map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n")).unwrap_or_default();
+            (
+                format!("{system}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+                format!("{answer}<|im_end|>"),
+            )
+        }
+        KtoTurns::Llama3 => {
+            let header = |role: &str| format!("<|start_header_id|>{role}<|end_header_id|>\n\n");
+            let system = system.map(|s| format!("{}{s}<|eot_id|>", header("system"))).unwrap_or_default();
+            (
+                format!("{system}{}{user}<|eot_id|>{}", header("user"), header("assistant")),
+                format!("{answer}<|eot_id|>"),
+            )
+        }
+    };
+    Ok(Preference {
+        prompt: Value::String(prompt),
+        chosen: Value::String(answer),
+        rejected: Value::Null,
+        desirable: Some(desirable),
+    })
 }
 
 /// Normalises a message list to `{role, content}` (ShareGPT's from/value and human/gpt accepted).

@@ -148,6 +148,45 @@ impl Example for PairRows {
     }
 }
 
+/// KTO's unpaired example: a prompt with one answer, judged desirable or not (a preference pair
+/// gives two: its chosen answer desirable, its rejected one not, as TRL unpairs them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KtoRow {
+    pub prompt: Vec<i64>,
+    pub answer: Vec<i64>,
+    pub desirable: bool,
+}
+
+impl KtoRow {
+    fn row(prompt: &[i64], answer: &[i64]) -> Row {
+        PairRows::new(prompt, answer, &[]).chosen
+    }
+}
+
+impl Example for KtoRow {
+    fn tokens(&self) -> usize {
+        self.prompt.len() + self.answer.len()
+    }
+
+    /// The rows (prompt + answer, labels on the answer) with their desirability, and beside them
+    /// the KL rows KTO estimates its reference point from: each prompt with the previous row's
+    /// answer (the last answer for the first prompt), as TRL builds them.
+    fn collate(items: &[&Self], pad_id: i64, _pad_to: Option<usize>) -> HostBatch {
+        let rows: Vec<Row> = items.iter().map(|k| Self::row(&k.prompt, &k.answer)).collect();
+        let n = items.len();
+        let kl: Vec<Row> = (0..n).map(|i| Self::row(&items[i].prompt, &items[(i + n - 1) % n].answer)).collect();
+        let mut batch = collate(&rows.iter().collect::<Vec<_>>(), pad_id, None);
+        batch.desirable = Some(items.iter().map(|k| k.desirable).collect());
+        batch.kl_rows = Some(Box::new(collate(&kl.iter().collect::<Vec<_>>(), pad_id, None)));
+        batch
+    }
+
+    fn digest_into(&self, out: &mut Vec<u8>) {
+        Self::row(&self.prompt, &self.answer).digest_into(out);
+        out.push(u8::from(self.desirable));
+    }
+}
+
 /// A padded batch on the host, row-major [rows, len].
 #[derive(Debug, Clone)]
 pub struct HostBatch {
@@ -167,6 +206,10 @@ pub struct HostBatch {
     pub reference_logps: Option<Vec<f32>>,
     /// The id rows are padded with.
     pub pad_id: i64,
+    /// KTO: whether each row's answer is desirable.
+    pub desirable: Option<Vec<bool>>,
+    /// KTO: the mismatched prompt-answer rows of its KL estimate, scored without gradients.
+    pub kl_rows: Option<Box<HostBatch>>,
 }
 
 /// Pads rows to the longest of them (or to `pad_to`) with `pad_id`, labels -100, segment 0.
@@ -185,6 +228,8 @@ pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
         row_lengths: rows.iter().map(|r| r.len()).collect(),
         reference_logps: None,
         pad_id,
+        desirable: None,
+        kl_rows: None,
     };
     for r in rows {
         let pad = len - r.len();

@@ -36,6 +36,9 @@ pub struct Pair {
     pub prompt_ids: Vec<i64>,
     pub chosen_ids: Vec<i64>,
     pub rejected_ids: Vec<i64>,
+    /// KTO's unpaired rows: the one answer (in `chosen`; `rejected` empty) and whether it is
+    /// desirable. None for pairs.
+    pub desirable: Option<bool>,
 }
 
 impl Pair {
@@ -77,7 +80,7 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.data.seed);
     let mut pairs = mix(per_dataset, &mut rng, &mut report);
     if !test.is_empty() {
-        let key = |p: &Pair| (p.prompt_ids.clone(), p.chosen_ids.clone(), p.rejected_ids.clone());
+        let key = |p: &Pair| (p.prompt_ids.clone(), p.chosen_ids.clone(), p.rejected_ids.clone(), p.desirable);
         let held: std::collections::HashSet<_> = test.iter().map(key).collect();
         let before = pairs.len();
         pairs.retain(|p| !held.contains(&key(p)));
@@ -109,6 +112,7 @@ fn dataset_pairs(
     let own_template = match &d.entry {
         DatasetConfig::Preference(entry) => entry.chat_template,
         DatasetConfig::BradleyTerry(entry) => entry.chat_template,
+        DatasetConfig::Kto(_) => None,
         _ => {
             return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
         }
@@ -147,14 +151,19 @@ fn dataset_pairs(
                         render(template, special, &p.prompt, Some((&p.rejected, &prompt)))?,
                     )
                 }
+                _ if p.desirable.is_some() => (text(&p.prompt), text(&p.chosen), String::new()),
                 _ => (text(&p.prompt), text(&p.chosen), text(&p.rejected)),
             };
-            // A pair must be able to teach something: two answers, and different ones.
-            if chosen.trim().is_empty() || rejected.trim().is_empty() {
+            // A pair must be able to teach something: two answers, and different ones; an unpaired
+            // row, its one answer.
+            if p.desirable.is_some() {
+                if chosen.trim().is_empty() {
+                    return Err("the answer is empty".into());
+                }
+            } else if chosen.trim().is_empty() || rejected.trim().is_empty() {
                 let which = if chosen.trim().is_empty() { "chosen" } else { "rejected" };
                 return Err(format!("the {which} answer is empty"));
-            }
-            if chosen == rejected {
+            } else if chosen == rejected {
                 return Err("the chosen and the rejected answer are the same".into());
             }
             let mut prompt_ids: Vec<i64> =
@@ -167,13 +176,24 @@ fn dataset_pairs(
             }
             let answer = |t: &str| -> Result<Vec<i64>, String> {
                 let mut ids = if reward { tok.encode(&format!("{prompt}{t}"))? } else { tok.encode(t)? };
-                if eos_after {
+                // EOS once, as TRL appends it to answers that do not already end with it.
+                if eos_after && ids.last().copied() != tok.eos() {
                     ids.extend(tok.eos());
                 }
                 Ok(ids)
             };
-            let (chosen_ids, rejected_ids) = (answer(&chosen)?, answer(&rejected)?);
-            Ok(Pair { origin: origin.clone(), prompt, chosen, rejected, prompt_ids, chosen_ids, rejected_ids })
+            let chosen_ids = answer(&chosen)?;
+            let rejected_ids = if p.desirable.is_some() { Vec::new() } else { answer(&rejected)? };
+            Ok(Pair {
+                origin: origin.clone(),
+                prompt,
+                chosen,
+                rejected,
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+                desirable: p.desirable,
+            })
         })
         .zip(formatted.par_iter())
         .map(|(pair, (origin, _))| pair.map_err(|e| format!("{origin}: {e}")))
@@ -199,7 +219,7 @@ fn dataset_pairs(
                 ExcessLength::Truncate if pair.prompt_ids.len() < seq_len => {
                     let room = seq_len - pair.prompt_ids.len();
                     pair.chosen_ids.truncate(room);
-                    pair.rejected_ids.truncate(room);
+                    pair.rejected_ids.truncate(room.min(pair.rejected_ids.len()));
                     c.truncated += 1;
                 }
                 ExcessLength::Truncate => {

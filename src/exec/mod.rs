@@ -265,6 +265,37 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
     })
 }
 
+/// KTO's rows: unpaired rows as they are, and every pair unpaired into its prompt with the chosen
+/// answer (desirable) and with the rejected one (undesirable), as TRL's KTOTrainer unpairs a paired
+/// dataset.
+fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::KtoRow>, String> {
+    let prepared = data::preference::prepare(plan, tok, base_dir)?;
+    let rows = |pairs: &[data::preference::Pair]| -> Vec<packing::KtoRow> {
+        let row = |p: &data::preference::Pair, answer: &Vec<i64>, desirable| packing::KtoRow {
+            prompt: p.prompt_ids.clone(),
+            answer: answer.clone(),
+            desirable,
+        };
+        pairs
+            .iter()
+            .flat_map(|p| match p.desirable {
+                Some(desirable) => vec![row(p, &p.chosen_ids, desirable)],
+                None => vec![row(p, &p.chosen_ids, true), row(p, &p.rejected_ids, false)],
+            })
+            .collect()
+    };
+    let train = rows(&prepared.train);
+    let seq_len = plan.batch.sequence_len as usize;
+    let tokens: usize = train.iter().map(packing::Example::tokens).sum();
+    Ok(TrainingData {
+        efficiency: tokens as f64 / (train.len() * seq_len).max(1) as f64,
+        validation: rows(&prepared.validation),
+        sample_prompt: prepared.validation.first().or(prepared.train.first()).map(|p| p.prompt_ids.clone()),
+        train,
+        report: prepared.report,
+    })
+}
+
 /// What the executor does not build yet, refused by name (validate and plan report these first,
 /// at the recipe's keys; this is the last line of defence).
 fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
@@ -274,7 +305,7 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     if let Some(p) = &plan.training.preference {
         use crate::config::training::RlMethod;
         if plan.adapter.method == AdapterMethod::Full
-            && matches!(p.method, RlMethod::Dpo | RlMethod::Ipo)
+            && matches!(p.method, RlMethod::Dpo | RlMethod::Ipo | RlMethod::Kto)
             && p.reference != crate::plan::training::ReferenceStrategy::Precomputed
         {
             return Err("rl: with a full fine-tune needs a frozen reference copy, which is not built yet; set \
@@ -471,8 +502,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
                 RlMethod::Ipo => (PreferenceLoss::Ipo, p.beta),
                 RlMethod::Simpo => (PreferenceLoss::Simpo { gamma: p.simpo_gamma, cpo_alpha: p.cpo_alpha }, p.beta),
                 RlMethod::Orpo => (PreferenceLoss::Orpo, p.orpo_alpha),
+                RlMethod::Kto => {
+                    let kto = objective::Kto {
+                        beta: p.beta,
+                        desirable_weight: p.kto_desirable_weight,
+                        undesirable_weight: p.kto_undesirable_weight,
+                    };
+                    return train_on(plan, opts, &rt, &kto, kto_data, nothing_before_training);
+                }
             };
-            let preference = objective::Preference { loss, beta };
+            let preference = objective::Preference { loss, beta, use_weighting: p.use_weighting };
             train_on(plan, opts, &rt, &preference, preference_data, precompute_references)
         }
     }

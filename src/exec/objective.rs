@@ -24,6 +24,10 @@ pub struct DeviceBatch {
     /// The padding token (None: rows are not padded). A reward model reads each row's score at
     /// its last token that is not this one, as transformers' `…ForSequenceClassification` does.
     pub pad_id: Option<i64>,
+    /// KTO: whether each row's answer is desirable [B] (bool).
+    pub desirable: Option<Tensor>,
+    /// KTO: the KL rows (each prompt with another row's answer), scored without gradients.
+    pub kl_rows: Option<Box<DeviceBatch>>,
 }
 
 impl DeviceBatch {
@@ -49,6 +53,8 @@ impl DeviceBatch {
                 Tensor::from_slice(&b.row_lengths.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device),
             ),
             pad_id: Some(b.pad_id),
+            desirable: b.desirable.as_ref().map(|d| Tensor::from_slice(d).to_device(device)),
+            kl_rows: b.kl_rows.as_ref().map(|k| Box::new(DeviceBatch::upload(k, device))),
         }
     }
 
@@ -62,6 +68,8 @@ impl DeviceBatch {
             reference_logps: None,
             lengths: None,
             pad_id: None,
+            desirable: None,
+            kl_rows: None,
         }
     }
 
@@ -157,6 +165,10 @@ pub struct Preference {
     pub loss: PreferenceLoss,
     /// β of DPO, IPO and SimPO; ORPO's odds-ratio weight (`orpo_alpha`).
     pub beta: f64,
+    /// DPO / IPO: weigh each pair's loss as WPO does (`dpo_use_weighting`, TRL's `use_weighting`): by
+    /// w(chosen) · w(rejected), w = exp(mean over answer tokens of log p(token) − log Σ_v p(v)²),
+    /// without gradients.
+    pub use_weighting: bool,
 }
 
 /// Per-token log-probabilities of the next tokens [N, T-1] under logits [N, T, V], with the
@@ -165,11 +177,14 @@ struct TokenLogps {
     answer: Tensor,
     answer_mask: Tensor,
     real: Option<(Tensor, Tensor)>,
+    /// log Σ_v p(v)² at each position (WPO's weights), when asked for.
+    log_sum_sq: Option<Tensor>,
 }
 
-fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> TokenLogps {
+fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool, sum_sq: bool) -> TokenLogps {
     let t = logits.size()[1];
     let log_probs = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
+    let log_sum_sq = sum_sq.then(|| (log_probs.detach() * 2.0).logsumexp(-1, false));
     let gather = |ids: &Tensor, mask: &Tensor| {
         let safe = ids.where_scalarother(mask, 0);
         log_probs.gather(2, &safe.unsqueeze(-1), false).squeeze_dim(-1)
@@ -186,12 +201,12 @@ fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> Tok
         };
         (gather(&next, &mask), mask.to_kind(Kind::Float))
     });
-    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real }
+    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real, log_sum_sq }
 }
 
 /// Summed answer log-probabilities per row.
 fn sequence_logps(logits: &Tensor, batch: &DeviceBatch) -> Tensor {
-    let t = token_logps(logits, batch, false);
+    let t = token_logps(logits, batch, false, false);
     (t.answer * t.answer_mask).sum_dim_intlist(1, false, Kind::Float)
 }
 
@@ -229,7 +244,7 @@ impl Objective for Preference {
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
         let logits = model.head(hidden, train);
         let orpo = self.loss == PreferenceLoss::Orpo;
-        let tokens = token_logps(&logits, batch, orpo);
+        let tokens = token_logps(&logits, batch, orpo, self.use_weighting);
         let sums = (&tokens.answer * &tokens.answer_mask).sum_dim_intlist(1, false, Kind::Float);
         let lengths = tokens.answer_mask.sum_dim_intlist(1, false, Kind::Float);
         let n = sums.size()[0] / 2;
@@ -260,6 +275,15 @@ impl Objective for Preference {
                     let delta =
                         &chosen_ratio / chosen_len.clamp_min(1.0) - &rejected_ratio / rejected_len.clamp_min(1.0);
                     (delta - 1.0 / (2.0 * self.beta)).square()
+                };
+                let per_pair = match &tokens.log_sum_sq {
+                    Some(log_sum_sq) => {
+                        let aligned = (tokens.answer.detach() - log_sum_sq) * &tokens.answer_mask;
+                        let weights = (aligned.sum_dim_intlist(1, false, Kind::Float) / lengths.clamp_min(1.0)).exp();
+                        let (chosen_w, rejected_w) = half(&weights);
+                        per_pair * chosen_w * rejected_w
+                    }
+                    None => per_pair,
                 };
                 (per_pair, chosen_ratio, rejected_ratio, zero(), None)
             }
@@ -362,6 +386,108 @@ impl Objective for Preference {
             ]),
             _ => {}
         }
+        out
+    }
+}
+
+/// KTO, as TRL 1.16's KTOTrainer (`loss_type="kto"`) defines it: each row is a prompt with one
+/// answer, desirable or not. With r = β (log π(answer) − log π_ref(answer)) summed over answer
+/// tokens and z the micro-batch's KL estimate (mean log-ratio of its KL rows, each prompt paired
+/// with another row's answer, without gradients, clamped at 0), a desirable row's loss is
+/// `w_d (1 − σ(r − β z))` and an undesirable one's `w_u (1 − σ(β z − r))`; the loss is their mean.
+/// The reference is the policy with its adapters switched off. TRL also averages z over the ranks
+/// of a step; recipe keeps it per micro-batch, so N ranks equal one rank with accumulation N.
+pub struct Kto {
+    pub beta: f64,
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+}
+
+/// Metric sums of a KTO batch, in this order (`Kto::metrics` reads them).
+const KTO_SUMS: usize = 13;
+
+impl Objective for Kto {
+    fn units(&self, batch: &HostBatch) -> usize {
+        batch.rows
+    }
+
+    fn metric_sums(&self) -> usize {
+        KTO_SUMS
+    }
+
+    fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
+        let desirable = batch.desirable.as_ref().expect("KTO batches say which answers are desirable");
+        let kl_rows = batch.kl_rows.as_ref().expect("KTO batches carry their KL rows");
+        let logits = model.head(hidden, train);
+        let logps = sequence_logps(&logits, batch);
+        let reference = reference_logps(model, batch);
+        let (kl_logps, kl_reference) = tch::no_grad(|| {
+            let h = model.hidden_states(&kl_rows.inputs(), false);
+            (sequence_logps(&model.head(&h, false), kl_rows), reference_logps(model, kl_rows))
+        });
+        let kl = (kl_logps - kl_reference).mean(Kind::Float).clamp_min(0.0).detach();
+        let ratio = &logps - &reference;
+        let d = desirable.to_kind(Kind::Float);
+        let u = 1.0 - &d;
+        let desirable_losses = 1.0 - ((&ratio - &kl) * self.beta).sigmoid();
+        let undesirable_losses = 1.0 - ((&kl - &ratio) * self.beta).sigmoid();
+        let per_row =
+            &desirable_losses * &d * self.desirable_weight + &undesirable_losses * &u * self.undesirable_weight;
+        let rewards = ratio.detach() * self.beta;
+        let logps = logps.detach();
+        let sum = |t: &Tensor| t.sum(Kind::Float);
+        // Per answer token: the vocabulary-mean logit and the entropy of the next-token distribution.
+        let t = logits.size()[1];
+        let shifted = logits.detach().narrow(1, 0, t - 1);
+        let answer_mask = batch.labels.narrow(1, 1, t - 1).ne(-100).to_kind(Kind::Float);
+        let mean_logits = shifted.mean_dim(-1, false, Kind::Float) * &answer_mask;
+        let log_probs = shifted.log_softmax(-1, Kind::Float);
+        let entropy = -(log_probs.exp() * &log_probs).sum_dim_intlist(-1, false, Kind::Float) * &answer_mask;
+        let row_logits = mean_logits.sum_dim_intlist(1, false, Kind::Float);
+        let row_tokens = answer_mask.sum_dim_intlist(1, false, Kind::Float);
+        let rows = d.size()[0] as f64;
+        let metrics = Tensor::stack(
+            &[
+                &kl * rows,
+                sum(&d),
+                sum(&u),
+                sum(&(&rewards * &d)),
+                sum(&(&rewards * &u)),
+                sum(&(&logps * &d)),
+                sum(&(&logps * &u)),
+                sum(&(&row_logits * &d)),
+                sum(&(&row_tokens * &d)),
+                sum(&(&row_logits * &u)),
+                sum(&(&row_tokens * &u)),
+                sum(&entropy),
+                sum(&answer_mask),
+            ],
+            0,
+        );
+        LossSums { loss: per_row.sum(Kind::Float), metrics: Some(metrics) }
+    }
+
+    /// TRL's names: `kl`, `rewards/chosen` / `rejected` / `margins`, `logps/*`, `logits/*` and
+    /// `entropy`; a side without rows in the step is left out, as TRL does.
+    fn metrics(&self, s: &[f64], rows: f64) -> Vec<(&'static str, f64)> {
+        let mut out = vec![("kl", s[0] / rows.max(1.0))];
+        let (chosen, rejected) = (s[1], s[2]);
+        if chosen > 0.0 {
+            out.extend([("rewards/chosen", s[3] / chosen), ("logps/chosen", s[5] / chosen)]);
+        }
+        if rejected > 0.0 {
+            out.extend([("rewards/rejected", s[4] / rejected), ("logps/rejected", s[6] / rejected)]);
+        }
+        if chosen > 0.0 && rejected > 0.0 {
+            out.push(("rewards/margins", s[3] / chosen - s[4] / rejected));
+        }
+        if s[8] > 0.0 {
+            out.push(("logits/chosen", s[7] / s[8]));
+        }
+        if s[10] > 0.0 {
+            out.push(("logits/rejected", s[9] / s[10]));
+        }
+        out.push(("entropy", s[11] / s[12].max(1.0)));
         out
     }
 }

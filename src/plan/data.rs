@@ -186,6 +186,9 @@ fn plan_datasets(
                 DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) => {
                     "preference pairs: the chosen and the rejected answer scored, the prompt masked".to_string()
                 }
+                DatasetConfig::Kto(_) => {
+                    "unpaired KTO rows: the answer scored (desirable or not, by `label`), the prompt masked".to_string()
+                }
                 _ => prompt.to_string(),
             };
             DatasetPlan {

@@ -38,6 +38,7 @@ use super::{group, quantize};
 use crate::config::Config;
 use crate::config::distributed::FsdpOption;
 use crate::config::training::Optimizer;
+use crate::config::training::RlMethod;
 use serde::Serialize;
 
 pub const GIB: u64 = 1 << 30;
@@ -180,7 +181,10 @@ fn breakdown(
     }
 
     // Preference training puts each pair's chosen and rejected sequences through the model.
-    let sequences_per_example = if c.training.rl.is_some() || c.training.reward_model { 2 } else { 1 };
+    // A pair is two sequences; KTO's rows are single answers (their mismatched KL rows run without
+    // gradients, like the reference pass).
+    let pairs = matches!(c.training.rl, Some(rl) if rl != RlMethod::Kto) || c.training.reward_model;
+    let sequences_per_example = if pairs { 2 } else { 1 };
     let tokens = sequences_per_example * u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
@@ -214,9 +218,8 @@ fn breakdown(
             format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
         );
     }
-    use crate::config::training::RlMethod;
-    let reference_pass =
-        matches!(c.training.rl, Some(RlMethod::Dpo | RlMethod::Ipo)) && !c.training.precompute_ref_log_probs;
+    let reference_pass = matches!(c.training.rl, Some(RlMethod::Dpo | RlMethod::Ipo | RlMethod::Kto))
+        && !c.training.precompute_ref_log_probs;
     if reference_pass {
         // The reference pass (adapters off, no graph) while the policy's graph is alive: one layer's
         // activations at a time and its logits with their fp32 log-softmax.

@@ -305,9 +305,10 @@ pub fn render_text(plan: &Plan) -> String {
             }
             _ => "reference: the base with the adapter switched off (no second copy)",
         };
+        let weighting = if p.use_weighting { ", each pair weighted as WPO (dpo_use_weighting)" } else { "" };
         let status = match p.method {
-            RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO; {reference}"),
-            RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages); {reference}"),
+            RlMethod::Dpo => format!("loss -log σ(β Δ) as TRL's sigmoid DPO{weighting}; {reference}"),
+            RlMethod::Ipo => format!("loss (Δ̄ - 1/(2β))² as TRL's IPO (per-token averages){weighting}; {reference}"),
             RlMethod::Simpo => format!(
                 "loss -log σ(β (c̄ - r̄) - γ) + cpo_alpha · NLL as TRL's CPO trainer (simpo), γ {}, cpo_alpha {}; no \
                  reference model",
@@ -317,6 +318,12 @@ pub fn render_text(plan: &Plan) -> String {
                 "loss NLL(chosen) - α · log σ(log odds ratio) as TRL's ORPO trainer, α (orpo_alpha) {}; no reference \
                  model",
                 p.orpo_alpha
+            ),
+            RlMethod::Kto => format!(
+                "each pair unpaired into a desirable and an undesirable answer; loss 1 - σ(β (log ratio - KL)) for \
+                 desirable, 1 - σ(β (KL - log ratio)) for undesirable answers (weights {} / {}), KL estimated per \
+                 micro-batch from prompts with mismatched answers, as TRL's KTOTrainer; {reference}",
+                p.kto_desirable_weight, p.kto_undesirable_weight
             ),
         };
         let beta = if p.method == RlMethod::Orpo { String::new() } else { format!(", beta {}", p.beta) };

@@ -55,6 +55,11 @@ pub struct PreferencePlan {
     pub simpo_gamma: f64,
     /// SimPO's language-modelling weight (`cpo_alpha`).
     pub cpo_alpha: f64,
+    /// DPO / IPO: WPO's weighting of each pair's loss (`dpo_use_weighting`).
+    pub use_weighting: bool,
+    /// KTO's weights of the desirable and undesirable answers' losses.
+    pub kto_desirable_weight: f64,
+    pub kto_undesirable_weight: f64,
 }
 
 impl TrainingPlan {
@@ -147,6 +152,9 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
             orpo_alpha: t.orpo_alpha.unwrap_or(0.1),
             simpo_gamma: t.simpo_gamma.unwrap_or(0.5),
             cpo_alpha: t.cpo_alpha.unwrap_or(1.0),
+            use_weighting: t.dpo_use_weighting,
+            kto_desirable_weight: t.kto_desirable_weight.unwrap_or(1.0),
+            kto_undesirable_weight: t.kto_undesirable_weight.unwrap_or(1.0),
         }),
         reward: t.reward_model.then(|| RewardPlan { center_rewards_coefficient: t.center_rewards_coefficient }),
         optimizer: OptimizerPlan {
