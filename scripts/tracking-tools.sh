@@ -16,10 +16,13 @@ case "${1:-}" in
   *) echo "usage: $0 tensorboard|mlflow|wandb" >&2; exit 2 ;;
 esac
 prefix="$RECIPE_CACHE/${spec/==/-}"
+mkdir -p "$RECIPE_CACHE"
+# Tests run side by side: one installs, the others wait for it.
+exec 9>"$prefix.lock"
+flock 9
 if [ ! -f "$prefix/.complete" ]; then
   echo "installing $spec from PyPI into $prefix (once)" >&2
   rm -rf "$prefix"
-  mkdir -p "$RECIPE_CACHE"
   python3 -m pip install --quiet --disable-pip-version-check --no-input --target "$prefix" "$spec" >&2
   python3 -m compileall -q -j 0 "$prefix" >/dev/null 2>&1 || true
   touch "$prefix/.complete"
