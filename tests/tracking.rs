@@ -161,8 +161,26 @@ fn bad_tracking_keys_are_errors_at_the_key() {
     let found = located(&validate_json(&path, &[]));
     assert_eq!(found, [("wandb-offline".into(), "wandb_project".into(), line_of(&path, "wandb_project"))]);
     let path =
-        write_recipe(dir.path(), "max_steps: 2\nwandb_project: p\nwandb_mode: disabled\nwandb_log_model: false\n");
+        write_recipe(dir.path(), "max_steps: 2\nwandb_mode: disabled\nwandb_log_model: false\nuse_mlflow: false\n");
     assert_eq!(located(&validate_json(&path, &[])), []);
+    // A tracker switched off explicitly: its other keys have no effect.
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 2\nwandb_project: p\nwandb_mode: disabled\nuse_mlflow: false\nmlflow_tracking_uri: http://h:1\n",
+    );
+    let found = validate_json(&path, &[]);
+    let messages: Vec<&str> = found
+        .iter()
+        .filter(|d| d["rule"] == "tracker-key-without-switch")
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "`wandb_project` has no effect: `wandb_mode: disabled` turns W&B off",
+            "`mlflow_tracking_uri` has no effect: `use_mlflow: false` turns MLflow off"
+        ]
+    );
 }
 
 #[test]

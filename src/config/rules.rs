@@ -474,33 +474,53 @@ impl Rules<'_> {
         let written = |key: &str| {
             self.at.entry(key).is_some_and(|e| !matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
         };
-        let mut orphans: Vec<(&str, &str, String)> = Vec::new();
+        // A tracker's keys while it is off: the key, the switch involved, what is wrong, the fix.
+        let mut orphans: Vec<(&str, &str, String, String)> = Vec::new();
+        let off_by = |switch: &str, tracker: &str| format!("`{switch}` turns {tracker} off");
         if written("logging_dir") && !t.tensorboard() {
-            orphans.push(("logging_dir", "use_tensorboard", "TensorBoard is off: set use_tensorboard: true".into()));
+            let why = if t.use_tensorboard == Some(false) {
+                off_by("use_tensorboard: false", "TensorBoard")
+            } else {
+                "it needs `use_tensorboard: true`".into()
+            };
+            orphans.push(("logging_dir", "use_tensorboard", why, "set use_tensorboard: true".into()));
         }
-        let mlflow_keys = ["use_mlflow", "mlflow_experiment_name", "mlflow_run_name", "hf_mlflow_log_artifacts"];
-        for key in mlflow_keys.into_iter().filter(|k| written(k)) {
-            if t.mlflow_tracking_uri.is_none() {
-                let help = "set mlflow_tracking_uri to the MLflow server, e.g. http://127.0.0.1:5000".to_string();
-                orphans.push((key, "mlflow_tracking_uri", help));
-            } else if t.use_mlflow == Some(false) {
-                orphans.push((key, "use_mlflow", "remove use_mlflow: false to log to MLflow".into()));
+        let mlflow_keys = ["use_mlflow", "mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name"];
+        for key in mlflow_keys.into_iter().chain(["hf_mlflow_log_artifacts"]).filter(|k| written(k)) {
+            if t.use_mlflow == Some(false) {
+                let why = off_by("use_mlflow: false", "MLflow");
+                orphans.push((key, "use_mlflow", why, "remove use_mlflow: false to log to MLflow".into()));
+            } else if t.mlflow_tracking_uri.is_none() {
+                let why = "it needs `mlflow_tracking_uri` (the MLflow server)".to_string();
+                let fix = "set mlflow_tracking_uri, e.g. http://127.0.0.1:5000".to_string();
+                orphans.push((key, "mlflow_tracking_uri", why, fix));
             }
         }
-        let wandb_keys = ["use_wandb", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode", "wandb_log_model"];
-        for key in wandb_keys.into_iter().filter(|k| written(k)) {
-            let off = (key == "wandb_mode" && t.wandb_mode == Some(WandbMode::Disabled))
+        let wandb_keys = ["use_wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode"];
+        for key in wandb_keys.into_iter().chain(["wandb_log_model"]).filter(|k| written(k)) {
+            // The switches that turn W&B off are what they say.
+            let switch_off = (key == "wandb_mode" && t.wandb_mode == Some(WandbMode::Disabled))
                 || (key == "wandb_log_model" && t.wandb_log_model == Some(WandbLogModel::Off));
-            if t.wandb_project.is_none() && !off {
-                orphans.push((key, "wandb_project", "set wandb_project (setting it turns W&B on)".into()));
+            if switch_off {
+                continue;
+            }
+            if t.use_wandb == Some(false) {
+                let why = off_by("use_wandb: false", "W&B");
+                orphans.push((key, "use_wandb", why, "remove use_wandb: false to log to W&B".into()));
+            } else if t.wandb_mode == Some(WandbMode::Disabled) {
+                let why = off_by("wandb_mode: disabled", "W&B");
+                orphans.push((key, "wandb_mode", why, "write wandb_mode: offline to log to W&B".into()));
+            } else if t.wandb_project.is_none() {
+                let why = "it needs `wandb_project` (setting it turns W&B on)".to_string();
+                orphans.push((key, "wandb_project", why, "set wandb_project".into()));
             }
         }
-        for (key, switch, help) in orphans {
+        for (key, switch, why, fix) in orphans {
             self.error(
                 "tracker-key-without-switch",
-                format!("`{key}` is set but its tracker is off (see `{switch}`), so it would have no effect"),
+                format!("`{key}` has no effect: {why}"),
                 &[key, switch],
-                &format!("{help}, or remove {key}"),
+                &format!("{fix}, or remove {key}"),
             );
         }
         if let (Some(uri), Some(span)) = (&t.mlflow_tracking_uri, self.at.value_span("mlflow_tracking_uri"))
