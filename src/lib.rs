@@ -10,6 +10,7 @@ pub mod data;
 pub mod launch;
 pub mod plan;
 pub mod recipe;
+pub mod track;
 
 #[cfg(feature = "exec")]
 pub mod exec;

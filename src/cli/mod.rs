@@ -95,6 +95,10 @@ enum Command {
         /// checks of shapes nobody downloads: only config.json and the tokenizer are read).
         #[arg(long)]
         random_weights: bool,
+        /// Fail when a tracker (TensorBoard, MLflow, W&B) cannot start, instead of warning and
+        /// training without it.
+        #[arg(long)]
+        deny_warnings: bool,
         #[command(flatten)]
         launch: run::LaunchArgs,
     },
@@ -195,11 +199,12 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         #[cfg(feature = "exec")]
-        Command::Run { recipe, device, no_progress, stop_after, random_weights, launch } => {
+        Command::Run { recipe, device, no_progress, stop_after, random_weights, deny_warnings, launch } => {
             if launch.nproc_per_node.is_some() {
                 return run::spawn_ranks(&launch);
             }
-            run::train(&recipe, &cli.set, &device, !no_progress, stop_after, random_weights)
+            let flags = run::RunFlags { progress: !no_progress, stop_after, random_weights, deny_warnings };
+            run::train(&recipe, &cli.set, &device, flags)
         }
         #[cfg(feature = "exec")]
         Command::Generate { target, prompt, max_new_tokens, temperature, top_p, seed, device } => {

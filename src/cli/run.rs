@@ -136,14 +136,16 @@ fn rank_device(text: &str, process: &crate::launch::ProcessEnv) -> Result<tch::D
     }
 }
 
-pub fn train(
-    recipe: &Path,
-    overrides: &[String],
-    device_name: &str,
-    progress: bool,
-    stop_after: Option<u64>,
-    random_weights: bool,
-) -> ExitCode {
+/// `recipe run`'s switches.
+pub struct RunFlags {
+    pub progress: bool,
+    pub stop_after: Option<u64>,
+    pub random_weights: bool,
+    pub deny_warnings: bool,
+}
+
+pub fn train(recipe: &Path, overrides: &[String], device_name: &str, flags: RunFlags) -> ExitCode {
+    let RunFlags { progress, stop_after, random_weights, deny_warnings } = flags;
     let process = match crate::launch::ProcessEnv::from_env() {
         Ok(p) => p,
         Err(e) => {
@@ -195,7 +197,7 @@ pub fn train(
             plan.batch.total_steps.map_or("data-dependent".into(), |s| s.to_string())
         );
     }
-    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights, process };
+    let opts = RunOptions { device, progress, stop_after, sample_tokens: 48, random_weights, process, deny_warnings };
     match exec::run(&plan, &opts) {
         Ok(r) => {
             if is_main {
@@ -288,6 +290,9 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     }
     if let Some((prompt, text)) = &r.sample {
         println!("sample     {prompt:?} → {text:?}");
+    }
+    for (i, line) in r.tracking.iter().enumerate() {
+        println!("{}{line}", if i == 0 { "tracked    " } else { "           " });
     }
     println!("outputs    {}", r.output_dir.display());
     for p in &r.outputs {

@@ -3,7 +3,7 @@
 //! `recipe` reads Axolotl-style YAML recipes strictly: every top-level key
 //! must be one that recipe implements itself. Axolotl accepts several hundred
 //! more keys, and published Axolotl configs routinely carry many of them,
-//! often left empty (`debug:`, `wandb_project:`) or set to Axolotl's default
+//! often left empty (`debug:`, `wandb_watch:`) or set to Axolotl's default
 //! (`strict: false`). This table lists those keys so that validation can
 //! tell "an Axolotl option recipe does not support" (or "an integration that
 //! is off") apart from a misspelt key, accept the inert spellings, and
@@ -215,7 +215,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "greater_is_better", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "group_by_length", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "heads_k_stride", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "hf_mlflow_log_artifacts", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "hf_use_auth_token", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "hub_model_id", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "hub_revision", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
@@ -274,9 +273,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "merge_method", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("memory_efficient"), alternative: None },
     AxolotlKey { name: "metric_for_best_model", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "min_sample_len", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "mlflow_experiment_name", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "mlflow_run_name", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "mlflow_tracking_uri", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "model_config", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "model_config_type", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `model_type` instead") },
     AxolotlKey { name: "model_kwargs", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
@@ -394,20 +390,11 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "use_comet", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_eaft", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_kernels", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "use_mlflow", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_otel_metrics", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_pose", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_ray", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "use_tensorboard", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_trackio", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "use_wandb", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "vllm", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "wandb_entity", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "wandb_log_model", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "wandb_mode", kind: AxolotlKeyKind::Integration, inert: Inert::NullOr("disabled"), alternative: None },
-    AxolotlKey { name: "wandb_name", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "wandb_project", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "wandb_run_id", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "wandb_watch", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "world_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "xformers_attention", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("use `attn_implementation` instead") },
@@ -631,6 +618,20 @@ mod tests {
         "ddp_bucket_cap_mb",
         "ddp_broadcast_buffers",
         "ddp_find_unused_parameters",
+        "use_tensorboard",
+        "logging_dir",
+        "use_mlflow",
+        "mlflow_tracking_uri",
+        "mlflow_experiment_name",
+        "mlflow_run_name",
+        "hf_mlflow_log_artifacts",
+        "use_wandb",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_name",
+        "wandb_run_id",
+        "wandb_mode",
+        "wandb_log_model",
     ];
 
     #[test]
@@ -693,9 +694,9 @@ mod tests {
         // Not `fsdp`: sharded training is not built into `recipe run` either.
         assert_eq!(deepspeed.alternative, None);
 
-        let wandb = lookup("wandb_project").unwrap();
-        assert_eq!(wandb.kind, AxolotlKeyKind::Integration);
-        assert_eq!(wandb.inert, Inert::Null);
+        let watch = lookup("wandb_watch").unwrap();
+        assert_eq!(watch.kind, AxolotlKeyKind::Integration);
+        assert_eq!(watch.inert, Inert::Null);
 
         assert_eq!(lookup("strict").unwrap().inert, Inert::NullOrFalse);
         assert_eq!(lookup("hf_use_auth_token").unwrap().inert, Inert::NullOrFalse);

@@ -15,6 +15,7 @@ pub mod model;
 pub mod quantization;
 pub mod rules;
 pub mod schema;
+pub mod tracking;
 pub mod training;
 
 use schemars::JsonSchema;
@@ -27,6 +28,7 @@ pub use distributed::DistributedConfig;
 pub use logging::LoggingConfig;
 pub use model::ModelConfig;
 pub use quantization::QuantizationConfig;
+pub use tracking::TrackingConfig;
 pub use training::TrainingConfig;
 
 /// The recipe format version this build reads.
@@ -63,6 +65,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(flatten)]
     pub distributed: DistributedConfig,
+    #[serde(flatten)]
+    pub tracking: TrackingConfig,
 }
 
 /// A section with every key absent: its serde defaults, so `Default` and a recipe that leaves a

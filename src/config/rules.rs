@@ -25,6 +25,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.chat_template(config);
     out.preference(config);
     out.distributed(config);
+    out.tracking(config);
     out.not_built(config);
     out.locations(config);
     out.hyperparameter_table(config);
@@ -460,6 +461,112 @@ impl Rules<'_> {
                 "`fsdp_config` is set but `fsdp` is empty, so sharding is off".into(),
                 &["fsdp_config", "fsdp"],
                 "add e.g. `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
+            );
+        }
+    }
+
+    /// Experiment tracking (config/tracking.rs): each tracker's keys need its switch, the MLflow
+    /// server is an http(s) URL, and what is not built (W&B online, model artifacts) is refused.
+    fn tracking(&mut self, c: &Config) {
+        use super::tracking::{WandbLogModel, WandbMode};
+        let t = &c.tracking;
+        // A key that is written and not `false` (a `false` switch is harmless anywhere).
+        let written = |key: &str| {
+            self.at.entry(key).is_some_and(|e| !matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
+        };
+        // A tracker's keys while it is off: the key, the switch involved, what is wrong, the fix.
+        let mut orphans: Vec<(&str, &str, String, String)> = Vec::new();
+        let off_by = |switch: &str, tracker: &str| format!("`{switch}` turns {tracker} off");
+        if written("logging_dir") && !t.tensorboard() {
+            let why = if t.use_tensorboard == Some(false) {
+                off_by("use_tensorboard: false", "TensorBoard")
+            } else {
+                "it needs `use_tensorboard: true`".into()
+            };
+            orphans.push(("logging_dir", "use_tensorboard", why, "set use_tensorboard: true".into()));
+        }
+        let mlflow_keys = ["use_mlflow", "mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name"];
+        for key in mlflow_keys.into_iter().chain(["hf_mlflow_log_artifacts"]).filter(|k| written(k)) {
+            if t.use_mlflow == Some(false) {
+                let why = off_by("use_mlflow: false", "MLflow");
+                orphans.push((key, "use_mlflow", why, "remove use_mlflow: false to log to MLflow".into()));
+            } else if t.mlflow_tracking_uri.is_none() {
+                let why = "it needs `mlflow_tracking_uri` (the MLflow server)".to_string();
+                let fix = "set mlflow_tracking_uri, e.g. http://127.0.0.1:5000".to_string();
+                orphans.push((key, "mlflow_tracking_uri", why, fix));
+            }
+        }
+        let wandb_keys = ["use_wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode"];
+        for key in wandb_keys.into_iter().chain(["wandb_log_model"]).filter(|k| written(k)) {
+            // The switches that turn W&B off are what they say.
+            let switch_off = (key == "wandb_mode" && t.wandb_mode == Some(WandbMode::Disabled))
+                || (key == "wandb_log_model" && t.wandb_log_model == Some(WandbLogModel::Off));
+            if switch_off {
+                continue;
+            }
+            if t.use_wandb == Some(false) {
+                let why = off_by("use_wandb: false", "W&B");
+                orphans.push((key, "use_wandb", why, "remove use_wandb: false to log to W&B".into()));
+            } else if t.wandb_mode == Some(WandbMode::Disabled) {
+                let why = off_by("wandb_mode: disabled", "W&B");
+                orphans.push((key, "wandb_mode", why, "write wandb_mode: offline to log to W&B".into()));
+            } else if t.wandb_project.is_none() {
+                let why = "it needs `wandb_project` (setting it turns W&B on)".to_string();
+                orphans.push((key, "wandb_project", why, "set wandb_project".into()));
+            }
+        }
+        for (key, switch, why, fix) in orphans {
+            self.error(
+                "tracker-key-without-switch",
+                format!("`{key}` has no effect: {why}"),
+                &[key, switch],
+                &format!("{fix}, or remove {key}"),
+            );
+        }
+        if let (Some(uri), Some(span)) = (&t.mlflow_tracking_uri, self.at.value_span("mlflow_tracking_uri"))
+            && let Err(problem) = crate::plan::tracking::check_tracking_uri(uri)
+        {
+            let d = Diagnostic::error("bad-tracking-uri", format!("`mlflow_tracking_uri`: {problem}"))
+                .at(span, "not an http(s) URL of an MLflow server")
+                .key("mlflow_tracking_uri".to_string())
+                .expected("http://host[:port][/prefix] or https://...".to_string())
+                .found(uri.clone())
+                .help(
+                    "recipe logs through MLflow's REST API; start a server with `mlflow server --port 5000` \
+                     and write http://127.0.0.1:5000"
+                        .to_string(),
+                );
+            self.out.push(d);
+        }
+        if t.wandb() {
+            match t.wandb_mode {
+                Some(WandbMode::Online) => self.error(
+                    "wandb-online-not-built",
+                    "`wandb_mode: online`: logging straight to the W&B server is not built into `recipe run`".into(),
+                    &["wandb_mode"],
+                    "write wandb_mode: offline (a run folder in W&B's offline format under output_dir/wandb), then \
+                     upload it with `wandb sync OUTPUT_DIR/wandb/offline-run-...`",
+                ),
+                None => self.warn(
+                    "wandb-offline",
+                    "W&B: `wandb_mode` is unset, so the run is written offline (W&B's offline run folder under \
+                     output_dir/wandb), not streamed to the server"
+                        .into(),
+                    &["wandb_project", "wandb_mode"],
+                    "upload it after the run with `wandb sync`; write wandb_mode: offline to say so",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(model @ (WandbLogModel::End | WandbLogModel::Checkpoint)) = t.wandb_log_model
+            && t.wandb_project.is_some()
+        {
+            self.error(
+                "wandb-log-model-not-built",
+                format!("`wandb_log_model: {}`: model artifacts are not built into `recipe run` yet", model.as_str()),
+                &["wandb_log_model"],
+                "the model is in output_dir; upload it with `wandb artifact put OUTPUT_DIR`, or write \
+                 wandb_log_model: false",
             );
         }
     }

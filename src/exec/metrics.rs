@@ -1,6 +1,7 @@
 //! What a run records: `metrics.jsonl` in output_dir (one JSON object per logging step or
 //! evaluation: step, loss, lr, grad_norm, tokens_per_second, eval_loss, ...), and the loss curve
-//! as an SVG picture written at the end.
+//! as an SVG picture written at the end. Every record also goes to the run's trackers
+//! (TensorBoard, MLflow, W&B: src/track/) when the recipe names any.
 
 use serde_json::Value;
 use std::io::Write;
@@ -10,6 +11,7 @@ pub struct MetricsLog {
     path: PathBuf,
     /// None on ranks other than the main process: they record nothing.
     file: Option<std::fs::File>,
+    tracking: crate::track::Trackers,
 }
 
 impl MetricsLog {
@@ -29,19 +31,32 @@ impl MetricsLog {
         for line in kept {
             writeln!(file, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        Ok(MetricsLog { path, file: Some(file) })
+        Ok(MetricsLog { path, file: Some(file), tracking: crate::track::Trackers::none() })
     }
 
     /// A log that writes nothing (ranks other than the main process).
     pub fn discard(output_dir: &Path) -> MetricsLog {
-        MetricsLog { path: output_dir.join("metrics.jsonl"), file: None }
+        MetricsLog { path: output_dir.join("metrics.jsonl"), file: None, tracking: crate::track::Trackers::none() }
+    }
+
+    /// Hands every record from now on to these trackers too.
+    pub fn track(mut self, trackers: crate::track::Trackers) -> MetricsLog {
+        self.tracking = trackers;
+        self
     }
 
     pub fn write(&mut self, record: &Value) -> Result<(), String> {
         match &mut self.file {
-            Some(file) => writeln!(file, "{record}").map_err(|e| format!("{}: {e}", self.path.display())),
-            None => Ok(()),
+            Some(file) => writeln!(file, "{record}").map_err(|e| format!("{}: {e}", self.path.display()))?,
+            None => return Ok(()),
         }
+        self.tracking.record(record);
+        Ok(())
+    }
+
+    /// Ends the trackers (after the outputs are written); returns where the run is tracked.
+    pub fn finish_tracking(&mut self, status: crate::track::Status, output_dir: &Path) -> Vec<String> {
+        self.tracking.finish(status, output_dir)
     }
 
     pub fn path(&self) -> &Path {

@@ -73,6 +73,8 @@ pub struct RunOptions {
     pub random_weights: bool,
     /// This process's rank among the run's processes (launch.rs).
     pub process: crate::launch::ProcessEnv,
+    /// A tracker that cannot start is an error instead of a warning.
+    pub deny_warnings: bool,
 }
 
 pub struct RunReport {
@@ -108,6 +110,8 @@ pub struct RunReport {
     /// On CUDA: the device memory in use at its highest sample (context and allocator pool
     /// included, as nvidia-smi counts), next to the plan's GPU estimate.
     pub gpu_peak_bytes: Option<(u64, u64)>,
+    /// Where the run is tracked (TensorBoard folder, MLflow run URL, W&B run folder).
+    pub tracking: Vec<String>,
 }
 
 /// The training progress bar while one is drawn, so log lines can print around it.
@@ -600,7 +604,9 @@ fn train_on<E: packing::Example>(
             tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
         }
         let log = if rt.is_main() {
-            metrics::MetricsLog::open(&output_dir, resumed_from.as_ref().map(|_| state.global_step))?
+            let resumed_at = resumed_from.as_ref().map(|_| state.global_step);
+            let trackers = crate::track::Trackers::start(plan, resumed_at, opts.deny_warnings)?;
+            metrics::MetricsLog::open(&output_dir, resumed_at)?.track(trackers)
         } else {
             metrics::MetricsLog::discard(&output_dir)
         };
@@ -697,6 +703,8 @@ fn train_on<E: packing::Example>(
             Ok(())
         })?;
     }
+    let status = if outcome.interrupted { crate::track::Status::Killed } else { crate::track::Status::Finished };
+    let tracking = log.finish_tracking(status, &output_dir);
     Ok(RunReport {
         output_dir,
         device: format!("{device:?}"),
@@ -728,6 +736,7 @@ fn train_on<E: packing::Example>(
         },
         gpu_peak_bytes: (device.is_cuda() && cuda::device_memory_peak() > 0)
             .then(|| (cuda::device_memory_peak(), plan.memory.total_bytes)),
+        tracking,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod precision;
 pub mod quantize;
 pub mod schedule;
 pub mod shard;
+pub mod tracking;
 pub mod training;
 
 use crate::config::Config;
@@ -36,6 +37,9 @@ pub struct Plan {
     pub layout: shard::Layout,
     pub memory: memory::MemoryEstimate,
     pub training: training::TrainingPlan,
+    /// Where the run is tracked besides metrics.jsonl (absent when nowhere).
+    #[serde(skip_serializing_if = "tracking::TrackingPlan::is_off")]
+    pub tracking: tracking::TrackingPlan,
     /// Set by `recipe plan` when the data and tokenizer are local (`crate::data::measure`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measured_data: Option<data::MeasuredData>,
@@ -96,6 +100,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         layout,
         memory,
         training: training::plan(config, precision),
+        tracking: tracking::plan(config),
         measured_data: None,
         model,
     })
@@ -364,6 +369,9 @@ pub fn render_text(plan: &Plan) -> String {
         t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})")),
         t.output_dir
     );
+    for (i, line) in plan.tracking.lines().iter().enumerate() {
+        let _ = writeln!(o, "{}{line}", if i == 0 { "tracking   " } else { "           " });
+    }
     let l = &plan.layout;
     let _ = writeln!(
         o,
