@@ -75,7 +75,15 @@ fn run_fetches_a_hub_model_once_then_trains_offline_from_the_cache() {
         ),
     )
     .unwrap();
-    let (endpoint, requests) = stand_in_model_hub(root.join("models/stories260k"));
+    // The stand-in repository holds a chat_template.jinja too (transformers 4.45+ keeps templates there).
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    for entry in std::fs::read_dir(root.join("models/stories260k")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), repo.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(repo.join("chat_template.jinja"), "{% for m in messages %}{{ m['content'] }}{% endfor %}").unwrap();
+    let (endpoint, requests) = stand_in_model_hub(repo);
     let run = |offline: bool| {
         let mut cmd = Command::cargo_bin("recipe").unwrap();
         cmd.args(["run", "--device", "cpu"]).arg(&recipe).env("HF_HUB_CACHE", &cache).env("HF_ENDPOINT", &endpoint);
@@ -89,7 +97,7 @@ fn run_fetches_a_hub_model_once_then_trains_offline_from_the_cache() {
     let fetched = requests.lock().unwrap().clone();
     assert!(fetched.iter().any(|p| p.ends_with("/model.safetensors")), "{fetched:?}");
     let snapshot = cache.join(format!("models--acme--tiny-llama/snapshots/{COMMIT}"));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
         assert!(snapshot.join(f).exists(), "{f} not cached");
     }
     let adapter: serde_json::Value =

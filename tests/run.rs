@@ -257,10 +257,20 @@ fn gradient_checkpointing_lowers_peak_memory() {
 #[test]
 fn added_tokens_grow_the_vocabulary_and_train_their_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let path =
-        write_recipe(dir.path(), "max_steps: 2\ntokens: [\"<|scene|>\"]\nspecial_tokens:\n  pad_token: \"<pad>\"\n");
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 2\nsave_steps: 1\ntokens: [\"<|scene|>\"]\nspecial_tokens:\n  pad_token: \"<pad>\"\n",
+    );
     run_ok(&path, &[]);
     let out = dir.path().join("out");
+    // Every checkpoint carries the run's tokenizer, so it loads on its own (514 rows, not the base's 512).
+    let generated = recipe()
+        .arg("generate")
+        .arg(out.join("checkpoint-1"))
+        .args(["--prompt", "<|scene|> The king", "--max-new-tokens", "4", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     let adapter =
         recipe::model::weights::Checkpoint::open_files(&out, &[out.join("adapter_model.safetensors")]).unwrap();
     // 512 + <pad> + <|scene|>, both the embedding copy and the head copy.
@@ -515,4 +525,22 @@ fn resuming_with_nothing_to_resume_says_so() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds no checkpoint: training starts fresh"), "{stderr}");
+}
+
+#[test]
+fn lora_model_dir_continues_a_trained_adapter_and_refuses_another_shape() {
+    let first = tempfile::tempdir().unwrap();
+    run_ok(&write_recipe(first.path(), "max_steps: 4\n"), &[]);
+    let trained_eval = *eval_losses(&metrics(first.path())).last().unwrap();
+    let adapter = first.path().join("out");
+    let second = tempfile::tempdir().unwrap();
+    let path = write_recipe(second.path(), &format!("max_steps: 1\nlora_model_dir: {}\n", adapter.display()));
+    run_ok(&path, &[]);
+    // Before its first step the run scores the validation split with the trained adapter, not a fresh one.
+    let start = eval_losses(&metrics(second.path()))[0];
+    assert!((start - trained_eval).abs() <= 1e-5 * trained_eval, "{start} vs the trained adapter's {trained_eval}");
+    let other = recipe().arg("run").arg(&path).args(["--device", "cpu", "--set", "lora_r=8"]).output().unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("the adapter has r=4") && stderr.contains("the recipe asks r=8"), "{stderr}");
 }

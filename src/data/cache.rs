@@ -28,7 +28,7 @@ pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
             }
         }
     }
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"] {
         if let Ok(bytes) = std::fs::read(tokenizer_dir.join(name)) {
             h.update(name);
             h.update(&bytes);

@@ -38,6 +38,7 @@ const SIDE_FILES: &[&str] = &[
     "special_tokens_map.json",
     "tokenizer.model",
     "generation_config.json",
+    "chat_template.jinja",
 ];
 
 /// Writes the model's weights as peft or transformers would: adapter_model.safetensors +
@@ -214,6 +215,7 @@ pub fn save(
     plan: &Plan,
     base_dir: &Path,
     pad_id: i64,
+    tokenizer: Option<&crate::data::Tokenizer>,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
     let name = format!("checkpoint-{}", state.global_step);
@@ -223,6 +225,9 @@ pub fn save(
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         write_weights(&tmp, model, plan, base_dir, pad_id)?;
+        if let Some(tok) = tokenizer {
+            tok.save(&tmp)?;
+        }
         weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
         weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;

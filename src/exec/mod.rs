@@ -429,8 +429,45 @@ fn set_up<E>(
              is not built yet, so set sequence_len to at most {window}"
         ));
     }
+    if let Some(dir) = &plan.adapter.init_from {
+        continue_adapter(&model, Path::new(dir))?;
+    }
     before_training(plan, &model, &mut data, tok.pad())?;
     Ok(SetUp { base_dir, tok, added, data, model, in_use_before_model })
+}
+
+/// `lora_model_dir`: the run starts from a trained peft adapter, which must be the one the recipe
+/// describes (rank, scaling, targets, modules trained in full); its weights replace the fresh ones.
+fn continue_adapter(model: &CausalLm, dir: &Path) -> Result<(), String> {
+    let here = |e: String| format!("lora_model_dir {}: {e}", dir.display());
+    let saved = adapter::read_config(dir).map_err(here)?;
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    match (&saved.trainable, &model.trainable) {
+        (
+            Trainable::Lora { targets: t1, r: r1, scaling: s1, modules_to_save: m1, .. },
+            Trainable::Lora { targets: t2, r: r2, scaling: s2, modules_to_save: m2, .. },
+        ) => {
+            if (r1, sorted(t1), sorted(m1)) != (r2, sorted(t2), sorted(m2)) || (s1 - s2).abs() > 1e-12 {
+                return Err(here(format!(
+                    "the adapter has r={r1}, scaling {s1} on [{}] (in full: [{}]); the recipe asks r={r2}, scaling {s2} \
+                     on [{}] (in full: [{}]): set the recipe's LoRA keys as the adapter was trained",
+                    sorted(t1).join(", "),
+                    sorted(m1).join(", "),
+                    sorted(t2).join(", "),
+                    sorted(m2).join(", ")
+                )));
+            }
+        }
+        _ => return Err(here("continuing an adapter needs `adapter: lora` or `qlora`".into())),
+    }
+    let file = dir.join("adapter_model.safetensors");
+    adapter::load_trainable(model, &Checkpoint::open_files(dir, &[file]).map_err(here)?).map_err(here)?;
+    tracing::info!("starting from the adapter in {}", dir.display());
+    Ok(())
 }
 
 /// A digest of what must be equal on every rank: the resolved plan and the training rows.
@@ -638,6 +675,11 @@ fn train_on<E: packing::Example>(
         indicatif::ProgressBar::hidden()
     };
     *ACTIVE_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+    // The run's tokenizer when it differs from the base's (added tokens, special tokens set): saved
+    // beside the weights, in checkpoints too, so every folder loads on its own.
+    let s = &plan.data.special_tokens;
+    let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
+    let run_tokenizer = (added > 0 || set_special).then_some(&tok);
     let looper = train::Loop {
         plan,
         runtime: rt,
@@ -648,6 +690,7 @@ fn train_on<E: packing::Example>(
         train: &train_rows,
         validation: &validation_rows,
         pad_id: tok.pad(),
+        run_tokenizer,
         progress: &progress,
         stop_after: opts.stop_after,
         steps,
@@ -674,9 +717,7 @@ fn train_on<E: packing::Example>(
         catch_torch_errors(Some(plan), || {
             if !outcome.interrupted {
                 checkpoint::write_weights(&output_dir, &model, plan, &base_dir, tok.pad())?;
-                let s = &plan.data.special_tokens;
-                let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
-                if added > 0 || set_special {
+                if let Some(tok) = run_tokenizer {
                     // The base's tokenizer lacks the added tokens: save ours (load the base with
                     // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
                     tok.save(&output_dir)?;

@@ -46,6 +46,8 @@ pub struct Loop<'a, E: Example> {
     pub train: &'a [E],
     pub validation: &'a [E],
     pub pad_id: i64,
+    /// The run's tokenizer when it differs from the base's: checkpoints carry it.
+    pub run_tokenizer: Option<&'a crate::data::Tokenizer>,
     pub progress: &'a indicatif::ProgressBar,
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
@@ -332,6 +334,7 @@ impl<E: Example> Loop<'_, E> {
                         plan,
                         self.base_dir,
                         self.pad_id,
+                        self.run_tokenizer,
                         t.save_total_limit,
                     )
                     .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))

@@ -22,6 +22,9 @@ pub struct AdapterPlan {
     pub dora: bool,
     pub dropout: f64,
     pub modules_to_save: Vec<String>,
+    /// `lora_model_dir`: a trained peft adapter the run starts from instead of a fresh one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     pub trainable_parameters: u64,
     /// Parameters of the model with its adapter (peft's "all params").
     pub total_parameters: u64,
@@ -78,6 +81,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             dora: false,
             dropout: 0.0,
             modules_to_save: Vec::new(),
+            init_from: None,
             trainable_parameters: base_total,
             total_parameters: base_total,
             trainable_percent: 100.0,
@@ -176,6 +180,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         dora: a.peft_use_dora,
         dropout: a.lora_dropout,
         modules_to_save,
+        init_from: a.lora_model_dir.clone(),
         trainable_parameters: trainable,
         total_parameters: total,
         trainable_percent: 100.0 * trainable as f64 / total as f64,

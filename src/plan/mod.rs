@@ -78,7 +78,9 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
     within_sliding_window(config, arch, &at)?;
-    let adapter = adapter::plan(config, arch)?;
+    let mut adapter = adapter::plan(config, arch)?;
+    // A relative lora_model_dir is read from the recipe's folder, as other local paths are.
+    adapter.init_from = adapter.init_from.map(|dir| at.base_dir("lora_model_dir").join(dir).display().to_string());
     let quantization = quantize::plan(config, arch);
     let precision = precision::resolve(config, &|key| at.entry(key).is_some());
     let memory =
@@ -201,6 +203,9 @@ pub fn render_text(plan: &Plan) -> String {
             );
             if !ad.modules_to_save.is_empty() {
                 let _ = writeln!(o, "           trained in full: {}", ad.modules_to_save.join(" "));
+            }
+            if let Some(dir) = &ad.init_from {
+                let _ = writeln!(o, "           starts from the trained adapter in {dir} (lora_model_dir)");
             }
             let _ = writeln!(
                 o,

@@ -180,7 +180,14 @@ fn fetch_folder(plan: &ModelPlan, weights: bool) -> Result<PathBuf, String> {
         }
     };
     let config = fetch("config.json", true)?.ok_or("config.json")?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+    // chat_template.jinja: where transformers 4.45+ keeps a model's template (tokenizer_default reads it first).
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
         fetch(name, false)?;
     }
     if !weights {
