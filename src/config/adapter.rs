@@ -33,8 +33,9 @@ pub struct AdapterConfig {
     #[serde(default)]
     pub lora_modules_to_save: Vec<String>,
     /// Set when the base stores weights as (fan_in, fan_out), as GPT-2's Conv1D does. Llama-family
-    /// models do not.
+    /// models do not, so it must be false or absent.
     #[serde(default)]
+    #[schemars(extend("const" = false))]
     pub lora_fan_in_fan_out: bool,
     /// Weight-decomposed LoRA (DoRA).
     #[serde(default)]

@@ -17,7 +17,8 @@ pub struct ModelConfig {
     /// The hub revision (branch, tag or commit) of `base_model`; pin a commit for reproducible runs.
     #[serde(default)]
     pub revision_of_model: Option<String>,
-    /// Where to read the tokenizer from when it differs from `base_model`.
+    /// Where to read the tokenizer from: only `base_model` itself for now (another folder or hub id
+    /// is refused: recipe reads base_model's tokenizer files).
     #[serde(default)]
     pub tokenizer_config: Option<String>,
     /// The transformers model class: a causal language model, or a sequence classifier for a
