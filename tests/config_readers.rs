@@ -57,7 +57,10 @@ fn every_key_has_a_reader_or_a_reason() {
             unread.push(*key);
         }
     }
-    assert!(unread.is_empty(), "keys no part of recipe reads (give them a reader, refuse them, or a reason): {unread:?}");
+    assert!(
+        unread.is_empty(),
+        "keys no part of recipe reads (give them a reader, refuse them, or a reason): {unread:?}"
+    );
     for (key, _) in NOT_READ_PAST_CONFIG {
         assert!(keys.contains(key), "`{key}` is no longer a key: take it off NOT_READ_PAST_CONFIG");
     }

@@ -200,39 +200,65 @@ fn dtype_of(kind: Kind) -> Result<safetensors::Dtype, String> {
     })
 }
 
-/// Writes named tensors to `path` with `{"format": "pt"}` metadata (what transformers and peft
-/// expect), through a temporary file renamed into place, so a crash or a full disk never leaves a
-/// truncated file under the final name.
+/// Writes named tensors to `path` in the safetensors format with `{"format": "pt"}` metadata (what
+/// transformers and peft expect). The header is computed from shapes and dtypes, then each tensor's
+/// bytes are written in turn, so host memory grows by one tensor at a time (not by a copy of them
+/// all plus the serialized file). Through a temporary file renamed into place, so a crash or a full
+/// disk never leaves a truncated file under the final name.
 pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
-    let mut owned = Vec::with_capacity(tensors.len());
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
     for (name, t) in tensors {
-        let t = t.to_device(Device::Cpu).contiguous();
+        if header.contains_key(name) {
+            return Err(format!("{}: tensor `{name}` given twice", path.display()));
+        }
         let dtype = dtype_of(t.kind())?;
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, t.numel()).map_err(|e| format!("tensor `{name}`: {e}"))?;
-        owned.push((name.clone(), dtype, shape, data));
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, dtype, shape, data)| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| format!("tensor `{n}`: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
-    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| format!("{}: {e}", path.display()))?;
-    write_atomic(path, &bytes)
+    let mut text = serde_json::to_string(&header).map_err(|e| e.to_string())?.into_bytes();
+    // The data starts 8-byte aligned, as the reference writer pads it.
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let tmp = temporary(path);
+    let result = (|| -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: cannot write: {e}", path.display());
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+        f.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+        f.write_all(&text).map_err(io)?;
+        for (name, t) in tensors {
+            let t = t.to_device(Device::Cpu).contiguous();
+            let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut data, t.numel()).map_err(|e| format!("tensor `{name}`: {e}"))?;
+            f.write_all(&data).map_err(io)?;
+        }
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `NAME.EXT.tmp` beside `path`.
+fn temporary(path: &Path) -> PathBuf {
+    path.with_extension(format!(
+        "{}.tmp",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ))
 }
 
 /// Writes bytes through `NAME.tmp` + fsync + rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let tmp = temporary(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -258,5 +284,34 @@ mod tests {
             let e = Checkpoint::open(dir.path()).err().expect("refused");
             assert!(e.contains(&format!("shard `{shard}` is not a file inside the model folder")), "{e}");
         }
+    }
+
+    #[test]
+    fn saved_files_read_back_with_the_safetensors_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let tensors = vec![
+            ("b.odd".to_string(), Tensor::from_slice(&[1u8, 2, 3])),
+            ("a.weight".to_string(), Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3])),
+            ("c.half".to_string(), Tensor::from_slice(&[0.5f32, -2.0]).to_kind(Kind::BFloat16)),
+        ];
+        save(&path, &tensors).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let read = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(metadata.metadata().as_ref().unwrap()["format"], "pt");
+        assert_eq!(read.tensor("b.odd").unwrap().data(), &[1, 2, 3]);
+        assert_eq!(read.tensor("a.weight").unwrap().shape(), &[2, 3]);
+        let a: Vec<f32> = read
+            .tensor("a.weight")
+            .unwrap()
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(a, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(read.tensor("c.half").unwrap().dtype(), safetensors::Dtype::BF16);
+        let twice = [("x".to_string(), Tensor::from_slice(&[1u8])), ("x".to_string(), Tensor::from_slice(&[2u8]))];
+        assert!(save(&path, &twice).unwrap_err().contains("given twice"));
     }
 }
