@@ -18,18 +18,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn ids(g: &HashMap<String, Tensor>, key: &str) -> Vec<Vec<i64>> {
-    let flat = Vec::<i64>::try_from(&g[&format!("{key}_ids")]).unwrap();
-    let lengths = Vec::<i64>::try_from(&g[&format!("{key}_lengths")]).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    for n in lengths {
-        out.push(flat[at..at + n as usize].to_vec());
-        at += n as usize;
-    }
-    out
-}
-
 fn check_against_trl(name: &str, loss: PreferenceLoss, beta: f64, checkpointing: bool) {
     check_weighted_against_trl(name, loss, beta, checkpointing, false);
 }
@@ -41,7 +29,11 @@ fn check_weighted_against_trl(name: &str, loss: PreferenceLoss, beta: f64, check
             .into_iter()
             .collect();
     let model = common::load_peft_folder(&root().join("tests/golden/lora/stories260k_all_linear"), Kind::Float);
-    let (prompts, chosen, rejected) = (ids(&g, "prompt"), ids(&g, "chosen"), ids(&g, "rejected"));
+    let (prompts, chosen, rejected) = (
+        common::golden_id_lists(&g, "prompt"),
+        common::golden_id_lists(&g, "chosen"),
+        common::golden_id_lists(&g, "rejected"),
+    );
     let pairs: Vec<PairRows> =
         (0..prompts.len()).map(|i| PairRows::new(&prompts[i], &chosen[i], &rejected[i])).collect();
     let items: Vec<&PairRows> = pairs.iter().collect();
@@ -63,17 +55,7 @@ fn check_weighted_against_trl(name: &str, loss: PreferenceLoss, beta: f64, check
         let golden = g[&format!("metric.{}", metric.replace('/', "."))].double_value(&[0]);
         assert!((value - golden).abs() <= 1e-4 * golden.abs().max(1.0), "{name}: {metric} {value} vs TRL {golden}");
     }
-    let mut checked = 0;
-    let mut worst = 0.0f64;
-    for p in model.trainable_params() {
-        let golden = &g[&format!("grad.{}", p.name)];
-        let grad = p.tensor.grad();
-        let scale = golden.abs().max().double_value(&[]).max(1e-12);
-        let d = (&grad - golden).abs().max().double_value(&[]) / scale;
-        assert!(d <= 1e-4, "{name}: gradient of {} differs from TRL's by {d:e} of its largest", p.name);
-        worst = worst.max(d);
-        checked += 1;
-    }
+    let (checked, worst) = common::assert_gradients_match(&model, &g, name);
     eprintln!("{name}: loss {ours} vs TRL {theirs} ({:e}); worst gradient {worst:e} relative", (ours - theirs).abs());
     assert_eq!(checked, 70, "every LoRA tensor's gradient is compared");
 }
@@ -120,7 +102,7 @@ fn kto_loss_metrics_and_gradients_match_trl() {
             p.tensor.shallow_clone().copy_(&g[&format!("lora.{}", p.name)]);
         }
     });
-    let (prompts, answers) = (ids(&g, "prompt"), ids(&g, "answer"));
+    let (prompts, answers) = (common::golden_id_lists(&g, "prompt"), common::golden_id_lists(&g, "answer"));
     let desirable = Vec::<i64>::try_from(&g["desirable"]).unwrap();
     let rows: Vec<KtoRow> = (0..prompts.len())
         .map(|i| KtoRow { prompt: prompts[i].clone(), answer: answers[i].clone(), desirable: desirable[i] == 1 })
@@ -144,16 +126,8 @@ fn kto_loss_metrics_and_gradients_match_trl() {
         assert!((value - golden).abs() <= 1e-4 * golden.abs().max(1.0), "kto: {metric} {value} vs TRL {golden}");
     }
     assert!(g["metric.kl"].double_value(&[0]) > 1.0, "the golden exercises the KL estimate, not only its clamp");
-    let mut worst = 0.0f64;
-    let params = model.trainable_params();
-    for p in &params {
-        let golden = &g[&format!("grad.{}", p.name)];
-        let scale = golden.abs().max().double_value(&[]).max(1e-12);
-        let d = (&p.tensor.grad() - golden).abs().max().double_value(&[]) / scale;
-        assert!(d <= 1e-4, "kto: gradient of {} differs from TRL's by {d:e} of its largest", p.name);
-        worst = worst.max(d);
-    }
-    assert_eq!(params.len(), 70, "every LoRA tensor's gradient is compared");
+    let (checked, worst) = common::assert_gradients_match(&model, &g, "kto");
+    assert_eq!(checked, 70, "every LoRA tensor's gradient is compared");
     eprintln!("kto: loss {ours} vs TRL {theirs} ({:e}); worst gradient {worst:e} relative", (ours - theirs).abs());
 }
 
@@ -174,14 +148,6 @@ fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn records(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn run_ok(path: &Path, args: &[&str]) -> String {
     let out = common::recipe_command().arg("run").arg(path).args(["--device", "cpu"]).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -195,7 +161,7 @@ fn dpo_trains_from_ln2_and_logs_trl_metrics() {
     let path = write_recipe(dir.path(), "max_steps: 12\neval_steps: 6\n");
     let stdout = run_ok(&path, &[]);
     assert!(stdout.contains("steps      12 of 12"), "{stdout}");
-    let all = records(dir.path());
+    let all = common::metrics_records(dir.path());
     let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
     // The policy starts as the reference: every pair's margin is 0 and the loss ln 2.
     let first = train[0]["loss"].as_f64().unwrap();
@@ -227,7 +193,7 @@ fn dpo_on_two_ranks_repeats_one_rank_with_accumulation() {
     let two = tempfile::tempdir().unwrap();
     run_ok(&write_recipe(two.path(), "max_steps: 5\n"), &["--nproc-per-node", "2"]);
     let losses = |d: &Path| -> Vec<(f64, f64)> {
-        records(d)
+        common::metrics_records(d)
             .iter()
             .filter(|r| r.get("loss").is_some())
             .map(|r| (r["loss"].as_f64().unwrap(), r["rewards/margins"].as_f64().unwrap()))
@@ -260,7 +226,7 @@ eval_steps: 6
     );
     let stdout = run_ok(&path, &[]);
     assert!(stdout.contains("steps      12 of 12"), "{stdout}");
-    let all = records(dir.path());
+    let all = common::metrics_records(dir.path());
     let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
     // The policy starts as the reference: every reward and the KL estimate are 0, each loss 1 − σ(0).
     let first = train[0]["loss"].as_f64().unwrap();
@@ -300,7 +266,7 @@ fn kto_on_two_ranks_repeats_one_rank_with_accumulation() {
         &["--nproc-per-node", "2"],
     );
     let values = |d: &Path| -> Vec<(f64, f64)> {
-        records(d)
+        common::metrics_records(d)
             .iter()
             .filter(|r| r.get("loss").is_some())
             .map(|r| (r["loss"].as_f64().unwrap(), r["kl"].as_f64().unwrap()))
@@ -331,7 +297,7 @@ fn kto_trains_on_unpaired_rows_of_axolotls_kto_types() {
     std::fs::write(&path, &text).unwrap();
     let stdout = run_ok(&path, &[]);
     assert!(stdout.contains("steps      3 of 3"), "{stdout}");
-    let first = records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
+    let first = common::metrics_records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
     // Two desirable rows and one undesirable, the policy still the reference: each loss 1 − σ(0).
     assert!((first["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{first}");
     assert!(first["rewards/chosen"].is_f64() && first["rewards/rejected"].is_f64(), "{first}");
@@ -382,7 +348,7 @@ fn simpo_and_orpo_train_without_a_reference_model() {
         std::fs::write(&path, text.replace("dpo_beta: 0.1", &format!("dpo_beta: {beta}"))).unwrap();
         let stdout = run_ok(&path, &[]);
         assert!(stdout.contains("steps      10 of 10"), "{method}: {stdout}");
-        let all = records(dir.path());
+        let all = common::metrics_records(dir.path());
         let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
         assert!(train.iter().all(|r| r["nll_loss"].is_f64()), "{method}: nll_loss logged");
         // On the held-out pairs the loss falls; with SimPO the chosen answers gain on the rejected
@@ -444,7 +410,7 @@ fn precomputed_references_repeat_the_per_step_reference_pass() {
         let dir = tempfile::tempdir().unwrap();
         let stdout = run_ok(&write_recipe(dir.path(), &format!("max_steps: 6\neval_steps: 3\n{extra}")), &[]);
         assert!(stdout.contains("steps      6 of 6"), "{stdout}");
-        records(dir.path())
+        common::metrics_records(dir.path())
             .iter()
             .filter_map(|r| r.get("loss").or(r.get("eval_loss")).and_then(Value::as_f64))
             .collect::<Vec<f64>>()
@@ -469,7 +435,8 @@ fn a_full_fine_tune_trains_dpo_against_precomputed_references() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("set precompute_ref_log_probs: true"));
     let stdout = run_ok(&path, &["--set", "precompute_ref_log_probs=true"]);
     assert!(stdout.contains("steps      8 of 8"), "{stdout}");
-    let train: Vec<Value> = records(dir.path()).into_iter().filter(|r| r.get("loss").is_some()).collect();
+    let train: Vec<Value> =
+        common::metrics_records(dir.path()).into_iter().filter(|r| r.get("loss").is_some()).collect();
     let first = train[0]["loss"].as_f64().unwrap();
     assert!((first - std::f64::consts::LN_2).abs() < 1e-6, "step 1 loss {first}");
     assert!(train.last().unwrap()["rewards/margins"].as_f64().unwrap() > 0.0);

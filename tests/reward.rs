@@ -23,18 +23,6 @@ fn golden() -> HashMap<String, Tensor> {
     Tensor::read_safetensors(root().join("tests/golden/reward/expected.safetensors")).unwrap().into_iter().collect()
 }
 
-fn ids(g: &HashMap<String, Tensor>, key: &str) -> Vec<Vec<i64>> {
-    let flat = Vec::<i64>::try_from(&g[&format!("{key}_ids")]).unwrap();
-    let lengths = Vec::<i64>::try_from(&g[&format!("{key}_lengths")]).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    for n in lengths {
-        out.push(flat[at..at + n as usize].to_vec());
-        at += n as usize;
-    }
-    out
-}
-
 fn close(ours: f64, theirs: f64) -> bool {
     (ours - theirs).abs() <= 1e-4 * theirs.abs().max(1.0)
 }
@@ -43,7 +31,7 @@ fn check_against_trl(checkpointing: bool) {
     let g = golden();
     let model = common::load_peft_folder(&root().join("tests/golden/reward/adapter"), Kind::Float);
     assert!(model.score.is_some(), "a SEQ_CLS adapter loads with its score head");
-    let (chosen, rejected) = (ids(&g, "chosen"), ids(&g, "rejected"));
+    let (chosen, rejected) = (common::golden_id_lists(&g, "chosen"), common::golden_id_lists(&g, "rejected"));
     let pairs: Vec<PairRows> = chosen.iter().zip(&rejected).map(|(c, r)| PairRows::new(&[], c, r)).collect();
     let items: Vec<&PairRows> = pairs.iter().collect();
     // TRL pads with the tokenizer's pad token, here EOS (2): the score is read before it.
@@ -74,17 +62,9 @@ fn check_against_trl(checkpointing: bool) {
         let trl = g[&format!("metric.{metric}")].double_value(&[0]);
         assert!(close(value, trl), "{metric} {value} vs TRL {trl}");
     }
-    let mut worst = 0.0f64;
-    let params = model.trainable_params();
-    for p in &params {
-        let golden = &g[&format!("grad.{}", p.name)];
-        let scale = golden.abs().max().double_value(&[]).max(1e-12);
-        let d = (&p.tensor.grad() - golden).abs().max().double_value(&[]) / scale;
-        assert!(d <= 1e-4, "gradient of {} differs from TRL's by {d:e} of its largest", p.name);
-        worst = worst.max(d);
-    }
-    assert_eq!(params.len(), 71, "every LoRA tensor's gradient and the score head's are compared");
-    assert_eq!(params.last().unwrap().name, "base_model.model.score.weight");
+    let (checked, worst) = common::assert_gradients_match(&model, &g, "reward");
+    assert_eq!(checked, 71, "every LoRA tensor's gradient and the score head's are compared");
+    assert_eq!(model.trainable_params().last().unwrap().name, "base_model.model.score.weight");
     eprintln!(
         "reward: loss {loss} vs TRL {trl_loss} ({:e}); worst gradient {worst:e} relative",
         (loss - trl_loss).abs()
@@ -138,14 +118,6 @@ fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn records(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn run_ok(path: &Path) -> String {
     let out = common::recipe_command().arg("run").arg(path).args(["--device", "cpu"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -175,7 +147,7 @@ fn lora_reward_model_learns_the_pairs_and_saves_a_seq_cls_adapter() {
     );
     let stdout = run_ok(&path);
     assert!(stdout.contains("steps      60 of 60"), "{stdout}");
-    let all = records(dir.path());
+    let all = common::metrics_records(dir.path());
     let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
     assert!(train.iter().all(|r| r["accuracy"].is_f64() && r["margin"].is_f64() && r["mean_reward"].is_f64()));
     let evals: Vec<&Value> = all.iter().filter(|r| r.get("eval_loss").is_some()).collect();

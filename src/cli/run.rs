@@ -326,25 +326,30 @@ fn resolve_target(target: &Path, overrides: &[String]) -> Result<(PathBuf, Optio
     Ok((PathBuf::from(&plan.training.output_dir), Some(base), Some(plan)))
 }
 
-pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sampling, device_name: &str) -> ExitCode {
-    let (dir, base, plan) = match resolve_target(target, overrides) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let device = match device(device_name) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let quantize = match quantization(plan.as_ref(), target) {
-        Ok(q) => q,
-        Err(code) => return code,
-    };
-    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
-        Ok(l) => l,
+/// A trained model for `generate` / `score`: the target resolved (a recipe's output_dir, or a
+/// folder), loaded on the device with the base quantized as in training; the folder and the plan
+/// (when a recipe was given) beside it.
+fn load_target(
+    target: &Path,
+    overrides: &[String],
+    device_name: &str,
+) -> Result<(exec::Loaded, PathBuf, Option<Plan>), ExitCode> {
+    let (dir, base, plan) = resolve_target(target, overrides)?;
+    let device = device(device_name)?;
+    let quantize = quantization(plan.as_ref(), target)?;
+    match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
+        Ok(loaded) => Ok((loaded, dir, plan)),
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
-            return ExitCode::from(EXIT_INVALID);
+            Err(ExitCode::from(EXIT_INVALID))
         }
+    }
+}
+
+pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sampling, device_name: &str) -> ExitCode {
+    let (loaded, dir, plan) = match load_target(target, overrides, device_name) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     if loaded.model.score.is_some() {
         eprintln!(
@@ -425,25 +430,13 @@ pub enum ScoreInput {
 }
 
 pub fn score(target: &Path, overrides: &[String], input: &ScoreInput, json: bool, device_name: &str) -> ExitCode {
-    let (dir, base, plan) = match resolve_target(target, overrides) {
+    let (loaded, dir, plan) = match load_target(target, overrides, device_name) {
         Ok(t) => t,
-        Err(code) => return code,
-    };
-    let device = match device(device_name) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let quantize = match quantization(plan.as_ref(), target) {
-        Ok(q) => q,
         Err(code) => return code,
     };
     let fail = |e: String| {
         eprintln!("{}: error: {e}", target.display());
         ExitCode::from(EXIT_INVALID)
-    };
-    let loaded = match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
-        Ok(l) => l,
-        Err(e) => return fail(e),
     };
     if loaded.model.score.is_none() {
         return fail(format!(

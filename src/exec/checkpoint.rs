@@ -206,18 +206,27 @@ fn base_name(plan: &Plan, base_dir: &Path) -> String {
     }
 }
 
+/// What a run's weight folders are written with, besides the weights.
+pub struct RunFiles<'a> {
+    pub plan: &'a Plan,
+    /// The base model's folder (its config and tokenizer files are copied).
+    pub base_dir: &'a Path,
+    /// The padding token a reward model's config records.
+    pub pad_id: i64,
+    /// The run's tokenizer when it differs from the base's.
+    pub tokenizer: Option<&'a crate::data::Tokenizer>,
+}
+
 /// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`.
 pub fn save(
     output_dir: &Path,
     model: &CausalLm,
     optimizer_state: &[(String, Tensor)],
     state: &TrainerState,
-    plan: &Plan,
-    base_dir: &Path,
-    pad_id: i64,
-    tokenizer: Option<&crate::data::Tokenizer>,
+    run: &RunFiles,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
+    let RunFiles { plan, base_dir, pad_id, tokenizer } = *run;
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = output_dir.join(&name);
     let tmp = output_dir.join(format!(".{name}.partial"));

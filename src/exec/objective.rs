@@ -528,10 +528,11 @@ impl Objective for Reward {
         let rewards = sequence_scores(model, hidden, batch);
         let n = rewards.size()[0] / 2;
         let (chosen, rejected) = (rewards.narrow(0, 0, n), rewards.narrow(0, n, n));
-        let mut per_pair = -(&chosen - &rejected).log_sigmoid();
-        if let Some(c) = self.center_rewards_coefficient {
-            per_pair = per_pair + (&chosen + &rejected).square() * c;
-        }
+        let bradley_terry = -(&chosen - &rejected).log_sigmoid();
+        let per_pair = match self.center_rewards_coefficient {
+            Some(c) => bradley_terry + (&chosen + &rejected).square() * c,
+            None => bradley_terry,
+        };
         let (chosen, rejected) = (chosen.detach(), rejected.detach());
         let metrics = Tensor::stack(
             &[

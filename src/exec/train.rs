@@ -331,10 +331,12 @@ impl<E: Example> Loop<'_, E> {
                         self.model,
                         &optimizer.state(),
                         &state,
-                        plan,
-                        self.base_dir,
-                        self.pad_id,
-                        self.run_tokenizer,
+                        &checkpoint::RunFiles {
+                            plan,
+                            base_dir: self.base_dir,
+                            pad_id: self.pad_id,
+                            tokenizer: self.run_tokenizer,
+                        },
                         t.save_total_limit,
                     )
                     .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))

@@ -158,7 +158,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
             kto_desirable_weight: t.kto_desirable_weight.unwrap_or(1.0),
             kto_undesirable_weight: t.kto_undesirable_weight.unwrap_or(1.0),
         }),
-        reward: t.reward_model.then(|| RewardPlan { center_rewards_coefficient: t.center_rewards_coefficient }),
+        reward: t.reward_model.then_some(RewardPlan { center_rewards_coefficient: t.center_rewards_coefficient }),
         optimizer: OptimizerPlan {
             name: t.optimizer,
             implementation: implementation.into(),

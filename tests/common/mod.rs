@@ -210,3 +210,46 @@ pub fn random_llama(dir: &Path, config: &serde_json::Value) {
     }
     recipe::model::weights::save(&dir.join("model.safetensors"), &tensors).unwrap();
 }
+
+/// Golden token-id lists stored flat as `KEY_ids` with their `KEY_lengths`.
+#[cfg(feature = "exec")]
+pub fn golden_id_lists(g: &std::collections::HashMap<String, tch::Tensor>, key: &str) -> Vec<Vec<i64>> {
+    let flat = Vec::<i64>::try_from(&g[&format!("{key}_ids")]).unwrap();
+    let lengths = Vec::<i64>::try_from(&g[&format!("{key}_lengths")]).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for n in lengths {
+        out.push(flat[at..at + n as usize].to_vec());
+        at += n as usize;
+    }
+    out
+}
+
+/// Asserts every trainable tensor's gradient equals the golden `grad.NAME` within 1e-4 of its
+/// largest value; returns how many were compared and the worst relative difference.
+#[cfg(feature = "exec")]
+pub fn assert_gradients_match(
+    model: &recipe::model::llama::CausalLm,
+    g: &std::collections::HashMap<String, tch::Tensor>,
+    what: &str,
+) -> (usize, f64) {
+    let params = model.trainable_params();
+    let mut worst = 0.0f64;
+    for p in &params {
+        let golden = &g[&format!("grad.{}", p.name)];
+        let scale = golden.abs().max().double_value(&[]).max(1e-12);
+        let d = (&p.tensor.grad() - golden).abs().max().double_value(&[]) / scale;
+        assert!(d <= 1e-4, "{what}: gradient of {} differs from the reference's by {d:e} of its largest", p.name);
+        worst = worst.max(d);
+    }
+    (params.len(), worst)
+}
+
+/// The records of `DIR/out/metrics.jsonl`.
+pub fn metrics_records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
