@@ -476,6 +476,14 @@ fn an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten() 
     run_ok(&path, &[]);
     let out = dir.path().join("out");
     assert!(out.join("checkpoint-2").is_dir());
+    // The folder records which run made it: the resolved plan and the training data's digest, the
+    // same digest its checkpoints carry for resume.
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("recipe_run.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-2/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(record["data_digest"], state["data_digest"]);
+    assert_eq!(record["data_digest"].as_str().unwrap().len(), 16);
+    assert_eq!(record["plan"]["training"]["max_steps"], 2);
     // A second run (another learning rate) into the same folder: refused, nothing touched.
     let before = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let second =

@@ -64,9 +64,25 @@ pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path,
     copy_side_files(base_dir, dir)
 }
 
-/// What a finished or interrupted run leaves in its output folder.
+/// What a finished or interrupted run leaves in its output folder (its `recipe_run.json` too, which
+/// alone, from a run that stopped before writing anything, does not make the folder another run's).
 const RUN_OUTPUTS: &[&str] =
     &["metrics.jsonl", "adapter_model.safetensors", "model.safetensors", "loss_curve.svg", "adapter_config.json"];
+
+/// The record of the run an output folder belongs to: its resolved plan and its training data's digest.
+pub const RUN_RECORD: &str = "recipe_run.json";
+
+/// Writes `recipe_run.json` in `output_dir`: the resolved plan (every setting and where it came
+/// from) and the digest of the training rows, so a folder says which run made it.
+pub fn write_run_record(output_dir: &Path, plan: &Plan, data_digest: &str) -> Result<(), String> {
+    let record = serde_json::json!({
+        "recipe": plan.recipe,
+        "data_digest": data_digest,
+        "plan": plan,
+    });
+    let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n";
+    weights::write_atomic(&output_dir.join(RUN_RECORD), text.as_bytes())
+}
 
 /// `path` made absolute with symlinks resolved, for a folder that may not exist yet (its nearest
 /// existing ancestor is resolved).
@@ -137,7 +153,7 @@ pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resum
         output_dir.display(),
         found.join(", ")
     );
-    for f in RUN_OUTPUTS {
+    for f in RUN_OUTPUTS.iter().chain([&RUN_RECORD]) {
         let path = output_dir.join(f);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -640,6 +640,9 @@ fn train_on<E: packing::Example>(
                 if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
             tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
         }
+        if rt.is_main() {
+            checkpoint::write_run_record(&output_dir, plan, state.data_digest.as_deref().unwrap_or_default())?;
+        }
         let log = if rt.is_main() {
             let resumed_at = resumed_from.as_ref().map(|_| state.global_step);
             let trackers = crate::track::Trackers::start(plan, resumed_at, opts.deny_warnings)?;
