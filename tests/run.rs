@@ -510,7 +510,8 @@ fn an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten() 
 fn an_output_dir_inside_the_base_model_or_a_dataset_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "max_steps: 1\n");
-    for target in [root().join("models/stories260k"), root().join("data/shakespeare/out")] {
+    let dataset = root().join("data/shakespeare/tinyshakespeare-excerpt.txt");
+    for target in [root().join("models/stories260k"), dataset.clone()] {
         let out = recipe()
             .arg("run")
             .arg(&path)
@@ -522,7 +523,15 @@ fn an_output_dir_inside_the_base_model_or_a_dataset_is_refused() {
         assert!(stderr.contains("or inside it: the run would write over its files"), "{stderr}");
         assert!(!target.join("adapter_model.safetensors").exists());
     }
-    assert!(!root().join("data/shakespeare/out").exists());
+    assert!(dataset.is_file(), "the dataset is untouched");
+    // Beside a dataset file (not inside a dataset folder) is fine.
+    let beside = tempfile::tempdir().unwrap();
+    std::fs::copy(&dataset, beside.path().join("data.txt")).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&dataset.display().to_string(), &beside.path().join("data.txt").display().to_string());
+    std::fs::write(&path, text).unwrap();
+    run_ok(&path, &["--set", &format!("output_dir={}", beside.path().join("out").display())]);
 }
 
 #[test]

@@ -113,9 +113,9 @@ pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resum
     let mut protected = vec![("the base model's folder", resolved(base_dir))];
     for d in plan.datasets.iter().chain(&plan.test_datasets) {
         if let Some(p) = &d.local_path {
+            // A dataset folder and everything in it; a dataset file itself (its neighbours are not data).
             let p = resolved(Path::new(p));
-            let folder = if p.is_dir() { p } else { p.parent().map(Path::to_path_buf).unwrap_or(p) };
-            protected.push(("a dataset's folder", folder));
+            protected.push((if p.is_dir() { "a dataset's folder" } else { "a dataset file" }, p));
         }
     }
     for (what, folder) in protected {
