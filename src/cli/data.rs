@@ -173,32 +173,23 @@ fn preview_pairs(recipe: &Path, plan: &Plan, tok: &Tokenizer, dir: &Path, n: usi
         plan.data.sequence_len
     );
     for (i, p) in shown.iter().enumerate() {
-        if let Some(desirable) = p.desirable {
-            // KTO's unpaired row: one answer and its label.
-            println!(
-                "\n── row {} of {} ({}): prompt {} tokens, answer {} ({})",
-                i + 1,
-                prepared.train.len(),
-                p.origin,
-                p.prompt_ids.len(),
-                p.chosen_ids.len(),
-                if desirable { "desirable" } else { "undesirable" }
-            );
-            for (label, ids) in [("prompt", &p.prompt_ids), ("answer", &p.chosen_ids)] {
-                println!("{label:<9}{}", tok.decode_with_special(ids));
+        // A pair's two answers, or KTO's unpaired row: one answer and its label.
+        let (kind, answers, note) = match p.desirable {
+            Some(desirable) => {
+                ("row", vec![("answer", &p.chosen_ids)], if desirable { " (desirable)" } else { " (undesirable)" })
             }
-            continue;
-        }
+            None => ("pair", vec![("chosen", &p.chosen_ids), ("rejected", &p.rejected_ids)], ""),
+        };
+        let counts: Vec<String> = answers.iter().map(|(label, ids)| format!("{label} {}", ids.len())).collect();
         println!(
-            "\n── pair {} of {} ({}): prompt {} tokens, chosen {}, rejected {}",
+            "\n── {kind} {} of {} ({}): prompt {} tokens, {}{note}",
             i + 1,
             prepared.train.len(),
             p.origin,
             p.prompt_ids.len(),
-            p.chosen_ids.len(),
-            p.rejected_ids.len()
+            counts.join(", ")
         );
-        for (label, ids) in [("prompt", &p.prompt_ids), ("chosen", &p.chosen_ids), ("rejected", &p.rejected_ids)] {
+        for (label, ids) in std::iter::once(("prompt", &p.prompt_ids)).chain(answers) {
             println!("{label:<9}{}", tok.decode_with_special(ids));
         }
     }

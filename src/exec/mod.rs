@@ -480,11 +480,16 @@ fn run_digest<E: packing::Example>(plan: &Plan, examples: &[E]) -> u64 {
         }
     }
     let plan_json = serde_json::to_vec(&value).unwrap_or_default();
+    distributed::digest(&plan_json) ^ data_digest(examples).rotate_left(1)
+}
+
+/// A digest of the training rows' token and label ids (ranks compare it; checkpoints keep it).
+fn data_digest<E: packing::Example>(examples: &[E]) -> u64 {
     let mut words: Vec<u8> = Vec::with_capacity(examples.iter().map(|e| e.tokens() * 16 + 8).sum());
     for e in examples {
         e.digest_into(&mut words);
     }
-    distributed::digest(&plan_json) ^ distributed::digest(&words).rotate_left(1)
+    distributed::digest(&words)
 }
 
 /// Every rank reports its set-up (a digest of its plan and data, or that it failed) and learns
@@ -590,11 +595,7 @@ fn train_on<E: packing::Example>(
         }
         let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
         let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
-        let mut words = Vec::with_capacity(train_tokens * 16);
-        for row in &train_rows {
-            packing::Example::digest_into(row, &mut words);
-        }
-        let data_digest = format!("{:016x}", distributed::digest(&words));
+        let data_digest = format!("{:016x}", data_digest(&train_rows));
         let mut state = checkpoint::TrainerState {
             global_step: 0,
             total_steps: steps.total,

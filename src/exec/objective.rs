@@ -178,13 +178,14 @@ struct TokenLogps {
     answer_mask: Tensor,
     real: Option<(Tensor, Tensor)>,
     /// log Σ_v p(v)² at each position (WPO's weights), when asked for.
-    log_sum_sq: Option<Tensor>,
+    /// Every next-token log-distribution [N, T-1, V], without a graph (WPO's weights, KTO's
+    /// entropy): computed once, with the answers' log-probabilities.
+    log_probs: Tensor,
 }
 
-fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool, sum_sq: bool) -> TokenLogps {
+fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool) -> TokenLogps {
     let t = logits.size()[1];
     let log_probs = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
-    let log_sum_sq = sum_sq.then(|| (log_probs.detach() * 2.0).logsumexp(-1, false));
     let gather = |ids: &Tensor, mask: &Tensor| {
         let safe = ids.where_scalarother(mask, 0);
         log_probs.gather(2, &safe.unsqueeze(-1), false).squeeze_dim(-1)
@@ -201,12 +202,12 @@ fn token_logps(logits: &Tensor, batch: &DeviceBatch, full_sequence: bool, sum_sq
         };
         (gather(&next, &mask), mask.to_kind(Kind::Float))
     });
-    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real, log_sum_sq }
+    TokenLogps { answer, answer_mask: answer_mask.to_kind(Kind::Float), real, log_probs: log_probs.detach() }
 }
 
 /// Summed answer log-probabilities per row.
 fn sequence_logps(logits: &Tensor, batch: &DeviceBatch) -> Tensor {
-    let t = token_logps(logits, batch, false, false);
+    let t = token_logps(logits, batch, false);
     (t.answer * t.answer_mask).sum_dim_intlist(1, false, Kind::Float)
 }
 
@@ -244,7 +245,7 @@ impl Objective for Preference {
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
         let logits = model.head(hidden, train);
         let orpo = self.loss == PreferenceLoss::Orpo;
-        let tokens = token_logps(&logits, batch, orpo, self.use_weighting);
+        let tokens = token_logps(&logits, batch, orpo);
         let sums = (&tokens.answer * &tokens.answer_mask).sum_dim_intlist(1, false, Kind::Float);
         let lengths = tokens.answer_mask.sum_dim_intlist(1, false, Kind::Float);
         let n = sums.size()[0] / 2;
@@ -276,14 +277,14 @@ impl Objective for Preference {
                         &chosen_ratio / chosen_len.clamp_min(1.0) - &rejected_ratio / rejected_len.clamp_min(1.0);
                     (delta - 1.0 / (2.0 * self.beta)).square()
                 };
-                let per_pair = match &tokens.log_sum_sq {
-                    Some(log_sum_sq) => {
-                        let aligned = (tokens.answer.detach() - log_sum_sq) * &tokens.answer_mask;
-                        let weights = (aligned.sum_dim_intlist(1, false, Kind::Float) / lengths.clamp_min(1.0)).exp();
-                        let (chosen_w, rejected_w) = half(&weights);
-                        per_pair * chosen_w * rejected_w
-                    }
-                    None => per_pair,
+                let per_pair = if self.use_weighting {
+                    let log_sum_sq = (&tokens.log_probs * 2.0).logsumexp(-1, false);
+                    let aligned = (tokens.answer.detach() - log_sum_sq) * &tokens.answer_mask;
+                    let weights = (aligned.sum_dim_intlist(1, false, Kind::Float) / lengths.clamp_min(1.0)).exp();
+                    let (chosen_w, rejected_w) = half(&weights);
+                    per_pair * chosen_w * rejected_w
+                } else {
+                    per_pair
                 };
                 (per_pair, chosen_ratio, rejected_ratio, zero(), None)
             }
@@ -419,7 +420,8 @@ impl Objective for Kto {
         let desirable = batch.desirable.as_ref().expect("KTO batches say which answers are desirable");
         let kl_rows = batch.kl_rows.as_ref().expect("KTO batches carry their KL rows");
         let logits = model.head(hidden, train);
-        let logps = sequence_logps(&logits, batch);
+        let tokens = token_logps(&logits, batch, false);
+        let logps = (&tokens.answer * &tokens.answer_mask).sum_dim_intlist(1, false, Kind::Float);
         let reference = reference_logps(model, batch);
         let (kl_logps, kl_reference) = tch::no_grad(|| {
             let h = model.hidden_states(&kl_rows.inputs(), false);
@@ -438,11 +440,10 @@ impl Objective for Kto {
         let sum = |t: &Tensor| t.sum(Kind::Float);
         // Per answer token: the vocabulary-mean logit and the entropy of the next-token distribution.
         let t = logits.size()[1];
-        let shifted = logits.detach().narrow(1, 0, t - 1);
-        let answer_mask = batch.labels.narrow(1, 1, t - 1).ne(-100).to_kind(Kind::Float);
-        let mean_logits = shifted.mean_dim(-1, false, Kind::Float) * &answer_mask;
-        let log_probs = shifted.log_softmax(-1, Kind::Float);
-        let entropy = -(log_probs.exp() * &log_probs).sum_dim_intlist(-1, false, Kind::Float) * &answer_mask;
+        let answer_mask = &tokens.answer_mask;
+        let mean_logits = logits.detach().narrow(1, 0, t - 1).mean_dim(-1, false, Kind::Float) * answer_mask;
+        let log_probs = &tokens.log_probs;
+        let entropy = -(log_probs.exp() * log_probs).sum_dim_intlist(-1, false, Kind::Float) * answer_mask;
         let row_logits = mean_logits.sum_dim_intlist(1, false, Kind::Float);
         let row_tokens = answer_mask.sum_dim_intlist(1, false, Kind::Float);
         let rows = d.size()[0] as f64;
@@ -460,7 +461,7 @@ impl Objective for Kto {
                 sum(&(&row_logits * &u)),
                 sum(&(&row_tokens * &u)),
                 sum(&entropy),
-                sum(&answer_mask),
+                sum(answer_mask),
             ],
             0,
         );
