@@ -428,7 +428,15 @@ impl<E: Example> Loop<'_, E> {
         }
         if let Some(last) = pending.last() {
             let loss = values[n - 1];
-            self.progress.set_message(format!("loss {loss:.4} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
+            // Preference and reward training: their accuracy and margin beside the loss.
+            let shown: String = self
+                .objective
+                .metrics(metric_at(n - 1), last.units as f64)
+                .into_iter()
+                .filter(|(name, _)| name.contains("accura") || name.contains("margin"))
+                .map(|(name, value)| format!(" {} {value:.3}", name.trim_start_matches("rewards/")))
+                .collect();
+            self.progress.set_message(format!("loss {loss:.4}{shown} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
         }
         pending.clear();
         Ok(stop)
