@@ -56,7 +56,7 @@ fn input_ids() -> Tensor {
 }
 
 fn logits_of(dir: &Path) -> Tensor {
-    let loaded = load_trained(dir, None, Device::Cpu, None).unwrap();
+    let loaded = load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
     let ids = input_ids();
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
     tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
@@ -210,7 +210,7 @@ fn reward_model_folders_for_the_python_check() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // Each row's reward, as transformers' …ForSequenceClassification reads it: [B, 1].
-        let loaded = load_trained(&dir, None, Device::Cpu, None).unwrap();
+        let loaded = load_trained(&dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
         let ids = input_ids();
         let rows: Vec<Vec<i64>> = (0..2).map(|r| Vec::<i64>::try_from(ids.get(r)).unwrap()).collect();
         let scores = recipe::exec::score_sequences(&loaded, &rows).unwrap();

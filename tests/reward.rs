@@ -201,7 +201,7 @@ fn full_reward_model_is_a_sequence_classifier_folder() {
     assert_eq!(saved["score.weight"].size(), [1, 64]);
     assert!(!saved.contains_key("lm_head.weight"));
     // The folder reloads as a reward model, and scores what the loaded model computes.
-    let loaded = recipe::exec::load_trained(&out, None, Device::Cpu, None).unwrap();
+    let loaded = recipe::exec::load_trained(&out, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
     let text = "Once upon a time";
     let ids: Vec<i64> = loaded.tokenizer.bos().into_iter().chain(loaded.tokenizer.encode(text).unwrap()).collect();
     let direct = recipe::exec::score_sequences(&loaded, &[ids]).unwrap()[0];

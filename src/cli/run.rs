@@ -337,7 +337,7 @@ fn load_target(
     let (dir, base, plan) = resolve_target(target, overrides)?;
     let device = device(device_name)?;
     let quantize = quantization(plan.as_ref(), target)?;
-    match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize)) {
+    match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize, Some(tch::Kind::Float))) {
         Ok(loaded) => Ok((loaded, dir, plan)),
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
@@ -499,8 +499,10 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
         return ExitCode::from(EXIT_INVALID);
     }
+    // The recipe's save_dtype, else the base's own dtype: merged weights are not widened to fp32.
+    let kind = plan.as_ref().map(exec::save_kind);
     let loaded = match exec::catch_torch_errors(None, || {
-        exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu, quantize)
+        exec::load_trained(&dir, base.as_deref(), tch::Device::Cpu, quantize, kind)
     }) {
         Ok(l) => l,
         Err(e) => {
@@ -509,7 +511,8 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         }
     };
     let out = output.map(Path::to_path_buf).unwrap_or_else(|| dir.join("merged"));
-    match exec::catch_torch_errors(None, || exec::merge(&loaded, &out)) {
+    let kind = kind.unwrap_or_else(|| loaded.model.embed_tokens.kind());
+    match exec::catch_torch_errors(None, || exec::merge(&loaded, &out, kind)) {
         Ok(files) => {
             println!("merged {} into {}", dir.display(), out.display());
             for f in files {

@@ -43,6 +43,11 @@ pub struct LoggingConfig {
     /// removed first); without it, such a folder is refused unless resuming (transformers' name).
     #[serde(default)]
     pub overwrite_output_dir: bool,
+    /// The dtype of written model weights: a full fine-tune's model, `recipe merge` and `recipe
+    /// quantize` (its dense parts). Unset: the base model's `torch_dtype`. Adapters are saved in
+    /// float32 (as peft saves them) and checkpoints in the training precision, so resume is exact.
+    #[serde(default)]
+    pub save_dtype: Option<super::quantization::ComputeDtype>,
 }
 
 impl Default for LoggingConfig {

@@ -6,11 +6,11 @@
 
 use crate::model::adapter;
 use crate::model::llama::{CausalLm, Trainable};
-use crate::model::weights;
+use crate::model::weights::{self, Deferred};
 use crate::plan::Plan;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -42,10 +42,18 @@ const SIDE_FILES: &[&str] = &[
 ];
 
 /// Writes the model's weights as peft or transformers would: adapter_model.safetensors +
-/// adapter_config.json for LoRA, model.safetensors + config.json for full fine-tuning; plus the
-/// tokenizer files. `pad_id` is the padding token a reward model's config records (transformers
-/// finds each sequence's last token by it).
-pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path, pad_id: i64) -> Result<(), String> {
+/// adapter_config.json for LoRA (float32, as peft saves adapters), model.safetensors + config.json
+/// for full fine-tuning (in `kind`: the save dtype for final outputs, the training precision for
+/// checkpoints); plus the tokenizer files. `pad_id` is the padding token a reward model's config
+/// records (transformers finds each sequence's last token by it).
+pub fn write_weights(
+    dir: &Path,
+    model: &CausalLm,
+    plan: &Plan,
+    base_dir: &Path,
+    pad_id: i64,
+    kind: Kind,
+) -> Result<(), String> {
     match &model.trainable {
         Trainable::Lora { .. } => {
             let mut tensors: Vec<(String, Tensor)> =
@@ -55,13 +63,50 @@ pub fn write_weights(dir: &Path, model: &CausalLm, plan: &Plan, base_dir: &Path,
             adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter, model.score.is_some())?;
         }
         Trainable::Everything | Trainable::Nothing => {
-            let tensors: Vec<(String, Tensor)> =
-                model.base_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
-            weights::save(&dir.join("model.safetensors"), &tensors)?;
-            write_model_config(dir, base_dir, model, false, Some(pad_id))?;
+            let tensors: Vec<Deferred> = model
+                .base_params()
+                .into_iter()
+                .map(|p| Deferred::ready(p.name, p.tensor.detach()).cast(kind))
+                .collect();
+            weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
+            write_model_config(dir, base_dir, model, kind, false, Some(pad_id))?;
         }
     }
     copy_side_files(base_dir, dir)
+}
+
+/// Writes a set of output files complete or not at all: `write` fills a temporary folder, which
+/// then becomes `dest` (renamed, when `dest` is new or empty) or whose files are renamed into
+/// `dest` one by one, weights last (when `dest` holds other files, as a run's output folder does).
+/// A crash or a full disk while writing leaves the previous outputs, never a truncated set.
+pub fn publish(dest: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
+    let dest = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let fresh = std::fs::read_dir(&dest).map_or(true, |mut d| d.next().is_none());
+    let staging = match (fresh, dest.parent(), dest.file_name()) {
+        (true, Some(parent), Some(name)) => parent.join(format!(".{}.partial", name.to_string_lossy())),
+        _ => dest.join(".outputs.partial"),
+    };
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    let result = write(&staging).and_then(|()| {
+        if staging.parent() != Some(dest.as_path()) {
+            let _ = std::fs::remove_dir(&dest);
+            return std::fs::rename(&staging, &dest).map_err(|e| io(&dest, e));
+        }
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&staging).map_err(|e| io(&staging, e))?.flatten().map(|e| e.path()).collect();
+        files.sort_by_key(|f| (f.extension().is_some_and(|e| e == "safetensors"), f.clone()));
+        for f in files {
+            let to = dest.join(f.file_name().unwrap_or_default());
+            std::fs::rename(&f, &to).map_err(|e| io(&to, e))?;
+        }
+        std::fs::remove_dir(&staging).map_err(|e| io(&staging, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
 }
 
 /// What a finished or interrupted run leaves in its output folder (its `recipe_run.json` too, which
@@ -165,13 +210,14 @@ pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resum
     Ok(())
 }
 
-/// Copies config.json from the base, recording fp32 weights, the vocabulary size (tokens may have
+/// Copies config.json from the base, recording the weights' dtype, the vocabulary size (tokens may have
 /// been added) and an untied head when the merged model has its own. A reward model becomes
 /// transformers' `…ForSequenceClassification` with one label and the padding token it pools by.
 pub fn write_model_config(
     dir: &Path,
     base_dir: &Path,
     model: &CausalLm,
+    kind: Kind,
     untie: bool,
     pad_id: Option<i64>,
 ) -> Result<(), String> {
@@ -181,7 +227,7 @@ pub fn write_model_config(
     let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("torch_dtype");
-        o.insert("dtype".into(), "float32".into());
+        o.insert("dtype".into(), weights::torch_dtype_name(kind).into());
         o.remove("quantization_config");
         o.insert("vocab_size".into(), vocab_size.into());
         if untie {
@@ -249,7 +295,7 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        write_weights(&tmp, model, plan, base_dir, pad_id)?;
+        write_weights(&tmp, model, plan, base_dir, pad_id, Kind::Float)?;
         if let Some(tok) = tokenizer {
             tok.save(&tmp)?;
         }

@@ -18,7 +18,7 @@ use crate::data::{self, Tokenizer, packing};
 use crate::model::adapter;
 use crate::model::generate::{Sampling, generate};
 use crate::model::llama::{CausalLm, LoadOptions, Trainable};
-use crate::model::weights::Checkpoint;
+use crate::model::weights::{Checkpoint, Deferred};
 use crate::plan::Plan;
 use crate::plan::adapter::AdapterMethod;
 use crate::plan::precision::Precision;
@@ -54,6 +54,10 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
         t if t.starts_with("cuda") && tch::Cuda::is_available() => {
             let n: usize =
                 t.trim_start_matches("cuda:").parse().map_err(|_| format!("device `{t}`: expected cuda:N"))?;
+            let count = tch::Cuda::device_count().max(0) as usize;
+            if n >= count {
+                return Err(format!("device `{t}`: this machine shows {count} CUDA device(s), cuda:0 to cuda:{}", count - 1));
+            }
             Ok(Device::Cuda(n))
         }
         t if t.starts_with("cuda") => Err(format!("device `{t}`: this libtorch sees no CUDA device")),
@@ -160,6 +164,20 @@ fn compute_kind(plan: &Plan, device: Device) -> Result<Kind, String> {
             Kind::Half
         }
     })
+}
+
+/// The dtype written model weights are in (`save_dtype`, else the base's `torch_dtype`).
+pub fn save_kind(plan: &Plan) -> Kind {
+    kind_of(plan.training.save_dtype)
+}
+
+/// A floating-point dtype as libtorch names it.
+pub fn kind_of(p: Precision) -> Kind {
+    match p {
+        Precision::Fp32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp16 => Kind::Half,
+    }
 }
 
 fn trainable(plan: &Plan) -> Trainable {
@@ -720,12 +738,15 @@ fn train_on<E: packing::Example>(
     if rt.is_main() {
         catch_torch_errors(Some(plan), || {
             if !outcome.interrupted {
-                checkpoint::write_weights(&output_dir, &model, plan, &base_dir, tok.pad())?;
-                if let Some(tok) = run_tokenizer {
-                    // The base's tokenizer lacks the added tokens: save ours (load the base with
-                    // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
-                    tok.save(&output_dir)?;
-                }
+                checkpoint::publish(&output_dir, |dir| {
+                    checkpoint::write_weights(dir, &model, plan, &base_dir, tok.pad(), save_kind(plan))?;
+                    match run_tokenizer {
+                        // The base's tokenizer lacks the added tokens: save ours (load the base with
+                        // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
+                        Some(tok) => tok.save(dir),
+                        None => Ok(()),
+                    }
+                })?;
                 outputs.push(checkpoint::weights_file(&output_dir));
             }
             let records = metrics::read(log.path());
@@ -854,18 +875,24 @@ pub struct Loaded {
 /// Loads `dir` (an output folder or checkpoint: a peft adapter, or a Hugging Face model folder);
 /// `base_dir` is where the base model of an adapter lives.
 /// `quantize`: the base's quantization during training (QLoRA), so the adapter meets the same base.
+/// `base_kind`: the dtype the base's weights are held in (float32 to compute on the CPU; `None`:
+/// the base's own `torch_dtype`, for merging without widening it).
 pub fn load_trained(
     dir: &Path,
     base_dir: Option<&Path>,
     device: Device,
     quantize: Option<crate::model::llama::Quantize>,
+    base_kind: Option<Kind>,
 ) -> Result<Loaded, String> {
     let read_arch = |d: &Path| crate::plan::model::local_architecture(d).map_err(|e| format!("{}: {e}", d.display()));
-    let opts = |trainable, score_head| LoadOptions { device, base_kind: Kind::Float, trainable, quantize, score_head };
+    let kind = |arch: &crate::plan::arch::Architecture| {
+        base_kind.unwrap_or_else(|| kind_of(Precision::from_torch_dtype(&arch.dtype)))
+    };
     if dir.join("adapter_config.json").is_file() {
         let cfg = adapter::read_config(dir)?;
         let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
         let arch = read_arch(&base)?;
+        let opts = |trainable, score_head| LoadOptions { device, base_kind: kind(&arch), trainable, quantize, score_head };
         let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
         let tokenizer = Tokenizer::load(&tok_dir)?;
         let mut model =
@@ -880,7 +907,7 @@ pub fn load_trained(
         let arch = read_arch(dir)?;
         let score_head = arch.class.ends_with("ForSequenceClassification");
         let opts =
-            LoadOptions { device, base_kind: Kind::Float, trainable: Trainable::Nothing, quantize: None, score_head };
+            LoadOptions { device, base_kind: kind(&arch), trainable: Trainable::Nothing, quantize: None, score_head };
         let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts)?;
         Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf() })
     }
@@ -907,17 +934,19 @@ pub fn score_sequences(loaded: &Loaded, sequences: &[Vec<i64>]) -> Result<Vec<f6
     Ok(out)
 }
 
-/// Folds a LoRA adapter into its base and writes a Hugging Face model folder.
-pub fn merge(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let params = loaded.model.merged_params();
-    let untie = params.iter().any(|p| p.name == "lm_head.weight") && loaded.model.arch.tie_word_embeddings;
-    let tensors: Vec<(String, tch::Tensor)> = params.into_iter().map(|p| (p.name, p.tensor)).collect();
-    let file = out.join("model.safetensors");
-    crate::model::weights::save(&file, &tensors)?;
-    checkpoint::write_model_config(out, &loaded.base_dir, &loaded.model, untie, Some(loaded.tokenizer.pad()))?;
-    checkpoint::copy_side_files(&loaded.base_dir, out)?;
-    Ok(vec![file, out.join("config.json")])
+/// Folds a LoRA adapter into its base and writes a Hugging Face model folder in `kind`, one
+/// merged weight at a time.
+pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, String> {
+    let model = &loaded.model;
+    let tensors: Vec<Deferred> = model.merged_weights().into_iter().map(|d| d.cast(kind)).collect();
+    let untie = tensors.iter().any(|d| d.name == "lm_head.weight") && model.arch.tie_word_embeddings;
+    checkpoint::publish(out, |dir| {
+        crate::model::weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
+        checkpoint::write_model_config(dir, &loaded.base_dir, model, kind, untie, Some(loaded.tokenizer.pad()))?;
+        checkpoint::copy_side_files(&loaded.base_dir, dir)?;
+        loaded.tokenizer.save(dir)
+    })?;
+    Ok(vec![out.join("model.safetensors"), out.join("config.json")])
 }
 
 /// `recipe quantize`: the base quantized as the plan says, written as a Hugging Face folder in
@@ -927,29 +956,29 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     let spec = quantize_spec(plan)?.ok_or("the recipe does not quantize its base (set load_in_4bit: true)")?;
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let ckpt = Checkpoint::open(&base_dir)?;
+    let kind = save_kind(plan);
     let opts = LoadOptions {
         device: Device::Cpu,
-        base_kind: Kind::Float,
+        base_kind: kind,
         trainable: Trainable::Nothing,
         quantize: Some(spec),
         score_head: false,
     };
     let model = CausalLm::load(&plan.model.architecture, &ckpt, &opts)?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut tensors: Vec<(String, tch::Tensor)> = Vec::new();
-    for p in model.base_params() {
-        let linear = model.linears().into_iter().find(|l| format!("{}.weight", l.name) == p.name);
-        match linear.and_then(|l| l.quantized.as_ref()) {
-            Some(q) => tensors.extend(q.to_tensors(&p.name)),
-            None => tensors.push((p.name, p.tensor)),
+    drop(ckpt);
+    // Quantized linears as their stored tensors; the rest (embeddings, norms, head) dense.
+    let linears: std::collections::HashMap<String, &crate::model::linear::QuantizedWeight> = model
+        .linears()
+        .into_iter()
+        .filter_map(|l| l.quantized.as_ref().map(|q| (format!("{}.weight", l.name), q)))
+        .collect();
+    let mut tensors: Vec<Deferred> = Vec::new();
+    for d in model.merged_weights() {
+        match linears.get(&d.name) {
+            Some(q) => tensors.extend(q.to_tensors(&d.name).into_iter().map(|(n, t)| Deferred::ready(n, t))),
+            None => tensors.push(d.cast(kind)),
         }
     }
-    let file = out.join("model.safetensors");
-    crate::model::weights::save(&file, &tensors)?;
-    checkpoint::write_model_config(out, &base_dir, &model, false, None)?;
-    let config_path = out.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let compute = plan.quantization.compute_dtype.map_or("float32", Precision::as_str);
     let quantization_config = match spec {
         crate::model::llama::Quantize::FourBit(f) => {
@@ -957,11 +986,18 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
         }
         crate::model::llama::Quantize::Int8 => crate::model::int8::quantization_config(6.0),
     };
-    if let Some(o) = config.as_object_mut() {
-        o.insert("quantization_config".into(), quantization_config);
-    }
-    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
-    crate::model::weights::write_atomic(&config_path, text.as_bytes())?;
-    checkpoint::copy_side_files(&base_dir, out)?;
-    Ok(vec![file, config_path])
+    checkpoint::publish(out, |dir| {
+        crate::model::weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
+        checkpoint::write_model_config(dir, &base_dir, &model, kind, false, None)?;
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+        let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if let Some(o) = config.as_object_mut() {
+            o.insert("quantization_config".into(), quantization_config);
+        }
+        let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+        crate::model::weights::write_atomic(&config_path, text.as_bytes())?;
+        checkpoint::copy_side_files(&base_dir, dir)
+    })?;
+    Ok(vec![out.join("model.safetensors"), out.join("config.json")])
 }

@@ -2,18 +2,23 @@
 //! with its state as plain named tensors so checkpoints save and restore it exactly. Gradient
 //! clipping by global norm stays on the device (no host sync).
 //!
-//! 8-bit AdamW (`adamw_8bit`, `adamw_bnb_8bit`, `paged_adamw_8bit`) keeps both moments blockwise
-//! quantized as bitsandbytes' 8-bit optimizers do: blocks of 256 values, each an absmax and 256
-//! one-byte codes of the signed dynamic map, dequantized for the update and quantized again
-//! after. Tensors under 4,096 elements keep 32-bit states (bitsandbytes' `min_8bit_size`). State
-//! memory is about a quarter of 32-bit AdamW's.
+//! 8-bit AdamW (`adamw_8bit`, `adamw_bnb_8bit`, `paged_adamw_8bit`) is bitsandbytes' `AdamW8bit`
+//! as its CPU kernels compute it: both moments blockwise quantized (blocks of 256 values, each an
+//! absmax and 256 one-byte codes; the first moment in the signed dynamic map, the second, never
+//! negative, in the unsigned one), dequantized for the update and quantized again after; tensors
+//! under 4,096 elements keep 32-bit states and bitsandbytes' 32-bit update. The codes and their
+//! quantization tables live on the parameters' device, built once, so a step reads nothing back
+//! to the host. State memory is about a quarter of 32-bit AdamW's.
 
 use crate::model::llama::Param;
+use crate::model::nf4::{self, BlockCode};
 use crate::plan::training::OptimizerPlan;
 use tch::{Kind, Tensor};
 
 pub struct AdamW {
     params: Vec<Slot>,
+    /// bitsandbytes' 8-bit AdamW (its update formulas) rather than torch's.
+    eight_bit: bool,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -37,18 +42,19 @@ const MIN_8BIT_SIZE: i64 = 4096;
 /// One moment of one parameter: fp32, or blockwise 8-bit.
 enum Moment {
     Full(Tensor),
-    Quantized { codes: Tensor, absmax: Tensor, code: Tensor },
+    Quantized { codes: Tensor, absmax: Tensor, code: BlockCode },
 }
 
 impl Moment {
-    fn zeros(like: &Tensor, eight_bit: bool) -> Moment {
+    /// `code`: the 8-bit code this moment is quantized with, for tensors that get 8-bit states.
+    fn zeros(like: &Tensor, code: Option<&BlockCode>) -> Moment {
         let zeros = like.to_kind(Kind::Float).zeros_like().detach();
-        if eight_bit && like.numel() as i64 >= MIN_8BIT_SIZE {
-            let code = crate::model::nf4::dynamic_map().to_device(like.device());
-            let (codes, absmax) = crate::model::nf4::quantize_blockwise(&zeros, &code, BLOCK);
-            Moment::Quantized { codes, absmax, code }
-        } else {
-            Moment::Full(zeros)
+        match code {
+            Some(code) if like.numel() as i64 >= MIN_8BIT_SIZE => {
+                let (codes, absmax) = nf4::quantize_blockwise_with(&zeros, code, BLOCK);
+                Moment::Quantized { codes, absmax, code: code.shallow_clone() }
+            }
+            _ => Moment::Full(zeros),
         }
     }
 
@@ -57,7 +63,7 @@ impl Moment {
         match self {
             Moment::Full(t) => t.shallow_clone(),
             Moment::Quantized { codes, absmax, code } => {
-                crate::model::nf4::dequantize_blockwise(codes, absmax, code, BLOCK).view(codes.size().as_slice())
+                nf4::dequantize_blockwise(codes, absmax, &code.values, BLOCK).view(codes.size().as_slice())
             }
         }
     }
@@ -65,7 +71,7 @@ impl Moment {
     /// Stores updated values (quantizing them again for 8-bit states).
     fn store(&mut self, values: &Tensor) {
         if let Moment::Quantized { codes, absmax, code } = self {
-            let (c, a) = crate::model::nf4::quantize_blockwise(values, code, BLOCK);
+            let (c, a) = nf4::quantize_blockwise_with(values, code, BLOCK);
             *codes = c;
             *absmax = a;
         }
@@ -104,23 +110,39 @@ impl Moment {
     }
 }
 
+/// `c + alpha · a` rounded once, as torch's `c.add_(a, alpha=alpha)` computes it on the CPU (a
+/// fused multiply-add; `alpha` as fp32): the fp32 product is exact in float64.
+fn fused_multiply_add(a: &Tensor, alpha: f64, c: &Tensor) -> Tensor {
+    let alpha = f64::from(alpha as f32);
+    (a.to_kind(Kind::Double) * alpha + c.to_kind(Kind::Double)).to_kind(Kind::Float)
+}
+
 impl AdamW {
     /// Weight decay applies to every parameter but biases and norm weights, as transformers'
     /// Trainer groups them.
     pub fn new(params: Vec<Param>, plan: &OptimizerPlan) -> AdamW {
         let eight_bit = plan.name.eight_bit_states();
+        // The two codes on the parameters' device, shared by every 8-bit state.
+        let codes = match params.first() {
+            Some(p) if eight_bit => {
+                let device = p.tensor.device();
+                Some((BlockCode::new(&nf4::dynamic_map(), device), BlockCode::new(&nf4::unsigned_dynamic_map(), device)))
+            }
+            _ => None,
+        };
         let params = params
             .into_iter()
             .map(|p| Slot {
                 decay: !(p.name.ends_with(".bias") || p.name.contains("norm")),
-                exp_avg: Moment::zeros(&p.tensor, eight_bit),
-                exp_avg_sq: Moment::zeros(&p.tensor, eight_bit),
+                exp_avg: Moment::zeros(&p.tensor, codes.as_ref().map(|c| &c.0)),
+                exp_avg_sq: Moment::zeros(&p.tensor, codes.as_ref().map(|c| &c.1)),
                 param: p.tensor,
                 name: p.name,
             })
             .collect();
         AdamW {
             params,
+            eight_bit,
             beta1: plan.beta1,
             beta2: plan.beta2,
             eps: plan.epsilon,
@@ -168,9 +190,10 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let t = self.step as i32;
-        let bias1 = 1.0 - self.beta1.powi(t);
-        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        // Python's `beta ** step` (C pow), as torch and bitsandbytes compute the corrections.
+        let t = self.step as f64;
+        let bias1 = 1.0 - self.beta1.powf(t);
+        let bias2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
         for s in &mut self.params {
             let grad = s.param.grad();
             if !grad.defined() {
@@ -178,15 +201,27 @@ impl AdamW {
             }
             let grad = grad.to_kind(s.param.kind());
             let mut p = s.param.shallow_clone();
+            let (mut m, mut v) = (s.exp_avg.value(), s.exp_avg_sq.value());
+            if self.eight_bit {
+                // bitsandbytes: `m.mul_(β1).add_(g, alpha=1-β1)`, not torch's lerp.
+                m *= self.beta1;
+                m.copy_(&fused_multiply_add(&grad, 1.0 - self.beta1, &m));
+            } else {
+                let _ = m.lerp_(&grad, 1.0 - self.beta1);
+            }
+            v *= self.beta2;
+            let _ = v.addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
             if s.decay && self.weight_decay != 0.0 {
                 p *= 1.0 - lr * self.weight_decay;
             }
-            let (mut m, mut v) = (s.exp_avg.value(), s.exp_avg_sq.value());
-            let _ = m.lerp_(&grad, 1.0 - self.beta1);
-            v *= self.beta2;
-            let _ = v.addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
-            let denom = v.sqrt() / bias2_sqrt + self.eps;
-            let _ = p.addcdiv_(&(&m * (-lr / bias1)), &denom);
+            if self.eight_bit && matches!(s.exp_avg, Moment::Full(_)) {
+                // bitsandbytes' 32-bit update, for tensors too small for 8-bit states.
+                let update = &m / (v.sqrt() + self.eps * bias2_sqrt);
+                p.copy_(&fused_multiply_add(&update, -lr * bias2_sqrt / bias1, &p));
+            } else {
+                let denom = v.sqrt() / bias2_sqrt + self.eps;
+                let _ = p.addcdiv_(&(&m * (-lr / bias1)), &denom);
+            }
             s.exp_avg.store(&m);
             s.exp_avg_sq.store(&v);
         }

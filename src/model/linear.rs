@@ -34,6 +34,14 @@ impl QuantizedWeight {
         }
     }
 
+    /// The shape the weight had before quantizing.
+    pub fn shape(&self) -> Vec<i64> {
+        match self {
+            QuantizedWeight::Four(q) => q.shape.clone(),
+            QuantizedWeight::Eight(q) => q.cb.size(),
+        }
+    }
+
     /// The dtype the weight had before quantizing.
     pub fn dtype(&self) -> Kind {
         match self {

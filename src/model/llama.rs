@@ -7,7 +7,7 @@
 
 use super::linear::{Adapter, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
-use super::weights::Checkpoint;
+use super::weights::{Checkpoint, Deferred};
 use crate::plan::arch::Architecture;
 use tch::{Device, Kind, Tensor};
 
@@ -627,27 +627,37 @@ impl CausalLm {
     }
 
     /// The weights of the merged model (LoRA folded in, saved copies replacing the originals),
-    /// under Hugging Face names.
-    pub fn merged_params(&self) -> Vec<Param> {
-        let mut out = Vec::new();
-        let mut merged: std::collections::HashMap<String, Tensor> =
-            self.linears().into_iter().map(|l| (format!("{}.weight", l.name), l.merged_weight())).collect();
-        if self.lm_head.adapter.is_some() {
-            merged.insert("lm_head.weight".into(), self.lm_head.merged_weight());
-        }
-        for p in self.base_params() {
-            let tensor = match p.name.as_str() {
-                "model.embed_tokens.weight" => self.embed_tokens_trained.as_ref().unwrap_or(&p.tensor).detach(),
-                name => merged.get(name).map(|t| t.shallow_clone()).unwrap_or_else(|| p.tensor.detach()),
+    /// under Hugging Face names, each folded (or dequantized) only when written, so writing the
+    /// model holds one merged weight at a time.
+    pub fn merged_weights(&self) -> Vec<Deferred<'_>> {
+        let ready = |name: &str, t: &Tensor| Deferred::ready(name.to_string(), t.detach());
+        fn merged(name: String, lin: &Linear) -> Deferred<'_> {
+            let (shape, kind) = match &lin.quantized {
+                Some(q) => (q.shape(), q.dtype()),
+                None => (lin.weight.size(), lin.weight.kind()),
             };
-            out.push(Param { name: p.name, tensor });
+            Deferred::new(name, shape, kind, move || lin.merged_weight())
         }
-        if self.score.is_none()
-            && self.arch.tie_word_embeddings
-            && (self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some())
-        {
+        let embed = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
+        let mut out = vec![ready("model.embed_tokens.weight", embed)];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push(ready(&format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
+            out.push(ready(&format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm));
+            for lin in layer_linears(layer) {
+                out.push(merged(format!("{}.weight", lin.name), lin));
+                if let Some(b) = &lin.bias {
+                    out.push(ready(&format!("{}.bias", lin.name), b));
+                }
+            }
+        }
+        out.push(ready("model.norm.weight", &self.norm));
+        let head_trained = self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some();
+        if let Some(score) = &self.score {
+            out.push(ready("score.weight", score));
+        } else if !self.arch.tie_word_embeddings || head_trained {
             // A trained head on a tied model can no longer share the embedding: save it.
-            out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.merged_weight() });
+            out.push(merged("lm_head.weight".into(), &self.lm_head));
         }
         out
     }

@@ -155,36 +155,47 @@ fn bounds_and_order(quant_type: QuantType) -> (Vec<f32>, Vec<i64>) {
 }
 
 /// bitsandbytes' `create_dynamic_map()` (signed, 7 exponent bits, 8 bits): the 256-value fp32
-/// code of the nested absmax, as a CPU tensor. Built once with the same torch ops as
-/// bitsandbytes (fp32 linspace, means, scalar products) on the CPU, then cached.
+/// code of the nested absmax and of 8-bit AdamW's first moment, as a CPU tensor. Built once with
+/// the same torch ops as bitsandbytes (fp32 linspace, means, scalar products) on the CPU, then cached.
 pub fn dynamic_map() -> Tensor {
-    Tensor::from_slice(dynamic_map_values())
+    Tensor::from_slice(dynamic_map_values(true))
 }
 
-fn dynamic_map_values() -> &'static [f32] {
-    static MAP: OnceLock<Vec<f32>> = OnceLock::new();
-    MAP.get_or_init(|| {
+/// bitsandbytes' `create_dynamic_map(signed=False)`: the code of 8-bit AdamW's second moment
+/// (never negative, so all 256 values cover [0, 1]).
+pub fn unsigned_dynamic_map() -> Tensor {
+    Tensor::from_slice(dynamic_map_values(false))
+}
+
+fn dynamic_map_values(signed: bool) -> &'static [f32] {
+    static SIGNED: OnceLock<Vec<f32>> = OnceLock::new();
+    static UNSIGNED: OnceLock<Vec<f32>> = OnceLock::new();
+    let build = || {
         // 10 ** (-(max_exponent_bits - 1) + i) for i in 0..7, as Python evaluates it.
         const SCALES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
         let mut data: Vec<f32> = Vec::with_capacity(256);
         for (i, scale) in SCALES.iter().enumerate() {
-            let items = (1i64 << i) + 1;
+            // The sign bit is a further fraction bit when unsigned.
+            let items = (1i64 << (i + usize::from(!signed))) + 1;
             let b = Tensor::linspace(0.1, 1.0, items, (Kind::Float, Device::Cpu));
             let means = (b.narrow(0, 0, items - 1) + b.narrow(0, 1, items - 1)) / 2.0;
             data.extend(Vec::<f32>::try_from(&means * *scale).unwrap());
-            data.extend(Vec::<f32>::try_from(&means * -*scale).unwrap());
+            if signed {
+                data.extend(Vec::<f32>::try_from(&means * -*scale).unwrap());
+            }
         }
         data.push(0.0);
         data.push(1.0);
         assert_eq!(data.len(), 256);
         data.sort_by(|a, b| a.partial_cmp(b).unwrap());
         data
-    })
+    };
+    if signed { SIGNED.get_or_init(build) } else { UNSIGNED.get_or_init(build) }
 }
 
 /// The 65536-entry table of libbitsandbytes_cpu's `quantize_cpu` (int64, CPU): for grid value
 /// `g_i = (i + i) / 65535 - 1`, the number of code midpoints `(c[j] + c[j+1]) * 0.5` below it.
-/// The table of the dynamic map (the only code [`quantize`] uses) is built once and cached.
+/// The tables of the two dynamic maps are built once and cached.
 fn quantize_lut(code: &Tensor) -> Tensor {
     let build = |code: &Tensor| {
         let n = code.size()[0];
@@ -195,21 +206,45 @@ fn quantize_lut(code: &Tensor) -> Tensor {
     };
     let code = code.to_device(Device::Cpu).to_kind(Kind::Float);
     let values = Vec::<f32>::try_from(&code).unwrap();
-    let dynamic = dynamic_map_values();
-    if values.len() == dynamic.len() && values.iter().zip(dynamic).all(|(a, b)| a.to_bits() == b.to_bits()) {
-        static LUT: OnceLock<Vec<i64>> = OnceLock::new();
-        let lut = LUT.get_or_init(|| Vec::<i64>::try_from(build(&code)).unwrap());
-        Tensor::from_slice(lut)
+    let same = |map: &[f32]| values.len() == map.len() && values.iter().zip(map).all(|(a, b)| a.to_bits() == b.to_bits());
+    static SIGNED: OnceLock<Vec<i64>> = OnceLock::new();
+    static UNSIGNED: OnceLock<Vec<i64>> = OnceLock::new();
+    if same(dynamic_map_values(true)) {
+        Tensor::from_slice(SIGNED.get_or_init(|| Vec::<i64>::try_from(build(&code)).unwrap()))
+    } else if same(dynamic_map_values(false)) {
+        Tensor::from_slice(UNSIGNED.get_or_init(|| Vec::<i64>::try_from(build(&code)).unwrap()))
     } else {
         build(&code)
+    }
+}
+
+/// A blockwise code with its quantization table, both resident on one device: built once, so
+/// quantizing with it (8-bit AdamW, every step) reads nothing back from the device.
+pub struct BlockCode {
+    /// fp32 `[256]`.
+    pub values: Tensor,
+    lut: Tensor,
+}
+
+impl BlockCode {
+    pub fn new(code: &Tensor, device: Device) -> BlockCode {
+        BlockCode { values: code.to_kind(Kind::Float).to_device(device), lut: quantize_lut(code).to_device(device) }
+    }
+
+    pub fn shallow_clone(&self) -> BlockCode {
+        BlockCode { values: self.values.shallow_clone(), lut: self.lut.shallow_clone() }
     }
 }
 
 /// bitsandbytes' `quantize_blockwise(x, code, blocksize)` as libbitsandbytes_cpu 0.50.2 computes
 /// it: `(uint8 codes shaped like x, fp32 absmax [ceil(n / blocksize)])`.
 pub fn quantize_blockwise(x: &Tensor, code: &Tensor, blocksize: i64) -> (Tensor, Tensor) {
+    quantize_blockwise_with(x, &BlockCode::new(code, x.device()), blocksize)
+}
+
+/// [`quantize_blockwise`] with a prepared code on `x`'s device: device operations only.
+pub fn quantize_blockwise_with(x: &Tensor, code: &BlockCode, blocksize: i64) -> (Tensor, Tensor) {
     tch::no_grad(|| {
-        let device = x.device();
         let flat = x.reshape([-1]).to_kind(Kind::Float);
         let n = flat.size()[0];
         let blocks = (n + blocksize - 1) / blocksize;
@@ -223,8 +258,7 @@ pub fn quantize_blockwise(x: &Tensor, code: &Tensor, blocksize: i64) -> (Tensor,
         let y = (t.to_kind(Kind::Double) * 65535.0 + 0.5).to_kind(Kind::Float);
         // NaN (0 * inf when 1 / absmax overflows) truncates to index 0 in the C code.
         let idx = y.masked_fill(&y.isnan(), 0.0).to_kind(Kind::Int64);
-        let lut = quantize_lut(code).to_device(device);
-        let q = lut.index_select(0, &idx.view([-1])).view([blocks, blocksize]).masked_fill(&zero.unsqueeze(1), 0);
+        let q = code.lut.index_select(0, &idx.view([-1])).view([blocks, blocksize]).masked_fill(&zero.unsqueeze(1), 0);
         let q = q.view([-1]).narrow(0, 0, n).to_kind(Kind::Uint8).view(x.size().as_slice());
         (q, absmax)
     })

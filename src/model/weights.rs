@@ -135,6 +135,12 @@ impl Checkpoint {
         let bytes = &mmap[entry.start..entry.end];
         let tensor = Tensor::f_from_data_size(bytes, &entry.shape, source_kind)
             .map_err(|e| format!("{}: tensor `{name}`: {e}", path.display()))?;
+        // The bytes were copied: release the mapped pages, so loading a model never holds it twice
+        // (the copies plus the file's pages) in resident memory.
+        // SAFETY: a read-only file mapping; pages dropped are read from the file again if touched.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, entry.start, entry.end - entry.start)
+        };
         Ok(tensor.to_device(device).to_kind(kind))
     }
 
@@ -200,25 +206,64 @@ fn dtype_of(kind: Kind) -> Result<safetensors::Dtype, String> {
     })
 }
 
+/// A tensor to write, made only when the writer reaches it, so writing a model holds one tensor
+/// (plus what it is computed from) at a time: a merged weight, a dequantized one, a cast copy.
+pub struct Deferred<'a> {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub kind: Kind,
+    make: Box<dyn Fn() -> Tensor + 'a>,
+}
+
+impl<'a> Deferred<'a> {
+    /// `make` must return a tensor of `shape` and `kind` (checked when written).
+    pub fn new(name: String, shape: Vec<i64>, kind: Kind, make: impl Fn() -> Tensor + 'a) -> Deferred<'a> {
+        Deferred { name, shape, kind, make: Box::new(make) }
+    }
+
+    /// A tensor that already exists.
+    pub fn ready(name: String, tensor: Tensor) -> Deferred<'a> {
+        Deferred { name, shape: tensor.size(), kind: tensor.kind(), make: Box::new(move || tensor.shallow_clone()) }
+    }
+
+    /// Floating-point tensors converted to `kind` when written (integer ones as they are).
+    pub fn cast(self, kind: Kind) -> Deferred<'a> {
+        if !is_float(self.kind) || self.kind == kind {
+            return self;
+        }
+        let make = self.make;
+        Deferred { kind, make: Box::new(move || make().to_kind(kind)), ..self }
+    }
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
 /// Writes named tensors to `path` in the safetensors format with `{"format": "pt"}` metadata (what
-/// transformers and peft expect). The header is computed from shapes and dtypes, then each tensor's
-/// bytes are written in turn, so host memory grows by one tensor at a time (not by a copy of them
-/// all plus the serialized file). Through a temporary file renamed into place, so a crash or a full
-/// disk never leaves a truncated file under the final name.
+/// transformers and peft expect). See [`save_deferred`].
 pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    save_deferred(path, tensors.iter().map(|(n, t)| Deferred::ready(n.clone(), t.shallow_clone())).collect())
+}
+
+/// Writes tensors made one at a time: the header is computed from shapes and dtypes, then each
+/// tensor is made, written and dropped in turn, so host memory grows by one tensor (not by every
+/// tensor plus the serialized file). Through a temporary file renamed into place, so a crash or a
+/// full disk never leaves a truncated file under the final name.
+pub fn save_deferred(path: &Path, tensors: Vec<Deferred>) -> Result<(), String> {
     use std::io::Write;
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;
-    for (name, t) in tensors {
-        if header.contains_key(name) {
-            return Err(format!("{}: tensor `{name}` given twice", path.display()));
+    for t in &tensors {
+        if header.contains_key(&t.name) {
+            return Err(format!("{}: tensor `{}` given twice", path.display(), t.name));
         }
-        let dtype = dtype_of(t.kind())?;
-        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        let dtype = dtype_of(t.kind)?;
+        let bytes = t.shape.iter().product::<i64>() as usize * t.kind.elt_size_in_bytes();
         header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -231,11 +276,22 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
         f.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
         f.write_all(&text).map_err(io)?;
-        for (name, t) in tensors {
-            let t = t.to_device(Device::Cpu).contiguous();
-            let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-            t.f_copy_data_u8(&mut data, t.numel()).map_err(|e| format!("tensor `{name}`: {e}"))?;
-            f.write_all(&data).map_err(io)?;
+        for d in &tensors {
+            let t = (d.make)().to_device(Device::Cpu).contiguous();
+            if t.size() != d.shape || t.kind() != d.kind {
+                return Err(format!(
+                    "tensor `{}`: made as {:?} {:?}, announced as {:?} {:?}",
+                    d.name,
+                    t.kind(),
+                    t.size(),
+                    d.kind,
+                    d.shape
+                ));
+            }
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            // SAFETY: `t` is a contiguous CPU tensor of `len` bytes, alive while the slice is read.
+            let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) };
+            f.write_all(data).map_err(io)?;
         }
         let f = f.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
@@ -245,6 +301,16 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The safetensors dtype name transformers writes in config.json for `kind`.
+pub fn torch_dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        Kind::Double => "float64",
+        _ => "float32",
+    }
 }
 
 /// `NAME.EXT.tmp` beside `path`.

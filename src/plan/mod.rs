@@ -101,7 +101,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         adapter,
         layout,
         memory,
-        training: training::plan(config, precision),
+        training: training::plan(config, precision, &arch.dtype),
         tracking: tracking::plan(config),
         measured_data: None,
         model,
@@ -365,14 +365,16 @@ pub fn render_text(plan: &Plan) -> String {
     };
     let _ = writeln!(
         o,
-        "run        seed {}; gradient checkpointing {}; log every {} steps; evaluate {}; save {}{}; outputs in {}",
+        "run        seed {}; gradient checkpointing {}; log every {} steps; evaluate {}; save {}{}; outputs in {} \
+         (model weights in {})",
         t.seed,
         t.gradient_checkpointing,
         t.logging_steps,
         every(t.eval),
         every(t.save),
         t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})")),
-        t.output_dir
+        t.output_dir,
+        t.save_dtype
     );
     for (i, line) in plan.tracking.lines().iter().enumerate() {
         let _ = writeln!(o, "{}{line}", if i == 0 { "tracking   " } else { "           " });

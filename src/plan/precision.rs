@@ -39,6 +39,15 @@ impl Precision {
         }
     }
 
+    /// A config.json `torch_dtype`; float32 for anything else (what transformers loads by default).
+    pub fn from_torch_dtype(name: &str) -> Precision {
+        match name {
+            "bfloat16" => Precision::Bf16,
+            "float16" => Precision::Fp16,
+            _ => Precision::Fp32,
+        }
+    }
+
     /// Bytes per element.
     pub fn bytes(self) -> u64 {
         match self {

@@ -1,7 +1,7 @@
 //! The training section of the plan: optimizer, precision policy, determinism, evaluation,
 //! checkpointing and outputs, each resolved from the recipe so the executor defaults nothing.
 
-use super::precision::PrecisionPlan;
+use super::precision::{Precision, PrecisionPlan};
 use crate::config::Config;
 use crate::config::logging::{Interval, ResumeFrom};
 use crate::config::training::Optimizer;
@@ -36,6 +36,9 @@ pub struct TrainingPlan {
     pub resume_from_checkpoint: Option<ResumeFrom>,
     /// `overwrite_output_dir`: another run's outputs in output_dir are removed, not refused.
     pub overwrite_output_dir: bool,
+    /// The dtype of written model weights (a full fine-tune's model, `merge`, `quantize`):
+    /// `save_dtype`, else the base's `torch_dtype`.
+    pub save_dtype: Precision,
     pub num_epochs: Option<f64>,
     pub max_steps: Option<u64>,
     /// Warmup as a share of the total steps, when warmup_steps is not given.
@@ -130,7 +133,8 @@ fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
     }
 }
 
-pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
+/// `base_dtype`: the base model's `torch_dtype` (config.json), what written weights default to.
+pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingPlan {
     let t = &c.training;
     let l = &c.logging;
     let implementation = match t.optimizer {
@@ -180,6 +184,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan) -> TrainingPlan {
         early_stopping_patience: l.early_stopping_patience,
         resume_from_checkpoint: l.resume_from_checkpoint.clone(),
         overwrite_output_dir: l.overwrite_output_dir,
+        save_dtype: l.save_dtype.map(Precision::from).unwrap_or_else(|| Precision::from_torch_dtype(base_dtype)),
         num_epochs: t.num_epochs,
         max_steps: t.max_steps,
         warmup_ratio: if t.warmup_steps.is_some() { None } else { t.warmup_ratio },
