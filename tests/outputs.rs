@@ -104,6 +104,33 @@ fn lora_output_reloads_and_merges_exactly() {
     let diff = (&merged_logits - &adapted).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "merged logits differ from base + adapter by {diff:e}");
     save_logits(&merged, &adapted);
+
+    // save_dtype: bfloat16 merges as peft does over a bf16 base: W in bf16, W + B·A·s in fp32, rounded once.
+    let bf16 = fresh("merged-bf16");
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .args(["--set", "save_dtype=bfloat16", "--output"])
+        .arg(&bf16)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let written: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(bf16.join("model.safetensors")).unwrap().into_iter().collect();
+    assert!(written.values().all(|t| t.kind() == Kind::BFloat16), "every merged weight is bfloat16");
+    let base: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(root().join("models/stories260k/model.safetensors")).unwrap().into_iter().collect();
+    let adapter: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(lora.join("adapter_model.safetensors")).unwrap().into_iter().collect();
+    let name = "model.layers.0.self_attn.q_proj";
+    let (a, b) = (&adapter[&format!("base_model.model.{name}.lora_A.weight")], &adapter[&format!("base_model.model.{name}.lora_B.weight")]);
+    let expected = (base[&format!("{name}.weight")].to_kind(Kind::BFloat16).to_kind(Kind::Float) + b.matmul(a) * 2.0)
+        .to_kind(Kind::BFloat16);
+    assert!(written[&format!("{name}.weight")].equal(&expected), "bf16 merge of {name}");
 }
 
 #[test]

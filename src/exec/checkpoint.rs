@@ -351,3 +351,41 @@ pub fn weights_file(dir: &Path) -> PathBuf {
     let adapter = dir.join("adapter_model.safetensors");
     if adapter.is_file() { adapter } else { dir.join("model.safetensors") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::publish;
+
+    #[test]
+    fn published_outputs_are_complete_or_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        // A new folder: nothing appears when writing fails half-way.
+        let fresh = dir.path().join("merged");
+        let failed = publish(&fresh, |d| {
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+            Err("disk full".into())
+        });
+        assert_eq!(failed.unwrap_err(), "disk full");
+        assert!(!fresh.exists());
+        publish(&fresh, |d| std::fs::write(d.join("model.safetensors"), "new").map_err(|e| e.to_string())).unwrap();
+        assert_eq!(std::fs::read_to_string(fresh.join("model.safetensors")).unwrap(), "new");
+        // A folder with other files (a run's output folder): the old outputs stay when writing fails.
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("metrics.jsonl"), "m").unwrap();
+        std::fs::write(out.join("adapter_model.safetensors"), "old").unwrap();
+        let failed = publish(&out, |d| {
+            std::fs::write(d.join("adapter_model.safetensors"), "half").unwrap();
+            Err("interrupted".into())
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(out.join("adapter_model.safetensors")).unwrap(), "old");
+        publish(&out, |d| std::fs::write(d.join("adapter_model.safetensors"), "new").map_err(|e| e.to_string()))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("adapter_model.safetensors")).unwrap(), "new");
+        let mut names: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["adapter_model.safetensors", "metrics.jsonl"], "no staging folder left");
+    }
+}
