@@ -10,7 +10,6 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("recipe_version", "recipe language: the loader checks the version"),
     ("preset", "recipe language: the loader merges the preset"),
     ("extends", "recipe language: the loader merges the extended recipe"),
-    ("tokenizer_config", "refused unless it names base_model itself (rules.rs)"),
     ("num_labels", "must be 1, and only with reward_model (rules.rs): the score head has one output"),
     ("tokenizer_type", "validated class name; the tokenizer itself is read from tokenizer.json"),
     ("trust_remote_code", "must be false (schema const): a recipe never runs code"),

@@ -17,8 +17,9 @@ pub struct ModelConfig {
     /// The hub revision (branch, tag or commit) of `base_model`; pin a commit for reproducible runs.
     #[serde(default)]
     pub revision_of_model: Option<String>,
-    /// Where to read the tokenizer from: only `base_model` itself for now (another folder or hub id
-    /// is refused: recipe reads base_model's tokenizer files).
+    /// Where to read the tokenizer from, when not base_model's: a local folder holding
+    /// tokenizer.json, or a hub id (its tokenizer files are fetched). The run's outputs and
+    /// checkpoints carry this tokenizer; a larger vocabulary grows the embeddings as added tokens do.
     #[serde(default)]
     pub tokenizer_config: Option<String>,
     /// The transformers model class: a causal language model, or a sequence classifier for a

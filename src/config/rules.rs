@@ -576,19 +576,6 @@ impl Rules<'_> {
     /// plan`, `preview` and `preprocess` still serve it.
     fn not_built(&mut self, c: &Config) {
         let a = &c.adapter;
-        if let Some(tokenizer) = &c.model.tokenizer_config
-            && c.model.base_model.as_ref() != Some(tokenizer)
-        {
-            self.error(
-                "tokenizer-config-not-built",
-                format!(
-                    "`tokenizer_config: {tokenizer}`: a tokenizer from elsewhere than base_model is not built into \
-                     recipe yet (it reads base_model's tokenizer files), so this key would do nothing"
-                ),
-                &["tokenizer_config"],
-                "remove tokenizer_config, or copy the tokenizer files into the base model's folder",
-            );
-        }
         if a.adapter.is_some() && a.peft_use_dora {
             self.error(
                 "dora-not-built",

@@ -46,14 +46,8 @@ const SIDE_FILES: &[&str] = &[
 /// for full fine-tuning (in `kind`: the save dtype for final outputs, the training precision for
 /// checkpoints); plus the tokenizer files. `pad_id` is the padding token a reward model's config
 /// records (transformers finds each sequence's last token by it).
-pub fn write_weights(
-    dir: &Path,
-    model: &CausalLm,
-    plan: &Plan,
-    base_dir: &Path,
-    pad_id: i64,
-    kind: Kind,
-) -> Result<(), String> {
+pub fn write_weights(dir: &Path, model: &CausalLm, run: &RunFiles, kind: Kind) -> Result<(), String> {
+    let RunFiles { plan, base_dir, tokenizer_dir, pad_id, tokenizer } = *run;
     match &model.trainable {
         Trainable::Lora { .. } => {
             let mut tensors: Vec<(String, Tensor)> =
@@ -72,7 +66,10 @@ pub fn write_weights(
             write_model_config(dir, base_dir, model, kind, false, Some(pad_id))?;
         }
     }
-    copy_side_files(base_dir, dir)
+    copy_side_files(base_dir, tokenizer_dir, dir)?;
+    // The run's tokenizer (added tokens, special tokens set, or tokenizer_config): the base's lacks
+    // them (load the base with `resize_token_embeddings(len(tokenizer))` before applying the adapter).
+    tokenizer.map_or(Ok(()), |tok| tok.save(dir))
 }
 
 /// Writes a set of output files complete or not at all: `write` fills a temporary folder, which
@@ -249,8 +246,10 @@ pub fn write_model_config(
     weights::write_atomic(&dir.join("config.json"), text.as_bytes())
 }
 
-pub fn copy_side_files(from: &Path, to: &Path) -> Result<(), String> {
+/// Copies the tokenizer files from `tokenizer_dir` and the generation config from `base_dir`.
+pub fn copy_side_files(base_dir: &Path, tokenizer_dir: &Path, to: &Path) -> Result<(), String> {
     for name in SIDE_FILES {
+        let from = if *name == "generation_config.json" { base_dir } else { tokenizer_dir };
         let src = from.join(name);
         if src.is_file() {
             std::fs::copy(&src, to.join(name)).map_err(|e| format!("{}: {e}", to.join(name).display()))?;
@@ -271,8 +270,10 @@ fn base_name(plan: &Plan, base_dir: &Path) -> String {
 /// What a run's weight folders are written with, besides the weights.
 pub struct RunFiles<'a> {
     pub plan: &'a Plan,
-    /// The base model's folder (its config and tokenizer files are copied).
+    /// The base model's folder (its config and generation config are copied).
     pub base_dir: &'a Path,
+    /// Where the tokenizer files come from (the base's folder, or tokenizer_config's).
+    pub tokenizer_dir: &'a Path,
     /// The padding token a reward model's config records.
     pub pad_id: i64,
     /// The run's tokenizer when it differs from the base's.
@@ -288,17 +289,14 @@ pub fn save(
     run: &RunFiles,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
-    let RunFiles { plan, base_dir, pad_id, tokenizer } = *run;
+
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = output_dir.join(&name);
     let tmp = output_dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        write_weights(&tmp, model, plan, base_dir, pad_id, Kind::Float)?;
-        if let Some(tok) = tokenizer {
-            tok.save(&tmp)?;
-        }
+        write_weights(&tmp, model, run, Kind::Float)?;
         weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
         weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;

@@ -227,6 +227,7 @@ pub fn apply_tf32(plan: &Plan, device: Device) -> Result<(), String> {
 /// What every rank loads before training: tokenizer, data, the model.
 struct SetUp<E> {
     base_dir: PathBuf,
+    tok_dir: PathBuf,
     tok: Tokenizer,
     added: usize,
     data: TrainingData<E>,
@@ -410,9 +411,13 @@ fn set_up<E>(
     } else {
         crate::plan::model::model_folder(&plan.model)?
     };
-    let mut tok = Tokenizer::load(&base_dir)?;
+    let tok_dir = match plan.model.tokenizer {
+        Some(_) => crate::plan::model::tokenizer_folder(&plan.model)?,
+        None => base_dir.clone(),
+    };
+    let mut tok = Tokenizer::load(&tok_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
-    let mut data = load(plan, &tok, &base_dir)?;
+    let mut data = load(plan, &tok, &tok_dir)?;
     let seq_len = plan.batch.sequence_len as usize;
 
     tch::manual_seed(plan.training.seed as i64);
@@ -451,7 +456,7 @@ fn set_up<E>(
         continue_adapter(&model, Path::new(dir))?;
     }
     before_training(plan, &model, &mut data, tok.pad())?;
-    Ok(SetUp { base_dir, tok, added, data, model, in_use_before_model })
+    Ok(SetUp { base_dir, tok_dir, tok, added, data, model, in_use_before_model })
 }
 
 /// `lora_model_dir`: the run starts from a trained peft adapter, which must be the one the recipe
@@ -589,7 +594,7 @@ fn train_on<E: packing::Example>(
     let t = &plan.training;
     let (device, kind) = (rt.device, rt.precision.compute);
     let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load, before_training));
-    let SetUp { base_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
+    let SetUp { base_dir, tok_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
     let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt } = data;
     let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
@@ -701,13 +706,14 @@ fn train_on<E: packing::Example>(
     // beside the weights, in checkpoints too, so every folder loads on its own.
     let s = &plan.data.special_tokens;
     let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
-    let run_tokenizer = (added > 0 || set_special).then_some(&tok);
+    let run_tokenizer = (added > 0 || set_special || plan.model.tokenizer.is_some()).then_some(&tok);
     let looper = train::Loop {
         plan,
         runtime: rt,
         objective,
         model: &model,
         base_dir: &base_dir,
+        tokenizer_dir: &tok_dir,
         output_dir: &output_dir,
         train: &train_rows,
         validation: &validation_rows,
@@ -738,15 +744,14 @@ fn train_on<E: packing::Example>(
     if rt.is_main() {
         catch_torch_errors(Some(plan), || {
             if !outcome.interrupted {
-                checkpoint::publish(&output_dir, |dir| {
-                    checkpoint::write_weights(dir, &model, plan, &base_dir, tok.pad(), save_kind(plan))?;
-                    match run_tokenizer {
-                        // The base's tokenizer lacks the added tokens: save ours (load the base with
-                        // `resize_token_embeddings(len(tokenizer))` before applying the adapter).
-                        Some(tok) => tok.save(dir),
-                        None => Ok(()),
-                    }
-                })?;
+                let files = checkpoint::RunFiles {
+                    plan,
+                    base_dir: &base_dir,
+                    tokenizer_dir: &tok_dir,
+                    pad_id: tok.pad(),
+                    tokenizer: run_tokenizer,
+                };
+                checkpoint::publish(&output_dir, |dir| checkpoint::write_weights(dir, &model, &files, save_kind(plan)))?;
                 outputs.push(checkpoint::weights_file(&output_dir));
             }
             let records = metrics::read(log.path());
@@ -870,6 +875,8 @@ pub struct Loaded {
     pub model: CausalLm,
     pub tokenizer: Tokenizer,
     pub base_dir: PathBuf,
+    /// The folder the tokenizer was read from (the adapter's when it carries one).
+    pub tokenizer_dir: PathBuf,
 }
 
 /// Loads `dir` (an output folder or checkpoint: a peft adapter, or a Hugging Face model folder);
@@ -902,14 +909,14 @@ pub fn load_trained(
         model.resize_vocab(tokenizer.vocab_size() as i64);
         let weights = Checkpoint::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
         adapter::load_trainable(&model, &weights)?;
-        Ok(Loaded { model, tokenizer, base_dir: base })
+        Ok(Loaded { model, tokenizer, base_dir: base, tokenizer_dir: tok_dir })
     } else {
         let arch = read_arch(dir)?;
         let score_head = arch.class.ends_with("ForSequenceClassification");
         let opts =
             LoadOptions { device, base_kind: kind(&arch), trainable: Trainable::Nothing, quantize: None, score_head };
         let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts)?;
-        Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf() })
+        Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf(), tokenizer_dir: dir.to_path_buf() })
     }
 }
 
@@ -943,7 +950,7 @@ pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, St
     checkpoint::publish(out, |dir| {
         crate::model::weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
         checkpoint::write_model_config(dir, &loaded.base_dir, model, kind, untie, Some(loaded.tokenizer.pad()))?;
-        checkpoint::copy_side_files(&loaded.base_dir, dir)?;
+        checkpoint::copy_side_files(&loaded.base_dir, &loaded.tokenizer_dir, dir)?;
         loaded.tokenizer.save(dir)
     })?;
     Ok(vec![out.join("model.safetensors"), out.join("config.json")])
@@ -997,7 +1004,7 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
         }
         let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
         crate::model::weights::write_atomic(&config_path, text.as_bytes())?;
-        checkpoint::copy_side_files(&base_dir, dir)
+        checkpoint::copy_side_files(&base_dir, &base_dir, dir)
     })?;
     Ok(vec![out.join("model.safetensors"), out.join("config.json")])
 }

@@ -42,6 +42,8 @@ pub struct Loop<'a, E: Example> {
     pub objective: &'a dyn Objective,
     pub model: &'a CausalLm,
     pub base_dir: &'a Path,
+    /// Where the run's tokenizer files come from.
+    pub tokenizer_dir: &'a Path,
     pub output_dir: &'a Path,
     pub train: &'a [E],
     pub validation: &'a [E],
@@ -334,6 +336,7 @@ impl<E: Example> Loop<'_, E> {
                         &checkpoint::RunFiles {
                             plan,
                             base_dir: self.base_dir,
+                            tokenizer_dir: self.tokenizer_dir,
                             pad_id: self.pad_id,
                             tokenizer: self.run_tokenizer,
                         },

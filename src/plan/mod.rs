@@ -140,6 +140,10 @@ pub fn render_text(plan: &Plan) -> String {
     let a = &m.architecture;
     let _ = writeln!(o, "plan for {}\n", plan.recipe);
     let _ = writeln!(o, "model      {} ({})", m.name, m.config_source);
+    if let Some(t) = &m.tokenizer {
+        let from = t.local_dir.as_ref().map_or_else(|| "Hugging Face hub".to_string(), |d| format!("local folder {d}"));
+        let _ = writeln!(o, "tokenizer  {} ({from}; tokenizer_config), saved with every output", t.name);
+    }
     let _ = writeln!(
         o,
         "           {} {:?}: {} layers, hidden {}, intermediate {}, heads {} (kv {}), head dim {}, vocab {}",

@@ -24,6 +24,18 @@ pub struct ModelPlan {
     pub local_dir: Option<String>,
     pub architecture: Architecture,
     pub parameters: ParameterCounts,
+    /// `tokenizer_config`: the tokenizer, when it comes from elsewhere than the base model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSource>,
+}
+
+/// Where a tokenizer other than the base model's comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenizerSource {
+    /// As written in the recipe.
+    pub name: String,
+    /// The folder, when local; else `name` is a hub id whose tokenizer files are fetched.
+    pub local_dir: Option<String>,
 }
 
 /// The built-in table: hub id -> config.json text.
@@ -100,7 +112,25 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
     };
     let architecture = Architecture::from_config_json(&text).map_err(|e| format!("`{key}` ({config_source}): {e}"))?;
     let parameters = architecture.parameter_counts();
+    let tokenizer = match &c.model.tokenizer_config {
+        Some(t) if Some(t) != c.model.base_model.as_ref() => {
+            Some(match resolve_location(t, &at.base_dir("tokenizer_config")) {
+                Location::Local(dir) if dir.join("tokenizer.json").is_file() => {
+                    TokenizerSource { name: t.clone(), local_dir: Some(dir.display().to_string()) }
+                }
+                Location::Local(dir) => {
+                    return Err(format!("`tokenizer_config`: {} has no tokenizer.json", dir.display()));
+                }
+                Location::Hub(id) => TokenizerSource { name: id, local_dir: None },
+                Location::Invalid => {
+                    return Err(format!("`tokenizer_config`: `{t}` is neither a local folder nor a hub id"));
+                }
+            })
+        }
+        _ => None,
+    };
     Ok(ModelPlan {
+        tokenizer,
         name,
         source_kind: source_kind.to_string(),
         config_source,
@@ -151,9 +181,35 @@ pub fn model_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
     fetch_folder(plan, true)
 }
 
-/// Like `model_folder` without the weights: config.json and the tokenizer files only.
+/// Like `model_folder` without the weights: config.json and the tokenizer files only. With
+/// `tokenizer_config`, that tokenizer's folder (its tokenizer files fetched from the hub for a hub id).
 pub fn tokenizer_folder(plan: &ModelPlan) -> Result<PathBuf, String> {
-    fetch_folder(plan, false)
+    match &plan.tokenizer {
+        Some(TokenizerSource { local_dir: Some(dir), .. }) => Ok(PathBuf::from(dir)),
+        Some(TokenizerSource { name, local_dir: None }) => fetch_tokenizer(name),
+        None => fetch_folder(plan, false),
+    }
+}
+
+/// The tokenizer files of hub repo `id` (main): tokenizer.json required, the rest when present.
+fn fetch_tokenizer(id: &str) -> Result<PathBuf, String> {
+    let repo = hub_repo(id, None);
+    let fetch = |name: &str| -> Result<Option<PathBuf>, String> {
+        if let Some(p) = hub_cache().and_then(|c| c.repo(repo.clone()).get(name)) {
+            return Ok(Some(p));
+        }
+        if offline() {
+            return Ok(None);
+        }
+        Ok(hub_api()?.repo(repo.clone()).get(name).ok())
+    };
+    let tokenizer = fetch("tokenizer.json")?.ok_or_else(|| {
+        format!("tokenizer_config {id}: tokenizer.json is not in the Hugging Face cache and could not be fetched")
+    })?;
+    for name in ["tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"] {
+        fetch(name)?;
+    }
+    Ok(tokenizer.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 fn fetch_folder(plan: &ModelPlan, weights: bool) -> Result<PathBuf, String> {
