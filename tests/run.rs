@@ -65,7 +65,12 @@ fn eval_losses(records: &[Value]) -> Vec<f64> {
 fn run_trains_and_writes_peft_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "max_steps: 16\neval_steps: 8\n");
-    let stdout = run_ok(&path, &[]);
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).env("RECIPE_LOG", "info").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed:\n{stdout}\n{stderr}");
+    // Output to a pipe carries no colour codes.
+    assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}') && stderr.contains("INFO"), "{stderr}");
     assert!(stdout.contains("steps      16 of 16"), "{stdout}");
     assert!(stdout.contains("memory     training peak ") && stdout.contains("the plan's CPU estimate"), "{stdout}");
     let records = metrics(dir.path());
@@ -560,4 +565,49 @@ fn lora_model_dir_continues_a_trained_adapter_and_refuses_another_shape() {
     assert_eq!(other.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(stderr.contains("the adapter has r=4") && stderr.contains("the recipe asks r=8"), "{stderr}");
+}
+
+#[test]
+fn tokenizer_config_supplies_the_runs_tokenizer_and_its_outputs_carry_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another tokenizer folder: the base's vocabulary with a chat template the base lacks.
+    let tok = dir.path().join("tok");
+    std::fs::create_dir(&tok).unwrap();
+    let base = root().join("models/stories260k");
+    for f in ["tokenizer.json", "special_tokens_map.json"] {
+        std::fs::copy(base.join(f), tok.join(f)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer_config.json")).unwrap()).unwrap();
+    let template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}";
+    config["chat_template"] = Value::from(template);
+    std::fs::write(tok.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let text = format!(
+        "base_model: {}\ntokenizer_config: {}\nadapter: lora\nlora_target_linear: true\nchat_template: tokenizer_default\n\
+         datasets:\n  - path: {}\n    type: chat_template\nsequence_len: 256\nmicro_batch_size: 2\nmax_steps: 1\n\
+         learning_rate: 1.0e-3\noutput_dir: {}\n",
+        base.display(),
+        tok.display(),
+        root().join("tests/fixtures/pipeline/chat.jsonl").display(),
+        dir.path().join("out").display()
+    );
+    let path = dir.path().join("chat.yaml");
+    std::fs::write(&path, &text).unwrap();
+
+    let plan = recipe().arg("plan").arg(&path).output().unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success() && plan_text.contains(&tok.display().to_string()), "{plan_text}");
+    // The rows are rendered with the other folder's template.
+    let preview = recipe().arg("preview").arg(&path).args(["-n", "1"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&preview.stdout);
+    assert!(preview.status.success() && shown.contains("### user: Colour of grass?"), "{shown}");
+    run_ok(&path, &[]);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(written["chat_template"], template, "the outputs carry the run's tokenizer");
+
+    // Without tokenizer_config the base has no template to default to: the key is what made the run work.
+    std::fs::write(&path, text.replace(&format!("tokenizer_config: {}\n", tok.display()), "")).unwrap();
+    let without = recipe().arg("preview").arg(&path).output().unwrap();
+    assert!(!without.status.success(), "{}", String::from_utf8_lossy(&without.stdout));
 }
