@@ -79,7 +79,7 @@ fn inert_axolotl_keys_are_accepted_quietly() {
         dir.path(),
         "r.yaml",
         "preset: lora\nbase_model: a/b\ndatasets: [{path: a/b, type: alpaca}]\nstrict: false\n\
-         group_by_length: false\ndebug:\nlocal_rank:\nxformers_attention:\nwandb_watch:\nhub_model_id:\n",
+         group_by_length: false\ndebug:\nlocal_rank:\ntorch_compile_backend:\nwandb_watch:\nhub_model_id:\n",
     );
     let loaded = recipe::recipe::load(&top, &[]);
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);

@@ -10,9 +10,14 @@ pub struct DistributedConfig {
     /// Sharded training options (Axolotl / accelerate names). Empty: DDP when world size > 1.
     #[serde(default)]
     pub fsdp: Vec<FsdpOption>,
-    /// Details of sharded training.
+    /// Details of sharded training. As in Axolotl, `fsdp_config` alone (without `fsdp`) turns
+    /// sharded training on, with the strategy its settings name (full sharding by default).
     #[serde(default)]
     pub fsdp_config: FsdpConfig,
+    /// FSDP generation (1 or 2), as Axolotl's top-level key; `fsdp_config.fsdp_version` is the same.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2))]
+    pub fsdp_version: Option<u32>,
     /// Seconds the rendezvous and each collective may wait for the other ranks before the run
     /// fails (1800 when absent, as torch's default); at most a week.
     #[serde(default)]
@@ -64,40 +69,206 @@ impl FsdpOption {
 #[schemars(deny_unknown_fields)]
 pub struct FsdpConfig {
     /// FSDP generation (1 or 2); informational.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2))]
     pub fsdp_version: Option<u32>,
     /// Keep parameters on the CPU between uses.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_offload_params: Option<bool>,
     /// Broadcast rank 0's weights at start instead of loading on every rank.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_sync_module_states: Option<bool>,
     /// Load weights on rank 0 only, then shard.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_cpu_ram_efficient_loading: Option<bool>,
     /// Keep original parameter objects (needed to mix frozen and trained parameters).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_use_orig_params: Option<bool>,
     /// Throttle all-gathers to bound memory.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_limit_all_gathers: Option<bool>,
     /// How shard units are chosen.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_auto_wrap_policy: Option<AutoWrapPolicy>,
     /// The decoder layer class wrapped as a unit (`LlamaDecoderLayer`, `MistralDecoderLayer`,
     /// `Qwen2DecoderLayer`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_transformer_layer_cls_to_wrap: Option<String>,
     /// How checkpoints are written: one full state dict or one shard per rank.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_state_dict_type: Option<StateDictType>,
     /// The sharding strategy, when not given in `fsdp`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_sharding_strategy: Option<ShardingStrategy>,
     /// Free gathered parameters after the forward pass (FSDP2).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_reshard_after_forward: Option<bool>,
+    /// Recompute each wrapped layer in the backward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp_activation_checkpointing: Option<bool>,
+    /// When the next unit's parameters are gathered in the backward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp_backward_prefetch: Option<BackwardPrefetch>,
+    /// Gather the next unit's parameters during the forward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp_forward_prefetch: Option<bool>,
+    // FSDP2's names (Axolotl's current examples), each the same setting as its `fsdp_` twin.
+    /// Same as `fsdp_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2))]
+    pub version: Option<u32>,
+    /// Same as `fsdp_offload_params`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_params: Option<bool>,
+    /// Pin the host memory of offloaded parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_offload_pin_memory: Option<bool>,
+    /// Same as `fsdp_sync_module_states`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_module_states: Option<bool>,
+    /// Same as `fsdp_cpu_ram_efficient_loading`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ram_efficient_loading: Option<bool>,
+    /// Same as `fsdp_use_orig_params`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_orig_params: Option<bool>,
+    /// Same as `fsdp_auto_wrap_policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_wrap_policy: Option<AutoWrapPolicy>,
+    /// Same as `fsdp_transformer_layer_cls_to_wrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer_layer_cls_to_wrap: Option<String>,
+    /// The smallest module wrapped under SIZE_BASED_WRAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_num_params: Option<u64>,
+    /// Same as `fsdp_state_dict_type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dict_type: Option<StateDictType>,
+    /// How the final model is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_state_dict_type: Option<StateDictType>,
+    /// Same as `fsdp_sharding_strategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding_strategy: Option<ShardingStrategy>,
+    /// Same as `fsdp_reshard_after_forward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard_after_forward: Option<bool>,
+    /// Same as `fsdp_activation_checkpointing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_checkpointing: Option<bool>,
+    /// FSDP2's mixed-precision policy (e.g. `bf16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed_precision_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BackwardPrefetch {
+    BackwardPre,
+    BackwardPost,
+    NoPrefetch,
+}
+
+impl FsdpConfig {
+    /// Settings written in both spellings (`fsdp_offload_params` and `offload_params`): each pair
+    /// is one setting, so a recipe may write it once.
+    pub fn written_twice(&self) -> Vec<(&'static str, &'static str)> {
+        let pairs = [
+            ("fsdp_version", "version", self.fsdp_version.is_some(), self.version.is_some()),
+            ("fsdp_offload_params", "offload_params", self.fsdp_offload_params.is_some(), self.offload_params.is_some()),
+            (
+                "fsdp_sync_module_states",
+                "sync_module_states",
+                self.fsdp_sync_module_states.is_some(),
+                self.sync_module_states.is_some(),
+            ),
+            (
+                "fsdp_cpu_ram_efficient_loading",
+                "cpu_ram_efficient_loading",
+                self.fsdp_cpu_ram_efficient_loading.is_some(),
+                self.cpu_ram_efficient_loading.is_some(),
+            ),
+            ("fsdp_use_orig_params", "use_orig_params", self.fsdp_use_orig_params.is_some(), self.use_orig_params.is_some()),
+            (
+                "fsdp_auto_wrap_policy",
+                "auto_wrap_policy",
+                self.fsdp_auto_wrap_policy.is_some(),
+                self.auto_wrap_policy.is_some(),
+            ),
+            (
+                "fsdp_transformer_layer_cls_to_wrap",
+                "transformer_layer_cls_to_wrap",
+                self.fsdp_transformer_layer_cls_to_wrap.is_some(),
+                self.transformer_layer_cls_to_wrap.is_some(),
+            ),
+            (
+                "fsdp_state_dict_type",
+                "state_dict_type",
+                self.fsdp_state_dict_type.is_some(),
+                self.state_dict_type.is_some(),
+            ),
+            (
+                "fsdp_sharding_strategy",
+                "sharding_strategy",
+                self.fsdp_sharding_strategy.is_some(),
+                self.sharding_strategy.is_some(),
+            ),
+            (
+                "fsdp_reshard_after_forward",
+                "reshard_after_forward",
+                self.fsdp_reshard_after_forward.is_some(),
+                self.reshard_after_forward.is_some(),
+            ),
+            (
+                "fsdp_activation_checkpointing",
+                "activation_checkpointing",
+                self.fsdp_activation_checkpointing.is_some(),
+                self.activation_checkpointing.is_some(),
+            ),
+        ];
+        pairs.into_iter().filter(|p| p.2 && p.3).map(|p| (p.0, p.1)).collect()
+    }
+}
+
+impl DistributedConfig {
+    /// The sharding the recipe asks for: the `fsdp` list, else (as Axolotl, where `fsdp_config`
+    /// alone turns FSDP on) the strategy `fsdp_config` names: its sharding strategy, else
+    /// `reshard_after_forward: false` for shard_grad_op, else full sharding (accelerate's and
+    /// FSDP2's default); `offload_params` and a wrap policy add `offload` / `auto_wrap`. Empty: no
+    /// sharding. `offload_params: true` adds `offload` to an `fsdp` list too, as in Axolotl.
+    pub fn sharding(&self) -> Vec<FsdpOption> {
+        let f = &self.fsdp_config;
+        let offload = f.fsdp_offload_params.or(f.offload_params) == Some(true);
+        if !self.fsdp.is_empty() {
+            let mut options = self.fsdp.clone();
+            if offload && !options.contains(&FsdpOption::Offload) {
+                options.push(FsdpOption::Offload);
+            }
+            return options;
+        }
+        if *f == FsdpConfig::default() {
+            return Vec::new();
+        }
+        let strategy = match f.fsdp_sharding_strategy.or(f.sharding_strategy) {
+            Some(ShardingStrategy::FullShard) => Some(FsdpOption::FullShard),
+            Some(ShardingStrategy::ShardGradOp) => Some(FsdpOption::ShardGradOp),
+            Some(ShardingStrategy::HybridShard) => Some(FsdpOption::HybridShard),
+            Some(ShardingStrategy::NoShard) => None,
+            None if f.fsdp_reshard_after_forward.or(f.reshard_after_forward) == Some(false) => {
+                Some(FsdpOption::ShardGradOp)
+            }
+            None => Some(FsdpOption::FullShard),
+        };
+        let mut options: Vec<FsdpOption> = strategy.into_iter().collect();
+        if offload {
+            options.push(FsdpOption::Offload);
+        }
+        if f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy).is_some() {
+            options.push(FsdpOption::AutoWrap);
+        }
+        options
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -111,6 +282,7 @@ pub enum AutoWrapPolicy {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StateDictType {
     FullStateDict,
+    LocalStateDict,
     ShardedStateDict,
 }
 

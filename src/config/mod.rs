@@ -9,6 +9,7 @@ pub mod axolotl_keys;
 pub mod chat_template;
 pub mod datasets;
 pub mod distributed;
+pub mod kernels;
 pub mod location;
 pub mod logging;
 pub mod model;
@@ -25,6 +26,7 @@ pub use adapter::AdapterConfig;
 pub use chat_template::ChatTemplateConfig;
 pub use datasets::DataConfig;
 pub use distributed::DistributedConfig;
+pub use kernels::KernelConfig;
 pub use logging::LoggingConfig;
 pub use model::ModelConfig;
 pub use quantization::QuantizationConfig;
@@ -61,6 +63,8 @@ pub struct Config {
     pub chat: ChatTemplateConfig,
     #[serde(flatten)]
     pub training: TrainingConfig,
+    #[serde(flatten)]
+    pub kernels: KernelConfig,
     #[serde(flatten)]
     pub logging: LoggingConfig,
     #[serde(flatten)]

@@ -24,6 +24,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.evaluation(config);
     out.chat_template(config);
     out.preference(config);
+    out.kernels(config);
     out.distributed(config);
     out.tracking(config);
     out.not_built(config);
@@ -454,13 +455,43 @@ impl Rules<'_> {
         }
     }
 
+    /// Attention requests recipe runs with another algorithm (the same math): a warning, so the
+    /// recipe's author knows.
+    fn kernels(&mut self, c: &Config) {
+        use super::kernels::AttnImplementation;
+        if let Some((a @ (AttnImplementation::Eager | AttnImplementation::FlexAttention), key)) =
+            c.kernels.attention_request()
+        {
+            self.warn(
+                "attention-kernel",
+                format!(
+                    "`{key}` asks for {} attention; recipe computes the same attention with libtorch's \
+                     scaled_dot_product_attention",
+                    a.as_str()
+                ),
+                &[key],
+                "remove it, or set attn_implementation: sdpa",
+            );
+        }
+    }
+
     fn distributed(&mut self, c: &Config) {
-        if c.distributed.fsdp.is_empty() && self.at.entry("fsdp_config").is_some() {
+        for (prefixed, plain) in c.distributed.fsdp_config.written_twice() {
             self.error(
-                "fsdp-config-without-fsdp",
-                "`fsdp_config` is set but `fsdp` is empty, so sharding is off".into(),
-                &["fsdp_config", "fsdp"],
-                "add e.g. `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
+                "fsdp-config-twice",
+                format!("`fsdp_config.{prefixed}` and `fsdp_config.{plain}` are one setting, written twice"),
+                &[&format!("fsdp_config.{prefixed}"), &format!("fsdp_config.{plain}")],
+                "keep one of the two spellings",
+            );
+        }
+        let versions = [c.distributed.fsdp_version, c.distributed.fsdp_config.fsdp_version, c.distributed.fsdp_config.version];
+        let written: Vec<u32> = versions.into_iter().flatten().collect();
+        if written.windows(2).any(|w| w[0] != w[1]) {
+            self.error(
+                "fsdp-version-disagrees",
+                format!("the FSDP version is written more than once, with different values ({written:?})"),
+                &["fsdp_version", "fsdp_config.fsdp_version", "fsdp_config.version"],
+                "write fsdp_version once",
             );
         }
     }
@@ -659,13 +690,15 @@ impl Rules<'_> {
                 );
             }
         }
-        if !c.distributed.fsdp.is_empty() {
-            let list: Vec<&str> = c.distributed.fsdp.iter().map(|o| o.as_str()).collect();
+        let sharding = c.distributed.sharding();
+        if !sharding.is_empty() {
+            let list: Vec<&str> = sharding.iter().map(|o| o.as_str()).collect();
+            let from = if c.distributed.fsdp.is_empty() { " (from fsdp_config)" } else { "" };
             self.warn(
                 "sharding-not-built",
                 format!(
-                    "`fsdp: [{}]`: sharded training is not built into `recipe run` yet, so it refuses this recipe \
-                     (`recipe plan` still lays it out)",
+                    "`fsdp: [{}]`{from}: sharded training is not built into `recipe run` yet, so it refuses this \
+                     recipe (`recipe plan` still lays it out)",
                     list.join(", ")
                 ),
                 &["fsdp", "fsdp_config"],

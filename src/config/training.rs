@@ -81,12 +81,6 @@ pub struct TrainingConfig {
     /// compute.
     #[serde(default)]
     pub gradient_checkpointing: bool,
-    /// Use fused (flash) attention; recipe runs it through scaled_dot_product_attention.
-    #[serde(default)]
-    pub flash_attention: bool,
-    /// The attention implementation.
-    #[serde(default)]
-    pub attn_implementation: Option<AttnImplementation>,
     /// Seed for initialisation, dropout, shuffling and splitting.
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -228,14 +222,6 @@ impl std::fmt::Display for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AttnImplementation {
-    Eager,
-    Sdpa,
-    FlashAttention2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -331,7 +331,7 @@ fn suggestions(
         );
     }
     let mut sharded = cumulative.clone();
-    if sharded.distributed.fsdp.is_empty() {
+    if sharded.distributed.sharding().is_empty() {
         sharded.distributed.fsdp = vec![FsdpOption::FullShard, FsdpOption::AutoWrap];
     }
     let fits_with = [2u64, 4, 8, 16, 32, 64]

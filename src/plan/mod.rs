@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod arch;
 pub mod data;
+pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod precision;
@@ -37,6 +38,9 @@ pub struct Plan {
     pub layout: shard::Layout,
     pub memory: memory::MemoryEstimate,
     pub training: training::TrainingPlan,
+    /// Kernel and compilation requests (Axolotl's names) and what recipe runs for each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<kernels::KernelNote>,
     /// Where the run is tracked besides metrics.jsonl (absent when nowhere).
     #[serde(skip_serializing_if = "tracking::TrackingPlan::is_off")]
     pub tracking: tracking::TrackingPlan,
@@ -102,6 +106,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         layout,
         memory,
         training: training::plan(config, precision, &arch.dtype),
+        kernels: kernels::plan(config),
         tracking: tracking::plan(config),
         measured_data: None,
         model,
@@ -380,6 +385,9 @@ pub fn render_text(plan: &Plan) -> String {
         t.output_dir,
         t.save_dtype
     );
+    for (i, k) in plan.kernels.iter().enumerate() {
+        let _ = writeln!(o, "{}{} → {}", if i == 0 { "kernels    " } else { "           " }, k.request, k.recipe_runs);
+    }
     for (i, line) in plan.tracking.lines().iter().enumerate() {
         let _ = writeln!(o, "{}{line}", if i == 0 { "tracking   " } else { "           " });
     }

@@ -112,7 +112,7 @@ pub struct Collectives {
 pub const TRAINABLE_BYTES: u64 = 4;
 
 pub fn strategy(c: &Config, world_size: u64) -> Strategy {
-    let fsdp = &c.distributed.fsdp;
+    let fsdp = &c.distributed.sharding();
     if world_size <= 1 {
         Strategy::Single
     } else if fsdp.contains(&FsdpOption::HybridShard) {
@@ -208,7 +208,7 @@ pub fn layout(
         nodes,
         processes_per_node: per_node,
         strategy,
-        fsdp: c.distributed.fsdp.clone(),
+        fsdp: c.distributed.sharding(),
         shard_group_size: group,
         units,
         ranks,

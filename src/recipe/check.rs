@@ -431,7 +431,9 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
             vec![d]
         }
         ValidationErrorKind::Constant { expected_value } => {
-            let mut d = base("value", format!("`{path}` must be `{}`", plain(expected_value)))
+            // trust_remote_code is const false: "not supported" (a recipe never runs code), not "wrong".
+            let rule = if last_key == "trust_remote_code" { "unsupported-remote-code" } else { "value" };
+            let mut d = base(rule, format!("`{path}` must be `{}`", plain(expected_value)))
                 .at(at, format!("expected `{}`", plain(expected_value)))
                 .expected(format!("`{}`", plain(expected_value)))
                 .found(describe_node(node));
@@ -501,22 +503,35 @@ fn enum_diagnostic(
     values: &[Json],
 ) -> Diagnostic {
     let expected = format!("one of {}", list_values(values));
-    let (message, suggestion) = match &node.value {
+    let (rule, message, suggestion) = match &node.value {
         Value::String(s) => {
             let names: Vec<String> = values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-            let message = match axolotl_keys::unsupported_value(last_key, s) {
-                Some(what) => format!("`{s}` is an Axolotl {what} that recipe does not support"),
-                None => format!("`{s}` is not a valid value for `{path}`"),
-            };
             let suggestion = did_you_mean(s, names.iter().map(String::as_str));
-            (message, suggestion)
+            match axolotl_keys::unsupported_value(last_key, s) {
+                // Code fetched at run time is refused as remote code is.
+                Some(what) if what.ends_with("from the hub") => (
+                    "unsupported-remote-code",
+                    format!("`{s}` is an Axolotl {what}, which is code: a recipe never runs code"),
+                    suggestion,
+                ),
+                Some(what) => (
+                    "unsupported-axolotl-value",
+                    format!("`{s}` is an Axolotl {what} that recipe does not support"),
+                    suggestion,
+                ),
+                None => ("value", format!("`{s}` is not a valid value for `{path}`"), suggestion),
+            }
         }
         _ => match values.iter().filter(|v| !v.is_null()).collect::<Vec<_>>().as_slice() {
-            [single] => (format!("`{path}` must be `{}`", plain(single)), None),
-            _ => (format!("`{path}` must be {expected}"), None),
+            // "Not supported" (a recipe never runs code), not "wrong".
+            [single] if last_key == "trust_remote_code" => {
+                ("unsupported-remote-code", format!("`{path}` must be `{}`: a recipe never runs code", plain(single)), None)
+            }
+            [single] => ("value", format!("`{path}` must be `{}`", plain(single)), None),
+            _ => ("value", format!("`{path}` must be {expected}"), None),
         },
     };
-    base("value", message)
+    base(rule, message)
         .at(at, "not one of the accepted values")
         .expected(expected)
         .found(describe_node(node))
