@@ -123,3 +123,43 @@ fn fsdp_config_alone_asks_for_sharding_in_either_spelling() {
     let versions = load_text(dir.path(), &base("fsdp_version: 2\nfsdp_config:\n  fsdp_version: 1\n"));
     assert!(versions.diagnostics.iter().any(|d| d.rule == "fsdp-version-disagrees"), "{}", common::rendered(&versions));
 }
+
+/// The rules of the errors (and warnings) a recipe gets, in order.
+fn rules(loaded: &recipe::recipe::Loaded, errors: bool) -> Vec<&'static str> {
+    loaded.diagnostics.iter().filter(|d| d.is_error() == errors).map(|d| d.rule).collect()
+}
+
+#[test]
+fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = base("").replace("adapter: lora\nlora_target_linear: true\n", "");
+    // LoRA keys left in a full fine-tune (Axolotl ignores them): a warning.
+    let leftover = load_text(dir.path(), &format!("{full}lora_r: 8\n"));
+    assert!(rules(&leftover, true).is_empty(), "{}", common::rendered(&leftover));
+    assert!(rules(&leftover, false).contains(&"lora-without-adapter"), "{}", common::rendered(&leftover));
+    // ...but an adapter to start from cannot be left unused.
+    let start = load_text(dir.path(), &format!("{full}lora_model_dir: {}\n", dir.path().display()));
+    assert_eq!(rules(&start, true), ["lora-without-adapter"], "{}", common::rendered(&start));
+    // evals_per_epoch: 0 is unset, as Axolotl reads it.
+    let zero = load_text(dir.path(), &base("evals_per_epoch: 0\nsaves_per_epoch: 0\n"));
+    assert!(rules(&zero, true).is_empty(), "{}", common::rendered(&zero));
+    let plan = recipe::plan::compile(&zero, Default::default()).unwrap();
+    assert!(plan.training.eval.is_none() && plan.training.save.is_none());
+    for (extra, rule) in [
+        ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
+        ("model_type: Gemma3ForCausalLM\n", "unsupported-architecture"),
+        ("chat_template: qwen3_5\n", "unsupported-axolotl-value"),
+    ] {
+        let loaded = load_text(dir.path(), &base(extra));
+        assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));
+    }
+    let variant = load_text(dir.path(), &base("").replace("type: completion", "type: alpaca:chat"));
+    assert_eq!(rules(&variant, true), ["unsupported-axolotl-value"], "{}", common::rendered(&variant));
+    // Streamed pretraining data is refused by name, without a second error about `datasets`.
+    let stream = format!(
+        "base_model: {}\npretraining_dataset:\n  - path: a/b\nlearning_rate: 1.0e-3\nmax_steps: 1\n",
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260k").display()
+    );
+    let loaded = load_text(dir.path(), &stream);
+    assert_eq!(rules(&loaded, true), ["unsupported-axolotl-key"], "{}", common::rendered(&loaded));
+}

@@ -157,6 +157,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "dpo_padding_free", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "dpo_use_liger_kernel", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "dpo_use_logits_to_keep", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "dsv4_fp4_grouped_mode", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "dynamic_checkpoint", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "eaft_alpha", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1.0"), alternative: None },
     AxolotlKey { name: "eaft_k", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("20"), alternative: None },
@@ -173,6 +174,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "eval_table_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("0"), alternative: None },
     AxolotlKey { name: "evaluation_strategy", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `eval_steps` / `evals_per_epoch` instead") },
     AxolotlKey { name: "experimental_skip_move_to_device", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("true"), alternative: None },
+    AxolotlKey { name: "expert_parallel_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1"), alternative: None },
     AxolotlKey { name: "experts_implementation", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "fix_untrained_tokens", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "flash_attn_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
@@ -187,6 +189,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "fp8_enable_fsdp_float8_all_gather", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "freeze_mm_modules", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "fsdp_final_state_dict_type", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `fsdp_config` instead") },
+    AxolotlKey { name: "fused_attn_kernel", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "gc_steps", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("0"), alternative: None },
     AxolotlKey { name: "gemma4_hybrid_attn_impl", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "generate_samples", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
@@ -344,6 +347,20 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "streaming", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "streaming_multipack_buffer_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("10000"), alternative: None },
     AxolotlKey { name: "strict", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "swanlab_api_host", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_api_key", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_completion_log_interval", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_completion_max_buffer", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_description", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_experiment_name", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_lark_secret", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_lark_webhook_url", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_log_completions", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_log_model", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_mode", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_project", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_web_host", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
+    AxolotlKey { name: "swanlab_workspace", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "tensor_parallel_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1"), alternative: None },
     AxolotlKey { name: "tiled_mlp", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "tiled_mlp_num_shards", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
@@ -377,6 +394,9 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "use_otel_metrics", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_pose", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_ray", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "use_scattermoe", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "use_sonicmoe", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "use_swanlab", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_trackio", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "vllm", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "wandb_watch", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
@@ -467,6 +487,27 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "axolotl.integrations.nemo_gym.NemoGymPlugin",
         ],
     ),
+    (
+        "model_type",
+        "model class",
+        &[
+            "AutoModelForImageTextToText",
+            "AutoModelForTokenClassification",
+            "AutoModelForVision2Seq",
+            "Gemma2ForCausalLM",
+            "Gemma3ForCausalLM",
+            "Gemma3ForConditionalGeneration",
+            "GPTNeoXForCausalLM",
+            "Llama4ForConditionalGeneration",
+            "MambaLMHeadModel",
+            "MixtralForCausalLM",
+            "Olmo2ForCausalLM",
+            "Phi3ForCausalLM",
+            "Qwen3ForCausalLM",
+            "Qwen3MoeForCausalLM",
+        ],
+    ),
+    ("gradient_checkpointing", "gradient-checkpointing mode", &["offload", "offload_disk"]),
     ("rl", "preference-training method", &["grpo", "gdpo", "ebft"]),
     ("adapter", "adapter", &["llama-adapter", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
     (
@@ -490,6 +531,12 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "pixtral",
             "qwen2_vl",
             "qwen3",
+            "qwen3_5",
+            "gemma4",
+            "gemma4_unified",
+            "nemotron_h",
+            "exaone4",
+            "deepseek_v3",
             "aya",
         ],
     ),
@@ -527,6 +574,15 @@ pub fn unsupported_value(key: &str, value: &str) -> Option<&'static str> {
     // A hub kernel repository (`kernels-community/flash-attn3`) is code fetched at run time.
     if key == "attn_implementation" && value.contains('/') {
         return Some("attention kernel from the hub");
+    }
+    // A dotted dataset type (`chat_template.argilla`, `ebft_opencode.transform`) names a Python
+    // function of Axolotl's that builds the prompt.
+    if key == "type" && value.contains('.') {
+        return Some("dataset type (a Python prompt function)");
+    }
+    // `alpaca:chat`: Axolotl's variant of a prompt style.
+    if key == "type" && value.contains(':') {
+        return Some("dataset type variant");
     }
     UNSUPPORTED_VALUES.iter().find_map(|(k, what, values)| (*k == key && values.contains(&value)).then_some(*what))
 }

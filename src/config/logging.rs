@@ -17,16 +17,16 @@ pub struct LoggingConfig {
     /// Evaluate every this many steps (an integer) or this fraction of all steps (below 1).
     #[serde(default)]
     pub eval_steps: Option<Interval>,
-    /// Evaluate this many times per epoch (exclusive with `eval_steps`).
+    /// Evaluate this many times per epoch (exclusive with `eval_steps`); 0 is the same as unset,
+    /// as in Axolotl.
     #[serde(default)]
-    #[schemars(range(min = 1))]
     pub evals_per_epoch: Option<u32>,
     /// Save a checkpoint every this many steps (an integer) or this fraction of all steps.
     #[serde(default)]
     pub save_steps: Option<Interval>,
-    /// Save this many checkpoints per epoch (exclusive with `save_steps`).
+    /// Save this many checkpoints per epoch (exclusive with `save_steps`); 0 is the same as unset,
+    /// as in Axolotl.
     #[serde(default)]
-    #[schemars(range(min = 1))]
     pub saves_per_epoch: Option<u32>,
     /// Keep at most this many checkpoints, deleting the oldest.
     #[serde(default)]

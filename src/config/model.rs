@@ -74,4 +74,8 @@ pub enum TokenizerClass {
     PreTrainedTokenizerFast,
     Qwen2Tokenizer,
     Qwen2TokenizerFast,
+    CodeLlamaTokenizer,
+    CodeLlamaTokenizerFast,
+    GPT2Tokenizer,
+    GPT2TokenizerFast,
 }

@@ -186,12 +186,26 @@ impl Rules<'_> {
             if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
                 continue;
             }
-            self.error(
-                "lora-without-adapter",
-                format!("`{key}` is set but there is no `adapter`: without one, every parameter is trained"),
-                &[key, "adapter"],
-                "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
-            );
+            // An adapter to start from cannot be left unused; the other LoRA keys are left-overs in a
+            // full fine-tune's config, which Axolotl ignores: a warning.
+            if key == "lora_model_dir" {
+                self.error(
+                    "lora-without-adapter",
+                    format!("`{key}` is set but there is no `adapter`: without one, every parameter is trained"),
+                    &[key, "adapter"],
+                    "add adapter: lora (or qlora), or remove lora_model_dir for a full fine-tune",
+                );
+            } else {
+                self.warn(
+                    "lora-without-adapter",
+                    format!(
+                        "`{key}` is set but there is no `adapter`: this is a full fine-tune (every parameter trained), \
+                         which does not use it"
+                    ),
+                    &[key, "adapter"],
+                    "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
+                );
+            }
         }
     }
 
@@ -222,7 +236,7 @@ impl Rules<'_> {
             );
         }
         let l = &c.logging;
-        if l.eval_steps.is_some() && l.evals_per_epoch.is_some() {
+        if l.eval_steps.is_some() && l.evals_per_epoch.is_some_and(|k| k > 0) {
             self.error(
                 "eval-schedule-exclusive",
                 "`eval_steps` and `evals_per_epoch` exclude each other".into(),
@@ -230,7 +244,7 @@ impl Rules<'_> {
                 "keep one",
             );
         }
-        if l.save_steps.is_some() && l.saves_per_epoch.is_some() {
+        if l.save_steps.is_some() && l.saves_per_epoch.is_some_and(|k| k > 0) {
             self.error(
                 "save-schedule-exclusive",
                 "`save_steps` and `saves_per_epoch` exclude each other".into(),
@@ -258,7 +272,7 @@ impl Rules<'_> {
                 "set val_set_size (e.g. 0.05) or test_datasets",
             );
         }
-        if (c.logging.eval_steps.is_some() || c.logging.evals_per_epoch.is_some()) && !has_eval {
+        if (c.logging.eval_steps.is_some() || c.logging.evals_per_epoch.is_some_and(|k| k > 0)) && !has_eval {
             self.warn(
                 "eval-without-data",
                 "evaluation is scheduled but there is no validation set, so it will not run".into(),

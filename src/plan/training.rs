@@ -128,8 +128,8 @@ fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
     match (steps, per_epoch) {
         (Some(Interval::Steps(n)), _) => Some(Every::Steps(n)),
         (Some(Interval::Fraction(f)), _) => Some(Every::FractionOfTotal(f)),
-        (None, Some(k)) => Some(Every::PerEpoch(k)),
-        (None, None) => None,
+        (None, Some(k)) if k > 0 => Some(Every::PerEpoch(k)),
+        (None, _) => None,
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Checked {
 pub fn check(mut tree: Node, sources: &Sources) -> Checked {
     let mut diagnostics = Vec::new();
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
+    // Axolotl's streamed pretraining data stands in for `datasets`: it is refused by name above,
+    // and "datasets is missing" would only repeat that (rules stay quiet about refused keys).
+    let pretraining_refused = diagnostics.iter().any(|d| d.key_path.as_deref() == Some("pretraining_dataset"));
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
     // Top-level keys whose value the schema refused.
@@ -42,6 +45,9 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
                 diagnostics.push(d);
             }
         }
+    }
+    if pretraining_refused {
+        refused.push("datasets".into());
     }
     if refused.is_empty() {
         let config = decode(&json, &tree, &mut diagnostics);
@@ -407,6 +413,17 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
+            // A value of Axolotl's that recipe lacks (`gradient_checkpointing: offload`) is named.
+            if let Value::String(s) = &node.value
+                && let Some(what) = axolotl_keys::unsupported_value(&last_key, s)
+            {
+                return vec![
+                    base("unsupported-axolotl-value", format!("`{s}` is an Axolotl {what} that recipe does not support"))
+                        .at(at, "not supported by recipe")
+                        .expected(expected)
+                        .found(describe_node(node)),
+                ];
+            }
             let mut d = base("type", format!("`{path}` must be {expected}"))
                 .at(at, format!("expected {expected}"))
                 .expected(expected.clone())
@@ -416,7 +433,11 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                     d = d.help("YAML 1.2 reads yes/no/on/off as text: write true or false");
                 } else if s.parse::<f64>().is_ok() && (expected.contains("number") || expected.contains("integer")) {
                     d = d.help("remove the quotes: a quoted number is text");
+                } else if s.contains('_') && s.replace('_', "").parse::<f64>().is_ok() {
+                    d = d.help(format!("YAML 1.2 reads {s} as text (digit separators are YAML 1.1): write {}", s.replace('_', "")));
                 }
+            } else if last_key == "tokens" && matches!(node.value, Value::Map(_)) {
+                d = d.help("named special tokens (bos_token, eos_token, ...) go under `special_tokens`; `tokens` lists tokens to add");
             }
             vec![d]
         }
@@ -512,6 +533,11 @@ fn enum_diagnostic(
                 Some(what) if what.ends_with("from the hub") => (
                     "unsupported-remote-code",
                     format!("`{s}` is an Axolotl {what}, which is code: a recipe never runs code"),
+                    suggestion,
+                ),
+                Some(what @ "model class") => (
+                    "unsupported-architecture",
+                    format!("`{s}` is a {what} that recipe does not support"),
                     suggestion,
                 ),
                 Some(what) => (
