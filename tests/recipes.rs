@@ -148,7 +148,7 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
     for (extra, rule) in [
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForCausalLM\n", "unsupported-architecture"),
-        ("chat_template: qwen3_5\n", "unsupported-axolotl-value"),
+        ("optimizer: adamw_torch_4bit\n", "unsupported-axolotl-value"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));
         assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));
@@ -162,4 +162,18 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
     );
     let loaded = load_text(dir.path(), &stream);
     assert_eq!(rules(&loaded, true), ["unsupported-axolotl-key"], "{}", common::rendered(&loaded));
+}
+
+#[test]
+fn every_axolotl_chat_template_name_is_built_in() {
+    // Axolotl's ChatTemplate enum (src/axolotl/utils/schemas/enums.py @067b021c).
+    let axolotl = "alpaca chatml mistral_v1 mistral_v2v3 mistral_v3_tekken mistral_v7_tekken gemma cohere llama3 \
+                   llama3_2_vision llama4 phi_3 phi_35 deepseek_v2 deepseek_v3 jamba jinja qwen_25 qwen3 qwen3_5 \
+                   falcon_h1 nemotron_h tokenizer_default exaone exaone4 metharme pixtral llava qwen2_vl gemma3 \
+                   gemma3n gemma4 gemma4_unified command_a command_a_tool_use command_a_rag aya";
+    for name in axolotl.split_whitespace() {
+        let parsed: Result<recipe::config::chat_template::ChatTemplateName, _> =
+            serde_json::from_value(serde_json::json!(name));
+        assert!(parsed.is_ok(), "chat_template: {name}");
+    }
 }

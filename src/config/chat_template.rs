@@ -41,6 +41,54 @@ pub enum ChatTemplateName {
     #[serde(rename = "qwen_25")]
     Qwen25,
     Zephyr,
+    #[serde(rename = "aya")]
+    Aya,
+    #[serde(rename = "cohere")]
+    Cohere,
+    #[serde(rename = "command_a")]
+    CommandA,
+    #[serde(rename = "command_a_rag")]
+    CommandARag,
+    #[serde(rename = "command_a_tool_use")]
+    CommandAToolUse,
+    #[serde(rename = "deepseek_v3")]
+    DeepseekV3,
+    #[serde(rename = "exaone")]
+    Exaone,
+    #[serde(rename = "exaone4")]
+    Exaone4,
+    #[serde(rename = "falcon_h1")]
+    FalconH1,
+    #[serde(rename = "gemma3")]
+    Gemma3,
+    #[serde(rename = "gemma3n")]
+    Gemma3n,
+    #[serde(rename = "gemma4")]
+    Gemma4,
+    #[serde(rename = "gemma4_unified")]
+    Gemma4Unified,
+    #[serde(rename = "jamba")]
+    Jamba,
+    #[serde(rename = "llama3_2_vision")]
+    Llama32Vision,
+    #[serde(rename = "llama4")]
+    Llama4,
+    #[serde(rename = "llava")]
+    Llava,
+    #[serde(rename = "metharme")]
+    Metharme,
+    #[serde(rename = "mistral_v7_tekken")]
+    MistralV7Tekken,
+    #[serde(rename = "nemotron_h")]
+    NemotronH,
+    #[serde(rename = "pixtral")]
+    Pixtral,
+    #[serde(rename = "qwen2_vl")]
+    Qwen2Vl,
+    #[serde(rename = "qwen3")]
+    Qwen3,
+    #[serde(rename = "qwen3_5")]
+    Qwen35,
     /// The `chat_template` of the model's tokenizer_config.json.
     TokenizerDefault,
     /// The template given in `chat_template_jinja`.
@@ -82,6 +130,30 @@ impl ChatTemplateName {
             ChatTemplateName::Phi35 => "phi_35",
             ChatTemplateName::Qwen25 => "qwen_25",
             ChatTemplateName::Zephyr => "zephyr",
+            ChatTemplateName::Aya => "aya",
+            ChatTemplateName::Cohere => "cohere",
+            ChatTemplateName::CommandA => "command_a",
+            ChatTemplateName::CommandARag => "command_a_rag",
+            ChatTemplateName::CommandAToolUse => "command_a_tool_use",
+            ChatTemplateName::DeepseekV3 => "deepseek_v3",
+            ChatTemplateName::Exaone => "exaone",
+            ChatTemplateName::Exaone4 => "exaone4",
+            ChatTemplateName::FalconH1 => "falcon_h1",
+            ChatTemplateName::Gemma3 => "gemma3",
+            ChatTemplateName::Gemma3n => "gemma3n",
+            ChatTemplateName::Gemma4 => "gemma4",
+            ChatTemplateName::Gemma4Unified => "gemma4_unified",
+            ChatTemplateName::Jamba => "jamba",
+            ChatTemplateName::Llama32Vision => "llama3_2_vision",
+            ChatTemplateName::Llama4 => "llama4",
+            ChatTemplateName::Llava => "llava",
+            ChatTemplateName::Metharme => "metharme",
+            ChatTemplateName::MistralV7Tekken => "mistral_v7_tekken",
+            ChatTemplateName::NemotronH => "nemotron_h",
+            ChatTemplateName::Pixtral => "pixtral",
+            ChatTemplateName::Qwen2Vl => "qwen2_vl",
+            ChatTemplateName::Qwen3 => "qwen3",
+            ChatTemplateName::Qwen35 => "qwen3_5",
             ChatTemplateName::TokenizerDefault => "tokenizer_default",
             ChatTemplateName::Jinja => "jinja",
         }
@@ -103,6 +175,30 @@ impl ChatTemplateName {
             ChatTemplateName::Phi35 => Some(include_str!("../../templates/phi_35.jinja")),
             ChatTemplateName::Qwen25 => Some(include_str!("../../templates/qwen_25.jinja")),
             ChatTemplateName::Zephyr => Some(include_str!("../../templates/zephyr.jinja")),
+            ChatTemplateName::Aya => Some(include_str!("../../templates/aya.jinja")),
+            ChatTemplateName::Cohere => Some(include_str!("../../templates/cohere.jinja")),
+            ChatTemplateName::CommandA => Some(include_str!("../../templates/command_a.jinja")),
+            ChatTemplateName::CommandARag => Some(include_str!("../../templates/command_a_rag.jinja")),
+            ChatTemplateName::CommandAToolUse => Some(include_str!("../../templates/command_a_tool_use.jinja")),
+            ChatTemplateName::DeepseekV3 => Some(include_str!("../../templates/deepseek_v3.jinja")),
+            ChatTemplateName::Exaone => Some(include_str!("../../templates/exaone.jinja")),
+            ChatTemplateName::Exaone4 => Some(include_str!("../../templates/exaone4.jinja")),
+            ChatTemplateName::FalconH1 => Some(include_str!("../../templates/falcon_h1.jinja")),
+            ChatTemplateName::Gemma3 => Some(include_str!("../../templates/gemma3.jinja")),
+            ChatTemplateName::Gemma3n => Some(include_str!("../../templates/gemma3n.jinja")),
+            ChatTemplateName::Gemma4 => Some(include_str!("../../templates/gemma4.jinja")),
+            ChatTemplateName::Gemma4Unified => Some(include_str!("../../templates/gemma4_unified.jinja")),
+            ChatTemplateName::Jamba => Some(include_str!("../../templates/jamba.jinja")),
+            ChatTemplateName::Llama32Vision => Some(include_str!("../../templates/llama3_2_vision.jinja")),
+            ChatTemplateName::Llama4 => Some(include_str!("../../templates/llama4.jinja")),
+            ChatTemplateName::Llava => Some(include_str!("../../templates/llava.jinja")),
+            ChatTemplateName::Metharme => Some(include_str!("../../templates/metharme.jinja")),
+            ChatTemplateName::MistralV7Tekken => Some(include_str!("../../templates/mistral_v7_tekken.jinja")),
+            ChatTemplateName::NemotronH => Some(include_str!("../../templates/nemotron_h.jinja")),
+            ChatTemplateName::Pixtral => Some(include_str!("../../templates/pixtral.jinja")),
+            ChatTemplateName::Qwen2Vl => Some(include_str!("../../templates/qwen2_vl.jinja")),
+            ChatTemplateName::Qwen3 => Some(include_str!("../../templates/qwen3.jinja")),
+            ChatTemplateName::Qwen35 => Some(include_str!("../../templates/qwen3_5.jinja")),
             ChatTemplateName::TokenizerDefault | ChatTemplateName::Jinja => None,
         }
     }
