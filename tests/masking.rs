@@ -186,11 +186,38 @@ fn train_on_eos_variants() {
         with(TrainOnEos::All),
         ["</s>", "</s>", "there was a cat.</s>", "</s>", "It sat in the sun.</s>", "</s>", "It slept.</s>"]
     );
-    // eot_tokens names another end-of-turn token: none of that kind here, so no EOS is labelled
+    // eot_tokens names another end-of-turn token, none of which is here: EOS still follows train_on_eos
+    // (Axolotl looks for the two kinds separately).
     let options = ChatOptions { eot_tokens: Some(vec!["<unk>".into()]), ..Default::default() };
     assert_eq!(
         trained(&run(&conversation(), &options).unwrap(), &tok),
+        ["there was a cat.</s>", "It sat in the sun.</s>", "It slept.</s>"]
+    );
+    let options = ChatOptions {
+        eot_tokens: Some(vec!["<unk>".into()]),
+        train_on_eos: TrainOnEos::None,
+        train_on_eot: Some(TrainOnEos::All),
+        ..Default::default()
+    };
+    assert_eq!(
+        trained(&run(&conversation(), &options).unwrap(), &tok),
         ["there was a cat.", "It sat in the sun.", "It slept."]
+    );
+    // EOS named as an end-of-turn token follows one policy: two different ones are an error.
+    let options = ChatOptions {
+        eot_tokens: Some(vec!["</s>".into()]),
+        train_on_eot: Some(TrainOnEos::Last),
+        ..Default::default()
+    };
+    assert!(run(&conversation(), &options).unwrap_err().contains("differ"));
+    let options = ChatOptions {
+        eot_tokens: Some(vec!["</s>".into()]),
+        train_on_eos: TrainOnEos::Last,
+        ..Default::default()
+    };
+    assert_eq!(
+        trained(&run(&conversation(), &options).unwrap(), &tok),
+        ["there was a cat.", "It sat in the sun.", "It slept.</s>"]
     );
     let options = ChatOptions { eot_tokens: Some(vec!["not a token".into()]), ..Default::default() };
     assert!(run(&conversation(), &options).unwrap_err().contains("not a single token"));
@@ -426,4 +453,30 @@ fn per_message_tokenization_cuts_at_turns() {
     .unwrap();
     let err = tokenize_row(&row, &options, &template, tok.special_tokens(), &tok).unwrap_err();
     assert!(err.contains("not a prefix"), "{err}");
+}
+
+#[test]
+fn eot_tokens_and_eos_are_trained_each_by_their_own_policy() {
+    // A template ending each turn with `<unk>` (the end-of-turn token here) and the whole
+    // conversation with EOS, as Llama-3's <|eot_id|> and <|end_of_text|>.
+    let text = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<unk>{% endfor %}{{ eos_token }}";
+    let tok = stories();
+    let template = ChatTemplate::new(text, "eot").unwrap();
+    let run = |options: &ChatOptions| tokenize_row(&conversation(), options, &template, tok.special_tokens(), &tok);
+    // Without eot_tokens only the final EOS ends a turn, and only the last turn's.
+    assert_eq!(
+        trained(&run(&ChatOptions::default()).unwrap(), &tok),
+        ["there was a cat.", "It sat in the sun.", "It slept.<unk></s>"]
+    );
+    let eot = ChatOptions { eot_tokens: Some(vec!["<unk>".into()]), ..Default::default() };
+    assert_eq!(
+        trained(&run(&eot).unwrap(), &tok),
+        ["there was a cat.<unk>", "It sat in the sun.<unk>", "It slept.<unk></s>"]
+    );
+    // train_on_eot defaults to train_on_eos; set apart, each follows its own.
+    let eos_off = ChatOptions { train_on_eos: TrainOnEos::None, train_on_eot: Some(TrainOnEos::Turn), ..eot.clone() };
+    assert_eq!(
+        trained(&run(&eos_off).unwrap(), &tok),
+        ["there was a cat.<unk>", "It sat in the sun.<unk>", "It slept.<unk>"]
+    );
 }

@@ -19,6 +19,12 @@ pub struct ChatTemplateConfig {
     /// New tokens to add to the vocabulary; embeddings are resized and trained.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// The tokens that end a turn in `chat_template` datasets (e.g. `<|eot_id|>`, `<|im_end|>`),
+    /// when they differ from the EOS token; each must be a single token. The first one after each
+    /// turn is trained per the dataset's `train_on_eot`, and the EOS token per `train_on_eos`, as
+    /// in Axolotl. Unset: the EOS token alone ends a turn.
+    #[serde(default)]
+    pub eot_tokens: Option<Vec<String>>,
 }
 
 /// Built-in templates (files in templates/) and the two indirect forms.

@@ -208,9 +208,12 @@ pub struct ChatDataset {
     /// Roles whose turns carry labels (every such turn, not just the last).
     #[serde(default = "default_roles_to_train")]
     pub roles_to_train: Vec<String>,
-    /// Which end-of-turn tokens are trained.
+    /// Which EOS tokens after the turns are trained.
     #[serde(default)]
     pub train_on_eos: TrainOnEos,
+    /// Which `eot_tokens` after the turns are trained (default: as `train_on_eos`).
+    #[serde(default)]
+    pub train_on_eot: Option<TrainOnEos>,
     /// Role aliases: `{assistant: [gpt, model], user: [human]}`.
     #[serde(default)]
     pub roles: Option<Map<String, Value>>,

@@ -17,11 +17,14 @@
 //! offsets; a token is trained when it overlaps a trained content (transformers' rule for
 //! `return_assistant_tokens_mask`).
 //!
-//! **End of turn.** `train_on_eos` labels the end-of-turn token (the tokenizer's EOS, or
-//! `eot_tokens`) that follows a turn's content before the next message's content: `turn` after
-//! every trained turn, `last` after the final trained turn, `all` after every turn, `none`. For a
-//! trained turn the tokens between its content and that token are labelled too (Llama-2's ` </s>`
-//! is `▁` + `</s>`; the model must learn to emit both). Axolotl labels only the EOS itself there.
+//! **End of turn.** `train_on_eos` labels the EOS token that follows a turn's content before the
+//! next message's content: `turn` after every trained turn, `last` after the final trained turn,
+//! `all` after every turn, `none`. `eot_tokens` name other end-of-turn tokens (`<|eot_id|>`),
+//! labelled the same way by `train_on_eot` (default: `train_on_eos`); as in Axolotl, EOS and EOT
+//! are looked for separately, and EOS among the EOT tokens with two different policies is an
+//! error. For a trained turn the tokens between its content and a labelled end-of-turn token are
+//! labelled too (Llama-2's ` </s>` is `▁` + `</s>`; the model must learn to emit both). Axolotl
+//! labels only the token itself there.
 //!
 //! Two options exist only to reproduce labels of Axolotl's legacy strategies (tests/masking.rs):
 //! `train_trailing_text` (its `llama2_chat` labels the `<s>` its separator leaves after the last
@@ -73,9 +76,12 @@ pub struct ChatOptions {
     pub roles: Vec<(String, Vec<String>)>,
     /// Roles whose turns carry loss (names or aliases).
     pub roles_to_train: Vec<String>,
+    /// Which EOS tokens after the turns carry loss.
     pub train_on_eos: TrainOnEos,
-    /// End-of-turn tokens (each must be a single token); `None`: the tokenizer's EOS.
+    /// End-of-turn tokens besides EOS (each must be a single token); `None`: EOS alone.
     pub eot_tokens: Option<Vec<String>>,
+    /// Which `eot_tokens` after the turns carry loss; `None`: as `train_on_eos`.
+    pub train_on_eot: Option<TrainOnEos>,
     /// Drop a leading system message.
     pub drop_system_message: bool,
     /// A per-message boolean field that overrides `roles_to_train` for that message.
@@ -106,6 +112,7 @@ impl Default for ChatOptions {
             roles_to_train: vec!["assistant".into()],
             train_on_eos: TrainOnEos::Turn,
             eot_tokens: None,
+            train_on_eot: None,
             drop_system_message: false,
             message_field_training: Some("training".into()),
             field_system: Some("system".into()),
@@ -395,13 +402,25 @@ pub fn tokenize_conversation(
         Tokenization::PerMessage => per_message_tokens(conv, &text, &render, tok)?,
     };
 
-    let eot: Vec<i64> = match &options.eot_tokens {
-        Some(list) => list
+    // End-of-turn markers, each with its policy: the EOT tokens (when named), then EOS.
+    let eos: Vec<i64> = tok.eos_id().into_iter().collect();
+    let mut markers: Vec<(Vec<i64>, TrainOnEos)> = Vec::new();
+    if let Some(list) = &options.eot_tokens {
+        let ids: Vec<i64> = list
             .iter()
             .map(|t| tok.token_id(t).ok_or_else(|| format!("eot token `{t}` is not a single token of the tokenizer")))
-            .collect::<Result<_, _>>()?,
-        None => tok.eos_id().into_iter().collect(),
-    };
+            .collect::<Result<_, _>>()?;
+        let on_eot = options.train_on_eot.unwrap_or(options.train_on_eos);
+        if eos.iter().any(|e| ids.contains(e)) && on_eot != options.train_on_eos {
+            return Err(format!(
+                "the EOS token is among eot_tokens, but train_on_eos ({:?}) and train_on_eot ({on_eot:?}) differ",
+                options.train_on_eos
+            )
+            .to_lowercase());
+        }
+        markers.push((ids, on_eot));
+    }
+    markers.push((eos, options.train_on_eos));
 
     let mut labels = vec![IGNORE; input_ids.len()];
     let mut label = |k: usize| labels[k] = input_ids[k];
@@ -417,29 +436,33 @@ pub fn tokenize_conversation(
                 }
             }
         }
-        // The end-of-turn token: the first one after the content, before the next content.
+        // Each kind of end-of-turn token: the first one after the content, before the next content.
         let next = located.iter().map(|(_, (s, _))| *s).filter(|&s| s >= end && s > start).min().unwrap_or(text.len());
-        let eot_at =
-            (0..offsets.len()).find(|&k| offsets[k].0 >= end && offsets[k].0 <= next && eot.contains(&input_ids[k]));
-        let wanted = match options.train_on_eos {
-            TrainOnEos::Turn => conv.train[i],
-            TrainOnEos::All => true,
-            TrainOnEos::Last => Some(i) == last_trained,
-            TrainOnEos::None => false,
-        };
-        if let Some(k) = eot_at.filter(|_| wanted) {
-            if conv.train[i] {
-                // the turn's tail: everything between the content and its end-of-turn token
-                for (j, &(a, _)) in offsets.iter().enumerate().take(k + 1) {
-                    if a >= end {
-                        label(j);
+        let mut turn_end = None;
+        for (ids, policy) in &markers {
+            let at = (0..offsets.len())
+                .find(|&k| offsets[k].0 >= end && offsets[k].0 <= next && ids.contains(&input_ids[k]));
+            let wanted = match policy {
+                TrainOnEos::Turn => conv.train[i],
+                TrainOnEos::All => true,
+                TrainOnEos::Last => Some(i) == last_trained,
+                TrainOnEos::None => false,
+            };
+            if let Some(k) = at.filter(|_| wanted) {
+                if conv.train[i] {
+                    // the turn's tail: everything between the content and its end-of-turn token
+                    for (j, &(a, _)) in offsets.iter().enumerate().take(k + 1) {
+                        if a >= end {
+                            label(j);
+                        }
                     }
                 }
+                label(k);
             }
-            label(k);
+            turn_end = turn_end.max(at);
         }
         if i == n - 1 && conv.train[i] {
-            trailing_from = Some(match eot_at {
+            trailing_from = Some(match turn_end {
                 Some(k) => k + 1,
                 None => offsets.iter().position(|&(a, _)| a >= end).unwrap_or(offsets.len()),
             });

@@ -111,6 +111,9 @@ pub struct DataOptions {
     pub special_tokens: crate::config::chat_template::SpecialTokens,
     /// Tokens added to the vocabulary; the model's embeddings grow to match.
     pub added_tokens: Vec<String>,
+    /// End-of-turn tokens of chat datasets besides EOS (`eot_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eot_tokens: Option<Vec<String>>,
 }
 
 pub fn options(c: &Config) -> DataOptions {
@@ -132,6 +135,7 @@ pub fn options(c: &Config) -> DataOptions {
         seed: c.training.seed,
         special_tokens: c.chat.special_tokens.clone(),
         added_tokens: c.chat.tokens.clone(),
+        eot_tokens: c.chat.eot_tokens.clone(),
     }
 }
 
@@ -173,13 +177,22 @@ fn plan_datasets(
             let masking = match d {
                 DatasetConfig::Completion(_) | DatasetConfig::Pretrain(_) => "every token trained".to_string(),
                 DatasetConfig::InputOutput(_) => "segments with label: true trained, others masked".to_string(),
-                DatasetConfig::ChatTemplate(chat) => format!(
-                    "turns of {} trained (every such turn), end-of-turn tokens: {:?}{}",
-                    chat.roles_to_train.join(", "),
-                    chat.train_on_eos,
-                    if chat.drop_system_message { ", system turns dropped" } else { "" }
-                )
-                .to_lowercase(),
+                DatasetConfig::ChatTemplate(chat) => {
+                    let eot = match (&c.chat.eot_tokens, chat.train_on_eot) {
+                        (Some(list), on) => {
+                            format!(", {} tokens: {:?}", list.join(" "), on.unwrap_or(chat.train_on_eos))
+                        }
+                        (None, _) => String::new(),
+                    };
+                    format!(
+                        "turns of {} trained (every such turn), eos tokens: {:?}{}{}",
+                        chat.roles_to_train.join(", "),
+                        chat.train_on_eos,
+                        eot,
+                        if chat.drop_system_message { ", system turns dropped" } else { "" }
+                    )
+                    .to_lowercase()
+                }
                 DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) if c.training.reward_model => {
                     "preference pairs: each whole sequence (prompt + answer) scored at its last token".to_string()
                 }
