@@ -145,7 +145,21 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
     assert!(rules(&zero, true).is_empty(), "{}", common::rendered(&zero));
     let plan = recipe::plan::compile(&zero, Default::default()).unwrap();
     assert!(plan.training.eval.is_none() && plan.training.save.is_none());
+    // save_strategy as transformers reads it; cosine_constant_lr_ratio: 0 is Axolotl's "off".
+    for (extra, save) in [
+        ("save_strategy: epoch\ncosine_constant_lr_ratio: 0\n", Some("PerEpoch(1)")),
+        ("save_strategy: no\n", None),
+        ("save_strategy: steps\nsave_steps: 5\n", Some("Steps(5)")),
+    ] {
+        let loaded = load_text(dir.path(), &base(extra));
+        assert!(rules(&loaded, true).is_empty(), "{extra}: {}", common::rendered(&loaded));
+        let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
+        assert_eq!(plan.training.save.map(|e| format!("{e:?}")).as_deref(), save, "{extra}");
+    }
     for (extra, rule) in [
+        ("save_strategy: steps\n", "save-strategy-mismatch"),
+        ("save_strategy: no\nsave_steps: 5\n", "save-strategy-mismatch"),
+        ("save_strategy: best\n", "unsupported-axolotl-value"),
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForCausalLM\n", "unsupported-architecture"),
         ("optimizer: adamw_torch_4bit\n", "unsupported-axolotl-value"),

@@ -28,6 +28,11 @@ pub struct LoggingConfig {
     /// as in Axolotl.
     #[serde(default)]
     pub saves_per_epoch: Option<u32>,
+    /// When checkpoints are saved, in transformers' words: `steps` (by `save_steps` or
+    /// `saves_per_epoch`, which it needs), `epoch` (at the end of each epoch), `no` (never).
+    /// Unset: by `save_steps` / `saves_per_epoch` when given, else never.
+    #[serde(default)]
+    pub save_strategy: Option<SaveStrategy>,
     /// Keep at most this many checkpoints, deleting the oldest.
     #[serde(default)]
     #[schemars(range(min = 1))]
@@ -48,6 +53,24 @@ pub struct LoggingConfig {
     /// float32 (as peft saves them) and checkpoints in the training precision, so resume is exact.
     #[serde(default)]
     pub save_dtype: Option<super::quantization::ComputeDtype>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    Steps,
+    Epoch,
+    No,
+}
+
+impl SaveStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaveStrategy::Steps => "steps",
+            SaveStrategy::Epoch => "epoch",
+            SaveStrategy::No => "no",
+        }
+    }
 }
 
 impl Default for LoggingConfig {

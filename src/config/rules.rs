@@ -236,6 +236,25 @@ impl Rules<'_> {
             );
         }
         let l = &c.logging;
+        {
+            use super::logging::SaveStrategy;
+            let by_steps = l.save_steps.is_some() || l.saves_per_epoch.is_some_and(|k| k > 0);
+            match l.save_strategy {
+                Some(s @ (SaveStrategy::Epoch | SaveStrategy::No)) if by_steps => self.error(
+                    "save-strategy-mismatch",
+                    format!("`save_strategy: {}` and a step schedule for saves contradict each other", s.as_str()),
+                    &["save_strategy", "save_steps", "saves_per_epoch"],
+                    "set save_strategy: steps, or remove save_steps / saves_per_epoch",
+                ),
+                Some(SaveStrategy::Steps) if !by_steps => self.error(
+                    "save-strategy-mismatch",
+                    "`save_strategy: steps` needs `save_steps` or `saves_per_epoch` to say how often".into(),
+                    &["save_strategy"],
+                    "add save_steps (e.g. 100), or set save_strategy: epoch",
+                ),
+                _ => {}
+            }
+        }
         if l.eval_steps.is_some() && l.evals_per_epoch.is_some_and(|k| k > 0) {
             self.error(
                 "eval-schedule-exclusive",

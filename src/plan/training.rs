@@ -179,7 +179,11 @@ pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingP
         logging_steps: l.logging_steps.max(1),
         eval_batch_size: u64::from(t.eval_batch_size.unwrap_or(t.micro_batch_size).max(1)),
         eval: if c.data.val_set_size > 0.0 { every(l.eval_steps, l.evals_per_epoch) } else { None },
-        save: every(l.save_steps, l.saves_per_epoch),
+        save: match l.save_strategy {
+            Some(crate::config::logging::SaveStrategy::No) => None,
+            Some(crate::config::logging::SaveStrategy::Epoch) => Some(Every::PerEpoch(1)),
+            Some(crate::config::logging::SaveStrategy::Steps) | None => every(l.save_steps, l.saves_per_epoch),
+        },
         save_total_limit: l.save_total_limit,
         early_stopping_patience: l.early_stopping_patience,
         resume_from_checkpoint: l.resume_from_checkpoint.clone(),
