@@ -611,3 +611,21 @@ fn tokenizer_config_supplies_the_runs_tokenizer_and_its_outputs_carry_it() {
     let without = recipe().arg("preview").arg(&path).output().unwrap();
     assert!(!without.status.success(), "{}", String::from_utf8_lossy(&without.stdout));
 }
+
+#[test]
+fn save_only_model_checkpoints_hold_weights_and_refuse_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\nsave_steps: 1\nsave_only_model: true\n");
+    run_ok(&path, &[]);
+    let checkpoint = dir.path().join("out/checkpoint-1");
+    assert!(checkpoint.join("adapter_model.safetensors").is_file() && checkpoint.join("trainer_state.json").is_file());
+    assert!(!checkpoint.join("optimizer.safetensors").exists(), "weights only");
+    let resumed = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--set", "resume_from_checkpoint=true", "--set", "max_steps=3"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&resumed.stdout), String::from_utf8_lossy(&resumed.stderr));
+    assert!(!resumed.status.success() && said.contains("save_only_model: true"), "{said}");
+}

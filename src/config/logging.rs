@@ -33,6 +33,10 @@ pub struct LoggingConfig {
     /// Unset: by `save_steps` / `saves_per_epoch` when given, else never.
     #[serde(default)]
     pub save_strategy: Option<SaveStrategy>,
+    /// Checkpoints hold the weights only, not the optimizer state (smaller, but they cannot be
+    /// resumed: train on from one with `lora_model_dir` or as a `base_model`).
+    #[serde(default)]
+    pub save_only_model: bool,
     /// Keep at most this many checkpoints, deleting the oldest.
     #[serde(default)]
     #[schemars(range(min = 1))]

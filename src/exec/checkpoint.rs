@@ -280,11 +280,12 @@ pub struct RunFiles<'a> {
     pub tokenizer: Option<&'a crate::data::Tokenizer>,
 }
 
-/// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`.
+/// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`. Without an optimizer state
+/// (`save_only_model`) the checkpoint holds the weights and trainer state only.
 pub fn save(
     output_dir: &Path,
     model: &CausalLm,
-    optimizer_state: &[(String, Tensor)],
+    optimizer_state: Option<&[(String, Tensor)]>,
     state: &TrainerState,
     run: &RunFiles,
     keep: Option<u32>,
@@ -297,7 +298,9 @@ pub fn save(
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         write_weights(&tmp, model, run, Kind::Float)?;
-        weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
+        if let Some(optimizer_state) = optimizer_state {
+            weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
+        }
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
         weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;
         let _ = std::fs::remove_dir_all(&final_dir);

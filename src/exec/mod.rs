@@ -655,6 +655,13 @@ fn train_on<E: packing::Example>(
                     dir.display()
                 ));
             }
+            if !dir.join("optimizer.safetensors").is_file() {
+                return Err(format!(
+                    "{}: holds no optimizer state (saved with save_only_model: true), so it cannot be resumed; \
+                     train on from its weights with lora_model_dir (an adapter) or base_model (a full model)",
+                    dir.display()
+                ));
+            }
             let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
             adapter::load_trainable(&model, &weights)?;
             optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;

@@ -331,7 +331,7 @@ impl<E: Example> Loop<'_, E> {
                     checkpoint::save(
                         self.output_dir,
                         self.model,
-                        &optimizer.state(),
+                        (!plan.training.save_only_model).then(|| optimizer.state()).as_deref(),
                         &state,
                         &checkpoint::RunFiles {
                             plan,

@@ -381,7 +381,8 @@ pub fn render_text(plan: &Plan) -> String {
         t.logging_steps,
         every(t.eval),
         every(t.save),
-        t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})")),
+        t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})"))
+            + if t.save_only_model { ", weights only (no optimizer state: not resumable)" } else { "" },
         t.output_dir,
         t.save_dtype
     );

@@ -32,6 +32,8 @@ pub struct TrainingPlan {
     pub eval: Option<Every>,
     pub save: Option<Every>,
     pub save_total_limit: Option<u32>,
+    /// Checkpoints without the optimizer state (`save_only_model`): they cannot be resumed.
+    pub save_only_model: bool,
     pub early_stopping_patience: Option<u32>,
     pub resume_from_checkpoint: Option<ResumeFrom>,
     /// `overwrite_output_dir`: another run's outputs in output_dir are removed, not refused.
@@ -185,6 +187,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingP
             Some(crate::config::logging::SaveStrategy::Steps) | None => every(l.save_steps, l.saves_per_epoch),
         },
         save_total_limit: l.save_total_limit,
+        save_only_model: l.save_only_model,
         early_stopping_patience: l.early_stopping_patience,
         resume_from_checkpoint: l.resume_from_checkpoint.clone(),
         overwrite_output_dir: l.overwrite_output_dir,
