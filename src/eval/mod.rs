@@ -9,6 +9,7 @@
 pub mod bleu;
 pub mod chrf;
 pub mod exact_match;
+pub mod report;
 pub mod rouge;
 pub mod ter;
 mod text;
@@ -54,9 +55,10 @@ impl Metric {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let metric = Metric::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
                 let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+                // The closest name, or one that contains what was typed (`bleu` -> `sacrebleu`).
                 let near = names
                     .iter()
-                    .map(|n| (strsim::jaro_winkler(name, n), *n))
+                    .map(|n| (if n.contains(name) { 1.0 } else { strsim::jaro_winkler(name, n) }, *n))
                     .filter(|(s, _)| *s > 0.7)
                     .max_by(|a, b| a.0.total_cmp(&b.0));
                 let hint = near.map(|(_, n)| format!("; did you mean `{n}`?")).unwrap_or_default();
@@ -148,6 +150,7 @@ mod tests {
     fn unknown_metric_suggests() {
         let e = Metric::parse_list("sacrebleu,chrff").unwrap_err();
         assert!(e.contains("did you mean `chrf`"), "{e}");
+        assert!(Metric::parse_list("bleu").unwrap_err().contains("did you mean `sacrebleu`"));
         assert_eq!(Metric::parse_list("ter, ter,rouge").unwrap(), [Metric::Ter, Metric::Rouge]);
         assert!((perplexity(2.0f64.ln() * 3.0, 3) - 2.0).abs() < 1e-12);
     }

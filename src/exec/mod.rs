@@ -6,6 +6,7 @@ pub mod c10d;
 pub mod checkpoint;
 pub mod cuda;
 pub mod distributed;
+pub mod eval;
 pub mod host_memory;
 pub mod loss_scale;
 pub mod metrics;
