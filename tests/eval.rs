@@ -146,12 +146,19 @@ fn eval_writes_predictions_and_results_the_metrics_recompute() {
         .arg("--dataset")
         .arg(root().join("tests/fixtures/pipeline/instructions.jsonl"))
         .args(["--dataset-type", "alpaca", "--max-new-tokens", "12", "--batch-size", "1", "--device", "cpu"])
+        .arg("--rouge-stemmer")
         .arg("--output")
         .arg(dir.path().join("again"))
         .output()
         .unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let rows1 = json_lines(&dir.path().join("again/eval_predictions.jsonl"));
+    assert_eq!(read_json(&dir.path().join("again/eval_results.json"))["settings"]["rouge_stemmer"], true);
+    for r in &rows1 {
+        let (p, reference) = (r["prediction"].as_str().unwrap(), r["reference"].as_str().unwrap());
+        let stemmed = recipe::eval::rouge::sample_rouge(p, reference, true);
+        assert_eq!(r["scores"]["rouge1"].as_f64().unwrap(), stemmed.rouge1);
+    }
     assert_eq!(
         rows1.iter().map(|r| &r["prediction"]).collect::<Vec<_>>(),
         rows.iter().map(|r| &r["prediction"]).collect::<Vec<_>>()

@@ -1,5 +1,6 @@
 """Goldens for recipe's evaluation metrics (src/eval/): sacrebleu 2.6 (BLEU, chrF, TER with their
-defaults), rouge-score 0.1.2 (as the `evaluate` library calls it) and SQuAD-normalized exact match,
+defaults), rouge-score 0.1.2 (as the `evaluate` library calls it, without and with its Porter
+stemmer, NLTK's) and SQuAD-normalized exact match,
 over fixed prediction/reference sets. Writes tests/golden/eval/metrics.json (inputs and figures);
 tests/eval_metrics.rs recomputes every figure in Rust.
 
@@ -128,6 +129,26 @@ def shuffled_pairs(seed, count):
     return pairs
 
 
+MORPHOLOGY = ("running runs ran runner happily happiness happy skies sky relational relate "
+              "generalization generalize controlling controlled agreed agreement hopping hoped "
+              "conditional condition analogous analogously sensitivity sensible dying lying ties "
+              "feed fed flies flying caresses ponies electrical electricity formalize goodness "
+              "adoption adoptive operator operating proceed proceeding news innings 2024 x9").split()
+
+
+def morphology_pairs(seed, count):
+    """Inflected English words, for the stemmer."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        def text():
+            lines = [" ".join(rng.choice(MORPHOLOGY) for _ in range(rng.randint(1, 12)))
+                     for _ in range(rng.randint(1, 3))]
+            return "\n".join(lines)
+        pairs.append((text(), text()))
+    return pairs
+
+
 def normalize_answer(s):
     """SQuAD v1.1's official normalization (as evaluate's `squad` metric)."""
     def remove_articles(text):
@@ -151,9 +172,11 @@ def score_set(name, pairs):
     # evaluate's rouge: RougeScorer(rouge_types, use_stemmer=False), score(reference, prediction).
     types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(rouge_types=types, use_stemmer=False)
+    stemming = rouge_scorer.RougeScorer(rouge_types=types, use_stemmer=True)
     samples = []
     for h, r in pairs:
         rouge = scorer.score(r, h)
+        stemmed = stemming.score(r, h)
         samples.append({
             "prediction": h,
             "reference": r,
@@ -162,6 +185,7 @@ def score_set(name, pairs):
             "ter": ter.sentence_score(h, [r]).score,
             **{t: rouge[t].fmeasure for t in types},
             "exact_match": 100.0 if normalize_answer(h) == normalize_answer(r) else 0.0,
+            "stemmed": {t: stemmed[t].fmeasure for t in types},
         })
     corpus = {
         "sacrebleu": bleu.corpus_score(hyps, [refs]).score,
@@ -174,11 +198,17 @@ def score_set(name, pairs):
         for s in samples:
             total += s[t]
         corpus[t] = total / len(samples)
+    corpus_stemmed = {}
+    for t in types:
+        total = 0.0
+        for s in samples:
+            total += s["stemmed"][t]
+        corpus_stemmed[t] = total / len(samples)
     hits = 0
     for s in samples:
         hits += s["exact_match"] == 100.0
     corpus["exact_match"] = 100.0 * hits / len(samples)
-    return {"name": name, "corpus": corpus, "samples": samples}
+    return {"name": name, "corpus": corpus, "corpus_stemmed": corpus_stemmed, "samples": samples}
 
 
 def main():
@@ -187,6 +217,7 @@ def main():
         score_set("long", long_pairs(17, 60)),
         score_set("multiline", multiline_pairs(23, 50)),
         score_set("shuffled", shuffled_pairs(29, 15)),
+        score_set("morphology", morphology_pairs(31, 30)),
         score_set("single", [MIXED[1]]),
         score_set("all_empty_predictions", [("", r) for _, r in MIXED[:6]]),
     ]
@@ -197,7 +228,8 @@ def main():
         "sets": sets,
     }
     OUT.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
-    figures = sum(len(s["corpus"]) + sum(len(x) - 2 for x in s["samples"]) for s in sets)
+    figures = sum(len(s["corpus"]) + len(s["corpus_stemmed"])
+                  + sum(len(x) - 3 + len(x["stemmed"]) for x in s["samples"]) for s in sets)
     print(f"wrote {OUT}: {len(sets)} sets, {figures} figures")
 
 

@@ -13,7 +13,7 @@
 use super::{EXIT_INVALID, EXIT_USAGE, compile_recipe};
 use crate::data::{self, Sample};
 use crate::eval::report::{Review, Row};
-use crate::eval::{Metric, perplexity, score_texts};
+use crate::eval::{Metric, TextOptions, perplexity, score_texts};
 use crate::exec::{self, eval as model_eval};
 use crate::model::generate::Sampling;
 use crate::plan::{Plan, PlanOptions};
@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// perplexity for text with no prompt).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// ROUGE with rouge-score's Porter stemmer (`use_stemmer=True`; NLTK's stemmer).
+    #[arg(long)]
+    pub rouge_stemmer: bool,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// 0 = greedy; above, seeded sampling (with --top-p, --seed).
@@ -346,6 +349,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         seed: args.seed,
     };
     let batch = args.batch_size as usize;
+    let text_options = TextOptions { rouge_stemmer: args.rouge_stemmer };
 
     let evaluate = |loaded: &exec::Loaded| -> Result<Outcome, Failure> {
         let tok = &loaded.tokenizer;
@@ -362,7 +366,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         };
         let preds: Vec<&str> = predictions.iter().map(String::as_str).collect();
         let refs: Vec<&str> = references.iter().map(String::as_str).collect();
-        let (mut corpus, mut per_sample) = score_texts(&generation, &preds, &refs);
+        let (mut corpus, mut per_sample) = score_texts(text_options, &generation, &preds, &refs);
         if metrics.contains(&Metric::Perplexity) {
             let scored: Vec<Sample> = rows.iter().map(|&i| samples[i].clone()).collect();
             let nll = exec::catch_torch_errors(None, || Ok(model_eval::nll(&loaded.model, &scored, batch)))
@@ -452,7 +456,11 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
             "bleu": "sacrebleu 2.6 corpus_bleu defaults (13a, exp smoothing); per sample sentence_bleu",
             "chrf": "sacrebleu chrF2 defaults",
             "ter": "sacrebleu TER defaults",
-            "rouge": "rouge-score 0.1.2 F1, no stemmer, Lsum on newlines; corpus = mean of samples",
+            "rouge": format!(
+                "rouge-score 0.1.2 F1, {}, Lsum on newlines; corpus = mean of samples",
+                if args.rouge_stemmer { "Porter stemmer" } else { "no stemmer" }
+            ),
+            "rouge_stemmer": args.rouge_stemmer,
             "exact_match": "SQuAD normalization; percent",
             "perplexity": "exp(mean NLL over trained tokens)",
         },

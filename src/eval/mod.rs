@@ -9,6 +9,7 @@
 pub mod bleu;
 pub mod chrf;
 pub mod exact_match;
+pub mod porter;
 pub mod report;
 pub mod rouge;
 pub mod ter;
@@ -83,9 +84,17 @@ pub fn perplexity(nll_sum: f64, tokens: u64) -> f64 {
     if tokens == 0 { f64::NAN } else { (nll_sum / tokens as f64).exp() }
 }
 
+/// Settings of the text metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextOptions {
+    /// ROUGE with rouge-score's `use_stemmer=True` (NLTK's Porter stemmer).
+    pub rouge_stemmer: bool,
+}
+
 /// Corpus figures and per-sample figures of the text metrics among `metrics` (perplexity, which
 /// needs the model, is left to the caller). Keys are the names `eval_results.json` uses.
 pub fn score_texts(
+    options: TextOptions,
     metrics: &[Metric],
     predictions: &[&str],
     references: &[&str],
@@ -114,9 +123,12 @@ pub fn score_texts(
                 }
             }
             Metric::Rouge => {
-                let per: Vec<rouge::Rouge> =
-                    predictions.iter().zip(references).map(|(p, r)| rouge::sample_rouge(p, r)).collect();
-                let mean = rouge::corpus_rouge(predictions, references);
+                let per: Vec<rouge::Rouge> = predictions
+                    .iter()
+                    .zip(references)
+                    .map(|(p, r)| rouge::sample_rouge(p, r, options.rouge_stemmer))
+                    .collect();
+                let mean = rouge::corpus_rouge(predictions, references, options.rouge_stemmer);
                 for (key, value) in rouge_fields(&mean) {
                     corpus.insert(key.into(), json!(value));
                 }

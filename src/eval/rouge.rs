@@ -3,7 +3,8 @@
 //! tokenizer, no stemmer, Lsum over newline-separated sentences, one reference per sample). The
 //! per-sample figure is the F1 `score(reference, prediction)` gives; the corpus figure is the mean
 //! of the per-sample F1s, which `evaluate`'s default bootstrap aggregation estimates by resampling
-//! (its "mid" is the median of resampled means, random without a seed).
+//! (its "mid" is the median of resampled means, random without a seed). `--rouge-stemmer` turns on
+//! rouge-score's `use_stemmer` (NLTK's Porter stemmer, `porter`).
 
 use super::text::ngram_counts;
 use std::collections::HashMap;
@@ -19,12 +20,14 @@ pub struct Rouge {
     pub rouge_lsum: f64,
 }
 
-/// rouge-score's default tokenizer: lowercase, then the runs of `[a-z0-9]` are the tokens.
-pub fn tokenize(text: &str) -> Vec<String> {
+/// rouge-score's default tokenizer: lowercase, then the runs of `[a-z0-9]` are the tokens; with
+/// `stemmer`, tokens longer than 3 characters go through the Porter stemmer (NLTK's).
+pub fn tokenize(text: &str, stemmer: bool) -> Vec<String> {
     text.to_lowercase()
         .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
         .filter(|t| !t.is_empty())
-        .map(String::from)
+        .map(|t| if stemmer && t.len() > 3 { super::porter::stem(t) } else { t.to_string() })
+        .filter(|t| !t.is_empty())
         .collect()
 }
 
@@ -120,30 +123,31 @@ fn summary_lcs_f1(reference: &[Vec<String>], candidate: &[Vec<String>]) -> f64 {
 }
 
 /// Lsum's sentences: the text split at newlines, empty pieces dropped (`split_summaries=False`).
-fn sentences(text: &str) -> Vec<Vec<String>> {
-    text.split('\n').filter(|s| !s.is_empty()).map(tokenize).collect()
+fn sentences(text: &str, stemmer: bool) -> Vec<Vec<String>> {
+    text.split('\n').filter(|s| !s.is_empty()).map(|s| tokenize(s, stemmer)).collect()
 }
 
-/// rouge-score's `RougeScorer.score(target=reference, prediction)`, the F1 of each variant.
-pub fn sample_rouge(prediction: &str, reference: &str) -> Rouge {
-    let (t, p) = (tokenize(reference), tokenize(prediction));
+/// rouge-score's `RougeScorer(use_stemmer=stemmer).score(target=reference, prediction)`, the F1 of
+/// each variant.
+pub fn sample_rouge(prediction: &str, reference: &str, stemmer: bool) -> Rouge {
+    let (t, p) = (tokenize(reference, stemmer), tokenize(prediction, stemmer));
     Rouge {
         rouge1: ngram_f1(&t, &p, 1),
         rouge2: ngram_f1(&t, &p, 2),
         rouge_l: lcs_f1(&t, &p),
-        rouge_lsum: summary_lcs_f1(&sentences(reference), &sentences(prediction)),
+        rouge_lsum: summary_lcs_f1(&sentences(reference, stemmer), &sentences(prediction, stemmer)),
     }
 }
 
 /// The mean of the per-sample F1s (summed in order, then divided).
-pub fn corpus_rouge(predictions: &[&str], references: &[&str]) -> Rouge {
+pub fn corpus_rouge(predictions: &[&str], references: &[&str], stemmer: bool) -> Rouge {
     assert_eq!(predictions.len(), references.len(), "one reference per prediction");
     if predictions.is_empty() {
         return Rouge::default();
     }
     let mut sum = Rouge::default();
     for (p, r) in predictions.iter().zip(references) {
-        let s = sample_rouge(p, r);
+        let s = sample_rouge(p, r, stemmer);
         sum.rouge1 += s.rouge1;
         sum.rouge2 += s.rouge2;
         sum.rouge_l += s.rouge_l;
@@ -159,12 +163,13 @@ mod tests {
 
     #[test]
     fn tokenizer_keeps_ascii_alphanumeric_runs() {
-        assert_eq!(tokenize("Hello, World-42! café"), ["hello", "world", "42", "caf"]);
+        assert_eq!(tokenize("Hello, World-42! café", false), ["hello", "world", "42", "caf"]);
+        assert_eq!(tokenize("The cats were running", true), ["the", "cat", "were", "run"]);
     }
 
     #[test]
     fn lsum_uses_lines() {
-        let r = sample_rouge("the cat\nsat down", "the cat sat\ndown");
+        let r = sample_rouge("the cat\nsat down", "the cat sat\ndown", false);
         assert!(r.rouge_lsum > 0.0 && r.rouge1 == 1.0);
     }
 }
