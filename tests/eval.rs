@@ -253,3 +253,55 @@ fn bad_input_ends_in_messages() {
     assert_eq!(results["settings"]["metrics"], serde_json::json!(["perplexity"]));
     assert!(results["metrics"]["perplexity"].as_f64().unwrap() > 1.0);
 }
+
+#[test]
+fn do_causal_lm_eval_logs_generation_metrics_at_each_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = |extra: &str| {
+        let path = dir.path().join("recipe.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "base_model: {}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
+                 datasets:\n  - path: {}\n    type: alpaca\nsequence_len: 256\nmicro_batch_size: 2\n\
+                 max_steps: 4\nlearning_rate: 2.0e-4\nseed: 5\noutput_dir: {}\n{extra}",
+                model_dir().display(),
+                root().join("tests/fixtures/pipeline/instructions.jsonl").display(),
+                dir.path().join("out").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // A key that would do nothing is refused at its place.
+    let lone = recipe("val_set_size: 0.34\neval_causal_lm_metrics: [chrf]\n");
+    let out = common::recipe_command().arg("validate").arg(&lone).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("`eval_causal_lm_metrics` has no effect without `do_causal_lm_eval: true`"), "{stdout}");
+    let no_val = recipe("do_causal_lm_eval: true\n");
+    let out = common::recipe_command().arg("validate").arg(&no_val).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("causal-lm-eval-needs-validation"));
+
+    let path = recipe(
+        "val_set_size: 0.34\neval_steps: 2\ndo_causal_lm_eval: true\neval_causal_lm_metrics: [sacrebleu, chrf, rouge]\n\
+         eval_max_new_tokens: 6\n",
+    );
+    let plan = common::recipe_command().args(["plan", "--json"]).arg(&path).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["training"]["causal_lm_eval"],
+        serde_json::json!({"metrics": ["sacrebleu", "chrf", "rouge"], "max_new_tokens": 6})
+    );
+    let run = common::recipe_command().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let records = json_lines(&dir.path().join("out/metrics.jsonl"));
+    let evals: Vec<&Value> = records.iter().filter(|r| r.get("eval_loss").is_some()).collect();
+    assert_eq!(evals.len(), 3, "steps 0, 2 and 4: {records:?}");
+    for r in evals {
+        for k in ["eval_sacrebleu", "eval_chrf", "eval_rouge1", "eval_rougeL", "eval_perplexity"] {
+            assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k} in {r}");
+        }
+        assert!(r.get("eval_ter").is_none(), "only the metrics asked for: {r}");
+    }
+}

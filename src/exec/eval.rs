@@ -128,3 +128,64 @@ mod tests {
         assert_eq!(prompt_answer(&bos_only, Some(1)), None);
     }
 }
+
+/// `do_causal_lm_eval` (Axolotl's `eval_causal_lm_metrics`): the validation samples with a prompt,
+/// completed greedily at each evaluation and scored as `recipe eval` scores them.
+pub struct CausalLmEval<'a> {
+    tok: &'a Tokenizer,
+    prompts: Vec<Vec<i64>>,
+    references: Vec<String>,
+    stop: Vec<i64>,
+    metrics: Vec<crate::eval::Metric>,
+    max_new_tokens: usize,
+}
+
+impl<'a> CausalLmEval<'a> {
+    /// None when the plan does not ask for it; an error when no validation sample has a prompt.
+    pub fn new(plan: &crate::plan::Plan, tok: &'a Tokenizer, validation: &[Sample]) -> Result<Option<Self>, String> {
+        use crate::config::logging::CausalLmMetric as C;
+        use crate::eval::Metric as M;
+        let Some(p) = &plan.training.causal_lm_eval else { return Ok(None) };
+        let split: Vec<PromptAnswer> = validation.iter().filter_map(|s| prompt_answer(s, tok.bos())).collect();
+        if split.is_empty() {
+            return Err(format!(
+                "do_causal_lm_eval: none of the {} validation samples has a prompt before its trained tokens \
+                 (completion text), so there is no answer to generate; use a prompt/answer dataset type",
+                validation.len()
+            ));
+        }
+        let answers: Vec<&[i64]> = split.iter().map(|pa| pa.answer.as_slice()).collect();
+        let metrics = p
+            .metrics
+            .iter()
+            .filter_map(|m| match m {
+                C::Sacrebleu => Some(M::Sacrebleu),
+                C::Chrf => Some(M::Chrf),
+                C::Ter => Some(M::Ter),
+                C::Rouge => Some(M::Rouge),
+                C::ExactMatch => Some(M::ExactMatch),
+                // eval_perplexity comes with every evaluation's loss already.
+                C::Perplexity => None,
+            })
+            .collect();
+        Ok(Some(CausalLmEval {
+            tok,
+            stop: stop_ids(tok, &answers),
+            references: split.iter().map(|pa| tok.decode(&pa.answer)).collect(),
+            prompts: split.into_iter().map(|pa| pa.prompt).collect(),
+            metrics,
+            max_new_tokens: p.max_new_tokens as usize,
+        }))
+    }
+
+    /// The figures, named as metrics.jsonl records them (`eval_sacrebleu`, `eval_rouge1`, ...).
+    pub fn run(&self, model: &CausalLm, batch_size: usize) -> Vec<(String, f64)> {
+        let sampling = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: self.max_new_tokens, seed: 0 };
+        let ids = complete(model, &self.prompts, &self.stop, sampling, batch_size);
+        let predictions: Vec<String> = ids.iter().map(|ids| completion_text(self.tok, ids, &self.stop)).collect();
+        let preds: Vec<&str> = predictions.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = self.references.iter().map(String::as_str).collect();
+        let (corpus, _) = crate::eval::score_texts(crate::eval::TextOptions::default(), &self.metrics, &preds, &refs);
+        corpus.into_iter().filter_map(|(k, v)| Some((format!("eval_{k}"), v.as_f64()?))).collect()
+    }
+}
