@@ -194,12 +194,21 @@ fn eval_samples(
         // folder gets a minimal recipe naming it).
         let dataset = format!("datasets=[{{path: {}, type: {kind}}}]", yaml_string(&path.display().to_string()));
         let mut sets: Vec<String> = overrides.to_vec();
-        sets.extend([
-            dataset,
-            "val_set_size=0".into(),
-            "test_datasets=[]".into(),
-            "shuffle_merged_datasets=false".into(),
-        ]);
+        sets.push(dataset);
+        // No split and no held-out sets: every row is an evaluation sample. The evaluation schedule
+        // goes too, so the recipe's own eval keys neither warn nor fail (early stopping) here.
+        let whole = [
+            "val_set_size=0",
+            "test_datasets=[]",
+            "shuffle_merged_datasets=false",
+            "eval_steps=null",
+            "evals_per_epoch=null",
+            "early_stopping_patience=null",
+            "do_causal_lm_eval=false",
+            "eval_causal_lm_metrics=null",
+            "eval_max_new_tokens=null",
+        ];
+        sets.extend(whole.map(String::from));
         let scratch;
         let recipe = match &t.recipe {
             Some((recipe, _)) => recipe.clone(),
@@ -284,10 +293,17 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
     // The run's data as training saw it: the evaluation split, and the training split to check
     // for leakage.
     let training = match &lead.recipe {
-        Some((recipe, plan)) if !plan.training.reads_pairs() => Some(
-            data::prepare(plan, tok, &loaded.tokenizer_dir)
-                .map_err(|e| invalid(format!("{}: {e}", recipe.display())))?,
-        ),
+        Some((recipe, plan)) if !plan.training.reads_pairs() => {
+            match data::prepare(plan, tok, &loaded.tokenizer_dir) {
+                Ok(prepared) => Some(prepared),
+                // With --dataset the run's data only serves the leakage check.
+                Err(e) if args.dataset.is_some() => {
+                    eprintln!("warning: {}: {e}; evaluation samples are not checked for leakage", recipe.display());
+                    None
+                }
+                Err(e) => return Err(invalid(format!("{}: {e}", recipe.display()))),
+            }
+        }
         _ => None,
     };
     let (samples, source) = eval_samples(args, lead, &loaded, overrides, training.as_ref())?;

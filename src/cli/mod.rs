@@ -1,5 +1,5 @@
 //! The command line: `recipe validate | plan | schema | presets`, and with the executor
-//! `env | run | generate | merge` (in `run`).
+//! `env | run | generate | score | merge | quantize` (in `run`) and `eval` (in `eval`).
 //!
 //! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
 //! I/O errors (a path that cannot be read, a directory with no recipes).
