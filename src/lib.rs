@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod launch;
 pub mod plan;
 pub mod recipe;

@@ -1,10 +1,12 @@
 //! The command line: `recipe validate | plan | schema | presets`, and with the executor
-//! `env | run | generate | merge` (in `run`).
+//! `env | run | generate | score | merge | quantize` (in `run`) and `eval` (in `eval`).
 //!
 //! Exit codes: 0 valid, 1 invalid (any error, or any warning with `--deny-warnings`), 2 usage or
 //! I/O errors (a path that cannot be read, a directory with no recipes).
 
 mod data;
+#[cfg(feature = "exec")]
+mod eval;
 #[cfg(feature = "exec")]
 mod run;
 
@@ -140,6 +142,10 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Evaluate a model on held-out data: BLEU, chrF, TER, ROUGE, exact match (generated answers
+    /// against references) and perplexity; with a second target, a side-by-side report.
+    #[cfg(feature = "exec")]
+    Eval(eval::EvalArgs),
     /// Quantize the recipe's base (load_in_4bit) once and write it in transformers' bitsandbytes
     /// format; set it as base_model to skip quantizing at every run.
     #[cfg(feature = "exec")]
@@ -219,6 +225,8 @@ pub fn main() -> ExitCode {
             };
             run::score(&target, &cli.set, &input, json, &device)
         }
+        #[cfg(feature = "exec")]
+        Command::Eval(args) => eval::eval(&args, &cli.set),
         #[cfg(feature = "exec")]
         Command::Merge { target, output } => run::merge(&target, &cli.set, output.as_deref()),
         #[cfg(feature = "exec")]

@@ -45,6 +45,20 @@ pub struct LoggingConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub early_stopping_patience: Option<u32>,
+    /// Axolotl's generation metrics at each evaluation: every validation sample with a prompt is
+    /// completed (greedy, `eval_max_new_tokens` tokens, stopping at EOS or the template's turn end)
+    /// and scored against its answer as `recipe eval` scores it; logged to metrics.jsonl as
+    /// `eval_sacrebleu`, `eval_chrf`, ... Needs a validation split of prompt/answer samples.
+    #[serde(default)]
+    pub do_causal_lm_eval: bool,
+    /// The metrics `do_causal_lm_eval` computes (default: sacrebleu, ter, chrf, Axolotl's list
+    /// without `comet`, which needs a neural model recipe does not have).
+    #[serde(default)]
+    pub eval_causal_lm_metrics: Option<Vec<CausalLmMetric>>,
+    /// New tokens per validation prompt for `do_causal_lm_eval` (default 128, as Axolotl's).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub eval_max_new_tokens: Option<u64>,
     /// Resume from a checkpoint folder, or `true` for the latest in `output_dir`.
     #[serde(default)]
     pub resume_from_checkpoint: Option<ResumeFrom>,
@@ -112,6 +126,24 @@ impl JsonSchema for Interval {
             ]
         })
     }
+}
+
+/// A metric of `eval_causal_lm_metrics` (`recipe eval --metrics` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CausalLmMetric {
+    /// Corpus BLEU, sacrebleu's defaults.
+    Sacrebleu,
+    /// chrF2, sacrebleu's defaults.
+    Chrf,
+    /// TER, sacrebleu's defaults.
+    Ter,
+    /// ROUGE-1/2/L/Lsum F1 (rouge-score), logged as eval_rouge1, ...
+    Rouge,
+    /// SQuAD-normalized exact match, percent.
+    ExactMatch,
+    /// The validation perplexity (also logged without it, from the evaluation loss).
+    Perplexity,
 }
 
 /// `true` (latest checkpoint in output_dir) or a checkpoint folder.

@@ -275,6 +275,37 @@ impl Rules<'_> {
 
     fn evaluation(&mut self, c: &Config) {
         let has_eval = c.data.val_set_size > 0.0 || !c.data.test_datasets.is_empty();
+        let l = &c.logging;
+        if !l.do_causal_lm_eval {
+            let keys = [
+                ("eval_causal_lm_metrics", l.eval_causal_lm_metrics.is_some()),
+                ("eval_max_new_tokens", l.eval_max_new_tokens.is_some()),
+            ];
+            for (key, set) in keys {
+                if set {
+                    self.error(
+                        "causal-lm-eval-off",
+                        format!("`{key}` has no effect without `do_causal_lm_eval: true`"),
+                        &[key],
+                        "set do_causal_lm_eval: true to generate and score at each evaluation, or remove the key",
+                    );
+                }
+            }
+        } else if c.training.rl.is_some() || c.training.reward_model {
+            self.error(
+                "causal-lm-eval-needs-sft",
+                "`do_causal_lm_eval` scores generated answers; preference and reward training have none".into(),
+                &["do_causal_lm_eval", if c.training.rl.is_some() { "rl" } else { "reward_model" }],
+                "evaluate the trained model with `recipe eval` instead",
+            );
+        } else if c.data.val_set_size <= 0.0 {
+            self.error(
+                "causal-lm-eval-needs-validation",
+                "`do_causal_lm_eval` generates on the validation split, and there is none".into(),
+                &["do_causal_lm_eval", "val_set_size"],
+                "set val_set_size (e.g. 0.05)",
+            );
+        }
         if c.data.val_set_size > 0.0 && !c.data.test_datasets.is_empty() {
             self.error(
                 "validation-exclusive",

@@ -6,6 +6,7 @@ pub mod c10d;
 pub mod checkpoint;
 pub mod cuda;
 pub mod distributed;
+pub mod eval;
 pub mod host_memory;
 pub mod loss_scale;
 pub mod metrics;
@@ -244,6 +245,8 @@ struct TrainingData<E> {
     efficiency: f64,
     /// The start of a validation (else training) example, for the sample at the end.
     sample_prompt: Option<Vec<i64>>,
+    /// Supervised validation samples, for `do_causal_lm_eval` (none for pairs).
+    validation_samples: Vec<data::Sample>,
 }
 
 /// Supervised samples as rows (packed when the recipe says so).
@@ -263,6 +266,7 @@ fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         train,
         report: prepared.report,
         sample_prompt,
+        validation_samples: prepared.validation,
     })
 }
 
@@ -281,6 +285,7 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         sample_prompt: prepared.validation.first().or(prepared.train.first()).map(|p| p.prompt_ids.clone()),
         train,
         report: prepared.report,
+        validation_samples: Vec::new(),
     })
 }
 
@@ -312,6 +317,7 @@ fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingDat
         sample_prompt: prepared.validation.first().or(prepared.train.first()).map(|p| p.prompt_ids.clone()),
         train,
         report: prepared.report,
+        validation_samples: Vec::new(),
     })
 }
 
@@ -595,7 +601,8 @@ fn train_on<E: packing::Example>(
     let (device, kind) = (rt.device, rt.precision.compute);
     let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load, before_training));
     let SetUp { base_dir, tok_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
-    let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt } = data;
+    let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt, validation_samples } =
+        data;
     let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
@@ -714,8 +721,10 @@ fn train_on<E: packing::Example>(
     let s = &plan.data.special_tokens;
     let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
     let run_tokenizer = (added > 0 || set_special || plan.model.tokenizer.is_some()).then_some(&tok);
+    let causal_lm_eval = eval::CausalLmEval::new(plan, &tok, &validation_samples)?;
     let looper = train::Loop {
         plan,
+        causal_lm_eval: causal_lm_eval.as_ref(),
         runtime: rt,
         objective,
         model: &model,

@@ -54,6 +54,8 @@ pub struct Loop<'a, E: Example> {
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
     pub steps: Steps,
+    /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process).
+    pub causal_lm_eval: Option<&'a super::eval::CausalLmEval<'a>>,
 }
 
 pub struct Outcome {
@@ -143,7 +145,10 @@ impl<E: Example> Loop<'_, E> {
 
     /// Evaluates, records the metrics at `step` and logs them; returns the evaluation loss.
     pub fn evaluate_and_log(&self, step: u64, log: &mut MetricsLog) -> Result<Option<f64>, String> {
-        let Some(metrics) = self.evaluate()? else { return Ok(None) };
+        let Some(mut metrics) = self.evaluate()? else { return Ok(None) };
+        if let Some(c) = self.causal_lm_eval.filter(|_| self.runtime.is_main()) {
+            metrics.extend(c.run(self.model, self.plan.training.eval_batch_size as usize));
+        }
         let shown: Vec<String> =
             metrics.iter().map(|(k, v)| format!("{}={v:.4}", k.trim_start_matches("eval_"))).collect();
         tracing::info!(step, metrics = shown.join(" "), "evaluation");

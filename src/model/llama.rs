@@ -473,6 +473,36 @@ impl CausalLm {
         self.head(&h, false)
     }
 
+    /// Batched decoding with left padding: logits [B, T, V] of new tokens `input_ids` [B, T] at
+    /// per-row positions `positions` [B, T], reading and extending `cache`. `key_mask` [B, S]
+    /// (bool, S = cached + T tokens) is false at padding, which no token attends to; a padding
+    /// query attends to itself alone, so its row never turns into NaN (that would poison the real
+    /// rows through the cached keys).
+    pub fn logits_cached_masked(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        let s = key_mask.size()[1];
+        let dev = self.device;
+        // Query i is token s - t + i: it sees keys up to itself that are not padding, and itself.
+        let query_at = Tensor::arange_start(s - t, s, (Kind::Int64, dev)).unsqueeze(1);
+        let key_at = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0);
+        let causal = key_at.le_tensor(&query_at);
+        let own = key_at.eq_tensor(&query_at);
+        let mask = causal.unsqueeze(0).logical_and(&key_mask.unsqueeze(1)).logical_or(&own.unsqueeze(0)).unsqueeze(1);
+        let cos_sin = self.rope.cos_sin(positions);
+        let mut x = self.embed(input_ids);
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
+        }
+        let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+        self.head(&h, false)
+    }
+
     /// Logits [B, T, V] in fp32.
     pub fn logits(&self, inputs: &Inputs) -> Tensor {
         let h = self.hidden_states(inputs, false);

@@ -35,6 +35,9 @@ pub struct TrainingPlan {
     /// Checkpoints without the optimizer state (`save_only_model`): they cannot be resumed.
     pub save_only_model: bool,
     pub early_stopping_patience: Option<u32>,
+    /// `do_causal_lm_eval`: generated answers scored at each evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causal_lm_eval: Option<CausalLmEvalPlan>,
     pub resume_from_checkpoint: Option<ResumeFrom>,
     /// `overwrite_output_dir`: another run's outputs in output_dir are removed, not refused.
     pub overwrite_output_dir: bool,
@@ -46,6 +49,14 @@ pub struct TrainingPlan {
     /// Warmup as a share of the total steps, when warmup_steps is not given.
     pub warmup_ratio: Option<f64>,
     pub cosine_min_lr_ratio: f64,
+}
+
+/// Axolotl's `eval_causal_lm_metrics` during training, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct CausalLmEvalPlan {
+    pub metrics: Vec<crate::config::logging::CausalLmMetric>,
+    /// Greedy, stopping at EOS or the template's turn end.
+    pub max_new_tokens: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +200,16 @@ pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingP
         save_total_limit: l.save_total_limit,
         save_only_model: l.save_only_model,
         early_stopping_patience: l.early_stopping_patience,
+        causal_lm_eval: l.do_causal_lm_eval.then(|| {
+            use crate::config::logging::CausalLmMetric;
+            CausalLmEvalPlan {
+                metrics: l
+                    .eval_causal_lm_metrics
+                    .clone()
+                    .unwrap_or_else(|| vec![CausalLmMetric::Sacrebleu, CausalLmMetric::Ter, CausalLmMetric::Chrf]),
+                max_new_tokens: l.eval_max_new_tokens.unwrap_or(128),
+            }
+        }),
         resume_from_checkpoint: l.resume_from_checkpoint.clone(),
         overwrite_output_dir: l.overwrite_output_dir,
         save_dtype: l.save_dtype.map(Precision::from).unwrap_or_else(|| Precision::from_torch_dtype(base_dtype)),
