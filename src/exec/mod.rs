@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod objective;
 pub mod optimizer;
 pub mod runtime;
+pub mod torch_ops;
 pub mod train;
 
 use crate::data::{self, Tokenizer, packing};
@@ -558,7 +559,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         return train_on(plan, opts, &rt, &objective, preference_data, nothing_before_training);
     }
     match &plan.training.preference {
-        None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data, nothing_before_training),
+        None => {
+            let tokens_per_chunk = plan.training.loss.tokens_per_chunk().map(|n| n as i64);
+            let objective = objective::Supervised { tokens_per_chunk };
+            train_on(plan, opts, &rt, &objective, supervised_data, nothing_before_training)
+        }
         Some(p) => {
             use crate::config::training::RlMethod;
             use objective::PreferenceLoss;

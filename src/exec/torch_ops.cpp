@@ -1,0 +1,52 @@
+// libtorch operations tch does not bind, for src/exec/torch_ops.rs: a backward pass seeded with a
+// given gradient (tch's `backward()` seeds a scalar with 1). Compiled by build.rs beside the
+// c10d shim, against the same headers. Every entry point catches C++ exceptions and returns them
+// as a message.
+//
+// Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` pointers are.
+
+#include <torch/csrc/autograd/autograd.h>
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+char* copy_text(const std::string& text) {
+  char* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, text.c_str(), text.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+int guarded_op(char** err, F&& body) {
+  try {
+    body();
+    return 1;
+  } catch (const c10::Error& e) {
+    *err = copy_text(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *err = copy_text(e.what());
+  } catch (...) {
+    *err = copy_text("unknown C++ exception");
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The backward pass from `output` seeded with `grad` (same shape): gradients accumulate into the
+// leaves, as `output.backward(grad)` in Python. The graph is freed.
+int recipe_backward_with_grad(at::Tensor* output, at::Tensor* grad, char** err) {
+  return guarded_op(err, [&] { torch::autograd::backward({*output}, {*grad}); });
+}
+
+void recipe_torch_ops_free_message(char* message) { std::free(message); }
+
+}  // extern "C"
