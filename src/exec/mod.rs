@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cuda;
 pub mod distributed;
 pub mod host_memory;
+pub mod host_sync;
 pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
@@ -92,6 +93,8 @@ pub struct RunReport {
     pub backend: Option<&'static str>,
     /// Gradient bytes all-reduced per optimizer step (the plan's layout has its estimate).
     pub all_reduced_bytes_per_step: u64,
+    /// Device-to-host reads per optimizer step, by kind of step (exec/host_sync.rs).
+    pub host_syncs: host_sync::StepSyncs,
     pub steps_done: u64,
     pub total_steps: u64,
     pub data: Vec<String>,
@@ -789,6 +792,7 @@ fn train_on<E: packing::Example>(
         world_size: rt.comm.world_size,
         backend: rt.comm.backend().map(|b| b.name()),
         all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
+        host_syncs: outcome.host_syncs,
         steps_done: outcome.steps_done,
         total_steps: steps.total,
         data: report,

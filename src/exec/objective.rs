@@ -100,7 +100,8 @@ pub trait Objective: Sync {
 
     /// Forward and backward of the loss at once, for objectives that compute it in pieces (the
     /// chunked head and cross-entropy): accumulates the gradients of the head's trainable tensors
-    /// (the loss divided by `denominator`) and returns the loss sums (detached) with the gradient
+    /// (the loss divided by `denominator`, times fp16's `loss_scale` when given) and returns the
+    /// loss sums (detached) with the gradient
     /// of that divided loss with respect to `hidden` (None when `hidden` needs none). None: the
     /// caller differentiates `loss_sum` as a whole.
     fn loss_backward(
@@ -109,8 +110,9 @@ pub trait Objective: Sync {
         hidden: &Tensor,
         batch: &DeviceBatch,
         denominator: f64,
+        loss_scale: Option<&Tensor>,
     ) -> Option<(LossSums, Option<Tensor>)> {
-        let _ = (model, hidden, batch, denominator);
+        let _ = (model, hidden, batch, denominator, loss_scale);
         None
     }
 
@@ -214,6 +216,7 @@ impl Objective for Supervised {
         hidden: &Tensor,
         batch: &DeviceBatch,
         denominator: f64,
+        loss_scale: Option<&Tensor>,
     ) -> Option<(LossSums, Option<Tensor>)> {
         let chunk = self.tokens_per_chunk?.max(1);
         let hidden_detached = hidden.detach().contiguous();
@@ -227,7 +230,10 @@ impl Objective for Supervised {
             let len = chunk.min(n - start);
             let piece = x.narrow(0, start, len).detach().set_requires_grad(wants_grad);
             let logits = model.head(&piece, true);
-            let (sum, logit_grad) = cross_entropy_and_grad(&logits, &targets.narrow(0, start, len), denominator);
+            let (sum, mut logit_grad) = cross_entropy_and_grad(&logits, &targets.narrow(0, start, len), denominator);
+            if let Some(scale) = loss_scale {
+                logit_grad *= scale.reshape([]);
+            }
             model.probe_memory();
             loss += sum;
             if logits.requires_grad()
@@ -690,8 +696,22 @@ pub fn forward_backward(
     checkpointing: bool,
     layer_seed: &dyn Fn(usize),
 ) -> LossSums {
+    forward_backward_scaled(model, objective, batch, denominator, None, checkpointing, layer_seed)
+}
+
+/// `forward_backward` with the loss multiplied by `loss_scale` (fp16's scale, a device tensor
+/// [1]) before the backward pass, so the scale never travels to the host.
+pub fn forward_backward_scaled(
+    model: &CausalLm,
+    objective: &dyn Objective,
+    batch: &DeviceBatch,
+    denominator: f64,
+    loss_scale: Option<&Tensor>,
+    checkpointing: bool,
+    layer_seed: &dyn Fn(usize),
+) -> LossSums {
     let forward = model.forward_train(&batch.inputs(), checkpointing, layer_seed);
-    if let Some((sums, grad)) = objective.loss_backward(model, &forward.hidden, batch, denominator) {
+    if let Some((sums, grad)) = objective.loss_backward(model, &forward.hidden, batch, denominator, loss_scale) {
         if let Some(grad) = grad {
             // The vector-Jacobian product from the hidden states down: d(sum(hidden · g)).
             (&forward.hidden * grad).sum(Kind::Float).backward();
@@ -702,7 +722,10 @@ pub fn forward_backward(
     }
     let sums = objective.loss_sum(model, &forward.hidden, batch, true);
     model.probe_memory();
-    (&sums.loss / denominator).backward();
+    match loss_scale {
+        Some(scale) => (&sums.loss * scale.reshape([]) / denominator).backward(),
+        None => (&sums.loss / denominator).backward(),
+    }
     model.probe_memory();
     model.finish_backward(forward, layer_seed);
     LossSums { loss: sums.loss.detach(), metrics: sums.metrics }
