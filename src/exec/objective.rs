@@ -33,14 +33,22 @@ pub struct DeviceBatch {
 impl DeviceBatch {
     /// Uploads a collated batch. On CUDA the copy goes through pinned memory without blocking: a
     /// plain copy from pageable memory would wait for the previous step's kernels (a host-device
-    /// sync every step).
+    /// sync every step). The loop uploads a step's micro-batches before computing any of them, so
+    /// the copies overlap the compute.
     pub fn upload(b: &HostBatch, device: Device) -> DeviceBatch {
         let shape = [b.rows as i64, b.len as i64];
         let t = |v: &[i64]| {
             let host = Tensor::from_slice(v).view(shape);
             match device {
                 Device::Cpu => host,
-                _ => host.pin_memory(device).to_device_(device, Kind::Int64, true, false),
+                // Without pinned memory (none left), a blocking copy is still correct.
+                _ => match super::torch_ops::pin_memory(&host) {
+                    Ok(pinned) => pinned.to_device_(device, Kind::Int64, true, false),
+                    Err(e) => {
+                        tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
+                        host.to_device(device)
+                    }
+                },
             }
         };
         DeviceBatch {

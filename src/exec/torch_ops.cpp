@@ -1,5 +1,6 @@
 // libtorch operations tch does not bind, for src/exec/torch_ops.rs: a backward pass seeded with a
-// given gradient (tch's `backward()` seeds a scalar with 1). Compiled by build.rs beside the
+// given gradient (tch's `backward()` seeds a scalar with 1), and `pin_memory()` without the device
+// argument libtorch deprecates (tch always passes one). Compiled by build.rs beside the
 // c10d shim, against the same headers. Every entry point catches C++ exceptions and returns them
 // as a message.
 //
@@ -45,6 +46,14 @@ extern "C" {
 // leaves, as `output.backward(grad)` in Python. The graph is freed.
 int recipe_backward_with_grad(at::Tensor* output, at::Tensor* grad, char** err) {
   return guarded_op(err, [&] { torch::autograd::backward({*output}, {*grad}); });
+}
+
+// A page-locked copy of the CPU tensor `src` for the current accelerator, as `Tensor.pin_memory()`
+// (no device argument). Null with *err set on failure (no accelerator, no pinned memory).
+at::Tensor* recipe_pin_memory(at::Tensor* src, char** err) {
+  at::Tensor* out = nullptr;
+  guarded_op(err, [&] { out = new at::Tensor(src->pin_memory()); });
+  return out;
 }
 
 void recipe_torch_ops_free_message(char* message) { std::free(message); }

@@ -232,8 +232,10 @@ impl<E: Example> Loop<'_, E> {
             let scale = scaler.as_ref().map(|s| s.scale.copy());
             let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
             let mut metric_sums: Option<Tensor> = None;
-            for (m, b) in &mine {
-                let batch = DeviceBatch::upload(b, self.model.device);
+            // Every micro-batch of the step queued for upload first (asynchronous from pinned
+            // memory on CUDA), so each copy overlaps the compute of the ones before it.
+            let uploaded: Vec<DeviceBatch> = mine.iter().map(|(_, b)| DeviceBatch::upload(b, self.model.device)).collect();
+            for ((m, _), batch) in mine.iter().zip(uploaded) {
                 let m = *m as u64;
                 let reseed = |layer: usize| {
                     if dropout {

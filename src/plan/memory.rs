@@ -11,7 +11,9 @@
 //!   the forward pass.
 //! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
 //!   residual), plus 3q (queries, rotated queries, attention output), plus 3kv (keys, values,
-//!   rotated keys), plus 4i (gate, up, SiLU(gate), product), plus r per adapted module; attention through
+//!   rotated keys), plus 2q with packed rows and grouped-query heads (keys and values expanded to
+//!   every query head for the memory-efficient kernel, which takes the packing mask), plus 4i
+//!   (gate, up, SiLU(gate), product), plus r per adapted module; attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
@@ -196,7 +198,10 @@ fn breakdown(
     let lora_per_layer = adapter.r
         * arch.layer_linears().iter().filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name())).count()
             as u64;
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + 4 * i + lora_per_layer;
+    // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
+    // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
+    let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer;
     let layers = arch.num_layers;
     let without = layers * tokens * per_token_layer * cb;
     let with = layers * tokens * h * cb + tokens * per_token_layer * cb;

@@ -26,6 +26,8 @@ pub struct TrainingPlan {
     /// How the loss meets the output head: in chunks of tokens (no full-vocabulary logits), or
     /// over whole logits where the objective needs them.
     pub loss: LossPlan,
+    /// Which scaled_dot_product_attention kernel the attention can take on CUDA.
+    pub attention: AttentionPlan,
     pub output_dir: String,
     pub logging_steps: u64,
     /// Rows per evaluation batch (eval_batch_size, else micro_batch_size).
@@ -141,6 +143,58 @@ impl LossPlan {
     }
 }
 
+/// How attention runs (model/llama.rs `attend`), by what the CUDA kernels of
+/// scaled_dot_product_attention accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AttentionPlan {
+    /// Unpacked rows: causal attention without a mask, grouped-query heads as they are
+    /// (`enable_gqa`): the flash kernel.
+    Flash { heads: u64, kv_heads: u64 },
+    /// Packed rows: a block-diagonal causal mask, which the flash kernel does not take; the
+    /// memory-efficient kernel takes it with as many key/value heads as query heads, so grouped
+    /// heads are expanded first (their keys and values then take `heads` heads of activations).
+    MemoryEfficient { heads: u64, kv_heads: u64 },
+}
+
+impl AttentionPlan {
+    /// Key/value heads expanded to the query heads before attention.
+    pub fn expands_kv(self) -> bool {
+        matches!(self, AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            AttentionPlan::Flash { heads, kv_heads } if heads != kv_heads => format!(
+                "scaled_dot_product_attention, causal without a mask: flash kernel on CUDA, {heads} query heads over \
+                 {kv_heads} key/value heads (enable_gqa)"
+            ),
+            AttentionPlan::Flash { .. } => {
+                "scaled_dot_product_attention, causal without a mask: flash kernel on CUDA".into()
+            }
+            AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads => format!(
+                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on \
+                 CUDA, key/value heads expanded from {kv_heads} to {heads} (no kernel but math takes a mask with \
+                 grouped heads)"
+            ),
+            AttentionPlan::MemoryEfficient { .. } => {
+                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on CUDA"
+                    .into()
+            }
+        }
+    }
+}
+
+/// The attention path of `c` on `arch`.
+pub fn attention_plan(c: &Config, arch: &super::arch::Architecture) -> AttentionPlan {
+    let (heads, kv_heads) = (arch.num_attention_heads, arch.num_key_value_heads);
+    if c.data.sample_packing {
+        AttentionPlan::MemoryEfficient { heads, kv_heads }
+    } else {
+        AttentionPlan::Flash { heads, kv_heads }
+    }
+}
+
 /// The loss path of `c` on a model of `vocab` tokens.
 pub fn loss_plan(c: &Config, vocab: u64) -> LossPlan {
     let t = &c.training;
@@ -214,8 +268,10 @@ fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
 }
 
 /// `base_dtype`: the base model's `torch_dtype` (config.json), what written weights default to.
-/// `vocab`: the model's vocabulary (the chunked loss's chunk size follows from it).
-pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str, vocab: u64) -> TrainingPlan {
+/// `arch`: the model (the chunked loss's chunk size follows from its vocabulary, the attention
+/// kernel from its heads).
+pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architecture) -> TrainingPlan {
+    let base_dtype = arch.dtype.as_str();
     let t = &c.training;
     let l = &c.logging;
     let implementation = match t.optimizer {
@@ -256,7 +312,8 @@ pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str, vocab: u64) 
         seed: t.seed,
         precision,
         gradient_checkpointing: t.gradient_checkpointing,
-        loss: loss_plan(c, vocab),
+        loss: loss_plan(c, arch.vocab_size),
+        attention: attention_plan(c, arch),
         output_dir: l.output_dir.clone(),
         logging_steps: l.logging_steps.max(1),
         eval_batch_size: u64::from(t.eval_batch_size.unwrap_or(t.micro_batch_size).max(1)),
