@@ -1,8 +1,9 @@
 //! libtorch operations tch does not bind, through the C++ shim in `torch_ops.cpp` (compiled by
 //! build.rs beside the c10d shim): a backward pass seeded with a given gradient, which the
 //! chunked loss uses to send each chunk's logit gradient into the head without another copy of
-//! the logits; and `pin_memory()` in the form libtorch 2.11 keeps (tch passes the deprecated
-//! device argument, a warning per call). Errors are the C++ exception's message.
+//! the logits; `pin_memory()` in the form libtorch 2.11 keeps (tch passes the deprecated device
+//! argument, a warning per call); and libtorch's fused AdamW kernel (`_fused_adamw_`). Errors are
+//! the C++ exception's message.
 
 use std::ffi::{CStr, c_char, c_int};
 use tch::Tensor;
@@ -14,6 +15,22 @@ unsafe extern "C-unwind" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn recipe_pin_memory(src: *const std::ffi::c_void, err: *mut *mut c_char) -> *mut std::ffi::c_void;
+    #[allow(clippy::too_many_arguments)]
+    fn recipe_fused_adamw(
+        params: *const *const std::ffi::c_void,
+        grads: *const *const std::ffi::c_void,
+        exp_avgs: *const *const std::ffi::c_void,
+        exp_avg_sqs: *const *const std::ffi::c_void,
+        n: c_int,
+        step: *const std::ffi::c_void,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        found_inf: *const std::ffi::c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn recipe_torch_ops_free_message(message: *mut c_char);
 }
 
@@ -51,6 +68,55 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
         return Err(check(0, err, "pin_memory").err().unwrap_or_else(|| "pin_memory: no tensor".into()));
     }
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// AdamW's hyperparameters for one fused call (one parameter group).
+pub struct AdamwGroup {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// libtorch's fused AdamW over `params` (their gradients and fp32 moments updated in place):
+/// `step` is the fp32 step count including this step; a set `found_inf` skips the update.
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    step: &Tensor,
+    group: &AdamwGroup,
+    found_inf: Option<&Tensor>,
+) -> Result<(), String> {
+    let n = params.len();
+    assert!(grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n, "fused AdamW: one of each per parameter");
+    let ptrs = |ts: Vec<&Tensor>| -> Vec<*const std::ffi::c_void> { ts.into_iter().map(|t| t.as_ptr().cast()).collect() };
+    let (p, g) = (ptrs(params.to_vec()), ptrs(grads.iter().collect()));
+    let (m, v) = (ptrs(exp_avgs.to_vec()), ptrs(exp_avg_sqs.to_vec()));
+    let inf = found_inf.map_or(std::ptr::null(), |t| t.as_ptr().cast());
+    let mut err = std::ptr::null_mut();
+    // SAFETY: every pointer is a live tensor for the call; the shim reads the lists and updates the
+    // tensors in place.
+    let ok = unsafe {
+        recipe_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n as c_int,
+            step.as_ptr().cast(),
+            group.lr,
+            group.beta1,
+            group.beta2,
+            group.weight_decay,
+            group.eps,
+            inf,
+            &mut err,
+        )
+    };
+    check(ok, err, "fused AdamW")
 }
 
 #[cfg(test)]
