@@ -24,7 +24,8 @@ fn model(dir: &std::path::Path, tied: bool, trainable: Trainable) -> CausalLm {
         }),
     );
     let arch = recipe::plan::model::local_architecture(dir).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
+    let opts =
+        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
     let model = CausalLm::load(&arch, &Checkpoint::open(dir).unwrap(), &opts).unwrap();
     // LoRA's B starts at zero, which would leave A's gradients zero: give every adapter weight values.
     tch::no_grad(|| {
@@ -77,7 +78,10 @@ fn run(model: &CausalLm, objective: &dyn Objective, checkpointing: bool) -> (f64
         }
     }
     let batches = batches();
-    let counted: i64 = batches.iter().map(|(_, l, _)| l.narrow(1, 1, l.size()[1] - 1).ne(-100).sum(Kind::Int64).int64_value(&[])).sum();
+    let counted: i64 = batches
+        .iter()
+        .map(|(_, l, _)| l.narrow(1, 1, l.size()[1] - 1).ne(-100).sum(Kind::Int64).int64_value(&[]))
+        .sum();
     let mut loss = 0.0;
     for (ids, labels, positions) in &batches {
         let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None };
@@ -147,4 +151,3 @@ fn chunked_loss_equals_the_plain_loss_in_full_fine_tuning() {
         same_as_plain(&model(dir.path(), tied, Trainable::Everything), &format!("full fine-tuning, tied {tied}"));
     }
 }
-

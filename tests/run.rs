@@ -571,15 +571,13 @@ fn no_host_sync_inside_a_step_for_lora_and_full_fine_tuning() {
         let path = write_recipe(dir.path(), "max_steps: 8\neval_steps: 8\n");
         if method == "full" {
             let text = std::fs::read_to_string(&path).unwrap();
-            let kept: Vec<&str> = text.lines().filter(|l| !(l.starts_with("adapter") || l.starts_with("lora_"))).collect();
+            let kept: Vec<&str> =
+                text.lines().filter(|l| !(l.starts_with("adapter") || l.starts_with("lora_"))).collect();
             std::fs::write(&path, kept.join("\n")).unwrap();
         }
         let stdout = run_ok(&path, &["--no-progress", "--set", "logging_steps=3"]);
         let line = stdout.lines().find(|l| l.starts_with("host syncs ")).expect("host syncs line");
         eprintln!("{method}: {line}");
-        assert!(
-            line.starts_with("host syncs 0 per non-logging step, 1 per logging step, up to "),
-            "{method}: {line}"
-        );
+        assert!(line.starts_with("host syncs 0 per non-logging step, 1 per logging step, up to "), "{method}: {line}");
     }
 }

@@ -107,6 +107,9 @@ mod tests {
         s.record(0, false, false);
         assert_eq!(s.describe(), "0 per non-logging step, 1 per logging step");
         s.record(3, true, true);
-        assert_eq!(s.describe(), "0 per non-logging step, 1 per logging step, up to 3 in a step that evaluates or saves");
+        assert_eq!(
+            s.describe(),
+            "0 per non-logging step, 1 per logging step, up to 3 in a step that evaluates or saves"
+        );
     }
 }

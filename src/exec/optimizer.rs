@@ -317,7 +317,8 @@ impl AdamW {
             None => *step += 1.0,
         }
         for decay in [true, false] {
-            let slots: Vec<&Slot> = self.params.iter().filter(|s| s.decay == decay && s.param.grad().defined()).collect();
+            let slots: Vec<&Slot> =
+                self.params.iter().filter(|s| s.decay == decay && s.param.grad().defined()).collect();
             if slots.is_empty() {
                 continue;
             }
@@ -438,7 +439,8 @@ mod tests {
         let (mut host, a) = adamw(&[0.5, -1.0, 2.0]);
         let (mut device, b) = adamw(&[0.5, -1.0, 2.0]);
         let grads: [&[f32]; 4] = [&[0.1, -0.2, 0.3], &[1.0, 1.0, -1.0], &[0.0, 0.5, 0.25], &[-0.3, 0.2, 0.1]];
-        let (clear, overflow) = (Tensor::zeros([1], (Kind::Float, Device::Cpu)), Tensor::ones([1], (Kind::Float, Device::Cpu)));
+        let (clear, overflow) =
+            (Tensor::zeros([1], (Kind::Float, Device::Cpu)), Tensor::ones([1], (Kind::Float, Device::Cpu)));
         for (i, g) in grads.iter().enumerate() {
             set_grad(&a, g);
             set_grad(&b, g);

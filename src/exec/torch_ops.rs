@@ -91,8 +91,12 @@ pub fn fused_adamw(
     found_inf: Option<&Tensor>,
 ) -> Result<(), String> {
     let n = params.len();
-    assert!(grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n, "fused AdamW: one of each per parameter");
-    let ptrs = |ts: Vec<&Tensor>| -> Vec<*const std::ffi::c_void> { ts.into_iter().map(|t| t.as_ptr().cast()).collect() };
+    assert!(
+        grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n,
+        "fused AdamW: one of each per parameter"
+    );
+    let ptrs =
+        |ts: Vec<&Tensor>| -> Vec<*const std::ffi::c_void> { ts.into_iter().map(|t| t.as_ptr().cast()).collect() };
     let (p, g) = (ptrs(params.to_vec()), ptrs(grads.iter().collect()));
     let (m, v) = (ptrs(exp_avgs.to_vec()), ptrs(exp_avg_sqs.to_vec()));
     let inf = found_inf.map_or(std::ptr::null(), |t| t.as_ptr().cast());

@@ -234,7 +234,8 @@ impl<E: Example> Loop<'_, E> {
             let mut metric_sums: Option<Tensor> = None;
             // Every micro-batch of the step queued for upload first (asynchronous from pinned
             // memory on CUDA), so each copy overlaps the compute of the ones before it.
-            let uploaded: Vec<DeviceBatch> = mine.iter().map(|(_, b)| DeviceBatch::upload(b, self.model.device)).collect();
+            let uploaded: Vec<DeviceBatch> =
+                mine.iter().map(|(_, b)| DeviceBatch::upload(b, self.model.device)).collect();
             for ((m, _), batch) in mine.iter().zip(uploaded) {
                 let m = *m as u64;
                 let reseed = |layer: usize| {
@@ -404,8 +405,10 @@ impl<E: Example> Loop<'_, E> {
         let n = pending.len();
         let norms: Vec<Tensor> = pending.iter().map(|p| p.grad_norm.to_device(device).to_kind(Kind::Float)).collect();
         let norms = if norms.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { Tensor::stack(&norms, 0) };
-        let scales: Vec<Tensor> =
-            pending.iter().filter_map(|p| p.loss_scale.as_ref().map(|s| s.to_kind(Kind::Float).reshape([-1]))).collect();
+        let scales: Vec<Tensor> = pending
+            .iter()
+            .filter_map(|p| p.loss_scale.as_ref().map(|s| s.to_kind(Kind::Float).reshape([-1])))
+            .collect();
         let mut parts = vec![summed, norms.reshape([-1])];
         parts.extend(scales);
         let both = Tensor::cat(&parts, 0);

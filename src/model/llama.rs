@@ -735,7 +735,11 @@ mod tests {
         // 8 query heads over 2 key/value heads, two packed samples of 3 and 4 tokens.
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
-        let (q, k, v) = (Tensor::randn([2, 8, 7, 16], opts), Tensor::randn([2, 2, 7, 16], opts), Tensor::randn([2, 2, 7, 16], opts));
+        let (q, k, v) = (
+            Tensor::randn([2, 8, 7, 16], opts),
+            Tensor::randn([2, 2, 7, 16], opts),
+            Tensor::randn([2, 2, 7, 16], opts),
+        );
         let seg = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1, 1]).unsqueeze(0).expand([2, 7], false);
         let position_ids = Tensor::zeros([2, 7], (Kind::Int64, Device::Cpu));
         let inputs = Inputs { input_ids: &position_ids, position_ids: &position_ids, segment_ids: Some(&seg) };

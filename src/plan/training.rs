@@ -277,7 +277,9 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
     let implementation = match t.optimizer {
         Optimizer::AdamwTorch => "AdamW, 32-bit states (recipe's, as torch.optim.AdamW)",
         Optimizer::PagedAdamw32bit => "AdamW, 32-bit states (as adamw_torch: recipe needs no paging)",
-        Optimizer::AdamwTorchFused => "AdamW, 32-bit states, libtorch's fused kernel (_fused_adamw_, as torch.optim.AdamW(fused=True))",
+        Optimizer::AdamwTorchFused => {
+            "AdamW, 32-bit states, libtorch's fused kernel (_fused_adamw_, as torch.optim.AdamW(fused=True))"
+        }
         Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => {
             "AdamW, blockwise 8-bit states (bitsandbytes' dynamic map, blocks of 256; tensors under 4,096 \
              elements keep 32-bit states; paged_* needs no paging here)"
