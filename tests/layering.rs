@@ -85,29 +85,3 @@ fn inert_axolotl_keys_are_accepted_quietly() {
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
     assert_eq!(loaded.ignored_keys.len(), 7);
 }
-
-#[test]
-fn cut_cross_entropy_and_liger_settings_map_to_the_chunked_loss() {
-    // recipe's supervised loss never holds full logits (exec/objective.rs), so Axolotl's switches for
-    // Cut Cross-Entropy and Liger's fused linear cross-entropy, and their plugins, are accepted.
-    let dir = tempfile::tempdir().unwrap();
-    let top = write(
-        dir.path(),
-        "r.yaml",
-        "preset: lora\nbase_model: a/b\ndatasets: [{path: a/b, type: alpaca}]\nplugins:\n  - \
-         axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n  - axolotl.integrations.liger.LigerPlugin\n\
-         cut_cross_entropy: true\nliger_fused_linear_cross_entropy: true\n",
-    );
-    let loaded = recipe::recipe::load(&top, &[]);
-    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-    assert_eq!(loaded.ignored_keys.len(), 3);
-    // Another plugin is still refused by name.
-    let other = write(
-        dir.path(),
-        "o.yaml",
-        "preset: lora\nbase_model: a/b\ndatasets: [{path: a/b, type: alpaca}]\nplugins: [axolotl.integrations.kd.KDPlugin]\n",
-    );
-    let loaded = recipe::recipe::load(&other, &[]);
-    let d = loaded.diagnostics.iter().find(|d| d.rule == "unsupported-axolotl-key").expect("plugins refused");
-    assert!(d.expected.as_deref().unwrap_or_default().contains("CutCrossEntropyPlugin"), "{d:?}");
-}

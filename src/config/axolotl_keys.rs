@@ -67,18 +67,7 @@ pub enum Inert {
     NullOrFalse,
     /// Accepted when null or equal to this YAML scalar (Axolotl's default), e.g. "1" or "linear".
     NullOr(&'static str),
-    /// Accepted when null, `false` or `true`: a switch for what recipe always does where it
-    /// helps (Cut Cross-Entropy's and Liger's fused head and loss: recipe's supervised loss never
-    /// holds the full logits, exec/objective.rs), so either value gives the same result.
-    NullOrBool,
-    /// Accepted when null, empty, or a list of only these plugin names (the plugins whose work
-    /// recipe does natively).
-    NullOrPlugins(&'static [&'static str]),
 }
-
-/// Axolotl's plugins whose feature recipe does itself: the fused head and cross-entropy.
-pub const NATIVE_PLUGINS: &[&str] =
-    &["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "axolotl.integrations.liger.LigerPlugin"];
 
 /// Why recipe does not act on an Axolotl key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +123,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "context_parallel_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1"), alternative: None },
     AxolotlKey { name: "cosine_constant_lr_ratio", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `cosine_min_lr_ratio` instead") },
     AxolotlKey { name: "curriculum_sampling", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("use `shuffle_merged_datasets: false` instead") },
-    AxolotlKey { name: "cut_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrBool, alternative: None },
+    AxolotlKey { name: "cut_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "cut_cross_entropy_accum_c_fp32", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "cut_cross_entropy_c_grad_chunk_size", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "dataloader_drop_last", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
@@ -245,7 +234,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "landmark_attention", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "layer_offloading", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "liger_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "liger_fused_linear_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrBool, alternative: None },
+    AxolotlKey { name: "liger_fused_linear_cross_entropy", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "liger_glu_activation", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "liger_layer_norm", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "liger_rms_norm", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
@@ -310,7 +299,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "peft_layers_pattern", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "peft_layers_to_transform", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "peft_trainable_token_indices", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `lora_modules_to_save` instead") },
-    AxolotlKey { name: "plugins", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrPlugins(NATIVE_PLUGINS), alternative: None },
+    AxolotlKey { name: "plugins", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "pose_max_context_len", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "pose_num_chunks", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "pose_split_on_token_ids", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },

@@ -144,11 +144,6 @@ fn settle_axolotl_keys(tree: &mut Node, diagnostics: &mut Vec<Diagnostic>) -> Ve
             Inert::Null => "an empty value".to_string(),
             Inert::NullOrFalse => "an empty value or `false`".to_string(),
             Inert::NullOr(v) => format!("an empty value or `{v}` (Axolotl's default)"),
-            Inert::NullOrBool => "`true`, `false` or an empty value".to_string(),
-            Inert::NullOrPlugins(names) => {
-                let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-                format!("an empty value or a list of {}", names.join(", "))
-            }
         };
         let mut d = Diagnostic::error("unsupported-axolotl-key", message)
             .at(entry.key_span, "not supported by recipe")
@@ -178,13 +173,6 @@ fn is_inert(node: &Node, inert: Inert) -> bool {
         Inert::Any => true,
         Inert::Null => empty,
         Inert::NullOrFalse => empty || node.value == Value::Bool(false),
-        Inert::NullOrBool => empty || matches!(node.value, Value::Bool(_)),
-        Inert::NullOrPlugins(names) => match &node.value {
-            Value::Seq(items) => {
-                items.iter().all(|i| matches!(&i.value, Value::String(s) if names.contains(&s.as_str())))
-            }
-            _ => empty,
-        },
         Inert::NullOr(default) => {
             empty
                 || match (&node.value, super::yaml::parse(default, node.span.source, 0)) {
