@@ -16,6 +16,7 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=src/exec/c10d.cpp");
+    println!("cargo:rerun-if-changed=src/exec/torch_ops.cpp");
     if std::env::var_os("CARGO_FEATURE_EXEC").is_none() {
         return;
     }
@@ -53,6 +54,8 @@ fn build_c10d_shim(root: &std::path::Path, lib_dir: &std::path::Path, has_cuda: 
     build
         .cpp(true)
         .file("src/exec/c10d.cpp")
+        // Operations tch does not bind (a backward pass seeded with a gradient), same headers.
+        .file("src/exec/torch_ops.cpp")
         .flag("-std=c++17")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

@@ -43,7 +43,7 @@ fn check(case: &str, checkpointing: bool) {
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     let loss = objective::forward_backward(
         &model,
-        &Supervised,
+        &Supervised::WHOLE,
         &DeviceBatch::new(&inputs, labels),
         counted,
         checkpointing,
@@ -108,7 +108,7 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
         }
         let loss = objective::forward_backward(
             &model,
-            &Supervised,
+            &Supervised::WHOLE,
             &DeviceBatch::new(&inputs, labels),
             counted / scaler.scale,
             false,

@@ -1,5 +1,8 @@
-//! The memory model against published figures (the formulas are in src/plan/memory.rs), and the
-//! multi-GPU layout arithmetic.
+//! The memory model against published figures (the formulas are in src/plan/memory.rs), the
+//! multi-GPU layout arithmetic, and the plan's CPU figure against a run's measured peak at
+//! Llama-3's vocabulary.
+
+mod common;
 
 use recipe::plan::{PlanOptions, compile, memory::GIB, shard::Strategy};
 use std::path::Path;
@@ -80,4 +83,63 @@ fn full_shard_splits_parameters_gradients_and_states_across_ranks() {
     let hybrid = plan("recipes/qwen25-0.5b-full.yaml", &["fsdp=[hybrid_shard, auto_wrap]"], options);
     assert_eq!(hybrid.layout.shard_group_size, 4);
     assert!(hybrid.layout.per_step.all_reduce > 0, "gradient shards all-reduced across nodes");
+}
+
+#[test]
+#[cfg(feature = "exec")]
+fn llama3_vocabulary_peak_on_cpu_agrees_with_the_plan() {
+    // Issue 18's case: a random Llama with Llama-3's 128,256-token vocabulary (hidden 256, 2 layers,
+    // untied head), LoRA, micro batch 4 × sequence 1024 on the CPU. Full logits would be 4,096 ×
+    // 128,256 fp32 values (1.96 GiB; measured 2.37 GiB peak before the chunked loss); the chunked
+    // head and cross-entropy keep one chunk of 130 tokens (63.6 MiB), and the plan charges that.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(root.join("models/stories260k").join(f), model.join(f)).unwrap();
+    }
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 688, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "vocab_size": 128256, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "torch_dtype": "float32"
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let recipe_path = dir.path().join("llama3-vocab.yaml");
+    let text = format!(
+        "base_model: {}\nadapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_target_linear: true\ndatasets:\n  - path: {}\n\
+         \x20   type: completion\n    ds_type: text\nval_set_size: 0\nsequence_len: 1024\nsample_packing: true\n\
+         micro_batch_size: 4\nmax_steps: 2\nlearning_rate: 1.0e-4\noutput_dir: {}\noverwrite_output_dir: true\n",
+        model.display(),
+        root.join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        dir.path().join("out").display()
+    );
+    std::fs::write(&recipe_path, text).unwrap();
+    let planned = plan(recipe_path.to_str().unwrap(), &[], PlanOptions::default());
+    assert_eq!(
+        planned.training.loss,
+        recipe::plan::training::LossPlan::Chunked { tokens_per_chunk: 130, tokens: 4096 },
+        "the plan chunks the loss"
+    );
+    let out = common::recipe_command()
+        .arg("run")
+        .arg(&recipe_path)
+        .args(["--device", "cpu", "--no-progress", "--random-weights"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("memory     training peak")).expect("memory line");
+    eprintln!("{line}");
+    let mib = |after: &str| -> f64 {
+        let value = line.split(after).nth(1).unwrap().trim_start();
+        let (number, unit) = value.split_once(' ').unwrap();
+        let number: f64 = number.parse().unwrap();
+        if unit.starts_with("GiB") { number * 1024.0 } else { number }
+    };
+    let (measured, planned_mib) = (mib("training peak"), mib("CPU estimate"));
+    // Far below the 1.96 GiB the full logits alone would take, and within 15% of the plan.
+    assert!(measured < 1024.0, "peak {measured} MiB: the full logits are still materialized");
+    assert!((planned_mib / measured - 1.0).abs() < 0.15, "plan {planned_mib} MiB vs measured {measured} MiB");
 }

@@ -157,3 +157,36 @@ fn sharded_checkpoints_load_through_their_index() {
     let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
     assert!(tch::no_grad(|| a.logits(&inputs).equal(&b.logits(&inputs))));
 }
+
+#[test]
+fn a_16_bit_frozen_base_keeps_the_residual_stream_in_fp32() {
+    // LoRA's frozen base stored in bf16 with bf16 matmuls (the CUDA policy): the embedding rows, every
+    // layer's output and the final hidden states are fp32 (autocast's policy, as for full
+    // fine-tuning), the norm weights stay fp32, and the logits follow the fp32 model closely.
+    let dir = root().join("tests/golden/model/llama_gqa_untied");
+    let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::BFloat16,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
+    let mut model = CausalLm::load(&arch, &Checkpoint::open(&dir).unwrap(), &opts).unwrap();
+    model.compute_kind = Kind::BFloat16;
+    assert_eq!(model.layers[0].self_attn.q_proj.weight.kind(), Kind::BFloat16);
+    assert_eq!(model.layers[0].input_layernorm.kind(), Kind::Float);
+    assert_eq!(model.norm.kind(), Kind::Float);
+    let g = golden("llama_gqa_untied");
+    let ids = &g["input_ids"];
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    assert_eq!(model.embed(ids).kind(), Kind::Float);
+    let hidden = tch::no_grad(|| model.hidden_states(&inputs, false));
+    assert_eq!(hidden.kind(), Kind::Float);
+    let logits = tch::no_grad(|| model.head(&hidden, false));
+    let scale = g["logits"].abs().max().double_value(&[]);
+    let diff = max_abs_diff(&logits, &g["logits"]) / scale;
+    assert!(diff < 5e-2, "bf16 logits differ from fp32 ones by {diff:e} of the largest");
+}

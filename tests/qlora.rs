@@ -227,7 +227,7 @@ fn qlora_matches_peft_over_bitsandbytes() {
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
     let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     let loss =
-        objective::forward_backward(&model, &Supervised, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {})
+        objective::forward_backward(&model, &Supervised::WHOLE, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {})
             .loss
             / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();

@@ -629,3 +629,23 @@ fn save_only_model_checkpoints_hold_weights_and_refuse_resume() {
     let said = format!("{}{}", String::from_utf8_lossy(&resumed.stdout), String::from_utf8_lossy(&resumed.stderr));
     assert!(!resumed.status.success() && said.contains("save_only_model: true"), "{said}");
 }
+
+#[test]
+fn no_host_sync_inside_a_step_for_lora_and_full_fine_tuning() {
+    // Every device-to-host read goes through exec/host_sync.rs, which counts them per optimizer
+    // step: none in a step that only trains, one (the pending losses) in a logging step.
+    for method in ["LoRA", "full"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_recipe(dir.path(), "max_steps: 8\neval_steps: 8\n");
+        if method == "full" {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let kept: Vec<&str> =
+                text.lines().filter(|l| !(l.starts_with("adapter") || l.starts_with("lora_"))).collect();
+            std::fs::write(&path, kept.join("\n")).unwrap();
+        }
+        let stdout = run_ok(&path, &["--no-progress", "--set", "logging_steps=3"]);
+        let line = stdout.lines().find(|l| l.starts_with("host syncs ")).expect("host syncs line");
+        eprintln!("{method}: {line}");
+        assert!(line.starts_with("host syncs 0 per non-logging step, 1 per logging step, up to "), "{method}: {line}");
+    }
+}

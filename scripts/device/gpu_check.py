@@ -24,6 +24,11 @@ torch.cuda.max_memory_reserved() plus the context (measured once as device use m
    group, NCCL on the GPU (one GPU cannot host two NCCL ranks), gradients all-reduced every step:
    its backend (from the layout line), tokens/s and peak memory beside the single-process run.
 
+Every recipe run also reports its device-to-host reads per optimizer step (`host syncs` of the
+run summary: 0 expected outside logging steps) and what its plan says it computes: the loss path
+(head + cross-entropy in chunks, or whole logits) and the SDPA kernel its attention can take
+(packed rows with grouped heads: key/value heads expanded for the memory-efficient kernel).
+
 --tiny runs the same plumbing on CPU with toy shapes (to check the script off the device); there
 the process group is Gloo.
 """
@@ -90,6 +95,20 @@ def run_recipe(args, recipe_text, work, name, extra=()):
     if m:
         scale = {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10}[m.group(2)]
         out["peak_bytes"] = int(float(m.group(1)) * scale)
+    # Device-to-host reads per optimizer step (src/exec/host_sync.rs): 0 expected outside logging.
+    m = re.search(r"host syncs (\d+) per non-logging step(?:, (\d+) per logging step)?", p.stdout)
+    if m:
+        out["host_syncs_per_non_logging_step"] = int(m.group(1))
+        if m.group(2) is not None:
+            out["host_syncs_per_logging_step"] = int(m.group(2))
+    # What the plan says the run computes: the loss path (chunked head + cross-entropy) and the
+    # SDPA kernel attention can take (packed rows with grouped heads: memory-efficient, heads expanded).
+    plan = subprocess.run([args.recipe_bin, "plan", path], capture_output=True, text=True,
+                          env=dict(os.environ, RECIPE_LOG="warn", NO_COLOR="1"))
+    for key in ("loss", "attention"):
+        m = re.search(rf"^{key}\s+(.*)$", plan.stdout, re.M)
+        if m:
+            out[f"plan_{key}"] = m.group(1)
     return out
 
 

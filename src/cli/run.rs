@@ -254,6 +254,10 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         plan.training.optimizer.name,
         crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
     );
+    let syncs = r.host_syncs.describe();
+    if !syncs.is_empty() {
+        println!("host syncs {syncs} (device-to-host reads per optimizer step)");
+    }
     if let Some((measured, planned)) = r.cpu_peak_bytes {
         println!(
             "memory     training peak {} in use (CPU, by the allocator, above its use before loading); the plan's CPU estimate {} ({:+.1}%)",

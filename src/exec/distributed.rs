@@ -105,7 +105,7 @@ impl Communicator {
         let Some(g) = &self.group else { return Ok(vec![value]) };
         let t = Tensor::from_slice(&[value as i64]).to_device(device);
         let all = g.all_gather(&t).map_err(|e| self.failed(e))?;
-        let values = Vec::<i64>::try_from(all.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        let values = super::host_sync::read_i64(&all, "the ranks' values")?;
         Ok(values.into_iter().map(|v| v as u64).collect())
     }
 

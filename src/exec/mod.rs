@@ -8,11 +8,13 @@ pub mod cuda;
 pub mod distributed;
 pub mod eval;
 pub mod host_memory;
+pub mod host_sync;
 pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
 pub mod optimizer;
 pub mod runtime;
+pub mod torch_ops;
 pub mod train;
 
 use crate::data::{self, Tokenizer, packing};
@@ -92,6 +94,8 @@ pub struct RunReport {
     pub backend: Option<&'static str>,
     /// Gradient bytes all-reduced per optimizer step (the plan's layout has its estimate).
     pub all_reduced_bytes_per_step: u64,
+    /// Device-to-host reads per optimizer step, by kind of step (exec/host_sync.rs).
+    pub host_syncs: host_sync::StepSyncs,
     pub steps_done: u64,
     pub total_steps: u64,
     pub data: Vec<String>,
@@ -564,7 +568,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
         return train_on(plan, opts, &rt, &objective, preference_data, nothing_before_training);
     }
     match &plan.training.preference {
-        None => train_on(plan, opts, &rt, &objective::Supervised, supervised_data, nothing_before_training),
+        None => {
+            let tokens_per_chunk = plan.training.loss.tokens_per_chunk().map(|n| n as i64);
+            let objective = objective::Supervised { tokens_per_chunk };
+            train_on(plan, opts, &rt, &objective, supervised_data, nothing_before_training)
+        }
         Some(p) => {
             use crate::config::training::RlMethod;
             use objective::PreferenceLoss;
@@ -800,6 +808,7 @@ fn train_on<E: packing::Example>(
         world_size: rt.comm.world_size,
         backend: rt.comm.backend().map(|b| b.name()),
         all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
+        host_syncs: outcome.host_syncs,
         steps_done: outcome.steps_done,
         total_steps: steps.total,
         data: report,

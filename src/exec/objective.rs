@@ -33,14 +33,22 @@ pub struct DeviceBatch {
 impl DeviceBatch {
     /// Uploads a collated batch. On CUDA the copy goes through pinned memory without blocking: a
     /// plain copy from pageable memory would wait for the previous step's kernels (a host-device
-    /// sync every step).
+    /// sync every step). The loop uploads a step's micro-batches before computing any of them, so
+    /// the copies overlap the compute.
     pub fn upload(b: &HostBatch, device: Device) -> DeviceBatch {
         let shape = [b.rows as i64, b.len as i64];
         let t = |v: &[i64]| {
             let host = Tensor::from_slice(v).view(shape);
             match device {
                 Device::Cpu => host,
-                _ => host.pin_memory(device).to_device_(device, Kind::Int64, true, false),
+                // Without pinned memory (none left), a blocking copy is still correct.
+                _ => match super::torch_ops::pin_memory(&host) {
+                    Ok(pinned) => pinned.to_device_(device, Kind::Int64, true, false),
+                    Err(e) => {
+                        tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
+                        host.to_device(device)
+                    }
+                },
             }
         };
         DeviceBatch {
@@ -98,6 +106,24 @@ pub trait Objective: Sync {
     /// metric sums (detached).
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums;
 
+    /// Forward and backward of the loss at once, for objectives that compute it in pieces (the
+    /// chunked head and cross-entropy): accumulates the gradients of the head's trainable tensors
+    /// (the loss divided by `denominator`, times fp16's `loss_scale` when given) and returns the
+    /// loss sums (detached) with the gradient
+    /// of that divided loss with respect to `hidden` (None when `hidden` needs none). None: the
+    /// caller differentiates `loss_sum` as a whole.
+    fn loss_backward(
+        &self,
+        model: &CausalLm,
+        hidden: &Tensor,
+        batch: &DeviceBatch,
+        denominator: f64,
+        loss_scale: Option<&Tensor>,
+    ) -> Option<(LossSums, Option<Tensor>)> {
+        let _ = (model, hidden, batch, denominator, loss_scale);
+        None
+    }
+
     /// Metrics beside the loss from metric sums reduced over `units` (a step's global batch, or the
     /// whole validation set), under the names metrics.jsonl records.
     fn metrics(&self, sums: &[f64], units: f64) -> Vec<(&'static str, f64)> {
@@ -117,7 +143,60 @@ pub trait Objective: Sync {
 
 /// Supervised fine-tuning: next-token cross-entropy over labels != -100 (labels aligned with
 /// input_ids and shifted here, as transformers does).
-pub struct Supervised;
+///
+/// With `tokens_per_chunk`, the head and the cross-entropy never see the whole micro-batch: the
+/// hidden states are cut into chunks of that many tokens, and each chunk's logits, loss
+/// and backward pass run at once (`loss_backward`), accumulating the head's gradients and filling
+/// the gradient of the hidden states, which then goes back through the decoder in one pass. Only
+/// one chunk's logits are ever alive, and nothing is approximated: the same sums in another order.
+pub struct Supervised {
+    pub tokens_per_chunk: Option<i64>,
+}
+
+impl Supervised {
+    /// The plain loss over the whole logits.
+    pub const WHOLE: Supervised = Supervised { tokens_per_chunk: None };
+
+    /// The hidden states [B·T, H] (a view) and each position's next-token target [B·T]: the
+    /// labels shifted by one, the last position of each row ignored (-100), so no copy of the
+    /// hidden states is made and their gradient has their shape.
+    fn flat_targets(hidden: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+        let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+        let last = Tensor::full([b, 1], -100, (Kind::Int64, labels.device()));
+        let targets = Tensor::cat(&[labels.narrow(1, 1, t - 1), last], 1).reshape([-1]);
+        (hidden.reshape([-1, h]), targets)
+    }
+}
+
+/// Summed cross-entropy of the head over hidden states `x` [n, H] against `targets` [n].
+fn head_loss_sum(model: &CausalLm, x: &Tensor, targets: &Tensor, train: bool) -> Tensor {
+    model.head(x, train).cross_entropy_loss::<Tensor>(targets, None, tch::Reduction::Sum, -100, 0.0)
+}
+
+/// The summed cross-entropy of fp32 `logits` [n, V] against `targets` [n] (-100: ignored), and its
+/// gradient divided by `denominator`: softmax minus the one-hot target on counted rows, zero on
+/// ignored ones. The gradient is computed in the logits' own storage (their values are no longer
+/// needed: the head's backward pass reads its input and weight, not its output), so a chunk holds
+/// one fp32 copy of its logits.
+fn cross_entropy_and_grad(logits: &Tensor, targets: &Tensor, denominator: f64) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    let counted = targets.ne(-100);
+    let safe = targets.where_scalarother(&counted, 0).unsqueeze(1);
+    let weight = counted.to_kind(Kind::Float).unsqueeze(1);
+    let picked = logits.gather(1, &safe, false);
+    let max = logits.amax([1], true);
+    // exp(logits - max) in place, then the log-sum-exp from its row sums.
+    let mut probs = logits.detach();
+    probs -= &max;
+    let _ = probs.exp_();
+    let sums = probs.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+    let lse = sums.log() + &max;
+    let loss = ((lse - picked) * &weight).sum(Kind::Float);
+    let scale = weight / denominator;
+    probs /= sums / &scale;
+    let _ = probs.scatter_add_(1, &safe, &(-scale));
+    (loss, probs)
+}
 
 impl Objective for Supervised {
     fn units(&self, batch: &HostBatch) -> usize {
@@ -125,7 +204,57 @@ impl Objective for Supervised {
     }
 
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
-        LossSums { loss: next_token_loss_sum(&model.head(hidden, train), &batch.labels), metrics: None }
+        let Some(chunk) = self.tokens_per_chunk else {
+            return LossSums { loss: next_token_loss_sum(&model.head(hidden, train), &batch.labels), metrics: None };
+        };
+        // Chunk by chunk (evaluation, under no_grad: nothing is kept between chunks).
+        let (x, targets) = Self::flat_targets(hidden, &batch.labels);
+        let n = x.size()[0];
+        let mut loss = Tensor::zeros([], (Kind::Float, hidden.device()));
+        for start in (0..n).step_by(chunk.max(1) as usize) {
+            let len = chunk.min(n - start);
+            loss += head_loss_sum(model, &x.narrow(0, start, len), &targets.narrow(0, start, len), train);
+        }
+        LossSums { loss, metrics: None }
+    }
+
+    fn loss_backward(
+        &self,
+        model: &CausalLm,
+        hidden: &Tensor,
+        batch: &DeviceBatch,
+        denominator: f64,
+        loss_scale: Option<&Tensor>,
+    ) -> Option<(LossSums, Option<Tensor>)> {
+        let chunk = self.tokens_per_chunk?.max(1);
+        let hidden_detached = hidden.detach().contiguous();
+        let (x, targets) = Self::flat_targets(&hidden_detached, &batch.labels);
+        let n = x.size()[0];
+        let wants_grad = hidden.requires_grad();
+        let grad = wants_grad.then(|| hidden_detached.zeros_like());
+        let flat_grad = grad.as_ref().map(|g| g.view([n, -1]));
+        let mut loss = Tensor::zeros([], (Kind::Float, hidden.device()));
+        for start in (0..n).step_by(chunk as usize) {
+            let len = chunk.min(n - start);
+            let piece = x.narrow(0, start, len).detach().set_requires_grad(wants_grad);
+            let logits = model.head(&piece, true);
+            let (sum, mut logit_grad) = cross_entropy_and_grad(&logits, &targets.narrow(0, start, len), denominator);
+            if let Some(scale) = loss_scale {
+                logit_grad *= scale.reshape([]);
+            }
+            model.probe_memory();
+            loss += sum;
+            if logits.requires_grad()
+                && let Err(e) = super::torch_ops::backward_with_grad(&logits, &logit_grad)
+            {
+                panic!("the chunked loss's backward pass: {e}");
+            }
+            drop((logits, logit_grad));
+            if let Some(flat) = &flat_grad {
+                flat.narrow(0, start, len).copy_(&piece.grad());
+            }
+        }
+        Some((LossSums { loss, metrics: None }, grad))
     }
 
     fn eval_metrics(&self, loss_sum: f64, units: f64, _sums: &[f64]) -> Vec<(String, f64)> {
@@ -575,10 +704,36 @@ pub fn forward_backward(
     checkpointing: bool,
     layer_seed: &dyn Fn(usize),
 ) -> LossSums {
+    forward_backward_scaled(model, objective, batch, denominator, None, checkpointing, layer_seed)
+}
+
+/// `forward_backward` with the loss multiplied by `loss_scale` (fp16's scale, a device tensor
+/// [1]) before the backward pass, so the scale never travels to the host.
+pub fn forward_backward_scaled(
+    model: &CausalLm,
+    objective: &dyn Objective,
+    batch: &DeviceBatch,
+    denominator: f64,
+    loss_scale: Option<&Tensor>,
+    checkpointing: bool,
+    layer_seed: &dyn Fn(usize),
+) -> LossSums {
     let forward = model.forward_train(&batch.inputs(), checkpointing, layer_seed);
+    if let Some((sums, grad)) = objective.loss_backward(model, &forward.hidden, batch, denominator, loss_scale) {
+        if let Some(grad) = grad {
+            // The vector-Jacobian product from the hidden states down: d(sum(hidden · g)).
+            (&forward.hidden * grad).sum(Kind::Float).backward();
+        }
+        model.probe_memory();
+        model.finish_backward(forward, layer_seed);
+        return sums;
+    }
     let sums = objective.loss_sum(model, &forward.hidden, batch, true);
     model.probe_memory();
-    (&sums.loss / denominator).backward();
+    match loss_scale {
+        Some(scale) => (&sums.loss * scale.reshape([]) / denominator).backward(),
+        None => (&sums.loss / denominator).backward(),
+    }
     model.probe_memory();
     model.finish_backward(forward, layer_seed);
     LossSums { loss: sums.loss.detach(), metrics: sums.metrics }

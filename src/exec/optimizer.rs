@@ -19,12 +19,18 @@ pub struct AdamW {
     params: Vec<Slot>,
     /// bitsandbytes' 8-bit AdamW (its update formulas) rather than torch's.
     eight_bit: bool,
+    /// `adamw_torch_fused`: libtorch's fused kernel (`_fused_adamw_`, exec/torch_ops.rs) with its
+    /// step count as an fp32 device scalar, as `torch.optim.AdamW(fused=True)` keeps it.
+    fused: Option<Tensor>,
     beta1: f64,
     beta2: f64,
     eps: f64,
     weight_decay: f64,
     /// Optimizer steps taken.
     pub step: u64,
+    /// fp16 runs: the steps taken, on the device (f64 [1]), because a step skipped on the device
+    /// (`step_unless`) must not count and the host does not learn of it until it reads this.
+    device_step: Option<Tensor>,
 }
 
 struct Slot {
@@ -130,7 +136,7 @@ impl AdamW {
             }
             _ => None,
         };
-        let params = params
+        let params: Vec<Slot> = params
             .into_iter()
             .map(|p| Slot {
                 decay: !(p.name.ends_with(".bias") || p.name.contains("norm")),
@@ -140,14 +146,19 @@ impl AdamW {
                 name: p.name,
             })
             .collect();
+        let fused = (plan.name == crate::config::training::Optimizer::AdamwTorchFused)
+            .then(|| params.first().map(|s: &Slot| Tensor::zeros([], (Kind::Float, s.param.device()))))
+            .flatten();
         AdamW {
             params,
             eight_bit,
+            fused,
             beta1: plan.beta1,
             beta2: plan.beta2,
             eps: plan.epsilon,
             weight_decay: plan.weight_decay,
             step: 0,
+            device_step: None,
         }
     }
 
@@ -189,6 +200,21 @@ impl AdamW {
 
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
+        if self.fused.is_some() {
+            self.step += 1;
+            if let Err(e) = self.fused_step(lr, None) {
+                panic!("{e}");
+            }
+            return;
+        }
+        if let Some(steps) = &self.device_step {
+            // Once steps were counted on the device (`step_unless`), they go on being counted there.
+            let clear = steps.zeros_like().to_kind(Kind::Float);
+            if let Err(e) = self.step_unless(lr, &clear) {
+                panic!("{e}");
+            }
+            return;
+        }
         self.step += 1;
         // Python's `beta ** step` (C pow), as torch and bitsandbytes compute the corrections.
         let t = self.step as f64;
@@ -227,10 +253,111 @@ impl AdamW {
         }
     }
 
-    /// True when every parameter is finite (one host sync).
-    pub fn params_finite(&self) -> bool {
+    /// fp16's step: the update unless `found_inf` (fp32 [1] on the device, the loss scaler's
+    /// overflow flag) is set, decided on the device: every parameter and moment keeps its old value
+    /// where the flag is set, and the step count (for the bias corrections) stays on the device.
+    /// 8-bit states take bitsandbytes' update with host-side corrections, so there the flag is read
+    /// (one host sync per step).
+    pub fn step_unless(&mut self, lr: f64, found_inf: &Tensor) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
-        self.params.iter().all(|s| s.param.isfinite().all().int64_value(&[]) != 0)
+        if self.fused.is_some() {
+            return self.fused_step(lr, Some(found_inf));
+        }
+        if self.eight_bit {
+            if !super::host_sync::read_flag(found_inf, "the fp16 overflow flag")? {
+                self.step(lr);
+            }
+            return Ok(());
+        }
+        let Some(device) = self.params.first().map(|s| s.param.device()) else { return Ok(()) };
+        let keep = found_inf.eq(0.0);
+        let steps = self.device_step.get_or_insert_with(|| Tensor::from_slice(&[self.step as f64]).to_device(device));
+        *steps += keep.to_kind(Kind::Double);
+        // torch's corrections, `1 - beta ** step`, in float64 on the device.
+        let power = |beta: f64| -> Tensor { Tensor::full([1], beta, (Kind::Double, device)).pow(&*steps) };
+        let bias1: Tensor = 1.0 - power(self.beta1);
+        let bias2: Tensor = 1.0 - power(self.beta2);
+        let bias2_sqrt = bias2.sqrt();
+        let step_size = ((bias1.reciprocal() * -lr).to_kind(Kind::Float)).reshape([]);
+        let bias2_sqrt = bias2_sqrt.to_kind(Kind::Float).reshape([]);
+        let keep = keep.reshape([]);
+        for s in &mut self.params {
+            let grad = s.param.grad();
+            if !grad.defined() {
+                continue;
+            }
+            let grad = grad.to_kind(s.param.kind());
+            let Moment::Full(m) = &s.exp_avg else { unreachable!("32-bit AdamW keeps fp32 moments") };
+            let Moment::Full(v) = &s.exp_avg_sq else { unreachable!("32-bit AdamW keeps fp32 moments") };
+            let (mut p, mut m, mut v) = (s.param.shallow_clone(), m.shallow_clone(), v.shallow_clone());
+            let (old_p, old_m, old_v) = (p.copy(), m.copy(), v.copy());
+            let _ = m.lerp_(&grad, 1.0 - self.beta1);
+            v *= self.beta2;
+            let _ = v.addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+            if s.decay && self.weight_decay != 0.0 {
+                p *= 1.0 - lr * self.weight_decay;
+            }
+            let denom = v.sqrt() / &bias2_sqrt + self.eps;
+            let _ = p.addcdiv_(&(&m * &step_size), &denom);
+            for (now, old) in [(&mut p, &old_p), (&mut m, &old_m), (&mut v, &old_v)] {
+                let kept = now.where_self(&keep, old);
+                now.copy_(&kept);
+            }
+        }
+        Ok(())
+    }
+
+    /// The fused kernel's step: the step count advanced (unless `found_inf` is set, which the
+    /// kernel also honours by leaving everything as it is), then one kernel call per weight-decay
+    /// group, as torch's parameter groups make them.
+    fn fused_step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<(), String> {
+        let Some(step) = &mut self.fused else { return Ok(()) };
+        match found_inf {
+            Some(f) => *step += 1.0 - f.reshape([]),
+            None => *step += 1.0,
+        }
+        for decay in [true, false] {
+            let slots: Vec<&Slot> =
+                self.params.iter().filter(|s| s.decay == decay && s.param.grad().defined()).collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let full = |m: &Moment| match m {
+                Moment::Full(t) => t.shallow_clone(),
+                Moment::Quantized { .. } => unreachable!("the fused kernel runs with 32-bit states"),
+            };
+            let params: Vec<Tensor> = slots.iter().map(|s| s.param.shallow_clone()).collect();
+            let grads: Vec<Tensor> = slots.iter().map(|s| s.param.grad()).collect();
+            let m: Vec<Tensor> = slots.iter().map(|s| full(&s.exp_avg)).collect();
+            let v: Vec<Tensor> = slots.iter().map(|s| full(&s.exp_avg_sq)).collect();
+            let group = super::torch_ops::AdamwGroup {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+            };
+            super::torch_ops::fused_adamw(
+                &params.iter().collect::<Vec<_>>(),
+                &grads,
+                &m.iter().collect::<Vec<_>>(),
+                &v.iter().collect::<Vec<_>>(),
+                step,
+                &group,
+                found_inf,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// True when every parameter is finite (one host read for all of them).
+    pub fn params_finite(&self) -> Result<bool, String> {
+        let _guard = tch::no_grad_guard();
+        let finite: Vec<Tensor> = self.params.iter().map(|s| s.param.isfinite().all()).collect();
+        if finite.is_empty() {
+            return Ok(true);
+        }
+        super::host_sync::read_flag(&Tensor::stack(&finite, 0).all(), "whether the weights are finite")
     }
 
     pub fn zero_grad(&mut self) {
@@ -244,8 +371,13 @@ impl AdamW {
 
     /// The state to checkpoint: `NAME.exp_avg`, `NAME.exp_avg_sq` (8-bit: `.q8` codes and
     /// `.absmax` each) and `step`.
+    /// In fp16 runs the step count is the device's (written with the checkpoint, not read here).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("step".to_string(), Tensor::from(self.step as i64))];
+        let step = match (&self.fused, &self.device_step) {
+            (Some(steps), _) | (None, Some(steps)) => steps.to_kind(Kind::Int64).reshape([]),
+            (None, None) => Tensor::from(self.step as i64),
+        };
+        let mut out = vec![("step".to_string(), step)];
         for s in &self.params {
             out.extend(s.exp_avg.named(format!("{}.exp_avg", s.name)));
             out.extend(s.exp_avg_sq.named(format!("{}.exp_avg_sq", s.name)));
@@ -261,10 +393,125 @@ impl AdamW {
     pub fn load_state(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         self.step = ckpt.load("step", &[], Kind::Int64, tch::Device::Cpu)?.int64_value(&[]) as u64;
+        self.device_step = None;
+        if let Some(steps) = &mut self.fused {
+            let _ = steps.fill_(self.step as f64);
+        }
         for s in &mut self.params {
             s.exp_avg.load(&format!("{}.exp_avg", s.name), ckpt)?;
             s.exp_avg_sq.load(&format!("{}.exp_avg_sq", s.name), ckpt)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::training::Optimizer;
+    use tch::Device;
+
+    fn adamw(values: &[f32]) -> (AdamW, Tensor) {
+        let plan = OptimizerPlan {
+            name: Optimizer::AdamwTorch,
+            implementation: String::new(),
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.01,
+        };
+        let p = Tensor::from_slice(values).set_requires_grad(true);
+        (AdamW::new(vec![Param { name: "w".into(), tensor: p.shallow_clone() }], &plan), p)
+    }
+
+    fn set_grad(p: &Tensor, g: &[f32]) {
+        let mut grad = p.grad();
+        if grad.defined() {
+            grad.copy_(&Tensor::from_slice(g));
+        } else {
+            // The first gradient: from a backward pass.
+            (p * Tensor::from_slice(g)).sum(Kind::Float).backward();
+        }
+    }
+
+    #[test]
+    fn a_step_skipped_on_the_device_changes_nothing_and_does_not_count() {
+        let (mut host, a) = adamw(&[0.5, -1.0, 2.0]);
+        let (mut device, b) = adamw(&[0.5, -1.0, 2.0]);
+        let grads: [&[f32]; 4] = [&[0.1, -0.2, 0.3], &[1.0, 1.0, -1.0], &[0.0, 0.5, 0.25], &[-0.3, 0.2, 0.1]];
+        let (clear, overflow) =
+            (Tensor::zeros([1], (Kind::Float, Device::Cpu)), Tensor::ones([1], (Kind::Float, Device::Cpu)));
+        for (i, g) in grads.iter().enumerate() {
+            set_grad(&a, g);
+            set_grad(&b, g);
+            host.step(1e-2);
+            device.step_unless(1e-2, &clear).unwrap();
+            let diff = (&a - &b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-7, "step {i}: {diff:e}");
+            if i == 1 {
+                // An overflowing step in between: nothing moves, the count stays.
+                let before = b.copy();
+                set_grad(&b, &[f32::INFINITY, 0.0, f32::NAN]);
+                device.step_unless(1e-2, &overflow).unwrap();
+                assert!(b.equal(&before));
+            }
+        }
+        let steps = |o: &AdamW| o.state()[0].1.int64_value(&[]);
+        assert_eq!(steps(&device), 4);
+        assert_eq!(steps(&host), 4);
+        let moments = |o: &AdamW| o.state()[1].1.copy();
+        assert!((moments(&host) - moments(&device)).abs().max().double_value(&[]) <= 1e-7);
+    }
+
+    #[test]
+    fn the_fused_kernel_gives_the_unfused_update() {
+        let plan = |name| OptimizerPlan {
+            name,
+            implementation: String::new(),
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+        };
+        tch::manual_seed(5);
+        let w0 = Tensor::randn([64, 32], (Kind::Float, Device::Cpu));
+        let b0 = Tensor::randn([32], (Kind::Float, Device::Cpu));
+        let make = |name| {
+            let (w, b) = (w0.copy().set_requires_grad(true), b0.copy().set_requires_grad(true));
+            let params = vec![
+                Param { name: "layer.weight".into(), tensor: w.shallow_clone() },
+                Param { name: "layer.bias".into(), tensor: b.shallow_clone() },
+            ];
+            (AdamW::new(params, &plan(name)), w, b)
+        };
+        let (mut unfused, w1, b1) = make(Optimizer::AdamwTorch);
+        let (mut fused, w2, b2) = make(Optimizer::AdamwTorchFused);
+        let x = Tensor::randn([8, 64], (Kind::Float, Device::Cpu));
+        let clear = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        for step in 0..4 {
+            for (o, w, b) in [(&mut unfused, &w1, &b1), (&mut fused, &w2, &b2)] {
+                o.zero_grad();
+                (x.matmul(w) + b).tanh().sum(Kind::Float).backward();
+                if step == 2 {
+                    // A skipped fp16 step in between: nothing moves, the count stays.
+                    let before = w.copy();
+                    o.step_unless(1e-2, &Tensor::ones([1], (Kind::Float, Device::Cpu))).unwrap();
+                    assert!(w.equal(&before));
+                }
+                o.step_unless(1e-2, &clear).unwrap();
+            }
+            for (a, b) in [(&w1, &w2), (&b1, &b2)] {
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff <= 1e-6, "step {step}: fused and unfused differ by {diff:e}");
+            }
+        }
+        fused.step(1e-2);
+        unfused.step(1e-2);
+        let diff = (&w1 - &w2).abs().max().double_value(&[]);
+        eprintln!("fused vs unfused AdamW after 5 steps: weights differ by {diff:e}");
+        assert!(diff <= 1e-6);
+        assert_eq!(fused.state()[0].1.int64_value(&[]), 5);
+        let moments = |o: &AdamW| o.state()[1].1.copy();
+        assert!((moments(&fused) - moments(&unfused)).abs().max().double_value(&[]) <= 1e-6);
     }
 }

@@ -4,7 +4,9 @@
 //! (exec/objective.rs) turns batches into losses; the loop does not know which one it runs.
 //!
 //! No host-device sync per step: per-step loss and gradient norm stay on the device and are read
-//! in one go at logging steps (and before a checkpoint, so a non-finite loss is never saved).
+//! in one go at logging steps (and before a checkpoint, so a non-finite loss is never saved); the
+//! fp16 loss scale and its overflow check stay there too (exec/loss_scale.rs). Every read goes
+//! through exec/host_sync.rs, which counts them per step for the run summary.
 //! Randomness is a pure function of (seed, step, micro-batch, layer) and the data order of (seed,
 //! epoch), so a resumed run repeats the uninterrupted one exactly.
 //!
@@ -31,7 +33,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Set by Ctrl-C / SIGTERM: the loop saves a checkpoint and stops cleanly.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -66,6 +68,8 @@ pub struct Outcome {
     pub tokens_per_second: f64,
     /// Gradient bytes all-reduced per optimizer step (0 for one process).
     pub all_reduced_bytes_per_step: u64,
+    /// Device-to-host reads per optimizer step, by kind of step.
+    pub host_syncs: super::host_sync::StepSyncs,
 }
 
 /// A step's values still on the device.
@@ -81,8 +85,9 @@ struct Pending {
     units: usize,
     /// This rank's share of the objective's metric sums.
     metrics: Option<Tensor>,
-    /// fp16: the scale this step's loss was multiplied by (its grad_norm is NaN when skipped).
-    loss_scale: Option<f64>,
+    /// fp16: the scale this step's loss was multiplied by, on the device (its grad_norm is NaN
+    /// when the step was skipped).
+    loss_scale: Option<Tensor>,
 }
 
 impl<E: Example> Loop<'_, E> {
@@ -138,8 +143,7 @@ impl<E: Example> Loop<'_, E> {
             }
         }
         comm.all_reduce_sum(&mut total)?;
-        let sums =
-            Vec::<f64>::try_from(total.to_device(Device::Cpu).to_kind(Kind::Double)).map_err(|e| e.to_string())?;
+        let sums = super::host_sync::read_f64(&total, "the evaluation sums")?;
         Ok(Some(self.objective.eval_metrics(sums[0], units as f64, &sums[1..])))
     }
 
@@ -182,7 +186,11 @@ impl<E: Example> Loop<'_, E> {
             last_eval_loss: None,
             tokens_per_second: 0.0,
             all_reduced_bytes_per_step: 0,
+            host_syncs: Default::default(),
         };
+        // fp16: the loss scale on the device for the whole run (the host copy in `state` is
+        // refreshed at checkpoints).
+        let mut scaler = state.loss_scaler.map(|s| super::loss_scale::DeviceScaler::new(s, self.model.device));
         let seed = t.seed;
         // Memory is sampled (a costly allocator walk on CPU) only in steps that can set a new
         // peak: the first two (optimizer state appears in the first) and any batch larger than
@@ -191,6 +199,7 @@ impl<E: Example> Loop<'_, E> {
         let mut largest_batch = 0usize;
         let first_step = state.global_step;
         for step in first_step..s.total {
+            let reads_before = super::host_sync::count();
             let lr = learning_rate_at(
                 plan.batch.lr_scheduler,
                 plan.batch.peak_learning_rate,
@@ -225,22 +234,26 @@ impl<E: Example> Loop<'_, E> {
                 ));
             }
             // fp16: the loss is scaled up for the backward pass (exec/loss_scale.rs).
-            let scale = state.loss_scaler.map_or(1.0, |s| s.scale);
+            let scale = scaler.as_ref().map(|s| s.scale.copy());
             let mut loss = Tensor::zeros([], (Kind::Float, self.model.device));
             let mut metric_sums: Option<Tensor> = None;
-            for (m, b) in &mine {
-                let batch = DeviceBatch::upload(b, self.model.device);
+            // Every micro-batch of the step queued for upload first (asynchronous from pinned
+            // memory on CUDA), so each copy overlaps the compute of the ones before it.
+            let uploaded: Vec<DeviceBatch> =
+                mine.iter().map(|(_, b)| DeviceBatch::upload(b, self.model.device)).collect();
+            for ((m, _), batch) in mine.iter().zip(uploaded) {
                 let m = *m as u64;
                 let reseed = |layer: usize| {
                     if dropout {
                         tch::manual_seed(mix(seed, step, m, layer as u64));
                     }
                 };
-                let sums = objective::forward_backward(
+                let sums = objective::forward_backward_scaled(
                     self.model,
                     self.objective,
                     &batch,
-                    denominator as f64 / scale,
+                    denominator as f64,
+                    scale.as_ref(),
                     t.gradient_checkpointing,
                     &reseed,
                 );
@@ -254,21 +267,22 @@ impl<E: Example> Loop<'_, E> {
                 bucket_bytes,
                 plan.layout.ddp.find_unused_parameters || mine.is_empty(),
             )?;
-            let finite = match &mut state.loss_scaler {
+            let grad_norm = match &mut scaler {
+                // Unscaled, checked, stepped or skipped, and the scale updated, all on the device.
                 Some(scaler) => {
-                    let finite = scaler.unscale(&optimizer.grads());
-                    scaler.update(finite);
-                    finite
+                    let found_inf = scaler.unscale(&optimizer.grads());
+                    let norm = optimizer.clip_grad_norm(t.max_grad_norm);
+                    optimizer.step_unless(lr, &found_inf)?;
+                    scaler.update(&found_inf);
+                    // A skipped step logs a NaN norm (and `skipped: true`).
+                    let nan = Tensor::full([], f64::NAN, (Kind::Float, norm.device()));
+                    norm.to_kind(Kind::Float).where_self(&found_inf.eq(0.0).reshape([]), &nan)
                 }
-                None => true,
-            };
-            let grad_norm = if finite {
-                let norm = optimizer.clip_grad_norm(t.max_grad_norm);
-                optimizer.step(lr);
-                norm
-            } else {
-                tracing::debug!(step = step + 1, "fp16 gradients overflowed; step skipped, loss scale halved");
-                Tensor::from(f32::NAN)
+                None => {
+                    let norm = optimizer.clip_grad_norm(t.max_grad_norm);
+                    optimizer.step(lr);
+                    norm
+                }
             };
             self.model.probe_memory();
             optimizer.zero_grad();
@@ -280,7 +294,7 @@ impl<E: Example> Loop<'_, E> {
                 tokens,
                 units: denominator,
                 metrics: metric_sums,
-                loss_scale: state.loss_scaler.map(|_| scale),
+                loss_scale: scale,
             });
             state.global_step = step + 1;
             outcome.steps_done = step + 1;
@@ -322,7 +336,10 @@ impl<E: Example> Loop<'_, E> {
                 }
             }
             if save_now {
-                if !optimizer.params_finite() {
+                if let Some(scaler) = &scaler {
+                    state.loss_scaler = Some(scaler.to_host()?);
+                }
+                if !optimizer.params_finite()? {
                     let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
                         format!("the last good checkpoint is {}", p.display())
                     });
@@ -355,6 +372,8 @@ impl<E: Example> Loop<'_, E> {
                 // failed save (a full disk on rank 0 stops every rank).
                 comm.agree(saved, &format!("to save checkpoint-{}", step + 1), self.model.device)?;
             }
+            let logged = logging || stop;
+            outcome.host_syncs.record(super::host_sync::count() - reads_before, logged, eval_now || save_now);
             if stop {
                 outcome.interrupted = true;
                 break;
@@ -391,8 +410,16 @@ impl<E: Example> Loop<'_, E> {
         let n = pending.len();
         let norms: Vec<Tensor> = pending.iter().map(|p| p.grad_norm.to_device(device).to_kind(Kind::Float)).collect();
         let norms = if norms.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { Tensor::stack(&norms, 0) };
-        let both = Tensor::cat(&[summed, norms.reshape([-1])], 0).to_device(Device::Cpu);
-        let values: Vec<f64> = Vec::<f64>::try_from(both.to_kind(Kind::Double)).map_err(|e| e.to_string())?;
+        let scales: Vec<Tensor> = pending
+            .iter()
+            .filter_map(|p| p.loss_scale.as_ref().map(|s| s.to_kind(Kind::Float).reshape([-1])))
+            .collect();
+        let mut parts = vec![summed, norms.reshape([-1])];
+        parts.extend(scales);
+        let both = Tensor::cat(&parts, 0);
+        // The step's one read.
+        let values = super::host_sync::read_f64(&both, "the pending losses")?;
+        let scales_at = n + 1 + n * k as usize + n;
         let metric_at = |i: usize| &values[n + 1 + i * k as usize..n + 1 + (i + 1) * k as usize];
         let norms_at = n + 1 + n * k as usize;
         let stop = values[n] > 0.0;
@@ -418,9 +445,12 @@ impl<E: Example> Loop<'_, E> {
             for (name, value) in self.objective.metrics(metric_at(i), p.units as f64) {
                 record[name] = json!(value);
             }
-            if let Some(scale) = p.loss_scale {
-                record["loss_scale"] = json!(scale);
+            if p.loss_scale.is_some() {
+                record["loss_scale"] = json!(values[scales_at + i]);
                 record["skipped"] = json!(!grad_norm.is_finite());
+                if !grad_norm.is_finite() {
+                    tracing::debug!(step = p.step, "fp16 gradients overflowed; step skipped, loss scale halved");
+                }
             }
             log.write(&record)?;
             if p.step % self.plan.training.logging_steps == 0 {

@@ -163,6 +163,12 @@ impl CausalLm {
             let t = ckpt.load(name, shape, kind, device)?;
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
+        // Norm weights scale the fp32 residual stream: kept in fp32 whatever the base's kind (they
+        // are a few thousand values per layer).
+        let norm = |name: &str| -> Result<Tensor, String> {
+            let t = ckpt.load(name, &[arch.hidden_size as i64], Kind::Float, device)?;
+            Ok(if full { t.set_requires_grad(true) } else { t })
+        };
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
@@ -223,14 +229,14 @@ impl CausalLm {
             let attn = format!("{p}.self_attn");
             let mlp = format!("{p}.mlp");
             layers.push(DecoderLayer {
-                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
                 self_attn: Attention {
                     q_proj: linear(format!("{attn}.q_proj"), h, nh * hd, arch.qkv_bias)?,
                     k_proj: linear(format!("{attn}.k_proj"), h, nkv * hd, arch.qkv_bias)?,
                     v_proj: linear(format!("{attn}.v_proj"), h, nkv * hd, arch.qkv_bias)?,
                     o_proj: linear(format!("{attn}.o_proj"), nh * hd, h, arch.o_bias)?,
                 },
-                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
                     gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
                     up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
@@ -238,7 +244,7 @@ impl CausalLm {
                 },
             });
         }
-        let norm = get("model.norm.weight", &[h])?;
+        let norm = norm("model.norm.weight")?;
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
         let head_weight = if arch.tie_word_embeddings {
             embed_tokens.shallow_clone()
@@ -374,11 +380,13 @@ impl CausalLm {
         self.arch.vocab_size = n as u64;
     }
 
-    /// Token embeddings [B, T, H].
+    /// Token embeddings [B, T, H], in fp32: the residual stream starts here and stays fp32 (as
+    /// under autocast) even when a frozen base is stored in 16 bits; only the looked-up rows are
+    /// converted.
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let trained = self.embed_tokens_trained.as_ref().filter(|_| self.adapters_on());
         let table = trained.unwrap_or(&self.embed_tokens);
-        Tensor::embedding(table, input_ids, -1, false, false)
+        Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float)
     }
 
     /// The attention mask for these inputs: `None` means plain causal.
@@ -438,7 +446,7 @@ impl CausalLm {
         // Causal when queries and keys are the same tokens; a decoding step's query sees every
         // cached key.
         let causal = mask.is_none() && k.size()[2] == t;
-        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None::<f64>, nh != nkv);
+        let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train, on);
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
@@ -724,6 +732,21 @@ pub fn modules_to_save_name(module: &str) -> String {
     format!("base_model.model.{module}.weight")
 }
 
+/// Scaled dot-product attention of queries [B, nh, T, d] over keys and values [B, nkv, S, d]
+/// (nh a multiple of nkv). Without a mask, grouped-query heads go to SDPA as they are
+/// (`enable_gqa`, which CUDA's flash kernel takes). With a mask (packed rows), neither the flash
+/// nor the memory-efficient kernel takes grouped heads, and SDPA would fall back to the math
+/// kernel and its T×T scores per head: the key and value heads are expanded to nh first (as
+/// transformers' `repeat_kv`), so the memory-efficient kernel takes the mask.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+    let (nh, nkv) = (q.size()[1], k.size()[1]);
+    if mask.is_some() && nh != nkv {
+        let (k, v) = (k.repeat_interleave_self_int(nh / nkv, 1, None), v.repeat_interleave_self_int(nh / nkv, 1, None));
+        return Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None::<f64>, false);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None::<f64>, nh != nkv)
+}
+
 /// transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
@@ -731,4 +754,33 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
     let normed = xf * (variance + eps).rsqrt();
     weight.to_kind(kind) * normed.to_kind(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expanded_key_value_heads_give_grouped_query_attention_under_a_mask() {
+        // 8 query heads over 2 key/value heads, two packed samples of 3 and 4 tokens.
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, k, v) = (
+            Tensor::randn([2, 8, 7, 16], opts),
+            Tensor::randn([2, 2, 7, 16], opts),
+            Tensor::randn([2, 2, 7, 16], opts),
+        );
+        let seg = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1, 1]).unsqueeze(0).expand([2, 7], false);
+        let position_ids = Tensor::zeros([2, 7], (Kind::Int64, Device::Cpu));
+        let inputs = Inputs { input_ids: &position_ids, position_ids: &position_ids, segment_ids: Some(&seg) };
+        let mask = CausalLm::attention_mask(&inputs).unwrap();
+        let expanded = attend(&q, &k, &v, Some(&mask), false);
+        let grouped = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, true);
+        let diff = (&expanded - &grouped).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff:e}");
+        // Each sample alone (plain causal, grouped heads as they are) gives the same rows.
+        let alone = attend(&q.narrow(2, 3, 4), &k.narrow(2, 3, 4), &v.narrow(2, 3, 4), None, true);
+        let diff = (&expanded.narrow(2, 3, 4) - alone).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff:e}");
+    }
 }

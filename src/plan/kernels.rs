@@ -69,12 +69,12 @@ pub fn plan(c: &Config) -> Vec<KernelNote> {
         (
             k.liger_fused_linear_cross_entropy,
             "liger_fused_linear_cross_entropy",
-            "recipe's head and cross-entropy (the same loss)",
+            "recipe's head and cross-entropy (the same loss; the plan's loss line says how the logits are kept)",
         ),
         (
             k.cut_cross_entropy || k.plugins.contains(&Plugin::CutCrossEntropy),
             "cut_cross_entropy",
-            "recipe's head and cross-entropy (the same loss)",
+            "recipe's head and cross-entropy (the same loss; the plan's loss line says how the logits are kept)",
         ),
     ];
     for (on, key, what) in switches {

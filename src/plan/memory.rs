@@ -11,10 +11,16 @@
 //!   the forward pass.
 //! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
 //!   residual), plus 3q (queries, rotated queries, attention output), plus 3kv (keys, values,
-//!   rotated keys), plus 4i (gate, up, SiLU(gate), product), plus r per adapted module; attention through
+//!   rotated keys), plus 2q with packed rows and grouped-query heads (keys and values expanded to
+//!   every query head for the memory-efficient kernel, which takes the packing mask), plus 4i
+//!   (gate, up, SiLU(gate), product), plus r per adapted module; attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
-//! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient.
+//! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
+//!   training computes the head and the cross-entropy in chunks of n = 2^24 / V tokens
+//!   (plan/training.rs, `LossPlan`) when b·s is larger: n·V·4 for one chunk's fp32 logits (their
+//!   gradient is computed in their storage), plus n·V·c for the head's output when c < 4, plus the
+//!   fp32 gradient of the hidden states (b·s·h·4) it fills chunk by chunk.
 //! - preference training (`rl:`): b counts both sequences of each pair (2 × micro batch), and the
 //!   reference pass (adapters off, no gradients) adds one layer's activations and its logits.
 //! - reward models: b counts both sequences of each pair; the score head's one value per token
@@ -192,7 +198,10 @@ fn breakdown(
     let lora_per_layer = adapter.r
         * arch.layer_linears().iter().filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name())).count()
             as u64;
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + 4 * i + lora_per_layer;
+    // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
+    // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
+    let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer;
     let layers = arch.num_layers;
     let without = layers * tokens * per_token_layer * cb;
     let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
@@ -211,6 +220,21 @@ fn breakdown(
     if c.training.reward_model {
         // The score head gives one value per token; no vocabulary-wide logits.
         push("scores and loss", tokens * (cb + 8), format!("{tokens} tokens × 1 score × ({cb} + 4 + 4) bytes"));
+    } else if let Some(chunk) = super::training::loss_plan(c, arch.vocab_size).tokens_per_chunk() {
+        // The chunked loss (exec/objective.rs): one chunk's fp32 logits, whose storage then holds
+        // their gradient, plus the head's output in the compute dtype when that is not fp32 (cast
+        // to fp32 in the forward pass, the gradient cast back in the backward pass); and the fp32
+        // gradient of the hidden states, filled chunk by chunk.
+        let chunk = chunk.min(tokens);
+        let per_logit = if cb < 4 { cb + 4 } else { 4 };
+        push(
+            "logits and loss (one chunk)",
+            chunk * arch.vocab_size * per_logit + tokens * h * 4,
+            format!(
+                "{chunk} tokens × {} vocab × {per_logit} bytes + {tokens} tokens × {h} × 4 (hidden-state gradient)",
+                arch.vocab_size
+            ),
+        );
     } else {
         push(
             "logits and loss",

@@ -105,7 +105,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         adapter,
         layout,
         memory,
-        training: training::plan(config, precision, &arch.dtype),
+        training: training::plan(config, precision, arch),
         kernels: kernels::plan(config),
         tracking: tracking::plan(config),
         measured_data: None,
@@ -365,6 +365,8 @@ pub fn render_text(plan: &Plan) -> String {
         t.optimizer.weight_decay,
         if t.max_grad_norm > 0.0 { t.max_grad_norm.to_string() } else { "off".into() }
     );
+    let _ = writeln!(o, "loss       {}", t.loss.describe(plan.model.architecture.vocab_size));
+    let _ = writeln!(o, "attention  {}", t.attention.describe());
     let _ = writeln!(o, "precision  {}", t.precision.describe());
     let every = |e: Option<training::Every>| match e {
         None => "never".to_string(),

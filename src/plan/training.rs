@@ -23,6 +23,11 @@ pub struct TrainingPlan {
     /// the executor computes in.
     pub precision: PrecisionPlan,
     pub gradient_checkpointing: bool,
+    /// How the loss meets the output head: in chunks of tokens (no full-vocabulary logits), or
+    /// over whole logits where the objective needs them.
+    pub loss: LossPlan,
+    /// Which scaled_dot_product_attention kernel the attention can take on CUDA.
+    pub attention: AttentionPlan,
     pub output_dir: String,
     pub logging_steps: u64,
     /// Rows per evaluation batch (eval_batch_size, else micro_batch_size).
@@ -94,6 +99,135 @@ pub struct RewardPlan {
     pub center_rewards_coefficient: Option<f64>,
 }
 
+/// Logits of one chunk of the chunked loss, in elements: 2^24 (64 MiB in fp32), whatever the
+/// vocabulary, so a chunk's matmul stays large enough to run at full speed.
+pub const CHUNK_LOGIT_ELEMENTS: u64 = 1 << 24;
+
+/// How the training loss meets the output head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LossPlan {
+    /// Supervised training: the head and the cross-entropy computed together over chunks of
+    /// `tokens_per_chunk` tokens, each chunk's forward and backward at once (its gradients with
+    /// respect to the hidden states and the head's tensors), so one chunk's logits are alive at a
+    /// time instead of the micro-batch's `tokens`. Evaluation goes by the same chunks.
+    Chunked { tokens_per_chunk: u64, tokens: u64 },
+    /// Supervised training whose micro-batch fits in one chunk: the plain loss over its logits.
+    OneChunk { tokens: u64 },
+    /// Preference training keeps the micro-batch's full logits: its losses and metrics read every
+    /// position's whole distribution (log-softmax, WPO weights, KTO's entropy, mean logits).
+    FullLogits { tokens: u64 },
+    /// A reward model's score head: one value per token, no vocabulary-wide logits.
+    ScoreHead,
+}
+
+impl LossPlan {
+    /// The chunk size the executor uses, when the loss is chunked.
+    pub fn tokens_per_chunk(self) -> Option<u64> {
+        match self {
+            LossPlan::Chunked { tokens_per_chunk, .. } => Some(tokens_per_chunk),
+            _ => None,
+        }
+    }
+
+    /// One line for `recipe plan`: what is computed and the logits it keeps alive (in fp32).
+    pub fn describe(self, vocab: u64) -> String {
+        let fp32 = |tokens: u64| super::bytes(tokens * vocab * 4);
+        match self {
+            LossPlan::Chunked { tokens_per_chunk, tokens } => format!(
+                "head + cross-entropy in chunks of {tokens_per_chunk} tokens, forward and backward per chunk: one \
+                 chunk's logits alive ({} in fp32) instead of the micro-batch's {tokens} tokens ({})",
+                fp32(tokens_per_chunk),
+                fp32(tokens)
+            ),
+            LossPlan::OneChunk { tokens } => format!(
+                "head + cross-entropy over the micro-batch's {tokens} tokens at once ({} of logits in fp32; fits in one \
+                 chunk of {} elements)",
+                fp32(tokens),
+                super::group(CHUNK_LOGIT_ELEMENTS)
+            ),
+            LossPlan::FullLogits { tokens } => format!(
+                "full logits of the micro-batch's {tokens} sequence tokens ({} in fp32): preference losses read every \
+                 position's whole distribution",
+                fp32(tokens)
+            ),
+            LossPlan::ScoreHead => "score head: one value per token, no vocabulary-wide logits".into(),
+        }
+    }
+}
+
+/// How attention runs (model/llama.rs `attend`), by what the CUDA kernels of
+/// scaled_dot_product_attention accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AttentionPlan {
+    /// Unpacked rows: causal attention without a mask, grouped-query heads as they are
+    /// (`enable_gqa`): the flash kernel.
+    Flash { heads: u64, kv_heads: u64 },
+    /// Packed rows: a block-diagonal causal mask, which the flash kernel does not take; the
+    /// memory-efficient kernel takes it with as many key/value heads as query heads, so grouped
+    /// heads are expanded first (their keys and values then take `heads` heads of activations).
+    MemoryEfficient { heads: u64, kv_heads: u64 },
+}
+
+impl AttentionPlan {
+    /// Key/value heads expanded to the query heads before attention.
+    pub fn expands_kv(self) -> bool {
+        matches!(self, AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            AttentionPlan::Flash { heads, kv_heads } if heads != kv_heads => format!(
+                "scaled_dot_product_attention, causal without a mask: flash kernel on CUDA, {heads} query heads over \
+                 {kv_heads} key/value heads (enable_gqa)"
+            ),
+            AttentionPlan::Flash { .. } => {
+                "scaled_dot_product_attention, causal without a mask: flash kernel on CUDA".into()
+            }
+            AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads => format!(
+                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on \
+                 CUDA, key/value heads expanded from {kv_heads} to {heads} (no kernel but math takes a mask with \
+                 grouped heads)"
+            ),
+            AttentionPlan::MemoryEfficient { .. } => {
+                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on CUDA"
+                    .into()
+            }
+        }
+    }
+}
+
+/// The attention path of `c` on `arch`.
+pub fn attention_plan(c: &Config, arch: &super::arch::Architecture) -> AttentionPlan {
+    let (heads, kv_heads) = (arch.num_attention_heads, arch.num_key_value_heads);
+    if c.data.sample_packing {
+        AttentionPlan::MemoryEfficient { heads, kv_heads }
+    } else {
+        AttentionPlan::Flash { heads, kv_heads }
+    }
+}
+
+/// The loss path of `c` on a model of `vocab` tokens.
+pub fn loss_plan(c: &Config, vocab: u64) -> LossPlan {
+    let t = &c.training;
+    if t.reward_model {
+        return LossPlan::ScoreHead;
+    }
+    let micro = u64::from(t.micro_batch_size) * u64::from(c.data.sequence_len);
+    if t.rl.is_some() {
+        // Pairs put both sequences through the model (KTO's rows are single answers).
+        let sequences = if t.rl == Some(crate::config::training::RlMethod::Kto) { 1 } else { 2 };
+        return LossPlan::FullLogits { tokens: sequences * micro };
+    }
+    let tokens_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab.max(1)).max(1);
+    if micro > tokens_per_chunk {
+        LossPlan::Chunked { tokens_per_chunk, tokens: micro }
+    } else {
+        LossPlan::OneChunk { tokens: micro }
+    }
+}
+
 /// The reference model of preference training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,13 +281,18 @@ fn every(steps: Option<Interval>, per_epoch: Option<u32>) -> Option<Every> {
 }
 
 /// `base_dtype`: the base model's `torch_dtype` (config.json), what written weights default to.
-pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingPlan {
+/// `arch`: the model (the chunked loss's chunk size follows from its vocabulary, the attention
+/// kernel from its heads).
+pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architecture) -> TrainingPlan {
+    let base_dtype = arch.dtype.as_str();
     let t = &c.training;
     let l = &c.logging;
     let implementation = match t.optimizer {
         Optimizer::AdamwTorch => "AdamW, 32-bit states (recipe's, as torch.optim.AdamW)",
         Optimizer::PagedAdamw32bit => "AdamW, 32-bit states (as adamw_torch: recipe needs no paging)",
-        Optimizer::AdamwTorchFused => "AdamW, 32-bit states (recipe's; same update as the fused kernel)",
+        Optimizer::AdamwTorchFused => {
+            "AdamW, 32-bit states, libtorch's fused kernel (_fused_adamw_, as torch.optim.AdamW(fused=True))"
+        }
         Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit => {
             "AdamW, blockwise 8-bit states (bitsandbytes' dynamic map, blocks of 256; tensors under 4,096 \
              elements keep 32-bit states; paged_* needs no paging here)"
@@ -188,6 +327,8 @@ pub fn plan(c: &Config, precision: PrecisionPlan, base_dtype: &str) -> TrainingP
         seed: t.seed,
         precision,
         gradient_checkpointing: t.gradient_checkpointing,
+        loss: loss_plan(c, arch.vocab_size),
+        attention: attention_plan(c, arch),
         output_dir: l.output_dir.clone(),
         logging_steps: l.logging_steps.max(1),
         eval_batch_size: u64::from(t.eval_batch_size.unwrap_or(t.micro_batch_size).max(1)),

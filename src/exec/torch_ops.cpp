@@ -1,0 +1,89 @@
+// libtorch operations tch does not bind, for src/exec/torch_ops.rs: a backward pass seeded with a
+// given gradient (tch's `backward()` seeds a scalar with 1), `pin_memory()` without the device
+// argument libtorch deprecates (tch always passes one), and the fused AdamW kernel. Compiled by build.rs beside the
+// c10d shim, against the same headers. Every entry point catches C++ exceptions and returns them
+// as a message.
+//
+// Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` pointers are.
+
+#include <torch/csrc/autograd/autograd.h>
+#include <ATen/ATen.h>
+
+#include <ATen/ops/_fused_adamw.h>
+
+#include <cstdlib>
+#include <vector>
+#include <cstring>
+#include <string>
+
+namespace {
+
+char* copy_text(const std::string& text) {
+  char* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, text.c_str(), text.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+int guarded_op(char** err, F&& body) {
+  try {
+    body();
+    return 1;
+  } catch (const c10::Error& e) {
+    *err = copy_text(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *err = copy_text(e.what());
+  } catch (...) {
+    *err = copy_text("unknown C++ exception");
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The backward pass from `output` seeded with `grad` (same shape): gradients accumulate into the
+// leaves, as `output.backward(grad)` in Python. The graph is freed.
+int recipe_backward_with_grad(at::Tensor* output, at::Tensor* grad, char** err) {
+  return guarded_op(err, [&] { torch::autograd::backward({*output}, {*grad}); });
+}
+
+// A page-locked copy of the CPU tensor `src` for the current accelerator, as `Tensor.pin_memory()`
+// (no device argument). Null with *err set on failure (no accelerator, no pinned memory).
+at::Tensor* recipe_pin_memory(at::Tensor* src, char** err) {
+  at::Tensor* out = nullptr;
+  guarded_op(err, [&] { out = new at::Tensor(src->pin_memory()); });
+  return out;
+}
+
+// libtorch's fused AdamW (`torch._fused_adamw_`, as `torch.optim.AdamW(fused=True)` calls it) over
+// `n` parameters with their gradients and fp32 moments, in place; `step` (fp32 scalar, already
+// counting this step) is every parameter's step count; with `found_inf` (nullable, fp32 [1]) set
+// the kernel leaves everything as it is.
+int recipe_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
+                       int n, at::Tensor* step, double lr, double beta1, double beta2, double weight_decay,
+                       double eps, at::Tensor* found_inf, char** err) {
+  return guarded_op(err, [&] {
+    std::vector<at::Tensor> p, g, m, v, steps;
+    for (int i = 0; i < n; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(*grads[i]);
+      m.push_back(*exp_avgs[i]);
+      v.push_back(*exp_avg_sqs[i]);
+      steps.push_back(*step);
+    }
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) {
+      inf = *found_inf;
+    }
+    at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false, std::nullopt, inf);
+  });
+}
+
+void recipe_torch_ops_free_message(char* message) { std::free(message); }
+
+}  // extern "C"

@@ -1,0 +1,155 @@
+//! libtorch operations tch does not bind, through the C++ shim in `torch_ops.cpp` (compiled by
+//! build.rs beside the c10d shim): a backward pass seeded with a given gradient, which the
+//! chunked loss uses to send each chunk's logit gradient into the head without another copy of
+//! the logits; `pin_memory()` in the form libtorch 2.11 keeps (tch passes the deprecated device
+//! argument, a warning per call); and libtorch's fused AdamW kernel (`_fused_adamw_`). Errors are
+//! the C++ exception's message.
+
+use std::ffi::{CStr, c_char, c_int};
+use tch::Tensor;
+
+unsafe extern "C-unwind" {
+    fn recipe_backward_with_grad(
+        output: *const std::ffi::c_void,
+        grad: *const std::ffi::c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn recipe_pin_memory(src: *const std::ffi::c_void, err: *mut *mut c_char) -> *mut std::ffi::c_void;
+    #[allow(clippy::too_many_arguments)]
+    fn recipe_fused_adamw(
+        params: *const *const std::ffi::c_void,
+        grads: *const *const std::ffi::c_void,
+        exp_avgs: *const *const std::ffi::c_void,
+        exp_avg_sqs: *const *const std::ffi::c_void,
+        n: c_int,
+        step: *const std::ffi::c_void,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        found_inf: *const std::ffi::c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn recipe_torch_ops_free_message(message: *mut c_char);
+}
+
+fn check(ok: c_int, err: *mut c_char, what: &str) -> Result<(), String> {
+    if ok != 0 {
+        return Ok(());
+    }
+    let message = if err.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: the shim wrote a NUL-terminated string it allocated with malloc.
+        let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        unsafe { recipe_torch_ops_free_message(err) };
+        text
+    };
+    Err(format!("{what}: {message}"))
+}
+
+/// The backward pass from `output` seeded with `grad` (its shape): `output.backward(grad)`.
+pub fn backward_with_grad(output: &Tensor, grad: &Tensor) -> Result<(), String> {
+    let mut err = std::ptr::null_mut();
+    // SAFETY: both pointers are live tensors for the call; the shim only reads them.
+    let ok = unsafe { recipe_backward_with_grad(output.as_ptr().cast(), grad.as_ptr().cast(), &mut err) };
+    check(ok, err, "backward pass")
+}
+
+/// A page-locked copy of the CPU tensor `t` (`t.pin_memory()`), from which a copy to the GPU runs
+/// asynchronously.
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
+    let mut err = std::ptr::null_mut();
+    // SAFETY: `t` is live for the call; the shim returns a new heap `at::Tensor` (or null), whose
+    // ownership passes to the returned Tensor.
+    let out = unsafe { recipe_pin_memory(t.as_ptr().cast(), &mut err) };
+    if out.is_null() {
+        return Err(check(0, err, "pin_memory").err().unwrap_or_else(|| "pin_memory: no tensor".into()));
+    }
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// AdamW's hyperparameters for one fused call (one parameter group).
+pub struct AdamwGroup {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// libtorch's fused AdamW over `params` (their gradients and fp32 moments updated in place):
+/// `step` is the fp32 step count including this step; a set `found_inf` skips the update.
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    step: &Tensor,
+    group: &AdamwGroup,
+    found_inf: Option<&Tensor>,
+) -> Result<(), String> {
+    let n = params.len();
+    assert!(
+        grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n,
+        "fused AdamW: one of each per parameter"
+    );
+    let ptrs =
+        |ts: Vec<&Tensor>| -> Vec<*const std::ffi::c_void> { ts.into_iter().map(|t| t.as_ptr().cast()).collect() };
+    let (p, g) = (ptrs(params.to_vec()), ptrs(grads.iter().collect()));
+    let (m, v) = (ptrs(exp_avgs.to_vec()), ptrs(exp_avg_sqs.to_vec()));
+    let inf = found_inf.map_or(std::ptr::null(), |t| t.as_ptr().cast());
+    let mut err = std::ptr::null_mut();
+    // SAFETY: every pointer is a live tensor for the call; the shim reads the lists and updates the
+    // tensors in place.
+    let ok = unsafe {
+        recipe_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n as c_int,
+            step.as_ptr().cast(),
+            group.lr,
+            group.beta1,
+            group.beta2,
+            group.weight_decay,
+            group.eps,
+            inf,
+            &mut err,
+        )
+    };
+    check(ok, err, "fused AdamW")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn a_seeded_backward_pass_gives_the_vector_jacobian_product() {
+        let w = Tensor::from_slice(&[0.5f32, -2.0, 3.0]).set_requires_grad(true);
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 4.0]);
+        let seed = Tensor::from_slice(&[1.0f32, 10.0, 100.0]);
+        backward_with_grad(&(&w * &x).exp(), &seed).unwrap();
+        let expected = (&w * &x).exp().detach() * &x * &seed;
+        assert!(w.grad().allclose(&expected, 1e-6, 0.0, false));
+        // A tensor without a graph is an error, not an abort.
+        let v = Tensor::from_slice(&[1.0f32]);
+        let err = backward_with_grad(&(&v * 2.0), &Tensor::ones([1], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(err.starts_with("backward pass: "), "{err}");
+    }
+
+    #[test]
+    fn pinned_memory_holds_the_same_values_or_says_why_not() {
+        let t = Tensor::from_slice(&[1i64, 2, 3]);
+        match pin_memory(&t) {
+            // With an accelerator: a pinned copy.
+            Ok(pinned) => assert!(pinned.equal(&t)),
+            // A CPU-only libtorch has no pinned memory: an error message, no abort.
+            Err(e) => assert!(e.starts_with("pin_memory: ") && !tch::Cuda::is_available(), "{e}"),
+        }
+    }
+}
