@@ -649,3 +649,20 @@ fn no_host_sync_inside_a_step_for_lora_and_full_fine_tuning() {
         assert!(line.starts_with("host syncs 0 per non-logging step, 1 per logging step, up to "), "{method}: {line}");
     }
 }
+
+#[test]
+fn the_loss_watchdog_stops_a_run_whose_loss_stays_above_its_threshold() {
+    // Axolotl's loss_watchdog_threshold: stories260k starts near 4.4, so a threshold of 1.0 trips
+    // after `patience` steps in a row (losses are read at each logging step).
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 40\nloss_watchdog_threshold: 1.0\nloss_watchdog_patience: 3\n");
+    let stdout = run_ok(&path, &["--set", "logging_steps=1"]);
+    assert!(stdout.contains("stopped    early: the training loss was above loss_watchdog_threshold (1) for 3 steps"), "{stdout}");
+    assert_eq!(step_losses(&metrics(dir.path())).len(), 3, "stopped at the third step");
+    assert!(dir.path().join("out/adapter_model.safetensors").is_file(), "what was trained is kept");
+    // A loss that stays below it does not stop the run.
+    let calm = tempfile::tempdir().unwrap();
+    let path = write_recipe(calm.path(), "max_steps: 6\nloss_watchdog_threshold: 100.0\n");
+    let stdout = run_ok(&path, &[]);
+    assert!(!stdout.contains("stopped    early"), "{stdout}");
+}

@@ -245,8 +245,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "lora_target_parameters", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `lora_target_modules` instead") },
     AxolotlKey { name: "loraplus_lr_embedding", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1e-6"), alternative: None },
     AxolotlKey { name: "loraplus_lr_ratio", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "loss_watchdog_patience", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("3"), alternative: None },
-    AxolotlKey { name: "loss_watchdog_threshold", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "low_cpu_mem_usage", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "lr_div_factor", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "lr_groups", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `learning_rate` instead") },
@@ -617,6 +615,8 @@ mod tests {
         "tf32",
         "gradient_checkpointing",
         "flash_attention",
+        "loss_watchdog_threshold",
+        "loss_watchdog_patience",
         "save_only_model",
         "save_strategy",
         "eot_tokens",
@@ -753,7 +753,7 @@ mod tests {
         assert_eq!(lookup("strict").unwrap().inert, Inert::NullOrFalse);
         assert_eq!(lookup("hf_use_auth_token").unwrap().inert, Inert::NullOrFalse);
         assert_eq!(lookup("local_rank").unwrap().inert, Inert::Null);
-        assert_eq!(lookup("loss_watchdog_patience").unwrap().inert, Inert::NullOr("3"));
+        assert_eq!(lookup("eval_table_size").unwrap().inert, Inert::NullOr("0"));
         assert!(lookup("max_packed_sequence_len").unwrap().alternative.is_some());
     }
 

@@ -59,6 +59,16 @@ pub struct LoggingConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub eval_max_new_tokens: Option<u64>,
+    /// Stop training (keeping what was trained, as early stopping does) once the training loss
+    /// has been above this value for `loss_watchdog_patience` steps in a row (Axolotl's loss
+    /// watchdog). Checked when the losses are read, at each logging step.
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    pub loss_watchdog_threshold: Option<f64>,
+    /// Steps in a row above `loss_watchdog_threshold` before stopping (3 when absent).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub loss_watchdog_patience: Option<u32>,
     /// Resume from a checkpoint folder, or `true` for the latest in `output_dir`.
     #[serde(default)]
     pub resume_from_checkpoint: Option<ResumeFrom>,

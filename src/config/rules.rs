@@ -255,6 +255,14 @@ impl Rules<'_> {
                 _ => {}
             }
         }
+        if l.loss_watchdog_patience.is_some() && l.loss_watchdog_threshold.is_none() {
+            self.error(
+                "watchdog-without-threshold",
+                "`loss_watchdog_patience` is set but `loss_watchdog_threshold` is not, so nothing is watched".into(),
+                &["loss_watchdog_patience", "loss_watchdog_threshold"],
+                "set loss_watchdog_threshold (e.g. 5.0), or remove loss_watchdog_patience",
+            );
+        }
         if l.eval_steps.is_some() && l.evals_per_epoch.is_some_and(|k| k > 0) {
             self.error(
                 "eval-schedule-exclusive",

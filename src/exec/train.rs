@@ -177,6 +177,8 @@ impl<E: Example> Loop<'_, E> {
         let params: Vec<(String, Tensor)> = optimizer.named_params();
         let mut order = (u64::MAX, Vec::new());
         let mut pending: Vec<Pending> = Vec::new();
+        // Steps in a row with the loss above loss_watchdog_threshold.
+        let mut watchdog = 0u32;
         let mut window = (Instant::now(), 0usize);
         let mut throughput = (0.0f64, 0usize);
         let mut outcome = Outcome {
@@ -313,7 +315,19 @@ impl<E: Example> Loop<'_, E> {
                     (window.1 + pending.iter().map(|p| p.tokens).sum::<usize>(), window.0.elapsed().as_secs_f64());
                 let tps = n as f64 / secs.max(1e-9);
                 throughput = (throughput.0 + secs, throughput.1 + n);
-                stop |= self.flush(&mut pending, tps, log, stop_local)?;
+                let flushed = self.flush(&mut pending, tps, log, stop_local)?;
+                stop |= flushed.stop;
+                if let Some((threshold, patience)) = t.loss_watchdog {
+                    for (step, loss) in flushed.losses {
+                        watchdog = if loss > threshold { watchdog + 1 } else { 0 };
+                        if watchdog >= patience && outcome.stopped_early.is_none() {
+                            outcome.stopped_early = Some(format!(
+                                "the training loss was above loss_watchdog_threshold ({threshold}) for {patience} steps \
+                                 in a row (up to step {step}, loss {loss:.4})"
+                            ));
+                        }
+                    }
+                }
                 window = (Instant::now(), 0);
             }
             let save_now = save_due || stop;
@@ -388,14 +402,14 @@ impl<E: Example> Loop<'_, E> {
 
     /// Reads the pending per-step values (one sync; over several ranks one all-reduce, which also
     /// carries this rank's stop request), stops on a non-finite loss, and logs. Returns whether
-    /// any rank asked to stop.
+    /// any rank asked to stop, and each step's loss (the same on every rank).
     fn flush(
         &self,
         pending: &mut Vec<Pending>,
         tokens_per_second: f64,
         log: &mut MetricsLog,
         stop_requested: bool,
-    ) -> Result<bool, String> {
+    ) -> Result<Flushed, String> {
         let device = self.model.device;
         let k = self.objective.metric_sums() as i64;
         let mut shares: Vec<Tensor> = pending.iter().map(|p| p.loss.to_kind(Kind::Float).reshape([1])).collect();
@@ -476,9 +490,16 @@ impl<E: Example> Loop<'_, E> {
                 .collect();
             self.progress.set_message(format!("loss {loss:.4}{shown} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
         }
+        let losses = pending.iter().enumerate().map(|(i, p)| (p.step, values[i])).collect();
         pending.clear();
-        Ok(stop)
+        Ok(Flushed { stop, losses })
     }
+}
+
+/// What a flush read: whether any rank asked to stop, and (step, loss) of each pending step.
+struct Flushed {
+    stop: bool,
+    losses: Vec<(u64, f64)>,
 }
 
 /// A batch's loss and metric sums as one vector [loss, metrics...].

@@ -384,7 +384,10 @@ pub fn render_text(plan: &Plan) -> String {
         every(t.eval),
         every(t.save),
         t.save_total_limit.map_or(String::new(), |n| format!(" (keep {n})"))
-            + if t.save_only_model { ", weights only (no optimizer state: not resumable)" } else { "" },
+            + if t.save_only_model { ", weights only (no optimizer state: not resumable)" } else { "" }
+            + &t.loss_watchdog.map_or(String::new(), |(threshold, patience)| {
+                format!("; stop once the loss is above {threshold} for {patience} steps in a row")
+            }),
         t.output_dir,
         t.save_dtype
     );

@@ -40,6 +40,9 @@ pub struct TrainingPlan {
     /// Checkpoints without the optimizer state (`save_only_model`): they cannot be resumed.
     pub save_only_model: bool,
     pub early_stopping_patience: Option<u32>,
+    /// Axolotl's loss watchdog: (threshold, patience in steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_watchdog: Option<(f64, u32)>,
     /// `do_causal_lm_eval`: generated answers scored at each evaluation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub causal_lm_eval: Option<CausalLmEvalPlan>,
@@ -341,6 +344,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
         save_total_limit: l.save_total_limit,
         save_only_model: l.save_only_model,
         early_stopping_patience: l.early_stopping_patience,
+        loss_watchdog: l.loss_watchdog_threshold.map(|t| (t, l.loss_watchdog_patience.unwrap_or(3))),
         causal_lm_eval: l.do_causal_lm_eval.then(|| {
             use crate::config::logging::CausalLmMetric;
             CausalLmEvalPlan {
