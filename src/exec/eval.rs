@@ -114,21 +114,6 @@ pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64,
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_at_the_first_trained_token() {
-        let s = Sample { input_ids: vec![1, 5, 6, 7, 8, 2, 9], labels: vec![IGNORE, IGNORE, IGNORE, 7, 8, 2, IGNORE] };
-        assert_eq!(prompt_answer(&s, Some(1)), Some(PromptAnswer { prompt: vec![1, 5, 6], answer: vec![7, 8, 2] }));
-        let text = Sample { input_ids: vec![1, 5, 6], labels: vec![1, 5, 6] };
-        assert_eq!(prompt_answer(&text, Some(1)), None);
-        let bos_only = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
-        assert_eq!(prompt_answer(&bos_only, Some(1)), None);
-    }
-}
-
 /// `do_causal_lm_eval` (Axolotl's `eval_causal_lm_metrics`): the validation samples with a prompt,
 /// completed greedily at each evaluation and scored as `recipe eval` scores them.
 pub struct CausalLmEval<'a> {
@@ -187,5 +172,20 @@ impl<'a> CausalLmEval<'a> {
         let refs: Vec<&str> = self.references.iter().map(String::as_str).collect();
         let (corpus, _) = crate::eval::score_texts(crate::eval::TextOptions::default(), &self.metrics, &preds, &refs);
         corpus.into_iter().filter_map(|(k, v)| Some((format!("eval_{k}"), v.as_f64()?))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_the_first_trained_token() {
+        let s = Sample { input_ids: vec![1, 5, 6, 7, 8, 2, 9], labels: vec![IGNORE, IGNORE, IGNORE, 7, 8, 2, IGNORE] };
+        assert_eq!(prompt_answer(&s, Some(1)), Some(PromptAnswer { prompt: vec![1, 5, 6], answer: vec![7, 8, 2] }));
+        let text = Sample { input_ids: vec![1, 5, 6], labels: vec![1, 5, 6] };
+        assert_eq!(prompt_answer(&text, Some(1)), None);
+        let bos_only = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
+        assert_eq!(prompt_answer(&bos_only, Some(1)), None);
     }
 }
