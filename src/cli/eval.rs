@@ -217,7 +217,7 @@ fn eval_samples(
                 scratch.path.clone()
             }
         };
-        let plan = compile_recipe(&recipe, &sets, PlanOptions::default())?;
+        let plan = compile_errors_only(&recipe, &sets)?;
         let samples = prepare(&plan)?.train;
         return Ok((samples, format!("{} ({kind})", path.display())));
     }
@@ -238,6 +238,20 @@ fn eval_samples(
             recipe.display()
         )))
     }
+}
+
+/// The recipe compiled again with the evaluation dataset in place of its own: its warnings were
+/// shown when the target was resolved (or belong to the scratch recipe), so only errors print.
+fn compile_errors_only(recipe: &Path, sets: &[String]) -> Result<Plan, Failure> {
+    let loaded = crate::recipe::load(recipe, sets);
+    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+    if !errors.is_empty() {
+        eprint!("{}", crate::recipe::diagnostic::render_text(&errors, &loaded.sources, false));
+        let code = if loaded.usage_failed() { EXIT_USAGE } else { EXIT_INVALID };
+        return Err(Failure { code, message: None });
+    }
+    crate::plan::compile(&loaded, PlanOptions::default())
+        .map_err(|e| invalid(format!("{}: {e} (with the evaluation dataset)", recipe.display())))
 }
 
 /// A minimal recipe naming a model folder, removed when dropped.
