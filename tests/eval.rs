@@ -315,4 +315,6 @@ fn do_causal_lm_eval_logs_generation_metrics_at_each_evaluation() {
         }
         assert!(r.get("eval_ter").is_none(), "only the metrics asked for: {r}");
     }
+    let svg = std::fs::read_to_string(dir.path().join("out/loss_curve.svg")).unwrap();
+    assert!(svg.contains(">chrf ") && svg.contains(">rougeL "), "the loss curve lists the generation metrics");
 }
