@@ -186,7 +186,7 @@ fn base_vs_trained_writes_the_side_by_side_report_and_warns_of_leakage() {
         format!(
             "base_model: {}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
              datasets:\n  - path: {}\n    type: alpaca\nval_set_size: 0\nsequence_len: 256\nmicro_batch_size: 2\n\
-             max_steps: 6\nlearning_rate: 5.0e-3\nseed: 3\noutput_dir: {}\n",
+             max_steps: 6\nsave_steps: 3\nlearning_rate: 5.0e-3\nseed: 3\noutput_dir: {}\n",
             model_dir().display(),
             data.display(),
             dir.path().join("out").display()
@@ -225,6 +225,21 @@ fn base_vs_trained_writes_the_side_by_side_report_and_warns_of_leakage() {
     for remote in ["src=\"http", "href=\"http", "@import", "url("] {
         assert!(!html.contains(remote), "the report fetches {remote}");
     }
+    // A checkpoint inside the output folder finds the run's recipe through the folder's recipe_run.json.
+    let checkpoint = eval_cmd()
+        .arg(dir.path().join("out/checkpoint-3"))
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--dataset-type", "alpaca", "--metrics", "perplexity", "--device", "cpu", "--json"])
+        .arg("--output")
+        .arg(dir.path().join("checkpoint-eval"))
+        .output()
+        .unwrap();
+    assert!(checkpoint.status.success(), "{}", String::from_utf8_lossy(&checkpoint.stderr));
+    let at3: Value = serde_json::from_slice(&checkpoint.stdout).unwrap();
+    assert_eq!(at3["counts"]["leaked"], 6);
+    let p3 = at3["metrics"]["perplexity"].as_f64().unwrap();
+    assert!(p3 < a && p3 != b, "step 3 lies between the base ({a}) and step 6 ({b}): {p3}");
     let md = std::fs::read_to_string(out.join("eval_report.md")).unwrap();
     assert!(md.contains("| chrf |") && md.lines().filter(|l| l.starts_with("| ")).count() >= 6 + 9, "{md}");
 }
