@@ -141,6 +141,7 @@ fn eval_writes_predictions_and_results_the_metrics_recompute() {
         assert!(metrics[k].as_f64().unwrap().is_finite(), "{k}: {metrics:?}");
     }
     assert_eq!(results["counts"]["samples"], 6);
+    assert!(results["counts"]["perplexity_tokens"].as_u64().unwrap() > 6 && !metrics.contains_key("perplexity_tokens"));
     assert_eq!(results["counts"]["leaked"], Value::Null, "a model folder has no training data to compare");
     let rows = json_lines(&out.join("eval_predictions.jsonl"));
     assert_eq!(rows.len(), 6);

@@ -281,6 +281,8 @@ impl Drop for Scratch {
 struct Outcome {
     predictions: Vec<String>,
     corpus: Map<String, Value>,
+    /// The tokens perplexity averages over, when it was asked for.
+    perplexity_tokens: Option<u64>,
     per_sample: Vec<Map<String, Value>>,
 }
 
@@ -397,18 +399,19 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         let preds: Vec<&str> = predictions.iter().map(String::as_str).collect();
         let refs: Vec<&str> = references.iter().map(String::as_str).collect();
         let (mut corpus, mut per_sample) = score_texts(text_options, &generation, &preds, &refs);
+        let mut perplexity_tokens = None;
         if metrics.contains(&Metric::Perplexity) {
             let scored: Vec<Sample> = rows.iter().map(|&i| samples[i].clone()).collect();
             let nll = exec::catch_torch_errors(None, || Ok(model_eval::nll(&loaded.model, &scored, batch)))
                 .map_err(invalid)?;
             let (sum, count) = nll.iter().fold((0.0, 0u64), |(s, c), (n, k)| (s + n, c + k));
             corpus.insert("perplexity".into(), json!(perplexity(sum, count)));
-            corpus.insert("perplexity_tokens".into(), json!(count));
+            perplexity_tokens = Some(count);
             for (m, (n, k)) in per_sample.iter_mut().zip(&nll) {
                 m.insert("perplexity".into(), json!(perplexity(*n, *k)));
             }
         }
-        Ok(Outcome { predictions, corpus, per_sample })
+        Ok(Outcome { predictions, corpus, per_sample, perplexity_tokens })
     };
     let lead_outcome = evaluate(&loaded)?;
     let other_outcome = match other {
@@ -473,6 +476,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
             "evaluated": rows.len(),
             "without_prompt": samples.len() - with_prompt.len(),
             "leaked": leakage,
+            "perplexity_tokens": a.perplexity_tokens,
         },
         "data": source,
         "settings": {
@@ -537,8 +541,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         print!("{text}");
     } else {
         println!("evaluated  {} samples of {source}", rows.len());
-        let names: Vec<&String> = a.corpus.keys().filter(|k| *k != "perplexity_tokens").collect();
-        for k in names {
+        for k in a.corpus.keys() {
             let va = a.corpus[k].as_f64().unwrap_or(f64::NAN);
             match &b {
                 Some(b) => {
