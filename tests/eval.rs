@@ -279,6 +279,8 @@ fn bad_input_ends_in_messages() {
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results["settings"]["metrics"], serde_json::json!(["perplexity"]));
     assert!(results["metrics"]["perplexity"].as_f64().unwrap() > 1.0);
+    let rows = json_lines(&dir.path().join("ppl/eval_predictions.jsonl"));
+    assert!(rows.iter().all(|r| r["prediction"].is_null() && r["scores"]["perplexity"].as_f64().unwrap() > 1.0));
 }
 
 #[test]

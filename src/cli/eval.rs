@@ -414,20 +414,22 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         Ok(Outcome { predictions, corpus, per_sample, perplexity_tokens })
     };
     let lead_outcome = evaluate(&loaded)?;
+    let vocab = tok.vocab_size();
+    // One model in memory at a time.
+    drop(loaded);
     let other_outcome = match other {
         Some(t) => {
             let loaded2 = load(t, device)?;
-            if loaded2.tokenizer.vocab_size() != tok.vocab_size() {
+            if loaded2.tokenizer.vocab_size() != vocab {
                 return Err(invalid(format!(
                     "{} has a vocabulary of {} tokens, {} of {}: the two targets must share a tokenizer to be compared \
                      on the same tokens",
                     t.given.display(),
                     loaded2.tokenizer.vocab_size(),
                     lead.given.display(),
-                    tok.vocab_size()
+                    vocab
                 )));
             }
-            drop(loaded);
             Some(evaluate(&loaded2)?)
         }
         None => None,
@@ -462,6 +464,13 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         if let Some(b) = &b {
             row["prediction_2"] = json!(b.predictions[k]);
             row["scores_2"] = json!(b.per_sample[k]);
+        }
+        if !generating {
+            // Perplexity alone: nothing was generated, and a text with no prompt is its own reference.
+            row["prediction"] = Value::Null;
+            if b.is_some() {
+                row["prediction_2"] = Value::Null;
+            }
         }
         lines.push_str(&serde_json::to_string(&row).expect("serializes"));
         lines.push('\n');
