@@ -74,6 +74,7 @@ fn perplexity_equals_transformers() {
         .collect();
     assert!(samples.iter().any(|s| s.labels.contains(&IGNORE)), "the golden has answer-only samples");
     let loaded = load();
+    let mut worst = 0.0f64;
     for batch in [1, 4] {
         let nll = model_eval::nll(&loaded.model, &samples, batch);
         let (mut sum, mut count) = (0.0, 0);
@@ -85,6 +86,7 @@ fn perplexity_equals_transformers() {
                 (ppl - reference).abs() <= 1e-4 * reference.max(1.0),
                 "batch {batch}: {ppl} vs transformers {reference}"
             );
+            worst = worst.max((ppl - reference).abs() / reference);
             sum += n;
             count += k;
         }
@@ -92,6 +94,15 @@ fn perplexity_equals_transformers() {
         let reference = golden["corpus_perplexity"].as_f64().unwrap();
         assert!((corpus - reference).abs() <= 1e-4 * reference, "batch {batch}: corpus {corpus} vs {reference}");
     }
+    println!("perplexity: largest relative difference from transformers {worst:e}");
+    // A one-token or empty sample beside others has no trained token to score and changes nothing.
+    let mut with_short = samples.clone();
+    with_short.insert(1, Sample { input_ids: vec![1], labels: vec![1] });
+    with_short.insert(0, Sample { input_ids: vec![], labels: vec![] });
+    let nll = model_eval::nll(&loaded.model, &with_short, 8);
+    assert_eq!((nll[0], nll[2]), ((0.0, 0), (0.0, 0)));
+    let alone = model_eval::nll(&loaded.model, &samples, 8);
+    assert_eq!([&nll[1..2], &nll[3..]].concat(), alone);
 }
 
 fn eval_cmd() -> std::process::Command {
@@ -130,6 +141,7 @@ fn eval_writes_predictions_and_results_the_metrics_recompute() {
         assert!(metrics[k].as_f64().unwrap().is_finite(), "{k}: {metrics:?}");
     }
     assert_eq!(results["counts"]["samples"], 6);
+    assert!(results["counts"]["perplexity_tokens"].as_u64().unwrap() > 6 && !metrics.contains_key("perplexity_tokens"));
     assert_eq!(results["counts"]["leaked"], Value::Null, "a model folder has no training data to compare");
     let rows = json_lines(&out.join("eval_predictions.jsonl"));
     assert_eq!(rows.len(), 6);
@@ -175,7 +187,7 @@ fn base_vs_trained_writes_the_side_by_side_report_and_warns_of_leakage() {
         format!(
             "base_model: {}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
              datasets:\n  - path: {}\n    type: alpaca\nval_set_size: 0\nsequence_len: 256\nmicro_batch_size: 2\n\
-             max_steps: 6\nlearning_rate: 5.0e-3\nseed: 3\noutput_dir: {}\n",
+             max_steps: 6\nsave_steps: 3\nlearning_rate: 5.0e-3\nseed: 3\noutput_dir: {}\n",
             model_dir().display(),
             data.display(),
             dir.path().join("out").display()
@@ -214,6 +226,21 @@ fn base_vs_trained_writes_the_side_by_side_report_and_warns_of_leakage() {
     for remote in ["src=\"http", "href=\"http", "@import", "url("] {
         assert!(!html.contains(remote), "the report fetches {remote}");
     }
+    // A checkpoint inside the output folder finds the run's recipe through the folder's recipe_run.json.
+    let checkpoint = eval_cmd()
+        .arg(dir.path().join("out/checkpoint-3"))
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--dataset-type", "alpaca", "--metrics", "perplexity", "--device", "cpu", "--json"])
+        .arg("--output")
+        .arg(dir.path().join("checkpoint-eval"))
+        .output()
+        .unwrap();
+    assert!(checkpoint.status.success(), "{}", String::from_utf8_lossy(&checkpoint.stderr));
+    let at3: Value = serde_json::from_slice(&checkpoint.stdout).unwrap();
+    assert_eq!(at3["counts"]["leaked"], 6);
+    let p3 = at3["metrics"]["perplexity"].as_f64().unwrap();
+    assert!(p3 < a && p3 != b, "step 3 improves on the base ({a}) and is not step 6 ({b}): {p3}");
     let md = std::fs::read_to_string(out.join("eval_report.md")).unwrap();
     assert!(md.contains("| chrf |") && md.lines().filter(|l| l.starts_with("| ")).count() >= 6 + 9, "{md}");
 }
@@ -252,6 +279,8 @@ fn bad_input_ends_in_messages() {
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results["settings"]["metrics"], serde_json::json!(["perplexity"]));
     assert!(results["metrics"]["perplexity"].as_f64().unwrap() > 1.0);
+    let rows = json_lines(&dir.path().join("ppl/eval_predictions.jsonl"));
+    assert!(rows.iter().all(|r| r["prediction"].is_null() && r["scores"]["perplexity"].as_f64().unwrap() > 1.0));
 }
 
 #[test]
@@ -304,4 +333,6 @@ fn do_causal_lm_eval_logs_generation_metrics_at_each_evaluation() {
         }
         assert!(r.get("eval_ter").is_none(), "only the metrics asked for: {r}");
     }
+    let svg = std::fs::read_to_string(dir.path().join("out/loss_curve.svg")).unwrap();
+    assert!(svg.contains(">chrf ") && svg.contains(">rougeL "), "the loss curve lists the generation metrics");
 }

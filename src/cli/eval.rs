@@ -217,7 +217,7 @@ fn eval_samples(
                 scratch.path.clone()
             }
         };
-        let plan = compile_recipe(&recipe, &sets, PlanOptions::default())?;
+        let plan = compile_errors_only(&recipe, &sets)?;
         let samples = prepare(&plan)?.train;
         return Ok((samples, format!("{} ({kind})", path.display())));
     }
@@ -238,6 +238,20 @@ fn eval_samples(
             recipe.display()
         )))
     }
+}
+
+/// The recipe compiled again with the evaluation dataset in place of its own: its warnings were
+/// shown when the target was resolved (or belong to the scratch recipe), so only errors print.
+fn compile_errors_only(recipe: &Path, sets: &[String]) -> Result<Plan, Failure> {
+    let loaded = crate::recipe::load(recipe, sets);
+    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+    if !errors.is_empty() {
+        eprint!("{}", crate::recipe::diagnostic::render_text(&errors, &loaded.sources, false));
+        let code = if loaded.usage_failed() { EXIT_USAGE } else { EXIT_INVALID };
+        return Err(Failure { code, message: None });
+    }
+    crate::plan::compile(&loaded, PlanOptions::default())
+        .map_err(|e| invalid(format!("{}: {e} (with the evaluation dataset)", recipe.display())))
 }
 
 /// A minimal recipe naming a model folder, removed when dropped.
@@ -267,6 +281,8 @@ impl Drop for Scratch {
 struct Outcome {
     predictions: Vec<String>,
     corpus: Map<String, Value>,
+    /// The tokens perplexity averages over, when it was asked for.
+    perplexity_tokens: Option<u64>,
     per_sample: Vec<Map<String, Value>>,
 }
 
@@ -383,34 +399,37 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         let preds: Vec<&str> = predictions.iter().map(String::as_str).collect();
         let refs: Vec<&str> = references.iter().map(String::as_str).collect();
         let (mut corpus, mut per_sample) = score_texts(text_options, &generation, &preds, &refs);
+        let mut perplexity_tokens = None;
         if metrics.contains(&Metric::Perplexity) {
             let scored: Vec<Sample> = rows.iter().map(|&i| samples[i].clone()).collect();
             let nll = exec::catch_torch_errors(None, || Ok(model_eval::nll(&loaded.model, &scored, batch)))
                 .map_err(invalid)?;
             let (sum, count) = nll.iter().fold((0.0, 0u64), |(s, c), (n, k)| (s + n, c + k));
             corpus.insert("perplexity".into(), json!(perplexity(sum, count)));
-            corpus.insert("perplexity_tokens".into(), json!(count));
+            perplexity_tokens = Some(count);
             for (m, (n, k)) in per_sample.iter_mut().zip(&nll) {
                 m.insert("perplexity".into(), json!(perplexity(*n, *k)));
             }
         }
-        Ok(Outcome { predictions, corpus, per_sample })
+        Ok(Outcome { predictions, corpus, per_sample, perplexity_tokens })
     };
     let lead_outcome = evaluate(&loaded)?;
+    let vocab = tok.vocab_size();
+    // One model in memory at a time.
+    drop(loaded);
     let other_outcome = match other {
         Some(t) => {
             let loaded2 = load(t, device)?;
-            if loaded2.tokenizer.vocab_size() != tok.vocab_size() {
+            if loaded2.tokenizer.vocab_size() != vocab {
                 return Err(invalid(format!(
                     "{} has a vocabulary of {} tokens, {} of {}: the two targets must share a tokenizer to be compared \
                      on the same tokens",
                     t.given.display(),
                     loaded2.tokenizer.vocab_size(),
                     lead.given.display(),
-                    tok.vocab_size()
+                    vocab
                 )));
             }
-            drop(loaded);
             Some(evaluate(&loaded2)?)
         }
         None => None,
@@ -446,6 +465,13 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
             row["prediction_2"] = json!(b.predictions[k]);
             row["scores_2"] = json!(b.per_sample[k]);
         }
+        if !generating {
+            // Perplexity alone: nothing was generated, and a text with no prompt is its own reference.
+            row["prediction"] = Value::Null;
+            if b.is_some() {
+                row["prediction_2"] = Value::Null;
+            }
+        }
         lines.push_str(&serde_json::to_string(&row).expect("serializes"));
         lines.push('\n');
     }
@@ -459,6 +485,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
             "evaluated": rows.len(),
             "without_prompt": samples.len() - with_prompt.len(),
             "leaked": leakage,
+            "perplexity_tokens": a.perplexity_tokens,
         },
         "data": source,
         "settings": {
@@ -523,8 +550,7 @@ fn run(args: &EvalArgs, overrides: &[String]) -> Result<ExitCode, Failure> {
         print!("{text}");
     } else {
         println!("evaluated  {} samples of {source}", rows.len());
-        let names: Vec<&String> = a.corpus.keys().filter(|k| *k != "perplexity_tokens").collect();
-        for k in names {
+        for k in a.corpus.keys() {
             let va = a.corpus[k].as_f64().unwrap_or(f64::NAN);
             match &b {
                 Some(b) => {

@@ -74,7 +74,7 @@ pub fn completion_text(tok: &Tokenizer, ids: &[i64], stop: &[i64]) -> String {
 /// Per sample, (summed negative log-likelihood in nats, token count) of its trained tokens: the
 /// tokens training puts a loss on (labels shifted, as the loss shifts them). Samples are right-padded
 /// `batch_size` at a time (causal attention: padding after a token cannot change it) and cut to the
-/// model's context.
+/// model's context; the head runs one row at a time, so the logits held are [T, V], not [B, T, V].
 pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64, u64)> {
     let _guard = tch::no_grad_guard();
     let context = model.arch.max_position_embeddings as usize;
@@ -86,47 +86,33 @@ pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64,
             out.extend(chunk.iter().map(|_| (0.0, 0)));
             continue;
         }
-        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        let mut ids = Vec::with_capacity(chunk.len() * width);
         for s in chunk {
             let n = s.input_ids.len().min(context);
             ids.extend(s.input_ids[..n].iter().copied().chain(std::iter::repeat_n(0, width - n)));
-            // Target of position i is label i + 1; the last position and the padding have none.
-            targets.extend(s.labels[1..n].iter().copied().chain(std::iter::repeat_n(IGNORE, width - n + 1)));
         }
         let b = chunk.len() as i64;
         let input_ids = Tensor::from_slice(&ids).view([b, width as i64]).to_device(dev);
         let position_ids =
             Tensor::arange(width as i64, (Kind::Int64, dev)).unsqueeze(0).expand([b, width as i64], false);
-        let logits = model.logits(&Inputs { input_ids: &input_ids, position_ids: &position_ids, segment_ids: None });
-        let targets = Tensor::from_slice(&targets).view([b, width as i64]).to_device(dev);
-        let valid = targets.ne(IGNORE);
-        let gathered = logits
-            .to_kind(Kind::Double)
-            .log_softmax(-1, Kind::Double)
-            .gather(-1, &targets.clamp_min(0).unsqueeze(-1), false)
-            .squeeze_dim(-1);
-        let per_row = (-gathered * valid.to_kind(Kind::Double)).sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
-        let counts = valid.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
-        let per_row = Vec::<f64>::try_from(per_row.to_device(tch::Device::Cpu)).expect("f64 sums");
-        let counts = Vec::<i64>::try_from(counts.to_device(tch::Device::Cpu)).expect("i64 counts");
-        out.extend(per_row.into_iter().zip(counts).map(|(n, c)| (n, c as u64)));
+        let hidden = model
+            .hidden_states(&Inputs { input_ids: &input_ids, position_ids: &position_ids, segment_ids: None }, false);
+        for (r, s) in chunk.iter().enumerate() {
+            let n = s.input_ids.len().min(context);
+            // Position i predicts label i + 1.
+            let targets: Vec<i64> = s.labels.get(1..n).unwrap_or_default().to_vec();
+            let count = targets.iter().filter(|&&t| t != IGNORE).count() as u64;
+            if count == 0 {
+                out.push((0.0, 0));
+                continue;
+            }
+            let logits = model.head(&hidden.get(r as i64).narrow(0, 0, targets.len() as i64), false);
+            let targets = Tensor::from_slice(&targets).to_device(dev);
+            let sum = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, IGNORE, 0.0);
+            out.push((sum.to_kind(Kind::Double).double_value(&[]), count));
+        }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_at_the_first_trained_token() {
-        let s = Sample { input_ids: vec![1, 5, 6, 7, 8, 2, 9], labels: vec![IGNORE, IGNORE, IGNORE, 7, 8, 2, IGNORE] };
-        assert_eq!(prompt_answer(&s, Some(1)), Some(PromptAnswer { prompt: vec![1, 5, 6], answer: vec![7, 8, 2] }));
-        let text = Sample { input_ids: vec![1, 5, 6], labels: vec![1, 5, 6] };
-        assert_eq!(prompt_answer(&text, Some(1)), None);
-        let bos_only = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
-        assert_eq!(prompt_answer(&bos_only, Some(1)), None);
-    }
 }
 
 /// `do_causal_lm_eval` (Axolotl's `eval_causal_lm_metrics`): the validation samples with a prompt,
@@ -187,5 +173,20 @@ impl<'a> CausalLmEval<'a> {
         let refs: Vec<&str> = self.references.iter().map(String::as_str).collect();
         let (corpus, _) = crate::eval::score_texts(crate::eval::TextOptions::default(), &self.metrics, &preds, &refs);
         corpus.into_iter().filter_map(|(k, v)| Some((format!("eval_{k}"), v.as_f64()?))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_the_first_trained_token() {
+        let s = Sample { input_ids: vec![1, 5, 6, 7, 8, 2, 9], labels: vec![IGNORE, IGNORE, IGNORE, 7, 8, 2, IGNORE] };
+        assert_eq!(prompt_answer(&s, Some(1)), Some(PromptAnswer { prompt: vec![1, 5, 6], answer: vec![7, 8, 2] }));
+        let text = Sample { input_ids: vec![1, 5, 6], labels: vec![1, 5, 6] };
+        assert_eq!(prompt_answer(&text, Some(1)), None);
+        let bos_only = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
+        assert_eq!(prompt_answer(&bos_only, Some(1)), None);
     }
 }

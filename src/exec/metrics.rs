@@ -133,17 +133,55 @@ pub fn loss_curve_svg(records: &[Value], title: &str) -> String {
     }
     svg += &format!(
         "<text x=\"{}\" y=\"{m}\" fill=\"#1f77b4\">— training loss</text>\n\
-         <text x=\"{}\" y=\"{}\" fill=\"#d62728\">● validation loss</text>\n</svg>\n",
+         <text x=\"{}\" y=\"{}\" fill=\"#d62728\">● validation loss</text>\n",
         w - m - 130.0,
         w - m - 130.0,
         m + 16.0
     );
-    svg
+    // `do_causal_lm_eval`'s figures (other scales than the loss): first and last evaluation.
+    let mut line = 0.0;
+    for key in GENERATION_METRICS {
+        let points = series(key);
+        if let (Some(first), Some(last)) = (points.first(), points.last()) {
+            line += 16.0;
+            svg += &format!(
+                "<text x=\"{}\" y=\"{}\" fill=\"#555\">{} {:.3} → {:.3}</text>\n",
+                w - m - 130.0,
+                m + 16.0 + line,
+                key.trim_start_matches("eval_"),
+                first.1,
+                last.1
+            );
+        }
+    }
+    svg + "</svg>\n"
 }
+
+/// The metrics.jsonl keys of `do_causal_lm_eval` that the loss curve lists.
+const GENERATION_METRICS: &[&str] = &[
+    "eval_sacrebleu",
+    "eval_chrf",
+    "eval_ter",
+    "eval_rouge1",
+    "eval_rouge2",
+    "eval_rougeL",
+    "eval_rougeLsum",
+    "eval_exact_match",
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svg_lists_generation_metrics() {
+        let records: Vec<Value> = vec![
+            serde_json::json!({"step": 0, "eval_loss": 3.0, "eval_chrf": 10.0}),
+            serde_json::json!({"step": 4, "eval_loss": 2.0, "eval_chrf": 12.5}),
+        ];
+        let svg = loss_curve_svg(&records, "t");
+        assert!(svg.contains("chrf 10.000 → 12.500") && svg.ends_with("</svg>\n"), "{svg}");
+    }
 
     #[test]
     fn svg_has_both_curves() {

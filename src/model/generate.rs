@@ -85,8 +85,7 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], stop: &[i64], s: S
     let mut done = vec![false; rows.len()];
     let mut cache = KvCache::new(model);
     for _ in 0..s.max_new_tokens {
-        let logits = model.logits_cached_masked(&fed, &positions, &key_mask, &mut cache);
-        let last = logits.select(1, logits.size()[1] - 1);
+        let last = model.logits_cached_masked(&fed, &positions, &key_mask, &mut cache);
         let next =
             if s.temperature <= 0.0 { last.argmax(-1, false) } else { sample_rows(&last, s.temperature, s.top_p) };
         let next: Vec<i64> = Vec::<i64>::try_from(next.to_device(tch::Device::Cpu)).expect("int64 token ids");

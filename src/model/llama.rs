@@ -481,11 +481,12 @@ impl CausalLm {
         self.head(&h, false)
     }
 
-    /// Batched decoding with left padding: logits [B, T, V] of new tokens `input_ids` [B, T] at
+    /// Batched decoding with left padding: logits [B, V] of the last of new tokens `input_ids` [B, T] at
     /// per-row positions `positions` [B, T], reading and extending `cache`. `key_mask` [B, S]
     /// (bool, S = cached + T tokens) is false at padding, which no token attends to; a padding
     /// query attends to itself alone, so its row never turns into NaN (that would poison the real
-    /// rows through the cached keys).
+    /// rows through the cached keys). Only the last position goes through the head: a prompt's
+    /// logits would be [B, T, V].
     pub fn logits_cached_masked(
         &self,
         input_ids: &Tensor,
@@ -507,7 +508,7 @@ impl CausalLm {
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
         }
-        let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+        let h = rms_norm(&x.select(1, t - 1), &self.norm, self.arch.rms_norm_eps);
         self.head(&h, false)
     }
 
