@@ -113,7 +113,10 @@ fn adapters_that_do_not_fit_their_base_fail_with_a_message() {
     });
     std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
     // No weights file at all.
-    fails_cleanly(&[os("generate"), adapter.as_os_str(), os("--prompt"), os("Once"), os("--device"), os("cpu")], "adapter_model.safetensors");
+    fails_cleanly(
+        &[os("generate"), adapter.as_os_str(), os("--prompt"), os("Once"), os("--device"), os("cpu")],
+        "adapter_model.safetensors",
+    );
     // Rank 8 tensors for an r: 4 config.
     let a = tch::Tensor::zeros([8, 64], (tch::Kind::Float, tch::Device::Cpu));
     let b = tch::Tensor::zeros([64, 8], (tch::Kind::Float, tch::Device::Cpu));
@@ -124,7 +127,10 @@ fn adapters_that_do_not_fit_their_base_fail_with_a_message() {
         tensors.push((format!("{p}.lora_B.weight"), b.shallow_clone()));
     }
     recipe::model::weights::save(&adapter.join("adapter_model.safetensors"), &tensors).unwrap();
-    fails_cleanly(&[os("merge"), adapter.as_os_str(), os("--output"), dir.path().join("m").as_os_str()], "shape [8, 64]");
+    fails_cleanly(
+        &[os("merge"), adapter.as_os_str(), os("--output"), dir.path().join("m").as_os_str()],
+        "shape [8, 64]",
+    );
     assert!(!dir.path().join("m").exists(), "a failed merge left a folder");
 }
 
@@ -132,7 +138,10 @@ fn adapters_that_do_not_fit_their_base_fail_with_a_message() {
 fn devices_that_are_not_there_fail_with_a_message() {
     let model = root().join("models/stories260k");
     for device in ["tpu", "cuda:7", "cuda:x"] {
-        fails_cleanly(&[os("generate"), model.as_os_str(), os("--prompt"), os("Once"), os("--device"), os(device)], device);
+        fails_cleanly(
+            &[os("generate"), model.as_os_str(), os("--prompt"), os("Once"), os("--device"), os(device)],
+            device,
+        );
         fails_cleanly(&[os("score"), model.as_os_str(), os("--text"), os("Once"), os("--device"), os(device)], device);
     }
     let dir = tempfile::tempdir().unwrap();

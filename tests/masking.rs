@@ -210,11 +210,8 @@ fn train_on_eos_variants() {
         ..Default::default()
     };
     assert!(run(&conversation(), &options).unwrap_err().contains("differ"));
-    let options = ChatOptions {
-        eot_tokens: Some(vec!["</s>".into()]),
-        train_on_eos: TrainOnEos::Last,
-        ..Default::default()
-    };
+    let options =
+        ChatOptions { eot_tokens: Some(vec!["</s>".into()]), train_on_eos: TrainOnEos::Last, ..Default::default() };
     assert_eq!(
         trained(&run(&conversation(), &options).unwrap(), &tok),
         ["there was a cat.", "It sat in the sun.", "It slept.</s>"]
@@ -459,7 +456,8 @@ fn per_message_tokenization_cuts_at_turns() {
 fn eot_tokens_and_eos_are_trained_each_by_their_own_policy() {
     // A template ending each turn with `<unk>` (the end-of-turn token here) and the whole
     // conversation with EOS, as Llama-3's <|eot_id|> and <|end_of_text|>.
-    let text = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<unk>{% endfor %}{{ eos_token }}";
+    let text =
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<unk>{% endfor %}{{ eos_token }}";
     let tok = stories();
     let template = ChatTemplate::new(text, "eot").unwrap();
     let run = |options: &ChatOptions| tokenize_row(&conversation(), options, &template, tok.special_tokens(), &tok);

@@ -48,8 +48,7 @@ fn eight_bit_adamw_steps_equal_bitsandbytes_adamw8bit() {
         weight_decay: meta["weight_decay"].as_f64().unwrap(),
     };
     let lr = meta["lr"].as_f64().unwrap();
-    let params: Vec<Tensor> =
-        NAMES.iter().map(|n| g[&format!("init.{n}")].copy().set_requires_grad(true)).collect();
+    let params: Vec<Tensor> = NAMES.iter().map(|n| g[&format!("init.{n}")].copy().set_requires_grad(true)).collect();
     let mut opt = AdamW::new(
         NAMES.iter().zip(&params).map(|(n, t)| Param { name: n.to_string(), tensor: t.shallow_clone() }).collect(),
         &plan,

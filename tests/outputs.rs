@@ -127,7 +127,10 @@ fn lora_output_reloads_and_merges_exactly() {
     let adapter: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(lora.join("adapter_model.safetensors")).unwrap().into_iter().collect();
     let name = "model.layers.0.self_attn.q_proj";
-    let (a, b) = (&adapter[&format!("base_model.model.{name}.lora_A.weight")], &adapter[&format!("base_model.model.{name}.lora_B.weight")]);
+    let (a, b) = (
+        &adapter[&format!("base_model.model.{name}.lora_A.weight")],
+        &adapter[&format!("base_model.model.{name}.lora_B.weight")],
+    );
     let expected = (base[&format!("{name}.weight")].to_kind(Kind::BFloat16).to_kind(Kind::Float) + b.matmul(a) * 2.0)
         .to_kind(Kind::BFloat16);
     assert!(written[&format!("{name}.weight")].equal(&expected), "bf16 merge of {name}");

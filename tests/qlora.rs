@@ -85,7 +85,8 @@ fn qlora_trains_and_merges_into_the_dequantized_base() {
     let ids = Tensor::from_slice(&(0..48).map(|i| (i * 29 + 5) % 500 + 3).collect::<Vec<i64>>()).view([2, 24]);
     let positions = Tensor::arange(24, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 24], false);
     let logits = |dir: &Path, q: Option<Quantize>| {
-        let loaded = load_trained(dir, Some(&root().join("models/stories260k")), Device::Cpu, q, Some(Kind::Float)).unwrap();
+        let loaded =
+            load_trained(dir, Some(&root().join("models/stories260k")), Device::Cpu, q, Some(Kind::Float)).unwrap();
         tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
     };
     let adapted = logits(&dir.path().join("out"), Some(NF4_DQ));
@@ -226,10 +227,16 @@ fn qlora_matches_peft_over_bitsandbytes() {
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
     let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
-    let loss =
-        objective::forward_backward(&model, &Supervised::WHOLE, &DeviceBatch::new(&inputs, labels), counted, true, &|_| {})
-            .loss
-            / counted;
+    let loss = objective::forward_backward(
+        &model,
+        &Supervised::WHOLE,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        true,
+        &|_| {},
+    )
+    .loss
+        / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     let mut worst = 0f64;
     for p in model.trainable_params() {

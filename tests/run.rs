@@ -657,7 +657,10 @@ fn the_loss_watchdog_stops_a_run_whose_loss_stays_above_its_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "max_steps: 40\nloss_watchdog_threshold: 1.0\nloss_watchdog_patience: 3\n");
     let stdout = run_ok(&path, &["--set", "logging_steps=1"]);
-    assert!(stdout.contains("stopped    early: the training loss was above loss_watchdog_threshold (1) for 3 steps"), "{stdout}");
+    assert!(
+        stdout.contains("stopped    early: the training loss was above loss_watchdog_threshold (1) for 3 steps"),
+        "{stdout}"
+    );
     assert_eq!(step_losses(&metrics(dir.path())).len(), 3, "stopped at the third step");
     assert!(dir.path().join("out/adapter_model.safetensors").is_file(), "what was trained is kept");
     // A loss that stays below it does not stop the run.

@@ -341,7 +341,9 @@ fn load_target(
     let (dir, base, plan) = resolve_target(target, overrides)?;
     let device = device(device_name)?;
     let quantize = quantization(plan.as_ref(), target)?;
-    match exec::catch_torch_errors(None, || exec::load_trained(&dir, base.as_deref(), device, quantize, Some(tch::Kind::Float))) {
+    match exec::catch_torch_errors(None, || {
+        exec::load_trained(&dir, base.as_deref(), device, quantize, Some(tch::Kind::Float))
+    }) {
         Ok(loaded) => Ok((loaded, dir, plan)),
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());

@@ -176,7 +176,12 @@ impl FsdpConfig {
     pub fn written_twice(&self) -> Vec<(&'static str, &'static str)> {
         let pairs = [
             ("fsdp_version", "version", self.fsdp_version.is_some(), self.version.is_some()),
-            ("fsdp_offload_params", "offload_params", self.fsdp_offload_params.is_some(), self.offload_params.is_some()),
+            (
+                "fsdp_offload_params",
+                "offload_params",
+                self.fsdp_offload_params.is_some(),
+                self.offload_params.is_some(),
+            ),
             (
                 "fsdp_sync_module_states",
                 "sync_module_states",
@@ -189,7 +194,12 @@ impl FsdpConfig {
                 self.fsdp_cpu_ram_efficient_loading.is_some(),
                 self.cpu_ram_efficient_loading.is_some(),
             ),
-            ("fsdp_use_orig_params", "use_orig_params", self.fsdp_use_orig_params.is_some(), self.use_orig_params.is_some()),
+            (
+                "fsdp_use_orig_params",
+                "use_orig_params",
+                self.fsdp_use_orig_params.is_some(),
+                self.use_orig_params.is_some(),
+            ),
             (
                 "fsdp_auto_wrap_policy",
                 "auto_wrap_policy",

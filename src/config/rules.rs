@@ -556,7 +556,8 @@ impl Rules<'_> {
                 "keep one of the two spellings",
             );
         }
-        let versions = [c.distributed.fsdp_version, c.distributed.fsdp_config.fsdp_version, c.distributed.fsdp_config.version];
+        let versions =
+            [c.distributed.fsdp_version, c.distributed.fsdp_config.fsdp_version, c.distributed.fsdp_config.version];
         let written: Vec<u32> = versions.into_iter().flatten().collect();
         if written.windows(2).any(|w| w[0] != w[1]) {
             self.error(

@@ -259,12 +259,14 @@ pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<
         }
     }
     options.roles_to_train = c.roles_to_train.clone();
-    let policy = |p: crate::config::datasets::TrainOnEos| match p {
-        crate::config::datasets::TrainOnEos::All => chat::TrainOnEos::All,
-        crate::config::datasets::TrainOnEos::Turn => chat::TrainOnEos::Turn,
-        crate::config::datasets::TrainOnEos::Last => chat::TrainOnEos::Last,
-        crate::config::datasets::TrainOnEos::None => chat::TrainOnEos::None,
-    };
+    fn policy(p: crate::config::datasets::TrainOnEos) -> chat::TrainOnEos {
+        match p {
+            crate::config::datasets::TrainOnEos::All => chat::TrainOnEos::All,
+            crate::config::datasets::TrainOnEos::Turn => chat::TrainOnEos::Turn,
+            crate::config::datasets::TrainOnEos::Last => chat::TrainOnEos::Last,
+            crate::config::datasets::TrainOnEos::None => chat::TrainOnEos::None,
+        }
+    }
     options.train_on_eos = policy(c.train_on_eos);
     options.train_on_eot = c.train_on_eot.map(policy);
     options.eot_tokens = plan.data.eot_tokens.clone();

@@ -290,7 +290,6 @@ pub fn save(
     run: &RunFiles,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
-
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = output_dir.join(&name);
     let tmp = output_dir.join(format!(".{name}.partial"));

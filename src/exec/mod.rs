@@ -59,7 +59,10 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
                 t.trim_start_matches("cuda:").parse().map_err(|_| format!("device `{t}`: expected cuda:N"))?;
             let count = tch::Cuda::device_count().max(0) as usize;
             if n >= count {
-                return Err(format!("device `{t}`: this machine shows {count} CUDA device(s), cuda:0 to cuda:{}", count - 1));
+                return Err(format!(
+                    "device `{t}`: this machine shows {count} CUDA device(s), cuda:0 to cuda:{}",
+                    count - 1
+                ));
             }
             Ok(Device::Cuda(n))
         }
@@ -609,8 +612,14 @@ fn train_on<E: packing::Example>(
     let (device, kind) = (rt.device, rt.precision.compute);
     let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load, before_training));
     let SetUp { base_dir, tok_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
-    let TrainingData { train: train_rows, validation: validation_rows, report, efficiency, sample_prompt, validation_samples } =
-        data;
+    let TrainingData {
+        train: train_rows,
+        validation: validation_rows,
+        report,
+        efficiency,
+        sample_prompt,
+        validation_samples,
+    } = data;
     let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
@@ -775,7 +784,9 @@ fn train_on<E: packing::Example>(
                     pad_id: tok.pad(),
                     tokenizer: run_tokenizer,
                 };
-                checkpoint::publish(&output_dir, |dir| checkpoint::write_weights(dir, &model, &files, save_kind(plan)))?;
+                checkpoint::publish(&output_dir, |dir| {
+                    checkpoint::write_weights(dir, &model, &files, save_kind(plan))
+                })?;
                 outputs.push(checkpoint::weights_file(&output_dir));
             }
             let records = metrics::read(log.path());
@@ -924,7 +935,8 @@ pub fn load_trained(
         let cfg = adapter::read_config(dir)?;
         let base = base_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.base_model));
         let arch = read_arch(&base)?;
-        let opts = |trainable, score_head| LoadOptions { device, base_kind: kind(&arch), trainable, quantize, score_head };
+        let opts =
+            |trainable, score_head| LoadOptions { device, base_kind: kind(&arch), trainable, quantize, score_head };
         let tok_dir = if dir.join("tokenizer.json").is_file() { dir.to_path_buf() } else { base.clone() };
         let tokenizer = Tokenizer::load(&tok_dir)?;
         let mut model =
@@ -941,7 +953,12 @@ pub fn load_trained(
         let opts =
             LoadOptions { device, base_kind: kind(&arch), trainable: Trainable::Nothing, quantize: None, score_head };
         let model = CausalLm::load(&arch, &Checkpoint::open(dir)?, &opts)?;
-        Ok(Loaded { model, tokenizer: Tokenizer::load(dir)?, base_dir: dir.to_path_buf(), tokenizer_dir: dir.to_path_buf() })
+        Ok(Loaded {
+            model,
+            tokenizer: Tokenizer::load(dir)?,
+            base_dir: dir.to_path_buf(),
+            tokenizer_dir: dir.to_path_buf(),
+        })
     }
 }
 

@@ -132,7 +132,10 @@ impl AdamW {
         let codes = match params.first() {
             Some(p) if eight_bit => {
                 let device = p.tensor.device();
-                Some((BlockCode::new(&nf4::dynamic_map(), device), BlockCode::new(&nf4::unsigned_dynamic_map(), device)))
+                Some((
+                    BlockCode::new(&nf4::dynamic_map(), device),
+                    BlockCode::new(&nf4::unsigned_dynamic_map(), device),
+                ))
             }
             _ => None,
         };

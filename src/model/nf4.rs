@@ -206,7 +206,8 @@ fn quantize_lut(code: &Tensor) -> Tensor {
     };
     let code = code.to_device(Device::Cpu).to_kind(Kind::Float);
     let values = Vec::<f32>::try_from(&code).unwrap();
-    let same = |map: &[f32]| values.len() == map.len() && values.iter().zip(map).all(|(a, b)| a.to_bits() == b.to_bits());
+    let same =
+        |map: &[f32]| values.len() == map.len() && values.iter().zip(map).all(|(a, b)| a.to_bits() == b.to_bits());
     static SIGNED: OnceLock<Vec<i64>> = OnceLock::new();
     static UNSIGNED: OnceLock<Vec<i64>> = OnceLock::new();
     if same(dynamic_map_values(true)) {

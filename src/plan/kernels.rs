@@ -27,8 +27,11 @@ pub fn plan(c: &Config) -> Vec<KernelNote> {
         notes.push(KernelNote { request, recipe_runs: recipe_runs.to_string() });
     };
     if let Some((attention, key)) = k.attention_request() {
-        let request =
-            if key == "attn_implementation" { format!("{key}: {}", attention.as_str()) } else { format!("{key}: true") };
+        let request = if key == "attn_implementation" {
+            format!("{key}: {}", attention.as_str())
+        } else {
+            format!("{key}: true")
+        };
         let recipe_runs = match attention {
             AttnImplementation::Eager | AttnImplementation::FlexAttention => {
                 format!("{ATTENTION} (the same attention, computed by another algorithm than the one named)")
@@ -61,10 +64,18 @@ pub fn plan(c: &Config) -> Vec<KernelNote> {
     let switches = [
         (k.liger_rope, "liger_rope", "rotary embeddings with libtorch ops (the same rotation)"),
         (k.liger_rms_norm, "liger_rms_norm", "RMSNorm with libtorch ops in fp32 (the same normalisation)"),
-        (k.liger_rms_norm_gated, "liger_rms_norm_gated", "no gated RMSNorm in recipe's model families: nothing to replace"),
+        (
+            k.liger_rms_norm_gated,
+            "liger_rms_norm_gated",
+            "no gated RMSNorm in recipe's model families: nothing to replace",
+        ),
         (k.liger_glu_activation, "liger_glu_activation", "SwiGLU with libtorch ops (the same activation)"),
         (k.liger_swiglu, "liger_swiglu", "SwiGLU with libtorch ops (the same activation)"),
-        (k.liger_layer_norm, "liger_layer_norm", "no LayerNorm in recipe's model families (RMSNorm only): nothing to replace"),
+        (
+            k.liger_layer_norm,
+            "liger_layer_norm",
+            "no LayerNorm in recipe's model families (RMSNorm only): nothing to replace",
+        ),
         (k.liger_cross_entropy, "liger_cross_entropy", "libtorch's cross-entropy (the same loss)"),
         (
             k.liger_fused_linear_cross_entropy,

@@ -418,10 +418,13 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                 && let Some(what) = axolotl_keys::unsupported_value(&last_key, s)
             {
                 return vec![
-                    base("unsupported-axolotl-value", format!("`{s}` is an Axolotl {what} that recipe does not support"))
-                        .at(at, "not supported by recipe")
-                        .expected(expected)
-                        .found(describe_node(node)),
+                    base(
+                        "unsupported-axolotl-value",
+                        format!("`{s}` is an Axolotl {what} that recipe does not support"),
+                    )
+                    .at(at, "not supported by recipe")
+                    .expected(expected)
+                    .found(describe_node(node)),
                 ];
             }
             let mut d = base("type", format!("`{path}` must be {expected}"))
@@ -434,7 +437,10 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                 } else if s.parse::<f64>().is_ok() && (expected.contains("number") || expected.contains("integer")) {
                     d = d.help("remove the quotes: a quoted number is text");
                 } else if s.contains('_') && s.replace('_', "").parse::<f64>().is_ok() {
-                    d = d.help(format!("YAML 1.2 reads {s} as text (digit separators are YAML 1.1): write {}", s.replace('_', "")));
+                    d = d.help(format!(
+                        "YAML 1.2 reads {s} as text (digit separators are YAML 1.1): write {}",
+                        s.replace('_', "")
+                    ));
                 }
             } else if last_key == "tokens" && matches!(node.value, Value::Map(_)) {
                 d = d.help("named special tokens (bos_token, eos_token, ...) go under `special_tokens`; `tokens` lists tokens to add");
@@ -535,11 +541,9 @@ fn enum_diagnostic(
                     format!("`{s}` is an Axolotl {what}, which is code: a recipe never runs code"),
                     suggestion,
                 ),
-                Some(what @ "model class") => (
-                    "unsupported-architecture",
-                    format!("`{s}` is a {what} that recipe does not support"),
-                    suggestion,
-                ),
+                Some(what @ "model class") => {
+                    ("unsupported-architecture", format!("`{s}` is a {what} that recipe does not support"), suggestion)
+                }
                 Some(what) => (
                     "unsupported-axolotl-value",
                     format!("`{s}` is an Axolotl {what} that recipe does not support"),
@@ -550,9 +554,11 @@ fn enum_diagnostic(
         }
         _ => match values.iter().filter(|v| !v.is_null()).collect::<Vec<_>>().as_slice() {
             // "Not supported" (a recipe never runs code), not "wrong".
-            [single] if last_key == "trust_remote_code" => {
-                ("unsupported-remote-code", format!("`{path}` must be `{}`: a recipe never runs code", plain(single)), None)
-            }
+            [single] if last_key == "trust_remote_code" => (
+                "unsupported-remote-code",
+                format!("`{path}` must be `{}`: a recipe never runs code", plain(single)),
+                None,
+            ),
             [single] => ("value", format!("`{path}` must be `{}`", plain(single)), None),
             _ => ("value", format!("`{path}` must be {expected}"), None),
         },
