@@ -271,6 +271,10 @@ pub struct PreferenceDataset {
     /// ShareGPT-shaped rows.
     #[serde(default)]
     pub message_property_mappings: Option<Map<String, Value>>,
+    /// Role aliases: `{assistant: [gpt, model], user: [human]}` (each replaces that role's default
+    /// aliases: user ← human, user; assistant ← gpt, assistant; system; tool).
+    #[serde(default)]
+    pub roles: Option<Map<String, Value>>,
 }
 
 /// `type: bradley_terry.chat_template` (Axolotl's reward-model format): single-turn rows with an
