@@ -63,7 +63,7 @@ fn stories260k_logits_match_transformers() {
 
 #[test]
 fn random_family_configs_match_transformers() {
-    for case in ["llama_gqa_untied", "llama3_rope", "mistral", "qwen2"] {
+    for case in ["llama_gqa_untied", "llama3_rope", "mistral", "qwen2", "qwen3_gqa_tied", "qwen3_untied_bias"] {
         check_case(case, &root().join("tests/golden/model").join(case));
     }
 }
