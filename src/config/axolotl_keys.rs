@@ -495,7 +495,6 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "MixtralForCausalLM",
             "Olmo2ForCausalLM",
             "Phi3ForCausalLM",
-            "Qwen3ForCausalLM",
             "Qwen3MoeForCausalLM",
         ],
     ),
