@@ -118,8 +118,9 @@ fn cstring(text: &str) -> Result<CString, String> {
     CString::new(text).map_err(|_| format!("`{text}` contains a NUL byte"))
 }
 
-/// Turns the shim's (status, message) into a Result, freeing the message.
-fn check(ok: c_int, err: *mut c_char, what: &str) -> Result<(), String> {
+/// Turns a shim's (status, message) into a Result, freeing the message (both C++ shims, this one
+/// and torch_ops.cpp, allocate it with malloc); keeps the first line of a C++ exception's text.
+pub(crate) fn check(ok: c_int, err: *mut c_char, what: &str) -> Result<(), String> {
     if ok != 0 {
         return Ok(());
     }

@@ -84,6 +84,4 @@ int recipe_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp
   });
 }
 
-void recipe_torch_ops_free_message(char* message) { std::free(message); }
-
 }  // extern "C"

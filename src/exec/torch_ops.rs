@@ -5,7 +5,8 @@
 //! argument, a warning per call); and libtorch's fused AdamW kernel (`_fused_adamw_`). Errors are
 //! the C++ exception's message.
 
-use std::ffi::{CStr, c_char, c_int};
+use super::c10d::check;
+use std::ffi::{c_char, c_int};
 use tch::Tensor;
 
 unsafe extern "C-unwind" {
@@ -31,23 +32,8 @@ unsafe extern "C-unwind" {
         found_inf: *const std::ffi::c_void,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn recipe_torch_ops_free_message(message: *mut c_char);
 }
 
-fn check(ok: c_int, err: *mut c_char, what: &str) -> Result<(), String> {
-    if ok != 0 {
-        return Ok(());
-    }
-    let message = if err.is_null() {
-        "unknown error".to_string()
-    } else {
-        // SAFETY: the shim wrote a NUL-terminated string it allocated with malloc.
-        let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
-        unsafe { recipe_torch_ops_free_message(err) };
-        text
-    };
-    Err(format!("{what}: {message}"))
-}
 
 /// The backward pass from `output` seeded with `grad` (its shape): `output.backward(grad)`.
 pub fn backward_with_grad(output: &Tensor, grad: &Tensor) -> Result<(), String> {

@@ -41,14 +41,7 @@ pub fn generate(model: &CausalLm, prompt: &[i64], eos: Option<i64>, s: Sampling)
 }
 
 fn sample(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
-    let probs = (logits / temperature).softmax(-1, Kind::Float);
-    let (sorted, order) = probs.sort(-1, true);
-    let cumulative = sorted.cumsum(-1, Kind::Float);
-    // Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-    let drop = (&cumulative - &sorted).gt(top_p);
-    let kept = sorted.masked_fill(&drop, 0.0);
-    let choice = kept.multinomial(1, false);
-    order.gather(-1, &choice, false).squeeze()
+    sample_rows(&logits.reshape([1, -1]), temperature, top_p).squeeze()
 }
 
 /// Continues each prompt of a batch, as `generate` does one at a time: prompts left-padded to one
@@ -114,6 +107,7 @@ fn sample_rows(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
     let probs = (logits / temperature).softmax(-1, Kind::Float);
     let (sorted, order) = probs.sort(-1, true);
     let cumulative = sorted.cumsum(-1, Kind::Float);
+    // Keep the smallest prefix whose mass reaches top_p (the first token always stays).
     let drop = (&cumulative - &sorted).gt(top_p);
     let kept = sorted.masked_fill(&drop, 0.0);
     let choice = kept.multinomial(1, false);
