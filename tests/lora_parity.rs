@@ -1,7 +1,9 @@
 //! LoRA parity with peft: for the same base, adapter weights (loaded from peft's own
 //! adapter_model.safetensors) and batch, the loss, logits and every adapter gradient match the
 //! goldens written by scripts/reference/model_goldens.py (gradients within 1e-4 relative), with
-//! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save.
+//! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save, and
+//! DoRA (peft's `use_dora`: magnitude gradients too, a base with q/k/v biases, and the merged
+//! weights against peft's `merge_and_unload`).
 #![cfg(feature = "exec")]
 
 mod common;
@@ -81,6 +83,54 @@ fn rslora_with_saved_head_gradients_match_peft() {
 fn gradient_checkpointing_gives_the_same_gradients() {
     check("stories260k_all_linear", true);
     check("llama_untied_rslora_save_head", true);
+}
+
+#[test]
+fn dora_logits_and_gradients_match_peft() {
+    check("stories260k_dora", false);
+    check("qwen2_dora_bias", false);
+}
+
+#[test]
+fn dora_with_gradient_checkpointing_gives_the_same_gradients() {
+    check("qwen2_dora_bias", true);
+}
+
+#[test]
+fn dora_merge_matches_peft_merge_and_unload() {
+    // peft folds DoRA as (m / ||W + ΔW||) · (W + ΔW); the goldens hold its merged layer-0 weights.
+    for case in ["stories260k_dora", "qwen2_dora_bias"] {
+        let (model, g, _) = load_case(case, Kind::Float);
+        let mut compared = 0;
+        let mut worst = 0f64;
+        for lin in model.linears() {
+            let Some(expected) = g.get(&format!("merged.{}.weight", lin.name)) else { continue };
+            let merged = lin.merged_weight();
+            let d = (&merged - expected).abs().max().double_value(&[]);
+            worst = worst.max(d);
+            assert!(d < 1e-5, "{case}: merged {} differs from peft's by {d:e}", lin.name);
+            // The magnitude matters: the plain LoRA fold W + ΔW is not what peft writes.
+            let w = lin.weight.to_kind(Kind::Float);
+            let cfg = adapter::read_config(&root().join("tests/golden/lora").join(case)).unwrap();
+            let recipe::model::llama::Trainable::Lora { scaling, .. } = cfg.trainable else { unreachable!() };
+            let lora = model_lora_delta(lin, scaling);
+            let plain = (w + lora - expected).abs().max().double_value(&[]);
+            assert!(
+                plain > 1e-3,
+                "{case}: {}: DoRA's merge equals LoRA's ({plain:e}); the check would be void",
+                lin.name
+            );
+            compared += 1;
+        }
+        assert!(compared >= 4, "{case}: only {compared} merged weights in the goldens");
+        eprintln!("{case}: {compared} merged weights, worst difference from peft {worst:e}");
+    }
+}
+
+/// scaling · B A of a layer's adapter, from its saved tensors.
+fn model_lora_delta(lin: &recipe::model::linear::Linear, scaling: f64) -> Tensor {
+    let t: std::collections::HashMap<&str, Tensor> = lin.adapter.as_ref().unwrap().tensors().into_iter().collect();
+    t["lora_B.weight"].matmul(&t["lora_A.weight"]).detach() * scaling
 }
 
 #[test]
