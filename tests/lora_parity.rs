@@ -195,9 +195,9 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
 
 #[test]
 fn adapters_switched_off_give_the_base_model() {
-    // peft's disable_adapter: LoRA pairs and modules_to_save copies (here a saved head) give way
-    // to the base, from the same weights; switched back on, the adapted model returns.
-    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head"] {
+    // peft's disable_adapter: LoRA pairs (with DoRA's magnitudes) and modules_to_save copies (here a
+    // saved head) give way to the base, from the same weights; switched back on, the adapted model returns.
+    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head", "qwen2_dora_bias"] {
         let (model, g, positions) = load_case(case, Kind::Float);
         let dir = root().join("tests/golden/lora").join(case);
         let cfg = adapter::read_config(&dir).unwrap();
