@@ -155,8 +155,8 @@ impl Lora {
 /// detached (DoRA paper §4.3: the norm is a constant for the backward pass),
 /// `out = base(x) + (m/n − 1) · base'(x) + (m/n) · scaling · B(A(dropout(x)))`, where `base'(x)`
 /// is the base output without its bias, and with active dropout the base matmul of the dropped-out
-/// input (peft recomputes it then). `m` is the trainable magnitude, initialised to `n` at B = 0's
-/// weights so step 0 is the base model.
+/// input (peft recomputes it then). `m` is the trainable magnitude, initialised to `n` of the
+/// starting weights (the base's row norms, B being zero), so step 0 is the base model.
 pub struct Dora {
     pub lora: Lora,
     /// [out_features], fp32 (peft's `lora_magnitude_vector`).
