@@ -80,9 +80,16 @@ fn rslora_with_saved_head_gradients_match_peft() {
 }
 
 #[test]
+fn qwen3_all_linear_lora_gradients_match_peft() {
+    // Qwen3: per-head q/k RMSNorm, head_dim 16 != hidden/heads, grouped kv heads, tied head.
+    check("qwen3_all_linear", false);
+}
+
+#[test]
 fn gradient_checkpointing_gives_the_same_gradients() {
     check("stories260k_all_linear", true);
     check("llama_untied_rslora_save_head", true);
+    check("qwen3_all_linear", true);
 }
 
 #[test]
@@ -197,7 +204,7 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
 fn adapters_switched_off_give_the_base_model() {
     // peft's disable_adapter: LoRA pairs (with DoRA's magnitudes) and modules_to_save copies (here a
     // saved head) give way to the base, from the same weights; switched back on, the adapted model returns.
-    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head", "qwen2_dora_bias"] {
+    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head", "qwen3_all_linear", "qwen2_dora_bias"] {
         let (model, g, positions) = load_case(case, Kind::Float);
         let dir = root().join("tests/golden/lora").join(case);
         let cfg = adapter::read_config(&dir).unwrap();

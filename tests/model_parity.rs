@@ -1,7 +1,7 @@
 //! Forward parity with transformers: logits of the bundled stories260k and of small random
 //! configurations of each family (GQA, untied head, llama3 rope scaling, explicit head_dim, qkv
-//! bias) against goldens written by scripts/reference/model_goldens.py; greedy decoding of
-//! stories260k against llama2.c's ids.
+//! bias, Qwen3's q/k norms) against goldens written by scripts/reference/model_goldens.py; greedy
+//! decoding of stories260k against llama2.c's ids; Qwen3's q/k norms saved, trained and required.
 #![cfg(feature = "exec")]
 
 use recipe::model::generate::{Sampling, generate};
@@ -63,7 +63,7 @@ fn stories260k_logits_match_transformers() {
 
 #[test]
 fn random_family_configs_match_transformers() {
-    for case in ["llama_gqa_untied", "llama3_rope", "mistral", "qwen2"] {
+    for case in ["llama_gqa_untied", "llama3_rope", "mistral", "qwen2", "qwen3_gqa_tied", "qwen3_untied_bias"] {
         check_case(case, &root().join("tests/golden/model").join(case));
     }
 }
@@ -189,4 +189,74 @@ fn a_16_bit_frozen_base_keeps_the_residual_stream_in_fp32() {
     let scale = g["logits"].abs().max().double_value(&[]);
     let diff = max_abs_diff(&logits, &g["logits"]) / scale;
     assert!(diff < 5e-2, "bf16 logits differ from fp32 ones by {diff:e} of the largest");
+}
+
+#[test]
+fn qwen3_q_k_norms_are_saved_trained_and_required() {
+    for case in ["qwen3_gqa_tied", "qwen3_untied_bias"] {
+        let dir = root().join("tests/golden/model").join(case);
+        let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: Trainable::Everything,
+            quantize: None,
+            score_head: false,
+        };
+        let model = CausalLm::load(&arch, &ckpt, &opts).unwrap();
+        // Full fine-tuning saves, and merging writes, exactly the tensors transformers wrote.
+        let mut file: Vec<String> = ckpt.names().map(str::to_string).collect();
+        file.sort();
+        let mut saved: Vec<String> = model.base_params().into_iter().map(|p| p.name).collect();
+        saved.sort();
+        assert_eq!(saved, file, "{case}: full fine-tuning's tensors");
+        // (Merging an untrained model: with full training a tied head counts as trained and is written.)
+        let frozen = load(&dir);
+        let mut merged: Vec<String> = frozen.merged_weights().into_iter().map(|d| d.name).collect();
+        merged.sort();
+        assert_eq!(merged, file, "{case}: merged model's tensors");
+        // The per-head norms are trained: the loss reaches them.
+        let g = golden(case);
+        let ids = &g["input_ids"];
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, true);
+        recipe::exec::objective::next_token_loss_sum(&model.head(&h, true), ids).backward();
+        for p in
+            model.trainable_params().iter().filter(|p| p.name.contains("_norm.weight") && p.name.contains("self_attn"))
+        {
+            let grad = p.tensor.grad().abs().max().double_value(&[]);
+            assert!(grad > 0.0, "{case}: no gradient reaches {}", p.name);
+        }
+        assert_eq!(
+            model
+                .trainable_params()
+                .iter()
+                .filter(|p| p.name.contains("self_attn.") && p.name.contains("_norm."))
+                .count(),
+            2 * arch.num_layers as usize,
+            "{case}: q_norm and k_norm of every layer train"
+        );
+    }
+    // A Qwen3 checkpoint without its q_norm is refused, naming the tensor.
+    let src = root().join("tests/golden/model/qwen3_gqa_tied");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let kept: Vec<(String, Tensor)> = Tensor::read_safetensors(src.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| n != "model.layers.1.self_attn.q_norm.weight")
+        .collect();
+    Tensor::write_safetensors(&kept, dir.path().join("model.safetensors")).unwrap();
+    let arch = Architecture::from_config_json(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
+    let err = CausalLm::load(&arch, &Checkpoint::open(dir.path()).unwrap(), &opts).err().unwrap();
+    assert!(err.contains("model.layers.1.self_attn.q_norm.weight"), "{err}");
 }

@@ -167,6 +167,20 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         let loaded = load_text(dir.path(), &base(extra));
         assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));
     }
+    // message_field_role / message_field_content: Axolotl's older spelling of message_property_mappings.
+    let chat = |extra: &str| base("").replace("type: completion", &format!("type: chat_template\n{extra}"));
+    let legacy = load_text(dir.path(), &chat("    message_field_role: from\n    message_field_content: value\n"));
+    assert!(rules(&legacy, true).is_empty(), "{}", common::rendered(&legacy));
+    let recipe::config::datasets::DatasetConfig::ChatTemplate(d) = &legacy.config.as_ref().unwrap().data.datasets[0]
+    else {
+        panic!("a chat dataset")
+    };
+    assert_eq!((d.message_field("role"), d.message_field("content")), ("from".into(), "value".into()));
+    let both = load_text(
+        dir.path(),
+        &chat("    message_field_role: from\n    message_property_mappings:\n      role: speaker\n"),
+    );
+    assert_eq!(rules(&both, true), ["message-field-conflict"], "{}", common::rendered(&both));
     let variant = load_text(dir.path(), &base("").replace("type: completion", "type: alpaca:chat"));
     assert_eq!(rules(&variant, true), ["unsupported-axolotl-value"], "{}", common::rendered(&variant));
     // Streamed pretraining data is refused by name, without a second error about `datasets`.

@@ -28,6 +28,14 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    qwen2              Qwen2Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
                       vocab 128, tied, use_sliding_window false, max_position_embeddings 64
                       (q/k/v carry biases: Qwen2 always has them, o_proj has none)
+   qwen3_gqa_tied     Qwen3Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      head_dim 16 (explicit, != hidden/heads = 8), vocab 128, tied,
+                      attention_bias false, use_sliding_window false,
+                      max_position_embeddings 64 (q_norm / k_norm: RMSNorm [16] per head)
+   qwen3_untied_bias  Qwen3Config as qwen3_gqa_tied but 1 kv head, head_dim 12, untied,
+                      attention_bias true (a bias on q/k/v and on o_proj)
+   Qwen3 cases are checked here: the logits differ from the same weights with q_norm and
+   k_norm set to ones (so the per-head norms' weights matter to the goldens).
 
    The random cases are built from their config under torch.manual_seed(0); then every
    parameter (model.named_parameters(), so a tied lm_head is drawn once, through
@@ -75,6 +83,8 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    llama_untied_rslora_save_head  base tests/golden/model/llama_gqa_untied, r 4,
                                   lora_alpha 16, use_rslora (scale 16/sqrt(4) = 8),
                                   target q_proj, v_proj, modules_to_save ["lm_head"]
+   qwen3_all_linear               base tests/golden/model/qwen3_gqa_tied, r 4,
+                                  lora_alpha 8, target q/k/v/o/gate/up/down_proj
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -149,6 +159,8 @@ from transformers import (  # noqa: E402
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
@@ -182,6 +194,15 @@ RANDOM_CASES = [
     ("qwen2", Qwen2ForCausalLM, lambda: Qwen2Config(
         **COMMON, num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False,
         max_position_embeddings=64, rope_theta=10000.0), 24),
+    # Appended after the others so their seeds (case index) and files stay as they were.
+    ("qwen3_gqa_tied", Qwen3ForCausalLM, lambda: Qwen3Config(
+        **COMMON, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+        attention_bias=False, use_sliding_window=False, max_position_embeddings=64,
+        rope_theta=10000.0), 24),
+    ("qwen3_untied_bias", Qwen3ForCausalLM, lambda: Qwen3Config(
+        **COMMON, num_key_value_heads=1, head_dim=12, tie_word_embeddings=False,
+        attention_bias=True, use_sliding_window=False, max_position_embeddings=64,
+        rope_theta=10000.0), 24),
 ]
 T_DEFAULT = 24
 PACK_LENS = (10, 14)
@@ -193,6 +214,8 @@ LORA_CASES = [
     ("llama_untied_rslora_save_head", GOLDEN + "/model/llama_gqa_untied",
      dict(r=4, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "v_proj"],
           modules_to_save=["lm_head"])),
+    ("qwen3_all_linear", GOLDEN + "/model/qwen3_gqa_tied",
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
     ("stories260k_dora", STORIES,
      dict(r=4, lora_alpha=8, use_dora=True, target_modules=ALL_LINEAR)),
     ("qwen2_dora_bias", GOLDEN + "/model/qwen2",
@@ -309,6 +332,20 @@ def rope_sensitivity(model, input_ids, logits):
     print(f"  max|llama3 - plain rope| logits = {d:.2e}")
 
 
+def qk_norm_sensitivity(model, input_ids, logits):
+    """Qwen3: the same weights with q_norm / k_norm at ones must give different logits."""
+    plain = type(model)(model.config).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.fill_(1.0)
+        other = plain(input_ids=input_ids, use_cache=False).logits
+    d = (other - logits).abs().max().item()
+    assert d > 1e-4, f"q/k norm weights make no difference: {d}"
+    print(f"  max|q/k norm - unit q/k norm| logits = {d:.2e}")
+
+
 def model_goldens(out):
     # stories260k: the bundled model, read in place.
     case_dir = os.path.join(out, GOLDEN, "model", "stories260k")
@@ -353,6 +390,8 @@ def model_goldens(out):
             tensors.update(packed_golden(model, 2100 + index))
         if case == "llama3_rope":
             rope_sensitivity(model, ids, logits)
+        if cls is Qwen3ForCausalLM:
+            qk_norm_sensitivity(model, ids, logits)
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
 
 

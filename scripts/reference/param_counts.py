@@ -66,6 +66,8 @@ PEFT_CASES = [
     ("Qwen/Qwen2.5-0.5B", 16, ALL_LINEAR, ["embed_tokens", "lm_head"], False),
     # The QLoRA paper's 65B setting: r=64 on every linear layer.
     ("huggyllama/llama-65b", 64, ALL_LINEAR, None, False),
+    # Qwen3: the q/k norms stay frozen; head_dim 128 != hidden/heads = 64.
+    ("Qwen/Qwen3-0.6B", 16, ALL_LINEAR, None, False),
     # DoRA: one magnitude per output row of every adapted linear, on top of LoRA's pairs.
     ("meta-llama/Meta-Llama-3-8B", 16, ALL_LINEAR, None, True),
     ("stories260k", 8, ["q_proj", "v_proj", "lm_head"], None, True),

@@ -202,6 +202,14 @@ pub struct ChatDataset {
     /// ShareGPT-shaped rows.
     #[serde(default)]
     pub message_property_mappings: Option<Map<String, Value>>,
+    /// The message field holding the role: Axolotl's older spelling of
+    /// `message_property_mappings.role`.
+    #[serde(default)]
+    pub message_field_role: Option<String>,
+    /// The message field holding the content: Axolotl's older spelling of
+    /// `message_property_mappings.content`.
+    #[serde(default)]
+    pub message_field_content: Option<String>,
     /// Per-message boolean field that overrides `roles_to_train` for that turn.
     #[serde(default)]
     pub message_field_training: Option<String>,
@@ -224,6 +232,25 @@ pub struct ChatDataset {
 
 fn default_messages_field() -> String {
     "messages".into()
+}
+
+impl ChatDataset {
+    /// The message field `key` (`role` or `content`) is read from: `message_property_mappings`,
+    /// else the older `message_field_role` / `message_field_content`, else `key` itself.
+    pub fn message_field(&self, key: &str) -> String {
+        let legacy = match key {
+            "role" => self.message_field_role.as_deref(),
+            "content" => self.message_field_content.as_deref(),
+            _ => None,
+        };
+        self.message_property_mappings
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .or(legacy)
+            .unwrap_or(key)
+            .to_string()
+    }
 }
 
 fn default_roles_to_train() -> Vec<String> {
@@ -271,6 +298,10 @@ pub struct PreferenceDataset {
     /// ShareGPT-shaped rows.
     #[serde(default)]
     pub message_property_mappings: Option<Map<String, Value>>,
+    /// Role aliases: `{assistant: [gpt, model], user: [human]}` (each replaces that role's default
+    /// aliases: user ← human, user; assistant ← gpt, assistant; system; tool).
+    #[serde(default)]
+    pub roles: Option<Map<String, Value>>,
 }
 
 /// `type: bradley_terry.chat_template` (Axolotl's reward-model format): single-turn rows with an

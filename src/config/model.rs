@@ -38,18 +38,20 @@ pub struct ModelConfig {
     pub trust_remote_code: bool,
 }
 
-/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2).
+/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelClass {
     AutoModelForCausalLM,
     LlamaForCausalLM,
     MistralForCausalLM,
     Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
     /// A reward model (`reward_model: true`): the model with a score head on its last token.
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,
     MistralForSequenceClassification,
     Qwen2ForSequenceClassification,
+    Qwen3ForSequenceClassification,
 }
 
 impl ModelClass {
@@ -61,6 +63,7 @@ impl ModelClass {
                 | ModelClass::LlamaForSequenceClassification
                 | ModelClass::MistralForSequenceClassification
                 | ModelClass::Qwen2ForSequenceClassification
+                | ModelClass::Qwen3ForSequenceClassification
         )
     }
 }

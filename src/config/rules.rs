@@ -341,6 +341,29 @@ impl Rules<'_> {
     }
 
     fn chat_template(&mut self, c: &Config) {
+        // The older message_field_role / message_field_content and message_property_mappings name the
+        // same thing: they may not disagree (as Axolotl checks).
+        for (list, name) in [(&c.data.datasets, "datasets"), (&c.data.test_datasets, "test_datasets")] {
+            for (i, d) in list.iter().enumerate() {
+                let DatasetConfig::ChatTemplate(chat) = d else { continue };
+                for (key, legacy) in [("role", &chat.message_field_role), ("content", &chat.message_field_content)] {
+                    let mapped =
+                        chat.message_property_mappings.as_ref().and_then(|m| m.get(key)).and_then(|v| v.as_str());
+                    if let (Some(legacy), Some(mapped)) = (legacy, mapped)
+                        && legacy != mapped
+                    {
+                        let legacy_key = format!("{name}.{i}.message_field_{key}");
+                        let mapped_key = format!("{name}.{i}.message_property_mappings.{key}");
+                        self.error(
+                            "message-field-conflict",
+                            format!("`message_field_{key}: {legacy}` and `message_property_mappings.{key}: {mapped}` disagree"),
+                            &[&legacy_key, &mapped_key],
+                            "keep message_property_mappings (message_field_* is Axolotl's older spelling)",
+                        );
+                    }
+                }
+            }
+        }
         let root = c.chat.chat_template;
         if root == Some(ChatTemplateName::Jinja) && c.chat.chat_template_jinja.is_none() {
             self.error(

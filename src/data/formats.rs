@@ -289,7 +289,9 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
     let mapped = |key: &str| {
         d.message_property_mappings.as_ref().and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or(key).to_string()
     };
-    let (role, content) = (mapped("role"), mapped("content"));
+    // The message field holding the role, with the role aliases; the field holding the content.
+    let role = (mapped("role"), role_aliases(d.roles.as_ref())?);
+    let content = mapped("content");
     let field = d.field_messages.as_str();
     let prompt = match row.get(field) {
         Some(p @ Value::String(_)) => p.clone(),
@@ -417,7 +419,36 @@ pub fn parse_kto(row: &Value, format: KtoFormat) -> Result<Preference, String> {
 }
 
 /// Normalises a message list to `{role, content}` (ShareGPT's from/value and human/gpt accepted).
-fn messages(list: &Value, field: &str, role_key: &str, content_key: &str) -> Result<Value, String> {
+/// (role the template sees, the names a dataset may use for it): Axolotl's defaults, each role
+/// a dataset's `roles` names replaced by its aliases.
+type RoleAliases = Vec<(String, Vec<String>)>;
+
+fn role_aliases(roles: Option<&serde_json::Map<String, Value>>) -> Result<RoleAliases, String> {
+    let mut table: RoleAliases = [
+        ("user", &["human", "user"][..]),
+        ("assistant", &["gpt", "assistant"][..]),
+        ("system", &["system"][..]),
+        ("tool", &["tool"][..]),
+    ]
+    .iter()
+    .map(|(r, a)| (r.to_string(), a.iter().map(|s| s.to_string()).collect()))
+    .collect();
+    for (role, names) in roles.into_iter().flatten() {
+        let names: Vec<String> = match names {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(list) if list.iter().all(Value::is_string) => {
+                list.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect()
+            }
+            _ => return Err(format!("roles.{role}: expected a name or a list of names")),
+        };
+        table.retain(|(r, _)| r != role);
+        table.push((role.clone(), names));
+    }
+    Ok(table)
+}
+
+fn messages(list: &Value, field: &str, role: &(String, RoleAliases), content_key: &str) -> Result<Value, String> {
+    let (role_key, aliases) = (role.0.as_str(), &role.1);
     let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
     if items.is_empty() {
         return Err(format!("field `{field}` is an empty list"));
@@ -431,11 +462,7 @@ fn messages(list: &Value, field: &str, role_key: &str, content_key: &str) -> Res
                 get(role_key, "from").ok_or_else(|| format!("{field}[{i}]: no `{role_key}` (or `from`) string"))?;
             let content = get(content_key, "value")
                 .ok_or_else(|| format!("{field}[{i}]: no `{content_key}` (or `value`) string"))?;
-            let role = match role {
-                "human" => "user",
-                "gpt" => "assistant",
-                r => r,
-            };
+            let role = aliases.iter().find(|(_, names)| names.iter().any(|n| n == role)).map_or(role, |(r, _)| r);
             Ok(serde_json::json!({"role": role, "content": content}))
         })
         .collect::<Result<Vec<_>, String>>()
@@ -512,6 +539,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pair.chosen, json!([{"role": "assistant", "content": "hello"}]));
+        // `roles` renames a dataset's role names (Axolotl's `chat_template.default` key).
+        let renamed = entry(json!({"roles": {"assistant": ["model", "bot"], "user": "customer"}}));
+        let pair = parse_preference(
+            &json!({"messages": [{"role": "customer", "content": "hi"}], "chosen": [{"role": "bot", "content": "hello"}],
+                    "rejected": [{"role": "model", "content": "no"}]}),
+            &renamed,
+        )
+        .unwrap();
+        assert_eq!(pair.prompt, json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(pair.chosen, json!([{"role": "assistant", "content": "hello"}]));
+        assert_eq!(pair.rejected, json!([{"role": "assistant", "content": "no"}]));
+        let bad = entry(json!({"roles": {"assistant": 3}}));
+        assert_eq!(
+            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "b"}), &bad).unwrap_err(),
+            "roles.assistant: expected a name or a list of names"
+        );
         assert_eq!(
             parse_preference(&json!({"prompt": "x", "chosen": "a"}), &flat).unwrap_err(),
             "field `rejected` is missing"

@@ -242,11 +242,8 @@ pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<
     let DatasetConfig::ChatTemplate(c) = &d.entry else { return Ok(None) };
     let (template, special) = dataset_template(d, c.chat_template, plan, tokenizer_dir)?;
     let mut options = chat::ChatOptions { field_messages: c.field_messages.clone(), ..chat::ChatOptions::default() };
-    if let Some(m) = &c.message_property_mappings {
-        let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        options.role_field = get("role").unwrap_or(options.role_field);
-        options.content_field = get("content").unwrap_or(options.content_field);
-    }
+    options.role_field = c.message_field("role");
+    options.content_field = c.message_field("content");
     if let Some(roles) = &c.roles {
         for (role, aliases) in roles {
             let aliases: Vec<String> = match aliases {
@@ -346,16 +343,11 @@ fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(S
     }
     if opts.redact_pii {
         let content_key = match &d.entry {
-            DatasetConfig::ChatTemplate(c) => c
-                .message_property_mappings
-                .as_ref()
-                .and_then(|m| m.get("content"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("content"),
-            _ => "content",
+            DatasetConfig::ChatTemplate(c) => c.message_field("content"),
+            _ => "content".to_string(),
         };
         for (_, f) in &mut formatted {
-            for text in f.texts_mut(content_key) {
+            for text in f.texts_mut(&content_key) {
                 c.redactions += hygiene::redact(text);
             }
         }

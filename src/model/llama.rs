@@ -1,9 +1,10 @@
-//! The Llama family (Llama 1/2/3/3.x, Mistral, Qwen2/2.5) as one causal language model. The
+//! The Llama family (Llama 1/2/3/3.x, Mistral, Qwen2/2.5, Qwen3) as one causal language model. The
 //! module tree follows the checkpoint's tensor names (`model.layers.N.self_attn.q_proj.weight`), so
 //! loading is a walk and every error names a Hugging Face tensor. Attention goes through
 //! `scaled_dot_product_attention` (grouped-query heads included); packed rows carry segment ids
 //! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
-//! time during the backward pass.
+//! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
+//! (`q_norm`/`k_norm`), an optional part of the attention block.
 
 use super::linear::{Adapter, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
@@ -57,6 +58,9 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3's per-head RMSNorms ([head_dim], fp32), applied to q and k before rotary embedding.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
 }
 
 pub struct Mlp {
@@ -166,9 +170,13 @@ impl CausalLm {
         };
         // Norm weights scale the fp32 residual stream: kept in fp32 whatever the base's kind (they
         // are a few thousand values per layer).
-        let norm = |name: &str| -> Result<Tensor, String> {
-            let t = ckpt.load(name, &[arch.hidden_size as i64], Kind::Float, device)?;
+        let norm_of = |name: &str, size: u64| -> Result<Tensor, String> {
+            let t = ckpt.load(name, &[size as i64], Kind::Float, device)?;
             Ok(if full { t.set_requires_grad(true) } else { t })
+        };
+        let norm = |name: &str| norm_of(name, arch.hidden_size);
+        let head_norm = |name: String| -> Result<Option<Tensor>, String> {
+            if arch.qk_norm { norm_of(&name, arch.head_dim).map(Some) } else { Ok(None) }
         };
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
@@ -241,6 +249,8 @@ impl CausalLm {
                     k_proj: linear(format!("{attn}.k_proj"), h, nkv * hd, arch.qkv_bias)?,
                     v_proj: linear(format!("{attn}.v_proj"), h, nkv * hd, arch.qkv_bias)?,
                     o_proj: linear(format!("{attn}.o_proj"), nh * hd, h, arch.o_bias)?,
+                    q_norm: head_norm(format!("{attn}.q_norm.weight"))?,
+                    k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
@@ -436,8 +446,13 @@ impl CausalLm {
         let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps).to_kind(ck);
         let at = &layer.self_attn;
         let on = self.adapters_on();
-        let q = at.q_proj.forward(&h, train, on).view([b, t, nh, hd]).transpose(1, 2);
-        let k = at.k_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
+        // Qwen3 normalises each head (over head_dim) before the heads move to dim 1, as transformers does.
+        let head_norm = |x: Tensor, w: &Option<Tensor>| match w {
+            Some(w) => rms_norm(&x, w, a.rms_norm_eps),
+            None => x,
+        };
+        let q = head_norm(at.q_proj.forward(&h, train, on).view([b, t, nh, hd]), &at.q_norm).transpose(1, 2);
+        let k = head_norm(at.k_proj.forward(&h, train, on).view([b, t, nkv, hd]), &at.k_norm).transpose(1, 2);
         let v = at.v_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
         let (cos, sin) = cos_sin;
         let q = rope::apply(&q, cos, sin);
@@ -650,6 +665,9 @@ impl CausalLm {
                 name: format!("{p}.post_attention_layernorm.weight"),
                 tensor: layer.post_attention_layernorm.shallow_clone(),
             });
+            for (name, w) in head_norms(layer) {
+                out.push(Param { name: format!("{p}.self_attn.{name}.weight"), tensor: w.shallow_clone() });
+            }
             for lin in layer_linears(layer) {
                 let weight = match &lin.quantized {
                     Some(q) => q.dequantize(q.dtype()),
@@ -692,6 +710,9 @@ impl CausalLm {
             let p = format!("model.layers.{l}");
             out.push(ready(&format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
             out.push(ready(&format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm));
+            for (name, w) in head_norms(layer) {
+                out.push(ready(&format!("{p}.self_attn.{name}.weight"), w));
+            }
             for lin in layer_linears(layer) {
                 out.push(merged(format!("{}.weight", lin.name), lin));
                 if let Some(b) = &lin.bias {
@@ -730,6 +751,12 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
 fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
     let (a, m) = (&l.self_attn, &l.mlp);
     [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+}
+
+/// A layer's per-head query/key norms (Qwen3), by module name under `self_attn`.
+fn head_norms(l: &DecoderLayer) -> impl Iterator<Item = (&'static str, &Tensor)> {
+    let a = &l.self_attn;
+    [("q_norm", a.q_norm.as_ref()), ("k_norm", a.k_norm.as_ref())].into_iter().filter_map(|(n, w)| Some((n, w?)))
 }
 
 /// peft's saved-name prefix for a base module.

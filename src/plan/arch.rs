@@ -1,11 +1,12 @@
-//! Architectures the executor can run (the Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2/2.5),
+//! Architectures the executor can run (the Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2/2.5,
+//! and Qwen3 dense, which adds a per-head RMSNorm on queries and keys),
 //! read from a Hugging Face config.json, with exact parameter counts and the linear modules LoRA
 //! can target. Module names are Hugging Face's, so they match peft's `target_modules`.
 
 use serde::{Deserialize, Serialize};
 
 /// The families `recipe run` supports, by config.json `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -13,6 +14,7 @@ pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
 /// Llama 3.1-style rope scaling (`rope_type: llama3`) or linear/dynamic scaling by a factor.
@@ -55,6 +57,11 @@ pub struct Architecture {
     /// Bias on o_proj (Llama with `attention_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// RMSNorm over each query and key head (`self_attn.q_norm` / `k_norm`, [head_dim]) after the
+    /// projection and before rotary embedding (Qwen3). Left out of the JSON when false, so plans
+    /// of the other families keep their shape.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
     /// config.json `torch_dtype`: the dtype the weights are stored in.
     pub dtype: String,
     /// Standard deviation transformers initialises new weights with (a reward model's `score`).
@@ -137,6 +144,7 @@ impl Architecture {
             "llama" => Family::Llama,
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
             other => {
                 return Err(format!(
                     "model_type `{other}` ({}) is not an architecture recipe can run; supported: {}",
@@ -155,8 +163,16 @@ impl Architecture {
                 raw.num_attention_heads
             ));
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        let qwen = family == Family::Qwen2;
+        // Qwen3Config's head_dim defaults to 128, not hidden/heads (Qwen3-0.6B: 1024 / 16 heads, 128).
+        let head_dim = match (raw.head_dim, family) {
+            (Some(d), _) => d,
+            (None, Family::Qwen3) => 128,
+            (None, _) => raw.hidden_size / raw.num_attention_heads,
+        };
+        if head_dim == 0 {
+            return Err("config.json: head_dim must be positive".into());
+        }
+        let qwen2 = family == Family::Qwen2;
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(format!("config.json: hidden_act `{act}` is not supported (the Llama family uses silu)"));
         }
@@ -165,7 +181,8 @@ impl Architecture {
             None => (raw.rope_theta, raw.rope_scaling.filter(|s| s.rope_type != "default")),
         };
         let sliding_window = match family {
-            Family::Qwen2 if raw.use_sliding_window != Some(true) => None,
+            // Qwen2/Qwen3 keep sliding_window only with use_sliding_window (their configs' __post_init__).
+            Family::Qwen2 | Family::Qwen3 if raw.use_sliding_window != Some(true) => None,
             _ => raw.sliding_window,
         };
         Ok(Architecture {
@@ -183,11 +200,16 @@ impl Architecture {
             rope_scaling,
             sliding_window,
             rms_norm_eps: raw.rms_norm_eps,
-            // transformers' PretrainedConfig default is tied; Llama/Mistral configs say false.
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(!matches!(family, Family::Llama | Family::Mistral)),
-            qkv_bias: qwen || raw.attention_bias,
-            o_bias: !qwen && raw.attention_bias,
+            // transformers' PretrainedConfig default is tied; Llama/Mistral/Qwen3 configs say false.
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(!matches!(family, Family::Llama | Family::Mistral | Family::Qwen3)),
+            // Qwen2 always has q/k/v bias and none on o_proj; the others (Qwen3 included) put
+            // `attention_bias` on all four.
+            qkv_bias: qwen2 || raw.attention_bias,
+            o_bias: !qwen2 && raw.attention_bias,
             mlp_bias: raw.mlp_bias,
+            qk_norm: family == Family::Qwen3,
             dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
             initializer_range: raw.initializer_range,
         })
@@ -218,7 +240,7 @@ impl Architecture {
     pub fn parameter_counts(&self) -> ParameterCounts {
         let embed_tokens = self.vocab_size * self.hidden_size;
         let linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
-        let norms = 2 * self.hidden_size;
+        let norms = 2 * self.hidden_size + if self.qk_norm { 2 * self.head_dim } else { 0 };
         let per_layer = linears + norms;
         let lm_head = if self.tie_word_embeddings { 0 } else { self.lm_head().parameters() };
         let final_norm = self.hidden_size;
@@ -257,7 +279,7 @@ impl Linear {
 pub struct ParameterCounts {
     pub total: u64,
     pub embed_tokens: u64,
-    /// One decoder layer: its linear layers and two RMSNorms.
+    /// One decoder layer: its linear layers and two RMSNorms (four with Qwen3's q/k norms).
     pub per_layer: u64,
     /// The linear layers of one decoder layer.
     pub layer_linears: u64,
@@ -278,5 +300,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("gpt2") && err.contains("GPT2LMHeadModel") && err.contains("llama, mistral, qwen2"));
+    }
+
+    #[test]
+    fn qwen3_reads_head_dim_qk_norms_and_attention_bias() {
+        // Qwen3-0.6B's config.json: head_dim 128 is not 1024 / 16 = 64.
+        let a = Architecture::from_config_json(
+            r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024,
+               "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+               "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": true,
+               "attention_bias": false, "rope_theta": 1000000, "sliding_window": null, "use_sliding_window": false}"#,
+        )
+        .unwrap();
+        assert_eq!((a.family, a.head_dim, a.qk_norm, a.qkv_bias, a.o_bias), (Family::Qwen3, 128, true, false, false));
+        // transformers: 596,049,920 parameters (28 layers, tied head).
+        assert_eq!(a.parameter_counts().total, 596_049_920);
+        // attention_bias puts a bias on all four projections (Qwen2 has none on o_proj); untied by default.
+        let a = Architecture::from_config_json(
+            r#"{"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+               "num_attention_heads": 4, "vocab_size": 100, "attention_bias": true}"#,
+        )
+        .unwrap();
+        assert_eq!((a.head_dim, a.qkv_bias, a.o_bias, a.tie_word_embeddings), (128, true, true, false));
     }
 }

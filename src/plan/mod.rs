@@ -164,12 +164,13 @@ pub fn render_text(plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "           context {}, rope theta {}{}, tied embeddings {}, qkv bias {}, dtype {}",
+        "           context {}, rope theta {}{}, tied embeddings {}, qkv bias {}{}, dtype {}",
         a.max_position_embeddings,
         a.rope_theta,
         a.rope_scaling.as_ref().map_or(String::new(), |r| format!(" ({} ×{})", r.rope_type, r.factor)),
         a.tie_word_embeddings,
         a.qkv_bias,
+        if a.qk_norm { ", q/k head norm" } else { "" },
         a.dtype
     );
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));

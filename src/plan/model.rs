@@ -58,6 +58,7 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("Qwen/Qwen2.5-14B", include_str!("models/Qwen--Qwen2.5-14B.json")),
     ("Qwen/Qwen2.5-32B", include_str!("models/Qwen--Qwen2.5-32B.json")),
     ("Qwen/Qwen2.5-72B", include_str!("models/Qwen--Qwen2.5-72B.json")),
+    ("Qwen/Qwen3-0.6B", include_str!("models/Qwen--Qwen3-0.6B.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes

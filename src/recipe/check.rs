@@ -459,7 +459,12 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
         }
         ValidationErrorKind::Constant { expected_value } => {
             // trust_remote_code is const false: "not supported" (a recipe never runs code), not "wrong".
-            let rule = if last_key == "trust_remote_code" { "unsupported-remote-code" } else { "value" };
+            let rule = match last_key.as_str() {
+                "trust_remote_code" => "unsupported-remote-code",
+                // Conv1D-style (in, out) weights: GPT-2's layout, which no model family of recipe's has.
+                "lora_fan_in_fan_out" => "unsupported-axolotl-value",
+                _ => "value",
+            };
             let mut d = base(rule, format!("`{path}` must be `{}`", plain(expected_value)))
                 .at(at, format!("expected `{}`", plain(expected_value)))
                 .expected(format!("`{}`", plain(expected_value)))
@@ -557,6 +562,11 @@ fn enum_diagnostic(
             [single] if last_key == "trust_remote_code" => (
                 "unsupported-remote-code",
                 format!("`{path}` must be `{}`: a recipe never runs code", plain(single)),
+                None,
+            ),
+            [single] if last_key == "lora_fan_in_fan_out" => (
+                "unsupported-axolotl-value",
+                format!("`{path}` must be `{}`: no model family of recipe's stores (in, out) weights", plain(single)),
                 None,
             ),
             [single] => ("value", format!("`{path}` must be `{}`", plain(single)), None),
