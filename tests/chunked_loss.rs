@@ -45,6 +45,7 @@ fn lora(targets: &[&str], modules_to_save: &[&str]) -> Trainable {
         r: 4,
         scaling: 2.0,
         dropout: 0.0,
+        dora: false,
         modules_to_save: modules_to_save.iter().map(|s| s.to_string()).collect(),
     }
 }

@@ -1,7 +1,9 @@
 //! LoRA parity with peft: for the same base, adapter weights (loaded from peft's own
 //! adapter_model.safetensors) and batch, the loss, logits and every adapter gradient match the
 //! goldens written by scripts/reference/model_goldens.py (gradients within 1e-4 relative), with
-//! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save.
+//! and without gradient checkpointing. Covers all-linear targets, rsLoRA and modules_to_save, and
+//! DoRA (peft's `use_dora`: magnitude gradients too, a base with q/k/v biases, and the merged
+//! weights against peft's `merge_and_unload`).
 #![cfg(feature = "exec")]
 
 mod common;
@@ -91,6 +93,54 @@ fn gradient_checkpointing_gives_the_same_gradients() {
 }
 
 #[test]
+fn dora_logits_and_gradients_match_peft() {
+    check("stories260k_dora", false);
+    check("qwen2_dora_bias", false);
+}
+
+#[test]
+fn dora_with_gradient_checkpointing_gives_the_same_gradients() {
+    check("qwen2_dora_bias", true);
+}
+
+#[test]
+fn dora_merge_matches_peft_merge_and_unload() {
+    // peft folds DoRA as (m / ||W + ΔW||) · (W + ΔW); the goldens hold its merged layer-0 weights.
+    for case in ["stories260k_dora", "qwen2_dora_bias"] {
+        let (model, g, _) = load_case(case, Kind::Float);
+        let mut compared = 0;
+        let mut worst = 0f64;
+        for lin in model.linears() {
+            let Some(expected) = g.get(&format!("merged.{}.weight", lin.name)) else { continue };
+            let merged = lin.merged_weight();
+            let d = (&merged - expected).abs().max().double_value(&[]);
+            worst = worst.max(d);
+            assert!(d < 1e-5, "{case}: merged {} differs from peft's by {d:e}", lin.name);
+            // The magnitude matters: the plain LoRA fold W + ΔW is not what peft writes.
+            let w = lin.weight.to_kind(Kind::Float);
+            let cfg = adapter::read_config(&root().join("tests/golden/lora").join(case)).unwrap();
+            let recipe::model::llama::Trainable::Lora { scaling, .. } = cfg.trainable else { unreachable!() };
+            let lora = model_lora_delta(lin, scaling);
+            let plain = (w + lora - expected).abs().max().double_value(&[]);
+            assert!(
+                plain > 1e-3,
+                "{case}: {}: DoRA's merge equals LoRA's ({plain:e}); the check would be void",
+                lin.name
+            );
+            compared += 1;
+        }
+        assert!(compared >= 4, "{case}: only {compared} merged weights in the goldens");
+        eprintln!("{case}: {compared} merged weights, worst difference from peft {worst:e}");
+    }
+}
+
+/// scaling · B A of a layer's adapter, from its saved tensors.
+fn model_lora_delta(lin: &recipe::model::linear::Linear, scaling: f64) -> Tensor {
+    let t: std::collections::HashMap<&str, Tensor> = lin.adapter.as_ref().unwrap().tensors().into_iter().collect();
+    t["lora_B.weight"].matmul(&t["lora_A.weight"]).detach() * scaling
+}
+
+#[test]
 fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
     // The fp16 path the executor takes on GPUs without bf16: base and matmuls in fp16, LoRA masters
     // in fp32, the loss scaled by 65536 for the backward pass and the gradients unscaled after it
@@ -152,9 +202,9 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
 
 #[test]
 fn adapters_switched_off_give_the_base_model() {
-    // peft's disable_adapter: LoRA pairs and modules_to_save copies (here a saved head) give way
-    // to the base, from the same weights; switched back on, the adapted model returns.
-    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head", "qwen3_all_linear"] {
+    // peft's disable_adapter: LoRA pairs (with DoRA's magnitudes) and modules_to_save copies (here a
+    // saved head) give way to the base, from the same weights; switched back on, the adapted model returns.
+    for case in ["stories260k_all_linear", "llama_untied_rslora_save_head", "qwen3_all_linear", "qwen2_dora_bias"] {
         let (model, g, positions) = load_case(case, Kind::Float);
         let dir = root().join("tests/golden/lora").join(case);
         let cfg = adapter::read_config(&dir).unwrap();

@@ -1,7 +1,7 @@
 //! Outputs the ecosystem loads. Short LoRA and full fine-tunes of stories260k with the real
 //! binary, then: the adapter folder reloaded by recipe gives the logits the run ended with; `recipe
 //! merge` writes a Hugging Face folder whose logits equal base + adapter (1e-4); the full fine-tune
-//! folder reloads. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
+//! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
 //! for scripts/reference/check_outputs.py, which loads them with peft and transformers.
 #![cfg(feature = "exec")]
 
@@ -24,6 +24,9 @@ fn train(dir: &Path, method: &str) -> PathBuf {
     let adapter = match method {
         "lora" => "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n",
         "lora_head" => "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [q_proj, v_proj, lm_head]\n",
+        "dora" => {
+            "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_dropout: 0.1\nlora_target_linear: true\npeft_use_dora: true\n"
+        }
         _ => "",
     };
     let text = format!(
@@ -134,6 +137,53 @@ fn lora_output_reloads_and_merges_exactly() {
     let expected = (base[&format!("{name}.weight")].to_kind(Kind::BFloat16).to_kind(Kind::Float) + b.matmul(a) * 2.0)
         .to_kind(Kind::BFloat16);
     assert!(written[&format!("{name}.weight")].equal(&expected), "bf16 merge of {name}");
+}
+
+#[test]
+fn dora_output_reloads_and_merges_exactly() {
+    // DoRA (with dropout, so training takes peft's recomputed-base path): the adapter folder says
+    // use_dora and holds a trained magnitude per output row under peft's key; reloaded and merged,
+    // it gives the logits the run ended with.
+    let dir = fresh("lora_dora");
+    let recipe_path = train(&dir, "dora");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["use_dora"], true, "adapter_config.json: use_dora");
+    let saved: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(
+        saved.keys().filter(|k| k.ends_with(".lora_magnitude_vector")).count(),
+        5 * 7,
+        "one magnitude per linear"
+    );
+    let name = "model.layers.0.self_attn.q_proj";
+    let magnitude = &saved[&format!("base_model.model.{name}.lora_magnitude_vector")];
+    let base: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(root().join("models/stories260k/model.safetensors")).unwrap().into_iter().collect();
+    // The magnitude starts at ||W|| per row (B = 0) and is trained away from it.
+    let start = base[&format!("{name}.weight")].to_kind(Kind::Float).norm_scalaropt_dim(2.0, [1i64], false);
+    let moved = (magnitude - start).abs().max().double_value(&[]);
+    assert!(moved > 1e-4, "the magnitude of {name} did not train ({moved:e})");
+
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "training should have changed the adapter's logits ({moved:e})");
+    save_logits(&dir, &adapted);
+
+    let merged = fresh("merged_dora");
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .arg("--output")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged DoRA logits differ from base + adapter by {diff:e}");
+    save_logits(&merged, &adapted);
 }
 
 #[test]

@@ -45,11 +45,13 @@ fn trainable_counts_equal_peft() {
         config.adapter.lora_alpha = Some(case["lora_alpha"].as_u64().unwrap() as u32);
         let targets = case["target_modules"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string());
         config.adapter.lora_target_modules = Some(ModuleList::Many(targets.collect()));
+        config.adapter.peft_use_dora = case["use_dora"].as_bool().unwrap();
         if let Some(save) = case["modules_to_save"].as_array() {
             config.adapter.lora_modules_to_save = save.iter().map(|m| m.as_str().unwrap().to_string()).collect();
         }
         let plan = adapter::plan(&config, &arch).unwrap();
-        assert_eq!(plan.trainable_parameters, case["trainable"].as_u64().unwrap(), "{name}: trainable");
-        assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name}: all params");
+        let dora = if config.adapter.peft_use_dora { " (DoRA)" } else { "" };
+        assert_eq!(plan.trainable_parameters, case["trainable"].as_u64().unwrap(), "{name}{dora}: trainable");
+        assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name}{dora}: all params");
     }
 }

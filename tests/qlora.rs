@@ -1,7 +1,7 @@
 //! QLoRA: the base quantized to NF4 (double quant) while loading, LoRA trained on top. Resident
 //! quantized weight bytes agree with the plan's figure; a short run on stories260k lowers the
 //! validation loss; `recipe merge` folds the adapter into the dequantized base with logits equal to
-//! the quantized base + adapter (1e-4, fp32).
+//! the quantized base + adapter (1e-4, fp32). LoRA and DoRA over NF4 match peft over bitsandbytes.
 #![cfg(feature = "exec")]
 
 mod common;
@@ -194,7 +194,20 @@ fn recipe_quantize_writes_a_folder_that_loads_without_quantizing_again() {
 /// loss, logits and LoRA gradients for the same adapter and batch.
 #[test]
 fn qlora_matches_peft_over_bitsandbytes() {
-    let dir = root().join("tests/golden/qlora/stories260k_nf4_dq");
+    matches_peft_over_bitsandbytes("stories260k_nf4_dq");
+}
+
+#[test]
+fn qlora_dora_matches_peft_over_bitsandbytes() {
+    // peft takes DoRA's row norms from bitsandbytes' dequantized weight; so does the layer here.
+    matches_peft_over_bitsandbytes("stories260k_nf4_dq_dora");
+}
+
+/// A case of scripts/reference/qlora_goldens.py: the NF4 base quantized while loading (checked
+/// against bitsandbytes' codes where the case stores them), peft's adapter loaded, then logits,
+/// loss and every adapter gradient against peft over bitsandbytes.
+fn matches_peft_over_bitsandbytes(case: &str) {
+    let dir = root().join("tests/golden/qlora").join(case);
     let cfg = recipe::model::adapter::read_config(&dir).unwrap();
     let base = root().join("models/stories260k");
     let arch = recipe::plan::model::local_architecture(&base).unwrap();
@@ -206,8 +219,10 @@ fn qlora_matches_peft_over_bitsandbytes() {
         score_head: false,
     };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    // The DoRA case shares the quantized base of stories260k_nf4_dq and does not store it again.
+    let codes = root().join("tests/golden/qlora/stories260k_nf4_dq/quantized.safetensors");
     let quantized: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join("quantized.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(codes).unwrap().into_iter().collect();
     for lin in model.linears() {
         let Some(QuantizedWeight::Four(q)) = lin.quantized.as_ref() else { panic!("{} is not 4-bit", lin.name) };
         let name = format!("{}.weight", lin.name);
@@ -239,12 +254,14 @@ fn qlora_matches_peft_over_bitsandbytes() {
         / counted;
     let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
     let mut worst = 0f64;
-    for p in model.trainable_params() {
+    let params = model.trainable_params();
+    assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count(), "{case}: trainable set");
+    for p in params {
         let expected = &g[&format!("grad.{}", p.name)];
         let rel = (&p.tensor.grad() - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
         worst = worst.max(rel);
     }
-    eprintln!("QLoRA vs peft + bitsandbytes: logits {d:e}, loss {dl:e}, worst relative gradient {worst:e}");
+    eprintln!("{case} vs peft + bitsandbytes: logits {d:e}, loss {dl:e}, worst relative gradient {worst:e}");
     assert!(d < 1e-4 && dl < 1e-5 && worst < 1e-4);
 }
 

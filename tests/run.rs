@@ -565,6 +565,12 @@ fn lora_model_dir_continues_a_trained_adapter_and_refuses_another_shape() {
     assert_eq!(other.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(stderr.contains("the adapter has r=4") && stderr.contains("the recipe asks r=8"), "{stderr}");
+    // A plain LoRA adapter is not continued as DoRA (it has no magnitudes to load).
+    let dora =
+        recipe().arg("run").arg(&path).args(["--device", "cpu", "--set", "peft_use_dora=true"]).output().unwrap();
+    assert_eq!(dora.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&dora.stderr);
+    assert!(stderr.contains("the adapter is plain LoRA, the recipe asks DoRA"), "{stderr}");
 }
 
 #[test]

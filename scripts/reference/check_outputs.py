@@ -27,6 +27,9 @@ given as the first argument:
                (loaded as AutoModelForSequenceClassification; the adapter's base with num_labels 1 and
                the tokenizer's pad token, EOS when it has none)
 
+  DIR/lora_dora/, DIR/merged_dora/  like lora/ and merged/ for a DoRA adapter (use_dora: true, its
+               magnitudes saved as ...lora_magnitude_vector) and its `recipe merge` folder
+
   every recipe_logits.safetensors holds
     input_ids  int64 [B, T]
     logits     fp32  [B, T, V]
@@ -43,6 +46,8 @@ use_cache=False, torch.manual_seed(0), under torch.no_grad():
           upcast), and peft must raise no missing-keys warning.
   full,   model = AutoModelForCausalLM.from_pretrained(DIR/case, output_loading_info=True);
   merged  no missing, unexpected or mismatched keys.
+  merged_dora  also: peft's merge_and_unload of DIR/lora_dora (PeftModel over its base) must
+          equal every weight of DIR/merged_dora/model.safetensors within 1e-5 (max abs).
   all     AutoTokenizer.from_pretrained(DIR/case) must load (proves the folder carries its
           tokenizer; len(tokenizer) is reported), logits = model(input_ids).logits must
           have recipe's shape, and max |logits - recipe logits| must be < 1e-4 (NaN fails).
@@ -87,8 +92,10 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
-CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full")
+CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
+         "lora_dora", "merged_dora")
 TOL = 1e-4
+MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"
 
 
@@ -206,7 +213,7 @@ def check_lora(case_dir, rec):
     rec["adapter_unexpected_keys"] = unexpected
     rec["adapter_values_differ"] = differ
     rec["peft_warnings"] = peft_warnings
-    rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "modules_to_save")}
+    rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "modules_to_save")}
     rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
                                      if isinstance(acfg.get("target_modules"), list)
                                      else acfg.get("target_modules"))
@@ -228,6 +235,24 @@ def check_model(case_dir, rec):
         rec["config_tie_word_embeddings"] = json.load(f).get("tie_word_embeddings")
     ok = not (rec["missing_keys"] or rec["unexpected_keys"] or rec["mismatched_keys"])
     return model, ok
+
+
+def check_peft_merge(adapter_dir, merged_dir, rec):
+    """peft's merge_and_unload of the adapter against the weights recipe merged."""
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        base_name = json.load(f)["base_model_name_or_path"]
+    base, _ = load_model(resolve_base(base_name))
+    want = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().state_dict()
+    got = load_file(os.path.join(merged_dir, "model.safetensors"))
+    # A tied head is one tensor: transformers' state_dict lists it twice, the file once.
+    missing = sorted(k for k in want if k not in got and not (k == "lm_head.weight" and base.config.tie_word_embeddings))
+    unexpected = sorted(k for k in got if k not in want)
+    worst = max((want[k].float() - got[k].float()).abs().max().item() for k in got if k in want)
+    rec["peft_merge_missing_keys"] = missing
+    rec["peft_merge_unexpected_keys"] = unexpected
+    rec["peft_merge_max_abs_diff"] = worst
+    rec["peft_merge_ok"] = bool(not missing and not unexpected and math.isfinite(worst) and worst < MERGE_TOL)
+    return rec["peft_merge_ok"]
 
 
 def run_case(name, case_dir):
@@ -263,6 +288,9 @@ def run_case(name, case_dir):
         rec["max_abs_diff"] = diff if math.isfinite(diff) else str(diff)
         rec["logits_ok"] = bool(math.isfinite(diff) and diff < TOL)
         rec["pass"] = rec["logits_ok"] and rec["load_ok"] and rec["tokenizer_ok"]
+        if name == "merged_dora":
+            merge_ok = check_peft_merge(os.path.join(os.path.dirname(case_dir), "lora_dora"), case_dir, rec)
+            rec["pass"] = rec["pass"] and merge_ok
     except Exception as e:  # noqa: BLE001 (every failure is reported per case)
         rec["error"] = f"{type(e).__name__}: {e}"
         rec["pass"] = False
@@ -299,18 +327,21 @@ def main():
             continue
         cases[c] = run_case(c, case_dir)
 
-    print(f"\n{'case':8s} {'max abs diff':>14s}  {'loads':5s}  {'tokenizer':9s}  result")
+    print(f"\n{'case':12s} {'max abs diff':>14s}  {'loads':5s}  {'tokenizer':9s}  result")
     for c, rec in cases.items():
         d = rec.get("max_abs_diff")
         ds = "-" if d is None else (f"{d:.3e}" if isinstance(d, float) else d)
         loads = "-" if "load_ok" not in rec else ("ok" if rec["load_ok"] else "BAD")
         toks = "-" if "tokenizer_ok" not in rec else ("ok" if rec["tokenizer_ok"] else "BAD")
-        print(f"{c:8s} {ds:>14s}  {loads:5s}  {toks:9s}  {'pass' if rec['pass'] else 'FAIL'}")
+        print(f"{c:12s} {ds:>14s}  {loads:5s}  {toks:9s}  {'pass' if rec['pass'] else 'FAIL'}")
     for c, rec in cases.items():
         for k in ("error", "tokenizer_error"):
             if rec.get(k):
                 print(f"  {c}: {k}: {rec[k][:500]}")
+        if "peft_merge_max_abs_diff" in rec:
+            print(f"  {c}: peft merge_and_unload vs recipe merge: max abs diff {rec['peft_merge_max_abs_diff']:.3e}")
         for k in ("adapter_missing_keys", "adapter_unexpected_keys", "adapter_values_differ",
+                  "peft_merge_missing_keys", "peft_merge_unexpected_keys",
                   "peft_warnings", "missing_keys", "unexpected_keys", "mismatched_keys"):
             if rec.get(k):
                 print(f"  {c}: {k}: {rec[k]}")

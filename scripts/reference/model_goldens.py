@@ -86,11 +86,19 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    qwen3_all_linear               base tests/golden/model/qwen3_gqa_tied, r 4,
                                   lora_alpha 8, target q/k/v/o/gate/up/down_proj
 
+   stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
+                                  target q/k/v/o/gate/up/down_proj
+   qwen2_dora_bias                base tests/golden/model/qwen2 (q/k/v biases: peft takes the
+                                  bias out of the base term), r 4, lora_alpha 16, use_dora,
+                                  target k_proj, q_proj, v_proj, down_proj
+
    The base is loaded with from_pretrained from its path relative to the repository root
    (so adapter_config.json's base_model_name_or_path is that relative path). After
    get_peft_model every lora_A / lora_B weight (named_parameters order) is redrawn as
    0.1 * randn from a generator seeded with 3000 + case index; a modules_to_save copy gets
-   0.01 * randn added so it differs from the base. target_modules is stored as a sorted
+   0.01 * randn added so it differs from the base; a DoRA magnitude (peft initialises it to
+   ||W + scaling B A|| per row, from the A and B before the redraw) is then multiplied by
+   1 + 0.1 * randn, so m / ||W + scaling B A|| is far from 1. target_modules is stored as a sorted
    list so adapter_config.json does not depend on Python's set order. model.save_pretrained
    writes adapter_config.json + adapter_model.safetensors as peft writes them (peft's
    README.md model card is deleted). Then with input_ids [2, 16] (generator seed
@@ -101,7 +109,10 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
      logits fp32 [2, 16, vocab], and grad.<key> fp32 for every key of
      adapter_model.safetensors (every trainable parameter; e.g.
      grad.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight,
-     grad.base_model.model.lm_head.weight).
+     grad.base_model.model.lm_head.weight,
+     grad.base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector).
+   The DoRA cases also hold merged.<module>.weight fp32 for every target of layer 0 (e.g.
+   merged.model.layers.0.self_attn.q_proj.weight): peft's merge_and_unload after the backward.
    case.json records the base model path and the LoRA settings.
 
 How to run (from anywhere; versions pinned in scripts/reference/requirements.txt):
@@ -205,6 +216,10 @@ LORA_CASES = [
           modules_to_save=["lm_head"])),
     ("qwen3_all_linear", GOLDEN + "/model/qwen3_gqa_tied",
      dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
+    ("stories260k_dora", STORIES,
+     dict(r=4, lora_alpha=8, use_dora=True, target_modules=ALL_LINEAR)),
+    ("qwen2_dora_bias", GOLDEN + "/model/qwen2",
+     dict(r=4, lora_alpha=16, use_dora=True, target_modules=["k_proj", "q_proj", "v_proj", "down_proj"])),
 ]
 LORA_T = 16
 LORA_MASKED = 5
@@ -380,6 +395,24 @@ def model_goldens(out):
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
 
 
+def saved_name(param):
+    """The adapter file's key for a trainable parameter's name, as peft saves it."""
+    name = param.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
+    return name.replace(".default", "").replace(".modules_to_save", "")
+
+
+def dora_merged(model, targets):
+    """peft's merge_and_unload of a DoRA model: the merged weight of every targeted linear
+    of layer 0, as merged.<HF module name>.weight (the model is spent afterwards)."""
+    merged = model.merge_and_unload()
+    out = {}
+    for name, mod in merged.named_modules():
+        if ".layers.0." in name and name.rsplit(".", 1)[-1] in targets:
+            out[f"merged.{name}.weight"] = mod.weight.detach().float()
+    assert len(out) == len(targets), sorted(out)
+    return out
+
+
 def lora_goldens(out):
     for index, (case, base_rel, kw) in enumerate(LORA_CASES):
         case_dir = os.path.join(out, GOLDEN, "lora", case)
@@ -400,6 +433,9 @@ def lora_goldens(out):
             for name, p in model.named_parameters():
                 if ".modules_to_save." in name:
                     p.add_(0.01 * torch.randn(p.shape, generator=g))
+            for name, p in model.named_parameters():
+                if ".lora_magnitude_vector." in name:
+                    p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
         model.eval()
         model.save_pretrained(case_dir, safe_serialization=True)
         readme = os.path.join(case_dir, "README.md")
@@ -412,7 +448,7 @@ def lora_goldens(out):
         key_of = {}
         for key, t in saved.items():
             cands = [n for n, p in trainable.items()
-                     if n.replace(".default", "").replace(".modules_to_save", "") == key
+                     if saved_name(n) == key
                      and torch.equal(p.detach(), t)]
             assert len(cands) == 1, f"{case}: {key} matches {cands}"
             key_of[cands[0]] = key
@@ -434,6 +470,8 @@ def lora_goldens(out):
             assert grad.abs().max().item() > 0, f"{case}: zero gradient for {name}"
             tensors["grad." + key] = grad
         assert all(("grad." + k) in tensors for k in saved), f"{case}: adapter key without grad"
+        if kw.get("use_dora"):
+            tensors.update(dora_merged(model, kw["target_modules"]))
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
         write_json({"base_model": base_rel, "lora": {k: (sorted(v) if isinstance(v, list) else v)
                                                      for k, v in kw.items()},

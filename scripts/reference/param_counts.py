@@ -16,7 +16,7 @@ What it does
      for the bundled model).
   2. Wraps fresh meta-device models with peft's get_peft_model(model, LoraConfig(...))
      for a fixed list of cases (task_type CAUSAL_LM, lora_dropout 0.05, bias "none",
-     lora_alpha = 2 * r) and records what model.get_nb_trainable_parameters() reports
+     lora_alpha = 2 * r; use_dora for the DoRA cases) and records what model.get_nb_trainable_parameters() reports
      as (trainable, all), plus the base model's total before peft. Written to
      tests/golden/peft_trainable.json (a list of cases; each carries peft_version).
 
@@ -57,17 +57,20 @@ GOLDEN_DIR = os.path.join(ROOT, "tests", "golden")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# (model key, r, target_modules, modules_to_save)
+# (model key, r, target_modules, modules_to_save, use_dora)
 PEFT_CASES = [
-    ("meta-llama/Llama-2-13b-hf", 32, ALL_LINEAR, None),
-    ("meta-llama/Meta-Llama-3-8B", 16, ["q_proj", "v_proj"], None),
-    ("mistralai/Mistral-7B-v0.1", 64, ALL_LINEAR, ["lm_head"]),
-    ("stories260k", 8, ALL_LINEAR, None),
-    ("Qwen/Qwen2.5-0.5B", 16, ALL_LINEAR, ["embed_tokens", "lm_head"]),
+    ("meta-llama/Llama-2-13b-hf", 32, ALL_LINEAR, None, False),
+    ("meta-llama/Meta-Llama-3-8B", 16, ["q_proj", "v_proj"], None, False),
+    ("mistralai/Mistral-7B-v0.1", 64, ALL_LINEAR, ["lm_head"], False),
+    ("stories260k", 8, ALL_LINEAR, None, False),
+    ("Qwen/Qwen2.5-0.5B", 16, ALL_LINEAR, ["embed_tokens", "lm_head"], False),
     # The QLoRA paper's 65B setting: r=64 on every linear layer.
-    ("huggyllama/llama-65b", 64, ALL_LINEAR, None),
+    ("huggyllama/llama-65b", 64, ALL_LINEAR, None, False),
     # Qwen3: the q/k norms stay frozen; head_dim 128 != hidden/heads = 64.
-    ("Qwen/Qwen3-0.6B", 16, ALL_LINEAR, None),
+    ("Qwen/Qwen3-0.6B", 16, ALL_LINEAR, None, False),
+    # DoRA: one magnitude per output row of every adapted linear, on top of LoRA's pairs.
+    ("meta-llama/Meta-Llama-3-8B", 16, ALL_LINEAR, None, True),
+    ("stories260k", 8, ["q_proj", "v_proj", "lm_head"], None, True),
 ]
 
 
@@ -124,7 +127,7 @@ def count_model(path):
     }
 
 
-def peft_case(path, key, r, targets, modules_to_save):
+def peft_case(path, key, r, targets, modules_to_save, use_dora):
     model = build_meta(path)
     base_total = total_params(model)
     cfg = LoraConfig(
@@ -135,6 +138,7 @@ def peft_case(path, key, r, targets, modules_to_save):
         bias="none",
         target_modules=list(targets),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
+        use_dora=use_dora,
     )
     with torch.device("meta"):
         pm = get_peft_model(model, cfg)
@@ -147,6 +151,7 @@ def peft_case(path, key, r, targets, modules_to_save):
         "bias": "none",
         "target_modules": list(targets),
         "modules_to_save": list(modules_to_save) if modules_to_save else None,
+        "use_dora": use_dora,
         "trainable": int(trainable),
         "all": int(all_params),
         "base_total": base_total,
@@ -173,11 +178,11 @@ def main():
               f"lm_head={c['lm_head']:>13,d}  per_layer={c['per_layer']:>12,d} x {c['num_layers']}")
 
     cases = []
-    for key, r, targets, mts in PEFT_CASES:
-        case = peft_case(sources[key], key, r, targets, mts)
+    for key, r, targets, mts, dora in PEFT_CASES:
+        case = peft_case(sources[key], key, r, targets, mts, dora)
         cases.append(case)
         print(f"peft {key:28s} r={r:<3d} trainable={case['trainable']:>15,d}  all={case['all']:>15,d}  "
-              f"base_total={case['base_total']:>15,d}  modules_to_save={mts}")
+              f"base_total={case['base_total']:>15,d}  modules_to_save={mts}  use_dora={dora}")
 
     outputs = {
         os.path.join(GOLDEN_DIR, "param_counts.json"): dump(counts),

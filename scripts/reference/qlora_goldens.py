@@ -76,6 +76,14 @@ Output: tests/golden/qlora/stories260k_nf4_dq/
         The fp32 weights they come from are models/stories260k/model.safetensors.
   case.json  the settings, seeds and versions.
 
+DoRA over the same quantized base: tests/golden/qlora/stories260k_nf4_dq_dora/, the same case
+with LoraConfig(use_dora=True): peft computes each magnitude's norm from bnb's dequantized
+weight. After the lora_A / lora_B redraw (same generator), every lora_magnitude_vector is
+multiplied by 1 + 0.1 * randn from that generator, so m / ||W + scaling B A|| is far from 1. Its
+folder holds adapter_config.json, adapter_model.safetensors (with ...lora_magnitude_vector keys),
+expected.safetensors (grad.<key> for the magnitudes too) and case.json; no quantized.safetensors
+(the quantized base is the one above, bit for bit). Both cross-checks run for it too.
+
 How to run (from anywhere; versions pinned in scripts/reference/requirements.txt):
 
   PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \\
@@ -124,6 +132,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 STORIES = "models/stories260k"  # relative to ROOT
 CASE = "tests/golden/qlora/stories260k_nf4_dq"  # relative to ROOT
+DORA_CASE = "tests/golden/qlora/stories260k_nf4_dq_dora"  # relative to ROOT
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUANT = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -137,6 +146,7 @@ INPUT_SEED = 4000  # = model_goldens.py's stories260k_all_linear
 T = 16
 MASKED = 5
 TOL = 1e-5
+MAGNITUDE_STD = 0.1
 
 
 def gen(seed):
@@ -161,9 +171,9 @@ def write_json(obj, path):
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def lora_config():
+def lora_config(dora):
     return LoraConfig(task_type="CAUSAL_LM", bias="none", lora_dropout=0.0,
-                      init_lora_weights=False, **LORA)
+                      init_lora_weights=False, use_dora=dora, **LORA)
 
 
 def load_quantized():
@@ -239,8 +249,8 @@ def quantized_state(qmodel):
     return out, deq
 
 
-def add_lora(base):
-    model = get_peft_model(base, lora_config())
+def add_lora(base, dora):
+    model = get_peft_model(base, lora_config(dora))
     pcfg = model.peft_config["default"]
     pcfg.target_modules = sorted(pcfg.target_modules)
     return model
@@ -255,16 +265,24 @@ def run(model, ids, labels):
     return res.loss.detach().float(), res.logits.detach().float(), grads
 
 
-def build(case_dir):
+def saved_name(param):
+    """The adapter file's key for a trainable parameter's name, as peft saves it."""
+    return param.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector").replace(".default", "")
+
+
+def build(case_dir, dora):
     torch.manual_seed(0)
     qbase = load_quantized()
     qstate, deq = quantized_state(qbase)
-    model = add_lora(qbase)
+    model = add_lora(qbase, dora)
     g = gen(LORA_SEED)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".lora_A." in name or ".lora_B." in name:
                 p.copy_(LORA_STD * torch.randn(p.shape, generator=g))
+        for name, p in model.named_parameters():
+            if ".lora_magnitude_vector." in name:
+                p.mul_(1.0 + MAGNITUDE_STD * torch.randn(p.shape, generator=g))
     model.eval()
     model.save_pretrained(case_dir, safe_serialization=True)
     readme = os.path.join(case_dir, "README.md")
@@ -276,12 +294,12 @@ def build(case_dir):
     key_of = {}
     for key, t in saved.items():
         cands = [n for n, p in trainable.items()
-                 if n.replace(".default", "") == key and torch.equal(p.detach(), t)]
+                 if saved_name(n) == key and torch.equal(p.detach(), t)]
         assert len(cands) == 1, f"{key} matches {cands}"
         key_of[cands[0]] = key
     missing = sorted(set(trainable) - set(key_of))
     assert not missing, f"trainable parameters not in adapter file: {missing}"
-    assert len(saved) == 2 * 7 * qbase.config.num_hidden_layers, len(saved)
+    assert len(saved) == (3 if dora else 2) * 7 * qbase.config.num_hidden_layers, len(saved)
 
     ids = torch.randint(0, model.config.vocab_size, (2, T), generator=gen(INPUT_SEED))
     labels = ids.clone()
@@ -292,8 +310,9 @@ def build(case_dir):
         assert grads[name].abs().max().item() > 0, f"zero gradient for {name}"
         tensors["grad." + key] = grads[name]
     save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
-    save_tensors(qstate, os.path.join(case_dir, "quantized.safetensors"))
-    print(f"native 4-bit: loss {loss.item():.6f}, {len(saved)} adapter tensors, {len(key_of)} gradients")
+    if not dora:
+        save_tensors(qstate, os.path.join(case_dir, "quantized.safetensors"))
+    print(f"native 4-bit{' DoRA' if dora else ''}: loss {loss.item():.6f}, {len(saved)} adapter tensors, {len(key_of)} gradients")
 
     # Cross-check 1: dense fp32 base with bnb's dequantized weights, same LoRA weights.
     lora_weights = {n: p.detach().clone() for n, p in trainable.items()}
@@ -301,7 +320,7 @@ def build(case_dir):
     with torch.no_grad():
         for key, w in deq.items():
             dict(dense.named_parameters())[key].copy_(w)
-    dmodel = add_lora(dense)
+    dmodel = add_lora(dense, dora)
     with torch.no_grad():
         for n, p in dmodel.named_parameters():
             if p.requires_grad:
@@ -316,7 +335,7 @@ def build(case_dir):
     assert d_logits <= TOL and d_loss <= TOL and d_grad <= TOL, "routes disagree"
 
     # Cross-check 2: the same LoRA on the unquantized base must differ (quantization matters).
-    fmodel = add_lora(load_dense())
+    fmodel = add_lora(load_dense(), dora)
     with torch.no_grad():
         for n, p in fmodel.named_parameters():
             if p.requires_grad:
@@ -335,7 +354,7 @@ def build(case_dir):
                                  "bnb_4bit_compute_dtype": "float32",
                                  "blocksize": BLOCKSIZE, "nested_blocksize": NESTED_BLOCKSIZE,
                                  "quantized_modules": sorted(ALL_LINEAR)},
-                "lora": LORA, "lora_dropout": 0.0, "bias": "none", "init_lora_weights": False,
+                "lora": dict(LORA, use_dora=True) if dora else LORA, "lora_dropout": 0.0, "bias": "none", "init_lora_weights": False,
                 "task_type": "CAUSAL_LM", "lora_weights_std": LORA_STD,
                 "lora_weights_seed": LORA_SEED, "input_ids_seed": INPUT_SEED,
                 "seq_len": T, "labels_masked_prefix": MASKED,
@@ -344,7 +363,8 @@ def build(case_dir):
                 "peft_version": peft.__version__,
                 "bitsandbytes_version": bnb.__version__,
                 "torch_version": torch.__version__,
-                "safetensors_version": safetensors.__version__},
+                "safetensors_version": safetensors.__version__,
+                **({"magnitude_perturbation_std": MAGNITUDE_STD} if dora else {})},
                os.path.join(case_dir, "case.json"))
 
 
@@ -358,13 +378,22 @@ def main():
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float32)
 
+    bad = 0
+    for case, dora in ((CASE, False), (DORA_CASE, True)):
+        bad |= write_case(case, dora, args.check)
+    if args.check:
+        sys.exit(bad)
+
+
+def write_case(case, dora, check):
+    """Builds one case in a temporary folder, then writes it (or, with check, compares it)."""
     with tempfile.TemporaryDirectory() as stage:
-        case_dir = os.path.join(stage, CASE)
+        case_dir = os.path.join(stage, case)
         os.makedirs(case_dir)
         cwd = os.getcwd()
         os.chdir(ROOT)  # so the base path is relative, as recorded in adapter_config.json
         try:
-            build(case_dir)
+            build(case_dir, dora)
         finally:
             os.chdir(cwd)
 
@@ -374,19 +403,19 @@ def main():
               f"safetensors {safetensors.__version__}")
         total = 0
         bad = 0
-        if args.check:
-            on_disk = os.path.join(ROOT, CASE)
+        if check:
+            on_disk = os.path.join(ROOT, case)
             extra = sorted(set(os.listdir(on_disk) if os.path.isdir(on_disk) else [])
                            - set(os.listdir(case_dir)))
             for n in extra:
-                print(f"not written by this script: {CASE}/{n}", file=sys.stderr)
+                print(f"not written by this script: {case}/{n}", file=sys.stderr)
                 bad = 1
         for rel in files:
             src = os.path.join(stage, rel)
             dst = os.path.join(ROOT, rel)
             size = os.path.getsize(src)
             total += size
-            if args.check:
+            if check:
                 if not (os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False)):
                     print(f"differs: {rel}", file=sys.stderr)
                     bad = 1
@@ -395,9 +424,7 @@ def main():
                 shutil.copyfile(src, dst)
                 print(f"wrote {rel:60s} {size:>8,d} bytes")
         print(f"{len(files)} files, {total:,d} bytes")
-        if args.check:
-            sys.exit(bad)
-
+        return bad
 
 if __name__ == "__main__":
     main()

@@ -37,7 +37,8 @@ pub struct AdapterConfig {
     #[serde(default)]
     #[schemars(extend("const" = false))]
     pub lora_fan_in_fan_out: bool,
-    /// Weight-decomposed LoRA (DoRA).
+    /// Weight-decomposed LoRA (DoRA), as peft's `use_dora`: a trainable magnitude per output row of every
+    /// adapted layer on top of the LoRA pair (with `adapter: lora` or `qlora`).
     #[serde(default)]
     pub peft_use_dora: bool,
     /// Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.

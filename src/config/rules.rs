@@ -703,14 +703,6 @@ impl Rules<'_> {
     /// plan`, `preview` and `preprocess` still serve it.
     fn not_built(&mut self, c: &Config) {
         let a = &c.adapter;
-        if a.adapter.is_some() && a.peft_use_dora {
-            self.error(
-                "dora-not-built",
-                "`peft_use_dora: true`: DoRA is not built into `recipe run` yet".into(),
-                &["peft_use_dora"],
-                "remove peft_use_dora to train plain LoRA",
-            );
-        }
         if a.adapter.is_some()
             && let Some(list) = &a.lora_target_modules
         {

@@ -198,6 +198,7 @@ fn trainable(plan: &Plan) -> Trainable {
             r: a.r as i64,
             scaling: a.scaling,
             dropout: a.dropout,
+            dora: a.dora,
             modules_to_save: a.modules_to_save.clone(),
         }
     }
@@ -331,9 +332,6 @@ fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingDat
 /// What the executor does not build yet, refused by name (validate and plan report these first,
 /// at the recipe's keys; this is the last line of defence).
 fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
-    if plan.adapter.dora {
-        return Err("DoRA (peft_use_dora) is not built into the executor yet; use plain LoRA".into());
-    }
     if let Some(p) = &plan.training.preference {
         use crate::config::training::RlMethod;
         if plan.adapter.method == AdapterMethod::Full
@@ -484,9 +482,17 @@ fn continue_adapter(model: &CausalLm, dir: &Path) -> Result<(), String> {
     };
     match (&saved.trainable, &model.trainable) {
         (
-            Trainable::Lora { targets: t1, r: r1, scaling: s1, modules_to_save: m1, .. },
-            Trainable::Lora { targets: t2, r: r2, scaling: s2, modules_to_save: m2, .. },
+            Trainable::Lora { targets: t1, r: r1, scaling: s1, modules_to_save: m1, dora: d1, .. },
+            Trainable::Lora { targets: t2, r: r2, scaling: s2, modules_to_save: m2, dora: d2, .. },
         ) => {
+            if d1 != d2 {
+                let says = |d: &bool| if *d { "DoRA (use_dora: true)" } else { "plain LoRA" };
+                return Err(here(format!(
+                    "the adapter is {}, the recipe asks {}: set peft_use_dora as the adapter was trained",
+                    says(d1),
+                    says(d2)
+                )));
+            }
             if (r1, sorted(t1), sorted(m1)) != (r2, sorted(t2), sorted(m2)) || (s1 - s2).abs() > 1e-12 {
                 return Err(here(format!(
                     "the adapter has r={r1}, scaling {s1} on [{}] (in full: [{}]); the recipe asks r={r2}, scaling {s2} \

@@ -16,7 +16,7 @@ pub struct AdapterConfig {
     pub sequence_classification: bool,
 }
 
-/// Reads peft's adapter_config.json (LoRA only).
+/// Reads peft's adapter_config.json (LoRA, with or without DoRA).
 pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -24,9 +24,6 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     if let Some(t) = field("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
         return Err(format!("{}: peft_type `{t}` is not supported (LORA only)", path.display()));
-    }
-    if field("use_dora").and_then(Value::as_bool) == Some(true) {
-        return Err(format!("{}: DoRA adapters are not supported yet", path.display()));
     }
     let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
     let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
@@ -62,6 +59,7 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
             r,
             scaling: lora_scaling(alpha, r, rslora),
             dropout: field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+            dora: field("use_dora").and_then(Value::as_bool).unwrap_or(false),
             modules_to_save,
         },
     })
@@ -72,7 +70,8 @@ pub fn lora_scaling(alpha: f64, r: i64, rslora: bool) -> f64 {
     if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
 }
 
-/// peft's adapter_config.json for a LoRA adapter; a reward model's is peft's SEQ_CLS task, whose
+/// peft's adapter_config.json for a LoRA adapter (`use_dora` for DoRA, whose magnitudes are saved
+/// as `…lora_magnitude_vector`); a reward model's is peft's SEQ_CLS task, whose
 /// `score` head is saved in full (peft adds it to modules_to_save).
 pub fn write_config(
     dir: &Path,

@@ -1,5 +1,5 @@
 //! The one linear layer type: a base weight (frozen under an adapter, trainable in full
-//! fine-tuning) with an optional bias and an optional adapter on top (LoRA today; DoRA, IA3 and
+//! fine-tuning) with an optional bias and an optional adapter on top (LoRA and DoRA; IA3 and
 //! other methods are further `Adapter` variants, not further layer types). The layer owns its base
 //! weight, as in torchtune; the base is dense, NF4/FP4-quantized or LLM.int8-quantized (QLoRA is
 //! LoRA over a quantized base, not a second model). A quantized base is dequantized to the compute
@@ -80,33 +80,46 @@ pub struct Linear {
 /// A trainable adapter on a frozen linear layer.
 pub enum Adapter {
     Lora(Lora),
+    /// DoRA: LoRA plus a trainable magnitude per output row (peft's `use_dora`).
+    Dora(Dora),
 }
 
 impl Adapter {
-    /// The layer's output with the adapter applied, from the input `x` and the base output `y`.
-    fn forward(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
+    /// The layer's output with the adapter applied, from the input `x`, the base output `y`
+    /// (bias included) and the layer (DoRA reads its base weight and bias).
+    fn forward(&self, layer: &Linear, x: &Tensor, y: Tensor, train: bool) -> Tensor {
         match self {
             Adapter::Lora(lora) => {
                 let kind = x.kind();
                 let x = if train && lora.dropout > 0.0 { x.dropout(lora.dropout, true) } else { x.shallow_clone() };
-                let a = lora.a.to_kind(kind);
-                let b = lora.b.to_kind(kind);
-                y + x.linear::<Tensor>(&a, None).linear::<Tensor>(&b, None) * lora.scaling
+                y + lora.delta(&x, kind)
             }
+            Adapter::Dora(dora) => dora.forward(layer, x, y, train),
         }
     }
 
     /// The fp32 base weight with the adapter folded in.
     fn merge(&self, base: Tensor) -> Tensor {
         match self {
-            Adapter::Lora(l) => base + l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scaling,
+            Adapter::Lora(l) => base + l.delta_weight(),
+            Adapter::Dora(d) => {
+                // peft's DoraLinearVariant.merge: (m / ||W + ΔW||) · (W + ΔW), the norm of the unmerged base.
+                let w = base + d.lora.delta_weight();
+                let norm = row_norm(&w);
+                (d.magnitude.to_kind(Kind::Float) / norm).unsqueeze(1) * w
+            }
         }
     }
 
     /// The trainable tensors under peft's suffixes (`lora_A.weight`, ...).
     pub fn tensors(&self) -> Vec<(&'static str, Tensor)> {
         match self {
-            Adapter::Lora(l) => vec![("lora_A.weight", l.a.shallow_clone()), ("lora_B.weight", l.b.shallow_clone())],
+            Adapter::Lora(l) => l.tensors(),
+            Adapter::Dora(d) => {
+                let mut out = d.lora.tensors();
+                out.push(("lora_magnitude_vector", d.magnitude.shallow_clone()));
+                out
+            }
         }
     }
 }
@@ -121,12 +134,115 @@ pub struct Lora {
     pub dropout: f64,
 }
 
+impl Lora {
+    /// `scaling · B(A(x))` in `kind` (x already through dropout).
+    fn delta(&self, x: &Tensor, kind: Kind) -> Tensor {
+        x.linear::<Tensor>(&self.a.to_kind(kind), None).linear::<Tensor>(&self.b.to_kind(kind), None) * self.scaling
+    }
+
+    /// `scaling · B A` in fp32 (peft's get_delta_weight).
+    fn delta_weight(&self) -> Tensor {
+        self.b.to_kind(Kind::Float).matmul(&self.a.to_kind(Kind::Float)) * self.scaling
+    }
+
+    fn tensors(&self) -> Vec<(&'static str, Tensor)> {
+        vec![("lora_A.weight", self.a.shallow_clone()), ("lora_B.weight", self.b.shallow_clone())]
+    }
+}
+
+/// Weight-decomposed LoRA as peft 0.x computes it (tuners/lora/dora.py, `DoraLinearLayer`):
+/// with `n = ||W + scaling · B A||` per output row, computed from the dequantized base and
+/// detached (DoRA paper §4.3: the norm is a constant for the backward pass),
+/// `out = base(x) + (m/n − 1) · base'(x) + (m/n) · scaling · B(A(dropout(x)))`, where `base'(x)`
+/// is the base output without its bias, and with active dropout the base matmul of the dropped-out
+/// input (peft recomputes it then). `m` is the trainable magnitude, initialised to `n` of the
+/// starting weights (the base's row norms, B being zero), so step 0 is the base model.
+pub struct Dora {
+    pub lora: Lora,
+    /// [out_features], fp32 (peft's `lora_magnitude_vector`).
+    pub magnitude: Tensor,
+}
+
+impl Dora {
+    /// Starts DoRA on `lora` over `layer`'s base: the magnitude is the row norm of
+    /// `W + scaling · B A` in fp32, as peft's `update_layer` computes it.
+    pub fn new(layer: &Linear, lora: Lora) -> Dora {
+        let _guard = tch::no_grad_guard();
+        let w = layer.dequantized_base(Kind::Float) + lora.delta_weight().to_device(layer.device());
+        let magnitude = row_norm(&w).set_requires_grad(true);
+        Dora { lora, magnitude }
+    }
+
+    fn forward(&self, layer: &Linear, x: &Tensor, y: Tensor, train: bool) -> Tensor {
+        let kind = x.kind();
+        let lora = &self.lora;
+        let weight = layer.dequantized_base(kind);
+        let (x, base) = if train && lora.dropout > 0.0 {
+            // peft: with dropout the base term is the base weight applied to the dropped-out input.
+            let x = x.dropout(lora.dropout, true);
+            let base = x.linear::<Tensor>(&weight, None);
+            (x, base)
+        } else {
+            let base = match &layer.bias {
+                Some(b) => &y - b.to_kind(kind),
+                None => y.shallow_clone(),
+            };
+            (x.shallow_clone(), base)
+        };
+        // ||W + scaling · (B A)|| in the input's dtype, detached.
+        let norm = {
+            let _guard = tch::no_grad_guard();
+            let lora_weight = lora.b.matmul(&lora.a).to_kind(kind);
+            row_norm(&(weight + lora_weight * lora.scaling))
+        };
+        let scale = (&self.magnitude / norm).to_kind(kind).view([1, -1]);
+        y + (&scale - 1.0) * base + scale * lora.delta(&x, kind)
+    }
+}
+
+/// The L2 norm of each row of a [out, in] weight (torch.linalg.norm(w, dim=1)).
+fn row_norm(w: &Tensor) -> Tensor {
+    w.norm_scalaropt_dim(2.0, [1i64], false).to_kind(w.kind()).detach()
+}
+
 impl Linear {
     /// The base weight in `kind` (dequantized for a quantized base).
     pub fn base_weight(&self, kind: Kind) -> Tensor {
         match &self.quantized {
             Some(q) => q.matmul_weight(kind),
             None => self.weight.to_kind(kind),
+        }
+    }
+
+    /// The base weight dequantized (bitsandbytes' dequantize for a quantized base, as peft's
+    /// `dequantize_module_weight`), in `kind`.
+    pub fn dequantized_base(&self, kind: Kind) -> Tensor {
+        match &self.quantized {
+            Some(q) => q.dequantize(kind),
+            None => self.weight.to_kind(kind),
+        }
+    }
+
+    fn device(&self) -> tch::Device {
+        match &self.quantized {
+            Some(QuantizedWeight::Four(q)) => q.packed.device(),
+            Some(QuantizedWeight::Eight(q)) => q.cb.device(),
+            None => self.weight.device(),
+        }
+    }
+
+    /// Turns a LoRA adapter into DoRA over this layer's base (peft's `use_dora`); the magnitude
+    /// starts at the row norms of the current weight (overwritten when a saved adapter loads).
+    pub fn decompose(&mut self) -> Result<(), String> {
+        match self.adapter.take() {
+            Some(Adapter::Lora(lora)) => {
+                self.adapter = Some(Adapter::Dora(Dora::new(self, lora)));
+                Ok(())
+            }
+            other => {
+                self.adapter = other;
+                Err(format!("{}: DoRA needs a LoRA adapter on this layer", self.name))
+            }
         }
     }
 
@@ -137,12 +253,13 @@ impl Linear {
         let weight = self.base_weight(kind);
         let y = x.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
         match &self.adapter {
-            Some(adapter) if adapters => adapter.forward(x, y, train),
+            Some(adapter) if adapters => adapter.forward(self, x, y, train),
             _ => y,
         }
     }
 
-    /// W + scaling · B A, the weight with the adapter folded in.
+    /// W + scaling · B A (DoRA: rescaled per row by m / ||W + scaling · B A||), the weight with the
+    /// adapter folded in.
     /// A quantized base comes out dequantized, in its original dtype.
     pub fn merged_weight(&self) -> Tensor {
         let kind = self.quantized.as_ref().map_or_else(|| self.weight.kind(), QuantizedWeight::dtype);

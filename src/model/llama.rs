@@ -19,8 +19,9 @@ pub enum Trainable {
     Nothing,
     /// Every parameter.
     Everything,
-    /// LoRA pairs on the named linears; `modules_to_save` get trainable full copies.
-    Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, modules_to_save: Vec<String> },
+    /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too); `modules_to_save` get
+    /// trainable full copies.
+    Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
 }
 
 pub struct LoadOptions {
@@ -180,6 +181,7 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
+        let dora = matches!(opts.trainable, Trainable::Lora { dora: true, .. });
         let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Adapter> {
             let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
             let short = module.rsplit('.').next().unwrap_or(module);
@@ -228,7 +230,11 @@ impl CausalLm {
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
             let adapter = lora_for(&name, fan_in, fan_out);
-            Ok(Linear { name, weight, quantized, bias, adapter })
+            let mut linear = Linear { name, weight, quantized, bias, adapter };
+            if dora && linear.adapter.is_some() {
+                linear.decompose()?;
+            }
+            Ok(linear)
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -304,6 +310,9 @@ impl CausalLm {
                 return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
             }
             lm_head.adapter = lora_for("lm_head", h, v);
+            if dora {
+                lm_head.decompose()?;
+            }
         }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =

@@ -13,7 +13,8 @@
 //!   residual), plus 3q (queries, rotated queries, attention output), plus 3kv (keys, values,
 //!   rotated keys), plus 2q with packed rows and grouped-query heads (keys and values expanded to
 //!   every query head for the memory-efficient kernel, which takes the packing mask), plus 4i
-//!   (gate, up, SiLU(gate), product), plus r per adapted module; attention through
+//!   (gate, up, SiLU(gate), product), plus r per adapted module (with DoRA also 2·out: the base
+//!   and LoRA terms its magnitude rescales, kept for the magnitude's gradient); attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
@@ -195,13 +196,19 @@ fn breakdown(
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
     let kv = arch.num_key_value_heads * arch.head_dim;
-    let lora_per_layer = adapter.r
-        * arch.layer_linears().iter().filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name())).count()
-            as u64;
+    let adapted: Vec<_> = arch
+        .layer_linears()
+        .into_iter()
+        .filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name()))
+        .collect();
+    let lora_per_layer = adapter.r * adapted.len() as u64;
+    // DoRA keeps two [tokens, out] tensors per adapted module for the magnitude's gradient: the base
+    // term and the LoRA term it rescales (model/linear.rs `Dora::forward`).
+    let dora_per_layer = if adapter.dora { 2 * adapted.iter().map(|l| l.out_features).sum::<u64>() } else { 0 };
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer;
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer;
     let layers = arch.num_layers;
     let without = layers * tokens * per_token_layer * cb;
     let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
