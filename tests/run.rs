@@ -675,3 +675,28 @@ fn the_loss_watchdog_stops_a_run_whose_loss_stays_above_its_threshold() {
     let stdout = run_ok(&path, &[]);
     assert!(!stdout.contains("stopped    early"), "{stdout}");
 }
+
+#[test]
+fn forgetting_datasets_are_scored_before_and_after_training() {
+    // General-domain text the run never trains on: its perplexity before and after training.
+    let dir = tempfile::tempdir().unwrap();
+    let general = dir.path().join("general.txt");
+    std::fs::write(&general, "Once upon a time there was a little girl named Lily. She liked to play in the park with her dog. One day the sun was hot and they went home to drink water.\n").unwrap();
+    let path = write_recipe(
+        dir.path(),
+        &format!(
+            "max_steps: 8\nforgetting_datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n",
+            general.display()
+        ),
+    );
+    let plan = recipe().arg("plan").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("forgetting completion"), "{}", String::from_utf8_lossy(&plan.stdout));
+    let stdout = run_ok(&path, &[]);
+    let line = stdout.lines().find(|l| l.starts_with("forgetting perplexity")).expect("a forgetting line");
+    let numbers: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    assert!(numbers.iter().all(|p| p.is_finite() && *p > 1.0) && numbers[0] != numbers[1], "{line}");
+    let last = metrics(dir.path()).into_iter().rev().find(|r| r.get("forgetting_perplexity").is_some()).unwrap();
+    assert!((last["forgetting_perplexity"].as_f64().unwrap() - numbers[1]).abs() < 0.01, "{last}");
+    assert!((last["forgetting_perplexity_before"].as_f64().unwrap() - numbers[0]).abs() < 0.01, "{last}");
+}

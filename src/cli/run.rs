@@ -283,6 +283,10 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         Some(l) => format!("{l:.4} (perplexity {:.2})", l.exp()),
     };
     println!("val loss   before {}  after {}", fmt(r.eval_loss_before), fmt(r.eval_loss_after));
+    if let (before, Some(after)) = r.forgetting_perplexity {
+        let before = before.map_or("-".to_string(), |b| format!("{b:.2}"));
+        println!("forgetting perplexity on forgetting_datasets before {before}  after {after:.2}");
+    }
     if let Some(reason) = &r.stopped_early {
         println!("stopped    early: {reason}");
     }

@@ -20,6 +20,10 @@ pub struct DataConfig {
     /// Held-out evaluation datasets, never trained on (exclusive with `val_set_size`).
     #[serde(default)]
     pub test_datasets: Vec<DatasetConfig>,
+    /// General-domain data (e.g. a slice of the pretraining text) scored before and after training to
+    /// measure forgetting: the run reports its perplexity both times. Never trained on.
+    #[serde(default)]
+    pub forgetting_datasets: Vec<DatasetConfig>,
     /// Folder where tokenized datasets are cached (`recipe preprocess` writes it).
     #[serde(default)]
     pub dataset_prepared_path: Option<String>,

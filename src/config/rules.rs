@@ -25,6 +25,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.chat_template(config);
     out.preference(config);
     out.kernels(config);
+    out.forgetting(config);
     out.distributed(config);
     out.tracking(config);
     out.not_built(config);
@@ -566,6 +567,22 @@ impl Rules<'_> {
                 ),
                 &[key],
                 "remove it, or set attn_implementation: sdpa",
+            );
+        }
+    }
+
+    /// Forgetting is measured as language-model perplexity, which preference and reward runs do not
+    /// compute (their examples are pairs).
+    fn forgetting(&mut self, c: &Config) {
+        let t = &c.training;
+        if !c.data.forgetting_datasets.is_empty() && (t.rl.is_some() || t.reward_model) {
+            self.error(
+                "forgetting-needs-supervised",
+                "`forgetting_datasets` are scored by perplexity, which only supervised runs compute (not `rl` or \
+                 `reward_model`)"
+                    .into(),
+                &["forgetting_datasets", "rl", "reward_model"],
+                "score forgetting with `recipe eval BASE OUTPUT --dataset PATH --metrics perplexity`",
             );
         }
     }

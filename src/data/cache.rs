@@ -10,14 +10,16 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the pipeline's output for the same inputs changes.
-const PIPELINE_VERSION: &str = "recipe-data-2";
+const PIPELINE_VERSION: &str = "recipe-data-3";
 
 /// The cache key for this plan's data with the tokenizer in `tokenizer_dir`.
 pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
     let mut h = Sha256::new();
     h.update(PIPELINE_VERSION);
     h.update(serde_json::to_string(&plan.data).map_err(|e| e.to_string())?);
-    for (label, list) in [("train", &plan.datasets), ("test", &plan.test_datasets)] {
+    for (label, list) in
+        [("train", &plan.datasets), ("test", &plan.test_datasets), ("forgetting", &plan.forgetting_datasets)]
+    {
         for d in list {
             h.update(label);
             h.update(serde_json::to_string(&d.entry).map_err(|e| e.to_string())?);
@@ -39,7 +41,13 @@ pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
     let templates = plan
         .chat_template
         .iter()
-        .chain(plan.datasets.iter().chain(&plan.test_datasets).filter_map(|d| d.chat_template.as_ref()));
+        .chain(
+            plan.datasets
+                .iter()
+                .chain(&plan.test_datasets)
+                .chain(&plan.forgetting_datasets)
+                .filter_map(|d| d.chat_template.as_ref()),
+        );
     for t in templates {
         h.update(t.text.as_deref().unwrap_or(&t.name));
     }
@@ -90,8 +98,12 @@ pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
     let tmp = dir.with_extension(format!("partial-{}-{}", host.trim(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    for (name, samples) in [("train", &prepared.train), ("validation", &prepared.validation), ("test", &prepared.test)]
-    {
+    for (name, samples) in [
+        ("train", &prepared.train),
+        ("validation", &prepared.validation),
+        ("test", &prepared.test),
+        ("forgetting", &prepared.forgetting),
+    ] {
         let (ids, labels, offsets) = flatten(samples);
         let bytes = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let offsets_bytes: Vec<u8> = offsets.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -136,7 +148,7 @@ fn flatten(samples: &[Sample]) -> (Vec<i32>, Vec<i32>, Vec<i64>) {
 /// Reads a cache folder written by `save`.
 pub fn load(dir: &Path) -> Result<Prepared, String> {
     let mut prepared = Prepared::default();
-    for name in ["train", "validation", "test"] {
+    for name in ["train", "validation", "test", "forgetting"] {
         let path = dir.join(format!("{name}.safetensors"));
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -164,7 +176,8 @@ pub fn load(dir: &Path) -> Result<Prepared, String> {
         match name {
             "train" => prepared.train = samples,
             "validation" => prepared.validation = samples,
-            _ => prepared.test = samples,
+            "test" => prepared.test = samples,
+            _ => prepared.forgetting = samples,
         }
     }
     let report = dir.join("report.json");
@@ -185,6 +198,7 @@ mod tests {
             train: vec![s(vec![1, 2, 3], vec![-100, 2, 3]), s(vec![4], vec![4])],
             validation: vec![s(vec![5, 6], vec![5, -100])],
             test: vec![],
+            forgetting: vec![],
             report: vec!["a".into()],
         };
         let folder = dir.path().join("k");

@@ -60,6 +60,8 @@ pub struct Prepared {
     pub train: Vec<Sample>,
     pub validation: Vec<Sample>,
     pub test: Vec<Sample>,
+    /// `forgetting_datasets`: scored before and after training, never trained on.
+    pub forgetting: Vec<Sample>,
     pub report: Vec<String>,
 }
 
@@ -98,7 +100,8 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
 /// error here as a warning and plans on. Reads a matching
 /// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
 pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
-    let all_local = plan.datasets.iter().chain(&plan.test_datasets).all(|d| d.local_path.is_some());
+    let all_local =
+        plan.datasets.iter().chain(&plan.test_datasets).chain(&plan.forgetting_datasets).all(|d| d.local_path.is_some());
     let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && !plan.training.reads_pairs()) else {
         return Ok(None);
     };
@@ -155,6 +158,13 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
         report.push(describe("test_datasets", i, d, &counts));
         test.extend(samples);
     }
+    let mut forgetting = Vec::new();
+    for (i, d) in plan.forgetting_datasets.iter().enumerate() {
+        let (samples, counts) =
+            dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("forgetting_datasets[{i}]: {e}"))?;
+        report.push(describe("forgetting_datasets", i, d, &counts));
+        forgetting.extend(samples);
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut samples = mix(per_dataset, &mut rng, &mut report);
     if !test.is_empty() {
@@ -178,7 +188,7 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
         return Err(format!("val_set_size {val} leaves no training sample out of {}", samples.len()));
     }
     let validation = samples.split_off(samples.len() - n_val);
-    Ok(Prepared { train: samples, validation, test, report })
+    Ok(Prepared { train: samples, validation, test, forgetting, report })
 }
 
 fn describe(key: &str, i: usize, d: &DatasetPlan, c: &Counts) -> String {

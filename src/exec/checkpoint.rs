@@ -153,7 +153,7 @@ fn resolved(path: &Path) -> PathBuf {
 pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resuming: bool) -> Result<(), String> {
     let out = resolved(output_dir);
     let mut protected = vec![("the base model's folder", resolved(base_dir))];
-    for d in plan.datasets.iter().chain(&plan.test_datasets) {
+    for d in plan.datasets.iter().chain(&plan.test_datasets).chain(&plan.forgetting_datasets) {
         if let Some(p) = &d.local_path {
             // A dataset folder and everything in it; a dataset file itself (its neighbours are not data).
             let p = resolved(Path::new(p));

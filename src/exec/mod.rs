@@ -107,6 +107,8 @@ pub struct RunReport {
     pub packing_efficiency: f64,
     pub eval_loss_before: Option<f64>,
     pub eval_loss_after: Option<f64>,
+    /// Perplexity on `forgetting_datasets` before and after training.
+    pub forgetting_perplexity: (Option<f64>, Option<f64>),
     pub tokens_per_second: f64,
     pub sample: Option<(String, String)>,
     pub stopped_early: Option<String>,
@@ -255,6 +257,8 @@ struct TrainingData<E> {
     sample_prompt: Option<Vec<i64>>,
     /// Supervised validation samples, for `do_causal_lm_eval` (none for pairs).
     validation_samples: Vec<data::Sample>,
+    /// `forgetting_datasets`' samples (supervised runs; rules refuse them with pairs).
+    forgetting_samples: Vec<data::Sample>,
 }
 
 /// Supervised samples as rows (packed when the recipe says so).
@@ -275,6 +279,7 @@ fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         report: prepared.report,
         sample_prompt,
         validation_samples: prepared.validation,
+        forgetting_samples: prepared.forgetting,
     })
 }
 
@@ -294,6 +299,7 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         train,
         report: prepared.report,
         validation_samples: Vec::new(),
+        forgetting_samples: Vec::new(),
     })
 }
 
@@ -326,6 +332,7 @@ fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingDat
         train,
         report: prepared.report,
         validation_samples: Vec::new(),
+        forgetting_samples: Vec::new(),
     })
 }
 
@@ -625,6 +632,7 @@ fn train_on<E: packing::Example>(
         efficiency,
         sample_prompt,
         validation_samples,
+        forgetting_samples,
     } = data;
     let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
@@ -762,6 +770,20 @@ fn train_on<E: packing::Example>(
         stop_after: opts.stop_after,
         steps,
     };
+    // Forgetting: perplexity on general-domain data before training (a resumed run has no "before").
+    let forgetting_perplexity = |model: &CausalLm| -> Option<f64> {
+        if forgetting_samples.is_empty() {
+            return None;
+        }
+        let scores = eval::nll(model, &forgetting_samples, plan.training.eval_batch_size as usize);
+        let (nll, tokens) = scores.iter().fold((0.0, 0u64), |(a, n), (s, c)| (a + s, n + c));
+        (tokens > 0).then(|| (nll / tokens as f64).exp())
+    };
+    let forgetting_before = if state.global_step == 0 {
+        catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))?
+    } else {
+        None
+    };
     let eval_loss_before = if state.global_step == 0 {
         catch_torch_errors(Some(plan), || looper.evaluate_and_log(0, &mut log))?
     } else {
@@ -776,6 +798,20 @@ fn train_on<E: packing::Example>(
     if outcome.last_eval_loss.is_none() && !outcome.interrupted {
         outcome.last_eval_loss =
             catch_torch_errors(Some(plan), || looper.evaluate_and_log(outcome.steps_done, &mut log))?;
+    }
+    let forgetting_after = if outcome.interrupted {
+        None
+    } else {
+        catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))?
+    };
+    if rt.is_main()
+        && let Some(after) = forgetting_after
+    {
+        let mut record = serde_json::json!({"step": outcome.steps_done, "forgetting_perplexity": after});
+        if let Some(before) = forgetting_before {
+            record["forgetting_perplexity_before"] = serde_json::json!(before);
+        }
+        log.write(&record)?;
     }
 
     let mut outputs = vec![log.path().to_path_buf()];
@@ -834,6 +870,7 @@ fn train_on<E: packing::Example>(
         packing_efficiency,
         eval_loss_before,
         eval_loss_after: outcome.last_eval_loss,
+        forgetting_perplexity: (forgetting_before, forgetting_after),
         tokens_per_second: outcome.tokens_per_second,
         sample,
         stopped_early: outcome.stopped_early,

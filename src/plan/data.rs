@@ -149,6 +149,11 @@ pub fn test_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<Dataset
     plan_datasets(c, &c.data.test_datasets, "test_datasets", at, model)
 }
 
+/// The datasets scored before and after training to measure forgetting.
+pub fn forgetting_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.forgetting_datasets, "forgetting_datasets", at, model)
+}
+
 fn plan_datasets(
     c: &Config,
     entries: &[DatasetConfig],

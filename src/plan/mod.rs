@@ -33,6 +33,9 @@ pub struct Plan {
     pub chat_template: Option<data::TemplatePlan>,
     pub datasets: Vec<data::DatasetPlan>,
     pub test_datasets: Vec<data::DatasetPlan>,
+    /// Scored before and after training (perplexity), to measure forgetting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forgetting_datasets: Vec<data::DatasetPlan>,
     pub data: data::DataOptions,
     pub batch: schedule::BatchPlan,
     pub layout: shard::Layout,
@@ -98,6 +101,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
         datasets,
         test_datasets: data::test_datasets(config, &at, &model),
+        forgetting_datasets: data::forgetting_datasets(config, &at, &model),
         data: data::options(config),
         settings: settings(config, &at),
         ignored_axolotl_keys: loaded.ignored_keys.clone(),
@@ -235,7 +239,9 @@ pub fn render_text(plan: &Plan) -> String {
             t.sha256.as_deref().unwrap_or("(not yet known)")
         );
     }
-    for (label, list) in [("dataset   ", &plan.datasets), ("test set  ", &plan.test_datasets)] {
+    for (label, list) in
+        [("dataset   ", &plan.datasets), ("test set  ", &plan.test_datasets), ("forgetting", &plan.forgetting_datasets)]
+    {
         for d in list {
             let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
             let weight = d.entry.source().weight.map_or(String::new(), |w| format!(", weight {w}"));
