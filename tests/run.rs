@@ -690,7 +690,11 @@ fn forgetting_datasets_are_scored_before_and_after_training() {
         ),
     );
     let plan = recipe().arg("plan").arg(&path).output().unwrap();
-    assert!(String::from_utf8_lossy(&plan.stdout).contains("forgetting completion"), "{}", String::from_utf8_lossy(&plan.stdout));
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("forgetting completion"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
     let stdout = run_ok(&path, &[]);
     let line = stdout.lines().find(|l| l.starts_with("forgetting perplexity")).expect("a forgetting line");
     let numbers: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();

@@ -38,16 +38,13 @@ pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
     }
     // Chat templates: the recipe's and each dataset's (a tokenizer_default one is in the
     // tokenizer files above).
-    let templates = plan
-        .chat_template
-        .iter()
-        .chain(
-            plan.datasets
-                .iter()
-                .chain(&plan.test_datasets)
-                .chain(&plan.forgetting_datasets)
-                .filter_map(|d| d.chat_template.as_ref()),
-        );
+    let templates = plan.chat_template.iter().chain(
+        plan.datasets
+            .iter()
+            .chain(&plan.test_datasets)
+            .chain(&plan.forgetting_datasets)
+            .filter_map(|d| d.chat_template.as_ref()),
+    );
     for t in templates {
         h.update(t.text.as_deref().unwrap_or(&t.name));
     }

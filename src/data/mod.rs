@@ -100,8 +100,12 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
 /// error here as a warning and plans on. Reads a matching
 /// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
 pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
-    let all_local =
-        plan.datasets.iter().chain(&plan.test_datasets).chain(&plan.forgetting_datasets).all(|d| d.local_path.is_some());
+    let all_local = plan
+        .datasets
+        .iter()
+        .chain(&plan.test_datasets)
+        .chain(&plan.forgetting_datasets)
+        .all(|d| d.local_path.is_some());
     let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && !plan.training.reads_pairs()) else {
         return Ok(None);
     };

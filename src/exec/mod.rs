@@ -799,11 +799,8 @@ fn train_on<E: packing::Example>(
         outcome.last_eval_loss =
             catch_torch_errors(Some(plan), || looper.evaluate_and_log(outcome.steps_done, &mut log))?;
     }
-    let forgetting_after = if outcome.interrupted {
-        None
-    } else {
-        catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))?
-    };
+    let forgetting_after =
+        if outcome.interrupted { None } else { catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))? };
     if rt.is_main()
         && let Some(after) = forgetting_after
     {

@@ -34,7 +34,6 @@ unsafe extern "C-unwind" {
     ) -> c_int;
 }
 
-
 /// The backward pass from `output` seeded with `grad` (its shape): `output.backward(grad)`.
 pub fn backward_with_grad(output: &Tensor, grad: &Tensor) -> Result<(), String> {
     let mut err = std::ptr::null_mut();
