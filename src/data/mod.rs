@@ -155,20 +155,19 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
         report.push(describe("datasets", i, d, &counts));
         per_dataset.push((samples, d.entry.source().weight));
     }
-    let mut test = Vec::new();
-    for (i, d) in plan.test_datasets.iter().enumerate() {
-        let (samples, counts) =
-            dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("test_datasets[{i}]: {e}"))?;
-        report.push(describe("test_datasets", i, d, &counts));
-        test.extend(samples);
-    }
-    let mut forgetting = Vec::new();
-    for (i, d) in plan.forgetting_datasets.iter().enumerate() {
-        let (samples, counts) =
-            dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("forgetting_datasets[{i}]: {e}"))?;
-        report.push(describe("forgetting_datasets", i, d, &counts));
-        forgetting.extend(samples);
-    }
+    // Sets that are scored, never trained on: their samples in one list.
+    let mut held_out = |key: &str, list: &[DatasetPlan]| -> Result<Vec<Sample>, String> {
+        let mut all = Vec::new();
+        for (i, d) in list.iter().enumerate() {
+            let (samples, counts) =
+                dataset_samples(d, plan, tok, tokenizer_dir).map_err(|e| format!("{key}[{i}]: {e}"))?;
+            report.push(describe(key, i, d, &counts));
+            all.extend(samples);
+        }
+        Ok(all)
+    };
+    let test = held_out("test_datasets", &plan.test_datasets)?;
+    let forgetting = held_out("forgetting_datasets", &plan.forgetting_datasets)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut samples = mix(per_dataset, &mut rng, &mut report);
     if !test.is_empty() {
