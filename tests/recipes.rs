@@ -205,3 +205,21 @@ fn every_axolotl_chat_template_name_is_built_in() {
         assert!(parsed.is_ok(), "chat_template: {name}");
     }
 }
+
+#[test]
+fn axolotl_keys_that_would_do_nothing_here_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, rule) in [
+        ("fsdp_version: 2\n", "fsdp-version-without-fsdp"),
+        ("eot_tokens: [\"</s>\"]\n", "eot-tokens-without-chat"),
+        ("save_only_model: true\n", "save-only-model-without-saves"),
+    ] {
+        let loaded = load_text(dir.path(), &base(extra));
+        assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));
+    }
+    let chat = base("").replace("type: completion", "type: chat_template\n    train_on_eot: all");
+    let loaded = load_text(dir.path(), &chat);
+    assert_eq!(rules(&loaded, true), ["train-on-eot-without-eot-tokens"], "{}", common::rendered(&loaded));
+    let with_tokens = load_text(dir.path(), &format!("{chat}eot_tokens: [\"</s>\"]\n"));
+    assert!(rules(&with_tokens, true).is_empty(), "{}", common::rendered(&with_tokens));
+}

@@ -101,6 +101,19 @@ impl SaveStrategy {
     }
 }
 
+impl LoggingConfig {
+    /// Whether any checkpoint is scheduled (`save_strategy`, `save_steps`, `saves_per_epoch`).
+    pub fn saves_checkpoints(&self) -> bool {
+        match self.save_strategy {
+            Some(SaveStrategy::No) => false,
+            Some(SaveStrategy::Epoch) => true,
+            Some(SaveStrategy::Steps) | None => {
+                self.save_steps.is_some() || self.saves_per_epoch.is_some_and(|k| k > 0)
+            }
+        }
+    }
+}
+
 impl Default for LoggingConfig {
     fn default() -> Self {
         super::defaults()
@@ -138,8 +151,9 @@ impl JsonSchema for Interval {
     }
 }
 
-/// A metric of `eval_causal_lm_metrics` (`recipe eval --metrics` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A metric of `eval_causal_lm_metrics` (`recipe eval --metrics` names; src/eval gives it its
+/// names and scoring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CausalLmMetric {
     /// Corpus BLEU, sacrebleu's defaults.

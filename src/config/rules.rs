@@ -256,6 +256,14 @@ impl Rules<'_> {
                 _ => {}
             }
         }
+        if l.save_only_model && !l.saves_checkpoints() {
+            self.error(
+                "save-only-model-without-saves",
+                "`save_only_model` shapes checkpoints, but no checkpoint is scheduled".into(),
+                &["save_only_model", "save_steps", "saves_per_epoch", "save_strategy"],
+                "add save_steps or saves_per_epoch, or remove save_only_model",
+            );
+        }
         if l.loss_watchdog_patience.is_some() && l.loss_watchdog_threshold.is_none() {
             self.error(
                 "watchdog-without-threshold",
@@ -342,6 +350,38 @@ impl Rules<'_> {
     }
 
     fn chat_template(&mut self, c: &Config) {
+        // End-of-turn settings act on chat datasets only.
+        let chats: Vec<(String, &super::datasets::ChatDataset)> =
+            [(&c.data.datasets, "datasets"), (&c.data.test_datasets, "test_datasets")]
+                .into_iter()
+                .flat_map(|(list, name)| {
+                    list.iter().enumerate().filter_map(move |(i, d)| match d {
+                        DatasetConfig::ChatTemplate(chat) => Some((format!("{name}.{i}"), chat)),
+                        _ => None,
+                    })
+                })
+                .collect();
+        if c.chat.eot_tokens.is_some() && chats.is_empty() {
+            self.error(
+                "eot-tokens-without-chat",
+                "`eot_tokens` is set but no dataset is `type: chat_template`, so no turn ends with them".into(),
+                &["eot_tokens"],
+                "remove eot_tokens, or train on a chat_template dataset",
+            );
+        }
+        for (at, chat) in &chats {
+            if chat.train_on_eot.is_some() && c.chat.eot_tokens.is_none() {
+                let key = format!("{at}.train_on_eot");
+                self.error(
+                    "train-on-eot-without-eot-tokens",
+                    "`train_on_eot` applies to `eot_tokens`, which are not set (EOS alone ends a turn, by \
+                     train_on_eos)"
+                        .into(),
+                    &[&key, "eot_tokens"],
+                    "set eot_tokens (e.g. [\"<|eot_id|>\"]), or use train_on_eos",
+                );
+            }
+        }
         // The older message_field_role / message_field_content and message_property_mappings name the
         // same thing: they may not disagree (as Axolotl checks).
         for (list, name) in [(&c.data.datasets, "datasets"), (&c.data.test_datasets, "test_datasets")] {
@@ -594,6 +634,15 @@ impl Rules<'_> {
                 format!("`fsdp_config.{prefixed}` and `fsdp_config.{plain}` are one setting, written twice"),
                 &[&format!("fsdp_config.{prefixed}"), &format!("fsdp_config.{plain}")],
                 "keep one of the two spellings",
+            );
+        }
+        if c.distributed.fsdp_version.is_some() && c.distributed.sharding().is_empty() {
+            self.error(
+                "fsdp-version-without-fsdp",
+                "`fsdp_version` is set but neither `fsdp` nor `fsdp_config` asks for sharding, so it does nothing"
+                    .into(),
+                &["fsdp_version"],
+                "add fsdp_config, or remove fsdp_version",
             );
         }
         let versions =
