@@ -17,16 +17,9 @@ mod text;
 
 use serde_json::{Map, Value, json};
 
-/// A metric `recipe eval --metrics` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Metric {
-    Sacrebleu,
-    Chrf,
-    Ter,
-    Rouge,
-    ExactMatch,
-    Perplexity,
-}
+/// A metric `recipe eval --metrics` accepts: the recipe's `eval_causal_lm_metrics` type, one list
+/// of names for both.
+pub use crate::config::logging::CausalLmMetric as Metric;
 
 impl Metric {
     pub const ALL: [Metric; 6] =

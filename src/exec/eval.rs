@@ -129,8 +129,7 @@ pub struct CausalLmEval<'a> {
 impl<'a> CausalLmEval<'a> {
     /// None when the plan does not ask for it; an error when no validation sample has a prompt.
     pub fn new(plan: &crate::plan::Plan, tok: &'a Tokenizer, validation: &[Sample]) -> Result<Option<Self>, String> {
-        use crate::config::logging::CausalLmMetric as C;
-        use crate::eval::Metric as M;
+        use crate::eval::Metric;
         let Some(p) = &plan.training.causal_lm_eval else { return Ok(None) };
         let split: Vec<PromptAnswer> = validation.iter().filter_map(|s| prompt_answer(s, tok.bos())).collect();
         if split.is_empty() {
@@ -144,15 +143,9 @@ impl<'a> CausalLmEval<'a> {
         let metrics = p
             .metrics
             .iter()
-            .filter_map(|m| match m {
-                C::Sacrebleu => Some(M::Sacrebleu),
-                C::Chrf => Some(M::Chrf),
-                C::Ter => Some(M::Ter),
-                C::Rouge => Some(M::Rouge),
-                C::ExactMatch => Some(M::ExactMatch),
-                // eval_perplexity comes with every evaluation's loss already.
-                C::Perplexity => None,
-            })
+            .copied()
+            // eval_perplexity comes with every evaluation's loss already.
+            .filter(|&m| m != Metric::Perplexity)
             .collect();
         Ok(Some(CausalLmEval {
             tok,

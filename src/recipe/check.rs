@@ -458,14 +458,8 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
             vec![d]
         }
         ValidationErrorKind::Constant { expected_value } => {
-            // trust_remote_code is const false: "not supported" (a recipe never runs code), not "wrong".
-            let rule = match last_key.as_str() {
-                "trust_remote_code" => "unsupported-remote-code",
-                // Conv1D-style (in, out) weights: GPT-2's layout, which no model family of recipe's has.
-                "lora_fan_in_fan_out" => "unsupported-axolotl-value",
-                _ => "value",
-            };
-            let mut d = base(rule, format!("`{path}` must be `{}`", plain(expected_value)))
+            let (rule, why) = fixed_value(&last_key);
+            let mut d = base(rule, format!("`{path}` must be `{}`{why}", plain(expected_value)))
                 .at(at, format!("expected `{}`", plain(expected_value)))
                 .expected(format!("`{}`", plain(expected_value)))
                 .found(describe_node(node));
@@ -526,6 +520,18 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
     }
 }
 
+/// The rule and reason for a key whose only accepted value is fixed (a schema const or a one-value
+/// enum): Axolotl settings recipe does not support are "not supported", not "wrong".
+fn fixed_value(key: &str) -> (&'static str, &'static str) {
+    match key {
+        "trust_remote_code" => ("unsupported-remote-code", ": a recipe never runs code"),
+        "lora_fan_in_fan_out" => {
+            ("unsupported-axolotl-value", ": no model family of recipe's stores (in, out) weights")
+        }
+        _ => ("value", ""),
+    }
+}
+
 fn enum_diagnostic(
     base: impl Fn(&'static str, String) -> Diagnostic,
     path: &str,
@@ -558,18 +564,10 @@ fn enum_diagnostic(
             }
         }
         _ => match values.iter().filter(|v| !v.is_null()).collect::<Vec<_>>().as_slice() {
-            // "Not supported" (a recipe never runs code), not "wrong".
-            [single] if last_key == "trust_remote_code" => (
-                "unsupported-remote-code",
-                format!("`{path}` must be `{}`: a recipe never runs code", plain(single)),
-                None,
-            ),
-            [single] if last_key == "lora_fan_in_fan_out" => (
-                "unsupported-axolotl-value",
-                format!("`{path}` must be `{}`: no model family of recipe's stores (in, out) weights", plain(single)),
-                None,
-            ),
-            [single] => ("value", format!("`{path}` must be `{}`", plain(single)), None),
+            [single] => {
+                let (rule, why) = fixed_value(last_key);
+                (rule, format!("`{path}` must be `{}`{why}", plain(single)), None)
+            }
             _ => ("value", format!("`{path}` must be {expected}"), None),
         },
     };
