@@ -80,6 +80,20 @@ fn fresh(case: &str) -> PathBuf {
     dir
 }
 
+/// `recipe merge RECIPE [ARGS] --output DEST`, which must succeed.
+fn merge(recipe_path: &Path, args: &[&str], dest: &Path) {
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(recipe_path)
+        .args(args)
+        .arg("--output")
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn lora_output_reloads_and_merges_exactly() {
     let lora = fresh("lora");
@@ -91,15 +105,7 @@ fn lora_output_reloads_and_merges_exactly() {
     save_logits(&lora, &adapted);
 
     let merged = fresh("merged");
-    let out = Command::cargo_bin("recipe")
-        .unwrap()
-        .arg("merge")
-        .arg(&recipe_path)
-        .args(["--output"])
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    merge(&recipe_path, &[], &merged);
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(merged.join(f).is_file(), "merged folder lacks {f}");
     }
@@ -110,15 +116,7 @@ fn lora_output_reloads_and_merges_exactly() {
 
     // save_dtype: bfloat16 merges as peft does over a bf16 base: W in bf16, W + B·A·s in fp32, rounded once.
     let bf16 = fresh("merged-bf16");
-    let out = Command::cargo_bin("recipe")
-        .unwrap()
-        .arg("merge")
-        .arg(&recipe_path)
-        .args(["--set", "save_dtype=bfloat16", "--output"])
-        .arg(&bf16)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    merge(&recipe_path, &["--set", "save_dtype=bfloat16"], &bf16);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["dtype"], "bfloat16");
@@ -172,15 +170,7 @@ fn dora_output_reloads_and_merges_exactly() {
     save_logits(&dir, &adapted);
 
     let merged = fresh("merged_dora");
-    let out = Command::cargo_bin("recipe")
-        .unwrap()
-        .arg("merge")
-        .arg(&recipe_path)
-        .arg("--output")
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    merge(&recipe_path, &[], &merged);
     let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "merged DoRA logits differ from base + adapter by {diff:e}");
     save_logits(&merged, &adapted);
@@ -247,15 +237,7 @@ fn lora_on_the_tied_head_reloads_and_merges_untied() {
     save_logits(&dir, &adapted);
     let merged = dir.with_extension("merged");
     let _ = std::fs::remove_dir_all(&merged);
-    let out = Command::cargo_bin("recipe")
-        .unwrap()
-        .arg("merge")
-        .arg(&recipe_path)
-        .arg("--output")
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    merge(&recipe_path, &[], &merged);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["tie_word_embeddings"], false, "a head with its own update is saved untied");

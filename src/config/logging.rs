@@ -151,8 +151,8 @@ impl JsonSchema for Interval {
     }
 }
 
-/// A metric of `eval_causal_lm_metrics` (`recipe eval --metrics` names; src/eval gives it its
-/// names and scoring).
+// src/eval gives this type its names and parsing (`recipe eval --metrics` takes the same list).
+/// A metric of `eval_causal_lm_metrics` (`recipe eval --metrics` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CausalLmMetric {
