@@ -216,13 +216,30 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     println!("device     {} (compute {})", r.device, r.compute);
     if let Some(backend) = r.backend {
         let l = &plan.layout;
-        println!(
-            "layout     {:?} across {} rank(s) ({backend}); all-reduced {} of gradients per step (plan: {})",
-            l.strategy,
-            r.world_size,
-            crate::plan::bytes(r.all_reduced_bytes_per_step),
-            crate::plan::bytes(l.per_step.all_reduce)
-        );
+        let (ran, planned) = (&r.collectives_per_step, &l.per_step);
+        let b = crate::plan::bytes;
+        if l.strategy.shards_gradients_and_optimizer() {
+            println!(
+                "layout     {:?} across {} rank(s) ({backend}); per step all-gathered {}, reduce-scattered {}, \
+                 all-reduced {} (plan: {}, {}, {})",
+                l.strategy,
+                r.world_size,
+                b(ran.all_gather),
+                b(ran.reduce_scatter),
+                b(ran.all_reduce),
+                b(planned.all_gather),
+                b(planned.reduce_scatter),
+                b(planned.all_reduce)
+            );
+        } else {
+            println!(
+                "layout     {:?} across {} rank(s) ({backend}); all-reduced {} of gradients per step (plan: {})",
+                l.strategy,
+                r.world_size,
+                b(ran.all_reduce),
+                b(planned.all_reduce)
+            );
+        }
     }
     for line in &r.data {
         println!("data       {line}");
@@ -249,8 +266,13 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("resumed    from {}", dir.display());
     }
     println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
+    let whose = if plan.layout.strategy.shards_gradients_and_optimizer() && r.world_size > 1 {
+        " on this rank (its chunks)"
+    } else {
+        ""
+    };
     println!(
-        "optimizer  {}: {} of state",
+        "optimizer  {}: {} of state{whose}",
         plan.training.optimizer.name,
         crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
     );

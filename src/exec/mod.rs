@@ -96,8 +96,9 @@ pub struct RunReport {
     pub world_size: usize,
     /// The c10d backend when the run formed a process group.
     pub backend: Option<&'static str>,
-    /// Gradient bytes all-reduced per optimizer step (the plan's layout has its estimate).
-    pub all_reduced_bytes_per_step: u64,
+    /// Payload bytes of the collectives of an optimizer step (the plan's layout has its
+    /// estimate).
+    pub collectives_per_step: crate::plan::shard::Collectives,
     /// Device-to-host reads per optimizer step, by kind of step (exec/host_sync.rs).
     pub host_syncs: host_sync::StepSyncs,
     pub steps_done: u64,
@@ -915,7 +916,7 @@ fn train_on<E: packing::Example>(
         rank: rt.comm.rank,
         world_size: rt.comm.world_size,
         backend: rt.comm.backend().map(|b| b.name()),
-        all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
+        collectives_per_step: outcome.collectives_per_step,
         host_syncs: outcome.host_syncs,
         steps_done: outcome.steps_done,
         total_steps: steps.total,

@@ -27,7 +27,7 @@ use super::distributed::Communicator;
 use super::optimizer::AdamW;
 use crate::model::llama::{CausalLm, Param, ShardUnits};
 use crate::model::weights::Checkpoint;
-use crate::plan::shard::Layout;
+use crate::plan::shard::{Collectives, Layout};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -93,6 +93,8 @@ struct Piece {
 
 pub struct Sharder {
     groups: ShardGroups,
+    /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
+    moved: Cell<Collectives>,
     units: Vec<Vec<Piece>>,
     gathered: Vec<Cell<bool>>,
 }
@@ -145,13 +147,25 @@ impl Sharder {
             })
             .collect();
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
-        let sharder = Sharder { groups, units, gathered };
+        let sharder = Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()) };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
             }
         }
         sharder
+    }
+
+    /// Collective payload bytes since the last call (all-gathers count what they assemble,
+    /// reduce-scatters what they reduce).
+    pub fn take_moved(&self) -> Collectives {
+        self.moved.take()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Collectives)) {
+        let mut c = self.moved.get();
+        f(&mut c);
+        self.moved.set(c);
     }
 
     /// The trainable chunks, under their parameters' names, for the optimizer.
@@ -191,6 +205,7 @@ impl Sharder {
             Some(g) => g.all_gather(&local)?,
             None => local,
         };
+        self.count(|c| c.all_gather += (all.numel() * all.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
         let mut out = Vec::with_capacity(pieces.len());
         for (p, _) in pieces.iter().zip(sources) {
@@ -272,6 +287,7 @@ impl Sharder {
         let input = Tensor::cat(&ordered, 0);
         drop(ordered);
         drop(padded);
+        self.count(|c| c.reduce_scatter += (input.numel() * input.kind().elt_size_in_bytes()) as u64);
         let mine = match &self.groups.shard {
             Some(g) => g.reduce_scatter(&input)?,
             None => input,
@@ -298,6 +314,7 @@ impl Sharder {
         }
         let mut flat = Tensor::cat(&grads, 0);
         g.all_reduce(&mut flat, ReduceOp::Sum)?;
+        self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
         for t in grads {
             let n = t.numel() as i64;

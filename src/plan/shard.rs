@@ -107,7 +107,7 @@ pub struct RankShard {
 }
 
 /// Payload bytes per rank per optimizer step.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Collectives {
     pub all_reduce: u64,
     pub all_gather: u64,
@@ -141,7 +141,13 @@ pub fn reshard_after_forward(c: &Config) -> bool {
 /// Whether training recomputes each layer in its backward pass: gradient checkpointing, or full
 /// sharding, whose layers give their parameters back after the forward pass.
 pub fn recomputes_layers(c: &Config, world_size: u64) -> bool {
-    c.training.gradient_checkpointing || (strategy(c, world_size).shards_parameters() && reshard_after_forward(c))
+    gradient_checkpointing(c) || (strategy(c, world_size).shards_parameters() && reshard_after_forward(c))
+}
+
+/// `gradient_checkpointing`, or `activation_checkpointing` in `fsdp_config` (either spelling).
+pub fn gradient_checkpointing(c: &Config) -> bool {
+    let f = &c.distributed.fsdp_config;
+    c.training.gradient_checkpointing || f.fsdp_activation_checkpointing.or(f.activation_checkpointing) == Some(true)
 }
 
 pub fn layout(
@@ -192,6 +198,9 @@ pub fn layout(
     let grad_bytes = trainable * TRAINABLE_BYTES;
     let frozen = total_params - trainable;
     let gathered = (frozen as f64 * frozen_bytes_per_element) as u64 + trainable * TRAINABLE_BYTES;
+    let root_bytes = units.last().map_or(0, |u| {
+        ((u.parameters - u.trainable) as f64 * frozen_bytes_per_element) as u64 + u.trainable * TRAINABLE_BYTES
+    });
     let per_step = match strategy {
         Strategy::Single => Collectives::default(),
         Strategy::Ddp => Collectives { all_reduce: grad_bytes, ..Collectives::default() },
@@ -202,9 +211,11 @@ pub fn layout(
             ..Collectives::default()
         },
         Strategy::FullShard | Strategy::HybridShard => Collectives {
-            // Each micro batch gathers every unit for its forward and again for its backward,
-            // and reduce-scatters its gradients.
-            all_gather: accumulation * 2 * gathered,
+            // Each micro batch gathers every decoder layer for its forward and again for its
+            // backward (once, when units stay gathered between the two), the root once (it
+            // stays gathered from the embeddings to the head's backward pass), and
+            // reduce-scatters its gradients.
+            all_gather: accumulation * if reshard_after_forward(c) { 2 * gathered - root_bytes } else { gathered },
             reduce_scatter: accumulation * grad_bytes,
             // Hybrid: the gradient shards are all-reduced across nodes.
             all_reduce: if strategy == Strategy::HybridShard && nodes > 1 {
