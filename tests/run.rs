@@ -851,3 +851,52 @@ fn multi_adapter_mistakes_are_named() {
     }
     insta::assert_snapshot!("multi_adapter_mistakes", report);
 }
+
+#[test]
+fn switching_adapters_moves_no_base_weight() {
+    use recipe::model::llama::{CausalLm, Inputs};
+    use tch::{Device, Kind, Tensor};
+    let loaded = recipe::exec::load_trained(&root().join(BASE), None, Device::Cpu, None, Some(Kind::Float)).unwrap();
+    let mut served = recipe::model::serving::Adapters::new(loaded.model, "default");
+    assert_eq!(served.active(), None);
+    served.attach("lora", &root().join(LORA)).unwrap();
+    served.attach("dora", &root().join(DORA)).unwrap();
+    assert_eq!(served.names(), ["dora", "lora"]);
+    let ids = Tensor::from_slice(&[1i64, 403, 407, 261, 378, 289]).unsqueeze(0);
+    let positions = Tensor::arange(6, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let logits = |m: &CausalLm| {
+        let _guard = tch::no_grad_guard();
+        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None })
+    };
+    // Every base tensor stays where it is (same storage, same values) through the switches.
+    let base: Vec<(String, usize, Tensor)> = served
+        .model
+        .base_params()
+        .into_iter()
+        .map(|p| (p.name, p.tensor.data_ptr() as usize, p.tensor.copy()))
+        .collect();
+    let base_logits = logits(&served.model);
+    let mut seen = Vec::new();
+    for name in [Some("lora"), Some("dora"), None, Some("lora"), Some("dora")] {
+        served.set_adapter(name).unwrap();
+        assert_eq!(served.active(), name);
+        seen.push(logits(&served.model));
+        for ((n, ptr, value), now) in base.iter().zip(served.model.base_params()) {
+            assert_eq!(now.tensor.data_ptr() as usize, *ptr, "{n} moved");
+            common::assert_identical(n, &now.tensor, value, "before switching");
+        }
+    }
+    // Each adapter gives its own logits, the same each time it is active, equal to loading its
+    // folder alone; none is the base's.
+    common::assert_identical("lora again", &seen[3], &seen[0], "lora first");
+    common::assert_identical("dora again", &seen[4], &seen[1], "dora first");
+    common::assert_identical("base", &seen[2], &base_logits, "before any adapter");
+    let alone = common::load_peft_folder(&root().join(LORA), Kind::Float);
+    common::assert_identical("lora served", &seen[0], &logits(&alone), "lora alone");
+    let alone = common::load_peft_folder(&root().join(DORA), Kind::Float);
+    common::assert_identical("dora served", &seen[1], &logits(&alone), "dora alone");
+    assert!(seen[0].not_equal_tensor(&seen[2]).any().int64_value(&[]) == 1);
+    // An unknown name is an error and leaves the active adapter as it was.
+    assert!(served.set_adapter(Some("lorra")).unwrap_err().contains("no adapter named `lorra`"));
+    assert_eq!(served.active(), Some("dora"));
+}
