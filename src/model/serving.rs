@@ -59,7 +59,8 @@ fn put(model: &mut CausalLm, set: AdapterSet) {
 impl Adapters {
     /// `model` as loaded; the adapter it carries (if any) is named `name`.
     pub fn new(model: CausalLm, name: &str) -> Adapters {
-        let carries = matches!(model.trainable, Trainable::Lora { .. });
+        // A model loaded with an adapter has its adapter as its trainable set.
+        let carries = !matches!(model.trainable, Trainable::Nothing | Trainable::Everything);
         Adapters { model, parked: BTreeMap::new(), active: carries.then(|| name.to_string()) }
     }
 
