@@ -109,6 +109,7 @@ enum Command {
     #[cfg(feature = "exec")]
     Generate {
         target: PathBuf,
+        /// The text to continue (or many, with --prompts-file).
         #[arg(long, required_unless_present = "prompts_file", conflicts_with = "prompts_file")]
         prompt: Option<String>,
         /// JSON Lines, one `{"prompt": "...", "adapter": "NAME"}` per line (`adapter` optional: the
