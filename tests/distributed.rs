@@ -472,6 +472,8 @@ fn sharded_strategies_repeat_the_one_rank_run() {
     for (method, strategies, extra) in [
         ("full", &["full_shard", "shard_grad_op"][..], "max_steps: 4\neval_steps: 2\n"),
         ("lora", &["full_shard"][..], "max_steps: 4\n"),
+        // Each rank loads only its chunks of the base.
+        ("full", &["full_shard"][..], "max_steps: 4\nfsdp_config:\n  cpu_ram_efficient_loading: true\n"),
         ("qlora", &["full_shard"][..], "max_steps: 4\n"),
     ] {
         let one = tempfile::tempdir().unwrap();
@@ -649,4 +651,30 @@ fn full_shard_holds_at_most_six_tenths_of_data_parallel_memory_per_rank_as_the_p
     eprintln!("per-rank peak: ddp {ddp:.0} B, full_shard {sharded:.0} B ({:.3}x), plan {estimate:.0} B", sharded / ddp);
     assert!(sharded <= 0.6 * ddp, "full_shard {sharded} vs ddp {ddp}");
     assert!((sharded / estimate - 1.0).abs() <= 0.15, "full_shard {sharded} vs the plan's {estimate}");
+}
+
+#[test]
+fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, says) in [
+        (
+            "fsdp_config:\n  transformer_layer_cls_to_wrap: MistralDecoderLayer\n",
+            "transformer_layer_cls_to_wrap is `MistralDecoderLayer`, but this model's decoder layer is `LlamaDecoderLayer`",
+        ),
+        (
+            "fsdp_config:\n  state_dict_type: SHARDED_STATE_DICT\n",
+            "fsdp_config.state_dict_type: checkpoints in per-rank shards",
+        ),
+        ("fsdp: [full_shard, offload]\n", "fsdp: offload"),
+        (
+            "fsdp: [shard_grad_op]\nfsdp_config:\n  cpu_ram_efficient_loading: true\n",
+            "cpu_ram_efficient_loading: true with ShardGradOp",
+        ),
+    ] {
+        let path = write_recipe(dir.path(), "full", &format!("max_steps: 1\n{extra}"));
+        let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{extra}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -113,6 +113,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
+        let mut loaded = std::mem::take(&mut *model.loaded_chunks.borrow_mut());
         let (size, index) = (groups.size as i64, groups.index as i64);
         let units: Vec<Vec<Piece>> = model
             .unit_tensors()
@@ -124,9 +125,11 @@ impl Sharder {
                         let numel = full.numel() as i64;
                         let chunk = (numel + size - 1) / size;
                         let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
-                        let flat = full.detach().reshape([-1]);
-                        let padded = flat.constant_pad_nd([0, chunk * size - numel]);
-                        let shard = padded.narrow(0, index * chunk, chunk).copy();
+                        // Loaded as a chunk already (CausalLm::load_chunked), or cut now.
+                        let shard = loaded.remove(&name).unwrap_or_else(|| {
+                            let flat = full.detach().reshape([-1]);
+                            flat.constant_pad_nd([0, chunk * size - numel]).narrow(0, index * chunk, chunk).copy()
+                        });
                         let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
                         if let Some(g) = &grad
                             && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
