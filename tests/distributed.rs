@@ -678,3 +678,21 @@ fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn the_axolotl_fsdp2_demo_recipe_runs_as_is_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stdout = check_ok(
+        recipe()
+            .arg("run")
+            .arg(root().join("recipes/demo/stories260k-fsdp2.yaml"))
+            .args(["--device", "cpu", "--nproc-per-node", "2", "--set", "max_steps=4", "--set", "eval_steps=2"])
+            .arg("--set")
+            .arg(format!("output_dir={}", out.display()))
+            .output()
+            .unwrap(),
+    );
+    assert!(layout_line(&stdout).starts_with("layout     FullShard across 2 rank(s) (gloo)"), "{stdout}");
+    assert!(out.join("model.safetensors").is_file());
+}
