@@ -6,7 +6,8 @@
 //! Every tensor of a unit is flattened, padded to a multiple of the shard group's size and cut
 //! into equal chunks; the rank at index k of its shard group holds chunk k of each (FSDP2's
 //! per-parameter sharding, so optimizer state keeps its parameter's name and weight-decay group).
-//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind.
+//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind (a
+//! 4-bit base is sharded as its packed codes and block scales, and dequantized once gathered).
 //! - Gradients: when a unit's backward pass is done (the model calls `backward_done`), its
 //!   gradients are reduce-scattered in one collective and added to this rank's gradient chunks,
 //!   and the full gradients are freed. Hybrid: the chunks are summed over the replica group (the

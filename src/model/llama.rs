@@ -809,13 +809,24 @@ impl CausalLm {
         out
     }
 
-    /// Every dense tensor of the model by shard unit (decoder layer i, then the root), each
-    /// once, for sharded training: base weights, norms, biases and adapter tensors. Quantized
-    /// base weights are not listed (they stay whole on every rank).
+    /// Every tensor of the model by shard unit (decoder layer i, then the root), each once, for
+    /// sharded training: base weights (a 4-bit base as its packed codes and absmax), norms,
+    /// biases and adapter tensors. An 8-bit base stays whole on every rank.
     pub fn unit_tensors(&self) -> Vec<Vec<(String, Tensor)>> {
         fn linear_tensors(lin: &Linear, out: &mut Vec<(String, Tensor)>) {
-            if lin.quantized.is_none() && lin.weight.numel() > 0 {
-                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+            match &lin.quantized {
+                None if lin.weight.numel() > 0 => {
+                    out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()))
+                }
+                // The codes and block scales of this weight alone (the code table is shared).
+                Some(QuantizedWeight::Four(q)) => {
+                    out.push((format!("{}.weight.packed", lin.name), q.packed.shallow_clone()));
+                    out.push((format!("{}.weight.absmax", lin.name), q.absmax.shallow_clone()));
+                    if let Some(n) = &q.nested {
+                        out.push((format!("{}.weight.nested_absmax", lin.name), n.absmax.shallow_clone()));
+                    }
+                }
+                _ => {}
             }
             if let Some(b) = &lin.bias {
                 out.push((format!("{}.bias", lin.name), b.shallow_clone()));
