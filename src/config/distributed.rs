@@ -242,6 +242,13 @@ impl FsdpConfig {
 }
 
 impl DistributedConfig {
+    /// `state_dict_type: SHARDED_STATE_DICT` (either spelling): checkpoints in per-rank shards.
+    pub fn sharded_checkpoints(&self) -> bool {
+        let f = &self.fsdp_config;
+        !self.sharding().is_empty()
+            && f.fsdp_state_dict_type.or(f.state_dict_type) == Some(StateDictType::ShardedStateDict)
+    }
+
     /// Sharded-training settings `recipe run` does not build, as (key, what it asks for): `plan`
     /// lays the recipe out, `validate` warns at the key and `run` refuses it.
     pub fn not_built(&self) -> Vec<(&'static str, &'static str)> {
@@ -278,17 +285,19 @@ impl DistributedConfig {
         if f.fsdp_forward_prefetch == Some(true) {
             out.push(("fsdp_config.fsdp_forward_prefetch", "prefetching the next unit in the forward pass"));
         }
-        let sharded = |t: Option<StateDictType>| {
-            matches!(t, Some(StateDictType::ShardedStateDict | StateDictType::LocalStateDict))
-        };
         for (key, value) in [
             ("fsdp_config.fsdp_state_dict_type", f.fsdp_state_dict_type),
             ("fsdp_config.state_dict_type", f.state_dict_type),
-            ("fsdp_config.final_state_dict_type", f.final_state_dict_type),
         ] {
-            if sharded(value) {
-                out.push((key, "checkpoints in per-rank shards (recipe writes them whole, as FULL_STATE_DICT)"));
+            if value == Some(StateDictType::LocalStateDict) {
+                out.push((key, "LOCAL_STATE_DICT checkpoints (recipe writes FULL_STATE_DICT or SHARDED_STATE_DICT)"));
             }
+        }
+        if matches!(f.final_state_dict_type, Some(StateDictType::ShardedStateDict | StateDictType::LocalStateDict)) {
+            out.push((
+                "fsdp_config.final_state_dict_type",
+                "final outputs in per-rank shards (recipe writes them whole, to load in transformers / peft)",
+            ));
         }
         if f.mixed_precision_policy.is_some() {
             out.push((

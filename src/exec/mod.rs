@@ -724,6 +724,9 @@ fn train_on<E: packing::Example>(
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
         let resumed_from = train::resume_dir(plan, &output_dir)?;
+        // Where a sharded checkpoint is assembled whole, and the optimizer state to resume from.
+        let assembled = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+        let mut resume_optimizer: Option<PathBuf> = None;
         if rt.is_main() {
             checkpoint::prepare_output_dir(plan, &output_dir, &base_dir, resumed_from.is_some())?;
             std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
@@ -774,14 +777,28 @@ fn train_on<E: packing::Example>(
                     dir.display()
                 ));
             }
-            if !dir.join("optimizer.safetensors").is_file() {
+            // A sharded checkpoint (SHARDED_STATE_DICT) is assembled whole first, whatever world
+            // size wrote it; every rank then takes its chunks from the whole tensors.
+            let sharded = shard::is_sharded_checkpoint(dir);
+            let has_optimizer = if sharded {
+                shard::sharded_checkpoint_has_optimizer(dir)?
+            } else {
+                dir.join("optimizer.safetensors").is_file()
+            };
+            if !has_optimizer {
                 return Err(format!(
                     "{}: holds no optimizer state (saved with save_only_model: true), so it cannot be resumed; \
                      train on from its weights with lora_model_dir (an adapter) or base_model (a full model)",
                     dir.display()
                 ));
             }
-            let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
+            let (weights_path, optimizer_path) = if sharded {
+                shard::assemble_checkpoint(dir, assembled.path())?
+            } else {
+                (checkpoint::weights_file(dir), dir.join("optimizer.safetensors"))
+            };
+            let weights = Checkpoint::open_files(dir, &[weights_path])?;
+            resume_optimizer = Some(optimizer_path);
             adapter::load_trainable(&model, &weights)?;
             state = checkpoint::TrainerState { data_digest: state.data_digest.take(), ..saved };
             // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
@@ -797,7 +814,7 @@ fn train_on<E: packing::Example>(
             None => optimizer::AdamW::new(trainable, &t.optimizer),
         };
         if let Some(dir) = &resumed_from {
-            let saved = Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?;
+            let saved = Checkpoint::open_files(dir, &[resume_optimizer.clone().unwrap_or_default()])?;
             match &sharder {
                 Some(sharder) => sharder.load_optimizer_state(&mut optimizer, &saved)?,
                 None => optimizer.load_state(&saved)?,

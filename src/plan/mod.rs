@@ -432,6 +432,17 @@ pub fn render_text(plan: &Plan) -> String {
             ),
         };
         let _ = writeln!(o, "           fsdp: [{}]: {how}", list.join(", "));
+        if l.strategy.shards_gradients_and_optimizer() {
+            let _ = writeln!(
+                o,
+                "           checkpoints: {}; final outputs whole",
+                if l.sharded_checkpoints {
+                    "each rank's chunks and an index (SHARDED_STATE_DICT), resumable on any world size"
+                } else {
+                    "whole (FULL_STATE_DICT), assembled one tensor at a time"
+                }
+            );
+        }
         for (key, what) in &l.not_built {
             let _ = writeln!(o, "           {key}: {what} is not built; recipe run refuses it");
         }

@@ -59,6 +59,9 @@ pub struct Layout {
     /// Settings the executor does not build, as (key, what it asks for); `recipe run` refuses
     /// a recipe with any.
     pub not_built: Vec<(String, String)>,
+    /// `state_dict_type: SHARDED_STATE_DICT`: each rank writes its chunks of a checkpoint (and rank 0
+    /// an index); final outputs stay whole.
+    pub sharded_checkpoints: bool,
     /// `transformer_layer_cls_to_wrap` as written (either spelling): `recipe run` checks that it
     /// names the model's decoder layer, which is what its units wrap.
     pub wrapped_class: Option<String>,
@@ -252,6 +255,7 @@ pub fn layout(
                 .or(c.distributed.fsdp_config.cpu_ram_efficient_loading)
                 == Some(true),
         not_built: c.distributed.not_built().into_iter().map(|(k, w)| (k.to_string(), w.to_string())).collect(),
+        sharded_checkpoints: c.distributed.sharded_checkpoints(),
         wrapped_class: c
             .distributed
             .fsdp_config
