@@ -169,15 +169,18 @@ impl Rules<'_> {
     }
 
     fn adapter_keys(&mut self, c: &Config) {
+        self.prompt_tuning_keys(c);
         if c.adapter.adapter.is_some() {
             return;
         }
-        // Every key of the adapter section but `adapter` itself.
+        // Every key of the adapter section but `adapter` itself (and prompt tuning's, checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
         let lora_keys: Vec<&str> = schema
             .get("properties")
             .and_then(serde_json::Value::as_object)
-            .map(|props| props.keys().map(String::as_str).filter(|k| *k != "adapter").collect())
+            .map(|props| {
+                props.keys().map(String::as_str).filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(k)).collect()
+            })
             .unwrap_or_default();
         for key in lora_keys {
             let Some(entry) = self.at.entry(key) else {
@@ -206,6 +209,120 @@ impl Rules<'_> {
                     &[key, "adapter"],
                     "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
                 );
+            }
+        }
+    }
+
+    /// Prompt tuning's keys act only with `adapter: prompt_tuning`, and that method reads no LoRA key;
+    /// what the executor does not build with it (packing, preference and reward training, a
+    /// quantized base, a starting adapter) is refused at the key.
+    fn prompt_tuning_keys(&mut self, c: &Config) {
+        let a = &c.adapter;
+        let prompt = a.adapter == Some(AdapterKind::PromptTuning);
+        if !prompt {
+            for key in PROMPT_TUNING_KEYS.iter().filter(|k| self.at.entry(k).is_some()) {
+                self.error(
+                    "prompt-tuning-key-without-prompt-tuning",
+                    format!("`{key}` is a prompt-tuning key, but `adapter` is not `prompt_tuning`"),
+                    &[key, "adapter"],
+                    "set adapter: prompt_tuning, or remove it",
+                );
+            }
+            return;
+        }
+        let schema = schemars::schema_for!(super::AdapterConfig);
+        let other_keys: Vec<String> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|props| {
+                props.keys().filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(&k.as_str())).cloned().collect()
+            })
+            .unwrap_or_default();
+        for key in &other_keys {
+            let Some(entry) = self.at.entry(key) else { continue };
+            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
+                continue;
+            }
+            self.error(
+                "lora-key-with-prompt-tuning",
+                format!("`{key}` is a LoRA key, but `adapter: prompt_tuning` trains no LoRA pairs"),
+                &[key, "adapter"],
+                "remove it, or use adapter: lora",
+            );
+        }
+        if a.num_virtual_tokens.is_none() {
+            self.error(
+                "prompt-tuning-needs-virtual-tokens",
+                "`adapter: prompt_tuning` needs `num_virtual_tokens`".into(),
+                &["adapter", "num_virtual_tokens"],
+                "set num_virtual_tokens: 8 to 100 (peft's examples use 8 to 20)",
+            );
+        }
+        use super::adapter::PromptTuningInit;
+        match (a.prompt_tuning_init, &a.prompt_tuning_init_text) {
+            (Some(PromptTuningInit::Text), None) => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init: text` needs `prompt_tuning_init_text`".into(),
+                &["prompt_tuning_init", "prompt_tuning_init_text"],
+                "give the text whose token embeddings start the virtual tokens",
+            ),
+            (Some(PromptTuningInit::Random) | None, Some(_)) => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init_text` is used only with `prompt_tuning_init: text`".into(),
+                &["prompt_tuning_init_text", "prompt_tuning_init"],
+                "set prompt_tuning_init: text, or remove the text",
+            ),
+            (Some(PromptTuningInit::Text), Some(text)) if text.is_empty() => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init_text` is empty: it has no tokens to start from".into(),
+                &["prompt_tuning_init_text"],
+                "give a text describing the task",
+            ),
+            _ => {}
+        }
+        let refuse = |rules: &mut Self, key: &str, why: &str, help: &str| {
+            rules.error(
+                "prompt-tuning-unsupported",
+                format!("`{key}` with `adapter: prompt_tuning`: {why}"),
+                &[key, "adapter"],
+                help,
+            );
+        };
+        if c.data.sample_packing {
+            refuse(
+                self,
+                "sample_packing",
+                "the virtual tokens open each row, so only a row's first packed sample would follow them \
+                 (peft also drops the position ids packing relies on)",
+                "set sample_packing: false",
+            );
+        }
+        if c.data.eval_sample_packing == Some(true) {
+            refuse(
+                self,
+                "eval_sample_packing",
+                "the virtual tokens open each row, so only a row's first packed sample would follow them",
+                "set eval_sample_packing: false",
+            );
+        }
+        if c.training.rl.is_some() {
+            refuse(self, "rl", "preference training with prompt tuning is not built", "train with adapter: lora");
+        }
+        if c.training.reward_model {
+            refuse(self, "reward_model", "a reward model with prompt tuning is not built", "train with adapter: lora");
+        }
+        if !c.chat.tokens.is_empty() {
+            refuse(
+                self,
+                "tokens",
+                "new tokens need trained embedding and head rows, and prompt tuning trains only its virtual tokens",
+                "remove tokens, or use adapter: lora (it trains embed_tokens and lm_head with them)",
+            );
+        }
+        for key in ["load_in_4bit", "load_in_8bit"] {
+            let on = if key == "load_in_4bit" { c.quantization.load_in_4bit } else { c.quantization.load_in_8bit };
+            if on {
+                refuse(self, key, "prompt tuning on a quantized base is not built", "remove it: the base stays dense");
             }
         }
     }
@@ -929,7 +1046,7 @@ impl Rules<'_> {
     fn hyperparameter_table(&mut self, c: &Config) {
         let a = &c.adapter;
         let t = &c.training;
-        if a.adapter.is_some() {
+        if a.adapter.is_some_and(AdapterKind::is_lora) {
             let r = a.lora_r;
             if !(8..=64).contains(&r) {
                 self.warn(
@@ -953,6 +1070,8 @@ impl Rules<'_> {
         if let Some(lr) = t.learning_rate {
             let (low, high, what) = if c.training.rl.is_some() {
                 (5e-7, 5e-5, "preference training: 5e-7 to 5e-5, far below supervised fine-tuning")
+            } else if a.adapter == Some(AdapterKind::PromptTuning) {
+                (1e-3, 3e-1, "prompt tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
             } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {
@@ -1003,6 +1122,9 @@ impl Rules<'_> {
         }
     }
 }
+
+/// The keys only `adapter: prompt_tuning` reads.
+const PROMPT_TUNING_KEYS: &[&str] = &["num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocationKind {

@@ -22,6 +22,19 @@ pub enum Trainable {
     /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too); `modules_to_save` get
     /// trainable full copies.
     Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
+    /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
+    /// every sequence; every weight of the model stays frozen.
+    Prompt { num_virtual_tokens: i64, init: PromptInit },
+}
+
+/// How prompt tuning's virtual tokens start.
+#[derive(Debug, Clone)]
+pub enum PromptInit {
+    /// normal(0, 1), as peft's new `nn.Embedding` (also the placeholder a saved adapter overwrites).
+    Random,
+    /// The word embeddings of these tokens, one per virtual token (peft's `TEXT` init, its ids
+    /// already repeated or cut to `num_virtual_tokens`).
+    Tokens(Vec<i64>),
 }
 
 pub struct LoadOptions {
@@ -91,6 +104,11 @@ impl KvCache {
     pub fn new(model: &CausalLm) -> KvCache {
         KvCache { layers: model.layers.iter().map(|_| LayerCache::default()).collect() }
     }
+
+    /// Nothing decoded yet.
+    pub fn is_empty(&self) -> bool {
+        self.layers.first().is_none_or(|l| l.keys.is_none())
+    }
 }
 
 /// A named tensor of the model (Hugging Face name).
@@ -125,6 +143,9 @@ pub struct CausalLm {
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
     head_original: Option<Tensor>,
+    /// Prompt tuning's virtual tokens [N, H] (fp32, trained): prepended to the embedded inputs of
+    /// every forward pass while adapters are on, at positions 0..N, the real tokens after them.
+    pub prompt: Option<Tensor>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
@@ -260,6 +281,24 @@ impl CausalLm {
                 },
             });
         }
+        let prompt = match &opts.trainable {
+            Trainable::Prompt { num_virtual_tokens: n, init } => {
+                let t = match init {
+                    PromptInit::Random => Tensor::empty([*n, h], (Kind::Float, device)).normal_(0.0, 1.0),
+                    PromptInit::Tokens(ids) => {
+                        if ids.len() as i64 != *n || ids.iter().any(|&i| i < 0 || i >= v) {
+                            return Err(format!(
+                                "prompt tuning's initial tokens must be {n} ids below the vocabulary size {v}"
+                            ));
+                        }
+                        let ids = Tensor::from_slice(ids).to_device(device);
+                        embed_tokens.index_select(0, &ids).to_kind(Kind::Float).detach().copy()
+                    }
+                };
+                Some(t.set_requires_grad(true))
+            }
+            _ => None,
+        };
         let norm = norm("model.norm.weight")?;
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
         let head_weight = if arch.tie_word_embeddings {
@@ -338,6 +377,7 @@ impl CausalLm {
             memory_probe: std::cell::Cell::new(None),
             adapters_enabled: std::cell::Cell::new(true),
             head_original,
+            prompt,
             score,
         })
     }
@@ -408,7 +448,42 @@ impl CausalLm {
         Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float)
     }
 
+    /// How many virtual tokens (prompt tuning) open every sequence now: hidden states and logits
+    /// have that many positions more than the inputs, in front.
+    pub fn virtual_tokens(&self) -> i64 {
+        match &self.prompt {
+            Some(p) if self.adapters_on() => p.size()[0],
+            _ => 0,
+        }
+    }
+
+    /// The embedded inputs and their positions, with prompt tuning's virtual tokens in front (at
+    /// positions 0..N, the inputs' own positions shifted by N), as peft feeds `inputs_embeds`
+    /// and transformers numbers them.
+    fn embed_inputs(&self, inputs: &Inputs) -> (Tensor, Tensor) {
+        let x = self.embed(inputs.input_ids);
+        let n = self.virtual_tokens();
+        let Some(prompt) = self.prompt.as_ref().filter(|_| n > 0) else {
+            return (x, inputs.position_ids.shallow_clone());
+        };
+        let b = x.size()[0];
+        let virtual_positions =
+            Tensor::arange(n, (Kind::Int64, x.device())).unsqueeze(0).expand([b, n], false);
+        let positions = Tensor::cat(&[virtual_positions, inputs.position_ids + n], 1);
+        (Tensor::cat(&[prompt.unsqueeze(0).expand([b, -1, -1], false), x], 1), positions)
+    }
+
     /// The attention mask for these inputs: `None` means plain causal.
+    /// `attention_mask` for this model: packed rows do not take virtual tokens (the rules refuse
+    /// prompt tuning with packing), so a packed batch reaching a prompt-tuned model is a bug.
+    fn mask_for(&self, inputs: &Inputs) -> Option<Tensor> {
+        assert!(
+            inputs.segment_ids.is_none() || self.virtual_tokens() == 0,
+            "packed rows reached a prompt-tuned model"
+        );
+        Self::attention_mask(inputs)
+    }
+
     pub fn attention_mask(inputs: &Inputs) -> Option<Tensor> {
         let seg = inputs.segment_ids?;
         let t = seg.size()[1];
@@ -481,9 +556,9 @@ impl CausalLm {
 
     /// Final hidden states [B, T, H] after the last norm.
     pub fn hidden_states(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let cos_sin = self.rope.cos_sin(inputs.position_ids);
-        let mask = Self::attention_mask(inputs);
-        let mut x = self.embed(inputs.input_ids);
+        let (mut x, positions) = self.embed_inputs(inputs);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mask = self.mask_for(inputs);
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
         }
@@ -493,11 +568,17 @@ impl CausalLm {
     /// Logits [1, T, V] of new tokens `input_ids` [1, T] at positions `start..start+T`, reading
     /// and extending `cache` (start with `KvCache::new`). Feed the prompt first, then one token at
     /// a time.
+    /// With virtual tokens (prompt tuning), the first call (`start` 0) puts them in front and
+    /// returns their logits too; `start` counts real tokens, and every position is shifted by N.
     pub fn logits_cached(&self, input_ids: &Tensor, start: i64, cache: &mut KvCache) -> Tensor {
         let t = input_ids.size()[1];
         let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
+        let (mut x, positions) = if start == 0 {
+            self.embed_inputs(&Inputs { input_ids, position_ids: &positions, segment_ids: None })
+        } else {
+            (self.embed(input_ids), positions + self.virtual_tokens())
+        };
         let cos_sin = self.rope.cos_sin(&positions);
-        let mut x = self.embed(input_ids);
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
         }
@@ -518,7 +599,20 @@ impl CausalLm {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        let t = input_ids.size()[1];
+        // Virtual tokens (prompt tuning) go in front of the first call's tokens; they are never
+        // padding, and every position moves up by their number.
+        let n = self.virtual_tokens();
+        let (x, positions) = if cache.is_empty() {
+            self.embed_inputs(&Inputs { input_ids, position_ids: positions, segment_ids: None })
+        } else {
+            (self.embed(input_ids), positions + n)
+        };
+        let key_mask = if n > 0 {
+            Tensor::cat(&[Tensor::ones([key_mask.size()[0], n], (Kind::Bool, key_mask.device())), key_mask.shallow_clone()], 1)
+        } else {
+            key_mask.shallow_clone()
+        };
+        let t = x.size()[1];
         let s = key_mask.size()[1];
         let dev = self.device;
         // Query i is token s - t + i: it sees keys up to itself that are not padding, and itself.
@@ -527,8 +621,8 @@ impl CausalLm {
         let causal = key_at.le_tensor(&query_at);
         let own = key_at.eq_tensor(&query_at);
         let mask = causal.unsqueeze(0).logical_and(&key_mask.unsqueeze(1)).logical_or(&own.unsqueeze(0)).unsqueeze(1);
-        let cos_sin = self.rope.cos_sin(positions);
-        let mut x = self.embed(input_ids);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mut x = x;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
         }
@@ -568,9 +662,9 @@ impl CausalLm {
     /// layer at a time. `layer_seed(i)` runs before layer i (and again before its recomputation),
     /// so dropout masks repeat.
     pub fn forward_train(&self, inputs: &Inputs, checkpointing: bool, layer_seed: &dyn Fn(usize)) -> TrainForward {
-        let cos_sin = self.rope.cos_sin(inputs.position_ids);
-        let mask = Self::attention_mask(inputs);
-        let embedded = self.embed(inputs.input_ids);
+        let (embedded, positions) = self.embed_inputs(inputs);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mask = self.mask_for(inputs);
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
@@ -625,6 +719,10 @@ impl CausalLm {
         match &self.trainable {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
+            // peft's saved name for a prompt-tuning adapter's one tensor.
+            Trainable::Prompt { .. } => {
+                out.extend(self.prompt.iter().map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }))
+            }
             Trainable::Lora { .. } => {
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {

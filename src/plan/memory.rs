@@ -17,6 +17,8 @@
 //!   and LoRA terms its magnitude rescales, kept for the magnitude's gradient); attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
+//! - prompt tuning: s counts the sequence and its virtual tokens (sequence_len + num_virtual_tokens),
+//!   which go through every layer and the head like real ones.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
 //!   training computes the head and the cross-entropy in chunks of n = 2^24 / V tokens
 //!   (plan/training.rs, `LossPlan`) when b·s is larger: n·V·4 for one chunk's fp32 logits (their
@@ -192,7 +194,11 @@ fn breakdown(
     // gradients, like the reference pass).
     let pairs = matches!(c.training.rl, Some(rl) if rl != RlMethod::Kto) || c.training.reward_model;
     let sequences_per_example = if pairs { 2 } else { 1 };
-    let tokens = sequences_per_example * u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
+    // Prompt tuning's virtual tokens lengthen every sequence.
+    let virtual_tokens = adapter.prompt.as_ref().map_or(0, |p| p.num_virtual_tokens);
+    let tokens = sequences_per_example
+        * u64::from(c.training.micro_batch_size)
+        * (u64::from(c.data.sequence_len) + virtual_tokens);
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
     let kv = arch.num_key_value_heads * arch.head_dim;
@@ -346,7 +352,8 @@ fn suggestions(
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    if !c.quantization.load_in_4bit {
+    // Prompt tuning on a quantized base is not built, so QLoRA is no drop-in for it.
+    if !c.quantization.load_in_4bit && c.adapter.adapter != Some(crate::config::adapter::AdapterKind::PromptTuning) {
         let mut qlora = cumulative.clone();
         qlora.quantization.load_in_8bit = false;
         qlora.quantization.load_in_4bit = true;
