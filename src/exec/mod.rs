@@ -216,7 +216,7 @@ fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
 
 /// peft's TEXT init: the text's ids as the tokenizer gives them (special tokens included, as
 /// `tokenizer(text)` adds them), cut to `n`, or repeated until there are `n`.
-fn prompt_init_ids(tok: &Tokenizer, text: &str, n: usize) -> Result<Vec<i64>, String> {
+pub fn prompt_init_ids(tok: &Tokenizer, text: &str, n: usize) -> Result<Vec<i64>, String> {
     let ids: Vec<i64> = tok.bos().into_iter().chain(tok.encode(text)?).collect();
     if ids.is_empty() {
         return Err(format!("prompt_tuning_init_text {text:?} has no tokens"));
