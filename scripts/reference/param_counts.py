@@ -20,7 +20,10 @@ What it does
      as (trainable, all), plus the base model's total before peft. Written to
      tests/golden/peft_trainable.json (a list of cases; each carries peft_version).
 
-  Both files are pretty-printed with sorted keys and end with a newline. Nothing is
+  3. Wraps fresh meta-device models with get_peft_model(model, PromptTuningConfig(
+     task_type CAUSAL_LM, num_virtual_tokens N, prompt_tuning_init RANDOM)) for PROMPT_CASES
+     and records (trainable, all) as in 2, written to tests/golden/peft_prompt_trainable.json.
+  All files are pretty-printed with sorted keys and end with a newline. Nothing is
   typed by hand: rerun this script after changing a model file.
 
 How to run (from the repository root; versions pinned in scripts/reference/requirements.txt,
@@ -48,7 +51,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import LoraConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS_DIR = os.path.join(ROOT, "src", "plan", "models")
@@ -71,6 +74,13 @@ PEFT_CASES = [
     # DoRA: one magnitude per output row of every adapted linear, on top of LoRA's pairs.
     ("meta-llama/Meta-Llama-3-8B", 16, ALL_LINEAR, None, True),
     ("stories260k", 8, ["q_proj", "v_proj", "lm_head"], None, True),
+]
+
+# (model key, num_virtual_tokens): prompt tuning (the init does not change the counts).
+PROMPT_CASES = [
+    ("stories260k", 7),
+    ("meta-llama/Meta-Llama-3-8B", 20),
+    ("Qwen/Qwen2.5-0.5B", 8),
 ]
 
 
@@ -160,6 +170,24 @@ def peft_case(path, key, r, targets, modules_to_save, use_dora):
     }
 
 
+def prompt_case(path, key, n):
+    model = build_meta(path)
+    base_total = total_params(model)
+    cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="RANDOM")
+    with torch.device("meta"):
+        pm = get_peft_model(model, cfg)
+    trainable, all_params = pm.get_nb_trainable_parameters()
+    return {
+        "model": key,
+        "num_virtual_tokens": n,
+        "trainable": int(trainable),
+        "all": int(all_params),
+        "base_total": base_total,
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
+
+
 def dump(obj):
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
@@ -184,9 +212,17 @@ def main():
         print(f"peft {key:28s} r={r:<3d} trainable={case['trainable']:>15,d}  all={case['all']:>15,d}  "
               f"base_total={case['base_total']:>15,d}  modules_to_save={mts}  use_dora={dora}")
 
+    prompt_cases = []
+    for key, n in PROMPT_CASES:
+        case = prompt_case(sources[key], key, n)
+        prompt_cases.append(case)
+        print(f"peft prompt tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
+              f"all={case['all']:>15,d}")
+
     outputs = {
         os.path.join(GOLDEN_DIR, "param_counts.json"): dump(counts),
         os.path.join(GOLDEN_DIR, "peft_trainable.json"): dump(cases),
+        os.path.join(GOLDEN_DIR, "peft_prompt_trainable.json"): dump(prompt_cases),
     }
     print(f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}")
     if args.check:
