@@ -51,17 +51,18 @@ pub struct AdapterConfig {
     /// Prompt tuning (`adapter: prompt_tuning`): how many trained virtual tokens are prepended to
     /// every sequence, as peft's `num_virtual_tokens`. Each one is a trained embedding of the
     /// model's hidden size; every sequence grows by this many positions.
-    #[serde(default)]
+    // Prompt tuning's keys are left out of the resolved settings unless set (only it reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub num_virtual_tokens: Option<u32>,
     /// Prompt tuning: how the virtual tokens start, as peft's `prompt_tuning_init`: `random`
     /// (normal(0, 1), peft's default) or `text` (the word embeddings of `prompt_tuning_init_text`'s
     /// tokens, repeated or cut to `num_virtual_tokens`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tuning_init: Option<PromptTuningInit>,
     /// Prompt tuning with `prompt_tuning_init: text`: the text whose tokens (as the model's
     /// tokenizer encodes it, special tokens included) initialise the virtual tokens.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tuning_init_text: Option<String>,
 }
 
