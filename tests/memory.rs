@@ -161,3 +161,19 @@ fn dora_activations_add_two_outputs_per_adapted_module() {
     );
     assert!(dora.memory.cpu_total_bytes > lora.memory.cpu_total_bytes);
 }
+
+#[test]
+fn prompt_tuning_activations_grow_with_its_virtual_tokens() {
+    // Every sequence carries num_virtual_tokens more positions through every layer and the head:
+    // activations scale with sequence_len + num_virtual_tokens.
+    let demo = "recipes/demo/stories260k-prompt-tuning.yaml";
+    let few = plan(demo, &["num_virtual_tokens=16"], PlanOptions::default());
+    let many = plan(demo, &["num_virtual_tokens=48"], PlanOptions::default());
+    let s = few.batch.sequence_len;
+    assert_eq!(
+        few.memory.activations_without_checkpointing * (s + 48),
+        many.memory.activations_without_checkpointing * (s + 16),
+        "activations ∝ sequence_len + num_virtual_tokens"
+    );
+    assert_eq!(many.adapter.trainable_parameters, 48 * 64);
+}

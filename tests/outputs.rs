@@ -206,6 +206,18 @@ fn prompt_tuning_output_reloads_and_is_not_merged() {
     assert!(moved > 1e-3, "the virtual tokens should change the real positions' logits ({moved:e})");
     save_logits(&dir, &adapted);
 
+    // `recipe generate` on the adapter folder: the virtual tokens go before the prompt.
+    let generated = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("generate")
+        .arg(&dir)
+        .args(["--prompt", "ROMEO:", "--max-new-tokens", "8", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let text = String::from_utf8_lossy(&generated.stdout);
+    assert!(text.starts_with("ROMEO:") && text.trim().len() > "ROMEO:".len(), "{text}");
+
     let out = Command::cargo_bin("recipe")
         .unwrap()
         .arg("merge")
@@ -215,7 +227,10 @@ fn prompt_tuning_output_reloads_and_is_not_merged() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("prompt-tuning adapter") && stderr.contains("cannot be merged"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("prompt-tuning adapter") && stderr.contains("cannot be merged"),
+        "{stderr}"
+    );
 }
 
 #[test]

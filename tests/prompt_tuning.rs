@@ -100,10 +100,9 @@ fn text_init_embeddings_equal_peft_s() {
     let tok = Tokenizer::load(&base).unwrap();
     let n = g["init.prompt_embeddings"].size()[0] as usize;
     let ids = recipe::exec::prompt_init_ids(&tok, "Once upon a time", n).unwrap();
-    let arch = recipe::plan::arch::Architecture::from_config_json(
-        &std::fs::read_to_string(base.join("config.json")).unwrap(),
-    )
-    .unwrap();
+    let arch =
+        recipe::plan::arch::Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap())
+            .unwrap();
     let opts = LoadOptions {
         device: Device::Cpu,
         base_kind: Kind::Float,
@@ -122,8 +121,7 @@ fn greedy_generation_equals_greedy_decoding_through_peft_s_forward() {
     let prompt = Vec::<i64>::try_from(&g["greedy_prompt"]).unwrap();
     let want = Vec::<i64>::try_from(&g["greedy_ids"]).unwrap();
     let new = want.len() - prompt.len();
-    let got =
-        generate(&model, &prompt, None, Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: new, seed: 0 });
+    let got = generate(&model, &prompt, None, Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: new, seed: 0 });
     assert_eq!(got, want[prompt.len()..], "greedy ids");
 }
 

@@ -179,7 +179,11 @@ impl Rules<'_> {
             .get("properties")
             .and_then(serde_json::Value::as_object)
             .map(|props| {
-                props.keys().map(String::as_str).filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(k)).collect()
+                props
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(k))
+                    .collect()
             })
             .unwrap_or_default();
         for key in lora_keys {

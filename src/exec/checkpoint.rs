@@ -60,7 +60,8 @@ pub fn write_weights(dir: &Path, model: &CausalLm, run: &RunFiles, kind: Kind) -
             let tensors: Vec<(String, Tensor)> =
                 model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
             weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
-            let prompt = plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
+            let prompt =
+                plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
             adapter::write_prompt_config(dir, &base_name(plan, base_dir), prompt, &model.arch)?;
         }
         Trainable::Everything | Trainable::Nothing => {

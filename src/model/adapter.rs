@@ -76,7 +76,10 @@ fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
     match field("task_type").and_then(Value::as_str) {
         None | Some("CAUSAL_LM") => {}
         Some(other) => {
-            return Err(format!("{}: prompt tuning for task_type `{other}` is not supported (CAUSAL_LM)", path.display()));
+            return Err(format!(
+                "{}: prompt tuning for task_type `{other}` is not supported (CAUSAL_LM)",
+                path.display()
+            ));
         }
     }
     if let Some(k) = field("num_transformer_submodules").and_then(Value::as_i64).filter(|&k| k != 1) {

@@ -467,8 +467,7 @@ impl CausalLm {
             return (x, inputs.position_ids.shallow_clone());
         };
         let b = x.size()[0];
-        let virtual_positions =
-            Tensor::arange(n, (Kind::Int64, x.device())).unsqueeze(0).expand([b, n], false);
+        let virtual_positions = Tensor::arange(n, (Kind::Int64, x.device())).unsqueeze(0).expand([b, n], false);
         let positions = Tensor::cat(&[virtual_positions, inputs.position_ids + n], 1);
         (Tensor::cat(&[prompt.unsqueeze(0).expand([b, -1, -1], false), x], 1), positions)
     }
@@ -477,10 +476,7 @@ impl CausalLm {
     /// `attention_mask` for this model: packed rows do not take virtual tokens (the rules refuse
     /// prompt tuning with packing), so a packed batch reaching a prompt-tuned model is a bug.
     fn mask_for(&self, inputs: &Inputs) -> Option<Tensor> {
-        assert!(
-            inputs.segment_ids.is_none() || self.virtual_tokens() == 0,
-            "packed rows reached a prompt-tuned model"
-        );
+        assert!(inputs.segment_ids.is_none() || self.virtual_tokens() == 0, "packed rows reached a prompt-tuned model");
         Self::attention_mask(inputs)
     }
 
@@ -608,7 +604,10 @@ impl CausalLm {
             (self.embed(input_ids), positions + n)
         };
         let key_mask = if n > 0 {
-            Tensor::cat(&[Tensor::ones([key_mask.size()[0], n], (Kind::Bool, key_mask.device())), key_mask.shallow_clone()], 1)
+            Tensor::cat(
+                &[Tensor::ones([key_mask.size()[0], n], (Kind::Bool, key_mask.device())), key_mask.shallow_clone()],
+                1,
+            )
         } else {
             key_mask.shallow_clone()
         };
@@ -720,9 +719,9 @@ impl CausalLm {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
             // peft's saved name for a prompt-tuning adapter's one tensor.
-            Trainable::Prompt { .. } => {
-                out.extend(self.prompt.iter().map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }))
-            }
+            Trainable::Prompt { .. } => out.extend(
+                self.prompt.iter().map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
+            ),
             Trainable::Lora { .. } => {
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {
