@@ -138,3 +138,33 @@ fn units_count_each_row_s_first_label_behind_virtual_tokens() {
     assert_eq!(Supervised::WHOLE.units(&batch), 3);
     assert_eq!(Supervised { tokens_per_chunk: None, virtual_tokens: 4 }.units(&batch), 4);
 }
+
+#[test]
+fn batched_generation_and_per_sample_losses_follow_the_virtual_tokens() {
+    let (model, g) = load_case("stories260k_text");
+    // Left-padded batches put the virtual tokens before the padding: each row decodes as it would alone.
+    let prompt = Vec::<i64>::try_from(&g["greedy_prompt"]).unwrap();
+    let prompts = vec![prompt.clone(), prompt[..4].to_vec(), prompt[..7].to_vec()];
+    let s = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: 6, seed: 0 };
+    let batched = recipe::model::generate::generate_batch(&model, &prompts, &[], s);
+    for (p, got) in prompts.iter().zip(&batched) {
+        assert_eq!(got, &generate(&model, p, None, s), "row of {} tokens", p.len());
+    }
+
+    // `recipe eval`'s per-sample loss counts the first label behind the virtual tokens, as training does.
+    let ids = g["input_ids"].get(0);
+    let labels = g["labels"].get(0);
+    let sample = recipe::data::Sample {
+        input_ids: Vec::<i64>::try_from(&ids).unwrap(),
+        labels: Vec::<i64>::try_from(&labels).unwrap(),
+    };
+    let (sum, count) = recipe::exec::eval::nll(&model, std::slice::from_ref(&sample), 1)[0];
+    let t = ids.size()[0];
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let (ids, labels) = (ids.unsqueeze(0), labels.unsqueeze(0));
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let objective = Supervised { tokens_per_chunk: None, virtual_tokens: model.virtual_tokens() };
+    let want = objective::loss_sum_no_grad(&model, &objective, &DeviceBatch::new(&inputs, &labels)).loss;
+    assert_eq!(count, sample.labels.iter().filter(|&&l| l != -100).count() as u64);
+    assert!((sum - want.double_value(&[])).abs() < 1e-3, "{sum} vs {}", want.double_value(&[]));
+}
