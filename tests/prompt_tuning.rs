@@ -1,6 +1,7 @@
-//! Prompt-tuning parity with peft (PROMPT_TUNING, CAUSAL_LM): for the same base, prompt
-//! embeddings (loaded from peft's own adapter_model.safetensors) and batch, the logits of every
-//! real position, the loss and the prompt embeddings' gradient match the goldens written by
+//! Prompt- and prefix-tuning parity with peft (PROMPT_TUNING / PREFIX_TUNING, CAUSAL_LM): for the
+//! same base, prompt embeddings or prefix keys and values (loaded from peft's own
+//! adapter_model.safetensors) and batch, the logits of every real position, the loss and the
+//! trained tensor's gradient match the goldens written by
 //! scripts/reference/prompt_tuning_goldens.py (gradient within 1e-4 relative), with and without
 //! gradient checkpointing and chunked loss; peft's TEXT init gives the same embeddings from
 //! recipe's tokenizer; greedy generation (with the KV cache) equals greedy decoding through peft's
@@ -26,7 +27,8 @@ fn root() -> PathBuf {
 }
 
 fn load_case(case: &str) -> (CausalLm, HashMap<String, Tensor>) {
-    let dir = root().join("tests/golden/prompt_tuning").join(case);
+    let method = if case.ends_with("_prefix") { "prefix_tuning" } else { "prompt_tuning" };
+    let dir = root().join("tests/golden").join(method).join(case);
     let model = common::load_peft_folder(&dir, Kind::Float);
     let g = Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     (model, g)
@@ -36,8 +38,9 @@ fn check(case: &str, checkpointing: bool, tokens_per_chunk: Option<i64>) {
     let (model, g) = load_case(case);
     let (ids, labels, mask) = (&g["input_ids"], &g["labels"], &g["attention_mask"]);
     let (b, t) = (ids.size()[0], ids.size()[1]);
+    // Prompt tuning's virtual positions come first in its logits; prefix tuning's are only keys.
     let n = model.virtual_tokens();
-    assert_eq!(n, g["init.prompt_embeddings"].size()[0], "{case}: virtual tokens");
+    assert_eq!(model.position_offset(), g["init.prompt_embeddings"].size()[0], "{case}: virtual tokens");
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
     let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
 
@@ -51,9 +54,10 @@ fn check(case: &str, checkpointing: bool, tokens_per_chunk: Option<i64>) {
     let d = ((&logits - &g["logits"]).abs() * keep.to_kind(Kind::Float)).max().double_value(&[]);
     assert!(d < 1e-4, "{case}: logits differ by {d:e}");
 
-    // peft's loss: the mean over every label != -100, the first included (the last virtual token
-    // predicts it).
-    let counted = labels.ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    // peft's loss: the mean over every label != -100 it shifts in; behind prompt tuning's virtual
+    // tokens the first label is included (the last virtual token predicts it).
+    let shifted = if n > 0 { labels.shallow_clone() } else { labels.narrow(1, 1, t - 1) };
+    let counted = shifted.ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     let objective = Supervised { tokens_per_chunk, virtual_tokens: n };
     let loss = objective::forward_backward(
         &model,
@@ -91,6 +95,31 @@ fn text_init_on_stories260k_matches_peft() {
 fn random_init_on_untied_gqa_llama_matches_peft() {
     check("llama_gqa_untied_random", false, None);
     check("llama_gqa_untied_random", true, None);
+}
+
+#[test]
+fn prefix_tuning_on_stories260k_matches_peft() {
+    check("stories260k_prefix", false, None);
+    check("stories260k_prefix", false, Some(5));
+}
+
+#[test]
+fn prefix_tuning_with_grouped_query_heads_matches_peft() {
+    check("llama_gqa_untied_prefix", false, None);
+}
+
+#[test]
+fn prefix_greedy_generation_equals_greedy_decoding_through_peft_s_forward() {
+    let (model, g) = load_case("stories260k_prefix");
+    let prompt = Vec::<i64>::try_from(&g["greedy_prompt"]).unwrap();
+    let want = Vec::<i64>::try_from(&g["greedy_ids"]).unwrap();
+    let s = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: want.len() - prompt.len(), seed: 0 };
+    assert_eq!(generate(&model, &prompt, None, s), want[prompt.len()..], "greedy ids");
+    let prompts = vec![prompt.clone(), prompt[..4].to_vec()];
+    let batched = recipe::model::generate::generate_batch(&model, &prompts, &[], s);
+    for (p, got) in prompts.iter().zip(&batched) {
+        assert_eq!(got, &generate(&model, p, None, s), "row of {} tokens", p.len());
+    }
 }
 
 #[test]

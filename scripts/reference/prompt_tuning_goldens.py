@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Developer-only: prompt-tuning goldens from peft (PROMPT_TUNING, CAUSAL_LM), for the Rust
-prompt-tuning code (tests/prompt_tuning.rs).
+"""Developer-only: prompt- and prefix-tuning goldens from peft (PROMPT_TUNING and PREFIX_TUNING,
+CAUSAL_LM), for the Rust code (tests/prompt_tuning.rs).
 
 Everything runs on the CPU in float32 with torch.use_deterministic_algorithms(True), one thread,
 attn_implementation="eager". Random numbers come from torch.Generator objects with fixed seeds, so
 two runs write byte-identical files (checked with --check). Nothing is typed by hand: rerun this
 script after changing a case.
 
-Cases, each written to tests/golden/prompt_tuning/<case>/ by peft's save_pretrained
-(adapter_config.json, adapter_model.safetensors with `prompt_embeddings`) plus case.json and
-expected.safetensors:
+Cases, each written to tests/golden/<method>/<case>/ (method prompt_tuning or prefix_tuning) by
+peft's save_pretrained (adapter_config.json, adapter_model.safetensors with `prompt_embeddings`)
+plus case.json and expected.safetensors:
 
    case                   base                              init
    stories260k_text       models/stories260k (tied, GQA)    TEXT "Once upon a time" (5 ids with
@@ -17,6 +17,14 @@ expected.safetensors:
    llama_gqa_untied_random tests/golden/model/llama_gqa_untied RANDOM (peft's nn.Embedding,
                           (untied head, 4 heads, 2 kv)      normal(0, 1)), 4 virtual tokens,
                                                             drawn under torch.manual_seed(0)
+   prefix_tuning/stories260k_prefix      models/stories260k, PrefixTuningConfig 6 virtual tokens,
+                                         no projection (peft sizes the prefix by the 4 key/value
+                                         heads: token_dim 32), nn.Embedding normal(0, 1) under
+                                         torch.manual_seed(0); batch as stories260k_text
+   prefix_tuning/llama_gqa_untied_prefix tests/golden/model/llama_gqa_untied, 3 virtual tokens;
+                                         batch as llama_gqa_untied_random
+Prefix tuning hands the prefix to the model as past key values: logits are [2, T, V] (no virtual
+positions), the real tokens' positions are N..N+T-1.
 
 The prompt embeddings are used as peft initialises them (no perturbation: TEXT gives the word
 embeddings, RANDOM normal(0, 1)). The batch is two rows of T = 16 ids, uniform over the vocab
@@ -36,7 +44,7 @@ expected.safetensors:
    loss             fp32  []            peft's loss (mean over counted tokens)
    init.prompt_embeddings fp32 [N, H]   the prompt embeddings at the start (= the saved ones)
    grad.prompt_embeddings fp32 [N, H]   their gradient after loss.backward()
-   greedy_prompt    int64 [P]           (stories260k_text only) a prompt's ids, BOS first
+   greedy_prompt    int64 [P]           (stories260k cases only) a prompt's ids, BOS first
    greedy_ids       int64 [P + 12]      greedy decoding through PeftModelForCausalLM.forward: 12
                                         times, the argmax of the last position's logits of the
                                         whole sequence so far (virtual tokens in front) appended.
@@ -61,7 +69,7 @@ import peft
 import safetensors
 import torch
 import transformers
-from peft import PromptTuningConfig, get_peft_model
+from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -70,13 +78,15 @@ GOLDEN = "tests/golden"
 STORIES = "models/stories260k"
 T = 16
 
-# (case, base path relative to ROOT, PromptTuningConfig kwargs, masked label prefix, padded row length)
+# (method, case, base path relative to ROOT, config kwargs, masked label prefix, padded row length)
 CASES = [
-    ("stories260k_text", STORIES,
+    ("prompt_tuning", "stories260k_text", STORIES,
      dict(num_virtual_tokens=7, prompt_tuning_init="TEXT", prompt_tuning_init_text="Once upon a time",
           tokenizer_name_or_path=STORIES), 0, 12),
-    ("llama_gqa_untied_random", GOLDEN + "/model/llama_gqa_untied",
+    ("prompt_tuning", "llama_gqa_untied_random", GOLDEN + "/model/llama_gqa_untied",
      dict(num_virtual_tokens=4, prompt_tuning_init="RANDOM"), 5, None),
+    ("prefix_tuning", "stories260k_prefix", STORIES, dict(num_virtual_tokens=6), 0, 12),
+    ("prefix_tuning", "llama_gqa_untied_prefix", GOLDEN + "/model/llama_gqa_untied", dict(num_virtual_tokens=3), 5, None),
 ]
 GREEDY_TEXT = "Once upon a time, there was a"
 GREEDY_NEW = 12
@@ -101,12 +111,13 @@ def write_json(obj, path):
 
 
 def goldens(out):
-    for index, (case, base_rel, kw, masked, padded) in enumerate(CASES):
-        case_dir = os.path.join(out, GOLDEN, "prompt_tuning", case)
+    for index, (method, case, base_rel, kw, masked, padded) in enumerate(CASES):
+        case_dir = os.path.join(out, GOLDEN, method, case)
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(base_rel, dtype=torch.float32, attn_implementation="eager")
         base.eval()
-        model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", **kw))
+        config = PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig
+        model = get_peft_model(base, config(task_type="CAUSAL_LM", **kw))
         model.eval()
         model.save_pretrained(case_dir, safe_serialization=True)
         readme = os.path.join(case_dir, "README.md")
@@ -132,7 +143,8 @@ def goldens(out):
         res = model(input_ids=ids, attention_mask=attention_mask, labels=labels, use_cache=False)
         res.loss.backward()
         n = kw["num_virtual_tokens"]
-        assert res.logits.shape == (2, n + T, vocab), res.logits.shape
+        shown = n if method == "prompt_tuning" else 0
+        assert res.logits.shape == (2, shown + T, vocab), res.logits.shape
         grad = weight.grad
         assert grad is not None and grad.abs().max().item() > 0
         tensors = {"input_ids": ids, "labels": labels, "attention_mask": attention_mask,
@@ -155,7 +167,7 @@ def goldens(out):
             tensors["greedy_ids"] = greedy[0]
         save_file({k: v.detach().contiguous() for k, v in tensors.items()},
                   os.path.join(case_dir, "expected.safetensors"), metadata=meta())
-        write_json({"base_model": base_rel, "prompt_tuning": kw, "seq_len": T, "labels_masked_prefix": masked,
+        write_json({"base_model": base_rel, method: kw, "seq_len": T, "labels_masked_prefix": masked,
                     "padded_row_length": padded, "transformers_version": transformers.__version__,
                     "peft_version": peft.__version__},
                    os.path.join(case_dir, "case.json"))
@@ -184,9 +196,10 @@ def main():
             os.chdir(cwd)
 
         files = []
-        for dirpath, _, names in os.walk(os.path.join(stage, GOLDEN, "prompt_tuning")):
-            for n in names:
-                files.append(os.path.relpath(os.path.join(dirpath, n), stage))
+        for method in ("prompt_tuning", "prefix_tuning"):
+            for dirpath, _, names in os.walk(os.path.join(stage, GOLDEN, method)):
+                for n in names:
+                    files.append(os.path.relpath(os.path.join(dirpath, n), stage))
         files.sort()
         print(f"transformers {transformers.__version__}, peft {peft.__version__}, "
               f"torch {torch.__version__}, safetensors {safetensors.__version__}")

@@ -1,4 +1,4 @@
-//! The parameter-efficient method (LoRA / QLoRA / prompt tuning) or full fine-tuning.
+//! The parameter-efficient method (LoRA / QLoRA / prompt or prefix tuning) or full fine-tuning.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 /// LoRA settings. With no `adapter`, every parameter is trained (full fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AdapterConfig {
-    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`) or
-    /// `prompt_tuning` (trained virtual tokens before every sequence, the body frozen).
+    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`),
+    /// `prompt_tuning` (trained virtual tokens before every sequence, the body frozen) or
+    /// `prefix_tuning` (trained keys and values before every sequence in every layer, the body frozen).
     /// Absent: full fine-tuning.
     #[serde(default)]
     pub adapter: Option<AdapterKind>,
@@ -48,9 +49,10 @@ pub struct AdapterConfig {
     /// A trained adapter folder (peft format) to start from.
     #[serde(default)]
     pub lora_model_dir: Option<String>,
-    /// Prompt tuning (`adapter: prompt_tuning`): how many trained virtual tokens are prepended to
-    /// every sequence, as peft's `num_virtual_tokens`. Each one is a trained embedding of the
-    /// model's hidden size; every sequence grows by this many positions.
+    /// Prompt or prefix tuning (`adapter: prompt_tuning` / `prefix_tuning`): how many trained virtual
+    /// tokens come before every sequence, as peft's `num_virtual_tokens`. Prompt tuning trains an
+    /// embedding of the model's hidden size for each (every sequence grows by this many positions);
+    /// prefix tuning trains each one's key and value in every layer.
     // Prompt tuning's keys are left out of the resolved settings unless set (only it reads them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
@@ -64,6 +66,16 @@ pub struct AdapterConfig {
     /// tokenizer encodes it, special tokens included) initialise the virtual tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tuning_init_text: Option<String>,
+    /// Prefix tuning: reparameterize the prefixes through peft's PrefixEncoder MLP
+    /// (`prefix_projection`). Not built yet: only `false` (the keys and values trained directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("const" = false))]
+    pub prefix_projection: Option<bool>,
+    /// Prefix tuning with `prefix_projection`: the hidden size of peft's PrefixEncoder MLP
+    /// (`encoder_hidden_size`). Not built yet (see `prefix_projection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub encoder_hidden_size: Option<u32>,
 }
 
 impl Default for AdapterConfig {
@@ -86,6 +98,9 @@ pub enum AdapterKind {
     /// Prompt tuning (peft's PROMPT_TUNING): trained virtual-token embeddings before every sequence.
     #[serde(rename = "prompt_tuning")]
     PromptTuning,
+    /// Prefix tuning (peft's PREFIX_TUNING): trained keys and values before every sequence, in every layer.
+    #[serde(rename = "prefix_tuning")]
+    PrefixTuning,
 }
 
 impl AdapterKind {

@@ -173,7 +173,7 @@ impl Rules<'_> {
         if c.adapter.adapter.is_some() {
             return;
         }
-        // Every key of the adapter section but `adapter` itself (and prompt tuning's, checked above).
+        // Every key of the adapter section but `adapter` itself (and prompt and prefix tuning's, checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
         let lora_keys: Vec<&str> = schema
             .get("properties")
@@ -182,7 +182,7 @@ impl Rules<'_> {
                 props
                     .keys()
                     .map(String::as_str)
-                    .filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(k))
+                    .filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k))
                     .collect()
             })
             .unwrap_or_default();
@@ -217,29 +217,42 @@ impl Rules<'_> {
         }
     }
 
-    /// Prompt tuning's keys act only with `adapter: prompt_tuning`, and that method reads no LoRA key;
-    /// what the executor does not build with it (packing, preference and reward training, a
-    /// quantized base, a starting adapter) is refused at the key.
+    /// Prompt and prefix tuning's keys act only with their method (`num_virtual_tokens` with
+    /// either), and those methods read no LoRA key; what the executor does not build with them
+    /// (packing, preference and reward training, new tokens, a quantized base; for prefix tuning
+    /// gradient checkpointing and the projection MLP) is refused at the key.
     fn prompt_tuning_keys(&mut self, c: &Config) {
         let a = &c.adapter;
-        let prompt = a.adapter == Some(AdapterKind::PromptTuning);
-        if !prompt {
-            for key in PROMPT_TUNING_KEYS.iter().filter(|k| self.at.entry(k).is_some()) {
+        let method = match a.adapter {
+            Some(AdapterKind::PromptTuning) => Some("prompt_tuning"),
+            Some(AdapterKind::PrefixTuning) => Some("prefix_tuning"),
+            _ => None,
+        };
+        for (keys, owner, what) in [
+            (PROMPT_TUNING_ONLY_KEYS, "prompt_tuning", "a prompt-tuning key"),
+            (PREFIX_TUNING_ONLY_KEYS, "prefix_tuning", "a prefix-tuning key"),
+            (&["num_virtual_tokens"][..], "", "a prompt- and prefix-tuning key"),
+        ] {
+            if method.is_some() && (owner.is_empty() || method == Some(owner)) {
+                continue;
+            }
+            let wanted = if owner.is_empty() { "prompt_tuning` or `prefix_tuning" } else { owner };
+            for key in keys.iter().filter(|k| self.at.entry(k).is_some()) {
                 self.error(
-                    "prompt-tuning-key-without-prompt-tuning",
-                    format!("`{key}` is a prompt-tuning key, but `adapter` is not `prompt_tuning`"),
+                    "virtual-token-key-without-its-method",
+                    format!("`{key}` is {what}, but `adapter` is not `{wanted}`"),
                     &[key, "adapter"],
-                    "set adapter: prompt_tuning, or remove it",
+                    &format!("set adapter: {}, or remove it", wanted.replace("` or `", " or ")),
                 );
             }
-            return;
         }
+        let Some(method) = method else { return };
         let schema = schemars::schema_for!(super::AdapterConfig);
         let other_keys: Vec<String> = schema
             .get("properties")
             .and_then(serde_json::Value::as_object)
             .map(|props| {
-                props.keys().filter(|k| *k != "adapter" && !PROMPT_TUNING_KEYS.contains(&k.as_str())).cloned().collect()
+                props.keys().filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())).cloned().collect()
             })
             .unwrap_or_default();
         for key in &other_keys {
@@ -248,18 +261,18 @@ impl Rules<'_> {
                 continue;
             }
             self.error(
-                "lora-key-with-prompt-tuning",
-                format!("`{key}` is a LoRA key, but `adapter: prompt_tuning` trains no LoRA pairs"),
+                "lora-key-with-virtual-tokens",
+                format!("`{key}` is a LoRA key, but `adapter: {method}` trains no LoRA pairs"),
                 &[key, "adapter"],
                 "remove it, or use adapter: lora",
             );
         }
         if a.num_virtual_tokens.is_none() {
             self.error(
-                "prompt-tuning-needs-virtual-tokens",
-                "`adapter: prompt_tuning` needs `num_virtual_tokens`".into(),
+                "virtual-tokens-required",
+                format!("`adapter: {method}` needs `num_virtual_tokens`"),
                 &["adapter", "num_virtual_tokens"],
-                "set num_virtual_tokens: 8 to 100 (peft's examples use 8 to 20)",
+                "set num_virtual_tokens: 8 to 100 (peft's examples use 8 to 30)",
             );
         }
         use super::adapter::PromptTuningInit;
@@ -286,47 +299,62 @@ impl Rules<'_> {
         }
         let refuse = |rules: &mut Self, key: &str, why: &str, help: &str| {
             rules.error(
-                "prompt-tuning-unsupported",
-                format!("`{key}` with `adapter: prompt_tuning`: {why}"),
+                "virtual-tokens-unsupported",
+                format!("`{key}` with `adapter: {method}`: {why}"),
                 &[key, "adapter"],
                 help,
             );
+        };
+        if a.encoder_hidden_size.is_some() {
+            refuse(
+                self,
+                "encoder_hidden_size",
+                "it sizes peft's PrefixEncoder MLP (`prefix_projection: true`), which is not built yet",
+                "remove it: the prefixes' keys and values are trained directly",
+            );
+        }
+        let opens_each_row = if method == "prompt_tuning" {
+            "the virtual tokens open each row, so only a row's first packed sample would follow them"
+        } else {
+            "the prefix is attended to from each row's start, so only a row's first packed sample would see it"
         };
         if c.data.sample_packing {
             refuse(
                 self,
                 "sample_packing",
-                "the virtual tokens open each row, so only a row's first packed sample would follow them \
-                 (peft also drops the position ids packing relies on)",
+                &format!("{opens_each_row} (peft also drops or shifts the position ids packing relies on)"),
                 "set sample_packing: false",
             );
         }
         if c.data.eval_sample_packing == Some(true) {
+            refuse(self, "eval_sample_packing", opens_each_row, "set eval_sample_packing: false");
+        }
+        if method == "prefix_tuning" && c.training.gradient_checkpointing {
             refuse(
                 self,
-                "eval_sample_packing",
-                "the virtual tokens open each row, so only a row's first packed sample would follow them",
-                "set eval_sample_packing: false",
+                "gradient_checkpointing",
+                "recomputing a layer with its prefix is not built yet",
+                "set gradient_checkpointing: false (the prefix adds only its keys and values per layer)",
             );
         }
         if c.training.rl.is_some() {
-            refuse(self, "rl", "preference training with prompt tuning is not built", "train with adapter: lora");
+            refuse(self, "rl", "preference training with it is not built", "train with adapter: lora");
         }
         if c.training.reward_model {
-            refuse(self, "reward_model", "a reward model with prompt tuning is not built", "train with adapter: lora");
+            refuse(self, "reward_model", "a reward model with it is not built", "train with adapter: lora");
         }
         if !c.chat.tokens.is_empty() {
             refuse(
                 self,
                 "tokens",
-                "new tokens need trained embedding and head rows, and prompt tuning trains only its virtual tokens",
+                "new tokens need trained embedding and head rows, and this method trains only its virtual tokens",
                 "remove tokens, or use adapter: lora (it trains embed_tokens and lm_head with them)",
             );
         }
         for key in ["load_in_4bit", "load_in_8bit"] {
             let on = if key == "load_in_4bit" { c.quantization.load_in_4bit } else { c.quantization.load_in_8bit };
             if on {
-                refuse(self, key, "prompt tuning on a quantized base is not built", "remove it: the base stays dense");
+                refuse(self, key, "a quantized base with it is not built", "remove it: the base stays dense");
             }
         }
     }
@@ -1074,8 +1102,8 @@ impl Rules<'_> {
         if let Some(lr) = t.learning_rate {
             let (low, high, what) = if c.training.rl.is_some() {
                 (5e-7, 5e-5, "preference training: 5e-7 to 5e-5, far below supervised fine-tuning")
-            } else if a.adapter == Some(AdapterKind::PromptTuning) {
-                (1e-3, 3e-1, "prompt tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
+            } else if matches!(a.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) {
+                (1e-3, 3e-1, "prompt and prefix tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
             } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {
@@ -1128,7 +1156,12 @@ impl Rules<'_> {
 }
 
 /// The keys only `adapter: prompt_tuning` reads.
-const PROMPT_TUNING_KEYS: &[&str] = &["num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"];
+const PROMPT_TUNING_ONLY_KEYS: &[&str] = &["prompt_tuning_init", "prompt_tuning_init_text"];
+/// The keys only `adapter: prefix_tuning` reads.
+const PREFIX_TUNING_ONLY_KEYS: &[&str] = &["prefix_projection", "encoder_hidden_size"];
+/// Every key of prompt and prefix tuning.
+const VIRTUAL_TOKEN_KEYS: &[&str] =
+    &["num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "prefix_projection", "encoder_hidden_size"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocationKind {

@@ -64,6 +64,12 @@ pub fn write_weights(dir: &Path, model: &CausalLm, run: &RunFiles, kind: Kind) -
                 plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
             adapter::write_prompt_config(dir, &base_name(plan, base_dir), prompt, &model.arch)?;
         }
+        Trainable::Prefix { num_virtual_tokens } => {
+            let tensors: Vec<(String, Tensor)> =
+                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            adapter::write_prefix_config(dir, &base_name(plan, base_dir), *num_virtual_tokens, &model.arch)?;
+        }
         Trainable::Everything | Trainable::Nothing => {
             let tensors: Vec<Deferred> = model
                 .base_params()

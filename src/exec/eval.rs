@@ -80,7 +80,7 @@ pub fn completion_text(tok: &Tokenizer, ids: &[i64], stop: &[i64]) -> String {
 pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64, u64)> {
     let _guard = tch::no_grad_guard();
     let virtual_tokens = model.virtual_tokens();
-    let context = (model.arch.max_position_embeddings as i64 - virtual_tokens).max(0) as usize;
+    let context = (model.arch.max_position_embeddings as i64 - model.position_offset()).max(0) as usize;
     let dev = model.device;
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {

@@ -192,6 +192,9 @@ pub fn kind_of(p: Precision) -> Kind {
 
 fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     let a = &plan.adapter;
+    if let Some(p) = &a.prefix {
+        return Ok(Trainable::Prefix { num_virtual_tokens: p.num_virtual_tokens as i64 });
+    }
     if let Some(p) = &a.prompt {
         let n = p.num_virtual_tokens as usize;
         let init = match &p.init_text {
@@ -1050,6 +1053,12 @@ pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, St
         return Err("a prompt-tuning adapter (peft's PROMPT_TUNING) cannot be merged: its virtual tokens are \
                     inputs put before every sequence, not a change to any weight; use the adapter folder as it is \
                     (recipe generate, or peft's PeftModel.from_pretrained)"
+            .into());
+    }
+    if model.prefix.is_some() {
+        return Err("a prefix-tuning adapter (peft's PREFIX_TUNING) cannot be merged: its keys and values are put \
+                    before every sequence's in each layer, not a change to any weight; use the adapter folder as it \
+                    is (recipe generate, or peft's PeftModel.from_pretrained)"
             .into());
     }
     let tensors: Vec<Deferred> = model.merged_weights().into_iter().map(|d| d.cast(kind)).collect();

@@ -24,9 +24,9 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     match field("peft_type").and_then(Value::as_str) {
         None | Some("LORA") => {}
-        Some("PROMPT_TUNING") => return read_prompt_config(&path, &v),
+        Some("PROMPT_TUNING" | "PREFIX_TUNING") => return read_prompt_config(&path, &v),
         Some(t) => {
-            return Err(format!("{}: peft_type `{t}` is not supported (LORA or PROMPT_TUNING)", path.display()));
+            return Err(format!("{}: peft_type `{t}` is not supported (LORA, PROMPT_TUNING or PREFIX_TUNING)", path.display()));
         }
     }
     let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
@@ -69,8 +69,8 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     })
 }
 
-/// A PROMPT_TUNING config: the virtual tokens' count (their initial values are the saved ones).
-/// Only the causal-LM task with one transformer submodule is a decoder-only model's.
+/// A PROMPT_TUNING or PREFIX_TUNING config: the virtual tokens' count (their values are the saved
+/// ones). Only the causal-LM task with one transformer submodule is a decoder-only model's.
 fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     match field("task_type").and_then(Value::as_str) {
@@ -89,9 +89,17 @@ fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
         .and_then(Value::as_i64)
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{}: no positive integer `num_virtual_tokens`", path.display()))?;
+    let prefix = field("peft_type").and_then(Value::as_str) == Some("PREFIX_TUNING");
+    if prefix && field("prefix_projection").and_then(Value::as_bool) == Some(true) {
+        return Err(format!("{}: prefix_projection: true is not built yet (peft's PrefixEncoder MLP)", path.display()));
+    }
     Ok(AdapterConfig {
         base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
-        trainable: Trainable::Prompt { num_virtual_tokens: n, init: PromptInit::Random },
+        trainable: if prefix {
+            Trainable::Prefix { num_virtual_tokens: n }
+        } else {
+            Trainable::Prompt { num_virtual_tokens: n, init: PromptInit::Random }
+        },
         sequence_classification: false,
     })
 }
@@ -122,6 +130,37 @@ pub fn write_prompt_config(
         "token_dim": arch.hidden_size,
         "tokenizer_kwargs": null,
         "tokenizer_name_or_path": if text_init { json!(base_model) } else { Value::Null },
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
+
+/// peft's adapter_config.json for prefix tuning (a PrefixTuningConfig as `save_pretrained` writes
+/// it): with grouped-query heads peft sizes the prefix by the key/value heads, so its
+/// `num_attention_heads` is the key/value head count and `token_dim` their width.
+pub fn write_prefix_config(
+    dir: &Path,
+    base_model: &str,
+    num_virtual_tokens: i64,
+    arch: &crate::plan::arch::Architecture,
+) -> Result<(), String> {
+    let token_dim = arch.num_key_value_heads * arch.head_dim;
+    let config = json!({
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "encoder_hidden_size": token_dim,
+        "inference_mode": true,
+        "init_weights": null,
+        "modules_to_save": null,
+        "num_attention_heads": arch.num_key_value_heads,
+        "num_layers": arch.num_layers,
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": num_virtual_tokens,
+        "peft_type": "PREFIX_TUNING",
+        "prefix_projection": false,
+        "revision": null,
+        "task_type": "CAUSAL_LM",
+        "token_dim": token_dim,
     });
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
     super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())

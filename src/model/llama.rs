@@ -25,6 +25,10 @@ pub enum Trainable {
     /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
     /// every sequence; every weight of the model stays frozen.
     Prompt { num_virtual_tokens: i64, init: PromptInit },
+    /// Prefix tuning (peft's PREFIX_TUNING without projection): for `num_virtual_tokens` positions,
+    /// a trained key and value in every layer, in front of each sequence's own; every weight of the
+    /// model stays frozen.
+    Prefix { num_virtual_tokens: i64 },
 }
 
 /// How prompt tuning's virtual tokens start.
@@ -146,6 +150,11 @@ pub struct CausalLm {
     /// Prompt tuning's virtual tokens [N, H] (fp32, trained): prepended to the embedded inputs of
     /// every forward pass while adapters are on, at positions 0..N, the real tokens after them.
     pub prompt: Option<Tensor>,
+    /// Prefix tuning's keys and values [N, layers × 2 × kv heads × head_dim] (fp32, trained; peft's
+    /// `prompt_embeddings`): layer l's keys are block 2l, its values block 2l + 1. While adapters
+    /// are on, every forward pass starts from a key/value cache holding them, and the real tokens'
+    /// positions start at N.
+    pub prefix: Option<Tensor>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
@@ -299,6 +308,15 @@ impl CausalLm {
             }
             _ => None,
         };
+        // peft's PrefixEncoder: an `nn.Embedding` (normal(0, 1)) of num_layers × 2 × token_dim per
+        // virtual token, token_dim being the key/value heads' width.
+        let prefix = match &opts.trainable {
+            Trainable::Prefix { num_virtual_tokens: n } => {
+                let width = arch.num_layers as i64 * 2 * nkv * hd;
+                Some(Tensor::empty([*n, width], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true))
+            }
+            _ => None,
+        };
         let norm = norm("model.norm.weight")?;
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
         let head_weight = if arch.tie_word_embeddings {
@@ -378,6 +396,7 @@ impl CausalLm {
             adapters_enabled: std::cell::Cell::new(true),
             head_original,
             prompt,
+            prefix,
             score,
         })
     }
@@ -457,6 +476,33 @@ impl CausalLm {
         }
     }
 
+    /// How many prefix positions (prefix tuning) every layer's keys and values start with now.
+    pub fn prefix_tokens(&self) -> i64 {
+        match &self.prefix {
+            Some(p) if self.adapters_on() => p.size()[0],
+            _ => 0,
+        }
+    }
+
+    /// Where the real tokens' positions start: after the virtual tokens of prompt or prefix tuning.
+    pub fn position_offset(&self) -> i64 {
+        self.virtual_tokens() + self.prefix_tokens()
+    }
+
+    /// A key/value cache holding prefix tuning's keys and values for `b` rows (None without a
+    /// prefix), as peft hands them to the model as past key values: not rotated, in the compute kind.
+    fn prefix_cache(&self, b: i64) -> Option<KvCache> {
+        let n = self.prefix_tokens();
+        let prefix = self.prefix.as_ref().filter(|_| n > 0)?;
+        let a = &self.arch;
+        let (nkv, hd) = (a.num_key_value_heads as i64, a.head_dim as i64);
+        // [N, L·2·kv·hd] -> [L·2, kv, N, hd], as peft's view + permute.
+        let kv = prefix.view([n, a.num_layers as i64 * 2, nkv, hd]).permute([1, 2, 0, 3]).to_kind(self.compute_kind);
+        let rows = |i: i64| Some(kv.get(i).unsqueeze(0).expand([b, nkv, n, hd], false));
+        let layers = (0..self.layers.len() as i64).map(|l| LayerCache { keys: rows(2 * l), values: rows(2 * l + 1) });
+        Some(KvCache { layers: layers.collect() })
+    }
+
     /// The embedded inputs and their positions, with prompt tuning's virtual tokens in front (at
     /// positions 0..N, the inputs' own positions shifted by N), as peft feeds `inputs_embeds`
     /// and transformers numbers them.
@@ -464,7 +510,8 @@ impl CausalLm {
         let x = self.embed(inputs.input_ids);
         let n = self.virtual_tokens();
         let Some(prompt) = self.prompt.as_ref().filter(|_| n > 0) else {
-            return (x, inputs.position_ids.shallow_clone());
+            // Prefix tuning's keys come first: the real tokens' positions start after them.
+            return (x, inputs.position_ids + self.prefix_tokens());
         };
         let b = x.size()[0];
         let virtual_positions = Tensor::arange(n, (Kind::Int64, x.device())).unsqueeze(0).expand([b, n], false);
@@ -476,7 +523,10 @@ impl CausalLm {
     /// `attention_mask` for this model: packed rows do not take virtual tokens (the rules refuse
     /// prompt tuning with packing), so a packed batch reaching a prompt-tuned model is a bug.
     fn mask_for(&self, inputs: &Inputs) -> Option<Tensor> {
-        assert!(inputs.segment_ids.is_none() || self.virtual_tokens() == 0, "packed rows reached a prompt-tuned model");
+        assert!(
+            inputs.segment_ids.is_none() || self.position_offset() == 0,
+            "packed rows reached a prompt- or prefix-tuned model"
+        );
         Self::attention_mask(inputs)
     }
 
@@ -539,8 +589,14 @@ impl CausalLm {
             }
         };
         // Causal when queries and keys are the same tokens; a decoding step's query sees every
-        // cached key.
-        let causal = mask.is_none() && k.size()[2] == t;
+        // cached key; several queries after cached keys (a prefix) see those and the causal part.
+        let s = k.size()[2];
+        let offset_mask = (mask.is_none() && s > t && t > 1).then(|| {
+            let query_at = Tensor::arange_start(s - t, s, (Kind::Int64, x.device())).unsqueeze(1);
+            Tensor::arange(s, (Kind::Int64, x.device())).unsqueeze(0).le_tensor(&query_at).view([1, 1, t, s])
+        });
+        let mask = mask.or(offset_mask.as_ref());
+        let causal = mask.is_none() && s == t;
         let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train, on);
@@ -555,8 +611,10 @@ impl CausalLm {
         let (mut x, positions) = self.embed_inputs(inputs);
         let cos_sin = self.rope.cos_sin(&positions);
         let mask = self.mask_for(inputs);
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
+        let mut prefix = self.prefix_cache(x.size()[0]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+            x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), train, slot);
         }
         rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
     }
@@ -570,9 +628,12 @@ impl CausalLm {
         let t = input_ids.size()[1];
         let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
         let (mut x, positions) = if start == 0 {
+            if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
+                *cache = prefix;
+            }
             self.embed_inputs(&Inputs { input_ids, position_ids: &positions, segment_ids: None })
         } else {
-            (self.embed(input_ids), positions + self.virtual_tokens())
+            (self.embed(input_ids), positions + self.position_offset())
         };
         let cos_sin = self.rope.cos_sin(&positions);
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -595,10 +656,14 @@ impl CausalLm {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        // Virtual tokens (prompt tuning) go in front of the first call's tokens; they are never
-        // padding, and every position moves up by their number.
-        let n = self.virtual_tokens();
+        // Virtual tokens (prompt tuning) go in front of the first call's tokens, prefix tuning's
+        // keys and values into the empty cache; they are never padding, and every position moves up
+        // by their number.
+        let n = self.position_offset();
         let (x, positions) = if cache.is_empty() {
+            if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
+                *cache = prefix;
+            }
             self.embed_inputs(&Inputs { input_ids, position_ids: positions, segment_ids: None })
         } else {
             (self.embed(input_ids), positions + n)
@@ -664,11 +729,15 @@ impl CausalLm {
         let (embedded, positions) = self.embed_inputs(inputs);
         let cos_sin = self.rope.cos_sin(&positions);
         let mask = self.mask_for(inputs);
+        let mut prefix = self.prefix_cache(embedded.size()[0]);
+        // The rules refuse gradient checkpointing with prefix tuning: its recomputation has no prefix.
+        assert!(!checkpointing || prefix.is_none(), "gradient checkpointing reached a prefix-tuned model");
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
                 layer_seed(i);
-                x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+                let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+                x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
             }
             let hidden = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
             return TrainForward { hidden, checkpointed: None };
@@ -719,8 +788,11 @@ impl CausalLm {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
             // peft's saved name for a prompt-tuning adapter's one tensor.
-            Trainable::Prompt { .. } => out.extend(
-                self.prompt.iter().map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
+            Trainable::Prompt { .. } | Trainable::Prefix { .. } => out.extend(
+                self.prompt
+                    .iter()
+                    .chain(&self.prefix)
+                    .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
             ),
             Trainable::Lora { .. } => {
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {

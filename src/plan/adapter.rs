@@ -14,6 +14,9 @@ pub struct AdapterPlan {
     /// Prompt tuning's virtual tokens (with `method: prompt_tuning`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptTuningPlan>,
+    /// Prefix tuning's trained keys and values (with `method: prefix_tuning`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixTuningPlan>,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
     /// How many module instances carry an adapter (targets × layers).
@@ -47,6 +50,16 @@ pub struct PromptTuningPlan {
     pub init_text: Option<String>,
 }
 
+/// Prefix tuning, resolved: for each of `num_virtual_tokens` positions, a trained key and value in
+/// every layer, as peft's `prompt_embeddings` [num_virtual_tokens, layers × 2 × key_value_dim]
+/// (grouped-query heads: the key/value heads' width, as peft sizes it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrefixTuningPlan {
+    pub num_virtual_tokens: u64,
+    /// num_key_value_heads × head_dim.
+    pub key_value_dim: u64,
+}
+
 /// What is trained: every weight, LoRA adapters on a dense or 4-bit base, or virtual tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +72,9 @@ pub enum AdapterMethod {
     /// Prompt tuning: trained virtual-token embeddings, the whole model frozen.
     #[serde(rename = "prompt_tuning")]
     PromptTuning,
+    /// Prefix tuning: trained keys and values before every sequence in every layer, the model frozen.
+    #[serde(rename = "prefix_tuning")]
+    PrefixTuning,
 }
 
 impl AdapterMethod {
@@ -68,6 +84,7 @@ impl AdapterMethod {
             AdapterMethod::Lora => "lora",
             AdapterMethod::Qlora => "qlora",
             AdapterMethod::PromptTuning => "prompt_tuning",
+            AdapterMethod::PrefixTuning => "prefix_tuning",
         }
     }
 }
@@ -93,6 +110,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         return Ok(AdapterPlan {
             method: AdapterMethod::Full,
             prompt: None,
+            prefix: None,
             target_modules: Vec::new(),
             adapted_modules: 0,
             r: 0,
@@ -111,7 +129,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let method = match kind {
         AdapterKind::Lora => AdapterMethod::Lora,
         AdapterKind::Qlora => AdapterMethod::Qlora,
-        AdapterKind::PromptTuning => return prompt_tuning(c, arch, base_total),
+        AdapterKind::PromptTuning | AdapterKind::PrefixTuning => return virtual_tokens(c, arch, base_total),
     };
     let linears = arch.layer_linears();
     let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
@@ -195,6 +213,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     Ok(AdapterPlan {
         method,
         prompt: None,
+        prefix: None,
         target_modules: targets,
         adapted_modules: adapted,
         r,
@@ -211,20 +230,24 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     })
 }
 
-/// Prompt tuning: peft's PromptEmbedding, one trained row of hidden_size per virtual token;
-/// nothing else trains.
-fn prompt_tuning(c: &Config, arch: &Architecture, base_total: u64) -> Result<AdapterPlan, String> {
+/// Prompt tuning (peft's PromptEmbedding: one trained row of hidden_size per virtual token) or
+/// prefix tuning (peft's PrefixEncoder without projection: a key and a value per virtual token and
+/// layer); nothing else trains.
+fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<AdapterPlan, String> {
     let a = &c.adapter;
-    let n = u64::from(a.num_virtual_tokens.ok_or("`adapter: prompt_tuning` needs `num_virtual_tokens`")?);
-    let trainable = n * arch.hidden_size;
+    let n = u64::from(a.num_virtual_tokens.ok_or("`num_virtual_tokens` is required with prompt or prefix tuning")?);
+    let prefix = a.adapter == Some(AdapterKind::PrefixTuning);
+    let key_value_dim = arch.num_key_value_heads * arch.head_dim;
+    let trainable = if prefix { n * arch.num_layers * 2 * key_value_dim } else { n * arch.hidden_size };
     let total = base_total + trainable;
     Ok(AdapterPlan {
-        method: AdapterMethod::PromptTuning,
-        prompt: Some(PromptTuningPlan {
+        method: if prefix { AdapterMethod::PrefixTuning } else { AdapterMethod::PromptTuning },
+        prompt: (!prefix).then(|| PromptTuningPlan {
             num_virtual_tokens: n,
             init: a.prompt_tuning_init.unwrap_or(PromptTuningInit::Random),
             init_text: a.prompt_tuning_init_text.clone(),
         }),
+        prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim }),
         target_modules: Vec::new(),
         adapted_modules: 0,
         r: 0,
@@ -247,7 +270,13 @@ mod tests {
 
     #[test]
     fn method_names_are_the_serialized_names() {
-        for m in [AdapterMethod::Full, AdapterMethod::Lora, AdapterMethod::Qlora, AdapterMethod::PromptTuning] {
+        for m in [
+            AdapterMethod::Full,
+            AdapterMethod::Lora,
+            AdapterMethod::Qlora,
+            AdapterMethod::PromptTuning,
+            AdapterMethod::PrefixTuning,
+        ] {
             assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
         }
     }

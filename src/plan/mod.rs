@@ -229,7 +229,15 @@ pub fn render_text(plan: &Plan) -> String {
                 ad.trainable_percent
             );
         }
-        adapter::AdapterMethod::PromptTuning => {
+        adapter::AdapterMethod::PromptTuning | adapter::AdapterMethod::PrefixTuning => {
+            if let Some(p) = &ad.prefix {
+                let _ = writeln!(
+                    o,
+                    "adapter    prefix_tuning: a trained key and value ({} wide) in each layer for {} virtual tokens \
+                     before every sequence",
+                    p.key_value_dim, p.num_virtual_tokens
+                );
+            }
             if let Some(p) = &ad.prompt {
                 let init = match &p.init_text {
                     Some(text) => format!("from the text {text:?}"),
