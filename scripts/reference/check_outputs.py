@@ -33,6 +33,8 @@ given as the first argument:
   DIR/prompt_tuning/  a peft PROMPT_TUNING adapter (adapter_config.json, adapter_model.safetensors
                with prompt_embeddings); its recipe logits cover the N virtual positions too: [B, N + T, V]
                (N = num_virtual_tokens), as PeftModelForCausalLM's do
+  DIR/prefix_tuning/  a peft PREFIX_TUNING adapter (prompt_embeddings: every layer's prefix keys and
+               values); its logits are [B, T, V]
 
   every recipe_logits.safetensors holds
     input_ids  int64 [B, T]
@@ -43,7 +45,7 @@ Any of the three may be absent (skipped with a note); if none is there the scrip
 What it checks, per case, on the CPU in float32, one thread, attn_implementation="eager",
 use_cache=False, torch.manual_seed(0), under torch.no_grad():
   lora,   base = AutoModelForCausalLM.from_pretrained(base_model_name_or_path),
-  prompt_tuning
+  prompt_tuning, prefix_tuning
           model = PeftModel.from_pretrained(base, DIR/lora); the set of keys in
           adapter_model.safetensors must equal the keys of get_peft_model_state_dict(model)
           (no missing and no unexpected adapter tensors), every loaded tensor must equal
@@ -98,7 +100,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
 CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
-         "lora_dora", "merged_dora", "prompt_tuning")
+         "lora_dora", "merged_dora", "prompt_tuning", "prefix_tuning")
 TOL = 1e-4
 MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"
@@ -222,8 +224,9 @@ def check_lora(case_dir, rec):
     rec["adapter_unexpected_keys"] = unexpected
     rec["adapter_values_differ"] = differ
     rec["peft_warnings"] = peft_warnings
-    if acfg.get("peft_type") == "PROMPT_TUNING":
-        rec["prompt_tuning"] = {k: acfg.get(k) for k in ("num_virtual_tokens", "token_dim", "prompt_tuning_init")}
+    if acfg.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
+        rec["virtual_tokens"] = {k: acfg.get(k) for k in ("peft_type", "num_virtual_tokens", "token_dim",
+                                                          "num_attention_heads", "prompt_tuning_init")}
     else:
         rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "modules_to_save")}
         rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
@@ -274,7 +277,7 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name.startswith("lora") or name in ("reward_lora", "prompt_tuning"):
+        if name.startswith("lora") or name in ("reward_lora", "prompt_tuning", "prefix_tuning"):
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)
