@@ -262,7 +262,10 @@ fn prefix_tuning_output_reloads_and_is_not_merged() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("prefix-tuning adapter") && stderr.contains("cannot be merged"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("prefix-tuning adapter") && stderr.contains("cannot be merged"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -70,7 +70,12 @@ fn prompt_and_prefix_tuning_trainable_counts_equal_peft() {
         });
         config.adapter.num_virtual_tokens = Some(case["num_virtual_tokens"].as_u64().unwrap() as u32);
         let plan = adapter::plan(&config, &architecture(name)).unwrap();
-        assert_eq!(plan.trainable_parameters, case["trainable"].as_u64().unwrap(), "{name} {}: trainable", case["method"]);
+        assert_eq!(
+            plan.trainable_parameters,
+            case["trainable"].as_u64().unwrap(),
+            "{name} {}: trainable",
+            case["method"]
+        );
         assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name} {}: all params", case["method"]);
     }
 }

@@ -1160,8 +1160,13 @@ const PROMPT_TUNING_ONLY_KEYS: &[&str] = &["prompt_tuning_init", "prompt_tuning_
 /// The keys only `adapter: prefix_tuning` reads.
 const PREFIX_TUNING_ONLY_KEYS: &[&str] = &["prefix_projection", "encoder_hidden_size"];
 /// Every key of prompt and prefix tuning.
-const VIRTUAL_TOKEN_KEYS: &[&str] =
-    &["num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "prefix_projection", "encoder_hidden_size"];
+const VIRTUAL_TOKEN_KEYS: &[&str] = &[
+    "num_virtual_tokens",
+    "prompt_tuning_init",
+    "prompt_tuning_init_text",
+    "prefix_projection",
+    "encoder_hidden_size",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocationKind {

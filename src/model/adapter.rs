@@ -26,7 +26,10 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
         None | Some("LORA") => {}
         Some("PROMPT_TUNING" | "PREFIX_TUNING") => return read_prompt_config(&path, &v),
         Some(t) => {
-            return Err(format!("{}: peft_type `{t}` is not supported (LORA, PROMPT_TUNING or PREFIX_TUNING)", path.display()));
+            return Err(format!(
+                "{}: peft_type `{t}` is not supported (LORA, PROMPT_TUNING or PREFIX_TUNING)",
+                path.display()
+            ));
         }
     }
     let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
