@@ -75,7 +75,11 @@ fn check(case: &str, checkpointing: bool, tokens_per_chunk: Option<i64>) {
     let params = model.trainable_params();
     assert_eq!(params.len(), 1, "{case}: one trainable tensor");
     assert_eq!(params[0].name, "prompt_embeddings");
-    let expected = &g["grad.prompt_embeddings"];
+    // A prefix peft trained through its projection MLP has the MLP's gradients, not the prefix's.
+    let Some(expected) = g.get("grad.prompt_embeddings") else {
+        eprintln!("{case}: logits {d:e}, loss {dl:e} (no gradient golden)");
+        return;
+    };
     let got = params[0].tensor.grad();
     let rel = (&got - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
     assert!(rel < 1e-4, "{case}: gradient differs by {rel:e} (relative)");
@@ -106,6 +110,11 @@ fn prefix_tuning_on_stories260k_matches_peft() {
 #[test]
 fn prefix_tuning_with_grouped_query_heads_matches_peft() {
     check("llama_gqa_untied_prefix", false, None);
+}
+
+#[test]
+fn a_prefix_peft_trained_through_its_projection_loads_as_keys_and_values() {
+    check("stories260k_projection_prefix", false, None);
 }
 
 #[test]

@@ -23,6 +23,12 @@ plus case.json and expected.safetensors:
                                          torch.manual_seed(0); batch as stories260k_text
    prefix_tuning/llama_gqa_untied_prefix tests/golden/model/llama_gqa_untied, 3 virtual tokens;
                                          batch as llama_gqa_untied_random
+   prefix_tuning/stories260k_projection_prefix  models/stories260k, 5 virtual tokens through peft's
+                                         PrefixEncoder MLP (prefix_projection, encoder_hidden_size
+                                         16; torch's default init under torch.manual_seed(0)):
+                                         peft saves the MLP's output as prompt_embeddings, so the
+                                         folder is read as plain keys and values; its gradient is
+                                         the MLP's, so only the logits and loss are goldens
 Prefix tuning hands the prefix to the model as past key values: logits are [2, T, V] (no virtual
 positions), the real tokens' positions are N..N+T-1.
 
@@ -43,7 +49,7 @@ expected.safetensors:
    logits           fp32  [2, N + T, V] peft's logits (virtual positions first)
    loss             fp32  []            peft's loss (mean over counted tokens)
    init.prompt_embeddings fp32 [N, H]   the prompt embeddings at the start (= the saved ones)
-   grad.prompt_embeddings fp32 [N, H]   their gradient after loss.backward()
+   grad.prompt_embeddings fp32 [N, H]   their gradient after loss.backward() (not for the projection)
    greedy_prompt    int64 [P]           (stories260k cases only) a prompt's ids, BOS first
    greedy_ids       int64 [P + 12]      greedy decoding through PeftModelForCausalLM.forward: 12
                                         times, the argmax of the last position's logits of the
@@ -87,6 +93,8 @@ CASES = [
      dict(num_virtual_tokens=4, prompt_tuning_init="RANDOM"), 5, None),
     ("prefix_tuning", "stories260k_prefix", STORIES, dict(num_virtual_tokens=6), 0, 12),
     ("prefix_tuning", "llama_gqa_untied_prefix", GOLDEN + "/model/llama_gqa_untied", dict(num_virtual_tokens=3), 5, None),
+    ("prefix_tuning", "stories260k_projection_prefix", STORIES,
+     dict(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16), 0, 12),
 ]
 GREEDY_TEXT = "Once upon a time, there was a"
 GREEDY_NEW = 12
@@ -126,7 +134,14 @@ def goldens(out):
         saved = load_file(os.path.join(case_dir, "adapter_model.safetensors"))
         assert sorted(saved) == ["prompt_embeddings"], sorted(saved)
         weight = model.prompt_encoder["default"].embedding.weight
-        assert torch.equal(saved["prompt_embeddings"], weight.detach())
+        projected = kw.get("prefix_projection", False)
+        if projected:
+            # peft saves the MLP's output: the keys and values themselves.
+            with torch.no_grad():
+                want = model.prompt_encoder["default"](torch.arange(kw["num_virtual_tokens"]))
+            assert torch.allclose(saved["prompt_embeddings"], want), "projected prefix"
+        else:
+            assert torch.equal(saved["prompt_embeddings"], weight.detach())
 
         vocab = model.config.vocab_size
         ids = torch.randint(0, vocab, (2, T), generator=gen(5000 + index))
@@ -149,8 +164,10 @@ def goldens(out):
         assert grad is not None and grad.abs().max().item() > 0
         tensors = {"input_ids": ids, "labels": labels, "attention_mask": attention_mask,
                    "logits": res.logits.detach().float(), "loss": res.loss.detach().float(),
-                   "init.prompt_embeddings": saved["prompt_embeddings"], "grad.prompt_embeddings": grad}
-        if base_rel == STORIES:
+                   "init.prompt_embeddings": saved["prompt_embeddings"]}
+        if not projected:
+            tensors["grad.prompt_embeddings"] = grad
+        if base_rel == STORIES and not projected:
             tok = transformers.AutoTokenizer.from_pretrained(STORIES)
             prompt = torch.tensor([tok(GREEDY_TEXT)["input_ids"]])
             greedy = prompt

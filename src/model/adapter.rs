@@ -92,10 +92,9 @@ fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
         .and_then(Value::as_i64)
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{}: no positive integer `num_virtual_tokens`", path.display()))?;
+    // A prefix is read as its keys and values whether or not peft trained it through its
+    // PrefixEncoder MLP (`prefix_projection`): peft saves the MLP's output, and reads it back so.
     let prefix = field("peft_type").and_then(Value::as_str) == Some("PREFIX_TUNING");
-    if prefix && field("prefix_projection").and_then(Value::as_bool) == Some(true) {
-        return Err(format!("{}: prefix_projection: true is not built yet (peft's PrefixEncoder MLP)", path.display()));
-    }
     Ok(AdapterConfig {
         base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
         trainable: if prefix {
