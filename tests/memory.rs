@@ -161,3 +161,41 @@ fn dora_activations_add_two_outputs_per_adapted_module() {
     );
     assert!(dora.memory.cpu_total_bytes > lora.memory.cpu_total_bytes);
 }
+
+#[test]
+fn prompt_tuning_activations_grow_with_its_virtual_tokens() {
+    // Every sequence carries num_virtual_tokens more positions through every layer and the head:
+    // activations scale with sequence_len + num_virtual_tokens.
+    let demo = "recipes/demo/stories260k-prompt-tuning.yaml";
+    let few = plan(demo, &["num_virtual_tokens=16"], PlanOptions::default());
+    let many = plan(demo, &["num_virtual_tokens=48"], PlanOptions::default());
+    let s = few.batch.sequence_len;
+    assert_eq!(
+        few.memory.activations_without_checkpointing * (s + 48),
+        many.memory.activations_without_checkpointing * (s + 16),
+        "activations ∝ sequence_len + num_virtual_tokens"
+    );
+    assert_eq!(many.adapter.trainable_parameters, 48 * 64);
+}
+
+#[test]
+fn prefix_tuning_adds_its_keys_and_values_to_every_layer() {
+    // Each layer keeps each row's N prefix keys and values; with grouped-query heads (stories260k:
+    // 8 query heads over 4) the masked kernel also takes keys and values expanded to every query head.
+    // The prompt-tuning demo turned into prefix tuning (`null` removes its text init).
+    let at = |n: &str| {
+        let n = format!("num_virtual_tokens={n}");
+        let o = ["adapter=prefix_tuning", "prompt_tuning_init=null", "prompt_tuning_init_text=null", &n];
+        plan("recipes/demo/stories260k-prompt-tuning.yaml", &o, PlanOptions::default())
+    };
+    let (few, many) = (at("4"), at("12"));
+    let arch = recipe::plan::model::local_architecture(Path::new("models/stories260k")).unwrap();
+    let (q, kv) = (arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim);
+    let rows = few.batch.micro_batch_size;
+    // bf16 activations: layers × rows × 8 more positions × (2·kv + 2·q) × 2 bytes.
+    assert_eq!(
+        many.memory.activations_without_checkpointing - few.memory.activations_without_checkpointing,
+        arch.num_layers * rows * 8 * (2 * kv + 2 * q) * 2
+    );
+    assert_eq!(many.adapter.trainable_parameters, 12 * arch.num_layers * 2 * kv);
+}

@@ -1,7 +1,8 @@
 //! Outputs the ecosystem loads. Short LoRA and full fine-tunes of stories260k with the real
 //! binary, then: the adapter folder reloaded by recipe gives the logits the run ended with; `recipe
 //! merge` writes a Hugging Face folder whose logits equal base + adapter (1e-4); the full fine-tune
-//! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
+//! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise; a
+//! prompt- or prefix-tuning adapter saves peft's `prompt_embeddings` and is refused by `recipe merge`. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
 //! for scripts/reference/check_outputs.py, which loads them with peft and transformers.
 #![cfg(feature = "exec")]
 
@@ -27,11 +28,17 @@ fn train(dir: &Path, method: &str) -> PathBuf {
         "dora" => {
             "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_dropout: 0.1\nlora_target_linear: true\npeft_use_dora: true\n"
         }
+        "prompt_tuning" => {
+            "adapter: prompt_tuning\nnum_virtual_tokens: 8\nprompt_tuning_init: text\nprompt_tuning_init_text: \"ROMEO:\"\n"
+        }
+        "prefix_tuning" => "adapter: prefix_tuning\nnum_virtual_tokens: 6\n",
         _ => "",
     };
+    // Prompt and prefix tuning's virtual tokens open each row: their rows are not packed.
+    let packing = !matches!(method, "prompt_tuning" | "prefix_tuning");
     let text = format!(
         "base_model: {}\n{adapter}datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
-         val_set_size: 0\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 6\n\
+         val_set_size: 0\nsequence_len: 128\nsample_packing: {packing}\nmicro_batch_size: 4\nmax_steps: 6\n\
          learning_rate: 3.0e-3\nlogging_steps: 6\nseed: 3\noutput_dir: {}\n",
         root().join("models/stories260k").display(),
         root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
@@ -174,6 +181,91 @@ fn dora_output_reloads_and_merges_exactly() {
     let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "merged DoRA logits differ from base + adapter by {diff:e}");
     save_logits(&merged, &adapted);
+}
+
+#[test]
+fn prompt_tuning_output_reloads_and_is_not_merged() {
+    // The adapter folder is peft's PROMPT_TUNING: one `prompt_embeddings` [8, 64]; reloaded, the
+    // model's logits cover the 8 virtual positions and the 32 real ones (as peft's do).
+    let dir = fresh("prompt_tuning");
+    let recipe_path = train(&dir, "prompt_tuning");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "PROMPT_TUNING");
+    assert_eq!(config["num_virtual_tokens"], 8);
+    assert_eq!(config["token_dim"], 64);
+    assert_eq!(config["prompt_tuning_init"], "TEXT");
+    let saved: Vec<(String, Tensor)> = Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].0, "prompt_embeddings");
+    assert_eq!(saved[0].1.size(), [8, 64]);
+
+    let adapted = logits_of(&dir);
+    assert_eq!(adapted.size(), [2, 40, 512], "virtual and real positions");
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (adapted.narrow(1, 8, 32) - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "the virtual tokens should change the real positions' logits ({moved:e})");
+    save_logits(&dir, &adapted);
+
+    // `recipe generate` on the adapter folder: the virtual tokens go before the prompt.
+    let generated = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("generate")
+        .arg(&dir)
+        .args(["--prompt", "ROMEO:", "--max-new-tokens", "8", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let text = String::from_utf8_lossy(&generated.stdout);
+    assert!(text.starts_with("ROMEO:") && text.trim().len() > "ROMEO:".len(), "{text}");
+
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .arg("--output")
+        .arg(fresh("merged_prompt_tuning"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("prompt-tuning adapter") && stderr.contains("cannot be merged"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn prefix_tuning_output_reloads_and_is_not_merged() {
+    // peft's PREFIX_TUNING: `prompt_embeddings` [6, 5 layers × 2 × 32] (the 4 key/value heads' width).
+    let dir = fresh("prefix_tuning");
+    let recipe_path = train(&dir, "prefix_tuning");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "PREFIX_TUNING");
+    assert_eq!((config["num_attention_heads"].as_u64(), config["token_dim"].as_u64()), (Some(4), Some(32)));
+    let saved: Vec<(String, Tensor)> = Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!((saved[0].0.as_str(), saved[0].1.size()), ("prompt_embeddings", vec![6, 320]));
+
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "the prefix should change the logits ({moved:e})");
+    save_logits(&dir, &adapted);
+
+    let out = Command::cargo_bin("recipe")
+        .unwrap()
+        .arg("merge")
+        .arg(&recipe_path)
+        .arg("--output")
+        .arg(fresh("merged_prefix_tuning"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("prefix-tuning adapter") && stderr.contains("cannot be merged"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Parameter counts against transformers and trainable counts against peft. The goldens come from
-//! scripts/reference/param_counts.py (transformers + peft on the meta device; versions inside).
+//! scripts/reference/param_counts.py (transformers + peft on the meta device; versions inside): LoRA,
+//! DoRA, prompt and prefix tuning.
 
 use recipe::config::Config;
 use recipe::config::adapter::{AdapterKind, ModuleList};
@@ -53,5 +54,28 @@ fn trainable_counts_equal_peft() {
         let dora = if config.adapter.peft_use_dora { " (DoRA)" } else { "" };
         assert_eq!(plan.trainable_parameters, case["trainable"].as_u64().unwrap(), "{name}{dora}: trainable");
         assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name}{dora}: all params");
+    }
+}
+
+#[test]
+fn prompt_and_prefix_tuning_trainable_counts_equal_peft() {
+    let cases = golden("peft_prompt_trainable.json");
+    for case in cases.as_array().unwrap() {
+        let name = case["model"].as_str().unwrap();
+        let mut config = Config::default();
+        config.adapter.adapter = Some(match case["method"].as_str().unwrap() {
+            "prompt_tuning" => AdapterKind::PromptTuning,
+            "prefix_tuning" => AdapterKind::PrefixTuning,
+            other => panic!("method {other}"),
+        });
+        config.adapter.num_virtual_tokens = Some(case["num_virtual_tokens"].as_u64().unwrap() as u32);
+        let plan = adapter::plan(&config, &architecture(name)).unwrap();
+        assert_eq!(
+            plan.trainable_parameters,
+            case["trainable"].as_u64().unwrap(),
+            "{name} {}: trainable",
+            case["method"]
+        );
+        assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name} {}: all params", case["method"]);
     }
 }

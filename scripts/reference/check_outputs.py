@@ -30,6 +30,12 @@ given as the first argument:
   DIR/lora_dora/, DIR/merged_dora/  like lora/ and merged/ for a DoRA adapter (use_dora: true, its
                magnitudes saved as ...lora_magnitude_vector) and its `recipe merge` folder
 
+  DIR/prompt_tuning/  a peft PROMPT_TUNING adapter (adapter_config.json, adapter_model.safetensors
+               with prompt_embeddings); its recipe logits cover the N virtual positions too: [B, N + T, V]
+               (N = num_virtual_tokens), as PeftModelForCausalLM's do
+  DIR/prefix_tuning/  a peft PREFIX_TUNING adapter (prompt_embeddings: every layer's prefix keys and
+               values); its logits are [B, T, V]
+
   every recipe_logits.safetensors holds
     input_ids  int64 [B, T]
     logits     fp32  [B, T, V]
@@ -38,7 +44,8 @@ Any of the three may be absent (skipped with a note); if none is there the scrip
 
 What it checks, per case, on the CPU in float32, one thread, attn_implementation="eager",
 use_cache=False, torch.manual_seed(0), under torch.no_grad():
-  lora    base = AutoModelForCausalLM.from_pretrained(base_model_name_or_path),
+  lora,   base = AutoModelForCausalLM.from_pretrained(base_model_name_or_path),
+  prompt_tuning, prefix_tuning
           model = PeftModel.from_pretrained(base, DIR/lora); the set of keys in
           adapter_model.safetensors must equal the keys of get_peft_model_state_dict(model)
           (no missing and no unexpected adapter tensors), every loaded tensor must equal
@@ -93,7 +100,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
 CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
-         "lora_dora", "merged_dora")
+         "lora_dora", "merged_dora", "prompt_tuning", "prefix_tuning")
 TOL = 1e-4
 MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"
@@ -118,8 +125,12 @@ def load_recipe_logits(case_dir):
         if logits.dtype != torch.float32 or list(logits.shape) != [ids.shape[0], 1]:
             raise CheckError(f"rewards must be float32 [B, 1], got {logits.dtype} {list(logits.shape)}")
         return ids, logits
-    if logits.dtype != torch.float32 or logits.dim() != 3 or list(logits.shape[:2]) != list(ids.shape):
-        raise CheckError(f"logits must be float32 [B, T, V] matching input_ids {list(ids.shape)}, "
+    want = list(ids.shape)
+    if os.path.basename(case_dir) == "prompt_tuning":
+        with open(os.path.join(case_dir, "adapter_config.json")) as f:
+            want[1] += json.load(f)["num_virtual_tokens"]
+    if logits.dtype != torch.float32 or logits.dim() != 3 or list(logits.shape[:2]) != want:
+        raise CheckError(f"logits must be float32 [B, T, V] matching input_ids {list(ids.shape)} (T + virtual tokens), "
                          f"got {logits.dtype} {list(logits.shape)}")
     return ids, logits
 
@@ -213,10 +224,14 @@ def check_lora(case_dir, rec):
     rec["adapter_unexpected_keys"] = unexpected
     rec["adapter_values_differ"] = differ
     rec["peft_warnings"] = peft_warnings
-    rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "modules_to_save")}
-    rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
-                                     if isinstance(acfg.get("target_modules"), list)
-                                     else acfg.get("target_modules"))
+    if acfg.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
+        rec["virtual_tokens"] = {k: acfg.get(k) for k in ("peft_type", "num_virtual_tokens", "token_dim",
+                                                          "num_attention_heads", "prompt_tuning_init")}
+    else:
+        rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "modules_to_save")}
+        rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
+                                         if isinstance(acfg.get("target_modules"), list)
+                                         else acfg.get("target_modules"))
     ok = not (missing or unexpected or differ or peft_warnings)
     if not saved:
         ok = False
@@ -262,7 +277,7 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name.startswith("lora") or name == "reward_lora":
+        if name.startswith("lora") or name in ("reward_lora", "prompt_tuning", "prefix_tuning"):
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)

@@ -20,7 +20,12 @@ What it does
      as (trainable, all), plus the base model's total before peft. Written to
      tests/golden/peft_trainable.json (a list of cases; each carries peft_version).
 
-  Both files are pretty-printed with sorted keys and end with a newline. Nothing is
+  3. Wraps fresh meta-device models with get_peft_model(model, PromptTuningConfig(
+     task_type CAUSAL_LM, num_virtual_tokens N, prompt_tuning_init RANDOM)) for PROMPT_CASES,
+     and with PrefixTuningConfig(task_type CAUSAL_LM, num_virtual_tokens N) (no projection)
+     for PREFIX_CASES, and records (trainable, all) as in 2, with the method, written to
+     tests/golden/peft_prompt_trainable.json.
+  All files are pretty-printed with sorted keys and end with a newline. Nothing is
   typed by hand: rerun this script after changing a model file.
 
 How to run (from the repository root; versions pinned in scripts/reference/requirements.txt,
@@ -48,7 +53,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS_DIR = os.path.join(ROOT, "src", "plan", "models")
@@ -71,6 +76,20 @@ PEFT_CASES = [
     # DoRA: one magnitude per output row of every adapted linear, on top of LoRA's pairs.
     ("meta-llama/Meta-Llama-3-8B", 16, ALL_LINEAR, None, True),
     ("stories260k", 8, ["q_proj", "v_proj", "lm_head"], None, True),
+]
+
+# (model key, num_virtual_tokens): prefix tuning (grouped-query heads: peft sizes the prefix by the
+# key/value heads).
+PREFIX_CASES = [
+    ("stories260k", 6),
+    ("meta-llama/Meta-Llama-3-8B", 20),
+    ("Qwen/Qwen3-0.6B", 10),
+]
+# (model key, num_virtual_tokens): prompt tuning (the init does not change the counts).
+PROMPT_CASES = [
+    ("stories260k", 7),
+    ("meta-llama/Meta-Llama-3-8B", 20),
+    ("Qwen/Qwen2.5-0.5B", 8),
 ]
 
 
@@ -160,6 +179,28 @@ def peft_case(path, key, r, targets, modules_to_save, use_dora):
     }
 
 
+def prompt_case(path, key, n, method="prompt_tuning"):
+    model = build_meta(path)
+    base_total = total_params(model)
+    if method == "prompt_tuning":
+        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="RANDOM")
+    else:
+        cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n)
+    with torch.device("meta"):
+        pm = get_peft_model(model, cfg)
+    trainable, all_params = pm.get_nb_trainable_parameters()
+    return {
+        "model": key,
+        "method": method,
+        "num_virtual_tokens": n,
+        "trainable": int(trainable),
+        "all": int(all_params),
+        "base_total": base_total,
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
+
+
 def dump(obj):
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
@@ -184,9 +225,22 @@ def main():
         print(f"peft {key:28s} r={r:<3d} trainable={case['trainable']:>15,d}  all={case['all']:>15,d}  "
               f"base_total={case['base_total']:>15,d}  modules_to_save={mts}  use_dora={dora}")
 
+    prompt_cases = []
+    for key, n in PROMPT_CASES:
+        case = prompt_case(sources[key], key, n)
+        prompt_cases.append(case)
+        print(f"peft prompt tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
+              f"all={case['all']:>15,d}")
+    for key, n in PREFIX_CASES:
+        case = prompt_case(sources[key], key, n, "prefix_tuning")
+        prompt_cases.append(case)
+        print(f"peft prefix tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
+              f"all={case['all']:>15,d}")
+
     outputs = {
         os.path.join(GOLDEN_DIR, "param_counts.json"): dump(counts),
         os.path.join(GOLDEN_DIR, "peft_trainable.json"): dump(cases),
+        os.path.join(GOLDEN_DIR, "peft_prompt_trainable.json"): dump(prompt_cases),
     }
     print(f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}")
     if args.check:

@@ -1,4 +1,4 @@
-//! The parameter-efficient method (LoRA / QLoRA) or full fine-tuning.
+//! The parameter-efficient method (LoRA / QLoRA / prompt or prefix tuning) or full fine-tuning.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 /// LoRA settings. With no `adapter`, every parameter is trained (full fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AdapterConfig {
-    /// `lora` (dense base) or `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`).
+    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`),
+    /// `prompt_tuning` (trained virtual tokens before every sequence, the body frozen) or
+    /// `prefix_tuning` (trained keys and values before every sequence in every layer, the body frozen).
     /// Absent: full fine-tuning.
     #[serde(default)]
     pub adapter: Option<AdapterKind>,
@@ -47,6 +49,33 @@ pub struct AdapterConfig {
     /// A trained adapter folder (peft format) to start from.
     #[serde(default)]
     pub lora_model_dir: Option<String>,
+    /// Prompt or prefix tuning (`adapter: prompt_tuning` / `prefix_tuning`): how many trained virtual
+    /// tokens come before every sequence, as peft's `num_virtual_tokens`. Prompt tuning trains an
+    /// embedding of the model's hidden size for each (every sequence grows by this many positions);
+    /// prefix tuning trains each one's key and value in every layer.
+    // Prompt tuning's keys are left out of the resolved settings unless set (only it reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub num_virtual_tokens: Option<u32>,
+    /// Prompt tuning: how the virtual tokens start, as peft's `prompt_tuning_init`: `random`
+    /// (normal(0, 1), peft's default) or `text` (the word embeddings of `prompt_tuning_init_text`'s
+    /// tokens, repeated or cut to `num_virtual_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tuning_init: Option<PromptTuningInit>,
+    /// Prompt tuning with `prompt_tuning_init: text`: the text whose tokens (as the model's
+    /// tokenizer encodes it, special tokens included) initialise the virtual tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tuning_init_text: Option<String>,
+    /// Prefix tuning: reparameterize the prefixes through peft's PrefixEncoder MLP
+    /// (`prefix_projection`). Not built yet: only `false` (the keys and values trained directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("const" = false))]
+    pub prefix_projection: Option<bool>,
+    /// Prefix tuning with `prefix_projection`: the hidden size of peft's PrefixEncoder MLP
+    /// (`encoder_hidden_size`). Not built yet (see `prefix_projection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub encoder_hidden_size: Option<u32>,
 }
 
 impl Default for AdapterConfig {
@@ -66,6 +95,29 @@ pub enum AdapterKind {
     Lora,
     /// LoRA on a 4-bit (NF4) quantized base.
     Qlora,
+    /// Prompt tuning (peft's PROMPT_TUNING): trained virtual-token embeddings before every sequence.
+    #[serde(rename = "prompt_tuning")]
+    PromptTuning,
+    /// Prefix tuning (peft's PREFIX_TUNING): trained keys and values before every sequence, in every layer.
+    #[serde(rename = "prefix_tuning")]
+    PrefixTuning,
+}
+
+impl AdapterKind {
+    /// Whether this method trains LoRA pairs (and so reads the `lora_*` / `peft_*` keys).
+    pub fn is_lora(self) -> bool {
+        matches!(self, AdapterKind::Lora | AdapterKind::Qlora)
+    }
+}
+
+/// peft's `prompt_tuning_init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTuningInit {
+    /// normal(0, 1), as a new `nn.Embedding`.
+    Random,
+    /// The word embeddings of `prompt_tuning_init_text`.
+    Text,
 }
 
 /// One module name or a list of them.

@@ -170,15 +170,22 @@ impl Rules<'_> {
     }
 
     fn adapter_keys(&mut self, c: &Config) {
+        self.prompt_tuning_keys(c);
         if c.adapter.adapter.is_some() {
             return;
         }
-        // Every key of the adapter section but `adapter` itself.
+        // Every key of the adapter section but `adapter` itself (and prompt and prefix tuning's, checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
         let lora_keys: Vec<&str> = schema
             .get("properties")
             .and_then(serde_json::Value::as_object)
-            .map(|props| props.keys().map(String::as_str).filter(|k| *k != "adapter").collect())
+            .map(|props| {
+                props
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k))
+                    .collect()
+            })
             .unwrap_or_default();
         for key in lora_keys {
             let Some(entry) = self.at.entry(key) else {
@@ -207,6 +214,148 @@ impl Rules<'_> {
                     &[key, "adapter"],
                     "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
                 );
+            }
+        }
+    }
+
+    /// Prompt and prefix tuning's keys act only with their method (`num_virtual_tokens` with
+    /// either), and those methods read no LoRA key; what the executor does not build with them
+    /// (packing, preference and reward training, new tokens, a quantized base; for prefix tuning
+    /// gradient checkpointing and the projection MLP) is refused at the key.
+    fn prompt_tuning_keys(&mut self, c: &Config) {
+        let a = &c.adapter;
+        let method = match a.adapter {
+            Some(AdapterKind::PromptTuning) => Some("prompt_tuning"),
+            Some(AdapterKind::PrefixTuning) => Some("prefix_tuning"),
+            _ => None,
+        };
+        for (keys, owner, what) in [
+            (PROMPT_TUNING_ONLY_KEYS, "prompt_tuning", "a prompt-tuning key"),
+            (PREFIX_TUNING_ONLY_KEYS, "prefix_tuning", "a prefix-tuning key"),
+            (&["num_virtual_tokens"][..], "", "a prompt- and prefix-tuning key"),
+        ] {
+            if method.is_some() && (owner.is_empty() || method == Some(owner)) {
+                continue;
+            }
+            let wanted = if owner.is_empty() { "prompt_tuning` or `prefix_tuning" } else { owner };
+            for key in keys.iter().filter(|k| self.at.entry(k).is_some()) {
+                self.error(
+                    "virtual-token-key-without-its-method",
+                    format!("`{key}` is {what}, but `adapter` is not `{wanted}`"),
+                    &[key, "adapter"],
+                    &format!("set adapter: {}, or remove it", wanted.replace("` or `", " or ")),
+                );
+            }
+        }
+        let Some(method) = method else { return };
+        let schema = schemars::schema_for!(super::AdapterConfig);
+        let other_keys: Vec<String> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|props| {
+                props.keys().filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())).cloned().collect()
+            })
+            .unwrap_or_default();
+        for key in &other_keys {
+            let Some(entry) = self.at.entry(key) else { continue };
+            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
+                continue;
+            }
+            self.error(
+                "lora-key-with-virtual-tokens",
+                format!("`{key}` is a LoRA key, but `adapter: {method}` trains no LoRA pairs"),
+                &[key, "adapter"],
+                "remove it, or use adapter: lora",
+            );
+        }
+        if a.num_virtual_tokens.is_none() {
+            self.error(
+                "virtual-tokens-required",
+                format!("`adapter: {method}` needs `num_virtual_tokens`"),
+                &["adapter", "num_virtual_tokens"],
+                "set num_virtual_tokens: 8 to 100 (peft's examples use 8 to 30)",
+            );
+        }
+        use super::adapter::PromptTuningInit;
+        match (a.prompt_tuning_init, &a.prompt_tuning_init_text) {
+            (Some(PromptTuningInit::Text), None) => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init: text` needs `prompt_tuning_init_text`".into(),
+                &["prompt_tuning_init", "prompt_tuning_init_text"],
+                "give the text whose token embeddings start the virtual tokens",
+            ),
+            (Some(PromptTuningInit::Random) | None, Some(_)) => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init_text` is used only with `prompt_tuning_init: text`".into(),
+                &["prompt_tuning_init_text", "prompt_tuning_init"],
+                "set prompt_tuning_init: text, or remove the text",
+            ),
+            (Some(PromptTuningInit::Text), Some(text)) if text.is_empty() => self.error(
+                "prompt-tuning-init-text",
+                "`prompt_tuning_init_text` is empty: it has no tokens to start from".into(),
+                &["prompt_tuning_init_text"],
+                "give a text describing the task",
+            ),
+            _ => {}
+        }
+        let refuse = |rules: &mut Self, key: &str, why: &str, help: &str| {
+            rules.error(
+                "virtual-tokens-unsupported",
+                format!("`{key}` with `adapter: {method}`: {why}"),
+                &[key, "adapter"],
+                help,
+            );
+        };
+        if a.encoder_hidden_size.is_some() {
+            refuse(
+                self,
+                "encoder_hidden_size",
+                "it sizes peft's PrefixEncoder MLP (`prefix_projection: true`), which is not built yet",
+                "remove it: the prefixes' keys and values are trained directly",
+            );
+        }
+        let opens_each_row = if method == "prompt_tuning" {
+            "the virtual tokens open each row, so only a row's first packed sample would follow them"
+        } else {
+            "the prefix is attended to from each row's start, so only a row's first packed sample would see it"
+        };
+        if c.data.sample_packing {
+            refuse(
+                self,
+                "sample_packing",
+                &format!("{opens_each_row} (peft also drops or shifts the position ids packing relies on)"),
+                "set sample_packing: false",
+            );
+        }
+        if c.data.eval_sample_packing == Some(true) {
+            refuse(self, "eval_sample_packing", opens_each_row, "set eval_sample_packing: false");
+        }
+        if method == "prefix_tuning" && c.training.gradient_checkpointing {
+            refuse(
+                self,
+                "gradient_checkpointing",
+                "recomputing a layer with its prefix is not built yet",
+                "set gradient_checkpointing: false (the prefix adds only its keys and values per layer)",
+            );
+        }
+        if c.training.rl.is_some() {
+            refuse(self, "rl", "preference training with it is not built", "train with adapter: lora");
+        }
+        if c.training.reward_model {
+            refuse(self, "reward_model", "a reward model with it is not built", "train with adapter: lora");
+        }
+        if !c.chat.tokens.is_empty() {
+            refuse(
+                self,
+                "tokens",
+                "new tokens need trained embedding and head rows, and this method trains only its virtual tokens",
+                "remove tokens, or use adapter: lora (it trains embed_tokens and lm_head with them)",
+            );
+        }
+        for key in ["load_in_4bit", "load_in_8bit"] {
+            let on = if key == "load_in_4bit" { c.quantization.load_in_4bit } else { c.quantization.load_in_8bit };
+            if on {
+                refuse(self, key, "a quantized base with it is not built", "remove it: the base stays dense");
             }
         }
     }
@@ -946,7 +1095,7 @@ impl Rules<'_> {
     fn hyperparameter_table(&mut self, c: &Config) {
         let a = &c.adapter;
         let t = &c.training;
-        if a.adapter.is_some() {
+        if a.adapter.is_some_and(AdapterKind::is_lora) {
             let r = a.lora_r;
             if !(8..=64).contains(&r) {
                 self.warn(
@@ -970,6 +1119,8 @@ impl Rules<'_> {
         if let Some(lr) = t.learning_rate {
             let (low, high, what) = if c.training.rl.is_some() {
                 (5e-7, 5e-5, "preference training: 5e-7 to 5e-5, far below supervised fine-tuning")
+            } else if matches!(a.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) {
+                (1e-3, 3e-1, "prompt and prefix tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
             } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {
@@ -1020,6 +1171,19 @@ impl Rules<'_> {
         }
     }
 }
+
+/// The keys only `adapter: prompt_tuning` reads.
+const PROMPT_TUNING_ONLY_KEYS: &[&str] = &["prompt_tuning_init", "prompt_tuning_init_text"];
+/// The keys only `adapter: prefix_tuning` reads.
+const PREFIX_TUNING_ONLY_KEYS: &[&str] = &["prefix_projection", "encoder_hidden_size"];
+/// Every key of prompt and prefix tuning.
+const VIRTUAL_TOKEN_KEYS: &[&str] = &[
+    "num_virtual_tokens",
+    "prompt_tuning_init",
+    "prompt_tuning_init_text",
+    "prefix_projection",
+    "encoder_hidden_size",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocationKind {

@@ -70,6 +70,20 @@ pub fn write_model_files(
             }
             adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter, model.score.is_some())?;
         }
+        Trainable::Prompt { .. } => {
+            let tensors: Vec<(String, Tensor)> =
+                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            let prompt =
+                plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
+            adapter::write_prompt_config(dir, &base_name(plan, base_dir), prompt, &model.arch)?;
+        }
+        Trainable::Prefix { num_virtual_tokens } => {
+            let tensors: Vec<(String, Tensor)> =
+                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            adapter::write_prefix_config(dir, &base_name(plan, base_dir), *num_virtual_tokens, &model.arch)?;
+        }
         Trainable::Everything | Trainable::Nothing => {
             if with_weights {
                 let tensors: Vec<Deferred> = model

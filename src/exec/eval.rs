@@ -75,9 +75,12 @@ pub fn completion_text(tok: &Tokenizer, ids: &[i64], stop: &[i64]) -> String {
 /// tokens training puts a loss on (labels shifted, as the loss shifts them). Samples are right-padded
 /// `batch_size` at a time (causal attention: padding after a token cannot change it) and cut to the
 /// model's context; the head runs one row at a time, so the logits held are [T, V], not [B, T, V].
+/// With prompt tuning's N virtual tokens in front, the last of them predicts the first label, as
+/// in training (peft's labels: N × -100, then the sample's).
 pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64, u64)> {
     let _guard = tch::no_grad_guard();
-    let context = model.arch.max_position_embeddings as usize;
+    let virtual_tokens = model.virtual_tokens();
+    let context = (model.arch.max_position_embeddings as i64 - model.position_offset()).max(0) as usize;
     let dev = model.device;
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {
@@ -99,14 +102,16 @@ pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64,
             .hidden_states(&Inputs { input_ids: &input_ids, position_ids: &position_ids, segment_ids: None }, false);
         for (r, s) in chunk.iter().enumerate() {
             let n = s.input_ids.len().min(context);
-            // Position i predicts label i + 1.
-            let targets: Vec<i64> = s.labels.get(1..n).unwrap_or_default().to_vec();
+            // Position i predicts label i + 1; with virtual tokens, hidden position N - 1 + i predicts label i.
+            let first = if virtual_tokens > 0 { 0 } else { 1 };
+            let targets: Vec<i64> = s.labels.get(first..n).unwrap_or_default().to_vec();
             let count = targets.iter().filter(|&&t| t != IGNORE).count() as u64;
             if count == 0 {
                 out.push((0.0, 0));
                 continue;
             }
-            let logits = model.head(&hidden.get(r as i64).narrow(0, 0, targets.len() as i64), false);
+            let start = (virtual_tokens - 1).max(0);
+            let logits = model.head(&hidden.get(r as i64).narrow(0, start, targets.len() as i64), false);
             let targets = Tensor::from_slice(&targets).to_device(dev);
             let sum = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, IGNORE, 0.0);
             out.push((sum.to_kind(Kind::Double).double_value(&[]), count));

@@ -21,7 +21,7 @@ pub mod train;
 use crate::data::{self, Tokenizer, packing};
 use crate::model::adapter;
 use crate::model::generate::{Sampling, generate};
-use crate::model::llama::{CausalLm, LoadOptions, Trainable};
+use crate::model::llama::{CausalLm, LoadOptions, PromptInit, Trainable};
 use crate::model::weights::{Checkpoint, Deferred};
 use crate::plan::Plan;
 use crate::plan::adapter::AdapterMethod;
@@ -192,9 +192,20 @@ pub fn kind_of(p: Precision) -> Kind {
     }
 }
 
-fn trainable(plan: &Plan) -> Trainable {
+fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     let a = &plan.adapter;
-    if a.method == AdapterMethod::Full {
+    if let Some(p) = &a.prefix {
+        return Ok(Trainable::Prefix { num_virtual_tokens: p.num_virtual_tokens as i64 });
+    }
+    if let Some(p) = &a.prompt {
+        let n = p.num_virtual_tokens as usize;
+        let init = match &p.init_text {
+            Some(text) => PromptInit::Tokens(prompt_init_ids(tok, text, n)?),
+            None => PromptInit::Random,
+        };
+        return Ok(Trainable::Prompt { num_virtual_tokens: n as i64, init });
+    }
+    Ok(if a.method == AdapterMethod::Full {
         Trainable::Everything
     } else {
         Trainable::Lora {
@@ -205,7 +216,17 @@ fn trainable(plan: &Plan) -> Trainable {
             dora: a.dora,
             modules_to_save: a.modules_to_save.clone(),
         }
+    })
+}
+
+/// peft's TEXT init: the text's ids as the tokenizer gives them (special tokens included, as
+/// `tokenizer(text)` adds them), cut to `n`, or repeated until there are `n`.
+pub fn prompt_init_ids(tok: &Tokenizer, text: &str, n: usize) -> Result<Vec<i64>, String> {
+    let ids: Vec<i64> = tok.bos().into_iter().chain(tok.encode(text)?).collect();
+    if ids.is_empty() {
+        return Err(format!("prompt_tuning_init_text {text:?} has no tokens"));
     }
+    Ok(ids.iter().copied().cycle().take(n).collect())
 }
 
 /// The base's quantization from the plan: NF4/FP4 (QLoRA) or LLM.int8.
@@ -504,7 +525,7 @@ fn set_up<E>(
 
     tch::manual_seed(plan.training.seed as i64);
     let in_use_before_model = host_memory::in_use();
-    let trainable = trainable(plan);
+    let trainable = trainable(plan, &tok)?;
     let device = rt.device;
     let ckpt = if opts.random_weights { Checkpoint::random(&base_dir) } else { Checkpoint::open(&base_dir)? };
     let score_head = plan.training.reward.is_some();
@@ -653,7 +674,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunReport, String> {
     match &plan.training.preference {
         None => {
             let tokens_per_chunk = plan.training.loss.tokens_per_chunk().map(|n| n as i64);
-            let objective = objective::Supervised { tokens_per_chunk };
+            let virtual_tokens = plan.adapter.prompt.as_ref().map_or(0, |p| p.num_virtual_tokens as i64);
+            let objective = objective::Supervised { tokens_per_chunk, virtual_tokens };
             train_on(plan, opts, &rt, &objective, supervised_data, nothing_before_training)
         }
         Some(p) => {
@@ -808,7 +830,10 @@ fn train_on<E: packing::Example>(
         }
         // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
         let trainable = model.trainable_params();
-        let sharder = shard_groups.map(|groups| std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)));
+        let sharder = match shard_groups {
+            Some(groups) => Some(std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)?)),
+            None => None,
+        };
         let mut optimizer = match &sharder {
             Some(sharder) => optimizer::AdamW::new(sharder.optimizer_params(), &t.optimizer),
             None => optimizer::AdamW::new(trainable, &t.optimizer),
@@ -1152,6 +1177,18 @@ pub fn score_sequences(loaded: &Loaded, sequences: &[Vec<i64>]) -> Result<Vec<f6
 /// merged weight at a time.
 pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, String> {
     let model = &loaded.model;
+    if model.prompt.is_some() {
+        return Err("a prompt-tuning adapter (peft's PROMPT_TUNING) cannot be merged: its virtual tokens are \
+                    inputs put before every sequence, not a change to any weight; use the adapter folder as it is \
+                    (recipe generate, or peft's PeftModel.from_pretrained)"
+            .into());
+    }
+    if model.prefix.is_some() {
+        return Err("a prefix-tuning adapter (peft's PREFIX_TUNING) cannot be merged: its keys and values are put \
+                    before every sequence's in each layer, not a change to any weight; use the adapter folder as it \
+                    is (recipe generate, or peft's PeftModel.from_pretrained)"
+            .into());
+    }
     let tensors: Vec<Deferred> = model.merged_weights().into_iter().map(|d| d.cast(kind)).collect();
     let untie = tensors.iter().any(|d| d.name == "lm_head.weight") && model.arch.tie_word_embeddings;
     checkpoint::publish(out, |dir| {

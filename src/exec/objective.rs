@@ -149,13 +149,27 @@ pub trait Objective: Sync {
 /// and backward pass run at once (`loss_backward`), accumulating the head's gradients and filling
 /// the gradient of the hidden states, which then goes back through the decoder in one pass. Only
 /// one chunk's logits are ever alive, and nothing is approximated: the same sums in another order.
+///
+/// With prompt tuning's `virtual_tokens` N, the hidden states have N positions in front of the
+/// labels: the labels get N × -100 in front, as peft's forward gives them, so the last virtual
+/// token predicts each row's first label (which therefore counts, when it is not -100).
 pub struct Supervised {
     pub tokens_per_chunk: Option<i64>,
+    pub virtual_tokens: i64,
 }
 
 impl Supervised {
     /// The plain loss over the whole logits.
-    pub const WHOLE: Supervised = Supervised { tokens_per_chunk: None };
+    pub const WHOLE: Supervised = Supervised { tokens_per_chunk: None, virtual_tokens: 0 };
+
+    /// The labels aligned with the hidden states: -100 in front of them for each virtual token.
+    fn labels(&self, labels: &Tensor) -> Tensor {
+        if self.virtual_tokens == 0 {
+            return labels.shallow_clone();
+        }
+        let ignored = Tensor::full([labels.size()[0], self.virtual_tokens], -100, (Kind::Int64, labels.device()));
+        Tensor::cat(&[ignored, labels.shallow_clone()], 1)
+    }
 
     /// The hidden states [B·T, H] (a view) and each position's next-token target [B·T]: the
     /// labels shifted by one, the last position of each row ignored (-100), so no copy of the
@@ -200,15 +214,22 @@ fn cross_entropy_and_grad(logits: &Tensor, targets: &Tensor, denominator: f64) -
 
 impl Objective for Supervised {
     fn units(&self, batch: &HostBatch) -> usize {
-        batch.trained_tokens
+        // Behind virtual tokens, each row's first label is predicted too.
+        let first_labels = if self.virtual_tokens > 0 {
+            (0..batch.rows).filter(|&r| batch.labels[r * batch.len] != crate::data::IGNORE).count()
+        } else {
+            0
+        };
+        batch.trained_tokens + first_labels
     }
 
     fn loss_sum(&self, model: &CausalLm, hidden: &Tensor, batch: &DeviceBatch, train: bool) -> LossSums {
+        let labels = self.labels(&batch.labels);
         let Some(chunk) = self.tokens_per_chunk else {
-            return LossSums { loss: next_token_loss_sum(&model.head(hidden, train), &batch.labels), metrics: None };
+            return LossSums { loss: next_token_loss_sum(&model.head(hidden, train), &labels), metrics: None };
         };
         // Chunk by chunk (evaluation, under no_grad: nothing is kept between chunks).
-        let (x, targets) = Self::flat_targets(hidden, &batch.labels);
+        let (x, targets) = Self::flat_targets(hidden, &labels);
         let n = x.size()[0];
         let mut loss = Tensor::zeros([], (Kind::Float, hidden.device()));
         for start in (0..n).step_by(chunk.max(1) as usize) {
@@ -228,7 +249,7 @@ impl Objective for Supervised {
     ) -> Option<(LossSums, Option<Tensor>)> {
         let chunk = self.tokens_per_chunk?.max(1);
         let hidden_detached = hidden.detach().contiguous();
-        let (x, targets) = Self::flat_targets(&hidden_detached, &batch.labels);
+        let (x, targets) = Self::flat_targets(&hidden_detached, &self.labels(&batch.labels));
         let n = x.size()[0];
         let wants_grad = hidden.requires_grad();
         let grad = wants_grad.then(|| hidden_detached.zeros_like());

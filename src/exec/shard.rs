@@ -115,7 +115,7 @@ impl Sharder {
     /// Cuts the model's tensors into this rank's chunks (its full tensors are the same on every
     /// rank by now) and, for full sharding, releases them. `trainable` names the optimizer's
     /// parameters.
-    pub fn new(model: &CausalLm, groups: ShardGroups, trainable: &[Param]) -> Sharder {
+    pub fn new(model: &CausalLm, groups: ShardGroups, trainable: &[Param]) -> Result<Sharder, String> {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
@@ -155,6 +155,15 @@ impl Sharder {
                     .collect()
             })
             .collect();
+        // Every trainable tensor must be in a unit, or the optimizer would never see it.
+        let sharded: std::collections::HashSet<&str> =
+            units.iter().flatten().filter(|p| p.grad.is_some()).map(|p| p.name.as_str()).collect();
+        if let Some(p) = trainable.iter().find(|p| !sharded.contains(p.name.as_str())) {
+            return Err(format!(
+                "`{}` is trained by a method sharded training does not split yet; train without fsdp",
+                p.name
+            ));
+        }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
         let sharder = Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()) };
         if sharder.groups.full {
@@ -162,7 +171,7 @@ impl Sharder {
                 sharder.release_unit(u);
             }
         }
-        sharder
+        Ok(sharder)
     }
 
     /// Collective payload bytes since the last call (all-gathers count what they assemble,

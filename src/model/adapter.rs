@@ -1,8 +1,8 @@
-//! peft's on-disk adapter format: `adapter_config.json` (read and written) and the trainable
-//! tensors under peft's names in `adapter_model.safetensors`, so `PeftModel.from_pretrained` loads
+//! peft's on-disk adapter format: `adapter_config.json` (read and written; LoRA/DoRA and prompt
+//! tuning) and the trainable tensors under peft's names in `adapter_model.safetensors`, so `PeftModel.from_pretrained` loads
 //! what `recipe run` writes and `recipe generate`/`merge` load what peft writes.
 
-use super::llama::{CausalLm, Trainable};
+use super::llama::{CausalLm, PromptInit, Trainable};
 use super::weights::Checkpoint;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -16,14 +16,21 @@ pub struct AdapterConfig {
     pub sequence_classification: bool,
 }
 
-/// Reads peft's adapter_config.json (LoRA, with or without DoRA).
+/// Reads peft's adapter_config.json (LoRA, with or without DoRA; or prompt tuning).
 pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
-    if let Some(t) = field("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
-        return Err(format!("{}: peft_type `{t}` is not supported (LORA only)", path.display()));
+    match field("peft_type").and_then(Value::as_str) {
+        None | Some("LORA") => {}
+        Some("PROMPT_TUNING" | "PREFIX_TUNING") => return read_prompt_config(&path, &v),
+        Some(t) => {
+            return Err(format!(
+                "{}: peft_type `{t}` is not supported (LORA, PROMPT_TUNING or PREFIX_TUNING)",
+                path.display()
+            ));
+        }
     }
     let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
     let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
@@ -63,6 +70,102 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
             modules_to_save,
         },
     })
+}
+
+/// A PROMPT_TUNING or PREFIX_TUNING config: the virtual tokens' count (their values are the saved
+/// ones). Only the causal-LM task with one transformer submodule is a decoder-only model's.
+fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
+    let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+    match field("task_type").and_then(Value::as_str) {
+        None | Some("CAUSAL_LM") => {}
+        Some(other) => {
+            return Err(format!(
+                "{}: prompt tuning for task_type `{other}` is not supported (CAUSAL_LM)",
+                path.display()
+            ));
+        }
+    }
+    if let Some(k) = field("num_transformer_submodules").and_then(Value::as_i64).filter(|&k| k != 1) {
+        return Err(format!("{}: num_transformer_submodules {k}: a decoder-only model has 1", path.display()));
+    }
+    let n = field("num_virtual_tokens")
+        .and_then(Value::as_i64)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{}: no positive integer `num_virtual_tokens`", path.display()))?;
+    // A prefix is read as its keys and values whether or not peft trained it through its
+    // PrefixEncoder MLP (`prefix_projection`): peft saves the MLP's output, and reads it back so.
+    let prefix = field("peft_type").and_then(Value::as_str) == Some("PREFIX_TUNING");
+    Ok(AdapterConfig {
+        base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
+        trainable: if prefix {
+            Trainable::Prefix { num_virtual_tokens: n }
+        } else {
+            Trainable::Prompt { num_virtual_tokens: n, init: PromptInit::Random }
+        },
+        sequence_classification: false,
+    })
+}
+
+/// peft's adapter_config.json for prompt tuning (a PromptTuningConfig as `save_pretrained` writes
+/// it); `tokenizer_name_or_path` is the base's when the text init used its tokenizer, as peft needs.
+pub fn write_prompt_config(
+    dir: &Path,
+    base_model: &str,
+    prompt: &crate::plan::adapter::PromptTuningPlan,
+    arch: &crate::plan::arch::Architecture,
+) -> Result<(), String> {
+    let text_init = prompt.init_text.is_some();
+    let config = json!({
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "num_attention_heads": arch.num_attention_heads,
+        "num_layers": arch.num_layers,
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": prompt.num_virtual_tokens,
+        "peft_type": "PROMPT_TUNING",
+        "prompt_tuning_init": if text_init { "TEXT" } else { "RANDOM" },
+        "prompt_tuning_init_text": prompt.init_text,
+        "revision": null,
+        "task_type": "CAUSAL_LM",
+        "token_dim": arch.hidden_size,
+        "tokenizer_kwargs": null,
+        "tokenizer_name_or_path": if text_init { json!(base_model) } else { Value::Null },
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
+
+/// peft's adapter_config.json for prefix tuning (a PrefixTuningConfig as `save_pretrained` writes
+/// it): with grouped-query heads peft sizes the prefix by the key/value heads, so its
+/// `num_attention_heads` is the key/value head count and `token_dim` their width.
+pub fn write_prefix_config(
+    dir: &Path,
+    base_model: &str,
+    num_virtual_tokens: i64,
+    arch: &crate::plan::arch::Architecture,
+) -> Result<(), String> {
+    let token_dim = arch.num_key_value_heads * arch.head_dim;
+    let config = json!({
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "encoder_hidden_size": token_dim,
+        "inference_mode": true,
+        "init_weights": null,
+        "modules_to_save": null,
+        "num_attention_heads": arch.num_key_value_heads,
+        "num_layers": arch.num_layers,
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": num_virtual_tokens,
+        "peft_type": "PREFIX_TUNING",
+        "prefix_projection": false,
+        "revision": null,
+        "task_type": "CAUSAL_LM",
+        "token_dim": token_dim,
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }
 
 /// peft's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.

@@ -1,5 +1,7 @@
 //! Sampling from a causal LM: greedy, or temperature with nucleus (top-p) filtering, seeded. The
-//! prompt is run once and each new token then attends to the cached keys and values.
+//! prompt is run once and each new token then attends to the cached keys and values. A
+//! prompt-tuned model puts its virtual tokens in front of the prompt, a prefix-tuned one its keys
+//! and values into the cache (`CausalLm::logits_cached`).
 
 use super::llama::{CausalLm, KvCache};
 use tch::{Kind, Tensor};
@@ -17,7 +19,8 @@ pub struct Sampling {
 pub fn generate(model: &CausalLm, prompt: &[i64], eos: Option<i64>, s: Sampling) -> Vec<i64> {
     let _guard = tch::no_grad_guard();
     tch::manual_seed(s.seed as i64);
-    let context = model.arch.max_position_embeddings as usize;
+    // Prompt or prefix tuning's virtual tokens take positions of the context too.
+    let context = (model.arch.max_position_embeddings as i64 - model.position_offset()).max(0) as usize;
     let mut out = Vec::new();
     if prompt.is_empty() || prompt.len() >= context {
         return out;
@@ -53,7 +56,8 @@ fn sample(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
 pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], stop: &[i64], s: Sampling) -> Vec<Vec<i64>> {
     let _guard = tch::no_grad_guard();
     tch::manual_seed(s.seed as i64);
-    let context = model.arch.max_position_embeddings as usize;
+    // Prompt or prefix tuning's virtual tokens take positions of the context too.
+    let context = (model.arch.max_position_embeddings as i64 - model.position_offset()).max(0) as usize;
     let mut out = vec![Vec::new(); prompts.len()];
     let rows: Vec<usize> =
         (0..prompts.len()).filter(|&i| !prompts[i].is_empty() && prompts[i].len() < context).collect();

@@ -22,6 +22,23 @@ pub enum Trainable {
     /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too); `modules_to_save` get
     /// trainable full copies.
     Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
+    /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
+    /// every sequence; every weight of the model stays frozen.
+    Prompt { num_virtual_tokens: i64, init: PromptInit },
+    /// Prefix tuning (peft's PREFIX_TUNING without projection): for `num_virtual_tokens` positions,
+    /// a trained key and value in every layer, in front of each sequence's own; every weight of the
+    /// model stays frozen.
+    Prefix { num_virtual_tokens: i64 },
+}
+
+/// How prompt tuning's virtual tokens start.
+#[derive(Debug, Clone)]
+pub enum PromptInit {
+    /// normal(0, 1), as peft's new `nn.Embedding` (also the placeholder a saved adapter overwrites).
+    Random,
+    /// The word embeddings of these tokens, one per virtual token (peft's `TEXT` init, its ids
+    /// already repeated or cut to `num_virtual_tokens`).
+    Tokens(Vec<i64>),
 }
 
 pub struct LoadOptions {
@@ -91,6 +108,11 @@ impl KvCache {
     pub fn new(model: &CausalLm) -> KvCache {
         KvCache { layers: model.layers.iter().map(|_| LayerCache::default()).collect() }
     }
+
+    /// Nothing decoded yet.
+    pub fn is_empty(&self) -> bool {
+        self.layers.first().is_none_or(|l| l.keys.is_none())
+    }
 }
 
 /// A named tensor of the model (Hugging Face name).
@@ -131,6 +153,14 @@ pub struct CausalLm {
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
     pub(super) head_original: Option<Tensor>,
+    /// Prompt tuning's virtual tokens [N, H] (fp32, trained): prepended to the embedded inputs of
+    /// every forward pass while adapters are on, at positions 0..N, the real tokens after them.
+    pub prompt: Option<Tensor>,
+    /// Prefix tuning's keys and values [N, layers × 2 × kv heads × head_dim] (fp32, trained; peft's
+    /// `prompt_embeddings`): layer l's keys are block 2l, its values block 2l + 1. While adapters
+    /// are on, every forward pass starts from a key/value cache holding them, and the real tokens'
+    /// positions start at N.
+    pub prefix: Option<Tensor>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
@@ -299,6 +329,33 @@ impl CausalLm {
                 },
             });
         }
+        let prompt = match &opts.trainable {
+            Trainable::Prompt { num_virtual_tokens: n, init } => {
+                let t = match init {
+                    PromptInit::Random => Tensor::empty([*n, h], (Kind::Float, device)).normal_(0.0, 1.0),
+                    PromptInit::Tokens(ids) => {
+                        if ids.len() as i64 != *n || ids.iter().any(|&i| i < 0 || i >= v) {
+                            return Err(format!(
+                                "prompt tuning's initial tokens must be {n} ids below the vocabulary size {v}"
+                            ));
+                        }
+                        let ids = Tensor::from_slice(ids).to_device(device);
+                        embed_tokens.index_select(0, &ids).to_kind(Kind::Float).detach().copy()
+                    }
+                };
+                Some(t.set_requires_grad(true))
+            }
+            _ => None,
+        };
+        // peft's PrefixEncoder: an `nn.Embedding` (normal(0, 1)) of num_layers × 2 × token_dim per
+        // virtual token, token_dim being the key/value heads' width.
+        let prefix = match &opts.trainable {
+            Trainable::Prefix { num_virtual_tokens: n } => {
+                let width = arch.num_layers as i64 * 2 * nkv * hd;
+                Some(Tensor::empty([*n, width], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true))
+            }
+            _ => None,
+        };
         let norm = norm("model.norm.weight")?;
         // transformers ties the head to the embedding even when the file also holds lm_head.weight.
         let head_weight = if arch.tie_word_embeddings {
@@ -326,6 +383,8 @@ impl CausalLm {
             loaded_chunks: std::cell::RefCell::new(chunks.into_inner()),
             adapters_enabled: std::cell::Cell::new(true),
             head_original: None,
+            prompt,
+            prefix,
             score: None,
         };
         // Adapters before a new reward head: the random draws come in the same order as ever.
@@ -495,7 +554,69 @@ impl CausalLm {
         Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float)
     }
 
+    /// How many virtual tokens (prompt tuning) open every sequence now: hidden states and logits
+    /// have that many positions more than the inputs, in front.
+    pub fn virtual_tokens(&self) -> i64 {
+        match &self.prompt {
+            Some(p) if self.adapters_on() => p.size()[0],
+            _ => 0,
+        }
+    }
+
+    /// How many prefix positions (prefix tuning) every layer's keys and values start with now.
+    pub fn prefix_tokens(&self) -> i64 {
+        match &self.prefix {
+            Some(p) if self.adapters_on() => p.size()[0],
+            _ => 0,
+        }
+    }
+
+    /// Where the real tokens' positions start: after the virtual tokens of prompt or prefix tuning.
+    pub fn position_offset(&self) -> i64 {
+        self.virtual_tokens() + self.prefix_tokens()
+    }
+
+    /// A key/value cache holding prefix tuning's keys and values for `b` rows (None without a
+    /// prefix), as peft hands them to the model as past key values: not rotated, in the compute kind.
+    fn prefix_cache(&self, b: i64) -> Option<KvCache> {
+        let n = self.prefix_tokens();
+        let prefix = self.prefix.as_ref().filter(|_| n > 0)?;
+        let a = &self.arch;
+        let (nkv, hd) = (a.num_key_value_heads as i64, a.head_dim as i64);
+        // [N, L·2·kv·hd] -> [L·2, kv, N, hd], as peft's view + permute.
+        let kv = prefix.view([n, a.num_layers as i64 * 2, nkv, hd]).permute([1, 2, 0, 3]).to_kind(self.compute_kind);
+        let rows = |i: i64| Some(kv.get(i).unsqueeze(0).expand([b, nkv, n, hd], false));
+        let layers = (0..self.layers.len() as i64).map(|l| LayerCache { keys: rows(2 * l), values: rows(2 * l + 1) });
+        Some(KvCache { layers: layers.collect() })
+    }
+
+    /// The embedded inputs and their positions, with prompt tuning's virtual tokens in front (at
+    /// positions 0..N, the inputs' own positions shifted by N), as peft feeds `inputs_embeds`
+    /// and transformers numbers them.
+    fn embed_inputs(&self, inputs: &Inputs) -> (Tensor, Tensor) {
+        let x = self.embed(inputs.input_ids);
+        let n = self.virtual_tokens();
+        let Some(prompt) = self.prompt.as_ref().filter(|_| n > 0) else {
+            // Prefix tuning's keys come first: the real tokens' positions start after them.
+            return (x, inputs.position_ids + self.prefix_tokens());
+        };
+        let b = x.size()[0];
+        let virtual_positions = Tensor::arange(n, (Kind::Int64, x.device())).unsqueeze(0).expand([b, n], false);
+        let positions = Tensor::cat(&[virtual_positions, inputs.position_ids + n], 1);
+        (Tensor::cat(&[prompt.unsqueeze(0).expand([b, -1, -1], false), x], 1), positions)
+    }
+
     /// The attention mask for these inputs: `None` means plain causal.
+    /// `attention_mask` for this model: packed rows do not take virtual tokens (the rules refuse
+    /// prompt tuning with packing), so a packed batch reaching a prompt-tuned model is a bug.
+    fn mask_for(&self, inputs: &Inputs) -> Option<Tensor> {
+        assert!(
+            inputs.segment_ids.is_none() || self.position_offset() == 0,
+            "packed rows reached a prompt- or prefix-tuned model"
+        );
+        Self::attention_mask(inputs)
+    }
+
     pub fn attention_mask(inputs: &Inputs) -> Option<Tensor> {
         let seg = inputs.segment_ids?;
         let t = seg.size()[1];
@@ -555,8 +676,14 @@ impl CausalLm {
             }
         };
         // Causal when queries and keys are the same tokens; a decoding step's query sees every
-        // cached key.
-        let causal = mask.is_none() && k.size()[2] == t;
+        // cached key; several queries after cached keys (a prefix) see those and the causal part.
+        let s = k.size()[2];
+        let offset_mask = (mask.is_none() && s > t && t > 1).then(|| {
+            let query_at = Tensor::arange_start(s - t, s, (Kind::Int64, x.device())).unsqueeze(1);
+            Tensor::arange(s, (Kind::Int64, x.device())).unsqueeze(0).le_tensor(&query_at).view([1, 1, t, s])
+        });
+        let mask = mask.or(offset_mask.as_ref());
+        let causal = mask.is_none() && s == t;
         let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train, on);
@@ -568,14 +695,16 @@ impl CausalLm {
 
     /// Final hidden states [B, T, H] after the last norm.
     pub fn hidden_states(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let cos_sin = self.rope.cos_sin(inputs.position_ids);
-        let mask = Self::attention_mask(inputs);
         let root = self.root_unit();
         self.with_shard(|s| s.gather(root));
-        let mut x = self.embed(inputs.input_ids);
+        let (mut x, positions) = self.embed_inputs(inputs);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mask = self.mask_for(inputs);
+        let mut prefix = self.prefix_cache(x.size()[0]);
         for (i, layer) in self.layers.iter().enumerate() {
             self.with_shard(|s| s.gather(i));
-            x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
+            let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+            x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), train, slot);
             self.with_shard(|s| s.release(i));
         }
         rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
@@ -591,13 +720,22 @@ impl CausalLm {
     /// Logits [1, T, V] of new tokens `input_ids` [1, T] at positions `start..start+T`, reading
     /// and extending `cache` (start with `KvCache::new`). Feed the prompt first, then one token at
     /// a time.
+    /// With virtual tokens (prompt tuning), the first call (`start` 0) puts them in front and
+    /// returns their logits too; `start` counts real tokens, and every position is shifted by N.
     pub fn logits_cached(&self, input_ids: &Tensor, start: i64, cache: &mut KvCache) -> Tensor {
-        let t = input_ids.size()[1];
-        let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
-        let cos_sin = self.rope.cos_sin(&positions);
         let root = self.root_unit();
         self.with_shard(|s| s.gather(root));
-        let mut x = self.embed(input_ids);
+        let t = input_ids.size()[1];
+        let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
+        let (mut x, positions) = if start == 0 {
+            if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
+                *cache = prefix;
+            }
+            self.embed_inputs(&Inputs { input_ids, position_ids: &positions, segment_ids: None })
+        } else {
+            (self.embed(input_ids), positions + self.position_offset())
+        };
+        let cos_sin = self.rope.cos_sin(&positions);
         for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
@@ -620,7 +758,29 @@ impl CausalLm {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        let t = input_ids.size()[1];
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
+        // Virtual tokens (prompt tuning) go in front of the first call's tokens, prefix tuning's
+        // keys and values into the empty cache; they are never padding, and every position moves up
+        // by their number.
+        let n = self.position_offset();
+        let (x, positions) = if cache.is_empty() {
+            if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
+                *cache = prefix;
+            }
+            self.embed_inputs(&Inputs { input_ids, position_ids: positions, segment_ids: None })
+        } else {
+            (self.embed(input_ids), positions + n)
+        };
+        let key_mask = if n > 0 {
+            Tensor::cat(
+                &[Tensor::ones([key_mask.size()[0], n], (Kind::Bool, key_mask.device())), key_mask.shallow_clone()],
+                1,
+            )
+        } else {
+            key_mask.shallow_clone()
+        };
+        let t = x.size()[1];
         let s = key_mask.size()[1];
         let dev = self.device;
         // Query i is token s - t + i: it sees keys up to itself that are not padding, and itself.
@@ -629,10 +789,8 @@ impl CausalLm {
         let causal = key_at.le_tensor(&query_at);
         let own = key_at.eq_tensor(&query_at);
         let mask = causal.unsqueeze(0).logical_and(&key_mask.unsqueeze(1)).logical_or(&own.unsqueeze(0)).unsqueeze(1);
-        let cos_sin = self.rope.cos_sin(positions);
-        let root = self.root_unit();
-        self.with_shard(|s| s.gather(root));
-        let mut x = self.embed(input_ids);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mut x = x;
         for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
@@ -674,17 +832,21 @@ impl CausalLm {
     /// layer at a time. `layer_seed(i)` runs before layer i (and again before its recomputation),
     /// so dropout masks repeat.
     pub fn forward_train(&self, inputs: &Inputs, checkpointing: bool, layer_seed: &dyn Fn(usize)) -> TrainForward {
-        let cos_sin = self.rope.cos_sin(inputs.position_ids);
-        let mask = Self::attention_mask(inputs);
         let root = self.root_unit();
         self.with_shard(|s| s.gather(root));
-        let embedded = self.embed(inputs.input_ids);
+        let (embedded, positions) = self.embed_inputs(inputs);
+        let cos_sin = self.rope.cos_sin(&positions);
+        let mask = self.mask_for(inputs);
+        let mut prefix = self.prefix_cache(embedded.size()[0]);
+        // The rules refuse gradient checkpointing with prefix tuning: its recomputation has no prefix.
+        assert!(!checkpointing || prefix.is_none(), "gradient checkpointing reached a prefix-tuned model");
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
                 self.with_shard(|s| s.gather(i));
                 layer_seed(i);
-                x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+                let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+                x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
             }
             let hidden = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
             return TrainForward { hidden, checkpointed: None };
@@ -746,6 +908,13 @@ impl CausalLm {
         match &self.trainable {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
+            // peft's saved name for a prompt-tuning adapter's one tensor.
+            Trainable::Prompt { .. } | Trainable::Prefix { .. } => out.extend(
+                self.prompt
+                    .iter()
+                    .chain(&self.prefix)
+                    .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
+            ),
             Trainable::Lora { .. } => {
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {

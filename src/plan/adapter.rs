@@ -1,15 +1,22 @@
-//! LoRA targets resolved against the architecture, and the exact trainable count, as peft's
-//! `get_nb_trainable_parameters()` reports it for the same model and LoraConfig.
+//! LoRA targets resolved against the architecture (or prompt tuning's virtual tokens), and the exact
+//! trainable count, as peft's `get_nb_trainable_parameters()` reports it for the same model and
+//! LoraConfig / PromptTuningConfig.
 
 use super::arch::Architecture;
 use crate::config::Config;
-use crate::config::adapter::AdapterKind;
+use crate::config::adapter::{AdapterKind, PromptTuningInit};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterPlan {
-    /// `lora`, `qlora` or `full`.
+    /// `lora`, `qlora`, `prompt_tuning` or `full`.
     pub method: AdapterMethod,
+    /// Prompt tuning's virtual tokens (with `method: prompt_tuning`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptTuningPlan>,
+    /// Prefix tuning's trained keys and values (with `method: prefix_tuning`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixTuningPlan>,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
     /// How many module instances carry an adapter (targets × layers).
@@ -31,7 +38,29 @@ pub struct AdapterPlan {
     pub trainable_percent: f64,
 }
 
-/// What is trained: every weight, or LoRA adapters on a dense or 4-bit base.
+/// Prompt tuning, resolved: `num_virtual_tokens` trained embeddings [num_virtual_tokens, hidden]
+/// prepended to every sequence (peft's `prompt_embeddings`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptTuningPlan {
+    pub num_virtual_tokens: u64,
+    pub init: PromptTuningInit,
+    /// With `init: text`: the text whose token embeddings (repeated or cut to
+    /// num_virtual_tokens) start the virtual tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_text: Option<String>,
+}
+
+/// Prefix tuning, resolved: for each of `num_virtual_tokens` positions, a trained key and value in
+/// every layer, as peft's `prompt_embeddings` [num_virtual_tokens, layers × 2 × key_value_dim]
+/// (grouped-query heads: the key/value heads' width, as peft sizes it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrefixTuningPlan {
+    pub num_virtual_tokens: u64,
+    /// num_key_value_heads × head_dim.
+    pub key_value_dim: u64,
+}
+
+/// What is trained: every weight, LoRA adapters on a dense or 4-bit base, or virtual tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterMethod {
@@ -40,6 +69,12 @@ pub enum AdapterMethod {
     Lora,
     /// LoRA on a 4-bit (NF4/FP4) base.
     Qlora,
+    /// Prompt tuning: trained virtual-token embeddings, the whole model frozen.
+    #[serde(rename = "prompt_tuning")]
+    PromptTuning,
+    /// Prefix tuning: trained keys and values before every sequence in every layer, the model frozen.
+    #[serde(rename = "prefix_tuning")]
+    PrefixTuning,
 }
 
 impl AdapterMethod {
@@ -48,6 +83,8 @@ impl AdapterMethod {
             AdapterMethod::Full => "full",
             AdapterMethod::Lora => "lora",
             AdapterMethod::Qlora => "qlora",
+            AdapterMethod::PromptTuning => "prompt_tuning",
+            AdapterMethod::PrefixTuning => "prefix_tuning",
         }
     }
 }
@@ -72,6 +109,8 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let Some(kind) = a.adapter else {
         return Ok(AdapterPlan {
             method: AdapterMethod::Full,
+            prompt: None,
+            prefix: None,
             target_modules: Vec::new(),
             adapted_modules: 0,
             r: 0,
@@ -86,6 +125,11 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             total_parameters: base_total,
             trainable_percent: 100.0,
         });
+    };
+    let method = match kind {
+        AdapterKind::Lora => AdapterMethod::Lora,
+        AdapterKind::Qlora => AdapterMethod::Qlora,
+        AdapterKind::PromptTuning | AdapterKind::PrefixTuning => return virtual_tokens(c, arch, base_total),
     };
     let linears = arch.layer_linears();
     let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
@@ -167,10 +211,9 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let alpha = a.lora_alpha.map_or(2 * r, u64::from);
     let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };
     Ok(AdapterPlan {
-        method: match kind {
-            AdapterKind::Lora => AdapterMethod::Lora,
-            AdapterKind::Qlora => AdapterMethod::Qlora,
-        },
+        method,
+        prompt: None,
+        prefix: None,
         target_modules: targets,
         adapted_modules: adapted,
         r,
@@ -187,13 +230,53 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     })
 }
 
+/// Prompt tuning (peft's PromptEmbedding: one trained row of hidden_size per virtual token) or
+/// prefix tuning (peft's PrefixEncoder without projection: a key and a value per virtual token and
+/// layer); nothing else trains.
+fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<AdapterPlan, String> {
+    let a = &c.adapter;
+    let n = u64::from(a.num_virtual_tokens.ok_or("`num_virtual_tokens` is required with prompt or prefix tuning")?);
+    let prefix = a.adapter == Some(AdapterKind::PrefixTuning);
+    let key_value_dim = arch.num_key_value_heads * arch.head_dim;
+    let trainable = if prefix { n * arch.num_layers * 2 * key_value_dim } else { n * arch.hidden_size };
+    let total = base_total + trainable;
+    Ok(AdapterPlan {
+        method: if prefix { AdapterMethod::PrefixTuning } else { AdapterMethod::PromptTuning },
+        prompt: (!prefix).then(|| PromptTuningPlan {
+            num_virtual_tokens: n,
+            init: a.prompt_tuning_init.unwrap_or(PromptTuningInit::Random),
+            init_text: a.prompt_tuning_init_text.clone(),
+        }),
+        prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim }),
+        target_modules: Vec::new(),
+        adapted_modules: 0,
+        r: 0,
+        alpha: 0,
+        scaling: 0.0,
+        rslora: false,
+        dora: false,
+        dropout: 0.0,
+        modules_to_save: Vec::new(),
+        init_from: None,
+        trainable_parameters: trainable,
+        total_parameters: total,
+        trainable_percent: 100.0 * trainable as f64 / total as f64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn method_names_are_the_serialized_names() {
-        for m in [AdapterMethod::Full, AdapterMethod::Lora, AdapterMethod::Qlora] {
+        for m in [
+            AdapterMethod::Full,
+            AdapterMethod::Lora,
+            AdapterMethod::Qlora,
+            AdapterMethod::PromptTuning,
+            AdapterMethod::PrefixTuning,
+        ] {
             assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
         }
     }

@@ -17,6 +17,10 @@
 //!   and LoRA terms its magnitude rescales, kept for the magnitude's gradient); attention through
 //!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
+//! - prompt tuning: s counts the sequence and its virtual tokens (sequence_len + num_virtual_tokens),
+//!   which go through every layer and the head like real ones. Prefix tuning's N keys and values
+//!   add 2·kv·N per row and layer, plus (grouped-query heads) the keys and values expanded to the
+//!   query heads over s + N positions, 2q each, for the masked attention kernel.
 //! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
 //!   training computes the head and the cross-entropy in chunks of n = 2^24 / V tokens
 //!   (plan/training.rs, `LossPlan`) when b·s is larger: n·V·4 for one chunk's fp32 logits (their
@@ -192,7 +196,12 @@ fn breakdown(
     // gradients, like the reference pass).
     let pairs = matches!(c.training.rl, Some(rl) if rl != RlMethod::Kto) || c.training.reward_model;
     let sequences_per_example = if pairs { 2 } else { 1 };
-    let tokens = sequences_per_example * u64::from(c.training.micro_batch_size) * u64::from(c.data.sequence_len);
+    // Prompt tuning's virtual tokens lengthen every sequence; prefix tuning's add keys and values.
+    let virtual_tokens = adapter.prompt.as_ref().map_or(0, |p| p.num_virtual_tokens);
+    let prefix_tokens = adapter.prefix.as_ref().map_or(0, |p| p.num_virtual_tokens);
+    let tokens = sequences_per_example
+        * u64::from(c.training.micro_batch_size)
+        * (u64::from(c.data.sequence_len) + virtual_tokens);
     let (h, i) = (arch.hidden_size, arch.intermediate_size);
     let q = arch.num_attention_heads * arch.head_dim;
     let kv = arch.num_key_value_heads * arch.head_dim;
@@ -210,8 +219,18 @@ fn breakdown(
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
     let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer;
     let layers = arch.num_layers;
-    let without = layers * tokens * per_token_layer * cb;
-    let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
+    // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
+    // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
+    // already counted them).
+    let prefix_per_layer = if prefix_tokens > 0 {
+        let rows = sequences_per_example * u64::from(c.training.micro_batch_size);
+        let expanded = if kv != q && expanded_kv == 0 { 2 * q * (tokens + rows * prefix_tokens) } else { 0 };
+        rows * prefix_tokens * 2 * kv + expanded
+    } else {
+        0
+    };
+    let without = layers * (tokens * per_token_layer + prefix_per_layer) * cb;
+    let with = layers * tokens * h * cb + (tokens * per_token_layer + prefix_per_layer) * cb;
     let checkpointing = shard::recomputes_layers(c, world_size);
     push(
         "activations",
@@ -329,7 +348,9 @@ fn suggestions(
         }
     };
     let mut cumulative = c.clone();
-    if !c.training.gradient_checkpointing {
+    // Prefix tuning refuses gradient checkpointing.
+    let prefix = c.adapter.adapter == Some(crate::config::adapter::AdapterKind::PrefixTuning);
+    if !c.training.gradient_checkpointing && !prefix {
         cumulative.training.gradient_checkpointing = true;
         add("gradient_checkpointing: true".into(), total(&cumulative, world_size));
     }
@@ -351,7 +372,8 @@ fn suggestions(
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    if !c.quantization.load_in_4bit {
+    // Prompt and prefix tuning on a quantized base are not built, so QLoRA is no drop-in for them.
+    if !c.quantization.load_in_4bit && c.adapter.adapter.is_none_or(crate::config::adapter::AdapterKind::is_lora) {
         let mut qlora = cumulative.clone();
         qlora.quantization.load_in_8bit = false;
         qlora.quantization.load_in_4bit = true;

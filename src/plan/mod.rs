@@ -229,6 +229,34 @@ pub fn render_text(plan: &Plan) -> String {
                 ad.trainable_percent
             );
         }
+        adapter::AdapterMethod::PromptTuning | adapter::AdapterMethod::PrefixTuning => {
+            if let Some(p) = &ad.prefix {
+                let _ = writeln!(
+                    o,
+                    "adapter    prefix_tuning: a trained key and value ({} wide) in each layer for {} virtual tokens \
+                     before every sequence",
+                    p.key_value_dim, p.num_virtual_tokens
+                );
+            }
+            if let Some(p) = &ad.prompt {
+                let init = match &p.init_text {
+                    Some(text) => format!("from the text {text:?}"),
+                    None => "random".to_string(),
+                };
+                let _ = writeln!(
+                    o,
+                    "adapter    prompt_tuning: {} virtual tokens before every sequence, initialised {init}",
+                    p.num_virtual_tokens
+                );
+            }
+            let _ = writeln!(
+                o,
+                "           {} trainable of {} ({:.4}%)",
+                group(ad.trainable_parameters),
+                group(ad.total_parameters),
+                ad.trainable_percent
+            );
+        }
     }
     if let Some(t) = &plan.chat_template {
         let _ = writeln!(

@@ -217,7 +217,12 @@ pub fn loss_plan(c: &Config, vocab: u64) -> LossPlan {
     if t.reward_model {
         return LossPlan::ScoreHead;
     }
-    let micro = u64::from(t.micro_batch_size) * u64::from(c.data.sequence_len);
+    // Prompt tuning's virtual tokens go through the head too.
+    let virtual_tokens = match c.adapter.adapter {
+        Some(crate::config::adapter::AdapterKind::PromptTuning) => u64::from(c.adapter.num_virtual_tokens.unwrap_or(0)),
+        _ => 0,
+    };
+    let micro = u64::from(t.micro_batch_size) * (u64::from(c.data.sequence_len) + virtual_tokens);
     if t.rl.is_some() {
         // Pairs put both sequences through the model (KTO's rows are single answers).
         let sequences = if t.rl == Some(crate::config::training::RlMethod::Kto) { 1 } else { 2 };
