@@ -97,14 +97,14 @@ fn warnings_fail_only_with_deny_warnings() {
 }
 
 #[test]
-fn sharded_training_validates_with_a_warning_and_the_plan_says_run_refuses_it() {
+fn sharded_training_validates_and_the_plan_lays_out_its_units_and_what_is_not_built() {
     let set = ["--set", "fsdp=[full_shard, auto_wrap]"];
     recipe()
         .args(["validate", "recipes/llama2-7b-lora.yaml"])
         .args(set)
         .assert()
         .success()
-        .stdout(predicate::str::contains("warning[sharding-not-built]"));
+        .stdout(predicate::str::contains("warning[sharding-setting-not-built]").not());
     recipe()
         .args(["plan", "recipes/llama2-7b-lora.yaml"])
         .args(set)
@@ -113,9 +113,24 @@ fn sharded_training_validates_with_a_warning_and_the_plan_says_run_refuses_it() 
         .assert()
         .success()
         .stdout(predicate::str::contains("layout     full_shard across 8 rank(s)"))
-        .stdout(predicate::str::contains(
-            "fsdp: [full_shard, auto_wrap] is laid out here, but recipe run does not do sharded training yet",
-        ));
+        .stdout(predicate::str::contains("fsdp: [full_shard, auto_wrap]: parameters, gradients and optimizer states"))
+        .stdout(predicate::str::contains("units: each LlamaDecoderLayer and the root"));
+    // Offload is laid out but not built: a warning at validate, a line in the plan.
+    let offload = ["--set", "fsdp=[full_shard, auto_wrap, offload]"];
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml"])
+        .args(offload)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning[sharding-setting-not-built]"));
+    recipe()
+        .args(["plan", "recipes/llama2-7b-lora.yaml"])
+        .args(offload)
+        .env("WORLD_SIZE", "8")
+        .env("LOCAL_WORLD_SIZE", "8")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("is not built; recipe run refuses it"));
 }
 
 #[test]

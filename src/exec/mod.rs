@@ -947,10 +947,7 @@ fn train_on<E: packing::Example>(
     // The outputs are written whole: the optimizer's chunks go first, then every rank gathers the
     // model (rank 0 writes it; the others only took part in the gathers).
     let optimizer_state_bytes = optimizer.state_bytes();
-    if let Some(sharder) = &sharder {
-        drop(optimizer);
-        catch_torch_errors(Some(plan), || sharder.uninstall(&model))?;
-    }
+    drop(optimizer);
     if rt.is_main()
         && let Some(after) = forgetting_after
     {
@@ -962,39 +959,54 @@ fn train_on<E: packing::Example>(
     }
 
     let mut outputs = vec![log.path().to_path_buf()];
+    let files = checkpoint::RunFiles {
+        plan,
+        base_dir: &base_dir,
+        tokenizer_dir: &tok_dir,
+        pad_id: tok.pad(),
+        tokenizer: run_tokenizer,
+    };
+    let publish =
+        || checkpoint::publish(&output_dir, |dir| checkpoint::write_weights(dir, &model, &files, save_kind(plan)));
+    // Sharded: every rank takes part in gathering what rank 0 writes (a full fine-tune whole; an
+    // adapter's trained tensors alone, so a frozen base larger than one rank never gathers).
+    let published = match (&sharder, outcome.interrupted) {
+        (_, true) => Ok(()),
+        (Some(sharder), false) => {
+            let whole = matches!(model.trainable, crate::model::llama::Trainable::Everything);
+            catch_torch_errors(Some(plan), || {
+                sharder.with_outputs_gathered(whole, || if rt.is_main() { publish() } else { Ok(()) })?
+            })
+        }
+        (None, false) if rt.is_main() => catch_torch_errors(Some(plan), publish),
+        (None, false) => Ok(()),
+    };
+    rt.comm.agree(published, "to write the outputs", device)?;
+    if rt.is_main() && !outcome.interrupted {
+        outputs.push(checkpoint::weights_file(&output_dir));
+    }
+    // The sample: by rank 0 alone, or under sharding by every rank alike (each pass gathers from all).
     let mut sample = None;
+    if (rt.is_main() || sharder.is_some()) && opts.sample_tokens > 0 && !outcome.interrupted && model.score.is_none() {
+        sample = catch_torch_errors(Some(plan), || {
+            Ok(sample_prompt.as_ref().map(|prompt| {
+                let ids = generate(
+                    &model,
+                    prompt,
+                    tok.eos(),
+                    Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed: t.seed },
+                );
+                (tok.decode(prompt), tok.decode(&ids))
+            }))
+        })?;
+    }
     if rt.is_main() {
         catch_torch_errors(Some(plan), || {
-            if !outcome.interrupted {
-                let files = checkpoint::RunFiles {
-                    plan,
-                    base_dir: &base_dir,
-                    tokenizer_dir: &tok_dir,
-                    pad_id: tok.pad(),
-                    tokenizer: run_tokenizer,
-                };
-                checkpoint::publish(&output_dir, |dir| {
-                    checkpoint::write_weights(dir, &model, &files, save_kind(plan))
-                })?;
-                outputs.push(checkpoint::weights_file(&output_dir));
-            }
             let records = metrics::read(log.path());
             let svg = metrics::loss_curve_svg(&records, &format!("{} — {}", plan.recipe, plan.model.name));
             let curve = output_dir.join("loss_curve.svg");
             crate::model::weights::write_atomic(&curve, svg.as_bytes())?;
             outputs.push(curve);
-            // A reward model scores text; it does not continue it.
-            if opts.sample_tokens > 0 && !outcome.interrupted && model.score.is_none() {
-                sample = sample_prompt.as_ref().map(|prompt| {
-                    let ids = generate(
-                        &model,
-                        prompt,
-                        tok.eos(),
-                        Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: opts.sample_tokens, seed: t.seed },
-                    );
-                    (tok.decode(prompt), tok.decode(&ids))
-                });
-            }
             Ok(())
         })?;
     }

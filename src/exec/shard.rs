@@ -200,7 +200,7 @@ impl Sharder {
         *model.shard_units.borrow_mut() = Some(self.clone() as Rc<dyn ShardUnits>);
     }
 
-    /// Removes the hooks, every unit gathered: the model is whole again (for its outputs).
+    /// Removes the hooks, every unit gathered: the model is whole again.
     pub fn uninstall(&self, model: &CausalLm) -> Result<(), String> {
         for u in 0..self.units.len() {
             self.try_gather(u)?;
@@ -402,16 +402,47 @@ impl Sharder {
         Ok(())
     }
 
-    /// Runs `f` with the whole model gathered (a checkpoint's weights), then releases it again.
-    pub fn with_model_gathered<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
+    /// Runs `f` with what a checkpoint or output writes gathered, then releases it again: the
+    /// whole model for a full fine-tune (`whole`); for an adapter, the root unit and the trained
+    /// tensors only, so the frozen base (a 4-bit 70B model, say) never has to fit on one rank.
+    pub fn with_outputs_gathered<T>(&self, whole: bool, f: impl FnOnce() -> T) -> Result<T, String> {
+        let root = self.units.len() - 1;
         for u in 0..self.units.len() {
-            self.try_gather(u)?;
+            if whole || u == root {
+                self.try_gather(u)?;
+            } else {
+                self.gather_trained(u)?;
+            }
         }
         let out = f();
         for u in 0..self.units.len() {
-            self.release_unit(u);
+            if whole || u == root || !self.groups.full {
+                self.release_unit(u);
+            } else {
+                let _guard = tch::no_grad_guard();
+                for p in self.units[u].iter().filter(|p| p.grad.is_some()) {
+                    let _ = p.full.shallow_clone().set_();
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Unit `u`'s trained tensors whole (its frozen ones stay released).
+    fn gather_trained(&self, u: usize) -> Result<(), String> {
+        if self.gathered[u].get() {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
+        for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
+            let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
+        }
+        Ok(())
     }
 
     /// The optimizer's state in the unsharded format (`AdamW::state`'s names and shapes), each

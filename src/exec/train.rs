@@ -488,7 +488,10 @@ impl<E: Example> Loop<'_, E> {
                             Ok(())
                         }
                     }
-                    Some(sharder) => sharder.with_model_gathered(|| if comm.is_main() { write() } else { Ok(()) })?,
+                    Some(sharder) => {
+                        let whole = matches!(self.model.trainable, Trainable::Everything);
+                        sharder.with_outputs_gathered(whole, || if comm.is_main() { write() } else { Ok(()) })?
+                    }
                     None if comm.is_main() => write(),
                     None => Ok(()),
                 };
