@@ -368,6 +368,14 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
             list.join(", ")
         ));
     }
+    if let Some(ds) = plan.layout.deepspeed.as_ref().filter(|d| d.stage != crate::config::deepspeed::ZeroStage::Zero0) {
+        return Err(format!(
+            "deepspeed: {} asks for ZeRO stage {} (sharded training), which is not built into recipe run yet; set \
+             its stage to 0 to train data-parallel",
+            ds.file,
+            ds.stage.number()
+        ));
+    }
     Ok(())
 }
 

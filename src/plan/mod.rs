@@ -81,7 +81,7 @@ impl Default for PlanOptions {
 pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let config = loaded.config.as_ref().ok_or("the recipe is invalid")?;
     let tree = loaded.tree.as_ref().ok_or("the recipe is invalid")?;
-    let at = Locator { tree, sources: &loaded.sources };
+    let at = Locator { tree, sources: &loaded.sources, deepspeed: loaded.deepspeed.as_ref() };
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
     within_sliding_window(config, arch, &at)?;
@@ -92,8 +92,9 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let precision = precision::resolve(config, &|key| at.entry(key).is_some());
     let memory =
         memory::estimate(config, arch, precision.compute, options.world_size, options.nodes, options.gpu_memory)?;
-    let layout =
+    let mut layout =
         shard::layout(config, arch, &adapter, &quantization, precision.compute, options.world_size, options.nodes);
+    layout.deepspeed = shard::deepspeed(config, &at);
     let datasets = data::datasets(config, &at, &model);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
@@ -421,12 +422,43 @@ pub fn render_text(plan: &Plan) -> String {
             list.join(", ")
         );
     }
+    if let Some(ds) = &l.deepspeed {
+        let _ = writeln!(
+            o,
+            "           deepspeed: {} ZeRO stage {} (from {}) → {}{}",
+            ds.file,
+            ds.stage.number(),
+            ds.stage_origin,
+            serde_json::to_value(l.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            if l.world_size > 1 { "" } else { " with more than one rank" }
+        );
+        for (what, offload) in [("optimizer states", ds.offload_optimizer), ("parameters", ds.offload_param)] {
+            if let Some(off) = offload {
+                let pinned = if off.pin_memory { "pinned" } else { "pageable" };
+                let _ = writeln!(o, "           offload: {what} in host memory ({pinned}, pin_memory)");
+            }
+        }
+        for a in &ds.accepted {
+            let _ = writeln!(o, "           accepted: {} ({})", a.key, a.why);
+        }
+        if ds.stage != crate::config::deepspeed::ZeroStage::Zero0 {
+            let _ = writeln!(
+                o,
+                "           ZeRO stage {} is laid out here, but recipe run does not do sharded training yet and refuses it",
+                ds.stage.number()
+            );
+        }
+    }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(
             o,
-            "           per rank: {} parameters, {} gradient and optimizer elements ({} units: {} decoder layers + root)",
+            "           per rank: {} parameters, {} ({} units: {} decoder layers + root)",
             group(r.parameters),
-            group(r.gradients),
+            if r.gradients == r.optimizer_elements {
+                format!("{} gradient and optimizer elements", group(r.gradients))
+            } else {
+                format!("{} gradient and {} optimizer elements", group(r.gradients), group(r.optimizer_elements))
+            },
             l.units.len(),
             l.units.len() - 1
         );
