@@ -33,7 +33,7 @@ impl<T: Copy> Auto<T> {
     }
 }
 
-/// The word `auto`.
+/// `auto` takes the recipe's value; otherwise write the value itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AutoWord {
@@ -464,7 +464,7 @@ const fn key(path: &'static str, what: &'static str, alternative: Option<&'stati
 
 const CKPT: Option<&str> = Some("use `gradient_checkpointing: true` in the recipe");
 const TRACKING: Option<&str> = Some("use the recipe's tracking keys (use_tensorboard, use_mlflow, wandb_*)");
-const NVME: &str = "an NVMe offload setting (ZeRO-Infinity)";
+const NVME: &str = "an NVMe offload setting, ZeRO-Infinity";
 
 /// DeepSpeed options recipe knows by name and does not implement.
 pub static DEEPSPEED_KEYS: &[DeepSpeedKey] = &[

@@ -798,7 +798,15 @@ impl Rules<'_> {
                     "remove it: recipe's Adam is AdamW (decoupled weight decay)",
                 );
             } else if t.optimizer.eight_bit_states() {
-                disagree(self, "optimizer.type", format!("{} (32-bit states)", o.kind), "optimizer", t.optimizer.to_string());
+                self.error(
+                    "deepspeed-disagrees",
+                    format!(
+                        "`optimizer.type` in the DeepSpeed config is {} (32-bit states), but the recipe's `optimizer` is {}",
+                        o.kind, t.optimizer
+                    ),
+                    &["deepspeed.optimizer.type", "optimizer"],
+                    "remove the optimizer section: the recipe's optimizer key picks AdamW's variant",
+                );
             }
             let p = &o.params;
             if let (Some(v), Some(lr)) = (p.lr.and_then(|v| v.value()), t.learning_rate)
@@ -841,7 +849,18 @@ impl Rules<'_> {
                 ),
                 Some(kinds) if !kinds.contains(&t.lr_scheduler) => {
                     let recipe = serde_json::to_value(t.lr_scheduler).ok().and_then(|v| v.as_str().map(str::to_owned));
-                    disagree(self, "scheduler.type", s.kind.clone(), "lr_scheduler", recipe.unwrap_or_default());
+                    let default = if self.at.entry("lr_scheduler").is_none() { " (its default)" } else { "" };
+                    self.error(
+                        "deepspeed-disagrees",
+                        format!(
+                            "`scheduler.type` in the DeepSpeed config is {}, but the recipe's `lr_scheduler` is {}{default}",
+                            s.kind,
+                            recipe.unwrap_or_default()
+                        ),
+                        &["deepspeed.scheduler.type", "lr_scheduler"],
+                        "DeepSpeed's names: WarmupDecayLR is linear, WarmupCosineLR cosine, WarmupLR \
+                         constant_with_warmup; or remove the scheduler section",
+                    );
                 }
                 Some(_) => {}
             }

@@ -96,10 +96,12 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         shard::layout(config, arch, &adapter, &quantization, precision.compute, options.world_size, options.nodes);
     layout.deepspeed = shard::deepspeed(config, &at);
     let datasets = data::datasets(config, &at, &model);
+    let batch = schedule::plan(config, options.world_size, data::known_sequences(config, &datasets));
+    deepspeed_agrees(config, &at, &batch)?;
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
-        batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
+        batch,
         datasets,
         test_datasets: data::test_datasets(config, &at, &model),
         forgetting_datasets: data::forgetting_datasets(config, &at, &model),
@@ -116,6 +118,48 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         measured_data: None,
         model,
     })
+}
+
+/// A DeepSpeed config's values that depend on the launch and the data must be the plan's:
+/// `train_batch_size` (micro × accumulation × world size) and the scheduler's step counts. The
+/// values that depend on the recipe alone are rules (config/rules.rs).
+fn deepspeed_agrees(c: &Config, at: &Locator, batch: &schedule::BatchPlan) -> Result<(), String> {
+    let Some(ds) = &c.distributed.deepspeed_config else {
+        return Ok(());
+    };
+    let fail = |key: &str, written: String, plan: String| {
+        Err(format!(
+            "`deepspeed.{key}` ({}) is {written}, but {plan}; write \"auto\" to take the plan's value",
+            at.origin(&format!("deepspeed.{key}"))
+        ))
+    };
+    if let Some(n) = ds.train_batch_size.and_then(|v| v.value())
+        && n != batch.global_batch_sequences
+    {
+        let plan = format!(
+            "this launch's global batch is micro_batch_size {} × gradient_accumulation_steps {} × {} rank(s) = {}",
+            batch.micro_batch_size, batch.gradient_accumulation_steps, batch.world_size, batch.global_batch_sequences
+        );
+        return fail("train_batch_size", n.to_string(), plan);
+    }
+    let params = ds.scheduler.as_ref().map(|s| s.params).unwrap_or_default();
+    for (key, written, planned) in [
+        ("warmup_num_steps", params.warmup_num_steps, batch.warmup_steps),
+        ("total_num_steps", params.total_num_steps, batch.total_steps),
+    ] {
+        let Some(n) = written.and_then(|v| v.value()) else {
+            continue;
+        };
+        match planned {
+            Some(p) if p as f64 == n => {}
+            Some(p) => return fail(&format!("scheduler.params.{key}"), n.to_string(), format!("the plan has {p}")),
+            None => {
+                let why = "the plan knows the step count only after preprocessing the data".to_string();
+                return fail(&format!("scheduler.params.{key}"), n.to_string(), why);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sliding-window attention is not built: a sequence longer than the model's window would attend

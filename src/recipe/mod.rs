@@ -149,7 +149,7 @@ impl Loader {
         let relative = entry.value.as_str()?;
         let span = entry.value.span;
         let base = self.sources.get(span.source).path().and_then(Path::parent).unwrap_or(Path::new(""));
-        let path = base.join(relative);
+        let path = crate::config::location::normalize(&base.join(relative));
         if !path.exists() {
             self.diagnostics.push(
                 Diagnostic::error("path-not-found", format!("`deepspeed`: {} does not exist", path.display()))
