@@ -478,8 +478,7 @@ pub fn render_text(plan: &Plan) -> String {
         );
         for (what, offload) in [("optimizer states", ds.offload_optimizer), ("parameters", ds.offload_param)] {
             if let Some(off) = offload {
-                let pinned = if off.pin_memory { "pinned" } else { "pageable" };
-                let _ = writeln!(o, "           offload: {what} in host memory ({pinned}, pin_memory)");
+                let _ = writeln!(o, "           offload: {what} in host memory (pin_memory: {})", off.pin_memory);
             }
         }
         for a in &ds.accepted {

@@ -73,6 +73,7 @@ pub struct Layout {
     pub ddp: DdpOptions,
     /// The DeepSpeed config the strategy comes from, when the recipe names one (filled in by
     /// [`deepspeed`], which knows where each value is written).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deepspeed: Option<DeepSpeedLayout>,
 }
 
