@@ -7,6 +7,7 @@ use super::Config;
 use super::adapter::{AdapterKind, ModuleList};
 use super::chat_template::ChatTemplateName;
 use super::datasets::DatasetConfig;
+use super::distributed::{AutoWrapPolicy, FsdpOption};
 use super::location::{Location, normalize, resolve_location};
 use super::training::Switch;
 use crate::recipe::check::Locator;
@@ -661,7 +662,8 @@ impl Rules<'_> {
 
     /// A DeepSpeed config (config/deepspeed.rs): it excludes FSDP's keys; its explicit values agree
     /// with the recipe's (`auto` takes the recipe's); what recipe does not build is refused at its
-    /// key in the file. Stages 1–3 are not built into `recipe run` yet: a warning, as for `fsdp`.
+    /// key in the file. ZeRO-1 and offload are not built into `recipe run` yet: warnings, as for
+    /// `fsdp`'s offload.
     fn deepspeed(&mut self, c: &Config) {
         use super::deepspeed::{OffloadDevice, WarmupType, ZeroStage};
         use super::training::LrScheduler;
@@ -940,17 +942,28 @@ impl Rules<'_> {
                 "write false: recipe runs its own AdamW",
             );
         }
-        if stage != ZeroStage::Zero0 {
+        if stage == ZeroStage::Zero1 {
             self.warn(
-                "sharding-not-built",
-                format!(
-                    "`deepspeed`: ZeRO stage {} (sharded training) is not built into `recipe run` yet, so it refuses \
-                     this recipe (`recipe plan` still lays it out)",
-                    stage.number()
-                ),
+                "zero1-not-built",
+                "`deepspeed`: ZeRO stage 1 (optimizer states sharded alone) is not built into `recipe run` yet, so it \
+                 refuses this recipe (`recipe plan` still lays it out)"
+                    .into(),
                 &["deepspeed.zero_optimization.stage", "deepspeed"],
-                "set \"stage\": 0 in the DeepSpeed config (or remove `deepspeed`) to train data-parallel (DDP)",
+                "set \"stage\": 2 in the DeepSpeed config: the same numbers, with gradients sharded too",
             );
+        }
+        for (key, offload) in [("offload_optimizer", ds.offload_optimizer()), ("offload_param", ds.offload_param())] {
+            if offload.is_some() {
+                self.warn(
+                    "offload-not-built",
+                    format!(
+                        "`{key}` (host memory between uses) is not built into `recipe run` yet, so it refuses this \
+                         recipe (`recipe plan` still lays it out)"
+                    ),
+                    &[&format!("deepspeed.zero_optimization.{key}"), "deepspeed"],
+                    "set its \"device\" to \"none\" to keep the shards on the GPUs",
+                );
+            }
         }
     }
 
@@ -1141,18 +1154,26 @@ impl Rules<'_> {
             }
         }
         let sharding = c.distributed.sharding();
-        if !sharding.is_empty() {
-            let list: Vec<&str> = sharding.iter().map(|o| o.as_str()).collect();
-            let from = if c.distributed.fsdp.is_empty() { " (from fsdp_config)" } else { "" };
+        if sharding.contains(&FsdpOption::Offload) {
             self.warn(
-                "sharding-not-built",
-                format!(
-                    "`fsdp: [{}]`{from}: sharded training is not built into `recipe run` yet, so it refuses this \
-                     recipe (`recipe plan` still lays it out)",
-                    list.join(", ")
-                ),
+                "offload-not-built",
+                "`offload` (parameters and optimizer states in host memory between uses) is not built into \
+                 `recipe run` yet, so it refuses this recipe (`recipe plan` still lays it out)"
+                    .to_string(),
                 &["fsdp", "fsdp_config"],
-                "remove fsdp (and fsdp_config) to train data-parallel (DDP) across GPUs",
+                "remove offload (and offload_params) to keep the shards on the GPUs",
+            );
+        }
+        let f = &c.distributed.fsdp_config;
+        if !sharding.is_empty() && f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy) == Some(AutoWrapPolicy::SizeBasedWrap)
+        {
+            self.warn(
+                "size-based-wrap-not-built",
+                "SIZE_BASED_WRAP is not built into `recipe run`: its shard units are the decoder layers and the \
+                 root (TRANSFORMER_BASED_WRAP), so it refuses this recipe"
+                    .to_string(),
+                &["fsdp_config"],
+                "set auto_wrap_policy: TRANSFORMER_BASED_WRAP",
             );
         }
     }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod objective;
 pub mod optimizer;
 pub mod runtime;
+pub mod shard;
 pub mod torch_ops;
 pub mod train;
 
@@ -361,19 +362,47 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
                     lora_modules_to_save: [embed_tokens], or target linear layers"
             .into());
     }
-    if !plan.layout.fsdp.is_empty() {
-        let list: Vec<&str> = plan.layout.fsdp.iter().map(|o| o.as_str()).collect();
+    if plan.layout.fsdp.contains(&crate::config::distributed::FsdpOption::Offload) {
+        return Err("fsdp: offload (parameters and optimizer states in host memory) is not built into recipe run \
+                    yet; remove offload and offload_params"
+            .into());
+    }
+    if let Some(ds) = &plan.layout.deepspeed {
+        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
+            return Err(format!(
+                "deepspeed: {} asks for ZeRO stage 1 (optimizer states sharded alone), which is not built into recipe \
+                 run yet; stage 2 gives the same numbers with gradients sharded too",
+                ds.file
+            ));
+        }
+        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
+            return Err(format!(
+                "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
+                 recipe run yet; set their device to \"none\"",
+                ds.file
+            ));
+        }
+    }
+    if plan.layout.size_based_wrap {
+        return Err("fsdp_config: SIZE_BASED_WRAP is not built into recipe run; its shard units are the decoder \
+                    layers and the root (TRANSFORMER_BASED_WRAP)"
+            .into());
+    }
+    Ok(())
+}
+
+/// What sharded training does not do yet, refused by name before any rank keeps chunks.
+fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
+    let strategy = format!("{:?}", plan.layout.strategy);
+    if plan.training.optimizer.name.eight_bit_states() {
         return Err(format!(
-            "fsdp: [{}] (sharded training) is not built into recipe run yet; remove it to train data-parallel",
-            list.join(", ")
+            "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
+            plan.training.optimizer.name.as_str()
         ));
     }
-    if let Some(ds) = plan.layout.deepspeed.as_ref().filter(|d| d.stage != crate::config::deepspeed::ZeroStage::Zero0) {
+    if plan.training.causal_lm_eval.is_some() {
         return Err(format!(
-            "deepspeed: {} asks for ZeRO stage {} (sharded training), which is not built into recipe run yet; set \
-             its stage to 0 to train data-parallel",
-            ds.file,
-            ds.stage.number()
+            "do_causal_lm_eval generates on rank 0 alone, which sharded training ({strategy}) cannot serve;              evaluate the output with `recipe eval` instead"
         ));
     }
     Ok(())
@@ -646,6 +675,17 @@ fn train_on<E: packing::Example>(
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     let output_dir = PathBuf::from(&t.output_dir);
+    // Sharded training: every rank starts from rank 0's trainable weights before it keeps its
+    // chunks of them, and the shard (and replica) groups are joined by every rank now.
+    let shard_groups = if plan.layout.strategy.shards_gradients_and_optimizer() && rt.comm.is_distributed() {
+        refuse_unsharded(plan)?;
+        let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+        catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+        let reshard = plan.layout.reshard_after_forward;
+        shard::ShardGroups::join(&rt.comm, &plan.layout, reshard)?
+    } else {
+        None
+    };
     // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
@@ -662,7 +702,6 @@ fn train_on<E: packing::Example>(
                 );
             }
         }
-        let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
         let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
         let data_digest = format!("{:016x}", data_digest(&train_rows));
         let mut state = checkpoint::TrainerState {
@@ -710,12 +749,25 @@ fn train_on<E: packing::Example>(
             }
             let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
             adapter::load_trainable(&model, &weights)?;
-            optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
             state = checkpoint::TrainerState { data_digest: state.data_digest.take(), ..saved };
             // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
             state.loss_scaler =
                 if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
             tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+        }
+        // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
+        let trainable = model.trainable_params();
+        let sharder = shard_groups.map(|groups| std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)));
+        let mut optimizer = match &sharder {
+            Some(sharder) => optimizer::AdamW::new(sharder.optimizer_params(), &t.optimizer),
+            None => optimizer::AdamW::new(trainable, &t.optimizer),
+        };
+        if let Some(dir) = &resumed_from {
+            let saved = Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?;
+            match &sharder {
+                Some(sharder) => sharder.load_optimizer_state(&mut optimizer, &saved)?,
+                None => optimizer.load_state(&saved)?,
+            }
         }
         if rt.is_main() {
             checkpoint::write_run_record(&output_dir, plan, state.data_digest.as_deref().unwrap_or_default())?;
@@ -727,9 +779,9 @@ fn train_on<E: packing::Example>(
         } else {
             metrics::MetricsLog::discard(&output_dir)
         };
-        Ok((optimizer, state, resumed_from, log))
+        Ok((optimizer, state, resumed_from, log, sharder))
     });
-    let (mut optimizer, state, resumed_from, mut log) =
+    let (mut optimizer, state, resumed_from, mut log, sharder) =
         rt.comm.agree(started, "preparing the output folder or resuming", device)?;
     let resume_steps = rt.comm.all_gather_u64(state.global_step, device)?;
     if let Some(rank) = resume_steps.iter().position(|s| *s != resume_steps[0]) {
@@ -739,9 +791,15 @@ fn train_on<E: packing::Example>(
             resume_steps[rank], resume_steps[0]
         ));
     }
-    // Every rank starts from rank 0's trainable weights (its LoRA initialisation).
-    let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
-    catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+    // Every rank starts from rank 0's trainable weights (its LoRA initialisation); sharded runs
+    // did so before cutting their chunks.
+    match &sharder {
+        Some(sharder) => sharder.install(&model),
+        None => {
+            let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+            catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+        }
+    }
 
     let progress = if opts.progress && rt.is_main() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(steps.total);
@@ -777,6 +835,7 @@ fn train_on<E: packing::Example>(
         progress: &progress,
         stop_after: opts.stop_after,
         steps,
+        sharder: sharder.as_deref(),
     };
     // Forgetting: perplexity on general-domain data before training (a resumed run has no "before").
     let forgetting_perplexity = |model: &CausalLm| -> Option<f64> {
@@ -809,6 +868,13 @@ fn train_on<E: packing::Example>(
     }
     let forgetting_after =
         if outcome.interrupted { None } else { catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))? };
+    // The outputs are written whole: the optimizer's chunks go first, then every rank gathers the
+    // model (rank 0 writes it; the others only took part in the gathers).
+    let optimizer_state_bytes = optimizer.state_bytes();
+    if let Some(sharder) = &sharder {
+        drop(optimizer);
+        catch_torch_errors(Some(plan), || sharder.uninstall(&model))?;
+    }
     if rt.is_main()
         && let Some(after) = forgetting_after
     {
@@ -882,7 +948,7 @@ fn train_on<E: packing::Example>(
         interrupted: outcome.interrupted,
         resumed_from,
         outputs,
-        optimizer_state_bytes: optimizer.state_bytes(),
+        optimizer_state_bytes,
         cpu_peak_bytes: match (device, in_use_before_model) {
             (Device::Cpu, Some(before)) => {
                 Some((host_memory::peak().saturating_sub(before), plan.memory.cpu_total_bytes))

@@ -118,6 +118,9 @@ pub struct CausalLm {
     /// Called where a training step's memory peaks (after forwards and backwards), so a run can
     /// measure its peak (exec/host_memory.rs, exec/cuda.rs); the loop switches it per step.
     pub memory_probe: std::cell::Cell<Option<fn()>>,
+    /// Sharded training's unit hooks (exec/shard.rs): set, a unit's parameters are gathered
+    /// before each use and released after it.
+    pub shard_units: std::cell::RefCell<Option<std::rc::Rc<dyn ShardUnits>>>,
     /// The model-wide adapter switch: off, every layer computes its base alone and the
     /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
     /// weights serve as the frozen reference model of preference training.
@@ -129,6 +132,21 @@ pub struct CausalLm {
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
     pub score: Option<Tensor>,
+}
+
+/// Where sharded training (exec/shard.rs) gathers and releases parameters. A unit is a decoder
+/// layer (unit i) or the root (unit `num_layers`: embeddings, final norm, head), as FSDP wraps a
+/// Llama. The model calls these around every use of a unit; a failed collective panics, as tch's
+/// own errors do, and the run turns the panic into a message.
+pub trait ShardUnits {
+    /// The unit's full parameters are needed now.
+    fn gather(&self, unit: usize);
+    /// A training forward pass is done with the unit; its backward pass comes later.
+    fn forward_done(&self, unit: usize);
+    /// An inference pass is done with the unit.
+    fn release(&self, unit: usize);
+    /// The unit's gradients for this micro-batch are complete.
+    fn backward_done(&self, unit: usize);
 }
 
 /// What a training forward pass leaves for the backward pass.
@@ -336,6 +354,7 @@ impl CausalLm {
             device,
             compute_kind: Kind::Float,
             memory_probe: std::cell::Cell::new(None),
+            shard_units: std::cell::RefCell::new(None),
             adapters_enabled: std::cell::Cell::new(true),
             head_original,
             score,
@@ -357,6 +376,18 @@ impl CausalLm {
         }
         let _restore = Restore(&self.adapters_enabled, self.adapters_enabled.replace(false));
         f()
+    }
+
+    /// The root unit's index for `shard_units` (embeddings, final norm, head).
+    pub fn root_unit(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn with_shard(&self, f: impl FnOnce(&dyn ShardUnits)) {
+        let hooks = self.shard_units.borrow().clone();
+        if let Some(hooks) = hooks {
+            f(hooks.as_ref());
+        }
     }
 
     /// Samples memory where a step may peak (see `memory_probe`).
@@ -483,11 +514,22 @@ impl CausalLm {
     pub fn hidden_states(&self, inputs: &Inputs, train: bool) -> Tensor {
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(inputs.input_ids);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
+            self.with_shard(|s| s.release(i));
         }
         rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
+    }
+
+    /// Ends an inference pass under sharded training: the root unit (still needed by the head
+    /// after `hidden_states`) is released.
+    pub fn end_inference(&self) {
+        let root = self.root_unit();
+        self.with_shard(|s| s.release(root));
     }
 
     /// Logits [1, T, V] of new tokens `input_ids` [1, T] at positions `start..start+T`, reading
@@ -497,9 +539,13 @@ impl CausalLm {
         let t = input_ids.size()[1];
         let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
         let cos_sin = self.rope.cos_sin(&positions);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(input_ids);
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
+            self.with_shard(|s| s.release(i));
         }
         let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
         self.head(&h, false)
@@ -528,9 +574,13 @@ impl CausalLm {
         let own = key_at.eq_tensor(&query_at);
         let mask = causal.unsqueeze(0).logical_and(&key_mask.unsqueeze(1)).logical_or(&own.unsqueeze(0)).unsqueeze(1);
         let cos_sin = self.rope.cos_sin(positions);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(input_ids);
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
+            self.with_shard(|s| s.release(i));
         }
         let h = rms_norm(&x.select(1, t - 1), &self.norm, self.arch.rms_norm_eps);
         self.head(&h, false)
@@ -570,10 +620,13 @@ impl CausalLm {
     pub fn forward_train(&self, inputs: &Inputs, checkpointing: bool, layer_seed: &dyn Fn(usize)) -> TrainForward {
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let embedded = self.embed(inputs.input_ids);
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
+                self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
             }
@@ -586,8 +639,10 @@ impl CausalLm {
         tch::no_grad(|| {
             for (i, layer) in self.layers.iter().enumerate() {
                 saved.push(x.shallow_clone());
+                self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+                self.with_shard(|s| s.forward_done(i));
             }
         });
         let top = x.detach().set_requires_grad(true);
@@ -598,11 +653,19 @@ impl CausalLm {
     /// After the objective's `backward()` from `forward.hidden`: with gradient checkpointing, the
     /// backward pass through the decoder layers, recomputing each (nothing to do otherwise).
     pub fn finish_backward(&self, forward: TrainForward, layer_seed: &dyn Fn(usize)) {
-        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else { return };
+        let root = self.root_unit();
+        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else {
+            // The whole graph went back in one pass: every unit's gradients are complete.
+            for unit in (0..=root).rev() {
+                self.with_shard(|s| s.backward_done(unit));
+            }
+            return;
+        };
         drop(forward.hidden);
         let mut grad = top.grad();
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let input = saved[i].detach().set_requires_grad(true);
+            self.with_shard(|s| s.gather(i));
             layer_seed(i);
             let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
             self.probe_memory();
@@ -612,10 +675,12 @@ impl CausalLm {
             grad = input.grad();
             drop(input);
             saved.pop();
+            self.with_shard(|s| s.backward_done(i));
         }
         if embedded.requires_grad() {
             (embedded * &grad).sum(Kind::Float).backward();
         }
+        self.with_shard(|s| s.backward_done(root));
     }
 
     /// The parameters an optimizer updates, by the name they are saved under: peft's names
@@ -686,6 +751,63 @@ impl CausalLm {
             out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.shallow_clone() });
         }
         out
+    }
+
+    /// Every dense tensor of the model by shard unit (decoder layer i, then the root), each
+    /// once, for sharded training: base weights, norms, biases and adapter tensors. Quantized
+    /// base weights are not listed (they stay whole on every rank).
+    pub fn unit_tensors(&self) -> Vec<Vec<(String, Tensor)>> {
+        fn linear_tensors(lin: &Linear, out: &mut Vec<(String, Tensor)>) {
+            if lin.quantized.is_none() && lin.weight.numel() > 0 {
+                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+            }
+            if let Some(b) = &lin.bias {
+                out.push((format!("{}.bias", lin.name), b.shallow_clone()));
+            }
+            if let Some(adapter) = &lin.adapter {
+                for (suffix, t) in adapter.tensors() {
+                    out.push((format!("{}.{suffix}", peft_prefix(&lin.name)), t));
+                }
+            }
+        }
+        let mut units: Vec<Vec<(String, Tensor)>> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let p = format!("model.layers.{l}");
+                let mut out = vec![
+                    (format!("{p}.input_layernorm.weight"), layer.input_layernorm.shallow_clone()),
+                    (format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.shallow_clone()),
+                ];
+                for (name, w) in head_norms(layer) {
+                    out.push((format!("{p}.self_attn.{name}.weight"), w.shallow_clone()));
+                }
+                for lin in layer_linears(layer) {
+                    linear_tensors(lin, &mut out);
+                }
+                out
+            })
+            .collect();
+        let mut root = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        if let Some(e) = &self.embed_tokens_trained {
+            root.push((modules_to_save_name("model.embed_tokens"), e.shallow_clone()));
+        }
+        root.push(("model.norm.weight".into(), self.norm.shallow_clone()));
+        linear_tensors(&self.lm_head, &mut root);
+        if let Some(h) = &self.head_original {
+            root.push(("lm_head.original".into(), h.shallow_clone()));
+        }
+        if let Some(score) = &self.score {
+            root.push(("score.weight".into(), score.shallow_clone()));
+        }
+        units.push(root);
+        // A tied head is the embedding itself: listed once.
+        let mut seen = std::collections::HashSet::new();
+        for unit in &mut units {
+            unit.retain(|(_, t)| t.numel() == 0 || seen.insert(t.data_ptr() as usize));
+        }
+        units
     }
 
     pub fn linears(&self) -> Vec<&Linear> {

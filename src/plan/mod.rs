@@ -484,12 +484,14 @@ pub fn render_text(plan: &Plan) -> String {
         for a in &ds.accepted {
             let _ = writeln!(o, "           accepted: {} ({})", a.key, a.why);
         }
-        if ds.stage != crate::config::deepspeed::ZeroStage::Zero0 {
+        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
             let _ = writeln!(
                 o,
-                "           ZeRO stage {} is laid out here, but recipe run does not do sharded training yet and refuses it",
-                ds.stage.number()
+                "           ZeRO stage 1 is laid out here, but recipe run does not build it yet and refuses it (stage 2: the same numbers)"
             );
+        }
+        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
+            let _ = writeln!(o, "           offload is laid out here, but recipe run does not build it yet and refuses it");
         }
     }
     if let Some(r) = l.ranks.first() {

@@ -61,9 +61,15 @@ pub struct Layout {
     pub nodes: u64,
     pub processes_per_node: u64,
     pub strategy: Strategy,
-    /// The recipe's `fsdp` list. `recipe run` does not do sharded training yet and refuses a
-    /// recipe that asks for it; the layout above is what it would be.
+    /// The recipe's `fsdp` list (with what `fsdp_config` adds).
     pub fsdp: Vec<FsdpOption>,
+    /// Full sharding: a layer's parameters are released after its forward pass and gathered
+    /// again for its backward pass, which recomputes the layer (`reshard_after_forward`, true
+    /// unless the recipe says false).
+    pub reshard_after_forward: bool,
+    /// `auto_wrap_policy: SIZE_BASED_WRAP`, which the executor does not build (its units are the
+    /// decoder layers and the root).
+    pub size_based_wrap: bool,
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
     pub units: Vec<Unit>,
@@ -193,6 +199,18 @@ pub fn strategy(c: &Config, world_size: u64) -> Strategy {
     }
 }
 
+/// `reshard_after_forward` in either spelling; true when absent, as FSDP2's default.
+pub fn reshard_after_forward(c: &Config) -> bool {
+    let f = &c.distributed.fsdp_config;
+    f.fsdp_reshard_after_forward.or(f.reshard_after_forward).unwrap_or(true)
+}
+
+/// Whether training recomputes each layer in its backward pass: gradient checkpointing, or full
+/// sharding, whose layers give their parameters back after the forward pass.
+pub fn recomputes_layers(c: &Config, world_size: u64) -> bool {
+    c.training.gradient_checkpointing || (strategy(c, world_size).shards_parameters() && reshard_after_forward(c))
+}
+
 pub fn layout(
     c: &Config,
     arch: &Architecture,
@@ -280,6 +298,10 @@ pub fn layout(
         processes_per_node: per_node,
         strategy,
         fsdp: c.distributed.sharding(),
+        reshard_after_forward: reshard_after_forward(c),
+        size_based_wrap: !c.distributed.sharding().is_empty()
+            && c.distributed.fsdp_config.fsdp_auto_wrap_policy.or(c.distributed.fsdp_config.auto_wrap_policy)
+                == Some(crate::config::distributed::AutoWrapPolicy::SizeBasedWrap),
         shard_group_size: group,
         units,
         ranks,
