@@ -92,7 +92,8 @@ fn deepspeed_train_batch_size_must_be_this_launchs_global_batch() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ds.json");
     std::fs::write(&json, "{\"zero_optimization\": {\"stage\": 0},\n \"train_batch_size\": 8}\n").unwrap();
-    let set = |k: &str| vec![format!("deepspeed={}", json.display()), k.to_string(), "gradient_accumulation_steps=1".into()];
+    let set =
+        |k: &str| vec![format!("deepspeed={}", json.display()), k.to_string(), "gradient_accumulation_steps=1".into()];
     let recipe = std::path::Path::new("recipes/qwen3-0.6b-lora.yaml");
     let four = recipe::plan::PlanOptions { world_size: 4, ..recipe::plan::PlanOptions::default() };
     without_hf_cache();

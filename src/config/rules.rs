@@ -700,7 +700,13 @@ impl Rules<'_> {
         if let Some(v) = ds.train_micro_batch_size_per_gpu.and_then(|v| v.value())
             && v != t.micro_batch_size
         {
-            disagree(self, "train_micro_batch_size_per_gpu", v.to_string(), "micro_batch_size", t.micro_batch_size.to_string());
+            disagree(
+                self,
+                "train_micro_batch_size_per_gpu",
+                v.to_string(),
+                "micro_batch_size",
+                t.micro_batch_size.to_string(),
+            );
         }
         if let Some(v) = ds.gradient_accumulation_steps.and_then(|v| v.value())
             && v != t.gradient_accumulation_steps
@@ -761,11 +767,27 @@ impl Rules<'_> {
         if fp16_on && let Some(f) = &ds.fp16 {
             use super::deepspeed::{RECIPE_INITIAL_SCALE_POWER as POWER, RECIPE_LOSS_SCALE_WINDOW as WINDOW};
             let scaler = [
-                ("loss_scale", f.loss_scale.filter(|v| *v != 0.0).map(|v| format!("{v} (a fixed scale)")), "0 (dynamic)".to_string()),
-                ("initial_scale_power", f.initial_scale_power.filter(|v| *v != POWER).map(|v| v.to_string()), POWER.to_string()),
-                ("loss_scale_window", f.loss_scale_window.filter(|v| *v != WINDOW).map(|v| v.to_string()), WINDOW.to_string()),
+                (
+                    "loss_scale",
+                    f.loss_scale.filter(|v| *v != 0.0).map(|v| format!("{v} (a fixed scale)")),
+                    "0 (dynamic)".to_string(),
+                ),
+                (
+                    "initial_scale_power",
+                    f.initial_scale_power.filter(|v| *v != POWER).map(|v| v.to_string()),
+                    POWER.to_string(),
+                ),
+                (
+                    "loss_scale_window",
+                    f.loss_scale_window.filter(|v| *v != WINDOW).map(|v| v.to_string()),
+                    WINDOW.to_string(),
+                ),
                 ("hysteresis", f.hysteresis.filter(|v| *v != 1).map(|v| v.to_string()), "1".to_string()),
-                ("consecutive_hysteresis", f.consecutive_hysteresis.filter(|v| *v).map(|v| v.to_string()), "false".to_string()),
+                (
+                    "consecutive_hysteresis",
+                    f.consecutive_hysteresis.filter(|v| *v).map(|v| v.to_string()),
+                    "false".to_string(),
+                ),
                 ("min_loss_scale", f.min_loss_scale.map(|v| v.to_string()), "none".to_string()),
                 ("auto_cast", f.auto_cast.filter(|v| !*v).map(|v| v.to_string()), "true (autocast)".to_string()),
             ];
@@ -818,10 +840,22 @@ impl Rules<'_> {
             }
             if let Some([b1, b2]) = p.betas.and_then(|v| v.value()) {
                 if !same(b1, t.adam_beta1) {
-                    disagree(self, "optimizer.params.betas", format!("[{b1}, {b2}]"), "adam_beta1", t.adam_beta1.to_string());
+                    disagree(
+                        self,
+                        "optimizer.params.betas",
+                        format!("[{b1}, {b2}]"),
+                        "adam_beta1",
+                        t.adam_beta1.to_string(),
+                    );
                 }
                 if !same(b2, t.adam_beta2) {
-                    disagree(self, "optimizer.params.betas", format!("[{b1}, {b2}]"), "adam_beta2", t.adam_beta2.to_string());
+                    disagree(
+                        self,
+                        "optimizer.params.betas",
+                        format!("[{b1}, {b2}]"),
+                        "adam_beta2",
+                        t.adam_beta2.to_string(),
+                    );
                 }
             }
             if let Some(v) = p.eps.and_then(|v| v.value())
@@ -832,7 +866,13 @@ impl Rules<'_> {
             if let Some(v) = p.weight_decay.and_then(|v| v.value())
                 && !same(v, t.weight_decay)
             {
-                disagree(self, "optimizer.params.weight_decay", v.to_string(), "weight_decay", t.weight_decay.to_string());
+                disagree(
+                    self,
+                    "optimizer.params.weight_decay",
+                    v.to_string(),
+                    "weight_decay",
+                    t.weight_decay.to_string(),
+                );
             }
         }
         if let Some(s) = &ds.scheduler {
@@ -868,7 +908,11 @@ impl Rules<'_> {
             }
             let p = &s.params;
             if p.warmup_type != Some(WarmupType::Linear) {
-                let key = if p.warmup_type.is_some() { "deepspeed.scheduler.params.warmup_type" } else { "deepspeed.scheduler.type" };
+                let key = if p.warmup_type.is_some() {
+                    "deepspeed.scheduler.params.warmup_type"
+                } else {
+                    "deepspeed.scheduler.type"
+                };
                 self.error(
                     "deepspeed-disagrees",
                     "DeepSpeed's scheduler warms up logarithmically unless `warmup_type` is \"linear\"; recipe's warmup is linear".into(),
@@ -880,7 +924,9 @@ impl Rules<'_> {
                 if let Some(v) = value.and_then(|v| v.value()).filter(|v| *v != 0.0) {
                     self.error(
                         "deepspeed-disagrees",
-                        format!("`scheduler.params.{key}` in the DeepSpeed config is {v}, but recipe's warmup starts from 0"),
+                        format!(
+                            "`scheduler.params.{key}` in the DeepSpeed config is {v}, but recipe's warmup starts from 0"
+                        ),
                         &[&format!("deepspeed.scheduler.params.{key}"), "warmup_steps", "warmup_ratio"],
                         "write \"auto\" or 0",
                     );
@@ -895,7 +941,13 @@ impl Rules<'_> {
             if let Some(v) = p.cos_min_ratio.and_then(|v| v.value())
                 && !same(v, floor)
             {
-                disagree(self, "scheduler.params.cos_min_ratio", v.to_string(), "cosine_min_lr_ratio", floor.to_string());
+                disagree(
+                    self,
+                    "scheduler.params.cos_min_ratio",
+                    v.to_string(),
+                    "cosine_min_lr_ratio",
+                    floor.to_string(),
+                );
             }
         }
         for (key, offload) in [("offload_optimizer", z.offload_optimizer), ("offload_param", z.offload_param)] {
@@ -919,16 +971,26 @@ impl Rules<'_> {
                         stage.number()
                     ),
                     &[&format!("deepspeed.zero_optimization.{key}"), "deepspeed.zero_optimization.stage"],
-                    if key == "offload_param" { "set stage 3, or remove offload_param" } else { "set stage 1 or higher, or remove offload_optimizer" },
+                    if key == "offload_param" {
+                        "set stage 3, or remove offload_param"
+                    } else {
+                        "set stage 1 or higher, or remove offload_optimizer"
+                    },
                 );
             }
         }
         for key in ["stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save"] {
-            let value = if key.starts_with("stage3") { z.stage3_gather_16bit_weights_on_model_save } else { z.gather_16bit_weights_on_model_save };
+            let value = if key.starts_with("stage3") {
+                z.stage3_gather_16bit_weights_on_model_save
+            } else {
+                z.gather_16bit_weights_on_model_save
+            };
             if value == Some(false) {
                 self.error(
                     "unsupported-deepspeed-value",
-                    format!("`{key}: false` (sharded checkpoints only) is a DeepSpeed option that recipe does not support"),
+                    format!(
+                        "`{key}: false` (sharded checkpoints only) is a DeepSpeed option that recipe does not support"
+                    ),
                     &[&format!("deepspeed.zero_optimization.{key}")],
                     "remove it: recipe always saves the whole model",
                 );

@@ -491,7 +491,8 @@ pub fn render_text(plan: &Plan) -> String {
             );
         }
         if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
-            let _ = writeln!(o, "           offload is laid out here, but recipe run does not build it yet and refuses it");
+            let _ =
+                writeln!(o, "           offload is laid out here, but recipe run does not build it yet and refuses it");
         }
     }
     if let Some(r) = l.ranks.first() {

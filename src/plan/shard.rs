@@ -24,8 +24,9 @@ use super::arch::Architecture;
 use super::precision::Precision;
 use super::quantize::{self, QuantizationPlan};
 use crate::config::Config;
-use crate::config::deepspeed::ZeroStage;
+use crate::config::deepspeed::{DeepSpeedConfig, ZeroStage};
 use crate::config::distributed::FsdpOption;
+use crate::config::training::Switch;
 use crate::recipe::check::Locator;
 use serde::Serialize;
 
@@ -124,8 +125,33 @@ pub fn deepspeed(c: &Config, at: &Locator) -> Option<DeepSpeedLayout> {
             .accepted_knobs()
             .into_iter()
             .map(|(key, why)| AcceptedSetting { key: key.to_string(), why: why.to_string() })
+            .chain(loss_scaler_settings(c, ds))
             .collect(),
     })
+}
+
+/// The `fp16` section's loss-scaler settings: with float16 off they do nothing (in DeepSpeed too);
+/// with it on, rules have checked they are recipe's own scaler.
+fn loss_scaler_settings(c: &Config, ds: &DeepSpeedConfig) -> Vec<AcceptedSetting> {
+    let Some(f) = &ds.fp16 else {
+        return Vec::new();
+    };
+    let fp16_on = ds.fp16_enabled().unwrap_or(c.training.fp16 == Switch::On);
+    let why = if fp16_on { "recipe's own loss scaler (torch's GradScaler)" } else { "float16 is off: no loss scaling" };
+    let written = [
+        ("auto_cast", f.auto_cast.is_some()),
+        ("loss_scale", f.loss_scale.is_some()),
+        ("initial_scale_power", f.initial_scale_power.is_some()),
+        ("loss_scale_window", f.loss_scale_window.is_some()),
+        ("hysteresis", f.hysteresis.is_some()),
+        ("consecutive_hysteresis", f.consecutive_hysteresis.is_some()),
+        ("min_loss_scale", f.min_loss_scale.is_some()),
+    ];
+    written
+        .into_iter()
+        .filter(|w| w.1)
+        .map(|(key, _)| AcceptedSetting { key: format!("fp16.{key}"), why: why.to_string() })
+        .collect()
 }
 
 /// Data-parallel communication, resolved from Axolotl's `ddp_*` keys.
@@ -261,11 +287,9 @@ pub fn layout(
         // Every rank needs the whole summed gradient only for its shard, but ZeRO-1 all-reduces
         // it (as DeepSpeed's stage 1); each rank then updates its shard and the updated trainable
         // shards are gathered back into every replica.
-        Strategy::ShardOptimizer => Collectives {
-            all_reduce: grad_bytes,
-            all_gather: trainable * TRAINABLE_BYTES,
-            ..Collectives::default()
-        },
+        Strategy::ShardOptimizer => {
+            Collectives { all_reduce: grad_bytes, all_gather: trainable * TRAINABLE_BYTES, ..Collectives::default() }
+        }
         Strategy::ShardGradOp => Collectives {
             reduce_scatter: grad_bytes,
             // The updated trainable shards are gathered back into every replica.

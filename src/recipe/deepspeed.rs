@@ -122,12 +122,16 @@ mod tests {
 
     #[test]
     fn refused_options_are_named_and_inert_ones_pass() {
-        let c = checked(r#"{"zero_optimization": {"stage": 3, "zero_quantized_weights": true}, "tensorboard": {"enabled": false}}"#);
+        let c = checked(
+            r#"{"zero_optimization": {"stage": 3, "zero_quantized_weights": true}, "tensorboard": {"enabled": false}}"#,
+        );
         assert_eq!(c.diagnostics.len(), 1, "{:?}", c.diagnostics);
         assert_eq!(c.diagnostics[0].rule, "unsupported-deepspeed-key");
         assert_eq!(c.diagnostics[0].key_path.as_deref(), Some("deepspeed.zero_optimization.zero_quantized_weights"));
         assert!(c.config.is_none());
-        let ok = checked(r#"{"zero_optimization": {"stage": 2, "zero_quantized_weights": false}, "tensorboard": {"enabled": false}}"#);
+        let ok = checked(
+            r#"{"zero_optimization": {"stage": 2, "zero_quantized_weights": false}, "tensorboard": {"enabled": false}}"#,
+        );
         assert!(ok.diagnostics.is_empty(), "{:?}", ok.diagnostics);
         assert_eq!(ok.config.unwrap().stage(), crate::config::deepspeed::ZeroStage::Zero2);
     }
