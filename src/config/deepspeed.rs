@@ -334,26 +334,28 @@ pub enum WarmupType {
 pub const RECIPE_INITIAL_SCALE_POWER: u32 = 16;
 pub const RECIPE_LOSS_SCALE_WINDOW: u64 = 2000;
 
-/// A ZeRO stage, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A ZeRO stage, resolved (serialized as its number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroStage {
     /// Plain data parallelism.
-    #[serde(rename = "0")]
     Zero0,
     /// Optimizer states sharded.
-    #[serde(rename = "1")]
     Zero1,
     /// Gradients and optimizer states sharded.
-    #[serde(rename = "2")]
     Zero2,
     /// Parameters, gradients and optimizer states sharded.
-    #[serde(rename = "3")]
     Zero3,
 }
 
 impl ZeroStage {
     pub fn number(self) -> u8 {
         self as u8
+    }
+}
+
+impl Serialize for ZeroStage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
     }
 }
 
