@@ -6,7 +6,8 @@
 //! Every tensor of a unit is flattened, padded to a multiple of the shard group's size and cut
 //! into equal chunks; the rank at index k of its shard group holds chunk k of each (FSDP2's
 //! per-parameter sharding, so optimizer state keeps its parameter's name and weight-decay group).
-//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind.
+//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind (a
+//! 4-bit base is sharded as its packed codes and block scales, and dequantized once gathered).
 //! - Gradients: when a unit's backward pass is done (the model calls `backward_done`), its
 //!   gradients are reduce-scattered in one collective and added to this rank's gradient chunks,
 //!   and the full gradients are freed. Hybrid: the chunks are summed over the replica group (the
@@ -27,7 +28,7 @@ use super::distributed::Communicator;
 use super::optimizer::AdamW;
 use crate::model::llama::{CausalLm, Param, ShardUnits};
 use crate::model::weights::Checkpoint;
-use crate::plan::shard::Layout;
+use crate::plan::shard::{Collectives, Layout};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -93,6 +94,8 @@ struct Piece {
 
 pub struct Sharder {
     groups: ShardGroups,
+    /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
+    moved: Cell<Collectives>,
     units: Vec<Vec<Piece>>,
     gathered: Vec<Cell<bool>>,
 }
@@ -111,6 +114,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
+        let mut loaded = std::mem::take(&mut *model.loaded_chunks.borrow_mut());
         let (size, index) = (groups.size as i64, groups.index as i64);
         let units: Vec<Vec<Piece>> = model
             .unit_tensors()
@@ -122,9 +126,11 @@ impl Sharder {
                         let numel = full.numel() as i64;
                         let chunk = (numel + size - 1) / size;
                         let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
-                        let flat = full.detach().reshape([-1]);
-                        let padded = flat.constant_pad_nd([0, chunk * size - numel]);
-                        let shard = padded.narrow(0, index * chunk, chunk).copy();
+                        // Loaded as a chunk already (CausalLm::load_chunked), or cut now.
+                        let shard = loaded.remove(&name).unwrap_or_else(|| {
+                            let flat = full.detach().reshape([-1]);
+                            flat.constant_pad_nd([0, chunk * size - numel]).narrow(0, index * chunk, chunk).copy()
+                        });
                         let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
                         if let Some(g) = &grad
                             && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
@@ -145,13 +151,25 @@ impl Sharder {
             })
             .collect();
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
-        let sharder = Sharder { groups, units, gathered };
+        let sharder = Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()) };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
             }
         }
         sharder
+    }
+
+    /// Collective payload bytes since the last call (all-gathers count what they assemble,
+    /// reduce-scatters what they reduce).
+    pub fn take_moved(&self) -> Collectives {
+        self.moved.take()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Collectives)) {
+        let mut c = self.moved.get();
+        f(&mut c);
+        self.moved.set(c);
     }
 
     /// The trainable chunks, under their parameters' names, for the optimizer.
@@ -191,6 +209,7 @@ impl Sharder {
             Some(g) => g.all_gather(&local)?,
             None => local,
         };
+        self.count(|c| c.all_gather += (all.numel() * all.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
         let mut out = Vec::with_capacity(pieces.len());
         for (p, _) in pieces.iter().zip(sources) {
@@ -272,6 +291,7 @@ impl Sharder {
         let input = Tensor::cat(&ordered, 0);
         drop(ordered);
         drop(padded);
+        self.count(|c| c.reduce_scatter += (input.numel() * input.kind().elt_size_in_bytes()) as u64);
         let mine = match &self.groups.shard {
             Some(g) => g.reduce_scatter(&input)?,
             None => input,
@@ -298,6 +318,7 @@ impl Sharder {
         }
         let mut flat = Tensor::cat(&grads, 0);
         g.all_reduce(&mut flat, ReduceOp::Sum)?;
+        self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
         for t in grads {
             let n = t.numel() as i64;

@@ -72,8 +72,8 @@ pub struct Outcome {
     pub interrupted: bool,
     pub last_eval_loss: Option<f64>,
     pub tokens_per_second: f64,
-    /// Gradient bytes all-reduced per optimizer step (0 for one process).
-    pub all_reduced_bytes_per_step: u64,
+    /// Payload bytes of the collectives of the last optimizer step (none for one process).
+    pub collectives_per_step: crate::plan::shard::Collectives,
     /// Device-to-host reads per optimizer step, by kind of step.
     pub host_syncs: super::host_sync::StepSyncs,
 }
@@ -206,7 +206,7 @@ impl<E: Example> Loop<'_, E> {
             interrupted: false,
             last_eval_loss: None,
             tokens_per_second: 0.0,
-            all_reduced_bytes_per_step: 0,
+            collectives_per_step: Default::default(),
             host_syncs: Default::default(),
         };
         // fp16: the loss scale on the device for the whole run (the host copy in `state` is
@@ -224,6 +224,10 @@ impl<E: Example> Loop<'_, E> {
         let first_step = state.global_step;
         for step in first_step..s.total {
             let reads_before = super::host_sync::count();
+            if let Some(sharder) = self.sharder {
+                // Evaluation's gathers are not this step's.
+                sharder.take_moved();
+            }
             let lr = learning_rate_at(
                 plan.batch.lr_scheduler,
                 plan.batch.peak_learning_rate,
@@ -317,7 +321,7 @@ impl<E: Example> Loop<'_, E> {
             match self.sharder {
                 Some(sharder) => sharder.finish_gradients()?,
                 None => {
-                    outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(
+                    outcome.collectives_per_step.all_reduce = comm.all_reduce_gradients(
                         &params,
                         bucket_bytes,
                         plan.layout.ddp.find_unused_parameters || mine.is_empty(),
@@ -351,6 +355,7 @@ impl<E: Example> Loop<'_, E> {
             };
             if let Some(sharder) = self.sharder {
                 sharder.after_step()?;
+                outcome.collectives_per_step = sharder.take_moved();
             }
             self.model.probe_memory();
             optimizer.zero_grad();

@@ -121,13 +121,16 @@ pub struct CausalLm {
     /// Sharded training's unit hooks (exec/shard.rs): set, a unit's parameters are gathered
     /// before each use and released after it.
     pub shard_units: std::cell::RefCell<Option<std::rc::Rc<dyn ShardUnits>>>,
+    /// `load_chunked`: this rank's chunk of each base tensor by name; the tensors themselves hold
+    /// only their shape until sharded training gathers them.
+    pub loaded_chunks: std::cell::RefCell<std::collections::HashMap<String, Tensor>>,
     /// The model-wide adapter switch: off, every layer computes its base alone and the
     /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
     /// weights serve as the frozen reference model of preference training.
     adapters_enabled: std::cell::Cell<bool>,
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
-    head_original: Option<Tensor>,
+    pub(super) head_original: Option<Tensor>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
@@ -177,19 +180,55 @@ pub struct Inputs<'a> {
 
 impl CausalLm {
     pub fn load(arch: &Architecture, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<CausalLm, String> {
+        Self::load_with(arch, ckpt, opts, None)
+    }
+
+    /// Loads as `load`, keeping of each base tensor only chunk `index` of `size` (flattened,
+    /// padded to a multiple of `size`, as exec/shard.rs cuts them) in `loaded_chunks`: one tensor
+    /// is whole at a time, so no rank ever holds a whole copy of the model (full sharding with
+    /// `cpu_ram_efficient_loading`). The model's tensors keep only their shapes until sharded
+    /// training gathers them. Not for quantized bases, DoRA, modules_to_save or reward heads, whose
+    /// set-up reads the loaded weights.
+    pub fn load_chunked(
+        arch: &Architecture,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+        index: i64,
+        size: i64,
+    ) -> Result<CausalLm, String> {
+        Self::load_with(arch, ckpt, opts, Some((index, size)))
+    }
+
+    fn load_with(
+        arch: &Architecture,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+        chunk: Option<(i64, i64)>,
+    ) -> Result<CausalLm, String> {
         let full = matches!(opts.trainable, Trainable::Everything);
         if full && opts.quantize.is_some() {
             return Err("a quantized base cannot be fully fine-tuned; train an adapter on it (QLoRA)".into());
         }
         let (kind, device) = (if full { Kind::Float } else { opts.base_kind }, opts.device);
+        let chunks = std::cell::RefCell::new(std::collections::HashMap::new());
+        let keep = |name: &str, t: Tensor| -> Tensor {
+            let Some((index, size)) = chunk else { return t };
+            let numel = t.numel() as i64;
+            let per_rank = (numel + size - 1) / size;
+            let mine =
+                t.reshape([-1]).constant_pad_nd([0, per_rank * size - numel]).narrow(0, index * per_rank, per_rank);
+            chunks.borrow_mut().insert(name.to_string(), mine.copy());
+            // The shape without the storage: one element, expanded.
+            Tensor::zeros([1], (t.kind(), t.device())).expand(t.size(), false)
+        };
         let get = |name: &str, shape: &[i64]| -> Result<Tensor, String> {
-            let t = ckpt.load(name, shape, kind, device)?;
+            let t = keep(name, ckpt.load(name, shape, kind, device)?);
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
         // Norm weights scale the fp32 residual stream: kept in fp32 whatever the base's kind (they
         // are a few thousand values per layer).
         let norm_of = |name: &str, size: u64| -> Result<Tensor, String> {
-            let t = ckpt.load(name, &[size as i64], Kind::Float, device)?;
+            let t = keep(name, ckpt.load(name, &[size as i64], Kind::Float, device)?);
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
         let norm = |name: &str| norm_of(name, arch.hidden_size);
@@ -199,19 +238,6 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
-        let dora = matches!(opts.trainable, Trainable::Lora { dora: true, .. });
-        let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Adapter> {
-            let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
-            let short = module.rsplit('.').next().unwrap_or(module);
-            if !targets.iter().any(|t| t == short || t == module) {
-                return None;
-            }
-            // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            let a = Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
-            let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
-            Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
-        };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
             let weight_name = format!("{name}.weight");
             let shape = [fan_out, fan_in];
@@ -247,12 +273,7 @@ impl CausalLm {
                 }
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            let adapter = lora_for(&name, fan_in, fan_out);
-            let mut linear = Linear { name, weight, quantized, bias, adapter };
-            if dora && linear.adapter.is_some() {
-                linear.decompose()?;
-            }
-            Ok(linear)
+            Ok(Linear { name, weight, quantized, bias, adapter: None })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -287,50 +308,30 @@ impl CausalLm {
         } else {
             get("lm_head.weight", &[v, h])?
         };
-        let score = if opts.score_head { Some(load_score(ckpt, arch, opts)?) } else { None };
-        let mut lm_head =
+        let lm_head =
             Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
-        let mut embed_tokens_trained = None;
-        let mut head_original = None;
-        if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
-            for m in modules_to_save {
-                match m.as_str() {
-                    // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
-                    // (peft also lists `classifier`, other architectures' name for it.)
-                    "score" | "classifier" if opts.score_head => {}
-                    "lm_head" if opts.score_head => {
-                        return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
-                    }
-                    "lm_head" => {
-                        let original = lm_head.weight.shallow_clone();
-                        lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
-                        head_original = Some(original);
-                    }
-                    "embed_tokens" => {
-                        embed_tokens_trained =
-                            Some(embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
-                    }
-                    other => {
-                        let heads = if opts.score_head { "score" } else { "lm_head" };
-                        return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
-                    }
-                }
-            }
-        }
-        // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
-        if let Trainable::Lora { targets, modules_to_save, .. } = &opts.trainable
-            && targets.iter().any(|t| t == "lm_head")
-        {
-            if opts.score_head {
-                return Err("target_modules: a reward model has no lm_head to adapt".into());
-            }
-            if modules_to_save.iter().any(|m| m == "lm_head") {
-                return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
-            }
-            lm_head.adapter = lora_for("lm_head", h, v);
-            if dora {
-                lm_head.decompose()?;
-            }
+        let mut model = CausalLm {
+            arch: arch.clone(),
+            rope: Rope::new(arch, device)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            embed_tokens_trained: None,
+            trainable: Trainable::Nothing,
+            device,
+            compute_kind: Kind::Float,
+            memory_probe: std::cell::Cell::new(None),
+            shard_units: std::cell::RefCell::new(None),
+            loaded_chunks: std::cell::RefCell::new(chunks.into_inner()),
+            adapters_enabled: std::cell::Cell::new(true),
+            head_original: None,
+            score: None,
+        };
+        // Adapters before a new reward head: the random draws come in the same order as ever.
+        model.add_adapters(&opts.trainable, opts.score_head)?;
+        if opts.score_head {
+            model.score = Some(load_score(ckpt, arch, opts)?);
         }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =
@@ -342,23 +343,78 @@ impl CausalLm {
                 unexpected.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
             ));
         }
-        Ok(CausalLm {
-            arch: arch.clone(),
-            rope: Rope::new(arch, device)?,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            embed_tokens_trained,
-            trainable: opts.trainable.clone(),
-            device,
-            compute_kind: Kind::Float,
-            memory_probe: std::cell::Cell::new(None),
-            shard_units: std::cell::RefCell::new(None),
-            adapters_enabled: std::cell::Cell::new(true),
-            head_original,
-            score,
-        })
+        Ok(model)
+    }
+
+    /// Puts fresh adapters on the base as `trainable` asks and makes it the model's trainable set:
+    /// LoRA pairs on the targeted linears (peft's default init), DoRA magnitudes over them, and
+    /// trainable copies of modules_to_save; nothing for full fine-tuning. `score_head`: the model is
+    /// a reward model (its head is `score`). `load` calls this once; multi-adapter serving
+    /// (`model::serving`) once per adapter, over layers it has emptied first.
+    pub fn add_adapters(&mut self, trainable: &Trainable, score_head: bool) -> Result<(), String> {
+        if let Trainable::Lora { targets, r, scaling, dropout, dora, modules_to_save } = trainable {
+            let device = self.device;
+            let lora_for = |lin: &Linear| -> Option<Adapter> {
+                let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
+                if !targets.iter().any(|t| t == short || *t == lin.name) {
+                    return None;
+                }
+                let (fan_out, fan_in) = match &lin.quantized {
+                    Some(q) => (q.shape()[0], q.shape()[1]),
+                    None => (lin.weight.size()[0], lin.weight.size()[1]),
+                };
+                // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a =
+                    Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
+                let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
+                Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
+            };
+            for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
+                lin.adapter = lora_for(lin);
+                if *dora && lin.adapter.is_some() {
+                    lin.decompose()?;
+                }
+            }
+            for m in modules_to_save {
+                match m.as_str() {
+                    // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
+                    // (peft also lists `classifier`, other architectures' name for it.)
+                    "score" | "classifier" if score_head => {}
+                    "lm_head" if score_head => {
+                        return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
+                    }
+                    "lm_head" => {
+                        let original = self.lm_head.weight.shallow_clone();
+                        self.lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
+                        self.head_original = Some(original);
+                    }
+                    "embed_tokens" => {
+                        self.embed_tokens_trained =
+                            Some(self.embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
+                    }
+                    other => {
+                        let heads = if score_head { "score" } else { "lm_head" };
+                        return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
+                    }
+                }
+            }
+            // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
+            if targets.iter().any(|t| t == "lm_head") {
+                if score_head {
+                    return Err("target_modules: a reward model has no lm_head to adapt".into());
+                }
+                if modules_to_save.iter().any(|m| m == "lm_head") {
+                    return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
+                }
+                self.lm_head.adapter = lora_for(&self.lm_head);
+                if *dora {
+                    self.lm_head.decompose()?;
+                }
+            }
+        }
+        self.trainable = trainable.clone();
+        Ok(())
     }
 
     /// Whether adapters (and modules_to_save copies) take part in forward passes now.
@@ -753,13 +809,24 @@ impl CausalLm {
         out
     }
 
-    /// Every dense tensor of the model by shard unit (decoder layer i, then the root), each
-    /// once, for sharded training: base weights, norms, biases and adapter tensors. Quantized
-    /// base weights are not listed (they stay whole on every rank).
+    /// Every tensor of the model by shard unit (decoder layer i, then the root), each once, for
+    /// sharded training: base weights (a 4-bit base as its packed codes and absmax), norms,
+    /// biases and adapter tensors. An 8-bit base stays whole on every rank.
     pub fn unit_tensors(&self) -> Vec<Vec<(String, Tensor)>> {
         fn linear_tensors(lin: &Linear, out: &mut Vec<(String, Tensor)>) {
-            if lin.quantized.is_none() && lin.weight.numel() > 0 {
-                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+            match &lin.quantized {
+                None if lin.weight.numel() > 0 => {
+                    out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()))
+                }
+                // The codes and block scales of this weight alone (the code table is shared).
+                Some(QuantizedWeight::Four(q)) => {
+                    out.push((format!("{}.weight.packed", lin.name), q.packed.shallow_clone()));
+                    out.push((format!("{}.weight.absmax", lin.name), q.absmax.shallow_clone()));
+                    if let Some(n) = &q.nested {
+                        out.push((format!("{}.weight.nested_absmax", lin.name), n.absmax.shallow_clone()));
+                    }
+                }
+                _ => {}
             }
             if let Some(b) = &lin.bias {
                 out.push((format!("{}.bias", lin.name), b.shallow_clone()));
@@ -873,6 +940,11 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
 fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
     let (a, m) = (&l.self_attn, &l.mlp);
     [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+}
+
+pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> [&mut Linear; 7] {
+    let (a, m) = (&mut l.self_attn, &mut l.mlp);
+    [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
 }
 
 /// A layer's per-head query/key norms (Qwen3), by module name under `self_attn`.

@@ -231,7 +231,7 @@ fn breakdown(
         "activations",
         if checkpointing { with } else { without },
         if checkpointing {
-            let why = if c.training.gradient_checkpointing {
+            let why = if shard::gradient_checkpointing(c) {
                 "gradient checkpointing"
             } else {
                 "full sharding recomputes each layer"

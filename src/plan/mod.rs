@@ -460,11 +460,44 @@ pub fn render_text(plan: &Plan) -> String {
     );
     if !l.fsdp.is_empty() {
         let list: Vec<&str> = l.fsdp.iter().map(|o| o.as_str()).collect();
-        let _ = writeln!(
-            o,
-            "           fsdp: [{}] is laid out here, but recipe run does not do sharded training yet and refuses it",
-            list.join(", ")
-        );
+        let how = match l.strategy {
+            shard::Strategy::Single | shard::Strategy::Ddp => "one rank holds everything".to_string(),
+            // Only a DeepSpeed config asks for ZeRO-1, and it excludes `fsdp`.
+            shard::Strategy::ShardOptimizer => {
+                "optimizer states split; gradients all-reduced; updated weights all-gathered after each step"
+                    .to_string()
+            }
+            shard::Strategy::ShardGradOp => {
+                "gradients reduce-scattered and optimizer states split per unit; updated weights all-gathered after \
+                 each step"
+                    .to_string()
+            }
+            shard::Strategy::FullShard | shard::Strategy::HybridShard => format!(
+                "parameters, gradients and optimizer states split per unit; a unit is gathered for each use and {}",
+                if l.reshard_after_forward {
+                    "released after it (its layer recomputed in the backward pass)"
+                } else {
+                    "kept from its forward pass to its backward pass (reshard_after_forward: false)"
+                }
+            ),
+        };
+        let _ = writeln!(o, "           fsdp: [{}]: {how}", list.join(", "));
+        for (key, what) in &l.not_built {
+            let _ = writeln!(o, "           {key}: {what} is not built; recipe run refuses it");
+        }
+        let own = plan.model.architecture.decoder_layer_class();
+        match &l.wrapped_class {
+            Some(c) if !c.split(',').any(|c| c.trim() == own) => {
+                let _ = writeln!(
+                    o,
+                    "           transformer_layer_cls_to_wrap `{c}` is not this model's decoder layer ({own}); recipe run \
+                     refuses it"
+                );
+            }
+            _ => {
+                let _ = writeln!(o, "           units: each {own} and the root (embeddings, final norm, head)");
+            }
+        }
     }
     if let Some(ds) = &l.deepspeed {
         let _ = writeln!(
