@@ -5,21 +5,36 @@
 #
 #   scripts/axolotl-examples.sh PATH/TO/axolotl[/examples] [--list]
 #
-# Uses the validate/plan-only binary (no libtorch), built here if needed.
+# Uses the validate/plan-only binary (no libtorch), built here if needed (RECIPE_BIN: a binary to use
+# instead). Axolotl's configs name their DeepSpeed file relative to Axolotl's repository root
+# (`deepspeed: deepspeed_configs/zero2.json`); recipe reads it relative to the recipe file, so such a
+# path is handed over with `--set deepspeed=...`, resolved in the checkout's deepspeed_configs/, else in
+# tests/fixtures/deepspeed (the same files, copied from Axolotl @067b021c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src="${1:?usage: scripts/axolotl-examples.sh PATH/TO/axolotl [--list]}"
 [ -d "$src/examples" ] && src="$src/examples"
 list="${2:-}"
-target="${CARGO_TARGET_DIR:-$HOME/.cache/recipe/target}"
-cargo build --quiet --release --no-default-features --target-dir "$target/validate-only"
-bin="$target/validate-only/release/recipe"
+ds_configs="$(cd "$src/.." && pwd)/deepspeed_configs"
+[ -d "$ds_configs" ] || ds_configs="$PWD/tests/fixtures/deepspeed"
+if [ -n "${RECIPE_BIN:-}" ]; then
+  bin="$RECIPE_BIN"
+else
+  target="${CARGO_TARGET_DIR:-$HOME/.cache/recipe/target}"
+  cargo build --quiet --release --no-default-features --target-dir "$target/validate-only"
+  bin="$target/validate-only/release/recipe"
+fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 find "$src" -name '*.yml' -o -name '*.yaml' | sort > "$out/files"
 while read -r f; do
+  ds="$(sed -n 's/^deepspeed:[[:space:]]*\([^#[:space:]][^#[:space:]]*\).*/\1/p' "$f" | head -n 1)"
+  extra=()
+  if [ -n "$ds" ] && [ ! -e "$(dirname "$f")/$ds" ] && [ -e "$ds_configs/${ds#deepspeed_configs/}" ]; then
+    extra=(--set "deepspeed=$ds_configs/${ds#deepspeed_configs/}")
+  fi
   set +e
-  "$bin" validate --format json "$f" > "$out/one.json" 2> "$out/one.err"
+  "$bin" validate --format json "$f" "${extra[@]}" > "$out/one.json" 2> "$out/one.err"
   rc=$?
   set -e
   python3 - "$f" "$rc" "$out/one.json" >> "$out/results.jsonl" <<'PY'

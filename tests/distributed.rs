@@ -453,6 +453,37 @@ fn ctrl_c_stops_every_rank_at_the_same_step_after_a_checkpoint() {
     assert_eq!(step_losses(dir.path()).len() as u64, stopped);
 }
 
+/// A DeepSpeed config's ZeRO stage 2 runs on the sharded executor exactly as `fsdp:
+/// [shard_grad_op]` (Axolotl's zero2.json without its CPU offload); ZeRO-1 is refused by name.
+#[test]
+fn deepspeed_zero2_trains_as_shard_grad_op_and_zero1_is_refused() {
+    let zero2 = "{\"zero_optimization\": {\"stage\": 2, \"overlap_comm\": true, \"contiguous_gradients\": true},\n\
+                 \"bf16\": {\"enabled\": \"auto\"}, \"gradient_accumulation_steps\": \"auto\",\n\
+                 \"gradient_clipping\": \"auto\", \"train_batch_size\": \"auto\",\n\
+                 \"train_micro_batch_size_per_gpu\": \"auto\", \"wall_clock_breakdown\": false}\n";
+    let run = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ds.json"), zero2).unwrap();
+        let path = write_recipe(dir.path(), "lora", &format!("max_steps: 4\n{extra}"));
+        let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+        (dir, out)
+    };
+    let (fsdp, out) = run("fsdp: [shard_grad_op]\n");
+    check_ok(out);
+    let (deepspeed, out) = run("deepspeed: ds.json\n");
+    assert!(check_ok(out).contains("layout     ShardGradOp across 2 rank(s) (gloo)"));
+    assert_same_losses(&step_losses(fsdp.path()), &step_losses(deepspeed.path()), 0.0, "zero2 vs shard_grad_op");
+    assert_same_weights(fsdp.path(), deepspeed.path(), 0.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ds.json"), zero2.replace("\"stage\": 2", "\"stage\": 1")).unwrap();
+    let path = write_recipe(dir.path(), "lora", "max_steps: 4\ndeepspeed: ds.json\n");
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deepspeed: ds.json asks for ZeRO stage 1"), "{stderr}");
+}
+
 /// The run's `layout` line (rank 0's report).
 fn layout_line(stdout: &str) -> &str {
     stdout.lines().find(|l| l.starts_with("layout")).unwrap_or_default()

@@ -34,7 +34,7 @@ fn layers_apply_in_order_and_keep_their_origin() {
     assert_eq!(c.chat.special_tokens.pad_token.as_deref(), Some("<pad>"), "mappings merge key by key");
     assert_eq!(c.chat.special_tokens.bos_token.as_deref(), Some("<s>"));
 
-    let at = Locator { tree: loaded.tree.as_ref().unwrap(), sources: &loaded.sources };
+    let at = Locator { tree: loaded.tree.as_ref().unwrap(), sources: &loaded.sources, deepspeed: None };
     let top_name = top.display().to_string();
     assert_eq!(at.origin("lora_r"), format!("{top_name}:3:9"));
     assert!(at.origin("base_model").ends_with("base.yaml:1:13"), "{}", at.origin("base_model"));

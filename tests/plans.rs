@@ -71,3 +71,39 @@ fn a_sequence_longer_than_the_sliding_window_is_an_error_at_sequence_len() {
     // Within the window it plans.
     compile(mistral, &["sequence_len=4096".to_string()]).unwrap();
 }
+
+#[test]
+fn deepspeed_zero_stages_are_laid_out_with_their_origin_and_per_rank_memory() {
+    // Axolotl's own DeepSpeed configs on four ranks: ZeRO-1 shards the optimizer states, ZeRO-2
+    // the gradients too (its optimizer states offloaded), ZeRO-3 the parameters too.
+    without_hf_cache();
+    let options = recipe::plan::PlanOptions { world_size: 4, ..recipe::plan::PlanOptions::default() };
+    for file in ["zero1", "zero2", "zero3_bf16_cpuoffload_all"] {
+        let set = format!("deepspeed=tests/fixtures/deepspeed/{file}.json");
+        let loaded = recipe::recipe::load(std::path::Path::new("recipes/qwen3-0.6b-lora.yaml"), &[set]);
+        assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
+        let plan = recipe::plan::compile(&loaded, options).unwrap();
+        insta::assert_snapshot!(format!("deepspeed_{file}__plan_text"), recipe::plan::render_text(&plan));
+    }
+}
+
+#[test]
+fn deepspeed_train_batch_size_must_be_this_launchs_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ds.json");
+    std::fs::write(&json, "{\"zero_optimization\": {\"stage\": 0},\n \"train_batch_size\": 8}\n").unwrap();
+    let set =
+        |k: &str| vec![format!("deepspeed={}", json.display()), k.to_string(), "gradient_accumulation_steps=1".into()];
+    let recipe = std::path::Path::new("recipes/qwen3-0.6b-lora.yaml");
+    let four = recipe::plan::PlanOptions { world_size: 4, ..recipe::plan::PlanOptions::default() };
+    without_hf_cache();
+    // Micro 2 × accumulation 1 × 4 ranks = 8 (the origin is where the value is written).
+    let loaded = recipe::recipe::load(recipe, &set("micro_batch_size=2"));
+    assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
+    let plan = recipe::plan::compile(&loaded, four).unwrap();
+    assert_eq!(plan.layout.strategy, recipe::plan::shard::Strategy::Ddp);
+    let two = recipe::plan::PlanOptions { world_size: 2, ..four };
+    let err = recipe::plan::compile(&loaded, two).unwrap_err();
+    assert!(err.starts_with(&format!("`deepspeed.train_batch_size` ({}:2:22) is 8", json.display())), "{err}");
+    assert!(err.contains("micro_batch_size 2 × gradient_accumulation_steps 1 × 2 rank(s) = 4"), "{err}");
+}

@@ -85,8 +85,7 @@ pub struct AxolotlKey {
     pub kind: AxolotlKeyKind,
     pub inert: Inert,
     /// The nearest option recipe does support, as a short hint, e.g. Some("use `gradient_checkpointing` instead")
-    /// for activation_offloading. None where recipe runs nothing like it (deepspeed: sharded training, `fsdp`
-    /// included, is not built into `recipe run` yet, so there is nothing to point to).
+    /// for activation_offloading. None where recipe runs nothing like it.
     pub alternative: Option<&'static str>,
 }
 
@@ -137,7 +136,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "ddp", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "debug", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "deepcompile", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "deepspeed", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "default_system_message", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `chat_template_jinja` instead") },
     AxolotlKey { name: "device", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "device_map", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
@@ -746,11 +744,11 @@ mod tests {
 
     #[test]
     fn spot_checks() {
-        let deepspeed = lookup("deepspeed").unwrap();
-        assert_eq!(deepspeed.kind, AxolotlKeyKind::Unsupported);
-        assert_eq!(deepspeed.inert, Inert::Null);
-        // Not `fsdp`: sharded training is not built into `recipe run` either.
-        assert_eq!(deepspeed.alternative, None);
+        // A recipe key now (config/deepspeed.rs), so not in the table.
+        assert!(lookup("deepspeed").is_none());
+        let deepcompile = lookup("deepcompile").unwrap();
+        assert_eq!(deepcompile.kind, AxolotlKeyKind::Unsupported);
+        assert_eq!(deepcompile.inert, Inert::NullOrFalse);
 
         let watch = lookup("wandb_watch").unwrap();
         assert_eq!(watch.kind, AxolotlKeyKind::Integration);

@@ -1,5 +1,7 @@
-//! Multi-GPU layout: DDP options and sharded (FSDP-style) training.
+//! Multi-GPU layout: DDP options and sharded training, asked for with FSDP's keys or with a
+//! DeepSpeed config file (its contents: config/deepspeed.rs).
 
+use super::deepspeed::{DeepSpeedConfig, ZeroStage};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,16 @@ pub struct DistributedConfig {
     /// parameter is an error naming it, as DDP's default.
     #[serde(default)]
     pub ddp_find_unused_parameters: Option<bool>,
+    /// A DeepSpeed config file (JSON; path relative to this recipe), as Axolotl's
+    /// `deepspeed_configs/zero2.json`: its ZeRO stage picks the sharding (0 DDP, 1 optimizer states
+    /// sharded, 2 `shard_grad_op`, 3 `full_shard`) and its offload settings what lives in host
+    /// memory; batch, clipping, precision, optimizer and scheduler values are `auto` or agree with
+    /// this recipe. Excludes `fsdp` / `fsdp_config`.
+    #[serde(default)]
+    pub deepspeed: Option<String>,
+    /// The file `deepspeed` names, read and checked by the recipe loader (not a recipe key).
+    #[serde(skip)]
+    pub deepspeed_config: Option<DeepSpeedConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -249,6 +261,16 @@ impl DistributedConfig {
             && f.fsdp_state_dict_type.or(f.state_dict_type) == Some(StateDictType::ShardedStateDict)
     }
 
+    /// The ZeRO stage of the DeepSpeed config, when the recipe names one.
+    pub fn zero_stage(&self) -> Option<ZeroStage> {
+        self.deepspeed_config.as_ref().map(DeepSpeedConfig::stage)
+    }
+
+    /// Whether sharded training is asked for, by FSDP's keys or a DeepSpeed stage 1–3.
+    pub fn shards(&self) -> bool {
+        !self.sharding().is_empty() || self.zero_stage().is_some_and(|s| s != ZeroStage::Zero0)
+    }
+
     /// Sharded-training settings `recipe run` does not build, as (key, what it asks for): `plan`
     /// lays the recipe out, `validate` warns at the key and `run` refuses it.
     pub fn not_built(&self) -> Vec<(&'static str, &'static str)> {
@@ -308,7 +330,8 @@ impl DistributedConfig {
         out
     }
 
-    /// The sharding the recipe asks for: the `fsdp` list, else (as Axolotl, where `fsdp_config`
+    /// The sharding the recipe asks for with FSDP's keys (a DeepSpeed config's is
+    /// [`Self::zero_stage`]): the `fsdp` list, else (as Axolotl, where `fsdp_config`
     /// alone turns FSDP on) the strategy `fsdp_config` names: its sharding strategy, else
     /// `reshard_after_forward: false` for shard_grad_op, else full sharding (accelerate's and
     /// FSDP2's default); `offload_params` and a wrap policy add `offload` / `auto_wrap`. Empty: no

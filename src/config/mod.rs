@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod axolotl_keys;
 pub mod chat_template;
 pub mod datasets;
+pub mod deepspeed;
 pub mod distributed;
 pub mod kernels;
 pub mod location;

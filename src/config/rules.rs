@@ -28,6 +28,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.kernels(config);
     out.forgetting(config);
     out.distributed(config);
+    out.deepspeed(config);
     out.tracking(config);
     out.not_built(config);
     out.locations(config);
@@ -805,6 +806,375 @@ impl Rules<'_> {
                 &["fsdp_version", "fsdp_config.fsdp_version", "fsdp_config.version"],
                 "write fsdp_version once",
             );
+        }
+    }
+
+    /// A DeepSpeed config (config/deepspeed.rs): it excludes FSDP's keys; its explicit values agree
+    /// with the recipe's (`auto` takes the recipe's); what recipe does not build is refused at its
+    /// key in the file. ZeRO-1 and offload are not built into `recipe run` yet: warnings, as for
+    /// `fsdp`'s offload.
+    fn deepspeed(&mut self, c: &Config) {
+        use super::deepspeed::{OffloadDevice, WarmupType, ZeroStage};
+        use super::training::LrScheduler;
+        let d = &c.distributed;
+        if d.deepspeed.is_some() {
+            for key in ["fsdp", "fsdp_config"].into_iter().filter(|k| self.at.entry(k).is_some()) {
+                self.error(
+                    "deepspeed-with-fsdp",
+                    format!("`deepspeed` and `{key}` both ask for sharded training; a recipe uses one of them"),
+                    &["deepspeed", key],
+                    "keep one: DeepSpeed's ZeRO stage 2 is fsdp's shard_grad_op, stage 3 is full_shard",
+                );
+            }
+        }
+        let Some(ds) = &d.deepspeed_config else {
+            return;
+        };
+        let t = &c.training;
+        let z = &ds.zero_optimization;
+        let stage = ds.stage();
+        // A value in the file that is not `auto` and disagrees with the recipe's key.
+        let disagree = |this: &mut Self, file_key: &str, file_value: String, key: &str, value: String| {
+            let default = if this.at.entry(key).is_none() { " (its default)" } else { "" };
+            this.error(
+                "deepspeed-disagrees",
+                format!(
+                    "`{file_key}` in the DeepSpeed config is {file_value}, but the recipe's `{key}` is {value}{default}"
+                ),
+                &[&format!("deepspeed.{file_key}"), key],
+                "write \"auto\" in the DeepSpeed config (it takes the recipe's value), or make the two agree",
+            );
+        };
+        let same = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        if let Some(v) = ds.train_micro_batch_size_per_gpu.and_then(|v| v.value())
+            && v != t.micro_batch_size
+        {
+            disagree(
+                self,
+                "train_micro_batch_size_per_gpu",
+                v.to_string(),
+                "micro_batch_size",
+                t.micro_batch_size.to_string(),
+            );
+        }
+        if let Some(v) = ds.gradient_accumulation_steps.and_then(|v| v.value())
+            && v != t.gradient_accumulation_steps
+        {
+            let recipe = t.gradient_accumulation_steps.to_string();
+            disagree(self, "gradient_accumulation_steps", v.to_string(), "gradient_accumulation_steps", recipe);
+        }
+        let per_rank = u64::from(t.micro_batch_size) * u64::from(t.gradient_accumulation_steps);
+        if let Some(v) = ds.train_batch_size.and_then(|v| v.value())
+            && v % per_rank != 0
+        {
+            self.error(
+                "deepspeed-disagrees",
+                format!(
+                    "`train_batch_size` in the DeepSpeed config is {v}, which is not micro_batch_size × \
+                     gradient_accumulation_steps ({} × {} = {per_rank}) times any world size",
+                    t.micro_batch_size, t.gradient_accumulation_steps
+                ),
+                &["deepspeed.train_batch_size", "micro_batch_size", "gradient_accumulation_steps"],
+                "write \"auto\" (micro batch × accumulation × world size)",
+            );
+        }
+        if let Some(v) = ds.gradient_clipping.and_then(|v| v.value())
+            && !same(v, t.max_grad_norm)
+        {
+            disagree(self, "gradient_clipping", v.to_string(), "max_grad_norm", t.max_grad_norm.to_string());
+        }
+        let written = |this: &Self, key: &str| this.at.entry(key).is_some();
+        let switch = |s: Switch| match s {
+            Switch::On => "true",
+            Switch::Off => "false",
+            Switch::Auto => "auto",
+        };
+        if let Some(on) = ds.bf16_enabled() {
+            if on && t.fp16 == Switch::On {
+                disagree(self, "bf16.enabled", "true".into(), "fp16", "true".into());
+            } else if (on && t.bf16 == Switch::Off && written(self, "bf16")) || (!on && t.bf16 == Switch::On) {
+                disagree(self, "bf16.enabled", on.to_string(), "bf16", switch(t.bf16).into());
+            }
+        }
+        if let Some(on) = ds.fp16_enabled() {
+            if on && t.bf16 == Switch::On {
+                disagree(self, "fp16.enabled", "true".into(), "bf16", "true".into());
+            } else if (on && t.fp16 == Switch::Off && written(self, "fp16")) || (!on && t.fp16 == Switch::On) {
+                disagree(self, "fp16.enabled", on.to_string(), "fp16", switch(t.fp16).into());
+            }
+        }
+        if ds.bf16_enabled() == Some(true) && ds.fp16_enabled() == Some(true) {
+            self.error(
+                "deepspeed-precision",
+                "the DeepSpeed config turns on both `bf16` and `fp16`".into(),
+                &["deepspeed.bf16.enabled", "deepspeed.fp16.enabled"],
+                "keep one of them, or write \"auto\" in both",
+            );
+        }
+        // DeepSpeed's loss scaler acts only in float16; recipe's is torch's GradScaler.
+        let fp16_on = ds.fp16_enabled().unwrap_or(t.fp16 == Switch::On);
+        if fp16_on && let Some(f) = &ds.fp16 {
+            use super::deepspeed::{RECIPE_INITIAL_SCALE_POWER as POWER, RECIPE_LOSS_SCALE_WINDOW as WINDOW};
+            let scaler = [
+                (
+                    "loss_scale",
+                    f.loss_scale.filter(|v| *v != 0.0).map(|v| format!("{v} (a fixed scale)")),
+                    "0 (dynamic)".to_string(),
+                ),
+                (
+                    "initial_scale_power",
+                    f.initial_scale_power.filter(|v| *v != POWER).map(|v| v.to_string()),
+                    POWER.to_string(),
+                ),
+                (
+                    "loss_scale_window",
+                    f.loss_scale_window.filter(|v| *v != WINDOW).map(|v| v.to_string()),
+                    WINDOW.to_string(),
+                ),
+                ("hysteresis", f.hysteresis.filter(|v| *v != 1).map(|v| v.to_string()), "1".to_string()),
+                (
+                    "consecutive_hysteresis",
+                    f.consecutive_hysteresis.filter(|v| *v).map(|v| v.to_string()),
+                    "false".to_string(),
+                ),
+                ("min_loss_scale", f.min_loss_scale.map(|v| v.to_string()), "none".to_string()),
+                ("auto_cast", f.auto_cast.filter(|v| !*v).map(|v| v.to_string()), "true (autocast)".to_string()),
+            ];
+            for (key, found, recipe) in scaler {
+                if let Some(found) = found {
+                    self.error(
+                        "deepspeed-loss-scale",
+                        format!(
+                            "`fp16.{key}` in the DeepSpeed config is {found}, but recipe's float16 loss scaling (torch's \
+                             GradScaler) uses {recipe}"
+                        ),
+                        &[&format!("deepspeed.fp16.{key}"), "fp16"],
+                        &format!("remove `{key}`, or train in bf16"),
+                    );
+                }
+            }
+        }
+        if let Some(o) = &ds.optimizer {
+            let kind = o.kind.to_ascii_lowercase();
+            if kind != "adamw" && kind != "adam" {
+                self.error(
+                    "unsupported-deepspeed-value",
+                    format!("`{}` is a DeepSpeed optimizer that recipe does not support", o.kind),
+                    &["deepspeed.optimizer.type"],
+                    "write \"AdamW\" (recipe's optimizer: key picks its variant), or remove the optimizer section",
+                );
+            } else if o.params.adam_w_mode == Some(false) {
+                self.error(
+                    "unsupported-deepspeed-value",
+                    "`adam_w_mode: false` is Adam with an L2 penalty, which recipe does not support".into(),
+                    &["deepspeed.optimizer.params.adam_w_mode"],
+                    "remove it: recipe's Adam is AdamW (decoupled weight decay)",
+                );
+            } else if t.optimizer.eight_bit_states() {
+                self.error(
+                    "deepspeed-disagrees",
+                    format!(
+                        "`optimizer.type` in the DeepSpeed config is {} (32-bit states), but the recipe's `optimizer` is {}",
+                        o.kind, t.optimizer
+                    ),
+                    &["deepspeed.optimizer.type", "optimizer"],
+                    "remove the optimizer section: the recipe's optimizer key picks AdamW's variant",
+                );
+            }
+            let p = &o.params;
+            if let (Some(v), Some(lr)) = (p.lr.and_then(|v| v.value()), t.learning_rate)
+                && !same(v, lr)
+            {
+                disagree(self, "optimizer.params.lr", v.to_string(), "learning_rate", lr.to_string());
+            }
+            if let Some([b1, b2]) = p.betas.and_then(|v| v.value()) {
+                if !same(b1, t.adam_beta1) {
+                    disagree(
+                        self,
+                        "optimizer.params.betas",
+                        format!("[{b1}, {b2}]"),
+                        "adam_beta1",
+                        t.adam_beta1.to_string(),
+                    );
+                }
+                if !same(b2, t.adam_beta2) {
+                    disagree(
+                        self,
+                        "optimizer.params.betas",
+                        format!("[{b1}, {b2}]"),
+                        "adam_beta2",
+                        t.adam_beta2.to_string(),
+                    );
+                }
+            }
+            if let Some(v) = p.eps.and_then(|v| v.value())
+                && !same(v, t.adam_epsilon)
+            {
+                disagree(self, "optimizer.params.eps", v.to_string(), "adam_epsilon", t.adam_epsilon.to_string());
+            }
+            if let Some(v) = p.weight_decay.and_then(|v| v.value())
+                && !same(v, t.weight_decay)
+            {
+                disagree(
+                    self,
+                    "optimizer.params.weight_decay",
+                    v.to_string(),
+                    "weight_decay",
+                    t.weight_decay.to_string(),
+                );
+            }
+        }
+        if let Some(s) = &ds.scheduler {
+            let mapped = match s.kind.as_str() {
+                "WarmupDecayLR" => Some(&[LrScheduler::Linear][..]),
+                "WarmupCosineLR" => Some(&[LrScheduler::Cosine][..]),
+                "WarmupLR" => Some(&[LrScheduler::Constant, LrScheduler::ConstantWithWarmup][..]),
+                _ => None,
+            };
+            match mapped {
+                None => self.error(
+                    "unsupported-deepspeed-value",
+                    format!("`{}` is a DeepSpeed scheduler that recipe does not support", s.kind),
+                    &["deepspeed.scheduler.type"],
+                    "remove the scheduler section: recipe's lr_scheduler and warmup keys set the schedule",
+                ),
+                Some(kinds) if !kinds.contains(&t.lr_scheduler) => {
+                    let recipe = serde_json::to_value(t.lr_scheduler).ok().and_then(|v| v.as_str().map(str::to_owned));
+                    let default = if self.at.entry("lr_scheduler").is_none() { " (its default)" } else { "" };
+                    self.error(
+                        "deepspeed-disagrees",
+                        format!(
+                            "`scheduler.type` in the DeepSpeed config is {}, but the recipe's `lr_scheduler` is {}{default}",
+                            s.kind,
+                            recipe.unwrap_or_default()
+                        ),
+                        &["deepspeed.scheduler.type", "lr_scheduler"],
+                        "DeepSpeed's names: WarmupDecayLR is linear, WarmupCosineLR cosine, WarmupLR \
+                         constant_with_warmup; or remove the scheduler section",
+                    );
+                }
+                Some(_) => {}
+            }
+            let p = &s.params;
+            if p.warmup_type != Some(WarmupType::Linear) {
+                let key = if p.warmup_type.is_some() {
+                    "deepspeed.scheduler.params.warmup_type"
+                } else {
+                    "deepspeed.scheduler.type"
+                };
+                self.error(
+                    "deepspeed-disagrees",
+                    "DeepSpeed's scheduler warms up logarithmically unless `warmup_type` is \"linear\"; recipe's warmup is linear".into(),
+                    &[key, "warmup_steps", "warmup_ratio"],
+                    "write \"warmup_type\": \"linear\" under scheduler.params, or remove the scheduler section",
+                );
+            }
+            for (key, value) in [("warmup_min_lr", p.warmup_min_lr), ("warmup_min_ratio", p.warmup_min_ratio)] {
+                if let Some(v) = value.and_then(|v| v.value()).filter(|v| *v != 0.0) {
+                    self.error(
+                        "deepspeed-disagrees",
+                        format!(
+                            "`scheduler.params.{key}` in the DeepSpeed config is {v}, but recipe's warmup starts from 0"
+                        ),
+                        &[&format!("deepspeed.scheduler.params.{key}"), "warmup_steps", "warmup_ratio"],
+                        "write \"auto\" or 0",
+                    );
+                }
+            }
+            if let (Some(v), Some(lr)) = (p.warmup_max_lr.and_then(|v| v.value()), t.learning_rate)
+                && !same(v, lr)
+            {
+                disagree(self, "scheduler.params.warmup_max_lr", v.to_string(), "learning_rate", lr.to_string());
+            }
+            let floor = t.cosine_min_lr_ratio.unwrap_or(0.0);
+            if let Some(v) = p.cos_min_ratio.and_then(|v| v.value())
+                && !same(v, floor)
+            {
+                disagree(
+                    self,
+                    "scheduler.params.cos_min_ratio",
+                    v.to_string(),
+                    "cosine_min_lr_ratio",
+                    floor.to_string(),
+                );
+            }
+        }
+        for (key, offload) in [("offload_optimizer", z.offload_optimizer), ("offload_param", z.offload_param)] {
+            let Some(offload) = offload else { continue };
+            if offload.device == OffloadDevice::Nvme {
+                self.error(
+                    "unsupported-deepspeed-value",
+                    format!("`{key}.device: nvme` (ZeRO-Infinity) is a DeepSpeed option that recipe does not support"),
+                    &[&format!("deepspeed.zero_optimization.{key}.device")],
+                    "write \"cpu\" (host memory) or \"none\"",
+                );
+                continue;
+            }
+            let needs = if key == "offload_param" { ZeroStage::Zero3 } else { ZeroStage::Zero1 };
+            if offload.device == OffloadDevice::Cpu && stage.number() < needs.number() {
+                self.error(
+                    "deepspeed-offload-stage",
+                    format!(
+                        "`{key}` needs ZeRO stage {} or higher, but the DeepSpeed config's stage is {}",
+                        needs.number(),
+                        stage.number()
+                    ),
+                    &[&format!("deepspeed.zero_optimization.{key}"), "deepspeed.zero_optimization.stage"],
+                    if key == "offload_param" {
+                        "set stage 3, or remove offload_param"
+                    } else {
+                        "set stage 1 or higher, or remove offload_optimizer"
+                    },
+                );
+            }
+        }
+        for key in ["stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save"] {
+            let value = if key.starts_with("stage3") {
+                z.stage3_gather_16bit_weights_on_model_save
+            } else {
+                z.gather_16bit_weights_on_model_save
+            };
+            if value == Some(false) {
+                self.error(
+                    "unsupported-deepspeed-value",
+                    format!(
+                        "`{key}: false` (sharded checkpoints only) is a DeepSpeed option that recipe does not support"
+                    ),
+                    &[&format!("deepspeed.zero_optimization.{key}")],
+                    "remove it: recipe always saves the whole model",
+                );
+            }
+        }
+        if ds.zero_force_ds_cpu_optimizer == Some(true) {
+            self.error(
+                "unsupported-deepspeed-value",
+                "`zero_force_ds_cpu_optimizer: true` asks for DeepSpeed's CPU Adam, which recipe does not have".into(),
+                &["deepspeed.zero_force_ds_cpu_optimizer"],
+                "write false: recipe runs its own AdamW",
+            );
+        }
+        if stage == ZeroStage::Zero1 {
+            self.warn(
+                "zero1-not-built",
+                "`deepspeed`: ZeRO stage 1 (optimizer states sharded alone) is not built into `recipe run` yet, so it \
+                 refuses this recipe (`recipe plan` still lays it out)"
+                    .into(),
+                &["deepspeed.zero_optimization.stage", "deepspeed"],
+                "set \"stage\": 2 in the DeepSpeed config: the same numbers, with gradients sharded too",
+            );
+        }
+        for (key, offload) in [("offload_optimizer", ds.offload_optimizer()), ("offload_param", ds.offload_param())] {
+            if offload.is_some() {
+                self.warn(
+                    "offload-not-built",
+                    format!(
+                        "`{key}` (host memory between uses) is not built into `recipe run` yet, so it refuses this \
+                         recipe (`recipe plan` still lays it out)"
+                    ),
+                    &[&format!("deepspeed.zero_optimization.{key}"), "deepspeed"],
+                    "set its \"device\" to \"none\" to keep the shards on the GPUs",
+                );
+            }
         }
     }
 

@@ -26,6 +26,18 @@ pub fn schema() -> &'static Value {
     })
 }
 
+/// The schema a DeepSpeed config file (`deepspeed:`) is checked against: the keys recipe reads
+/// (config/deepspeed.rs), closed sets as enums. Internal: the file is DeepSpeed's format, not ours.
+pub fn deepspeed_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        let mut value = generator.into_root_schema_for::<super::deepspeed::DeepSpeedConfig>().to_value();
+        closed_sets_as_enums(&mut value);
+        value
+    })
+}
+
 /// The schema as the committed text (pretty JSON, trailing newline).
 pub fn schema_text() -> String {
     let mut text = serde_json::to_string_pretty(schema()).expect("schema serializes");

@@ -387,6 +387,22 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     if let Some((key, what)) = plan.layout.not_built.first() {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
+    if let Some(ds) = &plan.layout.deepspeed {
+        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
+            return Err(format!(
+                "deepspeed: {} asks for ZeRO stage 1 (optimizer states sharded alone), which is not built into recipe \
+                 run yet; stage 2 gives the same numbers with gradients sharded too",
+                ds.file
+            ));
+        }
+        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
+            return Err(format!(
+                "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
+                 recipe run yet; set their device to \"none\"",
+                ds.file
+            ));
+        }
+    }
     let own = plan.model.architecture.decoder_layer_class();
     if let Some(classes) = &plan.layout.wrapped_class
         && !plan.layout.fsdp.is_empty()

@@ -39,7 +39,10 @@
 //! The same formulas with c = 4 and no CUDA context give the CPU figure (`cpu_total_bytes`), which
 //! `recipe run` on CPU prints beside the peak the allocator measured.
 //!
-//! Sharded strategies divide what they shard by the shard group size (plan/shard.rs).
+//! Sharded strategies divide what they shard by the shard group size (plan/shard.rs): ZeRO-1
+//! (`shard_optimizer`) the optimizer states, `shard_grad_op` the gradients too, `full_shard` the
+//! weights too. A DeepSpeed config's CPU offload moves the optimizer states (`offload_optimizer`)
+//! or the resident weights (`offload_param`, stage 3; the gathered units stay) to host memory.
 
 use super::adapter::{self, AdapterMethod};
 use super::arch::Architecture;
@@ -148,6 +151,13 @@ fn breakdown(
     let shard_params = |bytes: u64| if strategy.shards_parameters() { bytes.div_ceil(shard_group) } else { bytes };
     let shard_state =
         |bytes: u64| if strategy.shards_gradients_and_optimizer() { bytes.div_ceil(shard_group) } else { bytes };
+    let shard_optimizer = |bytes: u64| if strategy.shards_optimizer() { bytes.div_ceil(shard_group) } else { bytes };
+    let ds = c.distributed.deepspeed_config.as_ref();
+    let offload_optimizer = ds.and_then(|d| d.offload_optimizer()).is_some();
+    let offload_param = ds.and_then(|d| d.offload_param()).is_some() && strategy.shards_parameters();
+    // Offloaded to host memory: nothing resident on the GPU.
+    let offloaded = |offload: bool, bytes: u64| if offload { 0 } else { bytes };
+    let host = |offload: bool| if offload { ", in host memory (offload)" } else { "" };
     let sharded_note =
         |applies: bool| if applies && shard_group > 1 { format!(" / {shard_group} ranks") } else { String::new() };
 
@@ -164,13 +174,17 @@ fn breakdown(
         } else {
             format!("{} parameters × {cb} bytes ({dtype})", group(counts.total))
         };
-        push("base weights", shard_params(frozen_bytes), formula + &sharded_note(strategy.shards_parameters()));
+        push(
+            "base weights",
+            offloaded(offload_param, shard_params(frozen_bytes)),
+            formula + &sharded_note(strategy.shards_parameters()) + host(offload_param),
+        );
     }
     let what = if full { "weights (fp32)" } else { "adapter weights (fp32)" };
     push(
         what,
-        shard_params(trainable * TRAINABLE_BYTES),
-        format!("{} × 4 bytes{}", group(trainable), sharded_note(strategy.shards_parameters())),
+        offloaded(offload_param, shard_params(trainable * TRAINABLE_BYTES)),
+        format!("{} × 4 bytes{}{}", group(trainable), sharded_note(strategy.shards_parameters()), host(offload_param)),
     );
     push(
         "gradients (fp32)",
@@ -184,8 +198,8 @@ fn breakdown(
     };
     push(
         "optimizer states",
-        shard_state(optimizer_bytes),
-        optimizer_formula + &sharded_note(strategy.shards_gradients_and_optimizer()),
+        offloaded(offload_optimizer, shard_optimizer(optimizer_bytes)),
+        optimizer_formula + &sharded_note(strategy.shards_optimizer()) + host(offload_optimizer),
     );
     if full && cb < 4 && !strategy.shards_parameters() {
         push("autocast copies", trainable * cb, format!("{} × {cb} bytes", group(trainable)));
@@ -389,7 +403,9 @@ fn suggestions(
         );
     }
     let mut sharded = cumulative.clone();
-    if sharded.distributed.sharding().is_empty() {
+    // A DeepSpeed config keeps its own stage (fsdp cannot join it).
+    let deepspeed = sharded.distributed.zero_stage();
+    if sharded.distributed.sharding().is_empty() && deepspeed.is_none() {
         sharded.distributed.fsdp = vec![FsdpOption::FullShard, FsdpOption::AutoWrap];
     }
     let fits_with = [2u64, 4, 8, 16, 32, 64]
@@ -397,8 +413,12 @@ fn suggestions(
         .filter(|&n| n > world_size)
         .find_map(|n| total(&sharded, n).filter(|&t| t <= limit).map(|t| (n, t)));
     if let Some((n, bytes)) = fits_with {
-        let how =
-            if shard::strategy(&sharded, n) == Strategy::Ddp { "" } else { " with fsdp: [full_shard, auto_wrap]" };
+        let zero = deepspeed.map(|s| format!(" with the DeepSpeed config's ZeRO stage {}", s.number()));
+        let how = match (shard::strategy(&sharded, n), zero) {
+            (Strategy::Ddp, _) => "".to_string(),
+            (_, Some(zero)) => zero,
+            (_, None) => " with fsdp: [full_shard, auto_wrap]".to_string(),
+        };
         add(format!("{n} GPUs{how} (with gradient checkpointing)"), Some(bytes));
     }
     out

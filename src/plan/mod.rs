@@ -81,7 +81,7 @@ impl Default for PlanOptions {
 pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let config = loaded.config.as_ref().ok_or("the recipe is invalid")?;
     let tree = loaded.tree.as_ref().ok_or("the recipe is invalid")?;
-    let at = Locator { tree, sources: &loaded.sources };
+    let at = Locator { tree, sources: &loaded.sources, deepspeed: loaded.deepspeed.as_ref() };
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
     within_sliding_window(config, arch, &at)?;
@@ -92,13 +92,16 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let precision = precision::resolve(config, &|key| at.entry(key).is_some());
     let memory =
         memory::estimate(config, arch, precision.compute, options.world_size, options.nodes, options.gpu_memory)?;
-    let layout =
+    let mut layout =
         shard::layout(config, arch, &adapter, &quantization, precision.compute, options.world_size, options.nodes);
+    layout.deepspeed = shard::deepspeed(config, &at);
     let datasets = data::datasets(config, &at, &model);
+    let batch = schedule::plan(config, options.world_size, data::known_sequences(config, &datasets));
+    deepspeed_agrees(config, &at, &batch)?;
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
-        batch: schedule::plan(config, options.world_size, data::known_sequences(config, &datasets)),
+        batch,
         datasets,
         test_datasets: data::test_datasets(config, &at, &model),
         forgetting_datasets: data::forgetting_datasets(config, &at, &model),
@@ -115,6 +118,48 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         measured_data: None,
         model,
     })
+}
+
+/// A DeepSpeed config's values that depend on the launch and the data must be the plan's:
+/// `train_batch_size` (micro × accumulation × world size) and the scheduler's step counts. The
+/// values that depend on the recipe alone are rules (config/rules.rs).
+fn deepspeed_agrees(c: &Config, at: &Locator, batch: &schedule::BatchPlan) -> Result<(), String> {
+    let Some(ds) = &c.distributed.deepspeed_config else {
+        return Ok(());
+    };
+    let fail = |key: &str, written: String, plan: String| {
+        Err(format!(
+            "`deepspeed.{key}` ({}) is {written}, but {plan}; write \"auto\" to take the plan's value",
+            at.origin(&format!("deepspeed.{key}"))
+        ))
+    };
+    if let Some(n) = ds.train_batch_size.and_then(|v| v.value())
+        && n != batch.global_batch_sequences
+    {
+        let plan = format!(
+            "this launch's global batch is micro_batch_size {} × gradient_accumulation_steps {} × {} rank(s) = {}",
+            batch.micro_batch_size, batch.gradient_accumulation_steps, batch.world_size, batch.global_batch_sequences
+        );
+        return fail("train_batch_size", n.to_string(), plan);
+    }
+    let params = ds.scheduler.as_ref().map(|s| s.params).unwrap_or_default();
+    for (key, written, planned) in [
+        ("warmup_num_steps", params.warmup_num_steps, batch.warmup_steps),
+        ("total_num_steps", params.total_num_steps, batch.total_steps),
+    ] {
+        let Some(n) = written.and_then(|v| v.value()) else {
+            continue;
+        };
+        match planned {
+            Some(p) if p as f64 == n => {}
+            Some(p) => return fail(&format!("scheduler.params.{key}"), n.to_string(), format!("the plan has {p}")),
+            None => {
+                let why = "the plan knows the step count only after preprocessing the data".to_string();
+                return fail(&format!("scheduler.params.{key}"), n.to_string(), why);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sliding-window attention is not built: a sequence longer than the model's window would attend
@@ -445,6 +490,11 @@ pub fn render_text(plan: &Plan) -> String {
         let list: Vec<&str> = l.fsdp.iter().map(|o| o.as_str()).collect();
         let how = match l.strategy {
             shard::Strategy::Single | shard::Strategy::Ddp => "one rank holds everything".to_string(),
+            // Only a DeepSpeed config asks for ZeRO-1, and it excludes `fsdp`.
+            shard::Strategy::ShardOptimizer => {
+                "optimizer states split; gradients all-reduced; updated weights all-gathered after each step"
+                    .to_string()
+            }
             shard::Strategy::ShardGradOp => {
                 "gradients reduce-scattered and optimizer states split per unit; updated weights all-gathered after \
                  each step"
@@ -488,12 +538,45 @@ pub fn render_text(plan: &Plan) -> String {
             }
         }
     }
+    if let Some(ds) = &l.deepspeed {
+        let _ = writeln!(
+            o,
+            "           deepspeed: {} ZeRO stage {} (from {}) → {}{}",
+            ds.file,
+            ds.stage.number(),
+            ds.stage_origin,
+            serde_json::to_value(l.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            if l.world_size > 1 { "" } else { " with more than one rank" }
+        );
+        for (what, offload) in [("optimizer states", ds.offload_optimizer), ("parameters", ds.offload_param)] {
+            if let Some(off) = offload {
+                let _ = writeln!(o, "           offload: {what} in host memory (pin_memory: {})", off.pin_memory);
+            }
+        }
+        for a in &ds.accepted {
+            let _ = writeln!(o, "           accepted: {} ({})", a.key, a.why);
+        }
+        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
+            let _ = writeln!(
+                o,
+                "           ZeRO stage 1 is laid out here, but recipe run does not build it yet and refuses it (stage 2: the same numbers)"
+            );
+        }
+        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
+            let _ =
+                writeln!(o, "           offload is laid out here, but recipe run does not build it yet and refuses it");
+        }
+    }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(
             o,
-            "           per rank: {} parameters, {} gradient and optimizer elements ({} units: {} decoder layers + root)",
+            "           per rank: {} parameters, {} ({} units: {} decoder layers + root)",
             group(r.parameters),
-            group(r.gradients),
+            if r.gradients == r.optimizer_elements {
+                format!("{} gradient and optimizer elements", group(r.gradients))
+            } else {
+                format!("{} gradient and {} optimizer elements", group(r.gradients), group(r.optimizer_elements))
+            },
             l.units.len(),
             l.units.len() - 1
         );

@@ -122,7 +122,17 @@ impl PrecisionPlan {
 /// top-level `key`, rather than leaving its default.
 pub fn resolve(c: &Config, written: &dyn Fn(&str) -> bool) -> PrecisionPlan {
     let t = &c.training;
-    let training = match (t.fp16, t.bf16) {
+    // A DeepSpeed config's explicit `bf16.enabled` / `fp16.enabled` settle what the recipe leaves
+    // open (`auto`, or unwritten); a disagreement with the recipe is an error (config/rules.rs).
+    let ds = c.distributed.deepspeed_config.as_ref();
+    let from_file = |enabled: Option<bool>, recipe: Switch| match enabled {
+        Some(true) => Switch::On,
+        Some(false) => Switch::Off,
+        None => recipe,
+    };
+    let fp16 = from_file(ds.and_then(|d| d.fp16_enabled()), t.fp16);
+    let bf16 = from_file(ds.and_then(|d| d.bf16_enabled()), t.bf16);
+    let training = match (fp16, bf16) {
         (Switch::On, _) => Precision::Fp16,
         (_, Switch::On | Switch::Auto) => Precision::Bf16,
         _ => Precision::Fp32,
@@ -131,8 +141,8 @@ pub fn resolve(c: &Config, written: &dyn Fn(&str) -> bool) -> PrecisionPlan {
         .then(|| Precision::from(c.quantization.bnb_4bit_compute_dtype));
     PrecisionPlan {
         compute: four_bit_compute.unwrap_or(training),
-        bf16_auto: four_bit_compute.is_none() && training == Precision::Bf16 && t.bf16 == Switch::Auto,
-        fp16_forbidden: t.fp16 == Switch::Off && written("fp16"),
+        bf16_auto: four_bit_compute.is_none() && training == Precision::Bf16 && bf16 == Switch::Auto,
+        fp16_forbidden: fp16 == Switch::Off && (written("fp16") || ds.and_then(|d| d.fp16_enabled()) == Some(false)),
         four_bit_compute,
         tf32: (t.tf32 != Switch::Auto && written("tf32")).then_some(t.tf32 == Switch::On),
     }

@@ -1,9 +1,12 @@
 //! The multi-GPU layout: strategy, which shard of the parameters, gradients and optimizer states
 //! each rank holds, and the bytes moved by collectives per optimizer step.
 //!
-//! Strategies (the recipe's `fsdp` list picks them, as in Axolotl / accelerate):
+//! Strategies (the recipe's `fsdp` list picks them, as in Axolotl / accelerate, or the ZeRO stage
+//! of a `deepspeed:` config: 0 `ddp`, 1 `shard_optimizer`, 2 `shard_grad_op`, 3 `full_shard`):
 //! - `single`: one process.
 //! - `ddp`: every rank holds everything; gradients are all-reduced once per optimizer step.
+//! - `shard_optimizer` (ZeRO-1): optimizer states sharded; gradients all-reduced, each rank updates
+//!   its shard of the trainable weights, and the updated shards are all-gathered.
 //! - `shard_grad_op` (ZeRO-2): gradients and optimizer states sharded; parameters replicated.
 //! - `full_shard` (ZeRO-3): parameters too; each unit is gathered for its forward and backward.
 //! - `hybrid_shard`: full sharding within a node, replication across nodes.
@@ -21,7 +24,10 @@ use super::arch::Architecture;
 use super::precision::Precision;
 use super::quantize::{self, QuantizationPlan};
 use crate::config::Config;
+use crate::config::deepspeed::{DeepSpeedConfig, ZeroStage};
 use crate::config::distributed::FsdpOption;
+use crate::config::training::Switch;
+use crate::recipe::check::Locator;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +35,7 @@ use serde::Serialize;
 pub enum Strategy {
     Single,
     Ddp,
+    ShardOptimizer,
     ShardGradOp,
     FullShard,
     HybridShard,
@@ -41,6 +48,11 @@ impl Strategy {
 
     pub fn shards_parameters(self) -> bool {
         matches!(self, Strategy::FullShard | Strategy::HybridShard)
+    }
+
+    /// Optimizer states sharded: every strategy that shards gradients, and ZeRO-1.
+    pub fn shards_optimizer(self) -> bool {
+        self == Strategy::ShardOptimizer || self.shards_gradients_and_optimizer()
     }
 }
 
@@ -75,6 +87,80 @@ pub struct Layout {
     pub per_step: Collectives,
     /// How data-parallel ranks talk (Axolotl's `ddp_*` keys, resolved).
     pub ddp: DdpOptions,
+    /// The DeepSpeed config the strategy comes from, when the recipe names one (filled in by
+    /// [`deepspeed`], which knows where each value is written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deepspeed: Option<DeepSpeedLayout>,
+}
+
+/// What a `deepspeed:` config contributes to the layout.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeepSpeedLayout {
+    /// The file, as the recipe names it.
+    pub file: String,
+    pub stage: ZeroStage,
+    /// Where the stage is written (`zero2.json:3:14`); `default` when the file leaves it out (0).
+    pub stage_origin: String,
+    /// Optimizer states in host memory (`offload_optimizer.device: cpu`).
+    pub offload_optimizer: Option<Offloaded>,
+    /// Parameters in host memory between uses (`offload_param.device: cpu`, stage 3).
+    pub offload_param: Option<Offloaded>,
+    /// Settings accepted because they leave the numbers unchanged.
+    pub accepted: Vec<AcceptedSetting>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Offloaded {
+    /// Page-locked host memory (`pin_memory`).
+    pub pin_memory: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedSetting {
+    pub key: String,
+    pub why: String,
+}
+
+/// The DeepSpeed part of the layout, with where its stage is written.
+pub fn deepspeed(c: &Config, at: &Locator) -> Option<DeepSpeedLayout> {
+    let ds = c.distributed.deepspeed_config.as_ref()?;
+    Some(DeepSpeedLayout {
+        file: c.distributed.deepspeed.clone().unwrap_or_default(),
+        stage: ds.stage(),
+        stage_origin: at.origin("deepspeed.zero_optimization.stage"),
+        offload_optimizer: ds.offload_optimizer().map(|pin_memory| Offloaded { pin_memory }),
+        offload_param: ds.offload_param().map(|pin_memory| Offloaded { pin_memory }),
+        accepted: ds
+            .accepted_knobs()
+            .into_iter()
+            .map(|(key, why)| AcceptedSetting { key: key.to_string(), why: why.to_string() })
+            .chain(loss_scaler_settings(c, ds))
+            .collect(),
+    })
+}
+
+/// The `fp16` section's loss-scaler settings: with float16 off they do nothing (in DeepSpeed too);
+/// with it on, rules have checked they are recipe's own scaler.
+fn loss_scaler_settings(c: &Config, ds: &DeepSpeedConfig) -> Vec<AcceptedSetting> {
+    let Some(f) = &ds.fp16 else {
+        return Vec::new();
+    };
+    let fp16_on = ds.fp16_enabled().unwrap_or(c.training.fp16 == Switch::On);
+    let why = if fp16_on { "recipe's own loss scaler (torch's GradScaler)" } else { "float16 is off: no loss scaling" };
+    let written = [
+        ("auto_cast", f.auto_cast.is_some()),
+        ("loss_scale", f.loss_scale.is_some()),
+        ("initial_scale_power", f.initial_scale_power.is_some()),
+        ("loss_scale_window", f.loss_scale_window.is_some()),
+        ("hysteresis", f.hysteresis.is_some()),
+        ("consecutive_hysteresis", f.consecutive_hysteresis.is_some()),
+        ("min_loss_scale", f.min_loss_scale.is_some()),
+    ];
+    written
+        .into_iter()
+        .filter(|w| w.1)
+        .map(|(key, _)| AcceptedSetting { key: format!("fp16.{key}"), why: why.to_string() })
+        .collect()
 }
 
 /// Data-parallel communication, resolved from Axolotl's `ddp_*` keys.
@@ -130,6 +216,13 @@ pub fn strategy(c: &Config, world_size: u64) -> Strategy {
     let fsdp = &c.distributed.sharding();
     if world_size <= 1 {
         Strategy::Single
+    } else if let Some(stage) = c.distributed.zero_stage() {
+        match stage {
+            ZeroStage::Zero0 => Strategy::Ddp,
+            ZeroStage::Zero1 => Strategy::ShardOptimizer,
+            ZeroStage::Zero2 => Strategy::ShardGradOp,
+            ZeroStage::Zero3 => Strategy::FullShard,
+        }
     } else if fsdp.contains(&FsdpOption::HybridShard) {
         Strategy::HybridShard
     } else if fsdp.contains(&FsdpOption::FullShard) {
@@ -177,7 +270,7 @@ pub fn layout(
     let group = match strategy {
         Strategy::Single | Strategy::Ddp => 1,
         Strategy::HybridShard => per_node,
-        Strategy::ShardGradOp | Strategy::FullShard => world_size,
+        Strategy::ShardOptimizer | Strategy::ShardGradOp | Strategy::FullShard => world_size,
     };
     let units = units(arch, adapter, group);
     let total_params: u64 = units.iter().map(|u| u.parameters).sum();
@@ -187,19 +280,15 @@ pub fn layout(
         .map(|rank| {
             let params =
                 if strategy.shards_parameters() { units.iter().map(|u| u.shard_elements).sum() } else { total_params };
-            let state = if strategy.shards_gradients_and_optimizer() {
-                units.iter().map(|u| sharded(u.trainable)).sum()
-            } else {
-                trainable
-            };
+            let shard: u64 = units.iter().map(|u| sharded(u.trainable)).sum();
             RankShard {
                 rank,
                 node: rank / per_node,
                 local_rank: rank % per_node,
                 shard_index: rank % group,
                 parameters: params,
-                gradients: state,
-                optimizer_elements: state,
+                gradients: if strategy.shards_gradients_and_optimizer() { shard } else { trainable },
+                optimizer_elements: if strategy.shards_optimizer() { shard } else { trainable },
             }
         })
         .collect();
@@ -213,6 +302,12 @@ pub fn layout(
     let per_step = match strategy {
         Strategy::Single => Collectives::default(),
         Strategy::Ddp => Collectives { all_reduce: grad_bytes, ..Collectives::default() },
+        // Every rank needs the whole summed gradient only for its shard, but ZeRO-1 all-reduces
+        // it (as DeepSpeed's stage 1); each rank then updates its shard and the updated trainable
+        // shards are gathered back into every replica.
+        Strategy::ShardOptimizer => {
+            Collectives { all_reduce: grad_bytes, all_gather: trainable * TRAINABLE_BYTES, ..Collectives::default() }
+        }
         Strategy::ShardGradOp => Collectives {
             reduce_scatter: grad_bytes,
             // The updated trainable shards are gathered back into every replica.
@@ -266,6 +361,7 @@ pub fn layout(
         units,
         ranks,
         per_step,
+        deepspeed: None,
     }
 }
 

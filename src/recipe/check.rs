@@ -6,6 +6,7 @@
 //! "unset"), then the schema reports everything else in one pass, and only a schema-valid tree is
 //! decoded and checked by the cross-field rules.
 
+use super::deepspeed;
 use super::diagnostic::{Diagnostic, did_you_mean, key_path};
 use super::source::{Sources, Span};
 use super::yaml::{Entry, Node, Value};
@@ -20,9 +21,13 @@ pub struct Checked {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
     pub ignored_keys: Vec<String>,
+    /// The DeepSpeed config file's tree (recipe/deepspeed.rs), when the recipe names one.
+    pub deepspeed: Option<Node>,
 }
 
-pub fn check(mut tree: Node, sources: &Sources) -> Checked {
+/// Checks the layered tree; `deepspeed` is the parsed file its `deepspeed:` key names (None when
+/// there is none, or it could not be read: the loader has reported that at the key).
+pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Checked {
     let mut diagnostics = Vec::new();
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
     // Axolotl's streamed pretraining data stands in for `datasets`: it is refused by name above,
@@ -39,7 +44,7 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
             (None, ValidationErrorKind::AdditionalProperties { unexpected }) => refused.extend(unexpected.clone()),
             (None, _) => {}
         }
-        for d in map_schema_error(&error, &tree, &nulls) {
+        for d in map_schema_error(&error, &tree, &nulls, schema::schema()) {
             // A key can fail the same way under two schema paths (a union and its branch).
             if !diagnostics.contains(&d) {
                 diagnostics.push(d);
@@ -49,12 +54,25 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
     if pretraining_refused {
         refused.push("datasets".into());
     }
+    let names_file = tree.get(deepspeed::KEY).is_some_and(|e| e.value.as_str().is_some());
+    let deepspeed = deepspeed.map(deepspeed::check);
+    let deepspeed_config = deepspeed.as_ref().and_then(|d| d.config.clone());
+    if let Some(d) = &deepspeed {
+        diagnostics.extend(d.diagnostics.iter().cloned());
+    }
+    // A file that is missing or has errors: the recipe is invalid, and rules about it stay quiet.
+    if names_file && deepspeed_config.is_none() && !refused.iter().any(|k| k == deepspeed::KEY) {
+        refused.push(deepspeed::KEY.into());
+    }
+    let deepspeed_tree = deepspeed.map(|d| d.tree);
     if refused.is_empty() {
-        let config = decode(&json, &tree, &mut diagnostics);
-        if let Some(config) = &config {
-            diagnostics.extend(rules::check(config, &Locator { tree: &tree, sources }, &[]));
+        let mut config = decode::<Config>(&json, &tree, &mut diagnostics);
+        if let Some(config) = &mut config {
+            config.distributed.deepspeed_config = deepspeed_config;
+            let at = Locator { tree: &tree, sources, deepspeed: deepspeed_tree.as_ref() };
+            diagnostics.extend(rules::check(config, &at, &[]));
         }
-        return Checked { tree, config, diagnostics, ignored_keys };
+        return Checked { tree, config, diagnostics, ignored_keys, deepspeed: deepspeed_tree };
     }
     // Report every problem at once: the cross-field rules still run on the keys the schema
     // accepted (the refused ones fall back to defaults, and rules involving them stay quiet). The
@@ -63,10 +81,12 @@ pub fn check(mut tree: Node, sources: &Sources) -> Checked {
     if let Some(entries) = accepted.as_map_mut() {
         entries.retain(|e| !refused.contains(&e.key));
     }
-    if let Ok(config) = serde_json::from_value::<Config>(accepted.to_json()) {
-        diagnostics.extend(rules::check(&config, &Locator { tree: &accepted, sources }, &refused));
+    if let Ok(mut config) = serde_json::from_value::<Config>(accepted.to_json()) {
+        config.distributed.deepspeed_config = deepspeed_config;
+        let at = Locator { tree: &accepted, sources, deepspeed: deepspeed_tree.as_ref() };
+        diagnostics.extend(rules::check(&config, &at, &refused));
     }
-    Checked { tree, config: None, diagnostics, ignored_keys }
+    Checked { tree, config: None, diagnostics, ignored_keys, deepspeed: deepspeed_tree }
 }
 
 fn validator() -> &'static jsonschema::Validator {
@@ -78,11 +98,17 @@ fn validator() -> &'static jsonschema::Validator {
 pub struct Locator<'a> {
     pub tree: &'a Node,
     pub sources: &'a Sources,
+    /// The DeepSpeed config file's tree: paths under `deepspeed.` are found there.
+    pub deepspeed: Option<&'a Node>,
 }
 
 impl<'a> Locator<'a> {
-    /// The entry at `path` (`lora_r`, `datasets.0.path`).
+    /// The entry at `path` (`lora_r`, `datasets.0.path`; `deepspeed.zero_optimization.stage` in
+    /// the DeepSpeed config file).
     pub fn entry(&self, path: &str) -> Option<&'a Entry> {
+        if let (Some(inner), Some(file)) = (path.strip_prefix("deepspeed."), self.deepspeed) {
+            return locate(file, inner.split('.')).0;
+        }
         locate(self.tree, path.split('.')).0
     }
 
@@ -193,9 +219,9 @@ fn is_inert(node: &Node, inert: Inert) -> bool {
 }
 
 /// Where nulls were removed: an empty key means "unset". List items stay (a null item is an error).
-type NullKeys = Vec<(String, Span)>;
+pub(super) type NullKeys = Vec<(String, Span)>;
 
-fn strip_nulls(tree: &mut Node) -> NullKeys {
+pub(super) fn strip_nulls(tree: &mut Node) -> NullKeys {
     let mut removed = Vec::new();
     strip(tree, "", &mut removed);
     removed
@@ -263,7 +289,7 @@ fn locate<S: AsRef<str>>(tree: &Node, segments: impl IntoIterator<Item = S>) -> 
 }
 
 /// A value as "found" text: `string "abc"`, `integer 3`, `a mapping`.
-fn describe_node(node: &Node) -> String {
+pub(super) fn describe_node(node: &Node) -> String {
     match &node.value {
         Value::Null => "an empty value".into(),
         Value::Bool(b) => format!("`{b}` (a boolean)"),
@@ -338,8 +364,14 @@ fn list_values(values: &[Json]) -> String {
     values.iter().filter(|v| !v.is_null()).map(|v| format!("`{}`", plain(v))).collect::<Vec<_>>().join(", ")
 }
 
-fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls: &NullKeys) -> Vec<Diagnostic> {
-    let root = schema::schema();
+/// Schema errors as diagnostics at their keys; `root` is the schema validated against (the recipe's,
+/// or the DeepSpeed config's).
+pub(super) fn map_schema_error(
+    error: &jsonschema::ValidationError<'_>,
+    tree: &Node,
+    nulls: &NullKeys,
+    root: &Json,
+) -> Vec<Diagnostic> {
     let instance_pointer = error.instance_path().as_str().to_string();
     let segments = pointer_segments(&instance_pointer);
     let path = key_path(&segments);
@@ -499,7 +531,7 @@ fn map_schema_error(error: &jsonschema::ValidationError<'_>, tree: &Node, nulls:
                 })
                 .collect();
             if let [only] = plausible.as_slice() {
-                return only.iter().flat_map(|e| map_schema_error(e, tree, nulls)).collect();
+                return only.iter().flat_map(|e| map_schema_error(e, tree, nulls, root)).collect();
             }
             // A closed set of names among the alternatives (dataset `type`, presets): treat as an enum.
             if let Value::String(_) = node.value
@@ -596,8 +628,12 @@ fn describe_range(s: &Json) -> String {
 
 /// Typed decoding of a schema-valid tree. A failure here means the schema accepted a value the
 /// types refuse (e.g. `lora_r: 8.0`); it is still reported at its key.
-fn decode(json: &Json, tree: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Config> {
-    match serde_path_to_error::deserialize::<_, Config>(json) {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    json: &Json,
+    tree: &Node,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(json) {
         Ok(config) => Some(config),
         Err(e) => {
             use serde_path_to_error::Segment;

@@ -6,6 +6,7 @@
 //! its origin (preset, file:line, --set) is known to the plan; an absent value is a default.
 
 pub mod check;
+pub mod deepspeed;
 pub mod diagnostic;
 pub mod presets;
 pub mod source;
@@ -33,6 +34,8 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Axolotl keys accepted because their value has no effect (shown by `recipe plan`).
     pub ignored_keys: Vec<String>,
+    /// The DeepSpeed config file's tree (`deepspeed:`), for the plan's provenance.
+    pub deepspeed: Option<Node>,
 }
 
 impl Loaded {
@@ -53,6 +56,7 @@ pub const SET_SYNTAX_RULE: &str = "set-syntax";
 pub fn load(path: &Path, overrides: &[String]) -> Loaded {
     let mut loader = Loader { sources: Sources::default(), diagnostics: Vec::new() };
     let layered = loader.layered(path, overrides);
+    let deepspeed = layered.as_ref().and_then(|tree| loader.deepspeed_file(tree));
     let mut loaded = Loaded {
         path: path.to_path_buf(),
         sources: loader.sources,
@@ -60,13 +64,15 @@ pub fn load(path: &Path, overrides: &[String]) -> Loaded {
         config: None,
         diagnostics: loader.diagnostics,
         ignored_keys: Vec::new(),
+        deepspeed: None,
     };
     if let Some(tree) = layered {
-        let checked = check::check(tree, &loaded.sources);
+        let checked = check::check(tree, deepspeed, &loaded.sources);
         loaded.diagnostics.extend(checked.diagnostics);
         loaded.tree = Some(checked.tree);
         loaded.config = checked.config;
         loaded.ignored_keys = checked.ignored_keys;
+        loaded.deepspeed = checked.deepspeed;
     }
     loaded.diagnostics.sort_by_key(|d| (d.position(), d.severity));
     loaded
@@ -136,11 +142,38 @@ impl Loader {
         })
     }
 
+    /// The DeepSpeed config file the layered recipe names, parsed with positions (JSON is YAML).
+    /// Relative to the recipe file that names it (to the working directory for `--set`).
+    fn deepspeed_file(&mut self, tree: &Node) -> Option<Node> {
+        let entry = tree.get(deepspeed::KEY)?;
+        let relative = entry.value.as_str()?;
+        let span = entry.value.span;
+        let base = self.sources.get(span.source).path().and_then(Path::parent).unwrap_or(Path::new(""));
+        let path = crate::config::location::normalize(&base.join(relative));
+        if !path.exists() {
+            self.diagnostics.push(
+                Diagnostic::error("path-not-found", format!("`deepspeed`: {} does not exist", path.display()))
+                    .at(span, "no such file")
+                    .key(deepspeed::KEY)
+                    .help("the path is relative to the recipe file; Axolotl's are relative to its repository root"),
+            );
+            return None;
+        }
+        let id = self.read_file(&path, Some((span, deepspeed::KEY)))?;
+        self.parse_root(id, "a DeepSpeed config", "`\"zero_optimization\"`")
+    }
+
     fn read_recipe(&mut self, path: &Path, referenced_at: Option<Span>) -> Option<Node> {
+        let id = self.read_file(path, referenced_at.map(|span| (span, "extends")))?;
+        self.parse_root(id, "a recipe", "`base_model:`")
+    }
+
+    /// Reads a text file into the sources, bounded in size; `referenced_at` is the key that names it.
+    fn read_file(&mut self, path: &Path, referenced_at: Option<(Span, &str)>) -> Option<SourceId> {
         let fail = |message: String, rule: &'static str| {
             let d = Diagnostic::error(rule, message);
             match referenced_at {
-                Some(span) => d.at(span, "referenced here").key("extends"),
+                Some((span, key)) => d.at(span, "referenced here").key(key),
                 None => d.in_file(path),
             }
         };
@@ -182,12 +215,11 @@ impl Loader {
                 return None;
             }
         };
-        let id = self.sources.add(SourceKind::File(path.to_path_buf()), text);
-        self.parse_root(id, "a recipe")
+        Some(self.sources.add(SourceKind::File(path.to_path_buf()), text))
     }
 
-    /// Parses a whole source that must hold a mapping.
-    fn parse_root(&mut self, id: SourceId, what: &str) -> Option<Node> {
+    /// Parses a whole source that must hold a mapping (`what`, keys such as `example`).
+    fn parse_root(&mut self, id: SourceId, what: &str, example: &str) -> Option<Node> {
         let text = self.sources.get(id).text.clone();
         match yaml::parse(&text, id, 0) {
             Err(e) => {
@@ -202,7 +234,7 @@ impl Loader {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "empty-recipe",
-                        format!("the file is empty; {what} is a mapping of keys such as `base_model:`"),
+                        format!("the file is empty; {what} is a mapping of keys such as {example}"),
                     )
                     .at(Span::new(id, 0, 0), "empty"),
                 );
@@ -213,7 +245,7 @@ impl Loader {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "empty-recipe",
-                        format!("the file holds no keys; {what} is a mapping of keys such as `base_model:`"),
+                        format!("the file holds no keys; {what} is a mapping of keys such as {example}"),
                     )
                     .at(Span::new(id, 0, 0), "empty"),
                 );
@@ -251,7 +283,7 @@ impl Loader {
                 continue;
             };
             let id = self.sources.add(SourceKind::Preset(name.clone()), preset.yaml.to_owned());
-            if let Some(node) = self.parse_root(id, "a preset") {
+            if let Some(node) = self.parse_root(id, "a preset", "`base_model:`") {
                 layers.push(node);
             }
         }
