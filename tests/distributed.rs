@@ -454,34 +454,45 @@ fn ctrl_c_stops_every_rank_at_the_same_step_after_a_checkpoint() {
 }
 
 /// A DeepSpeed config's ZeRO stage 2 runs on the sharded executor exactly as `fsdp:
-/// [shard_grad_op]` (Axolotl's zero2.json without its CPU offload); ZeRO-1 is refused by name.
+/// [shard_grad_op]` (Axolotl's zero2.json without its CPU offload); ZeRO-1 (optimizer states
+/// alone sharded, gradients all-reduced) repeats the one-rank run with accumulation 2.
 #[test]
-fn deepspeed_zero2_trains_as_shard_grad_op_and_zero1_is_refused() {
+fn deepspeed_zero2_trains_as_shard_grad_op_and_zero1_as_the_one_rank_run() {
     let zero2 = "{\"zero_optimization\": {\"stage\": 2, \"overlap_comm\": true, \"contiguous_gradients\": true},\n\
                  \"bf16\": {\"enabled\": \"auto\"}, \"gradient_accumulation_steps\": \"auto\",\n\
                  \"gradient_clipping\": \"auto\", \"train_batch_size\": \"auto\",\n\
                  \"train_micro_batch_size_per_gpu\": \"auto\", \"wall_clock_breakdown\": false}\n";
-    let run = |extra: &str| {
+    let run = |extra: &str, json: &str| {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ds.json"), zero2).unwrap();
+        std::fs::write(dir.path().join("ds.json"), json).unwrap();
         let path = write_recipe(dir.path(), "lora", &format!("max_steps: 4\n{extra}"));
         let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
         (dir, out)
     };
-    let (fsdp, out) = run("fsdp: [shard_grad_op]\n");
+    let (fsdp, out) = run("fsdp: [shard_grad_op]\n", zero2);
     check_ok(out);
-    let (deepspeed, out) = run("deepspeed: ds.json\n");
+    let (deepspeed, out) = run("deepspeed: ds.json\n", zero2);
     assert!(check_ok(out).contains("layout     ShardGradOp across 2 rank(s) (gloo)"));
     assert_same_losses(&step_losses(fsdp.path()), &step_losses(deepspeed.path()), 0.0, "zero2 vs shard_grad_op");
     assert_same_weights(fsdp.path(), deepspeed.path(), 0.0);
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ds.json"), zero2.replace("\"stage\": 2", "\"stage\": 1")).unwrap();
-    let path = write_recipe(dir.path(), "lora", "max_steps: 4\ndeepspeed: ds.json\n");
-    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("deepspeed: ds.json asks for ZeRO stage 1"), "{stderr}");
+    let one = tempfile::tempdir().unwrap();
+    let path = write_recipe(one.path(), "lora", "max_steps: 4\n");
+    check_ok(
+        recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
+            .output()
+            .unwrap(),
+    );
+    let (zero1, out) = run("deepspeed: ds.json\n", &zero2.replace("\"stage\": 2", "\"stage\": 1"));
+    let stdout = check_ok(out);
+    let layout = layout_line(&stdout);
+    assert!(layout.starts_with("layout     ShardOptimizer across 2 rank(s) (gloo)"), "{stdout}");
+    assert!(layout.contains("reduce-scattered 0 B") && !layout.contains("all-reduced 0 B"), "{layout}");
+    assert_same_losses(&step_losses(one.path()), &step_losses(zero1.path()), 1e-5, "zero1");
+    assert_same_weights(one.path(), zero1.path(), 1e-5);
 }
 
 /// The run's `layout` line (rank 0's report).

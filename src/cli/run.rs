@@ -218,7 +218,7 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         let l = &plan.layout;
         let (ran, planned) = (&r.collectives_per_step, &l.per_step);
         let b = crate::plan::bytes;
-        if l.strategy.shards_gradients_and_optimizer() {
+        if l.strategy.shards_optimizer() {
             println!(
                 "layout     {:?} across {} rank(s) ({backend}); per step all-gathered {}, reduce-scattered {}, \
                  all-reduced {} (plan: {}, {}, {})",
@@ -266,11 +266,8 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("resumed    from {}", dir.display());
     }
     println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
-    let whose = if plan.layout.strategy.shards_gradients_and_optimizer() && r.world_size > 1 {
-        " on this rank (its chunks)"
-    } else {
-        ""
-    };
+    let whose =
+        if plan.layout.strategy.shards_optimizer() && r.world_size > 1 { " on this rank (its chunks)" } else { "" };
     println!(
         "optimizer  {}: {} of state{whose}",
         plan.training.optimizer.name,

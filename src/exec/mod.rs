@@ -388,13 +388,6 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
     if let Some(ds) = &plan.layout.deepspeed {
-        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
-            return Err(format!(
-                "deepspeed: {} asks for ZeRO stage 1 (optimizer states sharded alone), which is not built into recipe \
-                 run yet; stage 2 gives the same numbers with gradients sharded too",
-                ds.file
-            ));
-        }
         if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
             return Err(format!(
                 "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
@@ -745,7 +738,7 @@ fn train_on<E: packing::Example>(
     let output_dir = PathBuf::from(&t.output_dir);
     // Sharded training: every rank starts from rank 0's trainable weights before it keeps its
     // chunks of them, and the shard (and replica) groups are joined by every rank now.
-    let shard_groups = if plan.layout.strategy.shards_gradients_and_optimizer() && rt.comm.is_distributed() {
+    let shard_groups = if plan.layout.strategy.shards_optimizer() && rt.comm.is_distributed() {
         refuse_unsharded(plan)?;
         // Tensors loaded as chunks came from the same files on every rank.
         let loaded = model.loaded_chunks.borrow();

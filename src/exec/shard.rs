@@ -46,6 +46,9 @@ pub struct ShardGroups {
     /// This rank is in the first shard group (node 0 under hybrid sharding): it writes the
     /// checkpoint shard of its index.
     writes_shard: bool,
+    /// ZeRO-1: gradients stay whole until the step, are all-reduced once and each rank keeps its
+    /// chunk (rather than reduce-scattered as each unit's backward pass ends).
+    optimizer_only: bool,
     full: bool,
     reshard_after_forward: bool,
 }
@@ -54,7 +57,7 @@ impl ShardGroups {
     /// Joins the groups the layout needs (every rank calls this at the same point); None for a
     /// layout without sharding.
     pub fn join(comm: &Communicator, layout: &Layout, reshard_after_forward: bool) -> Result<Option<Self>, String> {
-        if !layout.strategy.shards_gradients_and_optimizer() || comm.world_size < 2 {
+        if !layout.strategy.shards_optimizer() || comm.world_size < 2 {
             return Ok(None);
         }
         let (world, rank) = (comm.world_size, comm.rank);
@@ -74,6 +77,7 @@ impl ShardGroups {
             size,
             index,
             writes_shard: first == 0,
+            optimizer_only: layout.strategy == crate::plan::shard::Strategy::ShardOptimizer,
             full: layout.strategy.shards_parameters(),
             reshard_after_forward,
         }))
@@ -322,8 +326,49 @@ impl Sharder {
         Ok(())
     }
 
-    /// Before the optimizer step: hybrid sharding sums the gradient chunks over the replicas.
+    /// ZeRO-1: the step's whole gradients all-reduced in one go; this rank keeps its chunks.
+    fn all_reduce_gradients(&self) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let pieces: Vec<&Piece> = self.trainable().collect();
+        let size = self.groups.size as i64;
+        let padded: Vec<Tensor> = pieces
+            .iter()
+            .map(|p| {
+                let g = p.full.grad();
+                let flat = if g.defined() {
+                    g.to_kind(Kind::Float).reshape([-1])
+                } else {
+                    Tensor::zeros([p.numel], (Kind::Float, p.shard.device()))
+                };
+                flat.constant_pad_nd([0, p.chunk * size - p.numel])
+            })
+            .collect();
+        if padded.is_empty() {
+            return Ok(());
+        }
+        let mut flat = Tensor::cat(&padded, 0);
+        drop(padded);
+        if let Some(g) = &self.groups.shard {
+            g.all_reduce(&mut flat, ReduceOp::Sum)?;
+        }
+        self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
+        let mut offset = 0;
+        for p in pieces {
+            if let Some(acc) = &p.grad {
+                acc.shallow_clone().copy_(&flat.narrow(0, offset + self.groups.index as i64 * p.chunk, p.chunk));
+            }
+            offset += p.chunk * size;
+            super::torch_ops::set_grad(&p.full, None)?;
+        }
+        Ok(())
+    }
+
+    /// Before the optimizer step: ZeRO-1 all-reduces the gradients; hybrid sharding sums the
+    /// gradient chunks over the replicas.
     pub fn finish_gradients(&self) -> Result<(), String> {
+        if self.groups.optimizer_only {
+            return self.all_reduce_gradients();
+        }
         let Some(g) = &self.groups.replicas else { return Ok(()) };
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = self.trainable().filter_map(|p| p.grad.as_ref().map(|t| t.shallow_clone())).collect();
@@ -612,6 +657,10 @@ impl ShardUnits for Sharder {
     }
 
     fn backward_done(&self, unit: usize) {
+        // ZeRO-1 keeps whole gradients until the step.
+        if self.groups.optimizer_only {
+            return;
+        }
         if let Err(e) = self.reduce_gradients(unit) {
             failed(e)
         }
