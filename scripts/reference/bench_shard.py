@@ -285,7 +285,8 @@ def main():
                   f"   {'':>11} {bt.mib(p['max_rss_bytes']):>6.0f} MiB {r['no_ac_peak_rss_ratio']:>6.2f}   "
                   f"{'':>13} | {p['losses'][0]:.3f}/{p['losses'][-1]:.3f}")
     print("FSDP2: fully_shard per decoder layer + root, activation checkpointing on every layer (as recipe's "
-          "full_shard);\n(no AC): the same without it. RSS: peak of the largest rank; ratio: recipe / torch. "
+          "full_shard);\n" + ("" if args.skip_no_ac else "(no AC): the same without it. ") +
+          "RSS: peak of the largest rank; ratio: recipe / torch. "
           f"{args.ranks} ranks, {args.steps} steps, {os.cpu_count()} logical CPUs.")
     loaded = [n for n, r in rows.items() for k in ("recipe", "torch_fsdp2", "torch_fsdp2_no_ac")
               if k in r and r[k]["other_load"] > bt.QUIET["threshold"]]
