@@ -1,13 +1,14 @@
-//! The parameter-efficient method (LoRA / QLoRA) or full fine-tuning.
+//! The parameter-efficient method (LoRA / QLoRA / IA3) or full fine-tuning.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// LoRA settings. With no `adapter`, every parameter is trained (full fine-tuning).
+/// Adapter settings: the `lora_*` keys for LoRA/QLoRA, the `ia3_*` keys for IA3. With no `adapter`, every
+/// parameter is trained (full fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AdapterConfig {
-    /// `lora` (dense base) or `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`).
-    /// Absent: full fine-tuning.
+    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`) or `ia3` (a learned
+    /// scale per feature, on a dense or quantized base). Absent: full fine-tuning.
     #[serde(default)]
     pub adapter: Option<AdapterKind>,
     /// LoRA rank r: the inner dimension of the low-rank update (8–64; higher for harder tasks).
@@ -23,7 +24,8 @@ pub struct AdapterConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub lora_dropout: f64,
-    /// Module names to adapt (e.g. `q_proj`, `v_proj`), matched against the architecture.
+    /// Module names to adapt (e.g. `q_proj`, `v_proj`, or `embed_tokens` for peft's embedding LoRA), matched
+    /// against the architecture.
     #[serde(default)]
     pub lora_target_modules: Option<ModuleList>,
     /// Adapt every linear layer of the decoder (all attention and MLP projections).
@@ -47,6 +49,15 @@ pub struct AdapterConfig {
     /// A trained adapter folder (peft format) to start from.
     #[serde(default)]
     pub lora_model_dir: Option<String>,
+    /// IA3 (`adapter: ia3`): the linear layers that get a learned scale vector (peft's `target_modules`).
+    /// Defaults to peft's for the architecture: `k_proj`, `v_proj`, `down_proj` (Llama, Mistral) or
+    /// `q_proj`, `v_proj`, `down_proj` (Qwen2, Qwen3).
+    #[serde(default)]
+    pub ia3_target_modules: Option<ModuleList>,
+    /// IA3: the targets that scale their input (one value per input feature) instead of their output,
+    /// peft's `feedforward_modules`; a subset of `ia3_target_modules`. Defaults to peft's: `down_proj`.
+    #[serde(default)]
+    pub ia3_feedforward_modules: Option<ModuleList>,
 }
 
 impl Default for AdapterConfig {
@@ -66,6 +77,20 @@ pub enum AdapterKind {
     Lora,
     /// LoRA on a 4-bit (NF4) quantized base.
     Qlora,
+    /// IA3 (peft's `IA3Config`): a trainable vector, initialised to ones, that scales each target's
+    /// output (or, for feed-forward modules, its input).
+    Ia3,
+}
+
+impl AdapterKind {
+    /// The name a recipe writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Lora => "lora",
+            AdapterKind::Qlora => "qlora",
+            AdapterKind::Ia3 => "ia3",
+        }
+    }
 }
 
 /// One module name or a list of them.

@@ -49,7 +49,7 @@ const SIDE_FILES: &[&str] = &[
 pub fn write_weights(dir: &Path, model: &CausalLm, run: &RunFiles, kind: Kind) -> Result<(), String> {
     let RunFiles { plan, base_dir, tokenizer_dir, pad_id, tokenizer } = *run;
     match &model.trainable {
-        Trainable::Lora { .. } => {
+        Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
             let mut tensors: Vec<(String, Tensor)> =
                 model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
             tensors.extend(adapter::extra_tensors(model));

@@ -6,7 +6,7 @@
 //! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
 //! (`q_norm`/`k_norm`), an optional part of the attention block.
 
-use super::linear::{Adapter, Linear, Lora, QuantizedWeight};
+use super::linear::{Adapter, Ia3, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
 use super::weights::{Checkpoint, Deferred};
 use crate::plan::arch::Architecture;
@@ -19,9 +19,34 @@ pub enum Trainable {
     Nothing,
     /// Every parameter.
     Everything,
-    /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too); `modules_to_save` get
-    /// trainable full copies.
+    /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too; `embed_tokens` takes
+    /// peft's embedding LoRA); `modules_to_save` get trainable full copies.
     Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
+    /// IA3 vectors on the named linears, `feedforward` ones scaling the input.
+    Ia3 { targets: Vec<String>, feedforward: Vec<String>, modules_to_save: Vec<String> },
+}
+
+impl Trainable {
+    /// The modules trained in full beside an adapter (none without one).
+    pub fn modules_to_save(&self) -> &[String] {
+        match self {
+            Trainable::Lora { modules_to_save, .. } | Trainable::Ia3 { modules_to_save, .. } => modules_to_save,
+            Trainable::Nothing | Trainable::Everything => &[],
+        }
+    }
+
+    /// Whether an adapter is trained (saved in peft's format).
+    pub fn is_adapter(&self) -> bool {
+        matches!(self, Trainable::Lora { .. } | Trainable::Ia3 { .. })
+    }
+
+    /// The targeted module names (short, as peft's target_modules).
+    pub fn targets(&self) -> &[String] {
+        match self {
+            Trainable::Lora { targets, .. } | Trainable::Ia3 { targets, .. } => targets,
+            Trainable::Nothing | Trainable::Everything => &[],
+        }
+    }
 }
 
 pub struct LoadOptions {
@@ -109,6 +134,9 @@ pub struct CausalLm {
     pub lm_head: Linear,
     /// Set when embed_tokens is in modules_to_save: the trained copy used for lookups.
     pub embed_tokens_trained: Option<Tensor>,
+    /// peft's LoRA on embed_tokens: `a` [r, vocab] (`lora_embedding_A`), `b` [hidden, r]
+    /// (`lora_embedding_B`); the lookup adds `scaling · embedding(ids, Aᵀ) Bᵀ`.
+    pub embed_lora: Option<Lora>,
     pub trainable: Trainable,
     rope: Rope,
     pub device: Device,
@@ -183,9 +211,13 @@ impl CausalLm {
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
         let dora = matches!(opts.trainable, Trainable::Lora { dora: true, .. });
         let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Adapter> {
-            let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
             let short = module.rsplit('.').next().unwrap_or(module);
-            if !targets.iter().any(|t| t == short || t == module) {
+            let named = |list: &[String]| list.iter().any(|t| t == short || t == module);
+            if let Trainable::Ia3 { targets, feedforward, .. } = &opts.trainable {
+                return named(targets).then(|| Adapter::Ia3(Ia3::new(fan_in, fan_out, named(feedforward), device)));
+            }
+            let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
+            if !named(targets) {
                 return None;
             }
             // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
@@ -274,8 +306,8 @@ impl CausalLm {
             Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
         let mut embed_tokens_trained = None;
         let mut head_original = None;
-        if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
-            for m in modules_to_save {
+        {
+            for m in opts.trainable.modules_to_save() {
                 match m.as_str() {
                     // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
                     // (peft also lists `classifier`, other architectures' name for it.)
@@ -314,6 +346,23 @@ impl CausalLm {
                 lm_head.decompose()?;
             }
         }
+        // peft's LoRA on the embedding: A zero, B standard normal (its reset_lora_parameters for an
+        // nn.Embedding), so step 0 is the base model.
+        let mut embed_lora = None;
+        if let Trainable::Lora { targets, r, scaling, dora, modules_to_save, .. } = &opts.trainable
+            && targets.iter().any(|t| t == "embed_tokens")
+        {
+            if modules_to_save.iter().any(|m| m == "embed_tokens") {
+                return Err("embed_tokens cannot be both a LoRA target and in modules_to_save".into());
+            }
+            if *dora {
+                return Err("DoRA on embed_tokens is not built; target linear layers only with peft_use_dora".into());
+            }
+            let a = Tensor::zeros([*r, v], (Kind::Float, device)).set_requires_grad(true);
+            let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
+            // peft applies no dropout to an embedding's LoRA input (token ids).
+            embed_lora = Some(Lora { a, b, scaling: *scaling, dropout: 0.0 });
+        }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =
             unused.iter().filter(|n| !(n.ends_with("rotary_emb.inv_freq") || *n == "lm_head.weight")).collect();
@@ -332,6 +381,7 @@ impl CausalLm {
             norm,
             lm_head,
             embed_tokens_trained,
+            embed_lora,
             trainable: opts.trainable.clone(),
             device,
             compute_kind: Kind::Float,
@@ -385,6 +435,11 @@ impl CausalLm {
         let old_embedding_ptr = self.embed_tokens.data_ptr();
         self.embed_tokens = grow(&self.embed_tokens);
         self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
+        if let Some(lora) = &mut self.embed_lora {
+            // New tokens start without an update: zero columns of A.
+            let extra = Tensor::zeros([lora.a.size()[0], n - old], (Kind::Float, lora.a.device()));
+            lora.a = Tensor::cat(&[lora.a.detach(), extra], 1).set_requires_grad(true);
+        }
         self.lm_head.weight = if shared_head {
             self.embed_tokens.shallow_clone()
         } else if self.score.is_some() {
@@ -405,7 +460,15 @@ impl CausalLm {
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let trained = self.embed_tokens_trained.as_ref().filter(|_| self.adapters_on());
         let table = trained.unwrap_or(&self.embed_tokens);
-        Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float)
+        let x = Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float);
+        match &self.embed_lora {
+            // peft's lora.Embedding: embedding(ids, Aᵀ) @ Bᵀ · scaling, in fp32.
+            Some(lora) if self.adapters_on() => {
+                let after_a = Tensor::embedding(&lora.a.tr(), input_ids, -1, false, false);
+                x + after_a.matmul(&lora.b.tr()) * lora.scaling
+            }
+            _ => x,
+        }
     }
 
     /// The attention mask for these inputs: `None` means plain causal.
@@ -625,7 +688,12 @@ impl CausalLm {
         match &self.trainable {
             Trainable::Nothing => {}
             Trainable::Everything => out = self.base_params(),
-            Trainable::Lora { .. } => {
+            Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
+                if let Some(lora) = &self.embed_lora {
+                    let p = peft_prefix("model.embed_tokens");
+                    out.push(Param { name: format!("{p}.lora_embedding_A"), tensor: lora.a.shallow_clone() });
+                    out.push(Param { name: format!("{p}.lora_embedding_B"), tensor: lora.b.shallow_clone() });
+                }
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {
                         let p = peft_prefix(&lin.name);
@@ -705,7 +773,17 @@ impl CausalLm {
             Deferred::new(name, shape, kind, move || lin.merged_weight())
         }
         let embed = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
-        let mut out = vec![ready("model.embed_tokens.weight", embed)];
+        let mut out = vec![match &self.embed_lora {
+            // peft's lora.Embedding merge: W + (B A)ᵀ · scaling.
+            Some(lora) => {
+                let (shape, kind) = (embed.size(), embed.kind());
+                Deferred::new("model.embed_tokens.weight".into(), shape, kind, move || {
+                    let delta = lora.b.matmul(&lora.a).tr() * lora.scaling;
+                    (embed.to_kind(Kind::Float) + delta).to_kind(kind).detach()
+                })
+            }
+            None => ready("model.embed_tokens.weight", embed),
+        }];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             out.push(ready(&format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
@@ -715,13 +793,17 @@ impl CausalLm {
             }
             for lin in layer_linears(layer) {
                 out.push(merged(format!("{}.weight", lin.name), lin));
-                if let Some(b) = &lin.bias {
-                    out.push(ready(&format!("{}.bias", lin.name), b));
+                if let Some(b) = lin.merged_bias() {
+                    out.push(ready(&format!("{}.bias", lin.name), &b));
                 }
             }
         }
         out.push(ready("model.norm.weight", &self.norm));
-        let head_trained = self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some();
+        // A tied head under an embedding LoRA keeps the base embedding (the adapter changes the
+        // lookup only), so it is written apart from the merged embedding (peft's merge_and_unload
+        // would fold the update into both and change the logits; it warns about tied targets).
+        let head_trained =
+            self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some() || self.embed_lora.is_some();
         if let Some(score) = &self.score {
             out.push(ready("score.weight", score));
         } else if !self.arch.tie_word_embeddings || head_trained {

@@ -202,13 +202,30 @@ fn breakdown(
         .filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name()))
         .collect();
     let lora_per_layer = adapter.r * adapted.len() as u64;
+    // IA3 keeps, per adapted module, the tensor its vector multiplies for the vector's gradient: the
+    // input of a feed-forward module, the output of the others (model/linear.rs `Ia3`).
+    let ia3_per_layer: u64 = if adapter.method == AdapterMethod::Ia3 {
+        adapted
+            .iter()
+            .map(|l| {
+                if adapter.feedforward_modules.iter().any(|f| f == l.short_name()) {
+                    l.in_features
+                } else {
+                    l.out_features
+                }
+            })
+            .sum()
+    } else {
+        0
+    };
     // DoRA keeps two [tokens, out] tensors per adapted module for the magnitude's gradient: the base
     // term and the LoRA term it rescales (model/linear.rs `Dora::forward`).
     let dora_per_layer = if adapter.dora { 2 * adapted.iter().map(|l| l.out_features).sum::<u64>() } else { 0 };
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer;
+    let per_token_layer =
+        4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer + ia3_per_layer;
     let layers = arch.num_layers;
     let without = layers * tokens * per_token_layer * cb;
     let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
