@@ -1,0 +1,120 @@
+//! IA3 and embedding-LoRA parity with peft: for the same base, adapter weights (loaded from peft's
+//! own adapter_model.safetensors) and batch, the loss, logits and every trainable gradient match the
+//! goldens written by scripts/reference/ia3_goldens.py (logits within 1e-4, loss 1e-5, gradients
+//! 1e-4 relative), with and without gradient checkpointing, and the merged weights equal peft's
+//! `merge_and_unload` within 1e-5.
+#![cfg(feature = "exec")]
+
+mod common;
+
+use recipe::exec::objective::{self, DeviceBatch, Supervised};
+use recipe::model::llama::{CausalLm, Inputs, Trainable};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn load_case(case: &str) -> (CausalLm, HashMap<String, Tensor>, Tensor) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/peft_methods").join(case);
+    let model = common::load_peft_folder(&dir, Kind::Float);
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let (b, t) = (g["input_ids"].size()[0], g["input_ids"].size()[1]);
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    (model, g, positions)
+}
+
+fn check(case: &str, checkpointing: bool) {
+    let (model, g, positions) = load_case(case);
+    let (ids, labels) = (&g["input_ids"], &g["labels"]);
+    let t = ids.size()[1];
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+
+    let logits = tch::no_grad(|| model.logits(&inputs));
+    let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "{case}: logits differ by {d:e}");
+
+    let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let loss = objective::forward_backward(
+        &model,
+        &Supervised::WHOLE,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        checkpointing,
+        &|_| {},
+    )
+    .loss
+        / counted;
+    let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
+    assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
+
+    let params = model.trainable_params();
+    assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count(), "{case}: trainable set");
+    let mut worst = 0f64;
+    for p in params {
+        let expected = &g[&format!("grad.{}", p.name)];
+        let got = p.tensor.grad();
+        assert_eq!(got.size(), expected.size(), "{case}: shape of {}'s gradient", p.name);
+        let rel = (&got - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
+        worst = worst.max(rel);
+        assert!(rel < 1e-4, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
+    }
+    eprintln!(
+        "{case} (checkpointing {checkpointing}): logits {d:e}, loss {dl:e}, worst relative gradient difference {worst:e}"
+    );
+}
+
+/// recipe's merged weights (`merged_weights`, what `recipe merge` writes) against peft's.
+fn check_merge(case: &str) {
+    let (model, g, _) = load_case(case);
+    let merged: HashMap<String, Tensor> =
+        model.merged_weights().iter().map(|d| (d.name.clone(), d.tensor().to_kind(Kind::Float))).collect();
+    let mut compared = 0;
+    let mut worst = 0f64;
+    for (key, expected) in g.iter().filter(|(k, _)| k.starts_with("merged.")) {
+        let name = key.trim_start_matches("merged.");
+        let d = (&merged[name] - expected).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(d < 1e-5, "{case}: merged {name} differs from peft's by {d:e}");
+        compared += 1;
+    }
+    assert!(compared >= 3, "{case}: only {compared} merged tensors in the goldens");
+    eprintln!("{case}: {compared} merged tensors, worst difference from peft's merge_and_unload {worst:e}");
+}
+
+#[test]
+fn ia3_logits_and_gradients_match_peft() {
+    check("stories260k_ia3", false);
+    check("qwen2_ia3_bias", false);
+}
+
+#[test]
+fn ia3_with_gradient_checkpointing_gives_the_same_gradients() {
+    check("qwen2_ia3_bias", true);
+}
+
+#[test]
+fn ia3_reads_peft_defaults_and_merges_as_peft() {
+    let (model, _, _) = load_case("stories260k_ia3");
+    let Trainable::Ia3 { targets, feedforward, .. } = &model.trainable else { panic!("not IA3") };
+    assert_eq!((targets.join(","), feedforward.join(",")), ("down_proj,k_proj,v_proj".into(), "down_proj".into()));
+    check_merge("stories260k_ia3");
+    // q/k/v biases: the output scale folds into the bias too.
+    check_merge("qwen2_ia3_bias");
+}
+
+#[test]
+fn embedding_lora_logits_and_gradients_match_peft() {
+    check("stories260k_embed", false);
+    check("llama_untied_embed", false);
+}
+
+#[test]
+fn embedding_lora_with_gradient_checkpointing_gives_the_same_gradients() {
+    check("stories260k_embed", true);
+}
+
+#[test]
+fn embedding_lora_merges_as_peft() {
+    check_merge("stories260k_embed");
+    check_merge("llama_untied_embed");
+}
