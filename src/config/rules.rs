@@ -809,6 +809,24 @@ impl Rules<'_> {
     /// after loading the model. Errors where the recipe has no other use; warnings where `recipe
     /// plan`, `preview` and `preprocess` still serve it.
     fn not_built(&mut self, c: &Config) {
+        let a = &c.adapter;
+        if a.peft_use_dora
+            && let Some(list) = &a.lora_target_modules
+        {
+            // peft has a DoRA variant for embeddings; recipe's embedding LoRA is plain LoRA.
+            for (i, name) in list.names().into_iter().enumerate().filter(|(_, n)| *n == "embed_tokens") {
+                let key = match list {
+                    ModuleList::One(_) => "lora_target_modules".to_string(),
+                    ModuleList::Many(_) => format!("lora_target_modules.{i}"),
+                };
+                self.error(
+                    "dora-embed-tokens-not-built",
+                    format!("DoRA on `{name}` is not built into `recipe run` yet (LoRA on it is)"),
+                    &[&key, "peft_use_dora"],
+                    "remove peft_use_dora for plain LoRA on embed_tokens, or target linear layers only with DoRA",
+                );
+            }
+        }
         if let Some(rl) = c.training.rl {
             use super::training::RlMethod;
             if matches!(rl, RlMethod::Dpo | RlMethod::Ipo)
