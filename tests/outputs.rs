@@ -34,7 +34,9 @@ fn train(dir: &Path, method: &str) -> PathBuf {
             "adapter: ia3\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
              bnb_4bit_compute_dtype: float32\n"
         }
-        "lora_embed" => "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n",
+        "lora_embed" => {
+            "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n"
+        }
         _ => "",
     };
     let text = format!(
