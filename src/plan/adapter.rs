@@ -150,6 +150,15 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             }
         }
     }
+    // peft's embedding LoRA and a trained full copy of the embedding exclude each other.
+    if targets.iter().any(|t| t == "embed_tokens") && modules_to_save.iter().any(|m| m == "embed_tokens") {
+        let why = if c.adapter.lora_modules_to_save.iter().any(|m| m == "embed_tokens") {
+            "`lora_modules_to_save` trains it in full"
+        } else {
+            "the chat template's new `tokens` train it in full (with lm_head)"
+        };
+        return Err(format!("`lora_target_modules`: `embed_tokens` cannot take LoRA while {why}; keep one of the two"));
+    }
     trainable += saved_params;
     let total = base_total + trainable;
     let alpha = a.lora_alpha.map_or(2 * r, u64::from);
