@@ -2,25 +2,51 @@
 //! own adapter_model.safetensors) and batch, the loss, logits and every trainable gradient match the
 //! goldens written by scripts/reference/ia3_goldens.py (logits within 1e-4, loss 1e-5, gradients
 //! 1e-4 relative), with and without gradient checkpointing, and the merged weights equal peft's
-//! `merge_and_unload` within 1e-5.
+//! `merge_and_unload` within 1e-5. IA3 over an NF4 (double-quant) base is compared with peft's IA3
+//! `Linear4bit` over bitsandbytes.
 #![cfg(feature = "exec")]
 
 mod common;
 
 use recipe::exec::objective::{self, DeviceBatch, Supervised};
-use recipe::model::llama::{CausalLm, Inputs, Trainable};
+use recipe::model::adapter;
+use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
+use recipe::model::weights::Checkpoint;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 fn load_case(case: &str) -> (CausalLm, HashMap<String, Tensor>, Tensor) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/peft_methods").join(case);
-    let model = common::load_peft_folder(&dir, Kind::Float);
+    let model = if case.ends_with("_nf4") { load_over_nf4(&dir) } else { common::load_peft_folder(&dir, Kind::Float) };
     let g: HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let (b, t) = (g["input_ids"].size()[0], g["input_ids"].size()[1]);
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
     (model, g, positions)
+}
+
+/// The adapter folder's base quantized as the goldens' BitsAndBytesConfig (NF4, double quant,
+/// blocksize 64, fp32 compute), with the adapter loaded.
+fn load_over_nf4(dir: &std::path::Path) -> CausalLm {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cfg = adapter::read_config(dir).unwrap();
+    let base = root.join(&cfg.base_model);
+    let arch =
+        recipe::plan::arch::Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap())
+            .unwrap();
+    let nf4 = FourBit { quant_type: recipe::model::nf4::QuantType::Nf4, double_quant: true, blocksize: 64 };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: cfg.trainable,
+        quantize: Some(Quantize::FourBit(nf4)),
+        score_head: false,
+    };
+    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let file = dir.join("adapter_model.safetensors");
+    adapter::load_trainable(&model, &Checkpoint::open_files(dir, &[file]).unwrap()).unwrap();
+    model
 }
 
 fn check(case: &str, checkpointing: bool) {
@@ -85,6 +111,11 @@ fn check_merge(case: &str) {
 fn ia3_logits_and_gradients_match_peft() {
     check("stories260k_ia3", false);
     check("qwen2_ia3_bias", false);
+}
+
+#[test]
+fn ia3_over_a_4bit_base_matches_peft_over_bitsandbytes() {
+    check("stories260k_ia3_nf4", false);
 }
 
 #[test]

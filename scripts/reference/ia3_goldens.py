@@ -17,6 +17,11 @@ Cases: tests/golden/peft_methods/<case>/
                         target embed_tokens, q_proj, v_proj
   llama_untied_embed    base tests/golden/model/llama_gqa_untied, LoraConfig r 4, lora_alpha 16,
                         target embed_tokens, k_proj, down_proj
+  stories260k_ia3_nf4   as stories260k_ia3 over a 4-bit base: from_pretrained with
+                        BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute float32),
+                        device_map "cpu" (peft's IA3 Linear4bit; bitsandbytes' bf16 packed CPU
+                        kernel switched off as in qlora_goldens.py). peft has no merge for a 4-bit
+                        IA3 layer, so this case holds no merged.* tensors.
 
 get_peft_model with task_type CAUSAL_LM (LoRA: bias "none", lora_dropout 0.0,
 init_lora_weights=False). Then, from a generator seeded with 5000 + case index, in
@@ -31,7 +36,7 @@ back-propagated, and expected.safetensors holds
   input_ids int64 [2, 16], labels int64 [2, 16], loss fp32 [], logits fp32 [2, 16, vocab],
   grad.<key> fp32 for every trainable key of adapter_model.safetensors,
   merged.<module>.weight (and merged.<module>.bias where the base has one) fp32: peft's
-  merge_and_unload, for every target of layer 0 and for model.embed_tokens.
+  merge_and_unload, for every target of layer 0 and for model.embed_tokens (dense bases).
 case.json records the base and the adapter settings.
 
   PYTHONPATH=$HOME/.cache/recipe/ref-py:$HOME/.cache/recipe/torch-2.11.0 \\
@@ -62,7 +67,24 @@ CASES = [
      dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj", "v_proj"])),
     ("llama_untied_embed", mg.GOLDEN + "/model/llama_gqa_untied", "lora",
      dict(r=4, lora_alpha=16, target_modules=["embed_tokens", "k_proj", "down_proj"])),
+    ("stories260k_ia3_nf4", mg.STORIES, "ia3_nf4", dict()),
 ]
+QUANT = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+             bnb_4bit_compute_dtype=torch.float32)
+
+
+def load_nf4(rel):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    m = AutoModelForCausalLM.from_pretrained(rel, quantization_config=BitsAndBytesConfig(**QUANT),
+                                             dtype=torch.float32, device_map="cpu", attn_implementation="eager")
+    n = 0
+    for mod in m.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False  # no bf16 packed kernel, on any CPU
+            n += 1
+    assert n == 7 * m.config.num_hidden_layers, n
+    return m.eval()
 T = 16
 MASKED = 5
 
@@ -85,15 +107,15 @@ def case_goldens(out):
     for index, (case, base_rel, method, kw) in enumerate(CASES):
         case_dir = os.path.join(out, OUT, case)
         torch.manual_seed(0)
-        base = mg.load_model(base_rel)
-        if method == "ia3":
+        base = load_nf4(base_rel) if method == "ia3_nf4" else mg.load_model(base_rel)
+        if method.startswith("ia3"):
             cfg = IA3Config(task_type="CAUSAL_LM", **kw)
         else:
             cfg = LoraConfig(task_type="CAUSAL_LM", bias="none", lora_dropout=0.0, init_lora_weights=False, **kw)
         model = get_peft_model(base, cfg)
         pcfg = model.peft_config["default"]
         pcfg.target_modules = sorted(pcfg.target_modules)
-        if method == "ia3":
+        if method.startswith("ia3"):
             pcfg.feedforward_modules = sorted(pcfg.feedforward_modules)
         targets = list(pcfg.target_modules)
         g = mg.gen(5000 + index)
@@ -134,13 +156,15 @@ def case_goldens(out):
             assert grad is not None and grad.abs().max().item() > 0, f"{case}: no gradient for {name}"
             tensors["grad." + key] = grad
         counts = model.get_nb_trainable_parameters()
-        tensors.update(merged_weights(model, targets))
+        if method != "ia3_nf4":
+            tensors.update(merged_weights(model, targets))
         mg.save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
         settings = {k: (sorted(v) if isinstance(v, list) else v) for k, v in kw.items()}
-        if method == "ia3":
+        if method.startswith("ia3"):
             settings.update(target_modules=targets, feedforward_modules=list(pcfg.feedforward_modules))
         mg.write_json({"base_model": base_rel, "method": method, "config": settings,
-                       "ia3_weights": "1 + 0.1 randn" if method == "ia3" else None,
+                       "ia3_weights": "1 + 0.1 randn" if method.startswith("ia3") else None,
+                       "quantization": QUANT | {"bnb_4bit_compute_dtype": "float32"} if method == "ia3_nf4" else None,
                        "lora_weights_std": 0.1 if method == "lora" else None,
                        "trainable_params": counts[0], "all_params": counts[1],
                        "seq_len": T, "labels_masked_prefix": MASKED,
