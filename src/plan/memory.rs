@@ -43,6 +43,7 @@ use super::precision::Precision;
 use super::shard::{self, Strategy, TRAINABLE_BYTES};
 use super::{group, quantize};
 use crate::config::Config;
+use crate::config::adapter::AdapterKind;
 use crate::config::distributed::FsdpOption;
 use crate::config::training::Optimizer;
 use crate::config::training::RlMethod;
@@ -358,16 +359,28 @@ fn suggestions(
             total(&smaller, world_size),
         );
     }
-    if c.adapter.adapter.is_some() && !c.training.optimizer.eight_bit_states() {
+    // IA3's optimizer states are a few kilobytes: 8-bit states would save nothing worth naming.
+    if matches!(c.adapter.adapter, Some(AdapterKind::Lora | AdapterKind::Qlora))
+        && !c.training.optimizer.eight_bit_states()
+    {
         let mut states = cumulative.clone();
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    if !c.quantization.load_in_4bit {
+    if !c.quantization.load_in_4bit && c.adapter.adapter == Some(AdapterKind::Ia3) {
+        // IA3 stays IA3 over a 4-bit base (its trainable state is already tiny).
+        let mut four_bit = cumulative.clone();
+        four_bit.quantization.load_in_8bit = false;
+        four_bit.quantization.load_in_4bit = true;
+        add(
+            "load_in_4bit: true (IA3 on a 4-bit base, with gradient checkpointing)".into(),
+            total(&four_bit, world_size),
+        );
+    } else if !c.quantization.load_in_4bit {
         let mut qlora = cumulative.clone();
         qlora.quantization.load_in_8bit = false;
         qlora.quantization.load_in_4bit = true;
-        qlora.adapter.adapter = Some(crate::config::adapter::AdapterKind::Qlora);
+        qlora.adapter.adapter = Some(AdapterKind::Qlora);
         if c.adapter.adapter.is_none() {
             qlora.adapter.lora_target_linear = true;
             qlora.adapter.lora_r = 16;
