@@ -149,3 +149,32 @@ fn embedding_lora_merges_as_peft() {
     check_merge("stories260k_embed");
     check_merge("llama_untied_embed");
 }
+
+#[test]
+fn switching_adapters_off_gives_the_base_model() {
+    // The model-wide switch (peft's disable_adapter), which gives preference training its
+    // reference model: IA3 vectors and the embedding's LoRA both step aside.
+    for case in ["stories260k_ia3", "stories260k_embed", "qwen2_ia3_bias"] {
+        let (model, g, positions) = load_case(case);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/peft_methods").join(case);
+        let base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(adapter::read_config(&dir).unwrap().base_model);
+        let arch = recipe::plan::arch::Architecture::from_config_json(
+            &std::fs::read_to_string(base_dir.join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: Trainable::Nothing,
+            quantize: None,
+            score_head: false,
+        };
+        let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
+        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+        let off = tch::no_grad(|| model.without_adapters(|| model.logits(&inputs)));
+        let plain = tch::no_grad(|| base.logits(&inputs));
+        assert!(off.equal(&plain), "{case}: adapters off differs from the base");
+        let on = tch::no_grad(|| model.logits(&inputs));
+        assert!((on - plain).abs().max().double_value(&[]) > 1e-3, "{case}: the adapter changes nothing");
+    }
+}
