@@ -452,3 +452,201 @@ fn ctrl_c_stops_every_rank_at_the_same_step_after_a_checkpoint() {
     assert!(saved.is_file(), "no checkpoint at the step it stopped ({stopped})");
     assert_eq!(step_losses(dir.path()).len() as u64, stopped);
 }
+
+/// The run's `layout` line (rank 0's report).
+fn layout_line(stdout: &str) -> &str {
+    stdout.lines().find(|l| l.starts_with("layout")).unwrap_or_default()
+}
+
+/// Two ranks under `fsdp: [strategy]` in a fresh folder; returns it and the report.
+fn two_sharded_ranks(method: &str, extra: &str, strategy: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), method, &format!("{extra}fsdp: [{strategy}, auto_wrap]\n"));
+    let stdout =
+        check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    (dir, stdout)
+}
+
+#[test]
+fn sharded_strategies_repeat_the_one_rank_run() {
+    for (method, strategies, extra) in [
+        ("full", &["full_shard", "shard_grad_op"][..], "max_steps: 4\neval_steps: 2\n"),
+        ("lora", &["full_shard"][..], "max_steps: 4\n"),
+        ("qlora", &["full_shard"][..], "max_steps: 4\n"),
+    ] {
+        let one = tempfile::tempdir().unwrap();
+        let path = write_recipe(one.path(), method, extra);
+        check_ok(
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
+                .output()
+                .unwrap(),
+        );
+        for strategy in strategies {
+            let (two, stdout) = two_sharded_ranks(method, extra, strategy);
+            let layout = layout_line(&stdout);
+            let name = if *strategy == "full_shard" { "FullShard" } else { "ShardGradOp" };
+            assert!(layout.starts_with(&format!("layout     {name} across 2 rank(s) (gloo); per step")), "{stdout}");
+            // What the ranks moved is what the plan says they move.
+            let (ran, planned) = layout.split_once("; per step ").unwrap().1.split_once(" (plan: ").unwrap();
+            let ran = ran.replace("all-gathered ", "").replace("reduce-scattered ", "").replace("all-reduced ", "");
+            let (ran, planned): (Vec<&str>, Vec<&str>) =
+                (ran.split(", ").collect(), planned.trim_end_matches(')').split(", ").collect());
+            // Frozen weights are gathered in the kind they are stored in, which the plan takes
+            // from the GPU (16 bits) and a CPU run keeps in 32; trainable ones are fp32 on both.
+            let compared = if method == "full" { 0..3 } else { 1..3 };
+            assert_eq!(ran[compared.clone()], planned[compared], "{layout}");
+            assert_same_losses(
+                &step_losses(one.path()),
+                &step_losses(two.path()),
+                1e-5,
+                &format!("{method} {strategy}"),
+            );
+            assert_same_weights(one.path(), two.path(), 1e-5);
+        }
+    }
+}
+
+#[test]
+fn hybrid_shard_over_two_nodes_of_one_rank_repeats_the_one_rank_run() {
+    let one = tempfile::tempdir().unwrap();
+    let path = write_recipe(one.path(), "full", "max_steps: 4\n");
+    check_ok(
+        recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
+            .output()
+            .unwrap(),
+    );
+    let two = tempfile::tempdir().unwrap();
+    let path = write_recipe(two.path(), "full", "max_steps: 4\nfsdp: [hybrid_shard, auto_wrap]\n");
+    let port = recipe::launch::free_port().unwrap().to_string();
+    let nodes: Vec<_> = (0..2)
+        .map(|node| {
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--no-progress", "--nproc-per-node", "1", "--nnodes", "2"])
+                .args(["--node-rank", &node.to_string(), "--master-port", &port])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = nodes.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let stdout = outs.into_iter().map(check_ok).collect::<Vec<_>>().concat();
+    // Shard groups of one rank (one per node), gradients all-reduced across the nodes.
+    assert!(layout_line(&stdout).starts_with("layout     HybridShard across 2 rank(s) (gloo); per step"), "{stdout}");
+    assert!(!layout_line(&stdout).contains("all-reduced 0 B"), "{stdout}");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "hybrid_shard");
+    assert_same_weights(one.path(), two.path(), 1e-5);
+}
+
+#[test]
+fn a_killed_sharded_run_resumes_exactly_on_two_ranks_and_on_one() {
+    let extra = "max_steps: 8\nsave_steps: 2\nfsdp: [full_shard, auto_wrap]\n";
+    let reference = tempfile::tempdir().unwrap();
+    let path = write_recipe(reference.path(), "full", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let want = step_losses(reference.path());
+    assert_eq!(want.len(), 8);
+
+    // SIGKILL one rank after the first checkpoint; two ranks resume and repeat the losses.
+    let b = tempfile::tempdir().unwrap();
+    let path = write_recipe(b.path(), "full", extra);
+    let launcher = launch_until_first_checkpoint(b.path(), &path);
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    unsafe {
+        libc::kill(ranks[1] as i32, libc::SIGKILL);
+    }
+    let out = launcher.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(step_losses(b.path()).len() < 8, "the run was not interrupted");
+    let resumed = ["--device", "cpu", "--nproc-per-node", "2", "--set", "resume_from_checkpoint=true"];
+    let stdout = check_ok(recipe().arg("run").arg(&path).args(resumed).output().unwrap());
+    assert!(stdout.contains("resumed    from"), "{stdout}");
+    assert_same_losses(&want, &step_losses(b.path()), 1e-6, "resumed on two ranks");
+    assert_same_weights(reference.path(), b.path(), 1e-6);
+
+    // The two-rank checkpoint is whole: one rank with accumulation 2 goes on from it alike.
+    let c = tempfile::tempdir().unwrap();
+    let path = write_recipe(c.path(), "full", "max_steps: 8\nsave_steps: 2\n");
+    let from = reference.path().join("out/checkpoint-4");
+    let out = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2", "--set"])
+        .arg(format!("resume_from_checkpoint={}", from.display()))
+        .output()
+        .unwrap();
+    let stdout = check_ok(out);
+    assert!(stdout.contains("resumed    from"), "{stdout}");
+    let after: Vec<(u64, f64)> = step_losses(c.path()).into_iter().filter(|(s, _)| *s > 4).collect();
+    let want_after: Vec<(u64, f64)> = want.into_iter().filter(|(s, _)| *s > 4).collect();
+    assert_same_losses(&want_after, &after, 1e-5, "resumed on one rank");
+    assert_same_weights(reference.path(), c.path(), 1e-5);
+}
+
+/// "training peak 825.81 MiB in use (...); the plan's CPU estimate 868.28 MiB" → bytes.
+fn memory_figures(stdout: &str) -> (f64, f64) {
+    let line = stdout.lines().find(|l| l.starts_with("memory     training peak")).expect("a memory line");
+    let size = |s: &str| -> f64 {
+        let mut it = s.split_whitespace();
+        let n: f64 = it.next().unwrap().parse().unwrap();
+        n * match it.next().unwrap() {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            u => panic!("{u} in {line}"),
+        }
+    };
+    let peak = line.trim_start_matches("memory     training peak ");
+    let estimate = line.split("the plan's CPU estimate ").nth(1).unwrap();
+    (size(peak), size(estimate))
+}
+
+#[test]
+fn full_shard_holds_at_most_six_tenths_of_data_parallel_memory_per_rank_as_the_plan_says() {
+    // A random ~100M-parameter Llama, fully fine-tuned on two ranks.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("llama-100m");
+    common::random_llama(
+        &model,
+        &serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 768,
+            "intermediate_size": 2048, "num_hidden_layers": 14, "num_attention_heads": 12, "num_key_value_heads": 12,
+            "vocab_size": 512, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": true,
+            "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"
+        }),
+    );
+    let mut figures = Vec::new();
+    for fsdp in ["", "fsdp: [full_shard, auto_wrap]\n"] {
+        let path = dir.path().join("recipe.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
+                 val_set_size: 0\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 1\nmax_steps: 2\n\
+                 learning_rate: 2.0e-5\nddp_timeout: 300\noutput_dir: {}\n{fsdp}",
+                model.display(),
+                root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+                dir.path().join(if fsdp.is_empty() { "ddp" } else { "fsdp" }).display()
+            ),
+        )
+        .unwrap();
+        let stdout = check_ok(
+            recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap(),
+        );
+        figures.push(memory_figures(&stdout));
+    }
+    let ((ddp, _), (sharded, estimate)) = (figures[0], figures[1]);
+    eprintln!("per-rank peak: ddp {ddp:.0} B, full_shard {sharded:.0} B ({:.3}x), plan {estimate:.0} B", sharded / ddp);
+    assert!(sharded <= 0.6 * ddp, "full_shard {sharded} vs ddp {ddp}");
+    assert!((sharded / estimate - 1.0).abs() <= 0.15, "full_shard {sharded} vs the plan's {estimate}");
+}

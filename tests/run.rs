@@ -703,3 +703,199 @@ fn forgetting_datasets_are_scored_before_and_after_training() {
     assert!((last["forgetting_perplexity"].as_f64().unwrap() - numbers[1]).abs() < 0.01, "{last}");
     assert!((last["forgetting_perplexity_before"].as_f64().unwrap() - numbers[0]).abs() < 0.01, "{last}");
 }
+
+/// peft's own LoRA and DoRA folders for stories260k (random non-zero weights, so each changes the
+/// text), served together over one base by `--adapter`.
+const LORA: &str = "tests/golden/lora/stories260k_all_linear";
+const DORA: &str = "tests/golden/lora/stories260k_dora";
+const BASE: &str = "models/stories260k";
+
+/// `recipe generate` from the package root: (exit code, stdout, stderr).
+fn generate(args: &[&str]) -> (i32, String, String) {
+    let out = recipe()
+        .current_dir(root())
+        .arg("generate")
+        .args(args)
+        .args(["--max-new-tokens", "16", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The single-target generation of `prompt` from `target` (the command as it was before adapters
+/// could be named), plus `extra` flags.
+fn generate_one(target: &str, prompt: &str, extra: &[&str]) -> String {
+    let (code, stdout, stderr) = generate(&[&[target, "--prompt", prompt], extra].concat());
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+}
+
+#[test]
+fn several_adapters_over_one_base_equal_their_single_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.jsonl");
+    // The two adapters alternate; a row without `adapter` takes --use's (here the default: the base).
+    let rows = [
+        ("Once upon a time", Some("lora")),
+        ("Once upon a time", Some("dora")),
+        ("The cat sat", Some("lora")),
+        ("The cat sat", Some("dora")),
+        ("Lily went", None),
+        ("Lily went", Some("base")),
+        ("Lily went", Some("lora")),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(p, a)| match a {
+            Some(a) => serde_json::json!({"prompt": p, "adapter": a}).to_string(),
+            None => serde_json::json!({"prompt": p}).to_string(),
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n\n") + "\n").unwrap();
+    let adapters = [format!("lora={LORA}"), format!("dora={DORA}")];
+    let (code, stdout, stderr) = generate(&[
+        BASE,
+        "--adapter",
+        &adapters[0],
+        "--adapter",
+        &adapters[1],
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    // Each adapter (and the base) becomes active once, by a switch that is timed.
+    assert_eq!(stderr.matches("switched in").count(), 3, "{stderr}");
+    let outputs: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outputs.len(), rows.len(), "{stdout}");
+    let mut by_adapter = std::collections::HashMap::new();
+    for ((prompt, adapter), out) in rows.iter().zip(&outputs) {
+        let adapter = adapter.unwrap_or("base");
+        assert_eq!(out["prompt"], *prompt);
+        assert_eq!(out["adapter"], adapter);
+        let completion = out["completion"].as_str().unwrap();
+        // Each equals a run of the adapter folder alone (or of the base alone).
+        let single = match adapter {
+            "lora" => LORA,
+            "dora" => DORA,
+            _ => BASE,
+        };
+        assert_eq!(format!("{prompt}{completion}\n"), generate_one(single, prompt, &[]), "{adapter}: {prompt}");
+        by_adapter.insert((adapter, *prompt), completion.to_string());
+    }
+    // The adapters change the text, each in its own way.
+    let once = |a| &by_adapter[&(a, "Once upon a time")];
+    assert_ne!(once("lora"), once("dora"));
+    assert_ne!(by_adapter[&("lora", "Lily went")], by_adapter[&("base", "Lily went")]);
+
+    // One prompt: --use picks the adapter; `--use base` is the base alone, also under an
+    // adapter folder's own adapter (`default`).
+    let base_text = generate_one(BASE, "Once upon a time", &[]);
+    let named = ["--adapter", &adapters[0], "--adapter", &adapters[1]];
+    let (code, dora_text, stderr) =
+        generate(&[&[BASE, "--prompt", "Once upon a time", "--use", "dora"], &named[..]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("adapter `dora` active: switched in"), "{stderr}");
+    assert_eq!(dora_text, generate_one(DORA, "Once upon a time", &[]));
+    assert_eq!(generate_one(BASE, "Once upon a time", &[&named[..], &["--use", "base"]].concat()), base_text);
+    assert_eq!(generate_one(LORA, "Once upon a time", &["--use", "base"]), base_text);
+    let (code, beside, stderr) =
+        generate(&[LORA, "--prompt", "Once upon a time", "--adapter", &adapters[1], "--use", "default"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(beside, generate_one(LORA, "Once upon a time", &[]));
+}
+
+#[test]
+fn multi_adapter_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let unknown = write(
+        "unknown.jsonl",
+        "{\"prompt\": \"a\", \"adapter\": \"lora\"}\n{\"prompt\": \"b\", \"adapter\": \"dorra\"}\n",
+    );
+    let malformed = write("malformed.jsonl", "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\", \n");
+    let misspelt = write("misspelt.jsonl", "{\"prompt\": \"a\", \"adaptor\": \"dora\"}\n");
+    let empty = write("empty.jsonl", "\n");
+    let (lora, dora) = (format!("lora={LORA}"), format!("dora={DORA}"));
+    let qwen3 = "qwen=tests/golden/lora/qwen3_all_linear".to_string();
+    let (twice, own) = (format!("lora={DORA}"), format!("default={DORA}"));
+    let both = ["--adapter", lora.as_str(), "--adapter", dora.as_str()];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--use names no given adapter", [&[BASE, "--prompt", "a", "--use", "lorra"], &both[..]].concat()),
+        ("duplicate --adapter names", [&[BASE, "--prompt", "a", "--adapter", &twice], &both[..]].concat()),
+        ("unknown adapter in the prompts file", [&[BASE, "--prompts-file", &unknown], &both[..]].concat()),
+        ("malformed prompts line", [&[BASE, "--prompts-file", &malformed], &both[..]].concat()),
+        ("unknown field in the prompts file", [&[BASE, "--prompts-file", &misspelt], &both[..]].concat()),
+        ("no prompts", vec![BASE, "--prompts-file", &empty]),
+        ("adapter of another base", vec![BASE, "--prompt", "a", "--adapter", &qwen3]),
+        ("adapter folder that is not one", vec![BASE, "--prompt", "a", "--adapter", "none=tests/golden"]),
+        ("`default` under an adapter target", vec![LORA, "--prompt", "a", "--adapter", &own]),
+        ("`base` as a name", vec![BASE, "--prompt", "a", "--adapter", "base=tests/golden"]),
+        ("not NAME=DIR", vec![BASE, "--prompt", "a", "--adapter", "lora"]),
+    ];
+    let mut report = String::new();
+    for (what, args) in cases {
+        let (code, stdout, stderr) = generate(&args);
+        assert!(stdout.is_empty(), "{what}: {stdout}");
+        let stderr = stderr.replace(dir.path().to_str().unwrap(), "TMP");
+        // clap's usage lines after its one-line error are not ours to pin.
+        let first = stderr.lines().next().unwrap_or_default();
+        report.push_str(&format!("{what}: exit {code}\n  {first}\n"));
+    }
+    insta::assert_snapshot!("multi_adapter_mistakes", report);
+}
+
+#[test]
+fn switching_adapters_moves_no_base_weight() {
+    use recipe::model::llama::{CausalLm, Inputs};
+    use tch::{Device, Kind, Tensor};
+    let loaded = recipe::exec::load_trained(&root().join(BASE), None, Device::Cpu, None, Some(Kind::Float)).unwrap();
+    let mut served = recipe::model::serving::Adapters::new(loaded.model, "default");
+    assert_eq!(served.active(), None);
+    served.attach("lora", &root().join(LORA)).unwrap();
+    served.attach("dora", &root().join(DORA)).unwrap();
+    assert_eq!(served.names(), ["dora", "lora"]);
+    let ids = Tensor::from_slice(&[1i64, 403, 407, 261, 378, 289]).unsqueeze(0);
+    let positions = Tensor::arange(6, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let logits = |m: &CausalLm| {
+        let _guard = tch::no_grad_guard();
+        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None })
+    };
+    // Every base tensor stays where it is (same storage, same values) through the switches.
+    let base: Vec<(String, usize, Tensor)> = served
+        .model
+        .base_params()
+        .into_iter()
+        .map(|p| (p.name, p.tensor.data_ptr() as usize, p.tensor.copy()))
+        .collect();
+    let base_logits = logits(&served.model);
+    let mut seen = Vec::new();
+    for name in [Some("lora"), Some("dora"), None, Some("lora"), Some("dora")] {
+        served.set_adapter(name).unwrap();
+        assert_eq!(served.active(), name);
+        seen.push(logits(&served.model));
+        for ((n, ptr, value), now) in base.iter().zip(served.model.base_params()) {
+            assert_eq!(now.tensor.data_ptr() as usize, *ptr, "{n} moved");
+            common::assert_identical(n, &now.tensor, value, "before switching");
+        }
+    }
+    // Each adapter gives its own logits, the same each time it is active, equal to loading its
+    // folder alone; none is the base's.
+    common::assert_identical("lora again", &seen[3], &seen[0], "lora first");
+    common::assert_identical("dora again", &seen[4], &seen[1], "dora first");
+    common::assert_identical("base", &seen[2], &base_logits, "before any adapter");
+    let alone = common::load_peft_folder(&root().join(LORA), Kind::Float);
+    common::assert_identical("lora served", &seen[0], &logits(&alone), "lora alone");
+    let alone = common::load_peft_folder(&root().join(DORA), Kind::Float);
+    common::assert_identical("dora served", &seen[1], &logits(&alone), "dora alone");
+    assert!(seen[0].not_equal_tensor(&seen[2]).any().int64_value(&[]) == 1);
+    // An unknown name is an error and leaves the active adapter as it was.
+    assert!(served.set_adapter(Some("lorra")).unwrap_err().contains("no adapter named `lorra`"));
+    assert_eq!(served.active(), Some("dora"));
+}

@@ -104,12 +104,29 @@ enum Command {
         #[command(flatten)]
         launch: run::LaunchArgs,
     },
-    /// Sample from a trained model: a recipe (its output_dir) or an output/checkpoint folder.
+    /// Sample from a trained model: a recipe (its output_dir) or an output/checkpoint folder. With
+    /// `--adapter`, several peft adapters over that one base, switched without reloading it.
     #[cfg(feature = "exec")]
     Generate {
         target: PathBuf,
-        #[arg(long)]
-        prompt: String,
+        /// The text to continue (or many, with --prompts-file).
+        #[arg(long, required_unless_present = "prompts_file", conflicts_with = "prompts_file")]
+        prompt: Option<String>,
+        /// JSON Lines, one `{"prompt": "...", "adapter": "NAME"}` per line (`adapter` optional: the
+        /// `--use` one); prints one JSON line per prompt (prompt, adapter, completion) in input order.
+        #[arg(long, value_name = "FILE.jsonl")]
+        prompts_file: Option<PathBuf>,
+        /// Attach a peft adapter folder (LoRA, QLoRA, DoRA) over TARGET's base under NAME
+        /// (repeatable).
+        #[arg(long = "adapter", value_name = "NAME=DIR", value_parser = run::parse_named_adapter)]
+        adapters: Vec<(String, PathBuf)>,
+        /// The adapter to generate with: a NAME of --adapter, `default` (TARGET's own adapter) or
+        /// `base` (none). Default: TARGET's own adapter when it has one, else the base.
+        #[arg(long = "use", value_name = "NAME")]
+        use_adapter: Option<String>,
+        /// With --prompts-file: prompts of one adapter generated together, this many at a time.
+        #[arg(long, default_value_t = 16, requires = "prompts_file", value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         /// 0 = greedy.
@@ -213,9 +230,30 @@ pub fn main() -> ExitCode {
             run::train(&recipe, &cli.set, &device, flags)
         }
         #[cfg(feature = "exec")]
-        Command::Generate { target, prompt, max_new_tokens, temperature, top_p, seed, device } => {
+        Command::Generate {
+            target,
+            prompt,
+            prompts_file,
+            adapters,
+            use_adapter,
+            batch_size,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+        } => {
             let sampling = crate::model::generate::Sampling { temperature, top_p, max_new_tokens, seed };
-            run::generate(&target, &cli.set, &prompt, sampling, &device)
+            let prompts = match (prompt, prompts_file) {
+                (Some(prompt), _) => run::Prompts::One(prompt),
+                (None, Some(file)) => run::Prompts::File(file),
+                (None, None) => {
+                    eprintln!("error: give --prompt or --prompts-file");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let request = run::GenerateRequest { prompts, adapters, use_adapter, batch_size: batch_size as usize };
+            run::generate(&target, &cli.set, &request, sampling, &device)
         }
         #[cfg(feature = "exec")]
         Command::Score { target, text, prompt, response, json, device } => {

@@ -216,13 +216,30 @@ fn report(plan: &Plan, r: &exec::RunReport) {
     println!("device     {} (compute {})", r.device, r.compute);
     if let Some(backend) = r.backend {
         let l = &plan.layout;
-        println!(
-            "layout     {:?} across {} rank(s) ({backend}); all-reduced {} of gradients per step (plan: {})",
-            l.strategy,
-            r.world_size,
-            crate::plan::bytes(r.all_reduced_bytes_per_step),
-            crate::plan::bytes(l.per_step.all_reduce)
-        );
+        let (ran, planned) = (&r.collectives_per_step, &l.per_step);
+        let b = crate::plan::bytes;
+        if l.strategy.shards_gradients_and_optimizer() {
+            println!(
+                "layout     {:?} across {} rank(s) ({backend}); per step all-gathered {}, reduce-scattered {}, \
+                 all-reduced {} (plan: {}, {}, {})",
+                l.strategy,
+                r.world_size,
+                b(ran.all_gather),
+                b(ran.reduce_scatter),
+                b(ran.all_reduce),
+                b(planned.all_gather),
+                b(planned.reduce_scatter),
+                b(planned.all_reduce)
+            );
+        } else {
+            println!(
+                "layout     {:?} across {} rank(s) ({backend}); all-reduced {} of gradients per step (plan: {})",
+                l.strategy,
+                r.world_size,
+                b(ran.all_reduce),
+                b(planned.all_reduce)
+            );
+        }
     }
     for line in &r.data {
         println!("data       {line}");
@@ -249,8 +266,13 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("resumed    from {}", dir.display());
     }
     println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
+    let whose = if plan.layout.strategy.shards_gradients_and_optimizer() && r.world_size > 1 {
+        " on this rank (its chunks)"
+    } else {
+        ""
+    };
     println!(
-        "optimizer  {}: {} of state",
+        "optimizer  {}: {} of state{whose}",
         plan.training.optimizer.name,
         crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
     );
@@ -343,12 +365,22 @@ fn load_target(
     device_name: &str,
 ) -> Result<(exec::Loaded, PathBuf, Option<Plan>), ExitCode> {
     let (dir, base, plan) = resolve_target(target, overrides)?;
+    let loaded = load_resolved(target, &dir, base.as_deref(), plan.as_ref(), device_name)?;
+    Ok((loaded, dir, plan))
+}
+
+/// `load_target` once the target is resolved.
+fn load_resolved(
+    target: &Path,
+    dir: &Path,
+    base: Option<&Path>,
+    plan: Option<&Plan>,
+    device_name: &str,
+) -> Result<exec::Loaded, ExitCode> {
     let device = device(device_name)?;
-    let quantize = quantization(plan.as_ref(), target)?;
-    match exec::catch_torch_errors(None, || {
-        exec::load_trained(&dir, base.as_deref(), device, quantize, Some(tch::Kind::Float))
-    }) {
-        Ok(loaded) => Ok((loaded, dir, plan)),
+    let quantize = quantization(plan, target)?;
+    match exec::catch_torch_errors(None, || exec::load_trained(dir, base, device, quantize, Some(tch::Kind::Float))) {
+        Ok(loaded) => Ok(loaded),
         Err(e) => {
             eprintln!("{}: error: {e}", dir.display());
             Err(ExitCode::from(EXIT_INVALID))
@@ -356,9 +388,150 @@ fn load_target(
     }
 }
 
-pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sampling, device_name: &str) -> ExitCode {
-    let (loaded, dir, plan) = match load_target(target, overrides, device_name) {
+/// What `recipe generate` continues.
+pub enum Prompts {
+    One(String),
+    /// JSON Lines of `{"prompt": ..., "adapter": ...}`.
+    File(PathBuf),
+}
+
+/// `recipe generate`'s prompts and adapters.
+pub struct GenerateRequest {
+    pub prompts: Prompts,
+    /// `--adapter NAME=DIR`, in the order given.
+    pub adapters: Vec<(String, PathBuf)>,
+    /// `--use NAME`.
+    pub use_adapter: Option<String>,
+    /// Prompts of a file generated together, per adapter.
+    pub batch_size: usize,
+}
+
+/// The name of TARGET's own adapter (peft's name for the adapter a model is loaded with), and the
+/// name that means no adapter.
+const OWN_ADAPTER: &str = "default";
+const NO_ADAPTER: &str = "base";
+
+/// `--adapter NAME=DIR`.
+pub fn parse_named_adapter(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = text.split_once('=').ok_or("expected NAME=DIR")?;
+    let name = name.trim();
+    if name.is_empty() || dir.is_empty() {
+        return Err("expected NAME=DIR, both non-empty".into());
+    }
+    if name == NO_ADAPTER {
+        return Err(format!("`{NO_ADAPTER}` names the base without adapters; pick another name"));
+    }
+    Ok((name.to_string(), PathBuf::from(dir)))
+}
+
+/// One prompt of a prompts file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: String,
+    #[serde(default)]
+    adapter: Option<String>,
+}
+
+/// The prompts of a JSON Lines file with their line numbers (blank lines skipped); errors as
+/// `file:line:column: message`, and the exit code (usage for I/O, invalid for content).
+fn read_prompts(path: &Path) -> Result<Vec<(usize, PromptLine)>, (String, u8)> {
+    let text = std::fs::read_to_string(path).map_err(|e| (format!("{}: {e}", path.display()), EXIT_USAGE))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: PromptLine = serde_json::from_str(line).map_err(|e| {
+            // serde_json's position is within the line: the file's line number replaces it.
+            let message = e.to_string();
+            let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
+            (format!("{}:{}:{}: {message}", path.display(), i + 1, e.column()), EXIT_INVALID)
+        })?;
+        out.push((i + 1, row));
+    }
+    if out.is_empty() {
+        return Err((format!("{}: no prompts (one JSON object per line)", path.display()), EXIT_INVALID));
+    }
+    Ok(out)
+}
+
+/// Checks `name` against the adapters there are: `Err` says which exist, with a did-you-mean.
+fn known_adapter(name: &str, names: &[&str]) -> Result<(), String> {
+    if names.contains(&name) {
+        return Ok(());
+    }
+    let hint = crate::recipe::diagnostic::did_you_mean(name, names.iter().copied())
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default();
+    let listed = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    Err(format!("no adapter named `{name}` (there are {listed}){hint}"))
+}
+
+pub fn generate(
+    target: &Path,
+    overrides: &[String],
+    request: &GenerateRequest,
+    sampling: Sampling,
+    device_name: &str,
+) -> ExitCode {
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    // Every name is checked before the model loads.
+    let mut seen: Vec<&(String, PathBuf)> = Vec::new();
+    for given in &request.adapters {
+        if let Some(first) = seen.iter().find(|s| s.0 == given.0) {
+            return usage(format!(
+                "--adapter `{}` is given twice ({} and {})",
+                given.0,
+                first.1.display(),
+                given.1.display()
+            ));
+        }
+        seen.push(given);
+    }
+    let (single, rows) = match &request.prompts {
+        Prompts::One(prompt) => (Some(prompt), Vec::new()),
+        Prompts::File(path) => match read_prompts(path) {
+            Ok(rows) => (None, rows),
+            Err((e, code)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(code);
+            }
+        },
+    };
+    let (dir, base, plan) = match resolve_target(target, overrides) {
         Ok(t) => t,
+        Err(code) => return code,
+    };
+    let own_adapter = dir.join("adapter_config.json").is_file();
+    if own_adapter && let Some((_, d)) = request.adapters.iter().find(|(n, _)| n == OWN_ADAPTER) {
+        return usage(format!(
+            "--adapter {OWN_ADAPTER}={}: `{OWN_ADAPTER}` names {}'s own adapter; pick another name",
+            d.display(),
+            target.display()
+        ));
+    }
+    let mut names: Vec<&str> = request.adapters.iter().map(|(n, _)| n.as_str()).collect();
+    names.extend(own_adapter.then_some(OWN_ADAPTER));
+    names.push(NO_ADAPTER);
+    let default = request.use_adapter.as_deref().unwrap_or(if own_adapter { OWN_ADAPTER } else { NO_ADAPTER });
+    if let Err(e) = known_adapter(default, &names) {
+        return usage(format!("--use: {e}"));
+    }
+    if let Prompts::File(path) = &request.prompts {
+        for (line, row) in &rows {
+            if let Some(Err(e)) = row.adapter.as_deref().map(|a| known_adapter(a, &names)) {
+                eprintln!("error: {}:{line}: {e}", path.display());
+                return ExitCode::from(EXIT_INVALID);
+            }
+        }
+    }
+
+    let loaded = match load_resolved(target, &dir, base.as_deref(), plan.as_ref(), device_name) {
+        Ok(l) => l,
         Err(code) => return code,
     };
     if loaded.model.score.is_some() {
@@ -368,34 +541,93 @@ pub fn generate(target: &Path, overrides: &[String], prompt: &str, sampling: Sam
         );
         return ExitCode::from(EXIT_INVALID);
     }
-    let tok = &loaded.tokenizer;
+    let exec::Loaded { model, tokenizer: tok, base_dir, .. } = loaded;
+    let mut served = crate::model::serving::Adapters::new(model, OWN_ADAPTER);
+    for (name, adapter_dir) in &request.adapters {
+        if let Err(e) = exec::catch_torch_errors(None, || served.attach(name, adapter_dir)) {
+            eprintln!("error: adapter `{name}`: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    }
     let template = plan.as_ref().and_then(|p| p.chat_template.as_ref());
-    let ids = match template {
+    let encode = |prompt: &str| match template {
         // A chat recipe: the prompt as a user turn, rendered with the generation prompt.
         Some(t) => {
             let messages = [serde_json::json!({"role": "user", "content": prompt})];
-            render_chat(t, &loaded.base_dir, &dir, &messages, true, tok)
+            render_chat(t, &base_dir, &dir, &messages, true, &tok)
         }
         None => tok.encode(prompt).map(|p| tok.bos().into_iter().chain(p).collect::<Vec<i64>>()),
     };
-    let ids = match ids {
-        Ok(ids) => ids,
-        Err(e) => {
-            eprintln!("{}: error: {e}", target.display());
-            return ExitCode::from(EXIT_INVALID);
-        }
+    let fail = |e: String| {
+        eprintln!("{}: error: {e}", target.display());
+        ExitCode::from(EXIT_INVALID)
     };
-    let out = match exec::catch_torch_errors(None, || Ok(sample(&loaded.model, &ids, tok.eos(), sampling))) {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("{}: error: {e}", target.display());
-            return ExitCode::from(EXIT_INVALID);
+    // The switch is timed and reported when adapters are chosen by name.
+    let report_switches = !request.adapters.is_empty() || request.use_adapter.is_some();
+    let switch = |served: &mut crate::model::serving::Adapters, name: &str| -> Result<(), String> {
+        let started = std::time::Instant::now();
+        served.set_adapter(Some(name).filter(|n| *n != NO_ADAPTER))?;
+        if report_switches {
+            eprintln!("adapter `{name}` active: switched in {:.1} µs", started.elapsed().as_secs_f64() * 1e6);
         }
+        Ok(())
     };
-    if template.is_some() {
-        println!("{}", tok.decode(&out));
-    } else {
-        println!("{prompt}{}", tok.decode(&out));
+
+    if let Some(prompt) = single {
+        let ids = match encode(prompt) {
+            Ok(ids) => ids,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = switch(&mut served, default) {
+            return fail(e);
+        }
+        let out = match exec::catch_torch_errors(None, || Ok(sample(&served.model, &ids, tok.eos(), sampling))) {
+            Ok(out) => out,
+            Err(e) => return fail(e),
+        };
+        if template.is_some() {
+            println!("{}", tok.decode(&out));
+        } else {
+            println!("{prompt}{}", tok.decode(&out));
+        }
+        return ExitCode::SUCCESS;
+    }
+    // Each adapter's prompts together (adapters in order of first use), `batch_size` at a time;
+    // results go back in input order.
+    let mut ids = Vec::with_capacity(rows.len());
+    for (line, row) in &rows {
+        match encode(&row.prompt) {
+            Ok(i) => ids.push(i),
+            Err(e) => return fail(format!("line {line}: {e}")),
+        }
+    }
+    let adapter_of: Vec<&str> = rows.iter().map(|(_, r)| r.adapter.as_deref().unwrap_or(default)).collect();
+    let mut order: Vec<&str> = Vec::new();
+    for a in &adapter_of {
+        if !order.contains(a) {
+            order.push(a);
+        }
+    }
+    let stop: Vec<i64> = tok.eos().into_iter().collect();
+    let mut completions = vec![Vec::new(); rows.len()];
+    for name in order {
+        if let Err(e) = switch(&mut served, name) {
+            return fail(e);
+        }
+        let members: Vec<usize> = (0..rows.len()).filter(|&i| adapter_of[i] == name).collect();
+        let prompts: Vec<Vec<i64>> = members.iter().map(|&i| ids[i].clone()).collect();
+        let complete = || Ok(exec::eval::complete(&served.model, &prompts, &stop, sampling, request.batch_size));
+        let out = match exec::catch_torch_errors(None, complete) {
+            Ok(out) => out,
+            Err(e) => return fail(e),
+        };
+        for (i, o) in members.into_iter().zip(out) {
+            completions[i] = o;
+        }
+    }
+    for (((_, row), adapter), out) in rows.iter().zip(&adapter_of).zip(&completions) {
+        let line = serde_json::json!({"prompt": row.prompt, "adapter": adapter, "completion": tok.decode(out)});
+        println!("{line}");
     }
     ExitCode::SUCCESS
 }

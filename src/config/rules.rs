@@ -7,6 +7,7 @@ use super::Config;
 use super::adapter::{AdapterKind, ModuleList};
 use super::chat_template::ChatTemplateName;
 use super::datasets::DatasetConfig;
+use super::distributed::{AutoWrapPolicy, FsdpOption};
 use super::location::{Location, normalize, resolve_location};
 use super::training::Switch;
 use crate::recipe::check::Locator;
@@ -887,18 +888,26 @@ impl Rules<'_> {
             }
         }
         let sharding = c.distributed.sharding();
-        if !sharding.is_empty() {
-            let list: Vec<&str> = sharding.iter().map(|o| o.as_str()).collect();
-            let from = if c.distributed.fsdp.is_empty() { " (from fsdp_config)" } else { "" };
+        if sharding.contains(&FsdpOption::Offload) {
             self.warn(
-                "sharding-not-built",
-                format!(
-                    "`fsdp: [{}]`{from}: sharded training is not built into `recipe run` yet, so it refuses this \
-                     recipe (`recipe plan` still lays it out)",
-                    list.join(", ")
-                ),
+                "offload-not-built",
+                "`offload` (parameters and optimizer states in host memory between uses) is not built into \
+                 `recipe run` yet, so it refuses this recipe (`recipe plan` still lays it out)"
+                    .to_string(),
                 &["fsdp", "fsdp_config"],
-                "remove fsdp (and fsdp_config) to train data-parallel (DDP) across GPUs",
+                "remove offload (and offload_params) to keep the shards on the GPUs",
+            );
+        }
+        let f = &c.distributed.fsdp_config;
+        if !sharding.is_empty() && f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy) == Some(AutoWrapPolicy::SizeBasedWrap)
+        {
+            self.warn(
+                "size-based-wrap-not-built",
+                "SIZE_BASED_WRAP is not built into `recipe run`: its shard units are the decoder layers and the \
+                 root (TRANSFORMER_BASED_WRAP), so it refuses this recipe"
+                    .to_string(),
+                &["fsdp_config"],
+                "set auto_wrap_policy: TRANSFORMER_BASED_WRAP",
             );
         }
     }

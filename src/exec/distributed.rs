@@ -13,6 +13,8 @@ use tch::{Device, Kind, Tensor};
 
 pub struct Communicator {
     group: Option<ProcessGroup>,
+    /// How this group was joined, for the sub-groups sharded training makes.
+    rendezvous: Option<Rendezvous>,
     pub rank: usize,
     pub world_size: usize,
 }
@@ -24,7 +26,7 @@ pub const DEFAULT_BUCKET_MB: u32 = 25;
 
 impl Communicator {
     pub fn single() -> Communicator {
-        Communicator { group: None, rank: 0, world_size: 1 }
+        Communicator { group: None, rendezvous: None, rank: 0, world_size: 1 }
     }
 
     /// Joins the other ranks of `env` (Gloo on CPU, NCCL on CUDA); one process needs no group.
@@ -58,7 +60,35 @@ impl Communicator {
                 env.world_size
             )
         })?;
-        Ok(Communicator { rank: env.rank, world_size: env.world_size, group: Some(group) })
+        Ok(Communicator {
+            rank: env.rank,
+            world_size: env.world_size,
+            group: Some(group),
+            rendezvous: Some(rendezvous),
+        })
+    }
+
+    /// A process group of `ranks` (this rank among them, in the order given) named `name`, over
+    /// the same store: sharded training's shard and replica groups. Every rank in `ranks` must
+    /// call it with the same arguments. None for a group of one (no collectives to run).
+    pub fn subgroup(&self, name: &str, ranks: &[usize]) -> Result<Option<ProcessGroup>, String> {
+        let Some(r) = &self.rendezvous else { return Ok(None) };
+        let index = ranks
+            .iter()
+            .position(|&x| x == self.rank)
+            .ok_or_else(|| format!("rank {} is not in the {name} group {ranks:?}", self.rank))?;
+        if ranks.len() == 1 {
+            return Ok(None);
+        }
+        let sub = Rendezvous {
+            rank: index,
+            world_size: ranks.len(),
+            store_server: false,
+            wait_workers: false,
+            prefix: format!("{}{name}/", r.prefix),
+            ..r.clone()
+        };
+        ProcessGroup::join(&sub).map(Some).map_err(|e| self.failed(e))
     }
 
     pub fn is_main(&self) -> bool {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod objective;
 pub mod optimizer;
 pub mod runtime;
+pub mod shard;
 pub mod torch_ops;
 pub mod train;
 
@@ -95,8 +96,9 @@ pub struct RunReport {
     pub world_size: usize,
     /// The c10d backend when the run formed a process group.
     pub backend: Option<&'static str>,
-    /// Gradient bytes all-reduced per optimizer step (the plan's layout has its estimate).
-    pub all_reduced_bytes_per_step: u64,
+    /// Payload bytes of the collectives of an optimizer step (the plan's layout has its
+    /// estimate).
+    pub collectives_per_step: crate::plan::shard::Collectives,
     /// Device-to-host reads per optimizer step, by kind of step (exec/host_sync.rs).
     pub host_syncs: host_sync::StepSyncs,
     pub steps_done: u64,
@@ -362,11 +364,31 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
             );
         }
     }
-    if !plan.layout.fsdp.is_empty() {
-        let list: Vec<&str> = plan.layout.fsdp.iter().map(|o| o.as_str()).collect();
+    if plan.layout.fsdp.contains(&crate::config::distributed::FsdpOption::Offload) {
+        return Err("fsdp: offload (parameters and optimizer states in host memory) is not built into recipe run \
+                    yet; remove offload and offload_params"
+            .into());
+    }
+    if plan.layout.size_based_wrap {
+        return Err("fsdp_config: SIZE_BASED_WRAP is not built into recipe run; its shard units are the decoder \
+                    layers and the root (TRANSFORMER_BASED_WRAP)"
+            .into());
+    }
+    Ok(())
+}
+
+/// What sharded training does not do yet, refused by name before any rank keeps chunks.
+fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
+    let strategy = format!("{:?}", plan.layout.strategy);
+    if plan.training.optimizer.name.eight_bit_states() {
         return Err(format!(
-            "fsdp: [{}] (sharded training) is not built into recipe run yet; remove it to train data-parallel",
-            list.join(", ")
+            "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
+            plan.training.optimizer.name.as_str()
+        ));
+    }
+    if plan.training.causal_lm_eval.is_some() {
+        return Err(format!(
+            "do_causal_lm_eval generates on rank 0 alone, which sharded training ({strategy}) cannot serve;              evaluate the output with `recipe eval` instead"
         ));
     }
     Ok(())
@@ -639,6 +661,17 @@ fn train_on<E: packing::Example>(
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
 
     let output_dir = PathBuf::from(&t.output_dir);
+    // Sharded training: every rank starts from rank 0's trainable weights before it keeps its
+    // chunks of them, and the shard (and replica) groups are joined by every rank now.
+    let shard_groups = if plan.layout.strategy.shards_gradients_and_optimizer() && rt.comm.is_distributed() {
+        refuse_unsharded(plan)?;
+        let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+        catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+        let reshard = plan.layout.reshard_after_forward;
+        shard::ShardGroups::join(&rt.comm, &plan.layout, reshard)?
+    } else {
+        None
+    };
     // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
@@ -655,7 +688,6 @@ fn train_on<E: packing::Example>(
                 );
             }
         }
-        let mut optimizer = optimizer::AdamW::new(model.trainable_params(), &t.optimizer);
         let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
         let data_digest = format!("{:016x}", data_digest(&train_rows));
         let mut state = checkpoint::TrainerState {
@@ -703,12 +735,25 @@ fn train_on<E: packing::Example>(
             }
             let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
             adapter::load_trainable(&model, &weights)?;
-            optimizer.load_state(&Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?)?;
             state = checkpoint::TrainerState { data_digest: state.data_digest.take(), ..saved };
             // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
             state.loss_scaler =
                 if rt.precision.loss_scaling { state.loss_scaler.or_else(|| Some(Default::default())) } else { None };
             tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+        }
+        // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
+        let trainable = model.trainable_params();
+        let sharder = shard_groups.map(|groups| std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)));
+        let mut optimizer = match &sharder {
+            Some(sharder) => optimizer::AdamW::new(sharder.optimizer_params(), &t.optimizer),
+            None => optimizer::AdamW::new(trainable, &t.optimizer),
+        };
+        if let Some(dir) = &resumed_from {
+            let saved = Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?;
+            match &sharder {
+                Some(sharder) => sharder.load_optimizer_state(&mut optimizer, &saved)?,
+                None => optimizer.load_state(&saved)?,
+            }
         }
         if rt.is_main() {
             checkpoint::write_run_record(&output_dir, plan, state.data_digest.as_deref().unwrap_or_default())?;
@@ -720,9 +765,9 @@ fn train_on<E: packing::Example>(
         } else {
             metrics::MetricsLog::discard(&output_dir)
         };
-        Ok((optimizer, state, resumed_from, log))
+        Ok((optimizer, state, resumed_from, log, sharder))
     });
-    let (mut optimizer, state, resumed_from, mut log) =
+    let (mut optimizer, state, resumed_from, mut log, sharder) =
         rt.comm.agree(started, "preparing the output folder or resuming", device)?;
     let resume_steps = rt.comm.all_gather_u64(state.global_step, device)?;
     if let Some(rank) = resume_steps.iter().position(|s| *s != resume_steps[0]) {
@@ -732,9 +777,15 @@ fn train_on<E: packing::Example>(
             resume_steps[rank], resume_steps[0]
         ));
     }
-    // Every rank starts from rank 0's trainable weights (its LoRA initialisation).
-    let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
-    catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+    // Every rank starts from rank 0's trainable weights (its LoRA initialisation); sharded runs
+    // did so before cutting their chunks.
+    match &sharder {
+        Some(sharder) => sharder.install(&model),
+        None => {
+            let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+            catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
+        }
+    }
 
     let progress = if opts.progress && rt.is_main() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(steps.total);
@@ -770,6 +821,7 @@ fn train_on<E: packing::Example>(
         progress: &progress,
         stop_after: opts.stop_after,
         steps,
+        sharder: sharder.as_deref(),
     };
     // Forgetting: perplexity on general-domain data before training (a resumed run has no "before").
     let forgetting_perplexity = |model: &CausalLm| -> Option<f64> {
@@ -802,6 +854,13 @@ fn train_on<E: packing::Example>(
     }
     let forgetting_after =
         if outcome.interrupted { None } else { catch_torch_errors(Some(plan), || Ok(forgetting_perplexity(&model)))? };
+    // The outputs are written whole: the optimizer's chunks go first, then every rank gathers the
+    // model (rank 0 writes it; the others only took part in the gathers).
+    let optimizer_state_bytes = optimizer.state_bytes();
+    if let Some(sharder) = &sharder {
+        drop(optimizer);
+        catch_torch_errors(Some(plan), || sharder.uninstall(&model))?;
+    }
     if rt.is_main()
         && let Some(after) = forgetting_after
     {
@@ -858,7 +917,7 @@ fn train_on<E: packing::Example>(
         rank: rt.comm.rank,
         world_size: rt.comm.world_size,
         backend: rt.comm.backend().map(|b| b.name()),
-        all_reduced_bytes_per_step: outcome.all_reduced_bytes_per_step,
+        collectives_per_step: outcome.collectives_per_step,
         host_syncs: outcome.host_syncs,
         steps_done: outcome.steps_done,
         total_steps: steps.total,
@@ -875,7 +934,7 @@ fn train_on<E: packing::Example>(
         interrupted: outcome.interrupted,
         resumed_from,
         outputs,
-        optimizer_state_bytes: optimizer.state_bytes(),
+        optimizer_state_bytes,
         cpu_peak_bytes: match (device, in_use_before_model) {
             (Device::Cpu, Some(before)) => {
                 Some((host_memory::peak().saturating_sub(before), plan.memory.cpu_total_bytes))

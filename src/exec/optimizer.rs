@@ -393,13 +393,39 @@ impl AdamW {
         self.params.iter().map(|s| s.exp_avg.bytes() + s.exp_avg_sq.bytes()).sum()
     }
 
-    pub fn load_state(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
-        let _guard = tch::no_grad_guard();
+    fn load_step(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
         self.step = ckpt.load("step", &[], Kind::Int64, tch::Device::Cpu)?.int64_value(&[]) as u64;
         self.device_step = None;
         if let Some(steps) = &mut self.fused {
             let _ = steps.fill_(self.step as f64);
         }
+        Ok(())
+    }
+
+    /// Loads the step count from `ckpt` and each 32-bit moment from `moment(parameter name,
+    /// "exp_avg" | "exp_avg_sq")`, which gives the values this optimizer holds of it (sharded
+    /// training cuts its chunk out of the checkpoint's full tensor).
+    pub fn load_state_with(
+        &mut self,
+        ckpt: &crate::model::weights::Checkpoint,
+        moment: &dyn Fn(&str, &str) -> Result<Tensor, String>,
+    ) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        self.load_step(ckpt)?;
+        for s in &mut self.params {
+            for (which, m) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+                let Moment::Full(t) = m else {
+                    return Err("8-bit optimizer states are not sharded; use a 32-bit AdamW".into());
+                };
+                t.copy_(&moment(&s.name, which)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn load_state(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        self.load_step(ckpt)?;
         for s in &mut self.params {
             s.exp_avg.load(&format!("{}.exp_avg", s.name), ckpt)?;
             s.exp_avg_sq.load(&format!("{}.exp_avg_sq", s.name), ckpt)?;

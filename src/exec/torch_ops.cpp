@@ -84,4 +84,17 @@ int recipe_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp
   });
 }
 
+
+// Sets `tensor.grad` to `grad`, or leaves it undefined when `grad` is null (`tensor.grad = None`),
+// which frees a gradient that was reduce-scattered away (exec/shard.rs) and hands the optimizer a
+// shard's gradient.
+int recipe_set_grad(at::Tensor* tensor, at::Tensor* grad, char** err) {
+  return guarded_op(err, [&] {
+    if (grad == nullptr) {
+      tensor->mutable_grad().reset();
+    } else {
+      tensor->mutable_grad() = *grad;
+    }
+  });
+}
 }  // extern "C"

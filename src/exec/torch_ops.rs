@@ -15,6 +15,7 @@ unsafe extern "C-unwind" {
         grad: *const std::ffi::c_void,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn recipe_set_grad(tensor: *const std::ffi::c_void, grad: *const std::ffi::c_void, err: *mut *mut c_char) -> c_int;
     fn recipe_pin_memory(src: *const std::ffi::c_void, err: *mut *mut c_char) -> *mut std::ffi::c_void;
     #[allow(clippy::too_many_arguments)]
     fn recipe_fused_adamw(
@@ -40,6 +41,15 @@ pub fn backward_with_grad(output: &Tensor, grad: &Tensor) -> Result<(), String> 
     // SAFETY: both pointers are live tensors for the call; the shim only reads them.
     let ok = unsafe { recipe_backward_with_grad(output.as_ptr().cast(), grad.as_ptr().cast(), &mut err) };
     check(ok, err, "backward pass")
+}
+
+/// Sets `t.grad` to `grad`, or to nothing (`t.grad = None`, freeing it).
+pub fn set_grad(t: &Tensor, grad: Option<&Tensor>) -> Result<(), String> {
+    let mut err = std::ptr::null_mut();
+    let grad = grad.map_or(std::ptr::null(), |g| g.as_ptr().cast());
+    // SAFETY: both pointers are live tensors (or null) for the call; the shim copies the handle.
+    let ok = unsafe { recipe_set_grad(t.as_ptr().cast(), grad, &mut err) };
+    check(ok, err, "setting a gradient")
 }
 
 /// A page-locked copy of the CPU tensor `t` (`t.pin_memory()`), from which a copy to the GPU runs

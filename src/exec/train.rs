@@ -17,6 +17,10 @@
 //! data (no communication), gradients are summed over the ranks in buckets, and every rank takes
 //! the same step. Per-step values are reduced at logging steps only; a stop request (Ctrl-C) is
 //! agreed on there too, so ranks never part ways. Only the main process writes.
+//! Sharded strategies (exec/shard.rs) move gradients as each unit's backward pass ends and step
+//! on this rank's chunks; every rank then runs as many forward and backward passes as the busiest
+//! one (a rank short of micro-batches adds passes that count zero), because each pass gathers
+//! parameters from all of them.
 
 use super::checkpoint::{self, TrainerState};
 use super::metrics::MetricsLog;
@@ -58,6 +62,8 @@ pub struct Loop<'a, E: Example> {
     pub steps: Steps,
     /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process).
     pub causal_lm_eval: Option<&'a super::eval::CausalLmEval<'a>>,
+    /// Sharded training's state (None: replicated, data-parallel or one process).
+    pub sharder: Option<&'a super::shard::Sharder>,
 }
 
 pub struct Outcome {
@@ -66,8 +72,8 @@ pub struct Outcome {
     pub interrupted: bool,
     pub last_eval_loss: Option<f64>,
     pub tokens_per_second: f64,
-    /// Gradient bytes all-reduced per optimizer step (0 for one process).
-    pub all_reduced_bytes_per_step: u64,
+    /// Payload bytes of the collectives of the last optimizer step (none for one process).
+    pub collectives_per_step: crate::plan::shard::Collectives,
     /// Device-to-host reads per optimizer step, by kind of step.
     pub host_syncs: super::host_sync::StepSyncs,
 }
@@ -132,7 +138,8 @@ impl<E: Example> Loop<'_, E> {
         let k = self.objective.metric_sums() as i64;
         let mut total = Tensor::zeros([1 + k], (Kind::Float, device));
         let mut units = 0usize;
-        for (i, chunk) in self.validation.chunks(mbs).enumerate() {
+        let chunks: Vec<&[E]> = self.validation.chunks(mbs).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
             let items: Vec<&E> = chunk.iter().collect();
             let b = E::collate(&items, self.pad_id, self.pad_to());
             // Every rank counts every chunk's units (host data); each scores its share.
@@ -141,6 +148,18 @@ impl<E: Example> Loop<'_, E> {
                 let batch = DeviceBatch::upload(&b, device);
                 total += sums_vector(objective::loss_sum_no_grad(self.model, self.objective, &batch));
             }
+        }
+        if self.sharder.is_some() {
+            // Sharded: every rank runs as many passes as rank 0 (each gathers from all ranks);
+            // the extra ones score the first chunk and are not counted.
+            let rounds = chunks.len().div_ceil(comm.world_size);
+            let mine = chunks.len().saturating_sub(comm.rank).div_ceil(comm.world_size);
+            for _ in mine..rounds {
+                let items: Vec<&E> = chunks[0].iter().collect();
+                let batch = DeviceBatch::upload(&E::collate(&items, self.pad_id, self.pad_to()), device);
+                let _ = objective::loss_sum_no_grad(self.model, self.objective, &batch);
+            }
+            self.model.end_inference();
         }
         comm.all_reduce_sum(&mut total)?;
         let sums = super::host_sync::read_f64(&total, "the evaluation sums")?;
@@ -187,7 +206,7 @@ impl<E: Example> Loop<'_, E> {
             interrupted: false,
             last_eval_loss: None,
             tokens_per_second: 0.0,
-            all_reduced_bytes_per_step: 0,
+            collectives_per_step: Default::default(),
             host_syncs: Default::default(),
         };
         // fp16: the loss scale on the device for the whole run (the host copy in `state` is
@@ -198,10 +217,17 @@ impl<E: Example> Loop<'_, E> {
         // peak: the first two (optimizer state appears in the first) and any batch larger than
         // all before it; the other steps repeat a known footprint.
         let probe = self.model.memory_probe.get();
+        // Full sharding releases a layer's parameters after its forward pass: the backward pass
+        // recomputes it.
+        let checkpointing = t.gradient_checkpointing || self.sharder.is_some_and(|s| s.needs_recompute());
         let mut largest_batch = 0usize;
         let first_step = state.global_step;
         for step in first_step..s.total {
             let reads_before = super::host_sync::count();
+            if let Some(sharder) = self.sharder {
+                // Evaluation's gathers are not this step's.
+                sharder.take_moved();
+            }
             let lr = learning_rate_at(
                 plan.batch.lr_scheduler,
                 plan.batch.peak_learning_rate,
@@ -225,6 +251,17 @@ impl<E: Example> Loop<'_, E> {
                 .step_by(comm.world_size)
                 .filter(|(_, b)| b.rows > 0)
                 .collect();
+            // Sharded: passes that count zero, so this rank runs as many as the busiest rank.
+            let idle_passes = match self.sharder {
+                Some(_) => {
+                    let busiest = (0..comm.world_size)
+                        .map(|r| global.iter().skip(r).step_by(comm.world_size).filter(|b| b.rows > 0).count())
+                        .max()
+                        .unwrap_or(0);
+                    busiest - mine.len()
+                }
+                None => 0,
+            };
             let batch_size = mine.iter().map(|(_, b)| b.input_ids.len()).max().unwrap_or(0);
             let new_footprint = step < first_step + 2 || batch_size > largest_batch;
             largest_batch = largest_batch.max(batch_size);
@@ -256,7 +293,7 @@ impl<E: Example> Loop<'_, E> {
                     &batch,
                     denominator as f64,
                     scale.as_ref(),
-                    t.gradient_checkpointing,
+                    checkpointing,
                     &reseed,
                 );
                 loss += sums.loss;
@@ -264,16 +301,46 @@ impl<E: Example> Loop<'_, E> {
                     metric_sums = Some(metric_sums.map_or_else(|| m.shallow_clone(), |acc| acc + &m));
                 }
             }
-            outcome.all_reduced_bytes_per_step = comm.all_reduce_gradients(
-                &params,
-                bucket_bytes,
-                plan.layout.ddp.find_unused_parameters || mine.is_empty(),
-            )?;
+            if idle_passes > 0
+                && let Some(b) = global.iter().find(|b| b.rows > 0)
+            {
+                let zero = Tensor::zeros([1], (Kind::Float, self.model.device));
+                for _ in 0..idle_passes {
+                    let batch = DeviceBatch::upload(b, self.model.device);
+                    let _ = objective::forward_backward_scaled(
+                        self.model,
+                        self.objective,
+                        &batch,
+                        denominator as f64,
+                        Some(&zero),
+                        checkpointing,
+                        &|_| {},
+                    );
+                }
+            }
+            match self.sharder {
+                Some(sharder) => sharder.finish_gradients()?,
+                None => {
+                    outcome.collectives_per_step.all_reduce = comm.all_reduce_gradients(
+                        &params,
+                        bucket_bytes,
+                        plan.layout.ddp.find_unused_parameters || mine.is_empty(),
+                    )?
+                }
+            }
+            let clip = |optimizer: &AdamW| match self.sharder {
+                Some(sharder) => sharder.clip_grad_norm(t.max_grad_norm),
+                None => Ok(optimizer.clip_grad_norm(t.max_grad_norm)),
+            };
             let grad_norm = match &mut scaler {
                 // Unscaled, checked, stepped or skipped, and the scale updated, all on the device.
                 Some(scaler) => {
-                    let found_inf = scaler.unscale(&optimizer.grads());
-                    let norm = optimizer.clip_grad_norm(t.max_grad_norm);
+                    let mut found_inf = scaler.unscale(&optimizer.grads());
+                    if self.sharder.is_some() {
+                        // Each rank checked its own chunks.
+                        comm.all_reduce_max(&mut found_inf)?;
+                    }
+                    let norm = clip(optimizer)?;
                     optimizer.step_unless(lr, &found_inf)?;
                     scaler.update(&found_inf);
                     // A skipped step logs a NaN norm (and `skipped: true`).
@@ -281,11 +348,15 @@ impl<E: Example> Loop<'_, E> {
                     norm.to_kind(Kind::Float).where_self(&found_inf.eq(0.0).reshape([]), &nan)
                 }
                 None => {
-                    let norm = optimizer.clip_grad_norm(t.max_grad_norm);
+                    let norm = clip(optimizer)?;
                     optimizer.step(lr);
                     norm
                 }
             };
+            if let Some(sharder) = self.sharder {
+                sharder.after_step()?;
+                outcome.collectives_per_step = sharder.take_moved();
+            }
             self.model.probe_memory();
             optimizer.zero_grad();
             pending.push(Pending {
@@ -353,7 +424,11 @@ impl<E: Example> Loop<'_, E> {
                 if let Some(scaler) = &scaler {
                     state.loss_scaler = Some(scaler.to_host()?);
                 }
-                if !optimizer.params_finite()? {
+                let finite = match self.sharder {
+                    Some(sharder) => sharder.all_finite()?,
+                    None => optimizer.params_finite()?,
+                };
+                if !finite {
                     let kept = checkpoint::latest(self.output_dir).map_or("no checkpoint was saved yet".into(), |p| {
                         format!("the last good checkpoint is {}", p.display())
                     });
@@ -363,11 +438,18 @@ impl<E: Example> Loop<'_, E> {
                         step + 1
                     ));
                 }
-                let saved = if comm.is_main() {
+                // Sharded: every rank helps assemble the optimizer state and the weights; rank 0
+                // writes them.
+                let optimizer_state = match (plan.training.save_only_model, self.sharder) {
+                    (true, _) => None,
+                    (false, Some(sharder)) => Some(sharder.gather_optimizer_state(optimizer)?),
+                    (false, None) => Some(optimizer.state()),
+                };
+                let write = || {
                     checkpoint::save(
                         self.output_dir,
                         self.model,
-                        (!plan.training.save_only_model).then(|| optimizer.state()).as_deref(),
+                        optimizer_state.as_deref(),
                         &state,
                         &checkpoint::RunFiles {
                             plan,
@@ -379,8 +461,11 @@ impl<E: Example> Loop<'_, E> {
                         t.save_total_limit,
                     )
                     .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))
-                } else {
-                    Ok(())
+                };
+                let saved = match self.sharder {
+                    Some(sharder) => sharder.with_model_gathered(|| if comm.is_main() { write() } else { Ok(()) })?,
+                    None if comm.is_main() => write(),
+                    None => Ok(()),
                 };
                 // No rank runs ahead of a checkpoint it may have to resume from, nor on after a
                 // failed save (a full disk on rank 0 stops every rank).

@@ -34,19 +34,6 @@ impl Trainable {
             Trainable::Nothing | Trainable::Everything => &[],
         }
     }
-
-    /// Whether an adapter is trained (saved in peft's format).
-    pub fn is_adapter(&self) -> bool {
-        matches!(self, Trainable::Lora { .. } | Trainable::Ia3 { .. })
-    }
-
-    /// The targeted module names (short, as peft's target_modules).
-    pub fn targets(&self) -> &[String] {
-        match self {
-            Trainable::Lora { targets, .. } | Trainable::Ia3 { targets, .. } => targets,
-            Trainable::Nothing | Trainable::Everything => &[],
-        }
-    }
 }
 
 pub struct LoadOptions {
@@ -146,17 +133,35 @@ pub struct CausalLm {
     /// Called where a training step's memory peaks (after forwards and backwards), so a run can
     /// measure its peak (exec/host_memory.rs, exec/cuda.rs); the loop switches it per step.
     pub memory_probe: std::cell::Cell<Option<fn()>>,
+    /// Sharded training's unit hooks (exec/shard.rs): set, a unit's parameters are gathered
+    /// before each use and released after it.
+    pub shard_units: std::cell::RefCell<Option<std::rc::Rc<dyn ShardUnits>>>,
     /// The model-wide adapter switch: off, every layer computes its base alone and the
     /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
     /// weights serve as the frozen reference model of preference training.
     adapters_enabled: std::cell::Cell<bool>,
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
-    head_original: Option<Tensor>,
+    pub(super) head_original: Option<Tensor>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
     pub score: Option<Tensor>,
+}
+
+/// Where sharded training (exec/shard.rs) gathers and releases parameters. A unit is a decoder
+/// layer (unit i) or the root (unit `num_layers`: embeddings, final norm, head), as FSDP wraps a
+/// Llama. The model calls these around every use of a unit; a failed collective panics, as tch's
+/// own errors do, and the run turns the panic into a message.
+pub trait ShardUnits {
+    /// The unit's full parameters are needed now.
+    fn gather(&self, unit: usize);
+    /// A training forward pass is done with the unit; its backward pass comes later.
+    fn forward_done(&self, unit: usize);
+    /// An inference pass is done with the unit.
+    fn release(&self, unit: usize);
+    /// The unit's gradients for this micro-batch are complete.
+    fn backward_done(&self, unit: usize);
 }
 
 /// What a training forward pass leaves for the backward pass.
@@ -209,23 +214,6 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
-        let dora = matches!(opts.trainable, Trainable::Lora { dora: true, .. });
-        let lora_for = |module: &str, fan_in: i64, fan_out: i64| -> Option<Adapter> {
-            let short = module.rsplit('.').next().unwrap_or(module);
-            let named = |list: &[String]| list.iter().any(|t| t == short || t == module);
-            if let Trainable::Ia3 { targets, feedforward, .. } = &opts.trainable {
-                return named(targets).then(|| Adapter::Ia3(Ia3::new(fan_in, fan_out, named(feedforward), device)));
-            }
-            let Trainable::Lora { targets, r, scaling, dropout, .. } = &opts.trainable else { return None };
-            if !named(targets) {
-                return None;
-            }
-            // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            let a = Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
-            let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
-            Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
-        };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
             let weight_name = format!("{name}.weight");
             let shape = [fan_out, fan_in];
@@ -261,12 +249,7 @@ impl CausalLm {
                 }
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            let adapter = lora_for(&name, fan_in, fan_out);
-            let mut linear = Linear { name, weight, quantized, bias, adapter };
-            if dora && linear.adapter.is_some() {
-                linear.decompose()?;
-            }
-            Ok(linear)
+            Ok(Linear { name, weight, quantized, bias, adapter: None })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -301,67 +284,30 @@ impl CausalLm {
         } else {
             get("lm_head.weight", &[v, h])?
         };
-        let score = if opts.score_head { Some(load_score(ckpt, arch, opts)?) } else { None };
-        let mut lm_head =
+        let lm_head =
             Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
-        let mut embed_tokens_trained = None;
-        let mut head_original = None;
-        {
-            for m in opts.trainable.modules_to_save() {
-                match m.as_str() {
-                    // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
-                    // (peft also lists `classifier`, other architectures' name for it.)
-                    "score" | "classifier" if opts.score_head => {}
-                    "lm_head" if opts.score_head => {
-                        return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
-                    }
-                    "lm_head" => {
-                        let original = lm_head.weight.shallow_clone();
-                        lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
-                        head_original = Some(original);
-                    }
-                    "embed_tokens" => {
-                        embed_tokens_trained =
-                            Some(embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
-                    }
-                    other => {
-                        let heads = if opts.score_head { "score" } else { "lm_head" };
-                        return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
-                    }
-                }
-            }
-        }
-        // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
-        if let Trainable::Lora { targets, modules_to_save, .. } = &opts.trainable
-            && targets.iter().any(|t| t == "lm_head")
-        {
-            if opts.score_head {
-                return Err("target_modules: a reward model has no lm_head to adapt".into());
-            }
-            if modules_to_save.iter().any(|m| m == "lm_head") {
-                return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
-            }
-            lm_head.adapter = lora_for("lm_head", h, v);
-            if dora {
-                lm_head.decompose()?;
-            }
-        }
-        // peft's LoRA on the embedding: A zero, B standard normal (its reset_lora_parameters for an
-        // nn.Embedding), so step 0 is the base model.
-        let mut embed_lora = None;
-        if let Trainable::Lora { targets, r, scaling, dora, modules_to_save, .. } = &opts.trainable
-            && targets.iter().any(|t| t == "embed_tokens")
-        {
-            if modules_to_save.iter().any(|m| m == "embed_tokens") {
-                return Err("embed_tokens cannot be both a LoRA target and in modules_to_save".into());
-            }
-            if *dora {
-                return Err("DoRA on embed_tokens is not built; target linear layers only with peft_use_dora".into());
-            }
-            let a = Tensor::zeros([*r, v], (Kind::Float, device)).set_requires_grad(true);
-            let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
-            // peft applies no dropout to an embedding's LoRA input (token ids).
-            embed_lora = Some(Lora { a, b, scaling: *scaling, dropout: 0.0 });
+        let mut model = CausalLm {
+            arch: arch.clone(),
+            rope: Rope::new(arch, device)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            embed_tokens_trained: None,
+            embed_lora: None,
+            trainable: Trainable::Nothing,
+            device,
+            compute_kind: Kind::Float,
+            memory_probe: std::cell::Cell::new(None),
+            shard_units: std::cell::RefCell::new(None),
+            adapters_enabled: std::cell::Cell::new(true),
+            head_original: None,
+            score: None,
+        };
+        // Adapters before a new reward head: the random draws come in the same order as ever.
+        model.add_adapters(&opts.trainable, opts.score_head)?;
+        if opts.score_head {
+            model.score = Some(load_score(ckpt, arch, opts)?);
         }
         let unused = ckpt.unused();
         let unexpected: Vec<&String> =
@@ -373,23 +319,110 @@ impl CausalLm {
                 unexpected.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
             ));
         }
-        Ok(CausalLm {
-            arch: arch.clone(),
-            rope: Rope::new(arch, device)?,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            embed_tokens_trained,
-            embed_lora,
-            trainable: opts.trainable.clone(),
-            device,
-            compute_kind: Kind::Float,
-            memory_probe: std::cell::Cell::new(None),
-            adapters_enabled: std::cell::Cell::new(true),
-            head_original,
-            score,
-        })
+        Ok(model)
+    }
+
+    /// Puts fresh adapters on the base as `trainable` asks and makes it the model's trainable set:
+    /// LoRA pairs on the targeted linears (peft's default init), DoRA magnitudes over them, peft's
+    /// embedding LoRA on embed_tokens, or IA3 vectors (ones), and trainable copies of
+    /// modules_to_save; nothing for full fine-tuning. `score_head`: the model is
+    /// a reward model (its head is `score`). `load` calls this once; multi-adapter serving
+    /// (`model::serving`) once per adapter, over layers it has emptied first.
+    pub fn add_adapters(&mut self, trainable: &Trainable, score_head: bool) -> Result<(), String> {
+        let device = self.device;
+        // IA3: a vector of ones on each targeted linear (peft's init).
+        if let Trainable::Ia3 { targets, feedforward, .. } = trainable {
+            for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
+                let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
+                let named = |list: &[String]| list.iter().any(|t| t == short || *t == lin.name);
+                if named(targets) {
+                    let (fan_out, fan_in) = match &lin.quantized {
+                        Some(q) => (q.shape()[0], q.shape()[1]),
+                        None => (lin.weight.size()[0], lin.weight.size()[1]),
+                    };
+                    lin.adapter = Some(Adapter::Ia3(Ia3::new(fan_in, fan_out, named(feedforward), device)));
+                }
+            }
+        }
+        if let Trainable::Lora { targets, r, scaling, dropout, dora, .. } = trainable {
+            let lora_for = |lin: &Linear| -> Option<Adapter> {
+                let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
+                if !targets.iter().any(|t| t == short || *t == lin.name) {
+                    return None;
+                }
+                let (fan_out, fan_in) = match &lin.quantized {
+                    Some(q) => (q.shape()[0], q.shape()[1]),
+                    None => (lin.weight.size()[0], lin.weight.size()[1]),
+                };
+                // peft's default init: A kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero.
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a =
+                    Tensor::empty([*r, fan_in], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
+                let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
+                Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
+            };
+            for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
+                lin.adapter = lora_for(lin);
+                if *dora && lin.adapter.is_some() {
+                    lin.decompose()?;
+                }
+            }
+            // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
+            if targets.iter().any(|t| t == "lm_head") {
+                if score_head {
+                    return Err("target_modules: a reward model has no lm_head to adapt".into());
+                }
+                if trainable.modules_to_save().iter().any(|m| m == "lm_head") {
+                    return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
+                }
+                self.lm_head.adapter = lora_for(&self.lm_head);
+                if *dora {
+                    self.lm_head.decompose()?;
+                }
+            }
+            // peft's LoRA on the embedding: A zero, B standard normal (its reset_lora_parameters for an
+            // nn.Embedding), so step 0 is the base model.
+            if targets.iter().any(|t| t == "embed_tokens") {
+                if trainable.modules_to_save().iter().any(|m| m == "embed_tokens") {
+                    return Err("embed_tokens cannot be both a LoRA target and in modules_to_save".into());
+                }
+                if *dora {
+                    return Err(
+                        "DoRA on embed_tokens is not built; target linear layers only with peft_use_dora".into()
+                    );
+                }
+                let (v, h) = (self.embed_tokens.size()[0], self.embed_tokens.size()[1]);
+                let a = Tensor::zeros([*r, v], (Kind::Float, device)).set_requires_grad(true);
+                let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
+                // peft applies no dropout to an embedding's LoRA input (token ids).
+                self.embed_lora = Some(Lora { a, b, scaling: *scaling, dropout: 0.0 });
+            }
+        }
+        for m in trainable.modules_to_save() {
+            match m.as_str() {
+                // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
+                // (peft also lists `classifier`, other architectures' name for it.)
+                "score" | "classifier" if score_head => {}
+                "lm_head" if score_head => {
+                    return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
+                }
+                "lm_head" => {
+                    let original = self.lm_head.weight.shallow_clone();
+                    self.lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
+                    self.head_original = Some(original);
+                }
+                "embed_tokens" => {
+                    self.embed_tokens_trained =
+                        Some(self.embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
+                }
+                other => {
+                    let heads = if score_head { "score" } else { "lm_head" };
+                    return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
+                }
+            }
+        }
+        self.trainable = trainable.clone();
+        Ok(())
     }
 
     /// Whether adapters (and modules_to_save copies) take part in forward passes now.
@@ -407,6 +440,18 @@ impl CausalLm {
         }
         let _restore = Restore(&self.adapters_enabled, self.adapters_enabled.replace(false));
         f()
+    }
+
+    /// The root unit's index for `shard_units` (embeddings, final norm, head).
+    pub fn root_unit(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn with_shard(&self, f: impl FnOnce(&dyn ShardUnits)) {
+        let hooks = self.shard_units.borrow().clone();
+        if let Some(hooks) = hooks {
+            f(hooks.as_ref());
+        }
     }
 
     /// Samples memory where a step may peak (see `memory_probe`).
@@ -546,11 +591,22 @@ impl CausalLm {
     pub fn hidden_states(&self, inputs: &Inputs, train: bool) -> Tensor {
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(inputs.input_ids);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), train);
+            self.with_shard(|s| s.release(i));
         }
         rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
+    }
+
+    /// Ends an inference pass under sharded training: the root unit (still needed by the head
+    /// after `hidden_states`) is released.
+    pub fn end_inference(&self) {
+        let root = self.root_unit();
+        self.with_shard(|s| s.release(root));
     }
 
     /// Logits [1, T, V] of new tokens `input_ids` [1, T] at positions `start..start+T`, reading
@@ -560,9 +616,13 @@ impl CausalLm {
         let t = input_ids.size()[1];
         let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0);
         let cos_sin = self.rope.cos_sin(&positions);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(input_ids);
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
+            self.with_shard(|s| s.release(i));
         }
         let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
         self.head(&h, false)
@@ -591,9 +651,13 @@ impl CausalLm {
         let own = key_at.eq_tensor(&query_at);
         let mask = causal.unsqueeze(0).logical_and(&key_mask.unsqueeze(1)).logical_or(&own.unsqueeze(0)).unsqueeze(1);
         let cos_sin = self.rope.cos_sin(positions);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let mut x = self.embed(input_ids);
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            self.with_shard(|s| s.gather(i));
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
+            self.with_shard(|s| s.release(i));
         }
         let h = rms_norm(&x.select(1, t - 1), &self.norm, self.arch.rms_norm_eps);
         self.head(&h, false)
@@ -633,10 +697,13 @@ impl CausalLm {
     pub fn forward_train(&self, inputs: &Inputs, checkpointing: bool, layer_seed: &dyn Fn(usize)) -> TrainForward {
         let cos_sin = self.rope.cos_sin(inputs.position_ids);
         let mask = Self::attention_mask(inputs);
+        let root = self.root_unit();
+        self.with_shard(|s| s.gather(root));
         let embedded = self.embed(inputs.input_ids);
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
+                self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
             }
@@ -649,8 +716,10 @@ impl CausalLm {
         tch::no_grad(|| {
             for (i, layer) in self.layers.iter().enumerate() {
                 saved.push(x.shallow_clone());
+                self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+                self.with_shard(|s| s.forward_done(i));
             }
         });
         let top = x.detach().set_requires_grad(true);
@@ -661,11 +730,19 @@ impl CausalLm {
     /// After the objective's `backward()` from `forward.hidden`: with gradient checkpointing, the
     /// backward pass through the decoder layers, recomputing each (nothing to do otherwise).
     pub fn finish_backward(&self, forward: TrainForward, layer_seed: &dyn Fn(usize)) {
-        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else { return };
+        let root = self.root_unit();
+        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else {
+            // The whole graph went back in one pass: every unit's gradients are complete.
+            for unit in (0..=root).rev() {
+                self.with_shard(|s| s.backward_done(unit));
+            }
+            return;
+        };
         drop(forward.hidden);
         let mut grad = top.grad();
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let input = saved[i].detach().set_requires_grad(true);
+            self.with_shard(|s| s.gather(i));
             layer_seed(i);
             let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
             self.probe_memory();
@@ -675,10 +752,12 @@ impl CausalLm {
             grad = input.grad();
             drop(input);
             saved.pop();
+            self.with_shard(|s| s.backward_done(i));
         }
         if embedded.requires_grad() {
             (embedded * &grad).sum(Kind::Float).backward();
         }
+        self.with_shard(|s| s.backward_done(root));
     }
 
     /// The parameters an optimizer updates, by the name they are saved under: peft's names
@@ -754,6 +833,68 @@ impl CausalLm {
             out.push(Param { name: "lm_head.weight".into(), tensor: self.lm_head.weight.shallow_clone() });
         }
         out
+    }
+
+    /// Every dense tensor of the model by shard unit (decoder layer i, then the root), each
+    /// once, for sharded training: base weights, norms, biases and adapter tensors. Quantized
+    /// base weights are not listed (they stay whole on every rank).
+    pub fn unit_tensors(&self) -> Vec<Vec<(String, Tensor)>> {
+        fn linear_tensors(lin: &Linear, out: &mut Vec<(String, Tensor)>) {
+            if lin.quantized.is_none() && lin.weight.numel() > 0 {
+                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+            }
+            if let Some(b) = &lin.bias {
+                out.push((format!("{}.bias", lin.name), b.shallow_clone()));
+            }
+            if let Some(adapter) = &lin.adapter {
+                for (suffix, t) in adapter.tensors() {
+                    out.push((format!("{}.{suffix}", peft_prefix(&lin.name)), t));
+                }
+            }
+        }
+        let mut units: Vec<Vec<(String, Tensor)>> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let p = format!("model.layers.{l}");
+                let mut out = vec![
+                    (format!("{p}.input_layernorm.weight"), layer.input_layernorm.shallow_clone()),
+                    (format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.shallow_clone()),
+                ];
+                for (name, w) in head_norms(layer) {
+                    out.push((format!("{p}.self_attn.{name}.weight"), w.shallow_clone()));
+                }
+                for lin in layer_linears(layer) {
+                    linear_tensors(lin, &mut out);
+                }
+                out
+            })
+            .collect();
+        let mut root = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        if let Some(e) = &self.embed_tokens_trained {
+            root.push((modules_to_save_name("model.embed_tokens"), e.shallow_clone()));
+        }
+        if let Some(lora) = &self.embed_lora {
+            let p = peft_prefix("model.embed_tokens");
+            root.push((format!("{p}.lora_embedding_A"), lora.a.shallow_clone()));
+            root.push((format!("{p}.lora_embedding_B"), lora.b.shallow_clone()));
+        }
+        root.push(("model.norm.weight".into(), self.norm.shallow_clone()));
+        linear_tensors(&self.lm_head, &mut root);
+        if let Some(h) = &self.head_original {
+            root.push(("lm_head.original".into(), h.shallow_clone()));
+        }
+        if let Some(score) = &self.score {
+            root.push(("score.weight".into(), score.shallow_clone()));
+        }
+        units.push(root);
+        // A tied head is the embedding itself: listed once.
+        let mut seen = std::collections::HashSet::new();
+        for unit in &mut units {
+            unit.retain(|(_, t)| t.numel() == 0 || seen.insert(t.data_ptr() as usize));
+        }
+        units
     }
 
     pub fn linears(&self) -> Vec<&Linear> {
@@ -833,6 +974,11 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
 fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
     let (a, m) = (&l.self_attn, &l.mlp);
     [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+}
+
+pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> [&mut Linear; 7] {
+    let (a, m) = (&mut l.self_attn, &mut l.mlp);
+    [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
 }
 
 /// A layer's per-head query/key norms (Qwen3), by module name under `self_attn`.

@@ -9,4 +9,5 @@ pub mod linear;
 pub mod llama;
 pub mod nf4;
 pub mod rope;
+pub mod serving;
 pub mod weights;

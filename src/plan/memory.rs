@@ -230,13 +230,18 @@ fn breakdown(
     let layers = arch.num_layers;
     let without = layers * tokens * per_token_layer * cb;
     let with = layers * tokens * h * cb + tokens * per_token_layer * cb;
-    let checkpointing = c.training.gradient_checkpointing;
+    let checkpointing = shard::recomputes_layers(c, world_size);
     push(
         "activations",
         if checkpointing { with } else { without },
         if checkpointing {
+            let why = if shard::gradient_checkpointing(c) {
+                "gradient checkpointing"
+            } else {
+                "full sharding recomputes each layer"
+            };
             format!(
-                "gradient checkpointing: {layers} layers × {tokens} tokens × {h} + one layer × {tokens} × {per_token_layer}, × {cb} bytes"
+                "{why}: {layers} layers × {tokens} tokens × {h} + one layer × {tokens} × {per_token_layer}, × {cb} bytes"
             )
         } else {
             format!("{layers} layers × {tokens} tokens × {per_token_layer} elements × {cb} bytes")
@@ -402,8 +407,7 @@ fn suggestions(
     if let Some((n, bytes)) = fits_with {
         let how =
             if shard::strategy(&sharded, n) == Strategy::Ddp { "" } else { " with fsdp: [full_shard, auto_wrap]" };
-        let not_built = if how.is_empty() { "" } else { "; sharded training is not built into recipe run yet" };
-        add(format!("{n} GPUs{how} (with gradient checkpointing{not_built})"), Some(bytes));
+        add(format!("{n} GPUs{how} (with gradient checkpointing)"), Some(bytes));
     }
     out
 }

@@ -425,11 +425,28 @@ pub fn render_text(plan: &Plan) -> String {
     );
     if !l.fsdp.is_empty() {
         let list: Vec<&str> = l.fsdp.iter().map(|o| o.as_str()).collect();
-        let _ = writeln!(
-            o,
-            "           fsdp: [{}] is laid out here, but recipe run does not do sharded training yet and refuses it",
-            list.join(", ")
-        );
+        let how = match l.strategy {
+            shard::Strategy::Single | shard::Strategy::Ddp => "one rank holds everything".to_string(),
+            shard::Strategy::ShardGradOp => {
+                "gradients reduce-scattered and optimizer states split per unit; updated weights all-gathered after \
+                 each step"
+                    .to_string()
+            }
+            shard::Strategy::FullShard | shard::Strategy::HybridShard => format!(
+                "parameters, gradients and optimizer states split per unit; a unit is gathered for each use and {}",
+                if l.reshard_after_forward {
+                    "released after it (its layer recomputed in the backward pass)"
+                } else {
+                    "kept from its forward pass to its backward pass (reshard_after_forward: false)"
+                }
+            ),
+        };
+        let refused = if l.fsdp.contains(&crate::config::distributed::FsdpOption::Offload) || l.size_based_wrap {
+            "; recipe run refuses it (offload and SIZE_BASED_WRAP are not built)"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "           fsdp: [{}]: {how}{refused}", list.join(", "));
     }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(

@@ -50,9 +50,15 @@ pub struct Layout {
     pub nodes: u64,
     pub processes_per_node: u64,
     pub strategy: Strategy,
-    /// The recipe's `fsdp` list. `recipe run` does not do sharded training yet and refuses a
-    /// recipe that asks for it; the layout above is what it would be.
+    /// The recipe's `fsdp` list (with what `fsdp_config` adds).
     pub fsdp: Vec<FsdpOption>,
+    /// Full sharding: a layer's parameters are released after its forward pass and gathered
+    /// again for its backward pass, which recomputes the layer (`reshard_after_forward`, true
+    /// unless the recipe says false).
+    pub reshard_after_forward: bool,
+    /// `auto_wrap_policy: SIZE_BASED_WRAP`, which the executor does not build (its units are the
+    /// decoder layers and the root).
+    pub size_based_wrap: bool,
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
     pub units: Vec<Unit>,
@@ -101,7 +107,7 @@ pub struct RankShard {
 }
 
 /// Payload bytes per rank per optimizer step.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Collectives {
     pub all_reduce: u64,
     pub all_gather: u64,
@@ -124,6 +130,24 @@ pub fn strategy(c: &Config, world_size: u64) -> Strategy {
     } else {
         Strategy::Ddp
     }
+}
+
+/// `reshard_after_forward` in either spelling; true when absent, as FSDP2's default.
+pub fn reshard_after_forward(c: &Config) -> bool {
+    let f = &c.distributed.fsdp_config;
+    f.fsdp_reshard_after_forward.or(f.reshard_after_forward).unwrap_or(true)
+}
+
+/// Whether training recomputes each layer in its backward pass: gradient checkpointing, or full
+/// sharding, whose layers give their parameters back after the forward pass.
+pub fn recomputes_layers(c: &Config, world_size: u64) -> bool {
+    gradient_checkpointing(c) || (strategy(c, world_size).shards_parameters() && reshard_after_forward(c))
+}
+
+/// `gradient_checkpointing`, or `activation_checkpointing` in `fsdp_config` (either spelling).
+pub fn gradient_checkpointing(c: &Config) -> bool {
+    let f = &c.distributed.fsdp_config;
+    c.training.gradient_checkpointing || f.fsdp_activation_checkpointing.or(f.activation_checkpointing) == Some(true)
 }
 
 pub fn layout(
@@ -174,6 +198,9 @@ pub fn layout(
     let grad_bytes = trainable * TRAINABLE_BYTES;
     let frozen = total_params - trainable;
     let gathered = (frozen as f64 * frozen_bytes_per_element) as u64 + trainable * TRAINABLE_BYTES;
+    let root_bytes = units.last().map_or(0, |u| {
+        ((u.parameters - u.trainable) as f64 * frozen_bytes_per_element) as u64 + u.trainable * TRAINABLE_BYTES
+    });
     let per_step = match strategy {
         Strategy::Single => Collectives::default(),
         Strategy::Ddp => Collectives { all_reduce: grad_bytes, ..Collectives::default() },
@@ -184,9 +211,11 @@ pub fn layout(
             ..Collectives::default()
         },
         Strategy::FullShard | Strategy::HybridShard => Collectives {
-            // Each micro batch gathers every unit for its forward and again for its backward,
-            // and reduce-scatters its gradients.
-            all_gather: accumulation * 2 * gathered,
+            // Each micro batch gathers every decoder layer for its forward and again for its
+            // backward (once, when units stay gathered between the two), the root once (it
+            // stays gathered from the embeddings to the head's backward pass), and
+            // reduce-scatters its gradients.
+            all_gather: accumulation * if reshard_after_forward(c) { 2 * gathered - root_bytes } else { gathered },
             reduce_scatter: accumulation * grad_bytes,
             // Hybrid: the gradient shards are all-reduced across nodes.
             all_reduce: if strategy == Strategy::HybridShard && nodes > 1 {
@@ -209,6 +238,10 @@ pub fn layout(
         processes_per_node: per_node,
         strategy,
         fsdp: c.distributed.sharding(),
+        reshard_after_forward: reshard_after_forward(c),
+        size_based_wrap: !c.distributed.sharding().is_empty()
+            && c.distributed.fsdp_config.fsdp_auto_wrap_policy.or(c.distributed.fsdp_config.auto_wrap_policy)
+                == Some(crate::config::distributed::AutoWrapPolicy::SizeBasedWrap),
         shard_group_size: group,
         units,
         ranks,

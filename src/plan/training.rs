@@ -329,7 +329,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
         precision,
-        gradient_checkpointing: t.gradient_checkpointing,
+        gradient_checkpointing: super::shard::gradient_checkpointing(c),
         loss: loss_plan(c, arch.vocab_size),
         attention: attention_plan(c, arch),
         output_dir: l.output_dir.clone(),

@@ -1,0 +1,456 @@
+//! Sharded training on the c10d engine, as the plan's layout says (plan/shard.rs): `shard_grad_op`
+//! (ZeRO-2), `full_shard` (ZeRO-3 / FSDP) and `hybrid_shard` (full sharding within a node,
+//! replicas across nodes). Units are FSDP's auto wrap of a Llama: each decoder layer, and the
+//! root (embeddings, final norm, head).
+//!
+//! Every tensor of a unit is flattened, padded to a multiple of the shard group's size and cut
+//! into equal chunks; the rank at index k of its shard group holds chunk k of each (FSDP2's
+//! per-parameter sharding, so optimizer state keeps its parameter's name and weight-decay group).
+//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind.
+//! - Gradients: when a unit's backward pass is done (the model calls `backward_done`), its
+//!   gradients are reduce-scattered in one collective and added to this rank's gradient chunks,
+//!   and the full gradients are freed. Hybrid: the chunks are summed over the replica group (the
+//!   same index on every node) before the step.
+//! - Step: the optimizer updates the chunks, clipping by the norm over every rank's chunks;
+//!   shard_grad_op then all-gathers the updated chunks into the replicated parameters.
+//! - full_shard: between uses a unit's parameters hold no storage; `gather` all-gathers its chunks
+//!   (one collective per unit and kind) into them and `release` frees them again. Training
+//!   recomputes each layer in the backward pass (gradient checkpointing), because a forward pass's
+//!   parameters are released after it; `reshard_after_forward: false` keeps them until the
+//!   layer's backward pass instead.
+//! - Checkpoints stay in the unsharded format: the trainable weights are gathered and each
+//!   optimizer moment is assembled one tensor at a time, so a checkpoint resumes on any world
+//!   size, and a resumed run cuts its chunks from the full tensors.
+
+use super::c10d::{ProcessGroup, ReduceOp};
+use super::distributed::Communicator;
+use super::optimizer::AdamW;
+use crate::model::llama::{CausalLm, Param, ShardUnits};
+use crate::model::weights::Checkpoint;
+use crate::plan::shard::{Collectives, Layout};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use tch::{Kind, Tensor};
+
+/// The shard group (ranks that split one copy of the state) and, for hybrid sharding, the
+/// replica group (ranks holding the same chunks on other nodes).
+pub struct ShardGroups {
+    shard: Option<ProcessGroup>,
+    replicas: Option<ProcessGroup>,
+    /// Ranks in the shard group, and this rank's index in it.
+    size: usize,
+    index: usize,
+    full: bool,
+    reshard_after_forward: bool,
+}
+
+impl ShardGroups {
+    /// Joins the groups the layout needs (every rank calls this at the same point); None for a
+    /// layout without sharding.
+    pub fn join(comm: &Communicator, layout: &Layout, reshard_after_forward: bool) -> Result<Option<Self>, String> {
+        if !layout.strategy.shards_gradients_and_optimizer() || comm.world_size < 2 {
+            return Ok(None);
+        }
+        let (world, rank) = (comm.world_size, comm.rank);
+        let size = (layout.shard_group_size as usize).clamp(1, world);
+        if world % size != 0 {
+            return Err(format!("{world} ranks do not split into shard groups of {size}"));
+        }
+        let (first, index) = (rank - rank % size, rank % size);
+        // Every rank joins every group it belongs to, in the same order on all ranks.
+        let shard_ranks: Vec<usize> = (first..first + size).collect();
+        let shard = comm.subgroup(&format!("shard_{}", first / size), &shard_ranks)?;
+        let replica_ranks: Vec<usize> = (index..world).step_by(size).collect();
+        let replicas = comm.subgroup(&format!("replica_{index}"), &replica_ranks)?;
+        Ok(Some(ShardGroups {
+            shard,
+            replicas,
+            size,
+            index,
+            full: layout.strategy.shards_parameters(),
+            reshard_after_forward,
+        }))
+    }
+}
+
+/// One tensor of a unit and this rank's chunk of it.
+struct Piece {
+    /// The optimizer's name for a trainable piece; the model's name otherwise.
+    name: String,
+    /// The model's tensor: full, or (full_shard, between uses) without storage.
+    full: Tensor,
+    shape: Vec<i64>,
+    numel: i64,
+    /// Elements per chunk (the padded size over the group size).
+    chunk: i64,
+    /// This rank's chunk [chunk]: the fp32 master of a trainable piece.
+    shard: Tensor,
+    /// The summed gradient of the chunk [chunk] (fp32), trainable pieces only; also the shard's
+    /// `grad`, which the optimizer reads.
+    grad: Option<Tensor>,
+}
+
+pub struct Sharder {
+    groups: ShardGroups,
+    /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
+    moved: Cell<Collectives>,
+    units: Vec<Vec<Piece>>,
+    gathered: Vec<Cell<bool>>,
+}
+
+fn failed(e: String) -> ! {
+    // Inside the model's forward and backward passes errors travel as panics, as tch's do; the
+    // run's catch_torch_errors turns them back into messages.
+    panic!("{e}")
+}
+
+impl Sharder {
+    /// Cuts the model's tensors into this rank's chunks (its full tensors are the same on every
+    /// rank by now) and, for full sharding, releases them. `trainable` names the optimizer's
+    /// parameters.
+    pub fn new(model: &CausalLm, groups: ShardGroups, trainable: &[Param]) -> Sharder {
+        let _guard = tch::no_grad_guard();
+        let names: HashMap<usize, &str> =
+            trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
+        let (size, index) = (groups.size as i64, groups.index as i64);
+        let units: Vec<Vec<Piece>> = model
+            .unit_tensors()
+            .into_iter()
+            .map(|unit| {
+                unit.into_iter()
+                    .filter(|(_, t)| t.numel() > 0)
+                    .map(|(name, full)| {
+                        let numel = full.numel() as i64;
+                        let chunk = (numel + size - 1) / size;
+                        let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
+                        let flat = full.detach().reshape([-1]);
+                        let padded = flat.constant_pad_nd([0, chunk * size - numel]);
+                        let shard = padded.narrow(0, index * chunk, chunk).copy();
+                        let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
+                        if let Some(g) = &grad
+                            && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
+                        {
+                            failed(e)
+                        }
+                        Piece {
+                            name: trainable_name.map_or(name, str::to_string),
+                            shape: full.size(),
+                            numel,
+                            chunk,
+                            shard,
+                            grad,
+                            full,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let gathered = units.iter().map(|_| Cell::new(true)).collect();
+        let sharder = Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()) };
+        if sharder.groups.full {
+            for u in 0..sharder.units.len() {
+                sharder.release_unit(u);
+            }
+        }
+        sharder
+    }
+
+    /// Collective payload bytes since the last call (all-gathers count what they assemble,
+    /// reduce-scatters what they reduce).
+    pub fn take_moved(&self) -> Collectives {
+        self.moved.take()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Collectives)) {
+        let mut c = self.moved.get();
+        f(&mut c);
+        self.moved.set(c);
+    }
+
+    /// The trainable chunks, under their parameters' names, for the optimizer.
+    pub fn optimizer_params(&self) -> Vec<Param> {
+        self.trainable().map(|p| Param { name: p.name.clone(), tensor: p.shard.shallow_clone() }).collect()
+    }
+
+    fn trainable(&self) -> impl Iterator<Item = &Piece> {
+        self.units.iter().flatten().filter(|p| p.grad.is_some())
+    }
+
+    /// Installs the unit hooks in the model (gather, release, gradient reduce-scatter).
+    pub fn install(self: &Rc<Self>, model: &CausalLm) {
+        *model.shard_units.borrow_mut() = Some(self.clone() as Rc<dyn ShardUnits>);
+    }
+
+    /// Removes the hooks, every unit gathered: the model is whole again (for its outputs).
+    pub fn uninstall(&self, model: &CausalLm) -> Result<(), String> {
+        for u in 0..self.units.len() {
+            self.try_gather(u)?;
+        }
+        model.shard_units.borrow_mut().take();
+        Ok(())
+    }
+
+    /// Whether the model must recompute each layer in its backward pass (full sharding releases a
+    /// layer's parameters after its forward pass).
+    pub fn needs_recompute(&self) -> bool {
+        self.groups.full && self.groups.reshard_after_forward
+    }
+
+    /// Full tensors of unit `u`'s pieces of one kind, from every rank's chunks.
+    fn assemble(&self, pieces: &[&Piece], sources: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let local = Tensor::cat(sources, 0);
+        let total = local.numel() as i64;
+        let all = match &self.groups.shard {
+            Some(g) => g.all_gather(&local)?,
+            None => local,
+        };
+        self.count(|c| c.all_gather += (all.numel() * all.kind().elt_size_in_bytes()) as u64);
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(pieces.len());
+        for (p, _) in pieces.iter().zip(sources) {
+            let parts: Vec<Tensor> =
+                (0..self.groups.size as i64).map(|r| all.narrow(0, r * total + offset, p.chunk)).collect();
+            out.push(Tensor::cat(&parts, 0).narrow(0, 0, p.numel).view(p.shape.as_slice()));
+            offset += p.chunk;
+        }
+        Ok(out)
+    }
+
+    /// Pieces of unit `u` grouped by kind (one all-gather each).
+    fn by_kind(&self, u: usize) -> Vec<Vec<&Piece>> {
+        let mut groups: Vec<Vec<&Piece>> = Vec::new();
+        for p in &self.units[u] {
+            match groups.iter_mut().find(|g| g[0].shard.kind() == p.shard.kind()) {
+                Some(g) => g.push(p),
+                None => groups.push(vec![p]),
+            }
+        }
+        groups
+    }
+
+    fn try_gather(&self, u: usize) -> Result<(), String> {
+        if self.gathered[u].get() {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for pieces in self.by_kind(u) {
+            let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
+            for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
+                // The model's tensor takes the gathered storage in place: layers, optimizer names
+                // and autograd see the same tensor as before.
+                let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
+            }
+        }
+        self.gathered[u].set(true);
+        Ok(())
+    }
+
+    fn release_unit(&self, u: usize) {
+        if !self.groups.full || !self.gathered[u].get() {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        for p in &self.units[u] {
+            let _ = p.full.shallow_clone().set_();
+        }
+        self.gathered[u].set(false);
+    }
+
+    /// Reduce-scatters unit `u`'s gradients into this rank's chunks and frees them.
+    fn reduce_gradients(&self, u: usize) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let size = self.groups.size as i64;
+        // A parameter without a gradient this micro-batch contributes zeros, as FSDP's.
+        let padded: Vec<Tensor> = pieces
+            .iter()
+            .map(|p| {
+                let g = p.full.grad();
+                let flat = if g.defined() {
+                    g.to_kind(Kind::Float).reshape([-1])
+                } else {
+                    Tensor::zeros([p.numel], (Kind::Float, p.shard.device()))
+                };
+                flat.constant_pad_nd([0, p.chunk * size - p.numel])
+            })
+            .collect();
+        let mut ordered = Vec::with_capacity(pieces.len() * size as usize);
+        for r in 0..size {
+            for (p, g) in pieces.iter().zip(&padded) {
+                ordered.push(g.narrow(0, r * p.chunk, p.chunk));
+            }
+        }
+        let input = Tensor::cat(&ordered, 0);
+        drop(ordered);
+        drop(padded);
+        self.count(|c| c.reduce_scatter += (input.numel() * input.kind().elt_size_in_bytes()) as u64);
+        let mine = match &self.groups.shard {
+            Some(g) => g.reduce_scatter(&input)?,
+            None => input,
+        };
+        let mut offset = 0;
+        for p in pieces {
+            if let Some(acc) = &p.grad {
+                let mut acc = acc.shallow_clone();
+                acc += mine.narrow(0, offset, p.chunk);
+            }
+            offset += p.chunk;
+            super::torch_ops::set_grad(&p.full, None)?;
+        }
+        Ok(())
+    }
+
+    /// Before the optimizer step: hybrid sharding sums the gradient chunks over the replicas.
+    pub fn finish_gradients(&self) -> Result<(), String> {
+        let Some(g) = &self.groups.replicas else { return Ok(()) };
+        let _guard = tch::no_grad_guard();
+        let grads: Vec<Tensor> = self.trainable().filter_map(|p| p.grad.as_ref().map(|t| t.shallow_clone())).collect();
+        if grads.is_empty() {
+            return Ok(());
+        }
+        let mut flat = Tensor::cat(&grads, 0);
+        g.all_reduce(&mut flat, ReduceOp::Sum)?;
+        self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
+        let mut offset = 0;
+        for t in grads {
+            let n = t.numel() as i64;
+            t.shallow_clone().copy_(&flat.narrow(0, offset, n));
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// The gradient norm over every rank's chunks (a device scalar), clipping the chunks to
+    /// `max_norm` (0: no clipping), as `clip_grad_norm_` over the whole model.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<Tensor, String> {
+        let _guard = tch::no_grad_guard();
+        let squares: Vec<Tensor> =
+            self.trainable().filter_map(|p| p.grad.as_ref()).map(|g| g.square().sum(Kind::Float)).collect();
+        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else {
+            return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
+        };
+        let mut sum = if squares.is_empty() {
+            Tensor::zeros([1], (Kind::Float, device))
+        } else {
+            Tensor::stack(&squares, 0).sum(Kind::Float).reshape([1])
+        };
+        if let Some(g) = &self.groups.shard {
+            g.all_reduce(&mut sum, ReduceOp::Sum)?;
+        }
+        let total = sum.sqrt().reshape([]);
+        if max_norm > 0.0 {
+            let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+            for g in self.trainable().filter_map(|p| p.grad.as_ref()) {
+                let mut g = g.shallow_clone();
+                g *= &coef;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether every rank's chunks are finite.
+    pub fn all_finite(&self) -> Result<bool, String> {
+        let _guard = tch::no_grad_guard();
+        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else { return Ok(true) };
+        let bad: Vec<Tensor> = self.trainable().map(|p| p.shard.isfinite().logical_not().any()).collect();
+        let mut flag = Tensor::stack(&bad, 0).any().to_kind(Kind::Float).reshape([1]).to_device(device);
+        if let Some(g) = &self.groups.shard {
+            g.all_reduce(&mut flag, ReduceOp::Max)?;
+        }
+        Ok(!super::host_sync::read_flag(&flag, "whether the weights are finite")?)
+    }
+
+    /// After the optimizer step: shard_grad_op gathers the updated chunks into the replicated
+    /// parameters (full sharding gathers them at their next use).
+    pub fn after_step(&self) -> Result<(), String> {
+        if self.groups.full {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for u in 0..self.units.len() {
+            let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
+            if pieces.is_empty() {
+                continue;
+            }
+            let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
+            for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
+                p.full.shallow_clone().copy_(&full);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the whole model gathered (a checkpoint's weights), then releases it again.
+    pub fn with_model_gathered<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
+        for u in 0..self.units.len() {
+            self.try_gather(u)?;
+        }
+        let out = f();
+        for u in 0..self.units.len() {
+            self.release_unit(u);
+        }
+        Ok(out)
+    }
+
+    /// The optimizer's state in the unsharded format (`AdamW::state`'s names and shapes), each
+    /// moment assembled from every rank's chunks; every rank of the shard group calls this, and
+    /// each gets the whole state.
+    pub fn gather_optimizer_state(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>, String> {
+        let _guard = tch::no_grad_guard();
+        let shapes: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
+        let mut out = Vec::new();
+        for (name, t) in optimizer.state() {
+            let param = name.strip_suffix(".exp_avg").or_else(|| name.strip_suffix(".exp_avg_sq"));
+            match param.and_then(|n| shapes.get(n)) {
+                Some(p) => {
+                    let full = self.assemble(&[p], &[t.reshape([-1])])?.remove(0);
+                    out.push((name, full));
+                }
+                None => out.push((name, t)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads a checkpoint's (unsharded) optimizer state into the sharded optimizer: this rank's
+    /// chunk of each moment.
+    pub fn load_optimizer_state(&self, optimizer: &mut AdamW, ckpt: &Checkpoint) -> Result<(), String> {
+        let pieces: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
+        let (size, index) = (self.groups.size as i64, self.groups.index as i64);
+        optimizer.load_state_with(ckpt, &|param: &str, moment: &str| -> Result<Tensor, String> {
+            let p = pieces.get(param).ok_or_else(|| format!("`{param}` is not a sharded parameter"))?;
+            let full = ckpt.load(&format!("{param}.{moment}"), &p.shape, Kind::Float, p.shard.device())?;
+            let padded = full.reshape([-1]).constant_pad_nd([0, p.chunk * size - p.numel]);
+            Ok(padded.narrow(0, index * p.chunk, p.chunk).copy())
+        })
+    }
+}
+
+impl ShardUnits for Sharder {
+    fn gather(&self, unit: usize) {
+        if let Err(e) = self.try_gather(unit) {
+            failed(e)
+        }
+    }
+
+    fn forward_done(&self, unit: usize) {
+        if self.groups.reshard_after_forward {
+            self.release_unit(unit);
+        }
+    }
+
+    fn release(&self, unit: usize) {
+        self.release_unit(unit);
+    }
+
+    fn backward_done(&self, unit: usize) {
+        if let Err(e) = self.reduce_gradients(unit) {
+            failed(e)
+        }
+        self.release_unit(unit);
+    }
+}
