@@ -178,3 +178,40 @@ fn switching_adapters_off_gives_the_base_model() {
         assert!((on - plain).abs().max().double_value(&[]) > 1e-3, "{case}: the adapter changes nothing");
     }
 }
+
+#[test]
+fn ia3_and_embedding_lora_adapters_switch_over_one_base() {
+    // Multi-adapter serving (model::serving): an IA3 and an embedding-LoRA adapter attached to one
+    // stories260k base, each switched in, gives the logits of its folder loaded alone.
+    use recipe::model::serving::Adapters;
+    let (ia3_alone, g, positions) = load_case("stories260k_ia3");
+    let (embed_alone, _, _) = load_case("stories260k_embed");
+    let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+    let expected = |m: &CausalLm| tch::no_grad(|| m.logits(&inputs));
+    let (want_ia3, want_embed) = (expected(&ia3_alone), expected(&embed_alone));
+    let base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260k");
+    let arch = recipe::plan::arch::Architecture::from_config_json(
+        &std::fs::read_to_string(base_dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
+    let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
+    let mut adapters = Adapters::new(base, "base");
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/peft_methods");
+    adapters.attach("ia3", &golden.join("stories260k_ia3")).unwrap();
+    adapters.attach("embed", &golden.join("stories260k_embed")).unwrap();
+    for (name, want) in [("ia3", &want_ia3), ("embed", &want_embed), ("ia3", &want_ia3)] {
+        adapters.set_adapter(Some(name)).unwrap();
+        let got = expected(&adapters.model);
+        assert!(got.equal(want), "{name}: switched-in logits differ from the folder loaded alone");
+    }
+    adapters.set_adapter(None).unwrap();
+    let plain = expected(&adapters.model);
+    assert!((plain - &want_embed).abs().max().double_value(&[]) > 1e-3, "the base alone has no adapter");
+}

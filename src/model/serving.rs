@@ -1,6 +1,6 @@
 //! Several adapters over one base, switched without reloading or copying it (peft's
 //! `load_adapter` / `set_adapter`). The base is loaded once; each attached adapter's tensors (its
-//! LoRA pairs, DoRA magnitudes and modules_to_save copies) are held apart, by name, and switching
+//! LoRA pairs, DoRA magnitudes, IA3 vectors, the embedding's LoRA and modules_to_save copies) are held apart, by name, and switching
 //! moves one set into the layers, where `Linear::adapter` is the active adapter as in training.
 //! The base weights are never touched: a switch moves a handful of tensor handles per layer.
 
@@ -81,7 +81,7 @@ impl Adapters {
         self.active.as_deref()
     }
 
-    /// Loads the peft LoRA / DoRA folder `dir` as adapter `name` beside the others (the active one
+    /// Loads the peft LoRA / DoRA / IA3 folder `dir` as adapter `name` beside the others (the active one
     /// stays active). Every tensor is checked against the base (names, shapes); errors say which.
     pub fn attach(&mut self, name: &str, dir: &Path) -> Result<(), String> {
         if self.names().contains(&name) {
