@@ -1,7 +1,8 @@
 //! Several adapters over one base, switched without reloading or copying it (peft's
 //! `load_adapter` / `set_adapter`). The base is loaded once; each attached adapter's tensors (its
-//! LoRA pairs, DoRA magnitudes, IA3 vectors, the embedding's LoRA and modules_to_save copies) are held apart, by name, and switching
-//! moves one set into the layers, where `Linear::adapter` is the active adapter as in training.
+//! LoRA pairs, DoRA magnitudes, IA3 vectors, the embedding's LoRA and modules_to_save copies) are
+//! held apart, by name, and switching moves one set into the layers, where `Linear::adapter` is
+//! the active adapter as in training.
 //! The base weights are never touched: a switch moves a handful of tensor handles per layer.
 
 use super::adapter;
