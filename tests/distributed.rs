@@ -480,6 +480,8 @@ fn sharded_strategies_repeat_the_one_rank_run() {
     for (method, strategies, extra) in [
         ("full", &["full_shard", "shard_grad_op"][..], "max_steps: 4\neval_steps: 2\n"),
         ("lora", &["full_shard"][..], "max_steps: 4\n"),
+        // Each rank loads only its chunks of the base.
+        ("full", &["full_shard"][..], "max_steps: 4\nfsdp_config:\n  cpu_ram_efficient_loading: true\n"),
         ("qlora", &["full_shard"][..], "max_steps: 4\n"),
     ] {
         let one = tempfile::tempdir().unwrap();
@@ -682,4 +684,82 @@ fn full_shard_holds_at_most_six_tenths_of_data_parallel_memory_per_rank_as_the_p
     eprintln!("per-rank peak: ddp {ddp:.0} B, full_shard {sharded:.0} B ({:.3}x), plan {estimate:.0} B", sharded / ddp);
     assert!(sharded <= 0.6 * ddp, "full_shard {sharded} vs ddp {ddp}");
     assert!((sharded / estimate - 1.0).abs() <= 0.15, "full_shard {sharded} vs the plan's {estimate}");
+}
+
+#[test]
+fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, says) in [
+        (
+            "fsdp_config:\n  transformer_layer_cls_to_wrap: MistralDecoderLayer\n",
+            "transformer_layer_cls_to_wrap is `MistralDecoderLayer`, but this model's decoder layer is `LlamaDecoderLayer`",
+        ),
+        (
+            "fsdp_config:\n  state_dict_type: LOCAL_STATE_DICT\n",
+            "fsdp_config.state_dict_type: LOCAL_STATE_DICT checkpoints",
+        ),
+        ("fsdp: [full_shard, offload]\n", "fsdp: offload"),
+        (
+            "fsdp: [shard_grad_op]\nfsdp_config:\n  cpu_ram_efficient_loading: true\n",
+            "cpu_ram_efficient_loading: true with ShardGradOp",
+        ),
+    ] {
+        let path = write_recipe(dir.path(), "full", &format!("max_steps: 1\n{extra}"));
+        let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{extra}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_axolotl_fsdp2_demo_recipe_runs_as_is_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stdout = check_ok(
+        recipe()
+            .arg("run")
+            .arg(root().join("recipes/demo/stories260k-fsdp2.yaml"))
+            .args(["--device", "cpu", "--nproc-per-node", "2", "--set", "max_steps=4", "--set", "eval_steps=2"])
+            .arg("--set")
+            .arg(format!("output_dir={}", out.display()))
+            .output()
+            .unwrap(),
+    );
+    assert!(layout_line(&stdout).starts_with("layout     FullShard across 2 rank(s) (gloo)"), "{stdout}");
+    assert!(out.join("model.safetensors").is_file());
+}
+
+#[test]
+fn sharded_state_dict_checkpoints_resume_on_two_ranks_and_on_one() {
+    let extra = "max_steps: 4\nsave_steps: 2\nfsdp: [full_shard, auto_wrap]\nfsdp_config:\n  state_dict_type: SHARDED_STATE_DICT\n";
+    let first = tempfile::tempdir().unwrap();
+    let path = write_recipe(first.path(), "full", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let want: Vec<(u64, f64)> = step_losses(first.path()).into_iter().filter(|(s, _)| *s > 2).collect();
+    let checkpoint = first.path().join("out/checkpoint-2");
+    // Each rank's chunks and an index; no whole weights; the final outputs are whole.
+    for f in ["shards/index.json", "shards/rank-00000-of-00002.safetensors", "shards/rank-00001-of-00002.safetensors"] {
+        assert!(checkpoint.join(f).is_file(), "{f}");
+    }
+    assert!(!checkpoint.join("model.safetensors").exists());
+    assert!(first.path().join("out/model.safetensors").is_file());
+    for (ranks, accumulation) in [("2", "1"), ("1", "2")] {
+        let again = tempfile::tempdir().unwrap();
+        let path = write_recipe(again.path(), "full", extra);
+        let stdout = check_ok(
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--nproc-per-node", ranks, "--set"])
+                .arg(format!("gradient_accumulation_steps={accumulation}"))
+                .arg("--set")
+                .arg(format!("resume_from_checkpoint={}", checkpoint.display()))
+                .output()
+                .unwrap(),
+        );
+        assert!(stdout.contains("resumed    from"), "{stdout}");
+        assert_same_losses(&want, &step_losses(again.path()), 1e-5, &format!("resumed on {ranks} rank(s)"));
+        assert_same_weights(first.path(), again.path(), 1e-5);
+    }
 }

@@ -111,8 +111,11 @@ fn fsdp_config_alone_asks_for_sharding_in_either_spelling() {
     for (extra, expected) in [(fsdp2, "[full_shard, auto_wrap]"), (fsdp1, "[shard_grad_op, offload, auto_wrap]")] {
         let loaded = load_text(dir.path(), &base(extra));
         assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
-        // Offload is the one part recipe run does not build: a warning at validate, a refusal at run.
-        let offload = loaded.diagnostics.iter().any(|d| d.rule == "offload-not-built");
+        // Offload is a part recipe run does not build: a warning at validate, a refusal at run.
+        let offload = loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.rule == "sharding-setting-not-built" && d.message.starts_with("offload"));
         assert_eq!(offload, expected.contains("offload"), "{}", common::rendered(&loaded));
         let options = recipe::plan::PlanOptions { world_size: 2, ..Default::default() };
         let plan = recipe::plan::compile(&loaded, options).unwrap();

@@ -242,6 +242,72 @@ impl FsdpConfig {
 }
 
 impl DistributedConfig {
+    /// `state_dict_type: SHARDED_STATE_DICT` (either spelling): checkpoints in per-rank shards.
+    pub fn sharded_checkpoints(&self) -> bool {
+        let f = &self.fsdp_config;
+        !self.sharding().is_empty()
+            && f.fsdp_state_dict_type.or(f.state_dict_type) == Some(StateDictType::ShardedStateDict)
+    }
+
+    /// Sharded-training settings `recipe run` does not build, as (key, what it asks for): `plan`
+    /// lays the recipe out, `validate` warns at the key and `run` refuses it.
+    pub fn not_built(&self) -> Vec<(&'static str, &'static str)> {
+        let f = &self.fsdp_config;
+        let sharding = self.sharding();
+        if sharding.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if sharding.contains(&FsdpOption::Offload) {
+            let key = if self.fsdp.contains(&FsdpOption::Offload) {
+                "fsdp"
+            } else if f.fsdp_offload_params.is_some() {
+                "fsdp_config.fsdp_offload_params"
+            } else {
+                "fsdp_config.offload_params"
+            };
+            out.push((key, "offload (parameters and optimizer states kept in host memory between uses)"));
+        }
+        let either = |a: Option<&'static str>, b: Option<&'static str>| a.or(b);
+        let policy = either(
+            f.fsdp_auto_wrap_policy.map(|_| "fsdp_config.fsdp_auto_wrap_policy"),
+            f.auto_wrap_policy.map(|_| "fsdp_config.auto_wrap_policy"),
+        );
+        if f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy) == Some(AutoWrapPolicy::SizeBasedWrap) {
+            out.push((
+                policy.unwrap_or("fsdp_config"),
+                "SIZE_BASED_WRAP (recipe's shard units are the decoder layers and the root, TRANSFORMER_BASED_WRAP)",
+            ));
+        }
+        if matches!(f.fsdp_backward_prefetch, Some(BackwardPrefetch::BackwardPre | BackwardPrefetch::BackwardPost)) {
+            out.push(("fsdp_config.fsdp_backward_prefetch", "prefetching the next unit in the backward pass"));
+        }
+        if f.fsdp_forward_prefetch == Some(true) {
+            out.push(("fsdp_config.fsdp_forward_prefetch", "prefetching the next unit in the forward pass"));
+        }
+        for (key, value) in [
+            ("fsdp_config.fsdp_state_dict_type", f.fsdp_state_dict_type),
+            ("fsdp_config.state_dict_type", f.state_dict_type),
+        ] {
+            if value == Some(StateDictType::LocalStateDict) {
+                out.push((key, "LOCAL_STATE_DICT checkpoints (recipe writes FULL_STATE_DICT or SHARDED_STATE_DICT)"));
+            }
+        }
+        if matches!(f.final_state_dict_type, Some(StateDictType::ShardedStateDict | StateDictType::LocalStateDict)) {
+            out.push((
+                "fsdp_config.final_state_dict_type",
+                "final outputs in per-rank shards (recipe writes them whole, to load in transformers / peft)",
+            ));
+        }
+        if f.mixed_precision_policy.is_some() {
+            out.push((
+                "fsdp_config.mixed_precision_policy",
+                "FSDP's own mixed-precision policy (recipe's precision comes from bf16 / fp16)",
+            ));
+        }
+        out
+    }
+
     /// The sharding the recipe asks for: the `fsdp` list, else (as Axolotl, where `fsdp_config`
     /// alone turns FSDP on) the strategy `fsdp_config` names: its sharding strategy, else
     /// `reshard_after_forward: false` for shard_grad_op, else full sharding (accelerate's and

@@ -887,27 +887,35 @@ impl Rules<'_> {
                 );
             }
         }
-        let sharding = c.distributed.sharding();
-        if sharding.contains(&FsdpOption::Offload) {
+        for (key, what) in c.distributed.not_built() {
             self.warn(
-                "offload-not-built",
-                "`offload` (parameters and optimizer states in host memory between uses) is not built into \
-                 `recipe run` yet, so it refuses this recipe (`recipe plan` still lays it out)"
-                    .to_string(),
-                &["fsdp", "fsdp_config"],
-                "remove offload (and offload_params) to keep the shards on the GPUs",
+                "sharding-setting-not-built",
+                format!(
+                    "{what} is not built into `recipe run`, so it refuses this recipe (`recipe plan` still lays it out)"
+                ),
+                &[key],
+                "remove it (or choose the setting recipe builds) to train sharded",
             );
         }
         let f = &c.distributed.fsdp_config;
-        if !sharding.is_empty() && f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy) == Some(AutoWrapPolicy::SizeBasedWrap)
-        {
-            self.warn(
-                "size-based-wrap-not-built",
-                "SIZE_BASED_WRAP is not built into `recipe run`: its shard units are the decoder layers and the \
-                 root (TRANSFORMER_BASED_WRAP), so it refuses this recipe"
-                    .to_string(),
-                &["fsdp_config"],
-                "set auto_wrap_policy: TRANSFORMER_BASED_WRAP",
+        let sharding = c.distributed.sharding();
+        let size_based = f.fsdp_auto_wrap_policy.or(f.auto_wrap_policy) == Some(AutoWrapPolicy::SizeBasedWrap);
+        if f.min_num_params.is_some() && !size_based {
+            self.error(
+                "min-num-params-without-size-wrap",
+                "`fsdp_config.min_num_params` sizes SIZE_BASED_WRAP's units; without that policy it does nothing"
+                    .into(),
+                &["fsdp_config.min_num_params"],
+                "remove min_num_params",
+            );
+        }
+        if f.cpu_offload_pin_memory.is_some() && !sharding.contains(&FsdpOption::Offload) {
+            self.error(
+                "pin-memory-without-offload",
+                "`fsdp_config.cpu_offload_pin_memory` pins offloaded shards; nothing is offloaded, so it does nothing"
+                    .into(),
+                &["fsdp_config.cpu_offload_pin_memory"],
+                "remove cpu_offload_pin_memory",
             );
         }
     }

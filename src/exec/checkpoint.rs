@@ -47,22 +47,38 @@ const SIDE_FILES: &[&str] = &[
 /// checkpoints); plus the tokenizer files. `pad_id` is the padding token a reward model's config
 /// records (transformers finds each sequence's last token by it).
 pub fn write_weights(dir: &Path, model: &CausalLm, run: &RunFiles, kind: Kind) -> Result<(), String> {
+    write_model_files(dir, model, run, kind, true)
+}
+
+/// `write_weights` without the weights: the configs and tokenizer files (a checkpoint whose
+/// weights are in per-rank shards, exec/shard.rs).
+pub fn write_model_files(
+    dir: &Path,
+    model: &CausalLm,
+    run: &RunFiles,
+    kind: Kind,
+    with_weights: bool,
+) -> Result<(), String> {
     let RunFiles { plan, base_dir, tokenizer_dir, pad_id, tokenizer } = *run;
     match &model.trainable {
         Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
-            let mut tensors: Vec<(String, Tensor)> =
-                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
-            tensors.extend(adapter::extra_tensors(model));
-            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            if with_weights {
+                let mut tensors: Vec<(String, Tensor)> =
+                    model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+                tensors.extend(adapter::extra_tensors(model));
+                weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
+            }
             adapter::write_config(dir, &base_name(plan, base_dir), &plan.adapter, model.score.is_some())?;
         }
         Trainable::Everything | Trainable::Nothing => {
-            let tensors: Vec<Deferred> = model
-                .base_params()
-                .into_iter()
-                .map(|p| Deferred::ready(p.name, p.tensor.detach()).cast(kind))
-                .collect();
-            weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
+            if with_weights {
+                let tensors: Vec<Deferred> = model
+                    .base_params()
+                    .into_iter()
+                    .map(|p| Deferred::ready(p.name, p.tensor.detach()).cast(kind))
+                    .collect();
+                weights::save_deferred(&dir.join("model.safetensors"), tensors)?;
+            }
             write_model_config(dir, base_dir, model, kind, false, Some(pad_id))?;
         }
     }
@@ -282,21 +298,42 @@ pub struct RunFiles<'a> {
 
 /// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`. Without an optimizer state
 /// (`save_only_model`) the checkpoint holds the weights and trainer state only.
+/// Where checkpoint-`step` is written before it is published. A sharded checkpoint's ranks
+/// write their shards into it first (`Staged::Shards`).
+pub fn staging_dir(output_dir: &Path, step: u64) -> PathBuf {
+    output_dir.join(format!(".checkpoint-{step}.partial"))
+}
+
+/// What a checkpoint's weights and optimizer state are.
+pub enum Staged<'a> {
+    /// Whole tensors, written here: the trainable weights from the model and this state.
+    Whole(Option<&'a [(String, Tensor)]>),
+    /// Per-rank shards the ranks already wrote into the staging folder (exec/shard.rs).
+    Shards,
+}
+
 pub fn save(
     output_dir: &Path,
     model: &CausalLm,
-    optimizer_state: Option<&[(String, Tensor)]>,
+    staged: Staged,
     state: &TrainerState,
     run: &RunFiles,
     keep: Option<u32>,
 ) -> Result<PathBuf, String> {
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = output_dir.join(&name);
-    let tmp = output_dir.join(format!(".{name}.partial"));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = staging_dir(output_dir, state.global_step);
+    let whole = matches!(staged, Staged::Whole(_));
+    let optimizer_state = match staged {
+        Staged::Whole(optimizer_state) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            optimizer_state
+        }
+        Staged::Shards => None,
+    };
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        write_weights(&tmp, model, run, Kind::Float)?;
+        write_model_files(&tmp, model, run, Kind::Float, whole)?;
         if let Some(optimizer_state) = optimizer_state {
             weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
         }

@@ -364,15 +364,18 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
             );
         }
     }
-    if plan.layout.fsdp.contains(&crate::config::distributed::FsdpOption::Offload) {
-        return Err("fsdp: offload (parameters and optimizer states in host memory) is not built into recipe run \
-                    yet; remove offload and offload_params"
-            .into());
+    if let Some((key, what)) = plan.layout.not_built.first() {
+        return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
-    if plan.layout.size_based_wrap {
-        return Err("fsdp_config: SIZE_BASED_WRAP is not built into recipe run; its shard units are the decoder \
-                    layers and the root (TRANSFORMER_BASED_WRAP)"
-            .into());
+    let own = plan.model.architecture.decoder_layer_class();
+    if let Some(classes) = &plan.layout.wrapped_class
+        && !plan.layout.fsdp.is_empty()
+        && !classes.split(',').any(|c| c.trim() == own)
+    {
+        return Err(format!(
+            "fsdp_config: transformer_layer_cls_to_wrap is `{classes}`, but this model's decoder layer is `{own}`, \
+             which recipe's shard units wrap"
+        ));
     }
     Ok(())
 }
@@ -392,6 +395,45 @@ fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// With full sharding and `cpu_ram_efficient_loading`, the chunk of each base tensor this rank
+/// loads (its index in the shard group, and the group's size); None to load the whole model.
+fn chunked_load(plan: &Plan, rt: &Runtime, vocab_size: u64) -> Result<Option<(i64, i64)>, String> {
+    let l = &plan.layout;
+    if !l.cpu_ram_efficient_loading || !rt.comm.is_distributed() {
+        return Ok(None);
+    }
+    if !l.strategy.shards_parameters() {
+        return Err(format!(
+            "cpu_ram_efficient_loading: true with {:?}: every rank holds the whole model under it; use full_shard \
+             or hybrid_shard, or set it to false",
+            l.strategy
+        ));
+    }
+    // Set-ups that read the loaded weights before training: they need the whole base.
+    let p = plan.training.preference.as_ref();
+    let reason = if plan.quantization.quantized_parameters > 0 {
+        Some("a quantized base (its weights are quantized whole and stay whole on every rank)")
+    } else if plan.adapter.dora {
+        Some("DoRA (its magnitudes start from the whole weights)")
+    } else if !plan.adapter.modules_to_save.is_empty() || plan.training.reward.is_some() {
+        Some("modules_to_save or a reward head (copied from the whole weights)")
+    } else if vocab_size > plan.model.architecture.vocab_size {
+        Some("added tokens (the embedding grows from the whole table)")
+    } else if p.is_some_and(|p| p.reference == crate::plan::training::ReferenceStrategy::Precomputed) {
+        Some("precomputed reference log-probabilities (a whole-model pass before training)")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Err(format!(
+            "cpu_ram_efficient_loading: true does not work with {reason}; set it to false (every rank then loads \
+             the whole model before keeping its chunks)"
+        ));
+    }
+    let size = l.shard_group_size.max(1) as i64;
+    Ok(Some(((rt.comm.rank as i64) % size, size)))
 }
 
 type DataLoader<E> = fn(&Plan, &Tokenizer, &Path) -> Result<TrainingData<E>, String>;
@@ -468,7 +510,10 @@ fn set_up<E>(
     let ckpt = if opts.random_weights { Checkpoint::random(&base_dir) } else { Checkpoint::open(&base_dir)? };
     let score_head = plan.training.reward.is_some();
     let options = LoadOptions { device, base_kind: rt.precision.base, trainable, quantize, score_head };
-    let mut model = CausalLm::load(&plan.model.architecture, &ckpt, &options)?;
+    let mut model = match chunked_load(plan, rt, tok.vocab_size() as u64)? {
+        Some((index, size)) => CausalLm::load_chunked(&plan.model.architecture, &ckpt, &options, index, size)?,
+        None => CausalLm::load(&plan.model.architecture, &ckpt, &options)?,
+    };
     drop(ckpt);
     model.compute_kind = rt.precision.compute;
     match device {
@@ -665,7 +710,11 @@ fn train_on<E: packing::Example>(
     // chunks of them, and the shard (and replica) groups are joined by every rank now.
     let shard_groups = if plan.layout.strategy.shards_gradients_and_optimizer() && rt.comm.is_distributed() {
         refuse_unsharded(plan)?;
-        let trainable: Vec<tch::Tensor> = model.trainable_params().into_iter().map(|p| p.tensor).collect();
+        // Tensors loaded as chunks came from the same files on every rank.
+        let loaded = model.loaded_chunks.borrow();
+        let trainable: Vec<tch::Tensor> =
+            model.trainable_params().into_iter().filter(|p| !loaded.contains_key(&p.name)).map(|p| p.tensor).collect();
+        drop(loaded);
         catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
         let reshard = plan.layout.reshard_after_forward;
         shard::ShardGroups::join(&rt.comm, &plan.layout, reshard)?
@@ -676,6 +725,9 @@ fn train_on<E: packing::Example>(
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
         let resumed_from = train::resume_dir(plan, &output_dir)?;
+        // Where a sharded checkpoint is assembled whole, and the optimizer state to resume from.
+        let assembled = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+        let mut resume_optimizer: Option<PathBuf> = None;
         if rt.is_main() {
             checkpoint::prepare_output_dir(plan, &output_dir, &base_dir, resumed_from.is_some())?;
             std::fs::create_dir_all(&output_dir).map_err(|e| format!("output_dir {}: {e}", output_dir.display()))?;
@@ -726,14 +778,28 @@ fn train_on<E: packing::Example>(
                     dir.display()
                 ));
             }
-            if !dir.join("optimizer.safetensors").is_file() {
+            // A sharded checkpoint (SHARDED_STATE_DICT) is assembled whole first, whatever world
+            // size wrote it; every rank then takes its chunks from the whole tensors.
+            let sharded = shard::is_sharded_checkpoint(dir);
+            let has_optimizer = if sharded {
+                shard::sharded_checkpoint_has_optimizer(dir)?
+            } else {
+                dir.join("optimizer.safetensors").is_file()
+            };
+            if !has_optimizer {
                 return Err(format!(
                     "{}: holds no optimizer state (saved with save_only_model: true), so it cannot be resumed; \
                      train on from its weights with lora_model_dir (an adapter) or base_model (a full model)",
                     dir.display()
                 ));
             }
-            let weights = Checkpoint::open_files(dir, &[checkpoint::weights_file(dir)])?;
+            let (weights_path, optimizer_path) = if sharded {
+                shard::assemble_checkpoint(dir, assembled.path())?
+            } else {
+                (checkpoint::weights_file(dir), dir.join("optimizer.safetensors"))
+            };
+            let weights = Checkpoint::open_files(dir, &[weights_path])?;
+            resume_optimizer = Some(optimizer_path);
             adapter::load_trainable(&model, &weights)?;
             state = checkpoint::TrainerState { data_digest: state.data_digest.take(), ..saved };
             // The scaler follows this run's precision (a checkpoint may come from a bf16 or fp32 run).
@@ -749,7 +815,7 @@ fn train_on<E: packing::Example>(
             None => optimizer::AdamW::new(trainable, &t.optimizer),
         };
         if let Some(dir) = &resumed_from {
-            let saved = Checkpoint::open_files(dir, &[dir.join("optimizer.safetensors")])?;
+            let saved = Checkpoint::open_files(dir, &[resume_optimizer.clone().unwrap_or_default()])?;
             match &sharder {
                 Some(sharder) => sharder.load_optimizer_state(&mut optimizer, &saved)?,
                 None => optimizer.load_state(&saved)?,

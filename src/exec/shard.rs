@@ -6,7 +6,8 @@
 //! Every tensor of a unit is flattened, padded to a multiple of the shard group's size and cut
 //! into equal chunks; the rank at index k of its shard group holds chunk k of each (FSDP2's
 //! per-parameter sharding, so optimizer state keeps its parameter's name and weight-decay group).
-//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind.
+//! Trainable chunks are the fp32 masters the optimizer updates; frozen chunks keep their kind (a
+//! 4-bit base is sharded as its packed codes and block scales, and dequantized once gathered).
 //! - Gradients: when a unit's backward pass is done (the model calls `backward_done`), its
 //!   gradients are reduce-scattered in one collective and added to this rank's gradient chunks,
 //!   and the full gradients are freed. Hybrid: the chunks are summed over the replica group (the
@@ -30,6 +31,7 @@ use crate::model::weights::Checkpoint;
 use crate::plan::shard::{Collectives, Layout};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tch::{Kind, Tensor};
 
@@ -41,6 +43,9 @@ pub struct ShardGroups {
     /// Ranks in the shard group, and this rank's index in it.
     size: usize,
     index: usize,
+    /// This rank is in the first shard group (node 0 under hybrid sharding): it writes the
+    /// checkpoint shard of its index.
+    writes_shard: bool,
     full: bool,
     reshard_after_forward: bool,
 }
@@ -68,6 +73,7 @@ impl ShardGroups {
             replicas,
             size,
             index,
+            writes_shard: first == 0,
             full: layout.strategy.shards_parameters(),
             reshard_after_forward,
         }))
@@ -113,6 +119,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
+        let mut loaded = std::mem::take(&mut *model.loaded_chunks.borrow_mut());
         let (size, index) = (groups.size as i64, groups.index as i64);
         let units: Vec<Vec<Piece>> = model
             .unit_tensors()
@@ -124,9 +131,11 @@ impl Sharder {
                         let numel = full.numel() as i64;
                         let chunk = (numel + size - 1) / size;
                         let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
-                        let flat = full.detach().reshape([-1]);
-                        let padded = flat.constant_pad_nd([0, chunk * size - numel]);
-                        let shard = padded.narrow(0, index * chunk, chunk).copy();
+                        // Loaded as a chunk already (CausalLm::load_chunked), or cut now.
+                        let shard = loaded.remove(&name).unwrap_or_else(|| {
+                            let flat = full.detach().reshape([-1]);
+                            flat.constant_pad_nd([0, chunk * size - numel]).narrow(0, index * chunk, chunk).copy()
+                        });
                         let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
                         if let Some(g) = &grad
                             && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
@@ -428,6 +437,121 @@ impl Sharder {
             Ok(padded.narrow(0, index * p.chunk, p.chunk).copy())
         })
     }
+}
+
+/// A sharded checkpoint's layout (`shards/index.json`): the shard group's size and each trainable
+/// tensor's shape and chunk length, so any world size can assemble it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardIndex {
+    shard_group_size: usize,
+    /// Whether the optimizer's moments are there (not with save_only_model).
+    optimizer: bool,
+    tensors: Vec<ShardEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardEntry {
+    name: String,
+    shape: Vec<i64>,
+    chunk: i64,
+}
+
+fn shard_file(dir: &Path, index: usize, size: usize) -> PathBuf {
+    dir.join("shards").join(format!("rank-{index:05}-of-{size:05}.safetensors"))
+}
+
+impl Sharder {
+    /// Writes this rank's part of a sharded checkpoint (`state_dict_type: SHARDED_STATE_DICT`) into
+    /// the staging folder `dir`: its chunks of the trainable weights and of each optimizer moment,
+    /// as `NAME`, `NAME.exp_avg` and `NAME.exp_avg_sq` (and `step`); rank 0 adds the index. Ranks of
+    /// other replica groups hold the same chunks and write nothing.
+    pub fn write_shard(&self, dir: &Path, optimizer: Option<&AdamW>, main: bool) -> Result<(), String> {
+        std::fs::create_dir_all(dir.join("shards")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if self.groups.writes_shard {
+            let mut tensors: Vec<(String, Tensor)> =
+                self.trainable().map(|p| (p.name.clone(), p.shard.shallow_clone())).collect();
+            tensors.extend(optimizer.map(AdamW::state).unwrap_or_default());
+            crate::model::weights::save(&shard_file(dir, self.groups.index, self.groups.size), &tensors)?;
+        }
+        if main {
+            let index = ShardIndex {
+                shard_group_size: self.groups.size,
+                optimizer: optimizer.is_some(),
+                tensors: self
+                    .trainable()
+                    .map(|p| ShardEntry { name: p.name.clone(), shape: p.shape.clone(), chunk: p.chunk })
+                    .collect(),
+            };
+            let text = serde_json::to_string_pretty(&index).map_err(|e| e.to_string())? + "\n";
+            crate::model::weights::write_atomic(&dir.join("shards/index.json"), text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether checkpoint folder `dir` holds per-rank shards rather than whole tensors.
+pub fn is_sharded_checkpoint(dir: &Path) -> bool {
+    dir.join("shards/index.json").is_file()
+}
+
+fn read_index(dir: &Path) -> Result<ShardIndex, String> {
+    let path = dir.join("shards/index.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Whether sharded checkpoint `dir` holds the optimizer's state (it does unless save_only_model).
+pub fn sharded_checkpoint_has_optimizer(dir: &Path) -> Result<bool, String> {
+    Ok(read_index(dir)?.optimizer)
+}
+
+/// The whole tensors of sharded checkpoint `dir`, assembled one tensor at a time from every
+/// rank's shard (whatever world size wrote them) into `into`: `weights.safetensors` (the trainable
+/// weights) and `optimizer.safetensors` (each moment and `step`, as a whole checkpoint has them).
+pub fn assemble_checkpoint(dir: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let index = read_index(dir)?;
+    let size = index.shard_group_size;
+    let shards: Vec<Checkpoint> =
+        (0..size).map(|k| Checkpoint::open_files(dir, &[shard_file(dir, k, size)])).collect::<Result<_, _>>()?;
+    let cpu = tch::Device::Cpu;
+    let mut weights: Vec<crate::model::weights::Deferred> = Vec::new();
+    let mut moments: Vec<crate::model::weights::Deferred> = Vec::new();
+    for e in &index.tensors {
+        let mut names = vec![(e.name.clone(), true)];
+        if index.optimizer {
+            names.extend([(format!("{}.exp_avg", e.name), false), (format!("{}.exp_avg_sq", e.name), false)]);
+        }
+        for (name, is_weight) in names {
+            // Checked here, so assembling below cannot fail on a missing chunk.
+            if let Some(k) = shards.iter().position(|s| s.shape(&name) != Some(&[e.chunk][..])) {
+                return Err(format!(
+                    "{}: `{name}` is missing or not [{}]",
+                    shard_file(dir, k, size).display(),
+                    e.chunk
+                ));
+            }
+            let (numel, shards, chunk) = (e.shape.iter().product::<i64>(), &shards, e.chunk);
+            let shape = e.shape.clone();
+            let whole = crate::model::weights::Deferred::new(name.clone(), e.shape.clone(), Kind::Float, move || {
+                let parts: Vec<Tensor> = shards
+                    .iter()
+                    .map(|s| s.load(&name, &[chunk], Kind::Float, cpu).unwrap_or_else(|e| failed(e)))
+                    .collect();
+                Tensor::cat(&parts, 0).narrow(0, 0, numel).view(shape.as_slice())
+            });
+            if is_weight { weights.push(whole) } else { moments.push(whole) }
+        }
+    }
+    if index.optimizer {
+        moments.push(crate::model::weights::Deferred::ready(
+            "step".into(),
+            shards[0].load("step", &[], Kind::Int64, cpu)?,
+        ));
+    }
+    let (w, o) = (into.join("weights.safetensors"), into.join("optimizer.safetensors"));
+    crate::model::weights::save_deferred(&w, weights)?;
+    crate::model::weights::save_deferred(&o, moments)?;
+    Ok((w, o))
 }
 
 impl ShardUnits for Sharder {

@@ -438,18 +438,36 @@ impl<E: Example> Loop<'_, E> {
                         step + 1
                     ));
                 }
-                // Sharded: every rank helps assemble the optimizer state and the weights; rank 0
-                // writes them.
+                // Sharded: every rank helps assemble the optimizer state and the weights, and rank 0
+                // writes them; or (SHARDED_STATE_DICT) each rank writes its chunks, then rank 0 the rest.
+                let per_rank = self.sharder.filter(|_| plan.layout.sharded_checkpoints);
                 let optimizer_state = match (plan.training.save_only_model, self.sharder) {
                     (true, _) => None,
+                    (false, _) if per_rank.is_some() => None,
                     (false, Some(sharder)) => Some(sharder.gather_optimizer_state(optimizer)?),
                     (false, None) => Some(optimizer.state()),
                 };
+                if let Some(sharder) = per_rank {
+                    let staging = checkpoint::staging_dir(self.output_dir, step + 1);
+                    let fresh = if comm.is_main() {
+                        let _ = std::fs::remove_dir_all(&staging);
+                        std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))
+                    } else {
+                        Ok(())
+                    };
+                    comm.agree(fresh, &format!("to stage checkpoint-{}", step + 1), self.model.device)?;
+                    let with_state = (!plan.training.save_only_model).then_some(&*optimizer);
+                    let wrote = sharder.write_shard(&staging, with_state, comm.is_main());
+                    comm.agree(wrote, &format!("to write its shard of checkpoint-{}", step + 1), self.model.device)?;
+                }
                 let write = || {
                     checkpoint::save(
                         self.output_dir,
                         self.model,
-                        optimizer_state.as_deref(),
+                        match per_rank {
+                            Some(_) => checkpoint::Staged::Shards,
+                            None => checkpoint::Staged::Whole(optimizer_state.as_deref()),
+                        },
                         &state,
                         &checkpoint::RunFiles {
                             plan,
@@ -463,6 +481,13 @@ impl<E: Example> Loop<'_, E> {
                     .map(|dir| tracing::info!(step = step + 1, "saved {}", dir.display()))
                 };
                 let saved = match self.sharder {
+                    Some(_) if per_rank.is_some() => {
+                        if comm.is_main() {
+                            write()
+                        } else {
+                            Ok(())
+                        }
+                    }
                     Some(sharder) => sharder.with_model_gathered(|| if comm.is_main() { write() } else { Ok(()) })?,
                     None if comm.is_main() => write(),
                     None => Ok(()),

@@ -136,6 +136,9 @@ pub struct CausalLm {
     /// Sharded training's unit hooks (exec/shard.rs): set, a unit's parameters are gathered
     /// before each use and released after it.
     pub shard_units: std::cell::RefCell<Option<std::rc::Rc<dyn ShardUnits>>>,
+    /// `load_chunked`: this rank's chunk of each base tensor by name; the tensors themselves hold
+    /// only their shape until sharded training gathers them.
+    pub loaded_chunks: std::cell::RefCell<std::collections::HashMap<String, Tensor>>,
     /// The model-wide adapter switch: off, every layer computes its base alone and the
     /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
     /// weights serve as the frozen reference model of preference training.
@@ -192,19 +195,55 @@ pub struct Inputs<'a> {
 
 impl CausalLm {
     pub fn load(arch: &Architecture, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<CausalLm, String> {
+        Self::load_with(arch, ckpt, opts, None)
+    }
+
+    /// Loads as `load`, keeping of each base tensor only chunk `index` of `size` (flattened,
+    /// padded to a multiple of `size`, as exec/shard.rs cuts them) in `loaded_chunks`: one tensor
+    /// is whole at a time, so no rank ever holds a whole copy of the model (full sharding with
+    /// `cpu_ram_efficient_loading`). The model's tensors keep only their shapes until sharded
+    /// training gathers them. Not for quantized bases, DoRA, modules_to_save or reward heads, whose
+    /// set-up reads the loaded weights.
+    pub fn load_chunked(
+        arch: &Architecture,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+        index: i64,
+        size: i64,
+    ) -> Result<CausalLm, String> {
+        Self::load_with(arch, ckpt, opts, Some((index, size)))
+    }
+
+    fn load_with(
+        arch: &Architecture,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+        chunk: Option<(i64, i64)>,
+    ) -> Result<CausalLm, String> {
         let full = matches!(opts.trainable, Trainable::Everything);
         if full && opts.quantize.is_some() {
             return Err("a quantized base cannot be fully fine-tuned; train an adapter on it (QLoRA)".into());
         }
         let (kind, device) = (if full { Kind::Float } else { opts.base_kind }, opts.device);
+        let chunks = std::cell::RefCell::new(std::collections::HashMap::new());
+        let keep = |name: &str, t: Tensor| -> Tensor {
+            let Some((index, size)) = chunk else { return t };
+            let numel = t.numel() as i64;
+            let per_rank = (numel + size - 1) / size;
+            let mine =
+                t.reshape([-1]).constant_pad_nd([0, per_rank * size - numel]).narrow(0, index * per_rank, per_rank);
+            chunks.borrow_mut().insert(name.to_string(), mine.copy());
+            // The shape without the storage: one element, expanded.
+            Tensor::zeros([1], (t.kind(), t.device())).expand(t.size(), false)
+        };
         let get = |name: &str, shape: &[i64]| -> Result<Tensor, String> {
-            let t = ckpt.load(name, shape, kind, device)?;
+            let t = keep(name, ckpt.load(name, shape, kind, device)?);
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
         // Norm weights scale the fp32 residual stream: kept in fp32 whatever the base's kind (they
         // are a few thousand values per layer).
         let norm_of = |name: &str, size: u64| -> Result<Tensor, String> {
-            let t = ckpt.load(name, &[size as i64], Kind::Float, device)?;
+            let t = keep(name, ckpt.load(name, &[size as i64], Kind::Float, device)?);
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
         let norm = |name: &str| norm_of(name, arch.hidden_size);
@@ -300,6 +339,7 @@ impl CausalLm {
             compute_kind: Kind::Float,
             memory_probe: std::cell::Cell::new(None),
             shard_units: std::cell::RefCell::new(None),
+            loaded_chunks: std::cell::RefCell::new(chunks.into_inner()),
             adapters_enabled: std::cell::Cell::new(true),
             head_original: None,
             score: None,
@@ -835,13 +875,24 @@ impl CausalLm {
         out
     }
 
-    /// Every dense tensor of the model by shard unit (decoder layer i, then the root), each
-    /// once, for sharded training: base weights, norms, biases and adapter tensors. Quantized
-    /// base weights are not listed (they stay whole on every rank).
+    /// Every tensor of the model by shard unit (decoder layer i, then the root), each once, for
+    /// sharded training: base weights (a 4-bit base as its packed codes and absmax), norms,
+    /// biases and adapter tensors. An 8-bit base stays whole on every rank.
     pub fn unit_tensors(&self) -> Vec<Vec<(String, Tensor)>> {
         fn linear_tensors(lin: &Linear, out: &mut Vec<(String, Tensor)>) {
-            if lin.quantized.is_none() && lin.weight.numel() > 0 {
-                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+            match &lin.quantized {
+                None if lin.weight.numel() > 0 => {
+                    out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()))
+                }
+                // The codes and block scales of this weight alone (the code table is shared).
+                Some(QuantizedWeight::Four(q)) => {
+                    out.push((format!("{}.weight.packed", lin.name), q.packed.shallow_clone()));
+                    out.push((format!("{}.weight.absmax", lin.name), q.absmax.shallow_clone()));
+                    if let Some(n) = &q.nested {
+                        out.push((format!("{}.weight.nested_absmax", lin.name), n.absmax.shallow_clone()));
+                    }
+                }
+                _ => {}
             }
             if let Some(b) = &lin.bias {
                 out.push((format!("{}.bias", lin.name), b.shallow_clone()));

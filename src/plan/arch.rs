@@ -136,6 +136,16 @@ fn default_eps() -> f64 {
 }
 
 impl Architecture {
+    /// transformers' class of one decoder layer (what FSDP's `transformer_layer_cls_to_wrap` names).
+    pub fn decoder_layer_class(&self) -> &'static str {
+        match self.family {
+            Family::Llama => "LlamaDecoderLayer",
+            Family::Mistral => "MistralDecoderLayer",
+            Family::Qwen2 => "Qwen2DecoderLayer",
+            Family::Qwen3 => "Qwen3DecoderLayer",
+        }
+    }
+
     /// Reads a config.json text. Errors name the field or the unsupported architecture.
     pub fn from_config_json(text: &str) -> Result<Architecture, String> {
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("config.json: {e}"))?;

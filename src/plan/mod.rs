@@ -441,12 +441,34 @@ pub fn render_text(plan: &Plan) -> String {
                 }
             ),
         };
-        let refused = if l.fsdp.contains(&crate::config::distributed::FsdpOption::Offload) || l.size_based_wrap {
-            "; recipe run refuses it (offload and SIZE_BASED_WRAP are not built)"
-        } else {
-            ""
-        };
-        let _ = writeln!(o, "           fsdp: [{}]: {how}{refused}", list.join(", "));
+        let _ = writeln!(o, "           fsdp: [{}]: {how}", list.join(", "));
+        if l.strategy.shards_gradients_and_optimizer() {
+            let _ = writeln!(
+                o,
+                "           checkpoints: {}; final outputs whole",
+                if l.sharded_checkpoints {
+                    "each rank's chunks and an index (SHARDED_STATE_DICT), resumable on any world size"
+                } else {
+                    "whole (FULL_STATE_DICT), assembled one tensor at a time"
+                }
+            );
+        }
+        for (key, what) in &l.not_built {
+            let _ = writeln!(o, "           {key}: {what} is not built; recipe run refuses it");
+        }
+        let own = plan.model.architecture.decoder_layer_class();
+        match &l.wrapped_class {
+            Some(c) if !c.split(',').any(|c| c.trim() == own) => {
+                let _ = writeln!(
+                    o,
+                    "           transformer_layer_cls_to_wrap `{c}` is not this model's decoder layer ({own}); recipe run \
+                     refuses it"
+                );
+            }
+            _ => {
+                let _ = writeln!(o, "           units: each {own} and the root (embeddings, final norm, head)");
+            }
+        }
     }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(

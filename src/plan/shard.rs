@@ -56,9 +56,18 @@ pub struct Layout {
     /// again for its backward pass, which recomputes the layer (`reshard_after_forward`, true
     /// unless the recipe says false).
     pub reshard_after_forward: bool,
-    /// `auto_wrap_policy: SIZE_BASED_WRAP`, which the executor does not build (its units are the
-    /// decoder layers and the root).
-    pub size_based_wrap: bool,
+    /// Settings the executor does not build, as (key, what it asks for); `recipe run` refuses
+    /// a recipe with any.
+    pub not_built: Vec<(String, String)>,
+    /// `state_dict_type: SHARDED_STATE_DICT`: each rank writes its chunks of a checkpoint (and rank 0
+    /// an index); final outputs stay whole.
+    pub sharded_checkpoints: bool,
+    /// `transformer_layer_cls_to_wrap` as written (either spelling): `recipe run` checks that it
+    /// names the model's decoder layer, which is what its units wrap.
+    pub wrapped_class: Option<String>,
+    /// `cpu_ram_efficient_loading`: under full sharding each rank loads only its chunks of the
+    /// base, one tensor whole at a time.
+    pub cpu_ram_efficient_loading: bool,
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
     pub units: Vec<Unit>,
@@ -239,9 +248,20 @@ pub fn layout(
         strategy,
         fsdp: c.distributed.sharding(),
         reshard_after_forward: reshard_after_forward(c),
-        size_based_wrap: !c.distributed.sharding().is_empty()
-            && c.distributed.fsdp_config.fsdp_auto_wrap_policy.or(c.distributed.fsdp_config.auto_wrap_policy)
-                == Some(crate::config::distributed::AutoWrapPolicy::SizeBasedWrap),
+        cpu_ram_efficient_loading: !c.distributed.sharding().is_empty()
+            && c.distributed
+                .fsdp_config
+                .fsdp_cpu_ram_efficient_loading
+                .or(c.distributed.fsdp_config.cpu_ram_efficient_loading)
+                == Some(true),
+        not_built: c.distributed.not_built().into_iter().map(|(k, w)| (k.to_string(), w.to_string())).collect(),
+        sharded_checkpoints: c.distributed.sharded_checkpoints(),
+        wrapped_class: c
+            .distributed
+            .fsdp_config
+            .fsdp_transformer_layer_cls_to_wrap
+            .clone()
+            .or_else(|| c.distributed.fsdp_config.transformer_layer_cls_to_wrap.clone()),
         shard_group_size: group,
         units,
         ranks,
