@@ -199,3 +199,58 @@ fn prefix_tuning_adds_its_keys_and_values_to_every_layer() {
     );
     assert_eq!(many.adapter.trainable_parameters, 12 * arch.num_layers * 2 * kv);
 }
+
+#[test]
+fn ia3_keeps_one_scaled_tensor_per_adapted_module_and_a_tiny_trainable_state() {
+    // IA3 keeps, per adapted module and token, the tensor its vector multiplies: the input of a
+    // feed-forward module (down_proj: intermediate), the output of the others (k_proj, v_proj);
+    // LoRA keeps its r-wide inner activation per adapted module.
+    let lora = plan("recipes/demo/stories260k-lora.yaml", &[], PlanOptions::default());
+    let ia3 = plan("recipes/demo/stories260k-ia3.yaml", &[], PlanOptions::default());
+    let arch = recipe::plan::model::local_architecture(Path::new("models/stories260k")).unwrap();
+    let kv = arch.num_key_value_heads * arch.head_dim;
+    let tokens = ia3.batch.micro_batch_size * ia3.batch.sequence_len;
+    assert_eq!(tokens, lora.batch.micro_batch_size * lora.batch.sequence_len);
+    let ia3_elements = 2 * kv + arch.intermediate_size;
+    let lora_elements = lora.adapter.r * 7;
+    assert_eq!(
+        ia3.memory.activations_without_checkpointing + arch.num_layers * tokens * lora_elements * 2,
+        lora.memory.activations_without_checkpointing + arch.num_layers * tokens * ia3_elements * 2,
+        "bf16 activations: layers × tokens × (IA3's Σ scaled elements instead of LoRA's 7·r) × 2 bytes"
+    );
+    // Weights, gradients and AdamW states of 1,180 parameters: 16 bytes each.
+    assert_eq!(ia3.adapter.trainable_parameters, 1180);
+    let trainable_state: u64 = ia3
+        .memory
+        .items
+        .iter()
+        .filter(|i| ["adapter weights (fp32)", "gradients (fp32)", "optimizer states"].contains(&i.name))
+        .map(|i| i.bytes)
+        .sum();
+    assert_eq!(trainable_state, 1180 * 16);
+}
+
+#[test]
+fn embedding_lora_counts_its_pair_in_the_trainable_state() {
+    // peft's lora.Embedding: A [r, vocab] and B [hidden, r] beside the q/v pairs; the trainable state
+    // (fp32 weights, gradients, AdamW's two moments) is 16 bytes per parameter.
+    let q_v = plan("recipes/demo/stories260k-lora.yaml", &["lora_target_linear=false"], PlanOptions::default());
+    let with = plan(
+        "recipes/demo/stories260k-lora.yaml",
+        &["lora_target_linear=false", "lora_target_modules=[embed_tokens, q_proj, v_proj]"],
+        PlanOptions::default(),
+    );
+    let arch = recipe::plan::model::local_architecture(Path::new("models/stories260k")).unwrap();
+    let pair = with.adapter.r * (arch.vocab_size + arch.hidden_size);
+    assert_eq!(with.adapter.trainable_parameters - q_v.adapter.trainable_parameters, pair);
+    assert_eq!(with.adapter.target_modules, ["embed_tokens", "q_proj", "v_proj"]);
+    let state = |p: &recipe::plan::Plan| -> u64 {
+        p.memory
+            .items
+            .iter()
+            .filter(|i| ["adapter weights (fp32)", "gradients (fp32)", "optimizer states"].contains(&i.name))
+            .map(|i| i.bytes)
+            .sum()
+    };
+    assert_eq!(state(&with) - state(&q_v), pair * 16);
+}

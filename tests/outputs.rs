@@ -1,8 +1,10 @@
 //! Outputs the ecosystem loads. Short LoRA and full fine-tunes of stories260k with the real
 //! binary, then: the adapter folder reloaded by recipe gives the logits the run ended with; `recipe
 //! merge` writes a Hugging Face folder whose logits equal base + adapter (1e-4); the full fine-tune
-//! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise; a
-//! prompt- or prefix-tuning adapter saves peft's `prompt_embeddings` and is refused by `recipe merge`. The folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
+//! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise; so do
+//! an IA3 adapter (on a dense and on a 4-bit base) and LoRA on embed_tokens; a prompt- or
+//! prefix-tuning adapter saves peft's `prompt_embeddings` and is refused by `recipe merge`. The
+//! folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
 //! for scripts/reference/check_outputs.py, which loads them with peft and transformers.
 #![cfg(feature = "exec")]
 
@@ -32,6 +34,14 @@ fn train(dir: &Path, method: &str) -> PathBuf {
             "adapter: prompt_tuning\nnum_virtual_tokens: 8\nprompt_tuning_init: text\nprompt_tuning_init_text: \"ROMEO:\"\n"
         }
         "prefix_tuning" => "adapter: prefix_tuning\nnum_virtual_tokens: 6\n",
+        "ia3" => "adapter: ia3\n",
+        "ia3_4bit" => {
+            "adapter: ia3\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
+             bnb_4bit_compute_dtype: float32\n"
+        }
+        "lora_embed" => {
+            "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n"
+        }
         _ => "",
     };
     // Prompt and prefix tuning's virtual tokens open each row: their rows are not packed.
@@ -66,7 +76,12 @@ fn input_ids() -> Tensor {
 }
 
 fn logits_of(dir: &Path) -> Tensor {
-    let loaded = load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
+    logits_over(dir, None)
+}
+
+/// The logits of `dir`'s model, its base quantized as `quantize` says.
+fn logits_over(dir: &Path, quantize: Option<recipe::model::llama::Quantize>) -> Tensor {
+    let loaded = load_trained(dir, None, Device::Cpu, quantize, Some(Kind::Float)).unwrap();
     let ids = input_ids();
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
     tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
@@ -370,4 +385,90 @@ fn reward_model_folders_for_the_python_check() {
         let scores = recipe::exec::score_sequences(&loaded, &rows).unwrap();
         save_logits(&dir, &Tensor::from_slice(&scores).to_kind(Kind::Float).view([2, 1]));
     }
+}
+
+fn saved_tensors(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap().into_iter().collect()
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn ia3_output_reloads_and_merges_exactly() {
+    // peft's defaults for Llama: k_proj and v_proj scale their output, down_proj its input.
+    let dir = fresh("ia3");
+    let recipe_path = train(&dir, "ia3");
+    let config = json_of(&dir.join("adapter_config.json"));
+    assert_eq!(config["peft_type"], "IA3");
+    assert_eq!(config["feedforward_modules"], serde_json::json!(["down_proj"]));
+    let saved = saved_tensors(&dir);
+    assert_eq!(saved.len(), 5 * 3, "one vector per target and layer: {:?}", saved.keys());
+    let k = &saved["base_model.model.model.layers.0.self_attn.k_proj.ia3_l"];
+    let down = &saved["base_model.model.model.layers.0.mlp.down_proj.ia3_l"];
+    assert_eq!((k.size(), down.size()), (vec![32, 1], vec![1, 172]), "peft's shapes: [out, 1] and [1, in]");
+    let moved = (down - 1.0).abs().max().double_value(&[]);
+    assert!(moved > 1e-4, "the down_proj vector did not train away from ones ({moved:e})");
+
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "training should have changed the adapter's logits ({moved:e})");
+    save_logits(&dir, &adapted);
+
+    let merged = fresh("merged_ia3");
+    merge(&recipe_path, &[], &merged);
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged IA3 logits differ from base + adapter by {diff:e}");
+    save_logits(&merged, &adapted);
+}
+
+#[test]
+fn ia3_on_a_4bit_base_trains_and_merges() {
+    use recipe::model::llama::{FourBit, Quantize};
+    let dir = fresh("ia3_4bit");
+    let recipe_path = train(&dir, "ia3_4bit");
+    assert_eq!(saved_tensors(&dir).len(), 5 * 3);
+    let nf4 = Quantize::FourBit(FourBit {
+        quant_type: recipe::model::nf4::QuantType::Nf4,
+        double_quant: true,
+        blocksize: 64,
+    });
+    let adapted = logits_over(&dir, Some(nf4));
+    let merged = fresh("merged_ia3_4bit");
+    merge(&recipe_path, &[], &merged);
+    // The merge dequantizes the base (as peft's merge of a 4-bit layer does) and scales it.
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged IA3 (4-bit base) logits differ from base + adapter by {diff:e}");
+}
+
+#[test]
+fn embedding_lora_output_reloads_and_merges_exactly() {
+    let dir = fresh("lora_embed");
+    let recipe_path = train(&dir, "lora_embed");
+    let saved = saved_tensors(&dir);
+    let (a, b) = (
+        &saved["base_model.model.model.embed_tokens.lora_embedding_A"],
+        &saved["base_model.model.model.embed_tokens.lora_embedding_B"],
+    );
+    assert_eq!((a.size(), b.size()), (vec![8, 512], vec![64, 8]), "peft's shapes: A [r, vocab], B [hidden, r]");
+    // peft saves the embedding's base with it (save_embedding_layers).
+    assert!(saved.contains_key("base_model.model.model.embed_tokens.base_layer.weight"));
+    assert!(a.abs().max().double_value(&[]) > 0.0, "A starts at zero and must have trained");
+
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "training should have changed the adapter's logits ({moved:e})");
+    save_logits(&dir, &adapted);
+
+    // stories260k ties its head to the embedding; the update changes the lookup only, so the merged
+    // folder keeps the original head apart.
+    let merged = fresh("merged_embed");
+    merge(&recipe_path, &[], &merged);
+    assert_eq!(json_of(&merged.join("config.json"))["tie_word_embeddings"], false);
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged embedding-LoRA logits differ from base + adapter by {diff:e}");
+    save_logits(&merged, &adapted);
 }

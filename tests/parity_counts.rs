@@ -79,3 +79,33 @@ fn prompt_and_prefix_tuning_trainable_counts_equal_peft() {
         assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name} {}: all params", case["method"]);
     }
 }
+
+#[test]
+fn ia3_trainable_counts_and_default_modules_equal_peft() {
+    let cases = golden("peft_ia3_trainable.json");
+    let names = |v: &Value| -> Option<Vec<String>> {
+        v.as_array().map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+    };
+    for case in cases.as_array().unwrap() {
+        let name = case["model"].as_str().unwrap();
+        let arch = architecture(name);
+        let mut config = Config::default();
+        config.adapter.adapter = Some(AdapterKind::Ia3);
+        config.adapter.ia3_target_modules = names(&case["target_modules"]).map(ModuleList::Many);
+        config.adapter.ia3_feedforward_modules = names(&case["feedforward_modules"]).map(ModuleList::Many);
+        let plan = adapter::plan(&config, &arch).unwrap();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        // With no modules named, peft's defaults for the architecture.
+        assert_eq!(sorted(plan.target_modules.clone()), names(&case["resolved_target_modules"]).unwrap(), "{name}");
+        assert_eq!(
+            sorted(plan.feedforward_modules.clone()),
+            names(&case["resolved_feedforward_modules"]).unwrap(),
+            "{name}: feedforward modules"
+        );
+        assert_eq!(plan.trainable_parameters, case["trainable"].as_u64().unwrap(), "{name} (IA3): trainable");
+        assert_eq!(plan.total_parameters, case["all"].as_u64().unwrap(), "{name} (IA3): all params");
+    }
+}

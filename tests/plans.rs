@@ -107,3 +107,34 @@ fn deepspeed_train_batch_size_must_be_this_launchs_global_batch() {
     assert!(err.starts_with(&format!("`deepspeed.train_batch_size` ({}:2:22) is 8", json.display())), "{err}");
     assert!(err.contains("micro_batch_size 2 × gradient_accumulation_steps 1 × 2 rank(s) = 4"), "{err}");
 }
+
+#[test]
+fn embed_tokens_cannot_take_lora_and_be_trained_in_full() {
+    let overrides =
+        ["lora_target_modules=[embed_tokens, q_proj]".to_string(), "lora_modules_to_save=[embed_tokens]".to_string()];
+    let err = compile(std::path::Path::new("recipes/demo/stories260k-lora.yaml"), &overrides).unwrap_err();
+    assert!(err.contains("`embed_tokens` cannot take LoRA while `lora_modules_to_save` trains it in full"), "{err}");
+}
+
+#[test]
+fn ia3_targets_are_resolved_against_the_architecture() {
+    let demo = std::path::Path::new("recipes/demo/stories260k-ia3.yaml");
+    // A module the decoder does not have is an error naming the key and the real ones.
+    let err =
+        compile(demo, &["ia3_target_modules=[k_proj, lm_head]".to_string(), "ia3_feedforward_modules=[]".to_string()])
+            .unwrap_err();
+    assert!(
+        err.contains("`ia3_target_modules`: `lm_head` is not a linear layer") && err.contains("down_proj"),
+        "{err}"
+    );
+    // Without feedforward modules named, peft's default (down_proj) applies where it is a target.
+    let plan = compile(
+        demo,
+        &["ia3_target_modules=[q_proj, up_proj]".to_string(), "ia3_feedforward_modules=null".to_string()],
+    )
+    .unwrap();
+    assert_eq!(plan.adapter.target_modules, ["q_proj", "up_proj"]);
+    assert!(plan.adapter.feedforward_modules.is_empty());
+    // 5 layers × (q_proj's 64 outputs + up_proj's 172 outputs).
+    assert_eq!(plan.adapter.trainable_parameters, 5 * (64 + 172));
+}

@@ -29,6 +29,13 @@ given as the first argument:
 
   DIR/lora_dora/, DIR/merged_dora/  like lora/ and merged/ for a DoRA adapter (use_dora: true, its
                magnitudes saved as ...lora_magnitude_vector) and its `recipe merge` folder
+  DIR/ia3/, DIR/merged_ia3/  like lora/ and merged/ for an IA3 adapter (peft_type IA3, vectors saved
+               as ...ia3_l) and its `recipe merge` folder
+  DIR/lora_embed/, DIR/merged_embed/  like lora/ and merged/ for LoRA on embed_tokens (peft's
+               lora_embedding_A / lora_embedding_B, plus the embedding's base_layer.weight) and its
+               `recipe merge` folder (stories260k's head is tied: recipe writes it untied, with the
+               original weights, so the merged logits equal the adapter's; peft's merge_and_unload
+               folds the update into the shared tensor and changes the head too, so it is not compared)
 
   DIR/prompt_tuning/  a peft PROMPT_TUNING adapter (adapter_config.json, adapter_model.safetensors
                with prompt_embeddings); its recipe logits cover the N virtual positions too: [B, N + T, V]
@@ -53,8 +60,8 @@ use_cache=False, torch.manual_seed(0), under torch.no_grad():
           upcast), and peft must raise no missing-keys warning.
   full,   model = AutoModelForCausalLM.from_pretrained(DIR/case, output_loading_info=True);
   merged  no missing, unexpected or mismatched keys.
-  merged_dora  also: peft's merge_and_unload of DIR/lora_dora (PeftModel over its base) must
-          equal every weight of DIR/merged_dora/model.safetensors within 1e-5 (max abs).
+  merged_dora, merged_ia3  also: peft's merge_and_unload of DIR/lora_dora (DIR/ia3) (PeftModel over
+          its base) must equal every weight of the merged folder's model.safetensors within 1e-5 (max abs).
   all     AutoTokenizer.from_pretrained(DIR/case) must load (proves the folder carries its
           tokenizer; len(tokenizer) is reported), logits = model(input_ids).logits must
           have recipe's shape, and max |logits - recipe logits| must be < 1e-4 (NaN fails).
@@ -100,7 +107,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
 CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
-         "lora_dora", "merged_dora", "prompt_tuning", "prefix_tuning")
+         "lora_dora", "merged_dora", "ia3", "merged_ia3", "lora_embed", "merged_embed", "prompt_tuning",
+         "prefix_tuning")
 TOL = 1e-4
 MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"
@@ -224,11 +232,14 @@ def check_lora(case_dir, rec):
     rec["adapter_unexpected_keys"] = unexpected
     rec["adapter_values_differ"] = differ
     rec["peft_warnings"] = peft_warnings
+    rec["peft_type"] = acfg.get("peft_type")
     if acfg.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
         rec["virtual_tokens"] = {k: acfg.get(k) for k in ("peft_type", "num_virtual_tokens", "token_dim",
                                                           "num_attention_heads", "prompt_tuning_init")}
     else:
         rec["lora"] = {k: acfg.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "modules_to_save")}
+        if acfg.get("peft_type") == "IA3":
+            rec["lora"]["feedforward_modules"] = sorted(acfg.get("feedforward_modules") or [])
         rec["lora"]["target_modules"] = (sorted(acfg["target_modules"])
                                          if isinstance(acfg.get("target_modules"), list)
                                          else acfg.get("target_modules"))
@@ -277,7 +288,7 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name.startswith("lora") or name in ("reward_lora", "prompt_tuning", "prefix_tuning"):
+        if name.startswith(("lora", "ia3")) or name in ("reward_lora", "prompt_tuning", "prefix_tuning"):
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)
@@ -303,8 +314,9 @@ def run_case(name, case_dir):
         rec["max_abs_diff"] = diff if math.isfinite(diff) else str(diff)
         rec["logits_ok"] = bool(math.isfinite(diff) and diff < TOL)
         rec["pass"] = rec["logits_ok"] and rec["load_ok"] and rec["tokenizer_ok"]
-        if name == "merged_dora":
-            merge_ok = check_peft_merge(os.path.join(os.path.dirname(case_dir), "lora_dora"), case_dir, rec)
+        adapter_of = {"merged_dora": "lora_dora", "merged_ia3": "ia3"}
+        if name in adapter_of:
+            merge_ok = check_peft_merge(os.path.join(os.path.dirname(case_dir), adapter_of[name]), case_dir, rec)
             rec["pass"] = rec["pass"] and merge_ok
     except Exception as e:  # noqa: BLE001 (every failure is reported per case)
         rec["error"] = f"{type(e).__name__}: {e}"

@@ -18,7 +18,11 @@ What it does
      for a fixed list of cases (task_type CAUSAL_LM, lora_dropout 0.05, bias "none",
      lora_alpha = 2 * r; use_dora for the DoRA cases) and records what model.get_nb_trainable_parameters() reports
      as (trainable, all), plus the base model's total before peft. Written to
-     tests/golden/peft_trainable.json (a list of cases; each carries peft_version).
+     tests/golden/peft_trainable.json (a list of cases; each carries peft_version). The
+     embed_tokens cases use peft's LoRA on the embedding (lora_embedding_A / _B).
+  3. The same for IA3: get_peft_model(model, IA3Config(task_type CAUSAL_LM, target_modules,
+     feedforward_modules)), None meaning peft's default for the architecture (the config
+     peft resolved is recorded), written to tests/golden/peft_ia3_trainable.json.
 
   3. Wraps fresh meta-device models with get_peft_model(model, PromptTuningConfig(
      task_type CAUSAL_LM, num_virtual_tokens N, prompt_tuning_init RANDOM)) for PROMPT_CASES,
@@ -53,7 +57,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS_DIR = os.path.join(ROOT, "src", "plan", "models")
@@ -76,6 +80,21 @@ PEFT_CASES = [
     # DoRA: one magnitude per output row of every adapted linear, on top of LoRA's pairs.
     ("meta-llama/Meta-Llama-3-8B", 16, ALL_LINEAR, None, True),
     ("stories260k", 8, ["q_proj", "v_proj", "lm_head"], None, True),
+    # LoRA on the input embedding: r * (vocab + hidden) more (peft's lora.Embedding).
+    ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, False),
+    ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, False),
+    ("Qwen/Qwen2.5-0.5B", 16, ["embed_tokens", "lm_head"] + ALL_LINEAR, None, False),
+]
+
+# (model key, target_modules, feedforward_modules); None: peft's default for the model type.
+IA3_CASES = [
+    ("stories260k", None, None),
+    ("meta-llama/Meta-Llama-3-8B", None, None),
+    ("mistralai/Mistral-7B-v0.1", None, None),
+    ("Qwen/Qwen2.5-0.5B", None, None),
+    ("Qwen/Qwen3-0.6B", None, None),
+    ("meta-llama/Llama-2-13b-hf", ALL_LINEAR, ["gate_proj", "up_proj", "down_proj"]),
+    ("stories260k", ["q_proj", "o_proj", "up_proj"], ["up_proj"]),
 ]
 
 # (model key, num_virtual_tokens): prefix tuning (grouped-query heads: peft sizes the prefix by the
@@ -201,6 +220,26 @@ def prompt_case(path, key, n, method="prompt_tuning"):
     }
 
 
+def ia3_case(path, key, targets, feedforward):
+    model = build_meta(path)
+    cfg = IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward)
+    with torch.device("meta"):
+        pm = get_peft_model(model, cfg)
+    resolved = pm.peft_config["default"]
+    trainable, all_params = pm.get_nb_trainable_parameters()
+    return {
+        "model": key,
+        "target_modules": sorted(targets) if targets else None,
+        "feedforward_modules": sorted(feedforward) if feedforward else None,
+        "resolved_target_modules": sorted(resolved.target_modules),
+        "resolved_feedforward_modules": sorted(resolved.feedforward_modules),
+        "trainable": int(trainable),
+        "all": int(all_params),
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
+
+
 def dump(obj):
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
@@ -236,11 +275,18 @@ def main():
         prompt_cases.append(case)
         print(f"peft prefix tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
               f"all={case['all']:>15,d}")
+    ia3_cases = []
+    for key, targets, feedforward in IA3_CASES:
+        case = ia3_case(sources[key], key, targets, feedforward)
+        ia3_cases.append(case)
+        print(f"peft IA3 {key:24s} trainable={case['trainable']:>12,d}  all={case['all']:>15,d}  "
+              f"targets={case['resolved_target_modules']}  feedforward={case['resolved_feedforward_modules']}")
 
     outputs = {
         os.path.join(GOLDEN_DIR, "param_counts.json"): dump(counts),
         os.path.join(GOLDEN_DIR, "peft_trainable.json"): dump(cases),
         os.path.join(GOLDEN_DIR, "peft_prompt_trainable.json"): dump(prompt_cases),
+        os.path.join(GOLDEN_DIR, "peft_ia3_trainable.json"): dump(ia3_cases),
     }
     print(f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}")
     if args.check:

@@ -735,7 +735,10 @@ pub fn merge(target: &Path, overrides: &[String], output: Option<&Path>) -> Exit
         Err(code) => return code,
     };
     if !dir.join("adapter_config.json").is_file() {
-        eprintln!("{}: error: no adapter_config.json here; merge needs a LoRA output folder", dir.display());
+        eprintln!(
+            "{}: error: no adapter_config.json here; merge needs an adapter output folder (LoRA, DoRA or IA3)",
+            dir.display()
+        );
         return ExitCode::from(EXIT_INVALID);
     }
     // The recipe's save_dtype, else the base's own dtype: merged weights are not widened to fp32.

@@ -1,15 +1,16 @@
-//! The parameter-efficient method (LoRA / QLoRA / prompt or prefix tuning) or full fine-tuning.
+//! The parameter-efficient method (LoRA / QLoRA / IA3 / prompt or prefix tuning) or full fine-tuning.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// LoRA settings. With no `adapter`, every parameter is trained (full fine-tuning).
+/// Adapter settings: the `lora_*` keys for LoRA/QLoRA, the `ia3_*` keys for IA3. With no `adapter`, every
+/// parameter is trained (full fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AdapterConfig {
-    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`),
-    /// `prompt_tuning` (trained virtual tokens before every sequence, the body frozen) or
-    /// `prefix_tuning` (trained keys and values before every sequence in every layer, the body frozen).
-    /// Absent: full fine-tuning.
+    /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`), `ia3` (a
+    /// learned scale per feature, on a dense or quantized base), `prompt_tuning` (trained virtual
+    /// tokens before every sequence, the body frozen) or `prefix_tuning` (trained keys and values
+    /// before every sequence in every layer, the body frozen). Absent: full fine-tuning.
     #[serde(default)]
     pub adapter: Option<AdapterKind>,
     /// LoRA rank r: the inner dimension of the low-rank update (8–64; higher for harder tasks).
@@ -25,7 +26,8 @@ pub struct AdapterConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub lora_dropout: f64,
-    /// Module names to adapt (e.g. `q_proj`, `v_proj`), matched against the architecture.
+    /// Module names to adapt (e.g. `q_proj`, `v_proj`, or `embed_tokens` for peft's embedding LoRA), matched
+    /// against the architecture.
     #[serde(default)]
     pub lora_target_modules: Option<ModuleList>,
     /// Adapt every linear layer of the decoder (all attention and MLP projections).
@@ -76,6 +78,15 @@ pub struct AdapterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub encoder_hidden_size: Option<u32>,
+    /// IA3 (`adapter: ia3`): the linear layers that get a learned scale vector (peft's `target_modules`).
+    /// Defaults to peft's for the architecture: `k_proj`, `v_proj`, `down_proj` (Llama, Mistral) or
+    /// `q_proj`, `v_proj`, `down_proj` (Qwen2, Qwen3).
+    #[serde(default)]
+    pub ia3_target_modules: Option<ModuleList>,
+    /// IA3: the targets that scale their input (one value per input feature) instead of their output,
+    /// peft's `feedforward_modules`; a subset of `ia3_target_modules`. Defaults to peft's: `down_proj`.
+    #[serde(default)]
+    pub ia3_feedforward_modules: Option<ModuleList>,
 }
 
 impl Default for AdapterConfig {
@@ -95,6 +106,9 @@ pub enum AdapterKind {
     Lora,
     /// LoRA on a 4-bit (NF4) quantized base.
     Qlora,
+    /// IA3 (peft's `IA3Config`): a trainable vector, initialised to ones, that scales each target's
+    /// output (or, for feed-forward modules, its input).
+    Ia3,
     /// Prompt tuning (peft's PROMPT_TUNING): trained virtual-token embeddings before every sequence.
     #[serde(rename = "prompt_tuning")]
     PromptTuning,
@@ -104,6 +118,17 @@ pub enum AdapterKind {
 }
 
 impl AdapterKind {
+    /// The name a recipe writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Lora => "lora",
+            AdapterKind::Qlora => "qlora",
+            AdapterKind::Ia3 => "ia3",
+            AdapterKind::PromptTuning => "prompt_tuning",
+            AdapterKind::PrefixTuning => "prefix_tuning",
+        }
+    }
+
     /// Whether this method trains LoRA pairs (and so reads the `lora_*` / `peft_*` keys).
     pub fn is_lora(self) -> bool {
         matches!(self, AdapterKind::Lora | AdapterKind::Qlora)

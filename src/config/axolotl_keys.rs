@@ -506,7 +506,7 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
     ("gradient_checkpointing", "gradient-checkpointing mode", &["offload", "offload_disk"]),
     ("save_strategy", "checkpoint strategy", &["best"]),
     ("rl", "preference-training method", &["grpo", "gdpo", "ebft"]),
-    ("adapter", "adapter", &["llama-adapter", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
+    ("adapter", "adapter", &["llama-adapter", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
     (
         "type",
         "dataset type",

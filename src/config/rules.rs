@@ -172,12 +172,9 @@ impl Rules<'_> {
 
     fn adapter_keys(&mut self, c: &Config) {
         self.prompt_tuning_keys(c);
-        if c.adapter.adapter.is_some() {
-            return;
-        }
-        // Every key of the adapter section but `adapter` itself (and prompt and prefix tuning's, checked above).
+        // Every key of the adapter section but `adapter` itself (prompt and prefix tuning's are checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
-        let lora_keys: Vec<&str> = schema
+        let keys: Vec<&str> = schema
             .get("properties")
             .and_then(serde_json::Value::as_object)
             .map(|props| {
@@ -188,32 +185,54 @@ impl Rules<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        for key in lora_keys {
-            let Some(entry) = self.at.entry(key) else {
-                continue;
-            };
-            // `false` switches are harmless without an adapter.
-            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
-                continue;
+        // `false` switches are harmless whatever the adapter.
+        let written: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| {
+                self.at.entry(k).is_some_and(|e| !matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
+            })
+            .collect();
+        let ia3 = c.adapter.adapter == Some(AdapterKind::Ia3);
+        // IA3's keys act only under `adapter: ia3`, LoRA's (`lora_*`, `peft_use_*`) only under LoRA.
+        for key in written {
+            let ia3_key = key.starts_with("ia3_");
+            match (ia3_key, c.adapter.adapter) {
+                (true, Some(AdapterKind::Ia3)) | (false, Some(AdapterKind::Lora | AdapterKind::Qlora)) => {}
+                // Checked with the method's own keys (prompt_tuning_keys).
+                (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) => {}
+                (true, adapter) => self.error(
+                    "ia3-key-without-ia3",
+                    match adapter {
+                        Some(kind) => format!("`{key}` is an IA3 key, but `adapter: {}` is not IA3", kind.as_str()),
+                        None => format!("`{key}` is an IA3 key, but there is no `adapter`"),
+                    },
+                    &[key, "adapter"],
+                    "set adapter: ia3, or remove the ia3_* keys",
+                ),
+                (false, Some(AdapterKind::Ia3)) => self.error(
+                    "lora-key-with-ia3",
+                    format!("`{key}` is a LoRA key, and `adapter: ia3` does not use it"),
+                    &[key, "adapter"],
+                    "remove it (IA3 takes ia3_target_modules and ia3_feedforward_modules), or use adapter: lora",
+                ),
+                (false, None) => self.lora_without_adapter(key),
             }
-            // An adapter to start from cannot be left unused; the other LoRA keys are left-overs in a
-            // full fine-tune's config, which Axolotl ignores: a warning.
-            if key == "lora_model_dir" {
+        }
+        if ia3 && let (Some(targets), Some(ff)) = (&c.adapter.ia3_target_modules, &c.adapter.ia3_feedforward_modules) {
+            let targets = targets.names();
+            for (i, name) in ff.names().into_iter().enumerate() {
+                if targets.contains(&name) {
+                    continue;
+                }
+                let key = match ff {
+                    ModuleList::One(_) => "ia3_feedforward_modules".to_string(),
+                    ModuleList::Many(_) => format!("ia3_feedforward_modules.{i}"),
+                };
                 self.error(
-                    "lora-without-adapter",
-                    format!("`{key}` is set but there is no `adapter`: without one, every parameter is trained"),
-                    &[key, "adapter"],
-                    "add adapter: lora (or qlora), or remove lora_model_dir for a full fine-tune",
-                );
-            } else {
-                self.warn(
-                    "lora-without-adapter",
-                    format!(
-                        "`{key}` is set but there is no `adapter`: this is a full fine-tune (every parameter trained), \
-                         which does not use it"
-                    ),
-                    &[key, "adapter"],
-                    "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
+                    "ia3-feedforward-not-targeted",
+                    format!("`{name}` is a feed-forward module but not one of `ia3_target_modules`"),
+                    &[&key, "ia3_target_modules"],
+                    "feedforward modules must be a subset of ia3_target_modules (peft's rule): add it to the targets",
                 );
             }
         }
@@ -358,6 +377,30 @@ impl Rules<'_> {
             if on {
                 refuse(self, key, "a quantized base with it is not built", "remove it: the base stays dense");
             }
+        }
+    }
+
+    /// A LoRA key without any adapter.
+    fn lora_without_adapter(&mut self, key: &str) {
+        // An adapter to start from cannot be left unused; the other LoRA keys are left-overs in a
+        // full fine-tune's config, which Axolotl ignores: a warning.
+        if key == "lora_model_dir" {
+            self.error(
+                "lora-without-adapter",
+                format!("`{key}` is set but there is no `adapter`: without one, every parameter is trained"),
+                &[key, "adapter"],
+                "add adapter: lora (or qlora), or remove lora_model_dir for a full fine-tune",
+            );
+        } else {
+            self.warn(
+                "lora-without-adapter",
+                format!(
+                    "`{key}` is set but there is no `adapter`: this is a full fine-tune (every parameter trained), \
+                     which does not use it"
+                ),
+                &[key, "adapter"],
+                "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
+            );
         }
     }
 
@@ -1289,19 +1332,20 @@ impl Rules<'_> {
     /// plan`, `preview` and `preprocess` still serve it.
     fn not_built(&mut self, c: &Config) {
         let a = &c.adapter;
-        if a.adapter.is_some()
+        if a.peft_use_dora
             && let Some(list) = &a.lora_target_modules
         {
+            // peft has a DoRA variant for embeddings; recipe's embedding LoRA is plain LoRA.
             for (i, name) in list.names().into_iter().enumerate().filter(|(_, n)| *n == "embed_tokens") {
                 let key = match list {
                     ModuleList::One(_) => "lora_target_modules".to_string(),
                     ModuleList::Many(_) => format!("lora_target_modules.{i}"),
                 };
                 self.error(
-                    "lora-embed-tokens-not-built",
-                    format!("LoRA on `{name}` is not built into `recipe run` yet"),
-                    &[&key],
-                    "train it in full with lora_modules_to_save: [embed_tokens], or target linear layers only",
+                    "dora-embed-tokens-not-built",
+                    format!("DoRA on `{name}` is not built into `recipe run` yet (LoRA on it is)"),
+                    &[&key, "peft_use_dora"],
+                    "remove peft_use_dora for plain LoRA on embed_tokens, or target linear layers only with DoRA",
                 );
             }
         }
@@ -1489,6 +1533,9 @@ impl Rules<'_> {
         if let Some(lr) = t.learning_rate {
             let (low, high, what) = if c.training.rl.is_some() {
                 (5e-7, 5e-5, "preference training: 5e-7 to 5e-5, far below supervised fine-tuning")
+            } else if a.adapter == Some(AdapterKind::Ia3) {
+                // IA3 trains one scale per feature: the IA3 paper (Liu et al. 2022) uses 3e-3.
+                (1e-3, 1e-2, "IA3: 1e-3 to 1e-2")
             } else if matches!(a.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) {
                 (1e-3, 3e-1, "prompt and prefix tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
             } else if a.adapter.is_some() {

@@ -42,7 +42,7 @@ const SIDE_FILES: &[&str] = &[
 ];
 
 /// Writes the model's weights as peft or transformers would: adapter_model.safetensors +
-/// adapter_config.json for LoRA (float32, as peft saves adapters), model.safetensors + config.json
+/// adapter_config.json for an adapter, LoRA or IA3 (float32, as peft saves adapters), model.safetensors + config.json
 /// for full fine-tuning (in `kind`: the save dtype for final outputs, the training precision for
 /// checkpoints); plus the tokenizer files. `pad_id` is the padding token a reward model's config
 /// records (transformers finds each sequence's last token by it).
@@ -61,7 +61,7 @@ pub fn write_model_files(
 ) -> Result<(), String> {
     let RunFiles { plan, base_dir, tokenizer_dir, pad_id, tokenizer } = *run;
     match &model.trainable {
-        Trainable::Lora { .. } => {
+        Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
             if with_weights {
                 let mut tensors: Vec<(String, Tensor)> =
                     model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();

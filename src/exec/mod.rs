@@ -207,6 +207,12 @@ fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     }
     Ok(if a.method == AdapterMethod::Full {
         Trainable::Everything
+    } else if a.method == AdapterMethod::Ia3 {
+        Trainable::Ia3 {
+            targets: a.target_modules.clone(),
+            feedforward: a.feedforward_modules.clone(),
+            modules_to_save: a.modules_to_save.clone(),
+        }
     } else {
         Trainable::Lora {
             targets: a.target_modules.clone(),
@@ -378,11 +384,6 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
                 "sample_packing with rl: is not supported (pairs are not packed); set sample_packing: false".into()
             );
         }
-    }
-    if plan.adapter.target_modules.iter().any(|m| m == "embed_tokens") {
-        return Err("LoRA on `embed_tokens` is not built into the executor yet; train it in full with \
-                    lora_modules_to_save: [embed_tokens], or target linear layers"
-            .into());
     }
     if let Some((key, what)) = plan.layout.not_built.first() {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use tch::Kind;
 
-/// The LoRA settings an adapter_config.json describes.
+/// The adapter (LoRA or IA3) an adapter_config.json describes.
 pub struct AdapterConfig {
     pub base_model: String,
     pub trainable: Trainable,
@@ -16,25 +16,23 @@ pub struct AdapterConfig {
     pub sequence_classification: bool,
 }
 
-/// Reads peft's adapter_config.json (LoRA, with or without DoRA; or prompt tuning).
+/// Reads peft's adapter_config.json (LoRA, with or without DoRA; IA3; or prompt or prefix tuning).
 pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
-    match field("peft_type").and_then(Value::as_str) {
-        None | Some("LORA") => {}
+    let ia3 = match field("peft_type").and_then(Value::as_str) {
+        None | Some("LORA") => false,
+        Some("IA3") => true,
         Some("PROMPT_TUNING" | "PREFIX_TUNING") => return read_prompt_config(&path, &v),
         Some(t) => {
             return Err(format!(
-                "{}: peft_type `{t}` is not supported (LORA, PROMPT_TUNING or PREFIX_TUNING)",
+                "{}: peft_type `{t}` is not supported (LORA, IA3, PROMPT_TUNING or PREFIX_TUNING)",
                 path.display()
             ));
         }
-    }
-    let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
-    let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
-    let rslora = field("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    };
     let strings = |k: &str| -> Vec<String> {
         match field(k) {
             Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
@@ -58,9 +56,33 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
         // peft saves a SEQ_CLS model's head whether or not the config lists it.
         modules_to_save.push("score".into());
     }
+    let base_model = field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string();
+    if ia3 {
+        // peft's IA3 defaults apply only when the config leaves them out; a saved config lists both.
+        if matches!(field("target_modules"), Some(Value::String(_)))
+            || matches!(field("feedforward_modules"), Some(Value::String(_)))
+        {
+            return Err(format!(
+                "{}: IA3 module patterns (regex strings) are not supported; list names",
+                path.display()
+            ));
+        }
+        let feedforward = strings("feedforward_modules");
+        if let Some(stray) = feedforward.iter().find(|f| !targets.contains(f)) {
+            return Err(format!("{}: feedforward module `{stray}` is not in target_modules", path.display()));
+        }
+        return Ok(AdapterConfig {
+            sequence_classification,
+            base_model,
+            trainable: Trainable::Ia3 { targets, feedforward, modules_to_save },
+        });
+    }
+    let r = field("r").and_then(Value::as_i64).ok_or_else(|| format!("{}: no integer `r`", path.display()))?;
+    let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
+    let rslora = field("use_rslora").and_then(Value::as_bool).unwrap_or(false);
     Ok(AdapterConfig {
         sequence_classification,
-        base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
+        base_model,
         trainable: Trainable::Lora {
             targets,
             r,
@@ -186,7 +208,25 @@ pub fn write_config(
     if reward_model && !modules_to_save.iter().any(|m| m == "score") {
         modules_to_save.push("score".into());
     }
-    let config = json!({
+    let modules_to_save = if modules_to_save.is_empty() { Value::Null } else { json!(modules_to_save) };
+    let task_type = if reward_model { "SEQ_CLS" } else { "CAUSAL_LM" };
+    let config = if plan.method == crate::plan::adapter::AdapterMethod::Ia3 {
+        // peft's IA3Config fields.
+        json!({
+            "base_model_name_or_path": base_model,
+            "exclude_modules": null,
+            "fan_in_fan_out": false,
+            "feedforward_modules": plan.feedforward_modules,
+            "inference_mode": true,
+            "init_ia3_weights": true,
+            "modules_to_save": modules_to_save,
+            "peft_type": "IA3",
+            "revision": null,
+            "target_modules": plan.target_modules,
+            "task_type": task_type,
+        })
+    } else {
+        json!({
         "base_model_name_or_path": base_model,
         "bias": "none",
         "fan_in_fan_out": false,
@@ -194,28 +234,39 @@ pub fn write_config(
         "init_lora_weights": true,
         "lora_alpha": plan.alpha,
         "lora_dropout": plan.dropout,
-        "modules_to_save": if modules_to_save.is_empty() { Value::Null } else { json!(modules_to_save) },
+        "modules_to_save": modules_to_save,
         "peft_type": "LORA",
         "r": plan.r,
         "target_modules": plan.target_modules,
-        "task_type": if reward_model { "SEQ_CLS" } else { "CAUSAL_LM" },
+        "task_type": task_type,
         "use_dora": plan.dora,
         "use_rslora": plan.rslora,
         "revision": null,
-    });
+        })
+    };
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
     super::weights::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }
 
-/// peft's extra tensors for an adapter: with LoRA on the head, the head's base weight
-/// (`save_embedding_layers`), so the adapter carries the head it was trained against.
+/// peft's extra tensors for an adapter: with LoRA on the head or the embedding, its base weight
+/// (`save_embedding_layers`), so the adapter carries the layer it was trained against.
 pub fn extra_tensors(model: &CausalLm) -> Vec<(String, tch::Tensor)> {
-    match &model.lm_head.adapter {
-        Some(_) => {
-            vec![(format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head")), model.lm_head.weight.detach())]
-        }
-        None => Vec::new(),
+    let mut out = Vec::new();
+    if model.embed_lora.is_some() {
+        out.push((embed_base_name(), model.embed_tokens.detach()));
     }
+    if model.lm_head.adapter.is_some() {
+        out.push((head_base_name(), model.lm_head.weight.detach()));
+    }
+    out
+}
+
+fn head_base_name() -> String {
+    format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head"))
+}
+
+fn embed_base_name() -> String {
+    format!("{}.base_layer.weight", super::llama::peft_prefix("model.embed_tokens"))
 }
 
 /// Copies every trainable tensor of `model` from `ckpt` (by the name it is saved under).
@@ -226,20 +277,26 @@ pub fn load_trainable(model: &CausalLm, ckpt: &Checkpoint) -> Result<(), String>
         let mut target = p.tensor.shallow_clone();
         target.copy_(&t);
     }
-    // peft saves the base weight of a LoRA-targeted head with the adapter (its embedding layers):
-    // check it matches the base this adapter is applied to.
-    let head_base = format!("{}.base_layer.weight", super::llama::peft_prefix("lm_head"));
-    if ckpt.contains(&head_base) {
-        let w = &model.lm_head.weight;
-        let saved = ckpt.load(&head_base, &w.size(), Kind::Float, w.device())?;
-        let diff = (saved - w.to_kind(Kind::Float)).abs().max().double_value(&[]);
-        if diff > 1e-6 {
-            return Err(format!("`{head_base}` differs from the base model's head by {diff:e}: another base?"));
+    // peft saves the base weight of a LoRA-targeted head or embedding with the adapter (its
+    // embedding layers): check it matches the base this adapter is applied to.
+    let (head_base, embed_base) = (head_base_name(), embed_base_name());
+    for (name, w, what) in
+        [(&head_base, &model.lm_head.weight, "head"), (&embed_base, &model.embed_tokens, "embedding")]
+    {
+        if ckpt.contains(name) {
+            let saved = ckpt.load(name, &w.size(), Kind::Float, w.device())?;
+            let diff = (saved - w.to_kind(Kind::Float)).abs().max().double_value(&[]);
+            if diff > 1e-6 {
+                return Err(format!("`{name}` differs from the base model's {what} by {diff:e}: another base?"));
+            }
         }
     }
     let extra: Vec<String> = {
         let wanted: std::collections::HashSet<String> = model.trainable_params().into_iter().map(|p| p.name).collect();
-        ckpt.names().filter(|n| !wanted.contains(*n) && **n != *head_base).map(str::to_owned).collect()
+        ckpt.names()
+            .filter(|n| !wanted.contains(*n) && **n != *head_base && **n != *embed_base)
+            .map(str::to_owned)
+            .collect()
     };
     if !extra.is_empty() {
         return Err(format!(

@@ -1,6 +1,6 @@
 //! The one linear layer type: a base weight (frozen under an adapter, trainable in full
-//! fine-tuning) with an optional bias and an optional adapter on top (LoRA and DoRA; IA3 and
-//! other methods are further `Adapter` variants, not further layer types). The layer owns its base
+//! fine-tuning) with an optional bias and an optional adapter on top (LoRA, DoRA, IA3; further
+//! methods are further `Adapter` variants, not further layer types). The layer owns its base
 //! weight, as in torchtune; the base is dense, NF4/FP4-quantized or LLM.int8-quantized (QLoRA is
 //! LoRA over a quantized base, not a second model). A quantized base is dequantized to the compute
 //! dtype for each matmul, as bitsandbytes' CPU path does.
@@ -82,6 +82,8 @@ pub enum Adapter {
     Lora(Lora),
     /// DoRA: LoRA plus a trainable magnitude per output row (peft's `use_dora`).
     Dora(Dora),
+    /// IA3: a trainable scale per output (or, feed-forward, input) feature.
+    Ia3(Ia3),
 }
 
 impl Adapter {
@@ -95,6 +97,9 @@ impl Adapter {
                 y + lora.delta(&x, kind)
             }
             Adapter::Dora(dora) => dora.forward(layer, x, y, train),
+            // The feed-forward case scales the input before the matmul (`Linear::forward`).
+            // peft multiplies by the fp32 vector (type promotion) and casts back to the output's dtype.
+            Adapter::Ia3(ia3) => (y * ia3.l.flatten(0, -1)).to_kind(x.kind()),
         }
     }
 
@@ -108,6 +113,8 @@ impl Adapter {
                 let norm = row_norm(&w);
                 (d.magnitude.to_kind(Kind::Float) / norm).unsqueeze(1) * w
             }
+            // peft's IA3 merge: W * l, with l [out, 1] (diag(l)·W) or, feed-forward, [1, in] (W·diag(l)).
+            Adapter::Ia3(ia3) => base * ia3.l.to_kind(Kind::Float),
         }
     }
 
@@ -120,7 +127,25 @@ impl Adapter {
                 out.push(("lora_magnitude_vector", d.magnitude.shallow_clone()));
                 out
             }
+            Adapter::Ia3(ia3) => vec![("ia3_l", ia3.l.shallow_clone())],
         }
+    }
+}
+
+/// IA3 as peft computes it (tuners/ia3/layer.py, `Linear.forward`): `y = base(x) · l` (the bias
+/// scaled too), or for a feed-forward module `y = base(x · l)`. `l` starts at ones, so step 0 is the
+/// base model.
+pub struct Ia3 {
+    /// fp32, in peft's shape: [out_features, 1], or [1, in_features] for a feed-forward module.
+    pub l: Tensor,
+    pub feedforward: bool,
+}
+
+impl Ia3 {
+    /// peft's init (`init_ia3_weights`): ones, trainable.
+    pub fn new(fan_in: i64, fan_out: i64, feedforward: bool, device: tch::Device) -> Ia3 {
+        let shape = if feedforward { [1, fan_in] } else { [fan_out, 1] };
+        Ia3 { l: Tensor::ones(shape, (Kind::Float, device)).set_requires_grad(true), feedforward }
     }
 }
 
@@ -251,6 +276,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, train: bool, adapters: bool) -> Tensor {
         let kind = x.kind();
         let weight = self.base_weight(kind);
+        if adapters && let Some(Adapter::Ia3(ia3 @ Ia3 { feedforward: true, .. })) = &self.adapter {
+            // peft: the input times l in l's dtype (fp32), cast back, then the base layer.
+            let scaled = (x.to_kind(Kind::Float) * ia3.l.flatten(0, -1)).to_kind(kind);
+            return scaled.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
+        }
         let y = x.linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)));
         match &self.adapter {
             Some(adapter) if adapters => adapter.forward(self, x, y, train),
@@ -261,6 +291,17 @@ impl Linear {
     /// W + scaling · B A (DoRA: rescaled per row by m / ||W + scaling · B A||), the weight with the
     /// adapter folded in.
     /// A quantized base comes out dequantized, in its original dtype.
+    /// The bias with the adapter folded in: IA3 on the output scales it (peft's merge), else as it is.
+    pub fn merged_bias(&self) -> Option<Tensor> {
+        let bias = self.bias.as_ref()?;
+        Some(match &self.adapter {
+            Some(Adapter::Ia3(ia3)) if !ia3.feedforward => {
+                (bias.to_kind(Kind::Float) * ia3.l.flatten(0, -1)).to_kind(bias.kind()).detach()
+            }
+            _ => bias.detach(),
+        })
+    }
+
     pub fn merged_weight(&self) -> Tensor {
         let kind = self.quantized.as_ref().map_or_else(|| self.weight.kind(), QuantizedWeight::dtype);
         let base = match &self.quantized {

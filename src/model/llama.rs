@@ -6,7 +6,7 @@
 //! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
 //! (`q_norm`/`k_norm`), an optional part of the attention block.
 
-use super::linear::{Adapter, Linear, Lora, QuantizedWeight};
+use super::linear::{Adapter, Ia3, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
 use super::weights::{Checkpoint, Deferred};
 use crate::plan::arch::Architecture;
@@ -19,9 +19,11 @@ pub enum Trainable {
     Nothing,
     /// Every parameter.
     Everything,
-    /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too); `modules_to_save` get
-    /// trainable full copies.
+    /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too; `embed_tokens` takes
+    /// peft's embedding LoRA); `modules_to_save` get trainable full copies.
     Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
+    /// IA3 vectors on the named linears, `feedforward` ones scaling the input.
+    Ia3 { targets: Vec<String>, feedforward: Vec<String>, modules_to_save: Vec<String> },
     /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
     /// every sequence; every weight of the model stays frozen.
     Prompt { num_virtual_tokens: i64, init: PromptInit },
@@ -39,6 +41,16 @@ pub enum PromptInit {
     /// The word embeddings of these tokens, one per virtual token (peft's `TEXT` init, its ids
     /// already repeated or cut to `num_virtual_tokens`).
     Tokens(Vec<i64>),
+}
+
+impl Trainable {
+    /// The modules trained in full beside an adapter (none without one).
+    pub fn modules_to_save(&self) -> &[String] {
+        match self {
+            Trainable::Lora { modules_to_save, .. } | Trainable::Ia3 { modules_to_save, .. } => modules_to_save,
+            Trainable::Nothing | Trainable::Everything | Trainable::Prompt { .. } | Trainable::Prefix { .. } => &[],
+        }
+    }
 }
 
 pub struct LoadOptions {
@@ -131,6 +143,9 @@ pub struct CausalLm {
     pub lm_head: Linear,
     /// Set when embed_tokens is in modules_to_save: the trained copy used for lookups.
     pub embed_tokens_trained: Option<Tensor>,
+    /// peft's LoRA on embed_tokens: `a` [r, vocab] (`lora_embedding_A`), `b` [hidden, r]
+    /// (`lora_embedding_B`); the lookup adds `scaling · embedding(ids, Aᵀ) Bᵀ`.
+    pub embed_lora: Option<Lora>,
     pub trainable: Trainable,
     rope: Rope,
     pub device: Device,
@@ -375,6 +390,7 @@ impl CausalLm {
             norm,
             lm_head,
             embed_tokens_trained: None,
+            embed_lora: None,
             trainable: Trainable::Nothing,
             device,
             compute_kind: Kind::Float,
@@ -406,13 +422,28 @@ impl CausalLm {
     }
 
     /// Puts fresh adapters on the base as `trainable` asks and makes it the model's trainable set:
-    /// LoRA pairs on the targeted linears (peft's default init), DoRA magnitudes over them, and
-    /// trainable copies of modules_to_save; nothing for full fine-tuning. `score_head`: the model is
+    /// LoRA pairs on the targeted linears (peft's default init), DoRA magnitudes over them, peft's
+    /// embedding LoRA on embed_tokens, or IA3 vectors (ones), and trainable copies of
+    /// modules_to_save; nothing for full fine-tuning. `score_head`: the model is
     /// a reward model (its head is `score`). `load` calls this once; multi-adapter serving
     /// (`model::serving`) once per adapter, over layers it has emptied first.
     pub fn add_adapters(&mut self, trainable: &Trainable, score_head: bool) -> Result<(), String> {
-        if let Trainable::Lora { targets, r, scaling, dropout, dora, modules_to_save } = trainable {
-            let device = self.device;
+        let device = self.device;
+        // IA3: a vector of ones on each targeted linear (peft's init).
+        if let Trainable::Ia3 { targets, feedforward, .. } = trainable {
+            for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
+                let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
+                let named = |list: &[String]| list.iter().any(|t| t == short || *t == lin.name);
+                if named(targets) {
+                    let (fan_out, fan_in) = match &lin.quantized {
+                        Some(q) => (q.shape()[0], q.shape()[1]),
+                        None => (lin.weight.size()[0], lin.weight.size()[1]),
+                    };
+                    lin.adapter = Some(Adapter::Ia3(Ia3::new(fan_in, fan_out, named(feedforward), device)));
+                }
+            }
+        }
+        if let Trainable::Lora { targets, r, scaling, dropout, dora, .. } = trainable {
             let lora_for = |lin: &Linear| -> Option<Adapter> {
                 let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
                 if !targets.iter().any(|t| t == short || *t == lin.name) {
@@ -435,40 +466,57 @@ impl CausalLm {
                     lin.decompose()?;
                 }
             }
-            for m in modules_to_save {
-                match m.as_str() {
-                    // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
-                    // (peft also lists `classifier`, other architectures' name for it.)
-                    "score" | "classifier" if score_head => {}
-                    "lm_head" if score_head => {
-                        return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
-                    }
-                    "lm_head" => {
-                        let original = self.lm_head.weight.shallow_clone();
-                        self.lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
-                        self.head_original = Some(original);
-                    }
-                    "embed_tokens" => {
-                        self.embed_tokens_trained =
-                            Some(self.embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
-                    }
-                    other => {
-                        let heads = if score_head { "score" } else { "lm_head" };
-                        return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
-                    }
-                }
-            }
             // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
             if targets.iter().any(|t| t == "lm_head") {
                 if score_head {
                     return Err("target_modules: a reward model has no lm_head to adapt".into());
                 }
-                if modules_to_save.iter().any(|m| m == "lm_head") {
+                if trainable.modules_to_save().iter().any(|m| m == "lm_head") {
                     return Err("lm_head cannot be both a LoRA target and in modules_to_save".into());
                 }
                 self.lm_head.adapter = lora_for(&self.lm_head);
                 if *dora {
                     self.lm_head.decompose()?;
+                }
+            }
+            // peft's LoRA on the embedding: A zero, B standard normal (its reset_lora_parameters for an
+            // nn.Embedding), so step 0 is the base model.
+            if targets.iter().any(|t| t == "embed_tokens") {
+                if trainable.modules_to_save().iter().any(|m| m == "embed_tokens") {
+                    return Err("embed_tokens cannot be both a LoRA target and in modules_to_save".into());
+                }
+                if *dora {
+                    return Err(
+                        "DoRA on embed_tokens is not built; target linear layers only with peft_use_dora".into()
+                    );
+                }
+                let (v, h) = (self.embed_tokens.size()[0], self.embed_tokens.size()[1]);
+                let a = Tensor::zeros([*r, v], (Kind::Float, device)).set_requires_grad(true);
+                let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
+                // peft applies no dropout to an embedding's LoRA input (token ids).
+                self.embed_lora = Some(Lora { a, b, scaling: *scaling, dropout: 0.0 });
+            }
+        }
+        for m in trainable.modules_to_save() {
+            match m.as_str() {
+                // peft's SEQ_CLS task saves the classification head; it trains whenever anything does.
+                // (peft also lists `classifier`, other architectures' name for it.)
+                "score" | "classifier" if score_head => {}
+                "lm_head" if score_head => {
+                    return Err("modules_to_save: a reward model has no lm_head (its head is `score`)".into());
+                }
+                "lm_head" => {
+                    let original = self.lm_head.weight.shallow_clone();
+                    self.lm_head.weight = original.to_kind(Kind::Float).detach().copy().set_requires_grad(true);
+                    self.head_original = Some(original);
+                }
+                "embed_tokens" => {
+                    self.embed_tokens_trained =
+                        Some(self.embed_tokens.to_kind(Kind::Float).detach().copy().set_requires_grad(true))
+                }
+                other => {
+                    let heads = if score_head { "score" } else { "lm_head" };
+                    return Err(format!("modules_to_save: `{other}` is not embed_tokens or {heads}"));
                 }
             }
         }
@@ -531,6 +579,11 @@ impl CausalLm {
         let old_embedding_ptr = self.embed_tokens.data_ptr();
         self.embed_tokens = grow(&self.embed_tokens);
         self.embed_tokens_trained = self.embed_tokens_trained.as_ref().map(grow);
+        if let Some(lora) = &mut self.embed_lora {
+            // New tokens start without an update: zero columns of A.
+            let extra = Tensor::zeros([lora.a.size()[0], n - old], (Kind::Float, lora.a.device()));
+            lora.a = Tensor::cat(&[lora.a.detach(), extra], 1).set_requires_grad(true);
+        }
         self.lm_head.weight = if shared_head {
             self.embed_tokens.shallow_clone()
         } else if self.score.is_some() {
@@ -551,7 +604,15 @@ impl CausalLm {
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let trained = self.embed_tokens_trained.as_ref().filter(|_| self.adapters_on());
         let table = trained.unwrap_or(&self.embed_tokens);
-        Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float)
+        let x = Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float);
+        match &self.embed_lora {
+            // peft's lora.Embedding: embedding(ids, Aᵀ) @ Bᵀ · scaling, in fp32.
+            Some(lora) if self.adapters_on() => {
+                let after_a = Tensor::embedding(&lora.a.tr(), input_ids, -1, false, false);
+                x + after_a.matmul(&lora.b.tr()) * lora.scaling
+            }
+            _ => x,
+        }
     }
 
     /// How many virtual tokens (prompt tuning) open every sequence now: hidden states and logits
@@ -915,7 +976,12 @@ impl CausalLm {
                     .chain(&self.prefix)
                     .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
             ),
-            Trainable::Lora { .. } => {
+            Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
+                if let Some(lora) = &self.embed_lora {
+                    let p = peft_prefix("model.embed_tokens");
+                    out.push(Param { name: format!("{p}.lora_embedding_A"), tensor: lora.a.shallow_clone() });
+                    out.push(Param { name: format!("{p}.lora_embedding_B"), tensor: lora.b.shallow_clone() });
+                }
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {
                         let p = peft_prefix(&lin.name);
@@ -1029,6 +1095,11 @@ impl CausalLm {
         if let Some(e) = &self.embed_tokens_trained {
             root.push((modules_to_save_name("model.embed_tokens"), e.shallow_clone()));
         }
+        if let Some(lora) = &self.embed_lora {
+            let p = peft_prefix("model.embed_tokens");
+            root.push((format!("{p}.lora_embedding_A"), lora.a.shallow_clone()));
+            root.push((format!("{p}.lora_embedding_B"), lora.b.shallow_clone()));
+        }
         root.push(("model.norm.weight".into(), self.norm.shallow_clone()));
         linear_tensors(&self.lm_head, &mut root);
         if let Some(h) = &self.head_original {
@@ -1063,7 +1134,17 @@ impl CausalLm {
             Deferred::new(name, shape, kind, move || lin.merged_weight())
         }
         let embed = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
-        let mut out = vec![ready("model.embed_tokens.weight", embed)];
+        let mut out = vec![match &self.embed_lora {
+            // peft's lora.Embedding merge: W + (B A)ᵀ · scaling.
+            Some(lora) => {
+                let (shape, kind) = (embed.size(), embed.kind());
+                Deferred::new("model.embed_tokens.weight".into(), shape, kind, move || {
+                    let delta = lora.b.matmul(&lora.a).tr() * lora.scaling;
+                    (embed.to_kind(Kind::Float) + delta).to_kind(kind).detach()
+                })
+            }
+            None => ready("model.embed_tokens.weight", embed),
+        }];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             out.push(ready(&format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
@@ -1073,13 +1154,17 @@ impl CausalLm {
             }
             for lin in layer_linears(layer) {
                 out.push(merged(format!("{}.weight", lin.name), lin));
-                if let Some(b) = &lin.bias {
-                    out.push(ready(&format!("{}.bias", lin.name), b));
+                if let Some(b) = lin.merged_bias() {
+                    out.push(ready(&format!("{}.bias", lin.name), &b));
                 }
             }
         }
         out.push(ready("model.norm.weight", &self.norm));
-        let head_trained = self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some();
+        // A tied head under an embedding LoRA keeps the base embedding (the adapter changes the
+        // lookup only), so it is written apart from the merged embedding (peft's merge_and_unload
+        // would fold the update into both and change the logits; it warns about tied targets).
+        let head_trained =
+            self.lm_head.weight.requires_grad() || self.lm_head.adapter.is_some() || self.embed_lora.is_some();
         if let Some(score) = &self.score {
             out.push(ready("score.weight", score));
         } else if !self.arch.tie_word_embeddings || head_trained {

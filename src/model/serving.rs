@@ -1,7 +1,8 @@
 //! Several adapters over one base, switched without reloading or copying it (peft's
 //! `load_adapter` / `set_adapter`). The base is loaded once; each attached adapter's tensors (its
-//! LoRA pairs, DoRA magnitudes and modules_to_save copies) are held apart, by name, and switching
-//! moves one set into the layers, where `Linear::adapter` is the active adapter as in training.
+//! LoRA pairs, DoRA magnitudes, IA3 vectors, the embedding's LoRA and modules_to_save copies) are
+//! held apart, by name, and switching moves one set into the layers, where `Linear::adapter` is
+//! the active adapter as in training.
 //! The base weights are never touched: a switch moves a handful of tensor handles per layer.
 
 use super::adapter;
@@ -19,6 +20,8 @@ struct AdapterSet {
     linears: Vec<Option<Adapter>>,
     /// modules_to_save copies: the embedding, and the head (its trained weight).
     embed_tokens: Option<Tensor>,
+    /// LoRA on the embedding (peft's lora.Embedding).
+    embed_lora: Option<super::linear::Lora>,
     lm_head: Option<Tensor>,
 }
 
@@ -37,11 +40,13 @@ fn linears_mut(model: &mut CausalLm) -> impl Iterator<Item = &mut Linear> {
 fn take(model: &mut CausalLm) -> AdapterSet {
     let linears = linears_mut(model).map(|l| l.adapter.take()).collect();
     let embed_tokens = model.embed_tokens_trained.take();
+    let embed_lora = model.embed_lora.take();
     let lm_head = model.head_original.take().map(|original| std::mem::replace(&mut model.lm_head.weight, original));
     AdapterSet {
         trainable: std::mem::replace(&mut model.trainable, Trainable::Nothing),
         linears,
         embed_tokens,
+        embed_lora,
         lm_head,
     }
 }
@@ -52,6 +57,7 @@ fn put(model: &mut CausalLm, set: AdapterSet) {
         lin.adapter = adapter;
     }
     model.embed_tokens_trained = set.embed_tokens;
+    model.embed_lora = set.embed_lora;
     model.head_original = set.lm_head.map(|trained| std::mem::replace(&mut model.lm_head.weight, trained));
     model.trainable = set.trainable;
 }
@@ -76,7 +82,7 @@ impl Adapters {
         self.active.as_deref()
     }
 
-    /// Loads the peft LoRA / DoRA folder `dir` as adapter `name` beside the others (the active one
+    /// Loads the peft LoRA / DoRA / IA3 folder `dir` as adapter `name` beside the others (the active one
     /// stays active). Every tensor is checked against the base (names, shapes); errors say which.
     pub fn attach(&mut self, name: &str, dir: &Path) -> Result<(), String> {
         if self.names().contains(&name) {

@@ -226,6 +226,11 @@ impl<'a> Deferred<'a> {
         Deferred { name, shape: tensor.size(), kind: tensor.kind(), make: Box::new(move || tensor.shallow_clone()) }
     }
 
+    /// The tensor, made now (what writing it would write).
+    pub fn tensor(&self) -> Tensor {
+        (self.make)()
+    }
+
     /// Floating-point tensors converted to `kind` when written (integer ones as they are).
     pub fn cast(self, kind: Kind) -> Deferred<'a> {
         if !is_float(self.kind) || self.kind == kind {

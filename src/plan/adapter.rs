@@ -1,6 +1,6 @@
-//! LoRA targets resolved against the architecture (or prompt tuning's virtual tokens), and the exact
-//! trainable count, as peft's `get_nb_trainable_parameters()` reports it for the same model and
-//! LoraConfig / PromptTuningConfig.
+//! Adapter targets (LoRA or IA3) resolved against the architecture (or prompt and prefix tuning's
+//! virtual tokens), and the exact trainable count, as peft's `get_nb_trainable_parameters()` reports
+//! it for the same model and LoraConfig / IA3Config / PromptTuningConfig / PrefixTuningConfig.
 
 use super::arch::Architecture;
 use crate::config::Config;
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterPlan {
-    /// `lora`, `qlora`, `prompt_tuning` or `full`.
+    /// `lora`, `qlora`, `ia3`, `prompt_tuning`, `prefix_tuning` or `full`.
     pub method: AdapterMethod,
     /// Prompt tuning's virtual tokens (with `method: prompt_tuning`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -19,6 +19,9 @@ pub struct AdapterPlan {
     pub prefix: Option<PrefixTuningPlan>,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
+    /// IA3: the targets scaled at their input (peft's `feedforward_modules`); the others scale their output.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feedforward_modules: Vec<String>,
     /// How many module instances carry an adapter (targets × layers).
     pub adapted_modules: u64,
     pub r: u64,
@@ -69,6 +72,8 @@ pub enum AdapterMethod {
     Lora,
     /// LoRA on a 4-bit (NF4/FP4) base.
     Qlora,
+    /// IA3: a learned scale per output (or, in feed-forward modules, input) feature.
+    Ia3,
     /// Prompt tuning: trained virtual-token embeddings, the whole model frozen.
     #[serde(rename = "prompt_tuning")]
     PromptTuning,
@@ -83,6 +88,7 @@ impl AdapterMethod {
             AdapterMethod::Full => "full",
             AdapterMethod::Lora => "lora",
             AdapterMethod::Qlora => "qlora",
+            AdapterMethod::Ia3 => "ia3",
             AdapterMethod::PromptTuning => "prompt_tuning",
             AdapterMethod::PrefixTuning => "prefix_tuning",
         }
@@ -112,6 +118,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             prompt: None,
             prefix: None,
             target_modules: Vec::new(),
+            feedforward_modules: Vec::new(),
             adapted_modules: 0,
             r: 0,
             alpha: 0,
@@ -126,11 +133,14 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             trainable_percent: 100.0,
         });
     };
-    let method = match kind {
-        AdapterKind::Lora => AdapterMethod::Lora,
-        AdapterKind::Qlora => AdapterMethod::Qlora,
-        AdapterKind::PromptTuning | AdapterKind::PrefixTuning => return virtual_tokens(c, arch, base_total),
-    };
+    if matches!(kind, AdapterKind::PromptTuning | AdapterKind::PrefixTuning) {
+        return virtual_tokens(c, arch, base_total);
+    }
+    let modules_to_save = modules_to_save(c);
+    let saved_params = saved_parameters(arch, &modules_to_save)? + score_head;
+    if kind == AdapterKind::Ia3 {
+        return ia3(c, arch, base_total, modules_to_save, saved_params);
+    }
     let linears = arch.layer_linears();
     let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
     // lora_target_linear adds every linear layer to whatever lora_target_modules names; with
@@ -182,39 +192,31 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             }
         }
     }
-    // modules_to_save: a trained full copy of each module; the original stays, frozen. New tokens
-    // need trained embeddings and head rows, so `tokens` adds both.
-    let mut modules_to_save = a.lora_modules_to_save.clone();
-    if !c.chat.tokens.is_empty() {
-        for m in ["embed_tokens", "lm_head"] {
-            if !modules_to_save.iter().any(|x| x == m) {
-                modules_to_save.push(m.to_string());
-            }
-        }
-    }
-    let mut saved_params = 0u64;
-    for m in &modules_to_save {
-        let params = match m.as_str() {
-            "lm_head" => arch.vocab_size * arch.hidden_size,
-            "embed_tokens" => arch.vocab_size * arch.hidden_size,
-            "norm" => arch.hidden_size,
-            other => {
-                return Err(format!(
-                    "`lora_modules_to_save`: `{other}` is not a module recipe can train in full; use lm_head, embed_tokens or norm"
-                ));
-            }
+    // peft's embedding LoRA and a trained full copy of the embedding exclude each other.
+    if targets.iter().any(|t| t == "embed_tokens") && modules_to_save.iter().any(|m| m == "embed_tokens") {
+        let why = if c.adapter.lora_modules_to_save.iter().any(|m| m == "embed_tokens") {
+            "`lora_modules_to_save` trains it in full"
+        } else {
+            "the chat template's new `tokens` train it in full (with lm_head)"
         };
-        saved_params += params;
+        return Err(format!("`lora_target_modules`: `embed_tokens` cannot take LoRA while {why}; keep one of the two"));
     }
-    trainable += saved_params + score_head;
+    trainable += saved_params;
     let total = base_total + trainable;
     let alpha = a.lora_alpha.map_or(2 * r, u64::from);
     let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };
     Ok(AdapterPlan {
-        method,
+        method: match kind {
+            AdapterKind::Lora => AdapterMethod::Lora,
+            AdapterKind::Qlora => AdapterMethod::Qlora,
+            AdapterKind::Ia3 | AdapterKind::PromptTuning | AdapterKind::PrefixTuning => {
+                unreachable!("planned by ia3() or virtual_tokens()")
+            }
+        },
         prompt: None,
         prefix: None,
         target_modules: targets,
+        feedforward_modules: Vec::new(),
         adapted_modules: adapted,
         r,
         alpha,
@@ -250,6 +252,7 @@ fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<Ad
         prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim }),
         target_modules: Vec::new(),
         adapted_modules: 0,
+        feedforward_modules: Vec::new(),
         r: 0,
         alpha: 0,
         scaling: 0.0,
@@ -264,6 +267,144 @@ fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<Ad
     })
 }
 
+/// modules_to_save: a trained full copy of each module; the original stays, frozen. New tokens
+/// need trained embeddings and head rows, so `tokens` adds both.
+fn modules_to_save(c: &Config) -> Vec<String> {
+    let mut modules_to_save = c.adapter.lora_modules_to_save.clone();
+    if !c.chat.tokens.is_empty() {
+        for m in ["embed_tokens", "lm_head"] {
+            if !modules_to_save.iter().any(|x| x == m) {
+                modules_to_save.push(m.to_string());
+            }
+        }
+    }
+    modules_to_save
+}
+
+/// The parameters of the modules_to_save copies.
+fn saved_parameters(arch: &Architecture, modules_to_save: &[String]) -> Result<u64, String> {
+    let mut saved_params = 0u64;
+    for m in modules_to_save {
+        saved_params += match m.as_str() {
+            "lm_head" => arch.vocab_size * arch.hidden_size,
+            "embed_tokens" => arch.vocab_size * arch.hidden_size,
+            "norm" => arch.hidden_size,
+            other => {
+                return Err(format!(
+                    "`lora_modules_to_save`: `{other}` is not a module recipe can train in full; use lm_head, embed_tokens or norm"
+                ));
+            }
+        };
+    }
+    Ok(saved_params)
+}
+
+/// peft's IA3 defaults for the Llama family (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and
+/// …_FEEDFORWARD_MODULES_MAPPING in peft/utils/constants.py).
+fn ia3_default_targets(arch: &Architecture) -> &'static [&'static str] {
+    use super::arch::Family;
+    match arch.family {
+        Family::Llama | Family::Mistral => &["k_proj", "v_proj", "down_proj"],
+        Family::Qwen2 | Family::Qwen3 => &["q_proj", "v_proj", "down_proj"],
+    }
+}
+const IA3_DEFAULT_FEEDFORWARD: &[&str] = &["down_proj"];
+
+/// IA3: one vector per target, `out_features` long (`in_features` for a feed-forward module), as
+/// peft's IA3Layer.update_layer shapes it.
+fn ia3(
+    c: &Config,
+    arch: &Architecture,
+    base_total: u64,
+    modules_to_save: Vec<String>,
+    saved_params: u64,
+) -> Result<AdapterPlan, String> {
+    let a = &c.adapter;
+    let linears = arch.layer_linears();
+    let short: Vec<&str> = linears.iter().map(|l| l.short_name()).collect();
+    let resolve = |key: &str, names: Vec<&str>| -> Result<Vec<String>, String> {
+        let mut out: Vec<String> = Vec::new();
+        for name in names {
+            let Some(l) = linears.iter().find(|l| l.name == name || l.short_name() == name) else {
+                return Err(format!(
+                    "`{key}`: `{name}` is not a linear layer of {}'s decoder; IA3 adapts {}",
+                    arch.class,
+                    short.join(", ")
+                ));
+            };
+            if !out.iter().any(|t| t == l.short_name()) {
+                out.push(l.short_name().to_string());
+            }
+        }
+        // The architecture's order, so the plan does not depend on how the recipe lists them.
+        out.sort_by_key(|t| short.iter().position(|s| s == t));
+        Ok(out)
+    };
+    let targets = resolve(
+        "ia3_target_modules",
+        a.ia3_target_modules.as_ref().map_or_else(|| ia3_default_targets(arch).to_vec(), |l| l.names()),
+    )?;
+    let feedforward = match &a.ia3_feedforward_modules {
+        Some(list) => {
+            let ff = resolve("ia3_feedforward_modules", list.names())?;
+            if let Some(stray) = ff.iter().find(|f| !targets.contains(f)) {
+                return Err(format!(
+                    "`ia3_feedforward_modules`: `{stray}` is not one of the IA3 targets ({}); feed-forward modules \
+                     must be a subset of the targets, as peft requires",
+                    targets.join(", ")
+                ));
+            }
+            ff
+        }
+        // peft's default marks down_proj, which matters only where it is a target.
+        None => {
+            IA3_DEFAULT_FEEDFORWARD.iter().filter(|f| targets.iter().any(|t| t == *f)).map(|f| f.to_string()).collect()
+        }
+    };
+    let per_layer: u64 = linears
+        .iter()
+        .filter(|l| targets.iter().any(|t| t == l.short_name()))
+        .map(|l| if feedforward.iter().any(|f| f == l.short_name()) { l.in_features } else { l.out_features })
+        .sum();
+    let trainable = per_layer * arch.num_layers + saved_params;
+    let total = base_total + trainable;
+    Ok(AdapterPlan {
+        method: AdapterMethod::Ia3,
+        adapted_modules: targets.len() as u64 * arch.num_layers,
+        target_modules: targets,
+        feedforward_modules: feedforward,
+        prompt: None,
+        prefix: None,
+        r: 0,
+        alpha: 0,
+        scaling: 0.0,
+        rslora: false,
+        dora: false,
+        dropout: 0.0,
+        modules_to_save,
+        init_from: None,
+        trainable_parameters: trainable,
+        total_parameters: total,
+        trainable_percent: 100.0 * trainable as f64 / total as f64,
+    })
+}
+
+impl AdapterPlan {
+    /// Adapter parameters in one decoder layer (the rest sit in the root: embed_tokens / lm_head
+    /// adapters, modules_to_save copies).
+    pub fn per_layer_parameters(&self, arch: &Architecture) -> u64 {
+        arch.layer_linears()
+            .iter()
+            .filter(|l| self.target_modules.iter().any(|t| t == l.short_name()))
+            .map(|l| match self.method {
+                AdapterMethod::Ia3 if self.feedforward_modules.iter().any(|f| f == l.short_name()) => l.in_features,
+                AdapterMethod::Ia3 => l.out_features,
+                _ => self.r * (l.in_features + l.out_features) + if self.dora { l.out_features } else { 0 },
+            })
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +415,7 @@ mod tests {
             AdapterMethod::Full,
             AdapterMethod::Lora,
             AdapterMethod::Qlora,
+            AdapterMethod::Ia3,
             AdapterMethod::PromptTuning,
             AdapterMethod::PrefixTuning,
         ] {

@@ -50,6 +50,7 @@ use super::precision::Precision;
 use super::shard::{self, Strategy, TRAINABLE_BYTES};
 use super::{group, quantize};
 use crate::config::Config;
+use crate::config::adapter::AdapterKind;
 use crate::config::distributed::FsdpOption;
 use crate::config::training::Optimizer;
 use crate::config::training::RlMethod;
@@ -225,13 +226,30 @@ fn breakdown(
         .filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name()))
         .collect();
     let lora_per_layer = adapter.r * adapted.len() as u64;
+    // IA3 keeps, per adapted module, the tensor its vector multiplies for the vector's gradient: the
+    // input of a feed-forward module, the output of the others (model/linear.rs `Ia3`).
+    let ia3_per_layer: u64 = if adapter.method == AdapterMethod::Ia3 {
+        adapted
+            .iter()
+            .map(|l| {
+                if adapter.feedforward_modules.iter().any(|f| f == l.short_name()) {
+                    l.in_features
+                } else {
+                    l.out_features
+                }
+            })
+            .sum()
+    } else {
+        0
+    };
     // DoRA keeps two [tokens, out] tensors per adapted module for the magnitude's gradient: the base
     // term and the LoRA term it rescales (model/linear.rs `Dora::forward`).
     let dora_per_layer = if adapter.dora { 2 * adapted.iter().map(|l| l.out_features).sum::<u64>() } else { 0 };
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer;
+    let per_token_layer =
+        4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer + ia3_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
@@ -381,17 +399,29 @@ fn suggestions(
             total(&smaller, world_size),
         );
     }
-    if c.adapter.adapter.is_some() && !c.training.optimizer.eight_bit_states() {
+    // IA3's optimizer states are a few kilobytes: 8-bit states would save nothing worth naming.
+    if matches!(c.adapter.adapter, Some(AdapterKind::Lora | AdapterKind::Qlora))
+        && !c.training.optimizer.eight_bit_states()
+    {
         let mut states = cumulative.clone();
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    // Prompt and prefix tuning on a quantized base are not built, so QLoRA is no drop-in for them.
-    if !c.quantization.load_in_4bit && c.adapter.adapter.is_none_or(crate::config::adapter::AdapterKind::is_lora) {
+    if !c.quantization.load_in_4bit && c.adapter.adapter == Some(AdapterKind::Ia3) {
+        // IA3 stays IA3 over a 4-bit base (its trainable state is already tiny).
+        let mut four_bit = cumulative.clone();
+        four_bit.quantization.load_in_8bit = false;
+        four_bit.quantization.load_in_4bit = true;
+        add(
+            "load_in_4bit: true (IA3 on a 4-bit base, with gradient checkpointing)".into(),
+            total(&four_bit, world_size),
+        );
+    } else if !c.quantization.load_in_4bit && c.adapter.adapter.is_none_or(AdapterKind::is_lora) {
+        // Prompt and prefix tuning on a quantized base are not built, so QLoRA is no drop-in for them.
         let mut qlora = cumulative.clone();
         qlora.quantization.load_in_8bit = false;
         qlora.quantization.load_in_4bit = true;
-        qlora.adapter.adapter = Some(crate::config::adapter::AdapterKind::Qlora);
+        qlora.adapter.adapter = Some(AdapterKind::Qlora);
         if c.adapter.adapter.is_none() {
             qlora.adapter.lora_target_linear = true;
             qlora.adapter.lora_r = 16;

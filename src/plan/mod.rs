@@ -246,20 +246,30 @@ pub fn render_text(plan: &Plan) -> String {
         adapter::AdapterMethod::Full => {
             let _ = writeln!(o, "adapter    none: full fine-tuning of {} parameters", group(ad.trainable_parameters));
         }
-        adapter::AdapterMethod::Lora | adapter::AdapterMethod::Qlora => {
-            let _ = writeln!(
-                o,
-                "adapter    {} r={} alpha={} scaling={:.4}{}{} dropout={} on {} ({} modules)",
-                ad.method,
-                ad.r,
-                ad.alpha,
-                ad.scaling,
-                if ad.rslora { " (rsLoRA)" } else { "" },
-                if ad.dora { " DoRA" } else { "" },
-                ad.dropout,
-                ad.target_modules.join(" "),
-                ad.adapted_modules
-            );
+        adapter::AdapterMethod::Lora | adapter::AdapterMethod::Qlora | adapter::AdapterMethod::Ia3 => {
+            if ad.method == adapter::AdapterMethod::Ia3 {
+                let _ = writeln!(
+                    o,
+                    "adapter    ia3 on {} ({} modules); feed-forward (input scaled): {}",
+                    ad.target_modules.join(" "),
+                    ad.adapted_modules,
+                    if ad.feedforward_modules.is_empty() { "none".into() } else { ad.feedforward_modules.join(" ") }
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "adapter    {} r={} alpha={} scaling={:.4}{}{} dropout={} on {} ({} modules)",
+                    ad.method,
+                    ad.r,
+                    ad.alpha,
+                    ad.scaling,
+                    if ad.rslora { " (rsLoRA)" } else { "" },
+                    if ad.dora { " DoRA" } else { "" },
+                    ad.dropout,
+                    ad.target_modules.join(" "),
+                    ad.adapted_modules
+                );
+            }
             if !ad.modules_to_save.is_empty() {
                 let _ = writeln!(o, "           trained in full: {}", ad.modules_to_save.join(" "));
             }

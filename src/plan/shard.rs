@@ -370,12 +370,7 @@ fn units(arch: &Architecture, adapter: &AdapterPlan, group: u64) -> Vec<Unit> {
     let full = adapter.method == AdapterMethod::Full;
     // Adapter parameters per decoder layer (targets inside layers) and in the root (lm_head /
     // embed_tokens adapters and modules_to_save copies).
-    let layer_linears = arch.layer_linears();
-    let per_layer_adapter: u64 = layer_linears
-        .iter()
-        .filter(|l| adapter.target_modules.iter().any(|t| t == l.short_name()))
-        .map(|l| adapter.r * (l.in_features + l.out_features) + if adapter.dora { l.out_features } else { 0 })
-        .sum();
+    let per_layer_adapter = adapter.per_layer_parameters(arch);
     let root_adapter = adapter.trainable_parameters.saturating_sub(per_layer_adapter * arch.num_layers);
     let unit = |name: String, parameters: u64, trainable: u64| Unit {
         name,
