@@ -230,7 +230,7 @@ impl CausalLm {
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
             let adapter = lora_for(&name, fan_in, fan_out);
-            let mut linear = Linear { name, weight, quantized, bias, adapter };
+            let mut linear = Linear { name, weight, quantized, bias, adapter, probe: Default::default() };
             if dora && linear.adapter.is_some() {
                 linear.decompose()?;
             }
@@ -270,8 +270,14 @@ impl CausalLm {
             get("lm_head.weight", &[v, h])?
         };
         let score = if opts.score_head { Some(load_score(ckpt, arch, opts)?) } else { None };
-        let mut lm_head =
-            Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
+        let mut lm_head = Linear {
+            name: "lm_head".into(),
+            weight: head_weight,
+            quantized: None,
+            bias: None,
+            adapter: None,
+            probe: Default::default(),
+        };
         let mut embed_tokens_trained = None;
         let mut head_original = None;
         if let Trainable::Lora { modules_to_save, .. } = &opts.trainable {
