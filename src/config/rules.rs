@@ -637,14 +637,14 @@ impl Rules<'_> {
                 self.error(
                     "forgetting-pair",
                     format!("`{key}` needs `{other}`: without it, it would do nothing"),
-                    &[key],
+                    &[key, other],
                     &format!("add `{other}:`, or remove `{key}`"),
                 );
             } else if other_set && !set && key != "ewc_samples" {
                 self.error(
                     "forgetting-pair",
                     format!("`{other}` needs `{key}`: without it, it would do nothing"),
-                    &[other],
+                    &[other, key],
                     &format!("add `{key}: {example}`, or remove `{other}`"),
                 );
             }

@@ -241,6 +241,11 @@ impl Ewc {
         self.terms.iter().map(|t| t.fisher.sum(Kind::Float).double_value(&[])).sum()
     }
 
+    /// The Fisher information kept for the tensor `name` (an adapted base weight's own name).
+    pub fn fisher_of(&self, name: &str) -> Option<&Tensor> {
+        self.terms.iter().find(|t| t.name == name).map(|t| &t.fisher)
+    }
+
     /// How many tensors are penalised.
     pub fn tensors(&self) -> usize {
         self.terms.len()
