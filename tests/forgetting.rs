@@ -203,7 +203,7 @@ fn replay_mixes_its_rows_into_every_step() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(
         dir.path(),
-        &format!("max_steps: 4\nreplay_ratio: 0.25\nforgetting_datasets:\n{0}replay_datasets:\n{0}", stories()),
+        &format!("replay_ratio: 0.25\nforgetting_datasets:\n{0}replay_datasets:\n{0}", stories()),
     );
     let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&plan.stdout);
@@ -212,10 +212,10 @@ fn replay_mixes_its_rows_into_every_step() {
     let stdout = run_ok(&path, &[]);
     assert!(stdout.contains("replay_datasets[0] completion"), "{stdout}");
     let records = step_records(dir.path());
-    assert_eq!(records.len(), 4);
+    assert_eq!(records.len(), 6);
     // The same recipe without replay trains on other batches: other losses.
     let plain = tempfile::tempdir().unwrap();
-    run_ok(&write_recipe(plain.path(), "max_steps: 4\n"), &[]);
+    run_ok(&write_recipe(plain.path(), ""), &[]);
     let losses = |r: &[Value]| r.iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>();
     assert_ne!(losses(&records), losses(&step_records(plain.path())));
 }

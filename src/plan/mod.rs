@@ -306,11 +306,10 @@ pub fn render_text(plan: &Plan) -> String {
         );
         let _ = writeln!(
             o,
-            "           Fisher estimated before step 1 on {} samples ({}): {} forward + backward passes at batch 1, \
-             up to {} tokens",
+            "           Fisher estimated before step 1 on up to {} samples ({}): as many forward + backward passes \
+             at batch 1, up to {} tokens",
             e.samples,
             origin(plan, "ewc_samples"),
-            e.samples,
             group(e.estimate_tokens_at_most)
         );
     }
