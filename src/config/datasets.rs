@@ -24,6 +24,15 @@ pub struct DataConfig {
     /// measure forgetting: the run reports its perplexity both times. Never trained on.
     #[serde(default)]
     pub forgetting_datasets: Vec<DatasetConfig>,
+    /// Replay data mixed into every training step (same entry format as `datasets`; typically
+    /// general-domain or original-task data), `replay_ratio` of each step's rows, reused cyclically
+    /// when smaller than the training data. Its rows are labelled as their dataset type says.
+    #[serde(default)]
+    pub replay_datasets: Vec<DatasetConfig>,
+    /// Data the EWC penalty's Fisher information is estimated on (`ewc_lambda`), once at the start:
+    /// what the model should keep doing well (e.g. original-task data).
+    #[serde(default)]
+    pub ewc_datasets: Vec<DatasetConfig>,
     /// Folder where tokenized datasets are cached (`recipe preprocess` writes it).
     #[serde(default)]
     pub dataset_prepared_path: Option<String>,

@@ -819,6 +819,45 @@ impl Rules<'_> {
                 "score forgetting with `recipe eval BASE OUTPUT --dataset PATH --metrics perplexity`",
             );
         }
+        // Replay and EWC come in pairs: a strength without its data (or data without a strength)
+        // would validate and then do nothing.
+        let pairs: [(&str, bool, &str, bool, &str); 3] = [
+            ("replay_ratio", t.replay_ratio.is_some(), "replay_datasets", !c.data.replay_datasets.is_empty(), "0.25"),
+            ("ewc_lambda", t.ewc_lambda.is_some(), "ewc_datasets", !c.data.ewc_datasets.is_empty(), "100"),
+            ("ewc_samples", t.ewc_samples.is_some(), "ewc_lambda", t.ewc_lambda.is_some(), "100"),
+        ];
+        for (key, set, other, other_set, example) in pairs {
+            if set && !other_set {
+                self.error(
+                    "forgetting-pair",
+                    format!("`{key}` needs `{other}`: without it, it would do nothing"),
+                    &[key, other],
+                    &format!("add `{other}:`, or remove `{key}`"),
+                );
+            } else if other_set && !set && key != "ewc_samples" {
+                self.error(
+                    "forgetting-pair",
+                    format!("`{other}` needs `{key}`: without it, it would do nothing"),
+                    &[other, key],
+                    &format!("add `{key}: {example}`, or remove `{other}`"),
+                );
+            }
+        }
+        for (key, set) in
+            [("replay_datasets", !c.data.replay_datasets.is_empty()), ("ewc_datasets", !c.data.ewc_datasets.is_empty())]
+        {
+            if set && (t.rl.is_some() || t.reward_model) {
+                self.error(
+                    "forgetting-needs-supervised",
+                    format!(
+                        "`{key}` works with supervised fine-tuning only (its rows are language-modelling samples), \
+                         not with `rl` or `reward_model`"
+                    ),
+                    &[key, "rl", "reward_model"],
+                    "remove it, or train supervised",
+                );
+            }
+        }
     }
 
     fn distributed(&mut self, c: &Config) {
@@ -1466,7 +1505,12 @@ impl Rules<'_> {
         if let Some(dir) = &c.adapter.lora_model_dir {
             self.location("lora_model_dir", dir, LocationKind::LocalOnly);
         }
-        for (list, datasets) in [("datasets", &c.data.datasets), ("test_datasets", &c.data.test_datasets)] {
+        for (list, datasets) in [
+            ("datasets", &c.data.datasets),
+            ("test_datasets", &c.data.test_datasets),
+            ("replay_datasets", &c.data.replay_datasets),
+            ("ewc_datasets", &c.data.ewc_datasets),
+        ] {
             for (i, d) in datasets.iter().enumerate() {
                 self.location(&format!("{list}.{i}.path"), &d.source().path, LocationKind::Dataset);
             }

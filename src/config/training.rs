@@ -133,6 +133,22 @@ pub struct TrainingConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub center_rewards_coefficient: Option<f64>,
+    /// Share of each optimizer step's rows drawn from `replay_datasets`, in (0, 1) (e.g. 0.25): a
+    /// replay buffer against forgetting. The rest of the step's rows are new training data.
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
+    pub replay_ratio: Option<f64>,
+    /// Elastic weight consolidation's strength λ: the loss gains λ/2 · Σ F ⊙ (θ − θ0)², F the
+    /// diagonal empirical Fisher information on `ewc_datasets` at the start (adapters: of the
+    /// adapted base weights, with θ − θ0 the adapter's merged delta).
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    pub ewc_lambda: Option<f64>,
+    /// Samples of `ewc_datasets` the Fisher information is estimated on (one forward and backward
+    /// pass each); 64 when absent, or the whole set when smaller.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub ewc_samples: Option<u32>,
 }
 
 impl Default for TrainingConfig {

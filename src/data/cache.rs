@@ -10,16 +10,23 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the pipeline's output for the same inputs changes.
-const PIPELINE_VERSION: &str = "recipe-data-3";
+const PIPELINE_VERSION: &str = "recipe-data-4";
 
 /// The cache key for this plan's data with the tokenizer in `tokenizer_dir`.
 pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
     let mut h = Sha256::new();
     h.update(PIPELINE_VERSION);
     h.update(serde_json::to_string(&plan.data).map_err(|e| e.to_string())?);
-    for (label, list) in
-        [("train", &plan.datasets), ("test", &plan.test_datasets), ("forgetting", &plan.forgetting_datasets)]
-    {
+    let none = Vec::new();
+    let replay = plan.replay.as_ref().map_or(&none, |r| &r.datasets);
+    let ewc = plan.ewc.as_ref().map_or(&none, |e| &e.datasets);
+    for (label, list) in [
+        ("train", &plan.datasets),
+        ("test", &plan.test_datasets),
+        ("forgetting", &plan.forgetting_datasets),
+        ("replay", replay),
+        ("ewc", ewc),
+    ] {
         for d in list {
             h.update(label);
             h.update(serde_json::to_string(&d.entry).map_err(|e| e.to_string())?);
@@ -43,6 +50,8 @@ pub fn key(plan: &Plan, tokenizer_dir: &Path) -> Result<String, String> {
             .iter()
             .chain(&plan.test_datasets)
             .chain(&plan.forgetting_datasets)
+            .chain(replay)
+            .chain(ewc)
             .filter_map(|d| d.chat_template.as_ref()),
     );
     for t in templates {
@@ -100,6 +109,8 @@ pub fn save(dir: &Path, prepared: &Prepared) -> Result<(), String> {
         ("validation", &prepared.validation),
         ("test", &prepared.test),
         ("forgetting", &prepared.forgetting),
+        ("replay", &prepared.replay),
+        ("ewc", &prepared.ewc),
     ] {
         let (ids, labels, offsets) = flatten(samples);
         let bytes = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -145,7 +156,7 @@ fn flatten(samples: &[Sample]) -> (Vec<i32>, Vec<i32>, Vec<i64>) {
 /// Reads a cache folder written by `save`.
 pub fn load(dir: &Path) -> Result<Prepared, String> {
     let mut prepared = Prepared::default();
-    for name in ["train", "validation", "test", "forgetting"] {
+    for name in ["train", "validation", "test", "forgetting", "replay", "ewc"] {
         let path = dir.join(format!("{name}.safetensors"));
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -174,7 +185,9 @@ pub fn load(dir: &Path) -> Result<Prepared, String> {
             "train" => prepared.train = samples,
             "validation" => prepared.validation = samples,
             "test" => prepared.test = samples,
-            _ => prepared.forgetting = samples,
+            "forgetting" => prepared.forgetting = samples,
+            "replay" => prepared.replay = samples,
+            _ => prepared.ewc = samples,
         }
     }
     let report = dir.join("report.json");
@@ -196,6 +209,8 @@ mod tests {
             validation: vec![s(vec![5, 6], vec![5, -100])],
             test: vec![],
             forgetting: vec![],
+            replay: vec![],
+            ewc: vec![],
             report: vec!["a".into()],
         };
         let folder = dir.path().join("k");

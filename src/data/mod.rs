@@ -22,6 +22,7 @@ pub mod formats;
 pub mod hygiene;
 pub mod packing;
 pub mod preference;
+pub mod replay;
 pub mod sources;
 pub mod template;
 pub mod tokenizer;
@@ -62,6 +63,10 @@ pub struct Prepared {
     pub test: Vec<Sample>,
     /// `forgetting_datasets`: scored before and after training, never trained on.
     pub forgetting: Vec<Sample>,
+    /// `replay_datasets`: mixed into every training step (`replay_ratio`).
+    pub replay: Vec<Sample>,
+    /// `ewc_datasets`: EWC's Fisher information is estimated on them.
+    pub ewc: Vec<Sample>,
     pub report: Vec<String>,
 }
 
@@ -105,6 +110,8 @@ pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, S
         .iter()
         .chain(&plan.test_datasets)
         .chain(&plan.forgetting_datasets)
+        .chain(plan.replay.iter().flat_map(|r| &r.datasets))
+        .chain(plan.ewc.iter().flat_map(|e| &e.datasets))
         .all(|d| d.local_path.is_some());
     let Some(dir) = plan.model.local_dir.as_deref().filter(|_| all_local && !plan.training.reads_pairs()) else {
         return Ok(None);
@@ -168,6 +175,20 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
     };
     let test = held_out("test_datasets", &plan.test_datasets)?;
     let forgetting = held_out("forgetting_datasets", &plan.forgetting_datasets)?;
+    let replay = match &plan.replay {
+        Some(r) => held_out("replay_datasets", &r.datasets)?,
+        None => Vec::new(),
+    };
+    if plan.replay.is_some() && replay.is_empty() {
+        return Err("replay_datasets give no sample with a trained token".into());
+    }
+    let ewc = match &plan.ewc {
+        Some(e) => held_out("ewc_datasets", &e.datasets)?,
+        None => Vec::new(),
+    };
+    if plan.ewc.is_some() && ewc.is_empty() {
+        return Err("ewc_datasets give no sample with a trained token".into());
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut samples = mix(per_dataset, &mut rng, &mut report);
     if !test.is_empty() {
@@ -191,7 +212,7 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
         return Err(format!("val_set_size {val} leaves no training sample out of {}", samples.len()));
     }
     let validation = samples.split_off(samples.len() - n_val);
-    Ok(Prepared { train: samples, validation, test, forgetting, report })
+    Ok(Prepared { train: samples, validation, test, forgetting, replay, ewc, report })
 }
 
 fn describe(key: &str, i: usize, d: &DatasetPlan, c: &Counts) -> String {

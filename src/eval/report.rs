@@ -202,8 +202,10 @@ fn md_cell(s: &str) -> String {
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}\
-th{background:#f3f3f3;cursor:pointer}pre{white-space:pre-wrap;margin:0;max-width:28em;font-family:inherit}\
-table.summary td:not(:first-child){text-align:right}";
+th{background:#f3f3f3;cursor:pointer;white-space:nowrap}\
+pre{white-space:pre-wrap;margin:0;min-width:14em;max-width:28em;font-family:inherit}\
+table.summary td:not(:first-child),#samples td:nth-child(-n+2),#samples td:nth-child(n+7)\
+{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}";
 
 /// Sorts #samples by the clicked column (numeric where the header says so); a second click reverses.
 const SORT: &str = "document.querySelectorAll('#samples th').forEach(function(th,i){th.addEventListener('click',function(){\

@@ -183,7 +183,9 @@ fn resolved(path: &Path) -> PathBuf {
 pub fn prepare_output_dir(plan: &Plan, output_dir: &Path, base_dir: &Path, resuming: bool) -> Result<(), String> {
     let out = resolved(output_dir);
     let mut protected = vec![("the base model's folder", resolved(base_dir))];
-    for d in plan.datasets.iter().chain(&plan.test_datasets).chain(&plan.forgetting_datasets) {
+    let replay = plan.replay.iter().flat_map(|r| &r.datasets);
+    let ewc = plan.ewc.iter().flat_map(|e| &e.datasets);
+    for d in plan.datasets.iter().chain(&plan.test_datasets).chain(&plan.forgetting_datasets).chain(replay).chain(ewc) {
         if let Some(p) = &d.local_path {
             // A dataset folder and everything in it; a dataset file itself (its neighbours are not data).
             let p = resolved(Path::new(p));
@@ -311,7 +313,8 @@ pub struct RunFiles<'a> {
 }
 
 /// Saves `checkpoint-STEP` atomically, then prunes beyond `keep`. Without an optimizer state
-/// (`save_only_model`) the checkpoint holds the weights and trainer state only.
+/// (`save_only_model`) the checkpoint holds the weights and trainer state only; with EWC it also
+/// holds the penalty's Fisher information and anchor (`ewc.safetensors`).
 /// Where checkpoint-`step` is written before it is published. A sharded checkpoint's ranks
 /// write their shards into it first (`Staged::Shards`).
 pub fn staging_dir(output_dir: &Path, step: u64) -> PathBuf {
@@ -330,6 +333,7 @@ pub fn save(
     output_dir: &Path,
     model: &CausalLm,
     staged: Staged,
+    ewc_state: Option<&[(String, Tensor)]>,
     state: &TrainerState,
     run: &RunFiles,
     keep: Option<u32>,
@@ -350,6 +354,10 @@ pub fn save(
         write_model_files(&tmp, model, run, Kind::Float, whole)?;
         if let Some(optimizer_state) = optimizer_state {
             weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
+        }
+        // EWC's Fisher information and anchor: a resumed run applies the same penalty.
+        if let Some(ewc_state) = ewc_state {
+            weights::save(&tmp.join(super::ewc::FILE), ewc_state)?;
         }
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
         weights::write_atomic(&tmp.join("trainer_state.json"), text.as_bytes())?;

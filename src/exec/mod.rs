@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cuda;
 pub mod distributed;
 pub mod eval;
+pub mod ewc;
 pub mod host_memory;
 pub mod host_sync;
 pub mod loss_scale;
@@ -288,6 +289,10 @@ struct TrainingData<E> {
     validation_samples: Vec<data::Sample>,
     /// `forgetting_datasets`' samples (supervised runs; rules refuse them with pairs).
     forgetting_samples: Vec<data::Sample>,
+    /// `replay_datasets`' rows, mixed into every step (supervised runs).
+    replay: Vec<E>,
+    /// `ewc_datasets`' samples, for EWC's Fisher information (supervised runs).
+    ewc_samples: Vec<data::Sample>,
 }
 
 /// Supervised samples as rows (packed when the recipe says so).
@@ -307,8 +312,10 @@ fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         train,
         report: prepared.report,
         sample_prompt,
+        replay: rows(&prepared.replay, plan.data.sample_packing),
         validation_samples: prepared.validation,
         forgetting_samples: prepared.forgetting,
+        ewc_samples: prepared.ewc,
     })
 }
 
@@ -329,6 +336,8 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
         report: prepared.report,
         validation_samples: Vec::new(),
         forgetting_samples: Vec::new(),
+        replay: Vec::new(),
+        ewc_samples: Vec::new(),
     })
 }
 
@@ -362,6 +371,8 @@ fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingDat
         report: prepared.report,
         validation_samples: Vec::new(),
         forgetting_samples: Vec::new(),
+        replay: Vec::new(),
+        ewc_samples: Vec::new(),
     })
 }
 
@@ -417,6 +428,12 @@ fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
         return Err(format!(
             "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
             plan.training.optimizer.name.as_str()
+        ));
+    }
+    if plan.ewc.is_some() {
+        return Err(format!(
+            "ewc_lambda: EWC's penalty reads whole trainable tensors, which sharded training ({strategy}) splits \
+             across ranks; train data-parallel (without fsdp / deepspeed) to use EWC"
         ));
     }
     if plan.training.causal_lm_eval.is_some() {
@@ -732,6 +749,8 @@ fn train_on<E: packing::Example>(
         sample_prompt,
         validation_samples,
         forgetting_samples,
+        replay: replay_rows,
+        ewc_samples,
     } = data;
     let packing_efficiency = efficiency;
     let steps = crate::plan::schedule::steps(plan, train_rows.len());
@@ -886,6 +905,35 @@ fn train_on<E: packing::Example>(
             catch_torch_errors(Some(plan), || rt.comm.broadcast_from_main(&trainable))?;
         }
     }
+    // EWC: the Fisher information and anchor, estimated now (every rank alike), or as the
+    // checkpoint being resumed saved them.
+    let ewc = match &plan.ewc {
+        None => None,
+        Some(e) => {
+            let made = catch_torch_errors(Some(plan), || match &resumed_from {
+                Some(dir) => ewc::Ewc::load(&model, e.lambda, dir),
+                None => ewc::Ewc::estimate(
+                    &model,
+                    objective,
+                    e.lambda,
+                    &ewc_samples,
+                    e.samples as usize,
+                    plan.batch.sequence_len as usize,
+                    tok.pad(),
+                ),
+            });
+            let made = rt.comm.agree(made, "estimating the EWC Fisher information", device)?;
+            if made.samples > 0 {
+                tracing::info!(
+                    "EWC: Fisher information of {} tensors estimated on {} samples (sum {:.4e})",
+                    made.tensors(),
+                    made.samples,
+                    made.fisher_sum()
+                );
+            }
+            Some(made)
+        }
+    };
 
     let progress = if opts.progress && rt.is_main() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(steps.total);
@@ -915,6 +963,8 @@ fn train_on<E: packing::Example>(
         tokenizer_dir: &tok_dir,
         output_dir: &output_dir,
         train: &train_rows,
+        replay: &replay_rows,
+        ewc: ewc.as_ref(),
         validation: &validation_rows,
         pad_id: tok.pad(),
         run_tokenizer,

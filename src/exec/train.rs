@@ -52,6 +52,10 @@ pub struct Loop<'a, E: Example> {
     pub tokenizer_dir: &'a Path,
     pub output_dir: &'a Path,
     pub train: &'a [E],
+    /// `replay_datasets`' rows, `plan.replay`'s share of every step (empty without replay).
+    pub replay: &'a [E],
+    /// Elastic weight consolidation's penalty, added every step.
+    pub ewc: Option<&'a super::ewc::Ewc>,
     pub validation: &'a [E],
     pub pad_id: i64,
     /// The run's tokenizer when it differs from the base's: checkpoints carry it.
@@ -94,6 +98,8 @@ struct Pending {
     /// fp16: the scale this step's loss was multiplied by, on the device (its grad_norm is NaN
     /// when the step was skipped).
     loss_scale: Option<Tensor>,
+    /// EWC's penalty at this step (before its update), detached.
+    ewc_penalty: Option<Tensor>,
 }
 
 impl<E: Example> Loop<'_, E> {
@@ -112,12 +118,33 @@ impl<E: Example> Loop<'_, E> {
             idx.shuffle(&mut rng);
             *order = (epoch, idx);
         }
-        let start = ((step % s.per_epoch) as usize) * mbs * count;
+        // With replay, a step's new rows are the global batch less its replay rows
+        // (data/replay.rs places those).
+        let replay_rows = match &self.plan.replay {
+            Some(r) if !self.replay.is_empty() => r.rows_per_step as usize,
+            _ => 0,
+        };
+        let new_rows = mbs * count - replay_rows;
+        let start = ((step % s.per_epoch) as usize) * new_rows;
+        let (lo, hi) = (start.min(order.1.len()), (start + new_rows).min(order.1.len()));
+        let picks = crate::data::replay::step_picks(
+            &order.1[lo..hi],
+            step,
+            self.replay.len(),
+            replay_rows,
+            self.plan.training.seed,
+        );
+        let rows: Vec<&E> = picks
+            .into_iter()
+            .map(|p| match p {
+                crate::data::replay::Pick::Train(i) => &self.train[i],
+                crate::data::replay::Pick::Replay(i) => &self.replay[i],
+            })
+            .collect();
         (0..count)
             .map(|j| {
-                let lo = (start + j * mbs).min(order.1.len());
-                let hi = (start + (j + 1) * mbs).min(order.1.len());
-                order.1[lo..hi].iter().map(|&i| &self.train[i]).collect::<Vec<_>>()
+                let (lo, hi) = ((j * mbs).min(rows.len()), ((j + 1) * mbs).min(rows.len()));
+                rows[lo..hi].to_vec()
             })
             .collect()
     }
@@ -318,6 +345,17 @@ impl<E: Example> Loop<'_, E> {
                     );
                 }
             }
+            // EWC: λ/2 · Σ F ⊙ (θ − θ0)², its gradient added once per step (each rank adds 1/world
+            // of it; the all-reduce sums them).
+            let ewc_penalty = self.ewc.map(|ewc| {
+                let penalty = ewc.penalty();
+                let share = &penalty / comm.world_size as f64;
+                match &scale {
+                    Some(s) => (share * s.reshape([])).backward(),
+                    None => share.backward(),
+                }
+                penalty.detach()
+            });
             match self.sharder {
                 Some(sharder) => sharder.finish_gradients()?,
                 None => {
@@ -368,6 +406,7 @@ impl<E: Example> Loop<'_, E> {
                 units: denominator,
                 metrics: metric_sums,
                 loss_scale: scale,
+                ewc_penalty,
             });
             state.global_step = step + 1;
             outcome.steps_done = step + 1;
@@ -468,6 +507,7 @@ impl<E: Example> Loop<'_, E> {
                             Some(_) => checkpoint::Staged::Shards,
                             None => checkpoint::Staged::Whole(optimizer_state.as_deref()),
                         },
+                        self.ewc.map(|e| e.state()).as_deref(),
                         &state,
                         &checkpoint::RunFiles {
                             plan,
@@ -541,14 +581,22 @@ impl<E: Example> Loop<'_, E> {
             .iter()
             .filter_map(|p| p.loss_scale.as_ref().map(|s| s.to_kind(Kind::Float).reshape([-1])))
             .collect();
+        let n_scales = scales.len();
+        let penalties: Vec<Tensor> = pending
+            .iter()
+            .filter_map(|p| p.ewc_penalty.as_ref().map(|t| t.to_device(device).to_kind(Kind::Float).reshape([-1])))
+            .collect();
+        let has_penalty = !penalties.is_empty();
         let mut parts = vec![summed, norms.reshape([-1])];
         parts.extend(scales);
+        parts.extend(penalties);
         let both = Tensor::cat(&parts, 0);
         // The step's one read.
         let values = super::host_sync::read_f64(&both, "the pending losses")?;
         let scales_at = n + 1 + n * k as usize + n;
         let metric_at = |i: usize| &values[n + 1 + i * k as usize..n + 1 + (i + 1) * k as usize];
         let norms_at = n + 1 + n * k as usize;
+        let penalty_at = |i: usize| has_penalty.then(|| values[scales_at + n_scales + i]);
         let stop = values[n] > 0.0;
         for (i, p) in pending.iter().enumerate() {
             let (loss, grad_norm) = (values[i], values[norms_at + i]);
@@ -571,6 +619,9 @@ impl<E: Example> Loop<'_, E> {
             });
             for (name, value) in self.objective.metrics(metric_at(i), p.units as f64) {
                 record[name] = json!(value);
+            }
+            if let Some(penalty) = penalty_at(i) {
+                record["ewc_penalty"] = json!(penalty);
             }
             if p.loss_scale.is_some() {
                 record["loss_scale"] = json!(values[scales_at + i]);
@@ -601,7 +652,9 @@ impl<E: Example> Loop<'_, E> {
                 .filter(|(name, _)| name.contains("accura") || name.contains("margin"))
                 .map(|(name, value)| format!(" {} {value:.3}", name.trim_start_matches("rewards/")))
                 .collect();
-            self.progress.set_message(format!("loss {loss:.4}{shown} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
+            let ewc = penalty_at(n - 1).map_or(String::new(), |p| format!(" ewc {p:.3e}"));
+            self.progress
+                .set_message(format!("loss {loss:.4}{shown}{ewc} lr {:.2e} {tokens_per_second:.0} tok/s", last.lr));
         }
         let losses = pending.iter().enumerate().map(|(i, p)| (p.step, values[i])).collect();
         pending.clear();

@@ -75,6 +75,10 @@ pub struct Linear {
     pub quantized: Option<QuantizedWeight>,
     pub bias: Option<Tensor>,
     pub adapter: Option<Adapter>,
+    /// A zero tensor added to the base weight while EWC estimates its Fisher information
+    /// (exec/ewc.rs): its gradient is the gradient with respect to the base weight, which a frozen
+    /// or quantized base does not have itself.
+    pub probe: std::cell::RefCell<Option<Tensor>>,
 }
 
 /// A trainable adapter on a frozen linear layer.
@@ -275,7 +279,12 @@ impl Linear {
     /// `CausalLm::without_adapters`, as peft's `disable_adapter`).
     pub fn forward(&self, x: &Tensor, train: bool, adapters: bool) -> Tensor {
         let kind = x.kind();
-        let weight = self.base_weight(kind);
+        let base = self.base_weight(kind);
+        // Not in place: the base may be the stored weight itself.
+        let weight = match self.probe.borrow().as_ref() {
+            Some(probe) => &base + probe.to_kind(kind),
+            None => base,
+        };
         if adapters && let Some(Adapter::Ia3(ia3 @ Ia3 { feedforward: true, .. })) = &self.adapter {
             // peft: the input times l in l's dtype (fp32), cast back, then the base layer.
             let scaled = (x.to_kind(Kind::Float) * ia3.l.flatten(0, -1)).to_kind(kind);

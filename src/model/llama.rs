@@ -318,7 +318,7 @@ impl CausalLm {
                 }
             };
             let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            Ok(Linear { name, weight, quantized, bias, adapter: None })
+            Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
@@ -380,8 +380,14 @@ impl CausalLm {
         } else {
             get("lm_head.weight", &[v, h])?
         };
-        let lm_head =
-            Linear { name: "lm_head".into(), weight: head_weight, quantized: None, bias: None, adapter: None };
+        let lm_head = Linear {
+            name: "lm_head".into(),
+            weight: head_weight,
+            quantized: None,
+            bias: None,
+            adapter: None,
+            probe: Default::default(),
+        };
         let mut model = CausalLm {
             arch: arch.clone(),
             rope: Rope::new(arch, device)?,

@@ -154,6 +154,16 @@ pub fn forgetting_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<D
     plan_datasets(c, &c.data.forgetting_datasets, "forgetting_datasets", at, model)
 }
 
+/// The replay buffer's datasets (mixed into every step).
+pub fn replay_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.replay_datasets, "replay_datasets", at, model)
+}
+
+/// The datasets EWC's Fisher information is estimated on.
+pub fn ewc_datasets(c: &Config, at: &Locator, model: &ModelPlan) -> Vec<DatasetPlan> {
+    plan_datasets(c, &c.data.ewc_datasets, "ewc_datasets", at, model)
+}
+
 fn plan_datasets(
     c: &Config,
     entries: &[DatasetConfig],

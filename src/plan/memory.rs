@@ -319,6 +319,10 @@ fn breakdown(
             ),
         );
     }
+    let ewc = super::forgetting::ewc_bytes(c, arch, &adapter);
+    if ewc > 0 {
+        push("EWC Fisher and θ0 (fp32)", ewc, format!("2 × {} elements × 4 bytes", group(ewc / 8)));
+    }
     if quant.quantized_parameters > 0 {
         let largest = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).max().unwrap_or(0);
         push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", group(largest)));

@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod arch;
 pub mod data;
+pub mod forgetting;
 pub mod kernels;
 pub mod memory;
 pub mod model;
@@ -36,6 +37,12 @@ pub struct Plan {
     /// Scored before and after training (perplexity), to measure forgetting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forgetting_datasets: Vec<data::DatasetPlan>,
+    /// The replay buffer mixed into every step (`replay_datasets`, `replay_ratio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<forgetting::ReplayPlan>,
+    /// Elastic weight consolidation (`ewc_lambda`, `ewc_datasets`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ewc: Option<forgetting::EwcPlan>,
     pub data: data::DataOptions,
     pub batch: schedule::BatchPlan,
     pub layout: shard::Layout,
@@ -98,10 +105,15 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let datasets = data::datasets(config, &at, &model);
     let batch = schedule::plan(config, options.world_size, data::known_sequences(config, &datasets));
     deepspeed_agrees(config, &at, &batch)?;
+    let replay = forgetting::replay(config, data::replay_datasets(config, &at, &model), batch.global_batch_sequences)
+        .map_err(|e| format!("{} ({})", e, at.origin("replay_ratio")))?;
+    let ewc = forgetting::ewc(config, data::ewc_datasets(config, &at, &model), arch, &adapter);
     Ok(Plan {
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
         batch,
+        replay,
+        ewc,
         datasets,
         test_datasets: data::test_datasets(config, &at, &model),
         forgetting_datasets: data::forgetting_datasets(config, &at, &model),
@@ -184,6 +196,11 @@ fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
         .filter(|(_, v)| !v.is_null())
         .map(|(key, value)| Setting { key: key.clone(), value: value.clone(), origin: at.origin(key) })
         .collect()
+}
+
+/// Where a recipe value came from (its `settings` entry), or `default`.
+fn origin(plan: &Plan, key: &str) -> String {
+    plan.settings.iter().find(|s| s.key == key).map_or("default".into(), |s| s.origin.clone())
 }
 
 /// Human-readable plan.
@@ -330,6 +347,53 @@ pub fn render_text(plan: &Plan) -> String {
             let weight = d.entry.source().weight.map_or(String::new(), |w| format!(", weight {w}"));
             let _ = writeln!(o, "{label} {} {} split {}{rows}{weight}: {}", d.r#type, d.source, d.split, d.masking);
         }
+    }
+    if let Some(r) = &plan.replay {
+        for d in &r.datasets {
+            let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
+            let _ = writeln!(o, "replay     {} {} split {}{rows}: {}", d.r#type, d.source, d.split, d.masking);
+        }
+        let held = r.host_bytes_at_most.map_or("known after preprocess".into(), |b| format!("at most {}", bytes(b)));
+        let _ = writeln!(
+            o,
+            "           replay_ratio {} ({}): {} replay + {} new rows per step, reused cyclically; tokenized replay set \
+             in host memory: {held}",
+            r.ratio,
+            origin(plan, "replay_ratio"),
+            r.rows_per_step,
+            r.new_rows_per_step
+        );
+    }
+    if let Some(e) = &plan.ewc {
+        for d in &e.datasets {
+            let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
+            let _ = writeln!(o, "ewc data   {} {} split {}{rows}: {}", d.r#type, d.source, d.split, d.masking);
+        }
+        let affected = if e.adapted_weights > 0 {
+            format!(
+                "merged deltas of {} adapted weights ({} elements) + {} elements trained directly",
+                e.adapted_weights,
+                group(e.adapted_elements),
+                group(e.direct_elements)
+            )
+        } else {
+            format!("{} trainable elements", group(e.direct_elements))
+        };
+        let _ = writeln!(
+            o,
+            "ewc        lambda {} ({}): penalty λ/2 · Σ F ⊙ (θ − θ0)² on {affected}; Fisher + θ0 in fp32: {}",
+            e.lambda,
+            origin(plan, "ewc_lambda"),
+            bytes(e.bytes)
+        );
+        let _ = writeln!(
+            o,
+            "           Fisher estimated before step 1 on up to {} samples ({}): as many forward + backward passes \
+             at batch 1, up to {} tokens",
+            e.samples,
+            origin(plan, "ewc_samples"),
+            group(e.estimate_tokens_at_most)
+        );
     }
     let dopt = &plan.data;
     let mut hygiene = vec![format!("over-length samples: {:?}", dopt.excess_length_strategy).to_lowercase()];

@@ -16,6 +16,9 @@ pub struct BatchPlan {
     pub global_batch_tokens: u64,
     pub sequence_len: u64,
     pub sample_packing: bool,
+    /// Replay rows in each step's global batch (`replay_ratio`); the rest are new training rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_rows_per_step: Option<u64>,
     /// Training rows after the validation split, when every dataset's row count is known and a
     /// row is one sequence (no packing, no splitting of long texts).
     pub train_sequences: Option<u64>,
@@ -47,7 +50,8 @@ pub struct Steps {
 /// steps per epoch; warmup from warmup_steps, else warmup_ratio of the total.
 pub fn steps(plan: &super::Plan, train_rows: usize) -> Steps {
     let b = &plan.batch;
-    let per_epoch = (train_rows as u64).div_ceil(b.global_batch_sequences.max(1)).max(1);
+    let new_rows = b.global_batch_sequences.saturating_sub(b.replay_rows_per_step.unwrap_or(0));
+    let per_epoch = (train_rows as u64).div_ceil(new_rows.max(1)).max(1);
     let t = &plan.training;
     let total = t.max_steps.unwrap_or_else(|| ((t.num_epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as u64).max(1));
     let warmup = b
@@ -63,8 +67,11 @@ pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
     let micro = u64::from(t.micro_batch_size);
     let accum = u64::from(t.gradient_accumulation_steps);
     let sequences = micro * accum * world_size;
+    // With replay, a step's new rows are the global batch less its replay rows.
+    let replay_rows = t.replay_ratio.map(|r| super::forgetting::replay_rows(r, sequences));
+    let new_rows = sequences.saturating_sub(replay_rows.unwrap_or(0)).max(1);
     let train_sequences = rows.map(|r| r - (r as f64 * c.data.val_set_size).ceil() as u64);
-    let steps_per_epoch = train_sequences.map(|n| n.div_ceil(sequences).max(1));
+    let steps_per_epoch = train_sequences.map(|n| n.div_ceil(new_rows).max(1));
     let total_steps = t.max_steps.or_else(|| {
         let epochs = t.num_epochs?;
         Some((epochs * steps_per_epoch? as f64).ceil() as u64)
@@ -96,6 +103,7 @@ pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
         global_batch_tokens: sequences * u64::from(c.data.sequence_len),
         sequence_len: u64::from(c.data.sequence_len),
         sample_packing: c.data.sample_packing,
+        replay_rows_per_step: replay_rows,
         train_sequences,
         steps_per_epoch,
         total_steps,
