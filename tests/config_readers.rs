@@ -14,8 +14,7 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("tokenizer_type", "validated class name; the tokenizer itself is read from tokenizer.json"),
     ("trust_remote_code", "must be false (schema const): a recipe never runs code"),
     ("lora_fan_in_fan_out", "must be false (schema const): Llama-family weights are (out, in)"),
-    ("fsdp_config", "read through DistributedConfig::sharding (config/distributed.rs), which the plan calls"),
-    ("fsdp_version", "checked against fsdp_config's version (rules.rs); sharded training is refused until built"),
+    ("fsdp_version", "checked against fsdp_config's version (rules.rs); FSDP 1 and 2 run the same sharding"),
     ("attn_implementation", "read by KernelConfig::attention_request (config/kernels.rs), which the plan calls"),
     ("flash_attention", "read by KernelConfig::attention_request (config/kernels.rs), which the plan calls"),
     ("sdp_attention", "read by KernelConfig::attention_request (config/kernels.rs), which the plan calls"),
@@ -28,6 +27,8 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("use_wandb", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("wandb_mode", "read by TrackingConfig's switches; online is refused by name"),
     ("wandb_log_model", "only false / absent validate: model artifacts are refused by name"),
+    ("prefix_projection", "only false / absent validate (schema const): the projection MLP is not built"),
+    ("encoder_hidden_size", "refused at the key (rules.rs): it sizes the projection MLP, which is not built"),
 ];
 
 fn sources(dir: &Path, out: &mut String) {

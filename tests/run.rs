@@ -330,18 +330,15 @@ fn dora_on_the_embedding_is_refused_by_name_not_ignored() {
 }
 
 #[test]
-fn sharded_training_is_refused_by_name() {
+fn a_sharded_setting_not_built_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_recipe(dir.path(), "max_steps: 1\nfsdp: [full_shard, auto_wrap]\n");
+    let path = write_recipe(dir.path(), "max_steps: 1\nfsdp: [full_shard, auto_wrap, offload]\n");
     let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning[sharding-not-built]"), "{stderr}");
+    assert!(stderr.contains("warning[sharding-setting-not-built]"), "{stderr}");
     assert!(
-        stderr.contains(
-            "error[run]: fsdp: [full_shard, auto_wrap] (sharded training) is not built into recipe run yet; remove it \
-             to train data-parallel"
-        ),
+        stderr.contains("error[run]: fsdp: offload (parameters and optimizer states kept in host memory"),
         "{stderr}"
     );
     assert!(!dir.path().join("out").exists(), "refused before writing anything");
