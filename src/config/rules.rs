@@ -1235,16 +1235,6 @@ impl Rules<'_> {
                 "write false: recipe runs its own AdamW",
             );
         }
-        if stage == ZeroStage::Zero1 {
-            self.warn(
-                "zero1-not-built",
-                "`deepspeed`: ZeRO stage 1 (optimizer states sharded alone) is not built into `recipe run` yet, so it \
-                 refuses this recipe (`recipe plan` still lays it out)"
-                    .into(),
-                &["deepspeed.zero_optimization.stage", "deepspeed"],
-                "set \"stage\": 2 in the DeepSpeed config: the same numbers, with gradients sharded too",
-            );
-        }
         for (key, offload) in [("offload_optimizer", ds.offload_optimizer()), ("offload_param", ds.offload_param())] {
             if offload.is_some() {
                 self.warn(
