@@ -399,14 +399,14 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     if let Some((key, what)) = plan.layout.not_built.first() {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
-    if let Some(ds) = &plan.layout.deepspeed {
-        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
-            return Err(format!(
-                "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
-                 recipe run yet; set their device to \"none\"",
-                ds.file
-            ));
-        }
+    if let Some(ds) = &plan.layout.deepspeed
+        && (ds.offload_optimizer.is_some() || ds.offload_param.is_some())
+    {
+        return Err(format!(
+            "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
+             recipe run yet; set their device to \"none\"",
+            ds.file
+        ));
     }
     let own = plan.model.architecture.decoder_layer_class();
     if let Some(classes) = &plan.layout.wrapped_class
