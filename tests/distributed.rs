@@ -355,17 +355,22 @@ fn two_ranks_by_hand(path: &Path, rank1_args: &[&str]) -> Vec<std::process::Outp
     ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
 }
 
-#[test]
-fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
-    let extra = "max_steps: 12\nsave_steps: 2\n";
+/// Two ranks run `extra` uninterrupted; then again with rank 1 killed by SIGKILL after the first
+/// checkpoint (the other rank stops within ddp_timeout), and resumed on two ranks: the losses
+/// repeat. Returns the uninterrupted run's folder and its losses, and the resumed run's folder.
+fn killed_and_resumed(
+    method: &str,
+    extra: &str,
+    steps: usize,
+) -> (tempfile::TempDir, Vec<(u64, f64)>, tempfile::TempDir) {
     let reference = tempfile::tempdir().unwrap();
-    let path = write_recipe(reference.path(), "lora", extra);
+    let path = write_recipe(reference.path(), method, extra);
     check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
     let want = step_losses(reference.path());
-    assert_eq!(want.len(), 12);
+    assert_eq!(want.len(), steps);
 
     let b = tempfile::tempdir().unwrap();
-    let path = write_recipe(b.path(), "lora", extra);
+    let path = write_recipe(b.path(), method, extra);
     let launcher = launch_until_first_checkpoint(b.path(), &path);
     // Rank 1 is the second child spawned (ranks are spawned in order).
     let ranks = children(launcher.id());
@@ -380,18 +385,18 @@ fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rank 1 was killed by signal 9 (SIGKILL)"), "{stderr}");
     let done = step_losses(b.path()).len();
-    assert!(done < 12, "the run was not interrupted ({done} steps)");
+    assert!(done < steps, "the run was not interrupted ({done} steps)");
 
-    let stdout = check_ok(
-        recipe()
-            .arg("run")
-            .arg(&path)
-            .args(["--device", "cpu", "--nproc-per-node", "2", "--set", "resume_from_checkpoint=true"])
-            .output()
-            .unwrap(),
-    );
+    let resumed = ["--device", "cpu", "--nproc-per-node", "2", "--set", "resume_from_checkpoint=true"];
+    let stdout = check_ok(recipe().arg("run").arg(&path).args(resumed).output().unwrap());
     assert!(stdout.contains("resumed    from"), "{stdout}");
-    assert_same_losses(&want, &step_losses(b.path()), 1e-6, "resumed");
+    assert_same_losses(&want, &step_losses(b.path()), 1e-6, "resumed on two ranks");
+    (reference, want, b)
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_and_two_ranks_resume_exactly() {
+    killed_and_resumed("lora", "max_steps: 12\nsave_steps: 2\n", 12);
 }
 
 #[test]
@@ -626,28 +631,7 @@ fn hybrid_shard_over_two_nodes_of_one_rank_repeats_the_one_rank_run() {
 #[test]
 fn a_killed_sharded_run_resumes_exactly_on_two_ranks_and_on_one() {
     let extra = "max_steps: 8\nsave_steps: 2\nfsdp: [full_shard, auto_wrap]\n";
-    let reference = tempfile::tempdir().unwrap();
-    let path = write_recipe(reference.path(), "full", extra);
-    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
-    let want = step_losses(reference.path());
-    assert_eq!(want.len(), 8);
-
-    // SIGKILL one rank after the first checkpoint; two ranks resume and repeat the losses.
-    let b = tempfile::tempdir().unwrap();
-    let path = write_recipe(b.path(), "full", extra);
-    let launcher = launch_until_first_checkpoint(b.path(), &path);
-    let ranks = children(launcher.id());
-    assert_eq!(ranks.len(), 2, "{ranks:?}");
-    unsafe {
-        libc::kill(ranks[1] as i32, libc::SIGKILL);
-    }
-    let out = launcher.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    assert!(step_losses(b.path()).len() < 8, "the run was not interrupted");
-    let resumed = ["--device", "cpu", "--nproc-per-node", "2", "--set", "resume_from_checkpoint=true"];
-    let stdout = check_ok(recipe().arg("run").arg(&path).args(resumed).output().unwrap());
-    assert!(stdout.contains("resumed    from"), "{stdout}");
-    assert_same_losses(&want, &step_losses(b.path()), 1e-6, "resumed on two ranks");
+    let (reference, want, b) = killed_and_resumed("full", extra, 8);
     assert_same_weights(reference.path(), b.path(), 1e-6);
 
     // The two-rank checkpoint is whole: one rank with accumulation 2 goes on from it alike.

@@ -279,16 +279,10 @@ impl Sharder {
         self.gathered[u].set(false);
     }
 
-    /// Reduce-scatters unit `u`'s gradients into this rank's chunks and frees them.
-    fn reduce_gradients(&self, u: usize) -> Result<(), String> {
-        let _guard = tch::no_grad_guard();
-        let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
-        if pieces.is_empty() {
-            return Ok(());
-        }
-        let size = self.groups.size as i64;
-        // A parameter without a gradient this micro-batch contributes zeros, as FSDP's.
-        let padded: Vec<Tensor> = pieces
+    /// Each piece's whole gradient, flat and padded to `size` chunks; a parameter without a
+    /// gradient this micro-batch contributes zeros, as FSDP's.
+    fn padded_gradients(pieces: &[&Piece], size: i64) -> Vec<Tensor> {
+        pieces
             .iter()
             .map(|p| {
                 let g = p.full.grad();
@@ -299,7 +293,18 @@ impl Sharder {
                 };
                 flat.constant_pad_nd([0, p.chunk * size - p.numel])
             })
-            .collect();
+            .collect()
+    }
+
+    /// Reduce-scatters unit `u`'s gradients into this rank's chunks and frees them.
+    fn reduce_gradients(&self, u: usize) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let size = self.groups.size as i64;
+        let padded = Self::padded_gradients(&pieces, size);
         let mut ordered = Vec::with_capacity(pieces.len() * size as usize);
         for r in 0..size {
             for (p, g) in pieces.iter().zip(&padded) {
@@ -331,18 +336,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let pieces: Vec<&Piece> = self.trainable().collect();
         let size = self.groups.size as i64;
-        let padded: Vec<Tensor> = pieces
-            .iter()
-            .map(|p| {
-                let g = p.full.grad();
-                let flat = if g.defined() {
-                    g.to_kind(Kind::Float).reshape([-1])
-                } else {
-                    Tensor::zeros([p.numel], (Kind::Float, p.shard.device()))
-                };
-                flat.constant_pad_nd([0, p.chunk * size - p.numel])
-            })
-            .collect();
+        let padded = Self::padded_gradients(&pieces, size);
         if padded.is_empty() {
             return Ok(());
         }

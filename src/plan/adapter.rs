@@ -113,25 +113,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let base_total = arch.parameter_counts().total - lm_head + score_head;
     let a = &c.adapter;
     let Some(kind) = a.adapter else {
-        return Ok(AdapterPlan {
-            method: AdapterMethod::Full,
-            prompt: None,
-            prefix: None,
-            target_modules: Vec::new(),
-            feedforward_modules: Vec::new(),
-            adapted_modules: 0,
-            r: 0,
-            alpha: 0,
-            scaling: 0.0,
-            rslora: false,
-            dora: false,
-            dropout: 0.0,
-            modules_to_save: Vec::new(),
-            init_from: None,
-            trainable_parameters: base_total,
-            total_parameters: base_total,
-            trainable_percent: 100.0,
-        });
+        return Ok(AdapterPlan::without_lora(AdapterMethod::Full, base_total, base_total));
     };
     if matches!(kind, AdapterKind::PromptTuning | AdapterKind::PrefixTuning) {
         return virtual_tokens(c, arch, base_total);
@@ -243,27 +225,17 @@ fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<Ad
     let trainable = if prefix { n * arch.num_layers * 2 * key_value_dim } else { n * arch.hidden_size };
     let total = base_total + trainable;
     Ok(AdapterPlan {
-        method: if prefix { AdapterMethod::PrefixTuning } else { AdapterMethod::PromptTuning },
         prompt: (!prefix).then(|| PromptTuningPlan {
             num_virtual_tokens: n,
             init: a.prompt_tuning_init.unwrap_or(PromptTuningInit::Random),
             init_text: a.prompt_tuning_init_text.clone(),
         }),
         prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim }),
-        target_modules: Vec::new(),
-        adapted_modules: 0,
-        feedforward_modules: Vec::new(),
-        r: 0,
-        alpha: 0,
-        scaling: 0.0,
-        rslora: false,
-        dora: false,
-        dropout: 0.0,
-        modules_to_save: Vec::new(),
-        init_from: None,
-        trainable_parameters: trainable,
-        total_parameters: total,
-        trainable_percent: 100.0 * trainable as f64 / total as f64,
+        ..AdapterPlan::without_lora(
+            if prefix { AdapterMethod::PrefixTuning } else { AdapterMethod::PromptTuning },
+            trainable,
+            total,
+        )
     })
 }
 
@@ -369,27 +341,38 @@ fn ia3(
     let trainable = per_layer * arch.num_layers + saved_params;
     let total = base_total + trainable;
     Ok(AdapterPlan {
-        method: AdapterMethod::Ia3,
         adapted_modules: targets.len() as u64 * arch.num_layers,
         target_modules: targets,
         feedforward_modules: feedforward,
-        prompt: None,
-        prefix: None,
-        r: 0,
-        alpha: 0,
-        scaling: 0.0,
-        rslora: false,
-        dora: false,
-        dropout: 0.0,
         modules_to_save,
-        init_from: None,
-        trainable_parameters: trainable,
-        total_parameters: total,
-        trainable_percent: 100.0 * trainable as f64 / total as f64,
+        ..AdapterPlan::without_lora(AdapterMethod::Ia3, trainable, total)
     })
 }
 
 impl AdapterPlan {
+    /// A plan with no LoRA settings: full fine-tuning, or a method's own fields set over it.
+    fn without_lora(method: AdapterMethod, trainable: u64, total: u64) -> AdapterPlan {
+        AdapterPlan {
+            method,
+            prompt: None,
+            prefix: None,
+            target_modules: Vec::new(),
+            feedforward_modules: Vec::new(),
+            adapted_modules: 0,
+            r: 0,
+            alpha: 0,
+            scaling: 0.0,
+            rslora: false,
+            dora: false,
+            dropout: 0.0,
+            modules_to_save: Vec::new(),
+            init_from: None,
+            trainable_parameters: trainable,
+            total_parameters: total,
+            trainable_percent: 100.0 * trainable as f64 / total as f64,
+        }
+    }
+
     /// Adapter parameters in one decoder layer (the rest sit in the root: embed_tokens / lm_head
     /// adapters, modules_to_save copies).
     pub fn per_layer_parameters(&self, arch: &Architecture) -> u64 {
