@@ -1032,12 +1032,27 @@ fn train_on<E: packing::Example>(
     // adapter's trained tensors alone, so a frozen base larger than one rank never gathers).
     let published = match (&sharder, outcome.interrupted) {
         (_, true) => Ok(()),
-        (Some(sharder), false) => {
-            let whole = matches!(model.trainable, crate::model::llama::Trainable::Everything);
+        // A full fine-tune streams its weights one unit at a time; an adapter gathers its trained
+        // tensors.
+        (Some(sharder), false) if matches!(model.trainable, crate::model::llama::Trainable::Everything) => {
             catch_torch_errors(Some(plan), || {
-                sharder.with_outputs_gathered(whole, || if rt.is_main() { publish() } else { Ok(()) })?
+                if !rt.is_main() {
+                    return sharder.follow_stream(&model);
+                }
+                checkpoint::publish(&output_dir, |dir| {
+                    let kind = save_kind(plan);
+                    crate::model::weights::save_deferred(
+                        &dir.join("model.safetensors"),
+                        sharder.stream_weights(&model, kind)?,
+                    )?;
+                    sharder.release_all();
+                    checkpoint::write_model_files(dir, &model, &files, kind, false)
+                })
             })
         }
+        (Some(sharder), false) => catch_torch_errors(Some(plan), || {
+            sharder.with_outputs_gathered(false, || if rt.is_main() { publish() } else { Ok(()) })?
+        }),
         (None, false) if rt.is_main() => catch_torch_errors(Some(plan), publish),
         (None, false) => Ok(()),
     };

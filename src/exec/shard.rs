@@ -27,7 +27,7 @@ use super::c10d::{ProcessGroup, ReduceOp};
 use super::distributed::Communicator;
 use super::optimizer::AdamW;
 use crate::model::llama::{CausalLm, Param, ShardUnits};
-use crate::model::weights::Checkpoint;
+use crate::model::weights::{Checkpoint, Deferred};
 use crate::plan::shard::{Collectives, Layout};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -465,6 +465,65 @@ impl Sharder {
             }
         }
         Ok(out)
+    }
+
+    /// A full fine-tune's weights in `CausalLm::base_params`' order and names, each assembled when
+    /// written (cast to `kind`): streamed one unit at a time, so no rank holds the whole model. Rank
+    /// 0 writes the list; every other rank calls `follow_stream`, which gathers the same units in
+    /// the same order.
+    pub fn stream_weights<'a>(&'a self, model: &CausalLm, kind: Kind) -> Result<Vec<Deferred<'a>>, String> {
+        Ok(self
+            .stream_order(model)?
+            .into_iter()
+            .map(|(u, i)| {
+                let p = &self.units[u][i];
+                Deferred::new(p.name.clone(), p.shape.clone(), kind, move || {
+                    if let Err(e) = self.only(u) {
+                        failed(e)
+                    }
+                    p.full.detach().to_kind(kind)
+                })
+            })
+            .collect())
+    }
+
+    /// What the other ranks do while rank 0 writes `stream_weights`: the same gathers.
+    pub fn follow_stream(&self, model: &CausalLm) -> Result<(), String> {
+        for (u, _) in self.stream_order(model)? {
+            self.only(u)?;
+        }
+        self.release_all();
+        Ok(())
+    }
+
+    /// Every unit released (no collective).
+    pub fn release_all(&self) {
+        for u in 0..self.units.len() {
+            self.release_unit(u);
+        }
+    }
+
+    /// (unit, piece) of each weight `base_params` lists, in its order.
+    fn stream_order(&self, model: &CausalLm) -> Result<Vec<(usize, usize)>, String> {
+        let at: HashMap<&str, (usize, usize)> = self
+            .units
+            .iter()
+            .enumerate()
+            .flat_map(|(u, pieces)| pieces.iter().enumerate().map(move |(i, p)| (p.name.as_str(), (u, i))))
+            .collect();
+        model
+            .base_params()
+            .iter()
+            .map(|p| at.get(p.name.as_str()).copied().ok_or_else(|| format!("`{}` is in no shard unit", p.name)))
+            .collect()
+    }
+
+    /// Unit `u` gathered and every other unit released.
+    fn only(&self, u: usize) -> Result<(), String> {
+        for other in (0..self.units.len()).filter(|&o| o != u) {
+            self.release_unit(other);
+        }
+        self.try_gather(u)
     }
 
     /// Unit `u`'s trained tensors whole (its frozen ones stay released).
