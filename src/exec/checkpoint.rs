@@ -327,6 +327,9 @@ pub enum Staged<'a> {
     Whole(Option<&'a [(String, Tensor)]>),
     /// Per-rank shards the ranks already wrote into the staging folder (exec/shard.rs).
     Shards,
+    /// A sharded full fine-tune's whole weights, each assembled as it is written (exec/shard.rs
+    /// `stream_weights`), and this optimizer state.
+    Streamed(Vec<Deferred<'a>>, Option<&'a [(String, Tensor)]>),
 }
 
 pub fn save(
@@ -342,16 +345,23 @@ pub fn save(
     let final_dir = output_dir.join(&name);
     let tmp = staging_dir(output_dir, state.global_step);
     let whole = matches!(staged, Staged::Whole(_));
-    let optimizer_state = match staged {
+    let (optimizer_state, streamed) = match staged {
         Staged::Whole(optimizer_state) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            optimizer_state
+            (optimizer_state, None)
         }
-        Staged::Shards => None,
+        Staged::Streamed(weights, optimizer_state) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            (optimizer_state, Some(weights))
+        }
+        Staged::Shards => (None, None),
     };
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         write_model_files(&tmp, model, run, Kind::Float, whole)?;
+        if let Some(weights) = streamed {
+            weights::save_deferred(&tmp.join("model.safetensors"), weights)?;
+        }
         if let Some(optimizer_state) = optimizer_state {
             weights::save(&tmp.join("optimizer.safetensors"), optimizer_state)?;
         }

@@ -1036,18 +1036,17 @@ fn train_on<E: packing::Example>(
         // tensors.
         (Some(sharder), false) if matches!(model.trainable, crate::model::llama::Trainable::Everything) => {
             catch_torch_errors(Some(plan), || {
-                if !rt.is_main() {
-                    return sharder.follow_stream(&model);
-                }
-                checkpoint::publish(&output_dir, |dir| {
-                    let kind = save_kind(plan);
-                    crate::model::weights::save_deferred(
-                        &dir.join("model.safetensors"),
-                        sharder.stream_weights(&model, kind)?,
-                    )?;
-                    sharder.release_all();
-                    checkpoint::write_model_files(dir, &model, &files, kind, false)
-                })
+                let written = if rt.is_main() {
+                    checkpoint::publish(&output_dir, |dir| {
+                        let kind = save_kind(plan);
+                        let weights = sharder.stream_weights(&model, kind)?;
+                        crate::model::weights::save_deferred(&dir.join("model.safetensors"), weights)?;
+                        checkpoint::write_model_files(dir, &model, &files, kind, false)
+                    })
+                } else {
+                    Ok(())
+                };
+                sharder.follow_stream(&model).and(written)
             })
         }
         (Some(sharder), false) => catch_torch_errors(Some(plan), || {

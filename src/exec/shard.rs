@@ -105,6 +105,8 @@ pub struct Sharder {
     groups: ShardGroups,
     /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
     moved: Cell<Collectives>,
+    /// How many weights of `stream_weights`' list this rank has gathered so far.
+    streamed: Cell<usize>,
     units: Vec<Vec<Piece>>,
     gathered: Vec<Cell<bool>>,
 }
@@ -169,7 +171,8 @@ impl Sharder {
             ));
         }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
-        let sharder = Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()) };
+        let sharder =
+            Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()), streamed: Cell::new(0) };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
@@ -469,9 +472,12 @@ impl Sharder {
 
     /// A full fine-tune's weights in `CausalLm::base_params`' order and names, each assembled when
     /// written (cast to `kind`): streamed one unit at a time, so no rank holds the whole model. Rank
-    /// 0 writes the list; every other rank calls `follow_stream`, which gathers the same units in
-    /// the same order.
+    /// 0 writes the list; then every rank (rank 0 too, in case its writing stopped early) calls
+    /// `follow_stream`, which gathers the units the list has not reached yet, in the same order.
     pub fn stream_weights<'a>(&'a self, model: &CausalLm, kind: Kind) -> Result<Vec<Deferred<'a>>, String> {
+        // Every rank starts the list with nothing gathered.
+        self.release_all();
+        self.streamed.set(0);
         Ok(self
             .stream_order(model)?
             .into_iter()
@@ -481,15 +487,22 @@ impl Sharder {
                     if let Err(e) = self.only(u) {
                         failed(e)
                     }
+                    self.streamed.set(self.streamed.get() + 1);
                     p.full.detach().to_kind(kind)
                 })
             })
             .collect())
     }
 
-    /// What the other ranks do while rank 0 writes `stream_weights`: the same gathers.
+    /// The gathers of `stream_weights`' list from where this rank's writing reached (the start,
+    /// on ranks that do not write), so every rank takes part in the same collectives; then every
+    /// unit is released.
     pub fn follow_stream(&self, model: &CausalLm) -> Result<(), String> {
-        for (u, _) in self.stream_order(model)? {
+        let from = self.streamed.replace(0);
+        if from == 0 {
+            self.release_all();
+        }
+        for (u, _) in self.stream_order(model)?.into_iter().skip(from) {
             self.only(u)?;
         }
         self.release_all();

@@ -480,6 +480,7 @@ impl<E: Example> Loop<'_, E> {
                 // Sharded: every rank helps assemble the optimizer state and the weights, and rank 0
                 // writes them; or (SHARDED_STATE_DICT) each rank writes its chunks, then rank 0 the rest.
                 let per_rank = self.sharder.filter(|_| plan.layout.sharded_checkpoints);
+                let full = matches!(self.model.trainable, Trainable::Everything);
                 let optimizer_state = match (plan.training.save_only_model, self.sharder) {
                     (true, _) => None,
                     (false, _) if per_rank.is_some() => None,
@@ -503,9 +504,13 @@ impl<E: Example> Loop<'_, E> {
                     checkpoint::save(
                         self.output_dir,
                         self.model,
-                        match per_rank {
-                            Some(_) => checkpoint::Staged::Shards,
-                            None => checkpoint::Staged::Whole(optimizer_state.as_deref()),
+                        match (per_rank, self.sharder) {
+                            (Some(_), _) => checkpoint::Staged::Shards,
+                            (None, Some(sharder)) if full => checkpoint::Staged::Streamed(
+                                sharder.stream_weights(self.model, Kind::Float)?,
+                                optimizer_state.as_deref(),
+                            ),
+                            (None, _) => checkpoint::Staged::Whole(optimizer_state.as_deref()),
                         },
                         self.ewc.map(|e| e.state()).as_deref(),
                         &state,
@@ -528,9 +533,13 @@ impl<E: Example> Loop<'_, E> {
                             Ok(())
                         }
                     }
+                    // A full fine-tune's weights stream one unit at a time: every rank gathers them in turn.
+                    Some(sharder) if full => {
+                        let written = if comm.is_main() { write() } else { Ok(()) };
+                        sharder.follow_stream(self.model).and(written)
+                    }
                     Some(sharder) => {
-                        let whole = matches!(self.model.trainable, Trainable::Everything);
-                        sharder.with_outputs_gathered(whole, || if comm.is_main() { write() } else { Ok(()) })?
+                        sharder.with_outputs_gathered(false, || if comm.is_main() { write() } else { Ok(()) })?
                     }
                     None if comm.is_main() => write(),
                     None => Ok(()),
