@@ -204,8 +204,8 @@ fn nccl_without_a_gpu_is_an_error_not_a_crash() {
     assert!(err.contains("GPU") || err.contains("NCCL"), "{err}");
 }
 
-/// One rank × micro 4 × accumulation 2, and two ranks × micro 4 through `--nproc-per-node`.
-fn one_and_two_ranks(method: &str, extra: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+/// The reference of the multi-rank runs: one rank × micro 4 × accumulation 2, in a fresh folder.
+fn one_rank_with_accumulation_two(method: &str, extra: &str) -> tempfile::TempDir {
     let one = tempfile::tempdir().unwrap();
     let path = write_recipe(one.path(), method, extra);
     check_ok(
@@ -216,6 +216,12 @@ fn one_and_two_ranks(method: &str, extra: &str) -> (tempfile::TempDir, tempfile:
             .output()
             .unwrap(),
     );
+    one
+}
+
+/// One rank × micro 4 × accumulation 2, and two ranks × micro 4 through `--nproc-per-node`.
+fn one_and_two_ranks(method: &str, extra: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let one = one_rank_with_accumulation_two(method, extra);
     let two = tempfile::tempdir().unwrap();
     let path = write_recipe(two.path(), method, extra);
     let stdout =
@@ -489,16 +495,7 @@ fn deepspeed_zero2_trains_as_shard_grad_op_and_zero1_as_the_one_rank_run() {
     assert_same_losses(&step_losses(fsdp.path()), &step_losses(deepspeed.path()), 0.0, "zero2 vs shard_grad_op");
     assert_same_weights(fsdp.path(), deepspeed.path(), 0.0);
 
-    let one = tempfile::tempdir().unwrap();
-    let path = write_recipe(one.path(), "lora", "max_steps: 4\n");
-    check_ok(
-        recipe()
-            .arg("run")
-            .arg(&path)
-            .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
-            .output()
-            .unwrap(),
-    );
+    let one = one_rank_with_accumulation_two("lora", "max_steps: 4\n");
     let (zero1, out) = run("deepspeed: ds.json\n", &zero2.replace("\"stage\": 2", "\"stage\": 1"));
     let stdout = check_ok(out);
     let layout = layout_line(&stdout);
@@ -531,16 +528,7 @@ fn sharded_strategies_repeat_the_one_rank_run() {
         ("full", &["full_shard"][..], "max_steps: 4\nfsdp_config:\n  cpu_ram_efficient_loading: true\n"),
         ("qlora", &["full_shard"][..], "max_steps: 4\n"),
     ] {
-        let one = tempfile::tempdir().unwrap();
-        let path = write_recipe(one.path(), method, extra);
-        check_ok(
-            recipe()
-                .arg("run")
-                .arg(&path)
-                .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
-                .output()
-                .unwrap(),
-        );
+        let one = one_rank_with_accumulation_two(method, extra);
         for strategy in strategies {
             let (two, stdout) = two_sharded_ranks(method, extra, strategy);
             let layout = layout_line(&stdout);
@@ -571,16 +559,7 @@ fn sharded_ia3_and_embedding_lora_repeat_the_one_rank_run() {
     // IA3 vectors shard with their decoder layer, the embedding's LoRA pair with the root unit.
     for method in ["ia3", "lora_embed"] {
         let extra = "max_steps: 4\n";
-        let one = tempfile::tempdir().unwrap();
-        let path = write_recipe(one.path(), method, extra);
-        check_ok(
-            recipe()
-                .arg("run")
-                .arg(&path)
-                .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
-                .output()
-                .unwrap(),
-        );
+        let one = one_rank_with_accumulation_two(method, extra);
         let (two, stdout) = two_sharded_ranks(method, extra, "full_shard");
         assert!(layout_line(&stdout).starts_with("layout     FullShard across 2 rank(s) (gloo)"), "{stdout}");
         assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, method);
@@ -593,16 +572,7 @@ fn sharded_ia3_and_embedding_lora_repeat_the_one_rank_run() {
 
 #[test]
 fn hybrid_shard_over_two_nodes_of_one_rank_repeats_the_one_rank_run() {
-    let one = tempfile::tempdir().unwrap();
-    let path = write_recipe(one.path(), "full", "max_steps: 4\n");
-    check_ok(
-        recipe()
-            .arg("run")
-            .arg(&path)
-            .args(["--device", "cpu", "--set", "gradient_accumulation_steps=2"])
-            .output()
-            .unwrap(),
-    );
+    let one = one_rank_with_accumulation_two("full", "max_steps: 4\n");
     let two = tempfile::tempdir().unwrap();
     let path = write_recipe(two.path(), "full", "max_steps: 4\nfsdp: [hybrid_shard, auto_wrap]\n");
     let port = recipe::launch::free_port().unwrap().to_string();

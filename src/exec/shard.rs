@@ -258,16 +258,21 @@ impl Sharder {
         if self.gathered[u].get() {
             return Ok(());
         }
-        let _guard = tch::no_grad_guard();
         for pieces in self.by_kind(u) {
-            let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-            for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
-                // The model's tensor takes the gathered storage in place: layers, optimizer names
-                // and autograd see the same tensor as before.
-                let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
-            }
+            self.gather_into(&pieces)?;
         }
         self.gathered[u].set(true);
+        Ok(())
+    }
+
+    /// `pieces` (of one kind) whole again from every rank's chunks: each model tensor takes the
+    /// gathered storage in place, so layers, optimizer names and autograd see the same tensor.
+    fn gather_into(&self, pieces: &[&Piece]) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
+        for (p, full) in pieces.iter().zip(self.assemble(pieces, &sources)?) {
+            let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
+        }
         Ok(())
     }
 
@@ -544,16 +549,12 @@ impl Sharder {
         if self.gathered[u].get() {
             return Ok(());
         }
-        let _guard = tch::no_grad_guard();
         let pieces: Vec<&Piece> = self.units[u].iter().filter(|p| p.grad.is_some()).collect();
         if pieces.is_empty() {
             return Ok(());
         }
-        let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-        for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
-            let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
-        }
-        Ok(())
+        // Trained pieces are all fp32 masters: one kind, one all-gather.
+        self.gather_into(&pieces)
     }
 
     /// The optimizer's state in the unsharded format (`AdamW::state`'s names and shapes), each
