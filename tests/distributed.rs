@@ -696,6 +696,10 @@ fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
         ),
         ("fsdp: [full_shard, offload]\n", "fsdp: offload"),
         (
+            "fsdp_config:\n  sync_module_states: false\n",
+            "fsdp_config.sync_module_states: ranks starting from their own",
+        ),
+        (
             "fsdp: [shard_grad_op]\nfsdp_config:\n  cpu_ram_efficient_loading: true\n",
             "cpu_ram_efficient_loading: true with ShardGradOp",
         ),

@@ -321,6 +321,26 @@ impl DistributedConfig {
                 "final outputs in per-rank shards (recipe writes them whole, to load in transformers / peft)",
             ));
         }
+        // Settings whose other value recipe does not do (it always does what `true` asks).
+        for (prefixed, plain, value, what) in [
+            (
+                "fsdp_config.fsdp_sync_module_states",
+                "fsdp_config.sync_module_states",
+                f.fsdp_sync_module_states.or(f.sync_module_states),
+                "ranks starting from their own weights (recipe starts every rank from rank 0's, as `true` asks)",
+            ),
+            (
+                "fsdp_config.fsdp_limit_all_gathers",
+                "fsdp_config.limit_all_gathers",
+                f.fsdp_limit_all_gathers,
+                "all-gathers without a limit (recipe gathers one unit at a time, as `true` asks)",
+            ),
+        ] {
+            if value == Some(false) {
+                let written_prefixed = prefixed.ends_with("limit_all_gathers") || f.fsdp_sync_module_states.is_some();
+                out.push((if written_prefixed { prefixed } else { plain }, what));
+            }
+        }
         if f.mixed_precision_policy.is_some() {
             out.push((
                 "fsdp_config.mixed_precision_policy",
