@@ -375,7 +375,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "trainer_cls", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "trl", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "type_of_model", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `model_type` instead") },
-    AxolotlKey { name: "unfrozen_parameters", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `lora_modules_to_save` instead") },
     AxolotlKey { name: "unsloth_cross_entropy_loss", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "unsloth_lora_mlp", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "unsloth_lora_o", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },

@@ -19,6 +19,7 @@ pub mod rules;
 pub mod schema;
 pub mod tracking;
 pub mod training;
+pub mod unfrozen;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ pub use model::ModelConfig;
 pub use quantization::QuantizationConfig;
 pub use tracking::TrackingConfig;
 pub use training::TrainingConfig;
+pub use unfrozen::UnfrozenConfig;
 
 /// The recipe format version this build reads.
 pub const RECIPE_VERSION: u32 = 1;
@@ -58,6 +60,8 @@ pub struct Config {
     pub quantization: QuantizationConfig,
     #[serde(flatten)]
     pub adapter: AdapterConfig,
+    #[serde(flatten)]
+    pub unfrozen: UnfrozenConfig,
     #[serde(flatten)]
     pub data: DataConfig,
     #[serde(flatten)]

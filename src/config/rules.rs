@@ -21,6 +21,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.required(config);
     out.quantization(config);
     out.adapter_keys(config);
+    out.unfrozen_parameters(config);
     out.exclusive_pairs(config);
     out.evaluation(config);
     out.chat_template(config);
@@ -235,6 +236,54 @@ impl Rules<'_> {
                     "feedforward modules must be a subset of ia3_target_modules (peft's rule): add it to the targets",
                 );
             }
+        }
+    }
+
+    /// `unfrozen_parameters`: every entry a pattern recipe can read (at its item), and only for a
+    /// full fine-tune on one process or data parallelism. Axolotl applies the list after peft has
+    /// wrapped the model, where no Hugging Face name is left to match, so with an adapter it
+    /// freezes everything; recipe refuses that by name.
+    fn unfrozen_parameters(&mut self, c: &Config) {
+        let Some(patterns) = &c.unfrozen.unfrozen_parameters else { return };
+        if patterns.is_empty() {
+            self.error(
+                "unfrozen-parameters-empty",
+                "`unfrozen_parameters` is an empty list, which would freeze every parameter".into(),
+                &["unfrozen_parameters"],
+                "list the parameters to train, or remove the key for a full fine-tune",
+            );
+        }
+        for (i, p) in patterns.iter().enumerate() {
+            if let Err(e) = super::unfrozen::UnfreezePattern::parse(p) {
+                self.error(
+                    "unfrozen-parameter-pattern",
+                    e,
+                    &[&format!("unfrozen_parameters.{i}")],
+                    "write a regular expression over Hugging Face parameter names, e.g. ^model.layers.1[0-5].mlp.*",
+                );
+            }
+        }
+        if let Some(kind) = c.adapter.adapter {
+            self.error(
+                "unsupported-unfrozen-parameters-with-adapter",
+                format!(
+                    "`unfrozen_parameters` selects what a full fine-tune trains; with `adapter: {}` it would match \
+                     peft's wrapped names (Axolotl's result: every parameter frozen)",
+                    kind.as_str()
+                ),
+                &["unfrozen_parameters", "adapter"],
+                "remove the adapter for a partial full fine-tune, or train whole modules beside the adapter with \
+                 lora_modules_to_save",
+            );
+        }
+        if c.distributed.shards() {
+            self.error(
+                "unsupported-unfrozen-parameters-sharded",
+                "`unfrozen_parameters` is not built into sharded training (fsdp / DeepSpeed ZeRO) yet".into(),
+                &["unfrozen_parameters"],
+                "train the selection with data parallelism (no fsdp / deepspeed), or shard a full fine-tune of every \
+                 parameter",
+            );
         }
     }
 

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod shard;
 pub mod torch_ops;
 pub mod train;
+pub mod unfrozen;
 
 use crate::data::{self, Tokenizer, packing};
 use crate::model::adapter;
@@ -741,6 +742,11 @@ fn train_on<E: packing::Example>(
     let (device, kind) = (rt.device, rt.precision.compute);
     let set_up = catch_torch_errors(Some(plan), || set_up(plan, opts, rt, load, before_training));
     let SetUp { base_dir, tok_dir, tok, added, data, model, in_use_before_model } = agree_on_set_up(rt, plan, set_up)?;
+    // `unfrozen_parameters`: the rest frozen before the optimizer and the gradient buckets are built.
+    let frozen_rows = match &plan.adapter.unfrozen {
+        Some(u) => unfrozen::apply(u, &model)?,
+        None => unfrozen::FrozenRows::default(),
+    };
     let TrainingData {
         train: train_rows,
         validation: validation_rows,
@@ -972,6 +978,7 @@ fn train_on<E: packing::Example>(
         stop_after: opts.stop_after,
         steps,
         sharder: sharder.as_deref(),
+        frozen_rows: &frozen_rows,
     };
     // Forgetting: perplexity on general-domain data before training (a resumed run has no "before").
     let forgetting_perplexity = |model: &CausalLm| -> Option<f64> {

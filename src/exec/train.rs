@@ -68,6 +68,8 @@ pub struct Loop<'a, E: Example> {
     pub causal_lm_eval: Option<&'a super::eval::CausalLmEval<'a>>,
     /// Sharded training's state (None: replicated, data-parallel or one process).
     pub sharder: Option<&'a super::shard::Sharder>,
+    /// `unfrozen_parameters`' row ranges: gradient rows zeroed every step.
+    pub frozen_rows: &'a super::unfrozen::FrozenRows,
 }
 
 pub struct Outcome {
@@ -366,6 +368,7 @@ impl<E: Example> Loop<'_, E> {
                     )?
                 }
             }
+            self.frozen_rows.zero_gradients();
             let clip = |optimizer: &AdamW| match self.sharder {
                 Some(sharder) => sharder.clip_grad_norm(t.max_grad_norm),
                 None => Ok(optimizer.clip_grad_norm(t.max_grad_norm)),

@@ -974,7 +974,8 @@ impl CausalLm {
         let mut out = Vec::new();
         match &self.trainable {
             Trainable::Nothing => {}
-            Trainable::Everything => out = self.base_params(),
+            // Every parameter, or those `unfrozen_parameters` left trainable (exec/unfrozen.rs).
+            Trainable::Everything => out = self.base_params().into_iter().filter(|p| p.tensor.requires_grad()).collect(),
             // peft's saved name for a prompt-tuning adapter's one tensor.
             Trainable::Prompt { .. } | Trainable::Prefix { .. } => out.extend(
                 self.prompt

@@ -35,6 +35,9 @@ pub struct AdapterPlan {
     /// `lora_model_dir`: a trained peft adapter the run starts from instead of a fresh one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// A full fine-tune of only some parameters (`unfrozen_parameters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfrozen: Option<super::unfrozen::UnfrozenPlan>,
     pub trainable_parameters: u64,
     /// Parameters of the model with its adapter (peft's "all params").
     pub total_parameters: u64,
@@ -113,7 +116,13 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let base_total = arch.parameter_counts().total - lm_head + score_head;
     let a = &c.adapter;
     let Some(kind) = a.adapter else {
-        return Ok(AdapterPlan::without_lora(AdapterMethod::Full, base_total, base_total));
+        let mut full = AdapterPlan::without_lora(AdapterMethod::Full, base_total, base_total);
+        if let Some(unfrozen) = super::unfrozen::plan(c, arch, base_total)? {
+            full.trainable_parameters = unfrozen.trainable_parameters;
+            full.trainable_percent = 100.0 * unfrozen.trainable_parameters as f64 / base_total as f64;
+            full.unfrozen = Some(unfrozen);
+        }
+        return Ok(full);
     };
     if matches!(kind, AdapterKind::PromptTuning | AdapterKind::PrefixTuning) {
         return virtual_tokens(c, arch, base_total);
@@ -208,6 +217,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         dropout: a.lora_dropout,
         modules_to_save,
         init_from: a.lora_model_dir.clone(),
+        unfrozen: None,
         trainable_parameters: trainable,
         total_parameters: total,
         trainable_percent: 100.0 * trainable as f64 / total as f64,
@@ -367,6 +377,7 @@ impl AdapterPlan {
             dropout: 0.0,
             modules_to_save: Vec::new(),
             init_from: None,
+            unfrozen: None,
             trainable_parameters: trainable,
             total_parameters: total,
             trainable_percent: 100.0 * trainable as f64 / total as f64,

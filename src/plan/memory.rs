@@ -182,10 +182,12 @@ fn breakdown(
         );
     }
     let what = if full { "weights (fp32)" } else { "adapter weights (fp32)" };
+    // A full fine-tune keeps every weight in fp32, the frozen ones of `unfrozen_parameters` too.
+    let weights = if full { adapter.total_parameters } else { trainable };
     push(
         what,
-        offloaded(offload_param, shard_params(trainable * TRAINABLE_BYTES)),
-        format!("{} × 4 bytes{}{}", group(trainable), sharded_note(strategy.shards_parameters()), host(offload_param)),
+        offloaded(offload_param, shard_params(weights * TRAINABLE_BYTES)),
+        format!("{} × 4 bytes{}{}", group(weights), sharded_note(strategy.shards_parameters()), host(offload_param)),
     );
     push(
         "gradients (fp32)",
@@ -203,7 +205,7 @@ fn breakdown(
         optimizer_formula + &sharded_note(strategy.shards_optimizer()) + host(offload_optimizer),
     );
     if full && cb < 4 && !strategy.shards_parameters() {
-        push("autocast copies", trainable * cb, format!("{} × {cb} bytes", group(trainable)));
+        push("autocast copies", weights * cb, format!("{} × {cb} bytes", group(weights)));
     }
 
     // Preference training puts each pair's chosen and rejected sequences through the model.

@@ -378,10 +378,14 @@ fn units(arch: &Architecture, adapter: &AdapterPlan, group: u64) -> Vec<Unit> {
         trainable,
         shard_elements: parameters.div_ceil(group),
     };
+    // `unfrozen_parameters`: only the selected tensors of each unit train.
+    let selected = adapter.unfrozen.as_ref();
     let mut units: Vec<Unit> = (0..arch.num_layers)
         .map(|i| {
             let base = counts.per_layer;
-            if full {
+            if let Some(u) = selected {
+                unit(format!("layers.{i}"), base, u.per_layer[i as usize])
+            } else if full {
                 unit(format!("layers.{i}"), base, base)
             } else {
                 unit(format!("layers.{i}"), base + per_layer_adapter, per_layer_adapter)
@@ -389,7 +393,9 @@ fn units(arch: &Architecture, adapter: &AdapterPlan, group: u64) -> Vec<Unit> {
         })
         .collect();
     let root = counts.embed_tokens + counts.final_norm + counts.lm_head;
-    units.push(if full {
+    units.push(if let Some(u) = selected {
+        unit("root".into(), root, u.trainable_parameters - u.per_layer.iter().sum::<u64>())
+    } else if full {
         unit("root".into(), root, root)
     } else {
         unit("root".into(), root + root_adapter, root_adapter)
