@@ -59,6 +59,11 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("Qwen/Qwen2.5-32B", include_str!("models/Qwen--Qwen2.5-32B.json")),
     ("Qwen/Qwen2.5-72B", include_str!("models/Qwen--Qwen2.5-72B.json")),
     ("Qwen/Qwen3-0.6B", include_str!("models/Qwen--Qwen3-0.6B.json")),
+    ("Qwen/Qwen3-1.7B", include_str!("models/Qwen--Qwen3-1.7B.json")),
+    ("Qwen/Qwen3-4B", include_str!("models/Qwen--Qwen3-4B.json")),
+    ("Qwen/Qwen3-8B", include_str!("models/Qwen--Qwen3-8B.json")),
+    ("Qwen/Qwen3-14B", include_str!("models/Qwen--Qwen3-14B.json")),
+    ("Qwen/Qwen3-32B", include_str!("models/Qwen--Qwen3-32B.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes
