@@ -339,6 +339,7 @@ fn lora_model_dir_continues_a_trained_ia3_adapter() {
     let start = eval_losses(&metrics(second.path()))[0];
     assert!((start - trained_eval).abs() <= 1e-5 * trained_eval, "{start} vs the trained adapter's {trained_eval}");
     assert!((start - base_eval).abs() > 1e-4, "the loaded vectors should differ from ones: {start} vs {base_eval}");
+    eprintln!("IA3 continued: validation loss {start} at step 0; the adapter's own {trained_eval}; the base's {base_eval}");
     // Other targets than the adapter's are refused, naming both.
     let other = recipe()
         .arg("run")
@@ -355,6 +356,41 @@ fn lora_model_dir_continues_a_trained_ia3_adapter() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the adapter is IA3, the recipe asks LoRA"), "{stderr}");
+}
+
+#[test]
+fn a_prefix_trained_through_its_projection_resumes_with_its_mlp() {
+    // peft's adapter file holds the MLP's output only; the checkpoint keeps the MLP beside it
+    // (prefix_encoder.safetensors), so a resumed run repeats the uninterrupted run's losses.
+    let prefix = |dir: &Path| {
+        let path = write_recipe(
+            dir,
+            "max_steps: 6\nsave_steps: 100\nlearning_rate: 1.0e-2\nnum_virtual_tokens: 4\n\
+             prefix_projection: true\nencoder_hidden_size: 8\ngradient_checkpointing: true\n",
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace("adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n", "adapter: prefix_tuning\n")
+            .replace("sample_packing: true", "sample_packing: false")
+            .replace("logging_steps: 4", "logging_steps: 1");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let whole = tempfile::tempdir().unwrap();
+    run_ok(&prefix(whole.path()), &[]);
+    let want = step_losses(&metrics(whole.path()));
+    let split = tempfile::tempdir().unwrap();
+    let path = prefix(split.path());
+    run_ok(&path, &["--stop-after", "3"]);
+    assert!(split.path().join("out/checkpoint-3/prefix_encoder.safetensors").is_file());
+    run_ok(&path, &["--set", "resume_from_checkpoint=true"]);
+    let got = step_losses(&metrics(split.path()));
+    let after = |l: &[(u64, f64)]| l.iter().filter(|(s, _)| *s > 3).copied().collect::<Vec<_>>();
+    let (want, got) = (after(&want), after(&got));
+    assert_eq!(want.len(), 3, "{want:?}");
+    for ((s, a), (_, b)) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {b} resumed vs {a} uninterrupted");
+    }
 }
 
 #[test]
