@@ -124,9 +124,12 @@ fn prefix_tuning_with_grouped_query_heads_matches_peft() {
 /// without gradient checkpointing; its keys and values are the `prompt_embeddings` peft saved.
 fn check_projection(case: &str, checkpointing: bool) {
     let dir = root().join("tests/golden/prefix_tuning").join(case);
-    let g: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-    let case_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let case_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     assert_eq!(config["prefix_projection"], true);
     let n = config["num_virtual_tokens"].as_i64().unwrap();
     let hidden = config["encoder_hidden_size"].as_i64().unwrap();

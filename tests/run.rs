@@ -321,7 +321,8 @@ fn lora_model_dir_continues_a_trained_ia3_adapter() {
     let ia3 = |dir: &Path, extra: &str| {
         let path = write_recipe(dir, &format!("learning_rate: 3.0e-2\n{extra}"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let text = text.replace("adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n", "adapter: ia3\n");
+        let text =
+            text.replace("adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n", "adapter: ia3\n");
         std::fs::write(&path, text).unwrap();
         path
     };
@@ -339,7 +340,9 @@ fn lora_model_dir_continues_a_trained_ia3_adapter() {
     let start = eval_losses(&metrics(second.path()))[0];
     assert!((start - trained_eval).abs() <= 1e-5 * trained_eval, "{start} vs the trained adapter's {trained_eval}");
     assert!((start - base_eval).abs() > 1e-4, "the loaded vectors should differ from ones: {start} vs {base_eval}");
-    eprintln!("IA3 continued: validation loss {start} at step 0; the adapter's own {trained_eval}; the base's {base_eval}");
+    eprintln!(
+        "IA3 continued: validation loss {start} at step 0; the adapter's own {trained_eval}; the base's {base_eval}"
+    );
     // Other targets than the adapter's are refused, naming both.
     let other = recipe()
         .arg("run")
@@ -349,7 +352,11 @@ fn lora_model_dir_continues_a_trained_ia3_adapter() {
         .unwrap();
     assert_eq!(other.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&other.stderr);
-    assert!(stderr.contains("the IA3 adapter scales [down_proj, k_proj, v_proj]") && stderr.contains("the recipe asks [down_proj, q_proj, v_proj]"), "{stderr}");
+    assert!(
+        stderr.contains("the IA3 adapter scales [down_proj, k_proj, v_proj]")
+            && stderr.contains("the recipe asks [down_proj, q_proj, v_proj]"),
+        "{stderr}"
+    );
     // A LoRA recipe does not continue an IA3 adapter.
     let lora = write_recipe(second.path(), &format!("max_steps: 1\nlora_model_dir: {}\n", adapter.display()));
     let out = recipe().arg("run").arg(&lora).args(["--device", "cpu"]).output().unwrap();

@@ -330,7 +330,8 @@ impl Rules<'_> {
         if a.encoder_hidden_size.is_some() && a.prefix_projection != Some(true) {
             self.error(
                 "encoder-hidden-size-without-projection",
-                "`encoder_hidden_size` sizes peft's PrefixEncoder MLP, which only `prefix_projection: true` uses".into(),
+                "`encoder_hidden_size` sizes peft's PrefixEncoder MLP, which only `prefix_projection: true` uses"
+                    .into(),
                 &["encoder_hidden_size", "prefix_projection"],
                 "set prefix_projection: true, or remove encoder_hidden_size (the keys and values are then trained \
                  directly)",

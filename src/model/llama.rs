@@ -511,8 +511,7 @@ impl CausalLm {
                 let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
                 // peft applies no dropout to an embedding's LoRA input (token ids).
                 let lora = Lora { a, b, scaling: *scaling, dropout: 0.0 };
-                self.embed_magnitude =
-                    dora.then(|| super::embed_dora::initial_magnitude(&self.embed_tokens, &lora));
+                self.embed_magnitude = dora.then(|| super::embed_dora::initial_magnitude(&self.embed_tokens, &lora));
                 self.embed_lora = Some(lora);
             }
         }

@@ -167,8 +167,8 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
                 if !targets.iter().any(|t| t == "embed_tokens") {
                     targets.push("embed_tokens".into());
                     // DoRA's magnitude on an embedding: one per hidden feature (peft's DoraEmbeddingLayer).
-                    trainable += r * (arch.vocab_size + arch.hidden_size)
-                        + if a.peft_use_dora { arch.hidden_size } else { 0 };
+                    trainable +=
+                        r * (arch.vocab_size + arch.hidden_size) + if a.peft_use_dora { arch.hidden_size } else { 0 };
                     adapted += 1;
                 }
             }
@@ -232,8 +232,8 @@ fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<Ad
     let width = arch.num_layers * 2 * key_value_dim;
     // peft's PrefixEncoder with projection: embedding [N, kv], Linear(kv, E) and Linear(E, width)
     // with biases; E defaults to the key/value width.
-    let encoder_hidden_size = (prefix && a.prefix_projection == Some(true))
-        .then(|| a.encoder_hidden_size.map_or(key_value_dim, u64::from));
+    let encoder_hidden_size =
+        (prefix && a.prefix_projection == Some(true)).then(|| a.encoder_hidden_size.map_or(key_value_dim, u64::from));
     let trainable = match encoder_hidden_size {
         _ if !prefix => n * arch.hidden_size,
         None => n * width,
