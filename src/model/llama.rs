@@ -601,6 +601,11 @@ impl CausalLm {
             // New tokens start without an update: zero columns of A.
             let extra = Tensor::zeros([lora.a.size()[0], n - old], (Kind::Float, lora.a.device()));
             lora.a = Tensor::cat(&[lora.a.detach(), extra], 1).set_requires_grad(true);
+            // DoRA's norms run over the vocabulary: a fresh magnitude follows the grown embedding, as
+            // peft's (made after the resize) does; a loaded adapter's replaces it afterwards.
+            if self.embed_magnitude.is_some() {
+                self.embed_magnitude = Some(super::embed_dora::initial_magnitude(&self.embed_tokens, lora));
+            }
         }
         self.lm_head.weight = if shared_head {
             self.embed_tokens.shallow_clone()
