@@ -27,8 +27,6 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("use_wandb", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("wandb_mode", "read by TrackingConfig's switches; online is refused by name"),
     ("wandb_log_model", "only false / absent validate: model artifacts are refused by name"),
-    ("prefix_projection", "only false / absent validate (schema const): the projection MLP is not built"),
-    ("encoder_hidden_size", "refused at the key (rules.rs): it sizes the projection MLP, which is not built"),
 ];
 
 fn sources(dir: &Path, out: &mut String) {

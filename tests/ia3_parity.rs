@@ -3,7 +3,7 @@
 //! goldens written by scripts/reference/ia3_goldens.py (logits within 1e-4, loss 1e-5, gradients
 //! 1e-4 relative), with and without gradient checkpointing, and the merged weights equal peft's
 //! `merge_and_unload` within 1e-5. IA3 over an NF4 (double-quant) base is compared with peft's IA3
-//! `Linear4bit` over bitsandbytes.
+//! `Linear4bit` over bitsandbytes. DoRA on the embedding (peft's DoraEmbeddingLayer) likewise.
 #![cfg(feature = "exec")]
 
 mod common;
@@ -214,4 +214,12 @@ fn ia3_and_embedding_lora_adapters_switch_over_one_base() {
     adapters.set_adapter(None).unwrap();
     let plain = expected(&adapters.model);
     assert!((plain - &want_embed).abs().max().double_value(&[]) > 1e-3, "the base alone has no adapter");
+}
+
+#[test]
+fn dora_on_the_embedding_matches_peft_and_merges_as_peft() {
+    // peft's DoraEmbeddingLayer: a magnitude per hidden feature over the embedding's LoRA pair.
+    check("stories260k_dora_embed", false);
+    check("stories260k_dora_embed", true);
+    check_merge("stories260k_dora_embed");
 }

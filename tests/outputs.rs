@@ -2,8 +2,9 @@
 //! binary, then: the adapter folder reloaded by recipe gives the logits the run ended with; `recipe
 //! merge` writes a Hugging Face folder whose logits equal base + adapter (1e-4); the full fine-tune
 //! folder reloads; a DoRA adapter saves its magnitudes under peft's names and merges likewise; so do
-//! an IA3 adapter (on a dense and on a 4-bit base) and LoRA on embed_tokens; a prompt- or
-//! prefix-tuning adapter saves peft's `prompt_embeddings` and is refused by `recipe merge`. The
+//! an IA3 adapter (on a dense and on a 4-bit base) and LoRA (and DoRA) on embed_tokens; a prompt- or
+//! prefix-tuning adapter saves peft's `prompt_embeddings` (through the projection MLP: its output)
+//! and is refused by `recipe merge`. The
 //! folders and recipe's logits are left in CARGO_TARGET_TMPDIR/outputs-check
 //! for scripts/reference/check_outputs.py, which loads them with peft and transformers.
 #![cfg(feature = "exec")]
@@ -34,6 +35,14 @@ fn train(dir: &Path, method: &str) -> PathBuf {
             "adapter: prompt_tuning\nnum_virtual_tokens: 8\nprompt_tuning_init: text\nprompt_tuning_init_text: \"ROMEO:\"\n"
         }
         "prefix_tuning" => "adapter: prefix_tuning\nnum_virtual_tokens: 6\n",
+        "prefix_projection" => {
+            "adapter: prefix_tuning\nnum_virtual_tokens: 6\nprefix_projection: true\nencoder_hidden_size: 16\n\
+             gradient_checkpointing: true\n"
+        }
+        "lora_dora_embed" => {
+            "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n\
+             peft_use_dora: true\n"
+        }
         "ia3" => "adapter: ia3\n",
         "ia3_4bit" => {
             "adapter: ia3\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_use_double_quant: true\n\
@@ -45,7 +54,7 @@ fn train(dir: &Path, method: &str) -> PathBuf {
         _ => "",
     };
     // Prompt and prefix tuning's virtual tokens open each row: their rows are not packed.
-    let packing = !matches!(method, "prompt_tuning" | "prefix_tuning");
+    let packing = !matches!(method, "prompt_tuning" | "prefix_tuning" | "prefix_projection");
     let text = format!(
         "base_model: {}\n{adapter}datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n\
          val_set_size: 0\nsequence_len: 128\nsample_packing: {packing}\nmicro_batch_size: 4\nmax_steps: 6\n\
@@ -281,6 +290,52 @@ fn prefix_tuning_output_reloads_and_is_not_merged() {
         !out.status.success() && stderr.contains("prefix-tuning adapter") && stderr.contains("cannot be merged"),
         "{stderr}"
     );
+}
+
+#[test]
+fn prefix_projection_output_is_the_mlp_s_keys_and_values() {
+    // Trained through peft's PrefixEncoder MLP (with gradient checkpointing): the adapter holds the
+    // MLP's output as peft saves it, the config says prefix_projection; the MLP sits beside it.
+    let dir = fresh("prefix_projection");
+    train(&dir, "prefix_projection");
+    let config = json_of(&dir.join("adapter_config.json"));
+    assert_eq!((config["prefix_projection"].as_bool(), config["encoder_hidden_size"].as_u64()), (Some(true), Some(16)));
+    let saved = saved_tensors(&dir);
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved["prompt_embeddings"].size(), vec![6, 320]);
+    let encoder: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("prefix_encoder.safetensors")).unwrap().into_iter().collect();
+    let shapes = |k: &str| encoder[&format!("prompt_encoder.default.{k}")].size();
+    assert_eq!(
+        [shapes("embedding.weight"), shapes("transform.0.weight"), shapes("transform.2.weight")],
+        [vec![6, 32], vec![16, 32], vec![320, 16]]
+    );
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "the prefix should change the logits ({moved:e})");
+    save_logits(&dir, &adapted);
+}
+
+#[test]
+fn dora_embedding_output_reloads_and_merges_exactly() {
+    let dir = fresh("lora_dora_embed");
+    let recipe_path = train(&dir, "lora_dora_embed");
+    let config = json_of(&dir.join("adapter_config.json"));
+    assert_eq!(config["use_dora"], true);
+    let saved = saved_tensors(&dir);
+    let magnitude = &saved["base_model.model.model.embed_tokens.lora_magnitude_vector"];
+    assert_eq!(magnitude.size(), vec![64], "peft's DoRA embedding magnitude: one per hidden feature");
+    let adapted = logits_of(&dir);
+    let plain = logits_of(&root().join("models/stories260k"));
+    let moved = (&adapted - &plain).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "training should have changed the adapter's logits ({moved:e})");
+    save_logits(&dir, &adapted);
+    let merged = fresh("merged_dora_embed");
+    merge(&recipe_path, &[], &merged);
+    let diff = (&logits_of(&merged) - &adapted).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged DoRA-embedding logits differ from base + adapter by {diff:e}");
+    save_logits(&merged, &adapted);
 }
 
 #[test]

@@ -69,6 +69,9 @@ fn prompt_and_prefix_tuning_trainable_counts_equal_peft() {
             other => panic!("method {other}"),
         });
         config.adapter.num_virtual_tokens = Some(case["num_virtual_tokens"].as_u64().unwrap() as u32);
+        // Prefix tuning through peft's PrefixEncoder MLP, at its default or a given hidden size.
+        config.adapter.prefix_projection = case["prefix_projection"].as_bool();
+        config.adapter.encoder_hidden_size = case["encoder_hidden_size"].as_u64().map(|e| e as u32);
         let plan = adapter::plan(&config, &architecture(name)).unwrap();
         assert_eq!(
             plan.trainable_parameters,

@@ -108,13 +108,123 @@ fn prefix_tuning_on_stories260k_matches_peft() {
 }
 
 #[test]
+fn prefix_tuning_with_gradient_checkpointing_matches_peft() {
+    // The recomputed layers get their prefix keys and values back: the same loss and gradient.
+    check("stories260k_prefix", true, None);
+    check("llama_gqa_untied_prefix", true, Some(5));
+}
+
+#[test]
 fn prefix_tuning_with_grouped_query_heads_matches_peft() {
     check("llama_gqa_untied_prefix", false, None);
+}
+
+/// A prefix trained through peft's PrefixEncoder MLP (`prefix_projection`): recipe's MLP, given
+/// peft's initial tensors, gives peft's logits, loss and every MLP tensor's gradient, with and
+/// without gradient checkpointing; its keys and values are the `prompt_embeddings` peft saved.
+fn check_projection(case: &str, checkpointing: bool) {
+    let dir = root().join("tests/golden/prefix_tuning").join(case);
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let case_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    assert_eq!(config["prefix_projection"], true);
+    let n = config["num_virtual_tokens"].as_i64().unwrap();
+    let hidden = config["encoder_hidden_size"].as_i64().unwrap();
+    let base = root().join(case_json["base_model"].as_str().unwrap());
+    let arch =
+        recipe::plan::arch::Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap())
+            .unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Prefix { num_virtual_tokens: n, projection: Some(hidden) },
+        quantize: None,
+        score_head: false,
+    };
+    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let params = model.trainable_params();
+    let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "prompt_encoder.default.embedding.weight",
+            "prompt_encoder.default.transform.0.weight",
+            "prompt_encoder.default.transform.0.bias",
+            "prompt_encoder.default.transform.2.weight",
+            "prompt_encoder.default.transform.2.bias"
+        ],
+        "{case}: peft's parameter names"
+    );
+    // The trainable count peft reports.
+    let count: i64 = params.iter().map(|p| p.tensor.numel() as i64).sum();
+    assert_eq!(count, case_json["trainable_params"].as_i64().unwrap(), "{case}: trainable parameters");
+    tch::no_grad(|| {
+        for p in &params {
+            let mut t = p.tensor.shallow_clone();
+            t.copy_(&g[&format!("init.{}", p.name)]);
+        }
+    });
+    // What peft saved is the MLP's output.
+    let saved: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap().into_iter().collect();
+    let values = tch::no_grad(|| model.prefix_values().unwrap());
+    let dv = (&values - &saved["prompt_embeddings"]).abs().max().double_value(&[]);
+    assert!(dv < 1e-5, "{case}: the MLP's keys and values differ from peft's saved ones by {dv:e}");
+
+    let (ids, labels, mask) = (&g["input_ids"], &g["labels"], &g["attention_mask"]);
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let logits = tch::no_grad(|| model.logits(&inputs));
+    let keep = mask.to_kind(Kind::Float).unsqueeze(-1);
+    let d = ((&logits - &g["logits"]).abs() * keep).max().double_value(&[]);
+    assert!(d < 1e-4, "{case}: logits differ by {d:e}");
+    let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let objective = Supervised { tokens_per_chunk: None, virtual_tokens: 0 };
+    let loss = objective::forward_backward(
+        &model,
+        &objective,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        checkpointing,
+        &|_| {},
+    )
+    .loss
+        / counted;
+    let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
+    assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
+    let mut worst = 0f64;
+    for p in &params {
+        let expected = &g[&format!("grad.{}", p.name)];
+        let rel = (p.tensor.grad() - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
+        assert!(rel < 1e-4, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
+        worst = worst.max(rel);
+    }
+    eprintln!(
+        "{case} (projection, checkpointing {checkpointing}): logits {d:e}, loss {dl:e}, worst relative gradient \
+         {worst:e}, saved keys and values {dv:e}, {count} trainable"
+    );
+}
+
+#[test]
+fn prefix_projection_on_stories260k_trains_as_peft() {
+    check_projection("stories260k_projection_prefix", false);
+    check_projection("stories260k_projection_prefix", true);
+}
+
+#[test]
+fn prefix_projection_with_grouped_query_heads_trains_as_peft() {
+    check_projection("llama_gqa_untied_projection_prefix", false);
+    check_projection("llama_gqa_untied_projection_prefix", true);
 }
 
 #[test]
 fn a_prefix_peft_trained_through_its_projection_loads_as_keys_and_values() {
     check("stories260k_projection_prefix", false, None);
+    check("llama_gqa_untied_projection_prefix", false, None);
 }
 
 #[test]

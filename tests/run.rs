@@ -316,17 +316,88 @@ fn a_chat_recipe_trains_and_generates_through_its_template() {
 }
 
 #[test]
-fn dora_on_the_embedding_is_refused_by_name_not_ignored() {
-    // LoRA on embed_tokens runs (peft's lora.Embedding); its DoRA variant is not built.
-    let dir = tempfile::tempdir().unwrap();
-    let path =
-        write_recipe(dir.path(), "max_steps: 1\nlora_target_modules: [q_proj, embed_tokens]\npeft_use_dora: true\n");
-    let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
+fn lora_model_dir_continues_a_trained_ia3_adapter() {
+    // IA3 over the same small recipe: its vectors start at ones (the base model).
+    let ia3 = |dir: &Path, extra: &str| {
+        let path = write_recipe(dir, &format!("learning_rate: 3.0e-2\n{extra}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text =
+            text.replace("adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n", "adapter: ia3\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = tempfile::tempdir().unwrap();
+    run_ok(&ia3(first.path(), "max_steps: 4\n"), &[]);
+    let first_evals = eval_losses(&metrics(first.path()));
+    let (base_eval, trained_eval) = (first_evals[0], *first_evals.last().unwrap());
+    let adapter = first.path().join("out");
+    let second = tempfile::tempdir().unwrap();
+    let path = ia3(second.path(), &format!("max_steps: 1\nlora_model_dir: {}\n", adapter.display()));
+    let plan = recipe().arg("plan").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("starts from the trained adapter"));
+    run_ok(&path, &[]);
+    // Before its first step the run scores the validation split with the loaded vectors.
+    let start = eval_losses(&metrics(second.path()))[0];
+    assert!((start - trained_eval).abs() <= 1e-5 * trained_eval, "{start} vs the trained adapter's {trained_eval}");
+    assert!((start - base_eval).abs() > 1e-4, "the loaded vectors should differ from ones: {start} vs {base_eval}");
+    eprintln!(
+        "IA3 continued: validation loss {start} at step 0; the adapter's own {trained_eval}; the base's {base_eval}"
+    );
+    // Other targets than the adapter's are refused, naming both.
+    let other = recipe()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--set", "ia3_target_modules=[q_proj, v_proj, down_proj]"])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("the IA3 adapter scales [down_proj, k_proj, v_proj]")
+            && stderr.contains("the recipe asks [down_proj, q_proj, v_proj]"),
+        "{stderr}"
+    );
+    // A LoRA recipe does not continue an IA3 adapter.
+    let lora = write_recipe(second.path(), &format!("max_steps: 1\nlora_model_dir: {}\n", adapter.display()));
+    let out = recipe().arg("run").arg(&lora).args(["--device", "cpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // Reported by validation, at the list item, before anything is loaded.
-    assert!(stderr.contains(&format!("{}:20:31: error[dora-embed-tokens-not-built]", path.display())), "{stderr}");
-    assert!(stderr.contains("DoRA on `embed_tokens` is not built") && stderr.contains("peft_use_dora"), "{stderr}");
+    assert!(stderr.contains("the adapter is IA3, the recipe asks LoRA"), "{stderr}");
+}
+
+#[test]
+fn a_prefix_trained_through_its_projection_resumes_with_its_mlp() {
+    // peft's adapter file holds the MLP's output only; the checkpoint keeps the MLP beside it
+    // (prefix_encoder.safetensors), so a resumed run repeats the uninterrupted run's losses.
+    let prefix = |dir: &Path| {
+        let path = write_recipe(
+            dir,
+            "max_steps: 6\nsave_steps: 100\nlearning_rate: 1.0e-2\nnum_virtual_tokens: 4\n\
+             prefix_projection: true\nencoder_hidden_size: 8\ngradient_checkpointing: true\n",
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace("adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n", "adapter: prefix_tuning\n")
+            .replace("sample_packing: true", "sample_packing: false")
+            .replace("logging_steps: 4", "logging_steps: 1");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let whole = tempfile::tempdir().unwrap();
+    run_ok(&prefix(whole.path()), &[]);
+    let want = step_losses(&metrics(whole.path()));
+    let split = tempfile::tempdir().unwrap();
+    let path = prefix(split.path());
+    run_ok(&path, &["--stop-after", "3"]);
+    assert!(split.path().join("out/checkpoint-3/prefix_encoder.safetensors").is_file());
+    run_ok(&path, &["--set", "resume_from_checkpoint=true"]);
+    let got = step_losses(&metrics(split.path()));
+    let after = |l: &[(u64, f64)]| l.iter().filter(|(s, _)| *s > 3).copied().collect::<Vec<_>>();
+    let (want, got) = (after(&want), after(&got));
+    assert_eq!(want.len(), 3, "{want:?}");
+    for ((s, a), (_, b)) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {b} resumed vs {a} uninterrupted");
+    }
 }
 
 #[test]

@@ -42,6 +42,11 @@ given as the first argument:
                (N = num_virtual_tokens), as PeftModelForCausalLM's do
   DIR/prefix_tuning/  a peft PREFIX_TUNING adapter (prompt_embeddings: every layer's prefix keys and
                values); its logits are [B, T, V]
+  DIR/prefix_projection/  the same trained through peft's PrefixEncoder MLP (prefix_projection: true):
+               prompt_embeddings holds the MLP's output, as peft saves it (the MLP itself, in
+               prefix_encoder.safetensors, is recipe's for resuming and not read here)
+  DIR/lora_dora_embed/, DIR/merged_dora_embed/  like lora_embed/ and merged_embed/ with DoRA (peft's
+               DoraEmbeddingLayer: the embedding's lora_magnitude_vector too)
 
   every recipe_logits.safetensors holds
     input_ids  int64 [B, T]
@@ -108,7 +113,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
 CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
          "lora_dora", "merged_dora", "ia3", "merged_ia3", "lora_embed", "merged_embed", "prompt_tuning",
-         "prefix_tuning")
+         "prefix_tuning", "prefix_projection", "lora_dora_embed", "merged_dora_embed")
 TOL = 1e-4
 MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"
@@ -288,7 +293,8 @@ def run_case(name, case_dir):
         rec["input_ids_shape"] = list(ids.shape)
         rec["recipe_logits_shape"] = list(want.shape)
         torch.manual_seed(0)
-        if name.startswith(("lora", "ia3")) or name in ("reward_lora", "prompt_tuning", "prefix_tuning"):
+        if name.startswith(("lora", "ia3")) or name in ("reward_lora", "prompt_tuning", "prefix_tuning",
+                                                                  "prefix_projection"):
             model, load_ok = check_lora(case_dir, rec)
         else:
             model, load_ok = check_model(case_dir, rec)

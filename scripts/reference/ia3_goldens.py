@@ -22,6 +22,11 @@ Cases: tests/golden/peft_methods/<case>/
                         device_map "cpu" (peft's IA3 Linear4bit; bitsandbytes' bf16 packed CPU
                         kernel switched off as in qlora_goldens.py). peft has no merge for a 4-bit
                         IA3 layer, so this case holds no merged.* tensors.
+  stories260k_dora_embed as stories260k_embed with use_dora: peft's DoraEmbeddingLayer on the
+                        embedding (a magnitude per hidden feature, the norm over the vocabulary
+                        of each column of embedding + scaling * (B A)^T, detached) and DoRA on
+                        q_proj, v_proj; the magnitudes keep peft's init (the norms before the
+                        LoRA weights are redrawn), so magnitude / norm is not 1.
 
 get_peft_model with task_type CAUSAL_LM (LoRA: bias "none", lora_dropout 0.0,
 init_lora_weights=False). Then, from a generator seeded with 5000 + case index, in
@@ -68,6 +73,8 @@ CASES = [
     ("llama_untied_embed", mg.GOLDEN + "/model/llama_gqa_untied", "lora",
      dict(r=4, lora_alpha=16, target_modules=["embed_tokens", "k_proj", "down_proj"])),
     ("stories260k_ia3_nf4", mg.STORIES, "ia3_nf4", dict()),
+    ("stories260k_dora_embed", mg.STORIES, "lora",
+     dict(r=4, lora_alpha=8, use_dora=True, target_modules=["embed_tokens", "q_proj", "v_proj"])),
 ]
 QUANT = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
              bnb_4bit_compute_dtype=torch.float32)

@@ -26,8 +26,8 @@ What it does
 
   3. Wraps fresh meta-device models with get_peft_model(model, PromptTuningConfig(
      task_type CAUSAL_LM, num_virtual_tokens N, prompt_tuning_init RANDOM)) for PROMPT_CASES,
-     and with PrefixTuningConfig(task_type CAUSAL_LM, num_virtual_tokens N) (no projection)
-     for PREFIX_CASES, and records (trainable, all) as in 2, with the method, written to
+     and with PrefixTuningConfig(task_type CAUSAL_LM, num_virtual_tokens N), without or with
+     prefix_projection (and encoder_hidden_size, None for peft's default) for PREFIX_CASES, and records (trainable, all) as in 2, with the method, written to
      tests/golden/peft_prompt_trainable.json.
   All files are pretty-printed with sorted keys and end with a newline. Nothing is
   typed by hand: rerun this script after changing a model file.
@@ -84,6 +84,10 @@ PEFT_CASES = [
     ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("Qwen/Qwen2.5-0.5B", 16, ["embed_tokens", "lm_head"] + ALL_LINEAR, None, False),
+    # DoRA on the embedding: one magnitude per hidden feature on top of its LoRA pair (peft's
+    # DoraEmbeddingLayer).
+    ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, True),
+    ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, True),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.
@@ -97,12 +101,16 @@ IA3_CASES = [
     ("stories260k", ["q_proj", "o_proj", "up_proj"], ["up_proj"]),
 ]
 
-# (model key, num_virtual_tokens): prefix tuning (grouped-query heads: peft sizes the prefix by the
-# key/value heads).
+# (model key, num_virtual_tokens, encoder_hidden_size): prefix tuning (grouped-query heads: peft sizes
+# the prefix by the key/value heads); encoder_hidden_size False: no projection, None: projection with
+# peft's default size (the key/value width), a number: projection through an MLP that wide.
 PREFIX_CASES = [
-    ("stories260k", 6),
-    ("meta-llama/Meta-Llama-3-8B", 20),
-    ("Qwen/Qwen3-0.6B", 10),
+    ("stories260k", 6, False),
+    ("meta-llama/Meta-Llama-3-8B", 20, False),
+    ("Qwen/Qwen3-0.6B", 10, False),
+    ("stories260k", 6, None),
+    ("meta-llama/Meta-Llama-3-8B", 20, 512),
+    ("Qwen/Qwen3-0.6B", 10, None),
 ]
 # (model key, num_virtual_tokens): prompt tuning (the init does not change the counts).
 PROMPT_CASES = [
@@ -198,17 +206,22 @@ def peft_case(path, key, r, targets, modules_to_save, use_dora):
     }
 
 
-def prompt_case(path, key, n, method="prompt_tuning"):
+def prompt_case(path, key, n, method="prompt_tuning", encoder_hidden_size=False):
     model = build_meta(path)
     base_total = total_params(model)
+    projection = {}
     if method == "prompt_tuning":
         cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="RANDOM")
-    else:
+    elif encoder_hidden_size is False:
         cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n)
+    else:
+        cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prefix_projection=True,
+                                 encoder_hidden_size=encoder_hidden_size)
+        projection = {"prefix_projection": True, "encoder_hidden_size": encoder_hidden_size}
     with torch.device("meta"):
         pm = get_peft_model(model, cfg)
     trainable, all_params = pm.get_nb_trainable_parameters()
-    return {
+    return projection | {
         "model": key,
         "method": method,
         "num_virtual_tokens": n,
@@ -270,11 +283,11 @@ def main():
         prompt_cases.append(case)
         print(f"peft prompt tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
               f"all={case['all']:>15,d}")
-    for key, n in PREFIX_CASES:
-        case = prompt_case(sources[key], key, n, "prefix_tuning")
+    for key, n, hidden in PREFIX_CASES:
+        case = prompt_case(sources[key], key, n, "prefix_tuning", hidden)
         prompt_cases.append(case)
         print(f"peft prefix tuning {key:28s} virtual tokens={n:<3d} trainable={case['trainable']:>15,d}  "
-              f"all={case['all']:>15,d}")
+              f"all={case['all']:>15,d}  projection={hidden is not False} encoder_hidden_size={hidden}")
     ia3_cases = []
     for key, targets, feedforward in IA3_CASES:
         case = ia3_case(sources[key], key, targets, feedforward)

@@ -27,8 +27,13 @@ plus case.json and expected.safetensors:
                                          PrefixEncoder MLP (prefix_projection, encoder_hidden_size
                                          16; torch's default init under torch.manual_seed(0)):
                                          peft saves the MLP's output as prompt_embeddings, so the
-                                         folder is read as plain keys and values; its gradient is
-                                         the MLP's, so only the logits and loss are goldens
+                                         folder is read as plain keys and values; the MLP's own
+                                         tensors and gradients are goldens too (init.<name>,
+                                         grad.<name>, peft's parameter names)
+   prefix_tuning/llama_gqa_untied_projection_prefix  tests/golden/model/llama_gqa_untied, 3 virtual
+                                         tokens through the MLP at peft's default
+                                         encoder_hidden_size (the key/value width); batch as
+                                         llama_gqa_untied_random
 Prefix tuning hands the prefix to the model as past key values: logits are [2, T, V] (no virtual
 positions), the real tokens' positions are N..N+T-1.
 
@@ -50,6 +55,12 @@ expected.safetensors:
    loss             fp32  []            peft's loss (mean over counted tokens)
    init.prompt_embeddings fp32 [N, H]   the prompt embeddings at the start (= the saved ones)
    grad.prompt_embeddings fp32 [N, H]   their gradient after loss.backward() (not for the projection)
+   init.<name>, grad.<name>             (projection cases) each trainable tensor of peft's
+                                        PrefixEncoder under its name in peft's model
+                                        (prompt_encoder.default.embedding.weight,
+                                        ….transform.0.weight/bias, ….transform.2.weight/bias) and
+                                        its gradient; trainable_params in case.json is peft's
+                                        get_nb_trainable_parameters()
    greedy_prompt    int64 [P]           (stories260k cases only) a prompt's ids, BOS first
    greedy_ids       int64 [P + 12]      greedy decoding through PeftModelForCausalLM.forward: 12
                                         times, the argmax of the last position's logits of the
@@ -95,6 +106,8 @@ CASES = [
     ("prefix_tuning", "llama_gqa_untied_prefix", GOLDEN + "/model/llama_gqa_untied", dict(num_virtual_tokens=3), 5, None),
     ("prefix_tuning", "stories260k_projection_prefix", STORIES,
      dict(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16), 0, 12),
+    ("prefix_tuning", "llama_gqa_untied_projection_prefix", GOLDEN + "/model/llama_gqa_untied",
+     dict(num_virtual_tokens=3, prefix_projection=True), 5, None),
 ]
 GREEDY_TEXT = "Once upon a time, there was a"
 GREEDY_NEW = 12
@@ -167,6 +180,13 @@ def goldens(out):
                    "init.prompt_embeddings": saved["prompt_embeddings"]}
         if not projected:
             tensors["grad.prompt_embeddings"] = grad
+        else:
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    assert name.startswith("prompt_encoder.default."), name
+                    assert p.grad is not None and p.grad.abs().max().item() > 0, name
+                    tensors["init." + name] = p.detach().clone()
+                    tensors["grad." + name] = p.grad
         if base_rel == STORIES and not projected:
             tok = transformers.AutoTokenizer.from_pretrained(STORIES)
             prompt = torch.tensor([tok(GREEDY_TEXT)["input_ids"]])
@@ -184,7 +204,9 @@ def goldens(out):
             tensors["greedy_ids"] = greedy[0]
         save_file({k: v.detach().contiguous() for k, v in tensors.items()},
                   os.path.join(case_dir, "expected.safetensors"), metadata=meta())
+        trainable_params = model.get_nb_trainable_parameters()[0]
         write_json({"base_model": base_rel, method: kw, "seq_len": T, "labels_masked_prefix": masked,
+                    "trainable_params": trainable_params,
                     "padded_row_length": padded, "transformers_version": transformers.__version__,
                     "peft_version": peft.__version__},
                    os.path.join(case_dir, "case.json"))

@@ -48,7 +48,8 @@ pub struct AdapterConfig {
     /// Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.
     #[serde(default)]
     pub peft_use_rslora: bool,
-    /// A trained adapter folder (peft format) to start from.
+    /// A trained adapter folder (peft format) to start from: LoRA or DoRA with `adapter: lora` /
+    /// `qlora`, IA3 with `adapter: ia3`; its settings must be the recipe's.
     #[serde(default)]
     pub lora_model_dir: Option<String>,
     /// Prompt or prefix tuning (`adapter: prompt_tuning` / `prefix_tuning`): how many trained virtual
@@ -69,12 +70,14 @@ pub struct AdapterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tuning_init_text: Option<String>,
     /// Prefix tuning: reparameterize the prefixes through peft's PrefixEncoder MLP
-    /// (`prefix_projection`). Not built yet: only `false` (the keys and values trained directly).
+    /// (`prefix_projection`): a trained embedding per virtual token, Linear → tanh → Linear to every
+    /// layer's key and value. The adapter saved is the MLP's output, as peft saves it. `false` or
+    /// absent: the keys and values are trained directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("const" = false))]
     pub prefix_projection: Option<bool>,
-    /// Prefix tuning with `prefix_projection`: the hidden size of peft's PrefixEncoder MLP
-    /// (`encoder_hidden_size`). Not built yet (see `prefix_projection`).
+    /// Prefix tuning with `prefix_projection: true`: the hidden size of peft's PrefixEncoder MLP
+    /// (`encoder_hidden_size`). Defaults to peft's: the key/value width (num_key_value_heads ×
+    /// head_dim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub encoder_hidden_size: Option<u32>,

@@ -199,6 +199,8 @@ impl Rules<'_> {
             let ia3_key = key.starts_with("ia3_");
             match (ia3_key, c.adapter.adapter) {
                 (true, Some(AdapterKind::Ia3)) | (false, Some(AdapterKind::Lora | AdapterKind::Qlora)) => {}
+                // The trained adapter to start from: a LoRA or an IA3 one (Axolotl's name for it).
+                (false, Some(AdapterKind::Ia3)) if key == "lora_model_dir" => {}
                 // Checked with the method's own keys (prompt_tuning_keys).
                 (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) => {}
                 (true, adapter) => self.error(
@@ -289,8 +291,7 @@ impl Rules<'_> {
 
     /// Prompt and prefix tuning's keys act only with their method (`num_virtual_tokens` with
     /// either), and those methods read no LoRA key; what the executor does not build with them
-    /// (packing, preference and reward training, new tokens, a quantized base; for prefix tuning
-    /// gradient checkpointing and the projection MLP) is refused at the key.
+    /// (packing, preference and reward training, new tokens, a quantized base) is refused at the key.
     fn prompt_tuning_keys(&mut self, c: &Config) {
         let a = &c.adapter;
         let method = match a.adapter {
@@ -375,12 +376,14 @@ impl Rules<'_> {
                 help,
             );
         };
-        if a.encoder_hidden_size.is_some() {
-            refuse(
-                self,
-                "encoder_hidden_size",
-                "it sizes peft's PrefixEncoder MLP (`prefix_projection: true`), which is not built yet",
-                "remove it: the prefixes' keys and values are trained directly",
+        if a.encoder_hidden_size.is_some() && a.prefix_projection != Some(true) {
+            self.error(
+                "encoder-hidden-size-without-projection",
+                "`encoder_hidden_size` sizes peft's PrefixEncoder MLP, which only `prefix_projection: true` uses"
+                    .into(),
+                &["encoder_hidden_size", "prefix_projection"],
+                "set prefix_projection: true, or remove encoder_hidden_size (the keys and values are then trained \
+                 directly)",
             );
         }
         let opens_each_row = if method == "prompt_tuning" {
@@ -398,14 +401,6 @@ impl Rules<'_> {
         }
         if c.data.eval_sample_packing == Some(true) {
             refuse(self, "eval_sample_packing", opens_each_row, "set eval_sample_packing: false");
-        }
-        if method == "prefix_tuning" && c.training.gradient_checkpointing {
-            refuse(
-                self,
-                "gradient_checkpointing",
-                "recomputing a layer with its prefix is not built yet",
-                "set gradient_checkpointing: false (the prefix adds only its keys and values per layer)",
-            );
         }
         if c.training.rl.is_some() {
             refuse(self, "rl", "preference training with it is not built", "train with adapter: lora");
@@ -1409,24 +1404,6 @@ impl Rules<'_> {
     /// after loading the model. Errors where the recipe has no other use; warnings where `recipe
     /// plan`, `preview` and `preprocess` still serve it.
     fn not_built(&mut self, c: &Config) {
-        let a = &c.adapter;
-        if a.peft_use_dora
-            && let Some(list) = &a.lora_target_modules
-        {
-            // peft has a DoRA variant for embeddings; recipe's embedding LoRA is plain LoRA.
-            for (i, name) in list.names().into_iter().enumerate().filter(|(_, n)| *n == "embed_tokens") {
-                let key = match list {
-                    ModuleList::One(_) => "lora_target_modules".to_string(),
-                    ModuleList::Many(_) => format!("lora_target_modules.{i}"),
-                };
-                self.error(
-                    "dora-embed-tokens-not-built",
-                    format!("DoRA on `{name}` is not built into `recipe run` yet (LoRA on it is)"),
-                    &[&key, "peft_use_dora"],
-                    "remove peft_use_dora for plain LoRA on embed_tokens, or target linear layers only with DoRA",
-                );
-            }
-        }
         if let Some(rl) = c.training.rl {
             use super::training::RlMethod;
             if matches!(rl, RlMethod::Dpo | RlMethod::Ipo)

@@ -78,11 +78,18 @@ pub fn write_model_files(
                 plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
             adapter::write_prompt_config(dir, &base_name(plan, base_dir), prompt, &model.arch)?;
         }
-        Trainable::Prefix { num_virtual_tokens } => {
-            let tensors: Vec<(String, Tensor)> =
-                model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
-            weights::save(&dir.join("adapter_model.safetensors"), &tensors)?;
-            adapter::write_prefix_config(dir, &base_name(plan, base_dir), *num_virtual_tokens, &model.arch)?;
+        Trainable::Prefix { num_virtual_tokens, projection } => {
+            // peft saves the keys and values; with projection, the MLP's output.
+            let prefix = tch::no_grad(|| model.prefix_values()).ok_or("a prefix-tuned model without a prefix")?;
+            weights::save(&dir.join("adapter_model.safetensors"), &[("prompt_embeddings".to_string(), prefix)])?;
+            if projection.is_some() {
+                // The MLP itself, which resume (and only resume) reads back.
+                let tensors: Vec<(String, Tensor)> =
+                    model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+                weights::save(&dir.join(crate::model::prefix::ENCODER_FILE), &tensors)?;
+            }
+            let base = base_name(plan, base_dir);
+            adapter::write_prefix_config(dir, &base, *num_virtual_tokens, *projection, &model.arch)?;
         }
         Trainable::Everything | Trainable::Nothing => {
             if with_weights {
@@ -413,6 +420,13 @@ pub fn read_state(dir: &Path) -> Result<TrainerState, String> {
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The trainable tensors a resumed run reads from checkpoint `dir`: the weights file, or for
+/// prefix tuning with projection the MLP (the adapter file holds only its output).
+pub fn resume_weights_file(dir: &Path) -> PathBuf {
+    let encoder = dir.join(crate::model::prefix::ENCODER_FILE);
+    if encoder.is_file() { encoder } else { weights_file(dir) }
 }
 
 /// The trainable-weights file of a checkpoint or output folder.

@@ -197,7 +197,10 @@ pub fn kind_of(p: Precision) -> Kind {
 fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     let a = &plan.adapter;
     if let Some(p) = &a.prefix {
-        return Ok(Trainable::Prefix { num_virtual_tokens: p.num_virtual_tokens as i64 });
+        return Ok(Trainable::Prefix {
+            num_virtual_tokens: p.num_virtual_tokens as i64,
+            projection: p.encoder_hidden_size.map(|e| e as i64),
+        });
     }
     if let Some(p) = &a.prompt {
         let n = p.num_virtual_tokens as usize;
@@ -627,7 +630,33 @@ fn continue_adapter(model: &CausalLm, dir: &Path) -> Result<(), String> {
                 )));
             }
         }
-        _ => return Err(here("continuing an adapter needs `adapter: lora` or `qlora`".into())),
+        (
+            Trainable::Ia3 { targets: t1, feedforward: f1, modules_to_save: m1 },
+            Trainable::Ia3 { targets: t2, feedforward: f2, modules_to_save: m2 },
+        ) => {
+            if (sorted(t1), sorted(f1), sorted(m1)) != (sorted(t2), sorted(f2), sorted(m2)) {
+                return Err(here(format!(
+                    "the IA3 adapter scales [{}] (feed-forward: [{}]; in full: [{}]); the recipe asks [{}] \
+                     (feed-forward: [{}]; in full: [{}]): set ia3_target_modules and ia3_feedforward_modules as the \
+                     adapter was trained",
+                    sorted(t1).join(", "),
+                    sorted(f1).join(", "),
+                    sorted(m1).join(", "),
+                    sorted(t2).join(", "),
+                    sorted(f2).join(", "),
+                    sorted(m2).join(", ")
+                )));
+            }
+        }
+        (Trainable::Ia3 { .. }, _) | (_, Trainable::Ia3 { .. }) => {
+            let says = |t: &Trainable| if matches!(t, Trainable::Ia3 { .. }) { "IA3" } else { "LoRA" };
+            return Err(here(format!(
+                "the adapter is {}, the recipe asks {}: set `adapter` as the adapter was trained",
+                says(&saved.trainable),
+                says(&model.trainable)
+            )));
+        }
+        _ => return Err(here("continuing an adapter needs `adapter: lora`, `qlora` or `ia3`".into())),
     }
     let file = dir.join("adapter_model.safetensors");
     adapter::load_trainable(model, &Checkpoint::open_files(dir, &[file]).map_err(here)?).map_err(here)?;
@@ -852,7 +881,7 @@ fn train_on<E: packing::Example>(
             let (weights_path, optimizer_path) = if sharded {
                 shard::assemble_checkpoint(dir, assembled.path())?
             } else {
-                (checkpoint::weights_file(dir), dir.join("optimizer.safetensors"))
+                (checkpoint::resume_weights_file(dir), dir.join("optimizer.safetensors"))
             };
             let weights = Checkpoint::open_files(dir, &[weights_path])?;
             resume_optimizer = Some(optimizer_path);

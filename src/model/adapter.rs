@@ -120,7 +120,7 @@ fn read_prompt_config(path: &Path, v: &Value) -> Result<AdapterConfig, String> {
     Ok(AdapterConfig {
         base_model: field("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string(),
         trainable: if prefix {
-            Trainable::Prefix { num_virtual_tokens: n }
+            Trainable::Prefix { num_virtual_tokens: n, projection: None }
         } else {
             Trainable::Prompt { num_virtual_tokens: n, init: PromptInit::Random }
         },
@@ -161,18 +161,20 @@ pub fn write_prompt_config(
 
 /// peft's adapter_config.json for prefix tuning (a PrefixTuningConfig as `save_pretrained` writes
 /// it): with grouped-query heads peft sizes the prefix by the key/value heads, so its
-/// `num_attention_heads` is the key/value head count and `token_dim` their width.
+/// `num_attention_heads` is the key/value head count and `token_dim` their width. `projection`:
+/// the MLP's hidden size when the prefix was trained through it (`prefix_projection`).
 pub fn write_prefix_config(
     dir: &Path,
     base_model: &str,
     num_virtual_tokens: i64,
+    projection: Option<i64>,
     arch: &crate::plan::arch::Architecture,
 ) -> Result<(), String> {
     let token_dim = arch.num_key_value_heads * arch.head_dim;
     let config = json!({
         "auto_mapping": null,
         "base_model_name_or_path": base_model,
-        "encoder_hidden_size": token_dim,
+        "encoder_hidden_size": projection.map_or(token_dim as i64, |e| e),
         "inference_mode": true,
         "init_weights": null,
         "modules_to_save": null,
@@ -181,7 +183,7 @@ pub fn write_prefix_config(
         "num_transformer_submodules": 1,
         "num_virtual_tokens": num_virtual_tokens,
         "peft_type": "PREFIX_TUNING",
-        "prefix_projection": false,
+        "prefix_projection": projection.is_some(),
         "revision": null,
         "task_type": "CAUSAL_LM",
         "token_dim": token_dim,

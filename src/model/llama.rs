@@ -27,10 +27,11 @@ pub enum Trainable {
     /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
     /// every sequence; every weight of the model stays frozen.
     Prompt { num_virtual_tokens: i64, init: PromptInit },
-    /// Prefix tuning (peft's PREFIX_TUNING without projection): for `num_virtual_tokens` positions,
-    /// a trained key and value in every layer, in front of each sequence's own; every weight of the
-    /// model stays frozen.
-    Prefix { num_virtual_tokens: i64 },
+    /// Prefix tuning (peft's PREFIX_TUNING): for `num_virtual_tokens` positions, a trained key and
+    /// value in every layer, in front of each sequence's own; every weight of the model stays
+    /// frozen. `projection`: trained through peft's PrefixEncoder MLP of that hidden size
+    /// (`prefix_projection`, model/prefix.rs) instead of directly.
+    Prefix { num_virtual_tokens: i64, projection: Option<i64> },
 }
 
 /// How prompt tuning's virtual tokens start.
@@ -146,6 +147,8 @@ pub struct CausalLm {
     /// peft's LoRA on embed_tokens: `a` [r, vocab] (`lora_embedding_A`), `b` [hidden, r]
     /// (`lora_embedding_B`); the lookup adds `scaling · embedding(ids, Aᵀ) Bᵀ`.
     pub embed_lora: Option<Lora>,
+    /// DoRA on embed_tokens: the magnitude [hidden] over `embed_lora` (model/embed_dora.rs).
+    pub embed_magnitude: Option<Tensor>,
     pub trainable: Trainable,
     rope: Rope,
     pub device: Device,
@@ -176,6 +179,9 @@ pub struct CausalLm {
     /// are on, every forward pass starts from a key/value cache holding them, and the real tokens'
     /// positions start at N.
     pub prefix: Option<Tensor>,
+    /// Prefix tuning with `prefix_projection`: the MLP whose output is the keys and values (then
+    /// `prefix` is None).
+    pub prefix_encoder: Option<super::prefix::PrefixEncoder>,
     /// A reward model's head, [1, H] (`score.weight`, transformers' `…ForSequenceClassification`);
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
@@ -365,9 +371,16 @@ impl CausalLm {
         // peft's PrefixEncoder: an `nn.Embedding` (normal(0, 1)) of num_layers × 2 × token_dim per
         // virtual token, token_dim being the key/value heads' width.
         let prefix = match &opts.trainable {
-            Trainable::Prefix { num_virtual_tokens: n } => {
+            Trainable::Prefix { num_virtual_tokens: n, projection: None } => {
                 let width = arch.num_layers as i64 * 2 * nkv * hd;
                 Some(Tensor::empty([*n, width], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true))
+            }
+            _ => None,
+        };
+        let prefix_encoder = match &opts.trainable {
+            Trainable::Prefix { num_virtual_tokens: n, projection: Some(hidden) } => {
+                let width = arch.num_layers as i64 * 2 * nkv * hd;
+                Some(super::prefix::PrefixEncoder::new(*n, nkv * hd, *hidden, width, device))
             }
             _ => None,
         };
@@ -397,6 +410,7 @@ impl CausalLm {
             lm_head,
             embed_tokens_trained: None,
             embed_lora: None,
+            embed_magnitude: None,
             trainable: Trainable::Nothing,
             device,
             compute_kind: Kind::Float,
@@ -407,6 +421,7 @@ impl CausalLm {
             head_original: None,
             prompt,
             prefix,
+            prefix_encoder,
             score: None,
         };
         // Adapters before a new reward head: the random draws come in the same order as ever.
@@ -491,16 +506,13 @@ impl CausalLm {
                 if trainable.modules_to_save().iter().any(|m| m == "embed_tokens") {
                     return Err("embed_tokens cannot be both a LoRA target and in modules_to_save".into());
                 }
-                if *dora {
-                    return Err(
-                        "DoRA on embed_tokens is not built; target linear layers only with peft_use_dora".into()
-                    );
-                }
                 let (v, h) = (self.embed_tokens.size()[0], self.embed_tokens.size()[1]);
                 let a = Tensor::zeros([*r, v], (Kind::Float, device)).set_requires_grad(true);
                 let b = Tensor::empty([h, *r], (Kind::Float, device)).normal_(0.0, 1.0).set_requires_grad(true);
                 // peft applies no dropout to an embedding's LoRA input (token ids).
-                self.embed_lora = Some(Lora { a, b, scaling: *scaling, dropout: 0.0 });
+                let lora = Lora { a, b, scaling: *scaling, dropout: 0.0 };
+                self.embed_magnitude = dora.then(|| super::embed_dora::initial_magnitude(&self.embed_tokens, &lora));
+                self.embed_lora = Some(lora);
             }
         }
         for m in trainable.modules_to_save() {
@@ -589,6 +601,11 @@ impl CausalLm {
             // New tokens start without an update: zero columns of A.
             let extra = Tensor::zeros([lora.a.size()[0], n - old], (Kind::Float, lora.a.device()));
             lora.a = Tensor::cat(&[lora.a.detach(), extra], 1).set_requires_grad(true);
+            // DoRA's norms run over the vocabulary: a fresh magnitude follows the grown embedding, as
+            // peft's (made after the resize) does; a loaded adapter's replaces it afterwards.
+            if self.embed_magnitude.is_some() {
+                self.embed_magnitude = Some(super::embed_dora::initial_magnitude(&self.embed_tokens, lora));
+            }
         }
         self.lm_head.weight = if shared_head {
             self.embed_tokens.shallow_clone()
@@ -615,7 +632,11 @@ impl CausalLm {
             // peft's lora.Embedding: embedding(ids, Aᵀ) @ Bᵀ · scaling, in fp32.
             Some(lora) if self.adapters_on() => {
                 let after_a = Tensor::embedding(&lora.a.tr(), input_ids, -1, false, false);
-                x + after_a.matmul(&lora.b.tr()) * lora.scaling
+                let update = after_a.matmul(&lora.b.tr()) * lora.scaling;
+                match &self.embed_magnitude {
+                    Some(m) => super::embed_dora::lookup(&self.embed_tokens, lora, m, x, update),
+                    None => x + update,
+                }
             }
             _ => x,
         }
@@ -632,9 +653,21 @@ impl CausalLm {
 
     /// How many prefix positions (prefix tuning) every layer's keys and values start with now.
     pub fn prefix_tokens(&self) -> i64 {
-        match &self.prefix {
-            Some(p) if self.adapters_on() => p.size()[0],
-            _ => 0,
+        match (&self.prefix, &self.prefix_encoder) {
+            _ if !self.adapters_on() => 0,
+            (Some(p), _) => p.size()[0],
+            (None, Some(encoder)) => encoder.num_virtual_tokens(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Prefix tuning's keys and values [N, layers × 2 × kv heads × head_dim] as the layers use
+    /// them (with `prefix_projection`, the MLP's output): what peft saves as `prompt_embeddings`.
+    pub fn prefix_values(&self) -> Option<Tensor> {
+        match (&self.prefix, &self.prefix_encoder) {
+            (Some(p), _) => Some(p.shallow_clone()),
+            (None, Some(encoder)) => Some(encoder.forward()),
+            (None, None) => None,
         }
     }
 
@@ -647,7 +680,7 @@ impl CausalLm {
     /// prefix), as peft hands them to the model as past key values: not rotated, in the compute kind.
     fn prefix_cache(&self, b: i64) -> Option<KvCache> {
         let n = self.prefix_tokens();
-        let prefix = self.prefix.as_ref().filter(|_| n > 0)?;
+        let prefix = self.prefix_values().filter(|_| n > 0)?;
         let a = &self.arch;
         let (nkv, hd) = (a.num_key_value_heads as i64, a.head_dim as i64);
         // [N, L·2·kv·hd] -> [L·2, kv, N, hd], as peft's view + permute.
@@ -905,8 +938,6 @@ impl CausalLm {
         let cos_sin = self.rope.cos_sin(&positions);
         let mask = self.mask_for(inputs);
         let mut prefix = self.prefix_cache(embedded.size()[0]);
-        // The rules refuse gradient checkpointing with prefix tuning: its recomputation has no prefix.
-        assert!(!checkpointing || prefix.is_none(), "gradient checkpointing reached a prefix-tuned model");
         if !checkpointing {
             let mut x = embedded;
             for (i, layer) in self.layers.iter().enumerate() {
@@ -926,7 +957,8 @@ impl CausalLm {
                 saved.push(x.shallow_clone());
                 self.with_shard(|s| s.gather(i));
                 layer_seed(i);
-                x = self.layer_forward(layer, &x, &cos_sin, mask.as_ref(), true);
+                let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+                x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
                 self.with_shard(|s| s.forward_done(i));
             }
         });
@@ -952,7 +984,11 @@ impl CausalLm {
             let input = saved[i].detach().set_requires_grad(true);
             self.with_shard(|s| s.gather(i));
             layer_seed(i);
-            let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
+            // Prefix tuning: the layer's prefix keys and values, rebuilt with a graph of their own
+            // for each layer, so each layer's backward pass reaches the trained tensors once.
+            let mut prefix = self.prefix_cache(input.size()[0]);
+            let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
+            let out = self.layer_forward_cached(layer, &input, &cos_sin, mask.as_ref(), true, slot);
             self.probe_memory();
             // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
             (out * &grad).sum(Kind::Float).backward();
@@ -977,17 +1013,25 @@ impl CausalLm {
             // Every parameter, or those `unfrozen_parameters` left trainable (exec/unfrozen.rs).
             Trainable::Everything => out = self.base_params().into_iter().filter(|p| p.tensor.requires_grad()).collect(),
             // peft's saved name for a prompt-tuning adapter's one tensor.
-            Trainable::Prompt { .. } | Trainable::Prefix { .. } => out.extend(
-                self.prompt
-                    .iter()
-                    .chain(&self.prefix)
-                    .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
-            ),
+            Trainable::Prompt { .. } | Trainable::Prefix { .. } => {
+                out.extend(
+                    self.prompt
+                        .iter()
+                        .chain(&self.prefix)
+                        .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
+                );
+                // The projection MLP's tensors, under their names in peft's model.
+                let encoder = self.prefix_encoder.iter().flat_map(|e| e.named_tensors());
+                out.extend(encoder.map(|(name, tensor)| Param { name, tensor }));
+            }
             Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
                 if let Some(lora) = &self.embed_lora {
                     let p = peft_prefix("model.embed_tokens");
                     out.push(Param { name: format!("{p}.lora_embedding_A"), tensor: lora.a.shallow_clone() });
                     out.push(Param { name: format!("{p}.lora_embedding_B"), tensor: lora.b.shallow_clone() });
+                    if let Some(m) = &self.embed_magnitude {
+                        out.push(Param { name: format!("{p}.lora_magnitude_vector"), tensor: m.shallow_clone() });
+                    }
                 }
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {
@@ -1106,6 +1150,9 @@ impl CausalLm {
             let p = peft_prefix("model.embed_tokens");
             root.push((format!("{p}.lora_embedding_A"), lora.a.shallow_clone()));
             root.push((format!("{p}.lora_embedding_B"), lora.b.shallow_clone()));
+            if let Some(m) = &self.embed_magnitude {
+                root.push((format!("{p}.lora_magnitude_vector"), m.shallow_clone()));
+            }
         }
         root.push(("model.norm.weight".into(), self.norm.shallow_clone()));
         linear_tensors(&self.lm_head, &mut root);
@@ -1142,12 +1189,16 @@ impl CausalLm {
         }
         let embed = self.embed_tokens_trained.as_ref().unwrap_or(&self.embed_tokens);
         let mut out = vec![match &self.embed_lora {
-            // peft's lora.Embedding merge: W + (B A)ᵀ · scaling.
+            // peft's lora.Embedding merge: W + (B A)ᵀ · scaling (with DoRA, rescaled per feature).
             Some(lora) => {
                 let (shape, kind) = (embed.size(), embed.kind());
+                let magnitude = self.embed_magnitude.as_ref();
                 Deferred::new("model.embed_tokens.weight".into(), shape, kind, move || {
-                    let delta = lora.b.matmul(&lora.a).tr() * lora.scaling;
-                    (embed.to_kind(Kind::Float) + delta).to_kind(kind).detach()
+                    let merged = match magnitude {
+                        Some(m) => super::embed_dora::merged(embed, lora, m),
+                        None => embed.to_kind(Kind::Float) + lora.b.matmul(&lora.a).tr() * lora.scaling,
+                    };
+                    merged.to_kind(kind).detach()
                 })
             }
             None => ready("model.embed_tokens.weight", embed),

@@ -22,6 +22,8 @@ struct AdapterSet {
     embed_tokens: Option<Tensor>,
     /// LoRA on the embedding (peft's lora.Embedding).
     embed_lora: Option<super::linear::Lora>,
+    /// DoRA's magnitude over the embedding's LoRA.
+    embed_magnitude: Option<Tensor>,
     lm_head: Option<Tensor>,
 }
 
@@ -41,12 +43,14 @@ fn take(model: &mut CausalLm) -> AdapterSet {
     let linears = linears_mut(model).map(|l| l.adapter.take()).collect();
     let embed_tokens = model.embed_tokens_trained.take();
     let embed_lora = model.embed_lora.take();
+    let embed_magnitude = model.embed_magnitude.take();
     let lm_head = model.head_original.take().map(|original| std::mem::replace(&mut model.lm_head.weight, original));
     AdapterSet {
         trainable: std::mem::replace(&mut model.trainable, Trainable::Nothing),
         linears,
         embed_tokens,
         embed_lora,
+        embed_magnitude,
         lm_head,
     }
 }
@@ -58,6 +62,7 @@ fn put(model: &mut CausalLm, set: AdapterSet) {
     }
     model.embed_tokens_trained = set.embed_tokens;
     model.embed_lora = set.embed_lora;
+    model.embed_magnitude = set.embed_magnitude;
     model.head_original = set.lm_head.map(|trained| std::mem::replace(&mut model.lm_head.weight, trained));
     model.trainable = set.trainable;
 }

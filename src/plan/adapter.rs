@@ -64,6 +64,11 @@ pub struct PrefixTuningPlan {
     pub num_virtual_tokens: u64,
     /// num_key_value_heads × head_dim.
     pub key_value_dim: u64,
+    /// `prefix_projection`: the keys and values are the output of peft's PrefixEncoder MLP, whose
+    /// hidden layer is this wide (`encoder_hidden_size`, by default key_value_dim); absent, they
+    /// are trained directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_hidden_size: Option<u64>,
 }
 
 /// What is trained: every weight, LoRA adapters on a dense or 4-bit base, or virtual tokens.
@@ -170,7 +175,9 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
             (None, "embed_tokens") => {
                 if !targets.iter().any(|t| t == "embed_tokens") {
                     targets.push("embed_tokens".into());
-                    trainable += r * (arch.vocab_size + arch.hidden_size);
+                    // DoRA's magnitude on an embedding: one per hidden feature (peft's DoraEmbeddingLayer).
+                    trainable +=
+                        r * (arch.vocab_size + arch.hidden_size) + if a.peft_use_dora { arch.hidden_size } else { 0 };
                     adapted += 1;
                 }
             }
@@ -225,14 +232,23 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
 }
 
 /// Prompt tuning (peft's PromptEmbedding: one trained row of hidden_size per virtual token) or
-/// prefix tuning (peft's PrefixEncoder without projection: a key and a value per virtual token and
-/// layer); nothing else trains.
+/// prefix tuning (peft's PrefixEncoder: a key and a value per virtual token and layer, or with
+/// projection the MLP that computes them); nothing else trains.
 fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<AdapterPlan, String> {
     let a = &c.adapter;
     let n = u64::from(a.num_virtual_tokens.ok_or("`num_virtual_tokens` is required with prompt or prefix tuning")?);
     let prefix = a.adapter == Some(AdapterKind::PrefixTuning);
     let key_value_dim = arch.num_key_value_heads * arch.head_dim;
-    let trainable = if prefix { n * arch.num_layers * 2 * key_value_dim } else { n * arch.hidden_size };
+    let width = arch.num_layers * 2 * key_value_dim;
+    // peft's PrefixEncoder with projection: embedding [N, kv], Linear(kv, E) and Linear(E, width)
+    // with biases; E defaults to the key/value width.
+    let encoder_hidden_size =
+        (prefix && a.prefix_projection == Some(true)).then(|| a.encoder_hidden_size.map_or(key_value_dim, u64::from));
+    let trainable = match encoder_hidden_size {
+        _ if !prefix => n * arch.hidden_size,
+        None => n * width,
+        Some(e) => n * key_value_dim + (key_value_dim + 1) * e + (e + 1) * width,
+    };
     let total = base_total + trainable;
     Ok(AdapterPlan {
         prompt: (!prefix).then(|| PromptTuningPlan {
@@ -240,7 +256,7 @@ fn virtual_tokens(c: &Config, arch: &Architecture, base_total: u64) -> Result<Ad
             init: a.prompt_tuning_init.unwrap_or(PromptTuningInit::Random),
             init_text: a.prompt_tuning_init_text.clone(),
         }),
-        prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim }),
+        prefix: prefix.then_some(PrefixTuningPlan { num_virtual_tokens: n, key_value_dim, encoder_hidden_size }),
         ..AdapterPlan::without_lora(
             if prefix { AdapterMethod::PrefixTuning } else { AdapterMethod::PromptTuning },
             trainable,
@@ -355,6 +371,7 @@ fn ia3(
         target_modules: targets,
         feedforward_modules: feedforward,
         modules_to_save,
+        init_from: a.lora_model_dir.clone(),
         ..AdapterPlan::without_lora(AdapterMethod::Ia3, trainable, total)
     })
 }

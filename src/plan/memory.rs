@@ -386,9 +386,7 @@ fn suggestions(
         }
     };
     let mut cumulative = c.clone();
-    // Prefix tuning refuses gradient checkpointing.
-    let prefix = c.adapter.adapter == Some(crate::config::adapter::AdapterKind::PrefixTuning);
-    if !c.training.gradient_checkpointing && !prefix {
+    if !c.training.gradient_checkpointing {
         cumulative.training.gradient_checkpointing = true;
         add("gradient_checkpointing: true".into(), total(&cumulative, world_size));
     }

@@ -344,6 +344,15 @@ pub fn render_text(plan: &Plan) -> String {
                      before every sequence",
                     p.key_value_dim, p.num_virtual_tokens
                 );
+                if let Some(e) = p.encoder_hidden_size {
+                    let _ = writeln!(
+                        o,
+                        "           computed by peft's PrefixEncoder MLP (prefix_projection): an embedding per \
+                         virtual token, Linear({}, {e}), tanh, Linear({e}, {})",
+                        p.key_value_dim,
+                        2 * p.key_value_dim * plan.model.architecture.num_layers
+                    );
+                }
             }
             if let Some(p) = &ad.prompt {
                 let init = match &p.init_text {

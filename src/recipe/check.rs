@@ -557,10 +557,6 @@ pub(super) fn map_schema_error(
 fn fixed_value(key: &str) -> (&'static str, &'static str) {
     match key {
         "trust_remote_code" => ("unsupported-remote-code", ": a recipe never runs code"),
-        "prefix_projection" => (
-            "not-built",
-            ": peft's PrefixEncoder MLP is not built yet; prefix tuning trains the keys and values directly",
-        ),
         "lora_fan_in_fan_out" => {
             ("unsupported-axolotl-value", ": no model family of recipe's stores (in, out) weights")
         }
