@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod bnb;
+pub mod gemma;
 pub mod generate;
 pub mod int8;
 pub mod linear;
