@@ -232,3 +232,30 @@ fn configs_are_read_as_transformers_reads_them() {
         "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "hidden_activation": "gelu"}"#;
     assert!(Architecture::from_config_json(gelu).unwrap_err().contains("hidden_activation `gelu`"));
 }
+
+#[test]
+fn gemma2_plans_eager_attention_and_counts_its_scores() {
+    // The Gemma 3 recipe on Gemma 2 2B: soft-capped scores need eager attention, whose s×s scores per
+    // head the memory model counts (one layer's with gradient checkpointing, every layer's without).
+    // SAFETY: this binary's other tests read no environment.
+    unsafe { std::env::set_var("HF_HUB_CACHE", "/nonexistent-recipe-test-cache") };
+    let plan = |extra: &[&str]| {
+        let mut sets = vec!["base_model=google/gemma-2-2b".to_string()];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let loaded = recipe::recipe::load(Path::new("recipes/gemma3-1b-lora.yaml"), &sets);
+        assert!(!loaded.has_errors());
+        recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default()).unwrap()
+    };
+    let scores = |p: &recipe::plan::Plan| {
+        p.memory.items.iter().find(|i| i.name == "attention scores (eager)").map(|i| (i.bytes, i.formula.clone()))
+    };
+    let text = recipe::plan::render_text(&plan(&[]));
+    assert!(text.contains("attention  eager attention (soft-capped scores"), "{text}");
+    assert!(text.contains("soft-cap attention 50 / logits 30, window 4096 on 13 of 26 layers"), "{text}");
+    // 4 rows × 8 heads × 2048² scores × (2 × 2 + 4) bytes, one layer (gradient checkpointing).
+    assert_eq!(scores(&plan(&[])).unwrap().0, 4 * 8 * 2048 * 2048 * 8);
+    assert_eq!(scores(&plan(&["gradient_checkpointing=false"])).unwrap().0, 26 * 4 * 8 * 2048 * 2048 * 8);
+    // Gemma 3 (no attention soft-cap) runs SDPA and materialises no scores.
+    let loaded = recipe::recipe::load(Path::new("recipes/gemma3-1b-lora.yaml"), &[]);
+    assert!(scores(&recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default()).unwrap()).is_none());
+}
