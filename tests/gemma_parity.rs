@@ -28,7 +28,8 @@ fn arch_of(dir: &Path) -> Architecture {
 }
 
 fn load(dir: &Path, trainable: Trainable) -> CausalLm {
-    let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
+    let opts =
+        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
     CausalLm::load(&arch_of(dir), &Checkpoint::open(dir).unwrap(), &opts).unwrap()
 }
 
@@ -84,7 +85,8 @@ fn packed_rows_match_separate_samples() {
             0,
         )
         .unsqueeze(0);
-        let packed = tch::no_grad(|| model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: Some(&seg) }));
+        let packed =
+            tch::no_grad(|| model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: Some(&seg) }));
         let mut diff = 0f64;
         for (start, len) in [(0, 10), (10, 14)] {
             let part = ids.narrow(1, start, len);

@@ -173,12 +173,7 @@ pub fn read(family: Family, text: &str) -> Result<Option<Gemma>, String> {
 /// `rope_local_base_freq` (sliding layers); bases default to 1,000,000 and 10,000.
 fn gemma3_rope(raw: &Raw) -> Result<((f64, Option<RopeScaling>), f64), String> {
     let of = |kind: &str| -> serde_json::Map<String, serde_json::Value> {
-        raw.rope_parameters
-            .as_ref()
-            .and_then(|p| p.get(kind))
-            .and_then(|v| v.as_object())
-            .cloned()
-            .unwrap_or_default()
+        raw.rope_parameters.as_ref().and_then(|p| p.get(kind)).and_then(|v| v.as_object()).cloned().unwrap_or_default()
     };
     let mut full = of("full_attention");
     if let Some(serde_json::Value::Object(scaling)) = &raw.rope_scaling {
