@@ -86,6 +86,16 @@ fn qwen3_all_linear_lora_gradients_match_peft() {
 }
 
 #[test]
+fn gemma_all_linear_lora_gradients_match_peft() {
+    // Gemma 2 (soft-capped scores and logits, sliding window 6 of 16 tokens) and Gemma 3 (q/k
+    // norms, two rope bases), each with and without gradient checkpointing.
+    for case in ["gemma2_all_linear", "gemma3_all_linear"] {
+        check(case, false);
+        check(case, true);
+    }
+}
+
+#[test]
 fn gradient_checkpointing_gives_the_same_gradients() {
     check("stories260k_all_linear", true);
     check("llama_untied_rslora_save_head", true);

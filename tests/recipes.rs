@@ -165,7 +165,7 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("save_strategy: no\nsave_steps: 5\n", "save-strategy-mismatch"),
         ("save_strategy: best\n", "unsupported-axolotl-value"),
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
-        ("model_type: Gemma3ForCausalLM\n", "unsupported-architecture"),
+        ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
         ("optimizer: adamw_torch_4bit\n", "unsupported-axolotl-value"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));

@@ -36,6 +36,26 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
                       attention_bias true (a bias on q/k/v and on o_proj)
    Qwen3 cases are checked here: the logits differ from the same weights with q_norm and
    k_norm set to ones (so the per-head norms' weights matter to the goldens).
+   gemma2_gqa_tied    Gemma2Config hidden 32, intermediate 64, 3 layers, 4 heads, 2 kv heads,
+                      head_dim 16, vocab 128, hidden_activation gelu_pytorch_tanh, tied,
+                      query_pre_attn_scalar 24, sliding_window 6 (default layer_types: layers
+                      0 and 2 slide, 1 is global), attn_logit_softcapping 0.05,
+                      final_logit_softcapping 0.1, rope_theta 10000, max_position_embeddings 64
+   gemma2_untied_bias as gemma2_gqa_tied but 4 kv heads, head_dim 8, query_pre_attn_scalar 8,
+                      sliding_window 5, layer_types [full, sliding, sliding], attention_bias,
+                      untied, no final soft-cap, rope_theta 500
+   gemma3_gqa_tied    Gemma3TextConfig as gemma2_gqa_tied (no soft-caps) with the older
+                      spellings sliding_window_pattern 2, rope_theta 1000 (global layers) and
+                      rope_local_base_freq 50 (sliding layers); q_norm / k_norm [16]
+   gemma3_untied_linear_rope  Gemma3TextConfig 1 kv head, head_dim 12, query_pre_attn_scalar
+                      16, sliding_window 5, layer_types [sliding, full, sliding], untied,
+                      final_logit_softcapping 0.1, rope_parameters {full_attention: linear
+                      ×8, theta 1000; sliding_attention: theta 50}
+   Gemma cases are checked here: the logits change without the sliding window, without each
+   soft-cap that is set, and (Gemma 3) with the local rope base set to the global one. Their
+   soft-caps are small so that tanh bends these tiny random scores and logits. Cases added
+   after the first six (Gemma's) draw their seeds from their name (see seed_index), not their
+   place in the list.
 
    The random cases are built from their config under torch.manual_seed(0); then every
    parameter (model.named_parameters(), so a tied lm_head is drawn once, through
@@ -85,6 +105,9 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
                                   target q_proj, v_proj, modules_to_save ["lm_head"]
    qwen3_all_linear               base tests/golden/model/qwen3_gqa_tied, r 4,
                                   lora_alpha 8, target q/k/v/o/gate/up/down_proj
+   gemma2_all_linear              base tests/golden/model/gemma2_gqa_tied, r 4,
+                                  lora_alpha 8, target q/k/v/o/gate/up/down_proj
+   gemma3_all_linear              base tests/golden/model/gemma3_gqa_tied, as above
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -138,6 +161,7 @@ import filecmp  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import zlib  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -161,6 +185,10 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3TextConfig,
+    Gemma3ForCausalLM,
 )
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
@@ -177,6 +205,18 @@ GOLDEN = "tests/golden"  # relative to ROOT
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               vocab_size=128, rms_norm_eps=1e-6, hidden_act="silu")
+GEMMA_COMMON = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, vocab_size=128,
+                    rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
+
+# The first cases of each list take their seeds from their place in it; cases added since
+# take them from their name, so branches that append cases in parallel merge without
+# moving each other's seeds.
+LEGACY_RANDOM_CASES = 6
+LEGACY_LORA_CASES = 5
+
+
+def seed_index(index, case, legacy):
+    return index if index < legacy else 100 + zlib.crc32(case.encode()) % 900
 
 # (case, model class, config factory, T); index in this list picks the seeds.
 RANDOM_CASES = [
@@ -203,6 +243,30 @@ RANDOM_CASES = [
         **COMMON, num_key_value_heads=1, head_dim=12, tie_word_embeddings=False,
         attention_bias=True, use_sliding_window=False, max_position_embeddings=64,
         rope_theta=10000.0), 24),
+    # Gemma 2 / Gemma 3 text (seeds keyed by name, see seed_index). The soft-caps are small
+    # so that tanh bends these tiny random logits and scores (checked in gemma_sensitivity).
+    ("gemma2_gqa_tied", Gemma2ForCausalLM, lambda: Gemma2Config(
+        **GEMMA_COMMON, num_hidden_layers=3, num_key_value_heads=2, head_dim=16,
+        query_pre_attn_scalar=24, sliding_window=6, tie_word_embeddings=True,
+        attn_logit_softcapping=0.05, final_logit_softcapping=0.1,
+        max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), 24),
+    ("gemma2_untied_bias", Gemma2ForCausalLM, lambda: Gemma2Config(
+        **GEMMA_COMMON, num_hidden_layers=3, num_key_value_heads=4, head_dim=8,
+        query_pre_attn_scalar=8, sliding_window=5, attention_bias=True, tie_word_embeddings=False,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+        attn_logit_softcapping=0.05, final_logit_softcapping=None,
+        max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0}), 24),
+    ("gemma3_gqa_tied", Gemma3ForCausalLM, lambda: Gemma3TextConfig(
+        **GEMMA_COMMON, num_hidden_layers=3, num_key_value_heads=2, head_dim=16,
+        query_pre_attn_scalar=24, sliding_window=6, sliding_window_pattern=2, tie_word_embeddings=True,
+        max_position_embeddings=64, rope_theta=1000.0, rope_local_base_freq=50.0), 24),
+    ("gemma3_untied_linear_rope", Gemma3ForCausalLM, lambda: Gemma3TextConfig(
+        **GEMMA_COMMON, num_hidden_layers=3, num_key_value_heads=1, head_dim=12,
+        query_pre_attn_scalar=16, sliding_window=5, tie_word_embeddings=False,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        final_logit_softcapping=0.1, max_position_embeddings=64,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}), 24),
 ]
 T_DEFAULT = 24
 PACK_LENS = (10, 14)
@@ -220,6 +284,10 @@ LORA_CASES = [
      dict(r=4, lora_alpha=8, use_dora=True, target_modules=ALL_LINEAR)),
     ("qwen2_dora_bias", GOLDEN + "/model/qwen2",
      dict(r=4, lora_alpha=16, use_dora=True, target_modules=["k_proj", "q_proj", "v_proj", "down_proj"])),
+    ("gemma2_all_linear", GOLDEN + "/model/gemma2_gqa_tied",
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
+    ("gemma3_all_linear", GOLDEN + "/model/gemma3_gqa_tied",
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
 ]
 LORA_T = 16
 LORA_MASKED = 5
@@ -346,6 +414,39 @@ def qk_norm_sensitivity(model, input_ids, logits):
     print(f"  max|q/k norm - unit q/k norm| logits = {d:.2e}")
 
 
+def gemma_sensitivity(model, input_ids, logits):
+    """Gemma: the sliding window, each soft-cap set, and Gemma 3's local rope base must each
+    change the logits (so the goldens exercise them), and transformers' eager and SDPA paths
+    agree where SDPA applies (no attention soft-cap)."""
+    cfg = model.config
+
+    def other(**changes):
+        c = type(cfg).from_dict(cfg.to_dict())
+        for k, v in changes.items():
+            setattr(c, k, v)
+        c._attn_implementation = "eager"
+        m = type(model)(c).eval()
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            d = (m(input_ids=input_ids, use_cache=False).logits - logits).abs().max().item()
+        return d
+
+    checks = {"sliding window": other(sliding_window=10_000)}
+    if cfg.final_logit_softcapping is not None:
+        checks["final soft-cap"] = other(final_logit_softcapping=None)
+    if cfg.model_type == "gemma2":
+        checks["attention soft-cap"] = other(attn_logit_softcapping=None)
+    else:
+        local = dict(cfg.rope_parameters["sliding_attention"])
+        local["rope_theta"] = cfg.rope_parameters["full_attention"]["rope_theta"]
+        rp = dict(cfg.rope_parameters)
+        rp["sliding_attention"] = local
+        checks["local rope base"] = other(rope_parameters=rp)
+    for what, d in checks.items():
+        assert d > 1e-4, f"{what} makes no difference: {d}"
+        print(f"  max|logits - logits without {what}| = {d:.2e}")
+
+
 def model_goldens(out):
     # stories260k: the bundled model, read in place.
     case_dir = os.path.join(out, GOLDEN, "model", "stories260k")
@@ -370,6 +471,7 @@ def model_goldens(out):
     shutil.copyfile(GREEDY_SRC, os.path.join(case_dir, "expected_greedy_ids_from_bos_64.txt"))
 
     for index, (case, cls, make_cfg, t) in enumerate(RANDOM_CASES):
+        index = seed_index(index, case, LEGACY_RANDOM_CASES)
         case_dir = os.path.join(out, GOLDEN, "model", case)
         torch.manual_seed(0)
         cfg = make_cfg()
@@ -392,6 +494,8 @@ def model_goldens(out):
             rope_sensitivity(model, ids, logits)
         if cls is Qwen3ForCausalLM:
             qk_norm_sensitivity(model, ids, logits)
+        if cls in (Gemma2ForCausalLM, Gemma3ForCausalLM):
+            gemma_sensitivity(model, ids, logits)
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
 
 
@@ -415,6 +519,7 @@ def dora_merged(model, targets):
 
 def lora_goldens(out):
     for index, (case, base_rel, kw) in enumerate(LORA_CASES):
+        index = seed_index(index, case, LEGACY_LORA_CASES)
         case_dir = os.path.join(out, GOLDEN, "lora", case)
         # Runs with the staged tree as the working directory (see main), so the relative
         # base path resolves there and peft records it as given.

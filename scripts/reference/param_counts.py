@@ -88,6 +88,9 @@ PEFT_CASES = [
     # DoraEmbeddingLayer).
     ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, True),
     ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, True),
+    # Gemma 2 / Gemma 3 text: the sandwich norms and (Gemma 3) q/k norms stay frozen.
+    ("google/gemma-2-2b", 16, ALL_LINEAR, None, False),
+    ("google/gemma-3-1b-it", 16, ALL_LINEAR, None, False),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.
@@ -99,6 +102,7 @@ IA3_CASES = [
     ("Qwen/Qwen3-0.6B", None, None),
     ("meta-llama/Llama-2-13b-hf", ALL_LINEAR, ["gate_proj", "up_proj", "down_proj"]),
     ("stories260k", ["q_proj", "o_proj", "up_proj"], ["up_proj"]),
+    ("google/gemma-2-9b", None, None),
 ]
 
 # (model key, num_virtual_tokens, encoder_hidden_size): prefix tuning (grouped-query heads: peft sizes

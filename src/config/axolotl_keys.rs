@@ -490,8 +490,6 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "AutoModelForImageTextToText",
             "AutoModelForTokenClassification",
             "AutoModelForVision2Seq",
-            "Gemma2ForCausalLM",
-            "Gemma3ForCausalLM",
             "Gemma3ForConditionalGeneration",
             "GPTNeoXForCausalLM",
             "Llama4ForConditionalGeneration",

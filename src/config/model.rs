@@ -38,7 +38,8 @@ pub struct ModelConfig {
     pub trust_remote_code: bool,
 }
 
-/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense).
+/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense;
+/// Gemma 2 and Gemma 3's text model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelClass {
     AutoModelForCausalLM,
@@ -46,6 +47,8 @@ pub enum ModelClass {
     MistralForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
     /// A reward model (`reward_model: true`): the model with a score head on its last token.
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,

@@ -104,6 +104,8 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Tensor,
     pub mlp: Mlp,
+    /// Gemma's extra norms and sliding window (model/gemma.rs); None for the Llama family.
+    pub gemma: Option<super::gemma::GemmaLayer>,
 }
 
 /// Keys and values of the tokens decoded so far, per layer.
@@ -115,6 +117,17 @@ pub struct LayerCache {
 
 pub struct KvCache {
     layers: Vec<LayerCache>,
+}
+
+impl LayerCache {
+    /// Appends new keys and values [B, kv, T, D]; returns every cached one.
+    pub(super) fn append(&mut self, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let k = self.keys.as_ref().map_or(k.shallow_clone(), |past| Tensor::cat(&[past, &k], 2));
+        let v = self.values.as_ref().map_or(v.shallow_clone(), |past| Tensor::cat(&[past, &v], 2));
+        self.keys = Some(k.shallow_clone());
+        self.values = Some(v.shallow_clone());
+        (k, v)
+    }
 }
 
 impl KvCache {
@@ -348,6 +361,14 @@ impl CausalLm {
                     up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
                     down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
                 },
+                gemma: match &arch.gemma {
+                    Some(g) => Some(super::gemma::GemmaLayer {
+                        pre_feedforward_layernorm: norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+                        post_feedforward_layernorm: norm(&format!("{p}.post_feedforward_layernorm.weight"))?,
+                        window: g.window_of(l as usize).map(|w| w as i64),
+                    }),
+                    None => None,
+                },
             });
         }
         let prompt = match &opts.trainable {
@@ -361,7 +382,9 @@ impl CausalLm {
                             ));
                         }
                         let ids = Tensor::from_slice(ids).to_device(device);
-                        embed_tokens.index_select(0, &ids).to_kind(Kind::Float).detach().copy()
+                        // peft reads them through the model's embedding module (Gemma's scales).
+                        let rows = super::gemma::scale_embedding(arch, embed_tokens.index_select(0, &ids));
+                        rows.to_kind(Kind::Float).detach().copy()
                     }
                 };
                 Some(t.set_requires_grad(true))
@@ -627,7 +650,8 @@ impl CausalLm {
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let trained = self.embed_tokens_trained.as_ref().filter(|_| self.adapters_on());
         let table = trained.unwrap_or(&self.embed_tokens);
-        let x = Tensor::embedding(table, input_ids, -1, false, false).to_kind(Kind::Float);
+        let x = Tensor::embedding(table, input_ids, -1, false, false);
+        let x = super::gemma::scale_embedding(&self.arch, x).to_kind(Kind::Float);
         match &self.embed_lora {
             // peft's lora.Embedding: embedding(ids, Aᵀ) @ Bᵀ · scaling, in fp32.
             Some(lora) if self.adapters_on() => {
@@ -747,6 +771,9 @@ impl CausalLm {
         train: bool,
         cache: Option<&mut LayerCache>,
     ) -> Tensor {
+        if let Some(extra) = &layer.gemma {
+            return super::gemma::layer_forward(self, layer, extra, x, cos_sin, mask, train, cache);
+        }
         let a = &self.arch;
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (a.num_attention_heads as i64, a.num_key_value_heads as i64, a.head_dim as i64);
@@ -807,7 +834,7 @@ impl CausalLm {
             x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), train, slot);
             self.with_shard(|s| s.release(i));
         }
-        rms_norm(&x, &self.norm, self.arch.rms_norm_eps)
+        super::gemma::final_norm(self, &x)
     }
 
     /// Ends an inference pass under sharded training: the root unit (still needed by the head
@@ -841,7 +868,7 @@ impl CausalLm {
             x = self.layer_forward_cached(layer, &x, &cos_sin, None, false, Some(slot));
             self.with_shard(|s| s.release(i));
         }
-        let h = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+        let h = super::gemma::final_norm(self, &x);
         self.head(&h, false)
     }
 
@@ -896,7 +923,7 @@ impl CausalLm {
             x = self.layer_forward_cached(layer, &x, &cos_sin, Some(&mask), false, Some(slot));
             self.with_shard(|s| s.release(i));
         }
-        let h = rms_norm(&x.select(1, t - 1), &self.norm, self.arch.rms_norm_eps);
+        let h = super::gemma::final_norm(self, &x.select(1, t - 1));
         self.head(&h, false)
     }
 
@@ -914,7 +941,7 @@ impl CausalLm {
             Some(original) if !self.adapters_on() => h.linear::<Tensor>(&original.to_kind(self.compute_kind), None),
             _ => self.lm_head.forward(&h, train, self.adapters_on()),
         };
-        logits.to_kind(Kind::Float)
+        super::gemma::cap_logits(&self.arch, logits.to_kind(Kind::Float))
     }
 
     /// A reward model's scores: one per position, [B, T] fp32, from final hidden states.
@@ -946,7 +973,7 @@ impl CausalLm {
                 let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
                 x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
             }
-            let hidden = rms_norm(&x, &self.norm, self.arch.rms_norm_eps);
+            let hidden = super::gemma::final_norm(self, &x);
             return TrainForward { hidden, checkpointed: None };
         }
         // Forward without a graph, keeping each layer's input.
@@ -963,7 +990,7 @@ impl CausalLm {
             }
         });
         let top = x.detach().set_requires_grad(true);
-        let hidden = rms_norm(&top, &self.norm, self.arch.rms_norm_eps);
+        let hidden = super::gemma::final_norm(self, &top);
         TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask }) }
     }
 
@@ -1075,6 +1102,9 @@ impl CausalLm {
             for (name, w) in head_norms(layer) {
                 out.push(Param { name: format!("{p}.self_attn.{name}.weight"), tensor: w.shallow_clone() });
             }
+            for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
+                out.push(Param { name: format!("{p}.{name}.weight"), tensor: w.shallow_clone() });
+            }
             for lin in layer_linears(layer) {
                 let weight = match &lin.quantized {
                     Some(q) => q.dequantize(q.dtype()),
@@ -1135,6 +1165,9 @@ impl CausalLm {
                 ];
                 for (name, w) in head_norms(layer) {
                     out.push((format!("{p}.self_attn.{name}.weight"), w.shallow_clone()));
+                }
+                for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
+                    out.push((format!("{p}.{name}.weight"), w.shallow_clone()));
                 }
                 for lin in layer_linears(layer) {
                     linear_tensors(lin, &mut out);
@@ -1209,6 +1242,9 @@ impl CausalLm {
             out.push(ready(&format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm));
             for (name, w) in head_norms(layer) {
                 out.push(ready(&format!("{p}.self_attn.{name}.weight"), w));
+            }
+            for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
+                out.push(ready(&format!("{p}.{name}.weight"), w));
             }
             for lin in layer_linears(layer) {
                 out.push(merged(format!("{}.weight", lin.name), lin));

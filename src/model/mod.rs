@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod bnb;
 pub mod embed_dora;
+pub mod gemma;
 pub mod generate;
 pub mod int8;
 pub mod linear;

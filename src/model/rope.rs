@@ -1,12 +1,16 @@
 //! Rotary position embeddings as transformers computes them (`rotate_half` layout): inverse
 //! frequencies in fp32, optionally rescaled (`linear`, Llama 3.1's `llama3`), then cos/sin for the
-//! position ids of each token, so packed samples can restart their positions at 0.
+//! position ids of each token, so packed samples can restart their positions at 0. Gemma 3's
+//! sliding layers have their own base (no scaling): its table follows the global one along the
+//! last dim (model/gemma.rs picks one).
 
 use crate::plan::arch::Architecture;
 use tch::{Device, Kind, Tensor};
 
 pub struct Rope {
     inv_freq: Tensor,
+    /// Gemma 3's sliding layers' inverse frequencies.
+    local_inv_freq: Option<Tensor>,
 }
 
 impl Rope {
@@ -16,6 +20,11 @@ impl Rope {
             Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
         let base = Tensor::from(arch.rope_theta as f32);
         let mut inv_freq = base.pow(&exponents).reciprocal();
+        let local_inv_freq = arch
+            .gemma
+            .as_ref()
+            .and_then(|g| g.local_rope_theta)
+            .map(|theta| Tensor::from(theta as f32).pow(&exponents).reciprocal().to_device(device));
         if let Some(scaling) = &arch.rope_scaling {
             inv_freq = match scaling.rope_type.as_str() {
                 "default" => inv_freq,
@@ -28,13 +37,20 @@ impl Rope {
                 }
             };
         }
-        Ok(Rope { inv_freq: inv_freq.to_device(device) })
+        Ok(Rope { inv_freq: inv_freq.to_device(device), local_inv_freq })
     }
 
-    /// cos and sin for `positions` [B, T] (or [1, T]): each [B, 1, T, head_dim], fp32.
+    /// cos and sin for `positions` [B, T] (or [1, T]): each [B, 1, T, head_dim], fp32 (Gemma 3:
+    /// [B, 1, T, 2·head_dim], the global table then the local one).
     pub fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        let table = |inv_freq: &Tensor| {
+            let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+            Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1)
+        };
+        let emb = match &self.local_inv_freq {
+            Some(local) => Tensor::cat(&[table(&self.inv_freq), table(local)], -1),
+            None => table(&self.inv_freq),
+        };
         (emb.cos(), emb.sin())
     }
 }

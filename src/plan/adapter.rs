@@ -303,7 +303,7 @@ fn ia3_default_targets(arch: &Architecture) -> &'static [&'static str] {
     use super::arch::Family;
     match arch.family {
         Family::Llama | Family::Mistral => &["k_proj", "v_proj", "down_proj"],
-        Family::Qwen2 | Family::Qwen3 => &["q_proj", "v_proj", "down_proj"],
+        Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => &["q_proj", "v_proj", "down_proj"],
     }
 }
 const IA3_DEFAULT_FEEDFORWARD: &[&str] = &["down_proj"];

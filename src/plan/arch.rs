@@ -1,12 +1,13 @@
 //! Architectures the executor can run (the Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2/2.5,
-//! and Qwen3 dense, which adds a per-head RMSNorm on queries and keys),
+//! and Qwen3 dense, which adds a per-head RMSNorm on queries and keys; Gemma 2 and Gemma 3 text,
+//! whose own settings live in `Architecture::gemma`, see plan/arch_gemma.rs),
 //! read from a Hugging Face config.json, with exact parameter counts and the linear modules LoRA
 //! can target. Module names are Hugging Face's, so they match peft's `target_modules`.
 
 use serde::{Deserialize, Serialize};
 
 /// The families `recipe run` supports, by config.json `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -15,6 +16,9 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    Gemma2,
+    /// Gemma 3's text model (`gemma3_text`, `Gemma3ForCausalLM`).
+    Gemma3,
 }
 
 /// Llama 3.1-style rope scaling (`rope_type: llama3`) or linear/dynamic scaling by a factor.
@@ -62,6 +66,10 @@ pub struct Architecture {
     /// of the other families keep their shape.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// Gemma 2 / Gemma 3 text: (1+w) norms, sandwich norms, soft-capping, sliding-window layers.
+    /// Absent for the Llama family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemma: Option<super::arch_gemma::Gemma>,
     /// config.json `torch_dtype`: the dtype the weights are stored in.
     pub dtype: String,
     /// Standard deviation transformers initialises new weights with (a reward model's `score`).
@@ -143,6 +151,8 @@ impl Architecture {
             Family::Mistral => "MistralDecoderLayer",
             Family::Qwen2 => "Qwen2DecoderLayer",
             Family::Qwen3 => "Qwen3DecoderLayer",
+            Family::Gemma2 => "Gemma2DecoderLayer",
+            Family::Gemma3 => "Gemma3DecoderLayer",
         }
     }
 
@@ -155,6 +165,8 @@ impl Architecture {
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "gemma2" => Family::Gemma2,
+            "gemma3_text" => Family::Gemma3,
             other => {
                 return Err(format!(
                     "model_type `{other}` ({}) is not an architecture recipe can run; supported: {}",
@@ -177,22 +189,30 @@ impl Architecture {
         let head_dim = match (raw.head_dim, family) {
             (Some(d), _) => d,
             (None, Family::Qwen3) => 128,
+            // Gemma2Config / Gemma3TextConfig default to 256.
+            (None, Family::Gemma2 | Family::Gemma3) => 256,
             (None, _) => raw.hidden_size / raw.num_attention_heads,
         };
         if head_dim == 0 {
             return Err("config.json: head_dim must be positive".into());
         }
         let qwen2 = family == Family::Qwen2;
-        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+        // Gemma reads `hidden_activation` (arch_gemma.rs); its files' `hidden_act` is unused.
+        let gemma = super::arch_gemma::read(family, text)?;
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu" && gemma.is_none()) {
             return Err(format!("config.json: hidden_act `{act}` is not supported (the Llama family uses silu)"));
         }
-        let (rope_theta, rope_scaling) = match raw.rope_parameters {
-            Some(p) => (p.rope_theta.unwrap_or(raw.rope_theta), p.scaling.filter(|s| s.rope_type != "default")),
-            None => (raw.rope_theta, raw.rope_scaling.filter(|s| s.rope_type != "default")),
+        let (rope_theta, rope_scaling) = match (raw.rope_parameters, &gemma) {
+            // Gemma 3: the global layers' rope (its local base is in `gemma`).
+            (_, Some(g)) if family == Family::Gemma3 => g.global_rope.clone(),
+            (Some(p), _) => (p.rope_theta.unwrap_or(raw.rope_theta), p.scaling.filter(|s| s.rope_type != "default")),
+            (None, _) => (raw.rope_theta, raw.rope_scaling.filter(|s| s.rope_type != "default")),
         };
         let sliding_window = match family {
             // Qwen2/Qwen3 keep sliding_window only with use_sliding_window (their configs' __post_init__).
             Family::Qwen2 | Family::Qwen3 if raw.use_sliding_window != Some(true) => None,
+            // Gemma's window applies to its sliding layers only, with an exact mask (`gemma`).
+            Family::Gemma2 | Family::Gemma3 => None,
             _ => raw.sliding_window,
         };
         Ok(Architecture {
@@ -219,7 +239,8 @@ impl Architecture {
             qkv_bias: qwen2 || raw.attention_bias,
             o_bias: !qwen2 && raw.attention_bias,
             mlp_bias: raw.mlp_bias,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            gemma,
             dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
             initializer_range: raw.initializer_range,
         })
@@ -250,7 +271,9 @@ impl Architecture {
     pub fn parameter_counts(&self) -> ParameterCounts {
         let embed_tokens = self.vocab_size * self.hidden_size;
         let linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
-        let norms = 2 * self.hidden_size + if self.qk_norm { 2 * self.head_dim } else { 0 };
+        let norms = 2 * self.hidden_size
+            + if self.qk_norm { 2 * self.head_dim } else { 0 }
+            + if self.gemma.is_some() { 2 * self.hidden_size } else { 0 };
         let per_layer = linears + norms;
         let lm_head = if self.tie_word_embeddings { 0 } else { self.lm_head().parameters() };
         let final_norm = self.hidden_size;

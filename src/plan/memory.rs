@@ -15,7 +15,8 @@
 //!   every query head for the memory-efficient kernel, which takes the packing mask), plus 4i
 //!   (gate, up, SiLU(gate), product), plus r per adapted module (with DoRA also 2·out: the base
 //!   and LoRA terms its magnitude rescales, kept for the magnitude's gradient); attention through
-//!   scaled_dot_product_attention keeps no s×s matrix. Times c bytes and b·s tokens: all L layers
+//!   scaled_dot_product_attention keeps no s×s matrix; Gemma 2's eager attention (soft-capped
+//!   scores) keeps h_q·s² per row and layer, (2c + 4) bytes each (tanh output, fp32 softmax, cast). Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
 //! - prompt tuning: s counts the sequence and its virtual tokens (sequence_len + num_virtual_tokens),
 //!   which go through every layer and the head like real ones. Prefix tuning's N keys and values
@@ -282,6 +283,18 @@ fn breakdown(
             format!("{layers} layers × {tokens} tokens × {per_token_layer} elements × {cb} bytes")
         },
     );
+    // Eager attention (Gemma 2's soft-capped scores) keeps every head's s×s scores per row and layer
+    // for the backward pass: the tanh output and the softmax's cast in c bytes, the fp32 softmax.
+    if let super::training::AttentionPlan::Eager { heads, .. } = super::training::attention_plan(c, arch) {
+        let rows = sequences_per_example * u64::from(c.training.micro_batch_size);
+        let s = tokens / rows.max(1);
+        let kept_layers = if checkpointing { 1 } else { layers };
+        push(
+            "attention scores (eager)",
+            kept_layers * rows * heads * s * s * (2 * cb + 4),
+            format!("{kept_layers} layers × {rows} rows × {heads} heads × {s}² scores × (2 × {cb} + 4) bytes"),
+        );
+    }
     if c.training.reward_model {
         // The score head gives one value per token; no vocabulary-wide logits.
         push("scores and loss", tokens * (cb + 8), format!("{tokens} tokens × 1 score × ({cb} + 4 + 4) bytes"));

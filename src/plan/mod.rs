@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod arch;
+pub mod arch_gemma;
 pub mod data;
 pub mod forgetting;
 pub mod kernels;
@@ -240,6 +241,9 @@ pub fn render_text(plan: &Plan) -> String {
         if a.qk_norm { ", q/k head norm" } else { "" },
         a.dtype
     );
+    if let Some(g) = &a.gemma {
+        let _ = writeln!(o, "           {}", arch_gemma::describe(g, a.num_layers));
+    }
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));
     let q = &plan.quantization;
     if q.scheme == quantize::QuantScheme::None {

@@ -64,6 +64,10 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("Qwen/Qwen3-8B", include_str!("models/Qwen--Qwen3-8B.json")),
     ("Qwen/Qwen3-14B", include_str!("models/Qwen--Qwen3-14B.json")),
     ("Qwen/Qwen3-32B", include_str!("models/Qwen--Qwen3-32B.json")),
+    ("google/gemma-2-2b", include_str!("models/google--gemma-2-2b.json")),
+    ("google/gemma-2-9b", include_str!("models/google--gemma-2-9b.json")),
+    ("google/gemma-3-1b-pt", include_str!("models/google--gemma-3-1b-pt.json")),
+    ("google/gemma-3-1b-it", include_str!("models/google--gemma-3-1b-it.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes

@@ -171,12 +171,23 @@ pub enum AttentionPlan {
     /// memory-efficient kernel takes it with as many key/value heads as query heads, so grouped
     /// heads are expanded first (their keys and values then take `heads` heads of activations).
     MemoryEfficient { heads: u64, kv_heads: u64 },
+    /// Gemma 2's soft-capped scores, which SDPA cannot cap: eager attention as transformers runs
+    /// it (model/gemma.rs), materialising every head's scores, grouped key/value heads expanded.
+    Eager { heads: u64, kv_heads: u64 },
+    /// Gemma 3 with sequences longer than its sliding window: the sliding layers take a window
+    /// mask, so SDPA runs the memory-efficient kernel with key/value heads expanded.
+    Windowed { heads: u64, kv_heads: u64, window: u64 },
 }
 
 impl AttentionPlan {
     /// Key/value heads expanded to the query heads before attention.
     pub fn expands_kv(self) -> bool {
-        matches!(self, AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads)
+        match self {
+            AttentionPlan::MemoryEfficient { heads, kv_heads }
+            | AttentionPlan::Eager { heads, kv_heads, .. }
+            | AttentionPlan::Windowed { heads, kv_heads, .. } => heads != kv_heads,
+            AttentionPlan::Flash { .. } => false,
+        }
     }
 
     pub fn describe(self) -> String {
@@ -197,6 +208,24 @@ impl AttentionPlan {
                 "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on CUDA"
                     .into()
             }
+            AttentionPlan::Eager { heads, kv_heads } => format!(
+                "eager attention (soft-capped scores, which no SDPA kernel computes): every head's scores \
+                 are materialised and kept for the backward pass{}",
+                if heads != kv_heads {
+                    format!(", key/value heads expanded from {kv_heads} to {heads}")
+                } else {
+                    String::new()
+                }
+            ),
+            AttentionPlan::Windowed { heads, kv_heads, window } => format!(
+                "scaled_dot_product_attention with a {window}-position sliding-window mask on the sliding layers \
+                 (and on packed rows): memory-efficient kernel on CUDA{}",
+                if heads != kv_heads {
+                    format!(", key/value heads expanded from {kv_heads} to {heads}")
+                } else {
+                    String::new()
+                }
+            ),
         }
     }
 }
@@ -204,6 +233,15 @@ impl AttentionPlan {
 /// The attention path of `c` on `arch`.
 pub fn attention_plan(c: &Config, arch: &super::arch::Architecture) -> AttentionPlan {
     let (heads, kv_heads) = (arch.num_attention_heads, arch.num_key_value_heads);
+    if let Some(g) = &arch.gemma {
+        if g.attn_logit_softcapping.is_some() {
+            return AttentionPlan::Eager { heads, kv_heads };
+        }
+        let slides = (g.global_layers.len() as u64) < arch.num_layers;
+        if slides && g.sliding_window < u64::from(c.data.sequence_len) {
+            return AttentionPlan::Windowed { heads, kv_heads, window: g.sliding_window };
+        }
+    }
     if c.data.sample_packing {
         AttentionPlan::MemoryEfficient { heads, kv_heads }
     } else {
