@@ -14,6 +14,8 @@ use crate::recipe::check::Locator;
 use crate::recipe::diagnostic::Diagnostic;
 use crate::recipe::source::Span;
 
+pub mod bottleneck;
+
 /// Runs every rule on a config. `refused` names top-level keys whose value failed the schema (the
 /// config holds their defaults instead): rules that involve them say nothing.
 pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnostic> {
@@ -172,6 +174,7 @@ impl Rules<'_> {
 
     fn adapter_keys(&mut self, c: &Config) {
         self.prompt_tuning_keys(c);
+        self.bottleneck_keys(c);
         // Every key of the adapter section but `adapter` itself (prompt and prefix tuning's are checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
         let keys: Vec<&str> = schema
@@ -181,7 +184,9 @@ impl Rules<'_> {
                 props
                     .keys()
                     .map(String::as_str)
-                    .filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k))
+                    .filter(|k| {
+                        *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k) && !bottleneck::BOTTLENECK_KEYS.contains(k)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -198,8 +203,8 @@ impl Rules<'_> {
             let ia3_key = key.starts_with("ia3_");
             match (ia3_key, c.adapter.adapter) {
                 (true, Some(AdapterKind::Ia3)) | (false, Some(AdapterKind::Lora | AdapterKind::Qlora)) => {}
-                // Checked with the method's own keys (prompt_tuning_keys).
-                (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) => {}
+                // Checked with the method's own keys (prompt_tuning_keys, bottleneck_keys).
+                (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning | AdapterKind::Bottleneck)) => {}
                 (true, adapter) => self.error(
                     "ia3-key-without-ia3",
                     match adapter {
@@ -273,7 +278,15 @@ impl Rules<'_> {
             .get("properties")
             .and_then(serde_json::Value::as_object)
             .map(|props| {
-                props.keys().filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())).cloned().collect()
+                props
+                    .keys()
+                    .filter(|k| {
+                        *k != "adapter"
+                            && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())
+                            && !bottleneck::BOTTLENECK_KEYS.contains(&k.as_str())
+                    })
+                    .cloned()
+                    .collect()
             })
             .unwrap_or_default();
         for key in &other_keys {
@@ -1572,6 +1585,9 @@ impl Rules<'_> {
                 (1e-3, 1e-2, "IA3: 1e-3 to 1e-2")
             } else if matches!(a.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) {
                 (1e-3, 3e-1, "prompt and prefix tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
+            } else if a.adapter == Some(AdapterKind::Bottleneck) {
+                // AdapterHub's examples train bottleneck adapters at 1e-4 (Pfeiffer et al.) to 1e-3.
+                (1e-4, 1e-3, "bottleneck adapters: 1e-4 to 1e-3")
             } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {

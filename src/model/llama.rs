@@ -31,6 +31,9 @@ pub enum Trainable {
     /// a trained key and value in every layer, in front of each sequence's own; every weight of the
     /// model stays frozen.
     Prefix { num_virtual_tokens: i64 },
+    /// AdapterHub's bottleneck adapters after the attention and/or feed-forward block of every
+    /// layer (model/bottleneck.rs); every weight of the model stays frozen.
+    Bottleneck(super::bottleneck::BottleneckSpec),
 }
 
 /// How prompt tuning's virtual tokens start.
@@ -48,7 +51,11 @@ impl Trainable {
     pub fn modules_to_save(&self) -> &[String] {
         match self {
             Trainable::Lora { modules_to_save, .. } | Trainable::Ia3 { modules_to_save, .. } => modules_to_save,
-            Trainable::Nothing | Trainable::Everything | Trainable::Prompt { .. } | Trainable::Prefix { .. } => &[],
+            Trainable::Nothing
+            | Trainable::Everything
+            | Trainable::Prompt { .. }
+            | Trainable::Prefix { .. }
+            | Trainable::Bottleneck(_) => &[],
         }
     }
 }
@@ -103,6 +110,8 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Tensor,
     pub mlp: Mlp,
+    /// Bottleneck adapters (model/bottleneck.rs) after this layer's attention and/or feed-forward block.
+    pub bottleneck: Option<super::bottleneck::LayerAdapters>,
 }
 
 /// Keys and values of the tokens decoded so far, per layer.
@@ -342,6 +351,7 @@ impl CausalLm {
                     up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
                     down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
                 },
+                bottleneck: None,
             });
         }
         let prompt = match &opts.trainable {
@@ -435,6 +445,9 @@ impl CausalLm {
     /// (`model::serving`) once per adapter, over layers it has emptied first.
     pub fn add_adapters(&mut self, trainable: &Trainable, score_head: bool) -> Result<(), String> {
         let device = self.device;
+        if let Trainable::Bottleneck(spec) = trainable {
+            super::bottleneck::add(self, spec);
+        }
         // IA3: a vector of ones on each targeted linear (peft's init).
         if let Trainable::Ia3 { targets, feedforward, .. } = trainable {
             for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
@@ -753,11 +766,20 @@ impl CausalLm {
         let causal = mask.is_none() && s == t;
         let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let x = x + at.o_proj.forward(&attn, train, on);
+        let bottleneck = layer.bottleneck.as_ref().filter(|_| on);
+        let o = at.o_proj.forward(&attn, train, on);
+        let x = match bottleneck {
+            Some(b) => b.after_attention(x, &o),
+            None => x + o,
+        };
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
         let m = &layer.mlp;
         let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
-        x + m.down_proj.forward(&act, train, on)
+        let o = m.down_proj.forward(&act, train, on);
+        match bottleneck {
+            Some(b) => b.after_mlp(&x, &o),
+            None => x + o,
+        }
     }
 
     /// Final hidden states [B, T, H] after the last norm.
@@ -982,6 +1004,7 @@ impl CausalLm {
                     .chain(&self.prefix)
                     .map(|p| Param { name: "prompt_embeddings".into(), tensor: p.shallow_clone() }),
             ),
+            Trainable::Bottleneck(spec) => out = super::bottleneck::params(self, spec),
             Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
                 if let Some(lora) = &self.embed_lora {
                     let p = peft_prefix("model.embed_tokens");

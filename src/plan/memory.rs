@@ -248,8 +248,14 @@ fn breakdown(
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
-    let per_token_layer =
-        4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer + ia3_per_layer;
+    // Bottleneck adapters keep each adapter's input, down projection (before and after the activation)
+    // and output (plan/bottleneck.rs).
+    let bottleneck_per_layer = adapter.bottleneck.as_ref().map_or(0, |b| b.activations_per_token(arch));
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i
+        + lora_per_layer
+        + dora_per_layer
+        + ia3_per_layer
+        + bottleneck_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
