@@ -2,7 +2,8 @@
 //! (loaded from the adapter.safetensors adapters itself saved) and batch, the loss, logits and every
 //! trainable gradient match the goldens of scripts/reference/bottleneck_goldens.py (logits within
 //! 1e-4, loss 1e-5, gradients 1e-4 relative), houlsby and pfeiffer, on stories260k and on random
-//! Llama / Mistral / Qwen2 / Qwen3 configs, with and without gradient checkpointing; the plan's
+//! Llama / Mistral / Qwen2 / Qwen3 configs, with and without gradient checkpointing, and over an NF4
+//! base against adapters over bitsandbytes; the plan's
 //! trainable counts equal adapters'. End to end with the real binary: short runs of stories260k
 //! write adapters' format, reload with the run's logits, generate, and are refused by `recipe merge`;
 //! the folders, recipe's logits and greedy text are left in CARGO_TARGET_TMPDIR/bottleneck-check for
@@ -14,7 +15,7 @@ use recipe::config::Config;
 use recipe::config::adapter::{AdapterKind, BottleneckArchitecture};
 use recipe::exec::load_trained;
 use recipe::exec::objective::{self, DeviceBatch, Supervised};
-use recipe::model::llama::{CausalLm, Inputs, LoadOptions, Trainable};
+use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
 use recipe::model::weights::Checkpoint;
 use recipe::model::{adapter, bottleneck};
 use std::collections::HashMap;
@@ -35,11 +36,13 @@ fn load_folder(dir: &Path, trainable: Option<Trainable>) -> CausalLm {
     )
     .unwrap();
     let with_adapter = trainable.is_none();
+    // The goldens' BitsAndBytesConfig for an `_nf4` case: NF4, double quant, blocksize 64, fp32 compute.
+    let nf4 = FourBit { quant_type: recipe::model::nf4::QuantType::Nf4, double_quant: true, blocksize: 64 };
     let opts = LoadOptions {
         device: Device::Cpu,
         base_kind: Kind::Float,
         trainable: trainable.unwrap_or(cfg.trainable),
-        quantize: None,
+        quantize: dir.to_string_lossy().ends_with("_nf4").then_some(Quantize::FourBit(nf4)),
         score_head: false,
     };
     let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
@@ -115,6 +118,11 @@ fn pfeiffer_logits_and_gradients_match_adapters() {
     check("stories260k_pfeiffer", false);
     check("mistral_pfeiffer", false);
     check("qwen3_pfeiffer", false);
+}
+
+#[test]
+fn pfeiffer_over_a_4bit_base_matches_adapters_over_bitsandbytes() {
+    check("stories260k_pfeiffer_nf4", false);
 }
 
 #[test]

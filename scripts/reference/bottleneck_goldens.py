@@ -22,6 +22,9 @@ transformers 4.57.6 gives those bases' committed logits, within 1e-5)
                         (Qwen2/Qwen3 go through adapters' plugin interface: hooks on o_proj and
                         down_proj, the residual taken before the layer norms)
   qwen3_pfeiffer        SeqBnConfig(reduction_factor=4, non_linearity="silu")
+  stories260k_pfeiffer_nf4  SeqBnConfig(reduction_factor=8) over a 4-bit base: from_pretrained with
+                        BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute float32), device_map
+                        "cpu" (bitsandbytes' bf16 packed CPU kernel switched off, as in qlora_goldens.py)
 
 adapters.init(model); add_adapter("bottleneck", config); train_adapter("bottleneck") (which
 freezes the base and activates the adapter). Then, from a generator seeded with 7000 + case
@@ -88,7 +91,11 @@ CASES = [
     ("mistral_pfeiffer", GOLDEN_MODEL + "/mistral", SeqBnConfig, dict(reduction_factor=2, non_linearity="gelu_new")),
     ("qwen2_houlsby", GOLDEN_MODEL + "/qwen2", DoubleSeqBnConfig, dict(reduction_factor=4, non_linearity="tanh")),
     ("qwen3_pfeiffer", GOLDEN_MODEL + "/qwen3_gqa_tied", SeqBnConfig, dict(reduction_factor=4, non_linearity="silu")),
+    # Appended after the others so their seeds (case index) and files stay as they were.
+    ("stories260k_pfeiffer_nf4", STORIES, SeqBnConfig, dict(reduction_factor=8)),
 ]
+QUANT = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+             bnb_4bit_compute_dtype=torch.float32)
 ARCH_OF = {DoubleSeqBnConfig: "houlsby", SeqBnConfig: "pfeiffer"}
 
 
@@ -113,6 +120,24 @@ def write_json(obj, path):
 def load_base(rel):
     m = AutoModelForCausalLM.from_pretrained(rel, dtype=torch.float32, attn_implementation="eager")
     return m.eval()
+
+
+def load_nf4(rel):
+    from transformers import BitsAndBytesConfig
+    m = AutoModelForCausalLM.from_pretrained(rel, quantization_config=BitsAndBytesConfig(**QUANT),
+                                             dtype=torch.float32, device_map="cpu", attn_implementation="eager")
+    no_packed_kernel(m)
+    return m.eval()
+
+
+def no_packed_kernel(m):
+    import bitsandbytes as bnb
+    n = 0
+    for mod in m.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False  # no bf16 packed kernel, on any CPU
+            n += 1
+    assert n == 7 * m.config.num_hidden_layers, n
 
 
 def check_base(rel):
@@ -166,8 +191,11 @@ def case_goldens(out):
         os.makedirs(case_dir)
         base_diff = check_base(base_rel)
         torch.manual_seed(0)
-        model = load_base(base_rel)
+        nf4 = case.endswith("_nf4")
+        model = load_nf4(base_rel) if nf4 else load_base(base_rel)
         adapters.init(model)
+        if nf4:
+            no_packed_kernel(model)  # adapters.init rewraps the linears (its LoRALinear)
         model.add_adapter(NAME, config=cfg_cls(**kw))
         model.train_adapter(NAME)
         g = gen(7000 + index)
@@ -208,6 +236,7 @@ def case_goldens(out):
                     "config_class": cfg_cls.__name__, "adapter_weights_std": STD,
                     "trainable_params": count, "seq_len": T, "labels_masked_prefix": MASKED,
                     "base_logits_vs_committed": base_diff,
+                    "quantization": QUANT | {"bnb_4bit_compute_dtype": "float32"} if nf4 else None,
                     "adapters_version": adapters.__version__,
                     "transformers_version": transformers.__version__},
                    os.path.join(case_dir, "case.json"))
