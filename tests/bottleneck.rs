@@ -31,10 +31,9 @@ fn root() -> PathBuf {
 fn load_folder(dir: &Path, trainable: Option<Trainable>) -> CausalLm {
     let cfg = adapter::read_config(dir).unwrap();
     let base = root().join(&cfg.base_model);
-    let arch = recipe::plan::arch::Architecture::from_config_json(
-        &std::fs::read_to_string(base.join("config.json")).unwrap(),
-    )
-    .unwrap();
+    let arch =
+        recipe::plan::arch::Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap())
+            .unwrap();
     let with_adapter = trainable.is_none();
     // The goldens' BitsAndBytesConfig for an `_nf4` case: NF4, double quant, blocksize 64, fp32 compute.
     let nf4 = FourBit { quant_type: recipe::model::nf4::QuantType::Nf4, double_quant: true, blocksize: 64 };
@@ -299,7 +298,8 @@ fn end_to_end(case: &str, adapter_keys: &str, mh_adapter: bool, tensors: usize) 
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     let text = String::from_utf8_lossy(&generated.stdout).trim_end_matches('\n').to_string();
     assert!(text.starts_with(PROMPT) && text.len() > PROMPT.len(), "{text}");
-    let record = serde_json::json!({"prompt": PROMPT, "max_new_tokens": NEW_TOKENS.parse::<u32>().unwrap(), "text": text});
+    let record =
+        serde_json::json!({"prompt": PROMPT, "max_new_tokens": NEW_TOKENS.parse::<u32>().unwrap(), "text": text});
     std::fs::write(dir.join("recipe_generate.json"), serde_json::to_string_pretty(&record).unwrap()).unwrap();
 
     let out = Command::cargo_bin("recipe")
@@ -330,10 +330,7 @@ fn pfeiffer_run_writes_adapters_format_generates_and_refuses_merge() {
 fn bottleneck_trains_over_a_4bit_base() {
     // The adapters sit beside the layers, so a quantized base changes nothing about them.
     let dir = fresh("pfeiffer_nf4");
-    train(
-        &dir,
-        "adapter: bottleneck\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_compute_dtype: float32\n",
-    );
+    train(&dir, "adapter: bottleneck\nload_in_4bit: true\nbnb_4bit_quant_type: nf4\nbnb_4bit_compute_dtype: float32\n");
     let saved: Vec<(String, Tensor)> = Tensor::read_safetensors(dir.join("adapter.safetensors")).unwrap();
     assert_eq!(saved.len(), 20);
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();

@@ -318,14 +318,10 @@ pub fn read_config(path: &Path, v: &Value) -> Result<(String, Trainable), String
     if get("leave_out").and_then(Value::as_array).is_some_and(|l| !l.is_empty()) {
         return Err(here("bottleneck adapters with `leave_out` layers are not supported".into()));
     }
-    let hidden = v
-        .get("hidden_size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| here("no integer `hidden_size`".into()))?;
-    let reduction_factor = get("reduction_factor")
-        .and_then(Value::as_f64)
-        .filter(|r| *r > 0.0)
-        .ok_or_else(|| here("`reduction_factor` must be a positive number (per-layer mappings are not supported)".into()))?;
+    let hidden = v.get("hidden_size").and_then(Value::as_u64).ok_or_else(|| here("no integer `hidden_size`".into()))?;
+    let reduction_factor = get("reduction_factor").and_then(Value::as_f64).filter(|r| *r > 0.0).ok_or_else(|| {
+        here("`reduction_factor` must be a positive number (per-layer mappings are not supported)".into())
+    })?;
     let name = get("non_linearity").and_then(Value::as_str).ok_or_else(|| here("no `non_linearity`".into()))?;
     let non_linearity = NonLinearity::from_name(name).ok_or_else(|| {
         here(format!(

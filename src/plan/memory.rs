@@ -251,11 +251,8 @@ fn breakdown(
     // Bottleneck adapters keep each adapter's input, down projection (before and after the activation)
     // and output (plan/bottleneck.rs).
     let bottleneck_per_layer = adapter.bottleneck.as_ref().map_or(0, |b| b.activations_per_token(arch));
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i
-        + lora_per_layer
-        + dora_per_layer
-        + ia3_per_layer
-        + bottleneck_per_layer;
+    let adapters_per_layer = lora_per_layer + dora_per_layer + ia3_per_layer + bottleneck_per_layer;
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + adapters_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing

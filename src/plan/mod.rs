@@ -304,13 +304,18 @@ pub fn render_text(plan: &Plan) -> String {
         }
         adapter::AdapterMethod::Bottleneck => {
             if let Some(b) = &ad.bottleneck {
+                let place = if b.mh_adapter {
+                    "after attention and after the feed-forward block"
+                } else {
+                    "after the feed-forward block"
+                };
                 let _ = writeln!(
                     o,
                     "adapter    bottleneck {} ({}): {} per layer ({}), {} → {} → {} with {}, reduction factor {}",
                     b.architecture_name(),
                     b.config_class,
                     b.adapters_per_layer(),
-                    if b.mh_adapter { "after attention and after the feed-forward block" } else { "after the feed-forward block" },
+                    place,
                     plan.model.architecture.hidden_size,
                     b.bottleneck_size,
                     plan.model.architecture.hidden_size,
