@@ -22,8 +22,9 @@ under torch.no_grad():
   base.generate(tokenizer(prompt).input_ids, do_sample=False, max_new_tokens, use_cache=False) must
   give recipe's text: the prompt followed by the new tokens decoded (special tokens skipped), as
   `recipe generate` prints them. use_cache=False because adapters 1.3.0's generate with its KV
-  cache gives other tokens than its own forward pass on the same ids (seen on both folders; the
-  report records that text too, as `adapters_cached_text`, without judging it).
+  cache gives other tokens than its own forward pass on the same ids: its Llama decoder layer takes
+  `past_key_value` while transformers 4.57 passes `past_key_values`, so the attention never sees the
+  cache (the report records that text too, as `adapters_cached_text`, without judging it).
 
 Prints a table and writes a JSON report (pretty, sorted keys) to --report PATH (default
 tests/golden/bottleneck_outputs_check.json); exit status 0 all present cases pass, 1 one fails,
