@@ -284,3 +284,23 @@ fn bottleneck_adapters_keep_their_activations_and_a_small_trainable_state() {
         .sum();
     assert_eq!(trainable_state, 5800 * 16);
 }
+
+#[test]
+fn bottleneck_suggestions_stay_within_what_it_builds() {
+    // Llama-3-8B with houlsby adapters on a 24 GiB GPU: a 4-bit base is suggested (bottleneck adapters
+    // train over it), sharding is not (the rules refuse it with bottleneck adapters).
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bottleneck.yaml");
+    std::fs::write(
+        &recipe,
+        "base_model: meta-llama/Meta-Llama-3-8B\nadapter: bottleneck\nadapter_config: houlsby\nlearning_rate: 1.0e-4\n\
+         sequence_len: 2048\nmicro_batch_size: 4\nnum_epochs: 3\ndatasets: [{path: yahma/alpaca-cleaned, type: alpaca}]\n",
+    )
+    .unwrap();
+    let p = plan(recipe.to_str().unwrap(), &[], on_gpu(24));
+    assert_eq!(p.adapter.trainable_parameters, 134_496_256);
+    assert_eq!(p.memory.fits, Some(false));
+    let changes: Vec<&str> = p.memory.suggestions.iter().map(|s| s.change.as_str()).collect();
+    assert!(changes.iter().any(|c| c.contains("bottleneck adapters on a 4-bit base")), "{changes:?}");
+    assert!(!changes.iter().any(|c| c.contains("fsdp") || c.contains("GPUs") || c.contains("qlora")), "{changes:?}");
+}

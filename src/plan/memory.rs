@@ -414,13 +414,14 @@ fn suggestions(
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    if !c.quantization.load_in_4bit && c.adapter.adapter == Some(AdapterKind::Ia3) {
-        // IA3 stays IA3 over a 4-bit base (its trainable state is already tiny).
+    if !c.quantization.load_in_4bit && matches!(c.adapter.adapter, Some(AdapterKind::Ia3 | AdapterKind::Bottleneck)) {
+        // IA3 stays IA3 (bottleneck adapters stay themselves) over a 4-bit base: their trainable state is small.
+        let method = if c.adapter.adapter == Some(AdapterKind::Ia3) { "IA3" } else { "bottleneck adapters" };
         let mut four_bit = cumulative.clone();
         four_bit.quantization.load_in_8bit = false;
         four_bit.quantization.load_in_4bit = true;
         add(
-            "load_in_4bit: true (IA3 on a 4-bit base, with gradient checkpointing)".into(),
+            format!("load_in_4bit: true ({method} on a 4-bit base, with gradient checkpointing)"),
             total(&four_bit, world_size),
         );
     } else if !c.quantization.load_in_4bit && c.adapter.adapter.is_none_or(AdapterKind::is_lora) {
@@ -438,6 +439,10 @@ fn suggestions(
             "adapter: qlora, load_in_4bit: true, optimizer: paged_adamw_8bit (with gradient checkpointing)".into(),
             total(&qlora, world_size),
         );
+    }
+    // Sharded training of bottleneck adapters is refused (config/rules/bottleneck.rs): nothing to suggest.
+    if c.adapter.adapter == Some(AdapterKind::Bottleneck) {
+        return out;
     }
     let mut sharded = cumulative.clone();
     // A DeepSpeed config keeps its own stage (fsdp cannot join it).
