@@ -22,3 +22,17 @@ if [ ! -f "$REF_PY/.complete" ]; then
 fi
 PYTHONPATH="$REF_PY:$RECIPE_CACHE/torch-2.11.0" python3 -S scripts/reference/check_outputs.py \
   "$CARGO_TARGET_DIR/tmp/outputs-check" --report "$CARGO_TARGET_DIR/tmp/outputs_check.json"
+
+# Bottleneck adapters load in AdapterHub's `adapters` (tests/bottleneck.rs left the folders). adapters pins
+# its own transformers line, so its pinned stack (scripts/reference/requirements-adapters.txt) goes into its
+# own folder in the cache, once, ahead of the main reference stack on PYTHONPATH.
+REF_ADAPTERS="$RECIPE_CACHE/ref-adapters"
+if [ ! -f "$REF_ADAPTERS/.complete" ]; then
+  echo "installing AdapterHub's adapters (with its transformers; pinned) into $REF_ADAPTERS (once)" >&2
+  rm -rf "$REF_ADAPTERS"
+  grep -v '^#' scripts/reference/requirements-adapters.txt \
+    | python3 -m pip install --quiet --disable-pip-version-check --no-input --target "$REF_ADAPTERS" --no-deps -r /dev/stdin >&2
+  touch "$REF_ADAPTERS/.complete"
+fi
+PYTHONPATH="$REF_ADAPTERS:$REF_PY:$RECIPE_CACHE/torch-2.11.0" python3 -S scripts/reference/check_bottleneck_outputs.py \
+  "$CARGO_TARGET_DIR/tmp/bottleneck-check" --report "$CARGO_TARGET_DIR/tmp/bottleneck_outputs_check.json"

@@ -18,7 +18,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A small recipe on stories260k in `dir`: `method` is lora, full, qlora, ia3 or lora_embed.
+/// A small recipe on stories260k in `dir`: `method` is lora, full, qlora, ia3, lora_embed or bottleneck.
 fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
     let adapter = match method {
         "lora" => {
@@ -31,6 +31,7 @@ fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
         }
         "full" => "learning_rate: 2.0e-4\n",
         "ia3" => "adapter: ia3\nlearning_rate: 3.0e-3\n",
+        "bottleneck" => "adapter: bottleneck\nadapter_config: houlsby\nlearning_rate: 1.0e-3\n",
         "lora_embed" => {
             "adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n\
                     learning_rate: 2.0e-3\n"
@@ -85,7 +86,7 @@ fn assert_same_losses(a: &[(u64, f64)], b: &[(u64, f64)], relative: f64, what: &
 
 /// The trained weights of an output folder, by name.
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let file = ["adapter_model.safetensors", "model.safetensors"]
+    let file = ["adapter_model.safetensors", "adapter.safetensors", "model.safetensors"]
         .iter()
         .map(|f| dir.join("out").join(f))
         .find(|p| p.is_file())
@@ -247,6 +248,15 @@ fn two_ranks_equal_one_rank_with_accumulation_full_and_qlora() {
         // largest value of a q_proj lora_B after 4 steps (IA3: within 1e-5).
         assert_same_weights(one.path(), two.path(), if method == "ia3" { 1e-5 } else { 5e-5 });
     }
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_accumulation_bottleneck() {
+    // Bottleneck adapters (adapters' format, adapter.safetensors): their gradients are all-reduced as
+    // any adapter's.
+    let (one, two) = one_and_two_ranks("bottleneck", "max_steps: 4\n");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "bottleneck");
+    assert_same_weights(one.path(), two.path(), 1e-5);
 }
 
 /// The environment torchrun gives its workers: the torch install the scripts made, if any.

@@ -254,3 +254,53 @@ fn embedding_lora_counts_its_pair_in_the_trainable_state() {
     };
     assert_eq!(state(&with) - state(&q_v), pair * 16);
 }
+
+#[test]
+fn bottleneck_adapters_keep_their_activations_and_a_small_trainable_state() {
+    // Each adapter keeps, per token, its input and output (hidden) and its down projection before
+    // and after the activation (2 × bottleneck width); houlsby has two per layer, pfeiffer one.
+    let houlsby = plan("recipes/demo/stories260k-bottleneck.yaml", &[], PlanOptions::default());
+    let pfeiffer = plan(
+        "recipes/demo/stories260k-bottleneck.yaml",
+        &["adapter_config=pfeiffer", "adapter_non_linearity=relu"],
+        PlanOptions::default(),
+    );
+    let arch = recipe::plan::model::local_architecture(Path::new("models/stories260k")).unwrap();
+    let tokens = houlsby.batch.micro_batch_size * houlsby.batch.sequence_len;
+    let d = arch.hidden_size / 16;
+    assert_eq!(
+        houlsby.memory.activations_without_checkpointing - pfeiffer.memory.activations_without_checkpointing,
+        arch.num_layers * tokens * (2 * arch.hidden_size + 2 * d) * 2,
+        "bf16 activations: layers × tokens × one adapter's (2·hidden + 2·d) × 2 bytes"
+    );
+    // 5 layers × 2 adapters × (2·64·4 + 4 + 64), as adapters counts them; 16 bytes each in training.
+    assert_eq!(houlsby.adapter.trainable_parameters, 5800);
+    let trainable_state: u64 = houlsby
+        .memory
+        .items
+        .iter()
+        .filter(|i| ["adapter weights (fp32)", "gradients (fp32)", "optimizer states"].contains(&i.name))
+        .map(|i| i.bytes)
+        .sum();
+    assert_eq!(trainable_state, 5800 * 16);
+}
+
+#[test]
+fn bottleneck_suggestions_stay_within_what_it_builds() {
+    // Llama-3-8B with houlsby adapters on a 24 GiB GPU: a 4-bit base is suggested (bottleneck adapters
+    // train over it), sharding is not (the rules refuse it with bottleneck adapters).
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bottleneck.yaml");
+    std::fs::write(
+        &recipe,
+        "base_model: meta-llama/Meta-Llama-3-8B\nadapter: bottleneck\nadapter_config: houlsby\nlearning_rate: 1.0e-4\n\
+         sequence_len: 2048\nmicro_batch_size: 4\nnum_epochs: 3\ndatasets: [{path: yahma/alpaca-cleaned, type: alpaca}]\n",
+    )
+    .unwrap();
+    let p = plan(recipe.to_str().unwrap(), &[], on_gpu(24));
+    assert_eq!(p.adapter.trainable_parameters, 134_496_256);
+    assert_eq!(p.memory.fits, Some(false));
+    let changes: Vec<&str> = p.memory.suggestions.iter().map(|s| s.change.as_str()).collect();
+    assert!(changes.iter().any(|c| c.contains("bottleneck adapters on a 4-bit base")), "{changes:?}");
+    assert!(!changes.iter().any(|c| c.contains("fsdp") || c.contains("GPUs") || c.contains("qlora")), "{changes:?}");
+}

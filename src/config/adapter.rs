@@ -1,4 +1,5 @@
-//! The parameter-efficient method (LoRA / QLoRA / IA3 / prompt or prefix tuning) or full fine-tuning.
+//! The parameter-efficient method (LoRA / QLoRA / IA3 / prompt or prefix tuning / bottleneck adapters) or full
+//! fine-tuning.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,10 @@ use serde::{Deserialize, Serialize};
 pub struct AdapterConfig {
     /// `lora` (dense base), `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`), `ia3` (a
     /// learned scale per feature, on a dense or quantized base), `prompt_tuning` (trained virtual
-    /// tokens before every sequence, the body frozen) or `prefix_tuning` (trained keys and values
-    /// before every sequence in every layer, the body frozen). Absent: full fine-tuning.
+    /// tokens before every sequence, the body frozen), `prefix_tuning` (trained keys and values
+    /// before every sequence in every layer, the body frozen) or `bottleneck` (AdapterHub's
+    /// bottleneck adapters: small down/up-projection blocks after the attention and/or feed-forward
+    /// block of every layer, the body frozen). Absent: full fine-tuning.
     #[serde(default)]
     pub adapter: Option<AdapterKind>,
     /// LoRA rank r: the inner dimension of the low-rank update (8–64; higher for harder tasks).
@@ -90,6 +93,24 @@ pub struct AdapterConfig {
     /// peft's `feedforward_modules`; a subset of `ia3_target_modules`. Defaults to peft's: `down_proj`.
     #[serde(default)]
     pub ia3_feedforward_modules: Option<ModuleList>,
+    /// Bottleneck adapters (`adapter: bottleneck`): AdapterHub's architecture. `houlsby` (adapters'
+    /// `DoubleSeqBnConfig`): an adapter after the attention block and one after the feed-forward
+    /// block of every layer; `pfeiffer` (`SeqBnConfig`, adapters' default): one after the feed-forward
+    /// block, fed the block's output plus its residual. Defaults to `pfeiffer`.
+    // The bottleneck keys are left out of the resolved settings unless set (only it reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_config: Option<BottleneckArchitecture>,
+    /// Bottleneck adapters: hidden size ÷ bottleneck width, as adapters' `reduction_factor` (the
+    /// width is `hidden_size // reduction_factor`, at least 1). Defaults to 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    pub adapter_reduction_factor: Option<f64>,
+    /// Bottleneck adapters: the activation between the down and up projections, as adapters'
+    /// `non_linearity`: `relu`, `swish` / `silu`, `gelu` (erf), `gelu_new` (tanh approximation) or
+    /// `tanh`. Defaults to adapters' default for the architecture: `swish` (houlsby), `relu` (pfeiffer).
+    /// adapters' other activations are refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_non_linearity: Option<String>,
 }
 
 impl Default for AdapterConfig {
@@ -118,6 +139,8 @@ pub enum AdapterKind {
     /// Prefix tuning (peft's PREFIX_TUNING): trained keys and values before every sequence, in every layer.
     #[serde(rename = "prefix_tuning")]
     PrefixTuning,
+    /// AdapterHub's bottleneck adapters (`adapters`' `SeqBnConfig` / `DoubleSeqBnConfig`).
+    Bottleneck,
 }
 
 impl AdapterKind {
@@ -129,6 +152,7 @@ impl AdapterKind {
             AdapterKind::Ia3 => "ia3",
             AdapterKind::PromptTuning => "prompt_tuning",
             AdapterKind::PrefixTuning => "prefix_tuning",
+            AdapterKind::Bottleneck => "bottleneck",
         }
     }
 
@@ -136,6 +160,16 @@ impl AdapterKind {
     pub fn is_lora(self) -> bool {
         matches!(self, AdapterKind::Lora | AdapterKind::Qlora)
     }
+}
+
+/// AdapterHub's bottleneck-adapter architecture (`adapter_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BottleneckArchitecture {
+    /// Houlsby et al. (2019), adapters' `DoubleSeqBnConfig`: after the attention and the feed-forward block.
+    Houlsby,
+    /// Pfeiffer et al. (2020), adapters' `SeqBnConfig`: after the feed-forward block.
+    Pfeiffer,
 }
 
 /// peft's `prompt_tuning_init`.

@@ -14,6 +14,8 @@ use crate::recipe::check::Locator;
 use crate::recipe::diagnostic::Diagnostic;
 use crate::recipe::source::Span;
 
+pub mod bottleneck;
+
 /// Runs every rule on a config. `refused` names top-level keys whose value failed the schema (the
 /// config holds their defaults instead): rules that involve them say nothing.
 pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnostic> {
@@ -173,6 +175,7 @@ impl Rules<'_> {
 
     fn adapter_keys(&mut self, c: &Config) {
         self.prompt_tuning_keys(c);
+        self.bottleneck_keys(c);
         // Every key of the adapter section but `adapter` itself (prompt and prefix tuning's are checked above).
         let schema = schemars::schema_for!(super::AdapterConfig);
         let keys: Vec<&str> = schema
@@ -182,7 +185,9 @@ impl Rules<'_> {
                 props
                     .keys()
                     .map(String::as_str)
-                    .filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k))
+                    .filter(|k| {
+                        *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k) && !bottleneck::BOTTLENECK_KEYS.contains(k)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -201,8 +206,8 @@ impl Rules<'_> {
                 (true, Some(AdapterKind::Ia3)) | (false, Some(AdapterKind::Lora | AdapterKind::Qlora)) => {}
                 // The trained adapter to start from: a LoRA or an IA3 one (Axolotl's name for it).
                 (false, Some(AdapterKind::Ia3)) if key == "lora_model_dir" => {}
-                // Checked with the method's own keys (prompt_tuning_keys).
-                (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) => {}
+                // Checked with the method's own keys (prompt_tuning_keys, bottleneck_keys).
+                (_, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning | AdapterKind::Bottleneck)) => {}
                 (true, adapter) => self.error(
                     "ia3-key-without-ia3",
                     match adapter {
@@ -323,7 +328,15 @@ impl Rules<'_> {
             .get("properties")
             .and_then(serde_json::Value::as_object)
             .map(|props| {
-                props.keys().filter(|k| *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())).cloned().collect()
+                props
+                    .keys()
+                    .filter(|k| {
+                        *k != "adapter"
+                            && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())
+                            && !bottleneck::BOTTLENECK_KEYS.contains(&k.as_str())
+                    })
+                    .cloned()
+                    .collect()
             })
             .unwrap_or_default();
         for key in &other_keys {
@@ -1598,6 +1611,9 @@ impl Rules<'_> {
                 (1e-3, 1e-2, "IA3: 1e-3 to 1e-2")
             } else if matches!(a.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning)) {
                 (1e-3, 3e-1, "prompt and prefix tuning: 1e-3 to 3e-1; peft's examples use 3e-2")
+            } else if a.adapter == Some(AdapterKind::Bottleneck) {
+                // AdapterHub's examples train bottleneck adapters at 1e-4 (Pfeiffer et al.) to 1e-3.
+                (1e-4, 1e-3, "bottleneck adapters: 1e-4 to 1e-3")
             } else if a.adapter.is_some() {
                 (1e-4, 5e-4, "LoRA: 1e-4 to 5e-4")
             } else {

@@ -78,6 +78,14 @@ pub fn write_model_files(
                 plan.adapter.prompt.as_ref().ok_or("a prompt-tuned model from a plan without prompt tuning")?;
             adapter::write_prompt_config(dir, &base_name(plan, base_dir), prompt, &model.arch)?;
         }
+        Trainable::Bottleneck(spec) => {
+            if with_weights {
+                let tensors: Vec<(String, Tensor)> =
+                    model.trainable_params().into_iter().map(|p| (p.name, p.tensor.detach())).collect();
+                weights::save(&dir.join(crate::model::bottleneck::WEIGHTS_FILE), &tensors)?;
+            }
+            crate::model::bottleneck::write_config(dir, &base_name(plan, base_dir), spec, &model.arch)?;
+        }
         Trainable::Prefix { num_virtual_tokens, projection } => {
             // peft saves the keys and values; with projection, the MLP's output.
             let prefix = tch::no_grad(|| model.prefix_values()).ok_or("a prefix-tuned model without a prefix")?;
@@ -145,8 +153,14 @@ pub fn publish(dest: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> 
 
 /// What a finished or interrupted run leaves in its output folder (its `recipe_run.json` too, which
 /// alone, from a run that stopped before writing anything, does not make the folder another run's).
-const RUN_OUTPUTS: &[&str] =
-    &["metrics.jsonl", "adapter_model.safetensors", "model.safetensors", "loss_curve.svg", "adapter_config.json"];
+const RUN_OUTPUTS: &[&str] = &[
+    "metrics.jsonl",
+    "adapter_model.safetensors",
+    "adapter.safetensors",
+    "model.safetensors",
+    "loss_curve.svg",
+    "adapter_config.json",
+];
 
 /// The record of the run an output folder belongs to: its resolved plan and its training data's digest.
 pub const RUN_RECORD: &str = "recipe_run.json";
@@ -431,7 +445,7 @@ pub fn resume_weights_file(dir: &Path) -> PathBuf {
 
 /// The trainable-weights file of a checkpoint or output folder.
 pub fn weights_file(dir: &Path) -> PathBuf {
-    let adapter = dir.join("adapter_model.safetensors");
+    let adapter = crate::model::bottleneck::weights_path(dir);
     if adapter.is_file() { adapter } else { dir.join("model.safetensors") }
 }
 

@@ -79,7 +79,11 @@ fn targets(model: &CausalLm) -> Vec<(String, Target, Option<&Linear>)> {
         Trainable::Nothing => {}
         // IA3's vectors and prompt or prefix tuning's virtual tokens: the penalty on the trained
         // tensors themselves.
-        Trainable::Everything | Trainable::Ia3 { .. } | Trainable::Prompt { .. } | Trainable::Prefix { .. } => {
+        Trainable::Everything
+        | Trainable::Ia3 { .. }
+        | Trainable::Prompt { .. }
+        | Trainable::Prefix { .. }
+        | Trainable::Bottleneck(_) => {
             for p in model.trainable_params() {
                 out.push((p.name, Target::Direct(p.tensor), None));
             }

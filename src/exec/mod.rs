@@ -196,6 +196,9 @@ pub fn kind_of(p: Precision) -> Kind {
 
 fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     let a = &plan.adapter;
+    if let Some(b) = &a.bottleneck {
+        return Ok(Trainable::Bottleneck(crate::model::bottleneck::BottleneckSpec::from_plan(b)?));
+    }
     if let Some(p) = &a.prefix {
         return Ok(Trainable::Prefix {
             num_virtual_tokens: p.num_virtual_tokens as i64,
@@ -1256,7 +1259,8 @@ pub fn load_trained(
         // Tokens added by the run: the base grows to the tokenizer's size before the adapter's
         // embedding and head copies are loaded.
         model.resize_vocab(tokenizer.vocab_size() as i64);
-        let weights = Checkpoint::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
+        // peft's adapter_model.safetensors, or adapters' adapter.safetensors (bottleneck adapters).
+        let weights = Checkpoint::open_files(dir, &[crate::model::bottleneck::weights_path(dir)])?;
         adapter::load_trainable(&model, &weights)?;
         Ok(Loaded { model, tokenizer, base_dir: base, tokenizer_dir: tok_dir })
     } else {
@@ -1309,6 +1313,12 @@ pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, St
         return Err("a prefix-tuning adapter (peft's PREFIX_TUNING) cannot be merged: its keys and values are put \
                     before every sequence's in each layer, not a change to any weight; use the adapter folder as it \
                     is (recipe generate, or peft's PeftModel.from_pretrained)"
+            .into());
+    }
+    if model.layers.iter().any(|l| l.bottleneck.is_some()) {
+        return Err("a bottleneck adapter (AdapterHub's) cannot be merged: its blocks add a non-linear step after \
+                    the attention and feed-forward blocks, not a change to any weight; use the adapter folder as it \
+                    is (recipe generate, or adapters' load_adapter)"
             .into());
     }
     let tensors: Vec<Deferred> = model.merged_weights().into_iter().map(|d| d.cast(kind)).collect();

@@ -21,6 +21,10 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    if super::bottleneck::is_adapters_config(&v) {
+        let (base_model, trainable) = super::bottleneck::read_config(&path, &v)?;
+        return Ok(AdapterConfig { base_model, trainable, sequence_classification: false });
+    }
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     let ia3 = match field("peft_type").and_then(Value::as_str) {
         None | Some("LORA") => false,

@@ -32,6 +32,9 @@ pub enum Trainable {
     /// frozen. `projection`: trained through peft's PrefixEncoder MLP of that hidden size
     /// (`prefix_projection`, model/prefix.rs) instead of directly.
     Prefix { num_virtual_tokens: i64, projection: Option<i64> },
+    /// AdapterHub's bottleneck adapters after the attention and/or feed-forward block of every
+    /// layer (model/bottleneck.rs); every weight of the model stays frozen.
+    Bottleneck(super::bottleneck::BottleneckSpec),
 }
 
 /// How prompt tuning's virtual tokens start.
@@ -49,7 +52,11 @@ impl Trainable {
     pub fn modules_to_save(&self) -> &[String] {
         match self {
             Trainable::Lora { modules_to_save, .. } | Trainable::Ia3 { modules_to_save, .. } => modules_to_save,
-            Trainable::Nothing | Trainable::Everything | Trainable::Prompt { .. } | Trainable::Prefix { .. } => &[],
+            Trainable::Nothing
+            | Trainable::Everything
+            | Trainable::Prompt { .. }
+            | Trainable::Prefix { .. }
+            | Trainable::Bottleneck(_) => &[],
         }
     }
 }
@@ -106,6 +113,8 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
     /// Gemma's extra norms and sliding window (model/gemma.rs); None for the Llama family.
     pub gemma: Option<super::gemma::GemmaLayer>,
+    /// Bottleneck adapters (model/bottleneck.rs) after this layer's attention and/or feed-forward block.
+    pub bottleneck: Option<super::bottleneck::LayerAdapters>,
 }
 
 /// Keys and values of the tokens decoded so far, per layer.
@@ -369,6 +378,7 @@ impl CausalLm {
                     }),
                     None => None,
                 },
+                bottleneck: None,
             });
         }
         let prompt = match &opts.trainable {
@@ -473,6 +483,9 @@ impl CausalLm {
     /// (`model::serving`) once per adapter, over layers it has emptied first.
     pub fn add_adapters(&mut self, trainable: &Trainable, score_head: bool) -> Result<(), String> {
         let device = self.device;
+        if let Trainable::Bottleneck(spec) = trainable {
+            super::bottleneck::add(self, spec);
+        }
         // IA3: a vector of ones on each targeted linear (peft's init).
         if let Trainable::Ia3 { targets, feedforward, .. } = trainable {
             for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
@@ -813,11 +826,20 @@ impl CausalLm {
         let causal = mask.is_none() && s == t;
         let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let x = x + at.o_proj.forward(&attn, train, on);
+        let bottleneck = layer.bottleneck.as_ref().filter(|_| on);
+        let o = at.o_proj.forward(&attn, train, on);
+        let x = match bottleneck {
+            Some(b) => b.after_attention(x, &o),
+            None => x + o,
+        };
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
         let m = &layer.mlp;
         let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
-        x + m.down_proj.forward(&act, train, on)
+        let o = m.down_proj.forward(&act, train, on);
+        match bottleneck {
+            Some(b) => b.after_mlp(&x, &o),
+            None => x + o,
+        }
     }
 
     /// Final hidden states [B, T, H] after the last norm.
@@ -1051,6 +1073,7 @@ impl CausalLm {
                 let encoder = self.prefix_encoder.iter().flat_map(|e| e.named_tensors());
                 out.extend(encoder.map(|(name, tensor)| Param { name, tensor }));
             }
+            Trainable::Bottleneck(spec) => out = super::bottleneck::params(self, spec),
             Trainable::Lora { .. } | Trainable::Ia3 { .. } => {
                 if let Some(lora) = &self.embed_lora {
                     let p = peft_prefix("model.embed_tokens");

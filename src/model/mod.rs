@@ -2,6 +2,7 @@
 //! LoRA-capable linear layers, rotary embeddings, and sampling.
 
 pub mod adapter;
+pub mod bottleneck;
 pub mod bnb;
 pub mod embed_dora;
 pub mod gemma;

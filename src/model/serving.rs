@@ -25,6 +25,8 @@ struct AdapterSet {
     /// DoRA's magnitude over the embedding's LoRA.
     embed_magnitude: Option<Tensor>,
     lm_head: Option<Tensor>,
+    /// Bottleneck adapters, per decoder layer.
+    bottleneck: Vec<Option<super::bottleneck::LayerAdapters>>,
 }
 
 /// A base model with named adapters, one of them (or none) active.
@@ -44,6 +46,7 @@ fn take(model: &mut CausalLm) -> AdapterSet {
     let embed_tokens = model.embed_tokens_trained.take();
     let embed_lora = model.embed_lora.take();
     let embed_magnitude = model.embed_magnitude.take();
+    let bottleneck = model.layers.iter_mut().map(|l| l.bottleneck.take()).collect();
     let lm_head = model.head_original.take().map(|original| std::mem::replace(&mut model.lm_head.weight, original));
     AdapterSet {
         trainable: std::mem::replace(&mut model.trainable, Trainable::Nothing),
@@ -52,6 +55,7 @@ fn take(model: &mut CausalLm) -> AdapterSet {
         embed_lora,
         embed_magnitude,
         lm_head,
+        bottleneck,
     }
 }
 
@@ -59,6 +63,9 @@ fn take(model: &mut CausalLm) -> AdapterSet {
 fn put(model: &mut CausalLm, set: AdapterSet) {
     for (lin, adapter) in linears_mut(model).zip(set.linears) {
         lin.adapter = adapter;
+    }
+    for (layer, adapters) in model.layers.iter_mut().zip(set.bottleneck) {
+        layer.bottleneck = adapters;
     }
     model.embed_tokens_trained = set.embed_tokens;
     model.embed_lora = set.embed_lora;
@@ -102,7 +109,7 @@ impl Adapters {
         }
         let active = take(&mut self.model);
         let loaded = self.model.add_adapters(&cfg.trainable, false).and_then(|()| {
-            let weights = Checkpoint::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
+            let weights = Checkpoint::open_files(dir, &[super::bottleneck::weights_path(dir)])?;
             adapter::load_trainable(&self.model, &weights)
         });
         let new = take(&mut self.model);

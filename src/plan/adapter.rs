@@ -17,6 +17,9 @@ pub struct AdapterPlan {
     /// Prefix tuning's trained keys and values (with `method: prefix_tuning`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<PrefixTuningPlan>,
+    /// Bottleneck adapters (with `method: bottleneck`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<super::bottleneck::BottleneckPlan>,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
     /// IA3: the targets scaled at their input (peft's `feedforward_modules`); the others scale their output.
@@ -88,6 +91,8 @@ pub enum AdapterMethod {
     /// Prefix tuning: trained keys and values before every sequence in every layer, the model frozen.
     #[serde(rename = "prefix_tuning")]
     PrefixTuning,
+    /// AdapterHub's bottleneck adapters after the attention and/or feed-forward blocks, the model frozen.
+    Bottleneck,
 }
 
 impl AdapterMethod {
@@ -99,6 +104,7 @@ impl AdapterMethod {
             AdapterMethod::Ia3 => "ia3",
             AdapterMethod::PromptTuning => "prompt_tuning",
             AdapterMethod::PrefixTuning => "prefix_tuning",
+            AdapterMethod::Bottleneck => "bottleneck",
         }
     }
 }
@@ -131,6 +137,22 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     };
     if matches!(kind, AdapterKind::PromptTuning | AdapterKind::PrefixTuning) {
         return virtual_tokens(c, arch, base_total);
+    }
+    if kind == AdapterKind::Bottleneck {
+        use super::arch::Family;
+        // adapters' placement is built into the Llama family's layer (model/bottleneck.rs) only.
+        if !matches!(arch.family, Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3) {
+            return Err(format!(
+                "`adapter: bottleneck` is not built for {} yet (Llama, Mistral, Qwen2 and Qwen3 are)",
+                arch.class
+            ));
+        }
+        let b = super::bottleneck::plan(c, arch);
+        let trainable = b.per_layer_parameters(arch) * arch.num_layers;
+        return Ok(AdapterPlan {
+            bottleneck: Some(b),
+            ..AdapterPlan::without_lora(AdapterMethod::Bottleneck, trainable, base_total + trainable)
+        });
     }
     let modules_to_save = modules_to_save(c);
     let saved_params = saved_parameters(arch, &modules_to_save)? + score_head;
@@ -207,12 +229,13 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         method: match kind {
             AdapterKind::Lora => AdapterMethod::Lora,
             AdapterKind::Qlora => AdapterMethod::Qlora,
-            AdapterKind::Ia3 | AdapterKind::PromptTuning | AdapterKind::PrefixTuning => {
-                unreachable!("planned by ia3() or virtual_tokens()")
+            AdapterKind::Ia3 | AdapterKind::PromptTuning | AdapterKind::PrefixTuning | AdapterKind::Bottleneck => {
+                unreachable!("planned by ia3(), virtual_tokens() or bottleneck::plan()")
             }
         },
         prompt: None,
         prefix: None,
+        bottleneck: None,
         target_modules: targets,
         feedforward_modules: Vec::new(),
         adapted_modules: adapted,
@@ -383,6 +406,7 @@ impl AdapterPlan {
             method,
             prompt: None,
             prefix: None,
+            bottleneck: None,
             target_modules: Vec::new(),
             feedforward_modules: Vec::new(),
             adapted_modules: 0,
@@ -404,7 +428,9 @@ impl AdapterPlan {
     /// Adapter parameters in one decoder layer (the rest sit in the root: embed_tokens / lm_head
     /// adapters, modules_to_save copies).
     pub fn per_layer_parameters(&self, arch: &Architecture) -> u64 {
-        arch.layer_linears()
+        let bottleneck = self.bottleneck.as_ref().map_or(0, |b| b.per_layer_parameters(arch));
+        let linears: u64 = arch
+            .layer_linears()
             .iter()
             .filter(|l| self.target_modules.iter().any(|t| t == l.short_name()))
             .map(|l| match self.method {
@@ -412,7 +438,8 @@ impl AdapterPlan {
                 AdapterMethod::Ia3 => l.out_features,
                 _ => self.r * (l.in_features + l.out_features) + if self.dora { l.out_features } else { 0 },
             })
-            .sum()
+            .sum();
+        linears + bottleneck
     }
 }
 
@@ -429,6 +456,7 @@ mod tests {
             AdapterMethod::Ia3,
             AdapterMethod::PromptTuning,
             AdapterMethod::PrefixTuning,
+            AdapterMethod::Bottleneck,
         ] {
             assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
         }

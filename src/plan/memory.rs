@@ -251,8 +251,11 @@ fn breakdown(
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
-    let per_token_layer =
-        4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer + ia3_per_layer;
+    // Bottleneck adapters keep each adapter's input, down projection (before and after the activation)
+    // and output (plan/bottleneck.rs).
+    let bottleneck_per_layer = adapter.bottleneck.as_ref().map_or(0, |b| b.activations_per_token(arch));
+    let adapters_per_layer = lora_per_layer + dora_per_layer + ia3_per_layer + bottleneck_per_layer;
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + adapters_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
@@ -424,13 +427,14 @@ fn suggestions(
         states.training.optimizer = Optimizer::Adamw8bit;
         add("optimizer: adamw_8bit (8-bit optimizer states)".into(), total(&states, world_size));
     }
-    if !c.quantization.load_in_4bit && c.adapter.adapter == Some(AdapterKind::Ia3) {
-        // IA3 stays IA3 over a 4-bit base (its trainable state is already tiny).
+    if !c.quantization.load_in_4bit && matches!(c.adapter.adapter, Some(AdapterKind::Ia3 | AdapterKind::Bottleneck)) {
+        // IA3 stays IA3 (bottleneck adapters stay themselves) over a 4-bit base: their trainable state is small.
+        let method = if c.adapter.adapter == Some(AdapterKind::Ia3) { "IA3" } else { "bottleneck adapters" };
         let mut four_bit = cumulative.clone();
         four_bit.quantization.load_in_8bit = false;
         four_bit.quantization.load_in_4bit = true;
         add(
-            "load_in_4bit: true (IA3 on a 4-bit base, with gradient checkpointing)".into(),
+            format!("load_in_4bit: true ({method} on a 4-bit base, with gradient checkpointing)"),
             total(&four_bit, world_size),
         );
     } else if !c.quantization.load_in_4bit && c.adapter.adapter.is_none_or(AdapterKind::is_lora) {
@@ -448,6 +452,10 @@ fn suggestions(
             "adapter: qlora, load_in_4bit: true, optimizer: paged_adamw_8bit (with gradient checkpointing)".into(),
             total(&qlora, world_size),
         );
+    }
+    // Sharded training of bottleneck adapters is refused (config/rules/bottleneck.rs): nothing to suggest.
+    if c.adapter.adapter == Some(AdapterKind::Bottleneck) {
+        return out;
     }
     let mut sharded = cumulative.clone();
     // A DeepSpeed config keeps its own stage (fsdp cannot join it).

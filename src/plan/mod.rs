@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod arch;
 pub mod arch_gemma;
+pub mod bottleneck;
 pub mod data;
 pub mod forgetting;
 pub mod kernels;
@@ -331,6 +332,35 @@ pub fn render_text(plan: &Plan) -> String {
             }
             if let Some(dir) = &ad.init_from {
                 let _ = writeln!(o, "           starts from the trained adapter in {dir} (lora_model_dir)");
+            }
+            let _ = writeln!(
+                o,
+                "           {} trainable of {} ({:.4}%)",
+                group(ad.trainable_parameters),
+                group(ad.total_parameters),
+                ad.trainable_percent
+            );
+        }
+        adapter::AdapterMethod::Bottleneck => {
+            if let Some(b) = &ad.bottleneck {
+                let place = if b.mh_adapter {
+                    "after attention and after the feed-forward block"
+                } else {
+                    "after the feed-forward block"
+                };
+                let _ = writeln!(
+                    o,
+                    "adapter    bottleneck {} ({}): {} per layer ({}), {} → {} → {} with {}, reduction factor {}",
+                    b.architecture_name(),
+                    b.config_class,
+                    b.adapters_per_layer(),
+                    place,
+                    plan.model.architecture.hidden_size,
+                    b.bottleneck_size,
+                    plan.model.architecture.hidden_size,
+                    b.non_linearity,
+                    b.reduction_factor
+                );
             }
             let _ = writeln!(
                 o,
