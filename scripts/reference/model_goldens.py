@@ -36,6 +36,26 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
                       attention_bias true (a bias on q/k/v and on o_proj)
    Qwen3 cases are checked here: the logits differ from the same weights with q_norm and
    k_norm set to ones (so the per-head norms' weights matter to the goldens).
+   phi3_gqa_longrope  Phi3Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, untied, max_position_embeddings 64,
+                      original_max_position_embeddings 16, rope_scaling {type longrope,
+                      short_factor [1, 1.25, 1.5, 2], long_factor [1, 2, 4, 8]} (no
+                      factor: transformers takes
+                      64/16 = 4, attention factor sqrt(1 + ln 4 / ln 16)); fused qkv_proj
+                      [64, 32] and gate_up_proj [128, 32]. T = 24 > 16 runs on the long
+                      factors; its packed row (10 + 14 tokens, positions below 16) on the
+                      short ones. Checked here: the logits differ from plain RoPE (by more
+                      than 5e-4).
+   phi3_tied_partial_rotary  Phi3Config as above but 4 kv heads (no GQA), tied,
+                      partial_rotary_factor 0.5 (rotary embedding on the first 4 of each
+                      head's 8 dimensions), default RoPE, original_max_position_embeddings 64
+   olmo2_gqa          Olmo2Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, untied, max_position_embeddings 64 (post-norms only;
+                      q_norm [32] and k_norm [16] over all heads of q and k together)
+   olmo2_mha_tied_bias  Olmo2Config as olmo2_gqa but 4 kv heads, tied, attention_bias true
+   OLMo 2 cases are checked like Qwen3's (q/k norm weights change the logits).
+   Cases from phi3_gqa_longrope on take their seeds from their name, not their place in
+   the list (case_seed), so cases appended on other branches do not move them.
 
    The random cases are built from their config under torch.manual_seed(0); then every
    parameter (model.named_parameters(), so a tied lm_head is drawn once, through
@@ -57,7 +77,7 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
      logits     fp32  [2, T, vocab] model(input_ids).logits
      loss       fp32  [] (0-dim)    model(input_ids, labels=input_ids).loss, i.e. mean
                                     cross entropy over the B*(T-1) shifted tokens
-   llama_gqa_untied also holds one packed row (two samples of 10 and 14 tokens):
+   llama_gqa_untied and phi3_gqa_longrope also hold one packed row (two samples of 10 and 14 tokens):
      packed_input_ids     int64 [1, 24]
      packed_position_ids  int64 [1, 24]       0..9 then 0..13
      packed_logits        fp32  [1, 24, 128]  model(packed_input_ids,
@@ -85,6 +105,13 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
                                   target q_proj, v_proj, modules_to_save ["lm_head"]
    qwen3_all_linear               base tests/golden/model/qwen3_gqa_tied, r 4,
                                   lora_alpha 8, target q/k/v/o/gate/up/down_proj
+   phi3_all_linear                base tests/golden/model/phi3_gqa_longrope, r 4,
+                                  lora_alpha 8, target_modules "all-linear" (peft resolves
+                                  it to qkv_proj, o_proj, gate_up_proj, down_proj: LoRA
+                                  on the fused modules)
+   olmo2_all_linear               base tests/golden/model/olmo2_gqa, r 4, lora_alpha 8,
+                                  target q/k/v/o/gate/up/down_proj
+   (seeds from the case name for these two, as for the model cases)
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -134,6 +161,7 @@ if os.environ.get("PYTHONHASHSEED") != "0":
     os.execv(sys.executable, [sys.executable] + flags + sys.argv)
 
 import argparse  # noqa: E402
+import zlib  # noqa: E402
 import filecmp  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -157,6 +185,10 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -203,7 +235,26 @@ RANDOM_CASES = [
         **COMMON, num_key_value_heads=1, head_dim=12, tie_word_embeddings=False,
         attention_bias=True, use_sliding_window=False, max_position_embeddings=64,
         rope_theta=10000.0), 24),
+    ("phi3_gqa_longrope", Phi3ForCausalLM, lambda: Phi3Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=None,
+        max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.25, 1.5, 2.0],
+                      "long_factor": [1.0, 2.0, 4.0, 8.0]},
+        rope_theta=10000.0), 24),
+    ("phi3_tied_partial_rotary", Phi3ForCausalLM, lambda: Phi3Config(
+        **COMMON, num_key_value_heads=4, tie_word_embeddings=True, pad_token_id=None,
+        max_position_embeddings=64, original_max_position_embeddings=64,
+        partial_rotary_factor=0.5, rope_theta=10000.0), 24),
+    ("olmo2_gqa", Olmo2ForCausalLM, lambda: Olmo2Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
+    ("olmo2_mha_tied_bias", Olmo2ForCausalLM, lambda: Olmo2Config(
+        **COMMON, num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
 ]
+# Cases before these counts seed from their index; later ones from their name.
+INDEX_SEEDED_MODEL_CASES = 6
+INDEX_SEEDED_LORA_CASES = 5
 T_DEFAULT = 24
 PACK_LENS = (10, 14)
 
@@ -220,9 +271,21 @@ LORA_CASES = [
      dict(r=4, lora_alpha=8, use_dora=True, target_modules=ALL_LINEAR)),
     ("qwen2_dora_bias", GOLDEN + "/model/qwen2",
      dict(r=4, lora_alpha=16, use_dora=True, target_modules=["k_proj", "q_proj", "v_proj", "down_proj"])),
+    ("phi3_all_linear", GOLDEN + "/model/phi3_gqa_longrope",
+     dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    ("olmo2_all_linear", GOLDEN + "/model/olmo2_gqa",
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
 ]
 LORA_T = 16
 LORA_MASKED = 5
+
+
+def case_seed(base, index, case, index_seeded):
+    """base + index for the first cases (their files predate name seeds); base * 10^6 plus
+    the name's CRC-32 (mod 10^6) for the rest, so a case keeps its seeds wherever it sits."""
+    if index < index_seeded:
+        return base + index
+    return base * 1_000_000 + zlib.crc32(case.encode()) % 1_000_000
 
 
 def gen(seed):
@@ -319,8 +382,8 @@ def packed_golden(model, seed):
     return {"packed_input_ids": ids, "packed_position_ids": pos, "packed_logits": logits.float()}
 
 
-def rope_sensitivity(model, input_ids, logits):
-    """llama3_rope: the same weights with plain RoPE must give different logits."""
+def rope_sensitivity(model, input_ids, logits, min_diff=1e-3):
+    """llama3_rope, phi3_gqa_longrope: the same weights with plain RoPE must give different logits."""
     cfg = type(model.config).from_dict(model.config.to_dict())
     cfg.rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_parameters["rope_theta"]}
     plain = type(model)(cfg).eval()
@@ -328,12 +391,12 @@ def rope_sensitivity(model, input_ids, logits):
     with torch.no_grad():
         other = plain(input_ids=input_ids, use_cache=False).logits
     d = (other - logits).abs().max().item()
-    assert d > 1e-3, f"llama3 scaling makes no difference: {d}"
-    print(f"  max|llama3 - plain rope| logits = {d:.2e}")
+    assert d > min_diff, f"rope scaling makes no difference: {d}"
+    print(f"  max|scaled - plain rope| logits = {d:.2e}")
 
 
 def qk_norm_sensitivity(model, input_ids, logits):
-    """Qwen3: the same weights with q_norm / k_norm at ones must give different logits."""
+    """Qwen3, OLMo 2: the same weights with q_norm / k_norm at ones must give different logits."""
     plain = type(model)(model.config).eval()
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -375,22 +438,27 @@ def model_goldens(out):
         cfg = make_cfg()
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
-        n = reinit(model, 1000 + index)
+        seed = lambda base: case_seed(base, index, case, INDEX_SEEDED_MODEL_CASES)  # noqa: E731
+        n = reinit(model, seed(1000))
         model.save_pretrained(case_dir, safe_serialization=True)
         gc = os.path.join(case_dir, "generation_config.json")
         if os.path.exists(gc):
             os.remove(gc)
         # The goldens come from the model as saved and reloaded (what the Rust side reads).
         model = load_model(case_dir)
-        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=gen(2000 + index))
+        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=gen(seed(2000)))
         logits, loss = forward_case(model, ids)
         tensors = {"input_ids": ids, "logits": logits, "loss": loss}
         print(f"{case}: {n} parameter tensors redrawn, loss {loss.item():.6f}")
-        if case == "llama_gqa_untied":
-            tensors.update(packed_golden(model, 2100 + index))
+        if case in ("llama_gqa_untied", "phi3_gqa_longrope"):
+            tensors.update(packed_golden(model, seed(2100)))
         if case == "llama3_rope":
             rope_sensitivity(model, ids, logits)
-        if cls is Qwen3ForCausalLM:
+        if case == "phi3_gqa_longrope":
+            # 0.02-scale weights keep attention scores small: the rotation moves the logits
+            # by about 1e-3, still ten times the parity tolerance.
+            rope_sensitivity(model, ids, logits, min_diff=5e-4)
+        if cls in (Qwen3ForCausalLM, Olmo2ForCausalLM):
             qk_norm_sensitivity(model, ids, logits)
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
 
@@ -425,7 +493,8 @@ def lora_goldens(out):
         model = get_peft_model(base, cfg)
         pcfg = model.peft_config["default"]
         pcfg.target_modules = sorted(pcfg.target_modules)
-        g = gen(3000 + index)
+        seed = lambda base: case_seed(base, index, case, INDEX_SEEDED_LORA_CASES)  # noqa: E731
+        g = gen(seed(3000))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if ".lora_A." in name or ".lora_B." in name:
@@ -455,7 +524,7 @@ def lora_goldens(out):
         missing = sorted(set(trainable) - set(key_of))
         assert not missing, f"{case}: trainable parameters not in adapter file: {missing}"
 
-        ids = torch.randint(0, model.config.vocab_size, (2, LORA_T), generator=gen(4000 + index))
+        ids = torch.randint(0, model.config.vocab_size, (2, LORA_T), generator=gen(seed(4000)))
         labels = ids.clone()
         labels[:, :LORA_MASKED] = -100
         model.zero_grad(set_to_none=True)

@@ -65,6 +65,7 @@ STORIES = os.path.join(ROOT, "models", "stories260k", "config.json")
 GOLDEN_DIR = os.path.join(ROOT, "tests", "golden")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 # (model key, r, target_modules, modules_to_save, use_dora)
 PEFT_CASES = [
@@ -84,6 +85,11 @@ PEFT_CASES = [
     ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("Qwen/Qwen2.5-0.5B", 16, ["embed_tokens", "lm_head"] + ALL_LINEAR, None, False),
+    # Phi-3/4: LoRA on the fused qkv_proj / gate_up_proj (one pair over the whole fused output).
+    ("microsoft/Phi-3-mini-4k-instruct", 16, PHI3_LINEAR, None, False),
+    ("microsoft/phi-4", 16, ["qkv_proj", "o_proj"], None, False),
+    # OLMo 2: the q/k norms (over all heads) and post-norms stay frozen.
+    ("allenai/OLMo-2-1124-7B", 16, ALL_LINEAR, None, False),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.
@@ -95,6 +101,9 @@ IA3_CASES = [
     ("Qwen/Qwen3-0.6B", None, None),
     ("meta-llama/Llama-2-13b-hf", ALL_LINEAR, ["gate_proj", "up_proj", "down_proj"]),
     ("stories260k", ["q_proj", "o_proj", "up_proj"], ["up_proj"]),
+    # No IA3 default exists for phi3 / olmo2 in peft: named targets only.
+    ("microsoft/Phi-3-mini-4k-instruct", ["qkv_proj", "down_proj"], ["down_proj"]),
+    ("allenai/OLMo-2-1124-7B", ["k_proj", "v_proj", "down_proj"], ["down_proj"]),
 ]
 
 # (model key, num_virtual_tokens): prefix tuning (grouped-query heads: peft sizes the prefix by the

@@ -38,7 +38,8 @@ pub struct ModelConfig {
     pub trust_remote_code: bool,
 }
 
-/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense).
+/// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense;
+/// Phi-3/3.5/4; OLMo 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelClass {
     AutoModelForCausalLM,
@@ -46,12 +47,16 @@ pub enum ModelClass {
     MistralForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
+    Phi3ForCausalLM,
+    Olmo2ForCausalLM,
     /// A reward model (`reward_model: true`): the model with a score head on its last token.
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,
     MistralForSequenceClassification,
     Qwen2ForSequenceClassification,
     Qwen3ForSequenceClassification,
+    Phi3ForSequenceClassification,
+    Olmo2ForSequenceClassification,
 }
 
 impl ModelClass {
@@ -64,6 +69,8 @@ impl ModelClass {
                 | ModelClass::MistralForSequenceClassification
                 | ModelClass::Qwen2ForSequenceClassification
                 | ModelClass::Qwen3ForSequenceClassification
+                | ModelClass::Phi3ForSequenceClassification
+                | ModelClass::Olmo2ForSequenceClassification
         )
     }
 }

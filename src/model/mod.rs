@@ -3,11 +3,13 @@
 
 pub mod adapter;
 pub mod bnb;
+pub mod fused;
 pub mod generate;
 pub mod int8;
 pub mod linear;
 pub mod llama;
 pub mod nf4;
+pub mod olmo2;
 pub mod rope;
 pub mod serving;
 pub mod weights;

@@ -59,6 +59,10 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("Qwen/Qwen2.5-32B", include_str!("models/Qwen--Qwen2.5-32B.json")),
     ("Qwen/Qwen2.5-72B", include_str!("models/Qwen--Qwen2.5-72B.json")),
     ("Qwen/Qwen3-0.6B", include_str!("models/Qwen--Qwen3-0.6B.json")),
+    ("microsoft/Phi-3-mini-4k-instruct", include_str!("models/microsoft--Phi-3-mini-4k-instruct.json")),
+    ("microsoft/Phi-3.5-mini-instruct", include_str!("models/microsoft--Phi-3.5-mini-instruct.json")),
+    ("microsoft/phi-4", include_str!("models/microsoft--phi-4.json")),
+    ("allenai/OLMo-2-1124-7B", include_str!("models/allenai--OLMo-2-1124-7B.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes
