@@ -261,7 +261,8 @@ fn qwen3_q_k_norms_are_saved_trained_and_required() {
     assert!(err.contains("model.layers.1.self_attn.q_norm.weight"), "{err}");
 }
 
-const PHI3_OLMO2_CASES: [&str; 4] = ["phi3_gqa_longrope", "phi3_tied_partial_rotary", "olmo2_gqa", "olmo2_mha_tied_bias"];
+const PHI3_OLMO2_CASES: [&str; 4] =
+    ["phi3_gqa_longrope", "phi3_tied_partial_rotary", "olmo2_gqa", "olmo2_mha_tied_bias"];
 
 #[test]
 fn phi3_and_olmo2_random_configs_match_transformers() {

@@ -10,9 +10,15 @@ use tch::Tensor;
 
 /// q, k and v projections.
 pub enum QkvProj {
-    Split { q_proj: Linear, k_proj: Linear, v_proj: Linear },
+    Split {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
     /// Phi-3's `qkv_proj`: [q width + 2 × kv width, hidden].
-    Fused { qkv_proj: Linear },
+    Fused {
+        qkv_proj: Linear,
+    },
 }
 
 impl QkvProj {
@@ -28,7 +34,11 @@ impl QkvProj {
             QkvProj::Fused { qkv_proj } => {
                 let qkv = qkv_proj.forward(h, train, adapters);
                 let kv_width = (qkv.size()[qkv.dim() - 1] - q_width) / 2;
-                (qkv.narrow(-1, 0, q_width), qkv.narrow(-1, q_width, kv_width), qkv.narrow(-1, q_width + kv_width, kv_width))
+                (
+                    qkv.narrow(-1, 0, q_width),
+                    qkv.narrow(-1, q_width, kv_width),
+                    qkv.narrow(-1, q_width + kv_width, kv_width),
+                )
             }
         }
     }
@@ -50,9 +60,14 @@ impl QkvProj {
 
 /// The gated MLP's gate and up projections.
 pub enum GateUpProj {
-    Split { gate_proj: Linear, up_proj: Linear },
+    Split {
+        gate_proj: Linear,
+        up_proj: Linear,
+    },
     /// Phi-3's `gate_up_proj`: [2 × intermediate, hidden].
-    Fused { gate_up_proj: Linear },
+    Fused {
+        gate_up_proj: Linear,
+    },
 }
 
 impl GateUpProj {

@@ -68,7 +68,8 @@ fn rotary_dim(arch: &Architecture) -> i64 {
 /// transformers' `_compute_longrope_parameters`: inverse frequencies 1 / (factor_i · base^(2i/d))
 /// for the short and the long factors, and the attention factor.
 fn longrope(s: &crate::plan::arch::RopeScaling, powers: &Tensor, dim: i64, device: Device) -> Result<Rope, String> {
-    let original = s.original_max_position_embeddings.ok_or("rope scaling longrope needs original_max_position_embeddings")?;
+    let original =
+        s.original_max_position_embeddings.ok_or("rope scaling longrope needs original_max_position_embeddings")?;
     let frequencies = |name: &str, factors: &Option<Vec<f64>>| -> Result<Tensor, String> {
         let factors = factors.as_ref().ok_or_else(|| format!("rope scaling longrope needs `{name}`"))?;
         if factors.len() as i64 != dim / 2 {

@@ -505,7 +505,10 @@ mod tests {
         assert_eq!(names, ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]);
         // No `factor` in the file: max_position_embeddings / original_max_position_embeddings.
         let s = a.rope_scaling.as_ref().unwrap();
-        assert_eq!((s.rope_type.as_str(), s.factor, s.original_max_position_embeddings), ("longrope", 32.0, Some(4096)));
+        assert_eq!(
+            (s.rope_type.as_str(), s.factor, s.original_max_position_embeddings),
+            ("longrope", 32.0, Some(4096))
+        );
         assert_eq!(s.short_factor.as_ref().map(Vec::len), Some(48));
         let phi3 = |extra: &str| {
             Architecture::from_config_json(&format!(
