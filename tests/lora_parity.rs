@@ -241,3 +241,14 @@ fn adapters_switched_off_give_the_base_model() {
         assert!(again.equal(&adapted), "{case}: switching back on must restore the adapted model");
     }
 }
+
+#[test]
+fn phi3_fused_and_olmo2_lora_gradients_match_peft() {
+    // Phi-3: peft's "all-linear" resolves to the fused qkv_proj and gate_up_proj (one LoRA pair
+    // each, over the whole fused output), o_proj and down_proj; LongRoPE on the long factors is
+    // not involved here (16 tokens). OLMo 2: post-norms and q/k norms over all heads.
+    for case in ["phi3_all_linear", "olmo2_all_linear"] {
+        check(case, false);
+        check(case, true);
+    }
+}

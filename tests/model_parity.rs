@@ -174,8 +174,8 @@ fn a_16_bit_frozen_base_keeps_the_residual_stream_in_fp32() {
     };
     let mut model = CausalLm::load(&arch, &Checkpoint::open(&dir).unwrap(), &opts).unwrap();
     model.compute_kind = Kind::BFloat16;
-    assert_eq!(model.layers[0].self_attn.q_proj.weight.kind(), Kind::BFloat16);
-    assert_eq!(model.layers[0].input_layernorm.kind(), Kind::Float);
+    assert_eq!(model.layers[0].self_attn.o_proj.weight.kind(), Kind::BFloat16);
+    assert_eq!(model.layers[0].post_attention_layernorm.kind(), Kind::Float);
     assert_eq!(model.norm.kind(), Kind::Float);
     let g = golden("llama_gqa_untied");
     let ids = &g["input_ids"];
@@ -259,4 +259,109 @@ fn qwen3_q_k_norms_are_saved_trained_and_required() {
     };
     let err = CausalLm::load(&arch, &Checkpoint::open(dir.path()).unwrap(), &opts).err().unwrap();
     assert!(err.contains("model.layers.1.self_attn.q_norm.weight"), "{err}");
+}
+
+const PHI3_OLMO2_CASES: [&str; 4] =
+    ["phi3_gqa_longrope", "phi3_tied_partial_rotary", "olmo2_gqa", "olmo2_mha_tied_bias"];
+
+#[test]
+fn phi3_and_olmo2_random_configs_match_transformers() {
+    // Phi-3: fused qkv_proj / gate_up_proj, LongRoPE on its long factors (positions past 16),
+    // partial rotary embedding; OLMo 2: post-norms, q/k norms over all heads, attention bias.
+    for case in PHI3_OLMO2_CASES {
+        check_case(case, &root().join("tests/golden/model").join(case));
+    }
+}
+
+#[test]
+fn phi3_longrope_packed_rows_use_the_short_factors() {
+    // Both samples' positions stay below original_max_position_embeddings (16): transformers
+    // picks the short factors for this pass, where the unpacked goldens ran on the long ones.
+    let dir = root().join("tests/golden/model/phi3_gqa_longrope");
+    let model = load(&dir);
+    let g = golden("phi3_gqa_longrope");
+    let (ids, positions) = (&g["packed_input_ids"], &g["packed_position_ids"]);
+    let segments = positions.eq(0).to_kind(Kind::Int64).cumsum(-1, Kind::Int64);
+    let logits = tch::no_grad(|| {
+        model.logits(&Inputs { input_ids: ids, position_ids: positions, segment_ids: Some(&segments) })
+    });
+    let diff = max_abs_diff(&logits, &g["packed_logits"]);
+    eprintln!("phi3_gqa_longrope packed: max |logits - transformers| = {diff:e}");
+    assert!(diff < 1e-4, "packed logits differ by {diff:e}");
+}
+
+#[test]
+fn phi3_and_olmo2_tensors_are_saved_under_their_own_names_and_trained() {
+    for case in PHI3_OLMO2_CASES {
+        let dir = root().join("tests/golden/model").join(case);
+        let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            base_kind: Kind::Float,
+            trainable: Trainable::Everything,
+            quantize: None,
+            score_head: false,
+        };
+        let model = CausalLm::load(&arch, &ckpt, &opts).unwrap();
+        // Full fine-tuning saves, and merging writes, exactly the tensors transformers wrote
+        // (fused qkv_proj / gate_up_proj; post_feedforward_layernorm and no input_layernorm).
+        let mut file: Vec<String> = ckpt.names().map(str::to_string).collect();
+        file.sort();
+        let mut saved: Vec<String> = model.base_params().into_iter().map(|p| p.name).collect();
+        saved.sort();
+        assert_eq!(saved, file, "{case}: full fine-tuning's tensors");
+        let mut merged: Vec<String> = load(&dir).merged_weights().into_iter().map(|d| d.name).collect();
+        merged.sort();
+        assert_eq!(merged, file, "{case}: merged model's tensors");
+        let numel: i64 = model.base_params().iter().map(|p| p.tensor.numel() as i64).sum();
+        assert_eq!(numel as u64, arch.parameter_counts().total, "{case}: parameter count");
+        // Every tensor is reached by the loss's gradient.
+        let g = golden(case);
+        let ids = &g["input_ids"];
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, true);
+        recipe::exec::objective::next_token_loss_sum(&model.head(&h, true), ids).backward();
+        for p in model.trainable_params() {
+            let grad = p.tensor.grad().abs().max().double_value(&[]);
+            assert!(grad > 0.0, "{case}: no gradient reaches {}", p.name);
+        }
+    }
+}
+
+#[test]
+fn a_4_bit_phi3_base_quantizes_each_fused_weight_whole() {
+    // bitsandbytes' Linear4bit packs the fused [q + 2 kv, hidden] weight as one tensor: the
+    // same blocks as quantizing the checkpoint's qkv_proj / gate_up_proj directly.
+    use recipe::model::fused::{GateUpProj, QkvProj};
+    use recipe::model::linear::QuantizedWeight;
+    use recipe::model::llama::{FourBit, Quantize};
+    use recipe::model::nf4::{self, QuantType};
+    let dir = root().join("tests/golden/model/phi3_gqa_longrope");
+    let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let four = FourBit { quant_type: QuantType::Nf4, double_quant: false, blocksize: 64 };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: Some(Quantize::FourBit(four)),
+        score_head: false,
+    };
+    let model = CausalLm::load(&arch, &ckpt, &opts).unwrap();
+    let weights: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect();
+    let layer = &model.layers[0];
+    let (QkvProj::Fused { qkv_proj }, GateUpProj::Fused { gate_up_proj }) = (&layer.self_attn.qkv, &layer.mlp.gate_up)
+    else {
+        panic!("Phi-3 loads fused projections")
+    };
+    for lin in [qkv_proj, gate_up_proj] {
+        let Some(QuantizedWeight::Four(q)) = &lin.quantized else { panic!("{} is not 4-bit", lin.name) };
+        let dense = &weights[&format!("{}.weight", lin.name)];
+        assert_eq!(q.shape, dense.size(), "{}", lin.name);
+        let direct = nf4::quantize(dense, 64, QuantType::Nf4, false);
+        assert!(q.packed.equal(&direct.packed) && q.absmax.equal(&direct.absmax), "{}", lin.name);
+    }
 }

@@ -53,9 +53,29 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
                       ×8, theta 1000; sliding_attention: theta 50}
    Gemma cases are checked here: the logits change without the sliding window, without each
    soft-cap that is set, and (Gemma 3) with the local rope base set to the global one. Their
-   soft-caps are small so that tanh bends these tiny random scores and logits. Cases added
-   after the first six (Gemma's) draw their seeds from their name (see seed_index), not their
-   place in the list.
+   soft-caps are small so that tanh bends these tiny random scores and logits. Gemma's cases
+   draw their seeds from their name through seed_index, the later ones through case_seed;
+   neither depends on a case's place in the list.
+   phi3_gqa_longrope  Phi3Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, untied, max_position_embeddings 64,
+                      original_max_position_embeddings 16, rope_scaling {type longrope,
+                      short_factor [1, 1.25, 1.5, 2], long_factor [1, 2, 4, 8]} (no
+                      factor: transformers takes
+                      64/16 = 4, attention factor sqrt(1 + ln 4 / ln 16)); fused qkv_proj
+                      [64, 32] and gate_up_proj [128, 32]. T = 24 > 16 runs on the long
+                      factors; its packed row (10 + 14 tokens, positions below 16) on the
+                      short ones. Checked here: the logits differ from plain RoPE (by more
+                      than 5e-4).
+   phi3_tied_partial_rotary  Phi3Config as above but 4 kv heads (no GQA), tied,
+                      partial_rotary_factor 0.5 (rotary embedding on the first 4 of each
+                      head's 8 dimensions), default RoPE, original_max_position_embeddings 64
+   olmo2_gqa          Olmo2Config hidden 32, intermediate 64, 2 layers, 4 heads, 2 kv heads,
+                      vocab 128, untied, max_position_embeddings 64 (post-norms only;
+                      q_norm [32] and k_norm [16] over all heads of q and k together)
+   olmo2_mha_tied_bias  Olmo2Config as olmo2_gqa but 4 kv heads, tied, attention_bias true
+   OLMo 2 cases are checked like Qwen3's (q/k norm weights change the logits).
+   Cases from phi3_gqa_longrope on take their seeds from their name, not their place in
+   the list (case_seed), so cases appended on other branches do not move them.
 
    The random cases are built from their config under torch.manual_seed(0); then every
    parameter (model.named_parameters(), so a tied lm_head is drawn once, through
@@ -77,7 +97,7 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
      logits     fp32  [2, T, vocab] model(input_ids).logits
      loss       fp32  [] (0-dim)    model(input_ids, labels=input_ids).loss, i.e. mean
                                     cross entropy over the B*(T-1) shifted tokens
-   llama_gqa_untied also holds one packed row (two samples of 10 and 14 tokens):
+   llama_gqa_untied and phi3_gqa_longrope also hold one packed row (two samples of 10 and 14 tokens):
      packed_input_ids     int64 [1, 24]
      packed_position_ids  int64 [1, 24]       0..9 then 0..13
      packed_logits        fp32  [1, 24, 128]  model(packed_input_ids,
@@ -108,6 +128,13 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    gemma2_all_linear              base tests/golden/model/gemma2_gqa_tied, r 4,
                                   lora_alpha 8, target q/k/v/o/gate/up/down_proj
    gemma3_all_linear              base tests/golden/model/gemma3_gqa_tied, as above
+   phi3_all_linear                base tests/golden/model/phi3_gqa_longrope, r 4,
+                                  lora_alpha 8, target_modules "all-linear" (peft resolves
+                                  it to qkv_proj, o_proj, gate_up_proj, down_proj: LoRA
+                                  on the fused modules)
+   olmo2_all_linear               base tests/golden/model/olmo2_gqa, r 4, lora_alpha 8,
+                                  target q/k/v/o/gate/up/down_proj
+   (seeds from the case name for these two, as for the model cases)
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -157,6 +184,7 @@ if os.environ.get("PYTHONHASHSEED") != "0":
     os.execv(sys.executable, [sys.executable] + flags + sys.argv)
 
 import argparse  # noqa: E402
+import zlib  # noqa: E402
 import filecmp  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -181,6 +209,10 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -267,7 +299,26 @@ RANDOM_CASES = [
         final_logit_softcapping=0.1, max_position_embeddings=64,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}), 24),
+    ("phi3_gqa_longrope", Phi3ForCausalLM, lambda: Phi3Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=None,
+        max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.25, 1.5, 2.0],
+                      "long_factor": [1.0, 2.0, 4.0, 8.0]},
+        rope_theta=10000.0), 24),
+    ("phi3_tied_partial_rotary", Phi3ForCausalLM, lambda: Phi3Config(
+        **COMMON, num_key_value_heads=4, tie_word_embeddings=True, pad_token_id=None,
+        max_position_embeddings=64, original_max_position_embeddings=64,
+        partial_rotary_factor=0.5, rope_theta=10000.0), 24),
+    ("olmo2_gqa", Olmo2ForCausalLM, lambda: Olmo2Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
+    ("olmo2_mha_tied_bias", Olmo2ForCausalLM, lambda: Olmo2Config(
+        **COMMON, num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True,
+        max_position_embeddings=64, rope_theta=10000.0), 24),
 ]
+# Cases before these counts seed from their index; later ones from their name.
+INDEX_SEEDED_MODEL_CASES = 6
+INDEX_SEEDED_LORA_CASES = 5
 T_DEFAULT = 24
 PACK_LENS = (10, 14)
 
@@ -288,9 +339,30 @@ LORA_CASES = [
      dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
     ("gemma3_all_linear", GOLDEN + "/model/gemma3_gqa_tied",
      dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
+    ("phi3_all_linear", GOLDEN + "/model/phi3_gqa_longrope",
+     dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    ("olmo2_all_linear", GOLDEN + "/model/olmo2_gqa",
+     dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
 ]
 LORA_T = 16
 LORA_MASKED = 5
+
+
+def case_seed(base, index, case, index_seeded):
+    """base + index for the first cases (their files predate name seeds); base * 10^6 plus
+    the name's CRC-32 (mod 10^6) for the rest, so a case keeps its seeds wherever it sits."""
+    if index < index_seeded:
+        return base + index
+    return base * 1_000_000 + zlib.crc32(case.encode()) % 1_000_000
+
+
+def seeds(index, case, legacy, index_seeded):
+    """A case's seed function (base -> seed): Gemma's cases, appended first with name seeds,
+    keep seed_index's (base + 100 + CRC mod 900); every other case case_seed's."""
+    if case.startswith("gemma"):
+        at = seed_index(index, case, legacy)
+        return lambda base: base + at
+    return lambda base: case_seed(base, index, case, index_seeded)
 
 
 def gen(seed):
@@ -387,8 +459,8 @@ def packed_golden(model, seed):
     return {"packed_input_ids": ids, "packed_position_ids": pos, "packed_logits": logits.float()}
 
 
-def rope_sensitivity(model, input_ids, logits):
-    """llama3_rope: the same weights with plain RoPE must give different logits."""
+def rope_sensitivity(model, input_ids, logits, min_diff=1e-3):
+    """llama3_rope, phi3_gqa_longrope: the same weights with plain RoPE must give different logits."""
     cfg = type(model.config).from_dict(model.config.to_dict())
     cfg.rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_parameters["rope_theta"]}
     plain = type(model)(cfg).eval()
@@ -396,12 +468,12 @@ def rope_sensitivity(model, input_ids, logits):
     with torch.no_grad():
         other = plain(input_ids=input_ids, use_cache=False).logits
     d = (other - logits).abs().max().item()
-    assert d > 1e-3, f"llama3 scaling makes no difference: {d}"
-    print(f"  max|llama3 - plain rope| logits = {d:.2e}")
+    assert d > min_diff, f"rope scaling makes no difference: {d}"
+    print(f"  max|scaled - plain rope| logits = {d:.2e}")
 
 
 def qk_norm_sensitivity(model, input_ids, logits):
-    """Qwen3: the same weights with q_norm / k_norm at ones must give different logits."""
+    """Qwen3, OLMo 2: the same weights with q_norm / k_norm at ones must give different logits."""
     plain = type(model)(model.config).eval()
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -471,28 +543,32 @@ def model_goldens(out):
     shutil.copyfile(GREEDY_SRC, os.path.join(case_dir, "expected_greedy_ids_from_bos_64.txt"))
 
     for index, (case, cls, make_cfg, t) in enumerate(RANDOM_CASES):
-        index = seed_index(index, case, LEGACY_RANDOM_CASES)
         case_dir = os.path.join(out, GOLDEN, "model", case)
         torch.manual_seed(0)
         cfg = make_cfg()
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
-        n = reinit(model, 1000 + index)
+        seed = seeds(index, case, LEGACY_RANDOM_CASES, INDEX_SEEDED_MODEL_CASES)
+        n = reinit(model, seed(1000))
         model.save_pretrained(case_dir, safe_serialization=True)
         gc = os.path.join(case_dir, "generation_config.json")
         if os.path.exists(gc):
             os.remove(gc)
         # The goldens come from the model as saved and reloaded (what the Rust side reads).
         model = load_model(case_dir)
-        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=gen(2000 + index))
+        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=gen(seed(2000)))
         logits, loss = forward_case(model, ids)
         tensors = {"input_ids": ids, "logits": logits, "loss": loss}
         print(f"{case}: {n} parameter tensors redrawn, loss {loss.item():.6f}")
-        if case == "llama_gqa_untied":
-            tensors.update(packed_golden(model, 2100 + index))
+        if case in ("llama_gqa_untied", "phi3_gqa_longrope"):
+            tensors.update(packed_golden(model, seed(2100)))
         if case == "llama3_rope":
             rope_sensitivity(model, ids, logits)
-        if cls is Qwen3ForCausalLM:
+        if case == "phi3_gqa_longrope":
+            # 0.02-scale weights keep attention scores small: the rotation moves the logits
+            # by about 1e-3, still ten times the parity tolerance.
+            rope_sensitivity(model, ids, logits, min_diff=5e-4)
+        if cls in (Qwen3ForCausalLM, Olmo2ForCausalLM):
             qk_norm_sensitivity(model, ids, logits)
         if cls in (Gemma2ForCausalLM, Gemma3ForCausalLM):
             gemma_sensitivity(model, ids, logits)
@@ -519,7 +595,6 @@ def dora_merged(model, targets):
 
 def lora_goldens(out):
     for index, (case, base_rel, kw) in enumerate(LORA_CASES):
-        index = seed_index(index, case, LEGACY_LORA_CASES)
         case_dir = os.path.join(out, GOLDEN, "lora", case)
         # Runs with the staged tree as the working directory (see main), so the relative
         # base path resolves there and peft records it as given.
@@ -530,7 +605,8 @@ def lora_goldens(out):
         model = get_peft_model(base, cfg)
         pcfg = model.peft_config["default"]
         pcfg.target_modules = sorted(pcfg.target_modules)
-        g = gen(3000 + index)
+        seed = seeds(index, case, LEGACY_LORA_CASES, INDEX_SEEDED_LORA_CASES)
+        g = gen(seed(3000))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if ".lora_A." in name or ".lora_B." in name:
@@ -560,7 +636,7 @@ def lora_goldens(out):
         missing = sorted(set(trainable) - set(key_of))
         assert not missing, f"{case}: trainable parameters not in adapter file: {missing}"
 
-        ids = torch.randint(0, model.config.vocab_size, (2, LORA_T), generator=gen(4000 + index))
+        ids = torch.randint(0, model.config.vocab_size, (2, LORA_T), generator=gen(seed(4000)))
         labels = ids.clone()
         labels[:, :LORA_MASKED] = -100
         model.zero_grad(set_to_none=True)

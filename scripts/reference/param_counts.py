@@ -65,6 +65,7 @@ STORIES = os.path.join(ROOT, "models", "stories260k", "config.json")
 GOLDEN_DIR = os.path.join(ROOT, "tests", "golden")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 # (model key, r, target_modules, modules_to_save, use_dora)
 PEFT_CASES = [
@@ -91,6 +92,11 @@ PEFT_CASES = [
     # Gemma 2 / Gemma 3 text: the sandwich norms and (Gemma 3) q/k norms stay frozen.
     ("google/gemma-2-2b", 16, ALL_LINEAR, None, False),
     ("google/gemma-3-1b-it", 16, ALL_LINEAR, None, False),
+    # Phi-3/4: LoRA on the fused qkv_proj / gate_up_proj (one pair over the whole fused output).
+    ("microsoft/Phi-3-mini-4k-instruct", 16, PHI3_LINEAR, None, False),
+    ("microsoft/phi-4", 16, ["qkv_proj", "o_proj"], None, False),
+    # OLMo 2: the q/k norms (over all heads) and post-norms stay frozen.
+    ("allenai/OLMo-2-1124-7B", 16, ALL_LINEAR, None, False),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.
@@ -103,6 +109,9 @@ IA3_CASES = [
     ("meta-llama/Llama-2-13b-hf", ALL_LINEAR, ["gate_proj", "up_proj", "down_proj"]),
     ("stories260k", ["q_proj", "o_proj", "up_proj"], ["up_proj"]),
     ("google/gemma-2-9b", None, None),
+    # No IA3 default exists for phi3 / olmo2 in peft: named targets only.
+    ("microsoft/Phi-3-mini-4k-instruct", ["qkv_proj", "down_proj"], ["down_proj"]),
+    ("allenai/OLMo-2-1124-7B", ["k_proj", "v_proj", "down_proj"], ["down_proj"]),
 ]
 
 # (model key, num_virtual_tokens, encoder_hidden_size): prefix tuning (grouped-query heads: peft sizes

@@ -495,8 +495,6 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "Llama4ForConditionalGeneration",
             "MambaLMHeadModel",
             "MixtralForCausalLM",
-            "Olmo2ForCausalLM",
-            "Phi3ForCausalLM",
             "Qwen3MoeForCausalLM",
         ],
     ),

@@ -39,7 +39,7 @@ pub struct ModelConfig {
 }
 
 /// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense;
-/// Gemma 2 and Gemma 3's text model).
+/// Gemma 2 and Gemma 3's text model; Phi-3/3.5/4; OLMo 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelClass {
     AutoModelForCausalLM,
@@ -49,12 +49,16 @@ pub enum ModelClass {
     Qwen3ForCausalLM,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
+    Phi3ForCausalLM,
+    Olmo2ForCausalLM,
     /// A reward model (`reward_model: true`): the model with a score head on its last token.
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,
     MistralForSequenceClassification,
     Qwen2ForSequenceClassification,
     Qwen3ForSequenceClassification,
+    Phi3ForSequenceClassification,
+    Olmo2ForSequenceClassification,
 }
 
 impl ModelClass {
@@ -67,6 +71,8 @@ impl ModelClass {
                 | ModelClass::MistralForSequenceClassification
                 | ModelClass::Qwen2ForSequenceClassification
                 | ModelClass::Qwen3ForSequenceClassification
+                | ModelClass::Phi3ForSequenceClassification
+                | ModelClass::Olmo2ForSequenceClassification
         )
     }
 }

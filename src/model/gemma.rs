@@ -110,14 +110,16 @@ pub fn layer_forward(
     let ck = model.compute_kind;
     let on = model.adapters_on();
     let at = &layer.self_attn;
-    let h = rms_norm(x, &layer.input_layernorm, eps).to_kind(ck);
+    let input_norm = layer.input_layernorm.as_ref().expect("Gemma layers have an input norm");
+    let h = rms_norm(x, input_norm, eps).to_kind(ck);
     let head_norm = |x: Tensor, w: &Option<Tensor>| match w {
         Some(w) => rms_norm(&x, w, eps),
         None => x,
     };
-    let q = head_norm(at.q_proj.forward(&h, train, on).view([b, t, nh, hd]), &at.q_norm).transpose(1, 2);
-    let k = head_norm(at.k_proj.forward(&h, train, on).view([b, t, nkv, hd]), &at.k_norm).transpose(1, 2);
-    let v = at.v_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
+    let (q, k, v) = at.qkv.forward(&h, train, on, nh * hd);
+    let q = head_norm(q.view([b, t, nh, hd]), &at.q_norm).transpose(1, 2);
+    let k = head_norm(k.view([b, t, nkv, hd]), &at.k_norm).transpose(1, 2);
+    let v = v.view([b, t, nkv, hd]).transpose(1, 2);
     let (cos, sin) = rope_for(a, cos_sin, extra.window.is_some());
     let q = rope::apply(&q, &cos, &sin);
     let k = rope::apply(&k, &cos, &sin);
@@ -156,7 +158,8 @@ pub fn layer_forward(
     let x = x + rms_norm(&attn, &layer.post_attention_layernorm, eps);
     let h = rms_norm(&x, &extra.pre_feedforward_layernorm, eps).to_kind(ck);
     let m = &layer.mlp;
-    let act = m.gate_proj.forward(&h, train, on).gelu("tanh") * m.up_proj.forward(&h, train, on);
+    let (gate, up) = m.gate_up.forward(&h, train, on);
+    let act = gate.gelu("tanh") * up;
     let out = m.down_proj.forward(&act, train, on);
     x + rms_norm(&out, &extra.post_feedforward_layernorm, eps)
 }

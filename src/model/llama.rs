@@ -4,8 +4,11 @@
 //! `scaled_dot_product_attention` (grouped-query heads included); packed rows carry segment ids
 //! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
 //! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
-//! (`q_norm`/`k_norm`), an optional part of the attention block.
+//! (`q_norm`/`k_norm`), an optional part of the attention block. Phi-3 fuses q/k/v and gate/up
+//! into one linear each (`fused.rs`); OLMo 2 moves the layer norms after the sublayers and
+//! normalises q and k over all heads (`olmo2.rs`).
 
+use super::fused::{GateUpProj, QkvProj};
 use super::linear::{Adapter, Ia3, Linear, Lora, QuantizedWeight};
 use super::rope::{self, Rope};
 use super::weights::{Checkpoint, Deferred};
@@ -91,25 +94,29 @@ pub struct FourBit {
 }
 
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    /// q_proj / k_proj / v_proj, or Phi-3's fused qkv_proj.
+    pub qkv: QkvProj,
     pub o_proj: Linear,
-    /// Qwen3's per-head RMSNorms ([head_dim], fp32), applied to q and k before rotary embedding.
+    /// Qwen3's per-head RMSNorms ([head_dim], fp32), applied to q and k before rotary embedding;
+    /// OLMo 2's over all heads together ([heads × head_dim]).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
 }
 
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// gate_proj / up_proj, or Phi-3's fused gate_up_proj.
+    pub gate_up: GateUpProj,
     pub down_proj: Linear,
 }
 
 pub struct DecoderLayer {
-    pub input_layernorm: Tensor,
+    /// The norm before attention; None with post-norms (OLMo 2).
+    pub input_layernorm: Option<Tensor>,
     pub self_attn: Attention,
+    /// Before the MLP; with post-norms (OLMo 2), over the attention output.
     pub post_attention_layernorm: Tensor,
+    /// OLMo 2: over the MLP output, before the residual add.
+    pub post_feedforward_layernorm: Option<Tensor>,
     pub mlp: Mlp,
     /// Gemma's extra norms and sliding window (model/gemma.rs); None for the Llama family.
     pub gemma: Option<super::gemma::GemmaLayer>,
@@ -305,8 +312,10 @@ impl CausalLm {
             Ok(if full { t.set_requires_grad(true) } else { t })
         };
         let norm = |name: &str| norm_of(name, arch.hidden_size);
-        let head_norm = |name: String| -> Result<Option<Tensor>, String> {
-            if arch.qk_norm { norm_of(&name, arch.head_dim).map(Some) } else { Ok(None) }
+        // Per head (Qwen3), or over all `heads` heads together (OLMo 2).
+        let head_norm = |name: String, heads: u64| -> Result<Option<Tensor>, String> {
+            let size = if arch.qk_norm_all_heads { heads * arch.head_dim } else { arch.head_dim };
+            if arch.qk_norm { norm_of(&name, size).map(Some) } else { Ok(None) }
         };
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
@@ -354,22 +363,39 @@ impl CausalLm {
             let p = format!("model.layers.{l}");
             let attn = format!("{p}.self_attn");
             let mlp = format!("{p}.mlp");
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention {
+            let qkv = if arch.fused_projections {
+                QkvProj::Fused { qkv_proj: linear(format!("{attn}.qkv_proj"), h, (nh + 2 * nkv) * hd, arch.qkv_bias)? }
+            } else {
+                QkvProj::Split {
                     q_proj: linear(format!("{attn}.q_proj"), h, nh * hd, arch.qkv_bias)?,
                     k_proj: linear(format!("{attn}.k_proj"), h, nkv * hd, arch.qkv_bias)?,
                     v_proj: linear(format!("{attn}.v_proj"), h, nkv * hd, arch.qkv_bias)?,
-                    o_proj: linear(format!("{attn}.o_proj"), nh * hd, h, arch.o_bias)?,
-                    q_norm: head_norm(format!("{attn}.q_norm.weight"))?,
-                    k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
-                },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp {
+                }
+            };
+            let gate_up = if arch.fused_projections {
+                GateUpProj::Fused { gate_up_proj: linear(format!("{mlp}.gate_up_proj"), h, 2 * i, arch.mlp_bias)? }
+            } else {
+                GateUpProj::Split {
                     gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
                     up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
-                    down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
+                }
+            };
+            let post_norms = arch.post_norms;
+            layers.push(DecoderLayer {
+                input_layernorm: if post_norms { None } else { Some(norm(&format!("{p}.input_layernorm.weight"))?) },
+                self_attn: Attention {
+                    qkv,
+                    o_proj: linear(format!("{attn}.o_proj"), nh * hd, h, arch.o_bias)?,
+                    q_norm: head_norm(format!("{attn}.q_norm.weight"), arch.num_attention_heads)?,
+                    k_norm: head_norm(format!("{attn}.k_norm.weight"), arch.num_key_value_heads)?,
                 },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                post_feedforward_layernorm: if post_norms {
+                    Some(norm(&format!("{p}.post_feedforward_layernorm.weight"))?)
+                } else {
+                    None
+                },
+                mlp: Mlp { gate_up, down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)? },
                 gemma: match &arch.gemma {
                     Some(g) => Some(super::gemma::GemmaLayer {
                         pre_feedforward_layernorm: norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
@@ -791,17 +817,30 @@ impl CausalLm {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (a.num_attention_heads as i64, a.num_key_value_heads as i64, a.head_dim as i64);
         let ck = self.compute_kind;
-        let h = rms_norm(x, &layer.input_layernorm, a.rms_norm_eps).to_kind(ck);
+        let h = match &layer.input_layernorm {
+            Some(w) => rms_norm(x, w, a.rms_norm_eps),
+            None => x.shallow_clone(),
+        }
+        .to_kind(ck);
         let at = &layer.self_attn;
         let on = self.adapters_on();
-        // Qwen3 normalises each head (over head_dim) before the heads move to dim 1, as transformers does.
-        let head_norm = |x: Tensor, w: &Option<Tensor>| match w {
-            Some(w) => rms_norm(&x, w, a.rms_norm_eps),
-            None => x,
+        let (q, k, v) = at.qkv.forward(&h, train, on, nh * hd);
+        // OLMo 2 normalises q and k over all heads at once, before the heads are split; Qwen3 each
+        // head (over head_dim) before the heads move to dim 1, as transformers does.
+        let eps = a.rms_norm_eps;
+        let (q, k) = match (&at.q_norm, &at.k_norm) {
+            (Some(qn), Some(kn)) if a.qk_norm_all_heads => {
+                (super::olmo2::rms_norm(&q, qn, eps), super::olmo2::rms_norm(&k, kn, eps))
+            }
+            _ => (q, k),
         };
-        let q = head_norm(at.q_proj.forward(&h, train, on).view([b, t, nh, hd]), &at.q_norm).transpose(1, 2);
-        let k = head_norm(at.k_proj.forward(&h, train, on).view([b, t, nkv, hd]), &at.k_norm).transpose(1, 2);
-        let v = at.v_proj.forward(&h, train, on).view([b, t, nkv, hd]).transpose(1, 2);
+        let per_head = |x: Tensor, w: &Option<Tensor>| match w {
+            Some(w) if !a.qk_norm_all_heads => rms_norm(&x, w, eps),
+            _ => x,
+        };
+        let q = per_head(q.reshape([b, t, nh, hd]), &at.q_norm).transpose(1, 2);
+        let k = per_head(k.reshape([b, t, nkv, hd]), &at.k_norm).transpose(1, 2);
+        let v = v.reshape([b, t, nkv, hd]).transpose(1, 2);
         let (cos, sin) = cos_sin;
         let q = rope::apply(&q, cos, sin);
         let k = rope::apply(&k, cos, sin);
@@ -827,18 +866,26 @@ impl CausalLm {
         let attn = attend(&q, &k, &v, mask, causal);
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let bottleneck = layer.bottleneck.as_ref().filter(|_| on);
-        let o = at.o_proj.forward(&attn, train, on);
-        let x = match bottleneck {
-            Some(b) => b.after_attention(x, &o),
-            None => x + o,
+        let attn = at.o_proj.forward(&attn, train, on);
+        let (x, h) = if a.post_norms {
+            // OLMo 2: the attention output is normalised, then added; the MLP reads the sum as is.
+            let x = x + super::olmo2::rms_norm(&attn, &layer.post_attention_layernorm, a.rms_norm_eps);
+            let h = x.to_kind(ck);
+            (x, h)
+        } else {
+            let x = match bottleneck {
+                Some(b) => b.after_attention(x, &attn),
+                None => x + attn,
+            };
+            let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
+            (x, h)
         };
-        let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
         let m = &layer.mlp;
-        let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
-        let o = m.down_proj.forward(&act, train, on);
-        match bottleneck {
-            Some(b) => b.after_mlp(&x, &o),
-            None => x + o,
+        let out = m.down_proj.forward(&m.gate_up.activated(&h, train, on), train, on);
+        match (&layer.post_feedforward_layernorm, bottleneck) {
+            (Some(w), _) => x + super::olmo2::rms_norm(&out, w, a.rms_norm_eps),
+            (None, Some(b)) => b.after_mlp(&x, &out),
+            (None, None) => x + out,
         }
     }
 
@@ -1114,16 +1161,8 @@ impl CausalLm {
             vec![Param { name: "model.embed_tokens.weight".into(), tensor: self.embed_tokens.shallow_clone() }];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push(Param {
-                name: format!("{p}.input_layernorm.weight"),
-                tensor: layer.input_layernorm.shallow_clone(),
-            });
-            out.push(Param {
-                name: format!("{p}.post_attention_layernorm.weight"),
-                tensor: layer.post_attention_layernorm.shallow_clone(),
-            });
-            for (name, w) in head_norms(layer) {
-                out.push(Param { name: format!("{p}.self_attn.{name}.weight"), tensor: w.shallow_clone() });
+            for (name, w) in layer_norms(layer) {
+                out.push(Param { name: format!("{p}.{name}.weight"), tensor: w.shallow_clone() });
             }
             for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
                 out.push(Param { name: format!("{p}.{name}.weight"), tensor: w.shallow_clone() });
@@ -1182,13 +1221,10 @@ impl CausalLm {
             .enumerate()
             .map(|(l, layer)| {
                 let p = format!("model.layers.{l}");
-                let mut out = vec![
-                    (format!("{p}.input_layernorm.weight"), layer.input_layernorm.shallow_clone()),
-                    (format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.shallow_clone()),
-                ];
-                for (name, w) in head_norms(layer) {
-                    out.push((format!("{p}.self_attn.{name}.weight"), w.shallow_clone()));
-                }
+                let mut out: Vec<(String, Tensor)> = layer_norms(layer)
+                    .into_iter()
+                    .map(|(name, w)| (format!("{p}.{name}.weight"), w.shallow_clone()))
+                    .collect();
                 for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
                     out.push((format!("{p}.{name}.weight"), w.shallow_clone()));
                 }
@@ -1261,10 +1297,8 @@ impl CausalLm {
         }];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push(ready(&format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
-            out.push(ready(&format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm));
-            for (name, w) in head_norms(layer) {
-                out.push(ready(&format!("{p}.self_attn.{name}.weight"), w));
+            for (name, w) in layer_norms(layer) {
+                out.push(ready(&format!("{p}.{name}.weight"), w));
             }
             for (name, w) in layer.gemma.iter().flat_map(|g| g.norms()) {
                 out.push(ready(&format!("{p}.{name}.weight"), w));
@@ -1308,20 +1342,38 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
     Ok(if trains { score.set_requires_grad(true) } else { score })
 }
 
-fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
+/// A layer's linears in Hugging Face order (q, k, v or qkv; o; gate, up or gate_up; down).
+fn layer_linears(l: &DecoderLayer) -> Vec<&Linear> {
     let (a, m) = (&l.self_attn, &l.mlp);
-    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+    let mut out = a.qkv.linears();
+    out.push(&a.o_proj);
+    out.extend(m.gate_up.linears());
+    out.push(&m.down_proj);
+    out
 }
 
-pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> [&mut Linear; 7] {
+pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> Vec<&mut Linear> {
     let (a, m) = (&mut l.self_attn, &mut l.mlp);
-    [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+    let mut out = a.qkv.linears_mut();
+    out.push(&mut a.o_proj);
+    out.extend(m.gate_up.linears_mut());
+    out.push(&mut m.down_proj);
+    out
 }
 
-/// A layer's per-head query/key norms (Qwen3), by module name under `self_attn`.
-fn head_norms(l: &DecoderLayer) -> impl Iterator<Item = (&'static str, &Tensor)> {
+/// A layer's norms by module path under the layer (`input_layernorm`, `self_attn.q_norm`, ...).
+fn layer_norms(l: &DecoderLayer) -> Vec<(&'static str, &Tensor)> {
     let a = &l.self_attn;
-    [("q_norm", a.q_norm.as_ref()), ("k_norm", a.k_norm.as_ref())].into_iter().filter_map(|(n, w)| Some((n, w?)))
+    [
+        ("input_layernorm", l.input_layernorm.as_ref()),
+        ("post_attention_layernorm", Some(&l.post_attention_layernorm)),
+        ("post_feedforward_layernorm", l.post_feedforward_layernorm.as_ref()),
+        ("self_attn.q_norm", a.q_norm.as_ref()),
+        ("self_attn.k_norm", a.k_norm.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(n, w)| Some((n, w?)))
+    .collect()
 }
 
 /// peft's saved-name prefix for a base module.

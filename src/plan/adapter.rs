@@ -166,7 +166,12 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     let mut requested: Vec<&str> = if a.lora_target_linear { short.clone() } else { Vec::new() };
     match &a.lora_target_modules {
         Some(list) => requested.extend(list.names()),
-        None if !a.lora_target_linear => requested.extend(DEFAULT_TARGETS),
+        None if !a.lora_target_linear => {
+            if matches!(arch.family, super::arch::Family::Phi3 | super::arch::Family::Olmo2) {
+                return Err(no_peft_default(arch, "lora_target_modules"));
+            }
+            requested.extend(DEFAULT_TARGETS)
+        }
         None => {}
     }
     let r = u64::from(a.lora_r);
@@ -322,12 +327,25 @@ fn saved_parameters(arch: &Architecture, modules_to_save: &[String]) -> Result<u
 
 /// peft's IA3 defaults for the Llama family (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and
 /// …_FEEDFORWARD_MODULES_MAPPING in peft/utils/constants.py).
-fn ia3_default_targets(arch: &Architecture) -> &'static [&'static str] {
+fn ia3_default_targets(arch: &Architecture) -> Result<&'static [&'static str], String> {
     use super::arch::Family;
     match arch.family {
-        Family::Llama | Family::Mistral => &["k_proj", "v_proj", "down_proj"],
-        Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => &["q_proj", "v_proj", "down_proj"],
+        Family::Llama | Family::Mistral => Ok(&["k_proj", "v_proj", "down_proj"]),
+        Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => Ok(&["q_proj", "v_proj", "down_proj"]),
+        Family::Phi3 | Family::Olmo2 => Err(no_peft_default(arch, "ia3_target_modules")),
     }
+}
+
+/// peft 0.21 has no default target modules for Phi-3 or OLMo 2 (its tables list `phi`, not
+/// `phi3`): without named targets it stops with "Please specify `target_modules`", and so does
+/// the plan, naming the modules there are.
+fn no_peft_default(arch: &Architecture, key: &str) -> String {
+    let linears: Vec<&str> = arch.layer_linears().iter().map(|l| l.short_name()).collect();
+    format!(
+        "`{key}` is required for {}: peft has no default target modules for it; name some of {}",
+        arch.class,
+        linears.join(", ")
+    )
 }
 const IA3_DEFAULT_FEEDFORWARD: &[&str] = &["down_proj"];
 
@@ -363,7 +381,10 @@ fn ia3(
     };
     let targets = resolve(
         "ia3_target_modules",
-        a.ia3_target_modules.as_ref().map_or_else(|| ia3_default_targets(arch).to_vec(), |l| l.names()),
+        match &a.ia3_target_modules {
+            Some(l) => l.names(),
+            None => ia3_default_targets(arch)?.to_vec(),
+        },
     )?;
     let feedforward = match &a.ia3_feedforward_modules {
         Some(list) => {

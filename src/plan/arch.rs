@@ -1,13 +1,16 @@
 //! Architectures the executor can run (the Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2/2.5,
 //! and Qwen3 dense, which adds a per-head RMSNorm on queries and keys; Gemma 2 and Gemma 3 text,
-//! whose own settings live in `Architecture::gemma`, see plan/arch_gemma.rs),
+//! whose own settings live in `Architecture::gemma`, see plan/arch_gemma.rs; Phi-3/3.5/4, with fused
+//! `qkv_proj` / `gate_up_proj`, partial rotary embedding and LongRoPE; OLMo 2, with post-norms and
+//! q/k norms over all heads together),
 //! read from a Hugging Face config.json, with exact parameter counts and the linear modules LoRA
 //! can target. Module names are Hugging Face's, so they match peft's `target_modules`.
 
 use serde::{Deserialize, Serialize};
 
 /// The families `recipe run` supports, by config.json `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -19,20 +22,53 @@ pub enum Family {
     Gemma2,
     /// Gemma 3's text model (`gemma3_text`, `Gemma3ForCausalLM`).
     Gemma3,
+    Phi3,
+    Olmo2,
 }
 
-/// Llama 3.1-style rope scaling (`rope_type: llama3`) or linear/dynamic scaling by a factor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Llama 3.1-style rope scaling (`rope_type: llama3`), linear/dynamic scaling by a factor, or
+/// Phi-3's LongRoPE (`longrope`: per-frequency short and long factors).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RopeScaling {
-    #[serde(alias = "type")]
     pub rope_type: String,
     pub factor: f64,
-    #[serde(default)]
     pub low_freq_factor: Option<f64>,
-    #[serde(default)]
     pub high_freq_factor: Option<f64>,
-    #[serde(default)]
     pub original_max_position_embeddings: Option<u64>,
+    /// LongRoPE: divisors of the inverse frequencies while every position is below
+    /// original_max_position_embeddings (short) or once one is not (long).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_factor: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_factor: Option<Vec<f64>>,
+    /// LongRoPE: what cos and sin are multiplied by (config value, else sqrt(1 + ln factor /
+    /// ln original_max_position_embeddings), 1 when factor <= 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+}
+
+/// rope_scaling / rope_parameters as config.json writes them (`type` is the older spelling of
+/// `rope_type`; transformers 5 writes both for Phi-3).
+#[derive(Debug, Deserialize)]
+struct RawRopeScaling {
+    #[serde(default)]
+    rope_type: Option<String>,
+    #[serde(default, rename = "type")]
+    legacy_type: Option<String>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    low_freq_factor: Option<f64>,
+    #[serde(default)]
+    high_freq_factor: Option<f64>,
+    #[serde(default)]
+    original_max_position_embeddings: Option<u64>,
+    #[serde(default)]
+    short_factor: Option<Vec<f64>>,
+    #[serde(default)]
+    long_factor: Option<Vec<f64>>,
+    #[serde(default)]
+    attention_factor: Option<f64>,
 }
 
 /// Every dimension the plan and the executor need.
@@ -70,6 +106,22 @@ pub struct Architecture {
     /// Absent for the Llama family.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gemma: Option<super::arch_gemma::Gemma>,
+    /// With `qk_norm`: one RMSNorm over all heads of q ([heads × head_dim]) and one over all of k
+    /// ([kv heads × head_dim]), before the heads are split (OLMo 2).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm_all_heads: bool,
+    /// q/k/v in one `self_attn.qkv_proj` (rows q, k, v) and gate/up in one `mlp.gate_up_proj`
+    /// (rows gate, up), as Phi-3 stores them; LoRA adapts the fused modules.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fused_projections: bool,
+    /// No norm before attention or the MLP: `post_attention_layernorm` and
+    /// `post_feedforward_layernorm` normalise each sublayer's output before the residual add (OLMo 2).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub post_norms: bool,
+    /// Fraction of each head's dimensions that rotary embedding turns (the first
+    /// int(head_dim × factor)); absent when 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// config.json `torch_dtype`: the dtype the weights are stored in.
     pub dtype: String,
     /// Standard deviation transformers initialises new weights with (a reward model's `score`).
@@ -96,7 +148,17 @@ struct RawConfig {
     #[serde(default = "default_theta")]
     rope_theta: f64,
     #[serde(default)]
-    rope_scaling: Option<RopeScaling>,
+    rope_scaling: Option<RawRopeScaling>,
+    /// Phi-3: the pretraining context LongRoPE scales from (top level in its config.json).
+    #[serde(default)]
+    original_max_position_embeddings: Option<u64>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    /// Phi-3's residual dropout; recipe runs it only at 0.
+    #[serde(default)]
+    resid_pdrop: f64,
+    #[serde(default)]
+    attention_dropout: f64,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
     #[serde(default)]
@@ -124,8 +186,10 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f64>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
     #[serde(flatten)]
-    scaling: Option<RopeScaling>,
+    scaling: Option<RawRopeScaling>,
 }
 
 fn default_context() -> u64 {
@@ -153,6 +217,8 @@ impl Architecture {
             Family::Qwen3 => "Qwen3DecoderLayer",
             Family::Gemma2 => "Gemma2DecoderLayer",
             Family::Gemma3 => "Gemma3DecoderLayer",
+            Family::Phi3 => "Phi3DecoderLayer",
+            Family::Olmo2 => "Olmo2DecoderLayer",
         }
     }
 
@@ -167,6 +233,8 @@ impl Architecture {
             "qwen3" => Family::Qwen3,
             "gemma2" => Family::Gemma2,
             "gemma3_text" => Family::Gemma3,
+            "phi3" => Family::Phi3,
+            "olmo2" => Family::Olmo2,
             other => {
                 return Err(format!(
                     "model_type `{other}` ({}) is not an architecture recipe can run; supported: {}",
@@ -202,12 +270,49 @@ impl Architecture {
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu" && gemma.is_none()) {
             return Err(format!("config.json: hidden_act `{act}` is not supported (the Llama family uses silu)"));
         }
-        let (rope_theta, rope_scaling) = match (raw.rope_parameters, &gemma) {
-            // Gemma 3: the global layers' rope (its local base is in `gemma`).
-            (_, Some(g)) if family == Family::Gemma3 => g.global_rope.clone(),
-            (Some(p), _) => (p.rope_theta.unwrap_or(raw.rope_theta), p.scaling.filter(|s| s.rope_type != "default")),
-            (None, _) => (raw.rope_theta, raw.rope_scaling.filter(|s| s.rope_type != "default")),
+        let (rope_theta, scaling, partial_rotary_factor) = match raw.rope_parameters {
+            Some(p) => (
+                p.rope_theta.unwrap_or(raw.rope_theta),
+                p.scaling,
+                p.partial_rotary_factor.or(raw.partial_rotary_factor),
+            ),
+            None => (raw.rope_theta, raw.rope_scaling, raw.partial_rotary_factor),
         };
+        let rope_scaling = match scaling {
+            Some(s) => rope_scaling(
+                s,
+                family == Family::Phi3,
+                raw.max_position_embeddings,
+                raw.original_max_position_embeddings,
+            )?,
+            None => None,
+        };
+        // Gemma 3: the global layers' rope (its local base is in `gemma`).
+        let (rope_theta, rope_scaling) = match &gemma {
+            Some(g) if family == Family::Gemma3 => g.global_rope.clone(),
+            _ => (rope_theta, rope_scaling),
+        };
+        let partial_rotary_factor = match partial_rotary_factor {
+            Some(f) if !(f > 0.0 && f <= 1.0) => {
+                return Err(format!("config.json: partial_rotary_factor {f} must be in (0, 1]"));
+            }
+            Some(f) if f < 1.0 => {
+                if (head_dim as f64 * f) < 2.0 {
+                    return Err(format!("config.json: partial_rotary_factor {f} leaves no rotary dimensions"));
+                }
+                Some(f)
+            }
+            _ => None,
+        };
+        // Dropout recipe does not apply is refused rather than skipped (transformers applies these
+        // while training; Phi-3's embd_pdrop it never reads).
+        for (key, p) in [("resid_pdrop", raw.resid_pdrop), ("attention_dropout", raw.attention_dropout)] {
+            if p != 0.0 && matches!(family, Family::Phi3 | Family::Olmo2) {
+                return Err(format!(
+                    "config.json: {key} {p} is not supported (recipe trains {model_type} without it); set it to 0"
+                ));
+            }
+        }
         let sliding_window = match family {
             // Qwen2/Qwen3 keep sliding_window only with use_sliding_window (their configs' __post_init__).
             Family::Qwen2 | Family::Qwen3 if raw.use_sliding_window != Some(true) => None,
@@ -230,16 +335,22 @@ impl Architecture {
             rope_scaling,
             sliding_window,
             rms_norm_eps: raw.rms_norm_eps,
-            // transformers' PretrainedConfig default is tied; Llama/Mistral/Qwen3 configs say false.
-            tie_word_embeddings: raw
-                .tie_word_embeddings
-                .unwrap_or(!matches!(family, Family::Llama | Family::Mistral | Family::Qwen3)),
-            // Qwen2 always has q/k/v bias and none on o_proj; the others (Qwen3 included) put
-            // `attention_bias` on all four.
-            qkv_bias: qwen2 || raw.attention_bias,
-            o_bias: !qwen2 && raw.attention_bias,
-            mlp_bias: raw.mlp_bias,
-            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            // transformers' PretrainedConfig default is tied; Llama/Mistral/Qwen3/Phi-3/OLMo 2
+            // configs say false.
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(!matches!(
+                family,
+                Family::Llama | Family::Mistral | Family::Qwen3 | Family::Phi3 | Family::Olmo2
+            )),
+            // Qwen2 always has q/k/v bias and none on o_proj; Phi-3 has no biases; the others
+            // (Qwen3, OLMo 2 included) put `attention_bias` on all four.
+            qkv_bias: qwen2 || (family != Family::Phi3 && raw.attention_bias),
+            o_bias: !qwen2 && family != Family::Phi3 && raw.attention_bias,
+            mlp_bias: family != Family::Phi3 && family != Family::Olmo2 && raw.mlp_bias,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3 | Family::Olmo2),
+            qk_norm_all_heads: family == Family::Olmo2,
+            fused_projections: family == Family::Phi3,
+            post_norms: family == Family::Olmo2,
+            partial_rotary_factor,
             gemma,
             dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
             initializer_range: raw.initializer_range,
@@ -251,6 +362,14 @@ impl Architecture {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
+        if self.fused_projections {
+            return vec![
+                Linear { name: "self_attn.qkv_proj", in_features: h, out_features: q + 2 * kv, bias: self.qkv_bias },
+                Linear { name: "self_attn.o_proj", in_features: q, out_features: h, bias: self.o_bias },
+                Linear { name: "mlp.gate_up_proj", in_features: h, out_features: 2 * i, bias: self.mlp_bias },
+                Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: self.mlp_bias },
+            ];
+        }
         vec![
             Linear { name: "self_attn.q_proj", in_features: h, out_features: q, bias: self.qkv_bias },
             Linear { name: "self_attn.k_proj", in_features: h, out_features: kv, bias: self.qkv_bias },
@@ -271,9 +390,12 @@ impl Architecture {
     pub fn parameter_counts(&self) -> ParameterCounts {
         let embed_tokens = self.vocab_size * self.hidden_size;
         let linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
-        let norms = 2 * self.hidden_size
-            + if self.qk_norm { 2 * self.head_dim } else { 0 }
-            + if self.gemma.is_some() { 2 * self.hidden_size } else { 0 };
+        let qk_norms = match (self.qk_norm, self.qk_norm_all_heads) {
+            (false, _) => 0,
+            (true, false) => 2 * self.head_dim,
+            (true, true) => (self.num_attention_heads + self.num_key_value_heads) * self.head_dim,
+        };
+        let norms = 2 * self.hidden_size + qk_norms + if self.gemma.is_some() { 2 * self.hidden_size } else { 0 };
         let per_layer = linears + norms;
         let lm_head = if self.tie_word_embeddings { 0 } else { self.lm_head().parameters() };
         let final_norm = self.hidden_size;
@@ -312,13 +434,64 @@ impl Linear {
 pub struct ParameterCounts {
     pub total: u64,
     pub embed_tokens: u64,
-    /// One decoder layer: its linear layers and two RMSNorms (four with Qwen3's q/k norms).
+    /// One decoder layer: its linear layers and two RMSNorms (four with Qwen3's or OLMo 2's q/k
+    /// norms).
     pub per_layer: u64,
     /// The linear layers of one decoder layer.
     pub layer_linears: u64,
     pub final_norm: u64,
     /// 0 when tied to embed_tokens.
     pub lm_head: u64,
+}
+
+/// The scaling config.json asks for (None for `default`). LongRoPE without `factor` takes
+/// max_position_embeddings / original_max_position_embeddings, and its original context from
+/// the top level when rope_scaling lacks it, as transformers does.
+/// A `rope_scaling` object of config.json (or one layer type's `rope_parameters`), resolved as
+/// the Llama family reads it; None for the default rope.
+pub fn rope_scaling_from_json(value: serde_json::Value, max_position_embeddings: u64) -> Result<Option<RopeScaling>, String> {
+    let raw: RawRopeScaling = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    rope_scaling(raw, false, max_position_embeddings, None)
+}
+
+fn rope_scaling(
+    s: RawRopeScaling,
+    phi3: bool,
+    max_position_embeddings: u64,
+    original_top_level: Option<u64>,
+) -> Result<Option<RopeScaling>, String> {
+    let Some(rope_type) = s.rope_type.or(s.legacy_type) else { return Ok(None) };
+    // transformers' Phi-3 reads the older names `su` and `yarn` as longrope.
+    let rope_type = match rope_type.as_str() {
+        "su" | "yarn" if phi3 => "longrope".to_string(),
+        _ => rope_type,
+    };
+    if rope_type == "default" {
+        return Ok(None);
+    }
+    let longrope = rope_type == "longrope";
+    let original = s.original_max_position_embeddings.or(if longrope { original_top_level } else { None });
+    let factor = match (s.factor, original) {
+        (Some(f), _) => f,
+        (None, Some(o)) if longrope && o > 0 => max_position_embeddings as f64 / o as f64,
+        _ => return Err(format!("config.json: rope scaling `{rope_type}` needs `factor`")),
+    };
+    if longrope && (s.short_factor.is_none() || s.long_factor.is_none() || original.is_none()) {
+        return Err(
+            "config.json: rope scaling `longrope` needs short_factor, long_factor and original_max_position_embeddings"
+                .into(),
+        );
+    }
+    Ok(Some(RopeScaling {
+        rope_type,
+        factor,
+        low_freq_factor: s.low_freq_factor,
+        high_freq_factor: s.high_freq_factor,
+        original_max_position_embeddings: original,
+        short_factor: s.short_factor,
+        long_factor: s.long_factor,
+        attention_factor: s.attention_factor,
+    }))
 }
 
 #[cfg(test)]
@@ -355,5 +528,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!((a.head_dim, a.qkv_bias, a.o_bias, a.tie_word_embeddings), (128, true, true, false));
+    }
+
+    #[test]
+    fn phi3_reads_fused_projections_and_longrope_and_refuses_residual_dropout() {
+        let a = Architecture::from_config_json(include_str!("models/microsoft--Phi-3.5-mini-instruct.json")).unwrap();
+        let names: Vec<&str> = a.layer_linears().iter().map(|l| l.name).collect();
+        assert_eq!(names, ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]);
+        // No `factor` in the file: max_position_embeddings / original_max_position_embeddings.
+        let s = a.rope_scaling.as_ref().unwrap();
+        assert_eq!(
+            (s.rope_type.as_str(), s.factor, s.original_max_position_embeddings),
+            ("longrope", 32.0, Some(4096))
+        );
+        assert_eq!(s.short_factor.as_ref().map(Vec::len), Some(48));
+        let phi3 = |extra: &str| {
+            Architecture::from_config_json(&format!(
+                r#"{{"model_type": "phi3", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+                   "num_attention_heads": 4, "vocab_size": 100{extra}}}"#
+            ))
+        };
+        let err = phi3(r#", "resid_pdrop": 0.1"#).unwrap_err();
+        assert!(err.contains("resid_pdrop 0.1"), "{err}");
+        // transformers' Phi-3 reads the old `su` name as LongRoPE.
+        let a = phi3(
+            r#", "original_max_position_embeddings": 8, "max_position_embeddings": 32,
+               "rope_scaling": {"type": "su", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1], "long_factor": [2, 2, 2, 2, 2, 2, 2, 2]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.rope_scaling.map(|s| (s.rope_type, s.factor)), Some(("longrope".to_string(), 4.0)));
+        let a = phi3(r#", "partial_rotary_factor": 0.75"#).unwrap();
+        assert_eq!((a.partial_rotary_factor, a.tie_word_embeddings, a.qkv_bias), (Some(0.75), false, false));
+    }
+
+    #[test]
+    fn olmo2_has_post_norms_and_q_k_norms_over_all_heads() {
+        let a = Architecture::from_config_json(include_str!("models/allenai--OLMo-2-1124-7B.json")).unwrap();
+        assert!(a.post_norms && a.qk_norm && a.qk_norm_all_heads && !a.fused_projections);
+        // Two post-norms and q_norm / k_norm of heads × head_dim each.
+        assert_eq!(a.parameter_counts().per_layer - a.parameter_counts().layer_linears, 4 * 4096);
     }
 }

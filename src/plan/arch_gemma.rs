@@ -191,10 +191,8 @@ fn gemma3_rope(raw: &Raw) -> Result<((f64, Option<RopeScaling>), f64), String> {
     } else {
         let mut m = full.clone();
         m.remove("rope_theta");
-        Some(
-            serde_json::from_value::<RopeScaling>(serde_json::Value::Object(m))
-                .map_err(|e| format!("config.json: rope_parameters.full_attention: {e}"))?,
-        )
+        super::arch::rope_scaling_from_json(serde_json::Value::Object(m), 0)
+            .map_err(|e| format!("config.json: rope_parameters.full_attention: {e}"))?
     };
     let local = of("sliding_attention");
     if rope_type(&local) != "default" {

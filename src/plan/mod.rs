@@ -207,6 +207,24 @@ fn origin(plan: &Plan, key: &str) -> String {
 }
 
 /// Human-readable plan.
+/// What sets Phi-3 / OLMo 2 layers apart from a Llama layer, for the text plan (None for the others).
+fn arch_layout(a: &arch::Architecture) -> Option<String> {
+    let mut parts = Vec::new();
+    if a.fused_projections {
+        parts.push("fused qkv_proj and gate_up_proj".to_string());
+    }
+    if a.post_norms {
+        parts.push("post-norms (after attention and MLP, none before)".to_string());
+    }
+    if a.qk_norm_all_heads {
+        parts.push("q/k norms over all heads".to_string());
+    }
+    if let Some(f) = a.partial_rotary_factor {
+        parts.push(format!("rotary embedding on {} of {} head dims", (a.head_dim as f64 * f) as u64, a.head_dim));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 pub fn render_text(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut o = String::new();
@@ -244,6 +262,9 @@ pub fn render_text(plan: &Plan) -> String {
     );
     if let Some(g) = &a.gemma {
         let _ = writeln!(o, "           {}", arch_gemma::describe(g, a.num_layers));
+    }
+    if let Some(layout) = arch_layout(a) {
+        let _ = writeln!(o, "           {layout}");
     }
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));
     let q = &plan.quantization;

@@ -68,6 +68,10 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("google/gemma-2-9b", include_str!("models/google--gemma-2-9b.json")),
     ("google/gemma-3-1b-pt", include_str!("models/google--gemma-3-1b-pt.json")),
     ("google/gemma-3-1b-it", include_str!("models/google--gemma-3-1b-it.json")),
+    ("microsoft/Phi-3-mini-4k-instruct", include_str!("models/microsoft--Phi-3-mini-4k-instruct.json")),
+    ("microsoft/Phi-3.5-mini-instruct", include_str!("models/microsoft--Phi-3.5-mini-instruct.json")),
+    ("microsoft/phi-4", include_str!("models/microsoft--phi-4.json")),
+    ("allenai/OLMo-2-1124-7B", include_str!("models/allenai--OLMo-2-1124-7B.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes
