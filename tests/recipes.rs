@@ -166,10 +166,24 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("save_strategy: best\n", "unsupported-axolotl-value"),
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
-        ("optimizer: adamw_torch_4bit\n", "unsupported-axolotl-value"),
+        ("optimizer: muon\n", "unsupported-axolotl-value"),
+        ("optimizer: ao_adamw_fp8\n", "unsupported-axolotl-value"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));
         assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));
+    }
+    // torchao's low-bit AdamW under transformers' names (exec/optim_torchao.rs).
+    for (name, bits) in [("adamw_torch_8bit", 8u8), ("adamw_torch_4bit", 4)] {
+        let loaded = load_text(dir.path(), &base(&format!("optimizer: {name}\n")));
+        assert!(rules(&loaded, true).is_empty(), "{name}: {}", common::rendered(&loaded));
+        let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
+        assert_eq!(plan.training.optimizer.name.as_str(), name);
+        assert_eq!(plan.training.optimizer.name.torchao_state_bits(), Some(bits));
+        assert!(plan.training.optimizer.implementation.contains("torchao"), "{name}");
+        // The memory model: a byte (8-bit) or half a byte (4-bit) per value and moment, an fp32 scale per 256.
+        let t = plan.adapter.trainable_parameters;
+        let states = plan.memory.items.iter().find(|i| i.name == "optimizer states").unwrap();
+        assert_eq!(states.bytes, 2 * t * u64::from(bits) / 8 + 8 * t.div_ceil(256), "{name}: {}", states.formula);
     }
     // message_field_role / message_field_content: Axolotl's older spelling of message_property_mappings.
     let chat = |extra: &str| base("").replace("type: completion", &format!("type: chat_template\n{extra}"));

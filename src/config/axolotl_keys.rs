@@ -415,8 +415,6 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "adamw_hf",
             "adamw_anyprecision",
             "adamw_apex_fused",
-            "adamw_torch_4bit",
-            "adamw_torch_8bit",
             "adamw_torch_npu_fused",
             "adagrad",
             "ademamix",

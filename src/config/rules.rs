@@ -1109,7 +1109,7 @@ impl Rules<'_> {
                     &["deepspeed.optimizer.params.adam_w_mode"],
                     "remove it: recipe's Adam is AdamW (decoupled weight decay)",
                 );
-            } else if t.optimizer.eight_bit_states() {
+            } else if t.optimizer.eight_bit_states() || t.optimizer.torchao_state_bits().is_some() {
                 self.error(
                     "deepspeed-disagrees",
                     format!(

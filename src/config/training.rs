@@ -213,6 +213,12 @@ pub enum Optimizer {
     /// Same as `adamw_torch`: recipe needs no paging.
     #[serde(rename = "paged_adamw_32bit")]
     PagedAdamw32bit,
+    /// torchao's `AdamW8bit` (transformers' name): 8-bit states, blocks of 256.
+    #[serde(rename = "adamw_torch_8bit")]
+    AdamwTorch8bit,
+    /// torchao's `AdamW4bit` (transformers' name): 4-bit states, blocks of 256.
+    #[serde(rename = "adamw_torch_4bit")]
+    AdamwTorch4bit,
 }
 
 impl Optimizer {
@@ -225,12 +231,23 @@ impl Optimizer {
             Optimizer::AdamwBnb8bit => "adamw_bnb_8bit",
             Optimizer::PagedAdamw8bit => "paged_adamw_8bit",
             Optimizer::PagedAdamw32bit => "paged_adamw_32bit",
+            Optimizer::AdamwTorch8bit => "adamw_torch_8bit",
+            Optimizer::AdamwTorch4bit => "adamw_torch_4bit",
         }
     }
 
     /// Whether it keeps blockwise 8-bit AdamW states (the others keep 32-bit ones).
     pub fn eight_bit_states(self) -> bool {
         matches!(self, Optimizer::Adamw8bit | Optimizer::AdamwBnb8bit | Optimizer::PagedAdamw8bit)
+    }
+
+    /// Bits per state value of torchao's low-bit AdamW (`adamw_torch_8bit`: 8, `adamw_torch_4bit`: 4).
+    pub fn torchao_state_bits(self) -> Option<u8> {
+        match self {
+            Optimizer::AdamwTorch8bit => Some(8),
+            Optimizer::AdamwTorch4bit => Some(4),
+            _ => None,
+        }
     }
 }
 
@@ -328,7 +345,16 @@ mod tests {
     #[test]
     fn optimizer_names_are_their_serialized_names() {
         use Optimizer::*;
-        for o in [AdamwTorch, AdamwTorchFused, Adamw8bit, AdamwBnb8bit, PagedAdamw8bit, PagedAdamw32bit] {
+        for o in [
+            AdamwTorch,
+            AdamwTorchFused,
+            Adamw8bit,
+            AdamwBnb8bit,
+            PagedAdamw8bit,
+            PagedAdamw32bit,
+            AdamwTorch8bit,
+            AdamwTorch4bit,
+        ] {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str(), "{o:?}");
         }
     }

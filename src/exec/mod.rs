@@ -13,6 +13,7 @@ pub mod host_sync;
 pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
+pub mod optim_torchao;
 pub mod optimizer;
 pub mod runtime;
 pub mod shard;
@@ -434,6 +435,13 @@ fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
     if plan.training.optimizer.name.eight_bit_states() {
         return Err(format!(
             "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
+            plan.training.optimizer.name.as_str()
+        ));
+    }
+    if let Some(bits) = plan.training.optimizer.name.torchao_state_bits() {
+        return Err(format!(
+            "optimizer: {} keeps torchao's {bits}-bit states, which sharded training ({strategy}) does not split; \
+             use adamw_torch or adamw_torch_fused",
             plan.training.optimizer.name.as_str()
         ));
     }

@@ -9,7 +9,11 @@
 //! under 4,096 elements keep 32-bit states and bitsandbytes' 32-bit update. The codes and their
 //! quantization tables live on the parameters' device, built once, so a step reads nothing back
 //! to the host. State memory is about a quarter of 32-bit AdamW's.
+//!
+//! torchao's 8-bit and 4-bit AdamW (`adamw_torch_8bit`, `adamw_torch_4bit`) keep their states and
+//! take their step in exec/optim_torchao.rs.
 
+use super::optim_torchao;
 use crate::model::llama::Param;
 use crate::model::nf4::{self, BlockCode};
 use crate::plan::training::OptimizerPlan;
@@ -19,6 +23,8 @@ pub struct AdamW {
     params: Vec<Slot>,
     /// bitsandbytes' 8-bit AdamW (its update formulas) rather than torch's.
     eight_bit: bool,
+    /// torchao's low-bit AdamW (exec/optim_torchao.rs), with the bits of its states.
+    torchao: Option<optim_torchao::Bits>,
     /// `adamw_torch_fused`: libtorch's fused kernel (`_fused_adamw_`, exec/torch_ops.rs) with its
     /// step count as an fp32 device scalar, as `torch.optim.AdamW(fused=True)` keeps it.
     fused: Option<Tensor>,
@@ -45,10 +51,12 @@ struct Slot {
 const BLOCK: i64 = 256;
 const MIN_8BIT_SIZE: i64 = 4096;
 
-/// One moment of one parameter: fp32, or blockwise 8-bit.
+/// One moment of one parameter: fp32, blockwise 8-bit, or in torchao's layout (full in the
+/// parameter's dtype, or 8/4-bit codes with per-block scales).
 enum Moment {
     Full(Tensor),
     Quantized { codes: Tensor, absmax: Tensor, code: BlockCode },
+    Torchao(optim_torchao::Moment),
 }
 
 impl Moment {
@@ -71,15 +79,20 @@ impl Moment {
             Moment::Quantized { codes, absmax, code } => {
                 nf4::dequantize_blockwise(codes, absmax, &code.values, BLOCK).view(codes.size().as_slice())
             }
+            Moment::Torchao(m) => m.value(),
         }
     }
 
     /// Stores updated values (quantizing them again for 8-bit states).
     fn store(&mut self, values: &Tensor) {
-        if let Moment::Quantized { codes, absmax, code } = self {
-            let (c, a) = nf4::quantize_blockwise_with(values, code, BLOCK);
-            *codes = c;
-            *absmax = a;
+        match self {
+            Moment::Full(_) => {}
+            Moment::Quantized { codes, absmax, code } => {
+                let (c, a) = nf4::quantize_blockwise_with(values, code, BLOCK);
+                *codes = c;
+                *absmax = a;
+            }
+            Moment::Torchao(m) => m.store(values),
         }
     }
 
@@ -88,6 +101,7 @@ impl Moment {
         match self {
             Moment::Full(t) => size(t),
             Moment::Quantized { codes, absmax, .. } => size(codes) + size(absmax),
+            Moment::Torchao(m) => m.bytes(),
         }
     }
 
@@ -97,6 +111,7 @@ impl Moment {
             Moment::Quantized { codes, absmax, .. } => {
                 vec![(format!("{name}.q8"), codes.shallow_clone()), (format!("{name}.absmax"), absmax.shallow_clone())]
             }
+            Moment::Torchao(m) => m.named(name),
         }
     }
 
@@ -112,6 +127,7 @@ impl Moment {
                 read(codes, &format!("{name}.q8"))?;
                 read(absmax, &format!("{name}.absmax"))
             }
+            Moment::Torchao(m) => m.load(name, ckpt),
         }
     }
 }
@@ -139,12 +155,20 @@ impl AdamW {
             }
             _ => None,
         };
+        let torchao = plan.name.torchao_state_bits().map(|bits| match bits {
+            8 => optim_torchao::Bits::Eight,
+            _ => optim_torchao::Bits::Four,
+        });
+        let moment = |p: &Tensor, signed: bool, code: Option<&BlockCode>| match torchao {
+            Some(bits) => Moment::Torchao(optim_torchao::Moment::zeros(p, bits, signed)),
+            None => Moment::zeros(p, code),
+        };
         let params: Vec<Slot> = params
             .into_iter()
             .map(|p| Slot {
                 decay: !(p.name.ends_with(".bias") || p.name.contains("norm")),
-                exp_avg: Moment::zeros(&p.tensor, codes.as_ref().map(|c| &c.0)),
-                exp_avg_sq: Moment::zeros(&p.tensor, codes.as_ref().map(|c| &c.1)),
+                exp_avg: moment(&p.tensor, true, codes.as_ref().map(|c| &c.0)),
+                exp_avg_sq: moment(&p.tensor, false, codes.as_ref().map(|c| &c.1)),
                 param: p.tensor,
                 name: p.name,
             })
@@ -155,6 +179,7 @@ impl AdamW {
         AdamW {
             params,
             eight_bit,
+            torchao,
             fused,
             beta1: plan.beta1,
             beta2: plan.beta2,
@@ -219,6 +244,25 @@ impl AdamW {
             return;
         }
         self.step += 1;
+        if self.torchao.is_some() {
+            let hyper = |decay: bool| optim_torchao::Hyper {
+                lr,
+                step: self.step,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+            };
+            for s in &mut self.params {
+                let grad = s.param.grad();
+                if let (true, Moment::Torchao(m), Moment::Torchao(v)) =
+                    (grad.defined(), &mut s.exp_avg, &mut s.exp_avg_sq)
+                {
+                    optim_torchao::step(&s.param, &grad, m, v, &hyper(s.decay));
+                }
+            }
+            return;
+        }
         // Python's `beta ** step` (C pow), as torch and bitsandbytes compute the corrections.
         let t = self.step as f64;
         let bias1 = 1.0 - self.beta1.powf(t);
@@ -259,14 +303,14 @@ impl AdamW {
     /// fp16's step: the update unless `found_inf` (fp32 [1] on the device, the loss scaler's
     /// overflow flag) is set, decided on the device: every parameter and moment keeps its old value
     /// where the flag is set, and the step count (for the bias corrections) stays on the device.
-    /// 8-bit states take bitsandbytes' update with host-side corrections, so there the flag is read
-    /// (one host sync per step).
+    /// 8-bit states (bitsandbytes' and torchao's) take their update with host-side corrections, so
+    /// there the flag is read (one host sync per step).
     pub fn step_unless(&mut self, lr: f64, found_inf: &Tensor) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         if self.fused.is_some() {
             return self.fused_step(lr, Some(found_inf));
         }
-        if self.eight_bit {
+        if self.eight_bit || self.torchao.is_some() {
             if !super::host_sync::read_flag(found_inf, "the fp16 overflow flag")? {
                 self.step(lr);
             }
@@ -327,7 +371,9 @@ impl AdamW {
             }
             let full = |m: &Moment| match m {
                 Moment::Full(t) => t.shallow_clone(),
-                Moment::Quantized { .. } => unreachable!("the fused kernel runs with 32-bit states"),
+                Moment::Quantized { .. } | Moment::Torchao(_) => {
+                    unreachable!("the fused kernel runs with 32-bit states")
+                }
             };
             let params: Vec<Tensor> = slots.iter().map(|s| s.param.shallow_clone()).collect();
             let grads: Vec<Tensor> = slots.iter().map(|s| s.param.grad()).collect();

@@ -6,7 +6,10 @@
 //! - base weights: frozen weights in c bytes; quantized linear layers at their quantized size
 //!   (plan/quantize.rs). Full fine-tuning has no frozen base: its weights are the trainable ones.
 //! - trainable weights 4·T, gradients 4·T, optimizer states 8·T for 32-bit AdamW, or
-//!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256).
+//!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256; torchao's
+//!   `adamw_torch_8bit` alike, its fp32 scale per 256), T + 8·⌈T/256⌉ for torchao's
+//!   `adamw_torch_4bit` (two 4-bit states, an fp32 scale per 256). The few tensors that stay in
+//!   full precision (under 4,096 values: norms, biases) are counted as quantized.
 //! - autocast copies (full fine-tuning in 16 bits): c·T, the 16-bit weights autocast keeps during
 //!   the forward pass.
 //! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
@@ -197,6 +200,11 @@ fn breakdown(
     );
     let (optimizer_bytes, optimizer_formula) = if c.training.optimizer.eight_bit_states() {
         (2 * trainable + 8 * trainable.div_ceil(256), format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)))
+    } else if let Some(bits) = c.training.optimizer.torchao_state_bits() {
+        (
+            u64::from(bits) * trainable / 4 + 8 * trainable.div_ceil(256),
+            format!("torchao {bits}-bit AdamW: {} × 2 × {bits}/8 bytes + scales", group(trainable)),
+        )
     } else {
         (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable)))
     };
@@ -422,6 +430,7 @@ fn suggestions(
     // IA3's optimizer states are a few kilobytes: 8-bit states would save nothing worth naming.
     if matches!(c.adapter.adapter, Some(AdapterKind::Lora | AdapterKind::Qlora))
         && !c.training.optimizer.eight_bit_states()
+        && c.training.optimizer.torchao_state_bits().is_none()
     {
         let mut states = cumulative.clone();
         states.training.optimizer = Optimizer::Adamw8bit;

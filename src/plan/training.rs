@@ -343,6 +343,15 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
             "AdamW, blockwise 8-bit states (bitsandbytes' dynamic map, blocks of 256; tensors under 4,096 \
              elements keep 32-bit states; paged_* needs no paging here)"
         }
+        Optimizer::AdamwTorch8bit => {
+            "AdamW, blockwise 8-bit states (torchao's AdamW8bit: dynamic maps, an fp32 scale per 256 values; \
+             tensors under 4,096 elements or not a multiple of 256 keep full-precision states)"
+        }
+        Optimizer::AdamwTorch4bit => {
+            "AdamW, blockwise 4-bit states (torchao's AdamW4bit: 4-bit dynamic map for exp_avg, linear map for \
+             exp_avg_sq, an fp32 scale per 256 values; tensors under 4,096 elements or not a multiple of 256 keep \
+             full-precision states)"
+        }
     };
     TrainingPlan {
         preference: t.rl.map(|rl| PreferencePlan {
