@@ -13,6 +13,7 @@ pub mod host_sync;
 pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
+pub mod offload;
 pub mod optimizer;
 pub mod runtime;
 pub mod shard;
@@ -399,15 +400,6 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     if let Some((key, what)) = plan.layout.not_built.first() {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
-    if let Some(ds) = &plan.layout.deepspeed
-        && (ds.offload_optimizer.is_some() || ds.offload_param.is_some())
-    {
-        return Err(format!(
-            "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
-             recipe run yet; set their device to \"none\"",
-            ds.file
-        ));
-    }
     let own = plan.model.architecture.decoder_layer_class();
     if let Some(classes) = &plan.layout.wrapped_class
         && !plan.layout.fsdp.is_empty()
@@ -422,23 +414,35 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
 }
 
 /// What sharded training does not do yet, refused by name before any rank keeps chunks.
-fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
+fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
     let strategy = format!("{:?}", plan.layout.strategy);
-    if plan.training.optimizer.name.eight_bit_states() {
+    if plan.layout.offload.any() && rt.precision.loss_scaling {
         return Err(format!(
-            "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
+            "fp16 with offload: the loss scaler unscales gradients on the GPU, and offload keeps the gradient \
+             chunks in host memory ({strategy}); use bf16, or train without offload"
+        ));
+    }
+    if plan.training.optimizer.name.eight_bit_states() && plan.layout.sharded_checkpoints {
+        return Err(format!(
+            "optimizer: {} keeps 8-bit states, which SHARDED_STATE_DICT checkpoints ({strategy}) do not write yet; \
+             use state_dict_type: FULL_STATE_DICT, or a 32-bit AdamW",
             plan.training.optimizer.name.as_str()
+        ));
+    }
+    if plan.adapter.prefix.is_some()
+        && (plan.training.gradient_checkpointing
+            || (plan.layout.strategy.shards_parameters() && plan.layout.reshard_after_forward))
+    {
+        return Err(format!(
+            "adapter: prefix_tuning under {strategy} recomputes each layer in the backward pass (full sharding \
+             releases a layer after its forward pass), and recomputing a layer with its prefix is not built; set \
+             fsdp_config.reshard_after_forward: false, or use shard_grad_op"
         ));
     }
     if plan.ewc.is_some() {
         return Err(format!(
             "ewc_lambda: EWC's penalty reads whole trainable tensors, which sharded training ({strategy}) splits \
              across ranks; train data-parallel (without fsdp / deepspeed) to use EWC"
-        ));
-    }
-    if plan.training.causal_lm_eval.is_some() {
-        return Err(format!(
-            "do_causal_lm_eval generates on rank 0 alone, which sharded training ({strategy}) cannot serve;              evaluate the output with `recipe eval` instead"
         ));
     }
     Ok(())
@@ -462,6 +466,8 @@ fn chunked_load(plan: &Plan, rt: &Runtime, vocab_size: u64) -> Result<Option<(i6
     let p = plan.training.preference.as_ref();
     let reason = if plan.quantization.quantized_parameters > 0 {
         Some("a quantized base (its weights are quantized whole and stay whole on every rank)")
+    } else if plan.adapter.method == AdapterMethod::Full && plan.training.optimizer.name.eight_bit_states() {
+        Some("a full fine-tune with 8-bit optimizer states (its weights are cut at 256-element blocks, not as loaded)")
     } else if plan.adapter.dora {
         Some("DoRA (its magnitudes start from the whole weights)")
     } else if !plan.adapter.modules_to_save.is_empty() || plan.training.reward.is_some() {
@@ -759,7 +765,7 @@ fn train_on<E: packing::Example>(
     // Sharded training: every rank starts from rank 0's trainable weights before it keeps its
     // chunks of them, and the shard (and replica) groups are joined by every rank now.
     let shard_groups = if plan.layout.strategy.shards_optimizer() && rt.comm.is_distributed() {
-        refuse_unsharded(plan)?;
+        refuse_unsharded(plan, rt)?;
         // Tensors loaded as chunks came from the same files on every rank.
         let loaded = model.loaded_chunks.borrow();
         let trainable: Vec<tch::Tensor> =
@@ -860,11 +866,17 @@ fn train_on<E: packing::Example>(
         // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
         let trainable = model.trainable_params();
         let sharder = match shard_groups {
-            Some(groups) => Some(std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)?)),
+            Some(groups) => {
+                let placement = offload::Placement::new(device, plan.layout.offload);
+                let eight_bit = t.optimizer.name.eight_bit_states();
+                Some(std::rc::Rc::new(shard::Sharder::new(&model, groups, placement, &trainable, eight_bit)?))
+            }
             None => None,
         };
         let mut optimizer = match &sharder {
-            Some(sharder) => optimizer::AdamW::new(sharder.optimizer_params(), &t.optimizer),
+            Some(sharder) => {
+                optimizer::AdamW::for_chunks(sharder.optimizer_params(), &sharder.whole_sizes(), &t.optimizer)
+            }
             None => optimizer::AdamW::new(trainable, &t.optimizer),
         };
         if let Some(dir) = &resumed_from {

@@ -19,13 +19,17 @@
 //!   recomputes each layer in the backward pass (gradient checkpointing), because a forward pass's
 //!   parameters are released after it; `reshard_after_forward: false` keeps them until the
 //!   layer's backward pass instead.
+//! - Offload (exec/offload.rs): chunks live in host memory between uses; `assemble` copies them
+//!   to the compute device for their all-gather, reduce-scattered gradient chunks are copied back,
+//!   and the optimizer (built on the chunks) steps on the host.
 //! - Checkpoints stay in the unsharded format: the trainable weights are gathered and each
 //!   optimizer moment is assembled one tensor at a time, so a checkpoint resumes on any world
 //!   size, and a resumed run cuts its chunks from the full tensors.
 
 use super::c10d::{ProcessGroup, ReduceOp};
 use super::distributed::Communicator;
-use super::optimizer::AdamW;
+use super::offload::Placement;
+use super::optimizer::{self, AdamW};
 use crate::model::llama::{CausalLm, Param, ShardUnits};
 use crate::model::weights::{Checkpoint, Deferred};
 use crate::plan::shard::{Collectives, Layout};
@@ -101,8 +105,24 @@ struct Piece {
     grad: Option<Tensor>,
 }
 
+/// How one tensor is cut: `chunk` elements per rank of a flat `numel` (padded to `chunk` × group
+/// size), viewed as `shape` once whole.
+struct Cut {
+    chunk: i64,
+    numel: i64,
+    shape: Vec<i64>,
+}
+
+impl Piece {
+    fn cut(&self) -> Cut {
+        Cut { chunk: self.chunk, numel: self.numel, shape: self.shape.clone() }
+    }
+}
+
 pub struct Sharder {
     groups: ShardGroups,
+    /// Where chunks live between uses (the compute device, or host memory under offload).
+    placement: Placement,
     /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
     moved: Cell<Collectives>,
     /// How many weights of `stream_weights`' list this rank has gathered so far.
@@ -120,8 +140,15 @@ fn failed(e: String) -> ! {
 impl Sharder {
     /// Cuts the model's tensors into this rank's chunks (its full tensors are the same on every
     /// rank by now) and, for full sharding, releases them. `trainable` names the optimizer's
-    /// parameters.
-    pub fn new(model: &CausalLm, groups: ShardGroups, trainable: &[Param]) -> Result<Sharder, String> {
+    /// parameters; `eight_bit_states`: the optimizer keeps 8-bit states, so trainable tensors are
+    /// cut at their blocks.
+    pub fn new(
+        model: &CausalLm,
+        groups: ShardGroups,
+        placement: Placement,
+        trainable: &[Param],
+        eight_bit_states: bool,
+    ) -> Result<Sharder, String> {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
@@ -135,14 +162,19 @@ impl Sharder {
                     .filter(|(_, t)| t.numel() > 0)
                     .map(|(name, full)| {
                         let numel = full.numel() as i64;
-                        let chunk = (numel + size - 1) / size;
                         let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
+                        let chunk = chunk_len(numel, size, eight_bit_states && trainable_name.is_some());
                         // Loaded as a chunk already (CausalLm::load_chunked), or cut now.
                         let shard = loaded.remove(&name).unwrap_or_else(|| {
                             let flat = full.detach().reshape([-1]);
                             flat.constant_pad_nd([0, chunk * size - numel]).narrow(0, index * chunk, chunk).copy()
                         });
-                        let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
+                        let is_trained = trainable_name.is_some();
+                        let shard = placement.keep(shard, is_trained).unwrap_or_else(|e| failed(e));
+                        let grad = trainable_name.map(|_| {
+                            let zeros = Tensor::zeros([chunk], (Kind::Float, placement.home(true)));
+                            placement.keep(zeros, true).unwrap_or_else(|e| failed(e))
+                        });
                         if let Some(g) = &grad
                             && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
                         {
@@ -172,7 +204,7 @@ impl Sharder {
         }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
         let sharder =
-            Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()), streamed: Cell::new(0) };
+            Sharder { groups, placement, units, gathered, moved: Cell::new(Collectives::default()), streamed: Cell::new(0) };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
@@ -223,8 +255,9 @@ impl Sharder {
     }
 
     /// Full tensors of unit `u`'s pieces of one kind, from every rank's chunks.
-    fn assemble(&self, pieces: &[&Piece], sources: &[Tensor]) -> Result<Vec<Tensor>, String> {
-        let local = Tensor::cat(sources, 0);
+    fn assemble(&self, cuts: &[Cut], sources: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        // Offloaded chunks travel to the compute device for the collective.
+        let local = self.placement.to_compute(&Tensor::cat(sources, 0));
         let total = local.numel() as i64;
         let all = match &self.groups.shard {
             Some(g) => g.all_gather(&local)?,
@@ -232,8 +265,8 @@ impl Sharder {
         };
         self.count(|c| c.all_gather += (all.numel() * all.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
-        let mut out = Vec::with_capacity(pieces.len());
-        for (p, _) in pieces.iter().zip(sources) {
+        let mut out = Vec::with_capacity(cuts.len());
+        for (p, _) in cuts.iter().zip(sources) {
             let parts: Vec<Tensor> =
                 (0..self.groups.size as i64).map(|r| all.narrow(0, r * total + offset, p.chunk)).collect();
             out.push(Tensor::cat(&parts, 0).narrow(0, 0, p.numel).view(p.shape.as_slice()));
@@ -270,7 +303,8 @@ impl Sharder {
     fn gather_into(&self, pieces: &[&Piece]) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-        for (p, full) in pieces.iter().zip(self.assemble(pieces, &sources)?) {
+        let cuts: Vec<Cut> = pieces.iter().map(|p| p.cut()).collect();
+        for (p, full) in pieces.iter().zip(self.assemble(&cuts, &sources)?) {
             let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
         }
         Ok(())
@@ -289,7 +323,7 @@ impl Sharder {
 
     /// Each piece's whole gradient, flat and padded to `size` chunks; a parameter without a
     /// gradient this micro-batch contributes zeros, as FSDP's.
-    fn padded_gradients(pieces: &[&Piece], size: i64) -> Vec<Tensor> {
+    fn padded_gradients(&self, pieces: &[&Piece], size: i64) -> Vec<Tensor> {
         pieces
             .iter()
             .map(|p| {
@@ -297,7 +331,7 @@ impl Sharder {
                 let flat = if g.defined() {
                     g.to_kind(Kind::Float).reshape([-1])
                 } else {
-                    Tensor::zeros([p.numel], (Kind::Float, p.shard.device()))
+                    Tensor::zeros([p.numel], (Kind::Float, self.placement.compute))
                 };
                 flat.constant_pad_nd([0, p.chunk * size - p.numel])
             })
@@ -312,7 +346,7 @@ impl Sharder {
             return Ok(());
         }
         let size = self.groups.size as i64;
-        let padded = Self::padded_gradients(&pieces, size);
+        let padded = self.padded_gradients(&pieces, size);
         let mut ordered = Vec::with_capacity(pieces.len() * size as usize);
         for r in 0..size {
             for (p, g) in pieces.iter().zip(&padded) {
@@ -330,8 +364,9 @@ impl Sharder {
         let mut offset = 0;
         for p in pieces {
             if let Some(acc) = &p.grad {
+                // Offloaded: the summed chunk goes back to the host, where it is accumulated.
                 let mut acc = acc.shallow_clone();
-                acc += mine.narrow(0, offset, p.chunk);
+                acc += mine.narrow(0, offset, p.chunk).to_device(acc.device());
             }
             offset += p.chunk;
             super::torch_ops::set_grad(&p.full, None)?;
@@ -344,7 +379,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let pieces: Vec<&Piece> = self.trainable().collect();
         let size = self.groups.size as i64;
-        let padded = Self::padded_gradients(&pieces, size);
+        let padded = self.padded_gradients(&pieces, size);
         if padded.is_empty() {
             return Ok(());
         }
@@ -377,7 +412,7 @@ impl Sharder {
         if grads.is_empty() {
             return Ok(());
         }
-        let mut flat = Tensor::cat(&grads, 0);
+        let mut flat = self.placement.to_compute(&Tensor::cat(&grads, 0));
         g.all_reduce(&mut flat, ReduceOp::Sum)?;
         self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
@@ -395,13 +430,14 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let squares: Vec<Tensor> =
             self.trainable().filter_map(|p| p.grad.as_ref()).map(|g| g.square().sum(Kind::Float)).collect();
-        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else {
+        if self.trainable().next().is_none() {
             return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
-        };
+        }
+        let device = self.placement.compute;
         let mut sum = if squares.is_empty() {
             Tensor::zeros([1], (Kind::Float, device))
         } else {
-            Tensor::stack(&squares, 0).sum(Kind::Float).reshape([1])
+            self.placement.to_compute(&Tensor::stack(&squares, 0).sum(Kind::Float).reshape([1]))
         };
         if let Some(g) = &self.groups.shard {
             g.all_reduce(&mut sum, ReduceOp::Sum)?;
@@ -409,6 +445,8 @@ impl Sharder {
         let total = sum.sqrt().reshape([]);
         if max_norm > 0.0 {
             let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+            // The gradient chunks live where the trainable chunks do (host memory when offloaded).
+            let coef = coef.to_device(self.placement.home(true));
             for g in self.trainable().filter_map(|p| p.grad.as_ref()) {
                 let mut g = g.shallow_clone();
                 g *= &coef;
@@ -420,7 +458,10 @@ impl Sharder {
     /// Whether every rank's chunks are finite.
     pub fn all_finite(&self) -> Result<bool, String> {
         let _guard = tch::no_grad_guard();
-        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else { return Ok(true) };
+        if self.trainable().next().is_none() {
+            return Ok(true);
+        }
+        let device = self.placement.compute;
         let bad: Vec<Tensor> = self.trainable().map(|p| p.shard.isfinite().logical_not().any()).collect();
         let mut flag = Tensor::stack(&bad, 0).any().to_kind(Kind::Float).reshape([1]).to_device(device);
         if let Some(g) = &self.groups.shard {
@@ -442,7 +483,8 @@ impl Sharder {
                 continue;
             }
             let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-            for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
+            let cuts: Vec<Cut> = pieces.iter().map(|p| p.cut()).collect();
+            for (p, full) in pieces.iter().zip(self.assemble(&cuts, &sources)?) {
                 p.full.shallow_clone().copy_(&full);
             }
         }
@@ -559,35 +601,93 @@ impl Sharder {
 
     /// The optimizer's state in the unsharded format (`AdamW::state`'s names and shapes), each
     /// moment assembled from every rank's chunks; every rank of the shard group calls this, and
-    /// each gets the whole state.
+    /// each gets the whole state. 8-bit moments assemble as their codes (`.q8`, shaped like the
+    /// parameter) and block scales (`.absmax`): chunks hold whole blocks, so each rank's are a run
+    /// of the one-rank blocks.
     pub fn gather_optimizer_state(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>, String> {
         let _guard = tch::no_grad_guard();
         let shapes: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
         let mut out = Vec::new();
         for (name, t) in optimizer.state() {
-            let param = name.strip_suffix(".exp_avg").or_else(|| name.strip_suffix(".exp_avg_sq"));
-            match param.and_then(|n| shapes.get(n)) {
-                Some(p) => {
-                    let full = self.assemble(&[p], &[t.reshape([-1])])?.remove(0);
-                    out.push((name, full));
+            let (moment, part) = match name.rsplit_once('.') {
+                Some((m, part @ ("q8" | "absmax"))) => (m, Some(part)),
+                _ => (name.as_str(), None),
+            };
+            let param = moment.strip_suffix(".exp_avg").or_else(|| moment.strip_suffix(".exp_avg_sq"));
+            let Some(p) = param.and_then(|n| shapes.get(n)) else {
+                out.push((name, t));
+                continue;
+            };
+            let full = match part {
+                None => self.assemble(&[p.cut()], &[t.reshape([-1])])?.remove(0),
+                // Codes travel as fp32 (exact for bytes), which every backend gathers.
+                Some("q8") => self.assemble(&[p.cut()], &[t.reshape([-1]).to_kind(Kind::Float)])?.remove(0).to_kind(Kind::Uint8),
+                _ => {
+                    let blocks = Cut {
+                        chunk: p.chunk / optimizer::BLOCK,
+                        numel: (p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK,
+                        shape: vec![(p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK],
+                    };
+                    self.assemble(&[blocks], &[t.reshape([-1])])?.remove(0)
                 }
-                None => out.push((name, t)),
-            }
+            };
+            out.push((name, full));
         }
         Ok(out)
     }
 
     /// Loads a checkpoint's (unsharded) optimizer state into the sharded optimizer: this rank's
-    /// chunk of each moment.
+    /// chunk of each moment (of an 8-bit moment, its codes and its blocks' scales; padding codes
+    /// stand for zero, as quantizing the padded chunk gives).
     pub fn load_optimizer_state(&self, optimizer: &mut AdamW, ckpt: &Checkpoint) -> Result<(), String> {
         let pieces: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
         let (size, index) = (self.groups.size as i64, self.groups.index as i64);
         optimizer.load_state_with(ckpt, &|param: &str, moment: &str| -> Result<Tensor, String> {
             let p = pieces.get(param).ok_or_else(|| format!("`{param}` is not a sharded parameter"))?;
-            let full = ckpt.load(&format!("{param}.{moment}"), &p.shape, Kind::Float, p.shard.device())?;
-            let padded = full.reshape([-1]).constant_pad_nd([0, p.chunk * size - p.numel]);
-            Ok(padded.narrow(0, index * p.chunk, p.chunk).copy())
+            let name = format!("{param}.{moment}");
+            let device = p.shard.device();
+            let cut = |full: Tensor, chunk: i64, numel: i64, fill: f64| {
+                let padded = Tensor::full([chunk * size], fill, (full.kind(), device));
+                padded.narrow(0, 0, numel).copy_(&full.reshape([-1]));
+                padded.narrow(0, index * chunk, chunk).copy()
+            };
+            match moment.rsplit_once('.') {
+                None => Ok(cut(ckpt.load(&name, &p.shape, Kind::Float, device)?, p.chunk, p.numel, 0.0)),
+                Some((which, "q8")) => {
+                    let full = ckpt.load(&name, &p.shape, Kind::Uint8, device)?;
+                    Ok(cut(full, p.chunk, p.numel, zero_code(which == "exp_avg") as f64))
+                }
+                Some((_, _)) => {
+                    let blocks = (p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK;
+                    let full = ckpt.load(&name, &[blocks], Kind::Float, device)?;
+                    Ok(cut(full, p.chunk / optimizer::BLOCK, blocks, 0.0))
+                }
+            }
         })
+    }
+
+    /// Each trainable chunk's whole parameter size, in `optimizer_params`' order (it decides
+    /// which get 8-bit states, as on one rank).
+    pub fn whole_sizes(&self) -> Vec<i64> {
+        self.trainable().map(|p| p.numel).collect()
+    }
+}
+
+/// The byte whose value is zero in 8-bit AdamW's code: the signed map's for the first moment, the
+/// unsigned one's for the second.
+fn zero_code(signed: bool) -> i64 {
+    let map = if signed { crate::model::nf4::dynamic_map() } else { crate::model::nf4::unsigned_dynamic_map() };
+    map.abs().argmin(0, false).int64_value(&[])
+}
+
+/// Elements per rank of a tensor of `numel` cut `size` ways: its padded size over `size`, rounded
+/// up to whole 256-element blocks when it gets 8-bit optimizer states (`blocks`), so each rank's
+/// blocks are the one-rank run's and its 8-bit states the same bytes.
+fn chunk_len(numel: i64, size: i64, blocks: bool) -> i64 {
+    if blocks && numel >= optimizer::MIN_8BIT_SIZE {
+        (numel + size * optimizer::BLOCK - 1) / (size * optimizer::BLOCK) * optimizer::BLOCK
+    } else {
+        (numel + size - 1) / size
     }
 }
 

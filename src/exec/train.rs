@@ -64,7 +64,8 @@ pub struct Loop<'a, E: Example> {
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
     pub steps: Steps,
-    /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process).
+    /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process; every rank
+    /// under sharding).
     pub causal_lm_eval: Option<&'a super::eval::CausalLmEval<'a>>,
     /// Sharded training's state (None: replicated, data-parallel or one process).
     pub sharder: Option<&'a super::shard::Sharder>,
@@ -196,8 +197,12 @@ impl<E: Example> Loop<'_, E> {
     /// Evaluates, records the metrics at `step` and logs them; returns the evaluation loss.
     pub fn evaluate_and_log(&self, step: u64, log: &mut MetricsLog) -> Result<Option<f64>, String> {
         let Some(mut metrics) = self.evaluate()? else { return Ok(None) };
-        if let Some(c) = self.causal_lm_eval.filter(|_| self.runtime.is_main()) {
+        // Sharded, every rank generates alike (each pass gathers from all of them).
+        if let Some(c) = self.causal_lm_eval.filter(|_| self.runtime.is_main() || self.sharder.is_some()) {
             metrics.extend(c.run(self.model, self.plan.training.eval_batch_size as usize));
+            if self.sharder.is_some() {
+                self.model.end_inference();
+            }
         }
         let shown: Vec<String> =
             metrics.iter().map(|(k, v)| format!("{}={v:.4}", k.trim_start_matches("eval_"))).collect();
