@@ -73,7 +73,8 @@ pub struct MemoryEstimate {
     pub activations_without_checkpointing: u64,
     pub total_bytes: u64,
     /// Bytes per rank kept in host memory instead (offload), not counted in `total_bytes`; 0
-    /// without offload.
+    /// without offload (and then left out of the JSON).
+    #[serde(skip_serializing_if = "no_bytes")]
     pub host_bytes: u64,
     /// The same recipe run on CPU: everything in fp32, no CUDA context (what `recipe run
     /// --device cpu` compares its measured peak with).
@@ -99,6 +100,10 @@ pub struct Suggestion {
     pub change: String,
     pub total_bytes: u64,
     pub fits: bool,
+}
+
+fn no_bytes(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The estimate for one rank computing in `compute` (the plan's resolved precision), checked

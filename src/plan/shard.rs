@@ -83,7 +83,9 @@ pub struct Layout {
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
     /// What sharded training keeps in host memory between uses (`fsdp: [.., offload]`,
-    /// `offload_params`, DeepSpeed's `offload_optimizer` / `offload_param`).
+    /// `offload_params`, DeepSpeed's `offload_optimizer` / `offload_param`); left out of the
+    /// JSON when nothing is offloaded.
+    #[serde(skip_serializing_if = "HostOffload::none")]
     pub offload: HostOffload,
     pub units: Vec<Unit>,
     pub ranks: Vec<RankShard>,
@@ -132,6 +134,10 @@ pub struct HostOffload {
 impl HostOffload {
     pub fn any(self) -> bool {
         self.trainable || self.frozen
+    }
+
+    fn none(&self) -> bool {
+        !self.any()
     }
 }
 
