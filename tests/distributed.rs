@@ -848,6 +848,39 @@ fn sharded_eight_bit_adamw_repeats_data_parallelism_bit_for_bit() {
     assert_same_weights(two.path(), again.path(), 1e-5);
 }
 
+/// SHARDED_STATE_DICT checkpoints of 8-bit AdamW: each rank writes its chunks' codes and block
+/// scales; a resume assembles them, on two ranks and on one.
+#[test]
+fn sharded_eight_bit_checkpoints_resume_on_two_ranks_and_on_one() {
+    let extra = "max_steps: 4\nsave_steps: 2\noptimizer: adamw_8bit\nfsdp: [full_shard, auto_wrap]\n\
+                 fsdp_config:\n  state_dict_type: SHARDED_STATE_DICT\n";
+    let first = tempfile::tempdir().unwrap();
+    let path = write_recipe(first.path(), "full", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let checkpoint = first.path().join("out/checkpoint-2");
+    let shard = Tensor::read_safetensors(checkpoint.join("shards/rank-00001-of-00002.safetensors")).unwrap();
+    assert!(shard.iter().any(|(n, _)| n.ends_with(".exp_avg.q8")), "no 8-bit codes in the shard");
+    let want: Vec<(u64, f64)> = step_losses(first.path()).into_iter().filter(|(s, _)| *s > 2).collect();
+    for (ranks, accumulation) in [("2", "1"), ("1", "2")] {
+        let again = tempfile::tempdir().unwrap();
+        let path = write_recipe(again.path(), "full", extra);
+        let stdout = check_ok(
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--nproc-per-node", ranks, "--set"])
+                .arg(format!("gradient_accumulation_steps={accumulation}"))
+                .arg("--set")
+                .arg(format!("resume_from_checkpoint={}", checkpoint.display()))
+                .output()
+                .unwrap(),
+        );
+        assert!(stdout.contains("resumed    from"), "{stdout}");
+        assert_same_losses(&want, &step_losses(again.path()), 1e-5, &format!("8-bit resumed on {ranks} rank(s)"));
+        assert_same_weights(first.path(), again.path(), 1e-5);
+    }
+}
+
 /// `do_causal_lm_eval` under full sharding: every rank generates alike (each pass gathers from
 /// all ranks), rank 0 scores and logs; the scores are the one-rank run's.
 #[test]

@@ -422,13 +422,6 @@ fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
              chunks in host memory ({strategy}); use bf16, or train without offload"
         ));
     }
-    if plan.training.optimizer.name.eight_bit_states() && plan.layout.sharded_checkpoints {
-        return Err(format!(
-            "optimizer: {} keeps 8-bit states, which SHARDED_STATE_DICT checkpoints ({strategy}) do not write yet; \
-             use state_dict_type: FULL_STATE_DICT, or a 32-bit AdamW",
-            plan.training.optimizer.name.as_str()
-        ));
-    }
     if plan.adapter.prefix.is_some()
         && (plan.training.gradient_checkpointing
             || (plan.layout.strategy.shards_parameters() && plan.layout.reshard_after_forward))

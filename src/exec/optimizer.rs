@@ -398,6 +398,11 @@ impl AdamW {
         out
     }
 
+    /// Whether parameter `name` has 8-bit moments.
+    pub fn has_eight_bit_state(&self, name: &str) -> bool {
+        self.params.iter().any(|s| s.name == name && matches!(s.exp_avg, Moment::Quantized { .. }))
+    }
+
     /// Bytes the optimizer state occupies.
     pub fn state_bytes(&self) -> i64 {
         self.params.iter().map(|s| s.exp_avg.bytes() + s.exp_avg_sq.bytes()).sum()

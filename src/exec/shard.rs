@@ -706,6 +706,9 @@ struct ShardEntry {
     name: String,
     shape: Vec<i64>,
     chunk: i64,
+    /// Its moments are 8-bit (codes `.q8` and block scales `.absmax` per chunk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    eight_bit: bool,
 }
 
 fn shard_file(dir: &Path, index: usize, size: usize) -> PathBuf {
@@ -731,7 +734,12 @@ impl Sharder {
                 optimizer: optimizer.is_some(),
                 tensors: self
                     .trainable()
-                    .map(|p| ShardEntry { name: p.name.clone(), shape: p.shape.clone(), chunk: p.chunk })
+                    .map(|p| ShardEntry {
+                        name: p.name.clone(),
+                        shape: p.shape.clone(),
+                        chunk: p.chunk,
+                        eight_bit: optimizer.is_some_and(|o| o.has_eight_bit_state(&p.name)),
+                    })
                     .collect(),
             };
             let text = serde_json::to_string_pretty(&index).map_err(|e| e.to_string())? + "\n";
@@ -769,26 +777,31 @@ pub fn assemble_checkpoint(dir: &Path, into: &Path) -> Result<(PathBuf, PathBuf)
     let mut weights: Vec<crate::model::weights::Deferred> = Vec::new();
     let mut moments: Vec<crate::model::weights::Deferred> = Vec::new();
     for e in &index.tensors {
-        let mut names = vec![(e.name.clone(), true)];
+        let numel = e.shape.iter().product::<i64>();
+        let blocks = (numel + optimizer::BLOCK - 1) / optimizer::BLOCK;
+        // (name, whole shape, kind, elements per rank's chunk, elements whole, is the weight)
+        let mut names = vec![(e.name.clone(), e.shape.clone(), Kind::Float, e.chunk, numel, true)];
         if index.optimizer {
-            names.extend([(format!("{}.exp_avg", e.name), false), (format!("{}.exp_avg_sq", e.name), false)]);
-        }
-        for (name, is_weight) in names {
-            // Checked here, so assembling below cannot fail on a missing chunk.
-            if let Some(k) = shards.iter().position(|s| s.shape(&name) != Some(&[e.chunk][..])) {
-                return Err(format!(
-                    "{}: `{name}` is missing or not [{}]",
-                    shard_file(dir, k, size).display(),
-                    e.chunk
-                ));
+            for moment in ["exp_avg", "exp_avg_sq"] {
+                let name = format!("{}.{moment}", e.name);
+                if e.eight_bit {
+                    names.push((format!("{name}.q8"), e.shape.clone(), Kind::Uint8, e.chunk, numel, false));
+                    let per_rank = e.chunk / optimizer::BLOCK;
+                    names.push((format!("{name}.absmax"), vec![blocks], Kind::Float, per_rank, blocks, false));
+                } else {
+                    names.push((name, e.shape.clone(), Kind::Float, e.chunk, numel, false));
+                }
             }
-            let (numel, shards, chunk) = (e.shape.iter().product::<i64>(), &shards, e.chunk);
-            let shape = e.shape.clone();
-            let whole = crate::model::weights::Deferred::new(name.clone(), e.shape.clone(), Kind::Float, move || {
-                let parts: Vec<Tensor> = shards
-                    .iter()
-                    .map(|s| s.load(&name, &[chunk], Kind::Float, cpu).unwrap_or_else(|e| failed(e)))
-                    .collect();
+        }
+        for (name, shape, kind, chunk, numel, is_weight) in names {
+            // Checked here, so assembling below cannot fail on a missing chunk.
+            if let Some(k) = shards.iter().position(|s| s.shape(&name) != Some(&[chunk][..])) {
+                return Err(format!("{}: `{name}` is missing or not [{chunk}]", shard_file(dir, k, size).display()));
+            }
+            let shards = &shards;
+            let whole = crate::model::weights::Deferred::new(name.clone(), shape.clone(), kind, move || {
+                let parts: Vec<Tensor> =
+                    shards.iter().map(|s| s.load(&name, &[chunk], kind, cpu).unwrap_or_else(|e| failed(e))).collect();
                 Tensor::cat(&parts, 0).narrow(0, 0, numel).view(shape.as_slice())
             });
             if is_weight { weights.push(whole) } else { moments.push(whole) }
@@ -832,5 +845,29 @@ impl ShardUnits for Sharder {
             failed(e)
         }
         self.release_unit(unit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_with_8_bit_states_are_cut_at_whole_blocks() {
+        // stories260k's MLP weights: 64 × 172 = 11,008 elements, 43 blocks of 256.
+        assert_eq!(chunk_len(11_008, 2, false), 5_504);
+        assert_eq!(chunk_len(11_008, 2, true), 22 * 256);
+        assert_eq!(chunk_len(11_008, 3, true), 15 * 256);
+        // Under 4,096 elements the states stay 32-bit: plain chunks.
+        assert_eq!(chunk_len(2_048, 2, true), 1_024);
+        assert_eq!(chunk_len(4_097, 2, true), 9 * 256);
+    }
+
+    #[test]
+    fn the_zero_codes_stand_for_zero() {
+        for signed in [true, false] {
+            let map = if signed { crate::model::nf4::dynamic_map() } else { crate::model::nf4::unsigned_dynamic_map() };
+            assert_eq!(map.double_value(&[zero_code(signed)]), 0.0);
+        }
     }
 }
