@@ -700,6 +700,7 @@ fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
             "fsdp_config.state_dict_type: LOCAL_STATE_DICT checkpoints",
         ),
         ("fsdp_config:\n  mixed_precision_policy: bf16\n", "fsdp_config.mixed_precision_policy: FSDP's own"),
+        ("fsdp: [offload]\n", "fsdp: offload without sharding"),
         (
             "fsdp_config:\n  sync_module_states: false\n",
             "fsdp_config.sync_module_states: ranks starting from their own",

@@ -283,6 +283,17 @@ impl DistributedConfig {
             return Vec::new();
         }
         let mut out = Vec::new();
+        let strategies = [FsdpOption::FullShard, FsdpOption::ShardGradOp, FsdpOption::HybridShard];
+        if sharding.contains(&FsdpOption::Offload) && !sharding.iter().any(|o| strategies.contains(o)) {
+            let key = if self.fsdp.contains(&FsdpOption::Offload) {
+                "fsdp"
+            } else if f.fsdp_offload_params.is_some() {
+                "fsdp_config.fsdp_offload_params"
+            } else {
+                "fsdp_config.offload_params"
+            };
+            out.push((key, "offload without sharding (NO_SHARD; recipe offloads the chunks of sharded training)"));
+        }
         let either = |a: Option<&'static str>, b: Option<&'static str>| a.or(b);
         let policy = either(
             f.fsdp_auto_wrap_policy.map(|_| "fsdp_config.fsdp_auto_wrap_policy"),
