@@ -935,3 +935,37 @@ fn sharded_prompt_and_prefix_tuning_repeat_the_one_rank_run() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("adapter: prefix_tuning under FullShard"), "{stderr}");
 }
+
+/// EWC under sharding: F and θ0 are made while the model is whole, each rank penalises its chunks
+/// and adds the penalty's gradient to its gradient chunks once they are summed; the penalties and
+/// losses are the one-rank run's. LoRA's merged-delta terms are refused by name.
+#[test]
+fn sharded_ewc_repeats_the_one_rank_run() {
+    let ewc = format!(
+        // λ large enough that the penalty moves the last step's loss (4.409 against 4.348 without).
+        "max_steps: 4\newc_lambda: 1.0e9\newc_datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n",
+        root().join("models/stories260k/expected_greedy_t0_n256.txt").display()
+    );
+    let one = one_rank_with_accumulation_two("full", &ewc);
+    let (two, _) = two_sharded_ranks("full", &ewc, "full_shard");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "EWC full_shard");
+    assert_same_weights(one.path(), two.path(), 1e-5);
+    let penalties = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("out/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).unwrap().get("ewc_penalty")?.as_f64())
+            .collect()
+    };
+    let (a, b) = (penalties(one.path()), penalties(two.path()));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert!(a.iter().skip(1).any(|p| *p > 0.0), "{a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-12), "EWC penalty {x} vs {y}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", &format!("{ewc}fsdp: [full_shard, auto_wrap]\n"));
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ewc_lambda with LoRA"), "{stderr}");
+}

@@ -432,12 +432,6 @@ fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
              fsdp_config.reshard_after_forward: false, or use shard_grad_op"
         ));
     }
-    if plan.ewc.is_some() {
-        return Err(format!(
-            "ewc_lambda: EWC's penalty reads whole trainable tensors, which sharded training ({strategy}) splits \
-             across ranks; train data-parallel (without fsdp / deepspeed) to use EWC"
-        ));
-    }
     Ok(())
 }
 
@@ -461,6 +455,8 @@ fn chunked_load(plan: &Plan, rt: &Runtime, vocab_size: u64) -> Result<Option<(i6
         Some("a quantized base (its weights are quantized whole and stay whole on every rank)")
     } else if plan.adapter.method == AdapterMethod::Full && plan.training.optimizer.name.eight_bit_states() {
         Some("a full fine-tune with 8-bit optimizer states (its weights are cut at 256-element blocks, not as loaded)")
+    } else if plan.ewc.is_some() {
+        Some("EWC (its Fisher information is estimated on the whole model before the chunks are cut)")
     } else if plan.adapter.dora {
         Some("DoRA (its magnitudes start from the whole weights)")
     } else if !plan.adapter.modules_to_save.is_empty() || plan.training.reward.is_some() {
@@ -770,6 +766,31 @@ fn train_on<E: packing::Example>(
     } else {
         None
     };
+    // EWC's F and θ0: estimated on the whole model (every rank alike), or read from the checkpoint.
+    let make_ewc = |model: &CausalLm, resumed_from: &Option<PathBuf>| -> Result<ewc::Ewc, String> {
+        let Some(e) = &plan.ewc else { return Err("EWC without ewc_lambda".into()) };
+        let made = match resumed_from {
+            Some(dir) => ewc::Ewc::load(model, e.lambda, dir)?,
+            None => ewc::Ewc::estimate(
+                model,
+                objective,
+                e.lambda,
+                &ewc_samples,
+                e.samples as usize,
+                plan.batch.sequence_len as usize,
+                tok.pad(),
+            )?,
+        };
+        if made.samples > 0 {
+            tracing::info!(
+                "EWC: Fisher information of {} tensors estimated on {} samples (sum {:.4e})",
+                made.tensors(),
+                made.samples,
+                made.fisher_sum()
+            );
+        }
+        Ok(made)
+    };
     // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
     // loop's collectives start, and so is the step every rank resumes from.
     let started = catch_torch_errors(Some(plan), || {
@@ -858,6 +879,11 @@ fn train_on<E: packing::Example>(
         }
         // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
         let trainable = model.trainable_params();
+        // Sharded: EWC is made while the model is whole, then cut into each rank's chunks.
+        let ewc_made = match (&shard_groups, &plan.ewc) {
+            (Some(_), Some(_)) => Some(make_ewc(&model, &resumed_from)?),
+            _ => None,
+        };
         let sharder = match shard_groups {
             Some(groups) => {
                 let placement = offload::Placement::new(device, plan.layout.offload);
@@ -889,9 +915,12 @@ fn train_on<E: packing::Example>(
         } else {
             metrics::MetricsLog::discard(&output_dir)
         };
-        Ok((optimizer, state, resumed_from, log, sharder))
+        if let (Some(sharder), Some(ewc)) = (&sharder, &ewc_made) {
+            sharder.set_ewc(ewc)?;
+        }
+        Ok((optimizer, state, resumed_from, log, sharder, ewc_made))
     });
-    let (mut optimizer, state, resumed_from, mut log, sharder) =
+    let (mut optimizer, state, resumed_from, mut log, sharder, ewc_made) =
         rt.comm.agree(started, "preparing the output folder or resuming", device)?;
     let resume_steps = rt.comm.all_gather_u64(state.global_step, device)?;
     if let Some(rank) = resume_steps.iter().position(|s| *s != resume_steps[0]) {
@@ -911,32 +940,13 @@ fn train_on<E: packing::Example>(
         }
     }
     // EWC: the Fisher information and anchor, estimated now (every rank alike), or as the
-    // checkpoint being resumed saved them.
-    let ewc = match &plan.ewc {
-        None => None,
-        Some(e) => {
-            let made = catch_torch_errors(Some(plan), || match &resumed_from {
-                Some(dir) => ewc::Ewc::load(&model, e.lambda, dir),
-                None => ewc::Ewc::estimate(
-                    &model,
-                    objective,
-                    e.lambda,
-                    &ewc_samples,
-                    e.samples as usize,
-                    plan.batch.sequence_len as usize,
-                    tok.pad(),
-                ),
-            });
-            let made = rt.comm.agree(made, "estimating the EWC Fisher information", device)?;
-            if made.samples > 0 {
-                tracing::info!(
-                    "EWC: Fisher information of {} tensors estimated on {} samples (sum {:.4e})",
-                    made.tensors(),
-                    made.samples,
-                    made.fisher_sum()
-                );
-            }
-            Some(made)
+    // checkpoint being resumed saved them; sharded runs made it before cutting their chunks.
+    let ewc = match (ewc_made, &plan.ewc) {
+        (Some(made), _) => Some(made),
+        (None, None) => None,
+        (None, Some(_)) => {
+            let made = catch_torch_errors(Some(plan), || make_ewc(&model, &resumed_from));
+            Some(rt.comm.agree(made, "estimating the EWC Fisher information", device)?)
         }
     };
 

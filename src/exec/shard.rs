@@ -129,6 +129,8 @@ pub struct Sharder {
     streamed: Cell<usize>,
     units: Vec<Vec<Piece>>,
     gathered: Vec<Cell<bool>>,
+    /// EWC: each penalised piece (unit, index) with this rank's chunks of F and θ0.
+    ewc: std::cell::RefCell<Vec<(usize, usize, Tensor, Tensor)>>,
 }
 
 fn failed(e: String) -> ! {
@@ -204,7 +206,15 @@ impl Sharder {
         }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
         let sharder =
-            Sharder { groups, placement, units, gathered, moved: Cell::new(Collectives::default()), streamed: Cell::new(0) };
+            Sharder {
+                groups,
+                placement,
+                units,
+                gathered,
+                moved: Cell::new(Collectives::default()),
+                streamed: Cell::new(0),
+                ewc: Default::default(),
+            };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
@@ -664,6 +674,57 @@ impl Sharder {
                 }
             }
         })
+    }
+
+    /// EWC under sharding: this rank's chunks of each term's F and θ0, cut as its trainable chunks.
+    pub fn set_ewc(&self, ewc: &super::ewc::Ewc) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let at: HashMap<&str, (usize, usize)> = self
+            .units
+            .iter()
+            .enumerate()
+            .flat_map(|(u, pieces)| {
+                pieces.iter().enumerate().filter(|(_, p)| p.grad.is_some()).map(move |(i, p)| (p.name.as_str(), (u, i)))
+            })
+            .collect();
+        let (size, index) = (self.groups.size as i64, self.groups.index as i64);
+        let mut chunks = Vec::new();
+        for (name, fisher, anchor) in ewc.direct_terms()? {
+            let &(u, i) = at.get(name).ok_or_else(|| format!("EWC: `{name}` is not a sharded trainable tensor"))?;
+            let p = &self.units[u][i];
+            let cut = |t: &Tensor| {
+                let flat = t.to_kind(Kind::Float).reshape([-1]).constant_pad_nd([0, p.chunk * size - p.numel]);
+                flat.narrow(0, index * p.chunk, p.chunk).to_device(p.shard.device()).copy()
+            };
+            chunks.push((u, i, cut(fisher), cut(anchor)));
+        }
+        *self.ewc.borrow_mut() = chunks;
+        Ok(())
+    }
+
+    /// EWC's penalty λ/2 · Σ F ⊙ (θ − θ0)² over every rank's chunks (a device scalar), its gradient
+    /// λ · F ⊙ (θ − θ0) added to this rank's gradient chunks, times the loss scale while the
+    /// gradients carry it (fp16). Called once the step's gradients are summed, so it counts once.
+    pub fn add_ewc_gradient(&self, lambda: f64, scale: Option<&Tensor>) -> Result<Tensor, String> {
+        let _guard = tch::no_grad_guard();
+        let mut sum = Tensor::zeros([1], (Kind::Float, self.placement.compute));
+        for (u, i, fisher, anchor) in self.ewc.borrow().iter() {
+            let p = &self.units[*u][*i];
+            let diff = &p.shard - anchor;
+            sum += self.placement.to_compute(&(fisher * diff.square()).sum(Kind::Float).reshape([1]));
+            if let Some(g) = &p.grad {
+                let mut add = fisher * &diff * lambda;
+                if let Some(s) = scale {
+                    add *= s.to_device(g.device()).reshape([]);
+                }
+                let mut g = g.shallow_clone();
+                g += add;
+            }
+        }
+        if let Some(g) = &self.groups.shard {
+            g.all_reduce(&mut sum, ReduceOp::Sum)?;
+        }
+        Ok((sum * (lambda / 2.0)).reshape([]))
     }
 
     /// Each trainable chunk's whole parameter size, in `optimizer_params`' order (it decides

@@ -352,7 +352,7 @@ impl<E: Example> Loop<'_, E> {
             }
             // EWC: λ/2 · Σ F ⊙ (θ − θ0)², its gradient added once per step (each rank adds 1/world
             // of it; the all-reduce sums them).
-            let ewc_penalty = self.ewc.map(|ewc| {
+            let ewc_penalty = self.ewc.filter(|_| self.sharder.is_none()).map(|ewc| {
                 let penalty = ewc.penalty();
                 let share = &penalty / comm.world_size as f64;
                 match &scale {
@@ -371,6 +371,11 @@ impl<E: Example> Loop<'_, E> {
                     )?
                 }
             }
+            // Sharded: EWC's gradient goes into each rank's chunks once the gradients are summed.
+            let ewc_penalty = match (self.ewc, self.sharder) {
+                (Some(ewc), Some(sharder)) => Some(sharder.add_ewc_gradient(ewc.lambda, scale.as_ref())?),
+                _ => ewc_penalty,
+            };
             let clip = |optimizer: &AdamW| match self.sharder {
                 Some(sharder) => sharder.clip_grad_norm(t.max_grad_norm),
                 None => Ok(optimizer.clip_grad_norm(t.max_grad_norm)),
