@@ -115,17 +115,34 @@ fn sharded_training_validates_and_the_plan_lays_out_its_units_and_what_is_not_bu
         .stdout(predicate::str::contains("layout     full_shard across 8 rank(s)"))
         .stdout(predicate::str::contains("fsdp: [full_shard, auto_wrap]: parameters, gradients and optimizer states"))
         .stdout(predicate::str::contains("units: each LlamaDecoderLayer and the root"));
-    // Offload is laid out but not built: a warning at validate, a line in the plan.
+    // Offload validates without a warning; the plan moves the offloaded bytes to host memory.
     let offload = ["--set", "fsdp=[full_shard, auto_wrap, offload]"];
     recipe()
         .args(["validate", "recipes/llama2-7b-lora.yaml"])
         .args(offload)
         .assert()
         .success()
-        .stdout(predicate::str::contains("warning[sharding-setting-not-built]"));
+        .stdout(predicate::str::contains("warning[sharding-setting-not-built]").not());
     recipe()
         .args(["plan", "recipes/llama2-7b-lora.yaml"])
         .args(offload)
+        .env("WORLD_SIZE", "8")
+        .env("LOCAL_WORLD_SIZE", "8")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("offload: every rank's chunks (trainable and frozen)"))
+        .stdout(predicate::str::contains("in host memory per rank (offload), besides"));
+    // What is still not built: a warning at validate, a line in the plan.
+    let not_built = ["--set", "fsdp_config={mixed_precision_policy: bf16}"];
+    recipe()
+        .args(["validate", "recipes/llama2-7b-lora.yaml"])
+        .args(not_built)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning[sharding-setting-not-built]"));
+    recipe()
+        .args(["plan", "recipes/llama2-7b-lora.yaml"])
+        .args(not_built)
         .env("WORLD_SIZE", "8")
         .env("LOCAL_WORLD_SIZE", "8")
         .assert()

@@ -18,7 +18,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A small recipe on stories260k in `dir`: `method` is lora, full, qlora, ia3, lora_embed or bottleneck.
+/// A small recipe on stories260k in `dir`: `method` is lora, full, qlora, ia3, lora_embed, prompt,
+/// prefix or bottleneck.
 fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
     let adapter = match method {
         "lora" => {
@@ -36,12 +37,16 @@ fn write_recipe(dir: &Path, method: &str, extra: &str) -> PathBuf {
             "adapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_modules: [embed_tokens, q_proj, v_proj]\n\
                     learning_rate: 2.0e-3\n"
         }
+        // Virtual tokens open each row, so rows are not packed.
+        "prompt" => "adapter: prompt_tuning\nnum_virtual_tokens: 4\nlearning_rate: 3.0e-2\n",
+        "prefix" => "adapter: prefix_tuning\nnum_virtual_tokens: 4\nlearning_rate: 3.0e-2\n",
         other => panic!("{other}"),
     };
+    let packing = !matches!(method, "prompt" | "prefix");
     let text = format!(
         "base_model: {model}\n{adapter}\
          datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
-         val_set_size: 0.1\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\n\
+         val_set_size: 0.1\nsequence_len: 128\nsample_packing: {packing}\nmicro_batch_size: 4\n\
          lr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 1\nseed: 7\nddp_timeout: 60\n\
          output_dir: {out}\n{extra}",
         model = root().join("models/stories260k").display(),
@@ -704,7 +709,8 @@ fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
             "fsdp_config:\n  state_dict_type: LOCAL_STATE_DICT\n",
             "fsdp_config.state_dict_type: LOCAL_STATE_DICT checkpoints",
         ),
-        ("fsdp: [full_shard, offload]\n", "fsdp: offload"),
+        ("fsdp_config:\n  mixed_precision_policy: bf16\n", "fsdp_config.mixed_precision_policy: FSDP's own"),
+        ("fsdp: [offload]\n", "fsdp: offload without sharding"),
         (
             "fsdp_config:\n  sync_module_states: false\n",
             "fsdp_config.sync_module_states: ranks starting from their own",
@@ -720,6 +726,35 @@ fn sharded_settings_recipe_run_does_not_build_are_refused_by_name() {
         assert!(!out.status.success() && stderr.contains(says), "{extra}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// Offload keeps chunks, gradient chunks and optimizer states in host memory and copies each
+/// unit's chunks to the compute device for its collectives; on a CPU run the two are one memory,
+/// so an offloaded run must compute exactly what the same run without offload does.
+#[test]
+fn offloaded_sharded_runs_repeat_the_runs_without_offload_exactly() {
+    // fsdp's offload under full sharding, a full fine-tune: every chunk offloaded.
+    let extra = "max_steps: 3\n";
+    let (kept, _) = two_sharded_ranks("full", extra, "full_shard");
+    let (offloaded, stdout) = two_sharded_ranks("full", extra, "full_shard, offload");
+    assert!(stdout.contains("offload    trainable and frozen chunks"), "{stdout}");
+    assert!(stdout.contains("of state on this rank (its chunks), in host memory (offload)"), "{stdout}");
+    assert_same_losses(&step_losses(kept.path()), &step_losses(offloaded.path()), 0.0, "full_shard + offload");
+    assert_same_weights(kept.path(), offloaded.path(), 0.0);
+
+    // DeepSpeed ZeRO-2 with offload_optimizer, LoRA: the trainable chunks and the optimizer on the
+    // host, as shard_grad_op without offload.
+    let zero2 = "{\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\", \"pin_memory\": true}},\n\
+                 \"gradient_accumulation_steps\": \"auto\", \"train_micro_batch_size_per_gpu\": \"auto\"}\n";
+    let (kept, _) = two_sharded_ranks("lora", extra, "shard_grad_op");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ds.json"), zero2).unwrap();
+    let path = write_recipe(dir.path(), "lora", &format!("{extra}deepspeed: ds.json\n"));
+    let stdout =
+        check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    assert!(stdout.contains("offload    trainable chunks"), "{stdout}");
+    assert_same_losses(&step_losses(kept.path()), &step_losses(dir.path()), 0.0, "zero2 + offload_optimizer");
+    assert_same_weights(kept.path(), dir.path(), 0.0);
 }
 
 #[test]
@@ -772,4 +807,175 @@ fn sharded_state_dict_checkpoints_resume_on_two_ranks_and_on_one() {
         assert_same_losses(&want, &step_losses(again.path()), 1e-5, &format!("resumed on {ranks} rank(s)"));
         assert_same_weights(first.path(), again.path(), 1e-5);
     }
+}
+
+/// Sharded 8-bit AdamW: each rank's chunk of a tensor with 8-bit states is whole 256-element
+/// blocks of it, so every block's absmax and codes are those of the whole tensor. Against data
+/// parallelism on the same two ranks (the same summed gradients; no clipping, whose norm is summed
+/// in another order) shard_grad_op repeats the run bit for bit, its checkpointed 8-bit state too;
+/// full_shard repeats the one-rank run, and resumes from its (whole) checkpoint on two ranks.
+#[test]
+fn sharded_eight_bit_adamw_repeats_data_parallelism_bit_for_bit() {
+    let extra = "max_steps: 4\nsave_steps: 2\nmax_grad_norm: 0.0\noptimizer: adamw_bnb_8bit\n";
+    let ddp = tempfile::tempdir().unwrap();
+    let path = write_recipe(ddp.path(), "full", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let (sharded, stdout) = two_sharded_ranks("full", extra, "shard_grad_op");
+    assert!(stdout.contains("optimizer  adamw_bnb_8bit: "), "{stdout}");
+    assert_same_losses(&step_losses(ddp.path()), &step_losses(sharded.path()), 0.0, "8-bit shard_grad_op");
+    assert_same_weights(ddp.path(), sharded.path(), 0.0);
+    let state = |dir: &Path| {
+        let mut all = Tensor::read_safetensors(dir.join("out/checkpoint-2/optimizer.safetensors")).unwrap();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    let (a, b) = (state(ddp.path()), state(sharded.path()));
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().any(|(n, _)| n.ends_with(".q8")), "no 8-bit state in the checkpoint");
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        assert!(x.equal(y), "{name} differs");
+    }
+
+    let extra = "max_steps: 4\nsave_steps: 2\noptimizer: paged_adamw_8bit\n";
+    let one = one_rank_with_accumulation_two("full", extra);
+    let (two, _) = two_sharded_ranks("full", extra, "full_shard");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "8-bit full_shard");
+    assert_same_weights(one.path(), two.path(), 1e-5);
+    let want: Vec<(u64, f64)> = step_losses(two.path()).into_iter().filter(|(s, _)| *s > 2).collect();
+    let again = tempfile::tempdir().unwrap();
+    let path = write_recipe(again.path(), "full", &format!("{extra}fsdp: [full_shard, auto_wrap]\n"));
+    let stdout = check_ok(
+        recipe()
+            .arg("run")
+            .arg(&path)
+            .args(["--device", "cpu", "--nproc-per-node", "2", "--set"])
+            .arg(format!("resume_from_checkpoint={}", two.path().join("out/checkpoint-2").display()))
+            .output()
+            .unwrap(),
+    );
+    assert!(stdout.contains("resumed    from"), "{stdout}");
+    assert_same_losses(&want, &step_losses(again.path()), 1e-6, "8-bit full_shard resumed");
+    assert_same_weights(two.path(), again.path(), 1e-5);
+}
+
+/// SHARDED_STATE_DICT checkpoints of 8-bit AdamW: each rank writes its chunks' codes and block
+/// scales; a resume assembles them, on two ranks and on one.
+#[test]
+fn sharded_eight_bit_checkpoints_resume_on_two_ranks_and_on_one() {
+    let extra = "max_steps: 4\nsave_steps: 2\noptimizer: adamw_8bit\nfsdp: [full_shard, auto_wrap]\n\
+                 fsdp_config:\n  state_dict_type: SHARDED_STATE_DICT\n";
+    let first = tempfile::tempdir().unwrap();
+    let path = write_recipe(first.path(), "full", extra);
+    check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+    let checkpoint = first.path().join("out/checkpoint-2");
+    let shard = Tensor::read_safetensors(checkpoint.join("shards/rank-00001-of-00002.safetensors")).unwrap();
+    assert!(shard.iter().any(|(n, _)| n.ends_with(".exp_avg.q8")), "no 8-bit codes in the shard");
+    let want: Vec<(u64, f64)> = step_losses(first.path()).into_iter().filter(|(s, _)| *s > 2).collect();
+    for (ranks, accumulation) in [("2", "1"), ("1", "2")] {
+        let again = tempfile::tempdir().unwrap();
+        let path = write_recipe(again.path(), "full", extra);
+        let stdout = check_ok(
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--nproc-per-node", ranks, "--set"])
+                .arg(format!("gradient_accumulation_steps={accumulation}"))
+                .arg("--set")
+                .arg(format!("resume_from_checkpoint={}", checkpoint.display()))
+                .output()
+                .unwrap(),
+        );
+        assert!(stdout.contains("resumed    from"), "{stdout}");
+        assert_same_losses(&want, &step_losses(again.path()), 1e-5, &format!("8-bit resumed on {ranks} rank(s)"));
+        assert_same_weights(first.path(), again.path(), 1e-5);
+    }
+}
+
+/// `do_causal_lm_eval` under full sharding: every rank generates alike (each pass gathers from
+/// all ranks), rank 0 scores and logs; the scores are the one-rank run's.
+#[test]
+fn sharded_causal_lm_eval_scores_as_the_one_rank_run() {
+    let run = |ranks: &str, extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recipe.yaml");
+        let text = format!(
+            "base_model: {}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
+             datasets:\n  - path: {}\n    type: alpaca\nsequence_len: 256\nmicro_batch_size: 2\n\
+             max_steps: 2\nlearning_rate: 2.0e-4\nseed: 5\nval_set_size: 0.34\neval_steps: 2\nddp_timeout: 60\n\
+             do_causal_lm_eval: true\neval_causal_lm_metrics: [chrf]\neval_max_new_tokens: 6\noutput_dir: {}\n{extra}",
+            root().join("models/stories260k").display(),
+            root().join("tests/fixtures/pipeline/instructions.jsonl").display(),
+            dir.path().join("out").display()
+        );
+        std::fs::write(&path, text).unwrap();
+        check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", ranks]).output().unwrap());
+        let records: Vec<Value> = std::fs::read_to_string(dir.path().join("out/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        records.into_iter().filter_map(|r| Some((r["step"].as_u64()?, r.get("eval_chrf")?.as_f64()?))).collect::<Vec<_>>()
+    };
+    let one = run("1", "gradient_accumulation_steps: 2\n");
+    let two = run("2", "fsdp: [full_shard, auto_wrap]\n");
+    assert_eq!(one.len(), 2, "steps 0 and 2: {one:?}");
+    assert_eq!(one, two);
+}
+
+/// Prompt and prefix tuning's tensors shard with the root unit (they are read from the
+/// embeddings on, while it is gathered), so sharded runs repeat the one-rank run.
+#[test]
+fn sharded_prompt_and_prefix_tuning_repeat_the_one_rank_run() {
+    for (method, strategy, extra) in [
+        ("prompt", "full_shard", "max_steps: 3\n"),
+        // Full sharding recomputes layers, which prefix tuning refuses: the layers stay gathered.
+        ("prefix", "full_shard", "max_steps: 3\nfsdp_config:\n  reshard_after_forward: false\n"),
+    ] {
+        let one = one_rank_with_accumulation_two(method, extra);
+        let (two, stdout) = two_sharded_ranks(method, extra, strategy);
+        assert!(layout_line(&stdout).starts_with("layout     FullShard across 2 rank(s)"), "{stdout}");
+        assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, method);
+        assert_same_weights(one.path(), two.path(), 1e-5);
+    }
+    // With the layers released after their forward pass, prefix tuning is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "prefix", "max_steps: 1\nfsdp: [full_shard, auto_wrap]\n");
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("adapter: prefix_tuning under FullShard"), "{stderr}");
+}
+
+/// EWC under sharding: F and θ0 are made while the model is whole, each rank penalises its chunks
+/// and adds the penalty's gradient to its gradient chunks once they are summed; the penalties and
+/// losses are the one-rank run's. LoRA's merged-delta terms are refused by name.
+#[test]
+fn sharded_ewc_repeats_the_one_rank_run() {
+    let ewc = format!(
+        // λ large enough that the penalty moves the last step's loss (4.409 against 4.348 without).
+        "max_steps: 4\newc_lambda: 1.0e9\newc_datasets:\n  - path: {}\n    type: completion\n    ds_type: text\n",
+        root().join("models/stories260k/expected_greedy_t0_n256.txt").display()
+    );
+    let one = one_rank_with_accumulation_two("full", &ewc);
+    let (two, _) = two_sharded_ranks("full", &ewc, "full_shard");
+    assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, "EWC full_shard");
+    assert_same_weights(one.path(), two.path(), 1e-5);
+    let penalties = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("out/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).unwrap().get("ewc_penalty")?.as_f64())
+            .collect()
+    };
+    let (a, b) = (penalties(one.path()), penalties(two.path()));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert!(a.iter().skip(1).any(|p| *p > 0.0), "{a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-12), "EWC penalty {x} vs {y}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "lora", &format!("{ewc}fsdp: [full_shard, auto_wrap]\n"));
+    let out = recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ewc_lambda with LoRA"), "{stderr}");
 }

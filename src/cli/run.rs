@@ -266,8 +266,13 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         println!("resumed    from {}", dir.display());
     }
     println!("steps      {} of {} ({:.0} tokens/s)", r.steps_done, r.total_steps, r.tokens_per_second);
-    let whose =
-        if plan.layout.strategy.shards_optimizer() && r.world_size > 1 { " on this rank (its chunks)" } else { "" };
+    let sharded = plan.layout.strategy.shards_optimizer() && r.world_size > 1;
+    let offloaded = sharded && plan.layout.offload.trainable;
+    let whose = match (sharded, offloaded) {
+        (true, true) => " on this rank (its chunks), in host memory (offload)",
+        (true, false) => " on this rank (its chunks)",
+        _ => "",
+    };
     println!(
         "optimizer  {}: {} of state{whose}",
         plan.training.optimizer.name,
@@ -292,6 +297,15 @@ fn report(plan: &Plan, r: &exec::RunReport) {
             crate::plan::bytes(measured),
             crate::plan::bytes(planned),
             (planned as f64 / measured.max(1) as f64 - 1.0) * 100.0
+        );
+    }
+    if sharded && plan.layout.offload.any() {
+        println!(
+            "offload    {} chunks, their gradient chunks and the optimizer states kept in host memory: the plan's {} \
+             per rank off the GPU{}",
+            if plan.layout.offload.frozen { "trainable and frozen" } else { "trainable" },
+            crate::plan::bytes(plan.memory.host_bytes),
+            if r.cpu_peak_bytes.is_some() { " (on this CPU run host and device are one memory)" } else { "" }
         );
     }
     // Perplexity belongs to language modelling; a preference loss is shown alone.

@@ -57,7 +57,8 @@ pub enum FsdpOption {
     ShardGradOp,
     /// Full sharding within a node, replication across nodes.
     HybridShard,
-    /// Keep sharded parameters on the CPU.
+    /// Keep sharded parameters, their gradients and the optimizer states in host memory between
+    /// uses (FSDP's CPUOffload); the optimizer steps on the host.
     Offload,
     /// Wrap each decoder layer as one shard unit.
     AutoWrap,
@@ -84,7 +85,8 @@ pub struct FsdpConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2))]
     pub fsdp_version: Option<u32>,
-    /// Keep parameters on the CPU between uses.
+    /// Keep sharded parameters, their gradients and the optimizer states in host memory between
+    /// uses; the optimizer steps on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp_offload_params: Option<bool>,
     /// Broadcast rank 0's weights at start instead of loading on every rank.
@@ -132,7 +134,8 @@ pub struct FsdpConfig {
     /// Same as `fsdp_offload_params`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_params: Option<bool>,
-    /// Pin the host memory of offloaded parameters.
+    /// Pin the host memory of offloaded parameters and gradients on CUDA (true when absent, as
+    /// FSDP2's CPUOffloadPolicy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_offload_pin_memory: Option<bool>,
     /// Same as `fsdp_sync_module_states`.
@@ -280,7 +283,8 @@ impl DistributedConfig {
             return Vec::new();
         }
         let mut out = Vec::new();
-        if sharding.contains(&FsdpOption::Offload) {
+        let strategies = [FsdpOption::FullShard, FsdpOption::ShardGradOp, FsdpOption::HybridShard];
+        if sharding.contains(&FsdpOption::Offload) && !sharding.iter().any(|o| strategies.contains(o)) {
             let key = if self.fsdp.contains(&FsdpOption::Offload) {
                 "fsdp"
             } else if f.fsdp_offload_params.is_some() {
@@ -288,7 +292,7 @@ impl DistributedConfig {
             } else {
                 "fsdp_config.offload_params"
             };
-            out.push((key, "offload (parameters and optimizer states kept in host memory between uses)"));
+            out.push((key, "offload without sharding (NO_SHARD; recipe offloads the chunks of sharded training)"));
         }
         let either = |a: Option<&'static str>, b: Option<&'static str>| a.or(b);
         let policy = either(

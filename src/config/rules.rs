@@ -950,8 +950,7 @@ impl Rules<'_> {
 
     /// A DeepSpeed config (config/deepspeed.rs): it excludes FSDP's keys; its explicit values agree
     /// with the recipe's (`auto` takes the recipe's); what recipe does not build is refused at its
-    /// key in the file. ZeRO-1 and offload are not built into `recipe run` yet: warnings, as for
-    /// `fsdp`'s offload.
+    /// key in the file.
     fn deepspeed(&mut self, c: &Config) {
         use super::deepspeed::{OffloadDevice, WarmupType, ZeroStage};
         use super::training::LrScheduler;
@@ -1291,19 +1290,6 @@ impl Rules<'_> {
                 &["deepspeed.zero_force_ds_cpu_optimizer"],
                 "write false: recipe runs its own AdamW",
             );
-        }
-        for (key, offload) in [("offload_optimizer", ds.offload_optimizer()), ("offload_param", ds.offload_param())] {
-            if offload.is_some() {
-                self.warn(
-                    "offload-not-built",
-                    format!(
-                        "`{key}` (host memory between uses) is not built into `recipe run` yet, so it refuses this \
-                         recipe (`recipe plan` still lays it out)"
-                    ),
-                    &[&format!("deepspeed.zero_optimization.{key}"), "deepspeed"],
-                    "set its \"device\" to \"none\" to keep the shards on the GPUs",
-                );
-            }
         }
     }
 

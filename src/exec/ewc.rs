@@ -26,7 +26,9 @@
 //!
 //! F and θ0 are fp32. metrics.jsonl records the penalty as `ewc_penalty` beside `loss` (the data
 //! loss); the gradient is that of their sum. With several ranks every rank adds penalty / world, so
-//! the summed gradients carry it once. Checkpoints carry F and θ0 (`ewc.safetensors`), so a resumed
+//! the summed gradients carry it once. Under sharding (direct terms only) each rank penalises its
+//! chunks and adds the gradient λ·F ⊙ (θ − θ0) to its gradient chunks (exec/shard.rs), once the
+//! gradients are summed. Checkpoints carry F and θ0 (`ewc.safetensors`), so a resumed
 //! run applies the same penalty as the uninterrupted one.
 
 use super::objective::{DeviceBatch, Objective};
@@ -257,5 +259,23 @@ impl Ewc {
     /// How many tensors are penalised.
     pub fn tensors(&self) -> usize {
         self.terms.len()
+    }
+
+    /// Under sharded training (exec/shard.rs): each term as (its trained tensor's name, F, θ0),
+    /// whose chunks the sharder penalises. A LoRA term's merged delta B·A needs both whole
+    /// tensors, which sharding splits: not built.
+    pub fn direct_terms(&self) -> Result<Vec<(&str, &Tensor, &Tensor)>, String> {
+        self.terms
+            .iter()
+            .map(|t| match t.target {
+                Target::Direct(_) => Ok((t.name.as_str(), &t.fisher, &t.anchor)),
+                Target::Delta { .. } => Err(format!(
+                    "ewc_lambda with LoRA: the penalty on `{}` is on the merged delta B·A, which sharded training \
+                     splits across ranks (not built); train data-parallel (without fsdp / deepspeed), or EWC a full \
+                     fine-tune, IA3 or prompt tuning",
+                    t.name
+                )),
+            })
+            .collect()
     }
 }

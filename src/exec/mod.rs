@@ -14,6 +14,7 @@ pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
 pub mod optim_torchao;
+pub mod offload;
 pub mod optimizer;
 pub mod runtime;
 pub mod shard;
@@ -407,15 +408,6 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
     if let Some((key, what)) = plan.layout.not_built.first() {
         return Err(format!("{key}: {what} is not built into recipe run; remove it to train sharded"));
     }
-    if let Some(ds) = &plan.layout.deepspeed
-        && (ds.offload_optimizer.is_some() || ds.offload_param.is_some())
-    {
-        return Err(format!(
-            "deepspeed: {} offloads to host memory (offload_optimizer / offload_param), which is not built into \
-             recipe run yet; set their device to \"none\"",
-            ds.file
-        ));
-    }
     let own = plan.model.architecture.decoder_layer_class();
     if let Some(classes) = &plan.layout.wrapped_class
         && !plan.layout.fsdp.is_empty()
@@ -430,12 +422,12 @@ fn refuse_unbuilt(plan: &Plan) -> Result<(), String> {
 }
 
 /// What sharded training does not do yet, refused by name before any rank keeps chunks.
-fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
+fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
     let strategy = format!("{:?}", plan.layout.strategy);
-    if plan.training.optimizer.name.eight_bit_states() {
+    if plan.layout.offload.any() && rt.precision.loss_scaling {
         return Err(format!(
-            "optimizer: {} keeps 8-bit states, which sharded training ({strategy}) does not split yet; use              adamw_torch or adamw_torch_fused",
-            plan.training.optimizer.name.as_str()
+            "fp16 with offload: the loss scaler unscales gradients on the GPU, and offload keeps the gradient \
+             chunks in host memory ({strategy}); use bf16, or train without offload"
         ));
     }
     if let Some(bits) = plan.training.optimizer.name.torchao_state_bits() {
@@ -445,15 +437,14 @@ fn refuse_unsharded(plan: &Plan) -> Result<(), String> {
             plan.training.optimizer.name.as_str()
         ));
     }
-    if plan.ewc.is_some() {
+    if plan.adapter.prefix.is_some()
+        && (plan.training.gradient_checkpointing
+            || (plan.layout.strategy.shards_parameters() && plan.layout.reshard_after_forward))
+    {
         return Err(format!(
-            "ewc_lambda: EWC's penalty reads whole trainable tensors, which sharded training ({strategy}) splits \
-             across ranks; train data-parallel (without fsdp / deepspeed) to use EWC"
-        ));
-    }
-    if plan.training.causal_lm_eval.is_some() {
-        return Err(format!(
-            "do_causal_lm_eval generates on rank 0 alone, which sharded training ({strategy}) cannot serve;              evaluate the output with `recipe eval` instead"
+            "adapter: prefix_tuning under {strategy} recomputes each layer in the backward pass (full sharding \
+             releases a layer after its forward pass), and recomputing a layer with its prefix is not built; set \
+             fsdp_config.reshard_after_forward: false, or use shard_grad_op"
         ));
     }
     Ok(())
@@ -477,6 +468,10 @@ fn chunked_load(plan: &Plan, rt: &Runtime, vocab_size: u64) -> Result<Option<(i6
     let p = plan.training.preference.as_ref();
     let reason = if plan.quantization.quantized_parameters > 0 {
         Some("a quantized base (its weights are quantized whole and stay whole on every rank)")
+    } else if plan.adapter.method == AdapterMethod::Full && plan.training.optimizer.name.eight_bit_states() {
+        Some("a full fine-tune with 8-bit optimizer states (its weights are cut at 256-element blocks, not as loaded)")
+    } else if plan.ewc.is_some() {
+        Some("EWC (its Fisher information is estimated on the whole model before the chunks are cut)")
     } else if plan.adapter.dora {
         Some("DoRA (its magnitudes start from the whole weights)")
     } else if !plan.adapter.modules_to_save.is_empty() || plan.training.reward.is_some() {
@@ -805,7 +800,7 @@ fn train_on<E: packing::Example>(
     // Sharded training: every rank starts from rank 0's trainable weights before it keeps its
     // chunks of them, and the shard (and replica) groups are joined by every rank now.
     let shard_groups = if plan.layout.strategy.shards_optimizer() && rt.comm.is_distributed() {
-        refuse_unsharded(plan)?;
+        refuse_unsharded(plan, rt)?;
         // Tensors loaded as chunks came from the same files on every rank.
         let loaded = model.loaded_chunks.borrow();
         let trainable: Vec<tch::Tensor> =
@@ -816,6 +811,31 @@ fn train_on<E: packing::Example>(
         shard::ShardGroups::join(&rt.comm, &plan.layout, reshard)?
     } else {
         None
+    };
+    // EWC's F and θ0: estimated on the whole model (every rank alike), or read from the checkpoint.
+    let make_ewc = |model: &CausalLm, resumed_from: &Option<PathBuf>| -> Result<ewc::Ewc, String> {
+        let Some(e) = &plan.ewc else { return Err("EWC without ewc_lambda".into()) };
+        let made = match resumed_from {
+            Some(dir) => ewc::Ewc::load(model, e.lambda, dir)?,
+            None => ewc::Ewc::estimate(
+                model,
+                objective,
+                e.lambda,
+                &ewc_samples,
+                e.samples as usize,
+                plan.batch.sequence_len as usize,
+                tok.pad(),
+            )?,
+        };
+        if made.samples > 0 {
+            tracing::info!(
+                "EWC: Fisher information of {} tensors estimated on {} samples (sum {:.4e})",
+                made.tensors(),
+                made.samples,
+                made.fisher_sum()
+            );
+        }
+        Ok(made)
     };
     // The output folder, optimizer, resume and log: a failure on any rank is agreed on before the
     // loop's collectives start, and so is the step every rank resumes from.
@@ -905,12 +925,23 @@ fn train_on<E: packing::Example>(
         }
         // The optimizer updates the whole trainable tensors, or under sharding this rank's chunks.
         let trainable = model.trainable_params();
+        // Sharded: EWC is made while the model is whole, then cut into each rank's chunks.
+        let ewc_made = match (&shard_groups, &plan.ewc) {
+            (Some(_), Some(_)) => Some(make_ewc(&model, &resumed_from)?),
+            _ => None,
+        };
         let sharder = match shard_groups {
-            Some(groups) => Some(std::rc::Rc::new(shard::Sharder::new(&model, groups, &trainable)?)),
+            Some(groups) => {
+                let placement = offload::Placement::new(device, plan.layout.offload);
+                let eight_bit = t.optimizer.name.eight_bit_states();
+                Some(std::rc::Rc::new(shard::Sharder::new(&model, groups, placement, &trainable, eight_bit)?))
+            }
             None => None,
         };
         let mut optimizer = match &sharder {
-            Some(sharder) => optimizer::AdamW::new(sharder.optimizer_params(), &t.optimizer),
+            Some(sharder) => {
+                optimizer::AdamW::for_chunks(sharder.optimizer_params(), &sharder.whole_sizes(), &t.optimizer)
+            }
             None => optimizer::AdamW::new(trainable, &t.optimizer),
         };
         if let Some(dir) = &resumed_from {
@@ -930,9 +961,12 @@ fn train_on<E: packing::Example>(
         } else {
             metrics::MetricsLog::discard(&output_dir)
         };
-        Ok((optimizer, state, resumed_from, log, sharder))
+        if let (Some(sharder), Some(ewc)) = (&sharder, &ewc_made) {
+            sharder.set_ewc(ewc)?;
+        }
+        Ok((optimizer, state, resumed_from, log, sharder, ewc_made))
     });
-    let (mut optimizer, state, resumed_from, mut log, sharder) =
+    let (mut optimizer, state, resumed_from, mut log, sharder, ewc_made) =
         rt.comm.agree(started, "preparing the output folder or resuming", device)?;
     let resume_steps = rt.comm.all_gather_u64(state.global_step, device)?;
     if let Some(rank) = resume_steps.iter().position(|s| *s != resume_steps[0]) {
@@ -952,32 +986,13 @@ fn train_on<E: packing::Example>(
         }
     }
     // EWC: the Fisher information and anchor, estimated now (every rank alike), or as the
-    // checkpoint being resumed saved them.
-    let ewc = match &plan.ewc {
-        None => None,
-        Some(e) => {
-            let made = catch_torch_errors(Some(plan), || match &resumed_from {
-                Some(dir) => ewc::Ewc::load(&model, e.lambda, dir),
-                None => ewc::Ewc::estimate(
-                    &model,
-                    objective,
-                    e.lambda,
-                    &ewc_samples,
-                    e.samples as usize,
-                    plan.batch.sequence_len as usize,
-                    tok.pad(),
-                ),
-            });
-            let made = rt.comm.agree(made, "estimating the EWC Fisher information", device)?;
-            if made.samples > 0 {
-                tracing::info!(
-                    "EWC: Fisher information of {} tensors estimated on {} samples (sum {:.4e})",
-                    made.tensors(),
-                    made.samples,
-                    made.fisher_sum()
-                );
-            }
-            Some(made)
+    // checkpoint being resumed saved them; sharded runs made it before cutting their chunks.
+    let ewc = match (ewc_made, &plan.ewc) {
+        (Some(made), _) => Some(made),
+        (None, None) => None,
+        (None, Some(_)) => {
+            let made = catch_torch_errors(Some(plan), || make_ewc(&model, &resumed_from));
+            Some(rt.comm.agree(made, "estimating the EWC Fisher information", device)?)
         }
     };
 

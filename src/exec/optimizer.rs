@@ -47,9 +47,10 @@ struct Slot {
     decay: bool,
 }
 
-/// Blocks of the 8-bit states and the smallest tensor that gets them.
-const BLOCK: i64 = 256;
-const MIN_8BIT_SIZE: i64 = 4096;
+/// Blocks of the 8-bit states and the smallest tensor that gets them (sharded training cuts
+/// such tensors at block boundaries, exec/shard.rs).
+pub const BLOCK: i64 = 256;
+pub const MIN_8BIT_SIZE: i64 = 4096;
 
 /// One moment of one parameter: fp32, blockwise 8-bit, or in torchao's layout (full in the
 /// parameter's dtype, or 8/4-bit codes with per-block scales).
@@ -60,11 +61,12 @@ enum Moment {
 }
 
 impl Moment {
-    /// `code`: the 8-bit code this moment is quantized with, for tensors that get 8-bit states.
-    fn zeros(like: &Tensor, code: Option<&BlockCode>) -> Moment {
+    /// `code`: the 8-bit code this moment is quantized with, for tensors that get 8-bit states
+    /// (`whole`: the parameter's elements, of which `like` may be a rank's chunk).
+    fn zeros(like: &Tensor, whole: i64, code: Option<&BlockCode>) -> Moment {
         let zeros = like.to_kind(Kind::Float).zeros_like().detach();
         match code {
-            Some(code) if like.numel() as i64 >= MIN_8BIT_SIZE => {
+            Some(code) if whole >= MIN_8BIT_SIZE => {
                 let (codes, absmax) = nf4::quantize_blockwise_with(&zeros, code, BLOCK);
                 Moment::Quantized { codes, absmax, code: code.shallow_clone() }
             }
@@ -143,6 +145,13 @@ impl AdamW {
     /// Weight decay applies to every parameter but biases and norm weights, as transformers'
     /// Trainer groups them.
     pub fn new(params: Vec<Param>, plan: &OptimizerPlan) -> AdamW {
+        let whole: Vec<i64> = params.iter().map(|p| p.tensor.numel() as i64).collect();
+        AdamW::for_chunks(params, &whole, plan)
+    }
+
+    /// As `new`, for chunks of parameters of `whole` elements each (sharded training): the
+    /// parameter's size decides whether it gets 8-bit states, as on one rank.
+    pub fn for_chunks(params: Vec<Param>, whole: &[i64], plan: &OptimizerPlan) -> AdamW {
         let eight_bit = plan.name.eight_bit_states();
         // The two codes on the parameters' device, shared by every 8-bit state.
         let codes = match params.first() {
@@ -159,16 +168,18 @@ impl AdamW {
             8 => optim_torchao::Bits::Eight,
             _ => optim_torchao::Bits::Four,
         });
-        let moment = |p: &Tensor, signed: bool, code: Option<&BlockCode>| match torchao {
+        // torchao's states are never sharded (exec/mod.rs refuses them there): `whole` is the tensor.
+        let moment = |p: &Tensor, whole: i64, signed: bool, code: Option<&BlockCode>| match torchao {
             Some(bits) => Moment::Torchao(optim_torchao::Moment::zeros(p, bits, signed)),
-            None => Moment::zeros(p, code),
+            None => Moment::zeros(p, whole, code),
         };
         let params: Vec<Slot> = params
             .into_iter()
-            .map(|p| Slot {
+            .zip(whole)
+            .map(|(p, &whole)| Slot {
                 decay: !(p.name.ends_with(".bias") || p.name.contains("norm")),
-                exp_avg: moment(&p.tensor, true, codes.as_ref().map(|c| &c.0)),
-                exp_avg_sq: moment(&p.tensor, false, codes.as_ref().map(|c| &c.1)),
+                exp_avg: moment(&p.tensor, whole, true, codes.as_ref().map(|c| &c.0)),
+                exp_avg_sq: moment(&p.tensor, whole, false, codes.as_ref().map(|c| &c.1)),
                 param: p.tensor,
                 name: p.name,
             })
@@ -434,6 +445,11 @@ impl AdamW {
         out
     }
 
+    /// Whether parameter `name` has 8-bit moments.
+    pub fn has_eight_bit_state(&self, name: &str) -> bool {
+        self.params.iter().any(|s| s.name == name && matches!(s.exp_avg, Moment::Quantized { .. }))
+    }
+
     /// Bytes the optimizer state occupies.
     pub fn state_bytes(&self) -> i64 {
         self.params.iter().map(|s| s.exp_avg.bytes() + s.exp_avg_sq.bytes()).sum()
@@ -448,9 +464,10 @@ impl AdamW {
         Ok(())
     }
 
-    /// Loads the step count from `ckpt` and each 32-bit moment from `moment(parameter name,
-    /// "exp_avg" | "exp_avg_sq")`, which gives the values this optimizer holds of it (sharded
-    /// training cuts its chunk out of the checkpoint's full tensor).
+    /// Loads the step count from `ckpt` and each moment from `moment(parameter name, "exp_avg" |
+    /// "exp_avg_sq")` (8-bit states: `"exp_avg.q8"`, `"exp_avg.absmax"`, ...), which gives the
+    /// values this optimizer holds of it (sharded training cuts its chunk out of the checkpoint's
+    /// full tensor).
     pub fn load_state_with(
         &mut self,
         ckpt: &crate::model::weights::Checkpoint,
@@ -460,10 +477,16 @@ impl AdamW {
         self.load_step(ckpt)?;
         for s in &mut self.params {
             for (which, m) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
-                let Moment::Full(t) = m else {
-                    return Err("8-bit optimizer states are not sharded; use a 32-bit AdamW".into());
-                };
-                t.copy_(&moment(&s.name, which)?);
+                match m {
+                    Moment::Full(t) => t.copy_(&moment(&s.name, which)?),
+                    Moment::Quantized { codes, absmax, .. } => {
+                        codes.copy_(&moment(&s.name, &format!("{which}.q8"))?);
+                        absmax.copy_(&moment(&s.name, &format!("{which}.absmax"))?);
+                    }
+                    Moment::Torchao(_) => {
+                        return Err("torchao's low-bit states are not sharded (refused before training)".into());
+                    }
+                }
             }
         }
         Ok(())

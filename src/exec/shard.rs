@@ -19,13 +19,17 @@
 //!   recomputes each layer in the backward pass (gradient checkpointing), because a forward pass's
 //!   parameters are released after it; `reshard_after_forward: false` keeps them until the
 //!   layer's backward pass instead.
+//! - Offload (exec/offload.rs): chunks live in host memory between uses; `assemble` copies them
+//!   to the compute device for their all-gather, reduce-scattered gradient chunks are copied back,
+//!   and the optimizer (built on the chunks) steps on the host.
 //! - Checkpoints stay in the unsharded format: the trainable weights are gathered and each
 //!   optimizer moment is assembled one tensor at a time, so a checkpoint resumes on any world
 //!   size, and a resumed run cuts its chunks from the full tensors.
 
 use super::c10d::{ProcessGroup, ReduceOp};
 use super::distributed::Communicator;
-use super::optimizer::AdamW;
+use super::offload::Placement;
+use super::optimizer::{self, AdamW};
 use crate::model::llama::{CausalLm, Param, ShardUnits};
 use crate::model::weights::{Checkpoint, Deferred};
 use crate::plan::shard::{Collectives, Layout};
@@ -101,14 +105,32 @@ struct Piece {
     grad: Option<Tensor>,
 }
 
+/// How one tensor is cut: `chunk` elements per rank of a flat `numel` (padded to `chunk` × group
+/// size), viewed as `shape` once whole.
+struct Cut {
+    chunk: i64,
+    numel: i64,
+    shape: Vec<i64>,
+}
+
+impl Piece {
+    fn cut(&self) -> Cut {
+        Cut { chunk: self.chunk, numel: self.numel, shape: self.shape.clone() }
+    }
+}
+
 pub struct Sharder {
     groups: ShardGroups,
+    /// Where chunks live between uses (the compute device, or host memory under offload).
+    placement: Placement,
     /// Payload bytes moved since the last `take_moved` (the plan's per-step figures count alike).
     moved: Cell<Collectives>,
     /// How many weights of `stream_weights`' list this rank has gathered so far.
     streamed: Cell<usize>,
     units: Vec<Vec<Piece>>,
     gathered: Vec<Cell<bool>>,
+    /// EWC: each penalised piece (unit, index) with this rank's chunks of F and θ0.
+    ewc: std::cell::RefCell<Vec<(usize, usize, Tensor, Tensor)>>,
 }
 
 fn failed(e: String) -> ! {
@@ -120,8 +142,15 @@ fn failed(e: String) -> ! {
 impl Sharder {
     /// Cuts the model's tensors into this rank's chunks (its full tensors are the same on every
     /// rank by now) and, for full sharding, releases them. `trainable` names the optimizer's
-    /// parameters.
-    pub fn new(model: &CausalLm, groups: ShardGroups, trainable: &[Param]) -> Result<Sharder, String> {
+    /// parameters; `eight_bit_states`: the optimizer keeps 8-bit states, so trainable tensors are
+    /// cut at their blocks.
+    pub fn new(
+        model: &CausalLm,
+        groups: ShardGroups,
+        placement: Placement,
+        trainable: &[Param],
+        eight_bit_states: bool,
+    ) -> Result<Sharder, String> {
         let _guard = tch::no_grad_guard();
         let names: HashMap<usize, &str> =
             trainable.iter().map(|p| (p.tensor.data_ptr() as usize, p.name.as_str())).collect();
@@ -135,14 +164,19 @@ impl Sharder {
                     .filter(|(_, t)| t.numel() > 0)
                     .map(|(name, full)| {
                         let numel = full.numel() as i64;
-                        let chunk = (numel + size - 1) / size;
                         let trainable_name = names.get(&(full.data_ptr() as usize)).copied();
+                        let chunk = chunk_len(numel, size, eight_bit_states && trainable_name.is_some());
                         // Loaded as a chunk already (CausalLm::load_chunked), or cut now.
                         let shard = loaded.remove(&name).unwrap_or_else(|| {
                             let flat = full.detach().reshape([-1]);
                             flat.constant_pad_nd([0, chunk * size - numel]).narrow(0, index * chunk, chunk).copy()
                         });
-                        let grad = trainable_name.map(|_| Tensor::zeros([chunk], (Kind::Float, full.device())));
+                        let is_trained = trainable_name.is_some();
+                        let shard = placement.keep(shard, is_trained).unwrap_or_else(|e| failed(e));
+                        let grad = trainable_name.map(|_| {
+                            let zeros = Tensor::zeros([chunk], (Kind::Float, placement.home(true)));
+                            placement.keep(zeros, true).unwrap_or_else(|e| failed(e))
+                        });
                         if let Some(g) = &grad
                             && let Err(e) = super::torch_ops::set_grad(&shard, Some(g))
                         {
@@ -172,7 +206,15 @@ impl Sharder {
         }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
         let sharder =
-            Sharder { groups, units, gathered, moved: Cell::new(Collectives::default()), streamed: Cell::new(0) };
+            Sharder {
+                groups,
+                placement,
+                units,
+                gathered,
+                moved: Cell::new(Collectives::default()),
+                streamed: Cell::new(0),
+                ewc: Default::default(),
+            };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
@@ -223,8 +265,9 @@ impl Sharder {
     }
 
     /// Full tensors of unit `u`'s pieces of one kind, from every rank's chunks.
-    fn assemble(&self, pieces: &[&Piece], sources: &[Tensor]) -> Result<Vec<Tensor>, String> {
-        let local = Tensor::cat(sources, 0);
+    fn assemble(&self, cuts: &[Cut], sources: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        // Offloaded chunks travel to the compute device for the collective.
+        let local = self.placement.to_compute(&Tensor::cat(sources, 0));
         let total = local.numel() as i64;
         let all = match &self.groups.shard {
             Some(g) => g.all_gather(&local)?,
@@ -232,8 +275,8 @@ impl Sharder {
         };
         self.count(|c| c.all_gather += (all.numel() * all.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
-        let mut out = Vec::with_capacity(pieces.len());
-        for (p, _) in pieces.iter().zip(sources) {
+        let mut out = Vec::with_capacity(cuts.len());
+        for (p, _) in cuts.iter().zip(sources) {
             let parts: Vec<Tensor> =
                 (0..self.groups.size as i64).map(|r| all.narrow(0, r * total + offset, p.chunk)).collect();
             out.push(Tensor::cat(&parts, 0).narrow(0, 0, p.numel).view(p.shape.as_slice()));
@@ -270,7 +313,8 @@ impl Sharder {
     fn gather_into(&self, pieces: &[&Piece]) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-        for (p, full) in pieces.iter().zip(self.assemble(pieces, &sources)?) {
+        let cuts: Vec<Cut> = pieces.iter().map(|p| p.cut()).collect();
+        for (p, full) in pieces.iter().zip(self.assemble(&cuts, &sources)?) {
             let _ = p.full.shallow_clone().set_source_tensor_(&full.to_kind(p.full.kind()));
         }
         Ok(())
@@ -289,7 +333,7 @@ impl Sharder {
 
     /// Each piece's whole gradient, flat and padded to `size` chunks; a parameter without a
     /// gradient this micro-batch contributes zeros, as FSDP's.
-    fn padded_gradients(pieces: &[&Piece], size: i64) -> Vec<Tensor> {
+    fn padded_gradients(&self, pieces: &[&Piece], size: i64) -> Vec<Tensor> {
         pieces
             .iter()
             .map(|p| {
@@ -297,7 +341,7 @@ impl Sharder {
                 let flat = if g.defined() {
                     g.to_kind(Kind::Float).reshape([-1])
                 } else {
-                    Tensor::zeros([p.numel], (Kind::Float, p.shard.device()))
+                    Tensor::zeros([p.numel], (Kind::Float, self.placement.compute))
                 };
                 flat.constant_pad_nd([0, p.chunk * size - p.numel])
             })
@@ -312,7 +356,7 @@ impl Sharder {
             return Ok(());
         }
         let size = self.groups.size as i64;
-        let padded = Self::padded_gradients(&pieces, size);
+        let padded = self.padded_gradients(&pieces, size);
         let mut ordered = Vec::with_capacity(pieces.len() * size as usize);
         for r in 0..size {
             for (p, g) in pieces.iter().zip(&padded) {
@@ -330,8 +374,9 @@ impl Sharder {
         let mut offset = 0;
         for p in pieces {
             if let Some(acc) = &p.grad {
+                // Offloaded: the summed chunk goes back to the host, where it is accumulated.
                 let mut acc = acc.shallow_clone();
-                acc += mine.narrow(0, offset, p.chunk);
+                acc += mine.narrow(0, offset, p.chunk).to_device(acc.device());
             }
             offset += p.chunk;
             super::torch_ops::set_grad(&p.full, None)?;
@@ -344,7 +389,7 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let pieces: Vec<&Piece> = self.trainable().collect();
         let size = self.groups.size as i64;
-        let padded = Self::padded_gradients(&pieces, size);
+        let padded = self.padded_gradients(&pieces, size);
         if padded.is_empty() {
             return Ok(());
         }
@@ -377,7 +422,7 @@ impl Sharder {
         if grads.is_empty() {
             return Ok(());
         }
-        let mut flat = Tensor::cat(&grads, 0);
+        let mut flat = self.placement.to_compute(&Tensor::cat(&grads, 0));
         g.all_reduce(&mut flat, ReduceOp::Sum)?;
         self.count(|c| c.all_reduce += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64);
         let mut offset = 0;
@@ -395,13 +440,14 @@ impl Sharder {
         let _guard = tch::no_grad_guard();
         let squares: Vec<Tensor> =
             self.trainable().filter_map(|p| p.grad.as_ref()).map(|g| g.square().sum(Kind::Float)).collect();
-        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else {
+        if self.trainable().next().is_none() {
             return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
-        };
+        }
+        let device = self.placement.compute;
         let mut sum = if squares.is_empty() {
             Tensor::zeros([1], (Kind::Float, device))
         } else {
-            Tensor::stack(&squares, 0).sum(Kind::Float).reshape([1])
+            self.placement.to_compute(&Tensor::stack(&squares, 0).sum(Kind::Float).reshape([1]))
         };
         if let Some(g) = &self.groups.shard {
             g.all_reduce(&mut sum, ReduceOp::Sum)?;
@@ -409,6 +455,8 @@ impl Sharder {
         let total = sum.sqrt().reshape([]);
         if max_norm > 0.0 {
             let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+            // The gradient chunks live where the trainable chunks do (host memory when offloaded).
+            let coef = coef.to_device(self.placement.home(true));
             for g in self.trainable().filter_map(|p| p.grad.as_ref()) {
                 let mut g = g.shallow_clone();
                 g *= &coef;
@@ -420,7 +468,10 @@ impl Sharder {
     /// Whether every rank's chunks are finite.
     pub fn all_finite(&self) -> Result<bool, String> {
         let _guard = tch::no_grad_guard();
-        let Some(device) = self.trainable().next().map(|p| p.shard.device()) else { return Ok(true) };
+        if self.trainable().next().is_none() {
+            return Ok(true);
+        }
+        let device = self.placement.compute;
         let bad: Vec<Tensor> = self.trainable().map(|p| p.shard.isfinite().logical_not().any()).collect();
         let mut flag = Tensor::stack(&bad, 0).any().to_kind(Kind::Float).reshape([1]).to_device(device);
         if let Some(g) = &self.groups.shard {
@@ -442,7 +493,8 @@ impl Sharder {
                 continue;
             }
             let sources: Vec<Tensor> = pieces.iter().map(|p| p.shard.shallow_clone()).collect();
-            for (p, full) in pieces.iter().zip(self.assemble(&pieces, &sources)?) {
+            let cuts: Vec<Cut> = pieces.iter().map(|p| p.cut()).collect();
+            for (p, full) in pieces.iter().zip(self.assemble(&cuts, &sources)?) {
                 p.full.shallow_clone().copy_(&full);
             }
         }
@@ -559,35 +611,144 @@ impl Sharder {
 
     /// The optimizer's state in the unsharded format (`AdamW::state`'s names and shapes), each
     /// moment assembled from every rank's chunks; every rank of the shard group calls this, and
-    /// each gets the whole state.
+    /// each gets the whole state. 8-bit moments assemble as their codes (`.q8`, shaped like the
+    /// parameter) and block scales (`.absmax`): chunks hold whole blocks, so each rank's are a run
+    /// of the one-rank blocks.
     pub fn gather_optimizer_state(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>, String> {
         let _guard = tch::no_grad_guard();
         let shapes: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
         let mut out = Vec::new();
         for (name, t) in optimizer.state() {
-            let param = name.strip_suffix(".exp_avg").or_else(|| name.strip_suffix(".exp_avg_sq"));
-            match param.and_then(|n| shapes.get(n)) {
-                Some(p) => {
-                    let full = self.assemble(&[p], &[t.reshape([-1])])?.remove(0);
-                    out.push((name, full));
+            let (moment, part) = match name.rsplit_once('.') {
+                Some((m, part @ ("q8" | "absmax"))) => (m, Some(part)),
+                _ => (name.as_str(), None),
+            };
+            let param = moment.strip_suffix(".exp_avg").or_else(|| moment.strip_suffix(".exp_avg_sq"));
+            let Some(p) = param.and_then(|n| shapes.get(n)) else {
+                out.push((name, t));
+                continue;
+            };
+            let full = match part {
+                None => self.assemble(&[p.cut()], &[t.reshape([-1])])?.remove(0),
+                // Codes travel as fp32 (exact for bytes), which every backend gathers.
+                Some("q8") => self.assemble(&[p.cut()], &[t.reshape([-1]).to_kind(Kind::Float)])?.remove(0).to_kind(Kind::Uint8),
+                _ => {
+                    let blocks = Cut {
+                        chunk: p.chunk / optimizer::BLOCK,
+                        numel: (p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK,
+                        shape: vec![(p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK],
+                    };
+                    self.assemble(&[blocks], &[t.reshape([-1])])?.remove(0)
                 }
-                None => out.push((name, t)),
-            }
+            };
+            out.push((name, full));
         }
         Ok(out)
     }
 
     /// Loads a checkpoint's (unsharded) optimizer state into the sharded optimizer: this rank's
-    /// chunk of each moment.
+    /// chunk of each moment (of an 8-bit moment, its codes and its blocks' scales; padding codes
+    /// stand for zero, as quantizing the padded chunk gives).
     pub fn load_optimizer_state(&self, optimizer: &mut AdamW, ckpt: &Checkpoint) -> Result<(), String> {
         let pieces: HashMap<&str, &Piece> = self.trainable().map(|p| (p.name.as_str(), p)).collect();
         let (size, index) = (self.groups.size as i64, self.groups.index as i64);
         optimizer.load_state_with(ckpt, &|param: &str, moment: &str| -> Result<Tensor, String> {
             let p = pieces.get(param).ok_or_else(|| format!("`{param}` is not a sharded parameter"))?;
-            let full = ckpt.load(&format!("{param}.{moment}"), &p.shape, Kind::Float, p.shard.device())?;
-            let padded = full.reshape([-1]).constant_pad_nd([0, p.chunk * size - p.numel]);
-            Ok(padded.narrow(0, index * p.chunk, p.chunk).copy())
+            let name = format!("{param}.{moment}");
+            let device = p.shard.device();
+            let cut = |full: Tensor, chunk: i64, numel: i64, fill: f64| {
+                let padded = Tensor::full([chunk * size], fill, (full.kind(), device));
+                padded.narrow(0, 0, numel).copy_(&full.reshape([-1]));
+                padded.narrow(0, index * chunk, chunk).copy()
+            };
+            match moment.rsplit_once('.') {
+                None => Ok(cut(ckpt.load(&name, &p.shape, Kind::Float, device)?, p.chunk, p.numel, 0.0)),
+                Some((which, "q8")) => {
+                    let full = ckpt.load(&name, &p.shape, Kind::Uint8, device)?;
+                    Ok(cut(full, p.chunk, p.numel, zero_code(which == "exp_avg") as f64))
+                }
+                Some((_, _)) => {
+                    let blocks = (p.numel + optimizer::BLOCK - 1) / optimizer::BLOCK;
+                    let full = ckpt.load(&name, &[blocks], Kind::Float, device)?;
+                    Ok(cut(full, p.chunk / optimizer::BLOCK, blocks, 0.0))
+                }
+            }
         })
+    }
+
+    /// EWC under sharding: this rank's chunks of each term's F and θ0, cut as its trainable chunks.
+    pub fn set_ewc(&self, ewc: &super::ewc::Ewc) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        let at: HashMap<&str, (usize, usize)> = self
+            .units
+            .iter()
+            .enumerate()
+            .flat_map(|(u, pieces)| {
+                pieces.iter().enumerate().filter(|(_, p)| p.grad.is_some()).map(move |(i, p)| (p.name.as_str(), (u, i)))
+            })
+            .collect();
+        let (size, index) = (self.groups.size as i64, self.groups.index as i64);
+        let mut chunks = Vec::new();
+        for (name, fisher, anchor) in ewc.direct_terms()? {
+            let &(u, i) = at.get(name).ok_or_else(|| format!("EWC: `{name}` is not a sharded trainable tensor"))?;
+            let p = &self.units[u][i];
+            let cut = |t: &Tensor| {
+                let flat = t.to_kind(Kind::Float).reshape([-1]).constant_pad_nd([0, p.chunk * size - p.numel]);
+                flat.narrow(0, index * p.chunk, p.chunk).to_device(p.shard.device()).copy()
+            };
+            chunks.push((u, i, cut(fisher), cut(anchor)));
+        }
+        *self.ewc.borrow_mut() = chunks;
+        Ok(())
+    }
+
+    /// EWC's penalty λ/2 · Σ F ⊙ (θ − θ0)² over every rank's chunks (a device scalar), its gradient
+    /// λ · F ⊙ (θ − θ0) added to this rank's gradient chunks, times the loss scale while the
+    /// gradients carry it (fp16). Called once the step's gradients are summed, so it counts once.
+    pub fn add_ewc_gradient(&self, lambda: f64, scale: Option<&Tensor>) -> Result<Tensor, String> {
+        let _guard = tch::no_grad_guard();
+        let mut sum = Tensor::zeros([1], (Kind::Float, self.placement.compute));
+        for (u, i, fisher, anchor) in self.ewc.borrow().iter() {
+            let p = &self.units[*u][*i];
+            let diff = &p.shard - anchor;
+            sum += self.placement.to_compute(&(fisher * diff.square()).sum(Kind::Float).reshape([1]));
+            if let Some(g) = &p.grad {
+                let mut add = fisher * &diff * lambda;
+                if let Some(s) = scale {
+                    add *= s.to_device(g.device()).reshape([]);
+                }
+                let mut g = g.shallow_clone();
+                g += add;
+            }
+        }
+        if let Some(g) = &self.groups.shard {
+            g.all_reduce(&mut sum, ReduceOp::Sum)?;
+        }
+        Ok((sum * (lambda / 2.0)).reshape([]))
+    }
+
+    /// Each trainable chunk's whole parameter size, in `optimizer_params`' order (it decides
+    /// which get 8-bit states, as on one rank).
+    pub fn whole_sizes(&self) -> Vec<i64> {
+        self.trainable().map(|p| p.numel).collect()
+    }
+}
+
+/// The byte whose value is zero in 8-bit AdamW's code: the signed map's for the first moment, the
+/// unsigned one's for the second.
+fn zero_code(signed: bool) -> i64 {
+    let map = if signed { crate::model::nf4::dynamic_map() } else { crate::model::nf4::unsigned_dynamic_map() };
+    map.abs().argmin(0, false).int64_value(&[])
+}
+
+/// Elements per rank of a tensor of `numel` cut `size` ways: its padded size over `size`, rounded
+/// up to whole 256-element blocks when it gets 8-bit optimizer states (`blocks`), so each rank's
+/// blocks are the one-rank run's and its 8-bit states the same bytes.
+fn chunk_len(numel: i64, size: i64, blocks: bool) -> i64 {
+    if blocks && numel >= optimizer::MIN_8BIT_SIZE {
+        (numel + size * optimizer::BLOCK - 1) / (size * optimizer::BLOCK) * optimizer::BLOCK
+    } else {
+        (numel + size - 1) / size
     }
 }
 
@@ -606,6 +767,9 @@ struct ShardEntry {
     name: String,
     shape: Vec<i64>,
     chunk: i64,
+    /// Its moments are 8-bit (codes `.q8` and block scales `.absmax` per chunk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    eight_bit: bool,
 }
 
 fn shard_file(dir: &Path, index: usize, size: usize) -> PathBuf {
@@ -631,7 +795,12 @@ impl Sharder {
                 optimizer: optimizer.is_some(),
                 tensors: self
                     .trainable()
-                    .map(|p| ShardEntry { name: p.name.clone(), shape: p.shape.clone(), chunk: p.chunk })
+                    .map(|p| ShardEntry {
+                        name: p.name.clone(),
+                        shape: p.shape.clone(),
+                        chunk: p.chunk,
+                        eight_bit: optimizer.is_some_and(|o| o.has_eight_bit_state(&p.name)),
+                    })
                     .collect(),
             };
             let text = serde_json::to_string_pretty(&index).map_err(|e| e.to_string())? + "\n";
@@ -669,26 +838,31 @@ pub fn assemble_checkpoint(dir: &Path, into: &Path) -> Result<(PathBuf, PathBuf)
     let mut weights: Vec<crate::model::weights::Deferred> = Vec::new();
     let mut moments: Vec<crate::model::weights::Deferred> = Vec::new();
     for e in &index.tensors {
-        let mut names = vec![(e.name.clone(), true)];
+        let numel = e.shape.iter().product::<i64>();
+        let blocks = (numel + optimizer::BLOCK - 1) / optimizer::BLOCK;
+        // (name, whole shape, kind, elements per rank's chunk, elements whole, is the weight)
+        let mut names = vec![(e.name.clone(), e.shape.clone(), Kind::Float, e.chunk, numel, true)];
         if index.optimizer {
-            names.extend([(format!("{}.exp_avg", e.name), false), (format!("{}.exp_avg_sq", e.name), false)]);
-        }
-        for (name, is_weight) in names {
-            // Checked here, so assembling below cannot fail on a missing chunk.
-            if let Some(k) = shards.iter().position(|s| s.shape(&name) != Some(&[e.chunk][..])) {
-                return Err(format!(
-                    "{}: `{name}` is missing or not [{}]",
-                    shard_file(dir, k, size).display(),
-                    e.chunk
-                ));
+            for moment in ["exp_avg", "exp_avg_sq"] {
+                let name = format!("{}.{moment}", e.name);
+                if e.eight_bit {
+                    names.push((format!("{name}.q8"), e.shape.clone(), Kind::Uint8, e.chunk, numel, false));
+                    let per_rank = e.chunk / optimizer::BLOCK;
+                    names.push((format!("{name}.absmax"), vec![blocks], Kind::Float, per_rank, blocks, false));
+                } else {
+                    names.push((name, e.shape.clone(), Kind::Float, e.chunk, numel, false));
+                }
             }
-            let (numel, shards, chunk) = (e.shape.iter().product::<i64>(), &shards, e.chunk);
-            let shape = e.shape.clone();
-            let whole = crate::model::weights::Deferred::new(name.clone(), e.shape.clone(), Kind::Float, move || {
-                let parts: Vec<Tensor> = shards
-                    .iter()
-                    .map(|s| s.load(&name, &[chunk], Kind::Float, cpu).unwrap_or_else(|e| failed(e)))
-                    .collect();
+        }
+        for (name, shape, kind, chunk, numel, is_weight) in names {
+            // Checked here, so assembling below cannot fail on a missing chunk.
+            if let Some(k) = shards.iter().position(|s| s.shape(&name) != Some(&[chunk][..])) {
+                return Err(format!("{}: `{name}` is missing or not [{chunk}]", shard_file(dir, k, size).display()));
+            }
+            let shards = &shards;
+            let whole = crate::model::weights::Deferred::new(name.clone(), shape.clone(), kind, move || {
+                let parts: Vec<Tensor> =
+                    shards.iter().map(|s| s.load(&name, &[chunk], kind, cpu).unwrap_or_else(|e| failed(e))).collect();
                 Tensor::cat(&parts, 0).narrow(0, 0, numel).view(shape.as_slice())
             });
             if is_weight { weights.push(whole) } else { moments.push(whole) }
@@ -732,5 +906,29 @@ impl ShardUnits for Sharder {
             failed(e)
         }
         self.release_unit(unit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_with_8_bit_states_are_cut_at_whole_blocks() {
+        // stories260k's MLP weights: 64 × 172 = 11,008 elements, 43 blocks of 256.
+        assert_eq!(chunk_len(11_008, 2, false), 5_504);
+        assert_eq!(chunk_len(11_008, 2, true), 22 * 256);
+        assert_eq!(chunk_len(11_008, 3, true), 15 * 256);
+        // Under 4,096 elements the states stay 32-bit: plain chunks.
+        assert_eq!(chunk_len(2_048, 2, true), 1_024);
+        assert_eq!(chunk_len(4_097, 2, true), 9 * 256);
+    }
+
+    #[test]
+    fn the_zero_codes_stand_for_zero() {
+        for signed in [true, false] {
+            let map = if signed { crate::model::nf4::dynamic_map() } else { crate::model::nf4::unsigned_dynamic_map() };
+            assert_eq!(map.double_value(&[zero_code(signed)]), 0.0);
+        }
     }
 }

@@ -64,7 +64,8 @@ pub struct Loop<'a, E: Example> {
     /// Stop (as if killed) after this many optimizer steps; for tests of resume.
     pub stop_after: Option<u64>,
     pub steps: Steps,
-    /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process).
+    /// `do_causal_lm_eval`: generated answers scored at each evaluation (main process; every rank
+    /// under sharding).
     pub causal_lm_eval: Option<&'a super::eval::CausalLmEval<'a>>,
     /// Sharded training's state (None: replicated, data-parallel or one process).
     pub sharder: Option<&'a super::shard::Sharder>,
@@ -198,8 +199,12 @@ impl<E: Example> Loop<'_, E> {
     /// Evaluates, records the metrics at `step` and logs them; returns the evaluation loss.
     pub fn evaluate_and_log(&self, step: u64, log: &mut MetricsLog) -> Result<Option<f64>, String> {
         let Some(mut metrics) = self.evaluate()? else { return Ok(None) };
-        if let Some(c) = self.causal_lm_eval.filter(|_| self.runtime.is_main()) {
+        // Sharded, every rank generates alike (each pass gathers from all of them).
+        if let Some(c) = self.causal_lm_eval.filter(|_| self.runtime.is_main() || self.sharder.is_some()) {
             metrics.extend(c.run(self.model, self.plan.training.eval_batch_size as usize));
+            if self.sharder.is_some() {
+                self.model.end_inference();
+            }
         }
         let shown: Vec<String> =
             metrics.iter().map(|(k, v)| format!("{}={v:.4}", k.trim_start_matches("eval_"))).collect();
@@ -349,7 +354,7 @@ impl<E: Example> Loop<'_, E> {
             }
             // EWC: λ/2 · Σ F ⊙ (θ − θ0)², its gradient added once per step (each rank adds 1/world
             // of it; the all-reduce sums them).
-            let ewc_penalty = self.ewc.map(|ewc| {
+            let ewc_penalty = self.ewc.filter(|_| self.sharder.is_none()).map(|ewc| {
                 let penalty = ewc.penalty();
                 let share = &penalty / comm.world_size as f64;
                 match &scale {
@@ -368,6 +373,11 @@ impl<E: Example> Loop<'_, E> {
                     )?
                 }
             }
+            // Sharded: EWC's gradient goes into each rank's chunks once the gradients are summed.
+            let ewc_penalty = match (self.ewc, self.sharder) {
+                (Some(ewc), Some(sharder)) => Some(sharder.add_ewc_gradient(ewc.lambda, scale.as_ref())?),
+                _ => ewc_penalty,
+            };
             self.frozen_rows.zero_gradients();
             let clip = |optimizer: &AdamW| match self.sharder {
                 Some(sharder) => sharder.clip_grad_norm(t.max_grad_norm),

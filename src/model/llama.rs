@@ -1254,6 +1254,11 @@ impl CausalLm {
         if let Some(score) = &self.score {
             root.push(("score.weight".into(), score.shallow_clone()));
         }
+        // Prompt and prefix tuning's tensors are read from the embeddings on, while the root is
+        // gathered: they shard with it.
+        for t in self.prompt.iter().chain(&self.prefix) {
+            root.push(("prompt_embeddings".into(), t.shallow_clone()));
+        }
         units.push(root);
         // A tied head is the embedding itself: listed once.
         let mut seen = std::collections::HashSet::new();

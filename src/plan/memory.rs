@@ -45,8 +45,10 @@
 //!
 //! Sharded strategies divide what they shard by the shard group size (plan/shard.rs): ZeRO-1
 //! (`shard_optimizer`) the optimizer states, `shard_grad_op` the gradients too, `full_shard` the
-//! weights too. A DeepSpeed config's CPU offload moves the optimizer states (`offload_optimizer`)
-//! or the resident weights (`offload_param`, stage 3; the gathered units stay) to host memory.
+//! weights too. Offload (`fsdp: [.., offload]`, DeepSpeed's `offload_optimizer` / `offload_param`;
+//! plan/shard.rs `HostOffload`) moves a rank's trainable chunks, their gradient chunks and the
+//! optimizer states to host memory, and under full sharding the frozen chunks too (the gathered
+//! units stay on the GPU): `host_bytes` counts them. On the CPU nothing moves.
 
 use super::adapter::{self, AdapterMethod};
 use super::arch::Architecture;
@@ -74,6 +76,10 @@ pub struct MemoryEstimate {
     pub activations_with_checkpointing: u64,
     pub activations_without_checkpointing: u64,
     pub total_bytes: u64,
+    /// Bytes per rank kept in host memory instead (offload), not counted in `total_bytes`; 0
+    /// without offload (and then left out of the JSON).
+    #[serde(skip_serializing_if = "no_bytes")]
+    pub host_bytes: u64,
     /// The same recipe run on CPU: everything in fp32, no CUDA context (what `recipe run
     /// --device cpu` compares its measured peak with).
     pub cpu_total_bytes: u64,
@@ -98,6 +104,10 @@ pub struct Suggestion {
     pub change: String,
     pub total_bytes: u64,
     pub fits: bool,
+}
+
+fn no_bytes(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The estimate for one rank computing in `compute` (the plan's resolved precision), checked
@@ -157,12 +167,19 @@ fn breakdown(
     let shard_state =
         |bytes: u64| if strategy.shards_gradients_and_optimizer() { bytes.div_ceil(shard_group) } else { bytes };
     let shard_optimizer = |bytes: u64| if strategy.shards_optimizer() { bytes.div_ceil(shard_group) } else { bytes };
-    let ds = c.distributed.deepspeed_config.as_ref();
-    let offload_optimizer = ds.and_then(|d| d.offload_optimizer()).is_some();
-    let offload_param = ds.and_then(|d| d.offload_param()).is_some() && strategy.shards_parameters();
-    // Offloaded to host memory: nothing resident on the GPU.
-    let offloaded = |offload: bool, bytes: u64| if offload { 0 } else { bytes };
-    let host = |offload: bool| if offload { ", in host memory (offload)" } else { "" };
+    // Offloaded to host memory (plan/shard.rs `HostOffload`): nothing resident on the GPU; on
+    // the CPU, host and device are one memory, so nothing moves.
+    let offload = if matches!(target, Target::Gpu(_)) { layout.offload } else { Default::default() };
+    let mut host_bytes = 0u64;
+    let mut offloaded = |moved: bool, bytes: u64| {
+        if moved {
+            host_bytes += bytes;
+            0
+        } else {
+            bytes
+        }
+    };
+    let host = |moved: bool| if moved { ", in host memory (offload)" } else { "" };
     let sharded_note =
         |applies: bool| if applies && shard_group > 1 { format!(" / {shard_group} ranks") } else { String::new() };
 
@@ -181,22 +198,46 @@ fn breakdown(
         };
         push(
             "base weights",
-            offloaded(offload_param, shard_params(frozen_bytes)),
-            formula + &sharded_note(strategy.shards_parameters()) + host(offload_param),
+            offloaded(offload.frozen, shard_params(frozen_bytes)),
+            formula + &sharded_note(strategy.shards_parameters()) + host(offload.frozen),
         );
     }
     let what = if full { "weights (fp32)" } else { "adapter weights (fp32)" };
+    // Fully sharded, a rank's trainable weights are its chunks; otherwise the replicas stay on
+    // the device, and offload keeps the chunks the optimizer updates on the host besides.
     // A full fine-tune keeps every weight in fp32, the frozen ones of `unfrozen_parameters` too.
     let weights = if full { adapter.total_parameters } else { trainable };
+    let resident = if strategy.shards_parameters() {
+        offloaded(offload.trainable, shard_params(weights * TRAINABLE_BYTES))
+    } else {
+        // The replica stays on the device; `offloaded` counts the host copy of the chunks.
+        offloaded(offload.trainable, shard_optimizer(weights * TRAINABLE_BYTES));
+        weights * TRAINABLE_BYTES
+    };
+    let on_host = offload.trainable && strategy.shards_parameters();
     push(
         what,
-        offloaded(offload_param, shard_params(weights * TRAINABLE_BYTES)),
-        format!("{} × 4 bytes{}{}", group(weights), sharded_note(strategy.shards_parameters()), host(offload_param)),
+        resident,
+        format!("{} × 4 bytes{}{}", group(weights), sharded_note(strategy.shards_parameters()), host(on_host)),
     );
+    // Offloaded, a rank's summed gradient chunks live on the host; each unit's whole gradient is
+    // on the device only until its reduce-scatter (ZeRO-1 keeps whole gradients until the step).
+    let gradients = if strategy.shards_gradients_and_optimizer() {
+        offloaded(offload.trainable, shard_state(trainable * TRAINABLE_BYTES))
+    } else {
+        offloaded(offload.trainable, shard_optimizer(trainable * TRAINABLE_BYTES));
+        trainable * TRAINABLE_BYTES
+    };
+    let on_host = offload.trainable && strategy.shards_gradients_and_optimizer();
     push(
         "gradients (fp32)",
-        shard_state(trainable * TRAINABLE_BYTES),
-        format!("{} × 4 bytes{}", group(trainable), sharded_note(strategy.shards_gradients_and_optimizer())),
+        gradients,
+        format!(
+            "{} × 4 bytes{}{}",
+            group(trainable),
+            sharded_note(strategy.shards_gradients_and_optimizer()),
+            host(on_host)
+        ),
     );
     let (optimizer_bytes, optimizer_formula) = if c.training.optimizer.eight_bit_states() {
         (2 * trainable + 8 * trainable.div_ceil(256), format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)))
@@ -210,8 +251,8 @@ fn breakdown(
     };
     push(
         "optimizer states",
-        offloaded(offload_optimizer, shard_optimizer(optimizer_bytes)),
-        optimizer_formula + &sharded_note(strategy.shards_optimizer()) + host(offload_optimizer),
+        offloaded(offload.trainable, shard_optimizer(optimizer_bytes)),
+        optimizer_formula + &sharded_note(strategy.shards_optimizer()) + host(offload.trainable),
     );
     if full && cb < 4 && !strategy.shards_parameters() {
         push("autocast copies", weights * cb, format!("{} × {cb} bytes", group(weights)));
@@ -384,6 +425,7 @@ fn breakdown(
         activations_with_checkpointing: with,
         activations_without_checkpointing: without,
         total_bytes,
+        host_bytes,
         cpu_total_bytes: 0,
         gpu_memory: None,
         fits: None,

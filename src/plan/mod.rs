@@ -721,24 +721,27 @@ pub fn render_text(plan: &Plan) -> String {
             serde_json::to_value(l.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
             if l.world_size > 1 { "" } else { " with more than one rank" }
         );
-        for (what, offload) in [("optimizer states", ds.offload_optimizer), ("parameters", ds.offload_param)] {
+        for (key, offload) in [("offload_optimizer", ds.offload_optimizer), ("offload_param", ds.offload_param)] {
             if let Some(off) = offload {
-                let _ = writeln!(o, "           offload: {what} in host memory (pin_memory: {})", off.pin_memory);
+                let _ = writeln!(o, "           {key}: device cpu (pin_memory: {})", off.pin_memory);
             }
         }
         for a in &ds.accepted {
             let _ = writeln!(o, "           accepted: {} ({})", a.key, a.why);
         }
-        if ds.stage == crate::config::deepspeed::ZeroStage::Zero1 {
-            let _ = writeln!(
-                o,
-                "           ZeRO stage 1 is laid out here, but recipe run does not build it yet and refuses it (stage 2: the same numbers)"
-            );
-        }
-        if ds.offload_optimizer.is_some() || ds.offload_param.is_some() {
-            let _ =
-                writeln!(o, "           offload is laid out here, but recipe run does not build it yet and refuses it");
-        }
+    }
+    let off = l.offload;
+    if off.any() {
+        let what = match (off.trainable, off.frozen) {
+            (true, true) => "every rank's chunks (trainable and frozen), their gradient chunks and the optimizer states",
+            _ => "the trainable chunks, their gradient chunks and the optimizer states",
+        };
+        let _ = writeln!(
+            o,
+            "           offload: {what} in host memory{}; a unit's chunks are copied to the device for its gather and \
+             its gradient chunks back after its reduce-scatter; the optimizer steps on the host",
+            if off.pin_memory { " (pinned on CUDA)" } else { "" }
+        );
     }
     if let Some(r) = l.ranks.first() {
         let _ = writeln!(
@@ -783,6 +786,9 @@ pub fn render_text(plan: &Plan) -> String {
         bytes(m.activations_with_checkpointing),
         bytes(m.activations_without_checkpointing)
     );
+    if m.host_bytes > 0 {
+        let _ = writeln!(o, "             {:>10}  in host memory per rank (offload), besides", bytes(m.host_bytes));
+    }
     let _ =
         writeln!(o, "             {:>10}  on CPU instead (fp32 compute, no CUDA context)", bytes(m.cpu_total_bytes));
     match (m.gpu_memory, m.fits, m.margin_bytes) {

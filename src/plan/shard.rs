@@ -82,6 +82,11 @@ pub struct Layout {
     pub cpu_ram_efficient_loading: bool,
     /// Ranks that split one copy of the sharded state (world size, or one node for hybrid).
     pub shard_group_size: u64,
+    /// What sharded training keeps in host memory between uses (`fsdp: [.., offload]`,
+    /// `offload_params`, DeepSpeed's `offload_optimizer` / `offload_param`); left out of the
+    /// JSON when nothing is offloaded.
+    #[serde(skip_serializing_if = "HostOffload::none")]
+    pub offload: HostOffload,
     pub units: Vec<Unit>,
     pub ranks: Vec<RankShard>,
     pub per_step: Collectives,
@@ -107,6 +112,56 @@ pub struct DeepSpeedLayout {
     pub offload_param: Option<Offloaded>,
     /// Settings accepted because they leave the numbers unchanged.
     pub accepted: Vec<AcceptedSetting>,
+}
+
+/// What lives in host memory between uses, as FSDP's CPUOffload and ZeRO-Offload keep it: a
+/// unit's chunks are copied to the compute device just before its all-gather, its gradient chunks
+/// copied back after its reduce-scatter, and the optimizer steps on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HostOffload {
+    /// The trainable chunks (the fp32 weights the optimizer updates), their summed gradients and
+    /// the optimizer states: fsdp's offload, DeepSpeed's `offload_optimizer`, and `offload_param`
+    /// (a trainable chunk is its parameter's only sharded copy, so the optimizer follows it).
+    pub trainable: bool,
+    /// The frozen chunks (an adapter's base, packed when quantized), under full sharding: fsdp's
+    /// offload and DeepSpeed's `offload_param`.
+    pub frozen: bool,
+    /// Page-locked host memory (where the compute device is CUDA): `cpu_offload_pin_memory`
+    /// (true when absent, as FSDP2's CPUOffloadPolicy) or DeepSpeed's `pin_memory`.
+    pub pin_memory: bool,
+}
+
+impl HostOffload {
+    pub fn any(self) -> bool {
+        self.trainable || self.frozen
+    }
+
+    fn none(&self) -> bool {
+        !self.any()
+    }
+}
+
+/// The offload the recipe asks for, resolved for `strategy` (nothing without sharding).
+pub fn host_offload(c: &Config, strategy: Strategy) -> HostOffload {
+    if !strategy.shards_optimizer() {
+        return HostOffload::default();
+    }
+    if let Some(ds) = &c.distributed.deepspeed_config {
+        let (optimizer, param) = (ds.offload_optimizer(), ds.offload_param().filter(|_| strategy.shards_parameters()));
+        return HostOffload {
+            trainable: optimizer.is_some() || param.is_some(),
+            frozen: param.is_some(),
+            pin_memory: optimizer.unwrap_or(false) || param.unwrap_or(false),
+        };
+    }
+    if !c.distributed.sharding().contains(&FsdpOption::Offload) {
+        return HostOffload::default();
+    }
+    HostOffload {
+        trainable: true,
+        frozen: strategy.shards_parameters(),
+        pin_memory: c.distributed.fsdp_config.cpu_offload_pin_memory.unwrap_or(true),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -358,6 +413,7 @@ pub fn layout(
             .clone()
             .or_else(|| c.distributed.fsdp_config.transformer_layer_cls_to_wrap.clone()),
         shard_group_size: group,
+        offload: host_offload(c, strategy),
         units,
         ranks,
         per_step,
