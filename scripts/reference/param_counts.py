@@ -84,6 +84,10 @@ PEFT_CASES = [
     ("stories260k", 8, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("meta-llama/Meta-Llama-3-8B", 16, ["embed_tokens", "q_proj", "v_proj"], None, False),
     ("Qwen/Qwen2.5-0.5B", 16, ["embed_tokens", "lm_head"] + ALL_LINEAR, None, False),
+    # Mixtures of experts: in transformers 5 the router and experts are not nn.Linear, so LoRA's
+    # linear targets are the attention projections (what peft's all-linear reaches).
+    ("mistralai/Mixtral-8x7B-v0.1", 32, ["q_proj", "k_proj", "v_proj", "o_proj"], None, False),
+    ("Qwen/Qwen3-30B-A3B", 16, ["q_proj", "k_proj", "v_proj", "o_proj"], None, False),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.

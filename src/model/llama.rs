@@ -4,9 +4,11 @@
 //! `scaled_dot_product_attention` (grouped-query heads included); packed rows carry segment ids
 //! and get a block-diagonal causal mask. Gradient checkpointing recomputes one decoder layer at a
 //! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
-//! (`q_norm`/`k_norm`), an optional part of the attention block.
+//! (`q_norm`/`k_norm`), an optional part of the attention block. Mixtral and Qwen3-MoE put a sparse
+//! mixture-of-experts block (model/moe.rs) where the others have the dense MLP.
 
 use super::linear::{Adapter, Ia3, Linear, Lora, QuantizedWeight};
+use super::moe::SparseMoe;
 use super::rope::{self, Rope};
 use super::weights::{Checkpoint, Deferred};
 use crate::plan::arch::Architecture;
@@ -102,7 +104,13 @@ pub struct DecoderLayer {
     pub input_layernorm: Tensor,
     pub self_attn: Attention,
     pub post_attention_layernorm: Tensor,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
+}
+
+/// A layer's feed-forward block: the dense SwiGLU MLP, or a sparse mixture of experts.
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
 }
 
 /// Keys and values of the tokens decoded so far, per layer.
@@ -180,6 +188,8 @@ pub struct CausalLm {
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
     pub score: Option<Tensor>,
+    /// Mixture of experts: the router logits a pass records for the load-balancing loss (model/moe.rs).
+    pub routing: super::moe::Routing,
 }
 
 /// Where sharded training (exec/shard.rs) gathers and releases parameters. A unit is a decoder
@@ -337,10 +347,13 @@ impl CausalLm {
                     k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
-                    up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
-                    down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
+                mlp: match arch.moe.as_ref().filter(|m| m.is_sparse(l)) {
+                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &linear)?),
+                    None => FeedForward::Dense(Mlp {
+                        gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
+                        up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
+                        down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
+                    }),
                 },
             });
         }
@@ -408,6 +421,7 @@ impl CausalLm {
             prompt,
             prefix,
             score: None,
+            routing: Default::default(),
         };
         // Adapters before a new reward head: the random draws come in the same order as ever.
         model.add_adapters(&opts.trainable, opts.score_head)?;
@@ -755,9 +769,17 @@ impl CausalLm {
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + at.o_proj.forward(&attn, train, on);
         let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
-        let m = &layer.mlp;
-        let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
-        x + m.down_proj.forward(&act, train, on)
+        match &layer.mlp {
+            FeedForward::Dense(m) => {
+                let act = m.gate_proj.forward(&h, train, on).silu() * m.up_proj.forward(&h, train, on);
+                x + m.down_proj.forward(&act, train, on)
+            }
+            FeedForward::Sparse(moe) => {
+                let (y, router_logits) = moe.forward(&h, train, on);
+                self.routing.record(router_logits);
+                x + y
+            }
+        }
     }
 
     /// Final hidden states [B, T, H] after the last norm.
@@ -954,8 +976,13 @@ impl CausalLm {
             layer_seed(i);
             let out = self.layer_forward(layer, &input, &cos_sin, mask.as_ref(), true);
             self.probe_memory();
-            // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
-            (out * &grad).sum(Kind::Float).backward();
+            // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·),
+            // plus this layer's share of the load-balancing loss (a mixture of experts asking for it).
+            let vjp = (out * &grad).sum(Kind::Float);
+            match self.routing.recomputed_layer_share() {
+                Some(share) => (vjp + share).backward(),
+                None => vjp.backward(),
+            }
             self.probe_memory();
             grad = input.grad();
             drop(input);
@@ -1197,14 +1224,24 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
     Ok(if trains { score.set_requires_grad(true) } else { score })
 }
 
-fn layer_linears(l: &DecoderLayer) -> [&Linear; 7] {
-    let (a, m) = (&l.self_attn, &l.mlp);
-    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+fn layer_linears(l: &DecoderLayer) -> Vec<&Linear> {
+    let a = &l.self_attn;
+    let mut out = vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj];
+    match &l.mlp {
+        FeedForward::Dense(m) => out.extend([&m.gate_proj, &m.up_proj, &m.down_proj]),
+        FeedForward::Sparse(moe) => out.extend(moe.linears()),
+    }
+    out
 }
 
-pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> [&mut Linear; 7] {
-    let (a, m) = (&mut l.self_attn, &mut l.mlp);
-    [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> Vec<&mut Linear> {
+    let a = &mut l.self_attn;
+    let mut out = vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+    match &mut l.mlp {
+        FeedForward::Dense(m) => out.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]),
+        FeedForward::Sparse(moe) => out.extend(moe.linears_mut()),
+    }
+    out
 }
 
 /// A layer's per-head query/key norms (Qwen3), by module name under `self_attn`.

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod int8;
 pub mod linear;
 pub mod llama;
+pub mod moe;
 pub mod nf4;
 pub mod rope;
 pub mod serving;

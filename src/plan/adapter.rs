@@ -278,6 +278,8 @@ fn ia3_default_targets(arch: &Architecture) -> &'static [&'static str] {
     match arch.family {
         Family::Llama | Family::Mistral => &["k_proj", "v_proj", "down_proj"],
         Family::Qwen2 | Family::Qwen3 => &["q_proj", "v_proj", "down_proj"],
+        // plan/moe.rs refuses IA3 on a mixture of experts before this is asked.
+        Family::Mixtral | Family::Qwen3Moe => &[],
     }
 }
 const IA3_DEFAULT_FEEDFORWARD: &[&str] = &["down_proj"];

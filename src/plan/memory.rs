@@ -248,8 +248,14 @@ fn breakdown(
     // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
     // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
     let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
+    // A mixture of experts (all experts resident, counted in the weights): a token's feed-forward
+    // activations are those of its top-k experts, each with its gathered input and weighted output,
+    // plus the router's logits and probabilities.
+    let feed_forward = arch.moe.as_ref().map_or(4 * i, |m| {
+        m.experts_per_token * (4 * m.expert_intermediate_size + 2 * h) + 2 * m.num_experts
+    });
     let per_token_layer =
-        4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + lora_per_layer + dora_per_layer + ia3_per_layer;
+        4 * h + 3 * q + 3 * kv + expanded_kv + feed_forward + lora_per_layer + dora_per_layer + ia3_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
