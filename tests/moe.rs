@@ -28,7 +28,8 @@ fn load(case: &str, trainable: Trainable) -> CausalLm {
     let dir = root().join("tests/golden/model").join(case);
     let arch = Architecture::from_config_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let ckpt = Checkpoint::open(&dir).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
+    let opts =
+        LoadOptions { device: Device::Cpu, base_kind: Kind::Float, trainable, quantize: None, score_head: false };
     CausalLm::load(&arch, &ckpt, &opts).unwrap()
 }
 
@@ -185,8 +186,60 @@ fn saved_tensors_are_the_checkpoints_per_expert_names() {
         let model = load(case, Trainable::Everything);
         let saved: std::collections::BTreeSet<String> = model.base_params().into_iter().map(|p| p.name).collect();
         assert_eq!(saved, stored, "{case}");
-        let merged: std::collections::BTreeSet<String> =
-            model.merged_weights().into_iter().map(|w| w.name).collect();
+        let merged: std::collections::BTreeSet<String> = model.merged_weights().into_iter().map(|w| w.name).collect();
         assert_eq!(merged, stored, "{case}");
     }
+}
+
+/// `recipe plan` of the built-in Qwen3-30B-A3B / Mixtral-8x7B entries (a LoRA recipe re-pointed with
+/// `--set`): peft's all-linear reaches the attention projections alone; the recipe's `model_config`
+/// switches the load-balancing loss on; what is not built is refused by name.
+#[test]
+fn plans_resolve_counts_overrides_and_refusals() {
+    let plan = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let loaded = recipe::recipe::load(std::path::Path::new("recipes/qwen3-0.6b-lora.yaml"), &sets);
+        let errors: Vec<String> =
+            loaded.diagnostics.iter().filter(|d| d.is_error()).map(|d| format!("{d:?}")).collect();
+        assert!(errors.is_empty(), "{sets:?}: {errors:?}");
+        recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default())
+    };
+    let p = plan(&["base_model=Qwen/Qwen3-30B-A3B"]).unwrap();
+    assert_eq!(p.model.parameters.total, 30_532_122_624);
+    assert_eq!(p.adapter.target_modules, ["q_proj", "k_proj", "v_proj", "o_proj"]);
+    assert_eq!(p.adapter.trainable_parameters, 13_369_344); // peft's count (tests/golden/peft_trainable.json)
+    let moe = p.model.architecture.moe.as_ref().unwrap();
+    assert!(!moe.output_router_logits && moe.normalize_top_k);
+    let text = recipe::plan::render_text(&p);
+    assert!(text.contains("mixture of experts: 128 experts of width 768, top-8 (weights renormalized)"), "{text}");
+
+    let p = plan(&["base_model=mistralai/Mixtral-8x7B-v0.1", "model_config.output_router_logits=true"]).unwrap();
+    let moe = p.model.architecture.moe.as_ref().unwrap();
+    assert!(moe.output_router_logits && moe.router_aux_loss_coef == 0.02);
+    assert_eq!(p.model.parameters.total, 46_702_792_704);
+    let p = plan(&["base_model=mistralai/Mixtral-8x7B-v0.1", "overrides_of_model_config.router_aux_loss_coef=0.1"])
+        .unwrap();
+    assert_eq!(p.model.architecture.moe.as_ref().unwrap().router_aux_loss_coef, 0.1);
+
+    for (sets, rule) in [
+        (
+            &["base_model=mistralai/Mixtral-8x7B-v0.1", "load_in_4bit=true", "adapter=qlora"][..],
+            "unsupported-moe-quantization",
+        ),
+        (&["base_model=mistralai/Mixtral-8x7B-v0.1", "fsdp=[full_shard]"][..], "unsupported-moe-sharding"),
+        (&["base_model=Qwen/Qwen3-30B-A3B", "lora_target_modules=[q_proj, w2]"][..], "unsupported-moe-lora-experts"),
+        (&["base_model=Qwen/Qwen3-30B-A3B", "lora_target_modules=[gate]"][..], "unsupported-moe-lora-experts"),
+    ] {
+        let err = plan(sets).unwrap_err();
+        assert!(err.starts_with(rule), "{sets:?}: {err}");
+    }
+    let loaded = recipe::recipe::load(
+        std::path::Path::new("recipes/demo/stories260k-ia3.yaml"),
+        &["base_model=Qwen/Qwen3-30B-A3B".to_string()],
+    );
+    let err = recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default()).unwrap_err();
+    assert!(err.starts_with("unsupported-moe-ia3"), "{err}");
+    // The MoE settings on a dense model.
+    let err = plan(&["model_config.output_router_logits=true"]).unwrap_err();
+    assert!(err.contains("mixture of experts"), "{err}");
 }

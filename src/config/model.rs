@@ -38,10 +38,10 @@ pub struct ModelConfig {
     pub trust_remote_code: bool,
     /// Values that replace config.json's (Axolotl's `overrides_of_model_config`). Built: the
     /// mixture-of-experts load-balancing loss's switch and weight.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides_of_model_config: Option<ModelConfigOverrides>,
     /// The older spelling of `overrides_of_model_config` (Axolotl's `model_config`); write one of the two.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_config: Option<ModelConfigOverrides>,
 }
 

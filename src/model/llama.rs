@@ -108,6 +108,7 @@ pub struct DecoderLayer {
 }
 
 /// A layer's feed-forward block: the dense SwiGLU MLP, or a sparse mixture of experts.
+#[allow(clippy::large_enum_variant)] // one per decoder layer: not worth an indirection
 pub enum FeedForward {
     Dense(Mlp),
     Sparse(SparseMoe),

@@ -60,8 +60,7 @@ impl SparseMoe {
 
     /// The block's linears: the router, then each expert's gate, up and down projections.
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
-        std::iter::once(&self.gate)
-            .chain(self.experts.iter().flat_map(|e| [&e.gate_proj, &e.up_proj, &e.down_proj]))
+        std::iter::once(&self.gate).chain(self.experts.iter().flat_map(|e| [&e.gate_proj, &e.up_proj, &e.down_proj]))
     }
 
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
@@ -90,7 +89,7 @@ pub fn load_balancing_loss(router_logits: &[Tensor], top_k: i64, mask: Option<&T
     let sums = routing_sums(router_logits, top_k, mask);
     let mut prob_sum = Tensor::zeros([e], (Kind::Float, first.device()));
     for logits in router_logits {
-        prob_sum = prob_sum + layer_probability_sum(logits, mask);
+        prob_sum += layer_probability_sum(logits, mask);
     }
     let tokens = &sums.counts / &sums.rows;
     let probs = prob_sum / &sums.rows;
@@ -113,11 +112,10 @@ pub fn routing_sums(router_logits: &[Tensor], top_k: i64, mask: Option<&Tensor>)
             None => Tensor::ones([n, top_k], (Kind::Float, device)),
         };
         counts = counts.scatter_add(0, &selected.reshape([-1]), &weight.reshape([-1]));
-        rows = rows
-            + match mask {
-                Some(m) => m.to_kind(Kind::Float).sum(Kind::Float),
-                None => Tensor::from(n as f32).to_device(device),
-            };
+        rows += match mask {
+            Some(m) => m.to_kind(Kind::Float).sum(Kind::Float),
+            None => Tensor::from(n as f32).to_device(device),
+        };
     }
     RoutingSums { counts, rows }
 }

@@ -99,9 +99,8 @@ impl MoeArch {
                 let only = raw.mlp_only_layers.unwrap_or_default();
                 // Qwen2MoeDecoderLayer: sparse unless listed in mlp_only_layers, when experts exist
                 // and (layer + 1) is a multiple of decoder_sparse_step.
-                let dense_layers = (0..layers)
-                    .filter(|l| only.contains(l) || num_experts == 0 || (l + 1) % step != 0)
-                    .collect();
+                let dense_layers =
+                    (0..layers).filter(|l| only.contains(l) || num_experts == 0 || (l + 1) % step != 0).collect();
                 MoeArch {
                     num_experts,
                     experts_per_token: raw.num_experts_per_tok.unwrap_or(8),
