@@ -76,6 +76,19 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    OLMo 2 cases are checked like Qwen3's (q/k norm weights change the logits).
    Cases from phi3_gqa_longrope on take their seeds from their name, not their place in
    the list (case_seed), so cases appended on other branches do not move them.
+   mixtral_moe        MixtralConfig hidden 32, intermediate 48 (each expert), 2 layers, 4 heads,
+                      2 kv heads, vocab 128, untied, 4 local experts, top-2 (normalized),
+                      sliding_window null, max_position_embeddings 64, output_router_logits
+                      true, router_aux_loss_coef 0.02 (the loss is cross-entropy + 0.02 · aux)
+   qwen3_moe_gqa      Qwen3MoeConfig hidden 32, intermediate 64 (dense layer), 3 layers, 4 heads,
+                      2 kv heads, head_dim 16, vocab 128, untied, 6 experts of width 24, top-3,
+                      norm_topk_prob false, mlp_only_layers [1] (layer 1 dense),
+                      output_router_logits true, router_aux_loss_coef 0.05
+   MoE cases also hold aux_loss (transformers' load_balancing_loss_func over every sparse
+   layer's router logits), ce_loss (the same forward without the aux term) and
+   aux_loss_masked with padding_mask (attention_mask with row 1's last 6 tokens padding);
+   the script checks that the aux term changes the loss.
+   MoE cases keep the seeds of the place they were generated at (6 and 7; see seeds()).
 
    The random cases are built from their config under torch.manual_seed(0); then every
    parameter (model.named_parameters(), so a tied lm_head is drawn once, through
@@ -135,6 +148,9 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    olmo2_all_linear               base tests/golden/model/olmo2_gqa, r 4, lora_alpha 8,
                                   target q/k/v/o/gate/up/down_proj
    (seeds from the case name for these two, as for the model cases)
+   qwen3_moe_attention            base tests/golden/model/qwen3_moe_gqa, r 4, lora_alpha 8,
+                                  target q/k/v/o_proj (what peft's all-linear reaches in a
+                                  transformers 5 MoE layer); the loss carries the aux term
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -221,6 +237,10 @@ from transformers import (  # noqa: E402
     Gemma2ForCausalLM,
     Gemma3TextConfig,
     Gemma3ForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
@@ -315,7 +335,19 @@ RANDOM_CASES = [
     ("olmo2_mha_tied_bias", Olmo2ForCausalLM, lambda: Olmo2Config(
         **COMMON, num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True,
         max_position_embeddings=64, rope_theta=10000.0), 24),
+    ("mixtral_moe", MixtralForCausalLM, lambda: MixtralConfig(
+        **{**COMMON, "intermediate_size": 48}, num_key_value_heads=2, tie_word_embeddings=False,
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+        max_position_embeddings=64, rope_theta=10000.0, output_router_logits=True,
+        router_aux_loss_coef=0.02), 24),
+    ("qwen3_moe_gqa", Qwen3MoeForCausalLM, lambda: Qwen3MoeConfig(
+        **{**COMMON, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16,
+        tie_word_embeddings=False, num_experts=6, num_experts_per_tok=3,
+        moe_intermediate_size=24, norm_topk_prob=False, decoder_sparse_step=1,
+        mlp_only_layers=[1], use_sliding_window=False, max_position_embeddings=64,
+        rope_theta=10000.0, output_router_logits=True, router_aux_loss_coef=0.05), 24),
 ]
+MOE_CLASSES = (MixtralForCausalLM, Qwen3MoeForCausalLM)
 # Cases before these counts seed from their index; later ones from their name.
 INDEX_SEEDED_MODEL_CASES = 6
 INDEX_SEEDED_LORA_CASES = 5
@@ -343,6 +375,8 @@ LORA_CASES = [
      dict(r=4, lora_alpha=8, target_modules="all-linear")),
     ("olmo2_all_linear", GOLDEN + "/model/olmo2_gqa",
      dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
+    ("qwen3_moe_attention", GOLDEN + "/model/qwen3_moe_gqa",
+     dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])),
 ]
 LORA_T = 16
 LORA_MASKED = 5
@@ -356,11 +390,19 @@ def case_seed(base, index, case, index_seeded):
     return base * 1_000_000 + zlib.crc32(case.encode()) % 1_000_000
 
 
+# The MoE cases were generated at these places in their lists, seeded by index (base + index).
+MOE_INDEX_SEEDS = {"mixtral_moe": 6, "qwen3_moe_gqa": 7, "qwen3_moe_attention": 5}
+
+
 def seeds(index, case, legacy, index_seeded):
     """A case's seed function (base -> seed): Gemma's cases, appended first with name seeds,
-    keep seed_index's (base + 100 + CRC mod 900); every other case case_seed's."""
+    keep seed_index's (base + 100 + CRC mod 900); the MoE cases their index seeds; every other
+    case case_seed's."""
     if case.startswith("gemma"):
         at = seed_index(index, case, legacy)
+        return lambda base: base + at
+    if case in MOE_INDEX_SEEDS:
+        at = MOE_INDEX_SEEDS[case]
         return lambda base: base + at
     return lambda base: case_seed(base, index, case, index_seeded)
 
@@ -519,6 +561,26 @@ def gemma_sensitivity(model, input_ids, logits):
         print(f"  max|logits - logits without {what}| = {d:.2e}")
 
 
+def moe_extras(model, input_ids, loss):
+    """The load-balancing term alone, the loss without it, and the term under a padding mask."""
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        ce = model(input_ids=input_ids, labels=input_ids, use_cache=False,
+                   output_router_logits=False).loss
+        mask = torch.ones_like(input_ids)
+        mask[1, -6:] = 0
+        masked = model(input_ids=input_ids, attention_mask=mask, use_cache=False).aux_loss
+    coef = model.config.router_aux_loss_coef
+    d = (loss - ce).abs().item()
+    assert abs(loss.item() - (ce.item() + coef * out.aux_loss.item())) < 1e-6
+    assert d > 1e-4, f"the aux term makes no difference to the loss: {d}"
+    assert (masked - out.aux_loss).abs().item() > 1e-5, "padding makes no difference to aux"
+    print(f"  aux_loss {out.aux_loss.item():.6f} (coef {coef}), masked {masked.item():.6f}, "
+          f"ce_loss {ce.item():.6f}")
+    return {"aux_loss": out.aux_loss.float(), "ce_loss": ce.float(),
+            "aux_loss_masked": masked.float(), "padding_mask": mask}
+
+
 def model_goldens(out):
     # stories260k: the bundled model, read in place.
     case_dir = os.path.join(out, GOLDEN, "model", "stories260k")
@@ -572,6 +634,8 @@ def model_goldens(out):
             qk_norm_sensitivity(model, ids, logits)
         if cls in (Gemma2ForCausalLM, Gemma3ForCausalLM):
             gemma_sensitivity(model, ids, logits)
+        if cls in MOE_CLASSES:
+            tensors.update(moe_extras(model, ids, loss))
         save_tensors(tensors, os.path.join(case_dir, "expected.safetensors"))
 
 

@@ -97,6 +97,10 @@ PEFT_CASES = [
     ("microsoft/phi-4", 16, ["qkv_proj", "o_proj"], None, False),
     # OLMo 2: the q/k norms (over all heads) and post-norms stay frozen.
     ("allenai/OLMo-2-1124-7B", 16, ALL_LINEAR, None, False),
+    # Mixtures of experts: in transformers 5 the router and experts are not nn.Linear, so LoRA's
+    # linear targets are the attention projections (what peft's all-linear reaches).
+    ("mistralai/Mixtral-8x7B-v0.1", 32, ["q_proj", "k_proj", "v_proj", "o_proj"], None, False),
+    ("Qwen/Qwen3-30B-A3B", 16, ["q_proj", "k_proj", "v_proj", "o_proj"], None, False),
 ]
 
 # (model key, target_modules, feedforward_modules); None: peft's default for the model type.

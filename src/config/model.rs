@@ -36,10 +36,44 @@ pub struct ModelConfig {
     #[serde(default)]
     #[schemars(extend("const" = false))]
     pub trust_remote_code: bool,
+    /// Values that replace config.json's (Axolotl's `overrides_of_model_config`). Built: the
+    /// mixture-of-experts load-balancing loss's switch and weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides_of_model_config: Option<ModelConfigOverrides>,
+    /// The older spelling of `overrides_of_model_config` (Axolotl's `model_config`); write one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_config: Option<ModelConfigOverrides>,
+}
+
+/// config.json values a recipe may replace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfigOverrides {
+    /// Mixtral / Qwen3-MoE: add the router's load-balancing loss to the training loss
+    /// (transformers' `output_router_logits`), weighted by `router_aux_loss_coef`.
+    #[serde(default)]
+    pub output_router_logits: Option<bool>,
+    /// Mixtral / Qwen3-MoE: the load-balancing loss's weight.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub router_aux_loss_coef: Option<f64>,
+}
+
+impl ModelConfig {
+    /// The config.json overrides, under either spelling (None: neither written; an error: both).
+    pub fn config_overrides(&self) -> Result<Option<&ModelConfigOverrides>, String> {
+        match (&self.overrides_of_model_config, &self.model_config) {
+            (Some(_), Some(_)) => Err("`model_config` and `overrides_of_model_config` are one setting (its older and \
+                 newer spelling); write one of them"
+                .into()),
+            (a, b) => Ok(a.as_ref().or(b.as_ref())),
+        }
+    }
 }
 
 /// Model classes recipe can run (the Llama family: Llama 1/2/3, Mistral, Qwen2, Qwen3 dense;
-/// Gemma 2 and Gemma 3's text model; Phi-3/3.5/4; OLMo 2).
+/// Gemma 2 and Gemma 3's text model; Phi-3/3.5/4; OLMo 2; the mixtures of experts Mixtral and
+/// Qwen3-MoE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelClass {
     AutoModelForCausalLM,
@@ -51,6 +85,8 @@ pub enum ModelClass {
     Gemma3ForCausalLM,
     Phi3ForCausalLM,
     Olmo2ForCausalLM,
+    MixtralForCausalLM,
+    Qwen3MoeForCausalLM,
     /// A reward model (`reward_model: true`): the model with a score head on its last token.
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,

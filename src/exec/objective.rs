@@ -739,25 +739,48 @@ pub fn forward_backward_scaled(
     checkpointing: bool,
     layer_seed: &dyn Fn(usize),
 ) -> LossSums {
+    model.begin_routing();
     let forward = model.forward_train(&batch.inputs(), checkpointing, layer_seed);
+    // A mixture of experts asking for it: the load-balancing term (model/moe.rs), differentiated
+    // with the loss, and its value counted in the logged loss (which the loop divides by `denominator`).
+    let routing = model.routing_loss(batch.lengths.as_ref(), checkpointing, loss_scale);
+    let logged = |loss: Tensor| match &routing {
+        Some((_, value)) => loss + value * denominator,
+        None => loss,
+    };
     if let Some((sums, grad)) = objective.loss_backward(model, &forward.hidden, batch, denominator, loss_scale) {
-        if let Some(grad) = grad {
+        let routing_term = routing.as_ref().map(|(term, _)| term).filter(|t| t.requires_grad());
+        match (grad, routing_term) {
             // The vector-Jacobian product from the hidden states down: d(sum(hidden · g)).
-            (&forward.hidden * grad).sum(Kind::Float).backward();
+            (Some(grad), term) => {
+                let vjp = (&forward.hidden * grad).sum(Kind::Float);
+                match term {
+                    Some(t) => (vjp + t).backward(),
+                    None => vjp.backward(),
+                }
+            }
+            (None, Some(term)) => term.backward(),
+            (None, None) => {}
         }
         model.probe_memory();
         model.finish_backward(forward, layer_seed);
-        return sums;
+        model.end_routing();
+        return LossSums { loss: logged(sums.loss), metrics: sums.metrics };
     }
     let sums = objective.loss_sum(model, &forward.hidden, batch, true);
     model.probe_memory();
-    match loss_scale {
-        Some(scale) => (&sums.loss * scale.reshape([]) / denominator).backward(),
-        None => (&sums.loss / denominator).backward(),
+    let loss = match loss_scale {
+        Some(scale) => &sums.loss * scale.reshape([]) / denominator,
+        None => &sums.loss / denominator,
+    };
+    match routing.as_ref().map(|(term, _)| term) {
+        Some(term) => (loss + term).backward(),
+        None => loss.backward(),
     }
     model.probe_memory();
     model.finish_backward(forward, layer_seed);
-    LossSums { loss: sums.loss.detach(), metrics: sums.metrics }
+    model.end_routing();
+    LossSums { loss: logged(sums.loss.detach()), metrics: sums.metrics }
 }
 
 /// The summed loss of a batch and its metric sums without gradients (evaluation).

@@ -277,6 +277,8 @@ impl<E: Example> Loop<'_, E> {
                 .map(|items| E::collate(items, self.pad_id, self.pad_to()))
                 .collect();
             let denominator = global.iter().filter(|b| b.rows > 0).map(|b| self.objective.units(b)).sum::<usize>();
+            // A mixture of experts' load-balancing loss weighs each micro-batch of the step alike.
+            self.model.routing.set_micro_batches(global.iter().filter(|b| b.rows > 0).count());
             let tokens = global.iter().filter(|b| b.rows > 0).map(|b| b.real_tokens).sum::<usize>();
             let mine: Vec<(usize, &HostBatch)> = global
                 .iter()

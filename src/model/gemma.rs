@@ -157,7 +157,7 @@ pub fn layer_forward(
     let attn = at.o_proj.forward(&attn, train, on);
     let x = x + rms_norm(&attn, &layer.post_attention_layernorm, eps);
     let h = rms_norm(&x, &extra.pre_feedforward_layernorm, eps).to_kind(ck);
-    let m = &layer.mlp;
+    let super::llama::FeedForward::Dense(m) = &layer.mlp else { unreachable!("Gemma's feed-forward blocks are dense") };
     let (gate, up) = m.gate_up.forward(&h, train, on);
     let act = gate.gelu("tanh") * up;
     let out = m.down_proj.forward(&act, train, on);

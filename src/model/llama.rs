@@ -6,10 +6,12 @@
 //! time during the backward pass. Qwen3 differs only by an RMSNorm over each query and key head
 //! (`q_norm`/`k_norm`), an optional part of the attention block. Phi-3 fuses q/k/v and gate/up
 //! into one linear each (`fused.rs`); OLMo 2 moves the layer norms after the sublayers and
-//! normalises q and k over all heads (`olmo2.rs`).
+//! normalises q and k over all heads (`olmo2.rs`). Mixtral and Qwen3-MoE put a sparse
+//! mixture-of-experts block (model/moe.rs) where the others have the dense MLP.
 
 use super::fused::{GateUpProj, QkvProj};
 use super::linear::{Adapter, Ia3, Linear, Lora, QuantizedWeight};
+use super::moe::SparseMoe;
 use super::rope::{self, Rope};
 use super::weights::{Checkpoint, Deferred};
 use crate::plan::arch::Architecture;
@@ -117,11 +119,18 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: Tensor,
     /// OLMo 2: over the MLP output, before the residual add.
     pub post_feedforward_layernorm: Option<Tensor>,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     /// Gemma's extra norms and sliding window (model/gemma.rs); None for the Llama family.
     pub gemma: Option<super::gemma::GemmaLayer>,
     /// Bottleneck adapters (model/bottleneck.rs) after this layer's attention and/or feed-forward block.
     pub bottleneck: Option<super::bottleneck::LayerAdapters>,
+}
+
+/// A layer's feed-forward block: the dense SwiGLU MLP, or a sparse mixture of experts.
+#[allow(clippy::large_enum_variant)] // one per decoder layer: not worth an indirection
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
 }
 
 /// Keys and values of the tokens decoded so far, per layer.
@@ -215,6 +224,8 @@ pub struct CausalLm {
     /// trainable in fp32 whenever anything trains (peft's SEQ_CLS task keeps it in modules_to_save).
     /// The language-model head is then not loaded (a tied one still shares the embedding).
     pub score: Option<Tensor>,
+    /// Mixture of experts: the router logits a pass records for the load-balancing loss (model/moe.rs).
+    pub routing: super::moe::Routing,
 }
 
 /// Where sharded training (exec/shard.rs) gathers and releases parameters. A unit is a decoder
@@ -372,14 +383,6 @@ impl CausalLm {
                     v_proj: linear(format!("{attn}.v_proj"), h, nkv * hd, arch.qkv_bias)?,
                 }
             };
-            let gate_up = if arch.fused_projections {
-                GateUpProj::Fused { gate_up_proj: linear(format!("{mlp}.gate_up_proj"), h, 2 * i, arch.mlp_bias)? }
-            } else {
-                GateUpProj::Split {
-                    gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
-                    up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
-                }
-            };
             let post_norms = arch.post_norms;
             layers.push(DecoderLayer {
                 input_layernorm: if post_norms { None } else { Some(norm(&format!("{p}.input_layernorm.weight"))?) },
@@ -395,7 +398,22 @@ impl CausalLm {
                 } else {
                     None
                 },
-                mlp: Mlp { gate_up, down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)? },
+                mlp: match arch.moe.as_ref().filter(|m| m.is_sparse(l)) {
+                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &linear)?),
+                    None => FeedForward::Dense(Mlp {
+                        gate_up: if arch.fused_projections {
+                            GateUpProj::Fused {
+                                gate_up_proj: linear(format!("{mlp}.gate_up_proj"), h, 2 * i, arch.mlp_bias)?,
+                            }
+                        } else {
+                            GateUpProj::Split {
+                                gate_proj: linear(format!("{mlp}.gate_proj"), h, i, arch.mlp_bias)?,
+                                up_proj: linear(format!("{mlp}.up_proj"), h, i, arch.mlp_bias)?,
+                            }
+                        },
+                        down_proj: linear(format!("{mlp}.down_proj"), i, h, arch.mlp_bias)?,
+                    }),
+                },
                 gemma: match &arch.gemma {
                     Some(g) => Some(super::gemma::GemmaLayer {
                         pre_feedforward_layernorm: norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
@@ -482,6 +500,7 @@ impl CausalLm {
             prefix,
             prefix_encoder,
             score: None,
+            routing: Default::default(),
         };
         // Adapters before a new reward head: the random draws come in the same order as ever.
         model.add_adapters(&opts.trainable, opts.score_head)?;
@@ -880,8 +899,14 @@ impl CausalLm {
             let h = rms_norm(&x, &layer.post_attention_layernorm, a.rms_norm_eps).to_kind(ck);
             (x, h)
         };
-        let m = &layer.mlp;
-        let out = m.down_proj.forward(&m.gate_up.activated(&h, train, on), train, on);
+        let out = match &layer.mlp {
+            FeedForward::Dense(m) => m.down_proj.forward(&m.gate_up.activated(&h, train, on), train, on),
+            FeedForward::Sparse(moe) => {
+                let (y, router_logits) = moe.forward(&h, train, on);
+                self.routing.record(router_logits);
+                y
+            }
+        };
         match (&layer.post_feedforward_layernorm, bottleneck) {
             (Some(w), _) => x + super::olmo2::rms_norm(&out, w, a.rms_norm_eps),
             (None, Some(b)) => b.after_mlp(&x, &out),
@@ -1086,8 +1111,13 @@ impl CausalLm {
             let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
             let out = self.layer_forward_cached(layer, &input, &cos_sin, mask.as_ref(), true, slot);
             self.probe_memory();
-            // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·).
-            (out * &grad).sum(Kind::Float).backward();
+            // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·),
+            // plus this layer's share of the load-balancing loss (a mixture of experts asking for it).
+            let vjp = (out * &grad).sum(Kind::Float);
+            match self.routing.recomputed_layer_share() {
+                Some(share) => (vjp + share).backward(),
+                None => vjp.backward(),
+            }
             self.probe_memory();
             grad = input.grad();
             drop(input);
@@ -1347,22 +1377,33 @@ fn load_score(ckpt: &Checkpoint, arch: &Architecture, opts: &LoadOptions) -> Res
     Ok(if trains { score.set_requires_grad(true) } else { score })
 }
 
-/// A layer's linears in Hugging Face order (q, k, v or qkv; o; gate, up or gate_up; down).
+/// A layer's linears in Hugging Face order (q, k, v or qkv; o; gate, up or gate_up; down; or the
+/// experts' and router's).
 fn layer_linears(l: &DecoderLayer) -> Vec<&Linear> {
-    let (a, m) = (&l.self_attn, &l.mlp);
+    let a = &l.self_attn;
     let mut out = a.qkv.linears();
     out.push(&a.o_proj);
-    out.extend(m.gate_up.linears());
-    out.push(&m.down_proj);
+    match &l.mlp {
+        FeedForward::Dense(m) => {
+            out.extend(m.gate_up.linears());
+            out.push(&m.down_proj);
+        }
+        FeedForward::Sparse(moe) => out.extend(moe.linears()),
+    }
     out
 }
 
 pub(super) fn layer_linears_mut(l: &mut DecoderLayer) -> Vec<&mut Linear> {
-    let (a, m) = (&mut l.self_attn, &mut l.mlp);
+    let a = &mut l.self_attn;
     let mut out = a.qkv.linears_mut();
     out.push(&mut a.o_proj);
-    out.extend(m.gate_up.linears_mut());
-    out.push(&mut m.down_proj);
+    match &mut l.mlp {
+        FeedForward::Dense(m) => {
+            out.extend(m.gate_up.linears_mut());
+            out.push(&mut m.down_proj);
+        }
+        FeedForward::Sparse(moe) => out.extend(moe.linears_mut()),
+    }
     out
 }
 

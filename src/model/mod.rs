@@ -11,6 +11,7 @@ pub mod generate;
 pub mod int8;
 pub mod linear;
 pub mod llama;
+pub mod moe;
 pub mod nf4;
 pub mod prefix;
 pub mod olmo2;

@@ -333,6 +333,8 @@ fn ia3_default_targets(arch: &Architecture) -> Result<&'static [&'static str], S
         Family::Llama | Family::Mistral => Ok(&["k_proj", "v_proj", "down_proj"]),
         Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => Ok(&["q_proj", "v_proj", "down_proj"]),
         Family::Phi3 | Family::Olmo2 => Err(no_peft_default(arch, "ia3_target_modules")),
+        // plan/moe.rs refuses IA3 on a mixture of experts before this is asked.
+        Family::Mixtral | Family::Qwen3Moe => Ok(&[]),
     }
 }
 

@@ -2,15 +2,17 @@
 //! and Qwen3 dense, which adds a per-head RMSNorm on queries and keys; Gemma 2 and Gemma 3 text,
 //! whose own settings live in `Architecture::gemma`, see plan/arch_gemma.rs; Phi-3/3.5/4, with fused
 //! `qkv_proj` / `gate_up_proj`, partial rotary embedding and LongRoPE; OLMo 2, with post-norms and
-//! q/k norms over all heads together),
+//! q/k norms over all heads together; the sparse mixture-of-experts families Mixtral and Qwen3-MoE,
+//! whose feed-forward blocks plan/moe.rs describes),
 //! read from a Hugging Face config.json, with exact parameter counts and the linear modules LoRA
 //! can target. Module names are Hugging Face's, so they match peft's `target_modules`.
 
+use super::moe::{MoeArch, MoeKind};
 use serde::{Deserialize, Serialize};
 
 /// The families `recipe run` supports, by config.json `model_type`.
 pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2"];
+    &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,6 +26,9 @@ pub enum Family {
     Gemma3,
     Phi3,
     Olmo2,
+    Mixtral,
+    #[serde(rename = "qwen3_moe")]
+    Qwen3Moe,
 }
 
 /// Llama 3.1-style rope scaling (`rope_type: llama3`), linear/dynamic scaling by a factor, or
@@ -122,6 +127,9 @@ pub struct Architecture {
     /// int(head_dim × factor)); absent when 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partial_rotary_factor: Option<f64>,
+    /// The sparse mixture-of-experts block (Mixtral, Qwen3-MoE) in place of the dense MLP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe: Option<super::moe::MoeArch>,
     /// config.json `torch_dtype`: the dtype the weights are stored in.
     pub dtype: String,
     /// Standard deviation transformers initialises new weights with (a reward model's `score`).
@@ -219,6 +227,8 @@ impl Architecture {
             Family::Gemma3 => "Gemma3DecoderLayer",
             Family::Phi3 => "Phi3DecoderLayer",
             Family::Olmo2 => "Olmo2DecoderLayer",
+            Family::Mixtral => "MixtralDecoderLayer",
+            Family::Qwen3Moe => "Qwen3MoeDecoderLayer",
         }
     }
 
@@ -235,6 +245,8 @@ impl Architecture {
             "gemma3_text" => Family::Gemma3,
             "phi3" => Family::Phi3,
             "olmo2" => Family::Olmo2,
+            "mixtral" => Family::Mixtral,
+            "qwen3_moe" => Family::Qwen3Moe,
             other => {
                 return Err(format!(
                     "model_type `{other}` ({}) is not an architecture recipe can run; supported: {}",
@@ -267,6 +279,13 @@ impl Architecture {
         let qwen2 = family == Family::Qwen2;
         // Gemma reads `hidden_activation` (arch_gemma.rs); its files' `hidden_act` is unused.
         let gemma = super::arch_gemma::read(family, text)?;
+        let moe = match family {
+            Family::Mixtral => Some(MoeKind::Mixtral),
+            Family::Qwen3Moe => Some(MoeKind::Qwen3Moe),
+            _ => None,
+        }
+        .map(|kind| MoeArch::from_config_json(text, kind, raw.intermediate_size, raw.num_hidden_layers))
+        .transpose()?;
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu" && gemma.is_none()) {
             return Err(format!("config.json: hidden_act `{act}` is not supported (the Llama family uses silu)"));
         }
@@ -315,7 +334,7 @@ impl Architecture {
         }
         let sliding_window = match family {
             // Qwen2/Qwen3 keep sliding_window only with use_sliding_window (their configs' __post_init__).
-            Family::Qwen2 | Family::Qwen3 if raw.use_sliding_window != Some(true) => None,
+            Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe if raw.use_sliding_window != Some(true) => None,
             // Gemma's window applies to its sliding layers only, with an exact mask (`gemma`).
             Family::Gemma2 | Family::Gemma3 => None,
             _ => raw.sliding_window,
@@ -335,29 +354,39 @@ impl Architecture {
             rope_scaling,
             sliding_window,
             rms_norm_eps: raw.rms_norm_eps,
-            // transformers' PretrainedConfig default is tied; Llama/Mistral/Qwen3/Phi-3/OLMo 2
-            // configs say false.
+            // transformers' PretrainedConfig default is tied; Llama/Mistral/Qwen3/Phi-3/OLMo 2 and the
+            // mixtures of experts say false.
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(!matches!(
                 family,
-                Family::Llama | Family::Mistral | Family::Qwen3 | Family::Phi3 | Family::Olmo2
+                Family::Llama
+                    | Family::Mistral
+                    | Family::Qwen3
+                    | Family::Phi3
+                    | Family::Olmo2
+                    | Family::Mixtral
+                    | Family::Qwen3Moe
             )),
-            // Qwen2 always has q/k/v bias and none on o_proj; Phi-3 has no biases; the others
-            // (Qwen3, OLMo 2 included) put `attention_bias` on all four.
-            qkv_bias: qwen2 || (family != Family::Phi3 && raw.attention_bias),
-            o_bias: !qwen2 && family != Family::Phi3 && raw.attention_bias,
-            mlp_bias: family != Family::Phi3 && family != Family::Olmo2 && raw.mlp_bias,
-            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3 | Family::Olmo2),
+            // Qwen2 always has q/k/v bias and none on o_proj; Phi-3 and Mixtral have no biases; the
+            // others (Qwen3, Qwen3-MoE, OLMo 2 included) put `attention_bias` on all four.
+            qkv_bias: qwen2 || (!matches!(family, Family::Phi3 | Family::Mixtral) && raw.attention_bias),
+            o_bias: !qwen2 && !matches!(family, Family::Phi3 | Family::Mixtral) && raw.attention_bias,
+            // Phi-3, OLMo 2, experts and Qwen3-MoE's dense MLP have no MLP biases.
+            mlp_bias: family != Family::Phi3 && family != Family::Olmo2 && moe.is_none() && raw.mlp_bias,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3 | Family::Olmo2 | Family::Qwen3Moe),
             qk_norm_all_heads: family == Family::Olmo2,
             fused_projections: family == Family::Phi3,
             post_norms: family == Family::Olmo2,
             partial_rotary_factor,
             gemma,
+            moe,
             dtype: raw.torch_dtype.unwrap_or_else(|| "float32".into()),
             initializer_range: raw.initializer_range,
         })
     }
 
-    /// The linear layers of one decoder layer, with Hugging Face names.
+    /// The linear layers of one decoder layer, with Hugging Face names. For a mixture of experts,
+    /// the attention projections only: the router and experts are not `nn.Linear` modules in
+    /// transformers 5 (peft cannot target them by name), and plan/moe.rs counts them.
     pub fn layer_linears(&self) -> Vec<Linear> {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
@@ -370,15 +399,20 @@ impl Architecture {
                 Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: self.mlp_bias },
             ];
         }
-        vec![
+        let mut out = vec![
             Linear { name: "self_attn.q_proj", in_features: h, out_features: q, bias: self.qkv_bias },
             Linear { name: "self_attn.k_proj", in_features: h, out_features: kv, bias: self.qkv_bias },
             Linear { name: "self_attn.v_proj", in_features: h, out_features: kv, bias: self.qkv_bias },
             Linear { name: "self_attn.o_proj", in_features: q, out_features: h, bias: self.o_bias },
-            Linear { name: "mlp.gate_proj", in_features: h, out_features: i, bias: self.mlp_bias },
-            Linear { name: "mlp.up_proj", in_features: h, out_features: i, bias: self.mlp_bias },
-            Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: self.mlp_bias },
-        ]
+        ];
+        if self.moe.is_none() {
+            out.extend([
+                Linear { name: "mlp.gate_proj", in_features: h, out_features: i, bias: self.mlp_bias },
+                Linear { name: "mlp.up_proj", in_features: h, out_features: i, bias: self.mlp_bias },
+                Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: self.mlp_bias },
+            ]);
+        }
+        out
     }
 
     /// The output head as a linear layer (its weight is embed_tokens' when tied).
@@ -389,18 +423,27 @@ impl Architecture {
     /// Exact parameter counts, as `sum(p.numel() for p in model.parameters())` in transformers.
     pub fn parameter_counts(&self) -> ParameterCounts {
         let embed_tokens = self.vocab_size * self.hidden_size;
-        let linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
+        let mut linears: u64 = self.layer_linears().iter().map(Linear::parameters).sum();
         let qk_norms = match (self.qk_norm, self.qk_norm_all_heads) {
             (false, _) => 0,
             (true, false) => 2 * self.head_dim,
             (true, true) => (self.num_attention_heads + self.num_key_value_heads) * self.head_dim,
         };
         let norms = 2 * self.hidden_size + qk_norms + if self.gemma.is_some() { 2 * self.hidden_size } else { 0 };
+        // A mixture of experts: `per_layer` is a sparse layer; dense layers (Qwen3-MoE) differ.
+        let mut layers = self.num_layers * (linears + norms);
+        if let Some(moe) = &self.moe {
+            let sparse = moe.sparse_block_parameters(self.hidden_size);
+            let dense = 3 * self.hidden_size * self.intermediate_size;
+            let n_sparse = moe.sparse_layers(self.num_layers);
+            layers += n_sparse * sparse + (self.num_layers - n_sparse) * dense;
+            linears += if n_sparse > 0 { sparse } else { dense };
+        }
         let per_layer = linears + norms;
         let lm_head = if self.tie_word_embeddings { 0 } else { self.lm_head().parameters() };
         let final_norm = self.hidden_size;
         ParameterCounts {
-            total: embed_tokens + self.num_layers * per_layer + final_norm + lm_head,
+            total: embed_tokens + layers + final_norm + lm_head,
             embed_tokens,
             per_layer,
             layer_linears: linears,

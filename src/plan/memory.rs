@@ -304,7 +304,14 @@ fn breakdown(
     // and output (plan/bottleneck.rs).
     let bottleneck_per_layer = adapter.bottleneck.as_ref().map_or(0, |b| b.activations_per_token(arch));
     let adapters_per_layer = lora_per_layer + dora_per_layer + ia3_per_layer + bottleneck_per_layer;
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + 4 * i + adapters_per_layer;
+    // A mixture of experts (all experts resident, counted in the weights): a token's feed-forward
+    // activations are those of its top-k experts, each with its gathered input and weighted output,
+    // plus the router's logits and probabilities.
+    let feed_forward = arch
+        .moe
+        .as_ref()
+        .map_or(4 * i, |m| m.experts_per_token * (4 * m.expert_intermediate_size + 2 * h) + 2 * m.num_experts);
+    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + feed_forward + adapters_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing

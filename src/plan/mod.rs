@@ -15,6 +15,7 @@ pub mod forgetting;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod moe;
 pub mod precision;
 pub mod quantize;
 pub mod schedule;
@@ -95,6 +96,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let model = model::resolve(config, &at)?;
     let arch = &model.architecture;
     within_sliding_window(config, arch, &at)?;
+    moe::refusals(config, arch)?;
     let mut adapter = adapter::plan(config, arch)?;
     // A relative lora_model_dir is read from the recipe's folder, as other local paths are.
     adapter.init_from = adapter.init_from.map(|dir| at.base_dir("lora_model_dir").join(dir).display().to_string());
@@ -265,6 +267,9 @@ pub fn render_text(plan: &Plan) -> String {
     }
     if let Some(layout) = arch_layout(a) {
         let _ = writeln!(o, "           {layout}");
+    }
+    if let Some(moe) = &a.moe {
+        let _ = writeln!(o, "           {}", moe::describe(moe, a.num_layers));
     }
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));
     let q = &plan.quantization;

@@ -72,6 +72,8 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("microsoft/Phi-3.5-mini-instruct", include_str!("models/microsoft--Phi-3.5-mini-instruct.json")),
     ("microsoft/phi-4", include_str!("models/microsoft--phi-4.json")),
     ("allenai/OLMo-2-1124-7B", include_str!("models/allenai--OLMo-2-1124-7B.json")),
+    ("mistralai/Mixtral-8x7B-v0.1", include_str!("models/mistralai--Mixtral-8x7B-v0.1.json")),
+    ("Qwen/Qwen3-30B-A3B", include_str!("models/Qwen--Qwen3-30B-A3B.json")),
 ];
 
 /// The built-in config.json for a hub id (Instruct/chat variants share their base's shapes
@@ -124,7 +126,9 @@ pub fn resolve(c: &Config, at: &Locator) -> Result<ModelPlan, String> {
         },
         Location::Invalid => return Err(format!("`{key}`: `{config_name}` is neither a local folder nor a hub id")),
     };
-    let architecture = Architecture::from_config_json(&text).map_err(|e| format!("`{key}` ({config_source}): {e}"))?;
+    let mut architecture =
+        Architecture::from_config_json(&text).map_err(|e| format!("`{key}` ({config_source}): {e}"))?;
+    super::moe::apply_overrides(c, &mut architecture)?;
     let parameters = architecture.parameter_counts();
     let tokenizer = match &c.model.tokenizer_config {
         Some(t) if Some(t) != c.model.base_model.as_ref() => {
