@@ -2,8 +2,10 @@
 //! against torchao 0.18.0's `AdamW8bit` / `AdamW4bit` on the CPU, goldens written by
 //! scripts/reference/torchao_adamw_goldens.py: five parameters (fp32 and bf16, quantized and
 //! full-precision states, one tensor of 4,100 values that is not a multiple of the block) take
-//! three steps at three learning rates; after steps 1 and 3 the parameters, the codes, the scales
-//! and the full-precision states are compared bit for bit. Also: the code maps are torchao's, a
+//! three steps at three learning rates; after steps 1 and 3 the codes and the scales are compared
+//! bit for bit, the parameters and the full-precision states within two ulps of each tensor's
+//! largest magnitude (bit for bit on the machine that wrote the goldens: torch's CPU kernels round
+//! a last bit differently on other x86 CPUs, as bitsandbytes' 8-bit AdamW goldens showed). Also: the code maps are torchao's, a
 //! checkpoint of the state taken after step 1 resumes to the same step 3, and a full fine-tune of
 //! stories260k resumes exactly and follows 32-bit AdamW with torchao's state sizes.
 #![cfg(feature = "exec")]
@@ -37,6 +39,11 @@ fn meta() -> serde_json::Value {
 
 fn assert_identical(what: &str, ours: &Tensor, theirs: &Tensor) {
     common::assert_identical(what, ours, theirs, "torchao");
+}
+
+/// Values a CPU kernel may round differently on another machine: within two ulps.
+fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
+    common::assert_within_ulps(what, ours, theirs, "torchao", 2.0);
 }
 
 fn optimizer_for(bits: Bits) -> (Optimizer, &'static str) {
@@ -80,7 +87,7 @@ fn compare(bits: Bits, opt: &AdamW, params: &[Tensor], step: usize) {
     let golden = read(optimizer_for(bits).1);
     let state: HashMap<String, Tensor> = opt.state().into_iter().collect();
     for (n, p) in NAMES.iter().zip(params) {
-        assert_identical(&format!("{bits:?} step {step} {n}"), &p.detach(), &golden[&format!("step{step}.param.{n}")]);
+        assert_close(&format!("{bits:?} step {step} {n}"), &p.detach(), &golden[&format!("step{step}.param.{n}")]);
         for moment in ["exp_avg", "exp_avg_sq"] {
             let parts: &[&str] = if QUANTIZED.contains(n) { &["codes", "scale"] } else { &[""] };
             for part in parts {
@@ -89,7 +96,12 @@ fn compare(bits: Bits, opt: &AdamW, params: &[Tensor], step: usize) {
                 } else {
                     (format!("{n}.{moment}.{part}"), format!("step{step}.{moment}.{part}.{n}"))
                 };
-                assert_identical(&format!("{bits:?} step {step} {ours}"), &state[&ours], &golden[&theirs]);
+                let what = format!("{bits:?} step {step} {ours}");
+                if part.is_empty() {
+                    assert_close(&what, &state[&ours], &golden[&theirs]);
+                } else {
+                    assert_identical(&what, &state[&ours], &golden[&theirs]);
+                }
             }
         }
     }

@@ -32,15 +32,10 @@ fn assert_identical(what: &str, ours: &Tensor, theirs: &Tensor) {
     common::assert_identical(what, ours, theirs, "bitsandbytes");
 }
 
-/// Parameters: equal dtype and shape, every element within two float32 ulps of the tensor's
-/// largest magnitude (see the module doc for why not bit for bit).
+/// Parameters: every element within two ulps of the tensor's largest magnitude (see the module
+/// doc for why not bit for bit).
 fn assert_param_close(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.kind(), theirs.kind(), "{what}: dtype");
-    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
-    let scale = theirs.abs().max().double_value(&[]);
-    let bound = 2.0 * f64::from(f32::EPSILON) * scale;
-    let worst = (ours - theirs).abs().max().double_value(&[]);
-    assert!(worst <= bound, "{what}: differs from bitsandbytes by {worst:e}, more than two ulps ({bound:e})");
+    common::assert_within_ulps(what, ours, theirs, "bitsandbytes", 2.0);
 }
 
 #[test]

@@ -37,8 +37,9 @@ pub struct NamedParameter {
     pub numel: u64,
 }
 
-/// Every parameter of a Llama-family model in transformers' order and naming; `score_head`: a
-/// reward model's one-output `score` in place of `lm_head`.
+/// Every parameter of a dense model (the Llama family, Gemma, Phi-3, OLMo 2) by transformers'
+/// name; `score_head`: a reward model's one-output `score` in place of `lm_head`. A mixture of
+/// experts' blocks are not listed (`plan` refuses it by the count).
 pub fn named_parameters(arch: &Architecture, score_head: bool) -> Vec<NamedParameter> {
     let (h, v) = (arch.hidden_size, arch.vocab_size);
     let mut out = vec![NamedParameter { name: "model.embed_tokens.weight".into(), rows: v, numel: v * h }];
@@ -59,12 +60,27 @@ pub fn named_parameters(arch: &Architecture, score_head: bool) -> Vec<NamedParam
             }
         }
         if arch.qk_norm {
-            for norm in ["q_norm", "k_norm"] {
-                let d = arch.head_dim;
+            // Per head ([head_dim]), or over all heads of q and of k (OLMo 2).
+            let (q, k) = if arch.qk_norm_all_heads {
+                (arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim)
+            } else {
+                (arch.head_dim, arch.head_dim)
+            };
+            for (norm, d) in [("q_norm", q), ("k_norm", k)] {
                 out.push(NamedParameter { name: format!("{p}.self_attn.{norm}.weight"), rows: d, numel: d });
             }
         }
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
+        let mut norms = vec!["post_attention_layernorm"];
+        if !arch.post_norms {
+            norms.push("input_layernorm");
+        }
+        if arch.post_norms || arch.gemma.is_some() {
+            norms.push("post_feedforward_layernorm");
+        }
+        if arch.gemma.is_some() {
+            norms.push("pre_feedforward_layernorm");
+        }
+        for norm in norms {
             out.push(NamedParameter { name: format!("{p}.{norm}.weight"), rows: h, numel: h });
         }
     }
@@ -140,4 +156,29 @@ fn no_match(pattern: &UnfreezePattern, arch: &Architecture, params: &[NamedParam
         arch.class,
         examples.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dense_builtin_model_lists_all_its_parameters_by_name() {
+        let mut checked = 0;
+        for (id, _) in crate::plan::model::BUILTIN_MODELS {
+            let arch = crate::plan::model::builtin_architecture(id).unwrap();
+            if arch.moe.is_some() {
+                continue;
+            }
+            let params = named_parameters(&arch, false);
+            let listed: u64 = params.iter().map(|p| p.numel).sum();
+            assert_eq!(listed, arch.parameter_counts().total, "{id}");
+            let mut names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), params.len(), "{id}: a name listed twice");
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} dense built-in models");
+    }
 }

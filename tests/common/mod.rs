@@ -41,6 +41,27 @@ pub fn assert_identical(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, re
     }
 }
 
+/// Asserts two tensors agree within `ulps` units in the last place of the tensor's largest
+/// magnitude (in its dtype: float32 or bfloat16), dtype and shape equal. For reference values a
+/// CPU kernel rounds by a last bit differently on different x86 machines (torch's vectorized
+/// paths), where the same machine gives bit-identical results.
+#[cfg(feature = "exec")]
+pub fn assert_within_ulps(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, reference: &str, ulps: f64) {
+    use tch::Kind;
+    assert_eq!(ours.kind(), theirs.kind(), "{what}: dtype");
+    assert_eq!(ours.size(), theirs.size(), "{what}: shape");
+    let eps = match ours.kind() {
+        Kind::BFloat16 => 2f64.powi(-7),
+        Kind::Half => 2f64.powi(-10),
+        _ => f64::from(f32::EPSILON),
+    };
+    let theirs64 = theirs.to_kind(Kind::Double);
+    let scale = theirs64.abs().max().double_value(&[]);
+    let bound = ulps * eps * scale;
+    let worst = (ours.to_kind(Kind::Double) - theirs64).abs().max().double_value(&[]);
+    assert!(worst <= bound, "{what}: differs from {reference} by {worst:e}, more than {ulps} ulps ({bound:e})");
+}
+
 /// The base model of the peft adapter folder `dir` (relative paths from the package root) with
 /// that adapter loaded, on the CPU, the base in `base_kind`.
 #[cfg(feature = "exec")]
