@@ -5,7 +5,7 @@
 #![cfg(feature = "exec")]
 
 use recipe::model::generate::{Sampling, generate};
-use recipe::model::llama::{CausalLm, Inputs, LoadOptions, Trainable};
+use recipe::model::llama::{CausalLm, FeedForward, Inputs, LoadOptions, Mlp, Trainable};
 use recipe::model::weights::Checkpoint;
 use recipe::plan::arch::Architecture;
 use std::path::{Path, PathBuf};
@@ -353,7 +353,8 @@ fn a_4_bit_phi3_base_quantizes_each_fused_weight_whole() {
     let weights: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect();
     let layer = &model.layers[0];
-    let (QkvProj::Fused { qkv_proj }, GateUpProj::Fused { gate_up_proj }) = (&layer.self_attn.qkv, &layer.mlp.gate_up)
+    let (QkvProj::Fused { qkv_proj }, FeedForward::Dense(Mlp { gate_up: GateUpProj::Fused { gate_up_proj }, .. })) =
+        (&layer.self_attn.qkv, &layer.mlp)
     else {
         panic!("Phi-3 loads fused projections")
     };
