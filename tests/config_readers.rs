@@ -27,6 +27,8 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("use_wandb", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("wandb_mode", "read by TrackingConfig's switches; online is refused by name"),
     ("wandb_log_model", "only false / absent validate: model artifacts are refused by name"),
+    ("model_config", "read by ModelConfig::config_overrides (config/model.rs), which the plan calls"),
+    ("overrides_of_model_config", "read by ModelConfig::config_overrides (config/model.rs), which the plan calls"),
 ];
 
 fn sources(dir: &Path, out: &mut String) {

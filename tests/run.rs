@@ -403,13 +403,16 @@ fn a_prefix_trained_through_its_projection_resumes_with_its_mlp() {
 #[test]
 fn a_sharded_setting_not_built_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_recipe(dir.path(), "max_steps: 1\nfsdp: [full_shard, auto_wrap, offload]\n");
+    let path = write_recipe(
+        dir.path(),
+        "max_steps: 1\nfsdp: [full_shard, auto_wrap]\nfsdp_config:\n  fsdp_forward_prefetch: true\n",
+    );
     let out = recipe().arg("run").arg(&path).args(["--device", "cpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning[sharding-setting-not-built]"), "{stderr}");
     assert!(
-        stderr.contains("error[run]: fsdp: offload (parameters and optimizer states kept in host memory"),
+        stderr.contains("error[run]: fsdp_config.fsdp_forward_prefetch: prefetching the next unit in the forward pass"),
         "{stderr}"
     );
     assert!(!dir.path().join("out").exists(), "refused before writing anything");
