@@ -176,31 +176,12 @@ impl Rules<'_> {
     fn adapter_keys(&mut self, c: &Config) {
         self.prompt_tuning_keys(c);
         self.bottleneck_keys(c);
-        // Every key of the adapter section but `adapter` itself (prompt and prefix tuning's are checked above).
-        let schema = schemars::schema_for!(super::AdapterConfig);
-        let keys: Vec<&str> = schema
-            .get("properties")
-            .and_then(serde_json::Value::as_object)
-            .map(|props| {
-                props
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|k| {
-                        *k != "adapter" && !VIRTUAL_TOKEN_KEYS.contains(k) && !bottleneck::BOTTLENECK_KEYS.contains(k)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        // `false` switches are harmless whatever the adapter.
-        let written: Vec<&str> = keys
-            .into_iter()
-            .filter(|k| {
-                self.at.entry(k).is_some_and(|e| !matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
-            })
-            .collect();
+        // Every written key of the adapter section but `adapter` itself (prompt and prefix tuning's and
+        // bottleneck adapters' are checked above); `false` switches are harmless whatever the adapter.
+        let written = self.written_adapter_keys(&[VIRTUAL_TOKEN_KEYS, bottleneck::BOTTLENECK_KEYS]);
         let ia3 = c.adapter.adapter == Some(AdapterKind::Ia3);
         // IA3's keys act only under `adapter: ia3`, LoRA's (`lora_*`, `peft_use_*`) only under LoRA.
-        for key in written {
+        for key in written.iter().map(String::as_str) {
             let ia3_key = key.starts_with("ia3_");
             match (ia3_key, c.adapter.adapter) {
                 (true, Some(AdapterKind::Ia3)) | (false, Some(AdapterKind::Lora | AdapterKind::Qlora)) => {}
@@ -294,6 +275,19 @@ impl Rules<'_> {
         }
     }
 
+    /// The adapter section's keys the recipe writes (a `false` switch does not count), besides
+    /// `adapter` itself and the `excluded` groups.
+    fn written_adapter_keys(&self, excluded: &[&[&str]]) -> Vec<String> {
+        let schema = schemars::schema_for!(super::AdapterConfig);
+        let keys = schema.get("properties").and_then(serde_json::Value::as_object).into_iter().flat_map(|p| p.keys());
+        keys.filter(|k| *k != "adapter" && !excluded.iter().any(|group| group.contains(&k.as_str())))
+            .filter(|k| {
+                self.at.entry(k).is_some_and(|e| !matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Prompt and prefix tuning's keys act only with their method (`num_virtual_tokens` with
     /// either), and those methods read no LoRA key; what the executor does not build with them
     /// (packing, preference and reward training, new tokens, a quantized base) is refused at the key.
@@ -323,27 +317,7 @@ impl Rules<'_> {
             }
         }
         let Some(method) = method else { return };
-        let schema = schemars::schema_for!(super::AdapterConfig);
-        let other_keys: Vec<String> = schema
-            .get("properties")
-            .and_then(serde_json::Value::as_object)
-            .map(|props| {
-                props
-                    .keys()
-                    .filter(|k| {
-                        *k != "adapter"
-                            && !VIRTUAL_TOKEN_KEYS.contains(&k.as_str())
-                            && !bottleneck::BOTTLENECK_KEYS.contains(&k.as_str())
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for key in &other_keys {
-            let Some(entry) = self.at.entry(key) else { continue };
-            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
-                continue;
-            }
+        for key in &self.written_adapter_keys(&[VIRTUAL_TOKEN_KEYS, bottleneck::BOTTLENECK_KEYS]) {
             self.error(
                 "lora-key-with-virtual-tokens",
                 format!("`{key}` is a LoRA key, but `adapter: {method}` trains no LoRA pairs"),

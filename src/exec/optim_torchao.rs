@@ -164,11 +164,7 @@ impl Moment {
     }
 
     pub fn load(&mut self, name: &str, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
-        let read = |t: &mut Tensor, n: &str| -> Result<(), String> {
-            let loaded = ckpt.load(n, &t.size(), t.kind(), t.device())?;
-            t.copy_(&loaded);
-            Ok(())
-        };
+        let read = |t: &mut Tensor, n: &str| super::optimizer::load_into(t, n, ckpt);
         match self {
             Moment::Full(t) => read(t, name),
             Moment::Quantized(q) => {

@@ -118,11 +118,7 @@ impl Moment {
     }
 
     fn load(&mut self, name: &str, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
-        let read = |t: &mut Tensor, n: &str| -> Result<(), String> {
-            let loaded = ckpt.load(n, &t.size(), t.kind(), t.device())?;
-            t.copy_(&loaded);
-            Ok(())
-        };
+        let read = |t: &mut Tensor, n: &str| load_into(t, n, ckpt);
         match self {
             Moment::Full(t) => read(t, name),
             Moment::Quantized { codes, absmax, .. } => {
@@ -132,6 +128,13 @@ impl Moment {
             Moment::Torchao(m) => m.load(name, ckpt),
         }
     }
+}
+
+/// Reads checkpoint tensor `name` into `t` (its shape, dtype and device).
+pub(crate) fn load_into(t: &mut Tensor, name: &str, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
+    let loaded = ckpt.load(name, &t.size(), t.kind(), t.device())?;
+    t.copy_(&loaded);
+    Ok(())
 }
 
 /// `c + alpha · a` rounded once, as torch's `c.add_(a, alpha=alpha)` computes it on the CPU (a

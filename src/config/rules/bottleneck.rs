@@ -56,27 +56,7 @@ impl Rules<'_> {
         }
         // Every other key of the adapter section belongs to another method (prompt and prefix
         // tuning's are reported by prompt_tuning_keys).
-        let schema = schemars::schema_for!(super::super::AdapterConfig);
-        let others: Vec<String> = schema
-            .get("properties")
-            .and_then(serde_json::Value::as_object)
-            .map(|props| {
-                props
-                    .keys()
-                    .filter(|k| {
-                        *k != "adapter"
-                            && !BOTTLENECK_KEYS.contains(&k.as_str())
-                            && !super::VIRTUAL_TOKEN_KEYS.contains(&k.as_str())
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for key in &others {
-            let Some(entry) = self.at.entry(key) else { continue };
-            if matches!(entry.value.value, crate::recipe::yaml::Value::Bool(false)) {
-                continue;
-            }
+        for key in &self.written_adapter_keys(&[BOTTLENECK_KEYS, super::VIRTUAL_TOKEN_KEYS]) {
             let owner = if key.starts_with("ia3_") { "an IA3 key" } else { "a LoRA key" };
             self.error(
                 "lora-key-with-bottleneck",
