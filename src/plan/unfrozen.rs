@@ -103,8 +103,10 @@ pub fn plan(c: &Config, arch: &Architecture, total: u64) -> Result<Option<Unfroz
     let listed: u64 = params.iter().map(|p| p.numel).sum();
     if listed != total {
         return Err(format!(
-            "`unfrozen_parameters` is not built for {} yet (recipe lists {listed} of its {total} parameters by name)",
-            arch.class
+            "`unfrozen_parameters` is not built for {} yet (recipe lists {} of its {} parameters by name)",
+            arch.class,
+            super::group(listed),
+            super::group(total)
         ));
     }
     let mut trained = vec![false; params.len()];
