@@ -915,7 +915,10 @@ fn sharded_causal_lm_eval_scores_as_the_one_rank_run() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        records.into_iter().filter_map(|r| Some((r["step"].as_u64()?, r.get("eval_chrf")?.as_f64()?))).collect::<Vec<_>>()
+        records
+            .into_iter()
+            .filter_map(|r| Some((r["step"].as_u64()?, r.get("eval_chrf")?.as_f64()?)))
+            .collect::<Vec<_>>()
     };
     let one = run("1", "gradient_accumulation_steps: 2\n");
     let two = run("2", "fsdp: [full_shard, auto_wrap]\n");

@@ -93,7 +93,8 @@ fn a_partial_full_fine_tune_moves_exactly_the_selected_values_as_the_full_one_do
     let state_kib = moved as f64 * 8.0 / 1024.0;
     let state_line = stdout.lines().find(|l| l.starts_with("optimizer")).expect("optimizer line");
     assert!(
-        state_line.contains(&format!("{:.2} KiB", state_kib)) || state_line.contains(&format!("{:.2} MiB", state_kib / 1024.0)),
+        state_line.contains(&format!("{:.2} KiB", state_kib))
+            || state_line.contains(&format!("{:.2} MiB", state_kib / 1024.0)),
         "optimizer state is not {state_kib:.2} KiB: {state_line}"
     );
 }

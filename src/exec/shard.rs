@@ -205,16 +205,15 @@ impl Sharder {
             ));
         }
         let gathered = units.iter().map(|_| Cell::new(true)).collect();
-        let sharder =
-            Sharder {
-                groups,
-                placement,
-                units,
-                gathered,
-                moved: Cell::new(Collectives::default()),
-                streamed: Cell::new(0),
-                ewc: Default::default(),
-            };
+        let sharder = Sharder {
+            groups,
+            placement,
+            units,
+            gathered,
+            moved: Cell::new(Collectives::default()),
+            streamed: Cell::new(0),
+            ewc: Default::default(),
+        };
         if sharder.groups.full {
             for u in 0..sharder.units.len() {
                 sharder.release_unit(u);
@@ -631,7 +630,9 @@ impl Sharder {
             let full = match part {
                 None => self.assemble(&[p.cut()], &[t.reshape([-1])])?.remove(0),
                 // Codes travel as fp32 (exact for bytes), which every backend gathers.
-                Some("q8") => self.assemble(&[p.cut()], &[t.reshape([-1]).to_kind(Kind::Float)])?.remove(0).to_kind(Kind::Uint8),
+                Some("q8") => {
+                    self.assemble(&[p.cut()], &[t.reshape([-1]).to_kind(Kind::Float)])?.remove(0).to_kind(Kind::Uint8)
+                }
                 _ => {
                     let blocks = Cut {
                         chunk: p.chunk / optimizer::BLOCK,

@@ -1137,7 +1137,9 @@ impl CausalLm {
         match &self.trainable {
             Trainable::Nothing => {}
             // Every parameter, or those `unfrozen_parameters` left trainable (exec/unfrozen.rs).
-            Trainable::Everything => out = self.base_params().into_iter().filter(|p| p.tensor.requires_grad()).collect(),
+            Trainable::Everything => {
+                out = self.base_params().into_iter().filter(|p| p.tensor.requires_grad()).collect()
+            }
             // peft's saved name for a prompt-tuning adapter's one tensor.
             Trainable::Prompt { .. } | Trainable::Prefix { .. } => {
                 out.extend(

@@ -492,7 +492,10 @@ pub struct ParameterCounts {
 /// the top level when rope_scaling lacks it, as transformers does.
 /// A `rope_scaling` object of config.json (or one layer type's `rope_parameters`), resolved as
 /// the Llama family reads it; None for the default rope.
-pub fn rope_scaling_from_json(value: serde_json::Value, max_position_embeddings: u64) -> Result<Option<RopeScaling>, String> {
+pub fn rope_scaling_from_json(
+    value: serde_json::Value,
+    max_position_embeddings: u64,
+) -> Result<Option<RopeScaling>, String> {
     let raw: RawRopeScaling = serde_json::from_value(value).map_err(|e| e.to_string())?;
     rope_scaling(raw, false, max_position_embeddings, None)
 }

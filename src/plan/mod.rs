@@ -292,43 +292,38 @@ pub fn render_text(plan: &Plan) -> String {
     }
     let ad = &plan.adapter;
     match ad.method {
-        adapter::AdapterMethod::Full => {
-            match &ad.unfrozen {
-                None => {
-                    let _ =
-                        writeln!(o, "adapter    none: full fine-tuning of {} parameters", group(ad.trainable_parameters));
-                }
-                Some(u) => {
+        adapter::AdapterMethod::Full => match &ad.unfrozen {
+            None => {
+                let _ =
+                    writeln!(o, "adapter    none: full fine-tuning of {} parameters", group(ad.trainable_parameters));
+            }
+            Some(u) => {
+                let _ = writeln!(
+                    o,
+                    "adapter    none: full fine-tuning of {} of {} parameters ({:.2}%), the rest frozen (unfrozen_parameters)",
+                    group(ad.trainable_parameters),
+                    group(ad.total_parameters),
+                    ad.trainable_percent
+                );
+                for p in &u.patterns {
+                    let rows = match p.rows {
+                        Some(r) => format!(", rows {}..{}", r.start, r.end.map_or_else(String::new, |e| e.to_string())),
+                        None => String::new(),
+                    };
+                    let shown: Vec<&str> = p.tensors.iter().take(3).map(String::as_str).collect();
+                    let more =
+                        if p.tensors.len() > 3 { format!(", … {} more", p.tensors.len() - 3) } else { String::new() };
                     let _ = writeln!(
                         o,
-                        "adapter    none: full fine-tuning of {} of {} parameters ({:.2}%), the rest frozen (unfrozen_parameters)",
-                        group(ad.trainable_parameters),
-                        group(ad.total_parameters),
-                        ad.trainable_percent
+                        "           {} → {} tensor{}{rows}: {}{more}",
+                        p.pattern,
+                        p.tensors.len(),
+                        if p.tensors.len() == 1 { "" } else { "s" },
+                        shown.join(", ")
                     );
-                    for p in &u.patterns {
-                        let rows = match p.rows {
-                            Some(r) => format!(
-                                ", rows {}..{}",
-                                r.start,
-                                r.end.map_or_else(String::new, |e| e.to_string())
-                            ),
-                            None => String::new(),
-                        };
-                        let shown: Vec<&str> = p.tensors.iter().take(3).map(String::as_str).collect();
-                        let more = if p.tensors.len() > 3 { format!(", … {} more", p.tensors.len() - 3) } else { String::new() };
-                        let _ = writeln!(
-                            o,
-                            "           {} → {} tensor{}{rows}: {}{more}",
-                            p.pattern,
-                            p.tensors.len(),
-                            if p.tensors.len() == 1 { "" } else { "s" },
-                            shown.join(", ")
-                        );
-                    }
                 }
             }
-        }
+        },
         adapter::AdapterMethod::Lora | adapter::AdapterMethod::Qlora | adapter::AdapterMethod::Ia3 => {
             if ad.method == adapter::AdapterMethod::Ia3 {
                 let _ = writeln!(
@@ -738,7 +733,9 @@ pub fn render_text(plan: &Plan) -> String {
     let off = l.offload;
     if off.any() {
         let what = match (off.trainable, off.frozen) {
-            (true, true) => "every rank's chunks (trainable and frozen), their gradient chunks and the optimizer states",
+            (true, true) => {
+                "every rank's chunks (trainable and frozen), their gradient chunks and the optimizer states"
+            }
             _ => "the trainable chunks, their gradient chunks and the optimizer states",
         };
         let _ = writeln!(
