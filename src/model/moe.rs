@@ -40,13 +40,22 @@ impl SparseMoe {
         let (top, index) = probs.topk(self.top_k, -1, true, true);
         let top = if self.normalize_top_k { &top / top.sum_dim_intlist(-1, true, Kind::Float) } else { top };
         let mut out = x.zeros_like();
-        for (e, expert) in self.experts.iter().enumerate() {
-            // (token, slot) pairs routed to this expert, in token order as torch.where gives them.
-            let hits = index.eq(e as i64).nonzero();
-            if hits.size()[0] == 0 {
+        // The (token, slot) pairs grouped by expert, each group in token order as torch.where gives
+        // them: a stable sort of the flattened assignments, and one host read of the group sizes
+        // per layer (not one per expert).
+        let k = self.top_k;
+        let flat = index.reshape([-1]);
+        let (_, order) = flat.sort_stable(true, 0, false);
+        let counts = flat.bincount::<Tensor>(None, self.experts.len() as i64);
+        let counts = Vec::<i64>::try_from(&counts).expect("expert counts are int64");
+        let mut start = 0;
+        for (expert, &count) in self.experts.iter().zip(&counts) {
+            if count == 0 {
                 continue;
             }
-            let (tokens, slots) = (hits.select(1, 0), hits.select(1, 1));
+            let positions = order.narrow(0, start, count);
+            start += count;
+            let (tokens, slots) = (positions.divide_scalar_mode(k, "floor"), positions.remainder(k));
             let current = x.index_select(0, &tokens);
             let act = expert.gate_proj.forward(&current, train, adapters).silu()
                 * expert.up_proj.forward(&current, train, adapters);
@@ -171,9 +180,9 @@ pub fn load(
 pub struct Routing {
     /// The router logits of each sparse layer of the current pass, in layer order, while on.
     logits: RefCell<Option<Vec<Tensor>>>,
-    /// Gradient checkpointing: the pass's counts, mask and weight, so each recomputed layer adds
-    /// its share of the loss to its backward pass.
-    pending: RefCell<Option<(RoutingSums, Option<Tensor>, f64)>>,
+    /// Gradient checkpointing: the pass's counts, mask and weight (times fp16's loss scale, kept on
+    /// the device), so each recomputed layer adds its share of the loss to its backward pass.
+    pending: RefCell<Option<(RoutingSums, Option<Tensor>, Tensor)>>,
     /// The step's count of micro-batches over all ranks: each one's loss weighs 1/count, so N
     /// ranks equal one rank accumulating N, and one micro-batch is transformers' `loss + coef·aux`.
     micro_batches: Cell<usize>,
@@ -198,7 +207,7 @@ impl Routing {
         let pending = self.pending.borrow();
         let (sums, mask, weight) = pending.as_ref()?;
         let logits = self.logits.borrow_mut().as_mut()?.pop()?;
-        Some(layer_share(&logits, mask.as_ref(), sums) * *weight)
+        Some(layer_share(&logits, mask.as_ref(), sums) * weight)
     }
 }
 
@@ -249,8 +258,12 @@ impl CausalLm {
         };
         if checkpointed {
             let sums = routing_sums(&logits, moe.experts_per_token as i64, mask.as_ref());
-            let scale = loss_scale.map_or(1.0, |s| s.reshape([]).double_value(&[]));
-            *self.routing.pending.borrow_mut() = Some((sums, mask, weight * scale));
+            // The weight in float64 on the device (no host read of fp16's scale), as the scalar was.
+            let scaled_weight = match loss_scale {
+                Some(s) => s.reshape([]).to_kind(Kind::Double) * weight,
+                None => Tensor::from(weight).to_device(value.device()),
+            };
+            *self.routing.pending.borrow_mut() = Some((sums, mask, scaled_weight));
             *self.routing.logits.borrow_mut() = Some(Vec::new());
             return Some((Tensor::zeros([], (Kind::Float, value.device())), value));
         }
