@@ -10,11 +10,12 @@
 //! scripts/reference/check_bottleneck_outputs.py, which loads them with adapters.
 #![cfg(feature = "exec")]
 
+mod common;
+
 use assert_cmd::cargo::CommandCargoExt;
 use recipe::config::Config;
 use recipe::config::adapter::{AdapterKind, BottleneckArchitecture};
 use recipe::exec::load_trained;
-use recipe::exec::objective::{self, DeviceBatch, Supervised};
 use recipe::model::llama::{CausalLm, FourBit, Inputs, LoadOptions, Quantize, Trainable};
 use recipe::model::weights::Checkpoint;
 use recipe::model::{adapter, bottleneck};
@@ -67,42 +68,7 @@ fn goldens(case: &str) -> (HashMap<String, Tensor>, Tensor) {
 fn check(case: &str, checkpointing: bool) {
     let model = load_folder(&golden_dir(case), None);
     let (g, positions) = goldens(case);
-    let (ids, labels) = (&g["input_ids"], &g["labels"]);
-    let t = ids.size()[1];
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
-
-    let logits = tch::no_grad(|| model.logits(&inputs));
-    let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
-    assert!(d < 1e-4, "{case}: logits differ by {d:e}");
-
-    let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
-    let loss = objective::forward_backward(
-        &model,
-        &Supervised::WHOLE,
-        &DeviceBatch::new(&inputs, labels),
-        counted,
-        checkpointing,
-        &|_| {},
-    )
-    .loss
-        / counted;
-    let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
-    assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
-
-    let params = model.trainable_params();
-    assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count(), "{case}: trainable set");
-    let mut worst = 0f64;
-    for p in params {
-        let expected = &g[&format!("grad.{}", p.name)];
-        let got = p.tensor.grad();
-        assert_eq!(got.size(), expected.size(), "{case}: shape of {}'s gradient", p.name);
-        let rel = (&got - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
-        worst = worst.max(rel);
-        assert!(rel < 1e-4, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
-    }
-    eprintln!(
-        "{case} (checkpointing {checkpointing}): logits {d:e}, loss {dl:e}, worst relative gradient difference {worst:e}"
-    );
+    common::assert_matches_parity_golden(case, &model, &g, &positions, checkpointing);
 }
 
 #[test]

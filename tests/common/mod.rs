@@ -62,6 +62,59 @@ pub fn assert_within_ulps(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, 
     assert!(worst <= bound, "{what}: differs from {reference} by {worst:e}, more than {ulps} ulps ({bound:e})");
 }
 
+/// A model against a parity golden (`input_ids`, `labels`, `logits`, `loss`, `grad.<name>` for
+/// every trainable tensor): logits within 1e-4, the summed loss over the counted labels within
+/// 1e-5, every trainable gradient within 1e-4 relative, the trainable set exactly the golden's.
+/// Prints the figures.
+#[cfg(feature = "exec")]
+pub fn assert_matches_parity_golden(
+    case: &str,
+    model: &recipe::model::llama::CausalLm,
+    g: &std::collections::HashMap<String, tch::Tensor>,
+    positions: &tch::Tensor,
+    checkpointing: bool,
+) {
+    use recipe::exec::objective::{self, DeviceBatch, Supervised};
+    use recipe::model::llama::Inputs;
+    use tch::Kind;
+    let (ids, labels) = (&g["input_ids"], &g["labels"]);
+    let t = ids.size()[1];
+    let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None };
+
+    let logits = tch::no_grad(|| model.logits(&inputs));
+    let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "{case}: logits differ by {d:e}");
+
+    let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let loss = objective::forward_backward(
+        model,
+        &Supervised::WHOLE,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        checkpointing,
+        &|_| {},
+    )
+    .loss
+        / counted;
+    let dl = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
+    assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
+
+    let params = model.trainable_params();
+    assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count(), "{case}: trainable set");
+    let mut worst = 0f64;
+    for p in params {
+        let expected = &g[&format!("grad.{}", p.name)];
+        let got = p.tensor.grad();
+        assert_eq!(got.size(), expected.size(), "{case}: shape of {}'s gradient", p.name);
+        let rel = (&got - expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]);
+        worst = worst.max(rel);
+        assert!(rel < 1e-4, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
+    }
+    eprintln!(
+        "{case} (checkpointing {checkpointing}): logits {d:e}, loss {dl:e}, worst relative gradient difference {worst:e}"
+    );
+}
+
 /// The base model of the peft adapter folder `dir` (relative paths from the package root) with
 /// that adapter loaded, on the CPU, the base in `base_kind`.
 #[cfg(feature = "exec")]
