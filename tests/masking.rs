@@ -478,3 +478,33 @@ fn eot_tokens_and_eos_are_trained_each_by_their_own_policy() {
         ["there was a cat.<unk>", "It sat in the sun.<unk>", "It slept.<unk>"]
     );
 }
+
+/// Axolotl's `field_thinking` / `template_thinking_key`: the turn's reasoning is read from the
+/// named message field and handed to the template under the named key (both `reasoning_content`
+/// by default), and the trained span is still exactly the content.
+#[test]
+fn reasoning_is_read_from_field_thinking_under_template_thinking_key() {
+    const THINKING: &str = "{% for m in messages %}<{{ m.role }}>{% if m.cot is defined %}[{{ m.cot }}]{% endif %}\
+{% if m.reasoning_content is defined %}({{ m.reasoning_content }}){% endif %}{{ m.content }}{{ eos_token }}{% endfor %}";
+    let tok = stories();
+    let template = ChatTemplate::new(THINKING, "thinking").unwrap();
+    let row = json!({"messages": [
+        {"role": "user", "content": "Once upon a time"},
+        {"role": "assistant", "content": "there was a cat.", "why": "cats", "reasoning_content": "old"}
+    ]});
+    let render = |options: &ChatOptions| {
+        let conversation = options.conversation(&row).unwrap();
+        template.render(&conversation.messages, None, false, tok.special_tokens()).unwrap()
+    };
+    // default: reasoning_content reaches the template as reasoning_content
+    assert!(render(&ChatOptions::default()).contains("(old)there was a cat."));
+    // field_thinking: why, template_thinking_key: cot -> only `cot` carries the reasoning
+    let options = ChatOptions { thinking: ("why".into(), "cot".into()), ..ChatOptions::default() };
+    let text = render(&options);
+    assert!(text.contains("[cats](old)there was a cat."), "{text}");
+    let sample = tokenize_row(&row, &options, &template, tok.special_tokens(), &tok).unwrap();
+    assert_eq!(trained(&sample, &tok), ["there was a cat.</s>"]);
+    // a field named like the key is replaced by the mapped reasoning
+    let options = ChatOptions { thinking: ("why".into(), "reasoning_content".into()), ..ChatOptions::default() };
+    assert!(render(&options).contains("(cats)there was a cat."));
+}

@@ -241,6 +241,14 @@ pub struct ChatDataset {
     /// Drop system turns from the rows before rendering.
     #[serde(default)]
     pub drop_system_message: bool,
+    /// The message field holding a turn's reasoning (default `reasoning_content`); the template
+    /// sees it as `template_thinking_key`.
+    #[serde(default)]
+    pub field_thinking: Option<String>,
+    /// The message key the chat template reads a turn's reasoning from (default
+    /// `reasoning_content`; gpt-oss's template reads `thinking`).
+    #[serde(default)]
+    pub template_thinking_key: Option<String>,
 }
 
 fn default_messages_field() -> String {

@@ -94,6 +94,9 @@ pub struct ChatOptions {
     /// when the final message is trained (Axolotl's legacy `llama2_chat` did).
     pub train_trailing_text: bool,
     pub tokenization: Tokenization,
+    /// The message field holding a turn's reasoning and the key the template reads it from
+    /// (Axolotl's `field_thinking` / `template_thinking_key`, both `reasoning_content` by default).
+    pub thinking: (String, String),
 }
 
 impl Default for ChatOptions {
@@ -119,6 +122,7 @@ impl Default for ChatOptions {
             field_tools: Some("tools".into()),
             train_trailing_text: false,
             tokenization: Tokenization::Whole,
+            thinking: ("reasoning_content".into(), "reasoning_content".into()),
         }
     }
 }
@@ -193,12 +197,17 @@ impl ChatOptions {
             if let Some(c) = content {
                 out.insert("content".into(), c.into());
             }
+            let (thinking_field, thinking_key) = &self.thinking;
             for (k, v) in obj {
                 let mapped = *k == self.role_field || *k == self.content_field;
                 let training_field = self.message_field_training.as_deref() == Some(k.as_str());
-                if !mapped && !training_field && k != "role" && k != "content" {
+                if !mapped && !training_field && k != "role" && k != "content" && k != thinking_field {
                     out.insert(k.clone(), v.clone());
                 }
+            }
+            // The reasoning goes in last so that it wins over a field already named like the key.
+            if let Some(reasoning) = obj.get(thinking_field).filter(|v| !v.is_null()) {
+                out.insert(thinking_key.clone(), reasoning.clone());
             }
             messages.push(serde_json::Value::Object(out));
             train.push(trained);

@@ -304,6 +304,12 @@ pub fn chat_setup(d: &DatasetPlan, plan: &Plan, tokenizer_dir: &Path) -> Result<
     options.drop_system_message = c.drop_system_message;
     options.message_field_training = c.message_field_training.clone();
     options.field_tools = c.field_tools.clone();
+    if let Some(field) = &c.field_thinking {
+        options.thinking.0 = field.clone();
+    }
+    if let Some(key) = &c.template_thinking_key {
+        options.thinking.1 = key.clone();
+    }
     Ok(Some(ChatSetup { template, options, special }))
 }
 

@@ -199,14 +199,23 @@ fn plan_datasets(
                         }
                         (None, _) => String::new(),
                     };
-                    format!(
+                    let thinking = match (&chat.field_thinking, &chat.template_thinking_key) {
+                        (None, None) => String::new(),
+                        (field, key) => format!(
+                            ", reasoning read from `{}` as `{}`",
+                            field.as_deref().unwrap_or("reasoning_content"),
+                            key.as_deref().unwrap_or("reasoning_content")
+                        ),
+                    };
+                    let text = format!(
                         "turns of {} trained (every such turn), eos tokens: {:?}{}{}",
                         chat.roles_to_train.join(", "),
                         chat.train_on_eos,
                         eot,
                         if chat.drop_system_message { ", system turns dropped" } else { "" }
                     )
-                    .to_lowercase()
+                    .to_lowercase();
+                    text + &thinking
                 }
                 DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) if c.training.reward_model => {
                     "preference pairs: each whole sequence (prompt + answer) scored at its last token".to_string()
