@@ -59,7 +59,8 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
             "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n\
              liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\nliger_fused_linear_cross_entropy: true\n\
              attn_implementation: flash_attention_2\ngradient_checkpointing: true\n\
-             gradient_checkpointing_kwargs:\n  use_reentrant: false\nremove_unused_columns: false\ntorch_compile: auto\n",
+             gradient_checkpointing_kwargs:\n  use_reentrant: false\nremove_unused_columns: false\ntorch_compile: auto\n\
+             lora_mlp_kernel: true\nlora_qkv_kernel: true\nlora_o_kernel: false\n",
         ),
     );
     assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
@@ -77,9 +78,19 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
         "liger_fused_linear_cross_entropy: true → recipe's head and cross-entropy",
         "cut_cross_entropy: true → recipe's head and cross-entropy",
         "torch_compile: \"auto\" → ",
+        "lora_mlp_kernel: true → recipe's LoRA layers for the gate/up/down projections and their SwiGLU",
+        "lora_qkv_kernel: true → recipe's LoRA layers for the q/k/v projections",
+        "lora_o_kernel: false → recipe's own LoRA layers, as asked",
     ] {
         assert!(text.contains(request), "{request:?} not in the plan:\n{text}");
     }
+    // Without LoRA layers the plan says there is nothing to replace.
+    let full = load_text(
+        dir.path(),
+        &base("lora_mlp_kernel: true\n").replace("adapter: lora\nlora_target_linear: true\n", ""),
+    );
+    let text = recipe::plan::render_text(&recipe::plan::compile(&full, Default::default()).unwrap());
+    assert!(text.contains("lora_mlp_kernel: true → no LoRA layers in this recipe: nothing to replace"), "{text}");
     // Another algorithm than the one named: said, as a warning.
     let eager = load_text(dir.path(), &base("eager_attention: true\n"));
     let warning = eager.diagnostics.iter().find(|d| d.rule == "attention-kernel").expect("a warning");

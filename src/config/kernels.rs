@@ -77,6 +77,20 @@ pub struct KernelConfig {
     /// without compiling.
     #[serde(default)]
     pub torch_compile: Option<Switch>,
+    /// Axolotl's fused LoRA autograd function and Triton activation kernel for the feed-forward
+    /// block; recipe's LoRA layers compute the same x·Wᵀ + s·(x·Aᵀ)·Bᵀ with libtorch ops.
+    #[serde(default)]
+    pub lora_mlp_kernel: Option<bool>,
+    /// Axolotl's fused LoRA autograd function for the q/k/v projections (same math, see
+    /// `lora_mlp_kernel`).
+    #[serde(default)]
+    pub lora_qkv_kernel: Option<bool>,
+    /// Axolotl's fused LoRA autograd function for the attention output projection (same math).
+    #[serde(default)]
+    pub lora_o_kernel: Option<bool>,
+    /// Axolotl's fused LoRA autograd function for embedding layers (same math).
+    #[serde(default)]
+    pub lora_embedding_kernel: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

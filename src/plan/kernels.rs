@@ -93,6 +93,25 @@ pub fn plan(c: &Config) -> Vec<KernelNote> {
             note(format!("{key}: true"), what);
         }
     }
+    let lora = c.adapter.adapter.is_some_and(|a| a.is_lora());
+    let lora_kernels = [
+        (k.lora_mlp_kernel, "lora_mlp_kernel", "gate/up/down projections and their SwiGLU"),
+        (k.lora_qkv_kernel, "lora_qkv_kernel", "q/k/v projections"),
+        (k.lora_o_kernel, "lora_o_kernel", "attention output projection"),
+        (k.lora_embedding_kernel, "lora_embedding_kernel", "embedding"),
+    ];
+    for (asked, key, part) in lora_kernels {
+        let Some(on) = asked else { continue };
+        let what = match (on, lora) {
+            (true, true) => format!(
+                "recipe's LoRA layers for the {part}: x·Wᵀ + s·(x·Aᵀ)·Bᵀ with libtorch ops (the same math as \
+                 Axolotl's fused autograd function and Triton kernels)"
+            ),
+            (true, false) => "no LoRA layers in this recipe: nothing to replace".to_string(),
+            (false, _) => "recipe's own LoRA layers, as asked (no fused kernel)".to_string(),
+        };
+        note(format!("{key}: {on}"), &what);
+    }
     if let Some(compile) = k.torch_compile {
         note(
             format!("torch_compile: {}", serde_json::to_value(compile).map(|v| v.to_string()).unwrap_or_default()),
