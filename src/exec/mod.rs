@@ -14,6 +14,7 @@ pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
 pub mod offload;
+pub mod optim_more;
 pub mod optim_torchao;
 pub mod optimizer;
 pub mod runtime;
@@ -428,6 +429,13 @@ fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
         return Err(format!(
             "fp16 with offload: the loss scaler unscales gradients on the GPU, and offload keeps the gradient \
              chunks in host memory ({strategy}); use bf16, or train without offload"
+        ));
+    }
+    if plan.training.optimizer.name.needs_whole_parameters() {
+        return Err(format!(
+            "optimizer: {} needs each parameter whole, which sharded training ({strategy}) splits; train without \
+             sharding, or use adamw_torch, sgd or lion_32bit",
+            plan.training.optimizer.name.as_str()
         ));
     }
     if let Some(bits) = plan.training.optimizer.name.torchao_state_bits() {
@@ -943,7 +951,17 @@ fn train_on<E: packing::Example>(
                 optimizer::AdamW::for_chunks(sharder.optimizer_params(), &sharder.whole_sizes(), &t.optimizer)
             }
             None => optimizer::AdamW::new(trainable, &t.optimizer),
-        };
+        }
+        .with_modules_to_save(&plan.adapter.modules_to_save);
+        let refused = optimizer.muon_refuses();
+        if !refused.is_empty() {
+            return Err(format!(
+                "optimizer: muon orthogonalizes matrices, and {} trainable tensors have more than two dimensions \
+                 ({}: a mixture's stacked experts; Axolotl's Muon refuses them too); use adamw_torch",
+                refused.len(),
+                refused[0]
+            ));
+        }
         if let Some(dir) = &resumed_from {
             let saved = Checkpoint::open_files(dir, &[resume_optimizer.clone().unwrap_or_default()])?;
             match &sharder {

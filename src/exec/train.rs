@@ -30,7 +30,7 @@ use super::runtime::Runtime;
 use crate::data::packing::{Example, HostBatch};
 use crate::model::llama::{CausalLm, Trainable};
 use crate::plan::Plan;
-use crate::plan::schedule::{Steps, learning_rate_at};
+use crate::plan::schedule::{Schedule, Steps, learning_rate_at};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -262,10 +262,14 @@ impl<E: Example> Loop<'_, E> {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();
             }
+            let schedule = Schedule {
+                scheduler: plan.batch.lr_scheduler,
+                min_ratio: t.cosine_min_lr_ratio,
+                constant_ratio: t.cosine_constant_lr_ratio,
+            };
             let lr = learning_rate_at(
-                plan.batch.lr_scheduler,
+                schedule,
                 plan.batch.peak_learning_rate,
-                t.cosine_min_lr_ratio,
                 step,
                 s.warmup,
                 s.total,
