@@ -209,7 +209,7 @@ fn losses(dir: &Path) -> Vec<f64> {
 #[test]
 fn stories260k_trains_with_each_and_resumes_exactly() {
     // Learning rates each optimizer moves stories260k with in six steps (SGD needs a larger one).
-    for (optimizer, lr) in [("sgd", 0.5), ("adafactor", 1e-2), ("lion_32bit", 1e-3), ("muon", 1e-2)] {
+    for (optimizer, lr) in [("sgd", 0.5), ("adafactor", 2e-3), ("lion_32bit", 1e-3), ("muon", 2e-3)] {
         let a = tempfile::tempdir().unwrap();
         let path = full_fine_tune(a.path(), optimizer, lr);
         run_ok(&path, &[]);
