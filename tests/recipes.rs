@@ -167,10 +167,19 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
         ("optimizer: lion_8bit\n", "unsupported-axolotl-value"),
-        ("optimizer: muon\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n", "unsupported-optimizer-sharded"),
-        ("optimizer: adafactor\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n", "unsupported-optimizer-sharded"),
+        (
+            "optimizer: muon\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
+        (
+            "optimizer: adafactor\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
         ("cosine_constant_lr_ratio: 0.8\n", "cosine-constant-without-floor"),
-        ("cosine_constant_lr_ratio: 0.8\ncosine_min_lr_ratio: 0.1\nlr_scheduler: linear\n", "cosine-constant-without-floor"),
+        (
+            "cosine_constant_lr_ratio: 0.8\ncosine_min_lr_ratio: 0.1\nlr_scheduler: linear\n",
+            "cosine-constant-without-floor",
+        ),
         ("optimizer: ao_adamw_fp8\n", "unsupported-axolotl-value"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));
@@ -190,7 +199,8 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         assert_eq!(states.bytes, 2 * t * u64::from(bits) / 8 + 8 * t.div_ceil(256), "{name}: {}", states.formula);
     }
     // SGD, Adafactor, Lion and Muon (exec/optim_more.rs): named in the plan, their states in the memory model.
-    for (name, per_value) in [("sgd", 0u64), ("lion_32bit", 4), ("paged_lion_32bit", 4), ("adafactor", 0), ("muon", 0)] {
+    for (name, per_value) in [("sgd", 0u64), ("lion_32bit", 4), ("paged_lion_32bit", 4), ("adafactor", 0), ("muon", 0)]
+    {
         // A full fine-tune: the memory model counts from the shapes.
         let loaded = load_text(dir.path(), &format!("{full}optimizer: {name}\n"));
         assert!(rules(&loaded, true).is_empty(), "{name}: {}", common::rendered(&loaded));
@@ -206,6 +216,11 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
             assert!(states.bytes > 0 && states.bytes < 8 * t, "{name}: {} ({})", states.bytes, states.formula);
         }
     }
+    // Muon's AdamW group: Axolotl passes the betas only when both are written.
+    let muon = load_text(dir.path(), &format!("{full}optimizer: muon\n"));
+    assert!(rules(&muon, false).contains(&"muon-betas-default"), "{}", common::rendered(&muon));
+    let muon = load_text(dir.path(), &format!("{full}optimizer: muon\nadam_beta1: 0.95\nadam_beta2: 0.95\n"));
+    assert!(!rules(&muon, false).contains(&"muon-betas-default"), "{}", common::rendered(&muon));
     // Axolotl's decay-then-constant cosine: with a cosine and a floor it shapes the schedule.
     let constant = load_text(dir.path(), &base("cosine_constant_lr_ratio: 0.5\ncosine_min_lr_ratio: 0.1\n"));
     assert!(rules(&constant, true).is_empty(), "{}", common::rendered(&constant));

@@ -121,6 +121,20 @@ impl Rules<'_> {
                 "remove `deepspeed`, or use adamw_torch",
             );
         }
+        let betas_written = self.at.entry("adam_beta1").is_some() && self.at.entry("adam_beta2").is_some();
+        if t.optimizer == Optimizer::Muon && !betas_written {
+            // Axolotl passes betas only when both are set; Muon's own default is (0.95, 0.95).
+            self.warn(
+                "muon-betas-default",
+                format!(
+                    "`optimizer: muon` without both `adam_beta1` and `adam_beta2`: recipe's AdamW group of Muon uses \
+                     ({}, {}), where Axolotl would fall back to Muon's (0.95, 0.95)",
+                    t.adam_beta1, t.adam_beta2
+                ),
+                &["optimizer", "adam_beta1", "adam_beta2"],
+                "write adam_beta1 and adam_beta2 (0.95 and 0.95 for Axolotl's result)",
+            );
+        }
         if let Some(ratio) = t.cosine_constant_lr_ratio {
             let floor = t.cosine_min_lr_ratio.unwrap_or(0.0);
             // Axolotl uses it only for a cosine with a floor above 0 (and a ratio above 0).

@@ -124,6 +124,8 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
     /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
     pub optimizer_state_bytes: i64,
+    /// Trainable tensors the optimizer never updates (Muon's 1-D ones, as Axolotl's Muon).
+    pub optimizer_untouched: usize,
     /// On CPU: the training peak by the allocator's accounting above its use before the model
     /// was loaded (weights, adapters, gradients, optimizer, activations, logits), next to the
     /// plan's CPU estimate of the same.
@@ -1087,6 +1089,7 @@ fn train_on<E: packing::Example>(
     // The outputs are written whole: the optimizer's chunks go first, then every rank gathers the
     // model (rank 0 writes it; the others only took part in the gathers).
     let optimizer_state_bytes = optimizer.state_bytes();
+    let optimizer_untouched = optimizer.untouched().len();
     drop(optimizer);
     if rt.is_main()
         && let Some(after) = forgetting_after
@@ -1191,6 +1194,7 @@ fn train_on<E: packing::Example>(
         resumed_from,
         outputs,
         optimizer_state_bytes,
+        optimizer_untouched,
         cpu_peak_bytes: match (device, in_use_before_model) {
             (Device::Cpu, Some(before)) => {
                 Some((host_memory::peak().saturating_sub(before), plan.memory.cpu_total_bytes))

@@ -74,12 +74,24 @@ const ADAFACTOR_CLIP: f64 = 1.0;
 pub enum State {
     /// SGD without momentum.
     Sgd,
-    Lion { exp_avg: Tensor },
-    AdafactorFactored { row: Tensor, col: Tensor },
-    Adafactor { exp_avg_sq: Tensor },
-    Muon { momentum_buffer: Tensor },
+    Lion {
+        exp_avg: Tensor,
+    },
+    AdafactorFactored {
+        row: Tensor,
+        col: Tensor,
+    },
+    Adafactor {
+        exp_avg_sq: Tensor,
+    },
+    Muon {
+        momentum_buffer: Tensor,
+    },
     /// Muon's AdamW group (embedding, head, modules_to_save).
-    MuonAdamw { moment1: Tensor, moment2: Tensor },
+    MuonAdamw {
+        moment1: Tensor,
+        moment2: Tensor,
+    },
     /// In neither of Muon's groups (a 1-D parameter): never updated.
     Untouched,
 }

@@ -267,13 +267,7 @@ impl<E: Example> Loop<'_, E> {
                 min_ratio: t.cosine_min_lr_ratio,
                 constant_ratio: t.cosine_constant_lr_ratio,
             };
-            let lr = learning_rate_at(
-                schedule,
-                plan.batch.peak_learning_rate,
-                step,
-                s.warmup,
-                s.total,
-            );
+            let lr = learning_rate_at(schedule, plan.batch.peak_learning_rate, step, s.warmup, s.total);
             // The whole global batch on the host: its unit count is the loss's denominator.
             let global: Vec<HostBatch> = self
                 .global_micro_batches(step, s, &mut order)

@@ -567,7 +567,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Optimizer-state bytes of `sgd`, `adafactor`, Lion and Muon, with the formula; `whole_model`: a
 /// full fine-tune of every weight, whose shapes the architecture gives.
-fn other_optimizer_state(optimizer: Optimizer, arch: &Architecture, trainable: u64, whole_model: bool) -> (u64, String) {
+fn other_optimizer_state(
+    optimizer: Optimizer,
+    arch: &Architecture,
+    trainable: u64,
+    whole_model: bool,
+) -> (u64, String) {
     let t = group(trainable);
     let counts = arch.parameter_counts();
     // Hidden matrices (decoder linears' weights; a mixture's experts excluded) and the embedding

@@ -117,7 +117,11 @@ pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
 /// The learning rate used for optimizer step `step` (0-based), as transformers' schedules.
 pub fn learning_rate(c: &Config, peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
     let floor = c.training.cosine_min_lr_ratio.unwrap_or(0.0);
-    let schedule = Schedule { scheduler: c.training.lr_scheduler, min_ratio: floor, constant_ratio: c.training.cosine_constant_lr_ratio };
+    let schedule = Schedule {
+        scheduler: c.training.lr_scheduler,
+        min_ratio: floor,
+        constant_ratio: c.training.cosine_constant_lr_ratio,
+    };
     learning_rate_at(schedule, peak, step, warmup, total)
 }
 
