@@ -1,10 +1,11 @@
-//! SGD, Adafactor, Lion and Muon (src/exec/optim_more.rs) against their references on the CPU,
+//! SGD, Adafactor, Lion (32- and 8-bit) and Muon (src/exec/optim_more.rs) against their references on the CPU,
 //! goldens written by scripts/reference/optimizer_goldens_more.py: torch 2.11's `SGD`,
 //! transformers 5.24's `Adafactor`, bitsandbytes 0.50.2's 32-bit `Lion` (each as transformers'
-//! Trainer builds it) and axolotl-contribs-mit 0.0.6's `Muon` (as Axolotl builds it). Four fp32
-//! parameters (a wide and a tall matrix, a norm weight outside weight decay, an embedding) take
-//! three steps at three learning rates; after every step the parameters and each state tensor are
-//! compared within two ulps of each tensor's largest magnitude (torch's CPU kernels may round a
+//! Trainer builds it; its 8-bit `Lion` too) and axolotl-contribs-mit 0.0.6's `Muon` (as Axolotl
+//! builds it). Five fp32 parameters (a wide and a tall matrix, a norm weight outside weight decay,
+//! an embedding, one of 8,192 values for 8-bit states) take three steps at three learning rates;
+//! after every step the parameters and each state tensor are compared (8-bit codes bit for bit, the
+//! rest within two ulps of each tensor's largest magnitude (torch's CPU kernels may round a
 //! last bit differently on another x86 CPU). Also: a checkpoint of the state taken after step 1
 //! resumes to the same step 3, Axolotl's decay-then-constant cosine schedule, and stories260k
 //! trains with each optimizer and resumes exactly.
@@ -22,11 +23,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-const NAMES: [&str; 4] = ["layer.weight", "tall.weight", "norm.weight", "model.embed_tokens.weight"];
-const OPTIMIZERS: [(Optimizer, &str); 4] = [
+const NAMES: [&str; 5] = ["layer.weight", "tall.weight", "norm.weight", "model.embed_tokens.weight", "big.weight"];
+const OPTIMIZERS: [(Optimizer, &str); 5] = [
     (Optimizer::Sgd, "sgd"),
     (Optimizer::Adafactor, "adafactor"),
     (Optimizer::Lion32bit, "lion_32bit"),
+    (Optimizer::Lion8bit, "lion_8bit"),
     (Optimizer::Muon, "muon"),
 ];
 
@@ -75,7 +77,8 @@ fn compare(file: &str, opt: &AdamW, params: &[Tensor], step: usize) -> (usize, u
     let (mut states, mut compared, mut identical) = (0, 0, 0);
     for (key, theirs) in golden.iter().filter(|(k, _)| k.starts_with(&prefix)) {
         let rest = &key[prefix.len()..];
-        let (which, name) = rest.split_once('.').unwrap();
+        let name = *NAMES.iter().find(|n| rest.ends_with(&format!(".{n}"))).unwrap();
+        let which = &rest[..rest.len() - name.len() - 1];
         let what = format!("{file} step {step} {which} of {name}");
         let mine = if which == "param" {
             params[NAMES.iter().position(|n| *n == name).unwrap()].detach()
@@ -83,7 +86,12 @@ fn compare(file: &str, opt: &AdamW, params: &[Tensor], step: usize) -> (usize, u
             states += 1;
             ours.get(&format!("{name}.{which}")).unwrap_or_else(|| panic!("{what}: recipe keeps no such state")).copy()
         };
-        common::assert_within_ulps(&what, &mine, theirs, file, 2.0);
+        if theirs.kind() == Kind::Uint8 {
+            // 8-bit codes: exactly the reference's.
+            common::assert_identical(&what, &mine, theirs, file);
+        } else {
+            common::assert_within_ulps(&what, &mine, theirs, file, 2.0);
+        }
         compared += 1;
         identical += usize::from(mine.equal(theirs));
     }
@@ -209,7 +217,9 @@ fn losses(dir: &Path) -> Vec<f64> {
 #[test]
 fn stories260k_trains_with_each_and_resumes_exactly() {
     // Learning rates each optimizer moves stories260k with in six steps (SGD needs a larger one).
-    for (optimizer, lr) in [("sgd", 0.5), ("adafactor", 2e-3), ("lion_32bit", 1e-3), ("muon", 2e-3)] {
+    for (optimizer, lr) in
+        [("sgd", 0.5), ("adafactor", 2e-3), ("lion_32bit", 1e-3), ("lion_8bit", 1e-3), ("muon", 2e-3)]
+    {
         let a = tempfile::tempdir().unwrap();
         let path = full_fine_tune(a.path(), optimizer, lr);
         let stdout = run_ok(&path, &[]);

@@ -166,7 +166,11 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("save_strategy: best\n", "unsupported-axolotl-value"),
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
-        ("optimizer: lion_8bit\n", "unsupported-axolotl-value"),
+        ("optimizer: rmsprop\n", "unsupported-axolotl-value"),
+        (
+            "optimizer: lion_8bit\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
         (
             "optimizer: muon\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
             "unsupported-optimizer-sharded",
@@ -216,6 +220,13 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
             assert!(states.bytes > 0 && states.bytes < 8 * t, "{name}: {} ({})", states.bytes, states.formula);
         }
     }
+    // 8-bit Lion: one byte a value and an fp32 absmax per 256.
+    let lion8 = load_text(dir.path(), &format!("{full}optimizer: paged_lion_8bit\n"));
+    assert!(rules(&lion8, true).is_empty(), "{}", common::rendered(&lion8));
+    let plan = recipe::plan::compile(&lion8, Default::default()).unwrap();
+    let t = plan.adapter.trainable_parameters;
+    let states = plan.memory.items.iter().find(|i| i.name == "optimizer states").unwrap();
+    assert_eq!(states.bytes, t + 4 * t.div_ceil(256), "{}", states.formula);
     // Muon's AdamW group: Axolotl passes the betas only when both are written.
     let muon = load_text(dir.path(), &format!("{full}optimizer: muon\n"));
     assert!(rules(&muon, false).contains(&"muon-betas-default"), "{}", common::rendered(&muon));

@@ -9,6 +9,7 @@ Each optimizer is built as the reference run builds it:
               scale_parameter=False, relative_step=False)
   lion_32bit  transformers' Trainer: bitsandbytes.optim.Lion(groups, lr=lr, betas=(adam_beta1,
               adam_beta2), optim_bits=32, is_paged=False) (bitsandbytes' CPU kernel)
+  lion_8bit   the same with optim_bits=8 (tensors under 4,096 values keep 32-bit states)
   muon        Axolotl (core/builders/base.py): axolotl-contribs-mit 0.0.6's MuonOptimizerFactory
               with lr, weight_decay, betas=(adam_beta1, adam_beta2), eps=adam_epsilon. Its
               Newton-Schulz function is wrapped in torch.compile; TORCHDYNAMO_DISABLE=1 runs it
@@ -20,6 +21,7 @@ writes each into the groups before the step):
   tall.weight                [48, 16]  a tall matrix (Muon transposes it)
   norm.weight                [40]      1-D, no weight decay (Muon leaves it out)
   model.embed_tokens.weight  [64, 16]  the embedding (Muon's AdamW group)
+  big.weight                 [64, 128] 8,192 values: 8-bit Lion quantizes its momentum
 
 The schedule: Axolotl's `_get_cosine_schedule_with_warmup_decay_constant_lr_lambda`, loaded from
 src/axolotl/utils/schedulers.py of Axolotl @067b021c (the fetched checkout named by
@@ -73,6 +75,7 @@ SHAPES = {
     "tall.weight": [48, 16],
     "norm.weight": [40],
     "model.embed_tokens.weight": [64, 16],
+    "big.weight": [64, 128],
 }
 
 
@@ -110,10 +113,11 @@ def build(kind, model):
         from transformers.optimization import Adafactor
 
         return Adafactor(groups(model), lr=lr, scale_parameter=False, relative_step=False)
-    if kind == "lion_32bit":
+    if kind in ("lion_32bit", "lion_8bit"):
         from bitsandbytes.optim import Lion
 
-        return Lion(groups(model), lr=lr, betas=(b1, b2), optim_bits=32, is_paged=False)
+        bits = 8 if kind == "lion_8bit" else 32
+        return Lion(groups(model), lr=lr, betas=(b1, b2), optim_bits=bits, is_paged=False)
     if kind == "muon":
         # The factory's base class lives in Axolotl proper; an empty one stands in for it.
         base = types.ModuleType("axolotl.integrations.base")
@@ -150,8 +154,12 @@ def run(kind, grads):
                 if s in state and torch.is_tensor(state[s]):
                     # bitsandbytes keeps Lion's momentum as `state1`; the others by these names.
                     out[f"step{k}.{s}.{n}"] = state[s].detach().clone()
-            if kind == "lion_32bit":
-                out[f"step{k}.exp_avg.{n}"] = state["state1"].detach().clone()
+            if kind.startswith("lion"):
+                if state["state1"].dtype == torch.uint8:
+                    out[f"step{k}.exp_avg.q8.{n}"] = state["state1"].detach().clone()
+                    out[f"step{k}.exp_avg.absmax.{n}"] = state["absmax1"].detach().clone()
+                else:
+                    out[f"step{k}.exp_avg.{n}"] = state["state1"].detach().clone()
     return out
 
 
@@ -187,7 +195,7 @@ def main():
                 g[0] = 0.0  # a zero row: Adafactor's eps and Lion's sign(0)
             grads[f"step{k}.grad.{n}"] = g
     files = {"grads": grads}
-    for kind in ["sgd", "adafactor", "lion_32bit", "muon"]:
+    for kind in ["sgd", "adafactor", "lion_32bit", "lion_8bit", "muon"]:
         files[kind] = run(kind, grads)
     meta = dict(HYPER, shapes=SHAPES, axolotl_commit=AXOLOTL_COMMIT, versions={
         "torch": torch.__version__, "transformers": version("transformers"),

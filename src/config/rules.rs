@@ -111,6 +111,17 @@ impl Rules<'_> {
                 &["optimizer", "fsdp", "fsdp_config", "deepspeed"],
                 "train without sharding, or use adamw_torch, sgd or lion_32bit",
             );
+        } else if t.optimizer.eight_bit_lion() && c.distributed.shards() {
+            self.error(
+                "unsupported-optimizer-sharded",
+                format!(
+                    "`optimizer: {}` keeps blockwise 8-bit states, which sharded training (fsdp / DeepSpeed ZeRO) \
+                     does not split for Lion",
+                    t.optimizer
+                ),
+                &["optimizer", "fsdp", "fsdp_config", "deepspeed"],
+                "train without sharding, or use lion_32bit",
+            );
         } else if t.optimizer == Optimizer::Muon && c.distributed.deepspeed.is_some() {
             // Axolotl refuses the pair (`check_muon_deepspeed_fsdp`).
             self.error(

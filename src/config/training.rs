@@ -249,6 +249,13 @@ pub enum Optimizer {
     /// Same as `lion_32bit`: recipe needs no paging.
     #[serde(rename = "paged_lion_32bit")]
     PagedLion32bit,
+    /// bitsandbytes' 8-bit `Lion`: the momentum blockwise quantized (signed dynamic map, blocks of
+    /// 256; tensors under 4,096 values keep it in 32 bits).
+    #[serde(rename = "lion_8bit")]
+    Lion8bit,
+    /// Same as `lion_8bit`: recipe needs no paging.
+    #[serde(rename = "paged_lion_8bit")]
+    PagedLion8bit,
     /// Axolotl's Muon (Moonlight's formulation): Newton–Schulz orthogonalized momentum for hidden
     /// matrices, its own AdamW for the embedding and head; 1-D parameters are left out, as Axolotl does.
     Muon,
@@ -270,6 +277,8 @@ impl Optimizer {
             Optimizer::Adafactor => "adafactor",
             Optimizer::Lion32bit => "lion_32bit",
             Optimizer::PagedLion32bit => "paged_lion_32bit",
+            Optimizer::Lion8bit => "lion_8bit",
+            Optimizer::PagedLion8bit => "paged_lion_8bit",
             Optimizer::Muon => "muon",
         }
     }
@@ -292,8 +301,19 @@ impl Optimizer {
     pub fn is_adamw(self) -> bool {
         !matches!(
             self,
-            Optimizer::Sgd | Optimizer::Adafactor | Optimizer::Lion32bit | Optimizer::PagedLion32bit | Optimizer::Muon
+            Optimizer::Sgd
+                | Optimizer::Adafactor
+                | Optimizer::Lion32bit
+                | Optimizer::PagedLion32bit
+                | Optimizer::Lion8bit
+                | Optimizer::PagedLion8bit
+                | Optimizer::Muon
         )
+    }
+
+    /// bitsandbytes' 8-bit Lion (`lion_8bit`, `paged_lion_8bit`).
+    pub fn eight_bit_lion(self) -> bool {
+        matches!(self, Optimizer::Lion8bit | Optimizer::PagedLion8bit)
     }
 
     /// Whether its update needs each parameter whole (Adafactor's row and column means, Muon's

@@ -433,10 +433,10 @@ fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
              chunks in host memory ({strategy}); use bf16, or train without offload"
         ));
     }
-    if plan.training.optimizer.name.needs_whole_parameters() {
+    if plan.training.optimizer.name.needs_whole_parameters() || plan.training.optimizer.name.eight_bit_lion() {
         return Err(format!(
-            "optimizer: {} needs each parameter whole, which sharded training ({strategy}) splits; train without \
-             sharding, or use adamw_torch, sgd or lion_32bit",
+            "optimizer: {} needs each parameter whole (or its 8-bit blocks), which sharded training ({strategy}) \
+             splits; train without sharding, or use adamw_torch, sgd or lion_32bit",
             plan.training.optimizer.name.as_str()
         ));
     }

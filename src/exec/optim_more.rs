@@ -11,7 +11,10 @@
 //! - `lion_32bit` / `paged_lion_32bit`: bitsandbytes' 32-bit `Lion` as its CPU kernel computes it
 //!   (betas from `adam_beta1` / `adam_beta2`, as the Trainer passes them): `p·(1 - lr·wd)`, then
 //!   `p - lr·sign(β1·m + (1-β1)·g)`, then `m = β2·m + (1-β2)·g`. Elementwise, so sharded training
-//!   updates chunks.
+//!   updates chunks. `lion_8bit` / `paged_lion_8bit`: bitsandbytes' 8-bit Lion (CPU kernel): the
+//!   momentum blockwise quantized (signed dynamic map, blocks of 256, as 8-bit AdamW's first moment;
+//!   tensors under 4,096 values keep the 32-bit state and update), its direction
+//!   `sign(β1·m + (1-β1)·g)` from two rounded products; sharded training refuses it.
 //! - `muon`: Axolotl's `Muon` (axolotl-contribs-mit 0.0.6, Moonlight's formulation). Every
 //!   trainable matrix but the embedding, the head and modules_to_save takes Nesterov momentum 0.95,
 //!   orthogonalized by 5 Newton–Schulz steps in bf16 (coefficients 3.4445, -4.7750, 2.0315), and
@@ -22,8 +25,9 @@
 //!
 //! `c + α·a` steps go through `fused_multiply_add`, as torch's `add_(a, alpha=α)` rounds on the CPU.
 
-use super::optimizer::{fused_multiply_add, load_into};
+use super::optimizer::{BLOCK, MIN_8BIT_SIZE, fused_multiply_add, load_into};
 use crate::config::training::Optimizer;
+use crate::model::nf4::{self, BlockCode};
 use crate::model::weights::Checkpoint;
 use tch::{Kind, Tensor};
 
@@ -33,6 +37,8 @@ pub enum Rule {
     Sgd,
     Adafactor,
     Lion,
+    /// bitsandbytes' 8-bit Lion.
+    Lion8bit,
     Muon,
 }
 
@@ -42,6 +48,7 @@ impl Rule {
             Optimizer::Sgd => Some(Rule::Sgd),
             Optimizer::Adafactor => Some(Rule::Adafactor),
             Optimizer::Lion32bit | Optimizer::PagedLion32bit => Some(Rule::Lion),
+            Optimizer::Lion8bit | Optimizer::PagedLion8bit => Some(Rule::Lion8bit),
             Optimizer::Muon => Some(Rule::Muon),
             _ => None,
         }
@@ -76,6 +83,12 @@ pub enum State {
     Sgd,
     Lion {
         exp_avg: Tensor,
+    },
+    /// 8-bit Lion's momentum: codes (shaped like the parameter) and one absmax per 256 values.
+    Lion8bit {
+        codes: Tensor,
+        absmax: Tensor,
+        code: BlockCode,
     },
     AdafactorFactored {
         row: Tensor,
@@ -112,6 +125,13 @@ impl State {
         match rule {
             Rule::Sgd => State::Sgd,
             Rule::Lion => State::Lion { exp_avg: zeros() },
+            // bitsandbytes keeps 32-bit states for tensors under `min_8bit_size`.
+            Rule::Lion8bit if param.numel() < MIN_8BIT_SIZE as usize => State::Lion { exp_avg: zeros() },
+            Rule::Lion8bit => {
+                let code = BlockCode::new(&nf4::dynamic_map(), param.device());
+                let (codes, absmax) = nf4::quantize_blockwise_with(&zeros(), &code, BLOCK);
+                State::Lion8bit { codes: codes.view(param.size().as_slice()), absmax, code }
+            }
             Rule::Adafactor => {
                 let shape = param.size();
                 if shape.len() >= 2 {
@@ -136,6 +156,7 @@ impl State {
         match self {
             State::Sgd | State::Untouched => vec![],
             State::Lion { exp_avg } => vec![("exp_avg", exp_avg)],
+            State::Lion8bit { codes, absmax, .. } => vec![("exp_avg.q8", codes), ("exp_avg.absmax", absmax)],
             State::AdafactorFactored { row, col } => vec![("exp_avg_sq_row", row), ("exp_avg_sq_col", col)],
             State::Adafactor { exp_avg_sq } => vec![("exp_avg_sq", exp_avg_sq)],
             State::Muon { momentum_buffer } => vec![("momentum_buffer", momentum_buffer)],
@@ -189,6 +210,21 @@ pub fn step(param: &Tensor, grad: &Tensor, state: &mut State, h: &Hyper) {
             p.copy_(&fused_multiply_add(&update.sign(), -h.lr, &p));
             *exp_avg *= h.beta2;
             exp_avg.copy_(&fused_multiply_add(&g, 1.0 - h.beta2, exp_avg));
+        }
+        State::Lion8bit { codes, absmax, code } => {
+            // bitsandbytes' CPU 8-bit kernel: the direction from two rounded products (no fused
+            // multiply-add), then the 32-bit kernel's steps, the momentum quantized again.
+            let mut m = nf4::dequantize_blockwise(codes, absmax, &code.values, BLOCK).view(codes.size().as_slice());
+            if h.weight_decay > 0.0 {
+                p *= 1.0 - h.lr * h.weight_decay;
+            }
+            let direction = (&m * h.beta1 + &g * (1.0 - h.beta1)).sign();
+            p.copy_(&fused_multiply_add(&direction, -h.lr, &p));
+            m *= h.beta2;
+            let m = fused_multiply_add(&g, 1.0 - h.beta2, &m);
+            let (c, a) = nf4::quantize_blockwise_with(&m, code, BLOCK);
+            codes.copy_(&c.view(codes.size().as_slice()));
+            absmax.copy_(&a);
         }
         State::AdafactorFactored { .. } | State::Adafactor { .. } => adafactor(&mut p, &g, state, h),
         State::Muon { momentum_buffer } => {

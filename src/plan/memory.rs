@@ -10,7 +10,7 @@
 //!   `adamw_torch_8bit` alike, its fp32 scale per 256), T + 8·⌈T/256⌉ for torchao's
 //!   `adamw_torch_4bit` (two 4-bit states, an fp32 scale per 256). The few tensors that stay in
 //!   full precision (under 4,096 values: norms, biases) are counted as quantized. `sgd` keeps
-//!   none, Lion 4·T (one momentum). Adafactor keeps 4·(rows + columns) per matrix and 4 per value
+//!   none, Lion 4·T (one momentum; 8-bit: T + 4·⌈T/256⌉). Adafactor keeps 4·(rows + columns) per matrix and 4 per value
 //!   of other tensors; Muon 4 per value of its hidden matrices (momentum) and 8 per value of the
 //!   embedding and head (its AdamW), none for 1-D parameters (left out, as Axolotl does). Both are
 //!   counted from the shapes in a full fine-tune of every weight, and bounded above (4·T, 8·T)
@@ -586,6 +586,9 @@ fn other_optimizer_state(
     match optimizer {
         Optimizer::Sgd => (0, "SGD: no state".into()),
         Optimizer::Lion32bit | Optimizer::PagedLion32bit => (4 * trainable, format!("Lion: {t} × 4 bytes")),
+        Optimizer::Lion8bit | Optimizer::PagedLion8bit => {
+            (trainable + 4 * trainable.div_ceil(256), format!("8-bit Lion: {t} × 1 byte + absmax"))
+        }
         Optimizer::Adafactor if whole_model => {
             let rest = trainable - hidden_values - table_values;
             (

@@ -368,6 +368,11 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
             "Lion, 32-bit state (bitsandbytes' Lion: betas (adam_beta1, adam_beta2), decoupled weight decay, one \
              momentum; eps unused; paged_* needs no paging here)"
         }
+        Optimizer::Lion8bit | Optimizer::PagedLion8bit => {
+            "Lion, blockwise 8-bit state (bitsandbytes' Lion: its momentum in the signed dynamic map, blocks of \
+             256; tensors under 4,096 elements keep a 32-bit one; betas (adam_beta1, adam_beta2), decoupled weight \
+             decay; eps unused; paged_* needs no paging here)"
+        }
         Optimizer::Muon => {
             "Muon (Axolotl's, Moonlight's formulation: hidden matrices take Nesterov momentum 0.95 orthogonalized \
              by 5 Newton-Schulz steps in bf16, lr scaled by 0.2·sqrt(max(rows, cols)); embedding, head and \
