@@ -177,7 +177,24 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("save_strategy: best\n", "unsupported-axolotl-value"),
         ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
         ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
-        ("optimizer: muon\n", "unsupported-axolotl-value"),
+        ("optimizer: rmsprop\n", "unsupported-axolotl-value"),
+        (
+            "optimizer: lion_8bit\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
+        (
+            "optimizer: muon\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
+        (
+            "optimizer: adafactor\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",
+            "unsupported-optimizer-sharded",
+        ),
+        ("cosine_constant_lr_ratio: 0.8\n", "cosine-constant-without-floor"),
+        (
+            "cosine_constant_lr_ratio: 0.8\ncosine_min_lr_ratio: 0.1\nlr_scheduler: linear\n",
+            "cosine-constant-without-floor",
+        ),
         ("optimizer: ao_adamw_fp8\n", "unsupported-axolotl-value"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));
@@ -196,6 +213,41 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         let states = plan.memory.items.iter().find(|i| i.name == "optimizer states").unwrap();
         assert_eq!(states.bytes, 2 * t * u64::from(bits) / 8 + 8 * t.div_ceil(256), "{name}: {}", states.formula);
     }
+    // SGD, Adafactor, Lion and Muon (exec/optim_more.rs): named in the plan, their states in the memory model.
+    for (name, per_value) in [("sgd", 0u64), ("lion_32bit", 4), ("paged_lion_32bit", 4), ("adafactor", 0), ("muon", 0)]
+    {
+        // A full fine-tune: the memory model counts from the shapes.
+        let loaded = load_text(dir.path(), &format!("{full}optimizer: {name}\n"));
+        assert!(rules(&loaded, true).is_empty(), "{name}: {}", common::rendered(&loaded));
+        let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
+        assert_eq!(plan.training.optimizer.name.as_str(), name);
+        let t = plan.adapter.trainable_parameters;
+        let states = plan.memory.items.iter().find(|i| i.name == "optimizer states").unwrap();
+        eprintln!("{name}: optimizer states {} bytes for {t} trainable ({})", states.bytes, states.formula);
+        if per_value > 0 || name == "sgd" {
+            assert_eq!(states.bytes, per_value * t, "{name}: {}", states.formula);
+        } else {
+            // Factored (Adafactor) or split into groups (Muon): less than AdamW's 8 bytes a value.
+            assert!(states.bytes > 0 && states.bytes < 8 * t, "{name}: {} ({})", states.bytes, states.formula);
+        }
+    }
+    // 8-bit Lion: one byte a value and an fp32 absmax per 256.
+    let lion8 = load_text(dir.path(), &format!("{full}optimizer: paged_lion_8bit\n"));
+    assert!(rules(&lion8, true).is_empty(), "{}", common::rendered(&lion8));
+    let plan = recipe::plan::compile(&lion8, Default::default()).unwrap();
+    let t = plan.adapter.trainable_parameters;
+    let states = plan.memory.items.iter().find(|i| i.name == "optimizer states").unwrap();
+    assert_eq!(states.bytes, t + 4 * t.div_ceil(256), "{}", states.formula);
+    // Muon's AdamW group: Axolotl passes the betas only when both are written.
+    let muon = load_text(dir.path(), &format!("{full}optimizer: muon\n"));
+    assert!(rules(&muon, false).contains(&"muon-betas-default"), "{}", common::rendered(&muon));
+    let muon = load_text(dir.path(), &format!("{full}optimizer: muon\nadam_beta1: 0.95\nadam_beta2: 0.95\n"));
+    assert!(!rules(&muon, false).contains(&"muon-betas-default"), "{}", common::rendered(&muon));
+    // Axolotl's decay-then-constant cosine: with a cosine and a floor it shapes the schedule.
+    let constant = load_text(dir.path(), &base("cosine_constant_lr_ratio: 0.5\ncosine_min_lr_ratio: 0.1\n"));
+    assert!(rules(&constant, true).is_empty(), "{}", common::rendered(&constant));
+    let plan = recipe::plan::compile(&constant, Default::default()).unwrap();
+    assert_eq!(plan.training.cosine_constant_lr_ratio, Some(0.5));
     // message_field_role / message_field_content: Axolotl's older spelling of message_property_mappings.
     let chat = |extra: &str| base("").replace("type: completion", &format!("type: chat_template\n{extra}"));
     let legacy = load_text(dir.path(), &chat("    message_field_role: from\n    message_field_content: value\n"));

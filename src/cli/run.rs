@@ -274,9 +274,17 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         _ => "",
     };
     println!(
-        "optimizer  {}: {} of state{whose}",
+        "optimizer  {}: {} of state{whose}{}",
         plan.training.optimizer.name,
-        crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
+        crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64),
+        if r.optimizer_untouched > 0 {
+            format!(
+                "; {} 1-D tensors left as loaded (in neither of Muon's groups, as in Axolotl)",
+                r.optimizer_untouched
+            )
+        } else {
+            String::new()
+        }
     );
     let syncs = r.host_syncs.describe();
     if !syncs.is_empty() {

@@ -32,6 +32,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.forgetting(config);
     out.distributed(config);
     out.deepspeed(config);
+    out.optimizer(config);
     out.tracking(config);
     out.not_built(config);
     out.locations(config);
@@ -88,6 +89,80 @@ impl Rules<'_> {
         }
         let d = self.involving(d, keys).help(help.to_string());
         self.out.push(d);
+    }
+
+    /// Optimizers and schedules with conditions of their own.
+    fn optimizer(&mut self, c: &Config) {
+        use super::training::{LrScheduler, Optimizer};
+        let t = &c.training;
+        if t.optimizer.needs_whole_parameters() && c.distributed.shards() {
+            self.error(
+                "unsupported-optimizer-sharded",
+                format!(
+                    "`optimizer: {}` needs each parameter whole ({}), and sharded training (fsdp / DeepSpeed ZeRO) \
+                     updates chunks of them",
+                    t.optimizer,
+                    if t.optimizer == Optimizer::Muon {
+                        "Newton-Schulz orthogonalizes whole matrices"
+                    } else {
+                        "its second moments are row and column means"
+                    }
+                ),
+                &["optimizer", "fsdp", "fsdp_config", "deepspeed"],
+                "train without sharding, or use adamw_torch, sgd or lion_32bit",
+            );
+        } else if t.optimizer.eight_bit_lion() && c.distributed.shards() {
+            self.error(
+                "unsupported-optimizer-sharded",
+                format!(
+                    "`optimizer: {}` keeps blockwise 8-bit states, which sharded training (fsdp / DeepSpeed ZeRO) \
+                     does not split for Lion",
+                    t.optimizer
+                ),
+                &["optimizer", "fsdp", "fsdp_config", "deepspeed"],
+                "train without sharding, or use lion_32bit",
+            );
+        } else if t.optimizer == Optimizer::Muon && c.distributed.deepspeed.is_some() {
+            // Axolotl refuses the pair (`check_muon_deepspeed_fsdp`).
+            self.error(
+                "unsupported-optimizer-deepspeed",
+                "`optimizer: muon` with `deepspeed` (Axolotl refuses the pair: Muon is incompatible with DeepSpeed)"
+                    .into(),
+                &["optimizer", "deepspeed"],
+                "remove `deepspeed`, or use adamw_torch",
+            );
+        }
+        let betas_written = self.at.entry("adam_beta1").is_some() && self.at.entry("adam_beta2").is_some();
+        if t.optimizer == Optimizer::Muon && !betas_written {
+            // Axolotl passes betas only when both are set; Muon's own default is (0.95, 0.95).
+            self.warn(
+                "muon-betas-default",
+                format!(
+                    "`optimizer: muon` without both `adam_beta1` and `adam_beta2`: recipe's AdamW group of Muon uses \
+                     ({}, {}), where Axolotl would fall back to Muon's (0.95, 0.95)",
+                    t.adam_beta1, t.adam_beta2
+                ),
+                &["optimizer", "adam_beta1", "adam_beta2"],
+                "write adam_beta1 and adam_beta2 (0.95 and 0.95 for Axolotl's result)",
+            );
+        }
+        if let Some(ratio) = t.cosine_constant_lr_ratio {
+            let floor = t.cosine_min_lr_ratio.unwrap_or(0.0);
+            // Axolotl uses it only for a cosine with a floor above 0 (and a ratio above 0).
+            if ratio > 0.0 && (t.lr_scheduler != LrScheduler::Cosine || floor <= 0.0) {
+                self.error(
+                    "cosine-constant-without-floor",
+                    format!(
+                        "`cosine_constant_lr_ratio` shapes a cosine schedule that decays to `cosine_min_lr_ratio` > 0, \
+                         but the schedule is {}{}",
+                        t.lr_scheduler_name(),
+                        if floor <= 0.0 { " without a floor" } else { "" }
+                    ),
+                    &["cosine_constant_lr_ratio", "cosine_min_lr_ratio", "lr_scheduler"],
+                    "set lr_scheduler: cosine and cosine_min_lr_ratio (e.g. 0.1), or remove cosine_constant_lr_ratio",
+                );
+            }
+        }
     }
 
     fn required(&mut self, c: &Config) {
@@ -1082,7 +1157,10 @@ impl Rules<'_> {
                     &["deepspeed.optimizer.params.adam_w_mode"],
                     "remove it: recipe's Adam is AdamW (decoupled weight decay)",
                 );
-            } else if t.optimizer.eight_bit_states() || t.optimizer.torchao_state_bits().is_some() {
+            } else if t.optimizer.eight_bit_states()
+                || t.optimizer.torchao_state_bits().is_some()
+                || !t.optimizer.is_adamw()
+            {
                 self.error(
                     "deepspeed-disagrees",
                     format!(

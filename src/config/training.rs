@@ -45,6 +45,12 @@ pub struct TrainingConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub cosine_min_lr_ratio: Option<f64>,
+    /// Cosine reaches `cosine_min_lr_ratio` at this fraction of all steps and stays there (Axolotl's
+    /// `get_cosine_schedule_with_warmup_decay_constant`); needs `lr_scheduler: cosine` and a
+    /// `cosine_min_lr_ratio` above 0.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub cosine_constant_lr_ratio: Option<f64>,
     /// The optimizer.
     #[serde(default)]
     pub optimizer: Optimizer,
@@ -151,6 +157,18 @@ pub struct TrainingConfig {
     pub ewc_samples: Option<u32>,
 }
 
+impl TrainingConfig {
+    /// `lr_scheduler` as written in a recipe.
+    pub fn lr_scheduler_name(&self) -> &'static str {
+        match self.lr_scheduler {
+            LrScheduler::Cosine => "cosine",
+            LrScheduler::Linear => "linear",
+            LrScheduler::Constant => "constant",
+            LrScheduler::ConstantWithWarmup => "constant_with_warmup",
+        }
+    }
+}
+
 impl Default for TrainingConfig {
     fn default() -> Self {
         super::defaults()
@@ -219,6 +237,28 @@ pub enum Optimizer {
     /// torchao's `AdamW4bit` (transformers' name): 4-bit states, blocks of 256.
     #[serde(rename = "adamw_torch_4bit")]
     AdamwTorch4bit,
+    /// `torch.optim.SGD` as transformers' Trainer builds it: no momentum, weight decay added to the
+    /// gradient (L2), no state.
+    Sgd,
+    /// transformers' `Adafactor` as the Trainer builds it (`scale_parameter=False`,
+    /// `relative_step=False`, no first moment): factored second moments for matrices.
+    Adafactor,
+    /// bitsandbytes' 32-bit `Lion` (betas from `adam_beta1` / `adam_beta2`, decoupled weight decay).
+    #[serde(rename = "lion_32bit")]
+    Lion32bit,
+    /// Same as `lion_32bit`: recipe needs no paging.
+    #[serde(rename = "paged_lion_32bit")]
+    PagedLion32bit,
+    /// bitsandbytes' 8-bit `Lion`: the momentum blockwise quantized (signed dynamic map, blocks of
+    /// 256; tensors under 4,096 values keep it in 32 bits).
+    #[serde(rename = "lion_8bit")]
+    Lion8bit,
+    /// Same as `lion_8bit`: recipe needs no paging.
+    #[serde(rename = "paged_lion_8bit")]
+    PagedLion8bit,
+    /// Axolotl's Muon (Moonlight's formulation): Newton–Schulz orthogonalized momentum for hidden
+    /// matrices, its own AdamW for the embedding and head; 1-D parameters are left out, as Axolotl does.
+    Muon,
 }
 
 impl Optimizer {
@@ -233,6 +273,13 @@ impl Optimizer {
             Optimizer::PagedAdamw32bit => "paged_adamw_32bit",
             Optimizer::AdamwTorch8bit => "adamw_torch_8bit",
             Optimizer::AdamwTorch4bit => "adamw_torch_4bit",
+            Optimizer::Sgd => "sgd",
+            Optimizer::Adafactor => "adafactor",
+            Optimizer::Lion32bit => "lion_32bit",
+            Optimizer::PagedLion32bit => "paged_lion_32bit",
+            Optimizer::Lion8bit => "lion_8bit",
+            Optimizer::PagedLion8bit => "paged_lion_8bit",
+            Optimizer::Muon => "muon",
         }
     }
 
@@ -248,6 +295,31 @@ impl Optimizer {
             Optimizer::AdamwTorch4bit => Some(4),
             _ => None,
         }
+    }
+
+    /// Whether it is one of the AdamW variants (the others: `sgd`, `adafactor`, Lion, Muon).
+    pub fn is_adamw(self) -> bool {
+        !matches!(
+            self,
+            Optimizer::Sgd
+                | Optimizer::Adafactor
+                | Optimizer::Lion32bit
+                | Optimizer::PagedLion32bit
+                | Optimizer::Lion8bit
+                | Optimizer::PagedLion8bit
+                | Optimizer::Muon
+        )
+    }
+
+    /// bitsandbytes' 8-bit Lion (`lion_8bit`, `paged_lion_8bit`).
+    pub fn eight_bit_lion(self) -> bool {
+        matches!(self, Optimizer::Lion8bit | Optimizer::PagedLion8bit)
+    }
+
+    /// Whether its update needs each parameter whole (Adafactor's row and column means, Muon's
+    /// orthogonalization), so sharded training cannot update chunks.
+    pub fn needs_whole_parameters(self) -> bool {
+        matches!(self, Optimizer::Adafactor | Optimizer::Muon)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
 pub mod offload;
+pub mod optim_more;
 pub mod optim_torchao;
 pub mod optimizer;
 pub mod runtime;
@@ -123,6 +124,8 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
     /// Bytes of optimizer state (8-bit states are about a quarter of 32-bit ones).
     pub optimizer_state_bytes: i64,
+    /// Trainable tensors the optimizer never updates (Muon's 1-D ones, as Axolotl's Muon).
+    pub optimizer_untouched: usize,
     /// On CPU: the training peak by the allocator's accounting above its use before the model
     /// was loaded (weights, adapters, gradients, optimizer, activations, logits), next to the
     /// plan's CPU estimate of the same.
@@ -428,6 +431,13 @@ fn refuse_unsharded(plan: &Plan, rt: &Runtime) -> Result<(), String> {
         return Err(format!(
             "fp16 with offload: the loss scaler unscales gradients on the GPU, and offload keeps the gradient \
              chunks in host memory ({strategy}); use bf16, or train without offload"
+        ));
+    }
+    if plan.training.optimizer.name.needs_whole_parameters() || plan.training.optimizer.name.eight_bit_lion() {
+        return Err(format!(
+            "optimizer: {} needs each parameter whole (or its 8-bit blocks), which sharded training ({strategy}) \
+             splits; train without sharding, or use adamw_torch, sgd or lion_32bit",
+            plan.training.optimizer.name.as_str()
         ));
     }
     if let Some(bits) = plan.training.optimizer.name.torchao_state_bits() {
@@ -943,7 +953,17 @@ fn train_on<E: packing::Example>(
                 optimizer::AdamW::for_chunks(sharder.optimizer_params(), &sharder.whole_sizes(), &t.optimizer)
             }
             None => optimizer::AdamW::new(trainable, &t.optimizer),
-        };
+        }
+        .with_modules_to_save(&plan.adapter.modules_to_save);
+        let refused = optimizer.muon_refuses();
+        if !refused.is_empty() {
+            return Err(format!(
+                "optimizer: muon orthogonalizes matrices, and {} trainable tensors have more than two dimensions \
+                 ({}: a mixture's stacked experts; Axolotl's Muon refuses them too); use adamw_torch",
+                refused.len(),
+                refused[0]
+            ));
+        }
         if let Some(dir) = &resumed_from {
             let saved = Checkpoint::open_files(dir, &[resume_optimizer.clone().unwrap_or_default()])?;
             match &sharder {
@@ -1069,6 +1089,7 @@ fn train_on<E: packing::Example>(
     // The outputs are written whole: the optimizer's chunks go first, then every rank gathers the
     // model (rank 0 writes it; the others only took part in the gathers).
     let optimizer_state_bytes = optimizer.state_bytes();
+    let optimizer_untouched = optimizer.untouched().len();
     drop(optimizer);
     if rt.is_main()
         && let Some(after) = forgetting_after
@@ -1173,6 +1194,7 @@ fn train_on<E: packing::Example>(
         resumed_from,
         outputs,
         optimizer_state_bytes,
+        optimizer_untouched,
         cpu_peak_bytes: match (device, in_use_before_model) {
             (Device::Cpu, Some(before)) => {
                 Some((host_memory::peak().saturating_sub(before), plan.memory.cpu_total_bytes))

@@ -11,9 +11,11 @@
 //! to the host. State memory is about a quarter of 32-bit AdamW's.
 //!
 //! torchao's 8-bit and 4-bit AdamW (`adamw_torch_8bit`, `adamw_torch_4bit`) keep their states and
-//! take their step in exec/optim_torchao.rs.
+//! take their step in exec/optim_torchao.rs; SGD, Adafactor, Lion and Muon in exec/optim_more.rs
+//! (this type holds their parameters and states too: one optimizer for the loop, the checkpoints
+//! and the sharder).
 
-use super::optim_torchao;
+use super::{optim_more, optim_torchao};
 use crate::model::llama::Param;
 use crate::model::nf4::{self, BlockCode};
 use crate::plan::training::OptimizerPlan;
@@ -25,6 +27,9 @@ pub struct AdamW {
     eight_bit: bool,
     /// torchao's low-bit AdamW (exec/optim_torchao.rs), with the bits of its states.
     torchao: Option<optim_torchao::Bits>,
+    /// SGD, Adafactor, Lion or Muon (exec/optim_more.rs): each slot's state is its `more`, and its
+    /// AdamW moments are left empty.
+    more: Option<optim_more::Rule>,
     /// `adamw_torch_fused`: libtorch's fused kernel (`_fused_adamw_`, exec/torch_ops.rs) with its
     /// step count as an fp32 device scalar, as `torch.optim.AdamW(fused=True)` keeps it.
     fused: Option<Tensor>,
@@ -44,6 +49,8 @@ struct Slot {
     param: Tensor,
     exp_avg: Moment,
     exp_avg_sq: Moment,
+    /// The state of the optimizers of exec/optim_more.rs.
+    more: Option<optim_more::State>,
     decay: bool,
 }
 
@@ -139,7 +146,7 @@ pub(crate) fn load_into(t: &mut Tensor, name: &str, ckpt: &crate::model::weights
 
 /// `c + alpha · a` rounded once, as torch's `c.add_(a, alpha=alpha)` computes it on the CPU (a
 /// fused multiply-add; `alpha` as fp32): the fp32 product is exact in float64.
-fn fused_multiply_add(a: &Tensor, alpha: f64, c: &Tensor) -> Tensor {
+pub(crate) fn fused_multiply_add(a: &Tensor, alpha: f64, c: &Tensor) -> Tensor {
     let alpha = f64::from(alpha as f32);
     (a.to_kind(Kind::Double) * alpha + c.to_kind(Kind::Double)).to_kind(Kind::Float)
 }
@@ -171,10 +178,12 @@ impl AdamW {
             8 => optim_torchao::Bits::Eight,
             _ => optim_torchao::Bits::Four,
         });
+        let more = optim_more::Rule::of(plan.name);
         // torchao's states are never sharded (exec/mod.rs refuses them there): `whole` is the tensor.
-        let moment = |p: &Tensor, whole: i64, signed: bool, code: Option<&BlockCode>| match torchao {
-            Some(bits) => Moment::Torchao(optim_torchao::Moment::zeros(p, bits, signed)),
-            None => Moment::zeros(p, whole, code),
+        let moment = |p: &Tensor, whole: i64, signed: bool, code: Option<&BlockCode>| match (torchao, more) {
+            (_, Some(_)) => Moment::Full(Tensor::new()),
+            (Some(bits), None) => Moment::Torchao(optim_torchao::Moment::zeros(p, bits, signed)),
+            (None, None) => Moment::zeros(p, whole, code),
         };
         let params: Vec<Slot> = params
             .into_iter()
@@ -183,6 +192,7 @@ impl AdamW {
                 decay: !(p.name.ends_with(".bias") || p.name.contains("norm")),
                 exp_avg: moment(&p.tensor, whole, true, codes.as_ref().map(|c| &c.0)),
                 exp_avg_sq: moment(&p.tensor, whole, false, codes.as_ref().map(|c| &c.1)),
+                more: more.map(|rule| optim_more::State::new(rule, &p.name, &p.tensor, &[])),
                 param: p.tensor,
                 name: p.name,
             })
@@ -194,6 +204,7 @@ impl AdamW {
             params,
             eight_bit,
             torchao,
+            more,
             fused,
             beta1: plan.beta1,
             beta2: plan.beta2,
@@ -202,6 +213,32 @@ impl AdamW {
             step: 0,
             device_step: None,
         }
+    }
+
+    /// Muon: the modules kept whole beside an adapter (`modules_to_save`), whose matrices take
+    /// Muon's AdamW as in Axolotl (peft's `modules_to_save.default` copies).
+    pub fn with_modules_to_save(mut self, modules: &[String]) -> AdamW {
+        if self.more == Some(optim_more::Rule::Muon) {
+            for s in &mut self.params {
+                s.more = Some(optim_more::State::new(optim_more::Rule::Muon, &s.name, &s.param, modules));
+            }
+        }
+        self
+    }
+
+    /// Muon orthogonalizes matrices: the trainable tensors of more than two dimensions (a mixture's
+    /// stacked experts) that Axolotl's Muon refuses (`assert p.ndim == 2`).
+    pub fn muon_refuses(&self) -> Vec<String> {
+        if self.more != Some(optim_more::Rule::Muon) {
+            return vec![];
+        }
+        self.params.iter().filter(|s| s.param.dim() > 2).map(|s| s.name.clone()).collect()
+    }
+
+    /// Muon: the trainable tensors in neither of its groups (1-D), which it never updates.
+    pub fn untouched(&self) -> Vec<String> {
+        let untouched = |s: &&Slot| matches!(s.more, Some(optim_more::State::Untouched));
+        self.params.iter().filter(untouched).map(|s| s.name.clone()).collect()
     }
 
     /// The parameters it updates, by their saved names.
@@ -258,6 +295,28 @@ impl AdamW {
             return;
         }
         self.step += 1;
+        if self.more.is_some() {
+            for s in &mut self.params {
+                let grad = s.param.grad();
+                if let (true, Some(state)) = (grad.defined(), &mut s.more) {
+                    let hyper = optim_more::Hyper {
+                        lr,
+                        step: self.step,
+                        beta1: self.beta1,
+                        beta2: self.beta2,
+                        eps: self.eps,
+                        // Muon decays every parameter it updates (no Trainer groups).
+                        weight_decay: if s.decay || self.more == Some(optim_more::Rule::Muon) {
+                            self.weight_decay
+                        } else {
+                            0.0
+                        },
+                    };
+                    optim_more::step(&s.param, &grad.to_kind(s.param.kind()), state, &hyper);
+                }
+            }
+            return;
+        }
         if self.torchao.is_some() {
             let hyper = |decay: bool| optim_torchao::Hyper {
                 lr,
@@ -324,7 +383,7 @@ impl AdamW {
         if self.fused.is_some() {
             return self.fused_step(lr, Some(found_inf));
         }
-        if self.eight_bit || self.torchao.is_some() {
+        if self.eight_bit || self.torchao.is_some() || self.more.is_some() {
             if !super::host_sync::read_flag(found_inf, "the fp16 overflow flag")? {
                 self.step(lr);
             }
@@ -442,6 +501,10 @@ impl AdamW {
         };
         let mut out = vec![("step".to_string(), step)];
         for s in &self.params {
+            if let Some(state) = &s.more {
+                out.extend(state.named(&s.name));
+                continue;
+            }
             out.extend(s.exp_avg.named(format!("{}.exp_avg", s.name)));
             out.extend(s.exp_avg_sq.named(format!("{}.exp_avg_sq", s.name)));
         }
@@ -455,7 +518,13 @@ impl AdamW {
 
     /// Bytes the optimizer state occupies.
     pub fn state_bytes(&self) -> i64 {
-        self.params.iter().map(|s| s.exp_avg.bytes() + s.exp_avg_sq.bytes()).sum()
+        self.params
+            .iter()
+            .map(|s| match &s.more {
+                Some(state) => state.bytes(),
+                None => s.exp_avg.bytes() + s.exp_avg_sq.bytes(),
+            })
+            .sum()
     }
 
     fn load_step(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
@@ -479,6 +548,10 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         self.load_step(ckpt)?;
         for s in &mut self.params {
+            if let Some(state) = &mut s.more {
+                state.load_with(&|which| moment(&s.name, which))?;
+                continue;
+            }
             for (which, m) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
                 match m {
                     Moment::Full(t) => t.copy_(&moment(&s.name, which)?),
@@ -499,6 +572,10 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         self.load_step(ckpt)?;
         for s in &mut self.params {
+            if let Some(state) = &mut s.more {
+                state.load(&s.name, ckpt)?;
+                continue;
+            }
             s.exp_avg.load(&format!("{}.exp_avg", s.name), ckpt)?;
             s.exp_avg_sq.load(&format!("{}.exp_avg_sq", s.name), ckpt)?;
         }

@@ -30,7 +30,7 @@ use super::runtime::Runtime;
 use crate::data::packing::{Example, HostBatch};
 use crate::model::llama::{CausalLm, Trainable};
 use crate::plan::Plan;
-use crate::plan::schedule::{Steps, learning_rate_at};
+use crate::plan::schedule::{Schedule, Steps, learning_rate_at};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -262,14 +262,12 @@ impl<E: Example> Loop<'_, E> {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();
             }
-            let lr = learning_rate_at(
-                plan.batch.lr_scheduler,
-                plan.batch.peak_learning_rate,
-                t.cosine_min_lr_ratio,
-                step,
-                s.warmup,
-                s.total,
-            );
+            let schedule = Schedule {
+                scheduler: plan.batch.lr_scheduler,
+                min_ratio: t.cosine_min_lr_ratio,
+                constant_ratio: t.cosine_constant_lr_ratio,
+            };
+            let lr = learning_rate_at(schedule, plan.batch.peak_learning_rate, step, s.warmup, s.total);
             // The whole global batch on the host: its unit count is the loss's denominator.
             let global: Vec<HostBatch> = self
                 .global_micro_batches(step, s, &mut order)

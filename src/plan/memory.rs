@@ -9,7 +9,12 @@
 //!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256; torchao's
 //!   `adamw_torch_8bit` alike, its fp32 scale per 256), T + 8·⌈T/256⌉ for torchao's
 //!   `adamw_torch_4bit` (two 4-bit states, an fp32 scale per 256). The few tensors that stay in
-//!   full precision (under 4,096 values: norms, biases) are counted as quantized.
+//!   full precision (under 4,096 values: norms, biases) are counted as quantized. `sgd` keeps
+//!   none, Lion 4·T (one momentum; 8-bit: T + 4·⌈T/256⌉). Adafactor keeps 4·(rows + columns) per matrix and 4 per value
+//!   of other tensors; Muon 4 per value of its hidden matrices (momentum) and 8 per value of the
+//!   embedding and head (its AdamW), none for 1-D parameters (left out, as Axolotl does). Both are
+//!   counted from the shapes in a full fine-tune of every weight, and bounded above (4·T, 8·T)
+//!   otherwise.
 //! - autocast copies (full fine-tuning in 16 bits): c·T, the 16-bit weights autocast keeps during
 //!   the forward pass.
 //! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
@@ -246,6 +251,8 @@ fn breakdown(
             u64::from(bits) * trainable / 4 + 8 * trainable.div_ceil(256),
             format!("torchao {bits}-bit AdamW: {} × 2 × {bits}/8 bytes + scales", group(trainable)),
         )
+    } else if !c.training.optimizer.is_adamw() {
+        other_optimizer_state(c.training.optimizer, arch, trainable, full && adapter.unfrozen.is_none())
     } else {
         (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable)))
     };
@@ -556,6 +563,55 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         other => return Err(format!("`{text}`: unknown unit `{other}`; use GiB, GB, MiB or MB")),
     };
     Ok((value * scale) as u64)
+}
+
+/// Optimizer-state bytes of `sgd`, `adafactor`, Lion and Muon, with the formula; `whole_model`: a
+/// full fine-tune of every weight, whose shapes the architecture gives.
+fn other_optimizer_state(
+    optimizer: Optimizer,
+    arch: &Architecture,
+    trainable: u64,
+    whole_model: bool,
+) -> (u64, String) {
+    let t = group(trainable);
+    let counts = arch.parameter_counts();
+    // Hidden matrices (decoder linears' weights; a mixture's experts excluded) and the embedding
+    // and head matrices.
+    let linears = arch.layer_linears();
+    let hidden_values: u64 = arch.num_layers * linears.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
+    let hidden_sides: u64 = arch.num_layers * linears.iter().map(|l| l.in_features + l.out_features).sum::<u64>();
+    let heads = if counts.lm_head > 0 { 2 } else { 1 };
+    let table_values = counts.embed_tokens + counts.lm_head;
+    let table_sides = heads * (arch.vocab_size + arch.hidden_size);
+    match optimizer {
+        Optimizer::Sgd => (0, "SGD: no state".into()),
+        Optimizer::Lion32bit | Optimizer::PagedLion32bit => (4 * trainable, format!("Lion: {t} × 4 bytes")),
+        Optimizer::Lion8bit | Optimizer::PagedLion8bit => {
+            (trainable + 4 * trainable.div_ceil(256), format!("8-bit Lion: {t} × 1 byte + absmax"))
+        }
+        Optimizer::Adafactor if whole_model => {
+            let rest = trainable - hidden_values - table_values;
+            (
+                4 * (hidden_sides + table_sides + rest),
+                format!(
+                    "Adafactor: (rows + columns of {} matrices + {} other values) × 4 bytes",
+                    arch.num_layers * linears.len() as u64 + heads,
+                    group(rest)
+                ),
+            )
+        }
+        Optimizer::Adafactor => (4 * trainable, format!("Adafactor: at most {t} × 4 bytes (factored for matrices)")),
+        Optimizer::Muon if whole_model => (
+            4 * hidden_values + 8 * table_values,
+            format!(
+                "Muon: {} hidden-matrix values × 4 bytes + {} embedding and head values × 8 bytes",
+                group(hidden_values),
+                group(table_values)
+            ),
+        ),
+        Optimizer::Muon => (8 * trainable, format!("Muon: at most {t} × 8 bytes")),
+        _ => (8 * trainable, format!("AdamW: {t} × 8 bytes")),
+    }
 }
 
 #[cfg(test)]

@@ -117,17 +117,45 @@ pub fn plan(c: &Config, world_size: u64, rows: Option<u64>) -> BatchPlan {
 /// The learning rate used for optimizer step `step` (0-based), as transformers' schedules.
 pub fn learning_rate(c: &Config, peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
     let floor = c.training.cosine_min_lr_ratio.unwrap_or(0.0);
-    learning_rate_at(c.training.lr_scheduler, peak, floor, step, warmup, total)
+    let schedule = Schedule {
+        scheduler: c.training.lr_scheduler,
+        min_ratio: floor,
+        constant_ratio: c.training.cosine_constant_lr_ratio,
+    };
+    learning_rate_at(schedule, peak, step, warmup, total)
 }
 
-/// transformers' schedules (`get_scheduler`), with Axolotl's cosine floor `min_ratio`.
-pub fn learning_rate_at(scheduler: LrScheduler, peak: f64, min_ratio: f64, step: u64, warmup: u64, total: u64) -> f64 {
+/// A schedule's shape: transformers' `lr_scheduler_type` with Axolotl's cosine floor and its
+/// decay-then-constant variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub scheduler: LrScheduler,
+    /// `cosine_min_lr_ratio` (0 when absent).
+    pub min_ratio: f64,
+    /// `cosine_constant_lr_ratio`: the cosine reaches `min_ratio` at this share of the steps and
+    /// stays there (the rules allow it only with a cosine and a floor above 0, as Axolotl uses it).
+    pub constant_ratio: Option<f64>,
+}
+
+/// transformers' schedules (`get_scheduler`), with Axolotl's cosine floor and, with a constant
+/// ratio, Axolotl's `get_cosine_schedule_with_warmup_decay_constant`.
+pub fn learning_rate_at(schedule: Schedule, peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
+    let Schedule { scheduler, min_ratio, constant_ratio } = schedule;
     // transformers' `constant` schedule has no warmup; `constant_with_warmup` has.
     if scheduler == LrScheduler::Constant {
         return peak;
     }
     if step < warmup {
         return peak * step as f64 / warmup.max(1) as f64;
+    }
+    if let (LrScheduler::Cosine, Some(ratio)) = (scheduler, constant_ratio) {
+        // Axolotl's lambda as written: `int(total * ratio)` truncates, the step stops there, and
+        // the progress may come out negative when warmup outlasts it.
+        let constant = (total as f64 * ratio) as i64;
+        let current = (step as i64).min(constant);
+        let progress = (current - warmup as i64) as f64 / (constant - warmup as i64).max(1) as f64;
+        let cosine = (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        return peak * (cosine.max(0.0) + min_ratio);
     }
     let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
     match scheduler {

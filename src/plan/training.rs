@@ -57,6 +57,9 @@ pub struct TrainingPlan {
     /// Warmup as a share of the total steps, when warmup_steps is not given.
     pub warmup_ratio: Option<f64>,
     pub cosine_min_lr_ratio: f64,
+    /// Cosine reaches its floor at this fraction of the steps and stays there (Axolotl's
+    /// decay-then-constant schedule); None: the plain cosine.
+    pub cosine_constant_lr_ratio: Option<f64>,
 }
 
 /// Axolotl's `eval_causal_lm_metrics` during training, resolved.
@@ -352,6 +355,30 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
              exp_avg_sq, an fp32 scale per 256 values; tensors under 4,096 elements or not a multiple of 256 keep \
              full-precision states)"
         }
+        Optimizer::Sgd => {
+            "SGD (torch.optim.SGD as transformers' Trainer builds it: no momentum, weight decay added to the \
+             gradient; no state; betas and eps unused)"
+        }
+        Optimizer::Adafactor => {
+            "Adafactor (transformers' Adafactor as the Trainer builds it: scale_parameter and relative_step off, \
+             no first moment, eps (1e-30, 1e-3), clip threshold 1, decay rate -0.8; factored second moments for \
+             matrices; betas and eps unused)"
+        }
+        Optimizer::Lion32bit | Optimizer::PagedLion32bit => {
+            "Lion, 32-bit state (bitsandbytes' Lion: betas (adam_beta1, adam_beta2), decoupled weight decay, one \
+             momentum; eps unused; paged_* needs no paging here)"
+        }
+        Optimizer::Lion8bit | Optimizer::PagedLion8bit => {
+            "Lion, blockwise 8-bit state (bitsandbytes' Lion: its momentum in the signed dynamic map, blocks of \
+             256; tensors under 4,096 elements keep a 32-bit one; betas (adam_beta1, adam_beta2), decoupled weight \
+             decay; eps unused; paged_* needs no paging here)"
+        }
+        Optimizer::Muon => {
+            "Muon (Axolotl's, Moonlight's formulation: hidden matrices take Nesterov momentum 0.95 orthogonalized \
+             by 5 Newton-Schulz steps in bf16, lr scaled by 0.2·sqrt(max(rows, cols)); embedding, head and \
+             modules_to_save take Muon's own AdamW (betas, eps); weight decay on both; 1-D parameters (norms, \
+             biases) are in neither group, so they stay as loaded, as in Axolotl)"
+        }
     };
     TrainingPlan {
         preference: t.rl.map(|rl| PreferencePlan {
@@ -414,5 +441,6 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
         max_steps: t.max_steps,
         warmup_ratio: if t.warmup_steps.is_some() { None } else { t.warmup_ratio },
         cosine_min_lr_ratio: t.cosine_min_lr_ratio.unwrap_or(0.0),
+        cosine_constant_lr_ratio: t.cosine_constant_lr_ratio,
     }
 }
