@@ -42,12 +42,12 @@ impl SparseMoe {
         let mut out = x.zeros_like();
         // The (token, slot) pairs grouped by expert, each group in token order as torch.where gives
         // them: a stable sort of the flattened assignments, and one host read of the group sizes
-        // per layer (not one per expert).
+        // per layer (not one per expert), counted by the run's host-sync line.
         let k = self.top_k;
         let flat = index.reshape([-1]);
         let (_, order) = flat.sort_stable(true, 0, false);
         let counts = flat.bincount::<Tensor>(None, self.experts.len() as i64);
-        let counts = Vec::<i64>::try_from(&counts).expect("expert counts are int64");
+        let counts = crate::exec::host_sync::read_i64(&counts, "the expert token counts").expect("expert counts");
         let mut start = 0;
         for (expert, &count) in self.experts.iter().zip(&counts) {
             if count == 0 {
