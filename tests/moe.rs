@@ -243,3 +243,168 @@ fn plans_resolve_counts_overrides_and_refusals() {
     let err = plan(&["model_config.output_router_logits=true"]).unwrap_err();
     assert!(err.contains("mixture of experts"), "{err}");
 }
+
+/// LoRA through peft's `target_parameters` (its ParamWrapper): Mixtral's router and both fused
+/// expert parameters (nested wrappers: gate_up_proj's tensors under `experts.base_layer`), and
+/// Qwen3-MoE's expert down_proj alone with rsLoRA (its dense layer has none). The adapter peft
+/// saved loads under the same names and shapes; logits, the loss (with the aux term) and every
+/// gradient equal peft's, with and without gradient checkpointing.
+#[test]
+fn target_parameters_lora_matches_peft() {
+    for case in ["mixtral_router_experts", "qwen3_moe_expert_down_rslora"] {
+        let dir = root().join("tests/golden/lora").join(case);
+        let g: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+        let saved: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap().into_iter().collect();
+        let (ids, labels) = (&g["input_ids"], &g["labels"]);
+        let t = ids.size()[1];
+        let pos = positions(ids);
+        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+        for checkpointing in [false, true] {
+            let model = common::load_peft_folder(&dir, Kind::Float);
+            let params = model.trainable_params();
+            let mut names: Vec<(String, Vec<i64>)> = params.iter().map(|p| (p.name.clone(), p.tensor.size())).collect();
+            let mut want: Vec<(String, Vec<i64>)> = saved.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want, "{case}: adapter tensors (names and shapes) as peft saves them");
+            let logits = tch::no_grad(|| model.logits(&inputs));
+            let d = diff(&logits, &g["logits"]);
+            assert!(d < 1e-4, "{case}: logits differ by {d:e}");
+            let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+            let batch = DeviceBatch::new(&inputs, labels);
+            let loss = objective::forward_backward(&model, &Supervised::WHOLE, &batch, counted, checkpointing, &|_| {})
+                .loss
+                / counted;
+            let dl = diff(&loss, &g["loss"]);
+            assert!(dl < 1e-5, "{case}: loss differs by {dl:e}");
+            let mut worst = ("", 0f64);
+            let mut worst_expert = 0f64;
+            for p in &params {
+                let expected = &g[&format!("grad.{}", p.name)];
+                let rel = diff(&p.tensor.grad(), expected) / expected.abs().max().double_value(&[]);
+                if rel > worst.1 {
+                    worst = (p.name.as_str(), rel);
+                }
+                if p.name.contains(".mlp.") {
+                    worst_expert = worst_expert.max(rel);
+                }
+                assert!(rel < 1e-5, "{case}: gradient of {} differs by {rel:e} (relative)", p.name);
+            }
+            eprintln!(
+                "{case} (checkpointing {checkpointing}): logits {d:e}, loss {dl:e}, worst gradient {:e} ({}), \
+                 router/experts {worst_expert:e}",
+                worst.1, worst.0
+            );
+        }
+    }
+}
+
+/// Merging folds each expert's share of the fused update into its own per-expert weight: the
+/// merged checkpoint, loaded with no adapter, gives the adapter's logits.
+#[test]
+fn target_parameters_merge_into_the_per_expert_weights() {
+    let dir = root().join("tests/golden/lora/mixtral_router_experts");
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let model = common::load_peft_folder(&dir, Kind::Float);
+    let merged: Vec<(String, Tensor)> =
+        model.merged_weights().into_iter().map(|w| (w.name.clone(), w.tensor())).collect();
+    let out = tempfile::tempdir().unwrap();
+    let base = root().join("tests/golden/model/mixtral_moe");
+    std::fs::copy(base.join("config.json"), out.path().join("config.json")).unwrap();
+    Tensor::write_safetensors(&merged, out.path().join("model.safetensors")).unwrap();
+    let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: Trainable::Nothing,
+        quantize: None,
+        score_head: false,
+    };
+    let plain = CausalLm::load(&arch, &Checkpoint::open(out.path()).unwrap(), &opts).unwrap();
+    let ids = &g["input_ids"];
+    let pos = positions(ids);
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let d = diff(&tch::no_grad(|| plain.logits(&inputs)), &g["logits"]);
+    eprintln!("merged mixtral_router_experts: logits {d:e}");
+    assert!(d < 1e-4, "merged logits differ by {d:e}");
+}
+
+/// `recipe plan` with `lora_target_parameters` over the golden MoE folders counts what peft's
+/// get_nb_trainable_parameters counts (case.json), lists the adapted parameters, and refuses what
+/// is not built by name.
+#[test]
+fn target_parameters_plan_counts_equal_peft() {
+    let plan = |sets: &[String]| {
+        let loaded = recipe::recipe::load(std::path::Path::new("recipes/qwen3-0.6b-lora.yaml"), sets);
+        let errors: Vec<String> =
+            loaded.diagnostics.iter().filter(|d| d.is_error()).map(|d| format!("{d:?}")).collect();
+        assert!(errors.is_empty(), "{sets:?}: {errors:?}");
+        recipe::plan::compile(&loaded, recipe::plan::PlanOptions::default())
+    };
+    for (case, base, sets) in [
+        (
+            "mixtral_router_experts",
+            "mixtral_moe",
+            &[
+                "lora_r=4",
+                "lora_alpha=8",
+                "lora_target_modules=[q_proj, v_proj]",
+                "lora_target_linear=false",
+                "lora_target_parameters=[gate.weight, experts.gate_up_proj, experts.down_proj]",
+            ][..],
+        ),
+        (
+            "qwen3_moe_expert_down_rslora",
+            "qwen3_moe_gqa",
+            &[
+                "lora_r=4",
+                "lora_alpha=16",
+                "peft_use_rslora=true",
+                "lora_target_modules=[q_proj, k_proj]",
+                "lora_target_linear=false",
+                "lora_target_parameters=[mlp.experts.down_proj]",
+            ][..],
+        ),
+    ] {
+        let case_json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root().join("tests/golden/lora").join(case).join("case.json")).unwrap(),
+        )
+        .unwrap();
+        let mut all: Vec<String> = vec![
+            format!("base_model={}", root().join("tests/golden/model").join(base).display()),
+            "lora_dropout=0".into(),
+        ];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let p = plan(&all).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(p.adapter.trainable_parameters, case_json["trainable_parameters"].as_u64().unwrap(), "{case}");
+        assert_eq!(p.adapter.total_parameters, case_json["all_parameters"].as_u64().unwrap(), "{case}");
+        assert_eq!(p.adapter.target_parameters, {
+            let mut t = case_json["lora"]["target_parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect::<Vec<_>>();
+            t.sort();
+            t
+        });
+        let text = recipe::plan::render_text(&p);
+        assert!(text.contains("target parameter mlp.experts."), "{text}");
+    }
+    let mixtral = format!("base_model={}", root().join("tests/golden/model/mixtral_moe").display());
+    for (extra, wanted) in [
+        ("lora_target_parameters=[q_proj.weight]", "unsupported-lora-target-parameters"),
+        ("lora_target_parameters=[block_sparse_moe.experts.down_proj]", "matches no parameter"),
+    ] {
+        let err = plan(&[mixtral.clone(), "lora_dropout=0".into(), extra.into()]).unwrap_err();
+        assert!(err.contains(wanted), "{extra}: {err}");
+    }
+    let err = plan(&[mixtral.clone(), "lora_dropout=0.05".into(), "lora_target_parameters=[experts.down_proj]".into()])
+        .unwrap_err();
+    assert!(err.contains("lora_dropout: 0"), "{err}");
+    let err = plan(&["lora_dropout=0".into(), "lora_target_parameters=[experts.down_proj]".into()]).unwrap_err();
+    assert!(err.starts_with("unsupported-lora-target-parameters"), "{err}");
+}
