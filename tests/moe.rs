@@ -221,11 +221,11 @@ fn plans_resolve_counts_overrides_and_refusals() {
         .unwrap();
     assert_eq!(p.model.architecture.moe.as_ref().unwrap().router_aux_loss_coef, 0.1);
 
+    // QLoRA: bitsandbytes quantizes the attention projections (nn.Linear) only.
+    let p = plan(&["base_model=mistralai/Mixtral-8x7B-v0.1", "load_in_4bit=true", "adapter=qlora"]).unwrap();
+    assert_eq!(p.quantization.quantized_parameters, 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024));
     for (sets, rule) in [
-        (
-            &["base_model=mistralai/Mixtral-8x7B-v0.1", "load_in_4bit=true", "adapter=qlora"][..],
-            "unsupported-moe-quantization",
-        ),
+        (&["base_model=mistralai/Mixtral-8x7B-v0.1", "load_in_8bit=true"][..], "unsupported-moe-quantization"),
         (&["base_model=mistralai/Mixtral-8x7B-v0.1", "fsdp=[full_shard]"][..], "unsupported-moe-sharding"),
         (&["base_model=Qwen/Qwen3-30B-A3B", "lora_target_modules=[q_proj, w2]"][..], "unsupported-moe-lora-experts"),
         (&["base_model=Qwen/Qwen3-30B-A3B", "lora_target_modules=[gate]"][..], "unsupported-moe-lora-experts"),
@@ -407,4 +407,68 @@ fn target_parameters_plan_counts_equal_peft() {
     assert!(err.contains("lora_dropout: 0"), "{err}");
     let err = plan(&["lora_dropout=0".into(), "lora_target_parameters=[experts.down_proj]".into()]).unwrap_err();
     assert!(err.starts_with("unsupported-lora-target-parameters"), "{err}");
+}
+
+/// QLoRA of Mixtral as transformers 5.24 + bitsandbytes build it (scripts/reference/moe_qlora_goldens.py):
+/// the attention projections are NF4 (double-quantized, bit-exact with bitsandbytes), the router and
+/// every expert stay in the compute dtype; LoRA on q/v and on the fused experts. Logits, loss and
+/// gradients equal peft's.
+#[test]
+fn qlora_quantizes_attention_only_and_matches_peft() {
+    use recipe::model::adapter;
+    use recipe::model::llama::{FourBit, Quantize};
+    use recipe::model::nf4::QuantType;
+    let dir = root().join("tests/golden/qlora/mixtral_moe_nf4_dq");
+    let g: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let cfg = adapter::read_config(&dir).unwrap();
+    let base = root().join(&cfg.base_model);
+    let arch = Architecture::from_config_json(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        base_kind: Kind::Float,
+        trainable: cfg.trainable.clone(),
+        quantize: Some(Quantize::FourBit(FourBit { quant_type: QuantType::Nf4, double_quant: true, blocksize: 64 })),
+        score_head: false,
+    };
+    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let file = dir.join("adapter_model.safetensors");
+    adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[file]).unwrap()).unwrap();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let mut quantized: Vec<String> =
+        model.linears().into_iter().filter(|l| l.quantized.is_some()).map(|l| l.name.clone()).collect();
+    let mut want: Vec<String> =
+        case["linear4bit_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    quantized.sort();
+    want.sort();
+    let (ids, labels) = (&g["input_ids"], &g["labels"]);
+    let t = ids.size()[1];
+    let pos = positions(ids);
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let logits = tch::no_grad(|| model.logits(&inputs));
+    let d = diff(&logits, &g["logits"]);
+    let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let loss = objective::forward_backward(
+        &model,
+        &Supervised::WHOLE,
+        &DeviceBatch::new(&inputs, labels),
+        counted,
+        false,
+        &|_| {},
+    )
+    .loss
+        / counted;
+    let dl = diff(&loss, &g["loss"]);
+    let mut worst = 0f64;
+    let params = model.trainable_params();
+    assert_eq!(params.len(), g.keys().filter(|k| k.starts_with("grad.")).count());
+    for p in params {
+        let expected = &g[&format!("grad.{}", p.name)];
+        let rel = diff(&p.tensor.grad(), expected) / expected.abs().max().double_value(&[]);
+        worst = worst.max(rel);
+    }
+    assert!(worst < 1e-5, "gradients differ by {worst:e} (relative)");
+    eprintln!("mixtral_moe_nf4_dq: logits {d:e}, loss {dl:e}, worst gradient {worst:e}");
+    assert!(d < 1e-4 && dl < 1e-5, "logits {d:e}, loss {dl:e}");
 }

@@ -300,7 +300,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "qat", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "qlora_sharded_model_loading", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "quantization", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "quantize_moe_experts", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "quantize_moe_experts", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("leave it out: with `load_in_4bit` recipe quantizes a mixture of experts as transformers + bitsandbytes do (attention in NF4, router and experts in the compute dtype); Axolotl's NF4 parametrization of the 3-D experts is not built") },
     AxolotlKey { name: "random_init_weights", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "ray_num_workers", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("1"), alternative: None },
     AxolotlKey { name: "ray_run_name", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },

@@ -340,43 +340,48 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
-        let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
-            let weight_name = format!("{name}.weight");
-            let shape = [fan_out, fan_in];
-            // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
-            let stored = match super::bnb::read(ckpt, &weight_name, &shape, device)? {
-                Some(q) => Some(QuantizedWeight::Four(q)),
-                None => {
-                    super::int8::read(ckpt, &weight_name, &shape, opts.base_kind, device)?.map(QuantizedWeight::Eight)
-                }
-            };
-            let (weight, quantized) = match stored {
-                Some(_) if full => {
-                    return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
-                }
-                Some(q) => (Tensor::new(), Some(q)),
-                None => {
-                    let dense = get(&weight_name, &shape)?;
-                    // Quantized one weight at a time: the dense copy is dropped before the next loads.
-                    let quantized = match opts.quantize {
-                        Some(Quantize::FourBit(q)) => Some(QuantizedWeight::Four(super::nf4::quantize(
-                            &dense,
-                            q.blocksize,
-                            q.quant_type,
-                            q.double_quant,
-                        ))),
-                        Some(Quantize::Int8) => Some(QuantizedWeight::Eight(super::int8::quantize(&dense))),
-                        None => None,
-                    };
-                    match quantized {
-                        Some(q) => (Tensor::new(), Some(q)),
-                        None => (dense, None),
+        // `quantizable`: bitsandbytes under transformers 5.24 quantizes `nn.Linear` modules only, so a
+        // mixture of experts' router and fused experts stay in the compute dtype.
+        let linear_of =
+            |name: String, fan_in: i64, fan_out: i64, bias: bool, quantizable: bool| -> Result<Linear, String> {
+                let weight_name = format!("{name}.weight");
+                let shape = [fan_out, fan_in];
+                // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
+                let stored = match super::bnb::read(ckpt, &weight_name, &shape, device)? {
+                    Some(q) => Some(QuantizedWeight::Four(q)),
+                    None => super::int8::read(ckpt, &weight_name, &shape, opts.base_kind, device)?
+                        .map(QuantizedWeight::Eight),
+                };
+                let (weight, quantized) = match stored {
+                    Some(_) if full => {
+                        return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
                     }
-                }
+                    Some(q) => (Tensor::new(), Some(q)),
+                    None => {
+                        let dense = get(&weight_name, &shape)?;
+                        // Quantized one weight at a time: the dense copy is dropped before the next loads.
+                        let quantized = match opts.quantize.filter(|_| quantizable) {
+                            Some(Quantize::FourBit(q)) => Some(QuantizedWeight::Four(super::nf4::quantize(
+                                &dense,
+                                q.blocksize,
+                                q.quant_type,
+                                q.double_quant,
+                            ))),
+                            Some(Quantize::Int8) => Some(QuantizedWeight::Eight(super::int8::quantize(&dense))),
+                            None => None,
+                        };
+                        match quantized {
+                            Some(q) => (Tensor::new(), Some(q)),
+                            None => (dense, None),
+                        }
+                    }
+                };
+                let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
+                Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
             };
-            let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
-        };
+        let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| linear_of(name, fan_in, fan_out, bias, true);
+        let unquantized =
+            |name: String, fan_in: i64, fan_out: i64, bias: bool| linear_of(name, fan_in, fan_out, bias, false);
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
         for l in 0..arch.num_layers {
@@ -408,7 +413,7 @@ impl CausalLm {
                     None
                 },
                 mlp: match arch.moe.as_ref().filter(|m| m.is_sparse(l)) {
-                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &linear)?),
+                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &unquantized)?),
                     None => FeedForward::Dense(Mlp {
                         gate_up: if arch.fused_projections {
                             GateUpProj::Fused {

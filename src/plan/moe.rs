@@ -276,8 +276,9 @@ pub fn describe(moe: &MoeArch, layers: u64) -> String {
 }
 
 /// What recipe does not do with a mixture of experts, refused by name before anything runs:
-/// quantized bases (bitsandbytes under transformers 5.24 leaves the fused 3-D expert parameters in
-/// 16 bits, while recipe's per-expert linears would be quantized: not the same model), sharded
+/// 8-bit bases (4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
+/// modules only, so the router and fused 3-D experts stay in the compute dtype, as the loader keeps
+/// them), sharded
 /// training (not tested with experts), IA3 (peft's Mixtral defaults name the experts), LoRA target
 /// modules naming the router or experts (not `nn.Linear` modules in transformers 5: peft 0.21
 /// rewrites such names into `target_parameters` with its own rank and alpha patterns; recipe takes
@@ -288,11 +289,10 @@ pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> 
     let Some(moe) = &arch.moe else { return Ok(()) };
     let class = &arch.class;
     let q = &c.quantization;
-    if q.load_in_4bit || q.load_in_8bit || c.adapter.adapter == Some(AdapterKind::Qlora) {
+    if q.load_in_8bit {
         return Err(format!(
-            "unsupported-moe-quantization: {class} is a mixture of experts; a quantized base (load_in_4bit / \
-             load_in_8bit / qlora) is not built for it (transformers 5.24 with bitsandbytes keeps its fused experts \
-             unquantized); train LoRA on the 16-bit base instead"
+            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) is not \
+             built for it (QLoRA is: load_in_4bit quantizes its attention projections as bitsandbytes does)"
         ));
     }
     if c.distributed.shards() {
