@@ -472,3 +472,120 @@ fn qlora_quantizes_attention_only_and_matches_peft() {
     eprintln!("mixtral_moe_nf4_dq: logits {d:e}, loss {dl:e}, worst gradient {worst:e}");
     assert!(d < 1e-4 && dl < 1e-5, "logits {d:e}, loss {dl:e}");
 }
+
+/// A tiny random Mixtral (the golden's weights, with a 512-row embedding and head so the bundled
+/// stories260k tokenizer fits) trained end to end by `recipe run`: LoRA on q/v and, through
+/// `lora_target_parameters`, on the router and fused experts, with the load-balancing loss. It
+/// trains, the adapter is written under peft's names with `target_parameters` in
+/// adapter_config.json, and the run's host-sync line counts the per-layer expert-count reads.
+#[test]
+fn recipe_run_trains_lora_on_router_and_experts() {
+    // Left for scripts/reference/check_outputs.py (as tests/outputs.rs leaves its folders).
+    let check = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("outputs-check");
+    for d in ["moe_base", "lora_moe", "merged_moe"] {
+        let _ = std::fs::remove_dir_all(check.join(d));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let base = check.join("moe_base");
+    std::fs::create_dir_all(&base).unwrap();
+    let golden = root().join("tests/golden/model/mixtral_moe");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 512.into();
+    config["output_router_logits"] = true.into();
+    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
+    tch::manual_seed(0);
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(golden.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| match n.as_str() {
+            "model.embed_tokens.weight" | "lm_head.weight" => {
+                (n, Tensor::randn([512, 32], (Kind::Float, Device::Cpu)) * 0.02)
+            }
+            _ => (n, t),
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, base.join("model.safetensors")).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(root().join("models/stories260k").join(f), base.join(f)).unwrap();
+    }
+    let out = check.join("lora_moe");
+    let recipe_path = dir_path.join("recipe.yaml");
+    std::fs::write(
+        &recipe_path,
+        format!(
+            "base_model: {base}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0\n\
+             lora_target_modules: [q_proj, v_proj]\n\
+             lora_target_parameters: [gate.weight, experts.gate_up_proj, experts.down_proj]\n\
+             datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
+             sequence_len: 64\nsample_packing: true\nmicro_batch_size: 4\nmax_steps: 12\n\
+             learning_rate: 1.0e-2\nwarmup_steps: 2\nlogging_steps: 1\nseed: 3\noutput_dir: {out}\n",
+            base = base.display(),
+            data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let run = common::recipe_command()
+        .arg("run")
+        .arg(&recipe_path)
+        .args(["--device", "cpu", "--no-progress"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .collect();
+    assert_eq!(losses.len(), 12, "{losses:?}");
+    let (first, last) = (losses[..3].iter().sum::<f64>(), losses[9..].iter().sum::<f64>());
+    assert!(last < first, "the loss does not fall: {losses:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["target_parameters"],
+        serde_json::json!(["experts.down_proj", "experts.gate_up_proj", "gate.weight"])
+    );
+    let saved: std::collections::BTreeMap<String, Vec<i64>> =
+        Tensor::read_safetensors(out.join("adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+    let peft: std::collections::BTreeMap<String, Vec<i64>> =
+        Tensor::read_safetensors(root().join("tests/golden/lora/mixtral_router_experts/adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+    assert_eq!(saved, peft, "the same tensor names and shapes as peft's adapter for this layout");
+    // Every step logs (logging_steps 1): the pending loss, and one read of the expert token
+    // counts per sparse layer and forward pass (2 layers), counted by exec/host_sync.rs.
+    let line = stdout.lines().find(|l| l.starts_with("host syncs ")).expect("host syncs line");
+    eprintln!("losses {:.4} .. {:.4}; {line}", losses[0], losses[11]);
+    assert!(line.starts_with("host syncs 3 per logging step"), "{line}");
+
+    // The adapter as recipe reloads it, and `recipe merge`'s folder: the same logits, saved beside
+    // them for the Python check (peft loads the adapter, transformers the merged folder).
+    let ids = Tensor::from_slice(&(0..48).map(|i| (i * 37 + 11) % 500 + 3).collect::<Vec<i64>>()).view([2, 24]);
+    let logits_of = |dir: &std::path::Path| {
+        let loaded = recipe::exec::load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
+        let pos = positions(&ids);
+        tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: None }))
+    };
+    let adapted = logits_of(&out);
+    let merged_dir = check.join("merged_moe");
+    let merge = common::recipe_command().arg("merge").arg(&out).arg("--output").arg(&merged_dir).output().unwrap();
+    assert!(merge.status.success(), "{}", String::from_utf8_lossy(&merge.stderr));
+    let d = diff(&logits_of(&merged_dir), &adapted);
+    eprintln!("merged vs adapter logits {d:e}");
+    assert!(d < 1e-5, "the merged folder's logits differ from the adapter's by {d:e}");
+    for dir in [&out, &merged_dir] {
+        let file = dir.join("recipe_logits.safetensors");
+        Tensor::write_safetensors(&[("input_ids", ids.shallow_clone()), ("logits", adapted.shallow_clone())], file)
+            .unwrap();
+    }
+}
