@@ -42,6 +42,7 @@ fn model(dir: &std::path::Path, tied: bool, trainable: Trainable) -> CausalLm {
 fn lora(targets: &[&str], modules_to_save: &[&str]) -> Trainable {
     Trainable::Lora {
         targets: targets.iter().map(|s| s.to_string()).collect(),
+        parameters: vec![],
         r: 4,
         scaling: 2.0,
         dropout: 0.0,

@@ -43,6 +43,7 @@ fn fisher_matches_transformers_for_full_fine_tuning_and_through_a_fresh_lora() {
         targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
             .map(String::from)
             .to_vec(),
+        parameters: vec![],
         r: 4,
         scaling: 2.0,
         dropout: 0.0,

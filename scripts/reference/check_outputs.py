@@ -45,6 +45,10 @@ given as the first argument:
   DIR/prefix_projection/  the same trained through peft's PrefixEncoder MLP (prefix_projection: true):
                prompt_embeddings holds the MLP's output, as peft saves it (the MLP itself, in
                prefix_encoder.safetensors, is recipe's for resuming and not read here)
+  DIR/lora_moe/, DIR/merged_moe/  (left by tests/moe.rs) like lora/ and merged/ for a tiny random
+               Mixtral (DIR/moe_base/) with LoRA on q/v and, through peft's target_parameters, on
+               its router and fused experts (ParamWrapper tensors under ...mlp.experts[.base_layer]); the
+               merged folder writes experts per expert, so peft's fused merge_and_unload is not compared
   DIR/lora_dora_embed/, DIR/merged_dora_embed/  like lora_embed/ and merged_embed/ with DoRA (peft's
                DoraEmbeddingLayer: the embedding's lora_magnitude_vector too)
 
@@ -113,7 +117,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REPORT = "tests/golden/outputs_check.json"  # relative to ROOT
 CASES = ("lora", "lora_head", "full", "merged", "quantized4", "quantized8", "reward_lora", "reward_full",
          "lora_dora", "merged_dora", "ia3", "merged_ia3", "lora_embed", "merged_embed", "prompt_tuning",
-         "prefix_tuning", "prefix_projection", "lora_dora_embed", "merged_dora_embed")
+         "prefix_tuning", "prefix_projection", "lora_dora_embed", "merged_dora_embed", "lora_moe", "merged_moe")
 TOL = 1e-4
 MERGE_TOL = 1e-5
 LOGITS_FILE = "recipe_logits.safetensors"

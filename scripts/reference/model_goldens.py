@@ -151,6 +151,18 @@ with --check). Nothing is typed by hand: rerun this script after changing a case
    qwen3_moe_attention            base tests/golden/model/qwen3_moe_gqa, r 4, lora_alpha 8,
                                   target q/k/v/o_proj (what peft's all-linear reaches in a
                                   transformers 5 MoE layer); the loss carries the aux term
+   mixtral_router_experts         base tests/golden/model/mixtral_moe, r 4, lora_alpha 8,
+                                  target q_proj, v_proj and target_parameters gate.weight,
+                                  experts.gate_up_proj, experts.down_proj: peft's ParamWrapper
+                                  on the router [4, 32] (a 2-D parameter: plain LoRA) and on
+                                  the fused 3-D experts (lora_A [r·E, in], lora_B [out, r·E];
+                                  the second wrapper of the experts module nests the first,
+                                  so gate_up_proj's tensors are saved under experts.base_layer)
+   qwen3_moe_expert_down_rslora   base tests/golden/model/qwen3_moe_gqa, r 4, lora_alpha 16,
+                                  use_rslora, target q_proj, k_proj and target_parameters
+                                  mlp.experts.down_proj (the dense layer 1 has none)
+   The target_parameters cases' case.json also hold peft's trainable and all-parameter counts
+   (get_nb_trainable_parameters, what print_trainable_parameters prints).
 
    stories260k_dora               base models/stories260k, r 4, lora_alpha 8, use_dora,
                                   target q/k/v/o/gate/up/down_proj
@@ -377,6 +389,12 @@ LORA_CASES = [
      dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR)),
     ("qwen3_moe_attention", GOLDEN + "/model/qwen3_moe_gqa",
      dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])),
+    ("mixtral_router_experts", GOLDEN + "/model/mixtral_moe",
+     dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+          target_parameters=["gate.weight", "experts.gate_up_proj", "experts.down_proj"])),
+    ("qwen3_moe_expert_down_rslora", GOLDEN + "/model/qwen3_moe_gqa",
+     dict(r=4, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "k_proj"],
+          target_parameters=["mlp.experts.down_proj"])),
 ]
 LORA_T = 16
 LORA_MASKED = 5
@@ -669,6 +687,8 @@ def lora_goldens(out):
         model = get_peft_model(base, cfg)
         pcfg = model.peft_config["default"]
         pcfg.target_modules = sorted(pcfg.target_modules)
+        if pcfg.target_parameters:
+            pcfg.target_parameters = sorted(pcfg.target_parameters)
         seed = seeds(index, case, LEGACY_LORA_CASES, INDEX_SEEDED_LORA_CASES)
         g = gen(seed(3000))
         with torch.no_grad():
@@ -725,7 +745,10 @@ def lora_goldens(out):
                     "modules_to_save_perturbation_std": 0.01 if kw.get("modules_to_save") else None,
                     "seq_len": LORA_T, "labels_masked_prefix": LORA_MASKED,
                     "transformers_version": transformers.__version__,
-                    "peft_version": peft.__version__},
+                    "peft_version": peft.__version__,
+                    **({"trainable_parameters": model.get_nb_trainable_parameters()[0],
+                        "all_parameters": model.get_nb_trainable_parameters()[1]}
+                       if kw.get("target_parameters") else {})},
                    os.path.join(case_dir, "case.json"))
         print(f"{case}: loss {res.loss.item():.6f}, {len(saved)} adapter tensors, "
               f"{len(key_of)} gradients")

@@ -33,6 +33,13 @@ pub struct AdapterConfig {
     /// against the architecture.
     #[serde(default)]
     pub lora_target_modules: Option<ModuleList>,
+    /// Parameters to adapt directly, as peft's `target_parameters` (a name matches a parameter that
+    /// is it or ends with `.` + it, e.g. `experts.gate_up_proj`): a mixture of experts' fused 3-D
+    /// expert weights (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`, one LoRA pair per
+    /// parameter holding every expert's rank-r factors) and its router (`mlp.gate.weight`), under
+    /// transformers 5's in-memory names. Needs `lora_dropout: 0` (peft's rule).
+    #[serde(default)]
+    pub lora_target_parameters: Option<Vec<String>>,
     /// Adapt every linear layer of the decoder (all attention and MLP projections).
     #[serde(default)]
     pub lora_target_linear: bool,

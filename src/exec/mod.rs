@@ -229,6 +229,7 @@ fn trainable(plan: &Plan, tok: &Tokenizer) -> Result<Trainable, String> {
     } else {
         Trainable::Lora {
             targets: a.target_modules.clone(),
+            parameters: a.target_parameters.clone(),
             r: a.r as i64,
             scaling: a.scaling,
             dropout: a.dropout,

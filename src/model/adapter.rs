@@ -45,7 +45,8 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
         }
     };
     let targets = strings("target_modules");
-    if targets.is_empty() {
+    let parameters = strings("target_parameters");
+    if targets.is_empty() && parameters.is_empty() {
         return Err(format!("{}: `target_modules` must list module names", path.display()));
     }
     let sequence_classification = match field("task_type").and_then(Value::as_str) {
@@ -89,6 +90,7 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig, String> {
         base_model,
         trainable: Trainable::Lora {
             targets,
+            parameters,
             r,
             scaling: lora_scaling(alpha, r, rslora),
             dropout: field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
@@ -244,6 +246,8 @@ pub fn write_config(
         "peft_type": "LORA",
         "r": plan.r,
         "target_modules": plan.target_modules,
+        // peft's key for LoRA on parameters (a mixture of experts' router and fused experts).
+        "target_parameters": if plan.target_parameters.is_empty() { Value::Null } else { json!(plan.target_parameters) },
         "task_type": task_type,
         "use_dora": plan.dora,
         "use_rslora": plan.rslora,

@@ -26,7 +26,16 @@ pub enum Trainable {
     Everything,
     /// LoRA pairs on the named linears (with `dora`, DoRA's magnitudes too; `embed_tokens` takes
     /// peft's embedding LoRA); `modules_to_save` get trainable full copies.
-    Lora { targets: Vec<String>, r: i64, scaling: f64, dropout: f64, dora: bool, modules_to_save: Vec<String> },
+    /// `parameters`: peft's `target_parameters` (a mixture of experts' router and fused experts).
+    Lora {
+        targets: Vec<String>,
+        parameters: Vec<String>,
+        r: i64,
+        scaling: f64,
+        dropout: f64,
+        dora: bool,
+        modules_to_save: Vec<String>,
+    },
     /// IA3 vectors on the named linears, `feedforward` ones scaling the input.
     Ia3 { targets: Vec<String>, feedforward: Vec<String>, modules_to_save: Vec<String> },
     /// Prompt tuning (peft's PROMPT_TUNING): `num_virtual_tokens` trained embeddings prepended to
@@ -331,43 +340,48 @@ impl CausalLm {
         let (h, i, v) = (arch.hidden_size as i64, arch.intermediate_size as i64, arch.vocab_size as i64);
         let hd = arch.head_dim as i64;
         let (nh, nkv) = (arch.num_attention_heads as i64, arch.num_key_value_heads as i64);
-        let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| -> Result<Linear, String> {
-            let weight_name = format!("{name}.weight");
-            let shape = [fan_out, fan_in];
-            // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
-            let stored = match super::bnb::read(ckpt, &weight_name, &shape, device)? {
-                Some(q) => Some(QuantizedWeight::Four(q)),
-                None => {
-                    super::int8::read(ckpt, &weight_name, &shape, opts.base_kind, device)?.map(QuantizedWeight::Eight)
-                }
-            };
-            let (weight, quantized) = match stored {
-                Some(_) if full => {
-                    return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
-                }
-                Some(q) => (Tensor::new(), Some(q)),
-                None => {
-                    let dense = get(&weight_name, &shape)?;
-                    // Quantized one weight at a time: the dense copy is dropped before the next loads.
-                    let quantized = match opts.quantize {
-                        Some(Quantize::FourBit(q)) => Some(QuantizedWeight::Four(super::nf4::quantize(
-                            &dense,
-                            q.blocksize,
-                            q.quant_type,
-                            q.double_quant,
-                        ))),
-                        Some(Quantize::Int8) => Some(QuantizedWeight::Eight(super::int8::quantize(&dense))),
-                        None => None,
-                    };
-                    match quantized {
-                        Some(q) => (Tensor::new(), Some(q)),
-                        None => (dense, None),
+        // `quantizable`: bitsandbytes under transformers 5.24 quantizes `nn.Linear` modules only, so a
+        // mixture of experts' router and fused experts stay in the compute dtype.
+        let linear_of =
+            |name: String, fan_in: i64, fan_out: i64, bias: bool, quantizable: bool| -> Result<Linear, String> {
+                let weight_name = format!("{name}.weight");
+                let shape = [fan_out, fan_in];
+                // A pre-quantized checkpoint (`recipe quantize`, or transformers + bitsandbytes).
+                let stored = match super::bnb::read(ckpt, &weight_name, &shape, device)? {
+                    Some(q) => Some(QuantizedWeight::Four(q)),
+                    None => super::int8::read(ckpt, &weight_name, &shape, opts.base_kind, device)?
+                        .map(QuantizedWeight::Eight),
+                };
+                let (weight, quantized) = match stored {
+                    Some(_) if full => {
+                        return Err(format!("`{weight_name}` is quantized; a quantized base takes an adapter"));
                     }
-                }
+                    Some(q) => (Tensor::new(), Some(q)),
+                    None => {
+                        let dense = get(&weight_name, &shape)?;
+                        // Quantized one weight at a time: the dense copy is dropped before the next loads.
+                        let quantized = match opts.quantize.filter(|_| quantizable) {
+                            Some(Quantize::FourBit(q)) => Some(QuantizedWeight::Four(super::nf4::quantize(
+                                &dense,
+                                q.blocksize,
+                                q.quant_type,
+                                q.double_quant,
+                            ))),
+                            Some(Quantize::Int8) => Some(QuantizedWeight::Eight(super::int8::quantize(&dense))),
+                            None => None,
+                        };
+                        match quantized {
+                            Some(q) => (Tensor::new(), Some(q)),
+                            None => (dense, None),
+                        }
+                    }
+                };
+                let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
+                Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
             };
-            let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-            Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
-        };
+        let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| linear_of(name, fan_in, fan_out, bias, true);
+        let unquantized =
+            |name: String, fan_in: i64, fan_out: i64, bias: bool| linear_of(name, fan_in, fan_out, bias, false);
         let embed_tokens = get("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(arch.num_layers as usize);
         for l in 0..arch.num_layers {
@@ -399,7 +413,7 @@ impl CausalLm {
                     None
                 },
                 mlp: match arch.moe.as_ref().filter(|m| m.is_sparse(l)) {
-                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &linear)?),
+                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &unquantized)?),
                     None => FeedForward::Dense(Mlp {
                         gate_up: if arch.fused_projections {
                             GateUpProj::Fused {
@@ -545,7 +559,7 @@ impl CausalLm {
                 }
             }
         }
-        if let Trainable::Lora { targets, r, scaling, dropout, dora, .. } = trainable {
+        if let Trainable::Lora { targets, parameters, r, scaling, dropout, dora, .. } = trainable {
             let lora_for = |lin: &Linear| -> Option<Adapter> {
                 let short = lin.name.rsplit('.').next().unwrap_or(&lin.name);
                 if !targets.iter().any(|t| t == short || *t == lin.name) {
@@ -562,11 +576,44 @@ impl CausalLm {
                 let b = Tensor::zeros([fan_out, *r], (Kind::Float, device)).set_requires_grad(true);
                 Some(Adapter::Lora(Lora { a, b, scaling: *scaling, dropout: *dropout }))
             };
+            for layer in &self.layers {
+                if let FeedForward::Sparse(block) = &layer.mlp
+                    && let Some(lin) = block.linears().find(|l| lora_for(l).is_some())
+                {
+                    // transformers 5 holds these as parameters, not linear modules (peft rewrites the
+                    // names into target_parameters with its own rank patterns).
+                    return Err(format!(
+                        "target_modules: `{}` is part of a mixture-of-experts block; adapt it through target_parameters",
+                        lin.name
+                    ));
+                }
+            }
             for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
                 lin.adapter = lora_for(lin);
                 if *dora && lin.adapter.is_some() {
                     lin.decompose()?;
                 }
+            }
+            // peft's ParamWrapper (target_parameters): on the router a plain LoRA pair; on a fused
+            // expert parameter one pair of r · experts rows / columns. Init as lora.Linear's.
+            let fresh = |fan_in: i64, fan_out: i64, rank: i64| {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a = Tensor::empty([rank, fan_in], (Kind::Float, device))
+                    .uniform_(-bound, bound)
+                    .set_requires_grad(true);
+                let b = Tensor::zeros([fan_out, rank], (Kind::Float, device)).set_requires_grad(true);
+                Lora { a, b, scaling: *scaling, dropout: 0.0 }
+            };
+            for (l, layer) in self.layers.iter_mut().enumerate() {
+                let FeedForward::Sparse(block) = &mut layer.mlp else { continue };
+                let [router, gate_up, down] = crate::plan::moe::targeted_in_layer(parameters, l as u64);
+                let n = block.experts.len() as i64;
+                let (h, i) = (block.gate.weight.size()[1], block.experts[0].down_proj.weight.size()[1]);
+                if router {
+                    block.gate.adapter = Some(Adapter::Lora(fresh(h, n, *r)));
+                }
+                block.gate_up_lora = gate_up.then(|| fresh(h, 2 * i, *r * n));
+                block.down_lora = down.then(|| fresh(i, h, *r * n));
             }
             // LoRA on the output head (peft's `lm_head` target), over the tied or untied head.
             if targets.iter().any(|t| t == "lm_head") {
@@ -1162,11 +1209,31 @@ impl CausalLm {
                         out.push(Param { name: format!("{p}.lora_magnitude_vector"), tensor: m.shallow_clone() });
                     }
                 }
+                // transformers 5 names every sparse block `mlp` in memory (Mixtral's checkpoint:
+                // `block_sparse_moe`), and peft names the router's LoRA after it.
+                let block = self.arch.moe.as_ref().map(|m| format!(".{}.", m.block));
                 for lin in self.linears().into_iter().chain([&self.lm_head]) {
                     if let Some(adapter) = &lin.adapter {
-                        let p = peft_prefix(&lin.name);
+                        let module = match &block {
+                            Some(b) => lin.name.replace(b.as_str(), ".mlp."),
+                            None => lin.name.clone(),
+                        };
+                        let p = peft_prefix(&module);
                         for (suffix, tensor) in adapter.tensors() {
                             out.push(Param { name: format!("{p}.{suffix}"), tensor });
+                        }
+                    }
+                }
+                // Fused experts: a second ParamWrapper on the experts module nests the first, whose
+                // tensors then sit under `base_layer` (peft wraps gate_up_proj, then down_proj).
+                for (l, layer) in self.layers.iter().enumerate() {
+                    let FeedForward::Sparse(block) = &layer.mlp else { continue };
+                    let p = peft_prefix(&format!("model.layers.{l}.mlp.experts"));
+                    let inner = if block.down_lora.is_some() { ".base_layer" } else { "" };
+                    for (at, lora) in [(inner, &block.gate_up_lora), ("", &block.down_lora)] {
+                        if let Some(lora) = lora {
+                            out.push(Param { name: format!("{p}{at}.lora_A.weight"), tensor: lora.a.shallow_clone() });
+                            out.push(Param { name: format!("{p}{at}.lora_B.weight"), tensor: lora.b.shallow_clone() });
                         }
                     }
                 }
@@ -1341,6 +1408,13 @@ impl CausalLm {
                 out.push(ready(&format!("{p}.{name}.weight"), w));
             }
             for lin in layer_linears(layer) {
+                if let FeedForward::Sparse(block) = &layer.mlp
+                    && block.adapts(lin)
+                {
+                    let (name, shape, kind) = (format!("{}.weight", lin.name), lin.weight.size(), lin.weight.kind());
+                    out.push(Deferred::new(name, shape, kind, move || block.merged_expert_weight(lin)));
+                    continue;
+                }
                 out.push(merged(format!("{}.weight", lin.name), lin));
                 if let Some(b) = lin.merged_bias() {
                     out.push(ready(&format!("{}.bias", lin.name), &b));

@@ -5,10 +5,12 @@
 //! expert order (`index_add`), so the arithmetic is the reference's. All experts stay resident;
 //! activations are only those of the routed (token, expert) pairs. Every expert projection is a
 //! `Linear` under its checkpoint name, so loading, saving, merging and sharding walk them as they
-//! walk the attention projections. Also here: the Switch Transformer load-balancing loss as
-//! transformers' `load_balancing_loss_func` computes it.
+//! walk the attention projections. LoRA through peft's `target_parameters` (its ParamWrapper on
+//! transformers 5's fused `gate_up_proj` / `down_proj`) is held here as one pair per fused
+//! parameter and applied per expert; on the router it is the `gate` linear's own LoRA. Also here:
+//! the Switch Transformer load-balancing loss as transformers' `load_balancing_loss_func` computes it.
 
-use super::linear::Linear;
+use super::linear::{Linear, Lora};
 use super::llama::{CausalLm, Inputs};
 use crate::plan::moe::MoeArch;
 use std::cell::{Cell, RefCell};
@@ -27,6 +29,25 @@ pub struct SparseMoe {
     pub experts: Vec<Expert>,
     pub top_k: i64,
     pub normalize_top_k: bool,
+    /// peft's ParamWrapper on `experts.gate_up_proj` [E, 2I, H]: A [r·E, H], B [2I, r·E].
+    pub gate_up_lora: Option<Lora>,
+    /// peft's ParamWrapper on `experts.down_proj` [E, H, I]: A [r·E, I], B [H, r·E].
+    pub down_lora: Option<Lora>,
+}
+
+/// Expert `e`'s rank-r factors of a fused pair, as peft's `get_delta_factors` cuts them: rows
+/// e·r .. e·r + r of A, and columns j·E + e of B (B reshaped [out, r, E]).
+pub fn expert_factors(lora: &Lora, e: i64, experts: i64) -> (Tensor, Tensor) {
+    let r = lora.a.size()[0] / experts;
+    let out = lora.b.size()[0];
+    (lora.a.narrow(0, e * r, r), lora.b.reshape([out, r, experts]).select(2, e))
+}
+
+/// `scaling · B_e A_e x` in `x`'s kind: the expert's share of the fused parameter's update.
+fn expert_delta(lora: &Lora, e: i64, experts: i64, x: &Tensor) -> Tensor {
+    let (a, b) = expert_factors(lora, e, experts);
+    let kind = x.kind();
+    x.linear::<Tensor>(&a.to_kind(kind), None).linear::<Tensor>(&b.to_kind(kind), None) * lora.scaling
 }
 
 impl SparseMoe {
@@ -42,14 +63,15 @@ impl SparseMoe {
         let mut out = x.zeros_like();
         // The (token, slot) pairs grouped by expert, each group in token order as torch.where gives
         // them: a stable sort of the flattened assignments, and one host read of the group sizes
-        // per layer (not one per expert).
+        // per layer (not one per expert), counted by the run's host-sync line.
         let k = self.top_k;
         let flat = index.reshape([-1]);
         let (_, order) = flat.sort_stable(true, 0, false);
         let counts = flat.bincount::<Tensor>(None, self.experts.len() as i64);
-        let counts = Vec::<i64>::try_from(&counts).expect("expert counts are int64");
+        let counts = crate::exec::host_sync::read_i64(&counts, "the expert token counts").expect("expert counts");
         let mut start = 0;
-        for (expert, &count) in self.experts.iter().zip(&counts) {
+        let n = self.experts.len() as i64;
+        for (e, (expert, &count)) in self.experts.iter().zip(&counts).enumerate() {
             if count == 0 {
                 continue;
             }
@@ -57,9 +79,20 @@ impl SparseMoe {
             start += count;
             let (tokens, slots) = (positions.divide_scalar_mode(k, "floor"), positions.remainder(k));
             let current = x.index_select(0, &tokens);
-            let act = expert.gate_proj.forward(&current, train, adapters).silu()
-                * expert.up_proj.forward(&current, train, adapters);
-            let y = expert.down_proj.forward(&act, train, adapters);
+            let mut gate = expert.gate_proj.forward(&current, train, adapters);
+            let mut up = expert.up_proj.forward(&current, train, adapters);
+            if let Some(lora) = self.gate_up_lora.as_ref().filter(|_| adapters) {
+                // One update over the fused [gate; up] rows: the first I outputs are gate's.
+                let d = expert_delta(lora, e as i64, n, &current);
+                let i = gate.size()[1];
+                gate = gate + d.narrow(1, 0, i);
+                up = up + d.narrow(1, i, i);
+            }
+            let act = gate.silu() * up;
+            let mut y = expert.down_proj.forward(&act, train, adapters);
+            if let Some(lora) = self.down_lora.as_ref().filter(|_| adapters) {
+                y = y + expert_delta(lora, e as i64, n, &act);
+            }
             let weight = top.index(&[Some(&tokens), Some(&slots)]).unsqueeze(-1);
             let y = (y.to_kind(Kind::Float) * weight).to_kind(out.kind());
             out = out.index_add(0, &tokens, &y);
@@ -75,6 +108,37 @@ impl SparseMoe {
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         std::iter::once(&mut self.gate)
             .chain(self.experts.iter_mut().flat_map(|e| [&mut e.gate_proj, &mut e.up_proj, &mut e.down_proj]))
+    }
+
+    /// Whether `lin` is an expert projection that a fused-parameter LoRA updates.
+    pub fn adapts(&self, lin: &Linear) -> bool {
+        self.expert_of(lin).is_some_and(|(_, which)| match which {
+            2 => self.down_lora.is_some(),
+            _ => self.gate_up_lora.is_some(),
+        })
+    }
+
+    /// (expert, 0 gate / 1 up / 2 down) of one of this block's expert linears.
+    fn expert_of(&self, lin: &Linear) -> Option<(usize, usize)> {
+        self.experts.iter().enumerate().find_map(|(e, x)| {
+            [&x.gate_proj, &x.up_proj, &x.down_proj].iter().position(|l| std::ptr::eq(*l, lin)).map(|w| (e, w))
+        })
+    }
+
+    /// An expert linear's weight with its share of the fused update folded in (peft's
+    /// ParamWrapper.merge: `W + scaling · B_e A_e`, in fp32, then the weight's dtype).
+    pub fn merged_expert_weight(&self, lin: &Linear) -> Tensor {
+        let merged = lin.merged_weight();
+        let Some((e, which)) = self.expert_of(lin) else { return merged };
+        let lora = if which == 2 { &self.down_lora } else { &self.gate_up_lora };
+        let Some(lora) = lora else { return merged };
+        let (a, b) = expert_factors(lora, e as i64, self.experts.len() as i64);
+        let mut delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * lora.scaling;
+        if which < 2 {
+            let i = delta.size()[0] / 2;
+            delta = delta.narrow(0, which as i64 * i, i);
+        }
+        (merged.to_kind(Kind::Float) + delta.to_device(merged.device())).to_kind(merged.kind()).detach()
     }
 }
 
@@ -171,6 +235,8 @@ pub fn load(
         experts,
         top_k: moe.experts_per_token as i64,
         normalize_top_k: moe.normalize_top_k,
+        gate_up_lora: None,
+        down_lora: None,
     })
 }
 

@@ -7,7 +7,7 @@
 
 use super::adapter;
 use super::linear::{Adapter, Linear};
-use super::llama::{CausalLm, Trainable, layer_linears_mut};
+use super::llama::{CausalLm, FeedForward, Trainable, layer_linears_mut};
 use super::weights::Checkpoint;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +27,8 @@ struct AdapterSet {
     lm_head: Option<Tensor>,
     /// Bottleneck adapters, per decoder layer.
     bottleneck: Vec<Option<super::bottleneck::LayerAdapters>>,
+    /// LoRA on a mixture of experts' fused experts (gate_up, down), per decoder layer.
+    experts: Vec<(Option<super::linear::Lora>, Option<super::linear::Lora>)>,
 }
 
 /// A base model with named adapters, one of them (or none) active.
@@ -47,6 +49,14 @@ fn take(model: &mut CausalLm) -> AdapterSet {
     let embed_lora = model.embed_lora.take();
     let embed_magnitude = model.embed_magnitude.take();
     let bottleneck = model.layers.iter_mut().map(|l| l.bottleneck.take()).collect();
+    let experts = model
+        .layers
+        .iter_mut()
+        .map(|l| match &mut l.mlp {
+            FeedForward::Sparse(b) => (b.gate_up_lora.take(), b.down_lora.take()),
+            FeedForward::Dense(_) => (None, None),
+        })
+        .collect();
     let lm_head = model.head_original.take().map(|original| std::mem::replace(&mut model.lm_head.weight, original));
     AdapterSet {
         trainable: std::mem::replace(&mut model.trainable, Trainable::Nothing),
@@ -56,6 +66,7 @@ fn take(model: &mut CausalLm) -> AdapterSet {
         embed_magnitude,
         lm_head,
         bottleneck,
+        experts,
     }
 }
 
@@ -66,6 +77,11 @@ fn put(model: &mut CausalLm, set: AdapterSet) {
     }
     for (layer, adapters) in model.layers.iter_mut().zip(set.bottleneck) {
         layer.bottleneck = adapters;
+    }
+    for (layer, (gate_up, down)) in model.layers.iter_mut().zip(set.experts) {
+        if let FeedForward::Sparse(b) = &mut layer.mlp {
+            (b.gate_up_lora, b.down_lora) = (gate_up, down);
+        }
     }
     model.embed_tokens_trained = set.embed_tokens;
     model.embed_lora = set.embed_lora;

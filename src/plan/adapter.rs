@@ -22,6 +22,12 @@ pub struct AdapterPlan {
     pub bottleneck: Option<super::bottleneck::BottleneckPlan>,
     /// Short module names adapted (`q_proj`, ...), in the architecture's order.
     pub target_modules: Vec<String>,
+    /// `lora_target_parameters` as written (sorted, as peft saves `target_parameters`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub target_parameters: Vec<String>,
+    /// What they adapt: a mixture of experts' router and fused expert weights, with peft's factor shapes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adapted_parameters: Vec<super::moe::AdaptedParameter>,
     /// IA3: the targets scaled at their input (peft's `feedforward_modules`); the others scale their output.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub feedforward_modules: Vec<String>,
@@ -164,8 +170,11 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
     // lora_target_linear adds every linear layer to whatever lora_target_modules names; with
     // neither, peft's defaults apply.
     let mut requested: Vec<&str> = if a.lora_target_linear { short.clone() } else { Vec::new() };
+    let adapted_parameters = super::moe::target_parameters(c, arch)?;
     match &a.lora_target_modules {
         Some(list) => requested.extend(list.names()),
+        // peft fills in no default modules when target_parameters are given.
+        None if !adapted_parameters.is_empty() => {}
         None if !a.lora_target_linear => {
             if matches!(arch.family, super::arch::Family::Phi3 | super::arch::Family::Olmo2) {
                 return Err(no_peft_default(arch, "lora_target_modules"));
@@ -226,9 +235,14 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         };
         return Err(format!("`lora_target_modules`: `embed_tokens` cannot take LoRA while {why}; keep one of the two"));
     }
+    trainable += adapted_parameters.iter().map(|p| p.parameters() * p.layers).sum::<u64>();
     trainable += saved_params;
     let total = base_total + trainable;
     let alpha = a.lora_alpha.map_or(2 * r, u64::from);
+    let mut target_parameters =
+        if adapted_parameters.is_empty() { Vec::new() } else { a.lora_target_parameters.clone().unwrap_or_default() };
+    target_parameters.sort();
+    target_parameters.dedup();
     let scaling = if a.peft_use_rslora { alpha as f64 / (r as f64).sqrt() } else { alpha as f64 / r as f64 };
     Ok(AdapterPlan {
         method: match kind {
@@ -242,6 +256,8 @@ pub fn plan(c: &Config, arch: &Architecture) -> Result<AdapterPlan, String> {
         prefix: None,
         bottleneck: None,
         target_modules: targets,
+        target_parameters,
+        adapted_parameters,
         feedforward_modules: Vec::new(),
         adapted_modules: adapted,
         r,
@@ -431,6 +447,8 @@ impl AdapterPlan {
             prefix: None,
             bottleneck: None,
             target_modules: Vec::new(),
+            target_parameters: Vec::new(),
+            adapted_parameters: Vec::new(),
             feedforward_modules: Vec::new(),
             adapted_modules: 0,
             r: 0,
@@ -462,7 +480,10 @@ impl AdapterPlan {
                 _ => self.r * (l.in_features + l.out_features) + if self.dora { l.out_features } else { 0 },
             })
             .sum();
-        linears + bottleneck
+        // The experts' and routers' factors, spread over the layers as the shard layout counts.
+        let experts: u64 =
+            self.adapted_parameters.iter().map(|p| p.parameters() * p.layers).sum::<u64>() / arch.num_layers.max(1);
+        linears + bottleneck + experts
     }
 }
 

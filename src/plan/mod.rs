@@ -348,6 +348,18 @@ pub fn render_text(plan: &Plan) -> String {
                     ad.adapted_modules
                 );
             }
+            for p in &ad.adapted_parameters {
+                let dims = |d: &[u64]| d.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+                let _ = writeln!(
+                    o,
+                    "           target parameter {} [{}] in {} layers: lora_A [{}], lora_B [{}] (peft's ParamWrapper)",
+                    p.name,
+                    dims(&p.shape),
+                    p.layers,
+                    dims(&p.lora_a),
+                    dims(&p.lora_b)
+                );
+            }
             if !ad.modules_to_save.is_empty() {
                 let _ = writeln!(o, "           trained in full: {}", ad.modules_to_save.join(" "));
             }

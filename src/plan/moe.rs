@@ -149,6 +149,111 @@ impl MoeArch {
     }
 }
 
+/// A sparse block's parameters under transformers 5's in-memory names (relative to
+/// `model.layers.N`), as peft's `target_parameters` matches them: the router's 2-D weight and the
+/// fused 3-D expert weights ([experts, 2 · width, hidden] and [experts, hidden, width]).
+pub const PEFT_PARAMETERS: [&str; 3] = ["mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"];
+
+/// peft's match of a `target_parameters` entry against a parameter key: equal, or a dotted suffix.
+pub fn target_matches(key: &str, target: &str) -> bool {
+    key == target || key.strip_suffix(target).is_some_and(|head| head.ends_with('.'))
+}
+
+/// Which of layer `l`'s block parameters (indices into PEFT_PARAMETERS) `targets` name.
+pub fn targeted_in_layer(targets: &[String], layer: u64) -> [bool; 3] {
+    PEFT_PARAMETERS.map(|p| {
+        let key = format!("model.layers.{layer}.{p}");
+        targets.iter().any(|t| target_matches(&key, t))
+    })
+}
+
+/// One parameter kind adapted through `lora_target_parameters`, as peft's ParamWrapper shapes it:
+/// for a 3-D [E, d1, d2] parameter, lora_A [r · E, d2] and lora_B [d1, r · E] (row e·r + j of A
+/// and column j·E + e of B are expert e's rank-j factors); for the router, plain LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdaptedParameter {
+    /// The in-memory name under `model.layers.N` (`mlp.experts.gate_up_proj`).
+    pub name: String,
+    pub shape: Vec<u64>,
+    /// Sparse layers where it is adapted.
+    pub layers: u64,
+    pub lora_a: [u64; 2],
+    pub lora_b: [u64; 2],
+}
+
+impl AdaptedParameter {
+    pub fn parameters(&self) -> u64 {
+        self.lora_a[0] * self.lora_a[1] + self.lora_b[0] * self.lora_b[1]
+    }
+}
+
+/// Resolves `lora_target_parameters` as peft 0.21 does on transformers 5.24's model: each entry
+/// matches parameter keys (equal or dotted suffix). Recipe builds the router and fused experts of
+/// a mixture of experts; an entry naming any other parameter is refused by name, one naming nothing
+/// is an error (peft would silently adapt nothing).
+pub fn target_parameters(
+    c: &crate::config::Config,
+    arch: &super::arch::Architecture,
+) -> Result<Vec<AdaptedParameter>, String> {
+    let Some(targets) = c.adapter.lora_target_parameters.as_ref().filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let class = &arch.class;
+    let Some(moe) = &arch.moe else {
+        return Err(format!(
+            "unsupported-lora-target-parameters: {class} has no mixture-of-experts block; recipe builds              `lora_target_parameters` on a mixture of experts' router and fused experts only; adapt linear modules              with `lora_target_modules`"
+        ));
+    };
+    let a = &c.adapter;
+    if a.lora_dropout != 0.0 {
+        return Err(format!(
+            "`lora_target_parameters` needs `lora_dropout: 0` (it is {}): peft's ParamWrapper adds the update to the              weight, so no dropout of the input can apply (peft stops with the same error)",
+            a.lora_dropout
+        ));
+    }
+    if a.peft_use_dora {
+        return Err(
+            "`lora_target_parameters` does not work with `peft_use_dora` (peft's ParamWrapper has no DoRA)".into()
+        );
+    }
+    for t in targets {
+        let last = t.rsplit('.').next().unwrap_or(t);
+        let router = t == "gate.weight" || t.ends_with(".gate.weight");
+        if !router && !matches!(last, "gate_up_proj" | "down_proj") {
+            return Err(format!(
+                "unsupported-lora-target-parameters: `{t}` names parameters recipe does not adapt through                  `lora_target_parameters`; built: a mixture of experts' router (`mlp.gate.weight`) and fused experts                  (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`); adapt linear modules with `lora_target_modules`"
+            ));
+        }
+        let sparse = (0..arch.num_layers).filter(|l| moe.is_sparse(*l));
+        let hits = sparse
+            .flat_map(|l| PEFT_PARAMETERS.map(|p| format!("model.layers.{l}.{p}")))
+            .any(|key| target_matches(&key, t));
+        if !hits {
+            return Err(format!(
+                "`lora_target_parameters`: `{t}` matches no parameter of {class}; transformers 5 holds its router as                  model.layers.N.mlp.gate.weight and its experts fused as model.layers.N.mlp.experts.gate_up_proj /                  down_proj (whatever the checkpoint calls them), e.g. `experts.gate_up_proj`"
+            ));
+        }
+    }
+    let (r, e, h, i) = (u64::from(a.lora_r), moe.num_experts, arch.hidden_size, moe.expert_intermediate_size);
+    // (shape, in, out, experts): peft swaps a 3-D [E, d1, d2] parameter's sides (in d2, out d1).
+    let sides = [(vec![e, h], h, e, 1), (vec![e, 2 * i, h], h, 2 * i, e), (vec![e, h, i], i, h, e)];
+    let mut out = Vec::new();
+    for (which, (shape, fan_in, fan_out, experts)) in sides.into_iter().enumerate() {
+        let layers =
+            (0..arch.num_layers).filter(|l| moe.is_sparse(*l) && targeted_in_layer(targets, *l)[which]).count();
+        if layers > 0 {
+            out.push(AdaptedParameter {
+                name: PEFT_PARAMETERS[which].to_string(),
+                shape,
+                layers: layers as u64,
+                lora_a: [r * experts, fan_in],
+                lora_b: [fan_out, r * experts],
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The plan's one-line summary of the block.
 pub fn describe(moe: &MoeArch, layers: u64) -> String {
     let dense = match moe.dense_layers.len() {
@@ -171,22 +276,23 @@ pub fn describe(moe: &MoeArch, layers: u64) -> String {
 }
 
 /// What recipe does not do with a mixture of experts, refused by name before anything runs:
-/// quantized bases (bitsandbytes under transformers 5.24 leaves the fused 3-D expert parameters in
-/// 16 bits, while recipe's per-expert linears would be quantized: not the same model), sharded
-/// training (not tested with experts), IA3 (peft's Mixtral defaults name the experts), LoRA on the
-/// router or experts (not `nn.Linear` modules in transformers 5: peft reaches them only through
-/// `target_parameters`, which recipe does not build), and `lora_target_linear` where Qwen3-MoE has
+/// 8-bit bases (4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
+/// modules only, so the router and fused 3-D experts stay in the compute dtype, as the loader keeps
+/// them), sharded
+/// training (not tested with experts), IA3 (peft's Mixtral defaults name the experts), LoRA target
+/// modules naming the router or experts (not `nn.Linear` modules in transformers 5: peft 0.21
+/// rewrites such names into `target_parameters` with its own rank and alpha patterns; recipe takes
+/// `lora_target_parameters` as written instead), and `lora_target_linear` where Qwen3-MoE has
 /// dense MLP layers (peft's all-linear would adapt those layers' MLPs alone).
 pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> Result<(), String> {
     use crate::config::adapter::AdapterKind;
     let Some(moe) = &arch.moe else { return Ok(()) };
     let class = &arch.class;
     let q = &c.quantization;
-    if q.load_in_4bit || q.load_in_8bit || c.adapter.adapter == Some(AdapterKind::Qlora) {
+    if q.load_in_8bit {
         return Err(format!(
-            "unsupported-moe-quantization: {class} is a mixture of experts; a quantized base (load_in_4bit / \
-             load_in_8bit / qlora) is not built for it (transformers 5.24 with bitsandbytes keeps its fused experts \
-             unquantized); train LoRA on the 16-bit base instead"
+            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) is not \
+             built for it (QLoRA is: load_in_4bit quantizes its attention projections as bitsandbytes does)"
         ));
     }
     if c.distributed.shards() {
@@ -210,9 +316,10 @@ pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> 
     {
         return Err(format!(
             "unsupported-moe-lora-experts: `lora_target_modules` names `{name}`, part of {class}'s mixture-of-experts \
-             block; in transformers 5 the router and experts are not linear modules (peft reaches experts only \
-             through `target_parameters`, which recipe does not build). Target the attention projections \
-             (q_proj, k_proj, v_proj, o_proj)"
+             block; in transformers 5 the router and experts are not linear modules (peft rewrites such names into \
+             `target_parameters`, doubling rank and alpha for the fused gate/up experts, which recipe does not \
+             mirror). Name them in `lora_target_parameters` (`gate.weight`, `experts.gate_up_proj`, \
+             `experts.down_proj`) and keep the attention projections (q_proj, k_proj, v_proj, o_proj) here"
         ));
     }
     if c.adapter.lora_target_linear && !moe.dense_layers.is_empty() {

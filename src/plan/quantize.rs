@@ -104,6 +104,22 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
             bytes: bytes(l),
         })
         .collect();
+    // A mixture of experts' dense layers (Qwen3-MoE's mlp_only_layers) carry MLP linears, which
+    // bitsandbytes quantizes; its router and fused experts are not `nn.Linear` and stay unquantized.
+    let dense_mlp: Vec<Linear> = match &arch.moe {
+        Some(moe) if !moe.dense_layers.is_empty() => {
+            let (h, i) = (arch.hidden_size, arch.intermediate_size);
+            vec![
+                Linear { name: "mlp.gate_proj", in_features: h, out_features: i, bias: arch.mlp_bias },
+                Linear { name: "mlp.up_proj", in_features: h, out_features: i, bias: arch.mlp_bias },
+                Linear { name: "mlp.down_proj", in_features: i, out_features: h, bias: arch.mlp_bias },
+            ]
+        }
+        _ => Vec::new(),
+    };
+    let dense_layers = arch.moe.as_ref().map_or(0, |m| m.dense_layers.len() as u64);
+    let dense_parameters = dense_layers * dense_mlp.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
+    let dense_bytes = dense_layers * dense_mlp.iter().map(bytes).sum::<u64>();
     let per_layer = |f: fn(&QuantizedModule) -> u64| arch.num_layers * modules.iter().map(f).sum::<u64>();
     let (scheme, block_size, compute_dtype) = if q.load_in_4bit {
         let scheme = match q.bnb_4bit_quant_type {
@@ -119,8 +135,8 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
         block_size,
         double_quant: q.load_in_4bit && q.bnb_4bit_use_double_quant,
         compute_dtype,
-        quantized_parameters: per_layer(|m| m.parameters),
-        quantized_bytes: per_layer(|m| m.bytes),
+        quantized_parameters: per_layer(|m| m.parameters) + dense_parameters,
+        quantized_bytes: per_layer(|m| m.bytes) + dense_bytes,
         quantized_modules: modules,
     }
 }
