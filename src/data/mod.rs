@@ -24,6 +24,7 @@ pub mod packing;
 pub mod preference;
 pub mod replay;
 pub mod sources;
+pub mod stream;
 pub mod template;
 pub mod tokenizer;
 

@@ -71,6 +71,8 @@ pub struct Loop<'a, E: Example> {
     pub sharder: Option<&'a super::shard::Sharder>,
     /// `unfrozen_parameters`' row ranges: gradient rows zeroed every step.
     pub frozen_rows: &'a super::unfrozen::FrozenRows,
+    /// `pretraining_dataset`: the stream each step's rows are read from (`train` is empty then).
+    pub stream: Option<&'a std::cell::RefCell<crate::data::stream::PretrainStream<'a>>>,
 }
 
 pub struct Outcome {
@@ -150,6 +152,25 @@ impl<E: Example> Loop<'_, E> {
                 rows[lo..hi].to_vec()
             })
             .collect()
+    }
+
+    /// A stream's rows of step `step`: the global batch's consecutive rows, micro_batch_size of
+    /// them per micro-batch (rank r's are those at a × world + r, as in `global_micro_batches`).
+    fn stream_micro_batches(
+        &self,
+        stream: &std::cell::RefCell<crate::data::stream::PretrainStream<'_>>,
+        step: u64,
+    ) -> Result<Vec<HostBatch>, String> {
+        let b = &self.plan.batch;
+        let mbs = b.micro_batch_size as usize;
+        let count = b.gradient_accumulation_steps as usize * self.runtime.comm.world_size;
+        let mut stream = stream.borrow_mut();
+        let passes = stream.passes;
+        let rows = stream.rows_at(step * (mbs * count) as u64, mbs * count)?;
+        if stream.passes != passes {
+            tracing::info!("pretraining stream: pass {} over the files begins (step {step})", stream.passes);
+        }
+        Ok(rows.chunks(mbs).map(|c| crate::data::stream::collate(c, self.pad_id)).collect())
     }
 
     fn pad_to(&self) -> Option<usize> {
@@ -271,11 +292,14 @@ impl<E: Example> Loop<'_, E> {
                 s.total,
             );
             // The whole global batch on the host: its unit count is the loss's denominator.
-            let global: Vec<HostBatch> = self
-                .global_micro_batches(step, s, &mut order)
-                .iter()
-                .map(|items| E::collate(items, self.pad_id, self.pad_to()))
-                .collect();
+            let global: Vec<HostBatch> = match self.stream {
+                Some(stream) => self.stream_micro_batches(stream, step)?,
+                None => self
+                    .global_micro_batches(step, s, &mut order)
+                    .iter()
+                    .map(|items| E::collate(items, self.pad_id, self.pad_to()))
+                    .collect(),
+            };
             let denominator = global.iter().filter(|b| b.rows > 0).map(|b| self.objective.units(b)).sum::<usize>();
             // A mixture of experts' load-balancing loss weighs each micro-batch of the step alike.
             self.model.routing.set_micro_batches(global.iter().filter(|b| b.rows > 0).count());

@@ -259,3 +259,73 @@ pub fn known_sequences(c: &Config, datasets: &[DatasetPlan]) -> Option<u64> {
     }
     datasets.iter().map(|d| d.rows).sum()
 }
+
+/// `pretraining_dataset`, resolved: which files are streamed, in what order, and how texts become
+/// rows (Axolotl's `encode_streaming`, unpacked path).
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainingPlan {
+    /// `local PATH`.
+    pub source: String,
+    /// The files read, in order (JSON Lines or text, one text per line).
+    pub files: Vec<String>,
+    pub split: String,
+    pub text_column: String,
+    /// Texts skipped at the start of every pass over the stream.
+    pub skip: u64,
+    /// `pretraining_sample_concatenation: true`: texts + EOS + pad concatenated into full rows.
+    pub concatenate: bool,
+    /// Texts tokenized together (`streaming_multipack_buffer_size`); a concatenated row never
+    /// spans two chunks.
+    pub chunk_texts: u64,
+    /// Tokens of a concatenated row (sequence_len); an unconcatenated row holds at most
+    /// `row_tokens - 2`.
+    pub row_tokens: u64,
+    /// Consecutive stream rows per optimizer step (the global batch): rank r's micro-batch a of
+    /// a step is the (a × world + r)-th group of micro_batch_size rows, as accelerate's
+    /// IterableDatasetShard deals them.
+    pub rows_per_step: u64,
+    /// `max_steps`: the stream's length is not known before it is read.
+    pub steps: u64,
+}
+
+/// The stream `pretraining_dataset` names (None without one). Errors: a path that is not local,
+/// a file recipe cannot read a line at a time.
+pub fn pretraining(c: &Config, at: &Locator, rows_per_step: u64) -> Result<Option<PretrainingPlan>, String> {
+    let Some(stream) = &c.data.pretraining_dataset else { return Ok(None) };
+    let Some(entry) = stream.entries().into_iter().next() else { return Ok(None) };
+    let key = match stream {
+        crate::config::datasets::PretrainingDatasets::Path(_) => "pretraining_dataset".to_string(),
+        crate::config::datasets::PretrainingDatasets::One(_) => "pretraining_dataset.path".to_string(),
+        crate::config::datasets::PretrainingDatasets::List(_) => "pretraining_dataset.0.path".to_string(),
+    };
+    let Location::Local(path) = resolve_location(&entry.path, &at.base_dir(&key)) else {
+        return Err(format!("pretraining_dataset `{}`: recipe streams local files only", entry.path));
+    };
+    let source = crate::config::datasets::DatasetSource {
+        path: entry.path.clone(),
+        split: entry.split.clone(),
+        name: None,
+        data_files: entry.data_files.clone().map(crate::config::datasets::FileList::One),
+        ds_type: None,
+        revision: None,
+        weight: None,
+        trust_remote_code: false,
+    };
+    let files = crate::data::sources::files(&source, Some(&path), &crate::data::sources::Hub::from_env())?;
+    for f in &files {
+        crate::data::stream::format_of(f)?;
+    }
+    let d = &c.data;
+    Ok(Some(PretrainingPlan {
+        source: format!("local {}", path.display()),
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        split: entry.split.clone(),
+        text_column: entry.text_column.clone(),
+        skip: entry.skip.unwrap_or(0),
+        concatenate: d.pretraining_sample_concatenation == Some(true),
+        chunk_texts: d.pretrain_multipack_buffer_size.unwrap_or(d.streaming_multipack_buffer_size),
+        row_tokens: u64::from(d.sequence_len),
+        rows_per_step,
+        steps: c.training.max_steps.unwrap_or(0),
+    }))
+}

@@ -38,6 +38,9 @@ pub struct Plan {
     pub chat_template: Option<data::TemplatePlan>,
     pub datasets: Vec<data::DatasetPlan>,
     pub test_datasets: Vec<data::DatasetPlan>,
+    /// `pretraining_dataset`: the stream trained on instead of `datasets`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretraining: Option<data::PretrainingPlan>,
     /// Scored before and after training (perplexity), to measure forgetting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forgetting_datasets: Vec<data::DatasetPlan>,
@@ -113,7 +116,9 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let replay = forgetting::replay(config, data::replay_datasets(config, &at, &model), batch.global_batch_sequences)
         .map_err(|e| format!("{} ({})", e, at.origin("replay_ratio")))?;
     let ewc = forgetting::ewc(config, data::ewc_datasets(config, &at, &model), arch, &adapter);
+    let pretraining = data::pretraining(config, &at, batch.global_batch_sequences)?;
     Ok(Plan {
+        pretraining,
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
         batch,
@@ -446,6 +451,33 @@ pub fn render_text(plan: &Plan) -> String {
             let weight = d.entry.source().weight.map_or(String::new(), |w| format!(", weight {w}"));
             let _ = writeln!(o, "{label} {} {} split {}{rows}{weight}: {}", d.r#type, d.source, d.split, d.masking);
         }
+    }
+    if let Some(p) = &plan.pretraining {
+        let _ = writeln!(
+            o,
+            "stream     pretraining_dataset {} split {}, text column `{}`, {} file(s), skip {} texts: every token \
+             trained",
+            p.source,
+            p.split,
+            p.text_column,
+            p.files.len(),
+            p.skip
+        );
+        let layout = if p.concatenate {
+            format!(
+                "texts + EOS + pad concatenated into rows of {} tokens (the pad hidden from attention, \
+                 label -100), within chunks of {} texts",
+                p.row_tokens, p.chunk_texts
+            )
+        } else {
+            format!("one text per row, truncated to {} tokens (BOS included)", p.row_tokens.saturating_sub(2))
+        };
+        let _ = writeln!(
+            o,
+            "           {layout}; {} consecutive rows per step for {} steps (max_steps), the stream restarting \
+             when it ends",
+            p.rows_per_step, p.steps
+        );
     }
     if let Some(r) = &plan.replay {
         for d in &r.datasets {

@@ -30,9 +30,6 @@ pub struct Checked {
 pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Checked {
     let mut diagnostics = Vec::new();
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
-    // Axolotl's streamed pretraining data stands in for `datasets`: it is refused by name above,
-    // and "datasets is missing" would only repeat that (rules stay quiet about refused keys).
-    let pretraining_refused = diagnostics.iter().any(|d| d.key_path.as_deref() == Some("pretraining_dataset"));
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
     // Top-level keys whose value the schema refused.
@@ -50,9 +47,6 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
                 diagnostics.push(d);
             }
         }
-    }
-    if pretraining_refused {
-        refused.push("datasets".into());
     }
     let names_file = tree.get(deepspeed::KEY).is_some_and(|e| e.value.as_str().is_some());
     let deepspeed = deepspeed.map(deepspeed::check);
