@@ -5,11 +5,14 @@
 //! add_special_tokens=True)` does, and turned into rows by [`encode_chunk`], a port of Axolotl's
 //! `encode_streaming` (src/axolotl/utils/data/streaming.py).
 //!
-//! Rows are dealt to steps in stream order: step k takes rows [k·G, (k+1)·G) of the global batch
-//! G = micro_batch_size × accumulation × world, and the training loop gives rank r the micro-batches
-//! a × world + r, which is what accelerate's `IterableDatasetShard` hands rank r. At the end of the
-//! files the stream starts over (skip applied again). Resume re-reads the stream up to its step,
-//! as transformers' Trainer skips the batches of an iterable dataset.
+//! Rows are dealt as accelerate deals them (see [`micro_batch_rows`]): one stream read by every
+//! rank, step k's global batch its rows [k·G, (k+1)·G), G = micro_batch_size × accumulation × world
+//! (`IterableDatasetShard`), or, with at least as many files as processes, one stream per rank
+//! over its contiguous group of files (datasets' `IterableDataset.shard`). At the end of its files
+//! a stream starts over (skip applied again): Axolotl instead completes the last group of
+//! world × micro_batch_size rows with the pass's first rows and lets the Trainer carry a partial
+//! accumulation into the next pass, which recipe does not reproduce. Resume re-reads the stream up
+//! to its step, as transformers' Trainer skips the batches of an iterable dataset.
 
 use super::{IGNORE, Tokenizer};
 use crate::config::datasets::FileFormat;
@@ -152,6 +155,8 @@ impl TextReader {
 /// The rows of a `pretraining_dataset`, produced on demand, restarting at the end of the files.
 pub struct PretrainStream<'a> {
     plan: &'a PretrainingPlan,
+    /// Which of `plan.shards` this stream reads.
+    shard: usize,
     tok: &'a Tokenizer,
     eos: i64,
     pad: i64,
@@ -165,10 +170,15 @@ pub struct PretrainStream<'a> {
 }
 
 impl<'a> PretrainStream<'a> {
-    pub fn new(plan: &'a PretrainingPlan, tok: &'a Tokenizer) -> Result<PretrainStream<'a>, String> {
+    /// The stream of `plan.shards[shard]`.
+    pub fn new(plan: &'a PretrainingPlan, shard: usize, tok: &'a Tokenizer) -> Result<PretrainStream<'a>, String> {
+        if shard >= plan.shards.len() {
+            return Err(format!("pretraining stream: no shard {shard} of {}", plan.shards.len()));
+        }
         let eos = tok.eos().ok_or("pretraining_dataset: the tokenizer has no EOS token")?;
         let mut s = PretrainStream {
             plan,
+            shard,
             tok,
             eos,
             pad: tok.pad(),
@@ -186,8 +196,10 @@ impl<'a> PretrainStream<'a> {
         if self.passes > 0 && self.rows_this_pass == 0 {
             return Err(format!("pretraining_dataset {}: the stream holds no text", self.plan.source));
         }
-        self.reader =
-            TextReader::new(self.plan.files.iter().map(PathBuf::from).collect(), self.plan.text_column.clone());
+        self.reader = TextReader::new(
+            self.plan.shards[self.shard].iter().map(PathBuf::from).collect(),
+            self.plan.text_column.clone(),
+        );
         for _ in 0..self.plan.skip {
             if self.reader.next_text()?.is_none() {
                 break;
@@ -241,6 +253,18 @@ impl<'a> PretrainStream<'a> {
             self.next_row()?;
         }
         (0..n).map(|_| self.next_row()).collect()
+    }
+}
+
+/// Which stream, and which of its rows, micro-batch `j` of step `step` holds (j = a × world + r:
+/// rank r's a-th accumulation micro-batch), for `streams` streams (1, or one per rank).
+pub fn micro_batch_rows(step: u64, j: usize, mbs: usize, gas: usize, world: usize, streams: usize) -> (usize, u64) {
+    let (a, r) = ((j / world) as u64, j % world);
+    if streams == 1 {
+        // IterableDatasetShard: rank r takes the r-th mbs rows of each world × mbs rows.
+        (0, ((step * gas as u64 + a) * world as u64 + r as u64) * mbs as u64)
+    } else {
+        (r, (step * gas as u64 + a) * mbs as u64)
     }
 }
 

@@ -1047,7 +1047,11 @@ fn train_on<E: packing::Example>(
     let run_tokenizer = (added > 0 || set_special || plan.model.tokenizer.is_some()).then_some(&tok);
     let causal_lm_eval = eval::CausalLmEval::new(plan, &tok, &validation_samples)?;
     let stream = match &plan.pretraining {
-        Some(p) => Some(std::cell::RefCell::new(data::stream::PretrainStream::new(p, &tok)?)),
+        Some(p) => Some(std::cell::RefCell::new(
+            (0..p.shards.len())
+                .map(|i| data::stream::PretrainStream::new(p, i, &tok))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
         None => None,
     };
     let looper = train::Loop {

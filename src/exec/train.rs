@@ -72,7 +72,7 @@ pub struct Loop<'a, E: Example> {
     /// `unfrozen_parameters`' row ranges: gradient rows zeroed every step.
     pub frozen_rows: &'a super::unfrozen::FrozenRows,
     /// `pretraining_dataset`: the stream each step's rows are read from (`train` is empty then).
-    pub stream: Option<&'a std::cell::RefCell<crate::data::stream::PretrainStream<'a>>>,
+    pub stream: Option<&'a std::cell::RefCell<Vec<crate::data::stream::PretrainStream<'a>>>>,
 }
 
 pub struct Outcome {
@@ -154,23 +154,29 @@ impl<E: Example> Loop<'_, E> {
             .collect()
     }
 
-    /// A stream's rows of step `step`: the global batch's consecutive rows, micro_batch_size of
-    /// them per micro-batch (rank r's are those at a × world + r, as in `global_micro_batches`).
+    /// A stream's rows of step `step`, one micro-batch per slot of the global batch (rank r's are
+    /// those at a × world + r, as in `global_micro_batches`).
     fn stream_micro_batches(
         &self,
-        stream: &std::cell::RefCell<crate::data::stream::PretrainStream<'_>>,
+        streams: &std::cell::RefCell<Vec<crate::data::stream::PretrainStream<'_>>>,
         step: u64,
     ) -> Result<Vec<HostBatch>, String> {
         let b = &self.plan.batch;
-        let mbs = b.micro_batch_size as usize;
-        let count = b.gradient_accumulation_steps as usize * self.runtime.comm.world_size;
-        let mut stream = stream.borrow_mut();
-        let passes = stream.passes;
-        let rows = stream.rows_at(step * (mbs * count) as u64, mbs * count)?;
-        if stream.passes != passes {
-            tracing::info!("pretraining stream: pass {} over the files begins (step {step})", stream.passes);
+        let (mbs, gas) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize);
+        let world = self.runtime.comm.world_size;
+        let mut streams = streams.borrow_mut();
+        let n = streams.len();
+        let passes: u64 = streams.iter().map(|s| s.passes).sum();
+        let mut out = Vec::with_capacity(gas * world);
+        for j in 0..gas * world {
+            let (which, from) = crate::data::stream::micro_batch_rows(step, j, mbs, gas, world, n);
+            let rows = streams[which].rows_at(from, mbs)?;
+            out.push(crate::data::stream::collate(&rows, self.pad_id));
         }
-        Ok(rows.chunks(mbs).map(|c| crate::data::stream::collate(c, self.pad_id)).collect())
+        if streams.iter().map(|s| s.passes).sum::<u64>() != passes {
+            tracing::info!("pretraining stream: a new pass over the files begins at step {step}");
+        }
+        Ok(out)
     }
 
     fn pad_to(&self) -> Option<usize> {

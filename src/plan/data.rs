@@ -286,11 +286,31 @@ pub struct PretrainingPlan {
     pub rows_per_step: u64,
     /// `max_steps`: the stream's length is not known before it is read.
     pub steps: u64,
+    /// The files each stream reads. One stream (every rank reads it all and keeps its micro-batches,
+    /// accelerate's IterableDatasetShard) unless there are at least as many files as processes:
+    /// then accelerate shards the dataset by file (datasets' `IterableDataset.shard`, contiguous
+    /// groups) and rank r reads only group r, its micro-batches its own stream's consecutive rows.
+    pub shards: Vec<Vec<String>>,
+}
+
+/// datasets' contiguous split of `n` shards among `k` workers: the first `n % k` get one more.
+pub fn contiguous_shards(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    (0..k)
+        .map(|i| {
+            let start = (n / k) * i + i.min(n % k);
+            start..start + n / k + usize::from(i < n % k)
+        })
+        .collect()
 }
 
 /// The stream `pretraining_dataset` names (None without one). Errors: a path that is not local,
 /// a file recipe cannot read a line at a time.
-pub fn pretraining(c: &Config, at: &Locator, rows_per_step: u64) -> Result<Option<PretrainingPlan>, String> {
+pub fn pretraining(
+    c: &Config,
+    at: &Locator,
+    rows_per_step: u64,
+    world_size: u64,
+) -> Result<Option<PretrainingPlan>, String> {
     let Some(stream) = &c.data.pretraining_dataset else { return Ok(None) };
     let Some(entry) = stream.entries().into_iter().next() else { return Ok(None) };
     let key = match stream {
@@ -316,9 +336,24 @@ pub fn pretraining(c: &Config, at: &Locator, rows_per_step: u64) -> Result<Optio
         crate::data::stream::format_of(f)?;
     }
     let d = &c.data;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let world = world_size.max(1) as usize;
+    let shards = if world > 1 && names.len() >= world {
+        if entry.skip.unwrap_or(0) > 0 {
+            return Err(format!(
+                "pretraining_dataset: {} files over {world} processes are sharded by file, and how datasets splits \
+                 `skip` among shards is not reproduced (error code unsupported-pretraining-skip-sharded); remove skip",
+                names.len()
+            ));
+        }
+        contiguous_shards(names.len(), world).into_iter().map(|r| names[r].to_vec()).collect()
+    } else {
+        vec![names.clone()]
+    };
     Ok(Some(PretrainingPlan {
+        shards,
         source: format!("local {}", path.display()),
-        files: files.iter().map(|f| f.display().to_string()).collect(),
+        files: names,
         split: entry.split.clone(),
         text_column: entry.text_column.clone(),
         skip: entry.skip.unwrap_or(0),

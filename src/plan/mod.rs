@@ -116,7 +116,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let replay = forgetting::replay(config, data::replay_datasets(config, &at, &model), batch.global_batch_sequences)
         .map_err(|e| format!("{} ({})", e, at.origin("replay_ratio")))?;
     let ewc = forgetting::ewc(config, data::ewc_datasets(config, &at, &model), arch, &adapter);
-    let pretraining = data::pretraining(config, &at, batch.global_batch_sequences)?;
+    let pretraining = data::pretraining(config, &at, batch.global_batch_sequences, options.world_size)?;
     Ok(Plan {
         pretraining,
         recipe: loaded.path.display().to_string(),
@@ -474,10 +474,16 @@ pub fn render_text(plan: &Plan) -> String {
         };
         let _ = writeln!(
             o,
-            "           {layout}; {} consecutive rows per step for {} steps (max_steps), the stream restarting \
-             when it ends",
+            "           {layout}; {} rows per step for {} steps (max_steps), the stream restarting when it ends",
             p.rows_per_step, p.steps
         );
+        let dealt = if p.shards.len() > 1 {
+            let sizes: Vec<String> = p.shards.iter().map(|s| s.len().to_string()).collect();
+            format!("sharded by file, rank r reads group r ({} files)", sizes.join(" / "))
+        } else {
+            "one stream, every rank reads it and keeps its own micro-batches of each step's consecutive rows".into()
+        };
+        let _ = writeln!(o, "           ranks: {dealt}");
     }
     if let Some(r) = &plan.replay {
         for d in &r.datasets {
