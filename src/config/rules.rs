@@ -26,6 +26,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.unfrozen_parameters(config);
     out.exclusive_pairs(config);
     out.pretraining(config);
+    out.batch_size(config);
     out.evaluation(config);
     out.chat_template(config);
     out.preference(config);
@@ -433,6 +434,42 @@ impl Rules<'_> {
                 ),
                 &[key, "adapter"],
                 "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
+            );
+        }
+    }
+
+    /// `batch_size` (Axolotl's deprecated key): stands in for `gradient_accumulation_steps`.
+    fn batch_size(&mut self, c: &Config) {
+        let t = &c.training;
+        let Some(batch) = t.batch_size else { return };
+        if self.key_span("gradient_accumulation_steps").is_some() {
+            self.error(
+                "batch-size-with-accumulation",
+                "set only one of `gradient_accumulation_steps` and `batch_size` (Axolotl refuses both too)".into(),
+                &["batch_size", "gradient_accumulation_steps"],
+                "remove batch_size: gradient_accumulation_steps = batch_size / micro_batch_size",
+            );
+        } else if batch < t.micro_batch_size {
+            self.error(
+                "batch-size-below-micro-batch",
+                format!(
+                    "batch_size {batch} is smaller than micro_batch_size {}: no accumulation step left",
+                    t.micro_batch_size
+                ),
+                &["batch_size", "micro_batch_size"],
+                "batch_size is per device: micro_batch_size × gradient_accumulation_steps",
+            );
+        } else if batch % t.micro_batch_size != 0 {
+            self.error(
+                "unsupported-batch-size-remainder",
+                format!(
+                    "batch_size {batch} is not a multiple of micro_batch_size {}: Axolotl accumulates {} micro-batches \
+                     but counts its steps by batch_size, a schedule recipe does not reproduce",
+                    t.micro_batch_size,
+                    batch / t.micro_batch_size
+                ),
+                &["batch_size", "micro_batch_size"],
+                "use a multiple of micro_batch_size, or set gradient_accumulation_steps instead",
             );
         }
     }

@@ -204,7 +204,16 @@ fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
     let Some(map) = value.as_object() else { return Vec::new() };
     map.iter()
         .filter(|(_, v)| !v.is_null())
-        .map(|(key, value)| Setting { key: key.clone(), value: value.clone(), origin: at.origin(key) })
+        .map(|(key, value)| {
+            let origin = match at.origin(key) {
+                // Derived from Axolotl's batch_size (recipe/check.rs), not a default.
+                o if key == "gradient_accumulation_steps" && o == "default" && c.training.batch_size.is_some() => {
+                    format!("batch_size / micro_batch_size ({})", at.origin("batch_size"))
+                }
+                o => o,
+            };
+            Setting { key: key.clone(), value: value.clone(), origin }
+        })
         .collect()
 }
 
@@ -559,6 +568,13 @@ pub fn render_text(plan: &Plan) -> String {
         b.sequence_len,
         b.sample_packing
     );
+    if let Some(s) = plan.settings.iter().find(|s| s.key == "batch_size" && !s.value.is_null()) {
+        let _ = writeln!(
+            o,
+            "           accumulation {} = batch_size {} ({}) / micro_batch_size {} (Axolotl's normalize_config)",
+            b.gradient_accumulation_steps, s.value, s.origin, b.micro_batch_size
+        );
+    }
     let known = |v: Option<u64>| v.map_or("known after preprocess".to_string(), |s| s.to_string());
     let _ = writeln!(
         o,

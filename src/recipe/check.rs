@@ -64,6 +64,13 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
         if let Some(config) = &mut config {
             config.distributed.deepspeed_config = deepspeed_config;
             let at = Locator { tree: &tree, sources, deepspeed: deepspeed_tree.as_ref() };
+            // Axolotl's normalize_config: `batch_size` alone gives the accumulation steps.
+            let t = &mut config.training;
+            if let Some(batch) = t.batch_size
+                && at.entry("gradient_accumulation_steps").is_none()
+            {
+                t.gradient_accumulation_steps = (batch / t.micro_batch_size).max(1);
+            }
             diagnostics.extend(rules::check(config, &at, &[]));
         }
         return Checked { tree, config, diagnostics, ignored_keys, deepspeed: deepspeed_tree };
