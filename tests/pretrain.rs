@@ -182,6 +182,8 @@ fn the_plan_shows_the_stream() {
     assert!(stdout.contains("text column `text`, 1 file(s), skip 0 texts"), "{stdout}");
     assert!(stdout.contains("concatenated into rows of 64 tokens") && stdout.contains("chunks of 6 texts"), "{stdout}");
     assert!(stdout.contains("4 rows per step for 6 steps (max_steps)"), "{stdout}");
+    assert!(stdout.contains("attention  scaled_dot_product_attention with a mask hiding the pad"), "{stdout}");
+    assert!(!stdout.contains("warning[data]"), "a plan never reads the stream ahead: {stdout}");
 }
 
 #[test]

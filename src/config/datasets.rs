@@ -86,11 +86,11 @@ pub struct DataConfig {
     /// default) each text is one row, truncated to `sequence_len - 2` tokens.
     #[serde(default)]
     pub pretraining_sample_concatenation: Option<bool>,
-    /// `pretraining_dataset`: texts tokenized together; concatenated rows never span two such
-    /// chunks (the last row of a chunk is padded), as in Axolotl's batched `map`.
-    #[serde(default = "default_stream_buffer")]
+    /// `pretraining_dataset`: texts tokenized together (10000 when unset); concatenated rows never
+    /// span two such chunks (the last row of a chunk is padded), as in Axolotl's batched `map`.
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    pub streaming_multipack_buffer_size: u64,
+    pub streaming_multipack_buffer_size: Option<u64>,
     /// Axolotl's deprecated name of `streaming_multipack_buffer_size` (set one of the two).
     #[serde(default)]
     #[schemars(range(min = 1))]
@@ -101,9 +101,8 @@ pub struct DataConfig {
     pub streaming: Option<bool>,
 }
 
-fn default_stream_buffer() -> u64 {
-    10_000
-}
+/// Axolotl's `streaming_multipack_buffer_size` default.
+pub const DEFAULT_STREAM_BUFFER: u64 = 10_000;
 
 /// `pretraining_dataset`: a path, one entry, or a list of entries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

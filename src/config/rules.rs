@@ -548,7 +548,7 @@ impl Rules<'_> {
                 "remove val_set_size",
             );
         }
-        if d.pretrain_multipack_buffer_size.is_some() && self.key_span("streaming_multipack_buffer_size").is_some() {
+        if d.pretrain_multipack_buffer_size.is_some() && d.streaming_multipack_buffer_size.is_some() {
             self.error(
                 "pretraining-buffer-twice",
                 "both `pretrain_multipack_buffer_size` and `streaming_multipack_buffer_size` are set".into(),

@@ -254,7 +254,7 @@ fn count_rows(path: &Path, format: Option<FileFormat>) -> Option<u64> {
 /// rows are counted, one row is one sequence (no packing), and no dataset splits long texts.
 pub fn known_sequences(c: &Config, datasets: &[DatasetPlan]) -> Option<u64> {
     let splits_texts = c.data.datasets.iter().any(|d| matches!(d, DatasetConfig::Pretrain(_)));
-    if c.data.sample_packing || splits_texts {
+    if c.data.sample_packing || splits_texts || c.data.pretraining_dataset.is_some() {
         return None;
     }
     datasets.iter().map(|d| d.rows).sum()
@@ -358,7 +358,10 @@ pub fn pretraining(
         text_column: entry.text_column.clone(),
         skip: entry.skip.unwrap_or(0),
         concatenate: d.pretraining_sample_concatenation == Some(true),
-        chunk_texts: d.pretrain_multipack_buffer_size.unwrap_or(d.streaming_multipack_buffer_size),
+        chunk_texts: d
+            .streaming_multipack_buffer_size
+            .or(d.pretrain_multipack_buffer_size)
+            .unwrap_or(crate::config::datasets::DEFAULT_STREAM_BUFFER),
         row_tokens: u64::from(d.sequence_len),
         rows_per_step,
         steps: c.training.max_steps.unwrap_or(0),
