@@ -76,6 +76,105 @@ pub struct DataConfig {
     /// Skip malformed rows (counted in the report) instead of stopping at the first one.
     #[serde(default)]
     pub skip_bad_rows: bool,
+    /// Axolotl's streamed pretraining text, in place of `datasets`: a path, one entry, or a list
+    /// of one entry (Axolotl reads only the first). Read a chunk at a time, never whole; needs
+    /// `max_steps`.
+    #[serde(default)]
+    pub pretraining_dataset: Option<PretrainingDatasets>,
+    /// `pretraining_dataset`: `true` appends EOS and a pad token to each text and concatenates
+    /// texts into `sequence_len` rows (Axolotl's `encode_streaming`); otherwise (Axolotl's
+    /// default) each text is one row, truncated to `sequence_len - 2` tokens.
+    #[serde(default)]
+    pub pretraining_sample_concatenation: Option<bool>,
+    /// `pretraining_dataset`: texts tokenized together (10000 when unset); concatenated rows never
+    /// span two such chunks (the last row of a chunk is padded), as in Axolotl's batched `map`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub streaming_multipack_buffer_size: Option<u64>,
+    /// Axolotl's deprecated name of `streaming_multipack_buffer_size` (set one of the two).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub pretrain_multipack_buffer_size: Option<u64>,
+    /// Axolotl's switch for streamed datasets: recipe streams `pretraining_dataset` only, so it
+    /// may be `true` only beside it.
+    #[serde(default)]
+    pub streaming: Option<bool>,
+}
+
+/// Axolotl's `streaming_multipack_buffer_size` default.
+pub const DEFAULT_STREAM_BUFFER: u64 = 10_000;
+
+/// `pretraining_dataset`: a path, one entry, or a list of entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PretrainingDatasets {
+    Path(String),
+    One(PretrainingDataset),
+    List(Vec<PretrainingDataset>),
+}
+
+impl PretrainingDatasets {
+    /// The entries, a bare path read as `{path: PATH}`.
+    pub fn entries(&self) -> Vec<PretrainingDataset> {
+        match self {
+            PretrainingDatasets::Path(p) => vec![PretrainingDataset::at(p)],
+            PretrainingDatasets::One(d) => vec![d.clone()],
+            PretrainingDatasets::List(l) => l.clone(),
+        }
+    }
+}
+
+/// One `pretraining_dataset` entry (Axolotl's `PretrainingDataset`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PretrainingDataset {
+    /// A local file or folder of JSON Lines or text files (relative to the recipe file).
+    pub path: String,
+    /// The dataset configuration name (hub datasets only: refused for local files).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The split to read (file names in a folder tell splits apart, as in `datasets`).
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// The field holding the text (JSON Lines; text files give each line as `text`).
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// `pretrain` (Axolotl's default; the only type its unpacked stream reads).
+    #[serde(default = "default_pretrain_type")]
+    pub r#type: String,
+    /// Must be false or absent: loading a dataset never runs code.
+    #[serde(default)]
+    #[schemars(extend("const" = false))]
+    pub trust_remote_code: bool,
+    /// Files to read inside `path` (a name or a glob).
+    #[serde(default)]
+    pub data_files: Option<String>,
+    /// Texts skipped at the start of the stream.
+    #[serde(default)]
+    pub skip: Option<u64>,
+}
+
+impl PretrainingDataset {
+    fn at(path: &str) -> PretrainingDataset {
+        PretrainingDataset {
+            path: path.to_string(),
+            name: None,
+            split: default_split(),
+            text_column: default_text_column(),
+            r#type: default_pretrain_type(),
+            trust_remote_code: false,
+            data_files: None,
+            skip: None,
+        }
+    }
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+
+fn default_pretrain_type() -> String {
+    "pretrain".into()
 }
 
 /// `excess_length_strategy`.

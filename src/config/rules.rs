@@ -25,6 +25,8 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.adapter_keys(config);
     out.unfrozen_parameters(config);
     out.exclusive_pairs(config);
+    out.pretraining(config);
+    out.batch_size(config);
     out.evaluation(config);
     out.chat_template(config);
     out.preference(config);
@@ -182,7 +184,8 @@ impl Rules<'_> {
                 "set learning_rate (LoRA: 1e-4 to 5e-4) or use a preset: `preset: lora`",
             );
         }
-        if c.data.datasets.is_empty() {
+        let streams = c.data.pretraining_dataset.is_some() || self.refused.iter().any(|k| k == "pretraining_dataset");
+        if c.data.datasets.is_empty() && !streams {
             self.error(
                 "required",
                 "missing required key `datasets`: a recipe trains on at least one dataset".into(),
@@ -507,6 +510,194 @@ impl Rules<'_> {
                 &[key, "adapter"],
                 "add adapter: lora (or qlora), or remove the LoRA keys for a full fine-tune",
             );
+        }
+    }
+
+    /// `batch_size` (Axolotl's deprecated key): stands in for `gradient_accumulation_steps`.
+    fn batch_size(&mut self, c: &Config) {
+        let t = &c.training;
+        let Some(batch) = t.batch_size else { return };
+        if self.key_span("gradient_accumulation_steps").is_some() {
+            self.error(
+                "batch-size-with-accumulation",
+                "set only one of `gradient_accumulation_steps` and `batch_size` (Axolotl refuses both too)".into(),
+                &["batch_size", "gradient_accumulation_steps"],
+                "remove batch_size: gradient_accumulation_steps = batch_size / micro_batch_size",
+            );
+        } else if batch < t.micro_batch_size {
+            self.error(
+                "batch-size-below-micro-batch",
+                format!(
+                    "batch_size {batch} is smaller than micro_batch_size {}: no accumulation step left",
+                    t.micro_batch_size
+                ),
+                &["batch_size", "micro_batch_size"],
+                "batch_size is per device: micro_batch_size × gradient_accumulation_steps",
+            );
+        } else if batch % t.micro_batch_size != 0 {
+            self.error(
+                "unsupported-batch-size-remainder",
+                format!(
+                    "batch_size {batch} is not a multiple of micro_batch_size {}: Axolotl accumulates {} micro-batches \
+                     but counts its steps by batch_size, a schedule recipe does not reproduce",
+                    t.micro_batch_size,
+                    batch / t.micro_batch_size
+                ),
+                &["batch_size", "micro_batch_size"],
+                "use a multiple of micro_batch_size, or set gradient_accumulation_steps instead",
+            );
+        }
+    }
+
+    /// `pretraining_dataset`: Axolotl's unpacked stream (`encode_streaming`) is built; what would
+    /// make Axolotl read, order or batch it otherwise is refused by name.
+    fn pretraining(&mut self, c: &Config) {
+        let d = &c.data;
+        let Some(stream) = &d.pretraining_dataset else {
+            if d.streaming == Some(true) {
+                self.error(
+                    "unsupported-streaming-datasets",
+                    "`streaming: true` streams `datasets` in Axolotl; recipe streams only `pretraining_dataset`".into(),
+                    &["streaming"],
+                    "remove `streaming` (recipe reads `datasets` whole), or use `pretraining_dataset`",
+                );
+            }
+            for key in [
+                "pretraining_sample_concatenation",
+                "streaming_multipack_buffer_size",
+                "pretrain_multipack_buffer_size",
+            ] {
+                if self.key_span(key).is_some() {
+                    self.error(
+                        "pretraining-key-without-stream",
+                        format!("`{key}` only acts on `pretraining_dataset`, which this recipe does not set"),
+                        &[key],
+                        "remove it, or stream the data with `pretraining_dataset`",
+                    );
+                }
+            }
+            return;
+        };
+        let entries = stream.entries();
+        let entry_key = |field: &str| match stream {
+            super::datasets::PretrainingDatasets::Path(_) => "pretraining_dataset".to_string(),
+            super::datasets::PretrainingDatasets::One(_) => format!("pretraining_dataset.{field}"),
+            super::datasets::PretrainingDatasets::List(_) => format!("pretraining_dataset.0.{field}"),
+        };
+        match entries.len() {
+            0 => self.error(
+                "pretraining-dataset-empty",
+                "`pretraining_dataset` is an empty list".into(),
+                &["pretraining_dataset"],
+                "give one entry: `pretraining_dataset: [{path: data/corpus.jsonl}]`",
+            ),
+            1 => {}
+            n => self.error(
+                "unsupported-pretraining-datasets",
+                format!("`pretraining_dataset` lists {n} entries; Axolotl streams only the first and ignores the rest"),
+                &["pretraining_dataset.1"],
+                "keep one entry (concatenate the files into one folder)",
+            ),
+        }
+        if !d.datasets.is_empty() {
+            self.error(
+                "pretraining-with-datasets",
+                "`datasets` beside `pretraining_dataset`: Axolotl trains on the stream and ignores `datasets`".into(),
+                &["datasets", "pretraining_dataset"],
+                "keep one of the two",
+            );
+        }
+        if c.training.max_steps.is_none() {
+            self.error(
+                "pretraining-needs-max-steps",
+                "`pretraining_dataset` needs `max_steps`: a stream's length is not known before it is read".into(),
+                &["pretraining_dataset", "max_steps"],
+                "set max_steps",
+            );
+        }
+        if d.val_set_size > 0.0 {
+            self.error(
+                "pretraining-val-set-size",
+                "`val_set_size` cannot split a stream (Axolotl refuses it too)".into(),
+                &["val_set_size", "pretraining_dataset"],
+                "remove val_set_size",
+            );
+        }
+        if d.pretrain_multipack_buffer_size.is_some() && d.streaming_multipack_buffer_size.is_some() {
+            self.error(
+                "pretraining-buffer-twice",
+                "both `pretrain_multipack_buffer_size` and `streaming_multipack_buffer_size` are set".into(),
+                &["pretrain_multipack_buffer_size", "streaming_multipack_buffer_size"],
+                "remove the deprecated pretrain_multipack_buffer_size",
+            );
+        }
+        if d.sample_packing {
+            self.error(
+                "unsupported-pretraining-packing",
+                "`sample_packing` with `pretraining_dataset`: Axolotl packs each streamed chunk with a \
+                 RandomSampler drawn from torch's global generator, an order recipe cannot reproduce"
+                    .into(),
+                &["sample_packing", "pretraining_dataset"],
+                "set sample_packing: false (pretraining_sample_concatenation: true fills rows without it)",
+            );
+        }
+        if d.shuffle_merged_datasets {
+            self.error(
+                "unsupported-pretraining-shuffle",
+                "shuffling a stream (`shuffle_merged_datasets`, true by default) draws from `datasets`' \
+                 numpy shuffle buffer, an order recipe does not reproduce"
+                    .into(),
+                &["shuffle_merged_datasets", "pretraining_dataset"],
+                "set shuffle_merged_datasets: false to stream the files in order",
+            );
+        }
+        let beside: Vec<&str> = [
+            ("test_datasets", !d.test_datasets.is_empty()),
+            ("forgetting_datasets", !d.forgetting_datasets.is_empty()),
+            ("replay_datasets", !d.replay_datasets.is_empty()),
+            ("ewc_datasets", !d.ewc_datasets.is_empty()),
+            ("rl", c.training.rl.is_some()),
+            ("reward_model", c.training.reward_model),
+            ("adapter", matches!(c.adapter.adapter, Some(AdapterKind::PromptTuning | AdapterKind::PrefixTuning))),
+        ]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+        for key in beside {
+            self.error(
+                "unsupported-pretraining-with",
+                format!("`{key}` with `pretraining_dataset`: recipe streams pretraining text for plain causal-LM training only"),
+                &[key, "pretraining_dataset"],
+                "train on `datasets` (type: completion / pretrain) instead",
+            );
+        }
+        let Some(entry) = entries.first() else { return };
+        if entry.r#type != "pretrain" {
+            self.error(
+                "unsupported-pretraining-type",
+                format!("pretraining_dataset type `{}`: Axolotl's unpacked stream reads raw text only", entry.r#type),
+                &[&entry_key("type")],
+                "use type: pretrain (or remove it)",
+            );
+        }
+        if entry.name.is_some() {
+            self.error(
+                "unsupported-pretraining-name",
+                "pretraining_dataset `name` picks a hub dataset's configuration; recipe streams local files only"
+                    .into(),
+                &[&entry_key("name")],
+                "remove name and point path at the local files",
+            );
+        }
+        let path_key = entry_key("path");
+        match resolve_location(&entry.path, &self.at.base_dir(&path_key)) {
+            Location::Local(_) => self.location(&path_key, &entry.path, LocationKind::LocalOnly),
+            _ => self.error(
+                "unsupported-pretraining-hub",
+                format!("pretraining_dataset `{}` is not a local path: recipe streams local files only", entry.path),
+                &[&path_key],
+                "download the dataset's files and point path at them",
+            ),
         }
     }
 

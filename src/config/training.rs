@@ -15,6 +15,12 @@ pub struct TrainingConfig {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 65536))]
     pub gradient_accumulation_steps: u32,
+    /// Axolotl's deprecated per-device batch: in place of `gradient_accumulation_steps` (set one of
+    /// the two), it gives gradient_accumulation_steps = batch_size / micro_batch_size, as Axolotl's
+    /// normalize_config does; a multiple of micro_batch_size.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 4194304))]
+    pub batch_size: Option<u32>,
     /// Sequences per evaluation batch. Defaults to `micro_batch_size`.
     #[serde(default)]
     #[schemars(range(min = 1, max = 65536))]

@@ -24,6 +24,7 @@ pub mod packing;
 pub mod preference;
 pub mod replay;
 pub mod sources;
+pub mod stream;
 pub mod template;
 pub mod tokenizer;
 
@@ -105,6 +106,10 @@ pub fn load_or_prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Re
 /// error here as a warning and plans on. Reads a matching
 /// cache in `dataset_prepared_path` if there is one, else prepares now without writing it.
 pub fn measure(plan: &Plan) -> Result<Option<crate::plan::data::MeasuredData>, String> {
+    // A stream is read as training goes, never ahead of it.
+    if plan.pretraining.is_some() {
+        return Ok(None);
+    }
     let all_local = plan
         .datasets
         .iter()

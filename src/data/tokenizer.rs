@@ -113,6 +113,11 @@ impl Tokenizer {
         self.bos.filter(|_| self.add_bos)
     }
 
+    /// Whether transformers' `add_special_tokens=True` appends EOS (`add_eos_token`).
+    pub fn adds_eos(&self) -> bool {
+        self.config.get("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false)
+    }
+
     pub fn eos(&self) -> Option<i64> {
         self.eos
     }

@@ -310,6 +310,20 @@ struct TrainingData<E> {
 
 /// Supervised samples as rows (packed when the recipe says so).
 fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::Row>, String> {
+    // A stream is read by the training loop, a step at a time (data/stream.rs).
+    if let Some(p) = &plan.pretraining {
+        return Ok(TrainingData {
+            efficiency: 1.0,
+            validation: Vec::new(),
+            train: Vec::new(),
+            report: vec![format!("stream {} ({} files), read as training goes", p.source, p.files.len())],
+            sample_prompt: tok.bos().map(|b| vec![b]),
+            replay: Vec::new(),
+            validation_samples: Vec::new(),
+            forgetting_samples: Vec::new(),
+            ewc_samples: Vec::new(),
+        });
+    }
     let (mut prepared, data_source) = data::load_or_prepare(plan, tok, base_dir)?;
     prepared.report.insert(0, format!("samples {data_source}"));
     let seq_len = plan.batch.sequence_len as usize;
@@ -703,6 +717,24 @@ fn data_digest<E: packing::Example>(examples: &[E]) -> u64 {
     distributed::digest(&words)
 }
 
+/// A digest of a `pretraining_dataset` stream's settings and files (names and sizes; 0 without
+/// one): resume refuses a checkpoint made on another stream.
+fn stream_digest(plan: &Plan) -> u64 {
+    let Some(p) = &plan.pretraining else { return 0 };
+    let sizes: Vec<u64> = p.files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).collect();
+    let what = serde_json::json!([
+        p.files,
+        sizes,
+        p.text_column,
+        p.skip,
+        p.concatenate,
+        p.chunk_texts,
+        p.row_tokens,
+        p.rows_per_step
+    ]);
+    distributed::digest(&serde_json::to_vec(&what).unwrap_or_default())
+}
+
 /// Every rank reports its set-up (a digest of its plan and data, or that it failed) and learns
 /// the others': a rank that failed tells the rest instead of leaving them waiting in a collective,
 /// and ranks that resolved a different plan or data refuse to train together.
@@ -868,7 +900,7 @@ fn train_on<E: packing::Example>(
             }
         }
         let train_tokens: usize = train_rows.iter().map(packing::Example::tokens).sum();
-        let data_digest = format!("{:016x}", data_digest(&train_rows));
+        let data_digest = format!("{:016x}", data_digest(&train_rows) ^ stream_digest(plan));
         let mut state = checkpoint::TrainerState {
             global_step: 0,
             total_steps: steps.total,
@@ -1035,7 +1067,16 @@ fn train_on<E: packing::Example>(
     let set_special = [&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token].iter().any(|t| t.is_some());
     let run_tokenizer = (added > 0 || set_special || plan.model.tokenizer.is_some()).then_some(&tok);
     let causal_lm_eval = eval::CausalLmEval::new(plan, &tok, &validation_samples)?;
+    let stream = match &plan.pretraining {
+        Some(p) => Some(std::cell::RefCell::new(
+            (0..p.shards.len())
+                .map(|i| data::stream::PretrainStream::new(p, i, &tok))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        None => None,
+    };
     let looper = train::Loop {
+        stream: stream.as_ref(),
         plan,
         causal_lm_eval: causal_lm_eval.as_ref(),
         runtime: rt,

@@ -71,6 +71,8 @@ pub struct Loop<'a, E: Example> {
     pub sharder: Option<&'a super::shard::Sharder>,
     /// `unfrozen_parameters`' row ranges: gradient rows zeroed every step.
     pub frozen_rows: &'a super::unfrozen::FrozenRows,
+    /// `pretraining_dataset`: the stream each step's rows are read from (`train` is empty then).
+    pub stream: Option<&'a std::cell::RefCell<Vec<crate::data::stream::PretrainStream<'a>>>>,
 }
 
 pub struct Outcome {
@@ -150,6 +152,31 @@ impl<E: Example> Loop<'_, E> {
                 rows[lo..hi].to_vec()
             })
             .collect()
+    }
+
+    /// A stream's rows of step `step`, one micro-batch per slot of the global batch (rank r's are
+    /// those at a × world + r, as in `global_micro_batches`).
+    fn stream_micro_batches(
+        &self,
+        streams: &std::cell::RefCell<Vec<crate::data::stream::PretrainStream<'_>>>,
+        step: u64,
+    ) -> Result<Vec<HostBatch>, String> {
+        let b = &self.plan.batch;
+        let (mbs, gas) = (b.micro_batch_size as usize, b.gradient_accumulation_steps as usize);
+        let world = self.runtime.comm.world_size;
+        let mut streams = streams.borrow_mut();
+        let n = streams.len();
+        let passes: u64 = streams.iter().map(|s| s.passes).sum();
+        let mut out = Vec::with_capacity(gas * world);
+        for j in 0..gas * world {
+            let (which, from) = crate::data::stream::micro_batch_rows(step, j, mbs, gas, world, n);
+            let rows = streams[which].rows_at(from, mbs)?;
+            out.push(crate::data::stream::collate(&rows, self.pad_id));
+        }
+        if streams.iter().map(|s| s.passes).sum::<u64>() != passes {
+            tracing::info!("pretraining stream: a new pass over the files begins at step {step}");
+        }
+        Ok(out)
     }
 
     fn pad_to(&self) -> Option<usize> {
@@ -269,11 +296,14 @@ impl<E: Example> Loop<'_, E> {
             };
             let lr = learning_rate_at(schedule, plan.batch.peak_learning_rate, step, s.warmup, s.total);
             // The whole global batch on the host: its unit count is the loss's denominator.
-            let global: Vec<HostBatch> = self
-                .global_micro_batches(step, s, &mut order)
-                .iter()
-                .map(|items| E::collate(items, self.pad_id, self.pad_to()))
-                .collect();
+            let global: Vec<HostBatch> = match self.stream {
+                Some(stream) => self.stream_micro_batches(stream, step)?,
+                None => self
+                    .global_micro_batches(step, s, &mut order)
+                    .iter()
+                    .map(|items| E::collate(items, self.pad_id, self.pad_to()))
+                    .collect(),
+            };
             let denominator = global.iter().filter(|b| b.rows > 0).map(|b| self.objective.units(b)).sum::<usize>();
             // A mixture of experts' load-balancing loss weighs each micro-batch of the step alike.
             self.model.routing.set_micro_batches(global.iter().filter(|b| b.rows > 0).count());

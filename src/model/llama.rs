@@ -846,12 +846,17 @@ impl CausalLm {
         Self::attention_mask(inputs)
     }
 
+    /// Causal within each segment id. A negative id `-s` is segment `s`'s token that no query sees
+    /// as a key (transformers' `attention_mask` 0 inside a row: the pad between concatenated
+    /// pretraining texts); the token itself still attends to its segment's earlier keys.
     pub fn attention_mask(inputs: &Inputs) -> Option<Tensor> {
         let seg = inputs.segment_ids?;
         let t = seg.size()[1];
-        let same = seg.unsqueeze(2).eq_tensor(&seg.unsqueeze(1));
+        let id = seg.abs();
+        let same = id.unsqueeze(2).eq_tensor(&id.unsqueeze(1));
         let causal = Tensor::ones([t, t], (Kind::Bool, seg.device())).tril(0);
-        Some(same.logical_and(&causal).unsqueeze(1))
+        let visible = seg.ge(0).unsqueeze(1);
+        Some(same.logical_and(&causal).logical_and(&visible).unsqueeze(1))
     }
 
     pub fn layer_forward(

@@ -263,8 +263,116 @@ fn count_rows(path: &Path, format: Option<FileFormat>) -> Option<u64> {
 /// rows are counted, one row is one sequence (no packing), and no dataset splits long texts.
 pub fn known_sequences(c: &Config, datasets: &[DatasetPlan]) -> Option<u64> {
     let splits_texts = c.data.datasets.iter().any(|d| matches!(d, DatasetConfig::Pretrain(_)));
-    if c.data.sample_packing || splits_texts {
+    if c.data.sample_packing || splits_texts || c.data.pretraining_dataset.is_some() {
         return None;
     }
     datasets.iter().map(|d| d.rows).sum()
+}
+
+/// `pretraining_dataset`, resolved: which files are streamed, in what order, and how texts become
+/// rows (Axolotl's `encode_streaming`, unpacked path).
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainingPlan {
+    /// `local PATH`.
+    pub source: String,
+    /// The files read, in order (JSON Lines or text, one text per line).
+    pub files: Vec<String>,
+    pub split: String,
+    pub text_column: String,
+    /// Texts skipped at the start of every pass over the stream.
+    pub skip: u64,
+    /// `pretraining_sample_concatenation: true`: texts + EOS + pad concatenated into full rows.
+    pub concatenate: bool,
+    /// Texts tokenized together (`streaming_multipack_buffer_size`); a concatenated row never
+    /// spans two chunks.
+    pub chunk_texts: u64,
+    /// Tokens of a concatenated row (sequence_len); an unconcatenated row holds at most
+    /// `row_tokens - 2`.
+    pub row_tokens: u64,
+    /// Consecutive stream rows per optimizer step (the global batch): rank r's micro-batch a of
+    /// a step is the (a × world + r)-th group of micro_batch_size rows, as accelerate's
+    /// IterableDatasetShard deals them.
+    pub rows_per_step: u64,
+    /// `max_steps`: the stream's length is not known before it is read.
+    pub steps: u64,
+    /// The files each stream reads. One stream (every rank reads it all and keeps its micro-batches,
+    /// accelerate's IterableDatasetShard) unless there are at least as many files as processes:
+    /// then accelerate shards the dataset by file (datasets' `IterableDataset.shard`, contiguous
+    /// groups) and rank r reads only group r, its micro-batches its own stream's consecutive rows.
+    pub shards: Vec<Vec<String>>,
+}
+
+/// datasets' contiguous split of `n` shards among `k` workers: the first `n % k` get one more.
+pub fn contiguous_shards(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    (0..k)
+        .map(|i| {
+            let start = (n / k) * i + i.min(n % k);
+            start..start + n / k + usize::from(i < n % k)
+        })
+        .collect()
+}
+
+/// The stream `pretraining_dataset` names (None without one). Errors: a path that is not local,
+/// a file recipe cannot read a line at a time.
+pub fn pretraining(
+    c: &Config,
+    at: &Locator,
+    rows_per_step: u64,
+    world_size: u64,
+) -> Result<Option<PretrainingPlan>, String> {
+    let Some(stream) = &c.data.pretraining_dataset else { return Ok(None) };
+    let Some(entry) = stream.entries().into_iter().next() else { return Ok(None) };
+    let key = match stream {
+        crate::config::datasets::PretrainingDatasets::Path(_) => "pretraining_dataset".to_string(),
+        crate::config::datasets::PretrainingDatasets::One(_) => "pretraining_dataset.path".to_string(),
+        crate::config::datasets::PretrainingDatasets::List(_) => "pretraining_dataset.0.path".to_string(),
+    };
+    let Location::Local(path) = resolve_location(&entry.path, &at.base_dir(&key)) else {
+        return Err(format!("pretraining_dataset `{}`: recipe streams local files only", entry.path));
+    };
+    let source = crate::config::datasets::DatasetSource {
+        path: entry.path.clone(),
+        split: entry.split.clone(),
+        name: None,
+        data_files: entry.data_files.clone().map(crate::config::datasets::FileList::One),
+        ds_type: None,
+        revision: None,
+        weight: None,
+        trust_remote_code: false,
+    };
+    let files = crate::data::sources::files(&source, Some(&path), &crate::data::sources::Hub::from_env())?;
+    for f in &files {
+        crate::data::stream::format_of(f)?;
+    }
+    let d = &c.data;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let world = world_size.max(1) as usize;
+    let shards = if world > 1 && names.len() >= world {
+        if entry.skip.unwrap_or(0) > 0 {
+            return Err(format!(
+                "pretraining_dataset: {} files over {world} processes are sharded by file, and how datasets splits \
+                 `skip` among shards is not reproduced (error code unsupported-pretraining-skip-sharded); remove skip",
+                names.len()
+            ));
+        }
+        contiguous_shards(names.len(), world).into_iter().map(|r| names[r].to_vec()).collect()
+    } else {
+        vec![names.clone()]
+    };
+    Ok(Some(PretrainingPlan {
+        shards,
+        source: format!("local {}", path.display()),
+        files: names,
+        split: entry.split.clone(),
+        text_column: entry.text_column.clone(),
+        skip: entry.skip.unwrap_or(0),
+        concatenate: d.pretraining_sample_concatenation == Some(true),
+        chunk_texts: d
+            .streaming_multipack_buffer_size
+            .or(d.pretrain_multipack_buffer_size)
+            .unwrap_or(crate::config::datasets::DEFAULT_STREAM_BUFFER),
+        row_tokens: u64::from(d.sequence_len),
+        rows_per_step,
+        steps: c.training.max_steps.unwrap_or(0),
+    }))
 }

@@ -38,6 +38,9 @@ pub struct Plan {
     pub chat_template: Option<data::TemplatePlan>,
     pub datasets: Vec<data::DatasetPlan>,
     pub test_datasets: Vec<data::DatasetPlan>,
+    /// `pretraining_dataset`: the stream trained on instead of `datasets`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretraining: Option<data::PretrainingPlan>,
     /// Scored before and after training (perplexity), to measure forgetting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forgetting_datasets: Vec<data::DatasetPlan>,
@@ -113,7 +116,9 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let replay = forgetting::replay(config, data::replay_datasets(config, &at, &model), batch.global_batch_sequences)
         .map_err(|e| format!("{} ({})", e, at.origin("replay_ratio")))?;
     let ewc = forgetting::ewc(config, data::ewc_datasets(config, &at, &model), arch, &adapter);
+    let pretraining = data::pretraining(config, &at, batch.global_batch_sequences, options.world_size)?;
     Ok(Plan {
+        pretraining,
         recipe: loaded.path.display().to_string(),
         chat_template: data::chat_template(config, &at, &model),
         batch,
@@ -199,7 +204,16 @@ fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
     let Some(map) = value.as_object() else { return Vec::new() };
     map.iter()
         .filter(|(_, v)| !v.is_null())
-        .map(|(key, value)| Setting { key: key.clone(), value: value.clone(), origin: at.origin(key) })
+        .map(|(key, value)| {
+            let origin = match at.origin(key) {
+                // Derived from Axolotl's batch_size (recipe/check.rs), not a default.
+                o if key == "gradient_accumulation_steps" && o == "default" && c.training.batch_size.is_some() => {
+                    format!("batch_size / micro_batch_size ({})", at.origin("batch_size"))
+                }
+                o => o,
+            };
+            Setting { key: key.clone(), value: value.clone(), origin }
+        })
         .collect()
 }
 
@@ -459,6 +473,39 @@ pub fn render_text(plan: &Plan) -> String {
             let _ = writeln!(o, "{label} {} {} split {}{rows}{weight}: {}", d.r#type, d.source, d.split, d.masking);
         }
     }
+    if let Some(p) = &plan.pretraining {
+        let _ = writeln!(
+            o,
+            "stream     pretraining_dataset {} split {}, text column `{}`, {} file(s), skip {} texts: every token \
+             trained",
+            p.source,
+            p.split,
+            p.text_column,
+            p.files.len(),
+            p.skip
+        );
+        let layout = if p.concatenate {
+            format!(
+                "texts + EOS + pad concatenated into rows of {} tokens (the pad hidden from attention, \
+                 label -100), within chunks of {} texts",
+                p.row_tokens, p.chunk_texts
+            )
+        } else {
+            format!("one text per row, truncated to {} tokens (BOS included)", p.row_tokens.saturating_sub(2))
+        };
+        let _ = writeln!(
+            o,
+            "           {layout}; {} rows per step for {} steps (max_steps), the stream restarting when it ends",
+            p.rows_per_step, p.steps
+        );
+        let dealt = if p.shards.len() > 1 {
+            let sizes: Vec<String> = p.shards.iter().map(|s| s.len().to_string()).collect();
+            format!("sharded by file, rank r reads group r ({} files)", sizes.join(" / "))
+        } else {
+            "one stream, every rank reads it and keeps its own micro-batches of each step's consecutive rows".into()
+        };
+        let _ = writeln!(o, "           ranks: {dealt}");
+    }
     if let Some(r) = &plan.replay {
         for d in &r.datasets {
             let rows = d.rows.map_or(String::new(), |r| format!(", {} rows", group(r)));
@@ -533,6 +580,13 @@ pub fn render_text(plan: &Plan) -> String {
         b.sequence_len,
         b.sample_packing
     );
+    if let Some(s) = plan.settings.iter().find(|s| s.key == "batch_size" && !s.value.is_null()) {
+        let _ = writeln!(
+            o,
+            "           accumulation {} = batch_size {} ({}) / micro_batch_size {} (Axolotl's normalize_config)",
+            b.gradient_accumulation_steps, s.value, s.origin, b.micro_batch_size
+        );
+    }
     let known = |v: Option<u64>| v.map_or("known after preprocess".to_string(), |s| s.to_string());
     let _ = writeln!(
         o,

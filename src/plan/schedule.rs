@@ -51,8 +51,12 @@ pub struct Steps {
 pub fn steps(plan: &super::Plan, train_rows: usize) -> Steps {
     let b = &plan.batch;
     let new_rows = b.global_batch_sequences.saturating_sub(b.replay_rows_per_step.unwrap_or(0));
-    let per_epoch = (train_rows as u64).div_ceil(new_rows.max(1)).max(1);
     let t = &plan.training;
+    // A stream has no known epoch: its steps are max_steps.
+    let per_epoch = match &plan.pretraining {
+        Some(p) => p.steps.max(1),
+        None => (train_rows as u64).div_ceil(new_rows.max(1)).max(1),
+    };
     let total = t.max_steps.unwrap_or_else(|| ((t.num_epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as u64).max(1));
     let warmup = b
         .warmup_steps

@@ -177,6 +177,10 @@ pub enum AttentionPlan {
     /// Gemma 2's soft-capped scores, which SDPA cannot cap: eager attention as transformers runs
     /// it (model/gemma.rs), materialising every head's scores, grouped key/value heads expanded.
     Eager { heads: u64, kv_heads: u64 },
+    /// Concatenated pretraining rows (`pretraining_sample_concatenation`): the pad after each text is
+    /// hidden from later tokens, so SDPA takes a mask: the memory-efficient kernel, key/value heads
+    /// expanded.
+    PadMasked { heads: u64, kv_heads: u64 },
     /// Gemma 3 with sequences longer than its sliding window: the sliding layers take a window
     /// mask, so SDPA runs the memory-efficient kernel with key/value heads expanded.
     Windowed { heads: u64, kv_heads: u64, window: u64 },
@@ -187,6 +191,7 @@ impl AttentionPlan {
     pub fn expands_kv(self) -> bool {
         match self {
             AttentionPlan::MemoryEfficient { heads, kv_heads }
+            | AttentionPlan::PadMasked { heads, kv_heads }
             | AttentionPlan::Eager { heads, kv_heads, .. }
             | AttentionPlan::Windowed { heads, kv_heads, .. } => heads != kv_heads,
             AttentionPlan::Flash { .. } => false,
@@ -202,6 +207,15 @@ impl AttentionPlan {
             AttentionPlan::Flash { .. } => {
                 "scaled_dot_product_attention, causal without a mask: flash kernel on CUDA".into()
             }
+            AttentionPlan::PadMasked { heads, kv_heads } => format!(
+                "scaled_dot_product_attention with a mask hiding the pad between concatenated texts (as \
+                 transformers' attention_mask 0): memory-efficient kernel on CUDA{}",
+                if heads != kv_heads {
+                    format!(", key/value heads expanded from {kv_heads} to {heads}")
+                } else {
+                    String::new()
+                }
+            ),
             AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads => format!(
                 "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on \
                  CUDA, key/value heads expanded from {kv_heads} to {heads} (no kernel but math takes a mask with \
@@ -245,7 +259,9 @@ pub fn attention_plan(c: &Config, arch: &super::arch::Architecture) -> Attention
             return AttentionPlan::Windowed { heads, kv_heads, window: g.sliding_window };
         }
     }
-    if c.data.sample_packing {
+    if c.data.pretraining_dataset.is_some() && c.data.pretraining_sample_concatenation == Some(true) {
+        AttentionPlan::PadMasked { heads, kv_heads }
+    } else if c.data.sample_packing {
         AttentionPlan::MemoryEfficient { heads, kv_heads }
     } else {
         AttentionPlan::Flash { heads, kv_heads }

@@ -30,9 +30,6 @@ pub struct Checked {
 pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Checked {
     let mut diagnostics = Vec::new();
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
-    // Axolotl's streamed pretraining data stands in for `datasets`: it is refused by name above,
-    // and "datasets is missing" would only repeat that (rules stay quiet about refused keys).
-    let pretraining_refused = diagnostics.iter().any(|d| d.key_path.as_deref() == Some("pretraining_dataset"));
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
     // Top-level keys whose value the schema refused.
@@ -51,9 +48,6 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
             }
         }
     }
-    if pretraining_refused {
-        refused.push("datasets".into());
-    }
     let names_file = tree.get(deepspeed::KEY).is_some_and(|e| e.value.as_str().is_some());
     let deepspeed = deepspeed.map(deepspeed::check);
     let deepspeed_config = deepspeed.as_ref().and_then(|d| d.config.clone());
@@ -70,6 +64,13 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
         if let Some(config) = &mut config {
             config.distributed.deepspeed_config = deepspeed_config;
             let at = Locator { tree: &tree, sources, deepspeed: deepspeed_tree.as_ref() };
+            // Axolotl's normalize_config: `batch_size` alone gives the accumulation steps.
+            let t = &mut config.training;
+            if let Some(batch) = t.batch_size
+                && at.entry("gradient_accumulation_steps").is_none()
+            {
+                t.gradient_accumulation_steps = (batch / t.micro_batch_size).max(1);
+            }
             diagnostics.extend(rules::check(config, &at, &[]));
         }
         return Checked { tree, config, diagnostics, ignored_keys, deepspeed: deepspeed_tree };

@@ -139,9 +139,109 @@ impl Value {
 /// Parses one YAML document. `offset` shifts every span (used for `--set key=value`, where the value
 /// starts after the `=`).
 pub fn parse(text: &str, source: SourceId, offset: usize) -> Result<Option<Node>, YamlError> {
-    let mut builder =
-        Builder { text, source, offset, char_to_byte: CharToByte::new(text), anchors: HashMap::new(), nodes: 0 };
-    builder.document()
+    let mut builder = Builder {
+        text,
+        source,
+        offset,
+        char_to_byte: CharToByte::new(text),
+        anchors: HashMap::new(),
+        nodes: 0,
+        inserted: Vec::new(),
+    };
+    let error = match builder.document() {
+        Ok(node) => return Ok(node),
+        Err(e) => e,
+    };
+    // PyYAML's safe_load (what Axolotl reads recipes with) accepts a flow collection whose later
+    // lines sit at or left of its block's indentation (Axolotl's examples/llama-3/
+    // sparse-finetuning.yaml closes `targets: [` at the key's column), which YAML forbids and
+    // saphyr refuses. Such lines are indented past the block and the text parsed again; spans
+    // are mapped back to the text as written. Anything else keeps the first error.
+    if error.rule != "yaml-syntax" {
+        return Err(error);
+    }
+    let Some((indented, inserted)) = indent_flow_continuations(text) else { return Err(error) };
+    let mut again = Builder {
+        text: &indented,
+        source,
+        offset,
+        char_to_byte: CharToByte::new(&indented),
+        anchors: HashMap::new(),
+        nodes: 0,
+        inserted,
+    };
+    again.document().map_err(|_| error)
+}
+
+/// The text with every line inside a multi-line flow collection (outside quotes) indented past
+/// the indentation of the block the collection opened in, and where spaces were inserted
+/// (byte offset in `text`, count); None when no line needed it.
+fn indent_flow_continuations(text: &str) -> Option<(String, Vec<(usize, usize)>)> {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut inserted = Vec::new();
+    let (mut depth, mut block_indent) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    // Whether the next significant character starts a value (so a quote or bracket opens one).
+    let mut value_next = true;
+    let mut line_start = 0usize;
+    for line in text.split_inclusive('\n') {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if depth > 0 && quote.is_none() && !line.trim().is_empty() && indent <= block_indent {
+            let add = block_indent + 1 - indent;
+            inserted.push((line_start, add));
+            out.extend(std::iter::repeat_n(' ', add));
+        }
+        out.push_str(line);
+        // A block line starts with a key, an entry or a value; inside a flow the state carries on.
+        if depth == 0 {
+            value_next = true;
+        }
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            let next = chars.get(i + 1).copied();
+            let ends_token = |n: Option<char>| n.is_none_or(char::is_whitespace);
+            if let Some(q) = quote {
+                match (q, c) {
+                    ('\'', '\'') if next == Some('\'') => i += 1,
+                    ('"', '\\') => i += 1,
+                    (q, c) if q == c => quote = None,
+                    _ => {}
+                }
+                i += 1;
+                continue;
+            }
+            match c {
+                '#' if i == 0 || chars[i - 1].is_whitespace() => break,
+                c if c.is_whitespace() => {}
+                '\'' | '"' if value_next => {
+                    quote = Some(c);
+                    value_next = false;
+                }
+                '[' | '{' if value_next || depth > 0 => {
+                    if depth == 0 {
+                        // The block's indentation: the line's, past any `- ` of sequence entries.
+                        let body = line.trim_start_matches([' ', '-']);
+                        block_indent = line.len() - body.len();
+                    }
+                    depth += 1;
+                    value_next = true;
+                }
+                ']' | '}' if depth > 0 => {
+                    depth -= 1;
+                    value_next = false;
+                }
+                ',' if depth > 0 => value_next = true,
+                ':' if ends_token(next) || depth > 0 => value_next = true,
+                '-' if depth == 0 && value_next && ends_token(next) => {}
+                _ => value_next = false,
+            }
+            i += 1;
+        }
+        line_start += line.len();
+    }
+    (!inserted.is_empty()).then_some((out, inserted))
 }
 
 /// saphyr reports character indexes; diagnostics need byte offsets.
@@ -172,20 +272,39 @@ struct Builder<'a> {
     char_to_byte: CharToByte,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Spaces `indent_flow_continuations` inserted (offset in the text as written, count): spans
+    /// of the parsed text map back through them.
+    inserted: Vec<(usize, usize)>,
 }
 
 type Events<'a> = Parser<'a, saphyr_parser::StrInput<'a>>;
 
 impl<'a> Builder<'a> {
     fn span(&self, span: &YamlSpan) -> Span {
-        let start = self.char_to_byte.byte(span.start.index()) + self.offset;
-        let end = self.char_to_byte.byte(span.end.index()) + self.offset;
+        let start = self.written(self.char_to_byte.byte(span.start.index())) + self.offset;
+        let end = self.written(self.char_to_byte.byte(span.end.index())) + self.offset;
         Span::new(self.source, start, end.max(start))
     }
 
     fn point(&self, char_index: usize) -> Span {
-        let at = self.char_to_byte.byte(char_index) + self.offset;
+        let at = self.written(self.char_to_byte.byte(char_index)) + self.offset;
         Span::new(self.source, at, at)
+    }
+
+    /// A byte offset of the parsed text as an offset of the text as written.
+    fn written(&self, at: usize) -> usize {
+        let mut shift = 0;
+        for &(orig, count) in &self.inserted {
+            let parsed = orig + shift;
+            if at < parsed {
+                break;
+            }
+            if at < parsed + count {
+                return orig;
+            }
+            shift += count;
+        }
+        at - shift
     }
 
     fn next(&self, events: &mut Events<'a>) -> Result<(Event<'a>, YamlSpan), YamlError> {
@@ -500,6 +619,42 @@ mod tests {
         let e = root.get("lora_r").unwrap();
         assert_eq!(&text[e.key_span.start..e.key_span.end], "lora_r");
         assert_eq!(&text[e.value.span.start..e.value.span.end], "8");
+    }
+
+    #[test]
+    fn a_flow_sequence_closed_at_its_keys_indentation_parses_as_pyyaml_reads_it() {
+        // The shape of Axolotl's examples/llama-3/sparse-finetuning.yaml.
+        let text = "recipe:\n  mods:\n    targets: [\n      're:.*q_proj.weight',\n      \"b]#\",\n    ]\n    \
+                    after: [1,\n  2]\n    x: 'it''s [' # [\nlast: {a: [1,\n2]}\ntail: 3\n";
+        let mut strict = Builder {
+            text,
+            source: SourceId(0),
+            offset: 0,
+            char_to_byte: CharToByte::new(text),
+            anchors: HashMap::new(),
+            nodes: 0,
+            inserted: Vec::new(),
+        };
+        assert_eq!(strict.document().unwrap_err().rule, "yaml-syntax", "saphyr alone refuses this shape");
+        let root = p(text).unwrap().unwrap();
+        let mods = root.get("recipe").unwrap().value.get("mods").unwrap();
+        let targets = mods.value.get("targets").unwrap();
+        assert_eq!(targets.value.to_json(), serde_json::json!(["re:.*q_proj.weight", "b]#"]));
+        assert_eq!(mods.value.get("after").unwrap().value.to_json(), serde_json::json!([1, 2]));
+        assert_eq!(mods.value.get("x").unwrap().value.to_json(), serde_json::json!("it's ["));
+        assert_eq!(root.get("last").unwrap().value.to_json(), serde_json::json!({"a": [1, 2]}));
+        // Spans point into the text as written.
+        let items = match &targets.value.value {
+            Value::Seq(items) => items,
+            _ => unreachable!(),
+        };
+        assert_eq!(&text[items[0].span.start..items[0].span.end], "'re:.*q_proj.weight'");
+        let tail = root.get("tail").unwrap();
+        assert_eq!(&text[tail.key_span.start..tail.key_span.end], "tail");
+        assert_eq!(&text[tail.value.span.start..tail.value.span.end], "3");
+        // A real error keeps its first message and place.
+        let err = p("a: [1,\n]\nb: : :\n").unwrap_err();
+        assert_eq!(err.rule, "yaml-syntax");
     }
 
     #[test]
