@@ -953,7 +953,7 @@ fn switching_adapters_moves_no_base_weight() {
     let positions = Tensor::arange(6, (Kind::Int64, Device::Cpu)).unsqueeze(0);
     let logits = |m: &CausalLm| {
         let _guard = tch::no_grad_guard();
-        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None })
+        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None })
     };
     // Every base tensor stays where it is (same storage, same values) through the switches.
     let base: Vec<(String, usize, Tensor)> = served

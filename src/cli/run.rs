@@ -278,6 +278,9 @@ fn report(plan: &Plan, r: &exec::RunReport) {
         plan.training.optimizer.name,
         crate::plan::bytes(r.optimizer_state_bytes.max(0) as u64)
     );
+    if let Some(kernel) = r.packed_attention {
+        println!("attention  packed rows: {kernel}");
+    }
     let syncs = r.host_syncs.describe();
     if !syncs.is_empty() {
         println!("host syncs {syncs} (device-to-host reads per optimizer step)");

@@ -17,6 +17,8 @@ pub struct DeviceBatch {
     pub labels: Tensor,
     pub position_ids: Tensor,
     pub segment_ids: Option<Tensor>,
+    /// Packed rows on CUDA: the samples' boundaries, for per-sample flash attention.
+    pub varlen: Option<crate::model::llama::Varlen>,
     /// Precomputed reference log-probabilities per row (preference pairs).
     pub reference_logps: Option<Tensor>,
     /// Each row's length before padding [B] (None: every position is real).
@@ -37,25 +39,31 @@ impl DeviceBatch {
     /// the copies overlap the compute.
     pub fn upload(b: &HostBatch, device: Device) -> DeviceBatch {
         let shape = [b.rows as i64, b.len as i64];
-        let t = |v: &[i64]| {
-            let host = Tensor::from_slice(v).view(shape);
-            match device {
-                Device::Cpu => host,
-                // Without pinned memory (none left), a blocking copy is still correct.
-                _ => match super::torch_ops::pin_memory(&host) {
-                    Ok(pinned) => pinned.to_device_(device, Kind::Int64, true, false),
-                    Err(e) => {
-                        tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
-                        host.to_device(device)
-                    }
-                },
-            }
+        let upload = |host: Tensor| match device {
+            Device::Cpu => host,
+            // Without pinned memory (none left), a blocking copy is still correct.
+            _ => match super::torch_ops::pin_memory(&host) {
+                Ok(pinned) => pinned.to_device_(device, host.kind(), true, false),
+                Err(e) => {
+                    tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
+                    host.to_device(device)
+                }
+            },
         };
+        let t = |v: &[i64]| upload(Tensor::from_slice(v).view(shape));
         DeviceBatch {
             input_ids: t(&b.input_ids),
             labels: t(&b.labels),
             position_ids: t(&b.position_ids),
             segment_ids: b.segment_ids.as_deref().map(t),
+            // Only CUDA has the varlen kernel; the CPU takes the mask.
+            varlen: match device {
+                Device::Cpu => None,
+                _ => b.sample_boundaries().map(|(cu, longest)| crate::model::llama::Varlen {
+                    cu_seqlens: upload(Tensor::from_slice(&cu)),
+                    max_seqlen: longest,
+                }),
+            },
             reference_logps: b.reference_logps.as_deref().map(|r| Tensor::from_slice(r).to_device(device)),
             lengths: Some(
                 Tensor::from_slice(&b.row_lengths.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device),
@@ -73,6 +81,7 @@ impl DeviceBatch {
             labels: labels.shallow_clone(),
             position_ids: inputs.position_ids.shallow_clone(),
             segment_ids: inputs.segment_ids.map(Tensor::shallow_clone),
+            varlen: inputs.varlen.map(crate::model::llama::Varlen::shallow_clone),
             reference_logps: None,
             lengths: None,
             pad_id: None,
@@ -82,7 +91,12 @@ impl DeviceBatch {
     }
 
     pub fn inputs(&self) -> Inputs<'_> {
-        Inputs { input_ids: &self.input_ids, position_ids: &self.position_ids, segment_ids: self.segment_ids.as_ref() }
+        Inputs {
+            input_ids: &self.input_ids,
+            position_ids: &self.position_ids,
+            segment_ids: self.segment_ids.as_ref(),
+            varlen: self.varlen.as_ref(),
+        }
     }
 }
 

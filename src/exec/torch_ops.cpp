@@ -9,6 +9,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <ATen/ATen.h>
 
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_fused_adamw.h>
 
 #include <cstdlib>
@@ -84,6 +85,22 @@ int recipe_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp
   });
 }
 
+
+// Causal flash attention over packed samples (varlen): q [tokens, heads, d], k and v [tokens,
+// kv heads, d] (grouped heads taken as they are), samples cut at `cu_seqlens` (int32 [n + 1]),
+// `max_seqlen` at least the longest. Through the dispatcher, so autograd records it
+// (FlashAttentionBackward0 runs `_flash_attention_backward`). CUDA only: elsewhere libtorch
+// throws, and the message comes back. Null with *err set on failure.
+at::Tensor* recipe_flash_attention_varlen(at::Tensor* q, at::Tensor* k, at::Tensor* v, at::Tensor* cu_seqlens,
+                                          int64_t max_seqlen, char** err) {
+  at::Tensor* out = nullptr;
+  guarded_op(err, [&] {
+    auto result = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_seqlen, max_seqlen,
+                                               /*dropout_p=*/0.0, /*is_causal=*/true, /*return_debug_mask=*/false);
+    out = new at::Tensor(std::get<0>(result));
+  });
+  return out;
+}
 
 // Sets `tensor.grad` to `grad`, or leaves it undefined when `grad` is null (`tensor.grad = None`),
 // which frees a gradient that was reduce-scattered away (exec/shard.rs) and hands the optimizer a

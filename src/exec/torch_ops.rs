@@ -2,8 +2,9 @@
 //! build.rs beside the c10d shim): a backward pass seeded with a given gradient, which the
 //! chunked loss uses to send each chunk's logit gradient into the head without another copy of
 //! the logits; `pin_memory()` in the form libtorch 2.11 keeps (tch passes the deprecated device
-//! argument, a warning per call); and libtorch's fused AdamW kernel (`_fused_adamw_`). Errors are
-//! the C++ exception's message.
+//! argument, a warning per call); libtorch's fused AdamW kernel (`_fused_adamw_`); and flash
+//! attention's varlen form for packed rows (`_flash_attention_forward` with cumulative sequence
+//! lengths, which tch binds only the backward of). Errors are the C++ exception's message.
 
 use super::c10d::check;
 use std::ffi::{c_char, c_int};
@@ -17,6 +18,14 @@ unsafe extern "C-unwind" {
     ) -> c_int;
     fn recipe_set_grad(tensor: *const std::ffi::c_void, grad: *const std::ffi::c_void, err: *mut *mut c_char) -> c_int;
     fn recipe_pin_memory(src: *const std::ffi::c_void, err: *mut *mut c_char) -> *mut std::ffi::c_void;
+    fn recipe_flash_attention_varlen(
+        q: *const std::ffi::c_void,
+        k: *const std::ffi::c_void,
+        v: *const std::ffi::c_void,
+        cu_seqlens: *const std::ffi::c_void,
+        max_seqlen: i64,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
     #[allow(clippy::too_many_arguments)]
     fn recipe_fused_adamw(
         params: *const *const std::ffi::c_void,
@@ -61,6 +70,37 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
     let out = unsafe { recipe_pin_memory(t.as_ptr().cast(), &mut err) };
     if out.is_null() {
         return Err(check(0, err, "pin_memory").err().unwrap_or_else(|| "pin_memory: no tensor".into()));
+    }
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// Causal flash attention over packed samples (`torch.ops.aten._flash_attention_forward` with
+/// cumulative sequence lengths): q [tokens, heads, d], k and v [tokens, kv heads, d], samples cut
+/// at `cu_seqlens` (int32 [n + 1], on the device), `max_seqlen` at least the longest. The output
+/// [tokens, heads, d] has a graph (its backward is libtorch's). CUDA only.
+pub fn flash_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_seqlen: i64,
+) -> Result<Tensor, String> {
+    let mut err = std::ptr::null_mut();
+    let cu = cu_seqlens.to_kind(tch::Kind::Int);
+    // SAFETY: every tensor is live for the call; the shim returns a new heap `at::Tensor` (or
+    // null), whose ownership passes to the returned Tensor.
+    let out = unsafe {
+        recipe_flash_attention_varlen(
+            q.as_ptr().cast(),
+            k.as_ptr().cast(),
+            v.as_ptr().cast(),
+            cu.as_ptr().cast(),
+            max_seqlen,
+            &mut err,
+        )
+    };
+    if out.is_null() {
+        return Err(check(0, err, "flash attention (varlen)").err().unwrap_or_else(|| "no tensor".into()));
     }
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
