@@ -35,15 +35,26 @@ pub struct DeviceBatch {
 impl DeviceBatch {
     /// Uploads a collated batch. On CUDA the copy goes through pinned memory without blocking: a
     /// plain copy from pageable memory would wait for the previous step's kernels (a host-device
-    /// sync every step). The loop uploads a step's micro-batches before computing any of them, so
-    /// the copies overlap the compute.
+    /// sync every step). It runs on a side stream (exec/torch_ops.rs `copy_on_side_stream`), which
+    /// the compute stream waits for by an event: since a step reads nothing back, the host
+    /// uploads the next step's micro-batches while the GPU computes this one, and the copies
+    /// overlap that compute (double buffering: this step's batches in use, the next one's filling).
     pub fn upload(b: &HostBatch, device: Device) -> DeviceBatch {
         let shape = [b.rows as i64, b.len as i64];
         let upload = |host: Tensor| match device {
             Device::Cpu => host,
             // Without pinned memory (none left), a blocking copy is still correct.
             _ => match super::torch_ops::pin_memory(&host) {
-                Ok(pinned) => pinned.to_device_(device, host.kind(), true, false),
+                Ok(pinned) => match device {
+                    // On a side stream, overlapping the compute still queued (exec/torch_ops.rs).
+                    Device::Cuda(ordinal) => {
+                        super::torch_ops::copy_on_side_stream(&pinned, ordinal).unwrap_or_else(|e| {
+                            tracing::debug!("side stream: {e}; copying on the compute stream");
+                            pinned.to_device_(device, host.kind(), true, false)
+                        })
+                    }
+                    _ => pinned.to_device_(device, host.kind(), true, false),
+                },
                 Err(e) => {
                     tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
                     host.to_device(device)
