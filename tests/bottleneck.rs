@@ -102,7 +102,7 @@ fn switching_adapters_off_gives_the_base_model() {
         let model = load_folder(&golden_dir(case), None);
         let base = load_folder(&golden_dir(case), Some(Trainable::Nothing));
         let (g, positions) = goldens(case);
-        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None, varlen: None };
         let off = tch::no_grad(|| model.without_adapters(|| model.logits(&inputs)));
         let plain = tch::no_grad(|| base.logits(&inputs));
         assert!(off.equal(&plain), "{case}: adapters off differs from the base");
@@ -116,7 +116,7 @@ fn bottleneck_adapters_switch_over_one_base() {
     // Multi-adapter serving: a houlsby and a pfeiffer adapter over one stories260k base.
     use recipe::model::serving::Adapters;
     let (g, positions) = goldens("stories260k_houlsby");
-    let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None, varlen: None };
     let logits = |m: &CausalLm| tch::no_grad(|| m.logits(&inputs));
     let want_h = logits(&load_folder(&golden_dir("stories260k_houlsby"), None));
     let want_p = logits(&load_folder(&golden_dir("stories260k_pfeiffer"), None));
@@ -224,7 +224,9 @@ fn logits_of(dir: &Path) -> Tensor {
     let loaded = load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
     let ids = input_ids();
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
-    tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
+    tch::no_grad(|| {
+        loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None })
+    })
 }
 
 const PROMPT: &str = "ROMEO:";

@@ -86,7 +86,7 @@ fn run(model: &CausalLm, objective: &dyn Objective, checkpointing: bool) -> (f64
         .sum();
     let mut loss = 0.0;
     for (ids, labels, positions) in &batches {
-        let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None, varlen: None };
         let batch = DeviceBatch::new(&inputs, labels);
         let sums = objective::forward_backward(model, objective, &batch, counted as f64, checkpointing, &|_| {});
         loss += sums.loss.double_value(&[]);
@@ -115,7 +115,7 @@ fn same_as_plain(model: &CausalLm, case: &str) {
         eprintln!("{case} (checkpointing {checkpointing}): loss {dl:e}, worst gradient {worst:e} relative");
         // Evaluation by the same chunks, without gradients.
         let (ids, labels, positions) = &batches()[0];
-        let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None, varlen: None };
         let batch = DeviceBatch::new(&inputs, labels);
         let plain = objective::loss_sum_no_grad(model, &Supervised::WHOLE, &batch).loss.double_value(&[]);
         let eval = objective::loss_sum_no_grad(model, &chunked, &batch).loss.double_value(&[]);

@@ -54,7 +54,7 @@ fn random_gemma_configs_match_transformers() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let pos = positions(b, t);
-        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
         let logits = tch::no_grad(|| model.logits(&inputs));
         let diff = max_abs_diff(&logits, &g["logits"]);
         eprintln!("{case}: max |logits - transformers| = {diff:e}");
@@ -85,13 +85,19 @@ fn packed_rows_match_separate_samples() {
             0,
         )
         .unsqueeze(0);
-        let packed =
-            tch::no_grad(|| model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: Some(&seg) }));
+        let packed = tch::no_grad(|| {
+            model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: Some(&seg), varlen: None })
+        });
         let mut diff = 0f64;
         for (start, len) in [(0, 10), (10, 14)] {
             let part = ids.narrow(1, start, len);
             let alone = tch::no_grad(|| {
-                model.logits(&Inputs { input_ids: &part, position_ids: &positions(1, len), segment_ids: None })
+                model.logits(&Inputs {
+                    input_ids: &part,
+                    position_ids: &positions(1, len),
+                    segment_ids: None,
+                    varlen: None,
+                })
             });
             diff = diff.max(max_abs_diff(&packed.narrow(1, start, len), &alone));
         }
@@ -106,7 +112,12 @@ fn cached_decoding_past_the_window_equals_rerunning_the_sequence() {
         let ids: Vec<i64> = (0..20).map(|i| (i * 37 + 5) % 120 + 3).collect();
         let full = tch::no_grad(|| {
             let input = Tensor::from_slice(&ids).unsqueeze(0);
-            model.logits(&Inputs { input_ids: &input, position_ids: &positions(1, 20), segment_ids: None })
+            model.logits(&Inputs {
+                input_ids: &input,
+                position_ids: &positions(1, 20),
+                segment_ids: None,
+                varlen: None,
+            })
         });
         let mut cache = KvCache::new(&model);
         // The prompt (8 tokens) is already longer than the window; then one token at a time.
@@ -145,7 +156,8 @@ fn gemma_norms_are_saved_trained_and_required() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let pos = positions(b, t);
-        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &pos, segment_ids: None }, true);
+        let h =
+            model.hidden_states(&Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None }, true);
         recipe::exec::objective::next_token_loss_sum(&model.head(&h, true), ids).backward();
         let norms: Vec<_> = model.trainable_params().into_iter().filter(|p| p.name.contains("norm.weight")).collect();
         let per_layer = if arch.qk_norm { 6 } else { 4 };

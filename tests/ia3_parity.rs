@@ -134,7 +134,7 @@ fn switching_adapters_off_gives_the_base_model() {
             score_head: false,
         };
         let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
-        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None, varlen: None };
         let off = tch::no_grad(|| model.without_adapters(|| model.logits(&inputs)));
         let plain = tch::no_grad(|| base.logits(&inputs));
         assert!(off.equal(&plain), "{case}: adapters off differs from the base");
@@ -150,7 +150,7 @@ fn ia3_and_embedding_lora_adapters_switch_over_one_base() {
     use recipe::model::serving::Adapters;
     let (ia3_alone, g, positions) = load_case("stories260k_ia3");
     let (embed_alone, _, _) = load_case("stories260k_embed");
-    let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None, varlen: None };
     let expected = |m: &CausalLm| tch::no_grad(|| m.logits(&inputs));
     let (want_ia3, want_embed) = (expected(&ia3_alone), expected(&embed_alone));
     let base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260k");

@@ -36,7 +36,7 @@ fn check(case: &str, checkpointing: bool) {
     let (model, g, positions) = load_case(case, Kind::Float);
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let t = ids.size()[1];
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
 
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
@@ -160,7 +160,7 @@ fn fp16_with_loss_scaling_follows_the_fp32_gradients() {
     model.compute_kind = Kind::Half;
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let t = ids.size()[1];
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
     // As the loop does: a step whose scaled gradients overflow is skipped and the scale halved.
     let mut scaler = recipe::exec::loss_scale::LossScaler::default();
@@ -229,7 +229,7 @@ fn adapters_switched_off_give_the_base_model() {
             score_head: false,
         };
         let base = CausalLm::load(&arch, &Checkpoint::open(&base_dir).unwrap(), &opts).unwrap();
-        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None };
+        let inputs = Inputs { input_ids: &g["input_ids"], position_ids: &positions, segment_ids: None, varlen: None };
         let adapted = tch::no_grad(|| model.logits(&inputs));
         let off = tch::no_grad(|| model.without_adapters(|| model.logits(&inputs)));
         let plain = tch::no_grad(|| base.logits(&inputs));

@@ -44,12 +44,17 @@ fn check_case(case: &str, model_dir: &Path) {
     let ids = &g["input_ids"];
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-    let logits = tch::no_grad(|| model.logits(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }));
+    let logits = tch::no_grad(|| {
+        model.logits(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None })
+    });
     let diff = max_abs_diff(&logits, &g["logits"]);
     eprintln!("{case}: max |logits - transformers| = {diff:e}");
     assert!(diff < 1e-4, "{case}: logits differ from transformers by {diff:e}");
     let loss = tch::no_grad(|| {
-        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, false);
+        let h = model.hidden_states(
+            &Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None },
+            false,
+        );
         recipe::exec::objective::next_token_loss_sum(&model.head(&h, false), ids) / (b * (t - 1)) as f64
     });
     let d = (loss.double_value(&[]) - g["loss"].double_value(&[])).abs();
@@ -79,7 +84,7 @@ fn packed_rows_match_separate_samples() {
     let starts = positions.eq(0).to_kind(Kind::Int64);
     let segments = starts.cumsum(-1, Kind::Int64);
     let logits = tch::no_grad(|| {
-        model.logits(&Inputs { input_ids: ids, position_ids: positions, segment_ids: Some(&segments) })
+        model.logits(&Inputs { input_ids: ids, position_ids: positions, segment_ids: Some(&segments), varlen: None })
     });
     let diff = max_abs_diff(&logits, &g["packed_logits"]);
     assert!(diff < 1e-4, "packed logits differ by {diff:e}");
@@ -121,7 +126,7 @@ fn cached_decoding_equals_rerunning_the_sequence() {
         let full = tch::no_grad(|| {
             let input = Tensor::from_slice(&ids).unsqueeze(0);
             let positions = Tensor::arange(20, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-            model.logits(&Inputs { input_ids: &input, position_ids: &positions, segment_ids: None })
+            model.logits(&Inputs { input_ids: &input, position_ids: &positions, segment_ids: None, varlen: None })
         });
         let mut cache = recipe::model::llama::KvCache::new(&model);
         let prefill = tch::no_grad(|| model.logits_cached(&Tensor::from_slice(&ids[..12]).unsqueeze(0), 0, &mut cache));
@@ -154,7 +159,7 @@ fn sharded_checkpoints_load_through_their_index() {
     let (a, b) = (load(&src), load(dir.path()));
     let ids = Tensor::from_slice(&[1i64, 403, 407, 261, 378]).unsqueeze(0);
     let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None };
     assert!(tch::no_grad(|| a.logits(&inputs).equal(&b.logits(&inputs))));
 }
 
@@ -181,7 +186,7 @@ fn a_16_bit_frozen_base_keeps_the_residual_stream_in_fp32() {
     let ids = &g["input_ids"];
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
     assert_eq!(model.embed(ids).kind(), Kind::Float);
     let hidden = tch::no_grad(|| model.hidden_states(&inputs, false));
     assert_eq!(hidden.kind(), Kind::Float);
@@ -221,7 +226,8 @@ fn qwen3_q_k_norms_are_saved_trained_and_required() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, true);
+        let h = model
+            .hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None }, true);
         recipe::exec::objective::next_token_loss_sum(&model.head(&h, true), ids).backward();
         for p in
             model.trainable_params().iter().filter(|p| p.name.contains("_norm.weight") && p.name.contains("self_attn"))
@@ -283,7 +289,7 @@ fn phi3_longrope_packed_rows_use_the_short_factors() {
     let (ids, positions) = (&g["packed_input_ids"], &g["packed_position_ids"]);
     let segments = positions.eq(0).to_kind(Kind::Int64).cumsum(-1, Kind::Int64);
     let logits = tch::no_grad(|| {
-        model.logits(&Inputs { input_ids: ids, position_ids: positions, segment_ids: Some(&segments) })
+        model.logits(&Inputs { input_ids: ids, position_ids: positions, segment_ids: Some(&segments), varlen: None })
     });
     let diff = max_abs_diff(&logits, &g["packed_logits"]);
     eprintln!("phi3_gqa_longrope packed: max |logits - transformers| = {diff:e}");
@@ -321,7 +327,8 @@ fn phi3_and_olmo2_tensors_are_saved_under_their_own_names_and_trained() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-        let h = model.hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None }, true);
+        let h = model
+            .hidden_states(&Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None }, true);
         recipe::exec::objective::next_token_loss_sum(&model.head(&h, true), ids).backward();
         for p in model.trainable_params() {
             let grad = p.tensor.grad().abs().max().double_value(&[]);

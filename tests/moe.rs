@@ -56,7 +56,7 @@ fn logits_aux_loss_and_loss_match_transformers() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let pos = positions(ids);
-        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
         let (logits, routers) = tch::no_grad(|| model.logits_with_routing(&inputs));
         let moe = model.arch.moe.clone().unwrap();
         assert_eq!(routers.len() as u64, moe.sparse_layers(model.arch.num_layers), "{case}: sparse layers");
@@ -93,7 +93,7 @@ fn training_loss_carries_the_aux_term_with_and_without_checkpointing() {
         let ids = &g["input_ids"];
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let pos = positions(ids);
-        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
         let counted = (b * (t - 1)) as f64;
         let mut grads: Vec<Vec<(String, Tensor)>> = Vec::new();
         for checkpointing in [false, true] {
@@ -129,7 +129,7 @@ fn the_aux_term_reaches_the_router() {
     let g = golden(case);
     let ids = &g["input_ids"];
     let pos = positions(ids);
-    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
     let router_grad = |with_aux: bool| {
         let mut model = load(case, Trainable::Everything);
         model.arch.moe.as_mut().unwrap().output_router_logits = with_aux;
@@ -149,7 +149,7 @@ fn attention_lora_gradients_match_peft() {
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let t = ids.size()[1];
     let pos = positions(ids);
-    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
     for checkpointing in [false, true] {
         let model = common::load_peft_folder(&dir, Kind::Float);
         let logits = tch::no_grad(|| model.logits(&inputs));

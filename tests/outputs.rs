@@ -93,7 +93,9 @@ fn logits_over(dir: &Path, quantize: Option<recipe::model::llama::Quantize>) -> 
     let loaded = load_trained(dir, None, Device::Cpu, quantize, Some(Kind::Float)).unwrap();
     let ids = input_ids();
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 32], false);
-    tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
+    tch::no_grad(|| {
+        loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None })
+    })
 }
 
 fn save_logits(dir: &Path, logits: &Tensor) {

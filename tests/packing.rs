@@ -21,8 +21,9 @@ fn per_sample_losses(model: &CausalLm, rows: &[&recipe::data::packing::Row]) -> 
     let t = |v: &[i64]| Tensor::from_slice(v).view(shape);
     let (ids, labels, pos) = (t(&b.input_ids), t(&b.labels), t(&b.position_ids));
     let seg = b.segment_ids.as_deref().map(t);
-    let logits =
-        tch::no_grad(|| model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref() }));
+    let logits = tch::no_grad(|| {
+        model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: seg.as_ref(), varlen: None })
+    });
     let n = b.len as i64;
     let targets = labels.narrow(1, 1, n - 1);
     let losses = logits

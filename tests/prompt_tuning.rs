@@ -42,7 +42,7 @@ fn check(case: &str, checkpointing: bool, tokens_per_chunk: Option<i64>) {
     let n = model.virtual_tokens();
     assert_eq!(model.position_offset(), g["init.prompt_embeddings"].size()[0], "{case}: virtual tokens");
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
 
     // Logits of the virtual and real positions; padding (mask 0, right-padded) differs by design:
     // recipe does not mask padding queries, which nothing reads.
@@ -177,7 +177,7 @@ fn check_projection(case: &str, checkpointing: bool) {
     let (ids, labels, mask) = (&g["input_ids"], &g["labels"], &g["attention_mask"]);
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
     let logits = tch::no_grad(|| model.logits(&inputs));
     let keep = mask.to_kind(Kind::Float).unsqueeze(-1);
     let d = ((&logits - &g["logits"]).abs() * keep).max().double_value(&[]);
@@ -310,7 +310,7 @@ fn batched_generation_and_per_sample_losses_follow_the_virtual_tokens() {
     let t = ids.size()[0];
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0);
     let (ids, labels) = (ids.unsqueeze(0), labels.unsqueeze(0));
-    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None };
     let objective = Supervised { tokens_per_chunk: None, virtual_tokens: model.virtual_tokens() };
     let want = objective::loss_sum_no_grad(&model, &objective, &DeviceBatch::new(&inputs, &labels)).loss;
     assert_eq!(count, sample.labels.iter().filter(|&&l| l != -100).count() as u64);

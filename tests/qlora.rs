@@ -87,7 +87,9 @@ fn qlora_trains_and_merges_into_the_dequantized_base() {
     let logits = |dir: &Path, q: Option<Quantize>| {
         let loaded =
             load_trained(dir, Some(&root().join("models/stories260k")), Device::Cpu, q, Some(Kind::Float)).unwrap();
-        tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None }))
+        tch::no_grad(|| {
+            loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None })
+        })
     };
     let adapted = logits(&dir.path().join("out"), Some(NF4_DQ));
     let folded = logits(&merged, None);
@@ -184,7 +186,7 @@ fn recipe_quantize_writes_a_folder_that_loads_without_quantizing_again() {
     assert!(prequantized.linears().iter().all(|l| l.quantized.is_some()));
     let ids = Tensor::from_slice(&(0..32).map(|i| (i * 13 + 7) % 500 + 3).collect::<Vec<i64>>()).view([1, 32]);
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None };
     let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
     assert!(a.equal(&b), "a pre-quantized base must equal quantizing at load");
 }
@@ -238,7 +240,7 @@ fn matches_peft_over_bitsandbytes(case: &str) {
         Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let positions = Tensor::arange(16, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 16], false);
-    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &positions, segment_ids: None, varlen: None };
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
     let counted = labels.narrow(1, 1, 15).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
@@ -306,7 +308,7 @@ fn lora_over_an_int8_base_trains_and_its_quantized_folder_reloads() {
     assert!(prequantized.linears().iter().all(|l| matches!(l.quantized, Some(QuantizedWeight::Eight(_)))));
     let ids = Tensor::from_slice(&(0..32).map(|i| (i * 13 + 7) % 500 + 3).collect::<Vec<i64>>()).view([1, 32]);
     let positions = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None };
+    let inputs = Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None };
     let (a, b) = tch::no_grad(|| (prequantized.logits(&inputs), at_load.logits(&inputs)));
     assert!(a.equal(&b));
 }

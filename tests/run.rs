@@ -709,11 +709,13 @@ fn save_only_model_checkpoints_hold_weights_and_refuse_resume() {
 #[test]
 fn no_host_sync_inside_a_step_for_lora_and_full_fine_tuning() {
     // Every device-to-host read goes through exec/host_sync.rs, which counts them per optimizer
-    // step: none in a step that only trains, one (the pending losses) in a logging step.
-    for method in ["LoRA", "full"] {
+    // step: none in a step that only trains, one (the pending losses) in a logging step. Full
+    // fine-tuning with bitsandbytes' 8-bit AdamW: its embedding gets 8-bit states (32,768 values).
+    for method in ["LoRA", "full", "full, 8-bit AdamW"] {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_recipe(dir.path(), "max_steps: 8\neval_steps: 8\n");
-        if method == "full" {
+        let extra = if method.ends_with("8-bit AdamW") { "optimizer: adamw_bnb_8bit\n" } else { "" };
+        let path = write_recipe(dir.path(), &format!("max_steps: 8\neval_steps: 8\nsave_steps: 4\n{extra}"));
+        if method.starts_with("full") {
             let text = std::fs::read_to_string(&path).unwrap();
             let kept: Vec<&str> =
                 text.lines().filter(|l| !(l.starts_with("adapter") || l.starts_with("lora_"))).collect();
@@ -723,6 +725,21 @@ fn no_host_sync_inside_a_step_for_lora_and_full_fine_tuning() {
         let line = stdout.lines().find(|l| l.starts_with("host syncs ")).expect("host syncs line");
         eprintln!("{method}: {line}");
         assert!(line.starts_with("host syncs 0 per non-logging step, 1 per logging step, up to "), "{method}: {line}");
+        // A checkpoint's tensors are read from the device one by one, and counted.
+        let saving = line.split(", ").find(|p| p.contains("in a step that saves")).expect("a saving step");
+        let numbers: Vec<u64> = saving.split([' ', '(']).filter_map(|w| w.parse().ok()).collect();
+        let tensors = std::fs::read_dir(dir.path().join("out/checkpoint-4"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .map(|e| {
+                recipe::model::weights::Checkpoint::open_files(dir.path(), &[e.path()]).unwrap().names().count() as u64
+            })
+            .sum::<u64>();
+        assert!(
+            numbers.len() == 2 && numbers[1] == tensors && numbers[0] > numbers[1],
+            "{method}: {saving} (the checkpoint holds {tensors} tensors)"
+        );
     }
 }
 
@@ -936,7 +953,7 @@ fn switching_adapters_moves_no_base_weight() {
     let positions = Tensor::arange(6, (Kind::Int64, Device::Cpu)).unsqueeze(0);
     let logits = |m: &CausalLm| {
         let _guard = tch::no_grad_guard();
-        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None })
+        m.logits(&Inputs { input_ids: &ids, position_ids: &positions, segment_ids: None, varlen: None })
     };
     // Every base tensor stays where it is (same storage, same values) through the switches.
     let base: Vec<(String, usize, Tensor)> = served

@@ -3,7 +3,10 @@
 # here (it links libtorch from the PyTorch 2.11.0 wheel, the same family the device has):
 #
 #   here:   mkdir -p .device && cp "$CARGO_TARGET_DIR/release/recipe" .device/ && echo /.device/ >> .git/info/exclude
-#   device: run(command="scripts/device/gpu-check.sh .device/recipe $OUT", carry=[".device"], timeout_s=540)
+#           (and for the flash varlen check, the library's test binary: cargo test --release --lib --no-run,
+#           copied to .device/lib-tests)
+#   device: run(command="scripts/device/gpu-check.sh .device/recipe $OUT --test-bin .device/lib-tests",
+#               carry=[".device"], timeout_s=540)
 #
 # Writes gpu-check.json under the output folder. Details: scripts/device/gpu_check.py.
 # Off the device, `scripts/device/gpu-check.sh BIN OUT --tiny` checks the plumbing on CPU.

@@ -25,9 +25,13 @@ torch.cuda.max_memory_reserved() plus the context (measured once as device use m
    its backend (from the layout line), tokens/s and peak memory beside the single-process run.
 
 Every recipe run also reports its device-to-host reads per optimizer step (`host syncs` of the
-run summary: 0 expected outside logging steps) and what its plan says it computes: the loss path
-(head + cross-entropy in chunks, or whole logits) and the SDPA kernel its attention can take
-(packed rows with grouped heads: key/value heads expanded for the memory-efficient kernel).
+run summary: 0 expected outside logging steps), the attention kernel packed rows went through
+(`attention  packed rows: flash attention per sample (varlen)` on an sm80+ GPU in bf16), and what its
+plan says it computes: the loss path (head + cross-entropy in chunks, or whole logits) and the
+kernel its attention expects.
+
+4. flash-varlen (with --test-bin, the library's unit test binary): per-sample flash attention
+   against the block-diagonal masked SDPA on packed GQA rows, outputs and gradients (bf16).
 
 --tiny runs the same plumbing on CPU with toy shapes (to check the script off the device); there
 the process group is Gloo.
@@ -101,6 +105,10 @@ def run_recipe(args, recipe_text, work, name, extra=()):
         out["host_syncs_per_non_logging_step"] = int(m.group(1))
         if m.group(2) is not None:
             out["host_syncs_per_logging_step"] = int(m.group(2))
+    # The attention kernel packed rows went through (flash varlen where the GPU takes it).
+    m = re.search(r"^attention\s+packed rows: (.*)$", p.stdout, re.M)
+    if m:
+        out["packed_attention_ran"] = m.group(1)
     # What the plan says the run computes: the loss path (chunked head + cross-entropy) and the
     # SDPA kernel attention can take (packed rows with grouped heads: memory-efficient, heads expanded).
     plan = subprocess.run([args.recipe_bin, "plan", path], capture_output=True, text=True,
@@ -167,6 +175,7 @@ def main():
     ap.add_argument("--out", default="/tmp/gpu-check")
     ap.add_argument("--tiny", action="store_true", help="toy shapes on CPU, to check the script")
     ap.add_argument("--only", default="llama-1b,nccl-1,llama2-13b")
+    ap.add_argument("--test-bin", help="the library's unit test binary (cargo test --lib --no-run), for flash varlen")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = os.path.join(args.out, "work")
@@ -204,6 +213,19 @@ def main():
         ours["under_24GB"] = bool(peak) and peak < 24e9
         ours["within_10_percent"] = "plan_vs_peak_percent" in ours and abs(ours["plan_vs_peak_percent"]) <= 10.0
         results["llama2-13b-qlora"] = ours
+    if args.test_bin:
+        # The library's unit test binary: flash varlen against the masked path (values and
+        # gradients, bf16, packed GQA rows); it prints "skipped" where the GPU cannot run it.
+        t = subprocess.run([args.test_bin, "flash_varlen_equals_the_masked_path_on_cuda", "--nocapture"],
+                           capture_output=True, text=True)
+        print(t.stdout, t.stderr, sep="\n", flush=True)
+        m = re.search(r"flash varlen vs masked SDPA \(bf16\): output (\S+), gradients (\S+)", t.stderr)
+        results["flash-varlen"] = dict(
+            passed=t.returncode == 0 and "1 passed" in t.stdout,
+            skipped="skipped:" in t.stderr,
+            output_max_abs_diff=float(m.group(1)) if m else None,
+            gradient_max_abs_diff=float(m.group(2)) if m else None,
+        )
     with open(os.path.join(args.out, "gpu-check.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))

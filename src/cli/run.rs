@@ -286,6 +286,9 @@ fn report(plan: &Plan, r: &exec::RunReport) {
             String::new()
         }
     );
+    if let Some(kernel) = r.packed_attention {
+        println!("attention  packed rows: {kernel}");
+    }
     let syncs = r.host_syncs.describe();
     if !syncs.is_empty() {
         println!("host syncs {syncs} (device-to-host reads per optimizer step)");

@@ -212,6 +212,35 @@ pub struct HostBatch {
     pub kl_rows: Option<Box<HostBatch>>,
 }
 
+impl HostBatch {
+    /// Packed rows as one flat run of samples, for per-sample (varlen) flash attention: the
+    /// cumulative sample lengths over the batch's `rows · len` tokens (`cu_seqlens`, int32, from 0
+    /// to rows · len: a sample ends where its row or its segment id changes, a row's padding being
+    /// one more sample) and the longest sample. Built here, where the batch is, so the device
+    /// never reads its segment ids back. None for rows that are not packed.
+    pub fn sample_boundaries(&self) -> Option<(Vec<i32>, i64)> {
+        let seg = self.segment_ids.as_ref()?;
+        // A masked token inside a row (negative id, a pretraining stream's pad between texts) is
+        // hidden from the queries after it, which still see the keys before it: that takes the mask.
+        if seg.iter().any(|&s| s < 0) {
+            return None;
+        }
+        let mut cu = vec![0i32];
+        let mut longest = 0usize;
+        for (r, row) in seg.chunks(self.len.max(1)).enumerate() {
+            let mut start = 0;
+            for t in 1..=row.len() {
+                if t == row.len() || row[t] != row[t - 1] {
+                    cu.push((r * self.len + t) as i32);
+                    longest = longest.max(t - start);
+                    start = t;
+                }
+            }
+        }
+        Some((cu, longest as i64))
+    }
+}
+
 /// Pads rows to the longest of them (or to `pad_to`) with `pad_id`, labels -100, segment 0.
 pub fn collate(rows: &[&Row], pad_id: i64, pad_to: Option<usize>) -> HostBatch {
     let len = pad_to.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(1)).max(1);
@@ -279,5 +308,36 @@ mod tests {
         assert_eq!(b.labels, vec![IGNORE, 11, 12, IGNORE, IGNORE, IGNORE]);
         assert!(b.segment_ids.is_none());
         assert_eq!(b.trained_tokens, 2);
+    }
+
+    #[test]
+    fn sample_boundaries_follow_rows_segments_and_padding() {
+        // Row 0: samples of 3 and 2 tokens, then 3 of padding; row 1: one sample of 8.
+        let a = Row {
+            input_ids: vec![5; 5],
+            labels: vec![5; 5],
+            position_ids: vec![0, 1, 2, 0, 1],
+            segment_ids: vec![1, 1, 1, 2, 2],
+        };
+        let b =
+            Row { input_ids: vec![6; 8], labels: vec![6; 8], position_ids: (0..8).collect(), segment_ids: vec![1; 8] };
+        let batch = collate(&[&a, &b], 0, Some(8));
+        assert_eq!(batch.sample_boundaries(), Some((vec![0, 3, 5, 8, 16], 8)));
+        // Samples that continue across the row boundary with the same id still end with the row.
+        let c = Row {
+            input_ids: vec![7; 8],
+            labels: vec![7; 8],
+            position_ids: (0..8).collect(),
+            segment_ids: vec![1, 1, 1, 1, 2, 2, 2, 2],
+        };
+        let batch = collate(&[&c, &c], 0, None);
+        assert_eq!(batch.sample_boundaries(), Some((vec![0, 4, 8, 12, 16], 4)));
+        let plain = collate(&[&b], 0, None);
+        assert_eq!(plain.sample_boundaries(), None);
+        // A masked token inside a row (a pretraining stream's pad, id -1): the queries after it still
+        // see the keys before it, so the row keeps its mask instead of per-sample boundaries.
+        let mut masked = collate(&[&c], 0, None);
+        masked.segment_ids = Some(vec![1, 1, 1, -1, 1, 1, 1, 0]);
+        assert_eq!(masked.sample_boundaries(), None);
     }
 }

@@ -98,8 +98,10 @@ pub fn nll(model: &CausalLm, samples: &[Sample], batch_size: usize) -> Vec<(f64,
         let input_ids = Tensor::from_slice(&ids).view([b, width as i64]).to_device(dev);
         let position_ids =
             Tensor::arange(width as i64, (Kind::Int64, dev)).unsqueeze(0).expand([b, width as i64], false);
-        let hidden = model
-            .hidden_states(&Inputs { input_ids: &input_ids, position_ids: &position_ids, segment_ids: None }, false);
+        let hidden = model.hidden_states(
+            &Inputs { input_ids: &input_ids, position_ids: &position_ids, segment_ids: None, varlen: None },
+            false,
+        );
         for (r, s) in chunk.iter().enumerate() {
             let n = s.input_ids.len().min(context);
             // Position i predicts label i + 1; with virtual tokens, hidden position N - 1 + i predicts label i.

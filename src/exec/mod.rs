@@ -106,6 +106,8 @@ pub struct RunReport {
     pub collectives_per_step: crate::plan::shard::Collectives,
     /// Device-to-host reads per optimizer step, by kind of step (exec/host_sync.rs).
     pub host_syncs: host_sync::StepSyncs,
+    /// Packed rows: the attention kernel they went through (model/llama.rs `flash_varlen_applies`).
+    pub packed_attention: Option<&'static str>,
     pub steps_done: u64,
     pub total_steps: u64,
     pub data: Vec<String>,
@@ -1220,6 +1222,19 @@ fn train_on<E: packing::Example>(
         backend: rt.comm.backend().map(|b| b.name()),
         collectives_per_step: outcome.collectives_per_step,
         host_syncs: outcome.host_syncs,
+        packed_attention: plan.data.sample_packing.then(|| {
+            let arch = &plan.model.architecture;
+            let capability = match device {
+                Device::Cuda(ordinal) => cuda::compute_capability(ordinal),
+                _ => None,
+            };
+            match crate::model::llama::flash_varlen_applies(device, capability, kind, arch.head_dim as i64) {
+                // Gemma's layers keep their masks (sliding windows, soft-capping).
+                _ if arch.gemma.is_some() => "block-diagonal mask through SDPA (Gemma's layers)",
+                crate::model::llama::PackedKernel::FlashVarlen => "flash attention per sample (varlen)",
+                crate::model::llama::PackedKernel::Masked => "block-diagonal mask through SDPA",
+            }
+        }),
         steps_done: outcome.steps_done,
         total_steps: steps.total,
         data: report,
@@ -1377,7 +1392,12 @@ pub fn score_sequences(loaded: &Loaded, sequences: &[Vec<i64>]) -> Result<Vec<f6
         }
         let input_ids = Tensor::from_slice(ids).unsqueeze(0).to_device(model.device);
         let positions = Tensor::arange(ids.len() as i64, (Kind::Int64, model.device)).unsqueeze(0);
-        let inputs = crate::model::llama::Inputs { input_ids: &input_ids, position_ids: &positions, segment_ids: None };
+        let inputs = crate::model::llama::Inputs {
+            input_ids: &input_ids,
+            position_ids: &positions,
+            segment_ids: None,
+            varlen: None,
+        };
         let mut batch = objective::DeviceBatch::new(&inputs, &input_ids);
         batch.pad_id = Some(loaded.tokenizer.pad());
         let hidden = model.hidden_states(&inputs, false);

@@ -17,6 +17,8 @@ pub struct DeviceBatch {
     pub labels: Tensor,
     pub position_ids: Tensor,
     pub segment_ids: Option<Tensor>,
+    /// Packed rows on CUDA: the samples' boundaries, for per-sample flash attention.
+    pub varlen: Option<crate::model::llama::Varlen>,
     /// Precomputed reference log-probabilities per row (preference pairs).
     pub reference_logps: Option<Tensor>,
     /// Each row's length before padding [B] (None: every position is real).
@@ -33,29 +35,46 @@ pub struct DeviceBatch {
 impl DeviceBatch {
     /// Uploads a collated batch. On CUDA the copy goes through pinned memory without blocking: a
     /// plain copy from pageable memory would wait for the previous step's kernels (a host-device
-    /// sync every step). The loop uploads a step's micro-batches before computing any of them, so
-    /// the copies overlap the compute.
+    /// sync every step). It runs on a side stream (exec/torch_ops.rs `copy_on_side_stream`), which
+    /// the compute stream waits for by an event: since a step reads nothing back, the host
+    /// uploads the next step's micro-batches while the GPU computes this one, and the copies
+    /// overlap that compute (double buffering: this step's batches in use, the next one's filling).
     pub fn upload(b: &HostBatch, device: Device) -> DeviceBatch {
         let shape = [b.rows as i64, b.len as i64];
-        let t = |v: &[i64]| {
-            let host = Tensor::from_slice(v).view(shape);
-            match device {
-                Device::Cpu => host,
-                // Without pinned memory (none left), a blocking copy is still correct.
-                _ => match super::torch_ops::pin_memory(&host) {
-                    Ok(pinned) => pinned.to_device_(device, Kind::Int64, true, false),
-                    Err(e) => {
-                        tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
-                        host.to_device(device)
+        let upload = |host: Tensor| match device {
+            Device::Cpu => host,
+            // Without pinned memory (none left), a blocking copy is still correct.
+            _ => match super::torch_ops::pin_memory(&host) {
+                Ok(pinned) => match device {
+                    // On a side stream, overlapping the compute still queued (exec/torch_ops.rs).
+                    Device::Cuda(ordinal) => {
+                        super::torch_ops::copy_on_side_stream(&pinned, ordinal).unwrap_or_else(|e| {
+                            tracing::debug!("side stream: {e}; copying on the compute stream");
+                            pinned.to_device_(device, host.kind(), true, false)
+                        })
                     }
+                    _ => pinned.to_device_(device, host.kind(), true, false),
                 },
-            }
+                Err(e) => {
+                    tracing::debug!("pin_memory: {e}; copying the batch from pageable memory");
+                    host.to_device(device)
+                }
+            },
         };
+        let t = |v: &[i64]| upload(Tensor::from_slice(v).view(shape));
         DeviceBatch {
             input_ids: t(&b.input_ids),
             labels: t(&b.labels),
             position_ids: t(&b.position_ids),
             segment_ids: b.segment_ids.as_deref().map(t),
+            // Only CUDA has the varlen kernel; the CPU takes the mask.
+            varlen: match device {
+                Device::Cpu => None,
+                _ => b.sample_boundaries().map(|(cu, longest)| crate::model::llama::Varlen {
+                    cu_seqlens: upload(Tensor::from_slice(&cu)),
+                    max_seqlen: longest,
+                }),
+            },
             reference_logps: b.reference_logps.as_deref().map(|r| Tensor::from_slice(r).to_device(device)),
             lengths: Some(
                 Tensor::from_slice(&b.row_lengths.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device),
@@ -73,6 +92,7 @@ impl DeviceBatch {
             labels: labels.shallow_clone(),
             position_ids: inputs.position_ids.shallow_clone(),
             segment_ids: inputs.segment_ids.map(Tensor::shallow_clone),
+            varlen: inputs.varlen.map(crate::model::llama::Varlen::shallow_clone),
             reference_logps: None,
             lengths: None,
             pad_id: None,
@@ -82,7 +102,12 @@ impl DeviceBatch {
     }
 
     pub fn inputs(&self) -> Inputs<'_> {
-        Inputs { input_ids: &self.input_ids, position_ids: &self.position_ids, segment_ids: self.segment_ids.as_ref() }
+        Inputs {
+            input_ids: &self.input_ids,
+            position_ids: &self.position_ids,
+            segment_ids: self.segment_ids.as_ref(),
+            varlen: self.varlen.as_ref(),
+        }
     }
 }
 

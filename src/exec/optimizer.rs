@@ -147,8 +147,96 @@ pub(crate) fn load_into(t: &mut Tensor, name: &str, ckpt: &crate::model::weights
 /// `c + alpha · a` rounded once, as torch's `c.add_(a, alpha=alpha)` computes it on the CPU (a
 /// fused multiply-add; `alpha` as fp32): the fp32 product is exact in float64.
 pub(crate) fn fused_multiply_add(a: &Tensor, alpha: f64, c: &Tensor) -> Tensor {
-    let alpha = f64::from(alpha as f32);
+    fused_multiply_add_by(a, &Tensor::from(f64::from(alpha as f32)), c)
+}
+
+/// [`fused_multiply_add`] with `alpha` a float64 0-dim tensor already rounded to fp32 (on the
+/// host or the device).
+fn fused_multiply_add_by(a: &Tensor, alpha: &Tensor, c: &Tensor) -> Tensor {
     (a.to_kind(Kind::Double) * alpha + c.to_kind(Kind::Double)).to_kind(Kind::Float)
+}
+
+/// AdamW's bias corrections `1 - β1^t` and `sqrt(1 - β2^t)`, float64 0-dim tensors: on the CPU
+/// from the host's step count, or on the device from the device's (fp16 runs). A 0-dim CPU
+/// tensor enters a CUDA kernel as a scalar argument, so neither form reads anything back, and
+/// both round the same float64 values to fp32 where a kernel takes them.
+struct Corrections {
+    bias1: Tensor,
+    bias2_sqrt: Tensor,
+}
+
+impl Corrections {
+    fn host(bias1: f64, bias2_sqrt: f64) -> Corrections {
+        Corrections { bias1: Tensor::from(bias1), bias2_sqrt: Tensor::from(bias2_sqrt) }
+    }
+}
+
+/// bitsandbytes' 8-bit AdamW update of one parameter (its 32-bit update for tensors under
+/// `MIN_8BIT_SIZE`), op for op as its CPU kernels compute it. `keep` (0-dim bool on the device):
+/// where false, the parameter and both moments keep their old values (an fp16 step skipped on
+/// the device).
+#[allow(clippy::too_many_arguments)]
+fn eight_bit_update(
+    s: &mut Slot,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    c: &Corrections,
+    keep: Option<&Tensor>,
+) {
+    let grad = s.param.grad();
+    if !grad.defined() {
+        return;
+    }
+    let grad = grad.to_kind(s.param.kind());
+    let mut p = s.param.shallow_clone();
+    let old_p = keep.map(|_| p.copy());
+    // Full moments are the state itself (updated in place): keep copies of the old values.
+    let (old_m, old_v) = match (keep, &s.exp_avg, &s.exp_avg_sq) {
+        (Some(_), Moment::Full(m), Moment::Full(v)) => (Some(m.copy()), Some(v.copy())),
+        _ => (None, None),
+    };
+    let (mut m, mut v) = (s.exp_avg.value(), s.exp_avg_sq.value());
+    // bitsandbytes: `m.mul_(β1).add_(g, alpha=1-β1)`, not torch's lerp.
+    m *= beta1;
+    m.copy_(&fused_multiply_add(&grad, 1.0 - beta1, &m));
+    v *= beta2;
+    let _ = v.addcmul_(&grad, &(&grad * (1.0 - beta2)));
+    if s.decay && weight_decay != 0.0 {
+        p *= 1.0 - lr * weight_decay;
+    }
+    if matches!(s.exp_avg, Moment::Full(_)) {
+        // bitsandbytes' 32-bit update, for tensors too small for 8-bit states.
+        let update = &m / (v.sqrt() + (&c.bias2_sqrt * eps).to_kind(Kind::Float));
+        let alpha = (&c.bias2_sqrt * -lr / &c.bias1).to_kind(Kind::Float).to_kind(Kind::Double);
+        p.copy_(&fused_multiply_add_by(&update, &alpha, &p));
+    } else {
+        let denom = v.sqrt() / c.bias2_sqrt.to_kind(Kind::Float) + eps;
+        let step_size = (Tensor::full([], -lr, (Kind::Double, c.bias1.device())) / &c.bias1).to_kind(Kind::Float);
+        let _ = p.addcdiv_(&(&m * step_size), &denom);
+    }
+    let Some(keep) = keep else {
+        s.exp_avg.store(&m);
+        s.exp_avg_sq.store(&v);
+        return;
+    };
+    let kept = |now: &Tensor, old: &Tensor| now.where_self(keep, old);
+    p.copy_(&kept(&p, old_p.as_ref().expect("copied above")));
+    if let (Some(old_m), Some(old_v)) = (old_m, old_v) {
+        m.copy_(&kept(&m, &old_m));
+        v.copy_(&kept(&v, &old_v));
+        return;
+    }
+    for (moment, values) in [(&mut s.exp_avg, &m), (&mut s.exp_avg_sq, &v)] {
+        let Moment::Quantized { codes, absmax, .. } = moment else { unreachable!("8-bit moments") };
+        let (old_codes, old_absmax) = (codes.shallow_clone(), absmax.shallow_clone());
+        moment.store(values);
+        let Moment::Quantized { codes, absmax, .. } = moment else { unreachable!("8-bit moments") };
+        *codes = kept(codes, &old_codes);
+        *absmax = kept(absmax, &old_absmax);
+    }
 }
 
 impl AdamW {
@@ -340,6 +428,13 @@ impl AdamW {
         let t = self.step as f64;
         let bias1 = 1.0 - self.beta1.powf(t);
         let bias2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
+        if self.eight_bit {
+            let corrections = Corrections::host(bias1, bias2_sqrt);
+            for s in &mut self.params {
+                eight_bit_update(s, lr, self.beta1, self.beta2, self.eps, self.weight_decay, &corrections, None);
+            }
+            return;
+        }
         for s in &mut self.params {
             let grad = s.param.grad();
             if !grad.defined() {
@@ -348,59 +443,59 @@ impl AdamW {
             let grad = grad.to_kind(s.param.kind());
             let mut p = s.param.shallow_clone();
             let (mut m, mut v) = (s.exp_avg.value(), s.exp_avg_sq.value());
-            if self.eight_bit {
-                // bitsandbytes: `m.mul_(β1).add_(g, alpha=1-β1)`, not torch's lerp.
-                m *= self.beta1;
-                m.copy_(&fused_multiply_add(&grad, 1.0 - self.beta1, &m));
-            } else {
-                let _ = m.lerp_(&grad, 1.0 - self.beta1);
-            }
+            let _ = m.lerp_(&grad, 1.0 - self.beta1);
             v *= self.beta2;
             let _ = v.addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
             if s.decay && self.weight_decay != 0.0 {
                 p *= 1.0 - lr * self.weight_decay;
             }
-            if self.eight_bit && matches!(s.exp_avg, Moment::Full(_)) {
-                // bitsandbytes' 32-bit update, for tensors too small for 8-bit states.
-                let update = &m / (v.sqrt() + self.eps * bias2_sqrt);
-                p.copy_(&fused_multiply_add(&update, -lr * bias2_sqrt / bias1, &p));
-            } else {
-                let denom = v.sqrt() / bias2_sqrt + self.eps;
-                let _ = p.addcdiv_(&(&m * (-lr / bias1)), &denom);
-            }
-            s.exp_avg.store(&m);
-            s.exp_avg_sq.store(&v);
+            let denom = v.sqrt() / bias2_sqrt + self.eps;
+            let _ = p.addcdiv_(&(&m * (-lr / bias1)), &denom);
         }
+    }
+
+    /// The steps taken, on the device (f64 [1]), advanced unless `found_inf` is set (`keep`: 0-dim
+    /// bool, true where the step is taken).
+    fn count_device_step(&mut self, device: tch::Device, found_inf: &Tensor) -> (Tensor, Tensor) {
+        let keep = found_inf.eq(0.0);
+        let steps = self.device_step.get_or_insert_with(|| Tensor::from_slice(&[self.step as f64]).to_device(device));
+        *steps += keep.to_kind(Kind::Double);
+        (steps.shallow_clone(), keep.reshape([]))
     }
 
     /// fp16's step: the update unless `found_inf` (fp32 [1] on the device, the loss scaler's
     /// overflow flag) is set, decided on the device: every parameter and moment keeps its old value
     /// where the flag is set, and the step count (for the bias corrections) stays on the device.
-    /// 8-bit states (bitsandbytes' and torchao's) take their update with host-side corrections, so
-    /// there the flag is read (one host sync per step).
+    /// bitsandbytes' 8-bit AdamW does the same with its corrections computed on the device (bit for
+    /// bit the host's). torchao's low-bit AdamW takes fp32 host-side corrections, so there the
+    /// flag is read (one host sync per step).
     pub fn step_unless(&mut self, lr: f64, found_inf: &Tensor) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         if self.fused.is_some() {
             return self.fused_step(lr, Some(found_inf));
         }
-        if self.eight_bit || self.torchao.is_some() || self.more.is_some() {
+        if self.torchao.is_some() || self.more.is_some() {
             if !super::host_sync::read_flag(found_inf, "the fp16 overflow flag")? {
                 self.step(lr);
             }
             return Ok(());
         }
         let Some(device) = self.params.first().map(|s| s.param.device()) else { return Ok(()) };
-        let keep = found_inf.eq(0.0);
-        let steps = self.device_step.get_or_insert_with(|| Tensor::from_slice(&[self.step as f64]).to_device(device));
-        *steps += keep.to_kind(Kind::Double);
-        // torch's corrections, `1 - beta ** step`, in float64 on the device.
-        let power = |beta: f64| -> Tensor { Tensor::full([1], beta, (Kind::Double, device)).pow(&*steps) };
+        let (steps, keep) = self.count_device_step(device, found_inf);
+        // torch's (and bitsandbytes') corrections, `1 - beta ** step`, in float64 on the device.
+        let power = |beta: f64| -> Tensor { Tensor::full([], beta, (Kind::Double, device)).pow(&steps.reshape([])) };
         let bias1: Tensor = 1.0 - power(self.beta1);
         let bias2: Tensor = 1.0 - power(self.beta2);
         let bias2_sqrt = bias2.sqrt();
-        let step_size = ((bias1.reciprocal() * -lr).to_kind(Kind::Float)).reshape([]);
-        let bias2_sqrt = bias2_sqrt.to_kind(Kind::Float).reshape([]);
-        let keep = keep.reshape([]);
+        if self.eight_bit {
+            let corrections = Corrections { bias1, bias2_sqrt };
+            for s in &mut self.params {
+                eight_bit_update(s, lr, self.beta1, self.beta2, self.eps, self.weight_decay, &corrections, Some(&keep));
+            }
+            return Ok(());
+        }
+        let step_size = (bias1.reciprocal() * -lr).to_kind(Kind::Float);
+        let bias2_sqrt = bias2_sqrt.to_kind(Kind::Float);
         for s in &mut self.params {
             let grad = s.param.grad();
             if !grad.defined() {
@@ -691,5 +786,95 @@ mod tests {
         assert_eq!(fused.state()[0].1.int64_value(&[]), 5);
         let moments = |o: &AdamW| o.state()[1].1.copy();
         assert!((moments(&fused) - moments(&unfused)).abs().max().double_value(&[]) <= 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod eight_bit_on_the_device {
+    use super::*;
+    use crate::config::training::Optimizer;
+    use tch::Device;
+
+    fn eight_bit() -> (AdamW, Vec<Tensor>) {
+        let plan = OptimizerPlan {
+            name: Optimizer::AdamwBnb8bit,
+            implementation: String::new(),
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.01,
+        };
+        tch::manual_seed(11);
+        // One tensor with 8-bit states, one small enough for bitsandbytes' 32-bit update.
+        let big = Tensor::randn([64, 80], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let small = Tensor::randn([40], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let params = vec![
+            Param { name: "layer.weight".into(), tensor: big.shallow_clone() },
+            Param { name: "layer.bias".into(), tensor: small.shallow_clone() },
+        ];
+        (AdamW::new(params, &plan), vec![big, small])
+    }
+
+    fn backward(params: &[Tensor], seed: i64) {
+        tch::manual_seed(seed);
+        let x = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        (x.matmul(&params[0]).sum_dim_intlist(0, false, Kind::Float).narrow(0, 0, 40) * &params[1])
+            .sum(Kind::Float)
+            .backward();
+    }
+
+    #[test]
+    fn an_fp16_step_with_8_bit_states_reads_nothing_back() {
+        // The loop's fp16 step: unscale (the overflow flag on the device), step or skip, update
+        // the scale; GradScaler reads the flag here, recipe must not.
+        let (mut o, ps) = eight_bit();
+        let mut scaler = crate::exec::loss_scale::DeviceScaler::new(Default::default(), Device::Cpu);
+        let before = crate::exec::host_sync::count_on_this_thread();
+        for step in 0..3 {
+            o.zero_grad();
+            backward(&ps, step);
+            if step == 1 {
+                let _ = ps[1].grad().get(0).fill_(f64::INFINITY);
+            }
+            let found_inf = scaler.unscale(&o.grads());
+            o.step_unless(1e-2, &found_inf).unwrap();
+            scaler.update(&found_inf);
+        }
+        assert_eq!(crate::exec::host_sync::count_on_this_thread(), before, "host reads in fp16 8-bit steps");
+        // Two steps taken, one skipped (read here, after the steps).
+        assert_eq!(o.state()[0].1.int64_value(&[]), 2);
+    }
+
+    #[test]
+    fn fp16_steps_decided_on_the_device_equal_host_steps_bit_for_bit() {
+        let (mut host, a) = eight_bit();
+        let (mut device, b) = eight_bit();
+        let clear = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let overflow = Tensor::ones([1], (Kind::Float, Device::Cpu));
+        for step in 0..4 {
+            for (o, ps) in [(&mut host, &a), (&mut device, &b)] {
+                o.zero_grad();
+                backward(ps, step);
+            }
+            host.step(1e-2);
+            device.step_unless(1e-2, &clear).unwrap();
+            if step == 1 {
+                // An overflowing step in between: no parameter, code or absmax moves, the count stays.
+                let before: Vec<(String, Tensor)> =
+                    device.state().into_iter().chain(device.named_params()).map(|(n, t)| (n, t.copy())).collect();
+                device.step_unless(1e-2, &overflow).unwrap();
+                for ((name, now), (_, old)) in device.state().iter().chain(device.named_params().iter()).zip(&before) {
+                    assert!(now.equal(old), "{name} moved in a skipped step");
+                }
+            }
+            for (name, (x, y)) in ["weight", "bias"].iter().zip(a.iter().zip(&b)) {
+                assert!(x.equal(y), "step {step}: {name} differs");
+            }
+        }
+        for ((name, x), (_, y)) in host.state().iter().zip(device.state().iter()) {
+            assert!(x.equal(y), "state {name} differs");
+        }
+        assert!(device.has_eight_bit_state("layer.weight") && !device.has_eight_bit_state("layer.bias"));
+        assert_eq!(device.state()[0].1.int64_value(&[]), 4);
     }
 }

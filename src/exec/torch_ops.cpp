@@ -9,11 +9,22 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <ATen/ATen.h>
 
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_fused_adamw.h>
+
+#ifdef RECIPE_WITH_NCCL
+// The CUDA runtime headers are present (build.rs adds them with NCCL's): streams and events.
+// Only c10's device-generic event and guard (calls through c10_cuda): ATen's CUDAEvent would call
+// the CUDA runtime inline, a library the binary does not link.
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <cstdlib>
 #include <vector>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 namespace {
@@ -84,6 +95,75 @@ int recipe_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp
   });
 }
 
+
+// Causal flash attention over packed samples (varlen): q [tokens, heads, d], k and v [tokens,
+// kv heads, d] (grouped heads taken as they are), samples cut at `cu_seqlens` (int32 [n + 1]),
+// `max_seqlen` at least the longest. Through the dispatcher, so autograd records it
+// (FlashAttentionBackward0 runs `_flash_attention_backward`). CUDA only: elsewhere libtorch
+// throws, and the message comes back. Null with *err set on failure.
+at::Tensor* recipe_flash_attention_varlen(at::Tensor* q, at::Tensor* k, at::Tensor* v, at::Tensor* cu_seqlens,
+                                          int64_t max_seqlen, char** err) {
+  at::Tensor* out = nullptr;
+  guarded_op(err, [&] {
+    auto result = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_seqlen, max_seqlen,
+                                               /*dropout_p=*/0.0, /*is_causal=*/true, /*return_debug_mask=*/false);
+    out = new at::Tensor(std::get<0>(result));
+  });
+  return out;
+}
+
+// A side stream from libtorch's pool on CUDA device `device`, for host-to-device batch copies.
+// Null with *err set where CUDA is absent (or the shim was built without its headers).
+void* recipe_copy_stream_new(int device, char** err) {
+  void* out = nullptr;
+  guarded_op(err, [&] {
+#ifdef RECIPE_WITH_NCCL
+    out = new c10::cuda::CUDAStream(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device)));
+#else
+    (void)device;
+    throw std::runtime_error("built without the CUDA headers: no side stream");
+#endif
+  });
+  return out;
+}
+
+void recipe_copy_stream_free(void* stream) {
+#ifdef RECIPE_WITH_NCCL
+  delete static_cast<c10::cuda::CUDAStream*>(stream);
+#else
+  (void)stream;
+#endif
+}
+
+// Copies the pinned CPU tensor `src` to the side stream's device on that stream, records an event
+// there and makes the device's current stream wait for it, so the copy overlaps whatever the
+// current stream still runs (the previous step's kernels) while later kernels see the data. The
+// copy is marked as used by the current stream, so the caching allocator does not hand its memory
+// to the side stream again before that use is done. Null with *err set on failure.
+at::Tensor* recipe_copy_on_stream(void* stream, at::Tensor* src, char** err) {
+  at::Tensor* out = nullptr;
+  guarded_op(err, [&] {
+#ifdef RECIPE_WITH_NCCL
+    auto& side = *static_cast<c10::cuda::CUDAStream*>(stream);
+    auto current = c10::cuda::getCurrentCUDAStream(side.device_index());
+    at::Tensor copy;
+    {
+      c10::StreamGuard guard(side.unwrap());
+      copy = src->to(at::Device(at::kCUDA, side.device_index()), /*non_blocking=*/true);
+    }
+    c10::Event copied(c10::DeviceType::CUDA);
+    copied.record(side.unwrap());
+    copied.block(current.unwrap());
+    copy.record_stream(current.unwrap());
+    out = new at::Tensor(copy);
+#else
+    (void)stream;
+    (void)src;
+    throw std::runtime_error("built without the CUDA headers: no side stream");
+#endif
+  });
+  return out;
+}
 
 // Sets `tensor.grad` to `grad`, or leaves it undefined when `grad` is null (`tensor.grad = None`),
 // which frees a gradient that was reduce-scattered away (exec/shard.rs) and hands the optimizer a

@@ -2,8 +2,10 @@
 //! build.rs beside the c10d shim): a backward pass seeded with a given gradient, which the
 //! chunked loss uses to send each chunk's logit gradient into the head without another copy of
 //! the logits; `pin_memory()` in the form libtorch 2.11 keeps (tch passes the deprecated device
-//! argument, a warning per call); and libtorch's fused AdamW kernel (`_fused_adamw_`). Errors are
-//! the C++ exception's message.
+//! argument, a warning per call); host-to-device copies on a CUDA side stream (an event makes the
+//! compute stream wait); libtorch's fused AdamW kernel (`_fused_adamw_`); and flash
+//! attention's varlen form for packed rows (`_flash_attention_forward` with cumulative sequence
+//! lengths, which tch binds only the backward of). Errors are the C++ exception's message.
 
 use super::c10d::check;
 use std::ffi::{c_char, c_int};
@@ -17,6 +19,21 @@ unsafe extern "C-unwind" {
     ) -> c_int;
     fn recipe_set_grad(tensor: *const std::ffi::c_void, grad: *const std::ffi::c_void, err: *mut *mut c_char) -> c_int;
     fn recipe_pin_memory(src: *const std::ffi::c_void, err: *mut *mut c_char) -> *mut std::ffi::c_void;
+    fn recipe_copy_stream_new(device: c_int, err: *mut *mut c_char) -> *mut std::ffi::c_void;
+    fn recipe_copy_stream_free(stream: *mut std::ffi::c_void);
+    fn recipe_copy_on_stream(
+        stream: *mut std::ffi::c_void,
+        src: *const std::ffi::c_void,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
+    fn recipe_flash_attention_varlen(
+        q: *const std::ffi::c_void,
+        k: *const std::ffi::c_void,
+        v: *const std::ffi::c_void,
+        cu_seqlens: *const std::ffi::c_void,
+        max_seqlen: i64,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
     #[allow(clippy::too_many_arguments)]
     fn recipe_fused_adamw(
         params: *const *const std::ffi::c_void,
@@ -61,6 +78,79 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
     let out = unsafe { recipe_pin_memory(t.as_ptr().cast(), &mut err) };
     if out.is_null() {
         return Err(check(0, err, "pin_memory").err().unwrap_or_else(|| "pin_memory: no tensor".into()));
+    }
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// Causal flash attention over packed samples (`torch.ops.aten._flash_attention_forward` with
+/// cumulative sequence lengths): q [tokens, heads, d], k and v [tokens, kv heads, d], samples cut
+/// at `cu_seqlens` (int32 [n + 1], on the device), `max_seqlen` at least the longest. The output
+/// [tokens, heads, d] has a graph (its backward is libtorch's). CUDA only.
+pub fn flash_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_seqlen: i64,
+) -> Result<Tensor, String> {
+    let mut err = std::ptr::null_mut();
+    let cu = cu_seqlens.to_kind(tch::Kind::Int);
+    // SAFETY: every tensor is live for the call; the shim returns a new heap `at::Tensor` (or
+    // null), whose ownership passes to the returned Tensor.
+    let out = unsafe {
+        recipe_flash_attention_varlen(
+            q.as_ptr().cast(),
+            k.as_ptr().cast(),
+            v.as_ptr().cast(),
+            cu.as_ptr().cast(),
+            max_seqlen,
+            &mut err,
+        )
+    };
+    if out.is_null() {
+        return Err(check(0, err, "flash attention (varlen)").err().unwrap_or_else(|| "no tensor".into()));
+    }
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// A CUDA side stream for batch uploads (one per device, for the process's life): a copy on it
+/// overlaps the kernels the compute stream still runs.
+struct CopyStream(*mut std::ffi::c_void);
+
+// SAFETY: a CUDA stream handle may be used from any thread; the map below serialises access.
+unsafe impl Send for CopyStream {}
+
+impl Drop for CopyStream {
+    fn drop(&mut self) {
+        // SAFETY: made by recipe_copy_stream_new, freed once.
+        unsafe { recipe_copy_stream_free(self.0) }
+    }
+}
+
+static COPY_STREAMS: std::sync::Mutex<Vec<(usize, CopyStream)>> = std::sync::Mutex::new(Vec::new());
+
+/// Copies the pinned CPU tensor `pinned` to CUDA device `ordinal` on the device's side stream; the
+/// compute stream waits for the copy (an event, on the device) before its later kernels. Double
+/// buffering: the loop uploads step N+1's micro-batches while the GPU still computes step N (a
+/// step reads nothing back), so the copies overlap that compute instead of queueing behind it.
+pub fn copy_on_side_stream(pinned: &Tensor, ordinal: usize) -> Result<Tensor, String> {
+    let mut streams = COPY_STREAMS.lock().map_err(|_| "the copy streams' lock is poisoned".to_string())?;
+    if !streams.iter().any(|(d, _)| *d == ordinal) {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: plain arguments; a null result comes with *err set.
+        let stream = unsafe { recipe_copy_stream_new(ordinal as c_int, &mut err) };
+        if stream.is_null() {
+            return Err(check(0, err, "a copy stream").err().unwrap_or_else(|| "no stream".into()));
+        }
+        streams.push((ordinal, CopyStream(stream)));
+    }
+    let stream = streams.iter().find(|(d, _)| *d == ordinal).map(|(_, s)| s.0).expect("made above");
+    let mut err = std::ptr::null_mut();
+    // SAFETY: the stream lives in the map (locked); `pinned` is live for the call; the result is
+    // a new heap `at::Tensor` (or null), whose ownership passes to the returned Tensor.
+    let out = unsafe { recipe_copy_on_stream(stream, pinned.as_ptr().cast(), &mut err) };
+    if out.is_null() {
+        return Err(check(0, err, "copy on the side stream").err().unwrap_or_else(|| "no tensor".into()));
     }
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
@@ -146,5 +236,28 @@ mod tests {
             // A CPU-only libtorch has no pinned memory: an error message, no abort.
             Err(e) => assert!(e.starts_with("pin_memory: ") && !tch::Cuda::is_available(), "{e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod side_stream_tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn a_copy_on_the_side_stream_arrives_before_the_compute_stream_reads_it() {
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: the side-stream upload needs a CUDA device");
+            return;
+        }
+        let host = Tensor::arange(1 << 20, (Kind::Int64, Device::Cpu));
+        let pinned = pin_memory(&host).unwrap();
+        // Queue compute first, so the copy has something to overlap.
+        let busy = Tensor::randn([2048, 2048], (Kind::Float, Device::Cuda(0)));
+        let _ = (0..8).fold(busy.shallow_clone(), |x, _| x.matmul(&busy).tanh());
+        let copy = copy_on_side_stream(&pinned, 0).unwrap();
+        // Read on the compute stream (after the event): every value arrived.
+        assert!(copy.sum(Kind::Int64).int64_value(&[]) == host.sum(Kind::Int64).int64_value(&[]));
+        assert!(copy.to_device(Device::Cpu).equal(&host));
     }
 }

@@ -285,6 +285,7 @@ impl<E: Example> Loop<'_, E> {
         let first_step = state.global_step;
         for step in first_step..s.total {
             let reads_before = super::host_sync::count();
+            let written_before = super::host_sync::written();
             if let Some(sharder) = self.sharder {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();
@@ -592,7 +593,11 @@ impl<E: Example> Loop<'_, E> {
                 comm.agree(saved, &format!("to save checkpoint-{}", step + 1), self.model.device)?;
             }
             let logged = logging || stop;
-            outcome.host_syncs.record(super::host_sync::count() - reads_before, logged, eval_now || save_now);
+            outcome.host_syncs.record(
+                super::host_sync::count() - reads_before,
+                super::host_sync::written() - written_before,
+                super::host_sync::StepKind { logged, evaluated: eval_now, saved: save_now },
+            );
             if stop {
                 outcome.interrupted = true;
                 break;

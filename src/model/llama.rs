@@ -268,6 +268,7 @@ struct Checkpointed {
     embedded: Tensor,
     cos_sin: (Tensor, Tensor),
     mask: Option<Tensor>,
+    varlen: Option<Varlen>,
 }
 
 /// Inputs of one forward pass, all [B, T] int64 on the model's device.
@@ -276,6 +277,47 @@ pub struct Inputs<'a> {
     pub position_ids: &'a Tensor,
     /// Packed rows: which sample each token belongs to; attention stays within a sample.
     pub segment_ids: Option<&'a Tensor>,
+    /// Packed rows on CUDA: the samples' boundaries, for per-sample flash attention where the
+    /// device takes it ([`flash_varlen_applies`]); the mask from `segment_ids` otherwise.
+    pub varlen: Option<&'a Varlen>,
+}
+
+/// Packed rows as one flat run of samples (data/packing.rs `HostBatch::sample_boundaries`):
+/// cumulative sample lengths (int32 [samples + 1], on the device) and the longest sample.
+pub struct Varlen {
+    pub cu_seqlens: Tensor,
+    pub max_seqlen: i64,
+}
+
+impl Varlen {
+    pub fn shallow_clone(&self) -> Varlen {
+        Varlen { cu_seqlens: self.cu_seqlens.shallow_clone(), max_seqlen: self.max_seqlen }
+    }
+}
+
+/// The attention kernel packed rows get: per-sample flash attention (libtorch's
+/// `_flash_attention_forward` with cumulative sequence lengths, grouped-query heads taken as they
+/// are) where the device has it — CUDA, compute capability 8.0 or later, fp16 or bf16, a head size
+/// of at most 256 and a multiple of 8 (flash-attention 2's limits) — else the block-diagonal
+/// mask through SDPA (`attend`: the memory-efficient kernel with expanded key/value heads on
+/// CUDA; on the CPU, SDPA's CPU kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedKernel {
+    FlashVarlen,
+    Masked,
+}
+
+/// Which kernel packed rows take on `device` computing in `kind` with heads of `head_dim`;
+/// `capability`: the CUDA device's (major, minor), None where unknown.
+pub fn flash_varlen_applies(device: Device, capability: Option<(i32, i32)>, kind: Kind, head_dim: i64) -> PackedKernel {
+    let cuda = matches!(device, Device::Cuda(_));
+    let ampere = capability.is_some_and(|(major, _)| major >= 8);
+    let half = matches!(kind, Kind::Half | Kind::BFloat16);
+    if cuda && ampere && half && head_dim <= 256 && head_dim % 8 == 0 {
+        PackedKernel::FlashVarlen
+    } else {
+        PackedKernel::Masked
+    }
 }
 
 impl CausalLm {
@@ -846,6 +888,18 @@ impl CausalLm {
         Self::attention_mask(inputs)
     }
 
+    /// Packed rows' boundaries where this model's device and dtype take per-sample flash
+    /// attention (`flash_varlen_applies`); None sends them through the mask.
+    pub fn varlen_for<'a>(&self, inputs: &Inputs<'a>) -> Option<&'a Varlen> {
+        let varlen = inputs.varlen?;
+        let capability = match self.device {
+            Device::Cuda(ordinal) => crate::exec::cuda::compute_capability(ordinal),
+            _ => None,
+        };
+        let kernel = flash_varlen_applies(self.device, capability, self.compute_kind, self.arch.head_dim as i64);
+        (kernel == PackedKernel::FlashVarlen && self.position_offset() == 0).then_some(varlen)
+    }
+
     /// Causal within each segment id. A negative id `-s` is segment `s`'s token that no query sees
     /// as a key (transformers' `attention_mask` 0 inside a row: the pad between concatenated
     /// pretraining texts); the token itself still attends to its segment's earlier keys.
@@ -878,6 +932,22 @@ impl CausalLm {
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
         mask: Option<&Tensor>,
+        train: bool,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
+        self.layer_forward_packed(layer, x, cos_sin, mask, None, train, cache)
+    }
+
+    /// `layer_forward_cached` with packed rows' boundaries (`varlen`, given where the device
+    /// takes per-sample flash attention: `CausalLm::varlen_for`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward_packed(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        varlen: Option<&Varlen>,
         train: bool,
         cache: Option<&mut LayerCache>,
     ) -> Tensor {
@@ -934,7 +1004,10 @@ impl CausalLm {
         });
         let mask = mask.or(offset_mask.as_ref());
         let causal = mask.is_none() && s == t;
-        let attn = attend(&q, &k, &v, mask, causal);
+        let attn = match varlen {
+            Some(varlen) if mask.is_some() && s == t => attend_varlen(&q, &k, &v, varlen),
+            _ => attend(&q, &k, &v, mask, causal),
+        };
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let bottleneck = layer.bottleneck.as_ref().filter(|_| on);
         let attn = at.o_proj.forward(&attn, train, on);
@@ -973,11 +1046,12 @@ impl CausalLm {
         let (mut x, positions) = self.embed_inputs(inputs);
         let cos_sin = self.rope.cos_sin(&positions);
         let mask = self.mask_for(inputs);
+        let varlen = self.varlen_for(inputs);
         let mut prefix = self.prefix_cache(x.size()[0]);
         for (i, layer) in self.layers.iter().enumerate() {
             self.with_shard(|s| s.gather(i));
             let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
-            x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), train, slot);
+            x = self.layer_forward_packed(layer, &x, &cos_sin, mask.as_ref(), varlen, train, slot);
             self.with_shard(|s| s.release(i));
         }
         super::gemma::final_norm(self, &x)
@@ -1004,7 +1078,7 @@ impl CausalLm {
             if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
                 *cache = prefix;
             }
-            self.embed_inputs(&Inputs { input_ids, position_ids: &positions, segment_ids: None })
+            self.embed_inputs(&Inputs { input_ids, position_ids: &positions, segment_ids: None, varlen: None })
         } else {
             (self.embed(input_ids), positions + self.position_offset())
         };
@@ -1041,7 +1115,7 @@ impl CausalLm {
             if let Some(prefix) = self.prefix_cache(input_ids.size()[0]) {
                 *cache = prefix;
             }
-            self.embed_inputs(&Inputs { input_ids, position_ids: positions, segment_ids: None })
+            self.embed_inputs(&Inputs { input_ids, position_ids: positions, segment_ids: None, varlen: None })
         } else {
             (self.embed(input_ids), positions + n)
         };
@@ -1110,6 +1184,7 @@ impl CausalLm {
         let (embedded, positions) = self.embed_inputs(inputs);
         let cos_sin = self.rope.cos_sin(&positions);
         let mask = self.mask_for(inputs);
+        let varlen = self.varlen_for(inputs);
         let mut prefix = self.prefix_cache(embedded.size()[0]);
         if !checkpointing {
             let mut x = embedded;
@@ -1117,7 +1192,7 @@ impl CausalLm {
                 self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
-                x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
+                x = self.layer_forward_packed(layer, &x, &cos_sin, mask.as_ref(), varlen, true, slot);
             }
             let hidden = super::gemma::final_norm(self, &x);
             return TrainForward { hidden, checkpointed: None };
@@ -1131,20 +1206,21 @@ impl CausalLm {
                 self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
-                x = self.layer_forward_cached(layer, &x, &cos_sin, mask.as_ref(), true, slot);
+                x = self.layer_forward_packed(layer, &x, &cos_sin, mask.as_ref(), varlen, true, slot);
                 self.with_shard(|s| s.forward_done(i));
             }
         });
         let top = x.detach().set_requires_grad(true);
         let hidden = super::gemma::final_norm(self, &top);
-        TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask }) }
+        let varlen = varlen.map(Varlen::shallow_clone);
+        TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask, varlen }) }
     }
 
     /// After the objective's `backward()` from `forward.hidden`: with gradient checkpointing, the
     /// backward pass through the decoder layers, recomputing each (nothing to do otherwise).
     pub fn finish_backward(&self, forward: TrainForward, layer_seed: &dyn Fn(usize)) {
         let root = self.root_unit();
-        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask }) = forward.checkpointed else {
+        let Some(Checkpointed { mut saved, top, embedded, cos_sin, mask, varlen }) = forward.checkpointed else {
             // The whole graph went back in one pass: every unit's gradients are complete.
             for unit in (0..=root).rev() {
                 self.with_shard(|s| s.backward_done(unit));
@@ -1161,7 +1237,7 @@ impl CausalLm {
             // for each layer, so each layer's backward pass reaches the trained tensors once.
             let mut prefix = self.prefix_cache(input.size()[0]);
             let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
-            let out = self.layer_forward_cached(layer, &input, &cos_sin, mask.as_ref(), true, slot);
+            let out = self.layer_forward_packed(layer, &input, &cos_sin, mask.as_ref(), varlen.as_ref(), true, slot);
             self.probe_memory();
             // The vector-Jacobian product through this layer: d(sum(out · g))/d(·) = gᵀ ∂out/∂(·),
             // plus this layer's share of the load-balancing loss (a mixture of experts asking for it).
@@ -1528,6 +1604,23 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal:
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None::<f64>, nh != nkv)
 }
 
+/// Causal attention of each packed sample over itself through flash attention's varlen form:
+/// q [B, nh, T, d], k and v [B, nkv, T, d] are flattened to B·T tokens and cut at `varlen`'s
+/// boundaries; the result has q's shape, as `attend` gives it.
+pub fn attend_varlen(q: &Tensor, k: &Tensor, v: &Tensor, varlen: &Varlen) -> Tensor {
+    let (b, nh, t, d) = q.size4().expect("q is [B, heads, T, head_dim]");
+    let flat = |x: &Tensor| x.transpose(1, 2).reshape([b * t, x.size()[1], d]);
+    let out = crate::exec::torch_ops::flash_attention_varlen(
+        &flat(q),
+        &flat(k),
+        &flat(v),
+        &varlen.cu_seqlens,
+        varlen.max_seqlen,
+    )
+    .unwrap_or_else(|e| panic!("flash attention (varlen): {e}"));
+    out.view([b, t, nh, d]).transpose(1, 2)
+}
+
 /// transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
@@ -1542,6 +1635,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn packed_rows_take_flash_varlen_only_where_the_device_has_it() {
+        use PackedKernel::*;
+        let cuda = Device::Cuda(0);
+        assert_eq!(flash_varlen_applies(cuda, Some((9, 0)), Kind::BFloat16, 128), FlashVarlen);
+        assert_eq!(flash_varlen_applies(cuda, Some((8, 0)), Kind::Half, 256), FlashVarlen);
+        assert_eq!(flash_varlen_applies(cuda, Some((8, 6)), Kind::BFloat16, 8), FlashVarlen);
+        // Turing and older, unknown capability, fp32, too wide or odd heads, the CPU: the mask.
+        assert_eq!(flash_varlen_applies(cuda, Some((7, 5)), Kind::Half, 128), Masked);
+        assert_eq!(flash_varlen_applies(cuda, None, Kind::BFloat16, 128), Masked);
+        assert_eq!(flash_varlen_applies(cuda, Some((9, 0)), Kind::Float, 128), Masked);
+        assert_eq!(flash_varlen_applies(cuda, Some((9, 0)), Kind::BFloat16, 512), Masked);
+        assert_eq!(flash_varlen_applies(cuda, Some((9, 0)), Kind::BFloat16, 100), Masked);
+        assert_eq!(flash_varlen_applies(Device::Cpu, Some((9, 0)), Kind::BFloat16, 128), Masked);
+    }
+
+    #[test]
+    fn flash_varlen_equals_the_masked_path_on_cuda() {
+        // The op exists in every libtorch but runs on CUDA only: on the CPU the shim hands back
+        // libtorch's refusal.
+        let q = Tensor::zeros([6, 2, 8], (Kind::BFloat16, Device::Cpu));
+        let cu = Tensor::from_slice(&[0i32, 4, 6]);
+        assert!(crate::exec::torch_ops::flash_attention_varlen(&q, &q, &q, &cu, 4).is_err());
+        let device = Device::cuda_if_available();
+        let capability = crate::exec::cuda::compute_capability(0);
+        if flash_varlen_applies(device, capability, Kind::BFloat16, 64) != PackedKernel::FlashVarlen {
+            eprintln!("skipped: flash varlen against the masked path needs a CUDA device of compute capability 8.0+");
+            return;
+        }
+        // Two rows of 16: samples of 5, 7 and 4 tokens, then 10 and 6 (padding as its own), GQA 8 over 2.
+        tch::manual_seed(3);
+        let seg: Vec<i64> = [vec![1; 5], vec![2; 7], vec![3; 4], vec![1; 10], vec![0; 6]].concat();
+        let segments = Tensor::from_slice(&seg).view([2, 16]).to_device(device);
+        let inputs =
+            Inputs { input_ids: &segments, position_ids: &segments, segment_ids: Some(&segments), varlen: None };
+        let mask = CausalLm::attention_mask(&inputs).unwrap();
+        let varlen =
+            Varlen { cu_seqlens: Tensor::from_slice(&[0i32, 5, 12, 16, 26, 32]).to_device(device), max_seqlen: 10 };
+        let make = |heads| Tensor::randn([2, heads, 16, 64], (Kind::BFloat16, device)).set_requires_grad(true);
+        let (q, k, v) = (make(8), make(2), make(2));
+        let masked = attend(&q, &k, &v, Some(&mask), false);
+        let flash = attend_varlen(&q, &k, &v, &varlen);
+        let diff = (masked.to_kind(Kind::Float) - flash.to_kind(Kind::Float)).abs().max().double_value(&[]);
+        let grads = |out: &Tensor| {
+            let loss = (out.to_kind(Kind::Float) * out.to_kind(Kind::Float)).sum(Kind::Float);
+            Tensor::run_backward(&[loss], &[&q, &k, &v], false, false)
+        };
+        let (gm, gf) = (grads(&masked), grads(&flash));
+        let gdiff = gm
+            .iter()
+            .zip(&gf)
+            .map(|(a, b)| (a - b).abs().max().to_kind(Kind::Float).double_value(&[]))
+            .fold(0.0, f64::max);
+        eprintln!("flash varlen vs masked SDPA (bf16): output {diff:e}, gradients {gdiff:e}");
+        assert!(diff < 2e-2 && gdiff < 5e-2, "output {diff:e}, gradients {gdiff:e}");
+    }
+
+    #[test]
     fn expanded_key_value_heads_give_grouped_query_attention_under_a_mask() {
         // 8 query heads over 2 key/value heads, two packed samples of 3 and 4 tokens.
         tch::manual_seed(3);
@@ -1553,7 +1703,8 @@ mod tests {
         );
         let seg = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1, 1]).unsqueeze(0).expand([2, 7], false);
         let position_ids = Tensor::zeros([2, 7], (Kind::Int64, Device::Cpu));
-        let inputs = Inputs { input_ids: &position_ids, position_ids: &position_ids, segment_ids: Some(&seg) };
+        let inputs =
+            Inputs { input_ids: &position_ids, position_ids: &position_ids, segment_ids: Some(&seg), varlen: None };
         let mask = CausalLm::attention_mask(&inputs).unwrap();
         let expanded = attend(&q, &k, &v, Some(&mask), false);
         let grouped = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, true);

@@ -53,11 +53,13 @@ impl Rope {
     /// cos and sin for `positions` [B, T] (or [1, T]): each [B, 1, T, rotary dims], fp32 (Gemma 3:
     /// [B, 1, T, 2·head_dim], the global table then the local one).
     pub fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let inv_freq = match &self.long {
-            // One set for the whole pass, picked by its largest position (a host sync, LongRoPE only).
-            Some((long, original)) if positions.max().int64_value(&[]) + 1 > *original => long,
-            _ => &self.inv_freq,
-        };
+        // LongRoPE: one set for the whole pass, picked by its largest position, on the device (a
+        // select, not a host read).
+        let picked = self.long.as_ref().map(|(long, original)| {
+            let past = positions.max().gt(*original - 1);
+            long.where_self(&past, &self.inv_freq)
+        });
+        let inv_freq = picked.as_ref().unwrap_or(&self.inv_freq);
         let table = |inv_freq: &Tensor| {
             let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
             Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1)

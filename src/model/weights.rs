@@ -282,7 +282,8 @@ pub fn save_deferred(path: &Path, tensors: Vec<Deferred>) -> Result<(), String> 
         f.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
         f.write_all(&text).map_err(io)?;
         for d in &tensors {
-            let t = (d.make)().to_device(Device::Cpu).contiguous();
+            // Counted: on a GPU each tensor's copy waits for the device.
+            let t = crate::exec::host_sync::to_host_for_writing(&(d.make)());
             if t.size() != d.shape || t.kind() != d.kind {
                 return Err(format!(
                     "tensor `{}`: made as {:?} {:?}, announced as {:?} {:?}",

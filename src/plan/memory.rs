@@ -18,9 +18,11 @@
 //! - autocast copies (full fine-tuning in 16 bits): c·T, the 16-bit weights autocast keeps during
 //!   the forward pass.
 //! - activations per decoder layer and token, in elements: 4h (layer input, norm outputs,
-//!   residual), plus 3q (queries, rotated queries, attention output), plus 3kv (keys, values,
-//!   rotated keys), plus 2q with packed rows and grouped-query heads (keys and values expanded to
-//!   every query head for the memory-efficient kernel, which takes the packing mask), plus 4i
+//!   residual), plus 2q + 2kv (rotated queries and attention output; rotated keys and values:
+//!   the unrotated ones are not kept, rotation multiplies by constant tables), or 4q with packed
+//!   rows and grouped-query heads (keys and values expanded to every query head for the
+//!   memory-efficient kernel, which takes the packing mask, in place of the grouped ones), plus
+//!   q + kv with per-head q/k norms (their inputs), plus 4i
 //!   (gate, up, SiLU(gate), product), plus r per adapted module (with DoRA also 2·out: the base
 //!   and LoRA terms its magnitude rescales, kept for the magnitude's gradient); attention through
 //!   scaled_dot_product_attention keeps no s×s matrix; Gemma 2's eager attention (soft-capped
@@ -30,7 +32,8 @@
 //!   which go through every layer and the head like real ones. Prefix tuning's N keys and values
 //!   add 2·kv·N per row and layer, plus (grouped-query heads) the keys and values expanded to the
 //!   query heads over s + N positions, 2q each, for the masked attention kernel.
-//! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient. Supervised
+//! - logits and loss: b·s·V·(c + 4 + 4): the logits, their fp32 copy and its gradient (fp32
+//!   compute: b·s·V·(4 + 4), the logits being fp32 already). Supervised
 //!   training computes the head and the cross-entropy in chunks of n = 2^24 / V tokens
 //!   (plan/training.rs, `LossPlan`) when b·s is larger: n·V·4 for one chunk's fp32 logits (their
 //!   gradient is computed in their storage), plus n·V·c for the head's output when c < 4, plus the
@@ -39,8 +42,10 @@
 //!   reference pass (adapters off, no gradients) adds one layer's activations and its logits.
 //! - reward models: b counts both sequences of each pair; the score head's one value per token
 //!   replaces the logits (b·s·(c + 4 + 4)).
-//! - dequantization buffer (quantized bases): the largest linear weight in c bytes, twice (the
-//!   forward and the recomputation in backward).
+//! - dequantized weights (quantized bases): each matmul's weight dequantized to c bytes, which
+//!   autograd keeps for the input's gradient until the layer's backward pass: a layer's linears
+//!   times L without gradient checkpointing, times one with it (bitsandbytes' MatMul4Bit
+//!   dequantizes again in its backward instead).
 //! - gathered units (parameters sharded): the largest unit in c bytes, twice (current + prefetch).
 //! - allowance: 1 GiB for the CUDA context, cuBLAS workspace and kernels, plus 5% of the rest for
 //!   the caching allocator's fragmentation.
@@ -304,9 +309,14 @@ fn breakdown(
     // DoRA keeps two [tokens, out] tensors per adapted module for the magnitude's gradient: the base
     // term and the LoRA term it rescales (model/linear.rs `Dora::forward`).
     let dora_per_layer = if adapter.dora { 2 * adapted.iter().map(|l| l.out_features).sum::<u64>() } else { 0 };
-    // Packed rows with grouped-query heads: keys and values expanded to the query heads for the
-    // memory-efficient kernel (model/llama.rs `attend`), kept for the backward pass.
-    let expanded_kv = if super::training::attention_plan(c, arch).expands_kv() { 2 * q } else { 0 };
+    // What attention keeps for the backward pass: the rotated queries and keys, the values and the
+    // output (rotary embedding multiplies by constant tables, so the unrotated q and k are not
+    // kept); with packed rows and grouped-query heads, the keys and values expanded to the query
+    // heads for the memory-efficient kernel (model/llama.rs `attend`) instead of the grouped ones.
+    // Per-head q/k norms (Qwen3, OLMo 2, Gemma 3) keep their inputs too.
+    let expands = super::training::attention_plan(c, arch).expands_kv();
+    let expanded_kv = if expands { 2 * q } else { 0 };
+    let attention = 2 * q + if expands { 2 * q } else { 2 * kv } + if arch.qk_norm { q + kv } else { 0 };
     // Bottleneck adapters keep each adapter's input, down projection (before and after the activation)
     // and output (plan/bottleneck.rs).
     let bottleneck_per_layer = adapter.bottleneck.as_ref().map_or(0, |b| b.activations_per_token(arch));
@@ -318,7 +328,7 @@ fn breakdown(
         .moe
         .as_ref()
         .map_or(4 * i, |m| m.experts_per_token * (4 * m.expert_intermediate_size + 2 * h) + 2 * m.num_experts);
-    let per_token_layer = 4 * h + 3 * q + 3 * kv + expanded_kv + feed_forward + adapters_per_layer;
+    let per_token_layer = 4 * h + attention + feed_forward + adapters_per_layer;
     let layers = arch.num_layers;
     // Prefix tuning: each layer keeps each row's N prefix keys and values, and its attention takes an
     // explicit mask, so grouped-query keys and values are expanded to the query heads (unless packing
@@ -379,11 +389,18 @@ fn breakdown(
                 arch.vocab_size
             ),
         );
-    } else {
+    } else if cb < 4 {
         push(
             "logits and loss",
             tokens * arch.vocab_size * (cb + 8),
             format!("{tokens} tokens × {} vocab × ({cb} + 4 + 4) bytes", arch.vocab_size),
+        );
+    } else {
+        // fp32 logits need no fp32 copy: the logits, then their log-probabilities.
+        push(
+            "logits and loss",
+            tokens * arch.vocab_size * 8,
+            format!("{tokens} tokens × {} vocab × (4 + 4) bytes", arch.vocab_size),
         );
     }
     let reference_pass = matches!(c.training.rl, Some(RlMethod::Dpo | RlMethod::Ipo | RlMethod::Kto))
@@ -405,8 +422,20 @@ fn breakdown(
         push("EWC Fisher and θ0 (fp32)", ewc, format!("2 × {} elements × 4 bytes", group(ewc / 8)));
     }
     if quant.quantized_parameters > 0 {
-        let largest = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).max().unwrap_or(0);
-        push("dequantization buffer", 2 * largest * cb, format!("2 × {} × {cb} bytes", group(largest)));
+        // Each matmul takes its weight dequantized (model/linear.rs), and autograd keeps that weight
+        // for the input's gradient until the layer's backward pass: every layer's without
+        // checkpointing, the recomputed layer's with it.
+        let per_layer: u64 = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).sum();
+        let kept_layers = if checkpointing { 1 } else { layers };
+        push(
+            "dequantized weights",
+            kept_layers * per_layer * cb,
+            format!(
+                "{} × {} × {cb} bytes, kept for the backward pass",
+                if checkpointing { "one layer".to_string() } else { format!("{layers} layers") },
+                group(per_layer)
+            ),
+        );
     }
     if strategy.shards_parameters() {
         // Gathered as stored: quantized weights stay quantized.

@@ -217,14 +217,16 @@ impl AttentionPlan {
                 }
             ),
             AttentionPlan::MemoryEfficient { heads, kv_heads } if heads != kv_heads => format!(
-                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on \
-                 CUDA, key/value heads expanded from {kv_heads} to {heads} (no kernel but math takes a mask with \
-                 grouped heads)"
+                "packed rows: flash attention per sample (varlen, {heads} query heads over {kv_heads} key/value \
+                 heads as they are) on CUDA with compute capability 8.0+ in bf16/fp16 and head size ≤ 256; else \
+                 scaled_dot_product_attention with the block-diagonal mask: memory-efficient kernel on CUDA, \
+                 key/value heads expanded from {kv_heads} to {heads} (no kernel but math takes a mask with grouped \
+                 heads; the memory estimate counts this fallback)"
             ),
-            AttentionPlan::MemoryEfficient { .. } => {
-                "scaled_dot_product_attention with packed rows' block-diagonal mask: memory-efficient kernel on CUDA"
-                    .into()
-            }
+            AttentionPlan::MemoryEfficient { .. } => "packed rows: flash attention per sample (varlen) on CUDA with \
+                 compute capability 8.0+ in bf16/fp16 and head size ≤ 256; else scaled_dot_product_attention with \
+                 the block-diagonal mask: memory-efficient kernel on CUDA"
+                .into(),
             AttentionPlan::Eager { heads, kv_heads } => format!(
                 "eager attention (soft-capped scores, which no SDPA kernel computes): every head's scores \
                  are materialised and kept for the backward pass{}",

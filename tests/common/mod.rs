@@ -79,7 +79,7 @@ pub fn assert_matches_parity_golden(
     use tch::Kind;
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let t = ids.size()[1];
-    let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: positions, segment_ids: None, varlen: None };
 
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = (&logits - &g["logits"]).abs().max().double_value(&[]);
