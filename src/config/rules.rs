@@ -285,7 +285,8 @@ impl Rules<'_> {
         let Some(qat) = &c.quantization.qat else { return };
         let fp8 = |d: Option<QatDtype>| matches!(d, Some(Float8E4m3fn | Fp8 | Float8));
         let (act, weight) = (qat.activation_dtype, qat.weight_dtype);
-        let pair = format!("activation_dtype {} / weight_dtype {}", act.map_or("unset", QatDtype::as_str), weight.as_str());
+        let pair =
+            format!("activation_dtype {} / weight_dtype {}", act.map_or("unset", QatDtype::as_str), weight.as_str());
         match (act, weight) {
             (Some(Int8), Int4) => {}
             // Axolotl's get_quantization_config raises for these: torchao has no QAT for them.
@@ -333,6 +334,16 @@ impl Rules<'_> {
                 "use activation_dtype: int8 with weight_dtype: int4",
             ),
         }
+        if qat.fake_quant_after_n_steps == Some(0) {
+            self.error(
+                "qat-after-zero-steps",
+                "`qat.fake_quant_after_n_steps: 0`: Axolotl's QATCallback switches fake quantization off at step 0 \
+                 and on only at step N, so 0 would train without it"
+                    .into(),
+                &["qat.fake_quant_after_n_steps"],
+                "remove the key to fake-quantize from the first step",
+            );
+        }
         if qat.quantize_embedding {
             self.error(
                 "unsupported-qat-quantize-embedding",
@@ -346,7 +357,9 @@ impl Rules<'_> {
             if on {
                 self.error(
                     "qat-quantized-base",
-                    format!("`qat` and `{key}` cannot be used together (as in Axolotl): QAT trains full-precision weights"),
+                    format!(
+                        "`qat` and `{key}` cannot be used together (as in Axolotl): QAT trains full-precision weights"
+                    ),
                     &["qat", key],
                     "remove one of them",
                 );

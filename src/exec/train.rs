@@ -258,6 +258,10 @@ impl<E: Example> Loop<'_, E> {
         let first_step = state.global_step;
         for step in first_step..s.total {
             let reads_before = super::host_sync::count();
+            // Axolotl's QATCallback: no fake quantization before fake_quant_after_n_steps.
+            if let Some(q) = &plan.qat {
+                self.model.set_fake_quant(step >= q.from_step);
+            }
             if let Some(sharder) = self.sharder {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();

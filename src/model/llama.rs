@@ -642,6 +642,13 @@ impl CausalLm {
         Ok(())
     }
 
+    /// Switches every layer's fake quantization on or off (they share one flag).
+    pub fn set_fake_quant(&self, on: bool) {
+        if let Some(fq) = &self.lm_head.qat {
+            fq.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn adapters_on(&self) -> bool {
         self.adapters_enabled.get()
     }
