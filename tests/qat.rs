@@ -84,3 +84,120 @@ fn switched_off_layer_is_the_plain_linear() {
         assert_identical(&format!("{case} out"), &lin.forward(&g["x"], false, true), &g["out"], REF);
     }
 }
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A full fine-tune of stories260k in `dir`, with `extra` lines appended.
+fn write_recipe(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "base_model: {model}\n\
+         datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
+         val_set_size: 0.1\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\n\
+         learning_rate: 2.0e-3\nlr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 1\nseed: 7\n\
+         max_steps: 8\neval_steps: 8\noutput_dir: {out}\n{extra}",
+        model = root().join("models/stories260k").display(),
+        data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(path: &std::path::Path) -> (String, Vec<(u64, f64)>, Vec<f64>) {
+    let out = common::recipe_command().arg("run").arg(path).args(["--device", "cpu"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let records = common::metrics_records(path.parent().unwrap());
+    let losses = records.iter().filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("loss")?.as_f64()?))).collect();
+    let evals = records.iter().filter_map(|r| r.get("eval_loss")?.as_f64()).collect();
+    (stdout, losses, evals)
+}
+
+const QAT: &str =
+    "qat:\n  activation_dtype: int8\n  weight_dtype: int4\n  group_size: 4\n  fake_quant_after_n_steps: 3\n";
+
+/// `recipe run` with `qat` on stories260k: the plan says what is fake-quantized and from which
+/// step; the first three steps (before `fake_quant_after_n_steps`) are the plain full fine-tune's
+/// to the bit, the later ones differ (the forward sees the int8 / int4 grids) and still learn;
+/// the saved weights are full precision (off the int4 grid), as Axolotl saves them.
+#[test]
+fn a_qat_run_switches_fake_quantization_on_at_its_step_and_saves_full_precision() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (_, plain, _) = run(&write_recipe(plain_dir.path(), ""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), QAT);
+    let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let (_, losses, evals) = run(&path);
+    assert!(
+        stdout.contains(
+            "qat        fake-quantized training of 36 linear layers (7 per layer × 5 + lm_head), from step 3"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("int4, per group of 4 input features"), "{stdout}");
+    assert!(stdout.contains("saved: full-precision weights"), "{stdout}");
+    assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(losses[..3], plain[..3], "before fake_quant_after_n_steps the run is the plain one");
+    for (q, p) in losses[3..].iter().zip(&plain[3..]) {
+        assert!(q.1.is_finite() && q.1 != p.1, "step {}: qat {} plain {}", q.0, q.1, p.1);
+    }
+    assert!(evals.len() == 2 && evals[1] < evals[0], "validation loss should drop: {evals:?}");
+    println!("losses qat {losses:?}\nlosses plain {plain:?}\neval {evals:?}");
+    let saved: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("out/model.safetensors")).unwrap().into_iter().collect();
+    let w = &saved["model.layers.0.self_attn.q_proj.weight"];
+    assert_eq!(w.kind(), tch::Kind::Float);
+    // A row on the int4 grid has at most 16 values per group of 4 × 16 groups; full precision
+    // has one per element.
+    let distinct = w.get(0).unique_dim(0, false, false, false).0.size()[0];
+    assert_eq!(distinct, 64, "saved weights are full precision");
+}
+
+fn validate(extra: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), extra);
+    let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn qat_values_recipe_does_not_build_are_refused_by_name() {
+    let cases = [
+        ("qat:\n  activation_dtype: nvfp4\n  weight_dtype: nvfp4\n  group_size: 16\n", "unsupported-qat-nvfp4"),
+        ("qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\n  group_size: 32\n", "unsupported-qat-mxfp4"),
+        ("qat:\n  activation_dtype: fp8\n  weight_dtype: int4\n", "unsupported-qat-float8"),
+        ("qat:\n  weight_dtype: int4\n", "unsupported-qat-weight-only"),
+        (
+            "qat:\n  activation_dtype: int8\n  weight_dtype: int4\n  quantize_embedding: true\n",
+            "unsupported-qat-quantize-embedding",
+        ),
+        ("qat:\n  activation_dtype: int8\n  weight_dtype: int4\nadapter: lora\n", "unsupported-qat-with-adapter"),
+        ("qat:\n  weight_dtype: int8\n", "qat-dtypes"),
+        (
+            "qat:\n  activation_dtype: int8\n  weight_dtype: int4\n  fake_quant_after_n_steps: 0\n",
+            "qat-after-zero-steps",
+        ),
+        ("qat:\n  activation_dtype: int8\n  weight_dtype: int4\n  grup_size: 4\n", "group_size"),
+    ];
+    for (extra, expected) in cases {
+        let out = validate(extra);
+        assert!(out.contains(expected), "{extra}\n{out}");
+        assert!(out.contains("recipe.yaml:"), "the place is named:\n{out}");
+    }
+    let ok = validate(QAT);
+    assert!(ok.contains("0 invalid, 0 errors"), "{ok}");
+}
+
+#[test]
+fn a_group_size_that_does_not_divide_a_layer_is_refused_by_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "qat:\n  activation_dtype: int8\n  weight_dtype: int4\n");
+    let out = common::recipe_command().arg("plan").arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(text.contains("qat.group_size 32 does not divide mlp.down_proj's 172 input features"), "{text}");
+}
