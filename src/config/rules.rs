@@ -308,7 +308,10 @@ impl Rules<'_> {
             ),
             (_, Mxfp4) | (Some(Mxfp4), _) => self.error(
                 "unsupported-qat-mxfp4",
-                format!("`qat`: {pair} (torchao's MX fake quantization) is not built"),
+                format!(
+                    "`qat`: {pair} is not built: torchao's MXFakeQuantizedLinear (E8M0 block scales, RCEIL \
+                     rounding, a dequantized matmul, no bias gradient) is not ported yet"
+                ),
                 &["qat.weight_dtype", "qat.activation_dtype"],
                 "use activation_dtype: int8 with weight_dtype: int4",
             ),
@@ -371,14 +374,6 @@ impl Rules<'_> {
                 format!("`qat` with `adapter: {}` is not built: QAT here is a full fine-tune", kind.as_str()),
                 &["qat", "adapter"],
                 "remove the adapter",
-            );
-        }
-        if c.distributed.shards() {
-            self.error(
-                "unsupported-qat-sharded",
-                "`qat` under sharded training (fsdp / DeepSpeed ZeRO) is not built yet".into(),
-                &["qat"],
-                "train with data parallelism (no fsdp / deepspeed)",
             );
         }
     }
