@@ -260,7 +260,7 @@ fn target_parameters_lora_matches_peft() {
         let (ids, labels) = (&g["input_ids"], &g["labels"]);
         let t = ids.size()[1];
         let pos = positions(ids);
-        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+        let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
         for checkpointing in [false, true] {
             let model = common::load_peft_folder(&dir, Kind::Float);
             let params = model.trainable_params();
@@ -326,7 +326,7 @@ fn target_parameters_merge_into_the_per_expert_weights() {
     let plain = CausalLm::load(&arch, &Checkpoint::open(out.path()).unwrap(), &opts).unwrap();
     let ids = &g["input_ids"];
     let pos = positions(ids);
-    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
     let d = diff(&tch::no_grad(|| plain.logits(&inputs)), &g["logits"]);
     eprintln!("merged mixtral_router_experts: logits {d:e}");
     assert!(d < 1e-4, "merged logits differ by {d:e}");
@@ -445,7 +445,7 @@ fn qlora_quantizes_attention_only_and_matches_peft() {
     let (ids, labels) = (&g["input_ids"], &g["labels"]);
     let t = ids.size()[1];
     let pos = positions(ids);
-    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None };
+    let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
     let logits = tch::no_grad(|| model.logits(&inputs));
     let d = diff(&logits, &g["logits"]);
     let counted = labels.narrow(1, 1, t - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
@@ -574,7 +574,7 @@ fn recipe_run_trains_lora_on_router_and_experts() {
     let logits_of = |dir: &std::path::Path| {
         let loaded = recipe::exec::load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
         let pos = positions(&ids);
-        tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: None }))
+        tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: None, varlen: None }))
     };
     let adapted = logits_of(&out);
     let merged_dir = check.join("merged_moe");

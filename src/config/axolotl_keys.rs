@@ -39,7 +39,7 @@
 //!   `lora_out_dir`, `collator_pad_to_longest`, `log_sweep_*`, `debug`, ...)
 //!   and `examples/` (`eval_table_max_new_tokens`).
 //!
-//! Nested sections (`trl`, `vllm`, `peft`, `qat`, `quantization`, `ebft`,
+//! Nested sections (`trl`, `vllm`, `peft`, `quantization`, `ebft`,
 //! `dynamic_checkpoint`) are listed by their top-level name only.
 //!
 //! # Inert values
@@ -288,7 +288,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "profiler_steps_start", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOr("0"), alternative: None },
     AxolotlKey { name: "push_dataset_to_hub", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "push_to_hub_model_id", kind: AxolotlKeyKind::Integration, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "qat", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "qlora_sharded_model_loading", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "quantization", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "quantize_moe_experts", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("leave it out: with `load_in_4bit` recipe quantizes a mixture of experts as transformers + bitsandbytes do (attention in NF4, router and experts in the compute dtype); Axolotl's NF4 parametrization of the 3-D experts is not built") },
@@ -539,6 +538,7 @@ mod tests {
         "trust_remote_code",
         "load_in_8bit",
         "load_in_4bit",
+        "qat",
         "bnb_4bit_quant_type",
         "bnb_4bit_use_double_quant",
         "bnb_4bit_compute_dtype",

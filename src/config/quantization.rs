@@ -22,6 +22,75 @@ pub struct QuantizationConfig {
     /// The dtype 4-bit weights are dequantized to for each matmul (float32 on CPU).
     #[serde(default)]
     pub bnb_4bit_compute_dtype: ComputeDtype,
+    /// Quantization-aware training (Axolotl's `qat`, torchao's fake quantizers): every linear
+    /// layer, the output head included, trains on its input and weight rounded to the target
+    /// grid in the forward pass, with the gradient straight through the rounding. The saved model
+    /// keeps full-precision weights, to be quantized afterwards with the same settings. Needs a
+    /// full fine-tune (no adapter, no load_in_4bit / load_in_8bit).
+    #[serde(default)]
+    pub qat: Option<QatConfig>,
+}
+
+/// Axolotl's `qat` block (axolotl/utils/schemas/quantization.py, `QATConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QatConfig {
+    /// The grid activations are fake-quantized to: `int8` (per token, asymmetric). Unset: the
+    /// weights alone. recipe builds `int8` with `weight_dtype: int4`.
+    #[serde(default)]
+    pub activation_dtype: Option<QatDtype>,
+    /// The grid weights are fake-quantized to: `int4` (per group of `group_size` input features,
+    /// 16 levels between the group's min and max). Axolotl's default is `int8`.
+    #[serde(default = "default_weight_dtype")]
+    pub weight_dtype: QatDtype,
+    /// Fake-quantize the token embedding too (Axolotl: weights only).
+    #[serde(default)]
+    pub quantize_embedding: bool,
+    /// Input features per weight quantization group; must divide every layer's input width.
+    #[serde(default = "default_group_size")]
+    #[schemars(range(min = 1))]
+    pub group_size: Option<u32>,
+    /// Train the first N optimizer steps without fake quantization, then switch it on
+    /// (Axolotl's QATCallback, at global step N). Unset: fake-quantized from the first step.
+    #[serde(default)]
+    pub fake_quant_after_n_steps: Option<u64>,
+}
+
+fn default_weight_dtype() -> QatDtype {
+    QatDtype::Int8
+}
+
+fn default_group_size() -> Option<u32> {
+    Some(32)
+}
+
+/// torchao's quantized dtypes as Axolotl names them (`TorchAOQuantDType`; `fp8` and `float8`
+/// are its spellings of `float8_e4m3fn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QatDtype {
+    Int4,
+    Int8,
+    #[serde(rename = "float8_e4m3fn")]
+    Float8E4m3fn,
+    Fp8,
+    Float8,
+    Nvfp4,
+    Mxfp4,
+}
+
+impl QatDtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QatDtype::Int4 => "int4",
+            QatDtype::Int8 => "int8",
+            QatDtype::Float8E4m3fn => "float8_e4m3fn",
+            QatDtype::Fp8 => "fp8",
+            QatDtype::Float8 => "float8",
+            QatDtype::Nvfp4 => "nvfp4",
+            QatDtype::Mxfp4 => "mxfp4",
+        }
+    }
 }
 
 impl Default for QuantizationConfig {

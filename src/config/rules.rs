@@ -24,6 +24,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.quantization(config);
     out.adapter_keys(config);
     out.unfrozen_parameters(config);
+    out.qat(config);
     out.exclusive_pairs(config);
     out.pretraining(config);
     out.batch_size(config);
@@ -349,6 +350,108 @@ impl Rules<'_> {
                 &["unfrozen_parameters"],
                 "train the selection with data parallelism (no fsdp / deepspeed), or shard a full fine-tune of every \
                  parameter",
+            );
+        }
+    }
+
+    /// `qat`: the dtype pairs Axolotl accepts, of which recipe builds int8 activations over int4
+    /// weights; the others are refused by name, with the reason. Axolotl itself refuses QAT over a
+    /// quantized base; recipe also refuses it with an adapter (peft would wrap the fake-quantized
+    /// layers) and under sharding, neither of which it builds.
+    fn qat(&mut self, c: &Config) {
+        use super::quantization::QatDtype::{self, *};
+        let Some(qat) = &c.quantization.qat else { return };
+        let fp8 = |d: Option<QatDtype>| matches!(d, Some(Float8E4m3fn | Fp8 | Float8));
+        let (act, weight) = (qat.activation_dtype, qat.weight_dtype);
+        let pair =
+            format!("activation_dtype {} / weight_dtype {}", act.map_or("unset", QatDtype::as_str), weight.as_str());
+        match (act, weight) {
+            (Some(Int8), Int4) => {}
+            // Axolotl's get_quantization_config raises for these: torchao has no QAT for them.
+            (None | Some(Int8), Int8) | (Some(Int4), Int4) => self.error(
+                "qat-dtypes",
+                format!("`qat`: {pair} has no quantization-aware training in torchao (Axolotl refuses it too)"),
+                &["qat.weight_dtype", "qat.activation_dtype"],
+                "use activation_dtype: int8 with weight_dtype: int4",
+            ),
+            (_, Nvfp4) | (Some(Nvfp4), _) => self.error(
+                "unsupported-qat-nvfp4",
+                format!(
+                    "`qat`: {pair} is not built: torchao's NVFP4FakeQuantizedLinear runs its forward pass as a \
+                     real NVFP4 matmul (Blackwell GPUs only, no CPU reference to hold recipe to), and torchao \
+                     0.18 rejects the QATConfig(NVFP4WeightOnlyConfig()) Axolotl builds for it"
+                ),
+                &["qat.weight_dtype", "qat.activation_dtype"],
+                "use activation_dtype: int8 with weight_dtype: int4",
+            ),
+            (_, Mxfp4) | (Some(Mxfp4), _) => self.error(
+                "unsupported-qat-mxfp4",
+                format!(
+                    "`qat`: {pair} is not built: torchao's MXFakeQuantizedLinear (E8M0 block scales, RCEIL \
+                     rounding, a dequantized matmul, no bias gradient) is not ported yet"
+                ),
+                &["qat.weight_dtype", "qat.activation_dtype"],
+                "use activation_dtype: int8 with weight_dtype: int4",
+            ),
+            (a, w) if fp8(a) || fp8(Some(w)) => self.error(
+                "unsupported-qat-float8",
+                format!("`qat`: {pair}: float8 fake quantization is not built"),
+                &["qat.weight_dtype", "qat.activation_dtype"],
+                "use activation_dtype: int8 with weight_dtype: int4",
+            ),
+            (None, Int4) => self.error(
+                "unsupported-qat-weight-only",
+                format!(
+                    "`qat`: {pair} is not built: torchao's weight-only int4 QAT rounds each weight row through \
+                     float8 before its int4 groups"
+                ),
+                &["qat.activation_dtype", "qat.weight_dtype"],
+                "add activation_dtype: int8",
+            ),
+            _ => self.error(
+                "qat-dtypes",
+                format!("`qat`: {pair} is not a combination Axolotl builds"),
+                &["qat.weight_dtype", "qat.activation_dtype"],
+                "use activation_dtype: int8 with weight_dtype: int4",
+            ),
+        }
+        if qat.fake_quant_after_n_steps == Some(0) {
+            self.error(
+                "qat-after-zero-steps",
+                "`qat.fake_quant_after_n_steps: 0`: Axolotl's QATCallback switches fake quantization off at step 0 \
+                 and on only at step N, so 0 would train without it"
+                    .into(),
+                &["qat.fake_quant_after_n_steps"],
+                "remove the key to fake-quantize from the first step",
+            );
+        }
+        if qat.quantize_embedding {
+            self.error(
+                "unsupported-qat-quantize-embedding",
+                "`qat.quantize_embedding: true` (fake-quantized token embeddings) is not built".into(),
+                &["qat.quantize_embedding"],
+                "remove it: the linear layers and the output head are fake-quantized without it",
+            );
+        }
+        for key in ["load_in_4bit", "load_in_8bit"] {
+            let on = if key == "load_in_4bit" { c.quantization.load_in_4bit } else { c.quantization.load_in_8bit };
+            if on {
+                self.error(
+                    "qat-quantized-base",
+                    format!(
+                        "`qat` and `{key}` cannot be used together (as in Axolotl): QAT trains full-precision weights"
+                    ),
+                    &["qat", key],
+                    "remove one of them",
+                );
+            }
+        }
+        if let Some(kind) = c.adapter.adapter {
+            self.error(
+                "unsupported-qat-with-adapter",
+                format!("`qat` with `adapter: {}` is not built: QAT here is a full fine-tune", kind.as_str()),
+                &["qat", "adapter"],
+                "remove the adapter",
             );
         }
     }

@@ -622,6 +622,14 @@ fn set_up<E>(
              is not built yet, so set sequence_len to at most {window}"
         ));
     }
+    if let Some(q) = &plan.qat {
+        let fq = crate::model::qat::FakeQuant {
+            group_size: q.group_size as i64,
+            int8_activations: true,
+            enabled: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(q.from_step == 0)),
+        };
+        model.enable_qat(&fq)?;
+    }
     if let Some(dir) = &plan.adapter.init_from {
         continue_adapter(&model, Path::new(dir))?;
     }

@@ -286,6 +286,10 @@ impl<E: Example> Loop<'_, E> {
         for step in first_step..s.total {
             let reads_before = super::host_sync::count();
             let written_before = super::host_sync::written();
+            // Axolotl's QATCallback: no fake quantization before fake_quant_after_n_steps.
+            if let Some(q) = &plan.qat {
+                self.model.set_fake_quant(step >= q.from_step);
+            }
             if let Some(sharder) = self.sharder {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();

@@ -79,6 +79,8 @@ pub struct Linear {
     /// (exec/ewc.rs): its gradient is the gradient with respect to the base weight, which a frozen
     /// or quantized base does not have itself.
     pub probe: std::cell::RefCell<Option<Tensor>>,
+    /// Quantization-aware training's fake quantizers (`qat`), applied while they are enabled.
+    pub qat: Option<super::qat::FakeQuant>,
 }
 
 /// A trainable adapter on a frozen linear layer.
@@ -279,6 +281,9 @@ impl Linear {
     /// `CausalLm::without_adapters`, as peft's `disable_adapter`).
     pub fn forward(&self, x: &Tensor, train: bool, adapters: bool) -> Tensor {
         let kind = x.kind();
+        if let Some(fq) = self.qat.as_ref().filter(|fq| fq.on()) {
+            return self.fake_quantized_forward(fq, x);
+        }
         let base = self.base_weight(kind);
         // Not in place: the base may be the stored weight itself.
         let weight = match self.probe.borrow().as_ref() {
@@ -295,6 +300,19 @@ impl Linear {
             Some(adapter) if adapters => adapter.forward(self, x, y, train),
             _ => y,
         }
+    }
+
+    /// torchao's `FakeQuantizedLinear.forward`: the fake-quantized input times the weight
+    /// fake-quantized in its stored dtype, then cast to the compute dtype (as autocast casts
+    /// F.linear's operands). QAT runs on a dense base without an adapter (config rules).
+    fn fake_quantized_forward(&self, fq: &super::qat::FakeQuant, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let weight = match self.probe.borrow().as_ref() {
+            Some(probe) => &self.weight + probe.to_kind(self.weight.kind()),
+            None => self.weight.shallow_clone(),
+        };
+        let weight = fq.weight(&weight).to_kind(kind);
+        fq.activation(x).linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)))
     }
 
     /// W + scaling · B A (DoRA: rescaled per row by m / ||W + scaling · B A||), the weight with the

@@ -419,7 +419,7 @@ impl CausalLm {
                     }
                 };
                 let bias = if bias { Some(get(&format!("{name}.bias"), &[fan_out])?) } else { None };
-                Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default() })
+                Ok(Linear { name, weight, quantized, bias, adapter: None, probe: Default::default(), qat: None })
             };
         let linear = |name: String, fan_in: i64, fan_out: i64, bias: bool| linear_of(name, fan_in, fan_out, bias, true);
         let unquantized =
@@ -533,6 +533,7 @@ impl CausalLm {
             bias: None,
             adapter: None,
             probe: Default::default(),
+            qat: None,
         };
         let mut model = CausalLm {
             arch: arch.clone(),
@@ -713,6 +714,30 @@ impl CausalLm {
     }
 
     /// Whether adapters (and modules_to_save copies) take part in forward passes now.
+    /// Quantization-aware training: every linear layer of the decoder and the output head gets
+    /// `fq` (torchao's `quantize_` swaps every `nn.Linear` of the model, `lm_head` included; a
+    /// tied head shares the embedding's weight, which itself stays unquantized as Axolotl's
+    /// default `quantize_embedding: false` leaves it).
+    pub fn enable_qat(&mut self, fq: &super::qat::FakeQuant) -> Result<(), String> {
+        if self.layers.iter().any(|l| matches!(l.mlp, FeedForward::Sparse(_))) {
+            // transformers' experts are fused 3-D parameters, not nn.Linear: torchao leaves them
+            // unquantized, which recipe's per-expert layers do not reproduce yet.
+            return Err("unsupported-qat-moe: quantization-aware training of a mixture of experts is not built".into());
+        }
+        for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
+            lin.qat = Some(fq.clone());
+        }
+        self.lm_head.qat = Some(fq.clone());
+        Ok(())
+    }
+
+    /// Switches every layer's fake quantization on or off (they share one flag).
+    pub fn set_fake_quant(&self, on: bool) {
+        if let Some(fq) = &self.lm_head.qat {
+            fq.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn adapters_on(&self) -> bool {
         self.adapters_enabled.get()
     }

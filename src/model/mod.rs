@@ -15,6 +15,7 @@ pub mod moe;
 pub mod nf4;
 pub mod olmo2;
 pub mod prefix;
+pub mod qat;
 pub mod rope;
 pub mod serving;
 pub mod weights;

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod model;
 pub mod moe;
 pub mod precision;
+pub mod qat;
 pub mod quantize;
 pub mod schedule;
 pub mod shard;
@@ -34,6 +35,9 @@ pub struct Plan {
     pub recipe: String,
     pub model: model::ModelPlan,
     pub quantization: quantize::QuantizationPlan,
+    /// Quantization-aware training (`qat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qat: Option<qat::QatPlan>,
     pub adapter: adapter::AdapterPlan,
     pub chat_template: Option<data::TemplatePlan>,
     pub datasets: Vec<data::DatasetPlan>,
@@ -104,6 +108,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     // A relative lora_model_dir is read from the recipe's folder, as other local paths are.
     adapter.init_from = adapter.init_from.map(|dir| at.base_dir("lora_model_dir").join(dir).display().to_string());
     let quantization = quantize::plan(config, arch);
+    let qat = qat::plan(config, arch).map_err(|e| format!("{e} ({})", at.origin("qat")))?;
     let precision = precision::resolve(config, &|key| at.entry(key).is_some());
     let memory =
         memory::estimate(config, arch, precision.compute, options.world_size, options.nodes, options.gpu_memory)?;
@@ -131,6 +136,7 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
         settings: settings(config, &at),
         ignored_axolotl_keys: loaded.ignored_keys.clone(),
         quantization,
+        qat,
         adapter,
         layout,
         memory,
@@ -303,6 +309,23 @@ pub fn render_text(plan: &Plan) -> String {
         let per_module: Vec<String> =
             q.quantized_modules.iter().map(|m| format!("{} {}", m.name, bytes(m.bytes))).collect();
         let _ = writeln!(o, "           per layer: {}", per_module.join(", "));
+    }
+    if let Some(q) = &plan.qat {
+        let from = match q.from_step {
+            0 => "from the first step".to_string(),
+            n => format!("from step {n} (fake_quant_after_n_steps; steps 0..{n} train unquantized)"),
+        };
+        let per_layer = q.modules.len() as u64 - 1;
+        let _ = writeln!(
+            o,
+            "qat        fake-quantized training of {} linear layers ({per_layer} per layer × {} + lm_head), {from}",
+            per_layer * q.num_layers + 1,
+            q.num_layers
+        );
+        let _ = writeln!(o, "           modules {}", q.modules.join(", "));
+        let _ = writeln!(o, "           activations {}", q.activations);
+        let _ = writeln!(o, "           weights {}; gradients straight through the rounding", q.weights);
+        let _ = writeln!(o, "           saved: {}", q.saved);
     }
     let ad = &plan.adapter;
     match ad.method {
