@@ -859,6 +859,49 @@ fn sharded_eight_bit_adamw_repeats_data_parallelism_bit_for_bit() {
     assert_same_weights(two.path(), again.path(), 1e-5);
 }
 
+/// SGD and Lion update elementwise, so sharded training updates chunks: shard_grad_op repeats data
+/// parallelism bit for bit (the same reductions; no clipping, whose norm sums the chunks in another
+/// order), its checkpointed state too, and resumes from it on two ranks to the same losses.
+#[test]
+fn sharded_sgd_and_lion_repeat_data_parallelism_bit_for_bit() {
+    for optimizer in ["sgd", "lion_32bit"] {
+        let extra = format!("max_steps: 4\nsave_steps: 2\nmax_grad_norm: 0.0\noptimizer: {optimizer}\n");
+        let ddp = tempfile::tempdir().unwrap();
+        let path = write_recipe(ddp.path(), "full", &extra);
+        check_ok(recipe().arg("run").arg(&path).args(["--device", "cpu", "--nproc-per-node", "2"]).output().unwrap());
+        let (sharded, stdout) = two_sharded_ranks("full", &extra, "shard_grad_op");
+        assert!(stdout.contains(&format!("optimizer  {optimizer}: ")), "{stdout}");
+        assert_same_losses(&step_losses(ddp.path()), &step_losses(sharded.path()), 0.0, optimizer);
+        assert_same_weights(ddp.path(), sharded.path(), 0.0);
+        let state = |dir: &Path| {
+            let mut all = Tensor::read_safetensors(dir.join("out/checkpoint-2/optimizer.safetensors")).unwrap();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        let (a, b) = (state(ddp.path()), state(sharded.path()));
+        assert_eq!(a.len(), b.len(), "{optimizer}");
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert_eq!(name, other);
+            assert!(x.equal(y), "{optimizer}: {name} differs");
+        }
+        let want: Vec<(u64, f64)> = step_losses(sharded.path()).into_iter().filter(|(s, _)| *s > 2).collect();
+        let again = tempfile::tempdir().unwrap();
+        let path = write_recipe(again.path(), "full", &format!("{extra}fsdp: [shard_grad_op, auto_wrap]\n"));
+        let stdout = check_ok(
+            recipe()
+                .arg("run")
+                .arg(&path)
+                .args(["--device", "cpu", "--nproc-per-node", "2", "--set"])
+                .arg(format!("resume_from_checkpoint={}", sharded.path().join("out/checkpoint-2").display()))
+                .output()
+                .unwrap(),
+        );
+        assert!(stdout.contains("resumed    from"), "{stdout}");
+        assert_same_losses(&want, &step_losses(again.path()), 0.0, &format!("{optimizer} resumed"));
+        assert_same_weights(sharded.path(), again.path(), 0.0);
+    }
+}
+
 /// SHARDED_STATE_DICT checkpoints of 8-bit AdamW: each rank writes its chunks' codes and block
 /// scales; a resume assembles them, on two ranks and on one.
 #[test]
