@@ -29,6 +29,7 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("wandb_log_model", "only false / absent validate: model artifacts are refused by name"),
     ("model_config", "read by ModelConfig::config_overrides (config/model.rs), which the plan calls"),
     ("overrides_of_model_config", "read by ModelConfig::config_overrides (config/model.rs), which the plan calls"),
+    ("streaming", "true only beside pretraining_dataset (rules.rs), which is always streamed; `datasets` never are"),
 ];
 
 fn sources(dir: &Path, out: &mut String) {

@@ -152,6 +152,10 @@ pub struct PretrainingDataset {
     /// Texts skipped at the start of the stream.
     #[serde(default)]
     pub skip: Option<u64>,
+    /// An SFT dataset's text field, which Axolotl's stream does not read (it reads `text_column`):
+    /// refused by name.
+    #[serde(default)]
+    pub field: Option<String>,
 }
 
 impl PretrainingDataset {
@@ -165,6 +169,7 @@ impl PretrainingDataset {
             trust_remote_code: false,
             data_files: None,
             skip: None,
+            field: None,
         }
     }
 }

@@ -783,6 +783,14 @@ impl Rules<'_> {
                 "use type: pretrain (or remove it)",
             );
         }
+        if entry.field.is_some() {
+            self.error(
+                "unsupported-pretraining-field",
+                "pretraining_dataset `field`: Axolotl's stream reads `text_column` and ignores `field`".into(),
+                &[&entry_key("field")],
+                "name the text's field with text_column",
+            );
+        }
         if entry.name.is_some() {
             self.error(
                 "unsupported-pretraining-name",

@@ -97,22 +97,31 @@ pub fn encode_chunk(texts: Vec<Vec<i64>>, max_tokens: usize, eos: i64, pad: i64,
     rows
 }
 
+/// The line boundaries of Python's `str.splitlines` besides `\n` and `\r\n` (which `lines()` takes).
+const PY_LINE_BREAKS: &[char] =
+    &['\r', '\u{0b}', '\u{0c}', '\u{1c}', '\u{1d}', '\u{1e}', '\u{85}', '\u{2028}', '\u{2029}'];
+
 /// Texts of the stream's files, a line at a time.
 struct TextReader {
     files: Vec<PathBuf>,
     text_column: String,
+    /// A text file's line split further at Python's other line boundaries.
+    pending: VecDeque<String>,
     next_file: usize,
     current: Option<(FileFormat, PathBuf, std::io::Lines<std::io::BufReader<std::fs::File>>, usize)>,
 }
 
 impl TextReader {
     fn new(files: Vec<PathBuf>, text_column: String) -> TextReader {
-        TextReader { files, text_column, next_file: 0, current: None }
+        TextReader { files, text_column, pending: VecDeque::new(), next_file: 0, current: None }
     }
 
     /// The next text; None at the end of the last file.
     fn next_text(&mut self) -> Result<Option<String>, String> {
         loop {
+            if let Some(text) = self.pending.pop_front() {
+                return Ok(Some(text));
+            }
             if self.current.is_none() {
                 let Some(path) = self.files.get(self.next_file).cloned() else { return Ok(None) };
                 self.next_file += 1;
@@ -128,8 +137,12 @@ impl TextReader {
             *number += 1;
             let line = line.map_err(|e| format!("{}:{number}: {e}", path.display()))?;
             match format {
-                // datasets' text builder: every line a text, empty lines too.
-                FileFormat::Text => return Ok(Some(line)),
+                // datasets' text builder: every line a text, empty lines too, split as Python's
+                // str.splitlines splits (a lone \r, \v, \f, \x1c-\x1e, \x85, U+2028/9 end lines too).
+                FileFormat::Text => {
+                    self.pending.extend(line.split(PY_LINE_BREAKS).map(str::to_owned));
+                    continue;
+                }
                 _ if line.trim().is_empty() => continue,
                 _ => {
                     let row: serde_json::Value = serde_json::from_str(&line)
@@ -319,6 +332,21 @@ mod tests {
         assert_eq!(rows[0].attention_mask, vec![1, 1, 1, 0, 0, 0, 0, 0]);
         assert_eq!(rows[1].input_ids, vec![1, 6, 7, 2, 0, 1, 2, 0]);
         assert_eq!(rows[1].attention_mask, vec![1, 1, 1, 1, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn text_files_split_lines_as_python_does() {
+        let dir = std::env::temp_dir().join(format!("recipe-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.txt");
+        std::fs::write(&path, "one\r\ntwo\rthree\u{2028}four\n\nlast").unwrap();
+        let mut r = TextReader::new(vec![path], "text".into());
+        let mut got = Vec::new();
+        while let Some(t) = r.next_text().unwrap() {
+            got.push(t);
+        }
+        assert_eq!(got, ["one", "two", "three", "four", "", "last"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
