@@ -38,7 +38,7 @@ fn layer(g: &HashMap<String, Tensor>, group_size: i64, on: bool) -> Linear {
         bias: Some(g["bias"].copy().set_requires_grad(true)),
         adapter: None,
         probe: Default::default(),
-        qat: Some(FakeQuant { group_size, int8_activations: true, enabled: Arc::new(AtomicBool::new(on)) }),
+        qat: Some(Box::new(FakeQuant { group_size, int8_activations: true, enabled: Arc::new(AtomicBool::new(on)) })),
     }
 }
 

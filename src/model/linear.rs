@@ -80,7 +80,7 @@ pub struct Linear {
     /// or quantized base does not have itself.
     pub probe: std::cell::RefCell<Option<Tensor>>,
     /// Quantization-aware training's fake quantizers (`qat`), applied while they are enabled.
-    pub qat: Option<super::qat::FakeQuant>,
+    pub qat: Option<Box<super::qat::FakeQuant>>,
 }
 
 /// A trainable adapter on a frozen linear layer.

@@ -725,9 +725,9 @@ impl CausalLm {
             return Err("unsupported-qat-moe: quantization-aware training of a mixture of experts is not built".into());
         }
         for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
-            lin.qat = Some(fq.clone());
+            lin.qat = Some(Box::new(fq.clone()));
         }
-        self.lm_head.qat = Some(fq.clone());
+        self.lm_head.qat = Some(Box::new(fq.clone()));
         Ok(())
     }
 
