@@ -79,20 +79,23 @@ impl SparseMoe {
             start += count;
             let (tokens, slots) = (positions.divide_scalar_mode(k, "floor"), positions.remainder(k));
             let current = x.index_select(0, &tokens);
-            let mut gate = expert.gate_proj.forward(&current, train, adapters);
-            let mut up = expert.up_proj.forward(&current, train, adapters);
-            if let Some(lora) = self.gate_up_lora.as_ref().filter(|_| adapters) {
+            let gate = expert.gate_proj.forward(&current, train, adapters);
+            let up = expert.up_proj.forward(&current, train, adapters);
+            let (gate, up) = match self.gate_up_lora.as_ref().filter(|_| adapters) {
                 // One update over the fused [gate; up] rows: the first I outputs are gate's.
-                let d = expert_delta(lora, e as i64, n, &current);
-                let i = gate.size()[1];
-                gate = gate + d.narrow(1, 0, i);
-                up = up + d.narrow(1, i, i);
-            }
+                Some(lora) => {
+                    let d = expert_delta(lora, e as i64, n, &current);
+                    let i = gate.size()[1];
+                    (gate + d.narrow(1, 0, i), up + d.narrow(1, i, i))
+                }
+                None => (gate, up),
+            };
             let act = gate.silu() * up;
-            let mut y = expert.down_proj.forward(&act, train, adapters);
-            if let Some(lora) = self.down_lora.as_ref().filter(|_| adapters) {
-                y = y + expert_delta(lora, e as i64, n, &act);
-            }
+            let y = expert.down_proj.forward(&act, train, adapters);
+            let y = match self.down_lora.as_ref().filter(|_| adapters) {
+                Some(lora) => y + expert_delta(lora, e as i64, n, &act),
+                None => y,
+            };
             let weight = top.index(&[Some(&tokens), Some(&slots)]).unsqueeze(-1);
             let y = (y.to_kind(Kind::Float) * weight).to_kind(out.kind());
             out = out.index_add(0, &tokens, &y);
