@@ -574,7 +574,9 @@ fn recipe_run_trains_lora_on_router_and_experts() {
     let logits_of = |dir: &std::path::Path| {
         let loaded = recipe::exec::load_trained(dir, None, Device::Cpu, None, Some(Kind::Float)).unwrap();
         let pos = positions(&ids);
-        tch::no_grad(|| loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: None, varlen: None }))
+        tch::no_grad(|| {
+            loaded.model.logits(&Inputs { input_ids: &ids, position_ids: &pos, segment_ids: None, varlen: None })
+        })
     };
     let adapted = logits_of(&out);
     let merged_dir = check.join("merged_moe");

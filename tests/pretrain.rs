@@ -134,8 +134,9 @@ fn a_concatenated_row_scores_as_transformers_scores_it() {
     let t = |v: &[i64]| Tensor::from_slice(v).view(shape);
     let (input_ids, labels, pos) = (t(&b.input_ids), t(&b.labels), t(&b.position_ids));
     let seg = b.segment_ids.as_deref().map(t);
-    let logits =
-        tch::no_grad(|| model.logits(&Inputs { input_ids: &input_ids, position_ids: &pos, segment_ids: seg.as_ref(), varlen: None }));
+    let logits = tch::no_grad(|| {
+        model.logits(&Inputs { input_ids: &input_ids, position_ids: &pos, segment_ids: seg.as_ref(), varlen: None })
+    });
     let n = b.len as i64;
     let loss = logits
         .narrow(1, 0, n - 1)
