@@ -196,6 +196,10 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
             "cosine-constant-without-floor",
         ),
         ("optimizer: ao_adamw_fp8\n", "unsupported-axolotl-value"),
+        // The LLM Compressor plugin's block, and Axolotl's streamed SFT data with its buffer size:
+        // each refused by name once.
+        ("llmcompressor:\n  save_compressed: true\n", "unsupported-axolotl-key"),
+        ("streaming: true\nstreaming_multipack_buffer_size: 100\n", "unsupported-streaming-datasets"),
     ] {
         let loaded = load_text(dir.path(), &base(extra));
         assert_eq!(rules(&loaded, true), [rule], "{extra}: {}", common::rendered(&loaded));

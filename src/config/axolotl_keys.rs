@@ -230,6 +230,7 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "lisa_n_layers", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "lisa_step_interval", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "llama4_linearized_experts", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
+    AxolotlKey { name: "llmcompressor", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "load_4bit", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("use `load_in_4bit` instead") },
     AxolotlKey { name: "load_best_model_at_end", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "local_rank", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },

@@ -670,7 +670,9 @@ impl Rules<'_> {
                 "streaming_multipack_buffer_size",
                 "pretrain_multipack_buffer_size",
             ] {
-                if self.key_span(key).is_some() {
+                // Beside `streaming: true` (refused above) the buffer sizes are Axolotl's SFT stream's.
+                let streamed_sft = d.streaming == Some(true) && key != "pretraining_sample_concatenation";
+                if self.key_span(key).is_some() && !streamed_sft {
                     self.error(
                         "pretraining-key-without-stream",
                         format!("`{key}` only acts on `pretraining_dataset`, which this recipe does not set"),
