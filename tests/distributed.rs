@@ -144,11 +144,23 @@ fn c10d_collectives_give_the_right_results_on_two_ranks() {
                 // Integer tensors too (the ranks' plan digests travel as int64).
                 let ints = group.all_gather(&Tensor::from_slice(&[rank as i64 * 1_000_000_007])).unwrap();
                 let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
-                (v(&sum), v(&max), v(&gathered), v(&scattered), v(&broadcast), Vec::<i64>::try_from(&ints).unwrap())
+                let values = (
+                    v(&sum),
+                    v(&max),
+                    v(&gathered),
+                    v(&scattered),
+                    v(&broadcast),
+                    Vec::<i64>::try_from(&ints).unwrap(),
+                );
+                (values, group)
             })
         })
         .collect();
-    let results: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+    let (results, mut groups): (Vec<_>, Vec<_>) = ranks.into_iter().map(|h| h.join().unwrap()).unzip();
+    // Both ranks live in this process: the groups are torn down only once neither has a collective in
+    // flight, the store's client (rank 1) before its server (rank 0), as separate processes end.
+    drop(groups.pop());
+    drop(groups.pop());
     for (rank, (sum, max, gathered, scattered, broadcast, ints)) in results.into_iter().enumerate() {
         assert_eq!(sum, vec![3.0, 30.0]);
         assert_eq!(max, vec![1.0, 0.0]);

@@ -60,10 +60,15 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
              liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\nliger_fused_linear_cross_entropy: true\n\
              attn_implementation: flash_attention_2\ngradient_checkpointing: true\n\
              gradient_checkpointing_kwargs:\n  use_reentrant: false\nremove_unused_columns: false\ntorch_compile: auto\n\
-             lora_mlp_kernel: true\nlora_qkv_kernel: true\nlora_o_kernel: false\n",
+             lora_mlp_kernel: true\nlora_qkv_kernel: true\nlora_o_kernel: false\n\
+             fused_attn_kernel: true\nflash_attn_fuse_mlp: true\ntorch_compile_mode: max-autotune\n\
+             flex_attn_compile_kwargs:\n  dynamic: false\n  mode: max-autotune-no-cudagraphs\n",
         ),
     );
     assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
+    // Axolotl refuses its fused MLP beside LoRA; recipe's LoRA layers compute the same: a warning.
+    assert!(rules(&loaded, false).contains(&"fused-mlp-with-lora"), "{}", common::rendered(&loaded));
+    assert!(!rules(&loaded, false).contains(&"compile-mode-without-compile"), "{}", common::rendered(&loaded));
     let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
     let text = recipe::plan::render_text(&plan);
     for request in [
@@ -81,6 +86,10 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
         "lora_mlp_kernel: true → recipe's LoRA layers for the gate/up/down projections and their SwiGLU",
         "lora_qkv_kernel: true → recipe's LoRA layers for the q/k/v projections",
         "lora_o_kernel: false → recipe's own LoRA layers, as asked",
+        "fused_attn_kernel: true → the q/k RMSNorm (in the families that have one) and the rotary embedding",
+        "flash_attn_fuse_mlp: true → the feed-forward block's gate/up projections and SwiGLU with libtorch ops",
+        "torch_compile_mode: max-autotune → no compilation",
+        "flex_attn_compile_kwargs: dynamic false, mode max-autotune-no-cudagraphs → no flex_attention to compile",
     ] {
         assert!(text.contains(request), "{request:?} not in the plan:\n{text}");
     }
@@ -91,6 +100,11 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
     );
     let text = recipe::plan::render_text(&recipe::plan::compile(&full, Default::default()).unwrap());
     assert!(text.contains("lora_mlp_kernel: true → no LoRA layers in this recipe: nothing to replace"), "{text}");
+    // A compile mode without compiling: Axolotl does not read it; said, as a warning.
+    let mode = load_text(dir.path(), &base("torch_compile_mode: reduce-overhead\n"));
+    assert!(rules(&mode, false).contains(&"compile-mode-without-compile"), "{}", common::rendered(&mode));
+    let unknown = load_text(dir.path(), &base("flex_attn_compile_kwargs:\n  backend: eager\n"));
+    assert!(unknown.has_errors(), "an unknown compile argument is an error");
     // Another algorithm than the one named: said, as a warning.
     let eager = load_text(dir.path(), &base("eager_attention: true\n"));
     let warning = eager.diagnostics.iter().find(|d| d.rule == "attention-kernel").expect("a warning");
@@ -283,6 +297,48 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         "{}",
         common::rendered(&loaded)
     );
+}
+
+/// `rl_beta` and `bfloat16`, Axolotl's names for recipe's `dpo_beta` (ORPO's `orpo_alpha`) and
+/// `bf16: true`: folded in, shown with their origin, and an error beside recipe's own spelling.
+#[test]
+fn axolotl_names_of_beta_and_bf16_are_folded_into_recipes_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let kto = std::fs::read_to_string(root.join("recipes/demo/stories260k-kto.yaml"))
+        .unwrap()
+        .replace("../../", &format!("{}/", root.display()));
+    let setting = |plan: &recipe::plan::Plan, key: &str| {
+        let s = plan.settings.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("{key} in the settings"));
+        (s.value.clone(), s.origin.clone())
+    };
+    let loaded = load_text(dir.path(), &kto.replace("dpo_beta: 0.1", "rl_beta: 0.5"));
+    assert!(rules(&loaded, true).is_empty(), "{}", common::rendered(&loaded));
+    let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
+    assert_eq!(plan.training.preference.as_ref().unwrap().beta, 0.5);
+    let (value, origin) = setting(&plan, "dpo_beta");
+    assert_eq!(value, serde_json::json!(0.5));
+    assert!(origin.starts_with("rl_beta (") && origin.contains("r.yaml"), "{origin}");
+    // Under ORPO, Axolotl hands rl_beta to TRL's ORPO beta: recipe's orpo_alpha.
+    let orpo = load_text(dir.path(), &kto.replace("dpo_beta: 0.1", "rl_beta: 0.3").replace("rl: kto", "rl: orpo"));
+    assert!(rules(&orpo, true).is_empty(), "{}", common::rendered(&orpo));
+    let plan = recipe::plan::compile(&orpo, Default::default()).unwrap();
+    assert_eq!(plan.training.preference.as_ref().unwrap().orpo_alpha, 0.3);
+    assert!(setting(&plan, "orpo_alpha").1.starts_with("rl_beta ("));
+    for (text, rule) in [
+        (kto.replace("dpo_beta: 0.1", "dpo_beta: 0.1\nrl_beta: 0.5"), "setting-written-twice"),
+        (base("rl_beta: 0.5\n"), "rl-key-without-method"),
+        (base("bfloat16: true\nbf16: false\n"), "precision-exclusive"),
+    ] {
+        let loaded = load_text(dir.path(), &text);
+        assert_eq!(rules(&loaded, true), [rule], "{}", common::rendered(&loaded));
+    }
+    // bfloat16: true is bf16: true.
+    let bf16 = load_text(dir.path(), &base("bfloat16: true\n"));
+    assert!(rules(&bf16, true).is_empty(), "{}", common::rendered(&bf16));
+    assert_eq!(bf16.config.as_ref().unwrap().training.bf16, recipe::config::training::Switch::On);
+    let plan = recipe::plan::compile(&bf16, Default::default()).unwrap();
+    assert!(setting(&plan, "bf16").1.starts_with("bfloat16 ("), "{:?}", setting(&plan, "bf16"));
 }
 
 #[test]

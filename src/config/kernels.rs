@@ -1,5 +1,6 @@
 //! Axolotl's performance settings that leave the math unchanged: the attention implementation,
-//! Liger and Cut Cross-Entropy kernels, `torch_compile`, reentrant checkpointing, column pruning.
+//! Liger and Cut Cross-Entropy kernels, fused LoRA / attention / MLP kernels, `torch_compile` and its
+//! arguments, reentrant checkpointing, column pruning.
 //! recipe accepts them so Axolotl's configs carry over, runs its own kernels for the same math,
 //! and the plan says, for each one written, what recipe does instead (plan/kernels.rs).
 
@@ -77,6 +78,21 @@ pub struct KernelConfig {
     /// without compiling.
     #[serde(default)]
     pub torch_compile: Option<Switch>,
+    /// torch.compile's mode when `torch_compile` is on; recipe does not compile, in any mode.
+    #[serde(default)]
+    pub torch_compile_mode: Option<CompileMode>,
+    /// Arguments Axolotl hands to torch.compile for flex_attention; recipe runs no flex_attention
+    /// and compiles nothing.
+    #[serde(default)]
+    pub flex_attn_compile_kwargs: Option<FlexCompileKwargs>,
+    /// Axolotl's fused RMSNorm + rotary Triton kernel for the q/k path of Qwen3-family attention;
+    /// recipe applies the q/k norms and the rotation with libtorch ops (the same math).
+    #[serde(default)]
+    pub fused_attn_kernel: Option<bool>,
+    /// xformers' fused SwiGLU for the feed-forward block (Axolotl: full fine-tuning only); recipe
+    /// computes gate/up projections and SwiGLU with libtorch ops (the same math).
+    #[serde(default)]
+    pub flash_attn_fuse_mlp: Option<bool>,
     /// Axolotl's fused LoRA autograd function and Triton activation kernel for the feed-forward
     /// block; recipe's LoRA layers compute the same x·Wᵀ + s·(x·Aᵀ)·Bᵀ with libtorch ops.
     #[serde(default)]
@@ -124,6 +140,42 @@ impl AttnImplementation {
             AttnImplementation::Xformers => "xformers",
         }
     }
+}
+
+/// torch.compile's modes (Axolotl's `torch_compile_mode` takes the first three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompileMode {
+    Default,
+    ReduceOverhead,
+    MaxAutotune,
+    MaxAutotuneNoCudagraphs,
+}
+
+impl CompileMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompileMode::Default => "default",
+            CompileMode::ReduceOverhead => "reduce-overhead",
+            CompileMode::MaxAutotune => "max-autotune",
+            CompileMode::MaxAutotuneNoCudagraphs => "max-autotune-no-cudagraphs",
+        }
+    }
+}
+
+/// `flex_attn_compile_kwargs`: torch.compile's arguments as Axolotl's configs write them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FlexCompileKwargs {
+    /// Compile for dynamic shapes.
+    #[serde(default)]
+    pub dynamic: Option<bool>,
+    /// The compile mode.
+    #[serde(default)]
+    pub mode: Option<CompileMode>,
+    /// Refuse graph breaks.
+    #[serde(default)]
+    pub fullgraph: Option<bool>,
 }
 
 /// `gradient_checkpointing_kwargs`: transformers' arguments to torch.utils.checkpoint.
@@ -183,6 +235,10 @@ mod tests {
         use AttnImplementation::*;
         for a in [Eager, Sdpa, FlashAttention2, FlashAttention3, FlexAttention, Xformers] {
             assert_eq!(serde_json::to_value(a).unwrap(), a.as_str(), "{a:?}");
+        }
+        use CompileMode::*;
+        for m in [Default, ReduceOverhead, MaxAutotune, MaxAutotuneNoCudagraphs] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str(), "{m:?}");
         }
     }
 }

@@ -824,6 +824,35 @@ impl Rules<'_> {
                 "keep one",
             );
         }
+        // Axolotl's spellings (folded in by the loader) beside recipe's own key.
+        let written = |this: &Self, key: &str| this.at.entry(key).is_some();
+        if t.rl_beta.is_some() {
+            let own = if t.rl == Some(super::training::RlMethod::Orpo) { "orpo_alpha" } else { "dpo_beta" };
+            if written(self, own) {
+                self.error(
+                    "setting-written-twice",
+                    format!("`rl_beta` (Axolotl's name) and `{own}` are one setting here, written twice"),
+                    &["rl_beta", own],
+                    "keep one",
+                );
+            }
+            if t.rl.is_none() {
+                self.error(
+                    "rl-key-without-method",
+                    "`rl_beta` is the beta of preference training; this recipe sets no `rl:`".into(),
+                    &["rl_beta"],
+                    "remove rl_beta, or set rl: dpo (or another method)",
+                );
+            }
+        }
+        if t.bfloat16 == Some(true) && written(self, "bf16") && t.bf16 == Switch::Off {
+            self.error(
+                "precision-exclusive",
+                "`bfloat16: true` turns bf16 on (as in Axolotl), and `bf16: false` turns it off".into(),
+                &["bfloat16", "bf16"],
+                "keep one: bf16: true (the same as bfloat16: true), or bf16: false and no bfloat16",
+            );
+        }
         if t.fp16 == Switch::On && t.bf16 == Switch::On {
             self.error(
                 "precision-exclusive",
@@ -1199,6 +1228,27 @@ impl Rules<'_> {
     /// recipe's author knows.
     fn kernels(&mut self, c: &Config) {
         use super::kernels::AttnImplementation;
+        if c.kernels.flash_attn_fuse_mlp == Some(true) && c.adapter.adapter.is_some_and(|a| a.is_lora()) {
+            self.warn(
+                "fused-mlp-with-lora",
+                "Axolotl refuses `flash_attn_fuse_mlp` with LoRA / QLoRA (its fused module has no LoRA path); \
+                 recipe computes the same feed-forward block with its LoRA layers"
+                    .into(),
+                &["flash_attn_fuse_mlp", "adapter"],
+                "remove flash_attn_fuse_mlp",
+            );
+        }
+        if c.kernels.torch_compile_mode.is_some() && !matches!(c.kernels.torch_compile, Some(Switch::On | Switch::Auto))
+        {
+            self.warn(
+                "compile-mode-without-compile",
+                "`torch_compile_mode` is read only with `torch_compile` on (Axolotl's rule); recipe compiles nothing \
+                 either way"
+                    .into(),
+                &["torch_compile_mode"],
+                "remove torch_compile_mode",
+            );
+        }
         if let Some((a @ (AttnImplementation::Eager | AttnImplementation::FlexAttention), key)) =
             c.kernels.attention_request()
         {

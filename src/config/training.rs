@@ -83,6 +83,10 @@ pub struct TrainingConfig {
     /// bfloat16 autocast on CUDA: true, false, or auto (on where the GPU supports it).
     #[serde(default = "Switch::auto")]
     pub bf16: Switch,
+    /// Axolotl's `bfloat16`: `true` is `bf16: true` (Axolotl's trainer turns bf16 on for either, and
+    /// loads the model in bfloat16); folded into `bf16`.
+    #[serde(default)]
+    pub bfloat16: Option<bool>,
     /// float16 autocast with loss scaling on CUDA.
     #[serde(default = "Switch::off")]
     pub fp16: Switch,
@@ -103,6 +107,11 @@ pub struct TrainingConfig {
     #[serde(default = "default_dpo_beta")]
     #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
     pub dpo_beta: f64,
+    /// Axolotl's name for the preference methods' beta (TRL's `beta`): folded into `dpo_beta`, or into
+    /// `orpo_alpha` under `rl: orpo` (Axolotl hands it to ORPO as its beta). Write one of the two.
+    #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 100.0))]
+    pub rl_beta: Option<f64>,
     /// Compute the reference model's log-probabilities of every pair once, before training, instead
     /// of a reference pass per step (TRL's name). Needed by a full fine-tune with `rl:` (the
     /// reference is the model before training); with an adapter it saves the per-step pass.

@@ -112,10 +112,54 @@ pub fn plan(c: &Config) -> Vec<KernelNote> {
         };
         note(format!("{key}: {on}"), &what);
     }
+    if let Some(on) = k.fused_attn_kernel {
+        note(
+            format!("fused_attn_kernel: {on}"),
+            if on {
+                "the q/k RMSNorm (in the families that have one) and the rotary embedding with libtorch ops (the \
+                 same math as Axolotl's fused RMSNorm + RoPE Triton kernel)"
+            } else {
+                "the q/k norms and rotary embedding with libtorch ops, as asked (no fused kernel)"
+            },
+        );
+    }
+    if let Some(on) = k.flash_attn_fuse_mlp {
+        note(
+            format!("flash_attn_fuse_mlp: {on}"),
+            if on {
+                "the feed-forward block's gate/up projections and SwiGLU with libtorch ops (the same math as \
+                 xformers' fused SwiGLU)"
+            } else {
+                "the feed-forward block with libtorch ops, as asked (no fused kernel)"
+            },
+        );
+    }
     if let Some(compile) = k.torch_compile {
         note(
             format!("torch_compile: {}", serde_json::to_value(compile).map(|v| v.to_string()).unwrap_or_default()),
             "libtorch's kernels without compilation (the same computation)",
+        );
+    }
+    if let Some(mode) = k.torch_compile_mode {
+        note(
+            format!("torch_compile_mode: {}", mode.as_str()),
+            "no compilation, so no compile mode: libtorch's kernels (the same computation)",
+        );
+    }
+    if let Some(kwargs) = &k.flex_attn_compile_kwargs {
+        let mut parts = Vec::new();
+        if let Some(d) = kwargs.dynamic {
+            parts.push(format!("dynamic {d}"));
+        }
+        if let Some(m) = kwargs.mode {
+            parts.push(format!("mode {}", m.as_str()));
+        }
+        if let Some(f) = kwargs.fullgraph {
+            parts.push(format!("fullgraph {f}"));
+        }
+        note(
+            format!("flex_attn_compile_kwargs: {}", if parts.is_empty() { "{}".into() } else { parts.join(", ") }),
+            &format!("no flex_attention to compile: {ATTENTION} (the same attention)"),
         );
     }
     notes

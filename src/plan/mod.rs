@@ -216,6 +216,18 @@ fn settings(c: &Config, at: &Locator) -> Vec<Setting> {
                 o if key == "gradient_accumulation_steps" && o == "default" && c.training.batch_size.is_some() => {
                     format!("batch_size / micro_batch_size ({})", at.origin("batch_size"))
                 }
+                // Axolotl's spellings, folded in by the loader (recipe/check.rs).
+                o if o == "default" && c.training.rl_beta.is_some() && (key == "dpo_beta" || key == "orpo_alpha") => {
+                    let folded = if c.training.rl == Some(crate::config::training::RlMethod::Orpo) {
+                        "orpo_alpha"
+                    } else {
+                        "dpo_beta"
+                    };
+                    if key == folded { format!("rl_beta ({})", at.origin("rl_beta")) } else { o }
+                }
+                o if key == "bf16" && o == "default" && c.training.bfloat16 == Some(true) => {
+                    format!("bfloat16 ({})", at.origin("bfloat16"))
+                }
                 o => o,
             };
             Setting { key: key.clone(), value: value.clone(), origin }

@@ -11,6 +11,7 @@ use super::diagnostic::{Diagnostic, did_you_mean, key_path};
 use super::source::{Sources, Span};
 use super::yaml::{Entry, Node, Value};
 use crate::config::axolotl_keys::{self, AxolotlKeyKind, Inert};
+use crate::config::training::{RlMethod, Switch};
 use crate::config::{Config, rules, schema};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value as Json;
@@ -70,6 +71,20 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
                 && at.entry("gradient_accumulation_steps").is_none()
             {
                 t.gradient_accumulation_steps = (batch / t.micro_batch_size).max(1);
+            }
+            // Axolotl's spellings of recipe's settings: `rl_beta` (ORPO's beta under rl: orpo) and
+            // `bfloat16: true`. Written beside recipe's own key, rules.rs names both.
+            if let Some(beta) = t.rl_beta {
+                if t.rl == Some(RlMethod::Orpo) {
+                    if at.entry("orpo_alpha").is_none() {
+                        t.orpo_alpha = Some(beta);
+                    }
+                } else if at.entry("dpo_beta").is_none() {
+                    t.dpo_beta = beta;
+                }
+            }
+            if t.bfloat16 == Some(true) && at.entry("bf16").is_none() {
+                t.bf16 = Switch::On;
             }
             diagnostics.extend(rules::check(config, &at, &[]));
         }
