@@ -148,3 +148,32 @@ fn devices_that_are_not_there_fail_with_a_message() {
     let recipe = recipe_for(dir.path(), &model, "adapter: lora\n");
     fails_cleanly(&[os("run"), recipe.as_os_str(), os("--device"), os("cuda:7")], "cuda:7");
 }
+
+/// `resize_token_embeddings_to_32x`: stories260k's 512 rows already cover its tokenizer rounded up
+/// to 32, so the run trains as without the key; two added tokens (514) would need 30 padding rows
+/// Axolotl draws at random: refused before anything is trained or written.
+#[test]
+fn resize_to_32x_trains_when_nothing_is_padded_and_refuses_random_padding_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = root().join("models/stories260k");
+    let path = recipe_for(dir.path(), &base, "adapter: lora\nresize_token_embeddings_to_32x: true\n");
+    let out = common::recipe_command().arg("plan").arg(&path).output().unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && plan.contains("resize_token_embeddings_to_32x: the run checks"), "{plan}");
+    let out = common::recipe_command()
+        .args([os("run"), path.as_os_str(), os("--device"), os("cpu"), os("--no-progress")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("512 embedding rows cover the tokenizer's 512 tokens"), "{text}");
+
+    let padded = dir.path().join("padded");
+    std::fs::create_dir_all(&padded).unwrap();
+    let path =
+        recipe_for(&padded, &base, "adapter: lora\nresize_token_embeddings_to_32x: true\ntokens: [\"<a>\", \"<b>\"]\n");
+    let args = [os("run"), path.as_os_str(), os("--device"), os("cpu"), os("--no-progress")];
+    fails_cleanly(&args, "would grow the embedding from 514 rows (the tokenizer's 514 tokens) to 544");
+    let out = padded.join("out-stories260k");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "nothing is written");
+}

@@ -19,6 +19,12 @@ pub struct ChatTemplateConfig {
     /// New tokens to add to the vocabulary; embeddings are resized and trained.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// Axolotl's `resize_token_embeddings_to_32x`: the embedding must cover the tokenizer's length
+    /// rounded up to a multiple of 32. Where its rows already do, nothing changes; rows it would
+    /// have to add beyond the tokenizer's tokens are refused at the run's start (Axolotl draws them
+    /// at random, and every row takes part in the softmax).
+    #[serde(default)]
+    pub resize_token_embeddings_to_32x: bool,
     /// The tokens that end a turn in `chat_template` datasets (e.g. `<|eot_id|>`, `<|im_end|>`),
     /// when they differ from the EOS token; each must be a single token. The first one after each
     /// turn is trained per the dataset's `train_on_eot`, and the EOS token per `train_on_eos`, as

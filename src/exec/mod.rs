@@ -584,7 +584,12 @@ fn set_up<E>(
     };
     let mut tok = Tokenizer::load(&tok_dir)?;
     let added = tok.add(&plan.data.special_tokens, &plan.data.added_tokens)?;
+    let resize_32x = match plan.data.resize_token_embeddings_to_32x {
+        true => Some(check_rows_cover_32x(plan.model.architecture.vocab_size, tok.vocab_size() as u64)?),
+        false => None,
+    };
     let mut data = load(plan, &tok, &tok_dir)?;
+    data.report.extend(resize_32x);
     let seq_len = plan.batch.sequence_len as usize;
 
     tch::manual_seed(plan.training.seed as i64);
@@ -1498,4 +1503,41 @@ pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
         checkpoint::copy_side_files(&base_dir, &base_dir, dir)
     })?;
     Ok(vec![out.join("model.safetensors"), out.join("config.json")])
+}
+
+/// Axolotl's `resize_token_embeddings_to_32x`: the embedding grows to len(tokenizer) rounded up to
+/// 32 where its rows fall short. Rows for the tokenizer's own added tokens recipe adds as always
+/// (exec: resize_vocab); padding rows past the tokenizer Axolotl draws at random (transformers'
+/// `_init_weights`, `mean_resizing_embeddings: false`), a draw recipe cannot repeat: refused.
+fn check_rows_cover_32x(rows: u64, tokenizer_len: u64) -> Result<String, String> {
+    let wanted = tokenizer_len.div_ceil(32) * 32;
+    let have = rows.max(tokenizer_len);
+    if have < wanted {
+        return Err(format!(
+            "`resize_token_embeddings_to_32x` would grow the embedding from {have} \
+             rows (the tokenizer's {tokenizer_len} tokens) to {wanted}; Axolotl draws those {} padding rows at random \
+             (mean_resizing_embeddings: false) and recipe cannot repeat the draw, so remove the key or add tokens \
+             up to a multiple of 32",
+            wanted - have
+        ));
+    }
+    Ok(format!(
+        "resize_token_embeddings_to_32x: {rows} embedding rows cover the tokenizer's {tokenizer_len} tokens rounded up \
+         to 32 ({wanted}): nothing to resize"
+    ))
+}
+
+#[cfg(test)]
+mod resize_tests {
+    #[test]
+    fn rows_covering_the_tokenizer_rounded_to_32_need_nothing() {
+        assert!(super::check_rows_cover_32x(512, 512).is_ok());
+        assert!(super::check_rows_cover_32x(32000, 32000).is_ok());
+        // Qwen: more rows than tokenizer tokens.
+        assert!(super::check_rows_cover_32x(151_936, 151_665).is_ok());
+        // Added tokens filling up to a multiple of 32: their rows are the run's, no padding.
+        assert!(super::check_rows_cover_32x(512, 544).is_ok());
+        let err = super::check_rows_cover_32x(512, 514).unwrap_err();
+        assert!(err.contains("2 rows") || err.contains("to 544"), "{err}");
+    }
 }

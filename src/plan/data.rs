@@ -111,6 +111,9 @@ pub struct DataOptions {
     pub special_tokens: crate::config::chat_template::SpecialTokens,
     /// Tokens added to the vocabulary; the model's embeddings grow to match.
     pub added_tokens: Vec<String>,
+    /// `resize_token_embeddings_to_32x`: the run checks the embedding covers len(tokenizer)
+    /// rounded up to 32 (exec/mod.rs).
+    pub resize_token_embeddings_to_32x: bool,
     /// End-of-turn tokens of chat datasets besides EOS (`eot_tokens`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eot_tokens: Option<Vec<String>>,
@@ -135,6 +138,7 @@ pub fn options(c: &Config) -> DataOptions {
         seed: c.training.seed,
         special_tokens: c.chat.special_tokens.clone(),
         added_tokens: c.chat.tokens.clone(),
+        resize_token_embeddings_to_32x: c.chat.resize_token_embeddings_to_32x,
         eot_tokens: c.chat.eot_tokens.clone(),
     }
 }

@@ -304,6 +304,15 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(o, "           {}", moe::describe(moe, a.num_layers));
     }
     let _ = writeln!(o, "           {} parameters", group(m.parameters.total));
+    if plan.data.resize_token_embeddings_to_32x {
+        let _ = writeln!(
+            o,
+            "           resize_token_embeddings_to_32x: the run checks that the {} embedding rows (more with added \
+             tokens) cover len(tokenizer) rounded up to 32, so there is nothing to resize; padding rows beyond the \
+             tokenizer, which Axolotl draws at random, are refused",
+            a.vocab_size
+        );
+    }
     let q = &plan.quantization;
     if q.scheme == quantize::QuantScheme::None {
         let _ = writeln!(o, "quantize   none");
