@@ -25,7 +25,7 @@
 //!
 //! `c + α·a` steps go through `fused_multiply_add`, as torch's `add_(a, alpha=α)` rounds on the CPU.
 
-use super::optimizer::{BLOCK, MIN_8BIT_SIZE, fused_multiply_add, load_into};
+use super::optimizer::{BLOCK, Hyper, MIN_8BIT_SIZE, fused_multiply_add, load_into};
 use crate::config::training::Optimizer;
 use crate::model::nf4::{self, BlockCode};
 use crate::model::weights::Checkpoint;
@@ -53,19 +53,6 @@ impl Rule {
             _ => None,
         }
     }
-}
-
-/// The hyperparameters of one step.
-#[derive(Debug, Clone, Copy)]
-pub struct Hyper {
-    pub lr: f64,
-    /// Optimizer steps taken, this one included.
-    pub step: u64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// The parameter's weight decay (0 outside the Trainer's decay group; Muon decays everything).
-    pub weight_decay: f64,
 }
 
 // Muon's constants (Axolotl's `Muon` defaults, which its factory does not override).

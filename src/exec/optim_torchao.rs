@@ -28,6 +28,7 @@
 //! a gradient in a step does not count it); recipe counts optimizer steps, the same count for
 //! every parameter that gets a gradient every step, as trainable parameters do.
 
+use super::optimizer::Hyper;
 use crate::model::nf4;
 use tch::{Device, Kind, Tensor};
 
@@ -218,18 +219,6 @@ impl Quantized {
         self.codes.copy_(&codes.to_kind(Kind::Uint8));
         self.scale.copy_(&scale);
     }
-}
-
-/// The hyperparameters of one step of one parameter.
-pub struct Hyper {
-    pub lr: f64,
-    /// The optimizer step, 1 on the first.
-    pub step: u64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// 0 for parameters outside the decay group.
-    pub weight_decay: f64,
 }
 
 /// `start.lerp(end, weight)` as torch decomposes it for Inductor, with the weight a Python float

@@ -54,6 +54,20 @@ struct Slot {
     decay: bool,
 }
 
+/// The hyperparameters of one step of one parameter, for the optimizers of optim_more.rs and
+/// optim_torchao.rs.
+#[derive(Debug, Clone, Copy)]
+pub struct Hyper {
+    pub lr: f64,
+    /// Optimizer steps taken, this one included (1 on the first).
+    pub step: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// The parameter's weight decay: 0 outside the Trainer's decay group (Muon decays everything).
+    pub weight_decay: f64,
+}
+
 /// Blocks of the 8-bit states and the smallest tensor that gets them (sharded training cuts
 /// such tensors at block boundaries, exec/shard.rs).
 pub const BLOCK: i64 = 256;
@@ -387,7 +401,7 @@ impl AdamW {
             for s in &mut self.params {
                 let grad = s.param.grad();
                 if let (true, Some(state)) = (grad.defined(), &mut s.more) {
-                    let hyper = optim_more::Hyper {
+                    let hyper = Hyper {
                         lr,
                         step: self.step,
                         beta1: self.beta1,
@@ -406,7 +420,7 @@ impl AdamW {
             return;
         }
         if self.torchao.is_some() {
-            let hyper = |decay: bool| optim_torchao::Hyper {
+            let hyper = |decay: bool| Hyper {
                 lr,
                 step: self.step,
                 beta1: self.beta1,
