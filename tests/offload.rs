@@ -78,6 +78,18 @@ fn both_spellings_validate_and_plan_activation_offloading() {
     }
 }
 
+/// Axolotl's `examples/qwen3/32b-qlora.yaml` (tests/fixtures/axolotl, verbatim) writes
+/// `gradient_checkpointing: offload`: it validates and plans with its 64 layer inputs in host memory.
+#[test]
+fn axolotls_qwen3_32b_qlora_example_plans_its_offloading() {
+    let loaded = recipe::recipe::load(Path::new("tests/fixtures/axolotl/qwen3-32b-qlora.yaml"), &[]);
+    assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
+    let plan = compile(&loaded, PlanOptions::default()).unwrap();
+    assert_eq!(plan.training.activation_offloading.map(|a| a.requested_by), Some("gradient_checkpointing: offload"));
+    // 64 layers × (1 row × 2048 tokens) × 5120 hidden × 2 bytes (bf16).
+    assert_eq!(plan.memory.host_bytes, 64 * 2048 * 5120 * 2);
+}
+
 /// The memory section of the plan for Llama-2-7B with LoRA (bf16, sequence 2048, 4 rows): with
 /// offloading the 32 layer inputs leave the per-GPU figure for the host figure.
 #[test]

@@ -738,8 +738,9 @@ pub fn render_text(plan: &Plan) -> String {
             o,
             "           activation offloading ({}): on a GPU each checkpointed layer input goes to pinned host \
              memory after the layer's forward pass (a non-blocking copy on the compute stream) and comes back \
-             before its recomputation; the loss and gradients are unchanged. No effect on CPU, the activations \
-             already live in host memory",
+             before its recomputation; the loss and gradients are unchanged (with an adapter Axolotl skips the \
+             recomputation and offloads every activation instead: the same math). No effect on CPU, the \
+             activations already live in host memory",
             a.requested_by
         );
     }
