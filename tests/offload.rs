@@ -129,6 +129,12 @@ fn run(dir: &Path, extra: &str) -> (Vec<(u64, f64)>, Vec<u8>) {
     let out =
         common::recipe_command().arg("run").arg(&path).args(["--device", "cpu", "--no-progress"]).output().unwrap();
     assert!(out.status.success(), "{extra}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.contains("no effect on CPU, the activations already live in host memory"),
+        extra.contains("offload"),
+        "{extra}: {stdout}"
+    );
     let losses = common::metrics_records(dir)
         .iter()
         .filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("loss")?.as_f64()?)))
