@@ -301,7 +301,9 @@ impl TrainForward {
 struct Checkpointed {
     saved: Vec<Tensor>,
     top: Tensor,
-    embedded: Tensor,
+    /// The embedding output with its graph, kept only when something below it trains (a trained
+    /// embedding, prompt tuning): the first layer's saved input is its detached copy.
+    embedded: Option<Tensor>,
     cos_sin: (Tensor, Tensor),
     mask: Option<Tensor>,
     varlen: Option<Varlen>,
@@ -1283,6 +1285,9 @@ impl CausalLm {
         let top = x.detach().set_requires_grad(true);
         let hidden = super::gemma::final_norm(self, &top);
         let varlen = varlen.map(Varlen::shallow_clone);
+        // Without a graph below the stack the embedding output is not kept (under offloading it would
+        // hold the first layer's input on the device).
+        let embedded = embedded.requires_grad().then_some(embedded);
         TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask, varlen }) }
     }
 
@@ -1322,7 +1327,7 @@ impl CausalLm {
             saved.pop();
             self.with_shard(|s| s.backward_done(i));
         }
-        if embedded.requires_grad() {
+        if let Some(embedded) = embedded {
             (embedded * &grad).sum(Kind::Float).backward();
         }
         self.with_shard(|s| s.backward_done(root));
