@@ -770,7 +770,6 @@ impl CausalLm {
         Ok(())
     }
 
-    /// Switches every layer's fake quantization on or off (they share one flag).
     /// Activation offloading under gradient checkpointing: on CUDA, each decoder layer's saved input
     /// goes to pinned host memory after the layer's forward pass and comes back before its
     /// recomputation. On CPU the saved inputs already live in host memory: nothing moves.
@@ -778,6 +777,7 @@ impl CausalLm {
         self.offload_activations.set(on);
     }
 
+    /// Switches every layer's fake quantization on or off (they share one flag).
     pub fn set_fake_quant(&self, on: bool) {
         if let Some(fq) = &self.lm_head.qat {
             fq.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
