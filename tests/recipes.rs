@@ -189,7 +189,10 @@ fn axolotl_spellings_are_read_as_axolotl_reads_them_or_refused_by_name() {
         ("save_strategy: steps\n", "save-strategy-mismatch"),
         ("save_strategy: no\nsave_steps: 5\n", "save-strategy-mismatch"),
         ("save_strategy: best\n", "unsupported-axolotl-value"),
-        ("gradient_checkpointing: offload\n", "unsupported-axolotl-value"),
+        ("gradient_checkpointing: offload_disk\n", "unsupported-axolotl-value"),
+        ("gradient_checkpointing: true\nactivation_offloading: disk\n", "unsupported-axolotl-value"),
+        ("activation_offloading: true\n", "activation-offloading-without-checkpointing"),
+        ("gradient_checkpointing: offload\nactivation_offloading: false\n", "activation-offloading-disagrees"),
         ("model_type: Gemma3ForConditionalGeneration\n", "unsupported-architecture"),
         ("optimizer: rmsprop\n", "unsupported-axolotl-value"),
         (

@@ -319,6 +319,17 @@ fn report(plan: &Plan, r: &exec::RunReport) {
             if r.cpu_peak_bytes.is_some() { " (on this CPU run host and device are one memory)" } else { "" }
         );
     }
+    if let Some(a) = &plan.training.activation_offloading {
+        println!(
+            "offload    activations ({}): {}",
+            a.requested_by,
+            if r.device == format!("{:?}", tch::Device::Cpu) {
+                "no effect on CPU, the activations already live in host memory"
+            } else {
+                "each checkpointed layer input in pinned host memory between its forward pass and its recomputation"
+            }
+        );
+    }
     // Perplexity belongs to language modelling; a preference loss is shown alone.
     let preference = plan.training.preference.is_some() || plan.training.reward.is_some();
     let fmt = |l: Option<f64>| match l {

@@ -84,8 +84,8 @@ pub struct AxolotlKey {
     pub name: &'static str,
     pub kind: AxolotlKeyKind,
     pub inert: Inert,
-    /// The nearest option recipe does support, as a short hint, e.g. Some("use `gradient_checkpointing` instead")
-    /// for activation_offloading. None where recipe runs nothing like it.
+    /// The nearest option recipe does support, as a short hint, e.g. Some("use `bf16` instead")
+    /// for bfloat16. None where recipe runs nothing like it.
     pub alternative: Option<&'static str>,
 }
 
@@ -93,7 +93,6 @@ pub struct AxolotlKey {
 #[rustfmt::skip]
 pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "accelerator_config", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "activation_offloading", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: Some("use `gradient_checkpointing` instead") },
     AxolotlKey { name: "adam_beta3", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "adam_epsilon2", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "added_tokens_overrides", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `special_tokens` / `tokens` instead") },
@@ -466,7 +465,10 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "MambaLMHeadModel",
         ],
     ),
-    ("gradient_checkpointing", "gradient-checkpointing mode", &["offload", "offload_disk"]),
+    ("gradient_checkpointing", "gradient-checkpointing mode", &["offload_disk"]),
+    // `legacy`: TRL's offloader without streams; `disk`: to files; `hidden_states`: reentrant
+    // checkpointing of the layer inputs (ALST). recipe builds `true`.
+    ("activation_offloading", "activation-offloading mode", &["legacy", "disk", "hidden_states"]),
     ("save_strategy", "checkpoint strategy", &["best"]),
     ("rl", "preference-training method", &["grpo", "gdpo", "ebft"]),
     ("adapter", "adapter", &["llama-adapter", "loha", "lokr", "vera", "oft", "boft", "lora-ga"]),
@@ -589,6 +591,7 @@ mod tests {
         "fp16",
         "tf32",
         "gradient_checkpointing",
+        "activation_offloading",
         "flash_attention",
         "loss_watchdog_threshold",
         "loss_watchdog_patience",

@@ -32,6 +32,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.chat_template(config);
     out.preference(config);
     out.kernels(config);
+    out.activation_offloading(config);
     out.forgetting(config);
     out.distributed(config);
     out.deepspeed(config);
@@ -92,6 +93,41 @@ impl Rules<'_> {
         }
         let d = self.involving(d, keys).help(help.to_string());
         self.out.push(d);
+    }
+
+    /// Activation offloading, as Axolotl's validators have it: `gradient_checkpointing: offload` is
+    /// checkpointing with `activation_offloading: true` (`check_gradient_checkpointing_w_offload`),
+    /// and offloading needs gradient checkpointing (`check_activation_offloading_wo_gc`).
+    fn activation_offloading(&mut self, c: &Config) {
+        use super::training::Checkpointing;
+        let t = &c.training;
+        if t.activation_offloading && !t.checkpointing() {
+            self.error(
+                "activation-offloading-without-checkpointing",
+                "activation_offloading requires gradient_checkpointing: it offloads the layer inputs that \
+                 checkpointing keeps"
+                    .into(),
+                &["activation_offloading", "gradient_checkpointing"],
+                "set `gradient_checkpointing: true`",
+            );
+        }
+        // Axolotl turns offloading on over an explicit `false`; a recipe says one thing.
+        if t.gradient_checkpointing == Checkpointing::Offload
+            && !t.activation_offloading
+            && self
+                .at
+                .entry("activation_offloading")
+                .is_some_and(|e| matches!(e.value.value, crate::recipe::yaml::Value::Bool(false)))
+        {
+            self.error(
+                "activation-offloading-disagrees",
+                "`gradient_checkpointing: offload` turns activation offloading on, and `activation_offloading: \
+                 false` turns it off"
+                    .into(),
+                &["gradient_checkpointing", "activation_offloading"],
+                "write `gradient_checkpointing: true` to train without offloading, or remove `activation_offloading`",
+            );
+        }
     }
 
     /// Optimizers and schedules with conditions of their own.

@@ -94,9 +94,15 @@ pub struct TrainingConfig {
     #[serde(default = "Switch::off")]
     pub tf32: Switch,
     /// Recompute each decoder layer's activations in the backward pass: less memory, about 30% more
-    /// compute.
+    /// compute. Axolotl's `offload` is `true` with `activation_offloading: true`.
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Checkpointing,
+    /// Activation offloading (needs `gradient_checkpointing`): on CUDA each checkpointed decoder
+    /// layer's input goes to pinned host memory after its forward pass and comes back before its
+    /// recomputation; the loss and gradients are unchanged. No effect on CPU (the activations already
+    /// live in host memory).
+    #[serde(default)]
+    pub activation_offloading: bool,
     /// Seed for initialisation, dropout, shuffling and splitting.
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -173,6 +179,18 @@ pub struct TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// Whether decoder layers are recomputed in the backward pass (`gradient_checkpointing: true`
+    /// or `offload`).
+    pub fn checkpointing(&self) -> bool {
+        self.gradient_checkpointing != Checkpointing::Off
+    }
+
+    /// Whether the checkpointed layer inputs go to host memory: `activation_offloading: true`, or
+    /// Axolotl's older spelling `gradient_checkpointing: offload`.
+    pub fn offloads_activations(&self) -> bool {
+        self.activation_offloading || self.gradient_checkpointing == Checkpointing::Offload
+    }
+
     /// `lr_scheduler` as written in a recipe.
     pub fn lr_scheduler_name(&self) -> &'static str {
         match self.lr_scheduler {
@@ -392,6 +410,54 @@ impl Switch {
     }
     pub fn off() -> Switch {
         Switch::Off
+    }
+}
+
+/// `gradient_checkpointing`: false, true, or Axolotl's `offload` (checkpointing whose layer inputs
+/// are offloaded to host memory, as `activation_offloading: true`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Checkpointing {
+    #[default]
+    Off,
+    On,
+    Offload,
+}
+
+impl From<bool> for Checkpointing {
+    fn from(on: bool) -> Self {
+        if on { Checkpointing::On } else { Checkpointing::Off }
+    }
+}
+
+impl Serialize for Checkpointing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Checkpointing::Off => s.serialize_bool(false),
+            Checkpointing::On => s.serialize_bool(true),
+            Checkpointing::Offload => s.serialize_str("offload"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Checkpointing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(on) => Ok(on.into()),
+            serde_json::Value::String(s) if s == "offload" => Ok(Checkpointing::Offload),
+            other => Err(serde::de::Error::custom(format!("expected true, false or \"offload\", found {other}"))),
+        }
+    }
+}
+
+impl JsonSchema for Checkpointing {
+    fn schema_name() -> Cow<'static, str> {
+        "Checkpointing".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "true, false or offload (true with activation_offloading: true)",
+            "enum": [true, false, "offload"]
+        })
     }
 }
 

@@ -281,6 +281,8 @@ impl<E: Example> Loop<'_, E> {
         // Full sharding releases a layer's parameters after its forward pass: the backward pass
         // recomputes it.
         let checkpointing = t.gradient_checkpointing || self.sharder.is_some_and(|s| s.needs_recompute());
+        // Activation offloading: the checkpointed layer inputs in host memory (a no-op on CPU).
+        self.model.set_activation_offloading(t.activation_offloading.is_some());
         let mut largest_batch = 0usize;
         let first_step = state.global_step;
         for step in first_step..s.total {

@@ -215,6 +215,10 @@ pub struct CausalLm {
     /// modules_to_save copies give way to the originals (peft's `disable_adapter`), so the same
     /// weights serve as the frozen reference model of preference training.
     adapters_enabled: std::cell::Cell<bool>,
+    /// Activation offloading (`activation_offloading`, `gradient_checkpointing: offload`): under
+    /// gradient checkpointing, each layer's saved input lives in host memory between its forward
+    /// pass and its recomputation. Set by the training loop; a no-op on CPU.
+    offload_activations: std::cell::Cell<bool>,
     /// The original head while `lm_head` is in modules_to_save (its trained copy is
     /// `lm_head.weight`); for a tied head, the embedding itself.
     pub(super) head_original: Option<Tensor>,
@@ -252,6 +256,22 @@ pub trait ShardUnits {
     fn backward_done(&self, unit: usize);
 }
 
+/// Activation offloading: a checkpointed layer input copied to host memory. From a CUDA device the
+/// copy is non-blocking into pinned memory (torch's `to("cpu", non_blocking=True)` allocates the
+/// destination pinned), queued on the current stream after the kernels that wrote it; the device
+/// copy is then free for the caching allocator once the copy has run. A tensor already in host
+/// memory (CPU training) is kept as it is: nothing moves.
+fn to_host(x: &Tensor) -> Tensor {
+    if x.device() == Device::Cpu { x.shallow_clone() } else { x.to_device_(Device::Cpu, x.kind(), true, false) }
+}
+
+/// A checkpointed layer input back on `device` for its recomputation: a non-blocking copy from
+/// pinned host memory on the current stream, so the recomputation's kernels run after it. The same
+/// tensor when it is already there.
+fn to_device(x: &Tensor, device: Device) -> Tensor {
+    if x.device() == device { x.shallow_clone() } else { x.to_device_(device, x.kind(), true, false) }
+}
+
 /// What a training forward pass leaves for the backward pass.
 pub struct TrainForward {
     /// Final hidden states [B, T, H] after the last norm, fp32, with a graph back to the
@@ -260,12 +280,30 @@ pub struct TrainForward {
     checkpointed: Option<Checkpointed>,
 }
 
+impl TrainForward {
+    /// Under gradient checkpointing, the devices the saved layer inputs live on, one per decoder
+    /// layer (host memory under activation offloading on CUDA); empty without checkpointing.
+    pub fn saved_input_devices(&self) -> Vec<Device> {
+        self.checkpointed.as_ref().map_or_else(Vec::new, |c| c.saved.iter().map(Tensor::device).collect())
+    }
+
+    /// Whether every saved layer input in host memory is page-locked for `accelerator` (a CUDA
+    /// device), as the copies need to run asynchronously.
+    pub fn saved_inputs_pinned(&self, accelerator: Device) -> bool {
+        self.checkpointed
+            .as_ref()
+            .is_some_and(|c| c.saved.iter().filter(|t| t.device() == Device::Cpu).all(|t| t.is_pinned(accelerator)))
+    }
+}
+
 /// Gradient checkpointing's state: each layer's input, the detached top of the stack whose
 /// gradient starts the recomputed backward pass, and the embedding output.
 struct Checkpointed {
     saved: Vec<Tensor>,
     top: Tensor,
-    embedded: Tensor,
+    /// The embedding output with its graph, kept only when something below it trains (a trained
+    /// embedding, prompt tuning): the first layer's saved input is its detached copy.
+    embedded: Option<Tensor>,
     cos_sin: (Tensor, Tensor),
     mask: Option<Tensor>,
     varlen: Option<Varlen>,
@@ -552,6 +590,7 @@ impl CausalLm {
             shard_units: std::cell::RefCell::new(None),
             loaded_chunks: std::cell::RefCell::new(chunks.into_inner()),
             adapters_enabled: std::cell::Cell::new(true),
+            offload_activations: std::cell::Cell::new(false),
             head_original: None,
             prompt,
             prefix,
@@ -729,6 +768,13 @@ impl CausalLm {
         }
         self.lm_head.qat = Some(Box::new(fq.clone()));
         Ok(())
+    }
+
+    /// Activation offloading under gradient checkpointing: on CUDA, each decoder layer's saved input
+    /// goes to pinned host memory after the layer's forward pass and comes back before its
+    /// recomputation. On CPU the saved inputs already live in host memory: nothing moves.
+    pub fn set_activation_offloading(&self, on: bool) {
+        self.offload_activations.set(on);
     }
 
     /// Switches every layer's fake quantization on or off (they share one flag).
@@ -1222,12 +1268,13 @@ impl CausalLm {
             let hidden = super::gemma::final_norm(self, &x);
             return TrainForward { hidden, checkpointed: None };
         }
-        // Forward without a graph, keeping each layer's input.
+        // Forward without a graph, keeping each layer's input (in host memory when offloaded).
+        let offload = self.offload_activations.get();
         let mut saved = Vec::with_capacity(self.layers.len() + 1);
         let mut x = embedded.detach();
         tch::no_grad(|| {
             for (i, layer) in self.layers.iter().enumerate() {
-                saved.push(x.shallow_clone());
+                saved.push(if offload { to_host(&x) } else { x.shallow_clone() });
                 self.with_shard(|s| s.gather(i));
                 layer_seed(i);
                 let slot = prefix.as_mut().map(|c| &mut c.layers[i]);
@@ -1238,6 +1285,9 @@ impl CausalLm {
         let top = x.detach().set_requires_grad(true);
         let hidden = super::gemma::final_norm(self, &top);
         let varlen = varlen.map(Varlen::shallow_clone);
+        // Without a graph below the stack the embedding output is not kept (under offloading it would
+        // hold the first layer's input on the device).
+        let embedded = embedded.requires_grad().then_some(embedded);
         TrainForward { hidden, checkpointed: Some(Checkpointed { saved, top, embedded, cos_sin, mask, varlen }) }
     }
 
@@ -1255,7 +1305,7 @@ impl CausalLm {
         drop(forward.hidden);
         let mut grad = top.grad();
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            let input = saved[i].detach().set_requires_grad(true);
+            let input = to_device(&saved[i], self.device).detach().set_requires_grad(true);
             self.with_shard(|s| s.gather(i));
             layer_seed(i);
             // Prefix tuning: the layer's prefix keys and values, rebuilt with a graph of their own
@@ -1277,7 +1327,7 @@ impl CausalLm {
             saved.pop();
             self.with_shard(|s| s.backward_done(i));
         }
-        if embedded.requires_grad() {
+        if let Some(embedded) = embedded {
             (embedded * &grad).sum(Kind::Float).backward();
         }
         self.with_shard(|s| s.backward_done(root));

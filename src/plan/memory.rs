@@ -28,6 +28,10 @@
 //!   scaled_dot_product_attention keeps no s×s matrix; Gemma 2's eager attention (soft-capped
 //!   scores) keeps h_q·s² per row and layer, (2c + 4) bytes each (tanh output, fp32 softmax, cast). Times c bytes and b·s tokens: all L layers
 //!   without gradient checkpointing; with it, the L layer inputs (h each) plus one layer recomputed.
+//!   Activation offloading (`activation_offloading: true`, `gradient_checkpointing: offload`) moves
+//!   the L layer inputs (L·b·s·h·c bytes) to host memory (`host_bytes`) on a GPU: the GPU keeps the
+//!   recomputed layer's activations only (its input, copied back, among them). On the CPU nothing
+//!   moves.
 //! - prompt tuning: s counts the sequence and its virtual tokens (sequence_len + num_virtual_tokens),
 //!   which go through every layer and the head like real ones. Prefix tuning's N keys and values
 //!   add 2·kv·N per row and layer, plus (grouped-query heads) the keys and values expanded to the
@@ -68,8 +72,8 @@ use super::{group, quantize};
 use crate::config::Config;
 use crate::config::adapter::AdapterKind;
 use crate::config::distributed::FsdpOption;
-use crate::config::training::Optimizer;
 use crate::config::training::RlMethod;
+use crate::config::training::{Checkpointing, Optimizer};
 use serde::Serialize;
 
 pub const GIB: u64 = 1 << 30;
@@ -343,10 +347,28 @@ fn breakdown(
     let without = layers * (tokens * per_token_layer + prefix_per_layer) * cb;
     let with = layers * tokens * h * cb + (tokens * per_token_layer + prefix_per_layer) * cb;
     let checkpointing = shard::recomputes_layers(c, world_size);
+    // Activation offloading on a GPU: the checkpointed layer inputs wait in host memory; the GPU
+    // keeps the recomputed layer's activations (its input, copied back, among them). On the CPU
+    // the activations already live in host memory: nothing moves.
+    let offloads_inputs = checkpointing && matches!(target, Target::Gpu(_)) && c.training.offloads_activations();
+    let host_inputs = layers * tokens * h * cb;
+    let resident = (tokens * per_token_layer + prefix_per_layer) * cb;
     push(
         "activations",
-        if checkpointing { with } else { without },
-        if checkpointing {
+        if offloads_inputs {
+            offloaded(true, host_inputs);
+            resident
+        } else if checkpointing {
+            with
+        } else {
+            without
+        },
+        if offloads_inputs {
+            format!(
+                "gradient checkpointing, inputs offloaded: one layer × {tokens} × {per_token_layer} × {cb} bytes; the \
+                 {layers} layer inputs ({layers} × {tokens} × {h} × {cb} bytes) in host memory (activation offloading)"
+            )
+        } else if checkpointing {
             let why = if shard::gradient_checkpointing(c) {
                 "gradient checkpointing"
             } else {
@@ -495,8 +517,8 @@ fn suggestions(
         }
     };
     let mut cumulative = c.clone();
-    if !c.training.gradient_checkpointing {
-        cumulative.training.gradient_checkpointing = true;
+    if !c.training.checkpointing() {
+        cumulative.training.gradient_checkpointing = Checkpointing::On;
         add("gradient_checkpointing: true".into(), total(&cumulative, world_size));
     }
     if c.training.micro_batch_size > 1 {
@@ -507,7 +529,7 @@ fn suggestions(
             format!(
                 "micro_batch_size: 1, gradient_accumulation_steps: {} (same global batch){}",
                 smaller.training.gradient_accumulation_steps,
-                if c.training.gradient_checkpointing { "" } else { ", with gradient checkpointing" }
+                if c.training.checkpointing() { "" } else { ", with gradient checkpointing" }
             ),
             total(&smaller, world_size),
         );

@@ -754,6 +754,17 @@ pub fn render_text(plan: &Plan) -> String {
         t.output_dir,
         t.save_dtype
     );
+    if let Some(a) = &t.activation_offloading {
+        let _ = writeln!(
+            o,
+            "           activation offloading ({}): on a GPU each checkpointed layer input goes to pinned host \
+             memory after the layer's forward pass (a non-blocking copy on the compute stream) and comes back \
+             before its recomputation; the loss and gradients are unchanged (with an adapter Axolotl skips the \
+             recomputation and offloads every activation instead: the same math). No effect on CPU, the \
+             activations already live in host memory",
+            a.requested_by
+        );
+    }
     for (i, k) in plan.kernels.iter().enumerate() {
         let _ = writeln!(o, "{}{} → {}", if i == 0 { "kernels    " } else { "           " }, k.request, k.recipe_runs);
     }

@@ -304,7 +304,7 @@ pub fn recomputes_layers(c: &Config, world_size: u64) -> bool {
 /// `gradient_checkpointing`, or `activation_checkpointing` in `fsdp_config` (either spelling).
 pub fn gradient_checkpointing(c: &Config) -> bool {
     let f = &c.distributed.fsdp_config;
-    c.training.gradient_checkpointing || f.fsdp_activation_checkpointing.or(f.activation_checkpointing) == Some(true)
+    c.training.checkpointing() || f.fsdp_activation_checkpointing.or(f.activation_checkpointing) == Some(true)
 }
 
 pub fn layout(

@@ -23,6 +23,10 @@ pub struct TrainingPlan {
     /// the executor computes in.
     pub precision: PrecisionPlan,
     pub gradient_checkpointing: bool,
+    /// Activation offloading (`activation_offloading: true`, `gradient_checkpointing: offload`):
+    /// what moves where, on a GPU; None when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_offloading: Option<ActivationOffloading>,
     /// How the loss meets the output head: in chunks of tokens (no full-vocabulary logits), or
     /// over whole logits where the objective needs them.
     pub loss: LossPlan,
@@ -250,6 +254,29 @@ impl AttentionPlan {
 }
 
 /// The attention path of `c` on `arch`.
+/// Activation offloading as planned: which key asked for it. On a GPU the checkpointed layer
+/// inputs live in host memory between a layer's forward pass and its recomputation (the memory
+/// estimate moves their bytes to the host figure); on CPU nothing moves.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationOffloading {
+    /// `activation_offloading: true` or `gradient_checkpointing: offload`.
+    pub requested_by: &'static str,
+}
+
+/// `activation_offloading: true`, or Axolotl's older `gradient_checkpointing: offload`; None when
+/// off (rules.rs refuses it without gradient checkpointing, as Axolotl does).
+pub fn activation_offloading(c: &Config) -> Option<ActivationOffloading> {
+    let t = &c.training;
+    let requested_by = if t.activation_offloading {
+        "activation_offloading: true"
+    } else if t.gradient_checkpointing == crate::config::training::Checkpointing::Offload {
+        "gradient_checkpointing: offload"
+    } else {
+        return None;
+    };
+    Some(ActivationOffloading { requested_by })
+}
+
 pub fn attention_plan(c: &Config, arch: &super::arch::Architecture) -> AttentionPlan {
     let (heads, kv_heads) = (arch.num_attention_heads, arch.num_key_value_heads);
     if let Some(g) = &arch.gemma {
@@ -427,6 +454,7 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
         seed: t.seed,
         precision,
         gradient_checkpointing: super::shard::gradient_checkpointing(c),
+        activation_offloading: activation_offloading(c),
         loss: loss_plan(c, arch.vocab_size),
         attention: attention_plan(c, arch),
         output_dir: l.output_dir.clone(),

@@ -461,7 +461,7 @@ pub(super) fn map_schema_error(
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            // A value of Axolotl's that recipe lacks (`gradient_checkpointing: offload`) is named.
+            // A value of Axolotl's that recipe lacks (`gradient_checkpointing: offload_disk`) is named.
             if let Value::String(s) = &node.value
                 && let Some(what) = axolotl_keys::unsupported_value(&last_key, s)
             {
