@@ -1,16 +1,17 @@
-//! Quantization-aware training (src/model/qat.rs, `qat` with int8 activations and int4 weights)
-//! against torchao 0.18's FakeQuantizedLinear as Axolotl builds it, on the CPU: the two fake
-//! quantizers, the layer's output and the gradients of its input, weight and bias, from goldens
-//! written by scripts/reference/qat_goldens.py. The fake quantizers are held bit for bit (the same
-//! ops in the same order and dtypes); the matmul outputs and gradients too, as the same libtorch
-//! runs them, with the switched-off layer (before `fake_quant_after_n_steps`) the plain linear.
+//! Quantization-aware training (src/model/qat.rs, `qat` with int8 activations and int4 weights,
+//! and with mxfp4) against torchao 0.18's FakeQuantizedLinear and MXFakeQuantizedLinear as Axolotl
+//! builds them, on the CPU: the two fake quantizers, the layer's output and the gradients of its
+//! input, weight and bias (none for MX), from goldens written by scripts/reference/qat_goldens.py.
+//! The fake quantizers are held bit for bit (the same ops in the same order and dtypes); the
+//! matmul outputs and gradients too, as the same libtorch runs them, with the switched-off layer
+//! (before `fake_quant_after_n_steps`) the plain linear.
 #![cfg(feature = "exec")]
 
 mod common;
 
 use common::assert_identical;
 use recipe::model::linear::Linear;
-use recipe::model::qat::{self, FakeQuant};
+use recipe::model::qat::{self, FakeQuant, QatScheme};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,15 +31,15 @@ fn golden(case: &str) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(&path).unwrap().into_iter().collect()
 }
 
-fn layer(g: &HashMap<String, Tensor>, group_size: i64, on: bool) -> Linear {
+fn layer(g: &HashMap<String, Tensor>, scheme: QatScheme, on: bool) -> Linear {
     Linear {
         name: "proj".into(),
         weight: g["weight"].copy().set_requires_grad(true),
         quantized: None,
-        bias: Some(g["bias"].copy().set_requires_grad(true)),
+        bias: g.get("bias").map(|b| b.copy().set_requires_grad(true)),
         adapter: None,
         probe: Default::default(),
-        qat: Some(Box::new(FakeQuant { group_size, int8_activations: true, enabled: Arc::new(AtomicBool::new(on)) })),
+        qat: Some(Box::new(FakeQuant { scheme, enabled: Arc::new(AtomicBool::new(on)) })),
     }
 }
 
@@ -61,7 +62,7 @@ fn fake_quantizers_match_torchao_bit_for_bit() {
 fn fake_quantized_linear_forward_and_gradients_match_torchao() {
     for (case, group_size) in CASES {
         let g = golden(case);
-        let lin = layer(&g, group_size, true);
+        let lin = layer(&g, QatScheme::Int8Int4 { group_size }, true);
         let x = g["x"].copy().set_requires_grad(true);
         let out = lin.forward(&x, true, true);
         assert_identical(&format!("{case} out"), &out.detach(), &g["out"], REF);
@@ -76,12 +77,44 @@ fn fake_quantized_linear_forward_and_gradients_match_torchao() {
 fn switched_off_layer_is_the_plain_linear() {
     for (case, group_size) in CASES {
         let g = golden(case);
-        let lin = layer(&g, group_size, false);
+        let lin = layer(&g, QatScheme::Int8Int4 { group_size }, false);
         let _guard = tch::no_grad_guard();
         assert_identical(&format!("{case} plain_out"), &lin.forward(&g["x"], false, true), &g["plain_out"], REF);
         // Switching on changes the output: the flag is read on every call.
         lin.qat.as_ref().unwrap().enabled.store(true, Ordering::Relaxed);
         assert_identical(&format!("{case} out"), &lin.forward(&g["x"], false, true), &g["out"], REF);
+    }
+}
+
+const MX_CASES: [&str; 6] =
+    ["mxfp4_f32", "mxfp4_bf16", "mxfp4_f32_no_bias", "mxfp4_f32_wide_blocks", "mxfp4_f32_grid", "mxfp4_bf16_grid"];
+
+#[test]
+fn mxfp4_fake_quantizer_matches_torchao_bit_for_bit() {
+    for case in MX_CASES {
+        let g = golden(case);
+        assert_identical(&format!("{case} weight_fq"), &qat::fake_quantize_mxfp4(&g["weight"]), &g["weight_fq"], REF);
+        assert_identical(&format!("{case} x_fq"), &qat::fake_quantize_mxfp4(&g["x"]), &g["x_fq"], REF);
+    }
+}
+
+/// MXFakeQuantizedLinear's forward and its hand-written backward: the gradients of input and
+/// weight to the bit, and no gradient for the bias (torchao returns None for it).
+#[test]
+fn mxfp4_linear_forward_and_gradients_match_torchao() {
+    for case in MX_CASES {
+        let g = golden(case);
+        let lin = layer(&g, QatScheme::Mxfp4, true);
+        let x = g["x"].copy().set_requires_grad(true);
+        let out = lin.forward(&x, true, true);
+        assert_identical(&format!("{case} out"), &out.detach(), &g["out"], REF);
+        (out * &g["grad_out"]).sum(None).backward();
+        assert_identical(&format!("{case} grad_x"), &x.grad(), &g["grad_x"], REF);
+        assert_identical(&format!("{case} grad_weight"), &lin.weight.grad(), &g["grad_weight"], REF);
+        if let Some(bias) = &lin.bias {
+            assert!(!bool::try_from(&g["bias_has_grad"].get(0)).unwrap(), "{case}: torchao's bias got a gradient");
+            assert!(!bias.grad().defined(), "{case}: the bias got a gradient");
+        }
     }
 }
 
