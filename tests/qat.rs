@@ -124,13 +124,73 @@ fn root() -> std::path::PathBuf {
 
 /// A full fine-tune of stories260k in `dir`, with `extra` lines appended.
 fn write_recipe(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    write_recipe_for(dir, &root().join("models/stories260k"), extra)
+}
+
+/// stories260k with its MLP widened from 172 to 192 features (random new rows and columns, seed
+/// 7), so that every linear layer's input width is a multiple of the MX block size 32. `qwen2`:
+/// as a Qwen2 model, with (random) q/k/v biases.
+fn mx_model(dir: &std::path::Path, qwen2: bool) -> std::path::PathBuf {
+    let src = root().join("models/stories260k");
+    let dst = dir.join(if qwen2 { "qwen2-192" } else { "stories260k-192" });
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["intermediate_size"] = 192.into();
+    if qwen2 {
+        config["model_type"] = "qwen2".into();
+        config["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    }
+    std::fs::write(dst.join("config.json"), config.to_string()).unwrap();
+    tch::manual_seed(7);
+    let mut tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(src.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if name.contains("gate_proj") || name.contains("up_proj") {
+                Tensor::cat(
+                    &[t.shallow_clone(), Tensor::randn([20, 64], (tch::Kind::Float, tch::Device::Cpu)) * 0.02],
+                    0,
+                )
+            } else if name.contains("down_proj") {
+                Tensor::cat(
+                    &[t.shallow_clone(), Tensor::randn([64, 20], (tch::Kind::Float, tch::Device::Cpu)) * 0.02],
+                    1,
+                )
+            } else {
+                t
+            };
+            (name, t)
+        })
+        .collect();
+    if qwen2 {
+        let biases: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(name, _)| ["q_proj", "k_proj", "v_proj"].iter().any(|p| name.contains(p)))
+            .map(|(name, w)| {
+                (
+                    name.replace(".weight", ".bias"),
+                    Tensor::randn([w.size()[0]], (tch::Kind::Float, tch::Device::Cpu)) * 0.1,
+                )
+            })
+            .collect();
+        tensors.extend(biases);
+    }
+    Tensor::write_safetensors(&tensors, dst.join("model.safetensors")).unwrap();
+    dst
+}
+
+fn write_recipe_for(dir: &std::path::Path, model: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let text = format!(
         "base_model: {model}\n\
          datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
          val_set_size: 0.1\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\n\
          learning_rate: 2.0e-3\nlr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 1\nseed: 7\n\
          max_steps: 8\neval_steps: 8\noutput_dir: {out}\n{extra}",
-        model = root().join("models/stories260k").display(),
+        model = model.display(),
         data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
         out = dir.join("out").display(),
     );
@@ -190,6 +250,80 @@ fn a_qat_run_switches_fake_quantization_on_at_its_step_and_saves_full_precision(
     assert_eq!(distinct, 64, "saved weights are full precision");
 }
 
+const MXFP4: &str = "qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\n  group_size: 32\n";
+
+/// `recipe run` with `qat` mxfp4 on stories260k widened to 192 MLP features: the plan says what
+/// is fake-quantized; every step differs from the plain run's from the first (Axolotl's callback
+/// never switches MX layers off) and still learns; the saved weights are full precision (off the
+/// FP4 grid). stories260k itself (172 MLP features) is refused by the plan.
+#[test]
+fn an_mxfp4_qat_run_trains_fake_quantized_from_the_first_step_and_saves_full_precision() {
+    let models = tempfile::tempdir().unwrap();
+    let model = mx_model(models.path(), false);
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (_, plain, plain_evals) = run(&write_recipe_for(plain_dir.path(), &model, ""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe_for(dir.path(), &model, MXFP4);
+    let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.status.success(), "{stdout}{}", String::from_utf8_lossy(&plan.stderr));
+    let (_, losses, evals) = run(&path);
+    assert!(
+        stdout.contains(
+            "qat        fake-quantized training of 36 linear layers (7 per layer × 5 + lm_head), from the first step"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("activations mxfp4 per block of 32 along the input features, FP4 E2M1"), "{stdout}");
+    assert!(stdout.contains("weights mxfp4 per block of 32"), "{stdout}");
+    assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    for (q, p) in losses.iter().zip(&plain) {
+        assert!(q.1.is_finite() && q.1 != p.1, "step {}: mxfp4 {} plain {}", q.0, q.1, p.1);
+    }
+    assert!(evals.len() == 2 && evals[1] < evals[0], "validation loss should drop: {evals:?}");
+    println!("losses mxfp4 {losses:?}\nlosses plain {plain:?}\neval mxfp4 {evals:?} plain {plain_evals:?}");
+    let saved: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("out/model.safetensors")).unwrap().into_iter().collect();
+    let w = &saved["model.layers.0.mlp.down_proj.weight"];
+    assert_eq!(w.size(), [64, 192]);
+    // On the MX grid a block of 32 holds at most 15 values; full precision has one per element.
+    let distinct = w.get(0).narrow(0, 0, 32).unique_dim(0, false, false, false).0.size()[0];
+    assert_eq!(distinct, 32, "saved weights are full precision");
+
+    // A model with biases (Qwen2's q/k/v): torchao's MX backward gives them no gradient, so they
+    // are saved as loaded while the weights train.
+    let model = mx_model(models.path(), true);
+    let biased = tempfile::tempdir().unwrap();
+    let path = write_recipe_for(biased.path(), &model, &format!("{MXFP4}weight_decay: 0.1\n"));
+    let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        stdout.contains(
+            "biases of self_attn.q_proj, self_attn.k_proj, self_attn.v_proj get no gradient and stay as loaded"
+        ),
+        "{stdout}"
+    );
+    let (_, losses, _) = run(&path);
+    assert!(losses.iter().all(|l| l.1.is_finite()), "{losses:?}");
+    let before: HashMap<String, Tensor> =
+        Tensor::read_safetensors(model.join("model.safetensors")).unwrap().into_iter().collect();
+    let after: HashMap<String, Tensor> =
+        Tensor::read_safetensors(biased.path().join("out/model.safetensors")).unwrap().into_iter().collect();
+    for layer in 0..5 {
+        for p in ["q_proj", "k_proj", "v_proj"] {
+            let name = format!("model.layers.{layer}.self_attn.{p}");
+            assert!(after[&format!("{name}.bias")].equal(&before[&format!("{name}.bias")]), "{name}.bias trained");
+            assert!(!after[&format!("{name}.weight")].equal(&before[&format!("{name}.weight")]), "{name}.weight");
+        }
+    }
+
+    let narrow = tempfile::tempdir().unwrap();
+    let out = common::recipe_command().arg("plan").arg(write_recipe(narrow.path(), MXFP4)).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(text.contains("unsupported-qat-mxfp4-width: mlp.down_proj's 172 input features"), "{text}");
+}
+
 fn validate(extra: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), extra);
@@ -201,7 +335,14 @@ fn validate(extra: &str) -> String {
 fn qat_values_recipe_does_not_build_are_refused_by_name() {
     let cases = [
         ("qat:\n  activation_dtype: nvfp4\n  weight_dtype: nvfp4\n  group_size: 16\n", "unsupported-qat-nvfp4"),
-        ("qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\n  group_size: 32\n", "unsupported-qat-mxfp4"),
+        ("qat:\n  activation_dtype: int8\n  weight_dtype: mxfp4\n", "qat-dtypes"),
+        ("qat:\n  activation_dtype: mxfp4\n  weight_dtype: int4\n", "qat-dtypes"),
+        ("qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\n  group_size: 16\n", "qat-mxfp4-group-size"),
+        (
+            "qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\n  fake_quant_after_n_steps: 3\n",
+            "unsupported-qat-mxfp4-after-n-steps",
+        ),
+        ("qat:\n  activation_dtype: mxfp4\n  weight_dtype: mxfp4\nfp16: true\n", "qat-mxfp4-fp16"),
         ("qat:\n  activation_dtype: fp8\n  weight_dtype: int4\n", "unsupported-qat-float8"),
         ("qat:\n  weight_dtype: int4\n", "unsupported-qat-weight-only"),
         (
@@ -221,8 +362,10 @@ fn qat_values_recipe_does_not_build_are_refused_by_name() {
         assert!(out.contains(expected), "{extra}\n{out}");
         assert!(out.contains("recipe.yaml:"), "the place is named:\n{out}");
     }
-    let ok = validate(QAT);
-    assert!(ok.contains("0 invalid, 0 errors"), "{ok}");
+    for ok in [QAT, MXFP4, "qat:\n  weight_dtype: mxfp4\n"] {
+        let out = validate(ok);
+        assert!(out.contains("0 invalid, 0 errors"), "{ok}\n{out}");
+    }
 }
 
 #[test]
