@@ -276,6 +276,13 @@ fn an_mxfp4_qat_run_trains_fake_quantized_from_the_first_step_and_saves_full_pre
     );
     assert!(stdout.contains("activations mxfp4 per block of 32 along the input features, FP4 E2M1"), "{stdout}");
     assert!(stdout.contains("weights mxfp4 per block of 32"), "{stdout}");
+    // The memory estimate (bf16 on a GPU) keeps every linear layer's dequantized input, 576 values
+    // per token and layer; the dequantized weights are the autocast copies it counts already.
+    assert!(
+        stdout
+            .contains("mxfp4 dequantized copies    inputs: (5 layers × 512 tokens × 576 + lm_head 512 × 64) × 2 bytes"),
+        "{stdout}"
+    );
     assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
     for (q, p) in losses.iter().zip(&plain) {
         assert!(q.1.is_finite() && q.1 != p.1, "step {}: mxfp4 {} plain {}", q.0, q.1, p.1);
