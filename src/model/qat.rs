@@ -154,7 +154,8 @@ pub fn fake_quantize_mxfp4(t: &Tensor) -> Tensor {
     let max_abs = blocks.abs().amax(-1, true).to_kind(Kind::Float);
     let data = blocks.to_kind(Kind::Float);
     let descale = max_abs / F4_E2M1_MAX;
-    let scalar = |v: f64| Tensor::from(v as f32);
+    // Constants as tensors of the scales' shape, on their device.
+    let scalar = |v: f64| descale.full_like(v);
     let exponent = descale.log2().ceil().clamp(-E8M0_BIAS, E8M0_BIAS) + E8M0_BIAS;
     let exponent = scalar(254.0).where_self(&descale.isinf(), &exponent);
     let exponent = scalar(255.0).where_self(&descale.isnan(), &exponent);
