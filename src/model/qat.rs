@@ -180,7 +180,7 @@ pub fn fake_quantize_mxfp4(t: &Tensor) -> Tensor {
 ///
 /// The backward torchao writes by hand is `grad_x = grad · ŵ`, `grad_w = gradᵀ · x̂`, no bias
 /// gradient. Here x̂ and ŵ enter the product as `x̂ + (x - x)` with the difference's operand
-/// detached: its value is x̂ (adding an exact zero; -0 becomes +0, which changes no sum that is
+/// detached: for finite x its value is x̂ (adding an exact zero; -0 becomes +0, which changes no sum that is
 /// not itself zero) and its gradient goes straight to x, so libtorch's `addmm` backward computes
 /// the same two products (`grad.mm(ŵ)`, and `grad.t().mm(x̂)` for the column-major ŵᵀ); the bias
 /// enters detached, so it gets no gradient, as in torchao.
