@@ -35,23 +35,29 @@ pub struct QuantizationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QatConfig {
-    /// The grid activations are fake-quantized to: `int8` (per token, asymmetric). Unset: the
-    /// weights alone. recipe builds `int8` with `weight_dtype: int4`.
+    /// The grid activations are fake-quantized to: `int8` (per token, asymmetric) with
+    /// `weight_dtype: int4`; `mxfp4` (or unset) with `weight_dtype: mxfp4`, which fake-quantizes
+    /// the activations to mxfp4 either way, as Axolotl does. Unset with int4: the weights alone
+    /// (not built).
     #[serde(default)]
     pub activation_dtype: Option<QatDtype>,
     /// The grid weights are fake-quantized to: `int4` (per group of `group_size` input features,
-    /// 16 levels between the group's min and max). Axolotl's default is `int8`.
+    /// 16 levels between the group's min and max) or `mxfp4` (FP4 E2M1 in blocks of 32 input
+    /// features with a power-of-two E8M0 scale each; torchao's MXFakeQuantizedLinear). `nvfp4`
+    /// and float8 are refused. Axolotl's default is `int8`.
     #[serde(default = "default_weight_dtype")]
     pub weight_dtype: QatDtype,
     /// Fake-quantize the token embedding too (Axolotl: weights only).
     #[serde(default)]
     pub quantize_embedding: bool,
-    /// Input features per weight quantization group; must divide every layer's input width.
+    /// Input features per weight quantization group; must divide every layer's input width
+    /// (mxfp4: 32, the MX block size, is the only value).
     #[serde(default = "default_group_size")]
     #[schemars(range(min = 1))]
     pub group_size: Option<u32>,
     /// Train the first N optimizer steps without fake quantization, then switch it on
     /// (Axolotl's QATCallback, at global step N). Unset: fake-quantized from the first step.
+    /// Refused with mxfp4, whose layers Axolotl's callback does not switch.
     #[serde(default)]
     pub fake_quant_after_n_steps: Option<u64>,
 }

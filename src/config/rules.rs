@@ -391,7 +391,7 @@ impl Rules<'_> {
     }
 
     /// `qat`: the dtype pairs Axolotl accepts, of which recipe builds int8 activations over int4
-    /// weights; the others are refused by name, with the reason. Axolotl itself refuses QAT over a
+    /// weights and mxfp4 (activations and weights); the others are refused by name, with the reason. Axolotl itself refuses QAT over a
     /// quantized base; recipe also refuses it with an adapter (peft would wrap the fake-quantized
     /// layers) and under sharding, neither of which it builds.
     fn qat(&mut self, c: &Config) {
@@ -403,6 +403,25 @@ impl Rules<'_> {
             format!("activation_dtype {} / weight_dtype {}", act.map_or("unset", QatDtype::as_str), weight.as_str());
         match (act, weight) {
             (Some(Int8), Int4) => {}
+            (None | Some(Mxfp4), Mxfp4) => self.qat_mxfp4(c, qat),
+            // Axolotl's _make_qat_config builds MX fake quantizers for the input and the weight
+            // whenever weight_dtype is mxfp4: the activation_dtype written would be ignored.
+            (Some(a), Mxfp4) if a != Nvfp4 => self.error(
+                "qat-dtypes",
+                format!(
+                    "`qat`: {pair}: with weight_dtype mxfp4 Axolotl fake-quantizes the activations to mxfp4 too, \
+                     whatever activation_dtype says"
+                ),
+                &["qat.activation_dtype", "qat.weight_dtype"],
+                "write activation_dtype: mxfp4",
+            ),
+            // get_quantization_config has no branch for these and raises.
+            (Some(Mxfp4), Int4 | Int8 | Float8E4m3fn | Fp8 | Float8) => self.error(
+                "qat-dtypes",
+                format!("`qat`: {pair} is not a combination Axolotl builds (its get_quantization_config raises)"),
+                &["qat.activation_dtype", "qat.weight_dtype"],
+                "use activation_dtype: mxfp4 with weight_dtype: mxfp4, or int8 with int4",
+            ),
             // Axolotl's get_quantization_config raises for these: torchao has no QAT for them.
             (None | Some(Int8), Int8) | (Some(Int4), Int4) => self.error(
                 "qat-dtypes",
@@ -413,21 +432,14 @@ impl Rules<'_> {
             (_, Nvfp4) | (Some(Nvfp4), _) => self.error(
                 "unsupported-qat-nvfp4",
                 format!(
-                    "`qat`: {pair} is not built: torchao's NVFP4FakeQuantizedLinear runs its forward pass as a \
-                     real NVFP4 matmul (Blackwell GPUs only, no CPU reference to hold recipe to), and torchao \
-                     0.18 rejects the QATConfig(NVFP4WeightOnlyConfig()) Axolotl builds for it"
+                    "`qat`: {pair} is not built: Axolotl builds QATConfig(NVFP4WeightOnlyConfig()) for it, which \
+                     torchao 0.17 (Axolotl's pin) and 0.18 reject (\"Unexpected base config\"), and torchao's \
+                     NVFP4FakeQuantizedLinear runs its forward pass as a real NVFP4 matmul (Blackwell GPUs only, no \
+                     CPU reference to hold recipe to)"
                 ),
                 &["qat.weight_dtype", "qat.activation_dtype"],
-                "use activation_dtype: int8 with weight_dtype: int4",
-            ),
-            (_, Mxfp4) | (Some(Mxfp4), _) => self.error(
-                "unsupported-qat-mxfp4",
-                format!(
-                    "`qat`: {pair} is not built: torchao's MXFakeQuantizedLinear (E8M0 block scales, RCEIL \
-                     rounding, a dequantized matmul, no bias gradient) is not ported yet"
-                ),
-                &["qat.weight_dtype", "qat.activation_dtype"],
-                "use activation_dtype: int8 with weight_dtype: int4",
+                "use activation_dtype: mxfp4 with weight_dtype: mxfp4 (FP4 E2M1 in blocks of 32, E8M0 scales), or \
+                 int8 with int4",
             ),
             (a, w) if fp8(a) || fp8(Some(w)) => self.error(
                 "unsupported-qat-float8",
@@ -488,6 +500,42 @@ impl Rules<'_> {
                 format!("`qat` with `adapter: {}` is not built: QAT here is a full fine-tune", kind.as_str()),
                 &["qat", "adapter"],
                 "remove the adapter",
+            );
+        }
+    }
+
+    /// `qat` with mxfp4: what Axolotl's MX path accepts and acts on.
+    fn qat_mxfp4(&mut self, c: &Config, qat: &super::quantization::QatConfig) {
+        if let Some(g) = qat.group_size.filter(|&g| g != 32) {
+            self.error(
+                "qat-mxfp4-group-size",
+                format!(
+                    "`qat.group_size: {g}` with mxfp4: MX blocks are 32 elements (Axolotl raises \"MXFP4 quantization \
+                     must use a block_size (group_size) of 32\")"
+                ),
+                &["qat.group_size"],
+                "write group_size: 32 or remove it",
+            );
+        }
+        if qat.fake_quant_after_n_steps.is_some_and(|n| n > 0) {
+            self.error(
+                "unsupported-qat-mxfp4-after-n-steps",
+                "`qat.fake_quant_after_n_steps` with mxfp4: Axolotl's QATCallback switches only torchao's \
+                 FakeQuantizedLinear layers, not the MXFakeQuantizedLinear ones mxfp4 builds, so Axolotl trains \
+                 fake-quantized from the first step whatever N says; recipe does not accept the key to ignore it"
+                    .into(),
+                &["qat.fake_quant_after_n_steps"],
+                "remove it (mxfp4 fake-quantizes from the first step)",
+            );
+        }
+        if c.training.fp16 == Switch::On {
+            self.error(
+                "qat-mxfp4-fp16",
+                "`qat` mxfp4 with `fp16: true`: torchao's MX fake quantization takes bf16 or fp32 tensors only \
+                 (to_mx asserts it), so Axolotl fails"
+                    .into(),
+                &["qat.weight_dtype", "fp16"],
+                "use bf16: true",
             );
         }
     }

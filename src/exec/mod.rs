@@ -628,9 +628,14 @@ fn set_up<E>(
         ));
     }
     if let Some(q) = &plan.qat {
+        let scheme = match q.grids {
+            crate::plan::qat::QatGrids::Int8Int4 => {
+                crate::model::qat::QatScheme::Int8Int4 { group_size: q.group_size as i64 }
+            }
+            crate::plan::qat::QatGrids::Mxfp4 => crate::model::qat::QatScheme::Mxfp4,
+        };
         let fq = crate::model::qat::FakeQuant {
-            group_size: q.group_size as i64,
-            int8_activations: true,
+            scheme,
             enabled: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(q.from_step == 0)),
         };
         model.enable_qat(&fq)?;

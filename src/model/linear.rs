@@ -302,17 +302,14 @@ impl Linear {
         }
     }
 
-    /// torchao's `FakeQuantizedLinear.forward`: the fake-quantized input times the weight
-    /// fake-quantized in its stored dtype, then cast to the compute dtype (as autocast casts
-    /// F.linear's operands). QAT runs on a dense base without an adapter (config rules).
+    /// torchao's fake-quantized linear layer for the layer's scheme (model/qat.rs), on the
+    /// stored weight. QAT runs on a dense base without an adapter (config rules).
     fn fake_quantized_forward(&self, fq: &super::qat::FakeQuant, x: &Tensor) -> Tensor {
-        let kind = x.kind();
         let weight = match self.probe.borrow().as_ref() {
             Some(probe) => &self.weight + probe.to_kind(self.weight.kind()),
             None => self.weight.shallow_clone(),
         };
-        let weight = fq.weight(&weight).to_kind(kind);
-        fq.activation(x).linear(&weight, self.bias.as_ref().map(|b| b.to_kind(kind)))
+        fq.linear(x, &weight, self.bias.as_ref())
     }
 
     /// W + scaling · B A (DoRA: rescaled per row by m / ||W + scaling · B A||), the weight with the

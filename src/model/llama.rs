@@ -763,6 +763,20 @@ impl CausalLm {
             // unquantized, which recipe's per-expert layers do not reproduce yet.
             return Err("unsupported-qat-moe: quantization-aware training of a mixture of experts is not built".into());
         }
+        if fq.scheme == super::qat::QatScheme::Mxfp4
+            && let Some(lin) = self
+                .layers
+                .iter()
+                .flat_map(layer_linears)
+                .chain([&self.lm_head])
+                .find(|l| !matches!(l.weight.kind(), tch::Kind::Float | tch::Kind::BFloat16))
+        {
+            return Err(format!(
+                "qat-mxfp4-dtype: {} is stored as {:?}; torchao's MX fake quantization takes bf16 or fp32 only",
+                lin.name,
+                lin.weight.kind()
+            ));
+        }
         for lin in self.layers.iter_mut().flat_map(layer_linears_mut) {
             lin.qat = Some(Box::new(fq.clone()));
         }

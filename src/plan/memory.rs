@@ -459,6 +459,37 @@ fn breakdown(
             ),
         );
     }
+    if c.quantization.qat.as_ref().is_some_and(|q| q.weight_dtype == crate::config::quantization::QatDtype::Mxfp4) {
+        // mxfp4 QAT (model/qat.rs `mxfp4_linear`): each linear layer's matmul takes its input and
+        // weight dequantized from MXFP4 in the compute dtype, and autograd keeps both for the
+        // backward pass: every linear layer's input (q, k and v each their own; a fused projection
+        // one) and weight, every layer's without checkpointing, the recomputed layer's with it; and
+        // the head's. The weights' copies replace the autocast copies where those are counted.
+        let per_layer: u64 = arch.layer_linears().iter().map(|l| l.in_features * l.out_features).sum();
+        let inputs_per_token: u64 = arch.layer_linears().iter().map(|l| l.in_features).sum();
+        let kept_layers = if checkpointing { 1 } else { layers };
+        let head = arch.lm_head();
+        let autocast_counted = full && cb < 4 && !strategy.shards_parameters();
+        let weights = if autocast_counted { 0 } else { kept_layers * per_layer + head.in_features * head.out_features };
+        let kept = if checkpointing { "one layer".to_string() } else { format!("{layers} layers") };
+        push(
+            "mxfp4 dequantized copies",
+            (weights + kept_layers * tokens * inputs_per_token + tokens * h) * cb,
+            if autocast_counted {
+                format!(
+                    "inputs: ({kept} × {tokens} tokens × {inputs_per_token} + lm_head {tokens} × {h}) × {cb} bytes \
+                     (the weights' are the autocast copies), kept for the backward pass"
+                )
+            } else {
+                format!(
+                    "({kept} × ({} weights + {tokens} tokens × {inputs_per_token} inputs) + lm_head {} + {tokens} × {h}) \
+                     × {cb} bytes, kept for the backward pass",
+                    group(per_layer),
+                    group(head.in_features * head.out_features),
+                )
+            },
+        );
+    }
     if strategy.shards_parameters() {
         // Gathered as stored: quantized weights stay quantized.
         let largest = layout.units.iter().map(|u| u.parameters).max().unwrap_or(0);

@@ -346,6 +346,9 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(o, "           modules {}", q.modules.join(", "));
         let _ = writeln!(o, "           activations {}", q.activations);
         let _ = writeln!(o, "           weights {}; gradients straight through the rounding", q.weights);
+        if let Some(b) = &q.biases {
+            let _ = writeln!(o, "           {b}");
+        }
         let _ = writeln!(o, "           saved: {}", q.saved);
     }
     let ad = &plan.adapter;
