@@ -4,7 +4,8 @@
 //! quantizes them whole (double quantization's offset and nested blocks over the whole tensor),
 //! each expert's view dequantizing to exactly its rows of the whole; the model's logits, loss
 //! (with the load-balancing term) and LoRA gradients against transformers + bitsandbytes + peft,
-//! with and without gradient checkpointing; the adapter's tensors as peft saves them; the plan's
+//! with and without gradient checkpointing; the adapter's tensors as peft saves them; with
+//! `load_in_8bit`, Axolotl's int8 rows of each fused tensor and the same parity; the plan's
 //! counts, lines and rules.
 #![cfg(feature = "exec")]
 
@@ -19,8 +20,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// (case, double quantization)
+/// The 4-bit cases (case, double quantization).
 const CASES: [(&str, bool); 2] = [("mixtral_nf4_dq", true), ("qwen3_moe_nf4_dq", true)];
+/// The 8-bit case (Axolotl's replace_parameter_8bit, attention in LLM.int8).
+const INT8: &str = "mixtral_int8";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,6 +49,10 @@ fn arch_of(base: &Path, quantized_experts: bool) -> Architecture {
 
 /// The case's model with quantized experts and the adapter peft saved.
 fn load(case: &str, double_quant: bool) -> CausalLm {
+    load_with(case, spec(double_quant))
+}
+
+fn load_with(case: &str, quantize: Quantize) -> CausalLm {
     let dir = case_dir(case);
     let cfg = adapter::read_config(&dir).unwrap();
     let base = root().join(&cfg.base_model);
@@ -53,7 +60,7 @@ fn load(case: &str, double_quant: bool) -> CausalLm {
         device: Device::Cpu,
         base_kind: Kind::Float,
         trainable: cfg.trainable.clone(),
-        quantize: Some(spec(double_quant)),
+        quantize: Some(quantize),
         score_head: false,
     };
     let model = CausalLm::load(&arch_of(&base, true), &Checkpoint::open(&base).unwrap(), &opts).unwrap();
@@ -153,12 +160,64 @@ fn fused_experts_quantize_as_bitsandbytes_and_each_expert_dequantizes_its_rows()
     }
 }
 
+/// 8 bits: Axolotl's int8 rows of each fused tensor (one fp16 absmax per row of the last
+/// dimension) are recipe's LLM.int8 quantization of each expert's rows, bit for bit, and each
+/// expert's weight is `int8_vectorwise_dequant`'s fp32 rows of the parametrized tensor; the
+/// attention projections are LLM.int8 linears.
+#[test]
+fn int8_experts_are_axolotls_rows_and_dequantize_as_its_parametrization() {
+    let g = golden(INT8);
+    let base = case_dir(INT8).join("base");
+    let arch = arch_of(&base, true);
+    let moe = arch.moe.clone().unwrap();
+    let model = load_with(INT8, Quantize::Int8);
+    let i = moe.expert_intermediate_size as i64;
+    let h = arch.hidden_size as i64;
+    for l in (0..arch.num_layers).filter(|l| moe.is_sparse(*l)) {
+        let FeedForward::Sparse(block) = &model.layers[l as usize].mlp else { panic!("layer {l}") };
+        let (cb_gu, scb_gu) = (&g[&format!("{l}.gate_up_proj.cb")], &g[&format!("{l}.gate_up_proj.scb")]);
+        let (cb_d, scb_d) = (&g[&format!("{l}.down_proj.cb")], &g[&format!("{l}.down_proj.scb")]);
+        let (deq_gu, deq_d) = (&g[&format!("{l}.gate_up_proj.dequantized")], &g[&format!("{l}.down_proj.dequantized")]);
+        for (e, x) in block.experts.iter().enumerate() {
+            let e = e as i64;
+            let two_i = 2 * i;
+            for (lin, cb, scb, deq) in [
+                (
+                    &x.gate_proj,
+                    cb_gu.get(e).narrow(0, 0, i),
+                    scb_gu.narrow(0, e * two_i, i),
+                    deq_gu.get(e).narrow(0, 0, i),
+                ),
+                (
+                    &x.up_proj,
+                    cb_gu.get(e).narrow(0, i, i),
+                    scb_gu.narrow(0, e * two_i + i, i),
+                    deq_gu.get(e).narrow(0, i, i),
+                ),
+                (&x.down_proj, cb_d.get(e), scb_d.narrow(0, e * h, h), deq_d.get(e)),
+            ] {
+                let Some(QuantizedWeight::ExpertEight(q)) = &lin.quantized else { panic!("{}: not int8", lin.name) };
+                same_bits(&format!("{} cb", lin.name), &q.cb, &cb);
+                same_bits(&format!("{} scb", lin.name), &q.scb, &scb);
+                same_bits(&format!("{} dequantized", lin.name), &lin.base_weight(Kind::Float), &deq);
+            }
+        }
+    }
+    let attention =
+        model.linears().into_iter().filter(|l| matches!(l.quantized, Some(QuantizedWeight::Eight(_)))).count();
+    assert_eq!(attention, 4 * arch.num_layers as usize, "LLM.int8 attention projections");
+    eprintln!(
+        "{INT8}: every expert's int8 rows, scales and dequantized weight bit-exact with Axolotl's parametrization"
+    );
+}
+
 /// Logits, the loss (with the load-balancing term) and every LoRA gradient against transformers +
 /// bitsandbytes + peft, with and without gradient checkpointing; the trainable tensors are the
 /// adapter peft saved, under its names and shapes.
 #[test]
 fn logits_loss_and_lora_gradients_match_peft_over_quantized_experts() {
-    for (case, dq) in CASES {
+    let cases = CASES.iter().map(|&(case, dq)| (case, spec(dq))).chain([(INT8, Quantize::Int8)]);
+    for (case, quantize) in cases {
         let g = golden(case);
         let saved: HashMap<String, Tensor> =
             Tensor::read_safetensors(case_dir(case).join("adapter_model.safetensors")).unwrap().into_iter().collect();
@@ -167,7 +226,7 @@ fn logits_loss_and_lora_gradients_match_peft_over_quantized_experts() {
         let pos = positions(ids);
         let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
         for checkpointing in [false, true] {
-            let model = load(case, dq);
+            let model = load_with(case, quantize);
             let params = model.trainable_params();
             let mut names: Vec<(String, Vec<i64>)> = params.iter().map(|p| (p.name.clone(), p.tensor.size())).collect();
             let mut want: Vec<(String, Vec<i64>)> = saved.iter().map(|(n, t)| (n.clone(), t.size())).collect();
@@ -288,18 +347,20 @@ fn plan_counts_the_quantized_experts_and_refuses_what_is_not_built() {
         &[mixtral.clone(), "quantize_moe_experts=true".into()],
     );
     assert!(loaded.diagnostics.iter().any(|d| d.rule == "moe-experts-quant-needs-lora"), "{:?}", loaded.diagnostics);
-    // 8-bit: refused by name; a dense model has no experts to quantize.
-    let err = plan_with(&sets(&[
-        &mixtral,
-        "adapter=lora",
-        "load_in_8bit=true",
-        "quantize_moe_experts=true",
-        "lora_dropout=0",
-        "lora_target_linear=false",
-        "lora_target_modules=[q_proj]",
-    ]))
-    .unwrap_err();
+    // 8 bits: int8 plus an fp32 scale per row of each fused tensor; without quantize_moe_experts
+    // an 8-bit MoE base stays refused by name. A dense model has no experts to quantize.
+    let eight = ["adapter=lora", "load_in_8bit=true", "lora_dropout=0", "lora_target_linear=false"];
+    let mut s = sets(&eight);
+    s.extend([mixtral.clone(), "lora_target_modules=[q_proj]".into()]);
+    let err = plan_with(&s).unwrap_err();
     assert!(err.starts_with("unsupported-moe-quantization"), "{err}");
+    s.push("quantize_moe_experts=true".into());
+    let p8 = plan_with(&s).unwrap();
+    let (e, h, i) = (4u64, 64u64, 64u64);
+    let per_layer = (e * 2 * i * h + 4 * e * 2 * i) + (e * h * i + 4 * e * h);
+    assert_eq!(p8.quantization.expert_layers, 2);
+    assert_eq!(p8.quantization.expert_modules.iter().map(|m| m.bytes).sum::<u64>(), per_layer);
+    assert!(recipe::plan::render_text(&p8).contains("replace_parameter_8bit"));
     let err = plan_with(&sets(&[
         "adapter=qlora",
         "load_in_4bit=true",

@@ -34,7 +34,8 @@ Output: tests/golden/moeq/<case>/
   expected.safetensors   input_ids, labels, logits, loss, grad.<adapter key>, and per sparse layer
                          L and fused parameter P (gate_up_proj / down_proj):
                          L.P.packed, L.P.absmax, L.P.nested_absmax, L.P.offset (bitsandbytes'
-                         QuantState) and L.P.dequantized (what the parametrization returns)
+                         QuantState; 8-bit: L.P.cb, L.P.scb) and L.P.dequantized (what the
+                         parametrization returns)
   case.json              settings, versions, the quantized modules and parameters
 
   PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \\
@@ -133,7 +134,46 @@ CASES = {
                   target_parameters=["experts.down_proj"]),
         seed=1400,
     ),
+    "mixtral_int8": dict(
+        family="mixtral",
+        config=dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, vocab_size=128, tie_word_embeddings=False,
+                    num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                    max_position_embeddings=64, output_router_logits=True, router_aux_loss_coef=0.02),
+        quant=dict(load_in_8bit=True),
+        lora=dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                  target_parameters=["experts.gate_up_proj", "experts.down_proj"]),
+        seed=1500,
+    ),
 }
+
+
+class Bnb8bitParametrization(torch.nn.Module):
+    """Axolotl's (moe_quant.py): dequantizes int8 row-wise data on access, to fp32."""
+
+    def __init__(self, row_stats):
+        super().__init__()
+        self.register_buffer("row_stats", row_stats)
+
+    @torch.no_grad()
+    def forward(self, quantized_param):
+        orig_shape = quantized_param.shape
+        if quantized_param.ndim > 2:
+            quantized_param = quantized_param.reshape(-1, orig_shape[-1])
+        return bnb.functional.int8_vectorwise_dequant(quantized_param, self.row_stats).reshape(orig_shape)
+
+
+def replace_parameter_8bit(module, name):
+    """Axolotl's replace_parameter_8bit: int8_vectorwise_quant of the fp16 data, one scale per row
+    of the last dimension. On CUDA (where Axolotl runs it) bitsandbytes' kernel takes a 3-D tensor
+    row by row; its CPU fallback reduces over dim 1 instead, so the tensor is handed over as
+    [rows, last] here (the same rows, the same per-row arithmetic), and the codes reshaped back."""
+    import torch.nn.utils.parametrize as P
+    original = getattr(module, name)
+    data = original.data.to(torch.float16)
+    int8_data, row_stats, _ = bnb.functional.int8_vectorwise_quant(data.reshape(-1, data.shape[-1]))
+    setattr(module, name, torch.nn.Parameter(int8_data.reshape(data.shape), requires_grad=False))
+    P.register_parametrization(module, name, Bnb8bitParametrization(row_stats), unsafe=True)
 
 
 def gen(seed):
@@ -170,7 +210,11 @@ def build(out, case, spec):
     os.chdir(out)
     make_base(spec, base)
     q = spec["quant"]
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, **q)
+    eight = q.get("load_in_8bit", False)
+    if eight:
+        quant = BitsAndBytesConfig(**q)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, **q)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32,
                                                  device_map="cpu", attn_implementation="eager")
@@ -178,6 +222,8 @@ def build(out, case, spec):
     for name, mod in model.named_modules():
         if isinstance(mod, bnb.nn.Linear4bit):
             mod.support_avx512bf16_for_cpu = False
+            linear4bit.append(name)
+        if isinstance(mod, bnb.nn.Linear8bitLt):
             linear4bit.append(name)
     experts = [(name, mod) for name, mod in model.named_modules() if name.endswith(".mlp.experts")]
     assert experts, "no fused experts"
@@ -195,12 +241,22 @@ def build(out, case, spec):
         for pname in ["gate_up_proj", "down_proj"]:
             dense = getattr(mod, pname).detach().clone()
             assert dense.ndim == 3
+            key = f"{layer}.{pname}"
+            if eight:
+                replace_parameter_8bit(mod, pname)
+                quantized.append(f"{name}.{pname}")
+                par = mod.parametrizations[pname]
+                tensors[key + ".cb"] = par.original.detach().clone()
+                tensors[key + ".scb"] = par[0].row_stats.detach().clone()
+                deq = getattr(mod, pname).detach().clone()
+                assert deq.shape == dense.shape and deq.dtype == torch.float32
+                tensors[key + ".dequantized"] = deq
+                continue
             replace_parameter_4bit(mod, pname, compress_statistics=q["bnb_4bit_use_double_quant"],
                                    quant_type=q["bnb_4bit_quant_type"])
             quantized.append(f"{name}.{pname}")
             par = next(p for p in mod.parametrizations[pname] if isinstance(p, Bnb4bitParametrization))
             st = par.quant_state
-            key = f"{layer}.{pname}"
             tensors[key + ".packed"] = mod.parametrizations[pname].original.detach().clone()
             if st.nested:
                 tensors[key + ".absmax"] = st.absmax
@@ -217,7 +273,9 @@ def build(out, case, spec):
         for name, p in model.named_parameters():
             if ".lora_A." in name or ".lora_B." in name:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    model.eval()
+    # An 8-bit base runs Linear8bitLt's training path on the CPU (MatMul8bitFp: the dequantized
+    # weight), the one recipe computes; nothing else in these models depends on the mode.
+    model.train() if eight else model.eval()
     model.save_pretrained(case_dir, safe_serialization=True)
     os.remove(os.path.join(case_dir, "README.md"))
     saved = load_file(os.path.join(case_dir, "adapter_model.safetensors"))
@@ -237,12 +295,13 @@ def build(out, case, spec):
               metadata=meta())
     with open(os.path.join(case_dir, "case.json"), "w") as f:
         f.write(json.dumps({"base_model": base, "lora": spec["lora"], "quantization": {
-            "load_in_4bit": True, "quantize_moe_experts": True, "bnb_4bit_compute_dtype": "float32", **q},
-            "linear4bit_modules": linear4bit, "quantized_expert_parameters": quantized,
+            "quantize_moe_experts": True, **({} if eight else {"load_in_4bit": True, "bnb_4bit_compute_dtype":
+                                                                        "float32"}), **q},
+            ("linear8bitlt_modules" if eight else "linear4bit_modules"): linear4bit, "quantized_expert_parameters": quantized,
             "trainable_parameters": model.get_nb_trainable_parameters()[0],
             "transformers_version": transformers.__version__, "peft_version": peft.__version__,
             "bitsandbytes_version": bnb.__version__}, indent=2, sort_keys=True) + "\n")
-    print(f"{case}: loss {res.loss.item():.6f}, {len(linear4bit)} Linear4bit, {len(quantized)} quantized expert "
+    print(f"{case}: loss {res.loss.item():.6f}, {len(linear4bit)} {'Linear8bitLt' if eight else 'Linear4bit'}, {len(quantized)} quantized expert "
           f"parameters, {len(saved)} adapter tensors")
 
 

@@ -319,7 +319,11 @@ pub fn render_text(plan: &Plan) -> String {
                  stays in the compute dtype",
                 q.expert_layers,
                 fused.join(", "),
-                if q.scheme == quantize::QuantScheme::Int8 { "8bit (Axolotl's)" } else { "4bit (blocks of 64)" }
+                if q.scheme == quantize::QuantScheme::Int8 {
+                    "8bit (Axolotl's: int8 per row of the last dimension, dequantized to fp32)"
+                } else {
+                    "4bit (blocks of 64)"
+                }
             );
         }
     }

@@ -283,7 +283,7 @@ pub fn describe(moe: &MoeArch, layers: u64) -> String {
 }
 
 /// What recipe does not do with a mixture of experts, refused by name before anything runs:
-/// 8-bit bases (4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
+/// 8-bit bases with experts in the compute dtype (with `quantize_moe_experts` they are built; 4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
 /// modules only, so the router and fused 3-D experts stay in the compute dtype, as the loader keeps
 /// them), sharded
 /// training (not tested with experts), IA3 (peft's Mixtral defaults name the experts), LoRA target
@@ -296,14 +296,14 @@ pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> 
     let Some(moe) = &arch.moe else { return Ok(()) };
     let class = &arch.class;
     let q = &c.quantization;
-    if q.load_in_8bit {
+    if q.load_in_8bit && !moe.quantized_experts {
         return Err(format!(
-            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) is not \
-             built for it, with or without `quantize_moe_experts` (QLoRA is: load_in_4bit quantizes its attention \
-             projections as bitsandbytes does, and with quantize_moe_experts its fused experts too)"
+            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) with its \
+             experts in the compute dtype is not built (with `quantize_moe_experts: true` it is: attention in \
+             LLM.int8, the fused experts in Axolotl's int8 parametrization; QLoRA is too: load_in_4bit)"
         ));
     }
-    if moe.quantized_experts {
+    if moe.quantized_experts && q.load_in_4bit {
         // Each expert's share of a fused tensor must hold whole 64-element blocks, so that the
         // expert dequantizes alone exactly as its rows of the whole (model/moe.rs).
         let n = arch.hidden_size * moe.expert_intermediate_size;
