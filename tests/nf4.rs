@@ -59,6 +59,7 @@ fn golden_state(g: &HashMap<String, Tensor>, v: &str, quant_type: QuantType, dq:
             code: g[&format!("{v}.nested_code")].shallow_clone(),
             offset: g[&format!("{v}.offset")].double_value(&[]) as f32,
             blocksize: 256,
+            first: 0,
         }),
         shape: input.size(),
         blocksize: 64,

@@ -22,6 +22,17 @@ pub struct QuantizationConfig {
     /// The dtype 4-bit weights are dequantized to for each matmul (float32 on CPU).
     #[serde(default)]
     pub bnb_4bit_compute_dtype: ComputeDtype,
+    /// Axolotl's `quantize_moe_experts`: also quantize a mixture of experts' fused expert weights
+    /// (transformers 5's `gate_up_proj` [experts, 2·width, hidden] and `down_proj` [experts,
+    /// hidden, width]) in the base's format, each fused tensor as one bitsandbytes quantizes a
+    /// whole 3-D parameter (`replace_parameter_4bit`: NF4/FP4 in blocks of 64 over the flattened
+    /// tensor, double quantization as `bnb_4bit_use_double_quant`), dequantized in the forward
+    /// pass; with `load_in_8bit`, Axolotl's row-wise int8 of the fp16 tensor, dequantized to fp32.
+    /// Without it a 4-bit base keeps the experts and router in the compute dtype, as transformers +
+    /// bitsandbytes do. Needs `adapter: lora` or `qlora`, `load_in_4bit` or `load_in_8bit`, and no
+    /// `lora_target_linear`; the router stays in the compute dtype.
+    #[serde(default)]
+    pub quantize_moe_experts: bool,
     /// Quantization-aware training (Axolotl's `qat`, torchao's fake quantizers): every linear
     /// layer, the output head included, trains on its input and weight rounded to the target
     /// grid in the forward pass, with the gradient straight through the rounding. The saved model

@@ -275,6 +275,35 @@ impl Rules<'_> {
                 "add adapter: qlora (4-bit) or adapter: lora (8-bit)",
             );
         }
+        // Axolotl's check_quantize_moe_experts, rule for rule.
+        if q.quantize_moe_experts {
+            if c.adapter.lora_target_linear {
+                self.error(
+                    "moe-experts-quant-target-linear",
+                    "`lora_target_linear` does not go with `quantize_moe_experts` (Axolotl refuses the pair)".into(),
+                    &["lora_target_linear", "quantize_moe_experts"],
+                    "name the attention projections in lora_target_modules, and adapt the experts through \
+                     lora_target_parameters (experts.gate_up_proj, experts.down_proj)",
+                );
+            }
+            if !c.adapter.adapter.is_some_and(|a| matches!(a, AdapterKind::Lora | AdapterKind::Qlora)) {
+                self.error(
+                    "moe-experts-quant-needs-lora",
+                    "`quantize_moe_experts` needs `adapter: lora` or `adapter: qlora`".into(),
+                    &["quantize_moe_experts", "adapter"],
+                    "add adapter: qlora with load_in_4bit: true",
+                );
+            }
+            if !q.load_in_4bit && !q.load_in_8bit {
+                self.error(
+                    "moe-experts-quant-needs-quantized-base",
+                    "`quantize_moe_experts` needs `load_in_4bit` or `load_in_8bit`: the experts take the base's format"
+                        .into(),
+                    &["quantize_moe_experts", "load_in_4bit"],
+                    "set load_in_4bit: true (and adapter: qlora)",
+                );
+            }
+        }
         let bnb_keys = ["bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"];
         if !q.load_in_4bit {
             for key in bnb_keys.iter().filter(|k| self.at.entry(k).is_some()) {

@@ -1462,6 +1462,13 @@ pub fn merge(loaded: &Loaded, out: &Path, kind: Kind) -> Result<Vec<PathBuf>, St
 /// head dense), so later runs load it without quantizing again.
 pub fn quantize_model(plan: &Plan, out: &Path) -> Result<Vec<PathBuf>, String> {
     let spec = quantize_spec(plan)?.ok_or("the recipe does not quantize its base (set load_in_4bit: true)")?;
+    if plan.model.architecture.moe.as_ref().is_some_and(|m| m.quantized_experts) {
+        // transformers' bitsandbytes serialization has no format for quantized 3-D experts.
+        return Err("unsupported-moe-quantized-experts-export: `recipe quantize` writes transformers' bitsandbytes \
+                    format, which stores no quantized experts; leave `quantize_moe_experts` out here (the experts \
+                    are then written dense) and keep it in the training recipe, which quantizes them while loading"
+            .into());
+    }
     let base_dir = crate::plan::model::model_folder(&plan.model)?;
     let ckpt = Checkpoint::open(&base_dir)?;
     let kind = save_kind(plan);

@@ -27,8 +27,10 @@ fn kind_of(name: &str) -> Result<Kind, String> {
     }
 }
 
-/// The tensors that store `q` under `name` (e.g. `model.layers.0.mlp.up_proj.weight`).
+/// The tensors that store `q` under `name` (e.g. `model.layers.0.mlp.up_proj.weight`). Not for a
+/// slice of a larger weight whose double-quantized state starts inside a nested block.
 pub fn to_tensors(name: &str, q: &Quantized4) -> Vec<(String, Tensor)> {
+    assert!(q.nested.as_ref().is_none_or(|n| n.first == 0), "`{name}`: a slice's nested state is not stored alone");
     let mut state = json!({
         "quant_type": q.quant_type.name(),
         "blocksize": q.blocksize,
@@ -87,6 +89,7 @@ pub fn read(ckpt: &Checkpoint, name: &str, shape: &[i64], device: Device) -> Res
                 code: ckpt.load(&format!("{name}.nested_quant_map"), &[256], Kind::Float, device)?,
                 offset: offset as f32,
                 blocksize: nb,
+                first: 0,
             })
         }
         None => None,

@@ -15,6 +15,10 @@ pub enum QuantizedWeight {
     Four(Quantized4),
     /// Row-wise int8 (load_in_8bit).
     Eight(Int8),
+    /// Row-wise int8 rows of a mixture of experts' fused parameter (Axolotl's
+    /// `quantize_moe_experts` with load_in_8bit, its `Bnb8bitParametrization`): every use takes
+    /// `int8_vectorwise_dequant`'s fp32 weight, cast to the compute dtype (no int8 matmul).
+    ExpertEight(Int8),
 }
 
 impl QuantizedWeight {
@@ -23,6 +27,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::Four(q) => nf4::dequantize(q, kind),
             QuantizedWeight::Eight(q) => int8::matmul_weight(q, kind),
+            QuantizedWeight::ExpertEight(q) => int8::dequantize(q, kind),
         }
     }
 
@@ -30,7 +35,7 @@ impl QuantizedWeight {
     pub fn dequantize(&self, kind: Kind) -> Tensor {
         match self {
             QuantizedWeight::Four(q) => nf4::dequantize(q, kind),
-            QuantizedWeight::Eight(q) => int8::dequantize(q, kind),
+            QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q) => int8::dequantize(q, kind),
         }
     }
 
@@ -38,7 +43,7 @@ impl QuantizedWeight {
     pub fn shape(&self) -> Vec<i64> {
         match self {
             QuantizedWeight::Four(q) => q.shape.clone(),
-            QuantizedWeight::Eight(q) => q.cb.size(),
+            QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q) => q.cb.size(),
         }
     }
 
@@ -46,14 +51,14 @@ impl QuantizedWeight {
     pub fn dtype(&self) -> Kind {
         match self {
             QuantizedWeight::Four(q) => q.dtype,
-            QuantizedWeight::Eight(q) => q.dtype,
+            QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q) => q.dtype,
         }
     }
 
     pub fn storage_bytes(&self) -> i64 {
         match self {
             QuantizedWeight::Four(q) => q.storage_bytes(),
-            QuantizedWeight::Eight(q) => q.storage_bytes(),
+            QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q) => q.storage_bytes(),
         }
     }
 
@@ -61,7 +66,7 @@ impl QuantizedWeight {
     pub fn to_tensors(&self, name: &str) -> Vec<(String, Tensor)> {
         match self {
             QuantizedWeight::Four(q) => super::bnb::to_tensors(name, q),
-            QuantizedWeight::Eight(q) => int8::to_tensors(name, q),
+            QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q) => int8::to_tensors(name, q),
         }
     }
 }
@@ -257,7 +262,7 @@ impl Linear {
     fn device(&self) -> tch::Device {
         match &self.quantized {
             Some(QuantizedWeight::Four(q)) => q.packed.device(),
-            Some(QuantizedWeight::Eight(q)) => q.cb.device(),
+            Some(QuantizedWeight::Eight(q) | QuantizedWeight::ExpertEight(q)) => q.cb.device(),
             None => self.weight.device(),
         }
     }

@@ -493,7 +493,13 @@ impl CausalLm {
                     None
                 },
                 mlp: match arch.moe.as_ref().filter(|m| m.is_sparse(l)) {
-                    Some(moe) => FeedForward::Sparse(super::moe::load(moe, l, h, &unquantized)?),
+                    Some(moe) => FeedForward::Sparse(super::moe::load(
+                        moe,
+                        l,
+                        h,
+                        &unquantized,
+                        opts.quantize.filter(|_| moe.quantized_experts),
+                    )?),
                     None => FeedForward::Dense(Mlp {
                         gate_up: if arch.fused_projections {
                             GateUpProj::Fused {
@@ -690,7 +696,10 @@ impl CausalLm {
                 let FeedForward::Sparse(block) = &mut layer.mlp else { continue };
                 let [router, gate_up, down] = crate::plan::moe::targeted_in_layer(parameters, l as u64);
                 let n = block.experts.len() as i64;
-                let (h, i) = (block.gate.weight.size()[1], block.experts[0].down_proj.weight.size()[1]);
+                // The expert weights may be quantized views (quantize_moe_experts): their shape.
+                let first = &block.experts[0].down_proj;
+                let i = first.quantized.as_ref().map_or_else(|| first.weight.size()[1], |q| q.shape()[1]);
+                let h = block.gate.weight.size()[1];
                 if router {
                     block.gate.adapter = Some(Adapter::Lora(fresh(h, n, *r)));
                 }
@@ -1581,7 +1590,11 @@ impl CausalLm {
                 if let FeedForward::Sparse(block) = &layer.mlp
                     && block.adapts(lin)
                 {
-                    let (name, shape, kind) = (format!("{}.weight", lin.name), lin.weight.size(), lin.weight.kind());
+                    let (shape, kind) = match &lin.quantized {
+                        Some(q) => (q.shape(), q.dtype()),
+                        None => (lin.weight.size(), lin.weight.kind()),
+                    };
+                    let name = format!("{}.weight", lin.name);
                     out.push(Deferred::new(name, shape, kind, move || block.merged_expert_weight(lin)));
                     continue;
                 }

@@ -10,8 +10,10 @@
 //! parameter and applied per expert; on the router it is the `gate` linear's own LoRA. Also here:
 //! the Switch Transformer load-balancing loss as transformers' `load_balancing_loss_func` computes it.
 
+use super::int8;
 use super::linear::{Linear, Lora};
-use super::llama::{CausalLm, Inputs};
+use super::llama::{CausalLm, Inputs, Quantize};
+use super::nf4;
 use crate::plan::moe::MoeArch;
 use std::cell::{Cell, RefCell};
 use tch::{Kind, Tensor};
@@ -215,15 +217,18 @@ pub fn layer_share(logits: &Tensor, mask: Option<&Tensor>, sums: &RoutingSums) -
 }
 
 /// Loads layer `layer`'s sparse block through `linear` (the loader's linear reader: dense,
-/// pre-quantized or quantized on load), under the checkpoint's names.
+/// pre-quantized or quantized on load), under the checkpoint's names. With `experts` (Axolotl's
+/// `quantize_moe_experts`, see [`quantize_experts`]) the layer's expert weights are quantized as
+/// the fused tensors transformers 5 holds, before the next layer loads.
 pub fn load(
     moe: &MoeArch,
     layer: u64,
     hidden: i64,
     linear: &dyn Fn(String, i64, i64, bool) -> Result<Linear, String>,
+    experts: Option<Quantize>,
 ) -> Result<SparseMoe, String> {
     let i = moe.expert_intermediate_size as i64;
-    let experts = (0..moe.num_experts)
+    let mut loaded = (0..moe.num_experts)
         .map(|e| {
             let [gate, up, down] = moe.expert_names(layer, e);
             Ok(Expert {
@@ -233,14 +238,85 @@ pub fn load(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    if let Some(spec) = experts {
+        quantize_experts(&mut loaded, spec, layer)?;
+    }
     Ok(SparseMoe {
         gate: linear(moe.router_name(layer), hidden, moe.num_experts as i64, false)?,
-        experts,
+        experts: loaded,
         top_k: moe.experts_per_token as i64,
         normalize_top_k: moe.normalize_top_k,
         gate_up_lora: None,
         down_lora: None,
     })
+}
+
+/// The block size of `quantize_moe_experts`' 4-bit experts: Axolotl calls bitsandbytes'
+/// `replace_parameter_4bit` without one, so `quantize_4bit` takes its default (64).
+pub const EXPERT_BLOCKSIZE: i64 = 64;
+
+/// Axolotl's `quantize_moe_experts` on one layer's (dense, loaded) experts. transformers 5 holds
+/// them fused: `gate_up_proj` [E, 2I, H] (expert e's gate rows, then its up rows) and `down_proj`
+/// [E, H, I]. With 4 bits, bitsandbytes' `replace_parameter_4bit` quantizes each fused tensor
+/// whole (`quantize_4bit` over the flattened tensor: blocks of 64, and with double quantization
+/// one offset and nested blocks over all of its absmax, so quantizing expert by expert would give
+/// other bytes); its parametrization dequantizes the whole tensor on access. With 8 bits,
+/// Axolotl's `replace_parameter_8bit`: `int8_vectorwise_quant` of the fp16 tensor, one scale per
+/// row of its last dimension (so per expert it is the same), dequantized by
+/// `int8_vectorwise_dequant` to fp32. Each expert linear keeps a view of its rows of the fused
+/// state: dequantizing it gives exactly its rows of the whole dequantized tensor (both formats
+/// dequantize per element and per block or row), so the block computes as transformers does
+/// with the parametrized parameter, and a merge writes the same per-expert weights.
+pub fn quantize_experts(experts: &mut [Expert], spec: Quantize, layer: u64) -> Result<(), String> {
+    use super::linear::QuantizedWeight;
+    let dense = |l: &Linear| -> Result<Tensor, String> {
+        if l.quantized.is_some() || l.weight.numel() == 0 {
+            return Err(format!("{}: quantize_moe_experts needs the expert weights dense in the checkpoint", l.name));
+        }
+        Ok(l.weight.shallow_clone())
+    };
+    match spec {
+        Quantize::FourBit(f) => {
+            let gate_up = experts
+                .iter()
+                .map(|x| Ok(Tensor::cat(&[dense(&x.gate_proj)?, dense(&x.up_proj)?], 0)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let down = experts.iter().map(|x| dense(&x.down_proj)).collect::<Result<Vec<_>, String>>()?;
+            let (gate_up, down) = (Tensor::stack(&gate_up, 0), Tensor::stack(&down, 0));
+            let (two_i, h) = (gate_up.size()[1], gate_up.size()[2]);
+            let i = two_i / 2;
+            let q_gate_up = nf4::quantize(&gate_up, EXPERT_BLOCKSIZE, f.quant_type, f.double_quant);
+            let q_down = nf4::quantize(&down, EXPERT_BLOCKSIZE, f.quant_type, f.double_quant);
+            drop((gate_up, down));
+            let cut = |q: &nf4::Quantized4, start: i64, shape: [i64; 2]| {
+                q.slice(start, &shape).map(QuantizedWeight::Four).ok_or_else(|| {
+                    format!(
+                        "unsupported-moe-quantized-experts-layout: layer {layer}: an expert's {shape:?} weight does not \
+                         hold whole {EXPERT_BLOCKSIZE}-element blocks of the fused tensor"
+                    )
+                })
+            };
+            for (k, x) in experts.iter_mut().enumerate() {
+                let k = k as i64;
+                x.gate_proj.quantized = Some(cut(&q_gate_up, k * two_i * h, [i, h])?);
+                x.up_proj.quantized = Some(cut(&q_gate_up, k * two_i * h + i * h, [i, h])?);
+                x.down_proj.quantized = Some(cut(&q_down, k * h * i, [h, i])?);
+                for l in [&mut x.gate_proj, &mut x.up_proj, &mut x.down_proj] {
+                    l.weight = Tensor::new();
+                }
+            }
+        }
+        Quantize::Int8 => {
+            for x in experts.iter_mut() {
+                for l in [&mut x.gate_proj, &mut x.up_proj, &mut x.down_proj] {
+                    let q = int8::quantize(&dense(l)?);
+                    l.quantized = Some(QuantizedWeight::ExpertEight(q));
+                    l.weight = Tensor::new();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a pass records of its routing for the load-balancing loss. Off (recording nothing) unless

@@ -76,6 +76,9 @@ pub struct Nested {
     pub offset: f32,
     /// 256, as bitsandbytes uses.
     pub blocksize: i64,
+    /// Where this state's first absmax block sits in the first nested block (0 for a whole
+    /// weight; a slice of a larger quantized tensor, [`Quantized4::slice`], may start inside one).
+    pub first: i64,
 }
 
 /// A weight quantized to 4 bits, laid out as bitsandbytes' `Params4bit` + `QuantState`.
@@ -335,7 +338,7 @@ pub fn quantize(w: &Tensor, blocksize: i64, quant_type: QuantType, double_quant:
             let code = dynamic_map();
             let (q, nested_absmax) = quantize_blockwise(&centred, &code, 256);
             let offset = offset.double_value(&[]) as f32;
-            (q, Some(Nested { absmax: nested_absmax, code: code.to_device(device), offset, blocksize: 256 }))
+            (q, Some(Nested { absmax: nested_absmax, code: code.to_device(device), offset, blocksize: 256, first: 0 }))
         } else {
             (absmax, None)
         };
@@ -377,8 +380,15 @@ impl Quantized4 {
         match &self.nested {
             None => self.absmax.shallow_clone(),
             Some(nested) => {
-                dequantize_blockwise(&self.absmax, &nested.absmax, &nested.code, nested.blocksize)
-                    + nested.offset as f64
+                // A slice starting inside a nested block: its codes are padded in front so each
+                // lands in its own nested block, then the padding is cut off again.
+                let q = if nested.first > 0 {
+                    self.absmax.constant_pad_nd([nested.first, 0])
+                } else {
+                    self.absmax.shallow_clone()
+                };
+                let full = dequantize_blockwise(&q, &nested.absmax, &nested.code, nested.blocksize);
+                full.narrow(0, nested.first, self.absmax.size()[0]) + nested.offset as f64
             }
         }
     }
@@ -391,6 +401,41 @@ impl Quantized4 {
         bytes(&self.packed) + bytes(&self.absmax) + nested
     }
 
+    /// Elements `start .. start + numel(shape)` of the flattened weight as a weight of their own,
+    /// sharing this state's storage (views): the codes, their blocks' absmax, and with double
+    /// quantization the nested blocks that cover them. Dequantizing the slice gives exactly the
+    /// same values as dequantizing the whole and cutting it (every step is per element or per
+    /// block). `start` and the slice's length must be multiples of the block size (the length
+    /// even), so that the slice holds whole blocks; None otherwise.
+    pub fn slice(&self, start: i64, shape: &[i64]) -> Option<Quantized4> {
+        let n: i64 = shape.iter().product();
+        let bs = self.blocksize;
+        if n <= 0 || start % bs != 0 || n % bs != 0 || n % 2 != 0 || start + n > self.numel() {
+            return None;
+        }
+        let (b0, nb) = (start / bs, n / bs);
+        let nested = self.nested.as_ref().map(|nd| {
+            let at = b0 + nd.first;
+            let (n0, n1) = (at / nd.blocksize, (at + nb - 1) / nd.blocksize);
+            Nested {
+                absmax: nd.absmax.narrow(0, n0, n1 - n0 + 1),
+                code: nd.code.shallow_clone(),
+                offset: nd.offset,
+                blocksize: nd.blocksize,
+                first: at % nd.blocksize,
+            }
+        });
+        Some(Quantized4 {
+            packed: self.packed.narrow(0, start / 2, n / 2),
+            absmax: self.absmax.narrow(0, b0, nb),
+            nested,
+            shape: shape.to_vec(),
+            blocksize: bs,
+            quant_type: self.quant_type,
+            dtype: self.dtype,
+        })
+    }
+
     /// Move every tensor to `device`.
     pub fn to_device(&self, device: Device) -> Quantized4 {
         Quantized4 {
@@ -401,6 +446,7 @@ impl Quantized4 {
                 code: n.code.to_device(device),
                 offset: n.offset,
                 blocksize: n.blocksize,
+                first: n.first,
             }),
             shape: self.shape.clone(),
             blocksize: self.blocksize,

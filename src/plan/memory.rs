@@ -50,6 +50,9 @@
 //!   autograd keeps for the input's gradient until the layer's backward pass: a layer's linears
 //!   times L without gradient checkpointing, times one with it (bitsandbytes' MatMul4Bit
 //!   dequantizes again in its backward instead).
+//! - dequantized experts (`quantize_moe_experts`): each reached expert's three weights
+//!   dequantized to c bytes and kept for the backward pass, at most E·3·I·h per sparse layer,
+//!   times the sparse layers without gradient checkpointing, times one with it.
 //! - gathered units (parameters sharded): the largest unit in c bytes, twice (current + prefetch).
 //! - allowance: 1 GiB for the CUDA context, cuBLAS workspace and kernels, plus 5% of the rest for
 //!   the caching allocator's fragmentation.
@@ -488,6 +491,25 @@ fn breakdown(
                     group(head.in_features * head.out_features),
                 )
             },
+        );
+    }
+    if let Some(moe) = arch.moe.as_ref().filter(|m| m.quantized_experts && quant.quantized_parameters > 0) {
+        // quantize_moe_experts: each expert a token reaches is dequantized for its matmuls and
+        // autograd keeps those weights until the layer's backward pass; at most every expert of a
+        // layer (as transformers keeps the parametrization's whole dequantized tensor): every
+        // sparse layer's without checkpointing, the recomputed layer's with it.
+        let per_layer = moe.num_experts * 3 * arch.hidden_size * moe.expert_intermediate_size;
+        let sparse = moe.sparse_layers(layers);
+        let kept = if checkpointing { 1 } else { sparse };
+        push(
+            "dequantized experts",
+            kept * per_layer * cb,
+            format!(
+                "{} × {} experts × {} × {cb} bytes, kept for the backward pass",
+                if checkpointing { "one layer".to_string() } else { format!("{sparse} sparse layers") },
+                moe.num_experts,
+                group(3 * arch.hidden_size * moe.expert_intermediate_size)
+            ),
         );
     }
     if strategy.shards_parameters() {

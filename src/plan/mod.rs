@@ -330,6 +330,23 @@ pub fn render_text(plan: &Plan) -> String {
         let per_module: Vec<String> =
             q.quantized_modules.iter().map(|m| format!("{} {}", m.name, bytes(m.bytes))).collect();
         let _ = writeln!(o, "           per layer: {}", per_module.join(", "));
+        if !q.expert_modules.is_empty() {
+            let fused: Vec<String> =
+                q.expert_modules.iter().map(|m| format!("{} {}", m.name, bytes(m.bytes))).collect();
+            let _ = writeln!(
+                o,
+                "           experts (quantize_moe_experts), per sparse layer × {}: {}; each fused tensor quantized \
+                 whole as bitsandbytes' replace_parameter_{}, dequantized per expert in the forward pass; the router \
+                 stays in the compute dtype",
+                q.expert_layers,
+                fused.join(", "),
+                if q.scheme == quantize::QuantScheme::Int8 {
+                    "8bit (Axolotl's: int8 per row of the last dimension, dequantized to fp32)"
+                } else {
+                    "4bit (blocks of 64)"
+                }
+            );
+        }
     }
     if let Some(q) = &plan.qat {
         let from = match q.from_step {

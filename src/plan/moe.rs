@@ -35,6 +35,11 @@ pub struct MoeArch {
     pub block: &'static str,
     /// An expert's gate, up and down projections, by checkpoint name.
     pub expert_linears: [&'static str; 3],
+    /// Axolotl's `quantize_moe_experts`: the fused expert tensors (`gate_up_proj` [E, 2I, H],
+    /// `down_proj` [E, H, I]) are stored quantized as bitsandbytes quantizes a whole 3-D
+    /// parameter (the base's 4-bit or 8-bit format), and dequantized in the forward pass.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quantized_experts: bool,
 }
 
 /// The config.json fields of a MoE family (unknown fields are ignored, as in arch.rs).
@@ -89,6 +94,7 @@ impl MoeArch {
                 dense_layers: Vec::new(),
                 block: "block_sparse_moe",
                 expert_linears: ["w1", "w3", "w2"],
+                quantized_experts: false,
             },
             MoeKind::Qwen3Moe => {
                 let num_experts = raw.num_local_experts.unwrap_or(128);
@@ -111,6 +117,7 @@ impl MoeArch {
                     dense_layers,
                     block: "mlp",
                     expert_linears: ["gate_proj", "up_proj", "down_proj"],
+                    quantized_experts: false,
                 }
             }
         };
@@ -276,7 +283,7 @@ pub fn describe(moe: &MoeArch, layers: u64) -> String {
 }
 
 /// What recipe does not do with a mixture of experts, refused by name before anything runs:
-/// 8-bit bases (4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
+/// 8-bit bases with experts in the compute dtype (with `quantize_moe_experts` they are built; 4-bit ones are built: bitsandbytes under transformers 5.24 quantizes `nn.Linear`
 /// modules only, so the router and fused 3-D experts stay in the compute dtype, as the loader keeps
 /// them), sharded
 /// training (not tested with experts), IA3 (peft's Mixtral defaults name the experts), LoRA target
@@ -289,11 +296,25 @@ pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> 
     let Some(moe) = &arch.moe else { return Ok(()) };
     let class = &arch.class;
     let q = &c.quantization;
-    if q.load_in_8bit {
+    if q.load_in_8bit && !moe.quantized_experts {
         return Err(format!(
-            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) is not \
-             built for it (QLoRA is: load_in_4bit quantizes its attention projections as bitsandbytes does)"
+            "unsupported-moe-quantization: {class} is a mixture of experts; an 8-bit base (load_in_8bit) with its \
+             experts in the compute dtype is not built (with `quantize_moe_experts: true` it is: attention in \
+             LLM.int8, the fused experts in Axolotl's int8 parametrization; QLoRA is too: load_in_4bit)"
         ));
+    }
+    if moe.quantized_experts && q.load_in_4bit {
+        // Each expert's share of a fused tensor must hold whole 64-element blocks, so that the
+        // expert dequantizes alone exactly as its rows of the whole (model/moe.rs).
+        let n = arch.hidden_size * moe.expert_intermediate_size;
+        let block = super::quantize::BLOCK_SIZE;
+        if n % block != 0 {
+            return Err(format!(
+                "unsupported-moe-quantized-experts-layout: {class}'s expert weights have hidden × width = {n} \
+                 elements, not a multiple of the 4-bit block ({block}); recipe dequantizes each expert's rows of \
+                 the fused tensor alone, which needs whole blocks per expert"
+            ));
+        }
     }
     if c.distributed.shards() {
         return Err(format!(
@@ -336,6 +357,16 @@ pub fn refusals(c: &crate::config::Config, arch: &super::arch::Architecture) -> 
 /// The recipe's `overrides_of_model_config` (or `model_config`) over config.json: the load-balancing
 /// loss's switch and weight, for a mixture of experts only.
 pub fn apply_overrides(c: &crate::config::Config, arch: &mut super::arch::Architecture) -> Result<(), String> {
+    if c.quantization.quantize_moe_experts {
+        let class = arch.class.clone();
+        let Some(moe) = arch.moe.as_mut() else {
+            return Err(format!(
+                "`quantize_moe_experts`: {class} has no mixture of experts, so there are no expert weights to quantize \
+                 (Axolotl would quantize nothing); remove it"
+            ));
+        };
+        moe.quantized_experts = true;
+    }
     let Some(o) = c.model.config_overrides()? else { return Ok(()) };
     if o.output_router_logits.is_none() && o.router_aux_loss_coef.is_none() {
         return Ok(());

@@ -31,6 +31,14 @@ pub struct QuantizationPlan {
     /// The quantized weights of one decoder layer (embeddings, norms and lm_head stay unquantized),
     /// each present once per layer.
     pub quantized_modules: Vec<QuantizedModule>,
+    /// `quantize_moe_experts`: the fused expert tensors of one sparse layer
+    /// (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), each quantized whole, present once
+    /// per sparse layer (`expert_layers`). Empty otherwise: the experts stay in the compute dtype.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expert_modules: Vec<QuantizedModule>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub expert_layers: u64,
+    /// Parameters and bytes of all quantized weights, the experts' included.
     pub quantized_parameters: u64,
     /// Bytes of all quantized weights, constants included.
     pub quantized_bytes: u64,
@@ -76,6 +84,18 @@ pub struct QuantizedModule {
     pub bytes: u64,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes of a tensor of `n` elements in 4 bits (blocks of 64), with or without double
+/// quantization, as `quantize_4bit` stores it (see the module's formula).
+pub fn four_bit_bytes(n: u64, double_quant: bool) -> u64 {
+    let blocks = n.div_ceil(BLOCK_SIZE);
+    let absmax = if double_quant { blocks + 4 * blocks.div_ceil(NESTED_BLOCK_SIZE) + 4 + 256 * 4 } else { 4 * blocks };
+    n.div_ceil(2) + 16 * 4 + absmax
+}
+
 pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
     let q = &c.quantization;
     if !q.load_in_4bit && !q.load_in_8bit {
@@ -83,17 +103,7 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
     }
     let bytes = |l: &Linear| {
         let n = l.in_features * l.out_features;
-        if q.load_in_4bit {
-            let blocks = n.div_ceil(BLOCK_SIZE);
-            let absmax = if q.bnb_4bit_use_double_quant {
-                blocks + 4 * blocks.div_ceil(NESTED_BLOCK_SIZE) + 4 + 256 * 4
-            } else {
-                4 * blocks
-            };
-            n.div_ceil(2) + 16 * 4 + absmax
-        } else {
-            n + 4 * l.out_features
-        }
+        if q.load_in_4bit { four_bit_bytes(n, q.bnb_4bit_use_double_quant) } else { n + 4 * l.out_features }
     };
     let modules: Vec<QuantizedModule> = arch
         .layer_linears()
@@ -120,6 +130,28 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
     let dense_layers = arch.moe.as_ref().map_or(0, |m| m.dense_layers.len() as u64);
     let dense_parameters = dense_layers * dense_mlp.iter().map(|l| l.in_features * l.out_features).sum::<u64>();
     let dense_bytes = dense_layers * dense_mlp.iter().map(bytes).sum::<u64>();
+    // quantize_moe_experts: each fused 3-D expert tensor quantized whole (4 bits: one
+    // quantize_4bit over the flattened tensor; 8 bits: int8 plus an fp32 scale per row of its last
+    // dimension).
+    let (expert_modules, expert_layers) = match &arch.moe {
+        Some(moe) if moe.quantized_experts => {
+            let (e, h, i) = (moe.num_experts, arch.hidden_size, moe.expert_intermediate_size);
+            let fused = [("mlp.experts.gate_up_proj", e * 2 * i, h), ("mlp.experts.down_proj", e * h, i)];
+            let modules = fused
+                .iter()
+                .map(|&(name, rows, cols)| {
+                    let n = rows * cols;
+                    let bytes =
+                        if q.load_in_4bit { four_bit_bytes(n, q.bnb_4bit_use_double_quant) } else { n + 4 * rows };
+                    QuantizedModule { name: name.to_string(), parameters: n, bytes }
+                })
+                .collect();
+            (modules, moe.sparse_layers(arch.num_layers))
+        }
+        _ => (Vec::new(), 0),
+    };
+    let expert_parameters = expert_layers * expert_modules.iter().map(|m| m.parameters).sum::<u64>();
+    let expert_bytes = expert_layers * expert_modules.iter().map(|m| m.bytes).sum::<u64>();
     let per_layer = |f: fn(&QuantizedModule) -> u64| arch.num_layers * modules.iter().map(f).sum::<u64>();
     let (scheme, block_size, compute_dtype) = if q.load_in_4bit {
         let scheme = match q.bnb_4bit_quant_type {
@@ -135,9 +167,11 @@ pub fn plan(c: &Config, arch: &Architecture) -> QuantizationPlan {
         block_size,
         double_quant: q.load_in_4bit && q.bnb_4bit_use_double_quant,
         compute_dtype,
-        quantized_parameters: per_layer(|m| m.parameters) + dense_parameters,
-        quantized_bytes: per_layer(|m| m.bytes) + dense_bytes,
+        quantized_parameters: per_layer(|m| m.parameters) + dense_parameters + expert_parameters,
+        quantized_bytes: per_layer(|m| m.bytes) + dense_bytes + expert_bytes,
         quantized_modules: modules,
+        expert_modules,
+        expert_layers,
     }
 }
 
