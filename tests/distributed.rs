@@ -581,6 +581,48 @@ fn sharded_strategies_repeat_the_one_rank_run() {
     }
 }
 
+/// `unfrozen_parameters` under sharding: the selected tensors train whole (each rank its chunks of
+/// them), the rest stay frozen; the same losses and weights as one rank with accumulation 2.
+#[test]
+fn sharded_unfrozen_parameters_repeat_the_one_rank_run() {
+    let extra = "max_steps: 4\nunfrozen_parameters:\n  - ^model.layers.[0-2].mlp.*\n  - model.norm\n";
+    let one = one_rank_with_accumulation_two("full", extra);
+    // Each rank loading only its chunks of the base, too.
+    let chunks = format!("{extra}fsdp_config:\n  cpu_ram_efficient_loading: true\n");
+    for (strategy, extra) in [("full_shard", extra), ("shard_grad_op", extra), ("full_shard", chunks.as_str())] {
+        let (two, stdout) = two_sharded_ranks("full", extra, strategy);
+        assert!(layout_line(&stdout).contains("across 2 rank(s)"), "{stdout}");
+        assert_same_losses(&step_losses(one.path()), &step_losses(two.path()), 1e-5, strategy);
+        assert_same_weights(one.path(), two.path(), 1e-5);
+        // What was not selected is the base, bit for bit.
+        let base: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(root().join("models/stories260k/model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        for (name, trained) in weights(two.path()) {
+            let selected = (name.starts_with("model.layers.0.mlp")
+                || name.starts_with("model.layers.1.mlp")
+                || name.starts_with("model.layers.2.mlp"))
+                || name.starts_with("model.norm");
+            let Some(loaded) = base.get(&name) else { continue };
+            let loaded = loaded.to_kind(trained.kind());
+            let moved = (&trained - &loaded).abs().max().double_value(&[]);
+            assert_eq!(moved > 0.0, selected, "{name}: moved by {moved:e}");
+        }
+    }
+    // A row range is not built under sharding: refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(
+        dir.path(),
+        "full",
+        "unfrozen_parameters:\n  - ^model.embed_tokens.weight$[:100]\nfsdp: [full_shard, auto_wrap]\n",
+    );
+    let out = recipe().arg("validate").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("unsupported-unfrozen-rows-sharded"), "{text}");
+}
+
 #[test]
 fn sharded_ia3_and_embedding_lora_repeat_the_one_rank_run() {
     // IA3 vectors shard with their decoder layer, the embedding's LoRA pair with the root unit.

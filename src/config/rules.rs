@@ -371,8 +371,8 @@ impl Rules<'_> {
         }
     }
 
-    /// `unfrozen_parameters`: every entry a pattern recipe can read (at its item), and only for a
-    /// full fine-tune on one process or data parallelism. Axolotl applies the list after peft has
+    /// `unfrozen_parameters`: every entry a pattern recipe can read (at its item), only for a full
+    /// fine-tune, and row ranges only without sharding. Axolotl applies the list after peft has
     /// wrapped the model, where no Hugging Face name is left to match, so with an adapter it
     /// freezes everything; recipe refuses that by name.
     fn unfrozen_parameters(&mut self, c: &Config) {
@@ -408,13 +408,20 @@ impl Rules<'_> {
                  lora_modules_to_save",
             );
         }
-        if c.distributed.shards() {
+        // Sharded training trains the selected tensors whole (each rank its chunks of them); a row
+        // range would zero rows of gradients that are cut into chunks, which is not built.
+        let with_rows = patterns
+            .iter()
+            .enumerate()
+            .find(|(_, p)| super::unfrozen::UnfreezePattern::parse(p).is_ok_and(|q| q.rows.is_some()));
+        if let (true, Some((i, _))) = (c.distributed.shards(), with_rows) {
             self.error(
-                "unsupported-unfrozen-parameters-sharded",
-                "`unfrozen_parameters` is not built into sharded training (fsdp / DeepSpeed ZeRO) yet".into(),
-                &["unfrozen_parameters"],
-                "train the selection with data parallelism (no fsdp / deepspeed), or shard a full fine-tune of every \
-                 parameter",
+                "unsupported-unfrozen-rows-sharded",
+                "a row range in `unfrozen_parameters` (training some rows of a tensor) is not built into sharded \
+                 training (fsdp / DeepSpeed ZeRO) yet; whole tensors are"
+                    .into(),
+                &[&format!("unfrozen_parameters.{i}")],
+                "train the rows with data parallelism (no fsdp / deepspeed), or select whole tensors",
             );
         }
     }
