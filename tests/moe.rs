@@ -527,19 +527,8 @@ fn recipe_run_trains_lora_on_router_and_experts() {
         ),
     )
     .unwrap();
-    let run = common::recipe_command()
-        .arg("run")
-        .arg(&recipe_path)
-        .args(["--device", "cpu", "--no-progress"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-        .collect();
+    let stdout = common::run_on_cpu(&recipe_path, &[]);
+    let losses = common::training_losses(&out);
     assert_eq!(losses.len(), 12, "{losses:?}");
     let (first, last) = (losses[..3].iter().sum::<f64>(), losses[9..].iter().sum::<f64>());
     assert!(last < first, "the loss does not fall: {losses:?}");

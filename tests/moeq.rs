@@ -447,19 +447,8 @@ fn recipe_run_trains_qlora_over_quantized_experts() {
         ),
     )
     .unwrap();
-    let run = common::recipe_command()
-        .arg("run")
-        .arg(&recipe_path)
-        .args(["--device", "cpu", "--no-progress"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-        .collect();
+    common::run_on_cpu(&recipe_path, &[]);
+    let losses = common::training_losses(&out);
     assert_eq!(losses.len(), 8, "{losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     let (first, last) = (losses[..2].iter().sum::<f64>(), losses[6..].iter().sum::<f64>());

@@ -11,7 +11,7 @@
 mod common;
 
 use recipe::exec::objective::{self, DeviceBatch, Supervised};
-use recipe::model::llama::{CausalLm, Inputs};
+use recipe::model::llama::Inputs;
 use recipe::plan::{PlanOptions, compile, render_text};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -159,33 +159,11 @@ fn on_cpu_an_offloaded_run_equals_the_checkpointed_run_bit_for_bit() {
     eprintln!("3 steps, losses {losses:?}: identical bits with both spellings");
 }
 
-/// `common::load_peft_folder` on `device` (fp32 base).
-fn load_peft_folder_on(dir: &Path, device: Device) -> CausalLm {
-    use recipe::model::adapter;
-    use recipe::model::llama::LoadOptions;
-    use recipe::model::weights::Checkpoint;
-    let cfg = adapter::read_config(dir).unwrap();
-    let base = root().join(&cfg.base_model);
-    let config = std::fs::read_to_string(base.join("config.json")).unwrap();
-    let arch = recipe::plan::arch::Architecture::from_config_json(&config).unwrap();
-    let opts = LoadOptions {
-        device,
-        base_kind: Kind::Float,
-        trainable: cfg.trainable.clone(),
-        quantize: None,
-        score_head: cfg.sequence_classification,
-    };
-    let model = CausalLm::load(&arch, &Checkpoint::open(&base).unwrap(), &opts).unwrap();
-    let adapter_file = dir.join("adapter_model.safetensors");
-    adapter::load_trainable(&model, &Checkpoint::open_files(dir, &[adapter_file]).unwrap()).unwrap();
-    model
-}
-
 /// stories260k with peft's all-linear LoRA (tests/golden/lora, scripts/reference/model_goldens.py)
 /// on `device`: the supervised loss's gradients with checkpointing, offloaded or not.
 fn gradients(device: Device, offload: bool) -> (Vec<(String, Tensor)>, Vec<Device>, bool, Tensor) {
     let dir = root().join("tests/golden/lora/stories260k_all_linear");
-    let model = load_peft_folder_on(&dir, device);
+    let model = common::load_peft_folder_on(&dir, Kind::Float, device);
     let g: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let (ids, labels) = (g["input_ids"].to_device(device), g["labels"].to_device(device));

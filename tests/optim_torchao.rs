@@ -178,10 +178,6 @@ fn a_saved_state_resumes_to_the_same_steps() {
     }
 }
 
-fn recipe_bin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_recipe"))
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -201,21 +197,6 @@ fn full_fine_tune(dir: &Path, optimizer: &str) -> PathBuf {
     path
 }
 
-fn run_ok(path: &Path, args: &[&str]) -> String {
-    let out = recipe_bin().arg("run").arg(path).args(["--device", "cpu", "--no-progress"]).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-        .collect()
-}
-
 /// "optimizer  NAME: 1.98 MiB of state" in bytes.
 fn state_bytes(stdout: &str) -> f64 {
     let line = stdout.lines().find(|l| l.starts_with("optimizer  ")).unwrap_or_default();
@@ -230,8 +211,8 @@ fn state_bytes(stdout: &str) -> f64 {
 #[test]
 fn full_fine_tunes_resume_exactly_and_follow_32_bit_adamw_with_torchaos_state_sizes() {
     let reference = tempfile::tempdir().unwrap();
-    let full_stdout = run_ok(&full_fine_tune(reference.path(), "adamw_torch"), &[]);
-    let full = losses(reference.path());
+    let full_stdout = common::run_on_cpu(&full_fine_tune(reference.path(), "adamw_torch"), &[]);
+    let full = common::training_losses(&reference.path().join("out"));
     assert_eq!(full.len(), 6);
     let ckpt = Checkpoint::open(&root().join("models/stories260k")).unwrap();
     // 4-bit states follow less closely: the second moment's linear map (no zero) lifts every value
@@ -240,8 +221,8 @@ fn full_fine_tunes_resume_exactly_and_follow_32_bit_adamw_with_torchaos_state_si
     for (optimizer, per_value, tolerance) in [("adamw_torch_8bit", 1.0, 2e-4), ("adamw_torch_4bit", 0.5, 1e-1)] {
         let a = tempfile::tempdir().unwrap();
         let path = full_fine_tune(a.path(), optimizer);
-        let stdout = run_ok(&path, &[]);
-        let low = losses(a.path());
+        let stdout = common::run_on_cpu(&path, &[]);
+        let low = common::training_losses(&a.path().join("out"));
         let worst = full.iter().zip(&low).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
         eprintln!(
             "{optimizer}: largest loss difference from adamw_torch over 6 steps: {worst:e}\n  {low:?}\n  {full:?}"
@@ -272,11 +253,11 @@ fn full_fine_tunes_resume_exactly_and_follow_32_bit_adamw_with_torchaos_state_si
         }
         let b = tempfile::tempdir().unwrap();
         let path = full_fine_tune(b.path(), optimizer);
-        let stopped = run_ok(&path, &["--stop-after", "3"]);
+        let stopped = common::run_on_cpu(&path, &["--stop-after", "3"]);
         assert!(stopped.contains("stopped    at step 3"), "{stopped}");
-        let resumed = run_ok(&path, &["--set", "resume_from_checkpoint=true"]);
+        let resumed = common::run_on_cpu(&path, &["--set", "resume_from_checkpoint=true"]);
         assert!(resumed.contains("resumed    from"), "{resumed}");
-        let again = losses(b.path());
+        let again = common::training_losses(&b.path().join("out"));
         assert_eq!(again.len(), 6, "{again:?}");
         assert_eq!(again, low, "{optimizer}: losses after resuming differ from the uninterrupted run's");
     }

@@ -176,10 +176,6 @@ fn the_decay_then_constant_cosine_is_axolotls() {
     eprintln!("decay-then-constant cosine: {} cases, largest relative difference {worst:e}", cases.len());
 }
 
-fn recipe_bin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_recipe"))
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -199,21 +195,6 @@ fn full_fine_tune(dir: &Path, optimizer: &str, lr: f64) -> PathBuf {
     path
 }
 
-fn run_ok(path: &Path, args: &[&str]) -> String {
-    let out = recipe_bin().arg("run").arg(path).args(["--device", "cpu", "--no-progress"]).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("out/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-        .collect()
-}
-
 #[test]
 fn stories260k_trains_with_each_and_resumes_exactly() {
     // Learning rates each optimizer moves stories260k with in six steps (SGD needs a larger one).
@@ -222,21 +203,21 @@ fn stories260k_trains_with_each_and_resumes_exactly() {
     {
         let a = tempfile::tempdir().unwrap();
         let path = full_fine_tune(a.path(), optimizer, lr);
-        let stdout = run_ok(&path, &[]);
+        let stdout = common::run_on_cpu(&path, &[]);
         // stories260k's 11 norm weights are 1-D: Muon leaves them as loaded and says so.
         let untouched = stdout.contains("11 1-D tensors left as loaded");
         assert_eq!(untouched, optimizer == "muon", "{stdout}");
-        let full = losses(a.path());
+        let full = common::training_losses(&a.path().join("out"));
         eprintln!("{optimizer}: losses {full:?}");
         assert_eq!(full.len(), 6);
         assert!(full[5] < full[0] - 0.05, "{optimizer}: the loss should fall: {full:?}");
         // Stopped after 3 steps and resumed: the same losses as uninterrupted.
         let b = tempfile::tempdir().unwrap();
         let path = full_fine_tune(b.path(), optimizer, lr);
-        let stopped = run_ok(&path, &["--stop-after", "3"]);
+        let stopped = common::run_on_cpu(&path, &["--stop-after", "3"]);
         assert!(stopped.contains("stopped    at step 3"), "{stopped}");
-        let resumed = run_ok(&path, &["--set", "resume_from_checkpoint=true"]);
+        let resumed = common::run_on_cpu(&path, &["--set", "resume_from_checkpoint=true"]);
         assert!(resumed.contains("resumed    from"), "{resumed}");
-        assert_eq!(losses(b.path()), full, "{optimizer}: losses after resuming differ");
+        assert_eq!(common::training_losses(&b.path().join("out")), full, "{optimizer}: losses after resuming differ");
     }
 }

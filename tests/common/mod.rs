@@ -119,6 +119,12 @@ pub fn assert_matches_parity_golden(
 /// that adapter loaded, on the CPU, the base in `base_kind`.
 #[cfg(feature = "exec")]
 pub fn load_peft_folder(dir: &Path, base_kind: tch::Kind) -> recipe::model::llama::CausalLm {
+    load_peft_folder_on(dir, base_kind, tch::Device::Cpu)
+}
+
+/// [`load_peft_folder`] on `device`.
+#[cfg(feature = "exec")]
+pub fn load_peft_folder_on(dir: &Path, base_kind: tch::Kind, device: tch::Device) -> recipe::model::llama::CausalLm {
     use recipe::model::adapter;
     use recipe::model::llama::{CausalLm, LoadOptions};
     use recipe::model::weights::Checkpoint;
@@ -128,7 +134,7 @@ pub fn load_peft_folder(dir: &Path, base_kind: tch::Kind) -> recipe::model::llam
     let config = std::fs::read_to_string(base.join("config.json")).unwrap();
     let arch = recipe::plan::arch::Architecture::from_config_json(&config).unwrap();
     let opts = LoadOptions {
-        device: tch::Device::Cpu,
+        device,
         base_kind,
         trainable: cfg.trainable.clone(),
         quantize: None,
@@ -325,5 +331,23 @@ pub fn metrics_records(dir: &Path) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `recipe run RECIPE --device cpu ARGS`: its standard output, once it has succeeded.
+pub fn run_on_cpu(recipe: &Path, args: &[&str]) -> String {
+    let run =
+        recipe_command().arg("run").arg(recipe).args(["--device", "cpu", "--no-progress"]).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    stdout
+}
+
+/// The training losses of `OUT/metrics.jsonl`, in step order.
+pub fn training_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
         .collect()
 }
