@@ -304,3 +304,13 @@ fn bottleneck_suggestions_stay_within_what_it_builds() {
     assert!(changes.iter().any(|c| c.contains("bottleneck adapters on a 4-bit base")), "{changes:?}");
     assert!(!changes.iter().any(|c| c.contains("fsdp") || c.contains("GPUs") || c.contains("qlora")), "{changes:?}");
 }
+
+#[test]
+fn mixture_of_experts_suggestions_stay_within_what_it_builds() {
+    // Qwen3-30B-A3B QLoRA with its experts in 4 bits on a 16 GiB GPU: does not fit, and sharding
+    // (refused for a mixture of experts, plan/moe.rs) is not suggested.
+    let p = plan("recipes/qwen3-30b-a3b-qlora.yaml", &["quantize_moe_experts=true"], on_gpu(16));
+    assert_eq!(p.memory.fits, Some(false));
+    let changes: Vec<&str> = p.memory.suggestions.iter().map(|s| s.change.as_str()).collect();
+    assert!(!changes.iter().any(|c| c.contains("fsdp") || c.contains("GPUs")), "{changes:?}");
+}

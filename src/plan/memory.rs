@@ -622,8 +622,9 @@ fn suggestions(
             total(&qlora, world_size),
         );
     }
-    // Sharded training of bottleneck adapters is refused (config/rules/bottleneck.rs): nothing to suggest.
-    if c.adapter.adapter == Some(AdapterKind::Bottleneck) {
+    // Sharded training of bottleneck adapters (config/rules/bottleneck.rs) and of a mixture of
+    // experts (plan/moe.rs) is refused: nothing to suggest.
+    if c.adapter.adapter == Some(AdapterKind::Bottleneck) || arch.moe.is_some() {
         return out;
     }
     let mut sharded = cumulative.clone();
