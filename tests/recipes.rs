@@ -61,13 +61,11 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
              attn_implementation: flash_attention_2\ngradient_checkpointing: true\n\
              gradient_checkpointing_kwargs:\n  use_reentrant: false\nremove_unused_columns: false\ntorch_compile: auto\n\
              lora_mlp_kernel: true\nlora_qkv_kernel: true\nlora_o_kernel: false\n\
-             fused_attn_kernel: true\nflash_attn_fuse_mlp: true\ntorch_compile_mode: max-autotune\n\
+             fused_attn_kernel: true\ntorch_compile_mode: max-autotune\n\
              flex_attn_compile_kwargs:\n  dynamic: false\n  mode: max-autotune-no-cudagraphs\n",
         ),
     );
     assert!(!loaded.has_errors(), "{}", common::rendered(&loaded));
-    // Axolotl refuses its fused MLP beside LoRA; recipe's LoRA layers compute the same: a warning.
-    assert!(rules(&loaded, false).contains(&"fused-mlp-with-lora"), "{}", common::rendered(&loaded));
     assert!(!rules(&loaded, false).contains(&"compile-mode-without-compile"), "{}", common::rendered(&loaded));
     let plan = recipe::plan::compile(&loaded, Default::default()).unwrap();
     let text = recipe::plan::render_text(&plan);
@@ -87,7 +85,6 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
         "lora_qkv_kernel: true → recipe's LoRA layers for the q/k/v projections",
         "lora_o_kernel: false → recipe's own LoRA layers, as asked",
         "fused_attn_kernel: true → the q/k RMSNorm (in the families that have one) and the rotary embedding",
-        "flash_attn_fuse_mlp: true → the feed-forward block's gate/up projections and SwiGLU with libtorch ops",
         "torch_compile_mode: max-autotune → no compilation",
         "flex_attn_compile_kwargs: dynamic false, mode max-autotune-no-cudagraphs → no flex_attention to compile",
     ] {
@@ -100,6 +97,16 @@ fn kernel_requests_are_accepted_and_the_plan_says_what_recipe_runs() {
     );
     let text = recipe::plan::render_text(&recipe::plan::compile(&full, Default::default()).unwrap());
     assert!(text.contains("lora_mlp_kernel: true → no LoRA layers in this recipe: nothing to replace"), "{text}");
+    // xformers' fused MLP: a full fine-tune's request the plan answers; beside LoRA refused, as Axolotl does.
+    let fused = base("flash_attn_fuse_mlp: true\n").replace("adapter: lora\nlora_target_linear: true\n", "");
+    let fused = load_text(dir.path(), &fused);
+    let text = recipe::plan::render_text(&recipe::plan::compile(&fused, Default::default()).unwrap());
+    assert!(
+        text.contains("flash_attn_fuse_mlp: true → the feed-forward block's gate/up projections and SwiGLU"),
+        "{text}"
+    );
+    let with_lora = load_text(dir.path(), &base("flash_attn_fuse_mlp: true\n"));
+    assert_eq!(rules(&with_lora, true), ["fused-mlp-with-lora"], "{}", common::rendered(&with_lora));
     // A compile mode without compiling: Axolotl does not read it; said, as a warning.
     let mode = load_text(dir.path(), &base("torch_compile_mode: reduce-overhead\n"));
     assert!(rules(&mode, false).contains(&"compile-mode-without-compile"), "{}", common::rendered(&mode));
@@ -345,6 +352,18 @@ fn axolotl_names_of_beta_and_bf16_are_folded_into_recipes_settings() {
         .replace("lora_target_linear: true", "lora_target_modules: [embed_tokens, q_proj]");
     let embedding = load_text(dir.path(), &embedding);
     assert_eq!(rules(&embedding, true), ["lora-fan-in-fan-out-embedding"], "{}", common::rendered(&embedding));
+    // bfloat16: true is bf16: true, beside `bf16: auto` too (Axolotl: `bf16 or bfloat16`).
+    let auto = load_text(dir.path(), &base("bfloat16: true\nbf16: auto\n"));
+    assert_eq!(auto.config.as_ref().unwrap().training.bf16, recipe::config::training::Switch::On);
+    let regex_embedding = base("lora_fan_in_fan_out: true\n")
+        .replace("lora_target_linear: true", "lora_target_modules: [model.embed_tokens, q_proj]");
+    let regex_embedding = load_text(dir.path(), &regex_embedding);
+    assert_eq!(
+        rules(&regex_embedding, true),
+        ["lora-fan-in-fan-out-embedding"],
+        "{}",
+        common::rendered(&regex_embedding)
+    );
     // bfloat16: true is bf16: true.
     let bf16 = load_text(dir.path(), &base("bfloat16: true\n"));
     assert!(rules(&bf16, true).is_empty(), "{}", common::rendered(&bf16));

@@ -353,8 +353,13 @@ impl Rules<'_> {
         }
         // peft's handling of `fan_in_fan_out` on nn.Linear and nn.Embedding targets.
         if c.adapter.lora_fan_in_fan_out && c.adapter.adapter.is_some_and(|a| a.is_lora()) {
-            let on_embedding =
-                c.adapter.lora_target_modules.as_ref().is_some_and(|m| m.names().contains(&"embed_tokens"));
+            // peft matches a target as the module name or its suffix (or a regex): any target naming
+            // embed_tokens reaches the embedding.
+            let on_embedding = c
+                .adapter
+                .lora_target_modules
+                .as_ref()
+                .is_some_and(|m| m.names().iter().any(|n| n.contains("embed_tokens")));
             if on_embedding {
                 self.error(
                     "lora-fan-in-fan-out-embedding",
@@ -524,7 +529,9 @@ impl Rules<'_> {
                 "use activation_dtype: int8 with weight_dtype: int4",
             ),
         }
-        if qat.fake_quant_after_n_steps == Some(0) {
+        // MX layers are never switched by Axolotl's callback (mxfp4: qat_mxfp4 below), so 0 is
+        // harmless there.
+        if qat.fake_quant_after_n_steps == Some(0) && qat.weight_dtype != super::quantization::QatDtype::Mxfp4 {
             self.error(
                 "qat-after-zero-steps",
                 "`qat.fake_quant_after_n_steps: 0`: Axolotl's QATCallback switches fake quantization off at step 0 \
@@ -1374,10 +1381,10 @@ impl Rules<'_> {
     fn kernels(&mut self, c: &Config) {
         use super::kernels::AttnImplementation;
         if c.kernels.flash_attn_fuse_mlp == Some(true) && c.adapter.adapter.is_some_and(|a| a.is_lora()) {
-            self.warn(
+            self.error(
                 "fused-mlp-with-lora",
-                "Axolotl refuses `flash_attn_fuse_mlp` with LoRA / QLoRA (its fused module has no LoRA path); \
-                 recipe computes the same feed-forward block with its LoRA layers"
+                "`flash_attn_fuse_mlp: true` with LoRA / QLoRA: Axolotl refuses the pair (\"Fused modules are not \
+                 supported with LoRA/QLoRA\"), and so does recipe"
                     .into(),
                 &["flash_attn_fuse_mlp", "adapter"],
                 "remove flash_attn_fuse_mlp",

@@ -778,6 +778,8 @@ impl CausalLm {
                 .iter()
                 .flat_map(layer_linears)
                 .chain([&self.lm_head])
+                // A reward model's score head replaces lm_head, whose weight is then undefined.
+                .filter(|l| l.weight.defined())
                 .find(|l| !matches!(l.weight.kind(), tch::Kind::Float | tch::Kind::BFloat16))
         {
             return Err(format!(

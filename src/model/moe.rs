@@ -282,7 +282,12 @@ pub fn quantize_experts(experts: &mut [Expert], spec: Quantize, layer: u64) -> R
                 .map(|x| Ok(Tensor::cat(&[dense(&x.gate_proj)?, dense(&x.up_proj)?], 0)))
                 .collect::<Result<Vec<_>, String>>()?;
             let down = experts.iter().map(|x| dense(&x.down_proj)).collect::<Result<Vec<_>, String>>()?;
-            let (gate_up, down) = (Tensor::stack(&gate_up, 0), Tensor::stack(&down, 0));
+            // The per-expert concatenations go as soon as they are stacked (a layer's experts at a time).
+            let (gate_up, down) = {
+                let stacked = (Tensor::stack(&gate_up, 0), Tensor::stack(&down, 0));
+                drop((gate_up, down));
+                stacked
+            };
             let (two_i, h) = (gate_up.size()[1], gate_up.size()[2]);
             let i = two_i / 2;
             let q_gate_up = nf4::quantize(&gate_up, EXPERT_BLOCKSIZE, f.quant_type, f.double_quant);

@@ -83,7 +83,9 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
                     t.dpo_beta = beta;
                 }
             }
-            if t.bfloat16 == Some(true) && at.entry("bf16").is_none() {
+            // Axolotl trains in bf16 when `bf16 or bfloat16`: true beats `bf16: auto` (false is an
+            // error, rules.rs).
+            if t.bfloat16 == Some(true) && t.bf16 != Switch::Off {
                 t.bf16 = Switch::On;
             }
             diagnostics.extend(rules::check(config, &at, &[]));
