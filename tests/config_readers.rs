@@ -13,7 +13,7 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("num_labels", "must be 1, and only with reward_model (rules.rs): the score head has one output"),
     ("tokenizer_type", "validated class name; the tokenizer itself is read from tokenizer.json"),
     ("trust_remote_code", "must be false (schema const): a recipe never runs code"),
-    ("lora_fan_in_fan_out", "as peft: false on nn.Linear targets with a warning, an error on embed_tokens (rules.rs)"),
+    ("lora_fan_in_fan_out", "must be false (schema const): Llama-family weights are (out, in)"),
     ("fsdp_version", "checked against fsdp_config's version (rules.rs); FSDP 1 and 2 run the same sharding"),
     ("attn_implementation", "read by KernelConfig::attention_request (config/kernels.rs), which the plan calls"),
     ("flash_attention", "read by KernelConfig::attention_request (config/kernels.rs), which the plan calls"),

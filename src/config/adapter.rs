@@ -46,11 +46,10 @@ pub struct AdapterConfig {
     /// Modules trained in full alongside the adapter and saved with it (e.g. `embed_tokens`, `lm_head`).
     #[serde(default)]
     pub lora_modules_to_save: Vec<String>,
-    /// peft's `fan_in_fan_out`, for bases that store weights as (fan_in, fan_out) as GPT-2's Conv1D
-    /// does. Every layer recipe adapts is an nn.Linear, for which peft turns it off with a warning
-    /// and saves `false`; recipe does the same (a warning). With LoRA on `embed_tokens` peft refuses
-    /// it, and so does recipe.
+    /// Set when the base stores weights as (fan_in, fan_out), as GPT-2's Conv1D does. Llama-family
+    /// models do not, so it must be false or absent.
     #[serde(default)]
+    #[schemars(extend("const" = false))]
     pub lora_fan_in_fan_out: bool,
     /// Weight-decomposed LoRA (DoRA), as peft's `use_dora`: a trainable magnitude per output row of every
     /// adapted layer on top of the LoRA pair (with `adapter: lora` or `qlora`).

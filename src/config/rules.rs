@@ -351,36 +351,6 @@ impl Rules<'_> {
                 (false, None) => self.lora_without_adapter(key),
             }
         }
-        // peft's handling of `fan_in_fan_out` on nn.Linear and nn.Embedding targets.
-        if c.adapter.lora_fan_in_fan_out && c.adapter.adapter.is_some_and(|a| a.is_lora()) {
-            // peft matches a target as the module name or its suffix (or a regex): any target naming
-            // embed_tokens reaches the embedding.
-            let on_embedding = c
-                .adapter
-                .lora_target_modules
-                .as_ref()
-                .is_some_and(|m| m.names().iter().any(|n| n.contains("embed_tokens")));
-            if on_embedding {
-                self.error(
-                    "lora-fan-in-fan-out-embedding",
-                    "`lora_fan_in_fan_out: true` with LoRA on `embed_tokens`: peft refuses it (\"lora.Embedding does \
-                     not work with fan_in_fan_out\")"
-                        .into(),
-                    &["lora_fan_in_fan_out", "lora_target_modules"],
-                    "remove lora_fan_in_fan_out (every layer recipe adapts stores (out, in) weights)",
-                );
-            } else {
-                self.warn(
-                    "lora-fan-in-fan-out",
-                    "`lora_fan_in_fan_out: true` is for (in, out) weights such as GPT-2's Conv1D; every layer recipe \
-                     adapts is an nn.Linear, for which peft sets it to false (\"Setting fan_in_fan_out to False\") \
-                     and saves false: recipe does the same"
-                        .into(),
-                    &["lora_fan_in_fan_out"],
-                    "remove lora_fan_in_fan_out",
-                );
-            }
-        }
         if ia3 && let (Some(targets), Some(ff)) = (&c.adapter.ia3_target_modules, &c.adapter.ia3_feedforward_modules) {
             let targets = targets.names();
             for (i, name) in ff.names().into_iter().enumerate() {

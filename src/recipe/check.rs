@@ -575,6 +575,9 @@ pub(super) fn map_schema_error(
 fn fixed_value(key: &str) -> (&'static str, &'static str) {
     match key {
         "trust_remote_code" => ("unsupported-remote-code", ": a recipe never runs code"),
+        "lora_fan_in_fan_out" => {
+            ("unsupported-axolotl-value", ": no model family of recipe's stores (in, out) weights")
+        }
         _ => ("value", ""),
     }
 }
