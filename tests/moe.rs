@@ -488,28 +488,9 @@ fn recipe_run_trains_lora_on_router_and_experts() {
     let dir = tempfile::tempdir().unwrap();
     let dir_path = dir.path().to_path_buf();
     let base = check.join("moe_base");
-    std::fs::create_dir_all(&base).unwrap();
-    let golden = root().join("tests/golden/model/mixtral_moe");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
-    config["vocab_size"] = 512.into();
-    config["output_router_logits"] = true.into();
-    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
-    tch::manual_seed(0);
-    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(golden.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| match n.as_str() {
-            "model.embed_tokens.weight" | "lm_head.weight" => {
-                (n, Tensor::randn([512, 32], (Kind::Float, Device::Cpu)) * 0.02)
-            }
-            _ => (n, t),
-        })
-        .collect();
-    Tensor::write_safetensors(&tensors, base.join("model.safetensors")).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
-        std::fs::copy(root().join("models/stories260k").join(f), base.join(f)).unwrap();
-    }
+    common::runnable_copy_of_golden_base(&root().join("tests/golden/model/mixtral_moe"), &base, |config| {
+        config["output_router_logits"] = true.into();
+    });
     let out = check.join("lora_moe");
     let recipe_path = dir_path.join("recipe.yaml");
     std::fs::write(

@@ -55,6 +55,12 @@ fn load(case: &str, double_quant: bool) -> CausalLm {
 }
 
 fn load_with(case: &str, quantize: Quantize) -> CausalLm {
+    load_case(case, quantize, true)
+}
+
+/// The case's model and adapter; `quantized_experts`: whether the architecture says its experts
+/// are quantized too (quantize_moe_experts), or only its linear layers.
+fn load_case(case: &str, quantize: Quantize, quantized_experts: bool) -> CausalLm {
     let dir = case_dir(case);
     let cfg = adapter::read_config(&dir).unwrap();
     let base = root().join(&cfg.base_model);
@@ -65,7 +71,7 @@ fn load_with(case: &str, quantize: Quantize) -> CausalLm {
         quantize: Some(quantize),
         score_head: false,
     };
-    let model = CausalLm::load(&arch_of(&base, true), &Checkpoint::open(&base).unwrap(), &opts).unwrap();
+    let model = CausalLm::load(&arch_of(&base, quantized_experts), &Checkpoint::open(&base).unwrap(), &opts).unwrap();
     let file = dir.join("adapter_model.safetensors");
     adapter::load_trainable(&model, &Checkpoint::open_files(&dir, &[file]).unwrap()).unwrap();
     model
@@ -268,19 +274,7 @@ fn logits_loss_and_lora_gradients_match_peft_over_quantized_experts() {
 fn quantized_experts_are_not_the_dense_experts() {
     let (case, dq) = CASES[0];
     let g = golden(case);
-    let dir = case_dir(case);
-    let cfg = adapter::read_config(&dir).unwrap();
-    let base = root().join(&cfg.base_model);
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        base_kind: Kind::Float,
-        trainable: cfg.trainable.clone(),
-        quantize: Some(spec(dq)),
-        score_head: false,
-    };
-    let dense = CausalLm::load(&arch_of(&base, false), &Checkpoint::open(&base).unwrap(), &opts).unwrap();
-    let file = dir.join("adapter_model.safetensors");
-    adapter::load_trainable(&dense, &Checkpoint::open_files(&dir, &[file]).unwrap()).unwrap();
+    let dense = load_case(case, spec(dq), false);
     let ids = &g["input_ids"];
     let pos = positions(ids);
     let inputs = Inputs { input_ids: ids, position_ids: &pos, segment_ids: None, varlen: None };
@@ -408,27 +402,7 @@ fn qwen3_30b_a3b_fixture_plans() {
 fn recipe_run_trains_qlora_over_quantized_experts() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    let golden = case_dir("mixtral_nf4_dq").join("base");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
-    config["vocab_size"] = 512.into();
-    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
-    tch::manual_seed(0);
-    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(golden.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| match n.as_str() {
-            "model.embed_tokens.weight" | "lm_head.weight" => {
-                (n, Tensor::randn([512, 64], (Kind::Float, Device::Cpu)) * 0.02)
-            }
-            _ => (n, t),
-        })
-        .collect();
-    Tensor::write_safetensors(&tensors, base.join("model.safetensors")).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
-        std::fs::copy(root().join("models/stories260k").join(f), base.join(f)).unwrap();
-    }
+    common::runnable_copy_of_golden_base(&case_dir("mixtral_nf4_dq").join("base"), &base, |_| {});
     let out = dir.path().join("out");
     let recipe_path = dir.path().join("recipe.yaml");
     std::fs::write(

@@ -351,3 +351,34 @@ pub fn training_losses(out: &Path) -> Vec<f64> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
         .collect()
 }
+
+/// A runnable copy in `dest` of the tiny random model in `golden` (config.json, model.safetensors):
+/// its vocabulary made stories260k's 512 tokens (fresh embedding and head rows, seeded) and
+/// stories260k's tokenizer files beside it; `edit` changes the config first.
+#[cfg(feature = "exec")]
+pub fn runnable_copy_of_golden_base(golden: &Path, dest: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use tch::{Device, Kind, Tensor};
+    std::fs::create_dir_all(dest).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 512.into();
+    edit(&mut config);
+    std::fs::write(dest.join("config.json"), config.to_string()).unwrap();
+    tch::manual_seed(0);
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(golden.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| match n.as_str() {
+            "model.embed_tokens.weight" | "lm_head.weight" => {
+                let hidden = t.size()[1];
+                (n, Tensor::randn([512, hidden], (Kind::Float, Device::Cpu)) * 0.02)
+            }
+            _ => (n, t),
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, dest.join("model.safetensors")).unwrap();
+    let stories = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260k");
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(stories.join(f), dest.join(f)).unwrap();
+    }
+}
