@@ -17,7 +17,8 @@ use crate::recipe::source::Span;
 pub mod bottleneck;
 
 /// Runs every rule on a config. `refused` names top-level keys whose value failed the schema (the
-/// config holds their defaults instead): rules that involve them say nothing.
+/// config holds their defaults instead) or that are Axolotl keys refused by name: rules that
+/// involve them say nothing.
 pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnostic> {
     let mut out = Rules { at, refused, out: Vec::new() };
     out.required(config);
@@ -1329,7 +1330,11 @@ impl Rules<'_> {
             ),
             _ => {}
         }
+        // Axolotl's process reward models also size a head with num_labels; that key is refused by
+        // name, which says all there is to say.
+        let process_reward = self.refused.iter().any(|k| k == "process_reward_model");
         match c.model.num_labels {
+            _ if process_reward => {}
             Some(n) if !t.reward_model => self.error(
                 "num-labels-without-reward-model",
                 format!("`num_labels: {n}` sizes a sequence-classification head, which only reward models have"),

@@ -31,6 +31,9 @@ pub struct Checked {
 pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Checked {
     let mut diagnostics = Vec::new();
     let ignored_keys = settle_axolotl_keys(&mut tree, &mut diagnostics);
+    // Axolotl keys refused by name: rules that name one stay quiet (the refusal says it all).
+    let axolotl_refused: Vec<String> =
+        diagnostics.iter().filter(|d| d.rule == "unsupported-axolotl-key").filter_map(|d| d.key_path.clone()).collect();
     let nulls = strip_nulls(&mut tree);
     let json = tree.to_json();
     // Top-level keys whose value the schema refused.
@@ -88,7 +91,7 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
             if t.bfloat16 == Some(true) && t.bf16 != Switch::Off {
                 t.bf16 = Switch::On;
             }
-            diagnostics.extend(rules::check(config, &at, &[]));
+            diagnostics.extend(rules::check(config, &at, &axolotl_refused));
         }
         return Checked { tree, config, diagnostics, ignored_keys, deepspeed: deepspeed_tree };
     }
@@ -102,6 +105,7 @@ pub fn check(mut tree: Node, deepspeed: Option<Node>, sources: &Sources) -> Chec
     if let Ok(mut config) = serde_json::from_value::<Config>(accepted.to_json()) {
         config.distributed.deepspeed_config = deepspeed_config;
         let at = Locator { tree: &accepted, sources, deepspeed: deepspeed_tree.as_ref() };
+        refused.extend(axolotl_refused);
         diagnostics.extend(rules::check(&config, &at, &refused));
     }
     Checked { tree, config: None, diagnostics, ignored_keys, deepspeed: deepspeed_tree }

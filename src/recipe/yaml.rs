@@ -5,7 +5,9 @@
 //! fast), duplicate keys are errors (YAML forbids them; PyYAML silently keeps the last), and only
 //! the YAML 1.2 core schema's tags are accepted (a recipe never constructs objects).
 //!
-//! Plain scalars resolve by the YAML 1.2 core schema (`yes`/`no` stay strings, `2e-4` is a float).
+//! Plain scalars resolve by the YAML 1.2 core schema (`yes`/`no` stay strings, `2e-4` is a float),
+//! plus one YAML 1.1 form PyYAML reads and Axolotl's configs write: a decimal integer grouped with
+//! underscores (`sequence_len: 500_000` is 500000).
 
 use super::source::{SourceId, Span};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span as YamlSpan};
@@ -550,6 +552,14 @@ fn resolve_plain(text: &str) -> Option<Value> {
     if is_core_float(digits) {
         return text.parse::<f64>().ok().map(Value::Float);
     }
+    // PyYAML's YAML 1.1 decimal int `[-+]?[1-9][0-9_]*`, here only where an underscore makes it
+    // differ from the core schema.
+    if digits.starts_with(|c: char| matches!(c, '1'..='9'))
+        && digits.contains('_')
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    {
+        return resolve_plain(&text.replace('_', ""));
+    }
     None
 }
 
@@ -610,6 +620,18 @@ mod tests {
         assert_eq!(v("f"), Value::Int(3));
         assert_eq!(v("g"), Value::Float(-1.5));
         assert_eq!(v("h"), Value::Float(0.5));
+    }
+
+    #[test]
+    fn underscore_grouped_integers_read_as_pyyaml_reads_them() {
+        let root = p("a: 500_000\nb: -1_0\nc: _1\nd: 0_1\ne: 1_0.5\nf: '2_000'\n").unwrap().unwrap();
+        let v = |k: &str| root.get(k).unwrap().value.value.clone();
+        assert_eq!(v("a"), Value::Int(500_000));
+        assert_eq!(v("b"), Value::Int(-10));
+        assert_eq!(v("c"), Value::String("_1".into()));
+        assert_eq!(v("d"), Value::String("0_1".into()), "PyYAML reads a leading 0 as octal: left a string");
+        assert_eq!(v("e"), Value::String("1_0.5".into()));
+        assert_eq!(v("f"), Value::String("2_000".into()));
     }
 
     #[test]
