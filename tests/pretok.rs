@@ -97,8 +97,8 @@ fn type_absent_or_left_empty_means_pre_tokenized_rows() {
         let text = recipe::plan::render_text(&plan);
         let line = text.lines().find(|l| l.contains("rows.jsonl")).unwrap_or_else(|| panic!("{text}"));
         assert!(
-            line.contains("pre-tokenized")
-                && line.contains("pre-tokenized rows: input_ids and labels used as they are (-100 untrained)"),
+            line.starts_with("dataset    pre-tokenized local ")
+                && line.ends_with(": input_ids and labels as the rows give them (-100 untrained), never retokenized"),
             "{line}"
         );
     }

@@ -228,7 +228,7 @@ fn plan_datasets(
                     "preference pairs: the chosen and the rejected answer scored, the prompt masked".to_string()
                 }
                 DatasetConfig::Pretokenized(_) => format!(
-                    "pre-tokenized rows: input_ids and labels used as they are (-100 untrained), never \
+                    "input_ids and labels as the rows give them (-100 untrained), never \
                      retokenized{}",
                     if c.data.train_on_inputs { " (train_on_inputs does not apply)" } else { "" }
                 ),
