@@ -198,6 +198,19 @@ fn length_and_deduplication_apply_as_to_other_rows() {
 }
 
 #[test]
+fn a_typed_dataset_of_tokenized_rows_is_refused_as_axolotl_would_ignore_its_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = prepare(&write_recipe(dir.path(), "    type: completion\n", "")).unwrap_err();
+    assert!(
+        err.contains(
+            "rows.jsonl:1: the row holds input_ids, attention_mask and labels, which Axolotl trains on as they are, \
+             ignoring `type: completion`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_malformed_row_is_named_or_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "", "");

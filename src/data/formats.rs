@@ -575,6 +575,19 @@ mod tests {
     }
 
     #[test]
+    fn no_type_reads_pre_tokenized_rows() {
+        for entry in [json!({"path": "x.jsonl"}), json!({"path": "x.jsonl", "type": null})] {
+            let entry: DatasetConfig = serde_json::from_value(entry).unwrap();
+            assert!(matches!(entry, DatasetConfig::Pretokenized(_)), "{entry:?}");
+            let row = json!({"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6], "id": "a"});
+            let sample = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
+            assert_eq!(format_row(&entry, &row).unwrap(), Formatted::Tokens(sample));
+        }
+        let bad = json!({"input_ids": [1, 5.5], "attention_mask": [1, 1], "labels": [1, 5]});
+        assert_eq!(parse_pretokenized(&bad).unwrap_err(), "input_ids[1] must be an integer, found 5.5");
+    }
+
+    #[test]
     fn user_defined_fills_its_format() {
         let entry: DatasetConfig = serde_json::from_value(json!({"path": "x.jsonl", "type": {
             "field_instruction": "q", "field_output": "a", "format": "[INST] {instruction} {input} [/INST]",

@@ -384,8 +384,19 @@ fn formatted_rows(
         c.bad_rows += read.bad.len();
     }
     let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(read.rows.len());
+    // Axolotl trains on rows that hold these three as they are, whatever `type` says
+    // (`_is_dataset_already_tokenized` comes first): a typed dataset of such rows would be read
+    // otherwise here, so it is refused.
+    let typed_sft = !matches!(d.entry, DatasetConfig::Pretokenized(_)) && !d.entry.holds_pairs();
     for row in read.rows {
         let origin = row.origin.to_string();
+        if typed_sft && ["input_ids", "attention_mask", "labels"].iter().all(|k| row.value.get(k).is_some()) {
+            return Err(format!(
+                "{origin}: the row holds input_ids, attention_mask and labels, which Axolotl trains on as they are, \
+                 ignoring `type: {}`; remove `type` to train on them so, or remove those fields",
+                d.entry.type_name()
+            ));
+        }
         let row = formats::format_row(&d.entry, &row.value).and_then(|f| match (&f, vocab) {
             (Formatted::Tokens(s), Some(vocab)) => formats::check_vocabulary(s, vocab).map(|()| f),
             _ => Ok(f),
