@@ -9,7 +9,6 @@
 //! 4. tokenize with labels, in parallel (`formats::tokenize`, `chat` for conversations); a dataset
 //!    without `type` holds pre-tokenized rows, read as they are in stage 2 (their ids checked
 //!    against the vocabulary there, so a bad one is named or skipped like any malformed row),
-
 //! 5. over-length samples dropped / truncated / refused; samples with no trained token dropped,
 //! 6. mix the datasets (weights), shuffle with the seed, split off validation; test datasets go
 //!    through the same stages and any training sample equal to a test sample is removed.
