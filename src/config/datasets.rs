@@ -559,6 +559,45 @@ pub struct UserDefinedDataset {
     pub format: UserDefinedFormat,
 }
 
+/// A dataset entry without `type` (or with `type:` left empty): Axolotl's pre-tokenized rows, each
+/// holding `input_ids`, `attention_mask` (all ones) and `labels` (-100 or a token id), lists of
+/// equal length, used as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PretokenizedDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    /// The keys of other formats that turn rows into tokens (`field_messages`, `chat_template`,
+    /// `roles_to_train`, ...), as written: each is refused by name (rule
+    /// `pretokenized-formatting-key`), since pre-tokenized rows are not formatted.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub formatting: Map<String, Value>,
+}
+
+/// The keys of recipe's other dataset formats that act on formatting, which a pre-tokenized entry
+/// refuses by name (the schema lets them through so the rule can say why).
+pub const FORMATTING_KEYS: &[&str] = &[
+    "chat_template",
+    "chat_template_jinja",
+    "drop_system_message",
+    "field",
+    "field_chosen",
+    "field_messages",
+    "field_rejected",
+    "field_thinking",
+    "field_tools",
+    "message_field_content",
+    "message_field_role",
+    "message_field_training",
+    "message_property_mappings",
+    "roles",
+    "roles_to_train",
+    "template_thinking_key",
+    "train_on_eos",
+    "train_on_eot",
+];
+
 /// One dataset of `datasets` / `test_datasets`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DatasetConfig {
@@ -576,6 +615,8 @@ pub enum DatasetConfig {
     Kto(KtoDataset),
     /// A mapping `type:` (Axolotl's user-defined format).
     UserDefined(UserDefinedDataset),
+    /// No `type`: pre-tokenized rows (`input_ids`, `attention_mask`, `labels`).
+    Pretokenized(PretokenizedDataset),
 }
 
 /// The named formats, in schema order: (`type`, schema definition name, what it means).
@@ -635,6 +676,7 @@ impl DatasetConfig {
             DatasetConfig::BradleyTerry(d) => &d.source,
             DatasetConfig::Kto(d) => &d.source,
             DatasetConfig::UserDefined(d) => &d.source,
+            DatasetConfig::Pretokenized(d) => &d.source,
         }
     }
 
@@ -654,7 +696,7 @@ impl DatasetConfig {
         matches!(self, DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) | DatasetConfig::Kto(_))
     }
 
-    /// The `type` as written (`user_defined` for the mapping form).
+    /// The `type` as written (`user_defined` for the mapping form, `pre-tokenized` without one).
     pub fn type_name(&self) -> &'static str {
         match self {
             DatasetConfig::Alpaca(_) => "alpaca",
@@ -667,11 +709,13 @@ impl DatasetConfig {
             DatasetConfig::BradleyTerry(_) => "bradley_terry.chat_template",
             DatasetConfig::Kto(d) => d.format.type_name(),
             DatasetConfig::UserDefined(_) => "user_defined",
+            DatasetConfig::Pretokenized(_) => "pre-tokenized",
         }
     }
 }
 
-/// `type` first, then the format's own keys (a user-defined format's `type` is its mapping).
+/// `type` first, then the format's own keys (a user-defined format's `type` is its mapping; a
+/// pre-tokenized dataset has none).
 impl Serialize for DatasetConfig {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error;
@@ -684,6 +728,8 @@ impl Serialize for DatasetConfig {
             DatasetConfig::BradleyTerry(d) => serde_json::to_value(d),
             DatasetConfig::Kto(d) => serde_json::to_value(d),
             DatasetConfig::UserDefined(d) => return d.serialize(serializer),
+            // No `type`: that is what makes it pre-tokenized.
+            DatasetConfig::Pretokenized(d) => return d.serialize(serializer),
         }
         .map_err(S::Error::custom)?;
         let mut map = Map::new();
@@ -703,7 +749,11 @@ impl<'de> Deserialize<'de> for DatasetConfig {
         }
         let mut map = Map::<String, Value>::deserialize(deserializer)?;
         let name = match map.get("type") {
-            None => return Err(D::Error::missing_field("type")),
+            // As Axolotl: `type` absent or empty (YAML's `type:`) loads pre-tokenized rows.
+            None | Some(Value::Null) => {
+                map.remove("type");
+                return parse(map).map(DatasetConfig::Pretokenized);
+            }
             Some(Value::Object(_)) => return parse(map).map(DatasetConfig::UserDefined),
             Some(Value::String(name)) => name.clone(),
             Some(other) => return Err(D::Error::custom(format!("`type` must be a name or a mapping, found {other}"))),
@@ -758,6 +808,29 @@ impl JsonSchema for DatasetConfig {
             }));
         }
         let names: Vec<&str> = DATASET_TYPES.iter().map(|(tag, _, _)| *tag).collect();
+        let mut pretokenized = PretokenizedDataset::json_schema(generator);
+        if let Some(props) = pretokenized.get_mut("properties").and_then(Value::as_object_mut) {
+            for key in FORMATTING_KEYS {
+                props.insert(
+                    (*key).into(),
+                    serde_json::json!({"description": "Refused without `type`: pre-tokenized rows are not formatted."}),
+                );
+            }
+        }
+        pretokenized.insert("title".into(), Value::String("no type: pre-tokenized rows".into()));
+        pretokenized.insert(
+            "description".into(),
+            Value::String(
+                "Pre-tokenized rows (Axolotl's dataset without `type`): each row holds `input_ids`, `attention_mask` \
+                 (all ones) and `labels` (-100 or a token id), lists of equal length, used as they are."
+                    .into(),
+            ),
+        );
+        generator.definitions_mut().insert("PretokenizedDataset".into(), pretokenized.to_value());
+        all_of.push(serde_json::json!({
+            "if": {"not": {"required": ["type"]}},
+            "then": {"$ref": "#/$defs/PretokenizedDataset"},
+        }));
         let user_defined = UserDefinedDataset::json_schema(generator);
         generator.definitions_mut().insert("UserDefinedDataset".into(), user_defined.to_value());
         all_of.push(serde_json::json!({
@@ -765,13 +838,13 @@ impl JsonSchema for DatasetConfig {
             "then": {"$ref": "#/$defs/UserDefinedDataset"},
         }));
         json_schema!({
-            "description": "One dataset: where its rows are and, through `type`, how they become prompts and labels.",
+            "description": "One dataset: where its rows are and, through `type`, how they become prompts and labels (without `type`: rows already tokenized).",
             "type": "object",
-            "required": ["path", "type"],
+            "required": ["path"],
             "properties": {
                 "path": {"type": "string", "description": "A local file or folder (relative to the recipe file) or a Hugging Face hub dataset id."},
                 "type": {
-                    "description": "The row format: a format name, or a mapping for Axolotl's user-defined prompt format.",
+                    "description": "The row format: a format name, or a mapping for Axolotl's user-defined prompt format. Absent or empty: pre-tokenized rows (`input_ids`, `attention_mask`, `labels`).",
                     "anyOf": [{"enum": names}, user_defined_type],
                 },
             },

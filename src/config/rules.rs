@@ -31,6 +31,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.batch_size(config);
     out.evaluation(config);
     out.chat_template(config);
+    out.pretokenized(config);
     out.preference(config);
     out.kernels(config);
     out.activation_offloading(config);
@@ -1203,6 +1204,67 @@ impl Rules<'_> {
                     );
                 }
             }
+        }
+    }
+
+    /// A dataset without `type` holds pre-tokenized rows, used as they are: the keys that format
+    /// rows into tokens, and the data settings that act on text, would be read and not acted on.
+    fn pretokenized(&mut self, c: &Config) {
+        let d = &c.data;
+        let lists = [
+            ("datasets", &d.datasets),
+            ("test_datasets", &d.test_datasets),
+            ("forgetting_datasets", &d.forgetting_datasets),
+            ("replay_datasets", &d.replay_datasets),
+            ("ewc_datasets", &d.ewc_datasets),
+        ];
+        let mut first = None;
+        let mut all = true;
+        for (list, entries) in lists {
+            for (i, entry) in entries.iter().enumerate() {
+                let DatasetConfig::Pretokenized(p) = entry else {
+                    all = false;
+                    continue;
+                };
+                first.get_or_insert(format!("{list}.{i}.path"));
+                for key in p.formatting.keys().filter(|k| super::datasets::FORMATTING_KEYS.contains(&k.as_str())) {
+                    self.error(
+                        "pretokenized-formatting-key",
+                        format!(
+                            "`{key}` acts on how rows become tokens, but {list}[{i}] has no `type`: its rows are \
+                             pre-tokenized (input_ids, attention_mask, labels) and used as they are"
+                        ),
+                        &[&format!("{list}.{i}.{key}")],
+                        &format!(
+                            "remove `{key}`, or give the dataset the `type` of its rows if they are not tokenized"
+                        ),
+                    );
+                }
+            }
+        }
+        let Some(first) = first else { return };
+        for (key, set, what) in [
+            ("redact_pii", d.redact_pii, "redacts PII in text"),
+            ("dataset_normalized_deduplication", d.dataset_normalized_deduplication, "compares normalised text"),
+        ] {
+            if set {
+                self.error(
+                    "pretokenized-text-setting",
+                    format!("`{key}` {what}, but a dataset without `type` holds token ids, which it cannot act on"),
+                    &[key, &first],
+                    "remove it (dataset_exact_deduplication compares pre-tokenized rows' ids and labels)",
+                );
+            }
+        }
+        if all && d.train_on_inputs {
+            self.error(
+                "pretokenized-text-setting",
+                "`train_on_inputs` trains the prompts recipe formats, but every dataset is pre-tokenized: their \
+                 labels say what is trained"
+                    .into(),
+                &["train_on_inputs", &first],
+                "remove train_on_inputs, or write labels equal to input_ids in the rows",
+            );
         }
     }
 

@@ -10,6 +10,9 @@
 //! - `chat_template`: a message list, rendered and masked by `chat`.
 //! - `chat_template.default` (preference training): a prompt and a chosen and a rejected answer,
 //!   each a string or messages, normalised to `{role, content}` here; `preference` renders them.
+//! - no `type` (Axolotl's pre-tokenized rows): `input_ids`, `attention_mask` and `labels` read as
+//!   they are (checked: equal lengths, a mask of ones, labels -100 or a token id, ids inside the
+//!   vocabulary), never retokenized.
 
 use super::{IGNORE, Sample, Tokenizer};
 use crate::config::datasets::{DatasetConfig, KtoFields, KtoFormat, KtoTurns, PreferenceDataset, UserDefinedFormat};
@@ -27,6 +30,8 @@ pub enum Formatted {
     /// The whole row: the chat module reads messages, tools and per-message fields from it.
     Chat(Value),
     Preference(Preference),
+    /// Pre-tokenized: the row's `input_ids` and `labels`, as they are.
+    Tokens(Sample),
 }
 
 impl Formatted {
@@ -38,6 +43,8 @@ impl Formatted {
             Formatted::Text(t) => vec![t],
             Formatted::Segments(s) => s.iter_mut().map(|(t, _)| t).collect(),
             Formatted::Chat(row) => message_texts(row, &[content_key, "value"]),
+            // Token ids hold no text to redact (a rule refuses redact_pii beside such a dataset).
+            Formatted::Tokens(_) => Vec::new(),
             Formatted::Preference(p) => {
                 let Preference { prompt, chosen, rejected, .. } = p;
                 [prompt, chosen, rejected]
@@ -58,6 +65,7 @@ impl Formatted {
             Formatted::Text(t) => t.clone(),
             Formatted::Segments(s) => s.iter().map(|(t, l)| format!("{l}\u{1f}{t}")).collect::<Vec<_>>().join("\u{1e}"),
             Formatted::Chat(v) => v.to_string(),
+            Formatted::Tokens(s) => format!("{:?}\u{1f}{:?}", s.input_ids, s.labels),
             Formatted::Preference(p) => {
                 format!("{}\u{1f}{}\u{1f}{}\u{1f}{:?}", p.prompt, p.chosen, p.rejected, p.desirable)
             }
@@ -167,6 +175,87 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
         DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
         DatasetConfig::BradleyTerry(_) => parse_bradley_terry(row).map(Formatted::Preference),
         DatasetConfig::Kto(k) => parse_kto(row, k.format).map(Formatted::Preference),
+        DatasetConfig::Pretokenized(_) => parse_pretokenized(row).map(Formatted::Tokens),
+    }
+}
+
+/// Reads a pre-tokenized row (Axolotl's dataset without `type`): `input_ids`, `attention_mask`
+/// and `labels`, lists of integers of equal length; the mask all ones (recipe builds the masks of
+/// packed and padded rows itself, so a 0 would be read and not acted on); labels -100 or a token
+/// id; `position_ids`, when the row has them, 0, 1, 2, ... (the positions recipe gives every
+/// sample). Other fields are not read (as the trainer drops columns the model does not take).
+pub fn parse_pretokenized(row: &Value) -> Result<Sample, String> {
+    let ints = |field: &str| -> Result<Option<Vec<i64>>, String> {
+        let list = match row.get(field) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(list)) => list,
+            Some(other) => return Err(format!("field `{field}` must be a list of integers, found {}", kind(other))),
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_i64().ok_or_else(|| format!("{field}[{i}] must be an integer, found {}", describe_value(v)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let required = |field: &str| -> Result<Vec<i64>, String> {
+        ints(field)?.ok_or_else(|| {
+            format!(
+                "field `{field}` is missing (a dataset without `type` holds pre-tokenized rows: input_ids, \
+                 attention_mask and labels)"
+            )
+        })
+    };
+    let input_ids = required("input_ids")?;
+    let attention_mask = required("attention_mask")?;
+    let labels = required("labels")?;
+    for (field, len) in [("attention_mask", attention_mask.len()), ("labels", labels.len())] {
+        if len != input_ids.len() {
+            return Err(format!("`{field}` holds {len} values, `input_ids` {}: they must be as long", input_ids.len()));
+        }
+    }
+    if let Some(i) = attention_mask.iter().position(|&m| m != 1) {
+        return Err(format!(
+            "attention_mask[{i}] is {}: recipe attends to every token of a pre-tokenized row (packing and \
+             batching build their own masks), so the mask must be all ones; remove the masked tokens from the row",
+            attention_mask[i]
+        ));
+    }
+    if let Some(i) = input_ids.iter().position(|&t| t < 0) {
+        return Err(format!("input_ids[{i}] is {}, not a token id", input_ids[i]));
+    }
+    if let Some(i) = labels.iter().position(|&l| l < 0 && l != IGNORE) {
+        return Err(format!("labels[{i}] is {}: a label is a token id, or -100 for no loss", labels[i]));
+    }
+    if let Some(positions) = ints("position_ids")?
+        && !positions.iter().copied().eq(0..input_ids.len() as i64)
+    {
+        return Err(
+            "`position_ids` is not 0, 1, 2, ... up to the row's length: recipe numbers every sample's positions \
+             from 0 itself; remove position_ids"
+                .into(),
+        );
+    }
+    Ok(Sample { input_ids, labels })
+}
+
+/// A pre-tokenized sample's ids and labels against the embedding's rows (`vocab`: the model's
+/// vocabulary, or the tokenizer's when it is larger, as the run resizes the embedding).
+pub fn check_vocabulary(s: &Sample, vocab: usize) -> Result<(), String> {
+    for (field, ids) in [("input_ids", &s.input_ids), ("labels", &s.labels)] {
+        if let Some(i) = ids.iter().position(|&t| t != IGNORE && t >= vocab as i64) {
+            return Err(format!("{field}[{i}] is {}, outside the vocabulary (token ids 0 to {})", ids[i], vocab - 1));
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value in an error: its kind, and the value itself when short.
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::Number(n) => format!("{n}"),
+        other => kind(other).to_string(),
     }
 }
 
@@ -230,6 +319,7 @@ fn user_defined(f: &UserDefinedFormat, row: &Value) -> Result<Formatted, String>
 /// Tokenizes a non-chat row into samples (several for long pretraining text).
 pub fn tokenize(f: &Formatted, tok: &Tokenizer, seq_len: usize, train_on_inputs: bool) -> Result<Vec<Sample>, String> {
     Ok(match f {
+        Formatted::Tokens(s) => vec![s.clone()],
         Formatted::Text(text) => {
             let mut ids: Vec<i64> = tok.bos().into_iter().collect();
             ids.extend(tok.encode(text)?);
@@ -482,6 +572,19 @@ mod tests {
         assert_eq!(ok.unwrap(), Formatted::Segments(vec![("Q: ".into(), false), ("A".into(), true)]));
         let bad = format_row(&entry, &json!({"segments": [{"text": "Q", "label": "yes"}]})).unwrap_err();
         assert_eq!(bad, "segments[0]: field `label` must be true or false, found a string");
+    }
+
+    #[test]
+    fn no_type_reads_pre_tokenized_rows() {
+        for entry in [json!({"path": "x.jsonl"}), json!({"path": "x.jsonl", "type": null})] {
+            let entry: DatasetConfig = serde_json::from_value(entry).unwrap();
+            assert!(matches!(entry, DatasetConfig::Pretokenized(_)), "{entry:?}");
+            let row = json!({"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6], "id": "a"});
+            let sample = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
+            assert_eq!(format_row(&entry, &row).unwrap(), Formatted::Tokens(sample));
+        }
+        let bad = json!({"input_ids": [1, 5.5], "attention_mask": [1, 1], "labels": [1, 5]});
+        assert_eq!(parse_pretokenized(&bad).unwrap_err(), "input_ids[1] must be an integer, found 5.5");
     }
 
     #[test]

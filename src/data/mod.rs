@@ -6,7 +6,9 @@
 //! 2. format them (`formats`; a malformed row is an error naming file, row and field, or is
 //!    skipped and counted with `skip_bad_rows`),
 //! 3. hygiene (`hygiene`): PII redaction, exact / normalised deduplication,
-//! 4. tokenize with labels, in parallel (`formats::tokenize`, `chat` for conversations),
+//! 4. tokenize with labels, in parallel (`formats::tokenize`, `chat` for conversations); a dataset
+//!    without `type` holds pre-tokenized rows, read as they are in stage 2 (their ids checked
+//!    against the vocabulary there, so a bad one is named or skipped like any malformed row),
 //! 5. over-length samples dropped / truncated / refused; samples with no trained token dropped,
 //! 6. mix the datasets (weights), shuffle with the seed, split off validation; test datasets go
 //!    through the same stages and any training sample equal to a test sample is removed.
@@ -359,8 +361,14 @@ fn plan_template_name(plan: &Plan) -> Option<ChatTemplateName> {
 }
 
 /// Stages 1 to 3 of one dataset: rows read, formatted (bad rows refused or skipped) and cleaned,
-/// each with its origin (file and line/row).
-fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(String, Formatted)>, String> {
+/// each with its origin (file and line/row). `vocab`: the embedding's rows, which pre-tokenized
+/// ids must stay below.
+fn formatted_rows(
+    d: &DatasetPlan,
+    plan: &Plan,
+    vocab: Option<usize>,
+    c: &mut Counts,
+) -> Result<Vec<(String, Formatted)>, String> {
     let opts = &plan.data;
     let field = match &d.entry {
         DatasetConfig::Completion(t) | DatasetConfig::Pretrain(t) => t.field.as_str(),
@@ -375,9 +383,24 @@ fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(S
         c.bad_rows += read.bad.len();
     }
     let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(read.rows.len());
+    // Axolotl trains on rows that hold these three as they are, whatever `type` says
+    // (`_is_dataset_already_tokenized` comes first): a typed dataset of such rows would be read
+    // otherwise here, so it is refused.
+    let typed_sft = !matches!(d.entry, DatasetConfig::Pretokenized(_)) && !d.entry.holds_pairs();
     for row in read.rows {
         let origin = row.origin.to_string();
-        match formats::format_row(&d.entry, &row.value) {
+        if typed_sft && ["input_ids", "attention_mask", "labels"].iter().all(|k| row.value.get(k).is_some()) {
+            return Err(format!(
+                "{origin}: the row holds input_ids, attention_mask and labels, which Axolotl trains on as they are, \
+                 ignoring `type: {}`; remove `type` to train on them so, or remove those fields",
+                d.entry.type_name()
+            ));
+        }
+        let row = formats::format_row(&d.entry, &row.value).and_then(|f| match (&f, vocab) {
+            (Formatted::Tokens(s), Some(vocab)) => formats::check_vocabulary(s, vocab).map(|()| f),
+            _ => Ok(f),
+        });
+        match row {
             Ok(f) => formatted.push((origin, f)),
             Err(e) if opts.skip_bad_rows => {
                 c.bad_rows += 1;
@@ -408,6 +431,12 @@ fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(S
     Ok(formatted)
 }
 
+/// The rows of the embedding a run trains with: the model's vocabulary, or the tokenizer's when
+/// it is larger (the run grows the embedding to it).
+pub fn embedding_rows(plan: &Plan, tok: &Tokenizer) -> usize {
+    (plan.model.architecture.vocab_size as usize).max(tok.vocab_size())
+}
+
 /// One dataset through stages 1 to 5.
 fn dataset_samples(
     d: &DatasetPlan,
@@ -436,7 +465,8 @@ fn dataset_samples(
         }
     }
     let mut c = Counts { notes, ..Counts::default() };
-    let formatted = formatted_rows(d, plan, &mut c)?;
+    let vocab = embedding_rows(plan, tok);
+    let formatted = formatted_rows(d, plan, Some(vocab), &mut c)?;
     let seq_len = opts.sequence_len as usize;
     let tokenized: Vec<(String, Vec<Sample>)> = formatted
         .par_iter()

@@ -121,7 +121,7 @@ fn dataset_pairs(
     // its DPO-style trainers end every answer with EOS.
     let reward = plan.training.reward.is_some();
     let mut c = Counts::default();
-    let formatted = formatted_rows(d, plan, &mut c)?;
+    let formatted = formatted_rows(d, plan, None, &mut c)?;
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
     let template = if needs_template { Some(dataset_template(d, own_template, plan, tokenizer_dir)?) } else { None };
     let rendered: Vec<Result<Pair, String>> = formatted

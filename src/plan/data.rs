@@ -227,6 +227,11 @@ fn plan_datasets(
                 DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) => {
                     "preference pairs: the chosen and the rejected answer scored, the prompt masked".to_string()
                 }
+                DatasetConfig::Pretokenized(_) => format!(
+                    "input_ids and labels as the rows give them (-100 untrained), never \
+                     retokenized{}",
+                    if c.data.train_on_inputs { " (train_on_inputs does not apply)" } else { "" }
+                ),
                 DatasetConfig::Kto(_) => {
                     "unpaired KTO rows: the answer scored (desirable or not, by `label`), the prompt masked".to_string()
                 }
