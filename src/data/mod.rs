@@ -25,6 +25,7 @@ pub mod preference;
 pub mod replay;
 pub mod sources;
 pub mod stream;
+pub mod string_transforms;
 pub mod template;
 pub mod tokenizer;
 
@@ -375,9 +376,10 @@ fn formatted_rows(d: &DatasetPlan, plan: &Plan, c: &mut Counts) -> Result<Vec<(S
         c.bad_rows += read.bad.len();
     }
     let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(read.rows.len());
+    let rl = plan.training.preference.as_ref().map(|p| p.method);
     for row in read.rows {
         let origin = row.origin.to_string();
-        match formats::format_row(&d.entry, &row.value) {
+        match formats::format_row(&d.entry, &row.value, rl) {
             Ok(f) => formatted.push((origin, f)),
             Err(e) if opts.skip_bad_rows => {
                 c.bad_rows += 1;
