@@ -309,6 +309,26 @@ fn kto_trains_on_unpaired_rows_of_axolotls_kto_types() {
 }
 
 #[test]
+fn dpo_trains_from_ln2_on_axolotls_string_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\n");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+            &root().join("tests/fixtures/dpo/rows.jsonl").display().to_string(),
+        )
+        .replace("type: chat_template.default\n    field_messages: prompt", "type: llama3.prompt_pairs")
+        .replace("val_set_size: 0.1", "val_set_size: 0")
+        .replace("micro_batch_size: 4", "micro_batch_size: 3");
+    std::fs::write(&path, text).unwrap();
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      2 of 2"), "{stdout}");
+    let first = common::metrics_records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{first}");
+}
+
+#[test]
 fn orpo_trains_on_axolotls_argilla_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recipe(dir.path(), "max_steps: 2\norpo_alpha: 0.1\nchat_template: chatml\n");
