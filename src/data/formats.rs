@@ -10,6 +10,9 @@
 //! - `chat_template`: a message list, rendered and masked by `chat`.
 //! - `chat_template.default` (preference training): a prompt and a chosen and a rejected answer,
 //!   each a string or messages, normalised to `{role, content}` here; `preference` renders them.
+//! - `chat_template.argilla` (ORPO): the conversation of `chosen` but its last answer as prompt
+//!   messages, the last messages of `chosen` / `rejected` as the answers (Axolotl's ORPO parser).
+//! - Axolotl's `chatml.*` / `llama3.*` types: `string_transforms` writes them out as strings.
 
 use super::{IGNORE, Sample, Tokenizer};
 use crate::config::datasets::{DatasetConfig, PreferenceDataset, UserDefinedFormat};
