@@ -2,8 +2,8 @@
 //! prompt, answer and label Axolotl's own transforms make (goldens from
 //! scripts/reference/kto_format_goldens.py, which runs them).
 
-use recipe::config::datasets::KtoFormat;
-use recipe::data::formats::parse_kto;
+use recipe::config::string_transforms::{StringTransform, TransformReading};
+use recipe::data::string_transforms::unpaired_row;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -18,7 +18,8 @@ fn every_kto_type_builds_the_rows_axolotl_builds() {
     let golden = golden.as_object().unwrap();
     assert_eq!(golden.len(), 10, "five field styles in ChatML and Llama-3 turns");
     for (name, case) in golden {
-        let format = KtoFormat::from_type(name).unwrap_or_else(|| panic!("`{name}` is not a KTO type recipe reads"));
+        let format = StringTransform::from_type(name).unwrap_or_else(|| panic!("`{name}` is not a type recipe reads"));
+        assert!(format.defined_for(TransformReading::Unpaired), "`{name}` is not a KTO type recipe reads");
         assert_eq!(format.type_name(), name);
         let text =
             std::fs::read_to_string(root().join("tests/fixtures/kto").join(case["rows"].as_str().unwrap())).unwrap();
@@ -26,7 +27,7 @@ fn every_kto_type_builds_the_rows_axolotl_builds() {
         let expected = case["expected"].as_array().unwrap();
         assert_eq!(rows.len(), expected.len());
         for (i, (row, want)) in rows.iter().zip(expected).enumerate() {
-            let got = parse_kto(row, format).unwrap_or_else(|e| panic!("{name} row {i}: {e}"));
+            let got = unpaired_row(row, format).unwrap_or_else(|e| panic!("{name} row {i}: {e}"));
             assert_eq!(got.prompt, want["prompt"], "{name} row {i}: prompt");
             assert_eq!(got.chosen, want["completion"], "{name} row {i}: answer");
             assert_eq!(got.desirable, want["label"].as_bool(), "{name} row {i}: label");
@@ -37,11 +38,11 @@ fn every_kto_type_builds_the_rows_axolotl_builds() {
 
 #[test]
 fn a_kto_row_without_its_label_or_fields_is_a_bad_row() {
-    let format = KtoFormat::from_type("llama3.ultra").unwrap();
+    let format = StringTransform::from_type("llama3.ultra").unwrap();
     let no_label = serde_json::json!({"prompt": "Hi", "completion": "Hello"});
-    assert_eq!(parse_kto(&no_label, format).unwrap_err(), "field `label` is missing");
+    assert_eq!(unpaired_row(&no_label, format).unwrap_err(), "field `label` is missing");
     let text_label = serde_json::json!({"prompt": "Hi", "completion": "Hello", "label": "yes"});
-    assert!(parse_kto(&text_label, format).unwrap_err().contains("must be true or false"));
+    assert!(unpaired_row(&text_label, format).unwrap_err().contains("must be true or false"));
     let no_prompt = serde_json::json!({"instruction": "Hi", "completion": "Hello", "label": true});
-    assert_eq!(parse_kto(&no_prompt, format).unwrap_err(), "field `prompt` is missing");
+    assert_eq!(unpaired_row(&no_prompt, format).unwrap_err(), "field `prompt` is missing");
 }

@@ -301,10 +301,56 @@ fn kto_trains_on_unpaired_rows_of_axolotls_kto_types() {
     // Two desirable rows and one undesirable, the policy still the reference: each loss 1 − σ(0).
     assert!((first["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{first}");
     assert!(first["rewards/chosen"].is_f64() && first["rewards/rejected"].is_f64(), "{first}");
-    // The same rows are an error under another method, at the dataset's type.
-    std::fs::write(&path, text.replace("rl: kto", "rl: dpo")).unwrap();
+    // A type Axolotl defines for KTO only is an error under another method, at the dataset's type
+    // (`chatml.ultra` itself means pairs under rl: dpo, as in Axolotl: tests/preference_formats.rs).
+    std::fs::write(&path, text.replace("rl: kto", "rl: dpo").replace("chatml.ultra", "chatml.argilla")).unwrap();
     let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("error[kto-type-needs-kto]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error[type-not-for-method]"));
+}
+
+#[test]
+fn dpo_trains_from_ln2_on_axolotls_string_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\n");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+            &root().join("tests/fixtures/dpo/rows.jsonl").display().to_string(),
+        )
+        .replace("type: chat_template.default\n    field_messages: prompt", "type: llama3.prompt_pairs")
+        .replace("val_set_size: 0.1", "val_set_size: 0")
+        .replace("micro_batch_size: 4", "micro_batch_size: 3");
+    std::fs::write(&path, text).unwrap();
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      2 of 2"), "{stdout}");
+    let first = common::metrics_records(dir.path()).into_iter().find(|r| r.get("loss").is_some()).unwrap();
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{first}");
+}
+
+#[test]
+fn orpo_trains_on_axolotls_argilla_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(dir.path(), "max_steps: 2\norpo_alpha: 0.1\nchat_template: chatml\n");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &root().join("data/preference/shakespeare-continuations.jsonl").display().to_string(),
+            &root().join("tests/fixtures/orpo/argilla.jsonl").display().to_string(),
+        )
+        .replace("type: chat_template.default\n    field_messages: prompt", "type: chat_template.argilla")
+        .replace("rl: dpo", "rl: orpo")
+        .replace("val_set_size: 0.1", "val_set_size: 0")
+        .replace("micro_batch_size: 4", "micro_batch_size: 2");
+    std::fs::write(&path, text).unwrap();
+    let stdout = run_ok(&path, &[]);
+    assert!(stdout.contains("steps      2 of 2"), "{stdout}");
+    let train: Vec<Value> =
+        common::metrics_records(dir.path()).into_iter().filter(|r| r.get("loss").is_some()).collect();
+    assert_eq!(train.len(), 2);
+    for r in &train {
+        assert!(r["loss"].as_f64().unwrap().is_finite() && r["nll_loss"].is_f64(), "{r}");
+    }
 }
 
 #[test]

@@ -488,12 +488,6 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[&str])] = &[
             "summarizetldr",
             "jeopardy",
             "stepwise_supervised",
-            "chatml.intel",
-            "chatml.argilla",
-            "chatml.prompt_pairs",
-            "llama3.intel",
-            "llama3.argilla",
-            "llama3.prompt_pairs",
             "alpaca_w_system.load_open_orca",
         ],
     ),
@@ -506,7 +500,7 @@ pub fn unsupported_value(key: &str, value: &str) -> Option<&'static str> {
     if key == "attn_implementation" && value.contains('/') {
         return Some("attention kernel from the hub");
     }
-    // A dotted dataset type (`chat_template.argilla`, `ebft_opencode.transform`) names a Python
+    // A dotted dataset type (`zephyr.nectar`, `ebft_opencode.transform`) names a Python
     // function of Axolotl's that builds the prompt.
     if key == "type" && value.contains('.') {
         return Some("dataset type (a Python prompt function)");

@@ -6,6 +6,7 @@
 //! validator reports the errors of the format the recipe chose, not of every alternative.
 
 use super::chat_template::ChatTemplateName;
+use super::string_transforms::{STRING_TRANSFORM_TYPES, StringTransform};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -445,69 +446,33 @@ pub struct BradleyTerryDataset {
     pub chat_template_jinja: Option<String>,
 }
 
-/// Axolotl's KTO formats (`rl: kto`): unpaired rows, each a prompt with one answer and a boolean
-/// `label` (desirable or not), its prompt and answer written out in ChatML or Llama-3 turns by a
-/// fixed text template per `type` (as Axolotl's `prompt_strategies/kto` do).
+/// Axolotl's `chatml.*` / `llama3.*` types (see [`super::string_transforms`]): the row's prompt and
+/// answers written out in ChatML or Llama-3 turns by a fixed text template per `type`, as
+/// Axolotl's `prompt_strategies/kto` (`rl: kto`: one answer and a `label`) or
+/// `prompt_strategies/dpo` (`rl: dpo|ipo|simpo`: a chosen and a rejected answer) do. Which of the two
+/// the rows are is the recipe's `rl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
-pub struct KtoDataset {
+pub struct StringTransformDataset {
     #[serde(flatten)]
     pub source: DatasetSource,
-    /// Which of Axolotl's KTO types (set from `type`).
+    /// Which of Axolotl's types (set from `type`).
     #[serde(skip)]
     #[schemars(skip)]
-    pub format: KtoFormat,
+    pub transform: StringTransform,
 }
 
-/// The turn markup of a KTO type.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KtoTurns {
-    #[default]
-    Chatml,
-    Llama3,
-}
-
-/// Which fields a KTO type reads: `argilla` (instruction), `argilla_chat` (a two-message
-/// `completion`: the user's and the assistant's), `intel` (question), `prompt_pairs` and `ultra`
-/// (prompt); all but argilla_chat with an optional `system` and the answer in `completion`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KtoFields {
-    #[default]
-    Argilla,
-    ArgillaChat,
-    Intel,
-    PromptPairs,
-    Ultra,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KtoFormat {
-    pub turns: KtoTurns,
-    pub fields: KtoFields,
-}
-
-/// Axolotl's KTO type names, in schema order.
-const KTO_TYPES: &[(&str, KtoTurns, KtoFields)] = &[
-    ("chatml.argilla", KtoTurns::Chatml, KtoFields::Argilla),
-    ("chatml.argilla_chat", KtoTurns::Chatml, KtoFields::ArgillaChat),
-    ("chatml.intel", KtoTurns::Chatml, KtoFields::Intel),
-    ("chatml.prompt_pairs", KtoTurns::Chatml, KtoFields::PromptPairs),
-    ("chatml.ultra", KtoTurns::Chatml, KtoFields::Ultra),
-    ("llama3.argilla", KtoTurns::Llama3, KtoFields::Argilla),
-    ("llama3.argilla_chat", KtoTurns::Llama3, KtoFields::ArgillaChat),
-    ("llama3.intel", KtoTurns::Llama3, KtoFields::Intel),
-    ("llama3.prompt_pairs", KtoTurns::Llama3, KtoFields::PromptPairs),
-    ("llama3.ultra", KtoTurns::Llama3, KtoFields::Ultra),
-];
-
-impl KtoFormat {
-    pub fn from_type(name: &str) -> Option<KtoFormat> {
-        KTO_TYPES.iter().find(|(n, _, _)| *n == name).map(|&(_, turns, fields)| KtoFormat { turns, fields })
-    }
-
-    pub fn type_name(self) -> &'static str {
-        KTO_TYPES.iter().find(|(_, t, f)| (*t, *f) == (self.turns, self.fields)).map_or("kto", |(n, _, _)| n)
-    }
+/// `type: chat_template.argilla` (Axolotl's only ORPO type, `prompt_strategies/orpo/chat_template.py`,
+/// `rl: orpo` only): rows with `chosen` and `rejected` message lists (user and assistant turns
+/// alternating, read by position), an optional `system` and an optional `prompt` string (then every
+/// user turn's text). The prompt is every turn but the last, rendered with the recipe's
+/// `chat_template` and the generation prompt; each answer is what the last assistant turn of
+/// `chosen` / `rejected` adds after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct OrpoArgillaDataset {
+    #[serde(flatten)]
+    pub source: DatasetSource,
 }
 
 fn default_chosen_field() -> String {
@@ -611,8 +576,11 @@ pub enum DatasetConfig {
     Preference(PreferenceDataset),
     /// `bradley_terry.chat_template`.
     BradleyTerry(BradleyTerryDataset),
-    /// One of Axolotl's KTO types (`chatml.ultra`, `llama3.argilla`, ...).
-    Kto(KtoDataset),
+    /// One of Axolotl's `chatml.*` / `llama3.*` types (`chatml.ultra`, `llama3.argilla`, ...): KTO's
+    /// unpaired rows or DPO's pairs, by `rl`.
+    StringTransform(StringTransformDataset),
+    /// `chat_template.argilla` (ORPO).
+    OrpoArgilla(OrpoArgillaDataset),
     /// A mapping `type:` (Axolotl's user-defined format).
     UserDefined(UserDefinedDataset),
     /// No `type`: pre-tokenized rows (`input_ids`, `attention_mask`, `labels`).
@@ -637,32 +605,12 @@ const DATASET_TYPES: &[(&str, &str, &str)] = &[
         "BradleyTerryDataset",
         "reward-model pairs: system (optional), input, chosen and rejected strings",
     ),
-    ("chatml.argilla", "KtoChatmlArgilla", "KTO rows in ChatML: system (optional), instruction, completion, label"),
     (
-        "chatml.argilla_chat",
-        "KtoChatmlArgillaChat",
-        "KTO rows in ChatML: completion (user and assistant messages), label",
+        "chat_template.argilla",
+        "OrpoArgillaDataset",
+        "ORPO pairs (rl: orpo): chosen and rejected message lists, system and prompt optional, rendered with the \
+         recipe's chat_template",
     ),
-    ("chatml.intel", "KtoChatmlIntel", "KTO rows in ChatML: system (optional), question, completion, label"),
-    ("chatml.prompt_pairs", "KtoChatmlPromptPairs", "KTO rows in ChatML: system (optional), prompt, completion, label"),
-    ("chatml.ultra", "KtoChatmlUltra", "KTO rows in ChatML: system (optional), prompt, completion, label"),
-    (
-        "llama3.argilla",
-        "KtoLlama3Argilla",
-        "KTO rows in Llama-3 turns: system (optional), instruction, completion, label",
-    ),
-    (
-        "llama3.argilla_chat",
-        "KtoLlama3ArgillaChat",
-        "KTO rows in Llama-3 turns: completion (user and assistant messages), label",
-    ),
-    ("llama3.intel", "KtoLlama3Intel", "KTO rows in Llama-3 turns: system (optional), question, completion, label"),
-    (
-        "llama3.prompt_pairs",
-        "KtoLlama3PromptPairs",
-        "KTO rows in Llama-3 turns: system (optional), prompt, completion, label",
-    ),
-    ("llama3.ultra", "KtoLlama3Ultra", "KTO rows in Llama-3 turns: system (optional), prompt, completion, label"),
 ];
 
 impl DatasetConfig {
@@ -674,7 +622,8 @@ impl DatasetConfig {
             DatasetConfig::InputOutput(d) => &d.source,
             DatasetConfig::Preference(d) => &d.source,
             DatasetConfig::BradleyTerry(d) => &d.source,
-            DatasetConfig::Kto(d) => &d.source,
+            DatasetConfig::StringTransform(d) => &d.source,
+            DatasetConfig::OrpoArgilla(d) => &d.source,
             DatasetConfig::UserDefined(d) => &d.source,
             DatasetConfig::Pretokenized(d) => &d.source,
         }
@@ -693,7 +642,13 @@ impl DatasetConfig {
 
     /// Whether the rows are preference data (pairs for `rl:` and reward models; KTO's unpaired rows).
     pub fn holds_pairs(&self) -> bool {
-        matches!(self, DatasetConfig::Preference(_) | DatasetConfig::BradleyTerry(_) | DatasetConfig::Kto(_))
+        matches!(
+            self,
+            DatasetConfig::Preference(_)
+                | DatasetConfig::BradleyTerry(_)
+                | DatasetConfig::StringTransform(_)
+                | DatasetConfig::OrpoArgilla(_)
+        )
     }
 
     /// The `type` as written (`user_defined` for the mapping form, `pre-tokenized` without one).
@@ -707,7 +662,8 @@ impl DatasetConfig {
             DatasetConfig::InputOutput(_) => "input_output",
             DatasetConfig::Preference(_) => "chat_template.default",
             DatasetConfig::BradleyTerry(_) => "bradley_terry.chat_template",
-            DatasetConfig::Kto(d) => d.format.type_name(),
+            DatasetConfig::StringTransform(d) => d.transform.type_name(),
+            DatasetConfig::OrpoArgilla(_) => "chat_template.argilla",
             DatasetConfig::UserDefined(_) => "user_defined",
             DatasetConfig::Pretokenized(_) => "pre-tokenized",
         }
@@ -726,7 +682,8 @@ impl Serialize for DatasetConfig {
             DatasetConfig::InputOutput(d) => serde_json::to_value(d),
             DatasetConfig::Preference(d) => serde_json::to_value(d),
             DatasetConfig::BradleyTerry(d) => serde_json::to_value(d),
-            DatasetConfig::Kto(d) => serde_json::to_value(d),
+            DatasetConfig::StringTransform(d) => serde_json::to_value(d),
+            DatasetConfig::OrpoArgilla(d) => serde_json::to_value(d),
             DatasetConfig::UserDefined(d) => return d.serialize(serializer),
             // No `type`: that is what makes it pre-tokenized.
             DatasetConfig::Pretokenized(d) => return d.serialize(serializer),
@@ -768,8 +725,9 @@ impl<'de> Deserialize<'de> for DatasetConfig {
             "input_output" => DatasetConfig::InputOutput(parse(map)?),
             "chat_template.default" => DatasetConfig::Preference(parse(map)?),
             "bradley_terry.chat_template" => DatasetConfig::BradleyTerry(parse(map)?),
-            other => match KtoFormat::from_type(other) {
-                Some(format) => DatasetConfig::Kto(KtoDataset { format, ..parse(map)? }),
+            "chat_template.argilla" => DatasetConfig::OrpoArgilla(parse(map)?),
+            other => match StringTransform::from_type(other) {
+                Some(transform) => DatasetConfig::StringTransform(StringTransformDataset { transform, ..parse(map)? }),
                 None => return Err(D::Error::custom(format!("unknown dataset type `{other}`"))),
             },
         })
@@ -784,14 +742,25 @@ impl JsonSchema for DatasetConfig {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let user_defined_type = generator.subschema_for::<UserDefinedFormat>();
         let mut all_of = Vec::new();
-        for &(tag, def_name, help) in DATASET_TYPES {
+        let string_types = STRING_TRANSFORM_TYPES.iter().map(|&(tag, markup, fields, help)| {
+            // `chatml.argilla_chat` -> `StringTransformChatmlArgillaChat`.
+            let camel: String = [markup.as_str(), fields.as_str()]
+                .iter()
+                .flat_map(|part| part.split('_'))
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            (tag, format!("StringTransform{camel}"), help)
+        });
+        let types = DATASET_TYPES.iter().map(|&(tag, def, help)| (tag, def.to_string(), help)).chain(string_types);
+        for (tag, def_name, help) in types.collect::<Vec<_>>() {
             let mut schema = match tag {
                 "alpaca" | "alpaca_chat" => AlpacaDataset::json_schema(generator),
                 "completion" | "pretrain" => TextDataset::json_schema(generator),
                 "chat_template" => ChatDataset::json_schema(generator),
                 "chat_template.default" => PreferenceDataset::json_schema(generator),
                 "bradley_terry.chat_template" => BradleyTerryDataset::json_schema(generator),
-                kto if KtoFormat::from_type(kto).is_some() => KtoDataset::json_schema(generator),
+                "chat_template.argilla" => OrpoArgillaDataset::json_schema(generator),
+                name if StringTransform::from_type(name).is_some() => StringTransformDataset::json_schema(generator),
                 _ => InputOutputDataset::json_schema(generator),
             };
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -801,13 +770,17 @@ impl JsonSchema for DatasetConfig {
                 required.push(Value::String("type".into()));
             }
             schema.insert("title".into(), Value::String(format!("type: {tag}")));
-            generator.definitions_mut().insert(def_name.into(), schema.to_value());
+            generator.definitions_mut().insert(def_name.clone(), schema.to_value());
             all_of.push(serde_json::json!({
                 "if": {"properties": {"type": {"const": tag}}, "required": ["type"]},
                 "then": {"$ref": format!("#/$defs/{def_name}")},
             }));
         }
-        let names: Vec<&str> = DATASET_TYPES.iter().map(|(tag, _, _)| *tag).collect();
+        let names: Vec<&str> = DATASET_TYPES
+            .iter()
+            .map(|(tag, _, _)| *tag)
+            .chain(STRING_TRANSFORM_TYPES.iter().map(|(tag, ..)| *tag))
+            .collect();
         let mut pretokenized = PretokenizedDataset::json_schema(generator);
         if let Some(props) = pretokenized.get_mut("properties").and_then(Value::as_object_mut) {
             for key in FORMATTING_KEYS {

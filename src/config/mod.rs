@@ -17,6 +17,7 @@ pub mod model;
 pub mod quantization;
 pub mod rules;
 pub mod schema;
+pub mod string_transforms;
 pub mod tracking;
 pub mod training;
 pub mod unfrozen;

@@ -1300,16 +1300,12 @@ impl Rules<'_> {
                         "set rl: dpo (or ipo, orpo, simpo) or reward_model: true, or use type: chat_template for \
                          conversations",
                     );
-                } else if matches!(d, DatasetConfig::Kto(_)) && t.rl != Some(super::training::RlMethod::Kto) {
+                } else if let Some((problem, help)) = type_not_for_method(d, t.rl) {
                     self.error(
-                        "kto-type-needs-kto",
-                        format!(
-                            "{list}[{i}] has type `{}`, one of Axolotl's KTO formats (one answer and a label per \
-                             row), which only `rl: kto` reads",
-                            d.type_name()
-                        ),
+                        "type-not-for-method",
+                        format!("{list}[{i}] has type `{}`, {problem}", d.type_name()),
                         &[&key, if t.rl.is_some() { "rl" } else { "reward_model" }],
-                        "set rl: kto, or use type: chat_template.default (pairs) for other methods",
+                        &help,
                     );
                 } else if t.rl.is_some() && matches!(d, DatasetConfig::BradleyTerry(_)) {
                     self.error(
@@ -2269,4 +2265,66 @@ enum LocationKind {
 /// `datasets.0.path` -> `datasets[0].path`.
 fn display_key(path: &str) -> String {
     crate::recipe::diagnostic::key_path(path.split('.'))
+}
+
+/// Why a dataset type Axolotl defines for some preference methods only cannot be read under `rl`
+/// (None for a reward model: `reward_model: true`), with the help line; None when it can.
+/// Axolotl's `chatml.*` / `llama3.*` types mean unpaired rows under `rl: kto` and pairs under
+/// `rl: dpo|ipo|simpo` (each method's module defines some of the names); `chat_template.argilla`
+/// is ORPO's.
+fn type_not_for_method(d: &DatasetConfig, rl: Option<super::training::RlMethod>) -> Option<(String, String)> {
+    use super::string_transforms::{StringTransform, TransformReading};
+    use super::training::RlMethod;
+    let now = match rl {
+        Some(rl) => format!("rl: {rl}"),
+        None => "reward_model: true".to_string(),
+    };
+    match d {
+        DatasetConfig::OrpoArgilla(_) if rl != Some(RlMethod::Orpo) => Some((
+            format!(
+                "Axolotl's ORPO type (prompt_strategies/orpo/chat_template.py), which only `rl: orpo` reads; this \
+                 recipe trains `{now}`"
+            ),
+            "set rl: orpo, or use type: chat_template.default for pairs".to_string(),
+        )),
+        DatasetConfig::StringTransform(st) => {
+            let t = st.transform;
+            let markup = t.markup.as_str();
+            let defined: Vec<TransformReading> = [TransformReading::Unpaired, TransformReading::Pairs]
+                .into_iter()
+                .filter(|r| t.defined_for(*r))
+                .collect();
+            let defined_for = defined
+                .iter()
+                .map(|r| format!("{} ({}/{markup}.py)", r.methods(), r.module()))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            match rl.and_then(TransformReading::of) {
+                Some(reading) if t.defined_for(reading) => None,
+                Some(reading) => Some((
+                    format!(
+                        "which Axolotl defines for {defined_for} only; under `{now}` it reads {}/{markup}.py, which \
+                         has no `{}`",
+                        reading.module(),
+                        t.fields.as_str()
+                    ),
+                    format!(
+                        "under {} use one of {}; or set {}",
+                        reading.methods(),
+                        StringTransform::names_for(t.markup, reading).join(", "),
+                        defined.iter().map(|r| r.methods()).collect::<Vec<_>>().join(" or ")
+                    ),
+                )),
+                None => Some((
+                    format!("which Axolotl defines for {defined_for}; `{now}` does not read it"),
+                    if rl == Some(RlMethod::Orpo) {
+                        "under rl: orpo use type: chat_template.argilla or chat_template.default".to_string()
+                    } else {
+                        "for a reward model use type: bradley_terry.chat_template or chat_template.default".to_string()
+                    },
+                )),
+            }
+        }
+        _ => None,
+    }
 }

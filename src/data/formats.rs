@@ -13,9 +13,13 @@
 //! - no `type` (Axolotl's pre-tokenized rows): `input_ids`, `attention_mask` and `labels` read as
 //!   they are (checked: equal lengths, a mask of ones, labels -100 or a token id, ids inside the
 //!   vocabulary), never retokenized.
+//! - `chat_template.argilla` (ORPO): the conversation of `chosen` but its last answer as prompt
+//!   messages, the last messages of `chosen` / `rejected` as the answers (Axolotl's ORPO parser).
+//! - Axolotl's `chatml.*` / `llama3.*` types: `string_transforms` writes them out as strings.
 
 use super::{IGNORE, Sample, Tokenizer};
-use crate::config::datasets::{DatasetConfig, KtoFields, KtoFormat, KtoTurns, PreferenceDataset, UserDefinedFormat};
+use crate::config::datasets::{DatasetConfig, PreferenceDataset, UserDefinedFormat};
+use crate::config::training::RlMethod;
 use serde_json::Value;
 
 /// A row in the shape the tokenizer needs.
@@ -119,8 +123,9 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// One row of `entry`'s format. Errors name the field.
-pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, String> {
+/// One row of `entry`'s format; `rl` (the recipe's preference method) chooses what Axolotl's
+/// `chatml.*` / `llama3.*` types read. Errors name the field.
+pub fn format_row(entry: &DatasetConfig, row: &Value, rl: Option<RlMethod>) -> Result<Formatted, String> {
     if !row.is_object() {
         return Err(format!("a row must be a mapping, found {}", kind(row)));
     }
@@ -174,7 +179,8 @@ pub fn format_row(entry: &DatasetConfig, row: &Value) -> Result<Formatted, Strin
         },
         DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
         DatasetConfig::BradleyTerry(_) => parse_bradley_terry(row).map(Formatted::Preference),
-        DatasetConfig::Kto(k) => parse_kto(row, k.format).map(Formatted::Preference),
+        DatasetConfig::StringTransform(d) => super::string_transforms::format_row(row, d.transform, rl),
+        DatasetConfig::OrpoArgilla(_) => parse_orpo_argilla(row).map(Formatted::Preference),
         DatasetConfig::Pretokenized(_) => parse_pretokenized(row).map(Formatted::Tokens),
     }
 }
@@ -444,68 +450,66 @@ pub fn parse_bradley_terry(row: &Value) -> Result<Preference, String> {
     Ok(Preference { prompt: Value::Array(prompt), chosen, rejected, desirable: None })
 }
 
-/// Reads a row of one of Axolotl's KTO types: the prompt and the answer written out in the type's
-/// turns (the prompt ending with the assistant's header, the answer with the end of its turn), as
-/// Axolotl's `prompt_strategies/kto` build them, and the boolean `label`.
-pub fn parse_kto(row: &Value, format: KtoFormat) -> Result<Preference, String> {
-    let string = |v: Option<&Value>, field: &str| -> Result<String, String> {
-        match v {
-            Some(Value::String(s)) => Ok(s.clone()),
+/// Reads a row of Axolotl's ORPO `chat_template.argilla` as its `ORPODatasetParsingStrategy` does:
+/// the prompt is the optional `system` (when not empty), then per user/assistant turn pair of
+/// `chosen` the user's text (the row's `prompt` string instead, when the row has one) and, but for
+/// the last pair, the assistant's; the answers are the last messages of `chosen` and `rejected`, as
+/// assistant turns. Messages are read by position (their roles are not read), as in Axolotl; an odd
+/// number of `chosen` messages is a bad row (Axolotl asserts).
+pub fn parse_orpo_argilla(row: &Value) -> Result<Preference, String> {
+    let list = |field: &str| -> Result<&Vec<Value>, String> {
+        match row.get(field) {
+            Some(Value::Array(list)) if !list.is_empty() => Ok(list),
+            Some(Value::Array(_)) => Err(format!("field `{field}` is an empty list")),
             None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
-            Some(other) => Err(format!("field `{field}` must be a string, found {}", kind(other))),
+            Some(other) => Err(format!("field `{field}` must be a list of messages, found {}", kind(other))),
         }
     };
-    let (system, user, answer) = match format.fields {
-        KtoFields::ArgillaChat => {
-            let turns = match row.get("completion") {
-                Some(Value::Array(t)) if t.len() >= 2 => t,
-                _ => return Err("field `completion` must list the user's and the assistant's messages".into()),
-            };
-            let content = |i: usize| string(turns[i].get("content"), &format!("completion[{i}].content"));
-            (None, content(0)?, content(1)?)
-        }
-        fields => {
-            let user_field = match fields {
-                KtoFields::Argilla => "instruction",
-                KtoFields::Intel => "question",
-                _ => "prompt",
-            };
-            let system = match row.get("system") {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                None | Some(Value::Null) | Some(Value::String(_)) => None,
-                Some(other) => return Err(format!("field `system` must be a string, found {}", kind(other))),
-            };
-            (system, string(row.get(user_field), user_field)?, string(row.get("completion"), "completion")?)
+    let content = |field: &str, list: &[Value], i: usize| -> Result<String, String> {
+        match list[i].get("content") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(format!("{field}[{i}]: no `content` string")),
+            Some(other) => Err(format!("{field}[{i}].content must be a string, found {}", kind(other))),
         }
     };
-    let desirable = match row.get("label") {
-        Some(Value::Bool(b)) => *b,
-        None | Some(Value::Null) => return Err("field `label` is missing".into()),
-        Some(other) => return Err(format!("field `label` must be true or false, found {}", kind(other))),
+    let (chosen, rejected) = (list("chosen")?, list("rejected")?);
+    if chosen.len() % 2 != 0 {
+        return Err(format!(
+            "field `chosen` has {} messages, not user and assistant turns in pairs (Axolotl: invalid number of turns)",
+            chosen.len()
+        ));
+    }
+    let user_text = match row.get("prompt") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => return Err(format!("field `prompt` must be a string, found {}", kind(other))),
     };
-    let (prompt, answer) = match format.turns {
-        KtoTurns::Chatml => {
-            let system = system.map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n")).unwrap_or_default();
-            (
-                format!("{system}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
-                format!("{answer}<|im_end|>"),
-            )
+    let mut prompt = Vec::new();
+    match row.get("system") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => prompt.push(serde_json::json!({"role": "system", "content": s})),
+        Some(other) => return Err(format!("field `system` must be a string, found {}", kind(other))),
+    }
+    let turns = chosen.len() / 2;
+    for i in 0..turns {
+        let user = match &user_text {
+            Some(text) => text.clone(),
+            None => content("chosen", chosen, 2 * i)?,
+        };
+        prompt.push(serde_json::json!({"role": "user", "content": user}));
+        if i + 1 < turns {
+            prompt.push(serde_json::json!({"role": "assistant", "content": content("chosen", chosen, 2 * i + 1)?}));
         }
-        KtoTurns::Llama3 => {
-            let header = |role: &str| format!("<|start_header_id|>{role}<|end_header_id|>\n\n");
-            let system = system.map(|s| format!("{}{s}<|eot_id|>", header("system"))).unwrap_or_default();
-            (
-                format!("{system}{}{user}<|eot_id|>{}", header("user"), header("assistant")),
-                format!("{answer}<|eot_id|>"),
-            )
-        }
+    }
+    let answer = |field: &str, list: &[Value]| -> Result<Value, String> {
+        Ok(serde_json::json!([{"role": "assistant", "content": content(field, list, list.len() - 1)?}]))
     };
-    Ok(Preference {
-        prompt: Value::String(prompt),
-        chosen: Value::String(answer),
-        rejected: Value::Null,
-        desirable: Some(desirable),
-    })
+    let (chosen, rejected) = (answer("chosen", chosen)?, answer("rejected", rejected)?);
+    if chosen == rejected {
+        return Err("the last messages of `chosen` and `rejected` are the same".into());
+    }
+    Ok(Preference { prompt: Value::Array(prompt), chosen, rejected, desirable: None })
 }
 
 /// Normalises a message list to `{role, content}` (ShareGPT's from/value and human/gpt accepted).
@@ -567,10 +571,13 @@ mod tests {
     #[test]
     fn input_output_needs_boolean_labels() {
         let entry: DatasetConfig = serde_json::from_value(json!({"path": "x.jsonl", "type": "input_output"})).unwrap();
-        let ok =
-            format_row(&entry, &json!({"segments": [{"text": "Q: ", "label": false}, {"text": "A", "label": true}]}));
+        let ok = format_row(
+            &entry,
+            &json!({"segments": [{"text": "Q: ", "label": false}, {"text": "A", "label": true}]}),
+            None,
+        );
         assert_eq!(ok.unwrap(), Formatted::Segments(vec![("Q: ".into(), false), ("A".into(), true)]));
-        let bad = format_row(&entry, &json!({"segments": [{"text": "Q", "label": "yes"}]})).unwrap_err();
+        let bad = format_row(&entry, &json!({"segments": [{"text": "Q", "label": "yes"}]}), None).unwrap_err();
         assert_eq!(bad, "segments[0]: field `label` must be true or false, found a string");
     }
 
@@ -581,7 +588,7 @@ mod tests {
             assert!(matches!(entry, DatasetConfig::Pretokenized(_)), "{entry:?}");
             let row = json!({"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6], "id": "a"});
             let sample = Sample { input_ids: vec![1, 5, 6], labels: vec![IGNORE, 5, 6] };
-            assert_eq!(format_row(&entry, &row).unwrap(), Formatted::Tokens(sample));
+            assert_eq!(format_row(&entry, &row, None).unwrap(), Formatted::Tokens(sample));
         }
         let bad = json!({"input_ids": [1, 5.5], "attention_mask": [1, 1], "labels": [1, 5]});
         assert_eq!(parse_pretokenized(&bad).unwrap_err(), "input_ids[1] must be an integer, found 5.5");
@@ -594,12 +601,12 @@ mod tests {
             "no_input_format": "[INST] {instruction} [/INST]", "system_prompt": "Be brief.", "system_format": "<<{system}>> "
         }}))
         .unwrap();
-        let f = format_row(&entry, &json!({"q": "Hi", "a": "Hello"})).unwrap();
+        let f = format_row(&entry, &json!({"q": "Hi", "a": "Hello"}), None).unwrap();
         assert_eq!(
             f,
             Formatted::PromptResponse { prompt: "<<Be brief.>> [INST] Hi [/INST]".into(), response: "Hello".into() }
         );
-        assert_eq!(format_row(&entry, &json!({"q": "Hi"})).unwrap_err(), "field `a` is missing");
+        assert_eq!(format_row(&entry, &json!({"q": "Hi"}), None).unwrap_err(), "field `a` is missing");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod preference;
 pub mod replay;
 pub mod sources;
 pub mod stream;
+pub mod string_transforms;
 pub mod template;
 pub mod tokenizer;
 
@@ -383,6 +384,7 @@ fn formatted_rows(
         c.bad_rows += read.bad.len();
     }
     let mut formatted: Vec<(String, Formatted)> = Vec::with_capacity(read.rows.len());
+    let rl = plan.training.preference.as_ref().map(|p| p.method);
     // Axolotl trains on rows that hold these three as they are, whatever `type` says
     // (`_is_dataset_already_tokenized` comes first): a typed dataset of such rows would be read
     // otherwise here, so it is refused.
@@ -396,7 +398,7 @@ fn formatted_rows(
                 d.entry.type_name()
             ));
         }
-        let row = formats::format_row(&d.entry, &row.value).and_then(|f| match (&f, vocab) {
+        let row = formats::format_row(&d.entry, &row.value, rl).and_then(|f| match (&f, vocab) {
             (Formatted::Tokens(s), Some(vocab)) => formats::check_vocabulary(s, vocab).map(|()| f),
             _ => Ok(f),
         });

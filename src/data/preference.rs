@@ -1,4 +1,5 @@
-//! Preference pairs for `rl:` recipes (`type: chat_template.default`): rows go through the same
+//! Preference pairs for `rl:` recipes (`type: chat_template.default`, Axolotl's `chatml.*` /
+//! `llama3.*` string types, ORPO's `chat_template.argilla`): rows go through the same
 //! read / format / hygiene stages as supervised data, then each pair is rendered and tokenized
 //! as TRL's DPO trainer does:
 //!
@@ -112,7 +113,9 @@ fn dataset_pairs(
     let own_template = match &d.entry {
         DatasetConfig::Preference(entry) => entry.chat_template,
         DatasetConfig::BradleyTerry(entry) => entry.chat_template,
-        DatasetConfig::Kto(_) => None,
+        // Axolotl's string types write their turns out; ORPO's argilla renders with the recipe's
+        // `chat_template` (Axolotl reads no dataset-level template for it).
+        DatasetConfig::StringTransform(_) | DatasetConfig::OrpoArgilla(_) => None,
         _ => {
             return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
         }

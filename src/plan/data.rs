@@ -232,9 +232,11 @@ fn plan_datasets(
                      retokenized{}",
                     if c.data.train_on_inputs { " (train_on_inputs does not apply)" } else { "" }
                 ),
-                DatasetConfig::Kto(_) => {
-                    "unpaired KTO rows: the answer scored (desirable or not, by `label`), the prompt masked".to_string()
-                }
+                DatasetConfig::StringTransform(st) => string_transform_masking(st.transform, c.training.rl),
+                DatasetConfig::OrpoArgilla(_) => "preference pairs (Axolotl's ORPO argilla: every turn but the last \
+                                                  rendered with the recipe's chat_template as the prompt): the chosen \
+                                                  and the rejected answer scored, the prompt masked"
+                    .to_string(),
                 _ => prompt.to_string(),
             };
             DatasetPlan {
@@ -384,4 +386,26 @@ pub fn pretraining(
         rows_per_step,
         steps: c.training.max_steps.unwrap_or(0),
     }))
+}
+
+/// What an Axolotl `chatml.*` / `llama3.*` dataset is under the recipe's `rl`.
+fn string_transform_masking(
+    transform: crate::config::string_transforms::StringTransform,
+    rl: Option<crate::config::training::RlMethod>,
+) -> String {
+    use crate::config::string_transforms::TransformReading;
+    let module = |reading: TransformReading| {
+        format!("Axolotl's {}/{}.py `{}`", reading.module(), transform.markup.as_str(), transform.fields.as_str())
+    };
+    match rl.and_then(TransformReading::of) {
+        Some(reading @ TransformReading::Unpaired) => format!(
+            "unpaired KTO rows written out as {}: the answer scored (desirable or not, by `label`), the prompt masked",
+            module(reading)
+        ),
+        Some(reading @ TransformReading::Pairs) => format!(
+            "preference pairs written out as {}: the chosen and the rejected answer scored, the prompt masked",
+            module(reading)
+        ),
+        None => "not read under this recipe's method (an error)".to_string(),
+    }
 }

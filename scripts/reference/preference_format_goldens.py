@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Goldens for Axolotl's string preference types (tests/preference_formats.rs): runs Axolotl's own
+transforms on the fixture rows and writes each row's prompt, chosen and rejected text, and their
+token ids under models/stories260k's tokenizer (`add_special_tokens=False`), to
+tests/golden/preference_formats.json.
+
+- DPO (`rl: dpo|ipo|simpo`, Axolotl's load_dpo): every function of
+  src/axolotl/prompt_strategies/dpo/chatml.py and llama3.py (pure Python with no imports, exec'd
+  from the checkout): `default`, `icr`, `intel`, `prompt_pairs` on tests/fixtures/dpo/rows.jsonl,
+  `default` also on tests/fixtures/dpo/default_rows.jsonl (its fallback field names), and
+  `argilla_chat`, `ultra` on tests/fixtures/dpo/chat_rows.jsonl.
+- ORPO (`rl: orpo`, Axolotl's load_orpo): `argilla` of src/axolotl/prompt_strategies/orpo/chat_template.py
+  (imported from the checkout) with `chat_template: chatml` on tests/fixtures/orpo/argilla.jsonl.
+
+Each row is passed as the dict json.loads gives (a field absent from a row is absent, as recipe
+reads rows), one at a time.
+
+The ORPO module imports axolotl's packages: it needs transformers, tokenizers, jinja2, pydantic
+(scripts/reference/requirements.txt, in $RECIPE_CACHE/ref-py), torch ($RECIPE_CACHE/torch-2.11.0)
+and `datasets` (scripts/reference/requirements-axolotl.txt):
+  grep -v "^#" scripts/reference/requirements-axolotl.txt | pip install --target $RECIPE_CACHE/ref-axolotl --no-deps -r /dev/stdin
+
+Run with the path of an Axolotl checkout (the goldens were made at 067b021c8b87a9e5e380b9173c704cf7340e30f5):
+  PYTHONPATH=/path/to/axolotl/src:$RECIPE_CACHE/ref-py:$RECIPE_CACHE/torch-2.11.0:$RECIPE_CACHE/ref-axolotl \\
+    python3 scripts/reference/preference_format_goldens.py /path/to/axolotl
+"""
+import copy
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DPO_CASES = [
+    ("default", "dpo/rows.jsonl"),
+    ("default", "dpo/default_rows.jsonl"),
+    ("icr", "dpo/rows.jsonl"),
+    ("intel", "dpo/rows.jsonl"),
+    ("prompt_pairs", "dpo/rows.jsonl"),
+    ("argilla_chat", "dpo/chat_rows.jsonl"),
+    ("ultra", "dpo/chat_rows.jsonl"),
+]
+
+
+def load(path):
+    module = {}
+    with open(path, encoding="utf-8") as f:
+        exec(compile(f.read(), path, "exec"), module)  # noqa: S102 (Axolotl's own file, pure functions)
+    return module
+
+
+def rows(name):
+    with open(os.path.join(ROOT, "tests/fixtures", name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def expected(done, tokenizer):
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["chosen"],
+            "rejected": r["rejected"],
+            "prompt_ids": ids(r["prompt"]),
+            "chosen_ids": ids(r["chosen"]),
+            "rejected_ids": ids(r["rejected"]),
+        }
+        for r in done
+    ]
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    checkout = sys.argv[1]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "models/stories260k"))
+    out = {"dpo": [], "orpo": []}
+    strategies = os.path.join(checkout, "src/axolotl/prompt_strategies/dpo")
+    for turns in ("chatml", "llama3"):
+        module = load(os.path.join(strategies, f"{turns}.py"))
+        for fields, source in DPO_CASES:
+            transform = module[fields](cfg={})
+            done = [transform(copy.deepcopy(r)) for r in rows(source)]
+            out["dpo"].append({"type": f"{turns}.{fields}", "rows": source, "expected": expected(done, tokenizer)})
+
+    from axolotl.prompt_strategies.orpo import chat_template as orpo
+
+    # Axolotl's cfg is a DictDefault; `argilla` only calls cfg.get("chat_template"/"chat_template_jinja").
+    transform = orpo.argilla({"chat_template": "chatml"})
+    source = "orpo/argilla.jsonl"
+    done = [transform(copy.deepcopy(r), tokenizer=tokenizer) for r in rows(source)]
+    out["orpo"].append(
+        {"type": "chat_template.argilla", "chat_template": "chatml", "rows": source, "expected": expected(done, tokenizer)}
+    )
+    path = os.path.join(ROOT, "tests/golden/preference_formats.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+    print(f"{len(out['dpo'])} DPO cases, {len(out['orpo'])} ORPO case -> {os.path.relpath(path, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
