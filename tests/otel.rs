@@ -96,7 +96,7 @@ fn numbers_are_written_as_prometheus_client_writes_them() {
         let (repr, go) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
         let x: f64 = repr.parse().unwrap();
         assert_eq!(otel::go_float(x), go, "{repr}");
-        if x.is_finite() && x.fract() != 0.0 || x == 0.0 {
+        if x.is_finite() {
             assert_eq!(otel::py_repr(x), repr);
         }
     }
@@ -276,10 +276,8 @@ fn a_port_in_use_stops_the_run_at_its_start() {
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("otel_metrics_port") && all.contains("in use"), "{all}");
-    assert!(
-        !dir.path().join("out/metrics.jsonl").exists()
-            || std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap().is_empty()
-    );
+    let records = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap_or_default();
+    assert!(records.is_empty(), "no step may run: {records}");
     drop(taken);
 }
 

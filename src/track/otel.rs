@@ -431,12 +431,17 @@ impl Otel {
             .next()
             .ok_or_else(|| format!("otel_metrics_host: `{host}` resolves to no address"))?;
         let listener = TcpListener::bind(addr).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "the port is in use by another process; set otel_metrics_port to a free port".to_string()
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "otel_metrics_port: {port} is in use on {addr} (otel_metrics_host `{host}`) by another process; \
+                     set otel_metrics_port to a free port"
+                )
             } else {
-                format!("{e}; set otel_metrics_host / otel_metrics_port to an address this machine can listen on")
-            };
-            format!("otel_metrics_port: cannot serve metrics on {addr} (otel_metrics_port: {port}): {why}")
+                format!(
+                    "otel_metrics_host / otel_metrics_port: cannot listen on {addr} (`{host}`, {port}): {e}; set them \
+                     to an address this machine can listen on"
+                )
+            }
         })?;
         let addr = listener.local_addr().unwrap_or(addr);
         let meter = Arc::new(Mutex::new(Meter::new()));
