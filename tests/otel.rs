@@ -260,6 +260,31 @@ fn a_run_serves_its_logged_values() {
     assert!(sample(text, "axolotl_memory_usage_MB").is_none(), "recipe logs no memory_usage: {text}");
 }
 
+/// Two ranks: only the main process serves (a second server on the same port would stop the run
+/// with the port in use), and its counter counts the run's steps once.
+#[cfg(feature = "exec")]
+#[test]
+fn only_the_main_process_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = write_recipe(
+        dir.path(),
+        &format!("max_steps: 4\nuse_otel_metrics: true\notel_metrics_host: 127.0.0.1\notel_metrics_port: {port}\n"),
+    );
+    let scraped = dir.path().join("scrape.txt");
+    let out = common::recipe_command()
+        .arg("run")
+        .arg(&path)
+        .args(["--device", "cpu", "--nproc-per-node", "2"])
+        .env(otel::SCRAPE_AT_END_ENV, &scraped)
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    let response = std::fs::read_to_string(&scraped).unwrap();
+    assert_eq!(sample(body_of(&response), "axolotl_global_steps_total"), Some(otel::go_float(4.0)), "{response}");
+}
+
 /// A port another process listens on stops the run at its start, naming otel_metrics_port; no
 /// step runs.
 #[cfg(feature = "exec")]
