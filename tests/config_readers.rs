@@ -25,6 +25,7 @@ const NOT_READ_PAST_CONFIG: &[(&str, &str)] = &[
     ("use_tensorboard", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("use_mlflow", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("use_wandb", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
+    ("use_otel_metrics", "read by TrackingConfig's switches (config/tracking.rs), which the plan calls"),
     ("wandb_mode", "read by TrackingConfig's switches; online is refused by name"),
     ("wandb_log_model", "only false / absent validate: model artifacts are refused by name"),
     ("model_config", "read by ModelConfig::config_overrides (config/model.rs), which the plan calls"),

@@ -261,8 +261,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "nvfp4_merge_aware", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "optim_args", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `adam_beta1` / `adam_beta2` / `adam_epsilon` instead") },
     AxolotlKey { name: "optim_target_modules", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
-    AxolotlKey { name: "otel_metrics_host", kind: AxolotlKeyKind::Integration, inert: Inert::NullOr("localhost"), alternative: None },
-    AxolotlKey { name: "otel_metrics_port", kind: AxolotlKeyKind::Integration, inert: Inert::NullOr("8000"), alternative: None },
     AxolotlKey { name: "overrides_of_model_kwargs", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
     AxolotlKey { name: "pad_to_multiple_of", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: Some("use `pad_to_sequence_len` instead") },
     AxolotlKey { name: "peft", kind: AxolotlKeyKind::Unsupported, inert: Inert::Null, alternative: None },
@@ -364,7 +362,6 @@ pub static AXOLOTL_KEYS: &[AxolotlKey] = &[
     AxolotlKey { name: "use_glm_dsa_kernels", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_kernels", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_onebitllms", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
-    AxolotlKey { name: "use_otel_metrics", kind: AxolotlKeyKind::Integration, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_pose", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_ray", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
     AxolotlKey { name: "use_scattermoe", kind: AxolotlKeyKind::Unsupported, inert: Inert::NullOrFalse, alternative: None },
@@ -667,6 +664,9 @@ mod tests {
         "wandb_run_id",
         "wandb_mode",
         "wandb_log_model",
+        "use_otel_metrics",
+        "otel_metrics_host",
+        "otel_metrics_port",
     ];
 
     #[test]

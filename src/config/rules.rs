@@ -1885,7 +1885,8 @@ impl Rules<'_> {
     }
 
     /// Experiment tracking (config/tracking.rs): each tracker's keys need its switch, the MLflow
-    /// server is an http(s) URL, and what is not built (W&B online, model artifacts) is refused.
+    /// server is an http(s) URL, the metrics server's host is a bare host, and what is not built
+    /// (W&B online, model artifacts) is refused.
     fn tracking(&mut self, c: &Config) {
         use super::tracking::{WandbLogModel, WandbMode};
         let t = &c.tracking;
@@ -1934,6 +1935,16 @@ impl Rules<'_> {
                 orphans.push((key, "wandb_project", why, "set wandb_project".into()));
             }
         }
+        for key in ["otel_metrics_host", "otel_metrics_port"].into_iter().filter(|k| written(k)) {
+            if !t.otel() {
+                let why = if t.use_otel_metrics == Some(false) {
+                    off_by("use_otel_metrics: false", "the metrics server")
+                } else {
+                    "it needs `use_otel_metrics: true`".into()
+                };
+                orphans.push((key, "use_otel_metrics", why, "set use_otel_metrics: true".into()));
+            }
+        }
         for (key, switch, why, fix) in orphans {
             self.error(
                 "tracker-key-without-switch",
@@ -1956,6 +1967,17 @@ impl Rules<'_> {
                         .to_string(),
                 );
             self.out.push(d);
+        }
+        if let Some(host) = &t.otel_metrics_host
+            && (host.contains('/') || host.chars().any(char::is_whitespace))
+        {
+            self.error(
+                "bad-otel-metrics-host",
+                format!("`otel_metrics_host: {host}` is not a host name or address"),
+                &["otel_metrics_host"],
+                "write the address to listen on alone, e.g. localhost, 0.0.0.0 or ::1 (the port is \
+                 otel_metrics_port; the path is always /metrics)",
+            );
         }
         if t.wandb() {
             match t.wandb_mode {

@@ -1,8 +1,9 @@
 //! Experiment tracking, in Axolotl's key names: TensorBoard event files, MLflow through its REST
-//! API, and Weights & Biases run folders in W&B's offline format. Every key is unset by default
-//! (and so absent from the plan's settings); a tracker is on when its switch is: `use_tensorboard:
-//! true`, `mlflow_tracking_uri` (unless `use_mlflow: false`), `wandb_project` (unless `use_wandb:
-//! false` or `wandb_mode: disabled`). The rules that tie the keys together are in rules.rs
+//! API, Weights & Biases run folders in W&B's offline format, and Prometheus metrics served over
+//! HTTP as Axolotl's OpenTelemetry callback serves them. Every key is unset by default (and so
+//! absent from the plan's settings); a tracker is on when its switch is: `use_tensorboard: true`,
+//! `mlflow_tracking_uri` (unless `use_mlflow: false`), `wandb_project` (unless `use_wandb: false`
+//! or `wandb_mode: disabled`), `use_otel_metrics: true`. The rules that tie the keys together are in rules.rs
 //! (`tracking`); what the run does with them is src/track/. Unset keys are left out when a config
 //! is serialized, so recipes without trackers read as before.
 
@@ -59,6 +60,21 @@ pub struct TrackingConfig {
     /// Log the model to W&B as an artifact (`end`, `checkpoint`) or not (`false`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "WandbLogModel::deserialize_any")]
     pub wandb_log_model: Option<WandbLogModel>,
+    /// Serve the run's metrics at `http://otel_metrics_host:otel_metrics_port/metrics` in Prometheus'
+    /// text format, named as Axolotl's OpenTelemetry callback names them (`axolotl_train_loss`,
+    /// `axolotl_learning_rate`, `axolotl_global_steps_total`, ...), from the start of training until
+    /// the process exits. Only the main process serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_otel_metrics: Option<bool>,
+    /// The address the metrics server listens on (default: `localhost`); needs `use_otel_metrics: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub otel_metrics_host: Option<String>,
+    /// The metrics server's port (default: 8000); one already in use stops the run at its start.
+    /// Needs `use_otel_metrics: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub otel_metrics_port: Option<u16>,
 }
 
 impl Default for TrackingConfig {
@@ -76,6 +92,11 @@ impl TrackingConfig {
     /// MLflow is on.
     pub fn mlflow(&self) -> bool {
         self.mlflow_tracking_uri.is_some() && self.use_mlflow != Some(false)
+    }
+
+    /// Prometheus metrics are served (`use_otel_metrics: true`).
+    pub fn otel(&self) -> bool {
+        self.use_otel_metrics == Some(true)
     }
 
     /// W&B is on.

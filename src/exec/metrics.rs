@@ -54,6 +54,12 @@ impl MetricsLog {
         Ok(())
     }
 
+    /// An optimizer step ended: `step` steps done, `epoch` epochs (fractional). Only trackers that
+    /// follow steps (the OpenTelemetry metrics' step counter) see it; nothing is written.
+    pub fn step_end(&mut self, step: u64, epoch: f64) {
+        self.tracking.step_end(step, epoch);
+    }
+
     /// Ends the trackers (after the outputs are written); returns where the run is tracked.
     pub fn finish_tracking(&mut self, status: crate::track::Status, output_dir: &Path) -> Vec<String> {
         self.tracking.finish(status, output_dir)

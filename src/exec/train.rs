@@ -461,6 +461,8 @@ impl<E: Example> Loop<'_, E> {
             state.global_step = step + 1;
             outcome.steps_done = step + 1;
             self.progress.inc(1);
+            // transformers' on_step_end, with its state.epoch (host numbers: no device read).
+            log.step_end(step + 1, (step + 1) as f64 / s.per_epoch.max(1) as f64);
 
             let last = step + 1 == s.total;
             // One process stops on Ctrl-C at once; several agree on it at the next logging step.

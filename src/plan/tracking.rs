@@ -1,7 +1,8 @@
 //! Where the run is tracked besides metrics.jsonl (config/tracking.rs resolved): TensorBoard's
 //! event folder, the MLflow server, experiment and run name, the W&B offline run folder. The
 //! writers are src/track/; the run id of a W&B run without `wandb_run_id` is drawn at the start
-//! of the run, so the plan stays a function of the recipe.
+//! of the run, so the plan stays a function of the recipe. Prometheus metrics (`use_otel_metrics`)
+//! are served at an address the plan states.
 
 use crate::config::Config;
 use crate::config::tracking::WandbMode;
@@ -16,6 +17,29 @@ pub struct TrackingPlan {
     pub mlflow: Option<MlflowPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wandb: Option<WandbPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otel: Option<OtelPlan>,
+}
+
+/// Axolotl's OpenTelemetry metrics: a Prometheus endpoint the main process serves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtelPlan {
+    /// `otel_metrics_host` (default `localhost`).
+    pub host: String,
+    /// `otel_metrics_port` (default 8000).
+    pub port: u16,
+}
+
+impl OtelPlan {
+    /// `http://host:port/metrics` (an IPv6 address in brackets).
+    pub fn url(&self) -> String {
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("http://{host}:{}/metrics", self.port)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,7 +74,7 @@ pub struct WandbPlan {
 
 impl TrackingPlan {
     pub fn is_off(&self) -> bool {
-        self.tensorboard.is_none() && self.mlflow.is_none() && self.wandb.is_none()
+        self.tensorboard.is_none() && self.mlflow.is_none() && self.wandb.is_none() && self.otel.is_none()
     }
 
     /// One line per tracker, for `recipe plan` and `recipe run`.
@@ -76,6 +100,13 @@ impl TrackingPlan {
                 w.entity.as_ref().map_or(String::new(), |e| format!(", entity `{e}`")),
                 w.display_name,
                 w.run_id.as_ref().map_or("drawn at the start".to_string(), |id| format!("`{id}`"))
+            ));
+        }
+        if let Some(o) = &self.otel {
+            out.push(format!(
+                "metrics served at {} (Prometheus text format, Axolotl's OpenTelemetry metric names) from the start \
+                 of training until the process exits",
+                o.url()
             ));
         }
         out
@@ -111,6 +142,10 @@ pub fn plan(c: &Config) -> TrackingPlan {
             run_id: t.wandb_run_id.clone(),
             mode: WandbMode::Offline,
             dir: under_output("wandb"),
+        }),
+        otel: t.otel().then(|| OtelPlan {
+            host: t.otel_metrics_host.clone().unwrap_or_else(|| "localhost".into()),
+            port: t.otel_metrics_port.unwrap_or(8000),
         }),
     }
 }

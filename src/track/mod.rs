@@ -1,12 +1,16 @@
 //! Experiment tracking: what the run records in metrics.jsonl also goes to the trackers the plan
 //! names (plan/tracking.rs): TensorBoard event files (`tensorboard.rs`), an MLflow server through
-//! its REST API (`mlflow.rs`), a W&B run folder in W&B's offline format (`wandb.rs`).
+//! its REST API (`mlflow.rs`), a W&B run folder in W&B's offline format (`wandb.rs`), Prometheus
+//! metrics served over HTTP as Axolotl's OpenTelemetry callback serves them (`otel.rs`).
 //!
 //! The training loop knows nothing of them: `exec::metrics::MetricsLog` hands every record it writes
-//! to [`Trackers::record`], and the run ends them with [`Trackers::finish`] (or, on an error, by
-//! dropping them: FAILED). Only the main process tracks.
+//! to [`Trackers::record`] and every optimizer step's end to [`Trackers::step_end`], and the run
+//! ends them with [`Trackers::finish`] (or, on an error, by dropping them: FAILED). Only the main
+//! process tracks.
 //!
-//! Tracking never breaks training. A tracker that cannot start is a warning and the run goes on
+//! Tracking never breaks training, once started. The metrics server's address is the exception at
+//! the start: a port in use is an error (the recipe names an endpoint that would serve nothing,
+//! or another run's numbers). Any other tracker that cannot start is a warning and the run goes on
 //! without it (an error with `recipe run --deny-warnings`); a tracker that fails later is reported
 //! once and dropped (local files), or retries with backoff in its own thread and reports what it
 //! could not deliver at the end (MLflow). metrics.jsonl and the run's outputs do not depend on any
@@ -16,6 +20,7 @@
 //! and W&B callbacks name them: `loss` -> `train/loss`, `eval_loss` -> `eval/loss`.
 
 pub mod mlflow;
+pub mod otel;
 pub mod tensorboard;
 pub mod wandb;
 
@@ -174,6 +179,9 @@ pub trait Tracker: Send {
     fn location(&self) -> String;
     /// One record of metrics.jsonl.
     fn log(&mut self, point: &Point) -> Result<(), String>;
+    /// An optimizer step ended: the run's step count and epoch (fractional) after it. Host values
+    /// only; called every step, so it must be cheap.
+    fn step_end(&mut self, _step: u64, _epoch: f64) {}
     /// The end of the run: status, and (after the outputs are written) what to upload.
     fn finish(&mut self, status: Status, output_dir: &Path) -> Result<(), String>;
 }
@@ -202,6 +210,12 @@ impl Trackers {
         }
         let info = RunInfo::from_plan(plan, resumed_at);
         let mut active: Vec<Box<dyn Tracker>> = Vec::new();
+        // First, and an error whatever --deny-warnings says: the address is the recipe's.
+        if let Some(o) = &t.otel {
+            let started = otel::Otel::start(o)?;
+            tracing::info!("tracking: {} {}", started.name(), started.location());
+            active.push(Box::new(started));
+        }
         let mut attempts: Vec<(&str, Started)> = Vec::new();
         if let Some(tb) = &t.tensorboard {
             attempts.push(("TensorBoard", tensorboard::TensorBoard::start(tb, &info).map(|x| Box::new(x) as _)));
@@ -239,6 +253,13 @@ impl Trackers {
                 false
             }
         });
+    }
+
+    /// An optimizer step ended (every step; host values only).
+    pub fn step_end(&mut self, step: u64, epoch: f64) {
+        for t in &mut self.active {
+            t.step_end(step, epoch);
+        }
     }
 
     /// Where the run is tracked (one line per tracker).
