@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{portable, stdout_of};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,17 +33,6 @@ fn write_recipe(dir: &Path, datasets: &str, extra: &str) -> PathBuf {
 
 fn recipe() -> Command {
     common::recipe_command()
-}
-
-fn stdout_of(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Paths of this machine replaced, for snapshots.
-fn portable(text: &str, dir: &Path) -> String {
-    text.replace(&root().display().to_string(), "<repo>").replace(&dir.display().to_string(), "<tmp>")
 }
 
 #[test]

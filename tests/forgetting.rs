@@ -77,19 +77,10 @@ fn fisher_matches_transformers_for_full_fine_tuning_and_through_a_fresh_lora() {
 
 /// A small LoRA recipe on stories260k in `dir` with EWC data (the base model's own greedy story).
 fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        "base_model: {model}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
-         datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
-         val_set_size: 0.1\nsequence_len: 64\nsample_packing: true\nmicro_batch_size: 4\n\
-         learning_rate: 2.0e-3\nlr_scheduler: constant\nlogging_steps: 1\nseed: 7\nmax_steps: 6\n\
-         output_dir: {out}\n{extra}",
-        model = root().join("models/stories260k").display(),
-        data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
-        out = dir.join("out").display(),
-    );
-    let path = dir.join("recipe.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::stories_lora_recipe(
+        dir,
+        &format!("sequence_len: 64\nlr_scheduler: constant\nlogging_steps: 1\nmax_steps: 6\n{extra}"),
+    )
 }
 
 fn stories() -> String {

@@ -190,19 +190,10 @@ fn recipes_records_served_over_http_give_axolotls_exposition() {
 
 /// A small LoRA recipe on stories260k in `dir`, with `extra` lines appended.
 fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        "base_model: {model}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
-         datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
-         val_set_size: 0.1\nsequence_len: 128\nsample_packing: true\nmicro_batch_size: 4\n\
-         learning_rate: 2.0e-3\nlr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 2\nseed: 7\n\
-         output_dir: {out}\n{extra}",
-        model = root().join("models/stories260k").display(),
-        data = root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
-        out = dir.join("out").display(),
-    );
-    let path = dir.join("recipe.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::stories_lora_recipe(
+        dir,
+        &format!("sequence_len: 128\nlr_scheduler: cosine\nwarmup_steps: 2\nlogging_steps: 2\n{extra}"),
+    )
 }
 
 /// The sample value of `name{...}` in an exposition (the first family of that name).

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{portable, stdout_of};
+
 use recipe::config::datasets::DatasetConfig;
 use recipe::data::{self, IGNORE, Sample, Tokenizer, packing};
 use std::path::{Path, PathBuf};
@@ -65,17 +67,6 @@ fn prepare(path: &Path) -> Result<data::Prepared, String> {
     let dir = root().join("models/stories260k");
     let tok = Tokenizer::load(&dir).unwrap();
     data::prepare(&plan, &tok, &dir)
-}
-
-fn stdout_of(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Paths of this machine replaced, for snapshots.
-fn portable(text: &str, dir: &Path) -> String {
-    text.replace(&root().display().to_string(), "<repo>").replace(&dir.display().to_string(), "<tmp>")
 }
 
 #[test]

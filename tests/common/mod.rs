@@ -382,3 +382,34 @@ pub fn runnable_copy_of_golden_base(golden: &Path, dest: &Path, edit: impl FnOnc
         std::fs::copy(stories.join(f), dest.join(f)).unwrap();
     }
 }
+
+/// A small LoRA recipe on stories260k written to `dir/recipe.yaml`: rank 4 on every linear layer,
+/// the Shakespeare excerpt as packed completion text with a tenth held out, micro batch 4, lr 2e-3,
+/// seed 7, outputs in `dir/out`; `settings` adds the rest (sequence_len, schedule, steps, ...).
+pub fn stories_lora_recipe(dir: &Path, settings: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "base_model: {model}\nadapter: lora\nlora_r: 4\nlora_alpha: 8\nlora_target_linear: true\n\
+         datasets:\n  - path: {data}\n    type: completion\n    ds_type: text\n\
+         val_set_size: 0.1\nsample_packing: true\nmicro_batch_size: 4\nlearning_rate: 2.0e-3\nseed: 7\n\
+         output_dir: {out}\n{settings}",
+        model = root.join("models/stories260k").display(),
+        data = root.join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A command's standard output, asserting it succeeded (both streams shown when not).
+pub fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `text` with this machine's paths replaced, for snapshots: the repository as `<repo>`, `dir` as `<tmp>`.
+pub fn portable(text: &str, dir: &Path) -> String {
+    text.replace(env!("CARGO_MANIFEST_DIR"), "<repo>").replace(&dir.display().to_string(), "<tmp>")
+}
