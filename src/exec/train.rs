@@ -303,7 +303,7 @@ impl<E: Example> Loop<'_, E> {
                 let mut lisa = lisa.borrow_mut();
                 let resumed = state.lisa_layers.clone().filter(|_| step == first_step);
                 if let Some(active) = lisa.begin_step(step, step == first_step, resumed.as_deref())? {
-                    tracing::info!(step, layers = ?active, "LISA: training decoder layers {active:?}");
+                    tracing::info!(step, "LISA: training decoder layers {active:?}");
                     state.lisa_layers = Some(active);
                 }
             }
