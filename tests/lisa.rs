@@ -137,7 +137,7 @@ fn recipe_draws_switch_and_resume_exactly() {
     let path = lisa_recipe(a.path(), "");
     let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
-    assert!(plan.contains("LISA: 2 of 5 decoder layers train at a time"), "{plan}");
+    assert!(plan.contains("LISA: 2 of 5 decoder layers (model.layers) train at a time"), "{plan}");
     assert!(plan.contains("again at step 1"), "{plan}");
     let run = common::recipe_command()
         .arg("run")
