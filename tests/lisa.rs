@@ -2,7 +2,8 @@
 //! with Axolotl's own `LISACallback` choosing the layers (its numpy draws injected into recipe's
 //! schedule) against scripts/reference/lisa_goldens.py's torch AdamW loop as transformers' Trainer
 //! runs it: the per-step losses, the gradient norms (clipping over the parameters with gradients)
-//! and every final weight (frozen layers skip steps: no update, no decay, their own step count).
+//! and every final weight (frozen layers skip steps: no update, no decay, their own step count),
+//! with torch's AdamW and with bitsandbytes' AdamW8bit.
 //! Then recipe's own runs end to end on stories260k: the plan's schedule line, the layers logged
 //! at each switch (steps 0, 1, then every interval), frozen layers untouched, and a run stopped
 //! and resumed equal to the uninterrupted one. And Axolotl's example validates.
@@ -31,6 +32,16 @@ fn golden_dir() -> PathBuf {
 
 #[test]
 fn six_steps_with_axolotls_layer_sets_match_its_callback_and_torch_adamw() {
+    parity(Optimizer::AdamwTorch, "", "torch AdamW");
+}
+
+#[test]
+fn six_steps_with_axolotls_layer_sets_match_its_callback_and_bitsandbytes_adamw8bit() {
+    parity(Optimizer::AdamwBnb8bit, "bnb8bit.", "bitsandbytes AdamW8bit");
+}
+
+/// The golden run of `optimizer` (its tensors under `prefix`) with Axolotl's layer sets injected.
+fn parity(optimizer: Optimizer, prefix: &str, what: &str) {
     let dir = golden_dir();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("lisa.json")).unwrap()).unwrap();
@@ -47,7 +58,7 @@ fn six_steps_with_axolotls_layer_sets_match_its_callback_and_torch_adamw() {
     let model = CausalLm::load(&arch, &Checkpoint::open(&dir).unwrap(), &opts).unwrap();
     let f = |k: &str| meta[k].as_f64().unwrap();
     let plan = OptimizerPlan {
-        name: Optimizer::AdamwTorch,
+        name: optimizer,
         implementation: String::new(),
         beta1: f("beta1"),
         beta2: f("beta2"),
@@ -64,8 +75,8 @@ fn six_steps_with_axolotls_layer_sets_match_its_callback_and_torch_adamw() {
     let ours: Vec<u64> = (0..meta["steps"].as_u64().unwrap()).filter(|&s| schedule.switches_at(s)).collect();
     assert_eq!(ours, switches);
     let mut lisa = Lisa::new(schedule, layer_params(&model));
-    let losses = Vec::<f64>::try_from(&g["losses"]).unwrap();
-    let norms = Vec::<f64>::try_from(&g["grad_norms"]).unwrap();
+    let losses = Vec::<f64>::try_from(&g[&format!("{prefix}losses")]).unwrap();
+    let norms = Vec::<f64>::try_from(&g[&format!("{prefix}grad_norms")]).unwrap();
     let (mut worst_loss, mut worst_norm) = (0f64, 0f64);
     let mut drawn = Vec::new();
     for step in 0..losses.len() as u64 {
@@ -96,18 +107,38 @@ fn six_steps_with_axolotls_layer_sets_match_its_callback_and_torch_adamw() {
         assert!(rel <= 1e-5, "step {step}: loss {l} vs Axolotl's {} ({rel:e})", losses[step as usize]);
     }
     assert_eq!(drawn, sets, "the layer sets applied");
-    let mut worst_weight = 0f64;
+    // torch AdamW: every weight within 1e-5. bitsandbytes: 1e-3 and 2e-4. Its tensors with blockwise 8-bit
+    // states (4,096 values or more: the embedding and the head) can see a state value land on the
+    // next of its 256 codes when a gradient is a few float32 ulps off, which moves that weight by a
+    // fraction of the learning rate (bitsandbytes against itself on another CPU does the same), and
+    // the layers trained after it (layer 3, first drawn at step 4) take their first Adam steps,
+    // about lr · sign(gradient) per value, from gradients that drift accordingly. bitsandbytes
+    // itself, its gradients scaled by 1 + 1e-7 noise, moves the head by the same 5.7e-4 in this run
+    // (torch AdamW: 1.2e-5).
+    let (mut worst_weight, mut worst_quantized) = (0f64, 0f64);
     for p in model.base_params() {
-        let theirs = &g[&format!("final.{}", p.name)];
+        let theirs = &g[&format!("{prefix}final.{}", p.name)];
         let diff = (&p.tensor - theirs).abs().max().double_value(&[]);
-        worst_weight = worst_weight.max(diff);
-        assert!(diff <= 1e-5, "{}: differs from torch's by {diff:e}", p.name);
+        let quantized = optimizer.has_eight_bit_state(&p.name);
+        let bound = match (prefix.is_empty(), quantized) {
+            (true, _) => 1e-5,
+            (false, false) => 2e-4,
+            // A tenth of the learning rate (1e-2).
+            (false, true) => 1e-3,
+        };
+        if quantized {
+            worst_quantized = worst_quantized.max(diff);
+        } else {
+            worst_weight = worst_weight.max(diff);
+        }
+        assert!(diff <= bound, "{}: differs from {what}'s by {diff:e}", p.name);
     }
     eprintln!(
-        "LISA vs Axolotl's callback + torch AdamW, 6 steps: losses within {worst_loss:e} (relative), grad norms \
-         {worst_norm:e} (relative), weights {worst_weight:e} (absolute)"
+        "LISA vs Axolotl's callback + {what}, 6 steps: losses within {worst_loss:e} (relative), grad norms \
+         {worst_norm:e} (relative), weights {worst_weight:e} (absolute; those with 8-bit states \
+         {worst_quantized:e})"
     );
-    assert!(worst_norm <= 1e-5);
+    assert!(worst_norm <= if prefix.is_empty() { 1e-5 } else { 1e-4 });
 }
 
 /// A full fine-tune of stories260k (5 layers) with LISA in `dir`.

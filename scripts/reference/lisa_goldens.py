@@ -18,7 +18,10 @@ built before the first callback, so it holds every parameter, as the Trainer's d
 Files, tests/golden/lisa/:
   config.json, model.safetensors   the tiny model before training
   lisa.safetensors                 step<k>.input_ids, losses [6], grad_norms [6], final.<name>
-                                   (every parameter after the 6 steps)
+                                   (every parameter after the 6 steps); bnb8bit.losses,
+                                   bnb8bit.grad_norms, bnb8bit.final.<name>: the same run with
+                                   bitsandbytes' AdamW8bit (0.50.2, CPU: 8-bit states for the embedding
+                                   and head, 4,096 values each; its 32-bit update for the rest)
   lisa.json                        the hyperparameters, the layer sets the callback drew at each
                                    switch (in order: steps 0, 1, 2, 4) and the switch steps
 
@@ -70,9 +73,8 @@ def lisa_module():
     return module
 
 
-def build():
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+def tiny_model():
+    """The tiny Llama, seeded: the same weights on every call."""
     config = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -98,17 +100,23 @@ def build():
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    init = {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
     model.config.use_cache = False
+    return config, model
 
+
+def train(optimizer_name, tensors, prefix):
+    """Six steps with Axolotl's callback; writes `prefix`losses, grad_norms, final.<name>."""
+    config, model = tiny_model()
     decay = [p for n, p in model.named_parameters() if not (n.endswith(".bias") or "norm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith(".bias") or "norm" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": HYPER["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=HYPER["lr"],
-        betas=(HYPER["beta1"], HYPER["beta2"]),
-        eps=HYPER["eps"],
-    )
+    groups = [{"params": decay, "weight_decay": HYPER["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    hyper = dict(lr=HYPER["lr"], betas=(HYPER["beta1"], HYPER["beta2"]), eps=HYPER["eps"])
+    if optimizer_name == "adamw_torch":
+        optimizer = torch.optim.AdamW(groups, **hyper)
+    else:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, **hyper)
     args = types.SimpleNamespace(
         lisa_n_layers=HYPER["lisa_n_layers"],
         lisa_step_interval=HYPER["lisa_step_interval"],
@@ -119,17 +127,15 @@ def build():
     callback = lisa_module().lisa_callback_factory(trainer)
 
     data = torch.Generator().manual_seed(11)
-    tensors, losses, norms, sets, switches = {}, [], [], [], []
+    losses, norms, sets, switches = [], [], [], []
     model.train()
     for step in range(HYPER["steps"]):
         state = types.SimpleNamespace(global_step=step)
-        before = list(callback.active_layers_indices)
         drawn_before = id(callback.active_layers_indices)
         callback.on_step_begin(args, state, None)
         if id(callback.active_layers_indices) != drawn_before:
             sets.append([int(i) for i in callback.active_layers_indices])
             switches.append(step)
-        del before
         ids = torch.randint(0, config.vocab_size, (HYPER["rows"], HYPER["seq"]), generator=data)
         tensors[f"step{step}.input_ids"] = ids
         loss = model(input_ids=ids, labels=ids).loss
@@ -139,11 +145,24 @@ def build():
         model.zero_grad(set_to_none=True)
         losses.append(loss.item())
         norms.append(norm.item())
-    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
-    tensors["grad_norms"] = torch.tensor(norms, dtype=torch.float64)
+    tensors[f"{prefix}losses"] = torch.tensor(losses, dtype=torch.float64)
+    tensors[f"{prefix}grad_norms"] = torch.tensor(norms, dtype=torch.float64)
     for n, p in model.named_parameters():
-        tensors[f"final.{n}"] = p.detach().clone().contiguous()
-    meta = dict(HYPER, layer_sets=sets, switch_steps=switches, losses=losses)
+        tensors[f"{prefix}final.{n}"] = p.detach().clone().contiguous()
+    return sets, switches, losses
+
+
+def build():
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    config, model = tiny_model()
+    init = {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
+    tensors = {}
+    sets, switches, losses = train("adamw_torch", tensors, "")
+    sets8, switches8, losses8 = train("adamw_bnb_8bit", tensors, "bnb8bit.")
+    # numpy seeded alike: the same draws for both optimizers.
+    assert (sets8, switches8) == (sets, switches)
+    meta = dict(HYPER, layer_sets=sets, switch_steps=switches, losses=losses, bnb8bit_losses=losses8)
     config.architectures = ["LlamaForCausalLM"]
     cfg = config.to_dict()
     return init, cfg, tensors, meta
