@@ -6,7 +6,9 @@
 //! with torch's AdamW and with bitsandbytes' AdamW8bit.
 //! Then recipe's own runs end to end on stories260k: the plan's schedule line, the layers logged
 //! at each switch (steps 0, 1, then every interval), frozen layers untouched, and a run stopped
-//! and resumed equal to the uninterrupted one. And Axolotl's example validates.
+//! and resumed equal to the uninterrupted one; two data-parallel ranks equal one rank with
+//! accumulation; gradient checkpointing changes nothing. And Axolotl's example validates, and
+//! what is not built is refused by name.
 #![cfg(feature = "exec")]
 
 mod common;
@@ -264,4 +266,54 @@ fn axolotls_example_validates_and_unbuilt_cases_are_refused_by_name() {
     let plan = common::recipe_command().arg("plan").arg(&path).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
     assert!(!plan.status.success() && text.contains("more than the model's 5 decoder layers"), "{text}");
+}
+
+fn run_ok(path: &Path, args: &[&str]) -> String {
+    let out = common::recipe_command()
+        .arg("run")
+        .arg(path)
+        .args(["--device", "cpu", "--no-progress"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn output_weights(dir: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("out/model.safetensors")).unwrap().into_iter().collect()
+}
+
+#[test]
+fn two_ranks_draw_the_same_layers_as_one_rank_with_accumulation_and_checkpointing_changes_nothing() {
+    // One rank × micro 2 × accumulation 2 against two ranks × micro 2: every rank draws the same
+    // layers and reduces only their gradients.
+    let one = tempfile::tempdir().unwrap();
+    let _ = run_ok(&lisa_recipe(one.path(), "ddp_timeout: 60\n"), &["--set", "gradient_accumulation_steps=2"]);
+    let two = tempfile::tempdir().unwrap();
+    let stdout = run_ok(&lisa_recipe(two.path(), "ddp_timeout: 60\n"), &["--nproc-per-node", "2"]);
+    assert!(stdout.contains("layout     Ddp across 2 rank(s) (gloo)"), "{stdout}");
+    let (a, b) = (common::training_losses(&one.path().join("out")), common::training_losses(&two.path().join("out")));
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "losses {a:?} vs {b:?}");
+    }
+    let (wa, wb) = (output_weights(one.path()), output_weights(two.path()));
+    let mut worst = 0f64;
+    for (name, x) in &wa {
+        let d = (x - &wb[name]).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(d <= 1e-5, "{name}: one rank and two differ by {d:e}");
+    }
+    eprintln!("LISA: two ranks vs one rank with accumulation 2: weights within {worst:e}");
+    // Gradient checkpointing (the example's) recomputes frozen layers too: the same run.
+    let ckpt = tempfile::tempdir().unwrap();
+    let _ = run_ok(&lisa_recipe(ckpt.path(), "gradient_checkpointing: true\n"), &[]);
+    let plain = tempfile::tempdir().unwrap();
+    let _ = run_ok(&lisa_recipe(plain.path(), ""), &[]);
+    let (c, p) =
+        (common::training_losses(&ckpt.path().join("out")), common::training_losses(&plain.path().join("out")));
+    for (x, y) in c.iter().zip(&p) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "with checkpointing {c:?} vs {p:?}");
+    }
 }
