@@ -25,6 +25,7 @@ pub fn check(config: &Config, at: &Locator, refused: &[String]) -> Vec<Diagnosti
     out.quantization(config);
     out.adapter_keys(config);
     out.unfrozen_parameters(config);
+    out.lisa(config);
     out.qat(config);
     out.exclusive_pairs(config);
     out.pretraining(config);
@@ -424,6 +425,119 @@ impl Rules<'_> {
                     .into(),
                 &[&format!("unfrozen_parameters.{i}")],
                 "train the rows with data parallelism (no fsdp / deepspeed), or select whole tensors",
+            );
+        }
+    }
+
+    /// LISA (`lisa_n_layers`, `lisa_step_interval`, `lisa_layers_attribute`): both numbers or
+    /// neither (Axolotl silently skips the callback when one is missing; recipe says so), a full
+    /// fine-tune of the whole model, the Llama family's `model.layers`, and the optimizers and
+    /// layouts recipe builds it for. Axolotl runs LISA beside an adapter too, where unfreezing a
+    /// layer unfreezes its base weights under the adapter; recipe refuses that by name.
+    fn lisa(&mut self, c: &Config) {
+        use super::training::Optimizer;
+        let u = &c.unfrozen;
+        match (u.lisa_n_layers, u.lisa_step_interval) {
+            (None, None) => {
+                if u.lisa_layers_attribute.is_some() {
+                    self.error(
+                        "lisa-incomplete",
+                        "`lisa_layers_attribute` is set without `lisa_n_layers` and `lisa_step_interval`, so \
+                         nothing would use it (Axolotl runs LISA only with both)"
+                            .into(),
+                        &["lisa_layers_attribute"],
+                        "set lisa_n_layers and lisa_step_interval, or remove lisa_layers_attribute",
+                    );
+                }
+                return;
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let (set, missing) = if u.lisa_n_layers.is_some() {
+                    ("lisa_n_layers", "lisa_step_interval")
+                } else {
+                    ("lisa_step_interval", "lisa_n_layers")
+                };
+                self.error(
+                    "lisa-incomplete",
+                    format!(
+                        "`{set}` is set without `{missing}`; Axolotl runs LISA only with both (and ignores one alone)"
+                    ),
+                    &[set],
+                    &format!("set {missing} too, or remove {set}"),
+                );
+                return;
+            }
+            (Some(_), Some(_)) => {}
+        }
+        if let Some(attr) = u.lisa_layers_attribute.as_deref().filter(|a| *a != "model.layers") {
+            self.error(
+                "unsupported-lisa-layers-attribute",
+                format!(
+                    "`lisa_layers_attribute: {attr}`: recipe builds LISA over the decoder layers at `model.layers`"
+                ),
+                &["lisa_layers_attribute"],
+                "write model.layers (the Llama family's decoder layers), or remove the key",
+            );
+        }
+        if let Some(kind) = c.adapter.adapter {
+            self.error(
+                "unsupported-lisa-with-adapter",
+                format!(
+                    "LISA switches which decoder layers a full fine-tune trains; with `adapter: {}` Axolotl's callback \
+                     would unfreeze the base weights of the drawn layers under the adapter",
+                    kind.as_str()
+                ),
+                &["lisa_n_layers", "adapter"],
+                "remove the adapter for LISA, or remove the lisa_* keys to train the adapter",
+            );
+        }
+        if u.unfrozen_parameters.is_some() {
+            self.error(
+                "unsupported-lisa-with-unfrozen-parameters",
+                "LISA and `unfrozen_parameters` both choose which parameters train; recipe does not combine them"
+                    .into(),
+                &["lisa_n_layers", "unfrozen_parameters"],
+                "keep one of the two",
+            );
+        }
+        let t = &c.training;
+        let built = matches!(
+            t.optimizer,
+            Optimizer::AdamwTorch
+                | Optimizer::PagedAdamw32bit
+                | Optimizer::Adamw8bit
+                | Optimizer::AdamwBnb8bit
+                | Optimizer::PagedAdamw8bit
+        );
+        if !built {
+            self.error(
+                "unsupported-lisa-optimizer",
+                format!(
+                    "LISA with `optimizer: {}` is not built: recipe keeps each parameter's own step count (a frozen \
+                     layer skips steps, as in torch) for 32-bit torch AdamW and bitsandbytes' 8-bit AdamW",
+                    t.optimizer
+                ),
+                &["lisa_n_layers", "optimizer"],
+                "use adamw_torch or adamw_bnb_8bit with LISA",
+            );
+        }
+        if t.fp16 == Switch::On {
+            self.error(
+                "unsupported-lisa-fp16",
+                "LISA with fp16 loss scaling is not built (its steps are decided on the device with one step count)"
+                    .into(),
+                &["lisa_n_layers", "fp16"],
+                "use bf16 (or fp32) with LISA",
+            );
+        }
+        if c.distributed.shards() || c.distributed.deepspeed.is_some() {
+            self.error(
+                "unsupported-lisa-sharded",
+                "LISA under fsdp / DeepSpeed is not built: recipe switches layers of whole, replicated parameters \
+                 (data parallelism)"
+                    .into(),
+                &["lisa_n_layers", "fsdp", "fsdp_config", "deepspeed"],
+                "train LISA on one GPU or with data parallelism (no fsdp / deepspeed)",
             );
         }
     }

@@ -19,6 +19,24 @@ pub struct UnfrozenConfig {
     /// frozen. Needs a full fine-tune (no `adapter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfrozen_parameters: Option<Vec<String>>,
+    /// LISA (Axolotl's `LISACallback`): a full fine-tune in which only this many decoder layers,
+    /// drawn at random, train at a time; the embeddings, final norm and head train throughout. Set
+    /// with `lisa_step_interval`. The layers are drawn at step 0, again at step 1 (Axolotl's
+    /// condition), then every `lisa_step_interval` steps, from recipe's own generator seeded by
+    /// `seed` (the distribution of Axolotl's numpy draw, not its numbers). Needs a full
+    /// fine-tune, 32-bit torch AdamW or bitsandbytes' 8-bit AdamW, and no fsdp / DeepSpeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub lisa_n_layers: Option<u32>,
+    /// LISA: draw new layers every this many optimizer steps (and at step 1). Set with
+    /// `lisa_n_layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub lisa_step_interval: Option<u32>,
+    /// LISA: where the decoder layers are (Axolotl's attribute path); only `model.layers`, the
+    /// Llama family's, is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lisa_layers_attribute: Option<String>,
 }
 
 /// Rows `start..end` of a parameter (`end` None: to the last row).

@@ -29,6 +29,10 @@ pub struct TrainerState {
     /// fp16 runs: the loss scaler's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<super::loss_scale::LossScaler>,
+    /// LISA: the decoder layers training at this step (exec/lisa.rs), so a resumed run goes on
+    /// with them until the next switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lisa_layers: Option<Vec<usize>>,
 }
 
 /// Tokenizer and generation files copied next to saved weights.

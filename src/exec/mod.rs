@@ -10,6 +10,7 @@ pub mod eval;
 pub mod ewc;
 pub mod host_memory;
 pub mod host_sync;
+pub mod lisa;
 pub mod loss_scale;
 pub mod metrics;
 pub mod objective;
@@ -931,6 +932,7 @@ fn train_on<E: packing::Example>(
             train_tokens,
             data_digest: Some(data_digest),
             loss_scaler: rt.precision.loss_scaling.then(loss_scale::LossScaler::default),
+            lisa_layers: None,
         };
         if let Some(dir) = &resumed_from {
             let saved = checkpoint::read_state(dir)?;
@@ -1008,6 +1010,10 @@ fn train_on<E: packing::Example>(
             None => optimizer::AdamW::new(trainable, &t.optimizer),
         }
         .with_modules_to_save(&plan.adapter.modules_to_save);
+        // LISA: each parameter counts its own steps (a frozen layer skips steps, as in torch).
+        if plan.training.lisa.is_some() {
+            optimizer = optimizer.with_per_parameter_steps();
+        }
         let refused = optimizer.muon_refuses();
         if !refused.is_empty() {
             return Err(format!(
@@ -1095,7 +1101,18 @@ fn train_on<E: packing::Example>(
         )),
         None => None,
     };
+    // LISA: the decoder layers' parameters, switched at the start of steps (every layer trainable
+    // until then, so the optimizer above holds state for all of them, as Axolotl's does).
+    let lisa = match &plan.training.lisa {
+        Some(l) => {
+            let schedule =
+                lisa::LisaSchedule::new(l.n_layers as usize, l.step_interval, model.layers.len(), plan.training.seed);
+            Some(std::cell::RefCell::new(lisa::Lisa::new(schedule, lisa::layer_params(&model))))
+        }
+        None => None,
+    };
     let looper = train::Loop {
+        lisa: lisa.as_ref(),
         stream: stream.as_ref(),
         plan,
         causal_lm_eval: causal_lm_eval.as_ref(),

@@ -42,6 +42,10 @@ pub struct AdamW {
     /// fp16 runs: the steps taken, on the device (f64 [1]), because a step skipped on the device
     /// (`step_unless`) must not count and the host does not learn of it until it reads this.
     device_step: Option<Tensor>,
+    /// LISA (exec/lisa.rs): each parameter counts its own steps, as torch's and bitsandbytes'
+    /// `state["step"]` do, so a parameter without a gradient in a step (a frozen layer) neither
+    /// moves nor advances its bias corrections. Off: every parameter takes the global count.
+    per_parameter_steps: bool,
 }
 
 struct Slot {
@@ -52,6 +56,8 @@ struct Slot {
     /// The state of the optimizers of exec/optim_more.rs.
     more: Option<optim_more::State>,
     decay: bool,
+    /// Steps this parameter took (with `per_parameter_steps`).
+    steps: u64,
 }
 
 /// The hyperparameters of one step of one parameter, for the optimizers of optim_more.rs and
@@ -297,6 +303,7 @@ impl AdamW {
                 more: more.map(|rule| optim_more::State::new(rule, &p.name, &p.tensor, &[])),
                 param: p.tensor,
                 name: p.name,
+                steps: 0,
             })
             .collect();
         let fused = (plan.name == crate::config::training::Optimizer::AdamwTorchFused)
@@ -314,7 +321,17 @@ impl AdamW {
             weight_decay: plan.weight_decay,
             step: 0,
             device_step: None,
+            per_parameter_steps: false,
         }
+    }
+
+    /// Each parameter counts its own steps (LISA: a frozen layer's parameters get no gradient, take
+    /// no step and keep their state and count, as torch's AdamW and bitsandbytes' skip them).
+    /// Only 32-bit torch AdamW and bitsandbytes' 8-bit AdamW, stepped on the host (config rules
+    /// refuse LISA with the others and with fp16).
+    pub fn with_per_parameter_steps(mut self) -> AdamW {
+        self.per_parameter_steps = true;
+        self
     }
 
     /// Muon: the modules kept whole beside an adapter (`modules_to_save`), whose matrices take
@@ -439,12 +456,27 @@ impl AdamW {
             return;
         }
         // Python's `beta ** step` (C pow), as torch and bitsandbytes compute the corrections.
-        let t = self.step as f64;
-        let bias1 = 1.0 - self.beta1.powf(t);
-        let bias2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
+        let (beta1, beta2) = (self.beta1, self.beta2);
+        let corrections = |t: u64| {
+            let t = t as f64;
+            (1.0 - beta1.powf(t), (1.0 - beta2.powf(t)).sqrt())
+        };
+        let (global1, global2) = corrections(self.step);
+        let per_parameter = self.per_parameter_steps;
+        // The slot's corrections: its own count (advanced here when it has a gradient) or the global.
+        let slot_corrections = |s: &mut Slot| {
+            if !per_parameter {
+                return (global1, global2);
+            }
+            if s.param.grad().defined() {
+                s.steps += 1;
+            }
+            corrections(s.steps)
+        };
         if self.eight_bit {
-            let corrections = Corrections::host(bias1, bias2_sqrt);
             for s in &mut self.params {
+                let (bias1, bias2_sqrt) = slot_corrections(s);
+                let corrections = Corrections::host(bias1, bias2_sqrt);
                 eight_bit_update(s, lr, self.beta1, self.beta2, self.eps, self.weight_decay, &corrections, None);
             }
             return;
@@ -454,6 +486,7 @@ impl AdamW {
             if !grad.defined() {
                 continue;
             }
+            let (bias1, bias2_sqrt) = slot_corrections(s);
             let grad = grad.to_kind(s.param.kind());
             let mut p = s.param.shallow_clone();
             let (mut m, mut v) = (s.exp_avg.value(), s.exp_avg_sq.value());
@@ -609,6 +642,10 @@ impl AdamW {
             (None, None) => Tensor::from(self.step as i64),
         };
         let mut out = vec![("step".to_string(), step)];
+        if self.per_parameter_steps {
+            let steps: Vec<i64> = self.params.iter().map(|s| s.steps as i64).collect();
+            out.push(("steps_per_parameter".to_string(), Tensor::from_slice(&steps)));
+        }
         for s in &self.params {
             if let Some(state) = &s.more {
                 out.extend(state.named(&s.name));
@@ -639,6 +676,14 @@ impl AdamW {
     fn load_step(&mut self, ckpt: &crate::model::weights::Checkpoint) -> Result<(), String> {
         self.step = ckpt.load("step", &[], Kind::Int64, tch::Device::Cpu)?.int64_value(&[]) as u64;
         self.device_step = None;
+        if self.per_parameter_steps {
+            let n = self.params.len() as i64;
+            let steps = ckpt.load("steps_per_parameter", &[n], Kind::Int64, tch::Device::Cpu)?;
+            let steps: Vec<i64> = Vec::<i64>::try_from(&steps).map_err(|e| format!("steps_per_parameter: {e}"))?;
+            for (s, n) in self.params.iter_mut().zip(steps) {
+                s.steps = n as u64;
+            }
+        }
         if let Some(steps) = &mut self.fused {
             let _ = steps.fill_(self.step as f64);
         }

@@ -71,6 +71,8 @@ pub struct Loop<'a, E: Example> {
     pub sharder: Option<&'a super::shard::Sharder>,
     /// `unfrozen_parameters`' row ranges: gradient rows zeroed every step.
     pub frozen_rows: &'a super::unfrozen::FrozenRows,
+    /// LISA: the decoder layers switched at the start of steps (exec/lisa.rs).
+    pub lisa: Option<&'a std::cell::RefCell<super::lisa::Lisa>>,
     /// `pretraining_dataset`: the stream each step's rows are read from (`train` is empty then).
     pub stream: Option<&'a std::cell::RefCell<Vec<crate::data::stream::PretrainStream<'a>>>>,
 }
@@ -296,6 +298,15 @@ impl<E: Example> Loop<'_, E> {
                 // Evaluation's gathers are not this step's.
                 sharder.take_moved();
             }
+            // LISA: Axolotl's callback runs at the start of the step (`on_step_begin`).
+            if let Some(lisa) = self.lisa {
+                let mut lisa = lisa.borrow_mut();
+                let resumed = state.lisa_layers.clone().filter(|_| step == first_step);
+                if let Some(active) = lisa.begin_step(step, step == first_step, resumed.as_deref())? {
+                    tracing::info!(step, "LISA: training decoder layers {active:?}");
+                    state.lisa_layers = Some(active);
+                }
+            }
             let schedule = Schedule {
                 scheduler: plan.batch.lr_scheduler,
                 min_ratio: t.cosine_min_lr_ratio,
@@ -403,8 +414,18 @@ impl<E: Example> Loop<'_, E> {
             match self.sharder {
                 Some(sharder) => sharder.finish_gradients()?,
                 None => {
+                    // LISA: only the parameters training now have gradients (every rank drew the
+                    // same layers: the same seed and step).
+                    let reduced: Vec<(String, Tensor)> = match self.lisa {
+                        Some(_) => params
+                            .iter()
+                            .filter(|(_, p)| p.requires_grad())
+                            .map(|(n, p)| (n.clone(), p.shallow_clone()))
+                            .collect(),
+                        None => params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+                    };
                     outcome.collectives_per_step.all_reduce = comm.all_reduce_gradients(
-                        &params,
+                        &reduced,
                         bucket_bytes,
                         plan.layout.ddp.find_unused_parameters || mine.is_empty(),
                     )?

@@ -5,6 +5,9 @@
 //!   full) are kept in fp32, as peft keeps adapters: 4 bytes each.
 //! - base weights: frozen weights in c bytes; quantized linear layers at their quantized size
 //!   (plan/quantize.rs). Full fine-tuning has no frozen base: its weights are the trainable ones.
+//! - LISA (`lisa_n_layers` n of L layers): gradients 4·(embeddings + final norm + head + n·layer),
+//!   the parameters with gradients at any step; optimizer states for every weight, as the draws
+//!   reach every layer (torch allocates a layer's state when it is first drawn and keeps it).
 //! - trainable weights 4·T, gradients 4·T, optimizer states 8·T for 32-bit AdamW, or
 //!   2·T + 8·⌈T/256⌉ for blockwise 8-bit AdamW (two uint8 states, an fp32 absmax per 256; torchao's
 //!   `adamw_torch_8bit` alike, its fp32 scale per 256), T + 8·⌈T/256⌉ for torchao's
@@ -246,16 +249,36 @@ fn breakdown(
         trainable * TRAINABLE_BYTES
     };
     let on_host = offload.trainable && strategy.shards_gradients_and_optimizer();
-    push(
-        "gradients (fp32)",
-        gradients,
-        format!(
-            "{} × 4 bytes{}{}",
-            group(trainable),
-            sharded_note(strategy.shards_gradients_and_optimizer()),
-            host(on_host)
+    // LISA (never sharded, config rules): gradients exist for the embeddings, final norm and head
+    // and the `lisa_n_layers` layers training at the time (a frozen layer's are dropped).
+    let lisa = match (full, c.unfrozen.lisa_n_layers, c.unfrozen.lisa_step_interval) {
+        (true, Some(n), Some(_)) => Some(u64::from(n).min(arch.num_layers)),
+        _ => None,
+    };
+    let (gradients, gradient_formula) = match lisa {
+        Some(n) => {
+            let with_grads =
+                (counts.embed_tokens + counts.final_norm + counts.lm_head + n * counts.per_layer).min(trainable);
+            (
+                with_grads * TRAINABLE_BYTES,
+                format!(
+                    "{} × 4 bytes (LISA: embeddings, final norm, head and {n} of {} decoder layers)",
+                    group(with_grads),
+                    arch.num_layers
+                ),
+            )
+        }
+        None => (
+            gradients,
+            format!(
+                "{} × 4 bytes{}{}",
+                group(trainable),
+                sharded_note(strategy.shards_gradients_and_optimizer()),
+                host(on_host)
+            ),
         ),
-    );
+    };
+    push("gradients (fp32)", gradients, gradient_formula);
     let (optimizer_bytes, optimizer_formula) = if c.training.optimizer.eight_bit_states() {
         (2 * trainable + 8 * trainable.div_ceil(256), format!("8-bit AdamW: {} × 2 bytes + absmax", group(trainable)))
     } else if let Some(bits) = c.training.optimizer.torchao_state_bits() {
@@ -268,10 +291,17 @@ fn breakdown(
     } else {
         (8 * trainable, format!("AdamW: {} × 8 bytes", group(trainable)))
     };
+    // LISA: states for every layer, as a run reaches them (torch allocates a layer's when it is
+    // first drawn and keeps it; recipe allocates them all at the start).
+    let lisa_note = if lisa.is_some() {
+        " (LISA: every layer's, as the draws reach them all; recipe allocates them at the start)"
+    } else {
+        ""
+    };
     push(
         "optimizer states",
         offloaded(offload.trainable, shard_optimizer(optimizer_bytes)),
-        optimizer_formula + &sharded_note(strategy.shards_optimizer()) + host(offload.trainable),
+        optimizer_formula + lisa_note + &sharded_note(strategy.shards_optimizer()) + host(offload.trainable),
     );
     if full && cb < 4 && !strategy.shards_parameters() {
         push("autocast copies", weights * cb, format!("{} × {cb} bytes", group(weights)));

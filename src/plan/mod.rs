@@ -110,6 +110,14 @@ pub fn compile(loaded: &Loaded, options: PlanOptions) -> Result<Plan, String> {
     let quantization = quantize::plan(config, arch);
     let qat = qat::plan(config, arch).map_err(|e| format!("{e} ({})", at.origin("qat")))?;
     let precision = precision::resolve(config, &|key| at.entry(key).is_some());
+    if let Some(n) = config.unfrozen.lisa_n_layers.filter(|&n| u64::from(n) > arch.num_layers) {
+        // Axolotl: numpy's choice without replacement fails ("Cannot take a larger sample than population").
+        return Err(format!(
+            "`lisa_n_layers: {n}` is more than the model's {} decoder layers ({})",
+            arch.num_layers,
+            at.origin("lisa_n_layers")
+        ));
+    }
     let memory =
         memory::estimate(config, arch, precision.compute, options.world_size, options.nodes, options.gpu_memory)?;
     let mut layout =
@@ -374,6 +382,9 @@ pub fn render_text(plan: &Plan) -> String {
             None => {
                 let _ =
                     writeln!(o, "adapter    none: full fine-tuning of {} parameters", group(ad.trainable_parameters));
+                if let Some(lisa) = &plan.training.lisa {
+                    let _ = writeln!(o, "           {}", lisa.describe());
+                }
             }
             Some(u) => {
                 let _ = writeln!(

@@ -64,6 +64,40 @@ pub struct TrainingPlan {
     /// Cosine reaches its floor at this fraction of the steps and stays there (Axolotl's
     /// decay-then-constant schedule); None: the plain cosine.
     pub cosine_constant_lr_ratio: Option<f64>,
+    /// LISA: which decoder layers train when (exec/lisa.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lisa: Option<LisaPlan>,
+}
+
+/// LISA (`lisa_n_layers`, `lisa_step_interval`), resolved against the model's layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct LisaPlan {
+    /// Decoder layers training at a time (at most the model's).
+    pub n_layers: u64,
+    pub step_interval: u64,
+    /// The model's decoder layers.
+    pub total_layers: u64,
+    /// Where they are: `lisa_layers_attribute`, only `model.layers` (config rules refuse others).
+    pub layers_attribute: String,
+}
+
+impl LisaPlan {
+    /// The plan's line: the schedule, in Axolotl's terms.
+    pub fn describe(&self) -> String {
+        format!(
+            "LISA: {} of {} decoder layers ({}) train at a time ({:.1}%), drawn at random without replacement at step 0, \
+             again at step 1 (Axolotl's condition `global_step % {} == 0 or global_step == 1`), then every {} steps; \
+             the other layers are frozen (no gradients, no update, no weight decay; their optimizer state and step \
+             count kept), the embeddings, final norm and head train throughout; draws from recipe's generator \
+             seeded by `seed` (numpy's distribution, not its numbers), logged at each switch and kept in checkpoints",
+            self.n_layers,
+            self.total_layers,
+            self.layers_attribute,
+            self.n_layers as f64 * 100.0 / self.total_layers.max(1) as f64,
+            self.step_interval,
+            self.step_interval
+        )
+    }
 }
 
 /// Axolotl's `eval_causal_lm_metrics` during training, resolved.
@@ -470,6 +504,15 @@ pub fn plan(c: &Config, precision: PrecisionPlan, arch: &super::arch::Architectu
         save_only_model: l.save_only_model,
         early_stopping_patience: l.early_stopping_patience,
         loss_watchdog: l.loss_watchdog_threshold.map(|t| (t, l.loss_watchdog_patience.unwrap_or(3))),
+        lisa: match (c.unfrozen.lisa_n_layers, c.unfrozen.lisa_step_interval) {
+            (Some(n), Some(interval)) => Some(LisaPlan {
+                n_layers: u64::from(n).min(arch.num_layers),
+                step_interval: u64::from(interval).max(1),
+                total_layers: arch.num_layers,
+                layers_attribute: c.unfrozen.lisa_layers_attribute.clone().unwrap_or_else(|| "model.layers".into()),
+            }),
+            _ => None,
+        },
         causal_lm_eval: l.do_causal_lm_eval.then(|| {
             use crate::config::logging::CausalLmMetric;
             CausalLmEvalPlan {
