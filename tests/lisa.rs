@@ -236,6 +236,8 @@ fn axolotls_example_validates_and_unbuilt_cases_are_refused_by_name() {
             "unsupported-lisa-with-adapter",
         ),
         ("optimizer: adamw_torch_fused\n", "unsupported-lisa-optimizer"),
+        // Axolotl's RL trainer builder never adds the LISA callback.
+        ("optimizer: adamw_torch\nrl: orpo\n", "lisa-with-rl"),
         ("optimizer: adamw_torch\nfp16: true\nbf16: false\n", "unsupported-lisa-fp16"),
         (
             "optimizer: adamw_torch\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n",

@@ -332,13 +332,18 @@ fn keys_validate_and_the_plan_states_the_endpoint() {
         .collect();
     assert_eq!(rules, ["`otel_metrics_port` has no effect: `use_otel_metrics: false` turns the metrics server off"]);
 
-    let path = write_recipe(dir.path(), "max_steps: 2\nuse_otel_metrics: true\notel_metrics_host: http://localhost\n");
-    let rules: Vec<String> = validate_json(&path)
-        .iter()
-        .filter(|d| d["severity"] == "error")
-        .map(|d| d["rule"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(rules, ["bad-otel-metrics-host"]);
+    for (host, bad) in
+        [("http://localhost", true), ("localhost:9000", true), ("'[::1]'", true), ("::1", false), ("0.0.0.0", false)]
+    {
+        let path =
+            write_recipe(dir.path(), &format!("max_steps: 2\nuse_otel_metrics: true\notel_metrics_host: {host}\n"));
+        let rules: Vec<String> = validate_json(&path)
+            .iter()
+            .filter(|d| d["severity"] == "error")
+            .map(|d| d["rule"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(rules, if bad { vec!["bad-otel-metrics-host"] } else { vec![] }, "{host}");
+    }
 
     let path = write_recipe(dir.path(), "max_steps: 2\nuse_otel_metrics: true\notel_metrics_port: 0\n");
     let errors = validate_json(&path).iter().filter(|d| d["severity"] == "error").count();

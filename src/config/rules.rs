@@ -491,6 +491,18 @@ impl Rules<'_> {
                 "remove the adapter for LISA, or remove the lisa_* keys to train the adapter",
             );
         }
+        if let Some(rl) = c.training.rl {
+            // Axolotl adds its LISA callback in the causal trainer builder only; its RL builder never does.
+            self.error(
+                "lisa-with-rl",
+                format!(
+                    "LISA with `rl: {}`: Axolotl adds its LISA callback to supervised and reward-model training only,                      so under rl: it trains every layer and the lisa_* keys do nothing",
+                    rl.as_str()
+                ),
+                &["lisa_n_layers", "rl"],
+                "remove the lisa_* keys (as Axolotl runs this recipe), or train without rl:",
+            );
+        }
         if u.unfrozen_parameters.is_some() {
             self.error(
                 "unsupported-lisa-with-unfrozen-parameters",
@@ -2082,8 +2094,13 @@ impl Rules<'_> {
                 );
             self.out.push(d);
         }
+        // A name or an address alone: `host:port`, brackets and paths are not hosts (a colon only in
+        // an IPv6 address).
         if let Some(host) = &t.otel_metrics_host
-            && (host.contains('/') || host.chars().any(char::is_whitespace))
+            && (host.is_empty()
+                || host.contains(['/', '[', ']'])
+                || host.chars().any(char::is_whitespace)
+                || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()))
         {
             self.error(
                 "bad-otel-metrics-host",

@@ -124,7 +124,20 @@ impl Lisa {
             self.schedule.draw(step)
         } else if first {
             match resumed {
-                Some(r) => r.to_vec(),
+                Some(r) => {
+                    let total = self.layers.len();
+                    let mut distinct = r.to_vec();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    if distinct.len() != r.len() || r.len() != self.schedule.n_layers || r.iter().any(|&i| i >= total) {
+                        return Err(format!(
+                            "the checkpoint's trainer_state.json records LISA layers {r:?}, not {} distinct decoder \
+                             layers of {total} (lisa_n_layers): it was not written by this recipe's run",
+                            self.schedule.n_layers
+                        ));
+                    }
+                    r.to_vec()
+                }
                 None => self.schedule.active_at(step),
             }
         } else {
@@ -153,6 +166,17 @@ impl Lisa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_s_layers_must_be_n_distinct_layers_of_the_model() {
+        let lisa = || Lisa::new(LisaSchedule::new(2, 3, 4, 7), (0..4).map(|_| Vec::new()).collect());
+        // Step 2 is no switch: a resumed run takes the checkpoint's layers.
+        for bad in [&[0usize, 9][..], &[1, 1], &[2]] {
+            let e = lisa().begin_step(2, true, Some(bad)).unwrap_err();
+            assert!(e.contains("trainer_state.json") && e.contains("lisa_n_layers"), "{e}");
+        }
+        assert_eq!(lisa().begin_step(2, true, Some(&[3, 1])).unwrap(), Some(vec![3, 1]));
+    }
 
     #[test]
     fn switches_at_zero_one_and_every_interval() {

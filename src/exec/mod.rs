@@ -1104,6 +1104,12 @@ fn train_on<E: packing::Example>(
     // LISA: the decoder layers' parameters, switched at the start of steps (every layer trainable
     // until then, so the optimizer above holds state for all of them, as Axolotl's does).
     let lisa = match &plan.training.lisa {
+        // `bf16: auto` falls back to fp16 on a GPU without bf16: its steps are decided on the device
+        // with one step count, where LISA needs each parameter's own (rules.rs refuses `fp16: true`).
+        Some(_) if rt.precision.loss_scaling => {
+            return Err("LISA (lisa_n_layers) on fp16 with loss scaling is not built: this GPU has no bf16, so                         `bf16: auto` fell back to fp16; set bf16: false and fp16: false to train LISA in fp32"
+                .into());
+        }
         Some(l) => {
             let schedule =
                 lisa::LisaSchedule::new(l.n_layers as usize, l.step_interval, model.layers.len(), plan.training.seed);
