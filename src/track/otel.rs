@@ -446,14 +446,18 @@ impl Otel {
         let addr = listener.local_addr().unwrap_or(addr);
         let meter = Arc::new(Mutex::new(Meter::new()));
         let served = Arc::clone(&meter);
-        let resource = Resource::detect();
+        let resource = Arc::new(Resource::detect());
         std::thread::Builder::new()
             .name("otel-metrics".into())
             .spawn(move || {
                 for stream in listener.incoming() {
                     match stream {
+                        // A thread per connection, so a stalled client does not hold up the next scrape.
                         Ok(stream) => {
-                            let _ = respond(stream, &served, &resource);
+                            let (served, resource) = (Arc::clone(&served), Arc::clone(&resource));
+                            let _ = std::thread::Builder::new().name("otel-scrape".into()).spawn(move || {
+                                let _ = respond(stream, &served, &resource);
+                            });
                         }
                         // Out of file descriptors, say: wait rather than spin.
                         Err(_) => std::thread::sleep(Duration::from_millis(100)),
