@@ -270,18 +270,6 @@ fn axolotls_example_validates_and_unbuilt_cases_are_refused_by_name() {
     assert!(!plan.status.success() && text.contains("more than the model's 5 decoder layers"), "{text}");
 }
 
-fn run_ok(path: &Path, args: &[&str]) -> String {
-    let out = common::recipe_command()
-        .arg("run")
-        .arg(path)
-        .args(["--device", "cpu", "--no-progress"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn output_weights(dir: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("out/model.safetensors")).unwrap().into_iter().collect()
 }
@@ -291,9 +279,10 @@ fn two_ranks_draw_the_same_layers_as_one_rank_with_accumulation_and_checkpointin
     // One rank × micro 2 × accumulation 2 against two ranks × micro 2: every rank draws the same
     // layers and reduces only their gradients.
     let one = tempfile::tempdir().unwrap();
-    let _ = run_ok(&lisa_recipe(one.path(), "ddp_timeout: 60\n"), &["--set", "gradient_accumulation_steps=2"]);
+    let _ =
+        common::run_on_cpu(&lisa_recipe(one.path(), "ddp_timeout: 60\n"), &["--set", "gradient_accumulation_steps=2"]);
     let two = tempfile::tempdir().unwrap();
-    let stdout = run_ok(&lisa_recipe(two.path(), "ddp_timeout: 60\n"), &["--nproc-per-node", "2"]);
+    let stdout = common::run_on_cpu(&lisa_recipe(two.path(), "ddp_timeout: 60\n"), &["--nproc-per-node", "2"]);
     assert!(stdout.contains("layout     Ddp across 2 rank(s) (gloo)"), "{stdout}");
     let (a, b) = (common::training_losses(&one.path().join("out")), common::training_losses(&two.path().join("out")));
     assert_eq!(a.len(), 6);
@@ -310,9 +299,9 @@ fn two_ranks_draw_the_same_layers_as_one_rank_with_accumulation_and_checkpointin
     eprintln!("LISA: two ranks vs one rank with accumulation 2: weights within {worst:e}");
     // Gradient checkpointing (the example's) recomputes frozen layers too: the same run.
     let ckpt = tempfile::tempdir().unwrap();
-    let _ = run_ok(&lisa_recipe(ckpt.path(), "gradient_checkpointing: true\n"), &[]);
+    let _ = common::run_on_cpu(&lisa_recipe(ckpt.path(), "gradient_checkpointing: true\n"), &[]);
     let plain = tempfile::tempdir().unwrap();
-    let _ = run_ok(&lisa_recipe(plain.path(), ""), &[]);
+    let _ = common::run_on_cpu(&lisa_recipe(plain.path(), ""), &[]);
     let (c, p) =
         (common::training_losses(&ckpt.path().join("out")), common::training_losses(&plain.path().join("out")));
     for (x, y) in c.iter().zip(&p) {
