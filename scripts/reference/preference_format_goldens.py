@@ -29,6 +29,8 @@ import json
 import os
 import sys
 
+from kto_format_goldens import load  # exec's one of Axolotl's pure-Python strategy files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DPO_CASES = [
@@ -40,13 +42,6 @@ DPO_CASES = [
     ("argilla_chat", "dpo/chat_rows.jsonl"),
     ("ultra", "dpo/chat_rows.jsonl"),
 ]
-
-
-def load(path):
-    module = {}
-    with open(path, encoding="utf-8") as f:
-        exec(compile(f.read(), path, "exec"), module)  # noqa: S102 (Axolotl's own file, pure functions)
-    return module
 
 
 def rows(name):

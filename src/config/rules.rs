@@ -1514,21 +1514,19 @@ impl Rules<'_> {
             ),
             _ => {}
         }
-        // Axolotl's process reward models also size a head with num_labels; that key is refused by
-        // name, which says all there is to say.
-        let process_reward = self.refused.iter().any(|k| k == "process_reward_model");
+        // Axolotl's process reward models also size a head with num_labels: naming
+        // process_reward_model lets its refusal by name silence these (report() skips refused keys).
         match c.model.num_labels {
-            _ if process_reward => {}
             Some(n) if !t.reward_model => self.error(
                 "num-labels-without-reward-model",
                 format!("`num_labels: {n}` sizes a sequence-classification head, which only reward models have"),
-                &["num_labels"],
+                &["num_labels", "process_reward_model"],
                 "set reward_model: true, or remove num_labels",
             ),
             Some(n) if n != 1 => self.error(
                 "reward-model-num-labels",
                 format!("`num_labels: {n}`: a reward model has one output, the reward"),
-                &["num_labels"],
+                &["num_labels", "process_reward_model"],
                 "set num_labels: 1 (or leave it out)",
             ),
             _ => {}
