@@ -416,16 +416,20 @@ impl<E: Example> Loop<'_, E> {
                 None => {
                     // LISA: only the parameters training now have gradients (every rank drew the
                     // same layers: the same seed and step).
-                    let reduced: Vec<(String, Tensor)> = match self.lisa {
-                        Some(_) => params
-                            .iter()
-                            .filter(|(_, p)| p.requires_grad())
-                            .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                            .collect(),
-                        None => params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+                    let active: Vec<(String, Tensor)>;
+                    let reduced = match self.lisa {
+                        Some(_) => {
+                            active = params
+                                .iter()
+                                .filter(|(_, p)| p.requires_grad())
+                                .map(|(n, p)| (n.clone(), p.shallow_clone()))
+                                .collect();
+                            &active
+                        }
+                        None => &params,
                     };
                     outcome.collectives_per_step.all_reduce = comm.all_reduce_gradients(
-                        &reduced,
+                        reduced,
                         bucket_bytes,
                         plan.layout.ddp.find_unused_parameters || mine.is_empty(),
                     )?
