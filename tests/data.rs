@@ -171,9 +171,11 @@ fn preference_pairs_are_checked_and_rendered_as_trl_does() {
     );
     assert_eq!(first["chosen"], "4<|im_end|>\n");
     assert_eq!(first["rejected"], "Five, I think.<|im_end|>\n");
+    // TRL's DPOTrainer adds no EOS to a conversation: an answer ends as the template ends a turn.
     let eos = 2;
     for p in pairs {
-        assert_eq!(p["chosen_ids"].as_array().unwrap().last().unwrap(), eos, "answers end with EOS");
+        assert!(p["chosen"].as_str().unwrap().ends_with("<|im_end|>\n"), "{}", p["chosen"]);
+        assert_ne!(p["chosen_ids"].as_array().unwrap().last().unwrap(), eos, "no EOS after the template's turn end");
         assert!(!p["prompt"].as_str().unwrap().contains("ann@example.com"));
     }
 

@@ -35,7 +35,7 @@ fn check_weighted_against_trl(name: &str, loss: PreferenceLoss, beta: f64, check
         common::golden_id_lists(&g, "rejected"),
     );
     let pairs: Vec<PairRows> =
-        (0..prompts.len()).map(|i| PairRows::new(&prompts[i], &chosen[i], &rejected[i])).collect();
+        (0..prompts.len()).map(|i| PairRows::new((&prompts[i], &chosen[i]), (&prompts[i], &rejected[i]))).collect();
     let items: Vec<&PairRows> = pairs.iter().collect();
     let host = PairRows::collate(&items, 0, None);
     let batch = DeviceBatch::upload(&host, Device::Cpu);

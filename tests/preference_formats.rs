@@ -1,9 +1,10 @@
 //! Axolotl's string preference types through recipe's data path (`recipe preview --json`, no
 //! libtorch needed): under `rl: dpo` every `chatml.*` / `llama3.*` type of Axolotl's
 //! `prompt_strategies/dpo`, and under `rl: orpo` `chat_template.argilla`, give the prompt, chosen and
-//! rejected texts Axolotl's own transforms give and their token ids (goldens from
-//! scripts/reference/preference_format_goldens.py); the same names are errors under a method whose
-//! Axolotl module lacks them; ORPO's bad rows are named.
+//! rejected texts Axolotl's own transforms give, and the token ids TRL's trainer makes of them (goldens
+//! from scripts/reference/preference_format_goldens.py); the same names are errors under a method
+//! whose Axolotl module lacks them; ORPO's bad rows are named. Every method tokenizes text and
+//! message rows as its TRL trainer does (scripts/reference/preference_tokenization_goldens.py).
 
 mod common;
 
@@ -50,32 +51,38 @@ fn ids(v: &Value) -> Vec<i64> {
     v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
 }
 
-/// Each previewed pair (by its fixture line) against the golden texts and ids: string rows get BOS
-/// before the prompt; every answer ends with EOS once (recipe's preference tokenization, TRL's).
-fn check_case(case: &Value, pairs: &[Value], string_rows: bool) -> usize {
-    let (bos, eos) = (1, 2);
+/// A previewed pair's ids against a golden's: per answer, the prompt ids before it and its own ids
+/// (as the method's TRL trainer makes them). Returns whether the pair carried its own rejected prompt.
+fn check_ids(what: &str, got: &Value, want: &Value) -> bool {
+    let own = !got["rejected_prompt_ids"].is_null();
+    let rejected_prompt = if own { &got["rejected_prompt_ids"] } else { &got["prompt_ids"] };
+    for (side, prompt) in [("chosen", &got["prompt_ids"]), ("rejected", rejected_prompt)] {
+        assert_eq!(ids(prompt), ids(&want[side]["prompt_ids"]), "{what}: prompt ids before the {side} answer");
+        assert_eq!(ids(&got[&format!("{side}_ids")]), ids(&want[side]["answer_ids"]), "{what}: {side} ids");
+    }
+    own
+}
+
+/// The previewed pair from line `line` (1-based) of the case's fixture.
+fn pair_from_line<'a>(pairs: &'a [Value], case: &Value, line: usize) -> &'a Value {
+    let origin = format!("{}:{line}", case["rows"].as_str().unwrap().rsplit('/').next().unwrap());
+    pairs
+        .iter()
+        .find(|p| p["origin"].as_str().unwrap().ends_with(&origin))
+        .unwrap_or_else(|| panic!("{}: no pair from {origin}", case["type"]))
+}
+
+/// Each previewed pair (by its fixture line) against the golden texts and ids.
+fn check_case(case: &Value, pairs: &[Value]) -> usize {
     let name = case["type"].as_str().unwrap();
     let expected = case["expected"].as_array().unwrap();
     assert_eq!(pairs.len(), expected.len(), "{name} on {}: pairs", case["rows"]);
-    for (line, want) in expected.iter().enumerate() {
-        let origin = format!("{}:{}", case["rows"].as_str().unwrap().rsplit('/').next().unwrap(), line + 1);
-        let got = pairs
-            .iter()
-            .find(|p| p["origin"].as_str().unwrap().ends_with(&origin))
-            .unwrap_or_else(|| panic!("{name}: no pair from {origin}"));
+    for (i, want) in expected.iter().enumerate() {
+        let got = pair_from_line(pairs, case, i + 1);
         for field in ["prompt", "chosen", "rejected"] {
-            assert_eq!(got[field], want[field], "{name} {origin}: {field} text");
+            assert_eq!(got[field], want[field], "{name} line {}: {field} text", i + 1);
         }
-        let mut prompt = if string_rows { vec![bos] } else { Vec::new() };
-        prompt.extend(ids(&want["prompt_ids"]));
-        assert_eq!(ids(&got["prompt_ids"]), prompt, "{name} {origin}: prompt ids");
-        for field in ["chosen", "rejected"] {
-            let mut answer = ids(&want[&format!("{field}_ids")]);
-            if answer.last() != Some(&eos) {
-                answer.push(eos);
-            }
-            assert_eq!(ids(&got[&format!("{field}_ids")]), answer, "{name} {origin}: {field} ids");
-        }
+        check_ids(&format!("{name} line {}", i + 1), got, &want["ids"]);
     }
     expected.len()
 }
@@ -95,7 +102,7 @@ fn every_dpo_string_type_gives_the_pairs_axolotl_gives() {
             "rl: dpo\ndpo_beta: 0.1\n",
         );
         let json = preview(&path);
-        rows += check_case(case, json["pairs"].as_array().unwrap(), true);
+        rows += check_case(case, json["pairs"].as_array().unwrap());
     }
     eprintln!("{rows} pairs of 14 DPO cases equal Axolotl's texts and token ids");
 }
@@ -109,7 +116,7 @@ fn orpo_argilla_gives_the_pairs_axolotl_gives() {
     let extra = format!("rl: orpo\norpo_alpha: 0.1\nchat_template: {}\n", case["chat_template"].as_str().unwrap());
     let path = write_recipe(dir.path(), "chat_template.argilla", &fixture(case["rows"].as_str().unwrap()), &extra);
     let json = preview(&path);
-    let n = check_case(case, json["pairs"].as_array().unwrap(), false);
+    let n = check_case(case, json["pairs"].as_array().unwrap());
     assert_eq!(n, 4, "single-turn, system, multi-turn and `prompt` rows");
 }
 
@@ -161,4 +168,41 @@ fn a_string_type_is_an_error_under_a_method_whose_axolotl_module_lacks_it() {
         let out = common::recipe_command().arg("validate").arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{type}: {}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+/// Each previewed pair's ids against what the method's TRL trainer trains on (goldens from
+/// scripts/reference/preference_tokenization_goldens.py): per answer, the prompt ids before it and
+/// its own ids.
+#[test]
+fn every_method_tokenizes_pairs_as_its_trl_trainer_does() {
+    let golden: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/golden/preference_tokenization.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(golden.len(), 12, "DPO, KTO, ORPO, SimPO on text rows and on message rows in two templates");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut answers, mut own_prompts) = (0, 0);
+    for case in &golden {
+        let method = case["method"].as_str().unwrap();
+        let mut extra = format!("rl: {method}\n");
+        if let Some(template) = case["chat_template"].as_str() {
+            extra.push_str(&format!("chat_template: {template}\n"));
+        }
+        let rows = fixture(case["rows"].as_str().unwrap());
+        let r#type = "chat_template.default\n    field_messages: prompt";
+        let json = preview(&write_recipe(dir.path(), r#type, &rows, &extra));
+        let pairs = json["pairs"].as_array().unwrap();
+        let expected = case["expected"].as_array().unwrap();
+        assert_eq!(pairs.len(), expected.len(), "{method} on {rows:?}");
+        for (i, want) in expected.iter().enumerate() {
+            let what = format!("{method} ({}) on line {}", case["chat_template"], i + 1);
+            own_prompts += usize::from(check_ids(&what, pair_from_line(pairs, case, i + 1), want));
+            answers += 2;
+        }
+    }
+    // The fixture holds a row where a token merges across the join for one answer only.
+    assert!(own_prompts > 0, "no pair needed its own rejected prompt");
+    eprintln!(
+        "{answers} answers of 12 cases equal TRL's ids ({own_prompts} pairs with a rejected prompt of their own)"
+    );
 }

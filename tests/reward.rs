@@ -32,7 +32,7 @@ fn check_against_trl(checkpointing: bool) {
     let model = common::load_peft_folder(&root().join("tests/golden/reward/adapter"), Kind::Float);
     assert!(model.score.is_some(), "a SEQ_CLS adapter loads with its score head");
     let (chosen, rejected) = (common::golden_id_lists(&g, "chosen"), common::golden_id_lists(&g, "rejected"));
-    let pairs: Vec<PairRows> = chosen.iter().zip(&rejected).map(|(c, r)| PairRows::new(&[], c, r)).collect();
+    let pairs: Vec<PairRows> = chosen.iter().zip(&rejected).map(|(c, r)| PairRows::new((&[], c), (&[], r))).collect();
     let items: Vec<&PairRows> = pairs.iter().collect();
     // TRL pads with the tokenizer's pad token, here EOS (2): the score is read before it.
     let host = PairRows::collate(&items, 2, None);

@@ -9,10 +9,9 @@ tests/golden/lora/stories260k_all_linear (B scaled by 0.05) and trained 2 steps 
 1e-3) on the rows' answers (next-token loss), so the policy leans towards them and its KL estimate is
 positive (not only clamped at 0); the weights used are saved too. Rows: the first 4 pairs of
 data/preference/shakespeare-continuations.jsonl unpaired as TRL does, taking the chosen answer of
-pairs 0 and 2 (desirable) and the rejected answer of pairs 1 and 3 (undesirable); token ids made here
-with the stories260k tokenizer (prompt: BOS + its tokens; answer: its tokens + EOS), as recipe's
-pair pipeline makes them. KL rows: the answers rotated by one within the batch (TRL's
-`KL_completion_ids`), collated by TRL's DataCollatorForUnpairedPreference.
+pairs 0 and 2 (desirable) and the rejected answer of pairs 1 and 3 (undesirable); token ids and KL
+rows (the answers rotated by one within the batch, `KL_completion_ids`) as the KTOTrainer prepares
+them, collated by TRL's DataCollatorForUnpairedPreference.
 
 Writes tests/golden/preference/kto.safetensors: prompt_ids / answer_ids (flat, with *_lengths),
 `lora.<peft name>` (the policy's LoRA weights), `desirable`, `loss`, TRL's metrics (`metric.kl`, `metric.rewards.chosen`, ...) and `grad.<peft name>`
@@ -40,7 +39,6 @@ SFT_STEPS = 2
 
 
 def main():
-    import tokenizers
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -50,25 +48,12 @@ def main():
     from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
     check = "--check" in sys.argv
-    tok = tokenizers.Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
-    bos, eos = 1, 2
     with open(PAIRS, encoding="utf-8") as f:
         pairs = [json.loads(line) for line in f][:4]
     rows = [
         {"prompt": p["prompt"], "completion": p["chosen"] if i % 2 == 0 else p["rejected"], "label": i % 2 == 0}
         for i, p in enumerate(pairs)
     ]
-    examples = [
-        {
-            "prompt_ids": [bos] + tok.encode(r["prompt"], add_special_tokens=False).ids,
-            "completion_ids": tok.encode(r["completion"], add_special_tokens=False).ids + [eos],
-            "label": r["label"],
-        }
-        for r in rows
-    ]
-    answers = [e["completion_ids"] for e in examples]
-    for e, kl in zip(examples, answers[-1:] + answers[:-1]):
-        e["KL_completion_ids"] = kl
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -85,6 +70,9 @@ def main():
         trainer = KTOTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=lora)
         assert "ref" not in trainer.model.peft_config, "the reference must be the base (adapters disabled)"
+        # The rows as the trainer prepared them: its tokenization and its KL completions.
+        keys = ("prompt_ids", "completion_ids", "label", "KL_completion_ids")
+        examples = [{k: trainer.train_dataset[i][k] for k in keys} for i in range(len(rows))]
         with torch.no_grad():
             for pname, p in trainer.model.named_parameters():
                 if "lora_" in pname:

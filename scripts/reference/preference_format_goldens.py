@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Goldens for Axolotl's string preference types (tests/preference_formats.rs): runs Axolotl's own
-transforms on the fixture rows and writes each row's prompt, chosen and rejected text, and their
-token ids under models/stories260k's tokenizer (`add_special_tokens=False`), to
-tests/golden/preference_formats.json.
+transforms on the fixture rows and writes each row's prompt, chosen and rejected text, and the
+token ids the method's TRL trainer makes of them under models/stories260k's tokenizer (Axolotl hands
+these texts to TRL's DPOTrainer / ORPOTrainer: preference_tokenization_goldens.trl_sides, under `ids`
+per answer the prompt ids before it and its own), to tests/golden/preference_formats.json.
 
 - DPO (`rl: dpo|ipo|simpo`, Axolotl's load_dpo): every function of
   src/axolotl/prompt_strategies/dpo/chatml.py and llama3.py (pure Python with no imports, exec'd
@@ -17,11 +18,12 @@ reads rows), one at a time.
 
 The ORPO module imports axolotl's packages: it needs transformers, tokenizers, jinja2, pydantic
 (scripts/reference/requirements.txt, in $RECIPE_CACHE/ref-py), torch ($RECIPE_CACHE/torch-2.11.0)
-and `datasets` (scripts/reference/requirements-axolotl.txt):
+and `datasets` (scripts/reference/requirements-axolotl.txt); the token ids need TRL 1.16
+(scripts/reference/requirements-trl.txt, in $RECIPE_CACHE/ref-py-trl, first on the path):
   grep -v "^#" scripts/reference/requirements-axolotl.txt | pip install --target $RECIPE_CACHE/ref-axolotl --no-deps -r /dev/stdin
 
 Run with the path of an Axolotl checkout (the goldens were made at 067b021c8b87a9e5e380b9173c704cf7340e30f5):
-  PYTHONPATH=/path/to/axolotl/src:$RECIPE_CACHE/ref-py:$RECIPE_CACHE/torch-2.11.0:$RECIPE_CACHE/ref-axolotl \\
+  PYTHONPATH=$RECIPE_CACHE/ref-py-trl:/path/to/axolotl/src:$RECIPE_CACHE/ref-py:$RECIPE_CACHE/torch-2.11.0:$RECIPE_CACHE/ref-axolotl \\
     python3 scripts/reference/preference_format_goldens.py /path/to/axolotl
 """
 import copy
@@ -30,6 +32,7 @@ import os
 import sys
 
 from kto_format_goldens import load  # exec's one of Axolotl's pure-Python strategy files
+from preference_tokenization_goldens import trl_sides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,19 +52,9 @@ def rows(name):
         return [json.loads(line) for line in f]
 
 
-def expected(done, tokenizer):
-    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return [
-        {
-            "prompt": r["prompt"],
-            "chosen": r["chosen"],
-            "rejected": r["rejected"],
-            "prompt_ids": ids(r["prompt"]),
-            "chosen_ids": ids(r["chosen"]),
-            "rejected_ids": ids(r["rejected"]),
-        }
-        for r in done
-    ]
+def expected(done, tokenizer, method):
+    texts = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in done]
+    return [{**t, "ids": sides} for t, sides in zip(texts, trl_sides(method, texts, tokenizer))]
 
 
 def main():
@@ -78,7 +71,7 @@ def main():
         for fields, source in DPO_CASES:
             transform = module[fields](cfg={})
             done = [transform(copy.deepcopy(r)) for r in rows(source)]
-            out["dpo"].append({"type": f"{turns}.{fields}", "rows": source, "expected": expected(done, tokenizer)})
+            out["dpo"].append({"type": f"{turns}.{fields}", "rows": source, "expected": expected(done, tokenizer, "dpo")})
 
     from axolotl.prompt_strategies.orpo import chat_template as orpo
 
@@ -87,7 +80,7 @@ def main():
     source = "orpo/argilla.jsonl"
     done = [transform(copy.deepcopy(r), tokenizer=tokenizer) for r in rows(source)]
     out["orpo"].append(
-        {"type": "chat_template.argilla", "chat_template": "chatml", "rows": source, "expected": expected(done, tokenizer)}
+        {"type": "chat_template.argilla", "chat_template": "chatml", "rows": source, "expected": expected(done, tokenizer, "orpo")}
     )
     path = os.path.join(ROOT, "tests/golden/preference_formats.json")
     with open(path, "w", encoding="utf-8") as f:

@@ -7,10 +7,10 @@ beta 2.0) and its experimental ORPOTrainer (rl: orpo, beta = orpo_alpha 0.1).
 Model: models/stories260k with a new LoRA adapter (peft_config r 4, alpha 8, every linear: TRL's
 reference is then the base with adapters disabled, as recipe's) whose weights are then set to those of
 tests/golden/lora/stories260k_all_linear (B non-zero), so the policy differs from the reference.
-Batch: the first 4 pairs of data/preference/shakespeare-continuations.jsonl. DPO/IPO: as token ids
-made here with the stories260k tokenizer (prompt: BOS + its tokens; each answer: its tokens + EOS),
-collated by TRL's DataCollatorForPreference, beta 0.1. SimPO/ORPO: as their trainers tokenize and
-collate the text rows; the ids written are read back from that batch.
+Batch: the first 4 pairs of data/preference/shakespeare-continuations.jsonl, as each trainer tokenizes
+the text rows itself. DPO/IPO: the DPOTrainer's prepared dataset, collated by TRL's
+DataCollatorForPreference, beta 0.1. SimPO/ORPO: as their trainers tokenize and collate the rows; the
+ids written are read back from that batch.
 
 Writes tests/golden/preference/<loss>.safetensors: the ids (prompt_ids / chosen_ids / rejected_ids flat, with
 *_lengths), `loss`, TRL's logged metrics (`rewards/chosen`, ...; slashes as `.` in the name), and the
@@ -51,7 +51,6 @@ def ids_from_pair_batch(batch, side):
 
 
 def main():
-    import tokenizers
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -63,18 +62,8 @@ def main():
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     check = "--check" in sys.argv
-    tok = tokenizers.Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
-    bos, eos = 1, 2
     with open(PAIRS, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f][:4]
-    examples = [
-        {
-            "prompt_ids": [bos] + tok.encode(r["prompt"], add_special_tokens=False).ids,
-            "chosen_ids": tok.encode(r["chosen"], add_special_tokens=False).ids + [eos],
-            "rejected_ids": tok.encode(r["rejected"], add_special_tokens=False).ids + [eos],
-        }
-        for r in rows
-    ]
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -87,7 +76,7 @@ def main():
         lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0,
                           target_modules=cfg["target_modules"], task_type="CAUSAL_LM")
         trained = load_file(os.path.join(ADAPTER, "adapter_model.safetensors"))
-        # The trainer is built on a tiny text dataset only to exist; the batch below is ours.
+        # Each trainer prepares these text rows itself (TRL's own tokenization).
         text = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
         with tempfile.TemporaryDirectory() as tmp:
             common = dict(output_dir=tmp, per_device_train_batch_size=4, report_to=[], use_cpu=True)
@@ -105,6 +94,8 @@ def main():
                                      peft_config=lora)
                 assert "ref" not in trainer.model.peft_config, "the reference must be the base (adapters disabled)"
                 load_trained_adapter(trainer)
+                examples = [{k: trainer.train_dataset[i][k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                            for i in range(len(rows))]
                 collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
                 batch = collator(examples)
                 trainer.model.train()

@@ -192,6 +192,10 @@ fn preview_pairs(recipe: &Path, plan: &Plan, tok: &Tokenizer, dir: &Path, n: usi
         for (label, ids) in std::iter::once(("prompt", &p.prompt_ids)).chain(answers) {
             println!("{label:<9}{}", tok.decode_with_special(ids));
         }
+        // A token merged across the join in one answer's sequence only: its own prompt ids.
+        if let Some(ids) = &p.rejected_prompt_ids {
+            println!("the rejected answer's prompt ({} tokens): {}", ids.len(), tok.decode_with_special(ids));
+        }
     }
     ExitCode::SUCCESS
 }

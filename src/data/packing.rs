@@ -107,7 +107,8 @@ impl Example for Row {
     }
 }
 
-/// A preference pair as two rows: prompt + chosen and prompt + rejected, labels only on the answer.
+/// A preference pair as two rows: prompt + chosen and prompt + rejected, labels only on the answer
+/// (each answer with the prompt ids that go before it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRows {
     pub chosen: Row,
@@ -118,8 +119,8 @@ pub struct PairRows {
 }
 
 impl PairRows {
-    pub fn new(prompt: &[i64], chosen: &[i64], rejected: &[i64]) -> PairRows {
-        let row = |answer: &[i64]| {
+    pub fn new(chosen: (&[i64], &[i64]), rejected: (&[i64], &[i64])) -> PairRows {
+        let row = |(prompt, answer): (&[i64], &[i64])| {
             let input_ids: Vec<i64> = prompt.iter().chain(answer).copied().collect();
             let labels = std::iter::repeat_n(IGNORE, prompt.len()).chain(answer.iter().copied()).collect();
             let n = input_ids.len();
@@ -159,7 +160,7 @@ pub struct KtoRow {
 
 impl KtoRow {
     fn row(prompt: &[i64], answer: &[i64]) -> Row {
-        PairRows::new(prompt, answer, &[]).chosen
+        PairRows::new((prompt, answer), (&[], &[])).chosen
     }
 }
 

@@ -1,15 +1,21 @@
 //! Preference pairs for `rl:` recipes (`type: chat_template.default`, Axolotl's `chatml.*` /
-//! `llama3.*` string types, ORPO's `chat_template.argilla`): rows go through the same
-//! read / format / hygiene stages as supervised data, then each pair is rendered and tokenized
-//! as TRL's DPO trainer does:
+//! `llama3.*` string types, ORPO's `chat_template.argilla`) and reward models: rows go through the
+//! same read / format / hygiene stages as supervised data, then each pair is rendered and tokenized
+//! as the method's TRL trainer does it ([`Tokenization`]):
 //!
-//! - message rows: the prompt rendered with the generation prompt; each answer is the text the
-//!   full conversation (prompt + answer) adds after that prompt, so the template's turn markers are
-//!   where a model will see them;
-//! - string rows: prompt and answers as written, the prompt after BOS when the tokenizer adds one
-//!   (as recipe's supervised formats do; TRL adds no BOS for decoder-only models);
-//! - each answer ends with EOS; a pair longer than `sequence_len` (prompt + the longer answer) is
-//!   dropped, truncated (answers cut, the prompt kept) or refused, per `excess_length_strategy`;
+//! - DPO, IPO, KTO (TRL 1.16's DPOTrainer / KTOTrainer): the prompt and prompt + answer are
+//!   tokenized whole and the answer starts where their tokens part, so no token boundary is forced
+//!   at the join. Message rows: the prompt rendered with the generation prompt and each full
+//!   conversation (the template writes the turn markers and any BOS / EOS; nothing is added). Text
+//!   rows: `tokenizer(text)` (BOS when the tokenizer adds one), each answer ending with EOS's text
+//!   unless it already does;
+//! - ORPO, SimPO (TRL's ORPOTrainer / CPOTrainer, Axolotl's trainers for them): message rows become
+//!   texts first (the answer is the text its conversation adds after the prompt); the answer's
+//!   tokens are those of prompt + answer after the prompt's; BOS before the prompt and EOS after
+//!   each answer where missing;
+//! - a reward model's sequences are tokenized in one piece (TRL's RewardTrainer);
+//! - a pair longer than `sequence_len` (prompt + the longer answer) is dropped, truncated (answers
+//!   cut, the prompt kept) or refused, per `excess_length_strategy`;
 //! - a pair with an empty answer, or the same chosen and rejected answer, is a bad row (refused with
 //!   its place, or skipped and counted under `skip_bad_rows`).
 //!
@@ -19,6 +25,7 @@
 
 use super::{Counts, DatasetPlan, Formatted, Tokenizer, dataset_template, formatted_rows, mix, template};
 use crate::config::datasets::{DatasetConfig, ExcessLength};
+use crate::config::training::RlMethod;
 use crate::plan::Plan;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -34,8 +41,15 @@ pub struct Pair {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// The prompt's ids before the chosen answer, and before the rejected one unless
+    /// `rejected_prompt_ids` says otherwise.
     pub prompt_ids: Vec<i64>,
     pub chosen_ids: Vec<i64>,
+    /// The prompt's ids before the rejected answer where they differ from those before the chosen
+    /// one: KTO, ORPO and SimPO split each answer from its prompt on its own, and a token merged
+    /// across the join in one sequence only moves one boundary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_prompt_ids: Option<Vec<i64>>,
     pub rejected_ids: Vec<i64>,
     /// KTO's unpaired rows: the one answer (in `chosen`; `rejected` empty) and whether it is
     /// desirable. None for pairs.
@@ -43,9 +57,14 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// The prompt's ids before the rejected answer.
+    pub fn rejected_prompt(&self) -> &[i64] {
+        self.rejected_prompt_ids.as_deref().unwrap_or(&self.prompt_ids)
+    }
+
     /// Tokens of the longer of prompt + chosen and prompt + rejected.
     pub fn len(&self) -> usize {
-        self.prompt_ids.len() + self.chosen_ids.len().max(self.rejected_ids.len())
+        (self.prompt_ids.len() + self.chosen_ids.len()).max(self.rejected_prompt().len() + self.rejected_ids.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,7 +100,15 @@ pub fn prepare(plan: &Plan, tok: &Tokenizer, tokenizer_dir: &Path) -> Result<Pre
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.data.seed);
     let mut pairs = mix(per_dataset, &mut rng, &mut report);
     if !test.is_empty() {
-        let key = |p: &Pair| (p.prompt_ids.clone(), p.chosen_ids.clone(), p.rejected_ids.clone(), p.desirable);
+        let key = |p: &Pair| {
+            (
+                p.prompt_ids.clone(),
+                p.chosen_ids.clone(),
+                p.rejected_prompt_ids.clone(),
+                p.rejected_ids.clone(),
+                p.desirable,
+            )
+        };
         let held: std::collections::HashSet<_> = test.iter().map(key).collect();
         let before = pairs.len();
         pairs.retain(|p| !held.contains(&key(p)));
@@ -120,92 +147,82 @@ fn dataset_pairs(
             return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
         }
     };
-    // TRL's RewardTrainer renders conversations as they are and appends EOS to plain text only;
-    // its DPO-style trainers end every answer with EOS.
-    let reward = plan.training.reward.is_some();
+    let tokenization = match plan.training.preference.as_ref().map(|p| p.method) {
+        _ if plan.training.reward.is_some() => Tokenization::Whole,
+        Some(RlMethod::Orpo | RlMethod::Simpo) => Tokenization::PromptThenAnswer,
+        Some(RlMethod::Kto) => Tokenization::Joint { shared_prompt: false },
+        _ => Tokenization::Joint { shared_prompt: true },
+    };
     let mut c = Counts::default();
     let formatted = formatted_rows(d, plan, None, &mut c)?;
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
     let template = if needs_template { Some(dataset_template(d, own_template, plan, tokenizer_dir)?) } else { None };
-    let rendered: Vec<Result<Pair, String>> = formatted
+    let rendered: Vec<Result<(Pair, Option<String>), String>> = formatted
         .par_iter()
-        .map(|(origin, f)| -> Result<Pair, String> {
+        .map(|(origin, f)| {
             let Formatted::Preference(p) = f else { unreachable!("preference datasets format to pairs") };
-            let (prompt, chosen, rejected) = match &template {
-                // A reward model's sequences are whole conversations, rendered as such.
-                Some((template, special)) if p.prompt.is_array() && reward => {
-                    let full = |answer: &Value| {
-                        let content = answer_text(answer);
-                        render_conversation(template, special, &p.prompt, answer).map(|text| (text, content))
-                    };
-                    let ((chosen, chosen_content), (rejected, rejected_content)) =
-                        (full(&p.chosen)?, full(&p.rejected)?);
-                    if chosen_content.trim().is_empty() || rejected_content.trim().is_empty() {
-                        let which = if chosen_content.trim().is_empty() { "chosen" } else { "rejected" };
-                        return Err(format!("the {which} answer is empty"));
-                    }
-                    (String::new(), chosen, rejected)
-                }
+            let rendered = match &template {
                 Some((template, special)) if p.prompt.is_array() => {
-                    let prompt = render(template, special, &p.prompt, None)?;
-                    (
-                        prompt.clone(),
-                        render(template, special, &p.prompt, Some((&p.chosen, &prompt)))?,
-                        render(template, special, &p.prompt, Some((&p.rejected, &prompt)))?,
-                    )
+                    render_row(template, special, p, tokenization == Tokenization::Whole)?
                 }
-                _ if p.desirable.is_some() => (text(&p.prompt), text(&p.chosen), String::new()),
-                _ => (text(&p.prompt), text(&p.chosen), text(&p.rejected)),
+                _ => Rendered {
+                    prompt: text(&p.prompt),
+                    chosen: text(&p.chosen),
+                    rejected: if p.desirable.is_some() { String::new() } else { text(&p.rejected) },
+                    conversation: None,
+                },
             };
             // A pair must be able to teach something: two answers, and different ones; an unpaired
-            // row, its one answer.
+            // row, its one answer. A reward model's sequences are judged by their answers' words.
+            let (chosen_words, rejected_words) = match &rendered.conversation {
+                Some(_) if tokenization == Tokenization::Whole => (answer_text(&p.chosen), answer_text(&p.rejected)),
+                _ => (rendered.chosen.clone(), rendered.rejected.clone()),
+            };
             if p.desirable.is_some() {
-                if chosen.trim().is_empty() {
+                if chosen_words.trim().is_empty() {
                     return Err("the answer is empty".into());
                 }
-            } else if chosen.trim().is_empty() || rejected.trim().is_empty() {
-                let which = if chosen.trim().is_empty() { "chosen" } else { "rejected" };
+            } else if chosen_words.trim().is_empty() || rejected_words.trim().is_empty() {
+                let which = if chosen_words.trim().is_empty() { "chosen" } else { "rejected" };
                 return Err(format!("the {which} answer is empty"));
-            } else if chosen == rejected {
+            } else if rendered.chosen == rendered.rejected {
                 return Err("the chosen and the rejected answer are the same".into());
             }
-            let mut prompt_ids: Vec<i64> =
-                if p.prompt.is_string() { tok.bos().into_iter().collect() } else { Vec::new() };
-            // A reward model reads whole sequences: like TRL's RewardTrainer, each is tokenized in
-            // one piece (prompt and answer together), so no token boundary is forced between them.
-            let eos_after = !reward || p.prompt.is_string();
-            if !reward {
-                prompt_ids.extend(tok.encode(&prompt)?);
-            }
-            let answer = |t: &str| -> Result<Vec<i64>, String> {
-                let mut ids = if reward { tok.encode(&format!("{prompt}{t}"))? } else { tok.encode(t)? };
-                // EOS once, as TRL appends it to answers that do not already end with it.
-                if eos_after && ids.last().copied() != tok.eos() {
-                    ids.extend(tok.eos());
+            let ids = match tokenization {
+                Tokenization::Joint { shared_prompt } => {
+                    tokenize_joint(tok, &rendered, p.desirable.is_some(), shared_prompt)?
                 }
-                Ok(ids)
+                Tokenization::PromptThenAnswer => tokenize_prompt_then_answer(tok, &rendered)?,
+                Tokenization::Whole => tokenize_whole(tok, &rendered, p.prompt.is_string())?,
             };
-            let chosen_ids = answer(&chosen)?;
-            let rejected_ids = if p.desirable.is_some() { Vec::new() } else { answer(&rejected)? };
-            Ok(Pair {
+            let Rendered { prompt, chosen, rejected, .. } = rendered;
+            let pair = Pair {
                 origin: origin.clone(),
                 prompt,
                 chosen,
                 rejected,
-                prompt_ids,
-                chosen_ids,
-                rejected_ids,
+                prompt_ids: ids.prompt,
+                chosen_ids: ids.chosen,
+                rejected_prompt_ids: ids.rejected_prompt,
+                rejected_ids: ids.rejected,
                 desirable: p.desirable,
-            })
+            };
+            Ok((pair, ids.prompt_end_left_out.map(|ids| tok.decode_with_special(&ids))))
         })
         .zip(formatted.par_iter())
         .map(|(pair, (origin, _))| pair.map_err(|e| format!("{origin}: {e}")))
         .collect();
+    let mut cut_prompts = Vec::new();
     let seq_len = plan.data.sequence_len as usize;
     let mut pairs = Vec::with_capacity(rendered.len());
     for pair in rendered {
         let mut pair = match pair {
-            Ok(pair) => pair,
+            Ok((pair, left_out)) => {
+                if let Some(left_out) = left_out {
+                    cut_prompts.push((pair.origin.clone(), left_out));
+                }
+                pair
+            }
             Err(e) if plan.data.skip_bad_rows => {
                 c.bad_rows += 1;
                 tracing::debug!("skipped {e}");
@@ -219,10 +236,10 @@ fn dataset_pairs(
                     c.dropped_long += 1;
                     continue;
                 }
-                ExcessLength::Truncate if pair.prompt_ids.len() < seq_len => {
-                    let room = seq_len - pair.prompt_ids.len();
-                    pair.chosen_ids.truncate(room);
-                    pair.rejected_ids.truncate(room.min(pair.rejected_ids.len()));
+                ExcessLength::Truncate if pair.prompt_ids.len().max(pair.rejected_prompt().len()) < seq_len => {
+                    let rejected_room = seq_len - pair.rejected_prompt().len();
+                    pair.chosen_ids.truncate(seq_len - pair.prompt_ids.len());
+                    pair.rejected_ids.truncate(rejected_room);
                     c.truncated += 1;
                 }
                 ExcessLength::Truncate => {
@@ -239,6 +256,16 @@ fn dataset_pairs(
             }
         }
         pairs.push(pair);
+    }
+    if let Some((origin, left_out)) = cut_prompts.first() {
+        // TRL warns once; the count says how often.
+        tracing::warn!(
+            "{} of {} rows: the tokenized prompt is not a prefix of the tokenized prompt + answer (the chat template \
+             renders the prompt alone differently, or tokens merge across the boundary); as TRL does, the answer \
+             starts where they part and the prompt's end {left_out:?} is left out (first: {origin})",
+            cut_prompts.len(),
+            formatted.len()
+        );
     }
     c.samples = pairs.len();
     Ok((pairs, c))
@@ -273,24 +300,194 @@ fn render_conversation(
     template.render(&messages, None, false, special).map_err(String::from)
 }
 
-/// The prompt with the generation prompt, or, given an answer and that rendered prompt, the text
-/// the whole conversation adds after the prompt.
-fn render(
+/// How a method's TRL trainer turns a row's texts into token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tokenization {
+    /// DPO, IPO, KTO (TRL 1.16's DPOTrainer / KTOTrainer `_prepare_dataset`): the prompt and prompt +
+    /// answer tokenized whole; the answer starts where their tokens part (for both answers of a
+    /// pair at once in DPO's case).
+    Joint { shared_prompt: bool },
+    /// ORPO, SimPO (TRL's ORPOTrainer / CPOTrainer `tokenize_row`, on texts): prompt + answer
+    /// tokenized whole, the answer from the prompt's token count on (one earlier when the prompt's
+    /// last token merged), BOS and EOS added where missing.
+    PromptThenAnswer,
+    /// A reward model (TRL's RewardTrainer): each sequence tokenized in one piece.
+    Whole,
+}
+
+/// A row's texts: what `recipe preview` shows (the prompt, and each answer as the text it adds),
+/// and for message rows the renders TRL tokenizes.
+struct Rendered {
+    prompt: String,
+    chosen: String,
+    rejected: String,
+    /// Message rows: the prompt with the generation prompt, and prompt + chosen / rejected rendered
+    /// whole (rejected empty for an unpaired row).
+    conversation: Option<[String; 3]>,
+}
+
+/// Renders a message row. The prompt shown is the part of the generation-prompt render that the
+/// full conversations share (TRL's `apply_chat_template`: some templates render a prompt alone
+/// differently), each answer the rest of its conversation. A reward model's sequences are the
+/// conversations themselves, with no prompt of their own.
+fn render_row(
     template: &template::ChatTemplate,
     special: &template::SpecialTokenStrings,
-    prompt: &Value,
-    answer: Option<(&Value, &str)>,
-) -> Result<String, String> {
-    let messages: Vec<Value> = prompt.as_array().cloned().unwrap_or_default();
-    let Some((answer, rendered_prompt)) = answer else {
-        return template.render(&messages, None, true, special).map_err(String::from);
+    p: &super::formats::Preference,
+    whole: bool,
+) -> Result<Rendered, String> {
+    let messages = p.prompt.as_array().map_or(&[][..], Vec::as_slice);
+    let prompt = template.render(messages, None, true, special).map_err(String::from)?;
+    let chosen = render_conversation(template, special, &p.prompt, &p.chosen)?;
+    let rejected = if p.desirable.is_some() {
+        String::new()
+    } else {
+        render_conversation(template, special, &p.prompt, &p.rejected)?
     };
-    let full = render_conversation(template, special, prompt, answer)?;
-    full.strip_prefix(rendered_prompt).map(str::to_owned).ok_or_else(|| {
-        format!(
-            "template `{}` renders the prompt differently once an answer follows, so the answer cannot be \
-             split off (the prompt with the generation prompt is not a prefix of prompt + answer)",
-            template.name()
-        )
+    if whole {
+        return Ok(Rendered {
+            prompt: String::new(),
+            chosen,
+            rejected,
+            conversation: Some([prompt, String::new(), String::new()]),
+        });
+    }
+    let mut shared = common_prefix(&prompt, &chosen);
+    if p.desirable.is_none() {
+        shared = shared.min(common_prefix(&prompt, &rejected));
+    }
+    Ok(Rendered {
+        prompt: prompt[..shared].to_string(),
+        chosen: chosen[shared..].to_string(),
+        rejected: rejected.get(shared..).unwrap_or_default().to_string(),
+        conversation: Some([prompt, chosen, rejected]),
+    })
+}
+
+/// Bytes two strings share from their start, ending on a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
+
+/// Tokens two id lists share from their start (TRL's `common_prefix_length`).
+fn common_prefix_length(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A pair's token ids, and the prompt's end left out when its tokens were not a prefix of the whole.
+struct PairIds {
+    prompt: Vec<i64>,
+    chosen: Vec<i64>,
+    /// Where the prompt before the rejected answer differs from the one before the chosen answer.
+    rejected_prompt: Option<Vec<i64>>,
+    rejected: Vec<i64>,
+    prompt_end_left_out: Option<Vec<i64>>,
+}
+
+/// TRL 1.16's DPOTrainer and KTOTrainer: message rows tokenize the prompt's generation-prompt
+/// render and each full conversation (the template writes every special token; no EOS is added);
+/// text rows tokenize `prompt` and `prompt + answer` as `tokenizer(text)` does (BOS when the
+/// tokenizer adds one), the answer ending with EOS's text unless it already does. An answer starts
+/// at the tokens the prompt shares with its sequence (`common_prefix_length`); DPO starts both at
+/// the fewer, KTO (which unpairs first) each at its own.
+fn tokenize_joint(tok: &Tokenizer, r: &Rendered, unpaired: bool, shared_prompt: bool) -> Result<PairIds, String> {
+    let (prompt, chosen, rejected) = match &r.conversation {
+        Some([prompt, chosen, rejected]) => {
+            (tok.encode(prompt)?, tok.encode(chosen)?, if unpaired { Vec::new() } else { tok.encode(rejected)? })
+        }
+        None => {
+            let eos = tok.eos_text().unwrap_or_default();
+            let whole = |answer: &str| {
+                let end = if answer.ends_with(&eos) { "" } else { eos.as_str() };
+                tok.encode_with_special(&format!("{}{answer}{end}", r.prompt))
+            };
+            let rejected = if unpaired { Vec::new() } else { whole(&r.rejected)? };
+            (tok.encode_with_special(&r.prompt)?, whole(&r.chosen)?, rejected)
+        }
+    };
+    let mut chosen_start = common_prefix_length(&prompt, &chosen);
+    let mut rejected_start = if unpaired { chosen_start } else { common_prefix_length(&prompt, &rejected) };
+    if shared_prompt {
+        chosen_start = chosen_start.min(rejected_start);
+        rejected_start = chosen_start;
+    }
+    let kept = chosen_start.min(rejected_start);
+    Ok(PairIds {
+        prompt_end_left_out: (kept < prompt.len()).then(|| prompt[kept..].to_vec()),
+        prompt: prompt[..chosen_start].to_vec(),
+        chosen: chosen[chosen_start..].to_vec(),
+        rejected_prompt: (rejected_start != chosen_start).then(|| prompt[..rejected_start].to_vec()),
+        rejected: rejected.get(rejected_start..).unwrap_or_default().to_vec(),
+    })
+}
+
+/// TRL's ORPOTrainer / CPOTrainer `tokenize_row` (message rows are texts by then, as its
+/// `maybe_apply_chat_template` makes them): the prompt and prompt + answer tokenized without special
+/// tokens; an answer starts after the prompt's token count, or one token earlier when the prompt's
+/// last token merged with the answer's first (`build_tokenized_answer`); BOS goes before the prompt
+/// and EOS after each answer where missing.
+fn tokenize_prompt_then_answer(tok: &Tokenizer, r: &Rendered) -> Result<PairIds, String> {
+    let prompt = tok.encode(&r.prompt)?;
+    let split = |answer: &str| -> Result<(Vec<i64>, Vec<i64>), String> {
+        let mut full = tok.encode(&format!("{}{answer}", r.prompt))?;
+        let mut start = prompt.len();
+        if full.get(..start) != Some(&prompt[..]) {
+            start = start.saturating_sub(1);
+        }
+        let answer = full.split_off(start.min(full.len()));
+        Ok((full, answer))
+    };
+    let ((chosen_prompt, mut chosen), (rejected_prompt, mut rejected)) = (split(&r.chosen)?, split(&r.rejected)?);
+    let differing = chosen_prompt.iter().zip(&rejected_prompt).filter(|(a, b)| a != b).count();
+    if differing > 1 || chosen_prompt.len().abs_diff(rejected_prompt.len()) > 1 {
+        return Err(
+            "chosen and rejected prompt tokens differ by more than the last token (TRL: \"Chosen and rejected \
+                    prompt_input_ids might only differ on the last token due to tokenizer merge ops.\")"
+                .into(),
+        );
+    }
+    let with_bos = |mut prompt: Vec<i64>| {
+        if let Some(bos) = tok.bos_token_id()
+            && prompt.first() != Some(&bos)
+        {
+            prompt.insert(0, bos);
+        }
+        prompt
+    };
+    let (chosen_prompt, rejected_prompt) = (with_bos(chosen_prompt), with_bos(rejected_prompt));
+    for answer in [&mut chosen, &mut rejected] {
+        if let Some(eos) = tok.eos()
+            && answer.last() != Some(&eos)
+        {
+            answer.push(eos);
+        }
+    }
+    Ok(PairIds {
+        rejected_prompt: (rejected_prompt != chosen_prompt).then_some(rejected_prompt),
+        prompt: chosen_prompt,
+        chosen,
+        rejected,
+        prompt_end_left_out: None,
+    })
+}
+
+/// TRL's RewardTrainer: each sequence (prompt + answer) tokenized in one piece, so no token
+/// boundary is forced between them; text rows get BOS before and EOS after it, conversations are
+/// taken as the template renders them.
+fn tokenize_whole(tok: &Tokenizer, r: &Rendered, text_row: bool) -> Result<PairIds, String> {
+    let sequence = |answer: &str| -> Result<Vec<i64>, String> {
+        let mut ids = tok.encode(&format!("{}{answer}", r.prompt))?;
+        if text_row && ids.last().copied() != tok.eos() {
+            ids.extend(tok.eos());
+        }
+        Ok(ids)
+    };
+    let prompt = if text_row { tok.bos().into_iter().collect() } else { Vec::new() };
+    Ok(PairIds {
+        prompt,
+        chosen: sequence(&r.chosen)?,
+        rejected_prompt: None,
+        rejected: sequence(&r.rejected)?,
+        prompt_end_left_out: None,
     })
 }

@@ -108,9 +108,28 @@ impl Tokenizer {
         self.inner.decode(&ids, false).unwrap_or_default()
     }
 
+    /// Token ids of `text` as transformers' `tokenizer(text)` gives them (`add_special_tokens=True`):
+    /// BOS when the tokenizer adds one, EOS when it appends one (`add_eos_token`).
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<i64>, String> {
+        let mut ids: Vec<i64> = self.bos().into_iter().collect();
+        ids.extend(self.encode(text)?);
+        ids.extend(self.eos.filter(|_| self.adds_eos()));
+        Ok(ids)
+    }
+
     /// BOS when the tokenizer adds one.
     pub fn bos(&self) -> Option<i64> {
         self.bos.filter(|_| self.add_bos)
+    }
+
+    /// The BOS token's id whether or not encoding adds it (transformers' `bos_token_id`).
+    pub fn bos_token_id(&self) -> Option<i64> {
+        self.bos
+    }
+
+    /// The EOS token as text (transformers' `eos_token`).
+    pub fn eos_text(&self) -> Option<String> {
+        self.eos.and_then(|id| self.inner.id_to_token(id as u32))
     }
 
     /// Whether transformers' `add_special_tokens=True` appends EOS (`add_eos_token`).

@@ -353,7 +353,10 @@ fn supervised_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
 fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::PairRows>, String> {
     let prepared = data::preference::prepare(plan, tok, base_dir)?;
     let rows = |pairs: &[data::preference::Pair]| -> Vec<packing::PairRows> {
-        pairs.iter().map(|p| packing::PairRows::new(&p.prompt_ids, &p.chosen_ids, &p.rejected_ids)).collect()
+        pairs
+            .iter()
+            .map(|p| packing::PairRows::new((&p.prompt_ids, &p.chosen_ids), (p.rejected_prompt(), &p.rejected_ids)))
+            .collect()
     };
     let train = rows(&prepared.train);
     let seq_len = plan.batch.sequence_len as usize;
@@ -377,16 +380,16 @@ fn preference_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<Trai
 fn kto_data(plan: &Plan, tok: &Tokenizer, base_dir: &Path) -> Result<TrainingData<packing::KtoRow>, String> {
     let prepared = data::preference::prepare(plan, tok, base_dir)?;
     let rows = |pairs: &[data::preference::Pair]| -> Vec<packing::KtoRow> {
-        let row = |p: &data::preference::Pair, answer: &Vec<i64>, desirable| packing::KtoRow {
-            prompt: p.prompt_ids.clone(),
-            answer: answer.clone(),
+        let row = |prompt: &[i64], answer: &[i64], desirable| packing::KtoRow {
+            prompt: prompt.to_vec(),
+            answer: answer.to_vec(),
             desirable,
         };
         pairs
             .iter()
             .flat_map(|p| match p.desirable {
-                Some(desirable) => vec![row(p, &p.chosen_ids, desirable)],
-                None => vec![row(p, &p.chosen_ids, true), row(p, &p.rejected_ids, false)],
+                Some(desirable) => vec![row(&p.prompt_ids, &p.chosen_ids, desirable)],
+                None => vec![row(&p.prompt_ids, &p.chosen_ids, true), row(p.rejected_prompt(), &p.rejected_ids, false)],
             })
             .collect()
     };
