@@ -24,11 +24,12 @@
 //!   `on_log` comes at logging steps only, the steps whose number is a multiple of
 //!   `logging_steps` (`DefaultFlowCallback.on_step_end`), with the logs `_maybe_log_save_evaluate`
 //!   builds: `loss` the window's mean, `tr_loss / (global_step - _globalstep_last_logged)` where
-//!   `tr_loss` is a float32 sum of the window's losses (transformers adds them on the device in
-//!   float32; recipe adds each step's loss, itself the float32 sum of that step's micro-batch
-//!   shares), then divided in float64, not rounded; `grad_norm` and `learning_rate` (metrics.jsonl's
-//!   `lr`) those of the logging step; `epoch` the epoch after that step, as transformers' `log`
-//!   adds it. The run's last step is no logging step unless its number is such a multiple:
+//!   `tr_loss` is a float32 sum of the window's losses, then divided in float64, not rounded
+//!   (transformers adds each micro-batch's share of a step's loss on the device in float32; recipe
+//!   adds each step's loss as its record has it, a float32 value: the same sum but for float32
+//!   rounding when gradients accumulate over micro-batches); `grad_norm` and `learning_rate`
+//!   (metrics.jsonl's `lr`) those of the logging step; `epoch` the epoch after that step, as
+//!   transformers' `log` adds it. The run's last step is no logging step unless its number is such a multiple:
 //!   transformers sets `should_log` at `max_steps` only then, so the losses of a final partial
 //!   window never reach `on_log` (recipe's loop still writes their records; the gauges keep the
 //!   last full window's values);
