@@ -9,9 +9,11 @@
 //! (`service_instance_id`, a random UUID in both; `service_name`, `unknown_service:` and the
 //! executable; `telemetry_sdk_language`, `_name`, `_version`: recipe's exporter, not Python's SDK).
 //! Every name, HELP and TYPE line, label name, other label value, sample value and the order of
-//! the families is compared byte for byte. Then a CLI run on stories260k serves the run's logged
-//! values, a port in use stops a run at its start naming otel_metrics_port, the Axolotl example
-//! validates, and the plan states the endpoint.
+//! the families is compared byte for byte (the records logging every 2 steps, as the golden's
+//! Trainer: the training loss served is a window's mean). Then a CLI run on stories260k serves its
+//! last logging window's mean loss (as transformers computes it from metrics.jsonl's losses) and
+//! no final partial window, a port in use stops a run at its start naming otel_metrics_port, the
+//! Axolotl example validates, and the plan states the endpoint.
 
 mod common;
 
@@ -144,9 +146,36 @@ fn body_of(response: &str) -> &str {
     body
 }
 
+/// The losses of a logging window of two steps (float32 values, as the run's records have them)
+/// around a logged loss: the first step's and the second's.
+fn window_losses(loss: f64) -> (f64, f64) {
+    (f64::from((loss + 0.0625) as f32), f64::from((loss - 0.0625) as f32))
+}
+
+/// transformers' window mean: `tr_loss` (a float32 tensor, from 0) adds each loss, `.item()`, then
+/// divided by the steps since the last log.
+fn transformers_mean(losses: &[f64]) -> f64 {
+    f64::from(losses.iter().fold(0.0f32, |sum, l| sum + *l as f32)) / losses.len() as f64
+}
+
+/// The exposition with the `axolotl_train_loss` sample's value replaced by `loss`.
+fn with_train_loss(text: &str, loss: f64) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("axolotl_train_loss{") {
+            Some(_) => format!("{} {}\n", l.rsplit_once(' ').unwrap().0, otel::go_float(loss)),
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
 /// The same run as recipe's tracker sees it (records of metrics.jsonl, step ends), served over
-/// HTTP: each scrape equal to Axolotl's. An evaluation is one record (the callback's on_log and
-/// on_evaluate); `learning_rate` is metrics.jsonl's `lr`.
+/// HTTP: each scrape equal to Axolotl's. The run logs every 2 steps (as the golden's Trainer), so
+/// each of Axolotl's training `on_log` calls is two records: the step before (its own loss, grad
+/// norm and learning rate, which must not be served) and the logging step (the call's values);
+/// `axolotl_train_loss` is the two losses' mean as transformers computes it. The golden's first
+/// logged loss (2.4375) is such a mean; its second (0.1 + 0.2 in float64) is no mean of float32
+/// losses, so that one sample is compared with the records' mean instead. An evaluation is one
+/// record (the callback's on_log and on_evaluate); `learning_rate` is metrics.jsonl's `lr`.
 #[cfg(feature = "exec")]
 #[test]
 fn recipes_records_served_over_http_give_axolotls_exposition() {
@@ -154,9 +183,11 @@ fn recipes_records_served_over_http_give_axolotls_exposition() {
     let g = golden();
     let calls = g["calls"].as_array().unwrap();
     let plan = recipe::plan::tracking::OtelPlan { host: "127.0.0.1".into(), port: free_port() };
-    let mut tracker = otel::Otel::start(&plan).unwrap();
+    let mut tracker = otel::Otel::start(&plan, 2).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", plan.port).parse().unwrap();
     let (mut step, mut done) = (0u64, 0usize);
+    let mut served_loss = None;
+    let mut replaced = 0;
     for scrape in g["scrapes"].as_array().unwrap() {
         let upto = scrape["after_calls"].as_u64().unwrap() as usize;
         while done < upto {
@@ -167,11 +198,30 @@ fn recipes_records_served_over_http_give_axolotls_exposition() {
                 "on_step_end" => {
                     step += 1;
                     tracker.step_end(step, c["epoch"].as_f64().unwrap());
+                    if step % 2 == 1 {
+                        // The window's first step: its record, with the next training log's loss.
+                        let next = calls[done..].iter().find_map(|c| c["logs"].get("loss")?.as_f64()).unwrap();
+                        let record = serde_json::json!({
+                            "step": step, "loss": window_losses(next).0, "grad_norm": 99.0, "lr": 0.5,
+                        });
+                        tracker.log(&recipe::track::point(&record, 0.0).unwrap()).unwrap();
+                    }
                 }
                 "on_log" => {
                     let mut record = serde_json::json!({"step": step});
                     for (k, v) in numbers(&c["logs"]).into_iter().filter(|(k, _)| k != "epoch") {
                         record[if k == "learning_rate" { "lr".to_string() } else { k }] = serde_json::json!(v);
+                    }
+                    if let Some(loss) = c["logs"].get("loss").and_then(Value::as_f64) {
+                        assert_eq!(step % 2, 0);
+                        let (first, second) = window_losses(loss);
+                        record["loss"] = serde_json::json!(second);
+                        let mean = transformers_mean(&[first, second]);
+                        assert_ne!(mean, second, "the window's mean is not its last loss");
+                        if f64::from(loss as f32) == loss {
+                            assert_eq!(mean, loss, "a float32 loss is a window's mean");
+                        }
+                        served_loss = Some((loss, mean));
                     }
                     if c["logs"].get("eval_loss").is_some() {
                         // The evaluation's on_evaluate comes with the same record.
@@ -183,9 +233,18 @@ fn recipes_records_served_over_http_give_axolotls_exposition() {
                 other => panic!("{other} outside an evaluation record"),
             }
         }
+        let mut theirs = scrape["text"].as_str().unwrap().to_string();
+        if let Some((logged, mean)) = served_loss
+            && mean != logged
+        {
+            assert!(theirs.contains(&format!("}} {}\n", otel::go_float(logged))), "{theirs}");
+            theirs = with_train_loss(&theirs, mean);
+            replaced += 1;
+        }
         let response = otel::scrape(addr).unwrap();
-        assert_same_exposition(body_of(&response), scrape["text"].as_str().unwrap(), &format!("after {upto} calls"));
+        assert_same_exposition(body_of(&response), &theirs, &format!("after {upto} calls"));
     }
+    assert_eq!(replaced, 1, "only the last scrape's loss is no float32 window's mean");
 }
 
 /// A small LoRA recipe on stories260k in `dir`, with `extra` lines appended.
@@ -202,8 +261,11 @@ fn sample(text: &str, name: &str) -> Option<String> {
 }
 
 /// `recipe run` with use_otel_metrics: the endpoint serves, at the end of the run (scraped over
-/// HTTP by the test hook before the process exits), the step count, the last logged loss,
-/// learning rate and gradient norm, the epoch, and the last evaluation, as metrics.jsonl has them.
+/// HTTP by the test hook before the process exits), the step count, the epoch, the last logging
+/// window's values as transformers logs them (the mean of its losses; the learning rate and
+/// gradient norm of its last step), and the last evaluation, from metrics.jsonl's records. The run
+/// logs every 2 steps and ends at step 7, off a logging step: transformers logs no final partial
+/// window, so step 7's loss, learning rate and gradient norm are not served (its evaluation is).
 #[cfg(feature = "exec")]
 #[test]
 fn a_run_serves_its_logged_values() {
@@ -212,7 +274,7 @@ fn a_run_serves_its_logged_values() {
     let path = write_recipe(
         dir.path(),
         &format!(
-            "max_steps: 6\neval_steps: 3\nuse_otel_metrics: true\notel_metrics_host: 127.0.0.1\notel_metrics_port: {port}\n"
+            "max_steps: 7\neval_steps: 3\nuse_otel_metrics: true\notel_metrics_host: 127.0.0.1\notel_metrics_port: {port}\n"
         ),
     );
     let scraped = dir.path().join("scrape.txt");
@@ -236,15 +298,25 @@ fn a_run_serves_its_logged_values() {
         .collect();
     let last = |key: &str| records.iter().rev().find_map(|r| r.get(key).and_then(Value::as_f64)).unwrap();
     let go = |x: f64| Some(otel::go_float(x));
-    assert_eq!(sample(text, "axolotl_global_steps_total"), go(6.0), "{text}");
+    assert_eq!(sample(text, "axolotl_global_steps_total"), go(7.0), "{text}");
     // Steps over the steps per epoch (an integer the run's data decides).
     let epoch: f64 = sample(text, "axolotl_epoch").unwrap().parse().unwrap();
-    let per_epoch = (6.0 / epoch).round();
-    assert!(per_epoch >= 1.0 && sample(text, "axolotl_epoch") == go(6.0 / per_epoch), "{text}");
-    assert_eq!(sample(text, "axolotl_train_loss"), go(last("loss")));
-    assert_eq!(sample(text, "axolotl_learning_rate"), go(last("lr")));
-    assert_eq!(sample(text, "axolotl_gradient_norm"), go(last("grad_norm")));
+    let per_epoch = (7.0 / epoch).round();
+    assert!(per_epoch >= 1.0 && sample(text, "axolotl_epoch") == go(7.0 / per_epoch), "{text}");
+    // One training record per step; the last logging window is steps 5 and 6.
+    let train: Vec<&Value> = records.iter().filter(|r| r.get("loss").is_some()).collect();
+    let steps: Vec<u64> = train.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=7).collect::<Vec<u64>>());
+    let at = |step: u64, key: &str| train[step as usize - 1][key].as_f64().unwrap();
+    let mean = transformers_mean(&[at(5, "loss"), at(6, "loss")]);
+    // The check can fail: the mean is neither the window's last loss nor the run's last.
+    assert!(mean != at(6, "loss") && mean != at(7, "loss"), "{mean} {train:?}");
+    assert_eq!(sample(text, "axolotl_train_loss"), go(mean), "{text}");
+    assert_ne!(at(6, "lr"), at(7, "lr"));
+    assert_eq!(sample(text, "axolotl_learning_rate"), go(at(6, "lr")), "{text}");
+    assert_eq!(sample(text, "axolotl_gradient_norm"), go(at(6, "grad_norm")), "{text}");
     assert_eq!(sample(text, "axolotl_eval_loss"), go(last("eval_loss")));
+    assert_eq!(records.last().unwrap()["step"], 7, "the final evaluation at step 7");
     // The second family of the same name, as Axolotl's on_evaluate makes it.
     assert!(text.contains("# HELP axolotl_eval_loss Evaluation metric: eval_loss\n"), "{text}");
     assert!(text.contains("# HELP target_info Target metadata\n") && text.contains("process_open_fds "), "{text}");

@@ -212,7 +212,7 @@ impl Trackers {
         let mut active: Vec<Box<dyn Tracker>> = Vec::new();
         // First, and an error whatever --deny-warnings says: the address is the recipe's.
         if let Some(o) = &t.otel {
-            let started = otel::Otel::start(o)?;
+            let started = otel::Otel::start(o, plan.training.logging_steps)?;
             tracing::info!("tracking: {} {}", started.name(), started.location());
             active.push(Box::new(started));
         }

@@ -16,12 +16,29 @@
 //! `python_info` are not served (recipe is no Python process); `target_info` names recipe's
 //! process (service_name `unknown_service:recipe`, SDK `recipe`, language `rust`).
 //!
-//! [`Otel`] is the tracker: the run's records (metrics.jsonl) are the callback's `on_log` calls
-//! (`lr` is transformers' `learning_rate`, and the current epoch is added as transformers' `log`
-//! adds it), an evaluation's record is also its `on_evaluate` call, and every optimizer step ends
-//! with `on_step_end` (the counter and the epoch; host values, no device read). The server is a
-//! thread that renders the text under the meter's lock for each request; the training loop only
-//! updates numbers under that lock.
+//! [`Otel`] is the tracker. It makes the callback's calls as transformers' Trainer (5.24) makes
+//! them, from the run's records (metrics.jsonl) and step ends:
+//! - every optimizer step ends with `on_step_end` (the counter and the epoch; host values, no
+//!   device read);
+//! - a step's training record (it has `loss`) is gathered into the logging window ([`LogWindow`]);
+//!   `on_log` comes at logging steps only, the steps whose number is a multiple of
+//!   `logging_steps` (`DefaultFlowCallback.on_step_end`), with the logs `_maybe_log_save_evaluate`
+//!   builds: `loss` the window's mean, `tr_loss / (global_step - _globalstep_last_logged)` where
+//!   `tr_loss` is a float32 sum of the window's losses, then divided in float64, not rounded
+//!   (transformers adds each micro-batch's share of a step's loss on the device in float32; recipe
+//!   adds each step's loss as its record has it, a float32 value: the same sum but for float32
+//!   rounding when gradients accumulate over micro-batches); `grad_norm` and `learning_rate`
+//!   (metrics.jsonl's `lr`) those of the logging step; `epoch` the epoch after that step, as
+//!   transformers' `log` adds it. The run's last step is no logging step unless its number is such a multiple:
+//!   transformers sets `should_log` at `max_steps` only then, so the losses of a final partial
+//!   window never reach `on_log` (recipe's loop still writes their records; the gauges keep the
+//!   last full window's values);
+//! - an evaluation's record (`eval_*`) is its `on_log` call (with the epoch) and its `on_evaluate`
+//!   call, at once; any other record (`forgetting_perplexity`, which Axolotl has not) is an
+//!   `on_log` call at once, which moves nothing but the epoch gauge, to the value it already has.
+//!
+//! The server is a thread that renders the text under the meter's lock for each request; the
+//! training loop only updates numbers under that lock.
 
 use super::{Point, Status, Tracker};
 use crate::plan::tracking::OtelPlan;
@@ -411,19 +428,58 @@ fn scrape_text(meter: &Mutex<Meter>, resource: &Resource) -> String {
     text
 }
 
-/// The tracker: the meter, the address it is served at, and the epoch of the last step.
+/// transformers' logging window: the training losses since the last logging step, summed as its
+/// on-device `tr_loss` sums them (float32), and the rule that decides when `on_log` comes.
+#[derive(Debug, Clone)]
+pub struct LogWindow {
+    logging_steps: u64,
+    /// `tr_loss`: the float32 sum of the window's losses.
+    sum: f32,
+    /// `global_step - _globalstep_last_logged`: one record per step, so the records gathered.
+    steps: u64,
+}
+
+impl LogWindow {
+    /// A window that logs every `logging_steps` steps (at least 1).
+    pub fn new(logging_steps: u64) -> LogWindow {
+        LogWindow { logging_steps: logging_steps.max(1), sum: 0.0, steps: 0 }
+    }
+
+    /// One step's training record (`logs`, with its `loss`) at `step`: the logs of the callback's
+    /// `on_log` call when `step` is a logging step (`loss` the window's mean, the rest the step's
+    /// own values), else nothing (gathered).
+    pub fn train(&mut self, step: u64, logs: &[(String, f64)]) -> Option<Vec<(String, f64)>> {
+        let loss = logs.iter().find(|(k, _)| k == "loss").map_or(0.0, |(_, v)| *v);
+        // `self._tr_loss += tr_loss_step`, both float32 tensors.
+        self.sum += loss as f32;
+        self.steps += 1;
+        if !step.is_multiple_of(self.logging_steps) {
+            return None;
+        }
+        // `tr_loss_scalar / (self.state.global_step - self._globalstep_last_logged)`: `.item()`
+        // gives the float32 sum as a Python float, divided by an int.
+        let mean = f64::from(self.sum) / self.steps as f64;
+        (self.sum, self.steps) = (0.0, 0);
+        Some(logs.iter().map(|(k, v)| (k.clone(), if k == "loss" { mean } else { *v })).collect())
+    }
+}
+
+/// The tracker: the meter, the address it is served at, the epoch of the last step, and the
+/// logging window.
 pub struct Otel {
     meter: Arc<Mutex<Meter>>,
     url: String,
     addr: SocketAddr,
     epoch: f64,
+    window: LogWindow,
 }
 
 impl Otel {
     /// Binds `host:port` (the first address the host resolves to, as prometheus_client binds) and
     /// serves from a thread until the process exits. A port in use is an error naming
-    /// `otel_metrics_port`.
-    pub fn start(plan: &OtelPlan) -> Result<Otel, String> {
+    /// `otel_metrics_port`. Training losses reach the meter every `logging_steps` steps (the
+    /// plan's `logging_steps`), as their window's mean.
+    pub fn start(plan: &OtelPlan, logging_steps: u64) -> Result<Otel, String> {
         let (host, port) = (plan.host.as_str(), plan.port);
         let addr = (host, port)
             .to_socket_addrs()
@@ -466,7 +522,7 @@ impl Otel {
             })
             .map_err(|e| format!("cannot start the metrics server thread: {e}"))?;
         tracing::info!("OpenTelemetry metrics server started on {}", plan.url());
-        Ok(Otel { meter, url: plan.url(), addr, epoch: 0.0 })
+        Ok(Otel { meter, url: plan.url(), addr, epoch: 0.0, window: LogWindow::new(logging_steps) })
     }
 }
 
@@ -539,6 +595,15 @@ impl Tracker for Otel {
         let mut logs = logs_of(point);
         logs.push(("epoch".into(), self.epoch));
         let evaluation = logs.iter().any(|(k, _)| k.starts_with("eval_"));
+        if !evaluation && logs.iter().any(|(k, _)| k == "loss") {
+            // A training step's record: on_log at logging steps only, with the window's mean.
+            // The logging step's record comes right after its step end (the loop reads its
+            // losses there), so `self.epoch` is that step's.
+            match self.window.train(point.step, &logs) {
+                Some(logged) => logs = logged,
+                None => return Ok(()),
+            }
+        }
         let mut meter = self.meter.lock().unwrap_or_else(|e| e.into_inner());
         meter.on_log(&logs);
         if evaluation {
@@ -580,6 +645,40 @@ mod tests {
         assert_eq!(map_unit("MB"), "MB");
         assert!(valid_name("axolotl_eval_a.b-c/d") && !valid_name("axolotl_eval_a b") && !valid_name("_x"));
         assert!(!valid_name(&format!("a{}", "b".repeat(255))));
+    }
+
+    /// transformers' window: `on_log` at multiples of logging_steps only, the loss a float32 sum
+    /// over the window divided by its steps, the other values the logging step's own.
+    #[test]
+    fn the_window_logs_its_mean_at_logging_steps_only() {
+        let logs = |loss: f64, grad_norm: f64, lr: f64| {
+            vec![
+                ("loss".to_string(), loss),
+                ("grad_norm".to_string(), grad_norm),
+                ("learning_rate".to_string(), lr),
+                ("epoch".to_string(), 0.5),
+            ]
+        };
+        let mut w = LogWindow::new(2);
+        assert_eq!(w.train(1, &logs(0.1, 1.0, 1e-4)), None);
+        let logged = w.train(2, &logs(0.2, 2.0, 2e-4)).unwrap();
+        // torch: tensor(0.) + tensor(0.1) + tensor(0.2) in float32, `.item()`, `/ 2`.
+        let mean = f64::from(0.1f32 + 0.2f32) / 2.0;
+        assert_eq!(mean, 0.15000000596046448);
+        assert_ne!(mean, (0.1 + 0.2) / 2.0, "the float32 sum is not the float64 one");
+        assert_eq!(logged, logs(mean, 2.0, 2e-4));
+        // The next window starts empty; a partial window at the end is never logged.
+        assert_eq!(w.train(3, &logs(3.0, 3.0, 3e-4)), None);
+        assert_eq!(w.train(4, &logs(5.0, 4.0, 4e-4)), Some(logs(4.0, 4.0, 4e-4)));
+        assert_eq!(w.train(5, &logs(7.0, 5.0, 5e-4)), None);
+        // Every step a logging step: each loss as it is (a float32 value stays itself).
+        let mut w = LogWindow::new(1);
+        let x = f64::from(2.3456789f32);
+        assert_eq!(w.train(7, &logs(x, 1.0, 1e-4)), Some(logs(x, 1.0, 1e-4)));
+        // A window after a resume counts the steps since it, as `_globalstep_last_logged` starts there.
+        let mut w = LogWindow::new(4);
+        assert_eq!(w.train(7, &logs(1.0, 1.0, 1e-4)), None);
+        assert_eq!(w.train(8, &logs(2.0, 1.0, 1e-4)), Some(logs(1.5, 1.0, 1e-4)));
     }
 
     #[test]
