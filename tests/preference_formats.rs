@@ -194,6 +194,11 @@ fn every_method_tokenizes_pairs_as_its_trl_trainer_does() {
         let pairs = json["pairs"].as_array().unwrap();
         let expected = case["expected"].as_array().unwrap();
         assert_eq!(pairs.len(), expected.len(), "{method} on {rows:?}");
+        // Prompts that end inside a word or on a space lose their end, as TRL warns.
+        if method == "dpo" && case["chat_template"].is_null() {
+            let report = json["report"][0].as_str().unwrap();
+            assert!(report.contains("warning: in 3 of 5 pairs the tokenized prompt is not a prefix"), "{report}");
+        }
         for (i, want) in expected.iter().enumerate() {
             let what = format!("{method} ({}) on line {}", case["chat_template"], i + 1);
             own_prompts += usize::from(check_ids(&what, pair_from_line(pairs, case, i + 1), want));

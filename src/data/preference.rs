@@ -207,7 +207,9 @@ fn dataset_pairs(
                 rejected_ids: ids.rejected,
                 desirable: p.desirable,
             };
-            Ok((pair, ids.prompt_end_left_out.map(|ids| tok.decode_with_special(&ids))))
+            let left_out =
+                ids.prompt_end_left_out.map(|ids| format!("{:?}, ids {ids:?}", tok.decode_with_special(&ids)));
+            Ok((pair, left_out))
         })
         .zip(formatted.par_iter())
         .map(|(pair, (origin, _))| pair.map_err(|e| format!("{origin}: {e}")))
@@ -259,13 +261,13 @@ fn dataset_pairs(
     }
     if let Some((origin, left_out)) = cut_prompts.first() {
         // TRL warns once; the count says how often.
-        tracing::warn!(
-            "{} of {} rows: the tokenized prompt is not a prefix of the tokenized prompt + answer (the chat template \
-             renders the prompt alone differently, or tokens merge across the boundary); as TRL does, the answer \
-             starts where they part and the prompt's end {left_out:?} is left out (first: {origin})",
+        c.notes.push(format!(
+            "in {} of {} pairs the tokenized prompt is not a prefix of the tokenized prompt + answer (the template \
+             renders the prompt alone differently, or tokens merge across the join): as TRL does, the answer starts \
+             where they part and the prompt's end is left out (first: {origin}, {left_out})",
             cut_prompts.len(),
             formatted.len()
-        );
+        ));
     }
     c.samples = pairs.len();
     Ok((pairs, c))
