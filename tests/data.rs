@@ -139,7 +139,7 @@ fn chat_datasets_train_every_assistant_turn() {
 }
 
 #[test]
-fn preference_pairs_are_checked_and_rendered_as_trl_does() {
+fn preference_pairs_are_checked_and_rendered_as_axolotl_does() {
     let dir = tempfile::tempdir().unwrap();
     let datasets = format!("  - path: {}\n    type: chat_template.default\n", fixture("preference.jsonl"));
     let path = write_recipe(dir.path(), &datasets, "rl: dpo\nchat_template: chatml\nval_set_size: 0\n");
@@ -164,18 +164,18 @@ fn preference_pairs_are_checked_and_rendered_as_trl_does() {
     );
     let pairs = json["pairs"].as_array().unwrap();
     let first = pairs.iter().find(|p| p["origin"].as_str().unwrap().ends_with("preference.jsonl:1")).unwrap();
-    // The prompt ends with the generation prompt; each answer is what the full conversation adds.
+    // Axolotl's chat_template.default under rl: dpo: the prompt ends with the generation prompt;
+    // each answer is its turn as the template writes it, trailing whitespace removed, and TRL ends it
+    // with EOS.
     assert_eq!(
         first["prompt"],
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     );
-    assert_eq!(first["chosen"], "4<|im_end|>\n");
-    assert_eq!(first["rejected"], "Five, I think.<|im_end|>\n");
-    // TRL's DPOTrainer adds no EOS to a conversation: an answer ends as the template ends a turn.
+    assert_eq!(first["chosen"], "4<|im_end|>");
+    assert_eq!(first["rejected"], "Five, I think.<|im_end|>");
     let eos = 2;
     for p in pairs {
-        assert!(p["chosen"].as_str().unwrap().ends_with("<|im_end|>\n"), "{}", p["chosen"]);
-        assert_ne!(p["chosen_ids"].as_array().unwrap().last().unwrap(), eos, "no EOS after the template's turn end");
+        assert_eq!(p["chosen_ids"].as_array().unwrap().last().unwrap(), eos, "answers end with EOS");
         assert!(!p["prompt"].as_str().unwrap().contains("ann@example.com"));
     }
 

@@ -12,6 +12,9 @@ per answer the prompt ids before it and its own), to tests/golden/preference_for
   `argilla_chat`, `ultra` on tests/fixtures/dpo/chat_rows.jsonl.
 - ORPO (`rl: orpo`, Axolotl's load_orpo): `argilla` of src/axolotl/prompt_strategies/orpo/chat_template.py
   (imported from the checkout) with `chat_template: chatml` on tests/fixtures/orpo/argilla.jsonl.
+- `chat_template.default` under `rl: dpo` and `rl: simpo` (Axolotl's load_dpo): `default` of
+  src/axolotl/prompt_strategies/dpo/chat_template.py on tests/fixtures/preference/message_rows.jsonl, with
+  recipe's templates/chatml.jinja and llama2.jinja given as `chat_template_jinja`.
 
 Each row is passed as the dict json.loads gives (a field absent from a row is absent, as recipe
 reads rows), one at a time.
@@ -82,11 +85,30 @@ def main():
     out["orpo"].append(
         {"type": "chat_template.argilla", "chat_template": "chatml", "rows": source, "expected": expected(done, tokenizer, "orpo")}
     )
+    # `chat_template.default` under dpo / ipo / simpo: Axolotl's dpo/chat_template.py `default` with
+    # recipe's template files as `chat_template_jinja` (the same jinja on both sides), handed to DPO's
+    # and SimPO's trainers.
+    from axolotl.prompt_strategies.dpo import chat_template as dpo_chat_template
+    from axolotl.utils.dict import DictDefault
+
+    out["default"] = []
+    source = "preference/message_rows.jsonl"
+    for name in ("chatml", "llama2"):
+        with open(os.path.join(ROOT, "templates", f"{name}.jinja"), encoding="utf-8") as f:
+            jinja = f.read()
+        cfg = DictDefault({"chat_template": "jinja", "chat_template_jinja": jinja,
+                           "datasets": [{"type": "chat_template.default", "field_messages": "prompt"}]})
+        transform, _ = dpo_chat_template.default(cfg, dataset_idx=0)
+        done = [transform(copy.deepcopy(r), tokenizer=tokenizer) for r in rows(source)]
+        for method in ("dpo", "simpo"):
+            out["default"].append({"type": "chat_template.default", "method": method, "chat_template": name,
+                                   "rows": source, "expected": expected(done, tokenizer, method)})
     path = os.path.join(ROOT, "tests/golden/preference_formats.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, ensure_ascii=False, sort_keys=True)
         f.write("\n")
-    print(f"{len(out['dpo'])} DPO cases, {len(out['orpo'])} ORPO case -> {os.path.relpath(path, ROOT)}")
+    print(f"{len(out['dpo'])} DPO cases, {len(out['orpo'])} ORPO case, {len(out['default'])} chat_template.default "
+          f"cases -> {os.path.relpath(path, ROOT)}")
 
 
 if __name__ == "__main__":

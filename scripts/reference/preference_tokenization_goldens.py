@@ -9,9 +9,10 @@ TRL trainer prepares the fixture rows itself, and its own dataset (what it train
   their `maybe_apply_chat_template`.
 
 Cases: tests/fixtures/preference/text_rows.jsonl (text rows, among them a prompt ending in a space,
-answers already ending with EOS's text, a prompt ending inside a word) and message_rows.jsonl (message
-lists) rendered
-with recipe's templates/chatml.jinja and templates/llama2.jinja, on models/stories260k's tokenizer.
+answers already ending with EOS's text, a prompt ending inside a word) for every method, and
+message_rows.jsonl (message lists) for KTO and ORPO, rendered with recipe's templates/chatml.jinja and
+templates/llama2.jinja (under DPO / IPO / SimPO recipe reads message rows of `chat_template.default` as
+Axolotl's transform does: preference_format_goldens.py), on models/stories260k's tokenizer.
 
 Written per row and per answer (`chosen`, `rejected`): the prompt ids the trainer puts before that answer
 and the answer's ids (for ORPO / SimPO: the sequence's tokens labelled -100 and the labelled ones), to
@@ -34,7 +35,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODEL = os.path.join(ROOT, "models/stories260k")
 FIXTURES = os.path.join(ROOT, "tests/fixtures/preference")
 METHODS = ("dpo", "kto", "orpo", "simpo")
-CASES = [("text_rows.jsonl", None), ("message_rows.jsonl", "chatml"), ("message_rows.jsonl", "llama2")]
+# Message rows as TRL's conversational rows: under dpo / ipo / simpo recipe's `chat_template.default` is
+# Axolotl's transform instead (its goldens: preference_format_goldens.py).
+CASES = [
+    ("text_rows.jsonl", None, METHODS),
+    ("message_rows.jsonl", "chatml", ("kto", "orpo")),
+    ("message_rows.jsonl", "llama2", ("kto", "orpo")),
+]
 
 
 def tokenizer_with(chat_template):
@@ -102,10 +109,10 @@ def read_rows(name):
 
 def main():
     out = []
-    for rows_name, template in CASES:
+    for rows_name, template, methods in CASES:
         tokenizer = tokenizer_with(template)
         rows = read_rows(rows_name)
-        for method in METHODS:
+        for method in methods:
             out.append({"method": method, "rows": f"preference/{rows_name}", "chat_template": template,
                         "expected": trl_sides(method, rows, tokenizer)})
             print(f"{method} on {rows_name} ({template or 'text'}): {len(rows)} rows", file=sys.stderr)

@@ -1,18 +1,21 @@
 //! Preference pairs for `rl:` recipes (`type: chat_template.default`, Axolotl's `chatml.*` /
 //! `llama3.*` string types, ORPO's `chat_template.argilla`) and reward models: rows go through the
-//! same read / format / hygiene stages as supervised data, then each pair is rendered and tokenized
-//! as the method's TRL trainer does it ([`Tokenization`]):
+//! same read / format / hygiene stages as supervised data, then each pair becomes texts and is
+//! tokenized as the method's TRL trainer does it (`Tokenization`):
 //!
+//! - `chat_template.default` message rows under DPO, IPO, SimPO become texts as Axolotl's
+//!   `dpo/chat_template.py` `default` makes them (`axolotl_default_texts`), which the trainer then
+//!   reads as text rows; under KTO and ORPO they are TRL's conversational rows (`render_row`);
 //! - DPO, IPO, KTO (TRL 1.16's DPOTrainer / KTOTrainer): the prompt and prompt + answer are
 //!   tokenized whole and the answer starts where their tokens part, so no token boundary is forced
-//!   at the join. Message rows: the prompt rendered with the generation prompt and each full
+//!   at the join. Conversational rows: the prompt rendered with the generation prompt and each full
 //!   conversation (the template writes the turn markers and any BOS / EOS; nothing is added). Text
 //!   rows: `tokenizer(text)` (BOS when the tokenizer adds one), each answer ending with EOS's text
 //!   unless it already does;
-//! - ORPO, SimPO (TRL's ORPOTrainer / CPOTrainer, Axolotl's trainers for them): message rows become
-//!   texts first (the answer is the text its conversation adds after the prompt); the answer's
-//!   tokens are those of prompt + answer after the prompt's; BOS before the prompt and EOS after
-//!   each answer where missing;
+//! - ORPO, SimPO (TRL's ORPOTrainer / CPOTrainer, Axolotl's trainers for them): conversational rows
+//!   become texts first (the answer is the text its conversation adds after the prompt); the
+//!   answer's tokens are those of prompt + answer after the prompt's; BOS before the prompt and EOS
+//!   after each answer where missing;
 //! - a reward model's sequences are tokenized in one piece (TRL's RewardTrainer);
 //! - a pair longer than `sequence_len` (prompt + the longer answer) is dropped, truncated (answers
 //!   cut, the prompt kept) or refused, per `excess_length_strategy`;
@@ -147,24 +150,41 @@ fn dataset_pairs(
             return Err(format!("type `{}` holds no preference pairs; use type: chat_template.default", d.r#type));
         }
     };
-    let tokenization = match plan.training.preference.as_ref().map(|p| p.method) {
+    let method = plan.training.preference.as_ref().map(|p| p.method);
+    let tokenization = match method {
         _ if plan.training.reward.is_some() => Tokenization::Whole,
         Some(RlMethod::Orpo | RlMethod::Simpo) => Tokenization::PromptThenAnswer,
         Some(RlMethod::Kto) => Tokenization::Joint { shared_prompt: false },
         _ => Tokenization::Joint { shared_prompt: true },
     };
+    // Under the methods that read Axolotl's prompt_strategies/dpo, `chat_template.default` is its
+    // `default` transform; under the others (and for reward models) message rows are TRL's
+    // conversational rows.
+    let axolotl_default = matches!(d.entry, DatasetConfig::Preference(_))
+        && tokenization != Tokenization::Whole
+        && matches!(method, Some(RlMethod::Dpo | RlMethod::Ipo | RlMethod::Simpo));
     let mut c = Counts::default();
     let formatted = formatted_rows(d, plan, None, &mut c)?;
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
+    let text_prompts =
+        formatted.iter().filter(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_string())).count();
+    if axolotl_default && text_prompts > 0 {
+        c.notes.push(format!(
+            "{text_prompts} rows have a text prompt, used as written with its answers (TRL's text rows); Axolotl's \
+             chat_template.default would render it as a user message through the chat template"
+        ));
+    }
     let template = if needs_template { Some(dataset_template(d, own_template, plan, tokenizer_dir)?) } else { None };
     let rendered: Vec<Result<(Pair, Option<String>), String>> = formatted
         .par_iter()
         .map(|(origin, f)| {
             let Formatted::Preference(p) = f else { unreachable!("preference datasets format to pairs") };
             let rendered = match &template {
-                Some((template, special)) if p.prompt.is_array() => {
-                    render_row(template, special, p, tokenization == Tokenization::Whole)?
-                }
+                Some((template, special)) if p.prompt.is_array() => match tokenization {
+                    Tokenization::Whole => render_sequences(template, special, p)?,
+                    _ if axolotl_default => axolotl_default_texts(template, special, p)?,
+                    _ => render_row(template, special, p, tokenization == Tokenization::PromptThenAnswer)?,
+                },
                 _ => Rendered {
                     prompt: text(&p.prompt),
                     chosen: text(&p.chosen),
@@ -174,9 +194,10 @@ fn dataset_pairs(
             };
             // A pair must be able to teach something: two answers, and different ones; an unpaired
             // row, its one answer. A reward model's sequences are judged by their answers' words.
-            let (chosen_words, rejected_words) = match &rendered.conversation {
-                Some(_) if tokenization == Tokenization::Whole => (answer_text(&p.chosen), answer_text(&p.rejected)),
-                _ => (rendered.chosen.clone(), rendered.rejected.clone()),
+            let (chosen_words, rejected_words) = if tokenization == Tokenization::Whole && p.prompt.is_array() {
+                (answer_text(&p.chosen), answer_text(&p.rejected))
+            } else {
+                (rendered.chosen.clone(), rendered.rejected.clone())
             };
             if p.desirable.is_some() {
                 if chosen_words.trim().is_empty() {
@@ -262,7 +283,7 @@ fn dataset_pairs(
     if let Some((origin, left_out)) = cut_prompts.first() {
         // TRL warns once; the count says how often.
         c.notes.push(format!(
-            "in {} of {} pairs the tokenized prompt is not a prefix of the tokenized prompt + answer (the template \
+            "in {} of {} rows the tokenized prompt is not a prefix of the tokenized prompt + answer (the template \
              renders the prompt alone differently, or tokens merge across the join): as TRL does, the answer starts \
              where they part and the prompt's end is left out (first: {origin}, {left_out})",
             cut_prompts.len(),
@@ -323,22 +344,32 @@ struct Rendered {
     prompt: String,
     chosen: String,
     rejected: String,
-    /// Message rows: the prompt with the generation prompt, and prompt + chosen / rejected rendered
-    /// whole (rejected empty for an unpaired row).
+    /// TRL's conversational rows: the prompt with the generation prompt, and prompt + chosen /
+    /// rejected rendered whole (rejected empty for an unpaired row). None for rows the trainer reads
+    /// as texts.
     conversation: Option<[String; 3]>,
 }
 
-/// Renders a message row. The prompt shown is the part of the generation-prompt render that the
-/// full conversations share (TRL's `apply_chat_template`: some templates render a prompt alone
-/// differently), each answer the rest of its conversation. A reward model's sequences are the
-/// conversations themselves, with no prompt of their own.
+/// A message row as TRL's conversational rows: the prompt shown is the part of the
+/// generation-prompt render that the full conversations share (TRL's `apply_chat_template`: some
+/// templates render a prompt alone differently), each answer the rest of its conversation. Where
+/// the trainer works on these texts (`to_text`: ORPO), a prompt must end with a user turn: TRL
+/// continues a final assistant message and refuses a final system one.
 fn render_row(
     template: &template::ChatTemplate,
     special: &template::SpecialTokenStrings,
     p: &super::formats::Preference,
-    whole: bool,
+    to_text: bool,
 ) -> Result<Rendered, String> {
     let messages = p.prompt.as_array().map_or(&[][..], Vec::as_slice);
+    let last_role = messages.last().and_then(|m| m.get("role")).and_then(Value::as_str).unwrap_or("user");
+    if to_text && last_role != "user" {
+        return Err(format!(
+            "the prompt ends with a `{last_role}` message; TRL's trainer for this method renders such a prompt \
+             otherwise (it continues a final assistant message and refuses a final system one): end the prompt \
+             with a user message"
+        ));
+    }
     let prompt = template.render(messages, None, true, special).map_err(String::from)?;
     let chosen = render_conversation(template, special, &p.prompt, &p.chosen)?;
     let rejected = if p.desirable.is_some() {
@@ -346,14 +377,6 @@ fn render_row(
     } else {
         render_conversation(template, special, &p.prompt, &p.rejected)?
     };
-    if whole {
-        return Ok(Rendered {
-            prompt: String::new(),
-            chosen,
-            rejected,
-            conversation: Some([prompt, String::new(), String::new()]),
-        });
-    }
     let mut shared = common_prefix(&prompt, &chosen);
     if p.desirable.is_none() {
         shared = shared.min(common_prefix(&prompt, &rejected));
@@ -366,6 +389,62 @@ fn render_row(
     })
 }
 
+/// A reward model's two sequences: the prompt's messages followed by each answer, rendered whole;
+/// no prompt of their own.
+fn render_sequences(
+    template: &template::ChatTemplate,
+    special: &template::SpecialTokenStrings,
+    p: &super::formats::Preference,
+) -> Result<Rendered, String> {
+    Ok(Rendered {
+        prompt: String::new(),
+        chosen: render_conversation(template, special, &p.prompt, &p.chosen)?,
+        rejected: render_conversation(template, special, &p.prompt, &p.rejected)?,
+        conversation: None,
+    })
+}
+
+/// Axolotl's `prompt_strategies/dpo/chat_template.py` `default`, which hands TRL texts: the prompt
+/// rendered with the generation prompt; each answer (a string is an assistant message, a list its
+/// last message) rendered after a placeholder user turn, cut from where its content first appears,
+/// trailing whitespace removed. The trainer then tokenizes them as text rows (BOS from the
+/// tokenizer, EOS's text after each answer).
+fn axolotl_default_texts(
+    template: &template::ChatTemplate,
+    special: &template::SpecialTokenStrings,
+    p: &super::formats::Preference,
+) -> Result<Rendered, String> {
+    let messages = p.prompt.as_array().map_or(&[][..], Vec::as_slice);
+    let prompt = template.render(messages, None, true, special).map_err(String::from)?;
+    let answer = |which: &str, v: &Value| -> Result<String, String> {
+        let message = match v {
+            Value::String(s) => serde_json::json!({"role": "assistant", "content": s}),
+            Value::Array(list) => list.last().cloned().unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        let content = text(message.get("content").unwrap_or(&Value::Null));
+        if content.trim().is_empty() {
+            return Err(format!("the {which} answer is empty"));
+        }
+        let placeholder = serde_json::json!({"role": "user", "content": "[[dummy_message]]"});
+        let rendered = template.render(&[placeholder, message], None, false, special).map_err(String::from)?;
+        let at = rendered.find(&content).ok_or_else(|| {
+            format!(
+                "template `{}` does not write the {which} answer's text as given, so Axolotl's chat_template.default \
+                 cannot cut the answer out of its render",
+                template.name()
+            )
+        })?;
+        Ok(rendered[at..].trim_end().to_string())
+    };
+    Ok(Rendered {
+        prompt,
+        chosen: answer("chosen", &p.chosen)?,
+        rejected: answer("rejected", &p.rejected)?,
+        conversation: None,
+    })
+}
+
 /// Bytes two strings share from their start, ending on a character boundary.
 fn common_prefix(a: &str, b: &str) -> usize {
     a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i)
@@ -375,6 +454,10 @@ fn common_prefix(a: &str, b: &str) -> usize {
 fn common_prefix_length(a: &[i64], b: &[i64]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+/// Text rows end each answer with EOS, which TRL's trainers cannot do without one.
+const NO_EOS: &str = "the tokenizer has no EOS token, which TRL's trainer appends to every answer of a text row; set \
+                      special_tokens.eos_token";
 
 /// A pair's token ids, and the prompt's end left out when its tokens were not a prefix of the whole.
 struct PairIds {
@@ -398,7 +481,7 @@ fn tokenize_joint(tok: &Tokenizer, r: &Rendered, unpaired: bool, shared_prompt: 
             (tok.encode(prompt)?, tok.encode(chosen)?, if unpaired { Vec::new() } else { tok.encode(rejected)? })
         }
         None => {
-            let eos = tok.eos_text().unwrap_or_default();
+            let eos = tok.eos_text().ok_or(NO_EOS)?;
             let whole = |answer: &str| {
                 let end = if answer.ends_with(&eos) { "" } else { eos.as_str() };
                 tok.encode_with_special(&format!("{}{answer}{end}", r.prompt))
@@ -432,11 +515,19 @@ fn tokenize_prompt_then_answer(tok: &Tokenizer, r: &Rendered) -> Result<PairIds,
     let prompt = tok.encode(&r.prompt)?;
     let split = |answer: &str| -> Result<(Vec<i64>, Vec<i64>), String> {
         let mut full = tok.encode(&format!("{}{answer}", r.prompt))?;
+        if full.len() < prompt.len() {
+            return Err(format!(
+                "prompt + answer tokenizes to fewer tokens ({}) than the prompt alone ({}) (TRL: \"Prompt input ids \
+                 and answer input ids should have the same length.\")",
+                full.len(),
+                prompt.len()
+            ));
+        }
         let mut start = prompt.len();
         if full.get(..start) != Some(&prompt[..]) {
             start = start.saturating_sub(1);
         }
-        let answer = full.split_off(start.min(full.len()));
+        let answer = full.split_off(start);
         Ok((full, answer))
     };
     let ((chosen_prompt, mut chosen), (rejected_prompt, mut rejected)) = (split(&r.chosen)?, split(&r.rejected)?);
@@ -457,10 +548,9 @@ fn tokenize_prompt_then_answer(tok: &Tokenizer, r: &Rendered) -> Result<PairIds,
         prompt
     };
     let (chosen_prompt, rejected_prompt) = (with_bos(chosen_prompt), with_bos(rejected_prompt));
+    let eos = tok.eos().ok_or(NO_EOS)?;
     for answer in [&mut chosen, &mut rejected] {
-        if let Some(eos) = tok.eos()
-            && answer.last() != Some(&eos)
-        {
+        if answer.last() != Some(&eos) {
             answer.push(eos);
         }
     }
