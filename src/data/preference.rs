@@ -194,11 +194,11 @@ fn dataset_pairs(
             };
             // A pair must be able to teach something: two answers, and different ones; an unpaired
             // row, its one answer. A reward model's sequences are judged by their answers' words.
-            let (chosen_words, rejected_words) = if tokenization == Tokenization::Whole && p.prompt.is_array() {
-                (answer_text(&p.chosen), answer_text(&p.rejected))
-            } else {
-                (rendered.chosen.clone(), rendered.rejected.clone())
-            };
+            let conversation_words = (tokenization == Tokenization::Whole && p.prompt.is_array())
+                .then(|| (answer_text(&p.chosen), answer_text(&p.rejected)));
+            let (chosen_words, rejected_words) = conversation_words
+                .as_ref()
+                .map_or((rendered.chosen.as_str(), rendered.rejected.as_str()), |(c, r)| (c.as_str(), r.as_str()));
             if p.desirable.is_some() {
                 if chosen_words.trim().is_empty() {
                     return Err("the answer is empty".into());
