@@ -14,7 +14,11 @@ What the cases show (transformers 5.24): tokenizer_config.json's add_bos_token/a
 dropped when a tokenizer.json exists, the post_processor of tokenizer.json decides; without one,
 the class's flags (none for LlamaTokenizer and the generic class; BOS for CodeLlamaTokenizer);
 special_tokens_map.json overrides tokenizer_config.json's special tokens unless the config has an
-`added_tokens_decoder`.
+`added_tokens_decoder`. `special_tokens_set`: the as_is folder after
+`add_special_tokens({"bos_token": "<bos2>", "eos_token": "<eos2>"})` as Axolotl's load_tokenizer
+calls it for `special_tokens:` (AddedToken, not normalized; its `update_post_processor()` call is
+for class names `LlamaTokenizerFast` / `CodeLlamaTokenizerFast`, which transformers 5 names
+`LlamaTokenizer` / `CodeLlamaTokenizer`, so it is not made): the post-processor keeps its BOS.
 
 Run (reference stack of scripts/reference/requirements.txt):
   PYTHONPATH=/root/.cache/recipe/ref-py:/root/.cache/recipe/torch-2.11.0 \
@@ -28,6 +32,7 @@ import os
 import sys
 
 import transformers
+from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,6 +67,7 @@ BOS_EOS_TEMPLATE = {
 }
 ADDED_UNK = {"0": {"content": "<unk>", "lstrip": False, "normalized": False, "rstrip": False,
                    "single_word": False, "special": True}}
+SPECIAL = {"bos_token": "<bos2>", "eos_token": "<eos2>"}
 GENERIC = {"tokenizer_class": "PreTrainedTokenizerFast"}
 
 # name: (tokenizer_config changes, keys dropped from it, post_processor ("keep", None or a dict),
@@ -108,8 +114,11 @@ def files_of(case):
     return files
 
 
-def record(folder):
+def record(folder, special=None):
     t = AutoTokenizer.from_pretrained(folder)
+    if special:
+        t.add_special_tokens({k: AddedToken(v, rstrip=False, lstrip=False, normalized=False)
+                              for k, v in special.items()})
     rows = []
     for text in TEXTS:
         ids = t(text)["input_ids"]
@@ -141,6 +150,7 @@ def main():
                 with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
                     f.write(text)
         out["cases"][case] = record(folder)
+    out["special_tokens_set"] = dict(SPECIAL, **record(os.path.join(FIXTURES, "as_is"), SPECIAL))
     if check:
         if open(GOLDEN, encoding="utf-8").read() != dump(out):
             differs.append(GOLDEN)

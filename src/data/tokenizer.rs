@@ -88,7 +88,10 @@ impl Tokenizer {
     }
 
     /// Sets special tokens and adds new tokens (the recipe's `special_tokens` and `tokens`);
-    /// returns how many entries the vocabulary gained.
+    /// returns how many entries the vocabulary gained. What encoding adds does not change: a new
+    /// `bos_token` is `bos_token_id`, but `bos()` stays the post-processor's token, as with
+    /// transformers 5 (Axolotl's `update_post_processor()` call there looks for the class name
+    /// `LlamaTokenizerFast`, which transformers 5 calls `LlamaTokenizer`).
     pub fn add(
         &mut self,
         special: &crate::config::chat_template::SpecialTokens,
