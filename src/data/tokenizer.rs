@@ -1,6 +1,8 @@
 //! The model's tokenizer: `tokenizer.json` through the `tokenizers` crate, with the special tokens
-//! and `add_bos_token` / `add_eos_token` of `tokenizer_config.json`. Encoding never adds special
-//! tokens by itself; the formats add BOS/EOS explicitly, so every sample shows what it holds.
+//! of `tokenizer_config.json` / `special_tokens_map.json` read as transformers 5.24 reads them.
+//! [`Tokenizer::encode`] never adds special tokens; what transformers' `tokenizer(text)`
+//! (`add_special_tokens=True`) adds is probed once at load (see [`Tokenizer::load`]) and the
+//! formats add it explicitly, so every sample shows what it holds.
 
 use std::path::Path;
 
@@ -9,38 +11,87 @@ pub struct Tokenizer {
     bos: Option<i64>,
     eos: Option<i64>,
     pad: i64,
-    add_bos: bool,
+    /// What transformers' `tokenizer(text)` puts before / after the text's tokens.
+    prefix: Vec<i64>,
+    suffix: Vec<i64>,
     /// tokenizer_config.json as read, with the special tokens the recipe set.
     config: serde_json::Value,
     /// The same tokenizer reading special-token text as plain text (made on first use).
     plain: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
+/// The text whose encodings with and without special tokens tell what the post-processor adds.
+const PROBE: &str = "a";
+
 impl Tokenizer {
+    /// Loads `dir`'s tokenizer as transformers 5.24's `AutoTokenizer.from_pretrained(dir)` sets it up:
+    ///
+    /// - special tokens (bos/eos/pad/unk): tokenizer_config.json's, overridden by
+    ///   special_tokens_map.json's when tokenizer_config.json has no `added_tokens_decoder`
+    ///   (transformers reads that file only then, and its entries win); a `LlamaTokenizer(Fast)` /
+    ///   `CodeLlamaTokenizer(Fast)` class defaults to bos `<s>` and eos `</s>`;
+    /// - what encoding with special tokens adds: tokenizer.json's `post_processor`. transformers
+    ///   drops tokenizer_config.json's `add_bos_token` / `add_eos_token` whenever a tokenizer.json
+    ///   exists (always, here), so they never decide it. Without a post-processor it builds one from
+    ///   the class's own flags: none for the generic class and `LlamaTokenizer` (adds nothing), BOS
+    ///   for `CodeLlamaTokenizer`, which also replaces any post-processor with BOS + text.
     pub fn load(dir: &Path) -> Result<Tokenizer, String> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", config_path.display()))?,
-            Err(_) => serde_json::Value::Null,
+        let read = |name: &str| -> Result<serde_json::Value, String> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display())),
+                Err(_) => Ok(serde_json::Value::Null),
+            }
         };
-        // A special token is a string, or {"content": ...} in older tokenizer_config.json files.
-        let token = |k: &str| -> Option<i64> {
-            let v = config.get(k)?;
-            let text = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
-            inner.token_to_id(text).map(i64::from)
+        let config = read("tokenizer_config.json")?;
+        // transformers' _from_pretrained reads special_tokens_map.json only when tokenizer_config.json
+        // has no added_tokens_decoder, and then its entries replace the config's.
+        let map = if config.get("added_tokens_decoder").is_some() {
+            serde_json::Value::Null
+        } else {
+            read("special_tokens_map.json")?
         };
-        let bos = token("bos_token");
-        let eos = token("eos_token");
-        let pad = token("pad_token").or(eos).unwrap_or(0);
-        // transformers' default for Llama tokenizers is to add BOS.
-        let add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos.is_some());
-        Ok(Tokenizer { inner, bos, eos, pad, add_bos, config, plain: Default::default() })
+        let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
+        let class = class.strip_suffix("Fast").unwrap_or(class);
+        let llama_like = matches!(class, "LlamaTokenizer" | "CodeLlamaTokenizer");
+        // A special token is a string, or {"content": ...} in older files.
+        let text = |v: &serde_json::Value| -> Option<String> {
+            v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
+        };
+        let token = |k: &str, class_default: Option<&str>| -> Option<i64> {
+            let named = map.get(k).and_then(text).or_else(|| config.get(k).and_then(text));
+            let named = named.or_else(|| class_default.filter(|_| llama_like).map(str::to_string))?;
+            inner.token_to_id(&named).map(i64::from)
+        };
+        let bos = token("bos_token", Some("<s>"));
+        let eos = token("eos_token", Some("</s>"));
+        let pad = token("pad_token", None).or(eos).unwrap_or(0);
+        let (prefix, suffix) = if class == "CodeLlamaTokenizer" {
+            // Its __init__ passes add_bos_token=True, so transformers rebuilds the post-processor.
+            (bos.into_iter().collect(), Vec::new())
+        } else if inner.get_post_processor().is_none() {
+            (Vec::new(), Vec::new())
+        } else {
+            let ids = |special: bool| -> Result<Vec<i64>, String> {
+                let enc = inner.encode(PROBE, special).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+            };
+            let (with, without) = (ids(true)?, ids(false)?);
+            let at = (0..=with.len().saturating_sub(without.len()))
+                .find(|&i| with[i..].starts_with(&without))
+                .ok_or_else(|| format!("{}: the post-processor changes the text's tokens", path.display()))?;
+            (with[..at].to_vec(), with[at + without.len()..].to_vec())
+        };
+        Ok(Tokenizer { inner, bos, eos, pad, prefix, suffix, config, plain: Default::default() })
     }
 
     /// Sets special tokens and adds new tokens (the recipe's `special_tokens` and `tokens`);
-    /// returns how many entries the vocabulary gained.
+    /// returns how many entries the vocabulary gained. What encoding adds does not change: a new
+    /// `bos_token` is `bos_token_id`, but `bos()` stays the post-processor's token, as with
+    /// transformers 5 (Axolotl's `update_post_processor()` call there looks for the class name
+    /// `LlamaTokenizerFast`, which transformers 5 calls `LlamaTokenizer`).
     pub fn add(
         &mut self,
         special: &crate::config::chat_template::SpecialTokens,
@@ -109,17 +160,22 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` as transformers' `tokenizer(text)` gives them (`add_special_tokens=True`):
-    /// BOS when the tokenizer adds one, EOS when it appends one (`add_eos_token`).
+    /// the text's tokens between what the tokenizer's post-processor puts before and after them
+    /// (see [`Tokenizer::load`]).
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<i64>, String> {
-        let mut ids: Vec<i64> = self.bos().into_iter().collect();
+        let mut ids = self.prefix.clone();
         ids.extend(self.encode(text)?);
-        ids.extend(self.eos.filter(|_| self.adds_eos()));
+        ids.extend(&self.suffix);
         Ok(ids)
     }
 
-    /// BOS when the tokenizer adds one.
+    /// The token `tokenizer(text)` puts before the text (BOS for Llama-style post-processors),
+    /// when it puts exactly one; None when it adds nothing before the text.
     pub fn bos(&self) -> Option<i64> {
-        self.bos.filter(|_| self.add_bos)
+        match self.prefix[..] {
+            [b] => Some(b),
+            _ => None,
+        }
     }
 
     /// The BOS token's id whether or not encoding adds it (transformers' `bos_token_id`).
@@ -132,9 +188,10 @@ impl Tokenizer {
         self.eos.and_then(|id| self.inner.id_to_token(id as u32))
     }
 
-    /// Whether transformers' `add_special_tokens=True` appends EOS (`add_eos_token`).
+    /// Whether `tokenizer(text)` ends with the EOS token after the text (the post-processor
+    /// appends exactly EOS).
     pub fn adds_eos(&self) -> bool {
-        self.config.get("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false)
+        self.eos.is_some() && self.suffix[..] == self.eos.into_iter().collect::<Vec<_>>()[..]
     }
 
     pub fn eos(&self) -> Option<i64> {

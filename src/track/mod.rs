@@ -212,7 +212,10 @@ impl Trackers {
         let mut active: Vec<Box<dyn Tracker>> = Vec::new();
         // First, and an error whatever --deny-warnings says: the address is the recipe's.
         if let Some(o) = &t.otel {
-            let started = otel::Otel::start(o, plan.training.logging_steps)?;
+            // Axolotl's RL trainer builder (`rl:`) sets `logging_first_step=True`; its causal
+            // builder (reward models too) leaves transformers' False.
+            let first_step = plan.training.preference.is_some();
+            let started = otel::Otel::start(o, plan.training.logging_steps, first_step)?;
             tracing::info!("tracking: {} {}", started.name(), started.location());
             active.push(Box::new(started));
         }

@@ -22,7 +22,9 @@
 //!   device read);
 //! - a step's training record (it has `loss`) is gathered into the logging window ([`LogWindow`]);
 //!   `on_log` comes at logging steps only, the steps whose number is a multiple of
-//!   `logging_steps` (`DefaultFlowCallback.on_step_end`), with the logs `_maybe_log_save_evaluate`
+//!   `logging_steps` (`DefaultFlowCallback.on_step_end`), and step 1 of an `rl:` run (Axolotl's
+//!   RL trainer builder sets `logging_first_step=True`; its causal builder, reward models included,
+//!   does not), with the logs `_maybe_log_save_evaluate`
 //!   builds: `loss` the window's mean, `tr_loss / (global_step - _globalstep_last_logged)` where
 //!   `tr_loss` is a float32 sum of the window's losses, then divided in float64, not rounded
 //!   (transformers adds each micro-batch's share of a step's loss on the device in float32; recipe
@@ -433,6 +435,8 @@ fn scrape_text(meter: &Mutex<Meter>, resource: &Resource) -> String {
 #[derive(Debug, Clone)]
 pub struct LogWindow {
     logging_steps: u64,
+    /// transformers' `logging_first_step`: step 1 is a logging step too.
+    first_step: bool,
     /// `tr_loss`: the float32 sum of the window's losses.
     sum: f32,
     /// `global_step - _globalstep_last_logged`: one record per step, so the records gathered.
@@ -440,9 +444,10 @@ pub struct LogWindow {
 }
 
 impl LogWindow {
-    /// A window that logs every `logging_steps` steps (at least 1).
-    pub fn new(logging_steps: u64) -> LogWindow {
-        LogWindow { logging_steps: logging_steps.max(1), sum: 0.0, steps: 0 }
+    /// A window that logs every `logging_steps` steps (at least 1), and at step 1 when
+    /// `first_step` (transformers' `logging_first_step`; the next window starts after it).
+    pub fn new(logging_steps: u64, first_step: bool) -> LogWindow {
+        LogWindow { logging_steps: logging_steps.max(1), first_step, sum: 0.0, steps: 0 }
     }
 
     /// One step's training record (`logs`, with its `loss`) at `step`: the logs of the callback's
@@ -453,7 +458,7 @@ impl LogWindow {
         // `self._tr_loss += tr_loss_step`, both float32 tensors.
         self.sum += loss as f32;
         self.steps += 1;
-        if !step.is_multiple_of(self.logging_steps) {
+        if !step.is_multiple_of(self.logging_steps) && !(self.first_step && step == 1) {
             return None;
         }
         // `tr_loss_scalar / (self.state.global_step - self._globalstep_last_logged)`: `.item()`
@@ -478,8 +483,9 @@ impl Otel {
     /// Binds `host:port` (the first address the host resolves to, as prometheus_client binds) and
     /// serves from a thread until the process exits. A port in use is an error naming
     /// `otel_metrics_port`. Training losses reach the meter every `logging_steps` steps (the
-    /// plan's `logging_steps`), as their window's mean.
-    pub fn start(plan: &OtelPlan, logging_steps: u64) -> Result<Otel, String> {
+    /// plan's `logging_steps`), as their window's mean, and at step 1 when `logging_first_step`
+    /// (an `rl:` run, as Axolotl's RL trainer builder sets it).
+    pub fn start(plan: &OtelPlan, logging_steps: u64, logging_first_step: bool) -> Result<Otel, String> {
         let (host, port) = (plan.host.as_str(), plan.port);
         let addr = (host, port)
             .to_socket_addrs()
@@ -522,7 +528,7 @@ impl Otel {
             })
             .map_err(|e| format!("cannot start the metrics server thread: {e}"))?;
         tracing::info!("OpenTelemetry metrics server started on {}", plan.url());
-        Ok(Otel { meter, url: plan.url(), addr, epoch: 0.0, window: LogWindow::new(logging_steps) })
+        Ok(Otel { meter, url: plan.url(), addr, epoch: 0.0, window: LogWindow::new(logging_steps, logging_first_step) })
     }
 }
 
@@ -647,7 +653,8 @@ mod tests {
         assert!(!valid_name(&format!("a{}", "b".repeat(255))));
     }
 
-    /// transformers' window: `on_log` at multiples of logging_steps only, the loss a float32 sum
+    /// transformers' window: `on_log` at multiples of logging_steps (and step 1 with
+    /// `logging_first_step`) only, the loss a float32 sum
     /// over the window divided by its steps, the other values the logging step's own.
     #[test]
     fn the_window_logs_its_mean_at_logging_steps_only() {
@@ -659,7 +666,7 @@ mod tests {
                 ("epoch".to_string(), 0.5),
             ]
         };
-        let mut w = LogWindow::new(2);
+        let mut w = LogWindow::new(2, false);
         assert_eq!(w.train(1, &logs(0.1, 1.0, 1e-4)), None);
         let logged = w.train(2, &logs(0.2, 2.0, 2e-4)).unwrap();
         // torch: tensor(0.) + tensor(0.1) + tensor(0.2) in float32, `.item()`, `/ 2`.
@@ -672,13 +679,25 @@ mod tests {
         assert_eq!(w.train(4, &logs(5.0, 4.0, 4e-4)), Some(logs(4.0, 4.0, 4e-4)));
         assert_eq!(w.train(5, &logs(7.0, 5.0, 5e-4)), None);
         // Every step a logging step: each loss as it is (a float32 value stays itself).
-        let mut w = LogWindow::new(1);
+        let mut w = LogWindow::new(1, false);
         let x = f64::from(2.3456789f32);
         assert_eq!(w.train(7, &logs(x, 1.0, 1e-4)), Some(logs(x, 1.0, 1e-4)));
         // A window after a resume counts the steps since it, as `_globalstep_last_logged` starts there.
-        let mut w = LogWindow::new(4);
+        let mut w = LogWindow::new(4, false);
         assert_eq!(w.train(7, &logs(1.0, 1.0, 1e-4)), None);
         assert_eq!(w.train(8, &logs(2.0, 1.0, 1e-4)), Some(logs(1.5, 1.0, 1e-4)));
+        // `logging_first_step` (an `rl:` run): step 1 logs its own loss, the next window is steps
+        // 2..=4 (`_globalstep_last_logged` = 1), then multiples of logging_steps as before.
+        let mut w = LogWindow::new(4, true);
+        assert_eq!(w.train(1, &logs(1.0, 1.0, 1e-4)), Some(logs(1.0, 1.0, 1e-4)));
+        assert_eq!(w.train(2, &logs(2.0, 2.0, 2e-4)), None);
+        assert_eq!(w.train(3, &logs(3.0, 3.0, 3e-4)), None);
+        assert_eq!(w.train(4, &logs(7.0, 4.0, 4e-4)), Some(logs(4.0, 4.0, 4e-4)));
+        assert_eq!(w.train(5, &logs(5.0, 5.0, 5e-4)), None);
+        // Resumed past step 1: no first-step log.
+        let mut w = LogWindow::new(4, true);
+        assert_eq!(w.train(3, &logs(3.0, 3.0, 3e-4)), None);
+        assert_eq!(w.train(4, &logs(5.0, 4.0, 4e-4)), Some(logs(4.0, 4.0, 4e-4)));
     }
 
     #[test]
