@@ -135,7 +135,7 @@ fn kto_loss_metrics_and_gradients_match_trl() {
 fn write_recipe(dir: &Path, extra: &str) -> PathBuf {
     let text = format!(
         "base_model: {model}\nadapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n\
-         rl: dpo\ndpo_beta: 0.1\n\
+         rl: dpo\ndpo_beta: 0.1\nchat_template: chatml\n\
          datasets:\n  - path: {data}\n    type: chat_template.default\n    field_messages: prompt\n\
          val_set_size: 0.1\nsequence_len: 256\nmicro_batch_size: 4\nlearning_rate: 5.0e-4\nwarmup_steps: 2\n\
          logging_steps: 1\nseed: 3\nddp_timeout: 60\noutput_dir: {out}\n{extra}",
@@ -331,7 +331,7 @@ fn dpo_trains_from_ln2_on_axolotls_string_pairs() {
 #[test]
 fn orpo_trains_on_axolotls_argilla_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_recipe(dir.path(), "max_steps: 2\norpo_alpha: 0.1\nchat_template: chatml\n");
+    let path = write_recipe(dir.path(), "max_steps: 2\norpo_alpha: 0.1\n");
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace(
@@ -484,7 +484,9 @@ fn a_full_fine_tune_trains_dpo_against_precomputed_references() {
     let train: Vec<Value> =
         common::metrics_records(dir.path()).into_iter().filter(|r| r.get("loss").is_some()).collect();
     let first = train[0]["loss"].as_f64().unwrap();
-    assert!((first - std::f64::consts::LN_2).abs() < 1e-6, "step 1 loss {first}");
+    // The references were summed in float32 in batches of other shapes (before training), so the
+    // policy's equal log-probabilities differ from them by rounding only.
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-5, "step 1 loss {first}");
     assert!(train.last().unwrap()["rewards/margins"].as_f64().unwrap() > 0.0);
     assert!(dir.path().join("out/model.safetensors").is_file());
 }

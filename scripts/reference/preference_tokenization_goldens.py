@@ -9,10 +9,11 @@ TRL trainer prepares the fixture rows itself, and its own dataset (what it train
   their `maybe_apply_chat_template`.
 
 Cases: tests/fixtures/preference/text_rows.jsonl (text rows, among them a prompt ending in a space,
-answers already ending with EOS's text, a prompt ending inside a word) for every method, and
-message_rows.jsonl (message lists) for KTO and ORPO, rendered with recipe's templates/chatml.jinja and
-templates/llama2.jinja (under DPO / IPO / SimPO recipe reads message rows of `chat_template.default` as
-Axolotl's transform does: preference_format_goldens.py), on models/stories260k's tokenizer.
+answers already ending with EOS's text, a prompt ending inside a word, a row where only one answer
+merges with the prompt) and message_rows.jsonl (message lists) rendered with recipe's
+templates/chatml.jinja and templates/llama2.jinja, for KTO and ORPO (under DPO / IPO / SimPO recipe reads
+`chat_template.default` rows as Axolotl's transform does: preference_format_goldens.py, whose texts go
+to the same trainers), on models/stories260k's tokenizer.
 
 Written per row and per answer (`chosen`, `rejected`): the prompt ids the trainer puts before that answer
 and the answer's ids (for ORPO / SimPO: the sequence's tokens labelled -100 and the labelled ones), to
@@ -35,10 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODEL = os.path.join(ROOT, "models/stories260k")
 FIXTURES = os.path.join(ROOT, "tests/fixtures/preference")
 METHODS = ("dpo", "kto", "orpo", "simpo")
-# Message rows as TRL's conversational rows: under dpo / ipo / simpo recipe's `chat_template.default` is
-# Axolotl's transform instead (its goldens: preference_format_goldens.py).
+# TRL's text and conversational rows, as recipe's `chat_template.default` gives them under kto and orpo;
+# under dpo / ipo / simpo it is Axolotl's transform (its goldens: preference_format_goldens.py).
 CASES = [
-    ("text_rows.jsonl", None, METHODS),
+    ("text_rows.jsonl", None, ("kto", "orpo")),
     ("message_rows.jsonl", "chatml", ("kto", "orpo")),
     ("message_rows.jsonl", "llama2", ("kto", "orpo")),
 ]

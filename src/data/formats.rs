@@ -177,7 +177,10 @@ pub fn format_row(entry: &DatasetConfig, row: &Value, rl: Option<RlMethod>) -> R
                 Err(format!("field `{}` must be a list of messages, found {}", c.field_messages, kind(other)))
             }
         },
-        DatasetConfig::Preference(p) => parse_preference(row, p).map(Formatted::Preference),
+        DatasetConfig::Preference(p) => {
+            let axolotl = matches!(rl, Some(RlMethod::Dpo | RlMethod::Ipo | RlMethod::Simpo));
+            parse_preference(row, p, axolotl).map(Formatted::Preference)
+        }
         DatasetConfig::BradleyTerry(_) => parse_bradley_terry(row).map(Formatted::Preference),
         DatasetConfig::StringTransform(d) => super::string_transforms::format_row(row, d.transform, rl),
         DatasetConfig::OrpoArgilla(_) => parse_orpo_argilla(row).map(Formatted::Preference),
@@ -380,8 +383,11 @@ pub struct Preference {
 /// Reads a preference row: the prompt (`field_messages`: a message list or a string) and the
 /// chosen / rejected answers (a string, a message or a message list). Messages are read through
 /// `message_property_mappings` (ShareGPT's from/value also accepted) and normalised to
-/// `{role, content}`. Errors name the field.
-pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference, String> {
+/// `{role, content}`. Errors name the field. `axolotl`: as Axolotl's `dpo/chat_template.py`
+/// `default` reads it (rl: dpo, ipo, simpo): a string prompt is a user message, an answer list
+/// stands for its last message, and the three may have any of these shapes; otherwise the rows are
+/// TRL's, all strings or all messages.
+pub fn parse_preference(row: &Value, d: &PreferenceDataset, axolotl: bool) -> Result<Preference, String> {
     let mapped = |key: &str| {
         d.message_property_mappings.as_ref().and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or(key).to_string()
     };
@@ -390,6 +396,7 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
     let content = mapped("content");
     let field = d.field_messages.as_str();
     let prompt = match row.get(field) {
+        Some(Value::String(s)) if axolotl => serde_json::json!([{"role": "user", "content": s}]),
         Some(p @ Value::String(_)) => p.clone(),
         Some(p @ Value::Array(_)) => messages(p, field, &role, &content)?,
         None | Some(Value::Null) => return Err(format!("field `{field}` (the prompt) is missing")),
@@ -400,6 +407,9 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
     let answer = |field: &str| -> Result<Value, String> {
         match row.get(field) {
             Some(v @ Value::String(_)) => Ok(v.clone()),
+            Some(Value::Array(list)) if axolotl && !list.is_empty() => {
+                messages(&Value::Array(list[list.len() - 1..].to_vec()), field, &role, &content)
+            }
             Some(v @ Value::Array(_)) => messages(v, field, &role, &content),
             Some(v @ Value::Object(_)) => messages(&Value::Array(vec![v.clone()]), field, &role, &content),
             None | Some(Value::Null) => Err(format!("field `{field}` is missing")),
@@ -409,7 +419,7 @@ pub fn parse_preference(row: &Value, d: &PreferenceDataset) -> Result<Preference
         }
     };
     let (chosen, rejected) = (answer(&d.field_chosen)?, answer(&d.field_rejected)?);
-    if prompt.is_string() != chosen.is_string() || chosen.is_string() != rejected.is_string() {
+    if !axolotl && (prompt.is_string() != chosen.is_string() || chosen.is_string() != rejected.is_string()) {
         return Err(format!(
             "`{field}`, `{}` and `{}` must all be strings or all be messages",
             d.field_chosen, d.field_rejected
@@ -627,7 +637,7 @@ mod tests {
             serde_json::from_value(d).unwrap()
         };
         let flat = entry(json!({"field_messages": "prompt"}));
-        let pair = parse_preference(&json!({"prompt": "2+2?", "chosen": "4", "rejected": "5"}), &flat).unwrap();
+        let pair = parse_preference(&json!({"prompt": "2+2?", "chosen": "4", "rejected": "5"}), &flat, false).unwrap();
         assert_eq!(pair.chosen, json!("4"));
         let sharegpt = entry(json!({"field_messages": "conversations"}));
         let pair = parse_preference(
@@ -637,6 +647,7 @@ mod tests {
                 "rejected": {"from": "gpt", "value": "5"}
             }),
             &sharegpt,
+            false,
         )
         .unwrap();
         assert_eq!(pair.prompt, json!([{"role": "user", "content": "2+2?"}]));
@@ -645,7 +656,7 @@ mod tests {
         let pair = parse_preference(
             &json!({"messages": [{"speaker": "user", "text": "hi"}], "chosen": [{"speaker": "assistant", "text": "hello"}],
                     "rejected": [{"speaker": "assistant", "text": "go away"}]}),
-            &mapped,
+            &mapped, false,
         )
         .unwrap();
         assert_eq!(pair.chosen, json!([{"role": "assistant", "content": "hello"}]));
@@ -654,7 +665,7 @@ mod tests {
         let pair = parse_preference(
             &json!({"messages": [{"role": "customer", "content": "hi"}], "chosen": [{"role": "bot", "content": "hello"}],
                     "rejected": [{"role": "model", "content": "no"}]}),
-            &renamed,
+            &renamed, false,
         )
         .unwrap();
         assert_eq!(pair.prompt, json!([{"role": "user", "content": "hi"}]));
@@ -662,21 +673,22 @@ mod tests {
         assert_eq!(pair.rejected, json!([{"role": "assistant", "content": "no"}]));
         let bad = entry(json!({"roles": {"assistant": 3}}));
         assert_eq!(
-            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "b"}), &bad).unwrap_err(),
+            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "b"}), &bad, false).unwrap_err(),
             "roles.assistant: expected a name or a list of names"
         );
         assert_eq!(
-            parse_preference(&json!({"prompt": "x", "chosen": "a"}), &flat).unwrap_err(),
+            parse_preference(&json!({"prompt": "x", "chosen": "a"}), &flat, false).unwrap_err(),
             "field `rejected` is missing"
         );
         assert_eq!(
-            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "a"}), &flat).unwrap_err(),
+            parse_preference(&json!({"prompt": "x", "chosen": "a", "rejected": "a"}), &flat, false).unwrap_err(),
             "`chosen` and `rejected` are the same"
         );
         assert_eq!(
             parse_preference(
                 &json!({"messages": [{"role": "user", "content": "x"}], "chosen": "a", "rejected": "b"}),
-                &mapped
+                &mapped,
+                false
             )
             .unwrap_err(),
             "messages[0]: no `speaker` (or `from`) string"
@@ -684,10 +696,23 @@ mod tests {
         assert_eq!(
             parse_preference(
                 &json!({"prompt": "x", "chosen": {"role": "assistant", "content": "a"}, "rejected": "b"}),
-                &flat
+                &flat,
+                false
             )
             .unwrap_err(),
             "`prompt`, `chosen` and `rejected` must all be strings or all be messages"
         );
+        // As Axolotl's dpo `default` reads rows: a string prompt is a user message, an answer list its
+        // last message, any mix of shapes (UltraFeedback: a string prompt, answers as conversations).
+        let ultrafeedback = json!({
+            "prompt": "Hi there",
+            "chosen": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend"}],
+            "rejected": [{"role": "user"}, {"role": "assistant", "content": "Go away"}]
+        });
+        let pair = parse_preference(&ultrafeedback, &flat, true).unwrap();
+        assert_eq!(pair.prompt, json!([{"role": "user", "content": "Hi there"}]));
+        assert_eq!(pair.chosen, json!([{"role": "assistant", "content": "Hello friend"}]));
+        assert_eq!(pair.rejected, json!([{"role": "assistant", "content": "Go away"}]));
+        assert!(parse_preference(&ultrafeedback, &flat, false).is_err(), "TRL's rows are all strings or all messages");
     }
 }

@@ -158,22 +158,14 @@ fn dataset_pairs(
         _ => Tokenization::Joint { shared_prompt: true },
     };
     // Under the methods that read Axolotl's prompt_strategies/dpo, `chat_template.default` is its
-    // `default` transform; under the others (and for reward models) message rows are TRL's
-    // conversational rows.
+    // `default` transform (every row has a message prompt by then: formats.rs); under the others
+    // (and for reward models) message rows are TRL's conversational rows.
     let axolotl_default = matches!(d.entry, DatasetConfig::Preference(_))
         && tokenization != Tokenization::Whole
         && matches!(method, Some(RlMethod::Dpo | RlMethod::Ipo | RlMethod::Simpo));
     let mut c = Counts::default();
     let formatted = formatted_rows(d, plan, None, &mut c)?;
     let needs_template = formatted.iter().any(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_array()));
-    let text_prompts =
-        formatted.iter().filter(|(_, f)| matches!(f, Formatted::Preference(p) if p.prompt.is_string())).count();
-    if axolotl_default && text_prompts > 0 {
-        c.notes.push(format!(
-            "{text_prompts} rows have a text prompt, used as written with its answers (TRL's text rows); Axolotl's \
-             chat_template.default would render it as a user message through the chat template"
-        ));
-    }
     let template = if needs_template { Some(dataset_template(d, own_template, plan, tokenizer_dir)?) } else { None };
     let rendered: Vec<Result<(Pair, Option<String>), String>> = formatted
         .par_iter()
@@ -353,8 +345,8 @@ struct Rendered {
 /// A message row as TRL's conversational rows: the prompt shown is the part of the
 /// generation-prompt render that the full conversations share (TRL's `apply_chat_template`: some
 /// templates render a prompt alone differently), each answer the rest of its conversation. Where
-/// the trainer works on these texts (`to_text`: ORPO), a prompt must end with a user turn: TRL
-/// continues a final assistant message and refuses a final system one.
+/// the trainer works on these texts (`to_text`: ORPO), a prompt must end with a user or tool turn:
+/// TRL continues a final assistant message and refuses a final system one.
 fn render_row(
     template: &template::ChatTemplate,
     special: &template::SpecialTokenStrings,
@@ -363,11 +355,11 @@ fn render_row(
 ) -> Result<Rendered, String> {
     let messages = p.prompt.as_array().map_or(&[][..], Vec::as_slice);
     let last_role = messages.last().and_then(|m| m.get("role")).and_then(Value::as_str).unwrap_or("user");
-    if to_text && last_role != "user" {
+    if to_text && !matches!(last_role, "user" | "tool") {
         return Err(format!(
             "the prompt ends with a `{last_role}` message; TRL's trainer for this method renders such a prompt \
              otherwise (it continues a final assistant message and refuses a final system one): end the prompt \
-             with a user message"
+             with a user or tool message"
         ));
     }
     let prompt = template.render(messages, None, true, special).map_err(String::from)?;
