@@ -42,7 +42,11 @@ fn special_tokens_added_and_named_as_transformers() {
     let cases = golden["cases"].as_object().unwrap();
     assert_eq!(cases.len(), 12);
     for (case, want) in cases {
-        check(&Tokenizer::load(&root().join("tests/fixtures/tokenizers").join(case)).unwrap(), case, want);
+        let dir = root().join("tests/fixtures/tokenizers").join(case);
+        check(&Tokenizer::load(&dir).unwrap(), case, want);
+        // The chat templates' `eos_token` is the same text (transformers passes its own to them).
+        let special = recipe::data::template::SpecialTokenStrings::from_model_dir(&dir).unwrap();
+        assert_eq!(special.eos_token.as_deref(), want["eos_token"].as_str(), "{case}: template eos_token");
     }
     // The cases where the config and the post-processor disagree are the point of the goldens.
     let prefix = |case: &str| ids(&cases[case]["texts"][0]["prefix"]);

@@ -273,12 +273,12 @@ pub trait ChatEncoder {
     fn encode_offsets(&self, text: &str, specials_as_text: bool) -> Result<Encoded, String>;
     /// The id of a token given by its text, when it is one token of the vocabulary.
     fn token_id(&self, token: &str) -> Option<i64>;
-    /// BOS, when the tokenizer adds one to a text (`add_bos_token`).
+    /// BOS, when the tokenizer adds one to a text.
     fn bos_id(&self) -> Option<i64>;
     fn eos_id(&self) -> Option<i64>;
 }
 
-/// A `tokenizers` tokenizer with the special tokens of its tokenizer_config.json, for chat
+/// A `tokenizers` tokenizer with its special tokens (as `SpecialTokenStrings::from_model_dir` resolves them), for chat
 /// tokenization.
 pub struct ChatTokenizer {
     inner: tokenizers::Tokenizer,
@@ -290,16 +290,11 @@ pub struct ChatTokenizer {
 }
 
 impl ChatTokenizer {
-    /// A model folder's tokenizer.json with the special tokens and `add_bos_token` of its
-    /// tokenizer_config.json (BOS added when the config says so, or by default when there is one).
+    /// A model folder's tokenizer.json with its special tokens, BOS added when the tokenizer adds
+    /// one (as `Tokenizer::load` decides it).
     pub fn load(dir: &Path) -> Result<ChatTokenizer, String> {
         let special = SpecialTokenStrings::from_model_dir(dir)?;
-        let config_path = dir.join("tokenizer_config.json");
-        let add_bos = std::fs::read_to_string(&config_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|c| c.get("add_bos_token").and_then(|v| v.as_bool()));
-        let add_bos = add_bos.unwrap_or(special.bos_token.is_some());
+        let add_bos = super::Tokenizer::load(dir)?.bos().is_some();
         ChatTokenizer::from_file(&dir.join("tokenizer.json"), special, add_bos)
     }
 

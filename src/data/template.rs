@@ -68,18 +68,12 @@ impl SpecialTokenStrings {
         }
     }
 
-    /// The special tokens of a model folder's tokenizer_config.json (none when it has no such file).
+    /// The special tokens of a model folder's tokenizer as transformers resolves them
+    /// (tokenizer_config.json, special_tokens_map.json, the class's defaults: the same texts the
+    /// tokenizer's ids come from, see `tokenizer::special_token_texts`); none without those files.
     pub fn from_model_dir(dir: &Path) -> Result<SpecialTokenStrings, String> {
-        let path = dir.join("tokenizer_config.json");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let config: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(SpecialTokenStrings::from_tokenizer_config(&config))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SpecialTokenStrings::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        let (_, named) = super::tokenizer::special_token_texts(dir)?;
+        Ok(SpecialTokenStrings::from_tokenizer_config(&serde_json::Value::Object(named)))
     }
 
     /// Fills a missing BOS with `<s>` and a missing EOS with `</s>` (the Llama/Mistral tokens).

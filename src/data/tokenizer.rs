@@ -23,6 +23,53 @@ pub struct Tokenizer {
 /// The text whose encodings with and without special tokens tell what the post-processor adds.
 const PROBE: &str = "a";
 
+/// tokenizer_config.json as read (Null without one), and the special tokens' texts as transformers
+/// 5.24 resolves them (`bos_token`, `eos_token`, ... to their text): special_tokens_map.json's entries
+/// replace the config's when the config has no `added_tokens_decoder` (transformers reads that file
+/// only then); a `LlamaTokenizer(Fast)` / `CodeLlamaTokenizer(Fast)` class defaults to bos `<s>` and
+/// eos `</s>`. The tokenizer and the chat templates' `bos_token` / `eos_token` both read them here.
+pub fn special_token_texts(
+    dir: &Path,
+) -> Result<(serde_json::Value, serde_json::Map<String, serde_json::Value>), String> {
+    let read = |name: &str| -> Result<serde_json::Value, String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display())),
+            Err(_) => Ok(serde_json::Value::Null),
+        }
+    };
+    let config = read("tokenizer_config.json")?;
+    let map = if config.get("added_tokens_decoder").is_some() {
+        serde_json::Value::Null
+    } else {
+        read("special_tokens_map.json")?
+    };
+    let llama_like = matches!(tokenizer_class(&config), "LlamaTokenizer" | "CodeLlamaTokenizer");
+    // A special token is a string, or {"content": ...} in older files.
+    let text = |v: &serde_json::Value| -> Option<String> {
+        v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
+    };
+    let mut named = serde_json::Map::new();
+    for key in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
+        let class_default = match key {
+            "bos_token" if llama_like => Some("<s>"),
+            "eos_token" if llama_like => Some("</s>"),
+            _ => None,
+        };
+        let found = map.get(key).and_then(text).or_else(|| config.get(key).and_then(text));
+        if let Some(t) = found.or_else(|| class_default.map(str::to_string)) {
+            named.insert(key.into(), t.into());
+        }
+    }
+    Ok((config, named))
+}
+
+/// tokenizer_config.json's `tokenizer_class` without its `Fast` suffix ("" when absent).
+fn tokenizer_class(config: &serde_json::Value) -> &str {
+    let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
+    class.strip_suffix("Fast").unwrap_or(class)
+}
+
 impl Tokenizer {
     /// Loads `dir`'s tokenizer as transformers 5.24's `AutoTokenizer.from_pretrained(dir)` sets it up:
     ///
@@ -38,36 +85,12 @@ impl Tokenizer {
     pub fn load(dir: &Path) -> Result<Tokenizer, String> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let read = |name: &str| -> Result<serde_json::Value, String> {
-            let path = dir.join(name);
-            match std::fs::read_to_string(&path) {
-                Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display())),
-                Err(_) => Ok(serde_json::Value::Null),
-            }
-        };
-        let config = read("tokenizer_config.json")?;
-        // transformers' _from_pretrained reads special_tokens_map.json only when tokenizer_config.json
-        // has no added_tokens_decoder, and then its entries replace the config's.
-        let map = if config.get("added_tokens_decoder").is_some() {
-            serde_json::Value::Null
-        } else {
-            read("special_tokens_map.json")?
-        };
-        let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
-        let class = class.strip_suffix("Fast").unwrap_or(class);
-        let llama_like = matches!(class, "LlamaTokenizer" | "CodeLlamaTokenizer");
-        // A special token is a string, or {"content": ...} in older files.
-        let text = |v: &serde_json::Value| -> Option<String> {
-            v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
-        };
-        let token = |k: &str, class_default: Option<&str>| -> Option<i64> {
-            let named = map.get(k).and_then(text).or_else(|| config.get(k).and_then(text));
-            let named = named.or_else(|| class_default.filter(|_| llama_like).map(str::to_string))?;
-            inner.token_to_id(&named).map(i64::from)
-        };
-        let bos = token("bos_token", Some("<s>"));
-        let eos = token("eos_token", Some("</s>"));
-        let pad = token("pad_token", None).or(eos).unwrap_or(0);
+        let (config, named) = special_token_texts(dir)?;
+        let class = tokenizer_class(&config);
+        let token = |k: &str| named.get(k).and_then(|t| t.as_str()).and_then(|t| inner.token_to_id(t)).map(i64::from);
+        let bos = token("bos_token");
+        let eos = token("eos_token");
+        let pad = token("pad_token").or(eos).unwrap_or(0);
         let (prefix, suffix) = if class == "CodeLlamaTokenizer" {
             // Its __init__ passes add_bos_token=True, so transformers rebuilds the post-processor.
             (bos.into_iter().collect(), Vec::new())
