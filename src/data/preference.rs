@@ -377,7 +377,7 @@ fn render_row(
         prompt: prompt[..shared].to_string(),
         chosen: chosen[shared..].to_string(),
         rejected: rejected.get(shared..).unwrap_or_default().to_string(),
-        conversation: Some([prompt, chosen, rejected]),
+        conversation: (!to_text).then(|| [prompt, chosen, rejected]),
     })
 }
 
