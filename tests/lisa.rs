@@ -145,19 +145,14 @@ fn parity(optimizer: Optimizer, prefix: &str, what: &str) {
 
 /// A full fine-tune of stories260k (5 layers) with LISA in `dir`.
 fn lisa_recipe(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0\n\
-         sequence_len: 128\nsample_packing: true\nmicro_batch_size: 2\nmax_steps: 6\nlearning_rate: 2.0e-3\n\
-         warmup_steps: 0\nlr_scheduler: constant\nweight_decay: 0.1\nmax_grad_norm: 1.0\nlogging_steps: 1\n\
-         save_steps: 100\nseed: 5\noptimizer: adamw_torch\nlisa_n_layers: 2\nlisa_step_interval: 3\n\
-         lisa_layers_attribute: model.layers\noutput_dir: {}\n{extra}",
-        root().join("models/stories260k").display(),
-        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
-        dir.join("out").display()
-    );
-    let path = dir.join("r.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::stories_full_fine_tune(
+        dir,
+        &format!(
+            "learning_rate: 2.0e-3\nwarmup_steps: 0\nlr_scheduler: constant\nweight_decay: 0.1\nmax_grad_norm: 1.0\n\
+             seed: 5\noptimizer: adamw_torch\nlisa_n_layers: 2\nlisa_step_interval: 3\n\
+             lisa_layers_attribute: model.layers\n{extra}"
+        ),
+    )
 }
 
 fn switches_logged(stdout: &str) -> Vec<String> {

@@ -184,17 +184,10 @@ fn root() -> PathBuf {
 
 /// A full fine-tune of stories260k (so the embeddings and MLP weights get low-bit states).
 fn full_fine_tune(dir: &Path, optimizer: &str) -> PathBuf {
-    let text = format!(
-        "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0\n\
-         sequence_len: 128\nsample_packing: true\nmicro_batch_size: 2\nmax_steps: 6\nlearning_rate: 1.0e-3\n\
-         warmup_steps: 2\nlogging_steps: 1\nsave_steps: 100\nseed: 2\noptimizer: {optimizer}\noutput_dir: {}\n",
-        root().join("models/stories260k").display(),
-        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
-        dir.join("out").display()
-    );
-    let path = dir.join("r.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::stories_full_fine_tune(
+        dir,
+        &format!("learning_rate: 1.0e-3\nwarmup_steps: 2\nseed: 2\noptimizer: {optimizer}\n"),
+    )
 }
 
 /// "optimizer  NAME: 1.98 MiB of state" in bytes.

@@ -176,23 +176,11 @@ fn the_decay_then_constant_cosine_is_axolotls() {
     eprintln!("decay-then-constant cosine: {} cases, largest relative difference {worst:e}", cases.len());
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn full_fine_tune(dir: &Path, optimizer: &str, lr: f64) -> PathBuf {
-    let text = format!(
-        "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0\n\
-         sequence_len: 128\nsample_packing: true\nmicro_batch_size: 2\nmax_steps: 6\nlearning_rate: {lr:e}\n\
-         warmup_steps: 2\nweight_decay: 0.01\nlogging_steps: 1\nsave_steps: 100\nseed: 2\noptimizer: {optimizer}\n\
-         output_dir: {}\n",
-        root().join("models/stories260k").display(),
-        root().join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
-        dir.join("out").display()
-    );
-    let path = dir.join("r.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::stories_full_fine_tune(
+        dir,
+        &format!("learning_rate: {lr:e}\nwarmup_steps: 2\nweight_decay: 0.01\nseed: 2\noptimizer: {optimizer}\n"),
+    )
 }
 
 #[test]

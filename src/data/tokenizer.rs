@@ -214,7 +214,7 @@ impl Tokenizer {
     /// Whether `tokenizer(text)` ends with the EOS token after the text (the post-processor
     /// appends exactly EOS).
     pub fn adds_eos(&self) -> bool {
-        self.eos.is_some() && self.suffix[..] == self.eos.into_iter().collect::<Vec<_>>()[..]
+        matches!(self.suffix[..], [e] if Some(e) == self.eos)
     }
 
     pub fn eos(&self) -> Option<i64> {

@@ -402,6 +402,24 @@ pub fn stories_lora_recipe(dir: &Path, settings: &str) -> PathBuf {
     path
 }
 
+/// A full fine-tune of stories260k written to `dir/r.yaml`: the Shakespeare excerpt as packed
+/// completion text, sequence_len 128, micro batch 2, 6 steps, logging every step, outputs in
+/// `dir/out`; `settings` adds the rest (learning rate, schedule, optimizer, seed, ...).
+pub fn stories_full_fine_tune(dir: &Path, settings: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "base_model: {}\ndatasets:\n  - path: {}\n    type: completion\n    ds_type: text\nval_set_size: 0\n\
+         sequence_len: 128\nsample_packing: true\nmicro_batch_size: 2\nmax_steps: 6\nlogging_steps: 1\n\
+         save_steps: 100\noutput_dir: {}\n{settings}",
+        root.join("models/stories260k").display(),
+        root.join("data/shakespeare/tinyshakespeare-excerpt.txt").display(),
+        dir.join("out").display()
+    );
+    let path = dir.join("r.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A command's standard output, asserting it succeeded (both streams shown when not).
 pub fn stdout_of(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().unwrap();
